@@ -1,0 +1,169 @@
+//! The error type of shears-core.
+
+/// The result type of shears-core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in shears-core.
+///
+/// Variants carry the data needed to act on them: which tensor, which shape, which value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A sparsity was NaN or outside `[0, 1]`.
+    #[error("sparsity must be in [0, 1], got {value}")]
+    InvalidSparsity {
+        /// The rejected value.
+        value: f64,
+    },
+    /// Two shapes that must agree do not.
+    #[error("{op}: shape mismatch, expected {expected:?}, got {got:?}")]
+    ShapeMismatch {
+        /// The operation that compared the shapes.
+        op: &'static str,
+        /// The shape the operation required.
+        expected: (usize, usize),
+        /// The shape it was given.
+        got: (usize, usize),
+    },
+    /// A length that must match a shape does not.
+    #[error("{what}: expected {expected} elements, got {got}")]
+    LengthMismatch {
+        /// What was measured.
+        what: &'static str,
+        /// The required length.
+        expected: usize,
+        /// The given length.
+        got: usize,
+    },
+    /// A position lies outside a mask or matrix.
+    #[error("index ({row}, {col}) is out of bounds for shape {shape:?}")]
+    IndexOutOfBounds {
+        /// The row asked for.
+        row: usize,
+        /// The column asked for.
+        col: usize,
+        /// The shape it was asked of.
+        shape: (usize, usize),
+    },
+    /// A dimension product does not fit in `usize`.
+    #[error("dimensions {dims:?} overflow usize")]
+    DimensionOverflow {
+        /// The dimensions whose product overflowed.
+        dims: Vec<usize>,
+    },
+    /// A tensor shape is neither 2-D (dense) nor 4-D (convolution).
+    #[error("a prunable weight must be 2-D or 4-D, got shape {dims:?}")]
+    UnsupportedRank {
+        /// The rejected dimensions.
+        dims: Vec<usize>,
+    },
+    /// A weight, gradient or score is NaN or infinite.
+    #[error("tensor `{tensor}` holds a non-finite value at column-major index {index}")]
+    NonFinite {
+        /// The tensor's name.
+        tensor: String,
+        /// The column-major element index of the first offending value.
+        index: usize,
+    },
+    /// An N:M pattern with `n > m` or `m == 0`.
+    #[error("invalid N:M pattern {n}:{m}: need 0 < m and n <= m")]
+    InvalidNmPattern {
+        /// Kept weights per group.
+        n: usize,
+        /// Group size.
+        m: usize,
+    },
+    /// A block shape with a zero side.
+    #[error("invalid block shape {rows}x{cols}: both sides must be positive")]
+    InvalidBlockShape {
+        /// Block height.
+        rows: usize,
+        /// Block width.
+        cols: usize,
+    },
+    /// A grouping that needs a convolution shape was used on a dense weight.
+    #[error("tensor `{tensor}`: grouping by {grouping} needs a convolution weight shape")]
+    NotConvolution {
+        /// The tensor's name.
+        tensor: String,
+        /// The grouping that was asked for.
+        grouping: &'static str,
+    },
+    /// A granularity that is not a partition into whole groups was used as one.
+    #[error("granularity {granularity:?} does not split a matrix into whole groups")]
+    NotGrouped {
+        /// The granularity that was given.
+        granularity: crate::Granularity,
+    },
+    /// A strategy that needs gradients was given none.
+    #[error("tensor `{tensor}`: this strategy needs gradients, none were given")]
+    MissingGradients {
+        /// The tensor's name.
+        tensor: String,
+    },
+    /// A named layer is not known.
+    #[error("no layer named `{name}`")]
+    UnknownLayer {
+        /// The name asked for.
+        name: String,
+    },
+    /// Decoding a stored mask failed.
+    #[error("invalid mask file: {0}")]
+    Format(#[from] FormatError),
+}
+
+/// Why a stored mask was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormatError {
+    /// The bytes do not start with the mask magic tag.
+    #[error("missing magic tag {expected:?}: not a shears mask")]
+    BadMagic {
+        /// The tag the format starts with.
+        expected: &'static [u8],
+    },
+    /// The format version is not one this build reads.
+    #[error("format version {found} is not supported (this build reads version {supported})")]
+    UnsupportedVersion {
+        /// The version in the file.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// The payload could not be decoded (truncated or corrupted).
+    #[error("corrupted payload: {reason}")]
+    Corrupted {
+        /// What the decoder reported.
+        reason: String,
+    },
+    /// The bit buffer does not hold `rows * cols` bits.
+    #[error("shape {rows}x{cols} needs {expected} words of bits, found {found}")]
+    WordCount {
+        /// Rows in the stored shape.
+        rows: usize,
+        /// Columns in the stored shape.
+        cols: usize,
+        /// Words the shape needs.
+        expected: usize,
+        /// Words stored.
+        found: usize,
+    },
+    /// Bits past the last element are set.
+    #[error("padding bits past element {len} are set")]
+    DirtyPadding {
+        /// The number of elements in the mask.
+        len: usize,
+    },
+    /// Bytes remain after the payload.
+    #[error("{count} trailing bytes after the mask")]
+    TrailingBytes {
+        /// How many bytes remain.
+        count: usize,
+    },
+    /// An I/O error while reading or writing.
+    #[error("i/o error: {reason}")]
+    Io {
+        /// The underlying error's message.
+        reason: String,
+    },
+}

@@ -1,0 +1,199 @@
+//! [`Granularity`]: the unit a strategy prunes at, with the validated [`NmPattern`] and
+//! [`BlockShape`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The unit a strategy removes.
+///
+/// Structured granularities name their axis explicitly (DESIGN.md): nothing guesses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Granularity {
+    /// Single weights.
+    Unstructured,
+    /// Whole rows: output neurons of a dense layer.
+    Rows,
+    /// Whole columns: inputs of a dense layer.
+    Columns,
+    /// Whole convolution filters (rows of the conv matrix view).
+    Filters,
+    /// Whole convolution input channels (groups of `kh*kw` columns of the view).
+    Channels,
+    /// N of every M consecutive weights along a row kept.
+    NM(NmPattern),
+    /// Whole `r x c` blocks.
+    Blocks(BlockShape),
+}
+
+/// An N:M pattern: in every group of `m` consecutive weights along a row, `n` are kept.
+///
+/// # Invariants
+/// `0 < m` and `n <= m`, checked by [`NmPattern::new`] and on deserialisation.
+///
+/// ```
+/// use shears_core::NmPattern;
+/// let p = NmPattern::new(2, 4)?;
+/// assert_eq!((p.n(), p.m()), (2, 4));
+/// assert_eq!(p.to_string(), "2:4");
+/// assert!(NmPattern::new(5, 4).is_err());
+/// assert_eq!("4:8".parse::<NmPattern>()?, NmPattern::new(4, 8)?);
+/// # Ok::<(), shears_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "(usize, usize)", into = "(usize, usize)")]
+pub struct NmPattern {
+    n: usize,
+    m: usize,
+}
+
+impl NmPattern {
+    /// The 2:4 pattern that sparse tensor cores accelerate.
+    pub const TWO_FOUR: NmPattern = NmPattern { n: 2, m: 4 };
+
+    /// Validates a pattern.
+    ///
+    /// # Errors
+    /// [`Error::InvalidNmPattern`] if `m == 0` or `n > m`.
+    pub fn new(n: usize, m: usize) -> Result<Self> {
+        if m == 0 || n > m { Err(Error::InvalidNmPattern { n, m }) } else { Ok(NmPattern { n, m }) }
+    }
+
+    /// Weights kept per group.
+    pub fn n(self) -> usize {
+        self.n
+    }
+
+    /// Group size.
+    pub fn m(self) -> usize {
+        self.m
+    }
+}
+
+impl TryFrom<(usize, usize)> for NmPattern {
+    type Error = Error;
+    fn try_from((n, m): (usize, usize)) -> Result<Self> {
+        NmPattern::new(n, m)
+    }
+}
+
+impl From<NmPattern> for (usize, usize) {
+    fn from(p: NmPattern) -> Self {
+        (p.n, p.m)
+    }
+}
+
+impl std::fmt::Display for NmPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.n, self.m)
+    }
+}
+
+impl std::str::FromStr for NmPattern {
+    type Err = Error;
+    /// Parses `"N:M"`; anything else is [`Error::InvalidNmPattern`] with `m == 0`.
+    fn from_str(s: &str) -> Result<Self> {
+        let invalid = Error::InvalidNmPattern { n: 0, m: 0 };
+        let (n, m) = s.split_once(':').ok_or(invalid.clone())?;
+        let n = n.trim().parse().map_err(|_| invalid.clone())?;
+        let m = m.trim().parse().map_err(|_| invalid)?;
+        NmPattern::new(n, m)
+    }
+}
+
+/// The shape of a pruning block, `rows x cols`.
+///
+/// # Invariants
+/// Both sides are positive, checked by [`BlockShape::new`] and on deserialisation.
+///
+/// ```
+/// use shears_core::BlockShape;
+/// let b = BlockShape::new(4, 4)?;
+/// assert_eq!(b.grid(10, 8), (3, 2)); // edge blocks are partial
+/// assert!(BlockShape::new(0, 4).is_err());
+/// # Ok::<(), shears_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "(usize, usize)", into = "(usize, usize)")]
+pub struct BlockShape {
+    rows: usize,
+    cols: usize,
+}
+
+impl BlockShape {
+    /// Validates a block shape.
+    ///
+    /// # Errors
+    /// [`Error::InvalidBlockShape`] if either side is zero.
+    pub fn new(rows: usize, cols: usize) -> Result<Self> {
+        if rows == 0 || cols == 0 {
+            Err(Error::InvalidBlockShape { rows, cols })
+        } else {
+            Ok(BlockShape { rows, cols })
+        }
+    }
+
+    /// Block height.
+    pub fn rows(self) -> usize {
+        self.rows
+    }
+
+    /// Block width.
+    pub fn cols(self) -> usize {
+        self.cols
+    }
+
+    /// How many block rows and block columns cover a `(nrows, ncols)` matrix; blocks at
+    /// the bottom and right edges may be partial.
+    pub fn grid(self, nrows: usize, ncols: usize) -> (usize, usize) {
+        (nrows.div_ceil(self.rows), ncols.div_ceil(self.cols))
+    }
+}
+
+impl TryFrom<(usize, usize)> for BlockShape {
+    type Error = Error;
+    fn try_from((rows, cols): (usize, usize)) -> Result<Self> {
+        BlockShape::new(rows, cols)
+    }
+}
+
+impl From<BlockShape> for (usize, usize) {
+    fn from(b: BlockShape) -> Self {
+        (b.rows, b.cols)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nm_validation() {
+        assert!(matches!(NmPattern::new(1, 0), Err(Error::InvalidNmPattern { n: 1, m: 0 })));
+        assert!(matches!(NmPattern::new(3, 2), Err(Error::InvalidNmPattern { .. })));
+        assert!(NmPattern::new(0, 4).is_ok());
+        assert!(NmPattern::new(4, 4).is_ok());
+        for bad in ["", "2", "2:", ":4", "a:b", "2:4:8", "5:4", "-1:4"] {
+            assert!(bad.parse::<NmPattern>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn block_validation() {
+        assert!(matches!(BlockShape::new(0, 0), Err(Error::InvalidBlockShape { .. })));
+        assert!(matches!(
+            BlockShape::new(2, 0),
+            Err(Error::InvalidBlockShape { rows: 2, cols: 0 })
+        ));
+        assert_eq!(BlockShape::new(2, 3).map(|b| b.grid(0, 0)), Ok((0, 0)));
+    }
+
+    #[test]
+    fn serde_validates() {
+        let cfg = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec((5usize, 4usize), cfg).unwrap();
+        assert!(bincode::serde::decode_from_slice::<NmPattern, _>(&bytes, cfg).is_err());
+        assert!(bincode::serde::decode_from_slice::<BlockShape, _>(&[0, 3], cfg).is_err());
+    }
+}

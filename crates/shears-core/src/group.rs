@@ -1,0 +1,247 @@
+//! [`GroupLayout`]: how structured granularities partition a weight matrix into groups,
+//! and how per-weight values reduce to one score per group.
+
+use nalgebra::DMatrix;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::granularity::{BlockShape, Granularity};
+use crate::mask::Mask;
+use crate::scalar::Scalar;
+use crate::shape::WeightShape;
+
+/// How the values of a group reduce to its score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Reduction {
+    /// Sum of absolute values (L1 norm).
+    L1,
+    /// Euclidean norm, as `torch.nn.utils.prune.ln_structured(n=2)` (the default).
+    #[default]
+    L2,
+    /// Plain sum, for scores that are already importances (e.g. |w·g| summed per group).
+    Sum,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Rows,
+    Columns,
+    /// Groups of `width` adjacent columns (convolution input channels).
+    ColumnBands {
+        width: usize,
+    },
+    Blocks(BlockShape),
+}
+
+/// A partition of a `(nrows, ncols)` matrix into the groups that structured pruning
+/// removes whole.
+///
+/// Groups are numbered in row-major order of their top-left element: row `r` is group
+/// `r`, column `c` group `c`, channel `k` group `k`, and block `(i, j)` of a grid with `J`
+/// block columns is group `i * J + j`. That numbering is the tie order of group
+/// selection (lower number pruned first).
+///
+/// # Examples
+/// ```
+/// use nalgebra::dmatrix;
+/// use shears_core::{GroupLayout, Granularity, Reduction, WeightShape};
+///
+/// let w = dmatrix![3.0, 4.0; 0.0, 1.0];
+/// let rows = GroupLayout::new("fc", Granularity::Rows, &WeightShape::dense(2, 2))?;
+/// assert_eq!(rows.count(), 2);
+/// assert_eq!(rows.reduce(&w, Reduction::L2)?, vec![5.0, 1.0]);
+/// let mask = rows.mask_from_kept_groups(&[true, false])?;
+/// assert_eq!(mask.fully_pruned_rows(), vec![1]);
+/// # Ok::<(), shears_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupLayout {
+    kind: Kind,
+    nrows: usize,
+    ncols: usize,
+}
+
+impl GroupLayout {
+    /// The layout of `granularity` over a weight of `shape`; `tensor` names it in errors.
+    ///
+    /// `Rows` and `Filters` are both rows of the matrix view, `Columns` single columns, and
+    /// `Channels` the `kh*kw` columns of one input channel of a convolution weight.
+    ///
+    /// # Errors
+    /// [`Error::NotConvolution`] for `Channels` or `Filters` on a dense shape;
+    /// [`Error::NotGrouped`] for `Unstructured` and `NM`, which are not partitions into
+    /// whole groups.
+    pub fn new(tensor: &str, granularity: Granularity, shape: &WeightShape) -> Result<Self> {
+        let (nrows, ncols) = shape.matrix_shape();
+        let not_conv = |grouping| Error::NotConvolution { tensor: tensor.to_owned(), grouping };
+        let kind = match granularity {
+            Granularity::Rows => Kind::Rows,
+            Granularity::Filters if shape.is_conv() => Kind::Rows,
+            Granularity::Filters => return Err(not_conv("filters")),
+            Granularity::Columns => Kind::Columns,
+            Granularity::Channels => match shape.conv_dims() {
+                Some((_, _, kh, kw)) => Kind::ColumnBands { width: kh * kw },
+                None => return Err(not_conv("channels")),
+            },
+            Granularity::Blocks(block) => Kind::Blocks(block),
+            Granularity::Unstructured | Granularity::NM(_) => {
+                return Err(Error::NotGrouped { granularity });
+            }
+        };
+        Ok(GroupLayout { kind, nrows, ncols })
+    }
+
+    /// `(nrows, ncols)` of the matrix this layout partitions.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.nrows, self.ncols)
+    }
+
+    /// The number of groups.
+    pub fn count(&self) -> usize {
+        match self.kind {
+            Kind::Rows => self.nrows,
+            Kind::Columns => self.ncols,
+            Kind::ColumnBands { width } => self.ncols.checked_div(width).unwrap_or(0),
+            Kind::Blocks(b) => {
+                let (gr, gc) = b.grid(self.nrows, self.ncols);
+                gr * gc
+            }
+        }
+    }
+
+    /// The group of element `(row, col)`.
+    #[inline]
+    pub fn group_of(&self, row: usize, col: usize) -> usize {
+        match self.kind {
+            Kind::Rows => row,
+            Kind::Columns => col,
+            Kind::ColumnBands { width } => col / width,
+            Kind::Blocks(b) => (row / b.rows()) * self.ncols.div_ceil(b.cols()) + col / b.cols(),
+        }
+    }
+
+    fn check_shape(&self, got: (usize, usize), op: &'static str) -> Result<()> {
+        if got == self.shape() {
+            Ok(())
+        } else {
+            Err(Error::ShapeMismatch { op, expected: self.shape(), got })
+        }
+    }
+
+    /// One score per group: the [`Reduction`] of `values` over each group, in `f64`.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if `values` does not have the layout's shape.
+    pub fn reduce<T: Scalar>(&self, values: &DMatrix<T>, reduction: Reduction) -> Result<Vec<f64>> {
+        self.check_shape(values.shape(), "group reduce")?;
+        let mut acc = vec![0.0f64; self.count()];
+        for c in 0..self.ncols {
+            for (r, &x) in values.column(c).iter().enumerate() {
+                let x = x.as_f64();
+                acc[self.group_of(r, c)] += match reduction {
+                    Reduction::L1 => x.abs(),
+                    Reduction::L2 => x * x,
+                    Reduction::Sum => x,
+                };
+            }
+        }
+        if reduction == Reduction::L2 {
+            acc.iter_mut().for_each(|a| *a = a.sqrt());
+        }
+        Ok(acc)
+    }
+
+    /// Which groups still hold at least one kept element of `mask`.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if `mask` does not have the layout's shape.
+    pub fn kept_groups(&self, mask: &Mask) -> Result<Vec<bool>> {
+        self.check_shape(mask.shape(), "kept groups")?;
+        let mut kept = vec![false; self.count()];
+        for (r, c) in mask.iter_kept() {
+            kept[self.group_of(r, c)] = true;
+        }
+        Ok(kept)
+    }
+
+    /// The mask that keeps exactly the elements of the groups marked `true`.
+    ///
+    /// # Errors
+    /// [`Error::LengthMismatch`] if `keep` does not hold one flag per group.
+    pub fn mask_from_kept_groups(&self, keep: &[bool]) -> Result<Mask> {
+        if keep.len() != self.count() {
+            return Err(Error::LengthMismatch {
+                what: "group flags",
+                expected: self.count(),
+                got: keep.len(),
+            });
+        }
+        Mask::from_fn(self.nrows, self.ncols, |r, c| keep[self.group_of(r, c)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nalgebra::dmatrix;
+
+    fn layout(g: Granularity, shape: WeightShape) -> GroupLayout {
+        GroupLayout::new("t", g, &shape).unwrap()
+    }
+
+    #[test]
+    fn block_numbering_is_row_major() {
+        let l =
+            layout(Granularity::Blocks(BlockShape::new(2, 2).unwrap()), WeightShape::dense(3, 5));
+        assert_eq!(l.count(), 6);
+        assert_eq!(l.group_of(0, 0), 0);
+        assert_eq!(l.group_of(1, 4), 2);
+        assert_eq!(l.group_of(2, 0), 3);
+        assert_eq!(l.group_of(2, 4), 5);
+    }
+
+    #[test]
+    fn channels_of_conv() {
+        let l = layout(Granularity::Channels, WeightShape::conv(2, 3, 2, 2).unwrap());
+        assert_eq!(l.count(), 3);
+        assert_eq!(l.group_of(1, 7), 1);
+        let m = l.mask_from_kept_groups(&[true, false, true]).unwrap();
+        assert_eq!(m.fully_pruned_cols(), vec![4, 5, 6, 7]);
+    }
+
+    #[test]
+    fn reductions() {
+        let w = dmatrix![1.0f32, -2.0; 3.0, -4.0];
+        let cols = layout(Granularity::Columns, WeightShape::dense(2, 2));
+        assert_eq!(cols.reduce(&w, Reduction::L1).unwrap(), vec![4.0, 6.0]);
+        assert_eq!(cols.reduce(&w, Reduction::Sum).unwrap(), vec![4.0, -6.0]);
+        assert_eq!(cols.reduce(&w, Reduction::L2).unwrap(), vec![10f64.sqrt(), 20f64.sqrt()]);
+    }
+
+    #[test]
+    fn errors() {
+        let dense = WeightShape::dense(2, 2);
+        assert!(matches!(
+            GroupLayout::new("x", Granularity::Channels, &dense),
+            Err(Error::NotConvolution { .. })
+        ));
+        assert!(matches!(
+            GroupLayout::new("x", Granularity::Filters, &dense),
+            Err(Error::NotConvolution { .. })
+        ));
+        assert!(matches!(
+            GroupLayout::new("x", Granularity::Unstructured, &dense),
+            Err(Error::NotGrouped { .. })
+        ));
+        let rows = layout(Granularity::Rows, dense);
+        assert!(matches!(
+            rows.reduce(&DMatrix::<f64>::zeros(3, 2), Reduction::L1),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        assert!(matches!(
+            rows.kept_groups(&Mask::all_kept(1, 1).unwrap()),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        assert!(matches!(rows.mask_from_kept_groups(&[true]), Err(Error::LengthMismatch { .. })));
+    }
+}

@@ -1,0 +1,247 @@
+//! Top-k selection: the mask that prunes the lowest-scored weights.
+//!
+//! Every strategy ends here. The rules (DESIGN.md):
+//! - the number pruned is `rounding(s * n)` in `f64` ([`Rounding::HalfEven`] by default,
+//!   as `torch.nn.utils.prune`);
+//! - among equal scores the element with the lower row-major flat index is pruned first;
+//! - with an existing mask, sparsity stays absolute and selection is monotone: only kept
+//!   weights are candidates, and the count to prune is the target minus what is already
+//!   pruned (nothing, if the mask is already at or past the target). No weight is revived.
+
+mod threshold;
+
+use nalgebra::DMatrix;
+
+use crate::error::{Error, Result};
+use crate::group::GroupLayout;
+use crate::mask::Mask;
+use crate::scalar::Scalar;
+use crate::sparsity::{Rounding, Sparsity};
+pub(crate) use threshold::check_finite;
+use threshold::{Segment, prune_lowest_indexed, prune_lowest_segments};
+
+/// One named score tensor for [`Selector::select_global`], optionally restricted to the
+/// weights its current mask keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoredLayer<'a, T: Scalar> {
+    /// The layer's name, used in errors.
+    pub name: &'a str,
+    /// One score per weight; higher = more important.
+    pub scores: &'a DMatrix<T>,
+    /// The current mask: only weights it keeps are candidates.
+    pub kept: Option<&'a Mask>,
+}
+
+/// Selects which weights to prune from their scores.
+///
+/// O(n) on average: a radix histogram finds the threshold bucket and only that bucket is
+/// partially sorted. Nothing is fully sorted.
+///
+/// # Examples
+/// ```
+/// use nalgebra::dmatrix;
+/// use shears_core::{Selector, Sparsity};
+///
+/// let scores = dmatrix![0.1f32, 0.9; 0.2, 0.8];
+/// let mask = Selector::new().select("fc", &scores, Sparsity::new(0.5)?, None)?;
+/// assert_eq!(mask.to_matrix(), dmatrix![false, true; false, true]);
+///
+/// // Monotone: a second round only chooses among the weights still kept.
+/// let next = Selector::new().select("fc", &scores, Sparsity::new(0.75)?, Some(&mask))?;
+/// assert!(next.is_subset_of(&mask)?);
+/// assert_eq!(next.count_pruned(), 3);
+/// # Ok::<(), shears_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Selector {
+    rounding: Rounding,
+}
+
+impl Selector {
+    /// A selector with the default rounding ([`Rounding::HalfEven`]).
+    pub fn new() -> Self {
+        Selector::default()
+    }
+
+    /// Sets the rounding of `sparsity * n`.
+    pub fn rounding(mut self, rounding: Rounding) -> Self {
+        self.rounding = rounding;
+        self
+    }
+
+    /// The rounding in use.
+    pub fn rounding_rule(&self) -> Rounding {
+        self.rounding
+    }
+
+    /// How many more to prune so that `already` of `total` pruned reaches `sparsity`.
+    fn extra(&self, sparsity: Sparsity, total: usize, already: usize) -> usize {
+        sparsity.count_of(total, self.rounding).saturating_sub(already)
+    }
+
+    /// The mask of `scores` at `sparsity`, the whole tensor competing as one group.
+    ///
+    /// # Errors
+    /// [`Error::NonFinite`] naming `tensor` if a score is NaN or infinite;
+    /// [`Error::ShapeMismatch`] if `kept` does not have the scores' shape.
+    pub fn select<T: Scalar>(
+        &self,
+        tensor: &str,
+        scores: &DMatrix<T>,
+        sparsity: Sparsity,
+        kept: Option<&Mask>,
+    ) -> Result<Mask> {
+        check_kept_shape(scores, kept)?;
+        let already = kept.map_or(0, Mask::count_pruned);
+        let count = self.extra(sparsity, scores.len(), already);
+        let segment = Segment { name: tensor, scores, kept };
+        let mut masks = prune_lowest_segments(std::slice::from_ref(&segment), count)?;
+        Ok(masks.remove(0))
+    }
+
+    /// The mask of `scores` with each row pruned to `sparsity` on its own (row-balanced
+    /// pruning, as Wanda compares within an output row; it also balances CSR rows).
+    ///
+    /// # Errors
+    /// [`Error::NonFinite`] naming `tensor` if a score is NaN or infinite;
+    /// [`Error::ShapeMismatch`] if `kept` does not have the scores' shape.
+    pub fn select_per_row<T: Scalar>(
+        &self,
+        tensor: &str,
+        scores: &DMatrix<T>,
+        sparsity: Sparsity,
+        kept: Option<&Mask>,
+    ) -> Result<Mask> {
+        check_kept_shape(scores, kept)?;
+        check_finite(tensor, scores.as_slice())?;
+        let (nrows, ncols) = scores.shape();
+        let mut mask = kept.cloned().unwrap_or_else(|| Mask::all_kept_like(scores));
+        for r in 0..nrows {
+            let is_kept = |c: usize| mask.bit(c * nrows + r);
+            let already = (0..ncols).filter(|&c| !is_kept(c)).count();
+            let count = self.extra(sparsity, ncols, already);
+            let row = scores.row(r);
+            let pruned = prune_lowest_indexed(row.iter().map(|x| x.order_key()), is_kept, count);
+            for c in pruned {
+                mask.clear_bit(c * nrows + r);
+            }
+        }
+        Ok(mask)
+    }
+
+    /// The mask that prunes whole groups of `layout`, given one score per group
+    /// (for instance from [`GroupLayout::reduce`]). `sparsity` is the fraction of groups.
+    ///
+    /// A group is a candidate while `kept` keeps any of its elements; groups already fully
+    /// pruned count toward the target. The result is a subset of `kept`.
+    ///
+    /// # Errors
+    /// [`Error::LengthMismatch`] if `group_scores` has not one score per group;
+    /// [`Error::NonFinite`] naming `tensor` for a NaN or infinite score;
+    /// [`Error::ShapeMismatch`] if `kept` does not have the layout's shape.
+    pub fn select_groups<T: Scalar>(
+        &self,
+        tensor: &str,
+        layout: &GroupLayout,
+        group_scores: &[T],
+        sparsity: Sparsity,
+        kept: Option<&Mask>,
+    ) -> Result<Mask> {
+        let groups = layout.count();
+        if group_scores.len() != groups {
+            return Err(Error::LengthMismatch {
+                what: "group scores",
+                expected: groups,
+                got: group_scores.len(),
+            });
+        }
+        check_finite(tensor, group_scores)?;
+        let alive = match kept {
+            Some(mask) => layout.kept_groups(mask)?,
+            None => vec![true; groups],
+        };
+        let already = alive.iter().filter(|&&a| !a).count();
+        let count = self.extra(sparsity, groups, already);
+        let mut keep = alive.clone();
+        for g in
+            prune_lowest_indexed(group_scores.iter().map(|x| x.order_key()), |g| alive[g], count)
+        {
+            keep[g] = false;
+        }
+        let mut mask = layout.mask_from_kept_groups(&keep)?;
+        if let Some(kept) = kept {
+            mask.and_assign(kept)?;
+        }
+        Ok(mask)
+    }
+
+    /// One mask per layer, with a single threshold across all of them: `sparsity` is the
+    /// fraction of all their weights together, as `torch.nn.utils.prune.global_unstructured`.
+    ///
+    /// Equal to selecting on the concatenation of the layers' row-major flattenings, in
+    /// the order given: ties go to the earlier layer, then the lower row-major index.
+    ///
+    /// # Errors
+    /// [`Error::NonFinite`] naming the layer for a NaN or infinite score;
+    /// [`Error::ShapeMismatch`] if a layer's `kept` mask does not have its scores' shape.
+    pub fn select_global<T: Scalar>(
+        &self,
+        layers: &[ScoredLayer<'_, T>],
+        sparsity: Sparsity,
+    ) -> Result<Vec<Mask>> {
+        let total = layers.iter().map(|l| l.scores.len()).sum();
+        let count = self.prune_count_global(layers, sparsity, total)?;
+        self.prune_lowest_global(layers, count)
+    }
+
+    fn prune_count_global<T: Scalar>(
+        &self,
+        layers: &[ScoredLayer<'_, T>],
+        sparsity: Sparsity,
+        total: usize,
+    ) -> Result<usize> {
+        let mut already = 0;
+        for l in layers {
+            check_kept_shape(l.scores, l.kept)?;
+            already += l.kept.map_or(0, Mask::count_pruned);
+        }
+        Ok(self.extra(sparsity, total, already))
+    }
+
+    /// Prunes exactly `count` more weights (or all candidates, if fewer) across `layers`,
+    /// the lowest scores first, with the tie order of [`Selector::select_global`].
+    ///
+    /// This is the primitive that scopes with extra constraints (a minimum density per
+    /// layer, say) build on.
+    ///
+    /// # Errors
+    /// As [`Selector::select_global`].
+    pub fn prune_lowest_global<T: Scalar>(
+        &self,
+        layers: &[ScoredLayer<'_, T>],
+        count: usize,
+    ) -> Result<Vec<Mask>> {
+        let segments: Vec<Segment<'_, T>> = layers
+            .iter()
+            .map(|l| {
+                check_kept_shape(l.scores, l.kept)?;
+                Ok(Segment { name: l.name, scores: l.scores, kept: l.kept })
+            })
+            .collect::<Result<_>>()?;
+        prune_lowest_segments(&segments, count)
+    }
+}
+
+fn check_kept_shape<T: Scalar>(scores: &DMatrix<T>, kept: Option<&Mask>) -> Result<()> {
+    match kept {
+        Some(mask) if mask.shape() != scores.shape() => Err(Error::ShapeMismatch {
+            op: "select with kept mask",
+            expected: scores.shape(),
+            got: mask.shape(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

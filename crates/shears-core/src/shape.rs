@@ -1,0 +1,192 @@
+//! [`WeightShape`]: how a weight tensor is viewed as the matrix that masks and selection use.
+
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The shape of a prunable weight and its matrix view.
+///
+/// - A fully connected weight `(out_features, in_features)` is its own matrix: an output
+///   neuron is a row (PyTorch and safetensors layout; `y = W x`).
+/// - A convolution weight `(out_channels, in_channels, kh, kw)` is viewed as the matrix
+///   `(out_channels, in_channels * kh * kw)`: a filter is a row and an input channel is a
+///   group of `kh * kw` adjacent columns. Its row-major data *is* that matrix's row-major
+///   data, so no element moves.
+///
+/// # Invariants
+/// Every dimension product fits in `usize` (checked by [`WeightShape::conv`] and
+/// [`WeightShape::from_dims`]).
+///
+/// # Examples
+/// ```
+/// use shears_core::WeightShape;
+/// let conv = WeightShape::conv(64, 3, 3, 3)?;
+/// assert_eq!(conv.matrix_shape(), (64, 27));
+/// assert_eq!(conv.channel_columns(1), Some(9..18));
+/// assert_eq!(WeightShape::from_dims(&[10, 20])?, WeightShape::dense(10, 20));
+/// assert!(WeightShape::from_dims(&[10]).is_err());
+/// # Ok::<(), shears_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "Vec<usize>", into = "Vec<usize>")]
+pub struct WeightShape {
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Dense { rows: usize, cols: usize },
+    Conv { out_channels: usize, in_channels: usize, kh: usize, kw: usize },
+}
+
+impl WeightShape {
+    /// A fully connected weight `(rows, cols)` = `(out_features, in_features)`.
+    pub fn dense(rows: usize, cols: usize) -> Self {
+        WeightShape { kind: Kind::Dense { rows, cols } }
+    }
+
+    /// A convolution weight `(out_channels, in_channels, kh, kw)`.
+    ///
+    /// # Errors
+    /// [`Error::DimensionOverflow`] if the element count does not fit in `usize`.
+    pub fn conv(out_channels: usize, in_channels: usize, kh: usize, kw: usize) -> Result<Self> {
+        let dims = vec![out_channels, in_channels, kh, kw];
+        let overflow = || Error::DimensionOverflow { dims: dims.clone() };
+        let cols =
+            in_channels.checked_mul(kh).and_then(|x| x.checked_mul(kw)).ok_or_else(overflow)?;
+        out_channels.checked_mul(cols).ok_or_else(overflow)?;
+        Ok(WeightShape { kind: Kind::Conv { out_channels, in_channels, kh, kw } })
+    }
+
+    /// The shape of a tensor from its dimensions: 2-D is dense, 4-D is a convolution.
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedRank`] for any other rank; [`Error::DimensionOverflow`] if the
+    /// element count does not fit in `usize`.
+    pub fn from_dims(dims: &[usize]) -> Result<Self> {
+        match *dims {
+            [rows, cols] => {
+                rows.checked_mul(cols).ok_or(Error::DimensionOverflow { dims: dims.to_vec() })?;
+                Ok(WeightShape::dense(rows, cols))
+            }
+            [o, i, kh, kw] => WeightShape::conv(o, i, kh, kw),
+            _ => Err(Error::UnsupportedRank { dims: dims.to_vec() }),
+        }
+    }
+
+    /// The tensor's own dimensions (2 or 4 of them).
+    pub fn dims(&self) -> Vec<usize> {
+        match self.kind {
+            Kind::Dense { rows, cols } => vec![rows, cols],
+            Kind::Conv { out_channels, in_channels, kh, kw } => {
+                vec![out_channels, in_channels, kh, kw]
+            }
+        }
+    }
+
+    /// The matrix view `(rows, cols)`.
+    pub fn matrix_shape(&self) -> (usize, usize) {
+        match self.kind {
+            Kind::Dense { rows, cols } => (rows, cols),
+            Kind::Conv { out_channels, in_channels, kh, kw } => {
+                (out_channels, in_channels * kh * kw)
+            }
+        }
+    }
+
+    /// Rows of the matrix view (output neurons or filters).
+    pub fn rows(&self) -> usize {
+        self.matrix_shape().0
+    }
+
+    /// Columns of the matrix view.
+    pub fn cols(&self) -> usize {
+        self.matrix_shape().1
+    }
+
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        let (r, c) = self.matrix_shape();
+        r * c
+    }
+
+    /// Whether the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether this is a convolution weight.
+    pub fn is_conv(&self) -> bool {
+        matches!(self.kind, Kind::Conv { .. })
+    }
+
+    /// `(out_channels, in_channels, kh, kw)` for a convolution weight.
+    pub fn conv_dims(&self) -> Option<(usize, usize, usize, usize)> {
+        match self.kind {
+            Kind::Conv { out_channels, in_channels, kh, kw } => {
+                Some((out_channels, in_channels, kh, kw))
+            }
+            Kind::Dense { .. } => None,
+        }
+    }
+
+    /// Input channels of a convolution weight.
+    pub fn in_channels(&self) -> Option<usize> {
+        self.conv_dims().map(|(_, i, _, _)| i)
+    }
+
+    /// The matrix columns of input channel `channel` of a convolution weight.
+    pub fn channel_columns(&self, channel: usize) -> Option<Range<usize>> {
+        let (_, in_channels, kh, kw) = self.conv_dims()?;
+        (channel < in_channels).then(|| channel * kh * kw..(channel + 1) * kh * kw)
+    }
+}
+
+impl TryFrom<Vec<usize>> for WeightShape {
+    type Error = Error;
+    fn try_from(dims: Vec<usize>) -> Result<Self> {
+        WeightShape::from_dims(&dims)
+    }
+}
+
+impl From<WeightShape> for Vec<usize> {
+    fn from(shape: WeightShape) -> Vec<usize> {
+        shape.dims()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conv_view() {
+        let s = WeightShape::conv(4, 2, 3, 3).unwrap();
+        assert_eq!(s.matrix_shape(), (4, 18));
+        assert_eq!(s.dims(), vec![4, 2, 3, 3]);
+        assert_eq!(s.channel_columns(0), Some(0..9));
+        assert_eq!(s.channel_columns(2), None);
+        assert_eq!(s.in_channels(), Some(2));
+        assert!(s.is_conv());
+        assert_eq!(WeightShape::dense(3, 4).channel_columns(0), None);
+    }
+
+    #[test]
+    fn errors() {
+        assert!(matches!(WeightShape::from_dims(&[1, 2, 3]), Err(Error::UnsupportedRank { .. })));
+        assert!(matches!(
+            WeightShape::from_dims(&[usize::MAX, 2]),
+            Err(Error::DimensionOverflow { .. })
+        ));
+        assert!(matches!(
+            WeightShape::conv(2, usize::MAX, 2, 1),
+            Err(Error::DimensionOverflow { .. })
+        ));
+        assert!(matches!(
+            WeightShape::conv(usize::MAX, 2, 1, 1),
+            Err(Error::DimensionOverflow { .. })
+        ));
+    }
+}

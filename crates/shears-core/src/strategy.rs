@@ -1,0 +1,237 @@
+//! The [`PruningStrategy`] trait and [`LayerContext`], the per-layer data strategies read.
+
+use nalgebra::{DMatrix, DVector};
+
+use crate::error::{Error, Result};
+use crate::granularity::Granularity;
+use crate::mask::Mask;
+use crate::scalar::Scalar;
+use crate::select::{Selector, check_finite};
+use crate::shape::WeightShape;
+use crate::sparsity::Sparsity;
+
+/// What a strategy may read about a layer besides its weights.
+///
+/// Built with [`LayerContext::new`] and the `with_*` methods; strategies that need a
+/// piece of data it does not hold return an error naming the layer. New kinds of
+/// per-layer data are added here, so [`PruningStrategy`] does not change when a strategy
+/// needs more.
+///
+/// ```
+/// use nalgebra::DMatrix;
+/// use shears_core::LayerContext;
+/// let grads = DMatrix::<f32>::zeros(2, 3);
+/// let ctx = LayerContext::new("fc1").with_gradients(&grads);
+/// assert_eq!(ctx.name(), "fc1");
+/// assert!(ctx.gradients().is_some());
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct LayerContext<'a, T: Scalar> {
+    name: &'a str,
+    shape: Option<WeightShape>,
+    gradients: Option<&'a DMatrix<T>>,
+    initial: Option<&'a DMatrix<T>>,
+    activation_norms: Option<&'a DVector<T>>,
+    mask: Option<&'a Mask>,
+}
+
+impl<'a, T: Scalar> LayerContext<'a, T> {
+    /// A context holding only the layer's name.
+    pub fn new(name: &'a str) -> Self {
+        LayerContext {
+            name,
+            shape: None,
+            gradients: None,
+            initial: None,
+            activation_norms: None,
+            mask: None,
+        }
+    }
+
+    /// The weight's tensor shape (needed for convolution filters and channels; a dense
+    /// shape is assumed when absent).
+    pub fn with_shape(mut self, shape: WeightShape) -> Self {
+        self.shape = Some(shape);
+        self
+    }
+
+    /// Gradients of the loss with respect to the weights (same shape).
+    pub fn with_gradients(mut self, gradients: &'a DMatrix<T>) -> Self {
+        self.gradients = Some(gradients);
+        self
+    }
+
+    /// Weights at initialisation or at an early iteration (lottery-ticket rewinding).
+    pub fn with_initial(mut self, initial: &'a DMatrix<T>) -> Self {
+        self.initial = Some(initial);
+        self
+    }
+
+    /// Per-input-feature activation norms `||x_j||_2` from calibration data (Wanda).
+    pub fn with_activation_norms(mut self, norms: &'a DVector<T>) -> Self {
+        self.activation_norms = Some(norms);
+        self
+    }
+
+    /// The current mask: selection only chooses among the weights it keeps.
+    pub fn with_mask(mut self, mask: &'a Mask) -> Self {
+        self.mask = Some(mask);
+        self
+    }
+
+    /// The layer's name.
+    pub fn name(&self) -> &'a str {
+        self.name
+    }
+
+    /// The tensor shape, or the dense shape of `weights` when none was given.
+    pub fn shape_or_dense(&self, weights: &DMatrix<T>) -> WeightShape {
+        self.shape.unwrap_or_else(|| WeightShape::dense(weights.nrows(), weights.ncols()))
+    }
+
+    /// The gradients, if given.
+    pub fn gradients(&self) -> Option<&'a DMatrix<T>> {
+        self.gradients
+    }
+
+    /// The initial (or rewind-point) weights, if given.
+    pub fn initial(&self) -> Option<&'a DMatrix<T>> {
+        self.initial
+    }
+
+    /// The activation norms, if given.
+    pub fn activation_norms(&self) -> Option<&'a DVector<T>> {
+        self.activation_norms
+    }
+
+    /// The current mask, if given.
+    pub fn mask(&self) -> Option<&'a Mask> {
+        self.mask
+    }
+
+    /// The gradients, checked against the weights' shape and for finiteness.
+    ///
+    /// # Errors
+    /// [`Error::MissingGradients`] if none were given; [`Error::ShapeMismatch`] if their
+    /// shape differs from `weights`; [`Error::NonFinite`] naming `"<layer>.grad"`.
+    pub fn require_gradients(&self, weights: &DMatrix<T>) -> Result<&'a DMatrix<T>> {
+        let grads = self
+            .gradients
+            .ok_or_else(|| Error::MissingGradients { tensor: self.name.to_owned() })?;
+        if grads.shape() != weights.shape() {
+            return Err(Error::ShapeMismatch {
+                op: "gradients",
+                expected: weights.shape(),
+                got: grads.shape(),
+            });
+        }
+        check_finite(&format!("{}.grad", self.name), grads.as_slice())?;
+        Ok(grads)
+    }
+}
+
+/// A pruning method: scores every weight, then keeps the highest scores.
+///
+/// Implementors provide [`scores`](PruningStrategy::scores) and, for anything but
+/// unstructured whole-tensor selection, [`mask`](PruningStrategy::mask). The trait is
+/// object safe, so models can hold `Box<dyn PruningStrategy<f32>>`.
+///
+/// # Examples
+/// A user-defined criterion that keeps the largest squared weights:
+/// ```
+/// use nalgebra::{DMatrix, dmatrix};
+/// use shears_core::{Granularity, LayerContext, PruningStrategy, Result, Sparsity};
+///
+/// struct Squared;
+/// impl PruningStrategy<f64> for Squared {
+///     fn scores(&self, weights: &DMatrix<f64>, _: &LayerContext<'_, f64>) -> Result<DMatrix<f64>> {
+///         Ok(weights.map(|w| w * w))
+///     }
+///     fn granularity(&self) -> Granularity { Granularity::Unstructured }
+/// }
+///
+/// let mut w = dmatrix![0.1, -0.9; 0.2, 0.8];
+/// let mask = Squared.prune(&mut w, &LayerContext::new("fc"), Sparsity::new(0.5)?)?;
+/// assert_eq!(w, dmatrix![0.0, -0.9; 0.0, 0.8]);
+/// assert_eq!(mask.count_kept(), 2);
+/// # Ok::<(), shears_core::Error>(())
+/// ```
+pub trait PruningStrategy<T: Scalar> {
+    /// One importance score per weight, same shape as `weights`; higher = more important.
+    ///
+    /// # Errors
+    /// Strategy-specific: missing or mismatched inputs, non-finite values.
+    fn scores(&self, weights: &DMatrix<T>, ctx: &LayerContext<'_, T>) -> Result<DMatrix<T>>;
+
+    /// The unit this strategy prunes at.
+    fn granularity(&self) -> Granularity;
+
+    /// Whether [`scores`](PruningStrategy::scores) needs gradients in the context.
+    fn requires_gradients(&self) -> bool {
+        false
+    }
+
+    /// The mask at `sparsity` (absolute; only weights kept by the context's mask compete).
+    ///
+    /// The default selects on [`scores`](PruningStrategy::scores) over the whole tensor.
+    ///
+    /// # Errors
+    /// Whatever [`scores`](PruningStrategy::scores) returns, and [`Error::NonFinite`] for
+    /// non-finite scores.
+    fn mask(
+        &self,
+        weights: &DMatrix<T>,
+        ctx: &LayerContext<'_, T>,
+        sparsity: Sparsity,
+    ) -> Result<Mask> {
+        let scores = self.scores(weights, ctx)?;
+        Selector::new().select(ctx.name(), &scores, sparsity, ctx.mask())
+    }
+
+    /// Computes the mask and zeroes the pruned weights in place; returns the mask.
+    ///
+    /// # Errors
+    /// As [`mask`](PruningStrategy::mask).
+    fn prune(
+        &self,
+        weights: &mut DMatrix<T>,
+        ctx: &LayerContext<'_, T>,
+        sparsity: Sparsity,
+    ) -> Result<Mask> {
+        let mask = self.mask(weights, ctx, sparsity)?;
+        mask.apply_in_place(weights)?;
+        Ok(mask)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nalgebra::dmatrix;
+
+    #[test]
+    fn require_gradients_errors() {
+        let w = DMatrix::<f64>::zeros(2, 2);
+        let ctx = LayerContext::new("fc");
+        assert_eq!(
+            ctx.require_gradients(&w).unwrap_err(),
+            Error::MissingGradients { tensor: "fc".into() }
+        );
+        let g = DMatrix::<f64>::zeros(2, 3);
+        assert!(matches!(
+            ctx.with_gradients(&g).require_gradients(&w),
+            Err(Error::ShapeMismatch { op: "gradients", .. })
+        ));
+        let nan = dmatrix![0.0, f64::NAN; 0.0, 0.0];
+        let err = ctx.with_gradients(&nan).require_gradients(&w).unwrap_err();
+        assert_eq!(err, Error::NonFinite { tensor: "fc.grad".into(), index: 2 });
+    }
+
+    #[test]
+    fn shape_defaults_to_dense() {
+        let w = DMatrix::<f32>::zeros(3, 4);
+        assert_eq!(LayerContext::new("x").shape_or_dense(&w), WeightShape::dense(3, 4));
+        let conv = WeightShape::conv(3, 1, 2, 2).unwrap();
+        assert_eq!(LayerContext::new("x").with_shape(conv).shape_or_dense(&w), conv);
+    }
+}
