@@ -95,11 +95,33 @@ pub enum Error {
         /// The granularity that was given.
         granularity: crate::Granularity,
     },
-    /// A strategy that needs gradients was given none.
-    #[error("tensor `{tensor}`: this strategy needs gradients, none were given")]
-    MissingGradients {
+    /// A strategy needs a piece of per-layer data that its context does not hold.
+    #[error("tensor `{tensor}`: this strategy needs {input}, none were given")]
+    MissingInput {
         /// The tensor's name.
         tensor: String,
+        /// What is missing.
+        input: crate::LayerInput,
+    },
+    /// A per-layer input does not have the shape its weight requires.
+    #[error("tensor `{tensor}`: {input} have shape {got:?}, the weight needs {expected:?}")]
+    InputShape {
+        /// The tensor's name.
+        tensor: String,
+        /// Which input.
+        input: crate::LayerInput,
+        /// The shape the weight requires.
+        expected: (usize, usize),
+        /// The shape given.
+        got: (usize, usize),
+    },
+    /// An N:M pattern was asked for a sparsity other than `1 - N/M`.
+    #[error("pattern {pattern} prunes a fraction {} of each group, but sparsity {sparsity} was asked for", 1.0 - pattern.n() as f64 / pattern.m() as f64)]
+    NmSparsityMismatch {
+        /// The pattern.
+        pattern: crate::NmPattern,
+        /// The requested sparsity.
+        sparsity: f64,
     },
     /// A named layer is not known.
     #[error("no layer named `{name}`")]

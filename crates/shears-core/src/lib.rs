@@ -69,7 +69,7 @@ pub use scalar::Scalar;
 pub use select::{ScoredLayer, Selector};
 pub use shape::WeightShape;
 pub use sparsity::{Rounding, Sparsity};
-pub use strategy::{LayerContext, PruningStrategy};
+pub use strategy::{LayerContext, LayerInput, PruningStrategy};
 
 /// Fails with [`Error::NonFinite`] naming `tensor` at the first NaN or infinite value of
 /// `values`.

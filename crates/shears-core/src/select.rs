@@ -147,32 +147,28 @@ impl Selector {
         sparsity: Sparsity,
         kept: Option<&Mask>,
     ) -> Result<Mask> {
-        let groups = layout.count();
-        if group_scores.len() != groups {
-            return Err(Error::LengthMismatch {
-                what: "group scores",
-                expected: groups,
-                got: group_scores.len(),
-            });
-        }
-        check_finite(tensor, group_scores)?;
-        let alive = match kept {
-            Some(mask) => layout.kept_groups(mask)?,
-            None => vec![true; groups],
-        };
+        let alive = alive_groups(layout, group_scores, kept)?;
         let already = alive.iter().filter(|&&a| !a).count();
-        let count = self.extra(sparsity, groups, already);
-        let mut keep = alive.clone();
-        for g in
-            prune_lowest_indexed(group_scores.iter().map(|x| x.order_key()), |g| alive[g], count)
-        {
-            keep[g] = false;
-        }
-        let mut mask = layout.mask_from_kept_groups(&keep)?;
-        if let Some(kept) = kept {
-            mask.and_assign(kept)?;
-        }
-        Ok(mask)
+        let count = self.extra(sparsity, layout.count(), already);
+        prune_groups(tensor, layout, group_scores, &alive, count, kept)
+    }
+
+    /// Prunes exactly `count` more groups of `layout` (or every candidate, if fewer), the
+    /// lowest scores first and ties to the lower group number; the count-based primitive
+    /// behind [`Selector::select_groups`].
+    ///
+    /// # Errors
+    /// As [`Selector::select_groups`].
+    pub fn prune_lowest_groups<T: Scalar>(
+        &self,
+        tensor: &str,
+        layout: &GroupLayout,
+        group_scores: &[T],
+        count: usize,
+        kept: Option<&Mask>,
+    ) -> Result<Mask> {
+        let alive = alive_groups(layout, group_scores, kept)?;
+        prune_groups(tensor, layout, group_scores, &alive, count, kept)
     }
 
     /// One mask per layer, with a single threshold across all of them: `sparsity` is the
@@ -230,6 +226,46 @@ impl Selector {
             .collect::<Result<_>>()?;
         prune_lowest_segments(&segments, count)
     }
+}
+
+/// Which groups are still candidates, after checking the scores' length.
+fn alive_groups<T: Scalar>(
+    layout: &GroupLayout,
+    group_scores: &[T],
+    kept: Option<&Mask>,
+) -> Result<Vec<bool>> {
+    let groups = layout.count();
+    if group_scores.len() != groups {
+        return Err(Error::LengthMismatch {
+            what: "group scores",
+            expected: groups,
+            got: group_scores.len(),
+        });
+    }
+    match kept {
+        Some(mask) => layout.kept_groups(mask),
+        None => Ok(vec![true; groups]),
+    }
+}
+
+fn prune_groups<T: Scalar>(
+    tensor: &str,
+    layout: &GroupLayout,
+    group_scores: &[T],
+    alive: &[bool],
+    count: usize,
+    kept: Option<&Mask>,
+) -> Result<Mask> {
+    check_finite(tensor, group_scores)?;
+    let mut keep = alive.to_vec();
+    for g in prune_lowest_indexed(group_scores.iter().map(|x| x.order_key()), |g| alive[g], count) {
+        keep[g] = false;
+    }
+    let mut mask = layout.mask_from_kept_groups(&keep)?;
+    if let Some(kept) = kept {
+        mask.and_assign(kept)?;
+    }
+    Ok(mask)
 }
 
 fn check_kept_shape<T: Scalar>(scores: &DMatrix<T>, kept: Option<&Mask>) -> Result<()> {

@@ -10,6 +10,31 @@ use crate::select::{Selector, check_finite};
 use crate::shape::WeightShape;
 use crate::sparsity::Sparsity;
 
+/// A kind of per-layer data a strategy may need, named in errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LayerInput {
+    /// Gradients of the loss with respect to the weights.
+    Gradients,
+    /// Weights at initialisation or at the rewind point.
+    InitialWeights,
+    /// Per-input-feature activation norms.
+    ActivationNorms,
+    /// User-supplied importance scores.
+    Scores,
+}
+
+impl std::fmt::Display for LayerInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LayerInput::Gradients => "gradients",
+            LayerInput::InitialWeights => "initial weights",
+            LayerInput::ActivationNorms => "activation norms",
+            LayerInput::Scores => "scores",
+        })
+    }
+}
+
 /// What a strategy may read about a layer besides its weights.
 ///
 /// Built with [`LayerContext::new`] and the `with_*` methods; strategies that need a
@@ -112,21 +137,64 @@ impl<'a, T: Scalar> LayerContext<'a, T> {
     /// The gradients, checked against the weights' shape and for finiteness.
     ///
     /// # Errors
-    /// [`Error::MissingGradients`] if none were given; [`Error::ShapeMismatch`] if their
-    /// shape differs from `weights`; [`Error::NonFinite`] naming `"<layer>.grad"`.
+    /// [`Error::MissingInput`] if none were given; [`Error::InputShape`] if their shape
+    /// differs from `weights`; [`Error::NonFinite`] naming `"<layer>.grad"`.
     pub fn require_gradients(&self, weights: &DMatrix<T>) -> Result<&'a DMatrix<T>> {
-        let grads = self
-            .gradients
-            .ok_or_else(|| Error::MissingGradients { tensor: self.name.to_owned() })?;
-        if grads.shape() != weights.shape() {
-            return Err(Error::ShapeMismatch {
-                op: "gradients",
-                expected: weights.shape(),
-                got: grads.shape(),
+        self.require_matrix(self.gradients, LayerInput::Gradients, weights, "grad")
+    }
+
+    /// The initial weights, checked against the weights' shape and for finiteness.
+    ///
+    /// # Errors
+    /// [`Error::MissingInput`] if none were given; [`Error::InputShape`] if their shape
+    /// differs from `weights`; [`Error::NonFinite`] naming `"<layer>.initial"`.
+    pub fn require_initial(&self, weights: &DMatrix<T>) -> Result<&'a DMatrix<T>> {
+        self.require_matrix(self.initial, LayerInput::InitialWeights, weights, "initial")
+    }
+
+    /// The activation norms, one per input feature (column) of `weights`.
+    ///
+    /// # Errors
+    /// [`Error::MissingInput`] if none were given; [`Error::InputShape`] if there is not
+    /// one per column; [`Error::NonFinite`] naming `"<layer>.activation_norms"`.
+    pub fn require_activation_norms(&self, weights: &DMatrix<T>) -> Result<&'a DVector<T>> {
+        let norms =
+            self.activation_norms.ok_or_else(|| self.missing(LayerInput::ActivationNorms))?;
+        if norms.len() != weights.ncols() {
+            return Err(Error::InputShape {
+                tensor: self.name.to_owned(),
+                input: LayerInput::ActivationNorms,
+                expected: (weights.ncols(), 1),
+                got: (norms.len(), 1),
             });
         }
-        check_finite(&format!("{}.grad", self.name), grads.as_slice())?;
-        Ok(grads)
+        check_finite(&format!("{}.activation_norms", self.name), norms.as_slice())?;
+        Ok(norms)
+    }
+
+    /// [`Error::MissingInput`] for this layer.
+    pub fn missing(&self, input: LayerInput) -> Error {
+        Error::MissingInput { tensor: self.name.to_owned(), input }
+    }
+
+    fn require_matrix(
+        &self,
+        given: Option<&'a DMatrix<T>>,
+        input: LayerInput,
+        weights: &DMatrix<T>,
+        suffix: &str,
+    ) -> Result<&'a DMatrix<T>> {
+        let m = given.ok_or_else(|| self.missing(input))?;
+        if m.shape() != weights.shape() {
+            return Err(Error::InputShape {
+                tensor: self.name.to_owned(),
+                input,
+                expected: weights.shape(),
+                got: m.shape(),
+            });
+        }
+        check_finite(&format!("{}.{suffix}", self.name), m.as_slice())?;
+        Ok(m)
     }
 }
 
@@ -210,21 +278,36 @@ mod tests {
     use nalgebra::dmatrix;
 
     #[test]
-    fn require_gradients_errors() {
+    fn missing_and_mismatched_inputs() {
         let w = DMatrix::<f64>::zeros(2, 2);
         let ctx = LayerContext::new("fc");
-        assert_eq!(
-            ctx.require_gradients(&w).unwrap_err(),
-            Error::MissingGradients { tensor: "fc".into() }
-        );
+        let err = ctx.require_gradients(&w).unwrap_err();
+        assert_eq!(err, Error::MissingInput { tensor: "fc".into(), input: LayerInput::Gradients });
+        assert!(err.to_string().contains("needs gradients"));
         let g = DMatrix::<f64>::zeros(2, 3);
         assert!(matches!(
             ctx.with_gradients(&g).require_gradients(&w),
-            Err(Error::ShapeMismatch { op: "gradients", .. })
+            Err(Error::InputShape { input: LayerInput::Gradients, .. })
         ));
         let nan = dmatrix![0.0, f64::NAN; 0.0, 0.0];
         let err = ctx.with_gradients(&nan).require_gradients(&w).unwrap_err();
         assert_eq!(err, Error::NonFinite { tensor: "fc.grad".into(), index: 2 });
+        assert!(matches!(
+            ctx.require_initial(&w),
+            Err(Error::MissingInput { input: LayerInput::InitialWeights, .. })
+        ));
+        assert!(matches!(ctx.with_initial(&g).require_initial(&w), Err(Error::InputShape { .. })));
+        assert!(matches!(ctx.require_activation_norms(&w), Err(Error::MissingInput { .. })));
+        let short = DVector::<f64>::zeros(3);
+        assert!(matches!(
+            ctx.with_activation_norms(&short).require_activation_norms(&w),
+            Err(Error::InputShape { .. })
+        ));
+        let bad = DVector::from_vec(vec![1.0, f64::INFINITY]);
+        assert!(matches!(
+            ctx.with_activation_norms(&bad).require_activation_norms(&w),
+            Err(Error::NonFinite { .. })
+        ));
     }
 
     #[test]

@@ -1,0 +1,64 @@
+//! The error type of shears-strategies.
+
+/// The result type of shears-strategies.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in shears-strategies.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An error from shears-core (shapes, sparsity, missing per-layer data, NaN).
+    #[error(transparent)]
+    Core(#[from] shears_core::Error),
+    /// A per-round pruning rate outside `[0, 1)`.
+    #[error("pruning rate must be in [0, 1), got {value}")]
+    InvalidRate {
+        /// The rejected rate.
+        value: f64,
+    },
+    /// A schedule whose parameters do not describe a valid schedule.
+    #[error("invalid schedule: {reason}")]
+    InvalidSchedule {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A minimum density outside `[0, 1]`.
+    #[error("minimum layer density must be in [0, 1], got {value}")]
+    InvalidMinDensity {
+        /// The rejected value.
+        value: f64,
+    },
+    /// A kept-group multiple of zero.
+    #[error("kept groups must round to a multiple of at least 1, got 0")]
+    ZeroMultiple,
+    /// A scope that the strategy's pattern cannot be ranked in.
+    #[error("global scope ranks single weights; pattern {pattern} is not unstructured")]
+    GlobalNeedsUnstructured {
+        /// The pattern that was combined with global scope.
+        pattern: String,
+    },
+    /// No layer of the model is left to prune after include/exclude filters.
+    #[error(
+        "no layer to prune: the model has {available} prunable layers and the filters excluded all of them"
+    )]
+    NoLayers {
+        /// How many prunable layers the model has.
+        available: usize,
+    },
+    /// A layer has no stored initial weights for rewinding.
+    #[error("layer `{layer}` has no stored initial weights to rewind to")]
+    MissingInitial {
+        /// The layer's name.
+        layer: String,
+    },
+    /// A stored mask does not belong to the layer it is used with.
+    #[error("layer `{layer}`: mask shape {mask:?} does not match weight shape {weights:?}")]
+    MaskShape {
+        /// The layer's name.
+        layer: String,
+        /// The mask's shape.
+        mask: (usize, usize),
+        /// The weight's shape.
+        weights: (usize, usize),
+    },
+}

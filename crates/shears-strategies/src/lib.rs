@@ -1,0 +1,61 @@
+//! shears-strategies: the pruning methods users come for.
+//!
+//! Every method is a [`PruningStrategy`] from shears-core, built from two independent
+//! choices:
+//!
+//! - a **criterion** that scores each weight: [`Magnitude`] `|w|`, [`Gradient`] `|w·g|`
+//!   (with [`TaylorAccumulator`] over batches), [`Random`], [`Wanda`] `|w|·||x||`,
+//!   [`UserScores`], and the [`LotteryTicket`] (magnitude with rewinding);
+//! - a **pattern** that shapes what is kept: [`Pattern::Unstructured`],
+//!   [`Pattern::PerRow`], [`Pattern::Structured`] (rows, columns, filters, channels),
+//!   [`Pattern::NM`] (2:4, ...) and [`Pattern::Blocks`]. [`Pruner`] combines any
+//!   criterion with any pattern.
+//!
+//! Around them: [`ModelPruner`] prunes any [`Prunable`] model layer by layer or with one
+//! global threshold ([`Scope`]); [`Schedule`] says which sparsity to reach when
+//! (one-shot, geometric rounds, polynomial decay).
+//!
+//! The key decision: criteria and patterns are separate. A criterion only produces
+//! scores; the pattern's selection (from shears-core) turns them into a mask with
+//! PyTorch's counting and tie rules. So gradient scores with 2:4 structure, or Wanda
+//! scores pruned in blocks, need no new code, and every combination prunes exactly the
+//! number of weights the target asks for.
+//!
+//! ```
+//! use nalgebra::dmatrix;
+//! use shears_core::{LayerContext, PruningStrategy, Sparsity};
+//! use shears_strategies::{Axis, Magnitude, Pattern, Pruner, Structured};
+//!
+//! let mut w = dmatrix![0.1, 0.9; 0.2, 0.8];
+//! let mask = Magnitude.prune(&mut w, &LayerContext::new("fc"), Sparsity::new(0.5)?)?;
+//! assert_eq!(w, dmatrix![0.0, 0.9; 0.0, 0.8]);
+//!
+//! // The same criterion, whole output neurons (rows) by L2 norm.
+//! let w = dmatrix![0.1, 0.1; 2.0, 2.0];
+//! let rows = Pruner::new(Magnitude).pattern(Pattern::Structured(Structured::new(Axis::Rows)));
+//! let mask = rows.mask(&w, &LayerContext::new("fc"), Sparsity::new(0.5)?)?;
+//! assert_eq!(mask.fully_pruned_rows(), vec![0]);
+//! # Ok::<(), shears_core::Error>(())
+//! ```
+
+#![forbid(unsafe_code)]
+
+mod criteria;
+mod error;
+mod lottery;
+mod nm;
+mod pattern;
+mod schedule;
+mod scope;
+
+pub use criteria::{Gradient, Magnitude, Random, TaylorAccumulator, UserScores, Wanda};
+pub use error::{Error, Result};
+pub use lottery::{LotteryTicket, Masks};
+pub use nm::{first_nm_violation, satisfies_nm};
+pub use pattern::{Axis, Pattern, Pruner, Structured};
+pub use schedule::{Polynomial, PruneRate, Schedule};
+pub use scope::{ModelPruner, Scope};
+pub use shears_core::{
+    BlockShape, Granularity, LayerContext, Mask, NmPattern, Prunable, PruningStrategy, Reduction,
+    Rounding, Sparsity, WeightShape,
+};

@@ -1,0 +1,423 @@
+//! [`Pattern`]: the structure a pruned weight keeps, and [`Pruner`], which combines any
+//! criterion with any pattern.
+
+use nalgebra::{DMatrix, DVector};
+use shears_core::{
+    BlockShape, Granularity, GroupLayout, LayerContext, Mask, NmPattern, PruningStrategy,
+    Reduction, Result, Rounding, Scalar, Selector, Sparsity,
+};
+
+use crate::error::Error;
+use crate::nm::nm_mask;
+
+/// The axis whose whole slices structured pruning removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Axis {
+    /// Rows of a dense weight: output neurons (their bias entries go with them).
+    Rows,
+    /// Columns of a dense weight: inputs.
+    Columns,
+    /// Convolution filters (output channels; their bias entries go with them).
+    Filters,
+    /// Convolution input channels (`kh*kw` adjacent columns of the matrix view).
+    Channels,
+}
+
+impl Axis {
+    fn granularity(self) -> Granularity {
+        match self {
+            Axis::Rows => Granularity::Rows,
+            Axis::Columns => Granularity::Columns,
+            Axis::Filters => Granularity::Filters,
+            Axis::Channels => Granularity::Channels,
+        }
+    }
+
+    /// Whether removing a slice removes an output (and so its bias entry).
+    pub fn removes_outputs(self) -> bool {
+        matches!(self, Axis::Rows | Axis::Filters)
+    }
+}
+
+/// Options of structured pruning: the axis, how a slice's scores reduce to one, and an
+/// optional multiple that the number of kept slices is rounded up to.
+///
+/// ```
+/// use shears_core::Reduction;
+/// use shears_strategies::{Axis, Structured};
+/// let s = Structured::new(Axis::Rows).reduction(Reduction::L1).round_kept_to(8)?;
+/// assert_eq!(s.axis(), Axis::Rows);
+/// assert!(Structured::new(Axis::Rows).round_kept_to(0).is_err());
+/// # Ok::<(), shears_strategies::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Structured {
+    axis: Axis,
+    reduction: Reduction,
+    multiple: usize,
+}
+
+impl Structured {
+    /// Structured pruning along `axis`, slices scored by the L2 norm of their scores.
+    pub fn new(axis: Axis) -> Self {
+        Structured { axis, reduction: Reduction::L2, multiple: 1 }
+    }
+
+    /// How a slice's per-weight scores reduce to its score (L2 by default, as
+    /// `ln_structured(n=2)`; use [`Reduction::Sum`] for importances such as `|w·g|`).
+    pub fn reduction(mut self, reduction: Reduction) -> Self {
+        self.reduction = reduction;
+        self
+    }
+
+    /// Rounds the number of kept slices *up* to a multiple of `multiple` (8 or 16 suit
+    /// SIMD widths after compaction), never past the slice count. Rounding up means
+    /// never pruning more than asked.
+    ///
+    /// # Errors
+    /// [`Error::ZeroMultiple`] if `multiple == 0`.
+    pub fn round_kept_to(mut self, multiple: usize) -> Result<Self, Error> {
+        if multiple == 0 {
+            return Err(Error::ZeroMultiple);
+        }
+        self.multiple = multiple;
+        Ok(self)
+    }
+
+    /// The axis.
+    pub fn axis(&self) -> Axis {
+        self.axis
+    }
+
+    /// The slice reduction.
+    pub fn slice_reduction(&self) -> Reduction {
+        self.reduction
+    }
+
+    /// The kept-slice multiple (1 = no rounding).
+    pub fn multiple(&self) -> usize {
+        self.multiple
+    }
+}
+
+/// The structure of what a pruned weight keeps.
+///
+/// The sparsity passed with a pattern means: for `Unstructured` and `PerRow` the
+/// fraction of weights (of each row, for `PerRow`); for `Structured` and `Blocks` the
+/// fraction of slices or blocks; for `NM` it must be `1 - N/M` (the pattern fixes it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Pattern {
+    /// Single weights, the whole tensor compared at once.
+    Unstructured,
+    /// Single weights, each row pruned to the target on its own (row-balanced).
+    PerRow,
+    /// Whole rows, columns, filters or channels.
+    Structured(Structured),
+    /// N of every M consecutive weights along a row kept.
+    NM(NmPattern),
+    /// Whole blocks, scored by a reduction of their weights' scores.
+    Blocks {
+        /// The block shape.
+        shape: BlockShape,
+        /// How a block's scores reduce to one.
+        reduction: Reduction,
+    },
+}
+
+impl Pattern {
+    /// The granularity this pattern prunes at.
+    pub fn granularity(&self) -> Granularity {
+        match self {
+            Pattern::Unstructured | Pattern::PerRow => Granularity::Unstructured,
+            Pattern::Structured(s) => s.axis.granularity(),
+            Pattern::NM(p) => Granularity::NM(*p),
+            Pattern::Blocks { shape, .. } => Granularity::Blocks(*shape),
+        }
+    }
+}
+
+impl std::fmt::Display for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pattern::Unstructured => f.write_str("unstructured"),
+            Pattern::PerRow => f.write_str("per-row"),
+            Pattern::Structured(s) => write!(f, "structured {:?}", s.axis),
+            Pattern::NM(p) => write!(f, "{p}"),
+            Pattern::Blocks { shape, .. } => write!(f, "block {}x{}", shape.rows(), shape.cols()),
+        }
+    }
+}
+
+/// Any criterion with any pattern: the criterion scores the weights, the pattern decides
+/// the shape of what is kept.
+///
+/// ```
+/// use nalgebra::dmatrix;
+/// use shears_core::{LayerContext, NmPattern, PruningStrategy, Sparsity};
+/// use shears_strategies::{Gradient, Pattern, Pruner};
+///
+/// // Gradient scores with 2:4 structure.
+/// let w = dmatrix![1.0, 1.0, 1.0, 1.0];
+/// let g = dmatrix![0.1, 0.4, 0.3, 0.2];
+/// let pruner = Pruner::new(Gradient).pattern(Pattern::NM(NmPattern::TWO_FOUR));
+/// let mask = pruner.mask(&w, &LayerContext::new("fc").with_gradients(&g), Sparsity::new(0.5)?)?;
+/// assert_eq!(mask.to_matrix(), dmatrix![false, true, true, false]);
+/// # Ok::<(), shears_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pruner<S> {
+    criterion: S,
+    pattern: Pattern,
+    rounding: Rounding,
+}
+
+impl<S> Pruner<S> {
+    /// Unstructured pruning with `criterion`.
+    pub fn new(criterion: S) -> Self {
+        Pruner { criterion, pattern: Pattern::Unstructured, rounding: Rounding::HalfEven }
+    }
+
+    /// Sets the pattern.
+    pub fn pattern(mut self, pattern: Pattern) -> Self {
+        self.pattern = pattern;
+        self
+    }
+
+    /// Sets how `sparsity * n` becomes a count (half-even by default).
+    pub fn rounding(mut self, rounding: Rounding) -> Self {
+        self.rounding = rounding;
+        self
+    }
+
+    /// The criterion.
+    pub fn criterion(&self) -> &S {
+        &self.criterion
+    }
+
+    /// The pattern in use.
+    pub fn pattern_kind(&self) -> Pattern {
+        self.pattern
+    }
+
+    /// The rounding in use.
+    pub fn rounding_rule(&self) -> Rounding {
+        self.rounding
+    }
+
+    /// The output neurons (rows) whose bias entries go with `mask`: the fully pruned
+    /// rows when the pattern removes rows or filters, else none (an unstructured mask
+    /// that happens to empty a row leaves that neuron's bias, which still feeds the next
+    /// layer through the activation).
+    pub fn pruned_bias(&self, mask: &Mask) -> Vec<usize> {
+        match self.pattern {
+            Pattern::Structured(s) if s.axis.removes_outputs() => mask.fully_pruned_rows(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Zeroes the bias entries that [`Pruner::pruned_bias`] names.
+    ///
+    /// # Errors
+    /// [`shears_core::Error::LengthMismatch`] if `bias` has not one entry per mask row.
+    pub fn prune_bias<T: Scalar>(&self, mask: &Mask, bias: &mut DVector<T>) -> Result<()> {
+        if bias.len() != mask.nrows() {
+            return Err(shears_core::Error::LengthMismatch {
+                what: "bias",
+                expected: mask.nrows(),
+                got: bias.len(),
+            });
+        }
+        for r in self.pruned_bias(mask) {
+            bias[r] = T::zero();
+        }
+        Ok(())
+    }
+}
+
+impl<T: Scalar, S: PruningStrategy<T>> PruningStrategy<T> for Pruner<S> {
+    fn scores(&self, weights: &DMatrix<T>, ctx: &LayerContext<'_, T>) -> Result<DMatrix<T>> {
+        self.criterion.scores(weights, ctx)
+    }
+
+    fn granularity(&self) -> Granularity {
+        self.pattern.granularity()
+    }
+
+    fn requires_gradients(&self) -> bool {
+        self.criterion.requires_gradients()
+    }
+
+    fn mask(
+        &self,
+        weights: &DMatrix<T>,
+        ctx: &LayerContext<'_, T>,
+        sparsity: Sparsity,
+    ) -> Result<Mask> {
+        let scores = self.criterion.scores(weights, ctx)?;
+        let selector = Selector::new().rounding(self.rounding);
+        let name = ctx.name();
+        match self.pattern {
+            Pattern::Unstructured => selector.select(name, &scores, sparsity, ctx.mask()),
+            Pattern::PerRow => selector.select_per_row(name, &scores, sparsity, ctx.mask()),
+            Pattern::NM(p) => {
+                let nominal = 1.0 - p.n() as f64 / p.m() as f64;
+                if (sparsity.get() - nominal).abs() > 1e-9 {
+                    return Err(shears_core::Error::NmSparsityMismatch {
+                        pattern: p,
+                        sparsity: sparsity.get(),
+                    });
+                }
+                nm_mask(name, &scores, p, ctx.mask())
+            }
+            Pattern::Structured(s) => {
+                let shape = ctx.shape_or_dense(weights);
+                check_view(&shape, weights)?;
+                let layout = GroupLayout::new(name, s.axis.granularity(), &shape)?;
+                let group_scores = layout.reduce(&scores, s.reduction)?;
+                let groups = layout.count();
+                let kept_now = match ctx.mask() {
+                    Some(m) => layout.kept_groups(m)?.iter().filter(|&&k| k).count(),
+                    None => groups,
+                };
+                let target_kept = groups - sparsity.count_of(groups, self.rounding);
+                let target_kept = (target_kept.div_ceil(s.multiple) * s.multiple).min(groups);
+                let count = kept_now.saturating_sub(target_kept);
+                selector.prune_lowest_groups(name, &layout, &group_scores, count, ctx.mask())
+            }
+            Pattern::Blocks { shape, reduction } => {
+                let layout = GroupLayout::new(
+                    name,
+                    Granularity::Blocks(shape),
+                    &ctx.shape_or_dense(weights),
+                )?;
+                let group_scores = layout.reduce(&scores, reduction)?;
+                selector.select_groups(name, &layout, &group_scores, sparsity, ctx.mask())
+            }
+        }
+    }
+}
+
+fn check_view<T: Scalar>(shape: &shears_core::WeightShape, weights: &DMatrix<T>) -> Result<()> {
+    if shape.matrix_shape() == weights.shape() {
+        Ok(())
+    } else {
+        Err(shears_core::Error::ShapeMismatch {
+            op: "weight shape view",
+            expected: shape.matrix_shape(),
+            got: weights.shape(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Magnitude;
+    use nalgebra::dmatrix;
+    use shears_core::WeightShape;
+
+    #[test]
+    fn seed_structured_columns() {
+        // The seed's [inputs x neurons] case: columns 0 and 2 weak, 1 and 3 strong.
+        let w = dmatrix![0.1, 0.9, 0.2, 0.8; 0.1, 0.9, 0.2, 0.8; 0.1, 0.9, 0.2, 0.8];
+        let pruner =
+            Pruner::new(Magnitude).pattern(Pattern::Structured(Structured::new(Axis::Columns)));
+        let mask = pruner.mask(&w, &LayerContext::new("fc"), Sparsity::new(0.5).unwrap()).unwrap();
+        assert_eq!(mask.fully_pruned_cols(), vec![0, 2]);
+        assert_eq!(mask.count_kept(), 6);
+        assert!(pruner.pruned_bias(&mask).is_empty());
+    }
+
+    #[test]
+    fn rows_report_their_bias() {
+        let w = dmatrix![0.1, 0.1; 5.0, 5.0; 0.2, 0.2; 3.0, 3.0];
+        let pruner =
+            Pruner::new(Magnitude).pattern(Pattern::Structured(Structured::new(Axis::Rows)));
+        let mask = pruner.mask(&w, &LayerContext::new("fc"), Sparsity::new(0.5).unwrap()).unwrap();
+        assert_eq!(pruner.pruned_bias(&mask), vec![0, 2]);
+        let mut bias = DVector::from_vec(vec![1.0, 2.0, 3.0, 4.0]);
+        pruner.prune_bias(&mask, &mut bias).unwrap();
+        assert_eq!(bias.as_slice(), &[0.0, 2.0, 0.0, 4.0]);
+        let mut short = DVector::from_vec(vec![1.0]);
+        assert!(matches!(
+            pruner.prune_bias(&mask, &mut short),
+            Err(shears_core::Error::LengthMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn kept_rows_round_up_to_multiple() {
+        let w = DMatrix::from_fn(20, 3, |r, _| r as f64 + 1.0);
+        let s = Structured::new(Axis::Rows).round_kept_to(8).unwrap();
+        let pruner = Pruner::new(Magnitude).pattern(Pattern::Structured(s));
+        // 50% of 20 rows keeps 10, rounded up to 16.
+        let mask = pruner.mask(&w, &LayerContext::new("fc"), Sparsity::new(0.5).unwrap()).unwrap();
+        assert_eq!(mask.fully_pruned_rows(), (0..4).collect::<Vec<_>>());
+        // 99% keeps 0 rows: a multiple of 8, so all go.
+        let mask = pruner.mask(&w, &LayerContext::new("fc"), Sparsity::ONE).unwrap();
+        assert_eq!(mask.count_kept(), 0);
+    }
+
+    #[test]
+    fn conv_filters_and_channels() {
+        let shape = WeightShape::conv(3, 2, 2, 2).unwrap();
+        // Filter 1 is weak; input channel 0 is weak in every filter.
+        let w = DMatrix::from_fn(3, 8, |r, c| {
+            if r == 1 {
+                0.01
+            } else if c < 4 {
+                0.1
+            } else {
+                1.0
+            }
+        });
+        let ctx = LayerContext::new("conv").with_shape(shape);
+        let third = Sparsity::new(1.0 / 3.0).unwrap();
+        let filters =
+            Pruner::new(Magnitude).pattern(Pattern::Structured(Structured::new(Axis::Filters)));
+        let mask = filters.mask(&w, &ctx, third).unwrap();
+        assert_eq!(mask.fully_pruned_rows(), vec![1]);
+        assert_eq!(filters.pruned_bias(&mask), vec![1]);
+        let channels =
+            Pruner::new(Magnitude).pattern(Pattern::Structured(Structured::new(Axis::Channels)));
+        let mask = channels.mask(&w, &ctx, Sparsity::new(0.5).unwrap()).unwrap();
+        assert_eq!(mask.fully_pruned_cols(), vec![0, 1, 2, 3]);
+        // Channels of a dense weight, and a view that does not fit the weight, are errors.
+        let err = channels.mask(&w, &LayerContext::new("fc"), third).unwrap_err();
+        assert!(matches!(err, shears_core::Error::NotConvolution { .. }));
+        let wrong = LayerContext::new("conv").with_shape(WeightShape::conv(3, 1, 2, 2).unwrap());
+        assert!(matches!(
+            filters.mask(&w, &wrong, third),
+            Err(shears_core::Error::ShapeMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn nm_needs_its_own_sparsity() {
+        let pruner = Pruner::new(Magnitude).pattern(Pattern::NM(NmPattern::TWO_FOUR));
+        let w = DMatrix::<f32>::from_element(2, 8, 1.0);
+        let err =
+            pruner.mask(&w, &LayerContext::new("fc"), Sparsity::new(0.7).unwrap()).unwrap_err();
+        assert!(matches!(err, shears_core::Error::NmSparsityMismatch { .. }));
+        assert!(err.to_string().contains("2:4"));
+        assert_eq!(
+            pruner
+                .mask(&w, &LayerContext::new("fc"), Sparsity::new(0.5).unwrap())
+                .unwrap()
+                .count_kept(),
+            8
+        );
+    }
+
+    #[test]
+    fn blocks_are_pruned_whole() {
+        let w = DMatrix::from_fn(4, 4, |r, c| if (r < 2) == (c < 2) { 1.0 } else { 0.1 });
+        let shape = BlockShape::new(2, 2).unwrap();
+        let pruner =
+            Pruner::new(Magnitude).pattern(Pattern::Blocks { shape, reduction: Reduction::L1 });
+        let mask = pruner.mask(&w, &LayerContext::new("fc"), Sparsity::new(0.5).unwrap()).unwrap();
+        assert_eq!(mask.to_matrix(), DMatrix::from_fn(4, 4, |r, c| (r < 2) == (c < 2)));
+        assert_eq!(PruningStrategy::<f64>::granularity(&pruner), Granularity::Blocks(shape));
+    }
+}
