@@ -8,7 +8,16 @@ use std::fmt::Debug;
 /// [`RealField`](nalgebra::RealField) it gives a totally ordered integer key, so that
 /// selection can use integer comparisons and radix buckets instead of `partial_cmp`.
 pub trait Scalar:
-    nalgebra::RealField + Copy + Default + Send + Sync + Debug + num_traits::FromPrimitive + 'static
+    nalgebra::RealField
+    + Copy
+    + Default
+    + Send
+    + Sync
+    + Debug
+    + num_traits::FromPrimitive
+    + serde::Serialize
+    + serde::de::DeserializeOwned
+    + 'static
 {
     /// An unsigned integer whose order equals the order of the finite values of `Self`.
     type Key: Ord + Copy + Send + Sync + Debug;

@@ -1,0 +1,63 @@
+//! Batch-1 products: shears CSR (u16 indices) against nalgebra dense gemv and sprs, on
+//! unstructured magnitude masks, plus the compacted dense matrix after 50% row pruning.
+//!
+//! Run with: cargo bench -p shears-benches --bench spmv
+
+#![allow(missing_docs, reason = "criterion's macros generate undocumented functions")]
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use nalgebra::DVector;
+use shears_benches::{SEED, magnitude_mask, matrix, rows_mask, vector};
+use shears_sparse::{AnyCsr, Compacted, Compaction};
+
+const SHAPES: [(usize, usize); 4] = [(4096, 4096), (1024, 1024), (1536, 384), (384, 1536)];
+const SPARSITIES: [f64; 6] = [0.5, 0.7, 0.8, 0.9, 0.95, 0.99];
+
+fn spmv(c: &mut Criterion) {
+    for (rows, cols) in SHAPES {
+        let w = matrix(rows, cols, SEED);
+        let x = vector(cols, SEED + 1);
+        let mut group = c.benchmark_group(format!("spmv/{rows}x{cols}"));
+        group.sample_size(20).measurement_time(std::time::Duration::from_secs(2));
+        group.throughput(Throughput::Bytes((rows * cols * 4) as u64));
+        let mut y = DVector::zeros(rows);
+        group.bench_function(BenchmarkId::new("dense", 0), |b| {
+            b.iter(|| y.gemv(1.0, black_box(&w), &x, 0.0))
+        });
+        for s in SPARSITIES {
+            let pct = (s * 100.0).round() as u32;
+            let mask = magnitude_mask(&w, s);
+            let csr = AnyCsr::from_dense_masked(&w, &mask).unwrap_or_else(|e| panic!("{e}"));
+            let mut y = vec![0.0f32; rows];
+            group.bench_function(BenchmarkId::new("csr", pct), |b| {
+                b.iter(|| csr.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y))
+            });
+            let sp = shears_sparse::Csr::<f32, u32>::from_dense_masked(&w, &mask)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .to_sprs();
+            let mut ys = vec![0.0f32; rows];
+            group.bench_function(BenchmarkId::new("sprs-csr", pct), |b| {
+                b.iter(|| {
+                    ys.iter_mut().for_each(|v| *v = 0.0);
+                    sprs::prod::mul_acc_mat_vec_csr(
+                        sp.view(),
+                        black_box(x.as_slice()),
+                        ys.as_mut_slice(),
+                    );
+                })
+            });
+        }
+        let compact = Compacted::new(&w, &rows_mask(&w, 0.5), Compaction::Rows, None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut yc = DVector::zeros(compact.matrix().nrows());
+        group.bench_function(BenchmarkId::new("compact", 50), |b| {
+            b.iter(|| yc.gemv(1.0, black_box(compact.matrix()), &x, 0.0))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, spmv);
+criterion_main!(benches);

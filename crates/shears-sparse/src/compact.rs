@@ -1,0 +1,188 @@
+//! Compaction after structured pruning: physically smaller dense matrices.
+
+use nalgebra::{DMatrix, DVector};
+use shears_core::{Mask, Scalar};
+
+use crate::error::{Error, Result};
+
+/// Which fully pruned slices compaction removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Compaction {
+    /// Fully pruned rows (output neurons) and their bias entries.
+    Rows,
+    /// Fully pruned columns (inputs).
+    Columns,
+    /// Both.
+    RowsAndColumns,
+}
+
+/// A dense matrix with its fully pruned rows and/or columns removed, and the index maps
+/// back to the original: `matrix[(i, j)] == original[(rows[i], cols[j])]`.
+///
+/// The speedup is the shrink factor, with ordinary dense kernels: multiply by
+/// [`Compacted::matrix`] the inputs gathered with [`Compacted::gather_input`].
+///
+/// ```
+/// use nalgebra::{dmatrix, dvector};
+/// use shears_core::Mask;
+/// use shears_sparse::{Compacted, Compaction};
+///
+/// let w = dmatrix![1.0, 2.0; 0.0, 0.0; 3.0, 4.0];
+/// let mask = Mask::from_fn(3, 2, |r, _| r != 1)?;
+/// let c = Compacted::new(&w, &mask, Compaction::Rows, Some(&dvector![0.1, 0.2, 0.3]))?;
+/// assert_eq!(c.matrix(), &dmatrix![1.0, 2.0; 3.0, 4.0]);
+/// assert_eq!(c.rows(), &[0, 2]);
+/// assert_eq!(c.bias(), Some(&dvector![0.1, 0.3]));
+/// # Ok::<(), shears_sparse::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compacted<T: Scalar> {
+    matrix: DMatrix<T>,
+    rows: Vec<usize>,
+    cols: Vec<usize>,
+    original: (usize, usize),
+    bias: Option<DVector<T>>,
+}
+
+impl<T: Scalar> Compacted<T> {
+    /// Removes the slices of `weights` that `mask` prunes entirely, masking the rest.
+    ///
+    /// # Errors
+    /// [`Error::Core`] for a mask of another shape; [`Error::ShapeMismatch`] for a bias
+    /// that has not one entry per row.
+    pub fn new(
+        weights: &DMatrix<T>,
+        mask: &Mask,
+        what: Compaction,
+        bias: Option<&DVector<T>>,
+    ) -> Result<Self> {
+        let masked = mask.apply(weights)?;
+        if let Some(b) = bias.filter(|b| b.len() != weights.nrows()) {
+            return Err(Error::ShapeMismatch {
+                op: "compaction bias",
+                expected: (weights.nrows(), 1),
+                got: (b.len(), 1),
+            });
+        }
+        let kept = |pruned: Vec<usize>, n: usize| -> Vec<usize> {
+            (0..n).filter(|i| pruned.binary_search(i).is_err()).collect()
+        };
+        let rows = match what {
+            Compaction::Rows | Compaction::RowsAndColumns => {
+                kept(mask.fully_pruned_rows(), weights.nrows())
+            }
+            Compaction::Columns => (0..weights.nrows()).collect(),
+        };
+        let cols = match what {
+            Compaction::Columns | Compaction::RowsAndColumns => {
+                kept(mask.fully_pruned_cols(), weights.ncols())
+            }
+            Compaction::Rows => (0..weights.ncols()).collect(),
+        };
+        let matrix = masked.select_rows(rows.iter()).select_columns(cols.iter());
+        let bias = bias.map(|b| DVector::from_iterator(rows.len(), rows.iter().map(|&r| b[r])));
+        Ok(Compacted { matrix, rows, cols, original: weights.shape(), bias })
+    }
+
+    /// The compacted matrix.
+    pub fn matrix(&self) -> &DMatrix<T> {
+        &self.matrix
+    }
+
+    /// The original row of each compacted row.
+    pub fn rows(&self) -> &[usize] {
+        &self.rows
+    }
+
+    /// The original column of each compacted column.
+    pub fn cols(&self) -> &[usize] {
+        &self.cols
+    }
+
+    /// The original shape.
+    pub fn original_shape(&self) -> (usize, usize) {
+        self.original
+    }
+
+    /// The bias with the removed rows' entries dropped, if a bias was given.
+    pub fn bias(&self) -> Option<&DVector<T>> {
+        self.bias.as_ref()
+    }
+
+    /// The entries of a full-width input the compacted matrix reads.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if `x` does not have the original column count.
+    pub fn gather_input(&self, x: &DMatrix<T>) -> Result<DMatrix<T>> {
+        if x.nrows() != self.original.1 {
+            return Err(Error::ShapeMismatch {
+                op: "compacted input",
+                expected: (self.original.1, x.ncols()),
+                got: x.shape(),
+            });
+        }
+        Ok(x.select_rows(self.cols.iter()))
+    }
+
+    /// A compacted output scattered back to the original rows (removed rows are zero).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if `y` does not have one row per kept row.
+    pub fn scatter_output(&self, y: &DMatrix<T>) -> Result<DMatrix<T>> {
+        if y.nrows() != self.rows.len() {
+            return Err(Error::ShapeMismatch {
+                op: "compacted output",
+                expected: (self.rows.len(), y.ncols()),
+                got: y.shape(),
+            });
+        }
+        let mut out = DMatrix::zeros(self.original.0, y.ncols());
+        for (i, &r) in self.rows.iter().enumerate() {
+            out.row_mut(r).copy_from(&y.row(i));
+        }
+        Ok(out)
+    }
+}
+
+/// Two consecutive layers `y = W2 · act(W1 x + b1)`, shrunk together: the rows of `W1`
+/// that `mask1` prunes entirely (its dead output neurons), their bias entries, and the
+/// matching columns of `W2` are removed. The result computes the same function wherever
+/// `act(0) = 0` (ReLU), with physically smaller matrices.
+///
+/// Returns the compacted first layer (rows dropped, bias kept in step) and the second
+/// layer's weight with those columns dropped.
+///
+/// ```
+/// use nalgebra::{dmatrix, dvector};
+/// use shears_core::Mask;
+/// use shears_sparse::compact_pair;
+///
+/// let w1 = dmatrix![1.0, 1.0; 5.0, 5.0; 2.0, 2.0];
+/// let mask1 = Mask::from_fn(3, 2, |r, _| r != 0)?;
+/// let w2 = dmatrix![7.0, 8.0, 9.0];
+/// let (first, w2_small) = compact_pair(&w1, &dvector![0.0, 1.0, 2.0], &mask1, &w2)?;
+/// assert_eq!(first.matrix().shape(), (2, 2));
+/// assert_eq!(w2_small, dmatrix![8.0, 9.0]);
+/// # Ok::<(), shears_sparse::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] if `W2` does not have one column per row of `W1` or the
+/// bias one entry per row; [`Error::Core`] for a mask of another shape.
+pub fn compact_pair<T: Scalar>(
+    w1: &DMatrix<T>,
+    b1: &DVector<T>,
+    mask1: &Mask,
+    w2: &DMatrix<T>,
+) -> Result<(Compacted<T>, DMatrix<T>)> {
+    if w2.ncols() != w1.nrows() {
+        return Err(Error::ShapeMismatch {
+            op: "compact pair",
+            expected: (w2.nrows(), w1.nrows()),
+            got: w2.shape(),
+        });
+    }
+    let first = Compacted::new(w1, mask1, Compaction::Rows, Some(b1))?;
+    let second = w2.select_columns(first.rows().iter());
+    Ok((first, second))
+}

@@ -1,0 +1,292 @@
+//! The sparse kernels and their one dispatch point.
+//!
+//! Each kernel is written once, generic over the element and index types, as an
+//! `#[inline(always)]` row routine. [`KernelPath`] picks, once per process, which
+//! compiled copy runs: the same generic code compiled with AVX-512, with AVX2+FMA, or
+//! for the baseline target (always available). Users get SIMD from a plain
+//! `cargo build --release`, with no `RUSTFLAGS`. `SHEARS_KERNEL=portable|avx2|avx512`
+//! forces a path (falling back to the best one the CPU supports) for testing.
+//!
+//! Every path evaluates the same arithmetic in the same order (explicit accumulator
+//! lanes, no fused multiply-add), so all paths and all thread counts give bit-identical
+//! results.
+//!
+//! This module is the only place in shears that contains `unsafe`: calling a
+//! `#[target_feature]` function, after checking the CPU has the feature, and unchecked
+//! indexing into `x` with column indices the format's validator has bounded.
+
+#![allow(unsafe_code)]
+
+mod spmm;
+mod spmv;
+
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+pub(crate) use spmm::{bsr_spmm, csr_spmm, nm_spmm};
+pub(crate) use spmv::{bsr_spmv, csr_spmv, nm_spmv};
+
+/// Which compiled copy of the kernels runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KernelPath {
+    /// The baseline target's instructions (SSE2 on x86-64), always available.
+    Portable,
+    /// AVX2 and FMA (x86-64).
+    Avx2,
+    /// AVX-512F (x86-64).
+    Avx512,
+}
+
+impl KernelPath {
+    fn supported(self) -> bool {
+        match self {
+            KernelPath::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    fn best() -> Self {
+        [KernelPath::Avx512, KernelPath::Avx2]
+            .into_iter()
+            .find(|p| p.supported())
+            .unwrap_or(KernelPath::Portable)
+    }
+
+    /// Parses a `SHEARS_KERNEL` value.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "portable" => Some(KernelPath::Portable),
+            "avx2" => Some(KernelPath::Avx2),
+            "avx512" => Some(KernelPath::Avx512),
+            _ => None,
+        }
+    }
+
+    /// The path a request resolves to on this CPU: the request if supported, else the
+    /// best supported one below it.
+    pub fn resolve(requested: KernelPath) -> Self {
+        let order = [KernelPath::Avx512, KernelPath::Avx2, KernelPath::Portable];
+        let start = order.iter().position(|&p| p == requested).unwrap_or(2);
+        order[start..].iter().copied().find(|p| p.supported()).unwrap_or(KernelPath::Portable)
+    }
+}
+
+/// The kernel path in use: `SHEARS_KERNEL` if set and valid, else the best the CPU has.
+pub fn kernel_path() -> KernelPath {
+    static PATH: OnceLock<KernelPath> = OnceLock::new();
+    *PATH.get_or_init(|| {
+        std::env::var("SHEARS_KERNEL")
+            .ok()
+            .and_then(|v| KernelPath::from_name(&v))
+            .map_or_else(KernelPath::best, KernelPath::resolve)
+    })
+}
+
+/// Defines `$name(path, args..)`, which runs the `#[inline(always)]` generic `$kernel`
+/// compiled for the given [`KernelPath`]: one wrapper per instruction set, all calling the
+/// same body, so the compiler vectorises it for each.
+macro_rules! multiversion {
+    ($(#[$meta:meta])* fn $name:ident<$($g:ident : $bound:path),*>($($arg:ident : $ty:ty),* $(,)?) => $kernel:ident) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments, reason = "mirrors the kernel's own signature")]
+        fn $name<$($g: $bound),*>(path: $crate::kernels::KernelPath, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                #[allow(clippy::too_many_arguments, reason = "mirrors the kernel's own signature")]
+                fn avx512<$($g: $bound),*>($($arg: $ty),*) {
+                    $kernel::<$($g),*>($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                #[allow(clippy::too_many_arguments, reason = "mirrors the kernel's own signature")]
+                fn avx2<$($g: $bound),*>($($arg: $ty),*) {
+                    $kernel::<$($g),*>($($arg),*)
+                }
+                match path {
+                    // SAFETY: KernelPath::Avx512 is only ever resolved after
+                    // `is_x86_feature_detected!("avx512f")` (KernelPath::supported).
+                    $crate::kernels::KernelPath::Avx512 => unsafe { avx512::<$($g),*>($($arg),*) },
+                    // SAFETY: KernelPath::Avx2 is only ever resolved after detecting avx2 and fma.
+                    $crate::kernels::KernelPath::Avx2 => unsafe { avx2::<$($g),*>($($arg),*) },
+                    $crate::kernels::KernelPath::Portable => $kernel::<$($g),*>($($arg),*),
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                let _ = path;
+                $kernel::<$($g),*>($($arg),*)
+            }
+        }
+    };
+}
+pub(crate) use multiversion;
+
+/// Work (stored entries times batch) below which threads cost more than they save.
+const PARALLEL_WORK: usize = 1 << 16;
+
+/// A borrowed, validated CSR matrix.
+#[derive(Clone, Copy)]
+pub(crate) struct CsrView<'a, T, I> {
+    pub(crate) nrows: usize,
+    pub(crate) ncols: usize,
+    pub(crate) indptr: &'a [usize],
+    pub(crate) indices: &'a [I],
+    pub(crate) values: &'a [T],
+}
+
+/// A borrowed, validated N:M matrix: `n` slots per group of `m` columns per row.
+#[derive(Clone, Copy)]
+pub(crate) struct NmView<'a, T> {
+    pub(crate) nrows: usize,
+    pub(crate) ncols: usize,
+    pub(crate) n: usize,
+    pub(crate) m: usize,
+    pub(crate) values: &'a [T],
+    pub(crate) positions: &'a [u8],
+}
+
+impl<T> NmView<'_, T> {
+    pub(crate) fn groups(&self) -> usize {
+        self.ncols.div_ceil(self.m)
+    }
+
+    /// Writes the matrix column of every slot of `row` into `cols` (`groups * n` long),
+    /// so the row runs through the CSR row kernels. Columns are `< ncols` because the
+    /// validator bounds every position by its group's width (checked here in debug
+    /// builds); `NmSparse` rejects `ncols` beyond `u32` at construction.
+    #[inline(always)]
+    pub(crate) fn expand_columns(&self, row: usize, cols: &mut [u32]) {
+        let per_row = self.groups() * self.n;
+        let positions = &self.positions[row * per_row..][..per_row];
+        match self.n {
+            1 => expand::<1>(positions, self.m, cols),
+            2 => expand::<2>(positions, self.m, cols),
+            4 => expand::<4>(positions, self.m, cols),
+            8 => expand::<8>(positions, self.m, cols),
+            n => {
+                for (s, (c, &p)) in cols.iter_mut().zip(positions).enumerate() {
+                    *c = ((s / n) * self.m + usize::from(p)) as u32;
+                }
+            }
+        }
+        debug_assert!(cols.iter().all(|&c| (c as usize) < self.ncols));
+    }
+}
+
+#[inline(always)]
+fn expand<const N: usize>(positions: &[u8], m: usize, cols: &mut [u32]) {
+    for (s, (c, &p)) in cols.iter_mut().zip(positions).enumerate() {
+        *c = ((s / N) * m + usize::from(p)) as u32;
+    }
+}
+
+/// A borrowed, validated block-sparse matrix: `br x bc` blocks, row-major inside, with
+/// zero padding where a block overhangs the matrix.
+#[derive(Clone, Copy)]
+pub(crate) struct BsrView<'a, T> {
+    pub(crate) nrows: usize,
+    pub(crate) ncols: usize,
+    pub(crate) br: usize,
+    pub(crate) bc: usize,
+    pub(crate) indptr: &'a [usize],
+    pub(crate) block_cols: &'a [u32],
+    pub(crate) values: &'a [T],
+}
+
+impl<T> BsrView<'_, T> {
+    pub(crate) fn block_rows(&self) -> usize {
+        self.nrows.div_ceil(self.br)
+    }
+}
+
+/// Splits `0..nrows` into about `parts` ranges of equal work, given the work before each
+/// row (`work_before(nrows)` is the total).
+fn partition(
+    nrows: usize,
+    parts: usize,
+    work_before: impl Fn(usize) -> usize,
+) -> Vec<Range<usize>> {
+    let total = work_before(nrows);
+    let mut ranges = Vec::with_capacity(parts);
+    let mut start = 0;
+    for p in 1..=parts {
+        let target = total * p / parts;
+        // The first row whose cumulative work reaches the target.
+        let (mut lo, mut hi) = (start, nrows);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if work_before(mid) < target { lo = mid + 1 } else { hi = mid }
+        }
+        let end = if p == parts { nrows } else { lo.max(start) };
+        if end > start {
+            ranges.push(start..end);
+            start = end;
+        }
+    }
+    ranges
+}
+
+/// Runs `f(units, out_part)` over ranges of work units (rows, or block rows), in parallel
+/// when the work is large enough. Unit `u`'s outputs start at `out_offset(u)` in `out`.
+/// Every unit is computed by exactly one call, so the result does not depend on the
+/// number of threads.
+fn for_row_chunks<T: Send>(
+    units: usize,
+    work_before: impl Fn(usize) -> usize + Sync,
+    out_offset: impl Fn(usize) -> usize,
+    out: &mut [T],
+    f: impl Fn(Range<usize>, &mut [T]) + Sync,
+) {
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || work_before(units) < PARALLEL_WORK || units < 2 {
+        f(0..units, out);
+        return;
+    }
+    let ranges = partition(units, threads * 4, work_before);
+    let mut chunks = Vec::with_capacity(ranges.len());
+    let mut rest = out;
+    for r in ranges {
+        let (head, tail) = rest.split_at_mut(out_offset(r.end) - out_offset(r.start));
+        chunks.push((r, head));
+        rest = tail;
+    }
+    chunks.into_par_iter().for_each(|(r, chunk)| f(r, chunk));
+}
+
+/// `alpha * v + beta * y`, with `y` not read when `beta == 0`.
+#[inline(always)]
+fn combine<T: shears_core::Scalar>(alpha: T, v: T, beta: T, y: T) -> T {
+    if beta == T::zero() { alpha * v } else { alpha * v + beta * y }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_cover_all_rows_in_order() {
+        let work: Vec<usize> = (0..=100).map(|r| r * r).collect();
+        for parts in [1, 2, 3, 8, 200] {
+            let ranges = partition(100, parts, |r| work[r]);
+            assert_eq!(ranges.first().map(|r| r.start), Some(0));
+            assert_eq!(ranges.last().map(|r| r.end), Some(100));
+            assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
+        }
+        assert!(partition(0, 4, |_| 0).is_empty());
+    }
+
+    #[test]
+    fn path_names() {
+        assert_eq!(KernelPath::from_name("AVX2"), Some(KernelPath::Avx2));
+        assert_eq!(KernelPath::from_name("neon"), None);
+        assert!(KernelPath::resolve(KernelPath::Avx512).supported());
+        assert_eq!(KernelPath::resolve(KernelPath::Portable), KernelPath::Portable);
+    }
+}

@@ -1,0 +1,269 @@
+//! Batched kernels: `Y <- alpha * A X + beta * Y` for a dense `X` of `batch` columns.
+//!
+//! `X` is first copied row-major (`xt`, one contiguous batch-row per input feature), so
+//! each stored weight multiplies a contiguous slice of `xt` into a register-resident
+//! tile of accumulators: tiles of 32 batch columns, then 8, then 1, with four stored
+//! weights summed per accumulator update so consecutive entries do not wait on each other. N:M rows first
+//! expand their positions into columns and then run the same tiles. Results go to a
+//! row-major buffer that is written back into `Y` at the end.
+
+use std::ops::Range;
+
+use nalgebra::DMatrix;
+use shears_core::Scalar;
+
+use super::{BsrView, CsrView, NmView, combine, for_row_chunks, kernel_path, multiversion};
+use crate::index::SpIndex;
+
+/// Entries combined per accumulator update: four products are summed in a fixed tree
+/// before one add into the tile, so the accumulator's dependency chain advances once
+/// per four stored weights instead of once per weight.
+const UNROLL: usize = 4;
+
+/// One tile of `W` batch columns of one output row, from the row's values and columns.
+#[inline(always)]
+fn tile<T: Scalar, I: SpIndex, const W: usize>(
+    values: &[T],
+    cols: &[I],
+    xt: &[T],
+    batch: usize,
+    t0: usize,
+    out: &mut [T],
+) {
+    let mut acc = [T::zero(); W];
+    let full = values.len() / UNROLL * UNROLL;
+    let x_row = |i: I| -> &[T] {
+        let start = i.index() * batch + t0;
+        // SAFETY: every column is < ncols (the format's validator, or NmView::expand_columns)
+        // and t0 + W <= batch (the tiling loop), so start + W <= ncols * batch == xt.len().
+        unsafe { xt.get_unchecked(start..start + W) }
+    };
+    for (v, c) in values[..full].chunks_exact(UNROLL).zip(cols[..full].chunks_exact(UNROLL)) {
+        let (x0, x1, x2, x3) = (x_row(c[0]), x_row(c[1]), x_row(c[2]), x_row(c[3]));
+        for j in 0..W {
+            acc[j] += (v[0] * x0[j] + v[1] * x1[j]) + (v[2] * x2[j] + v[3] * x3[j]);
+        }
+    }
+    for (&v, &c) in values[full..].iter().zip(&cols[full..]) {
+        let xs = x_row(c);
+        for j in 0..W {
+            acc[j] += v * xs[j];
+        }
+    }
+    out[t0..t0 + W].copy_from_slice(&acc);
+}
+
+/// One output row: tiles of 32 batch columns, then 8, then 1.
+#[inline(always)]
+fn row_tiles<T: Scalar, I: SpIndex>(
+    values: &[T],
+    cols: &[I],
+    xt: &[T],
+    batch: usize,
+    out: &mut [T],
+) {
+    let mut t0 = 0;
+    while t0 + 32 <= batch {
+        tile::<T, I, 32>(values, cols, xt, batch, t0, out);
+        t0 += 32;
+    }
+    while t0 + 8 <= batch {
+        tile::<T, I, 8>(values, cols, xt, batch, t0, out);
+        t0 += 8;
+    }
+    while t0 < batch {
+        tile::<T, I, 1>(values, cols, xt, batch, t0, out);
+        t0 += 1;
+    }
+}
+
+#[inline(always)]
+fn csr_rows_kernel<T: Scalar, I: SpIndex>(
+    a: CsrView<'_, T, I>,
+    rows: Range<usize>,
+    xt: &[T],
+    batch: usize,
+    out: &mut [T],
+) {
+    for (k, r) in rows.enumerate() {
+        let range = a.indptr[r]..a.indptr[r + 1];
+        row_tiles(
+            &a.values[range.clone()],
+            &a.indices[range],
+            xt,
+            batch,
+            &mut out[k * batch..(k + 1) * batch],
+        );
+    }
+}
+
+multiversion! {
+    fn csr_rows<T: Scalar, I: SpIndex>(a: CsrView<'_, T, I>, rows: Range<usize>, xt: &[T], batch: usize, out: &mut [T]) => csr_rows_kernel
+}
+
+#[inline(always)]
+fn nm_rows_kernel<T: Scalar>(
+    a: NmView<'_, T>,
+    rows: Range<usize>,
+    xt: &[T],
+    batch: usize,
+    out: &mut [T],
+) {
+    let per_row = a.groups() * a.n;
+    let mut cols = vec![0u32; per_row];
+    for (k, r) in rows.enumerate() {
+        a.expand_columns(r, &mut cols);
+        row_tiles(
+            &a.values[r * per_row..][..per_row],
+            &cols,
+            xt,
+            batch,
+            &mut out[k * batch..(k + 1) * batch],
+        );
+    }
+}
+
+multiversion! {
+    fn nm_rows<T: Scalar>(a: NmView<'_, T>, rows: Range<usize>, xt: &[T], batch: usize, out: &mut [T]) => nm_rows_kernel
+}
+
+/// `X` (ncols x batch, column-major) as row-major rows of `batch`.
+fn to_row_major<T: Scalar>(x: &DMatrix<T>) -> Vec<T> {
+    let (n, b) = x.shape();
+    let mut xt = vec![T::zero(); n * b];
+    for (j, col) in x.column_iter().enumerate() {
+        for (i, &v) in col.iter().enumerate() {
+            xt[i * b + j] = v;
+        }
+    }
+    xt
+}
+
+/// `Y <- alpha * Z + beta * Y` for the row-major product `Z`.
+fn write_back<T: Scalar>(alpha: T, z: &[T], beta: T, y: &mut DMatrix<T>) {
+    let b = y.ncols();
+    for (j, mut col) in y.column_iter_mut().enumerate() {
+        for (i, v) in col.iter_mut().enumerate() {
+            *v = combine(alpha, z[i * b + j], beta, *v);
+        }
+    }
+}
+
+/// Transposes `X`, runs `rows_of(range, out)` over row chunks into a row-major product,
+/// and writes it back into `Y`.
+fn spmm<T: Scalar>(
+    nrows: usize,
+    work_before: impl Fn(usize) -> usize + Sync,
+    alpha: T,
+    x: &DMatrix<T>,
+    beta: T,
+    y: &mut DMatrix<T>,
+    rows_of: impl Fn(Range<usize>, &[T], &mut [T]) + Sync,
+) {
+    let batch = x.ncols();
+    let xt = to_row_major(x);
+    let mut z = vec![T::zero(); nrows * batch];
+    for_row_chunks(
+        nrows,
+        |r| work_before(r) * batch,
+        |r| r * batch,
+        &mut z,
+        |range, out| rows_of(range, &xt, out),
+    );
+    write_back(alpha, &z, beta, y);
+}
+
+pub(crate) fn csr_spmm<T: Scalar, I: SpIndex>(
+    a: CsrView<'_, T, I>,
+    alpha: T,
+    x: &DMatrix<T>,
+    beta: T,
+    y: &mut DMatrix<T>,
+) {
+    let (path, batch) = (kernel_path(), x.ncols());
+    spmm(
+        a.nrows,
+        |r| a.indptr[r],
+        alpha,
+        x,
+        beta,
+        y,
+        |range, xt, out| csr_rows(path, a, range, xt, batch, out),
+    );
+}
+
+pub(crate) fn nm_spmm<T: Scalar>(
+    a: NmView<'_, T>,
+    alpha: T,
+    x: &DMatrix<T>,
+    beta: T,
+    y: &mut DMatrix<T>,
+) {
+    let (path, batch) = (kernel_path(), x.ncols());
+    let per_row = a.groups() * a.n;
+    spmm(
+        a.nrows,
+        |r| r * per_row,
+        alpha,
+        x,
+        beta,
+        y,
+        |range, xt, out| nm_rows(path, a, range, xt, batch, out),
+    );
+}
+
+#[inline(always)]
+fn bsr_rows_kernel<T: Scalar>(
+    a: BsrView<'_, T>,
+    block_rows: Range<usize>,
+    xt: &[T],
+    batch: usize,
+    out: &mut [T],
+) {
+    let (br, bc) = (a.br, a.bc);
+    let first_row = block_rows.start * br;
+    for i in block_rows {
+        let r0 = i * br;
+        let height = br.min(a.nrows - r0);
+        for k in a.indptr[i]..a.indptr[i + 1] {
+            let c0 = a.block_cols[k] as usize * bc;
+            let width = bc.min(a.ncols - c0);
+            let block = &a.values[k * br * bc..][..br * bc];
+            for rr in 0..height {
+                let o = &mut out[(r0 - first_row + rr) * batch..][..batch];
+                for cc in 0..width {
+                    let w = block[rr * bc + cc];
+                    let xs = &xt[(c0 + cc) * batch..][..batch];
+                    for (ov, &xv) in o.iter_mut().zip(xs) {
+                        *ov += w * xv;
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    fn bsr_rows<T: Scalar>(a: BsrView<'_, T>, block_rows: Range<usize>, xt: &[T], batch: usize, out: &mut [T]) => bsr_rows_kernel
+}
+
+pub(crate) fn bsr_spmm<T: Scalar>(
+    a: BsrView<'_, T>,
+    alpha: T,
+    x: &DMatrix<T>,
+    beta: T,
+    y: &mut DMatrix<T>,
+) {
+    let (path, batch) = (kernel_path(), x.ncols());
+    let xt = to_row_major(x);
+    let mut z = vec![T::zero(); a.nrows * batch];
+    let block = a.br * a.bc;
+    for_row_chunks(
+        a.block_rows(),
+        |i| a.indptr[i] * block * batch,
+        |i| (i * a.br).min(a.nrows) * batch,
+        &mut z,
+        |range, out| bsr_rows(path, a, range, &xt, batch, out),
+    );
+    write_back(alpha, &z, beta, y);
+}

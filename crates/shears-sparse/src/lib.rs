@@ -1,0 +1,62 @@
+//! shears-sparse: pruned matrices in formats that run faster than dense.
+//!
+//! Pruning only pays when the pruned matrix runs faster. This crate turns a weight
+//! matrix and its [`Mask`] into
+//!
+//! - [`Csr`] / [`AnyCsr`]: compressed sparse rows with `u16` or `u32` column indices,
+//!   for unstructured sparsity;
+//! - [`NmSparse`]: N:M-packed values and in-group positions (2:4 at 50%, where CSR cannot
+//!   win);
+//! - [`BlockSparse`]: dense `r x c` blocks for block-pruned matrices;
+//! - [`Compacted`] / [`compact_pair`]: physically smaller dense matrices after
+//!   structured pruning;
+//!
+//! and [`choose_format`] picks among them from a mask and a batch size. Every format
+//! validates at construction ([`Csr::try_from_parts`] and friends), round-trips with
+//! `to_dense`, and persists with a magic tag and a version.
+//!
+//! The key decision: **one generic kernel per operation, compiled per instruction set.**
+//! The products (`matvec_into`, `matmul_into`, in the BLAS form
+//! `Y <- alpha A X + beta Y`) are each written once over `f32`/`f64` and both index
+//! types, and [`kernel_path`] runs the AVX-512, AVX2 or portable compilation of that same
+//! code, picked at run time. A plain `cargo build --release` gets the SIMD, every path
+//! computes bit-identical results, and rows are split across rayon threads by stored
+//! entries with the same bit-identical guarantee.
+//!
+//! ```
+//! use nalgebra::{DMatrix, DVector};
+//! use shears_core::Mask;
+//! use shears_sparse::AnyCsr;
+//!
+//! let w = DMatrix::<f32>::from_fn(64, 64, |r, c| (r * 64 + c) as f32);
+//! let mask = Mask::from_fn(64, 64, |r, c| (r + c) % 10 == 0)?; // 90% pruned
+//! let csr = AnyCsr::from_dense_masked(&w, &mask)?;
+//! let x = DVector::from_element(64, 1.0);
+//! assert_eq!(csr.matvec(&x)?, mask.apply(&w)? * &x);
+//! # Ok::<(), shears_sparse::Error>(())
+//! ```
+//!
+//! Force a kernel path with `SHEARS_KERNEL=portable`, `avx2` or `avx512` (it falls back
+//! to the best the CPU supports); threads follow rayon's pool (`RAYON_NUM_THREADS`).
+
+mod block;
+mod choose;
+mod compact;
+mod csr;
+mod error;
+mod index;
+mod kernels;
+mod nm;
+mod persist;
+mod validate;
+
+pub use block::BlockSparse;
+pub use choose::{Format, choose_format, csr_break_even};
+pub use compact::{Compacted, Compaction, compact_pair};
+pub use csr::{AnyCsr, Csr};
+pub use error::{Error, FormatError, Result};
+pub use index::SpIndex;
+pub use kernels::{KernelPath, kernel_path};
+pub use nm::NmSparse;
+pub use persist::SPARSE_FORMAT_VERSION;
+pub use shears_core::{BlockShape, Mask, NmPattern};

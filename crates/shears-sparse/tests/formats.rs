@@ -1,0 +1,111 @@
+//! Round trips: every format to the same dense matrix, parts and bytes round-trip.
+
+use nalgebra::{DMatrix, DVector};
+use proptest::prelude::*;
+use shears_core::{BlockShape, Mask, NmPattern, proptest as arb};
+use shears_sparse::{
+    AnyCsr, BlockSparse, Compacted, Compaction, Csr, Format, NmSparse, choose_format, compact_pair,
+};
+
+fn masked(max: usize) -> impl Strategy<Value = (DMatrix<f32>, Mask)> {
+    arb::shape(max).prop_flat_map(|(r, c)| (arb::matrix_f32(r, c), arb::mask(r, c)))
+}
+
+/// A mask that keeps at most n of every m along rows: the pattern N:M pruning produces.
+fn nm_mask(nrows: usize, ncols: usize, p: NmPattern, seed: u64) -> Mask {
+    Mask::from_fn(nrows, ncols, |r, c| ((c % p.m()) + (r + seed as usize)) % p.m() < p.n()).unwrap()
+}
+
+proptest! {
+    #[test]
+    fn csr_round_trips((w, mask) in masked(24)) {
+        let expected = mask.apply(&w).unwrap();
+        let csr: Csr<f32, u16> = Csr::from_dense_masked(&w, &mask).unwrap();
+        prop_assert_eq!(csr.nnz(), mask.count_kept());
+        prop_assert_eq!(csr.to_dense(), expected.clone());
+        let (r, c, p, i, v) = csr.clone().into_parts();
+        let back = Csr::try_from_parts(r, c, p, i, v).unwrap();
+        prop_assert_eq!(&back, &csr);
+        prop_assert_eq!(Csr::<f32, u16>::from_bytes(&csr.to_bytes()).unwrap(), csr.clone());
+        let wide: Csr<f32, u32> = Csr::from_dense_masked(&w, &mask).unwrap();
+        prop_assert_eq!(wide.to_dense(), expected.clone());
+        prop_assert_eq!(Csr::<f32, u16>::from_sprs(&csr.to_sprs()).unwrap(), csr);
+        prop_assert_eq!(AnyCsr::from_dense_masked(&w, &mask).unwrap().to_dense(), expected);
+    }
+
+    #[test]
+    fn nm_round_trips((r, c) in (0usize..12, 0usize..30), seed in 0u64..4, (n, m) in (1usize..=8).prop_flat_map(|m| (0..=m, Just(m)))) {
+        let p = NmPattern::new(n, m).unwrap();
+        let w = DMatrix::from_fn(r, c, |i, j| (i * 31 + j) as f64 * 0.5 + 1.0);
+        let mask = nm_mask(r, c, p, seed);
+        let nm = NmSparse::from_dense_masked(&w, &mask, p).unwrap();
+        prop_assert_eq!(nm.to_dense(), mask.apply(&w).unwrap());
+        let (a, b, pat, v, pos) = nm.clone().into_parts();
+        prop_assert_eq!(&NmSparse::try_from_parts(a, b, pat, v, pos).unwrap(), &nm);
+        prop_assert_eq!(NmSparse::<f64>::from_bytes(&nm.to_bytes()).unwrap(), nm.clone());
+        prop_assert_eq!(NmSparse::from_dense(&nm.to_dense(), p).unwrap().to_dense(), nm.to_dense());
+    }
+
+    #[test]
+    fn bsr_round_trips((w, mask) in masked(20), (br, bc) in (1usize..5, 1usize..5)) {
+        let block = BlockShape::new(br, bc).unwrap();
+        let bsr = BlockSparse::from_dense_masked(&w, &mask, block).unwrap();
+        prop_assert_eq!(bsr.to_dense(), mask.apply(&w).unwrap());
+        let (a, b, blk, p, cols, v) = bsr.clone().into_parts();
+        prop_assert_eq!(&BlockSparse::try_from_parts(a, b, blk, p, cols, v).unwrap(), &bsr);
+        prop_assert_eq!(BlockSparse::<f32>::from_bytes(&bsr.to_bytes()).unwrap(), bsr);
+    }
+
+    #[test]
+    fn serde_round_trips((w, mask) in masked(12)) {
+        let cfg = bincode::config::standard();
+        let csr: Csr<f32, u32> = Csr::from_dense_masked(&w, &mask).unwrap();
+        let bytes = bincode::serde::encode_to_vec(&csr, cfg).unwrap();
+        let (back, _): (Csr<f32, u32>, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
+        prop_assert_eq!(back, csr);
+    }
+
+    #[test]
+    fn compaction_preserves_the_product((w, mask) in masked(16), x in proptest::collection::vec(-1.0f32..1.0, 16)) {
+        let c = Compacted::new(&w, &mask, Compaction::RowsAndColumns, None).unwrap();
+        let x = DMatrix::from_fn(w.ncols(), 1, |i, _| x[i]);
+        let full = mask.apply(&w).unwrap() * &x;
+        let small = c.matrix() * c.gather_input(&x).unwrap();
+        let back = c.scatter_output(&small).unwrap();
+        prop_assert!((back - full).amax() < 1e-4);
+    }
+}
+
+#[test]
+fn compact_pair_keeps_the_mlp_function() {
+    let w1 = DMatrix::from_fn(6, 4, |r, c| (r * 4 + c) as f64 * 0.1 - 1.0);
+    let b1 = DVector::from_fn(6, |r, _| r as f64 * 0.1);
+    let mask = Mask::from_fn(6, 4, |r, _| r % 3 != 0).unwrap();
+    let w2 = DMatrix::from_fn(3, 6, |r, c| (r + c) as f64 * 0.2);
+    let x = DVector::from_fn(4, |i, _| i as f64 - 1.5);
+    let relu = |v: DVector<f64>| v.map(|z| z.max(0.0));
+    // The masked network with the dead neurons' biases pruned too.
+    let mut b1_pruned = b1.clone();
+    for r in mask.fully_pruned_rows() {
+        b1_pruned[r] = 0.0;
+    }
+    let full = &w2 * relu(mask.apply(&w1).unwrap() * &x + &b1_pruned);
+    let (first, w2_small) = compact_pair(&w1, &b1, &mask, &w2).unwrap();
+    let small = &w2_small * relu(first.matrix() * &x + first.bias().unwrap());
+    assert_eq!(first.matrix().nrows(), 4);
+    assert!((full - small).amax() < 1e-12);
+    assert!(compact_pair(&w1, &b1, &mask, &DMatrix::zeros(3, 5)).is_err());
+}
+
+#[test]
+fn format_choice() {
+    let rows = Mask::from_fn(32, 32, |r, _| r < 16).unwrap();
+    assert_eq!(choose_format(&rows, 32), Format::Compact);
+    let nm = Mask::from_fn(32, 32, |r, c| (c + r) % 8 < 4).unwrap();
+    assert_eq!(choose_format(&nm, 1), Format::Nm(NmPattern::new(4, 8).unwrap()));
+    let light = Mask::from_fn(32, 32, |r, c| (r + c) % 3 != 0).unwrap();
+    assert_eq!(choose_format(&light, 1), Format::Dense);
+    let heavy = Mask::from_fn(32, 32, |r, c| (r * 5 + c) % 20 == 0).unwrap();
+    assert_eq!(choose_format(&heavy, 128), Format::Csr);
+    assert_eq!(choose_format(&Mask::all_kept(0, 0).unwrap(), 1), Format::Dense);
+}

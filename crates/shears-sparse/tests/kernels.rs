@@ -1,0 +1,141 @@
+//! Every kernel against nalgebra's dense product on the masked matrix; thread determinism.
+
+use nalgebra::{DMatrix, DVector};
+use proptest::prelude::*;
+use shears_core::{BlockShape, Mask, NmPattern, proptest as arb};
+use shears_sparse::{BlockSparse, Csr, NmSparse};
+
+/// f32 products of length <= 64 with inputs in [-1, 1]: |error| < 64 * 2^-23 * sum|a x|.
+const TOL: f32 = 1e-4;
+
+fn case(max: usize) -> impl Strategy<Value = (DMatrix<f32>, Mask, DMatrix<f32>)> {
+    (arb::shape(max), 1usize..40).prop_flat_map(|((r, c), b)| {
+        (arb::matrix_f32(r, c), arb::mask(r, c), arb::matrix_f32(c, b))
+    })
+}
+
+fn close(a: &DMatrix<f32>, b: &DMatrix<f32>) -> bool {
+    a.shape() == b.shape() && a.iter().zip(b.iter()).all(|(x, y)| (x - y).abs() <= TOL)
+}
+
+proptest! {
+    #[test]
+    fn csr_matches_dense((w, mask, x) in case(40), alpha in -2.0f32..2.0, beta in -2.0f32..2.0) {
+        let dense = mask.apply(&w).unwrap();
+        let csr: Csr<f32, u16> = Csr::from_dense_masked(&w, &mask).unwrap();
+        prop_assert!(close(&csr.matmul(&x).unwrap(), &(&dense * &x)));
+        let v = DVector::from_column_slice(x.column(0).as_slice());
+        let got = csr.matvec(&v).unwrap();
+        prop_assert!(close(&DMatrix::from_column_slice(got.len(), 1, got.as_slice()), &DMatrix::from_column_slice(got.len(), 1, (&dense * &v).as_slice())));
+        // BLAS form, including beta != 0.
+        let mut y = DMatrix::from_fn(w.nrows(), x.ncols(), |r, c| (r + c) as f32 * 0.01);
+        let expected = &dense * &x * alpha + &y * beta;
+        csr.matmul_into(alpha, &x, beta, &mut y).unwrap();
+        prop_assert!(close(&y, &expected));
+    }
+
+    #[test]
+    fn beta_zero_does_not_read_y((w, mask, x) in case(20)) {
+        let csr: Csr<f32, u32> = Csr::from_dense_masked(&w, &mask).unwrap();
+        let mut y = DMatrix::from_element(w.nrows(), x.ncols(), f32::NAN);
+        csr.matmul_into(1.0, &x, 0.0, &mut y).unwrap();
+        prop_assert!(y.iter().all(|v| v.is_finite()));
+        let mut yv = vec![f32::NAN; w.nrows()];
+        csr.matvec_into(1.0, x.column(0).as_slice(), 0.0, &mut yv).unwrap();
+        prop_assert!(yv.iter().all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn nm_matches_dense((r, c, b) in (0usize..20, 0usize..40, 1usize..40), (n, m) in (1usize..=8).prop_flat_map(|m| (0..=m, Just(m)))) {
+        let p = NmPattern::new(n, m).unwrap();
+        let w = DMatrix::from_fn(r, c, |i, j| ((i * 7 + j * 3) % 11) as f32 / 11.0 - 0.5);
+        let mask = Mask::from_fn(r, c, |i, j| (j % m + i) % m < n).unwrap();
+        let x = DMatrix::from_fn(c, b, |i, j| ((i + 2 * j) % 5) as f32 / 5.0 - 0.4);
+        let nm = NmSparse::from_dense_masked(&w, &mask, p).unwrap();
+        let dense = mask.apply(&w).unwrap();
+        prop_assert!(close(&nm.matmul(&x).unwrap(), &(&dense * &x)));
+        let v = DVector::from_column_slice(x.column(0).as_slice());
+        let got = nm.matvec(&v).unwrap();
+        prop_assert!((got - &dense * &v).amax() <= TOL);
+    }
+
+    #[test]
+    fn bsr_matches_dense((w, mask, x) in case(24), (br, bc) in (1usize..6, 1usize..6)) {
+        let bsr = BlockSparse::from_dense_masked(&w, &mask, BlockShape::new(br, bc).unwrap()).unwrap();
+        let dense = mask.apply(&w).unwrap();
+        prop_assert!(close(&bsr.matmul(&x).unwrap(), &(&dense * &x)));
+        let v = DVector::from_column_slice(x.column(0).as_slice());
+        prop_assert!((bsr.matvec(&v).unwrap() - &dense * &v).amax() <= TOL);
+    }
+}
+
+#[test]
+fn f64_kernels() {
+    let w = DMatrix::from_fn(33, 70, |r, c| ((r * 70 + c) % 13) as f64 - 6.0);
+    let mask = Mask::from_fn(33, 70, |r, c| (r + c) % 4 == 0).unwrap();
+    let x = DMatrix::from_fn(70, 19, |r, c| (r as f64 - c as f64) / 10.0);
+    let csr: Csr<f64, u32> = Csr::from_dense_masked(&w, &mask).unwrap();
+    assert!((csr.matmul(&x).unwrap() - mask.apply(&w).unwrap() * &x).amax() < 1e-9);
+}
+
+#[test]
+fn results_do_not_depend_on_thread_count() {
+    // Large enough to take the parallel path.
+    let w = DMatrix::from_fn(1500, 700, |r, c| {
+        (((r * 7919 + c * 104_729) % 1000) as f32 / 500.0) - 1.0
+    });
+    let mask = Mask::from_fn(1500, 700, |r, c| (r * 31 + c * 17) % 10 < 3).unwrap();
+    let x = DMatrix::from_fn(700, 9, |r, c| ((r + c * 3) % 7) as f32 - 3.0);
+    let csr: Csr<f32, u16> = Csr::from_dense_masked(&w, &mask).unwrap();
+    let nm_mask = Mask::from_fn(1500, 700, |_, c| c % 4 < 2).unwrap();
+    let nm = NmSparse::from_dense_masked(&w, &nm_mask, NmPattern::TWO_FOUR).unwrap();
+    let bsr = BlockSparse::from_dense_masked(&w, &mask, BlockShape::new(4, 4).unwrap()).unwrap();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let v = DVector::from_column_slice(x.column(0).as_slice());
+            (
+                csr.matmul(&x).unwrap(),
+                csr.matvec(&v).unwrap(),
+                nm.matmul(&x).unwrap(),
+                nm.matvec(&v).unwrap(),
+                bsr.matmul(&x).unwrap(),
+                bsr.matvec(&v).unwrap(),
+            )
+        })
+    };
+    let one = run(1);
+    for threads in [2, 3, 4] {
+        assert_eq!(run(threads), one, "{threads} threads");
+    }
+}
+
+#[test]
+fn shape_errors() {
+    let csr: Csr<f32, u16> = Csr::from_dense(&DMatrix::from_element(3, 4, 1.0)).unwrap();
+    assert!(matches!(
+        csr.matvec(&DVector::zeros(3)),
+        Err(shears_sparse::Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        csr.matmul(&DMatrix::zeros(3, 2)),
+        Err(shears_sparse::Error::ShapeMismatch { .. })
+    ));
+    let mut y = DMatrix::zeros(2, 2);
+    assert!(matches!(
+        csr.matmul_into(1.0, &DMatrix::zeros(4, 2), 0.0, &mut y),
+        Err(shears_sparse::Error::ShapeMismatch { .. })
+    ));
+    let mut yv = vec![0.0; 2];
+    assert!(matches!(
+        csr.matvec_into(1.0, &[0.0; 4], 0.0, &mut yv),
+        Err(shears_sparse::Error::ShapeMismatch { .. })
+    ));
+    let nm = NmSparse::from_dense(&DMatrix::<f32>::zeros(2, 4), NmPattern::TWO_FOUR).unwrap();
+    assert!(nm.matvec(&DVector::zeros(3)).is_err());
+    assert!(nm.matmul(&DMatrix::zeros(3, 1)).is_err());
+    let bsr = BlockSparse::from_dense(&DMatrix::<f32>::zeros(2, 4), BlockShape::new(2, 2).unwrap())
+        .unwrap();
+    assert!(bsr.matvec(&DVector::zeros(3)).is_err());
+    assert!(bsr.matmul(&DMatrix::zeros(3, 1)).is_err());
+}

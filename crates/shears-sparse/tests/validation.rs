@@ -1,0 +1,161 @@
+//! The validators reject every single-field corruption, and loaders never panic.
+
+use nalgebra::DMatrix;
+use proptest::prelude::*;
+use shears_core::{BlockShape, Mask, NmPattern};
+use shears_sparse::{BlockSparse, Csr, Error, FormatError, NmSparse};
+
+fn sample() -> Csr<f32, u16> {
+    let w = DMatrix::from_fn(4, 6, |r, c| (r * 6 + c) as f32 + 1.0);
+    let mask = Mask::from_fn(4, 6, |r, c| (r + c) % 3 != 0).unwrap();
+    Csr::from_dense_masked(&w, &mask).unwrap()
+}
+
+#[track_caller]
+fn rejects(
+    parts: (usize, usize, Vec<usize>, Vec<u16>, Vec<f32>),
+    check: impl Fn(&FormatError) -> bool,
+) {
+    let (r, c, p, i, v) = parts;
+    match Csr::try_from_parts(r, c, p, i, v) {
+        Err(Error::Format { format: "csr", error }) => assert!(check(&error), "{error:?}"),
+        other => panic!("expected a format error, got {other:?}"),
+    }
+}
+
+#[test]
+fn every_single_field_corruption_is_rejected() {
+    let base = sample().into_parts();
+    let (r, c, p, i, v) = base.clone();
+    rejects((r, c, p[..p.len() - 1].to_vec(), i.clone(), v.clone()), |e| {
+        matches!(e, FormatError::IndptrLength { .. })
+    });
+    let mut bad = p.clone();
+    bad[0] = 1;
+    rejects((r, c, bad, i.clone(), v.clone()), |e| {
+        matches!(e, FormatError::IndptrStart { found: 1 })
+    });
+    let mut bad = p.clone();
+    bad[2] = bad[1] - 1;
+    rejects((r, c, bad, i.clone(), v.clone()), |e| {
+        matches!(e, FormatError::IndptrNotMonotone { row: 1 })
+    });
+    let mut bad = p.clone();
+    *bad.last_mut().unwrap() -= 1;
+    rejects((r, c, bad, i.clone(), v.clone()), |e| matches!(e, FormatError::IndptrEnd { .. }));
+    let mut bad = i.clone();
+    bad[0] = 6;
+    rejects((r, c, p.clone(), bad, v.clone()), |e| {
+        matches!(e, FormatError::IndexOutOfRange { index: 6, .. })
+    });
+    let mut bad = i.clone();
+    bad.swap(0, 1);
+    rejects((r, c, p.clone(), bad, v.clone()), |e| {
+        matches!(e, FormatError::UnsortedIndices { row: 0 })
+    });
+    let mut bad = i.clone();
+    bad[1] = bad[0];
+    rejects((r, c, p.clone(), bad, v.clone()), |e| {
+        matches!(e, FormatError::UnsortedIndices { row: 0 })
+    });
+    rejects((r, c, p.clone(), i.clone(), v[1..].to_vec()), |e| {
+        matches!(e, FormatError::LengthMismatch { .. })
+    });
+    assert!(matches!(
+        Csr::<f32, u16>::try_from_parts(1, 70_000, vec![0, 0], vec![], vec![]),
+        Err(Error::IndexOverflow { bits: 16, .. })
+    ));
+}
+
+#[test]
+fn byte_level_checks() {
+    let bytes = sample().to_bytes();
+    let err = |b: &[u8]| match Csr::<f32, u16>::from_bytes(b) {
+        Err(Error::Format { error, .. }) => error,
+        other => panic!("expected a format error, got {other:?}"),
+    };
+    assert!(matches!(err(b"NOTACSR!\x01\0\0\0"), FormatError::BadMagic { .. }));
+    let mut v = bytes.clone();
+    v[8] = 7;
+    assert!(matches!(err(&v), FormatError::UnsupportedVersion { found: 7, supported: 1 }));
+    assert!(matches!(err(&bytes[..10]), FormatError::Corrupted { .. }));
+    let mut long = bytes.clone();
+    long.push(0);
+    assert!(matches!(err(&long), FormatError::TrailingBytes { count: 1 }));
+    // A u16 file read as u32 indices, or f32 values as f64, is a type error, not garbage.
+    assert!(matches!(
+        Csr::<f32, u32>::from_bytes(&bytes),
+        Err(Error::Format { error: FormatError::InvalidStructure { .. }, .. })
+    ));
+    assert!(Csr::<f64, u16>::from_bytes(&bytes).is_err());
+}
+
+#[test]
+fn nm_and_bsr_validation() {
+    let p = NmPattern::TWO_FOUR;
+    assert!(matches!(
+        NmSparse::<f32>::try_from_parts(1, 4, p, vec![0.0; 3], vec![0; 2]),
+        Err(Error::Format { error: FormatError::BufferLength { what: "values", .. }, .. })
+    ));
+    assert!(matches!(
+        NmSparse::<f32>::try_from_parts(1, 4, p, vec![0.0; 2], vec![0; 3]),
+        Err(Error::Format { error: FormatError::BufferLength { what: "positions", .. }, .. })
+    ));
+    assert!(matches!(
+        NmSparse::<f32>::try_from_parts(1, 6, p, vec![0.0; 4], vec![0, 1, 0, 2]),
+        Err(Error::Format {
+            error: FormatError::PositionOutOfRange { row: 0, group: 1, position: 2 },
+            ..
+        })
+    ));
+    let w = DMatrix::from_element(2, 4, 1.0f32);
+    let err = NmSparse::from_dense_masked(&w, &Mask::all_kept(2, 4).unwrap(), p).unwrap_err();
+    assert_eq!(err, Error::NotNm { pattern: p, row: 0, col: 0 });
+    assert!(err.to_string().contains("2:4"));
+    assert!(matches!(
+        NmSparse::from_dense_masked(&w, &Mask::all_kept(1, 4).unwrap(), p),
+        Err(Error::Core(_))
+    ));
+    let b = BlockShape::new(2, 2).unwrap();
+    assert!(matches!(
+        BlockSparse::<f32>::try_from_parts(2, 4, b, vec![0, 1], vec![0], vec![0.0; 3]),
+        Err(Error::Format { error: FormatError::BufferLength { .. }, .. })
+    ));
+    assert!(matches!(
+        BlockSparse::<f32>::try_from_parts(2, 4, b, vec![0, 1], vec![2], vec![0.0; 4]),
+        Err(Error::Format { error: FormatError::IndexOutOfRange { .. }, .. })
+    ));
+    assert!(matches!(
+        BlockSparse::from_dense_masked(&w, &Mask::all_kept(1, 4).unwrap(), b),
+        Err(Error::Core(_))
+    ));
+}
+
+proptest! {
+    /// Any flipped byte or truncation of any format: an error or a valid matrix, never a panic.
+    #[test]
+    fn corrupted_bytes_never_panic(at in any::<prop::sample::Index>(), flip in 1u8..=255, cut in any::<prop::sample::Index>()) {
+        let csr = sample();
+        let w = csr.to_dense();
+        let nm = NmSparse::from_dense_masked(&w, &Mask::from_fn(4, 6, |_, c| c % 4 < 2).unwrap(), NmPattern::TWO_FOUR).unwrap();
+        let bsr = BlockSparse::from_dense(&w, BlockShape::new(3, 2).unwrap()).unwrap();
+        for bytes in [csr.to_bytes(), nm.to_bytes(), bsr.to_bytes()] {
+            let mut flipped = bytes.clone();
+            let i = at.index(flipped.len());
+            flipped[i] ^= flip;
+            let cut_bytes = &bytes[..cut.index(bytes.len())];
+            for b in [flipped.as_slice(), cut_bytes] {
+                if let Ok(m) = Csr::<f32, u16>::from_bytes(b) {
+                    prop_assert_eq!(Csr::<f32, u16>::from_bytes(&m.to_bytes()).unwrap(), m.clone());
+                    let _ = m.to_dense();
+                }
+                if let Ok(m) = NmSparse::<f32>::from_bytes(b) {
+                    let _ = m.to_dense();
+                }
+                if let Ok(m) = BlockSparse::<f32>::from_bytes(b) {
+                    let _ = m.to_dense();
+                }
+            }
+        }
+    }
+}
