@@ -272,6 +272,31 @@ pub trait PruningStrategy<T: Scalar> {
     }
 }
 
+macro_rules! forward_strategy {
+    ($($ptr:ty),*) => {$(
+        impl<T: Scalar, S: PruningStrategy<T> + ?Sized> PruningStrategy<T> for $ptr {
+            fn scores(&self, weights: &DMatrix<T>, ctx: &LayerContext<'_, T>) -> Result<DMatrix<T>> {
+                (**self).scores(weights, ctx)
+            }
+            fn granularity(&self) -> Granularity {
+                (**self).granularity()
+            }
+            fn requires_gradients(&self) -> bool {
+                (**self).requires_gradients()
+            }
+            fn mask(&self, weights: &DMatrix<T>, ctx: &LayerContext<'_, T>, sparsity: Sparsity) -> Result<Mask> {
+                (**self).mask(weights, ctx, sparsity)
+            }
+            fn prune(&self, weights: &mut DMatrix<T>, ctx: &LayerContext<'_, T>, sparsity: Sparsity) -> Result<Mask> {
+                (**self).prune(weights, ctx, sparsity)
+            }
+        }
+    )*};
+}
+
+// Strategies behind references and boxes (`Box<dyn PruningStrategy<f32>>`) are strategies.
+forward_strategy!(&S, Box<S>);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,394 @@
+//! Experiments that return data: prune and fine-tune, gradual pruning, the lottery
+//! ticket with its random re-initialisation control, and inference timing.
+
+use std::time::Instant;
+
+use nalgebra::DMatrix;
+use shears_core::{Prunable, PruningStrategy, Sparsity};
+use shears_strategies::{
+    LotteryTicket, Magnitude, Masks, ModelPruner, Pattern, Pruner, Random, Schedule, Scope,
+    TaylorAccumulator, UserScores,
+};
+
+use crate::data::{Dataset, Split};
+use crate::error::{Error, Result};
+use crate::mlp::{Mlp, to_scalar, weight_name};
+use crate::sparse_model::SparseMlp;
+use crate::train::{TrainConfig, train, train_with};
+
+/// What scores the weights in [`prune_and_finetune`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Criterion {
+    /// `|w|`.
+    Magnitude,
+    /// `|w·g|` summed over `batches` mini-batches of training data (see
+    /// [`TaylorAccumulator`]).
+    Gradient {
+        /// Mini-batches to accumulate over.
+        batches: usize,
+    },
+    /// Seeded random scores.
+    Random {
+        /// The seed.
+        seed: u64,
+    },
+}
+
+/// A pruning method: criterion, pattern, scope, and layers left alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Method {
+    /// What scores the weights.
+    pub criterion: Criterion,
+    /// The structure of what is kept.
+    pub pattern: Pattern,
+    /// Layer-wise or global.
+    pub scope: Scope,
+    /// Weight names not to prune (e.g. the output layer for structured pruning).
+    pub exclude: Vec<String>,
+}
+
+impl Method {
+    /// Unstructured, layer-wise pruning with `criterion`.
+    pub fn new(criterion: Criterion) -> Self {
+        Method {
+            criterion,
+            pattern: Pattern::Unstructured,
+            scope: Scope::Layer,
+            exclude: Vec::new(),
+        }
+    }
+}
+
+/// One pruning round of [`prune_and_finetune`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoundResult {
+    /// The round's target sparsity.
+    pub target: f64,
+    /// The sparsity reached over the pruned layers.
+    pub sparsity: f64,
+    /// Test accuracy right after pruning.
+    pub accuracy_pruned: f64,
+    /// Test accuracy after fine-tuning.
+    pub accuracy_finetuned: f64,
+}
+
+/// A pruned, fine-tuned network and what each round did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PruneOutcome {
+    /// The network after the last round.
+    pub model: Mlp<f32>,
+    /// Its masks.
+    pub masks: Masks,
+    /// One entry per schedule step.
+    pub rounds: Vec<RoundResult>,
+}
+
+/// The sparsity of the masked layers together.
+pub fn masked_sparsity(masks: &Masks) -> f64 {
+    let (pruned, total) =
+        masks.values().fold((0, 0), |(p, t), m| (p + m.count_pruned(), t + m.len()));
+    Sparsity::from_counts(pruned, total).get()
+}
+
+/// Per-layer first-order Taylor scores summed over `batches` mini-batches.
+fn taylor_scores(
+    model: &Mlp<f32>,
+    data: &Dataset,
+    batches: usize,
+    batch_size: usize,
+    seed: u64,
+) -> Result<UserScores<f32>> {
+    if batches == 0 {
+        return Err(Error::BadParameter {
+            name: "gradient batches",
+            requirement: "at least 1",
+            value: 0.0,
+        });
+    }
+    let mut probe = model.clone();
+    let mut accs: Vec<TaylorAccumulator<f32>> = model
+        .layers()
+        .iter()
+        .enumerate()
+        .map(|(i, l)| TaylorAccumulator::new(weight_name(i), l.shape().0, l.shape().1))
+        .collect();
+    let order = data.shuffled_indices(seed);
+    for batch in order.chunks(batch_size.max(1)).take(batches) {
+        let x = data.features().select_columns(batch);
+        let labels: Vec<u8> = batch.iter().map(|&i| data.labels()[i]).collect();
+        probe.backward(&x, &labels)?;
+        for (i, acc) in accs.iter_mut().enumerate() {
+            let name = weight_name(i);
+            if let (Some(w), Some(g)) = (probe.weight(&name), probe.gradient(&name)) {
+                acc.add_batch(w, g)?;
+            }
+        }
+    }
+    Ok(accs.into_iter().fold(UserScores::new(), |s, acc| {
+        let name = acc.name().to_owned();
+        s.with_layer(name, acc.into_scores())
+    }))
+}
+
+/// Prunes `model` on `schedule` with `method`, fine-tuning after every step, and reports
+/// test accuracy before and after each fine-tune. Masks only tighten across steps.
+///
+/// # Errors
+/// Errors of the strategy (e.g. global scope with a structured pattern), of training,
+/// or [`Error::BadParameter`] for zero gradient batches.
+pub fn prune_and_finetune(
+    model: &Mlp<f32>,
+    data: &Split,
+    method: &Method,
+    schedule: &Schedule,
+    finetune: &TrainConfig,
+) -> Result<PruneOutcome> {
+    let mut model = model.clone();
+    let mut masks = Masks::new();
+    let mut rounds = Vec::new();
+    for (step, target) in schedule.targets() {
+        let criterion: Box<dyn PruningStrategy<f32>> = match method.criterion {
+            Criterion::Magnitude => Box::new(Magnitude),
+            Criterion::Random { seed } => Box::new(Random::new(seed)),
+            Criterion::Gradient { batches } => Box::new(taylor_scores(
+                &model,
+                &data.train,
+                batches,
+                finetune.batch_size,
+                finetune.seed ^ step as u64,
+            )?),
+        };
+        let pruner = Pruner::new(criterion).pattern(method.pattern);
+        let mut model_pruner = ModelPruner::new(&pruner).scope(method.scope);
+        for name in &method.exclude {
+            model_pruner = model_pruner.exclude(name.clone());
+        }
+        model_pruner.prune(&mut model, target, &mut masks)?;
+        let accuracy_pruned = model.accuracy(&data.test)?;
+        let config = TrainConfig { seed: finetune.seed.wrapping_add(step as u64), ..*finetune };
+        train(&mut model, &data.train, &config, &masks)?;
+        rounds.push(RoundResult {
+            target: target.get(),
+            sparsity: masked_sparsity(&masks),
+            accuracy_pruned,
+            accuracy_finetuned: model.accuracy(&data.test)?,
+        });
+    }
+    Ok(PruneOutcome { model, masks, rounds })
+}
+
+/// Trains `model` from scratch while magnitude-pruning it on `schedule` (Zhu & Gupta's
+/// gradual pruning when the schedule is polynomial): at every pruning step of the
+/// schedule, every layer (or all together, in global scope) is pruned to the target.
+///
+/// # Errors
+/// Errors of training or pruning.
+pub fn gradual_magnitude(
+    model: &Mlp<f32>,
+    data: &Split,
+    schedule: &Schedule,
+    config: &TrainConfig,
+    scope: Scope,
+) -> Result<PruneOutcome> {
+    let mut model = model.clone();
+    let mut masks = Masks::new();
+    let mut rounds = Vec::new();
+    train_with(&mut model, &data.train, config, &mut masks, |step, mlp, masks| {
+        if let Some(target) = schedule.prune_at(step) {
+            ModelPruner::new(&Magnitude).scope(scope).prune(mlp, target, masks)?;
+            rounds.push(RoundResult {
+                target: target.get(),
+                sparsity: masked_sparsity(masks),
+                accuracy_pruned: f64::NAN,
+                accuracy_finetuned: f64::NAN,
+            });
+        }
+        Ok(())
+    })?;
+    let accuracy = model.accuracy(&data.test)?;
+    if let Some(last) = rounds.last_mut() {
+        last.accuracy_finetuned = accuracy;
+    }
+    Ok(PruneOutcome { model, masks, rounds })
+}
+
+/// Settings of the lottery-ticket experiment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LotteryConfig {
+    /// Layer sizes (inputs, hidden..., classes).
+    pub sizes: Vec<usize>,
+    /// Fraction of the remaining hidden-layer weights pruned per round.
+    pub rate: f64,
+    /// The same for the output layer (the paper uses half the hidden rate).
+    pub output_rate: f64,
+    /// Pruning rounds after the dense run.
+    pub rounds: u32,
+    /// Training of every run.
+    pub train: TrainConfig,
+    /// Rewind to the weights after this many optimizer steps (0 = initialisation).
+    pub rewind_steps: usize,
+    /// Initialisation seed.
+    pub seed: u64,
+    /// Also train the random re-initialisation control at every round.
+    pub control: bool,
+}
+
+/// One round of the lottery-ticket experiment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LotteryRound {
+    /// 0 for the dense run.
+    pub round: u32,
+    /// Fraction of weights remaining.
+    pub remaining: f64,
+    /// Test accuracy at the end of training.
+    pub accuracy: f64,
+    /// The epoch (1-based) of lowest test loss: the paper's early-stopping point.
+    pub early_stop_epoch: usize,
+    /// Test accuracy at that epoch.
+    pub early_stop_accuracy: f64,
+    /// The control (same masks, random re-initialisation): final test accuracy.
+    pub control_accuracy: Option<f64>,
+}
+
+/// Mean cross-entropy loss and accuracy of `model` on `data`.
+///
+/// # Errors
+/// [`Error::Shape`] if the data has the wrong number of features.
+pub fn evaluate(model: &Mlp<f32>, data: &Dataset) -> Result<(f64, f64)> {
+    let logits = model.forward(&to_scalar::<f32>(data.features()))?;
+    let mut loss = 0.0;
+    let mut correct = 0;
+    for (col, &label) in logits.column_iter().zip(data.labels()) {
+        let max = col.max();
+        let sum: f64 = col.iter().map(|&v| f64::from(v - max).exp()).sum();
+        loss -= f64::from(col[usize::from(label)] - max) - sum.ln();
+        correct += usize::from(col.imax() == usize::from(label));
+    }
+    let n = data.len().max(1) as f64;
+    Ok((loss / n, correct as f64 / n))
+}
+
+/// Trains and tracks test loss per epoch: `(final accuracy, best epoch, accuracy then)`.
+fn train_tracked(
+    model: &mut Mlp<f32>,
+    data: &Split,
+    config: &TrainConfig,
+    masks: &Masks,
+) -> Result<(f64, usize, f64)> {
+    let steps_per_epoch = data.train.len().div_ceil(config.batch_size.max(1));
+    let mut best = (f64::INFINITY, 0, 0.0);
+    let mut masks = masks.clone();
+    train_with(model, &data.train, config, &mut masks, |step, mlp, _| {
+        if step % steps_per_epoch == 0 {
+            let (loss, acc) = evaluate(mlp, &data.test)?;
+            if loss < best.0 {
+                best = (loss, step / steps_per_epoch, acc);
+            }
+        }
+        Ok(())
+    })?;
+    Ok((model.accuracy(&data.test)?, best.1, best.2))
+}
+
+/// Frankle & Carbin's lottery-ticket experiment: train, prune `rate` of each hidden
+/// layer's remaining weights (`output_rate` of the output layer's), rewind the kept
+/// weights to initialisation (or to step `rewind_steps`), retrain; and with `control`,
+/// train the same masks from a fresh random initialisation.
+///
+/// # Errors
+/// [`shears_strategies::Error::InvalidRate`] for bad rates; training errors.
+pub fn lottery_ticket(data: &Split, config: &LotteryConfig) -> Result<Vec<LotteryRound>> {
+    let mut model = Mlp::<f32>::new(&config.sizes, config.seed)?;
+    let output = weight_name(model.layers().len() - 1);
+    let mut ticket =
+        LotteryTicket::new(config.rate)?.with_layer_rate(output, config.output_rate)?;
+    let mut masks = Masks::new();
+    if config.rewind_steps == 0 {
+        ticket.remember_model(&model);
+    } else {
+        let mut warm = model.clone();
+        let warmup = TrainConfig {
+            epochs: usize::MAX,
+            max_steps: Some(config.rewind_steps),
+            ..config.train
+        };
+        train(&mut warm, &data.train, &warmup, &masks)?;
+        ticket.remember_model(&warm);
+    }
+    let total = model.weight_count() as f64;
+    let mut rounds = Vec::new();
+    for round in 0..=config.rounds {
+        if round > 0 {
+            ticket.prune_round(&mut model, &mut masks, round)?;
+            ticket.rewind(&mut model, &masks)?;
+        }
+        let remaining =
+            1.0 - masks.values().map(|m| m.count_pruned()).sum::<usize>() as f64 / total;
+        let train_config =
+            TrainConfig { seed: config.train.seed.wrapping_add(u64::from(round)), ..config.train };
+        let (accuracy, early_stop_epoch, early_stop_accuracy) =
+            train_tracked(&mut model, data, &train_config, &masks)?;
+        let control_accuracy = if config.control && round > 0 {
+            let mut fresh =
+                Mlp::<f32>::new(&config.sizes, config.seed ^ 0x5eed_0000 ^ u64::from(round))?;
+            for (name, mask) in &masks {
+                mask.apply_in_place(fresh.require_weight_mut(name)?)?;
+            }
+            Some(train_tracked(&mut fresh, data, &train_config, &masks)?.0)
+        } else {
+            None
+        };
+        rounds.push(LotteryRound {
+            round,
+            remaining,
+            accuracy,
+            early_stop_epoch,
+            early_stop_accuracy,
+            control_accuracy,
+        });
+    }
+    Ok(rounds)
+}
+
+/// Median wall times of the dense and the sparse network on the same input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InferenceTiming {
+    /// Dense network, nanoseconds per forward pass.
+    pub dense_ns: f64,
+    /// Sparse network, nanoseconds per forward pass.
+    pub sparse_ns: f64,
+}
+
+impl InferenceTiming {
+    /// `dense / sparse`.
+    pub fn speedup(&self) -> f64 {
+        self.dense_ns / self.sparse_ns
+    }
+}
+
+/// Times `reps` forward passes of each network on `x` and returns the medians. A
+/// measurement, not a test: quote it with the machine it ran on.
+///
+/// # Errors
+/// Shape errors of the forward passes.
+pub fn time_inference(
+    dense: &Mlp<f32>,
+    sparse: &SparseMlp<f32>,
+    x: &DMatrix<f32>,
+    reps: usize,
+) -> Result<InferenceTiming> {
+    let median = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+        f()?;
+        let mut times = Vec::with_capacity(reps.max(1));
+        for _ in 0..reps.max(1) {
+            let start = Instant::now();
+            f()?;
+            times.push(start.elapsed().as_nanos() as f64);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    };
+    let dense_ns = median(&mut || dense.forward(x).map(|_| ()))?;
+    let sparse_ns = median(&mut || sparse.forward(x).map(|_| ()))?;
+    Ok(InferenceTiming { dense_ns, sparse_ns })
+}

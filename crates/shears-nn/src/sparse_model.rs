@@ -1,0 +1,188 @@
+//! [`SparseMlp`]: a trained, pruned [`Mlp`] with each layer in the format that runs it
+//! fastest.
+
+use nalgebra::{DMatrix, DVector};
+use shears_core::{Mask, NmPattern, Scalar};
+use shears_sparse::{AnyCsr, Format, NmSparse, choose_format};
+use shears_strategies::Masks;
+
+use crate::error::Result;
+use crate::mlp::{Mlp, argmax_columns, weight_name};
+
+/// How one layer of a [`SparseMlp`] is stored.
+#[derive(Debug, Clone, PartialEq)]
+enum Kernel<T: Scalar> {
+    Dense(DMatrix<T>),
+    Csr(AnyCsr<T>),
+    Nm(NmSparse<T>),
+}
+
+/// The format each layer of a [`SparseMlp`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerFormat {
+    /// Dense (possibly compacted) matrix.
+    Dense,
+    /// CSR.
+    Csr,
+    /// N:M packed.
+    Nm(NmPattern),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct SparseLayer<T: Scalar> {
+    kernel: Kernel<T>,
+    bias: DVector<T>,
+}
+
+/// A pruned network for inference.
+///
+/// Built in two steps. First **neuron compaction**: a hidden neuron whose weights are all
+/// pruned outputs the constant `relu(b)`, so it is removed and `W_next[:, j] * relu(b_j)`
+/// is folded into the next layer's bias (exact); inputs no layer-0 weight reads are
+/// dropped. Then each (now smaller) layer takes the format [`choose_format`] picks for
+/// its mask at the expected batch size: N:M, CSR or dense.
+///
+/// Predictions equal the masked dense network's (the same arithmetic minus zero terms).
+///
+/// ```
+/// use shears_nn::{Mlp, SparseMlp};
+/// use shears_strategies::Masks;
+/// use nalgebra::DMatrix;
+///
+/// let mlp = Mlp::<f32>::new(&[8, 16, 4], 1)?;
+/// let sparse = SparseMlp::from_mlp(&mlp, &Masks::new(), 1)?;
+/// let x = DMatrix::from_element(8, 3, 0.25);
+/// assert_eq!(sparse.predict(&x)?, mlp.predict(&x)?);
+/// # Ok::<(), shears_nn::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct SparseMlp<T: Scalar> {
+    input_map: Option<Vec<usize>>,
+    inputs: usize,
+    layers: Vec<SparseLayer<T>>,
+}
+
+impl<T: Scalar> SparseMlp<T> {
+    /// Builds the inference network from `mlp` and its `masks` (weights without a mask
+    /// are dense), choosing formats for batches of `batch` samples.
+    ///
+    /// # Errors
+    /// Shape errors from the masks or formats.
+    pub fn from_mlp(mlp: &Mlp<T>, masks: &Masks, batch: usize) -> Result<Self> {
+        let n = mlp.layers().len();
+        let mut weights: Vec<DMatrix<T>> = Vec::with_capacity(n);
+        let mut biases: Vec<DVector<T>> = Vec::with_capacity(n);
+        let mut keep: Vec<Mask> = Vec::with_capacity(n);
+        for (i, layer) in mlp.layers().iter().enumerate() {
+            let mask = masks
+                .get(&weight_name(i))
+                .cloned()
+                .unwrap_or_else(|| Mask::all_kept_like(layer.weight()));
+            weights.push(mask.apply(layer.weight())?);
+            biases.push(layer.bias().clone());
+            keep.push(mask);
+        }
+        // Remove dead hidden neurons, folding their constant output into the next bias.
+        for i in 0..n - 1 {
+            let dead = keep[i].fully_pruned_rows();
+            if dead.is_empty() {
+                continue;
+            }
+            for &j in &dead {
+                let out = biases[i][j].max(T::zero());
+                if out != T::zero() {
+                    let column = weights[i + 1].column(j).clone_owned();
+                    biases[i + 1].axpy(out, &column, T::one());
+                }
+            }
+            let alive: Vec<usize> =
+                (0..weights[i].nrows()).filter(|r| dead.binary_search(r).is_err()).collect();
+            weights[i] = weights[i].select_rows(alive.iter());
+            biases[i] = DVector::from_iterator(alive.len(), alive.iter().map(|&r| biases[i][r]));
+            keep[i] = Mask::from_fn(alive.len(), keep[i].ncols(), |r, c| {
+                keep[i].get(alive[r], c) == Some(true)
+            })?;
+            weights[i + 1] = weights[i + 1].select_columns(alive.iter());
+            keep[i + 1] = Mask::from_fn(keep[i + 1].nrows(), alive.len(), |r, c| {
+                keep[i + 1].get(r, alive[c]) == Some(true)
+            })?;
+        }
+        let inputs = mlp.sizes()[0];
+        let unused = keep[0].fully_pruned_cols();
+        let input_map = (!unused.is_empty())
+            .then(|| (0..inputs).filter(|c| unused.binary_search(c).is_err()).collect::<Vec<_>>());
+        if let Some(map) = &input_map {
+            weights[0] = weights[0].select_columns(map.iter());
+            keep[0] = Mask::from_fn(keep[0].nrows(), map.len(), |r, c| {
+                keep[0].get(r, map[c]) == Some(true)
+            })?;
+        }
+        let layers = weights
+            .into_iter()
+            .zip(biases)
+            .zip(&keep)
+            .map(|((w, bias), mask)| {
+                let kernel = match choose_format(mask, batch) {
+                    Format::Nm(p) => Kernel::Nm(NmSparse::from_dense_masked(&w, mask, p)?),
+                    Format::Csr => Kernel::Csr(AnyCsr::from_dense_masked(&w, mask)?),
+                    _ => Kernel::Dense(w),
+                };
+                Ok(SparseLayer { kernel, bias })
+            })
+            .collect::<Result<_>>()?;
+        Ok(SparseMlp { input_map, inputs, layers })
+    }
+
+    /// The format and `(out, in)` shape of each layer.
+    pub fn layer_formats(&self) -> Vec<(LayerFormat, (usize, usize))> {
+        self.layers
+            .iter()
+            .map(|l| match &l.kernel {
+                Kernel::Dense(w) => (LayerFormat::Dense, w.shape()),
+                Kernel::Csr(c) => (LayerFormat::Csr, c.shape()),
+                Kernel::Nm(m) => (LayerFormat::Nm(m.pattern()), m.shape()),
+            })
+            .collect()
+    }
+
+    /// Logits `(classes, batch)` for inputs `(features, batch)`.
+    ///
+    /// # Errors
+    /// [`crate::Error::Shape`] if `x` has the wrong number of rows.
+    pub fn forward(&self, x: &DMatrix<T>) -> Result<DMatrix<T>> {
+        if x.nrows() != self.inputs {
+            return Err(crate::Error::Shape {
+                what: "input features",
+                expected: self.inputs,
+                got: x.nrows(),
+            });
+        }
+        let mut a = match &self.input_map {
+            Some(map) => x.select_rows(map.iter()),
+            None => x.clone(),
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut z = match &layer.kernel {
+                Kernel::Dense(w) => w * &a,
+                Kernel::Csr(c) => c.matmul(&a)?,
+                Kernel::Nm(m) => m.matmul(&a)?,
+            };
+            for mut col in z.column_iter_mut() {
+                col += &layer.bias;
+            }
+            if i + 1 < self.layers.len() {
+                z.apply(|v| *v = v.max(T::zero()));
+            }
+            a = z;
+        }
+        Ok(a)
+    }
+
+    /// The predicted class of each column of `x`.
+    ///
+    /// # Errors
+    /// As [`SparseMlp::forward`].
+    pub fn predict(&self, x: &DMatrix<T>) -> Result<Vec<usize>> {
+        Ok(argmax_columns(&self.forward(x)?))
+    }
+}

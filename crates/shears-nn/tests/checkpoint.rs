@@ -1,0 +1,38 @@
+//! Safetensors checkpoints: round trips and malformed files.
+
+use shears_core::Mask;
+use shears_nn::{Error, Mlp, checkpoint, weight_name};
+use shears_strategies::Masks;
+
+#[test]
+fn round_trip_with_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let mlp = Mlp::<f32>::new(&[6, 5, 3], 9).unwrap();
+    let masks = Masks::from([(weight_name(1), Mask::from_fn(3, 5, |r, c| r != c).unwrap())]);
+    checkpoint::save(&mlp, &masks, &path).unwrap();
+    let (back, back_masks) = checkpoint::load::<f32>(&path).unwrap();
+    assert_eq!(back, mlp);
+    assert_eq!(back_masks, masks);
+    // No temporary file is left beside the target.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    // An f64 network reads the f32 file, and writes f64.
+    let (wide, _) = checkpoint::load::<f64>(&path).unwrap();
+    assert_eq!(wide.layers()[0].weight()[(1, 2)], f64::from(mlp.layers()[0].weight()[(1, 2)]));
+}
+
+#[test]
+fn malformed_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.safetensors");
+    std::fs::write(&path, b"not a safetensors file").unwrap();
+    assert!(matches!(checkpoint::load::<f32>(&path), Err(Error::BadCheckpoint { .. })));
+    assert!(matches!(checkpoint::load::<f32>(dir.path().join("missing")), Err(Error::Io { .. })));
+    // A file without layers.0.weight.
+    let empty =
+        safetensors::serialize(Vec::<(String, safetensors::tensor::TensorView<'_>)>::new(), None)
+            .unwrap();
+    std::fs::write(&path, empty).unwrap();
+    let err = checkpoint::load::<f32>(&path).unwrap_err();
+    assert!(err.to_string().contains("layers.0.weight"), "{err}");
+}

@@ -1,0 +1,152 @@
+//! The experiments the issue asks to hold, on the embedded digits.
+
+use nalgebra::DMatrix;
+use shears_core::Sparsity;
+use shears_nn::{
+    Criterion, LayerFormat, LotteryConfig, Method, SparseMlp, TrainConfig, lottery_ticket,
+    prune_and_finetune, weight_name,
+};
+use shears_strategies::{Axis, Pattern, Schedule, Structured};
+
+use crate::{SIZES, trained};
+
+fn finetune() -> TrainConfig {
+    TrainConfig { epochs: 10, ..TrainConfig::default() }
+}
+
+#[test]
+fn magnitude_80_percent_loses_at_most_1_5_points() {
+    let (data, dense) = trained();
+    let base = dense.accuracy(&data.test).unwrap();
+    let method = Method::new(Criterion::Magnitude);
+    let schedule = Schedule::iterative(Sparsity::new(0.8).unwrap(), 2).unwrap();
+    let outcome = prune_and_finetune(dense, data, &method, &schedule, &finetune()).unwrap();
+    let last = outcome.rounds.last().unwrap();
+    assert!((last.sparsity - 0.8).abs() < 1e-3, "{}", last.sparsity);
+    assert!(
+        base - last.accuracy_finetuned <= 0.015,
+        "dense {base}, pruned {}",
+        last.accuracy_finetuned
+    );
+    // The sparse inference model predicts what the masked network predicts.
+    let sparse = SparseMlp::from_mlp(&outcome.model, &outcome.masks, 1).unwrap();
+    let x = data.test.features().clone();
+    assert_eq!(sparse.predict(&x).unwrap(), outcome.model.predict(&x).unwrap());
+    let (dl, sl) = (outcome.model.forward(&x).unwrap(), sparse.forward(&x).unwrap());
+    assert!((dl - sl).amax() < 1e-4);
+    assert!(sparse.layer_formats().iter().any(|(f, _)| *f == LayerFormat::Csr));
+}
+
+#[test]
+fn gradient_and_random_criteria_prune_and_finetune() {
+    let (data, dense) = trained();
+    let schedule = Schedule::one_shot(Sparsity::new(0.5).unwrap());
+    for criterion in [Criterion::Gradient { batches: 4 }, Criterion::Random { seed: 3 }] {
+        let outcome =
+            prune_and_finetune(dense, data, &Method::new(criterion), &schedule, &finetune())
+                .unwrap();
+        let r = outcome.rounds[0];
+        assert!((r.sparsity - 0.5).abs() < 1e-3);
+        assert!(r.accuracy_finetuned > 0.9, "{criterion:?}: {}", r.accuracy_finetuned);
+    }
+}
+
+#[test]
+fn structured_half_of_hidden_neurons_compacts_exactly() {
+    let (data, dense) = trained();
+    let method = Method {
+        pattern: Pattern::Structured(Structured::new(Axis::Rows)),
+        exclude: vec![weight_name(2)],
+        ..Method::new(Criterion::Magnitude)
+    };
+    let outcome = prune_and_finetune(
+        dense,
+        data,
+        &method,
+        &Schedule::one_shot(Sparsity::new(0.5).unwrap()),
+        &finetune(),
+    )
+    .unwrap();
+    let sparse = SparseMlp::from_mlp(&outcome.model, &outcome.masks, 32).unwrap();
+    // Physically smaller: hidden layers of 64 and 32 neurons instead of 128 and 64.
+    let shapes: Vec<(usize, usize)> = sparse.layer_formats().iter().map(|(_, s)| *s).collect();
+    assert_eq!(shapes, vec![(64, 64), (32, 64), (10, 32)]);
+    let x = data.test.features().clone();
+    assert_eq!(sparse.predict(&x).unwrap(), outcome.model.predict(&x).unwrap());
+    assert!((sparse.forward(&x).unwrap() - outcome.model.forward(&x).unwrap()).amax() < 1e-4);
+    assert!(outcome.rounds[0].accuracy_finetuned > 0.93);
+}
+
+#[test]
+fn two_four_uses_the_nm_format() {
+    let (data, dense) = trained();
+    let method = Method {
+        pattern: Pattern::NM(shears_core::NmPattern::TWO_FOUR),
+        ..Method::new(Criterion::Magnitude)
+    };
+    let outcome = prune_and_finetune(
+        dense,
+        data,
+        &method,
+        &Schedule::one_shot(Sparsity::new(0.5).unwrap()),
+        &finetune(),
+    )
+    .unwrap();
+    let sparse = SparseMlp::from_mlp(&outcome.model, &outcome.masks, 1).unwrap();
+    assert!(sparse.layer_formats().iter().all(|(f, _)| matches!(f, LayerFormat::Nm(_))));
+    let x = DMatrix::from_fn(64, 7, |r, c| ((r * 7 + c) % 17) as f32 / 17.0);
+    assert_eq!(sparse.predict(&x).unwrap(), outcome.model.predict(&x).unwrap());
+}
+
+#[test]
+fn winning_tickets_beat_random_reinitialisation_at_90_percent() {
+    let (data, _) = trained();
+    let mut ticket = 0.0;
+    let mut control = 0.0;
+    for seed in 0..3 {
+        let config = LotteryConfig {
+            sizes: SIZES.to_vec(),
+            rate: 0.2,
+            output_rate: 0.1,
+            rounds: 11,
+            train: TrainConfig { epochs: 12, seed, ..TrainConfig::default() },
+            rewind_steps: 0,
+            seed: 100 + seed,
+            control: true,
+        };
+        let rounds = lottery_ticket(data, &config).unwrap();
+        let last = rounds.last().unwrap();
+        assert!(last.remaining < 0.11, "{}", last.remaining);
+        assert!(rounds.windows(2).all(|w| w[1].remaining < w[0].remaining));
+        ticket += last.accuracy;
+        control += last.control_accuracy.unwrap();
+    }
+    assert!(
+        ticket > control,
+        "winning tickets {:.4} vs random re-init {:.4}",
+        ticket / 3.0,
+        control / 3.0
+    );
+}
+
+#[test]
+fn gradual_pruning_reaches_its_target_during_training() {
+    let (data, _) = trained();
+    let model = shears_nn::Mlp::<f32>::new(&SIZES, 4).unwrap();
+    let schedule =
+        Schedule::polynomial(Sparsity::ZERO, Sparsity::new(0.8).unwrap(), 45, 450, 45).unwrap();
+    let config = TrainConfig { epochs: 20, ..TrainConfig::default() };
+    let outcome = shears_nn::gradual_magnitude(
+        &model,
+        data,
+        &schedule,
+        &config,
+        shears_strategies::Scope::Layer,
+    )
+    .unwrap();
+    assert_eq!(outcome.rounds.len(), schedule.targets().len());
+    assert!(outcome.rounds.windows(2).all(|w| w[0].sparsity <= w[1].sparsity));
+    assert!((outcome.rounds.last().unwrap().sparsity - 0.8).abs() < 1e-3);
+    let accuracy = outcome.model.accuracy(&data.test).unwrap();
+    assert!(accuracy > 0.93, "{accuracy}");
+}
