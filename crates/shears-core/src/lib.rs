@@ -66,7 +66,7 @@ pub use mask::Mask;
 pub use persist::{MASK_FORMAT_VERSION, MASK_MAGIC};
 pub use prunable::Prunable;
 pub use scalar::Scalar;
-pub use select::{ScoredLayer, Selector};
+pub use select::{GlobalBucket, GlobalCount, GlobalMasks, ScoredLayer, Selector};
 pub use shape::WeightShape;
 pub use sparsity::{Rounding, Sparsity};
 pub use strategy::{LayerContext, LayerInput, PruningStrategy};

@@ -8,6 +8,7 @@
 //!   weights are candidates, and the count to prune is the target minus what is already
 //!   pruned (nothing, if the mask is already at or past the target). No weight is revived.
 
+mod streaming;
 mod threshold;
 
 use nalgebra::DMatrix;
@@ -17,6 +18,7 @@ use crate::group::GroupLayout;
 use crate::mask::Mask;
 use crate::scalar::Scalar;
 use crate::sparsity::{Rounding, Sparsity};
+pub use streaming::{GlobalBucket, GlobalCount, GlobalMasks};
 pub(crate) use threshold::check_finite;
 use threshold::{Segment, prune_lowest_indexed, prune_lowest_segments};
 

@@ -3,8 +3,8 @@
 use nalgebra::DMatrix;
 use proptest::prelude::*;
 use shears_core::{
-    Granularity, GroupLayout, Mask, Reduction, Rounding, ScoredLayer, Selector, Sparsity,
-    WeightShape, proptest as arb,
+    GlobalCount, Granularity, GroupLayout, Mask, Reduction, Rounding, ScoredLayer, Selector,
+    Sparsity, WeightShape, proptest as arb,
 };
 
 /// Candidates sorted by (score, row-major index): the first `count` are pruned.
@@ -118,4 +118,25 @@ proptest! {
         let b = Selector::new().select("t", &scores, s, None).unwrap();
         prop_assert_eq!(a.to_bytes(), b.to_bytes());
     }
+
+    #[test]
+    fn streaming_global_equals_in_memory((a, ka) in gen_pair(10), (b, kb) in gen_pair(10), s in arb::sparsity()) {
+        let layers = [ScoredLayer { name: "a", scores: &a, kept: Some(&ka) }, ScoredLayer { name: "b", scores: &b, kept: Some(&kb) }];
+        let expected = Selector::new().select_global(&layers, s).unwrap();
+        let mut count = GlobalCount::new(Rounding::HalfEven);
+        for l in &layers {
+            count.add(l.name, l.scores, l.kept).unwrap();
+        }
+        let mut bucket = count.plan(s);
+        for l in &layers {
+            bucket.add(l.scores, l.kept).unwrap();
+        }
+        let mut masks = bucket.threshold();
+        let got: Vec<Mask> = layers.iter().map(|l| masks.mask(l.scores, l.kept).unwrap()).collect();
+        prop_assert_eq!(got, expected);
+    }
+}
+
+fn gen_pair(max: usize) -> impl Strategy<Value = (DMatrix<f64>, Mask)> {
+    arb::shape(max).prop_flat_map(|(r, c)| (arb::tied_matrix(r, c), arb::mask(r, c)))
 }

@@ -18,7 +18,7 @@ use crate::scalar::Scalar;
 
 /// Radix bucket width: 65,536 buckets split typical weight magnitudes finely enough that
 /// the bucket holding the threshold is a small fraction of the tensor.
-const BUCKET_BITS: u32 = 16;
+pub(crate) const BUCKET_BITS: u32 = 16;
 const WORD: usize = 64;
 
 /// One tensor taking part in a selection.
@@ -34,10 +34,6 @@ impl<T: Scalar> Segment<'_, T> {
         let explicit = self.kept.map(|m| m.as_words().iter().copied());
         let implicit = self.kept.is_none().then(|| std::iter::repeat(u64::MAX));
         explicit.into_iter().flatten().chain(implicit.into_iter().flatten())
-    }
-
-    fn candidates(&self) -> usize {
-        self.kept.map_or(self.scores.len(), Mask::count_kept)
     }
 }
 
@@ -55,95 +51,145 @@ pub(crate) fn prune_lowest_segments<T: Scalar>(
     segments: &[Segment<'_, T>],
     count: usize,
 ) -> Result<Vec<Mask>> {
-    let candidates: usize = segments.iter().map(Segment::candidates).sum();
-    let histogram = histogram(segments)?;
-    let keep_all =
-        |s: &Segment<'_, T>| s.kept.cloned().unwrap_or_else(|| Mask::all_kept_like(s.scores));
-    if count == 0 {
-        return Ok(segments.iter().map(keep_all).collect());
-    }
-    if count >= candidates {
-        return Ok(segments.iter().map(|s| Mask::all_pruned_like(s.scores)).collect());
-    }
-
-    // The bucket that holds the count-th lowest key, and how many to take from it.
-    let mut below = 0;
-    let mut bucket = 0;
-    for (b, &n) in histogram.iter().enumerate() {
-        if below + n >= count {
-            bucket = b;
-            break;
-        }
-        below += n;
-    }
-    let need = count - below;
-
-    let mut in_bucket: Vec<T::Key> = Vec::with_capacity(histogram[bucket]);
+    let mut hist = vec![0usize; 1 << BUCKET_BITS];
     for s in segments {
-        for (chunk, word) in s.scores.as_slice().chunks(WORD).zip(s.kept_words()) {
-            for (j, &x) in chunk.iter().enumerate() {
-                let key = x.order_key();
-                if word >> j & 1 == 1 && T::key_bucket(key, BUCKET_BITS) == bucket {
-                    in_bucket.push(key);
-                }
-            }
-        }
+        add_to_histogram(s, &mut hist)?;
     }
-    let (lower, &mut threshold, _) = in_bucket.select_nth_unstable(need - 1);
-    let strictly_below = lower.iter().filter(|&&k| k < threshold).count();
-    let ties_to_prune = need - strictly_below;
-
-    // Keep everything above the threshold; collect ties in the global tie order.
-    let mut masks = Vec::with_capacity(segments.len());
-    let mut ties: Vec<(usize, usize)> = Vec::new();
-    for (seg, s) in segments.iter().enumerate() {
-        let mut mask = Mask::all_pruned_like(s.scores);
-        let (nrows, ncols) = s.scores.shape();
-        let words = mask.words_mut();
-        for (w, (chunk, kept)) in s.scores.as_slice().chunks(WORD).zip(s.kept_words()).enumerate() {
-            let mut bits = 0u64;
-            for (j, &x) in chunk.iter().enumerate() {
-                let key = x.order_key();
-                bits |= u64::from(key > threshold) << j;
-                if key == threshold && kept >> j & 1 == 1 {
-                    let i = w * WORD + j;
-                    ties.push((seg, (i % nrows) * ncols + i / nrows));
-                }
-            }
-            words[w] = bits & kept;
+    let mut plan = Plan::new(&hist, count);
+    if let Plan::Bucket { bucket, .. } = plan {
+        let mut keys = Vec::new();
+        for s in segments {
+            collect_bucket(s, bucket, &mut keys);
         }
-        masks.push(mask);
+        plan = plan.resolve(keys);
     }
-    if ties_to_prune < ties.len() {
-        if ties_to_prune > 0 {
-            ties.select_nth_unstable(ties_to_prune - 1);
-        }
-        for &(seg, row_major) in &ties[ties_to_prune..] {
-            let ncols = segments[seg].scores.ncols();
-            let nrows = segments[seg].scores.nrows();
-            masks[seg].set_bit((row_major % ncols) * nrows + row_major / ncols);
-        }
-    }
-    Ok(masks)
+    let mut ties_left = plan.ties_to_prune();
+    segments.iter().map(|s| mask_segment(s, &plan, &mut ties_left)).collect()
 }
 
-/// Counts kept candidates per radix bucket, checking every score for NaN and infinity.
-fn histogram<T: Scalar>(segments: &[Segment<'_, T>]) -> Result<Vec<usize>> {
-    let mut histogram = vec![0usize; 1 << BUCKET_BITS];
-    for s in segments {
-        let scores = s.scores.as_slice();
-        for (chunk, word) in scores.chunks(WORD).zip(s.kept_words()) {
-            let mut finite = true;
-            for (j, &x) in chunk.iter().enumerate() {
-                finite &= x.finite();
-                histogram[T::key_bucket(x.order_key(), BUCKET_BITS)] += (word >> j & 1) as usize;
+/// Where the threshold lies, as far as is known.
+#[derive(Debug, Clone)]
+pub(crate) enum Plan<K> {
+    /// Nothing to prune.
+    None,
+    /// Every candidate goes.
+    All,
+    /// The threshold is the `need`-th lowest key of bucket `bucket`.
+    Bucket { bucket: usize, need: usize },
+    /// Prune keys below `key`, and the first `ties` keys equal to it in tie order.
+    Threshold { key: K, ties: usize },
+}
+
+impl<K: Ord + Copy> Plan<K> {
+    /// The plan for pruning `count` candidates given the bucket histogram.
+    pub(crate) fn new(hist: &[usize], count: usize) -> Self {
+        let candidates: usize = hist.iter().sum();
+        if count == 0 {
+            return Plan::None;
+        }
+        if count >= candidates {
+            return Plan::All;
+        }
+        let mut below = 0;
+        for (bucket, &n) in hist.iter().enumerate() {
+            if below + n >= count {
+                return Plan::Bucket { bucket, need: count - below };
             }
-            if !finite {
-                check_finite(s.name, scores)?;
+            below += n;
+        }
+        Plan::All
+    }
+
+    /// Fixes the threshold from the keys of the threshold bucket.
+    pub(crate) fn resolve(self, mut keys: Vec<K>) -> Self {
+        match self {
+            Plan::Bucket { need, .. } if need >= 1 && need <= keys.len() => {
+                let (lower, &mut key, _) = keys.select_nth_unstable(need - 1);
+                let strictly_below = lower.iter().filter(|&&k| k < key).count();
+                Plan::Threshold { key, ties: need - strictly_below }
+            }
+            other => other,
+        }
+    }
+
+    pub(crate) fn ties_to_prune(&self) -> usize {
+        match self {
+            Plan::Threshold { ties, .. } => *ties,
+            _ => 0,
+        }
+    }
+}
+
+/// Adds one segment's kept candidates to the bucket histogram, checking every score for
+/// NaN and infinity.
+pub(crate) fn add_to_histogram<T: Scalar>(s: &Segment<'_, T>, hist: &mut [usize]) -> Result<()> {
+    let scores = s.scores.as_slice();
+    for (chunk, word) in scores.chunks(WORD).zip(s.kept_words()) {
+        let mut finite = true;
+        for (j, &x) in chunk.iter().enumerate() {
+            finite &= x.finite();
+            hist[T::key_bucket(x.order_key(), BUCKET_BITS)] += (word >> j & 1) as usize;
+        }
+        if !finite {
+            check_finite(s.name, scores)?;
+        }
+    }
+    Ok(())
+}
+
+/// Appends the kept keys of one segment that fall in `bucket`.
+pub(crate) fn collect_bucket<T: Scalar>(s: &Segment<'_, T>, bucket: usize, keys: &mut Vec<T::Key>) {
+    for (chunk, word) in s.scores.as_slice().chunks(WORD).zip(s.kept_words()) {
+        for (j, &x) in chunk.iter().enumerate() {
+            let key = x.order_key();
+            if word >> j & 1 == 1 && T::key_bucket(key, BUCKET_BITS) == bucket {
+                keys.push(key);
             }
         }
     }
-    Ok(histogram)
+}
+
+/// One segment's mask under a resolved plan; `ties_left` counts down the ties still to
+/// prune, which go in row-major order within the segment (segments are visited in order).
+pub(crate) fn mask_segment<T: Scalar>(
+    s: &Segment<'_, T>,
+    plan: &Plan<T::Key>,
+    ties_left: &mut usize,
+) -> Result<Mask> {
+    let threshold = match *plan {
+        Plan::None | Plan::Bucket { .. } => {
+            return Ok(s.kept.cloned().unwrap_or_else(|| Mask::all_kept_like(s.scores)));
+        }
+        Plan::All => return Ok(Mask::all_pruned_like(s.scores)),
+        Plan::Threshold { key, .. } => key,
+    };
+    let mut mask = Mask::all_pruned_like(s.scores);
+    let (nrows, ncols) = s.scores.shape();
+    let mut ties: Vec<usize> = Vec::new();
+    let words = mask.words_mut();
+    for (w, (chunk, kept)) in s.scores.as_slice().chunks(WORD).zip(s.kept_words()).enumerate() {
+        let mut bits = 0u64;
+        for (j, &x) in chunk.iter().enumerate() {
+            let key = x.order_key();
+            bits |= u64::from(key > threshold) << j;
+            if key == threshold && kept >> j & 1 == 1 {
+                let i = w * WORD + j;
+                ties.push((i % nrows) * ncols + i / nrows);
+            }
+        }
+        words[w] = bits & kept;
+    }
+    let prune_here = (*ties_left).min(ties.len());
+    *ties_left -= prune_here;
+    if prune_here < ties.len() {
+        if prune_here > 0 {
+            ties.select_nth_unstable(prune_here - 1);
+        }
+        for &row_major in &ties[prune_here..] {
+            mask.set_bit((row_major % ncols) * nrows + row_major / ncols);
+        }
+    }
+    Ok(mask)
 }
 
 /// Returns the indices (into `keys`) of the `count` lowest candidates, ties broken by the
