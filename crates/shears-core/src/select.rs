@@ -96,7 +96,36 @@ impl Selector {
         check_kept_shape(scores, kept)?;
         let already = kept.map_or(0, Mask::count_pruned);
         let count = self.extra(sparsity, scores.len(), already);
-        let segment = Segment { name: tensor, scores, kept };
+        let segment = Segment::new(tensor, scores, kept);
+        let mut masks = prune_lowest_segments(std::slice::from_ref(&segment), count)?;
+        Ok(masks.remove(0))
+    }
+
+    /// [`Selector::select`] on `|weights|`, without materialising the scores: the radix
+    /// passes take the absolute value as they read. Magnitude pruning's fast path.
+    ///
+    /// ```
+    /// use nalgebra::dmatrix;
+    /// use shears_core::{Selector, Sparsity};
+    /// let w = dmatrix![0.1f32, -0.9; -0.2, 0.8];
+    /// let s = Sparsity::new(0.5)?;
+    /// assert_eq!(Selector::new().select_magnitude("fc", &w, s, None)?, Selector::new().select("fc", &w.abs(), s, None)?);
+    /// # Ok::<(), shears_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Selector::select`] (a NaN or infinite weight is named as `tensor`).
+    pub fn select_magnitude<T: Scalar>(
+        &self,
+        tensor: &str,
+        weights: &DMatrix<T>,
+        sparsity: Sparsity,
+        kept: Option<&Mask>,
+    ) -> Result<Mask> {
+        check_kept_shape(weights, kept)?;
+        let already = kept.map_or(0, Mask::count_pruned);
+        let count = self.extra(sparsity, weights.len(), already);
+        let segment = Segment { magnitude: true, ..Segment::new(tensor, weights, kept) };
         let mut masks = prune_lowest_segments(std::slice::from_ref(&segment), count)?;
         Ok(masks.remove(0))
     }
@@ -223,7 +252,7 @@ impl Selector {
             .iter()
             .map(|l| {
                 check_kept_shape(l.scores, l.kept)?;
-                Ok(Segment { name: l.name, scores: l.scores, kept: l.kept })
+                Ok(Segment::new(l.name, l.scores, l.kept))
             })
             .collect::<Result<_>>()?;
         prune_lowest_segments(&segments, count)

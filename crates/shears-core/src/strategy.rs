@@ -239,6 +239,12 @@ pub trait PruningStrategy<T: Scalar> {
         false
     }
 
+    /// Whether [`scores`](PruningStrategy::scores) is exactly `|w|`, so selection may read
+    /// the weights directly ([`Selector::select_magnitude`]) instead of a copy.
+    fn scores_are_magnitude(&self) -> bool {
+        false
+    }
+
     /// The mask at `sparsity` (absolute; only weights kept by the context's mask compete).
     ///
     /// The default selects on [`scores`](PruningStrategy::scores) over the whole tensor.
@@ -283,6 +289,9 @@ macro_rules! forward_strategy {
             }
             fn requires_gradients(&self) -> bool {
                 (**self).requires_gradients()
+            }
+            fn scores_are_magnitude(&self) -> bool {
+                (**self).scores_are_magnitude()
             }
             fn mask(&self, weights: &DMatrix<T>, ctx: &LayerContext<'_, T>, sparsity: Sparsity) -> Result<Mask> {
                 (**self).mask(weights, ctx, sparsity)

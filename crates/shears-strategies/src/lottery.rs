@@ -125,9 +125,12 @@ impl<T: Scalar> LotteryTicket<T> {
             let weights = model.require_weight_mut(name)?;
             let current = masks.get(name);
             check_mask(name, current, weights)?;
-            check_finite(name, weights.as_slice())?;
-            let scores = weights.abs();
-            let mask = Selector::new().select(name, &scores, self.target(name, round), current)?;
+            let mask = Selector::new().select_magnitude(
+                name,
+                weights,
+                self.target(name, round),
+                current,
+            )?;
             mask.apply_in_place(weights)?;
             masks.insert(name.clone(), mask);
         }
@@ -184,6 +187,19 @@ impl<T: Scalar> PruningStrategy<T> for LotteryTicket<T> {
 
     fn granularity(&self) -> Granularity {
         Granularity::Unstructured
+    }
+
+    fn scores_are_magnitude(&self) -> bool {
+        true
+    }
+
+    fn mask(
+        &self,
+        weights: &DMatrix<T>,
+        ctx: &LayerContext<'_, T>,
+        sparsity: Sparsity,
+    ) -> shears_core::Result<Mask> {
+        Selector::new().select_magnitude(ctx.name(), weights, sparsity, ctx.mask())
     }
 
     fn prune(

@@ -248,6 +248,10 @@ impl<T: Scalar, S: PruningStrategy<T>> PruningStrategy<T> for Pruner<S> {
         self.criterion.requires_gradients()
     }
 
+    fn scores_are_magnitude(&self) -> bool {
+        self.criterion.scores_are_magnitude()
+    }
+
     fn mask(
         &self,
         weights: &DMatrix<T>,

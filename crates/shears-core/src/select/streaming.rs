@@ -63,7 +63,7 @@ impl<T: Scalar> GlobalCount<T> {
     /// kept mask of another shape.
     pub fn add(&mut self, name: &str, scores: &DMatrix<T>, kept: Option<&Mask>) -> Result<()> {
         check_kept_shape(scores, kept)?;
-        add_to_histogram(&Segment { name, scores, kept }, &mut self.histogram)?;
+        add_to_histogram(&Segment::new(name, scores, kept), &mut self.histogram)?;
         self.total += scores.len();
         self.already += kept.map_or(0, Mask::count_pruned);
         Ok(())
@@ -92,7 +92,7 @@ impl<T: Scalar> GlobalBucket<T> {
     pub fn add(&mut self, scores: &DMatrix<T>, kept: Option<&Mask>) -> Result<()> {
         check_kept_shape(scores, kept)?;
         if let Plan::Bucket { bucket, .. } = self.plan {
-            collect_bucket(&Segment { name: "", scores, kept }, bucket, &mut self.keys);
+            collect_bucket(&Segment::new("", scores, kept), bucket, &mut self.keys);
         }
         Ok(())
     }
@@ -119,6 +119,6 @@ impl<T: Scalar> GlobalMasks<T> {
     /// [`crate::Error::ShapeMismatch`] for a kept mask of another shape.
     pub fn mask(&mut self, scores: &DMatrix<T>, kept: Option<&Mask>) -> Result<Mask> {
         check_kept_shape(scores, kept)?;
-        mask_segment(&Segment { name: "", scores, kept }, &self.plan, &mut self.ties_left)
+        mask_segment(&Segment::new("", scores, kept), &self.plan, &mut self.ties_left)
     }
 }

@@ -26,9 +26,22 @@ pub(crate) struct Segment<'a, T> {
     pub(crate) name: &'a str,
     pub(crate) scores: &'a DMatrix<T>,
     pub(crate) kept: Option<&'a Mask>,
+    /// Score by `|value|` instead of the value: magnitude selection without a copy.
+    pub(crate) magnitude: bool,
 }
 
-impl<T: Scalar> Segment<'_, T> {
+impl<'a, T: Scalar> Segment<'a, T> {
+    /// A segment scored by its values.
+    pub(crate) fn new(name: &'a str, scores: &'a DMatrix<T>, kept: Option<&'a Mask>) -> Self {
+        Segment { name, scores, kept, magnitude: false }
+    }
+
+    /// The order key of one stored value.
+    #[inline(always)]
+    fn key(&self, x: T) -> T::Key {
+        if self.magnitude { x.abs().order_key() } else { x.order_key() }
+    }
+
     /// The kept-mask words, or all-ones when no mask restricts the candidates.
     fn kept_words(&self) -> impl Iterator<Item = u64> + '_ {
         let explicit = self.kept.map(|m| m.as_words().iter().copied());
@@ -128,7 +141,7 @@ pub(crate) fn add_to_histogram<T: Scalar>(s: &Segment<'_, T>, hist: &mut [usize]
         let mut finite = true;
         for (j, &x) in chunk.iter().enumerate() {
             finite &= x.finite();
-            hist[T::key_bucket(x.order_key(), BUCKET_BITS)] += (word >> j & 1) as usize;
+            hist[T::key_bucket(s.key(x), BUCKET_BITS)] += (word >> j & 1) as usize;
         }
         if !finite {
             check_finite(s.name, scores)?;
@@ -141,7 +154,7 @@ pub(crate) fn add_to_histogram<T: Scalar>(s: &Segment<'_, T>, hist: &mut [usize]
 pub(crate) fn collect_bucket<T: Scalar>(s: &Segment<'_, T>, bucket: usize, keys: &mut Vec<T::Key>) {
     for (chunk, word) in s.scores.as_slice().chunks(WORD).zip(s.kept_words()) {
         for (j, &x) in chunk.iter().enumerate() {
-            let key = x.order_key();
+            let key = s.key(x);
             if word >> j & 1 == 1 && T::key_bucket(key, BUCKET_BITS) == bucket {
                 keys.push(key);
             }
@@ -170,7 +183,7 @@ pub(crate) fn mask_segment<T: Scalar>(
     for (w, (chunk, kept)) in s.scores.as_slice().chunks(WORD).zip(s.kept_words()).enumerate() {
         let mut bits = 0u64;
         for (j, &x) in chunk.iter().enumerate() {
-            let key = x.order_key();
+            let key = s.key(x);
             bits |= u64::from(key > threshold) << j;
             if key == threshold && kept >> j & 1 == 1 {
                 let i = w * WORD + j;
