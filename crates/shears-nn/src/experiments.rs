@@ -234,7 +234,7 @@ pub struct LotteryConfig {
 }
 
 /// One round of the lottery-ticket experiment.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LotteryRound {
     /// 0 for the dense run.
     pub round: u32,
@@ -248,6 +248,8 @@ pub struct LotteryRound {
     pub early_stop_accuracy: f64,
     /// The control (same masks, random re-initialisation): final test accuracy.
     pub control_accuracy: Option<f64>,
+    /// The masks of this round (empty for the dense run).
+    pub masks: Masks,
 }
 
 /// Mean cross-entropy loss and accuracy of `model` on `data`.
@@ -345,6 +347,7 @@ pub fn lottery_ticket(data: &Split, config: &LotteryConfig) -> Result<Vec<Lotter
             early_stop_epoch,
             early_stop_accuracy,
             control_accuracy,
+            masks: masks.clone(),
         });
     }
     Ok(rounds)

@@ -69,6 +69,21 @@ impl<T: Scalar> SparseMlp<T> {
     /// # Errors
     /// Shape errors from the masks or formats.
     pub fn from_mlp(mlp: &Mlp<T>, masks: &Masks, batch: usize) -> Result<Self> {
+        Self::from_mlp_with(mlp, masks, |mask| choose_format(mask, batch))
+    }
+
+    /// As [`SparseMlp::from_mlp`], with the format of each (compacted) layer chosen by
+    /// `choose` from its mask; `Format::Csr` and `Format::Nm` are honoured, anything else
+    /// is dense (compaction has already happened).
+    ///
+    /// # Errors
+    /// Shape errors; [`shears_sparse::Error::NotNm`] if `choose` asks for an N:M pattern
+    /// the mask does not satisfy.
+    pub fn from_mlp_with(
+        mlp: &Mlp<T>,
+        masks: &Masks,
+        choose: impl Fn(&Mask) -> Format,
+    ) -> Result<Self> {
         let n = mlp.layers().len();
         let mut weights: Vec<DMatrix<T>> = Vec::with_capacity(n);
         let mut biases: Vec<DVector<T>> = Vec::with_capacity(n);
@@ -122,7 +137,7 @@ impl<T: Scalar> SparseMlp<T> {
             .zip(biases)
             .zip(&keep)
             .map(|((w, bias), mask)| {
-                let kernel = match choose_format(mask, batch) {
+                let kernel = match choose(mask) {
                     Format::Nm(p) => Kernel::Nm(NmSparse::from_dense_masked(&w, mask, p)?),
                     Format::Csr => Kernel::Csr(AnyCsr::from_dense_masked(&w, mask)?),
                     _ => Kernel::Dense(w),

@@ -1,11 +1,12 @@
 //! The experiments the issue asks to hold, on the embedded digits.
 
 use nalgebra::DMatrix;
-use shears_core::Sparsity;
+use shears_core::{NmPattern, Sparsity};
 use shears_nn::{
     Criterion, LayerFormat, LotteryConfig, Method, SparseMlp, TrainConfig, lottery_ticket,
     prune_and_finetune, weight_name,
 };
+use shears_sparse::Format;
 use shears_strategies::{Axis, Pattern, Schedule, Structured};
 
 use crate::{SIZES, trained};
@@ -29,12 +30,18 @@ fn magnitude_80_percent_loses_at_most_1_5_points() {
         last.accuracy_finetuned
     );
     // The sparse inference model predicts what the masked network predicts.
-    let sparse = SparseMlp::from_mlp(&outcome.model, &outcome.masks, 1).unwrap();
+    // Layers this small stay dense by default; force CSR to check the sparse path too.
     let x = data.test.features().clone();
-    assert_eq!(sparse.predict(&x).unwrap(), outcome.model.predict(&x).unwrap());
-    let (dl, sl) = (outcome.model.forward(&x).unwrap(), sparse.forward(&x).unwrap());
-    assert!((dl - sl).amax() < 1e-4);
-    assert!(sparse.layer_formats().iter().any(|(f, _)| *f == LayerFormat::Csr));
+    for sparse in [
+        SparseMlp::from_mlp(&outcome.model, &outcome.masks, 1).unwrap(),
+        SparseMlp::from_mlp_with(&outcome.model, &outcome.masks, |_| Format::Csr).unwrap(),
+    ] {
+        assert_eq!(sparse.predict(&x).unwrap(), outcome.model.predict(&x).unwrap());
+        let (dl, sl) = (outcome.model.forward(&x).unwrap(), sparse.forward(&x).unwrap());
+        assert!((dl - sl).amax() < 1e-4);
+    }
+    let forced = SparseMlp::from_mlp_with(&outcome.model, &outcome.masks, |_| Format::Csr).unwrap();
+    assert!(forced.layer_formats().iter().all(|(f, _)| *f == LayerFormat::Csr));
 }
 
 #[test]
@@ -80,10 +87,8 @@ fn structured_half_of_hidden_neurons_compacts_exactly() {
 #[test]
 fn two_four_uses_the_nm_format() {
     let (data, dense) = trained();
-    let method = Method {
-        pattern: Pattern::NM(shears_core::NmPattern::TWO_FOUR),
-        ..Method::new(Criterion::Magnitude)
-    };
+    let method =
+        Method { pattern: Pattern::NM(NmPattern::TWO_FOUR), ..Method::new(Criterion::Magnitude) };
     let outcome = prune_and_finetune(
         dense,
         data,
@@ -92,7 +97,10 @@ fn two_four_uses_the_nm_format() {
         &finetune(),
     )
     .unwrap();
-    let sparse = SparseMlp::from_mlp(&outcome.model, &outcome.masks, 1).unwrap();
+    let sparse = SparseMlp::from_mlp_with(&outcome.model, &outcome.masks, |_| {
+        Format::Nm(NmPattern::TWO_FOUR)
+    })
+    .unwrap();
     assert!(sparse.layer_formats().iter().all(|(f, _)| matches!(f, LayerFormat::Nm(_))));
     let x = DMatrix::from_fn(64, 7, |r, c| ((r * 7 + c) % 17) as f32 / 17.0);
     assert_eq!(sparse.predict(&x).unwrap(), outcome.model.predict(&x).unwrap());

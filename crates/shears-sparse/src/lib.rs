@@ -51,7 +51,7 @@ mod persist;
 mod validate;
 
 pub use block::BlockSparse;
-pub use choose::{Format, choose_format, csr_break_even};
+pub use choose::{Format, SMALL_MATRIX, choose_format, csr_break_even};
 pub use compact::{Compacted, Compaction, compact_pair};
 pub use csr::{AnyCsr, Csr};
 pub use error::{Error, FormatError, Result};

@@ -101,11 +101,13 @@ fn compact_pair_keeps_the_mlp_function() {
 fn format_choice() {
     let rows = Mask::from_fn(32, 32, |r, _| r < 16).unwrap();
     assert_eq!(choose_format(&rows, 32), Format::Compact);
-    let nm = Mask::from_fn(32, 32, |r, c| (c + r) % 8 < 4).unwrap();
+    let nm = Mask::from_fn(256, 256, |r, c| (c + r) % 8 < 4).unwrap();
     assert_eq!(choose_format(&nm, 1), Format::Nm(NmPattern::new(4, 8).unwrap()));
-    let light = Mask::from_fn(32, 32, |r, c| (r + c) % 3 != 0).unwrap();
+    let light = Mask::from_fn(256, 256, |r, c| (r + c) % 3 != 0).unwrap();
     assert_eq!(choose_format(&light, 1), Format::Dense);
-    let heavy = Mask::from_fn(32, 32, |r, c| (r * 5 + c) % 20 == 0).unwrap();
+    let heavy = Mask::from_fn(256, 256, |r, c| (r * 5 + c) % 20 == 0).unwrap();
     assert_eq!(choose_format(&heavy, 128), Format::Csr);
+    let small = Mask::from_fn(32, 32, |r, c| (r * 5 + c) % 20 == 0).unwrap();
+    assert_eq!(choose_format(&small, 1), Format::Dense);
     assert_eq!(choose_format(&Mask::all_kept(0, 0).unwrap(), 1), Format::Dense);
 }
