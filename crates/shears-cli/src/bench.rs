@@ -1,0 +1,226 @@
+//! `shears bench`: the speedup of each pruned tensor in the format shears-sparse picks.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use nalgebra::{DMatrix, DVector};
+use serde::Serialize;
+use shears_core::{Mask, WeightShape};
+use shears_sparse::{AnyCsr, BlockSparse, Compacted, Compaction, Format, NmSparse, choose_format};
+
+use crate::cli::BenchArgs;
+use crate::inspect::nonzero_mask;
+use crate::report::Table;
+use crate::tensors::{Checkpoint, decode, is_float};
+
+#[derive(Debug, Serialize)]
+struct Row {
+    name: String,
+    shape: [usize; 2],
+    sparsity: f64,
+    batch: usize,
+    format: String,
+    dense_us: f64,
+    sparse_us: f64,
+    speedup: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Total {
+    batch: usize,
+    dense_us: f64,
+    sparse_us: f64,
+    speedup: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    file: String,
+    threads: usize,
+    kernel_path: String,
+    tensors: Vec<Row>,
+    total: Vec<Total>,
+}
+
+/// Median microseconds of `f`, over at least 5 runs and about 0.2 s.
+fn median_us(mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    let mut times = Vec::new();
+    while times.len() < 5 || (start.elapsed().as_secs_f64() < 0.2 && times.len() < 1000) {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// A pruned matrix in the format chosen for it, ready to multiply.
+enum Sparse {
+    Dense(DMatrix<f32>),
+    Csr(AnyCsr<f32>),
+    Nm(NmSparse<f32>),
+    Bsr(BlockSparse<f32>),
+    Compact(Compacted<f32>),
+}
+
+fn build(w: &DMatrix<f32>, mask: &Mask, format: Format) -> Result<Sparse> {
+    Ok(match format {
+        Format::Csr => Sparse::Csr(AnyCsr::from_dense_masked(w, mask)?),
+        Format::Nm(p) => Sparse::Nm(NmSparse::from_dense_masked(w, mask, p)?),
+        Format::Bsr(b) => Sparse::Bsr(BlockSparse::from_dense_masked(w, mask, b)?),
+        Format::Compact => {
+            Sparse::Compact(Compacted::new(w, mask, Compaction::RowsAndColumns, None)?)
+        }
+        _ => Sparse::Dense(w.clone()),
+    })
+}
+
+fn time_sparse(s: &Sparse, x: &DMatrix<f32>) -> Result<f64> {
+    let mut y = DMatrix::<f32>::zeros(0, 0);
+    Ok(match s {
+        Sparse::Dense(w) => {
+            y = DMatrix::zeros(w.nrows(), x.ncols());
+            median_us(|| y.gemm(1.0, w, x, 0.0))
+        }
+        Sparse::Csr(c) => {
+            y.resize_mut(c.shape().0, x.ncols(), 0.0);
+            median_us(|| drop(c.matmul_into(1.0, x, 0.0, &mut y)))
+        }
+        Sparse::Nm(n) => {
+            y.resize_mut(n.shape().0, x.ncols(), 0.0);
+            median_us(|| drop(n.matmul_into(1.0, x, 0.0, &mut y)))
+        }
+        Sparse::Bsr(b) => {
+            y.resize_mut(b.shape().0, x.ncols(), 0.0);
+            median_us(|| drop(b.matmul_into(1.0, x, 0.0, &mut y)))
+        }
+        Sparse::Compact(c) => {
+            let xs = c.gather_input(x)?;
+            y = DMatrix::zeros(c.matrix().nrows(), x.ncols());
+            median_us(|| y.gemm(1.0, c.matrix(), &xs, 0.0))
+        }
+    })
+}
+
+pub(crate) fn run(args: &BenchArgs) -> Result<()> {
+    if args.batch.is_empty() || args.batch.contains(&0) {
+        bail!("--batch takes positive batch sizes, e.g. 1,32");
+    }
+    let ckpt = Checkpoint::open(&args.input)?;
+    let mut rows = Vec::new();
+    for name in ckpt.names() {
+        let Some(info) = ckpt.info(name) else { continue };
+        if !is_float(info.dtype) {
+            continue;
+        }
+        let Ok(shape) = WeightShape::from_dims(&info.shape) else { continue };
+        let values = decode(info.dtype, ckpt.bytes(name)?)?;
+        let mask = nonzero_mask(&shape, &values)?;
+        if mask.count_pruned() == 0 || mask.is_empty() {
+            continue;
+        }
+        let (r, c) = shape.matrix_shape();
+        let w =
+            DMatrix::from_row_slice(r, c, &values.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        for &batch in &args.batch {
+            let x = DMatrix::from_fn(c, batch, |i, j| ((i * 31 + j * 17) % 97) as f32 / 97.0 - 0.5);
+            let dense_us = if batch == 1 {
+                let xv = DVector::from_column_slice(x.as_slice());
+                let mut yv = DVector::zeros(r);
+                median_us(|| yv.gemv(1.0, &w, &xv, 0.0))
+            } else {
+                let mut y = DMatrix::zeros(r, batch);
+                median_us(|| y.gemm(1.0, &w, &x, 0.0))
+            };
+            let format = choose_format(&mask, batch);
+            let sparse = build(&w, &mask, format)?;
+            let sparse_us = if batch == 1 {
+                if let Sparse::Csr(csr) = &sparse {
+                    let mut yv = vec![0.0f32; r];
+                    median_us(|| drop(csr.matvec_into(1.0, x.as_slice(), 0.0, &mut yv)))
+                } else {
+                    time_sparse(&sparse, &x)?
+                }
+            } else {
+                time_sparse(&sparse, &x)?
+            };
+            rows.push(Row {
+                name: name.clone(),
+                shape: [r, c],
+                sparsity: mask.sparsity().get(),
+                batch,
+                format: format.to_string(),
+                dense_us,
+                sparse_us,
+                speedup: dense_us / sparse_us,
+            });
+        }
+    }
+    if rows.is_empty() {
+        bail!("{} has no pruned 2-D or 4-D floating tensor to benchmark", args.input.display());
+    }
+    let total: Vec<Total> = args
+        .batch
+        .iter()
+        .map(|&b| {
+            let (d, s) = rows
+                .iter()
+                .filter(|r| r.batch == b)
+                .fold((0.0, 0.0), |(d, s), r| (d + r.dense_us, s + r.sparse_us));
+            Total { batch: b, dense_us: d, sparse_us: s, speedup: d / s }
+        })
+        .collect();
+    let report = Report {
+        file: args.input.display().to_string(),
+        threads: rayon_threads(),
+        kernel_path: format!("{:?}", shears_sparse::kernel_path()),
+        tensors: rows,
+        total,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let mut table = Table::new(&[
+        "tensor",
+        "shape",
+        "sparsity",
+        "batch",
+        "format",
+        "dense us",
+        "sparse us",
+        "speedup",
+    ]);
+    for r in &report.tensors {
+        table.row(vec![
+            r.name.clone(),
+            format!("{}x{}", r.shape[0], r.shape[1]),
+            format!("{:.3}", r.sparsity),
+            r.batch.to_string(),
+            r.format.clone(),
+            format!("{:.1}", r.dense_us),
+            format!("{:.1}", r.sparse_us),
+            format!("{:.2}x", r.speedup),
+        ]);
+    }
+    print!("{}", table.render());
+    for t in &report.total {
+        println!(
+            "model, batch {}: dense {:.1} us, sparse {:.1} us, {:.2}x",
+            t.batch, t.dense_us, t.sparse_us, t.speedup
+        );
+    }
+    println!(
+        "({} threads, {} kernels; medians on a possibly noisy machine)",
+        report.threads, report.kernel_path
+    );
+    Ok(())
+}
+
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+        std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(1)
+    })
+}

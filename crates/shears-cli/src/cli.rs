@@ -1,0 +1,158 @@
+//! The command line, typed with clap's derive API.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use shears_core::{BlockShape, NmPattern, Sparsity};
+
+/// Prune neural-network weights and make them run faster.
+#[derive(Debug, Parser)]
+#[command(name = "shears", version, about, long_about = None)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Prune the 2-D (and 4-D conv) weights of a safetensors checkpoint.
+    Prune(PruneArgs),
+    /// Per-tensor dtype, shape, sparsity, empty rows and columns, 2:4 conformity.
+    Inspect(InspectArgs),
+    /// Time dense and sparse products of every pruned 2-D tensor.
+    Bench(BenchArgs),
+    /// Train, prune and fine-tune an MLP on the embedded digits, side by side.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Method {
+    /// |w|.
+    Magnitude,
+    /// |w * g|, with gradients from --grads.
+    Gradient,
+    /// Seeded random scores.
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ScopeArg {
+    /// Each tensor pruned to the target.
+    Layer,
+    /// One threshold across all selected tensors.
+    Global,
+}
+
+/// `unstructured`, `rows`, `columns`, `N:M` or `block:RxC`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PatternArg {
+    Unstructured,
+    Rows,
+    Columns,
+    Nm(NmPattern),
+    Block(BlockShape),
+}
+
+pub(crate) fn parse_pattern(s: &str) -> Result<PatternArg> {
+    Ok(match s {
+        "unstructured" => PatternArg::Unstructured,
+        "rows" => PatternArg::Rows,
+        "columns" => PatternArg::Columns,
+        _ if s.starts_with("block:") => {
+            let Some((r, c)) = s["block:".len()..].split_once('x') else {
+                bail!("block pattern must look like block:4x4, got `{s}`")
+            };
+            let (Ok(r), Ok(c)) = (r.parse(), c.parse()) else {
+                bail!("block pattern must look like block:4x4, got `{s}`")
+            };
+            PatternArg::Block(BlockShape::new(r, c)?)
+        }
+        _ if s.contains(':') => PatternArg::Nm(s.parse::<NmPattern>().map_err(|_| {
+            anyhow::anyhow!(
+                "N:M pattern must be two whole numbers with 0 < M and N <= M, like 2:4; got `{s}`"
+            )
+        })?),
+        _ => bail!(
+            "unknown pattern `{s}`: use unstructured, rows, columns, N:M (e.g. 2:4) or block:RxC"
+        ),
+    })
+}
+
+pub(crate) fn parse_sparsity(s: &str) -> Result<Sparsity> {
+    let value: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("sparsity must be a number in [0, 1], got `{s}`"))?;
+    Ok(Sparsity::new(value)?)
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PruneArgs {
+    /// The checkpoint to prune (never modified).
+    pub(crate) input: PathBuf,
+    /// Where to write the pruned checkpoint (atomically; must differ from the input).
+    #[arg(short, long)]
+    pub(crate) output: PathBuf,
+    /// Target sparsity in [0, 1] (of each tensor, or of all selected tensors in global scope).
+    #[arg(short, long, value_parser = parse_sparsity)]
+    pub(crate) sparsity: Sparsity,
+    /// What scores the weights.
+    #[arg(long, value_enum, default_value_t = Method::Magnitude)]
+    pub(crate) method: Method,
+    /// The structure kept: unstructured, rows, columns, N:M (e.g. 2:4) or block:RxC.
+    #[arg(long, value_parser = parse_pattern, default_value = "unstructured")]
+    pub(crate) pattern: PatternArg,
+    /// Prune each tensor to the target, or rank all selected tensors together.
+    #[arg(long, value_enum, default_value_t = ScopeArg::Layer)]
+    pub(crate) scope: ScopeArg,
+    /// Only tensors whose name matches (repeatable; default: every 2-D and 4-D float tensor).
+    #[arg(long)]
+    pub(crate) include: Vec<String>,
+    /// Leave tensors whose name matches (repeatable).
+    #[arg(long)]
+    pub(crate) exclude: Vec<String>,
+    /// Gradients for --method gradient: same names and shapes as the weights.
+    #[arg(long)]
+    pub(crate) grads: Option<PathBuf>,
+    /// Seed for --method random.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Also write the masks (shears' mask-set format).
+    #[arg(long)]
+    pub(crate) masks_out: Option<PathBuf>,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct InspectArgs {
+    /// The checkpoint to inspect.
+    pub(crate) input: PathBuf,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// The (pruned) checkpoint to benchmark.
+    pub(crate) input: PathBuf,
+    /// Batch sizes to time, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,32")]
+    pub(crate) batch: Vec<usize>,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Where to write the accuracy-against-sparsity plot.
+    #[arg(long, default_value = "shears-demo.svg")]
+    pub(crate) plot: PathBuf,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}

@@ -1,0 +1,210 @@
+//! `shears demo`: every strategy on the embedded digits, side by side.
+
+use std::path::Path;
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use nalgebra::DMatrix;
+use serde::Serialize;
+use shears_core::{NmPattern, Sparsity};
+use shears_nn::{
+    Criterion, LotteryConfig, Method, Mlp, SparseMlp, TrainConfig, digits_split, lottery_ticket,
+    masked_sparsity, prune_and_finetune, time_inference, train_with, weight_name,
+};
+use shears_strategies::{Axis, Masks, Pattern, Schedule, Structured};
+
+use crate::cli::DemoArgs;
+use crate::report::Table;
+use crate::svg::{Series, line_chart};
+use crate::tensors::write_file_atomic;
+
+const SIZES: [usize; 4] = [64, 128, 64, 10];
+const SPARSITIES: [f64; 3] = [0.5, 0.8, 0.9];
+
+#[derive(Debug, Serialize)]
+struct Row {
+    method: String,
+    target: f64,
+    sparsity: f64,
+    accuracy: f64,
+    delta_vs_dense: f64,
+    speedup_batch_1: f64,
+    speedup_batch_test: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    dense_accuracy: f64,
+    test_samples: usize,
+    results: Vec<Row>,
+    plot: String,
+}
+
+fn speedups(model: &Mlp<f32>, masks: &Masks, x_test: &DMatrix<f32>) -> Result<(f64, f64)> {
+    let one = x_test.columns(0, 1).clone_owned();
+    let s1 = time_inference(model, &SparseMlp::from_mlp(model, masks, 1)?, &one, 200)?.speedup();
+    let sb =
+        time_inference(model, &SparseMlp::from_mlp(model, masks, x_test.ncols())?, x_test, 50)?
+            .speedup();
+    Ok((s1, sb))
+}
+
+pub(crate) fn run(args: &DemoArgs) -> Result<()> {
+    let data = digits_split()?;
+    let finetune = TrainConfig { epochs: 8, ..TrainConfig::default() };
+    let dense_config = TrainConfig::default();
+    let lottery_epochs = 10;
+    let lottery_rounds: u32 = 11;
+    let unstructured_runs = 3 * SPARSITIES.len();
+    let total_epochs = dense_config.epochs
+        + finetune.epochs * (unstructured_runs + SPARSITIES.len() + 1)
+        + lottery_epochs * (lottery_rounds as usize + 1);
+    let bar = if args.json { ProgressBar::hidden() } else { ProgressBar::new(total_epochs as u64) };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:<28} [{bar:30}] {pos}/{len} epochs {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let steps_per_epoch = data.train.len().div_ceil(dense_config.batch_size);
+
+    bar.set_message("training the dense MLP");
+    let mut dense = Mlp::<f32>::new(&SIZES, 0)?;
+    train_with(&mut dense, &data.train, &dense_config, &mut Masks::new(), |step, _, _| {
+        if step % steps_per_epoch == 0 {
+            bar.inc(1);
+        }
+        Ok(())
+    })?;
+    let dense_accuracy = dense.accuracy(&data.test)?;
+    let x_test = data.test.features().clone();
+    let mut rows = Vec::new();
+    let mut push = |method: &str, target: f64, sparsity: f64, accuracy: f64, speed: (f64, f64)| {
+        rows.push(Row {
+            method: method.to_owned(),
+            target,
+            sparsity,
+            accuracy,
+            delta_vs_dense: accuracy - dense_accuracy,
+            speedup_batch_1: speed.0,
+            speedup_batch_test: speed.1,
+        });
+    };
+
+    let hidden_rows = Method {
+        pattern: Pattern::Structured(Structured::new(Axis::Rows)),
+        exclude: vec![weight_name(SIZES.len() - 2)],
+        ..Method::new(Criterion::Magnitude)
+    };
+    let mut methods: Vec<(&str, Method, Vec<f64>)> = vec![
+        ("magnitude", Method::new(Criterion::Magnitude), SPARSITIES.to_vec()),
+        ("gradient", Method::new(Criterion::Gradient { batches: 8 }), SPARSITIES.to_vec()),
+        ("random", Method::new(Criterion::Random { seed: 1 }), SPARSITIES.to_vec()),
+        ("structured rows", hidden_rows, SPARSITIES.to_vec()),
+    ];
+    methods.push((
+        "2:4",
+        Method { pattern: Pattern::NM(NmPattern::TWO_FOUR), ..Method::new(Criterion::Magnitude) },
+        vec![0.5],
+    ));
+    for (name, method, targets) in &methods {
+        for &target in targets {
+            bar.set_message(format!("{name} at {target}"));
+            let outcome = prune_and_finetune(
+                &dense,
+                &data,
+                method,
+                &Schedule::one_shot(Sparsity::new(target)?),
+                &finetune,
+            )?;
+            bar.inc(finetune.epochs as u64);
+            let round = outcome.rounds[outcome.rounds.len() - 1];
+            let speed = speedups(&outcome.model, &outcome.masks, &x_test)?;
+            push(name, target, masked_sparsity(&outcome.masks), round.accuracy_finetuned, speed);
+        }
+    }
+
+    bar.set_message("lottery ticket rounds");
+    let config = LotteryConfig {
+        sizes: SIZES.to_vec(),
+        rate: 0.2,
+        output_rate: 0.1,
+        rounds: lottery_rounds,
+        train: TrainConfig { epochs: lottery_epochs, ..TrainConfig::default() },
+        rewind_steps: 0,
+        seed: 0,
+        control: false,
+    };
+    let lottery = lottery_ticket(&data, &config)?;
+    bar.inc((lottery_epochs * (lottery_rounds as usize + 1)) as u64);
+    for &target in &SPARSITIES {
+        let Some(round) = lottery.iter().min_by(|a, b| {
+            (1.0 - a.remaining - target).abs().total_cmp(&(1.0 - b.remaining - target).abs())
+        }) else {
+            continue;
+        };
+        let speed = speedups(&dense, &round.masks, &x_test)?;
+        push("lottery ticket", target, masked_sparsity(&round.masks), round.accuracy, speed);
+    }
+    bar.finish_and_clear();
+
+    let mut series: Vec<Series> = Vec::new();
+    for row in &rows {
+        match series.iter_mut().find(|s| s.name == row.method) {
+            Some(s) => s.points.push((row.sparsity, row.accuracy)),
+            None => series.push(Series {
+                name: row.method.clone(),
+                points: vec![(0.0, dense_accuracy), (row.sparsity, row.accuracy)],
+            }),
+        }
+    }
+    let low = rows.iter().map(|r| r.accuracy).fold(dense_accuracy, f64::min);
+    let svg = line_chart(
+        "shears demo: digits MLP 64-128-64-10",
+        "sparsity",
+        "test accuracy",
+        (0.0, 1.0),
+        ((low - 0.02).max(0.0), 1.0),
+        &series,
+    );
+    write_file_atomic(&args.plot, svg.as_bytes())?;
+    let plot = display(&args.plot);
+
+    if args.json {
+        let report = Report { dense_accuracy, test_samples: data.test.len(), results: rows, plot };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "dense MLP {:?}: test accuracy {:.4} on {} held-out digits",
+        SIZES,
+        dense_accuracy,
+        data.test.len()
+    );
+    let mut table = Table::new(&[
+        "method",
+        "target",
+        "sparsity",
+        "accuracy",
+        "vs dense",
+        "speedup b=1",
+        "speedup b=test",
+    ]);
+    for r in &rows {
+        table.row(vec![
+            r.method.clone(),
+            format!("{:.2}", r.target),
+            format!("{:.3}", r.sparsity),
+            format!("{:.4}", r.accuracy),
+            format!("{:+.4}", r.delta_vs_dense),
+            format!("{:.2}x", r.speedup_batch_1),
+            format!("{:.2}x", r.speedup_batch_test),
+        ]);
+    }
+    print!("{}", table.render());
+    println!("plot: {plot}");
+    Ok(())
+}
+
+fn display(path: &Path) -> String {
+    path.canonicalize().unwrap_or_else(|_| path.to_owned()).display().to_string()
+}

@@ -1,0 +1,106 @@
+//! A small line chart as SVG, for accuracy against sparsity.
+
+use std::fmt::Write;
+
+/// One named line of `(x, y)` points.
+pub(crate) struct Series {
+    pub(crate) name: String,
+    pub(crate) points: Vec<(f64, f64)>,
+}
+
+const COLORS: [&str; 8] =
+    ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
+
+/// A chart with axes from `x_range` and `y_range`, labelled, with a legend.
+pub(crate) fn line_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    x_range: (f64, f64),
+    y_range: (f64, f64),
+    series: &[Series],
+) -> String {
+    let (w, h, left, right, top, bottom) = (720.0, 440.0, 70.0, 180.0, 40.0, 60.0);
+    let (pw, ph) = (w - left - right, h - top - bottom);
+    let sx = |x: f64| left + (x - x_range.0) / (x_range.1 - x_range.0) * pw;
+    let sy = |y: f64| top + ph - (y - y_range.0) / (y_range.1 - y_range.0) * ph;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="24" text-anchor="middle" font-size="15">{title}</text>"#,
+        left + pw / 2.0
+    );
+    for i in 0..=5 {
+        let fx = x_range.0 + (x_range.1 - x_range.0) * f64::from(i) / 5.0;
+        let fy = y_range.0 + (y_range.1 - y_range.0) * f64::from(i) / 5.0;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{0}" y1="{1}" x2="{0}" y2="{2}" stroke="#ddd"/><text x="{0}" y="{3}" text-anchor="middle">{4:.2}</text>"##,
+            sx(fx),
+            top,
+            top + ph,
+            top + ph + 18.0,
+            fx
+        );
+        let _ = writeln!(
+            s,
+            r##"<line x1="{0}" y1="{1}" x2="{2}" y2="{1}" stroke="#ddd"/><text x="{3}" y="{4}" text-anchor="end">{5:.3}</text>"##,
+            left,
+            sy(fy),
+            left + pw,
+            left - 6.0,
+            sy(fy) + 4.0,
+            fy
+        );
+    }
+    let _ = writeln!(
+        s,
+        r#"<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">{x_label}</text>"#,
+        left + pw / 2.0,
+        h - 15.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="18" y="{}" text-anchor="middle" transform="rotate(-90 18 {})">{y_label}</text>"#,
+        top + ph / 2.0,
+        top + ph / 2.0
+    );
+    for (i, line) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let pts: Vec<String> = line
+            .points
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y.clamp(y_range.0, y_range.1))))
+            .collect();
+        let _ = writeln!(
+            s,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            pts.join(" ")
+        );
+        for p in &pts {
+            let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
+            let _ = writeln!(s, r#"<circle cx="{x}" cy="{y}" r="3" fill="{color}"/>"#);
+        }
+        let ly = top + 10.0 + 20.0 * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{0}" y1="{ly}" x2="{1}" y2="{ly}" stroke="{color}" stroke-width="2"/><text x="{2}" y="{3}">{4}</text>"#,
+            left + pw + 12.0,
+            left + pw + 32.0,
+            left + pw + 38.0,
+            ly + 4.0,
+            line.name
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}

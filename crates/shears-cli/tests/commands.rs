@@ -1,0 +1,312 @@
+//! Every command on well-formed input.
+
+use safetensors::tensor::Dtype;
+
+use crate::util::{T, metadata, model, read, shears, stderr, stdout, values, write};
+
+fn zeros(v: &[f64]) -> usize {
+    v.iter().filter(|&&x| x == 0.0).count()
+}
+
+/// The zeros torch.nn.utils.prune.l1_unstructured leaves: the round(s*n) smallest |w|.
+fn torch_l1_zeros(v: &[f64], s: f64) -> Vec<usize> {
+    let k = (s * v.len() as f64).round_ties_even() as usize;
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[a].abs().total_cmp(&v[b].abs()).then(a.cmp(&b)));
+    let mut z = idx[..k].to_vec();
+    z.sort_unstable();
+    z
+}
+
+#[test]
+fn prune_magnitude_matches_torch_and_keeps_everything_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
+    model(&input);
+    let o = shears(&[
+        "prune",
+        input.to_str().unwrap(),
+        "-o",
+        output.to_str().unwrap(),
+        "--sparsity",
+        "0.5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (before, after) = (read(&input), read(&output));
+    assert_eq!(before.len(), after.len());
+    for name in ["fc1.bias", "step"] {
+        assert_eq!(before[name], after[name], "{name} must be untouched");
+    }
+    for name in ["fc1.weight", "fc2.weight"] {
+        let (dtype, shape, v) = &after[name];
+        assert_eq!((*dtype, shape), (Dtype::F32, &before[name].1));
+        let got: Vec<usize> = (0..v.len()).filter(|&i| v[i] == 0.0).collect();
+        assert_eq!(got, torch_l1_zeros(&before[name].2, 0.5), "{name}");
+        for (a, b) in v.iter().zip(&before[name].2) {
+            assert!(*a == 0.0 || a == b);
+        }
+    }
+    assert_eq!(metadata(&output), metadata(&input));
+    assert!(stdout(&o).contains("fc1.weight") && stdout(&o).contains("total"));
+}
+
+#[test]
+fn every_float_dtype_round_trips() {
+    for dtype in [Dtype::F16, Dtype::BF16, Dtype::F32, Dtype::F64] {
+        let dir = tempfile::tempdir().unwrap();
+        let (input, output) =
+            (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
+        write(
+            &input,
+            &[
+                T { name: "w", dtype, shape: vec![4, 8], values: values(32, 3) },
+                T { name: "b", dtype, shape: vec![4], values: vec![1.5, -2.0, 0.25, 3.0] },
+            ],
+        );
+        let o = shears(&[
+            "prune",
+            input.to_str().unwrap(),
+            "-o",
+            output.to_str().unwrap(),
+            "--sparsity",
+            "0.25",
+        ]);
+        assert!(o.status.success(), "{dtype:?}: {}", stderr(&o));
+        let (before, after) = (read(&input), read(&output));
+        assert_eq!(after["w"].0, dtype);
+        assert_eq!(after["b"], before["b"]);
+        assert_eq!(zeros(&after["w"].2), 8);
+        for (a, b) in after["w"].2.iter().zip(&before["w"].2) {
+            assert!(*a == 0.0 || a == b, "{dtype:?}: {a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn global_scope_ranks_tensors_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    model(&input);
+    let run = |scope: &str| {
+        let out = dir.path().join(format!("{scope}.safetensors"));
+        let o = shears(&[
+            "prune",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--sparsity",
+            "0.2",
+            "--scope",
+            scope,
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let json: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+        (read(&out), json)
+    };
+    let (layer, _) = run("layer");
+    let (global, json) = run("global");
+    assert_eq!(zeros(&layer["fc2.weight"].2), 6);
+    // fc2 is 100x smaller: global scope takes all of it first (32 of the 32 to prune).
+    assert_eq!(zeros(&global["fc2.weight"].2), 32);
+    assert_eq!(zeros(&global["fc1.weight"].2), 0);
+    // The JSON document's shape.
+    let tensors = json["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), 4);
+    for key in ["name", "shape", "dtype", "pruned", "sparsity_before", "sparsity_after"] {
+        assert!(tensors[0].get(key).is_some(), "missing {key}");
+    }
+    assert!(json["total"]["sparsity_after"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        json["output"].as_str().unwrap(),
+        dir.path().join("global.safetensors").to_str().unwrap()
+    );
+}
+
+#[test]
+fn patterns_and_selection() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    model(&input);
+    let out = dir.path().join("rows.safetensors");
+    let o = shears(&[
+        "prune",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-s",
+        "0.5",
+        "--pattern",
+        "rows",
+        "--include",
+        "fc1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let after = read(&out);
+    let w = &after["fc1.weight"].2;
+    let dead_rows = (0..8).filter(|r| w[r * 16..(r + 1) * 16].iter().all(|&v| v == 0.0)).count();
+    assert_eq!(dead_rows, 4);
+    assert_eq!(after["fc2.weight"], read(&input)["fc2.weight"]);
+
+    let out = dir.path().join("nm.safetensors");
+    let masks = dir.path().join("masks.bin");
+    let o = shears(&[
+        "prune",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-s",
+        "0.5",
+        "--pattern",
+        "2:4",
+        "--exclude",
+        "fc2",
+        "--masks-out",
+        masks.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read(&masks).unwrap().starts_with(b"SHEARSMS"));
+    let o = shears(&["inspect", out.to_str().unwrap(), "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let fc1 =
+        json["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "fc1.weight").unwrap();
+    assert_eq!(fc1["is_2_4"], true);
+    assert_eq!(fc1["sparsity"].as_f64(), Some(0.5));
+
+    let out = dir.path().join("block.safetensors");
+    let o = shears(&[
+        "prune",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-s",
+        "0.5",
+        "--pattern",
+        "block:2x4",
+        "--include",
+        "fc1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(zeros(&read(&out)["fc1.weight"].2), 64);
+
+    let out = dir.path().join("random.safetensors");
+    let o = shears(&[
+        "prune",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-s",
+        "0.5",
+        "--method",
+        "random",
+        "--seed",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(zeros(&read(&out)["fc1.weight"].2), 64);
+}
+
+#[test]
+fn gradient_method_reads_grads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, grads, out) = (
+        dir.path().join("in.safetensors"),
+        dir.path().join("g.safetensors"),
+        dir.path().join("out.safetensors"),
+    );
+    write(&input, &[T { name: "w", dtype: Dtype::F32, shape: vec![2, 2], values: vec![0.5; 4] }]);
+    write(
+        &grads,
+        &[T {
+            name: "w",
+            dtype: Dtype::F32,
+            shape: vec![2, 2],
+            values: vec![0.01, 1.0, 0.02, 0.9],
+        }],
+    );
+    let o = shears(&[
+        "prune",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-s",
+        "0.5",
+        "--method",
+        "gradient",
+        "--grads",
+        grads.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(read(&out)["w"].2, vec![0.0, 0.5, 0.0, 0.5]);
+}
+
+#[test]
+fn conv_weights_prune_by_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
+    // 4 filters of 2x3x3; filter 2 is tiny.
+    let v: Vec<f64> = (0..72).map(|i| if i / 18 == 2 { 0.001 } else { 1.0 + i as f64 }).collect();
+    write(
+        &input,
+        &[T { name: "conv.weight", dtype: Dtype::F32, shape: vec![4, 2, 3, 3], values: v }],
+    );
+    let o = shears(&[
+        "prune",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-s",
+        "0.25",
+        "--pattern",
+        "rows",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let w = &read(&out)["conv.weight"].2;
+    assert!(w[36..54].iter().all(|&x| x == 0.0));
+    assert_eq!(zeros(w), 18);
+}
+
+#[test]
+fn inspect_and_bench() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
+    model(&input);
+    assert!(
+        shears(&["prune", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.9"])
+            .status
+            .success()
+    );
+    let o = shears(&["inspect", out.to_str().unwrap()]);
+    assert!(o.status.success());
+    let text = stdout(&o);
+    assert!(
+        text.contains("fc1.weight") && text.contains("I64") && text.contains("total"),
+        "{text}"
+    );
+    let o = shears(&["bench", out.to_str().unwrap(), "--batch", "1,4", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let rows = json["tensors"].as_array().unwrap();
+    assert_eq!(rows.len(), 4); // 2 pruned tensors x 2 batch sizes
+    for key in ["name", "shape", "sparsity", "batch", "format", "dense_us", "sparse_us", "speedup"]
+    {
+        assert!(rows[0].get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(json["total"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn demo_trains_prunes_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("demo.svg");
+    let o = shears(&["demo", "--json", "--plot", plot.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert!(json["dense_accuracy"].as_f64().unwrap() > 0.95);
+    let methods: std::collections::BTreeSet<&str> =
+        json["results"].as_array().unwrap().iter().map(|r| r["method"].as_str().unwrap()).collect();
+    for m in ["magnitude", "gradient", "random", "lottery ticket", "structured rows", "2:4"] {
+        assert!(methods.contains(m), "missing {m}");
+    }
+    assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+}

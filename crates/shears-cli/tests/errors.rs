@@ -1,0 +1,164 @@
+//! Bad input: a one-line error naming the problem, exit code 2, nothing written.
+
+use std::path::Path;
+
+use safetensors::tensor::Dtype;
+
+use crate::util::{T, model, shears, stderr, write};
+
+#[track_caller]
+fn fails(args: &[&str], out: &Path, needle: &str) {
+    let o = shears(args);
+    assert_eq!(o.status.code(), Some(2), "args {args:?}: {}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err}");
+    assert!(err.contains(needle), "`{needle}` not in: {err}");
+    assert!(!out.exists(), "{} must not be written", out.display());
+    if let Some(dir) = out.parent() {
+        let leftovers: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains("shears-tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left behind");
+    }
+}
+
+#[test]
+fn bad_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let o = out.to_str().unwrap();
+    fails(
+        &["prune", "/nonexistent/in.safetensors", "-o", o, "-s", "0.5"],
+        &out,
+        "/nonexistent/in.safetensors",
+    );
+    let garbage = dir.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"this is not a checkpoint").unwrap();
+    fails(&["prune", garbage.to_str().unwrap(), "-o", o, "-s", "0.5"], &out, "garbage.safetensors");
+    let good = dir.path().join("good.safetensors");
+    model(&good);
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = dir.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 10]).unwrap();
+    fails(
+        &["prune", truncated.to_str().unwrap(), "-o", o, "-s", "0.5"],
+        &out,
+        "truncated.safetensors",
+    );
+    // A header that lies about offsets: shift one end offset.
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let lying = text.replacen("\"data_offsets\":[0,", "\"data_offsets\":[4,", 1);
+    assert_ne!(lying, text);
+    let liar = dir.path().join("liar.safetensors");
+    std::fs::write(&liar, lying.as_bytes()).unwrap();
+    fails(&["prune", liar.to_str().unwrap(), "-o", o, "-s", "0.5"], &out, "liar.safetensors");
+    fails(&["inspect", garbage.to_str().unwrap()], &out, "garbage.safetensors");
+    fails(&["bench", garbage.to_str().unwrap()], &out, "garbage.safetensors");
+}
+
+#[test]
+fn bad_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    model(&input);
+    let out = dir.path().join("out.safetensors");
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    fails(&["prune", i, "-o", o, "-s", "1.5"], &out, "1.5");
+    fails(&["prune", i, "-o", o, "-s", "nan"], &out, "sparsity");
+    fails(&["prune", i, "-o", o, "-s", "0.5", "--pattern", "diagonal"], &out, "diagonal");
+    fails(&["prune", i, "-o", o, "-s", "0.5", "--pattern", "5:4"], &out, "5:4");
+    fails(&["prune", i, "-o", o, "-s", "0.5", "--pattern", "block:0x4"], &out, "block");
+    fails(&["prune", i, "-o", o, "-s", "0.7", "--pattern", "2:4"], &out, "2:4");
+    fails(
+        &["prune", i, "-o", o, "-s", "0.5", "--include", "nothing-matches"],
+        &out,
+        "nothing-matches",
+    );
+    fails(
+        &["prune", i, "-o", o, "-s", "0.5", "--exclude", "nothing-matches"],
+        &out,
+        "nothing-matches",
+    );
+    fails(&["prune", i, "-o", o, "-s", "0.5", "--include", "("], &out, "regex");
+    fails(&["prune", i, "-o", o, "-s", "0.5", "--include", "step"], &out, "step");
+    fails(
+        &["prune", i, "-o", o, "-s", "0.5", "--scope", "global", "--pattern", "rows"],
+        &out,
+        "unstructured",
+    );
+    fails(&["prune", i, "-o", o, "-s", "0.5", "--method", "gradient"], &out, "--grads");
+    fails(&["prune", i, "-o", i, "-s", "0.5"], &out, "overwrite");
+    fails(&["bench", i, "--batch", "0"], &out, "batch");
+    // The input is untouched by the refused in-place run.
+    let after = crate::util::read(&input);
+    assert_eq!(after.len(), 4);
+}
+
+#[test]
+fn gradient_errors_name_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, grads, out) = (
+        dir.path().join("in.safetensors"),
+        dir.path().join("g.safetensors"),
+        dir.path().join("out.safetensors"),
+    );
+    write(
+        &input,
+        &[
+            T { name: "a", dtype: Dtype::F32, shape: vec![2, 2], values: vec![1.0; 4] },
+            T { name: "b", dtype: Dtype::F32, shape: vec![2, 2], values: vec![1.0; 4] },
+        ],
+    );
+    write(&grads, &[T { name: "a", dtype: Dtype::F32, shape: vec![2, 2], values: vec![1.0; 4] }]);
+    let args = [
+        "prune",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-s",
+        "0.5",
+        "--method",
+        "gradient",
+        "--grads",
+        grads.to_str().unwrap(),
+    ];
+    fails(&args, &out, "`b`");
+    write(
+        &grads,
+        &[
+            T { name: "a", dtype: Dtype::F32, shape: vec![2, 2], values: vec![1.0; 4] },
+            T { name: "b", dtype: Dtype::F32, shape: vec![4, 1], values: vec![1.0; 4] },
+        ],
+    );
+    fails(&args, &out, "`b`");
+    write(
+        &grads,
+        &[
+            T {
+                name: "a",
+                dtype: Dtype::F32,
+                shape: vec![2, 2],
+                values: vec![f64::NAN, 1.0, 1.0, 1.0],
+            },
+            T { name: "b", dtype: Dtype::F32, shape: vec![2, 2], values: vec![1.0; 4] },
+        ],
+    );
+    fails(&args, &out, "a.grad");
+}
+
+#[test]
+fn existing_output_is_replaced_only_on_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    model(&input);
+    let out = dir.path().join("out.safetensors");
+    std::fs::write(&out, b"previous").unwrap();
+    let o = shears(&["prune", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "1.5"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(std::fs::read(&out).unwrap(), b"previous");
+    let o = shears(&["prune", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"]);
+    assert!(o.status.success());
+    assert_ne!(std::fs::read(&out).unwrap(), b"previous");
+}
