@@ -1,0 +1,206 @@
+//! The speedup sweep behind `cargo xtask bench`: every cell times nalgebra dense, sprs
+//! CSR (where it applies) and shears' format on the same matrix in the same run, and
+//! prints one JSON document (a list of cells) on stdout.
+//!
+//! Run with: cargo run --release -p shears-benches --bin sweep -- [--quick]
+
+#![allow(clippy::print_stdout, reason = "the sweep reports on stdout")]
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use nalgebra::{DMatrix, DVector};
+use serde::Serialize;
+use shears_benches::{SEED, magnitude_mask, matrix, rows_mask, two_four_mask, vector};
+use shears_core::{LayerContext, Mask, NmPattern, PruningStrategy, Sparsity};
+use shears_sparse::{AnyCsr, Compacted, Compaction, Csr, NmSparse};
+use shears_strategies::Magnitude;
+
+/// One measured cell; the field names are read by tools and stay stable.
+#[derive(Debug, Serialize)]
+struct Cell {
+    kernel: &'static str,
+    format: &'static str,
+    rows: usize,
+    cols: usize,
+    sparsity: f64,
+    batch: usize,
+    median_ns: f64,
+    speedup_vs_dense: f64,
+    threads: usize,
+}
+
+struct Timer {
+    budget: Duration,
+}
+
+impl Timer {
+    /// Median nanoseconds of `f` over at least 3 runs and about `budget`.
+    fn median(&self, mut f: impl FnMut()) -> f64 {
+        f();
+        let start = Instant::now();
+        let mut times = Vec::new();
+        while times.len() < 3 || (start.elapsed() < self.budget && times.len() < 500) {
+            let t = Instant::now();
+            f();
+            times.push(t.elapsed().as_nanos() as f64);
+        }
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    }
+}
+
+/// A pruned matrix in one of shears' formats.
+enum Sparse {
+    Csr(AnyCsr<f32>),
+    Nm(NmSparse<f32>),
+    Compact(Compacted<f32>),
+}
+
+fn time_sparse(timer: &Timer, s: &Sparse, x: &DMatrix<f32>) -> f64 {
+    let batch = x.ncols();
+    match s {
+        Sparse::Csr(c) if batch == 1 => {
+            let mut y = vec![0.0; c.shape().0];
+            timer.median(|| drop(c.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y)))
+        }
+        Sparse::Csr(c) => {
+            let mut y = DMatrix::zeros(c.shape().0, batch);
+            timer.median(|| drop(c.matmul_into(1.0, black_box(x), 0.0, &mut y)))
+        }
+        Sparse::Nm(n) if batch == 1 => {
+            let mut y = vec![0.0; n.shape().0];
+            timer.median(|| drop(n.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y)))
+        }
+        Sparse::Nm(n) => {
+            let mut y = DMatrix::zeros(n.shape().0, batch);
+            timer.median(|| drop(n.matmul_into(1.0, black_box(x), 0.0, &mut y)))
+        }
+        Sparse::Compact(c) => dense_time(timer, c.matrix(), x),
+    }
+}
+
+fn dense_time(timer: &Timer, w: &DMatrix<f32>, x: &DMatrix<f32>) -> f64 {
+    if x.ncols() == 1 {
+        let xv = DVector::from_column_slice(x.as_slice());
+        let mut y = DVector::zeros(w.nrows());
+        timer.median(|| y.gemv(1.0, black_box(w), &xv, 0.0))
+    } else {
+        let mut y = DMatrix::zeros(w.nrows(), x.ncols());
+        timer.median(|| y.gemm(1.0, black_box(w), x, 0.0))
+    }
+}
+
+fn sprs_time(timer: &Timer, w: &DMatrix<f32>, mask: &Mask, x: &DMatrix<f32>) -> Option<f64> {
+    let csr = Csr::<f32, u32>::from_dense_masked(w, mask).ok()?.to_sprs();
+    Some(if x.ncols() == 1 {
+        let mut y = vec![0.0f32; w.nrows()];
+        timer.median(|| {
+            y.iter_mut().for_each(|v| *v = 0.0);
+            sprs::prod::mul_acc_mat_vec_csr(csr.view(), black_box(x.as_slice()), y.as_mut_slice());
+        })
+    } else {
+        let xa = ndarray::Array2::from_shape_fn((x.nrows(), x.ncols()), |(i, j)| x[(i, j)]);
+        timer.median(|| drop(black_box(&csr * &xa)))
+    })
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let threads = rayon::current_num_threads();
+    let timer = Timer { budget: Duration::from_millis(if quick { 150 } else { 400 }) };
+    let shapes: &[(usize, usize)] = if quick {
+        &[(4096, 4096)]
+    } else {
+        &[(1024, 1024), (4096, 4096), (1536, 384), (384, 1536)]
+    };
+    let sparsities: &[f64] =
+        if quick { &[0.5, 0.9] } else { &[0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99] };
+    let batches: &[usize] = if quick { &[1, 32] } else { &[1, 8, 32, 128] };
+    let mut cells = Vec::new();
+    let mut push = |kernel,
+                    format,
+                    (rows, cols): (usize, usize),
+                    sparsity,
+                    batch,
+                    median_ns: f64,
+                    dense_ns: f64| {
+        cells.push(Cell {
+            kernel,
+            format,
+            rows,
+            cols,
+            sparsity,
+            batch,
+            median_ns,
+            speedup_vs_dense: dense_ns / median_ns,
+            threads,
+        });
+    };
+
+    for &(rows, cols) in shapes {
+        let w = matrix(rows, cols, SEED);
+        let mut formats: Vec<(&'static str, f64, Mask, Sparse)> = Vec::new();
+        for &s in sparsities {
+            let mask = magnitude_mask(&w, s);
+            formats.push((
+                "csr",
+                s,
+                mask.clone(),
+                Sparse::Csr(AnyCsr::from_dense_masked(&w, &mask).unwrap_or_else(|e| panic!("{e}"))),
+            ));
+        }
+        let nm_mask = two_four_mask(&w);
+        let nm = NmSparse::from_dense_masked(&w, &nm_mask, NmPattern::TWO_FOUR)
+            .unwrap_or_else(|e| panic!("{e}"));
+        formats.push(("nm", 0.5, nm_mask, Sparse::Nm(nm)));
+        let row_mask = rows_mask(&w, 0.5);
+        let compact =
+            Compacted::new(&w, &row_mask, Compaction::Rows, None).unwrap_or_else(|e| panic!("{e}"));
+        formats.push(("compact", 0.5, row_mask, Sparse::Compact(compact)));
+        for &batch in batches {
+            let x = if batch == 1 {
+                DMatrix::from_column_slice(cols, 1, vector(cols, SEED + 1).as_slice())
+            } else {
+                matrix(cols, batch, SEED + 1)
+            };
+            let kernel = if batch == 1 { "spmv" } else { "spmm" };
+            let dense = dense_time(&timer, &w, &x);
+            push(kernel, "dense", (rows, cols), 0.0, batch, dense, dense);
+            for (format, s, mask, sparse) in &formats {
+                push(
+                    kernel,
+                    format,
+                    (rows, cols),
+                    *s,
+                    batch,
+                    time_sparse(&timer, sparse, &x),
+                    dense,
+                );
+                let sprs_worth_it = *format == "csr" && (*s > 0.0 || batch == 1);
+                if sprs_worth_it && let Some(t) = sprs_time(&timer, &w, mask, &x) {
+                    push(kernel, "sprs-csr", (rows, cols), *s, batch, t, dense);
+                }
+            }
+        }
+    }
+
+    // Mask creation on 4096x4096 against a full sort of the scores.
+    let w = matrix(4096, 4096, SEED);
+    for s in [0.5, 0.9] {
+        let sparsity = Sparsity::new(s).unwrap_or(Sparsity::ZERO);
+        let sort = timer.median(|| {
+            let mut scores: Vec<f32> = w.iter().map(|v| v.abs()).collect();
+            scores.sort_unstable_by(f32::total_cmp);
+            black_box(scores);
+        });
+        let shears =
+            timer.median(|| drop(black_box(Magnitude.mask(&w, &LayerContext::new("w"), sparsity))));
+        push("mask", "full-sort", (4096, 4096), s, 0, sort, sort);
+        push("mask", "shears", (4096, 4096), s, 0, shears, sort);
+    }
+    match serde_json::to_string_pretty(&cells) {
+        Ok(json) => println!("{json}"),
+        Err(e) => panic!("cannot encode the sweep: {e}"),
+    }
+}

@@ -1,0 +1,191 @@
+//! `cargo xtask`: the project's own commands, in Rust (https://github.com/matklad/cargo-xtask).
+//!
+//! - `cargo xtask bench [--quick] [--out DIR]`: the speedup sweep and its reports;
+//! - `cargo xtask lth --mnist DIR [--rounds N] [--quick] [--out DIR]`: the lottery-ticket
+//!   replication on MNIST;
+//! - `cargo xtask release [--dry-run]`: the release gates.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a developer tool reports on the terminal"
+)]
+
+mod bench;
+mod lth;
+mod release;
+#[path = "../../crates/shears-cli/src/svg.rs"]
+mod svg;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "shears' development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Option<Task>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Run the speedup sweep; write bench.json, bench.md and speedup.svg.
+    Bench(bench::Args),
+    /// Replicate the LeNet-300-100 lottery ticket on MNIST; write lth.json, lth.md, lth.svg.
+    Lth(lth::Args),
+    /// Run every release gate, then package the crates.
+    Release(release::Args),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Some(Task::Bench(args)) => bench::run(&args),
+        Some(Task::Lth(args)) => lth::run(&args),
+        Some(Task::Release(args)) => release::run(&args),
+        None => {
+            println!(
+                "cargo xtask <task>\n\n  bench    the speedup sweep (--quick for a smoke run)\n  lth      the lottery-ticket replication on MNIST\n  release  the release gates (--dry-run to stop before publishing)"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The workspace root.
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// `cargo` as the caller runs it.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(project_root());
+    cmd
+}
+
+/// Runs `cmd`, failing with its description if it fails.
+fn run_checked(mut cmd: Command, what: &str) -> Result<()> {
+    eprintln!("xtask: {what}");
+    let status = cmd.status().with_context(|| format!("cannot start: {what}"))?;
+    if !status.success() {
+        bail!("failed: {what} ({status})");
+    }
+    Ok(())
+}
+
+/// Runs `cmd` and returns its stdout.
+fn run_output(mut cmd: Command, what: &str) -> Result<String> {
+    eprintln!("xtask: {what}");
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start: {what}"))?;
+    if !out.status.success() {
+        bail!("failed: {what} ({})", out.status);
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Writes `contents` to `dir/name`, creating `dir`.
+fn write_report(dir: &Path, name: &str, contents: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_task() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("xtask").chain(args.iter().copied()))
+        };
+        assert!(matches!(
+            parse(&["bench", "--quick"]).unwrap().task,
+            Some(Task::Bench(bench::Args { quick: true, .. }))
+        ));
+        assert!(matches!(
+            parse(&["lth", "--mnist", "d", "--rounds", "3"]).unwrap().task,
+            Some(Task::Lth(lth::Args { rounds: Some(3), .. }))
+        ));
+        assert!(matches!(
+            parse(&["release", "--dry-run"]).unwrap().task,
+            Some(Task::Release(release::Args { dry_run: true }))
+        ));
+        assert!(parse(&["lth"]).is_err(), "--mnist is required");
+        assert!(parse(&["frobnicate"]).is_err());
+        assert!(parse(&[]).unwrap().task.is_none());
+    }
+
+    #[test]
+    fn reports_are_written_atomically() {
+        let dir = std::env::temp_dir().join(format!("xtask-test-{}", std::process::id()));
+        let path = write_report(&dir, "r.md", "hello").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// rust-analyzer's tidy checks, for this workspace.
+    #[test]
+    fn tidy() {
+        let root = project_root();
+        let mut files = Vec::new();
+        let mut stack = vec![root.join("crates"), root.join("xtask"), root.join("benches")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+        assert!(files.len() > 20);
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            assert!(text.starts_with("//!"), "{} must start with a //! doc line", file.display());
+            assert!(
+                !text.contains(&["#[should", "_panic]"].concat()),
+                "{} uses should_panic",
+                file.display()
+            );
+            assert!(
+                !text.contains(&["#[ig", "nore]"].concat()),
+                "{} ignores a test",
+                file.display()
+            );
+        }
+        for manifest in [
+            "crates/shears-core",
+            "crates/shears-strategies",
+            "crates/shears-sparse",
+            "crates/shears-nn",
+            "crates/shears-cli",
+            "xtask",
+            "benches",
+        ] {
+            let text = std::fs::read_to_string(root.join(manifest).join("Cargo.toml")).unwrap();
+            assert!(
+                text.contains("[lints]\nworkspace = true"),
+                "{manifest} must inherit the workspace lints"
+            );
+            assert!(
+                !text.contains("path = \"../"),
+                "{manifest}: internal dependencies use .workspace = true"
+            );
+        }
+    }
+}
