@@ -1,4 +1,4 @@
-//! `cargo xtask`: the project's own commands, in Rust (https://github.com/matklad/cargo-xtask).
+//! `cargo xtask`: the project's own commands, in Rust (<https://github.com/matklad/cargo-xtask>).
 //!
 //! - `cargo xtask bench [--quick] [--out DIR]`: the speedup sweep and its reports;
 //! - `cargo xtask lth --mnist DIR [--rounds N] [--quick] [--out DIR]`: the lottery-ticket

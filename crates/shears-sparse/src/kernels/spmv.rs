@@ -88,6 +88,31 @@ pub(crate) fn csr_spmv<T: Scalar, I: SpIndex>(
     );
 }
 
+/// The dot product of one N:M row with `x`, the column of slot `s` computed in the loop
+/// (`(s / N) * m + position`), so no index array is read or written.
+#[inline(always)]
+fn nm_dot<T: Scalar, const N: usize>(values: &[T], positions: &[u8], m: usize, x: &[T]) -> T {
+    let mut acc = [T::zero(); LANES];
+    let full = values.len() / LANES * LANES;
+    let gather = |s: usize, p: u8| -> T {
+        // SAFETY: the N:M validator bounds every position by its group's width, so
+        // (s / N) * m + p < ncols == x.len() (checked at the public entry points).
+        unsafe { *x.get_unchecked((s / N) * m + usize::from(p)) }
+    };
+    for (c, (v, p)) in
+        values[..full].chunks_exact(LANES).zip(positions[..full].chunks_exact(LANES)).enumerate()
+    {
+        for j in 0..LANES {
+            acc[j] += v[j] * gather(c * LANES + j, p[j]);
+        }
+    }
+    let mut tail = T::zero();
+    for (s, (&v, &p)) in values.iter().zip(positions).enumerate().skip(full) {
+        tail += v * gather(s, p);
+    }
+    reduce(acc) + tail
+}
+
 #[inline(always)]
 fn nm_rows_kernel<T: Scalar>(
     a: NmView<'_, T>,
@@ -98,11 +123,20 @@ fn nm_rows_kernel<T: Scalar>(
     out: &mut [T],
 ) {
     let per_row = a.groups() * a.n;
-    let mut cols = vec![0u32; per_row];
+    let mut cols = Vec::new();
     for (r, y) in rows.zip(out.iter_mut()) {
         let values = &a.values[r * per_row..][..per_row];
-        a.expand_columns(r, &mut cols);
-        let dot = dot_row::<T, u32, false>(values, &cols, x);
+        let positions = &a.positions[r * per_row..][..per_row];
+        let dot = match a.n {
+            1 => nm_dot::<T, 1>(values, positions, a.m, x),
+            2 => nm_dot::<T, 2>(values, positions, a.m, x),
+            4 => nm_dot::<T, 4>(values, positions, a.m, x),
+            _ => {
+                cols.resize(per_row, 0u32);
+                a.expand_columns(r, &mut cols);
+                dot_row::<T, u32, false>(values, &cols, x)
+            }
+        };
         *y = combine(alpha, dot, beta, *y);
     }
 }
