@@ -16,7 +16,8 @@ use shears_core::{LayerContext, Mask, NmPattern, PruningStrategy, Sparsity};
 use shears_sparse::{AnyCsr, Compacted, Compaction, Csr, NmSparse};
 use shears_strategies::Magnitude;
 
-/// One measured cell; the field names are read by tools and stay stable.
+/// One measured cell; the field names are read by tools and stay stable. Each format's
+/// `speedup_vs_dense` divides a dense time measured alternately with it.
 #[derive(Debug, Serialize)]
 struct Cell {
     kernel: &'static str,
@@ -34,6 +35,11 @@ struct Timer {
     budget: Duration,
 }
 
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
 impl Timer {
     /// Median nanoseconds of `f` over at least 3 runs and about `budget`.
     fn median(&self, mut f: impl FnMut()) -> f64 {
@@ -45,8 +51,25 @@ impl Timer {
             f();
             times.push(t.elapsed().as_nanos() as f64);
         }
-        times.sort_by(f64::total_cmp);
-        times[times.len() / 2]
+        median(times)
+    }
+
+    /// Medians of `base` and `f`, run alternately so that the machine's drift (this one is
+    /// shared) affects both sides of the ratio alike.
+    fn paired(&self, mut base: impl FnMut(), mut f: impl FnMut()) -> (f64, f64) {
+        base();
+        f();
+        let start = Instant::now();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        while a.len() < 3 || (start.elapsed() < self.budget * 2 && a.len() < 500) {
+            let t = Instant::now();
+            base();
+            a.push(t.elapsed().as_nanos() as f64);
+            let t = Instant::now();
+            f();
+            b.push(t.elapsed().as_nanos() as f64);
+        }
+        (median(a), median(b))
     }
 }
 
@@ -57,52 +80,57 @@ enum Sparse {
     Compact(Compacted<f32>),
 }
 
-fn time_sparse(timer: &Timer, s: &Sparse, x: &DMatrix<f32>) -> f64 {
+/// The dense product `w x` as a repeatable closure.
+fn dense_run<'a>(w: &'a DMatrix<f32>, x: &'a DMatrix<f32>) -> Box<dyn FnMut() + 'a> {
+    if x.ncols() == 1 {
+        let xv = DVector::from_column_slice(x.as_slice());
+        let mut y = DVector::zeros(w.nrows());
+        Box::new(move || y.gemv(1.0, black_box(w), &xv, 0.0))
+    } else {
+        let mut y = DMatrix::zeros(w.nrows(), x.ncols());
+        Box::new(move || y.gemm(1.0, black_box(w), x, 0.0))
+    }
+}
+
+/// The product in a shears format as a repeatable closure.
+fn sparse_run<'a>(s: &'a Sparse, x: &'a DMatrix<f32>) -> Box<dyn FnMut() + 'a> {
     let batch = x.ncols();
     match s {
         Sparse::Csr(c) if batch == 1 => {
             let mut y = vec![0.0; c.shape().0];
-            timer.median(|| drop(c.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y)))
+            Box::new(move || drop(c.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y)))
         }
         Sparse::Csr(c) => {
             let mut y = DMatrix::zeros(c.shape().0, batch);
-            timer.median(|| drop(c.matmul_into(1.0, black_box(x), 0.0, &mut y)))
+            Box::new(move || drop(c.matmul_into(1.0, black_box(x), 0.0, &mut y)))
         }
         Sparse::Nm(n) if batch == 1 => {
             let mut y = vec![0.0; n.shape().0];
-            timer.median(|| drop(n.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y)))
+            Box::new(move || drop(n.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y)))
         }
         Sparse::Nm(n) => {
             let mut y = DMatrix::zeros(n.shape().0, batch);
-            timer.median(|| drop(n.matmul_into(1.0, black_box(x), 0.0, &mut y)))
+            Box::new(move || drop(n.matmul_into(1.0, black_box(x), 0.0, &mut y)))
         }
-        Sparse::Compact(c) => dense_time(timer, c.matrix(), x),
+        Sparse::Compact(c) => dense_run(c.matrix(), x),
     }
 }
 
-fn dense_time(timer: &Timer, w: &DMatrix<f32>, x: &DMatrix<f32>) -> f64 {
+/// The sprs product as a repeatable closure.
+fn sprs_run<'a>(
+    csr: &'a sprs::CsMat<f32>,
+    xa: &'a ndarray::Array2<f32>,
+    x: &'a DMatrix<f32>,
+) -> Box<dyn FnMut() + 'a> {
     if x.ncols() == 1 {
-        let xv = DVector::from_column_slice(x.as_slice());
-        let mut y = DVector::zeros(w.nrows());
-        timer.median(|| y.gemv(1.0, black_box(w), &xv, 0.0))
-    } else {
-        let mut y = DMatrix::zeros(w.nrows(), x.ncols());
-        timer.median(|| y.gemm(1.0, black_box(w), x, 0.0))
-    }
-}
-
-fn sprs_time(timer: &Timer, w: &DMatrix<f32>, mask: &Mask, x: &DMatrix<f32>) -> Option<f64> {
-    let csr = Csr::<f32, u32>::from_dense_masked(w, mask).ok()?.to_sprs();
-    Some(if x.ncols() == 1 {
-        let mut y = vec![0.0f32; w.nrows()];
-        timer.median(|| {
+        let mut y = vec![0.0f32; csr.rows()];
+        Box::new(move || {
             y.iter_mut().for_each(|v| *v = 0.0);
             sprs::prod::mul_acc_mat_vec_csr(csr.view(), black_box(x.as_slice()), y.as_mut_slice());
         })
     } else {
-        let xa = ndarray::Array2::from_shape_fn((x.nrows(), x.ncols()), |(i, j)| x[(i, j)]);
-        timer.median(|| drop(black_box(&csr * &xa)))
-    })
+        Box::new(move || drop(black_box(csr * xa)))
+    }
 }
 
 fn main() {
@@ -165,21 +193,17 @@ fn main() {
                 matrix(cols, batch, SEED + 1)
             };
             let kernel = if batch == 1 { "spmv" } else { "spmm" };
-            let dense = dense_time(&timer, &w, &x);
+            let xa = ndarray::Array2::from_shape_fn((x.nrows(), x.ncols()), |(i, j)| x[(i, j)]);
+            let dense = timer.median(dense_run(&w, &x));
             push(kernel, "dense", (rows, cols), 0.0, batch, dense, dense);
             for (format, s, mask, sparse) in &formats {
-                push(
-                    kernel,
-                    format,
-                    (rows, cols),
-                    *s,
-                    batch,
-                    time_sparse(&timer, sparse, &x),
-                    dense,
-                );
+                let (d, t) = timer.paired(dense_run(&w, &x), sparse_run(sparse, &x));
+                push(kernel, format, (rows, cols), *s, batch, t, d);
                 let sprs_worth_it = *format == "csr" && (*s > 0.0 || batch == 1);
-                if sprs_worth_it && let Some(t) = sprs_time(&timer, &w, mask, &x) {
-                    push(kernel, "sprs-csr", (rows, cols), *s, batch, t, dense);
+                if sprs_worth_it && let Ok(csr) = Csr::<f32, u32>::from_dense_masked(&w, mask) {
+                    let csr = csr.to_sprs();
+                    let (d, t) = timer.paired(dense_run(&w, &x), sprs_run(&csr, &xa, &x));
+                    push(kernel, "sprs-csr", (rows, cols), *s, batch, t, d);
                 }
             }
         }
@@ -189,13 +213,21 @@ fn main() {
     let w = matrix(4096, 4096, SEED);
     for s in [0.5, 0.9] {
         let sparsity = Sparsity::new(s).unwrap_or(Sparsity::ZERO);
-        let sort = timer.median(|| {
+        let (sort, shears) = timer.paired(
+            || {
+                let mut scores: Vec<f32> = w.iter().map(|v| v.abs()).collect();
+                scores.sort_unstable_by(f32::total_cmp);
+                black_box(scores);
+            },
+            || drop(black_box(Magnitude.mask(&w, &LayerContext::new("w"), sparsity))),
+        );
+        let select_nth = timer.median(|| {
             let mut scores: Vec<f32> = w.iter().map(|v| v.abs()).collect();
-            scores.sort_unstable_by(f32::total_cmp);
+            let k = sparsity.count_of(scores.len(), shears_core::Rounding::HalfEven).max(1);
+            scores.select_nth_unstable_by(k - 1, f32::total_cmp);
             black_box(scores);
         });
-        let shears =
-            timer.median(|| drop(black_box(Magnitude.mask(&w, &LayerContext::new("w"), sparsity))));
+        push("mask", "select_nth", (4096, 4096), s, 0, select_nth, sort);
         push("mask", "full-sort", (4096, 4096), s, 0, sort, sort);
         push("mask", "shears", (4096, 4096), s, 0, shears, sort);
     }

@@ -149,7 +149,8 @@ pub(crate) fn write_streaming(
         _ => PathBuf::from("."),
     };
     let file_name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.shears-tmp-{}", std::process::id()));
+    remove_stale_temporaries(&dir, &file_name);
+    let tmp = dir.join(format!(".{file_name}{TMP_MARK}{}", std::process::id()));
     let result = (|| -> Result<()> {
         let file =
             File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
@@ -180,6 +181,31 @@ pub(crate) fn write_streaming(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Temporary files are named `.{target}.shears-tmp-{pid}`.
+const TMP_MARK: &str = ".shears-tmp-";
+
+/// Removes temporary files of `target` left in `dir` by runs that were killed: their
+/// process id no longer names a running process. Files of live runs are left alone.
+fn remove_stale_temporaries(dir: &Path, target: &str) {
+    let prefix = format!(".{target}{TMP_MARK}");
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !process_alive(pid) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Whether `pid` names a running process (Linux: `/proc/{pid}`; elsewhere assume it does,
+/// so nothing another run may still write is removed).
+fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") { Path::new(&format!("/proc/{pid}")).exists() } else { true }
 }
 
 /// Writes `bytes` to `path` atomically (temporary file, then rename).

@@ -4,4 +4,5 @@
 
 mod commands;
 mod errors;
+mod hardening;
 mod util;

@@ -1,0 +1,143 @@
+//! Crash safety, failing disks, and determinism.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use safetensors::tensor::Dtype;
+
+use crate::util::{T, model, read, shears, stderr, write};
+
+/// A checkpoint big enough that writing it takes a while (8 tensors of 1M f32).
+fn big(path: &std::path::Path) {
+    let tensors: Vec<T> = ["a", "b", "c", "d", "e", "f", "g", "h"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| T {
+            name,
+            dtype: Dtype::F32,
+            shape: vec![1024, 1024],
+            values: (0..1024 * 1024)
+                .map(|k| ((k * 7919 + i * 31) % 10007) as f64 / 10007.0 - 0.5)
+                .collect(),
+        })
+        .collect();
+    write(path, &tensors);
+}
+
+#[test]
+fn killed_runs_leave_the_previous_file_or_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
+    big(&input);
+    let previous = b"previous complete file".to_vec();
+    std::fs::write(&out, &previous).unwrap();
+    let mut outcomes = (0, 0);
+    for attempt in 0..12u64 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shears"))
+            .args(["prune", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5 + attempt * 23 % 150));
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().unwrap();
+        let now = std::fs::read(&out).unwrap();
+        if now == previous {
+            outcomes.0 += 1;
+        } else {
+            // Finished before the kill: then it is the complete pruned file.
+            assert!(status.success(), "a killed run changed the output");
+            assert_eq!(read(&out).len(), 8);
+            outcomes.1 += 1;
+            std::fs::write(&out, &previous).unwrap();
+        }
+    }
+    assert!(outcomes.0 > 0, "no run was killed mid-way; make the input bigger");
+    // The next run cleans the temporaries the killed runs left behind, and succeeds.
+    let o = shears(&["prune", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("shears-tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "stale temporaries: {leftovers:?}");
+}
+
+#[test]
+fn a_full_disk_is_an_error_and_leaves_no_partial_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
+    big(&input);
+    // A 1 MiB file-size limit stands in for a full disk: writes fail with EFBIG (SIGXFSZ is
+    // ignored, and ignored signals survive exec).
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 1024; exec '{}' prune '{}' -o '{}' -s 0.5",
+        env!("CARGO_BIN_EXE_shears"),
+        input.display(),
+        out.display()
+    );
+    let o = Command::new("bash").args(["-c", &script]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("out.safetensors"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).trim_end().lines().count(), 1);
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "only the input remains");
+}
+
+#[test]
+fn missing_or_unwritable_output_locations_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    model(&input);
+    let nowhere = dir.path().join("no/such/dir/out.safetensors");
+    let o =
+        shears(&["prune", input.to_str().unwrap(), "-o", nowhere.to_str().unwrap(), "-s", "0.5"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no/such/dir"), "{}", stderr(&o));
+    let o = shears(&[
+        "prune",
+        input.to_str().unwrap(),
+        "-o",
+        dir.path().to_str().unwrap(),
+        "-s",
+        "0.5",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "a directory is not a file: {}", stderr(&o));
+}
+
+#[test]
+fn outputs_do_not_depend_on_the_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    big(&input);
+    let mut files = Vec::new();
+    for threads in ["1", "2", "4"] {
+        for scope in ["layer", "global"] {
+            let out = dir.path().join(format!("out-{threads}-{scope}.safetensors"));
+            let o = Command::new(env!("CARGO_BIN_EXE_shears"))
+                .env("RAYON_NUM_THREADS", threads)
+                .args([
+                    "prune",
+                    input.to_str().unwrap(),
+                    "-o",
+                    out.to_str().unwrap(),
+                    "-s",
+                    "0.7",
+                    "--scope",
+                    scope,
+                ])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", stderr(&o));
+            files.push((scope, std::fs::read(&out).unwrap()));
+        }
+    }
+    for scope in ["layer", "global"] {
+        let runs: Vec<&Vec<u8>> =
+            files.iter().filter(|(s, _)| *s == scope).map(|(_, b)| b).collect();
+        assert!(runs.windows(2).all(|w| w[0] == w[1]), "{scope}: thread count changed the output");
+    }
+}
