@@ -11,7 +11,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use nalgebra::{DMatrix, DVector};
 use shears_benches::{SEED, matrix, two_four_mask, vector};
 use shears_core::NmPattern;
-use shears_sparse::{AnyCsr, NmSparse};
+use shears_sparse::{AnyCsr, NmSparse, SparseProduct};
 
 fn nm(c: &mut Criterion) {
     for (rows, cols) in [(4096, 4096), (1536, 384)] {

@@ -10,7 +10,7 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use nalgebra::DMatrix;
 use shears_benches::{SEED, magnitude_mask, matrix, rows_mask};
-use shears_sparse::{AnyCsr, Compacted, Compaction};
+use shears_sparse::{AnyCsr, Compacted, Compaction, SparseProduct};
 
 const SHAPES: [(usize, usize); 2] = [(4096, 4096), (1536, 384)];
 const BATCHES: [usize; 3] = [8, 32, 128];

@@ -10,7 +10,7 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use nalgebra::DVector;
 use shears_benches::{SEED, magnitude_mask, matrix, rows_mask, vector};
-use shears_sparse::{AnyCsr, Compacted, Compaction};
+use shears_sparse::{AnyCsr, Compacted, Compaction, SparseProduct};
 
 const SHAPES: [(usize, usize); 4] = [(4096, 4096), (1024, 1024), (1536, 384), (384, 1536)];
 const SPARSITIES: [f64; 6] = [0.5, 0.7, 0.8, 0.9, 0.95, 0.99];

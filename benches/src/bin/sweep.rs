@@ -13,7 +13,7 @@ use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 use shears_benches::{SEED, magnitude_mask, matrix, rows_mask, two_four_mask, vector};
 use shears_core::{LayerContext, Mask, NmPattern, PruningStrategy, Sparsity};
-use shears_sparse::{AnyCsr, Compacted, Compaction, Csr, NmSparse};
+use shears_sparse::{AnyCsr, Compacted, Compaction, Csr, NmSparse, SparseProduct};
 use shears_strategies::Magnitude;
 
 /// One measured cell; the field names are read by tools and stay stable. Each format's

@@ -6,7 +6,9 @@ use anyhow::{Result, bail};
 use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 use shears_core::{Mask, WeightShape};
-use shears_sparse::{AnyCsr, BlockSparse, Compacted, Compaction, Format, NmSparse, choose_format};
+use shears_sparse::{
+    AnyCsr, BlockSparse, Compacted, Compaction, Format, NmSparse, SparseProduct, choose_format,
+};
 
 use crate::cli::BenchArgs;
 use crate::inspect::nonzero_mask;

@@ -93,12 +93,7 @@ impl Selector {
         sparsity: Sparsity,
         kept: Option<&Mask>,
     ) -> Result<Mask> {
-        check_kept_shape(scores, kept)?;
-        let already = kept.map_or(0, Mask::count_pruned);
-        let count = self.extra(sparsity, scores.len(), already);
-        let segment = Segment::new(tensor, scores, kept);
-        let mut masks = prune_lowest_segments(std::slice::from_ref(&segment), count)?;
-        Ok(masks.remove(0))
+        self.select_segment(Segment::new(tensor, scores, kept), sparsity)
     }
 
     /// [`Selector::select`] on `|weights|`, without materialising the scores: the radix
@@ -122,10 +117,21 @@ impl Selector {
         sparsity: Sparsity,
         kept: Option<&Mask>,
     ) -> Result<Mask> {
-        check_kept_shape(weights, kept)?;
-        let already = kept.map_or(0, Mask::count_pruned);
-        let count = self.extra(sparsity, weights.len(), already);
-        let segment = Segment { magnitude: true, ..Segment::new(tensor, weights, kept) };
+        self.select_segment(
+            Segment { magnitude: true, ..Segment::new(tensor, weights, kept) },
+            sparsity,
+        )
+    }
+
+    /// One tensor competing as a whole: the count from the absolute target, then the kernel.
+    fn select_segment<T: Scalar>(
+        &self,
+        segment: Segment<'_, T>,
+        sparsity: Sparsity,
+    ) -> Result<Mask> {
+        check_kept_shape(segment.scores, segment.kept)?;
+        let already = segment.kept.map_or(0, Mask::count_pruned);
+        let count = self.extra(sparsity, segment.scores.len(), already);
         let mut masks = prune_lowest_segments(std::slice::from_ref(&segment), count)?;
         Ok(masks.remove(0))
     }

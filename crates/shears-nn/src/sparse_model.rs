@@ -3,7 +3,7 @@
 
 use nalgebra::{DMatrix, DVector};
 use shears_core::{Mask, NmPattern, Scalar};
-use shears_sparse::{AnyCsr, Format, NmSparse, choose_format};
+use shears_sparse::{AnyCsr, Format, NmSparse, SparseProduct, choose_format};
 use shears_strategies::Masks;
 
 use crate::error::Result;

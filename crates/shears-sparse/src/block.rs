@@ -1,12 +1,13 @@
 //! [`BlockSparse`]: block compressed rows (BSR) for block-pruned matrices.
 
-use nalgebra::{DMatrix, DVector};
+use nalgebra::DMatrix;
 use shears_core::{BlockShape, Mask, Scalar};
 
 use crate::csr::{check_matmul, check_vec};
 use crate::error::{Error, FormatError, Result};
 use crate::index::SpIndex;
 use crate::kernels::{self, BsrView};
+use crate::product::SparseProduct;
 use crate::validate;
 
 /// A block-sparse matrix: the nonzero `r x c` blocks stored dense (row-major inside a
@@ -22,7 +23,7 @@ use crate::validate;
 /// ```
 /// use nalgebra::{dmatrix, dvector};
 /// use shears_core::{BlockShape, Mask};
-/// use shears_sparse::BlockSparse;
+/// use shears_sparse::{BlockSparse, SparseProduct};
 ///
 /// let w = dmatrix![1.0f64, 2.0, 0.0, 0.0; 3.0, 4.0, 0.0, 0.0];
 /// let bsr = BlockSparse::from_dense(&w, BlockShape::new(2, 2)?)?;
@@ -198,45 +199,23 @@ impl<T: Scalar> BlockSparse<T> {
             values: &self.values,
         }
     }
+}
 
-    /// `y <- alpha * A x + beta * y` (`y` not read when `beta == 0`).
-    ///
-    /// # Errors
-    /// [`Error::ShapeMismatch`] for wrong lengths.
-    pub fn matvec_into(&self, alpha: T, x: &[T], beta: T, y: &mut [T]) -> Result<()> {
+impl<T: Scalar> SparseProduct<T> for BlockSparse<T> {
+    fn dims(&self) -> (usize, usize) {
+        self.shape()
+    }
+
+    fn matvec_into(&self, alpha: T, x: &[T], beta: T, y: &mut [T]) -> Result<()> {
         check_vec("bsr matvec x", self.ncols, x.len())?;
         check_vec("bsr matvec y", self.nrows, y.len())?;
         kernels::bsr_spmv(self.view(), alpha, x, beta, y);
         Ok(())
     }
 
-    /// `A x`.
-    ///
-    /// # Errors
-    /// [`Error::ShapeMismatch`] for a wrong length.
-    pub fn matvec(&self, x: &DVector<T>) -> Result<DVector<T>> {
-        let mut y = DVector::zeros(self.nrows);
-        self.matvec_into(T::one(), x.as_slice(), T::zero(), y.as_mut_slice())?;
-        Ok(y)
-    }
-
-    /// `Y <- alpha * A X + beta * Y` (`Y` not read when `beta == 0`).
-    ///
-    /// # Errors
-    /// [`Error::ShapeMismatch`] for wrong shapes.
-    pub fn matmul_into(&self, alpha: T, x: &DMatrix<T>, beta: T, y: &mut DMatrix<T>) -> Result<()> {
+    fn matmul_into(&self, alpha: T, x: &DMatrix<T>, beta: T, y: &mut DMatrix<T>) -> Result<()> {
         check_matmul("bsr matmul", self.shape(), x, y)?;
         kernels::bsr_spmm(self.view(), alpha, x, beta, y);
         Ok(())
-    }
-
-    /// `A X`.
-    ///
-    /// # Errors
-    /// [`Error::ShapeMismatch`] for a wrong shape.
-    pub fn matmul(&self, x: &DMatrix<T>) -> Result<DMatrix<T>> {
-        let mut y = DMatrix::zeros(self.nrows, x.ncols());
-        self.matmul_into(T::one(), x, T::zero(), &mut y)?;
-        Ok(y)
     }
 }

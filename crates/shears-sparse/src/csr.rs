@@ -1,11 +1,12 @@
 //! [`Csr`]: compressed sparse rows, with a narrow or wide column-index type.
 
-use nalgebra::{DMatrix, DVector};
+use nalgebra::DMatrix;
 use shears_core::{Mask, Scalar};
 
 use crate::error::{Error, Result};
 use crate::index::SpIndex;
 use crate::kernels;
+use crate::product::SparseProduct;
 use crate::validate;
 
 /// A compressed-sparse-row matrix with column indices of type `I` (`u16` or `u32`).
@@ -27,7 +28,7 @@ use crate::validate;
 /// ```
 /// use nalgebra::{dmatrix, dvector};
 /// use shears_core::Mask;
-/// use shears_sparse::Csr;
+/// use shears_sparse::{Csr, SparseProduct};
 ///
 /// let w = dmatrix![1.0f32, 0.0, 2.0; 0.0, 3.0, 0.0];
 /// let csr: Csr<f32, u16> = Csr::from_dense(&w)?;
@@ -215,53 +216,6 @@ impl<T: Scalar, I: SpIndex> Csr<T, I> {
         out
     }
 
-    /// `y <- alpha * A x + beta * y`. With `beta == 0`, `y` is not read (NaN in `y` does
-    /// not leak into the result).
-    ///
-    /// Multi-threaded on rayon's current pool for large matrices (rows split by stored
-    /// entries); every row is summed in the same order whatever the thread count, so the
-    /// result is bit-identical on 1 or many threads.
-    ///
-    /// # Errors
-    /// [`Error::ShapeMismatch`] if `x` does not have `ncols` entries or `y` `nrows`.
-    pub fn matvec_into(&self, alpha: T, x: &[T], beta: T, y: &mut [T]) -> Result<()> {
-        check_vec("csr matvec x", self.ncols, x.len())?;
-        check_vec("csr matvec y", self.nrows, y.len())?;
-        kernels::csr_spmv(self.as_view(), alpha, x, beta, y);
-        Ok(())
-    }
-
-    /// `A x`, allocating the result.
-    ///
-    /// # Errors
-    /// [`Error::ShapeMismatch`] if `x` does not have `ncols` entries.
-    pub fn matvec(&self, x: &DVector<T>) -> Result<DVector<T>> {
-        let mut y = DVector::zeros(self.nrows);
-        self.matvec_into(T::one(), x.as_slice(), T::zero(), y.as_mut_slice())?;
-        Ok(y)
-    }
-
-    /// `Y <- alpha * A X + beta * Y` for a dense `X` of shape `(ncols, batch)`. With
-    /// `beta == 0`, `Y` is not read.
-    ///
-    /// # Errors
-    /// [`Error::ShapeMismatch`] if `X` has not `ncols` rows or `Y` is not `(nrows, batch)`.
-    pub fn matmul_into(&self, alpha: T, x: &DMatrix<T>, beta: T, y: &mut DMatrix<T>) -> Result<()> {
-        check_matmul("csr matmul", self.shape(), x, y)?;
-        kernels::csr_spmm(self.as_view(), alpha, x, beta, y);
-        Ok(())
-    }
-
-    /// `A X`, allocating the result.
-    ///
-    /// # Errors
-    /// [`Error::ShapeMismatch`] if `X` has not `ncols` rows.
-    pub fn matmul(&self, x: &DMatrix<T>) -> Result<DMatrix<T>> {
-        let mut y = DMatrix::zeros(self.nrows, x.ncols());
-        self.matmul_into(T::one(), x, T::zero(), &mut y)?;
-        Ok(y)
-    }
-
     pub(crate) fn as_view(&self) -> kernels::CsrView<'_, T, I> {
         kernels::CsrView {
             nrows: self.nrows,
@@ -304,6 +258,28 @@ impl<T: Scalar, I: SpIndex> Csr<T, I> {
             })
             .collect::<Result<Vec<I>>>()?;
         Self::try_from_parts(nrows, ncols, indptr, indices, csr.data().to_vec())
+    }
+}
+
+impl<T: Scalar, I: SpIndex> SparseProduct<T> for Csr<T, I> {
+    fn dims(&self) -> (usize, usize) {
+        self.shape()
+    }
+
+    /// Multi-threaded on rayon's current pool for large matrices (rows split by stored
+    /// entries); every row is summed in the same order whatever the thread count, so the
+    /// result is bit-identical on 1 or many threads.
+    fn matvec_into(&self, alpha: T, x: &[T], beta: T, y: &mut [T]) -> Result<()> {
+        check_vec("csr matvec x", self.ncols, x.len())?;
+        check_vec("csr matvec y", self.nrows, y.len())?;
+        kernels::csr_spmv(self.as_view(), alpha, x, beta, y);
+        Ok(())
+    }
+
+    fn matmul_into(&self, alpha: T, x: &DMatrix<T>, beta: T, y: &mut DMatrix<T>) -> Result<()> {
+        check_matmul("csr matmul", self.shape(), x, y)?;
+        kernels::csr_spmm(self.as_view(), alpha, x, beta, y);
+        Ok(())
     }
 }
 
@@ -412,36 +388,18 @@ impl<T: Scalar> AnyCsr<T> {
     pub fn to_dense(&self) -> DMatrix<T> {
         each!(self, m => m.to_dense())
     }
+}
 
-    /// See [`Csr::matvec_into`].
-    ///
-    /// # Errors
-    /// As [`Csr::matvec_into`].
-    pub fn matvec_into(&self, alpha: T, x: &[T], beta: T, y: &mut [T]) -> Result<()> {
+impl<T: Scalar> SparseProduct<T> for AnyCsr<T> {
+    fn dims(&self) -> (usize, usize) {
+        self.shape()
+    }
+
+    fn matvec_into(&self, alpha: T, x: &[T], beta: T, y: &mut [T]) -> Result<()> {
         each!(self, m => m.matvec_into(alpha, x, beta, y))
     }
 
-    /// See [`Csr::matvec`].
-    ///
-    /// # Errors
-    /// As [`Csr::matvec`].
-    pub fn matvec(&self, x: &DVector<T>) -> Result<DVector<T>> {
-        each!(self, m => m.matvec(x))
-    }
-
-    /// See [`Csr::matmul_into`].
-    ///
-    /// # Errors
-    /// As [`Csr::matmul_into`].
-    pub fn matmul_into(&self, alpha: T, x: &DMatrix<T>, beta: T, y: &mut DMatrix<T>) -> Result<()> {
+    fn matmul_into(&self, alpha: T, x: &DMatrix<T>, beta: T, y: &mut DMatrix<T>) -> Result<()> {
         each!(self, m => m.matmul_into(alpha, x, beta, y))
-    }
-
-    /// See [`Csr::matmul`].
-    ///
-    /// # Errors
-    /// As [`Csr::matmul`].
-    pub fn matmul(&self, x: &DMatrix<T>) -> Result<DMatrix<T>> {
-        each!(self, m => m.matmul(x))
     }
 }

@@ -16,7 +16,7 @@
 //! `to_dense`, and persists with a magic tag and a version.
 //!
 //! The key decision: **one generic kernel per operation, compiled per instruction set.**
-//! The products (`matvec_into`, `matmul_into`, in the BLAS form
+//! The products ([`SparseProduct`]: `matvec_into`, `matmul_into`, in the BLAS form
 //! `Y <- alpha A X + beta Y`) are each written once over `f32`/`f64` and both index
 //! types, and [`kernel_path`] runs the AVX-512, AVX2 or portable compilation of that same
 //! code, picked at run time. A plain `cargo build --release` gets the SIMD, every path
@@ -26,7 +26,7 @@
 //! ```
 //! use nalgebra::{DMatrix, DVector};
 //! use shears_core::Mask;
-//! use shears_sparse::AnyCsr;
+//! use shears_sparse::{AnyCsr, SparseProduct};
 //!
 //! let w = DMatrix::<f32>::from_fn(64, 64, |r, c| (r * 64 + c) as f32);
 //! let mask = Mask::from_fn(64, 64, |r, c| (r + c) % 10 == 0)?; // 90% pruned
@@ -48,6 +48,7 @@ mod index;
 mod kernels;
 mod nm;
 mod persist;
+mod product;
 mod validate;
 
 pub use block::BlockSparse;
@@ -59,4 +60,5 @@ pub use index::SpIndex;
 pub use kernels::{KernelPath, kernel_path};
 pub use nm::NmSparse;
 pub use persist::SPARSE_FORMAT_VERSION;
+pub use product::SparseProduct;
 pub use shears_core::{BlockShape, Mask, NmPattern};

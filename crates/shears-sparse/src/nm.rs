@@ -1,12 +1,13 @@
 //! [`NmSparse`]: N:M-packed weights (2:4, 4:8, ...): the kept values plus their small
 //! in-group positions.
 
-use nalgebra::{DMatrix, DVector};
+use nalgebra::DMatrix;
 use shears_core::{Mask, NmPattern, Scalar};
 
 use crate::csr::{check_matmul, check_vec};
 use crate::error::{Error, Result};
 use crate::kernels::{self, NmView};
+use crate::product::SparseProduct;
 use crate::validate;
 
 /// An N:M-sparse matrix: every group of M consecutive columns of a row stores exactly N
@@ -26,7 +27,7 @@ use crate::validate;
 /// ```
 /// use nalgebra::{dmatrix, dvector};
 /// use shears_core::{Mask, NmPattern};
-/// use shears_sparse::NmSparse;
+/// use shears_sparse::{NmSparse, SparseProduct};
 ///
 /// let w = dmatrix![0.0f32, 2.0, 3.0, 0.0];
 /// let nm = NmSparse::from_dense_masked(&w, &Mask::from_fn(1, 4, |_, c| c == 1 || c == 2)?, NmPattern::TWO_FOUR)?;
@@ -187,46 +188,23 @@ impl<T: Scalar> NmSparse<T> {
             positions: &self.positions,
         }
     }
+}
 
-    /// `y <- alpha * A x + beta * y` (`y` not read when `beta == 0`); threads as
-    /// [`Csr::matvec_into`](crate::Csr::matvec_into).
-    ///
-    /// # Errors
-    /// [`Error::ShapeMismatch`] for wrong lengths.
-    pub fn matvec_into(&self, alpha: T, x: &[T], beta: T, y: &mut [T]) -> Result<()> {
+impl<T: Scalar> SparseProduct<T> for NmSparse<T> {
+    fn dims(&self) -> (usize, usize) {
+        self.shape()
+    }
+
+    fn matvec_into(&self, alpha: T, x: &[T], beta: T, y: &mut [T]) -> Result<()> {
         check_vec("n:m matvec x", self.ncols, x.len())?;
         check_vec("n:m matvec y", self.nrows, y.len())?;
         kernels::nm_spmv(self.view(), alpha, x, beta, y);
         Ok(())
     }
 
-    /// `A x`.
-    ///
-    /// # Errors
-    /// [`Error::ShapeMismatch`] for a wrong length.
-    pub fn matvec(&self, x: &DVector<T>) -> Result<DVector<T>> {
-        let mut y = DVector::zeros(self.nrows);
-        self.matvec_into(T::one(), x.as_slice(), T::zero(), y.as_mut_slice())?;
-        Ok(y)
-    }
-
-    /// `Y <- alpha * A X + beta * Y` (`Y` not read when `beta == 0`).
-    ///
-    /// # Errors
-    /// [`Error::ShapeMismatch`] for wrong shapes.
-    pub fn matmul_into(&self, alpha: T, x: &DMatrix<T>, beta: T, y: &mut DMatrix<T>) -> Result<()> {
+    fn matmul_into(&self, alpha: T, x: &DMatrix<T>, beta: T, y: &mut DMatrix<T>) -> Result<()> {
         check_matmul("n:m matmul", self.shape(), x, y)?;
         kernels::nm_spmm(self.view(), alpha, x, beta, y);
         Ok(())
-    }
-
-    /// `A X`.
-    ///
-    /// # Errors
-    /// [`Error::ShapeMismatch`] for a wrong shape.
-    pub fn matmul(&self, x: &DMatrix<T>) -> Result<DMatrix<T>> {
-        let mut y = DMatrix::zeros(self.nrows, x.ncols());
-        self.matmul_into(T::one(), x, T::zero(), &mut y)?;
-        Ok(y)
     }
 }

@@ -3,7 +3,7 @@
 use nalgebra::{DMatrix, DVector};
 use proptest::prelude::*;
 use shears_core::{BlockShape, Mask, NmPattern, proptest as arb};
-use shears_sparse::{BlockSparse, Csr, NmSparse};
+use shears_sparse::{BlockSparse, Csr, NmSparse, SparseProduct};
 
 /// f32 products of length <= 64 with inputs in [-1, 1]: |error| < 64 * 2^-23 * sum|a x|.
 const TOL: f32 = 1e-4;

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use nalgebra::DMatrix;
 use shears_core::{
     Granularity, LayerContext, Mask, Prunable, PruningStrategy, Scalar, Selector, Sparsity,
-    check_finite,
 };
 
+use crate::criteria::Magnitude;
 use crate::error::{Error, Result};
 use crate::schedule::PruneRate;
 
@@ -175,14 +175,14 @@ fn check_mask<T: Scalar>(name: &str, mask: Option<&Mask>, weights: &DMatrix<T>) 
     }
 }
 
+/// Scores and masks are [`Magnitude`]'s, on the trained weights.
 impl<T: Scalar> PruningStrategy<T> for LotteryTicket<T> {
     fn scores(
         &self,
         weights: &DMatrix<T>,
         ctx: &LayerContext<'_, T>,
     ) -> shears_core::Result<DMatrix<T>> {
-        check_finite(ctx.name(), weights.as_slice())?;
-        Ok(weights.abs())
+        Magnitude.scores(weights, ctx)
     }
 
     fn granularity(&self) -> Granularity {
@@ -199,7 +199,7 @@ impl<T: Scalar> PruningStrategy<T> for LotteryTicket<T> {
         ctx: &LayerContext<'_, T>,
         sparsity: Sparsity,
     ) -> shears_core::Result<Mask> {
-        Selector::new().select_magnitude(ctx.name(), weights, sparsity, ctx.mask())
+        Magnitude.mask(weights, ctx, sparsity)
     }
 
     fn prune(
