@@ -137,15 +137,26 @@ impl<K: Ord + Copy> Plan<K> {
 /// NaN and infinity.
 pub(crate) fn add_to_histogram<T: Scalar>(s: &Segment<'_, T>, hist: &mut [usize]) -> Result<()> {
     let scores = s.scores.as_slice();
-    for (chunk, word) in scores.chunks(WORD).zip(s.kept_words()) {
-        let mut finite = true;
-        for (j, &x) in chunk.iter().enumerate() {
-            finite &= x.finite();
-            hist[T::key_bucket(s.key(x), BUCKET_BITS)] += (word >> j & 1) as usize;
+    let mut finite = true;
+    match s.kept {
+        // The common case, no mask yet: no per-element kept test.
+        None => {
+            for &x in scores {
+                finite &= x.finite();
+                hist[T::key_bucket(s.key(x), BUCKET_BITS)] += 1;
+            }
         }
-        if !finite {
-            check_finite(s.name, scores)?;
+        Some(mask) => {
+            for (chunk, &word) in scores.chunks(WORD).zip(mask.as_words()) {
+                for (j, &x) in chunk.iter().enumerate() {
+                    finite &= x.finite();
+                    hist[T::key_bucket(s.key(x), BUCKET_BITS)] += (word >> j & 1) as usize;
+                }
+            }
         }
+    }
+    if !finite {
+        check_finite(s.name, scores)?;
     }
     Ok(())
 }
@@ -181,16 +192,20 @@ pub(crate) fn mask_segment<T: Scalar>(
     let mut ties: Vec<usize> = Vec::new();
     let words = mask.words_mut();
     for (w, (chunk, kept)) in s.scores.as_slice().chunks(WORD).zip(s.kept_words()).enumerate() {
-        let mut bits = 0u64;
+        let mut above = 0u64;
+        let mut equal = 0u64;
         for (j, &x) in chunk.iter().enumerate() {
             let key = s.key(x);
-            bits |= u64::from(key > threshold) << j;
-            if key == threshold && kept >> j & 1 == 1 {
-                let i = w * WORD + j;
-                ties.push((i % nrows) * ncols + i / nrows);
-            }
+            above |= u64::from(key > threshold) << j;
+            equal |= u64::from(key == threshold) << j;
         }
-        words[w] = bits & kept;
+        let mut tied = equal & kept;
+        while tied != 0 {
+            let i = w * WORD + tied.trailing_zeros() as usize;
+            ties.push((i % nrows) * ncols + i / nrows);
+            tied &= tied - 1;
+        }
+        words[w] = above & kept;
     }
     let prune_here = (*ties_left).min(ties.len());
     *ties_left -= prune_here;
