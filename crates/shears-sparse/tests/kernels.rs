@@ -80,14 +80,16 @@ fn f64_kernels() {
 
 #[test]
 fn results_do_not_depend_on_thread_count() {
-    // Large enough to take the parallel path.
-    let w = DMatrix::from_fn(1500, 700, |r, c| {
+    // Large enough that even the batch-1 products (>= 2^20 stored entries) go parallel.
+    let (rows, cols) = (2500, 1000);
+    let w = DMatrix::from_fn(rows, cols, |r, c| {
         (((r * 7919 + c * 104_729) % 1000) as f32 / 500.0) - 1.0
     });
-    let mask = Mask::from_fn(1500, 700, |r, c| (r * 31 + c * 17) % 10 < 3).unwrap();
-    let x = DMatrix::from_fn(700, 9, |r, c| ((r + c * 3) % 7) as f32 - 3.0);
+    let mask = Mask::from_fn(rows, cols, |r, c| (r * 31 + c * 17) % 10 < 5).unwrap();
+    let x = DMatrix::from_fn(cols, 9, |r, c| ((r + c * 3) % 7) as f32 - 3.0);
     let csr: Csr<f32, u16> = Csr::from_dense_masked(&w, &mask).unwrap();
-    let nm_mask = Mask::from_fn(1500, 700, |_, c| c % 4 < 2).unwrap();
+    assert!(csr.nnz() >= 1 << 20);
+    let nm_mask = Mask::from_fn(rows, cols, |r, c| (c + r) % 4 < 2).unwrap();
     let nm = NmSparse::from_dense_masked(&w, &nm_mask, NmPattern::TWO_FOUR).unwrap();
     let bsr = BlockSparse::from_dense_masked(&w, &mask, BlockShape::new(4, 4).unwrap()).unwrap();
     let run = |threads: usize| {
