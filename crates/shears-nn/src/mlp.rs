@@ -201,12 +201,7 @@ impl<T: Scalar> Mlp<T> {
         let mut a = x.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             let mut z = &layer.weight * &a;
-            for mut col in z.column_iter_mut() {
-                col += &layer.bias;
-            }
-            if i + 1 < self.layers.len() {
-                z.apply(|v| *v = v.max(T::zero()));
-            }
+            bias_then_activation(&mut z, &layer.bias, i + 1 < self.layers.len());
             a = z;
         }
         Ok(a)
@@ -260,12 +255,7 @@ impl<T: Scalar> Mlp<T> {
         let mut activations = vec![x.clone()];
         for (i, layer) in self.layers.iter().enumerate() {
             let mut z = &layer.weight * &activations[i];
-            for mut col in z.column_iter_mut() {
-                col += &layer.bias;
-            }
-            if i + 1 < self.layers.len() {
-                z.apply(|v| *v = v.max(T::zero()));
-            }
+            bias_then_activation(&mut z, &layer.bias, i + 1 < self.layers.len());
             activations.push(z);
         }
         let mut delta = activations.pop().unwrap_or_else(|| DMatrix::zeros(0, 0));
@@ -295,6 +285,17 @@ impl<T: Scalar> Mlp<T> {
             self.grads[i] = Some(grad);
         }
         Ok(loss / batch as f64)
+    }
+}
+
+/// Adds `bias` to every column of the pre-activation `z`, then applies ReLU when the
+/// layer is `hidden` (the output layer keeps its logits).
+pub(crate) fn bias_then_activation<T: Scalar>(z: &mut DMatrix<T>, bias: &DVector<T>, hidden: bool) {
+    for mut col in z.column_iter_mut() {
+        col += bias;
+    }
+    if hidden {
+        z.apply(|v| *v = v.max(T::zero()));
     }
 }
 

@@ -7,7 +7,7 @@ use shears_sparse::{AnyCsr, Format, NmSparse, SparseProduct, choose_format};
 use shears_strategies::Masks;
 
 use crate::error::Result;
-use crate::mlp::{Mlp, argmax_columns, weight_name};
+use crate::mlp::{Mlp, argmax_columns, bias_then_activation, weight_name};
 
 /// How one layer of a [`SparseMlp`] is stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -182,12 +182,7 @@ impl<T: Scalar> SparseMlp<T> {
                 Kernel::Csr(c) => c.matmul(&a)?,
                 Kernel::Nm(m) => m.matmul(&a)?,
             };
-            for mut col in z.column_iter_mut() {
-                col += &layer.bias;
-            }
-            if i + 1 < self.layers.len() {
-                z.apply(|v| *v = v.max(T::zero()));
-            }
+            bias_then_activation(&mut z, &layer.bias, i + 1 < self.layers.len());
             a = z;
         }
         Ok(a)
