@@ -2,7 +2,7 @@
 
 use safetensors::tensor::Dtype;
 
-use crate::util::{T, metadata, model, read, shears, stderr, stdout, values, write};
+use crate::util::{T, metadata, model, prune_ok, read, shears, stderr, stdout, values, write};
 
 fn zeros(v: &[f64]) -> usize {
     v.iter().filter(|&&x| x == 0.0).count()
@@ -23,15 +23,7 @@ fn prune_magnitude_matches_torch_and_keeps_everything_else() {
     let dir = tempfile::tempdir().unwrap();
     let (input, output) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
     model(&input);
-    let o = shears(&[
-        "prune",
-        input.to_str().unwrap(),
-        "-o",
-        output.to_str().unwrap(),
-        "--sparsity",
-        "0.5",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let o = prune_ok(&input, &output, &["--sparsity", "0.5"]);
     let (before, after) = (read(&input), read(&output));
     assert_eq!(before.len(), after.len());
     for name in ["fc1.bias", "step"] {
@@ -63,15 +55,7 @@ fn every_float_dtype_round_trips() {
                 T { name: "b", dtype, shape: vec![4], values: vec![1.5, -2.0, 0.25, 3.0] },
             ],
         );
-        let o = shears(&[
-            "prune",
-            input.to_str().unwrap(),
-            "-o",
-            output.to_str().unwrap(),
-            "--sparsity",
-            "0.25",
-        ]);
-        assert!(o.status.success(), "{dtype:?}: {}", stderr(&o));
+        prune_ok(&input, &output, &["--sparsity", "0.25"]);
         let (before, after) = (read(&input), read(&output));
         assert_eq!(after["w"].0, dtype);
         assert_eq!(after["b"], before["b"]);
@@ -89,18 +73,7 @@ fn global_scope_ranks_tensors_together() {
     model(&input);
     let run = |scope: &str| {
         let out = dir.path().join(format!("{scope}.safetensors"));
-        let o = shears(&[
-            "prune",
-            input.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--sparsity",
-            "0.2",
-            "--scope",
-            scope,
-            "--json",
-        ]);
-        assert!(o.status.success(), "{}", stderr(&o));
+        let o = prune_ok(&input, &out, &["--sparsity", "0.2", "--scope", scope, "--json"]);
         let json: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
         (read(&out), json)
     };
@@ -129,19 +102,7 @@ fn patterns_and_selection() {
     let input = dir.path().join("in.safetensors");
     model(&input);
     let out = dir.path().join("rows.safetensors");
-    let o = shears(&[
-        "prune",
-        input.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "-s",
-        "0.5",
-        "--pattern",
-        "rows",
-        "--include",
-        "fc1",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    prune_ok(&input, &out, &["-s", "0.5", "--pattern", "rows", "--include", "fc1"]);
     let after = read(&out);
     let w = &after["fc1.weight"].2;
     let dead_rows = (0..8).filter(|r| w[r * 16..(r + 1) * 16].iter().all(|&v| v == 0.0)).count();
@@ -150,21 +111,20 @@ fn patterns_and_selection() {
 
     let out = dir.path().join("nm.safetensors");
     let masks = dir.path().join("masks.bin");
-    let o = shears(&[
-        "prune",
-        input.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "-s",
-        "0.5",
-        "--pattern",
-        "2:4",
-        "--exclude",
-        "fc2",
-        "--masks-out",
-        masks.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    prune_ok(
+        &input,
+        &out,
+        &[
+            "-s",
+            "0.5",
+            "--pattern",
+            "2:4",
+            "--exclude",
+            "fc2",
+            "--masks-out",
+            masks.to_str().unwrap(),
+        ],
+    );
     assert!(std::fs::read(&masks).unwrap().starts_with(b"SHEARSMS"));
     let o = shears(&["inspect", out.to_str().unwrap(), "--json"]);
     let json: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
@@ -174,35 +134,11 @@ fn patterns_and_selection() {
     assert_eq!(fc1["sparsity"].as_f64(), Some(0.5));
 
     let out = dir.path().join("block.safetensors");
-    let o = shears(&[
-        "prune",
-        input.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "-s",
-        "0.5",
-        "--pattern",
-        "block:2x4",
-        "--include",
-        "fc1",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    prune_ok(&input, &out, &["-s", "0.5", "--pattern", "block:2x4", "--include", "fc1"]);
     assert_eq!(zeros(&read(&out)["fc1.weight"].2), 64);
 
     let out = dir.path().join("random.safetensors");
-    let o = shears(&[
-        "prune",
-        input.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "-s",
-        "0.5",
-        "--method",
-        "random",
-        "--seed",
-        "3",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    prune_ok(&input, &out, &["-s", "0.5", "--method", "random", "--seed", "3"]);
     assert_eq!(zeros(&read(&out)["fc1.weight"].2), 64);
 }
 
@@ -224,19 +160,11 @@ fn gradient_method_reads_grads() {
             values: vec![0.01, 1.0, 0.02, 0.9],
         }],
     );
-    let o = shears(&[
-        "prune",
-        input.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "-s",
-        "0.5",
-        "--method",
-        "gradient",
-        "--grads",
-        grads.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    prune_ok(
+        &input,
+        &out,
+        &["-s", "0.5", "--method", "gradient", "--grads", grads.to_str().unwrap()],
+    );
     assert_eq!(read(&out)["w"].2, vec![0.0, 0.5, 0.0, 0.5]);
 }
 
@@ -250,17 +178,7 @@ fn conv_weights_prune_by_filter() {
         &input,
         &[T { name: "conv.weight", dtype: Dtype::F32, shape: vec![4, 2, 3, 3], values: v }],
     );
-    let o = shears(&[
-        "prune",
-        input.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "-s",
-        "0.25",
-        "--pattern",
-        "rows",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    prune_ok(&input, &out, &["-s", "0.25", "--pattern", "rows"]);
     let w = &read(&out)["conv.weight"].2;
     assert!(w[36..54].iter().all(|&x| x == 0.0));
     assert_eq!(zeros(w), 18);
@@ -271,11 +189,7 @@ fn inspect_and_bench() {
     let dir = tempfile::tempdir().unwrap();
     let (input, out) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
     model(&input);
-    assert!(
-        shears(&["prune", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.9"])
-            .status
-            .success()
-    );
+    prune_ok(&input, &out, &["-s", "0.9"]);
     let o = shears(&["inspect", out.to_str().unwrap()]);
     assert!(o.status.success());
     let text = stdout(&o);

@@ -86,6 +86,15 @@ pub(crate) fn shears(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_shears")).args(args).output().unwrap()
 }
 
+/// Runs `shears prune INPUT -o OUT ARGS...` and asserts it succeeded.
+pub(crate) fn prune_ok(input: &Path, out: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["prune", input.to_str().unwrap(), "-o", out.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let o = shears(&all);
+    assert!(o.status.success(), "shears {all:?}: {}", stderr(&o));
+    o
+}
+
 pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
