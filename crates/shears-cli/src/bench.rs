@@ -5,6 +5,7 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
+use shears_cli::checkpoint::{Checkpoint, is_float};
 use shears_core::{Mask, WeightShape};
 use shears_sparse::{
     AnyCsr, BlockSparse, Compacted, Compaction, Format, NmSparse, SparseProduct, choose_format,
@@ -13,7 +14,6 @@ use shears_sparse::{
 use crate::cli::BenchArgs;
 use crate::inspect::nonzero_mask;
 use crate::report::Table;
-use crate::tensors::{Checkpoint, decode, is_float};
 
 #[derive(Debug, Serialize)]
 struct Row {
@@ -118,14 +118,13 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             continue;
         }
         let Ok(shape) = WeightShape::from_dims(&info.shape) else { continue };
-        let values = decode(info.dtype, ckpt.bytes(name)?)?;
-        let mask = nonzero_mask(&shape, &values)?;
+        // Timed in f32 whatever the stored dtype: what inference would run.
+        let w = ckpt.read_matrix::<f32>(name)?;
+        let mask = nonzero_mask(&w)?;
         if mask.count_pruned() == 0 || mask.is_empty() {
             continue;
         }
         let (r, c) = shape.matrix_shape();
-        let w =
-            DMatrix::from_row_slice(r, c, &values.iter().map(|&v| v as f32).collect::<Vec<_>>());
         for &batch in &args.batch {
             let x = DMatrix::from_fn(c, batch, |i, j| ((i * 31 + j * 17) % 97) as f32 / 97.0 - 0.5);
             let dense_us = if batch == 1 {

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use shears_core::{BlockShape, NmPattern, Sparsity};
+use shears_cli::parse::{PatternArg, parse_pattern, parse_sparsity};
+use shears_core::Sparsity;
 
 /// Prune neural-network weights and make them run faster.
 #[derive(Debug, Parser)]
@@ -42,49 +42,6 @@ pub(crate) enum ScopeArg {
     Layer,
     /// One threshold across all selected tensors.
     Global,
-}
-
-/// `unstructured`, `rows`, `columns`, `N:M` or `block:RxC`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PatternArg {
-    Unstructured,
-    Rows,
-    Columns,
-    Nm(NmPattern),
-    Block(BlockShape),
-}
-
-pub(crate) fn parse_pattern(s: &str) -> Result<PatternArg> {
-    Ok(match s {
-        "unstructured" => PatternArg::Unstructured,
-        "rows" => PatternArg::Rows,
-        "columns" => PatternArg::Columns,
-        _ if s.starts_with("block:") => {
-            let Some((r, c)) = s["block:".len()..].split_once('x') else {
-                bail!("block pattern must look like block:4x4, got `{s}`")
-            };
-            let (Ok(r), Ok(c)) = (r.parse(), c.parse()) else {
-                bail!("block pattern must look like block:4x4, got `{s}`")
-            };
-            PatternArg::Block(BlockShape::new(r, c)?)
-        }
-        _ if s.contains(':') => PatternArg::Nm(s.parse::<NmPattern>().map_err(|_| {
-            anyhow::anyhow!(
-                "N:M pattern must be two whole numbers with 0 < M and N <= M, like 2:4; got `{s}`"
-            )
-        })?),
-        _ => bail!(
-            "unknown pattern `{s}`: use unstructured, rows, columns, N:M (e.g. 2:4) or block:RxC"
-        ),
-    })
-}
-
-pub(crate) fn parse_sparsity(s: &str) -> Result<Sparsity> {
-    let value: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| anyhow::anyhow!("sparsity must be a number in [0, 1], got `{s}`"))?;
-    Ok(Sparsity::new(value)?)
 }
 
 #[derive(Debug, Args)]

@@ -1,13 +1,15 @@
 //! `shears inspect`: what a checkpoint holds and how sparse it is.
 
 use anyhow::Result;
+use nalgebra::DMatrix;
+use safetensors::Dtype;
 use serde::Serialize;
+use shears_cli::checkpoint::{Checkpoint, Float, is_float};
 use shears_core::{Mask, NmPattern, WeightShape};
 use shears_strategies::satisfies_nm;
 
 use crate::cli::InspectArgs;
 use crate::report::{Table, fraction};
-use crate::tensors::{Checkpoint, decode, is_float};
 
 #[derive(Debug, Serialize)]
 pub(crate) struct TensorStats {
@@ -36,11 +38,19 @@ struct Total {
     sparsity: f64,
 }
 
-/// The nonzero mask of a 2-D or 4-D tensor's matrix view, from row-major values.
-pub(crate) fn nonzero_mask(shape: &WeightShape, values: &[f64]) -> Result<Mask> {
-    let (r, c) = shape.matrix_shape();
-    let keep: Vec<bool> = values.iter().map(|&v| v != 0.0).collect();
-    Ok(Mask::from_row_major(r, c, &keep)?)
+/// The nonzero mask of a matrix.
+pub(crate) fn nonzero_mask<T: Float>(matrix: &DMatrix<T>) -> Result<Mask> {
+    Ok(Mask::from_fn(matrix.nrows(), matrix.ncols(), |r, c| matrix[(r, c)] != T::zero())?)
+}
+
+/// Zero rows, zero columns and 2:4 conformity of a 2-D or 4-D tensor's matrix view.
+fn structure<T: Float>(ckpt: &Checkpoint, name: &str) -> Result<(usize, usize, bool)> {
+    let mask = nonzero_mask(&ckpt.read_matrix::<T>(name)?)?;
+    Ok((
+        mask.fully_pruned_rows().len(),
+        mask.fully_pruned_cols().len(),
+        satisfies_nm(&mask, NmPattern::TWO_FOUR),
+    ))
 }
 
 pub(crate) fn run(args: &InspectArgs) -> Result<()> {
@@ -61,16 +71,18 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
             is_2_4: None,
         };
         if is_float(info.dtype) {
-            let values = decode(info.dtype, ckpt.bytes(name)?)?;
-            let z = values.iter().filter(|&&v| v == 0.0).count();
-            params += values.len();
+            let z = ckpt.count_zeros(name)?;
+            params += count;
             zeros += z;
-            stats.sparsity = Some(fraction(z, values.len()));
-            if let Ok(shape) = WeightShape::from_dims(&info.shape) {
-                let mask = nonzero_mask(&shape, &values)?;
-                stats.zero_rows = Some(mask.fully_pruned_rows().len());
-                stats.zero_cols = Some(mask.fully_pruned_cols().len());
-                stats.is_2_4 = Some(satisfies_nm(&mask, NmPattern::TWO_FOUR));
+            stats.sparsity = Some(fraction(z, count));
+            if WeightShape::from_dims(&info.shape).is_ok() {
+                let (zero_rows, zero_cols, is_2_4) = match info.dtype {
+                    Dtype::F64 => structure::<f64>(&ckpt, name)?,
+                    _ => structure::<f32>(&ckpt, name)?,
+                };
+                stats.zero_rows = Some(zero_rows);
+                stats.zero_cols = Some(zero_cols);
+                stats.is_2_4 = Some(is_2_4);
             }
         }
         rows.push(stats);

@@ -11,10 +11,14 @@ use shears_core::{
 };
 use shears_strategies::{Axis, Gradient, Magnitude, Pattern, Pruner, Random, Structured};
 
-use crate::cli::{Method, PatternArg, PruneArgs, ScopeArg};
+use safetensors::Dtype;
+use shears_cli::checkpoint::{Checkpoint, Float, is_float, write_matrix};
+use shears_cli::parse::PatternArg;
+
+use crate::cli::{Method, PruneArgs, ScopeArg};
 use crate::report::{Table, fraction};
 use crate::select::select;
-use crate::tensors::{Checkpoint, decode, encode, write_file_atomic, write_streaming};
+use crate::tensors::{write_file_atomic, write_streaming};
 
 /// The magic tag of a mask-set file.
 pub(crate) const MASKS_MAGIC: &[u8; 8] = b"SHEARSMS";
@@ -62,7 +66,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
     matches!((canon(a), canon(b)), (Some(x), Some(y)) if x == y)
 }
 
-fn strategy(args: &PruneArgs, shape: &WeightShape) -> Box<dyn PruningStrategy<f64>> {
+fn strategy<T: Float>(args: &PruneArgs, shape: &WeightShape) -> Box<dyn PruningStrategy<T>> {
     let pattern = match args.pattern {
         PatternArg::Unstructured => Pattern::Unstructured,
         PatternArg::Rows => Pattern::Structured(Structured::new(if shape.is_conv() {
@@ -81,21 +85,17 @@ fn strategy(args: &PruneArgs, shape: &WeightShape) -> Box<dyn PruningStrategy<f6
     }
 }
 
-/// A tensor of the input, decoded, with its gradient when the method needs one.
-struct Loaded {
+/// A tensor of the input as its matrix view, with its gradient when the method needs one.
+struct Loaded<T: Float> {
     shape: WeightShape,
-    values: Vec<f64>,
-    weights: DMatrix<f64>,
-    grads: Option<DMatrix<f64>>,
+    weights: DMatrix<T>,
+    grads: Option<DMatrix<T>>,
 }
 
-fn load(ckpt: &Checkpoint, grads: Option<&Checkpoint>, name: &str) -> Result<Loaded> {
+fn load<T: Float>(ckpt: &Checkpoint, grads: Option<&Checkpoint>, name: &str) -> Result<Loaded<T>> {
     let info = ckpt.info(name).with_context(|| format!("no tensor `{name}`"))?;
     let shape = WeightShape::from_dims(&info.shape).with_context(|| format!("tensor `{name}`"))?;
-    let values =
-        decode(info.dtype, ckpt.bytes(name)?).with_context(|| format!("tensor `{name}`"))?;
-    let (r, c) = shape.matrix_shape();
-    let weights = DMatrix::from_row_slice(r, c, &values);
+    let weights = ckpt.read_matrix(name)?;
     let grads = match grads {
         None => None,
         Some(g) => {
@@ -110,16 +110,17 @@ fn load(ckpt: &Checkpoint, grads: Option<&Checkpoint>, name: &str) -> Result<Loa
                     info.shape
                 );
             }
-            let gv = decode(gi.dtype, g.bytes(name)?)
-                .with_context(|| format!("{}: gradient `{name}`", g.path().display()))?;
-            Some(DMatrix::from_row_slice(r, c, &gv))
+            Some(
+                g.read_matrix(name)
+                    .with_context(|| format!("{}: gradient `{name}`", g.path().display()))?,
+            )
         }
     };
-    Ok(Loaded { shape, values, weights, grads })
+    Ok(Loaded { shape, weights, grads })
 }
 
-fn zeros(values: &[f64]) -> usize {
-    values.iter().filter(|&&v| v == 0.0).count()
+fn zeros<T: Float>(values: &DMatrix<T>) -> usize {
+    values.iter().filter(|&&v| v == T::zero()).count()
 }
 
 pub(crate) fn run(args: &PruneArgs) -> Result<()> {
@@ -137,26 +138,49 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
         (Method::Gradient, None) => bail!("--method gradient needs --grads GRADS.safetensors"),
         (_, _) => None,
     };
-    let order: Vec<String> = ckpt.names().iter().filter(|n| chosen.contains(*n)).cloned().collect();
+    // f32 holds f16, bf16 and f32 values exactly and halves the memory of f64; tensors
+    // are worked on in f64 only when one of them (or its gradient) is f64.
+    let is_f64 = |c: &Checkpoint, name: &str| c.info(name).is_some_and(|i| i.dtype == Dtype::F64);
+    let double =
+        chosen.iter().any(|n| is_f64(&ckpt, n) || grads.as_ref().is_some_and(|g| is_f64(g, n)));
+    if double {
+        prune::<f64>(args, &ckpt, grads.as_ref(), &chosen)
+    } else {
+        prune::<f32>(args, &ckpt, grads.as_ref(), &chosen)
+    }
+}
 
-    // Global scope: two read-only passes fix one threshold across all selected tensors.
+fn prune<T: Float>(
+    args: &PruneArgs,
+    ckpt: &Checkpoint,
+    grads: Option<&Checkpoint>,
+    chosen: &HashSet<String>,
+) -> Result<()> {
+    let order: Vec<&String> = ckpt.names().iter().filter(|n| chosen.contains(*n)).collect();
+
+    // Global scope: two read-only passes fix one threshold across all selected tensors,
+    // holding one tensor at a time.
     let mut global = match args.scope {
         ScopeArg::Layer => None,
         ScopeArg::Global => {
             if args.pattern != PatternArg::Unstructured {
                 bail!("--scope global ranks single weights: use --pattern unstructured");
             }
-            let mut count = GlobalCount::<f64>::new(Rounding::HalfEven);
+            let mut count = GlobalCount::<T>::new(Rounding::HalfEven);
             for name in &order {
-                let t = load(&ckpt, grads.as_ref(), name)?;
-                let s = strategy(args, &t.shape).scores(&t.weights, &context(name, &t))?;
-                count.add(name, &s, None)?;
+                let t = load::<T>(ckpt, grads, name)?;
+                match GlobalInput::of(args, name, &t)? {
+                    GlobalInput::Magnitude(w) => count.add_magnitude(name, w, None)?,
+                    GlobalInput::Scores(s) => count.add(name, &s, None)?,
+                }
             }
             let mut bucket = count.plan(args.sparsity);
             for name in &order {
-                let t = load(&ckpt, grads.as_ref(), name)?;
-                bucket
-                    .add(&strategy(args, &t.shape).scores(&t.weights, &context(name, &t))?, None)?;
+                let t = load::<T>(ckpt, grads, name)?;
+                match GlobalInput::of(args, name, &t)? {
+                    GlobalInput::Magnitude(w) => bucket.add_magnitude(w, None)?,
+                    GlobalInput::Scores(s) => bucket.add(&s, None)?,
+                }
             }
             Some(bucket.threshold())
         }
@@ -166,13 +190,12 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
     let mut masks: Vec<(String, Mask)> = Vec::new();
     let tensors: Vec<_> =
         ckpt.names().iter().filter_map(|n| ckpt.info(n).map(|i| (n.clone(), i.clone()))).collect();
-    write_streaming(&args.output, &tensors, ckpt.metadata().clone(), |name| {
+    write_streaming(&args.output, &tensors, ckpt.metadata().clone(), |name, out| {
         let info = ckpt.info(name).with_context(|| format!("no tensor `{name}`"))?;
-        let raw = ckpt.bytes(name)?;
         if !chosen.contains(name) {
-            let s = if crate::tensors::is_float(info.dtype) {
-                let v = decode(info.dtype, raw)?;
-                Some(fraction(zeros(&v), v.len()))
+            let s = if is_float(info.dtype) {
+                let count = info.shape.iter().product();
+                Some(fraction(ckpt.count_zeros(name)?, count))
             } else {
                 None
             };
@@ -184,28 +207,30 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
                 sparsity_before: s,
                 sparsity_after: s,
             });
-            return Ok(raw.to_vec());
+            return ckpt.copy_to(name, out);
         }
-        let mut t = load(&ckpt, grads.as_ref(), name)?;
-        let before = fraction(zeros(&t.values), t.values.len());
-        let ctx = context(name, &t);
+        let mut t = load::<T>(ckpt, grads, name)?;
+        let before = fraction(zeros(&t.weights), t.weights.len());
         let mask = match global.as_mut() {
-            Some(g) => g.mask(&strategy(args, &t.shape).scores(&t.weights, &ctx)?, None)?,
-            None => strategy(args, &t.shape).mask(&t.weights, &ctx, args.sparsity)?,
+            Some(g) => match GlobalInput::of(args, name, &t)? {
+                GlobalInput::Magnitude(w) => g.mask_magnitude(w, None)?,
+                GlobalInput::Scores(s) => g.mask(&s, None)?,
+            },
+            None => strategy(args, &t.shape).mask(&t.weights, &context(name, &t), args.sparsity)?,
         };
-        mask.apply_to_tensor(&t.shape, &mut t.values)?;
+        mask.apply_in_place(&mut t.weights)?;
         rows.push(Row {
             name: name.into(),
             shape: info.shape.clone(),
             dtype: format!("{:?}", info.dtype),
             pruned: true,
             sparsity_before: Some(before),
-            sparsity_after: Some(fraction(zeros(&t.values), t.values.len())),
+            sparsity_after: Some(fraction(zeros(&t.weights), t.weights.len())),
         });
         if args.masks_out.is_some() {
             masks.push((name.to_owned(), mask));
         }
-        encode(info.dtype, &t.values)
+        write_matrix(&t.weights, info.dtype, out)
     })
     .with_context(|| format!("cannot write {}", args.output.display()))?;
 
@@ -218,7 +243,25 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
     report(args, rows)
 }
 
-fn context<'a>(name: &'a str, t: &'a Loaded) -> LayerContext<'a, f64> {
+/// What a global selection ranks for one tensor: the weights themselves, read as |w| in
+/// place (magnitude, no copy), or a score matrix.
+enum GlobalInput<'a, T: Float> {
+    Magnitude(&'a DMatrix<T>),
+    Scores(DMatrix<T>),
+}
+
+impl<'a, T: Float> GlobalInput<'a, T> {
+    fn of(args: &PruneArgs, name: &str, t: &'a Loaded<T>) -> Result<Self> {
+        let strategy = strategy::<T>(args, &t.shape);
+        Ok(if strategy.scores_are_magnitude() {
+            GlobalInput::Magnitude(&t.weights)
+        } else {
+            GlobalInput::Scores(strategy.scores(&t.weights, &context(name, t))?)
+        })
+    }
+}
+
+fn context<'a, T: Float>(name: &'a str, t: &'a Loaded<T>) -> LayerContext<'a, T> {
     let ctx = LayerContext::new(name).with_shape(t.shape);
     match &t.grads {
         Some(g) => ctx.with_gradients(g),

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use regex::Regex;
 
-use crate::tensors::{Checkpoint, is_float};
+use shears_cli::checkpoint::{Checkpoint, is_float};
 
 /// A tensor chosen for pruning.
 pub(crate) struct Selected {

@@ -1,4 +1,4 @@
-//! Reading checkpoints (memory-mapped, validated) and writing them back tensor by tensor.
+//! Writing checkpoints tensor by tensor, atomically.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -6,131 +6,11 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use memmap2::Mmap;
-use safetensors::tensor::{Dtype, Metadata, SafeTensors, TensorInfo};
-
-/// An input checkpoint, memory-mapped: tensors are decoded one at a time on demand.
-pub(crate) struct Checkpoint {
-    path: PathBuf,
-    mmap: Mmap,
-    /// Tensor names in the order their data appears in the file.
-    names: Vec<String>,
-    infos: HashMap<String, TensorInfo>,
-    metadata: Option<HashMap<String, String>>,
-    data_start: usize,
-}
-
-impl Checkpoint {
-    /// Maps and validates `path` (header, dtypes, shapes, offsets).
-    pub(crate) fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        // SAFETY-free: memmap2's map is unsafe only if the file changes underneath;
-        // shears never writes to its inputs (an OUT equal to IN is refused).
-        let mmap = map(&file).with_context(|| format!("cannot map {}", path.display()))?;
-        SafeTensors::deserialize(&mmap).map_err(|e| {
-            anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display())
-        })?;
-        let (header_len, metadata) = SafeTensors::read_metadata(&mmap)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let mut entries: Vec<(String, TensorInfo)> =
-            metadata.tensors().into_iter().map(|(n, i)| (n, i.clone())).collect();
-        entries.sort_by_key(|(_, info)| info.data_offsets);
-        Ok(Checkpoint {
-            path: path.to_owned(),
-            names: entries.iter().map(|(n, _)| n.clone()).collect(),
-            infos: entries.into_iter().collect(),
-            metadata: metadata.metadata().clone(),
-            mmap,
-            data_start: 8 + header_len,
-        })
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub(crate) fn names(&self) -> &[String] {
-        &self.names
-    }
-
-    pub(crate) fn info(&self, name: &str) -> Option<&TensorInfo> {
-        self.infos.get(name)
-    }
-
-    pub(crate) fn metadata(&self) -> &Option<HashMap<String, String>> {
-        &self.metadata
-    }
-
-    /// The raw little-endian bytes of tensor `name`.
-    pub(crate) fn bytes(&self, name: &str) -> Result<&[u8]> {
-        let info = self
-            .info(name)
-            .with_context(|| format!("{}: no tensor `{name}`", self.path.display()))?;
-        let (s, e) = info.data_offsets;
-        self.mmap.get(self.data_start + s..self.data_start + e).with_context(|| {
-            format!("{}: tensor `{name}` lies outside the file", self.path.display())
-        })
-    }
-}
-
-#[allow(
-    unsafe_code,
-    reason = "memory-mapping a file is unsafe by API; see the comment at the call"
-)]
-fn map(file: &File) -> std::io::Result<Mmap> {
-    // SAFETY: the mapping is read-only and shears never modifies its input files; a file
-    // changed by another process while mapped could show torn data, which the format
-    // checks catch as malformed input rather than undefined behaviour in safe code that
-    // only reads bytes.
-    unsafe { Mmap::map(file) }
-}
-
-/// Whether shears can prune tensors of this dtype.
-pub(crate) fn is_float(dtype: Dtype) -> bool {
-    matches!(dtype, Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64)
-}
-
-/// Decodes floating tensor data to `f64` (exact for every supported dtype).
-pub(crate) fn decode(dtype: Dtype, bytes: &[u8]) -> Result<Vec<f64>> {
-    Ok(match dtype {
-        Dtype::F16 => {
-            bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f64()).collect()
-        }
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f64())
-            .collect(),
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-            .collect(),
-        Dtype::F64 => bytes
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
-            .collect(),
-        other => bail!("dtype {other:?} is not a floating type"),
-    })
-}
-
-/// Encodes `f64` values back into `dtype` (values came from that dtype, or are zero, so
-/// nothing is rounded).
-pub(crate) fn encode(dtype: Dtype, values: &[f64]) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(values.len() * dtype.bitsize() / 8);
-    for &v in values {
-        match dtype {
-            Dtype::F16 => out.extend_from_slice(&half::f16::from_f64(v).to_le_bytes()),
-            Dtype::BF16 => out.extend_from_slice(&half::bf16::from_f64(v).to_le_bytes()),
-            Dtype::F32 => out.extend_from_slice(&(v as f32).to_le_bytes()),
-            Dtype::F64 => out.extend_from_slice(&v.to_le_bytes()),
-            other => bail!("dtype {other:?} is not a floating type"),
-        }
-    }
-    Ok(out)
-}
+use safetensors::tensor::{Metadata, TensorInfo};
 
 /// Writes a safetensors file tensor by tensor: the header first (all sizes are known in
 /// advance, since dtypes and shapes do not change), then each tensor's bytes as
-/// `produce` returns them, so only one tensor's buffer is alive at a time.
+/// `produce` writes them, so at most one tensor is in memory at a time.
 ///
 /// The file is written to a temporary file beside `out` and renamed over it only when
 /// complete; on any error the temporary file is removed and `out` is untouched.
@@ -138,7 +18,7 @@ pub(crate) fn write_streaming(
     out: &Path,
     tensors: &[(String, TensorInfo)],
     metadata: Option<HashMap<String, String>>,
-    mut produce: impl FnMut(&str) -> Result<Vec<u8>>,
+    mut produce: impl FnMut(&str, &mut dyn Write) -> Result<()>,
 ) -> Result<()> {
     let header = Metadata::new(metadata, tensors.to_vec())
         .map_err(|e| anyhow::anyhow!("cannot build the header: {e}"))?;
@@ -158,15 +38,16 @@ pub(crate) fn write_streaming(
         w.write_all(&(header.len() as u64).to_le_bytes())?;
         w.write_all(&header)?;
         for (name, info) in tensors {
-            let bytes = produce(name)?;
+            let mut counted = Counted { inner: &mut w, bytes: 0 };
+            produce(name, &mut counted)
+                .with_context(|| format!("cannot write tensor `{name}` to {}", tmp.display()))?;
             let expected = info.data_offsets.1 - info.data_offsets.0;
-            if bytes.len() != expected {
+            if counted.bytes != expected {
                 bail!(
                     "internal error: tensor `{name}` encoded to {} bytes, {expected} expected",
-                    bytes.len()
+                    counted.bytes
                 );
             }
-            w.write_all(&bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
         }
         let file = w
             .into_inner()
@@ -181,6 +62,24 @@ pub(crate) fn write_streaming(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// A writer that counts the bytes passed through it.
+struct Counted<'a, W: Write> {
+    inner: &'a mut W,
+    bytes: usize,
+}
+
+impl<W: Write> Write for Counted<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// Temporary files are named `.{target}.shears-tmp-{pid}`.

@@ -117,10 +117,7 @@ impl Selector {
         sparsity: Sparsity,
         kept: Option<&Mask>,
     ) -> Result<Mask> {
-        self.select_segment(
-            Segment { magnitude: true, ..Segment::new(tensor, weights, kept) },
-            sparsity,
-        )
+        self.select_segment(Segment::magnitude(tensor, weights, kept), sparsity)
     }
 
     /// One tensor competing as a whole: the count from the absolute target, then the kernel.

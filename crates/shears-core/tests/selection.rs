@@ -135,6 +135,25 @@ proptest! {
         let got: Vec<Mask> = layers.iter().map(|l| masks.mask(l.scores, l.kept).unwrap()).collect();
         prop_assert_eq!(got, expected);
     }
+
+    #[test]
+    fn streaming_magnitude_equals_scoring_abs((a, ka) in gen_pair(10), (b, kb) in gen_pair(10), s in arb::sparsity()) {
+        let (abs_a, abs_b) = (a.abs(), b.abs());
+        let layers = [ScoredLayer { name: "a", scores: &abs_a, kept: Some(&ka) }, ScoredLayer { name: "b", scores: &abs_b, kept: Some(&kb) }];
+        let expected = Selector::new().select_global(&layers, s).unwrap();
+        let weights = [(&a, &ka), (&b, &kb)];
+        let mut count = GlobalCount::new(Rounding::HalfEven);
+        for (w, k) in weights {
+            count.add_magnitude("w", w, Some(k)).unwrap();
+        }
+        let mut bucket = count.plan(s);
+        for (w, k) in weights {
+            bucket.add_magnitude(w, Some(k)).unwrap();
+        }
+        let mut masks = bucket.threshold();
+        let got: Vec<Mask> = weights.iter().map(|(w, k)| masks.mask_magnitude(w, Some(k)).unwrap()).collect();
+        prop_assert_eq!(got, expected);
+    }
 }
 
 fn gen_pair(max: usize) -> impl Strategy<Value = (DMatrix<f64>, Mask)> {

@@ -258,9 +258,13 @@ impl<T: Scalar, S: PruningStrategy<T>> PruningStrategy<T> for Pruner<S> {
         ctx: &LayerContext<'_, T>,
         sparsity: Sparsity,
     ) -> Result<Mask> {
-        let scores = self.criterion.scores(weights, ctx)?;
         let selector = Selector::new().rounding(self.rounding);
         let name = ctx.name();
+        if self.pattern == Pattern::Unstructured && self.criterion.scores_are_magnitude() {
+            // |w| read in place: no score matrix as large as the layer.
+            return selector.select_magnitude(name, weights, sparsity, ctx.mask());
+        }
+        let scores = self.criterion.scores(weights, ctx)?;
         match self.pattern {
             Pattern::Unstructured => selector.select(name, &scores, sparsity, ctx.mask()),
             Pattern::PerRow => selector.select_per_row(name, &scores, sparsity, ctx.mask()),

@@ -69,6 +69,24 @@ impl<T: Scalar> GlobalCount<T> {
         Ok(())
     }
 
+    /// Counts one layer scored by magnitude, read as `|w|` from `weights` in place (no
+    /// score matrix): the same as [`GlobalCount::add`] on `weights.abs()`.
+    ///
+    /// # Errors
+    /// As [`GlobalCount::add`].
+    pub fn add_magnitude(
+        &mut self,
+        name: &str,
+        weights: &DMatrix<T>,
+        kept: Option<&Mask>,
+    ) -> Result<()> {
+        check_kept_shape(weights, kept)?;
+        add_to_histogram(&Segment::magnitude(name, weights, kept), &mut self.histogram)?;
+        self.total += weights.len();
+        self.already += kept.map_or(0, Mask::count_pruned);
+        Ok(())
+    }
+
     /// Fixes the target: `sparsity` of all counted weights, absolute (weights already
     /// pruned count toward it).
     pub fn plan(self, sparsity: Sparsity) -> GlobalBucket<T> {
@@ -97,6 +115,18 @@ impl<T: Scalar> GlobalBucket<T> {
         Ok(())
     }
 
+    /// [`GlobalBucket::add`] for a layer counted with [`GlobalCount::add_magnitude`].
+    ///
+    /// # Errors
+    /// As [`GlobalBucket::add`].
+    pub fn add_magnitude(&mut self, weights: &DMatrix<T>, kept: Option<&Mask>) -> Result<()> {
+        check_kept_shape(weights, kept)?;
+        if let Plan::Bucket { bucket, .. } = self.plan {
+            collect_bucket(&Segment::magnitude("", weights, kept), bucket, &mut self.keys);
+        }
+        Ok(())
+    }
+
     /// Resolves the threshold.
     pub fn threshold(self) -> GlobalMasks<T> {
         let plan = self.plan.resolve(self.keys);
@@ -120,5 +150,14 @@ impl<T: Scalar> GlobalMasks<T> {
     pub fn mask(&mut self, scores: &DMatrix<T>, kept: Option<&Mask>) -> Result<Mask> {
         check_kept_shape(scores, kept)?;
         mask_segment(&Segment::new("", scores, kept), &self.plan, &mut self.ties_left)
+    }
+
+    /// [`GlobalMasks::mask`] for a layer counted with [`GlobalCount::add_magnitude`].
+    ///
+    /// # Errors
+    /// As [`GlobalMasks::mask`].
+    pub fn mask_magnitude(&mut self, weights: &DMatrix<T>, kept: Option<&Mask>) -> Result<Mask> {
+        check_kept_shape(weights, kept)?;
+        mask_segment(&Segment::magnitude("", weights, kept), &self.plan, &mut self.ties_left)
     }
 }

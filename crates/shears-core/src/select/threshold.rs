@@ -36,6 +36,15 @@ impl<'a, T: Scalar> Segment<'a, T> {
         Segment { name, scores, kept, magnitude: false }
     }
 
+    /// A segment scored by the magnitudes of its values, read in place.
+    pub(crate) fn magnitude(
+        name: &'a str,
+        weights: &'a DMatrix<T>,
+        kept: Option<&'a Mask>,
+    ) -> Self {
+        Segment { name, scores: weights, kept, magnitude: true }
+    }
+
     /// The order key of one stored value.
     #[inline(always)]
     fn key(&self, x: T) -> T::Key {
