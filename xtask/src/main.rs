@@ -3,6 +3,8 @@
 //! - `cargo xtask bench [--quick] [--out DIR]`: the speedup sweep and its reports;
 //! - `cargo xtask lth --mnist DIR [--rounds N] [--quick] [--out DIR]`: the lottery-ticket
 //!   replication on MNIST;
+//! - `cargo xtask stress [--size GIB]`: prune and inspect a checkpoint larger than RAM
+//!   should need, reporting wall time and peak RSS;
 //! - `cargo xtask release [--dry-run]`: the release gates.
 
 #![allow(
@@ -14,6 +16,7 @@
 mod bench;
 mod lth;
 mod release;
+mod stress;
 #[path = "../../crates/shears-cli/src/svg.rs"]
 mod svg;
 
@@ -38,6 +41,8 @@ enum Task {
     Lth(lth::Args),
     /// Run every release gate, then package the crates.
     Release(release::Args),
+    /// Prune and inspect a large synthetic checkpoint; report wall time and peak RSS.
+    Stress(stress::Args),
 }
 
 fn main() -> Result<()> {
@@ -46,9 +51,10 @@ fn main() -> Result<()> {
         Some(Task::Bench(args)) => bench::run(&args),
         Some(Task::Lth(args)) => lth::run(&args),
         Some(Task::Release(args)) => release::run(&args),
+        Some(Task::Stress(args)) => stress::run(&args),
         None => {
             println!(
-                "cargo xtask <task>\n\n  bench    the speedup sweep (--quick for a smoke run)\n  lth      the lottery-ticket replication on MNIST\n  release  the release gates (--dry-run to stop before publishing)"
+                "cargo xtask <task>\n\n  bench    the speedup sweep (--quick for a smoke run)\n  lth      the lottery-ticket replication on MNIST\n  release  the release gates (--dry-run to stop before publishing)\n  stress   prune a large synthetic checkpoint, report peak RSS (--size GIB)"
             );
             Ok(())
         }
@@ -102,9 +108,34 @@ fn write_report(dir: &Path, name: &str, contents: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The fuzz targets' checks, replayed over the committed corpora by the tests below.
+#[cfg(test)]
+#[path = "../../fuzz/src/lib.rs"]
+#[allow(unreachable_pub, missing_docs, reason = "a file of the fuzz crate, included as is")]
+mod fuzz_checks;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every committed input of every fuzz corpus passes its target's checks, so the
+    /// normal test suite covers what the fuzzer found without cargo-fuzz.
+    #[test]
+    fn fuzz_corpora_replay() {
+        let root = project_root().join("fuzz/corpus");
+        for (target, check) in fuzz_checks::TARGETS {
+            let dir = root.join(target);
+            let mut inputs = 0;
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                let bytes = std::fs::read(&path).unwrap();
+                let replay = std::panic::catch_unwind(|| check(&bytes));
+                assert!(replay.is_ok(), "fuzz target {target} fails on {}", path.display());
+                inputs += 1;
+            }
+            assert!(inputs > 0, "{} holds no input", dir.display());
+        }
+    }
 
     #[test]
     fn parses_every_task() {
@@ -122,6 +153,10 @@ mod tests {
         assert!(matches!(
             parse(&["release", "--dry-run"]).unwrap().task,
             Some(Task::Release(release::Args { dry_run: true }))
+        ));
+        assert!(matches!(
+            parse(&["stress", "--size", "0.5"]).unwrap().task,
+            Some(Task::Stress(stress::Args { size: 0.5, tensor_mib: 256, .. }))
         ));
         assert!(parse(&["lth"]).is_err(), "--mnist is required");
         assert!(parse(&["frobnicate"]).is_err());

@@ -153,14 +153,19 @@ pub fn decode_into<T: Float>(dtype: Dtype, bytes: &[u8], out: &mut [T]) -> Resul
 /// # Errors
 /// A non-floating dtype.
 pub fn encode_into<T: Float>(dtype: Dtype, values: &[T], out: &mut Vec<u8>) -> Result<()> {
-    out.reserve(values.len() * float_size(dtype)?);
-    for &v in values {
-        match dtype {
-            Dtype::F16 => out.extend_from_slice(&half::f16::from_f64(v.as_f64()).to_le_bytes()),
-            Dtype::BF16 => out.extend_from_slice(&half::bf16::from_f64(v.as_f64()).to_le_bytes()),
-            Dtype::F32 => out.extend_from_slice(&(v.as_f64() as f32).to_le_bytes()),
-            _ => out.extend_from_slice(&v.as_f64().to_le_bytes()),
+    let size = float_size(dtype)?;
+    let start = out.len();
+    out.resize(start + values.len() * size, 0);
+    let pairs = out[start..].chunks_exact_mut(size).zip(values);
+    match dtype {
+        Dtype::F16 => pairs
+            .for_each(|(o, v)| o.copy_from_slice(&half::f16::from_f64(v.as_f64()).to_le_bytes())),
+        Dtype::BF16 => pairs
+            .for_each(|(o, v)| o.copy_from_slice(&half::bf16::from_f64(v.as_f64()).to_le_bytes())),
+        Dtype::F32 => {
+            pairs.for_each(|(o, v)| o.copy_from_slice(&(v.as_f64() as f32).to_le_bytes()))
         }
+        _ => pairs.for_each(|(o, v)| o.copy_from_slice(&v.as_f64().to_le_bytes())),
     }
     Ok(())
 }
@@ -408,13 +413,7 @@ impl<S: Source> Checkpoint<S> {
             scratch.clear();
             scratch.resize(n * cols, T::zero());
             decode_into(info.dtype, bytes, &mut scratch)?;
-            // Scatter the row-major block column by column: each column receives `n`
-            // consecutive values.
-            for (c, mut column) in matrix.column_iter_mut().enumerate() {
-                for (r, slot) in column.rows_mut(next_row, n).iter_mut().enumerate() {
-                    *slot = scratch[r * cols + c];
-                }
-            }
+            transpose_into(&scratch, n, cols, matrix.as_mut_slice(), rows, next_row);
             next_row += n;
             Ok(())
         })?;
@@ -422,10 +421,11 @@ impl<S: Source> Checkpoint<S> {
     }
 }
 
+/// A parsed header: the `__metadata__` string map and the named tensor entries.
+type Header = (Option<HashMap<String, String>>, Vec<(String, TensorInfo)>);
+
 /// The `__metadata__` map and the tensor table of a header, every entry checked by name.
-fn parse_header(
-    text: &str,
-) -> Result<(Option<HashMap<String, String>>, Vec<(String, TensorInfo)>), String> {
+fn parse_header(text: &str) -> Result<Header, String> {
     let table: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(text).map_err(|e| format!("header is not a JSON object: {e}"))?;
     let mut metadata = None;
@@ -443,6 +443,66 @@ fn parse_header(
         }
     }
     Ok((metadata, entries))
+}
+
+/// Side of the square tiles [`transpose`] works in.
+const TILE: usize = 32;
+
+/// Writes the transpose of the `nr x nc` block of `src` (row `i` at `i * src_stride`)
+/// into `dst` (row `j` at `j * dst_stride`), a tile at a time through a small buffer:
+/// both sides are then read and written in contiguous runs. Strides are often powers of
+/// two, where writing element by element sends every row of a tile to one L1 set.
+fn transpose<T: Copy>(
+    src: &[T],
+    src_stride: usize,
+    dst: &mut [T],
+    dst_stride: usize,
+    nr: usize,
+    nc: usize,
+) {
+    let Some(&fill) = src.first() else { return };
+    let mut tile = [fill; TILE * TILE];
+    for i0 in (0..nr).step_by(TILE) {
+        let ni = TILE.min(nr - i0);
+        for j0 in (0..nc).step_by(TILE) {
+            let nj = TILE.min(nc - j0);
+            for i in 0..ni {
+                let row = &src[(i0 + i) * src_stride + j0..][..nj];
+                for (j, &v) in row.iter().enumerate() {
+                    tile[j * TILE + i] = v;
+                }
+            }
+            for j in 0..nj {
+                dst[(j0 + j) * dst_stride + i0..][..ni].copy_from_slice(&tile[j * TILE..][..ni]);
+            }
+        }
+    }
+}
+
+/// Copies the row-major `n x cols` block `src` into rows `first..first + n` of the
+/// column-major matrix `dst` with `rows` rows.
+fn transpose_into<T: Copy>(
+    src: &[T],
+    n: usize,
+    cols: usize,
+    dst: &mut [T],
+    rows: usize,
+    first: usize,
+) {
+    transpose(src, cols, &mut dst[first..], rows, n, cols);
+}
+
+/// Copies rows `first..first + n` of the column-major matrix `src` (with `rows` rows)
+/// into the row-major `n x cols` block `dst`.
+fn transpose_from<T: Copy>(
+    src: &[T],
+    rows: usize,
+    first: usize,
+    dst: &mut [T],
+    n: usize,
+    cols: usize,
+) {
+    transpose(&src[first..], rows, dst, cols, cols, n);
 }
 
 /// The bytes a tensor's data takes, or `None` on overflow or a partial byte.
@@ -482,11 +542,7 @@ pub fn write_matrix<T: Float>(
         let n = block.min(rows - first);
         values.clear();
         values.resize(n * cols, T::zero());
-        for (c, column) in matrix.column_iter().enumerate() {
-            for (r, &v) in column.rows(first, n).iter().enumerate() {
-                values[r * cols + c] = v;
-            }
-        }
+        transpose_from(matrix.as_slice(), rows, first, &mut values, n, cols);
         bytes.clear();
         encode_into(dtype, &values, &mut bytes)?;
         out.write_all(&bytes)?;
@@ -524,6 +580,27 @@ mod tests {
         write_matrix(&m, Dtype::F32, &mut out).unwrap();
         assert_eq!(out, data);
         assert_eq!(ckpt.read_values::<f64>("w").unwrap()[14], 7.0);
+    }
+
+    #[test]
+    fn tiled_transposes_match_indexing() {
+        let (rows, cols, first, n) = (101, 67, 33, 50);
+        let src: Vec<u32> = (0..(n * cols) as u32).collect();
+        let mut dst = vec![u32::MAX; rows * cols];
+        transpose_into(&src, n, cols, &mut dst, rows, first);
+        for r in 0..rows {
+            for c in 0..cols {
+                let want = if (first..first + n).contains(&r) {
+                    src[(r - first) * cols + c]
+                } else {
+                    u32::MAX
+                };
+                assert_eq!(dst[c * rows + r], want, "({r}, {c})");
+            }
+        }
+        let mut back = vec![0; n * cols];
+        transpose_from(&dst, rows, first, &mut back, n, cols);
+        assert_eq!(back, src);
     }
 
     #[test]

@@ -85,17 +85,16 @@ pub(crate) fn nm(
             found: positions.len(),
         });
     }
-    for row in 0..nrows {
-        for group in 0..groups {
-            let width = (ncols - group * m).min(m);
-            let slots = &positions[(row * groups + group) * n..][..n];
-            if let Some(&p) = slots.iter().find(|&&p| usize::from(p) >= width) {
-                return Err(FormatError::PositionOutOfRange {
-                    row,
-                    group,
-                    position: usize::from(p),
-                });
-            }
+    // Walk the stored slots, not rows x groups: with N = 0 a tiny file may declare
+    // billions of empty groups.
+    if n == 0 {
+        return Ok(());
+    }
+    for (slot, group_slots) in positions.chunks_exact(n).enumerate() {
+        let (row, group) = (slot / groups, slot % groups);
+        let width = (ncols - group * m).min(m);
+        if let Some(&p) = group_slots.iter().find(|&&p| usize::from(p) >= width) {
+            return Err(FormatError::PositionOutOfRange { row, group, position: usize::from(p) });
         }
     }
     Ok(())

@@ -3,5 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a failed unwrap is a failed test")]
 
 mod formats;
+mod fuzz_regressions;
 mod kernels;
 mod validation;

@@ -1,0 +1,34 @@
+//! Inputs the fuzz targets in `fuzz/` found, replayed in the normal test suite.
+
+use shears_sparse::{NmSparse, SparseProduct};
+
+/// `fuzz/artifacts/nm_sparse/slow-unit-f06aea…`: a 23-byte N:M file declaring a
+/// 130 x 1,212,022,786 matrix with pattern 0:33. Validation used to visit every one of
+/// its 4.8e9 (empty) groups, taking minutes; it now walks the stored slots only.
+#[test]
+fn nm_with_zero_kept_per_group_validates_without_visiting_every_group() {
+    let bytes = [
+        0x53, 0x48, 0x45, 0x41, 0x52, 0x4e, 0x4d, 0x00, 0x01, 0x00, 0x00, 0x00, 0x40, 0x82, 0xfc,
+        0x02, 0x00, 0x3d, 0x48, 0x00, 0x21, 0x00, 0x00,
+    ];
+    let nm = NmSparse::<f64>::from_bytes(&bytes).unwrap();
+    assert_eq!(nm.shape(), (130, 0x483d_0002));
+    assert_eq!((nm.pattern().n(), nm.pattern().m()), (0, 33));
+    assert!(NmSparse::<f32>::from_bytes(&bytes).is_err(), "the value width tag says f64");
+}
+
+/// `fuzz/artifacts/nm_sparse/crash-8ec7191d…`: a valid 11,817,445,422,220,181,503 x 0
+/// matrix (no elements, so nothing bounds the row count). The fuzz harness asked for its
+/// allocating product, whose output cannot exist; the BLAS form with caller buffers
+/// answers a shape error instead of touching memory.
+#[test]
+fn nm_with_astronomic_rows_and_no_columns_decodes_and_rejects_wrong_buffers() {
+    let bytes = [
+        0x53, 0x48, 0x45, 0x41, 0x52, 0x4e, 0x4d, 0x00, 0x01, 0x00, 0x00, 0x00, 0x20, 0xfd, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xa3, 0x00, 0x04, 0x3c, 0x00, 0x00,
+    ];
+    let nm = NmSparse::<f32>::from_bytes(&bytes).unwrap();
+    assert_eq!(nm.shape(), (11_817_445_422_220_181_503, 0));
+    let mut y = vec![0.0f32; 4];
+    assert!(nm.matvec_into(1.0, &[], 0.0, &mut y).is_err());
+}

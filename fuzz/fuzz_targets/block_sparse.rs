@@ -1,0 +1,5 @@
+//! The block-sparse file format (`SHEARBSR`): whatever decodes re-validates from its
+//! parts, round-trips, and multiplies like its dense form.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| shears_fuzz::block_sparse(data));

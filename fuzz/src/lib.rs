@@ -1,0 +1,208 @@
+//! The fuzz targets' bodies: whatever decodes from outside bytes must re-validate,
+//! round-trip byte for byte, and multiply like its dense form.
+//!
+//! Each `fuzz_targets/NAME.rs` calls the function of the same name. `xtask`'s tests
+//! include this file too and replay every committed corpus input through the same
+//! checks, so `cargo test --workspace` covers them without cargo-fuzz.
+
+use nalgebra::{DMatrix, DVector};
+use safetensors::Dtype;
+use shears_cli::checkpoint::{Checkpoint, is_float, matrix_shape, write_matrix};
+use shears_cli::parse::{PatternArg, parse_pattern, parse_sparsity};
+use shears_core::{Mask, Scalar};
+use shears_sparse::{BlockSparse, Csr, NmSparse, SpIndex, SparseProduct};
+
+/// A target's body: checks one input, panicking on a violated invariant.
+pub type Target = fn(&[u8]);
+
+/// The targets by name, as `fuzz/corpus/NAME` and `fuzz_targets/NAME.rs` call them.
+pub const TARGETS: [(&str, Target); 6] = [
+    ("checkpoint", checkpoint),
+    ("mask", mask),
+    ("csr", csr),
+    ("nm_sparse", nm_sparse),
+    ("block_sparse", block_sparse),
+    ("cli_args", cli_args),
+];
+
+/// Largest matrix (in elements) whose dense form the checks build; larger ones are
+/// checked structurally only (a tiny file may declare a huge, empty matrix).
+pub const DENSE_LIMIT: usize = 1 << 16;
+
+/// Whether a `nrows x ncols` matrix is small enough to densify and multiply (each side
+/// too: a valid 2^64-1 x 0 matrix has no elements, but its products have 2^64-1 rows).
+pub fn small(nrows: usize, ncols: usize) -> bool {
+    nrows <= DENSE_LIMIT && ncols <= DENSE_LIMIT && nrows * ncols <= DENSE_LIMIT
+}
+
+/// `format` times a fixed vector and a fixed 3-column matrix equals `dense` times them,
+/// when every stored value is finite and modest (so rounding is bounded).
+pub fn check_products<T: Scalar, P: SparseProduct<T>>(format: &P, dense: &DMatrix<T>) {
+    assert_eq!(format.dims(), dense.shape());
+    let (nrows, ncols) = dense.shape();
+    if !dense.iter().all(|v| v.finite() && v.as_f64().abs() < 1e6) {
+        // Still must not panic.
+        let _ = format.matvec(&DVector::zeros(ncols));
+        return;
+    }
+    let x =
+        DMatrix::from_fn(ncols, 3, |i, j| T::from_f64_lossy(((i * 7 + j * 3) % 11) as f64 - 5.0));
+    let got = format.matmul(&x).expect("shapes agree");
+    let want = dense * &x;
+    let scale: f64 = dense.iter().map(|v| v.as_f64().abs()).sum::<f64>() * 5.0 + 1.0;
+    for (g, w) in got.iter().zip(want.iter()) {
+        assert!((g.as_f64() - w.as_f64()).abs() <= 1e-5 * scale, "matmul {g:?} vs dense {w:?}");
+    }
+    let xv = DVector::from_iterator(ncols, x.column(0).iter().copied());
+    let got = format.matvec(&xv).expect("shapes agree");
+    for (g, w) in got.iter().zip(want.column(0).iter()) {
+        assert!((g.as_f64() - w.as_f64()).abs() <= 1e-5 * scale, "matvec {g:?} vs dense {w:?}");
+    }
+    assert_eq!(got.len(), nrows);
+}
+
+/// The safetensors reading path of the `shears` binary: header, dtypes, offsets, and
+/// decoding every floating tensor.
+pub fn checkpoint(data: &[u8]) {
+    let Ok(ckpt) = Checkpoint::from_source("fuzz", data.to_vec()) else { return };
+    let mut end = 0;
+    for name in ckpt.names() {
+        let info = ckpt.info(name).expect("every listed name has an entry");
+        // Invariants the reader promised: contiguous, in order, sized by shape x dtype.
+        assert_eq!(info.data_offsets.0, end, "`{name}` is not contiguous");
+        end = info.data_offsets.1;
+        let bytes = ckpt.read_bytes(name).expect("validated offsets are readable");
+        assert_eq!(bytes.len(), info.data_offsets.1 - info.data_offsets.0);
+        let elements: usize = info.shape.iter().product();
+        assert_eq!(elements * info.dtype.bitsize(), bytes.len() * 8);
+        if !is_float(info.dtype) {
+            assert!(ckpt.read_values::<f32>(name).is_err());
+            continue;
+        }
+        let values = ckpt.read_values::<f64>(name).expect("a float tensor decodes");
+        assert_eq!(values.len(), elements);
+        let zeros = values.iter().filter(|&&v| v == 0.0).count();
+        assert_eq!(ckpt.count_zeros(name).expect("decodes"), zeros);
+        if let Ok((r, c)) = matrix_shape(name, info) {
+            // Decoding into a matrix and encoding back gives the same bytes (NaN payloads
+            // aside: converting through another width may quiet a signalling NaN).
+            let m = ckpt.read_matrix::<f64>(name).expect("a 2-D or 4-D float tensor decodes");
+            assert_eq!(m.shape(), (r, c));
+            let mut out = Vec::new();
+            write_matrix(&m, info.dtype, &mut out).expect("encodes");
+            assert_eq!(out.len(), bytes.len());
+            let width = info.dtype.bitsize() / 8;
+            for (i, (a, b)) in bytes.chunks(width).zip(out.chunks(width)).enumerate() {
+                assert!(a == b || values[i].is_nan(), "`{name}` value {i} changed");
+            }
+            if info.dtype != Dtype::F64 {
+                let narrow = ckpt.read_matrix::<f32>(name).expect("decodes as f32");
+                assert!(
+                    narrow.iter().zip(m.iter()).all(|(a, b)| f64::from(*a) == *b || b.is_nan())
+                );
+            }
+        }
+    }
+}
+
+/// The mask file format (`SHEARSMK`): whatever decodes is a valid mask that re-encodes to
+/// the same bytes.
+pub fn mask(data: &[u8]) {
+    let Ok(mask) = Mask::from_bytes(data) else { return };
+    let (nrows, ncols) = mask.shape();
+    assert_eq!(mask.len(), nrows * ncols);
+    assert_eq!(mask.count_kept() + mask.count_pruned(), mask.len());
+    let again = Mask::from_words(nrows, ncols, mask.as_words().to_vec()).expect("re-validates");
+    assert_eq!(again, mask);
+    let bytes = mask.to_bytes();
+    assert_eq!(Mask::from_bytes(&bytes).expect("round-trips"), mask);
+    assert_eq!(Mask::read_from(bytes.as_slice()).expect("reads from a stream"), mask);
+    if small(nrows, ncols) {
+        assert_eq!(mask.iter_kept().count(), mask.count_kept());
+        assert_eq!(Mask::from_matrix(&mask.to_matrix()), mask);
+    }
+}
+
+fn csr_as<T: Scalar, I: SpIndex>(data: &[u8]) {
+    let Ok(csr) = Csr::<T, I>::from_bytes(data) else { return };
+    let bytes = csr.to_bytes();
+    assert_eq!(Csr::<T, I>::from_bytes(&bytes).expect("round-trips").to_bytes(), bytes);
+    let (nrows, ncols) = csr.shape();
+    if small(nrows, ncols) {
+        let dense = csr.to_dense();
+        check_products(&csr, &dense);
+    }
+    let (r, c, indptr, indices, values) = csr.into_parts();
+    Csr::<T, I>::try_from_parts(r, c, indptr, indices, values).expect("its own parts validate");
+}
+
+/// The CSR file format (`SHEARCSR`) for every value and index width: whatever decodes
+/// re-validates from its parts, round-trips, and multiplies like its dense form.
+pub fn csr(data: &[u8]) {
+    csr_as::<f32, u16>(data);
+    csr_as::<f32, u32>(data);
+    csr_as::<f64, u16>(data);
+    csr_as::<f64, u32>(data);
+}
+
+fn nm_sparse_as<T: Scalar>(data: &[u8]) {
+    let Ok(nm) = NmSparse::<T>::from_bytes(data) else { return };
+    let bytes = nm.to_bytes();
+    assert_eq!(NmSparse::<T>::from_bytes(&bytes).expect("round-trips").to_bytes(), bytes);
+    let (nrows, ncols) = nm.shape();
+    if small(nrows, ncols) {
+        let dense = nm.to_dense();
+        check_products(&nm, &dense);
+    }
+    let (r, c, pattern, values, positions) = nm.into_parts();
+    NmSparse::<T>::try_from_parts(r, c, pattern, values, positions)
+        .expect("its own parts validate");
+}
+
+/// The N:M file format (`SHEARNM`): whatever decodes re-validates from its parts,
+/// round-trips, and multiplies like its dense form.
+pub fn nm_sparse(data: &[u8]) {
+    nm_sparse_as::<f32>(data);
+    nm_sparse_as::<f64>(data);
+}
+
+fn block_sparse_as<T: Scalar>(data: &[u8]) {
+    let Ok(bsr) = BlockSparse::<T>::from_bytes(data) else { return };
+    let bytes = bsr.to_bytes();
+    assert_eq!(BlockSparse::<T>::from_bytes(&bytes).expect("round-trips").to_bytes(), bytes);
+    let (nrows, ncols) = bsr.shape();
+    if small(nrows, ncols) {
+        let dense = bsr.to_dense();
+        check_products(&bsr, &dense);
+    }
+    let (r, c, block, indptr, block_cols, values) = bsr.into_parts();
+    BlockSparse::<T>::try_from_parts(r, c, block, indptr, block_cols, values)
+        .expect("its own parts validate");
+}
+
+/// The block-sparse file format (`SHEARBSR`): whatever decodes re-validates from its
+/// parts, round-trips, and multiplies like its dense form.
+pub fn block_sparse(data: &[u8]) {
+    block_sparse_as::<f32>(data);
+    block_sparse_as::<f64>(data);
+}
+
+/// The `--pattern` and `--sparsity` parsers of the `shears` binary: any string gives a
+/// value or an error, and every value satisfies its type's invariants.
+pub fn cli_args(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(s) = parse_sparsity(text) {
+        assert!((0.0..=1.0).contains(&s.get()), "sparsity {} from `{text}`", s.get());
+    }
+    match parse_pattern(text) {
+        Ok(PatternArg::Nm(p)) => {
+            assert!(p.n() <= p.m() && p.m() > 0, "{p:?} from `{text}`");
+            assert_eq!(
+                format!("{}:{}", p.n(), p.m()).parse::<shears_core::NmPattern>().ok(),
+                Some(p)
+            );
+        }
+        Ok(PatternArg::Block(b)) => assert!(b.rows() > 0 && b.cols() > 0, "{b:?} from `{text}`"),
+        Ok(_) | Err(_) => {}
+    }
+}
