@@ -109,6 +109,75 @@ fn missing_or_unwritable_output_locations_are_errors() {
 }
 
 #[test]
+fn a_read_only_filesystem_is_an_error_and_leaves_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    model(&input);
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    // A read-only tmpfs over `ro`, in a private mount namespace (a user namespace maps the
+    // caller to root there, so this needs no privileges and leaves no mount behind).
+    for out in ["out.safetensors", "masks.bin"] {
+        let args = if out == "masks.bin" {
+            format!(
+                "-o '{}' --masks-out '{}'",
+                dir.path().join("ok.safetensors").display(),
+                ro.join(out).display()
+            )
+        } else {
+            format!("-o '{}'", ro.join(out).display())
+        };
+        let script = format!(
+            "mount -t tmpfs -o ro tmpfs '{}' && exec '{}' prune '{}' {args} -s 0.5",
+            ro.display(),
+            env!("CARGO_BIN_EXE_shears"),
+            input.display(),
+        );
+        let o = Command::new("unshare").args(["-rm", "sh", "-c", &script]).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("Read-only file system"), "{}", stderr(&o));
+        assert!(stderr(&o).contains(out), "{}", stderr(&o));
+        assert_eq!(stderr(&o).trim_end().lines().count(), 1);
+    }
+    assert_eq!(std::fs::read_dir(&ro).unwrap().count(), 0);
+}
+
+#[test]
+fn a_directory_without_write_permission_is_an_error_and_leaves_no_output() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    model(&input);
+    let locked = dir.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    let mode = |p: &std::path::Path, m| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    mode(dir.path(), 0o755);
+    mode(&input, 0o644);
+    mode(&locked, 0o555);
+    let out = locked.join("out.safetensors");
+    // A copy of the binary inside the temporary directory, so that `nobody` can run it
+    // wherever the build directory lives.
+    let binary = dir.path().join("shears");
+    std::fs::copy(env!("CARGO_BIN_EXE_shears"), &binary).unwrap();
+    mode(&binary, 0o755);
+    let mut cmd = Command::new(&binary);
+    cmd.args(["prune", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"]);
+    if std::fs::metadata(&input).unwrap().uid() == 0 {
+        // Permissions do not bind root: run as `nobody`.
+        cmd.uid(65534).gid(65534);
+    }
+    let o = cmd.output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("Permission denied"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("out.safetensors"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(&locked).unwrap().count(), 0);
+}
+
+#[test]
 fn outputs_do_not_depend_on_the_thread_count() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.safetensors");

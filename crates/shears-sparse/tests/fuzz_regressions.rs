@@ -1,6 +1,7 @@
 //! Inputs the fuzz targets in `fuzz/` found, replayed in the normal test suite.
 
-use shears_sparse::{NmSparse, SparseProduct};
+use nalgebra::{DMatrix, DVector};
+use shears_sparse::{BlockSparse, NmSparse, SparseProduct};
 
 /// `fuzz/artifacts/nm_sparse/slow-unit-f06aea…`: a 23-byte N:M file declaring a
 /// 130 x 1,212,022,786 matrix with pattern 0:33. Validation used to visit every one of
@@ -31,4 +32,22 @@ fn nm_with_astronomic_rows_and_no_columns_decodes_and_rejects_wrong_buffers() {
     assert_eq!(nm.shape(), (11_817_445_422_220_181_503, 0));
     let mut y = vec![0.0f32; 4];
     assert!(nm.matvec_into(1.0, &[], 0.0, &mut y).is_err());
+}
+
+/// `fuzz/artifacts/block_sparse/oom-b47913c2…`: a valid 6 x 25 block-sparse matrix with
+/// 721,420,036 x 2 blocks and none stored. The SpMV kernel sized its per-block-row
+/// accumulator by the block height (5.7 GB); it now caps it at the matrix height.
+#[test]
+fn bsr_with_blocks_taller_than_the_matrix_multiplies_in_small_memory() {
+    let bytes = [
+        0x53, 0x48, 0x45, 0x41, 0x52, 0x42, 0x53, 0x52, 0x01, 0x00, 0x00, 0x00, 0x40, 0x06, 0x19,
+        0xfc, 0x04, 0x03, 0x00, 0x2b, 0x02, 0x02, 0x00, 0x00, 0x00, 0x00,
+    ];
+    let bsr = BlockSparse::<f64>::from_bytes(&bytes).unwrap();
+    assert_eq!(bsr.shape(), (6, 25));
+    assert_eq!(bsr.block_shape().rows(), 0x2b00_0304);
+    let y = bsr.matvec(&DVector::from_element(25, 1.0)).unwrap();
+    assert_eq!(y, DVector::zeros(6));
+    let y = bsr.matmul(&DMatrix::from_element(25, 3, 1.0)).unwrap();
+    assert_eq!(y, DMatrix::zeros(6, 3));
 }

@@ -168,7 +168,9 @@ fn bsr_rows_kernel<T: Scalar>(
 ) {
     let (br, bc) = (a.br, a.bc);
     let first_row = block_rows.start * br;
-    let mut acc = vec![T::zero(); br];
+    // A block may be taller than the matrix (a valid file can declare 721M x 2 blocks on
+    // a 6-row matrix); rows past the end are padding, so never allocate more than nrows.
+    let mut acc = vec![T::zero(); br.min(a.nrows)];
     for i in block_rows {
         acc.iter_mut().for_each(|v| *v = T::zero());
         for k in a.indptr[i]..a.indptr[i + 1] {
