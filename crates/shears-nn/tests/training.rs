@@ -127,3 +127,49 @@ fn bad_parameters_are_errors() {
         (2, 0)
     );
 }
+
+/// Training, pruning (magnitude and seeded random), fine-tuning and sparse inference give
+/// bit-identical results on 1, 2 and 4 rayon threads, and on repeated runs.
+#[test]
+fn train_prune_finetune_and_infer_do_not_depend_on_the_thread_count() {
+    use shears_core::Sparsity;
+    use shears_nn::{Criterion, Method, SparseMlp, prune_and_finetune};
+    use shears_sparse::Format;
+    use shears_strategies::Schedule;
+
+    let (data, _) = trained();
+    let run = || {
+        let mut mlp = Mlp::<f32>::new(&[64, 32, 10], 11).unwrap();
+        let config = TrainConfig { epochs: 1, ..TrainConfig::default() };
+        train(&mut mlp, &data.train, &config, &Masks::new()).unwrap();
+        let schedule = Schedule::iterative(Sparsity::new(0.7).unwrap(), 2).unwrap();
+        let mut bits = Vec::new();
+        for criterion in [Criterion::Magnitude, Criterion::Random { seed: 3 }] {
+            let outcome =
+                prune_and_finetune(&mlp, data, &Method::new(criterion), &schedule, &config)
+                    .unwrap();
+            for mask in outcome.masks.values() {
+                bits.extend(mask.to_bytes());
+            }
+            for layer in outcome.model.layers() {
+                bits.extend(layer.weight().iter().flat_map(|v| v.to_le_bytes()));
+            }
+            let sparse =
+                SparseMlp::from_mlp_with(&outcome.model, &outcome.masks, |_| Format::Csr).unwrap();
+            // Enough columns that the first layer's product is split across threads.
+            let x = data.test.features();
+            let wide = DMatrix::from_fn(x.nrows(), 6 * x.ncols(), |r, c| x[(r, c % x.ncols())]);
+            let logits = sparse.forward(&wide).unwrap();
+            bits.extend(logits.iter().flat_map(|v| v.to_le_bytes()));
+        }
+        bits
+    };
+    let on = |threads| {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(run)
+    };
+    let one = on(1);
+    assert_eq!(one, run(), "a repeated run differs");
+    for threads in [2, 4] {
+        assert!(on(threads) == one, "{threads} threads differ from 1");
+    }
+}
