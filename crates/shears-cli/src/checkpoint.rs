@@ -399,10 +399,28 @@ impl<S: Source> Checkpoint<S> {
     /// An unknown name, a tensor that is not 2-D or 4-D, a non-floating dtype, or a read
     /// error.
     pub fn read_matrix<T: Float>(&self, name: &str) -> Result<DMatrix<T>> {
+        self.read_matrix_reusing(name, Vec::new())
+    }
+
+    /// [`Checkpoint::read_matrix`] into the allocation of `spare` (its contents are
+    /// dropped): a loop over tensors that hands each matrix's buffer back here touches
+    /// fresh pages only for the largest tensor, not for every tensor.
+    ///
+    /// # Errors
+    /// As [`Checkpoint::read_matrix`].
+    pub fn read_matrix_reusing<T: Float>(
+        &self,
+        name: &str,
+        mut spare: Vec<T>,
+    ) -> Result<DMatrix<T>> {
         let (info, _) = self.located(name)?;
         let (rows, cols) = matrix_shape(name, info)?;
         let size = float_size(info.dtype).with_context(|| format!("tensor `{name}`"))?;
-        let mut matrix = DMatrix::<T>::zeros(rows, cols);
+        let len =
+            rows.checked_mul(cols).with_context(|| format!("tensor `{name}` is too large"))?;
+        spare.clear();
+        spare.resize(len, T::zero());
+        let mut matrix = DMatrix::from_vec(rows, cols, spare);
         if matrix.is_empty() {
             return Ok(matrix);
         }
@@ -473,7 +491,14 @@ fn transpose<T: Copy>(
                 }
             }
             for j in 0..nj {
-                dst[(j0 + j) * dst_stride + i0..][..ni].copy_from_slice(&tile[j * TILE..][..ni]);
+                let (start, from) = ((j0 + j) * dst_stride + i0, &tile[j * TILE..]);
+                if ni == TILE {
+                    // A constant length: the compiler unrolls the copy, where a copy of
+                    // run-time length calls memmove for every 32 elements.
+                    dst[start..start + TILE].copy_from_slice(&from[..TILE]);
+                } else {
+                    dst[start..start + ni].copy_from_slice(&from[..ni]);
+                }
             }
         }
     }

@@ -92,10 +92,17 @@ struct Loaded<T: Float> {
     grads: Option<DMatrix<T>>,
 }
 
-fn load<T: Float>(ckpt: &Checkpoint, grads: Option<&Checkpoint>, name: &str) -> Result<Loaded<T>> {
+/// Loads tensor `name`; its weights reuse `spare`'s allocation (see
+/// [`Checkpoint::read_matrix_reusing`]), which [`Loaded::recycle`] hands back.
+fn load<T: Float>(
+    ckpt: &Checkpoint,
+    grads: Option<&Checkpoint>,
+    name: &str,
+    spare: &mut Vec<T>,
+) -> Result<Loaded<T>> {
     let info = ckpt.info(name).with_context(|| format!("no tensor `{name}`"))?;
     let shape = WeightShape::from_dims(&info.shape).with_context(|| format!("tensor `{name}`"))?;
-    let weights = ckpt.read_matrix(name)?;
+    let weights = ckpt.read_matrix_reusing(name, std::mem::take(spare))?;
     let grads = match grads {
         None => None,
         Some(g) => {
@@ -117,6 +124,13 @@ fn load<T: Float>(ckpt: &Checkpoint, grads: Option<&Checkpoint>, name: &str) -> 
         }
     };
     Ok(Loaded { shape, weights, grads })
+}
+
+impl<T: Float> Loaded<T> {
+    /// Gives the weights' buffer back for the next [`load`].
+    fn recycle(self, spare: &mut Vec<T>) {
+        *spare = self.weights.data.into();
+    }
 }
 
 fn zeros<T: Float>(values: &DMatrix<T>) -> usize {
@@ -160,6 +174,7 @@ fn prune<T: Float>(
 
     // Global scope: two read-only passes fix one threshold across all selected tensors,
     // holding one tensor at a time.
+    let mut spare = Vec::new();
     let mut global = match args.scope {
         ScopeArg::Layer => None,
         ScopeArg::Global => {
@@ -168,19 +183,21 @@ fn prune<T: Float>(
             }
             let mut count = GlobalCount::<T>::new(Rounding::HalfEven);
             for name in &order {
-                let t = load::<T>(ckpt, grads, name)?;
+                let t = load::<T>(ckpt, grads, name, &mut spare)?;
                 match GlobalInput::of(args, name, &t)? {
                     GlobalInput::Magnitude(w) => count.add_magnitude(name, w, None)?,
                     GlobalInput::Scores(s) => count.add(name, &s, None)?,
                 }
+                t.recycle(&mut spare);
             }
             let mut bucket = count.plan(args.sparsity);
             for name in &order {
-                let t = load::<T>(ckpt, grads, name)?;
+                let t = load::<T>(ckpt, grads, name, &mut spare)?;
                 match GlobalInput::of(args, name, &t)? {
                     GlobalInput::Magnitude(w) => bucket.add_magnitude(w, None)?,
                     GlobalInput::Scores(s) => bucket.add(&s, None)?,
                 }
+                t.recycle(&mut spare);
             }
             Some(bucket.threshold())
         }
@@ -209,7 +226,7 @@ fn prune<T: Float>(
             });
             return ckpt.copy_to(name, out);
         }
-        let mut t = load::<T>(ckpt, grads, name)?;
+        let mut t = load::<T>(ckpt, grads, name, &mut spare)?;
         let before = fraction(zeros(&t.weights), t.weights.len());
         let mask = match global.as_mut() {
             Some(g) => match GlobalInput::of(args, name, &t)? {
@@ -230,7 +247,9 @@ fn prune<T: Float>(
         if args.masks_out.is_some() {
             masks.push((name.to_owned(), mask));
         }
-        write_matrix(&t.weights, info.dtype, out)
+        write_matrix(&t.weights, info.dtype, out)?;
+        t.recycle(&mut spare);
+        Ok(())
     })
     .with_context(|| format!("cannot write {}", args.output.display()))?;
 

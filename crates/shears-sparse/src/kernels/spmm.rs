@@ -3,8 +3,9 @@
 //! `X` is first copied row-major (`xt`, one contiguous batch-row per input feature), so
 //! each stored weight multiplies a contiguous slice of `xt` into a register-resident
 //! tile of accumulators: tiles of 32 batch columns, then 8, then 1, with four stored
-//! weights summed per accumulator update so consecutive entries do not wait on each other. N:M rows first
-//! expand their positions into columns and then run the same tiles. Results go to a
+//! weights summed per accumulator update so consecutive entries do not wait on each
+//! other. N:M rows first expand their positions into columns and then run the same tiles,
+//! four rows at a time over L1-sized windows of groups. Results go to a
 //! row-major buffer that is written back into `Y` at the end.
 
 use std::ops::Range;
@@ -20,7 +21,8 @@ use crate::index::SpIndex;
 /// per four stored weights instead of once per weight.
 const UNROLL: usize = 4;
 
-/// One tile of `W` batch columns of one output row, from the row's values and columns.
+/// Adds one tile of `W` batch columns of one output row, from (a run of) the row's
+/// values and columns, into `out`.
 #[inline(always)]
 fn tile<T: Scalar, I: SpIndex, const W: usize>(
     values: &[T],
@@ -31,6 +33,7 @@ fn tile<T: Scalar, I: SpIndex, const W: usize>(
     out: &mut [T],
 ) {
     let mut acc = [T::zero(); W];
+    acc.copy_from_slice(&out[t0..t0 + W]);
     let full = values.len() / UNROLL * UNROLL;
     let x_row = |i: I| -> &[T] {
         let start = i.index() * batch + t0;
@@ -53,7 +56,8 @@ fn tile<T: Scalar, I: SpIndex, const W: usize>(
     out[t0..t0 + W].copy_from_slice(&acc);
 }
 
-/// One output row: tiles of 32 batch columns, then 8, then 1.
+/// Adds one output row (or a run of its entries) into `out`: tiles of 32 batch columns,
+/// then 8, then 1.
 #[inline(always)]
 fn row_tiles<T: Scalar, I: SpIndex>(
     values: &[T],
@@ -101,6 +105,17 @@ multiversion! {
     fn csr_rows<T: Scalar, I: SpIndex>(a: CsrView<'_, T, I>, rows: Range<usize>, xt: &[T], batch: usize, out: &mut [T]) => csr_rows_kernel
 }
 
+/// Rows of an N:M matrix processed together: they share their groups' input rows.
+const NM_ROW_BLOCK: usize = 4;
+
+/// Bytes of `xt` one window of groups may touch, so a window stays in L1 while every row
+/// of a row block reads it.
+const NM_WINDOW_BYTES: usize = 24 << 10;
+
+/// N:M rows in blocks of [`NM_ROW_BLOCK`], each walked in windows of whole groups: the
+/// rows of a block pick their N of every M inputs from the same M input rows, so a
+/// window's rows of `xt` are read from L2 once per block and then from L1, instead of
+/// once per output row.
 #[inline(always)]
 fn nm_rows_kernel<T: Scalar>(
     a: NmView<'_, T>,
@@ -110,16 +125,31 @@ fn nm_rows_kernel<T: Scalar>(
     out: &mut [T],
 ) {
     let per_row = a.groups() * a.n;
-    let mut cols = vec![0u32; per_row];
-    for (k, r) in rows.enumerate() {
-        a.expand_columns(r, &mut cols);
-        row_tiles(
-            &a.values[r * per_row..][..per_row],
-            &cols,
-            xt,
-            batch,
-            &mut out[k * batch..(k + 1) * batch],
-        );
+    if per_row == 0 || batch == 0 {
+        return;
+    }
+    let window_groups = (NM_WINDOW_BYTES / (a.m * batch * size_of::<T>())).max(1);
+    let window = window_groups * a.n;
+    let mut cols = vec![0u32; NM_ROW_BLOCK * per_row];
+    let first = rows.start;
+    for block_start in rows.clone().step_by(NM_ROW_BLOCK) {
+        let block = block_start..(block_start + NM_ROW_BLOCK).min(rows.end);
+        for (k, r) in block.clone().enumerate() {
+            a.expand_columns(r, &mut cols[k * per_row..(k + 1) * per_row]);
+        }
+        for w0 in (0..per_row).step_by(window) {
+            let w = w0..(w0 + window).min(per_row);
+            for (k, r) in block.clone().enumerate() {
+                let o = (r - first) * batch;
+                row_tiles(
+                    &a.values[r * per_row..][w.clone()],
+                    &cols[k * per_row..][w.clone()],
+                    xt,
+                    batch,
+                    &mut out[o..o + batch],
+                );
+            }
+        }
     }
 }
 
