@@ -5,7 +5,7 @@
 //! tile of accumulators: tiles of 32 batch columns, then 8, then 1, with four stored
 //! weights summed per accumulator update so consecutive entries do not wait on each
 //! other. N:M rows first expand their positions into columns and then run the same tiles,
-//! four rows at a time over L1-sized windows of groups. Results go to a
+//! eight rows at a time over L1-sized windows of groups. Results go to a
 //! row-major buffer that is written back into `Y` at the end.
 
 use std::ops::Range;
@@ -33,7 +33,6 @@ fn tile<T: Scalar, I: SpIndex, const W: usize>(
     out: &mut [T],
 ) {
     let mut acc = [T::zero(); W];
-    acc.copy_from_slice(&out[t0..t0 + W]);
     let full = values.len() / UNROLL * UNROLL;
     let x_row = |i: I| -> &[T] {
         let start = i.index() * batch + t0;
@@ -53,7 +52,9 @@ fn tile<T: Scalar, I: SpIndex, const W: usize>(
             acc[j] += v * xs[j];
         }
     }
-    out[t0..t0 + W].copy_from_slice(&acc);
+    for (o, a) in out[t0..t0 + W].iter_mut().zip(acc) {
+        *o += a;
+    }
 }
 
 /// Adds one output row (or a run of its entries) into `out`: tiles of 32 batch columns,
@@ -106,11 +107,11 @@ multiversion! {
 }
 
 /// Rows of an N:M matrix processed together: they share their groups' input rows.
-const NM_ROW_BLOCK: usize = 4;
+const NM_ROW_BLOCK: usize = 8;
 
 /// Bytes of `xt` one window of groups may touch, so a window stays in L1 while every row
 /// of a row block reads it.
-const NM_WINDOW_BYTES: usize = 24 << 10;
+const NM_WINDOW_BYTES: usize = 32 << 10;
 
 /// N:M rows in blocks of [`NM_ROW_BLOCK`], each walked in windows of whole groups: the
 /// rows of a block pick their N of every M inputs from the same M input rows, so a
