@@ -73,8 +73,10 @@ pub enum Error {
         /// Group size.
         m: usize,
     },
-    /// A block shape with a zero side.
-    #[error("invalid block shape {rows}x{cols}: both sides must be positive")]
+    /// A block shape with a zero side, or whose area overflows `usize`.
+    #[error(
+        "invalid block shape {rows}x{cols}: both sides must be positive and their product fit in usize"
+    )]
     InvalidBlockShape {
         /// Block height.
         rows: usize,

@@ -112,6 +112,7 @@ impl std::str::FromStr for NmPattern {
 /// let b = BlockShape::new(4, 4)?;
 /// assert_eq!(b.grid(10, 8), (3, 2)); // edge blocks are partial
 /// assert!(BlockShape::new(0, 4).is_err());
+/// assert!(BlockShape::new(1 << 40, 1 << 40).is_err()); // its area overflows
 /// # Ok::<(), shears_core::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -125,9 +126,10 @@ impl BlockShape {
     /// Validates a block shape.
     ///
     /// # Errors
-    /// [`Error::InvalidBlockShape`] if either side is zero.
+    /// [`Error::InvalidBlockShape`] if either side is zero or `rows * cols` overflows
+    /// (every block is stored as `rows * cols` values).
     pub fn new(rows: usize, cols: usize) -> Result<Self> {
-        if rows == 0 || cols == 0 {
+        if rows == 0 || cols == 0 || rows.checked_mul(cols).is_none() {
             Err(Error::InvalidBlockShape { rows, cols })
         } else {
             Ok(BlockShape { rows, cols })

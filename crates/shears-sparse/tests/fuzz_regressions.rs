@@ -51,3 +51,17 @@ fn bsr_with_blocks_taller_than_the_matrix_multiplies_in_small_memory() {
     let y = bsr.matmul(&DMatrix::from_element(25, 3, 1.0)).unwrap();
     assert_eq!(y, DMatrix::zeros(6, 3));
 }
+
+/// `fuzz/corpus/block_sparse/c03f60aa…` (replayed with overflow checks on): a block shape
+/// whose area overflows `usize`. Validation multiplied its sides unchecked (a panic with
+/// overflow checks, a wrapped value count without); `BlockShape` now rejects it.
+#[test]
+fn bsr_with_a_block_area_that_overflows_is_an_error() {
+    let bytes = [
+        0x53, 0x48, 0x45, 0x41, 0x52, 0x42, 0x53, 0x52, 0x01, 0x00, 0x00, 0x00, 0x40, 0x28, 0x03,
+        0xfd, 0xff, 0xff, 0xff, 0xfc, 0x04, 0xfd, 0xff, 0xff, 0xfd, 0xff, 0xff, 0xff, 0xff, 0x03,
+        0x00, 0x02, 0x02, 0x02, 0x00, 0x00, 0x00, 0x00,
+    ];
+    let e = BlockSparse::<f32>::from_bytes(&bytes).unwrap_err().to_string();
+    assert!(e.contains("invalid block shape"), "{e}");
+}
