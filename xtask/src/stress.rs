@@ -50,9 +50,13 @@ pub(crate) struct Spec {
 }
 
 impl Spec {
+    /// Bytes per element.
+    fn width(&self) -> usize {
+        if self.dtype == "BF16" { 2 } else { 4 }
+    }
+
     fn bytes(&self) -> u64 {
-        let width = if self.dtype == "BF16" { 2 } else { 4 };
-        self.shape.iter().product::<usize>() as u64 * width
+        (self.shape.iter().product::<usize>() * self.width()) as u64
     }
 }
 
@@ -98,7 +102,7 @@ fn write_checkpoint(path: &Path, specs: &[Spec]) -> Result<u64> {
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut chunk = vec![0u8; 8 << 20];
     for s in specs {
-        let width = if s.dtype == "BF16" { 2 } else { 4 };
+        let width = s.width();
         let mut left = s.bytes();
         while left > 0 {
             let n = left.min(8 << 20) as usize;

@@ -358,15 +358,9 @@ impl<S: Source> Checkpoint<S> {
     /// # Errors
     /// An unknown name, a non-floating dtype, or a read error.
     pub fn read_values<T: Float>(&self, name: &str) -> Result<Vec<T>> {
-        let (info, _) = self.located(name)?;
-        let size = float_size(info.dtype).with_context(|| format!("tensor `{name}`"))?;
-        let mut values = Vec::with_capacity((info.data_offsets.1 - info.data_offsets.0) / size);
-        let mut scratch = Vec::new();
-        self.for_each_chunk(name, size, |bytes| {
-            scratch.clear();
-            scratch.resize(bytes.len() / size, T::zero());
-            decode_into(info.dtype, bytes, &mut scratch)?;
-            values.extend_from_slice(&scratch);
+        let mut values = Vec::new();
+        self.for_each_decoded(name, 1, |piece: &[T]| {
+            values.extend_from_slice(piece);
             Ok(())
         })?;
         Ok(values)
@@ -377,18 +371,31 @@ impl<S: Source> Checkpoint<S> {
     /// # Errors
     /// An unknown name, a non-floating dtype, or a read error.
     pub fn count_zeros(&self, name: &str) -> Result<usize> {
-        let (info, _) = self.located(name)?;
-        let size = float_size(info.dtype).with_context(|| format!("tensor `{name}`"))?;
         let mut zeros = 0;
-        let mut scratch = Vec::new();
-        self.for_each_chunk(name, size, |bytes| {
-            scratch.clear();
-            scratch.resize(bytes.len() / size, 0.0f64);
-            decode_into(info.dtype, bytes, &mut scratch)?;
-            zeros += scratch.iter().filter(|&&v| v == 0.0).count();
+        self.for_each_decoded(name, 1, |piece: &[f64]| {
+            zeros += piece.iter().filter(|&&v| v == 0.0).count();
             Ok(())
         })?;
         Ok(zeros)
+    }
+
+    /// Calls `f` on consecutive pieces of tensor `name` decoded into `T`, each a whole
+    /// number of `unit` values (a row, for matrices).
+    fn for_each_decoded<T: Float>(
+        &self,
+        name: &str,
+        unit: usize,
+        mut f: impl FnMut(&[T]) -> Result<()>,
+    ) -> Result<()> {
+        let (info, _) = self.located(name)?;
+        let size = float_size(info.dtype).with_context(|| format!("tensor `{name}`"))?;
+        let mut scratch = Vec::new();
+        self.for_each_chunk(name, unit * size, |bytes| {
+            scratch.clear();
+            scratch.resize(bytes.len() / size, T::zero());
+            decode_into(info.dtype, bytes, &mut scratch)?;
+            f(&scratch)
+        })
     }
 
     /// Tensor `name` as its matrix view (a 2-D tensor as it is; a conv weight
@@ -415,7 +422,7 @@ impl<S: Source> Checkpoint<S> {
     ) -> Result<DMatrix<T>> {
         let (info, _) = self.located(name)?;
         let (rows, cols) = matrix_shape(name, info)?;
-        let size = float_size(info.dtype).with_context(|| format!("tensor `{name}`"))?;
+        float_size(info.dtype).with_context(|| format!("tensor `{name}`"))?;
         let len =
             rows.checked_mul(cols).with_context(|| format!("tensor `{name}` is too large"))?;
         spare.clear();
@@ -425,13 +432,9 @@ impl<S: Source> Checkpoint<S> {
             return Ok(matrix);
         }
         let mut next_row = 0;
-        let mut scratch = Vec::new();
-        self.for_each_chunk(name, cols * size, |bytes| {
-            let n = bytes.len() / (cols * size);
-            scratch.clear();
-            scratch.resize(n * cols, T::zero());
-            decode_into(info.dtype, bytes, &mut scratch)?;
-            transpose_into(&scratch, n, cols, matrix.as_mut_slice(), rows, next_row);
+        self.for_each_decoded(name, cols, |block: &[T]| {
+            let n = block.len() / cols;
+            transpose_into(block, n, cols, matrix.as_mut_slice(), rows, next_row);
             next_row += n;
             Ok(())
         })?;
