@@ -100,7 +100,7 @@ impl Source for Vec<u8> {
 
 /// A floating-point type tensors are decoded into: `f32` (exact for f16, bf16 and f32
 /// data) or `f64` (exact for all four float dtypes).
-pub trait Float: shears_core::Scalar + From<f32> {}
+pub trait Float: shears_core::Scalar + From<f32> + bytemuck::Pod {}
 impl Float for f32 {}
 impl Float for f64 {}
 
@@ -157,7 +157,16 @@ pub fn encode_into<T: Float>(dtype: Dtype, values: &[T], out: &mut Vec<u8>) -> R
     let start = out.len();
     out.resize(start + values.len() * size, 0);
     let pairs = out[start..].chunks_exact_mut(size).zip(values);
+    // From `f32` values the narrowing goes through f32, several times faster than
+    // through f64 and exact (`as_f64` of an f32 is exact); `f64` values round once.
+    let single = size_of::<T>() == 4;
     match dtype {
+        Dtype::F16 if single => pairs.for_each(|(o, v)| {
+            o.copy_from_slice(&half::f16::from_f32(v.as_f64() as f32).to_le_bytes())
+        }),
+        Dtype::BF16 if single => pairs.for_each(|(o, v)| {
+            o.copy_from_slice(&half::bf16::from_f32(v.as_f64() as f32).to_le_bytes())
+        }),
         Dtype::F16 => pairs
             .for_each(|(o, v)| o.copy_from_slice(&half::f16::from_f64(v.as_f64()).to_le_bytes())),
         Dtype::BF16 => pairs
@@ -359,10 +368,7 @@ impl<S: Source> Checkpoint<S> {
     /// An unknown name, a non-floating dtype, or a read error.
     pub fn read_values<T: Float>(&self, name: &str) -> Result<Vec<T>> {
         let mut values = Vec::new();
-        self.for_each_decoded(name, 1, |piece: &[T]| {
-            values.extend_from_slice(piece);
-            Ok(())
-        })?;
+        self.read_values_reusing(name, &mut values)?;
         Ok(values)
     }
 
@@ -395,6 +401,31 @@ impl<S: Source> Checkpoint<S> {
             scratch.resize(bytes.len() / size, T::zero());
             decode_into(info.dtype, bytes, &mut scratch)?;
             f(&scratch)
+        })
+    }
+
+    /// Reads tensor `name`'s values in file (row-major) order into `spare`, whose
+    /// allocation is reused. Little-endian data of `T`'s own type is read straight into
+    /// the buffer, with no decoding pass.
+    ///
+    /// # Errors
+    /// A missing or non-floating tensor, or a read error; messages name the tensor.
+    pub fn read_values_reusing<T: Float>(&self, name: &str, spare: &mut Vec<T>) -> Result<()> {
+        let (info, start) = self.located(name)?;
+        let size = float_size(info.dtype).with_context(|| format!("tensor `{name}`"))?;
+        let len = (info.data_offsets.1 - info.data_offsets.0) / size;
+        if size == size_of::<T>() && cfg!(target_endian = "little") {
+            // Same width and both floating: the file holds `T`'s own bytes. Old values
+            // are overwritten, so only a longer tail needs filling first.
+            spare.truncate(len);
+            spare.resize(len, T::zero());
+            return self.read_at(name, bytemuck::cast_slice_mut(spare), start);
+        }
+        spare.clear();
+        spare.reserve_exact(len);
+        self.for_each_decoded(name, 1, |piece: &[T]| {
+            spare.extend_from_slice(piece);
+            Ok(())
         })
     }
 
@@ -548,6 +579,26 @@ pub fn matrix_shape(name: &str, info: &TensorInfo) -> Result<(usize, usize)> {
     Ok(shears_core::WeightShape::from_dims(&info.shape)
         .with_context(|| format!("tensor `{name}`"))?
         .matrix_shape())
+}
+
+/// Writes `values` (in file order) as little-endian `dtype` bytes to `out`, a chunk at a
+/// time; `T`'s own little-endian type is written without an encoding pass.
+///
+/// # Errors
+/// A non-floating dtype, or a write error.
+pub fn write_values<T: Float>(values: &[T], dtype: Dtype, out: &mut dyn Write) -> Result<()> {
+    let size = float_size(dtype)?;
+    if size == size_of::<T>() && cfg!(target_endian = "little") {
+        out.write_all(bytemuck::cast_slice(values))?;
+        return Ok(());
+    }
+    let mut bytes = Vec::new();
+    for piece in values.chunks((CHUNK_BYTES / size).max(1)) {
+        bytes.clear();
+        encode_into(dtype, piece, &mut bytes)?;
+        out.write_all(&bytes)?;
+    }
+    Ok(())
 }
 
 /// Writes `matrix` to `out` in row-major order as `dtype`, a block of rows at a time.

@@ -13,6 +13,7 @@ mod report;
 mod select;
 mod svg;
 mod tensors;
+mod write_behind;
 
 use std::process::ExitCode;
 

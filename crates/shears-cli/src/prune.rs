@@ -12,7 +12,7 @@ use shears_core::{
 use shears_strategies::{Axis, Gradient, Magnitude, Pattern, Pruner, Random, Structured};
 
 use safetensors::Dtype;
-use shears_cli::checkpoint::{Checkpoint, Float, is_float, write_matrix};
+use shears_cli::checkpoint::{Checkpoint, Float, is_float, write_matrix, write_values};
 use shears_cli::parse::PatternArg;
 
 use crate::cli::{Method, PruneArgs, ScopeArg};
@@ -85,9 +85,46 @@ fn strategy<T: Float>(args: &PruneArgs, shape: &WeightShape) -> Box<dyn PruningS
     }
 }
 
-/// A tensor of the input as its matrix view, with its gradient when the method needs one.
+/// How a tensor is held while it is pruned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum View {
+    /// Its matrix view, column-major: what structured patterns, N:M, blocks and seeded
+    /// random scores are defined on.
+    Matrix,
+    /// Its values in file order as one column. Unstructured selection by a score of each
+    /// weight alone (|w|, |w·g|) keeps the same weights in any layout, and ties to the
+    /// lower row-major index are ties to the lower position in the column; so the
+    /// transposes into and out of column-major order are skipped.
+    Flat,
+}
+
+impl View {
+    fn of(args: &PruneArgs) -> View {
+        let elementwise = matches!(args.method, Method::Magnitude | Method::Gradient);
+        if args.pattern == PatternArg::Unstructured && elementwise {
+            View::Flat
+        } else {
+            View::Matrix
+        }
+    }
+
+    /// Reads tensor `name` of `ckpt` in this view into `spare`'s allocation.
+    fn read<T: Float>(self, ckpt: &Checkpoint, name: &str, spare: Vec<T>) -> Result<DMatrix<T>> {
+        match self {
+            View::Matrix => ckpt.read_matrix_reusing(name, spare),
+            View::Flat => {
+                let mut values = spare;
+                ckpt.read_values_reusing(name, &mut values)?;
+                Ok(DMatrix::from_vec(values.len(), 1, values))
+            }
+        }
+    }
+}
+
+/// A tensor of the input in its [`View`], with its gradient when the method needs one.
 struct Loaded<T: Float> {
     shape: WeightShape,
+    view: View,
     weights: DMatrix<T>,
     grads: Option<DMatrix<T>>,
 }
@@ -98,11 +135,12 @@ fn load<T: Float>(
     ckpt: &Checkpoint,
     grads: Option<&Checkpoint>,
     name: &str,
+    view: View,
     spare: &mut Vec<T>,
 ) -> Result<Loaded<T>> {
     let info = ckpt.info(name).with_context(|| format!("no tensor `{name}`"))?;
     let shape = WeightShape::from_dims(&info.shape).with_context(|| format!("tensor `{name}`"))?;
-    let weights = ckpt.read_matrix_reusing(name, std::mem::take(spare))?;
+    let weights = view.read(ckpt, name, std::mem::take(spare))?;
     let grads = match grads {
         None => None,
         Some(g) => {
@@ -118,12 +156,12 @@ fn load<T: Float>(
                 );
             }
             Some(
-                g.read_matrix(name)
+                view.read(g, name, Vec::new())
                     .with_context(|| format!("{}: gradient `{name}`", g.path().display()))?,
             )
         }
     };
-    Ok(Loaded { shape, weights, grads })
+    Ok(Loaded { shape, view, weights, grads })
 }
 
 impl<T: Float> Loaded<T> {
@@ -131,10 +169,32 @@ impl<T: Float> Loaded<T> {
     fn recycle(self, spare: &mut Vec<T>) {
         *spare = self.weights.data.into();
     }
+
+    /// `mask` (of this view) as a mask of the tensor's matrix view.
+    fn matrix_mask(&self, mask: Mask) -> Result<Mask> {
+        match self.view {
+            View::Matrix => Ok(mask),
+            View::Flat => {
+                let (_, cols) = self.shape.matrix_shape();
+                Ok(Mask::from_fn(self.shape.rows(), cols, |r, c| {
+                    mask.get_linear(r * cols + c) == Some(true)
+                })?)
+            }
+        }
+    }
+
+    /// Writes the weights in file order as `dtype`.
+    fn write(&self, dtype: Dtype, out: &mut dyn std::io::Write) -> Result<()> {
+        match self.view {
+            View::Matrix => write_matrix(&self.weights, dtype, out),
+            View::Flat => write_values(self.weights.as_slice(), dtype, out),
+        }
+    }
 }
 
+/// How many of `values` are zero (over the slice: the matrix iterator does not vectorise).
 fn zeros<T: Float>(values: &DMatrix<T>) -> usize {
-    values.iter().filter(|&&v| v == T::zero()).count()
+    values.as_slice().iter().map(|&v| usize::from(v == T::zero())).sum()
 }
 
 pub(crate) fn run(args: &PruneArgs) -> Result<()> {
@@ -171,6 +231,7 @@ fn prune<T: Float>(
     chosen: &HashSet<String>,
 ) -> Result<()> {
     let order: Vec<&String> = ckpt.names().iter().filter(|n| chosen.contains(*n)).collect();
+    let view = View::of(args);
 
     // Global scope: two read-only passes fix one threshold across all selected tensors,
     // holding one tensor at a time.
@@ -183,7 +244,7 @@ fn prune<T: Float>(
             }
             let mut count = GlobalCount::<T>::new(Rounding::HalfEven);
             for name in &order {
-                let t = load::<T>(ckpt, grads, name, &mut spare)?;
+                let t = load::<T>(ckpt, grads, name, view, &mut spare)?;
                 match GlobalInput::of(args, name, &t)? {
                     GlobalInput::Magnitude(w) => count.add_magnitude(name, w, None)?,
                     GlobalInput::Scores(s) => count.add(name, &s, None)?,
@@ -192,7 +253,7 @@ fn prune<T: Float>(
             }
             let mut bucket = count.plan(args.sparsity);
             for name in &order {
-                let t = load::<T>(ckpt, grads, name, &mut spare)?;
+                let t = load::<T>(ckpt, grads, name, view, &mut spare)?;
                 match GlobalInput::of(args, name, &t)? {
                     GlobalInput::Magnitude(w) => bucket.add_magnitude(w, None)?,
                     GlobalInput::Scores(s) => bucket.add(&s, None)?,
@@ -226,7 +287,7 @@ fn prune<T: Float>(
             });
             return ckpt.copy_to(name, out);
         }
-        let mut t = load::<T>(ckpt, grads, name, &mut spare)?;
+        let mut t = load::<T>(ckpt, grads, name, view, &mut spare)?;
         let before = fraction(zeros(&t.weights), t.weights.len());
         let mask = match global.as_mut() {
             Some(g) => match GlobalInput::of(args, name, &t)? {
@@ -244,10 +305,10 @@ fn prune<T: Float>(
             sparsity_before: Some(before),
             sparsity_after: Some(fraction(zeros(&t.weights), t.weights.len())),
         });
+        t.write(info.dtype, out)?;
         if args.masks_out.is_some() {
-            masks.push((name.to_owned(), mask));
+            masks.push((name.to_owned(), t.matrix_mask(mask)?));
         }
-        write_matrix(&t.weights, info.dtype, out)?;
         t.recycle(&mut spare);
         Ok(())
     })
@@ -281,7 +342,8 @@ impl<'a, T: Float> GlobalInput<'a, T> {
 }
 
 fn context<'a, T: Float>(name: &'a str, t: &'a Loaded<T>) -> LayerContext<'a, T> {
-    let ctx = LayerContext::new(name).with_shape(t.shape);
+    let ctx = LayerContext::new(name);
+    let ctx = if t.view == View::Matrix { ctx.with_shape(t.shape) } else { ctx };
     match &t.grads {
         Some(g) => ctx.with_gradients(g),
         None => ctx,

@@ -2,15 +2,18 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use safetensors::tensor::{Metadata, TensorInfo};
 
+use crate::write_behind::WriteBehind;
+
 /// Writes a safetensors file tensor by tensor: the header first (all sizes are known in
 /// advance, since dtypes and shapes do not change), then each tensor's bytes as
-/// `produce` writes them, so at most one tensor is in memory at a time.
+/// `produce` writes them, so at most one tensor is in memory at a time (plus the bounded
+/// bytes the writer thread has not written yet, see [`WriteBehind`]).
 ///
 /// The file is written to a temporary file beside `out` and renamed over it only when
 /// complete; on any error the temporary file is removed and `out` is untouched.
@@ -34,7 +37,8 @@ pub(crate) fn write_streaming(
     let result = (|| -> Result<()> {
         let file =
             File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        let mut w = BufWriter::new(file);
+        let mut w = WriteBehind::new(file)
+            .with_context(|| format!("cannot start writing {}", tmp.display()))?;
         w.write_all(&(header.len() as u64).to_le_bytes())?;
         w.write_all(&header)?;
         for (name, info) in tensors {
@@ -49,10 +53,7 @@ pub(crate) fn write_streaming(
                 );
             }
         }
-        let file = w
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        let file = w.finish().with_context(|| format!("cannot write {}", tmp.display()))?;
         file.sync_all().with_context(|| format!("cannot sync {}", tmp.display()))?;
         std::fs::rename(&tmp, out)
             .with_context(|| format!("cannot move the result to {}", out.display()))?;

@@ -224,3 +224,106 @@ fn demo_trains_prunes_and_plots() {
     }
     assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
 }
+
+/// The zeros of pruning `scores` (concatenated in file order) by a full sort: the `round(s*n)`
+/// lowest scores, ties to the lower position, so to the lower row-major index.
+fn sorted_zeros(scores: &[f64], s: f64) -> Vec<bool> {
+    let mut pruned = vec![false; scores.len()];
+    for i in torch_l1_zeros(scores, s) {
+        pruned[i] = true;
+    }
+    pruned
+}
+
+/// Unstructured magnitude and gradient pruning work on tensors in file order, without the
+/// column-major matrix view; this checks the result, and the `--masks-out` masks (which
+/// are in the matrix view), against a full sort, on tensors full of ties, of every float
+/// dtype, 2-D and 4-D, in layer and global scope.
+#[test]
+fn unstructured_pruning_matches_a_full_sort_on_ties() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, grads) = (dir.path().join("in.safetensors"), dir.path().join("g.safetensors"));
+    let tied = |n: usize, seed: usize| -> Vec<f64> {
+        (0..n).map(|i| [0.5, -1.0, 2.0, -0.5, 1.0][(i * 7 + seed) % 5]).collect()
+    };
+    let specs = [
+        ("fc", Dtype::F32, vec![7, 13]),
+        ("conv", Dtype::BF16, vec![3, 2, 3, 3]),
+        ("bias", Dtype::F32, vec![5]),
+        ("head", Dtype::F16, vec![5, 4]),
+    ];
+    let tensors: Vec<T> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, (name, dtype, shape))| T {
+            name: *name,
+            dtype: *dtype,
+            shape: shape.clone(),
+            values: tied(shape.iter().product(), i),
+        })
+        .collect();
+    write(&input, &tensors);
+    let gradients: Vec<T> = tensors
+        .iter()
+        .map(|t| T {
+            values: tied(t.values.len(), 3).iter().map(|g| g * 0.25).collect(),
+            ..t.clone()
+        })
+        .collect();
+    write(&grads, &gradients);
+    let weights = ["fc", "conv", "head"];
+    for (method, extra) in
+        [("magnitude", vec![]), ("gradient", vec!["--grads", grads.to_str().unwrap()])]
+    {
+        for scope in ["layer", "global"] {
+            let out = dir.path().join(format!("{method}-{scope}.safetensors"));
+            let masks = dir.path().join(format!("{method}-{scope}.masks"));
+            let mut args = vec!["-s", "0.3", "--include", "fc|conv|head", "--method", method];
+            args.extend(["--scope", scope, "--masks-out", masks.to_str().unwrap()]);
+            args.extend(&extra);
+            prune_ok(&input, &out, &args);
+            let after = read(&out);
+            let score = |t: &T, g: &T| -> Vec<f64> {
+                let by_grad = method == "gradient";
+                t.values
+                    .iter()
+                    .zip(&g.values)
+                    .map(|(w, g)| if by_grad { (w * g).abs() } else { w.abs() })
+                    .collect()
+            };
+            let chosen: Vec<(&T, Vec<f64>)> = tensors
+                .iter()
+                .zip(&gradients)
+                .filter(|(t, _)| weights.contains(&t.name))
+                .map(|(t, g)| (t, score(t, g)))
+                .collect();
+            let expected: Vec<Vec<bool>> = if scope == "layer" {
+                chosen.iter().map(|(_, s)| sorted_zeros(s, 0.3)).collect()
+            } else {
+                let all: Vec<f64> = chosen.iter().flat_map(|(_, s)| s.clone()).collect();
+                let mut pruned = sorted_zeros(&all, 0.3).into_iter();
+                chosen.iter().map(|(_, s)| pruned.by_ref().take(s.len()).collect()).collect()
+            };
+            let bytes = std::fs::read(&masks).unwrap();
+            let (saved, _): (Vec<(String, shears_core::Mask)>, usize) =
+                bincode::serde::decode_from_slice(&bytes[12..], bincode::config::standard())
+                    .unwrap();
+            for ((t, _), pruned) in chosen.iter().zip(&expected) {
+                let got: Vec<bool> = after[t.name].2.iter().map(|&v| v == 0.0).collect();
+                assert_eq!(&got, pruned, "{method} {scope} {}", t.name);
+                let mask = &saved.iter().find(|(n, _)| n == t.name).unwrap().1;
+                let cols = mask.ncols();
+                assert_eq!(mask.len(), pruned.len());
+                for (i, &p) in pruned.iter().enumerate() {
+                    assert_eq!(
+                        mask.get(i / cols, i % cols),
+                        Some(!p),
+                        "{method} {scope} {} mask",
+                        t.name
+                    );
+                }
+            }
+            assert_eq!(after["bias"], read(&input)["bias"]);
+        }
+    }
+}

@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use safetensors::tensor::{Dtype, TensorView};
 
 /// A tensor to write: name, dtype, shape, values (converted to the dtype).
+#[derive(Clone)]
 pub(crate) struct T {
     pub(crate) name: &'static str,
     pub(crate) dtype: Dtype,
