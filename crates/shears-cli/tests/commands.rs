@@ -256,7 +256,7 @@ fn unstructured_pruning_matches_a_full_sort_on_ties() {
         .iter()
         .enumerate()
         .map(|(i, (name, dtype, shape))| T {
-            name: *name,
+            name,
             dtype: *dtype,
             shape: shape.clone(),
             values: tied(shape.iter().product(), i),
