@@ -200,10 +200,6 @@ impl Mask {
         self.words
     }
 
-    pub(crate) fn words_mut(&mut self) -> &mut [u64] {
-        &mut self.words
-    }
-
     /// Rows of the masked matrix.
     pub fn nrows(&self) -> usize {
         self.nrows
@@ -463,10 +459,24 @@ impl Mask {
             if word == u64::MAX {
                 continue;
             }
-            let mut pruned = !word & tail_bits(chunk.len());
-            while pruned != 0 {
-                chunk[pruned.trailing_zeros() as usize] = T::zero();
-                pruned &= pruned - 1;
+            let pruned = !word & tail_bits(chunk.len());
+            if pruned.count_ones() <= 8 {
+                // A few pruned bits: visit just those.
+                let mut pruned = pruned;
+                while pruned != 0 {
+                    chunk[pruned.trailing_zeros() as usize] = T::zero();
+                    pruned &= pruned - 1;
+                }
+            } else {
+                // Many: unpack the word to bytes, then a branch-free select over the
+                // block, which vectorises (a loop over the bits does not).
+                let mut keep = [false; WORD];
+                for (j, k) in keep.iter_mut().enumerate() {
+                    *k = word >> j & 1 == 1;
+                }
+                for (v, &k) in chunk.iter_mut().zip(&keep) {
+                    *v = if k { *v } else { T::zero() };
+                }
             }
         }
     }

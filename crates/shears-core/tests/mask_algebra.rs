@@ -74,3 +74,22 @@ proptest! {
         prop_assert_eq!(row_major, expected.transpose().as_slice().to_vec());
     }
 }
+
+/// Applying a mask zeroes one pruned weight, a few, or nearly all of a 64-bit word alike
+/// (the kernel visits few pruned bits one by one and selects over the word otherwise).
+#[test]
+fn apply_handles_sparse_and_dense_words() {
+    for pruned_every in [1, 2, 7, 8, 9, 64, 130] {
+        let (rows, cols) = (13, 21);
+        let keep = |r: usize, c: usize| !(c * rows + r).is_multiple_of(pruned_every);
+        let mask = Mask::from_fn(rows, cols, keep).unwrap();
+        let w = DMatrix::from_fn(rows, cols, |r, c| (r * cols + c) as f32 + 1.0);
+        let applied = mask.apply(&w).unwrap();
+        for c in 0..cols {
+            for r in 0..rows {
+                let want = if keep(r, c) { w[(r, c)] } else { 0.0 };
+                assert_eq!(applied[(r, c)], want, "every {pruned_every}: ({r}, {c})");
+            }
+        }
+    }
+}

@@ -54,6 +54,17 @@ proptest! {
     }
 
     #[test]
+    fn f32_magnitude_in_place_matches_the_sort((w, kept) in arb::shape(40).prop_flat_map(|(r, c)| (arb::tied_matrix(r, c), arb::mask(r, c))), s in arb::sparsity()) {
+        // Blocks of 64 values, a partial last block, signs, ties, and a kept mask.
+        let w32 = w.map(|x| (x - 0.5) as f32);
+        let mask = Selector::new().select_magnitude("w", &w32, s, Some(&kept)).unwrap();
+        let target = s.count_of(w.len(), Rounding::HalfEven);
+        let extra = target.saturating_sub(kept.count_pruned());
+        let abs = w32.map(|x| f64::from(x.abs()));
+        prop_assert_eq!(mask, oracle(&abs, Some(&kept), extra));
+    }
+
+    #[test]
     fn rounds_reach_their_targets(scores in scored(16), p in 0.05..0.6f64) {
         let mut mask = Mask::all_kept_like(&scores);
         for round in 1..=5 {

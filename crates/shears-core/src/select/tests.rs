@@ -217,3 +217,30 @@ fn large_random_matches_oracle() {
         assert_eq!(mask, oracle(&scores, None, count), "s = {s}");
     }
 }
+
+/// With the `rayon` feature a large tensor's passes run on several threads; the masks
+/// must be those of one thread, ties and kept masks included.
+#[cfg(feature = "rayon")]
+#[test]
+fn split_passes_select_what_one_thread_selects() {
+    use crate::select::threshold::PARALLEL_MIN_LEN;
+    let (rows, cols) = (1031, PARALLEL_MIN_LEN / 1031 + 7);
+    // Few distinct values, so the threshold bucket holds many ties across every run.
+    let w = DMatrix::from_fn(rows, cols, |r, c| ((r * 7 + c * 13) % 101) as f32 - 50.0);
+    let kept = Mask::from_fn(rows, cols, |r, c| !(r + 3 * c).is_multiple_of(5)).unwrap();
+    let s = Sparsity::new(0.7).unwrap();
+    let on = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let selector = Selector::new();
+            (
+                selector.select_magnitude("w", &w, s, None).unwrap(),
+                selector.select_magnitude("w", &w, s, Some(&kept)).unwrap(),
+                selector.select("w", &w, s, Some(&kept)).unwrap(),
+            )
+        })
+    };
+    let one = on(1);
+    assert_eq!(one.0.count_pruned(), s.count_of(w.len(), Rounding::HalfEven));
+    assert_eq!(on(3), one);
+}

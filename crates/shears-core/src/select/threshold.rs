@@ -10,6 +10,8 @@
 //! Both prune exactly `count` candidates (clamped to the number of candidates); among equal
 //! scores, the one earlier in row-major order (then in segment order) goes first.
 
+use std::ops::Range;
+
 use nalgebra::DMatrix;
 
 use crate::error::{Error, Result};
@@ -43,19 +45,6 @@ impl<'a, T: Scalar> Segment<'a, T> {
         kept: Option<&'a Mask>,
     ) -> Self {
         Segment { name, scores: weights, kept, magnitude: true }
-    }
-
-    /// The order key of one stored value.
-    #[inline(always)]
-    fn key(&self, x: T) -> T::Key {
-        if self.magnitude { x.abs().order_key() } else { x.order_key() }
-    }
-
-    /// The kept-mask words, or all-ones when no mask restricts the candidates.
-    fn kept_words(&self) -> impl Iterator<Item = u64> + '_ {
-        let explicit = self.kept.map(|m| m.as_words().iter().copied());
-        let implicit = self.kept.is_none().then(|| std::iter::repeat(u64::MAX));
-        explicit.into_iter().flatten().chain(implicit.into_iter().flatten())
     }
 }
 
@@ -142,43 +131,155 @@ impl<K: Ord + Copy> Plan<K> {
     }
 }
 
+/// Calls `f` on each block of up to [`WORD`] values of `s` among blocks `blocks`, with
+/// the block number, the order keys (in `keys[..len]`) and the block's kept-mask word.
+/// Keys are computed a block at a time in a branch-free loop (the `magnitude` choice is
+/// made once per segment), which the compiler vectorises; `f` then does the cheap
+/// per-key work. Returns whether every value was finite.
+#[inline(always)]
+fn for_each_block<T: Scalar>(
+    s: &Segment<'_, T>,
+    blocks: Range<usize>,
+    mut f: impl FnMut(usize, &[T::Key], u64),
+) -> bool {
+    #[inline(always)]
+    fn run<T: Scalar, const MAGNITUDE: bool>(
+        s: &Segment<'_, T>,
+        blocks: Range<usize>,
+        f: &mut impl FnMut(usize, &[T::Key], u64),
+    ) -> bool {
+        let values = s.scores.as_slice();
+        let start = (blocks.start * WORD).min(values.len());
+        let end = (blocks.end * WORD).min(values.len());
+        let kept = s.kept.map(Mask::as_words);
+        let mut keys = [T::zero().order_key(); WORD];
+        let mut finite = true;
+        for (w, chunk) in blocks.zip(values[start..end].chunks(WORD)) {
+            for (k, &x) in keys.iter_mut().zip(chunk) {
+                finite &= x.finite();
+                *k = if MAGNITUDE { x.abs().order_key() } else { x.order_key() };
+            }
+            f(w, &keys[..chunk.len()], kept.map_or(u64::MAX, |words| words[w]));
+        }
+        finite
+    }
+    if s.magnitude { run::<T, true>(s, blocks, &mut f) } else { run::<T, false>(s, blocks, &mut f) }
+}
+
+/// Segments of at least this many values have their passes split across threads (with
+/// the `rayon` feature): below it, the split costs more than it saves.
+#[cfg_attr(not(feature = "rayon"), allow(dead_code))]
+pub(crate) const PARALLEL_MIN_LEN: usize = 1 << 22;
+
+/// The blocks of `s`, cut into one contiguous run per thread that will work on them
+/// (a single run without the `rayon` feature or for short segments).
+fn block_runs<T: Scalar>(s: &Segment<'_, T>) -> Vec<Range<usize>> {
+    let blocks = s.scores.len().div_ceil(WORD);
+    #[cfg(feature = "rayon")]
+    if s.scores.len() >= PARALLEL_MIN_LEN {
+        let threads = rayon::current_num_threads().max(1);
+        let per = blocks.div_ceil(threads);
+        return (0..blocks).step_by(per.max(1)).map(|b| b..(b + per).min(blocks)).collect();
+    }
+    std::iter::once(0..blocks).collect()
+}
+
+/// `work` on every run of `runs` (in parallel with the `rayon` feature), results in
+/// run order: each run's result depends on its run alone, so the thread count changes
+/// nothing.
+fn map_runs<R: Send>(
+    runs: Vec<Range<usize>>,
+    work: impl Fn(Range<usize>) -> R + Sync + Send,
+) -> Vec<R> {
+    #[cfg(feature = "rayon")]
+    if runs.len() > 1 {
+        use rayon::prelude::*;
+        return runs.into_par_iter().map(work).collect();
+    }
+    runs.into_iter().map(work).collect()
+}
+
 /// Adds one segment's kept candidates to the bucket histogram, checking every score for
 /// NaN and infinity.
 pub(crate) fn add_to_histogram<T: Scalar>(s: &Segment<'_, T>, hist: &mut [usize]) -> Result<()> {
-    let scores = s.scores.as_slice();
-    let mut finite = true;
-    match s.kept {
-        // The common case, no mask yet: no per-element kept test.
-        None => {
-            for &x in scores {
-                finite &= x.finite();
-                hist[T::key_bucket(s.key(x), BUCKET_BITS)] += 1;
-            }
+    let runs = block_runs(s);
+    let finite = if runs.len() == 1 {
+        add_run_to_histogram(s, 0..s.scores.len().div_ceil(WORD), hist)
+    } else {
+        let parts = map_runs(runs, |run| {
+            let mut local = vec![0usize; hist.len()];
+            let finite = add_run_to_histogram(s, run, &mut local);
+            (local, finite)
+        });
+        let mut finite = true;
+        for (local, ok) in parts {
+            finite &= ok;
+            hist.iter_mut().zip(local).for_each(|(h, n)| *h += n);
         }
-        Some(mask) => {
-            for (chunk, &word) in scores.chunks(WORD).zip(mask.as_words()) {
-                for (j, &x) in chunk.iter().enumerate() {
-                    finite &= x.finite();
-                    hist[T::key_bucket(s.key(x), BUCKET_BITS)] += (word >> j & 1) as usize;
-                }
-            }
-        }
-    }
+        finite
+    };
     if !finite {
-        check_finite(s.name, scores)?;
+        check_finite(s.name, s.scores.as_slice())?;
     }
     Ok(())
 }
 
-/// Appends the kept keys of one segment that fall in `bucket`.
-pub(crate) fn collect_bucket<T: Scalar>(s: &Segment<'_, T>, bucket: usize, keys: &mut Vec<T::Key>) {
-    for (chunk, word) in s.scores.as_slice().chunks(WORD).zip(s.kept_words()) {
-        for (j, &x) in chunk.iter().enumerate() {
-            let key = s.key(x);
-            if word >> j & 1 == 1 && T::key_bucket(key, BUCKET_BITS) == bucket {
-                keys.push(key);
+fn add_run_to_histogram<T: Scalar>(
+    s: &Segment<'_, T>,
+    run: Range<usize>,
+    hist: &mut [usize],
+) -> bool {
+    for_each_block(s, run, |_, keys, kept| {
+        if kept == u64::MAX {
+            for &key in keys {
+                hist[T::key_bucket(key, BUCKET_BITS)] += 1;
+            }
+        } else {
+            for (j, &key) in keys.iter().enumerate() {
+                hist[T::key_bucket(key, BUCKET_BITS)] += (kept >> j & 1) as usize;
             }
         }
+    })
+}
+
+/// Packs 64 flags (each 0 or 1) into a word, flag `j` to bit `j`: eight at a time, one
+/// multiply gathering the low bit of each byte into the top byte. Comparing into bytes
+/// and packing them vectorises; shifting each comparison into the word does not.
+#[inline(always)]
+fn pack_flags(flags: &[u8; WORD]) -> u64 {
+    let (eights, _) = flags.as_chunks::<8>();
+    let mut word = 0;
+    for (i, &eight) in eights.iter().enumerate() {
+        word |= (u64::from_le_bytes(eight).wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * i);
+    }
+    word
+}
+
+/// The positions `j` of `keys` (a block) where `test(keys[j])`, as a word.
+#[inline(always)]
+fn flags_where<K: Copy>(keys: &[K], test: impl Fn(K) -> bool) -> u64 {
+    let mut flags = [0u8; WORD];
+    for (f, &key) in flags.iter_mut().zip(keys) {
+        *f = u8::from(test(key));
+    }
+    pack_flags(&flags)
+}
+
+/// Appends the kept keys of one segment that fall in `bucket`.
+pub(crate) fn collect_bucket<T: Scalar>(s: &Segment<'_, T>, bucket: usize, keys: &mut Vec<T::Key>) {
+    let parts = map_runs(block_runs(s), |run| {
+        let mut found = Vec::new();
+        for_each_block(s, run, |_, block, kept| {
+            let mut hits = flags_where(block, |k| T::key_bucket(k, BUCKET_BITS) == bucket) & kept;
+            while hits != 0 {
+                found.push(block[hits.trailing_zeros() as usize]);
+                hits &= hits - 1;
+            }
+        });
+        found
+    });
+    for part in parts {
+        keys.extend(part);
     }
 }
 
@@ -196,26 +297,30 @@ pub(crate) fn mask_segment<T: Scalar>(
         Plan::All => return Ok(Mask::all_pruned_like(s.scores)),
         Plan::Threshold { key, .. } => key,
     };
-    let mut mask = Mask::all_pruned_like(s.scores);
     let (nrows, ncols) = s.scores.shape();
+    // Each run yields its mask words and its ties (as row-major indices), in order.
+    let parts = map_runs(block_runs(s), |run| {
+        let mut words = Vec::with_capacity(run.len());
+        let mut ties = Vec::new();
+        for_each_block(s, run, |w, keys, kept| {
+            let above = flags_where(keys, |k| k > threshold);
+            let mut tied = flags_where(keys, |k| k == threshold) & kept;
+            while tied != 0 {
+                let i = w * WORD + tied.trailing_zeros() as usize;
+                ties.push((i % nrows) * ncols + i / nrows);
+                tied &= tied - 1;
+            }
+            words.push(above & kept);
+        });
+        (words, ties)
+    });
+    let mut words = Vec::with_capacity(s.scores.len().div_ceil(WORD));
     let mut ties: Vec<usize> = Vec::new();
-    let words = mask.words_mut();
-    for (w, (chunk, kept)) in s.scores.as_slice().chunks(WORD).zip(s.kept_words()).enumerate() {
-        let mut above = 0u64;
-        let mut equal = 0u64;
-        for (j, &x) in chunk.iter().enumerate() {
-            let key = s.key(x);
-            above |= u64::from(key > threshold) << j;
-            equal |= u64::from(key == threshold) << j;
-        }
-        let mut tied = equal & kept;
-        while tied != 0 {
-            let i = w * WORD + tied.trailing_zeros() as usize;
-            ties.push((i % nrows) * ncols + i / nrows);
-            tied &= tied - 1;
-        }
-        words[w] = above & kept;
+    for (w, t) in parts {
+        words.extend(w);
+        ties.extend(t);
     }
+    let mut mask = Mask::from_words(nrows, ncols, words)?;
     let prune_here = (*ties_left).min(ties.len());
     *ties_left -= prune_here;
     if prune_here < ties.len() {
