@@ -23,11 +23,12 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use nalgebra::DMatrix;
+use rayon::prelude::*;
 use safetensors::tensor::{Dtype, TensorInfo};
 
 /// The largest header accepted, as in the safetensors crate (100 MB).
@@ -36,8 +37,9 @@ pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 /// Bytes read or written per step when a tensor is streamed (rounded to whole rows).
 const CHUNK_BYTES: usize = 4 << 20;
 
-/// Bytes that can be read at any offset: a file, or bytes in memory.
-pub trait Source {
+/// Bytes that can be read at any offset, by several threads at once: a file, or bytes
+/// in memory.
+pub trait Source: Sync {
     /// The total length in bytes.
     ///
     /// # Errors
@@ -64,11 +66,27 @@ impl Source for File {
         Ok(self.metadata()?.len())
     }
 
+    /// A positioned read (`pread`): no shared file position, so threads may read at once.
+    #[cfg(unix)]
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        // `&File` reads and seeks without `&mut`; shears reads from one thread.
-        let mut file = self;
-        file.seek(SeekFrom::Start(offset))?;
-        file.read_exact(buf)
+        std::os::unix::fs::FileExt::read_exact_at(self, buf, offset)
+    }
+
+    /// A positioned read (`ReadFile` with an offset), repeated until `buf` is full.
+    #[cfg(windows)]
+    fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+        while !buf.is_empty() {
+            match std::os::windows::fs::FileExt::seek_read(self, buf, offset) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -156,7 +174,16 @@ pub fn encode_into<T: Float>(dtype: Dtype, values: &[T], out: &mut Vec<u8>) -> R
     let size = float_size(dtype)?;
     let start = out.len();
     out.resize(start + values.len() * size, 0);
-    let pairs = out[start..].chunks_exact_mut(size).zip(values);
+    encode_to_slice(dtype, values, &mut out[start..])
+}
+
+/// [`encode_into`] into `out`, exactly `values.len()` elements of `dtype` long.
+fn encode_to_slice<T: Float>(dtype: Dtype, values: &[T], out: &mut [u8]) -> Result<()> {
+    let size = float_size(dtype)?;
+    if out.len() != values.len() * size {
+        bail!("{} bytes cannot hold {} {dtype:?} values", out.len(), values.len());
+    }
+    let pairs = out.chunks_exact_mut(size).zip(values);
     // From `f32` values the narrowing goes through f32, several times faster than
     // through f64 and exact (`as_f64` of an f32 is exact); `f64` values round once.
     let single = size_of::<T>() == 4;
@@ -377,17 +404,17 @@ impl<S: Source> Checkpoint<S> {
     /// # Errors
     /// An unknown name, a non-floating dtype, or a read error.
     pub fn count_zeros(&self, name: &str) -> Result<usize> {
-        let mut zeros = 0;
-        self.for_each_decoded(name, 1, |piece: &[f64]| {
-            zeros += piece.iter().filter(|&&v| v == 0.0).count();
-            Ok(())
-        })?;
-        Ok(zeros)
+        let count = |piece: &[f64]| piece.iter().filter(|&&v| v == 0.0).count();
+        Ok(self.map_decoded(name, 1, count)?.into_iter().sum())
     }
 
     /// Calls `f` on consecutive pieces of tensor `name` decoded into `T`, each a whole
-    /// number of `unit` values (a row, for matrices).
-    fn for_each_decoded<T: Float>(
+    /// number of `unit` values (a row, for matrices), in file order. Memory: one piece.
+    ///
+    /// # Errors
+    /// An unknown name, a non-floating dtype, a tensor that is not whole records of
+    /// `unit` values, a read error, or the first error of `f`.
+    pub fn for_each_decoded<T: Float>(
         &self,
         name: &str,
         unit: usize,
@@ -404,6 +431,43 @@ impl<S: Source> Checkpoint<S> {
         })
     }
 
+    /// `f` of each consecutive piece of tensor `name` decoded into `T`, in file order;
+    /// pieces are a whole number of `unit` values (a row, for matrices) and are read,
+    /// decoded and passed to `f` on rayon's threads. Memory: a piece per thread.
+    ///
+    /// # Errors
+    /// As [`Checkpoint::for_each_decoded`].
+    pub fn map_decoded<T: Float, R: Send>(
+        &self,
+        name: &str,
+        unit: usize,
+        f: impl Fn(&[T]) -> R + Sync + Send,
+    ) -> Result<Vec<R>> {
+        let (info, start) = self.located(name)?;
+        let dtype = info.dtype;
+        let size = float_size(dtype).with_context(|| format!("tensor `{name}`"))?;
+        let total = info.data_offsets.1 - info.data_offsets.0;
+        if total == 0 {
+            return Ok(Vec::new());
+        }
+        let record = unit.max(1).checked_mul(size).filter(|r| total % r == 0);
+        let Some(record) = record else {
+            bail!("tensor `{name}`: {total} bytes are not whole records of {unit} values");
+        };
+        let step = (CHUNK_BYTES / record).max(1) * record;
+        let scratch = || (Vec::new(), Vec::new());
+        (0..total.div_ceil(step))
+            .into_par_iter()
+            .map_init(scratch, |(bytes, values): &mut (Vec<u8>, Vec<T>), i| {
+                bytes.resize(step.min(total - i * step), 0);
+                self.read_at(name, bytes, start + (i * step) as u64)?;
+                values.resize(bytes.len() / size, T::zero());
+                decode_into(dtype, bytes, values)?;
+                Ok(f(values))
+            })
+            .collect()
+    }
+
     /// Reads tensor `name`'s values in file (row-major) order into `spare`, whose
     /// allocation is reused. Little-endian data of `T`'s own type is read straight into
     /// the buffer, with no decoding pass.
@@ -412,21 +476,29 @@ impl<S: Source> Checkpoint<S> {
     /// A missing or non-floating tensor, or a read error; messages name the tensor.
     pub fn read_values_reusing<T: Float>(&self, name: &str, spare: &mut Vec<T>) -> Result<()> {
         let (info, start) = self.located(name)?;
-        let size = float_size(info.dtype).with_context(|| format!("tensor `{name}`"))?;
+        let dtype = info.dtype;
+        let size = float_size(dtype).with_context(|| format!("tensor `{name}`"))?;
         let len = (info.data_offsets.1 - info.data_offsets.0) / size;
+        // Old values are all overwritten, so only a longer tail needs filling first.
+        spare.truncate(len);
+        spare.resize(len, T::zero());
+        // Pieces of CHUNK_BYTES of the file, read (and decoded) on rayon's threads.
+        let per_piece = (CHUNK_BYTES / size).max(1);
+        let at = |piece: usize| start + (piece * per_piece * size) as u64;
         if size == size_of::<T>() && cfg!(target_endian = "little") {
-            // Same width and both floating: the file holds `T`'s own bytes. Old values
-            // are overwritten, so only a longer tail needs filling first.
-            spare.truncate(len);
-            spare.resize(len, T::zero());
-            return self.read_at(name, bytemuck::cast_slice_mut(spare), start);
+            // Same width and both floating: the file holds `T`'s own bytes.
+            return spare.par_chunks_mut(per_piece).enumerate().try_for_each(|(i, values)| {
+                self.read_at(name, bytemuck::cast_slice_mut(values), at(i))
+            });
         }
-        spare.clear();
-        spare.reserve_exact(len);
-        self.for_each_decoded(name, 1, |piece: &[T]| {
-            spare.extend_from_slice(piece);
-            Ok(())
-        })
+        spare.par_chunks_mut(per_piece).enumerate().try_for_each_init(
+            Vec::new,
+            |bytes, (i, values)| {
+                bytes.resize(values.len() * size, 0);
+                self.read_at(name, bytes, at(i))?;
+                decode_into(dtype, bytes, values)
+            },
+        )
     }
 
     /// Tensor `name` as its matrix view (a 2-D tensor as it is; a conv weight
@@ -592,14 +664,22 @@ pub fn write_values<T: Float>(values: &[T], dtype: Dtype, out: &mut dyn Write) -
         out.write_all(bytemuck::cast_slice(values))?;
         return Ok(());
     }
+    // Encoded on rayon's threads, a few chunks at a time.
+    let per_chunk = (CHUNK_BYTES / size).max(1);
     let mut bytes = Vec::new();
-    for piece in values.chunks((CHUNK_BYTES / size).max(1)) {
-        bytes.clear();
-        encode_into(dtype, piece, &mut bytes)?;
+    for piece in values.chunks(per_chunk * ENCODE_CHUNKS) {
+        bytes.resize(piece.len() * size, 0);
+        bytes
+            .par_chunks_mut(per_chunk * size)
+            .zip(piece.par_chunks(per_chunk))
+            .try_for_each(|(b, v)| encode_to_slice(dtype, v, b))?;
         out.write_all(&bytes)?;
     }
     Ok(())
 }
+
+/// Chunks of [`CHUNK_BYTES`] that [`write_values`] encodes at once.
+const ENCODE_CHUNKS: usize = 8;
 
 /// Writes `matrix` to `out` in row-major order as `dtype`, a block of rows at a time.
 ///
@@ -659,6 +739,31 @@ mod tests {
         write_matrix(&m, Dtype::F32, &mut out).unwrap();
         assert_eq!(out, data);
         assert_eq!(ckpt.read_values::<f64>("w").unwrap()[14], 7.0);
+    }
+
+    #[test]
+    fn pieces_come_back_in_file_order_and_whole_rows() {
+        // 6 and 12 MB of bf16 and f32: more than one CHUNK_BYTES piece, read on several threads.
+        let (rows, cols) = (3000, 1003);
+        for (dtype, size) in [(Dtype::BF16, 2), (Dtype::F32, 4)] {
+            let values: Vec<f32> = (0..rows * cols).map(|i| (i % 251) as f32 - 125.0).collect();
+            let mut data = Vec::new();
+            encode_into(dtype, &values, &mut data).unwrap();
+            let header = format!(
+                r#"{{"w":{{"dtype":"{dtype:?}","shape":[{rows},{cols}],"data_offsets":[0,{}]}}}}"#,
+                rows * cols * size
+            );
+            let ckpt = Checkpoint::from_source("t", file(&header, &data)).unwrap();
+            let pieces = ckpt.map_decoded("w", cols, |p: &[f32]| p.to_vec()).unwrap();
+            assert!(pieces.len() > 1, "{dtype:?}");
+            assert!(pieces.iter().all(|p| p.len() % cols == 0));
+            assert_eq!(pieces.concat(), values, "{dtype:?}");
+            assert_eq!(ckpt.read_values::<f32>("w").unwrap(), values);
+            assert_eq!(
+                ckpt.count_zeros("w").unwrap(),
+                values.iter().filter(|&&v| v == 0.0).count()
+            );
+        }
     }
 
     #[test]

@@ -4,9 +4,8 @@ use anyhow::Result;
 use nalgebra::DMatrix;
 use safetensors::Dtype;
 use serde::Serialize;
-use shears_cli::checkpoint::{Checkpoint, Float, is_float};
+use shears_cli::checkpoint::{Checkpoint, Float, Source, is_float};
 use shears_core::{Mask, NmPattern, WeightShape};
-use shears_strategies::satisfies_nm;
 
 use crate::cli::InspectArgs;
 use crate::report::{Table, fraction};
@@ -43,14 +42,55 @@ pub(crate) fn nonzero_mask<T: Float>(matrix: &DMatrix<T>) -> Result<Mask> {
     Ok(Mask::from_fn(matrix.nrows(), matrix.ncols(), |r, c| matrix[(r, c)] != T::zero())?)
 }
 
-/// Zero rows, zero columns and 2:4 conformity of a 2-D or 4-D tensor's matrix view.
-fn structure<T: Float>(ckpt: &Checkpoint, name: &str) -> Result<(usize, usize, bool)> {
-    let mask = nonzero_mask(&ckpt.read_matrix::<T>(name)?)?;
-    Ok((
-        mask.fully_pruned_rows().len(),
-        mask.fully_pruned_cols().len(),
-        satisfies_nm(&mask, NmPattern::TWO_FOUR),
-    ))
+/// What `inspect` reports on one floating tensor.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Scan {
+    zeros: usize,
+    /// For 2-D and 4-D tensors: zero rows, zero columns, and whether every group of 4
+    /// adjacent columns of a row keeps at most 2 (as `satisfies_nm` with 2:4 defines it).
+    structure: Option<(usize, usize, bool)>,
+}
+
+/// Scans tensor `name` in one streaming pass over its rows, in file order: memory is one
+/// chunk of rows and a flag per column, whatever the tensor's size.
+fn scan<T: Float, S: Source>(
+    ckpt: &Checkpoint<S>,
+    name: &str,
+    view: Option<(usize, usize)>,
+) -> Result<Scan> {
+    let Some((_, cols)) = view.filter(|&(rows, cols)| rows > 0 && cols > 0) else {
+        let count = |piece: &[T]| piece.iter().map(|&v| usize::from(v == T::zero())).sum::<usize>();
+        let zeros = ckpt.map_decoded(name, 1, count)?.into_iter().sum();
+        let structure = view.map(|(rows, cols)| (rows, cols, true));
+        return Ok(Scan { zeros, structure });
+    };
+    let (two, four) = (NmPattern::TWO_FOUR.n(), NmPattern::TWO_FOUR.m());
+    // Each piece of whole rows: (zeros, zero rows, columns with a nonzero, 2:4 so far).
+    let pieces = ckpt.map_decoded(name, cols, |piece: &[T]| {
+        let (mut zeros, mut zero_rows, mut is_2_4) = (0, 0, true);
+        let mut col_used = vec![false; cols];
+        for row in piece.chunks_exact(cols) {
+            let row_zeros = row.iter().map(|&v| usize::from(v == T::zero())).sum::<usize>();
+            zeros += row_zeros;
+            zero_rows += usize::from(row_zeros == cols);
+            for (used, &v) in col_used.iter_mut().zip(row) {
+                *used |= v != T::zero();
+            }
+            is_2_4 &=
+                row.chunks(four).all(|g| g.iter().filter(|&&v| v != T::zero()).count() <= two);
+        }
+        (zeros, zero_rows, col_used, is_2_4)
+    })?;
+    let (mut zeros, mut zero_rows, mut is_2_4) = (0, 0, true);
+    let mut col_used = vec![false; cols];
+    for (z, r, used, nm) in pieces {
+        zeros += z;
+        zero_rows += r;
+        is_2_4 &= nm;
+        col_used.iter_mut().zip(used).for_each(|(a, b)| *a |= b);
+    }
+    let zero_cols = col_used.iter().filter(|&&used| !used).count();
+    Ok(Scan { zeros, structure: Some((zero_rows, zero_cols, is_2_4)) })
 }
 
 pub(crate) fn run(args: &InspectArgs) -> Result<()> {
@@ -71,15 +111,16 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
             is_2_4: None,
         };
         if is_float(info.dtype) {
-            let z = ckpt.count_zeros(name)?;
+            let view = WeightShape::from_dims(&info.shape).ok().map(|v| v.matrix_shape());
+            // f64 data is scanned as f64: a tiny f64 is not a zero.
+            let found = match info.dtype {
+                Dtype::F64 => scan::<f64, _>(&ckpt, name, view)?,
+                _ => scan::<f32, _>(&ckpt, name, view)?,
+            };
             params += count;
-            zeros += z;
-            stats.sparsity = Some(fraction(z, count));
-            if WeightShape::from_dims(&info.shape).is_ok() {
-                let (zero_rows, zero_cols, is_2_4) = match info.dtype {
-                    Dtype::F64 => structure::<f64>(&ckpt, name)?,
-                    _ => structure::<f32>(&ckpt, name)?,
-                };
+            zeros += found.zeros;
+            stats.sparsity = Some(fraction(found.zeros, count));
+            if let Some((zero_rows, zero_cols, is_2_4)) = found.structure {
                 stats.zero_rows = Some(zero_rows);
                 stats.zero_cols = Some(zero_cols);
                 stats.is_2_4 = Some(is_2_4);
@@ -120,4 +161,55 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
         total.tensors, total.parameters, total.zeros, total.sparsity
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use shears_strategies::satisfies_nm;
+
+    /// A one-tensor safetensors file in memory.
+    fn file(dtype: Dtype, shape: &[usize], values: &[f32]) -> Checkpoint<Vec<u8>> {
+        let mut data = Vec::new();
+        for &v in values {
+            match dtype {
+                Dtype::F64 => data.extend_from_slice(&f64::from(v).to_le_bytes()),
+                Dtype::BF16 => data.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+                _ => data.extend_from_slice(&v.to_le_bytes()),
+            }
+        }
+        let header = format!(
+            r#"{{"w":{{"dtype":"{dtype:?}","shape":{shape:?},"data_offsets":[0,{}]}}}}"#,
+            data.len()
+        );
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(&data);
+        Checkpoint::from_source("t", bytes).unwrap()
+    }
+
+    proptest! {
+        /// The one-pass scan reports what the matrix, its nonzero mask and
+        /// `satisfies_nm` report.
+        #[test]
+        fn scan_matches_the_mask_of_the_matrix(
+            (rows, cols, values) in (0usize..9, 0usize..11).prop_flat_map(|(r, c)| {
+                (Just(r), Just(c), proptest::collection::vec(prop_oneof![Just(0.0f32), Just(1.5), Just(-2.0)], r * c))
+            }),
+            dtype in prop_oneof![Just(Dtype::F32), Just(Dtype::BF16), Just(Dtype::F64)],
+        ) {
+            let ckpt = file(dtype, &[rows, cols], &values);
+            let got = scan::<f32, _>(&ckpt, "w", Some((rows, cols))).unwrap();
+            let mask = nonzero_mask(&DMatrix::from_row_slice(rows, cols, &values)).unwrap();
+            let structure = (
+                mask.fully_pruned_rows().len(),
+                mask.fully_pruned_cols().len(),
+                satisfies_nm(&mask, NmPattern::TWO_FOUR),
+            );
+            prop_assert_eq!(got, Scan { zeros: mask.count_pruned(), structure: Some(structure) });
+            let flat = scan::<f64, _>(&ckpt, "w", None).unwrap();
+            prop_assert_eq!(flat, Scan { zeros: mask.count_pruned(), structure: None });
+        }
+    }
 }

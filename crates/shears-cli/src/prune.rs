@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use nalgebra::DMatrix;
+use rayon::prelude::*;
 use serde::Serialize;
 use shears_core::{
     GlobalCount, LayerContext, Mask, PruningStrategy, Reduction, Rounding, WeightShape,
@@ -192,9 +193,43 @@ impl<T: Float> Loaded<T> {
     }
 }
 
-/// How many of `values` are zero (over the slice: the matrix iterator does not vectorise).
+/// Values per parallel task of the whole-tensor passes below (a multiple of 64).
+const TASK: usize = 1 << 16;
+
+/// How many of `values` are zero, on rayon's threads.
 fn zeros<T: Float>(values: &DMatrix<T>) -> usize {
-    values.as_slice().iter().map(|&v| usize::from(v == T::zero())).sum()
+    let count = |c: &[T]| c.iter().map(|&v| usize::from(v == T::zero())).sum::<usize>();
+    values.as_slice().par_chunks(TASK).map(count).sum()
+}
+
+/// Zeroes the weights `mask` prunes and returns how many weights are then zero: one pass,
+/// on rayon's threads.
+fn apply_counting_zeros<T: Float>(mask: &Mask, weights: &mut DMatrix<T>) -> Result<usize> {
+    if mask.shape() != weights.shape() {
+        bail!("internal error: a {:?} mask for a {:?} tensor", mask.shape(), weights.shape());
+    }
+    let words = mask.as_words().par_chunks(TASK / 64);
+    Ok(weights
+        .as_mut_slice()
+        .par_chunks_mut(TASK)
+        .zip(words)
+        .map(|(values, words)| {
+            let mut zeros = 0;
+            for (block, &word) in values.chunks_mut(64).zip(words) {
+                // Unpacked to bytes first, the select vectorises.
+                let mut keep = [false; 64];
+                for (j, k) in keep.iter_mut().enumerate() {
+                    *k = word >> j & 1 == 1;
+                }
+                for (v, &k) in block.iter_mut().zip(&keep) {
+                    *v = if k { *v } else { T::zero() };
+                }
+                // Counted apart (the block is in L1): one loop doing both stays scalar.
+                zeros += block.iter().map(|&v| usize::from(v == T::zero())).sum::<usize>();
+            }
+            zeros
+        })
+        .sum())
 }
 
 pub(crate) fn run(args: &PruneArgs) -> Result<()> {
@@ -296,14 +331,14 @@ fn prune<T: Float>(
             },
             None => strategy(args, &t.shape).mask(&t.weights, &context(name, &t), args.sparsity)?,
         };
-        mask.apply_in_place(&mut t.weights)?;
+        let after = apply_counting_zeros(&mask, &mut t.weights)?;
         rows.push(Row {
             name: name.into(),
             shape: info.shape.clone(),
             dtype: format!("{:?}", info.dtype),
             pruned: true,
             sparsity_before: Some(before),
-            sparsity_after: Some(fraction(zeros(&t.weights), t.weights.len())),
+            sparsity_after: Some(fraction(after, t.weights.len())),
         });
         t.write(info.dtype, out)?;
         if args.masks_out.is_some() {

@@ -18,11 +18,15 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
+use rayon::prelude::*;
+
 /// Bytes per chunk: a multiple of [`ALIGN`].
 const CHUNK_BYTES: usize = 4 << 20;
 /// Chunks in flight at most, being filled, queued or being written: 256 MiB, which lets
 /// a whole large tensor go to the writer while the next one is pruned.
 const MAX_CHUNKS: usize = 64;
+/// Chunks one large write fills at once, in parallel.
+const PARALLEL_FILL: usize = 8;
 /// Direct I/O alignment of buffer addresses, file offsets and lengths (a page; no Linux
 /// block device asks for more).
 const ALIGN: usize = 4096;
@@ -230,9 +234,26 @@ impl WriteBehind {
 }
 
 impl Write for WriteBehind {
+    /// Copies `buf` into chunks. A buffer spanning several whole chunks (a tensor) fills
+    /// up to [`PARALLEL_FILL`] of them at once on rayon's threads.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if self.thread.is_none() {
             return Err(io::Error::other("the writer thread stopped"));
+        }
+        let whole = buf.len() / self.chunk_bytes;
+        if self.current.is_none() && whole >= 2 {
+            let mut chunks = Vec::with_capacity(whole.min(PARALLEL_FILL));
+            for _ in 0..chunks.capacity() {
+                chunks.push(self.empty_chunk()?);
+            }
+            chunks.par_iter_mut().zip(buf.par_chunks(self.chunk_bytes)).for_each(|(c, b)| {
+                c.fill(b);
+            });
+            let n = chunks.len() * self.chunk_bytes;
+            for chunk in chunks {
+                self.send(chunk)?;
+            }
+            return Ok(n);
         }
         let mut chunk = match self.current.take() {
             Some(chunk) => chunk,
