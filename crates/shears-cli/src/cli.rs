@@ -17,6 +17,9 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Prune the 2-D (and 4-D conv) weights of a safetensors checkpoint.
+    ///
+    /// The output is written with direct I/O where the filesystem allows it; set
+    /// SHEARS_BUFFERED_WRITES=1 to write through the page cache instead.
     Prune(PruneArgs),
     /// Per-tensor dtype, shape, sparsity, empty rows and columns, 2:4 conformity.
     Inspect(InspectArgs),
