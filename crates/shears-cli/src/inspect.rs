@@ -4,7 +4,7 @@ use anyhow::Result;
 use nalgebra::DMatrix;
 use safetensors::Dtype;
 use serde::Serialize;
-use shears_cli::checkpoint::{Checkpoint, Float, Source, is_float};
+use shears_cli::checkpoint::{Checkpoint, Float, Source, is_float, zeros_in};
 use shears_core::{Mask, NmPattern, WeightShape};
 
 use crate::cli::InspectArgs;
@@ -59,8 +59,7 @@ fn scan<T: Float, S: Source>(
     view: Option<(usize, usize)>,
 ) -> Result<Scan> {
     let Some((_, cols)) = view.filter(|&(rows, cols)| rows > 0 && cols > 0) else {
-        let count = |piece: &[T]| piece.iter().map(|&v| usize::from(v == T::zero())).sum::<usize>();
-        let zeros = ckpt.map_decoded(name, 1, count)?.into_iter().sum();
+        let zeros = ckpt.map_decoded(name, 1, zeros_in::<T>)?.into_iter().sum();
         let structure = view.map(|(rows, cols)| (rows, cols, true));
         return Ok(Scan { zeros, structure });
     };
@@ -70,7 +69,7 @@ fn scan<T: Float, S: Source>(
         let (mut zeros, mut zero_rows, mut is_2_4) = (0, 0, true);
         let mut col_used = vec![false; cols];
         for row in piece.chunks_exact(cols) {
-            let row_zeros = row.iter().map(|&v| usize::from(v == T::zero())).sum::<usize>();
+            let row_zeros = zeros_in(row);
             zeros += row_zeros;
             zero_rows += usize::from(row_zeros == cols);
             for (used, &v) in col_used.iter_mut().zip(row) {

@@ -13,7 +13,7 @@ use shears_core::{
 use shears_strategies::{Axis, Gradient, Magnitude, Pattern, Pruner, Random, Structured};
 
 use safetensors::Dtype;
-use shears_cli::checkpoint::{Checkpoint, Float, is_float, write_matrix, write_values};
+use shears_cli::checkpoint::{Checkpoint, Float, is_float, write_matrix, write_values, zeros_in};
 use shears_cli::parse::PatternArg;
 
 use crate::cli::{Method, PruneArgs, ScopeArg};
@@ -198,8 +198,7 @@ const TASK: usize = 1 << 16;
 
 /// How many of `values` are zero, on rayon's threads.
 fn zeros<T: Float>(values: &DMatrix<T>) -> usize {
-    let count = |c: &[T]| c.iter().map(|&v| usize::from(v == T::zero())).sum::<usize>();
-    values.as_slice().par_chunks(TASK).map(count).sum()
+    values.as_slice().par_chunks(TASK).map(zeros_in).sum()
 }
 
 /// Zeroes the weights `mask` prunes and returns how many weights are then zero: one pass,
@@ -225,7 +224,7 @@ fn apply_counting_zeros<T: Float>(mask: &Mask, weights: &mut DMatrix<T>) -> Resu
                     *v = if k { *v } else { T::zero() };
                 }
                 // Counted apart (the block is in L1): one loop doing both stays scalar.
-                zeros += block.iter().map(|&v| usize::from(v == T::zero())).sum::<usize>();
+                zeros += zeros_in(block);
             }
             zeros
         })
