@@ -8,8 +8,11 @@
 //! forces a path (falling back to the best one the CPU supports) for testing.
 //!
 //! Every path evaluates the same arithmetic in the same order (explicit accumulator
-//! lanes, no fused multiply-add), so all paths and all thread counts give bit-identical
-//! results.
+//! lanes), so all paths and all thread counts give bit-identical results. The batched
+//! tiles use fused multiply-adds (`mul_add`, correctly rounded): one instruction on the
+//! AVX2+FMA and AVX-512 paths and on aarch64; on an x86-64 CPU without FMA the portable
+//! path calls the C library's `fma`, slower but with the same bits. Products that stream
+//! their operands (batch 1) gain nothing from FMA and use a multiply and an add.
 //!
 //! This module is the only place in shears that contains `unsafe`: calling a
 //! `#[target_feature]` function, after checking the CPU has the feature, and unchecked

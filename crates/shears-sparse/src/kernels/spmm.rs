@@ -17,8 +17,9 @@ use super::{BsrView, CsrView, NmView, combine, for_row_chunks, kernel_path, mult
 use crate::index::SpIndex;
 
 /// Entries combined per accumulator update: four products are summed in a fixed tree
-/// before one add into the tile, so the accumulator's dependency chain advances once
-/// per four stored weights instead of once per weight.
+/// (two fused multiply-adds on two products) before one add into the tile, so the
+/// accumulator's dependency chain advances once per four stored weights instead of once
+/// per weight.
 const UNROLL: usize = 4;
 
 /// Adds one tile of `W` batch columns of one output row, from (a run of) the row's
@@ -43,13 +44,15 @@ fn tile<T: Scalar, I: SpIndex, const W: usize>(
     for (v, c) in values[..full].chunks_exact(UNROLL).zip(cols[..full].chunks_exact(UNROLL)) {
         let (x0, x1, x2, x3) = (x_row(c[0]), x_row(c[1]), x_row(c[2]), x_row(c[3]));
         for j in 0..W {
-            acc[j] += (v[0] * x0[j] + v[1] * x1[j]) + (v[2] * x2[j] + v[3] * x3[j]);
+            let pair0 = v[0].mul_add(x0[j], v[1] * x1[j]);
+            let pair1 = v[2].mul_add(x2[j], v[3] * x3[j]);
+            acc[j] += pair0 + pair1;
         }
     }
     for (&v, &c) in values[full..].iter().zip(&cols[full..]) {
         let xs = x_row(c);
         for j in 0..W {
-            acc[j] += v * xs[j];
+            acc[j] = v.mul_add(xs[j], acc[j]);
         }
     }
     for (o, a) in out[t0..t0 + W].iter_mut().zip(acc) {
