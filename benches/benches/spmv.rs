@@ -59,5 +59,28 @@ fn spmv(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, spmv);
+/// CSR SpMV at 90% on 4096x4096 with 1 and with 2 threads, each on its own rayon pool
+/// (criterion's back-to-back calls, as in inference).
+fn spmv_threads(c: &mut Criterion) {
+    let (rows, cols) = (4096, 4096);
+    let w = matrix(rows, cols, SEED);
+    let x = vector(cols, SEED + 1);
+    let csr =
+        AnyCsr::from_dense_masked(&w, &magnitude_mask(&w, 0.9)).unwrap_or_else(|e| panic!("{e}"));
+    let mut group = c.benchmark_group(format!("spmv-threads/{rows}x{cols}/csr90"));
+    group.sample_size(30).measurement_time(std::time::Duration::from_secs(2));
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut y = vec![0.0f32; rows];
+        group.bench_function(BenchmarkId::new("threads", threads), |b| {
+            pool.install(|| b.iter(|| csr.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, spmv, spmv_threads);
 criterion_main!(benches);

@@ -68,7 +68,12 @@ pub(crate) fn markdown(cells: &[Cell]) -> String {
         }
     }
     for (kernel, rows, cols, batch) in groups {
-        if kernel == "mask" {
+        if kernel.starts_with("threads-") {
+            let _ = writeln!(
+                md,
+                "\n## {kernel}: 2 threads against 1, {rows}x{cols}, batch {batch}\n\nEach median on its own rayon pool, calls back to back.\n\n| format | sparsity | 2-thread median ms | speedup over 1 thread |\n|---|---|---|---|"
+            );
+        } else if kernel == "mask" {
             let _ = writeln!(
                 md,
                 "\n## mask creation, {rows}x{cols} (speedup against a full sort)\n\n| method | sparsity | median ms | speedup |\n|---|---|---|---|"
@@ -99,22 +104,20 @@ pub(crate) fn markdown(cells: &[Cell]) -> String {
 /// Speedup of CSR against sparsity on the largest shape, one line per batch size, with
 /// the dense line at 1x.
 pub(crate) fn plot(cells: &[Cell]) -> String {
-    let largest =
-        cells.iter().filter(|c| c.format == "csr").map(|c| (c.rows * c.cols, c.rows, c.cols)).max();
+    let csr = || cells.iter().filter(|c| c.format == "csr" && !c.kernel.starts_with("threads-"));
+    let largest = csr().map(|c| (c.rows * c.cols, c.rows, c.cols)).max();
     let Some((_, rows, cols)) = largest else {
         return line_chart("no CSR cells", "sparsity", "speedup", (0.0, 1.0), (0.0, 1.0), &[]);
     };
-    let mut batches: Vec<usize> =
-        cells.iter().filter(|c| c.format == "csr").map(|c| c.batch).collect();
+    let mut batches: Vec<usize> = csr().map(|c| c.batch).collect();
     batches.sort_unstable();
     batches.dedup();
     let mut series: Vec<Series> = batches
         .iter()
         .map(|&b| Series {
             name: format!("csr, batch {b}"),
-            points: cells
-                .iter()
-                .filter(|c| c.format == "csr" && c.batch == b && c.rows == rows && c.cols == cols)
+            points: csr()
+                .filter(|c| c.batch == b && c.rows == rows && c.cols == cols)
                 .map(|c| (c.sparsity, c.speedup_vs_dense))
                 .collect(),
         })

@@ -209,6 +209,35 @@ fn main() {
         }
     }
 
+    // Thread scaling at 90% on 4096x4096: each side's median on its own pool, calls back
+    // to back as in inference. Alternating the two pools call by call would let each
+    // pool's workers fall asleep between its calls and time the system waking them.
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        let (rows, cols) = (4096, 4096);
+        let w = matrix(rows, cols, SEED);
+        let csr = AnyCsr::from_dense_masked(&w, &magnitude_mask(&w, 0.9))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let csr = Sparse::Csr(csr);
+        let pool = |threads| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap_or_else(|e| panic!("cannot start {threads} threads: {e}"))
+        };
+        let (one, two) = (pool(1), pool(2));
+        for batch in [1, 32] {
+            let x = matrix(cols, batch, SEED + 1);
+            let kernel = if batch == 1 { "threads-spmv" } else { "threads-spmm" };
+            let (mut t1, mut t2) = (Vec::new(), Vec::new());
+            for _ in 0..3 {
+                t1.push(one.install(|| timer.median(sparse_run(&csr, &x))));
+                t2.push(two.install(|| timer.median(sparse_run(&csr, &x))));
+            }
+            // The 1-thread median stands where the dense one does: speedup = t1 / t2.
+            push(kernel, "csr", (rows, cols), 0.9, batch, median(t2), median(t1));
+        }
+    }
+
     // Mask creation on 4096x4096 against a full sort of the scores.
     let w = matrix(4096, 4096, SEED);
     for s in [0.5, 0.9] {
