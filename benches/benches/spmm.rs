@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use nalgebra::DMatrix;
-use shears_benches::{SEED, magnitude_mask, matrix, rows_mask};
+use shears_benches::{SEED, magnitude_mask, matrix, pool, rows_mask};
 use shears_sparse::{AnyCsr, Compacted, Compaction, SparseProduct};
 
 const SHAPES: [(usize, usize); 2] = [(4096, 4096), (1536, 384)];
@@ -65,10 +65,7 @@ fn spmm_threads(c: &mut Criterion) {
     let mut group = c.benchmark_group(format!("spmm-threads/{rows}x{cols}/b{batch}/csr90"));
     group.sample_size(20).measurement_time(std::time::Duration::from_secs(2));
     for threads in [1, 2] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap_or_else(|e| panic!("{e}"));
+        let pool = pool(threads);
         let mut y = DMatrix::zeros(rows, batch);
         group.bench_function(BenchmarkId::new("threads", threads), |b| {
             pool.install(|| b.iter(|| csr.matmul_into(1.0, black_box(&x), 0.0, &mut y)))

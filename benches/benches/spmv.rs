@@ -9,7 +9,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use nalgebra::DVector;
-use shears_benches::{SEED, magnitude_mask, matrix, rows_mask, vector};
+use shears_benches::{SEED, magnitude_mask, matrix, pool, rows_mask, vector};
 use shears_sparse::{AnyCsr, Compacted, Compaction, SparseProduct};
 
 const SHAPES: [(usize, usize); 4] = [(4096, 4096), (1024, 1024), (1536, 384), (384, 1536)];
@@ -70,10 +70,7 @@ fn spmv_threads(c: &mut Criterion) {
     let mut group = c.benchmark_group(format!("spmv-threads/{rows}x{cols}/csr90"));
     group.sample_size(30).measurement_time(std::time::Duration::from_secs(2));
     for threads in [1, 2] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap_or_else(|e| panic!("{e}"));
+        let pool = pool(threads);
         let mut y = vec![0.0f32; rows];
         group.bench_function(BenchmarkId::new("threads", threads), |b| {
             pool.install(|| b.iter(|| csr.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y)))

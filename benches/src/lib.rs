@@ -50,3 +50,14 @@ pub fn rows_mask(w: &DMatrix<f32>, s: f64) -> Mask {
         .mask(w, &LayerContext::new("bench"), sparsity(s))
         .unwrap_or_else(|_| Mask::all_kept_like(w))
 }
+
+/// A rayon pool of `threads` threads, for timing thread scaling in one process.
+///
+/// # Panics
+/// If the operating system refuses the threads (a benchmark cannot go on without them).
+pub fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap_or_else(|e| panic!("cannot start {threads} threads: {e}"))
+}

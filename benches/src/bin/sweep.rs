@@ -218,13 +218,7 @@ fn main() {
         let csr = AnyCsr::from_dense_masked(&w, &magnitude_mask(&w, 0.9))
             .unwrap_or_else(|e| panic!("{e}"));
         let csr = Sparse::Csr(csr);
-        let pool = |threads| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap_or_else(|e| panic!("cannot start {threads} threads: {e}"))
-        };
-        let (one, two) = (pool(1), pool(2));
+        let (one, two) = (shears_benches::pool(1), shears_benches::pool(2));
         for batch in [1, 32] {
             let x = matrix(cols, batch, SEED + 1);
             let kernel = if batch == 1 { "threads-spmv" } else { "threads-spmm" };

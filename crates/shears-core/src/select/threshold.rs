@@ -171,14 +171,19 @@ fn for_each_block<T: Scalar>(
 #[cfg_attr(not(feature = "rayon"), allow(dead_code))]
 pub(crate) const PARALLEL_MIN_LEN: usize = 1 << 22;
 
-/// The blocks of `s`, cut into one contiguous run per thread that will work on them
+/// Runs per thread of a split pass (each histogram run costs a 512 KiB local histogram).
+#[cfg_attr(not(feature = "rayon"), allow(dead_code))]
+const RUNS_PER_THREAD: usize = 4;
+
+/// The blocks of `s`, cut into a few contiguous runs per thread that will work on them
 /// (a single run without the `rayon` feature or for short segments).
 fn block_runs<T: Scalar>(s: &Segment<'_, T>) -> Vec<Range<usize>> {
     let blocks = s.scores.len().div_ceil(WORD);
     #[cfg(feature = "rayon")]
     if s.scores.len() >= PARALLEL_MIN_LEN {
-        let threads = rayon::current_num_threads().max(1);
-        let per = blocks.div_ceil(threads);
+        // A few runs per thread: when a core stalls, the others take its remaining runs.
+        let runs = rayon::current_num_threads().max(1) * RUNS_PER_THREAD;
+        let per = blocks.div_ceil(runs);
         return (0..blocks).step_by(per.max(1)).map(|b| b..(b + per).min(blocks)).collect();
     }
     std::iter::once(0..blocks).collect()
