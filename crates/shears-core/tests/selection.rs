@@ -117,6 +117,34 @@ proptest! {
     }
 
     #[test]
+    fn distinct_scores_match_the_sort((w, kept) in arb::shape(40).prop_flat_map(|(r, c)| (arb::matrix_f32(r, c), arb::mask(r, c))), s in arb::sparsity()) {
+        // Values spread over many radix buckets: the threshold bucket is small, so the
+        // selection finishes in two passes (tied scores take the three-pass path).
+        let wide = w.map(f64::from);
+        let extra = s.count_of(w.len(), Rounding::HalfEven).saturating_sub(kept.count_pruned());
+        let selector = Selector::new();
+        prop_assert_eq!(selector.select("w", &w, s, Some(&kept)).unwrap(), oracle(&wide, Some(&kept), extra));
+        prop_assert_eq!(selector.select("w", &w, s, None).unwrap(), oracle(&wide, None, s.count_of(w.len(), Rounding::HalfEven)));
+        prop_assert_eq!(selector.select_magnitude("w", &w, s, Some(&kept)).unwrap(), oracle(&wide.abs(), Some(&kept), extra));
+    }
+
+    #[test]
+    fn distinct_global_is_the_concatenation(
+        a in arb::shape(12).prop_flat_map(|(r, c)| arb::matrix_f32(r, c)),
+        b in arb::shape(12).prop_flat_map(|(r, c)| arb::matrix_f32(r, c)),
+        s in arb::sparsity(),
+    ) {
+        let layers = [ScoredLayer { name: "a", scores: &a, kept: None }, ScoredLayer { name: "b", scores: &b, kept: None }];
+        let masks = Selector::new().select_global(&layers, s).unwrap();
+        let flat: Vec<f64> = a.transpose().iter().chain(b.transpose().iter()).map(|&x| f64::from(x)).collect();
+        let row = DMatrix::from_row_slice(1, flat.len(), &flat);
+        let single = oracle(&row, None, s.count_of(flat.len(), Rounding::HalfEven));
+        let bits: Vec<bool> = (0..flat.len()).map(|i| single.get(0, i) == Some(true)).collect();
+        prop_assert_eq!(&masks[0], &Mask::from_row_major(a.nrows(), a.ncols(), &bits[..a.len()]).unwrap());
+        prop_assert_eq!(&masks[1], &Mask::from_row_major(b.nrows(), b.ncols(), &bits[a.len()..]).unwrap());
+    }
+
+    #[test]
     fn f32_and_f64_agree(scores in arb::shape(16).prop_flat_map(|(r, c)| arb::matrix_f32(r, c)), s in arb::sparsity()) {
         let wide = scores.map(f64::from);
         let narrow = Selector::new().select("t", &scores, s, None).unwrap();

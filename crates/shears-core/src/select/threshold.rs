@@ -67,7 +67,13 @@ pub(crate) fn prune_lowest_segments<T: Scalar>(
         add_to_histogram(s, &mut hist)?;
     }
     let mut plan = Plan::new(&hist, count);
-    if let Plan::Bucket { bucket, .. } = plan {
+    if let Plan::Bucket { bucket, need } = plan {
+        let candidates: usize = hist.iter().sum();
+        if hist[bucket].saturating_mul(SMALL_BUCKET) <= candidates
+            && let Some(masks) = prune_around_bucket(segments, bucket, need)?
+        {
+            return Ok(masks);
+        }
         let mut keys = Vec::new();
         for s in segments {
             collect_bucket(s, bucket, &mut keys);
@@ -76,6 +82,85 @@ pub(crate) fn prune_lowest_segments<T: Scalar>(
     }
     let mut ties_left = plan.ties_to_prune();
     segments.iter().map(|s| mask_segment(s, &plan, &mut ties_left)).collect()
+}
+
+/// A threshold bucket holding at most 1/`SMALL_BUCKET` of the candidates is finished in
+/// one more pass instead of two (see [`prune_around_bucket`]); its member list then costs
+/// at most a byte per candidate.
+const SMALL_BUCKET: usize = 16;
+
+/// The last two passes of [`prune_lowest_segments`] in one, for a small threshold
+/// bucket: a single pass keeps everything above the bucket and lists the bucket's
+/// members with their positions; the threshold is then found among them and only they
+/// are revisited. A large bucket (many equal scores) takes the three-pass path instead,
+/// whose list holds keys alone. `None` if the bucket does not hold the `need`-th key
+/// (the histogram says it does; the caller then takes the three-pass path).
+fn prune_around_bucket<T: Scalar>(
+    segments: &[Segment<'_, T>],
+    bucket: usize,
+    need: usize,
+) -> Result<Option<Vec<Mask>>> {
+    let bucket_of = |k| T::key_bucket(k, BUCKET_BITS);
+    let mut masks = Vec::with_capacity(segments.len());
+    let mut members: Vec<Vec<(T::Key, usize)>> = Vec::with_capacity(segments.len());
+    for s in segments {
+        let parts = map_runs(block_runs(s), |run| {
+            let (mut words, mut found) = (Vec::with_capacity(run.len()), Vec::new());
+            for_each_block(s, run, |w, keys, kept| {
+                words.push(flags_where(keys, |k| bucket_of(k) > bucket) & kept);
+                let mut hits = flags_where(keys, |k| bucket_of(k) == bucket) & kept;
+                while hits != 0 {
+                    let j = hits.trailing_zeros() as usize;
+                    found.push((keys[j], w * WORD + j));
+                    hits &= hits - 1;
+                }
+            });
+            (words, found)
+        });
+        let (mut words, mut found) = (Vec::new(), Vec::new());
+        for (w, f) in parts {
+            words.extend(w);
+            found.extend(f);
+        }
+        let (nrows, ncols) = s.scores.shape();
+        masks.push(Mask::from_words(nrows, ncols, words)?);
+        members.push(found);
+    }
+    let keys = members.iter().flatten().map(|&(k, _)| k).collect();
+    let Plan::Threshold { key: threshold, ties: mut ties_left } =
+        (Plan::Bucket { bucket, need }).resolve(keys)
+    else {
+        return Ok(None);
+    };
+    for ((mask, found), s) in masks.iter_mut().zip(&members).zip(segments) {
+        let (nrows, ncols) = s.scores.shape();
+        let mut ties = Vec::new();
+        for &(key, i) in found {
+            if key > threshold {
+                mask.set_bit(i);
+            } else if key == threshold {
+                ties.push((i % nrows) * ncols + i / nrows);
+            }
+        }
+        keep_ties_past(mask, ties, &mut ties_left);
+    }
+    Ok(Some(masks))
+}
+
+/// Of `ties` (row-major indices of kept candidates equal to the threshold), prunes the
+/// first `ties_left` in row-major order (counting them down) and keeps the rest.
+fn keep_ties_past(mask: &mut Mask, mut ties: Vec<usize>, ties_left: &mut usize) {
+    let (nrows, ncols) = mask.shape();
+    let prune_here = (*ties_left).min(ties.len());
+    *ties_left -= prune_here;
+    if prune_here < ties.len() {
+        if prune_here > 0 {
+            ties.select_nth_unstable(prune_here - 1);
+        }
+        for &row_major in &ties[prune_here..] {
+            mask.set_bit((row_major % ncols) * nrows + row_major / ncols);
+        }
+    }
 }
 
 /// Where the threshold lies, as far as is known.
@@ -326,16 +411,7 @@ pub(crate) fn mask_segment<T: Scalar>(
         ties.extend(t);
     }
     let mut mask = Mask::from_words(nrows, ncols, words)?;
-    let prune_here = (*ties_left).min(ties.len());
-    *ties_left -= prune_here;
-    if prune_here < ties.len() {
-        if prune_here > 0 {
-            ties.select_nth_unstable(prune_here - 1);
-        }
-        for &row_major in &ties[prune_here..] {
-            mask.set_bit((row_major % ncols) * nrows + row_major / ncols);
-        }
-    }
+    keep_ties_past(&mut mask, ties, ties_left);
     Ok(mask)
 }
 
