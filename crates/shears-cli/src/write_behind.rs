@@ -242,8 +242,10 @@ impl Write for WriteBehind {
         }
         let whole = buf.len() / self.chunk_bytes;
         if self.current.is_none() && whole >= 2 {
-            let mut chunks = Vec::with_capacity(whole.min(PARALLEL_FILL));
-            for _ in 0..chunks.capacity() {
+            // Never more than the pool holds: the chunks are all taken before any is sent.
+            let count = whole.min(PARALLEL_FILL).min(self.max_chunks);
+            let mut chunks = Vec::with_capacity(count);
+            for _ in 0..count {
                 chunks.push(self.empty_chunk()?);
             }
             chunks.par_iter_mut().zip(buf.par_chunks(self.chunk_bytes)).for_each(|(c, b)| {
@@ -295,11 +297,13 @@ mod tests {
     }
 
     /// Writes pieces of every length through tiny chunks with a pool of two, so the
-    /// producer keeps waiting for the writer; returns what was written.
+    /// producer keeps waiting for the writer, and now and then a piece of several chunks
+    /// (filled in parallel); returns what was written.
     fn write_pieces(w: &mut WriteBehind) -> Vec<u8> {
         let mut expected = Vec::new();
         for i in 0..3000u32 {
-            let piece: Vec<u8> = (0..i % 23 * 37).map(|j| (i * 31 + j) as u8).collect();
+            let len = if i % 500 == 7 { 5 * 2 * ALIGN as u32 + i } else { i % 23 * 37 };
+            let piece: Vec<u8> = (0..len).map(|j| (i * 31 + j) as u8).collect();
             w.write_all(&piece).unwrap();
             expected.extend_from_slice(&piece);
         }
