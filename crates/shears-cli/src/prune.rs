@@ -193,42 +193,12 @@ impl<T: Float> Loaded<T> {
     }
 }
 
-/// Values per parallel task of the whole-tensor passes below (a multiple of 64).
+/// Values per parallel task when counting zeros.
 const TASK: usize = 1 << 16;
 
 /// How many of `values` are zero, on rayon's threads.
 fn zeros<T: Float>(values: &DMatrix<T>) -> usize {
     values.as_slice().par_chunks(TASK).map(zeros_in).sum()
-}
-
-/// Zeroes the weights `mask` prunes and returns how many weights are then zero: one pass,
-/// on rayon's threads.
-fn apply_counting_zeros<T: Float>(mask: &Mask, weights: &mut DMatrix<T>) -> Result<usize> {
-    if mask.shape() != weights.shape() {
-        bail!("internal error: a {:?} mask for a {:?} tensor", mask.shape(), weights.shape());
-    }
-    let words = mask.as_words().par_chunks(TASK / 64);
-    Ok(weights
-        .as_mut_slice()
-        .par_chunks_mut(TASK)
-        .zip(words)
-        .map(|(values, words)| {
-            let mut zeros = 0;
-            for (block, &word) in values.chunks_mut(64).zip(words) {
-                // Unpacked to bytes first, the select vectorises.
-                let mut keep = [false; 64];
-                for (j, k) in keep.iter_mut().enumerate() {
-                    *k = word >> j & 1 == 1;
-                }
-                for (v, &k) in block.iter_mut().zip(&keep) {
-                    *v = if k { *v } else { T::zero() };
-                }
-                // Counted apart (the block is in L1): one loop doing both stays scalar.
-                zeros += zeros_in(block);
-            }
-            zeros
-        })
-        .sum())
 }
 
 pub(crate) fn run(args: &PruneArgs) -> Result<()> {
@@ -330,7 +300,8 @@ fn prune<T: Float>(
             },
             None => strategy(args, &t.shape).mask(&t.weights, &context(name, &t), args.sparsity)?,
         };
-        let after = apply_counting_zeros(&mask, &mut t.weights)?;
+        mask.apply_in_place(&mut t.weights)?;
+        let after = zeros(&t.weights);
         rows.push(Row {
             name: name.into(),
             shape: info.shape.clone(),

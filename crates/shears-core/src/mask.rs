@@ -64,6 +64,33 @@ fn element_count(nrows: usize, ncols: usize) -> Result<usize> {
 fn words_for(len: usize) -> usize {
     len.div_ceil(WORD)
 }
+/// Zeroes `data[i]` wherever bit `i` of `words` is clear (`words` covers `data`).
+fn zero_pruned_words<T: Scalar>(data: &mut [T], words: &[u64]) {
+    for (chunk, &word) in data.chunks_mut(WORD).zip(words) {
+        if word == u64::MAX {
+            continue;
+        }
+        let pruned = !word & tail_bits(chunk.len());
+        if pruned.count_ones() <= 8 {
+            // A few pruned bits: visit just those.
+            let mut pruned = pruned;
+            while pruned != 0 {
+                chunk[pruned.trailing_zeros() as usize] = T::zero();
+                pruned &= pruned - 1;
+            }
+        } else {
+            // Many: unpack the word to bytes, then a branch-free select over the
+            // block, which vectorises (a loop over the bits does not).
+            let mut keep = [false; WORD];
+            for (j, k) in keep.iter_mut().enumerate() {
+                *k = word >> j & 1 == 1;
+            }
+            for (v, &k) in chunk.iter_mut().zip(&keep) {
+                *v = if k { *v } else { T::zero() };
+            }
+        }
+    }
+}
 
 /// The bits of the last word that belong to elements (all ones for a full word).
 fn tail_bits(len: usize) -> u64 {
@@ -453,32 +480,20 @@ impl Mask {
         Ok(())
     }
 
-    /// Zeroes `data[i]` wherever bit `i` is pruned; `data.len() == self.len()`.
+    /// Zeroes `data[i]` wherever bit `i` is pruned; `data.len() == self.len()`. With the
+    /// `rayon` feature a large matrix is split across threads (each value belongs to one
+    /// task, so the result does not depend on the thread count).
     fn zero_pruned<T: Scalar>(&self, data: &mut [T]) {
-        for (chunk, &word) in data.chunks_mut(WORD).zip(&self.words) {
-            if word == u64::MAX {
-                continue;
-            }
-            let pruned = !word & tail_bits(chunk.len());
-            if pruned.count_ones() <= 8 {
-                // A few pruned bits: visit just those.
-                let mut pruned = pruned;
-                while pruned != 0 {
-                    chunk[pruned.trailing_zeros() as usize] = T::zero();
-                    pruned &= pruned - 1;
-                }
-            } else {
-                // Many: unpack the word to bytes, then a branch-free select over the
-                // block, which vectorises (a loop over the bits does not).
-                let mut keep = [false; WORD];
-                for (j, k) in keep.iter_mut().enumerate() {
-                    *k = word >> j & 1 == 1;
-                }
-                for (v, &k) in chunk.iter_mut().zip(&keep) {
-                    *v = if k { *v } else { T::zero() };
-                }
-            }
+        #[cfg(feature = "rayon")]
+        if data.len() >= crate::select::PARALLEL_MIN_LEN {
+            use rayon::prelude::*;
+            const WORDS: usize = 1024;
+            data.par_chunks_mut(WORD * WORDS)
+                .zip(self.words.par_chunks(WORDS))
+                .for_each(|(d, w)| zero_pruned_words(d, w));
+            return;
         }
+        zero_pruned_words(data, &self.words);
     }
 
     /// Zeroes the pruned entries of a tensor stored in its own row-major order

@@ -19,6 +19,8 @@ use crate::mask::Mask;
 use crate::scalar::Scalar;
 use crate::sparsity::{Rounding, Sparsity};
 pub use streaming::{GlobalBucket, GlobalCount, GlobalMasks};
+#[cfg(feature = "rayon")]
+pub(crate) use threshold::PARALLEL_MIN_LEN;
 pub(crate) use threshold::check_finite;
 use threshold::{Segment, prune_lowest_indexed, prune_lowest_segments};
 

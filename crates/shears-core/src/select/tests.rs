@@ -243,4 +243,14 @@ fn split_passes_select_what_one_thread_selects() {
     let one = on(1);
     assert_eq!(one.0.count_pruned(), s.count_of(w.len(), Rounding::HalfEven));
     assert_eq!(on(3), one);
+    // Applying a mask that large is split too, with the same result.
+    let applied = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| one.1.apply(&w).unwrap())
+    };
+    let (single, split) = (applied(1), applied(3));
+    assert_eq!(single, split);
+    for ((&v, &keep), &x) in single.iter().zip(one.1.to_matrix().iter()).zip(w.iter()) {
+        assert_eq!(v, if keep { x } else { 0.0 });
+    }
 }

@@ -132,14 +132,13 @@ fn prune_around_bucket<T: Scalar>(
     else {
         return Ok(None);
     };
-    for ((mask, found), s) in masks.iter_mut().zip(&members).zip(segments) {
-        let (nrows, ncols) = s.scores.shape();
+    for (mask, found) in masks.iter_mut().zip(&members) {
         let mut ties = Vec::new();
         for &(key, i) in found {
             if key > threshold {
                 mask.set_bit(i);
             } else if key == threshold {
-                ties.push((i % nrows) * ncols + i / nrows);
+                ties.push(i);
             }
         }
         keep_ties_past(mask, ties, &mut ties_left);
@@ -147,10 +146,11 @@ fn prune_around_bucket<T: Scalar>(
     Ok(Some(masks))
 }
 
-/// Of `ties` (row-major indices of kept candidates equal to the threshold), prunes the
-/// first `ties_left` in row-major order (counting them down) and keeps the rest.
-fn keep_ties_past(mask: &mut Mask, mut ties: Vec<usize>, ties_left: &mut usize) {
+/// Of `ties` (positions, in storage order, of kept candidates equal to the threshold),
+/// prunes the first `ties_left` in row-major order (counting them down) and keeps the rest.
+fn keep_ties_past(mask: &mut Mask, ties: Vec<usize>, ties_left: &mut usize) {
     let (nrows, ncols) = mask.shape();
+    let mut ties: Vec<usize> = ties.into_iter().map(|i| (i % nrows) * ncols + i / nrows).collect();
     let prune_here = (*ties_left).min(ties.len());
     *ties_left -= prune_here;
     if prune_here < ties.len() {
@@ -293,8 +293,8 @@ fn map_runs<R: Send>(
 /// NaN and infinity.
 pub(crate) fn add_to_histogram<T: Scalar>(s: &Segment<'_, T>, hist: &mut [usize]) -> Result<()> {
     let runs = block_runs(s);
-    let finite = if runs.len() == 1 {
-        add_run_to_histogram(s, 0..s.scores.len().div_ceil(WORD), hist)
+    let finite = if let [run] = runs.as_slice() {
+        add_run_to_histogram(s, run.clone(), hist)
     } else {
         let parts = map_runs(runs, |run| {
             let mut local = vec![0usize; hist.len()];
@@ -388,7 +388,7 @@ pub(crate) fn mask_segment<T: Scalar>(
         Plan::Threshold { key, .. } => key,
     };
     let (nrows, ncols) = s.scores.shape();
-    // Each run yields its mask words and its ties (as row-major indices), in order.
+    // Each run yields its mask words and the positions of its ties, in order.
     let parts = map_runs(block_runs(s), |run| {
         let mut words = Vec::with_capacity(run.len());
         let mut ties = Vec::new();
@@ -396,8 +396,7 @@ pub(crate) fn mask_segment<T: Scalar>(
             let above = flags_where(keys, |k| k > threshold);
             let mut tied = flags_where(keys, |k| k == threshold) & kept;
             while tied != 0 {
-                let i = w * WORD + tied.trailing_zeros() as usize;
-                ties.push((i % nrows) * ncols + i / nrows);
+                ties.push(w * WORD + tied.trailing_zeros() as usize);
                 tied &= tied - 1;
             }
             words.push(above & kept);
