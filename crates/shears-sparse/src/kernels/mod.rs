@@ -14,12 +14,20 @@
 //! path calls the C library's `fma`, slower but with the same bits. Products that stream
 //! their operands (batch 1) gain nothing from FMA and use a multiply and an add.
 //!
+//! Two loads the compiler will not vectorise without CPU-specific tuning are written
+//! with intrinsics in [`isa`], behind one generic function each: the batch-1 kernels'
+//! gather from `x` (AVX2 `vgatherdps`/`vgatherdpd`) and the 2:4 window permute (AVX-512
+//! `vpermt2ps`). Each kernel body takes its copy's [`isa::Isa`] marker as a type
+//! parameter, so the intrinsics appear only in the copies whose CPU has them.
+//!
 //! This module is the only place in shears that contains `unsafe`: calling a
-//! `#[target_feature]` function, after checking the CPU has the feature, and unchecked
-//! indexing into `x` with column indices the format's validator has bounded.
+//! `#[target_feature]` function, after checking the CPU has the feature, the intrinsics
+//! in [`isa`], and unchecked indexing into `x` with column indices the format's validator
+//! has bounded.
 
 #![allow(unsafe_code)]
 
+mod isa;
 mod spmm;
 mod spmv;
 
@@ -94,7 +102,8 @@ pub fn kernel_path() -> KernelPath {
 
 /// Defines `$name(path, args..)`, which runs the `#[inline(always)]` generic `$kernel`
 /// compiled for the given [`KernelPath`]: one wrapper per instruction set, all calling the
-/// same body, so the compiler vectorises it for each.
+/// same body, so the compiler vectorises it for each. The body's first type parameter is
+/// the [`isa::Isa`] marker of the copy, for the intrinsics the compiler does not emit.
 macro_rules! multiversion {
     ($(#[$meta:meta])* fn $name:ident<$($g:ident : $bound:path),*>($($arg:ident : $ty:ty),* $(,)?) => $kernel:ident) => {
         $(#[$meta])*
@@ -105,12 +114,12 @@ macro_rules! multiversion {
                 #[target_feature(enable = "avx512f,avx2,fma")]
                 #[allow(clippy::too_many_arguments, reason = "mirrors the kernel's own signature")]
                 fn avx512<$($g: $bound),*>($($arg: $ty),*) {
-                    $kernel::<$($g),*>($($arg),*)
+                    $kernel::<$crate::kernels::isa::Avx512, $($g),*>($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments, reason = "mirrors the kernel's own signature")]
                 fn avx2<$($g: $bound),*>($($arg: $ty),*) {
-                    $kernel::<$($g),*>($($arg),*)
+                    $kernel::<$crate::kernels::isa::Avx2, $($g),*>($($arg),*)
                 }
                 match path {
                     // SAFETY: KernelPath::Avx512 is only ever resolved after
@@ -118,13 +127,15 @@ macro_rules! multiversion {
                     $crate::kernels::KernelPath::Avx512 => unsafe { avx512::<$($g),*>($($arg),*) },
                     // SAFETY: KernelPath::Avx2 is only ever resolved after detecting avx2 and fma.
                     $crate::kernels::KernelPath::Avx2 => unsafe { avx2::<$($g),*>($($arg),*) },
-                    $crate::kernels::KernelPath::Portable => $kernel::<$($g),*>($($arg),*),
+                    $crate::kernels::KernelPath::Portable => {
+                        $kernel::<$crate::kernels::isa::Portable, $($g),*>($($arg),*)
+                    }
                 }
             }
             #[cfg(not(target_arch = "x86_64"))]
             {
                 let _ = path;
-                $kernel::<$($g),*>($($arg),*)
+                $kernel::<$crate::kernels::isa::Portable, $($g),*>($($arg),*)
             }
         }
     };

@@ -13,6 +13,7 @@ use std::ops::Range;
 use nalgebra::DMatrix;
 use shears_core::Scalar;
 
+use super::isa::Isa;
 use super::{BsrView, CsrView, NmView, combine, for_row_chunks, kernel_path, multiversion};
 use crate::index::SpIndex;
 
@@ -86,7 +87,7 @@ fn row_tiles<T: Scalar, I: SpIndex>(
 }
 
 #[inline(always)]
-fn csr_rows_kernel<T: Scalar, I: SpIndex>(
+fn csr_rows_kernel<P: Isa, T: Scalar, I: SpIndex>(
     a: CsrView<'_, T, I>,
     rows: Range<usize>,
     xt: &[T],
@@ -121,7 +122,7 @@ const NM_WINDOW_BYTES: usize = 32 << 10;
 /// window's rows of `xt` are read from L2 once per block and then from L1, instead of
 /// once per output row.
 #[inline(always)]
-fn nm_rows_kernel<T: Scalar>(
+fn nm_rows_kernel<P: Isa, T: Scalar>(
     a: NmView<'_, T>,
     rows: Range<usize>,
     xt: &[T],
@@ -247,7 +248,7 @@ pub(crate) fn nm_spmm<T: Scalar>(
 }
 
 #[inline(always)]
-fn bsr_rows_kernel<T: Scalar>(
+fn bsr_rows_kernel<P: Isa, T: Scalar>(
     a: BsrView<'_, T>,
     block_rows: Range<usize>,
     xt: &[T],
