@@ -7,7 +7,7 @@
 //! turn eight indexed loads into a gather instruction without a CPU-specific tuning flag
 //! (`-C target-cpu`), which users do not set: on the 2-core AVX-512 machine shears is
 //! measured on, the CSR SpMV loop compiled to scalar loads and `vinsertps`, 0.85-0.96 ms
-//! for 4096x4096 at 90% against 4.5 ms dense. [`gather8`] supplies the instruction.
+//! for 4096x4096 at 90% against 4.5 ms dense. [`gather_mul_add8`] supplies the instruction.
 
 use std::any::TypeId;
 
