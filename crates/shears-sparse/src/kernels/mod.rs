@@ -185,6 +185,11 @@ impl<T> NmView<'_, T> {
         let per_row = self.groups() * self.n;
         let positions = &self.positions[row * per_row..][..per_row];
         match self.n {
+            _ if per_row > u32::MAX as usize => {
+                for (s, (c, &p)) in cols.iter_mut().zip(positions).enumerate() {
+                    *c = ((s / self.n) * self.m + usize::from(p)) as u32;
+                }
+            }
             1 => expand::<1>(positions, self.m, cols),
             2 => expand::<2>(positions, self.m, cols),
             4 => expand::<4>(positions, self.m, cols),
@@ -199,10 +204,15 @@ impl<T> NmView<'_, T> {
     }
 }
 
+/// Columns in 32-bit arithmetic, which vectorises twice as wide as `usize`. Called only
+/// when the row's slot count fits `u32`; then `(s / N) * m` is a group's first column,
+/// below `ncols` (which `NmSparse` bounds by `u32`), and the position adds less than the
+/// group's width, so nothing overflows.
 #[inline(always)]
 fn expand<const N: usize>(positions: &[u8], m: usize, cols: &mut [u32]) {
+    let m = m as u32;
     for (s, (c, &p)) in cols.iter_mut().zip(positions).enumerate() {
-        *c = ((s / N) * m + usize::from(p)) as u32;
+        *c = (s as u32 / N as u32) * m + u32::from(p);
     }
 }
 

@@ -4,8 +4,9 @@
 //! each stored weight multiplies a contiguous slice of `xt` into a register-resident
 //! tile of accumulators: tiles of 32 batch columns, then 8, then 1, with four stored
 //! weights summed per accumulator update so consecutive entries do not wait on each
-//! other. N:M rows first expand their positions into columns and then run the same tiles,
-//! eight rows at a time over L1-sized windows of groups. Results go to a
+//! other. N:M rows first expand their positions into columns, then run tiles of their
+//! own: their rows all have the same length, so several advance in lockstep with one
+//! fused multiply-add per product, eight rows at a time over L1-sized windows of groups. Results go to a
 //! row-major buffer that is written back into `Y` at the end.
 
 use std::ops::Range;
@@ -117,10 +118,80 @@ const NM_ROW_BLOCK: usize = 8;
 /// of a row block reads it.
 const NM_WINDOW_BYTES: usize = 32 << 10;
 
+/// Adds one tile of `W` batch columns of `R` output rows, from equally long runs of
+/// their slots, into `out` (row `k`'s outputs start at `offsets[k]`).
+///
+/// Every row of an N:M matrix has the same number of slots, so `R` rows advance in
+/// lockstep: each lane of each row's accumulator takes one fused multiply-add per slot,
+/// in slot order, and the `R * W` lanes are independent chains. That keeps the FMA units
+/// busy with one instruction per product (the CSR tiles, whose rows differ in length,
+/// spend three instructions per two products on a summing tree instead). `R` only
+/// interleaves rows: a row's result does not depend on it, so copies may pick different
+/// `R` for their register counts.
+#[inline(always)]
+fn nm_tile<T: Scalar, const W: usize, const R: usize>(
+    values: [&[T]; R],
+    cols: [&[u32]; R],
+    xt: &[T],
+    batch: usize,
+    t0: usize,
+    out: &mut [T],
+    offsets: [usize; R],
+) {
+    let len = values[0].len();
+    let values = values.map(|v| &v[..len]);
+    let cols = cols.map(|c| &c[..len]);
+    let mut acc = [[T::zero(); W]; R];
+    for k in 0..len {
+        for r in 0..R {
+            let start = cols[r][k] as usize * batch + t0;
+            // SAFETY: every column is < ncols (NmView::expand_columns) and t0 + W <= batch
+            // (the tiling loop), so start + W <= ncols * batch == xt.len().
+            let xs = unsafe { xt.get_unchecked(start..start + W) };
+            let v = values[r][k];
+            for j in 0..W {
+                acc[r][j] = v.mul_add(xs[j], acc[r][j]);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        for (o, &a) in out[offsets[r] + t0..][..W].iter_mut().zip(acc) {
+            *o += a;
+        }
+    }
+}
+
+/// [`nm_tile`] over the whole batch: tiles of 32 columns, then 8, then 1.
+#[inline(always)]
+fn nm_row_tiles<T: Scalar, const R: usize>(
+    values: [&[T]; R],
+    cols: [&[u32]; R],
+    xt: &[T],
+    batch: usize,
+    out: &mut [T],
+    offsets: [usize; R],
+) {
+    let mut t0 = 0;
+    while t0 + 32 <= batch {
+        nm_tile::<T, 32, R>(values, cols, xt, batch, t0, out, offsets);
+        t0 += 32;
+    }
+    while t0 + 8 <= batch {
+        nm_tile::<T, 8, R>(values, cols, xt, batch, t0, out, offsets);
+        t0 += 8;
+    }
+    while t0 < batch {
+        nm_tile::<T, 1, R>(values, cols, xt, batch, t0, out, offsets);
+        t0 += 1;
+    }
+}
+
 /// N:M rows in blocks of [`NM_ROW_BLOCK`], each walked in windows of whole groups: the
 /// rows of a block pick their N of every M inputs from the same M input rows, so a
 /// window's rows of `xt` are read from L2 once per block and then from L1, instead of
-/// once per output row.
+/// once per output row. Within a window, rows go through [`nm_tile`] four at a time on
+/// the AVX-512 copy (32 registers hold 4 x 32 accumulator lanes) and two at a time on
+/// the others.
 #[inline(always)]
 fn nm_rows_kernel<P: Isa, T: Scalar>(
     a: NmView<'_, T>,
@@ -144,15 +215,44 @@ fn nm_rows_kernel<P: Isa, T: Scalar>(
         }
         for w0 in (0..per_row).step_by(window) {
             let w = w0..(w0 + window).min(per_row);
-            for (k, r) in block.clone().enumerate() {
-                let o = (r - first) * batch;
-                row_tiles(
+            let row = |k: usize| {
+                let r = block.start + k;
+                (
                     &a.values[r * per_row..][w.clone()],
                     &cols[k * per_row..][w.clone()],
+                    (r - first) * batch,
+                )
+            };
+            let mut k = 0;
+            if P::AVX512 {
+                while k + 4 <= block.len() {
+                    let rows: [_; 4] = std::array::from_fn(|i| row(k + i));
+                    nm_row_tiles::<T, 4>(
+                        rows.map(|r| r.0),
+                        rows.map(|r| r.1),
+                        xt,
+                        batch,
+                        out,
+                        rows.map(|r| r.2),
+                    );
+                    k += 4;
+                }
+            }
+            while k + 2 <= block.len() {
+                let rows: [_; 2] = std::array::from_fn(|i| row(k + i));
+                nm_row_tiles::<T, 2>(
+                    rows.map(|r| r.0),
+                    rows.map(|r| r.1),
                     xt,
                     batch,
-                    &mut out[o..o + batch],
+                    out,
+                    rows.map(|r| r.2),
                 );
+                k += 2;
+            }
+            if k < block.len() {
+                let (v, c, o) = row(k);
+                nm_row_tiles::<T, 1>([v], [c], xt, batch, out, [o]);
             }
         }
     }
@@ -349,6 +449,54 @@ mod tests {
                         .map(|k| values[k] * xt[usize::from(indices[k]) * batch + j])
                         .sum();
                     assert!((portable[r * batch + j] - plain).abs() < 1e-5, "({r}, {j})");
+                }
+            }
+        }
+    }
+
+    /// N:M rows give the portable copy's bits on every copy, whichever number of rows a
+    /// copy interleaves (4, 2, 1: blocks of 1 to 11 rows), for every tile width, and
+    /// agree with a plain sum.
+    #[test]
+    fn nm_rows_give_the_portable_bits_for_any_interleave() {
+        let (n, m, ncols) = (2usize, 4usize, 37usize);
+        let groups = ncols.div_ceil(m);
+        for nrows in [1usize, 3, 4, 5, 11] {
+            let per_row = groups * n;
+            let positions: Vec<u8> = (0..nrows * per_row)
+                .map(|k| {
+                    let (g, slot) = ((k % per_row) / n, k % n);
+                    let width = m.min(ncols - g * m);
+                    ((slot + k / per_row + g) % width) as u8
+                })
+                .collect();
+            let values: Vec<f32> = (0..nrows * per_row).map(|k| (k as f32 * 0.37).sin()).collect();
+            let a = NmView { nrows, ncols, n, m, values: &values, positions: &positions };
+            for batch in [1, 8, 43] {
+                let xt: Vec<f32> = (0..ncols * batch).map(|k| (k as f32 * 0.11).cos()).collect();
+                let run = |path| {
+                    let mut out = vec![0.0f32; nrows * batch];
+                    nm_rows(KernelPath::resolve(path), a, 0..nrows, &xt, batch, &mut out);
+                    out
+                };
+                let portable = run(KernelPath::Portable);
+                for path in [KernelPath::Avx2, KernelPath::Avx512] {
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&run(path)),
+                        bits(&portable),
+                        "{path:?}, {nrows} rows, batch {batch}"
+                    );
+                }
+                let mut cols = vec![0u32; per_row];
+                for r in 0..nrows {
+                    a.expand_columns(r, &mut cols);
+                    for j in 0..batch {
+                        let plain: f32 = (0..per_row)
+                            .map(|s| values[r * per_row + s] * xt[cols[s] as usize * batch + j])
+                            .sum();
+                        assert!((portable[r * batch + j] - plain).abs() < 1e-5, "({r}, {j})");
+                    }
                 }
             }
         }
