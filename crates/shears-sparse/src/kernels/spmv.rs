@@ -320,6 +320,13 @@ mod tests {
         }
     }
 
+    #[test]
+    fn inputs_past_signed_32_bit_offsets_do_not_gather() {
+        assert_eq!(gathering_path((1 << 31) + 1), KernelPath::Portable);
+        assert_eq!(gathering_path(1 << 31), kernel_path());
+        assert_eq!(gathering_path(0), kernel_path());
+    }
+
     fn bits<T: Scalar>(v: &[T]) -> Vec<u64> {
         v.iter().map(|x| x.as_f64().to_bits()).collect()
     }
