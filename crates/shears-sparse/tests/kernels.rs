@@ -92,17 +92,17 @@ fn results_do_not_depend_on_thread_count() {
     let nm_mask = Mask::from_fn(rows, cols, |r, c| (c + r) % 4 < 2).unwrap();
     let nm = NmSparse::from_dense_masked(&w, &nm_mask, NmPattern::TWO_FOUR).unwrap();
     let bsr = BlockSparse::from_dense_masked(&w, &mask, BlockShape::new(4, 4).unwrap()).unwrap();
+    // Wide enough (70,000 inputs, 175,000 outputs) that the copies into and out of
+    // row-major order are split across threads too.
+    let wide = DMatrix::from_fn(cols, 70, |r, c| ((r * 5 + c) % 11) as f32 - 5.0);
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
             let v = DVector::from_column_slice(x.column(0).as_slice());
             (
-                csr.matmul(&x).unwrap(),
-                csr.matvec(&v).unwrap(),
-                nm.matmul(&x).unwrap(),
-                nm.matvec(&v).unwrap(),
-                bsr.matmul(&x).unwrap(),
-                bsr.matvec(&v).unwrap(),
+                (csr.matmul(&x).unwrap(), csr.matvec(&v).unwrap(), csr.matmul(&wide).unwrap()),
+                (nm.matmul(&x).unwrap(), nm.matvec(&v).unwrap(), nm.matmul(&wide).unwrap()),
+                (bsr.matmul(&x).unwrap(), bsr.matvec(&v).unwrap()),
             )
         })
     };
@@ -110,6 +110,9 @@ fn results_do_not_depend_on_thread_count() {
     for threads in [2, 3, 4] {
         assert_eq!(run(threads), one, "{threads} threads");
     }
+    let close = |a: &DMatrix<f32>, b: &DMatrix<f32>| (a - b).amax() <= 1e-3 * b.amax().max(1.0);
+    assert!(close(&one.0.2, &(mask.apply(&w).unwrap() * &wide)));
+    assert!(close(&one.1.2, &(nm_mask.apply(&w).unwrap() * &wide)));
 }
 
 #[test]
