@@ -236,3 +236,94 @@ pub(crate) mod x86 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::KernelPath;
+
+    fn fixture<T: Scalar>() -> ([T; 8], Vec<T>, Vec<u8>, Vec<T>) {
+        let acc = std::array::from_fn(|j| T::from_f64_lossy(j as f64 * 0.25 - 1.0));
+        let v = (0..16).map(|k| T::from_f64_lossy((k as f64 * 0.37).sin())).collect();
+        let p = (0..16).map(|k| ((k * 5) % 2) as u8).collect();
+        let window = (0..32).map(|k| T::from_f64_lossy((k as f64 * 0.11).cos())).collect();
+        (acc, v, p, window)
+    }
+
+    /// Two eight-lane steps by hand: the reference for both helpers.
+    fn by_hand<T: Scalar>(acc: [T; 8], v: &[T], x: &[T], idx: &[usize]) -> [T; 8] {
+        let mut acc = acc;
+        for half in [0, 8] {
+            for j in 0..8 {
+                acc[j] = acc[j] + v[half + j] * x[idx[half + j]];
+            }
+        }
+        acc
+    }
+
+    fn bits<T: Scalar>(a: [T; 8]) -> [u64; 8] {
+        a.map(|v| v.as_f64().to_bits())
+    }
+
+    /// Every copy of both helpers, for both element types, gives the by-hand bits; the
+    /// portable fallback of the window helper (which kernels only reach through the
+    /// AVX-512 copy for f32) included.
+    #[test]
+    fn helpers_match_the_formula_on_every_copy() {
+        fn check<T: Scalar>() {
+            let (acc, v, p, window) = fixture::<T>();
+            let offsets: [u32; 16] = std::array::from_fn(|j| (j / 2 * 4) as u32);
+            let idx: Vec<usize> =
+                (0..16).map(|j| (offsets[j] + u32::from(p[j])) as usize).collect();
+            let want = bits(by_hand(acc, &v, &window, &idx));
+            let gathered = |isa: KernelPath| {
+                let step = |acc, half: usize| {
+                    let i: [u32; 8] = std::array::from_fn(|j| idx[half + j] as u32);
+                    // SAFETY: every index is < 32 == window.len(); the copy is only used
+                    // where the CPU supports it (KernelPath::resolve below).
+                    unsafe {
+                        match isa {
+                            KernelPath::Portable => {
+                                gather_mul_add8::<Portable, T>(acc, &v[half..], &window, i)
+                            }
+                            KernelPath::Avx2 => {
+                                gather_mul_add8::<Avx2, T>(acc, &v[half..], &window, i)
+                            }
+                            KernelPath::Avx512 => {
+                                gather_mul_add8::<Avx512, T>(acc, &v[half..], &window, i)
+                            }
+                        }
+                    }
+                };
+                step(step(acc, 0), 8)
+            };
+            let windowed = |isa: KernelPath| {
+                // SAFETY: 16 values and positions, a 32-element window, offsets + p < 32;
+                // the copy is only used where the CPU supports it.
+                unsafe {
+                    match isa {
+                        KernelPath::Portable => {
+                            window_mul_add16::<Portable, T>(acc, &v, &p, &window, offsets)
+                        }
+                        KernelPath::Avx2 => {
+                            window_mul_add16::<Avx2, T>(acc, &v, &p, &window, offsets)
+                        }
+                        KernelPath::Avx512 => {
+                            window_mul_add16::<Avx512, T>(acc, &v, &p, &window, offsets)
+                        }
+                    }
+                }
+            };
+            for requested in [KernelPath::Portable, KernelPath::Avx2, KernelPath::Avx512] {
+                let isa = KernelPath::resolve(requested);
+                if isa != requested {
+                    continue;
+                }
+                assert_eq!(bits(gathered(isa)), want, "gather, {isa:?}");
+                assert_eq!(bits(windowed(isa)), want, "window, {isa:?}");
+            }
+        }
+        check::<f32>();
+        check::<f64>();
+    }
+}
