@@ -255,7 +255,7 @@ mod tests {
         let mut acc = acc;
         for half in [0, 8] {
             for j in 0..8 {
-                acc[j] = acc[j] + v[half + j] * x[idx[half + j]];
+                acc[j] += v[half + j] * x[idx[half + j]];
             }
         }
         acc
