@@ -32,18 +32,21 @@ impl std::fmt::Display for Format {
 
 /// The sparsity from which CSR beats dense nalgebra, by batch size.
 ///
-/// Measured with `cargo xtask bench` (4096x4096 and 1024x1024 f32, one thread, u16
-/// indices, 2-core AVX-512 Xeon): CSR SpMV wins from 50% on (nalgebra's gemv is far from
-/// the memory bound), and CSR SpMM keeps winning over nalgebra's gemm from 70% at batch 8
-/// to 80% at batch 32 and above, where the dense product becomes compute-bound and
-/// efficient.
+/// Measured with `cargo xtask bench` (4096x4096, 1024x1024, 1536x384 and 384x1536 f32,
+/// one thread, u16 indices, 2-core AVX-512 Xeon): CSR wins from 50% on at batches 1, 8
+/// and 32 on every shape (1.07-2.12x at 50%), and from 80% at batch 128, where
+/// nalgebra's gemm is compute-bound and efficient (at 70%: 0.95-1.23x).
 pub fn csr_break_even(batch: usize) -> f64 {
     match batch {
-        0..=1 => 0.5,
-        2..=8 => 0.7,
+        0..=32 => 0.5,
         _ => 0.8,
     }
 }
+
+/// The largest batch at which N:M packing beats the dense product. Measured as for
+/// [`csr_break_even`]: 2:4 runs at 1.4-1.8x dense at batch 1, 1.2-2.0x at 8, 1.1-1.8x
+/// at 32, and 0.85-1.02x at 128.
+pub const NM_MAX_BATCH: usize = 32;
 
 /// Matrices with fewer elements than this stay dense unless they compact: they sit in
 /// L1/L2 and nalgebra's dense kernels beat any index-chasing format on them. Measured
@@ -56,8 +59,8 @@ pub const SMALL_MATRIX: usize = 65_536;
 /// In order: a mask with at least a quarter of its rows or columns fully pruned, and at
 /// most 30% unstructured sparsity left inside the remaining block, compacts; a matrix
 /// smaller than [`SMALL_MATRIX`] stays dense; a mask that satisfies 2:4 (or 4:8) at
-/// 40..60% sparsity packs as N:M; an unstructured mask at or past [`csr_break_even`]
-/// goes to CSR; anything else stays dense.
+/// 40..60% sparsity packs as N:M up to batch [`NM_MAX_BATCH`]; an unstructured mask at or
+/// past [`csr_break_even`] goes to CSR; anything else stays dense.
 ///
 /// ```
 /// use shears_core::{Mask, NmPattern};
@@ -67,6 +70,7 @@ pub const SMALL_MATRIX: usize = 65_536;
 /// assert_eq!(choose_format(&half_rows, 1), Format::Compact);
 /// let two_four = Mask::from_fn(512, 512, |r, c| (r + c) % 4 < 2)?;
 /// assert_eq!(choose_format(&two_four, 1), Format::Nm(NmPattern::TWO_FOUR));
+/// assert_eq!(choose_format(&two_four, 128), Format::Dense);
 /// let sparse = Mask::from_fn(512, 512, |r, c| (r * 7 + c * 13) % 10 == 0)?;
 /// assert_eq!(choose_format(&sparse, 1), Format::Csr);
 /// let small = Mask::from_fn(64, 64, |r, c| (r * 7 + c * 13) % 10 == 0)?;
@@ -93,7 +97,7 @@ pub fn choose_format(mask: &Mask, batch: usize) -> Format {
     if mask.len() < SMALL_MATRIX {
         return Format::Dense;
     }
-    if (0.4..=0.6).contains(&sparsity) {
+    if batch <= NM_MAX_BATCH && (0.4..=0.6).contains(&sparsity) {
         for pattern in [NmPattern::TWO_FOUR, NmPattern::new(4, 8).unwrap_or(NmPattern::TWO_FOUR)] {
             if satisfies(mask, pattern) {
                 return Format::Nm(pattern);

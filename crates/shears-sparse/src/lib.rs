@@ -54,7 +54,7 @@ mod product;
 mod validate;
 
 pub use block::BlockSparse;
-pub use choose::{Format, SMALL_MATRIX, choose_format, csr_break_even};
+pub use choose::{Format, NM_MAX_BATCH, SMALL_MATRIX, choose_format, csr_break_even};
 pub use compact::{Compacted, Compaction, compact_pair};
 pub use csr::{AnyCsr, Csr};
 pub use error::{Error, FormatError, Result};

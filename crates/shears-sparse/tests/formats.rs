@@ -103,8 +103,13 @@ fn format_choice() {
     assert_eq!(choose_format(&rows, 32), Format::Compact);
     let nm = Mask::from_fn(256, 256, |r, c| (c + r) % 8 < 4).unwrap();
     assert_eq!(choose_format(&nm, 1), Format::Nm(NmPattern::new(4, 8).unwrap()));
+    assert_eq!(choose_format(&nm, 32), Format::Nm(NmPattern::new(4, 8).unwrap()));
+    assert_eq!(choose_format(&nm, 33), Format::Dense, "past N:M's batches, 50% is too dense");
     let light = Mask::from_fn(256, 256, |r, c| (r + c) % 3 != 0).unwrap();
     assert_eq!(choose_format(&light, 1), Format::Dense);
+    let half = Mask::from_fn(256, 256, |r, c| (r * 7 + c) % 10 < 5).unwrap();
+    assert_eq!(choose_format(&half, 32), Format::Csr);
+    assert_eq!(choose_format(&half, 33), Format::Dense);
     let heavy = Mask::from_fn(256, 256, |r, c| (r * 5 + c) % 20 == 0).unwrap();
     assert_eq!(choose_format(&heavy, 128), Format::Csr);
     let small = Mask::from_fn(32, 32, |r, c| (r * 5 + c) % 20 == 0).unwrap();
