@@ -162,16 +162,18 @@ fn nm_tile<T: Scalar, const W: usize, const R: usize>(
     }
 }
 
+/// One N:M row's run of slots: its values, its columns, and where its outputs start.
+type NmRun<'a, T> = (&'a [T], &'a [u32], usize);
+
 /// [`nm_tile`] over the whole batch: tiles of 32 columns, then 8, then 1.
 #[inline(always)]
 fn nm_row_tiles<T: Scalar, const R: usize>(
-    values: [&[T]; R],
-    cols: [&[u32]; R],
+    rows: [NmRun<'_, T>; R],
     xt: &[T],
     batch: usize,
     out: &mut [T],
-    offsets: [usize; R],
 ) {
+    let (values, cols, offsets) = (rows.map(|r| r.0), rows.map(|r| r.1), rows.map(|r| r.2));
     let mut t0 = 0;
     while t0 + 32 <= batch {
         nm_tile::<T, 32, R>(values, cols, xt, batch, t0, out, offsets);
@@ -216,7 +218,7 @@ fn nm_rows_kernel<P: Isa, T: Scalar>(
         }
         for w0 in (0..per_row).step_by(window) {
             let w = w0..(w0 + window).min(per_row);
-            let row = |k: usize| {
+            let row = |k: usize| -> NmRun<'_, T> {
                 let r = block.start + k;
                 (
                     &a.values[r * per_row..][w.clone()],
@@ -227,33 +229,16 @@ fn nm_rows_kernel<P: Isa, T: Scalar>(
             let mut k = 0;
             if P::AVX512 {
                 while k + 4 <= block.len() {
-                    let rows: [_; 4] = std::array::from_fn(|i| row(k + i));
-                    nm_row_tiles::<T, 4>(
-                        rows.map(|r| r.0),
-                        rows.map(|r| r.1),
-                        xt,
-                        batch,
-                        out,
-                        rows.map(|r| r.2),
-                    );
+                    nm_row_tiles::<T, 4>(std::array::from_fn(|i| row(k + i)), xt, batch, out);
                     k += 4;
                 }
             }
             while k + 2 <= block.len() {
-                let rows: [_; 2] = std::array::from_fn(|i| row(k + i));
-                nm_row_tiles::<T, 2>(
-                    rows.map(|r| r.0),
-                    rows.map(|r| r.1),
-                    xt,
-                    batch,
-                    out,
-                    rows.map(|r| r.2),
-                );
+                nm_row_tiles::<T, 2>(std::array::from_fn(|i| row(k + i)), xt, batch, out);
                 k += 2;
             }
             if k < block.len() {
-                let (v, c, o) = row(k);
-                nm_row_tiles::<T, 1>([v], [c], xt, batch, out, [o]);
+                nm_row_tiles::<T, 1>([row(k)], xt, batch, out);
             }
         }
     }
