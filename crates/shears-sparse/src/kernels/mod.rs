@@ -184,16 +184,12 @@ impl<T> NmView<'_, T> {
     pub(crate) fn expand_columns(&self, row: usize, cols: &mut [u32]) {
         let per_row = self.groups() * self.n;
         let positions = &self.positions[row * per_row..][..per_row];
+        let narrow = per_row <= u32::MAX as usize;
         match self.n {
-            _ if per_row > u32::MAX as usize => {
-                for (s, (c, &p)) in cols.iter_mut().zip(positions).enumerate() {
-                    *c = ((s / self.n) * self.m + usize::from(p)) as u32;
-                }
-            }
-            1 => expand::<1>(positions, self.m, cols),
-            2 => expand::<2>(positions, self.m, cols),
-            4 => expand::<4>(positions, self.m, cols),
-            8 => expand::<8>(positions, self.m, cols),
+            1 if narrow => expand::<1>(positions, self.m, cols),
+            2 if narrow => expand::<2>(positions, self.m, cols),
+            4 if narrow => expand::<4>(positions, self.m, cols),
+            8 if narrow => expand::<8>(positions, self.m, cols),
             n => {
                 for (s, (c, &p)) in cols.iter_mut().zip(positions).enumerate() {
                     *c = ((s / n) * self.m + usize::from(p)) as u32;
