@@ -92,7 +92,8 @@ fn results_do_not_depend_on_thread_count() {
     let nm_mask = Mask::from_fn(rows, cols, |r, c| (c + r) % 4 < 2).unwrap();
     let nm = NmSparse::from_dense_masked(&w, &nm_mask, NmPattern::TWO_FOUR).unwrap();
     let bsr = BlockSparse::from_dense_masked(&w, &mask, BlockShape::new(4, 4).unwrap()).unwrap();
-    // A wider batch too: every tile width (32, 8, 1) and several 32-wide tiles.
+    // Wide enough (70,000 inputs, 175,000 outputs) that the copies into and out of
+    // row-major order are split across threads too.
     let wide = DMatrix::from_fn(cols, 70, |r, c| ((r * 5 + c) % 11) as f32 - 5.0);
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
