@@ -19,11 +19,23 @@ pub(crate) trait Isa: Copy + Send + Sync + 'static {
     const AVX2: bool;
     /// The copy runs with AVX-512F enabled: 16-lane permutes are available.
     const AVX512: bool;
+    /// [`fma`] fuses (rounds once). False only for [`PortableUnfused`].
+    const FUSED: bool = true;
 }
 
-/// The baseline target's instructions.
+/// The baseline target's instructions, on a CPU that has fused multiply-add (every
+/// x86-64 CPU with AVX2, every aarch64 one), or forced by `SHEARS_KERNEL=portable` on
+/// one: fused multiply-adds then give the AVX paths' bits.
 #[derive(Clone, Copy)]
 pub(crate) struct Portable;
+
+/// The baseline target's instructions on an x86-64 CPU without fused multiply-add
+/// (before 2013, or a virtual CPU that hides it, such as QEMU's default `qemu64`). No
+/// other copy can run there, so matching their bits bought nothing, and it cost the C
+/// library's software `fma` for every product: batched products ran 20-30x slower than
+/// with a multiply and an add.
+#[derive(Clone, Copy)]
+pub(crate) struct PortableUnfused;
 
 /// AVX2 and FMA.
 #[derive(Clone, Copy)]
@@ -38,6 +50,12 @@ impl Isa for Portable {
     const AVX512: bool = false;
 }
 
+impl Isa for PortableUnfused {
+    const AVX2: bool = false;
+    const AVX512: bool = false;
+    const FUSED: bool = false;
+}
+
 impl Isa for Avx2 {
     const AVX2: bool = true;
     const AVX512: bool = false;
@@ -46,6 +64,27 @@ impl Isa for Avx2 {
 impl Isa for Avx512 {
     const AVX2: bool = true;
     const AVX512: bool = true;
+}
+
+/// Whether the portable copy may fuse: the CPU has fused multiply-add (the standard
+/// library's `mul_add` then costs a call but not a software emulation). Decided once.
+pub(crate) fn portable_fuses() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static FMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *FMA.get_or_init(|| is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        true
+    }
+}
+
+/// `a * b + c`, rounded once on copies that fuse ([`Isa::FUSED`]), twice on
+/// [`PortableUnfused`].
+#[inline(always)]
+pub(crate) fn fma<P: Isa, T: Scalar>(a: T, b: T, c: T) -> T {
+    if P::FUSED { a.mul_add(b, c) } else { a * b + c }
 }
 
 /// Whether `T` is `U` (decided at compile time).

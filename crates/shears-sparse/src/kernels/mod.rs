@@ -8,11 +8,14 @@
 //! forces a path (falling back to the best one the CPU supports) for testing.
 //!
 //! Every path evaluates the same arithmetic in the same order (explicit accumulator
-//! lanes), so all paths and all thread counts give bit-identical results. The batched
-//! tiles use fused multiply-adds (`mul_add`, correctly rounded): one instruction on the
-//! AVX2+FMA and AVX-512 paths and on aarch64; on an x86-64 CPU without FMA the portable
-//! path calls the C library's `fma`, slower but with the same bits. Products that stream
-//! their operands (batch 1) gain nothing from FMA and use a multiply and an add.
+//! lanes), so all the paths a CPU can run, and all thread counts, give bit-identical
+//! results. The batched tiles use fused multiply-adds (`mul_add`, correctly rounded):
+//! one instruction on the AVX2+FMA and AVX-512 paths and on aarch64. An x86-64 CPU
+//! without FMA can only run the portable path, and there the tiles multiply and add
+//! instead ([`isa::PortableUnfused`]), because emulating the fused result in software
+//! made batched products 20-30x slower; its results can differ from an FMA machine's in
+//! the last bits, as any two BLAS libraries' do. Products that stream their operands
+//! (batch 1) gain nothing from FMA and use a multiply and an add everywhere.
 //!
 //! Two loads the compiler will not vectorise without CPU-specific tuning are written
 //! with intrinsics in [`isa`], behind one generic function each: the batch-1 kernels'
@@ -127,8 +130,11 @@ macro_rules! multiversion {
                     $crate::kernels::KernelPath::Avx512 => unsafe { avx512::<$($g),*>($($arg),*) },
                     // SAFETY: KernelPath::Avx2 is only ever resolved after detecting avx2 and fma.
                     $crate::kernels::KernelPath::Avx2 => unsafe { avx2::<$($g),*>($($arg),*) },
-                    $crate::kernels::KernelPath::Portable => {
+                    $crate::kernels::KernelPath::Portable if $crate::kernels::isa::portable_fuses() => {
                         $kernel::<$crate::kernels::isa::Portable, $($g),*>($($arg),*)
+                    }
+                    $crate::kernels::KernelPath::Portable => {
+                        $kernel::<$crate::kernels::isa::PortableUnfused, $($g),*>($($arg),*)
                     }
                 }
             }

@@ -15,7 +15,7 @@ use nalgebra::DMatrix;
 use rayon::prelude::*;
 use shears_core::Scalar;
 
-use super::isa::Isa;
+use super::isa::{Isa, fma};
 use super::{BsrView, CsrView, NmView, combine, for_row_chunks, kernel_path, multiversion};
 use crate::index::SpIndex;
 
@@ -28,7 +28,7 @@ const UNROLL: usize = 4;
 /// Adds one tile of `W` batch columns of one output row, from (a run of) the row's
 /// values and columns, into `out`.
 #[inline(always)]
-fn tile<T: Scalar, I: SpIndex, const W: usize>(
+fn tile<P: Isa, T: Scalar, I: SpIndex, const W: usize>(
     values: &[T],
     cols: &[I],
     xt: &[T],
@@ -47,15 +47,15 @@ fn tile<T: Scalar, I: SpIndex, const W: usize>(
     for (v, c) in values[..full].chunks_exact(UNROLL).zip(cols[..full].chunks_exact(UNROLL)) {
         let (x0, x1, x2, x3) = (x_row(c[0]), x_row(c[1]), x_row(c[2]), x_row(c[3]));
         for j in 0..W {
-            let pair0 = v[0].mul_add(x0[j], v[1] * x1[j]);
-            let pair1 = v[2].mul_add(x2[j], v[3] * x3[j]);
+            let pair0 = fma::<P, T>(v[0], x0[j], v[1] * x1[j]);
+            let pair1 = fma::<P, T>(v[2], x2[j], v[3] * x3[j]);
             acc[j] += pair0 + pair1;
         }
     }
     for (&v, &c) in values[full..].iter().zip(&cols[full..]) {
         let xs = x_row(c);
         for j in 0..W {
-            acc[j] = v.mul_add(xs[j], acc[j]);
+            acc[j] = fma::<P, T>(v, xs[j], acc[j]);
         }
     }
     for (o, a) in out[t0..t0 + W].iter_mut().zip(acc) {
@@ -66,7 +66,7 @@ fn tile<T: Scalar, I: SpIndex, const W: usize>(
 /// Adds one output row (or a run of its entries) into `out`: tiles of 32 batch columns,
 /// then 8, then 1.
 #[inline(always)]
-fn row_tiles<T: Scalar, I: SpIndex>(
+fn row_tiles<P: Isa, T: Scalar, I: SpIndex>(
     values: &[T],
     cols: &[I],
     xt: &[T],
@@ -75,15 +75,15 @@ fn row_tiles<T: Scalar, I: SpIndex>(
 ) {
     let mut t0 = 0;
     while t0 + 32 <= batch {
-        tile::<T, I, 32>(values, cols, xt, batch, t0, out);
+        tile::<P, T, I, 32>(values, cols, xt, batch, t0, out);
         t0 += 32;
     }
     while t0 + 8 <= batch {
-        tile::<T, I, 8>(values, cols, xt, batch, t0, out);
+        tile::<P, T, I, 8>(values, cols, xt, batch, t0, out);
         t0 += 8;
     }
     while t0 < batch {
-        tile::<T, I, 1>(values, cols, xt, batch, t0, out);
+        tile::<P, T, I, 1>(values, cols, xt, batch, t0, out);
         t0 += 1;
     }
 }
@@ -98,7 +98,7 @@ fn csr_rows_kernel<P: Isa, T: Scalar, I: SpIndex>(
 ) {
     for (k, r) in rows.enumerate() {
         let range = a.indptr[r]..a.indptr[r + 1];
-        row_tiles(
+        row_tiles::<P, T, I>(
             &a.values[range.clone()],
             &a.indices[range],
             xt,
@@ -130,7 +130,7 @@ const NM_WINDOW_BYTES: usize = 32 << 10;
 /// interleaves rows: a row's result does not depend on it, so copies may pick different
 /// `R` for their register counts.
 #[inline(always)]
-fn nm_tile<T: Scalar, const W: usize, const R: usize>(
+fn nm_tile<P: Isa, T: Scalar, const W: usize, const R: usize>(
     values: [&[T]; R],
     cols: [&[u32]; R],
     xt: &[T],
@@ -151,7 +151,7 @@ fn nm_tile<T: Scalar, const W: usize, const R: usize>(
             let xs = unsafe { xt.get_unchecked(start..start + W) };
             let v = values[r][k];
             for j in 0..W {
-                acc[r][j] = v.mul_add(xs[j], acc[r][j]);
+                acc[r][j] = fma::<P, T>(v, xs[j], acc[r][j]);
             }
         }
     }
@@ -167,7 +167,7 @@ type NmRun<'a, T> = (&'a [T], &'a [u32], usize);
 
 /// [`nm_tile`] over the whole batch: tiles of 32 columns, then 8, then 1.
 #[inline(always)]
-fn nm_row_tiles<T: Scalar, const R: usize>(
+fn nm_row_tiles<P: Isa, T: Scalar, const R: usize>(
     rows: [NmRun<'_, T>; R],
     xt: &[T],
     batch: usize,
@@ -176,15 +176,15 @@ fn nm_row_tiles<T: Scalar, const R: usize>(
     let (values, cols, offsets) = (rows.map(|r| r.0), rows.map(|r| r.1), rows.map(|r| r.2));
     let mut t0 = 0;
     while t0 + 32 <= batch {
-        nm_tile::<T, 32, R>(values, cols, xt, batch, t0, out, offsets);
+        nm_tile::<P, T, 32, R>(values, cols, xt, batch, t0, out, offsets);
         t0 += 32;
     }
     while t0 + 8 <= batch {
-        nm_tile::<T, 8, R>(values, cols, xt, batch, t0, out, offsets);
+        nm_tile::<P, T, 8, R>(values, cols, xt, batch, t0, out, offsets);
         t0 += 8;
     }
     while t0 < batch {
-        nm_tile::<T, 1, R>(values, cols, xt, batch, t0, out, offsets);
+        nm_tile::<P, T, 1, R>(values, cols, xt, batch, t0, out, offsets);
         t0 += 1;
     }
 }
@@ -229,16 +229,16 @@ fn nm_rows_kernel<P: Isa, T: Scalar>(
             let mut k = 0;
             if P::AVX512 {
                 while k + 4 <= block.len() {
-                    nm_row_tiles::<T, 4>(std::array::from_fn(|i| row(k + i)), xt, batch, out);
+                    nm_row_tiles::<P, T, 4>(std::array::from_fn(|i| row(k + i)), xt, batch, out);
                     k += 4;
                 }
             }
             while k + 2 <= block.len() {
-                nm_row_tiles::<T, 2>(std::array::from_fn(|i| row(k + i)), xt, batch, out);
+                nm_row_tiles::<P, T, 2>(std::array::from_fn(|i| row(k + i)), xt, batch, out);
                 k += 2;
             }
             if k < block.len() {
-                nm_row_tiles::<T, 1>([row(k)], xt, batch, out);
+                nm_row_tiles::<P, T, 1>([row(k)], xt, batch, out);
             }
         }
     }
@@ -584,5 +584,53 @@ mod tests {
         }
         assert!(to_row_major(&DMatrix::<f32>::zeros(0, 5)).as_slice().is_empty());
         write_back(1.0, &[], 0.0, &mut DMatrix::<f32>::zeros(7, 0));
+    }
+
+    /// On a CPU without fused multiply-add, the portable copy multiplies and adds: the
+    /// CSR tile's pair sums and the N:M rows' running sums, in the fused copies' order,
+    /// each product rounded before its add.
+    #[test]
+    fn the_unfused_portable_copy_multiplies_then_adds() {
+        use crate::kernels::isa::PortableUnfused;
+        let (ncols, batch) = (40usize, 9usize);
+        let xt: Vec<f32> = (0..ncols * batch).map(|k| (k as f32 * 0.11).cos()).collect();
+        let x = |c: usize, j: usize| xt[c * batch + j];
+        // CSR: one row of 7 entries (a group of four, then three one at a time).
+        let (indptr, indices, values) = (
+            vec![0, 7],
+            vec![1u16, 4, 9, 13, 20, 31, 39],
+            vec![0.3f32, -1.7, 2.2, 0.9, -0.4, 1.3, 0.6],
+        );
+        let a = CsrView { nrows: 1, ncols, indptr: &indptr, indices: &indices, values: &values };
+        let mut out = vec![0.0f32; batch];
+        csr_rows_kernel::<PortableUnfused, f32, u16>(a, 0..1, &xt, batch, &mut out);
+        for (j, &got) in out.iter().enumerate() {
+            let c = |k: usize| usize::from(indices[k]);
+            let mut acc = 0.0f32;
+            acc += (values[0] * x(c(0), j) + values[1] * x(c(1), j))
+                + (values[2] * x(c(2), j) + values[3] * x(c(3), j));
+            for (k, &v) in values.iter().enumerate().skip(4) {
+                acc += v * x(c(k), j);
+            }
+            assert_eq!(got.to_bits(), acc.to_bits(), "csr, column {j}");
+        }
+        // N:M: 2:4 over 40 columns, two rows in lockstep.
+        let (n, m, nrows) = (2usize, 4usize, 2usize);
+        let per_row = ncols / m * n;
+        let positions: Vec<u8> = (0..nrows * per_row).map(|k| ((k * 3) % 4) as u8).collect();
+        let values: Vec<f32> = (0..nrows * per_row).map(|k| (k as f32 * 0.37).sin()).collect();
+        let a = NmView { nrows, ncols, n, m, values: &values, positions: &positions };
+        let mut out = vec![0.0f32; nrows * batch];
+        nm_rows_kernel::<PortableUnfused, f32>(a, 0..nrows, &xt, batch, &mut out);
+        for r in 0..nrows {
+            for j in 0..batch {
+                let mut acc = 0.0f32;
+                for s in 0..per_row {
+                    let col = s / n * m + usize::from(positions[r * per_row + s]);
+                    acc += values[r * per_row + s] * x(col, j);
+                }
+                assert_eq!(out[r * batch + j].to_bits(), acc.to_bits(), "2:4 row {r}, column {j}");
+            }
+        }
     }
 }
