@@ -346,26 +346,29 @@ fn write_back<T: Scalar>(alpha: T, z: &[T], beta: T, y: &mut DMatrix<T>) {
     }
 }
 
-/// Transposes `X`, runs `rows_of(range, out)` over row chunks into a row-major product,
-/// and writes it back into `Y`.
+/// Transposes `X`, runs `units_of(range, xt, out)` over ranges of work units (rows, or
+/// block rows) into a row-major product, and writes it back into `Y`. Unit `u`'s output
+/// rows start at `rows_before(u)`.
+#[allow(clippy::too_many_arguments, reason = "the BLAS form plus the partition")]
 fn spmm<T: Scalar>(
-    nrows: usize,
+    units: usize,
     work_before: impl Fn(usize) -> usize + Sync,
+    rows_before: impl Fn(usize) -> usize,
     alpha: T,
     x: &DMatrix<T>,
     beta: T,
     y: &mut DMatrix<T>,
-    rows_of: impl Fn(Range<usize>, &[T], &mut [T]) + Sync,
+    units_of: impl Fn(Range<usize>, &[T], &mut [T]) + Sync,
 ) {
     let batch = x.ncols();
     let xt = to_row_major(x);
-    let mut z = LineAligned::zeroed(nrows * batch);
+    let mut z = LineAligned::zeroed(y.nrows() * batch);
     for_row_chunks(
-        nrows,
-        |r| work_before(r) * batch,
-        |r| r * batch,
+        units,
+        |u| work_before(u) * batch,
+        |u| rows_before(u) * batch,
         z.as_mut_slice(),
-        |range, out| rows_of(range, xt.as_slice(), out),
+        |range, out| units_of(range, xt.as_slice(), out),
     );
     write_back(alpha, z.as_slice(), beta, y);
 }
@@ -381,6 +384,7 @@ pub(crate) fn csr_spmm<T: Scalar, I: SpIndex>(
     spmm(
         a.nrows,
         |r| a.indptr[r],
+        |r| r,
         alpha,
         x,
         beta,
@@ -401,6 +405,7 @@ pub(crate) fn nm_spmm<T: Scalar>(
     spmm(
         a.nrows,
         |r| r * per_row,
+        |r| r,
         alpha,
         x,
         beta,
@@ -452,17 +457,17 @@ pub(crate) fn bsr_spmm<T: Scalar>(
     y: &mut DMatrix<T>,
 ) {
     let (path, batch) = (kernel_path(), x.ncols());
-    let xt = to_row_major(x);
-    let mut z = LineAligned::zeroed(a.nrows * batch);
     let block = a.br * a.bc;
-    for_row_chunks(
+    spmm(
         a.block_rows(),
-        |i| a.indptr[i] * block * batch,
-        |i| (i * a.br).min(a.nrows) * batch,
-        z.as_mut_slice(),
-        |range, out| bsr_rows(path, a, range, xt.as_slice(), batch, out),
+        |i| a.indptr[i] * block,
+        |i| (i * a.br).min(a.nrows),
+        alpha,
+        x,
+        beta,
+        y,
+        |range, xt, out| bsr_rows(path, a, range, xt, batch, out),
     );
-    write_back(alpha, z.as_slice(), beta, y);
 }
 
 #[cfg(test)]
