@@ -21,9 +21,11 @@
 //! types, and [`kernel_path`] runs the AVX-512, AVX2 or portable compilation of that same
 //! code, picked at run time. A plain `cargo build --release` gets the SIMD (including the
 //! two instructions the compiler does not emit by itself: a gather from `x` for each
-//! eight stored weights, and for 2:4 a permute over a 32-column window), every path
-//! computes bit-identical results, and rows are split across rayon threads by stored
-//! entries with the same bit-identical guarantee.
+//! eight stored weights, and for 2:4 a permute over a 32-column window), every path a
+//! CPU can run computes bit-identical results, and rows are split across rayon threads
+//! by stored entries with the same bit-identical guarantee. (A CPU without fused
+//! multiply-add runs only the portable path, whose batched products then multiply and
+//! add separately.)
 //!
 //! ```
 //! use nalgebra::{DMatrix, DVector};

@@ -168,7 +168,7 @@ pub(crate) unsafe fn window_mul_add16<P: Isa, T: Scalar>(
     debug_assert!(v.len() >= 16 && p.len() >= 16 && window.len() >= 32);
     debug_assert!((0..16).all(|j| offsets[j] + u32::from(p[j]) < 32));
     #[cfg(target_arch = "x86_64")]
-    if P::AVX512 && is::<T, f32>() {
+    if permutes16::<P, T>() {
         // SAFETY: T is f32; the copy was compiled with AVX-512F (P::AVX512); the lengths
         // and index bound are the caller's contract.
         return unsafe {
