@@ -92,8 +92,8 @@ fn results_do_not_depend_on_thread_count() {
     let nm_mask = Mask::from_fn(rows, cols, |r, c| (c + r) % 4 < 2).unwrap();
     let nm = NmSparse::from_dense_masked(&w, &nm_mask, NmPattern::TWO_FOUR).unwrap();
     let bsr = BlockSparse::from_dense_masked(&w, &mask, BlockShape::new(4, 4).unwrap()).unwrap();
-    // Wide enough (70,000 inputs, 175,000 outputs) that the copies into and out of
-    // row-major order are split across threads too.
+    // Wide enough (70,000 inputs) that the copy into row-major order is split across
+    // threads too.
     let wide = DMatrix::from_fn(cols, 70, |r, c| ((r * 5 + c) % 11) as f32 - 5.0);
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
@@ -101,6 +101,12 @@ fn results_do_not_depend_on_thread_count() {
             let v = DVector::from_column_slice(x.column(0).as_slice());
             (
                 (csr.matmul(&x).unwrap(), csr.matvec(&v).unwrap(), csr.matmul(&wide).unwrap()),
+                {
+                    // The BLAS form, Y read and scaled by each task for its rows.
+                    let mut y = DMatrix::from_fn(rows, 70, |r, c| ((r + 2 * c) % 5) as f32);
+                    csr.matmul_into(0.5, &wide, -2.0, &mut y).unwrap();
+                    y
+                },
                 (nm.matmul(&x).unwrap(), nm.matvec(&v).unwrap(), nm.matmul(&wide).unwrap()),
                 (bsr.matmul(&x).unwrap(), bsr.matvec(&v).unwrap()),
             )
@@ -112,7 +118,9 @@ fn results_do_not_depend_on_thread_count() {
     }
     let close = |a: &DMatrix<f32>, b: &DMatrix<f32>| (a - b).amax() <= 1e-3 * b.amax().max(1.0);
     assert!(close(&one.0.2, &(mask.apply(&w).unwrap() * &wide)));
-    assert!(close(&one.1.2, &(nm_mask.apply(&w).unwrap() * &wide)));
+    let scaled = DMatrix::from_fn(rows, 70, |r, c| ((r + 2 * c) % 5) as f32 * -2.0);
+    assert!(close(&one.1, &(mask.apply(&w).unwrap() * &wide * 0.5 + scaled)));
+    assert!(close(&one.2.2, &(nm_mask.apply(&w).unwrap() * &wide)));
 }
 
 #[test]

@@ -270,23 +270,35 @@ fn partition(
 /// for 4096x4096 at 90%) where 4 per thread ranged 0.50-0.95 ms.
 const PARTS_PER_THREAD: usize = 16;
 
+/// The ranges of work units (rows, or block rows) a product splits into across rayon's
+/// threads, or `None` when it runs as one call: one thread, too little work, or a
+/// single unit.
+fn parallel_ranges(
+    units: usize,
+    work_before: impl Fn(usize) -> usize,
+) -> Option<Vec<Range<usize>>> {
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || units < 2 || work_before(units) < PARALLEL_WORK {
+        return None;
+    }
+    Some(partition(units, threads * PARTS_PER_THREAD, work_before))
+}
+
 /// Runs `f(units, out_part)` over ranges of work units (rows, or block rows), in parallel
 /// when the work is large enough. Unit `u`'s outputs start at `out_offset(u)` in `out`.
 /// Every unit is computed by exactly one call, so the result does not depend on the
 /// number of threads.
 fn for_row_chunks<T: Send>(
     units: usize,
-    work_before: impl Fn(usize) -> usize + Sync,
+    work_before: impl Fn(usize) -> usize,
     out_offset: impl Fn(usize) -> usize,
     out: &mut [T],
     f: impl Fn(Range<usize>, &mut [T]) + Sync,
 ) {
-    let threads = rayon::current_num_threads();
-    if threads <= 1 || work_before(units) < PARALLEL_WORK || units < 2 {
+    let Some(ranges) = parallel_ranges(units, work_before) else {
         f(0..units, out);
         return;
-    }
-    let ranges = partition(units, threads * PARTS_PER_THREAD, work_before);
+    };
     let mut chunks = Vec::with_capacity(ranges.len());
     let mut rest = out;
     for r in ranges {

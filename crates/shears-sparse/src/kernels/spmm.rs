@@ -6,8 +6,9 @@
 //! weights summed per accumulator update so consecutive entries do not wait on each
 //! other. N:M rows first expand their positions into columns, then run tiles of their
 //! own: their rows all have the same length, so several advance in lockstep with one
-//! fused multiply-add per product, eight rows at a time over L1-sized windows of groups. Results go to a
-//! row-major buffer that is written back into `Y` at the end.
+//! fused multiply-add per product, eight rows at a time over L1-sized windows of groups. Each
+//! parallel task computes its rows into a row-major buffer of its own and writes them
+//! into `Y` while they are still in cache.
 
 use std::ops::Range;
 
@@ -16,7 +17,7 @@ use rayon::prelude::*;
 use shears_core::Scalar;
 
 use super::isa::{Isa, fma};
-use super::{BsrView, CsrView, NmView, combine, for_row_chunks, kernel_path, multiversion};
+use super::{BsrView, CsrView, NmView, combine, kernel_path, multiversion, parallel_ranges};
 use crate::index::SpIndex;
 
 /// Entries combined per accumulator update: four products are summed in a fixed tree
@@ -248,16 +249,27 @@ multiversion! {
     fn nm_rows<T: Scalar>(a: NmView<'_, T>, rows: Range<usize>, xt: &[T], batch: usize, out: &mut [T]) => nm_rows_kernel
 }
 
-/// Elements of `X` (or `Y`) from which the copies in and out of row-major order are
-/// split across threads. The copies take about a tenth of a batch-32 product's time on
-/// one thread (`perf`, 4096x4096 at 90%). Measured against serial copies with the two
-/// variants interleaved in one process (12 rounds of 60 products per pool): two threads
-/// 2.69 vs 3.12 ms and 1.94 vs 2.31 ms in two runs; the row-by-row fill is also faster
-/// on one thread (3.39 vs 3.59 ms) than filling column by column.
+/// Elements of `X` from which its copy into row-major order is split across threads.
+/// The copies in and out of row-major order took about a tenth of a batch-32 product's
+/// time on one thread (`perf`, 4096x4096 at 90%). Measured against a serial copy with
+/// the two variants interleaved in one process (12 rounds of 60 products per pool): two
+/// threads 2.69 vs 3.12 ms and 1.94 vs 2.31 ms in two runs.
 const PARALLEL_COPY: usize = 1 << 16;
 
-/// Rows of `xt` (or columns of `Y`) per parallel task of the copies.
+/// Rows of `xt` per parallel task of the copy.
 const COPY_TASK: usize = 256;
+
+/// Rows per block of the transposes between the column-major `X` and `Y` and the
+/// row-major buffers: each column of a block is one contiguous run (four cache lines of
+/// `f32`), and with batches up to 32 the block's row-major side (8 KiB) stays in L1.
+/// Walking one whole row at a time instead reads from every column at once, and the
+/// columns of a 4096-row `f32` matrix are 16 KiB apart, so they share L1 sets. Copying
+/// 4096x32 `f32` into a reused buffer (one thread, median of 20 rounds, two runs): row by
+/// row 84-103 us, blocks of 16 rows 78-112 us, of 32 87 us, of 64 66-80 us. The copy out
+/// runs inside each product task, on rows it has just computed; with both changes, in an
+/// A/B interleaved in one process (3 runs x 15 rounds), CSR at 90% batch 32 went from
+/// 2.23-2.76 to 2.03-2.34 ms on two threads and 2.99-3.25 to 2.91-3.20 ms on one.
+const TRANSPOSE_ROWS: usize = 64;
 
 fn copies_in_parallel(len: usize) -> bool {
     len >= PARALLEL_COPY && rayon::current_num_threads() > 1
@@ -301,12 +313,15 @@ fn to_row_major<T: Scalar>(x: &DMatrix<T>) -> LineAligned<T> {
     if xt.is_empty() {
         return aligned;
     }
-    let src = x.as_slice();
+    let columns = x.as_slice().chunks_exact(n);
     let fill = |first_row: usize, rows: &mut [T]| {
-        for (k, row) in rows.chunks_exact_mut(b).enumerate() {
-            let i = first_row + k;
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = src[j * n + i];
+        for (k, block) in rows.chunks_mut(TRANSPOSE_ROWS * b).enumerate() {
+            let i0 = first_row + k * TRANSPOSE_ROWS;
+            let height = block.len() / b;
+            for (j, column) in columns.clone().enumerate() {
+                for (i, &v) in column[i0..i0 + height].iter().enumerate() {
+                    block[i * b + j] = v;
+                }
             }
         }
     };
@@ -320,39 +335,32 @@ fn to_row_major<T: Scalar>(x: &DMatrix<T>) -> LineAligned<T> {
     aligned
 }
 
-/// `Y <- alpha Z + beta Y` for the row-major product `z`.
-fn write_back<T: Scalar>(alpha: T, z: &[T], beta: T, y: &mut DMatrix<T>) {
-    let (n, b) = y.shape();
-    if n == 0 || b == 0 {
+/// `Y <- alpha Z + beta Y` over a range of rows: `z` holds the range's rows of the
+/// product row-major, and `columns[j]` is column `j` of `Y` cut to the range.
+fn write_rows<T: Scalar>(alpha: T, z: &[T], beta: T, columns: &mut [&mut [T]]) {
+    let b = columns.len();
+    if b == 0 {
         return;
     }
-    let update = |first_col: usize, cols: &mut [T]| {
-        for (k, col) in cols.chunks_exact_mut(n).enumerate() {
-            let j = first_col + k;
-            for (i, v) in col.iter_mut().enumerate() {
-                *v = combine(alpha, z[i * b + j], beta, *v);
+    for (k, block) in z.chunks(TRANSPOSE_ROWS * b).enumerate() {
+        let i0 = k * TRANSPOSE_ROWS;
+        let height = block.len() / b;
+        for (j, column) in columns.iter_mut().enumerate() {
+            for (i, v) in column[i0..i0 + height].iter_mut().enumerate() {
+                *v = combine(alpha, block[i * b + j], beta, *v);
             }
         }
-    };
-    let ys = y.as_mut_slice();
-    if copies_in_parallel(ys.len()) {
-        // Columns of Y are contiguous; a task takes enough of them to be worth a task.
-        let cols_per_task = COPY_TASK.div_ceil(n).max(1);
-        ys.par_chunks_mut(cols_per_task * n)
-            .enumerate()
-            .for_each(|(task, cols)| update(task * cols_per_task, cols));
-    } else {
-        update(0, ys);
     }
 }
 
-/// Transposes `X`, runs `units_of(range, xt, out)` over ranges of work units (rows, or
-/// block rows) into a row-major product, and writes it back into `Y`. Unit `u`'s output
-/// rows start at `rows_before(u)`.
+/// Transposes `X`, then runs `units_of(range, xt, z)` over ranges of work units (rows,
+/// or block rows), each into a row-major buffer `z` of its own that the same task then
+/// writes into its rows of `Y`, while they are still in cache: one parallel region
+/// for the product and its write-back. Unit `u`'s output rows start at `rows_before(u)`.
 #[allow(clippy::too_many_arguments, reason = "the BLAS form plus the partition")]
 fn spmm<T: Scalar>(
     units: usize,
-    work_before: impl Fn(usize) -> usize + Sync,
+    work_before: impl Fn(usize) -> usize,
     rows_before: impl Fn(usize) -> usize,
     alpha: T,
     x: &DMatrix<T>,
@@ -360,17 +368,35 @@ fn spmm<T: Scalar>(
     y: &mut DMatrix<T>,
     units_of: impl Fn(Range<usize>, &[T], &mut [T]) + Sync,
 ) {
-    let batch = x.ncols();
+    let (nrows, batch) = y.shape();
+    if nrows == 0 || batch == 0 {
+        return;
+    }
     let xt = to_row_major(x);
-    let mut z = LineAligned::zeroed(y.nrows() * batch);
-    for_row_chunks(
-        units,
-        |u| work_before(u) * batch,
-        |u| rows_before(u) * batch,
-        z.as_mut_slice(),
-        |range, out| units_of(range, xt.as_slice(), out),
-    );
-    write_back(alpha, z.as_slice(), beta, y);
+    let ranges = parallel_ranges(units, |u| work_before(u) * batch)
+        .unwrap_or_else(|| std::iter::once(0..units).collect());
+    // Every column of Y, cut at the ranges' row boundaries: task k gets its pieces.
+    let mut tasks: Vec<(Range<usize>, Vec<&mut [T]>)> =
+        ranges.into_iter().map(|r| (r, Vec::with_capacity(batch))).collect();
+    for column in y.as_mut_slice().chunks_exact_mut(nrows) {
+        let mut rest = column;
+        for (range, pieces) in &mut tasks {
+            let (piece, tail) =
+                rest.split_at_mut(rows_before(range.end) - rows_before(range.start));
+            pieces.push(piece);
+            rest = tail;
+        }
+    }
+    let run = |(range, mut pieces): (Range<usize>, Vec<&mut [T]>)| {
+        let mut z = LineAligned::zeroed(pieces[0].len() * batch);
+        units_of(range, xt.as_slice(), z.as_mut_slice());
+        write_rows(alpha, z.as_slice(), beta, &mut pieces);
+    };
+    if tasks.len() == 1 {
+        tasks.into_iter().for_each(run);
+    } else {
+        tasks.into_par_iter().for_each(run);
+    }
 }
 
 pub(crate) fn csr_spmm<T: Scalar, I: SpIndex>(
@@ -569,26 +595,50 @@ mod tests {
         }
     }
 
-    /// The copies into and out of row-major order, split across threads (tasks of
-    /// several columns when columns are short), land every element where the serial
-    /// loop puts it.
+    /// The copy into row-major order, serial or split across threads, puts every
+    /// element where the formula says, for heights that are and are not multiples of the
+    /// transpose block and of the parallel task.
     #[test]
-    fn parallel_copies_match_the_element_formula() {
+    fn the_copy_in_matches_the_element_formula() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
-        for (n, b) in [(100, 700), (300, 250), (70_000, 1), (1, 70_000)] {
-            assert!(n * b >= PARALLEL_COPY);
+        for (n, b) in [(1, 1), (17, 3), (100, 700), (300, 250), (70_000, 1), (1, 70_000)] {
             let x = DMatrix::from_fn(n, b, |i, j| (i * 1000 + j) as f64);
-            let xt = pool.install(|| to_row_major(&x));
-            assert_eq!(xt.as_slice().as_ptr().align_offset(64), 0);
-            let xt = xt.as_slice();
-            assert!((0..n).all(|i| (0..b).all(|j| xt[i * b + j] == x[(i, j)])), "{n}x{b}");
-            let mut y = DMatrix::from_fn(n, b, |i, j| (i + j) as f64);
-            pool.install(|| write_back(2.0, xt, 0.5, &mut y));
-            let want = DMatrix::from_fn(n, b, |i, j| 2.0 * x[(i, j)] + 0.5 * (i + j) as f64);
-            assert_eq!(y, want, "{n}x{b}");
+            for parallel in [false, true] {
+                let xt =
+                    if parallel { pool.install(|| to_row_major(&x)) } else { to_row_major(&x) };
+                assert_eq!(xt.as_slice().as_ptr().align_offset(64), 0);
+                let xt = xt.as_slice();
+                assert!((0..n).all(|i| (0..b).all(|j| xt[i * b + j] == x[(i, j)])), "{n}x{b}");
+            }
         }
         assert!(to_row_major(&DMatrix::<f32>::zeros(0, 5)).as_slice().is_empty());
-        write_back(1.0, &[], 0.0, &mut DMatrix::<f32>::zeros(7, 0));
+    }
+
+    /// The copy out writes `alpha Z + beta Y` into exactly the rows it is given, and
+    /// does not read `Y` when `beta` is zero.
+    #[test]
+    fn the_copy_out_combines_a_range_of_rows() {
+        for (n, b, rows) in [(40, 3, 5..38), (64, 1, 0..64), (9, 20, 4..5), (7, 2, 3..3)] {
+            let z: Vec<f64> = (0..rows.len() * b).map(|k| k as f64).collect();
+            let z_at = |i: usize, j: usize| z[(i - rows.start) * b + j];
+            for (alpha, beta, fill) in [(2.0, 0.5, 1.0), (1.0, 0.0, f64::NAN)] {
+                let mut y = DMatrix::from_element(n, b, fill);
+                let mut pieces: Vec<&mut [f64]> =
+                    y.as_mut_slice().chunks_exact_mut(n).map(|c| &mut c[rows.clone()]).collect();
+                write_rows(alpha, &z, beta, &mut pieces);
+                for (i, j) in (0..n).flat_map(|i| (0..b).map(move |j| (i, j))) {
+                    let got = y[(i, j)];
+                    if !rows.contains(&i) {
+                        assert!(got == fill || (fill.is_nan() && got.is_nan()), "({i}, {j})");
+                    } else if beta == 0.0 {
+                        assert_eq!(got, alpha * z_at(i, j), "({i}, {j})");
+                    } else {
+                        assert_eq!(got, alpha * z_at(i, j) + beta * fill, "({i}, {j})");
+                    }
+                }
+            }
+        }
+        write_rows(1.0, &[], 0.0, &mut [] as &mut [&mut [f32]]);
     }
 
     /// On a CPU without fused multiply-add, the portable copy multiplies and adds: the
