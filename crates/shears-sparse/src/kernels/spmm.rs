@@ -265,10 +265,11 @@ const COPY_TASK: usize = 256;
 /// Walking one whole row at a time instead reads from every column at once, and the
 /// columns of a 4096-row `f32` matrix are 16 KiB apart, so they share L1 sets. Copying
 /// 4096x32 `f32` into a reused buffer (one thread, median of 20 rounds, two runs): row by
-/// row 84-103 us, blocks of 16 rows 78-112 us, of 32 87 us, of 64 66-80 us. The copy out
-/// runs inside each product task, on rows it has just computed; with both changes, in an
-/// A/B interleaved in one process (3 runs x 15 rounds), CSR at 90% batch 32 went from
-/// 2.23-2.76 to 2.03-2.34 ms on two threads and 2.99-3.25 to 2.91-3.20 ms on one.
+/// row 84-103 us, blocks of 16 rows 78-112 us, of 32 87 us, of 64 66-80 us; inside a
+/// product the two copies in could not be told apart. The copy out runs inside each
+/// product task, on rows it has just computed, which is what saves time: A/B interleaved
+/// in one process (3 runs x 60 rounds in rotating order, CSR at 90%, 4096x4096, batch
+/// 32), two threads went from 2.06-2.36 to 1.92-2.17 ms; one thread was unchanged.
 const TRANSPOSE_ROWS: usize = 64;
 
 fn copies_in_parallel(len: usize) -> bool {
