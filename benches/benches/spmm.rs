@@ -55,7 +55,8 @@ fn spmm(c: &mut Criterion) {
 }
 
 /// CSR SpMM at 90%, batch 32, on 4096x4096 with 1 and with 2 threads, each on its own
-/// rayon pool.
+/// rayon pool, and the machine's ceiling for the 2-thread product: its two halves on two
+/// threads that never synchronize.
 fn spmm_threads(c: &mut Criterion) {
     let (rows, cols, batch) = (4096, 4096, 32);
     let w = matrix(rows, cols, SEED);
@@ -71,6 +72,22 @@ fn spmm_threads(c: &mut Criterion) {
             pool.install(|| b.iter(|| csr.matmul_into(1.0, black_box(&x), 0.0, &mut y)))
         });
     }
+    let pruned = magnitude_mask(&w, 0.9).apply(&w).unwrap_or_else(|e| panic!("{e}"));
+    let halves = [0, rows / 2].map(|r0| {
+        AnyCsr::from_dense(&pruned.rows(r0, rows / 2).into_owned())
+            .unwrap_or_else(|e| panic!("{e}"))
+    });
+    group.bench_function(BenchmarkId::new("independent-halves", 2), |b| {
+        b.iter_custom(|iters| {
+            let (mut y0, mut y1) =
+                (DMatrix::zeros(rows / 2, batch), DMatrix::zeros(rows / 2, batch));
+            shears_benches::independent_halves(
+                iters,
+                || drop(halves[0].matmul_into(1.0, black_box(&x), 0.0, &mut y0)),
+                || drop(halves[1].matmul_into(1.0, black_box(&x), 0.0, &mut y1)),
+            )
+        })
+    });
     group.finish();
 }
 

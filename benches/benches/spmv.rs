@@ -60,7 +60,8 @@ fn spmv(c: &mut Criterion) {
 }
 
 /// CSR SpMV at 90% on 4096x4096 with 1 and with 2 threads, each on its own rayon pool
-/// (criterion's back-to-back calls, as in inference).
+/// (criterion's back-to-back calls, as in inference), and the machine's ceiling for the
+/// 2-thread product: its two halves on two threads that never synchronize.
 fn spmv_threads(c: &mut Criterion) {
     let (rows, cols) = (4096, 4096);
     let w = matrix(rows, cols, SEED);
@@ -76,6 +77,21 @@ fn spmv_threads(c: &mut Criterion) {
             pool.install(|| b.iter(|| csr.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y)))
         });
     }
+    let pruned = magnitude_mask(&w, 0.9).apply(&w).unwrap_or_else(|e| panic!("{e}"));
+    let halves = [0, rows / 2].map(|r0| {
+        AnyCsr::from_dense(&pruned.rows(r0, rows / 2).into_owned())
+            .unwrap_or_else(|e| panic!("{e}"))
+    });
+    group.bench_function(BenchmarkId::new("independent-halves", 2), |b| {
+        b.iter_custom(|iters| {
+            let (mut y0, mut y1) = (vec![0.0f32; rows / 2], vec![0.0f32; rows / 2]);
+            shears_benches::independent_halves(
+                iters,
+                || drop(halves[0].matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y0)),
+                || drop(halves[1].matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y1)),
+            )
+        })
+    });
     group.finish();
 }
 

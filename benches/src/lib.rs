@@ -61,3 +61,27 @@ pub fn pool(threads: usize) -> rayon::ThreadPool {
         .build()
         .unwrap_or_else(|e| panic!("cannot start {threads} threads: {e}"))
 }
+
+/// Wall time of `iters` calls of each of two closures, run at the same time on two
+/// threads that never wait for each other, each on a one-thread rayon pool of its own
+/// (so shears' kernels inside run sequentially).
+///
+/// Given the two halves of one product, this is what two cores do with no
+/// synchronization at all: the ceiling for a 2-thread product on the machine, measured
+/// in the same run as the product itself.
+///
+/// # Panics
+/// If the operating system refuses the threads.
+pub fn independent_halves(
+    iters: u64,
+    mut first: impl FnMut() + Send,
+    mut second: impl FnMut() + Send,
+) -> std::time::Duration {
+    let pools = [pool(1), pool(1)];
+    let start = std::time::Instant::now();
+    std::thread::scope(|s| {
+        s.spawn(|| pools[0].install(|| (0..iters).for_each(|_| first())));
+        s.spawn(|| pools[1].install(|| (0..iters).for_each(|_| second())));
+    });
+    start.elapsed()
+}
