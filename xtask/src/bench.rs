@@ -45,12 +45,32 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     let cells: Vec<Cell> =
         serde_json::from_str(&json).context("the sweep printed no valid JSON")?;
     write_report(&out, "bench.json", &serde_json::to_string_pretty(&cells)?)?;
-    let md = markdown(&cells);
+    let mut md = markdown(&cells);
+    if let Some(note) = idle_note(std::fs::read_to_string(GUEST_HALT_POLL).ok().as_deref()) {
+        md.push_str(&note);
+    }
     write_report(&out, "bench.md", &md)?;
     write_report(&out, "speedup.svg", &plot(&cells))?;
     print!("{md}");
     println!("reports in {}", out.display());
     Ok(())
+}
+
+/// Where a Linux guest with the `haltpoll` idle driver says how long an idle vCPU polls
+/// before it halts.
+const GUEST_HALT_POLL: &str = "/sys/module/haltpoll/parameters/guest_halt_poll_ns";
+
+/// A note for the report when idle vCPUs halt at once (`guest_halt_poll_ns` of 0, as on
+/// the VM shears is measured on): waking a halted vCPU then takes tens of microseconds,
+/// which every multi-threaded product pays when rayon's workers have gone to sleep.
+fn idle_note(guest_halt_poll_ns: Option<&str>) -> Option<String> {
+    (guest_halt_poll_ns?.trim() == "0").then(|| {
+        format!(
+            "\nThis machine's idle vCPUs halt without polling (`{GUEST_HALT_POLL}` is 0), so \
+             waking a sleeping rayon worker costs tens of microseconds; the 2-thread \
+             figures pay it (see the README's Speed section).\n"
+        )
+    })
 }
 
 /// The tables: one per shape and batch, each format's median and speedup over dense.
@@ -159,6 +179,13 @@ mod tests {
         let md = markdown(&cells);
         assert_eq!(md.matches("\n## ").count(), 2);
         assert!(md.contains("| csr | 0.90 | 0.133 | 7.50x |"), "{md}");
+    }
+
+    #[test]
+    fn the_idle_note_appears_only_when_vcpus_halt_without_polling() {
+        assert!(idle_note(Some("0\n")).is_some_and(|n| n.contains("halt without polling")));
+        assert_eq!(idle_note(Some("200000\n")), None);
+        assert_eq!(idle_note(None), None);
     }
 
     #[test]
