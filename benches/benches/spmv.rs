@@ -9,7 +9,9 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use nalgebra::DVector;
-use shears_benches::{SEED, magnitude_mask, matrix, pool, rows_mask, vector};
+use shears_benches::{
+    SEED, csr_halves, independent_halves, magnitude_mask, matrix, pool, rows_mask, vector,
+};
 use shears_sparse::{AnyCsr, Compacted, Compaction, SparseProduct};
 
 const SHAPES: [(usize, usize); 4] = [(4096, 4096), (1024, 1024), (1536, 384), (384, 1536)];
@@ -66,8 +68,8 @@ fn spmv_threads(c: &mut Criterion) {
     let (rows, cols) = (4096, 4096);
     let w = matrix(rows, cols, SEED);
     let x = vector(cols, SEED + 1);
-    let csr =
-        AnyCsr::from_dense_masked(&w, &magnitude_mask(&w, 0.9)).unwrap_or_else(|e| panic!("{e}"));
+    let mask = magnitude_mask(&w, 0.9);
+    let csr = AnyCsr::from_dense_masked(&w, &mask).unwrap_or_else(|e| panic!("{e}"));
     let mut group = c.benchmark_group(format!("spmv-threads/{rows}x{cols}/csr90"));
     group.sample_size(30).measurement_time(std::time::Duration::from_secs(2));
     for threads in [1, 2] {
@@ -77,15 +79,11 @@ fn spmv_threads(c: &mut Criterion) {
             pool.install(|| b.iter(|| csr.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y)))
         });
     }
-    let pruned = magnitude_mask(&w, 0.9).apply(&w).unwrap_or_else(|e| panic!("{e}"));
-    let halves = [0, rows / 2].map(|r0| {
-        AnyCsr::from_dense(&pruned.rows(r0, rows / 2).into_owned())
-            .unwrap_or_else(|e| panic!("{e}"))
-    });
+    let halves = csr_halves(&w, &mask);
     group.bench_function(BenchmarkId::new("independent-halves", 2), |b| {
         b.iter_custom(|iters| {
             let (mut y0, mut y1) = (vec![0.0f32; rows / 2], vec![0.0f32; rows / 2]);
-            shears_benches::independent_halves(
+            independent_halves(
                 iters,
                 || drop(halves[0].matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y0)),
                 || drop(halves[1].matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y1)),

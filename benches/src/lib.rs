@@ -62,6 +62,20 @@ pub fn pool(threads: usize) -> rayon::ThreadPool {
         .unwrap_or_else(|e| panic!("cannot start {threads} threads: {e}"))
 }
 
+/// The top and bottom halves of the rows of `w` pruned by `mask`, each as its own CSR
+/// matrix: one product split in two, for [`independent_halves`].
+///
+/// # Panics
+/// If `mask` does not fit `w` (a benchmark's own setup error).
+pub fn csr_halves(w: &DMatrix<f32>, mask: &Mask) -> [shears_sparse::AnyCsr<f32>; 2] {
+    let pruned = mask.apply(w).unwrap_or_else(|e| panic!("{e}"));
+    let (rows, half) = (w.nrows(), w.nrows() / 2);
+    [(0, half), (half, rows - half)].map(|(r0, n)| {
+        shears_sparse::AnyCsr::from_dense(&pruned.rows(r0, n).into_owned())
+            .unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
 /// Wall time of `iters` calls of each of two closures, run at the same time on two
 /// threads that never wait for each other, each on a one-thread rayon pool of its own
 /// (so shears' kernels inside run sequentially).
