@@ -93,5 +93,24 @@ fn spmv_threads(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, spmv, spmv_threads);
+/// What a batch-1 call costs beyond the arithmetic: CSR products with nothing stored
+/// (every weight pruned), so the time is the checks, the dispatch, the threading decision
+/// and one pass over the rows writing zeros.
+fn spmv_overhead(c: &mut Criterion) {
+    let mut group = c.benchmark_group("spmv-overhead");
+    group.sample_size(50).measurement_time(std::time::Duration::from_secs(1));
+    for (rows, cols) in [(1, 1), (384, 1536), (1536, 384)] {
+        let w = matrix(rows, cols, SEED);
+        let empty = shears_core::Mask::all_pruned(rows, cols).unwrap_or_else(|e| panic!("{e}"));
+        let csr = AnyCsr::from_dense_masked(&w, &empty).unwrap_or_else(|e| panic!("{e}"));
+        let x = vector(cols, SEED + 1);
+        let mut y = vec![0.0f32; rows];
+        group.bench_function(BenchmarkId::new("csr-empty", format!("{rows}x{cols}")), |b| {
+            b.iter(|| csr.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, spmv, spmv_threads, spmv_overhead);
 criterion_main!(benches);
