@@ -6,9 +6,9 @@
 //! weights summed per accumulator update so consecutive entries do not wait on each
 //! other. N:M rows first expand their positions into columns, then run tiles of their
 //! own: their rows all have the same length, so several advance in lockstep with one
-//! fused multiply-add per product, eight rows at a time over L1-sized windows of groups. Each
-//! parallel task computes its rows into a row-major buffer of its own and writes them
-//! into `Y` while they are still in cache.
+//! fused multiply-add per product, eight rows at a time over L1-sized windows of
+//! groups. Each parallel task computes its rows into a row-major buffer of its own and
+//! writes them into `Y` while they are still in cache.
 
 use std::ops::Range;
 
