@@ -1,5 +1,5 @@
 //! 2:4 at 50%: shears N:M kernels against nalgebra dense (and CSR at the same mask), at
-//! batch 1 and 32.
+//! batch 1 and 32, shears on a one-thread rayon pool (nalgebra's products use one thread).
 //!
 //! Run with: cargo bench -p shears-benches --bench nm
 
@@ -9,11 +9,12 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use nalgebra::{DMatrix, DVector};
-use shears_benches::{SEED, matrix, two_four_mask, vector};
+use shears_benches::{SEED, matrix, pool, two_four_mask, vector};
 use shears_core::NmPattern;
 use shears_sparse::{AnyCsr, NmSparse, SparseProduct};
 
 fn nm(c: &mut Criterion) {
+    let one = pool(1);
     for (rows, cols) in [(4096, 4096), (1536, 384)] {
         let w = matrix(rows, cols, SEED);
         let mask = two_four_mask(&w);
@@ -31,10 +32,14 @@ fn nm(c: &mut Criterion) {
                 });
                 let mut ys = vec![0.0f32; rows];
                 group.bench_function(BenchmarkId::new("nm", 50), |b| {
-                    b.iter(|| nm.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut ys))
+                    one.install(|| {
+                        b.iter(|| nm.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut ys))
+                    })
                 });
                 group.bench_function(BenchmarkId::new("csr", 50), |b| {
-                    b.iter(|| csr.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut ys))
+                    one.install(|| {
+                        b.iter(|| csr.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut ys))
+                    })
                 });
             } else {
                 let x = matrix(cols, batch, SEED + 1);
@@ -43,10 +48,10 @@ fn nm(c: &mut Criterion) {
                     b.iter(|| y.gemm(1.0, black_box(&w), &x, 0.0))
                 });
                 group.bench_function(BenchmarkId::new("nm", 50), |b| {
-                    b.iter(|| nm.matmul_into(1.0, black_box(&x), 0.0, &mut y))
+                    one.install(|| b.iter(|| nm.matmul_into(1.0, black_box(&x), 0.0, &mut y)))
                 });
                 group.bench_function(BenchmarkId::new("csr", 50), |b| {
-                    b.iter(|| csr.matmul_into(1.0, black_box(&x), 0.0, &mut y))
+                    one.install(|| b.iter(|| csr.matmul_into(1.0, black_box(&x), 0.0, &mut y)))
                 });
             }
             group.finish();

@@ -1,5 +1,7 @@
 //! Batched products `A X` (X is `cols x batch`): shears CSR against nalgebra dense gemm
-//! and sprs, plus the compacted dense matrix after 50% row pruning.
+//! and sprs, plus the compacted dense matrix after 50% row pruning. In the `spmm/*` groups
+//! shears runs on a one-thread rayon pool, as nalgebra's gemm runs on one thread;
+//! `spmm-threads` measures two.
 //!
 //! Run with: cargo bench -p shears-benches --bench spmm
 
@@ -19,6 +21,7 @@ const BATCHES: [usize; 3] = [8, 32, 128];
 const SPARSITIES: [f64; 4] = [0.5, 0.8, 0.9, 0.95];
 
 fn spmm(c: &mut Criterion) {
+    let one = pool(1);
     for (rows, cols) in SHAPES {
         let w = matrix(rows, cols, SEED);
         for batch in BATCHES {
@@ -35,7 +38,7 @@ fn spmm(c: &mut Criterion) {
                 let mask = magnitude_mask(&w, s);
                 let csr = AnyCsr::from_dense_masked(&w, &mask).unwrap_or_else(|e| panic!("{e}"));
                 group.bench_function(BenchmarkId::new("csr", pct), |b| {
-                    b.iter(|| csr.matmul_into(1.0, black_box(&x), 0.0, &mut y))
+                    one.install(|| b.iter(|| csr.matmul_into(1.0, black_box(&x), 0.0, &mut y)))
                 });
                 let sp = shears_sparse::Csr::<f32, u32>::from_dense_masked(&w, &mask)
                     .unwrap_or_else(|e| panic!("{e}"))

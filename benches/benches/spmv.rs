@@ -1,5 +1,7 @@
 //! Batch-1 products: shears CSR (u16 indices) against nalgebra dense gemv and sprs, on
 //! unstructured magnitude masks, plus the compacted dense matrix after 50% row pruning.
+//! In the `spmv/*` groups shears runs on a one-thread rayon pool, as nalgebra's gemv runs
+//! on one thread, so the ratios are one core against one core; `spmv-threads` measures two.
 //!
 //! Run with: cargo bench -p shears-benches --bench spmv
 
@@ -18,6 +20,7 @@ const SHAPES: [(usize, usize); 4] = [(4096, 4096), (1024, 1024), (1536, 384), (3
 const SPARSITIES: [f64; 6] = [0.5, 0.7, 0.8, 0.9, 0.95, 0.99];
 
 fn spmv(c: &mut Criterion) {
+    let one = pool(1);
     for (rows, cols) in SHAPES {
         let w = matrix(rows, cols, SEED);
         let x = vector(cols, SEED + 1);
@@ -34,7 +37,9 @@ fn spmv(c: &mut Criterion) {
             let csr = AnyCsr::from_dense_masked(&w, &mask).unwrap_or_else(|e| panic!("{e}"));
             let mut y = vec![0.0f32; rows];
             group.bench_function(BenchmarkId::new("csr", pct), |b| {
-                b.iter(|| csr.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y))
+                one.install(|| {
+                    b.iter(|| csr.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y))
+                })
             });
             let sp = shears_sparse::Csr::<f32, u32>::from_dense_masked(&w, &mask)
                 .unwrap_or_else(|e| panic!("{e}"))
