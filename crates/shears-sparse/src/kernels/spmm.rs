@@ -354,6 +354,14 @@ fn write_rows<T: Scalar>(alpha: T, z: &[T], beta: T, columns: &mut [&mut [T]]) {
     }
 }
 
+/// One parallel task of a batched product: its work units, the number of output rows
+/// they make, and every column of `Y` cut to those rows.
+struct Task<'y, T> {
+    units: Range<usize>,
+    rows: usize,
+    columns: Vec<&'y mut [T]>,
+}
+
 /// Transposes `X`, then runs `units_of(range, xt, z)` over ranges of work units (rows,
 /// or block rows), each into a row-major buffer `z` of its own that the same task then
 /// writes into its rows of `Y`, while they are still in cache: one parallel region
@@ -376,22 +384,25 @@ fn spmm<T: Scalar>(
     let xt = to_row_major(x);
     let ranges = parallel_ranges(units, |u| work_before(u) * batch)
         .unwrap_or_else(|| std::iter::once(0..units).collect());
-    // Every column of Y, cut at the ranges' row boundaries: task k gets its pieces.
-    let mut tasks: Vec<(Range<usize>, Vec<&mut [T]>)> =
-        ranges.into_iter().map(|r| (r, Vec::with_capacity(batch))).collect();
+    let mut tasks: Vec<Task<'_, T>> = ranges
+        .into_iter()
+        .map(|units| {
+            let rows = rows_before(units.end) - rows_before(units.start);
+            Task { units, rows, columns: Vec::with_capacity(batch) }
+        })
+        .collect();
     for column in y.as_mut_slice().chunks_exact_mut(nrows) {
         let mut rest = column;
-        for (range, pieces) in &mut tasks {
-            let (piece, tail) =
-                rest.split_at_mut(rows_before(range.end) - rows_before(range.start));
-            pieces.push(piece);
+        for task in &mut tasks {
+            let (piece, tail) = rest.split_at_mut(task.rows);
+            task.columns.push(piece);
             rest = tail;
         }
     }
-    let run = |(range, mut pieces): (Range<usize>, Vec<&mut [T]>)| {
-        let mut z = LineAligned::zeroed(pieces[0].len() * batch);
-        units_of(range, xt.as_slice(), z.as_mut_slice());
-        write_rows(alpha, z.as_slice(), beta, &mut pieces);
+    let run = |mut task: Task<'_, T>| {
+        let mut z = LineAligned::zeroed(task.rows * batch);
+        units_of(task.units, xt.as_slice(), z.as_mut_slice());
+        write_rows(alpha, z.as_slice(), beta, &mut task.columns);
     };
     if tasks.len() == 1 {
         tasks.into_iter().for_each(run);
