@@ -150,6 +150,37 @@ pub enum FormatError {
         /// What is wrong.
         reason: String,
     },
+    /// A sliced-ELLPACK lane holds a row it may not: past the last row, outside the
+    /// lane's sorting window, or a row another lane holds too.
+    #[error("lane {lane} holds row {row}: {reason}")]
+    RowOrder {
+        /// The lane.
+        lane: usize,
+        /// The row it holds.
+        row: usize,
+        /// Why that row cannot be there.
+        reason: &'static str,
+    },
+    /// A sliced-ELLPACK slice does not store exactly eight times its longest lane.
+    #[error("slice {slice} stores {found} entries, its lanes need {expected}")]
+    SliceWidth {
+        /// The slice.
+        slice: usize,
+        /// Eight times its longest lane's length.
+        expected: usize,
+        /// The entries its pointers give it.
+        found: usize,
+    },
+    /// A sliced-ELLPACK padding entry (past its lane's length) is not a zero at column 0.
+    #[error("slice {slice}, lane {lane}: padding entry {step} is not a zero at column 0")]
+    PaddingNotEmpty {
+        /// The slice.
+        slice: usize,
+        /// The lane within the slice.
+        lane: usize,
+        /// The entry's position in the lane.
+        step: usize,
+    },
     /// A buffer's length does not match what the shape implies.
     #[error("{what} has {found} entries, {expected} needed")]
     BufferLength {

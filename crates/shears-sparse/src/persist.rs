@@ -1,4 +1,4 @@
-//! Serde and byte formats for [`Csr`], [`NmSparse`] and [`BlockSparse`].
+//! Serde and byte formats for [`Csr`], [`NmSparse`], [`BlockSparse`] and [`SlicedEll`].
 //!
 //! Each file is an 8-byte magic tag, a little-endian `u32` format version, then the
 //! bincode 2 (standard config) encoding of the format's parts, tagged with the element
@@ -14,6 +14,7 @@ use crate::csr::Csr;
 use crate::error::{Error, FormatError, Result};
 use crate::index::SpIndex;
 use crate::nm::NmSparse;
+use crate::sell::{SlicedEll, SlicedEllParts};
 
 /// The format version this build writes and reads, for every sparse format.
 pub const SPARSE_FORMAT_VERSION: u32 = 1;
@@ -182,6 +183,57 @@ impl<T: Scalar> Stored for BlockSparse<T> {
     }
 }
 
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+struct SellRepr<T: Scalar, I: SpIndex> {
+    value_bits: u32,
+    index_bits: u32,
+    nrows: usize,
+    ncols: usize,
+    window: usize,
+    order: Vec<usize>,
+    lengths: Vec<usize>,
+    slice_ptr: Vec<usize>,
+    indices: Vec<I>,
+    values: Vec<T>,
+}
+
+impl<T: Scalar, I: SpIndex> Stored for SlicedEll<T, I> {
+    const MAGIC: &'static [u8; 8] = b"SHEARSEL";
+    const NAME: &'static str = "sell";
+    type Repr = SellRepr<T, I>;
+    fn to_repr(&self) -> SellRepr<T, I> {
+        let SlicedEllParts { nrows, ncols, window, order, lengths, slice_ptr, indices, values } =
+            self.clone().into_parts();
+        SellRepr {
+            value_bits: 8 * size_of::<T>() as u32,
+            index_bits: I::BITS,
+            nrows,
+            ncols,
+            window,
+            order,
+            lengths,
+            slice_ptr,
+            indices,
+            values,
+        }
+    }
+    fn from_repr(r: SellRepr<T, I>) -> Result<Self> {
+        check_tag("sell", "value type", 8 * size_of::<T>(), r.value_bits as usize)?;
+        check_tag("sell", "index type", I::BITS as usize, r.index_bits as usize)?;
+        SlicedEll::try_from_parts(SlicedEllParts {
+            nrows: r.nrows,
+            ncols: r.ncols,
+            window: r.window,
+            order: r.order,
+            lengths: r.lengths,
+            slice_ptr: r.slice_ptr,
+            indices: r.indices,
+            values: r.values,
+        })
+    }
+}
+
 macro_rules! stored_api {
     ($ty:ident < $($g:ident : $b:ident),* >, $name:literal) => {
         impl<$($g: $b),*> $ty<$($g),*> {
@@ -218,3 +270,4 @@ macro_rules! stored_api {
 stored_api!(Csr<T: Scalar, I: SpIndex>, "CSR");
 stored_api!(NmSparse<T: Scalar>, "N:M");
 stored_api!(BlockSparse<T: Scalar>, "block-sparse");
+stored_api!(SlicedEll<T: Scalar, I: SpIndex>, "sliced-ELLPACK");

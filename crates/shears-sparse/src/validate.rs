@@ -1,10 +1,11 @@
 //! The one validator per format. Every path that accepts outside data (`try_from_parts`,
 //! deserialisation, byte loaders) goes through these; each check has its own error.
 
-use shears_core::NmPattern;
+use shears_core::{NmPattern, Scalar};
 
 use crate::error::FormatError;
 use crate::index::SpIndex;
+use crate::sell::SLICE_ROWS;
 
 /// Checks compressed-row structure in one pass: `indptr` has `nrows + 1` entries, starts
 /// at 0, never decreases and ends at `indices.len() == values_len`; every row's indices
@@ -96,6 +97,126 @@ pub(crate) fn nm(
         if let Some(&p) = group_slots.iter().find(|&&p| usize::from(p) >= width) {
             return Err(FormatError::PositionOutOfRange { row, group, position: usize::from(p) });
         }
+    }
+    Ok(())
+}
+
+/// Checks a sliced-ELLPACK window: a positive multiple of the slice height.
+pub(crate) fn sell_window(window: usize) -> Result<(), FormatError> {
+    if window == 0 || !window.is_multiple_of(SLICE_ROWS) {
+        return Err(FormatError::InvalidStructure {
+            reason: format!("window of {window} rows is not a positive multiple of {SLICE_ROWS}"),
+        });
+    }
+    Ok(())
+}
+
+/// Checks sliced-ELLPACK structure (the invariants listed on [`crate::SlicedEll`]) in
+/// one pass over the lanes and one over the stored entries.
+#[allow(clippy::too_many_arguments, reason = "the parts of the format")]
+pub(crate) fn sell<T: Scalar, I: SpIndex>(
+    nrows: usize,
+    ncols: usize,
+    window: usize,
+    order: &[usize],
+    lengths: &[usize],
+    slice_ptr: &[usize],
+    indices: &[I],
+    values: &[T],
+) -> Result<(), FormatError> {
+    sell_window(window)?;
+    for (what, found) in [("order", order.len()), ("lengths", lengths.len())] {
+        if found != nrows {
+            return Err(FormatError::BufferLength { what, expected: nrows, found });
+        }
+    }
+    let slices = nrows.div_ceil(SLICE_ROWS);
+    if slice_ptr.len() != slices + 1 {
+        return Err(FormatError::BufferLength {
+            what: "slice_ptr",
+            expected: slices + 1,
+            found: slice_ptr.len(),
+        });
+    }
+    if indices.len() != values.len() {
+        return Err(FormatError::LengthMismatch { indices: indices.len(), values: values.len() });
+    }
+    let mut seen = vec![false; nrows];
+    for (lane, &row) in order.iter().enumerate() {
+        let reason = if row >= nrows {
+            "past the last row"
+        } else if row / window != lane / window {
+            "outside the lane's window"
+        } else if std::mem::replace(&mut seen[row], true) {
+            "already held by another lane"
+        } else {
+            continue;
+        };
+        return Err(FormatError::RowOrder { lane, row, reason });
+    }
+    if slice_ptr[0] != 0 {
+        return Err(FormatError::InvalidStructure {
+            reason: format!("slice_ptr starts at {}, not 0", slice_ptr[0]),
+        });
+    }
+    for (slice, lanes) in lengths.chunks(SLICE_ROWS).enumerate() {
+        let (start, end) = (slice_ptr[slice], slice_ptr[slice + 1]);
+        let width = lanes.iter().copied().max().unwrap_or(0);
+        let expected = width.checked_mul(SLICE_ROWS).ok_or_else(|| {
+            FormatError::InvalidStructure { reason: format!("lane length {width} overflows") }
+        })?;
+        if end < start {
+            return Err(FormatError::InvalidStructure {
+                reason: format!("slice_ptr decreases after slice {slice}"),
+            });
+        }
+        if end - start != expected {
+            return Err(FormatError::SliceWidth { slice, expected, found: end - start });
+        }
+        if end > values.len() {
+            return Err(FormatError::BufferLength {
+                what: "values",
+                expected: slice_ptr[slices],
+                found: values.len(),
+            });
+        }
+        for (l, &length) in lanes.iter().enumerate() {
+            let row = order[slice * SLICE_ROWS + l];
+            let mut previous: Option<usize> = None;
+            for step in 0..width {
+                let k = start + step * SLICE_ROWS + l;
+                let index = indices[k].index();
+                if step >= length {
+                    if index != 0 || values[k] != T::zero() {
+                        return Err(FormatError::PaddingNotEmpty { slice, lane: l, step });
+                    }
+                    continue;
+                }
+                if index >= ncols {
+                    return Err(FormatError::IndexOutOfRange { row, index, ncols });
+                }
+                if previous.is_some_and(|p| p >= index) {
+                    return Err(FormatError::UnsortedIndices { row });
+                }
+                previous = Some(index);
+            }
+        }
+        // Lanes past the last row (in the last slice) are all padding.
+        for l in lanes.len()..SLICE_ROWS {
+            for step in 0..width {
+                let k = start + step * SLICE_ROWS + l;
+                if indices[k].index() != 0 || values[k] != T::zero() {
+                    return Err(FormatError::PaddingNotEmpty { slice, lane: l, step });
+                }
+            }
+        }
+    }
+    if slice_ptr[slices] != values.len() {
+        return Err(FormatError::BufferLength {
+            what: "values",
+            expected: slice_ptr[slices],
+            found: values.len(),
+        });
     }
     Ok(())
 }

@@ -4,7 +4,8 @@ use nalgebra::{DMatrix, DVector};
 use proptest::prelude::*;
 use shears_core::{BlockShape, Mask, NmPattern, proptest as arb};
 use shears_sparse::{
-    AnyCsr, BlockSparse, Compacted, Compaction, Csr, Format, NmSparse, choose_format, compact_pair,
+    AnyCsr, AnySlicedEll, BlockSparse, Compacted, Compaction, Csr, Format, NmSparse, SlicedEll,
+    choose_format, compact_pair,
 };
 
 fn masked(max: usize) -> impl Strategy<Value = (DMatrix<f32>, Mask)> {
@@ -31,6 +32,28 @@ proptest! {
         prop_assert_eq!(wide.to_dense(), expected.clone());
         prop_assert_eq!(Csr::<f32, u16>::from_sprs(&csr.to_sprs()).unwrap(), csr);
         prop_assert_eq!(AnyCsr::from_dense_masked(&w, &mask).unwrap().to_dense(), expected);
+    }
+
+    #[test]
+    fn sell_round_trips((w, mask) in masked(40), window in (1usize..6).prop_map(|k| 8 * k)) {
+        let expected = mask.apply(&w).unwrap();
+        let csr: Csr<f32, u16> = Csr::from_dense_masked(&w, &mask).unwrap();
+        let sell = SlicedEll::from_csr_with_window(&csr, window).unwrap();
+        prop_assert_eq!(sell.nnz(), mask.count_kept());
+        prop_assert!(sell.stored() >= sell.nnz());
+        prop_assert_eq!(sell.to_dense(), expected.clone());
+        prop_assert_eq!(&sell.to_csr(), &csr);
+        let back = SlicedEll::try_from_parts(sell.clone().into_parts()).unwrap();
+        prop_assert_eq!(&back, &sell);
+        prop_assert_eq!(SlicedEll::<f32, u16>::from_bytes(&sell.to_bytes()).unwrap(), sell.clone());
+        let cfg = bincode::config::standard();
+        let bytes = bincode::serde::encode_to_vec(&sell, cfg).unwrap();
+        let (decoded, _): (SlicedEll<f32, u16>, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
+        prop_assert_eq!(decoded, sell);
+        let any = AnySlicedEll::from_dense_masked(&w, &mask).unwrap();
+        prop_assert_eq!(any.nnz(), mask.count_kept());
+        prop_assert_eq!(any.to_dense(), expected.clone());
+        prop_assert_eq!(AnySlicedEll::from_dense(&expected).unwrap().to_dense(), expected);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use nalgebra::{DMatrix, DVector};
 use proptest::prelude::*;
 use shears_core::{BlockShape, Mask, NmPattern, proptest as arb};
-use shears_sparse::{BlockSparse, Csr, NmSparse, SparseProduct};
+use shears_sparse::{AnySlicedEll, BlockSparse, Csr, NmSparse, SlicedEll, SparseProduct};
 
 /// f32 products of length <= 64 with inputs in [-1, 1]: |error| < 64 * 2^-23 * sum|a x|.
 const TOL: f32 = 1e-4;
@@ -32,6 +32,31 @@ proptest! {
         let expected = &dense * &x * alpha + &y * beta;
         csr.matmul_into(alpha, &x, beta, &mut y).unwrap();
         prop_assert!(close(&y, &expected));
+    }
+
+    #[test]
+    fn sell_matches_dense((w, mask, x) in case(40), alpha in -2.0f32..2.0, beta in -2.0f32..2.0, window in (1usize..4).prop_map(|k| 8 * k)) {
+        let dense = mask.apply(&w).unwrap();
+        let csr: Csr<f32, u16> = Csr::from_dense_masked(&w, &mask).unwrap();
+        let sell = SlicedEll::from_csr_with_window(&csr, window).unwrap();
+        let v = DVector::from_column_slice(x.column(0).as_slice());
+        prop_assert!((sell.matvec(&v).unwrap() - &dense * &v).amax() <= TOL);
+        let mut yv: Vec<f32> = (0..w.nrows()).map(|r| r as f32 * 0.01).collect();
+        let expected = (&dense * &v) * alpha + DVector::from_column_slice(&yv) * beta;
+        sell.matvec_into(alpha, v.as_slice(), beta, &mut yv).unwrap();
+        prop_assert!((DVector::from_column_slice(&yv) - expected).amax() <= TOL);
+        // Batched products run CSR's tiles on each row: the same bits as CSR.
+        prop_assert_eq!(sell.matmul(&x).unwrap(), csr.matmul(&x).unwrap());
+        let mut y = DMatrix::from_fn(w.nrows(), x.ncols(), |r, c| (r + c) as f32 * 0.01);
+        let expected = &dense * &x * alpha + &y * beta;
+        sell.matmul_into(alpha, &x, beta, &mut y).unwrap();
+        prop_assert!(close(&y, &expected));
+        let mut y = DMatrix::from_element(w.nrows(), x.ncols(), f32::NAN);
+        sell.matmul_into(1.0, &x, 0.0, &mut y).unwrap();
+        prop_assert!(y.iter().all(|v| v.is_finite()));
+        let mut yv = vec![f32::NAN; w.nrows()];
+        sell.matvec_into(1.0, v.as_slice(), 0.0, &mut yv).unwrap();
+        prop_assert!(yv.iter().all(|v| v.is_finite()));
     }
 
     #[test]
@@ -92,6 +117,7 @@ fn results_do_not_depend_on_thread_count() {
     let nm_mask = Mask::from_fn(rows, cols, |r, c| (c + r) % 4 < 2).unwrap();
     let nm = NmSparse::from_dense_masked(&w, &nm_mask, NmPattern::TWO_FOUR).unwrap();
     let bsr = BlockSparse::from_dense_masked(&w, &mask, BlockShape::new(4, 4).unwrap()).unwrap();
+    let sell = SlicedEll::from_csr_with_window(&csr, 16).unwrap();
     // Wide enough (70,000 inputs) that the copy into row-major order is split across
     // threads too.
     let wide = DMatrix::from_fn(cols, 70, |r, c| ((r * 5 + c) % 11) as f32 - 5.0);
@@ -109,6 +135,7 @@ fn results_do_not_depend_on_thread_count() {
                 },
                 (nm.matmul(&x).unwrap(), nm.matvec(&v).unwrap(), nm.matmul(&wide).unwrap()),
                 (bsr.matmul(&x).unwrap(), bsr.matvec(&v).unwrap()),
+                (sell.matmul(&x).unwrap(), sell.matvec(&v).unwrap()),
             )
         })
     };
@@ -121,6 +148,9 @@ fn results_do_not_depend_on_thread_count() {
     let scaled = DMatrix::from_fn(rows, 70, |r, c| ((r + 2 * c) % 5) as f32 * -2.0);
     assert!(close(&one.1, &(mask.apply(&w).unwrap() * &wide * 0.5 + scaled)));
     assert!(close(&one.2.2, &(nm_mask.apply(&w).unwrap() * &wide)));
+    assert_eq!(one.4.0, one.0.0, "sell's batched product is csr's");
+    let v = DVector::from_column_slice(x.column(0).as_slice());
+    assert!((&one.4.1 - mask.apply(&w).unwrap() * &v).amax() <= 1e-3 * one.4.1.amax().max(1.0));
 }
 
 #[test]
@@ -151,4 +181,17 @@ fn shape_errors() {
         .unwrap();
     assert!(bsr.matvec(&DVector::zeros(3)).is_err());
     assert!(bsr.matmul(&DMatrix::zeros(3, 1)).is_err());
+    let sell = AnySlicedEll::from_dense(&DMatrix::<f32>::from_element(3, 4, 1.0)).unwrap();
+    assert!(matches!(
+        sell.matvec(&DVector::zeros(3)),
+        Err(shears_sparse::Error::ShapeMismatch { op: "sell matvec x", .. })
+    ));
+    assert!(matches!(
+        sell.matvec_into(1.0, &[0.0; 4], 0.0, &mut [0.0; 2]),
+        Err(shears_sparse::Error::ShapeMismatch { op: "sell matvec y", .. })
+    ));
+    assert!(matches!(
+        sell.matmul(&DMatrix::zeros(3, 2)),
+        Err(shears_sparse::Error::ShapeMismatch { op: "sell matmul", .. })
+    ));
 }

@@ -140,6 +140,63 @@ pub(crate) unsafe fn gather_mul_add8<P: Isa, T: Scalar>(
     std::array::from_fn(|j| acc[j] + v[j] * unsafe { *x.get_unchecked(idx[j] as usize) })
 }
 
+/// [`gather_mul_add8`] on the lanes where `live[j]`; the other lanes keep `acc[j]` and
+/// read nothing from `x`, so their indices need not be valid. The AVX2 and AVX-512
+/// copies load `x` with one masked gather (two for `f64`).
+///
+/// # Safety
+/// Every `idx[j]` with `live[j]` must be `< x.len()` and `<= i32::MAX`.
+#[inline(always)]
+pub(crate) unsafe fn gather_mul_add8_masked<P: Isa, T: Scalar>(
+    acc: [T; 8],
+    v: &[T],
+    x: &[T],
+    idx: [u32; 8],
+    live: [bool; 8],
+) -> [T; 8] {
+    debug_assert!(v.len() >= 8);
+    debug_assert!(
+        (0..8).all(|j| !live[j] || ((idx[j] as usize) < x.len() && idx[j] <= i32::MAX as u32))
+    );
+    #[cfg(target_arch = "x86_64")]
+    if P::AVX2 {
+        let mask = live.map(|l| -i32::from(l));
+        if is::<T, f32>() {
+            // SAFETY: T is f32 (so the transmutes are between equal types); the copy was
+            // compiled with AVX2; v holds 8 values and the caller bounds the live indices.
+            return unsafe {
+                std::mem::transmute_copy(&x86::gather_mul_add8_masked_f32(
+                    std::mem::transmute_copy(&acc),
+                    v.as_ptr().cast::<f32>(),
+                    x.as_ptr().cast::<f32>(),
+                    idx,
+                    mask,
+                ))
+            };
+        }
+        if is::<T, f64>() {
+            // SAFETY: as above, for f64.
+            return unsafe {
+                std::mem::transmute_copy(&x86::gather_mul_add8_masked_f64(
+                    std::mem::transmute_copy(&acc),
+                    v.as_ptr().cast::<f64>(),
+                    x.as_ptr().cast::<f64>(),
+                    idx,
+                    mask,
+                ))
+            };
+        }
+    }
+    std::array::from_fn(|j| {
+        if live[j] {
+            // SAFETY: the caller bounds every live index by x.len().
+            acc[j] + v[j] * unsafe { *x.get_unchecked(idx[j] as usize) }
+        } else {
+            acc[j]
+        }
+    })
+}
+
 /// Whether [`window_mul_add16`] permutes on this copy (else a kernel is better off with
 /// [`gather_mul_add8`]).
 #[inline(always)]
@@ -240,6 +297,68 @@ pub(crate) mod x86 {
                 _mm256_add_pd(acc[0], _mm256_mul_pd(_mm256_loadu_pd(v), lo)),
                 _mm256_add_pd(acc[1], _mm256_mul_pd(_mm256_loadu_pd(v.add(4)), hi)),
             ]
+        }
+    }
+
+    /// `acc + v * base[idx]` on the lanes whose `mask` is all ones (the others keep
+    /// `acc` and load nothing), over eight `f32` lanes: one masked `vgatherdps`.
+    ///
+    /// # Safety
+    /// AVX2 must be available, `v` must point to 8 values and every `base + idx[j]` with
+    /// `mask[j] == -1` must be in bounds of one allocation; `mask` lanes are 0 or -1.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn gather_mul_add8_masked_f32(
+        acc: __m256,
+        v: *const f32,
+        base: *const f32,
+        idx: [u32; 8],
+        mask: [i32; 8],
+    ) -> __m256 {
+        // SAFETY: [u32; 8], [i32; 8] and __m256i have the same size; the loads are in
+        // bounds by the caller's contract (masked lanes are not loaded).
+        unsafe {
+            let offsets: __m256i = std::mem::transmute(idx);
+            let mask = _mm256_castsi256_ps(std::mem::transmute::<[i32; 8], __m256i>(mask));
+            let xs = _mm256_mask_i32gather_ps::<4>(_mm256_setzero_ps(), base, offsets, mask);
+            let sum = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(v), xs));
+            _mm256_blendv_ps(acc, sum, mask)
+        }
+    }
+
+    /// [`gather_mul_add8_masked_f32`] for `f64`: two masked `vgatherdpd`.
+    ///
+    /// # Safety
+    /// As for [`gather_mul_add8_masked_f32`].
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn gather_mul_add8_masked_f64(
+        acc: [__m256d; 2],
+        v: *const f64,
+        base: *const f64,
+        idx: [u32; 8],
+        mask: [i32; 8],
+    ) -> [__m256d; 2] {
+        // SAFETY: as in gather_mul_add8_masked_f32; sign extension turns each 0 / -1
+        // lane of the mask into a 0 / -1 lane of 64 bits.
+        unsafe {
+            let offsets: __m256i = std::mem::transmute(idx);
+            let mask: __m256i = std::mem::transmute(mask);
+            let lo_mask = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(mask)));
+            let hi_mask =
+                _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_extracti128_si256::<1>(mask)));
+            let zero = _mm256_setzero_pd();
+            let lo =
+                _mm256_mask_i32gather_pd::<8>(zero, base, _mm256_castsi256_si128(offsets), lo_mask);
+            let hi = _mm256_mask_i32gather_pd::<8>(
+                zero,
+                base,
+                _mm256_extracti128_si256::<1>(offsets),
+                hi_mask,
+            );
+            let sum_lo = _mm256_add_pd(acc[0], _mm256_mul_pd(_mm256_loadu_pd(v), lo));
+            let sum_hi = _mm256_add_pd(acc[1], _mm256_mul_pd(_mm256_loadu_pd(v.add(4)), hi));
+            [_mm256_blendv_pd(acc[0], sum_lo, lo_mask), _mm256_blendv_pd(acc[1], sum_hi, hi_mask)]
         }
     }
 

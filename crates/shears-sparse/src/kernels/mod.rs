@@ -39,8 +39,10 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-pub(crate) use spmm::{bsr_spmm, csr_spmm, nm_spmm};
-pub(crate) use spmv::{bsr_spmv, csr_spmv, nm_spmv};
+use crate::sell::SLICE_ROWS;
+
+pub(crate) use spmm::{bsr_spmm, csr_spmm, nm_spmm, sell_spmm};
+pub(crate) use spmv::{bsr_spmv, csr_spmv, nm_spmv, sell_spmv};
 
 /// Which compiled copy of the kernels runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -234,6 +236,48 @@ pub(crate) struct BsrView<'a, T> {
 impl<T> BsrView<'_, T> {
     pub(crate) fn block_rows(&self) -> usize {
         self.nrows.div_ceil(self.br)
+    }
+}
+
+/// A borrowed, validated sliced-ELLPACK matrix (see [`crate::SlicedEll`]'s invariants).
+#[derive(Clone, Copy)]
+pub(crate) struct SellView<'a, T, I> {
+    pub(crate) nrows: usize,
+    pub(crate) ncols: usize,
+    pub(crate) window: usize,
+    pub(crate) order: &'a [usize],
+    pub(crate) lengths: &'a [usize],
+    pub(crate) slice_ptr: &'a [usize],
+    pub(crate) indices: &'a [I],
+    pub(crate) values: &'a [T],
+}
+
+impl<T, I> SellView<'_, T, I> {
+    /// Sorting windows: the work units of the parallel drivers, since rows never leave
+    /// their window, each window's outputs are one contiguous range of rows.
+    pub(crate) fn windows(&self) -> usize {
+        self.nrows.div_ceil(self.window)
+    }
+
+    /// The first row of window `w` (`nrows` for `w == windows()`).
+    pub(crate) fn first_row(&self, w: usize) -> usize {
+        w.saturating_mul(self.window).min(self.nrows)
+    }
+
+    /// The first slice of window `w`.
+    pub(crate) fn first_slice(&self, w: usize) -> usize {
+        self.first_row(w).div_ceil(SLICE_ROWS)
+    }
+
+    /// The lanes of slice `s` that hold rows (all eight but in a last, partial slice).
+    pub(crate) fn lanes(&self, s: usize) -> Range<usize> {
+        s * SLICE_ROWS..((s + 1) * SLICE_ROWS).min(self.nrows)
+    }
+
+    /// Slice `s`'s stored entries, eight per step.
+    pub(crate) fn slice(&self, s: usize) -> (&[T], &[I]) {
+        let range = self.slice_ptr[s]..self.slice_ptr[s + 1];
+        (&self.values[range.clone()], &self.indices[range])
     }
 }
 

@@ -17,8 +17,11 @@ use rayon::prelude::*;
 use shears_core::Scalar;
 
 use super::isa::{Isa, fma};
-use super::{BsrView, CsrView, NmView, combine, kernel_path, multiversion, parallel_ranges};
+use super::{
+    BsrView, CsrView, NmView, SellView, combine, kernel_path, multiversion, parallel_ranges,
+};
 use crate::index::SpIndex;
+use crate::sell::SLICE_ROWS;
 
 /// Entries combined per accumulator update: four products are summed in a fixed tree
 /// (two fused multiply-adds on two products) before one add into the tile, so the
@@ -505,6 +508,57 @@ pub(crate) fn bsr_spmm<T: Scalar>(
         beta,
         y,
         |range, xt, out| bsr_rows(path, a, range, xt, batch, out),
+    );
+}
+
+/// Sliced-ELLPACK rows, each copied out of its slice's interleaved layout and run through
+/// CSR's tiles: the layout only pays at batch 1, and this way a row's sum is the one CSR
+/// computes, bit for bit.
+#[inline(always)]
+fn sell_windows_kernel<P: Isa, T: Scalar, I: SpIndex>(
+    a: SellView<'_, T, I>,
+    windows: Range<usize>,
+    xt: &[T],
+    batch: usize,
+    out: &mut [T],
+) {
+    let first_row = a.first_row(windows.start);
+    let (mut values, mut cols) = (Vec::new(), Vec::new());
+    for s in a.first_slice(windows.start)..a.first_slice(windows.end) {
+        let (slice_values, slice_cols) = a.slice(s);
+        for (l, lane) in a.lanes(s).enumerate() {
+            let steps = (0..a.lengths[lane]).map(|j| j * SLICE_ROWS + l);
+            values.clear();
+            values.extend(steps.clone().map(|k| slice_values[k]));
+            cols.clear();
+            cols.extend(steps.map(|k| slice_cols[k]));
+            let r = a.order[lane] - first_row;
+            row_tiles::<P, T, I>(&values, &cols, xt, batch, &mut out[r * batch..(r + 1) * batch]);
+        }
+    }
+}
+
+multiversion! {
+    fn sell_windows<T: Scalar, I: SpIndex>(a: SellView<'_, T, I>, windows: Range<usize>, xt: &[T], batch: usize, out: &mut [T]) => sell_windows_kernel
+}
+
+pub(crate) fn sell_spmm<T: Scalar, I: SpIndex>(
+    a: SellView<'_, T, I>,
+    alpha: T,
+    x: &DMatrix<T>,
+    beta: T,
+    y: &mut DMatrix<T>,
+) {
+    let (path, batch) = (kernel_path(), x.ncols());
+    spmm(
+        a.windows(),
+        |w| a.slice_ptr[a.first_slice(w)],
+        |w| a.first_row(w),
+        alpha,
+        x,
+        beta,
+        y,
+        |range, xt, out| sell_windows(path, a, range, xt, batch, out),
     );
 }
 

@@ -13,11 +13,13 @@ use std::ops::Range;
 
 use shears_core::Scalar;
 
-use super::isa::{Isa, gather_mul_add8, permutes16, window_mul_add16};
+use super::isa::{Isa, gather_mul_add8, gather_mul_add8_masked, permutes16, window_mul_add16};
 use super::{
-    BsrView, CsrView, KernelPath, NmView, combine, for_row_chunks, kernel_path, multiversion,
+    BsrView, CsrView, KernelPath, NmView, SellView, combine, for_row_chunks, kernel_path,
+    multiversion,
 };
 use crate::index::SpIndex;
+use crate::sell::SLICE_ROWS;
 
 const LANES: usize = 8;
 
@@ -212,6 +214,125 @@ pub(crate) fn nm_spmv<T: Scalar>(a: NmView<'_, T>, alpha: T, x: &[T], beta: T, y
     );
 }
 
+/// The eight row sums of one sliced-ELLPACK slice (`values` and `indices` hold its
+/// `8 * width` entries, step by step; lane `l`'s row has `lengths[l]` entries).
+///
+/// Lane `l` of step `j` goes into accumulator `j % 2`, in step order, and the two are
+/// added at the end: two chains, so consecutive steps do not wait on each other's add.
+/// Steps where every lane has an entry (all of them but the last few, since a slice's
+/// rows are sorted by length) gather unmasked; the rest mask out the lanes past their
+/// row's end, which neither read `x` nor change their sum, so every copy gives the bits
+/// of the portable one.
+#[inline(always)]
+pub(crate) fn sell_slice<P: Isa, T: Scalar, I: SpIndex>(
+    values: &[T],
+    indices: &[I],
+    lengths: [usize; SLICE_ROWS],
+    x: &[T],
+) -> [T; SLICE_ROWS] {
+    let width = values.len() / SLICE_ROWS;
+    let indices = &indices[..values.len()];
+    let common = lengths.iter().copied().min().unwrap_or(0).min(width);
+    let (mut even, mut odd) = ([T::zero(); SLICE_ROWS], [T::zero(); SLICE_ROWS]);
+    let mut j = 0;
+    while j + 2 <= common {
+        even = sell_step::<P, T, I>(even, values, indices, j, x);
+        odd = sell_step::<P, T, I>(odd, values, indices, j + 1, x);
+        j += 2;
+    }
+    while j < width {
+        let acc = if j % 2 == 0 { &mut even } else { &mut odd };
+        *acc = if j < common {
+            sell_step::<P, T, I>(*acc, values, indices, j, x)
+        } else {
+            sell_masked_step::<P, T, I>(*acc, values, indices, j, lengths, x)
+        };
+        j += 1;
+    }
+    std::array::from_fn(|l| even[l] + odd[l])
+}
+
+/// Step `j` of a slice whose eight lanes all have an entry there.
+#[inline(always)]
+fn sell_step<P: Isa, T: Scalar, I: SpIndex>(
+    acc: [T; SLICE_ROWS],
+    values: &[T],
+    indices: &[I],
+    j: usize,
+    x: &[T],
+) -> [T; SLICE_ROWS] {
+    let (v, i) =
+        (&values[j * SLICE_ROWS..][..SLICE_ROWS], &indices[j * SLICE_ROWS..][..SLICE_ROWS]);
+    // SAFETY: the slice validator bounds the column of every entry inside its lane's
+    // length by ncols (and `sell_slice` calls this only below every lane's length), the
+    // public entry points check x.len() == ncols, and `sell_spmv` runs gathering copies
+    // only when ncols <= 2^31.
+    unsafe { gather_mul_add8::<P, T>(acc, v, x, std::array::from_fn(|l| i[l].index() as u32)) }
+}
+
+/// Step `j` of a slice, on the lanes whose row has an entry there.
+#[inline(always)]
+fn sell_masked_step<P: Isa, T: Scalar, I: SpIndex>(
+    acc: [T; SLICE_ROWS],
+    values: &[T],
+    indices: &[I],
+    j: usize,
+    lengths: [usize; SLICE_ROWS],
+    x: &[T],
+) -> [T; SLICE_ROWS] {
+    let (v, i) =
+        (&values[j * SLICE_ROWS..][..SLICE_ROWS], &indices[j * SLICE_ROWS..][..SLICE_ROWS]);
+    let idx = std::array::from_fn(|l| i[l].index() as u32);
+    let live = std::array::from_fn(|l| j < lengths[l]);
+    // SAFETY: as in `sell_step`, for the live lanes; the others are not read.
+    unsafe { gather_mul_add8_masked::<P, T>(acc, v, x, idx, live) }
+}
+
+#[inline(always)]
+fn sell_windows_kernel<P: Isa, T: Scalar, I: SpIndex>(
+    a: SellView<'_, T, I>,
+    windows: Range<usize>,
+    alpha: T,
+    x: &[T],
+    beta: T,
+    out: &mut [T],
+) {
+    let first_row = a.first_row(windows.start);
+    for s in a.first_slice(windows.start)..a.first_slice(windows.end) {
+        let lanes = a.lanes(s);
+        let lengths = std::array::from_fn(|l| a.lengths.get(lanes.start + l).copied().unwrap_or(0));
+        let (values, indices) = a.slice(s);
+        let sums = sell_slice::<P, T, I>(values, indices, lengths, x);
+        for (lane, sum) in lanes.zip(sums) {
+            // The validator keeps every row in its lane's window, so inside `out`.
+            let y = &mut out[a.order[lane] - first_row];
+            *y = combine(alpha, sum, beta, *y);
+        }
+    }
+}
+
+multiversion! {
+    fn sell_windows<T: Scalar, I: SpIndex>(a: SellView<'_, T, I>, windows: Range<usize>, alpha: T, x: &[T], beta: T, out: &mut [T]) => sell_windows_kernel
+}
+
+pub(crate) fn sell_spmv<T: Scalar, I: SpIndex>(
+    a: SellView<'_, T, I>,
+    alpha: T,
+    x: &[T],
+    beta: T,
+    y: &mut [T],
+) {
+    debug_assert_eq!((x.len(), y.len()), (a.ncols, a.nrows));
+    let path = gathering_path(a.ncols);
+    for_row_chunks(
+        a.windows(),
+        |w| a.slice_ptr[a.first_slice(w)],
+        |w| a.first_row(w),
+        y,
+        |windows, out| sell_windows(path, a, windows, alpha, x, beta, out),
+    );
+}
+
 #[inline(always)]
 fn bsr_rows_kernel<P: Isa, T: Scalar>(
     a: BsrView<'_, T>,
@@ -362,6 +483,52 @@ mod tests {
                 let mut y = vec![T::zero(); 40];
                 csr_rows(path, a, 0..40, T::one(), &x, T::zero(), &mut y);
                 assert_eq!(bits(&y), bits(&reference), "{path:?}");
+            }
+        }
+        check::<f32>();
+        check::<f64>();
+    }
+
+    /// Every copy of the sliced-ELLPACK kernel gives the bits of each row's two
+    /// alternating sums added, for both element types: rows of every length (empty ones,
+    /// lanes that run out before their slice's last steps, odd and even widths), a window
+    /// and a slice cut short by the last row, and `x` holding a NaN that only padding
+    /// lanes could reach.
+    #[test]
+    fn sell_windows_match_the_alternating_sums_on_every_copy() {
+        fn check<T: Scalar>() {
+            let (nrows, ncols) = (21, 301);
+            let (mut indptr, mut indices, mut values) = (vec![0], Vec::new(), Vec::new());
+            for r in 0..nrows {
+                indices
+                    .extend((1..ncols).filter(|c| (c * 7 + r * 13) % 9 < r % 9).map(|c| c as u32));
+                values.extend(
+                    (values.len()..indices.len())
+                        .map(|k| T::from_f64_lossy((k as f64 * 0.37).sin())),
+                );
+                indptr.push(indices.len());
+            }
+            let csr = crate::Csr::try_from_parts(nrows, ncols, indptr, indices, values).unwrap();
+            let sell = crate::SlicedEll::from_csr_with_window(&csr, 16).unwrap();
+            // Column 0 is never kept: only padding entries point at it.
+            let mut x: Vec<T> =
+                (0..ncols).map(|k| T::from_f64_lossy((k as f64 * 0.11).cos())).collect();
+            x[0] = T::from_f64_lossy(f64::NAN);
+            let want: Vec<T> = (0..nrows)
+                .map(|r| {
+                    let (cols, vals) = csr.row(r).unwrap();
+                    let (mut even, mut odd) = (T::zero(), T::zero());
+                    for (j, (&c, &v)) in cols.iter().zip(vals).enumerate() {
+                        let sum = if j % 2 == 0 { &mut even } else { &mut odd };
+                        *sum += v * x[c as usize];
+                    }
+                    even + odd
+                })
+                .collect();
+            for path in all_paths() {
+                let mut y = vec![T::zero(); nrows];
+                sell_windows(path, sell.view(), 0..2, T::one(), &x, T::zero(), &mut y);
+                assert_eq!(bits(&y), bits(&want), "{path:?}");
             }
         }
         check::<f32>();
