@@ -8,7 +8,8 @@ use serde::Serialize;
 use shears_cli::checkpoint::{Checkpoint, is_float};
 use shears_core::{Mask, WeightShape};
 use shears_sparse::{
-    AnyCsr, BlockSparse, Compacted, Compaction, Format, NmSparse, SparseProduct, choose_format,
+    AnyCsr, AnySlicedEll, BlockSparse, Compacted, Compaction, Format, NmSparse, SparseProduct,
+    choose_format,
 };
 
 use crate::cli::BenchArgs;
@@ -62,6 +63,7 @@ fn median_us(mut f: impl FnMut()) -> f64 {
 enum Sparse {
     Dense(DMatrix<f32>),
     Csr(AnyCsr<f32>),
+    Sell(AnySlicedEll<f32>),
     Nm(NmSparse<f32>),
     Bsr(BlockSparse<f32>),
     Compact(Compacted<f32>),
@@ -70,6 +72,7 @@ enum Sparse {
 fn build(w: &DMatrix<f32>, mask: &Mask, format: Format) -> Result<Sparse> {
     Ok(match format {
         Format::Csr => Sparse::Csr(AnyCsr::from_dense_masked(w, mask)?),
+        Format::SlicedEll => Sparse::Sell(AnySlicedEll::from_dense_masked(w, mask)?),
         Format::Nm(p) => Sparse::Nm(NmSparse::from_dense_masked(w, mask, p)?),
         Format::Bsr(b) => Sparse::Bsr(BlockSparse::from_dense_masked(w, mask, b)?),
         Format::Compact => {
@@ -89,6 +92,10 @@ fn time_sparse(s: &Sparse, x: &DMatrix<f32>) -> Result<f64> {
         Sparse::Csr(c) => {
             y.resize_mut(c.shape().0, x.ncols(), 0.0);
             median_us(|| drop(c.matmul_into(1.0, x, 0.0, &mut y)))
+        }
+        Sparse::Sell(s) => {
+            y.resize_mut(s.shape().0, x.ncols(), 0.0);
+            median_us(|| drop(s.matmul_into(1.0, x, 0.0, &mut y)))
         }
         Sparse::Nm(n) => {
             y.resize_mut(n.shape().0, x.ncols(), 0.0);
@@ -138,11 +145,15 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             let format = choose_format(&mask, batch);
             let sparse = build(&w, &mask, format)?;
             let sparse_us = if batch == 1 {
-                if let Sparse::Csr(csr) = &sparse {
-                    let mut yv = vec![0.0f32; r];
-                    median_us(|| drop(csr.matvec_into(1.0, x.as_slice(), 0.0, &mut yv)))
-                } else {
-                    time_sparse(&sparse, &x)?
+                let mut yv = vec![0.0f32; r];
+                match &sparse {
+                    Sparse::Csr(csr) => {
+                        median_us(|| drop(csr.matvec_into(1.0, x.as_slice(), 0.0, &mut yv)))
+                    }
+                    Sparse::Sell(sell) => {
+                        median_us(|| drop(sell.matvec_into(1.0, x.as_slice(), 0.0, &mut yv)))
+                    }
+                    _ => time_sparse(&sparse, &x)?,
                 }
             } else {
                 time_sparse(&sparse, &x)?

@@ -3,7 +3,7 @@
 
 use nalgebra::{DMatrix, DVector};
 use shears_core::{Mask, NmPattern, Scalar};
-use shears_sparse::{AnyCsr, Format, NmSparse, SparseProduct, choose_format};
+use shears_sparse::{AnyCsr, AnySlicedEll, Format, NmSparse, SparseProduct, choose_format};
 use shears_strategies::Masks;
 
 use crate::error::Result;
@@ -14,6 +14,7 @@ use crate::mlp::{Mlp, argmax_columns, bias_then_activation, weight_name};
 enum Kernel<T: Scalar> {
     Dense(DMatrix<T>),
     Csr(AnyCsr<T>),
+    Sell(AnySlicedEll<T>),
     Nm(NmSparse<T>),
 }
 
@@ -24,6 +25,8 @@ pub enum LayerFormat {
     Dense,
     /// CSR.
     Csr,
+    /// Sliced ELLPACK (CSR's entries, laid out for batch 1).
+    SlicedEll,
     /// N:M packed.
     Nm(NmPattern),
 }
@@ -40,7 +43,7 @@ struct SparseLayer<T: Scalar> {
 /// pruned outputs the constant `relu(b)`, so it is removed and `W_next[:, j] * relu(b_j)`
 /// is folded into the next layer's bias (exact); inputs no layer-0 weight reads are
 /// dropped. Then each (now smaller) layer takes the format [`choose_format`] picks for
-/// its mask at the expected batch size: N:M, CSR or dense.
+/// its mask at the expected batch size: N:M, CSR, sliced ELLPACK (batch 1) or dense.
 ///
 /// Predictions equal the masked dense network's (the same arithmetic minus zero terms).
 ///
@@ -73,7 +76,7 @@ impl<T: Scalar> SparseMlp<T> {
     }
 
     /// As [`SparseMlp::from_mlp`], with the format of each (compacted) layer chosen by
-    /// `choose` from its mask; `Format::Csr` and `Format::Nm` are honoured, anything else
+    /// `choose` from its mask; `Format::Csr`, `Format::SlicedEll` and `Format::Nm` are honoured, anything else
     /// is dense (compaction has already happened).
     ///
     /// # Errors
@@ -140,6 +143,7 @@ impl<T: Scalar> SparseMlp<T> {
                 let kernel = match choose(mask) {
                     Format::Nm(p) => Kernel::Nm(NmSparse::from_dense_masked(&w, mask, p)?),
                     Format::Csr => Kernel::Csr(AnyCsr::from_dense_masked(&w, mask)?),
+                    Format::SlicedEll => Kernel::Sell(AnySlicedEll::from_dense_masked(&w, mask)?),
                     _ => Kernel::Dense(w),
                 };
                 Ok(SparseLayer { kernel, bias })
@@ -155,6 +159,7 @@ impl<T: Scalar> SparseMlp<T> {
             .map(|l| match &l.kernel {
                 Kernel::Dense(w) => (LayerFormat::Dense, w.shape()),
                 Kernel::Csr(c) => (LayerFormat::Csr, c.shape()),
+                Kernel::Sell(s) => (LayerFormat::SlicedEll, s.shape()),
                 Kernel::Nm(m) => (LayerFormat::Nm(m.pattern()), m.shape()),
             })
             .collect()
@@ -180,6 +185,7 @@ impl<T: Scalar> SparseMlp<T> {
             let mut z = match &layer.kernel {
                 Kernel::Dense(w) => w * &a,
                 Kernel::Csr(c) => c.matmul(&a)?,
+                Kernel::Sell(s) => s.matmul(&a)?,
                 Kernel::Nm(m) => m.matmul(&a)?,
             };
             bias_then_activation(&mut z, &layer.bias, i + 1 < self.layers.len());

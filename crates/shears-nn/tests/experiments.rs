@@ -30,16 +30,24 @@ fn magnitude_80_percent_loses_at_most_1_5_points() {
         last.accuracy_finetuned
     );
     // The sparse inference model predicts what the masked network predicts.
-    // Layers this small stay dense by default; force CSR to check the sparse path too.
+    // Layers this small stay dense by default; force CSR and sliced ELLPACK to check the
+    // sparse paths too, batched and one input at a time.
     let x = data.test.features().clone();
+    let one = x.columns(0, 1).into_owned();
     for sparse in [
         SparseMlp::from_mlp(&outcome.model, &outcome.masks, 1).unwrap(),
         SparseMlp::from_mlp_with(&outcome.model, &outcome.masks, |_| Format::Csr).unwrap(),
+        SparseMlp::from_mlp_with(&outcome.model, &outcome.masks, |_| Format::SlicedEll).unwrap(),
     ] {
         assert_eq!(sparse.predict(&x).unwrap(), outcome.model.predict(&x).unwrap());
         let (dl, sl) = (outcome.model.forward(&x).unwrap(), sparse.forward(&x).unwrap());
         assert!((dl - sl).amax() < 1e-4);
+        let (dl, sl) = (outcome.model.forward(&one).unwrap(), sparse.forward(&one).unwrap());
+        assert!((dl - sl).amax() < 1e-4);
     }
+    let sell =
+        SparseMlp::from_mlp_with(&outcome.model, &outcome.masks, |_| Format::SlicedEll).unwrap();
+    assert!(sell.layer_formats().iter().all(|(f, _)| *f == LayerFormat::SlicedEll));
     let forced = SparseMlp::from_mlp_with(&outcome.model, &outcome.masks, |_| Format::Csr).unwrap();
     assert!(forced.layer_formats().iter().all(|(f, _)| *f == LayerFormat::Csr));
 }

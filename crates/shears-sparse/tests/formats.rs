@@ -135,6 +135,10 @@ fn format_choice() {
     assert_eq!(choose_format(&half, 33), Format::Dense);
     let heavy = Mask::from_fn(256, 256, |r, c| (r * 5 + c) % 20 == 0).unwrap();
     assert_eq!(choose_format(&heavy, 128), Format::Csr);
+    assert_eq!(choose_format(&heavy, 2), Format::Csr);
+    assert_eq!(choose_format(&heavy, 1), Format::SlicedEll);
+    assert_eq!(choose_format(&half, 1), Format::SlicedEll);
+    assert_eq!(Format::SlicedEll.to_string(), "sell");
     let small = Mask::from_fn(32, 32, |r, c| (r * 5 + c) % 20 == 0).unwrap();
     assert_eq!(choose_format(&small, 1), Format::Dense);
     assert_eq!(choose_format(&Mask::all_kept(0, 0).unwrap(), 1), Format::Dense);
