@@ -1,5 +1,6 @@
-//! Batch-1 products: shears CSR (u16 indices) against nalgebra dense gemv and sprs, on
-//! unstructured magnitude masks, plus the compacted dense matrix after 50% row pruning.
+//! Batch-1 products: shears CSR and sliced ELLPACK (u16 indices) against nalgebra dense
+//! gemv and sprs, on unstructured magnitude masks, plus the compacted dense matrix after
+//! 50% row pruning.
 //! In the `spmv/*` groups shears runs on a one-thread rayon pool, as nalgebra's gemv runs
 //! on one thread, so the ratios are one core against one core; `spmv-threads` measures two.
 //!
@@ -14,7 +15,7 @@ use nalgebra::DVector;
 use shears_benches::{
     SEED, csr_halves, independent_halves, magnitude_mask, matrix, pool, rows_mask, vector,
 };
-use shears_sparse::{AnyCsr, Compacted, Compaction, SparseProduct};
+use shears_sparse::{AnyCsr, AnySlicedEll, Compacted, Compaction, SparseProduct};
 
 const SHAPES: [(usize, usize); 4] = [(4096, 4096), (1024, 1024), (1536, 384), (384, 1536)];
 const SPARSITIES: [f64; 6] = [0.5, 0.7, 0.8, 0.9, 0.95, 0.99];
@@ -39,6 +40,12 @@ fn spmv(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("csr", pct), |b| {
                 one.install(|| {
                     b.iter(|| csr.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y))
+                })
+            });
+            let sell = AnySlicedEll::from(&csr);
+            group.bench_function(BenchmarkId::new("sell", pct), |b| {
+                one.install(|| {
+                    b.iter(|| sell.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y))
                 })
             });
             let sp = shears_sparse::Csr::<f32, u32>::from_dense_masked(&w, &mask)
@@ -66,9 +73,10 @@ fn spmv(c: &mut Criterion) {
     }
 }
 
-/// CSR SpMV at 90% on 4096x4096 with 1 and with 2 threads, each on its own rayon pool
-/// (criterion's back-to-back calls, as in inference), and the machine's ceiling for the
-/// 2-thread product: its two halves on two threads that never synchronize.
+/// CSR and sliced-ELLPACK SpMV at 90% on 4096x4096 with 1 and with 2 threads, each on
+/// its own rayon pool (criterion's back-to-back calls, as in inference), and the
+/// machine's ceiling for the 2-thread CSR product: its two halves on two threads that
+/// never synchronize.
 fn spmv_threads(c: &mut Criterion) {
     let (rows, cols) = (4096, 4096);
     let w = matrix(rows, cols, SEED);
@@ -77,11 +85,15 @@ fn spmv_threads(c: &mut Criterion) {
     let csr = AnyCsr::from_dense_masked(&w, &mask).unwrap_or_else(|e| panic!("{e}"));
     let mut group = c.benchmark_group(format!("spmv-threads/{rows}x{cols}/csr90"));
     group.sample_size(30).measurement_time(std::time::Duration::from_secs(2));
+    let sell = AnySlicedEll::from(&csr);
     for threads in [1, 2] {
         let pool = pool(threads);
         let mut y = vec![0.0f32; rows];
         group.bench_function(BenchmarkId::new("threads", threads), |b| {
             pool.install(|| b.iter(|| csr.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y)))
+        });
+        group.bench_function(BenchmarkId::new("sell-threads", threads), |b| {
+            pool.install(|| b.iter(|| sell.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y)))
         });
     }
     let halves = csr_halves(&w, &mask);

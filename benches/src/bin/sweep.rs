@@ -13,7 +13,7 @@ use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 use shears_benches::{SEED, magnitude_mask, matrix, rows_mask, two_four_mask, vector};
 use shears_core::{LayerContext, Mask, NmPattern, PruningStrategy, Sparsity};
-use shears_sparse::{AnyCsr, Compacted, Compaction, Csr, NmSparse, SparseProduct};
+use shears_sparse::{AnyCsr, AnySlicedEll, Compacted, Compaction, Csr, NmSparse, SparseProduct};
 use shears_strategies::Magnitude;
 
 /// One measured cell; the field names are read by tools and stay stable. Each format's
@@ -76,6 +76,7 @@ impl Timer {
 /// A pruned matrix in one of shears' formats.
 enum Sparse {
     Csr(AnyCsr<f32>),
+    Sell(AnySlicedEll<f32>),
     Nm(NmSparse<f32>),
     Compact(Compacted<f32>),
 }
@@ -101,6 +102,14 @@ fn sparse_run<'a>(s: &'a Sparse, x: &'a DMatrix<f32>) -> Box<dyn FnMut() + 'a> {
             Box::new(move || drop(c.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y)))
         }
         Sparse::Csr(c) => {
+            let mut y = DMatrix::zeros(c.shape().0, batch);
+            Box::new(move || drop(c.matmul_into(1.0, black_box(x), 0.0, &mut y)))
+        }
+        Sparse::Sell(c) if batch == 1 => {
+            let mut y = vec![0.0; c.shape().0];
+            Box::new(move || drop(c.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y)))
+        }
+        Sparse::Sell(c) => {
             let mut y = DMatrix::zeros(c.shape().0, batch);
             Box::new(move || drop(c.matmul_into(1.0, black_box(x), 0.0, &mut y)))
         }
@@ -171,12 +180,9 @@ fn main() {
         let mut formats: Vec<(&'static str, f64, Mask, Sparse)> = Vec::new();
         for &s in sparsities {
             let mask = magnitude_mask(&w, s);
-            formats.push((
-                "csr",
-                s,
-                mask.clone(),
-                Sparse::Csr(AnyCsr::from_dense_masked(&w, &mask).unwrap_or_else(|e| panic!("{e}"))),
-            ));
+            let csr = AnyCsr::from_dense_masked(&w, &mask).unwrap_or_else(|e| panic!("{e}"));
+            formats.push(("sell", s, mask.clone(), Sparse::Sell(AnySlicedEll::from(&csr))));
+            formats.push(("csr", s, mask, Sparse::Csr(csr)));
         }
         let nm_mask = two_four_mask(&w);
         let nm = NmSparse::from_dense_masked(&w, &nm_mask, NmPattern::TWO_FOUR)
@@ -197,6 +203,9 @@ fn main() {
             let dense = timer.median(dense_run(&w, &x));
             push(kernel, "dense", (rows, cols), 0.0, batch, dense, dense);
             for (format, s, mask, sparse) in &formats {
+                if *format == "sell" && batch > 1 {
+                    continue; // batched, it runs CSR's tiles
+                }
                 let (d, t) = timer.paired(dense_run(&w, &x), sparse_run(sparse, &x));
                 push(kernel, format, (rows, cols), *s, batch, t, d);
                 let sprs_worth_it = *format == "csr" && (*s > 0.0 || batch == 1);
@@ -217,18 +226,19 @@ fn main() {
         let w = matrix(rows, cols, SEED);
         let csr = AnyCsr::from_dense_masked(&w, &magnitude_mask(&w, 0.9))
             .unwrap_or_else(|e| panic!("{e}"));
+        let sell = Sparse::Sell(AnySlicedEll::from(&csr));
         let csr = Sparse::Csr(csr);
         let (one, two) = (shears_benches::pool(1), shears_benches::pool(2));
-        for batch in [1, 32] {
+        for (batch, format, sparse) in [(1, "csr", &csr), (1, "sell", &sell), (32, "csr", &csr)] {
             let x = matrix(cols, batch, SEED + 1);
             let kernel = if batch == 1 { "threads-spmv" } else { "threads-spmm" };
             let (mut t1, mut t2) = (Vec::new(), Vec::new());
             for _ in 0..3 {
-                t1.push(one.install(|| timer.median(sparse_run(&csr, &x))));
-                t2.push(two.install(|| timer.median(sparse_run(&csr, &x))));
+                t1.push(one.install(|| timer.median(sparse_run(sparse, &x))));
+                t2.push(two.install(|| timer.median(sparse_run(sparse, &x))));
             }
             // The 1-thread median stands where the dense one does: speedup = t1 / t2.
-            push(kernel, "csr", (rows, cols), 0.9, batch, median(t2), median(t1));
+            push(kernel, format, (rows, cols), 0.9, batch, median(t2), median(t1));
         }
     }
 
