@@ -155,7 +155,10 @@ fn sliced_ell_as<T: Scalar, I: SpIndex>(data: &[u8]) {
     let (nrows, ncols) = sell.shape();
     if small(nrows, ncols) {
         let dense = sell.to_dense();
-        assert_eq!(csr.to_dense().map(|v| v.as_f64().to_bits()), dense.map(|v| v.as_f64().to_bits()));
+        assert_eq!(
+            csr.to_dense().map(|v| v.as_f64().to_bits()),
+            dense.map(|v| v.as_f64().to_bits())
+        );
         check_products(&sell, &dense);
     }
     SlicedEll::<T, I>::try_from_parts(sell.into_parts()).expect("its own parts validate");

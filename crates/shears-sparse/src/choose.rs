@@ -64,8 +64,9 @@ pub const SMALL_MATRIX: usize = 65_536;
 /// smaller than [`SMALL_MATRIX`] stays dense; a mask that satisfies 2:4 (or 4:8) at
 /// 40..60% sparsity packs as N:M up to batch [`NM_MAX_BATCH`]; an unstructured mask at or
 /// past [`csr_break_even`] goes to CSR, or at batch 1 to its sliced-ELLPACK layout
-/// ([`crate::SlicedEll`]: the same entries, 0.97-1.14x CSR's batch-1 time on the shapes
-/// of `cargo xtask bench`, one thread); anything else stays dense.
+/// ([`crate::SlicedEll`]: the same entries, at 0.97-1.14x CSR's batch-1 speed from
+/// 512x4096 to 4096x4096, one thread, and about its speed on two); anything else stays
+/// dense.
 ///
 /// ```
 /// use shears_core::{Mask, NmPattern};

@@ -6,7 +6,7 @@
 //! - [`Csr`] / [`AnyCsr`]: compressed sparse rows with `u16` or `u32` column indices,
 //!   for unstructured sparsity;
 //! - [`SlicedEll`] / [`AnySlicedEll`]: the same entries in sliced ELLPACK layout, eight
-//!   rows advancing in lockstep, for batch-1 products (8-14% faster than CSR's);
+//!   rows advancing in lockstep, for batch-1 products (up to 1.14x CSR's speed);
 //! - [`NmSparse`]: N:M-packed values and in-group positions (2:4 at 50%, where CSR cannot
 //!   win);
 //! - [`BlockSparse`]: dense `r x c` blocks for block-pruned matrices;
