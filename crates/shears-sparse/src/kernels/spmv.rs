@@ -224,7 +224,7 @@ pub(crate) fn nm_spmv<T: Scalar>(a: NmView<'_, T>, alpha: T, x: &[T], beta: T, y
 /// row's end, which neither read `x` nor change their sum, so every copy gives the bits
 /// of the portable one.
 #[inline(always)]
-pub(crate) fn sell_slice<P: Isa, T: Scalar, I: SpIndex>(
+fn sell_slice<P: Isa, T: Scalar, I: SpIndex>(
     values: &[T],
     indices: &[I],
     lengths: [usize; SLICE_ROWS],
