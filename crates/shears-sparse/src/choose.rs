@@ -64,9 +64,10 @@ pub const SMALL_MATRIX: usize = 65_536;
 /// smaller than [`SMALL_MATRIX`] stays dense; a mask that satisfies 2:4 (or 4:8) at
 /// 40..60% sparsity packs as N:M up to batch [`NM_MAX_BATCH`]; an unstructured mask at or
 /// past [`csr_break_even`] goes to CSR, or at batch 1 to its sliced-ELLPACK layout
-/// ([`crate::SlicedEll`]: the same entries, at 0.97-1.14x CSR's batch-1 speed from
-/// 512x4096 to 4096x4096, one thread, and about its speed on two); anything else stays
-/// dense.
+/// ([`crate::SlicedEll`]: the same entries; interleaved with CSR on one thread it ran
+/// 1.0-1.24x CSR's batch-1 speed on 4096x4096, 1024x1024, 1536x384 and 384x1536 at 50%
+/// to 99%, but for one 0.92x, and 0.97-1.01x on 512x4096, which fits in L2; about CSR's
+/// speed on two threads); anything else stays dense.
 ///
 /// ```
 /// use shears_core::{Mask, NmPattern};
