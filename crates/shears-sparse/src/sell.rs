@@ -16,7 +16,7 @@ pub const SLICE_ROWS: usize = 8;
 /// The rows sorted together by [`SlicedEll::from_csr`]. On 4096x4096 at 90% (row lengths
 /// 410 ± 19) slices of unsorted rows pad 6.5% of the stored entries, rows sorted within
 /// 64 rows 1.3%, within 128 rows 0.7%; the batch-1 product ran 1.01-1.10x CSR's speed
-/// with 64-row windows (four runs) and 1.08-1.14x with 128 (six; one thread, the two
+/// with 64-row windows (four runs) and 1.07-1.14x with 128 (eight; one thread, the two
 /// interleaved in one process). Windows are also the units threads split, so a matrix
 /// needs a few per thread: 32 here.
 pub const DEFAULT_WINDOW: usize = 128;
@@ -29,9 +29,9 @@ pub const DEFAULT_WINDOW: usize = 128;
 /// advances its eight rows in lockstep (one gather from `x` for eight rows' next
 /// entries, each row's sum in its own lane), so the loop ends once per eight rows and no
 /// row needs a horizontal sum. On the 2-core AVX-512 machine shears is measured on, the
-/// batch-1 product of a 4096x4096 matrix at 90% ran 1.08-1.14x as fast as CSR's (the
-/// same gathers, the same `u16` indices; 1.05-1.14x on 1536x384 and 384x1536, 0.97-1.0x
-/// on 512x4096, which sits in L2). Rows are sorted by length within windows of
+/// batch-1 product of a 4096x4096 matrix at 90% ran 1.07-1.14x as fast as CSR's (the
+/// same gathers, the same `u16` indices; 1.03-1.24x on 1024x1024, 1536x384 and 384x1536
+/// at 90-99% but for one 0.92x, and 0.97-1.01x on 512x4096, which sits in L2). Rows are sorted by length within windows of
 /// [`SlicedEll::window`] rows so that a slice's rows are about equally long; the shorter
 /// ones are padded to the slice's width with entries that the kernels skip.
 ///
