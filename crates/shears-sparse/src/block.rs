@@ -215,6 +215,9 @@ impl<T: Scalar> SparseProduct<T> for BlockSparse<T> {
 
     fn matmul_into(&self, alpha: T, x: &DMatrix<T>, beta: T, y: &mut DMatrix<T>) -> Result<()> {
         check_matmul("bsr matmul", self.shape(), x, y)?;
+        if x.ncols() == 1 {
+            return self.matvec_into(alpha, x.as_slice(), beta, y.as_mut_slice());
+        }
         kernels::bsr_spmm(self.view(), alpha, x, beta, y);
         Ok(())
     }

@@ -278,6 +278,9 @@ impl<T: Scalar, I: SpIndex> SparseProduct<T> for Csr<T, I> {
 
     fn matmul_into(&self, alpha: T, x: &DMatrix<T>, beta: T, y: &mut DMatrix<T>) -> Result<()> {
         check_matmul("csr matmul", self.shape(), x, y)?;
+        if x.ncols() == 1 {
+            return self.matvec_into(alpha, x.as_slice(), beta, y.as_mut_slice());
+        }
         kernels::csr_spmm(self.as_view(), alpha, x, beta, y);
         Ok(())
     }

@@ -35,6 +35,10 @@ pub trait SparseProduct<T: Scalar> {
 
     /// `Y <- alpha * A X + beta * Y` for a dense `X` of shape `(ncols, batch)`.
     ///
+    /// Every format runs a batch of one through its batch-1 kernel
+    /// ([`matvec_into`](SparseProduct::matvec_into), the same bits): the batched tiles
+    /// gain nothing from a single column and cannot use the gathers.
+    ///
     /// # Errors
     /// [`crate::Error::ShapeMismatch`] if `X` has not `ncols` rows or `Y` is not
     /// `(nrows, batch)`.

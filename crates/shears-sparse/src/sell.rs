@@ -300,10 +300,9 @@ impl<T: Scalar, I: SpIndex> SparseProduct<T> for SlicedEll<T, I> {
     fn matmul_into(&self, alpha: T, x: &DMatrix<T>, beta: T, y: &mut DMatrix<T>) -> Result<()> {
         check_matmul("sell matmul", self.shape(), x, y)?;
         if x.ncols() == 1 {
-            kernels::sell_spmv(self.view(), alpha, x.as_slice(), beta, y.as_mut_slice());
-        } else {
-            kernels::sell_spmm(self.view(), alpha, x, beta, y);
+            return self.matvec_into(alpha, x.as_slice(), beta, y.as_mut_slice());
         }
+        kernels::sell_spmm(self.view(), alpha, x, beta, y);
         Ok(())
     }
 }

@@ -66,6 +66,28 @@ proptest! {
     }
 
     #[test]
+    fn a_batch_of_one_is_the_batch_1_product((w, mask, x) in case(40), alpha in -2.0f32..2.0, beta in -2.0f32..2.0) {
+        let x = x.columns(0, 1).into_owned();
+        let y0 = DMatrix::from_fn(w.nrows(), 1, |r, _| r as f32 * 0.01);
+        let csr: Csr<f32, u16> = Csr::from_dense_masked(&w, &mask).unwrap();
+        let sell = SlicedEll::from_csr(&csr);
+        let bsr = BlockSparse::from_dense_masked(&w, &mask, BlockShape::new(2, 3).unwrap()).unwrap();
+        let formats: [&dyn SparseProduct<f32>; 3] = [&csr, &sell, &bsr];
+        for format in formats {
+            let (mut batched, mut single) = (y0.clone(), y0.clone());
+            format.matmul_into(alpha, &x, beta, &mut batched).unwrap();
+            format.matvec_into(alpha, x.as_slice(), beta, single.as_mut_slice()).unwrap();
+            prop_assert_eq!(batched.map(f32::to_bits), single.map(f32::to_bits));
+        }
+        let nm_mask = Mask::from_fn(w.nrows(), w.ncols(), |r, c| (r + c) % 4 < 2).unwrap();
+        let nm = NmSparse::from_dense_masked(&w, &nm_mask, NmPattern::TWO_FOUR).unwrap();
+        let (mut batched, mut single) = (y0.clone(), y0);
+        nm.matmul_into(alpha, &x, beta, &mut batched).unwrap();
+        nm.matvec_into(alpha, x.as_slice(), beta, single.as_mut_slice()).unwrap();
+        prop_assert_eq!(batched.map(f32::to_bits), single.map(f32::to_bits));
+    }
+
+    #[test]
     fn beta_zero_does_not_read_y((w, mask, x) in case(20)) {
         let csr: Csr<f32, u32> = Csr::from_dense_masked(&w, &mask).unwrap();
         let mut y = DMatrix::from_element(w.nrows(), x.ncols(), f32::NAN);
