@@ -4,7 +4,7 @@ use nalgebra::DMatrix;
 use shears_core::{Mask, Scalar};
 
 use crate::error::{Error, Result};
-use crate::index::SpIndex;
+use crate::index::{SpIndex, narrowest_index};
 use crate::kernels;
 use crate::product::SparseProduct;
 use crate::validate;
@@ -309,34 +309,21 @@ pub(crate) fn check_matmul<T: Scalar>(
     Ok(())
 }
 
-/// A CSR matrix with the narrowest column index that fits: `u16` up to 65,536 columns,
-/// `u32` beyond.
-///
-/// ```
-/// use nalgebra::DMatrix;
-/// use shears_core::Mask;
-/// use shears_sparse::AnyCsr;
-///
-/// let w = DMatrix::<f32>::from_element(4, 100, 1.0);
-/// let csr = AnyCsr::from_dense_masked(&w, &Mask::all_kept_like(&w))?;
-/// assert_eq!(csr.index_bits(), 16);
-/// # Ok::<(), shears_sparse::Error>(())
-/// ```
-#[derive(Debug, Clone, PartialEq)]
-pub enum AnyCsr<T> {
-    /// `u16` column indices.
-    Narrow(Csr<T, u16>),
-    /// `u32` column indices.
-    Wide(Csr<T, u32>),
-}
-
-macro_rules! each {
-    ($self:expr, $m:ident => $e:expr) => {
-        match $self {
-            AnyCsr::Narrow($m) => $e,
-            AnyCsr::Wide($m) => $e,
-        }
-    };
+narrowest_index! {
+    /// A CSR matrix with the narrowest column index that fits: `u16` up to 65,536 columns,
+    /// `u32` beyond.
+    ///
+    /// ```
+    /// use nalgebra::DMatrix;
+    /// use shears_core::Mask;
+    /// use shears_sparse::AnyCsr;
+    ///
+    /// let w = DMatrix::<f32>::from_element(4, 100, 1.0);
+    /// let csr = AnyCsr::from_dense_masked(&w, &Mask::all_kept_like(&w))?;
+    /// assert_eq!(csr.index_bits(), 16);
+    /// # Ok::<(), shears_sparse::Error>(())
+    /// ```
+    AnyCsr(Csr)
 }
 
 impl<T: Scalar> AnyCsr<T> {
@@ -362,47 +349,5 @@ impl<T: Scalar> AnyCsr<T> {
         } else {
             Ok(AnyCsr::Wide(Csr::from_dense(weights)?))
         }
-    }
-
-    /// The index width in bits.
-    pub fn index_bits(&self) -> u32 {
-        match self {
-            AnyCsr::Narrow(_) => 16,
-            AnyCsr::Wide(_) => 32,
-        }
-    }
-
-    /// `(nrows, ncols)`.
-    pub fn shape(&self) -> (usize, usize) {
-        each!(self, m => m.shape())
-    }
-
-    /// Stored entries.
-    pub fn nnz(&self) -> usize {
-        each!(self, m => m.nnz())
-    }
-
-    /// See [`Csr::bytes_read`].
-    pub fn bytes_read(&self) -> usize {
-        each!(self, m => m.bytes_read())
-    }
-
-    /// See [`Csr::to_dense`].
-    pub fn to_dense(&self) -> DMatrix<T> {
-        each!(self, m => m.to_dense())
-    }
-}
-
-impl<T: Scalar> SparseProduct<T> for AnyCsr<T> {
-    fn dims(&self) -> (usize, usize) {
-        self.shape()
-    }
-
-    fn matvec_into(&self, alpha: T, x: &[T], beta: T, y: &mut [T]) -> Result<()> {
-        each!(self, m => m.matvec_into(alpha, x, beta, y))
-    }
-
-    fn matmul_into(&self, alpha: T, x: &DMatrix<T>, beta: T, y: &mut DMatrix<T>) -> Result<()> {
-        each!(self, m => m.matmul_into(alpha, x, beta, y))
     }
 }

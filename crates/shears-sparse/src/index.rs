@@ -47,3 +47,94 @@ macro_rules! impl_index {
 
 impl_index!(u16);
 impl_index!(u32);
+
+/// Defines `$any<T>`, a format with the narrowest column index that fits: an enum over
+/// its `u16`- and `u32`-indexed versions, with the accessors and products both share.
+/// Each format writes its own constructors (how to pick the width).
+macro_rules! narrowest_index {
+    ($(#[$meta:meta])* $any:ident($format:ident)) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum $any<T> {
+            /// `u16` column indices.
+            Narrow($format<T, u16>),
+            /// `u32` column indices.
+            Wide($format<T, u32>),
+        }
+
+        impl<T: shears_core::Scalar> $any<T> {
+            /// The index width in bits.
+            pub fn index_bits(&self) -> u32 {
+                match self {
+                    $any::Narrow(_) => 16,
+                    $any::Wide(_) => 32,
+                }
+            }
+
+            /// `(nrows, ncols)`.
+            pub fn shape(&self) -> (usize, usize) {
+                match self {
+                    $any::Narrow(m) => m.shape(),
+                    $any::Wide(m) => m.shape(),
+                }
+            }
+
+            #[doc = concat!("See [`", stringify!($format), "::nnz`].")]
+            pub fn nnz(&self) -> usize {
+                match self {
+                    $any::Narrow(m) => m.nnz(),
+                    $any::Wide(m) => m.nnz(),
+                }
+            }
+
+            #[doc = concat!("See [`", stringify!($format), "::bytes_read`].")]
+            pub fn bytes_read(&self) -> usize {
+                match self {
+                    $any::Narrow(m) => m.bytes_read(),
+                    $any::Wide(m) => m.bytes_read(),
+                }
+            }
+
+            #[doc = concat!("See [`", stringify!($format), "::to_dense`].")]
+            pub fn to_dense(&self) -> nalgebra::DMatrix<T> {
+                match self {
+                    $any::Narrow(m) => m.to_dense(),
+                    $any::Wide(m) => m.to_dense(),
+                }
+            }
+        }
+
+        impl<T: shears_core::Scalar> $crate::product::SparseProduct<T> for $any<T> {
+            fn dims(&self) -> (usize, usize) {
+                self.shape()
+            }
+
+            fn matvec_into(
+                &self,
+                alpha: T,
+                x: &[T],
+                beta: T,
+                y: &mut [T],
+            ) -> $crate::error::Result<()> {
+                match self {
+                    $any::Narrow(m) => m.matvec_into(alpha, x, beta, y),
+                    $any::Wide(m) => m.matvec_into(alpha, x, beta, y),
+                }
+            }
+
+            fn matmul_into(
+                &self,
+                alpha: T,
+                x: &nalgebra::DMatrix<T>,
+                beta: T,
+                y: &mut nalgebra::DMatrix<T>,
+            ) -> $crate::error::Result<()> {
+                match self {
+                    $any::Narrow(m) => m.matmul_into(alpha, x, beta, y),
+                    $any::Wide(m) => m.matmul_into(alpha, x, beta, y),
+                }
+            }
+        }
+    };
+}
+pub(crate) use narrowest_index;

@@ -188,14 +188,7 @@ impl<T: Scalar> Stored for BlockSparse<T> {
 struct SellRepr<T: Scalar, I: SpIndex> {
     value_bits: u32,
     index_bits: u32,
-    nrows: usize,
-    ncols: usize,
-    window: usize,
-    order: Vec<usize>,
-    lengths: Vec<usize>,
-    slice_ptr: Vec<usize>,
-    indices: Vec<I>,
-    values: Vec<T>,
+    parts: SlicedEllParts<T, I>,
 }
 
 impl<T: Scalar, I: SpIndex> Stored for SlicedEll<T, I> {
@@ -203,34 +196,16 @@ impl<T: Scalar, I: SpIndex> Stored for SlicedEll<T, I> {
     const NAME: &'static str = "sell";
     type Repr = SellRepr<T, I>;
     fn to_repr(&self) -> SellRepr<T, I> {
-        let SlicedEllParts { nrows, ncols, window, order, lengths, slice_ptr, indices, values } =
-            self.clone().into_parts();
         SellRepr {
             value_bits: 8 * size_of::<T>() as u32,
             index_bits: I::BITS,
-            nrows,
-            ncols,
-            window,
-            order,
-            lengths,
-            slice_ptr,
-            indices,
-            values,
+            parts: self.clone().into_parts(),
         }
     }
     fn from_repr(r: SellRepr<T, I>) -> Result<Self> {
         check_tag("sell", "value type", 8 * size_of::<T>(), r.value_bits as usize)?;
         check_tag("sell", "index type", I::BITS as usize, r.index_bits as usize)?;
-        SlicedEll::try_from_parts(SlicedEllParts {
-            nrows: r.nrows,
-            ncols: r.ncols,
-            window: r.window,
-            order: r.order,
-            lengths: r.lengths,
-            slice_ptr: r.slice_ptr,
-            indices: r.indices,
-            values: r.values,
-        })
+        SlicedEll::try_from_parts(r.parts)
     }
 }
 

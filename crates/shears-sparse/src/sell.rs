@@ -5,7 +5,7 @@ use shears_core::{Mask, Scalar};
 
 use crate::csr::{AnyCsr, Csr, check_matmul, check_vec};
 use crate::error::{Error, FormatError, Result};
-use crate::index::SpIndex;
+use crate::index::{SpIndex, narrowest_index};
 use crate::kernels::{self, SellView};
 use crate::product::SparseProduct;
 use crate::validate;
@@ -81,8 +81,9 @@ pub struct SlicedEll<T, I = u32> {
 }
 
 /// The buffers of a [`SlicedEll`], as [`SlicedEll::into_parts`] gives them and
-/// [`SlicedEll::try_from_parts`] takes them (see the type's invariants).
-#[derive(Debug, Clone, PartialEq)]
+/// [`SlicedEll::try_from_parts`] takes them (see the type's invariants). Deserialising
+/// parts validates nothing; [`SlicedEll`]'s own deserialisation does.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SlicedEllParts<T, I> {
     /// Rows.
     pub nrows: usize,
@@ -307,33 +308,20 @@ impl<T: Scalar, I: SpIndex> SparseProduct<T> for SlicedEll<T, I> {
     }
 }
 
-/// A [`SlicedEll`] with the narrowest column index that fits, as [`AnyCsr`] picks it.
-///
-/// ```
-/// use nalgebra::DMatrix;
-/// use shears_core::Mask;
-/// use shears_sparse::AnySlicedEll;
-///
-/// let w = DMatrix::<f32>::from_element(16, 100, 1.0);
-/// let sell = AnySlicedEll::from_dense_masked(&w, &Mask::all_kept_like(&w))?;
-/// assert_eq!((sell.index_bits(), sell.nnz()), (16, 1600));
-/// # Ok::<(), shears_sparse::Error>(())
-/// ```
-#[derive(Debug, Clone, PartialEq)]
-pub enum AnySlicedEll<T> {
-    /// `u16` column indices.
-    Narrow(SlicedEll<T, u16>),
-    /// `u32` column indices.
-    Wide(SlicedEll<T, u32>),
-}
-
-macro_rules! each {
-    ($self:expr, $m:ident => $e:expr) => {
-        match $self {
-            AnySlicedEll::Narrow($m) => $e,
-            AnySlicedEll::Wide($m) => $e,
-        }
-    };
+narrowest_index! {
+    /// A [`SlicedEll`] with the narrowest column index that fits, as [`AnyCsr`] picks it.
+    ///
+    /// ```
+    /// use nalgebra::DMatrix;
+    /// use shears_core::Mask;
+    /// use shears_sparse::AnySlicedEll;
+    ///
+    /// let w = DMatrix::<f32>::from_element(16, 100, 1.0);
+    /// let sell = AnySlicedEll::from_dense_masked(&w, &Mask::all_kept_like(&w))?;
+    /// assert_eq!((sell.index_bits(), sell.nnz()), (16, 1600));
+    /// # Ok::<(), shears_sparse::Error>(())
+    /// ```
+    AnySlicedEll(SlicedEll)
 }
 
 impl<T: Scalar> AnySlicedEll<T> {
@@ -352,34 +340,6 @@ impl<T: Scalar> AnySlicedEll<T> {
     pub fn from_dense(weights: &DMatrix<T>) -> Result<Self> {
         Ok(Self::from(&AnyCsr::from_dense(weights)?))
     }
-
-    /// The index width in bits.
-    pub fn index_bits(&self) -> u32 {
-        match self {
-            AnySlicedEll::Narrow(_) => 16,
-            AnySlicedEll::Wide(_) => 32,
-        }
-    }
-
-    /// `(nrows, ncols)`.
-    pub fn shape(&self) -> (usize, usize) {
-        each!(self, m => m.shape())
-    }
-
-    /// Kept entries.
-    pub fn nnz(&self) -> usize {
-        each!(self, m => m.nnz())
-    }
-
-    /// See [`SlicedEll::bytes_read`].
-    pub fn bytes_read(&self) -> usize {
-        each!(self, m => m.bytes_read())
-    }
-
-    /// See [`SlicedEll::to_dense`].
-    pub fn to_dense(&self) -> DMatrix<T> {
-        each!(self, m => m.to_dense())
-    }
 }
 
 impl<T: Scalar> From<&AnyCsr<T>> for AnySlicedEll<T> {
@@ -388,20 +348,6 @@ impl<T: Scalar> From<&AnyCsr<T>> for AnySlicedEll<T> {
             AnyCsr::Narrow(c) => AnySlicedEll::Narrow(SlicedEll::from_csr(c)),
             AnyCsr::Wide(c) => AnySlicedEll::Wide(SlicedEll::from_csr(c)),
         }
-    }
-}
-
-impl<T: Scalar> SparseProduct<T> for AnySlicedEll<T> {
-    fn dims(&self) -> (usize, usize) {
-        self.shape()
-    }
-
-    fn matvec_into(&self, alpha: T, x: &[T], beta: T, y: &mut [T]) -> Result<()> {
-        each!(self, m => m.matvec_into(alpha, x, beta, y))
-    }
-
-    fn matmul_into(&self, alpha: T, x: &DMatrix<T>, beta: T, y: &mut DMatrix<T>) -> Result<()> {
-        each!(self, m => m.matmul_into(alpha, x, beta, y))
     }
 }
 
