@@ -30,17 +30,17 @@ fn strategies(c: &mut Criterion) {
         ("random", Box::new(Random::new(1))),
         ("wanda", Box::new(Wanda)),
         ("lottery", Box::new(LotteryTicket::<f32>::new(0.2).unwrap_or_else(|_| unreachable!()))),
-        ("per_row", Box::new(Pruner::new(Magnitude).pattern(Pattern::PerRow))),
+        ("per_row", Box::new(Pruner::new(Magnitude).with_pattern(Pattern::PerRow))),
         (
             "rows_l2",
             Box::new(
-                Pruner::new(Magnitude).pattern(Pattern::Structured(Structured::new(Axis::Rows))),
+                Pruner::new(Magnitude).with_pattern(Pattern::Structured(Structured::new(Axis::Rows))),
             ),
         ),
-        ("nm_2_4", Box::new(Pruner::new(Magnitude).pattern(Pattern::NM(NmPattern::TWO_FOUR)))),
+        ("nm_2_4", Box::new(Pruner::new(Magnitude).with_pattern(Pattern::NM(NmPattern::TWO_FOUR)))),
         (
             "block_4x4",
-            Box::new(Pruner::new(Magnitude).pattern(Pattern::Blocks {
+            Box::new(Pruner::new(Magnitude).with_pattern(Pattern::Blocks {
                 shape: BlockShape::new(4, 4).unwrap_or_else(|_| unreachable!()),
                 reduction: Reduction::L1,
             })),

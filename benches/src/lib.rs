@@ -38,7 +38,7 @@ pub fn magnitude_mask(w: &DMatrix<f32>, s: f64) -> Mask {
 /// The 2:4 magnitude mask of `w`.
 pub fn two_four_mask(w: &DMatrix<f32>) -> Mask {
     Pruner::new(Magnitude)
-        .pattern(Pattern::NM(NmPattern::TWO_FOUR))
+        .with_pattern(Pattern::NM(NmPattern::TWO_FOUR))
         .mask(w, &LayerContext::new("bench"), sparsity(0.5))
         .unwrap_or_else(|_| Mask::all_kept_like(w))
 }
@@ -46,7 +46,7 @@ pub fn two_four_mask(w: &DMatrix<f32>) -> Mask {
 /// The mask that removes the fraction `s` of rows with the smallest L2 norm.
 pub fn rows_mask(w: &DMatrix<f32>, s: f64) -> Mask {
     Pruner::new(Magnitude)
-        .pattern(Pattern::Structured(Structured::new(Axis::Rows)))
+        .with_pattern(Pattern::Structured(Structured::new(Axis::Rows)))
         .mask(w, &LayerContext::new("bench"), sparsity(s))
         .unwrap_or_else(|_| Mask::all_kept_like(w))
 }

@@ -80,9 +80,9 @@ fn strategy<T: Float>(args: &PruneArgs, shape: &WeightShape) -> Box<dyn PruningS
         PatternArg::Block(b) => Pattern::Blocks { shape: b, reduction: Reduction::L2 },
     };
     match args.method {
-        Method::Magnitude => Box::new(Pruner::new(Magnitude).pattern(pattern)),
-        Method::Gradient => Box::new(Pruner::new(Gradient).pattern(pattern)),
-        Method::Random => Box::new(Pruner::new(Random::new(args.seed)).pattern(pattern)),
+        Method::Magnitude => Box::new(Pruner::new(Magnitude).with_pattern(pattern)),
+        Method::Gradient => Box::new(Pruner::new(Gradient).with_pattern(pattern)),
+        Method::Random => Box::new(Pruner::new(Random::new(args.seed)).with_pattern(pattern)),
     }
 }
 

@@ -131,17 +131,29 @@ pub enum Error {
         /// The name asked for.
         name: String,
     },
+    /// A name or value given as text (a command-line argument) is not one this type
+    /// takes.
+    #[error("invalid {what} `{value}`: expected {expected}")]
+    Parse {
+        /// What was being parsed.
+        what: &'static str,
+        /// The text given.
+        value: String,
+        /// The forms that parse.
+        expected: &'static str,
+    },
     /// Decoding a stored mask failed.
     #[error("invalid mask file: {0}")]
     Format(#[from] FormatError),
 }
 
-/// Why a stored mask was rejected.
+/// Why stored bytes (a mask, or any format in shears' [envelope](crate::envelope)) were
+/// rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum FormatError {
-    /// The bytes do not start with the mask magic tag.
-    #[error("missing magic tag {expected:?}: not a shears mask")]
+    /// The bytes do not start with the format's magic tag.
+    #[error("missing magic tag \"{}\"", expected.escape_ascii())]
     BadMagic {
         /// The tag the format starts with.
         expected: &'static [u8],
@@ -179,11 +191,15 @@ pub enum FormatError {
         len: usize,
     },
     /// Bytes remain after the payload.
-    #[error("{count} trailing bytes after the mask")]
+    #[error("{count} trailing bytes after the payload")]
     TrailingBytes {
         /// How many bytes remain.
         count: usize,
     },
+    /// The payload decodes, but is not the one encoding of what it decodes to (an
+    /// over-long integer): every stored value has exactly one encoding.
+    #[error("the payload is not in canonical form")]
+    NonCanonical,
     /// An I/O error while reading or writing.
     #[error("i/o error: {reason}")]
     Io {

@@ -92,12 +92,16 @@ impl std::fmt::Display for NmPattern {
 
 impl std::str::FromStr for NmPattern {
     type Err = Error;
-    /// Parses `"N:M"`; anything else is [`Error::InvalidNmPattern`] with `m == 0`.
+    /// Parses `"N:M"`: [`Error::Parse`] unless two whole numbers, then as [`NmPattern::new`].
     fn from_str(s: &str) -> Result<Self> {
-        let invalid = Error::InvalidNmPattern { n: 0, m: 0 };
-        let (n, m) = s.split_once(':').ok_or(invalid.clone())?;
-        let n = n.trim().parse().map_err(|_| invalid.clone())?;
-        let m = m.trim().parse().map_err(|_| invalid)?;
+        let parse = || Error::Parse {
+            what: "N:M pattern",
+            value: s.to_owned(),
+            expected: "two whole numbers N:M with 0 < M and N <= M, like 2:4",
+        };
+        let (n, m) = s.split_once(':').ok_or_else(parse)?;
+        let n = n.trim().parse().map_err(|_| parse())?;
+        let m = m.trim().parse().map_err(|_| parse())?;
         NmPattern::new(n, m)
     }
 }
@@ -153,6 +157,28 @@ impl BlockShape {
     }
 }
 
+impl std::str::FromStr for BlockShape {
+    type Err = Error;
+    /// Parses `"RxC"` (`4x4`): [`Error::Parse`] unless two whole numbers, then as
+    /// [`BlockShape::new`].
+    fn from_str(s: &str) -> Result<Self> {
+        let parse = || Error::Parse {
+            what: "block shape",
+            value: s.to_owned(),
+            expected: "two positive whole numbers RxC, like 4x4",
+        };
+        let (r, c) = s.split_once('x').ok_or_else(parse)?;
+        let (Ok(r), Ok(c)) = (r.trim().parse(), c.trim().parse()) else { return Err(parse()) };
+        BlockShape::new(r, c)
+    }
+}
+
+impl std::fmt::Display for BlockShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.rows, self.cols)
+    }
+}
+
 impl TryFrom<(usize, usize)> for BlockShape {
     type Error = Error;
     fn try_from((rows, cols): (usize, usize)) -> Result<Self> {
@@ -189,6 +215,11 @@ mod tests {
             Err(Error::InvalidBlockShape { rows: 2, cols: 0 })
         ));
         assert_eq!(BlockShape::new(2, 3).map(|b| b.grid(0, 0)), Ok((0, 0)));
+        assert_eq!("4x2".parse::<BlockShape>(), BlockShape::new(4, 2));
+        assert_eq!(BlockShape::new(4, 2).map(|b| b.to_string()), Ok("4x2".to_owned()));
+        for bad in ["", "4", "4x", "x4", "ax4", "4x4x4", "0x4"] {
+            assert!(bad.parse::<BlockShape>().is_err(), "{bad}");
+        }
     }
 
     #[test]

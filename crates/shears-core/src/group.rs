@@ -22,6 +22,36 @@ pub enum Reduction {
     Sum,
 }
 
+impl Reduction {
+    /// The names [`Reduction`]'s `FromStr` and `Display` use.
+    pub const NAMES: &'static str = "l1, l2 or sum";
+}
+
+impl std::str::FromStr for Reduction {
+    type Err = Error;
+    /// `l1`, `l2` or `sum`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "l1" => Ok(Reduction::L1),
+            "l2" => Ok(Reduction::L2),
+            "sum" => Ok(Reduction::Sum),
+            _ => {
+                Err(Error::Parse { what: "reduction", value: s.to_owned(), expected: Self::NAMES })
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Reduction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reduction::L1 => "l1",
+            Reduction::L2 => "l2",
+            Reduction::Sum => "sum",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Rows,
@@ -184,6 +214,14 @@ impl GroupLayout {
 mod tests {
     use super::*;
     use nalgebra::dmatrix;
+
+    #[test]
+    fn reduction_names_round_trip() {
+        for r in [Reduction::L1, Reduction::L2, Reduction::Sum] {
+            assert_eq!(r.to_string().parse::<Reduction>(), Ok(r));
+        }
+        assert!(matches!("l3".parse::<Reduction>(), Err(Error::Parse { what: "reduction", .. })));
+    }
 
     fn layout(g: Granularity, shape: WeightShape) -> GroupLayout {
         GroupLayout::new("t", g, &shape).unwrap()

@@ -7,13 +7,15 @@
 //! - [`Sparsity`], the validated fraction to prune, and [`Rounding`], how it becomes a count;
 //! - [`Mask`], a bit-packed keep-mask in nalgebra's column-major order, with AND/OR/NOT,
 //!   counts by popcount, application to matrices and conv tensors, and a validated file
-//!   format;
+//!   format; [`Masks`], a model's masks by weight name;
 //! - [`WeightShape`], the matrix view of dense and convolution weights, and
 //!   [`GroupLayout`], how structured pruning splits that matrix into rows, columns,
 //!   channels or blocks;
 //! - [`Selector`], O(n) top-k selection with PyTorch's counting and tie rules;
 //! - [`PruningStrategy`] (a criterion) and [`Prunable`] (a model), the two traits the
-//!   rest of shears plugs into.
+//!   rest of shears plugs into;
+//! - [`envelope`], the magic tag, version and canonical bincode payload of every binary
+//!   format shears defines.
 //!
 //! The key decision: **selection is exact and reproducible**. The number pruned is
 //! `round_ties_even(s * n)` in `f64`, ties go to the lower row-major index, and an
@@ -44,10 +46,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod envelope;
 mod error;
 mod granularity;
 mod group;
 mod mask;
+mod parallel;
 mod persist;
 mod prunable;
 mod scalar;
@@ -62,14 +66,14 @@ pub mod proptest;
 pub use error::{Error, FormatError, Result};
 pub use granularity::{BlockShape, Granularity, NmPattern};
 pub use group::{GroupLayout, Reduction};
-pub use mask::Mask;
+pub use mask::{Mask, Masks};
 pub use persist::{MASK_FORMAT_VERSION, MASK_MAGIC};
 pub use prunable::Prunable;
 pub use scalar::Scalar;
 pub use select::{GlobalBucket, GlobalCount, GlobalMasks, ScoredLayer, Selector};
 pub use shape::WeightShape;
 pub use sparsity::{Rounding, Sparsity};
-pub use strategy::{LayerContext, LayerInput, PruningStrategy};
+pub use strategy::{LayerContext, LayerInput, PruningStrategy, unstructured_mask};
 
 /// Fails with [`Error::NonFinite`] naming `tensor` at the first NaN or infinite value of
 /// `values`.

@@ -9,6 +9,9 @@ use crate::sparsity::Sparsity;
 
 const WORD: usize = u64::BITS as usize;
 
+/// The masks of a model, by weight name: what model-level pruning reads and tightens.
+pub type Masks = std::collections::BTreeMap<String, Mask>;
+
 /// A keep-mask over a `(nrows, ncols)` weight matrix: `true` keeps a weight, `false` prunes it.
 ///
 /// Bits are packed 64 to a `u64` in nalgebra's column-major element order, so bit `i` is
@@ -485,7 +488,7 @@ impl Mask {
     /// task, so the result does not depend on the thread count).
     fn zero_pruned<T: Scalar>(&self, data: &mut [T]) {
         #[cfg(feature = "rayon")]
-        if data.len() >= crate::select::PARALLEL_MIN_LEN {
+        if data.len() >= crate::parallel::PARALLEL_MIN_LEN {
             use rayon::prelude::*;
             const WORDS: usize = 1024;
             data.par_chunks_mut(WORD * WORDS)

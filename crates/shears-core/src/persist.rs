@@ -1,14 +1,15 @@
 //! Mask persistence: serde, and a bincode 2 file format with a magic tag and a version.
 //!
-//! The file is `b"SHEARSMK"`, the format version as a little-endian `u32`, then the
-//! bincode 2 (standard config) encoding of `(nrows, ncols, words)`. Loading validates the
-//! tag, the version, that the words hold exactly `nrows * ncols` bits with clean padding,
-//! and that no bytes trail. Serde deserialisation runs the same shape checks.
+//! The file is shears' [envelope](crate::envelope) with the tag `b"SHEARSMK"` around
+//! `(nrows, ncols, words)`. Loading validates the envelope (tag, version, canonical
+//! bytes, nothing trailing), then that the words hold exactly `nrows * ncols` bits with
+//! clean padding. Serde deserialisation runs the same shape checks.
 
 use std::io::{Read, Write};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::envelope;
 use crate::error::{Error, FormatError, Result};
 use crate::mask::Mask;
 
@@ -24,7 +25,7 @@ struct MaskRef<'a> {
     words: &'a [u64],
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct MaskOwned {
     nrows: u64,
     ncols: u64,
@@ -56,10 +57,6 @@ impl<'de> Deserialize<'de> for Mask {
     }
 }
 
-fn config() -> bincode::config::Configuration {
-    bincode::config::standard()
-}
-
 impl Mask {
     /// Encodes the mask in shears' mask format (magic tag, version, bincode payload).
     ///
@@ -73,55 +70,24 @@ impl Mask {
     /// # Ok::<(), shears_core::Error>(())
     /// ```
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + 8 * self.as_words().len());
-        out.extend_from_slice(MASK_MAGIC);
-        out.extend_from_slice(&MASK_FORMAT_VERSION.to_le_bytes());
         let payload = MaskRef {
             nrows: self.nrows() as u64,
             ncols: self.ncols() as u64,
             words: self.as_words(),
         };
-        // Encoding into a Vec has no failure mode for this plain struct.
-        if let Err(e) = bincode::serde::encode_into_std_write(&payload, &mut out, config()) {
-            unreachable!("encoding a mask into memory cannot fail: {e}");
-        }
-        out
+        envelope::seal(MASK_MAGIC, MASK_FORMAT_VERSION, &payload)
     }
 
     /// Decodes and validates a mask written by [`Mask::to_bytes`].
     ///
     /// # Errors
-    /// [`FormatError::BadMagic`], [`FormatError::UnsupportedVersion`],
-    /// [`FormatError::Corrupted`] (truncated or undecodable payload),
-    /// [`FormatError::WordCount`], [`FormatError::DirtyPadding`] and
-    /// [`FormatError::TrailingBytes`], all wrapped in [`Error::Format`];
+    /// The envelope's errors ([`FormatError::BadMagic`], [`FormatError::UnsupportedVersion`],
+    /// [`FormatError::Corrupted`], [`FormatError::TrailingBytes`],
+    /// [`FormatError::NonCanonical`]), then [`FormatError::WordCount`] and
+    /// [`FormatError::DirtyPadding`], all wrapped in [`Error::Format`];
     /// [`Error::DimensionOverflow`] for a shape whose size overflows.
     pub fn from_bytes(bytes: &[u8]) -> Result<Mask> {
-        let header = MASK_MAGIC.len() + 4;
-        if bytes.len() < MASK_MAGIC.len() || &bytes[..MASK_MAGIC.len()] != MASK_MAGIC {
-            return Err(FormatError::BadMagic { expected: MASK_MAGIC }.into());
-        }
-        let version = bytes
-            .get(MASK_MAGIC.len()..header)
-            .and_then(|v| v.try_into().ok())
-            .map(u32::from_le_bytes)
-            .ok_or_else(|| FormatError::Corrupted { reason: "truncated header".into() })?;
-        if version != MASK_FORMAT_VERSION {
-            return Err(FormatError::UnsupportedVersion {
-                found: version,
-                supported: MASK_FORMAT_VERSION,
-            }
-            .into());
-        }
-        // Serde's sequence visitor caps pre-allocation, so a lying length cannot allocate
-        // more than the bytes that are really there.
-        let (owned, read): (MaskOwned, usize) =
-            bincode::serde::decode_from_slice(&bytes[header..], config())
-                .map_err(|e| FormatError::Corrupted { reason: e.to_string() })?;
-        let trailing = bytes.len() - header - read;
-        if trailing != 0 {
-            return Err(FormatError::TrailingBytes { count: trailing }.into());
-        }
+        let owned: MaskOwned = envelope::open(MASK_MAGIC, MASK_FORMAT_VERSION, bytes)?;
         Mask::try_from(owned)
     }
 
@@ -202,7 +168,8 @@ mod tests {
         bytes.extend_from_slice(&MASK_FORMAT_VERSION.to_le_bytes());
         let words: &[u64] = &[0];
         let payload = MaskRef { nrows: 100, ncols: 100, words };
-        bincode::serde::encode_into_std_write(&payload, &mut bytes, config()).unwrap();
+        bincode::serde::encode_into_std_write(&payload, &mut bytes, bincode::config::standard())
+            .unwrap();
         check_format_error(&bytes, |e| {
             matches!(e, FormatError::WordCount { expected: 157, found: 1, .. })
         });

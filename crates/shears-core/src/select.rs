@@ -19,8 +19,6 @@ use crate::mask::Mask;
 use crate::scalar::Scalar;
 use crate::sparsity::{Rounding, Sparsity};
 pub use streaming::{GlobalBucket, GlobalCount, GlobalMasks};
-#[cfg(feature = "rayon")]
-pub(crate) use threshold::PARALLEL_MIN_LEN;
 pub(crate) use threshold::check_finite;
 use threshold::{Segment, prune_lowest_indexed, prune_lowest_segments};
 
@@ -68,13 +66,13 @@ impl Selector {
     }
 
     /// Sets the rounding of `sparsity * n`.
-    pub fn rounding(mut self, rounding: Rounding) -> Self {
+    pub fn with_rounding(mut self, rounding: Rounding) -> Self {
         self.rounding = rounding;
         self
     }
 
     /// The rounding in use.
-    pub fn rounding_rule(&self) -> Rounding {
+    pub fn rounding(&self) -> Rounding {
         self.rounding
     }
 

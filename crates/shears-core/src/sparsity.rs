@@ -116,6 +116,9 @@ pub enum Rounding {
 }
 
 impl Rounding {
+    /// The names [`Rounding`]'s `FromStr` and `Display` use, in declaration order.
+    pub const NAMES: &'static str = "half-even, truncate or ceil";
+
     /// Applies the rule to a non-negative product.
     pub fn apply(self, x: f64) -> usize {
         let rounded = match self {
@@ -128,9 +131,42 @@ impl Rounding {
     }
 }
 
+impl std::str::FromStr for Rounding {
+    type Err = Error;
+    /// `half-even`, `truncate` or `ceil`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "half-even" => Ok(Rounding::HalfEven),
+            "truncate" => Ok(Rounding::Truncate),
+            "ceil" => Ok(Rounding::Ceil),
+            _ => Err(Error::Parse { what: "rounding", value: s.to_owned(), expected: Self::NAMES }),
+        }
+    }
+}
+
+impl std::fmt::Display for Rounding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Rounding::HalfEven => "half-even",
+            Rounding::Truncate => "truncate",
+            Rounding::Ceil => "ceil",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounding_names_round_trip() {
+        for r in [Rounding::HalfEven, Rounding::Truncate, Rounding::Ceil] {
+            assert_eq!(r.to_string().parse::<Rounding>(), Ok(r));
+        }
+        let err = "nearest".parse::<Rounding>().unwrap_err();
+        assert!(matches!(err, Error::Parse { what: "rounding", .. }));
+        assert!(err.to_string().contains("half-even, truncate or ceil"), "{err}");
+    }
 
     #[track_caller]
     fn check(s: f64, n: usize, rounding: Rounding, expected: usize) {

@@ -247,7 +247,7 @@ pub trait PruningStrategy<T: Scalar> {
 
     /// The mask at `sparsity` (absolute; only weights kept by the context's mask compete).
     ///
-    /// The default selects on [`scores`](PruningStrategy::scores) over the whole tensor.
+    /// The default selects over the whole tensor with [`unstructured_mask`].
     ///
     /// # Errors
     /// Whatever [`scores`](PruningStrategy::scores) returns, and [`Error::NonFinite`] for
@@ -258,8 +258,7 @@ pub trait PruningStrategy<T: Scalar> {
         ctx: &LayerContext<'_, T>,
         sparsity: Sparsity,
     ) -> Result<Mask> {
-        let scores = self.scores(weights, ctx)?;
-        Selector::new().select(ctx.name(), &scores, sparsity, ctx.mask())
+        unstructured_mask(self, Selector::new(), weights, ctx, sparsity)
     }
 
     /// Computes the mask and zeroes the pruned weights in place; returns the mask.
@@ -276,6 +275,27 @@ pub trait PruningStrategy<T: Scalar> {
         mask.apply_in_place(weights)?;
         Ok(mask)
     }
+}
+
+/// The mask of `strategy` at `sparsity`, the whole tensor competing as one group: on
+/// `|w|` read in place ([`Selector::select_magnitude`], no score matrix) when the
+/// strategy's scores are the magnitude, else on its [`scores`](PruningStrategy::scores).
+///
+/// # Errors
+/// Whatever the strategy's scores return; [`Error::NonFinite`] for non-finite scores or
+/// weights; [`Error::ShapeMismatch`] for a context mask of another shape.
+pub fn unstructured_mask<T: Scalar, S: PruningStrategy<T> + ?Sized>(
+    strategy: &S,
+    selector: Selector,
+    weights: &DMatrix<T>,
+    ctx: &LayerContext<'_, T>,
+    sparsity: Sparsity,
+) -> Result<Mask> {
+    if strategy.scores_are_magnitude() {
+        return selector.select_magnitude(ctx.name(), weights, sparsity, ctx.mask());
+    }
+    let scores = strategy.scores(weights, ctx)?;
+    selector.select(ctx.name(), &scores, sparsity, ctx.mask())
 }
 
 macro_rules! forward_strategy {

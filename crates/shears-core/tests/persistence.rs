@@ -40,3 +40,19 @@ fn serde_rejects_inconsistent_shape() {
     let err = bincode::serde::decode_from_slice::<Mask, _>(&[3, 3, 0], cfg);
     assert!(err.is_err());
 }
+
+/// bincode's varints accept over-long encodings (`251, 75, 0` for `75`); the mask format
+/// takes only the canonical one, so every stored mask has exactly one encoding.
+#[test]
+fn over_long_varints_are_rejected() {
+    let mask = Mask::from_fn(75, 1, |r, _| r % 2 == 0).unwrap();
+    let bytes = mask.to_bytes();
+    assert_eq!(bytes[12], 75, "nrows is the first varint of the payload");
+    let mut long = bytes[..12].to_vec();
+    long.extend_from_slice(&[251, 75, 0]);
+    long.extend_from_slice(&bytes[13..]);
+    assert!(matches!(
+        Mask::from_bytes(&long),
+        Err(Error::Format(shears_core::FormatError::NonCanonical))
+    ));
+}

@@ -36,9 +36,9 @@ proptest! {
     }
 
     #[test]
-    fn every_rounding_rule(scores in scored(12), s in arb::sparsity()) {
+    fn every_rounding(scores in scored(12), s in arb::sparsity()) {
         for rounding in [Rounding::HalfEven, Rounding::Truncate, Rounding::Ceil] {
-            let mask = Selector::new().rounding(rounding).select("t", &scores, s, None).unwrap();
+            let mask = Selector::new().with_rounding(rounding).select("t", &scores, s, None).unwrap();
             prop_assert_eq!(mask, oracle(&scores, None, s.count_of(scores.len(), rounding)));
         }
     }

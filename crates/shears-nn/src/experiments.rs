@@ -158,8 +158,8 @@ pub fn prune_and_finetune(
                 finetune.seed ^ step as u64,
             )?),
         };
-        let pruner = Pruner::new(criterion).pattern(method.pattern);
-        let mut model_pruner = ModelPruner::new(&pruner).scope(method.scope);
+        let pruner = Pruner::new(criterion).with_pattern(method.pattern);
+        let mut model_pruner = ModelPruner::new(&pruner).with_scope(method.scope);
         for name in &method.exclude {
             model_pruner = model_pruner.exclude(name.clone());
         }
@@ -195,7 +195,7 @@ pub fn gradual_magnitude(
     let mut rounds = Vec::new();
     train_with(&mut model, &data.train, config, &mut masks, |step, mlp, masks| {
         if let Some(target) = schedule.prune_at(step) {
-            ModelPruner::new(&Magnitude).scope(scope).prune(mlp, target, masks)?;
+            ModelPruner::new(&Magnitude).with_scope(scope).prune(mlp, target, masks)?;
             rounds.push(RoundResult {
                 target: target.get(),
                 sparsity: masked_sparsity(masks),

@@ -41,18 +41,10 @@ impl<T: Scalar> PruningStrategy<T> for Magnitude {
         Granularity::Unstructured
     }
 
+    /// Selection then reads `|w|` in place, with no score matrix
+    /// ([`shears_core::unstructured_mask`]).
     fn scores_are_magnitude(&self) -> bool {
         true
-    }
-
-    /// Selects on `|w|` without materialising the scores (one pass fewer, no copy).
-    fn mask(
-        &self,
-        weights: &DMatrix<T>,
-        ctx: &LayerContext<'_, T>,
-        sparsity: Sparsity,
-    ) -> Result<Mask> {
-        Selector::new().select_magnitude(ctx.name(), weights, sparsity, ctx.mask())
     }
 }
 

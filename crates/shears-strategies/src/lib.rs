@@ -11,6 +11,9 @@
 //!   [`Pattern::NM`] (2:4, ...) and [`Pattern::Blocks`]. [`Pruner`] combines any
 //!   criterion with any pattern.
 //!
+//! [`Criterion`] names the criteria that score single weights; it and [`Pattern`] and
+//! [`Scope`] parse from the names a command line uses (`magnitude`, `2:4`, `global`).
+//!
 //! Around them: [`ModelPruner`] prunes any [`Prunable`] model layer by layer or with one
 //! global threshold ([`Scope`]); [`Schedule`] says which sparsity to reach when
 //! (one-shot, geometric rounds, polynomial decay).
@@ -32,7 +35,7 @@
 //!
 //! // The same criterion, whole output neurons (rows) by L2 norm.
 //! let w = dmatrix![0.1, 0.1; 2.0, 2.0];
-//! let rows = Pruner::new(Magnitude).pattern(Pattern::Structured(Structured::new(Axis::Rows)));
+//! let rows = Pruner::new(Magnitude).with_pattern(Pattern::Structured(Structured::new(Axis::Rows)));
 //! let mask = rows.mask(&w, &LayerContext::new("fc"), Sparsity::new(0.5)?)?;
 //! assert_eq!(mask.fully_pruned_rows(), vec![0]);
 //! # Ok::<(), shears_core::Error>(())
@@ -41,6 +44,7 @@
 #![forbid(unsafe_code)]
 
 mod criteria;
+mod criterion;
 mod error;
 mod lottery;
 mod nm;
@@ -49,13 +53,14 @@ mod schedule;
 mod scope;
 
 pub use criteria::{Gradient, Magnitude, Random, TaylorAccumulator, UserScores, Wanda};
+pub use criterion::Criterion;
 pub use error::{Error, Result};
-pub use lottery::{LotteryTicket, Masks};
+pub use lottery::LotteryTicket;
 pub use nm::{first_nm_violation, satisfies_nm};
 pub use pattern::{Axis, Pattern, Pruner, Structured};
 pub use schedule::{Polynomial, PruneRate, Schedule};
 pub use scope::{ModelPruner, Scope};
 pub use shears_core::{
-    BlockShape, Granularity, LayerContext, Mask, NmPattern, Prunable, PruningStrategy, Reduction,
-    Rounding, Sparsity, WeightShape,
+    BlockShape, Granularity, LayerContext, Mask, Masks, NmPattern, Prunable, PruningStrategy,
+    Reduction, Rounding, Sparsity, WeightShape,
 };

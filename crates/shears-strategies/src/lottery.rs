@@ -5,15 +5,12 @@ use std::collections::BTreeMap;
 
 use nalgebra::DMatrix;
 use shears_core::{
-    Granularity, LayerContext, Mask, Prunable, PruningStrategy, Scalar, Selector, Sparsity,
+    Granularity, LayerContext, Mask, Masks, Prunable, PruningStrategy, Scalar, Selector, Sparsity,
 };
 
 use crate::criteria::Magnitude;
 use crate::error::{Error, Result};
 use crate::schedule::PruneRate;
-
-/// The masks of a model, by layer name.
-pub type Masks = BTreeMap<String, Mask>;
 
 /// Iterative magnitude pruning with rewinding.
 ///
@@ -191,15 +188,6 @@ impl<T: Scalar> PruningStrategy<T> for LotteryTicket<T> {
 
     fn scores_are_magnitude(&self) -> bool {
         true
-    }
-
-    fn mask(
-        &self,
-        weights: &DMatrix<T>,
-        ctx: &LayerContext<'_, T>,
-        sparsity: Sparsity,
-    ) -> shears_core::Result<Mask> {
-        Magnitude.mask(weights, ctx, sparsity)
     }
 
     fn prune(

@@ -4,7 +4,7 @@
 use nalgebra::{DMatrix, DVector};
 use shears_core::{
     BlockShape, Granularity, GroupLayout, LayerContext, Mask, NmPattern, PruningStrategy,
-    Reduction, Result, Rounding, Scalar, Selector, Sparsity,
+    Reduction, Result, Rounding, Scalar, Selector, Sparsity, unstructured_mask,
 };
 
 use crate::error::Error;
@@ -21,6 +21,17 @@ pub enum Axis {
     Filters,
     /// Convolution input channels (`kh*kw` adjacent columns of the matrix view).
     Channels,
+}
+
+impl std::fmt::Display for Axis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Axis::Rows => "rows",
+            Axis::Columns => "columns",
+            Axis::Filters => "filters",
+            Axis::Channels => "channels",
+        })
+    }
 }
 
 impl Axis {
@@ -45,7 +56,7 @@ impl Axis {
 /// ```
 /// use shears_core::Reduction;
 /// use shears_strategies::{Axis, Structured};
-/// let s = Structured::new(Axis::Rows).reduction(Reduction::L1).round_kept_to(8)?;
+/// let s = Structured::new(Axis::Rows).with_reduction(Reduction::L1).round_kept_to(8)?;
 /// assert_eq!(s.axis(), Axis::Rows);
 /// assert!(Structured::new(Axis::Rows).round_kept_to(0).is_err());
 /// # Ok::<(), shears_strategies::Error>(())
@@ -65,7 +76,7 @@ impl Structured {
 
     /// How a slice's per-weight scores reduce to its score (L2 by default, as
     /// `ln_structured(n=2)`; use [`Reduction::Sum`] for importances such as `|w·g|`).
-    pub fn reduction(mut self, reduction: Reduction) -> Self {
+    pub fn with_reduction(mut self, reduction: Reduction) -> Self {
         self.reduction = reduction;
         self
     }
@@ -90,7 +101,7 @@ impl Structured {
     }
 
     /// The slice reduction.
-    pub fn slice_reduction(&self) -> Reduction {
+    pub fn reduction(&self) -> Reduction {
         self.reduction
     }
 
@@ -137,14 +148,61 @@ impl Pattern {
     }
 }
 
+impl Pattern {
+    /// The forms [`Pattern`]'s `FromStr` takes.
+    pub const FORMS: &'static str = "unstructured, per-row, rows, columns, filters, channels, N:M (like 2:4) or block:RxC (like block:4x4)";
+}
+
+/// Parses the names [`Display`](std::fmt::Display) writes: `unstructured`, `per-row`,
+/// `rows`, `columns`, `filters`, `channels` (structured, slices scored by their L2 norm),
+/// `N:M` (`2:4`) and `block:RxC` (`block:4x4`, blocks scored by their L2 norm).
+///
+/// ```
+/// use shears_core::NmPattern;
+/// use shears_strategies::{Axis, Pattern, Structured};
+///
+/// assert_eq!("2:4".parse::<Pattern>()?, Pattern::NM(NmPattern::TWO_FOUR));
+/// assert_eq!("rows".parse::<Pattern>()?, Pattern::Structured(Structured::new(Axis::Rows)));
+/// assert_eq!("block:4x2".parse::<Pattern>()?.to_string(), "block:4x2");
+/// assert!("diagonal".parse::<Pattern>().is_err());
+/// # Ok::<(), shears_core::Error>(())
+/// ```
+impl std::str::FromStr for Pattern {
+    type Err = shears_core::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let structured = |axis| Pattern::Structured(Structured::new(axis));
+        Ok(match s {
+            "unstructured" => Pattern::Unstructured,
+            "per-row" => Pattern::PerRow,
+            "rows" => structured(Axis::Rows),
+            "columns" => structured(Axis::Columns),
+            "filters" => structured(Axis::Filters),
+            "channels" => structured(Axis::Channels),
+            _ if s.starts_with("block:") => Pattern::Blocks {
+                shape: s["block:".len()..].parse::<BlockShape>()?,
+                reduction: Reduction::L2,
+            },
+            _ if s.contains(':') => Pattern::NM(s.parse()?),
+            _ => {
+                return Err(shears_core::Error::Parse {
+                    what: "pattern",
+                    value: s.to_owned(),
+                    expected: Self::FORMS,
+                });
+            }
+        })
+    }
+}
+
 impl std::fmt::Display for Pattern {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Pattern::Unstructured => f.write_str("unstructured"),
             Pattern::PerRow => f.write_str("per-row"),
-            Pattern::Structured(s) => write!(f, "structured {:?}", s.axis),
+            Pattern::Structured(s) => write!(f, "{}", s.axis),
             Pattern::NM(p) => write!(f, "{p}"),
-            Pattern::Blocks { shape, .. } => write!(f, "block {}x{}", shape.rows(), shape.cols()),
+            Pattern::Blocks { shape, .. } => write!(f, "block:{shape}"),
         }
     }
 }
@@ -160,7 +218,7 @@ impl std::fmt::Display for Pattern {
 /// // Gradient scores with 2:4 structure.
 /// let w = dmatrix![1.0, 1.0, 1.0, 1.0];
 /// let g = dmatrix![0.1, 0.4, 0.3, 0.2];
-/// let pruner = Pruner::new(Gradient).pattern(Pattern::NM(NmPattern::TWO_FOUR));
+/// let pruner = Pruner::new(Gradient).with_pattern(Pattern::NM(NmPattern::TWO_FOUR));
 /// let mask = pruner.mask(&w, &LayerContext::new("fc").with_gradients(&g), Sparsity::new(0.5)?)?;
 /// assert_eq!(mask.to_matrix(), dmatrix![false, true, true, false]);
 /// # Ok::<(), shears_core::Error>(())
@@ -179,13 +237,13 @@ impl<S> Pruner<S> {
     }
 
     /// Sets the pattern.
-    pub fn pattern(mut self, pattern: Pattern) -> Self {
+    pub fn with_pattern(mut self, pattern: Pattern) -> Self {
         self.pattern = pattern;
         self
     }
 
     /// Sets how `sparsity * n` becomes a count (half-even by default).
-    pub fn rounding(mut self, rounding: Rounding) -> Self {
+    pub fn with_rounding(mut self, rounding: Rounding) -> Self {
         self.rounding = rounding;
         self
     }
@@ -196,12 +254,12 @@ impl<S> Pruner<S> {
     }
 
     /// The pattern in use.
-    pub fn pattern_kind(&self) -> Pattern {
+    pub fn pattern(&self) -> Pattern {
         self.pattern
     }
 
     /// The rounding in use.
-    pub fn rounding_rule(&self) -> Rounding {
+    pub fn rounding(&self) -> Rounding {
         self.rounding
     }
 
@@ -258,16 +316,14 @@ impl<T: Scalar, S: PruningStrategy<T>> PruningStrategy<T> for Pruner<S> {
         ctx: &LayerContext<'_, T>,
         sparsity: Sparsity,
     ) -> Result<Mask> {
-        let selector = Selector::new().rounding(self.rounding);
+        let selector = Selector::new().with_rounding(self.rounding);
         let name = ctx.name();
-        if self.pattern == Pattern::Unstructured && self.criterion.scores_are_magnitude() {
-            // |w| read in place: no score matrix as large as the layer.
-            return selector.select_magnitude(name, weights, sparsity, ctx.mask());
-        }
-        let scores = self.criterion.scores(weights, ctx)?;
+        let scores = || self.criterion.scores(weights, ctx);
         match self.pattern {
-            Pattern::Unstructured => selector.select(name, &scores, sparsity, ctx.mask()),
-            Pattern::PerRow => selector.select_per_row(name, &scores, sparsity, ctx.mask()),
+            Pattern::Unstructured => {
+                unstructured_mask(&self.criterion, selector, weights, ctx, sparsity)
+            }
+            Pattern::PerRow => selector.select_per_row(name, &scores()?, sparsity, ctx.mask()),
             Pattern::NM(p) => {
                 let nominal = 1.0 - p.n() as f64 / p.m() as f64;
                 if (sparsity.get() - nominal).abs() > 1e-9 {
@@ -276,13 +332,13 @@ impl<T: Scalar, S: PruningStrategy<T>> PruningStrategy<T> for Pruner<S> {
                         sparsity: sparsity.get(),
                     });
                 }
-                nm_mask(name, &scores, p, ctx.mask())
+                nm_mask(name, &scores()?, p, ctx.mask())
             }
             Pattern::Structured(s) => {
                 let shape = ctx.shape_or_dense(weights);
                 check_view(&shape, weights)?;
                 let layout = GroupLayout::new(name, s.axis.granularity(), &shape)?;
-                let group_scores = layout.reduce(&scores, s.reduction)?;
+                let group_scores = layout.reduce(&scores()?, s.reduction)?;
                 let groups = layout.count();
                 let kept_now = match ctx.mask() {
                     Some(m) => layout.kept_groups(m)?.iter().filter(|&&k| k).count(),
@@ -299,7 +355,7 @@ impl<T: Scalar, S: PruningStrategy<T>> PruningStrategy<T> for Pruner<S> {
                     Granularity::Blocks(shape),
                     &ctx.shape_or_dense(weights),
                 )?;
-                let group_scores = layout.reduce(&scores, reduction)?;
+                let group_scores = layout.reduce(&scores()?, reduction)?;
                 selector.select_groups(name, &layout, &group_scores, sparsity, ctx.mask())
             }
         }
@@ -329,8 +385,8 @@ mod tests {
     fn seed_structured_columns() {
         // The seed's [inputs x neurons] case: columns 0 and 2 weak, 1 and 3 strong.
         let w = dmatrix![0.1, 0.9, 0.2, 0.8; 0.1, 0.9, 0.2, 0.8; 0.1, 0.9, 0.2, 0.8];
-        let pruner =
-            Pruner::new(Magnitude).pattern(Pattern::Structured(Structured::new(Axis::Columns)));
+        let pruner = Pruner::new(Magnitude)
+            .with_pattern(Pattern::Structured(Structured::new(Axis::Columns)));
         let mask = pruner.mask(&w, &LayerContext::new("fc"), Sparsity::new(0.5).unwrap()).unwrap();
         assert_eq!(mask.fully_pruned_cols(), vec![0, 2]);
         assert_eq!(mask.count_kept(), 6);
@@ -341,7 +397,7 @@ mod tests {
     fn rows_report_their_bias() {
         let w = dmatrix![0.1, 0.1; 5.0, 5.0; 0.2, 0.2; 3.0, 3.0];
         let pruner =
-            Pruner::new(Magnitude).pattern(Pattern::Structured(Structured::new(Axis::Rows)));
+            Pruner::new(Magnitude).with_pattern(Pattern::Structured(Structured::new(Axis::Rows)));
         let mask = pruner.mask(&w, &LayerContext::new("fc"), Sparsity::new(0.5).unwrap()).unwrap();
         assert_eq!(pruner.pruned_bias(&mask), vec![0, 2]);
         let mut bias = DVector::from_vec(vec![1.0, 2.0, 3.0, 4.0]);
@@ -358,7 +414,7 @@ mod tests {
     fn kept_rows_round_up_to_multiple() {
         let w = DMatrix::from_fn(20, 3, |r, _| r as f64 + 1.0);
         let s = Structured::new(Axis::Rows).round_kept_to(8).unwrap();
-        let pruner = Pruner::new(Magnitude).pattern(Pattern::Structured(s));
+        let pruner = Pruner::new(Magnitude).with_pattern(Pattern::Structured(s));
         // 50% of 20 rows keeps 10, rounded up to 16.
         let mask = pruner.mask(&w, &LayerContext::new("fc"), Sparsity::new(0.5).unwrap()).unwrap();
         assert_eq!(mask.fully_pruned_rows(), (0..4).collect::<Vec<_>>());
@@ -382,13 +438,13 @@ mod tests {
         });
         let ctx = LayerContext::new("conv").with_shape(shape);
         let third = Sparsity::new(1.0 / 3.0).unwrap();
-        let filters =
-            Pruner::new(Magnitude).pattern(Pattern::Structured(Structured::new(Axis::Filters)));
+        let filters = Pruner::new(Magnitude)
+            .with_pattern(Pattern::Structured(Structured::new(Axis::Filters)));
         let mask = filters.mask(&w, &ctx, third).unwrap();
         assert_eq!(mask.fully_pruned_rows(), vec![1]);
         assert_eq!(filters.pruned_bias(&mask), vec![1]);
-        let channels =
-            Pruner::new(Magnitude).pattern(Pattern::Structured(Structured::new(Axis::Channels)));
+        let channels = Pruner::new(Magnitude)
+            .with_pattern(Pattern::Structured(Structured::new(Axis::Channels)));
         let mask = channels.mask(&w, &ctx, Sparsity::new(0.5).unwrap()).unwrap();
         assert_eq!(mask.fully_pruned_cols(), vec![0, 1, 2, 3]);
         // Channels of a dense weight, and a view that does not fit the weight, are errors.
@@ -403,7 +459,7 @@ mod tests {
 
     #[test]
     fn nm_needs_its_own_sparsity() {
-        let pruner = Pruner::new(Magnitude).pattern(Pattern::NM(NmPattern::TWO_FOUR));
+        let pruner = Pruner::new(Magnitude).with_pattern(Pattern::NM(NmPattern::TWO_FOUR));
         let w = DMatrix::<f32>::from_element(2, 8, 1.0);
         let err =
             pruner.mask(&w, &LayerContext::new("fc"), Sparsity::new(0.7).unwrap()).unwrap_err();
@@ -422,8 +478,8 @@ mod tests {
     fn blocks_are_pruned_whole() {
         let w = DMatrix::from_fn(4, 4, |r, c| if (r < 2) == (c < 2) { 1.0 } else { 0.1 });
         let shape = BlockShape::new(2, 2).unwrap();
-        let pruner =
-            Pruner::new(Magnitude).pattern(Pattern::Blocks { shape, reduction: Reduction::L1 });
+        let pruner = Pruner::new(Magnitude)
+            .with_pattern(Pattern::Blocks { shape, reduction: Reduction::L1 });
         let mask = pruner.mask(&w, &LayerContext::new("fc"), Sparsity::new(0.5).unwrap()).unwrap();
         assert_eq!(mask.to_matrix(), DMatrix::from_fn(4, 4, |r, c| (r < 2) == (c < 2)));
         assert_eq!(PruningStrategy::<f64>::granularity(&pruner), Granularity::Blocks(shape));

@@ -4,12 +4,11 @@ use std::collections::BTreeMap;
 
 use nalgebra::{DMatrix, DVector};
 use shears_core::{
-    Granularity, LayerContext, Mask, Prunable, PruningStrategy, Rounding, Scalar, ScoredLayer,
-    Selector, Sparsity,
+    Granularity, LayerContext, Mask, Masks, Prunable, PruningStrategy, Rounding, Scalar,
+    ScoredLayer, Selector, Sparsity,
 };
 
 use crate::error::{Error, Result};
-use crate::lottery::Masks;
 
 /// How a model-wide target is shared among layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -21,6 +20,44 @@ pub enum Scope {
     /// One threshold across all selected layers: the target is the fraction of all their
     /// weights, as `torch.nn.utils.prune.global_unstructured`. Unstructured only.
     Global,
+}
+
+impl Scope {
+    /// The names [`Scope`]'s `FromStr` and `Display` use.
+    pub const NAMES: &'static str = "layer or global";
+}
+
+/// `layer` or `global`.
+///
+/// ```
+/// use shears_strategies::Scope;
+/// assert_eq!("global".parse::<Scope>()?, Scope::Global);
+/// assert_eq!(Scope::Layer.to_string(), "layer");
+/// # Ok::<(), shears_core::Error>(())
+/// ```
+impl std::str::FromStr for Scope {
+    type Err = shears_core::Error;
+
+    fn from_str(s: &str) -> std::result::Result<Self, shears_core::Error> {
+        match s {
+            "layer" => Ok(Scope::Layer),
+            "global" => Ok(Scope::Global),
+            _ => Err(shears_core::Error::Parse {
+                what: "scope",
+                value: s.to_owned(),
+                expected: Self::NAMES,
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scope::Layer => "layer",
+            Scope::Global => "global",
+        })
+    }
 }
 
 /// Prunes the layers of any [`Prunable`] model with one strategy.
@@ -48,7 +85,7 @@ pub enum Scope {
 ///     ("b".to_string(), dmatrix![0.1, 0.2; 0.3, 0.4]),
 /// ]));
 /// let mut masks = Masks::new();
-/// ModelPruner::new(&Magnitude).scope(Scope::Global).prune(&mut model, Sparsity::new(0.5)?, &mut masks)?;
+/// ModelPruner::new(&Magnitude).with_scope(Scope::Global).prune(&mut model, Sparsity::new(0.5)?, &mut masks)?;
 /// assert_eq!(masks["a"].count_pruned(), 0); // the small layer takes all the pruning
 /// assert_eq!(masks["b"].count_pruned(), 4);
 /// # Ok::<(), shears_strategies::Error>(())
@@ -76,7 +113,7 @@ impl<'a, T: Scalar> ModelPruner<'a, T> {
     }
 
     /// Sets the scope.
-    pub fn scope(mut self, scope: Scope) -> Self {
+    pub fn with_scope(mut self, scope: Scope) -> Self {
         self.scope = scope;
         self
     }
@@ -93,7 +130,7 @@ impl<'a, T: Scalar> ModelPruner<'a, T> {
     ///
     /// # Errors
     /// [`Error::InvalidMinDensity`] unless `0 <= density <= 1`.
-    pub fn min_density(mut self, density: f64) -> Result<Self> {
+    pub fn with_min_density(mut self, density: f64) -> Result<Self> {
         if !(0.0..=1.0).contains(&density) {
             return Err(Error::InvalidMinDensity { value: density });
         }
@@ -102,13 +139,13 @@ impl<'a, T: Scalar> ModelPruner<'a, T> {
     }
 
     /// Sets how the global count is rounded (half-even by default).
-    pub fn rounding(mut self, rounding: Rounding) -> Self {
+    pub fn with_rounding(mut self, rounding: Rounding) -> Self {
         self.rounding = rounding;
         self
     }
 
     /// Activation norms per layer, for strategies such as Wanda.
-    pub fn activation_norms(mut self, norms: BTreeMap<String, DVector<T>>) -> Self {
+    pub fn with_activation_norms(mut self, norms: BTreeMap<String, DVector<T>>) -> Self {
         self.activation_norms = norms;
         self
     }
@@ -224,7 +261,7 @@ impl<'a, T: Scalar> ModelPruner<'a, T> {
 
         // Water-filling: a layer that the global threshold would push past its cap is
         // fixed at its cap (its lowest scores) and the rest is shared among the others.
-        let selector = Selector::new().rounding(self.rounding);
+        let selector = Selector::new().with_rounding(self.rounding);
         let mut result: Vec<Option<Mask>> = vec![None; layers.len()];
         let mut active: Vec<usize> = (0..layers.len()).collect();
         loop {

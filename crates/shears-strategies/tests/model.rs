@@ -56,10 +56,11 @@ fn global_min_density_keeps_every_layer_alive() {
     let m = model();
     let s = Sparsity::new(0.5).unwrap();
     let unconstrained =
-        ModelPruner::new(&Magnitude).scope(Scope::Global).masks(&m, s, &Masks::new()).unwrap();
+        ModelPruner::new(&Magnitude).with_scope(Scope::Global).masks(&m, s, &Masks::new()).unwrap();
     // Layer b is tiny in magnitude: global scope takes it all.
     assert_eq!(unconstrained["b"].count_kept(), 0);
-    let pruner = ModelPruner::new(&Magnitude).scope(Scope::Global).min_density(0.25).unwrap();
+    let pruner =
+        ModelPruner::new(&Magnitude).with_scope(Scope::Global).with_min_density(0.25).unwrap();
     let masks = pruner.masks(&m, s, &Masks::new()).unwrap();
     assert_eq!(masks["b"].count_kept(), 8);
     // The total is still the global target: 40 of 80.
@@ -73,7 +74,7 @@ fn global_min_density_keeps_every_layer_alive() {
 #[test]
 fn layer_scope_min_density_caps_the_target() {
     let m = model();
-    let pruner = ModelPruner::new(&Magnitude).min_density(0.5).unwrap();
+    let pruner = ModelPruner::new(&Magnitude).with_min_density(0.5).unwrap();
     let masks = pruner.masks(&m, Sparsity::new(0.9).unwrap(), &Masks::new()).unwrap();
     assert_eq!(masks["a"].count_kept(), 24);
     assert_eq!(masks["b"].count_kept(), 16);
@@ -99,11 +100,13 @@ fn scope_errors() {
     let s = Sparsity::new(0.5).unwrap();
     let all_out = ModelPruner::new(&Magnitude).exclude("a").exclude("b");
     assert_eq!(all_out.masks(&m, s, &Masks::new()), Err(Error::NoLayers { available: 2 }));
-    let rows = Pruner::new(Magnitude).pattern(Pattern::Structured(Structured::new(Axis::Rows)));
-    let err = ModelPruner::new(&rows).scope(Scope::Global).masks(&m, s, &Masks::new()).unwrap_err();
+    let rows =
+        Pruner::new(Magnitude).with_pattern(Pattern::Structured(Structured::new(Axis::Rows)));
+    let err =
+        ModelPruner::new(&rows).with_scope(Scope::Global).masks(&m, s, &Masks::new()).unwrap_err();
     assert!(matches!(err, Error::GlobalNeedsUnstructured { .. }));
     assert!(matches!(
-        ModelPruner::<f64>::new(&Magnitude).min_density(1.5),
+        ModelPruner::<f64>::new(&Magnitude).with_min_density(1.5),
         Err(Error::InvalidMinDensity { .. })
     ));
     let wrong = Masks::from([("a".to_string(), Mask::all_kept(2, 2).unwrap())]);
@@ -117,7 +120,7 @@ fn scope_errors() {
 fn repeated_global_pruning_is_monotone() {
     let mut m = model();
     let mut masks = Masks::new();
-    let pruner = ModelPruner::new(&Magnitude).scope(Scope::Global);
+    let pruner = ModelPruner::new(&Magnitude).with_scope(Scope::Global);
     let mut previous = None::<Masks>;
     for s in [0.2, 0.4, 0.6, 0.8] {
         pruner.prune(&mut m, Sparsity::new(s).unwrap(), &mut masks).unwrap();

@@ -44,7 +44,7 @@ proptest! {
     fn nm_masks_conform(w in (1usize..8, 1usize..20).prop_flat_map(|(r, c)| arb::tied_matrix(r, c)), (n, m) in (1usize..=4).prop_flat_map(|m| (0..=m, Just(m)))) {
         let p = NmPattern::new(n, m).unwrap();
         let s = Sparsity::new(1.0 - n as f64 / m as f64).unwrap();
-        let mask = Pruner::new(Magnitude).pattern(Pattern::NM(p)).mask(&w, &LayerContext::new("w"), s).unwrap();
+        let mask = Pruner::new(Magnitude).with_pattern(Pattern::NM(p)).mask(&w, &LayerContext::new("w"), s).unwrap();
         prop_assert!(satisfies_nm(&mask, p));
         // Exactly min(n, group length) kept per group, and they are the group's best.
         for r in 0..w.nrows() {
@@ -63,7 +63,7 @@ proptest! {
 
     #[test]
     fn structured_masks_hold_whole_groups(w in weights(12), s in arb::sparsity(), axis in prop_oneof![Just(Axis::Rows), Just(Axis::Columns)]) {
-        let pruner = Pruner::new(Magnitude).pattern(Pattern::Structured(Structured::new(axis)));
+        let pruner = Pruner::new(Magnitude).with_pattern(Pattern::Structured(Structured::new(axis)));
         let mask = pruner.mask(&w, &LayerContext::new("w"), s).unwrap();
         // A matrix with empty slices has nothing to prune and every slice is trivially empty.
         prop_assume!(!w.is_empty());
@@ -109,7 +109,7 @@ proptest! {
     #[test]
     fn global_equals_concatenated_single_layer(a in weights(8), b in weights(8), s in arb::sparsity()) {
         let model = Model(BTreeMap::from([("a".to_string(), a.clone()), ("b".to_string(), b.clone())]));
-        let masks = ModelPruner::new(&Magnitude).scope(Scope::Global).masks(&model, s, &Masks::new()).unwrap();
+        let masks = ModelPruner::new(&Magnitude).with_scope(Scope::Global).masks(&model, s, &Masks::new()).unwrap();
         // One row holding a's then b's row-major flattening.
         let flat: Vec<f64> = a.transpose().iter().chain(b.transpose().iter()).copied().collect();
         let single = Magnitude.mask(&DMatrix::from_row_slice(1, flat.len(), &flat), &LayerContext::new("ab"), s).unwrap();

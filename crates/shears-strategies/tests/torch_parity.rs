@@ -44,7 +44,8 @@ fn l1_unstructured_ties_go_to_lower_index() {
 fn ln_structured_rows() {
     let w = dmatrix![3.0f32, 4.0; 1.0, 0.0; 0.0, 2.0; 6.0, 8.0; 0.5, 0.5];
     // Row norms 5, 1, 2, 10, 0.707; amount 0.5 of 5 rows: round(2.5) = 2 rows go: 4 and 1.
-    let rows = Pruner::new(Magnitude).pattern(Pattern::Structured(Structured::new(Axis::Rows)));
+    let rows =
+        Pruner::new(Magnitude).with_pattern(Pattern::Structured(Structured::new(Axis::Rows)));
     let mask = rows.mask(&w, &LayerContext::new("w"), Sparsity::new(0.5).unwrap()).unwrap();
     assert_eq!(mask.fully_pruned_rows(), vec![1, 4]);
     // amount 0.7 of 5: round(3.5) = 4 rows: all but row 3.

@@ -67,7 +67,7 @@ fn rounding_options() {
     let scores = DMatrix::from_fn(1, 10, |_, c| c as f32);
     let s = Sparsity::new(0.25).unwrap();
     let count =
-        |r| Selector::new().rounding(r).select("t", &scores, s, None).unwrap().count_pruned();
+        |r| Selector::new().with_rounding(r).select("t", &scores, s, None).unwrap().count_pruned();
     assert_eq!(count(Rounding::HalfEven), 2);
     assert_eq!(count(Rounding::Truncate), 2);
     assert_eq!(count(Rounding::Ceil), 3);
@@ -223,7 +223,7 @@ fn large_random_matches_oracle() {
 #[cfg(feature = "rayon")]
 #[test]
 fn split_passes_select_what_one_thread_selects() {
-    use crate::select::threshold::PARALLEL_MIN_LEN;
+    use crate::parallel::PARALLEL_MIN_LEN;
     let (rows, cols) = (1031, PARALLEL_MIN_LEN / 1031 + 7);
     // Few distinct values, so the threshold bucket holds many ties across every run.
     let w = DMatrix::from_fn(rows, cols, |r, c| ((r * 7 + c * 13) % 101) as f32 - 50.0);

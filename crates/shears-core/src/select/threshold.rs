@@ -16,6 +16,8 @@ use nalgebra::DMatrix;
 
 use crate::error::{Error, Result};
 use crate::mask::Mask;
+#[cfg(feature = "rayon")]
+use crate::parallel::PARALLEL_MIN_LEN;
 use crate::scalar::Scalar;
 
 /// Radix bucket width: 65,536 buckets split typical weight magnitudes finely enough that
@@ -250,11 +252,6 @@ fn for_each_block<T: Scalar>(
     }
     if s.magnitude { run::<T, true>(s, blocks, &mut f) } else { run::<T, false>(s, blocks, &mut f) }
 }
-
-/// Segments of at least this many values have their passes split across threads (with
-/// the `rayon` feature): below it, the split costs more than it saves.
-#[cfg_attr(not(feature = "rayon"), allow(dead_code))]
-pub(crate) const PARALLEL_MIN_LEN: usize = 1 << 22;
 
 /// Runs per thread of a split pass (each histogram run costs a 512 KiB local histogram).
 #[cfg_attr(not(feature = "rayon"), allow(dead_code))]

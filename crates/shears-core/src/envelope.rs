@@ -1,0 +1,123 @@
+//! The envelope of every binary format shears defines: an 8-byte magic tag, the format
+//! version as a little-endian `u32`, then the bincode 2 (standard configuration)
+//! encoding of the payload.
+//!
+//! [`seal`] writes it; [`open`] checks the tag and the version, decodes the payload, and
+//! requires the bytes to be *canonical*: bincode's variable-length integers accept
+//! over-long encodings of a value (`251, 75, 0` for `75`), so [`open`] re-encodes what it
+//! decoded and rejects anything that does not come back byte for byte. A stored matrix or
+//! mask therefore has exactly one encoding, and whatever opens re-encodes to its bytes.
+//!
+//! ```
+//! use shears_core::envelope;
+//!
+//! let bytes = envelope::seal(b"EXAMPLE1", 3, &(7u32, vec![1.5f32, 2.0]));
+//! assert_eq!(&bytes[..8], b"EXAMPLE1");
+//! let (n, v): (u32, Vec<f32>) = envelope::open(b"EXAMPLE1", 3, &bytes)?;
+//! assert_eq!((n, v), (7, vec![1.5, 2.0]));
+//! assert!(envelope::open::<(u32, Vec<f32>)>(b"EXAMPLE1", 4, &bytes).is_err());
+//! # Ok::<(), shears_core::FormatError>(())
+//! ```
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::FormatError;
+
+/// Bytes before the payload: the tag and the version.
+pub const HEADER_LEN: usize = 12;
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+/// Encodes `payload` behind `magic` and `version`.
+pub fn seal<P: Serialize + ?Sized>(magic: &[u8; 8], version: u32, payload: &P) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + 64);
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&version.to_le_bytes());
+    // Serde types of shears encode into memory without a failure mode.
+    if let Err(e) = bincode::serde::encode_into_std_write(payload, &mut out, config()) {
+        unreachable!("encoding into memory cannot fail: {e}");
+    }
+    out
+}
+
+/// Decodes a payload sealed with `magic` and `version`.
+///
+/// Serde's sequence visitors cap what they pre-allocate, so a lying length cannot
+/// allocate more than the bytes that are really there.
+///
+/// # Errors
+/// [`FormatError::BadMagic`], [`FormatError::UnsupportedVersion`],
+/// [`FormatError::Corrupted`] (truncated or undecodable), [`FormatError::TrailingBytes`],
+/// and [`FormatError::NonCanonical`] for bytes that decode but are not the encoding of
+/// what they decode to.
+pub fn open<P: Serialize + DeserializeOwned>(
+    magic: &'static [u8; 8],
+    version: u32,
+    bytes: &[u8],
+) -> Result<P, FormatError> {
+    if bytes.get(..magic.len()) != Some(magic.as_slice()) {
+        return Err(FormatError::BadMagic { expected: magic });
+    }
+    let found = bytes
+        .get(magic.len()..HEADER_LEN)
+        .and_then(|v| v.try_into().ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(|| FormatError::Corrupted { reason: "truncated header".into() })?;
+    if found != version {
+        return Err(FormatError::UnsupportedVersion { found, supported: version });
+    }
+    let body = &bytes[HEADER_LEN..];
+    let (payload, read): (P, usize) = bincode::serde::decode_from_slice(body, config())
+        .map_err(|e| FormatError::Corrupted { reason: e.to_string() })?;
+    if read != body.len() {
+        return Err(FormatError::TrailingBytes { count: body.len() - read });
+    }
+    let canonical = bincode::serde::encode_to_vec(&payload, config())
+        .map_err(|e| FormatError::Corrupted { reason: e.to_string() })?;
+    if canonical != body {
+        return Err(FormatError::NonCanonical);
+    }
+    Ok(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn over_long_integers_are_refused() {
+        let bytes = seal(b"TESTTEST", 1, &75u64);
+        assert_eq!(&bytes[HEADER_LEN..], &[75]);
+        assert_eq!(open::<u64>(b"TESTTEST", 1, &bytes), Ok(75));
+        // 251 announces a u16 varint: the same value, two bytes longer.
+        let mut long = bytes[..HEADER_LEN].to_vec();
+        long.extend_from_slice(&[251, 75, 0]);
+        assert_eq!(open::<u64>(b"TESTTEST", 1, &long), Err(FormatError::NonCanonical));
+    }
+
+    #[test]
+    fn header_errors() {
+        let bytes = seal(b"TESTTEST", 2, &vec![1u8, 2, 3]);
+        assert!(matches!(
+            open::<Vec<u8>>(b"OTHERTAG", 2, &bytes),
+            Err(FormatError::BadMagic { .. })
+        ));
+        assert!(matches!(
+            open::<Vec<u8>>(b"TESTTEST", 1, &bytes),
+            Err(FormatError::UnsupportedVersion { found: 2, supported: 1 })
+        ));
+        assert!(matches!(
+            open::<Vec<u8>>(b"TESTTEST", 2, &bytes[..10]),
+            Err(FormatError::Corrupted { .. })
+        ));
+        let mut long = bytes.clone();
+        long.push(9);
+        assert_eq!(
+            open::<Vec<u8>>(b"TESTTEST", 2, &long),
+            Err(FormatError::TrailingBytes { count: 1 })
+        );
+    }
+}
