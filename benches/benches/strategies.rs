@@ -34,7 +34,8 @@ fn strategies(c: &mut Criterion) {
         (
             "rows_l2",
             Box::new(
-                Pruner::new(Magnitude).with_pattern(Pattern::Structured(Structured::new(Axis::Rows))),
+                Pruner::new(Magnitude)
+                    .with_pattern(Pattern::Structured(Structured::new(Axis::Rows))),
             ),
         ),
         ("nm_2_4", Box::new(Pruner::new(Magnitude).with_pattern(Pattern::NM(NmPattern::TWO_FOUR)))),

@@ -39,7 +39,7 @@ pub fn small(nrows: usize, ncols: usize) -> bool {
 /// `format` times a fixed vector and a fixed 3-column matrix equals `dense` times them,
 /// when every stored value is finite and modest (so rounding is bounded).
 pub fn check_products<T: Scalar, P: SparseProduct<T>>(format: &P, dense: &DMatrix<T>) {
-    assert_eq!(format.dims(), dense.shape());
+    assert_eq!(format.shape(), dense.shape());
     let (nrows, ncols) = dense.shape();
     if !dense.iter().all(|v| v.finite() && v.as_f64().abs() < 1e6) {
         // Still must not panic.

@@ -13,7 +13,7 @@ use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 use shears_benches::{SEED, magnitude_mask, matrix, rows_mask, two_four_mask, vector};
 use shears_core::{LayerContext, Mask, NmPattern, PruningStrategy, Sparsity};
-use shears_sparse::{AnyCsr, AnySlicedEll, Compacted, Compaction, Csr, NmSparse, SparseProduct};
+use shears_sparse::{AnySparse, Csr, Format, SparseProduct};
 use shears_strategies::Magnitude;
 
 /// One measured cell; the field names are read by tools and stay stable. Each format's
@@ -73,14 +73,6 @@ impl Timer {
     }
 }
 
-/// A pruned matrix in one of shears' formats.
-enum Sparse {
-    Csr(AnyCsr<f32>),
-    Sell(AnySlicedEll<f32>),
-    Nm(NmSparse<f32>),
-    Compact(Compacted<f32>),
-}
-
 /// The dense product `w x` as a repeatable closure.
 fn dense_run<'a>(w: &'a DMatrix<f32>, x: &'a DMatrix<f32>) -> Box<dyn FnMut() + 'a> {
     if x.ncols() == 1 {
@@ -93,36 +85,11 @@ fn dense_run<'a>(w: &'a DMatrix<f32>, x: &'a DMatrix<f32>) -> Box<dyn FnMut() + 
     }
 }
 
-/// The product in a shears format as a repeatable closure.
-fn sparse_run<'a>(s: &'a Sparse, x: &'a DMatrix<f32>) -> Box<dyn FnMut() + 'a> {
-    let batch = x.ncols();
-    match s {
-        Sparse::Csr(c) if batch == 1 => {
-            let mut y = vec![0.0; c.shape().0];
-            Box::new(move || drop(c.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y)))
-        }
-        Sparse::Csr(c) => {
-            let mut y = DMatrix::zeros(c.shape().0, batch);
-            Box::new(move || drop(c.matmul_into(1.0, black_box(x), 0.0, &mut y)))
-        }
-        Sparse::Sell(c) if batch == 1 => {
-            let mut y = vec![0.0; c.shape().0];
-            Box::new(move || drop(c.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y)))
-        }
-        Sparse::Sell(c) => {
-            let mut y = DMatrix::zeros(c.shape().0, batch);
-            Box::new(move || drop(c.matmul_into(1.0, black_box(x), 0.0, &mut y)))
-        }
-        Sparse::Nm(n) if batch == 1 => {
-            let mut y = vec![0.0; n.shape().0];
-            Box::new(move || drop(n.matvec_into(1.0, black_box(x.as_slice()), 0.0, &mut y)))
-        }
-        Sparse::Nm(n) => {
-            let mut y = DMatrix::zeros(n.shape().0, batch);
-            Box::new(move || drop(n.matmul_into(1.0, black_box(x), 0.0, &mut y)))
-        }
-        Sparse::Compact(c) => dense_run(c.matrix(), x),
-    }
+/// The product in a shears format as a repeatable closure (a batch of one runs the
+/// batch-1 kernel; a compacted matrix gathers its inputs and scatters its outputs).
+fn sparse_run<'a>(s: &'a AnySparse<f32>, x: &'a DMatrix<f32>) -> Box<dyn FnMut() + 'a> {
+    let mut y = DMatrix::zeros(s.shape().0, x.ncols());
+    Box::new(move || drop(black_box(s.matmul_into(1.0, black_box(x), 0.0, &mut y))))
 }
 
 /// The sprs product as a repeatable closure.
@@ -177,21 +144,21 @@ fn main() {
 
     for &(rows, cols) in shapes {
         let w = matrix(rows, cols, SEED);
-        let mut formats: Vec<(&'static str, f64, Mask, Sparse)> = Vec::new();
+        let build = |mask: &Mask, format| {
+            AnySparse::from_dense_masked(&w, mask, format).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let mut formats: Vec<(&'static str, f64, Mask, AnySparse<f32>)> = Vec::new();
         for &s in sparsities {
             let mask = magnitude_mask(&w, s);
-            let csr = AnyCsr::from_dense_masked(&w, &mask).unwrap_or_else(|e| panic!("{e}"));
-            formats.push(("sell", s, mask.clone(), Sparse::Sell(AnySlicedEll::from(&csr))));
-            formats.push(("csr", s, mask, Sparse::Csr(csr)));
+            formats.push(("sell", s, mask.clone(), build(&mask, Format::SlicedEll)));
+            formats.push(("csr", s, mask.clone(), build(&mask, Format::Csr)));
         }
         let nm_mask = two_four_mask(&w);
-        let nm = NmSparse::from_dense_masked(&w, &nm_mask, NmPattern::TWO_FOUR)
-            .unwrap_or_else(|e| panic!("{e}"));
-        formats.push(("nm", 0.5, nm_mask, Sparse::Nm(nm)));
+        let nm = build(&nm_mask, Format::Nm(NmPattern::TWO_FOUR));
+        formats.push(("nm", 0.5, nm_mask, nm));
         let row_mask = rows_mask(&w, 0.5);
-        let compact =
-            Compacted::new(&w, &row_mask, Compaction::Rows, None).unwrap_or_else(|e| panic!("{e}"));
-        formats.push(("compact", 0.5, row_mask, Sparse::Compact(compact)));
+        let compact = build(&row_mask, Format::Compact);
+        formats.push(("compact", 0.5, row_mask, compact));
         for &batch in batches {
             let x = if batch == 1 {
                 DMatrix::from_column_slice(cols, 1, vector(cols, SEED + 1).as_slice())
@@ -224,10 +191,11 @@ fn main() {
     if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
         let (rows, cols) = (4096, 4096);
         let w = matrix(rows, cols, SEED);
-        let csr = AnyCsr::from_dense_masked(&w, &magnitude_mask(&w, 0.9))
-            .unwrap_or_else(|e| panic!("{e}"));
-        let sell = Sparse::Sell(AnySlicedEll::from(&csr));
-        let csr = Sparse::Csr(csr);
+        let mask = magnitude_mask(&w, 0.9);
+        let build = |format| {
+            AnySparse::from_dense_masked(&w, &mask, format).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (csr, sell) = (build(Format::Csr), build(Format::SlicedEll));
         let (one, two) = (shears_benches::pool(1), shears_benches::pool(2));
         for (batch, format, sparse) in [(1, "csr", &csr), (1, "sell", &sell), (32, "csr", &csr)] {
             let x = matrix(cols, batch, SEED + 1);

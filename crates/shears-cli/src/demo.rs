@@ -8,10 +8,10 @@ use nalgebra::DMatrix;
 use serde::Serialize;
 use shears_core::{NmPattern, Sparsity};
 use shears_nn::{
-    Criterion, LotteryConfig, Method, Mlp, SparseMlp, TrainConfig, digits_split, lottery_ticket,
+    LotteryConfig, Mlp, PruningPlan, SparseMlp, TrainConfig, digits_split, lottery_ticket,
     masked_sparsity, prune_and_finetune, time_inference, train_with, weight_name,
 };
-use shears_strategies::{Axis, Masks, Pattern, Schedule, Structured};
+use shears_strategies::{Axis, Criterion, Masks, Pattern, Schedule, Structured};
 
 use crate::cli::DemoArgs;
 use crate::report::Table;
@@ -90,20 +90,23 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
         });
     };
 
-    let hidden_rows = Method {
+    let hidden_rows = PruningPlan {
         pattern: Pattern::Structured(Structured::new(Axis::Rows)),
         exclude: vec![weight_name(SIZES.len() - 2)],
-        ..Method::new(Criterion::Magnitude)
+        ..PruningPlan::new(Criterion::Magnitude)
     };
-    let mut methods: Vec<(&str, Method, Vec<f64>)> = vec![
-        ("magnitude", Method::new(Criterion::Magnitude), SPARSITIES.to_vec()),
-        ("gradient", Method::new(Criterion::Gradient { batches: 8 }), SPARSITIES.to_vec()),
-        ("random", Method::new(Criterion::Random { seed: 1 }), SPARSITIES.to_vec()),
+    let mut methods: Vec<(&str, PruningPlan, Vec<f64>)> = vec![
+        ("magnitude", PruningPlan::new(Criterion::Magnitude), SPARSITIES.to_vec()),
+        ("gradient", PruningPlan::new(Criterion::Gradient), SPARSITIES.to_vec()),
+        ("random", PruningPlan::new(Criterion::Random { seed: 1 }), SPARSITIES.to_vec()),
         ("structured rows", hidden_rows, SPARSITIES.to_vec()),
     ];
     methods.push((
         "2:4",
-        Method { pattern: Pattern::NM(NmPattern::TWO_FOUR), ..Method::new(Criterion::Magnitude) },
+        PruningPlan {
+            pattern: Pattern::NM(NmPattern::TWO_FOUR),
+            ..PruningPlan::new(Criterion::Magnitude)
+        },
         vec![0.5],
     ));
     for (name, method, targets) in &methods {

@@ -11,8 +11,8 @@ use std::path::Path;
 
 use nalgebra::{DMatrix, DVector};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use shears_core::Masks;
 use shears_core::{Mask, Scalar};
-use shears_strategies::Masks;
 
 use crate::data::read_file;
 use crate::error::{Error, Result};

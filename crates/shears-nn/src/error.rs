@@ -82,6 +82,14 @@ pub enum Error {
         /// The value given.
         value: f64,
     },
+    /// A criterion needs per-layer data the experiment does not collect.
+    #[error("criterion {criterion} needs {needs}, which this experiment does not collect")]
+    UnsupportedCriterion {
+        /// The criterion.
+        criterion: shears_strategies::Criterion,
+        /// What it needs.
+        needs: shears_core::LayerInput,
+    },
     /// A checkpoint does not hold what a network needs.
     #[error("checkpoint {}: {reason}", path.display())]
     BadCheckpoint {

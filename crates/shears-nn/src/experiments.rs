@@ -4,9 +4,9 @@
 use std::time::Instant;
 
 use nalgebra::DMatrix;
-use shears_core::{Prunable, PruningStrategy, Sparsity};
+use shears_core::{Masks, Prunable, PruningStrategy, Sparsity};
 use shears_strategies::{
-    LotteryTicket, Magnitude, Masks, ModelPruner, Pattern, Pruner, Random, Schedule, Scope,
+    Criterion, LotteryTicket, Magnitude, ModelPruner, Pattern, Pruner, Schedule, Scope,
     TaylorAccumulator, UserScores,
 };
 
@@ -16,28 +16,13 @@ use crate::mlp::{Mlp, to_scalar, weight_name};
 use crate::sparse_model::SparseMlp;
 use crate::train::{TrainConfig, train, train_with};
 
-/// What scores the weights in [`prune_and_finetune`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Criterion {
-    /// `|w|`.
-    Magnitude,
-    /// `|w·g|` summed over `batches` mini-batches of training data (see
-    /// [`TaylorAccumulator`]).
-    Gradient {
-        /// Mini-batches to accumulate over.
-        batches: usize,
-    },
-    /// Seeded random scores.
-    Random {
-        /// The seed.
-        seed: u64,
-    },
-}
-
-/// A pruning method: criterion, pattern, scope, and layers left alone.
+/// How [`prune_and_finetune`] prunes: criterion, pattern, scope, and layers left alone.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Method {
-    /// What scores the weights.
+pub struct PruningPlan {
+    /// What scores the weights. [`Criterion::Gradient`] sums `|w·g|` over
+    /// `gradient_batches` mini-batches of training data (see [`TaylorAccumulator`]);
+    /// [`Criterion::Wanda`] needs calibration activations, which these experiments do not
+    /// collect.
     pub criterion: Criterion,
     /// The structure of what is kept.
     pub pattern: Pattern,
@@ -45,16 +30,19 @@ pub struct Method {
     pub scope: Scope,
     /// Weight names not to prune (e.g. the output layer for structured pruning).
     pub exclude: Vec<String>,
+    /// Mini-batches the gradient criterion accumulates over.
+    pub gradient_batches: usize,
 }
 
-impl Method {
-    /// Unstructured, layer-wise pruning with `criterion`.
+impl PruningPlan {
+    /// Unstructured, layer-wise pruning with `criterion` (gradients over 8 mini-batches).
     pub fn new(criterion: Criterion) -> Self {
-        Method {
+        PruningPlan {
             criterion,
             pattern: Pattern::Unstructured,
             scope: Scope::Layer,
             exclude: Vec::new(),
+            gradient_batches: 8,
         }
     }
 }
@@ -130,16 +118,17 @@ fn taylor_scores(
     }))
 }
 
-/// Prunes `model` on `schedule` with `method`, fine-tuning after every step, and reports
+/// Prunes `model` on `schedule` with `plan`, fine-tuning after every step, and reports
 /// test accuracy before and after each fine-tune. Masks only tighten across steps.
 ///
 /// # Errors
 /// Errors of the strategy (e.g. global scope with a structured pattern), of training,
-/// or [`Error::BadParameter`] for zero gradient batches.
+/// [`Error::BadParameter`] for zero gradient batches, [`Error::UnsupportedCriterion`] for
+/// Wanda.
 pub fn prune_and_finetune(
     model: &Mlp<f32>,
     data: &Split,
-    method: &Method,
+    plan: &PruningPlan,
     schedule: &Schedule,
     finetune: &TrainConfig,
 ) -> Result<PruneOutcome> {
@@ -147,20 +136,25 @@ pub fn prune_and_finetune(
     let mut masks = Masks::new();
     let mut rounds = Vec::new();
     for (step, target) in schedule.targets() {
-        let criterion: Box<dyn PruningStrategy<f32>> = match method.criterion {
-            Criterion::Magnitude => Box::new(Magnitude),
-            Criterion::Random { seed } => Box::new(Random::new(seed)),
-            Criterion::Gradient { batches } => Box::new(taylor_scores(
+        let criterion: Box<dyn PruningStrategy<f32>> = match plan.criterion {
+            Criterion::Gradient => Box::new(taylor_scores(
                 &model,
                 &data.train,
-                batches,
+                plan.gradient_batches,
                 finetune.batch_size,
                 finetune.seed ^ step as u64,
             )?),
+            Criterion::Wanda => {
+                return Err(Error::UnsupportedCriterion {
+                    criterion: Criterion::Wanda,
+                    needs: shears_core::LayerInput::ActivationNorms,
+                });
+            }
+            other => Box::new(other),
         };
-        let pruner = Pruner::new(criterion).with_pattern(method.pattern);
-        let mut model_pruner = ModelPruner::new(&pruner).with_scope(method.scope);
-        for name in &method.exclude {
+        let pruner = Pruner::new(criterion).with_pattern(plan.pattern);
+        let mut model_pruner = ModelPruner::new(&pruner).with_scope(plan.scope);
+        for name in &plan.exclude {
             model_pruner = model_pruner.exclude(name.clone());
         }
         model_pruner.prune(&mut model, target, &mut masks)?;

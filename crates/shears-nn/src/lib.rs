@@ -19,7 +19,7 @@
 //!
 //! ```
 //! use shears_nn::{Mlp, TrainConfig, digits_split, train};
-//! use shears_strategies::Masks;
+//! use shears_core::Masks;
 //!
 //! let data = digits_split()?;
 //! let mut mlp = Mlp::<f32>::new(&[64, 32, 10], 0)?;
@@ -46,12 +46,11 @@ mod train;
 pub use data::{Dataset, Split, digits, digits_split};
 pub use error::{Error, Result};
 pub use experiments::{
-    Criterion, InferenceTiming, LotteryConfig, LotteryRound, Method, PruneOutcome, RoundResult,
-    evaluate, gradual_magnitude, lottery_ticket, masked_sparsity, prune_and_finetune,
-    time_inference,
+    InferenceTiming, LotteryConfig, LotteryRound, PruneOutcome, PruningPlan, RoundResult, evaluate,
+    gradual_magnitude, lottery_ticket, masked_sparsity, prune_and_finetune, time_inference,
 };
 pub use mlp::{Layer, LayerGrad, Mlp, argmax_columns, bias_name, weight_name};
 pub use mnist::{load_mnist, load_pair};
 pub use optim::{Optimizer, OptimizerState};
-pub use sparse_model::{LayerFormat, SparseMlp};
+pub use sparse_model::SparseMlp;
 pub use train::{TrainConfig, TrainLog, train, train_with};

@@ -1,8 +1,8 @@
 //! Optimizers that keep pruned weights at exactly zero.
 
 use nalgebra::{DMatrix, DVector};
+use shears_core::Masks;
 use shears_core::{Mask, Scalar};
-use shears_strategies::Masks;
 
 use crate::error::{Error, Result};
 use crate::mlp::{Mlp, weight_name};

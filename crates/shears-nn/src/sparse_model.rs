@@ -2,38 +2,15 @@
 //! fastest.
 
 use nalgebra::{DMatrix, DVector};
-use shears_core::{Mask, NmPattern, Scalar};
-use shears_sparse::{AnyCsr, AnySlicedEll, Format, NmSparse, SparseProduct, choose_format};
-use shears_strategies::Masks;
+use shears_core::{Mask, Masks, Scalar};
+use shears_sparse::{AnySparse, Format, SparseProduct, choose_format};
 
 use crate::error::Result;
 use crate::mlp::{Mlp, argmax_columns, bias_then_activation, weight_name};
 
-/// How one layer of a [`SparseMlp`] is stored.
-#[derive(Debug, Clone, PartialEq)]
-enum Kernel<T: Scalar> {
-    Dense(DMatrix<T>),
-    Csr(AnyCsr<T>),
-    Sell(AnySlicedEll<T>),
-    Nm(NmSparse<T>),
-}
-
-/// The format each layer of a [`SparseMlp`] uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LayerFormat {
-    /// Dense (possibly compacted) matrix.
-    Dense,
-    /// CSR.
-    Csr,
-    /// Sliced ELLPACK (CSR's entries, laid out for batch 1).
-    SlicedEll,
-    /// N:M packed.
-    Nm(NmPattern),
-}
-
 #[derive(Debug, Clone, PartialEq)]
 struct SparseLayer<T: Scalar> {
-    kernel: Kernel<T>,
+    weight: AnySparse<T>,
     bias: DVector<T>,
 }
 
@@ -49,7 +26,7 @@ struct SparseLayer<T: Scalar> {
 ///
 /// ```
 /// use shears_nn::{Mlp, SparseMlp};
-/// use shears_strategies::Masks;
+/// use shears_core::Masks;
 /// use nalgebra::DMatrix;
 ///
 /// let mlp = Mlp::<f32>::new(&[8, 16, 4], 1)?;
@@ -76,8 +53,8 @@ impl<T: Scalar> SparseMlp<T> {
     }
 
     /// As [`SparseMlp::from_mlp`], with the format of each (compacted) layer chosen by
-    /// `choose` from its mask; `Format::Csr`, `Format::SlicedEll` and `Format::Nm` are honoured, anything else
-    /// is dense (compaction has already happened).
+    /// `choose` from its mask. `Format::Compact` runs dense: compaction has already
+    /// removed the dead neurons and inputs.
     ///
     /// # Errors
     /// Shape errors; [`shears_sparse::Error::NotNm`] if `choose` asks for an N:M pattern
@@ -140,29 +117,19 @@ impl<T: Scalar> SparseMlp<T> {
             .zip(biases)
             .zip(&keep)
             .map(|((w, bias), mask)| {
-                let kernel = match choose(mask) {
-                    Format::Nm(p) => Kernel::Nm(NmSparse::from_dense_masked(&w, mask, p)?),
-                    Format::Csr => Kernel::Csr(AnyCsr::from_dense_masked(&w, mask)?),
-                    Format::SlicedEll => Kernel::Sell(AnySlicedEll::from_dense_masked(&w, mask)?),
-                    _ => Kernel::Dense(w),
+                let format = match choose(mask) {
+                    Format::Compact => Format::Dense,
+                    format => format,
                 };
-                Ok(SparseLayer { kernel, bias })
+                Ok(SparseLayer { weight: AnySparse::from_dense_masked(&w, mask, format)?, bias })
             })
             .collect::<Result<_>>()?;
         Ok(SparseMlp { input_map, inputs, layers })
     }
 
     /// The format and `(out, in)` shape of each layer.
-    pub fn layer_formats(&self) -> Vec<(LayerFormat, (usize, usize))> {
-        self.layers
-            .iter()
-            .map(|l| match &l.kernel {
-                Kernel::Dense(w) => (LayerFormat::Dense, w.shape()),
-                Kernel::Csr(c) => (LayerFormat::Csr, c.shape()),
-                Kernel::Sell(s) => (LayerFormat::SlicedEll, s.shape()),
-                Kernel::Nm(m) => (LayerFormat::Nm(m.pattern()), m.shape()),
-            })
-            .collect()
+    pub fn layer_formats(&self) -> Vec<(Format, (usize, usize))> {
+        self.layers.iter().map(|l| (l.weight.format(), l.weight.shape())).collect()
     }
 
     /// Logits `(classes, batch)` for inputs `(features, batch)`.
@@ -182,12 +149,7 @@ impl<T: Scalar> SparseMlp<T> {
             None => x.clone(),
         };
         for (i, layer) in self.layers.iter().enumerate() {
-            let mut z = match &layer.kernel {
-                Kernel::Dense(w) => w * &a,
-                Kernel::Csr(c) => c.matmul(&a)?,
-                Kernel::Sell(s) => s.matmul(&a)?,
-                Kernel::Nm(m) => m.matmul(&a)?,
-            };
+            let mut z = layer.weight.matmul(&a)?;
             bias_then_activation(&mut z, &layer.bias, i + 1 < self.layers.len());
             a = z;
         }

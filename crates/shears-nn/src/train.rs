@@ -1,7 +1,7 @@
 //! Mini-batch training with masks, and evaluation.
 
+use shears_core::Masks;
 use shears_core::Scalar;
-use shears_strategies::Masks;
 
 use crate::data::Dataset;
 use crate::error::{Error, Result};

@@ -1,8 +1,8 @@
 //! Safetensors checkpoints: round trips and malformed files.
 
 use shears_core::Mask;
+use shears_core::Masks;
 use shears_nn::{Error, Mlp, checkpoint, weight_name};
-use shears_strategies::Masks;
 
 #[test]
 fn round_trip_with_masks() {

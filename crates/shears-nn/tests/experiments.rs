@@ -3,11 +3,11 @@
 use nalgebra::DMatrix;
 use shears_core::{NmPattern, Sparsity};
 use shears_nn::{
-    Criterion, LayerFormat, LotteryConfig, Method, SparseMlp, TrainConfig, lottery_ticket,
-    prune_and_finetune, weight_name,
+    LotteryConfig, PruningPlan, SparseMlp, TrainConfig, lottery_ticket, prune_and_finetune,
+    weight_name,
 };
 use shears_sparse::Format;
-use shears_strategies::{Axis, Pattern, Schedule, Structured};
+use shears_strategies::{Axis, Criterion, Pattern, Schedule, Structured};
 
 use crate::{SIZES, trained};
 
@@ -19,7 +19,7 @@ fn finetune() -> TrainConfig {
 fn magnitude_80_percent_loses_at_most_1_5_points() {
     let (data, dense) = trained();
     let base = dense.accuracy(&data.test).unwrap();
-    let method = Method::new(Criterion::Magnitude);
+    let method = PruningPlan::new(Criterion::Magnitude);
     let schedule = Schedule::iterative(Sparsity::new(0.8).unwrap(), 2).unwrap();
     let outcome = prune_and_finetune(dense, data, &method, &schedule, &finetune()).unwrap();
     let last = outcome.rounds.last().unwrap();
@@ -47,19 +47,18 @@ fn magnitude_80_percent_loses_at_most_1_5_points() {
     }
     let sell =
         SparseMlp::from_mlp_with(&outcome.model, &outcome.masks, |_| Format::SlicedEll).unwrap();
-    assert!(sell.layer_formats().iter().all(|(f, _)| *f == LayerFormat::SlicedEll));
+    assert!(sell.layer_formats().iter().all(|(f, _)| *f == Format::SlicedEll));
     let forced = SparseMlp::from_mlp_with(&outcome.model, &outcome.masks, |_| Format::Csr).unwrap();
-    assert!(forced.layer_formats().iter().all(|(f, _)| *f == LayerFormat::Csr));
+    assert!(forced.layer_formats().iter().all(|(f, _)| *f == Format::Csr));
 }
 
 #[test]
 fn gradient_and_random_criteria_prune_and_finetune() {
     let (data, dense) = trained();
     let schedule = Schedule::one_shot(Sparsity::new(0.5).unwrap());
-    for criterion in [Criterion::Gradient { batches: 4 }, Criterion::Random { seed: 3 }] {
-        let outcome =
-            prune_and_finetune(dense, data, &Method::new(criterion), &schedule, &finetune())
-                .unwrap();
+    for criterion in [Criterion::Gradient, Criterion::Random { seed: 3 }] {
+        let plan = PruningPlan { gradient_batches: 4, ..PruningPlan::new(criterion) };
+        let outcome = prune_and_finetune(dense, data, &plan, &schedule, &finetune()).unwrap();
         let r = outcome.rounds[0];
         assert!((r.sparsity - 0.5).abs() < 1e-3);
         assert!(r.accuracy_finetuned > 0.9, "{criterion:?}: {}", r.accuracy_finetuned);
@@ -69,10 +68,10 @@ fn gradient_and_random_criteria_prune_and_finetune() {
 #[test]
 fn structured_half_of_hidden_neurons_compacts_exactly() {
     let (data, dense) = trained();
-    let method = Method {
+    let method = PruningPlan {
         pattern: Pattern::Structured(Structured::new(Axis::Rows)),
         exclude: vec![weight_name(2)],
-        ..Method::new(Criterion::Magnitude)
+        ..PruningPlan::new(Criterion::Magnitude)
     };
     let outcome = prune_and_finetune(
         dense,
@@ -95,8 +94,10 @@ fn structured_half_of_hidden_neurons_compacts_exactly() {
 #[test]
 fn two_four_uses_the_nm_format() {
     let (data, dense) = trained();
-    let method =
-        Method { pattern: Pattern::NM(NmPattern::TWO_FOUR), ..Method::new(Criterion::Magnitude) };
+    let method = PruningPlan {
+        pattern: Pattern::NM(NmPattern::TWO_FOUR),
+        ..PruningPlan::new(Criterion::Magnitude)
+    };
     let outcome = prune_and_finetune(
         dense,
         data,
@@ -109,7 +110,7 @@ fn two_four_uses_the_nm_format() {
         Format::Nm(NmPattern::TWO_FOUR)
     })
     .unwrap();
-    assert!(sparse.layer_formats().iter().all(|(f, _)| matches!(f, LayerFormat::Nm(_))));
+    assert!(sparse.layer_formats().iter().all(|(f, _)| matches!(f, Format::Nm(_))));
     let x = DMatrix::from_fn(64, 7, |r, c| ((r * 7 + c) % 17) as f32 / 17.0);
     assert_eq!(sparse.predict(&x).unwrap(), outcome.model.predict(&x).unwrap());
 }

@@ -7,8 +7,8 @@ mod data;
 mod experiments;
 mod training;
 
+use shears_core::Masks;
 use shears_nn::{Mlp, Split, TrainConfig, digits_split, train};
-use shears_strategies::Masks;
 
 /// The architecture the tests use.
 pub(crate) const SIZES: [usize; 4] = [64, 128, 64, 10];

@@ -1,9 +1,9 @@
 //! Training: accuracy, determinism, mask-awareness.
 
 use nalgebra::DMatrix;
+use shears_core::Masks;
 use shears_core::{Mask, Prunable};
 use shears_nn::{Error, Mlp, Optimizer, TrainConfig, train, weight_name};
-use shears_strategies::Masks;
 
 use crate::trained;
 
@@ -133,9 +133,9 @@ fn bad_parameters_are_errors() {
 #[test]
 fn train_prune_finetune_and_infer_do_not_depend_on_the_thread_count() {
     use shears_core::Sparsity;
-    use shears_nn::{Criterion, Method, SparseMlp, prune_and_finetune};
+    use shears_nn::{PruningPlan, SparseMlp, prune_and_finetune};
     use shears_sparse::Format;
-    use shears_strategies::Schedule;
+    use shears_strategies::{Criterion, Schedule};
 
     let (data, _) = trained();
     let run = || {
@@ -146,7 +146,7 @@ fn train_prune_finetune_and_infer_do_not_depend_on_the_thread_count() {
         let mut bits = Vec::new();
         for criterion in [Criterion::Magnitude, Criterion::Random { seed: 3 }] {
             let outcome =
-                prune_and_finetune(&mlp, data, &Method::new(criterion), &schedule, &config)
+                prune_and_finetune(&mlp, data, &PruningPlan::new(criterion), &schedule, &config)
                     .unwrap();
             for mask in outcome.masks.values() {
                 bits.extend(mask.to_bytes());

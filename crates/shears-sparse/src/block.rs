@@ -3,11 +3,10 @@
 use nalgebra::DMatrix;
 use shears_core::{BlockShape, Mask, Scalar};
 
-use crate::csr::{check_matmul, check_vec};
 use crate::error::{Error, FormatError, Result};
 use crate::index::SpIndex;
 use crate::kernels::{self, BsrView};
-use crate::product::SparseProduct;
+use crate::product::{Operands, Sealed, SparseProduct};
 use crate::validate;
 
 /// A block-sparse matrix: the nonzero `r x c` blocks stored dense (row-major inside a
@@ -201,24 +200,21 @@ impl<T: Scalar> BlockSparse<T> {
     }
 }
 
+impl<T: Scalar> Sealed for BlockSparse<T> {}
+
 impl<T: Scalar> SparseProduct<T> for BlockSparse<T> {
-    fn dims(&self) -> (usize, usize) {
-        self.shape()
+    fn shape(&self) -> (usize, usize) {
+        (self.nrows, self.ncols)
     }
 
-    fn matvec_into(&self, alpha: T, x: &[T], beta: T, y: &mut [T]) -> Result<()> {
-        check_vec("bsr matvec x", self.ncols, x.len())?;
-        check_vec("bsr matvec y", self.nrows, y.len())?;
-        kernels::bsr_spmv(self.view(), alpha, x, beta, y);
-        Ok(())
-    }
-
-    fn matmul_into(&self, alpha: T, x: &DMatrix<T>, beta: T, y: &mut DMatrix<T>) -> Result<()> {
-        check_matmul("bsr matmul", self.shape(), x, y)?;
-        if x.ncols() == 1 {
-            return self.matvec_into(alpha, x.as_slice(), beta, y.as_mut_slice());
+    fn product(&self, operands: Operands<'_, T>) {
+        match operands {
+            Operands::Vector { alpha, x, beta, y } => {
+                kernels::bsr_spmv(self.view(), alpha, x, beta, y)
+            }
+            Operands::Matrix { alpha, x, beta, y } => {
+                kernels::bsr_spmm(self.view(), alpha, x, beta, y)
+            }
         }
-        kernels::bsr_spmm(self.view(), alpha, x, beta, y);
-        Ok(())
     }
 }

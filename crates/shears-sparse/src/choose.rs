@@ -2,6 +2,8 @@
 
 use shears_core::{BlockShape, Mask, NmPattern};
 
+use crate::tuning::{NM_MAX_BATCH, SMALL_MATRIX, csr_break_even};
+
 /// A representation of a pruned matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -33,30 +35,6 @@ impl std::fmt::Display for Format {
     }
 }
 
-/// The sparsity from which CSR beats dense nalgebra, by batch size.
-///
-/// Measured with `cargo xtask bench` (4096x4096, 1024x1024, 1536x384 and 384x1536 f32,
-/// one thread, u16 indices, 2-core AVX-512 Xeon): CSR wins from 50% on at batches 1, 8
-/// and 32 on every shape (1.07-2.12x at 50%), and from 80% at batch 128, where
-/// nalgebra's gemm is compute-bound and efficient (at 70%: 0.95-1.23x).
-pub fn csr_break_even(batch: usize) -> f64 {
-    match batch {
-        0..=32 => 0.5,
-        _ => 0.8,
-    }
-}
-
-/// The largest batch at which N:M packing beats the dense product. Measured as for
-/// [`csr_break_even`]: 2:4 runs at 1.4-1.8x dense at batch 1, 1.2-2.0x at 8, 1.1-1.8x
-/// at 32, and 0.85-1.02x at 128.
-pub const NM_MAX_BATCH: usize = 32;
-
-/// Matrices with fewer elements than this stay dense unless they compact: they sit in
-/// L1/L2 and nalgebra's dense kernels beat any index-chasing format on them. Measured
-/// with `shears demo` (digits MLP, layers of 8,192 weights): CSR at 90% ran at 0.8x dense
-/// at batch 1 and 0.2x at batch 359, and 2:4 at 0.3x.
-pub const SMALL_MATRIX: usize = 65_536;
-
 /// Picks a format for a pruned matrix (given by its mask) at an expected batch size.
 ///
 /// In order: a mask with at least a quarter of its rows or columns fully pruned, and at
@@ -64,10 +42,8 @@ pub const SMALL_MATRIX: usize = 65_536;
 /// smaller than [`SMALL_MATRIX`] stays dense; a mask that satisfies 2:4 (or 4:8) at
 /// 40..60% sparsity packs as N:M up to batch [`NM_MAX_BATCH`]; an unstructured mask at or
 /// past [`csr_break_even`] goes to CSR, or at batch 1 to its sliced-ELLPACK layout
-/// ([`crate::SlicedEll`]: the same entries; interleaved with CSR on one thread it ran
-/// 1.0-1.24x CSR's batch-1 speed on 4096x4096, 1024x1024, 1536x384 and 384x1536 at 50%
-/// to 99%, but for one 0.92x, and 0.97-1.01x on 512x4096, which fits in L2; about CSR's
-/// speed on two threads); anything else stays dense.
+/// ([`crate::SlicedEll`], the same entries laid out for batch 1); anything else stays
+/// dense. The crossovers are the measured ones of [`crate::tuning`].
 ///
 /// ```
 /// use shears_core::{Mask, NmPattern};

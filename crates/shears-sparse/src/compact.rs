@@ -3,7 +3,9 @@
 use nalgebra::{DMatrix, DVector};
 use shears_core::{Mask, Scalar};
 
+use crate::dense;
 use crate::error::{Error, Result};
+use crate::product::{Operands, Sealed, SparseProduct};
 
 /// Which fully pruned slices compaction removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -20,7 +22,9 @@ pub enum Compaction {
 /// back to the original: `matrix[(i, j)] == original[(rows[i], cols[j])]`.
 ///
 /// The speedup is the shrink factor, with ordinary dense kernels: multiply by
-/// [`Compacted::matrix`] the inputs gathered with [`Compacted::gather_input`].
+/// [`Compacted::matrix`] the inputs gathered with [`Compacted::gather_input`]. As a
+/// [`SparseProduct`] it computes the original matrix's product (gathering the inputs,
+/// multiplying, and scattering into the original rows; removed rows are zero).
 ///
 /// ```
 /// use nalgebra::{dmatrix, dvector};
@@ -109,6 +113,17 @@ impl<T: Scalar> Compacted<T> {
         self.bias.as_ref()
     }
 
+    /// The matrix at its original shape (removed rows and columns are zero).
+    pub fn to_dense(&self) -> DMatrix<T> {
+        let mut out = DMatrix::zeros(self.original.0, self.original.1);
+        for (j, &c) in self.cols.iter().enumerate() {
+            for (i, &r) in self.rows.iter().enumerate() {
+                out[(r, c)] = self.matrix[(i, j)];
+            }
+        }
+        out
+    }
+
     /// The entries of a full-width input the compacted matrix reads.
     ///
     /// # Errors
@@ -142,6 +157,47 @@ impl<T: Scalar> Compacted<T> {
         }
         Ok(out)
     }
+}
+
+impl<T: Scalar> Sealed for Compacted<T> {}
+
+impl<T: Scalar> SparseProduct<T> for Compacted<T> {
+    fn shape(&self) -> (usize, usize) {
+        self.original
+    }
+
+    fn product(&self, operands: Operands<'_, T>) {
+        match operands {
+            Operands::Vector { alpha, x, beta, y } => {
+                let gathered: Vec<T> = self.cols.iter().map(|&c| x[c]).collect();
+                let mut z = vec![T::zero(); self.rows.len()];
+                dense::gemv(&self.matrix, T::one(), &gathered, T::zero(), &mut z);
+                scatter(alpha, self.rows.iter().copied().zip(z), beta, y);
+            }
+            Operands::Matrix { alpha, x, beta, y } => {
+                let gathered = x.select_rows(self.cols.iter());
+                let mut z = DMatrix::zeros(self.rows.len(), x.ncols());
+                dense::gemm(&self.matrix, T::one(), &gathered, T::zero(), &mut z);
+                for (j, mut column) in y.column_iter_mut().enumerate() {
+                    let kept = self.rows.iter().enumerate().map(|(i, &r)| (r, z[(i, j)]));
+                    scatter(alpha, kept, beta, column.as_mut_slice());
+                }
+            }
+        }
+    }
+}
+
+/// `y <- alpha * z + beta * y` where `kept` gives `z`'s entries by row (ascending), and
+/// `y <- beta * y` on the rows it skips; `y` is not read when `beta == 0`.
+fn scatter<T: Scalar>(alpha: T, kept: impl Iterator<Item = (usize, T)>, beta: T, y: &mut [T]) {
+    let scale = |v: T| if beta == T::zero() { T::zero() } else { beta * v };
+    let mut next = 0;
+    for (r, z) in kept {
+        y[next..r].iter_mut().for_each(|v| *v = scale(*v));
+        y[r] = if beta == T::zero() { alpha * z } else { alpha * z + beta * y[r] };
+        next = r + 1;
+    }
+    y[next..].iter_mut().for_each(|v| *v = scale(*v));
 }
 
 /// Two consecutive layers `y = W2 · act(W1 x + b1)`, shrunk together: the rows of `W1`

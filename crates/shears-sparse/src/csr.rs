@@ -6,7 +6,7 @@ use shears_core::{Mask, Scalar};
 use crate::error::{Error, Result};
 use crate::index::{SpIndex, narrowest_index};
 use crate::kernels;
-use crate::product::SparseProduct;
+use crate::product::{Operands, Sealed, SparseProduct};
 use crate::validate;
 
 /// A compressed-sparse-row matrix with column indices of type `I` (`u16` or `u32`).
@@ -227,6 +227,7 @@ impl<T: Scalar, I: SpIndex> Csr<T, I> {
     }
 
     /// The same matrix as a `sprs` CSR matrix (with `usize` indices).
+    #[cfg(feature = "sprs")]
     pub fn to_sprs(&self) -> sprs::CsMat<T> {
         let indices = self.indices.iter().map(|i| i.index()).collect();
         sprs::CsMat::new(
@@ -241,6 +242,7 @@ impl<T: Scalar, I: SpIndex> Csr<T, I> {
     ///
     /// # Errors
     /// [`Error::IndexOverflow`] if `I` cannot address every column.
+    #[cfg(feature = "sprs")]
     pub fn from_sprs(m: &sprs::CsMat<T>) -> Result<Self> {
         let csr = if m.is_csr() { m.clone() } else { m.to_csr() };
         let (nrows, ncols) = csr.shape();
@@ -261,52 +263,26 @@ impl<T: Scalar, I: SpIndex> Csr<T, I> {
     }
 }
 
+impl<T: Scalar, I: SpIndex> Sealed for Csr<T, I> {}
+
 impl<T: Scalar, I: SpIndex> SparseProduct<T> for Csr<T, I> {
-    fn dims(&self) -> (usize, usize) {
-        self.shape()
+    fn shape(&self) -> (usize, usize) {
+        (self.nrows, self.ncols)
     }
 
     /// Multi-threaded on rayon's current pool for large matrices (rows split by stored
     /// entries); every row is summed in the same order whatever the thread count, so the
     /// result is bit-identical on 1 or many threads.
-    fn matvec_into(&self, alpha: T, x: &[T], beta: T, y: &mut [T]) -> Result<()> {
-        check_vec("csr matvec x", self.ncols, x.len())?;
-        check_vec("csr matvec y", self.nrows, y.len())?;
-        kernels::csr_spmv(self.as_view(), alpha, x, beta, y);
-        Ok(())
-    }
-
-    fn matmul_into(&self, alpha: T, x: &DMatrix<T>, beta: T, y: &mut DMatrix<T>) -> Result<()> {
-        check_matmul("csr matmul", self.shape(), x, y)?;
-        if x.ncols() == 1 {
-            return self.matvec_into(alpha, x.as_slice(), beta, y.as_mut_slice());
+    fn product(&self, operands: Operands<'_, T>) {
+        match operands {
+            Operands::Vector { alpha, x, beta, y } => {
+                kernels::csr_spmv(self.as_view(), alpha, x, beta, y)
+            }
+            Operands::Matrix { alpha, x, beta, y } => {
+                kernels::csr_spmm(self.as_view(), alpha, x, beta, y)
+            }
         }
-        kernels::csr_spmm(self.as_view(), alpha, x, beta, y);
-        Ok(())
     }
-}
-
-pub(crate) fn check_vec(op: &'static str, expected: usize, got: usize) -> Result<()> {
-    if expected == got {
-        Ok(())
-    } else {
-        Err(Error::ShapeMismatch { op, expected: (expected, 1), got: (got, 1) })
-    }
-}
-
-pub(crate) fn check_matmul<T: Scalar>(
-    op: &'static str,
-    shape: (usize, usize),
-    x: &DMatrix<T>,
-    y: &DMatrix<T>,
-) -> Result<()> {
-    if x.nrows() != shape.1 {
-        return Err(Error::ShapeMismatch { op, expected: (shape.1, x.ncols()), got: x.shape() });
-    }
-    if y.shape() != (shape.0, x.ncols()) {
-        return Err(Error::ShapeMismatch { op, expected: (shape.0, x.ncols()), got: y.shape() });
-    }
-    Ok(())
 }
 
 narrowest_index! {

@@ -56,32 +56,9 @@ pub enum Error {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum FormatError {
-    /// The bytes do not start with the format's magic tag.
-    #[error("missing magic tag {expected:?}")]
-    BadMagic {
-        /// The tag the format starts with.
-        expected: &'static [u8],
-    },
-    /// The version is not one this build reads.
-    #[error("format version {found} is not supported (this build reads {supported})")]
-    UnsupportedVersion {
-        /// The version found.
-        found: u32,
-        /// The version this build reads.
-        supported: u32,
-    },
-    /// The payload could not be decoded.
-    #[error("corrupted payload: {reason}")]
-    Corrupted {
-        /// The decoder's message.
-        reason: String,
-    },
-    /// Bytes remain after the payload.
-    #[error("{count} trailing bytes")]
-    TrailingBytes {
-        /// How many.
-        count: usize,
-    },
+    /// The stored bytes' envelope (magic tag, version, canonical payload) is wrong.
+    #[error(transparent)]
+    Envelope(shears_core::FormatError),
     /// The row-pointer array does not have `nrows + 1` entries.
     #[error("indptr has {found} entries, {expected} needed")]
     IndptrLength {

@@ -104,34 +104,17 @@ macro_rules! narrowest_index {
             }
         }
 
+        impl<T: shears_core::Scalar> $crate::product::Sealed for $any<T> {}
+
         impl<T: shears_core::Scalar> $crate::product::SparseProduct<T> for $any<T> {
-            fn dims(&self) -> (usize, usize) {
-                self.shape()
+            fn shape(&self) -> (usize, usize) {
+                $any::shape(self)
             }
 
-            fn matvec_into(
-                &self,
-                alpha: T,
-                x: &[T],
-                beta: T,
-                y: &mut [T],
-            ) -> $crate::error::Result<()> {
+            fn product(&self, operands: $crate::product::Operands<'_, T>) {
                 match self {
-                    $any::Narrow(m) => m.matvec_into(alpha, x, beta, y),
-                    $any::Wide(m) => m.matvec_into(alpha, x, beta, y),
-                }
-            }
-
-            fn matmul_into(
-                &self,
-                alpha: T,
-                x: &nalgebra::DMatrix<T>,
-                beta: T,
-                y: &mut nalgebra::DMatrix<T>,
-            ) -> $crate::error::Result<()> {
-                match self {
-                    $any::Narrow(m) => m.matmul_into(alpha, x, beta, y),
-                    $any::Wide(m) => m.matmul_into(alpha, x, beta, y),
+                    $any::Narrow(m) => m.product(operands),
+                    $any::Wide(m) => m.product(operands),
                 }
             }
         }

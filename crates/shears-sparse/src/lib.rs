@@ -42,13 +42,19 @@
 //! # Ok::<(), shears_sparse::Error>(())
 //! ```
 //!
+//! # Features
+//! - `sprs` (default): `Csr::to_sprs` and `Csr::from_sprs`, conversions to and from
+//!   the `sprs` crate's matrices.
+//!
 //! Force a kernel path with `SHEARS_KERNEL=portable`, `avx2` or `avx512` (it falls back
 //! to the best the CPU supports); threads follow rayon's pool (`RAYON_NUM_THREADS`).
 
+mod any;
 mod block;
 mod choose;
 mod compact;
 mod csr;
+mod dense;
 mod error;
 mod index;
 mod kernels;
@@ -56,17 +62,19 @@ mod nm;
 mod persist;
 mod product;
 mod sell;
+pub mod tuning;
 mod validate;
 
+pub use any::AnySparse;
 pub use block::BlockSparse;
-pub use choose::{Format, NM_MAX_BATCH, SMALL_MATRIX, choose_format, csr_break_even};
+pub use choose::{Format, choose_format};
 pub use compact::{Compacted, Compaction, compact_pair};
 pub use csr::{AnyCsr, Csr};
 pub use error::{Error, FormatError, Result};
 pub use index::SpIndex;
-pub use kernels::{KernelPath, kernel_path};
+pub use kernels::{KernelPath, SLICE_ROWS, kernel_path};
 pub use nm::NmSparse;
 pub use persist::SPARSE_FORMAT_VERSION;
-pub use product::SparseProduct;
-pub use sell::{AnySlicedEll, DEFAULT_WINDOW, SLICE_ROWS, SlicedEll, SlicedEllParts};
+pub use product::{Operands, SparseProduct};
+pub use sell::{AnySlicedEll, SlicedEll, SlicedEllParts};
 pub use shears_core::{BlockShape, Mask, NmPattern};

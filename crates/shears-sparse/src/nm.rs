@@ -4,10 +4,9 @@
 use nalgebra::DMatrix;
 use shears_core::{Mask, NmPattern, Scalar};
 
-use crate::csr::{check_matmul, check_vec};
 use crate::error::{Error, Result};
 use crate::kernels::{self, NmView};
-use crate::product::SparseProduct;
+use crate::product::{Operands, Sealed, SparseProduct};
 use crate::validate;
 
 /// An N:M-sparse matrix: every group of M consecutive columns of a row stores exactly N
@@ -190,24 +189,21 @@ impl<T: Scalar> NmSparse<T> {
     }
 }
 
+impl<T: Scalar> Sealed for NmSparse<T> {}
+
 impl<T: Scalar> SparseProduct<T> for NmSparse<T> {
-    fn dims(&self) -> (usize, usize) {
-        self.shape()
+    fn shape(&self) -> (usize, usize) {
+        (self.nrows, self.ncols)
     }
 
-    fn matvec_into(&self, alpha: T, x: &[T], beta: T, y: &mut [T]) -> Result<()> {
-        check_vec("n:m matvec x", self.ncols, x.len())?;
-        check_vec("n:m matvec y", self.nrows, y.len())?;
-        kernels::nm_spmv(self.view(), alpha, x, beta, y);
-        Ok(())
-    }
-
-    fn matmul_into(&self, alpha: T, x: &DMatrix<T>, beta: T, y: &mut DMatrix<T>) -> Result<()> {
-        check_matmul("n:m matmul", self.shape(), x, y)?;
-        if x.ncols() == 1 {
-            return self.matvec_into(alpha, x.as_slice(), beta, y.as_mut_slice());
+    fn product(&self, operands: Operands<'_, T>) {
+        match operands {
+            Operands::Vector { alpha, x, beta, y } => {
+                kernels::nm_spmv(self.view(), alpha, x, beta, y)
+            }
+            Operands::Matrix { alpha, x, beta, y } => {
+                kernels::nm_spmm(self.view(), alpha, x, beta, y)
+            }
         }
-        kernels::nm_spmm(self.view(), alpha, x, beta, y);
-        Ok(())
     }
 }

@@ -1,13 +1,14 @@
 //! Serde and byte formats for [`Csr`], [`NmSparse`], [`BlockSparse`] and [`SlicedEll`].
 //!
-//! Each file is an 8-byte magic tag, a little-endian `u32` format version, then the
-//! bincode 2 (standard config) encoding of the format's parts, tagged with the element
-//! width and (for CSR) the index width so a file is never read as the wrong type. Loading
-//! and serde deserialisation both run the format's validator through `try_from_parts`.
+//! Each file is shears' [envelope](shears_core::envelope) (magic tag, version, canonical
+//! bincode payload) around the format's parts, tagged with the element width and (for
+//! CSR and sliced ELLPACK) the index width so a file is never read as the wrong type.
+//! Loading and serde deserialisation both run the format's validator through
+//! `try_from_parts`.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use shears_core::{BlockShape, NmPattern, Scalar};
+use shears_core::{BlockShape, NmPattern, Scalar, envelope};
 
 use crate::block::BlockSparse;
 use crate::csr::Csr;
@@ -51,41 +52,12 @@ fn check_tag(
 }
 
 fn to_bytes<S: Stored>(s: &S) -> Vec<u8> {
-    let mut out = S::MAGIC.to_vec();
-    out.extend_from_slice(&SPARSE_FORMAT_VERSION.to_le_bytes());
-    if let Err(e) =
-        bincode::serde::encode_into_std_write(s.to_repr(), &mut out, bincode::config::standard())
-    {
-        unreachable!("encoding into memory cannot fail: {e}");
-    }
-    out
+    envelope::seal(S::MAGIC, SPARSE_FORMAT_VERSION, &s.to_repr())
 }
 
 fn from_bytes<S: Stored>(bytes: &[u8]) -> Result<S> {
-    let header = S::MAGIC.len() + 4;
-    if bytes.get(..S::MAGIC.len()) != Some(S::MAGIC.as_slice()) {
-        return Err(fail(S::NAME, FormatError::BadMagic { expected: S::MAGIC }));
-    }
-    let version = bytes
-        .get(S::MAGIC.len()..header)
-        .and_then(|v| v.try_into().ok())
-        .map(u32::from_le_bytes)
-        .ok_or_else(|| {
-            fail(S::NAME, FormatError::Corrupted { reason: "truncated header".into() })
-        })?;
-    if version != SPARSE_FORMAT_VERSION {
-        return Err(fail(
-            S::NAME,
-            FormatError::UnsupportedVersion { found: version, supported: SPARSE_FORMAT_VERSION },
-        ));
-    }
-    let (repr, read): (S::Repr, usize) =
-        bincode::serde::decode_from_slice(&bytes[header..], bincode::config::standard())
-            .map_err(|e| fail(S::NAME, FormatError::Corrupted { reason: e.to_string() }))?;
-    let trailing = bytes.len() - header - read;
-    if trailing != 0 {
-        return Err(fail(S::NAME, FormatError::TrailingBytes { count: trailing }));
-    }
+    let repr = envelope::open(S::MAGIC, SPARSE_FORMAT_VERSION, bytes)
+        .map_err(|e| fail(S::NAME, FormatError::Envelope(e)))?;
     S::from_repr(repr)
 }
 

@@ -3,23 +3,13 @@
 use nalgebra::DMatrix;
 use shears_core::{Mask, Scalar};
 
-use crate::csr::{AnyCsr, Csr, check_matmul, check_vec};
+use crate::csr::{AnyCsr, Csr};
 use crate::error::{Error, FormatError, Result};
 use crate::index::{SpIndex, narrowest_index};
-use crate::kernels::{self, SellView};
-use crate::product::SparseProduct;
+use crate::kernels::{self, SLICE_ROWS, SellView};
+use crate::product::{Operands, Sealed, SparseProduct};
+use crate::tuning::SELL_WINDOW;
 use crate::validate;
-
-/// Rows per slice: one lane each of an eight-lane vector.
-pub const SLICE_ROWS: usize = 8;
-
-/// The rows sorted together by [`SlicedEll::from_csr`]. On 4096x4096 at 90% (row lengths
-/// 410 ± 19) slices of unsorted rows pad 6.5% of the stored entries, rows sorted within
-/// 64 rows 1.3%, within 128 rows 0.7%; the batch-1 product ran 1.01-1.10x CSR's speed
-/// with 64-row windows (four runs) and 1.07-1.14x with 128 (eight; one thread, the two
-/// interleaved in one process). Windows are also the units threads split, so a matrix
-/// needs a few per thread: 32 here.
-pub const DEFAULT_WINDOW: usize = 128;
 
 /// A sparse matrix in sliced ELLPACK layout: rows in slices of eight, each slice stored
 /// column by column, so one vector load takes the next entry of eight rows at once.
@@ -28,10 +18,8 @@ pub const DEFAULT_WINDOW: usize = 128;
 /// entries in every row: a branch the processor cannot predict, once per row. A slice
 /// advances its eight rows in lockstep (one gather from `x` for eight rows' next
 /// entries, each row's sum in its own lane), so the loop ends once per eight rows and no
-/// row needs a horizontal sum. On the 2-core AVX-512 machine shears is measured on, the
-/// batch-1 product of a 4096x4096 matrix at 90% ran 1.07-1.14x as fast as CSR's (the
-/// same gathers, the same `u16` indices; 1.03-1.24x on 1024x1024, 1536x384 and 384x1536
-/// at 90-99% but for one 0.92x, and 0.97-1.01x on 512x4096, which sits in L2). Rows are sorted by length within windows of
+/// row needs a horizontal sum: the same gathers and the same narrow indices as CSR, fewer
+/// mispredicted branches. Rows are sorted by length within windows of
 /// [`SlicedEll::window`] rows so that a slice's rows are about equally long; the shorter
 /// ones are padded to the slice's width with entries that the kernels skip.
 ///
@@ -104,9 +92,9 @@ pub struct SlicedEllParts<T, I> {
 }
 
 impl<T: Scalar, I: SpIndex> SlicedEll<T, I> {
-    /// `csr` with rows sorted by length within windows of [`DEFAULT_WINDOW`] rows.
+    /// `csr` with rows sorted by length within windows of [`SELL_WINDOW`](crate::tuning::SELL_WINDOW) rows.
     pub fn from_csr(csr: &Csr<T, I>) -> Self {
-        Self::pack(csr, DEFAULT_WINDOW)
+        Self::pack(csr, SELL_WINDOW)
     }
 
     /// `csr` with rows sorted by length within windows of `window` rows.
@@ -281,30 +269,25 @@ impl<T: Scalar, I: SpIndex> SlicedEll<T, I> {
     }
 }
 
+impl<T: Scalar, I: SpIndex> Sealed for SlicedEll<T, I> {}
+
 impl<T: Scalar, I: SpIndex> SparseProduct<T> for SlicedEll<T, I> {
-    fn dims(&self) -> (usize, usize) {
-        self.shape()
+    fn shape(&self) -> (usize, usize) {
+        (self.nrows, self.ncols)
     }
 
     /// Multi-threaded on rayon's current pool for large matrices (windows split by stored
-    /// entries); each row is summed in the same order whatever the thread count.
-    fn matvec_into(&self, alpha: T, x: &[T], beta: T, y: &mut [T]) -> Result<()> {
-        check_vec("sell matvec x", self.ncols, x.len())?;
-        check_vec("sell matvec y", self.nrows, y.len())?;
-        kernels::sell_spmv(self.view(), alpha, x, beta, y);
-        Ok(())
-    }
-
-    /// A batch of one runs the batch-1 kernel (the same bits as
-    /// [`matvec_into`](SparseProduct::matvec_into)); larger batches run CSR's tiles on
-    /// each row, giving the bits of CSR's `matmul_into`.
-    fn matmul_into(&self, alpha: T, x: &DMatrix<T>, beta: T, y: &mut DMatrix<T>) -> Result<()> {
-        check_matmul("sell matmul", self.shape(), x, y)?;
-        if x.ncols() == 1 {
-            return self.matvec_into(alpha, x.as_slice(), beta, y.as_mut_slice());
+    /// entries); each row is summed in the same order whatever the thread count. Batches
+    /// of two or more run CSR's tiles on each row, giving the bits of CSR's product.
+    fn product(&self, operands: Operands<'_, T>) {
+        match operands {
+            Operands::Vector { alpha, x, beta, y } => {
+                kernels::sell_spmv(self.view(), alpha, x, beta, y)
+            }
+            Operands::Matrix { alpha, x, beta, y } => {
+                kernels::sell_spmm(self.view(), alpha, x, beta, y)
+            }
         }
-        kernels::sell_spmm(self.view(), alpha, x, beta, y);
-        Ok(())
     }
 }
 

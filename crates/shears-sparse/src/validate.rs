@@ -5,7 +5,7 @@ use shears_core::{NmPattern, Scalar};
 
 use crate::error::FormatError;
 use crate::index::SpIndex;
-use crate::sell::SLICE_ROWS;
+use crate::kernels::SLICE_ROWS;
 
 /// Checks compressed-row structure in one pass: `indptr` has `nrows + 1` entries, starts
 /// at 0, never decreases and ends at `indices.len() == values_len`; every row's indices

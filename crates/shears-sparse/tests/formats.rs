@@ -30,6 +30,7 @@ proptest! {
         prop_assert_eq!(Csr::<f32, u16>::from_bytes(&csr.to_bytes()).unwrap(), csr.clone());
         let wide: Csr<f32, u32> = Csr::from_dense_masked(&w, &mask).unwrap();
         prop_assert_eq!(wide.to_dense(), expected.clone());
+        #[cfg(feature = "sprs")]
         prop_assert_eq!(Csr::<f32, u16>::from_sprs(&csr.to_sprs()).unwrap(), csr);
         prop_assert_eq!(AnyCsr::from_dense_masked(&w, &mask).unwrap().to_dense(), expected);
     }

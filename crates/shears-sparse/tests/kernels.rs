@@ -212,14 +212,46 @@ fn shape_errors() {
     let sell = AnySlicedEll::from_dense(&DMatrix::<f32>::from_element(3, 4, 1.0)).unwrap();
     assert!(matches!(
         sell.matvec(&DVector::zeros(3)),
-        Err(shears_sparse::Error::ShapeMismatch { op: "sell matvec x", .. })
+        Err(shears_sparse::Error::ShapeMismatch { op: "matvec x", .. })
     ));
     assert!(matches!(
         sell.matvec_into(1.0, &[0.0; 4], 0.0, &mut [0.0; 2]),
-        Err(shears_sparse::Error::ShapeMismatch { op: "sell matvec y", .. })
+        Err(shears_sparse::Error::ShapeMismatch { op: "matvec y", .. })
     ));
     assert!(matches!(
         sell.matmul(&DMatrix::zeros(3, 2)),
-        Err(shears_sparse::Error::ShapeMismatch { op: "sell matmul", .. })
+        Err(shears_sparse::Error::ShapeMismatch { op: "matmul x", .. })
     ));
+}
+
+proptest! {
+    /// Every format behind `AnySparse` multiplies like the masked dense matrix, in the
+    /// BLAS form with any `alpha` and `beta`; with `beta == 0` NaN in `Y` never leaks.
+    #[test]
+    fn any_format_matches_dense((w, mask, x) in case(40), alpha in -2.0f32..2.0, beta in -2.0f32..2.0) {
+        use shears_sparse::{AnySparse, Format};
+        let dense = mask.apply(&w).unwrap();
+        let mut formats = vec![Format::Dense, Format::Csr, Format::SlicedEll, Format::Compact,
+            Format::Bsr(BlockShape::new(2, 3).unwrap())];
+        if NmSparse::from_dense_masked(&w, &mask, NmPattern::TWO_FOUR).is_ok() {
+            formats.push(Format::Nm(NmPattern::TWO_FOUR));
+        }
+        for format in formats {
+            let any = AnySparse::from_dense_masked(&w, &mask, format).unwrap();
+            prop_assert_eq!(any.format(), format);
+            prop_assert_eq!(any.shape(), w.shape());
+            prop_assert_eq!(any.to_dense(), dense.clone());
+            let mut y = DMatrix::from_fn(w.nrows(), x.ncols(), |r, c| (r + c) as f32 * 0.01);
+            let expected = &dense * &x * alpha + &y * beta;
+            any.matmul_into(alpha, &x, beta, &mut y).unwrap();
+            prop_assert!(close(&y, &expected), "{format}");
+            let mut y = DMatrix::from_element(w.nrows(), x.ncols(), f32::NAN);
+            any.matmul_into(alpha, &x, 0.0, &mut y).unwrap();
+            prop_assert!(close(&y, &(&dense * &x * alpha)), "{format} with beta = 0");
+            let mut yv = vec![f32::NAN; w.nrows()];
+            any.matvec_into(1.0, x.column(0).as_slice(), 0.0, &mut yv).unwrap();
+            let want = &dense * x.column(0);
+            prop_assert!(yv.iter().zip(want.iter()).all(|(a, b)| (a - b).abs() <= TOL), "{format} matvec");
+        }
+    }
 }

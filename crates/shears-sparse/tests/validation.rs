@@ -77,14 +77,29 @@ fn byte_level_checks() {
         Err(Error::Format { error, .. }) => error,
         other => panic!("expected a format error, got {other:?}"),
     };
-    assert!(matches!(err(b"NOTACSR!\x01\0\0\0"), FormatError::BadMagic { .. }));
+    assert!(matches!(
+        err(b"NOTACSR!\x01\0\0\0"),
+        FormatError::Envelope(shears_core::FormatError::BadMagic { .. })
+    ));
     let mut v = bytes.clone();
     v[8] = 7;
-    assert!(matches!(err(&v), FormatError::UnsupportedVersion { found: 7, supported: 1 }));
-    assert!(matches!(err(&bytes[..10]), FormatError::Corrupted { .. }));
+    assert!(matches!(
+        err(&v),
+        FormatError::Envelope(shears_core::FormatError::UnsupportedVersion {
+            found: 7,
+            supported: 1
+        })
+    ));
+    assert!(matches!(
+        err(&bytes[..10]),
+        FormatError::Envelope(shears_core::FormatError::Corrupted { .. })
+    ));
     let mut long = bytes.clone();
     long.push(0);
-    assert!(matches!(err(&long), FormatError::TrailingBytes { count: 1 }));
+    assert!(matches!(
+        err(&long),
+        FormatError::Envelope(shears_core::FormatError::TrailingBytes { count: 1 })
+    ));
     // A u16 file read as u32 indices, or f32 values as f64, is a type error, not garbage.
     assert!(matches!(
         Csr::<f32, u32>::from_bytes(&bytes),
@@ -256,11 +271,20 @@ fn sell_byte_level_checks() {
         Err(Error::Format { format: "sell", error }) => error,
         other => panic!("expected a format error, got {other:?}"),
     };
-    assert!(matches!(err(&sample().to_bytes()), FormatError::BadMagic { .. }));
+    assert!(matches!(
+        err(&sample().to_bytes()),
+        FormatError::Envelope(shears_core::FormatError::BadMagic { .. })
+    ));
     let mut v = bytes.clone();
     v[8] = 2;
-    assert!(matches!(err(&v), FormatError::UnsupportedVersion { found: 2, .. }));
-    assert!(matches!(err(&bytes[..bytes.len() - 1]), FormatError::Corrupted { .. }));
+    assert!(matches!(
+        err(&v),
+        FormatError::Envelope(shears_core::FormatError::UnsupportedVersion { found: 2, .. })
+    ));
+    assert!(matches!(
+        err(&bytes[..bytes.len() - 1]),
+        FormatError::Envelope(shears_core::FormatError::Corrupted { .. })
+    ));
     assert!(matches!(
         SlicedEll::<f32, u32>::from_bytes(&bytes),
         Err(Error::Format { error: FormatError::InvalidStructure { .. }, .. })

@@ -39,8 +39,6 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use crate::sell::SLICE_ROWS;
-
 pub(crate) use spmm::{bsr_spmm, csr_spmm, nm_spmm, sell_spmm};
 pub(crate) use spmv::{bsr_spmv, csr_spmv, nm_spmv, sell_spmv};
 
@@ -149,6 +147,9 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+/// Rows per sliced-ELLPACK slice: one lane each of an eight-lane vector.
+pub const SLICE_ROWS: usize = 8;
 
 /// Work (stored entries times batch) below which threads cost more than they save.
 ///
@@ -328,25 +329,78 @@ fn parallel_ranges(
     Some(partition(units, threads * PARTS_PER_THREAD, work_before))
 }
 
-/// Runs `f(units, out_part)` over ranges of work units (rows, or block rows), in parallel
-/// when the work is large enough. Unit `u`'s outputs start at `out_offset(u)` in `out`.
-/// Every unit is computed by exactly one call, so the result does not depend on the
-/// number of threads.
-fn for_row_chunks<T: Send>(
-    units: usize,
-    work_before: impl Fn(usize) -> usize,
-    out_offset: impl Fn(usize) -> usize,
-    out: &mut [T],
-    f: impl Fn(Range<usize>, &mut [T]) + Sync,
-) {
-    let Some(ranges) = parallel_ranges(units, work_before) else {
-        f(0..units, out);
+/// How a product over a matrix splits into work units: rows (CSR, N:M), sorting windows
+/// (sliced ELLPACK) or block rows (block-sparse). A unit's output rows are contiguous,
+/// so units can run on separate threads, each writing its own rows.
+pub(crate) trait Units: Copy + Sync {
+    /// How many units.
+    fn units(&self) -> usize;
+    /// Stored entries before unit `u` (`u == units()` gives the total).
+    fn work_before(&self, u: usize) -> usize;
+    /// Output rows before unit `u` (`u == units()` gives `nrows`).
+    fn rows_before(&self, u: usize) -> usize;
+}
+
+impl<T: Copy + Sync, I: Copy + Sync> Units for CsrView<'_, T, I> {
+    fn units(&self) -> usize {
+        self.nrows
+    }
+    fn work_before(&self, r: usize) -> usize {
+        self.indptr[r]
+    }
+    fn rows_before(&self, r: usize) -> usize {
+        r
+    }
+}
+
+impl<T: Copy + Sync> Units for NmView<'_, T> {
+    fn units(&self) -> usize {
+        self.nrows
+    }
+    fn work_before(&self, r: usize) -> usize {
+        r * self.groups() * self.n
+    }
+    fn rows_before(&self, r: usize) -> usize {
+        r
+    }
+}
+
+impl<T: Copy + Sync> Units for BsrView<'_, T> {
+    fn units(&self) -> usize {
+        self.block_rows()
+    }
+    fn work_before(&self, i: usize) -> usize {
+        self.indptr[i] * self.br * self.bc
+    }
+    fn rows_before(&self, i: usize) -> usize {
+        (i * self.br).min(self.nrows)
+    }
+}
+
+impl<T: Copy + Sync, I: Copy + Sync> Units for SellView<'_, T, I> {
+    fn units(&self) -> usize {
+        self.windows()
+    }
+    fn work_before(&self, w: usize) -> usize {
+        self.slice_ptr[self.first_slice(w)]
+    }
+    fn rows_before(&self, w: usize) -> usize {
+        self.first_row(w)
+    }
+}
+
+/// Runs `f(units, out_part)` over ranges of `a`'s work units, in parallel when the work
+/// is large enough; `out_part` is the units' rows of `out`. Every unit is computed by
+/// exactly one call, so the result does not depend on the number of threads.
+fn for_units<T: Send, U: Units>(a: U, out: &mut [T], f: impl Fn(Range<usize>, &mut [T]) + Sync) {
+    let Some(ranges) = parallel_ranges(a.units(), |u| a.work_before(u)) else {
+        f(0..a.units(), out);
         return;
     };
     let mut chunks = Vec::with_capacity(ranges.len());
     let mut rest = out;
     for r in ranges {
-        let (head, tail) = rest.split_at_mut(out_offset(r.end) - out_offset(r.start));
+        let (head, tail) = rest.split_at_mut(a.rows_before(r.end) - a.rows_before(r.start));
         chunks.push((r, head));
         rest = tail;
     }

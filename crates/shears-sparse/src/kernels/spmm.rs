@@ -18,10 +18,10 @@ use shears_core::Scalar;
 
 use super::isa::{Isa, fma};
 use super::{
-    BsrView, CsrView, NmView, SellView, combine, kernel_path, multiversion, parallel_ranges,
+    BsrView, CsrView, NmView, SLICE_ROWS, SellView, Units, combine, kernel_path, multiversion,
+    parallel_ranges,
 };
 use crate::index::SpIndex;
-use crate::sell::SLICE_ROWS;
 
 /// Entries combined per accumulator update: four products are summed in a fixed tree
 /// (two fused multiply-adds on two products) before one add into the tile, so the
@@ -365,15 +365,12 @@ struct Task<'y, T> {
     columns: Vec<&'y mut [T]>,
 }
 
-/// Transposes `X`, then runs `units_of(range, xt, z)` over ranges of work units (rows,
-/// or block rows), each into a row-major buffer `z` of its own that the same task then
-/// writes into its rows of `Y`, while they are still in cache: one parallel region
-/// for the product and its write-back. Unit `u`'s output rows start at `rows_before(u)`.
-#[allow(clippy::too_many_arguments, reason = "the BLAS form plus the partition")]
-fn spmm<T: Scalar>(
-    units: usize,
-    work_before: impl Fn(usize) -> usize,
-    rows_before: impl Fn(usize) -> usize,
+/// Transposes `X`, then runs `units_of(range, xt, z)` over ranges of `a`'s work units,
+/// each into a row-major buffer `z` of its own that the same task then writes into its
+/// rows of `Y`, while they are still in cache: one parallel region for the product and
+/// its write-back.
+fn spmm<T: Scalar, U: Units>(
+    a: U,
     alpha: T,
     x: &DMatrix<T>,
     beta: T,
@@ -385,12 +382,12 @@ fn spmm<T: Scalar>(
         return;
     }
     let xt = to_row_major(x);
-    let ranges = parallel_ranges(units, |u| work_before(u) * batch)
-        .unwrap_or_else(|| std::iter::once(0..units).collect());
+    let ranges = parallel_ranges(a.units(), |u| a.work_before(u) * batch)
+        .unwrap_or_else(|| std::iter::once(0..a.units()).collect());
     let mut tasks: Vec<Task<'_, T>> = ranges
         .into_iter()
         .map(|units| {
-            let rows = rows_before(units.end) - rows_before(units.start);
+            let rows = a.rows_before(units.end) - a.rows_before(units.start);
             Task { units, rows, columns: Vec::with_capacity(batch) }
         })
         .collect();
@@ -422,16 +419,7 @@ pub(crate) fn csr_spmm<T: Scalar, I: SpIndex>(
     y: &mut DMatrix<T>,
 ) {
     let (path, batch) = (kernel_path(), x.ncols());
-    spmm(
-        a.nrows,
-        |r| a.indptr[r],
-        |r| r,
-        alpha,
-        x,
-        beta,
-        y,
-        |range, xt, out| csr_rows(path, a, range, xt, batch, out),
-    );
+    spmm(a, alpha, x, beta, y, |range, xt, out| csr_rows(path, a, range, xt, batch, out));
 }
 
 pub(crate) fn nm_spmm<T: Scalar>(
@@ -442,17 +430,7 @@ pub(crate) fn nm_spmm<T: Scalar>(
     y: &mut DMatrix<T>,
 ) {
     let (path, batch) = (kernel_path(), x.ncols());
-    let per_row = a.groups() * a.n;
-    spmm(
-        a.nrows,
-        |r| r * per_row,
-        |r| r,
-        alpha,
-        x,
-        beta,
-        y,
-        |range, xt, out| nm_rows(path, a, range, xt, batch, out),
-    );
+    spmm(a, alpha, x, beta, y, |range, xt, out| nm_rows(path, a, range, xt, batch, out));
 }
 
 #[inline(always)]
@@ -498,17 +476,7 @@ pub(crate) fn bsr_spmm<T: Scalar>(
     y: &mut DMatrix<T>,
 ) {
     let (path, batch) = (kernel_path(), x.ncols());
-    let block = a.br * a.bc;
-    spmm(
-        a.block_rows(),
-        |i| a.indptr[i] * block,
-        |i| (i * a.br).min(a.nrows),
-        alpha,
-        x,
-        beta,
-        y,
-        |range, xt, out| bsr_rows(path, a, range, xt, batch, out),
-    );
+    spmm(a, alpha, x, beta, y, |range, xt, out| bsr_rows(path, a, range, xt, batch, out));
 }
 
 /// Sliced-ELLPACK rows, each copied out of its slice's interleaved layout and run through
@@ -550,16 +518,7 @@ pub(crate) fn sell_spmm<T: Scalar, I: SpIndex>(
     y: &mut DMatrix<T>,
 ) {
     let (path, batch) = (kernel_path(), x.ncols());
-    spmm(
-        a.windows(),
-        |w| a.slice_ptr[a.first_slice(w)],
-        |w| a.first_row(w),
-        alpha,
-        x,
-        beta,
-        y,
-        |range, xt, out| sell_windows(path, a, range, xt, batch, out),
-    );
+    spmm(a, alpha, x, beta, y, |range, xt, out| sell_windows(path, a, range, xt, batch, out));
 }
 
 #[cfg(test)]

@@ -15,11 +15,10 @@ use shears_core::Scalar;
 
 use super::isa::{Isa, gather_mul_add8, gather_mul_add8_masked, permutes16, window_mul_add16};
 use super::{
-    BsrView, CsrView, KernelPath, NmView, SellView, combine, for_row_chunks, kernel_path,
+    BsrView, CsrView, KernelPath, NmView, SLICE_ROWS, SellView, combine, for_units, kernel_path,
     multiversion,
 };
 use crate::index::SpIndex;
-use crate::sell::SLICE_ROWS;
 
 const LANES: usize = 8;
 
@@ -100,13 +99,7 @@ pub(crate) fn csr_spmv<T: Scalar, I: SpIndex>(
 ) {
     debug_assert_eq!((x.len(), y.len()), (a.ncols, a.nrows));
     let path = gathering_path(a.ncols);
-    for_row_chunks(
-        a.nrows,
-        |r| a.indptr[r],
-        |r| r,
-        y,
-        |rows, out| csr_rows(path, a, rows, alpha, x, beta, out),
-    );
+    for_units(a, y, |rows, out| csr_rows(path, a, rows, alpha, x, beta, out));
 }
 
 /// The dot product of one N:M row with `x`, the column of slot `s` computed in the loop
@@ -204,14 +197,7 @@ multiversion! {
 
 pub(crate) fn nm_spmv<T: Scalar>(a: NmView<'_, T>, alpha: T, x: &[T], beta: T, y: &mut [T]) {
     let path = gathering_path(a.ncols);
-    let per_row = a.groups() * a.n;
-    for_row_chunks(
-        a.nrows,
-        |r| r * per_row,
-        |r| r,
-        y,
-        |rows, out| nm_rows(path, a, rows, alpha, x, beta, out),
-    );
+    for_units(a, y, |rows, out| nm_rows(path, a, rows, alpha, x, beta, out));
 }
 
 /// The eight row sums of one sliced-ELLPACK slice (`values` and `indices` hold its
@@ -324,13 +310,7 @@ pub(crate) fn sell_spmv<T: Scalar, I: SpIndex>(
 ) {
     debug_assert_eq!((x.len(), y.len()), (a.ncols, a.nrows));
     let path = gathering_path(a.ncols);
-    for_row_chunks(
-        a.windows(),
-        |w| a.slice_ptr[a.first_slice(w)],
-        |w| a.first_row(w),
-        y,
-        |windows, out| sell_windows(path, a, windows, alpha, x, beta, out),
-    );
+    for_units(a, y, |windows, out| sell_windows(path, a, windows, alpha, x, beta, out));
 }
 
 #[inline(always)]
@@ -378,14 +358,7 @@ multiversion! {
 
 pub(crate) fn bsr_spmv<T: Scalar>(a: BsrView<'_, T>, alpha: T, x: &[T], beta: T, y: &mut [T]) {
     let path = kernel_path();
-    let block = a.br * a.bc;
-    for_row_chunks(
-        a.block_rows(),
-        |i| a.indptr[i] * block,
-        |i| (i * a.br).min(a.nrows),
-        y,
-        |rows, out| bsr_rows(path, a, rows, alpha, x, beta, out),
-    );
+    for_units(a, y, |block_rows, out| bsr_rows(path, a, block_rows, alpha, x, beta, out));
 }
 
 #[cfg(test)]
