@@ -2,4 +2,4 @@
 //! decoding every floating tensor.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| shears_fuzz::checkpoint(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| shears_fuzz_checks::checkpoint(data));

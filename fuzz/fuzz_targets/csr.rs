@@ -2,4 +2,4 @@
 //! re-validates from its parts, round-trips, and multiplies like its dense form.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| shears_fuzz::csr(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| shears_fuzz_checks::csr(data));

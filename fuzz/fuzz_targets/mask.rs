@@ -2,4 +2,4 @@
 //! the same bytes.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| shears_fuzz::mask(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| shears_fuzz_checks::mask(data));

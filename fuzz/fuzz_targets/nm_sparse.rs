@@ -2,4 +2,4 @@
 //! round-trips, and multiplies like its dense form.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| shears_fuzz::nm_sparse(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| shears_fuzz_checks::nm_sparse(data));

@@ -3,4 +3,4 @@
 //! multiplies like its dense form.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| shears_fuzz::sliced_ell(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| shears_fuzz_checks::sliced_ell(data));

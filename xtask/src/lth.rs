@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::svg::{Series, line_chart};
 use crate::{cargo, project_root, run_output, write_report};
+use shears_io::chart::{Series, line_chart};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {

@@ -17,8 +17,6 @@ mod bench;
 mod lth;
 mod release;
 mod stress;
-#[path = "../../crates/shears-cli/src/svg.rs"]
-mod svg;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -98,44 +96,17 @@ fn run_output(mut cmd: Command, what: &str) -> Result<String> {
     Ok(String::from_utf8(out.stdout)?)
 }
 
-/// Writes `contents` to `dir/name`, creating `dir`.
+/// Writes `contents` to `dir/name` atomically, creating `dir`.
 fn write_report(dir: &Path, name: &str, contents: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, contents).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    shears_io::write_atomic(&path, contents.as_bytes())?;
     Ok(path)
 }
-
-/// The fuzz targets' checks, replayed over the committed corpora by the tests below.
-#[cfg(test)]
-#[path = "../../fuzz/src/lib.rs"]
-#[allow(unreachable_pub, missing_docs, reason = "a file of the fuzz crate, included as is")]
-mod fuzz_checks;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Every committed input of every fuzz corpus passes its target's checks, so the
-    /// normal test suite covers what the fuzzer found without cargo-fuzz.
-    #[test]
-    fn fuzz_corpora_replay() {
-        let root = project_root().join("fuzz/corpus");
-        for (target, check) in fuzz_checks::TARGETS {
-            let dir = root.join(target);
-            let mut inputs = 0;
-            for entry in std::fs::read_dir(&dir).unwrap() {
-                let path = entry.unwrap().path();
-                let bytes = std::fs::read(&path).unwrap();
-                let replay = std::panic::catch_unwind(|| check(&bytes));
-                assert!(replay.is_ok(), "fuzz target {target} fails on {}", path.display());
-                inputs += 1;
-            }
-            assert!(inputs > 0, "{} holds no input", dir.display());
-        }
-    }
 
     #[test]
     fn parses_every_task() {
@@ -163,6 +134,75 @@ mod tests {
         assert!(parse(&[]).unwrap().task.is_none());
     }
 
+    /// The top-level modules of each library crate import each other without cycles
+    /// (a module's own submodules count as the module).
+    #[test]
+    fn no_module_import_cycles() {
+        let root = project_root().join("crates");
+        for entry in std::fs::read_dir(&root).unwrap() {
+            let src = entry.unwrap().path().join("src");
+            let mut edges: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+                Default::default();
+            let mut stack = vec![src.clone()];
+            while let Some(dir) = stack.pop() {
+                for entry in std::fs::read_dir(&dir).unwrap() {
+                    let path = entry.unwrap().path();
+                    if path.is_dir() {
+                        stack.push(path);
+                        continue;
+                    }
+                    let rel = path.strip_prefix(&src).unwrap().to_string_lossy().replace('\\', "/");
+                    let module = rel.split('/').next().unwrap().trim_end_matches(".rs").to_owned();
+                    if matches!(module.as_str(), "lib" | "main") || !rel.ends_with(".rs") {
+                        continue;
+                    }
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+                    // Code only: doc links are not imports.
+                    let text: String = text
+                        .lines()
+                        .filter(|l| !l.trim_start().starts_with("//"))
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    for (i, _) in text.match_indices("crate::") {
+                        let rest = &text[i + "crate::".len()..];
+                        let name: String =
+                            rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                        let at = &text[..i];
+                        let is_path = !at.ends_with('$') && !at.ends_with("_");
+                        if is_path && !name.is_empty() && name != module {
+                            edges.entry(module.clone()).or_default().insert(name);
+                        }
+                    }
+                }
+            }
+            // Depth-first search for a back edge.
+            fn visit(
+                m: &str,
+                edges: &std::collections::BTreeMap<String, std::collections::BTreeSet<String>>,
+                path: &mut Vec<String>,
+                done: &mut std::collections::BTreeSet<String>,
+            ) {
+                if done.contains(m) {
+                    return;
+                }
+                if let Some(at) = path.iter().position(|p| p == m) {
+                    panic!("import cycle: {} -> {m}", path[at..].join(" -> "));
+                }
+                path.push(m.to_owned());
+                for next in edges.get(m).into_iter().flatten() {
+                    visit(next, edges, path, done);
+                }
+                path.pop();
+                done.insert(m.to_owned());
+            }
+            let mut done = Default::default();
+            for m in edges.keys() {
+                visit(m, &edges, &mut Vec::new(), &mut done);
+            }
+        }
+    }
+
     #[test]
     fn reports_are_written_atomically() {
         let dir = std::env::temp_dir().join(format!("xtask-test-{}", std::process::id()));
@@ -177,7 +217,12 @@ mod tests {
     fn tidy() {
         let root = project_root();
         let mut files = Vec::new();
-        let mut stack = vec![root.join("crates"), root.join("xtask"), root.join("benches")];
+        let mut stack = vec![
+            root.join("crates"),
+            root.join("xtask"),
+            root.join("benches"),
+            root.join("fuzz/checks"),
+        ];
         while let Some(dir) = stack.pop() {
             for entry in std::fs::read_dir(&dir).unwrap() {
                 let path = entry.unwrap().path();
@@ -207,10 +252,12 @@ mod tests {
             "crates/shears-core",
             "crates/shears-strategies",
             "crates/shears-sparse",
+            "crates/shears-io",
             "crates/shears-nn",
             "crates/shears-cli",
             "xtask",
             "benches",
+            "fuzz/checks",
         ] {
             let text = std::fs::read_to_string(root.join(manifest).join("Cargo.toml")).unwrap();
             assert!(
@@ -220,6 +267,19 @@ mod tests {
             assert!(
                 !text.contains("path = \"../"),
                 "{manifest}: internal dependencies use .workspace = true"
+            );
+            let library = manifest.starts_with("crates/") && manifest != "crates/shears-cli";
+            assert!(
+                !library || !text.contains("anyhow"),
+                "{manifest}: library crates return typed errors, not anyhow"
+            );
+        }
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            assert!(
+                !text.contains(&["#[pa", "th"].concat()),
+                "{}: no crate includes another's files",
+                file.display()
             );
         }
     }

@@ -310,7 +310,7 @@ mod tests {
         let specs = layout(4 << 20, 1 << 20).unwrap();
         let bytes = write_checkpoint(&path, &specs).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), bytes);
-        let ckpt = shears_cli::checkpoint::Checkpoint::open(&path).unwrap();
+        let ckpt = shears_io::Checkpoint::open(&path).unwrap();
         assert_eq!(ckpt.names().len(), specs.len());
         let w = ckpt.read_values::<f32>("layers.3.weight").unwrap();
         assert!(w.iter().all(|v| (-0.5..0.5).contains(v)));

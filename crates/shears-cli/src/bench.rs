@@ -5,12 +5,9 @@ use std::time::Instant;
 use anyhow::{Result, bail};
 use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
-use shears_cli::checkpoint::{Checkpoint, is_float};
-use shears_core::{Mask, WeightShape};
-use shears_sparse::{
-    AnyCsr, AnySlicedEll, BlockSparse, Compacted, Compaction, Format, NmSparse, SparseProduct,
-    choose_format,
-};
+use shears_core::WeightShape;
+use shears_io::{Checkpoint, is_float};
+use shears_sparse::{AnySparse, SparseProduct};
 
 use crate::cli::BenchArgs;
 use crate::inspect::nonzero_mask;
@@ -59,68 +56,13 @@ fn median_us(mut f: impl FnMut()) -> f64 {
     times[times.len() / 2]
 }
 
-/// A pruned matrix in the format chosen for it, ready to multiply.
-enum Sparse {
-    Dense(DMatrix<f32>),
-    Csr(AnyCsr<f32>),
-    Sell(AnySlicedEll<f32>),
-    Nm(NmSparse<f32>),
-    Bsr(BlockSparse<f32>),
-    Compact(Compacted<f32>),
-}
-
-fn build(w: &DMatrix<f32>, mask: &Mask, format: Format) -> Result<Sparse> {
-    Ok(match format {
-        Format::Csr => Sparse::Csr(AnyCsr::from_dense_masked(w, mask)?),
-        Format::SlicedEll => Sparse::Sell(AnySlicedEll::from_dense_masked(w, mask)?),
-        Format::Nm(p) => Sparse::Nm(NmSparse::from_dense_masked(w, mask, p)?),
-        Format::Bsr(b) => Sparse::Bsr(BlockSparse::from_dense_masked(w, mask, b)?),
-        Format::Compact => {
-            Sparse::Compact(Compacted::new(w, mask, Compaction::RowsAndColumns, None)?)
-        }
-        _ => Sparse::Dense(w.clone()),
-    })
-}
-
-fn time_sparse(s: &Sparse, x: &DMatrix<f32>) -> Result<f64> {
-    let mut y = DMatrix::<f32>::zeros(0, 0);
-    Ok(match s {
-        Sparse::Dense(w) => {
-            y = DMatrix::zeros(w.nrows(), x.ncols());
-            median_us(|| y.gemm(1.0, w, x, 0.0))
-        }
-        Sparse::Csr(c) => {
-            y.resize_mut(c.shape().0, x.ncols(), 0.0);
-            median_us(|| drop(c.matmul_into(1.0, x, 0.0, &mut y)))
-        }
-        Sparse::Sell(s) => {
-            y.resize_mut(s.shape().0, x.ncols(), 0.0);
-            median_us(|| drop(s.matmul_into(1.0, x, 0.0, &mut y)))
-        }
-        Sparse::Nm(n) => {
-            y.resize_mut(n.shape().0, x.ncols(), 0.0);
-            median_us(|| drop(n.matmul_into(1.0, x, 0.0, &mut y)))
-        }
-        Sparse::Bsr(b) => {
-            y.resize_mut(b.shape().0, x.ncols(), 0.0);
-            median_us(|| drop(b.matmul_into(1.0, x, 0.0, &mut y)))
-        }
-        Sparse::Compact(c) => {
-            let xs = c.gather_input(x)?;
-            y = DMatrix::zeros(c.matrix().nrows(), x.ncols());
-            median_us(|| y.gemm(1.0, c.matrix(), &xs, 0.0))
-        }
-    })
-}
-
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     if args.batch.is_empty() || args.batch.contains(&0) {
         bail!("--batch takes positive batch sizes, e.g. 1,32");
     }
     let ckpt = Checkpoint::open(&args.input)?;
     let mut rows = Vec::new();
-    for name in ckpt.names() {
-        let Some(info) = ckpt.info(name) else { continue };
+    for (name, info) in ckpt.tensors() {
         if !is_float(info.dtype) {
             continue;
         }
@@ -142,22 +84,18 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
                 let mut y = DMatrix::zeros(r, batch);
                 median_us(|| y.gemm(1.0, &w, &x, 0.0))
             };
-            let format = choose_format(&mask, batch);
-            let sparse = build(&w, &mask, format)?;
-            let sparse_us = if batch == 1 {
-                let mut yv = vec![0.0f32; r];
-                match &sparse {
-                    Sparse::Csr(csr) => {
-                        median_us(|| drop(csr.matvec_into(1.0, x.as_slice(), 0.0, &mut yv)))
-                    }
-                    Sparse::Sell(sell) => {
-                        median_us(|| drop(sell.matvec_into(1.0, x.as_slice(), 0.0, &mut yv)))
-                    }
-                    _ => time_sparse(&sparse, &x)?,
+            let sparse = AnySparse::for_batch(&w, &mask, batch)?;
+            let format = sparse.format();
+            let mut y = DMatrix::zeros(r, batch);
+            let mut failed = None;
+            let sparse_us = median_us(|| {
+                if let Err(e) = sparse.matmul_into(1.0, &x, 0.0, &mut y) {
+                    failed = Some(e);
                 }
-            } else {
-                time_sparse(&sparse, &x)?
-            };
+            });
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
             rows.push(Row {
                 name: name.clone(),
                 shape: [r, c],

@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use shears_cli::parse::{PatternArg, parse_pattern, parse_sparsity};
+use clap::{Args, Parser, Subcommand};
 use shears_core::Sparsity;
+use shears_strategies::{Criterion, Pattern, Scope};
 
 /// Prune neural-network weights and make them run faster.
 #[derive(Debug, Parser)]
@@ -29,24 +29,6 @@ pub(crate) enum Command {
     Demo(DemoArgs),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum Method {
-    /// |w|.
-    Magnitude,
-    /// |w * g|, with gradients from --grads.
-    Gradient,
-    /// Seeded random scores.
-    Random,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub(crate) enum ScopeArg {
-    /// Each tensor pruned to the target.
-    Layer,
-    /// One threshold across all selected tensors.
-    Global,
-}
-
 #[derive(Debug, Args)]
 pub(crate) struct PruneArgs {
     /// The checkpoint to prune (never modified).
@@ -55,17 +37,20 @@ pub(crate) struct PruneArgs {
     #[arg(short, long)]
     pub(crate) output: PathBuf,
     /// Target sparsity in [0, 1] (of each tensor, or of all selected tensors in global scope).
-    #[arg(short, long, value_parser = parse_sparsity)]
+    #[arg(short, long)]
     pub(crate) sparsity: Sparsity,
-    /// What scores the weights.
-    #[arg(long, value_enum, default_value_t = Method::Magnitude)]
-    pub(crate) method: Method,
-    /// The structure kept: unstructured, rows, columns, N:M (e.g. 2:4) or block:RxC.
-    #[arg(long, value_parser = parse_pattern, default_value = "unstructured")]
-    pub(crate) pattern: PatternArg,
-    /// Prune each tensor to the target, or rank all selected tensors together.
-    #[arg(long, value_enum, default_value_t = ScopeArg::Layer)]
-    pub(crate) scope: ScopeArg,
+    /// What scores the weights: magnitude (|w|), gradient (|w*g|, with --grads) or
+    /// random (seeded by --seed).
+    #[arg(long, default_value = "magnitude")]
+    pub(crate) method: Criterion,
+    /// The structure kept: unstructured, per-row, rows (conv filters), columns, N:M (e.g.
+    /// 2:4) or block:RxC.
+    #[arg(long, default_value = "unstructured")]
+    pub(crate) pattern: Pattern,
+    /// Prune each tensor to the target (layer), or rank all selected tensors together
+    /// (global).
+    #[arg(long, default_value = "layer")]
+    pub(crate) scope: Scope,
     /// Only tensors whose name matches (repeatable; default: every 2-D and 4-D float tensor).
     #[arg(long)]
     pub(crate) include: Vec<String>,

@@ -15,8 +15,8 @@ use shears_strategies::{Axis, Criterion, Masks, Pattern, Schedule, Structured};
 
 use crate::cli::DemoArgs;
 use crate::report::Table;
-use crate::svg::{Series, line_chart};
-use crate::tensors::write_file_atomic;
+use shears_io::chart::{Series, line_chart};
+use shears_io::write_atomic;
 
 const SIZES: [usize; 4] = [64, 128, 64, 10];
 const SPARSITIES: [f64; 3] = [0.5, 0.8, 0.9];
@@ -169,7 +169,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
         ((low - 0.02).max(0.0), 1.0),
         &series,
     );
-    write_file_atomic(&args.plot, svg.as_bytes())?;
+    write_atomic(&args.plot, svg.as_bytes())?;
     let plot = display(&args.plot);
 
     if args.json {

@@ -2,10 +2,10 @@
 
 use anyhow::Result;
 use nalgebra::DMatrix;
-use safetensors::Dtype;
 use serde::Serialize;
-use shears_cli::checkpoint::{Checkpoint, Float, Source, is_float, zeros_in};
 use shears_core::{Mask, NmPattern, WeightShape};
+use shears_io::Dtype;
+use shears_io::{Checkpoint, Float, Source, is_float, zeros_in};
 
 use crate::cli::InspectArgs;
 use crate::report::{Table, fraction};
@@ -96,8 +96,7 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
     let ckpt = Checkpoint::open(&args.input)?;
     let mut rows = Vec::new();
     let (mut params, mut zeros) = (0usize, 0usize);
-    for name in ckpt.names() {
-        let Some(info) = ckpt.info(name) else { continue };
+    for (name, info) in ckpt.tensors() {
         let count = info.shape.iter().product::<usize>();
         let mut stats = TensorStats {
             name: name.clone(),

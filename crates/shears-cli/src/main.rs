@@ -10,10 +10,7 @@ mod demo;
 mod inspect;
 mod prune;
 mod report;
-mod select;
-mod svg;
-mod tensors;
-mod write_behind;
+mod tensor_filter;
 
 use std::process::ExitCode;
 

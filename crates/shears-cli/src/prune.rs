@@ -1,30 +1,23 @@
 //! `shears prune`: prune a checkpoint tensor by tensor, writing the result atomically.
 
 use std::collections::HashSet;
-use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use nalgebra::DMatrix;
 use rayon::prelude::*;
 use serde::Serialize;
 use shears_core::{
-    GlobalCount, LayerContext, Mask, PruningStrategy, Reduction, Rounding, WeightShape,
+    GlobalCount, LayerContext, LayerInput, Mask, PruningStrategy, Rounding, Sparsity, WeightShape,
 };
-use shears_strategies::{Axis, Gradient, Magnitude, Pattern, Pruner, Random, Structured};
+use shears_io::{
+    Checkpoint, Dtype, Float, commit_all, encode_mask_set, is_float, stage_safetensors,
+    write_matrix, write_values, zeros_in,
+};
+use shears_strategies::{Criterion, Pattern, Pruner, Scope};
 
-use safetensors::Dtype;
-use shears_cli::checkpoint::{Checkpoint, Float, is_float, write_matrix, write_values, zeros_in};
-use shears_cli::parse::PatternArg;
-
-use crate::cli::{Method, PruneArgs, ScopeArg};
+use crate::cli::PruneArgs;
 use crate::report::{Table, fraction};
-use crate::select::select;
-use crate::tensors::{write_file_atomic, write_streaming};
-
-/// The magic tag of a mask-set file.
-pub(crate) const MASKS_MAGIC: &[u8; 8] = b"SHEARSMS";
-/// Its format version.
-pub(crate) const MASKS_VERSION: u32 = 1;
+use crate::tensor_filter::prunable_tensors;
 
 #[derive(Debug, Serialize)]
 struct Row {
@@ -53,36 +46,31 @@ struct Report {
     total: Totals,
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
-    let canon = |p: &Path| -> Option<std::path::PathBuf> {
-        if let Ok(c) = p.canonicalize() {
-            return Some(c);
-        }
-        let parent = match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.canonicalize().ok()?,
-            _ => std::env::current_dir().ok()?,
-        };
-        Some(parent.join(p.file_name()?))
-    };
-    matches!((canon(a), canon(b)), (Some(x), Some(y)) if x == y)
+/// What a run does to each selected tensor, decided once from the arguments.
+struct Job {
+    pruner: Pruner<Criterion>,
+    scope: Scope,
+    sparsity: Sparsity,
+    view: View,
 }
 
-fn strategy<T: Float>(args: &PruneArgs, shape: &WeightShape) -> Box<dyn PruningStrategy<T>> {
-    let pattern = match args.pattern {
-        PatternArg::Unstructured => Pattern::Unstructured,
-        PatternArg::Rows => Pattern::Structured(Structured::new(if shape.is_conv() {
-            Axis::Filters
-        } else {
-            Axis::Rows
-        })),
-        PatternArg::Columns => Pattern::Structured(Structured::new(Axis::Columns)),
-        PatternArg::Nm(p) => Pattern::NM(p),
-        PatternArg::Block(b) => Pattern::Blocks { shape: b, reduction: Reduction::L2 },
-    };
-    match args.method {
-        Method::Magnitude => Box::new(Pruner::new(Magnitude).with_pattern(pattern)),
-        Method::Gradient => Box::new(Pruner::new(Gradient).with_pattern(pattern)),
-        Method::Random => Box::new(Pruner::new(Random::new(args.seed)).with_pattern(pattern)),
+impl Job {
+    fn new(args: &PruneArgs) -> Result<Self> {
+        let criterion = args.method.with_seed(args.seed);
+        if criterion.needs() == Some(LayerInput::ActivationNorms) {
+            bail!(
+                "--method {criterion} needs calibration activations, which a single file has none of"
+            );
+        }
+        if args.scope == Scope::Global && args.pattern != Pattern::Unstructured {
+            bail!("--scope global ranks single weights: use --pattern unstructured");
+        }
+        Ok(Job {
+            pruner: Pruner::new(criterion).with_pattern(args.pattern),
+            scope: args.scope,
+            sparsity: args.sparsity,
+            view: View::of(criterion, args.pattern),
+        })
     }
 }
 
@@ -100,25 +88,21 @@ enum View {
 }
 
 impl View {
-    fn of(args: &PruneArgs) -> View {
-        let elementwise = matches!(args.method, Method::Magnitude | Method::Gradient);
-        if args.pattern == PatternArg::Unstructured && elementwise {
-            View::Flat
-        } else {
-            View::Matrix
-        }
+    fn of(criterion: Criterion, pattern: Pattern) -> View {
+        let elementwise = matches!(criterion, Criterion::Magnitude | Criterion::Gradient);
+        if pattern == Pattern::Unstructured && elementwise { View::Flat } else { View::Matrix }
     }
 
     /// Reads tensor `name` of `ckpt` in this view into `spare`'s allocation.
     fn read<T: Float>(self, ckpt: &Checkpoint, name: &str, spare: Vec<T>) -> Result<DMatrix<T>> {
-        match self {
-            View::Matrix => ckpt.read_matrix_reusing(name, spare),
+        Ok(match self {
+            View::Matrix => ckpt.read_matrix_reusing(name, spare)?,
             View::Flat => {
                 let mut values = spare;
                 ckpt.read_values_reusing(name, &mut values)?;
-                Ok(DMatrix::from_vec(values.len(), 1, values))
+                DMatrix::from_vec(values.len(), 1, values)
             }
-        }
+        })
     }
 }
 
@@ -171,6 +155,15 @@ impl<T: Float> Loaded<T> {
         *spare = self.weights.data.into();
     }
 
+    fn context<'a>(&'a self, name: &'a str) -> LayerContext<'a, T> {
+        let ctx = LayerContext::new(name);
+        let ctx = if self.view == View::Matrix { ctx.with_shape(self.shape) } else { ctx };
+        match &self.grads {
+            Some(g) => ctx.with_gradients(g),
+            None => ctx,
+        }
+    }
+
     /// `mask` (of this view) as a mask of the tensor's matrix view.
     fn matrix_mask(&self, mask: Mask) -> Result<Mask> {
         match self.view {
@@ -185,7 +178,7 @@ impl<T: Float> Loaded<T> {
     }
 
     /// Writes the weights in file order as `dtype`.
-    fn write(&self, dtype: Dtype, out: &mut dyn std::io::Write) -> Result<()> {
+    fn write(&self, dtype: Dtype, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         match self.view {
             View::Matrix => write_matrix(&self.weights, dtype, out),
             View::Flat => write_values(self.weights.as_slice(), dtype, out),
@@ -202,18 +195,21 @@ fn zeros<T: Float>(values: &DMatrix<T>) -> usize {
 }
 
 pub(crate) fn run(args: &PruneArgs) -> Result<()> {
-    if same_file(&args.input, &args.output) {
-        bail!(
-            "refusing to overwrite the input {}: choose another output path",
-            args.input.display()
-        );
+    let mut paths = vec![("input", args.input.as_path(), false), ("-o", &args.output, true)];
+    if let Some(g) = &args.grads {
+        paths.push(("--grads", g, false));
     }
+    if let Some(m) = &args.masks_out {
+        paths.push(("--masks-out", m, true));
+    }
+    shears_io::paths::check_distinct(&paths)?;
+    let job = Job::new(args)?;
     let ckpt = Checkpoint::open(&args.input)?;
     let chosen: HashSet<String> =
-        select(&ckpt, &args.include, &args.exclude)?.into_iter().map(|s| s.name).collect();
-    let grads = match (args.method, &args.grads) {
-        (Method::Gradient, Some(path)) => Some(Checkpoint::open(path)?),
-        (Method::Gradient, None) => bail!("--method gradient needs --grads GRADS.safetensors"),
+        prunable_tensors(&ckpt, &args.include, &args.exclude)?.into_iter().collect();
+    let grads = match (job.pruner.criterion(), &args.grads) {
+        (Criterion::Gradient, Some(path)) => Some(Checkpoint::open(path)?),
+        (Criterion::Gradient, None) => bail!("--method gradient needs --grads GRADS.safetensors"),
         (_, _) => None,
     };
     // f32 holds f16, bf16 and f32 values exactly and halves the memory of f64; tensors
@@ -221,111 +217,122 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
     let is_f64 = |c: &Checkpoint, name: &str| c.info(name).is_some_and(|i| i.dtype == Dtype::F64);
     let double =
         chosen.iter().any(|n| is_f64(&ckpt, n) || grads.as_ref().is_some_and(|g| is_f64(g, n)));
-    if double {
-        prune::<f64>(args, &ckpt, grads.as_ref(), &chosen)
+    let rows = if double {
+        prune::<f64>(args, &job, &ckpt, grads.as_ref(), &chosen)?
     } else {
-        prune::<f32>(args, &ckpt, grads.as_ref(), &chosen)
-    }
+        prune::<f32>(args, &job, &ckpt, grads.as_ref(), &chosen)?
+    };
+    report(args, rows)
 }
 
 fn prune<T: Float>(
     args: &PruneArgs,
+    job: &Job,
     ckpt: &Checkpoint,
     grads: Option<&Checkpoint>,
     chosen: &HashSet<String>,
-) -> Result<()> {
-    let order: Vec<&String> = ckpt.names().iter().filter(|n| chosen.contains(*n)).collect();
-    let view = View::of(args);
-
-    // Global scope: two read-only passes fix one threshold across all selected tensors,
-    // holding one tensor at a time.
+) -> Result<Vec<Row>> {
+    let order: Vec<&str> = ckpt.names().filter(|n| chosen.contains(*n)).collect();
     let mut spare = Vec::new();
-    let mut global = match args.scope {
-        ScopeArg::Layer => None,
-        ScopeArg::Global => {
-            if args.pattern != PatternArg::Unstructured {
-                bail!("--scope global ranks single weights: use --pattern unstructured");
-            }
-            let mut count = GlobalCount::<T>::new(Rounding::HalfEven);
-            for name in &order {
-                let t = load::<T>(ckpt, grads, name, view, &mut spare)?;
-                match GlobalInput::of(args, name, &t)? {
-                    GlobalInput::Magnitude(w) => count.add_magnitude(name, w, None)?,
-                    GlobalInput::Scores(s) => count.add(name, &s, None)?,
-                }
-                t.recycle(&mut spare);
-            }
-            let mut bucket = count.plan(args.sparsity);
-            for name in &order {
-                let t = load::<T>(ckpt, grads, name, view, &mut spare)?;
-                match GlobalInput::of(args, name, &t)? {
-                    GlobalInput::Magnitude(w) => bucket.add_magnitude(w, None)?,
-                    GlobalInput::Scores(s) => bucket.add(&s, None)?,
-                }
-                t.recycle(&mut spare);
-            }
-            Some(bucket.threshold())
-        }
+    let mut global = match job.scope {
+        Scope::Layer => None,
+        Scope::Global => Some(global_threshold::<T>(job, ckpt, grads, &order, &mut spare)?),
     };
 
     let mut rows = Vec::new();
     let mut masks: Vec<(String, Mask)> = Vec::new();
-    let tensors: Vec<_> =
-        ckpt.names().iter().filter_map(|n| ckpt.info(n).map(|i| (n.clone(), i.clone()))).collect();
-    write_streaming(&args.output, &tensors, ckpt.metadata().clone(), |name, out| {
-        let info = ckpt.info(name).with_context(|| format!("no tensor `{name}`"))?;
-        if !chosen.contains(name) {
-            let s = if is_float(info.dtype) {
-                let count = info.shape.iter().product();
-                Some(fraction(ckpt.count_zeros(name)?, count))
-            } else {
-                None
+    let out = args.output.as_path();
+    let staged =
+        stage_safetensors(out, ckpt.tensors(), ckpt.metadata().cloned(), |name, w| -> Result<()> {
+            let info = ckpt.info(name).with_context(|| format!("no tensor `{name}`"))?;
+            let written = |r: std::io::Result<()>| {
+                r.map_err(|e| shears_io::Error::io("write", out, e))
+                    .with_context(|| format!("cannot write tensor `{name}`"))
             };
+            if !chosen.contains(name) {
+                let s = if is_float(info.dtype) {
+                    let count = info.shape.iter().product();
+                    Some(fraction(ckpt.count_zeros(name)?, count))
+                } else {
+                    None
+                };
+                rows.push(Row {
+                    name: name.into(),
+                    shape: info.shape.clone(),
+                    dtype: format!("{:?}", info.dtype),
+                    pruned: false,
+                    sparsity_before: s,
+                    sparsity_after: s,
+                });
+                return Ok(ckpt.copy_to(name, w, out)?);
+            }
+            let mut t = load::<T>(ckpt, grads, name, job.view, &mut spare)?;
+            let before = fraction(zeros(&t.weights), t.weights.len());
+            let mask = match global.as_mut() {
+                Some(g) => match GlobalInput::of(job, name, &t)? {
+                    GlobalInput::Magnitude(w) => g.mask_magnitude(w, None)?,
+                    GlobalInput::Scores(s) => g.mask(&s, None)?,
+                },
+                None => job.pruner.mask(&t.weights, &t.context(name), job.sparsity)?,
+            };
+            mask.apply_in_place(&mut t.weights)?;
+            let after = zeros(&t.weights);
             rows.push(Row {
                 name: name.into(),
                 shape: info.shape.clone(),
                 dtype: format!("{:?}", info.dtype),
-                pruned: false,
-                sparsity_before: s,
-                sparsity_after: s,
+                pruned: true,
+                sparsity_before: Some(before),
+                sparsity_after: Some(fraction(after, t.weights.len())),
             });
-            return ckpt.copy_to(name, out);
-        }
-        let mut t = load::<T>(ckpt, grads, name, view, &mut spare)?;
-        let before = fraction(zeros(&t.weights), t.weights.len());
-        let mask = match global.as_mut() {
-            Some(g) => match GlobalInput::of(args, name, &t)? {
-                GlobalInput::Magnitude(w) => g.mask_magnitude(w, None)?,
-                GlobalInput::Scores(s) => g.mask(&s, None)?,
-            },
-            None => strategy(args, &t.shape).mask(&t.weights, &context(name, &t), args.sparsity)?,
-        };
-        mask.apply_in_place(&mut t.weights)?;
-        let after = zeros(&t.weights);
-        rows.push(Row {
-            name: name.into(),
-            shape: info.shape.clone(),
-            dtype: format!("{:?}", info.dtype),
-            pruned: true,
-            sparsity_before: Some(before),
-            sparsity_after: Some(fraction(after, t.weights.len())),
-        });
-        t.write(info.dtype, out)?;
-        if args.masks_out.is_some() {
-            masks.push((name.to_owned(), t.matrix_mask(mask)?));
-        }
-        t.recycle(&mut spare);
-        Ok(())
-    })
-    .with_context(|| format!("cannot write {}", args.output.display()))?;
+            written(t.write(info.dtype, w))?;
+            if args.masks_out.is_some() {
+                masks.push((name.to_owned(), t.matrix_mask(mask)?));
+            }
+            t.recycle(&mut spare);
+            Ok(())
+        })
+        .with_context(|| format!("cannot write {}", out.display()))?;
 
+    let mut outputs = vec![staged];
     if let Some(path) = &args.masks_out {
-        let mut bytes = MASKS_MAGIC.to_vec();
-        bytes.extend_from_slice(&MASKS_VERSION.to_le_bytes());
-        bytes.extend(bincode::serde::encode_to_vec(&masks, bincode::config::standard())?);
-        write_file_atomic(path, &bytes)?;
+        let (pending, mut file) = shears_io::PendingFile::create(path)?;
+        std::io::Write::write_all(&mut file, &encode_mask_set(&masks))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        outputs.push((pending, file));
     }
-    report(args, rows)
+    commit_all(outputs)?;
+    Ok(rows)
+}
+
+/// Global scope: two read-only passes fix one threshold across all selected tensors,
+/// holding one tensor at a time.
+fn global_threshold<T: Float>(
+    job: &Job,
+    ckpt: &Checkpoint,
+    grads: Option<&Checkpoint>,
+    order: &[&str],
+    spare: &mut Vec<T>,
+) -> Result<shears_core::GlobalMasks<T>> {
+    let mut count = GlobalCount::<T>::new(Rounding::HalfEven);
+    for name in order {
+        let t = load::<T>(ckpt, grads, name, job.view, spare)?;
+        match GlobalInput::of(job, name, &t)? {
+            GlobalInput::Magnitude(w) => count.add_magnitude(name, w, None)?,
+            GlobalInput::Scores(s) => count.add(name, &s, None)?,
+        }
+        t.recycle(spare);
+    }
+    let mut bucket = count.plan(job.sparsity);
+    for name in order {
+        let t = load::<T>(ckpt, grads, name, job.view, spare)?;
+        match GlobalInput::of(job, name, &t)? {
+            GlobalInput::Magnitude(w) => bucket.add_magnitude(w, None)?,
+            GlobalInput::Scores(s) => bucket.add(&s, None)?,
+        }
+        t.recycle(spare);
+    }
+    Ok(bucket.threshold())
 }
 
 /// What a global selection ranks for one tensor: the weights themselves, read as |w| in
@@ -336,22 +343,13 @@ enum GlobalInput<'a, T: Float> {
 }
 
 impl<'a, T: Float> GlobalInput<'a, T> {
-    fn of(args: &PruneArgs, name: &str, t: &'a Loaded<T>) -> Result<Self> {
-        let strategy = strategy::<T>(args, &t.shape);
-        Ok(if strategy.scores_are_magnitude() {
+    fn of(job: &Job, name: &str, t: &'a Loaded<T>) -> Result<Self> {
+        let pruner = &job.pruner;
+        Ok(if PruningStrategy::<T>::scores_are_magnitude(pruner) {
             GlobalInput::Magnitude(&t.weights)
         } else {
-            GlobalInput::Scores(strategy.scores(&t.weights, &context(name, t))?)
+            GlobalInput::Scores(pruner.scores(&t.weights, &t.context(name))?)
         })
-    }
-}
-
-fn context<'a, T: Float>(name: &'a str, t: &'a Loaded<T>) -> LayerContext<'a, T> {
-    let ctx = LayerContext::new(name);
-    let ctx = if t.view == View::Matrix { ctx.with_shape(t.shape) } else { ctx };
-    match &t.grads {
-        Some(g) => ctx.with_gradients(g),
-        None => ctx,
     }
 }
 

@@ -305,9 +305,7 @@ fn unstructured_pruning_matches_a_full_sort_on_ties() {
                 chosen.iter().map(|(_, s)| pruned.by_ref().take(s.len()).collect()).collect()
             };
             let bytes = std::fs::read(&masks).unwrap();
-            let (saved, _): (Vec<(String, shears_core::Mask)>, usize) =
-                bincode::serde::decode_from_slice(&bytes[12..], bincode::config::standard())
-                    .unwrap();
+            let saved = shears_io::decode_mask_set(&bytes).unwrap();
             for ((t, _), pruned) in chosen.iter().zip(&expected) {
                 let got: Vec<bool> = after[t.name].2.iter().map(|&v| v == 0.0).collect();
                 assert_eq!(&got, pruned, "{method} {scope} {}", t.name);

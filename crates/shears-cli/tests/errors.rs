@@ -89,7 +89,7 @@ fn bad_arguments() {
         "unstructured",
     );
     fails(&["prune", i, "-o", o, "-s", "0.5", "--method", "gradient"], &out, "--grads");
-    fails(&["prune", i, "-o", i, "-s", "0.5"], &out, "overwrite");
+    fails(&["prune", i, "-o", i, "-s", "0.5"], &out, "both the input and the -o");
     fails(&["bench", i, "--batch", "0"], &out, "batch");
     // The input is untouched by the refused in-place run.
     let after = crate::util::read(&input);

@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a failed unwrap is a failed test")]
 
 mod commands;
-mod decoding;
 mod errors;
 mod hardening;
 mod util;

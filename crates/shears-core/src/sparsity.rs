@@ -87,6 +87,28 @@ impl TryFrom<f64> for Sparsity {
     }
 }
 
+/// A number in `[0, 1]`, surrounding spaces allowed.
+///
+/// ```
+/// use shears_core::Sparsity;
+/// assert_eq!(" 0.9".parse::<Sparsity>()?.get(), 0.9);
+/// assert!("1.5".parse::<Sparsity>().is_err());
+/// assert!("half".parse::<Sparsity>().is_err());
+/// # Ok::<(), shears_core::Error>(())
+/// ```
+impl std::str::FromStr for Sparsity {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let value: f64 = s.trim().parse().map_err(|_| Error::Parse {
+            what: "sparsity",
+            value: s.to_owned(),
+            expected: "a number in [0, 1]",
+        })?;
+        Sparsity::new(value)
+    }
+}
+
 impl From<Sparsity> for f64 {
     fn from(s: Sparsity) -> f64 {
         s.0

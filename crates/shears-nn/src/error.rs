@@ -18,6 +18,9 @@ pub enum Error {
     /// An error from shears-sparse.
     #[error(transparent)]
     Sparse(#[from] shears_sparse::Error),
+    /// A checkpoint could not be read or written (shears-io names the file and why).
+    #[error(transparent)]
+    File(#[from] shears_io::Error),
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

@@ -26,8 +26,14 @@ fn malformed_checkpoints() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.safetensors");
     std::fs::write(&path, b"not a safetensors file").unwrap();
-    assert!(matches!(checkpoint::load::<f32>(&path), Err(Error::BadCheckpoint { .. })));
-    assert!(matches!(checkpoint::load::<f32>(dir.path().join("missing")), Err(Error::Io { .. })));
+    assert!(matches!(
+        checkpoint::load::<f32>(&path),
+        Err(Error::File(shears_io::Error::Header { .. }))
+    ));
+    assert!(matches!(
+        checkpoint::load::<f32>(dir.path().join("missing")),
+        Err(Error::File(shears_io::Error::Io { .. }))
+    ));
     // A file without layers.0.weight.
     let empty =
         safetensors::serialize(Vec::<(String, safetensors::tensor::TensorView<'_>)>::new(), None)

@@ -64,7 +64,7 @@ impl std::fmt::Display for Scope {
 ///
 /// Layers are taken in the model's [`Prunable::prunable_names`] order (global scope
 /// breaks ties by it), minus the excluded ones. Gradients come from
-/// [`Prunable::gradient`], activation norms from [`ModelPruner::activation_norms`], and
+/// [`Prunable::gradient`], activation norms from [`ModelPruner::with_activation_norms`], and
 /// each layer's current mask from the `masks` given, so repeated calls are monotone.
 ///
 /// ```

@@ -3,22 +3,17 @@
 use anyhow::{Context, Result, bail};
 use regex::Regex;
 
-use shears_cli::checkpoint::{Checkpoint, is_float};
-
-/// A tensor chosen for pruning.
-pub(crate) struct Selected {
-    pub(crate) name: String,
-}
+use shears_io::{Checkpoint, is_float};
 
 /// The tensors to prune: every 2-D or 4-D floating tensor whose name matches an
 /// `--include` (all, if none is given) and no `--exclude`. 1-D tensors (biases, norms)
 /// and other ranks are never pruned. Errors: a regex that does not compile or matches no
 /// tensor, and a non-floating tensor that an `--include` names.
-pub(crate) fn select(
+pub(crate) fn prunable_tensors(
     ckpt: &Checkpoint,
     include: &[String],
     exclude: &[String],
-) -> Result<Vec<Selected>> {
+) -> Result<Vec<String>> {
     let compile = |patterns: &[String]| -> Result<Vec<Regex>> {
         patterns
             .iter()
@@ -28,14 +23,13 @@ pub(crate) fn select(
     let (inc, exc) = (compile(include)?, compile(exclude)?);
     for (patterns, regexes) in [(include, &inc), (exclude, &exc)] {
         for (p, re) in patterns.iter().zip(regexes) {
-            if !ckpt.names().iter().any(|n| re.is_match(n)) {
+            if !ckpt.names().any(|n| re.is_match(n)) {
                 bail!("regex `{p}` matches no tensor in {}", ckpt.path().display());
             }
         }
     }
     let mut chosen = Vec::new();
-    for name in ckpt.names() {
-        let Some(info) = ckpt.info(name) else { continue };
+    for (name, info) in ckpt.tensors() {
         let included = inc.is_empty() || inc.iter().any(|re| re.is_match(name));
         if !included || exc.iter().any(|re| re.is_match(name)) {
             continue;
@@ -52,7 +46,7 @@ pub(crate) fn select(
                 info.dtype
             );
         }
-        chosen.push(Selected { name: name.clone() });
+        chosen.push(name.clone());
     }
     if chosen.is_empty() {
         bail!("no 2-D or 4-D floating tensor in {} is selected for pruning", ckpt.path().display());

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
-use shears_cli::checkpoint::{Checkpoint, is_float, matrix_shape, write_matrix};
+use shears_io::{Checkpoint, is_float, matrix_shape, write_matrix};
 
 /// A small valid checkpoint: f32, f16, bf16 and f64 matrices, a conv weight, an i64.
 fn valid() -> Vec<u8> {
@@ -25,8 +25,7 @@ fn valid() -> Vec<u8> {
 /// What the reader promises for anything it accepts.
 fn check(bytes: Vec<u8>) -> Result<(), TestCaseError> {
     let Ok(ckpt) = Checkpoint::from_source("mutated", bytes) else { return Ok(()) };
-    for name in ckpt.names() {
-        let info = ckpt.info(name).unwrap();
+    for (name, info) in ckpt.tensors() {
         let raw = ckpt.read_bytes(name).unwrap();
         let elements: usize = info.shape.iter().product();
         prop_assert_eq!(elements * info.dtype.bitsize(), raw.len() * 8);

@@ -1,18 +1,34 @@
-//! A small line chart as SVG, for accuracy against sparsity.
+//! Small line charts as SVG, for the reports of `shears demo` and `cargo xtask`.
 
 use std::fmt::Write;
 
 /// One named line of `(x, y)` points.
-pub(crate) struct Series {
-    pub(crate) name: String,
-    pub(crate) points: Vec<(f64, f64)>,
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// The name shown in the legend.
+    pub name: String,
+    /// The points, joined in order.
+    pub points: Vec<(f64, f64)>,
 }
 
 const COLORS: [&str; 8] =
     ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
 
-/// A chart with axes from `x_range` and `y_range`, labelled, with a legend.
-pub(crate) fn line_chart(
+/// Text for SVG: `&`, `<`, `>` and quotes escaped.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// An SVG chart with axes from `x_range` and `y_range`, labelled, with a legend. Every
+/// text is escaped, so names may hold any character.
+///
+/// ```
+/// use shears_io::chart::{Series, line_chart};
+/// let svg = line_chart("a < b", "x", "y", (0.0, 1.0), (0.0, 1.0),
+///     &[Series { name: "s".into(), points: vec![(0.0, 0.5), (1.0, 1.0)] }]);
+/// assert!(svg.starts_with("<svg") && svg.contains("a &lt; b"));
+/// ```
+pub fn line_chart(
     title: &str,
     x_label: &str,
     y_label: &str,
@@ -20,6 +36,7 @@ pub(crate) fn line_chart(
     y_range: (f64, f64),
     series: &[Series],
 ) -> String {
+    let (title, x_label, y_label) = (escape(title), escape(x_label), escape(y_label));
     let (w, h, left, right, top, bottom) = (720.0, 440.0, 70.0, 180.0, 40.0, 60.0);
     let (pw, ph) = (w - left - right, h - top - bottom);
     let sx = |x: f64| left + (x - x_range.0) / (x_range.1 - x_range.0) * pw;
@@ -98,7 +115,7 @@ pub(crate) fn line_chart(
             left + pw + 32.0,
             left + pw + 38.0,
             ly + 4.0,
-            line.name
+            escape(&line.name)
         );
     }
     s.push_str("</svg>\n");

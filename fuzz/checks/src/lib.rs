@@ -1,16 +1,21 @@
 //! The fuzz targets' bodies: whatever decodes from outside bytes must re-validate,
 //! round-trip byte for byte, and multiply like its dense form.
 //!
-//! Each `fuzz_targets/NAME.rs` calls the function of the same name. `xtask`'s tests
-//! include this file too and replay every committed corpus input through the same
+//! Each `fuzz/fuzz_targets/NAME.rs` calls the function of the same name. This crate's
+//! own test replays every committed corpus input (`fuzz/corpus/NAME/`) through the same
 //! checks, so `cargo test --workspace` covers them without cargo-fuzz.
 
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "a fuzz check fails by panicking, with a message that says which invariant broke"
+)]
+
 use nalgebra::{DMatrix, DVector};
-use safetensors::Dtype;
-use shears_cli::checkpoint::{Checkpoint, is_float, matrix_shape, write_matrix};
-use shears_cli::parse::{PatternArg, parse_pattern, parse_sparsity};
-use shears_core::{Mask, Scalar};
+use shears_core::{Mask, Scalar, Sparsity};
+use shears_io::{Checkpoint, Dtype, is_float, matrix_shape, write_matrix};
 use shears_sparse::{BlockSparse, Csr, NmSparse, SlicedEll, SpIndex, SparseProduct};
+use shears_strategies::Pattern;
 
 /// A target's body: checks one input, panicking on a violated invariant.
 pub type Target = fn(&[u8]);
@@ -67,8 +72,8 @@ pub fn check_products<T: Scalar, P: SparseProduct<T>>(format: &P, dense: &DMatri
 pub fn checkpoint(data: &[u8]) {
     let Ok(ckpt) = Checkpoint::from_source("fuzz", data.to_vec()) else { return };
     let mut end = 0;
-    for name in ckpt.names() {
-        let info = ckpt.info(name).expect("every listed name has an entry");
+    for (name, info) in ckpt.tensors() {
+        assert!(ckpt.info(name).is_some_and(|i| std::ptr::eq(i, info)), "`{name}` is found");
         // Invariants the reader promised: contiguous, in order, sized by shape x dtype.
         assert_eq!(info.data_offsets.0, end, "`{name}` is not contiguous");
         end = info.data_offsets.1;
@@ -216,22 +221,21 @@ pub fn block_sparse(data: &[u8]) {
     block_sparse_as::<f64>(data);
 }
 
-/// The `--pattern` and `--sparsity` parsers of the `shears` binary: any string gives a
-/// value or an error, and every value satisfies its type's invariants.
+/// The `--pattern` and `--sparsity` parsers of the `shears` binary (the library types'
+/// `FromStr`): any string gives a value or an error, every value satisfies its type's
+/// invariants, and a pattern's name parses back to the same pattern.
 pub fn cli_args(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    if let Ok(s) = parse_sparsity(text) {
+    if let Ok(s) = text.parse::<Sparsity>() {
         assert!((0.0..=1.0).contains(&s.get()), "sparsity {} from `{text}`", s.get());
     }
-    match parse_pattern(text) {
-        Ok(PatternArg::Nm(p)) => {
-            assert!(p.n() <= p.m() && p.m() > 0, "{p:?} from `{text}`");
-            assert_eq!(
-                format!("{}:{}", p.n(), p.m()).parse::<shears_core::NmPattern>().ok(),
-                Some(p)
-            );
+    let Ok(pattern) = text.parse::<Pattern>() else { return };
+    match pattern {
+        Pattern::NM(p) => assert!(p.n() <= p.m() && p.m() > 0, "{p:?} from `{text}`"),
+        Pattern::Blocks { shape, .. } => {
+            assert!(shape.rows() > 0 && shape.cols() > 0, "{shape:?} from `{text}`")
         }
-        Ok(PatternArg::Block(b)) => assert!(b.rows() > 0 && b.cols() > 0, "{b:?} from `{text}`"),
-        Ok(_) | Err(_) => {}
+        _ => {}
     }
+    assert_eq!(pattern.to_string().parse::<Pattern>().ok(), Some(pattern), "from `{text}`");
 }

@@ -1,0 +1,302 @@
+//! The error type of shears-io.
+
+use std::path::PathBuf;
+
+use safetensors::Dtype;
+
+/// The result type of shears-io.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong reading or writing shears' files.
+///
+/// Every variant names the file or the tensor it is about, so a one-line report of it is
+/// enough for a user to act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operation on a file failed.
+    #[error("cannot {op} {}", path.display())]
+    Io {
+        /// What was being done: `open`, `read`, `create`, `write`, `sync`, `rename`...
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file is not a valid safetensors file.
+    #[error("{}: not a valid safetensors file: {problem}", path.display())]
+    Header {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with its header.
+        problem: HeaderProblem,
+    },
+    /// A file is something else than a safetensors file.
+    #[error("{}: not a safetensors file: it looks like {kind}", path.display())]
+    NotSafetensors {
+        /// The file.
+        path: PathBuf,
+        /// What it looks like.
+        kind: FileKind,
+    },
+    /// A checkpoint has no tensor of that name.
+    #[error("{}: no tensor `{tensor}`", path.display())]
+    UnknownTensor {
+        /// The checkpoint.
+        path: PathBuf,
+        /// The name asked for.
+        tensor: String,
+    },
+    /// A tensor's dtype is not a floating-point one.
+    #[error(
+        "tensor `{tensor}` has dtype {dtype:?}: only f16, bf16, f32 and f64 tensors can be decoded"
+    )]
+    NotFloat {
+        /// The tensor.
+        tensor: String,
+        /// Its dtype.
+        dtype: Dtype,
+    },
+    /// A tensor's shape does not fit what was asked of it (a matrix view of a 3-D
+    /// tensor, records that do not divide it).
+    #[error("tensor `{tensor}` of shape {shape:?}: {reason}")]
+    Shape {
+        /// The tensor.
+        tensor: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// What does not fit.
+        reason: String,
+    },
+    /// A tensor written through [`crate::write_safetensors`] did not take the bytes its
+    /// header entry declares.
+    #[error(
+        "tensor `{tensor}` was written as {written} bytes, its header entry declares {declared}"
+    )]
+    WrittenLength {
+        /// The tensor.
+        tensor: String,
+        /// Bytes written.
+        written: usize,
+        /// Bytes declared.
+        declared: usize,
+    },
+    /// A set of tensors cannot make a safetensors header (duplicate names, offsets
+    /// that overlap).
+    #[error("cannot build a safetensors header: {reason}")]
+    Layout {
+        /// What the safetensors crate reported.
+        reason: String,
+    },
+    /// A stored mask or mask set is invalid.
+    #[error("{}: invalid mask file: {source}", path.display())]
+    Masks {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: shears_core::Error,
+    },
+    /// A path given as an input is not a file shears may read.
+    #[error("cannot read {}: it {reason}", path.display())]
+    Input {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        reason: &'static str,
+    },
+    /// One file was given in two roles, at least one of them written.
+    #[error("{} is both the {first} and the {second}: give distinct files", path.display())]
+    SameFile {
+        /// The file (as the first role named it).
+        path: PathBuf,
+        /// The first role.
+        first: &'static str,
+        /// The second role.
+        second: &'static str,
+    },
+    /// A path given as an output is not one shears may write.
+    #[error("refusing to write {}: {reason}", path.display())]
+    Output {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+impl Error {
+    /// An [`Error::Io`] for `op` on `path`.
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { op, path: path.into(), source }
+    }
+}
+
+/// What is wrong with a safetensors header; one variant per check.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeaderProblem {
+    /// The file is too short to hold the 8-byte header length.
+    #[error("{len} bytes, shorter than the 8-byte header length")]
+    TooShort {
+        /// The file's length.
+        len: u64,
+    },
+    /// The header length exceeds the limit.
+    #[error("header length {len} exceeds the {limit}-byte limit")]
+    TooLong {
+        /// The declared length.
+        len: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The header runs past the end of the file.
+    #[error("header length {len} runs past the end of the {file_len}-byte file")]
+    PastEnd {
+        /// The declared length.
+        len: u64,
+        /// The file's length.
+        file_len: u64,
+    },
+    /// The header is not UTF-8.
+    #[error("header is not UTF-8: {reason}")]
+    NotUtf8 {
+        /// The decoder's message.
+        reason: String,
+    },
+    /// The header is not a JSON object.
+    #[error("header is not a JSON object: {reason}")]
+    NotJson {
+        /// The parser's message.
+        reason: String,
+    },
+    /// `__metadata__` is not a map of strings.
+    #[error("`__metadata__` is not a map of strings: {reason}")]
+    Metadata {
+        /// The parser's message.
+        reason: String,
+    },
+    /// A tensor's entry is not `{dtype, shape, data_offsets}`.
+    #[error("tensor `{tensor}` has an invalid entry: {reason}")]
+    Entry {
+        /// The tensor.
+        tensor: String,
+        /// The parser's message.
+        reason: String,
+    },
+    /// Two tensors have the same name.
+    #[error("tensor `{tensor}` appears twice")]
+    Duplicate {
+        /// The name.
+        tensor: String,
+    },
+    /// A tensor's data does not start where the previous one ends.
+    #[error("tensor `{tensor}` has data offsets [{start}, {end}], expected to start at {expected}")]
+    Offsets {
+        /// The tensor.
+        tensor: String,
+        /// Its first byte.
+        start: usize,
+        /// One past its last byte.
+        end: usize,
+        /// Where it should start.
+        expected: usize,
+    },
+    /// A tensor's shape times its dtype size overflows or is not whole bytes.
+    #[error("tensor `{tensor}` of shape {shape:?} and dtype {dtype:?} has no whole byte size")]
+    NoByteSize {
+        /// The tensor.
+        tensor: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// Its dtype.
+        dtype: Dtype,
+    },
+    /// A tensor's offsets span another byte count than its shape and dtype need.
+    #[error(
+        "tensor `{tensor}` of shape {shape:?} and dtype {dtype:?} needs {needed} bytes, its offsets span {spanned}"
+    )]
+    Size {
+        /// The tensor.
+        tensor: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// Its dtype.
+        dtype: Dtype,
+        /// Bytes its shape needs.
+        needed: usize,
+        /// Bytes its offsets span.
+        spanned: usize,
+    },
+    /// The tensors' data does not end exactly at the end of the file.
+    #[error("the header describes {described} bytes of data, the file holds {held}")]
+    DataLength {
+        /// Bytes the header describes.
+        described: usize,
+        /// Bytes after the header.
+        held: u64,
+    },
+}
+
+/// What a file that is not safetensors looks like, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileKind {
+    /// A zip archive: PyTorch's `torch.save` format (`pytorch_model.bin`, `.pt`, `.pth`).
+    #[error(
+        "a zip archive, as torch.save writes (pytorch_model.bin, .pt): convert it to safetensors first"
+    )]
+    TorchZip,
+    /// A Python pickle: an old `torch.save` file.
+    #[error("a Python pickle (an old torch.save file): convert it to safetensors first")]
+    Pickle,
+    /// One of shears' own binary formats (a mask, a mask set, a sparse matrix).
+    #[error("a shears {0} file, not a checkpoint")]
+    Shears(&'static str),
+    /// JSON text: a config or an index.
+    #[error(
+        "JSON text (a config or model.safetensors.index.json?): give the model folder or the index"
+    )]
+    Json,
+    /// gzip-compressed data.
+    #[error("gzip-compressed data: decompress it first")]
+    Gzip,
+    /// A GGUF file (llama.cpp).
+    #[error("a GGUF file (llama.cpp), which shears does not read")]
+    Gguf,
+    /// An ONNX model or another protobuf.
+    #[error("an ONNX model, which shears does not read")]
+    Onnx,
+}
+
+impl FileKind {
+    /// Recognises a file by its first bytes, if it is a kind shears knows.
+    pub fn sniff(head: &[u8]) -> Option<FileKind> {
+        let shears = [
+            (b"SHEARSMK", "mask"),
+            (b"SHEARSMS", "mask set"),
+            (b"SHEARCSR", "CSR matrix"),
+            (b"SHEARSEL", "sliced-ELLPACK matrix"),
+            (b"SHEARNM\0", "N:M matrix"),
+            (b"SHEARBSR", "block-sparse matrix"),
+        ];
+        if let Some((_, what)) = shears.iter().find(|(magic, _)| head.starts_with(*magic)) {
+            return Some(FileKind::Shears(what));
+        }
+        let first = head.iter().copied().find(|b| !b.is_ascii_whitespace());
+        Some(match head {
+            [b'P', b'K', 3, 4, ..] => FileKind::TorchZip,
+            [0x80, 2..=5, ..] => FileKind::Pickle,
+            [0x1f, 0x8b, ..] => FileKind::Gzip,
+            [b'G', b'G', b'U', b'F', ..] => FileKind::Gguf,
+            // ModelProto starts with field 1 (ir_version, a varint) and names its producer.
+            [0x08, _, ..] if head.windows(4).any(|w| w == b"onnx" || w == b"ONNX") => {
+                FileKind::Onnx
+            }
+            _ if first == Some(b'{') => FileKind::Json,
+            _ => return None,
+        })
+    }
+}

@@ -1,0 +1,150 @@
+//! Which paths a command may read and write: regular files only, and never one file in
+//! two roles.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Fails unless `path` is a regular file (symbolic links followed). Checked before a
+/// file is opened, so a FIFO with no writer cannot block the caller and a device is
+/// never read.
+///
+/// # Errors
+/// [`Error::Io`] if `path` cannot be examined (it does not exist, say);
+/// [`Error::Input`] naming what it is otherwise.
+pub fn require_regular_file(path: &Path) -> Result<()> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("open", path, e))?;
+    if meta.is_file() {
+        Ok(())
+    } else if meta.is_dir() {
+        Err(Error::Input { path: path.to_owned(), reason: "is a directory" })
+    } else {
+        Err(Error::Input {
+            path: path.to_owned(),
+            reason: "is not a regular file (a FIFO, socket or device)",
+        })
+    }
+}
+
+/// Fails unless `path` may be written as an output: it does not exist yet, or it is a
+/// regular file. A symbolic link, a directory, a FIFO or a device at `path` is refused,
+/// since replacing it with a regular file (or writing through it) is never what a
+/// command line meant.
+///
+/// # Errors
+/// [`Error::Output`] naming what is there.
+pub fn check_output(path: &Path) -> Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(()) };
+    let reason = if meta.file_type().is_symlink() {
+        "it is a symbolic link (give the path it points to)"
+    } else if meta.is_dir() {
+        "it is a directory"
+    } else if !meta.is_file() {
+        "it exists and is not a regular file (a FIFO, socket or device)"
+    } else {
+        return Ok(());
+    };
+    Err(Error::Output { path: path.to_owned(), reason })
+}
+
+/// What identifies a file: its device and inode where the platform has them (so hard
+/// links and different spellings of one path are the same file), else its canonical
+/// path. A path that does not exist yet is identified by its canonical directory and
+/// name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FileId {
+    Inode(u64, u64),
+    Path(PathBuf),
+}
+
+fn file_id(path: &Path) -> Option<FileId> {
+    if let Ok(meta) = std::fs::metadata(path) {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            return Some(FileId::Inode(meta.dev(), meta.ino()));
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = meta;
+            return path.canonicalize().ok().map(FileId::Path);
+        }
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.canonicalize().ok()?,
+        _ => std::env::current_dir().ok()?,
+    };
+    Some(FileId::Path(dir.join(path.file_name()?)))
+}
+
+/// Fails if any two of the given paths are one file, unless both are only read. Each
+/// path comes with the role it plays (`"input"`, `"--grads"`, `"-o"`, ...), which the
+/// error names; `true` marks the paths that are written.
+///
+/// Call it before anything is read or written: an output that is also an input (under
+/// another name, or through a hard link) would be destroyed by the write.
+///
+/// # Errors
+/// [`Error::SameFile`] naming both roles.
+pub fn check_distinct(paths: &[(&'static str, &Path, bool)]) -> Result<()> {
+    let ids: Vec<Option<FileId>> = paths.iter().map(|(_, p, _)| file_id(p)).collect();
+    for (i, (role_a, path_a, writes_a)) in paths.iter().enumerate() {
+        for (j, (role_b, _, writes_b)) in paths.iter().enumerate().skip(i + 1) {
+            let same = match (&ids[i], &ids[j]) {
+                (Some(a), Some(b)) => a == b,
+                _ => false,
+            };
+            if same && (*writes_a || *writes_b) {
+                return Err(Error::SameFile {
+                    path: path_a.to_path_buf(),
+                    first: role_a,
+                    second: role_b,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_file_in_two_roles_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.safetensors");
+        std::fs::write(&a, b"x").unwrap();
+        let link = dir.path().join("hard");
+        std::fs::hard_link(&a, &link).unwrap();
+        let other = dir.path().join("new.safetensors");
+        let dotted = dir.path().join(".").join("a.safetensors");
+        for alias in [&a, &link, &dotted] {
+            let err = check_distinct(&[("input", &a, false), ("-o", alias, true)]).unwrap_err();
+            assert!(matches!(err, Error::SameFile { first: "input", second: "-o", .. }), "{err}");
+        }
+        check_distinct(&[("input", &a, false), ("-o", &other, true)]).unwrap();
+        // Two reads of one file are fine; two writes to a new one are not.
+        check_distinct(&[("input", &a, false), ("--grads", &link, false)]).unwrap();
+        assert!(check_distinct(&[("-o", &other, true), ("--masks-out", &other, true)]).is_err());
+    }
+
+    #[test]
+    fn outputs_must_be_absent_or_regular() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        check_output(&file).unwrap();
+        check_output(&dir.path().join("absent")).unwrap();
+        assert!(matches!(check_output(dir.path()), Err(Error::Output { .. })));
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("link");
+            std::os::unix::fs::symlink(&file, &link).unwrap();
+            assert!(matches!(check_output(&link), Err(Error::Output { .. })));
+        }
+        assert!(matches!(require_regular_file(dir.path()), Err(Error::Input { .. })));
+        assert!(matches!(require_regular_file(&dir.path().join("absent")), Err(Error::Io { .. })));
+        require_regular_file(&file).unwrap();
+    }
+}

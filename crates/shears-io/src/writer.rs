@@ -1,0 +1,192 @@
+//! Writing safetensors files tensor by tensor, atomically, in bounded memory.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+use nalgebra::DMatrix;
+use rayon::prelude::*;
+use safetensors::Dtype;
+use safetensors::tensor::{Metadata, TensorInfo};
+
+use crate::atomic::{PendingFile, commit_all};
+use crate::checkpoint::CHUNK_BYTES;
+use crate::dtype::{Float, encode_append, encode_into, float_size};
+use crate::error::{Error, Result};
+use crate::transpose::transpose_from;
+use crate::write_behind::WriteBehind;
+
+/// The header entries of tensors laid out one after another in the given order:
+/// `(name, dtype, shape)` in, `(name, TensorInfo)` with data offsets out.
+///
+/// # Errors
+/// [`Error::Layout`] when a tensor's byte size overflows.
+pub fn layout(
+    tensors: impl IntoIterator<Item = (String, Dtype, Vec<usize>)>,
+) -> Result<Vec<(String, TensorInfo)>> {
+    let mut offset = 0usize;
+    tensors
+        .into_iter()
+        .map(|(name, dtype, shape)| {
+            let bytes = shape
+                .iter()
+                .try_fold(dtype.bitsize(), |acc, &d| acc.checked_mul(d))
+                .map(|bits| bits.div_ceil(8))
+                .and_then(|b| offset.checked_add(b).map(|end| (b, end)));
+            let Some((_, end)) = bytes else {
+                return Err(Error::Layout { reason: format!("tensor `{name}` is too large") });
+            };
+            let info = TensorInfo { dtype, shape, data_offsets: (offset, end) };
+            offset = end;
+            Ok((name, info))
+        })
+        .collect()
+}
+
+/// Writes a safetensors file tensor by tensor and commits it over `out` (see
+/// [`stage_safetensors`]).
+///
+/// # Errors
+/// As [`stage_safetensors`], and [`Error::Io`] if the commit fails.
+pub fn write_safetensors<E: From<Error>>(
+    out: &Path,
+    tensors: &[(String, TensorInfo)],
+    metadata: Option<HashMap<String, String>>,
+    produce: impl FnMut(&str, &mut dyn Write) -> Result<(), E>,
+) -> Result<(), E> {
+    let staged = stage_safetensors(out, tensors, metadata, produce)?;
+    commit_all(vec![staged])?;
+    Ok(())
+}
+
+/// Writes a safetensors file tensor by tensor to a temporary beside `out`, and returns it
+/// ready to commit ([`PendingFile::commit`], or [`commit_all`] together with other
+/// outputs); dropping it removes the temporary and leaves `out` as it was.
+///
+/// The header is written first (every size is known from `tensors`), then each tensor's
+/// bytes as `produce(name, writer)` writes them, in the order of `tensors`. So at most
+/// one tensor is in memory at a time, plus the bounded bytes a writer thread has not
+/// written yet (256 MiB at most; with direct I/O where the file system takes it, which
+/// `SHEARS_BUFFERED_WRITES=1` turns off).
+///
+/// # Errors
+/// [`Error::Layout`] for entries that make no header; [`Error::WrittenLength`] if
+/// `produce` writes another byte count than a tensor's entry declares; [`Error::Io`] for
+/// failed writes; and whatever `produce` returns.
+pub fn stage_safetensors<E: From<Error>>(
+    out: &Path,
+    tensors: &[(String, TensorInfo)],
+    metadata: Option<HashMap<String, String>>,
+    mut produce: impl FnMut(&str, &mut dyn Write) -> Result<(), E>,
+) -> Result<(PendingFile, File), E> {
+    let header = Metadata::new(metadata, tensors.to_vec())
+        .map_err(|e| Error::Layout { reason: e.to_string() })?;
+    let mut header =
+        serde_json::to_vec(&header).map_err(|e| Error::Layout { reason: e.to_string() })?;
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let (pending, file) = PendingFile::create(out)?;
+    let io = |op| move |e| Error::io(op, out, e);
+    let mut w = WriteBehind::new(file).map_err(io("write"))?;
+    w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io("write"))?;
+    w.write_all(&header).map_err(io("write"))?;
+    for (name, info) in tensors {
+        let mut counted = Counted { inner: &mut w, bytes: 0 };
+        produce(name, &mut counted)?;
+        let declared = info.data_offsets.1 - info.data_offsets.0;
+        if counted.bytes != declared {
+            return Err(Error::WrittenLength {
+                tensor: name.clone(),
+                written: counted.bytes,
+                declared,
+            }
+            .into());
+        }
+    }
+    let file = w.finish().map_err(io("write"))?;
+    Ok((pending, file))
+}
+
+/// A writer that counts the bytes passed through it.
+struct Counted<'a, W: Write> {
+    inner: &'a mut W,
+    bytes: usize,
+}
+
+impl<W: Write> Write for Counted<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.bytes += n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Chunks of [`CHUNK_BYTES`] that [`write_values`] encodes at once, on rayon's threads.
+const ENCODE_CHUNKS: usize = 8;
+
+fn not_float(dtype: Dtype) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("dtype {dtype:?} is not a floating type"),
+    )
+}
+
+/// Writes `values` (in file order) as little-endian `dtype` bytes to `out`, a chunk at a
+/// time; `T`'s own little-endian type is written without an encoding pass.
+///
+/// # Errors
+/// `InvalidInput` for a non-floating dtype, or the writer's error.
+pub fn write_values<T: Float>(
+    values: &[T],
+    dtype: Dtype,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let size = float_size(dtype).ok_or_else(|| not_float(dtype))?;
+    if size == size_of::<T>() && cfg!(target_endian = "little") {
+        return out.write_all(bytemuck::cast_slice(values));
+    }
+    let per_chunk = (CHUNK_BYTES / size).max(1);
+    let mut bytes = Vec::new();
+    for piece in values.chunks(per_chunk * ENCODE_CHUNKS) {
+        bytes.resize(piece.len() * size, 0);
+        bytes.par_chunks_mut(per_chunk * size).zip(piece.par_chunks(per_chunk)).for_each(
+            |(b, v)| {
+                encode_into(dtype, v, b);
+            },
+        );
+        out.write_all(&bytes)?;
+    }
+    Ok(())
+}
+
+/// Writes `matrix` to `out` in row-major order as `dtype`, a block of rows at a time.
+///
+/// # Errors
+/// `InvalidInput` for a non-floating dtype, or the writer's error.
+pub fn write_matrix<T: Float>(
+    matrix: &DMatrix<T>,
+    dtype: Dtype,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let (rows, cols) = matrix.shape();
+    let size = float_size(dtype).ok_or_else(|| not_float(dtype))?;
+    if matrix.is_empty() {
+        return Ok(());
+    }
+    let block = (CHUNK_BYTES / (cols * size)).clamp(1, rows);
+    let (mut values, mut bytes) = (Vec::new(), Vec::new());
+    for first in (0..rows).step_by(block) {
+        let n = block.min(rows - first);
+        values.clear();
+        values.resize(n * cols, T::zero());
+        transpose_from(matrix.as_slice(), rows, first, &mut values, n, cols);
+        bytes.clear();
+        encode_append(dtype, &values, &mut bytes);
+        out.write_all(&bytes)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! Reading checkpoints: round trips through the writer, every header check, and what a
+//! file that is not safetensors is reported as.
+
+use nalgebra::DMatrix;
+use proptest::prelude::*;
+use shears_io::{
+    Checkpoint, Dtype, Error, FileKind, HeaderProblem, encode_append, layout, stage_safetensors,
+    write_matrix, write_safetensors, write_values,
+};
+
+fn file(header: &str, data: &[u8]) -> Vec<u8> {
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(data);
+    bytes
+}
+
+fn problem(bytes: Vec<u8>) -> HeaderProblem {
+    match Checkpoint::from_source("t.safetensors", bytes).unwrap_err() {
+        Error::Header { problem, .. } => problem,
+        other => panic!("expected a header problem, got {other}"),
+    }
+}
+
+#[test]
+fn reads_a_matrix_column_major_and_writes_it_back_row_major() {
+    let values: Vec<f32> = (0..15).map(|i| i as f32 - 7.0).collect();
+    let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let ckpt = Checkpoint::from_source(
+        "t",
+        file(r#"{"w":{"dtype":"F32","shape":[3,5],"data_offsets":[0,60]}}"#, &data),
+    )
+    .unwrap();
+    let m = ckpt.read_matrix::<f32>("w").unwrap();
+    assert_eq!(m, DMatrix::from_row_slice(3, 5, &values));
+    let mut out = Vec::new();
+    write_matrix(&m, Dtype::F32, &mut out).unwrap();
+    assert_eq!(out, data);
+    assert_eq!(ckpt.read_values::<f64>("w").unwrap()[14], 7.0);
+}
+
+#[test]
+fn pieces_come_back_in_file_order_and_whole_rows() {
+    // 6 and 12 MB of bf16 and f32: more than one piece, read on several threads.
+    let (rows, cols) = (3000, 1003);
+    for (dtype, size) in [(Dtype::BF16, 2), (Dtype::F32, 4)] {
+        let values: Vec<f32> = (0..rows * cols).map(|i| (i % 251) as f32 - 125.0).collect();
+        let mut data = Vec::new();
+        assert!(encode_append(dtype, &values, &mut data));
+        let header = format!(
+            r#"{{"w":{{"dtype":"{dtype:?}","shape":[{rows},{cols}],"data_offsets":[0,{}]}}}}"#,
+            rows * cols * size
+        );
+        let ckpt = Checkpoint::from_source("t", file(&header, &data)).unwrap();
+        let pieces = ckpt.map_decoded("w", cols, |p: &[f32]| p.to_vec()).unwrap();
+        assert!(pieces.len() > 1, "{dtype:?}");
+        assert!(pieces.iter().all(|p| p.len() % cols == 0));
+        assert_eq!(pieces.concat(), values, "{dtype:?}");
+        assert_eq!(ckpt.read_values::<f32>("w").unwrap(), values);
+        assert_eq!(ckpt.count_zeros("w").unwrap(), values.iter().filter(|&&v| v == 0.0).count());
+        let mut written = Vec::new();
+        write_values(&values, dtype, &mut written).unwrap();
+        assert_eq!(written, data);
+    }
+}
+
+#[test]
+fn header_errors_name_the_problem() {
+    assert_eq!(problem(vec![1, 2, 3]), HeaderProblem::TooShort { len: 3 });
+    assert!(matches!(problem(u64::MAX.to_le_bytes().to_vec()), HeaderProblem::TooLong { .. }));
+    assert!(matches!(problem(100u64.to_le_bytes().to_vec()), HeaderProblem::PastEnd { .. }));
+    assert!(matches!(problem(file("{\"w\": 1}", &[])), HeaderProblem::Entry { .. }));
+    assert!(matches!(problem(file("[]", &[])), HeaderProblem::NotJson { .. }));
+    assert!(matches!(problem(file("{} x", &[])), HeaderProblem::NotJson { .. }));
+    assert!(matches!(problem(file(r#"{"__metadata__": 1}"#, &[])), HeaderProblem::Metadata { .. }));
+    let gap = r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+    let wrong = r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#;
+    let huge = r#"{"w":{"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,8]}}"#;
+    let twice = r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+    assert!(matches!(problem(file(gap, &[0; 8])), HeaderProblem::Offsets { .. }));
+    assert!(matches!(problem(file(wrong, &[0; 8])), HeaderProblem::Size { .. }));
+    assert!(matches!(problem(file(huge, &[0; 8])), HeaderProblem::NoByteSize { .. }));
+    assert!(matches!(problem(file(twice, &[0; 8])), HeaderProblem::Duplicate { .. }));
+    let short = r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+    assert_eq!(problem(file(short, &[0; 4])), HeaderProblem::DataLength { described: 8, held: 4 });
+    let e = Checkpoint::from_source("t.safetensors", file(gap, &[0; 8])).unwrap_err();
+    assert!(e.to_string().starts_with("t.safetensors: not a valid safetensors file: tensor `w`"));
+}
+
+#[test]
+fn other_formats_are_named() {
+    let kind = |bytes: &[u8]| match Checkpoint::from_source("f", bytes.to_vec()).unwrap_err() {
+        Error::NotSafetensors { kind, .. } => Some(kind),
+        _ => None,
+    };
+    let mut zip = b"PK\x03\x04".to_vec();
+    zip.extend_from_slice(&[0; 60]);
+    assert_eq!(kind(&zip), Some(FileKind::TorchZip));
+    assert_eq!(kind(b"\x80\x02\x8a\x0alotsofpickledbytes"), Some(FileKind::Pickle));
+    assert_eq!(kind(b"{\"weight_map\": {\"a\": \"b\"}}"), Some(FileKind::Json));
+    assert_eq!(kind(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"), Some(FileKind::Gzip));
+    let mask = shears_core::Mask::all_kept(3, 3).unwrap().to_bytes();
+    assert_eq!(kind(&mask), Some(FileKind::Shears("mask")));
+    let masks = shears_io::encode_mask_set(&[]);
+    assert_eq!(kind(&masks), Some(FileKind::Shears("mask set")));
+    let e = Checkpoint::from_source("pytorch_model.bin", zip).unwrap_err().to_string();
+    assert!(e.contains("torch.save"), "{e}");
+}
+
+#[test]
+fn non_float_tensors_are_refused_by_the_decoders() {
+    let ckpt = Checkpoint::from_source(
+        "t",
+        file(r#"{"i":{"dtype":"I32","shape":[2,2],"data_offsets":[0,16]}}"#, &[0; 16]),
+    )
+    .unwrap();
+    assert!(matches!(ckpt.read_matrix::<f32>("i"), Err(Error::NotFloat { .. })));
+    assert_eq!(ckpt.read_bytes("i").unwrap(), vec![0; 16]);
+    assert!(matches!(ckpt.read_bytes("nope"), Err(Error::UnknownTensor { .. })));
+    assert!(matches!(ckpt.read_matrix::<f32>("nope"), Err(Error::UnknownTensor { .. })));
+}
+
+#[test]
+fn the_writer_checks_what_each_tensor_takes_and_leaves_nothing_on_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.safetensors");
+    let tensors =
+        layout([("a".into(), Dtype::F32, vec![2]), ("b".into(), Dtype::F16, vec![3])]).unwrap();
+    assert_eq!(tensors[1].1.data_offsets, (8, 14));
+    let short = write_safetensors(&out, &tensors, None, |_, w| -> Result<(), Error> {
+        w.write_all(&[0; 2]).unwrap();
+        Ok(())
+    });
+    assert!(matches!(short, Err(Error::WrittenLength { written: 2, declared: 8, .. })));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no file, no temporary");
+    let staged = stage_safetensors(&out, &tensors, None, |name, w| -> Result<(), Error> {
+        w.write_all(if name == "a" { &[1; 8] } else { &[2; 6] }).unwrap();
+        Ok(())
+    })
+    .unwrap();
+    assert!(!out.exists(), "staged, not yet committed");
+    shears_io::commit_all(vec![staged]).unwrap();
+    let ckpt = Checkpoint::open(&out).unwrap();
+    assert_eq!(ckpt.read_bytes("b").unwrap(), vec![2; 6]);
+    assert_eq!(ckpt.names().collect::<Vec<_>>(), ["a", "b"]);
+}
+
+proptest! {
+    /// Any bytes either open as a checkpoint whose every tensor reads back within the
+    /// file, or give an error; nothing panics or allocates past the file.
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256), header in "[ -~]{0,120}") {
+        let _ = Checkpoint::from_source("p", bytes.clone());
+        let mut framed = (header.len() as u64).to_le_bytes().to_vec();
+        framed.extend_from_slice(header.as_bytes());
+        framed.extend_from_slice(&bytes);
+        if let Ok(ckpt) = Checkpoint::from_source("p", framed) {
+            for (name, _) in ckpt.tensors() {
+                let _ = ckpt.read_bytes(name);
+                let _ = ckpt.read_matrix::<f32>(name);
+            }
+        }
+    }
+}
