@@ -12,12 +12,16 @@ use shears_io::chart::{Series, line_chart};
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// A reduced grid (4096x4096 at 50% and 90%, 2:4, 50% rows; batch 1 and 32) in well
-    /// under a minute.
+    /// under a minute per thread count.
     #[arg(long)]
     pub(crate) quick: bool,
     /// Where the reports go.
     #[arg(long)]
     pub(crate) out: Option<PathBuf>,
+    /// Also rewrite the README's speed table and this machine's section of
+    /// docs/performance.md from the results.
+    #[arg(long)]
+    pub(crate) update_docs: bool,
 }
 
 /// One cell of `bench.json` (the sweep's field names; tools read them).
@@ -34,26 +38,196 @@ pub(crate) struct Cell {
     pub(crate) threads: usize,
 }
 
+/// What one run of the sweep binary prints.
+#[derive(Debug, Deserialize)]
+struct Sweep {
+    kernel_path: String,
+    cells: Vec<Cell>,
+}
+
+/// The machine a report was measured on, so reports from several machines can sit side
+/// by side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Machine {
+    pub(crate) cpu_model: String,
+    pub(crate) cpu_vendor: String,
+    pub(crate) logical_cpus: usize,
+    pub(crate) arch: String,
+    pub(crate) kernel_path: String,
+}
+
+impl Machine {
+    /// This machine, from `/proc/cpuinfo` where there is one.
+    fn here(kernel_path: String) -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let field = |key: &str| {
+            cpuinfo
+                .lines()
+                .find(|l| l.split(':').next().is_some_and(|k| k.trim() == key))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+                .unwrap_or_else(|| "unknown".to_owned())
+        };
+        Machine {
+            cpu_model: field("model name"),
+            cpu_vendor: field("vendor_id"),
+            logical_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            arch: std::env::consts::ARCH.to_owned(),
+            kernel_path,
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} ({}, {} logical CPUs, {}, `{}` kernels)",
+            self.cpu_model, self.cpu_vendor, self.logical_cpus, self.arch, self.kernel_path
+        )
+    }
+}
+
+/// `bench.json`: the machine, the command, and every cell.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Report {
+    pub(crate) machine: Machine,
+    pub(crate) command: String,
+    pub(crate) cells: Vec<Cell>,
+}
+
 pub(crate) fn run(args: &Args) -> Result<()> {
     let out = args.out.clone().unwrap_or_else(|| project_root().join("target/shears-report"));
-    let mut cmd = cargo();
-    cmd.args(["run", "--release", "--quiet", "-p", "shears-benches", "--bin", "sweep", "--"]);
-    if args.quick {
-        cmd.arg("--quick");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut thread_counts = vec![1];
+    if cpus > 1 {
+        thread_counts.push(cpus);
     }
-    let json = run_output(cmd, "the speedup sweep (release build)")?;
-    let cells: Vec<Cell> =
-        serde_json::from_str(&json).context("the sweep printed no valid JSON")?;
-    write_report(&out, "bench.json", &serde_json::to_string_pretty(&cells)?)?;
-    let mut md = markdown(&cells);
+    let (mut cells, mut kernel_path) = (Vec::new(), String::new());
+    for threads in thread_counts {
+        let mut cmd = cargo();
+        cmd.args(["run", "--release", "--quiet", "-p", "shears-benches", "--bin", "sweep", "--"]);
+        if args.quick {
+            cmd.arg("--quick");
+        }
+        cmd.env("RAYON_NUM_THREADS", threads.to_string());
+        let json = run_output(cmd, &format!("the speedup sweep on {threads} thread(s)"))?;
+        let sweep: Sweep =
+            serde_json::from_str(&json).context("the sweep printed no valid JSON")?;
+        kernel_path = sweep.kernel_path;
+        cells.extend(sweep.cells);
+    }
+    let command = format!("cargo xtask bench{}", if args.quick { " --quick" } else { "" });
+    let report = Report { machine: Machine::here(kernel_path), command, cells };
+    write_report(&out, "bench.json", &serde_json::to_string_pretty(&report)?)?;
+    let mut md = markdown(&report);
     if let Some(note) = idle_note(std::fs::read_to_string(GUEST_HALT_POLL).ok().as_deref()) {
         md.push_str(&note);
     }
     write_report(&out, "bench.md", &md)?;
-    write_report(&out, "speedup.svg", &plot(&cells))?;
+    write_report(&out, "speedup.svg", &plot(&report.cells))?;
+    if args.update_docs {
+        update_docs(&report, &md)?;
+    }
     print!("{md}");
     println!("reports in {}", out.display());
     Ok(())
+}
+
+/// Where the README's speed table starts and ends.
+const README_BEGIN: &str = "<!-- speed table: cargo xtask bench --update-docs -->";
+const README_END: &str = "<!-- end of speed table -->";
+
+/// Rewrites the README's speed table and this machine's section of docs/performance.md.
+fn update_docs(report: &Report, md: &str) -> Result<()> {
+    let root = project_root();
+    let readme_path = root.join("README.md");
+    let readme = std::fs::read_to_string(&readme_path).context("cannot read README.md")?;
+    let table = format!(
+        "{README_BEGIN}\n{}\nMeasured on {} with `{}`; the full tables and the method are in \
+         [docs/performance.md](docs/performance.md).\n{README_END}",
+        summary_table(&report.cells),
+        report.machine.describe(),
+        report.command
+    );
+    let readme = replace_between(&readme, README_BEGIN, README_END, &table)
+        .context("README.md has no speed-table markers")?;
+    shears_io::write_atomic(&readme_path, readme.as_bytes())?;
+    let perf_path = root.join("docs/performance.md");
+    let perf = std::fs::read_to_string(&perf_path).context("cannot read docs/performance.md")?;
+    let (begin, end) = (
+        format!("<!-- machine: {} -->", report.machine.cpu_model),
+        format!("<!-- end of machine: {} -->", report.machine.cpu_model),
+    );
+    let body = md.trim_start_matches("# shears speedup sweep").trim();
+    let section = format!(
+        "{begin}\n## {}\n\nCommand: `{}`.\n\n{}\n\n{body}\n{end}",
+        report.machine.cpu_model,
+        report.command,
+        summary_table(&report.cells)
+    );
+    let perf = replace_between(&perf, &begin, &end, &section)
+        .unwrap_or_else(|| format!("{}\n\n{section}\n", perf.trim_end()));
+    shears_io::write_atomic(&perf_path, perf.as_bytes())?;
+    eprintln!("xtask: updated README.md and docs/performance.md");
+    Ok(())
+}
+
+/// `text` with everything from `begin` through `end` (both included) replaced by
+/// `with`; `None` if the markers are missing.
+fn replace_between(text: &str, begin: &str, end: &str, with: &str) -> Option<String> {
+    let start = text.find(begin)?;
+    let stop = text[start..].find(end)? + start + end.len();
+    Some(format!("{}{with}{}", &text[..start], &text[stop..]))
+}
+
+/// The README's table: speedups over nalgebra dense on the largest square shape, for the
+/// formats users meet, at batch 1 and the largest batch up to 32, on each thread count.
+pub(crate) fn summary_table(cells: &[Cell]) -> String {
+    let products = || cells.iter().filter(|c| c.kernel == "spmv" || c.kernel == "spmm");
+    let Some(size) = products().filter(|c| c.rows == c.cols).map(|c| c.rows).max() else {
+        return "(no square shape measured)".to_owned();
+    };
+    let batch_big = products().map(|c| c.batch).filter(|&b| b > 1 && b <= 32).max().unwrap_or(1);
+    let mut threads: Vec<usize> = products().map(|c| c.threads).collect();
+    threads.sort_unstable();
+    threads.dedup();
+    let columns: Vec<(usize, usize)> =
+        [1, batch_big].iter().flat_map(|&b| threads.iter().map(move |&t| (b, t))).collect();
+    let mut md = format!(
+        "Speedup over nalgebra's dense product (one thread), {size}x{size} f32:\n\n| format |"
+    );
+    for (b, t) in &columns {
+        let _ = write!(md, " batch {b}, {t} thread{} |", if *t == 1 { "" } else { "s" });
+    }
+    md.push_str("\n|---|");
+    md.push_str(&"---|".repeat(columns.len()));
+    let rows: [(&str, &str, f64); 6] = [
+        ("sliced ELLPACK, 90%", "sell", 0.9),
+        ("CSR, 90%", "csr", 0.9),
+        ("sprs CSR, 90%", "sprs-csr", 0.9),
+        ("CSR, 50%", "csr", 0.5),
+        ("2:4", "nm", 0.5),
+        ("compacted, 50% of rows", "compact", 0.5),
+    ];
+    for (label, format, sparsity) in rows {
+        let _ = write!(md, "\n| {label} |");
+        for &(b, t) in &columns {
+            let cell = products().find(|c| {
+                c.format == format
+                    && c.rows == size
+                    && c.cols == size
+                    && c.batch == b
+                    && c.threads == t
+                    && (c.sparsity - sparsity).abs() < 1e-9
+            });
+            match cell {
+                Some(c) => {
+                    let _ = write!(md, " {:.2}x |", c.speedup_vs_dense);
+                }
+                None => md.push_str(" - |"),
+            }
+        }
+    }
+    md.push('\n');
+    md
 }
 
 /// Where a Linux guest with the `haltpoll` idle driver says how long an idle vCPU polls
@@ -61,33 +235,34 @@ pub(crate) fn run(args: &Args) -> Result<()> {
 const GUEST_HALT_POLL: &str = "/sys/module/haltpoll/parameters/guest_halt_poll_ns";
 
 /// A note for the report when idle vCPUs halt at once (`guest_halt_poll_ns` of 0, as on
-/// the VM shears is measured on): waking a halted vCPU then takes tens of microseconds,
+/// some cloud VMs): waking a halted vCPU then takes tens of microseconds,
 /// which every multi-threaded product pays when rayon's workers have gone to sleep.
 fn idle_note(guest_halt_poll_ns: Option<&str>) -> Option<String> {
     (guest_halt_poll_ns?.trim() == "0").then(|| {
         format!(
             "\nThis machine's idle vCPUs halt without polling (`{GUEST_HALT_POLL}` is 0), so \
              waking a sleeping rayon worker costs tens of microseconds; the 2-thread \
-             figures pay it (see the README's Speed section).\n"
+             figures pay it (see docs/performance.md).\n"
         )
     })
 }
 
-/// The tables: one per shape and batch, each format's median and speedup over dense.
-pub(crate) fn markdown(cells: &[Cell]) -> String {
+/// The tables: one per shape, batch and thread count, each format's median and speedup
+/// over dense.
+pub(crate) fn markdown(report: &Report) -> String {
+    let cells = &report.cells;
     let mut md = String::from(
-        "# shears speedup sweep\n\nMedians; speedup = nalgebra dense time / format time, measured in the same run.\n",
+        "# shears speedup sweep\n\nMedians; speedup = nalgebra dense time (one thread) / format time, the two timed alternately in the same run.\n",
     );
-    let threads = cells.first().map_or(1, |c| c.threads);
-    let _ = writeln!(md, "Threads: {threads}.");
-    let mut groups: Vec<(String, usize, usize, usize)> = Vec::new();
+    let _ = writeln!(md, "Machine: {}.", report.machine.describe());
+    let mut groups: Vec<(String, usize, usize, usize, usize)> = Vec::new();
     for c in cells {
-        let key = (c.kernel.clone(), c.rows, c.cols, c.batch);
+        let key = (c.kernel.clone(), c.rows, c.cols, c.batch, c.threads);
         if !groups.contains(&key) {
             groups.push(key);
         }
     }
-    for (kernel, rows, cols, batch) in groups {
+    for (kernel, rows, cols, batch, threads) in groups {
         if kernel.starts_with("threads-") {
             let _ = writeln!(
                 md,
@@ -101,13 +276,16 @@ pub(crate) fn markdown(cells: &[Cell]) -> String {
         } else {
             let _ = writeln!(
                 md,
-                "\n## {kernel}, {rows}x{cols}, batch {batch}\n\n| format | sparsity | median ms | speedup vs dense |\n|---|---|---|---|"
+                "\n## {kernel}, {rows}x{cols}, batch {batch}, {threads} thread(s)\n\n| format | sparsity | median ms | speedup vs dense |\n|---|---|---|---|"
             );
         }
-        for c in cells
-            .iter()
-            .filter(|c| c.kernel == kernel && c.rows == rows && c.cols == cols && c.batch == batch)
-        {
+        for c in cells.iter().filter(|c| {
+            c.kernel == kernel
+                && c.rows == rows
+                && c.cols == cols
+                && c.batch == batch
+                && c.threads == threads
+        }) {
             let _ = writeln!(
                 md,
                 "| {} | {:.2} | {:.3} | {:.2}x |",
@@ -124,7 +302,12 @@ pub(crate) fn markdown(cells: &[Cell]) -> String {
 /// Speedup of CSR against sparsity on the largest shape, one line per batch size, with
 /// the dense line at 1x.
 pub(crate) fn plot(cells: &[Cell]) -> String {
-    let csr = || cells.iter().filter(|c| c.format == "csr" && !c.kernel.starts_with("threads-"));
+    let most = cells.iter().map(|c| c.threads).max().unwrap_or(1);
+    let csr = || {
+        cells.iter().filter(move |c| {
+            c.format == "csr" && !c.kernel.starts_with("threads-") && c.threads == most
+        })
+    };
     let largest = csr().map(|c| (c.rows * c.cols, c.rows, c.cols)).max();
     let Some((_, rows, cols)) = largest else {
         return line_chart("no CSR cells", "sparsity", "speedup", (0.0, 1.0), (0.0, 1.0), &[]);
@@ -172,13 +355,44 @@ mod tests {
         }
     }
 
+    fn report(cells: Vec<Cell>) -> Report {
+        let machine = Machine {
+            cpu_model: "Test CPU".into(),
+            cpu_vendor: "Vendor".into(),
+            logical_cpus: 2,
+            arch: "x86_64".into(),
+            kernel_path: "Avx2".into(),
+        };
+        Report { machine, command: "cargo xtask bench".into(), cells }
+    }
+
     #[test]
     fn markdown_has_one_table_per_group() {
         let cells =
             vec![cell("dense", 0.0, 1, 1.0), cell("csr", 0.9, 1, 7.5), cell("csr", 0.9, 32, 3.0)];
-        let md = markdown(&cells);
+        let md = markdown(&report(cells));
         assert_eq!(md.matches("\n## ").count(), 2);
         assert!(md.contains("| csr | 0.90 | 0.133 | 7.50x |"), "{md}");
+        assert!(md.contains("Test CPU (Vendor, 2 logical CPUs"), "{md}");
+    }
+
+    #[test]
+    fn the_summary_table_has_a_column_per_batch_and_thread_count() {
+        let mut cells = vec![cell("csr", 0.9, 1, 7.5), cell("csr", 0.9, 32, 3.0)];
+        let mut two = cell("csr", 0.9, 1, 9.0);
+        two.threads = 2;
+        cells.push(two);
+        let table = summary_table(&cells);
+        assert!(table.contains("| batch 1, 1 thread | batch 1, 2 threads | batch 32, 1 thread | batch 32, 2 threads |"), "{table}");
+        assert!(table.contains("| CSR, 90% | 7.50x | 9.00x | 3.00x | - |"), "{table}");
+        assert!(table.contains("| 2:4 | - | - | - | - |"), "{table}");
+    }
+
+    #[test]
+    fn docs_are_rewritten_between_markers() {
+        let text = "a\n<!-- b -->\nold\n<!-- e -->\nz";
+        assert_eq!(replace_between(text, "<!-- b -->", "<!-- e -->", "new").unwrap(), "a\nnew\nz");
+        assert_eq!(replace_between("none", "<!-- b -->", "<!-- e -->", "new"), None);
     }
 
     #[test]

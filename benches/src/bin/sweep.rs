@@ -1,6 +1,7 @@
 //! The speedup sweep behind `cargo xtask bench`: every cell times nalgebra dense, sprs
 //! CSR (where it applies) and shears' format on the same matrix in the same run, and
-//! prints one JSON document (a list of cells) on stdout.
+//! prints one JSON document (the kernel path, the thread count and the cells) on stdout.
+//! Threads follow rayon's pool (`RAYON_NUM_THREADS`); nalgebra's dense products run on one.
 //!
 //! Run with: cargo run --release -p shears-benches --bin sweep -- [--quick]
 
@@ -29,6 +30,14 @@ struct Cell {
     median_ns: f64,
     speedup_vs_dense: f64,
     threads: usize,
+}
+
+/// What the sweep prints: the kernel path it ran, its thread count, and its cells.
+#[derive(Debug, Serialize)]
+struct Sweep {
+    kernel_path: String,
+    threads: usize,
+    cells: Vec<Cell>,
 }
 
 struct Timer {
@@ -185,10 +194,11 @@ fn main() {
         }
     }
 
-    // Thread scaling at 90% on 4096x4096: each side's median on its own pool, calls back
+    // Thread scaling at 90% on 4096x4096 (when the sweep itself runs on several threads):
+    // each side's median on its own pool, calls back
     // to back as in inference. Alternating the two pools call by call would let each
     // pool's workers fall asleep between its calls and time the system waking them.
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+    if threads >= 2 {
         let (rows, cols) = (4096, 4096);
         let w = matrix(rows, cols, SEED);
         let mask = magnitude_mask(&w, 0.9);
@@ -232,7 +242,9 @@ fn main() {
         push("mask", "full-sort", (4096, 4096), s, 0, sort, sort);
         push("mask", "shears", (4096, 4096), s, 0, shears, sort);
     }
-    match serde_json::to_string_pretty(&cells) {
+    let sweep =
+        Sweep { kernel_path: format!("{:?}", shears_sparse::kernel_path()), threads, cells };
+    match serde_json::to_string_pretty(&sweep) {
         Ok(json) => println!("{json}"),
         Err(e) => panic!("cannot encode the sweep: {e}"),
     }

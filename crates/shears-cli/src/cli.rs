@@ -97,6 +97,10 @@ pub(crate) struct DemoArgs {
     /// Where to write the accuracy-against-sparsity plot.
     #[arg(long, default_value = "shears-demo.svg")]
     pub(crate) plot: PathBuf,
+    /// Where to save the trained dense network (a safetensors checkpoint to try
+    /// `shears prune` on).
+    #[arg(long, default_value = "shears-demo.safetensors")]
+    pub(crate) model: PathBuf,
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub(crate) json: bool,

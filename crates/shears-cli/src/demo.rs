@@ -38,6 +38,7 @@ struct Report {
     test_samples: usize,
     results: Vec<Row>,
     plot: String,
+    model: String,
 }
 
 fn speedups(model: &Mlp<f32>, masks: &Masks, x_test: &DMatrix<f32>) -> Result<(f64, f64)> {
@@ -50,6 +51,10 @@ fn speedups(model: &Mlp<f32>, masks: &Masks, x_test: &DMatrix<f32>) -> Result<(f
 }
 
 pub(crate) fn run(args: &DemoArgs) -> Result<()> {
+    shears_io::paths::check_distinct(&[
+        ("--plot", &args.plot, true),
+        ("--model", &args.model, true),
+    ])?;
     let data = digits_split()?;
     let finetune = TrainConfig { epochs: 8, ..TrainConfig::default() };
     let dense_config = TrainConfig::default();
@@ -76,6 +81,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
         Ok(())
     })?;
     let dense_accuracy = dense.accuracy(&data.test)?;
+    shears_nn::checkpoint::save(&dense, &Masks::new(), &args.model)?;
     let x_test = data.test.features().clone();
     let mut rows = Vec::new();
     let mut push = |method: &str, target: f64, sparsity: f64, accuracy: f64, speed: (f64, f64)| {
@@ -173,7 +179,9 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
     let plot = display(&args.plot);
 
     if args.json {
-        let report = Report { dense_accuracy, test_samples: data.test.len(), results: rows, plot };
+        let model = display(&args.model);
+        let report =
+            Report { dense_accuracy, test_samples: data.test.len(), results: rows, plot, model };
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
@@ -205,6 +213,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
     }
     print!("{}", table.render());
     println!("plot: {plot}");
+    println!("dense model: {} (try `shears prune` on it)", display(&args.model));
     Ok(())
 }
 

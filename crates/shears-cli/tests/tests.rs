@@ -5,4 +5,5 @@
 mod commands;
 mod errors;
 mod hardening;
+mod readme;
 mod util;

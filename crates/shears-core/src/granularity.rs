@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 
 /// The unit a strategy removes.
 ///
-/// Structured granularities name their axis explicitly (DESIGN.md): nothing guesses.
+/// Structured granularities name their axis explicitly (docs/design.md): nothing guesses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Granularity {

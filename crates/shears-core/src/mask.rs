@@ -15,7 +15,7 @@ pub type Masks = std::collections::BTreeMap<String, Mask>;
 /// A keep-mask over a `(nrows, ncols)` weight matrix: `true` keeps a weight, `false` prunes it.
 ///
 /// Bits are packed 64 to a `u64` in nalgebra's column-major element order, so bit `i` is
-/// the element `as_slice()[i]` of a matrix of the same shape (DESIGN.md). Counting kept
+/// the element `as_slice()[i]` of a matrix of the same shape (docs/design.md). Counting kept
 /// weights is a popcount over words, not a scan of bits.
 ///
 /// # Invariants

@@ -1,6 +1,6 @@
 //! Top-k selection: the mask that prunes the lowest-scored weights.
 //!
-//! Every strategy ends here. The rules (DESIGN.md):
+//! Every strategy ends here. The rules (docs/design.md):
 //! - the number pruned is `rounding(s * n)` in `f64` ([`Rounding::HalfEven`] by default,
 //!   as `torch.nn.utils.prune`);
 //! - among equal scores the element with the lower row-major flat index is pruned first;

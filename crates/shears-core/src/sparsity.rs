@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 
 /// The fraction of a tensor's (or a whole model's) weights that are pruned, in `[0, 1]`.
 ///
-/// Sparsity is absolute (DESIGN.md): 0.9 means 90% of all weights are zero, however many
+/// Sparsity is absolute (docs/design.md): 0.9 means 90% of all weights are zero, however many
 /// were already pruned before.
 ///
 /// # Invariants

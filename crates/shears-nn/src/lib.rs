@@ -54,3 +54,8 @@ pub use mnist::{load_mnist, load_pair};
 pub use optim::{Optimizer, OptimizerState};
 pub use sparse_model::SparseMlp;
 pub use train::{TrainConfig, TrainLog, train, train_with};
+
+/// The README's Rust example, compiled and run as a doc-test.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

@@ -2,7 +2,7 @@
 //!
 //! Batch-1 products are memory-bound: every stored weight costs its value plus its index.
 //! A `u16` index makes an f32 CSR entry 6 bytes instead of 8, which moves the sparsity at
-//! which CSR beats dense down (DESIGN.md, performance model).
+//! which CSR beats dense down (docs/design.md, performance model).
 
 use std::fmt::Debug;
 

@@ -6,14 +6,16 @@
 //! - [`Csr`] / [`AnyCsr`]: compressed sparse rows with `u16` or `u32` column indices,
 //!   for unstructured sparsity;
 //! - [`SlicedEll`] / [`AnySlicedEll`]: the same entries in sliced ELLPACK layout, eight
-//!   rows advancing in lockstep, for batch-1 products (up to 1.14x CSR's speed);
+//!   rows advancing in lockstep, for batch-1 products;
 //! - [`NmSparse`]: N:M-packed values and in-group positions (2:4 at 50%, where CSR cannot
 //!   win);
 //! - [`BlockSparse`]: dense `r x c` blocks for block-pruned matrices;
 //! - [`Compacted`] / [`compact_pair`]: physically smaller dense matrices after
 //!   structured pruning;
 //!
-//! and [`choose_format`] picks among them from a mask and a batch size. Every format
+//! and [`choose_format`] picks among them from a mask and a batch size; [`AnySparse`]
+//! holds whichever it picked, and multiplies through the same [`SparseProduct`] trait as
+//! every format. Every format
 //! validates at construction ([`Csr::try_from_parts`] and friends), round-trips with
 //! `to_dense`, and persists with a magic tag and a version.
 //!

@@ -4,7 +4,7 @@
 //! even) with the smallest `|w|` via `topk(largest=False)` on the row-major flattening;
 //! `ln_structured(n=2, dim=0)` prunes `round(amount * rows)` rows with the smallest L2
 //! norm. The expected masks below were worked out by those rules; where scores tie, the
-//! lower row-major index is pruned first (DESIGN.md).
+//! lower row-major index is pruned first (docs/design.md).
 
 use nalgebra::{DMatrix, dmatrix};
 use shears_core::{PruningStrategy, Sparsity};

@@ -5,9 +5,8 @@
 //! the paths whose CPU has it: the check is on a constant, so the other copies contain
 //! no trace of it. LLVM vectorises the kernels' arithmetic on its own, but it does not
 //! turn eight indexed loads into a gather instruction without a CPU-specific tuning flag
-//! (`-C target-cpu`), which users do not set: on the 2-core AVX-512 machine shears is
-//! measured on, the CSR SpMV loop compiled to scalar loads and `vinsertps`, 0.85-0.96 ms
-//! for 4096x4096 at 90% against 4.5 ms dense. [`gather_mul_add8`] supplies the instruction.
+//! (`-C target-cpu`), which users do not set: without it the CSR SpMV loop compiles to
+//! scalar loads and inserts. [`gather_mul_add8`] supplies the instruction.
 
 use std::any::TypeId;
 
@@ -31,9 +30,9 @@ pub(crate) struct Portable;
 
 /// The baseline target's instructions on an x86-64 CPU without fused multiply-add
 /// (before 2013, or a virtual CPU that hides it, such as QEMU's default `qemu64`). No
-/// other copy can run there, so matching their bits bought nothing, and it cost the C
-/// library's software `fma` for every product: batched products ran 20-30x slower than
-/// with a multiply and an add.
+/// other copy can run there, so matching their bits buys nothing, and it would cost the
+/// C library's software `fma` for every product, an order of magnitude slower than a
+/// multiply and an add.
 #[derive(Clone, Copy)]
 pub(crate) struct PortableUnfused;
 

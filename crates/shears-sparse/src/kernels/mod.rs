@@ -13,7 +13,7 @@
 //! one instruction on the AVX2+FMA and AVX-512 paths and on aarch64. An x86-64 CPU
 //! without FMA can only run the portable path, and there the tiles multiply and add
 //! instead ([`isa::PortableUnfused`]), because emulating the fused result in software
-//! made batched products 20-30x slower; its results can differ from an FMA machine's in
+//! costs an order of magnitude; its results can differ from an FMA machine's in
 //! the last bits, as any two BLAS libraries' do. Products that stream their operands
 //! (batch 1) gain nothing from FMA and use a multiply and an add everywhere.
 //!
@@ -153,10 +153,9 @@ pub const SLICE_ROWS: usize = 8;
 
 /// Work (stored entries times batch) below which threads cost more than they save.
 ///
-/// Waking rayon's workers costs tens of microseconds on the 2-core VM shears is measured
-/// on; at 2^16 the 384x1536 and 1024x1024 products at 70-80% sparsity went parallel and
-/// ran at 0.5-0.8x dense where the sequential kernel wins. At 2^20 a product is at least
-/// ~0.3 ms of work before it is split.
+/// Waking rayon's sleeping workers costs tens of microseconds on a virtual machine, so a
+/// product is split only when it is a few hundred microseconds of work; smaller ones run
+/// faster on the calling thread.
 const PARALLEL_WORK: usize = 1 << 20;
 
 /// A borrowed, validated CSR matrix.
@@ -310,9 +309,8 @@ fn partition(
 }
 
 /// Ranges of equal work per thread. More than one, so that when a core stalls (a shared
-/// machine preempts it for tens of microseconds) the others steal its remaining ranges:
-/// on the 2-core VM, 16 per thread made the 2-thread SpMV median steady (0.50-0.58 ms
-/// for 4096x4096 at 90%) where 4 per thread ranged 0.50-0.95 ms.
+/// machine preempts it for tens of microseconds) the others steal its remaining ranges
+/// instead of waiting for it.
 const PARTS_PER_THREAD: usize = 16;
 
 /// The ranges of work units (rows, or block rows) a product splits into across rayon's

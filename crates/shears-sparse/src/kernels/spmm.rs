@@ -252,11 +252,9 @@ multiversion! {
     fn nm_rows<T: Scalar>(a: NmView<'_, T>, rows: Range<usize>, xt: &[T], batch: usize, out: &mut [T]) => nm_rows_kernel
 }
 
-/// Elements of `X` from which its copy into row-major order is split across threads.
-/// The copies in and out of row-major order took about a tenth of a batch-32 product's
-/// time on one thread (`perf`, 4096x4096 at 90%). Measured against a serial copy with
-/// the two variants interleaved in one process (12 rounds of 60 products per pool): two
-/// threads 2.69 vs 3.12 ms and 1.94 vs 2.31 ms in two runs.
+/// Elements of `X` from which its copy into row-major order is split across threads: the
+/// copies in and out of row-major order are a noticeable share of a batched product's
+/// time, and on several threads the copy in should not run on one.
 const PARALLEL_COPY: usize = 1 << 16;
 
 /// Rows of `xt` per parallel task of the copy.
@@ -266,13 +264,9 @@ const COPY_TASK: usize = 256;
 /// row-major buffers: each column of a block is one contiguous run (four cache lines of
 /// `f32`), and with batches up to 32 the block's row-major side (8 KiB) stays in L1.
 /// Walking one whole row at a time instead reads from every column at once, and the
-/// columns of a 4096-row `f32` matrix are 16 KiB apart, so they share L1 sets. Copying
-/// 4096x32 `f32` into a reused buffer (one thread, median of 20 rounds, two runs): row by
-/// row 84-103 us, blocks of 16 rows 78-112 us, of 32 87 us, of 64 66-80 us; inside a
-/// product the two copies in could not be told apart. The copy out runs inside each
-/// product task, on rows it has just computed, which is what saves time: A/B interleaved
-/// in one process (3 runs x 60 rounds in rotating order, CSR at 90%, 4096x4096, batch
-/// 32), two threads went from 2.06-2.36 to 1.92-2.17 ms; one thread was unchanged.
+/// columns of a tall matrix are a power of two apart, so they share L1 sets. The copy
+/// out runs inside each product task, on rows it has just computed and that are still
+/// in cache.
 const TRANSPOSE_ROWS: usize = 64;
 
 fn copies_in_parallel(len: usize) -> bool {
@@ -282,9 +276,8 @@ fn copies_in_parallel(len: usize) -> bool {
 /// A zeroed buffer whose first element sits on a 64-byte boundary, so that with a batch
 /// of 16 `f32` (or 8 `f64`) or a multiple, every row of `xt` and of the output starts a
 /// cache line and a 64-byte load never straddles two. The allocator only promises
-/// 16 bytes, and a large allocation typically lands 16 bytes past a page: in
-/// `cargo xtask bench` (4096x4096, batch 32, one thread) aligning took 2:4 from 1.2x to
-/// 1.7x dense and CSR at 50% from 0.9x to 1.6x.
+/// 16 bytes, and a large allocation typically lands 16 bytes past a page, so without
+/// this every other 64-byte load of a row would cross a line.
 struct LineAligned<T> {
     buf: Vec<T>,
     start: usize,

@@ -4,10 +4,9 @@
 //! those scattered loads, not the stream, bound the time. Eight accumulator lanes take
 //! the products in order (entry `k` of a row into lane `k % 8`) and are summed in a fixed
 //! tree, so every copy gives the same bits: the AVX2 / AVX-512 copies load eight inputs
-//! with one gather instruction ([`gather_mul_add8`]: CSR at 90% on 4096x4096 went from
-//! 0.85-0.96 ms of scalar loads to 0.55-0.75 ms), and N:M rows with `M <= 2N` (2:4) pick
-//! sixteen inputs from a 32-column window with one AVX-512 permute
-//! ([`window_mul_add16`]: 2:4 from 6.5-7 ms to 1.9-2.9 ms).
+//! with one gather instruction ([`gather_mul_add8`]) instead of eight scalar loads, and
+//! N:M rows with `M <= 2N` (2:4) pick sixteen inputs from a 32-column window with one
+//! AVX-512 permute ([`window_mul_add16`]) instead of sixteen.
 
 use std::ops::Range;
 
