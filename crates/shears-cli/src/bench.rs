@@ -42,6 +42,9 @@ struct Report {
     total: Vec<Total>,
 }
 
+/// The most f32 values of inputs and outputs one timed product may take (1 GiB).
+const MAX_OPERANDS: usize = 1 << 28;
+
 /// Median microseconds of `f`, over at least 5 runs and about 0.2 s.
 fn median_us(mut f: impl FnMut()) -> f64 {
     f();
@@ -57,8 +60,8 @@ fn median_us(mut f: impl FnMut()) -> f64 {
 }
 
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
-    if args.batch.is_empty() || args.batch.contains(&0) {
-        bail!("--batch takes positive batch sizes, e.g. 1,32");
+    if args.batch.is_empty() {
+        bail!("--batch takes batch sizes, e.g. 1,32");
     }
     let ckpt = Checkpoint::open(&args.input)?;
     let mut rows = Vec::new();
@@ -75,6 +78,14 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         }
         let (r, c) = shape.matrix_shape();
         for &batch in &args.batch {
+            let operands = (r + c).saturating_mul(batch);
+            if operands > MAX_OPERANDS {
+                bail!(
+                    "tensor `{name}` ({r}x{c}) at batch {batch} needs {} MiB of inputs and outputs, more than the {} MiB bench allows: use a smaller --batch",
+                    (operands * 4) >> 20,
+                    (MAX_OPERANDS * 4) >> 20
+                );
+            }
             let x = DMatrix::from_fn(c, batch, |i, j| ((i * 31 + j * 17) % 97) as f32 / 97.0 - 0.5);
             let dense_us = if batch == 1 {
                 let xv = DVector::from_column_slice(x.as_slice());
@@ -124,13 +135,13 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         .collect();
     let report = Report {
         file: args.input.display().to_string(),
-        threads: rayon_threads(),
+        threads: rayon::current_num_threads(),
         kernel_path: format!("{:?}", shears_sparse::kernel_path()),
         tensors: rows,
         total,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(());
     }
     let mut table = Table::new(&[
@@ -155,22 +166,19 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             format!("{:.2}x", r.speedup),
         ]);
     }
-    print!("{}", table.render());
+    out!("{}", table.render())?;
     for t in &report.total {
-        println!(
+        outln!(
             "model, batch {}: dense {:.1} us, sparse {:.1} us, {:.2}x",
-            t.batch, t.dense_us, t.sparse_us, t.speedup
-        );
+            t.batch,
+            t.dense_us,
+            t.sparse_us,
+            t.speedup
+        )?;
     }
     println!(
         "({} threads, {} kernels; medians on a possibly noisy machine)",
         report.threads, report.kernel_path
     );
     Ok(())
-}
-
-fn rayon_threads() -> usize {
-    std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-        std::thread::available_parallelism().map(std::num::NonZero::get).unwrap_or(1)
-    })
 }

@@ -84,8 +84,8 @@ pub(crate) struct InspectArgs {
 pub(crate) struct BenchArgs {
     /// The (pruned) checkpoint to benchmark.
     pub(crate) input: PathBuf,
-    /// Batch sizes to time, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1,32")]
+    /// Batch sizes to time, comma-separated (each 1 to 65536).
+    #[arg(long, value_delimiter = ',', default_value = "1,32", value_parser = parse_batch)]
     pub(crate) batch: Vec<usize>,
     /// Print one JSON document instead of the table.
     #[arg(long)]
@@ -104,4 +104,15 @@ pub(crate) struct DemoArgs {
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// The largest batch `bench` times.
+pub(crate) const MAX_BATCH: usize = 65_536;
+
+/// A `--batch` value: a whole number from 1 to [`MAX_BATCH`].
+fn parse_batch(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(b) if (1..=MAX_BATCH).contains(&b) => Ok(b),
+        _ => Err(format!("a batch is a whole number from 1 to {MAX_BATCH}")),
+    }
 }

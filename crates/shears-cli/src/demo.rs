@@ -182,15 +182,15 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
         let model = display(&args.model);
         let report =
             Report { dense_accuracy, test_samples: data.test.len(), results: rows, plot, model };
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(());
     }
-    println!(
+    outln!(
         "dense MLP {:?}: test accuracy {:.4} on {} held-out digits",
         SIZES,
         dense_accuracy,
         data.test.len()
-    );
+    )?;
     let mut table = Table::new(&[
         "method",
         "target",
@@ -211,9 +211,9 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
             format!("{:.2}x", r.speedup_batch_test),
         ]);
     }
-    print!("{}", table.render());
-    println!("plot: {plot}");
-    println!("dense model: {} (try `shears prune` on it)", display(&args.model));
+    out!("{}", table.render())?;
+    outln!("plot: {plot}")?;
+    outln!("dense model: {} (try `shears prune` on it)", display(&args.model))?;
     Ok(())
 }
 

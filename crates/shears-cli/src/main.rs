@@ -4,6 +4,23 @@
 
 #![allow(clippy::print_stdout, reason = "a command-line tool reports on stdout")]
 
+/// `println!` that returns the write's error instead of panicking, so that output into a
+/// closed pipe ends the command quietly (see `main`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// `print!` that returns the write's error; see [`outln`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod bench;
 mod cli;
 mod demo;
@@ -19,6 +36,7 @@ use clap::Parser;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    remove_temporaries_on_signals();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
@@ -42,11 +60,45 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`shears inspect big.st | head -1`): stop
+        // without a word, with the status a shell reports for a tool SIGPIPE ended.
+        Err(e) if closed_pipe(&e) => ExitCode::from(141),
         Err(e) => {
             report_error(&format!("{e:#}"));
             ExitCode::from(2)
         }
     }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP, removes the temporary files of outputs not yet committed
+/// (their targets keep their old contents), then exits with 128 + the signal's number, as
+/// the signal itself would have. SIGKILL cannot be caught: the next run that writes into
+/// the same directory removes what such a run leaves.
+#[cfg(unix)]
+fn remove_temporaries_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    let watcher = std::thread::Builder::new().name("shears-signals".into()).spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            shears_io::remove_pending();
+            std::process::exit(128 + signal);
+        }
+    });
+    // Without the watcher the signals keep their default action; outputs stay atomic.
+    drop(watcher);
+}
+
+#[cfg(not(unix))]
+fn remove_temporaries_on_signals() {}
+
+/// Whether `e` comes from writing into a pipe whose reader has gone.
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 #[allow(clippy::print_stderr, reason = "the one-line error report of the binary")]

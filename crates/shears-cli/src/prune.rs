@@ -65,6 +65,7 @@ impl Job {
         if args.scope == Scope::Global && args.pattern != Pattern::Unstructured {
             bail!("--scope global ranks single weights: use --pattern unstructured");
         }
+        args.pattern.check_sparsity(args.sparsity)?;
         Ok(Job {
             pruner: Pruner::new(criterion).with_pattern(args.pattern),
             scope: args.scope,
@@ -207,6 +208,13 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
     let ckpt = Checkpoint::open(&args.input)?;
     let chosen: HashSet<String> =
         prunable_tensors(&ckpt, &args.include, &args.exclude)?.into_iter().collect();
+    // Every chosen tensor must fit the pattern, checked from the header before any
+    // weight is read.
+    for (name, info) in ckpt.tensors().iter().filter(|(n, _)| chosen.contains(n)) {
+        let shape =
+            WeightShape::from_dims(&info.shape).with_context(|| format!("tensor `{name}`"))?;
+        args.pattern.check_fits(name, &shape, args.sparsity)?;
+    }
     let grads = match (job.pruner.criterion(), &args.grads) {
         (Criterion::Gradient, Some(path)) => Some(Checkpoint::open(path)?),
         (Criterion::Gradient, None) => bail!("--method gradient needs --grads GRADS.safetensors"),
@@ -375,7 +383,7 @@ fn report(args: &PruneArgs, rows: Vec<Row>) -> Result<()> {
             tensors: rows,
             total: totals,
         };
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(());
     }
     let mut table =
@@ -398,7 +406,7 @@ fn report(args: &PruneArgs, rows: Vec<Row>) -> Result<()> {
         format!("{:.4}", totals.sparsity_before),
         format!("{:.4}", totals.sparsity_after),
     ]);
-    print!("{}", table.render());
-    println!("wrote {}", args.output.display());
+    out!("{}", table.render())?;
+    outln!("wrote {}", args.output.display())?;
     Ok(())
 }

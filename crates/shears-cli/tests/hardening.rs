@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use safetensors::tensor::Dtype;
 
-use crate::util::{T, model, read, shears, stderr, write};
+use crate::util::{T, model, shears, stderr, write};
 
 /// A checkpoint big enough that writing it takes a while (8 tensors of 1M f32).
 fn big(path: &std::path::Path) {
@@ -24,46 +24,68 @@ fn big(path: &std::path::Path) {
     write(path, &tensors);
 }
 
+/// Whenever a kill lands (before, during or after the write, or after the rename but
+/// before exit), the output is either the previous file or the complete new one; the
+/// exit status says nothing about which, so only the content is checked.
 #[test]
-fn killed_runs_leave_the_previous_file_or_none() {
+fn killed_runs_leave_the_previous_file_or_the_complete_new_one() {
     let dir = tempfile::tempdir().unwrap();
     let (input, out) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
     big(&input);
+    let reference = dir.path().join("reference.safetensors");
+    let args = |out: &std::path::Path| {
+        ["prune", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"]
+            .map(str::to_owned)
+    };
+    let o = shears(&args(&reference).each_ref().map(String::as_str));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let complete = std::fs::read(&reference).unwrap();
     let previous = b"previous complete file".to_vec();
     std::fs::write(&out, &previous).unwrap();
-    let mut outcomes = (0, 0);
     for attempt in 0..12u64 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shears"))
-            .args(["prune", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(5 + attempt * 23 % 150));
-        let _ = child.kill(); // SIGKILL
-        let status = child.wait().unwrap();
-        let now = std::fs::read(&out).unwrap();
-        if now == previous {
-            outcomes.0 += 1;
-        } else {
-            // Finished before the kill: then it is the complete pruned file.
-            assert!(status.success(), "a killed run changed the output");
-            assert_eq!(read(&out).len(), 8);
-            outcomes.1 += 1;
+        for signal in ["KILL", "TERM", "INT", "HUP"] {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_shears"))
+                .args(args(&out))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(5 + attempt * 23 % 150));
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .status();
+            let _ = child.wait().unwrap();
+            let now = std::fs::read(&out).unwrap();
+            assert!(
+                now == previous || now == complete,
+                "{signal}: a killed run left a partial output"
+            );
+            if signal != "KILL" {
+                // A caught signal removes the run's own temporaries before it exits.
+                assert!(
+                    temporaries(dir.path()).is_empty(),
+                    "{signal} left {:?}",
+                    temporaries(dir.path())
+                );
+            }
             std::fs::write(&out, &previous).unwrap();
         }
     }
-    assert!(outcomes.0 > 0, "no run was killed mid-way; make the input bigger");
-    // The next run cleans the temporaries the killed runs left behind, and succeeds.
-    let o = shears(&["prune", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"]);
+    // The next run removes the temporaries the killed runs left behind, and succeeds.
+    let o = shears(&args(&out).each_ref().map(String::as_str));
     assert!(o.status.success(), "{}", stderr(&o));
-    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+    assert_eq!(std::fs::read(&out).unwrap(), complete);
+    assert!(temporaries(dir.path()).is_empty(), "stale temporaries: {:?}", temporaries(dir.path()));
+}
+
+/// The temporary files in `dir`.
+fn temporaries(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.contains("shears-tmp"))
-        .collect();
-    assert!(leftovers.is_empty(), "stale temporaries: {leftovers:?}");
+        .collect()
 }
 
 #[test]

@@ -65,8 +65,8 @@ pub enum Error {
         /// The column-major element index of the first offending value.
         index: usize,
     },
-    /// An N:M pattern with `n > m` or `m == 0`.
-    #[error("invalid N:M pattern {n}:{m}: need 0 < m and n <= m")]
+    /// An N:M pattern outside `0 < n <= m <= 256`.
+    #[error("invalid N:M pattern {n}:{m}: need 0 < N <= M <= 256")]
     InvalidNmPattern {
         /// Kept weights per group.
         n: usize,

@@ -30,7 +30,9 @@ pub enum Granularity {
 /// An N:M pattern: in every group of `m` consecutive weights along a row, `n` are kept.
 ///
 /// # Invariants
-/// `0 < m` and `n <= m`, checked by [`NmPattern::new`] and on deserialisation.
+/// `0 < n <= m <= 256` ([`NmPattern::MAX_M`]), checked by [`NmPattern::new`] and on
+/// deserialisation: a group keeps at least one weight, and positions within a group fit
+/// a byte.
 ///
 /// ```
 /// use shears_core::NmPattern;
@@ -52,12 +54,19 @@ impl NmPattern {
     /// The 2:4 pattern that sparse tensor cores accelerate.
     pub const TWO_FOUR: NmPattern = NmPattern { n: 2, m: 4 };
 
+    /// The largest group size.
+    pub const MAX_M: usize = 256;
+
     /// Validates a pattern.
     ///
     /// # Errors
-    /// [`Error::InvalidNmPattern`] if `m == 0` or `n > m`.
+    /// [`Error::InvalidNmPattern`] unless `0 < n <= m <= 256`.
     pub fn new(n: usize, m: usize) -> Result<Self> {
-        if m == 0 || n > m { Err(Error::InvalidNmPattern { n, m }) } else { Ok(NmPattern { n, m }) }
+        if n == 0 || n > m || m > Self::MAX_M {
+            Err(Error::InvalidNmPattern { n, m })
+        } else {
+            Ok(NmPattern { n, m })
+        }
     }
 
     /// Weights kept per group.
@@ -68,6 +77,43 @@ impl NmPattern {
     /// Group size.
     pub fn m(self) -> usize {
         self.m
+    }
+
+    /// Whether one row, given as its kept flags in column order, keeps at most N in
+    /// every group of M (the last group may be shorter).
+    pub fn row_conforms(self, kept: impl IntoIterator<Item = bool>) -> bool {
+        let mut in_group = 0;
+        for (c, k) in kept.into_iter().enumerate() {
+            if c % self.m == 0 {
+                in_group = 0;
+            }
+            in_group += usize::from(k);
+            if in_group > self.n {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The first `(row, first column of the group)` of `mask` whose group keeps more
+    /// than N weights; `None` when every group of every row conforms.
+    ///
+    /// ```
+    /// use shears_core::{Mask, NmPattern};
+    /// let mask = Mask::from_fn(2, 8, |r, c| r == 0 || c < 3)?;
+    /// assert_eq!(NmPattern::TWO_FOUR.first_violation(&mask), Some((0, 0)));
+    /// assert!(NmPattern::TWO_FOUR.first_violation(&Mask::from_fn(2, 8, |_, c| c % 2 == 0)?).is_none());
+    /// # Ok::<(), shears_core::Error>(())
+    /// ```
+    pub fn first_violation(self, mask: &crate::Mask) -> Option<(usize, usize)> {
+        let (nrows, ncols) = mask.shape();
+        (0..nrows).find_map(|r| {
+            (0..ncols).step_by(self.m).find_map(|start| {
+                let end = (start + self.m).min(ncols);
+                let kept = (start..end).filter(|&c| mask.get(r, c) == Some(true)).count();
+                (kept > self.n).then_some((r, start))
+            })
+        })
     }
 }
 
@@ -97,7 +143,7 @@ impl std::str::FromStr for NmPattern {
         let parse = || Error::Parse {
             what: "N:M pattern",
             value: s.to_owned(),
-            expected: "two whole numbers N:M with 0 < M and N <= M, like 2:4",
+            expected: "two whole numbers N:M with 0 < N <= M <= 256, like 2:4",
         };
         let (n, m) = s.split_once(':').ok_or_else(parse)?;
         let n = n.trim().parse().map_err(|_| parse())?;
@@ -200,7 +246,10 @@ mod tests {
     fn nm_validation() {
         assert!(matches!(NmPattern::new(1, 0), Err(Error::InvalidNmPattern { n: 1, m: 0 })));
         assert!(matches!(NmPattern::new(3, 2), Err(Error::InvalidNmPattern { .. })));
-        assert!(NmPattern::new(0, 4).is_ok());
+        assert!(matches!(NmPattern::new(0, 4), Err(Error::InvalidNmPattern { .. })));
+        assert!(NmPattern::new(1, 256).is_ok());
+        assert!(matches!(NmPattern::new(1, 257), Err(Error::InvalidNmPattern { .. })));
+        assert!("0:1000000000000".parse::<NmPattern>().is_err());
         assert!(NmPattern::new(4, 4).is_ok());
         for bad in ["", "2", "2:", ":4", "a:b", "2:4:8", "5:4", "-1:4"] {
             assert!(bad.parse::<NmPattern>().is_err(), "{bad}");

@@ -39,7 +39,9 @@
 //!
 //! # Features
 //! - `proptest-support`: the `proptest` module of generators for
-//!   masks, sparsities and matrices, for downstream property tests.
+//!   masks, sparsities and matrices, for downstream property tests;
+//! - `rayon`: splits the passes of a selection over a large tensor, and the application
+//!   of a large mask, across rayon's threads (results are identical to one thread's).
 //!
 //! shears-core does no I/O beyond `Read`/`Write` handles given to it, and depends only
 //! on nalgebra, num-traits, serde, bincode and thiserror.

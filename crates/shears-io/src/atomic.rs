@@ -3,17 +3,18 @@
 //!
 //! Temporaries are named `.shears-tmp-PID-N.NAME` (`NAME` the target's name, cut to 40
 //! bytes so that long names still fit the file system's limit) in the target's
-//! directory. A run that fails removes its own; a run that is killed leaves them, and the
-//! next run that writes into that directory removes those whose process is gone (on
-//! Linux; elsewhere they are left, and `.shears-tmp-*` finds them). A program can also
-//! remove every temporary of its own process at once with [`remove_pending`], from a
-//! signal handler's thread say.
+//! directory, and created exclusively (a link planted at that name is never followed).
+//! A run that fails removes its own; a program can remove every temporary of its own
+//! process at once with [`remove_pending`], from a signal handler's thread say. A run
+//! that is killed outright leaves them: the next run that writes the same output on the
+//! same machine removes those whose process is gone (on Linux), and [`leftovers`] lists
+//! the others (`.shears-tmp-*` finds them on any system).
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 use crate::paths::check_output;
@@ -30,15 +31,21 @@ static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 /// Numbers the temporaries of this process.
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
+/// Set by [`remove_pending`]: the process is exiting, and creates no more temporaries.
+static CLOSED: AtomicBool = AtomicBool::new(false);
+
 fn pending() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
     // A panic while holding the lock leaves a valid list behind.
     PENDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Removes every temporary file this process has not committed yet; returns how many.
-/// For a signal handler's thread: the targets keep their old contents.
+/// Removes every temporary file this process has not committed yet, and lets no new one
+/// be created; returns how many it removed. For a signal handler's thread, before it
+/// exits: the targets keep their old contents.
 pub fn remove_pending() -> usize {
-    remove_listed(&mut pending())
+    let mut list = pending();
+    CLOSED.store(true, Ordering::SeqCst);
+    remove_listed(&mut list)
 }
 
 fn remove_listed(list: &mut Vec<PathBuf>) -> usize {
@@ -63,31 +70,44 @@ impl PendingFile {
     /// temporaries of dead processes in the same directory are removed first.
     ///
     /// # Errors
-    /// [`Error::Output`] when `target` is a symbolic link, a directory or a special file;
-    /// [`Error::Io`] when the temporary cannot be created.
+    /// [`Error::Output`] when `target` is a symbolic link, a directory or a special file
+    /// (or the process is exiting, after [`remove_pending`]); [`Error::Io`] when the
+    /// temporary cannot be created.
     pub fn create(target: &Path) -> Result<(PendingFile, File)> {
         check_output(target)?;
         let dir = match target.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
         };
-        remove_stale(&dir);
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut cut = NAME_BYTES.min(name.len());
         while !name.is_char_boundary(cut) {
             cut -= 1;
         }
+        let short = &name[..cut];
+        for stale in leftovers(&dir).into_iter().filter(|l| l.target_name == short) {
+            let _ = std::fs::remove_file(stale.path);
+        }
         let number = NEXT.fetch_add(1, Ordering::Relaxed);
         let temporary =
-            dir.join(format!("{TEMPORARY_PREFIX}{}-{number}.{}", std::process::id(), &name[..cut]));
-        pending().push(temporary.clone());
-        let file = match File::create(&temporary) {
-            Ok(file) => file,
-            Err(e) => {
-                pending().retain(|p| p != &temporary);
-                return Err(Error::io("create", temporary, e));
-            }
-        };
+            dir.join(format!("{TEMPORARY_PREFIX}{}-{number}.{short}", std::process::id()));
+        // Created and listed under the lock, so `remove_pending` sees every temporary
+        // that exists, and none is created after it ran.
+        let mut list = pending();
+        if CLOSED.load(Ordering::SeqCst) {
+            return Err(Error::Output {
+                path: target.to_owned(),
+                reason: "the process is exiting",
+            });
+        }
+        // A new file only: never one a link at that name points to.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temporary)
+            .map_err(|e| Error::io("create", &temporary, e))?;
+        list.push(temporary.clone());
+        drop(list);
         Ok((PendingFile { target: target.to_owned(), temporary, done: false }, file))
     }
 
@@ -116,7 +136,9 @@ impl Drop for PendingFile {
 }
 
 /// Commits several outputs together: all are synced first, then renamed, so a failure
-/// to finish any of them leaves every target as it was.
+/// to finish writing any of them leaves every target as it was (only a rename failing
+/// after an earlier one succeeded, which the file system gives no way to undo, would
+/// not).
 ///
 /// # Errors
 /// [`Error::Io`] naming the file whose sync or rename failed; every temporary not yet
@@ -125,12 +147,17 @@ pub fn commit_all(files: Vec<(PendingFile, File)>) -> Result<()> {
     for (pending, file) in &files {
         file.sync_all().map_err(|e| Error::io("sync", &pending.temporary, e))?;
     }
-    for (mut pending, file) in files {
-        drop(file);
+    let mut files: Vec<PendingFile> = files.into_iter().map(|(pending, _file)| pending).collect();
+    // The renames hold the list, so that `remove_pending` (a signal handler's) waits for
+    // them and finds nothing half committed.
+    let mut list = pending();
+    for pending in &mut files {
         std::fs::rename(&pending.temporary, &pending.target)
             .map_err(|e| Error::io("rename", &pending.target, e))?;
         pending.done = true;
+        list.retain(|p| p != &pending.temporary);
     }
+    drop(list);
     Ok(())
 }
 
@@ -145,22 +172,38 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     pending.commit(file)
 }
 
-/// Removes temporaries in `dir` left by processes that no longer run. Files of live
-/// runs, and anything not named as a temporary, are left alone.
-fn remove_stale(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+/// A temporary file left by a process of this machine that no longer runs: a killed
+/// run's partial output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    /// The temporary file.
+    pub path: PathBuf,
+    /// The start of the name of the output it was for (up to 40 bytes).
+    pub target_name: String,
+}
+
+/// The temporaries in `dir` whose process no longer runs (on Linux; elsewhere none is
+/// known to be dead, and none is listed). The next run writing the same output removes
+/// those of that output; the others are for whoever finds them (a command line can say
+/// so: they can be deleted).
+pub fn leftovers(dir: &Path) -> Vec<Leftover> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut found = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(TEMPORARY_PREFIX)) else {
             continue;
         };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+        let Some((numbers, target_name)) = rest.split_once('.') else { continue };
+        let Some(pid) = numbers.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
         if pid != std::process::id() && !process_alive(pid) {
-            let _ = std::fs::remove_file(entry.path());
+            found.push(Leftover { path: entry.path(), target_name: target_name.to_owned() });
         }
     }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    found
 }
 
 /// Whether `pid` names a running process (Linux: `/proc/{pid}`; elsewhere assume it does,
@@ -200,15 +243,37 @@ mod tests {
     fn stale_temporaries_of_dead_processes_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         // No process has pid u32::MAX - 1 on Linux (pid_max is at most 2^22).
-        let stale = dir.path().join(format!("{TEMPORARY_PREFIX}{}-0.x", u32::MAX - 1));
-        let live = dir.path().join(format!("{TEMPORARY_PREFIX}{}-0.x", std::process::id()));
+        let dead = u32::MAX - 1;
+        let stale = dir.path().join(format!("{TEMPORARY_PREFIX}{dead}-0.y"));
+        let other = dir.path().join(format!("{TEMPORARY_PREFIX}{dead}-3.z"));
+        let live = dir.path().join(format!("{TEMPORARY_PREFIX}{}-0.y", std::process::id()));
         let unrelated = dir.path().join(".shears-tmp-notapid");
-        for p in [&stale, &live, &unrelated] {
+        for p in [&stale, &other, &live, &unrelated] {
             std::fs::write(p, b"").unwrap();
         }
+        let linux = cfg!(target_os = "linux");
+        let listed: Vec<PathBuf> = leftovers(dir.path()).into_iter().map(|l| l.path).collect();
+        assert_eq!(listed, if linux { vec![stale.clone(), other.clone()] } else { vec![] });
         write_atomic(&dir.path().join("y"), b"y").unwrap();
-        assert_eq!(stale.exists(), !cfg!(target_os = "linux"));
+        assert_eq!(stale.exists(), !linux, "a dead run's temporary of the same output goes");
+        assert!(other.exists(), "another output's is only listed");
         assert!(live.exists() && unrelated.exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_link_at_the_temporary_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let next = NEXT.load(Ordering::Relaxed);
+        for n in next..next + 64 {
+            let planted =
+                dir.path().join(format!("{TEMPORARY_PREFIX}{}-{n}.out", std::process::id()));
+            std::os::unix::fs::symlink(&victim, planted).unwrap();
+        }
+        let _ = write_atomic(&dir.path().join("out"), b"new");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
     }
 
     #[test]

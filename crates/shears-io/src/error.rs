@@ -91,7 +91,7 @@ pub enum Error {
         reason: String,
     },
     /// A stored mask or mask set is invalid.
-    #[error("{}: invalid mask file: {source}", path.display())]
+    #[error("{}: {source}", path.display())]
     Masks {
         /// The file.
         path: PathBuf,

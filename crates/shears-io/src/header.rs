@@ -175,22 +175,71 @@ impl<'de> serde::de::Visitor<'de> for TableVisitor<'_> {
         let mut metadata = None;
         let mut entries = Vec::new();
         while let Some(name) = map.next_key::<String>()? {
-            let value: serde_json::Value = map.next_value()?;
-            let checked = if name == "__metadata__" {
-                serde_json::from_value(value)
-                    .map(|m| metadata = Some(m))
-                    .map_err(|e| HeaderProblem::Metadata { reason: e.to_string() })
-            } else {
-                serde_json::from_value::<TensorInfo>(value)
-                    .map(|info| entries.push((name.clone(), info)))
-                    .map_err(|e| HeaderProblem::Entry { tensor: name, reason: e.to_string() })
-            };
-            if let Err(problem) = checked {
-                *self.problem = Some(problem);
-                return Err(A::Error::custom("invalid entry"));
+            if name == "__metadata__" {
+                match map.next_value() {
+                    Ok(m) => metadata = Some(m),
+                    Err(e) => {
+                        *self.problem = Some(HeaderProblem::Metadata { reason: e.to_string() });
+                        return Err(e);
+                    }
+                }
+                continue;
+            }
+            match map.next_value::<Entry>() {
+                Ok(Entry { dtype, shape: Shape(shape), data_offsets }) => {
+                    entries.push((name, TensorInfo { dtype, shape, data_offsets }));
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    *self.problem = Some(HeaderProblem::Entry { tensor: name, reason });
+                    return Err(A::Error::custom("invalid entry"));
+                }
             }
         }
         Ok((metadata, entries))
+    }
+}
+
+/// The most dimensions a tensor may have: checkpoints hold at most a handful, and a
+/// header of a million ones must not become a vector of a million.
+pub(crate) const MAX_RANK: usize = 16;
+
+/// A tensor's header entry, as the safetensors format writes it.
+#[derive(serde::Deserialize)]
+struct Entry {
+    dtype: safetensors::Dtype,
+    shape: Shape,
+    data_offsets: (usize, usize),
+}
+
+/// A shape of at most [`MAX_RANK`] dimensions, refused as soon as it has more.
+struct Shape(Vec<usize>);
+
+impl<'de> serde::Deserialize<'de> for Shape {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Dims;
+        impl<'de> serde::de::Visitor<'de> for Dims {
+            type Value = Shape;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "a list of at most {MAX_RANK} dimensions")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Shape, A::Error> {
+                let mut dims = Vec::new();
+                while let Some(d) = seq.next_element()? {
+                    if dims.len() == MAX_RANK {
+                        return Err(serde::de::Error::custom(format!(
+                            "more than {MAX_RANK} dimensions"
+                        )));
+                    }
+                    dims.push(d);
+                }
+                Ok(Shape(dims))
+            }
+        }
+        d.deserialize_seq(Dims)
     }
 }
 

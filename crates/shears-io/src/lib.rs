@@ -51,7 +51,9 @@ mod transpose;
 mod write_behind;
 mod writer;
 
-pub use atomic::{PendingFile, TEMPORARY_PREFIX, commit_all, remove_pending, write_atomic};
+pub use atomic::{
+    Leftover, PendingFile, TEMPORARY_PREFIX, commit_all, leftovers, remove_pending, write_atomic,
+};
 pub use checkpoint::{Checkpoint, matrix_shape};
 pub use dtype::{Float, decode_into, encode_append, encode_into, float_size, is_float, zeros_in};
 pub use error::{Error, FileKind, HeaderProblem, Result};

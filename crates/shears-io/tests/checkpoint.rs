@@ -81,6 +81,14 @@ fn header_errors_name_the_problem() {
     assert!(matches!(problem(file(wrong, &[0; 8])), HeaderProblem::Size { .. }));
     assert!(matches!(problem(file(huge, &[0; 8])), HeaderProblem::NoByteSize { .. }));
     assert!(matches!(problem(file(twice, &[0; 8])), HeaderProblem::Duplicate { .. }));
+    let rank = format!(r#"{{"w":{{"dtype":"F32","shape":{:?},"data_offsets":[0,4]}}}}"#, [1; 17]);
+    match problem(file(&rank, &[0; 4])) {
+        HeaderProblem::Entry { tensor, reason } => {
+            assert_eq!(tensor, "w");
+            assert!(reason.contains("more than 16 dimensions"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
     let short = r#"{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
     assert_eq!(problem(file(short, &[0; 4])), HeaderProblem::DataLength { described: 8, held: 4 });
     let e = Checkpoint::from_source("t.safetensors", file(gap, &[0; 8])).unwrap_err();

@@ -2,7 +2,6 @@
 //! fixed train/test split.
 
 use std::io::Read;
-use std::path::Path;
 
 use flate2::read::GzDecoder;
 use nalgebra::DMatrix;
@@ -154,9 +153,4 @@ pub fn digits_split() -> Result<Split> {
     let all = digits()?;
     let (test, train): (Vec<usize>, Vec<usize>) = (0..all.len()).partition(|i| i % 5 == 4);
     Ok(Split { train: all.select(&train), test: all.select(&test) })
-}
-
-/// Reads a whole file, naming it in the error.
-pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| Error::Io { path: path.to_owned(), source })
 }

@@ -4,13 +4,13 @@
 //! `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`, each optionally `.gz`) from any
 //! MNIST mirror; shears' own runs read them from `../shared/data/mnist`.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use flate2::read::GzDecoder;
 use nalgebra::DMatrix;
 
-use crate::data::{Dataset, Split, read_file};
+use crate::data::{Dataset, Split};
 use crate::error::{Error, Result};
 
 const IMAGES_MAGIC: u32 = 0x0000_0803;
@@ -21,7 +21,8 @@ const LABELS_MAGIC: u32 = 0x0000_0801;
 ///
 /// # Errors
 /// [`Error::Io`] for a missing or unreadable file; [`Error::BadDataFile`] for a wrong
-/// magic number, a truncated file or a bad gzip stream; [`Error::CountMismatch`] when
+/// magic number, a truncated file, a bad gzip stream, or a body that is not the size the
+/// header declares (at most 1 GiB); [`Error::CountMismatch`] when
 /// images and labels disagree in count — each naming the file.
 pub fn load_mnist(dir: impl AsRef<Path>) -> Result<Split> {
     let dir = dir.as_ref();
@@ -77,24 +78,49 @@ fn find(dir: &Path, name: &str) -> Result<PathBuf> {
     }
 }
 
-fn contents(path: &Path) -> Result<Vec<u8>> {
-    let raw = read_file(path)?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        GzDecoder::new(raw.as_slice()).read_to_end(&mut out).map_err(|e| Error::BadDataFile {
-            path: path.to_owned(),
-            reason: format!("bad gzip stream: {e}"),
-        })?;
-        Ok(out)
-    } else {
-        Ok(raw)
-    }
-}
+/// The most bytes an IDX file may declare in its header (MNIST's largest is 47 MB).
+const MAX_BODY: usize = 1 << 30;
 
-fn be_u32(bytes: &[u8], at: usize, path: &Path) -> Result<u32> {
-    bytes.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes).ok_or_else(|| {
-        Error::BadDataFile { path: path.to_owned(), reason: "truncated header".into() }
-    })
+/// An IDX file's dimensions and body, gzipped or not. The body is read only up to the
+/// size its header declares (plus one byte, to find out whether more follows), so a
+/// small compressed file that inflates without end cannot exhaust memory.
+fn read_idx(path: &Path, magic: u32, rank: usize) -> Result<(Vec<usize>, Vec<u8>)> {
+    let bad = |reason: String| Error::BadDataFile { path: path.to_owned(), reason };
+    let file =
+        std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
+    let mut buffered = BufReader::new(file);
+    let head = buffered.fill_buf().map_err(|source| Error::Io { path: path.to_owned(), source })?;
+    let mut reader: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
+        Box::new(GzDecoder::new(buffered))
+    } else {
+        Box::new(buffered)
+    };
+    let read_error = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => bad("truncated header".into()),
+        _ => bad(format!("cannot decode: {e}")),
+    };
+    let mut header = vec![0u8; 4 + 4 * rank];
+    reader.read_exact(&mut header).map_err(read_error)?;
+    let word = |k: usize| {
+        u32::from_be_bytes([header[4 * k], header[4 * k + 1], header[4 * k + 2], header[4 * k + 3]])
+    };
+    check_magic(word(0), magic, path)?;
+    let dims: Vec<usize> = (1..=rank).map(|k| word(k) as usize).collect();
+    let len = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).filter(|&n| n <= MAX_BODY);
+    let Some(len) = len else {
+        return Err(bad(format!("the header declares {dims:?}, more than {MAX_BODY} bytes")));
+    };
+    let mut body = Vec::with_capacity(len);
+    (&mut reader).take(len as u64 + 1).read_to_end(&mut body).map_err(read_error)?;
+    match body.len().cmp(&len) {
+        std::cmp::Ordering::Equal => Ok((dims, body)),
+        std::cmp::Ordering::Less => {
+            Err(bad(format!("{} data bytes, the header promises {len}", body.len())))
+        }
+        std::cmp::Ordering::Greater => {
+            Err(bad(format!("more data than the {len} bytes the header promises")))
+        }
+    }
 }
 
 fn check_magic(found: u32, expected: u32, path: &Path) -> Result<()> {
@@ -108,34 +134,11 @@ fn check_magic(found: u32, expected: u32, path: &Path) -> Result<()> {
     }
 }
 
-fn body<'a>(bytes: &'a [u8], header: usize, len: Option<usize>, path: &Path) -> Result<&'a [u8]> {
-    let body = &bytes[header.min(bytes.len())..];
-    match len {
-        Some(n) if body.len() == n => Ok(body),
-        Some(n) => Err(Error::BadDataFile {
-            path: path.to_owned(),
-            reason: format!("{} data bytes, the header promises {n}", body.len()),
-        }),
-        None => {
-            Err(Error::BadDataFile { path: path.to_owned(), reason: "dimensions overflow".into() })
-        }
-    }
-}
-
 fn read_images(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
-    let bytes = contents(path)?;
-    check_magic(be_u32(&bytes, 0, path)?, IMAGES_MAGIC, path)?;
-    let n = be_u32(&bytes, 4, path)? as usize;
-    let rows = be_u32(&bytes, 8, path)? as usize;
-    let cols = be_u32(&bytes, 12, path)? as usize;
-    let len = n.checked_mul(rows).and_then(|x| x.checked_mul(cols));
-    let pixels = body(&bytes, 16, len, path)?.to_vec();
-    Ok((n, rows, cols, pixels))
+    let (dims, pixels) = read_idx(path, IMAGES_MAGIC, 3)?;
+    Ok((dims[0], dims[1], dims[2], pixels))
 }
 
 fn read_labels(path: &Path) -> Result<Vec<u8>> {
-    let bytes = contents(path)?;
-    check_magic(be_u32(&bytes, 0, path)?, LABELS_MAGIC, path)?;
-    let n = be_u32(&bytes, 4, path)? as usize;
-    Ok(body(&bytes, 8, Some(n), path)?.to_vec())
+    Ok(read_idx(path, LABELS_MAGIC, 1)?.1)
 }

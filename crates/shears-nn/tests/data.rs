@@ -102,11 +102,35 @@ fn mnist_errors_name_the_file() {
     assert!(matches!(load_mnist(empty.path()), Err(Error::Io { .. })));
 }
 
+/// A gzip bomb: a valid header for 5 images of 2x2 followed by 64 MiB of zeros, which
+/// compresses to about 64 KiB. The loader reads what the header declares plus one byte,
+/// then stops, naming the file.
+#[test]
+fn mnist_decompression_is_bounded_by_the_header() {
+    let mut images = idx_images(5, 2, 2, 0x803);
+    images.resize(images.len() + (64 << 20), 0);
+    let dir = mnist_dir(&images, &idx_labels(5, 0x801), true);
+    let compressed = std::fs::metadata(dir.path().join("train-images-idx3-ubyte.gz")).unwrap();
+    assert!(compressed.len() < 1 << 20);
+    match load_mnist(dir.path()) {
+        Err(Error::BadDataFile { reason, .. }) => assert!(reason.contains("more data"), "{reason}"),
+        other => panic!("expected a bad data file, got {other:?}"),
+    }
+    // A header declaring more than the loader takes is refused before any body is read.
+    let huge: Vec<u8> =
+        [0x803u32, u32::MAX, 1 << 16, 1 << 16].iter().flat_map(|x| x.to_be_bytes()).collect();
+    let dir = mnist_dir(&huge, &idx_labels(5, 0x801), true);
+    expect_bad_file(&dir, "train-images");
+}
+
 /// Reads the real MNIST when `SHEARS_MNIST_DIR` names a directory with the IDX files
-/// (CI sets it to `../shared/data/mnist`); skipped quietly otherwise.
+/// (CI sets it to `../shared/data/mnist`); otherwise says on stderr that it was skipped.
 #[test]
 fn real_mnist_when_available() {
-    let Some(dir) = std::env::var_os("SHEARS_MNIST_DIR") else { return };
+    let Some(dir) = std::env::var_os("SHEARS_MNIST_DIR") else {
+        eprintln!("skipped real_mnist_when_available: SHEARS_MNIST_DIR is not set");
+        return;
+    };
     let split = load_mnist(dir).unwrap();
     assert_eq!(
         (split.train.len(), split.test.len(), split.train.n_features()),

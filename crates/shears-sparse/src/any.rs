@@ -139,14 +139,14 @@ impl<T: Scalar> AnySparse<T> {
     }
 }
 
-impl<T: Scalar> Sealed for AnySparse<T> {}
+impl<T: Scalar> Sealed<T> for AnySparse<T> {
+    fn product(&self, operands: Operands<'_, T>) {
+        self.as_product().product(operands);
+    }
+}
 
 impl<T: Scalar> SparseProduct<T> for AnySparse<T> {
     fn shape(&self) -> (usize, usize) {
         self.as_product().shape()
-    }
-
-    fn product(&self, operands: Operands<'_, T>) {
-        self.as_product().product(operands);
     }
 }

@@ -200,13 +200,7 @@ impl<T: Scalar> BlockSparse<T> {
     }
 }
 
-impl<T: Scalar> Sealed for BlockSparse<T> {}
-
-impl<T: Scalar> SparseProduct<T> for BlockSparse<T> {
-    fn shape(&self) -> (usize, usize) {
-        (self.nrows, self.ncols)
-    }
-
+impl<T: Scalar> Sealed<T> for BlockSparse<T> {
     fn product(&self, operands: Operands<'_, T>) {
         match operands {
             Operands::Vector { alpha, x, beta, y } => {
@@ -216,5 +210,11 @@ impl<T: Scalar> SparseProduct<T> for BlockSparse<T> {
                 kernels::bsr_spmm(self.view(), alpha, x, beta, y)
             }
         }
+    }
+}
+
+impl<T: Scalar> SparseProduct<T> for BlockSparse<T> {
+    fn shape(&self) -> (usize, usize) {
+        (self.nrows, self.ncols)
     }
 }

@@ -83,7 +83,7 @@ pub fn choose_format(mask: &Mask, batch: usize) -> Format {
     }
     if batch <= NM_MAX_BATCH && (0.4..=0.6).contains(&sparsity) {
         for pattern in [NmPattern::TWO_FOUR, NmPattern::new(4, 8).unwrap_or(NmPattern::TWO_FOUR)] {
-            if satisfies(mask, pattern) {
+            if pattern.first_violation(mask).is_none() {
                 return Format::Nm(pattern);
             }
         }
@@ -95,14 +95,4 @@ pub fn choose_format(mask: &Mask, batch: usize) -> Format {
     } else {
         Format::Csr
     }
-}
-
-fn satisfies(mask: &Mask, pattern: NmPattern) -> bool {
-    let (nrows, ncols) = mask.shape();
-    (0..nrows).all(|r| {
-        (0..ncols).step_by(pattern.m()).all(|start| {
-            let end = (start + pattern.m()).min(ncols);
-            (start..end).filter(|&c| mask.get(r, c) == Some(true)).count() <= pattern.n()
-        })
-    })
 }

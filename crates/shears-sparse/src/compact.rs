@@ -159,13 +159,7 @@ impl<T: Scalar> Compacted<T> {
     }
 }
 
-impl<T: Scalar> Sealed for Compacted<T> {}
-
-impl<T: Scalar> SparseProduct<T> for Compacted<T> {
-    fn shape(&self) -> (usize, usize) {
-        self.original
-    }
-
+impl<T: Scalar> Sealed<T> for Compacted<T> {
     fn product(&self, operands: Operands<'_, T>) {
         match operands {
             Operands::Vector { alpha, x, beta, y } => {
@@ -187,6 +181,12 @@ impl<T: Scalar> SparseProduct<T> for Compacted<T> {
     }
 }
 
+impl<T: Scalar> SparseProduct<T> for Compacted<T> {
+    fn shape(&self) -> (usize, usize) {
+        self.original
+    }
+}
+
 /// `y <- alpha * z + beta * y` where `kept` gives `z`'s entries by row (ascending), and
 /// `y <- beta * y` on the rows it skips; `y` is not read when `beta == 0`.
 fn scatter<T: Scalar>(alpha: T, kept: impl Iterator<Item = (usize, T)>, beta: T, y: &mut [T]) {
@@ -200,13 +200,15 @@ fn scatter<T: Scalar>(alpha: T, kept: impl Iterator<Item = (usize, T)>, beta: T,
     y[next..].iter_mut().for_each(|v| *v = scale(*v));
 }
 
-/// Two consecutive layers `y = W2 · act(W1 x + b1)`, shrunk together: the rows of `W1`
-/// that `mask1` prunes entirely (its dead output neurons), their bias entries, and the
-/// matching columns of `W2` are removed. The result computes the same function wherever
-/// `act(0) = 0` (ReLU), with physically smaller matrices.
+/// Two consecutive layers `y = W2 · act(W1 x + b1) + b2`, shrunk together: the rows of
+/// `W1` that `mask1` prunes entirely (its dead output neurons), their bias entries, and
+/// the matching columns of `W2` are removed. A dead neuron `j` still outputs the
+/// constant `act(b1[j])`, which reached the second layer as `act(b1[j]) · W2[:, j]`:
+/// that is folded into the second layer's bias, so the pair computes exactly the same
+/// function as the masked original, for any activation, with smaller matrices.
 ///
-/// Returns the compacted first layer (rows dropped, bias kept in step) and the second
-/// layer's weight with those columns dropped.
+/// Returns the compacted first layer (rows dropped, bias kept in step), and the second
+/// layer's weight with those columns dropped and its bias with the constants folded in.
 ///
 /// ```
 /// use nalgebra::{dmatrix, dvector};
@@ -214,23 +216,28 @@ fn scatter<T: Scalar>(alpha: T, kept: impl Iterator<Item = (usize, T)>, beta: T,
 /// use shears_sparse::compact_pair;
 ///
 /// let w1 = dmatrix![1.0, 1.0; 5.0, 5.0; 2.0, 2.0];
-/// let mask1 = Mask::from_fn(3, 2, |r, _| r != 0)?;
+/// let mask1 = Mask::from_fn(3, 2, |r, _| r != 0)?; // neuron 0 is dead
 /// let w2 = dmatrix![7.0, 8.0, 9.0];
-/// let (first, w2_small) = compact_pair(&w1, &dvector![0.0, 1.0, 2.0], &mask1, &w2)?;
+/// let relu = |v: f64| v.max(0.0);
+/// let (first, w2_small, b2) =
+///     compact_pair(&w1, &dvector![0.5, 1.0, 2.0], &mask1, &w2, &dvector![0.25], relu)?;
 /// assert_eq!(first.matrix().shape(), (2, 2));
 /// assert_eq!(w2_small, dmatrix![8.0, 9.0]);
+/// assert_eq!(b2, dvector![0.25 + 7.0 * 0.5]); // relu(0.5) through W2[:, 0]
 /// # Ok::<(), shears_sparse::Error>(())
 /// ```
 ///
 /// # Errors
-/// [`Error::ShapeMismatch`] if `W2` does not have one column per row of `W1` or the
-/// bias one entry per row; [`Error::Core`] for a mask of another shape.
+/// [`Error::ShapeMismatch`] if `W2` does not have one column per row of `W1`, or a bias
+/// not one entry per row of its layer; [`Error::Core`] for a mask of another shape.
 pub fn compact_pair<T: Scalar>(
     w1: &DMatrix<T>,
     b1: &DVector<T>,
     mask1: &Mask,
     w2: &DMatrix<T>,
-) -> Result<(Compacted<T>, DMatrix<T>)> {
+    b2: &DVector<T>,
+    act: impl Fn(T) -> T,
+) -> Result<(Compacted<T>, DMatrix<T>, DVector<T>)> {
     if w2.ncols() != w1.nrows() {
         return Err(Error::ShapeMismatch {
             op: "compact pair",
@@ -238,7 +245,21 @@ pub fn compact_pair<T: Scalar>(
             got: w2.shape(),
         });
     }
+    if b2.len() != w2.nrows() {
+        return Err(Error::ShapeMismatch {
+            op: "compact pair second bias",
+            expected: (w2.nrows(), 1),
+            got: (b2.len(), 1),
+        });
+    }
     let first = Compacted::new(w1, mask1, Compaction::Rows, Some(b1))?;
+    let mut bias = b2.clone();
+    for j in mask1.fully_pruned_rows() {
+        let constant = act(b1[j]);
+        if constant != T::zero() {
+            bias.axpy(constant, &w2.column(j), T::one());
+        }
+    }
     let second = w2.select_columns(first.rows().iter());
-    Ok((first, second))
+    Ok((first, second, bias))
 }

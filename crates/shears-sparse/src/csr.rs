@@ -263,13 +263,7 @@ impl<T: Scalar, I: SpIndex> Csr<T, I> {
     }
 }
 
-impl<T: Scalar, I: SpIndex> Sealed for Csr<T, I> {}
-
-impl<T: Scalar, I: SpIndex> SparseProduct<T> for Csr<T, I> {
-    fn shape(&self) -> (usize, usize) {
-        (self.nrows, self.ncols)
-    }
-
+impl<T: Scalar, I: SpIndex> Sealed<T> for Csr<T, I> {
     /// Multi-threaded on rayon's current pool for large matrices (rows split by stored
     /// entries); every row is summed in the same order whatever the thread count, so the
     /// result is bit-identical on 1 or many threads.
@@ -282,6 +276,12 @@ impl<T: Scalar, I: SpIndex> SparseProduct<T> for Csr<T, I> {
                 kernels::csr_spmm(self.as_view(), alpha, x, beta, y)
             }
         }
+    }
+}
+
+impl<T: Scalar, I: SpIndex> SparseProduct<T> for Csr<T, I> {
+    fn shape(&self) -> (usize, usize) {
+        (self.nrows, self.ncols)
     }
 }
 

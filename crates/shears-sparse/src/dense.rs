@@ -24,18 +24,18 @@ pub(crate) fn gemm<T: Scalar>(
     y.gemm(alpha, w, x, beta);
 }
 
-impl<T: Scalar> Sealed for DMatrix<T> {}
-
-/// A dense matrix multiplies through nalgebra, with the same checks as every format.
-impl<T: Scalar> SparseProduct<T> for DMatrix<T> {
-    fn shape(&self) -> (usize, usize) {
-        (self.nrows(), self.ncols())
-    }
-
+impl<T: Scalar> Sealed<T> for DMatrix<T> {
     fn product(&self, operands: Operands<'_, T>) {
         match operands {
             Operands::Vector { alpha, x, beta, y } => gemv(self, alpha, x, beta, y),
             Operands::Matrix { alpha, x, beta, y } => gemm(self, alpha, x, beta, y),
         }
+    }
+}
+
+/// A dense matrix multiplies through nalgebra, with the same checks as every format.
+impl<T: Scalar> SparseProduct<T> for DMatrix<T> {
+    fn shape(&self) -> (usize, usize) {
+        (self.nrows(), self.ncols())
     }
 }

@@ -104,18 +104,18 @@ macro_rules! narrowest_index {
             }
         }
 
-        impl<T: shears_core::Scalar> $crate::product::Sealed for $any<T> {}
-
-        impl<T: shears_core::Scalar> $crate::product::SparseProduct<T> for $any<T> {
-            fn shape(&self) -> (usize, usize) {
-                $any::shape(self)
-            }
-
+        impl<T: shears_core::Scalar> $crate::product::Sealed<T> for $any<T> {
             fn product(&self, operands: $crate::product::Operands<'_, T>) {
                 match self {
                     $any::Narrow(m) => m.product(operands),
                     $any::Wide(m) => m.product(operands),
                 }
+            }
+        }
+
+        impl<T: shears_core::Scalar> $crate::product::SparseProduct<T> for $any<T> {
+            fn shape(&self) -> (usize, usize) {
+                $any::shape(self)
             }
         }
     };

@@ -77,6 +77,6 @@ pub use index::SpIndex;
 pub use kernels::{KernelPath, SLICE_ROWS, kernel_path};
 pub use nm::NmSparse;
 pub use persist::SPARSE_FORMAT_VERSION;
-pub use product::{Operands, SparseProduct};
+pub use product::SparseProduct;
 pub use sell::{AnySlicedEll, SlicedEll, SlicedEllParts};
 pub use shears_core::{BlockShape, Mask, NmPattern};

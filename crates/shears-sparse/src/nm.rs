@@ -78,15 +78,8 @@ impl<T: Scalar> NmSparse<T> {
         pattern: NmPattern,
         keep: impl Fn(usize, usize) -> bool,
     ) -> Result<Self> {
+        // `NmPattern` bounds M by 256, so positions fit a byte.
         let (n, m) = (pattern.n(), pattern.m());
-        if m > 256 {
-            return Err(Error::Format {
-                format: "n:m",
-                error: crate::FormatError::InvalidStructure {
-                    reason: format!("group size {m} exceeds 256"),
-                },
-            });
-        }
         let (nrows, ncols) = weights.shape();
         if ncols > u32::MAX as usize {
             return Err(Error::IndexOverflow { what: "column count", value: ncols, bits: 32 });
@@ -189,13 +182,7 @@ impl<T: Scalar> NmSparse<T> {
     }
 }
 
-impl<T: Scalar> Sealed for NmSparse<T> {}
-
-impl<T: Scalar> SparseProduct<T> for NmSparse<T> {
-    fn shape(&self) -> (usize, usize) {
-        (self.nrows, self.ncols)
-    }
-
+impl<T: Scalar> Sealed<T> for NmSparse<T> {
     fn product(&self, operands: Operands<'_, T>) {
         match operands {
             Operands::Vector { alpha, x, beta, y } => {
@@ -205,5 +192,11 @@ impl<T: Scalar> SparseProduct<T> for NmSparse<T> {
                 kernels::nm_spmm(self.view(), alpha, x, beta, y)
             }
         }
+    }
+}
+
+impl<T: Scalar> SparseProduct<T> for NmSparse<T> {
+    fn shape(&self) -> (usize, usize) {
+        (self.nrows, self.ncols)
     }
 }

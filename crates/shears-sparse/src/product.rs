@@ -6,49 +6,37 @@ use shears_core::Scalar;
 
 use crate::error::{Error, Result};
 
-/// The operands of one product, their shapes checked against the matrix's by
-/// [`SparseProduct`]'s provided methods (the only place they are made).
-///
-/// # Invariants
-/// For an `(nrows, ncols)` matrix: `Vector` has `x.len() == ncols` and
-/// `y.len() == nrows`; `Matrix` has `x` of shape `(ncols, b)` and `y` of shape
-/// `(nrows, b)` with `b >= 2` (a batch of one is always a `Vector`). The variants
-/// cannot be built outside this crate, so a format's
-/// [`product`](SparseProduct::product) may rely on them.
-#[derive(Debug)]
-pub enum Operands<'a, T> {
-    /// `y <- alpha * A x + beta * y`.
-    #[non_exhaustive]
-    Vector {
-        /// Scales the product.
-        alpha: T,
-        /// The input, `ncols` long.
-        x: &'a [T],
-        /// Scales the old output (with `beta == 0` it is not read).
-        beta: T,
-        /// The output, `nrows` long.
-        y: &'a mut [T],
-    },
-    /// `Y <- alpha * A X + beta * Y`, at least two columns.
-    #[non_exhaustive]
-    Matrix {
-        /// Scales the product.
-        alpha: T,
-        /// The input, `(ncols, batch)`.
-        x: &'a DMatrix<T>,
-        /// Scales the old output (with `beta == 0` it is not read).
-        beta: T,
-        /// The output, `(nrows, batch)`.
-        y: &'a mut DMatrix<T>,
-    },
-}
-
 mod sealed {
-    /// Only this crate's formats multiply: their kernels index `x` without bounds checks,
-    /// trusting [`super::Operands`]' invariants.
-    pub trait Sealed {}
+    #![allow(unreachable_pub, reason = "sealed: public in name, unnameable outside")]
+
+    use nalgebra::DMatrix;
+    use shears_core::Scalar;
+
+    /// The operands of one product, their shapes checked against the matrix's by
+    /// [`SparseProduct`](super::SparseProduct)'s provided methods (the only place they
+    /// are made).
+    ///
+    /// # Invariants
+    /// For an `(nrows, ncols)` matrix: `Vector` has `x.len() == ncols` and
+    /// `y.len() == nrows`; `Matrix` has `x` of shape `(ncols, b)` and `y` of shape
+    /// `(nrows, b)` with `b != 1` (a batch of one is always a `Vector`).
+    #[derive(Debug)]
+    pub enum Operands<'a, T> {
+        /// `y <- alpha * A x + beta * y`; with `beta == 0`, `y` is not read.
+        Vector { alpha: T, x: &'a [T], beta: T, y: &'a mut [T] },
+        /// `Y <- alpha * A X + beta * Y`; with `beta == 0`, `Y` is not read.
+        Matrix { alpha: T, x: &'a DMatrix<T>, beta: T, y: &'a mut DMatrix<T> },
+    }
+
+    /// What a format implements: the product on checked operands. Only this crate's
+    /// formats implement it, since the kernels index `x` without bounds checks on the
+    /// strength of [`Operands`]' invariants, and nothing outside can call it.
+    pub trait Sealed<T: Scalar> {
+        /// Runs a product whose operands fit the matrix.
+        fn product(&self, operands: Operands<'_, T>);
+    }
 }
-pub(crate) use sealed::Sealed;
+pub(crate) use sealed::{Operands, Sealed};
 
 /// Multiplication by a pruned matrix, whatever its format.
 ///
@@ -56,9 +44,9 @@ pub(crate) use sealed::Sealed;
 /// with `beta == 0` the output is not read, so NaN in it does not leak into the result.
 /// The allocating [`matvec`](SparseProduct::matvec) and [`matmul`](SparseProduct::matmul)
 /// are built on them. Every method checks the operands' shapes and routes a batch of one
-/// to the batch-1 kernel, here, for every format; a format only provides
-/// [`product`](SparseProduct::product). The trait is sealed: the formats are this
-/// crate's, and [`AnySparse`](crate::AnySparse) holds any of them.
+/// to the batch-1 kernel, here, for every format. The trait is sealed (the kernels
+/// behind it trust those checks): the formats are this crate's, and
+/// [`AnySparse`](crate::AnySparse) holds any of them.
 ///
 /// ```
 /// use nalgebra::{dmatrix, dvector};
@@ -72,14 +60,9 @@ pub(crate) use sealed::Sealed;
 /// assert!(a.matvec_into(1.0, &[1.0], 0.0, &mut y).is_err());
 /// # Ok::<(), shears_sparse::Error>(())
 /// ```
-pub trait SparseProduct<T: Scalar>: Sealed {
+pub trait SparseProduct<T: Scalar>: Sealed<T> {
     /// `(nrows, ncols)` of the matrix.
     fn shape(&self) -> (usize, usize);
-
-    /// Runs a product whose operands fit [`shape`](SparseProduct::shape) (see
-    /// [`Operands`]' invariants). Call [`matvec_into`](SparseProduct::matvec_into) or
-    /// [`matmul_into`](SparseProduct::matmul_into) instead: they build the operands.
-    fn product(&self, operands: Operands<'_, T>);
 
     /// `y <- alpha * A x + beta * y`.
     ///

@@ -269,13 +269,7 @@ impl<T: Scalar, I: SpIndex> SlicedEll<T, I> {
     }
 }
 
-impl<T: Scalar, I: SpIndex> Sealed for SlicedEll<T, I> {}
-
-impl<T: Scalar, I: SpIndex> SparseProduct<T> for SlicedEll<T, I> {
-    fn shape(&self) -> (usize, usize) {
-        (self.nrows, self.ncols)
-    }
-
+impl<T: Scalar, I: SpIndex> Sealed<T> for SlicedEll<T, I> {
     /// Multi-threaded on rayon's current pool for large matrices (windows split by stored
     /// entries); each row is summed in the same order whatever the thread count. Batches
     /// of two or more run CSR's tiles on each row, giving the bits of CSR's product.
@@ -288,6 +282,12 @@ impl<T: Scalar, I: SpIndex> SparseProduct<T> for SlicedEll<T, I> {
                 kernels::sell_spmm(self.view(), alpha, x, beta, y)
             }
         }
+    }
+}
+
+impl<T: Scalar, I: SpIndex> SparseProduct<T> for SlicedEll<T, I> {
+    fn shape(&self) -> (usize, usize) {
+        (self.nrows, self.ncols)
     }
 }
 

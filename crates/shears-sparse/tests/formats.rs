@@ -58,7 +58,7 @@ proptest! {
     }
 
     #[test]
-    fn nm_round_trips((r, c) in (0usize..12, 0usize..30), seed in 0u64..4, (n, m) in (1usize..=8).prop_flat_map(|m| (0..=m, Just(m)))) {
+    fn nm_round_trips((r, c) in (0usize..12, 0usize..30), seed in 0u64..4, (n, m) in (1usize..=8).prop_flat_map(|m| (1..=m, Just(m)))) {
         let p = NmPattern::new(n, m).unwrap();
         let w = DMatrix::from_fn(r, c, |i, j| (i * 31 + j) as f64 * 0.5 + 1.0);
         let mask = nm_mask(r, c, p, seed);
@@ -100,25 +100,26 @@ proptest! {
     }
 }
 
+/// The compacted pair computes the unmodified masked network, dead neurons with non-zero
+/// biases included (their constant outputs move into the next bias).
 #[test]
 fn compact_pair_keeps_the_mlp_function() {
     let w1 = DMatrix::from_fn(6, 4, |r, c| (r * 4 + c) as f64 * 0.1 - 1.0);
-    let b1 = DVector::from_fn(6, |r, _| r as f64 * 0.1);
+    let b1 = DVector::from_fn(6, |r, _| r as f64 * 0.3 - 0.4);
     let mask = Mask::from_fn(6, 4, |r, _| r % 3 != 0).unwrap();
-    let w2 = DMatrix::from_fn(3, 6, |r, c| (r + c) as f64 * 0.2);
-    let x = DVector::from_fn(4, |i, _| i as f64 - 1.5);
-    let relu = |v: DVector<f64>| v.map(|z| z.max(0.0));
-    // The masked network with the dead neurons' biases pruned too.
-    let mut b1_pruned = b1.clone();
-    for r in mask.fully_pruned_rows() {
-        b1_pruned[r] = 0.0;
+    assert!(mask.fully_pruned_rows().iter().any(|&r| b1[r] > 0.0), "a dead neuron fires");
+    let w2 = DMatrix::from_fn(3, 6, |r, c| (r + c) as f64 * 0.2 - 0.3);
+    let b2 = DVector::from_fn(3, |r, _| r as f64);
+    let relu = |z: f64| z.max(0.0);
+    for x in [DVector::from_fn(4, |i, _| i as f64 - 1.5), DVector::from_element(4, 0.7)] {
+        let full = &w2 * (mask.apply(&w1).unwrap() * &x + &b1).map(relu) + &b2;
+        let (first, w2_small, b2_small) = compact_pair(&w1, &b1, &mask, &w2, &b2, relu).unwrap();
+        let small = &w2_small * (first.matrix() * &x + first.bias().unwrap()).map(relu) + &b2_small;
+        assert_eq!(first.matrix().nrows(), 4);
+        assert!((full - small).amax() < 1e-12);
     }
-    let full = &w2 * relu(mask.apply(&w1).unwrap() * &x + &b1_pruned);
-    let (first, w2_small) = compact_pair(&w1, &b1, &mask, &w2).unwrap();
-    let small = &w2_small * relu(first.matrix() * &x + first.bias().unwrap());
-    assert_eq!(first.matrix().nrows(), 4);
-    assert!((full - small).amax() < 1e-12);
-    assert!(compact_pair(&w1, &b1, &mask, &DMatrix::zeros(3, 5)).is_err());
+    assert!(compact_pair(&w1, &b1, &mask, &DMatrix::zeros(3, 5), &b2, relu).is_err());
+    assert!(compact_pair(&w1, &b1, &mask, &w2, &DVector::zeros(2), relu).is_err());
 }
 
 #[test]

@@ -99,7 +99,7 @@ proptest! {
     }
 
     #[test]
-    fn nm_matches_dense((r, c, b) in (0usize..20, 0usize..40, 1usize..40), (n, m) in (1usize..=8).prop_flat_map(|m| (0..=m, Just(m)))) {
+    fn nm_matches_dense((r, c, b) in (0usize..20, 0usize..40, 1usize..40), (n, m) in (1usize..=8).prop_flat_map(|m| (1..=m, Just(m)))) {
         let p = NmPattern::new(n, m).unwrap();
         let w = DMatrix::from_fn(r, c, |i, j| ((i * 7 + j * 3) % 11) as f32 / 11.0 - 0.5);
         let mask = Mask::from_fn(r, c, |i, j| (j % m + i) % m < n).unwrap();

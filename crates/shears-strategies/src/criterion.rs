@@ -66,12 +66,13 @@ impl Criterion {
         }
     }
 
-    fn strategy<T: Scalar>(self) -> &'static dyn PruningStrategy<T> {
-        // The unit criteria are constants; `Random` carries its seed and is handled apart.
+    /// The criterion's own strategy, to which every call is forwarded.
+    fn strategy<T: Scalar>(self) -> Box<dyn PruningStrategy<T>> {
         match self {
-            Criterion::Magnitude | Criterion::Random { .. } => &Magnitude,
-            Criterion::Gradient => &Gradient,
-            Criterion::Wanda => &Wanda,
+            Criterion::Magnitude => Box::new(Magnitude),
+            Criterion::Gradient => Box::new(Gradient),
+            Criterion::Random { seed } => Box::new(Random::new(seed)),
+            Criterion::Wanda => Box::new(Wanda),
         }
     }
 }
@@ -108,10 +109,7 @@ impl std::fmt::Display for Criterion {
 
 impl<T: Scalar> PruningStrategy<T> for Criterion {
     fn scores(&self, weights: &DMatrix<T>, ctx: &LayerContext<'_, T>) -> Result<DMatrix<T>> {
-        match *self {
-            Criterion::Random { seed } => Random::new(seed).scores(weights, ctx),
-            other => other.strategy().scores(weights, ctx),
-        }
+        self.strategy().scores(weights, ctx)
     }
 
     fn granularity(&self) -> Granularity {
@@ -132,10 +130,7 @@ impl<T: Scalar> PruningStrategy<T> for Criterion {
         ctx: &LayerContext<'_, T>,
         sparsity: Sparsity,
     ) -> Result<Mask> {
-        match *self {
-            Criterion::Random { seed } => Random::new(seed).mask(weights, ctx, sparsity),
-            other => other.strategy().mask(weights, ctx, sparsity),
-        }
+        self.strategy().mask(weights, ctx, sparsity)
     }
 }
 

@@ -37,6 +37,17 @@ pub enum Error {
         /// The pattern that was combined with global scope.
         pattern: String,
     },
+    /// A pattern does not fit a tensor at the target sparsity (partial groups or blocks,
+    /// or a target that rounds to none or all of its slices).
+    #[error("tensor `{tensor}`: pattern {pattern} does not fit: {reason}")]
+    PatternDoesNotFit {
+        /// The tensor.
+        tensor: String,
+        /// The pattern.
+        pattern: String,
+        /// Why.
+        reason: String,
+    },
     /// No layer of the model is left to prune after include/exclude filters.
     #[error(
         "no layer to prune: the model has {available} prunable layers and the filters excluded all of them"

@@ -46,55 +46,10 @@ pub(crate) fn nm_mask<T: Scalar>(
 
 /// Whether every (padded) group of M along each row keeps at most N weights.
 pub fn satisfies_nm(mask: &Mask, pattern: NmPattern) -> bool {
-    first_nm_violation(mask, pattern).is_none()
+    pattern.first_violation(mask).is_none()
 }
 
 /// The first `(row, first column of the group)` whose group keeps more than N weights.
 pub fn first_nm_violation(mask: &Mask, pattern: NmPattern) -> Option<(usize, usize)> {
-    let (nrows, ncols) = mask.shape();
-    (0..nrows).find_map(|r| {
-        (0..ncols).step_by(pattern.m()).find_map(|start| {
-            let end = (start + pattern.m()).min(ncols);
-            let kept = (start..end).filter(|&c| mask.get(r, c) == Some(true)).count();
-            (kept > pattern.n()).then_some((r, start))
-        })
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use nalgebra::dmatrix;
-
-    #[test]
-    fn two_four_keeps_the_best_two() {
-        let s = dmatrix![1.0, 4.0, 3.0, 2.0, 5.0, 5.0, 5.0, 5.0];
-        let mask = nm_mask("t", &s, NmPattern::TWO_FOUR, None).unwrap();
-        assert_eq!(mask.to_matrix(), dmatrix![false, true, true, false, false, false, true, true]);
-        assert!(satisfies_nm(&mask, NmPattern::TWO_FOUR));
-    }
-
-    #[test]
-    fn short_tail_group_keeps_at_most_n() {
-        let s = dmatrix![1.0, 2.0, 3.0, 4.0, 9.0, 8.0, 7.0];
-        let mask = nm_mask("t", &s, NmPattern::TWO_FOUR, None).unwrap();
-        assert_eq!(mask.to_matrix(), dmatrix![false, false, true, true, true, true, false]);
-        let s = dmatrix![1.0, 2.0, 3.0, 4.0, 9.0];
-        assert_eq!(nm_mask("t", &s, NmPattern::TWO_FOUR, None).unwrap().count_kept(), 3);
-    }
-
-    #[test]
-    fn respects_kept_mask() {
-        let s = dmatrix![4.0, 3.0, 2.0, 1.0];
-        let kept = Mask::from_fn(1, 4, |_, c| c != 0).unwrap();
-        let mask = nm_mask("t", &s, NmPattern::TWO_FOUR, Some(&kept)).unwrap();
-        assert_eq!(mask.to_matrix(), dmatrix![false, true, true, false]);
-    }
-
-    #[test]
-    fn violation_is_located() {
-        let mask = Mask::from_matrix(&dmatrix![true, true, false, false; true, true, true, false]);
-        assert_eq!(first_nm_violation(&mask, NmPattern::TWO_FOUR), Some((1, 0)));
-        assert!(!satisfies_nm(&mask, NmPattern::TWO_FOUR));
-    }
+    pattern.first_violation(mask)
 }

@@ -4,7 +4,7 @@
 use nalgebra::{DMatrix, DVector};
 use shears_core::{
     BlockShape, Granularity, GroupLayout, LayerContext, Mask, NmPattern, PruningStrategy,
-    Reduction, Result, Rounding, Scalar, Selector, Sparsity, unstructured_mask,
+    Reduction, Result, Rounding, Scalar, Selector, Sparsity, WeightShape, unstructured_mask,
 };
 
 use crate::error::Error;
@@ -137,6 +137,99 @@ pub enum Pattern {
 }
 
 impl Pattern {
+    /// Checks that this pattern, at `sparsity`, fits a weight of `shape` so that pruning
+    /// reaches the target, before any weight is read:
+    ///
+    /// - N:M needs `sparsity == 1 - N/M` and whole groups: the matrix view's columns a
+    ///   multiple of M;
+    /// - blocks need whole blocks: rows and columns multiples of the block's sides;
+    /// - structured patterns (rows, columns, filters, channels) need the target to round
+    ///   to a count that prunes some slices and keeps some (for a target strictly
+    ///   between 0 and 1): `rows` at 0.5 on a one-row weight would prune nothing;
+    /// - unstructured and per-row patterns fit every shape.
+    ///
+    /// A weight with no elements fits every pattern (there is nothing to prune).
+    ///
+    /// ```
+    /// use shears_core::{Sparsity, WeightShape};
+    /// use shears_strategies::Pattern;
+    ///
+    /// let half = Sparsity::new(0.5)?;
+    /// let two_four: Pattern = "2:4".parse()?;
+    /// assert!(two_four.check_fits("fc", &WeightShape::dense(10, 32), half).is_ok());
+    /// assert!(two_four.check_fits("fc", &WeightShape::dense(10, 30), half).is_err());
+    /// let rows: Pattern = "rows".parse()?;
+    /// assert!(rows.check_fits("fc", &WeightShape::dense(1, 30), half).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::PatternDoesNotFit`] naming the tensor and the reason;
+    /// [`shears_core::Error::NmSparsityMismatch`] for an N:M pattern at another sparsity;
+    /// [`shears_core::Error::NotConvolution`] for filters or channels of a dense weight.
+    pub fn check_fits(
+        &self,
+        tensor: &str,
+        shape: &WeightShape,
+        sparsity: Sparsity,
+    ) -> Result<(), Error> {
+        let misfit = |reason: String| Error::PatternDoesNotFit {
+            tensor: tensor.to_owned(),
+            pattern: self.to_string(),
+            reason,
+        };
+        self.check_sparsity(sparsity)?;
+        let (rows, cols) = shape.matrix_shape();
+        match *self {
+            Pattern::NM(p) => {
+                if shape.is_empty() || cols % p.m() == 0 {
+                    Ok(())
+                } else {
+                    Err(misfit(format!("its {cols} columns are not whole groups of {}", p.m())))
+                }
+            }
+            Pattern::Blocks { shape: b, .. } => {
+                if shape.is_empty() || (rows % b.rows() == 0 && cols % b.cols() == 0) {
+                    Ok(())
+                } else {
+                    Err(misfit(format!("its {rows}x{cols} matrix is not whole {b} blocks")))
+                }
+            }
+            Pattern::Structured(s) => {
+                let layout = GroupLayout::new(tensor, s.axis.granularity(), shape)?;
+                let groups = layout.count();
+                let pruned = sparsity.count_of(groups, Rounding::HalfEven);
+                let strict = sparsity.get() > 0.0 && sparsity.get() < 1.0;
+                if shape.is_empty() || !strict || (pruned > 0 && pruned < groups) {
+                    Ok(())
+                } else {
+                    let what = if pruned == 0 { "none" } else { "all" };
+                    Err(misfit(format!(
+                        "{} of its {groups} {} round to {what} of them; use another sparsity or pattern",
+                        sparsity, s.axis
+                    )))
+                }
+            }
+            Pattern::Unstructured | Pattern::PerRow => Ok(()),
+        }
+    }
+
+    /// Checks the one constraint between a pattern and a sparsity that needs no shape:
+    /// an N:M pattern prunes exactly `1 - N/M`.
+    ///
+    /// # Errors
+    /// [`shears_core::Error::NmSparsityMismatch`].
+    pub fn check_sparsity(&self, sparsity: Sparsity) -> Result<()> {
+        match *self {
+            Pattern::NM(p)
+                if (sparsity.get() - (1.0 - p.n() as f64 / p.m() as f64)).abs() > 1e-9 =>
+            {
+                Err(shears_core::Error::NmSparsityMismatch { pattern: p, sparsity: sparsity.get() })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The granularity this pattern prunes at.
     pub fn granularity(&self) -> Granularity {
         match self {
@@ -316,6 +409,11 @@ impl<T: Scalar, S: PruningStrategy<T>> PruningStrategy<T> for Pruner<S> {
         ctx: &LayerContext<'_, T>,
         sparsity: Sparsity,
     ) -> Result<Mask> {
+        if weights.is_empty() {
+            // Nothing to prune; and no group layout is sized from the dimensions of an
+            // empty matrix (a `[0, 2^33]` weight has no element but 2^33 columns).
+            return Mask::all_kept(weights.nrows(), weights.ncols());
+        }
         let selector = Selector::new().with_rounding(self.rounding);
         let name = ctx.name();
         let scores = || self.criterion.scores(weights, ctx);
@@ -325,13 +423,7 @@ impl<T: Scalar, S: PruningStrategy<T>> PruningStrategy<T> for Pruner<S> {
             }
             Pattern::PerRow => selector.select_per_row(name, &scores()?, sparsity, ctx.mask()),
             Pattern::NM(p) => {
-                let nominal = 1.0 - p.n() as f64 / p.m() as f64;
-                if (sparsity.get() - nominal).abs() > 1e-9 {
-                    return Err(shears_core::Error::NmSparsityMismatch {
-                        pattern: p,
-                        sparsity: sparsity.get(),
-                    });
-                }
+                self.pattern.check_sparsity(sparsity)?;
                 nm_mask(name, &scores()?, p, ctx.mask())
             }
             Pattern::Structured(s) => {
@@ -362,7 +454,7 @@ impl<T: Scalar, S: PruningStrategy<T>> PruningStrategy<T> for Pruner<S> {
     }
 }
 
-fn check_view<T: Scalar>(shape: &shears_core::WeightShape, weights: &DMatrix<T>) -> Result<()> {
+fn check_view<T: Scalar>(shape: &WeightShape, weights: &DMatrix<T>) -> Result<()> {
     if shape.matrix_shape() == weights.shape() {
         Ok(())
     } else {

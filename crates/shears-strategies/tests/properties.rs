@@ -41,7 +41,7 @@ proptest! {
     }
 
     #[test]
-    fn nm_masks_conform(w in (1usize..8, 1usize..20).prop_flat_map(|(r, c)| arb::tied_matrix(r, c)), (n, m) in (1usize..=4).prop_flat_map(|m| (0..=m, Just(m)))) {
+    fn nm_masks_conform(w in (1usize..8, 1usize..20).prop_flat_map(|(r, c)| arb::tied_matrix(r, c)), (n, m) in (1usize..=4).prop_flat_map(|m| (1..=m, Just(m)))) {
         let p = NmPattern::new(n, m).unwrap();
         let s = Sparsity::new(1.0 - n as f64 / m as f64).unwrap();
         let mask = Pruner::new(Magnitude).with_pattern(Pattern::NM(p)).mask(&w, &LayerContext::new("w"), s).unwrap();

@@ -12,23 +12,27 @@
 )]
 
 use nalgebra::{DMatrix, DVector};
-use shears_core::{Mask, Scalar, Sparsity};
-use shears_io::{Checkpoint, Dtype, is_float, matrix_shape, write_matrix};
+use shears_core::{LayerContext, Mask, PruningStrategy, Scalar, Sparsity, WeightShape};
+use shears_io::{
+    Checkpoint, Dtype, decode_mask_set, encode_mask_set, is_float, matrix_shape, write_matrix,
+};
 use shears_sparse::{BlockSparse, Csr, NmSparse, SlicedEll, SpIndex, SparseProduct};
-use shears_strategies::Pattern;
+use shears_strategies::{Magnitude, Pattern, Pruner};
 
 /// A target's body: checks one input, panicking on a violated invariant.
 pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz/corpus/NAME` and `fuzz_targets/NAME.rs` call them.
-pub const TARGETS: [(&str, Target); 7] = [
+pub const TARGETS: [(&str, Target); 9] = [
     ("checkpoint", checkpoint),
     ("mask", mask),
+    ("mask_set", mask_set),
     ("csr", csr),
     ("sliced_ell", sliced_ell),
     ("nm_sparse", nm_sparse),
     ("block_sparse", block_sparse),
     ("cli_args", cli_args),
+    ("pattern_fit", pattern_fit),
 ];
 
 /// Largest matrix (in elements) whose dense form the checks build; larger ones are
@@ -238,4 +242,55 @@ pub fn cli_args(data: &[u8]) {
         _ => {}
     }
     assert_eq!(pattern.to_string().parse::<Pattern>().ok(), Some(pattern), "from `{text}`");
+}
+
+/// The mask-set file format (`SHEARSMS`): whatever decodes has distinct names and
+/// re-encodes to the same bytes.
+pub fn mask_set(data: &[u8]) {
+    let Ok(masks) = decode_mask_set(data) else { return };
+    assert_eq!(encode_mask_set(&masks), data, "a decoded mask set re-encodes to its bytes");
+    let mut names: Vec<&str> = masks.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    assert!(names.windows(2).all(|p| p[0] != p[1]), "duplicate names decoded");
+}
+
+/// The pattern check `shears prune` runs on every tensor before reading it: for any
+/// shape, pattern and sparsity it answers without panicking, and when it says the
+/// pattern fits, pruning a matrix of that shape succeeds and prunes some but not all of
+/// it for a target strictly between 0 and 1.
+///
+/// Input: two bytes of shape (a 2-D weight; or, with the first byte's high bit, a
+/// `[rows, 2, 1, cols]` conv weight), one byte of sparsity (`/ 255`), then the pattern's
+/// text.
+pub fn pattern_fit(data: &[u8]) {
+    let [a, b, s, text @ ..] = data else { return };
+    let Ok(text) = std::str::from_utf8(text) else { return };
+    let Ok(pattern) = text.parse::<Pattern>() else { return };
+    let (rows, cols) = (usize::from(a & 0x3f), usize::from(b & 0x3f));
+    let shape = if a & 0x80 != 0 {
+        WeightShape::conv(rows, 2, 1, cols).expect("small dimensions")
+    } else {
+        WeightShape::dense(rows, cols)
+    };
+    let Ok(sparsity) = Sparsity::new(f64::from(*s) / 255.0) else { return };
+    if pattern.check_fits("w", &shape, sparsity).is_err() {
+        return;
+    }
+    let (r, c) = shape.matrix_shape();
+    let w = DMatrix::from_fn(r, c, |i, j| ((i * 31 + j * 17) % 23) as f32 - 11.0);
+    let ctx = LayerContext::new("w").with_shape(shape);
+    let mask = Pruner::new(Magnitude)
+        .with_pattern(pattern)
+        .mask(&w, &ctx, sparsity)
+        .expect("a pattern that fits prunes");
+    assert_eq!(mask.shape(), (r, c));
+    let strict = sparsity.get() > 0.0 && sparsity.get() < 1.0;
+    let structured = matches!(pattern, Pattern::Structured(_));
+    if strict && structured && r * c > 0 {
+        assert!(mask.count_pruned() > 0, "{pattern} at {sparsity} on {r}x{c} pruned nothing");
+        assert!(mask.count_kept() > 0, "{pattern} at {sparsity} on {r}x{c} pruned everything");
+    }
+    if let Pattern::NM(p) = pattern {
+        assert!(p.first_violation(&mask).is_none());
+    }
 }

@@ -148,7 +148,9 @@ macro_rules! multiversion {
 }
 pub(crate) use multiversion;
 
-/// Rows per sliced-ELLPACK slice: one lane each of an eight-lane vector.
+/// Rows per sliced-ELLPACK slice: one lane each of an eight-lane vector. Part of the
+/// format's definition (and of its stored bytes, versioned by
+/// [`SPARSE_FORMAT_VERSION`](crate::SPARSE_FORMAT_VERSION)), not a tuning constant.
 pub const SLICE_ROWS: usize = 8;
 
 /// Work (stored entries times batch) below which threads cost more than they save.
