@@ -1,4 +1,5 @@
-//! `shears bench`: the speedup of each pruned tensor in the format shears-sparse picks.
+//! `shears bench`: each layer's product timed dense and in the format shears-sparse
+//! picks for it, and the model's total both ways.
 
 use std::time::Instant;
 
@@ -6,38 +7,52 @@ use anyhow::{Result, bail};
 use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 use shears_core::WeightShape;
-use shears_io::{Checkpoint, is_float};
-use shears_sparse::{AnySparse, SparseProduct};
+use shears_io::{Model, is_float};
+use shears_sparse::{AnySparse, Format, SparseProduct};
+use shears_strategies::TensorRole;
 
 use crate::cli::BenchArgs;
 use crate::inspect::nonzero_mask;
-use crate::report::Table;
+use crate::progress::Progress;
+use crate::report::{Table, natural_cmp};
 
 #[derive(Debug, Serialize)]
 struct Row {
     name: String,
+    /// The matrix timed: `(out, in)`.
     shape: [usize; 2],
     sparsity: f64,
     batch: usize,
+    /// Columns of the product: the batch, times the spatial positions for a convolution.
+    columns: usize,
+    /// The format `choose_format` picks.
     format: String,
     dense_us: f64,
     sparse_us: f64,
     speedup: f64,
+    /// Whether the picked format is slower than dense here (the model total counts
+    /// dense for it).
+    slower: bool,
 }
 
 #[derive(Debug, Serialize)]
 struct Total {
     batch: usize,
     dense_us: f64,
-    sparse_us: f64,
-    speedup: f64,
+    /// Every layer in the format `choose_format` picks.
+    chosen_us: f64,
+    /// Every layer in the faster of dense and that format.
+    best_us: f64,
+    chosen_speedup: f64,
+    best_speedup: f64,
 }
 
 #[derive(Debug, Serialize)]
 struct Report {
-    file: String,
+    model: String,
     threads: usize,
     kernel_path: String,
+    spatial: [usize; 2],
     tensors: Vec<Row>,
     total: Vec<Total>,
 }
@@ -63,80 +78,116 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     if args.batch.is_empty() {
         bail!("--batch takes batch sizes, e.g. 1,32");
     }
-    let ckpt = Checkpoint::open(&args.input)?;
+    let model = Model::open(&args.input)?;
+    let layers: Vec<_> = model
+        .tensors()
+        .filter_map(|t| {
+            let role = TensorRole::classify(t.name, is_float(t.info.dtype), &t.info.shape);
+            let timed = role.pruned_by_default() || (args.all && role.prunable());
+            timed.then_some((t, role))
+        })
+        .collect();
+    if layers.is_empty() {
+        bail!(
+            "{} has no linear or convolution weight to time (--all times every 2-D and 4-D floating tensor)",
+            args.input.display()
+        );
+    }
+    let (h, w) = args.spatial;
+    let progress = Progress::steps(
+        (layers.len() * args.batch.len()) as u64,
+        "products",
+        args.quiet || args.json,
+    );
     let mut rows = Vec::new();
-    for (name, info) in ckpt.tensors() {
-        if !is_float(info.dtype) {
-            continue;
-        }
-        let Ok(shape) = WeightShape::from_dims(&info.shape) else { continue };
-        // Timed in f32 whatever the stored dtype: what inference would run.
-        let w = ckpt.read_matrix::<f32>(name)?;
-        let mask = nonzero_mask(&w)?;
-        if mask.count_pruned() == 0 || mask.is_empty() {
-            continue;
-        }
-        let (r, c) = shape.matrix_shape();
+    for (t, role) in layers {
+        progress.message(format!("tensor {}", t.name));
+        let shape = WeightShape::from_dims(&t.info.shape)?;
+        // Timed in f32 whatever the stored dtype, in the (out, in) sense of the layer.
+        let stored = model.shards()[t.shard].read_matrix::<f32>(t.name)?;
+        let weights =
+            if role == TensorRole::TransposedLinear { stored.transpose() } else { stored };
+        let mask = nonzero_mask(&weights)?;
+        let (r, c) = weights.shape();
         for &batch in &args.batch {
-            let operands = (r + c).saturating_mul(batch);
+            // A convolution multiplies its im2col matrix: one column per output position.
+            let columns = if shape.is_conv() { batch * h * w } else { batch };
+            let operands = (r + c).saturating_mul(columns);
             if operands > MAX_OPERANDS {
                 bail!(
-                    "tensor `{name}` ({r}x{c}) at batch {batch} needs {} MiB of inputs and outputs, more than the {} MiB bench allows: use a smaller --batch",
+                    "tensor `{}` ({r}x{c}) at {columns} columns needs {} MiB of inputs and outputs, more than the {} MiB bench allows: use a smaller --batch or --spatial",
+                    t.name,
                     (operands * 4) >> 20,
                     (MAX_OPERANDS * 4) >> 20
                 );
             }
-            let x = DMatrix::from_fn(c, batch, |i, j| ((i * 31 + j * 17) % 97) as f32 / 97.0 - 0.5);
-            let dense_us = if batch == 1 {
+            let x =
+                DMatrix::from_fn(c, columns, |i, j| ((i * 31 + j * 17) % 97) as f32 / 97.0 - 0.5);
+            let dense_us = if columns == 1 {
                 let xv = DVector::from_column_slice(x.as_slice());
                 let mut yv = DVector::zeros(r);
-                median_us(|| yv.gemv(1.0, &w, &xv, 0.0))
+                median_us(|| yv.gemv(1.0, &weights, &xv, 0.0))
             } else {
-                let mut y = DMatrix::zeros(r, batch);
-                median_us(|| y.gemm(1.0, &w, &x, 0.0))
+                let mut y = DMatrix::zeros(r, columns);
+                median_us(|| y.gemm(1.0, &weights, &x, 0.0))
             };
-            let sparse = AnySparse::for_batch(&w, &mask, batch)?;
+            let sparse = AnySparse::for_batch(&weights, &mask, columns)?;
             let format = sparse.format();
-            let mut y = DMatrix::zeros(r, batch);
-            let mut failed = None;
-            let sparse_us = median_us(|| {
-                if let Err(e) = sparse.matmul_into(1.0, &x, 0.0, &mut y) {
-                    failed = Some(e);
+            let sparse_us = if format == Format::Dense {
+                dense_us
+            } else {
+                let mut y = DMatrix::zeros(r, columns);
+                let mut failed = None;
+                let us = median_us(|| {
+                    if let Err(e) = sparse.matmul_into(1.0, &x, 0.0, &mut y) {
+                        failed = Some(e);
+                    }
+                });
+                if let Some(e) = failed {
+                    return Err(e.into());
                 }
-            });
-            if let Some(e) = failed {
-                return Err(e.into());
-            }
+                us
+            };
             rows.push(Row {
-                name: name.clone(),
+                name: t.name.to_owned(),
                 shape: [r, c],
                 sparsity: mask.sparsity().get(),
                 batch,
+                columns,
                 format: format.to_string(),
                 dense_us,
                 sparse_us,
                 speedup: dense_us / sparse_us,
+                slower: sparse_us > dense_us && format != Format::Dense,
             });
+            progress.advance(1);
         }
     }
-    if rows.is_empty() {
-        bail!("{} has no pruned 2-D or 4-D floating tensor to benchmark", args.input.display());
-    }
+    progress.finish();
     let total: Vec<Total> = args
         .batch
         .iter()
         .map(|&b| {
-            let (d, s) = rows
-                .iter()
-                .filter(|r| r.batch == b)
-                .fold((0.0, 0.0), |(d, s), r| (d + r.dense_us, s + r.sparse_us));
-            Total { batch: b, dense_us: d, sparse_us: s, speedup: d / s }
+            let of_batch = || rows.iter().filter(|r| r.batch == b);
+            let dense: f64 = of_batch().map(|r| r.dense_us).sum();
+            let chosen: f64 = of_batch().map(|r| r.sparse_us).sum();
+            let best: f64 = of_batch().map(|r| r.sparse_us.min(r.dense_us)).sum();
+            Total {
+                batch: b,
+                dense_us: dense,
+                chosen_us: chosen,
+                best_us: best,
+                chosen_speedup: dense / chosen,
+                best_speedup: dense / best,
+            }
         })
         .collect();
+    rows.sort_by(|a, b| natural_cmp(&a.name, &b.name).then(a.batch.cmp(&b.batch)));
     let report = Report {
-        file: args.input.display().to_string(),
+        model: args.input.display().to_string(),
         threads: rayon::current_num_threads(),
         kernel_path: format!("{:?}", shears_sparse::kernel_path()),
+        spatial: [h, w],
         tensors: rows,
         total,
     };
@@ -155,30 +206,42 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         "speedup",
     ]);
     for r in &report.tensors {
+        let speedup = if r.slower {
+            format!("{:.2}x (slower: dense counts)", r.speedup)
+        } else {
+            format!("{:.2}x", r.speedup)
+        };
         table.row(vec![
             r.name.clone(),
             format!("{}x{}", r.shape[0], r.shape[1]),
             format!("{:.3}", r.sparsity),
-            r.batch.to_string(),
+            if r.columns == r.batch {
+                r.batch.to_string()
+            } else {
+                format!("{} ({} cols)", r.batch, r.columns)
+            },
             r.format.clone(),
             format!("{:.1}", r.dense_us),
             format!("{:.1}", r.sparse_us),
-            format!("{:.2}x", r.speedup),
+            speedup,
         ]);
     }
     out!("{}", table.render())?;
     for t in &report.total {
         outln!(
-            "model, batch {}: dense {:.1} us, sparse {:.1} us, {:.2}x",
+            "model, batch {}: dense {:.1} us; formats as picked {:.1} us ({:.2}x); dense where that is faster {:.1} us ({:.2}x)",
             t.batch,
             t.dense_us,
-            t.sparse_us,
-            t.speedup
+            t.chosen_us,
+            t.chosen_speedup,
+            t.best_us,
+            t.best_speedup
         )?;
     }
-    println!(
-        "({} threads, {} kernels; medians on a possibly noisy machine)",
-        report.threads, report.kernel_path
-    );
+    outln!(
+        "({} threads, {} kernels, convolutions at {h}x{w} positions; medians on a possibly noisy machine)",
+        report.threads,
+        report.kernel_path
+    )?;
     Ok(())
 }

@@ -1,12 +1,16 @@
-//! The command line, typed with clap's derive API.
+//! The command line, typed with clap's derive API; values parse straight into the
+//! library's types (`Sparsity`, `Criterion`, `Pattern`, `Scope`, `Rounding`, `Reduction`).
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use shears_core::Sparsity;
+use shears_core::{Reduction, Rounding, Sparsity};
 use shears_strategies::{Criterion, Pattern, Scope};
 
 /// Prune neural-network weights and make them run faster.
+///
+/// MODEL is a safetensors file, a Hugging Face model folder (with model.safetensors, or
+/// shards and model.safetensors.index.json), or such an index file.
 #[derive(Debug, Parser)]
 #[command(name = "shears", version, about, long_about = None)]
 pub(crate) struct Cli {
@@ -16,80 +20,139 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Prune the 2-D (and 4-D conv) weights of a safetensors checkpoint.
+    /// Prune a model's linear and convolution weights.
     ///
-    /// The output is written with direct I/O where the filesystem allows it; set
-    /// SHEARS_BUFFERED_WRITES=1 to write through the page cache instead.
-    Prune(PruneArgs),
-    /// Per-tensor dtype, shape, sparsity, empty rows and columns, 2:4 conformity.
+    /// By default the weights of linear and convolution layers are pruned, and
+    /// embeddings, norms, poolers, output heads and a network's first convolution are
+    /// left alone (the report says why for each tensor); --all prunes every 2-D and 4-D
+    /// floating tensor. The output is written atomically (a temporary beside it, renamed
+    /// when complete; with direct I/O where the file system allows it, which
+    /// SHEARS_BUFFERED_WRITES=1 turns off). A model folder gives a folder: the same shards,
+    /// an updated index, and every other file copied.
+    Prune(Box<PruneArgs>),
+    /// Per-tensor dtype, shape, sparsity, empty rows and columns, 2:4 conformity (also of
+    /// mask files).
     Inspect(InspectArgs),
-    /// Time dense and sparse products of every pruned 2-D tensor.
+    /// Time each pruned layer as dense and in the format shears picks for it.
     Bench(BenchArgs),
-    /// Train, prune and fine-tune an MLP on the embedded digits, side by side.
+    /// Train, prune and fine-tune an MLP on the embedded digits, every method side by
+    /// side.
     Demo(DemoArgs),
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct PruneArgs {
-    /// The checkpoint to prune (never modified).
+    /// The model to prune (never modified): a .safetensors file, a model folder, or a
+    /// model.safetensors.index.json.
     pub(crate) input: PathBuf,
-    /// Where to write the pruned checkpoint (atomically; must differ from the input).
+    /// Where to write the pruned model: a file for a file, a folder for a folder.
     #[arg(short, long)]
     pub(crate) output: PathBuf,
-    /// Target sparsity in [0, 1] (of each tensor, or of all selected tensors in global scope).
-    #[arg(short, long)]
-    pub(crate) sparsity: Sparsity,
-    /// What scores the weights: magnitude (|w|), gradient (|w*g|, with --grads) or
-    /// random (seeded by --seed).
-    #[arg(long, default_value = "magnitude")]
-    pub(crate) method: Criterion,
-    /// The structure kept: unstructured, per-row, rows (conv filters), columns, N:M (e.g.
-    /// 2:4) or block:RxC.
+    /// Target sparsity in [0, 1]: of each tensor, or of all chosen tensors together in
+    /// global scope (N:M fixes it: 0.5 for 2:4). Default: 0 with --masks-in (apply the
+    /// masks only), else required.
+    #[arg(short, long, allow_negative_numbers = true)]
+    pub(crate) sparsity: Option<Sparsity>,
+    /// What scores the weights: magnitude (|w|), gradient (|w*g| summed over the --grads
+    /// files) or random (seeded by --seed).
+    #[arg(long = "method", default_value = "magnitude")]
+    pub(crate) criterion: Criterion,
+    /// The structure kept: unstructured, per-row, rows, columns, filters, channels (conv
+    /// input channels), N:M (e.g. 2:4; along input channels for conv weights) or
+    /// block:RxC (e.g. block:4x4).
     #[arg(long, default_value = "unstructured")]
     pub(crate) pattern: Pattern,
-    /// Prune each tensor to the target (layer), or rank all selected tensors together
-    /// (global).
+    /// layer: each tensor pruned to the target; global: one threshold across all chosen
+    /// tensors (unstructured only).
     #[arg(long, default_value = "layer")]
     pub(crate) scope: Scope,
-    /// Only tensors whose name matches (repeatable; default: every 2-D and 4-D float tensor).
-    #[arg(long)]
+    /// Keep at least this fraction of every tensor (global scope gives what a capped
+    /// tensor cannot take to the others).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    pub(crate) min_density: f64,
+    /// How sparsity x count becomes a number of weights: half-even (PyTorch's), truncate
+    /// or ceil.
+    #[arg(long, default_value = "half-even")]
+    pub(crate) rounding: Rounding,
+    /// How rows, columns, channels and blocks are scored from their weights' scores:
+    /// l2 (PyTorch's ln_structured with n=2), l1 or sum.
+    #[arg(long, default_value = "l2")]
+    pub(crate) reduction: Reduction,
+    /// Prune only tensors whose name matches this regular expression (repeatable; it
+    /// overrides the default choice, not the rule that only 2-D and 4-D floating
+    /// tensors can be pruned).
+    #[arg(long, value_name = "REGEX")]
     pub(crate) include: Vec<String>,
-    /// Leave tensors whose name matches (repeatable).
-    #[arg(long)]
+    /// Leave tensors whose name matches this regular expression (repeatable).
+    #[arg(long, value_name = "REGEX")]
     pub(crate) exclude: Vec<String>,
-    /// Gradients for --method gradient: same names and shapes as the weights.
+    /// Prune every 2-D and 4-D floating tensor, embeddings and heads included.
     #[arg(long)]
-    pub(crate) grads: Option<PathBuf>,
+    pub(crate) all: bool,
+    /// Tensors whose name matches this regular expression are stored (in, out), as
+    /// GPT-2's Conv1D (recognised by name otherwise): patterns run along (out, in).
+    #[arg(long, value_name = "REGEX")]
+    pub(crate) transposed: Vec<String>,
+    /// Gradients for --method gradient, same names and shapes as the weights; several
+    /// files (one per batch) are summed as |w*g| per batch.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) grads: Vec<PathBuf>,
+    /// Importance scores to prune by, same names and shapes as the weights (higher is
+    /// kept), instead of --method.
+    #[arg(long, value_name = "FILE", conflicts_with = "grads")]
+    pub(crate) scores: Option<PathBuf>,
+    /// Start from these masks (a safetensors file of NAME_mask tensors, as --masks-out
+    /// writes and torch.nn.utils.prune saves): their pruned weights stay pruned, and
+    /// the target is reached among the kept ones.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) masks_in: Option<PathBuf>,
+    /// Also write the masks: a safetensors file of NAME_mask u8 tensors (1 = keep) in
+    /// the weights' shapes, which torch.nn.utils.prune.custom_from_mask takes.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) masks_out: Option<PathBuf>,
     /// Seed for --method random.
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,
-    /// Also write the masks (shears' mask-set format).
-    #[arg(long)]
-    pub(crate) masks_out: Option<PathBuf>,
-    /// Print one JSON document instead of the table.
+    /// Print one JSON document (a record of the run) instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct InspectArgs {
-    /// The checkpoint to inspect.
+    /// The model or mask file to inspect.
     pub(crate) input: PathBuf,
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
-    /// The (pruned) checkpoint to benchmark.
+    /// The (pruned) model to benchmark.
     pub(crate) input: PathBuf,
     /// Batch sizes to time, comma-separated (each 1 to 65536).
     #[arg(long, value_delimiter = ',', default_value = "1,32", value_parser = parse_batch)]
     pub(crate) batch: Vec<usize>,
+    /// Spatial size of convolution inputs, HxW: a conv layer is timed as its im2col
+    /// product over H*W positions per sample.
+    #[arg(long, default_value = "14x14", value_parser = parse_spatial)]
+    pub(crate) spatial: (usize, usize),
+    /// Time every 2-D and 4-D floating tensor, embeddings and heads included.
+    #[arg(long)]
+    pub(crate) all: bool,
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +167,9 @@ pub(crate) struct DemoArgs {
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
 }
 
 /// The largest batch `bench` times.
@@ -114,5 +180,38 @@ fn parse_batch(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
         Ok(b) if (1..=MAX_BATCH).contains(&b) => Ok(b),
         _ => Err(format!("a batch is a whole number from 1 to {MAX_BATCH}")),
+    }
+}
+
+/// A `--spatial` value: `HxW`, each side 1 to 4096.
+fn parse_spatial(s: &str) -> Result<(usize, usize), String> {
+    let side = |v: &str| v.trim().parse::<usize>().ok().filter(|n| (1..=4096).contains(n));
+    match s.split_once('x').map(|(h, w)| (side(h), side(w))) {
+        Some((Some(h), Some(w))) => Ok((h, w)),
+        _ => Err("a spatial size is HxW, each side a whole number from 1 to 4096".into()),
+    }
+}
+
+/// A fraction in [0, 1].
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err("a number in [0, 1]".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argument_values() {
+        assert_eq!(parse_batch("32"), Ok(32));
+        assert!(parse_batch("0").is_err() && parse_batch("65537").is_err());
+        assert!(parse_batch("18446744073709551616").is_err());
+        assert_eq!(parse_spatial("56x56"), Ok((56, 56)));
+        assert!(parse_spatial("56").is_err() && parse_spatial("0x4").is_err());
+        assert_eq!(parse_fraction("0.1"), Ok(0.1));
+        assert!(parse_fraction("-0.1").is_err() && parse_fraction("nan").is_err());
     }
 }

@@ -4,11 +4,13 @@ use anyhow::Result;
 use nalgebra::DMatrix;
 use serde::Serialize;
 use shears_core::{Mask, NmPattern, WeightShape};
-use shears_io::Dtype;
-use shears_io::{Checkpoint, Float, Source, is_float, zeros_in};
+use shears_io::{
+    Checkpoint, Dtype, FileKind, Float, Model, Source, is_float, weight_of_torch_mask, zeros_in,
+};
 
 use crate::cli::InspectArgs;
-use crate::report::{Table, fraction};
+use crate::progress::Progress;
+use crate::report::{Table, fraction, natural_cmp};
 
 #[derive(Debug, Serialize)]
 pub(crate) struct TensorStats {
@@ -94,13 +96,23 @@ fn scan<T: Float, S: Source>(
 }
 
 pub(crate) fn run(args: &InspectArgs) -> Result<()> {
-    let ckpt = Checkpoint::open(&args.input)?;
+    let model = match Model::open(&args.input) {
+        Ok(model) => model,
+        Err(shears_io::Error::NotSafetensors { kind: FileKind::Shears("mask set"), .. }) => {
+            return mask_set(args);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let bytes: u64 = model.shards().iter().map(|s| s.data_len()).sum();
+    let progress = Progress::bytes(bytes, "scanning", args.quiet || args.json);
     let mut rows = Vec::new();
     let (mut params, mut zeros) = (0usize, 0usize);
-    for (name, info) in ckpt.tensors() {
+    for t in model.tensors() {
+        let (name, info) = (t.name, t.info);
+        let ckpt = &model.shards()[t.shard];
         let count = info.shape.iter().product::<usize>();
         let mut stats = TensorStats {
-            name: name.clone(),
+            name: name.to_owned(),
             dtype: format!("{:?}", info.dtype),
             shape: info.shape.clone(),
             parameters: count,
@@ -109,12 +121,15 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
             zero_cols: None,
             is_2_4: None,
         };
+        progress.message(format!("tensor {name}"));
+        let mask =
+            weight_of_torch_mask(name).is_some() && matches!(info.dtype, Dtype::U8 | Dtype::BOOL);
         if is_float(info.dtype) {
             let view = WeightShape::from_dims(&info.shape).ok().map(|v| v.matrix_shape());
             // f64 data is scanned as f64: a tiny f64 is not a zero.
             let found = match info.dtype {
-                Dtype::F64 => scan::<f64, _>(&ckpt, name, view)?,
-                _ => scan::<f32, _>(&ckpt, name, view)?,
+                Dtype::F64 => scan::<f64, _>(ckpt, name, view)?,
+                _ => scan::<f32, _>(ckpt, name, view)?,
             };
             params += count;
             zeros += found.zeros;
@@ -124,9 +139,20 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
                 stats.zero_cols = Some(zero_cols);
                 stats.is_2_4 = Some(is_2_4);
             }
+        } else if mask {
+            // A torch mask (1 = keep): its sparsity is the share of zeros, the weight's.
+            let mut pruned = 0;
+            ckpt.for_each_chunk(name, 1, |b| -> Result<()> {
+                pruned += b.iter().filter(|&&v| v == 0).count();
+                Ok(())
+            })?;
+            stats.sparsity = Some(fraction(pruned, count));
         }
+        progress.advance((info.data_offsets.1 - info.data_offsets.0) as u64);
         rows.push(stats);
     }
+    progress.finish();
+    rows.sort_by(|a, b| natural_cmp(&a.name, &b.name));
     let total =
         Total { tensors: rows.len(), parameters: params, zeros, sparsity: fraction(zeros, params) };
     if args.json {
@@ -160,6 +186,56 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
         total.tensors,
         total.parameters,
         total.zeros,
+        total.sparsity
+    )?;
+    Ok(())
+}
+
+/// `inspect` of a shears mask set: each mask's shape and sparsity.
+fn mask_set(args: &InspectArgs) -> Result<()> {
+    let set = shears_io::read_mask_set(&args.input)?;
+    let mut rows: Vec<TensorStats> = set
+        .iter()
+        .map(|(name, mask)| TensorStats {
+            name: name.clone(),
+            dtype: "mask".into(),
+            shape: vec![mask.nrows(), mask.ncols()],
+            parameters: mask.len(),
+            sparsity: Some(fraction(mask.count_pruned(), mask.len())),
+            zero_rows: Some(mask.fully_pruned_rows().len()),
+            zero_cols: Some(mask.fully_pruned_cols().len()),
+            is_2_4: Some(
+                mask.ncols() % 4 == 0 && NmPattern::TWO_FOUR.first_violation(mask).is_none(),
+            ),
+        })
+        .collect();
+    rows.sort_by(|a, b| natural_cmp(&a.name, &b.name));
+    let (params, zeros) =
+        set.iter().fold((0, 0), |(p, z), (_, m)| (p + m.len(), z + m.count_pruned()));
+    let total =
+        Total { tensors: rows.len(), parameters: params, zeros, sparsity: fraction(zeros, params) };
+    if args.json {
+        let report = Report { file: args.input.display().to_string(), tensors: rows, total };
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(());
+    }
+    let mut table = Table::new(&["mask", "shape", "sparsity", "zero rows", "zero cols", "2:4"]);
+    for r in &rows {
+        let flag = |b: Option<bool>| if b == Some(true) { "yes" } else { "no" };
+        table.row(vec![
+            r.name.clone(),
+            format!("{:?}", r.shape),
+            format!("{:.4}", r.sparsity.unwrap_or(0.0)),
+            r.zero_rows.unwrap_or(0).to_string(),
+            r.zero_cols.unwrap_or(0).to_string(),
+            flag(r.is_2_4).into(),
+        ]);
+    }
+    out!("{}", table.render())?;
+    outln!(
+        "total: {} masks, {} weights, sparsity {:.4}",
+        total.tensors,
+        total.parameters,
         total.sparsity
     )?;
     Ok(())

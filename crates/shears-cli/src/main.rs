@@ -24,9 +24,14 @@ macro_rules! out {
 mod bench;
 mod cli;
 mod demo;
+mod global;
 mod inspect;
+mod job;
+mod outputs;
+mod progress;
 mod prune;
 mod report;
+mod sources;
 mod tensor_filter;
 
 use std::process::ExitCode;
@@ -40,11 +45,9 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
-            // clap's report spans several lines (usage, hints); keep the one that says
-            // what is wrong, so every failure is one line on stderr.
-            let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            report_error(first.trim_start_matches("error: "));
+            // clap's whole report: what is wrong, the usage line, "did you mean", the
+            // valid values.
+            let _ = e.print();
             return ExitCode::from(2);
         }
         Err(e) => {

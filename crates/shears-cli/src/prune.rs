@@ -1,30 +1,40 @@
-//! `shears prune`: prune a checkpoint tensor by tensor, writing the result atomically.
+//! `shears prune`: prune a model tensor by tensor, shard by shard, writing every output
+//! atomically and together.
 
-use std::collections::HashSet;
+use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use nalgebra::DMatrix;
 use rayon::prelude::*;
 use serde::Serialize;
-use shears_core::{
-    GlobalCount, LayerContext, LayerInput, Mask, PruningStrategy, Rounding, Sparsity, WeightShape,
-};
 use shears_io::{
-    Checkpoint, Dtype, Float, commit_all, encode_mask_set, is_float, stage_safetensors,
-    write_matrix, write_values, zeros_in,
+    Dtype, Float, Model, PendingFile, TensorWriter, commit_all, is_float, mask_bytes,
+    torch_mask_name, write_matrix, write_values, zeros_in,
 };
-use shears_strategies::{Criterion, Pattern, Pruner, Scope};
+use shears_strategies::{Criterion, Scope};
 
 use crate::cli::PruneArgs;
-use crate::report::{Table, fraction};
-use crate::tensor_filter::prunable_tensors;
+use crate::global::Global;
+use crate::job::Job;
+use crate::outputs::Outputs;
+use crate::progress::Progress;
+use crate::report::{Table, fraction, natural_cmp};
+use crate::sources::{Sources, Tensor, View};
+use crate::tensor_filter::{Choice, Filters};
 
 #[derive(Debug, Serialize)]
 struct Row {
     name: String,
+    /// The shard file, for a sharded model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shard: Option<String>,
     shape: Vec<usize>,
     dtype: String,
+    role: String,
     pruned: bool,
+    why: String,
+    /// The sparsity this tensor was pruned towards (layer scope), if pruned.
+    target: Option<f64>,
     /// `None` for tensors that are not floating point.
     sparsity_before: Option<f64>,
     sparsity_after: Option<f64>,
@@ -36,155 +46,102 @@ struct Totals {
     pruned_tensors_parameters: usize,
     sparsity_before: f64,
     sparsity_after: f64,
+    pruned_tensors_sparsity_after: f64,
 }
 
+/// The record of a run: enough to run it again.
 #[derive(Debug, Serialize)]
 struct Report {
     input: String,
     output: String,
+    method: String,
+    pattern: String,
+    scope: String,
+    sparsity: f64,
+    rounding: String,
+    reduction: String,
+    min_density: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    /// The score at the global threshold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    threshold: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    masks_in: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    masks_out: Option<String>,
     tensors: Vec<Row>,
     total: Totals,
+    warnings: Vec<String>,
 }
 
-/// What a run does to each selected tensor, decided once from the arguments.
-struct Job {
-    pruner: Pruner<Criterion>,
-    scope: Scope,
-    sparsity: Sparsity,
-    view: View,
-}
-
-impl Job {
-    fn new(args: &PruneArgs) -> Result<Self> {
-        let criterion = args.method.with_seed(args.seed);
-        if criterion.needs() == Some(LayerInput::ActivationNorms) {
-            bail!(
-                "--method {criterion} needs calibration activations, which a single file has none of"
-            );
+pub(crate) fn run(args: &PruneArgs) -> Result<()> {
+    let job = Job::new(args)?;
+    let model = Model::open(&args.input)?;
+    let filters = Filters::new(&args.include, &args.exclude, &args.transposed, args.all)?;
+    let choices = filters.choose(&model)?;
+    let chosen: Vec<Tensor> = choices
+        .iter()
+        .filter(|c| c.chosen)
+        .map(|c| Tensor::of(&model, c))
+        .collect::<Result<_>>()?;
+    // Every chosen tensor must fit the pattern, checked from the headers before any
+    // weight is read.
+    if job.scope == Scope::Layer {
+        for t in &chosen {
+            job.pattern.check_fits(&t.name, &t.shape, job.layer_target())?;
         }
-        if args.scope == Scope::Global && args.pattern != Pattern::Unstructured {
-            bail!("--scope global ranks single weights: use --pattern unstructured");
-        }
-        args.pattern.check_sparsity(args.sparsity)?;
-        Ok(Job {
-            pruner: Pruner::new(criterion).with_pattern(args.pattern),
-            scope: args.scope,
-            sparsity: args.sparsity,
-            view: View::of(criterion, args.pattern),
-        })
     }
-}
-
-/// How a tensor is held while it is pruned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum View {
-    /// Its matrix view, column-major: what structured patterns, N:M, blocks and seeded
-    /// random scores are defined on.
-    Matrix,
-    /// Its values in file order as one column. Unstructured selection by a score of each
-    /// weight alone (|w|, |w·g|) keeps the same weights in any layout, and ties to the
-    /// lower row-major index are ties to the lower position in the column; so the
-    /// transposes into and out of column-major order are skipped.
-    Flat,
-}
-
-impl View {
-    fn of(criterion: Criterion, pattern: Pattern) -> View {
-        let elementwise = matches!(criterion, Criterion::Magnitude | Criterion::Gradient);
-        if pattern == Pattern::Unstructured && elementwise { View::Flat } else { View::Matrix }
-    }
-
-    /// Reads tensor `name` of `ckpt` in this view into `spare`'s allocation.
-    fn read<T: Float>(self, ckpt: &Checkpoint, name: &str, spare: Vec<T>) -> Result<DMatrix<T>> {
-        Ok(match self {
-            View::Matrix => ckpt.read_matrix_reusing(name, spare)?,
-            View::Flat => {
-                let mut values = spare;
-                ckpt.read_values_reusing(name, &mut values)?;
-                DMatrix::from_vec(values.len(), 1, values)
-            }
-        })
-    }
-}
-
-/// A tensor of the input in its [`View`], with its gradient when the method needs one.
-struct Loaded<T: Float> {
-    shape: WeightShape,
-    view: View,
-    weights: DMatrix<T>,
-    grads: Option<DMatrix<T>>,
-}
-
-/// Loads tensor `name`; its weights reuse `spare`'s allocation (see
-/// [`Checkpoint::read_matrix_reusing`]), which [`Loaded::recycle`] hands back.
-fn load<T: Float>(
-    ckpt: &Checkpoint,
-    grads: Option<&Checkpoint>,
-    name: &str,
-    view: View,
-    spare: &mut Vec<T>,
-) -> Result<Loaded<T>> {
-    let info = ckpt.info(name).with_context(|| format!("no tensor `{name}`"))?;
-    let shape = WeightShape::from_dims(&info.shape).with_context(|| format!("tensor `{name}`"))?;
-    let weights = view.read(ckpt, name, std::mem::take(spare))?;
-    let grads = match grads {
-        None => None,
-        Some(g) => {
-            let gi = g.info(name).with_context(|| {
-                format!("{}: no gradient for tensor `{name}`", g.path().display())
-            })?;
-            if gi.shape != info.shape {
-                bail!(
-                    "{}: gradient `{name}` has shape {:?}, the weight has {:?}",
-                    g.path().display(),
-                    gi.shape,
-                    info.shape
-                );
-            }
-            Some(
-                view.read(g, name, Vec::new())
-                    .with_context(|| format!("{}: gradient `{name}`", g.path().display()))?,
-            )
-        }
+    let outputs = Outputs::plan(&model, &args.output, args.masks_out.as_deref())?;
+    check_paths(&model, args, &outputs)?;
+    let sources =
+        Sources::open(&args.grads, args.scores.as_deref(), args.masks_in.as_deref(), &chosen)?;
+    // f32 holds f16, bf16 and f32 values exactly and halves the memory of f64; tensors
+    // are worked on in f64 only when one of them (or its gradient) is f64.
+    let double = chosen.iter().any(|t| t.dtype == Dtype::F64 || sources.any_f64(&t.name));
+    let mut report = if double {
+        prune::<f64>(args, &job, &model, &sources, &choices, &chosen, &outputs)?
+    } else {
+        prune::<f32>(args, &job, &model, &sources, &choices, &chosen, &outputs)?
     };
-    Ok(Loaded { shape, view, weights, grads })
+    for (path, why) in &outputs.skipped {
+        report.warnings.push(format!("{} was not copied: {why}", path.display()));
+    }
+    print(args, report)
 }
 
-impl<T: Float> Loaded<T> {
-    /// Gives the weights' buffer back for the next [`load`].
-    fn recycle(self, spare: &mut Vec<T>) {
-        *spare = self.weights.data.into();
+/// No path is both read and written, under any name: the model's files, the gradient,
+/// score and mask files, and every output.
+fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()> {
+    let mut paths: Vec<(&'static str, &Path, bool)> = Vec::new();
+    for shard in model.shards() {
+        paths.push(("model", shard.path(), false));
     }
-
-    fn context<'a>(&'a self, name: &'a str) -> LayerContext<'a, T> {
-        let ctx = LayerContext::new(name);
-        let ctx = if self.view == View::Matrix { ctx.with_shape(self.shape) } else { ctx };
-        match &self.grads {
-            Some(g) => ctx.with_gradients(g),
-            None => ctx,
-        }
+    if model.index().is_some() {
+        paths.push(("model's index", model.path(), false));
     }
-
-    /// `mask` (of this view) as a mask of the tensor's matrix view.
-    fn matrix_mask(&self, mask: Mask) -> Result<Mask> {
-        match self.view {
-            View::Matrix => Ok(mask),
-            View::Flat => {
-                let (_, cols) = self.shape.matrix_shape();
-                Ok(Mask::from_fn(self.shape.rows(), cols, |r, c| {
-                    mask.get_linear(r * cols + c) == Some(true)
-                })?)
-            }
-        }
+    for copied in outputs.copied() {
+        paths.push(("model", copied, false));
     }
-
-    /// Writes the weights in file order as `dtype`.
-    fn write(&self, dtype: Dtype, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        match self.view {
-            View::Matrix => write_matrix(&self.weights, dtype, out),
-            View::Flat => write_values(self.weights.as_slice(), dtype, out),
-        }
+    for g in &args.grads {
+        paths.push(("--grads", g, false));
     }
+    if let Some(s) = &args.scores {
+        paths.push(("--scores", s, false));
+    }
+    if let Some(m) = &args.masks_in {
+        paths.push(("--masks-in", m, false));
+    }
+    let masks = outputs.masks.as_deref();
+    for written in outputs.written() {
+        let role = if Some(written) == masks { "--masks-out" } else { "output" };
+        paths.push((role, written, true));
+    }
+    shears_io::paths::check_distinct(&paths)?;
+    for written in outputs.written() {
+        shears_io::paths::check_output(written)?;
+    }
+    Ok(())
 }
 
 /// Values per parallel task when counting zeros.
@@ -195,218 +152,244 @@ fn zeros<T: Float>(values: &DMatrix<T>) -> usize {
     values.as_slice().par_chunks(TASK).map(zeros_in).sum()
 }
 
-pub(crate) fn run(args: &PruneArgs) -> Result<()> {
-    let mut paths = vec![("input", args.input.as_path(), false), ("-o", &args.output, true)];
-    if let Some(g) = &args.grads {
-        paths.push(("--grads", g, false));
-    }
-    if let Some(m) = &args.masks_out {
-        paths.push(("--masks-out", m, true));
-    }
-    shears_io::paths::check_distinct(&paths)?;
-    let job = Job::new(args)?;
-    let ckpt = Checkpoint::open(&args.input)?;
-    let chosen: HashSet<String> =
-        prunable_tensors(&ckpt, &args.include, &args.exclude)?.into_iter().collect();
-    // Every chosen tensor must fit the pattern, checked from the header before any
-    // weight is read.
-    for (name, info) in ckpt.tensors().iter().filter(|(n, _)| chosen.contains(n)) {
-        let shape =
-            WeightShape::from_dims(&info.shape).with_context(|| format!("tensor `{name}`"))?;
-        args.pattern.check_fits(name, &shape, args.sparsity)?;
-    }
-    let grads = match (job.pruner.criterion(), &args.grads) {
-        (Criterion::Gradient, Some(path)) => Some(Checkpoint::open(path)?),
-        (Criterion::Gradient, None) => bail!("--method gradient needs --grads GRADS.safetensors"),
-        (_, _) => None,
-    };
-    // f32 holds f16, bf16 and f32 values exactly and halves the memory of f64; tensors
-    // are worked on in f64 only when one of them (or its gradient) is f64.
-    let is_f64 = |c: &Checkpoint, name: &str| c.info(name).is_some_and(|i| i.dtype == Dtype::F64);
-    let double =
-        chosen.iter().any(|n| is_f64(&ckpt, n) || grads.as_ref().is_some_and(|g| is_f64(g, n)));
-    let rows = if double {
-        prune::<f64>(args, &job, &ckpt, grads.as_ref(), &chosen)?
-    } else {
-        prune::<f32>(args, &job, &ckpt, grads.as_ref(), &chosen)?
-    };
-    report(args, rows)
-}
-
+#[allow(clippy::too_many_arguments, reason = "the run's pieces, each decided once in run")]
 fn prune<T: Float>(
     args: &PruneArgs,
     job: &Job,
-    ckpt: &Checkpoint,
-    grads: Option<&Checkpoint>,
-    chosen: &HashSet<String>,
-) -> Result<Vec<Row>> {
-    let order: Vec<&str> = ckpt.names().filter(|n| chosen.contains(*n)).collect();
-    let mut spare = Vec::new();
+    model: &Model,
+    sources: &Sources,
+    choices: &[Choice],
+    chosen: &[Tensor],
+    outputs: &Outputs,
+) -> Result<Report> {
     let mut global = match job.scope {
         Scope::Layer => None,
-        Scope::Global => Some(global_threshold::<T>(job, ckpt, grads, &order, &mut spare)?),
+        Scope::Global => Some(Global::<T>::plan(job, model, sources, chosen, args.quiet)?),
     };
-
-    let mut rows = Vec::new();
-    let mut masks: Vec<(String, Mask)> = Vec::new();
-    let out = args.output.as_path();
-    let staged =
-        stage_safetensors(out, ckpt.tensors(), ckpt.metadata().cloned(), |name, w| -> Result<()> {
-            let info = ckpt.info(name).with_context(|| format!("no tensor `{name}`"))?;
-            let written = |r: std::io::Result<()>| {
-                r.map_err(|e| shears_io::Error::io("write", out, e))
-                    .with_context(|| format!("cannot write tensor `{name}`"))
+    outputs.create_folders()?;
+    let mut masks_out = match &outputs.masks {
+        Some(path) => {
+            let entries = shears_io::layout(
+                chosen.iter().map(|t| (torch_mask_name(&t.name), Dtype::U8, t.dims.clone())),
+            )?;
+            Some(TensorWriter::create(path, &entries, None)?)
+        }
+        None => None,
+    };
+    let total_bytes: u64 = model.shards().iter().map(|s| s.data_len()).sum();
+    let progress = Progress::bytes(total_bytes, "pruning", args.quiet);
+    let mut rows = Vec::with_capacity(choices.len());
+    let mut staged: Vec<(PendingFile, std::fs::File)> = Vec::new();
+    let mut spare = Vec::new();
+    let mut next_chosen = chosen.iter().peekable();
+    let mut decisions = choices.iter();
+    for (s, shard) in model.shards().iter().enumerate() {
+        let out = &outputs.shards[s];
+        let shard_name = (model.shards().len() > 1)
+            .then(|| shard.path().file_name().map(|n| n.to_string_lossy().into_owned()))
+            .flatten();
+        let mut writer = TensorWriter::create(out, shard.tensors(), shard.metadata().cloned())?;
+        for (name, info) in shard.tensors() {
+            let choice = decisions.next().context("internal error: one decision per tensor")?;
+            progress.message(format!("tensor {name}"));
+            let io = |e: std::io::Error| shears_io::Error::io("write", out, e);
+            let row_base = Row {
+                name: name.clone(),
+                shard: shard_name.clone(),
+                shape: info.shape.clone(),
+                dtype: format!("{:?}", info.dtype),
+                role: choice.role.describe().to_owned(),
+                pruned: choice.chosen,
+                why: choice.why.clone(),
+                target: None,
+                sparsity_before: None,
+                sparsity_after: None,
             };
-            if !chosen.contains(name) {
+            let bytes = (info.data_offsets.1 - info.data_offsets.0) as u64;
+            if !choice.chosen {
                 let s = if is_float(info.dtype) {
                     let count = info.shape.iter().product();
-                    Some(fraction(ckpt.count_zeros(name)?, count))
+                    Some(fraction(shard.count_zeros(name)?, count))
                 } else {
                     None
                 };
-                rows.push(Row {
-                    name: name.into(),
-                    shape: info.shape.clone(),
-                    dtype: format!("{:?}", info.dtype),
-                    pruned: false,
-                    sparsity_before: s,
-                    sparsity_after: s,
-                });
-                return Ok(ckpt.copy_to(name, w, out)?);
+                rows.push(Row { sparsity_before: s, sparsity_after: s, ..row_base });
+                writer.write(name, |w| -> Result<()> { Ok(shard.copy_to(name, w, out)?) })?;
+                progress.advance(bytes);
+                continue;
             }
-            let mut t = load::<T>(ckpt, grads, name, job.view, &mut spare)?;
-            let before = fraction(zeros(&t.weights), t.weights.len());
+            let t = next_chosen.next().context("internal error: chosen tensors in model order")?;
+            let mut loaded = sources.load::<T>(model, t, job.view, std::mem::take(&mut spare))?;
+            let before = fraction(zeros(&loaded.weights), loaded.weights.len());
             let mask = match global.as_mut() {
-                Some(g) => match GlobalInput::of(job, name, &t)? {
-                    GlobalInput::Magnitude(w) => g.mask_magnitude(w, None)?,
-                    GlobalInput::Scores(s) => g.mask(&s, None)?,
-                },
-                None => job.pruner.mask(&t.weights, &t.context(name), job.sparsity)?,
+                Some(g) => g.mask(job, t, &loaded)?,
+                None => job.layer_mask(t, &loaded)?,
             };
-            mask.apply_in_place(&mut t.weights)?;
-            let after = zeros(&t.weights);
+            mask.apply_in_place(&mut loaded.weights)?;
+            let after = fraction(zeros(&loaded.weights), loaded.weights.len());
+            let target = (job.scope == Scope::Layer).then(|| job.layer_target().get());
             rows.push(Row {
-                name: name.into(),
-                shape: info.shape.clone(),
-                dtype: format!("{:?}", info.dtype),
-                pruned: true,
+                target,
                 sparsity_before: Some(before),
-                sparsity_after: Some(fraction(after, t.weights.len())),
+                sparsity_after: Some(after),
+                ..row_base
             });
-            written(t.write(info.dtype, w))?;
-            if args.masks_out.is_some() {
-                masks.push((name.to_owned(), t.matrix_mask(mask)?));
+            let weights = &loaded.weights;
+            writer.write(name, |w| -> Result<()> {
+                let written = match job.view {
+                    View::Flat => write_values(weights.as_slice(), info.dtype, w),
+                    View::Matrix if t.transposed => {
+                        write_matrix(&weights.transpose(), info.dtype, w)
+                    }
+                    View::Matrix => write_matrix(weights, info.dtype, w),
+                };
+                Ok(written.map_err(io)?)
+            })?;
+            if let Some(masks) = masks_out.as_mut() {
+                let stored = t.mask_from_view(&mask, job.view)?;
+                let path = masks.target().to_owned();
+                masks.write(&torch_mask_name(name), |w| -> Result<()> {
+                    w.write_all(&mask_bytes(&stored))
+                        .map_err(|e| shears_io::Error::io("write", &path, e))?;
+                    Ok(())
+                })?;
             }
-            t.recycle(&mut spare);
-            Ok(())
-        })
-        .with_context(|| format!("cannot write {}", out.display()))?;
-
-    let mut outputs = vec![staged];
-    if let Some(path) = &args.masks_out {
-        let (pending, mut file) = shears_io::PendingFile::create(path)?;
-        std::io::Write::write_all(&mut file, &encode_mask_set(&masks))
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        outputs.push((pending, file));
-    }
-    commit_all(outputs)?;
-    Ok(rows)
-}
-
-/// Global scope: two read-only passes fix one threshold across all selected tensors,
-/// holding one tensor at a time.
-fn global_threshold<T: Float>(
-    job: &Job,
-    ckpt: &Checkpoint,
-    grads: Option<&Checkpoint>,
-    order: &[&str],
-    spare: &mut Vec<T>,
-) -> Result<shears_core::GlobalMasks<T>> {
-    let mut count = GlobalCount::<T>::new(Rounding::HalfEven);
-    for name in order {
-        let t = load::<T>(ckpt, grads, name, job.view, spare)?;
-        match GlobalInput::of(job, name, &t)? {
-            GlobalInput::Magnitude(w) => count.add_magnitude(name, w, None)?,
-            GlobalInput::Scores(s) => count.add(name, &s, None)?,
+            spare = loaded.weights.data.into();
+            progress.advance(bytes);
         }
-        t.recycle(spare);
+        staged.push(writer.finish()?);
     }
-    let mut bucket = count.plan(job.sparsity);
-    for name in order {
-        let t = load::<T>(ckpt, grads, name, job.view, spare)?;
-        match GlobalInput::of(job, name, &t)? {
-            GlobalInput::Magnitude(w) => bucket.add_magnitude(w, None)?,
-            GlobalInput::Scores(s) => bucket.add(&s, None)?,
+    progress.finish();
+    if let Some(masks) = masks_out {
+        staged.push(masks.finish()?);
+    }
+    staged.extend(outputs.stage_index(model)?);
+    staged.extend(outputs.stage_copies()?);
+    commit_all(staged)?;
+    let threshold = global.as_ref().and_then(Global::threshold);
+    let mut warnings = Vec::new();
+    if let Some(g) = &global {
+        for name in g.capped() {
+            warnings.push(format!(
+                "tensor `{name}` was held at --min-density {}: global scope would have pruned more of it",
+                job.min_density
+            ));
         }
-        t.recycle(spare);
     }
-    Ok(bucket.threshold())
-}
-
-/// What a global selection ranks for one tensor: the weights themselves, read as |w| in
-/// place (magnitude, no copy), or a score matrix.
-enum GlobalInput<'a, T: Float> {
-    Magnitude(&'a DMatrix<T>),
-    Scores(DMatrix<T>),
-}
-
-impl<'a, T: Float> GlobalInput<'a, T> {
-    fn of(job: &Job, name: &str, t: &'a Loaded<T>) -> Result<Self> {
-        let pruner = &job.pruner;
-        Ok(if PruningStrategy::<T>::scores_are_magnitude(pruner) {
-            GlobalInput::Magnitude(&t.weights)
-        } else {
-            GlobalInput::Scores(pruner.scores(&t.weights, &t.context(name))?)
-        })
+    for r in rows.iter().filter(|r| r.pruned) {
+        let (Some(after), numel) = (r.sparsity_after, r.shape.iter().product::<usize>()) else {
+            continue;
+        };
+        if after == 1.0 && numel > 0 {
+            let hint = if job.scope == Scope::Global {
+                " (--min-density keeps a fraction of every tensor)"
+            } else {
+                ""
+            };
+            warnings.push(format!("tensor `{}` was pruned whole{hint}", r.name));
+        } else if let Some(target) = r.target
+            && (after - target).abs() > 0.005
+        {
+            warnings.push(format!(
+                "tensor `{}` reached sparsity {after:.4}, its target was {target:.4}",
+                r.name
+            ));
+        }
     }
+    Ok(Report {
+        input: args.input.display().to_string(),
+        output: args.output.display().to_string(),
+        method: match (&args.scores, job.criterion) {
+            (Some(_), _) => "scores".into(),
+            (None, c) => c.to_string(),
+        },
+        pattern: job.pattern.to_string(),
+        scope: job.scope.to_string(),
+        sparsity: job.sparsity.get(),
+        rounding: job.rounding.to_string(),
+        reduction: args.reduction.to_string(),
+        min_density: job.min_density,
+        seed: matches!(job.criterion, Criterion::Random { .. }).then_some(args.seed),
+        threshold,
+        masks_in: args.masks_in.as_ref().map(|p| p.display().to_string()),
+        masks_out: args.masks_out.as_ref().map(|p| p.display().to_string()),
+        total: totals(&rows),
+        tensors: rows,
+        warnings,
+    })
 }
 
-fn report(args: &PruneArgs, rows: Vec<Row>) -> Result<()> {
+fn totals(rows: &[Row]) -> Totals {
     let weight = |r: &Row| r.shape.iter().product::<usize>();
     let floats = || rows.iter().filter(|r| r.sparsity_before.is_some());
     let total: usize = floats().map(weight).sum();
-    let pruned_params: usize = rows.iter().filter(|r| r.pruned).map(weight).sum();
-    let zeros_before: f64 =
-        floats().map(|r| r.sparsity_before.unwrap_or(0.0) * weight(r) as f64).sum();
-    let zeros_after: f64 =
-        floats().map(|r| r.sparsity_after.unwrap_or(0.0) * weight(r) as f64).sum();
-    let totals = Totals {
+    let pruned: Vec<&Row> = rows.iter().filter(|r| r.pruned).collect();
+    let pruned_params: usize = pruned.iter().map(|r| weight(r)).sum();
+    let zeros = |rows: &mut dyn Iterator<Item = &Row>, after: bool| -> f64 {
+        rows.map(|r| {
+            let s = if after { r.sparsity_after } else { r.sparsity_before };
+            s.unwrap_or(0.0) * weight(r) as f64
+        })
+        .sum()
+    };
+    Totals {
         parameters: total,
         pruned_tensors_parameters: pruned_params,
-        sparsity_before: zeros_before / total.max(1) as f64,
-        sparsity_after: zeros_after / total.max(1) as f64,
-    };
+        sparsity_before: zeros(&mut floats(), false) / total.max(1) as f64,
+        sparsity_after: zeros(&mut floats(), true) / total.max(1) as f64,
+        pruned_tensors_sparsity_after: zeros(&mut pruned.iter().copied(), true)
+            / pruned_params.max(1) as f64,
+    }
+}
+
+#[allow(clippy::print_stderr, reason = "warnings go to stderr beside the report")]
+fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
+    for w in &report.warnings {
+        eprintln!("shears: warning: {w}");
+    }
     if args.json {
-        let report = Report {
-            input: args.input.display().to_string(),
-            output: args.output.display().to_string(),
-            tensors: rows,
-            total: totals,
-        };
         outln!("{}", serde_json::to_string_pretty(&report)?)?;
         return Ok(());
     }
+    report.tensors.sort_by(|a, b| natural_cmp(&a.name, &b.name));
     let mut table =
-        Table::new(&["tensor", "shape", "dtype", "pruned", "sparsity before", "sparsity after"]);
-    for r in &rows {
+        Table::new(&["tensor", "shape", "dtype", "pruned", "why", "target", "before", "after"]);
+    let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |s| format!("{s:.4}"));
+    for r in &report.tensors {
         table.row(vec![
             r.name.clone(),
             format!("{:?}", r.shape),
             r.dtype.clone(),
             if r.pruned { "yes".into() } else { "no".into() },
-            r.sparsity_before.map_or_else(|| "-".into(), |s| format!("{s:.4}")),
-            r.sparsity_after.map_or_else(|| "-".into(), |s| format!("{s:.4}")),
+            r.why.clone(),
+            opt(r.target),
+            opt(r.sparsity_before),
+            opt(r.sparsity_after),
         ]);
     }
+    let t = &report.total;
     table.row(vec![
         "total".into(),
-        format!("{} float params", totals.parameters),
+        format!("{} float params", t.parameters),
         String::new(),
-        format!("{} params", totals.pruned_tensors_parameters),
-        format!("{:.4}", totals.sparsity_before),
-        format!("{:.4}", totals.sparsity_after),
+        format!("{} params", t.pruned_tensors_parameters),
+        format!("pruned tensors: {:.4}", t.pruned_tensors_sparsity_after),
+        String::new(),
+        format!("{:.4}", t.sparsity_before),
+        format!("{:.4}", t.sparsity_after),
     ]);
     out!("{}", table.render())?;
-    outln!("wrote {}", args.output.display())?;
+    let how = match report.threshold {
+        Some(th) => format!(", global threshold {th:.6e}"),
+        None => String::new(),
+    };
+    outln!(
+        "{} {} {} at {}{how}: wrote {}",
+        report.method,
+        report.pattern,
+        report.scope,
+        report.sparsity,
+        report.output
+    )?;
     Ok(())
 }

@@ -5,6 +5,35 @@ pub(crate) fn fraction(part: usize, whole: usize) -> f64 {
     if whole == 0 { 0.0 } else { part as f64 / whole as f64 }
 }
 
+/// Compares tensor names as people read them: runs of digits by value, so `layers.2`
+/// comes before `layers.10`.
+pub(crate) fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
+    loop {
+        match (a.first(), b.first()) {
+            (None, None) => return std::cmp::Ordering::Equal,
+            (None, Some(_)) => return std::cmp::Ordering::Less,
+            (Some(_), None) => return std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) if x.is_ascii_digit() && y.is_ascii_digit() => {
+                let digits = |s: &[u8]| s.iter().take_while(|c| c.is_ascii_digit()).count();
+                let (da, db) = (digits(a), digits(b));
+                let trim = |s: &[u8]| {
+                    let zeros = s.iter().take_while(|&&c| c == b'0').count();
+                    s[zeros..].to_vec()
+                };
+                let (na, nb) = (trim(&a[..da]), trim(&b[..db]));
+                let order = na.len().cmp(&nb.len()).then_with(|| na.cmp(&nb)).then(da.cmp(&db));
+                if order != std::cmp::Ordering::Equal {
+                    return order;
+                }
+                (a, b) = (&a[da..], &b[db..]);
+            }
+            (Some(x), Some(y)) if x != y => return x.cmp(y),
+            _ => (a, b) = (&a[1..], &b[1..]),
+        }
+    }
+}
+
 /// A left-aligned text table.
 pub(crate) struct Table {
     header: Vec<String>,
@@ -54,6 +83,19 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_sort_naturally() {
+        let mut names =
+            vec!["layers.10.weight", "layers.2.weight", "layers.1.bias", "a", "layers.02.x"];
+        names.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            names,
+            ["a", "layers.1.bias", "layers.2.weight", "layers.02.x", "layers.10.weight"]
+        );
+        assert_eq!(natural_cmp("x9", "x10"), std::cmp::Ordering::Less);
+        assert_eq!(natural_cmp("same", "same"), std::cmp::Ordering::Equal);
+    }
 
     #[test]
     fn cells_of_any_length_line_up() {

@@ -1,55 +1,126 @@
-//! Which tensors a command works on: include/exclude regexes and dtype/rank rules.
+//! Which tensors a command works on: the role of each tensor by name (linear and
+//! convolution weights by default), `--all`, and the `--include`/`--exclude` regexes.
 
 use anyhow::{Context, Result, bail};
 use regex::Regex;
+use shears_io::{Model, is_float};
+use shears_strategies::TensorRole;
 
-use shears_io::{Checkpoint, is_float};
+/// The decision for one tensor of a model.
+#[derive(Debug, Clone)]
+pub(crate) struct Choice {
+    /// The shard that holds it.
+    pub(crate) shard: usize,
+    pub(crate) name: String,
+    pub(crate) role: TensorRole,
+    /// Stored `(in, out)`: patterns run along its transpose.
+    pub(crate) transposed: bool,
+    pub(crate) chosen: bool,
+    /// Why it is, or is not, chosen.
+    pub(crate) why: String,
+}
 
-/// The tensors to prune: every 2-D or 4-D floating tensor whose name matches an
-/// `--include` (all, if none is given) and no `--exclude`. 1-D tensors (biases, norms)
-/// and other ranks are never pruned. Errors: a regex that does not compile or matches no
-/// tensor, and a non-floating tensor that an `--include` names.
-pub(crate) fn prunable_tensors(
-    ckpt: &Checkpoint,
-    include: &[String],
-    exclude: &[String],
-) -> Result<Vec<String>> {
-    let compile = |patterns: &[String]| -> Result<Vec<Regex>> {
-        patterns
-            .iter()
-            .map(|p| Regex::new(p).with_context(|| format!("invalid regex `{p}`")))
-            .collect()
-    };
-    let (inc, exc) = (compile(include)?, compile(exclude)?);
-    for (patterns, regexes) in [(include, &inc), (exclude, &exc)] {
-        for (p, re) in patterns.iter().zip(regexes) {
-            if !ckpt.names().any(|n| re.is_match(n)) {
-                bail!("regex `{p}` matches no tensor in {}", ckpt.path().display());
-            }
-        }
+/// The command line's say in the choice.
+pub(crate) struct Filters {
+    include: Vec<(String, Regex)>,
+    exclude: Vec<(String, Regex)>,
+    transposed: Vec<(String, Regex)>,
+    all: bool,
+}
+
+impl Filters {
+    /// Compiles the regexes.
+    pub(crate) fn new(
+        include: &[String],
+        exclude: &[String],
+        transposed: &[String],
+        all: bool,
+    ) -> Result<Filters> {
+        let compile = |patterns: &[String]| -> Result<Vec<(String, Regex)>> {
+            patterns
+                .iter()
+                .map(|p| {
+                    let re = Regex::new(p).with_context(|| format!("invalid regex `{p}`"))?;
+                    Ok((p.clone(), re))
+                })
+                .collect()
+        };
+        Ok(Filters {
+            include: compile(include)?,
+            exclude: compile(exclude)?,
+            transposed: compile(transposed)?,
+            all,
+        })
     }
-    let mut chosen = Vec::new();
-    for (name, info) in ckpt.tensors() {
-        let included = inc.is_empty() || inc.iter().any(|re| re.is_match(name));
-        if !included || exc.iter().any(|re| re.is_match(name)) {
-            continue;
-        }
-        if !matches!(info.shape.len(), 2 | 4) {
-            continue;
-        }
-        if !is_float(info.dtype) {
-            if inc.is_empty() {
-                continue;
+
+    /// Every tensor of `model` with its decision. Errors: a regex that matches no tensor,
+    /// an `--include` that names a tensor that cannot be pruned, and a choice of nothing.
+    pub(crate) fn choose(&self, model: &Model) -> Result<Vec<Choice>> {
+        for (flag, patterns) in [
+            ("--include", &self.include),
+            ("--exclude", &self.exclude),
+            ("--transposed", &self.transposed),
+        ] {
+            for (p, re) in patterns {
+                if !model.tensors().any(|t| re.is_match(t.name)) {
+                    bail!("{flag} `{p}` matches no tensor of {}", model.path().display());
+                }
             }
+        }
+        let matches =
+            |list: &[(String, Regex)], name: &str| list.iter().any(|(_, re)| re.is_match(name));
+        let mut choices = Vec::new();
+        for t in model.tensors() {
+            let mut role = TensorRole::classify(t.name, is_float(t.info.dtype), &t.info.shape);
+            let forced = matches(&self.transposed, t.name);
+            if forced && t.info.shape.len() == 2 && role.prunable() {
+                role = TensorRole::TransposedLinear;
+            }
+            let transposed = role == TensorRole::TransposedLinear;
+            let included = matches(&self.include, t.name);
+            let (chosen, why) = if !role.prunable() {
+                // A regex that also matches a layer's bias is not a mistake; naming an
+                // integer matrix is.
+                if included && role == TensorRole::NotFloat {
+                    bail!(
+                        "--include names tensor `{}`, {} (dtype {:?}, shape {:?}): only 2-D and 4-D f16, bf16, f32 and f64 tensors can be pruned",
+                        t.name,
+                        role,
+                        t.info.dtype,
+                        t.info.shape
+                    );
+                }
+                (false, role.describe().to_owned())
+            } else if matches(&self.exclude, t.name) {
+                (false, format!("{role}, excluded by --exclude"))
+            } else if !self.include.is_empty() {
+                if included {
+                    (true, format!("{role}, chosen by --include"))
+                } else {
+                    (false, format!("{role}, not matched by --include"))
+                }
+            } else if role.pruned_by_default() {
+                (true, role.describe().to_owned())
+            } else if self.all {
+                (true, format!("{role}, chosen by --all"))
+            } else {
+                (false, format!("{role}: not pruned by default (--all or --include prunes it)"))
+            };
+            choices.push(Choice {
+                shard: t.shard,
+                name: t.name.to_owned(),
+                role,
+                transposed,
+                chosen,
+                why,
+            });
+        }
+        if !choices.iter().any(|c| c.chosen) {
             bail!(
-                "tensor `{name}` has dtype {:?}: only f16, bf16, f32 and f64 tensors can be pruned",
-                info.dtype
+                "no tensor of {} is chosen for pruning: it has no linear or convolution weight by the usual names (--all prunes every 2-D and 4-D floating tensor)",
+                model.path().display()
             );
         }
-        chosen.push(name.clone());
+        Ok(choices)
     }
-    if chosen.is_empty() {
-        bail!("no 2-D or 4-D floating tensor in {} is selected for pruning", ckpt.path().display());
-    }
-    Ok(chosen)
 }

@@ -55,7 +55,7 @@ fn every_float_dtype_round_trips() {
                 T { name: "b", dtype, shape: vec![4], values: vec![1.5, -2.0, 0.25, 3.0] },
             ],
         );
-        prune_ok(&input, &output, &["--sparsity", "0.25"]);
+        prune_ok(&input, &output, &["--sparsity", "0.25", "--all"]);
         let (before, after) = (read(&input), read(&output));
         assert_eq!(after["w"].0, dtype);
         assert_eq!(after["b"], before["b"]);
@@ -125,7 +125,9 @@ fn patterns_and_selection() {
             masks.to_str().unwrap(),
         ],
     );
-    assert!(std::fs::read(&masks).unwrap().starts_with(b"SHEARSMS"));
+    let saved = read(&masks);
+    assert_eq!(saved.keys().collect::<Vec<_>>(), ["fc1.weight_mask"]);
+    assert_eq!(saved["fc1.weight_mask"].0, Dtype::U8);
     let o = shears(&["inspect", out.to_str().unwrap(), "--json"]);
     let json: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let fc1 =
@@ -163,7 +165,7 @@ fn gradient_method_reads_grads() {
     prune_ok(
         &input,
         &out,
-        &["-s", "0.5", "--method", "gradient", "--grads", grads.to_str().unwrap()],
+        &["-s", "0.5", "--method", "gradient", "--grads", grads.to_str().unwrap(), "--all"],
     );
     assert_eq!(read(&out)["w"].2, vec![0.0, 0.5, 0.0, 0.5]);
 }
@@ -178,7 +180,8 @@ fn conv_weights_prune_by_filter() {
         &input,
         &[T { name: "conv.weight", dtype: Dtype::F32, shape: vec![4, 2, 3, 3], values: v }],
     );
-    prune_ok(&input, &out, &["-s", "0.25", "--pattern", "rows"]);
+    // A convolution with two input channels reads raw input: only --all prunes it.
+    prune_ok(&input, &out, &["-s", "0.25", "--pattern", "rows", "--all"]);
     let w = &read(&out)["conv.weight"].2;
     assert!(w[36..54].iter().all(|&x| x == 0.0));
     assert_eq!(zeros(w), 18);
@@ -304,22 +307,16 @@ fn unstructured_pruning_matches_a_full_sort_on_ties() {
                 let mut pruned = sorted_zeros(&all, 0.3).into_iter();
                 chosen.iter().map(|(_, s)| pruned.by_ref().take(s.len()).collect()).collect()
             };
-            let bytes = std::fs::read(&masks).unwrap();
-            let saved = shears_io::decode_mask_set(&bytes).unwrap();
+            let saved = read(&masks);
             for ((t, _), pruned) in chosen.iter().zip(&expected) {
                 let got: Vec<bool> = after[t.name].2.iter().map(|&v| v == 0.0).collect();
                 assert_eq!(&got, pruned, "{method} {scope} {}", t.name);
-                let mask = &saved.iter().find(|(n, _)| n == t.name).unwrap().1;
-                let cols = mask.ncols();
-                assert_eq!(mask.len(), pruned.len());
-                for (i, &p) in pruned.iter().enumerate() {
-                    assert_eq!(
-                        mask.get(i / cols, i % cols),
-                        Some(!p),
-                        "{method} {scope} {} mask",
-                        t.name
-                    );
-                }
+                // The torch mask: u8, the weight's shape, 1 where kept, row-major.
+                let (dtype, shape, mask) = &saved[&format!("{}_mask", t.name)];
+                assert_eq!((*dtype, shape), (Dtype::U8, &t.shape));
+                let kept: Vec<bool> = pruned.iter().map(|p| !p).collect();
+                let got: Vec<bool> = mask.iter().map(|&v| v == 1.0).collect();
+                assert_eq!(got, kept, "{method} {scope} {} mask", t.name);
             }
             assert_eq!(after["bias"], read(&input)["bias"]);
         }
@@ -344,7 +341,15 @@ fn buffered_and_direct_writes_make_the_same_file() {
     let run = |buffered: bool| {
         let out = dir.path().join(format!("out-{buffered}.safetensors"));
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_shears"));
-        cmd.args(["prune", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"]);
+        cmd.args([
+            "prune",
+            input.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "-s",
+            "0.5",
+            "--all",
+        ]);
         if buffered {
             cmd.env("SHEARS_BUFFERED_WRITES", "1");
         }

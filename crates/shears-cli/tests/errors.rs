@@ -24,6 +24,24 @@ fn fails(args: &[&str], out: &Path, needle: &str) {
     }
 }
 
+/// An argument clap refuses: its whole report (what is wrong, the usage line, hints and
+/// the valid values) on stderr, exit code 2, nothing written.
+#[track_caller]
+fn fails_usage(args: &[&str], out: &Path, needles: &[&str]) {
+    let o = shears(args);
+    assert_eq!(o.status.code(), Some(2), "args {args:?}: {}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.starts_with("error: "), "{err}");
+    for needle in needles {
+        assert!(err.contains(needle), "`{needle}` not in: {err}");
+    }
+    assert!(!out.exists(), "{} must not be written", out.display());
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 #[test]
 fn bad_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -65,12 +83,36 @@ fn bad_arguments() {
     model(&input);
     let out = dir.path().join("out.safetensors");
     let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
-    fails(&["prune", i, "-o", o, "-s", "1.5"], &out, "1.5");
-    fails(&["prune", i, "-o", o, "-s", "nan"], &out, "sparsity");
-    fails(&["prune", i, "-o", o, "-s", "0.5", "--pattern", "diagonal"], &out, "diagonal");
-    fails(&["prune", i, "-o", o, "-s", "0.5", "--pattern", "5:4"], &out, "5:4");
-    fails(&["prune", i, "-o", o, "-s", "0.5", "--pattern", "block:0x4"], &out, "block");
-    fails(&["prune", i, "-o", o, "-s", "0.7", "--pattern", "2:4"], &out, "2:4");
+    let prune = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = ["prune", i, "-o", o].map(String::from).to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    fails_usage(&strs(&prune(&["-s", "1.5"])), &out, &["1.5", "[0, 1]"]);
+    fails_usage(&strs(&prune(&["-s", "-0.1"])), &out, &["-0.1", "[0, 1]"]);
+    fails_usage(&strs(&prune(&["-s", "nan"])), &out, &["sparsity"]);
+    fails_usage(&strs(&prune(&["-s", "0.5", "--pattern", "diagonal"])), &out, &["diagonal", "2:4"]);
+    fails_usage(&strs(&prune(&["-s", "0.5", "--pattern", "5:4"])), &out, &["5:4"]);
+    fails_usage(&strs(&prune(&["-s", "0.5", "--pattern", "0:4"])), &out, &["0:4", "0 < N"]);
+    fails_usage(
+        &strs(&prune(&["-s", "1", "--pattern", "0:1000000000000"])),
+        &out,
+        &["0:1000000000000"],
+    );
+    fails_usage(&strs(&prune(&["-s", "0.5", "--pattern", "block:0x4"])), &out, &["block"]);
+    fails_usage(
+        &strs(&prune(&["-s", "0.5", "--method", "l1"])),
+        &out,
+        &["l1", "magnitude, gradient, random or wanda"],
+    );
+    fails_usage(&strs(&prune(&["-s", "0.5", "--scope", "all"])), &out, &["layer or global"]);
+    fails_usage(&["prune", i, "--pattern", "2:4"], &out, &["--output", "Usage"]);
+    fails_usage(&strs(&prune(&["-s", "0.5", "--sparsty", "0.5"])), &out, &["--sparsity"]);
+    for batch in ["0", "4000000000", "18446744073709551615", "100000"] {
+        fails_usage(&["bench", i, "--batch", batch], &out, &["1 to 65536"]);
+    }
+    fails(&strs(&prune(&["-s", "0.7", "--pattern", "2:4"])), &out, "2:4");
+    fails(&strs(&prune(&[])), &out, "--sparsity is required");
     fails(
         &["prune", i, "-o", o, "-s", "0.5", "--include", "nothing-matches"],
         &out,
@@ -89,8 +131,9 @@ fn bad_arguments() {
         "unstructured",
     );
     fails(&["prune", i, "-o", o, "-s", "0.5", "--method", "gradient"], &out, "--grads");
-    fails(&["prune", i, "-o", i, "-s", "0.5"], &out, "both the input and the -o");
-    fails(&["bench", i, "--batch", "0"], &out, "batch");
+    fails(&["prune", i, "-o", i, "-s", "0.5"], &out, "is both the model and the output");
+    fails(&strs(&prune(&["-s", "0.5", "--grads", i])), &out, "--method gradient");
+    fails(&strs(&prune(&["-s", "0.5", "--method", "wanda"])), &out, "calibration");
     // The input is untouched by the refused in-place run.
     let after = crate::util::read(&input);
     assert_eq!(after.len(), 4);
@@ -114,6 +157,7 @@ fn gradient_errors_name_the_tensor() {
     write(&grads, &[T { name: "a", dtype: Dtype::F32, shape: vec![2, 2], values: vec![1.0; 4] }]);
     let args = [
         "prune",
+        "--all",
         input.to_str().unwrap(),
         "-o",
         out.to_str().unwrap(),

@@ -9,18 +9,21 @@ use crate::util::{T, model, shears, stderr, write};
 
 /// A checkpoint big enough that writing it takes a while (8 tensors of 1M f32).
 fn big(path: &std::path::Path) {
-    let tensors: Vec<T> = ["a", "b", "c", "d", "e", "f", "g", "h"]
-        .iter()
-        .enumerate()
-        .map(|(i, name)| T {
-            name,
-            dtype: Dtype::F32,
-            shape: vec![1024, 1024],
-            values: (0..1024 * 1024)
-                .map(|k| ((k * 7919 + i * 31) % 10007) as f64 / 10007.0 - 0.5)
-                .collect(),
-        })
-        .collect();
+    let tensors: Vec<T> = [
+        "a.weight", "b.weight", "c.weight", "d.weight", "e.weight", "f.weight", "g.weight",
+        "h.weight",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, name)| T {
+        name,
+        dtype: Dtype::F32,
+        shape: vec![1024, 1024],
+        values: (0..1024 * 1024)
+            .map(|k| ((k * 7919 + i * 31) % 10007) as f64 / 10007.0 - 0.5)
+            .collect(),
+    })
+    .collect();
     write(path, &tensors);
 }
 

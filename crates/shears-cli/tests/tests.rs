@@ -5,5 +5,7 @@
 mod commands;
 mod errors;
 mod hardening;
+mod models;
 mod readme;
+mod safety;
 mod util;

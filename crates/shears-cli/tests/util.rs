@@ -24,6 +24,7 @@ pub(crate) fn encode(dtype: Dtype, values: &[f64]) -> Vec<u8> {
             Dtype::F32 => out.extend_from_slice(&(v as f32).to_le_bytes()),
             Dtype::F64 => out.extend_from_slice(&v.to_le_bytes()),
             Dtype::I64 => out.extend_from_slice(&(v as i64).to_le_bytes()),
+            Dtype::U8 | Dtype::BOOL => out.push(v as u8),
             other => panic!("unsupported test dtype {other:?}"),
         }
     }
@@ -50,6 +51,7 @@ pub(crate) fn decode(dtype: Dtype, bytes: &[u8]) -> Vec<f64> {
             .chunks_exact(8)
             .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
             .collect(),
+        Dtype::U8 | Dtype::BOOL => bytes.iter().map(|&b| f64::from(b)).collect(),
         other => panic!("unsupported test dtype {other:?}"),
     }
 }

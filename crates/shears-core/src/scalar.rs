@@ -28,6 +28,10 @@ pub trait Scalar:
     /// The order key of a finite value; `-0.0` and `+0.0` get the same key.
     fn order_key(self) -> Self::Key;
 
+    /// The value whose [`order_key`](Scalar::order_key) is `key` (`+0.0` for the key of
+    /// zero).
+    fn from_order_key(key: Self::Key) -> Self;
+
     /// The top `bits` bits of a key, as a bucket index (`bits <= 32`).
     fn key_bucket(key: Self::Key, bits: u32) -> usize;
 
@@ -55,6 +59,11 @@ macro_rules! impl_scalar {
                 let bits = x.to_bits();
                 let sign = 1 << ($bits - 1);
                 if bits & sign == 0 { bits | sign } else { !bits }
+            }
+
+            fn from_order_key(key: $key) -> Self {
+                let sign = 1 << ($bits - 1);
+                <$float>::from_bits(if key & sign != 0 { key ^ sign } else { !key })
             }
 
             #[inline(always)]
@@ -99,6 +108,17 @@ mod tests {
     fn keys_follow_float_order() {
         check_ordered(&[f32::MIN, -1.5, -1e-30, 0.0, 1e-40, 1.0, 3.5, f32::MAX]);
         check_ordered(&[f64::MIN, -2.0, -1e-300, 0.0, 5e-324, 1.0, f64::MAX]);
+    }
+
+    #[test]
+    fn keys_map_back_to_their_values() {
+        for v in [f32::MIN, -1.5, -1e-30, 0.0, 1e-40, 1.0, f32::MAX] {
+            assert_eq!(f32::from_order_key(v.order_key()), v);
+        }
+        for v in [f64::MIN, -2.0, 0.0, 5e-324, 7.25] {
+            assert_eq!(f64::from_order_key(v.order_key()), v);
+        }
+        assert_eq!(f32::from_order_key((-0.0f32).order_key()).to_bits(), 0.0f32.to_bits());
     }
 
     #[test]

@@ -95,7 +95,12 @@ impl<S: Source> Checkpoint<S> {
 
     /// The dtype, shape and offsets of tensor `name`.
     pub fn info(&self, name: &str) -> Option<&TensorInfo> {
-        self.header.find(name)
+        self.header.find(name).map(|(_, info)| info)
+    }
+
+    /// Tensor `name`'s entry: its name as stored, and its dtype, shape and offsets.
+    pub fn entry(&self, name: &str) -> Option<(&str, &TensorInfo)> {
+        self.header.find(name).map(|(n, info)| (n.as_str(), info))
     }
 
     /// The `__metadata__` string map, if the file has one.

@@ -99,13 +99,21 @@ pub enum Error {
         #[source]
         source: shears_core::Error,
     },
-    /// A path given as an input is not a file shears may read.
+    /// A path given as an input is not a file or folder shears may read.
     #[error("cannot read {}: it {reason}", path.display())]
     Input {
         /// The path.
         path: PathBuf,
-        /// What it is.
-        reason: &'static str,
+        /// What it is, or holds.
+        reason: String,
+    },
+    /// A sharded model's index is invalid or does not match its shards.
+    #[error("{}: {reason}", path.display())]
+    Index {
+        /// The index file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
     },
     /// One file was given in two roles, at least one of them written.
     #[error("{} is both the {first} and the {second}: give distinct files", path.display())]

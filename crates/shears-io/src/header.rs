@@ -26,10 +26,10 @@ pub(crate) struct Header {
 }
 
 impl Header {
-    /// The entry of tensor `name`.
-    pub(crate) fn find(&self, name: &str) -> Option<&TensorInfo> {
+    /// The entry of tensor `name`: its name as stored, and its dtype, shape and offsets.
+    pub(crate) fn find(&self, name: &str) -> Option<&(String, TensorInfo)> {
         let at = self.by_name.binary_search_by(|&i| self.entries[i as usize].0.as_str().cmp(name));
-        at.ok().map(|k| &self.entries[self.by_name[k] as usize].1)
+        at.ok().map(|k| &self.entries[self.by_name[k] as usize])
     }
 }
 

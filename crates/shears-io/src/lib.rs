@@ -12,6 +12,8 @@
 //!   writer thread, to a temporary file that is renamed over the target only when
 //!   complete ([`PendingFile`], [`commit_all`] for outputs that must land together,
 //!   [`write_atomic`] for small files);
+//! - [`Model`] opens what users hand over: a file, a Hugging Face model folder, or the
+//!   index of a sharded model, every shard validated and checked against the index;
 //! - [`paths`] checks what a command is given: inputs are regular files, outputs are not
 //!   links or special files, and no file plays two roles;
 //! - mask sets ([`encode_mask_set`], [`read_mask_set`]) and SVG [`chart`]s.
@@ -45,6 +47,7 @@ mod dtype;
 mod error;
 mod header;
 mod masks;
+mod model;
 pub mod paths;
 mod source;
 mod transpose;
@@ -59,9 +62,13 @@ pub use dtype::{Float, decode_into, encode_append, encode_into, float_size, is_f
 pub use error::{Error, FileKind, HeaderProblem, Result};
 pub use header::MAX_HEADER_BYTES;
 pub use masks::{
-    MASK_SET_MAGIC, MASK_SET_VERSION, decode_mask_set, encode_mask_set, read_mask_set,
+    MASK_SET_MAGIC, MASK_SET_VERSION, decode_mask_set, encode_mask_set, mask_bytes,
+    mask_from_bytes, read_mask_set, torch_mask_name, weight_of_torch_mask,
 };
+pub use model::{INDEX_NAME, Index, Layout, Model, SINGLE_NAME, TensorRef};
 pub use safetensors::Dtype;
 pub use safetensors::tensor::TensorInfo;
 pub use source::Source;
-pub use writer::{layout, stage_safetensors, write_matrix, write_safetensors, write_values};
+pub use writer::{
+    TensorWriter, layout, stage_safetensors, write_matrix, write_safetensors, write_values,
+};

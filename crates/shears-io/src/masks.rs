@@ -1,15 +1,69 @@
-//! Mask files: a model's masks by tensor name.
+//! Mask files: a model's masks by tensor name, in two formats.
 //!
-//! The mask-set format is shears' [envelope](shears_core::envelope) with the tag
-//! `b"SHEARSMS"` around the list of `(name, mask)` pairs, in the order they were
-//! written; each mask is in shears' own layout (bit-packed, nalgebra's column-major
-//! order, for the tensor's matrix view).
+//! - **Torch masks**: a safetensors file holding, for each pruned weight `NAME`, a `u8`
+//!   tensor `NAME_mask` of the weight's own shape, 1 where the weight is kept: the
+//!   buffer `torch.nn.utils.prune` registers, which `prune.custom_from_mask` takes
+//!   directly. [`torch_mask_name`], [`mask_bytes`] and [`mask_from_bytes`] convert.
+//! - **Mask sets** (`SHEARSMS`): shears' [envelope](shears_core::envelope) around the
+//!   list of `(name, mask)` pairs, in the order they were written; each mask is in
+//!   shears' own layout (bit-packed, nalgebra's column-major order, for the tensor's
+//!   matrix view).
 
 use std::path::Path;
 
 use shears_core::{FormatError, Mask, envelope};
 
 use crate::error::{Error, Result};
+
+/// The name of weight `weight`'s mask tensor in a torch mask file.
+///
+/// ```
+/// assert_eq!(shears_io::torch_mask_name("fc1.weight"), "fc1.weight_mask");
+/// ```
+pub fn torch_mask_name(weight: &str) -> String {
+    format!("{weight}_mask")
+}
+
+/// The weight name a torch mask tensor's name stands for, if it is one.
+pub fn weight_of_torch_mask(mask: &str) -> Option<&str> {
+    mask.strip_suffix("_mask")
+}
+
+/// `mask` (of a weight's matrix view: a conv weight `[out, in, kh, kw]` as
+/// `out x in·kh·kw`) as the bytes of its torch mask tensor: 0 or 1 per element, in the
+/// weight's own (row-major) element order.
+pub fn mask_bytes(mask: &Mask) -> Vec<u8> {
+    let (rows, cols) = mask.shape();
+    let mut bytes = Vec::with_capacity(mask.len());
+    for r in 0..rows {
+        bytes.extend((0..cols).map(|c| u8::from(mask.get(r, c) == Some(true))));
+    }
+    bytes
+}
+
+/// The mask of a weight of shape `dims` from its torch mask tensor's bytes (`u8` or
+/// `bool`, one per element, row-major); the mask is of the weight's matrix view.
+///
+/// # Errors
+/// [`Error::Shape`] for a byte count that is not the weight's element count, a shape
+/// with no matrix view, or a byte that is neither 0 nor 1.
+pub fn mask_from_bytes(name: &str, dims: &[usize], bytes: &[u8]) -> Result<Mask> {
+    let shape_error = |reason: String| Error::Shape {
+        tensor: torch_mask_name(name),
+        shape: dims.to_vec(),
+        reason,
+    };
+    let view = shears_core::WeightShape::from_dims(dims).map_err(|e| shape_error(e.to_string()))?;
+    let (rows, cols) = view.matrix_shape();
+    if bytes.len() != rows * cols {
+        return Err(shape_error(format!("{} bytes for {} elements", bytes.len(), rows * cols)));
+    }
+    if let Some(at) = bytes.iter().position(|&b| b > 1) {
+        return Err(shape_error(format!("element {at} is {}, not 0 or 1", bytes[at])));
+    }
+    Mask::from_fn(rows, cols, |r, c| bytes[r * cols + c] == 1)
+        .map_err(|e| shape_error(e.to_string()))
+}
 
 /// The magic tag of a mask-set file.
 pub const MASK_SET_MAGIC: &[u8; 8] = b"SHEARSMS";
@@ -61,6 +115,20 @@ pub fn read_mask_set(path: &Path) -> Result<Vec<(String, Mask)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn torch_bytes_round_trip_in_row_major_order() {
+        let mask = Mask::from_fn(2, 3, |r, c| (r + c) % 2 == 0).unwrap();
+        let bytes = mask_bytes(&mask);
+        assert_eq!(bytes, vec![1, 0, 1, 0, 1, 0]);
+        assert_eq!(mask_from_bytes("w", &[2, 3], &bytes).unwrap(), mask);
+        let conv = mask_from_bytes("c", &[2, 1, 1, 3], &bytes).unwrap();
+        assert_eq!(conv, mask);
+        assert!(mask_from_bytes("w", &[2, 2], &bytes).is_err());
+        assert!(mask_from_bytes("w", &[2, 3], &[1, 0, 2, 0, 1, 0]).is_err());
+        assert!(mask_from_bytes("w", &[6], &bytes).is_err());
+        assert_eq!(weight_of_torch_mask("fc.weight_mask"), Some("fc.weight"));
+    }
 
     #[test]
     fn duplicates_and_foreign_bytes_are_refused() {

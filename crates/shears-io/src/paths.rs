@@ -17,11 +17,11 @@ pub fn require_regular_file(path: &Path) -> Result<()> {
     if meta.is_file() {
         Ok(())
     } else if meta.is_dir() {
-        Err(Error::Input { path: path.to_owned(), reason: "is a directory" })
+        Err(Error::Input { path: path.to_owned(), reason: "is a directory".into() })
     } else {
         Err(Error::Input {
             path: path.to_owned(),
-            reason: "is not a regular file (a FIFO, socket or device)",
+            reason: "is not a regular file (a FIFO, socket or device)".into(),
         })
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nalgebra::DMatrix;
 use rayon::prelude::*;
@@ -80,31 +80,106 @@ pub fn stage_safetensors<E: From<Error>>(
     metadata: Option<HashMap<String, String>>,
     mut produce: impl FnMut(&str, &mut dyn Write) -> Result<(), E>,
 ) -> Result<(PendingFile, File), E> {
-    let header = Metadata::new(metadata, tensors.to_vec())
-        .map_err(|e| Error::Layout { reason: e.to_string() })?;
-    let mut header =
-        serde_json::to_vec(&header).map_err(|e| Error::Layout { reason: e.to_string() })?;
-    header.resize(header.len().next_multiple_of(8), b' ');
-    let (pending, file) = PendingFile::create(out)?;
-    let io = |op| move |e| Error::io(op, out, e);
-    let mut w = WriteBehind::new(file).map_err(io("write"))?;
-    w.write_all(&(header.len() as u64).to_le_bytes()).map_err(io("write"))?;
-    w.write_all(&header).map_err(io("write"))?;
-    for (name, info) in tensors {
-        let mut counted = Counted { inner: &mut w, bytes: 0 };
-        produce(name, &mut counted)?;
-        let declared = info.data_offsets.1 - info.data_offsets.0;
+    let mut writer = TensorWriter::create(out, tensors, metadata)?;
+    for (name, _) in tensors {
+        writer.write(name, |w| produce(name, w))?;
+    }
+    Ok(writer.finish()?)
+}
+
+/// A safetensors file being written tensor by tensor, in the order of its header, to a
+/// temporary beside its target: [`stage_safetensors`] as an object, for a caller that
+/// writes several files in one pass (a checkpoint and its masks, say).
+pub struct TensorWriter {
+    out: PathBuf,
+    pending: PendingFile,
+    writer: WriteBehind,
+    /// Each tensor's name and byte count, in order.
+    entries: Vec<(String, usize)>,
+    next: usize,
+}
+
+impl TensorWriter {
+    /// Starts the file: checks the entries, creates the temporary, writes the header.
+    ///
+    /// # Errors
+    /// [`Error::Layout`] for entries that make no header; the errors of
+    /// [`PendingFile::create`]; [`Error::Io`] for a failed write.
+    pub fn create(
+        out: &Path,
+        tensors: &[(String, TensorInfo)],
+        metadata: Option<HashMap<String, String>>,
+    ) -> Result<TensorWriter> {
+        let header = Metadata::new(metadata, tensors.to_vec())
+            .map_err(|e| Error::Layout { reason: e.to_string() })?;
+        let mut header =
+            serde_json::to_vec(&header).map_err(|e| Error::Layout { reason: e.to_string() })?;
+        header.resize(header.len().next_multiple_of(8), b' ');
+        let (pending, file) = PendingFile::create(out)?;
+        let io = |e| Error::io("write", out, e);
+        let mut writer = WriteBehind::new(file).map_err(io)?;
+        writer.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
+        writer.write_all(&header).map_err(io)?;
+        let entries = tensors
+            .iter()
+            .map(|(name, info)| (name.clone(), info.data_offsets.1 - info.data_offsets.0))
+            .collect();
+        Ok(TensorWriter { out: out.to_owned(), pending, writer, entries, next: 0 })
+    }
+
+    /// The target this file will be committed to.
+    pub fn target(&self) -> &Path {
+        &self.out
+    }
+
+    /// Writes the next tensor, which must be `name`: `produce` writes its bytes.
+    ///
+    /// # Errors
+    /// [`Error::Layout`] when `name` is not the next tensor of the header;
+    /// [`Error::WrittenLength`] when `produce` writes another byte count than its entry
+    /// declares; whatever `produce` returns.
+    pub fn write<E: From<Error>>(
+        &mut self,
+        name: &str,
+        produce: impl FnOnce(&mut dyn Write) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let Some((expected, declared)) = self.entries.get(self.next).cloned() else {
+            return Err(
+                Error::Layout { reason: format!("tensor `{name}` is not in the header") }.into()
+            );
+        };
+        if expected != name {
+            return Err(Error::Layout {
+                reason: format!("tensor `{name}` written where `{expected}` comes next"),
+            }
+            .into());
+        }
+        let mut counted = Counted { inner: &mut self.writer, bytes: 0 };
+        produce(&mut counted)?;
         if counted.bytes != declared {
             return Err(Error::WrittenLength {
-                tensor: name.clone(),
+                tensor: name.to_owned(),
                 written: counted.bytes,
                 declared,
             }
             .into());
         }
+        self.next += 1;
+        Ok(())
     }
-    let file = w.finish().map_err(io("write"))?;
-    Ok((pending, file))
+
+    /// Waits for every byte to be written and returns the file ready to commit.
+    ///
+    /// # Errors
+    /// [`Error::Layout`] if tensors of the header were not written; [`Error::Io`] for
+    /// the first failed write.
+    pub fn finish(self) -> Result<(PendingFile, File)> {
+        if let Some((missing, _)) = self.entries.get(self.next) {
+            return Err(Error::Layout { reason: format!("tensor `{missing}` was not written") });
+        }
+        let file = self.writer.finish().map_err(|e| Error::io("write", &self.out, e))?;
+        Ok((self.pending, file))
+    }
 }
 
 /// A writer that counts the bytes passed through it.

@@ -14,6 +14,9 @@
 //! [`Criterion`] names the criteria that score single weights; it and [`Pattern`] and
 //! [`Scope`] parse from the names a command line uses (`magnitude`, `2:4`, `global`).
 //!
+//! [`TensorRole`] tells, from a checkpoint tensor's name, which are the linear and
+//! convolution weights practitioners prune, and which are embeddings, heads and others.
+//!
 //! Around them: [`ModelPruner`] prunes any [`Prunable`] model layer by layer or with one
 //! global threshold ([`Scope`]); [`Schedule`] says which sparsity to reach when
 //! (one-shot, geometric rounds, polynomial decay).
@@ -49,6 +52,7 @@ mod error;
 mod lottery;
 mod nm;
 mod pattern;
+mod roles;
 mod schedule;
 mod scope;
 
@@ -58,6 +62,7 @@ pub use error::{Error, Result};
 pub use lottery::LotteryTicket;
 pub use nm::{first_nm_violation, satisfies_nm};
 pub use pattern::{Axis, Pattern, Pruner, Structured};
+pub use roles::TensorRole;
 pub use schedule::{Polynomial, PruneRate, Schedule};
 pub use scope::{ModelPruner, Scope};
 pub use shears_core::{

@@ -125,7 +125,9 @@ pub enum Pattern {
     PerRow,
     /// Whole rows, columns, filters or channels.
     Structured(Structured),
-    /// N of every M consecutive weights along a row kept.
+    /// N of every M consecutive weights along a row kept; for a convolution weight (a
+    /// [`WeightShape`] in the context), N of every M input channels at each kernel
+    /// position of a filter, the `(out, kh, kw, in)` grouping of NVIDIA's ASP.
     NM(NmPattern),
     /// Whole blocks, scored by a reduction of their weights' scores.
     Blocks {
@@ -141,7 +143,8 @@ impl Pattern {
     /// reaches the target, before any weight is read:
     ///
     /// - N:M needs `sparsity == 1 - N/M` and whole groups: the matrix view's columns a
-    ///   multiple of M;
+    ///   multiple of M (for a convolution, whose groups run along the input channels at
+    ///   each kernel position, its input channels a multiple of M);
     /// - blocks need whole blocks: rows and columns multiples of the block's sides;
     /// - structured patterns (rows, columns, filters, channels) need the target to round
     ///   to a count that prunes some slices and keeps some (for a target strictly
@@ -181,13 +184,17 @@ impl Pattern {
         self.check_sparsity(sparsity)?;
         let (rows, cols) = shape.matrix_shape();
         match *self {
-            Pattern::NM(p) => {
-                if shape.is_empty() || cols % p.m() == 0 {
-                    Ok(())
-                } else {
+            Pattern::NM(p) => match shape.conv_dims() {
+                _ if shape.is_empty() => Ok(()),
+                Some((_, in_channels, _, _)) if in_channels % p.m() != 0 => Err(misfit(format!(
+                    "its {in_channels} input channels are not whole groups of {}",
+                    p.m()
+                ))),
+                None if cols % p.m() != 0 => {
                     Err(misfit(format!("its {cols} columns are not whole groups of {}", p.m())))
                 }
-            }
+                _ => Ok(()),
+            },
             Pattern::Blocks { shape: b, .. } => {
                 if shape.is_empty() || (rows % b.rows() == 0 && cols % b.cols() == 0) {
                     Ok(())
@@ -424,7 +431,14 @@ impl<T: Scalar, S: PruningStrategy<T>> PruningStrategy<T> for Pruner<S> {
             Pattern::PerRow => selector.select_per_row(name, &scores()?, sparsity, ctx.mask()),
             Pattern::NM(p) => {
                 self.pattern.check_sparsity(sparsity)?;
-                nm_mask(name, &scores()?, p, ctx.mask())
+                let shape = ctx.shape_or_dense(weights);
+                match shape.conv_dims() {
+                    Some((_, in_channels, kh, kw)) => {
+                        check_view(&shape, weights)?;
+                        conv_nm_mask(name, &scores()?, p, ctx.mask(), in_channels, kh * kw)
+                    }
+                    None => nm_mask(name, &scores()?, p, ctx.mask()),
+                }
             }
             Pattern::Structured(s) => {
                 let shape = ctx.shape_or_dense(weights);
@@ -452,6 +466,36 @@ impl<T: Scalar, S: PruningStrategy<T>> PruningStrategy<T> for Pruner<S> {
             }
         }
     }
+}
+
+/// N:M for a convolution weight, its groups along the input channels: the matrix view's
+/// columns `(in, kh, kw)` are taken in the `(kh, kw, in)` order NVIDIA's ASP prunes
+/// convolutions in, so each group is M input channels at one kernel position.
+fn conv_nm_mask<T: Scalar>(
+    name: &str,
+    scores: &DMatrix<T>,
+    pattern: NmPattern,
+    kept: Option<&Mask>,
+    in_channels: usize,
+    spatial: usize,
+) -> Result<Mask> {
+    // Column `c` of the ASP order is input channel `c % in` at kernel position `c / in`.
+    let original = |c: usize| (c % in_channels) * spatial + c / in_channels;
+    let (rows, cols) = scores.shape();
+    let reordered = DMatrix::from_fn(rows, cols, |r, c| scores[(r, original(c))]);
+    let kept = kept
+        .map(|m| Mask::from_fn(rows, cols, |r, c| m.get(r, original(c)) == Some(true)))
+        .transpose()?;
+    let asp = nm_mask(name, &reordered, pattern, kept.as_ref())?;
+    let mut back = Mask::all_kept(rows, cols)?;
+    for c in 0..cols {
+        for r in 0..rows {
+            if asp.get(r, c) == Some(false) {
+                back.set(r, original(c), false)?;
+            }
+        }
+    }
+    Ok(back)
 }
 
 fn check_view<T: Scalar>(shape: &WeightShape, weights: &DMatrix<T>) -> Result<()> {
@@ -564,6 +608,40 @@ mod tests {
                 .count_kept(),
             8
         );
+    }
+
+    /// On a convolution weight, 2:4 groups run along input channels at each kernel
+    /// position (ASP's order), not along the flattened `(in, kh, kw)` columns.
+    #[test]
+    fn conv_nm_groups_input_channels() {
+        let (out, inp, kh, kw) = (3, 8, 2, 1);
+        let shape = WeightShape::conv(out, inp, kh, kw).unwrap();
+        let w = DMatrix::from_fn(out, inp * kh * kw, |r, c| ((r * 7 + c * 5) % 13) as f64 + 1.0);
+        let ctx = LayerContext::new("conv").with_shape(shape);
+        let pruner = Pruner::new(Magnitude).with_pattern(Pattern::NM(NmPattern::TWO_FOUR));
+        let mask = pruner.mask(&w, &ctx, Sparsity::new(0.5).unwrap()).unwrap();
+        for r in 0..out {
+            for q in 0..kh * kw {
+                for group in 0..inp / 4 {
+                    let channels = (group * 4..group * 4 + 4).map(|i| i * kh * kw + q);
+                    let kept: Vec<f64> = channels
+                        .clone()
+                        .filter(|&c| mask.get(r, c) == Some(true))
+                        .map(|c| w[(r, c)])
+                        .collect();
+                    assert_eq!(kept.len(), 2, "row {r}, position {q}, group {group}");
+                    let pruned_max = channels
+                        .filter(|&c| mask.get(r, c) == Some(false))
+                        .map(|c| w[(r, c)])
+                        .fold(0.0, f64::max);
+                    assert!(kept.iter().all(|&k| k >= pruned_max));
+                }
+            }
+        }
+        let odd = WeightShape::conv(3, 6, 2, 1).unwrap();
+        let half = Sparsity::new(0.5).unwrap();
+        assert!(Pattern::NM(NmPattern::TWO_FOUR).check_fits("conv", &odd, half).is_err());
+        assert!(Pattern::NM(NmPattern::TWO_FOUR).check_fits("conv", &shape, half).is_ok());
     }
 
     #[test]

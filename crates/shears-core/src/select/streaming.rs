@@ -90,8 +90,21 @@ impl<T: Scalar> GlobalCount<T> {
     /// Fixes the target: `sparsity` of all counted weights, absolute (weights already
     /// pruned count toward it).
     pub fn plan(self, sparsity: Sparsity) -> GlobalBucket<T> {
-        let count = sparsity.count_of(self.total, self.rounding).saturating_sub(self.already);
+        let count = sparsity.count_of(self.total, self.rounding);
+        self.plan_count(count)
+    }
+
+    /// Fixes the target as a number of weights pruned in all, absolute (weights already
+    /// pruned count toward it): for a caller that has already decided how the target
+    /// is shared, such as one that caps some layers at a minimum density.
+    pub fn plan_count(self, count: usize) -> GlobalBucket<T> {
+        let count = count.saturating_sub(self.already);
         GlobalBucket { plan: Plan::new(&self.histogram, count), keys: Vec::new() }
+    }
+
+    /// The number of weights counted so far.
+    pub fn total(&self) -> usize {
+        self.total
     }
 }
 
@@ -143,6 +156,16 @@ pub struct GlobalMasks<T: Scalar> {
 }
 
 impl<T: Scalar> GlobalMasks<T> {
+    /// The score at the threshold: candidates scored below it are pruned, those scored
+    /// above it kept (and ties at it pruned in layer order). `None` when nothing or
+    /// everything is pruned.
+    pub fn threshold(&self) -> Option<T> {
+        match self.plan {
+            Plan::Threshold { key, .. } => Some(T::from_order_key(key)),
+            _ => None,
+        }
+    }
+
     /// The next layer's mask.
     ///
     /// # Errors

@@ -1,0 +1,100 @@
+//! [`Job`]: what `prune` does to each chosen tensor, decided once from the arguments.
+
+use anyhow::{Result, bail};
+use shears_core::{LayerContext, LayerInput, Mask, PruningStrategy, Rounding, Sparsity};
+use shears_io::Float;
+use shears_strategies::{Criterion, Pattern, Pruner, Scope, UserScores};
+
+use crate::cli::PruneArgs;
+use crate::sources::{Loaded, Tensor, View};
+
+/// What a run does to each chosen tensor, decided once from the arguments, before any
+/// file is opened.
+pub(crate) struct Job {
+    pub(crate) criterion: Criterion,
+    /// The pattern, with the structured reduction asked for.
+    pub(crate) pattern: Pattern,
+    pub(crate) scope: Scope,
+    pub(crate) sparsity: Sparsity,
+    pub(crate) min_density: f64,
+    pub(crate) rounding: Rounding,
+    pub(crate) view: View,
+}
+
+impl Job {
+    pub(crate) fn new(args: &PruneArgs) -> Result<Job> {
+        let criterion = args.criterion.with_seed(args.seed);
+        if criterion.needs() == Some(LayerInput::ActivationNorms) {
+            bail!(
+                "--method {criterion} needs calibration activations, which a checkpoint alone has none of"
+            );
+        }
+        match (criterion, args.grads.is_empty()) {
+            (Criterion::Gradient, true) => {
+                bail!("--method gradient needs --grads GRADS.safetensors")
+            }
+            (Criterion::Gradient, false) | (_, true) => {}
+            (_, false) => bail!("--grads is only read by --method gradient"),
+        }
+        if args.scores.is_some() && criterion != Criterion::Magnitude {
+            bail!("--scores replaces --method: give one of them");
+        }
+        let sparsity = match (args.sparsity, &args.masks_in) {
+            (Some(s), _) => s,
+            (None, Some(_)) => Sparsity::ZERO,
+            (None, None) => bail!("--sparsity is required (a number in [0, 1])"),
+        };
+        let pattern = match args.pattern {
+            Pattern::Structured(s) => Pattern::Structured(s.with_reduction(args.reduction)),
+            Pattern::Blocks { shape, .. } => Pattern::Blocks { shape, reduction: args.reduction },
+            other => other,
+        };
+        if args.scope == Scope::Global && pattern != Pattern::Unstructured {
+            bail!("--scope global ranks single weights: use --pattern unstructured");
+        }
+        pattern.check_sparsity(sparsity)?;
+        let elementwise = matches!(criterion, Criterion::Magnitude | Criterion::Gradient);
+        let view =
+            if pattern == Pattern::Unstructured && elementwise { View::Flat } else { View::Matrix };
+        Ok(Job {
+            criterion,
+            pattern,
+            scope: args.scope,
+            sparsity,
+            min_density: args.min_density,
+            rounding: args.rounding,
+            view,
+        })
+    }
+
+    /// A tensor's own target in layer scope: the sparsity, capped by the minimum
+    /// density.
+    pub(crate) fn layer_target(&self) -> Sparsity {
+        Sparsity::new(self.sparsity.get().min(1.0 - self.min_density)).unwrap_or(self.sparsity)
+    }
+
+    /// The mask of `t` in layer scope.
+    pub(crate) fn layer_mask<T: Float>(&self, t: &Tensor, loaded: &Loaded<T>) -> Result<Mask> {
+        let ctx = LayerContext::new(&t.name);
+        let ctx = if self.view == View::Matrix { ctx.with_shape(t.shape) } else { ctx };
+        let ctx = match &loaded.kept {
+            Some(kept) => ctx.with_mask(kept),
+            None => ctx,
+        };
+        let target = self.layer_target();
+        Ok(match &loaded.scores {
+            Some(scores) => {
+                let supplied = UserScores::new().with_layer(t.name.clone(), scores.clone());
+                let pruner =
+                    Pruner::new(supplied).with_pattern(self.pattern).with_rounding(self.rounding);
+                pruner.mask(&loaded.weights, &ctx, target)?
+            }
+            None => {
+                let pruner = Pruner::new(self.criterion)
+                    .with_pattern(self.pattern)
+                    .with_rounding(self.rounding);
+                pruner.mask(&loaded.weights, &ctx, target)?
+            }
+        })
+    }
+}

@@ -1,0 +1,139 @@
+//! Where a command's outputs go: a file for a file, a folder of the same shards, an
+//! updated index and every other file for a model folder; all committed together.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use shears_io::{INDEX_NAME, Layout, Model, PendingFile};
+
+/// Weight files of formats shears does not rewrite: copying them beside pruned
+/// safetensors would leave unpruned weights that some loaders prefer.
+const OTHER_WEIGHTS: [&str; 8] =
+    [".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".onnx", ".gguf"];
+
+/// The paths a pruned model is written to.
+#[derive(Debug)]
+pub(crate) struct Outputs {
+    /// The output folder, for a model folder.
+    folder: Option<PathBuf>,
+    /// One per shard of the model, in order.
+    pub(crate) shards: Vec<PathBuf>,
+    /// The rewritten index of a sharded model.
+    pub(crate) index: Option<PathBuf>,
+    /// Other files of the folder: `(source, destination)`.
+    pub(crate) copies: Vec<(PathBuf, PathBuf)>,
+    /// Files of the folder not copied, and why.
+    pub(crate) skipped: Vec<(PathBuf, &'static str)>,
+    pub(crate) masks: Option<PathBuf>,
+}
+
+impl Outputs {
+    /// The outputs of pruning `model` into `out` (a file if the model is a file, else a
+    /// folder, which need not exist yet).
+    pub(crate) fn plan(model: &Model, out: &Path, masks: Option<&Path>) -> Result<Outputs> {
+        let mut outputs = Outputs {
+            folder: model.folder().map(|_| out.to_owned()),
+            shards: Vec::new(),
+            index: None,
+            copies: Vec::new(),
+            skipped: Vec::new(),
+            masks: masks.map(Path::to_path_buf),
+        };
+        let Some(folder) = model.folder() else {
+            outputs.shards.push(out.to_owned());
+            return Ok(outputs);
+        };
+        if out.is_file() {
+            bail!(
+                "{} is a model folder, so the output is a folder; {} is a file",
+                model.path().display(),
+                out.display()
+            );
+        }
+        if let (Ok(a), Ok(b)) = (folder.canonicalize(), out.canonicalize())
+            && a == b
+        {
+            bail!("the output folder {} is the model's own folder: give another", out.display());
+        }
+        for shard in model.shards() {
+            let relative = shard.path().strip_prefix(folder).unwrap_or(shard.path());
+            outputs.shards.push(out.join(relative));
+        }
+        if model.layout() == Layout::Sharded {
+            outputs.index = Some(out.join(INDEX_NAME));
+        }
+        for relative in model.other_files()? {
+            let name = relative.to_string_lossy().to_ascii_lowercase();
+            if name.ends_with(".safetensors") || OTHER_WEIGHTS.iter().any(|e| name.ends_with(e)) {
+                outputs.skipped.push((folder.join(&relative), "weights shears did not prune"));
+            } else {
+                outputs.copies.push((folder.join(&relative), out.join(&relative)));
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// Every path written.
+    pub(crate) fn written(&self) -> impl Iterator<Item = &Path> {
+        self.shards
+            .iter()
+            .chain(&self.index)
+            .chain(self.copies.iter().map(|(_, d)| d))
+            .chain(&self.masks)
+            .map(PathBuf::as_path)
+    }
+
+    /// Every path read besides the shards (the files copied).
+    pub(crate) fn copied(&self) -> impl Iterator<Item = &Path> {
+        self.copies.iter().map(|(s, _)| s.as_path())
+    }
+
+    /// Creates the output folder of a model folder (its parent must exist) and the
+    /// subfolders its files go in; a file's output needs no folder.
+    pub(crate) fn create_folders(&self) -> Result<()> {
+        let Some(root) = &self.folder else { return Ok(()) };
+        if !root.is_dir() {
+            std::fs::create_dir(root)
+                .with_context(|| format!("cannot create the folder {}", root.display()))?;
+        }
+        for path in self.written().filter(|p| p.starts_with(root)) {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create the folder {}", dir.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stages the copies of the folder's other files.
+    pub(crate) fn stage_copies(&self) -> Result<Vec<(PendingFile, File)>> {
+        let mut staged = Vec::with_capacity(self.copies.len());
+        for (source, destination) in &self.copies {
+            let (pending, mut file) = PendingFile::create(destination)?;
+            shears_io::paths::require_regular_file(source)?;
+            let mut input =
+                File::open(source).with_context(|| format!("cannot open {}", source.display()))?;
+            std::io::copy(&mut input, &mut file).with_context(|| {
+                format!("cannot copy {} to {}", source.display(), destination.display())
+            })?;
+            staged.push((pending, file));
+        }
+        Ok(staged)
+    }
+
+    /// Stages the rewritten index of a sharded model.
+    pub(crate) fn stage_index(&self, model: &Model) -> Result<Option<(PendingFile, File)>> {
+        let Some(path) = &self.index else { return Ok(None) };
+        let sizes = |name: &str| {
+            model.find(name).map_or(0, |t| (t.info.data_offsets.1 - t.info.data_offsets.0) as u64)
+        };
+        let index = model.index_with_sizes(sizes).context("a sharded model has an index")?;
+        let mut text = serde_json::to_vec_pretty(&index)?;
+        text.push(b'\n');
+        let (pending, mut file) = PendingFile::create(path)?;
+        std::io::Write::write_all(&mut file, &text)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(Some((pending, file)))
+    }
+}

@@ -1,0 +1,60 @@
+//! Progress on stderr for long work: shown only when stderr is a terminal and the
+//! command was not asked to be quiet.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// A progress bar over bytes (or any unit), hidden when it should not draw.
+pub(crate) struct Progress {
+    bar: ProgressBar,
+}
+
+impl Progress {
+    /// A bar over `total` bytes with `message`; hidden when `quiet`, and whenever stderr
+    /// is not a terminal (indicatif checks).
+    pub(crate) fn bytes(total: u64, message: &str, quiet: bool) -> Progress {
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        if quiet {
+            bar.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:<32!} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message(message.to_owned());
+        Progress { bar }
+    }
+
+    /// A bar over `total` steps named `unit`.
+    pub(crate) fn steps(total: u64, unit: &str, quiet: bool) -> Progress {
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        if quiet {
+            bar.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        bar.set_style(
+            ProgressStyle::with_template(&format!(
+                "{{msg:<32!}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{elapsed}}"
+            ))
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        Progress { bar }
+    }
+
+    /// Says what is being done now.
+    pub(crate) fn message(&self, message: impl Into<String>) {
+        self.bar.set_message(message.into());
+    }
+
+    /// Moves on by `n`.
+    pub(crate) fn advance(&self, n: u64) {
+        self.bar.inc(n);
+    }
+
+    /// Clears the bar.
+    pub(crate) fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}

@@ -1,0 +1,290 @@
+//! What `prune` reads besides the model: gradients, scores and masks, each tensor in the
+//! same view as its weight.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use nalgebra::DMatrix;
+use shears_core::{Mask, WeightShape, check_finite};
+use shears_io::{Checkpoint, Dtype, Float, Model, mask_from_bytes, torch_mask_name};
+
+use crate::tensor_filter::Choice;
+
+/// How a tensor is held while it is pruned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum View {
+    /// Its matrix view, column-major (transposed for a weight stored `(in, out)`): what
+    /// structured patterns, N:M, blocks and seeded random scores are defined on.
+    Matrix,
+    /// Its values in file order as one column. Unstructured selection by a score of each
+    /// weight alone (|w|, |w·g|, given scores) keeps the same weights in any layout, and
+    /// ties to the lower row-major index are ties to the lower position in the column;
+    /// so the transposes into and out of column-major order are skipped.
+    Flat,
+}
+
+/// A tensor's place in the work: its name, the shape of its view, and how to read it.
+#[derive(Debug, Clone)]
+pub(crate) struct Tensor {
+    /// The shard that holds it.
+    pub(crate) shard: usize,
+    pub(crate) name: String,
+    /// The stored shape (as in the file).
+    pub(crate) dims: Vec<usize>,
+    pub(crate) dtype: Dtype,
+    /// The shape patterns run on: the matrix view, `(out, in)` for a transposed weight.
+    pub(crate) shape: WeightShape,
+    pub(crate) transposed: bool,
+}
+
+impl Tensor {
+    pub(crate) fn of(model: &Model, choice: &Choice) -> Result<Tensor> {
+        let info = model.shards()[choice.shard]
+            .info(&choice.name)
+            .with_context(|| format!("no tensor `{}`", choice.name))?;
+        let stored = WeightShape::from_dims(&info.shape)
+            .with_context(|| format!("tensor `{}`", choice.name))?;
+        let shape = if choice.transposed {
+            WeightShape::dense(stored.cols(), stored.rows())
+        } else {
+            stored
+        };
+        Ok(Tensor {
+            shard: choice.shard,
+            name: choice.name.clone(),
+            dims: info.shape.clone(),
+            dtype: info.dtype,
+            shape,
+            transposed: choice.transposed,
+        })
+    }
+
+    /// Weight count.
+    pub(crate) fn len(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// Reads this tensor's counterpart in `ckpt` (the weight itself, or a gradient or
+    /// score of the same name and shape) in `view`, into `spare`'s allocation.
+    pub(crate) fn read<T: Float>(
+        &self,
+        ckpt: &Checkpoint,
+        view: View,
+        spare: Vec<T>,
+    ) -> Result<DMatrix<T>> {
+        Ok(match view {
+            View::Flat => {
+                let mut values = spare;
+                ckpt.read_values_reusing(&self.name, &mut values)?;
+                DMatrix::from_vec(values.len(), 1, values)
+            }
+            View::Matrix if self.transposed => {
+                ckpt.read_matrix_reusing(&self.name, spare)?.transpose()
+            }
+            View::Matrix => ckpt.read_matrix_reusing(&self.name, spare)?,
+        })
+    }
+
+    /// `mask` of the stored matrix view (as a mask file holds it) in `view`.
+    pub(crate) fn mask_to_view(&self, mask: &Mask, view: View) -> Result<Mask> {
+        let (rows, cols) = mask.shape();
+        Ok(match view {
+            View::Flat => {
+                Mask::from_fn(rows * cols, 1, |i, _| mask.get(i / cols, i % cols) == Some(true))?
+            }
+            View::Matrix if self.transposed => {
+                Mask::from_fn(cols, rows, |r, c| mask.get(c, r) == Some(true))?
+            }
+            View::Matrix => mask.clone(),
+        })
+    }
+
+    /// `mask` of `view` as a mask of the stored matrix view.
+    pub(crate) fn mask_from_view(&self, mask: &Mask, view: View) -> Result<Mask> {
+        let stored = WeightShape::from_dims(&self.dims)?;
+        let (rows, cols) = stored.matrix_shape();
+        Ok(match view {
+            View::Flat => {
+                Mask::from_fn(rows, cols, |r, c| mask.get_linear(r * cols + c) == Some(true))?
+            }
+            View::Matrix if self.transposed => {
+                Mask::from_fn(rows, cols, |r, c| mask.get(c, r) == Some(true))?
+            }
+            View::Matrix => mask.clone(),
+        })
+    }
+}
+
+/// A tensor as pruning works on it: its weights, the scores the files give it, and the
+/// mask it starts from, all in one view.
+pub(crate) struct Loaded<T> {
+    pub(crate) weights: DMatrix<T>,
+    pub(crate) scores: Option<DMatrix<T>>,
+    pub(crate) kept: Option<Mask>,
+}
+
+/// Files of per-tensor data, opened and checked against the chosen tensors before any
+/// weight is read.
+pub(crate) struct Sources {
+    /// Gradient files, one per batch.
+    grads: Vec<Checkpoint>,
+    /// A scores file.
+    scores: Option<Checkpoint>,
+    masks: Option<MaskSource>,
+}
+
+/// Where starting masks come from.
+enum MaskSource {
+    /// A safetensors file of `NAME_mask` tensors.
+    Torch(Checkpoint),
+    /// A shears mask set, read whole (it is bit-packed).
+    Set(Vec<(String, Mask)>),
+}
+
+impl Sources {
+    /// Opens the files and checks that each holds every chosen tensor's counterpart with
+    /// its shape.
+    pub(crate) fn open(
+        grads: &[PathBuf],
+        scores: Option<&Path>,
+        masks: Option<&Path>,
+        chosen: &[Tensor],
+    ) -> Result<Sources> {
+        let open_counterparts = |path: &Path, what: &str| -> Result<Checkpoint> {
+            let ckpt = Checkpoint::open(path)?;
+            for t in chosen {
+                let info = ckpt.info(&t.name).with_context(|| {
+                    format!("{}: no {what} for tensor `{}`", path.display(), t.name)
+                })?;
+                if info.shape != t.dims {
+                    bail!(
+                        "{}: {what} `{}` has shape {:?}, the weight has {:?}",
+                        path.display(),
+                        t.name,
+                        info.shape,
+                        t.dims
+                    );
+                }
+            }
+            Ok(ckpt)
+        };
+        let grads =
+            grads.iter().map(|p| open_counterparts(p, "gradient")).collect::<Result<Vec<_>>>()?;
+        let scores = scores.map(|p| open_counterparts(p, "scores")).transpose()?;
+        let masks = masks.map(|p| open_masks(p, chosen)).transpose()?;
+        Ok(Sources { grads, scores, masks })
+    }
+
+    /// Whether the files hold f64 data for `name` (the work then runs in f64).
+    pub(crate) fn any_f64(&self, name: &str) -> bool {
+        self.grads
+            .iter()
+            .chain(&self.scores)
+            .any(|c| c.info(name).is_some_and(|i| i.dtype == Dtype::F64))
+    }
+
+    /// Tensor `t` of `model` in `view`, with its scores from the files and its starting
+    /// mask, if there are any; the weights reuse `spare`'s allocation.
+    pub(crate) fn load<T: Float>(
+        &self,
+        model: &Model,
+        t: &Tensor,
+        view: View,
+        spare: Vec<T>,
+    ) -> Result<Loaded<T>> {
+        let weights = t.read(&model.shards()[t.shard], view, spare)?;
+        let scores = self.scores(t, &weights, view)?;
+        let kept = self.mask(t, view)?;
+        Ok(Loaded { weights, scores, kept })
+    }
+
+    /// The scores of `t` in `view`, given its weights `w` in that view: the scores file's
+    /// values, or `sum_b |w * g_b|` over the gradient files; `None` when no file scores.
+    fn scores<T: Float>(
+        &self,
+        t: &Tensor,
+        w: &DMatrix<T>,
+        view: View,
+    ) -> Result<Option<DMatrix<T>>> {
+        if let Some(ckpt) = &self.scores {
+            let scores = t.read(ckpt, view, Vec::new())?;
+            check_finite(&format!("{}.scores", t.name), scores.as_slice())
+                .with_context(|| ckpt.path().display().to_string())?;
+            return Ok(Some(scores));
+        }
+        let mut sum: Option<DMatrix<T>> = None;
+        for ckpt in &self.grads {
+            let g = t.read(ckpt, view, Vec::new())?;
+            check_finite(&format!("{}.grad", t.name), g.as_slice())
+                .with_context(|| ckpt.path().display().to_string())?;
+            let term = w.zip_map(&g, |w, g| (w * g).abs());
+            sum = Some(match sum {
+                None => term,
+                Some(s) => s + term,
+            });
+        }
+        Ok(sum)
+    }
+
+    /// The starting mask of `t` in `view`, if masks were given.
+    fn mask(&self, t: &Tensor, view: View) -> Result<Option<Mask>> {
+        let stored = match &self.masks {
+            None => return Ok(None),
+            Some(MaskSource::Torch(ckpt)) => {
+                let bytes = ckpt.read_bytes(&torch_mask_name(&t.name))?;
+                mask_from_bytes(&t.name, &t.dims, &bytes)?
+            }
+            Some(MaskSource::Set(set)) => match set.iter().find(|(n, _)| *n == t.name) {
+                Some((_, m)) => m.clone(),
+                None => bail!("the masks have none for tensor `{}`", t.name),
+            },
+        };
+        Ok(Some(t.mask_to_view(&stored, view)?))
+    }
+}
+
+/// Opens a masks file and checks it has every chosen tensor's mask, of its shape.
+fn open_masks(path: &Path, chosen: &[Tensor]) -> Result<MaskSource> {
+    match Checkpoint::open(path) {
+        Ok(ckpt) => {
+            for t in chosen {
+                let name = torch_mask_name(&t.name);
+                let info = ckpt
+                    .info(&name)
+                    .with_context(|| format!("{}: no mask `{name}`", path.display()))?;
+                if info.shape != t.dims || !matches!(info.dtype, Dtype::U8 | Dtype::BOOL) {
+                    bail!(
+                        "{}: mask `{name}` is {:?} of shape {:?}; tensor `{}` needs u8 or bool of shape {:?}",
+                        path.display(),
+                        info.dtype,
+                        info.shape,
+                        t.name,
+                        t.dims
+                    );
+                }
+            }
+            Ok(MaskSource::Torch(ckpt))
+        }
+        Err(shears_io::Error::NotSafetensors {
+            kind: shears_io::FileKind::Shears("mask set"),
+            ..
+        }) => {
+            let set = shears_io::read_mask_set(path)?;
+            for t in chosen {
+                let stored = WeightShape::from_dims(&t.dims)?.matrix_shape();
+                match set.iter().find(|(n, _)| *n == t.name) {
+                    Some((_, m)) if m.shape() == stored => {}
+                    Some((_, m)) => bail!(
+                        "{}: the mask of `{}` is {:?}, the tensor's matrix is {stored:?}",
+                        path.display(),
+                        t.name,
+                        m.shape()
+                    ),
+                    None => bail!("{}: no mask for tensor `{}`", path.display(), t.name),
+                }
+            }
+            Ok(MaskSource::Set(set))
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,593 @@
+//! Model folders, shards and what a Hugging Face or PyTorch user expects of `prune`,
+//! `inspect` and `bench`: default choices, masks torch loads, records, reports.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use safetensors::tensor::Dtype;
+use serde_json::Value;
+
+use crate::util::{T, read, shears, stderr, stdout, values, write};
+
+/// A BERT-shaped model: embeddings, two layers' linear weights, norms, a pooler, a head.
+fn bert() -> Vec<T> {
+    let linear = |name: &'static str, seed| T {
+        name,
+        dtype: Dtype::F32,
+        shape: vec![8, 16],
+        values: values(128, seed),
+    };
+    vec![
+        T {
+            name: "embeddings.word_embeddings.weight",
+            dtype: Dtype::F32,
+            shape: vec![32, 16],
+            values: values(512, 1),
+        },
+        T {
+            name: "embeddings.LayerNorm.weight",
+            dtype: Dtype::F32,
+            shape: vec![16],
+            values: vec![1.0; 16],
+        },
+        linear("encoder.layer.0.attention.self.query.weight", 2),
+        T {
+            name: "encoder.layer.0.attention.self.query.bias",
+            dtype: Dtype::F32,
+            shape: vec![8],
+            values: vec![0.5; 8],
+        },
+        linear("encoder.layer.1.attention.self.query.weight", 3),
+        linear("encoder.layer.10.intermediate.dense.weight", 4),
+        linear("encoder.layer.2.output.dense.weight", 5),
+        T {
+            name: "pooler.dense.weight",
+            dtype: Dtype::F32,
+            shape: vec![16, 16],
+            values: values(256, 6),
+        },
+        T {
+            name: "classifier.weight",
+            dtype: Dtype::F32,
+            shape: vec![2, 16],
+            values: values(32, 7),
+        },
+        T {
+            name: "embeddings.position_ids",
+            dtype: Dtype::I64,
+            shape: vec![1, 4],
+            values: vec![0.0, 1.0, 2.0, 3.0],
+        },
+    ]
+}
+
+/// A two-shard Hugging Face folder of `bert()`, with its index, a config and a subfolder.
+fn sharded(dir: &Path) {
+    let tensors = bert();
+    let (first, second) = tensors.split_at(5);
+    let names = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"];
+    write(&dir.join(names[0]), first);
+    write(&dir.join(names[1]), second);
+    let mut weight_map = BTreeMap::new();
+    for (shard, part) in [first, second].iter().enumerate() {
+        for t in part.iter() {
+            weight_map.insert(t.name, names[shard]);
+        }
+    }
+    let index = serde_json::json!({ "metadata": { "total_size": 1 }, "weight_map": weight_map });
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::write(dir.join("config.json"), br#"{"model_type": "bert"}"#).unwrap();
+    std::fs::create_dir(dir.join("1_Pooling")).unwrap();
+    std::fs::write(dir.join("1_Pooling/config.json"), b"{}").unwrap();
+    std::fs::write(dir.join("pytorch_model.bin"), b"PK\x03\x04 unpruned torch weights").unwrap();
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    let o = shears(args);
+    assert!(o.status.success(), "shears {args:?}: {}", stderr(&o));
+    o
+}
+
+fn json(o: &std::process::Output) -> Value {
+    serde_json::from_str(&stdout(o)).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
+}
+
+fn tensor<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["tensors"].as_array().unwrap().iter().find(|t| t["name"] == name).unwrap()
+}
+
+#[test]
+fn a_sharded_folder_gives_a_folder_with_the_same_shards_index_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, out) = (dir.path().join("model"), dir.path().join("pruned"));
+    std::fs::create_dir(&model).unwrap();
+    sharded(&model);
+    let o = run(&[
+        "prune",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-s",
+        "0.5",
+        "--json",
+    ]);
+    let report = json(&o);
+    for name in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"] {
+        let (before, after) = (read(&model.join(name)), read(&out.join(name)));
+        let keys = |m: &std::collections::HashMap<String, _>| {
+            m.keys().cloned().collect::<std::collections::BTreeSet<String>>()
+        };
+        assert_eq!(keys(&before), keys(&after), "{name}");
+        for (t, (dtype, shape, values)) in &after {
+            assert_eq!((dtype, shape), (&before[t].0, &before[t].1), "{t}");
+            let chosen = tensor(&report, t)["pruned"] == true;
+            let zeros = values.iter().filter(|&&v| v == 0.0).count();
+            if chosen {
+                assert_eq!(zeros, values.len() / 2, "{t}");
+            } else {
+                assert_eq!(values, &before[t].2, "{t} is copied unchanged");
+            }
+        }
+    }
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(out.join("model.safetensors.index.json")).unwrap())
+            .unwrap();
+    let original: Value =
+        serde_json::from_slice(&std::fs::read(model.join("model.safetensors.index.json")).unwrap())
+            .unwrap();
+    assert_eq!(index["weight_map"], original["weight_map"]);
+    let data_bytes: u64 = bert()
+        .iter()
+        .map(|t| t.shape.iter().product::<usize>() as u64 * (t.dtype.bitsize() / 8) as u64)
+        .sum();
+    assert_eq!(index["metadata"]["total_size"], data_bytes, "total_size is recomputed");
+    assert_eq!(
+        std::fs::read(out.join("config.json")).unwrap(),
+        std::fs::read(model.join("config.json")).unwrap()
+    );
+    assert!(out.join("1_Pooling/config.json").is_file());
+    assert!(
+        !out.join("pytorch_model.bin").exists(),
+        "unpruned weights in another format are not copied"
+    );
+    assert!(stderr(&o).contains("pytorch_model.bin was not copied"), "{}", stderr(&o));
+    // Only the linear layers' weights are pruned by default, each with its reason.
+    let chosen: Vec<&str> = report["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["pruned"] == true)
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(chosen.len(), 4, "{chosen:?}");
+    assert!(chosen.iter().all(|n| n.starts_with("encoder.layer.")));
+    assert!(
+        tensor(&report, "embeddings.word_embeddings.weight")["why"]
+            .as_str()
+            .unwrap()
+            .contains("embedding")
+    );
+    assert!(tensor(&report, "pooler.dense.weight")["why"].as_str().unwrap().contains("pooler"));
+    assert!(tensor(&report, "classifier.weight")["why"].as_str().unwrap().contains("output head"));
+    // The same through the index file, and inspect and bench read folders too.
+    let again = dir.path().join("again");
+    run(&[
+        "prune",
+        model.join("model.safetensors.index.json").to_str().unwrap(),
+        "-o",
+        again.to_str().unwrap(),
+        "-s",
+        "0.5",
+    ]);
+    assert_eq!(
+        std::fs::read(again.join("model-00002-of-00002.safetensors")).unwrap(),
+        std::fs::read(out.join("model-00002-of-00002.safetensors")).unwrap()
+    );
+    let inspected = json(&run(&["inspect", out.to_str().unwrap(), "--json"]));
+    assert_eq!(inspected["tensors"].as_array().unwrap().len(), bert().len());
+    let names: Vec<&str> = inspected["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    let layer = |n: &str| names.iter().position(|x| x.starts_with(n)).unwrap();
+    assert!(layer("encoder.layer.2.") < layer("encoder.layer.10."), "natural order: {names:?}");
+    let benched = json(&run(&["bench", out.to_str().unwrap(), "--batch", "1,4", "--json"]));
+    let timed: Vec<&str> = benched["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        timed.iter().all(|n| n.starts_with("encoder.layer.")),
+        "embeddings and heads are not timed: {timed:?}"
+    );
+}
+
+#[test]
+fn global_scope_ranks_every_shard_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, out) = (dir.path().join("model"), dir.path().join("pruned"));
+    std::fs::create_dir(&model).unwrap();
+    sharded(&model);
+    let report = json(&run(&[
+        "prune",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-s",
+        "0.6",
+        "--scope",
+        "global",
+        "--all",
+        "--json",
+    ]));
+    assert!(report["threshold"].as_f64().is_some());
+    // One threshold: every kept weight of every shard scores at least every pruned one.
+    let (mut kept_min, mut pruned_max, mut zeros, mut total) = (f64::MAX, 0.0f64, 0, 0);
+    for name in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"] {
+        for (t, (_, shape, after)) in read(&out.join(name)) {
+            if tensor(&report, &t)["pruned"] != true {
+                continue;
+            }
+            let before = &read(&model.join(name))[&t].2;
+            assert_eq!(shape.len(), 2);
+            for (a, b) in after.iter().zip(before) {
+                if *a == 0.0 {
+                    pruned_max = pruned_max.max(b.abs());
+                    zeros += 1;
+                } else {
+                    kept_min = kept_min.min(b.abs());
+                }
+                total += 1;
+            }
+        }
+    }
+    assert!(kept_min >= pruned_max);
+    assert_eq!(zeros, (total as f64 * 0.6).round_ties_even() as usize);
+}
+
+#[test]
+fn masks_round_trip_as_torch_masks_and_continue_pruning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out, masks) = (
+        dir.path().join("in.safetensors"),
+        dir.path().join("out.safetensors"),
+        dir.path().join("masks.safetensors"),
+    );
+    write(&input, &bert());
+    run(&[
+        "prune",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-s",
+        "0.5",
+        "--masks-out",
+        masks.to_str().unwrap(),
+    ]);
+    let (pruned, saved) = (read(&out), read(&masks));
+    assert_eq!(saved.len(), 4);
+    for (name, (dtype, shape, bits)) in &saved {
+        let weight = name.strip_suffix("_mask").unwrap();
+        assert_eq!((*dtype, shape), (Dtype::U8, &pruned[weight].1));
+        let kept: Vec<bool> = pruned[weight].2.iter().map(|&v| v != 0.0).collect();
+        assert_eq!(bits.iter().map(|&b| b == 1.0).collect::<Vec<_>>(), kept, "{name}");
+    }
+    // inspect reads a mask file: the masks' sparsity is the weights'.
+    let inspected = json(&run(&["inspect", masks.to_str().unwrap(), "--json"]));
+    assert_eq!(
+        tensor(&inspected, "encoder.layer.0.attention.self.query.weight_mask")["sparsity"],
+        0.5
+    );
+    // Starting from those masks, a higher target prunes only among the kept weights...
+    let further = dir.path().join("further.safetensors");
+    run(&[
+        "prune",
+        input.to_str().unwrap(),
+        "-o",
+        further.to_str().unwrap(),
+        "-s",
+        "0.75",
+        "--masks-in",
+        masks.to_str().unwrap(),
+    ]);
+    let further = read(&further);
+    for (name, (_, _, bits)) in &saved {
+        let weight = name.strip_suffix("_mask").unwrap();
+        let now = &further[weight].2;
+        assert!(
+            now.iter().zip(bits).all(|(v, b)| *b == 1.0 || *v == 0.0),
+            "{weight}: no pruned weight revived"
+        );
+        assert_eq!(now.iter().filter(|&&v| v == 0.0).count(), 96, "{weight}");
+    }
+    // ...and without --sparsity the masks are applied as they are.
+    let applied = dir.path().join("applied.safetensors");
+    run(&[
+        "prune",
+        input.to_str().unwrap(),
+        "-o",
+        applied.to_str().unwrap(),
+        "--masks-in",
+        masks.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(&applied).unwrap(), std::fs::read(&out).unwrap());
+}
+
+#[test]
+fn gpt2_conv1d_weights_are_pruned_along_their_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
+    // Conv1D stores (in, out) = (16, 8): "rows" of the layer are the 8 columns here.
+    let values: Vec<f64> =
+        (0..128).map(|i| if i % 8 < 4 { 0.01 * (1 + i) as f64 } else { 1.0 + i as f64 }).collect();
+    write(
+        &input,
+        &[T {
+            name: "transformer.h.0.mlp.c_fc.weight",
+            dtype: Dtype::F32,
+            shape: vec![16, 8],
+            values,
+        }],
+    );
+    let report = json(&run(&[
+        "prune",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-s",
+        "0.5",
+        "--pattern",
+        "rows",
+        "--json",
+    ]));
+    assert!(report["tensors"][0]["why"].as_str().unwrap().contains("(in, out)"));
+    let w = &read(&out)["transformer.h.0.mlp.c_fc.weight"].2;
+    for (i, v) in w.iter().enumerate() {
+        assert_eq!(*v == 0.0, i % 8 < 4, "output neuron {} (stored column)", i % 8);
+    }
+    // --transposed marks others; --pattern 2:4 then groups along the stored rows.
+    let plain = dir.path().join("plain.safetensors");
+    write(
+        &plain,
+        &[T { name: "proj.weight", dtype: Dtype::F32, shape: vec![8, 4], values: values_(32) }],
+    );
+    let nm = dir.path().join("nm.safetensors");
+    run(&[
+        "prune",
+        plain.to_str().unwrap(),
+        "-o",
+        nm.to_str().unwrap(),
+        "-s",
+        "0.5",
+        "--pattern",
+        "2:4",
+        "--transposed",
+        "proj",
+    ]);
+    let w = &read(&nm)["proj.weight"].2;
+    for col in 0..4 {
+        for group in 0..2 {
+            let kept = (0..4).filter(|r| w[(group * 4 + r) * 4 + col] != 0.0).count();
+            assert_eq!(kept, 2, "column {col}, group {group}");
+        }
+    }
+}
+
+fn values_(n: usize) -> Vec<f64> {
+    values(n, 9)
+}
+
+#[test]
+fn library_options_reach_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    write(&input, &bert());
+    let inp = input.to_str().unwrap();
+    let out = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    // Per-row: every row of every chosen tensor at the target.
+    let o = out("rows.safetensors");
+    run(&["prune", inp, "-o", &o, "-s", "0.25", "--pattern", "per-row"]);
+    let w = &read(Path::new(&o))["encoder.layer.0.attention.self.query.weight"].2;
+    assert!(w.chunks(16).all(|row| row.iter().filter(|&&v| v == 0.0).count() == 4));
+    // --rounding: 0.3 of 128 is 38.4, truncated to 38, ceiled to 39.
+    for (rounding, zeros) in [("half-even", 38), ("truncate", 38), ("ceil", 39)] {
+        let o = out(&format!("{rounding}.safetensors"));
+        run(&["prune", inp, "-o", &o, "-s", "0.3", "--rounding", rounding]);
+        let w = &read(Path::new(&o))["encoder.layer.1.attention.self.query.weight"].2;
+        assert_eq!(w.iter().filter(|&&v| v == 0.0).count(), zeros, "{rounding}");
+    }
+    // --min-density holds a tensor global scope would empty, and says so.
+    let tiny: Vec<T> = vec![
+        T { name: "a.weight", dtype: Dtype::F32, shape: vec![4, 4], values: vec![0.001; 16] },
+        T { name: "b.weight", dtype: Dtype::F32, shape: vec![4, 4], values: values(16, 2) },
+    ];
+    let small = dir.path().join("small.safetensors");
+    write(&small, &tiny);
+    let o = out("global.safetensors");
+    let held =
+        shears(&["prune", small.to_str().unwrap(), "-o", &o, "-s", "0.5", "--scope", "global"]);
+    assert!(stderr(&held).contains("`a.weight` was pruned whole"), "{}", stderr(&held));
+    let report = json(&run(&[
+        "prune",
+        small.to_str().unwrap(),
+        "-o",
+        &o,
+        "-s",
+        "0.5",
+        "--scope",
+        "global",
+        "--min-density",
+        "0.25",
+        "--json",
+    ]));
+    let after = read(Path::new(&o));
+    assert_eq!(after["a.weight"].2.iter().filter(|&&v| v != 0.0).count(), 4, "a keeps its quarter");
+    let zeros: usize =
+        after.values().map(|(_, _, v)| v.iter().filter(|&&x| x == 0.0).count()).sum();
+    assert_eq!(zeros, 16, "what a cannot take, b takes");
+    assert!(
+        report["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("min-density"))
+    );
+    // --scores prunes by given scores; several --grads sum |w*g| per batch.
+    let scores = dir.path().join("scores.safetensors");
+    let rising: Vec<f64> = (0..16).map(f64::from).collect();
+    write(
+        &scores,
+        &[
+            T { name: "a.weight", dtype: Dtype::F32, shape: vec![4, 4], values: rising.clone() },
+            T {
+                name: "b.weight",
+                dtype: Dtype::F32,
+                shape: vec![4, 4],
+                values: rising.iter().rev().copied().collect(),
+            },
+        ],
+    );
+    let o = out("scored.safetensors");
+    run(&[
+        "prune",
+        small.to_str().unwrap(),
+        "-o",
+        &o,
+        "-s",
+        "0.25",
+        "--scores",
+        scores.to_str().unwrap(),
+    ]);
+    let after = read(Path::new(&o));
+    assert!(after["a.weight"].2[..4].iter().all(|&v| v == 0.0));
+    assert!(after["b.weight"].2[12..].iter().all(|&v| v == 0.0));
+    let (g1, g2) = (dir.path().join("g1.safetensors"), dir.path().join("g2.safetensors"));
+    let one_hot =
+        |k: usize| -> Vec<f64> { (0..16).map(|i| if i == k { 1.0 } else { 0.0 }).collect() };
+    for (path, k) in [(&g1, 3), (&g2, 7)] {
+        write(
+            path,
+            &[
+                T { name: "a.weight", dtype: Dtype::F32, shape: vec![4, 4], values: one_hot(k) },
+                T { name: "b.weight", dtype: Dtype::F32, shape: vec![4, 4], values: one_hot(k) },
+            ],
+        );
+    }
+    let o = out("grads.safetensors");
+    run(&[
+        "prune",
+        small.to_str().unwrap(),
+        "-o",
+        &o,
+        "-s",
+        "0.875",
+        "--method",
+        "gradient",
+        "--grads",
+        g1.to_str().unwrap(),
+        "--grads",
+        g2.to_str().unwrap(),
+    ]);
+    let kept: Vec<usize> = read(Path::new(&o))["a.weight"]
+        .2
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| **v != 0.0)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(kept, vec![3, 7], "the two batches' gradients both count");
+    // --reduction l1 against l2 on structured rows; --json records the run.
+    let report = json(&run(&[
+        "prune",
+        inp,
+        "-o",
+        &out("l1.safetensors"),
+        "-s",
+        "0.5",
+        "--pattern",
+        "rows",
+        "--reduction",
+        "l1",
+        "--json",
+    ]));
+    for key in [
+        "method",
+        "pattern",
+        "scope",
+        "sparsity",
+        "rounding",
+        "reduction",
+        "min_density",
+        "tensors",
+        "warnings",
+    ] {
+        assert!(!report[key].is_null(), "{key} in the record");
+    }
+    assert_eq!(
+        (report["pattern"].as_str(), report["reduction"].as_str()),
+        (Some("rows"), Some("l1"))
+    );
+    assert_eq!(tensor(&report, "encoder.layer.0.attention.self.query.weight")["target"], 0.5);
+}
+
+#[test]
+fn conv_weights_prune_whole_input_channels_and_2_4_along_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
+    // layer1.0.conv1: 4 filters, 8 input channels, 3x3; channel k weighs k + 1.
+    let values: Vec<f64> = (0..4 * 8 * 9)
+        .map(|i| ((i / 9) % 8 + 1) as f64 * if i % 2 == 0 { 1.0 } else { -1.0 })
+        .collect();
+    write(
+        &input,
+        &[T { name: "layer1.0.conv1.weight", dtype: Dtype::F32, shape: vec![4, 8, 3, 3], values }],
+    );
+    run(&[
+        "prune",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-s",
+        "0.5",
+        "--pattern",
+        "channels",
+    ]);
+    let w = &read(&out)["layer1.0.conv1.weight"].2;
+    for (i, v) in w.iter().enumerate() {
+        assert_eq!(
+            *v == 0.0,
+            (i / 9) % 8 < 4,
+            "element {i}: channels 0-3 go whole, in every filter"
+        );
+    }
+    let nm = dir.path().join("nm.safetensors");
+    run(&[
+        "prune",
+        input.to_str().unwrap(),
+        "-o",
+        nm.to_str().unwrap(),
+        "-s",
+        "0.5",
+        "--pattern",
+        "2:4",
+    ]);
+    let w = &read(&nm)["layer1.0.conv1.weight"].2;
+    for f in 0..4 {
+        for q in 0..9 {
+            for group in 0..2 {
+                let kept = (0..4).filter(|k| w[f * 72 + (group * 4 + k) * 9 + q] != 0.0).count();
+                assert_eq!(
+                    kept,
+                    2,
+                    "filter {f}, position {q}, channels {}..{}",
+                    group * 4,
+                    group * 4 + 4
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! No file but the outputs is ever written, no special file is replaced, and hostile
+//! input never panics, aborts or hangs: each case of the hardening pass, run on the
+//! binary.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use safetensors::tensor::Dtype;
+
+use crate::util::{T, model, read, shears, stderr, values, write};
+
+/// Exit code 2, one line naming `needle`, and `untouched` files exactly as before.
+#[track_caller]
+fn refused(args: &[&str], needle: &str, untouched: &[&Path]) {
+    let before: Vec<Option<Vec<u8>>> = untouched.iter().map(|p| std::fs::read(p).ok()).collect();
+    let o = shears(args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains(needle), "`{needle}` not in {err}");
+    for (p, b) in untouched.iter().zip(before) {
+        assert_eq!(std::fs::read(p).ok(), b, "{} changed", p.display());
+    }
+}
+
+fn no_temporaries(dir: &Path) {
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("shears-tmp"))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "temporaries left: {left:?}");
+}
+
+#[test]
+fn no_path_plays_two_roles() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out, grads) = (
+        dir.path().join("in.safetensors"),
+        dir.path().join("out.safetensors"),
+        dir.path().join("g.safetensors"),
+    );
+    model(&input);
+    model(&grads);
+    let link = dir.path().join("hardlink.safetensors");
+    std::fs::hard_link(&input, &link).unwrap();
+    let (i, o, g) = (input.to_str().unwrap(), out.to_str().unwrap(), grads.to_str().unwrap());
+    let all = [input.as_path(), grads.as_path(), out.as_path()];
+    refused(&["prune", i, "-o", o, "-s", "0.5", "--masks-out", i], "--masks-out", &all);
+    refused(
+        &["prune", i, "-o", o, "-s", "0.5", "--masks-out", link.to_str().unwrap()],
+        "--masks-out",
+        &all,
+    );
+    refused(&["prune", i, "-o", o, "-s", "0.5", "--masks-out", o], "--masks-out", &all);
+    let gradient = ["--method", "gradient", "--grads", g];
+    let mut args = vec!["prune", i, "-o", g, "-s", "0.5"];
+    args.extend(gradient);
+    refused(&args, "--grads", &all);
+    let mut args = vec!["prune", i, "-o", o, "-s", "0.5", "--masks-out", g];
+    args.extend(gradient);
+    refused(&args, "--grads", &all);
+    refused(&["prune", link.to_str().unwrap(), "-o", i, "-s", "0.5"], "is both", &all);
+    let dotted = dir.path().join(".").join("in.safetensors");
+    refused(&["prune", i, "-o", dotted.to_str().unwrap(), "-s", "0.5"], "is both", &all);
+    assert!(!out.exists());
+    no_temporaries(dir.path());
+}
+
+#[cfg(unix)]
+#[test]
+fn special_files_are_never_replaced_or_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    model(&input);
+    let i = input.to_str().unwrap();
+    let fifo = dir.path().join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let link = dir.path().join("link.safetensors");
+    let target = dir.path().join("target.safetensors");
+    std::fs::write(&target, b"keep").unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    refused(&["prune", i, "-o", fifo.to_str().unwrap(), "-s", "0.5"], "not a regular file", &[]);
+    refused(&["prune", i, "-o", link.to_str().unwrap(), "-s", "0.5"], "symbolic link", &[&target]);
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    // A character device like /dev/null, where the system lets this user make one.
+    let null = dir.path().join("mynull");
+    if Command::new("mknod")
+        .args([null.to_str().unwrap(), "c", "1", "3"])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        refused(
+            &["prune", i, "-o", null.to_str().unwrap(), "-s", "0.5"],
+            "not a regular file",
+            &[],
+        );
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::metadata(&null).unwrap().file_type().is_char_device());
+    } else {
+        eprintln!("skipped the device case: this user cannot mknod");
+    }
+    // A FIFO with no writer as input: refused at once, never opened (open would block).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shears"))
+        .args(["inspect", fifo.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("inspect of a FIFO hangs");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+    no_temporaries(dir.path());
+}
+
+#[test]
+fn a_failed_second_output_leaves_the_first_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
+    model(&input);
+    std::fs::write(&out, b"previous").unwrap();
+    let masks = dir.path().join("no/such/dir/masks.safetensors");
+    let o = shears(&[
+        "prune",
+        input.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-s",
+        "0.5",
+        "--masks-out",
+        masks.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no/such/dir"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), b"previous", "both outputs or neither");
+    no_temporaries(dir.path());
+}
+
+#[test]
+fn huge_names_and_empty_huge_tensors_are_handled() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    let long: &'static str = Box::leak(format!("{}.weight", "n".repeat(70_000)).into_boxed_str());
+    write(&input, &[T { name: long, dtype: Dtype::F32, shape: vec![4, 8], values: values(32, 1) }]);
+    let out = dir.path().join("out.safetensors");
+    for args in [
+        vec!["prune", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"],
+        vec!["inspect", input.to_str().unwrap()],
+        vec!["bench", out.to_str().unwrap(), "--batch", "1"],
+    ] {
+        let o = shears(&args);
+        assert!(o.status.success(), "{:?}: {}", &args[..1], stderr(&o));
+    }
+    // Zero-sized tensors with huge dimensions: nothing to prune, nothing to allocate.
+    let empty = dir.path().join("empty.safetensors");
+    let header = format!(
+        r#"{{"a.weight":{{"dtype":"F32","shape":[0,{}],"data_offsets":[0,0]}},"b.weight":{{"dtype":"F32","shape":[{},0],"data_offsets":[0,0]}},"c.weight":{{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}}}"#,
+        1u64 << 33,
+        u64::MAX
+    );
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(&[0; 16]);
+    std::fs::write(&empty, bytes).unwrap();
+    for pattern in ["columns", "rows", "unstructured", "block:2x2"] {
+        let o = shears(&[
+            "prune",
+            empty.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "-s",
+            "0.5",
+            "--pattern",
+            pattern,
+        ]);
+        assert!(matches!(o.status.code(), Some(0 | 2)), "{pattern}: {:?} {}", o.status, stderr(&o));
+        if o.status.success() {
+            assert_eq!(read(&out)["c.weight"].1, vec![2, 2]);
+        }
+    }
+    let o = shears(&["inspect", empty.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A 240-byte output name: its temporary's name still fits the file system.
+    let named = dir.path().join(format!("{}.safetensors", "o".repeat(228)));
+    let o = shears(&["prune", input.to_str().unwrap(), "-o", named.to_str().unwrap(), "-s", "0.5"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    no_temporaries(dir.path());
+}
+
+#[test]
+fn patterns_that_do_not_fit_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
+    write(
+        &input,
+        &[
+            T {
+                name: "odd.weight",
+                dtype: Dtype::F32,
+                shape: vec![10, 30],
+                values: values(300, 1),
+            },
+            T { name: "one.weight", dtype: Dtype::F32, shape: vec![1, 32], values: values(32, 2) },
+        ],
+    );
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    for (pattern, sparsity, include, needle) in [
+        ("2:4", "0.5", "odd", "30 columns are not whole groups of 4"),
+        ("block:4x4", "0.5", "odd", "not whole 4x4 blocks"),
+        ("block:4096x4096", "0.5", "one", "not whole 4096x4096 blocks"),
+        ("rows", "0.5", "one", "round to none"),
+    ] {
+        refused(
+            &["prune", i, "-o", o, "-s", sparsity, "--pattern", pattern, "--include", include],
+            needle,
+            &[],
+        );
+        assert!(!out.exists());
+    }
+    // inspect calls 2:4 only what has whole groups of 4.
+    let o = shears(&["inspect", i, "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let odd =
+        report["tensors"].as_array().unwrap().iter().find(|t| t["name"] == "odd.weight").unwrap();
+    assert_eq!(odd["is_2_4"], false);
+    no_temporaries(dir.path());
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("many.safetensors");
+    // Enough tensors that the table is far larger than a pipe's buffer.
+    let names: Vec<&'static str> =
+        (0..3000).map(|k| &*Box::leak(format!("layers.{k}.weight").into_boxed_str())).collect();
+    let tensors: Vec<T> = names
+        .iter()
+        .map(|&name| T {
+            name,
+            dtype: Dtype::F32,
+            shape: vec![2, 2],
+            values: vec![1.0, 0.0, 2.0, 0.0],
+        })
+        .collect();
+    write(&input, &tensors);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shears"))
+        .args(["inspect", input.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(matches!(status.code(), Some(0 | 141)), "{status:?}: {err}");
+    assert!(err.is_empty(), "nothing on stderr: {err}");
+}

@@ -1,0 +1,319 @@
+//! [`Model`]: a checkpoint as users hand it over: one safetensors file, a Hugging Face
+//! model folder, or the `model.safetensors.index.json` of a sharded model.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::{Component, Path, PathBuf};
+
+use safetensors::tensor::TensorInfo;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::paths::require_regular_file;
+
+/// The name of a sharded model's index in its folder.
+pub const INDEX_NAME: &str = "model.safetensors.index.json";
+/// The name of a single-file model's weights in its folder.
+pub const SINGLE_NAME: &str = "model.safetensors";
+
+/// The largest index file accepted (the index of a model with a million tensors is a few
+/// tens of MB).
+const MAX_INDEX_BYTES: u64 = 100_000_000;
+
+/// How a [`Model`] is laid out on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// A safetensors file given by itself.
+    File,
+    /// A folder with one `model.safetensors` (or one other `*.safetensors`).
+    Folder,
+    /// A folder whose weights are shards listed by an index.
+    Sharded,
+}
+
+/// A sharded model's index: which shard holds each tensor, and its metadata.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Index {
+    /// The index's metadata (`total_size` and anything else it carries).
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Tensor name to shard file name.
+    pub weight_map: BTreeMap<String, String>,
+}
+
+/// One tensor of a model: its shard and its entry.
+#[derive(Debug, Clone, Copy)]
+pub struct TensorRef<'a> {
+    /// The shard (an index into [`Model::shards`]).
+    pub shard: usize,
+    /// The tensor's name.
+    pub name: &'a str,
+    /// Its dtype, shape and offsets in the shard.
+    pub info: &'a TensorInfo,
+}
+
+/// A model's weights: one checkpoint, or the shards of an index, opened and validated.
+///
+/// Every shard's header is read and validated when the model opens; tensor names are
+/// unique across shards; a sharded model's index lists exactly the shards' tensors.
+/// Nothing else is read until asked.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use shears_io::{Dtype, Layout, Model, layout, write_safetensors};
+///
+/// let dir = tempfile::tempdir()?;
+/// let tensors = layout([("w".to_string(), Dtype::F32, vec![2, 2])])?;
+/// write_safetensors(&dir.path().join("model.safetensors"), &tensors, None, |_, out| {
+///     out.write_all(&[0; 16]).map_err(|e| shears_io::Error::io("write", "w", e))
+/// })?;
+/// let model = Model::open(dir.path())?;
+/// assert_eq!(model.layout(), Layout::Folder);
+/// assert_eq!(model.tensors().map(|t| t.name).collect::<Vec<_>>(), ["w"]);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Model {
+    path: PathBuf,
+    folder: Option<PathBuf>,
+    layout: Layout,
+    shards: Vec<Checkpoint>,
+    index: Option<Index>,
+}
+
+impl Model {
+    /// Opens a safetensors file, a model folder (its `model.safetensors.index.json`, else
+    /// its `model.safetensors`, else its one `*.safetensors` file), or an index file.
+    ///
+    /// # Errors
+    /// [`Error::Io`] for a path that cannot be read; [`Error::Input`] for a folder with no
+    /// weights shears can read (naming what it holds instead, e.g. `pytorch_model.bin`);
+    /// [`Error::Index`] for an index that is not valid or does not match its shards;
+    /// the checkpoint errors of every shard.
+    pub fn open(path: &Path) -> Result<Model> {
+        let meta = std::fs::metadata(path).map_err(|e| Error::io("open", path, e))?;
+        if meta.is_dir() {
+            let index = path.join(INDEX_NAME);
+            if index.is_file() {
+                return Model::open_index(path, &index);
+            }
+            let single = path.join(SINGLE_NAME);
+            let file = if single.is_file() { single } else { only_weights_file(path)? };
+            let shard = Checkpoint::open(&file)?;
+            return Ok(Model {
+                path: path.to_owned(),
+                folder: Some(path.to_owned()),
+                layout: Layout::Folder,
+                shards: vec![shard],
+                index: None,
+            });
+        }
+        require_regular_file(path)?;
+        if path.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".index.json")) {
+            let folder = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+                _ => PathBuf::from("."),
+            };
+            return Model::open_index(&folder, path);
+        }
+        Ok(Model {
+            path: path.to_owned(),
+            folder: None,
+            layout: Layout::File,
+            shards: vec![Checkpoint::open(path)?],
+            index: None,
+        })
+    }
+
+    fn open_index(folder: &Path, index_path: &Path) -> Result<Model> {
+        let bad = |reason: String| Error::Index { path: index_path.to_owned(), reason };
+        require_regular_file(index_path)?;
+        let file = File::open(index_path).map_err(|e| Error::io("open", index_path, e))?;
+        let len = file.metadata().map_err(|e| Error::io("read", index_path, e))?.len();
+        if len > MAX_INDEX_BYTES {
+            return Err(bad(format!("{len} bytes, more than an index of {MAX_INDEX_BYTES}")));
+        }
+        let index: Index = serde_json::from_reader(std::io::BufReader::new(file))
+            .map_err(|e| bad(format!("not an index of shards: {e}")))?;
+        // Shards in the order of their names (model-00001-of-00002 before -00002).
+        let mut files: Vec<String> = index.weight_map.values().cloned().collect();
+        files.sort_unstable();
+        files.dedup();
+        let mut shards = Vec::with_capacity(files.len());
+        for name in &files {
+            let relative = Path::new(name);
+            let plain = relative.components().all(|c| matches!(c, Component::Normal(_)));
+            if !plain {
+                return Err(bad(format!("shard `{name}` is not a path inside the model's folder")));
+            }
+            shards.push(Checkpoint::open(&folder.join(relative))?);
+        }
+        let model = Model {
+            path: index_path.to_owned(),
+            folder: Some(folder.to_owned()),
+            layout: Layout::Sharded,
+            shards,
+            index: Some(index),
+        };
+        model.check_index(&files)?;
+        Ok(model)
+    }
+
+    /// Every tensor of the index is in its shard, every shard's tensor is in the index,
+    /// and no name is in two shards.
+    fn check_index(&self, files: &[String]) -> Result<()> {
+        let Some(index) = &self.index else { return Ok(()) };
+        let bad = |reason: String| Error::Index { path: self.path.clone(), reason };
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (s, shard) in self.shards.iter().enumerate() {
+            for name in shard.names() {
+                if let Some(first) = seen.insert(name, s) {
+                    return Err(bad(format!(
+                        "tensor `{name}` is in both {} and {}",
+                        files[first], files[s]
+                    )));
+                }
+                match index.weight_map.get(name) {
+                    Some(file) if *file == files[s] => {}
+                    Some(file) => {
+                        return Err(bad(format!(
+                            "tensor `{name}` is in {}, the index says {file}",
+                            files[s]
+                        )));
+                    }
+                    None => {
+                        return Err(bad(format!(
+                            "tensor `{name}` of {} is not in the index",
+                            files[s]
+                        )));
+                    }
+                }
+            }
+        }
+        if let Some(missing) = index.weight_map.keys().find(|n| !seen.contains_key(n.as_str())) {
+            return Err(bad(format!(
+                "tensor `{missing}` is in the index but not in {}",
+                index.weight_map[missing]
+            )));
+        }
+        Ok(())
+    }
+
+    /// The path the model was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The model's folder, unless it is a file given by itself.
+    pub fn folder(&self) -> Option<&Path> {
+        self.folder.as_deref()
+    }
+
+    /// How the model is laid out.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The shards (one, unless the model is sharded), in file-name order.
+    pub fn shards(&self) -> &[Checkpoint] {
+        &self.shards
+    }
+
+    /// The index of a sharded model.
+    pub fn index(&self) -> Option<&Index> {
+        self.index.as_ref()
+    }
+
+    /// Every tensor, shard by shard, each in the order of its data.
+    pub fn tensors(&self) -> impl Iterator<Item = TensorRef<'_>> {
+        self.shards.iter().enumerate().flat_map(|(shard, ckpt)| {
+            ckpt.tensors().iter().map(move |(name, info)| TensorRef { shard, name, info })
+        })
+    }
+
+    /// The tensor called `name`.
+    pub fn find(&self, name: &str) -> Option<TensorRef<'_>> {
+        self.shards.iter().enumerate().find_map(|(shard, ckpt)| {
+            let (name, info) = ckpt.entry(name)?;
+            Some(TensorRef { shard, name, info })
+        })
+    }
+
+    /// The files of the model's folder that are not its weights or index (configs,
+    /// tokenizers, ...), as paths relative to the folder, subfolders included; none for
+    /// a file given by itself.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the folder cannot be listed.
+    pub fn other_files(&self) -> Result<Vec<PathBuf>> {
+        let Some(folder) = &self.folder else { return Ok(Vec::new()) };
+        let weights: Vec<PathBuf> = self
+            .shards
+            .iter()
+            .filter_map(|s| s.path().strip_prefix(folder).ok().map(Path::to_path_buf))
+            .chain(self.index.as_ref().map(|_| PathBuf::from(INDEX_NAME)))
+            .collect();
+        let mut found = Vec::new();
+        let mut stack = vec![PathBuf::new()];
+        while let Some(relative) = stack.pop() {
+            let dir = folder.join(&relative);
+            let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
+            for entry in entries {
+                let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
+                let path = relative.join(entry.file_name());
+                let kind = entry.file_type().map_err(|e| Error::io("list", &dir, e))?;
+                let name = entry.file_name();
+                let hidden = name.to_string_lossy().starts_with('.');
+                if kind.is_dir() && !hidden {
+                    stack.push(path);
+                } else if kind.is_file() && !hidden && !weights.contains(&path) {
+                    found.push(path);
+                }
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// The index of the model as it would be with the same tensors, each `bytes(name)`
+    /// long: the same weight map and metadata, `total_size` recomputed.
+    pub fn index_with_sizes(&self, bytes: impl Fn(&str) -> u64) -> Option<Index> {
+        let mut index = self.index.clone()?;
+        let total: u64 = index.weight_map.keys().map(|n| bytes(n)).sum();
+        index.metadata.insert("total_size".to_owned(), total.into());
+        Some(index)
+    }
+}
+
+/// The one `*.safetensors` file of a folder that has no `model.safetensors`.
+fn only_weights_file(folder: &Path) -> Result<PathBuf> {
+    let entries = std::fs::read_dir(folder).map_err(|e| Error::io("list", folder, e))?;
+    let mut weights = Vec::new();
+    let mut torch = None;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".safetensors") && entry.path().is_file() {
+            weights.push(entry.path());
+        } else if name.ends_with(".bin") || name.ends_with(".pt") || name.ends_with(".pth") {
+            torch = Some(name);
+        }
+    }
+    match (weights.len(), torch) {
+        (1, _) => Ok(weights.remove(0)),
+        (0, Some(name)) => Err(Error::Input {
+            path: folder.to_owned(),
+            reason: format!(
+                "holds no safetensors weights, only {name} (PyTorch's format): convert it to safetensors first"
+            ),
+        }),
+        (0, None) => Err(Error::Input {
+            path: folder.to_owned(),
+            reason: "holds no model.safetensors and no model.safetensors.index.json".into(),
+        }),
+        (_, _) => Err(Error::Input {
+            path: folder.to_owned(),
+            reason: "holds several .safetensors files and no index: give the file to use".into(),
+        }),
+    }
+}
