@@ -14,7 +14,7 @@ use shears_strategies::TensorRole;
 use crate::cli::BenchArgs;
 use crate::inspect::nonzero_mask;
 use crate::progress::Progress;
-use crate::report::{Table, natural_cmp};
+use crate::report::{natural_cmp, print_json, print_table};
 
 #[derive(Debug, Serialize)]
 struct Row {
@@ -182,7 +182,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             }
         })
         .collect();
-    rows.sort_by(|a, b| natural_cmp(&a.name, &b.name).then(a.batch.cmp(&b.batch)));
+    rows.sort_unstable_by(|a, b| natural_cmp(&a.name, &b.name).then(a.batch.cmp(&b.batch)));
     let report = Report {
         model: args.input.display().to_string(),
         threads: rayon::current_num_threads(),
@@ -192,26 +192,16 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         total,
     };
     if args.json {
-        outln!("{}", serde_json::to_string_pretty(&report)?)?;
+        print_json(&report)?;
         return Ok(());
     }
-    let mut table = Table::new(&[
-        "tensor",
-        "shape",
-        "sparsity",
-        "batch",
-        "format",
-        "dense us",
-        "sparse us",
-        "speedup",
-    ]);
-    for r in &report.tensors {
+    let cells = |r: &Row| {
         let speedup = if r.slower {
             format!("{:.2}x (slower: dense counts)", r.speedup)
         } else {
             format!("{:.2}x", r.speedup)
         };
-        table.row(vec![
+        vec![
             r.name.clone(),
             format!("{}x{}", r.shape[0], r.shape[1]),
             format!("{:.3}", r.sparsity),
@@ -224,9 +214,11 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             format!("{:.1}", r.dense_us),
             format!("{:.1}", r.sparse_us),
             speedup,
-        ]);
-    }
-    out!("{}", table.render())?;
+        ]
+    };
+    let header =
+        ["tensor", "shape", "sparsity", "batch", "format", "dense us", "sparse us", "speedup"];
+    print_table(&header, &report.tensors, cells, None)?;
     for t in &report.total {
         outln!(
             "model, batch {}: dense {:.1} us; formats as picked {:.1} us ({:.2}x); dense where that is faster {:.1} us ({:.2}x)",

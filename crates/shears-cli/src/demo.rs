@@ -14,7 +14,7 @@ use shears_strategies::{Axis, Criterion, Masks, Pattern, Schedule, Structured};
 
 use crate::cli::DemoArgs;
 use crate::progress::Progress;
-use crate::report::Table;
+use crate::report::{print_json, print_table};
 use shears_io::chart::{Series, line_chart};
 use shears_io::write_atomic;
 
@@ -182,7 +182,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
         let model = display(&args.model);
         let report =
             Report { dense_accuracy, test_samples: data.test.len(), results: rows, plot, model };
-        outln!("{}", serde_json::to_string_pretty(&report)?)?;
+        print_json(&report)?;
         return Ok(());
     }
     outln!(
@@ -199,7 +199,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
     )?;
     let latency = "speedup, 1 digit".to_owned();
     let throughput = format!("speedup, {} digits", data.test.len());
-    let mut table = Table::new(&[
+    let header = [
         "method",
         "target",
         "sparsity",
@@ -207,9 +207,9 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
         "vs dense",
         latency.as_str(),
         throughput.as_str(),
-    ]);
-    for r in &rows {
-        table.row(vec![
+    ];
+    let cells = |r: &Row| {
+        vec![
             r.method.clone(),
             format!("{:.2}", r.target),
             format!("{:.3}", r.sparsity),
@@ -217,9 +217,9 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
             format!("{:+.4}", r.delta_vs_dense),
             format!("{:.2}x", r.speedup_batch_1),
             format!("{:.2}x", r.speedup_batch_test),
-        ]);
-    }
-    out!("{}", table.render())?;
+        ]
+    };
+    print_table(&header, &rows, cells, None)?;
     outln!("plot: {plot}")?;
     outln!("dense model: {} (try `shears prune` on it)", display(&args.model))?;
     Ok(())

@@ -10,7 +10,7 @@ use shears_io::{
 
 use crate::cli::InspectArgs;
 use crate::progress::Progress;
-use crate::report::{Table, fraction, natural_cmp};
+use crate::report::{fraction, natural_cmp, print_json, print_table};
 
 #[derive(Debug, Serialize)]
 pub(crate) struct TensorStats {
@@ -152,25 +152,16 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
         rows.push(stats);
     }
     progress.finish();
-    rows.sort_by(|a, b| natural_cmp(&a.name, &b.name));
+    rows.sort_unstable_by(|a, b| natural_cmp(&a.name, &b.name));
     let total =
         Total { tensors: rows.len(), parameters: params, zeros, sparsity: fraction(zeros, params) };
     if args.json {
-        outln!(
-            "{}",
-            serde_json::to_string_pretty(&Report {
-                file: args.input.display().to_string(),
-                tensors: rows,
-                total
-            })?
-        )?;
+        print_json(&Report { file: args.input.display().to_string(), tensors: rows, total })?;
         return Ok(());
     }
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-    let mut table =
-        Table::new(&["tensor", "dtype", "shape", "sparsity", "zero rows", "zero cols", "2:4"]);
-    for r in &rows {
-        table.row(vec![
+    let cells = |r: &TensorStats| {
+        vec![
             r.name.clone(),
             r.dtype.clone(),
             format!("{:?}", r.shape),
@@ -178,9 +169,10 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
             opt(r.zero_rows.map(|v| v.to_string())),
             opt(r.zero_cols.map(|v| v.to_string())),
             opt(r.is_2_4.map(|b| if b { "yes".into() } else { "no".into() })),
-        ]);
-    }
-    out!("{}", table.render())?;
+        ]
+    };
+    let header = ["tensor", "dtype", "shape", "sparsity", "zero rows", "zero cols", "2:4"];
+    print_table(&header, &rows, cells, None)?;
     outln!(
         "total: {} tensors, {} float parameters, {} zeros, sparsity {:.4}",
         total.tensors,
@@ -209,29 +201,32 @@ fn mask_set(args: &InspectArgs) -> Result<()> {
             ),
         })
         .collect();
-    rows.sort_by(|a, b| natural_cmp(&a.name, &b.name));
+    rows.sort_unstable_by(|a, b| natural_cmp(&a.name, &b.name));
     let (params, zeros) =
         set.iter().fold((0, 0), |(p, z), (_, m)| (p + m.len(), z + m.count_pruned()));
     let total =
         Total { tensors: rows.len(), parameters: params, zeros, sparsity: fraction(zeros, params) };
     if args.json {
-        let report = Report { file: args.input.display().to_string(), tensors: rows, total };
-        outln!("{}", serde_json::to_string_pretty(&report)?)?;
+        print_json(&Report { file: args.input.display().to_string(), tensors: rows, total })?;
         return Ok(());
     }
-    let mut table = Table::new(&["mask", "shape", "sparsity", "zero rows", "zero cols", "2:4"]);
-    for r in &rows {
-        let flag = |b: Option<bool>| if b == Some(true) { "yes" } else { "no" };
-        table.row(vec![
+    let flag = |b: Option<bool>| if b == Some(true) { "yes" } else { "no" };
+    let cells = |r: &TensorStats| {
+        vec![
             r.name.clone(),
             format!("{:?}", r.shape),
             format!("{:.4}", r.sparsity.unwrap_or(0.0)),
             r.zero_rows.unwrap_or(0).to_string(),
             r.zero_cols.unwrap_or(0).to_string(),
             flag(r.is_2_4).into(),
-        ]);
-    }
-    out!("{}", table.render())?;
+        ]
+    };
+    print_table(
+        &["mask", "shape", "sparsity", "zero rows", "zero cols", "2:4"],
+        &rows,
+        cells,
+        None,
+    )?;
     outln!(
         "total: {} masks, {} weights, sparsity {:.4}",
         total.tensors,

@@ -13,14 +13,6 @@ macro_rules! outln {
     }};
 }
 
-/// `print!` that returns the write's error; see [`outln`].
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        write!(std::io::stdout().lock(), $($arg)*)
-    }};
-}
-
 mod bench;
 mod cli;
 mod demo;

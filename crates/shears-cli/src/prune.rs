@@ -18,7 +18,7 @@ use crate::global::Global;
 use crate::job::Job;
 use crate::outputs::Outputs;
 use crate::progress::Progress;
-use crate::report::{Table, fraction, natural_cmp};
+use crate::report::{Warnings, fraction, natural_cmp, print_json, print_table};
 use crate::sources::{Sources, Tensor, View};
 use crate::tensor_filter::{Choice, Filters};
 
@@ -72,7 +72,7 @@ struct Report {
     masks_out: Option<String>,
     tensors: Vec<Row>,
     total: Totals,
-    warnings: Vec<String>,
+    warnings: Warnings,
 }
 
 pub(crate) fn run(args: &PruneArgs) -> Result<()> {
@@ -105,7 +105,7 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
         prune::<f32>(args, &job, &model, &sources, &choices, &chosen, &outputs)?
     };
     for (path, why) in &outputs.skipped {
-        report.warnings.push(format!("{} was not copied: {why}", path.display()));
+        report.warnings.add(format!("{} was not copied: {why}", path.display()));
     }
     print(args, report)
 }
@@ -267,10 +267,10 @@ fn prune<T: Float>(
     staged.extend(outputs.stage_copies()?);
     commit_all(staged)?;
     let threshold = global.as_ref().and_then(Global::threshold);
-    let mut warnings = Vec::new();
+    let mut warnings = Warnings::default();
     if let Some(g) = &global {
         for name in g.capped() {
-            warnings.push(format!(
+            warnings.add(format!(
                 "tensor `{name}` was held at --min-density {}: global scope would have pruned more of it",
                 job.min_density
             ));
@@ -286,11 +286,11 @@ fn prune<T: Float>(
             } else {
                 ""
             };
-            warnings.push(format!("tensor `{}` was pruned whole{hint}", r.name));
+            warnings.add(format!("tensor `{}` was pruned whole{hint}", r.name));
         } else if let Some(target) = r.target
             && (after - target).abs() > 0.005
         {
-            warnings.push(format!(
+            warnings.add(format!(
                 "tensor `{}` reached sparsity {after:.4}, its target was {target:.4}",
                 r.name
             ));
@@ -342,21 +342,16 @@ fn totals(rows: &[Row]) -> Totals {
     }
 }
 
-#[allow(clippy::print_stderr, reason = "warnings go to stderr beside the report")]
 fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
-    for w in &report.warnings {
-        eprintln!("shears: warning: {w}");
-    }
+    report.warnings.report();
     if args.json {
-        outln!("{}", serde_json::to_string_pretty(&report)?)?;
+        print_json(&report)?;
         return Ok(());
     }
-    report.tensors.sort_by(|a, b| natural_cmp(&a.name, &b.name));
-    let mut table =
-        Table::new(&["tensor", "shape", "dtype", "pruned", "why", "target", "before", "after"]);
+    report.tensors.sort_unstable_by(|a, b| natural_cmp(&a.name, &b.name));
     let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |s| format!("{s:.4}"));
-    for r in &report.tensors {
-        table.row(vec![
+    let cells = |r: &Row| {
+        vec![
             r.name.clone(),
             format!("{:?}", r.shape),
             r.dtype.clone(),
@@ -365,10 +360,10 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
             opt(r.target),
             opt(r.sparsity_before),
             opt(r.sparsity_after),
-        ]);
-    }
+        ]
+    };
     let t = &report.total;
-    table.row(vec![
+    let footer = vec![
         "total".into(),
         format!("{} float params", t.parameters),
         String::new(),
@@ -377,8 +372,9 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
         String::new(),
         format!("{:.4}", t.sparsity_before),
         format!("{:.4}", t.sparsity_after),
-    ]);
-    out!("{}", table.render())?;
+    ];
+    let header = ["tensor", "shape", "dtype", "pruned", "why", "target", "before", "after"];
+    print_table(&header, &report.tensors, cells, Some(footer))?;
     let how = match report.threshold {
         Some(th) => format!(", global threshold {th:.6e}"),
         None => String::new(),

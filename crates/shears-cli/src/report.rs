@@ -17,12 +17,12 @@ pub(crate) fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
             (Some(x), Some(y)) if x.is_ascii_digit() && y.is_ascii_digit() => {
                 let digits = |s: &[u8]| s.iter().take_while(|c| c.is_ascii_digit()).count();
                 let (da, db) = (digits(a), digits(b));
-                let trim = |s: &[u8]| {
+                fn trim(s: &[u8]) -> &[u8] {
                     let zeros = s.iter().take_while(|&&c| c == b'0').count();
-                    s[zeros..].to_vec()
-                };
+                    &s[zeros..]
+                }
                 let (na, nb) = (trim(&a[..da]), trim(&b[..db]));
-                let order = na.len().cmp(&nb.len()).then_with(|| na.cmp(&nb)).then(da.cmp(&db));
+                let order = na.len().cmp(&nb.len()).then_with(|| na.cmp(nb)).then(da.cmp(&db));
                 if order != std::cmp::Ordering::Equal {
                     return order;
                 }
@@ -34,50 +34,115 @@ pub(crate) fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
-/// A left-aligned text table.
-pub(crate) struct Table {
-    header: Vec<String>,
-    rows: Vec<Vec<String>>,
+/// The warnings of a run: the first [`Warnings::KEPT`] word for word, the rest counted.
+#[derive(Debug, Default, serde::Serialize)]
+pub(crate) struct Warnings {
+    shown: Vec<String>,
+    #[serde(skip_serializing_if = "is_zero")]
+    more: usize,
 }
 
-impl Table {
-    pub(crate) fn new(header: &[&str]) -> Self {
-        Table { header: header.iter().map(|h| (*h).to_owned()).collect(), rows: Vec::new() }
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+impl Warnings {
+    /// Warnings kept word for word (in `--json`); stderr shows the first
+    /// [`Warnings::PRINTED`].
+    const KEPT: usize = 1000;
+    const PRINTED: usize = 20;
+
+    pub(crate) fn add(&mut self, warning: String) {
+        if self.shown.len() < Self::KEPT {
+            self.shown.push(warning);
+        } else {
+            self.more += 1;
+        }
     }
 
-    pub(crate) fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+    /// Prints the first warnings on stderr, and how many more there are.
+    #[allow(clippy::print_stderr, reason = "warnings go to stderr beside the report")]
+    pub(crate) fn report(&self) {
+        for w in self.shown.iter().take(Self::PRINTED) {
+            eprintln!("shears: warning: {w}");
+        }
+        let rest = self.shown.len().saturating_sub(Self::PRINTED) + self.more;
+        if rest > 0 {
+            eprintln!(
+                "shears: warning: ... and {rest} more (--json lists the first {})",
+                Self::KEPT
+            );
+        }
     }
+}
 
-    pub(crate) fn render(&self) -> String {
-        let width = |cell: &str| cell.chars().count();
-        let mut widths: Vec<usize> = self.header.iter().map(|h| width(h)).collect();
-        for row in &self.rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(width(cell));
-            }
+/// Writes a left-aligned text table of `rows` to stdout, each row's cells made by
+/// `cells`, with `footer` as a last row. Rows are formatted twice (once to measure the
+/// columns, once to write) rather than held as text, so a table of a million tensors
+/// costs one row's text at a time.
+///
+/// # Errors
+/// The write's error (a closed pipe, say).
+pub(crate) fn print_table<R>(
+    header: &[&str],
+    rows: &[R],
+    cells: impl Fn(&R) -> Vec<String>,
+    footer: Option<Vec<String>>,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let width = |cell: &str| cell.chars().count();
+    let mut widths: Vec<usize> = header.iter().map(|h| width(h)).collect();
+    let mut measure = |row: &[String]| {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(width(cell));
         }
-        // Padded by hand: `format!`'s width is a u16, and a tensor name may be longer.
-        let line = |cells: &[String]| -> String {
-            let mut s = String::new();
-            for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
-                if i > 0 {
-                    s.push_str("  ");
-                }
-                s.push_str(c);
-                s.extend(std::iter::repeat_n(' ', w.saturating_sub(width(c))));
-            }
-            s.truncate(s.trim_end().len());
-            s.push('\n');
-            s
-        };
-        let mut out = line(&self.header);
-        out.push_str(&line(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>()));
-        for row in &self.rows {
-            out.push_str(&line(row));
-        }
-        out
+    };
+    rows.iter().for_each(|r| measure(&cells(r)));
+    if let Some(f) = &footer {
+        measure(f);
     }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut line = |cells: &[String]| writeln!(out, "{}", format_line(cells, &widths));
+    line(&header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>())?;
+    line(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>())?;
+    for r in rows {
+        line(&cells(r))?;
+    }
+    if let Some(f) = &footer {
+        line(f)?;
+    }
+    out.flush()
+}
+
+/// One table line: each cell padded to its column's width (in characters), two spaces
+/// between columns, no trailing spaces. Padded by hand: `format!`'s width is a `u16`, and
+/// a tensor name may be longer.
+fn format_line(cells: &[String], widths: &[usize]) -> String {
+    let mut s = String::new();
+    for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
+        if i > 0 {
+            s.push_str("  ");
+        }
+        s.push_str(c);
+        s.extend(std::iter::repeat_n(' ', w.saturating_sub(c.chars().count())));
+    }
+    s.truncate(s.trim_end().len());
+    s
+}
+
+/// Writes `value` to stdout as pretty JSON, streamed (a report of a million tensors is
+/// never held as one string).
+///
+/// # Errors
+/// The write's or the encoder's error.
+pub(crate) fn print_json(value: &impl serde::Serialize) -> std::io::Result<()> {
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::other)?;
+    writeln!(out)?;
+    out.flush()
 }
 
 #[cfg(test)]
@@ -88,7 +153,7 @@ mod tests {
     fn names_sort_naturally() {
         let mut names =
             vec!["layers.10.weight", "layers.2.weight", "layers.1.bias", "a", "layers.02.x"];
-        names.sort_by(|a, b| natural_cmp(a, b));
+        names.sort_unstable_by(|a, b| natural_cmp(a, b));
         assert_eq!(
             names,
             ["a", "layers.1.bias", "layers.2.weight", "layers.02.x", "layers.10.weight"]
@@ -100,12 +165,12 @@ mod tests {
     #[test]
     fn cells_of_any_length_line_up() {
         let long = "x".repeat(70_000);
-        let mut table = Table::new(&["tensor", "n"]);
-        table.row(vec![long.clone(), "1".into()]);
-        table.row(vec!["é".into(), "22".into()]);
-        let text = table.render();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[2], format!("{long}  1"));
-        assert_eq!(lines[3], format!("é{}  22", " ".repeat(69_999)));
+        let widths = [70_000, 2];
+        assert_eq!(format_line(&[long.clone(), "1".into()], &widths), format!("{long}  1"));
+        assert_eq!(
+            format_line(&["é".into(), "22".into()], &widths),
+            format!("é{}  22", " ".repeat(69_999))
+        );
+        assert_eq!(format_line(&["a".into(), String::new()], &widths), "a");
     }
 }

@@ -254,3 +254,26 @@ fn split_passes_select_what_one_thread_selects() {
         assert_eq!(v, if keep { x } else { 0.0 });
     }
 }
+
+/// The direct path (few values) and the histogram path choose the same weights on the
+/// same segments, ties and kept masks included, for every count.
+#[test]
+fn direct_and_histogram_selections_agree() {
+    use super::threshold::{Segment, prune_lowest_by_histogram, prune_lowest_directly};
+    for (rows, cols, levels) in [(7, 9, 5), (13, 64, 3), (1, 1, 1), (40, 33, 1000)] {
+        let a = DMatrix::from_fn(rows, cols, |r, c| ((r * 31 + c * 7) % levels) as f32 - 2.0);
+        let b = DMatrix::from_fn(cols, rows, |r, c| ((r * 5 + c * 11) % levels) as f32 * 0.5);
+        let kept = Mask::from_fn(rows, cols, |r, c| (r + 2 * c) % 3 != 0).unwrap();
+        let segments = [
+            Segment::new("a", &a, Some(&kept)),
+            Segment::magnitude("b", &b, None),
+            Segment::new("c", &a, None),
+        ];
+        let total = kept.count_kept() + 2 * a.len();
+        for count in [0, 1, total / 3, total / 2, total - 1, total, total + 5] {
+            let direct = prune_lowest_directly(&segments, count).unwrap();
+            let histogram = prune_lowest_by_histogram(&segments, count).unwrap();
+            assert_eq!(direct, histogram, "{rows}x{cols}, {levels} levels, count {count}");
+        }
+    }
+}

@@ -64,6 +64,18 @@ pub(crate) fn prune_lowest_segments<T: Scalar>(
     segments: &[Segment<'_, T>],
     count: usize,
 ) -> Result<Vec<Mask>> {
+    if segments.iter().map(|s| s.scores.len()).sum::<usize>() <= DIRECT_SELECTION {
+        prune_lowest_directly(segments, count)
+    } else {
+        prune_lowest_by_histogram(segments, count)
+    }
+}
+
+/// [`prune_lowest_segments`] by radix histogram: O(n) passes, nothing sorted.
+pub(crate) fn prune_lowest_by_histogram<T: Scalar>(
+    segments: &[Segment<'_, T>],
+    count: usize,
+) -> Result<Vec<Mask>> {
     let mut hist = vec![0usize; 1 << BUCKET_BITS];
     for s in segments {
         add_to_histogram(s, &mut hist)?;
@@ -84,6 +96,48 @@ pub(crate) fn prune_lowest_segments<T: Scalar>(
     }
     let mut ties_left = plan.ties_to_prune();
     segments.iter().map(|s| mask_segment(s, &plan, &mut ties_left)).collect()
+}
+
+/// Selections over at most this many values skip the radix histogram (its 65,536
+/// buckets would cost more than the values): all their keys are gathered and the
+/// threshold found among them directly.
+const DIRECT_SELECTION: usize = 4096;
+
+/// [`prune_lowest_segments`] for a few values: the same plan (threshold key and ties),
+/// found by one `select_nth_unstable` over every candidate's key.
+pub(crate) fn prune_lowest_directly<T: Scalar>(
+    segments: &[Segment<'_, T>],
+    count: usize,
+) -> Result<Vec<Mask>> {
+    let mut keys = Vec::new();
+    for s in segments {
+        let finite = for_each_block(s, 0..s.scores.len().div_ceil(WORD), |_, block, kept| {
+            let mut hits = kept & tail_mask(block.len());
+            while hits != 0 {
+                keys.push(block[hits.trailing_zeros() as usize]);
+                hits &= hits - 1;
+            }
+        });
+        if !finite {
+            check_finite(s.name, s.scores.as_slice())?;
+        }
+    }
+    let plan = if count == 0 {
+        Plan::None
+    } else if count >= keys.len() {
+        Plan::All
+    } else {
+        let (lower, &mut key, _) = keys.select_nth_unstable(count - 1);
+        let strictly_below = lower.iter().filter(|&&k| k < key).count();
+        Plan::Threshold { key, ties: count - strictly_below }
+    };
+    let mut ties_left = plan.ties_to_prune();
+    segments.iter().map(|s| mask_segment(s, &plan, &mut ties_left)).collect()
+}
+
+/// The bits of a block of `len` values (all 64 for a full block).
+fn tail_mask(len: usize) -> u64 {
+    if len >= WORD { u64::MAX } else { (1u64 << len) - 1 }
 }
 
 /// A threshold bucket holding at most 1/`SMALL_BUCKET` of the candidates is finished in
