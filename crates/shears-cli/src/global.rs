@@ -30,7 +30,7 @@ impl<'a, T: Float> Ranked<'a, T> {
         Ok(match job.criterion {
             Criterion::Magnitude => Ranked::Magnitude(&loaded.weights),
             other => {
-                let ctx = LayerContext::new(&t.name).with_shape(t.shape);
+                let ctx = LayerContext::new(t.name).with_shape(t.shape);
                 Ranked::Scores(std::borrow::Cow::Owned(other.scores(&loaded.weights, &ctx)?))
             }
         })
@@ -104,7 +104,7 @@ impl<T: Float> Global<T> {
         loop {
             let passes = if job.min_density > 0.0 { 3 } else { 2 };
             let progress = Progress::bytes(bytes * passes, "ranking every tensor", quiet);
-            let live = || tensors.iter().filter(|t| !capped.contains_key(&t.name));
+            let live = || tensors.iter().filter(|t| !capped.contains_key(t.name));
             let mut visit = |f: &mut dyn FnMut(&Tensor, &Loaded<T>) -> Result<()>| -> Result<()> {
                 for t in live() {
                     let loaded = sources.load(model, t, job.view, std::mem::take(&mut spare))?;
@@ -115,7 +115,7 @@ impl<T: Float> Global<T> {
                 Ok(())
             };
             let mut count = GlobalCount::<T>::new(job.rounding);
-            visit(&mut |t, l| Ranked::of(job, t, l)?.count(&mut count, &t.name, l.kept.as_ref()))?;
+            visit(&mut |t, l| Ranked::of(job, t, l)?.count(&mut count, t.name, l.kept.as_ref()))?;
             let fixed: usize = capped.values().sum();
             let mut bucket = count.plan_count(target.saturating_sub(fixed));
             visit(&mut |t, l| Ranked::of(job, t, l)?.bucket(&mut bucket, l.kept.as_ref()))?;
@@ -130,7 +130,7 @@ impl<T: Float> Global<T> {
                 let pruned = Ranked::of(job, t, l)?.mask(&mut dry, l.kept.as_ref())?.count_pruned();
                 if pruned > cap(t) {
                     let already = l.kept.as_ref().map_or(0, Mask::count_pruned);
-                    over.push((t.name.clone(), cap(t).max(already)));
+                    over.push((t.name.to_owned(), cap(t).max(already)));
                 }
                 Ok(())
             })?;
@@ -145,8 +145,8 @@ impl<T: Float> Global<T> {
     /// The mask of the next tensor, in the order [`Global::plan`] visited them.
     pub(crate) fn mask(&mut self, job: &Job, t: &Tensor, loaded: &Loaded<T>) -> Result<Mask> {
         let ranked = Ranked::of(job, t, loaded)?;
-        match self.capped.get(&t.name) {
-            Some(&count) => ranked.select(&t.name, count, loaded.kept.as_ref()),
+        match self.capped.get(t.name) {
+            Some(&count) => ranked.select(t.name, count, loaded.kept.as_ref()),
             None => ranked.mask(&mut self.masks, loaded.kept.as_ref()),
         }
     }

@@ -75,7 +75,7 @@ impl Job {
 
     /// The mask of `t` in layer scope.
     pub(crate) fn layer_mask<T: Float>(&self, t: &Tensor, loaded: &Loaded<T>) -> Result<Mask> {
-        let ctx = LayerContext::new(&t.name);
+        let ctx = LayerContext::new(t.name);
         let ctx = if self.view == View::Matrix { ctx.with_shape(t.shape) } else { ctx };
         let ctx = match &loaded.kept {
             Some(kept) => ctx.with_mask(kept),
@@ -84,7 +84,7 @@ impl Job {
         let target = self.layer_target();
         Ok(match &loaded.scores {
             Some(scores) => {
-                let supplied = UserScores::new().with_layer(t.name.clone(), scores.clone());
+                let supplied = UserScores::new().with_layer(t.name, scores.clone());
                 let pruner =
                     Pruner::new(supplied).with_pattern(self.pattern).with_rounding(self.rounding);
                 pruner.mask(&loaded.weights, &ctx, target)?

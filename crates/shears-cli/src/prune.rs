@@ -22,22 +22,65 @@ use crate::report::{Warnings, fraction, natural_cmp, print_json, print_table};
 use crate::sources::{Sources, Tensor, View};
 use crate::tensor_filter::{Choice, Filters};
 
-#[derive(Debug, Serialize)]
-struct Row {
-    name: String,
-    /// The shard file, for a sharded model.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    shard: Option<String>,
-    shape: Vec<usize>,
-    dtype: String,
-    role: String,
-    pruned: bool,
-    why: String,
+/// One tensor's line of the report. The rest of the line (name, shape, dtype, why) is
+/// read from its choice, which borrows the model's header: a model may have a million
+/// tensors, and the report must not hold a second copy of its header.
+#[derive(Debug)]
+struct Row<'a> {
+    choice: &'a Choice<'a>,
     /// The sparsity this tensor was pruned towards (layer scope), if pruned.
     target: Option<f64>,
     /// `None` for tensors that are not floating point.
     sparsity_before: Option<f64>,
     sparsity_after: Option<f64>,
+}
+
+impl Row<'_> {
+    fn numel(&self) -> usize {
+        self.choice.info.shape.iter().product()
+    }
+}
+
+/// The rows, serialized line by line as JSON objects.
+#[derive(Debug)]
+struct Rows<'a> {
+    rows: Vec<Row<'a>>,
+    /// Each shard's file name, for a sharded model.
+    shard_names: Vec<Option<String>>,
+}
+
+impl Serialize for Rows<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            name: &'a str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            shard: Option<&'a str>,
+            shape: &'a [usize],
+            dtype: String,
+            role: &'static str,
+            pruned: bool,
+            why: String,
+            target: Option<f64>,
+            sparsity_before: Option<f64>,
+            sparsity_after: Option<f64>,
+        }
+        serializer.collect_seq(self.rows.iter().map(|r| {
+            let c = r.choice;
+            Line {
+                name: c.name,
+                shard: self.shard_names[c.shard].as_deref(),
+                shape: &c.info.shape,
+                dtype: format!("{:?}", c.info.dtype),
+                role: c.role.describe(),
+                pruned: c.chosen,
+                why: c.why(),
+                target: r.target,
+                sparsity_before: r.sparsity_before,
+                sparsity_after: r.sparsity_after,
+            }
+        }))
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -51,7 +94,7 @@ struct Totals {
 
 /// The record of a run: enough to run it again.
 #[derive(Debug, Serialize)]
-struct Report {
+struct Report<'a> {
     input: String,
     output: String,
     method: String,
@@ -70,7 +113,7 @@ struct Report {
     masks_in: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     masks_out: Option<String>,
-    tensors: Vec<Row>,
+    tensors: Rows<'a>,
     total: Totals,
     warnings: Warnings,
 }
@@ -80,16 +123,13 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
     let model = Model::open(&args.input)?;
     let filters = Filters::new(&args.include, &args.exclude, &args.transposed, args.all)?;
     let choices = filters.choose(&model)?;
-    let chosen: Vec<Tensor> = choices
-        .iter()
-        .filter(|c| c.chosen)
-        .map(|c| Tensor::of(&model, c))
-        .collect::<Result<_>>()?;
+    let chosen: Vec<Tensor> =
+        choices.iter().filter(|c| c.chosen).map(Tensor::of).collect::<Result<_>>()?;
     // Every chosen tensor must fit the pattern, checked from the headers before any
     // weight is read.
     if job.scope == Scope::Layer {
         for t in &chosen {
-            job.pattern.check_fits(&t.name, &t.shape, job.layer_target())?;
+            job.pattern.check_fits(t.name, &t.shape, job.layer_target())?;
         }
     }
     let outputs = Outputs::plan(&model, &args.output, args.masks_out.as_deref())?;
@@ -98,7 +138,7 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
         Sources::open(&args.grads, args.scores.as_deref(), args.masks_in.as_deref(), &chosen)?;
     // f32 holds f16, bf16 and f32 values exactly and halves the memory of f64; tensors
     // are worked on in f64 only when one of them (or its gradient) is f64.
-    let double = chosen.iter().any(|t| t.dtype == Dtype::F64 || sources.any_f64(&t.name));
+    let double = chosen.iter().any(|t| t.dtype == Dtype::F64 || sources.any_f64(t.name));
     let mut report = if double {
         prune::<f64>(args, &job, &model, &sources, &choices, &chosen, &outputs)?
     } else {
@@ -106,6 +146,12 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
     };
     for (path, why) in &outputs.skipped {
         report.warnings.add(format!("{} was not copied: {why}", path.display()));
+    }
+    for (path, bytes) in outputs.leftovers() {
+        report.warnings.add(format!(
+            "{} ({bytes} bytes) is the partial output of a shears run that was killed: delete it",
+            path.display()
+        ));
     }
     print(args, report)
 }
@@ -153,27 +199,28 @@ fn zeros<T: Float>(values: &DMatrix<T>) -> usize {
 }
 
 #[allow(clippy::too_many_arguments, reason = "the run's pieces, each decided once in run")]
-fn prune<T: Float>(
+fn prune<'a, T: Float>(
     args: &PruneArgs,
     job: &Job,
     model: &Model,
     sources: &Sources,
-    choices: &[Choice],
+    choices: &'a [Choice<'a>],
     chosen: &[Tensor],
     outputs: &Outputs,
-) -> Result<Report> {
+) -> Result<Report<'a>> {
     let mut global = match job.scope {
         Scope::Layer => None,
         Scope::Global => Some(Global::<T>::plan(job, model, sources, chosen, args.quiet)?),
     };
     outputs.create_folders()?;
+    let mask_entries = match &outputs.masks {
+        Some(_) => shears_io::layout(
+            chosen.iter().map(|t| (torch_mask_name(t.name), Dtype::U8, t.dims.to_vec())),
+        )?,
+        None => Vec::new(),
+    };
     let mut masks_out = match &outputs.masks {
-        Some(path) => {
-            let entries = shears_io::layout(
-                chosen.iter().map(|t| (torch_mask_name(&t.name), Dtype::U8, t.dims.clone())),
-            )?;
-            Some(TensorWriter::create(path, &entries, None)?)
-        }
+        Some(path) => Some(TensorWriter::create(path, &mask_entries, None)?),
         None => None,
     };
     let total_bytes: u64 = model.shards().iter().map(|s| s.data_len()).sum();
@@ -183,28 +230,24 @@ fn prune<T: Float>(
     let mut spare = Vec::new();
     let mut next_chosen = chosen.iter().peekable();
     let mut decisions = choices.iter();
+    let shard_names = model
+        .shards()
+        .iter()
+        .map(|shard| {
+            (model.shards().len() > 1)
+                .then(|| shard.path().file_name().map(|n| n.to_string_lossy().into_owned()))
+                .flatten()
+        })
+        .collect();
     for (s, shard) in model.shards().iter().enumerate() {
         let out = &outputs.shards[s];
-        let shard_name = (model.shards().len() > 1)
-            .then(|| shard.path().file_name().map(|n| n.to_string_lossy().into_owned()))
-            .flatten();
-        let mut writer = TensorWriter::create(out, shard.tensors(), shard.metadata().cloned())?;
+        let mut writer = TensorWriter::create(out, shard.tensors(), shard.metadata())?;
         for (name, info) in shard.tensors() {
             let choice = decisions.next().context("internal error: one decision per tensor")?;
             progress.message(format!("tensor {name}"));
             let io = |e: std::io::Error| shears_io::Error::io("write", out, e);
-            let row_base = Row {
-                name: name.clone(),
-                shard: shard_name.clone(),
-                shape: info.shape.clone(),
-                dtype: format!("{:?}", info.dtype),
-                role: choice.role.describe().to_owned(),
-                pruned: choice.chosen,
-                why: choice.why.clone(),
-                target: None,
-                sparsity_before: None,
-                sparsity_after: None,
-            };
+            let row_base =
+                Row { choice, target: None, sparsity_before: None, sparsity_after: None };
             let bytes = (info.data_offsets.1 - info.data_offsets.0) as u64;
             if !choice.chosen {
                 let s = if is_float(info.dtype) {
@@ -276,8 +319,8 @@ fn prune<T: Float>(
             ));
         }
     }
-    for r in rows.iter().filter(|r| r.pruned) {
-        let (Some(after), numel) = (r.sparsity_after, r.shape.iter().product::<usize>()) else {
+    for r in rows.iter().filter(|r| r.choice.chosen) {
+        let (Some(after), numel) = (r.sparsity_after, r.numel()) else {
             continue;
         };
         if after == 1.0 && numel > 0 {
@@ -286,13 +329,13 @@ fn prune<T: Float>(
             } else {
                 ""
             };
-            warnings.add(format!("tensor `{}` was pruned whole{hint}", r.name));
+            warnings.add(format!("tensor `{}` was pruned whole{hint}", r.choice.name));
         } else if let Some(target) = r.target
             && (after - target).abs() > 0.005
         {
             warnings.add(format!(
                 "tensor `{}` reached sparsity {after:.4}, its target was {target:.4}",
-                r.name
+                r.choice.name
             ));
         }
     }
@@ -314,16 +357,16 @@ fn prune<T: Float>(
         masks_in: args.masks_in.as_ref().map(|p| p.display().to_string()),
         masks_out: args.masks_out.as_ref().map(|p| p.display().to_string()),
         total: totals(&rows),
-        tensors: rows,
+        tensors: Rows { rows, shard_names },
         warnings,
     })
 }
 
 fn totals(rows: &[Row]) -> Totals {
-    let weight = |r: &Row| r.shape.iter().product::<usize>();
+    let weight = |r: &Row| r.numel();
     let floats = || rows.iter().filter(|r| r.sparsity_before.is_some());
     let total: usize = floats().map(weight).sum();
-    let pruned: Vec<&Row> = rows.iter().filter(|r| r.pruned).collect();
+    let pruned: Vec<&Row> = rows.iter().filter(|r| r.choice.chosen).collect();
     let pruned_params: usize = pruned.iter().map(|r| weight(r)).sum();
     let zeros = |rows: &mut dyn Iterator<Item = &Row>, after: bool| -> f64 {
         rows.map(|r| {
@@ -348,15 +391,16 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
         print_json(&report)?;
         return Ok(());
     }
-    report.tensors.sort_unstable_by(|a, b| natural_cmp(&a.name, &b.name));
+    report.tensors.rows.sort_unstable_by(|a, b| natural_cmp(a.choice.name, b.choice.name));
     let opt = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |s| format!("{s:.4}"));
     let cells = |r: &Row| {
+        let c = r.choice;
         vec![
-            r.name.clone(),
-            format!("{:?}", r.shape),
-            r.dtype.clone(),
-            if r.pruned { "yes".into() } else { "no".into() },
-            r.why.clone(),
+            c.name.to_owned(),
+            format!("{:?}", c.info.shape),
+            format!("{:?}", c.info.dtype),
+            if c.chosen { "yes".into() } else { "no".into() },
+            c.why(),
             opt(r.target),
             opt(r.sparsity_before),
             opt(r.sparsity_after),
@@ -374,7 +418,7 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
         format!("{:.4}", t.sparsity_after),
     ];
     let header = ["tensor", "shape", "dtype", "pruned", "why", "target", "before", "after"];
-    print_table(&header, &report.tensors, cells, Some(footer))?;
+    print_table(&header, &report.tensors.rows, cells, Some(footer))?;
     let how = match report.threshold {
         Some(th) => format!(", global threshold {th:.6e}"),
         None => String::new(),

@@ -25,23 +25,21 @@ pub(crate) enum View {
 
 /// A tensor's place in the work: its name, the shape of its view, and how to read it.
 #[derive(Debug, Clone)]
-pub(crate) struct Tensor {
+pub(crate) struct Tensor<'a> {
     /// The shard that holds it.
     pub(crate) shard: usize,
-    pub(crate) name: String,
+    pub(crate) name: &'a str,
     /// The stored shape (as in the file).
-    pub(crate) dims: Vec<usize>,
+    pub(crate) dims: &'a [usize],
     pub(crate) dtype: Dtype,
     /// The shape patterns run on: the matrix view, `(out, in)` for a transposed weight.
     pub(crate) shape: WeightShape,
     pub(crate) transposed: bool,
 }
 
-impl Tensor {
-    pub(crate) fn of(model: &Model, choice: &Choice) -> Result<Tensor> {
-        let info = model.shards()[choice.shard]
-            .info(&choice.name)
-            .with_context(|| format!("no tensor `{}`", choice.name))?;
+impl<'a> Tensor<'a> {
+    pub(crate) fn of(choice: &Choice<'a>) -> Result<Tensor<'a>> {
+        let info = choice.info;
         let stored = WeightShape::from_dims(&info.shape)
             .with_context(|| format!("tensor `{}`", choice.name))?;
         let shape = if choice.transposed {
@@ -51,8 +49,8 @@ impl Tensor {
         };
         Ok(Tensor {
             shard: choice.shard,
-            name: choice.name.clone(),
-            dims: info.shape.clone(),
+            name: choice.name,
+            dims: &info.shape,
             dtype: info.dtype,
             shape,
             transposed: choice.transposed,
@@ -75,13 +73,13 @@ impl Tensor {
         Ok(match view {
             View::Flat => {
                 let mut values = spare;
-                ckpt.read_values_reusing(&self.name, &mut values)?;
+                ckpt.read_values_reusing(self.name, &mut values)?;
                 DMatrix::from_vec(values.len(), 1, values)
             }
             View::Matrix if self.transposed => {
-                ckpt.read_matrix_reusing(&self.name, spare)?.transpose()
+                ckpt.read_matrix_reusing(self.name, spare)?.transpose()
             }
-            View::Matrix => ckpt.read_matrix_reusing(&self.name, spare)?,
+            View::Matrix => ckpt.read_matrix_reusing(self.name, spare)?,
         })
     }
 
@@ -101,7 +99,7 @@ impl Tensor {
 
     /// `mask` of `view` as a mask of the stored matrix view.
     pub(crate) fn mask_from_view(&self, mask: &Mask, view: View) -> Result<Mask> {
-        let stored = WeightShape::from_dims(&self.dims)?;
+        let stored = WeightShape::from_dims(self.dims)?;
         let (rows, cols) = stored.matrix_shape();
         Ok(match view {
             View::Flat => {
@@ -153,7 +151,7 @@ impl Sources {
         let open_counterparts = |path: &Path, what: &str| -> Result<Checkpoint> {
             let ckpt = Checkpoint::open(path)?;
             for t in chosen {
-                let info = ckpt.info(&t.name).with_context(|| {
+                let info = ckpt.info(t.name).with_context(|| {
                     format!("{}: no {what} for tensor `{}`", path.display(), t.name)
                 })?;
                 if info.shape != t.dims {
@@ -231,8 +229,8 @@ impl Sources {
         let stored = match &self.masks {
             None => return Ok(None),
             Some(MaskSource::Torch(ckpt)) => {
-                let bytes = ckpt.read_bytes(&torch_mask_name(&t.name))?;
-                mask_from_bytes(&t.name, &t.dims, &bytes)?
+                let bytes = ckpt.read_bytes(&torch_mask_name(t.name))?;
+                mask_from_bytes(t.name, t.dims, &bytes)?
             }
             Some(MaskSource::Set(set)) => match set.iter().find(|(n, _)| *n == t.name) {
                 Some((_, m)) => m.clone(),
@@ -248,7 +246,7 @@ fn open_masks(path: &Path, chosen: &[Tensor]) -> Result<MaskSource> {
     match Checkpoint::open(path) {
         Ok(ckpt) => {
             for t in chosen {
-                let name = torch_mask_name(&t.name);
+                let name = torch_mask_name(t.name);
                 let info = ckpt
                     .info(&name)
                     .with_context(|| format!("{}: no mask `{name}`", path.display()))?;
@@ -271,7 +269,7 @@ fn open_masks(path: &Path, chosen: &[Tensor]) -> Result<MaskSource> {
         }) => {
             let set = shears_io::read_mask_set(path)?;
             for t in chosen {
-                let stored = WeightShape::from_dims(&t.dims)?.matrix_shape();
+                let stored = WeightShape::from_dims(t.dims)?.matrix_shape();
                 match set.iter().find(|(n, _)| *n == t.name) {
                     Some((_, m)) if m.shape() == stored => {}
                     Some((_, m)) => bail!(

@@ -3,21 +3,50 @@
 
 use anyhow::{Context, Result, bail};
 use regex::Regex;
-use shears_io::{Model, is_float};
+use shears_io::{Model, TensorInfo, is_float};
 use shears_strategies::TensorRole;
 
-/// The decision for one tensor of a model.
-#[derive(Debug, Clone)]
-pub(crate) struct Choice {
+/// The decision for one tensor of a model, borrowing its name and entry from the model.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Choice<'a> {
     /// The shard that holds it.
     pub(crate) shard: usize,
-    pub(crate) name: String,
+    pub(crate) name: &'a str,
+    pub(crate) info: &'a TensorInfo,
     pub(crate) role: TensorRole,
     /// Stored `(in, out)`: patterns run along its transpose.
     pub(crate) transposed: bool,
     pub(crate) chosen: bool,
-    /// Why it is, or is not, chosen.
-    pub(crate) why: String,
+    pub(crate) why: Why,
+}
+
+/// Why a tensor is, or is not, chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// Its role decides: pruned by default, or never prunable.
+    Role,
+    Excluded,
+    Included,
+    NotIncluded,
+    All,
+    NotByDefault,
+}
+
+impl Choice<'_> {
+    /// Why it is, or is not, chosen, in words.
+    pub(crate) fn why(&self) -> String {
+        let role = self.role;
+        match self.why {
+            Why::Role => role.describe().to_owned(),
+            Why::Excluded => format!("{role}, excluded by --exclude"),
+            Why::Included => format!("{role}, chosen by --include"),
+            Why::NotIncluded => format!("{role}, not matched by --include"),
+            Why::All => format!("{role}, chosen by --all"),
+            Why::NotByDefault => {
+                format!("{role}: not pruned by default (--all or --include prunes it)")
+            }
+        }
+    }
 }
 
 /// The command line's say in the choice.
@@ -55,7 +84,7 @@ impl Filters {
 
     /// Every tensor of `model` with its decision. Errors: a regex that matches no tensor,
     /// an `--include` that names a tensor that cannot be pruned, and a choice of nothing.
-    pub(crate) fn choose(&self, model: &Model) -> Result<Vec<Choice>> {
+    pub(crate) fn choose<'a>(&self, model: &'a Model) -> Result<Vec<Choice<'a>>> {
         for (flag, patterns) in [
             ("--include", &self.include),
             ("--exclude", &self.exclude),
@@ -90,25 +119,22 @@ impl Filters {
                         t.info.shape
                     );
                 }
-                (false, role.describe().to_owned())
+                (false, Why::Role)
             } else if matches(&self.exclude, t.name) {
-                (false, format!("{role}, excluded by --exclude"))
+                (false, Why::Excluded)
             } else if !self.include.is_empty() {
-                if included {
-                    (true, format!("{role}, chosen by --include"))
-                } else {
-                    (false, format!("{role}, not matched by --include"))
-                }
+                if included { (true, Why::Included) } else { (false, Why::NotIncluded) }
             } else if role.pruned_by_default() {
-                (true, role.describe().to_owned())
+                (true, Why::Role)
             } else if self.all {
-                (true, format!("{role}, chosen by --all"))
+                (true, Why::All)
             } else {
-                (false, format!("{role}: not pruned by default (--all or --include prunes it)"))
+                (false, Why::NotByDefault)
             };
             choices.push(Choice {
                 shard: t.shard,
-                name: t.name.to_owned(),
+                name: t.name,
+                info: t.info,
                 role,
                 transposed,
                 chosen,

@@ -1,14 +1,15 @@
 //! Writing safetensors files tensor by tensor, atomically, in bounded memory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use nalgebra::DMatrix;
 use rayon::prelude::*;
 use safetensors::Dtype;
-use safetensors::tensor::{Metadata, TensorInfo};
+use safetensors::tensor::TensorInfo;
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use crate::atomic::{PendingFile, commit_all};
 use crate::checkpoint::CHUNK_BYTES;
@@ -52,7 +53,7 @@ pub fn layout(
 pub fn write_safetensors<E: From<Error>>(
     out: &Path,
     tensors: &[(String, TensorInfo)],
-    metadata: Option<HashMap<String, String>>,
+    metadata: Option<&HashMap<String, String>>,
     produce: impl FnMut(&str, &mut dyn Write) -> Result<(), E>,
 ) -> Result<(), E> {
     let staged = stage_safetensors(out, tensors, metadata, produce)?;
@@ -77,7 +78,7 @@ pub fn write_safetensors<E: From<Error>>(
 pub fn stage_safetensors<E: From<Error>>(
     out: &Path,
     tensors: &[(String, TensorInfo)],
-    metadata: Option<HashMap<String, String>>,
+    metadata: Option<&HashMap<String, String>>,
     mut produce: impl FnMut(&str, &mut dyn Write) -> Result<(), E>,
 ) -> Result<(PendingFile, File), E> {
     let mut writer = TensorWriter::create(out, tensors, metadata)?;
@@ -90,41 +91,54 @@ pub fn stage_safetensors<E: From<Error>>(
 /// A safetensors file being written tensor by tensor, in the order of its header, to a
 /// temporary beside its target: [`stage_safetensors`] as an object, for a caller that
 /// writes several files in one pass (a checkpoint and its masks, say).
-pub struct TensorWriter {
+///
+/// It borrows its entries rather than copying them: a checkpoint may have a million
+/// tensors, and its header is then the largest thing in memory.
+pub struct TensorWriter<'a> {
     out: PathBuf,
     pending: PendingFile,
     writer: WriteBehind,
-    /// Each tensor's name and byte count, in order.
-    entries: Vec<(String, usize)>,
+    /// The header's entries, in the order their bytes are written.
+    tensors: &'a [(String, TensorInfo)],
     next: usize,
 }
 
-impl TensorWriter {
+impl<'a> TensorWriter<'a> {
     /// Starts the file: checks the entries, creates the temporary, writes the header.
     ///
+    /// The header is the safetensors JSON: `__metadata__` first (its keys sorted, so the
+    /// same inputs give the same bytes), then the tensors in the order given, padded with
+    /// spaces to a multiple of 8 bytes.
+    ///
     /// # Errors
-    /// [`Error::Layout`] for entries that make no header; the errors of
+    /// [`Error::Layout`] for entries that make no header (a repeated or reserved name,
+    /// data offsets that do not follow one another from 0); the errors of
     /// [`PendingFile::create`]; [`Error::Io`] for a failed write.
     pub fn create(
         out: &Path,
-        tensors: &[(String, TensorInfo)],
-        metadata: Option<HashMap<String, String>>,
-    ) -> Result<TensorWriter> {
-        let header = Metadata::new(metadata, tensors.to_vec())
+        tensors: &'a [(String, TensorInfo)],
+        metadata: Option<&HashMap<String, String>>,
+    ) -> Result<TensorWriter<'a>> {
+        check_entries(tensors)?;
+        let json = HeaderJson { tensors, metadata: metadata.map(|m| m.iter().collect()) };
+        let mut counted = Counted { inner: &mut std::io::sink(), bytes: 0 };
+        serde_json::to_writer(&mut counted, &json)
             .map_err(|e| Error::Layout { reason: e.to_string() })?;
-        let mut header =
-            serde_json::to_vec(&header).map_err(|e| Error::Layout { reason: e.to_string() })?;
-        header.resize(header.len().next_multiple_of(8), b' ');
+        let padded = counted.bytes.next_multiple_of(8);
         let (pending, file) = PendingFile::create(out)?;
         let io = |e| Error::io("write", out, e);
         let mut writer = WriteBehind::new(file).map_err(io)?;
-        writer.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
-        writer.write_all(&header).map_err(io)?;
-        let entries = tensors
-            .iter()
-            .map(|(name, info)| (name.clone(), info.data_offsets.1 - info.data_offsets.0))
-            .collect();
-        Ok(TensorWriter { out: out.to_owned(), pending, writer, entries, next: 0 })
+        {
+            let mut header = BufWriter::with_capacity(1 << 16, &mut writer);
+            header.write_all(&(padded as u64).to_le_bytes()).map_err(io)?;
+            serde_json::to_writer(&mut header, &json).map_err(|e| match e.io_error_kind() {
+                Some(kind) => Error::io("write", out, kind.into()),
+                None => Error::Layout { reason: e.to_string() },
+            })?;
+            header.write_all(&b"        "[..padded - counted.bytes]).map_err(io)?;
+            header.flush().map_err(io)?;
+        }
+        Ok(TensorWriter { out: out.to_owned(), pending, writer, tensors, next: 0 })
     }
 
     /// The target this file will be committed to.
@@ -143,7 +157,7 @@ impl TensorWriter {
         name: &str,
         produce: impl FnOnce(&mut dyn Write) -> Result<(), E>,
     ) -> Result<(), E> {
-        let Some((expected, declared)) = self.entries.get(self.next).cloned() else {
+        let Some((expected, info)) = self.tensors.get(self.next) else {
             return Err(
                 Error::Layout { reason: format!("tensor `{name}` is not in the header") }.into()
             );
@@ -156,6 +170,7 @@ impl TensorWriter {
         }
         let mut counted = Counted { inner: &mut self.writer, bytes: 0 };
         produce(&mut counted)?;
+        let declared = info.data_offsets.1 - info.data_offsets.0;
         if counted.bytes != declared {
             return Err(Error::WrittenLength {
                 tensor: name.to_owned(),
@@ -174,12 +189,57 @@ impl TensorWriter {
     /// [`Error::Layout`] if tensors of the header were not written; [`Error::Io`] for
     /// the first failed write.
     pub fn finish(self) -> Result<(PendingFile, File)> {
-        if let Some((missing, _)) = self.entries.get(self.next) {
+        if let Some((missing, _)) = self.tensors.get(self.next) {
             return Err(Error::Layout { reason: format!("tensor `{missing}` was not written") });
         }
         let file = self.writer.finish().map_err(|e| Error::io("write", &self.out, e))?;
         Ok((self.pending, file))
     }
+}
+
+/// The header's JSON object, serialized straight to the file.
+struct HeaderJson<'a> {
+    tensors: &'a [(String, TensorInfo)],
+    metadata: Option<BTreeMap<&'a String, &'a String>>,
+}
+
+impl Serialize for HeaderJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        if let Some(metadata) = &self.metadata {
+            map.serialize_entry("__metadata__", metadata)?;
+        }
+        for (name, info) in self.tensors {
+            map.serialize_entry(name, info)?;
+        }
+        map.end()
+    }
+}
+
+/// Names unique and not `__metadata__`, and the data offsets contiguous from 0: the
+/// entries of a file that readers accept.
+fn check_entries(tensors: &[(String, TensorInfo)]) -> Result<()> {
+    let mut end = 0;
+    for (name, info) in tensors {
+        let (start, stop) = info.data_offsets;
+        if start != end || stop < start {
+            return Err(Error::Layout {
+                reason: format!(
+                    "tensor `{name}` has data offsets [{start}, {stop}] where {end} comes next"
+                ),
+            });
+        }
+        if name == "__metadata__" {
+            return Err(Error::Layout { reason: "a tensor is named `__metadata__`".into() });
+        }
+        end = stop;
+    }
+    let mut names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    if let Some(pair) = names.windows(2).find(|p| p[0] == p[1]) {
+        return Err(Error::Layout { reason: format!("tensor `{}` appears twice", pair[0]) });
+    }
+    Ok(())
 }
 
 /// A writer that counts the bytes passed through it.

@@ -153,6 +153,68 @@ fn the_writer_checks_what_each_tensor_takes_and_leaves_nothing_on_failure() {
     assert_eq!(ckpt.names().collect::<Vec<_>>(), ["a", "b"]);
 }
 
+/// The writer's bytes are the `safetensors` crate's own for the same tensors: the
+/// header is written by shears (to stream a million entries without copying them), so
+/// it is held to the reference serializer.
+#[test]
+fn the_writer_writes_the_bytes_the_safetensors_crate_writes() {
+    use safetensors::tensor::TensorView;
+    let dir = tempfile::tempdir().unwrap();
+    // In the order the crate lays tensors out (widest dtype first, then by name), so
+    // both files hold the same entries in the same order.
+    let shapes: [(&str, Dtype, Vec<usize>); 4] = [
+        ("ids \"quoted\" é", Dtype::I64, vec![1, 2]),
+        ("scalar", Dtype::F64, vec![]),
+        ("layer.0.weight", Dtype::F32, vec![3, 2]),
+        ("layer.0.bias", Dtype::BF16, vec![3]),
+    ];
+    let tensors = layout(shapes.iter().map(|(n, d, s)| (n.to_string(), *d, s.clone()))).unwrap();
+    let data: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, info)| {
+            let len = info.data_offsets.1 - info.data_offsets.0;
+            (0..len).map(|i| (i * 7 + len) as u8).collect()
+        })
+        .collect();
+    for metadata in [None, Some([("format".to_string(), "pt".to_string())].into())] {
+        let out = dir.path().join("o.safetensors");
+        write_safetensors(&out, &tensors, metadata.as_ref(), |name, w| -> Result<(), Error> {
+            let k = tensors.iter().position(|(n, _)| n == name).unwrap();
+            w.write_all(&data[k]).unwrap();
+            Ok(())
+        })
+        .unwrap();
+        let views: Vec<(String, TensorView)> = tensors
+            .iter()
+            .zip(&data)
+            .map(|((n, info), d)| {
+                (n.clone(), TensorView::new(info.dtype, info.shape.clone(), d).unwrap())
+            })
+            .collect();
+        let reference = safetensors::serialize(views, metadata.clone()).unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), reference);
+    }
+}
+
+#[test]
+fn the_writer_refuses_entries_that_make_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.safetensors");
+    let mut twice =
+        layout([("a".into(), Dtype::F32, vec![2]), ("a".into(), Dtype::F32, vec![1])]).unwrap();
+    let nothing = |_: &str, _: &mut dyn std::io::Write| -> Result<(), Error> { Ok(()) };
+    let err = write_safetensors(&out, &twice, None, nothing).unwrap_err();
+    assert!(err.to_string().contains("`a` appears twice"), "{err}");
+    twice[1].0 = "__metadata__".into();
+    let err = write_safetensors(&out, &twice, None, nothing).unwrap_err();
+    assert!(err.to_string().contains("__metadata__"), "{err}");
+    twice[1].0 = "b".into();
+    twice[1].1.data_offsets = (12, 16);
+    let err = write_safetensors(&out, &twice, None, nothing).unwrap_err();
+    assert!(err.to_string().contains("[12, 16] where 8 comes next"), "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
+}
+
 proptest! {
     /// Any bytes either open as a checkpoint whose every tensor reads back within the
     /// file, or give an error; nothing panics or allocates past the file.

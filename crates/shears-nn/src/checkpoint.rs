@@ -52,7 +52,7 @@ pub fn save<T: Float>(mlp: &Mlp<T>, masks: &Masks, path: impl AsRef<Path>) -> Re
         ("producer".to_string(), "shears".to_string()),
     ]);
     let mut contents = tensors.iter().map(|(_, _, _, saved)| saved);
-    write_safetensors(path, &entries, Some(metadata), |_, out| -> Result<()> {
+    write_safetensors(path, &entries, Some(&metadata), |_, out| -> Result<()> {
         let written = match contents.next() {
             Some(Saved::Matrix(m)) => write_matrix(m, dtype_of::<T>(), out),
             Some(Saved::Vector(v)) => write_values(v.as_slice(), dtype_of::<T>(), out),
