@@ -84,6 +84,28 @@ impl Outputs {
             .map(PathBuf::as_path)
     }
 
+    /// Temporaries that killed runs left in the folders written to, with their sizes: a
+    /// run removes those of its own outputs, and names the others rather than let them
+    /// fill a disk unnoticed.
+    pub(crate) fn leftovers(&self) -> Vec<(PathBuf, u64)> {
+        let mut dirs: Vec<PathBuf> = self
+            .written()
+            .map(|p| match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+                _ => PathBuf::from("."),
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs.iter()
+            .flat_map(|d| shears_io::leftovers(d))
+            .map(|l| {
+                let size = std::fs::symlink_metadata(&l.path).map_or(0, |m| m.len());
+                (l.path, size)
+            })
+            .collect()
+    }
+
     /// Every path read besides the shards (the files copied).
     pub(crate) fn copied(&self) -> impl Iterator<Item = &Path> {
         self.copies.iter().map(|(s, _)| s.as_path())

@@ -23,7 +23,7 @@ use shears_strategies::{Magnitude, Pattern, Pruner};
 pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz/corpus/NAME` and `fuzz_targets/NAME.rs` call them.
-pub const TARGETS: [(&str, Target); 9] = [
+pub const TARGETS: [(&str, Target); 10] = [
     ("checkpoint", checkpoint),
     ("mask", mask),
     ("mask_set", mask_set),
@@ -33,6 +33,7 @@ pub const TARGETS: [(&str, Target); 9] = [
     ("block_sparse", block_sparse),
     ("cli_args", cli_args),
     ("pattern_fit", pattern_fit),
+    ("paths", paths),
 ];
 
 /// Largest matrix (in elements) whose dense form the checks build; larger ones are
@@ -293,4 +294,81 @@ pub fn pattern_fit(data: &[u8]) {
     if let Pattern::NM(p) = pattern {
         assert!(p.first_violation(&mask).is_none());
     }
+}
+
+/// The names a [`paths`] input picks from, each with the file it reaches in the tree
+/// [`paths`] builds: regular files 0-3, `d/g` (4), the directory `d` (5), and two names
+/// that do not exist (6, 7; a path that does not exist yet is one file with itself).
+const PATH_NAMES: [(&str, u8); 11] = [
+    ("f0", 0),
+    ("f1", 1),
+    ("f2", 2),
+    ("f3", 3),
+    ("h", u8::MAX), // a hard link to the file the input's first byte names
+    ("s", u8::MAX), // a symbolic link to that file
+    ("d/g", 4),
+    ("l/g", 4), // `l` is a symbolic link to `d`
+    ("d", 5),
+    ("new0", 6),
+    ("new1", 7),
+];
+
+/// Ways of spelling a name that reach the same place.
+const SPELLINGS: [&str; 4] = ["", "./", "d/../", "l/../"];
+
+/// The path checks every command runs before it writes: `check_distinct` refuses
+/// exactly the lists where one file is written and also read or written under another
+/// role (through any spelling, hard link or symbolic link), and `check_output` refuses
+/// exactly symbolic links and directories. The oracle is the tree's own record of which
+/// name reaches which file, not the file system.
+///
+/// Input: the first byte picks the file the hard and symbolic links reach; then each
+/// byte is one path (its low nibble the name, the next two bits the spelling, the top
+/// bit whether it is written), up to six.
+pub fn paths(data: &[u8]) {
+    let [link_target, picks @ ..] = data else { return };
+    let target = link_target % 4;
+    let dir = std::env::temp_dir().join(format!(
+        "shears-fuzz-paths-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("d")).expect("temporary directory");
+    for k in 0..4 {
+        std::fs::write(dir.join(format!("f{k}")), [k]).expect("file");
+    }
+    std::fs::write(dir.join("d/g"), b"g").expect("file");
+    let reached = |k: u8| format!("f{k}");
+    std::fs::hard_link(dir.join(reached(target)), dir.join("h")).expect("hard link");
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(reached(target), dir.join("s")).expect("symlink");
+        std::os::unix::fs::symlink("d", dir.join("l")).expect("symlink");
+    }
+    let chosen: Vec<(std::path::PathBuf, u8, bool, &str)> = picks
+        .iter()
+        .take(6)
+        .map(|&b| {
+            let (name, file) = PATH_NAMES[usize::from(b & 0x0f) % PATH_NAMES.len()];
+            let spelling = SPELLINGS[usize::from((b >> 4) & 0x03)];
+            let file = if file == u8::MAX { target } else { file };
+            (dir.join(format!("{spelling}{name}")), file, b & 0x80 != 0, name)
+        })
+        .collect();
+    let roles = ["a", "b", "c", "d", "e", "f"];
+    let list: Vec<(&'static str, &std::path::Path, bool)> =
+        chosen.iter().zip(roles).map(|((p, _, w, _), r)| (r, p.as_path(), *w)).collect();
+    let clash = chosen.iter().enumerate().any(|(i, (_, fi, wi, _))| {
+        chosen[i + 1..].iter().any(|(_, fj, wj, _)| fi == fj && (*wi || *wj))
+    });
+    let distinct = shears_io::paths::check_distinct(&list);
+    assert_eq!(distinct.is_err(), clash, "check_distinct on {list:?}: {distinct:?}");
+    #[cfg(unix)]
+    for (path, _, _, name) in &chosen {
+        let refused = matches!(*name, "s" | "d");
+        let checked = shears_io::paths::check_output(path);
+        assert_eq!(checked.is_err(), refused, "check_output({}): {checked:?}", path.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
