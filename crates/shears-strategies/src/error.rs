@@ -48,6 +48,38 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A method's setting out of its range.
+    #[error("invalid {what}: {value}")]
+    InvalidSetting {
+        /// The setting.
+        what: &'static str,
+        /// The rejected value.
+        value: f64,
+    },
+    /// A method that does not prune in the given pattern.
+    #[error("{method} prunes unstructured or N:M, not {pattern}")]
+    UnsupportedPattern {
+        /// The method.
+        method: &'static str,
+        /// The pattern asked for.
+        pattern: String,
+    },
+    /// A method that needs calibration statistics the layer lacks.
+    #[error("layer `{tensor}` has no {what}")]
+    MissingCalibration {
+        /// The layer.
+        tensor: String,
+        /// What is missing.
+        what: &'static str,
+    },
+    /// A Hessian that does not factor even after dampening (its inputs are degenerate).
+    #[error(
+        "layer `{tensor}`: the dampened Hessian of its inputs is not positive definite (more calibration text or more dampening may help)"
+    )]
+    NotPositiveDefinite {
+        /// The layer.
+        tensor: String,
+    },
     /// No layer of the model is left to prune after include/exclude filters.
     #[error(
         "no layer to prune: the model has {available} prunable layers and the filters excluded all of them"

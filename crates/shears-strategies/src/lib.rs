@@ -17,6 +17,10 @@
 //! [`TensorRole`] tells, from a checkpoint tensor's name, which are the linear and
 //! convolution weights practitioners prune, and which are embeddings, heads and others.
 //!
+//! Methods that prune by what a layer sees take [`InputStats`] from a calibration pass:
+//! [`Wanda`] its activation norms, [`SparseGpt`] the Gram matrix of its inputs, from
+//! which it prunes and updates the kept weights to reconstruct the layer's output.
+//!
 //! Around them: [`ModelPruner`] prunes any [`Prunable`] model layer by layer or with one
 //! global threshold ([`Scope`]); [`Schedule`] says which sparsity to reach when
 //! (one-shot, geometric rounds, polynomial decay).
@@ -46,6 +50,7 @@
 
 #![forbid(unsafe_code)]
 
+mod calibration;
 mod criteria;
 mod criterion;
 mod error;
@@ -55,7 +60,9 @@ mod pattern;
 mod roles;
 mod schedule;
 mod scope;
+mod sparsegpt;
 
+pub use calibration::InputStats;
 pub use criteria::{Gradient, Magnitude, Random, TaylorAccumulator, UserScores, Wanda};
 pub use criterion::Criterion;
 pub use error::{Error, Result};
@@ -69,3 +76,4 @@ pub use shears_core::{
     BlockShape, Granularity, LayerContext, Mask, Masks, NmPattern, Prunable, PruningStrategy,
     Reduction, Rounding, Sparsity, WeightShape,
 };
+pub use sparsegpt::{Reconstruction, SparseGpt};

@@ -1,0 +1,484 @@
+//! [`BertModel`]: a BERT-family encoder on nalgebra, loaded from a Hugging Face folder,
+//! and [`SentenceTransformer`]: the encoder with its tokenizer and pooling.
+
+use std::path::{Path, PathBuf};
+
+use nalgebra::{DMatrix, DVector};
+use rayon::prelude::*;
+use shears_io::Model;
+
+use crate::attention::self_attention;
+use crate::config::{Activation, BertConfig, Pooling, SentenceConfig};
+use crate::error::{Error, Result};
+use crate::linear::Linear;
+use crate::math::{Elementwise, apply, layer_norm};
+use crate::tokenize::{Batch, TextEncoder};
+
+/// Tokens run through the encoder at once when embedding many texts: bounds the memory
+/// of the activations (`intermediate_size` values per token) whatever the input's size.
+pub const TOKENS_PER_PASS: usize = 8192;
+
+/// Where a linear layer's input comes from: what a calibration pass observes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Site {
+    /// The layer's input, which the query, key and value projections share.
+    Attention,
+    /// The attention's context, the input of its output projection.
+    AttentionOutput,
+    /// The attention block's output, the input of the feed-forward's first projection.
+    Intermediate,
+    /// The activations of the feed-forward, the input of its second projection.
+    Output,
+}
+
+/// A layer norm's scale, shift and epsilon.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    eps: f64,
+}
+
+impl LayerNorm {
+    /// Normalises every column (token) of `x` in place.
+    fn apply(&self, x: &mut DMatrix<f32>) {
+        let hidden = x.nrows();
+        if hidden == 0 {
+            return;
+        }
+        x.as_mut_slice()
+            .par_chunks_mut(hidden)
+            .for_each(|token| layer_norm(token, &self.gamma, &self.beta, self.eps));
+    }
+}
+
+/// One encoder layer: self-attention, then the feed-forward block, each with a residual
+/// connection and a layer norm after it (BERT's post-norm).
+#[derive(Debug, Clone)]
+pub struct EncoderLayer {
+    /// The query projection.
+    pub query: Linear,
+    /// The key projection.
+    pub key: Linear,
+    /// The value projection.
+    pub value: Linear,
+    /// The attention's output projection.
+    pub attention_output: Linear,
+    attention_norm: LayerNorm,
+    /// The feed-forward's first projection (`hidden -> intermediate`).
+    pub intermediate: Linear,
+    /// The feed-forward's second projection (`intermediate -> hidden`).
+    pub output: Linear,
+    output_norm: LayerNorm,
+}
+
+impl EncoderLayer {
+    /// The six linear layers with the site of their input, in the order they run.
+    pub fn linears(&self) -> [(Site, &Linear); 6] {
+        [
+            (Site::Attention, &self.query),
+            (Site::Attention, &self.key),
+            (Site::Attention, &self.value),
+            (Site::AttentionOutput, &self.attention_output),
+            (Site::Intermediate, &self.intermediate),
+            (Site::Output, &self.output),
+        ]
+    }
+
+    /// The six linear layers, mutably, with their sites.
+    pub fn linears_mut(&mut self) -> [(Site, &mut Linear); 6] {
+        [
+            (Site::Attention, &mut self.query),
+            (Site::Attention, &mut self.key),
+            (Site::Attention, &mut self.value),
+            (Site::AttentionOutput, &mut self.attention_output),
+            (Site::Intermediate, &mut self.intermediate),
+            (Site::Output, &mut self.output),
+        ]
+    }
+
+    /// The layer's output for the packed sentences `x` (`lengths` tokens each), calling
+    /// `observe` with the input of each linear layer before it runs (once for the query,
+    /// key and value, which share theirs).
+    ///
+    /// # Errors
+    /// Whatever `observe` returns; a shape error if `x` is not `hidden x tokens`.
+    pub fn forward(
+        &self,
+        x: &DMatrix<f32>,
+        lengths: &[usize],
+        heads: usize,
+        activation: Activation,
+        observe: &mut dyn FnMut(Site, &DMatrix<f32>) -> Result<()>,
+    ) -> Result<DMatrix<f32>> {
+        observe(Site::Attention, x)?;
+        let (q, k, v) = (self.query.forward(x)?, self.key.forward(x)?, self.value.forward(x)?);
+        let context = self_attention(&q, &k, &v, heads, lengths);
+        drop((q, k, v));
+        observe(Site::AttentionOutput, &context)?;
+        let mut attended = self.attention_output.forward(&context)?;
+        attended += x;
+        self.attention_norm.apply(&mut attended);
+        observe(Site::Intermediate, &attended)?;
+        let mut hidden = self.intermediate.forward(&attended)?;
+        let f = match activation {
+            Activation::Gelu => Elementwise::Gelu,
+            Activation::GeluTanh => Elementwise::GeluTanh,
+            Activation::Relu => Elementwise::Relu,
+        };
+        hidden.as_mut_slice().par_chunks_mut(1 << 14).for_each(|chunk| apply(f, chunk));
+        observe(Site::Output, &hidden)?;
+        let mut out = self.output.forward(&hidden)?;
+        out += &attended;
+        self.output_norm.apply(&mut out);
+        Ok(out)
+    }
+}
+
+/// The embeddings: word, position and token type, summed and normalised.
+#[derive(Debug, Clone)]
+struct Embeddings {
+    /// `hidden x vocab`: each token's vector is a column.
+    word: DMatrix<f32>,
+    position: DMatrix<f32>,
+    token_type: DMatrix<f32>,
+    norm: LayerNorm,
+}
+
+/// A BERT-family encoder: embeddings and `num_hidden_layers` encoder layers, in f32
+/// (f16 and bf16 weights are widened on load).
+#[derive(Debug, Clone)]
+pub struct BertModel {
+    config: BertConfig,
+    path: PathBuf,
+    /// What the tensor names start with (`""`, or `"bert."` for a model with a head).
+    prefix: String,
+    embeddings: Embeddings,
+    layers: Vec<EncoderLayer>,
+}
+
+impl BertModel {
+    /// Loads the encoder of the Hugging Face folder `folder`: `config.json`, and the
+    /// weights of `model.safetensors` or of the shards its index lists.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a configuration shears cannot run; [`Error::Weight`] for a
+    /// missing tensor, one of the wrong shape, or one holding NaN or infinity;
+    /// [`Error::Io`] for unreadable weights.
+    pub fn load(folder: &Path) -> Result<BertModel> {
+        let config = BertConfig::from_file(&folder.join("config.json"))?;
+        let model = Model::open(folder)?;
+        Self::from_weights(config, &model)
+    }
+
+    /// Builds the encoder from `config` and the weights of `model`.
+    ///
+    /// # Errors
+    /// As [`BertModel::load`].
+    pub fn from_weights(config: BertConfig, model: &Model) -> Result<BertModel> {
+        let prefix = ["", "bert."]
+            .into_iter()
+            .find(|p| model.find(&format!("{p}embeddings.word_embeddings.weight")).is_some())
+            .ok_or_else(|| Error::Weight {
+                path: model.path().to_owned(),
+                tensor: "embeddings.word_embeddings.weight".into(),
+                reason: "missing: this is not a BERT checkpoint".into(),
+            })?;
+        let weights = Weights { model, prefix };
+        let h = config.hidden_size;
+        let norm = |name: &str| -> Result<LayerNorm> {
+            Ok(LayerNorm {
+                gamma: weights.vector(&format!("{name}.weight"), h)?,
+                beta: weights.vector(&format!("{name}.bias"), h)?,
+                eps: config.layer_norm_eps,
+            })
+        };
+        let embeddings = Embeddings {
+            word: weights
+                .matrix("embeddings.word_embeddings.weight", (config.vocab_size, h))?
+                .transpose(),
+            position: weights
+                .matrix(
+                    "embeddings.position_embeddings.weight",
+                    (config.max_position_embeddings, h),
+                )?
+                .transpose(),
+            token_type: weights
+                .matrix("embeddings.token_type_embeddings.weight", (config.type_vocab_size, h))?
+                .transpose(),
+            norm: norm("embeddings.LayerNorm")?,
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for l in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{l}");
+            let linear =
+                |name: &str, shape: (usize, usize)| weights.linear(&format!("{p}.{name}"), shape);
+            let i = config.intermediate_size;
+            layers.push(EncoderLayer {
+                query: linear("attention.self.query", (h, h))?,
+                key: linear("attention.self.key", (h, h))?,
+                value: linear("attention.self.value", (h, h))?,
+                attention_output: linear("attention.output.dense", (h, h))?,
+                attention_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
+                intermediate: linear("intermediate.dense", (i, h))?,
+                output: linear("output.dense", (h, i))?,
+                output_norm: norm(&format!("{p}.output.LayerNorm"))?,
+            });
+        }
+        Ok(BertModel {
+            config,
+            path: model.path().to_owned(),
+            prefix: prefix.to_owned(),
+            embeddings,
+            layers,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    /// Where the weights were loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The encoder layers.
+    pub fn layers(&self) -> &[EncoderLayer] {
+        &self.layers
+    }
+
+    /// The encoder layers, mutably (to prune or re-format their linear layers).
+    pub fn layers_mut(&mut self) -> &mut [EncoderLayer] {
+        &mut self.layers
+    }
+
+    /// Every linear layer of the encoder, layer by layer.
+    pub fn linears(&self) -> impl Iterator<Item = &Linear> {
+        self.layers.iter().flat_map(|l| l.linears().map(|(_, linear)| linear))
+    }
+
+    /// The tensor-name prefix of the checkpoint (`""` or `"bert."`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The embeddings' output for `batch`: one column per token.
+    ///
+    /// # Errors
+    /// [`Error::Argument`] for a token id outside the vocabulary, a type id outside the
+    /// token types, or a sentence longer than the position embeddings.
+    pub fn embed_tokens(&self, batch: &Batch) -> Result<DMatrix<f32>> {
+        let e = &self.embeddings;
+        let (vocab, types, positions) = (e.word.ncols(), e.token_type.ncols(), e.position.ncols());
+        if let Some(&id) = batch.ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::Argument(format!(
+                "token id {id} is outside the vocabulary of {vocab}"
+            )));
+        }
+        if let Some(&t) = batch.type_ids.iter().find(|&&t| t as usize >= types) {
+            return Err(Error::Argument(format!(
+                "token type {t} is outside the {types} token types"
+            )));
+        }
+        if let Some(&len) = batch.lengths.iter().find(|&&len| len > positions) {
+            return Err(Error::Argument(format!(
+                "a sentence of {len} tokens is longer than the {positions} position embeddings"
+            )));
+        }
+        let hidden = self.config.hidden_size;
+        let mut x = DMatrix::<f32>::zeros(hidden, batch.tokens());
+        let mut t = 0;
+        for range in batch.ranges() {
+            for (p, token) in range.enumerate() {
+                let (id, ty) = (batch.ids[token] as usize, batch.type_ids[token] as usize);
+                let mut column = x.column_mut(t);
+                column.copy_from(&e.word.column(id));
+                column += e.position.column(p);
+                column += e.token_type.column(ty);
+                t += 1;
+            }
+        }
+        e.norm.apply(&mut x);
+        Ok(x)
+    }
+
+    /// The last hidden states of `batch`: one column per token.
+    ///
+    /// # Errors
+    /// As [`BertModel::embed_tokens`].
+    pub fn forward(&self, batch: &Batch) -> Result<DMatrix<f32>> {
+        let mut x = self.embed_tokens(batch)?;
+        for layer in &self.layers {
+            x = self.run_layer(layer, &x, &batch.lengths, &mut |_, _| Ok(()))?;
+        }
+        Ok(x)
+    }
+
+    /// Runs `layer` (one of this model's) on `x`, observing its linear layers' inputs.
+    ///
+    /// # Errors
+    /// As [`EncoderLayer::forward`].
+    pub fn run_layer(
+        &self,
+        layer: &EncoderLayer,
+        x: &DMatrix<f32>,
+        lengths: &[usize],
+        observe: &mut dyn FnMut(Site, &DMatrix<f32>) -> Result<()>,
+    ) -> Result<DMatrix<f32>> {
+        layer.forward(x, lengths, self.config.num_attention_heads, self.config.hidden_act, observe)
+    }
+}
+
+/// Reads a model's tensors by name, with the checkpoint's prefix, checking shapes.
+struct Weights<'a> {
+    model: &'a Model,
+    prefix: &'a str,
+}
+
+impl Weights<'_> {
+    fn error(&self, tensor: &str, reason: String) -> Error {
+        Error::Weight { path: self.model.path().to_owned(), tensor: tensor.to_owned(), reason }
+    }
+
+    fn read(&self, name: &str, shape: &[usize]) -> Result<(String, Vec<f32>)> {
+        let full = format!("{}{name}", self.prefix);
+        let found = self.model.find(&full).ok_or_else(|| self.error(&full, "missing".into()))?;
+        if found.info.shape != shape {
+            return Err(self.error(
+                &full,
+                format!("has shape {:?}, the config asks for {shape:?}", found.info.shape),
+            ));
+        }
+        let values = self.model.shards()[found.shard]
+            .read_values::<f32>(&full)
+            .map_err(|e| self.error(&full, e.to_string()))?;
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(
+                self.error(&full, format!("value {} at index {i} is not finite", values[i]))
+            );
+        }
+        Ok((full, values))
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        Ok(self.read(name, &[len])?.1)
+    }
+
+    /// A `(rows, cols)` tensor, row-major in the file, as a matrix.
+    fn matrix(&self, name: &str, (rows, cols): (usize, usize)) -> Result<DMatrix<f32>> {
+        let values = self.read(name, &[rows, cols])?.1;
+        Ok(DMatrix::from_row_slice(rows, cols, &values))
+    }
+
+    fn linear(&self, name: &str, shape: (usize, usize)) -> Result<Linear> {
+        let weight = self.matrix(&format!("{name}.weight"), shape)?;
+        let bias = DVector::from_vec(self.vector(&format!("{name}.bias"), shape.0)?);
+        Linear::new(format!("{}{name}.weight", self.prefix), weight, bias)
+    }
+}
+
+/// A sentence-embedding model: a [`BertModel`], its tokenizer and its pooling, as
+/// sentence-transformers runs it.
+#[derive(Debug, Clone)]
+pub struct SentenceTransformer {
+    /// The encoder.
+    pub model: BertModel,
+    /// The tokenizer.
+    pub tokenizer: TextEncoder,
+    /// Pooling and normalisation.
+    pub sentence: SentenceConfig,
+}
+
+impl SentenceTransformer {
+    /// Loads a folder: the encoder, `tokenizer.json`, and the sentence-transformers
+    /// files (mean pooling and normalisation when there are none). Texts are truncated
+    /// to `max_len` tokens, or to the folder's `max_seq_length` (else the position
+    /// embeddings' length, at most 512).
+    ///
+    /// # Errors
+    /// As [`BertModel::load`] and [`TextEncoder::from_folder`]; [`Error::Argument`] if
+    /// `max_len` passes the position embeddings.
+    pub fn load(folder: &Path, max_len: Option<usize>) -> Result<SentenceTransformer> {
+        let model = BertModel::load(folder)?;
+        let sentence = SentenceConfig::from_folder(folder)?;
+        let positions = model.config().max_position_embeddings;
+        let max_len = max_len.or(sentence.max_seq_length).unwrap_or(positions.min(512));
+        if max_len > positions {
+            return Err(Error::Argument(format!(
+                "--max-len {max_len} is longer than the model's {positions} position embeddings"
+            )));
+        }
+        let tokenizer = TextEncoder::from_folder(folder, max_len)?;
+        Ok(SentenceTransformer { model, tokenizer, sentence })
+    }
+
+    /// The embeddings of `texts`: one column per text, pooled (and normalised) as the
+    /// folder says. Texts run [`TOKENS_PER_PASS`] tokens at a time.
+    ///
+    /// # Errors
+    /// As [`TextEncoder::encode`] and [`BertModel::forward`].
+    pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<DMatrix<f32>> {
+        let batch = self.tokenizer.encode(texts)?;
+        self.embed_batch(&batch)
+    }
+
+    /// The embeddings of a tokenized batch.
+    ///
+    /// # Errors
+    /// As [`BertModel::forward`].
+    pub fn embed_batch(&self, batch: &Batch) -> Result<DMatrix<f32>> {
+        let hidden = self.model.config().hidden_size;
+        let mut out = DMatrix::<f32>::zeros(hidden, batch.sentences());
+        for chunk in batch.chunks(TOKENS_PER_PASS) {
+            let part = batch.slice(chunk.clone());
+            let states = self.model.forward(&part)?;
+            let pooled =
+                pool(&states, &part.lengths, self.sentence.pooling, self.sentence.normalize);
+            out.columns_mut(chunk.start, chunk.len()).copy_from(&pooled);
+        }
+        Ok(out)
+    }
+}
+
+/// One vector per sentence from its tokens' states.
+pub fn pool(
+    states: &DMatrix<f32>,
+    lengths: &[usize],
+    pooling: Pooling,
+    normalize: bool,
+) -> DMatrix<f32> {
+    let hidden = states.nrows();
+    let mut out = DMatrix::<f32>::zeros(hidden, lengths.len());
+    let mut start = 0;
+    for (s, &len) in lengths.iter().enumerate() {
+        let tokens = states.columns(start, len);
+        let mut v = DVector::<f64>::zeros(hidden);
+        if len > 0 {
+            match pooling {
+                Pooling::Mean => {
+                    for t in tokens.column_iter() {
+                        v += t.map(f64::from);
+                    }
+                    v /= len as f64;
+                }
+                Pooling::Cls => v = tokens.column(0).map(f64::from),
+                Pooling::Max => {
+                    v = tokens.column(0).map(f64::from);
+                    for t in tokens.column_iter() {
+                        v.zip_apply(&t.map(f64::from), |a, b| *a = a.max(b));
+                    }
+                }
+            }
+        }
+        if normalize {
+            // As torch.nn.functional.normalize: divide by max(norm, 1e-12).
+            let norm = v.norm().max(1e-12);
+            v /= norm;
+        }
+        out.column_mut(s).copy_from(&v.map(|x| x as f32));
+        start += len;
+    }
+    out
+}

@@ -1,0 +1,358 @@
+//! The configuration files of a Hugging Face BERT folder: `config.json` for the encoder,
+//! and sentence-transformers' `modules.json`, `1_Pooling/config.json` and
+//! `sentence_bert_config.json` for how token states become a sentence embedding.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+
+/// Configuration files larger than this are refused before they are read: a real one is
+/// a few KiB.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Bounds on the dimensions shears accepts, far above any BERT-family model, so a
+/// hostile `config.json` cannot size an allocation.
+const MAX_HIDDEN: usize = 1 << 16;
+const MAX_LAYERS: usize = 1 << 10;
+const MAX_VOCAB: usize = 1 << 24;
+const MAX_POSITIONS: usize = 1 << 16;
+
+/// The activation of the feed-forward block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `x * Φ(x)`, with the exact normal CDF (`"gelu"`, PyTorch's default).
+    Gelu,
+    /// The tanh approximation of GELU (`"gelu_new"`, `"gelu_pytorch_tanh"`).
+    GeluTanh,
+    /// `max(x, 0)`.
+    Relu,
+}
+
+/// The encoder's shape and numerics, from `config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BertConfig {
+    /// Tokens in the vocabulary.
+    pub vocab_size: usize,
+    /// The width of every token state.
+    pub hidden_size: usize,
+    /// Encoder layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads per layer (dividing `hidden_size`).
+    pub num_attention_heads: usize,
+    /// The width of the feed-forward block.
+    pub intermediate_size: usize,
+    /// The feed-forward activation.
+    pub hidden_act: Activation,
+    /// The longest sequence the position embeddings cover.
+    pub max_position_embeddings: usize,
+    /// Token types (segments).
+    pub type_vocab_size: usize,
+    /// The layer norms' epsilon.
+    pub layer_norm_eps: f64,
+}
+
+impl BertConfig {
+    /// Reads `config.json`.
+    ///
+    /// # Errors
+    /// [`Error::File`] if it cannot be read or is not JSON; [`Error::Config`] naming the
+    /// field for a model shears cannot run: another `model_type`, a position embedding
+    /// other than absolute, a decoder, or dimensions missing, zero or out of bounds.
+    pub fn from_file(path: &Path) -> Result<BertConfig> {
+        let json = read_json(path)?;
+        let fields = json
+            .as_object()
+            .ok_or_else(|| config_error(path, "(top level)", "is not a JSON object"))?;
+        BertConfig::from_fields(path, fields)
+    }
+
+    fn from_fields(path: &Path, f: &Map<String, Value>) -> Result<BertConfig> {
+        let err = |field: &str, reason: String| config_error(path, field, &reason);
+        match f.get("model_type").and_then(Value::as_str) {
+            Some("bert") => {}
+            Some(other) => {
+                return Err(err(
+                    "model_type",
+                    format!(
+                        "`{other}` is not supported (shears runs BERT-family encoders: `bert`)"
+                    ),
+                ));
+            }
+            None => return Err(err("model_type", "is missing".into())),
+        }
+        if let Some(kind) = f.get("position_embedding_type").and_then(Value::as_str)
+            && kind != "absolute"
+        {
+            return Err(err(
+                "position_embedding_type",
+                format!("`{kind}` is not supported (only `absolute`)"),
+            ));
+        }
+        for flag in ["is_decoder", "add_cross_attention"] {
+            if f.get(flag).and_then(Value::as_bool) == Some(true) {
+                return Err(err(flag, "is true: shears runs encoders only".into()));
+            }
+        }
+        let dim = |field: &str, max: usize| -> Result<usize> {
+            let value = f.get(field).ok_or_else(|| err(field, "is missing".into()))?;
+            match value.as_u64().and_then(|v| usize::try_from(v).ok()) {
+                Some(v) if (1..=max).contains(&v) => Ok(v),
+                _ => Err(err(field, format!("must be an integer in 1..={max}, got {value}"))),
+            }
+        };
+        let hidden_size = dim("hidden_size", MAX_HIDDEN)?;
+        let num_attention_heads = dim("num_attention_heads", MAX_HIDDEN)?;
+        if hidden_size % num_attention_heads != 0 {
+            return Err(err(
+                "num_attention_heads",
+                format!("{num_attention_heads} does not divide hidden_size {hidden_size}"),
+            ));
+        }
+        let hidden_act = match f.get("hidden_act").and_then(Value::as_str) {
+            Some("gelu") | None => Activation::Gelu,
+            Some("gelu_new" | "gelu_pytorch_tanh" | "gelu_fast") => Activation::GeluTanh,
+            Some("relu") => Activation::Relu,
+            Some(other) => {
+                return Err(err(
+                    "hidden_act",
+                    format!("`{other}` is not supported (gelu, gelu_new, gelu_pytorch_tanh, relu)"),
+                ));
+            }
+        };
+        let layer_norm_eps = match f.get("layer_norm_eps") {
+            None => 1e-12,
+            Some(v) => match v.as_f64() {
+                Some(eps) if eps.is_finite() && eps >= 0.0 => eps,
+                _ => return Err(err("layer_norm_eps", format!("must be a number >= 0, got {v}"))),
+            },
+        };
+        Ok(BertConfig {
+            vocab_size: dim("vocab_size", MAX_VOCAB)?,
+            hidden_size,
+            num_hidden_layers: dim("num_hidden_layers", MAX_LAYERS)?,
+            num_attention_heads,
+            intermediate_size: dim("intermediate_size", MAX_HIDDEN * 8)?,
+            hidden_act,
+            max_position_embeddings: dim("max_position_embeddings", MAX_POSITIONS)?,
+            type_vocab_size: match f.get("type_vocab_size") {
+                None => 2,
+                Some(_) => dim("type_vocab_size", 1 << 10)?,
+            },
+            layer_norm_eps,
+        })
+    }
+
+    /// The width of one attention head.
+    pub fn head_size(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}
+
+/// How token states become a sentence embedding (sentence-transformers' pooling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean of the sentence's token states.
+    Mean,
+    /// The state of its first token (`[CLS]`).
+    Cls,
+    /// The element-wise maximum over its tokens.
+    Max,
+}
+
+/// The sentence-transformers head of a folder: pooling, normalisation, and the longest
+/// input it embeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentenceConfig {
+    /// How token states are pooled.
+    pub pooling: Pooling,
+    /// Whether embeddings are scaled to unit length (a `Normalize` module).
+    pub normalize: bool,
+    /// Tokens per input, special tokens included; longer inputs are truncated.
+    pub max_seq_length: Option<usize>,
+}
+
+impl Default for SentenceConfig {
+    /// Mean pooling, normalised: what sentence-transformers builds for a plain BERT.
+    fn default() -> Self {
+        SentenceConfig { pooling: Pooling::Mean, normalize: true, max_seq_length: None }
+    }
+}
+
+impl SentenceConfig {
+    /// Reads the sentence-transformers files of `folder`, where there are any; a folder
+    /// without them gets the default (mean pooling, normalised).
+    ///
+    /// # Errors
+    /// [`Error::File`] for a file that cannot be read or parsed; [`Error::Config`] for a
+    /// pooling mode shears does not run (`mean_sqrt_len`, weighted, several at once).
+    pub fn from_folder(folder: &Path) -> Result<SentenceConfig> {
+        let mut config = SentenceConfig::default();
+        let modules_path = folder.join("modules.json");
+        let mut pooling_dir: Option<PathBuf> = None;
+        if modules_path.is_file() {
+            let modules = read_json(&modules_path)?;
+            let list = modules
+                .as_array()
+                .ok_or_else(|| config_error(&modules_path, "(top level)", "is not a JSON array"))?;
+            config.normalize = false;
+            for module in list {
+                let kind = module.get("type").and_then(Value::as_str).unwrap_or_default();
+                let sub = module.get("path").and_then(Value::as_str).unwrap_or_default();
+                match kind.rsplit('.').next().unwrap_or_default() {
+                    "Normalize" => config.normalize = true,
+                    "Pooling" => pooling_dir = Some(safe_join(folder, sub, &modules_path)?),
+                    "Transformer" => {}
+                    other => {
+                        return Err(config_error(
+                            &modules_path,
+                            "type",
+                            &format!(
+                                "module `{other}` is not supported (Transformer, Pooling, Normalize)"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        let pooling_path =
+            pooling_dir.unwrap_or_else(|| folder.join("1_Pooling")).join("config.json");
+        if pooling_path.is_file() {
+            config.pooling = read_pooling(&pooling_path)?;
+        }
+        let sentence_path = folder.join("sentence_bert_config.json");
+        if sentence_path.is_file() {
+            let json = read_json(&sentence_path)?;
+            if let Some(v) = json.get("max_seq_length") {
+                match v.as_u64().and_then(|v| usize::try_from(v).ok()) {
+                    Some(n) if (2..=MAX_POSITIONS).contains(&n) => config.max_seq_length = Some(n),
+                    _ => {
+                        return Err(config_error(
+                            &sentence_path,
+                            "max_seq_length",
+                            &format!("must be an integer in 2..={MAX_POSITIONS}, got {v}"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(config)
+    }
+}
+
+fn read_pooling(path: &Path) -> Result<Pooling> {
+    let json = read_json(path)?;
+    let on = |key: &str| json.get(key).and_then(Value::as_bool) == Some(true);
+    let modes: Vec<(&str, Pooling)> = [
+        ("pooling_mode_mean_tokens", Pooling::Mean),
+        ("pooling_mode_cls_token", Pooling::Cls),
+        ("pooling_mode_max_tokens", Pooling::Max),
+    ]
+    .into_iter()
+    .filter(|(k, _)| on(k))
+    .collect();
+    for unsupported in [
+        "pooling_mode_mean_sqrt_len_tokens",
+        "pooling_mode_weightedmean_tokens",
+        "pooling_mode_lasttoken",
+    ] {
+        if on(unsupported) {
+            return Err(config_error(
+                path,
+                unsupported,
+                "is not supported (mean, cls or max pooling)",
+            ));
+        }
+    }
+    match modes.as_slice() {
+        [(_, mode)] => Ok(*mode),
+        [] => Err(config_error(path, "pooling_mode_*", "no pooling mode is set")),
+        _ => Err(config_error(
+            path,
+            "pooling_mode_*",
+            "several pooling modes at once are not supported",
+        )),
+    }
+}
+
+/// `folder/sub`, refusing a `sub` that leaves the folder.
+fn safe_join(folder: &Path, sub: &str, file: &Path) -> Result<PathBuf> {
+    let relative = Path::new(sub);
+    if relative.is_absolute()
+        || relative.components().any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(config_error(file, "path", &format!("`{sub}` leaves the model folder")));
+    }
+    Ok(folder.join(relative))
+}
+
+/// Reads a small JSON file.
+pub(crate) fn read_json(path: &Path) -> Result<Value> {
+    let file_error = |reason: String| Error::File { path: path.to_owned(), reason };
+    shears_io::paths::require_regular_file(path).map_err(|e| file_error(short_reason(&e)))?;
+    let len = std::fs::metadata(path).map_err(|e| file_error(e.to_string()))?.len();
+    if len > MAX_CONFIG_BYTES {
+        return Err(file_error(format!(
+            "{len} bytes; a configuration file is at most {MAX_CONFIG_BYTES}"
+        )));
+    }
+    let text = std::fs::read(path).map_err(|e| file_error(e.to_string()))?;
+    serde_json::from_slice(&text).map_err(|e| file_error(format!("not valid JSON: {e}")))
+}
+
+/// An error's message without the path it starts with (the caller names the file).
+fn short_reason(e: &shears_io::Error) -> String {
+    match e {
+        shears_io::Error::Input { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn config_error(path: &Path, field: &str, reason: &str) -> Error {
+    Error::Config { path: path.to_owned(), field: field.to_owned(), reason: reason.to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<BertConfig> {
+        let value: Value = serde_json::from_str(json).unwrap();
+        BertConfig::from_fields(Path::new("config.json"), value.as_object().unwrap())
+    }
+
+    const MINILM: &str = r#"{"model_type": "bert", "hidden_size": 384, "num_attention_heads": 12,
+        "num_hidden_layers": 6, "intermediate_size": 1536, "vocab_size": 30522,
+        "max_position_embeddings": 512, "type_vocab_size": 2, "hidden_act": "gelu",
+        "layer_norm_eps": 1e-12, "position_embedding_type": "absolute"}"#;
+
+    #[test]
+    fn reads_a_bert_config() {
+        let c = parse(MINILM).unwrap();
+        assert_eq!((c.hidden_size, c.num_attention_heads, c.head_size()), (384, 12, 32));
+        assert_eq!(c.hidden_act, Activation::Gelu);
+    }
+
+    #[test]
+    fn unsupported_configs_name_the_field() {
+        for (edit, field) in [
+            (("\"bert\"", "\"roberta\""), "model_type"),
+            (("\"absolute\"", "\"relative_key\""), "position_embedding_type"),
+            (("\"gelu\"", "\"swish\""), "hidden_act"),
+            (("\"num_attention_heads\": 12", "\"num_attention_heads\": 7"), "num_attention_heads"),
+            (("\"hidden_size\": 384", "\"hidden_size\": 0"), "hidden_size"),
+            (("\"vocab_size\": 30522", "\"vocab_size\": 1e30"), "vocab_size"),
+            (("\"num_hidden_layers\": 6", "\"num_hidden_layers\": -1"), "num_hidden_layers"),
+            (("\"layer_norm_eps\": 1e-12", "\"layer_norm_eps\": \"x\""), "layer_norm_eps"),
+        ] {
+            let json = MINILM.replace(edit.0, edit.1);
+            let err = parse(&json).unwrap_err().to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+        let err = parse(&MINILM.replace("\"hidden_size\": 384,", "")).unwrap_err().to_string();
+        assert!(err.contains("hidden_size: is missing"), "{err}");
+        let decoder = MINILM.replace("\"bert\",", "\"bert\", \"is_decoder\": true,");
+        assert!(parse(&decoder).unwrap_err().to_string().contains("is_decoder"));
+    }
+}

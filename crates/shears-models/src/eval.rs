@@ -1,0 +1,130 @@
+//! How much of a model a pruned copy keeps: its sentence embeddings against the dense
+//! model's, one by one and as a neighbourhood.
+
+use nalgebra::DMatrix;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// The agreement of two models' embeddings of the same sentences.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Agreement {
+    /// Sentences compared.
+    pub sentences: usize,
+    /// The mean cosine between each sentence's two embeddings.
+    pub mean_cosine: f64,
+    /// The 5th percentile of those cosines (nearest rank): the worst sentences' level.
+    pub p5_cosine: f64,
+    /// The lowest cosine.
+    pub min_cosine: f64,
+    /// Neighbours compared per sentence: 10, or one fewer than the sentences if fewer.
+    pub k: usize,
+    /// The mean fraction of each sentence's `k` nearest neighbours (by cosine, among the
+    /// other sentences) that both models share.
+    pub neighbour_overlap: f64,
+}
+
+/// Compares the embeddings `dense` and `pruned` (one column per sentence, the same
+/// sentences in the same order).
+///
+/// # Errors
+/// [`Error::Argument`] if the two have different shapes or there is no sentence.
+pub fn agreement(dense: &DMatrix<f32>, pruned: &DMatrix<f32>) -> Result<Agreement> {
+    if dense.shape() != pruned.shape() {
+        return Err(Error::Argument(format!(
+            "the embeddings differ in shape: {:?} and {:?} (hidden x sentences)",
+            dense.shape(),
+            pruned.shape()
+        )));
+    }
+    let n = dense.ncols();
+    if n == 0 {
+        return Err(Error::Argument("no sentence to compare".into()));
+    }
+    let unit = |m: &DMatrix<f32>| {
+        let mut m = m.map(f64::from);
+        for mut c in m.column_iter_mut() {
+            let norm = c.norm().max(1e-12);
+            c /= norm;
+        }
+        m
+    };
+    let (a, b) = (unit(dense), unit(pruned));
+    let mut cosines: Vec<f64> = (0..n).map(|i| a.column(i).dot(&b.column(i))).collect();
+    let mean_cosine = cosines.iter().sum::<f64>() / n as f64;
+    cosines.sort_by(f64::total_cmp);
+    // Nearest rank: the ceil(0.05 n)-th smallest (1-based).
+    let p5_cosine = cosines[((0.05 * n as f64).ceil() as usize).max(1) - 1];
+    let k = 10.min(n.saturating_sub(1));
+    let neighbour_overlap = if k == 0 {
+        1.0
+    } else {
+        let (sa, sb) = (a.transpose() * &a, b.transpose() * &b);
+        let nearest = |s: &DMatrix<f64>, i: usize| -> Vec<usize> {
+            let mut others: Vec<usize> = (0..n).filter(|&j| j != i).collect();
+            // Most similar first; ties to the lower index.
+            others.sort_by(|&x, &y| s[(i, y)].total_cmp(&s[(i, x)]).then(x.cmp(&y)));
+            others.truncate(k);
+            others
+        };
+        let shared: usize = (0..n)
+            .map(|i| {
+                let na = nearest(&sa, i);
+                nearest(&sb, i).iter().filter(|j| na.contains(j)).count()
+            })
+            .sum();
+        shared as f64 / (n * k) as f64
+    };
+    Ok(Agreement {
+        sentences: n,
+        mean_cosine,
+        p5_cosine,
+        min_cosine: cosines[0],
+        k,
+        neighbour_overlap,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_embeddings_agree_fully() {
+        let e = DMatrix::from_fn(4, 12, |r, c| ((r * 5 + c * 3) % 7) as f32 - 3.0);
+        let a = agreement(&e, &e).unwrap();
+        assert!((a.mean_cosine - 1.0).abs() < 1e-12 && (a.p5_cosine - 1.0).abs() < 1e-12);
+        assert_eq!((a.k, a.neighbour_overlap, a.sentences), (10, 1.0, 12));
+    }
+
+    #[test]
+    fn cosines_and_percentile_follow_their_definitions() {
+        // 20 sentences: sentence i's pruned embedding is rotated by angle i * 0.05.
+        let n = 20;
+        let dense = DMatrix::from_fn(2, n, |r, _| if r == 0 { 1.0 } else { 0.0 });
+        let pruned = DMatrix::from_fn(2, n, |r, c| {
+            let t = c as f32 * 0.05;
+            if r == 0 { t.cos() } else { t.sin() }
+        });
+        let a = agreement(&dense, &pruned).unwrap();
+        let cos: Vec<f64> = (0..n).map(|i| f64::from((i as f32 * 0.05).cos())).collect();
+        assert!((a.mean_cosine - cos.iter().sum::<f64>() / n as f64).abs() < 1e-6);
+        // Nearest rank: the 1st of 20 sorted ascending (ceil(0.05 * 20) = 1).
+        assert!((a.p5_cosine - cos[n - 1]).abs() < 1e-6);
+        assert!((a.min_cosine - cos[n - 1]).abs() < 1e-6);
+        assert!(agreement(&dense, &DMatrix::zeros(2, 3)).is_err());
+        assert!(agreement(&DMatrix::zeros(2, 0), &DMatrix::zeros(2, 0)).is_err());
+    }
+
+    #[test]
+    fn neighbour_overlap_counts_shared_neighbours() {
+        // Points on a line: everyone's nearest neighbours by cosine in 2-D at distinct angles.
+        let angles: Vec<f32> = (0..12).map(|i| i as f32 * 0.1).collect();
+        let dense =
+            DMatrix::from_fn(2, 12, |r, c| if r == 0 { angles[c].cos() } else { angles[c].sin() });
+        // Reversing the angle order keeps every neighbourhood.
+        let mirrored =
+            DMatrix::from_fn(2, 12, |r, c| if r == 0 { angles[c].cos() } else { -angles[c].sin() });
+        assert_eq!(agreement(&dense, &mirrored).unwrap().neighbour_overlap, 1.0);
+    }
+}

@@ -1,0 +1,245 @@
+//! Pruning a transformer's linear layers with the methods that keep it working: Wanda
+//! and SparseGPT from calibration text, layer by layer, as the papers do (and magnitude,
+//! which needs no calibration, for comparison).
+
+use nalgebra::{DMatrix, DVector};
+use shears_core::{LayerContext, Mask, Masks, PruningStrategy, Rounding, Sparsity};
+use shears_strategies::{InputStats, Magnitude, Pattern, Pruner, SparseGpt, Wanda};
+
+use crate::bert::{BertModel, Site, TOKENS_PER_PASS};
+use crate::error::{Error, Result};
+use crate::tokenize::Batch;
+
+/// How the linear layers are pruned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Method {
+    /// `|w|`, per layer; no calibration.
+    Magnitude,
+    /// Wanda: `|w| * ||x||`, compared within each output row (N:M within each group).
+    Wanda,
+    /// SparseGPT: masks chosen by `w² / [H⁻¹]ᵢᵢ²` and kept weights updated to
+    /// reconstruct each layer's output.
+    SparseGpt(SparseGpt),
+}
+
+impl Method {
+    /// Whether the method needs calibration inputs.
+    pub fn needs_calibration(&self) -> bool {
+        !matches!(self, Method::Magnitude)
+    }
+
+    /// The method's name as the command line spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Method::Magnitude => "magnitude",
+            Method::Wanda => "wanda",
+            Method::SparseGpt(_) => "sparsegpt",
+        }
+    }
+}
+
+/// What to prune and how far.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PruneSpec {
+    /// The method.
+    pub method: Method,
+    /// Unstructured or N:M.
+    pub pattern: Pattern,
+    /// The fraction of each layer's weights to prune (N:M fixes it).
+    pub sparsity: Sparsity,
+    /// How `sparsity * n` becomes a count.
+    pub rounding: Rounding,
+}
+
+/// A step of the work, for progress reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Encoder layer `layer` (from 0) of `layers` is being calibrated and pruned.
+    Layer {
+        /// The layer.
+        layer: usize,
+        /// How many there are.
+        layers: usize,
+    },
+}
+
+/// One pruned linear layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrunedLinear {
+    /// The weight's tensor name.
+    pub name: String,
+    /// Which weights are kept.
+    pub mask: Mask,
+}
+
+/// Prunes the linear layers of `model` whose weight names `select` accepts, with
+/// `spec`; `calibration` is the tokenized calibration text (unused by magnitude).
+/// `kept` may hold earlier masks by weight name: what they prune stays pruned and counts
+/// towards the target. Returns each pruned layer's mask, in model order.
+///
+/// Calibration runs as in the papers: the calibration tokens pass through the encoder
+/// one layer at a time; each layer's linear inputs are observed with the layers before
+/// it already pruned, its selected linears are pruned, and its (pruned) output is the
+/// next layer's input. One layer's statistics are held at a time.
+///
+/// # Errors
+/// [`Error::Argument`] for a pattern other than unstructured or N:M, or no calibration
+/// token for a method that needs them; the errors of the methods and of the forward
+/// pass.
+pub fn prune_model(
+    model: &mut BertModel,
+    calibration: &Batch,
+    spec: &PruneSpec,
+    select: &dyn Fn(&str) -> bool,
+    kept: Option<&Masks>,
+    progress: &mut dyn FnMut(Step),
+) -> Result<Vec<PrunedLinear>> {
+    if !matches!(spec.pattern, Pattern::Unstructured | Pattern::NM(_)) {
+        return Err(Error::Argument(format!(
+            "{} prunes unstructured or N:M, not {}",
+            spec.method.name(),
+            spec.pattern
+        )));
+    }
+    spec.pattern.check_sparsity(spec.sparsity).map_err(shears_strategies::Error::from)?;
+    if spec.method.needs_calibration() && calibration.tokens() == 0 {
+        return Err(Error::Argument(format!("{} needs calibration text", spec.method.name())));
+    }
+    let layers = model.layers().len();
+    let mut pruned = Vec::new();
+    let mut x =
+        if spec.method.needs_calibration() { Some(model.embed_tokens(calibration)?) } else { None };
+    for l in 0..layers {
+        progress(Step::Layer { layer: l, layers });
+        let chosen: Vec<usize> =
+            (0..6).filter(|&k| select(model.layers()[l].linears()[k].1.name())).collect();
+        let stats = match &x {
+            Some(x) if !chosen.is_empty() => {
+                Some(observe(model, l, x, &calibration.lengths, &chosen, spec)?)
+            }
+            _ => None,
+        };
+        for &k in &chosen {
+            let (site, linear) = &mut model.layers_mut()[l].linears_mut()[k];
+            let name = linear.name().to_owned();
+            let weights = linear.dense_weights();
+            let prior = kept.and_then(|m| m.get(&name));
+            if let Some(p) = prior
+                && p.shape() != weights.shape()
+            {
+                return Err(Error::Argument(format!(
+                    "the mask of `{name}` is {:?}, the weight is {:?}",
+                    p.shape(),
+                    weights.shape()
+                )));
+            }
+            let site_stats =
+                stats.as_ref().and_then(|s| s.iter().find(|(at, _)| at == site).map(|(_, s)| s));
+            let (new_weights, mask) = prune_linear(&name, &weights, site_stats, spec, prior)?;
+            linear.set_dense(new_weights)?;
+            pruned.push(PrunedLinear { name, mask });
+        }
+        drop(stats);
+        if let Some(input) = x.take() {
+            x = Some(run_layer(model, l, &input, &calibration.lengths)?);
+        }
+    }
+    Ok(pruned)
+}
+
+/// The statistics of the inputs of layer `l`'s chosen linears, over all of `x`.
+fn observe(
+    model: &BertModel,
+    l: usize,
+    x: &DMatrix<f32>,
+    lengths: &[usize],
+    chosen: &[usize],
+    spec: &PruneSpec,
+) -> Result<Vec<(Site, InputStats)>> {
+    let layer = &model.layers()[l];
+    let gram = matches!(spec.method, Method::SparseGpt(_));
+    let mut stats: Vec<(Site, InputStats)> = Vec::new();
+    for &k in chosen {
+        let (site, linear) = layer.linears()[k];
+        if !stats.iter().any(|(s, _)| *s == site) {
+            stats.push((site, InputStats::new(linear.shape().1, gram)));
+        }
+    }
+    let batch = Batch { ids: Vec::new(), type_ids: Vec::new(), lengths: lengths.to_vec() };
+    let mut start = 0;
+    for chunk in batch.chunks(TOKENS_PER_PASS) {
+        let tokens: usize = lengths[chunk.clone()].iter().sum();
+        let input = x.columns(start, tokens).into_owned();
+        model.run_layer(layer, &input, &lengths[chunk], &mut |site, seen| {
+            if let Some((_, s)) = stats.iter_mut().find(|(at, _)| *at == site) {
+                s.add(seen)?;
+            }
+            Ok(())
+        })?;
+        start += tokens;
+    }
+    Ok(stats)
+}
+
+/// Layer `l`'s output for all of `x`, a pass at a time.
+fn run_layer(
+    model: &BertModel,
+    l: usize,
+    x: &DMatrix<f32>,
+    lengths: &[usize],
+) -> Result<DMatrix<f32>> {
+    let layer = &model.layers()[l];
+    let batch = Batch { ids: Vec::new(), type_ids: Vec::new(), lengths: lengths.to_vec() };
+    let mut out = DMatrix::<f32>::zeros(x.nrows(), x.ncols());
+    let mut start = 0;
+    for chunk in batch.chunks(TOKENS_PER_PASS) {
+        let tokens: usize = lengths[chunk.clone()].iter().sum();
+        let input = x.columns(start, tokens).into_owned();
+        let output = model.run_layer(layer, &input, &lengths[chunk], &mut |_, _| Ok(()))?;
+        out.columns_mut(start, tokens).copy_from(&output);
+        start += tokens;
+    }
+    Ok(out)
+}
+
+/// One linear layer pruned by `spec`: its new weights and mask.
+fn prune_linear(
+    name: &str,
+    weights: &DMatrix<f32>,
+    stats: Option<&InputStats>,
+    spec: &PruneSpec,
+    kept: Option<&Mask>,
+) -> Result<(DMatrix<f32>, Mask)> {
+    let ctx = LayerContext::new(name);
+    let ctx = match kept {
+        Some(m) => ctx.with_mask(m),
+        None => ctx,
+    };
+    let missing = || Error::Argument(format!("no calibration statistics for `{name}`"));
+    let mask = match spec.method {
+        Method::SparseGpt(gpt) => {
+            let stats = stats.ok_or_else(missing)?;
+            let r =
+                gpt.prune(name, weights, stats, spec.pattern, spec.sparsity, spec.rounding, kept)?;
+            return Ok((r.weights, r.mask));
+        }
+        Method::Magnitude => Pruner::new(Magnitude)
+            .with_pattern(spec.pattern)
+            .with_rounding(spec.rounding)
+            .mask(weights, &ctx, spec.sparsity)?,
+        Method::Wanda => {
+            let norms: DVector<f32> =
+                stats.ok_or_else(missing)?.activation_norms().map(|n| n as f32);
+            let ctx = ctx.with_activation_norms(&norms);
+            match spec.pattern {
+                // Wanda compares within each output row.
+                Pattern::Unstructured => Wanda.mask(weights, &ctx, spec.sparsity)?,
+                pattern => Pruner::new(Wanda)
+                    .with_pattern(pattern)
+                    .with_rounding(spec.rounding)
+                    .mask(weights, &ctx, spec.sparsity)?,
+            }
+        }
+    };
+    Ok((mask.apply(weights)?, mask))
+}

@@ -1,0 +1,243 @@
+//! Texts to token ids with the folder's `tokenizer.json` (Hugging Face `tokenizers`),
+//! packed without padding: a [`Batch`] holds every sentence's tokens one after another.
+
+use std::io::{BufRead, Read};
+use std::path::Path;
+
+use tokenizers::{PostProcessor, Tokenizer, TruncationParams};
+
+use crate::error::{Error, Result};
+
+/// `tokenizer.json` files larger than this are refused before they are read (real ones
+/// are a few MiB; large multilingual vocabularies stay well under it).
+const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
+
+/// Sentences as token ids, packed: sentence `i` is `lengths[i]` tokens starting at the
+/// sum of the lengths before it. No padding is stored and none is computed on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Batch {
+    /// Every token's id, sentence after sentence.
+    pub ids: Vec<u32>,
+    /// Every token's type (segment) id.
+    pub type_ids: Vec<u32>,
+    /// Each sentence's token count (special tokens included).
+    pub lengths: Vec<usize>,
+}
+
+impl Batch {
+    /// Tokens in all sentences.
+    pub fn tokens(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Sentences.
+    pub fn sentences(&self) -> usize {
+        self.lengths.len()
+    }
+
+    /// Each sentence's range of token positions.
+    pub fn ranges(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        self.lengths.iter().scan(0, |start, &len| {
+            let range = *start..*start + len;
+            *start += len;
+            Some(range)
+        })
+    }
+
+    /// Sentences `range` as a batch of their own.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Batch {
+        let start: usize = self.lengths[..range.start].iter().sum();
+        let len: usize = self.lengths[range.clone()].iter().sum();
+        Batch {
+            ids: self.ids[start..start + len].to_vec(),
+            type_ids: self.type_ids[start..start + len].to_vec(),
+            lengths: self.lengths[range].to_vec(),
+        }
+    }
+
+    /// Consecutive groups of whole sentences of at most `tokens` tokens each (a longer
+    /// sentence is a group alone): for running a large set in bounded memory.
+    pub fn chunks(&self, tokens: usize) -> Vec<std::ops::Range<usize>> {
+        let mut chunks = Vec::new();
+        let (mut start, mut size) = (0, 0);
+        for (i, &len) in self.lengths.iter().enumerate() {
+            if size > 0 && size + len > tokens {
+                chunks.push(start..i);
+                (start, size) = (i, 0);
+            }
+            size += len;
+        }
+        if start < self.lengths.len() {
+            chunks.push(start..self.lengths.len());
+        }
+        chunks
+    }
+}
+
+/// A folder's tokenizer, truncating every text to a maximum length.
+#[derive(Clone)]
+pub struct TextEncoder {
+    tokenizer: Tokenizer,
+    max_len: usize,
+}
+
+impl std::fmt::Debug for TextEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextEncoder").field("max_len", &self.max_len).finish_non_exhaustive()
+    }
+}
+
+impl TextEncoder {
+    /// Loads `tokenizer.json` from `folder`; texts are truncated to `max_len` tokens,
+    /// special tokens included.
+    ///
+    /// # Errors
+    /// [`Error::File`] if there is no readable `tokenizer.json`, or it is not a tokenizer;
+    /// [`Error::Argument`] if `max_len` leaves no room for a token after the special
+    /// ones.
+    pub fn from_folder(folder: &Path, max_len: usize) -> Result<TextEncoder> {
+        let path = folder.join("tokenizer.json");
+        let file_error = |reason: String| Error::File { path: path.clone(), reason };
+        if !path.exists() {
+            return Err(file_error(
+                "no tokenizer.json in the model folder (shears reads Hugging Face fast tokenizers)"
+                    .into(),
+            ));
+        }
+        shears_io::paths::require_regular_file(&path).map_err(|e| file_error(e.to_string()))?;
+        let len = std::fs::metadata(&path).map_err(|e| file_error(e.to_string()))?.len();
+        if len > MAX_TOKENIZER_BYTES {
+            return Err(file_error(format!("{len} bytes is more than a tokenizer takes")));
+        }
+        let bytes = std::fs::read(&path).map_err(|e| file_error(e.to_string()))?;
+        let mut tokenizer = Tokenizer::from_bytes(&bytes)
+            .map_err(|e| file_error(format!("not a tokenizer: {e}")))?;
+        let special = tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(false));
+        if max_len <= special {
+            return Err(Error::Argument(format!(
+                "--max-len {max_len} leaves no room for text after the tokenizer's {special} special tokens"
+            )));
+        }
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
+            .map_err(|e| file_error(e.to_string()))?;
+        Ok(TextEncoder { tokenizer, max_len })
+    }
+
+    /// The longest input, in tokens.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Tokenizes `texts`, each truncated to [`TextEncoder::max_len`].
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`] if the tokenizer fails on a text.
+    pub fn encode<S: AsRef<str>>(&self, texts: &[S]) -> Result<Batch> {
+        let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+        let encodings = self
+            .tokenizer
+            .encode_batch(inputs, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let mut batch = Batch::default();
+        for e in &encodings {
+            batch.ids.extend_from_slice(e.get_ids());
+            batch.type_ids.extend_from_slice(e.get_type_ids());
+            batch.lengths.push(e.get_ids().len());
+        }
+        Ok(batch)
+    }
+}
+
+/// The lines of a text file that hold text (trimmed, empty lines skipped), at most
+/// `limit` of them, each at most 64 KiB (a longer line is truncated by the tokenizer
+/// anyway; the bound keeps a file of one huge line from being held).
+///
+/// # Errors
+/// [`Error::File`] if the file cannot be read or is not UTF-8; [`Error::Texts`] if it
+/// has no line with text.
+pub fn read_texts(path: &Path, limit: usize) -> Result<Vec<String>> {
+    const MAX_LINE: usize = 64 << 10;
+    let file_error = |reason: String| Error::File { path: path.to_owned(), reason };
+    shears_io::paths::require_regular_file(path).map_err(|e| file_error(e.to_string()))?;
+    let file = std::fs::File::open(path).map_err(|e| file_error(e.to_string()))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut texts = Vec::new();
+    let mut line = Vec::new();
+    let mut number = 0;
+    while texts.len() < limit {
+        line.clear();
+        let read = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| file_error(e.to_string()))?;
+        if read == 0 {
+            break;
+        }
+        number += 1;
+        if line.len() > MAX_LINE && line.last() != Some(&b'\n') {
+            // Skip the rest of an overlong line.
+            let mut rest = Vec::new();
+            loop {
+                rest.clear();
+                let n = (&mut reader)
+                    .take(MAX_LINE as u64)
+                    .read_until(b'\n', &mut rest)
+                    .map_err(|e| file_error(e.to_string()))?;
+                if n == 0 || rest.last() == Some(&b'\n') {
+                    break;
+                }
+            }
+            line.truncate(MAX_LINE);
+            while std::str::from_utf8(&line).is_err() && !line.is_empty() {
+                line.pop();
+            }
+        }
+        let text = std::str::from_utf8(&line)
+            .map_err(|_| file_error(format!("line {number} is not UTF-8 text")))?;
+        let text = text.trim();
+        if !text.is_empty() {
+            texts.push(text.to_owned());
+        }
+    }
+    if texts.is_empty() {
+        return Err(Error::Texts(format!("{}: no line holds text", path.display())));
+    }
+    Ok(texts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_slice_and_chunk_by_whole_sentences() {
+        let batch =
+            Batch { ids: (0..10).collect(), type_ids: vec![0; 10], lengths: vec![3, 4, 1, 2] };
+        assert_eq!(batch.ranges().collect::<Vec<_>>(), [0..3, 3..7, 7..8, 8..10]);
+        assert_eq!(batch.slice(1..3).ids, [3, 4, 5, 6, 7]);
+        assert_eq!(batch.chunks(5), [0..1, 1..3, 3..4]);
+        assert_eq!(batch.chunks(2), [0..1, 1..2, 2..3, 3..4]);
+        assert_eq!(batch.chunks(100), vec![0..4]);
+        assert_eq!(Batch::default().chunks(5), Vec::<std::ops::Range<usize>>::new());
+    }
+
+    #[test]
+    fn texts_skip_blank_lines_and_bound_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.txt");
+        let long = "é".repeat(40_000); // 80,000 bytes
+        std::fs::write(&path, format!("  one \n\n\t\ntwo\n{long}\nthree")).unwrap();
+        let texts = read_texts(&path, 100).unwrap();
+        assert_eq!(texts.len(), 4);
+        assert_eq!(&texts[..2], ["one", "two"]);
+        assert!(texts[2].len() <= 64 << 10 && texts[2].starts_with('é'));
+        assert_eq!(texts[3], "three");
+        assert_eq!(read_texts(&path, 1).unwrap(), ["one"]);
+        std::fs::write(&path, "\n \n").unwrap();
+        assert!(read_texts(&path, 10).unwrap_err().to_string().contains("no line holds text"));
+        std::fs::write(&path, b"ok\n\xff\xfe\n").unwrap();
+        assert!(read_texts(&path, 10).unwrap_err().to_string().contains("line 2 is not UTF-8"));
+    }
+}

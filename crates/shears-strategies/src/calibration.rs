@@ -1,0 +1,167 @@
+//! [`InputStats`]: what a calibration pass learns about one linear layer's inputs, for
+//! the methods that prune by what a layer sees (Wanda, SparseGPT).
+
+use faer::{Accum, MatMut, MatRef, Par};
+use nalgebra::{DMatrix, DVector};
+use shears_core::{Scalar, check_finite};
+
+use crate::error::{Error, Result};
+
+/// Tokens converted to f64 and multiplied at a time: bounds the f64 copy of the inputs
+/// to `inputs * CHUNK` values, whatever the calibration set's size.
+const CHUNK: usize = 1024;
+
+/// Statistics of a linear layer's inputs over calibration data, accumulated in f64: the
+/// sum of squares of each input feature (Wanda's activation norms) and, if asked for,
+/// the Gram matrix `X Xᵀ` of the inputs (SparseGPT's Hessian, up to a factor).
+///
+/// Inputs arrive as matrices of `inputs` rows, one column per token, in any number of
+/// batches; the statistics are those of all the columns seen.
+///
+/// ```
+/// use nalgebra::dmatrix;
+/// use shears_strategies::InputStats;
+///
+/// let mut stats = InputStats::new(2, true);
+/// stats.add(&dmatrix![1.0f32, 2.0; 0.0, 1.0])?; // two tokens of two features
+/// stats.add(&dmatrix![2.0f32; 2.0])?;            // and a third
+/// assert_eq!(stats.samples(), 3);
+/// assert_eq!(stats.activation_norms()[0], 3.0); // sqrt(1 + 4 + 4)
+/// assert_eq!(stats.gram().unwrap()[(0, 1)], 6.0); // 1*0 + 2*1 + 2*2
+/// # Ok::<(), shears_strategies::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputStats {
+    samples: usize,
+    sum_squares: DVector<f64>,
+    gram: Option<DMatrix<f64>>,
+}
+
+impl InputStats {
+    /// No inputs seen yet, for a layer of `inputs` input features; `gram` asks for the
+    /// `inputs x inputs` Gram matrix as well (SparseGPT needs it, Wanda does not).
+    pub fn new(inputs: usize, gram: bool) -> Self {
+        InputStats {
+            samples: 0,
+            sum_squares: DVector::zeros(inputs),
+            gram: gram.then(|| DMatrix::zeros(inputs, inputs)),
+        }
+    }
+
+    /// The number of input features.
+    pub fn inputs(&self) -> usize {
+        self.sum_squares.len()
+    }
+
+    /// Tokens seen so far.
+    pub fn samples(&self) -> usize {
+        self.samples
+    }
+
+    /// Adds the tokens of `x`, one per column.
+    ///
+    /// # Errors
+    /// [`shears_core::Error::LengthMismatch`] if `x` has not one row per input feature;
+    /// [`shears_core::Error::NonFinite`] if it holds a NaN or infinity.
+    pub fn add<T: Scalar>(&mut self, x: &DMatrix<T>) -> Result<()> {
+        if x.nrows() != self.inputs() {
+            return Err(shears_core::Error::LengthMismatch {
+                what: "calibration input rows",
+                expected: self.inputs(),
+                got: x.nrows(),
+            }
+            .into());
+        }
+        check_finite("calibration inputs", x.as_slice())?;
+        let inputs = self.inputs();
+        for column in x.column_iter() {
+            for (s, v) in self.sum_squares.iter_mut().zip(column.iter()) {
+                let v = v.as_f64();
+                *s += v * v;
+            }
+        }
+        if let Some(gram) = &mut self.gram {
+            let mut chunk = Vec::with_capacity(inputs * CHUNK.min(x.ncols()));
+            for start in (0..x.ncols()).step_by(CHUNK) {
+                let end = (start + CHUNK).min(x.ncols());
+                chunk.clear();
+                chunk.extend(x.columns(start, end - start).iter().map(|v| v.as_f64()));
+                let tokens = MatRef::from_column_major_slice(&chunk, inputs, end - start);
+                faer::linalg::matmul::matmul(
+                    view_mut(gram),
+                    Accum::Add,
+                    tokens,
+                    tokens.transpose(),
+                    1.0,
+                    Par::rayon(0),
+                );
+            }
+        }
+        self.samples += x.ncols();
+        Ok(())
+    }
+
+    /// Each input feature's root mean square over the tokens seen, `||x_j||_2 / sqrt(n)`
+    /// (Wanda's activation norms; the scale is the same for every feature, so the
+    /// comparisons Wanda makes are those of the plain norms).
+    pub fn activation_norms(&self) -> DVector<f64> {
+        let n = self.samples.max(1) as f64;
+        self.sum_squares.map(|s| (s / n).sqrt())
+    }
+
+    /// The Gram matrix `X Xᵀ` of the inputs seen, if it was asked for.
+    pub fn gram(&self) -> Option<&DMatrix<f64>> {
+        self.gram.as_ref()
+    }
+
+    /// The Gram matrix, or the error that names the layer that has none.
+    pub(crate) fn require_gram(&self, tensor: &str) -> Result<&DMatrix<f64>> {
+        self.gram.as_ref().ok_or_else(|| Error::MissingCalibration {
+            tensor: tensor.to_owned(),
+            what: "the Gram matrix of its inputs (InputStats::new(.., true))",
+        })
+    }
+}
+
+/// A faer view of a column-major nalgebra matrix.
+pub(crate) fn view(m: &DMatrix<f64>) -> MatRef<'_, f64> {
+    MatRef::from_column_major_slice(m.as_slice(), m.nrows(), m.ncols())
+}
+
+/// A mutable faer view of a column-major nalgebra matrix.
+pub(crate) fn view_mut(m: &mut DMatrix<f64>) -> MatMut<'_, f64> {
+    let (nrows, ncols) = m.shape();
+    MatMut::from_column_major_slice_mut(m.as_mut_slice(), nrows, ncols)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Gram matrix and norms equal a naive sum over tokens, across batch and chunk
+    /// boundaries.
+    #[test]
+    fn statistics_equal_naive_sums() {
+        let x = DMatrix::from_fn(5, 2 * CHUNK + 37, |i, j| ((i * 31 + j * 17) % 13) as f32 - 6.0);
+        let mut stats = InputStats::new(5, true);
+        stats.add(&x.columns(0, 100).into_owned()).unwrap();
+        stats.add(&x.columns(100, x.ncols() - 100).into_owned()).unwrap();
+        let xd = x.map(f64::from);
+        let naive = &xd * xd.transpose();
+        assert_eq!(stats.gram().unwrap(), &naive);
+        for j in 0..5 {
+            let expected = (naive[(j, j)] / x.ncols() as f64).sqrt();
+            assert!((stats.activation_norms()[j] - expected).abs() < 1e-12);
+        }
+        assert_eq!(stats.samples(), x.ncols());
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let mut stats = InputStats::new(3, false);
+        assert!(stats.add(&DMatrix::<f32>::zeros(2, 4)).is_err());
+        assert!(stats.add(&DMatrix::from_element(3, 1, f32::NAN)).is_err());
+        assert!(matches!(stats.require_gram("l"), Err(Error::MissingCalibration { .. })));
+        assert_eq!(stats.samples(), 0);
+    }
+}

@@ -1,0 +1,339 @@
+//! [`SparseGpt`] (Frantar & Alistarh 2023): prunes a linear layer and updates the weights
+//! it keeps, so that the layer's output on the calibration inputs changes least.
+
+use faer::linalg::matmul::matmul;
+use faer::linalg::solvers::DenseSolveCore;
+use faer::{Accum, Par, Side};
+use nalgebra::DMatrix;
+use shears_core::{Mask, Rounding, Scalar, Sparsity, check_finite};
+
+use crate::calibration::{InputStats, view, view_mut};
+use crate::error::{Error, Result};
+use crate::pattern::Pattern;
+
+/// SparseGPT's reconstruction: the optimal-brain-surgeon update, column by column, with
+/// lazy block updates.
+///
+/// For a weight `W` (outputs x inputs) and the Gram matrix `H = X Xᵀ` of its inputs,
+/// columns are pruned left to right; pruning column `i`'s weights moves the error they
+/// leave onto the columns not yet visited, weighted by the inverse Hessian, so the
+/// layer's output on the calibration inputs is kept as well as a greedy pass can. The
+/// inverse Hessian's upper Cholesky factor gives every step's weights at once; columns
+/// are taken in blocks (128 by default) so the updates of all later columns are one
+/// matrix product per block. `H` is dampened by a fraction (1% by default) of its mean
+/// diagonal before it is inverted. All of it runs in f64.
+///
+/// Masks: unstructured pruning chooses within each block the weights with the least
+/// `w² / [H⁻¹]ᵢᵢ²` (the paper's adaptive mask selection), each block pruning its share of
+/// the exact target count; N:M prunes, in each group of M inputs of a row, the N
+/// weights of least score when the group is reached. Weights that `kept` already prunes
+/// stay pruned and count towards the target. Ties prune the lower row-major index first.
+///
+/// ```
+/// use nalgebra::DMatrix;
+/// use shears_core::{Rounding, Sparsity};
+/// use shears_strategies::{InputStats, Pattern, SparseGpt};
+///
+/// let x = DMatrix::from_fn(8, 64, |i, j| ((i * 7 + j * 3) % 11) as f32 - 5.0);
+/// let w = DMatrix::from_fn(4, 8, |i, j| (i as f64 - j as f64) / 4.0);
+/// let mut stats = InputStats::new(8, true);
+/// stats.add(&x)?;
+/// let half = Sparsity::new(0.5)?;
+/// let pruned = SparseGpt::new().prune("fc", &w, &stats, Pattern::Unstructured, half, Rounding::HalfEven, None)?;
+/// assert_eq!(pruned.mask.count_pruned(), 16);
+/// // The kept weights moved to make up for the pruned ones.
+/// assert!(pruned.mask.iter_kept().any(|(r, c)| pruned.weights[(r, c)] != w[(r, c)]));
+/// # Ok::<(), shears_strategies::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SparseGpt {
+    block_size: usize,
+    damping: f64,
+}
+
+impl Default for SparseGpt {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// A pruned layer: its updated weights, zero where the mask prunes, and the mask.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reconstruction<T: Scalar> {
+    /// The weights, pruned and updated.
+    pub weights: DMatrix<T>,
+    /// Which weights are kept.
+    pub mask: Mask,
+}
+
+impl SparseGpt {
+    /// Blocks of 128 columns, dampening 1% of the mean diagonal: the paper's settings.
+    pub const DEFAULT: SparseGpt = SparseGpt { block_size: 128, damping: 0.01 };
+
+    /// The paper's settings ([`SparseGpt::DEFAULT`]).
+    pub fn new() -> Self {
+        Self::DEFAULT
+    }
+
+    /// Sets the number of columns updated lazily together.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] for 0.
+    pub fn with_block_size(mut self, block_size: usize) -> Result<Self> {
+        if block_size == 0 {
+            return Err(Error::InvalidSetting { what: "SparseGPT block size", value: 0.0 });
+        }
+        self.block_size = block_size;
+        Ok(self)
+    }
+
+    /// Sets the dampening, a fraction of the Hessian's mean diagonal added to it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidSetting`] unless it is finite and positive.
+    pub fn with_damping(mut self, damping: f64) -> Result<Self> {
+        if !(damping.is_finite() && damping > 0.0) {
+            return Err(Error::InvalidSetting { what: "SparseGPT dampening", value: damping });
+        }
+        self.damping = damping;
+        Ok(self)
+    }
+
+    /// The block size.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// The dampening.
+    pub fn damping(&self) -> f64 {
+        self.damping
+    }
+
+    /// Prunes `weights` (outputs x inputs) of layer `tensor`, whose inputs `stats`
+    /// describes, to `sparsity` in `pattern` (unstructured or N:M).
+    ///
+    /// # Errors
+    /// [`Error::UnsupportedPattern`] for another pattern;
+    /// [`Error::MissingCalibration`] if `stats` has no Gram matrix or saw no token;
+    /// shape and NaN errors from shears-core; [`Error::NotPositiveDefinite`] if the
+    /// dampened Hessian cannot be factored.
+    #[allow(clippy::too_many_arguments, reason = "the layer, its statistics and the target")]
+    pub fn prune<T: Scalar>(
+        &self,
+        tensor: &str,
+        weights: &DMatrix<T>,
+        stats: &InputStats,
+        pattern: Pattern,
+        sparsity: Sparsity,
+        rounding: Rounding,
+        kept: Option<&Mask>,
+    ) -> Result<Reconstruction<T>> {
+        let (rows, cols) = weights.shape();
+        let nm = match pattern {
+            Pattern::Unstructured => None,
+            Pattern::NM(p) => {
+                pattern.check_sparsity(sparsity)?;
+                Some((p.n(), p.m()))
+            }
+            other => {
+                return Err(Error::UnsupportedPattern {
+                    method: "sparsegpt",
+                    pattern: other.to_string(),
+                });
+            }
+        };
+        check_finite(tensor, weights.as_slice())?;
+        let gram = stats.require_gram(tensor)?;
+        if gram.nrows() != cols {
+            return Err(shears_core::Error::LengthMismatch {
+                what: "calibration inputs",
+                expected: cols,
+                got: gram.nrows(),
+            }
+            .into());
+        }
+        if stats.samples() == 0 {
+            return Err(Error::MissingCalibration {
+                tensor: tensor.to_owned(),
+                what: "calibration tokens (none were seen)",
+            });
+        }
+        if let Some(k) = kept
+            && k.shape() != (rows, cols)
+        {
+            return Err(shears_core::Error::ShapeMismatch {
+                op: "sparsegpt kept mask",
+                expected: (rows, cols),
+                got: k.shape(),
+            }
+            .into());
+        }
+        let mut w = weights.map(|v| v.as_f64());
+        let mut mask = kept.cloned().unwrap_or_else(|| Mask::all_kept_like(weights));
+        if rows == 0 || cols == 0 {
+            return Ok(Reconstruction { weights: weights.clone(), mask });
+        }
+        let hinv = self.inverse_hessian_factor(tensor, gram, &mut w)?;
+        let block = match nm {
+            // Groups never straddle blocks.
+            Some((_, m)) => (self.block_size / m).max(1) * m,
+            None => self.block_size,
+        };
+        let target = sparsity.count_of(rows * cols, rounding);
+        let mut pruned = 0usize;
+        for start in (0..cols).step_by(block) {
+            let end = (start + block).min(cols);
+            let width = end - start;
+            let d: Vec<f64> = (start..end).map(|i| hinv[(i, i)]).collect();
+            if nm.is_none() {
+                // The blocks so far prune their share of the exact target: what is
+                // already pruned (before and in this block) counts towards it.
+                let share = (target as u128 * end as u128 / cols as u128) as usize;
+                let forced = (start..end)
+                    .map(|c| (0..rows).filter(|&r| mask.get(r, c) == Some(false)).count())
+                    .sum::<usize>();
+                let want = share.saturating_sub(pruned + forced);
+                pruned += forced + prune_lowest_in_block(&w, &mut mask, start, end, &d, want)?;
+            }
+            let mut err = DMatrix::<f64>::zeros(rows, width);
+            for i in start..end {
+                let k = i - start;
+                if let Some((n, m)) = nm
+                    && (i % m) == 0
+                {
+                    prune_group(&w, &mut mask, i, (i + m).min(cols), &d[k..], n)?;
+                }
+                let dk = d[k];
+                for r in 0..rows {
+                    let value = w[(r, i)];
+                    let q = if mask.get(r, i) == Some(true) { value } else { 0.0 };
+                    err[(r, k)] = (value - q) / dk;
+                    w[(r, i)] = q;
+                }
+                // Move this column's error onto the rest of the block.
+                for j in i + 1..end {
+                    let h = hinv[(i, j)];
+                    if h == 0.0 {
+                        continue;
+                    }
+                    let (errs, mut col) = (err.column(k), w.column_mut(j));
+                    col.axpy(-h, &errs, 1.0);
+                }
+            }
+            if end < cols {
+                // And the block's onto every later column, in one product.
+                let rest = cols - end;
+                let h = view(&hinv).submatrix(start, end, width, rest);
+                let later = view_mut(&mut w).submatrix_mut(0, end, rows, rest);
+                matmul(later, Accum::Add, view(&err), h, -1.0, Par::rayon(0));
+            }
+        }
+        // Pruned weights are exact zeros; kept ones carry their updates.
+        let weights = DMatrix::from_fn(rows, cols, |r, c| {
+            if mask.get(r, c) == Some(true) { T::from_f64_lossy(w[(r, c)]) } else { T::zero() }
+        });
+        check_finite(tensor, weights.as_slice())?;
+        Ok(Reconstruction { weights, mask })
+    }
+
+    /// The upper Cholesky factor `U` of the dampened inverse Hessian (`H⁻¹ = Uᵀ U`).
+    /// Inputs no token ever set (a zero diagonal) get a unit diagonal and zero weights,
+    /// as in the reference: they carry no information.
+    fn inverse_hessian_factor(
+        &self,
+        tensor: &str,
+        gram: &DMatrix<f64>,
+        w: &mut DMatrix<f64>,
+    ) -> Result<DMatrix<f64>> {
+        let cols = gram.ncols();
+        let mut h = gram.clone();
+        for i in 0..cols {
+            if h[(i, i)] == 0.0 {
+                h[(i, i)] = 1.0;
+                w.column_mut(i).fill(0.0);
+            }
+        }
+        let mean_diagonal = (0..cols).map(|i| h[(i, i)]).sum::<f64>() / cols as f64;
+        let damp = self.damping * mean_diagonal;
+        for i in 0..cols {
+            h[(i, i)] += damp;
+        }
+        let not_pd = |_| Error::NotPositiveDefinite { tensor: tensor.to_owned() };
+        let inverse = view(&h).llt(Side::Lower).map_err(not_pd)?.inverse();
+        let factor = inverse.llt(Side::Lower).map_err(not_pd)?;
+        let lower = factor.L();
+        // U = Lᵀ.
+        Ok(DMatrix::from_fn(cols, cols, |r, c| if r <= c { lower[(c, r)] } else { 0.0 }))
+    }
+}
+
+/// Prunes the `want` kept weights of columns `[start, end)` with the least `w² / d²`
+/// (`d` the inverse Hessian's diagonal over those columns), or all of them if fewer are
+/// kept; ties prune the lower row-major index first. Returns how many it pruned.
+fn prune_lowest_in_block(
+    w: &DMatrix<f64>,
+    mask: &mut Mask,
+    start: usize,
+    end: usize,
+    d: &[f64],
+    want: usize,
+) -> Result<usize> {
+    if want == 0 {
+        return Ok(0);
+    }
+    let rows = w.nrows();
+    let mut candidates: Vec<(f64, usize, usize)> = Vec::with_capacity(rows * (end - start));
+    for c in start..end {
+        let dc = d[c - start];
+        for r in 0..rows {
+            if mask.get(r, c) == Some(true) {
+                let v = w[(r, c)];
+                candidates.push((v * v / (dc * dc), r, c));
+            }
+        }
+    }
+    let want = want.min(candidates.len());
+    let order = |a: &(f64, usize, usize), b: &(f64, usize, usize)| {
+        a.0.total_cmp(&b.0).then((a.1, a.2).cmp(&(b.1, b.2)))
+    };
+    if want < candidates.len() {
+        candidates.select_nth_unstable_by(want, order);
+    }
+    for &(_, r, c) in &candidates[..want] {
+        mask.set(r, c, false)?;
+    }
+    Ok(want)
+}
+
+/// In each row, prunes all but the `n` kept weights of columns `[start, end)` with the
+/// highest `w² / d²`; ties prune the lower column first. A group with `n` or fewer kept
+/// weights keeps them.
+fn prune_group(
+    w: &DMatrix<f64>,
+    mask: &mut Mask,
+    start: usize,
+    end: usize,
+    d: &[f64],
+    n: usize,
+) -> Result<()> {
+    let mut group: Vec<(f64, usize)> = Vec::with_capacity(end - start);
+    for r in 0..w.nrows() {
+        group.clear();
+        group.extend((start..end).filter(|&c| mask.get(r, c) == Some(true)).map(|c| {
+            let (v, dc) = (w[(r, c)], d[c - start]);
+            (v * v / (dc * dc), c)
+        }));
+        if group.len() <= n {
+            continue;
+        }
+        // Highest first; among equal scores the higher column is kept.
+        group.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+        for &(_, c) in &group[n..] {
+            mask.set(r, c, false)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

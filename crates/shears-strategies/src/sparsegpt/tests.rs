@@ -1,0 +1,235 @@
+use nalgebra::DMatrix;
+use shears_core::{NmPattern, PruningStrategy};
+
+use super::*;
+
+/// Inputs with correlated features, so the updates matter.
+fn inputs(features: usize, tokens: usize, seed: u64) -> DMatrix<f32> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 33) as f64 / (1u64 << 31) as f64) - 0.5
+    };
+    let base = DMatrix::from_fn(features, tokens, |_, _| next());
+    DMatrix::from_fn(features, tokens, |i, j| {
+        let shared = if i > 0 { base[(i - 1, j)] } else { 0.0 };
+        (base[(i, j)] + 0.6 * shared) as f32
+    })
+}
+
+fn weights(rows: usize, cols: usize, seed: u64) -> DMatrix<f64> {
+    inputs(rows, cols, seed).map(|v| f64::from(v) * 2.0)
+}
+
+fn stats(x: &DMatrix<f32>) -> InputStats {
+    let mut s = InputStats::new(x.nrows(), true);
+    s.add(x).unwrap();
+    s
+}
+
+/// The optimal-brain-surgeon update written out directly: at each column `i`, invert the
+/// dampened Hessian of the columns not yet visited, and move each pruned weight's error
+/// onto them; no Cholesky factor, no blocks.
+fn obs_oracle(w: &DMatrix<f64>, x: &DMatrix<f32>, mask: &Mask, damping: f64) -> DMatrix<f64> {
+    let xd = x.map(f64::from);
+    let mut h = &xd * xd.transpose();
+    let cols = h.ncols();
+    let damp = damping * (0..cols).map(|i| h[(i, i)]).sum::<f64>() / cols as f64;
+    for i in 0..cols {
+        h[(i, i)] += damp;
+    }
+    let mut w = w.clone();
+    for i in 0..cols {
+        let rest = cols - i;
+        let hf = h.view((i, i), (rest, rest)).into_owned();
+        let hinv = hf.try_inverse().unwrap();
+        for r in 0..w.nrows() {
+            if mask.get(r, i) == Some(false) {
+                let scale = w[(r, i)] / hinv[(0, 0)];
+                for j in 0..rest {
+                    w[(r, i + j)] -= scale * hinv[(0, j)];
+                }
+            }
+        }
+    }
+    DMatrix::from_fn(
+        w.nrows(),
+        cols,
+        |r, c| if mask.get(r, c) == Some(true) { w[(r, c)] } else { 0.0 },
+    )
+}
+
+#[test]
+fn updates_equal_the_direct_obs_formula_for_every_block_size() {
+    let (rows, cols) = (6, 10);
+    let x = inputs(cols, 200, 1);
+    let w = weights(rows, cols, 2);
+    let stats = stats(&x);
+    // A fixed mask of exactly the target count: only the updates are compared.
+    let mask = Mask::from_fn(rows, cols, |r, c| (r * 7 + c * 3) % 5 >= 2).unwrap();
+    let sparsity = Sparsity::from_counts(mask.count_pruned(), rows * cols);
+    let expected = obs_oracle(&w, &x, &mask, 0.01);
+    for block in [1, 3, 4, 10, 128] {
+        let gpt = SparseGpt::new().with_block_size(block).unwrap();
+        let got = gpt
+            .prune(
+                "l",
+                &w,
+                &stats,
+                Pattern::Unstructured,
+                sparsity,
+                Rounding::HalfEven,
+                Some(&mask),
+            )
+            .unwrap();
+        assert_eq!(got.mask, mask, "block {block}");
+        let diff = (&got.weights - &expected).abs().max();
+        assert!(diff < 1e-9, "block {block}: weights differ from the OBS formula by {diff}");
+    }
+}
+
+/// Output reconstruction: on the calibration inputs, the SparseGPT layer is closer to the
+/// dense layer than the same weights pruned by magnitude at the same sparsity.
+#[test]
+fn reconstructs_the_output_better_than_magnitude() {
+    for seed in 0..8 {
+        let (rows, cols) = (16, 24);
+        let x = inputs(cols, 300, 10 + seed);
+        let w = weights(rows, cols, 20 + seed);
+        let xd = x.map(f64::from);
+        let dense = &w * &xd;
+        let half = Sparsity::new(0.5).unwrap();
+        for pattern in [Pattern::Unstructured, Pattern::NM(NmPattern::TWO_FOUR)] {
+            let got = SparseGpt::new()
+                .prune("l", &w, &stats(&x), pattern, half, Rounding::HalfEven, None)
+                .unwrap();
+            let magnitude = crate::Pruner::new(crate::Magnitude)
+                .with_pattern(pattern)
+                .mask(&w, &shears_core::LayerContext::new("l"), half)
+                .unwrap();
+            let gpt_error = (&got.weights * &xd - &dense).norm();
+            let mag_error = (magnitude.apply(&w).unwrap() * &xd - &dense).norm();
+            assert!(gpt_error < mag_error, "seed {seed} {pattern}: {gpt_error} >= {mag_error}");
+        }
+    }
+}
+
+#[test]
+fn unstructured_prunes_the_exact_count_and_keeps_earlier_pruning() {
+    for (rows, cols, s) in [(5, 7, 0.5), (3, 300, 0.7), (8, 129, 0.33), (4, 4, 1.0), (4, 4, 0.0)] {
+        let x = inputs(cols, 50, 3);
+        let w = weights(rows, cols, 4);
+        let sparsity = Sparsity::new(s).unwrap();
+        let target = sparsity.count_of(rows * cols, Rounding::HalfEven);
+        let gpt = SparseGpt::new().with_block_size(32).unwrap();
+        let got = gpt
+            .prune("l", &w, &stats(&x), Pattern::Unstructured, sparsity, Rounding::HalfEven, None)
+            .unwrap();
+        assert_eq!(got.mask.count_pruned(), target, "{rows}x{cols} at {s}");
+        for (r, c) in (0..rows).flat_map(|r| (0..cols).map(move |c| (r, c))) {
+            if got.mask.get(r, c) == Some(false) {
+                assert_eq!(got.weights[(r, c)], 0.0);
+            }
+        }
+        // Pruning again from this mask only adds to it.
+        let kept = Mask::from_fn(rows, cols, |r, c| (r + c) % 3 != 0).unwrap();
+        let more = Sparsity::new(s.max(kept.sparsity().get())).unwrap();
+        let again = gpt
+            .prune(
+                "l",
+                &w,
+                &stats(&x),
+                Pattern::Unstructured,
+                more,
+                Rounding::HalfEven,
+                Some(&kept),
+            )
+            .unwrap();
+        assert!(again.mask.is_subset_of(&kept).unwrap(), "monotone");
+        assert_eq!(
+            again.mask.count_pruned(),
+            more.count_of(rows * cols, Rounding::HalfEven).max(kept.count_pruned())
+        );
+    }
+}
+
+#[test]
+fn n_m_masks_conform_in_every_group() {
+    for (pattern, cols) in
+        [(NmPattern::TWO_FOUR, 16), (NmPattern::TWO_FOUR, 18), (NmPattern::new(1, 3).unwrap(), 12)]
+    {
+        let x = inputs(cols, 64, 5);
+        let w = weights(7, cols, 6);
+        let sparsity = Sparsity::new(1.0 - pattern.n() as f64 / pattern.m() as f64).unwrap();
+        let got = SparseGpt::new()
+            .with_block_size(5)
+            .unwrap()
+            .prune("l", &w, &stats(&x), Pattern::NM(pattern), sparsity, Rounding::HalfEven, None)
+            .unwrap();
+        assert!(crate::satisfies_nm(&got.mask, pattern), "{pattern} on {cols} columns");
+        let full_groups = cols / pattern.m();
+        let tail = cols % pattern.m();
+        let expected_kept = 7 * (full_groups * pattern.n() + tail.min(pattern.n()));
+        assert_eq!(got.mask.count_kept(), expected_kept);
+    }
+}
+
+#[test]
+fn dead_inputs_and_bad_arguments() {
+    // An input no token sets: its weights carry nothing and are pruned first.
+    let mut x = inputs(6, 40, 7);
+    x.row_mut(2).fill(0.0);
+    let w = weights(3, 6, 8);
+    let third = Sparsity::new(1.0 / 6.0).unwrap();
+    let got = SparseGpt::new()
+        .prune("l", &w, &stats(&x), Pattern::Unstructured, third, Rounding::HalfEven, None)
+        .unwrap();
+    assert!((0..3).all(|r| got.mask.get(r, 2) == Some(false)));
+
+    let half = Sparsity::new(0.5).unwrap();
+    let rows = Pattern::Structured(crate::Structured::new(crate::Axis::Rows));
+    let err = SparseGpt::new().prune("l", &w, &stats(&x), rows, half, Rounding::HalfEven, None);
+    assert!(matches!(err, Err(Error::UnsupportedPattern { .. })));
+    let no_gram = InputStats::new(6, false);
+    let err = SparseGpt::new().prune(
+        "l",
+        &w,
+        &no_gram,
+        Pattern::Unstructured,
+        half,
+        Rounding::HalfEven,
+        None,
+    );
+    assert!(matches!(err, Err(Error::MissingCalibration { .. })));
+    let empty = InputStats::new(6, true);
+    let err = SparseGpt::new().prune(
+        "l",
+        &w,
+        &empty,
+        Pattern::Unstructured,
+        half,
+        Rounding::HalfEven,
+        None,
+    );
+    assert!(matches!(err, Err(Error::MissingCalibration { .. })));
+    let wrong = stats(&inputs(5, 10, 1));
+    assert!(
+        SparseGpt::new()
+            .prune("l", &w, &wrong, Pattern::Unstructured, half, Rounding::HalfEven, None)
+            .is_err()
+    );
+    let two_four = Pattern::NM(NmPattern::TWO_FOUR);
+    let err = SparseGpt::new().prune(
+        "l",
+        &w,
+        &stats(&x),
+        two_four,
+        Sparsity::new(0.6).unwrap(),
+        Rounding::HalfEven,
+        None,
+    );
+    assert!(err.is_err(), "2:4 is 50%");
+    assert!(SparseGpt::new().with_block_size(0).is_err());
+    assert!(SparseGpt::new().with_damping(f64::NAN).is_err());
+    assert!(SparseGpt::new().with_damping(0.0).is_err());
+}
