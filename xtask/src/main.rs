@@ -254,6 +254,7 @@ mod tests {
             "crates/shears-sparse",
             "crates/shears-io",
             "crates/shears-nn",
+            "crates/shears-models",
             "crates/shears-cli",
             "xtask",
             "benches",

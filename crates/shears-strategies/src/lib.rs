@@ -76,4 +76,4 @@ pub use shears_core::{
     BlockShape, Granularity, LayerContext, Mask, Masks, NmPattern, Prunable, PruningStrategy,
     Reduction, Rounding, Sparsity, WeightShape,
 };
-pub use sparsegpt::{Reconstruction, SparseGpt};
+pub use sparsegpt::{InverseHessian, Reconstruction, SparseGpt};

@@ -2,7 +2,6 @@
 //! it keeps, so that the layer's output on the calibration inputs changes least.
 
 use faer::linalg::matmul::matmul;
-use faer::linalg::solvers::DenseSolveCore;
 use faer::{Accum, Par, Side};
 use nalgebra::DMatrix;
 use shears_core::{Mask, Rounding, Scalar, Sparsity, check_finite};
@@ -54,6 +53,21 @@ pub struct SparseGpt {
 impl Default for SparseGpt {
     fn default() -> Self {
         Self::DEFAULT
+    }
+}
+
+/// The dampened inverse Hessian of a layer's inputs as SparseGPT uses it: its upper
+/// Cholesky factor, and the inputs no calibration token set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InverseHessian {
+    factor: DMatrix<f64>,
+    dead: Vec<usize>,
+}
+
+impl InverseHessian {
+    /// The number of inputs.
+    pub fn inputs(&self) -> usize {
+        self.factor.nrows()
     }
 }
 
@@ -128,6 +142,44 @@ impl SparseGpt {
         rounding: Rounding,
         kept: Option<&Mask>,
     ) -> Result<Reconstruction<T>> {
+        let hessian = self.inverse_hessian(tensor, stats)?;
+        self.prune_with(tensor, weights, &hessian, pattern, sparsity, rounding, kept)
+    }
+
+    /// The dampened inverse Hessian of the inputs `stats` describes, factored: what
+    /// [`SparseGpt::prune_with`] needs, computed once for every layer that shares these
+    /// inputs (a transformer's query, key and value projections).
+    ///
+    /// # Errors
+    /// [`Error::MissingCalibration`] if `stats` has no Gram matrix or saw no token;
+    /// [`Error::NotPositiveDefinite`] if the dampened Hessian cannot be factored.
+    pub fn inverse_hessian(&self, tensor: &str, stats: &InputStats) -> Result<InverseHessian> {
+        let gram = stats.require_gram(tensor)?;
+        if stats.samples() == 0 {
+            return Err(Error::MissingCalibration {
+                tensor: tensor.to_owned(),
+                what: "calibration tokens (none were seen)",
+            });
+        }
+        self.factor(tensor, gram)
+    }
+
+    /// [`SparseGpt::prune`] with the inverse Hessian of the layer's inputs already
+    /// factored ([`SparseGpt::inverse_hessian`]).
+    ///
+    /// # Errors
+    /// As [`SparseGpt::prune`].
+    #[allow(clippy::too_many_arguments, reason = "the layer, its statistics and the target")]
+    pub fn prune_with<T: Scalar>(
+        &self,
+        tensor: &str,
+        weights: &DMatrix<T>,
+        hessian: &InverseHessian,
+        pattern: Pattern,
+        sparsity: Sparsity,
+        rounding: Rounding,
+        kept: Option<&Mask>,
+    ) -> Result<Reconstruction<T>> {
         let (rows, cols) = weights.shape();
         let nm = match pattern {
             Pattern::Unstructured => None,
@@ -143,20 +195,13 @@ impl SparseGpt {
             }
         };
         check_finite(tensor, weights.as_slice())?;
-        let gram = stats.require_gram(tensor)?;
-        if gram.nrows() != cols {
+        if hessian.factor.nrows() != cols {
             return Err(shears_core::Error::LengthMismatch {
                 what: "calibration inputs",
                 expected: cols,
-                got: gram.nrows(),
+                got: hessian.factor.nrows(),
             }
             .into());
-        }
-        if stats.samples() == 0 {
-            return Err(Error::MissingCalibration {
-                tensor: tensor.to_owned(),
-                what: "calibration tokens (none were seen)",
-            });
         }
         if let Some(k) = kept
             && k.shape() != (rows, cols)
@@ -173,7 +218,12 @@ impl SparseGpt {
         if rows == 0 || cols == 0 {
             return Ok(Reconstruction { weights: weights.clone(), mask });
         }
-        let hinv = self.inverse_hessian_factor(tensor, gram, &mut w)?;
+        // Inputs no token ever set carry nothing: their weights go to zero first, as in
+        // the reference.
+        for &i in &hessian.dead {
+            w.column_mut(i).fill(0.0);
+        }
+        let hinv = &hessian.factor;
         let block = match nm {
             // Groups never straddle blocks.
             Some((_, m)) => (self.block_size / m).max(1) * m,
@@ -204,26 +254,27 @@ impl SparseGpt {
                     prune_group(&w, &mut mask, i, (i + m).min(cols), &d[k..], n)?;
                 }
                 let dk = d[k];
-                for r in 0..rows {
-                    let value = w[(r, i)];
-                    let q = if mask.get(r, i) == Some(true) { value } else { 0.0 };
-                    err[(r, k)] = (value - q) / dk;
-                    w[(r, i)] = q;
+                let (before, after) = w.as_mut_slice().split_at_mut((i + 1) * rows);
+                let column = &mut before[i * rows..];
+                let errors = &mut err.as_mut_slice()[k * rows..(k + 1) * rows];
+                for (r, (value, e)) in column.iter_mut().zip(errors.iter_mut()).enumerate() {
+                    let q = if mask.get(r, i) == Some(true) { *value } else { 0.0 };
+                    *e = (*value - q) / dk;
+                    *value = q;
                 }
                 // Move this column's error onto the rest of the block.
-                for j in i + 1..end {
-                    let h = hinv[(i, j)];
-                    if h == 0.0 {
-                        continue;
+                let errors = &*errors;
+                for (j, later) in after.chunks_exact_mut(rows).take(end - i - 1).enumerate() {
+                    let h = hinv[(i, i + 1 + j)];
+                    if h != 0.0 {
+                        later.iter_mut().zip(errors).for_each(|(v, e)| *v -= h * e);
                     }
-                    let (errs, mut col) = (err.column(k), w.column_mut(j));
-                    col.axpy(-h, &errs, 1.0);
                 }
             }
             if end < cols {
                 // And the block's onto every later column, in one product.
                 let rest = cols - end;
-                let h = view(&hinv).submatrix(start, end, width, rest);
+                let h = view(hinv).submatrix(start, end, width, rest);
                 let later = view_mut(&mut w).submatrix_mut(0, end, rows, rest);
                 matmul(later, Accum::Add, view(&err), h, -1.0, Par::rayon(0));
             }
@@ -237,20 +288,16 @@ impl SparseGpt {
     }
 
     /// The upper Cholesky factor `U` of the dampened inverse Hessian (`H⁻¹ = Uᵀ U`).
-    /// Inputs no token ever set (a zero diagonal) get a unit diagonal and zero weights,
-    /// as in the reference: they carry no information.
-    fn inverse_hessian_factor(
-        &self,
-        tensor: &str,
-        gram: &DMatrix<f64>,
-        w: &mut DMatrix<f64>,
-    ) -> Result<DMatrix<f64>> {
+    /// Inputs no token ever set (a zero diagonal) get a unit diagonal, as in the
+    /// reference.
+    fn factor(&self, tensor: &str, gram: &DMatrix<f64>) -> Result<InverseHessian> {
         let cols = gram.ncols();
         let mut h = gram.clone();
+        let mut dead = Vec::new();
         for i in 0..cols {
             if h[(i, i)] == 0.0 {
                 h[(i, i)] = 1.0;
-                w.column_mut(i).fill(0.0);
+                dead.push(i);
             }
         }
         let mean_diagonal = (0..cols).map(|i| h[(i, i)]).sum::<f64>() / cols as f64;
@@ -258,12 +305,24 @@ impl SparseGpt {
         for i in 0..cols {
             h[(i, i)] += damp;
         }
-        let not_pd = |_| Error::NotPositiveDefinite { tensor: tensor.to_owned() };
-        let inverse = view(&h).llt(Side::Lower).map_err(not_pd)?.inverse();
-        let factor = inverse.llt(Side::Lower).map_err(not_pd)?;
-        let lower = factor.L();
-        // U = Lᵀ.
-        Ok(DMatrix::from_fn(cols, cols, |r, c| if r <= c { lower[(c, r)] } else { 0.0 }))
+        // With J the reversal permutation and J H J = L Lᵀ (Cholesky), H⁻¹ = Uᵀ U for
+        // the upper triangular U = J L⁻¹ J: one factorisation and one triangular
+        // inverse, instead of inverting H and factoring the inverse.
+        let reversed =
+            faer::Mat::<f64>::from_fn(cols, cols, |i, j| h[(cols - 1 - i, cols - 1 - j)]);
+        let factor = reversed
+            .llt(Side::Lower)
+            .map_err(|_| Error::NotPositiveDefinite { tensor: tensor.to_owned() })?;
+        let mut inverse = faer::Mat::<f64>::zeros(cols, cols);
+        faer::linalg::triangular_inverse::invert_lower_triangular(
+            inverse.as_mut(),
+            factor.L(),
+            Par::rayon(0),
+        );
+        let factor = DMatrix::from_fn(cols, cols, |r, c| {
+            if r <= c { inverse[(cols - 1 - r, cols - 1 - c)] } else { 0.0 }
+        });
+        Ok(InverseHessian { factor, dead })
     }
 }
 
