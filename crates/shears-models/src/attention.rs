@@ -2,24 +2,32 @@
 //! tokens only, which is what the padding mask of a padded batch computes, without the
 //! padding.
 
-use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, MatMut, MatRef, Par};
+use faer::MatMut;
 use nalgebra::DMatrix;
+use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
-use crate::math::softmax;
+use crate::math::softmax_in_place;
+
+/// Where the queries, keys and values are: each `hidden` rows of a matrix with one column
+/// per token, starting at a row (the three may be stacked in one matrix).
+#[derive(Clone, Copy)]
+pub(crate) struct Projections<'a> {
+    pub(crate) q: (&'a DMatrix<f32>, usize),
+    pub(crate) k: (&'a DMatrix<f32>, usize),
+    pub(crate) v: (&'a DMatrix<f32>, usize),
+}
 
 /// `softmax(K_hᵀ Q_h / √d) ` applied to `V_h`, for every head `h` of every sentence:
-/// `q`, `k`, `v` are `hidden x tokens`, the sentences' tokens one after another
-/// (`lengths`), heads `hidden / heads` rows each. Sentences and heads run in parallel.
+/// the projections' columns are the sentences' tokens one after another (`lengths`),
+/// heads `hidden / heads` rows each. Sentences and heads run in parallel.
 pub(crate) fn self_attention(
-    q: &DMatrix<f32>,
-    k: &DMatrix<f32>,
-    v: &DMatrix<f32>,
+    p: Projections<'_>,
+    hidden: usize,
     heads: usize,
     lengths: &[usize],
 ) -> DMatrix<f32> {
-    let (hidden, tokens) = q.shape();
+    let tokens = p.q.0.ncols();
     let d = hidden / heads;
     let scale = 1.0 / (d as f32).sqrt();
     let mut context = DMatrix::<f32>::zeros(hidden, tokens);
@@ -40,24 +48,144 @@ pub(crate) fn self_attention(
         }
         start += len;
     }
-    // A head of a sentence: `d` rows from `h * d`, `len` columns from `start`.
-    fn head(m: &DMatrix<f32>, (start, len, h, d): (usize, usize, usize, usize)) -> MatRef<'_, f32> {
-        let hidden = m.nrows();
-        let offset = start * hidden + h * d;
-        MatRef::from_column_major_slice_with_stride(&m.as_slice()[offset..], d, len, hidden)
+    // A head of a sentence: for each of its `len` tokens from `start`, the `d` values from
+    // row `row + h * d`.
+    fn tokens_of(
+        (m, row): (&DMatrix<f32>, usize),
+        (start, len, h, d): (usize, usize, usize, usize),
+    ) -> impl Iterator<Item = &[f32]> {
+        let stride = m.nrows();
+        (start..start + len).map(move |t| {
+            let offset = t * stride + row + h * d;
+            &m.as_slice()[offset..offset + d]
+        })
     }
-    tasks.into_par_iter().for_each(|(start, len, h, out)| {
+    tasks.into_par_iter().for_each_init(Scratch::default, |scratch, (start, len, h, mut out)| {
         let at = (start, len, h, d);
-        let (qh, kh, vh) = (head(q, at), head(k, at), head(v, at));
-        // scores[i, j]: key i for query j; each column is softmaxed over the keys.
-        let mut scores = Mat::<f32>::zeros(len, len);
-        matmul(scores.as_mut(), Accum::Replace, kh.transpose(), qh, scale, Par::Seq);
-        for j in 0..len {
-            softmax(scores.col_as_slice_mut(j), 1.0);
+        scratch.load(tokens_of(p.q, at), tokens_of(p.k, at), tokens_of(p.v, at), d, len);
+        Arch::new().dispatch(Head { s: scratch, d, len, scale });
+        let dp = d.next_multiple_of(LANES);
+        for (j, result) in scratch.out.chunks_exact(dp).take(len).enumerate() {
+            let column = out.as_mut().col_mut(j).try_as_col_major_mut();
+            if let Some(column) = column {
+                column.as_slice_mut().copy_from_slice(&result[..d]);
+            }
         }
-        matmul(out, Accum::Replace, vh, scores.as_ref(), 1.0, Par::Seq);
     });
     context
+}
+
+/// Lanes of the register tiles: one AVX vector of f32.
+const LANES: usize = 8;
+/// Queries computed together: each key vector loaded is used this many times.
+const QUERIES: usize = 4;
+
+/// One head of one sentence, copied into contiguous buffers padded with zeros: the
+/// queries by token (`dp` values each, `dp` the head size rounded up to [`LANES`]), the
+/// keys by feature (`lp` values each, `lp` the length rounded up, so a feature of eight
+/// keys is one vector), the values by token; and the scores and output.
+#[derive(Default)]
+struct Scratch {
+    q: Vec<f32>,
+    kt: Vec<f32>,
+    v: Vec<f32>,
+    scores: Vec<f32>,
+    out: Vec<f32>,
+}
+
+impl Scratch {
+    fn load<'a>(
+        &mut self,
+        q: impl Iterator<Item = &'a [f32]>,
+        k: impl Iterator<Item = &'a [f32]>,
+        v: impl Iterator<Item = &'a [f32]>,
+        d: usize,
+        len: usize,
+    ) {
+        let (dp, lp) = (d.next_multiple_of(LANES), len.next_multiple_of(LANES));
+        let queries = len.next_multiple_of(QUERIES);
+        let by_token = |tokens: &mut dyn Iterator<Item = &'a [f32]>, buf: &mut Vec<f32>, rows| {
+            buf.clear();
+            buf.resize(rows * dp, 0.0);
+            for (t, token) in tokens.enumerate() {
+                buf[t * dp..t * dp + d].copy_from_slice(token);
+            }
+        };
+        by_token(&mut { q }, &mut self.q, queries);
+        by_token(&mut { v }, &mut self.v, len);
+        self.kt.clear();
+        self.kt.resize(d * lp, 0.0);
+        for (i, token) in k.enumerate() {
+            for (x, &value) in token.iter().enumerate() {
+                self.kt[x * lp + i] = value;
+            }
+        }
+        self.scores.resize(queries * lp, 0.0);
+        self.out.resize(queries * dp, 0.0);
+    }
+}
+
+/// The attention of one head, on a [`Scratch`], in register tiles (four queries by
+/// eight keys for the scores, four queries by the head's width for the output), compiled
+/// for the CPU's widest SIMD by `pulp`'s dispatch.
+struct Head<'a> {
+    s: &'a mut Scratch,
+    d: usize,
+    len: usize,
+    scale: f32,
+}
+
+impl WithSimd for Head<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) {
+        let Head { s, d, len, scale } = self;
+        let (dp, lp) = (d.next_multiple_of(LANES), len.next_multiple_of(LANES));
+        let queries = len.next_multiple_of(QUERIES);
+        for j0 in (0..queries).step_by(QUERIES) {
+            // Scores of queries j0..j0+4 over every key: Σ_x q[x, j] k[x, i].
+            for i0 in (0..lp).step_by(LANES) {
+                let mut acc = [[0.0f32; LANES]; QUERIES];
+                for x in 0..d {
+                    let keys: &[f32; LANES] =
+                        s.kt[x * lp + i0..x * lp + i0 + LANES].try_into().unwrap_or(&[0.0; LANES]);
+                    for (a, qj) in acc.iter_mut().zip(j0..) {
+                        let q = s.q[qj * dp + x];
+                        for (a, k) in a.iter_mut().zip(keys) {
+                            *a += q * k;
+                        }
+                    }
+                }
+                for (a, qj) in acc.iter().zip(j0..) {
+                    let row = &mut s.scores[qj * lp + i0..qj * lp + i0 + LANES];
+                    for (r, v) in row.iter_mut().zip(a) {
+                        *r = v * scale;
+                    }
+                }
+            }
+            for qj in j0..j0 + QUERIES {
+                softmax_in_place(&mut s.scores[qj * lp..qj * lp + len]);
+            }
+            // Their outputs: Σ_i p[i, j] v[:, i], a lane group of the head at a time.
+            for x0 in (0..dp).step_by(LANES) {
+                let mut acc = [[0.0f32; LANES]; QUERIES];
+                for i in 0..len {
+                    let value: &[f32; LANES] =
+                        s.v[i * dp + x0..i * dp + x0 + LANES].try_into().unwrap_or(&[0.0; LANES]);
+                    for (a, qj) in acc.iter_mut().zip(j0..) {
+                        let p = s.scores[qj * lp + i];
+                        for (a, v) in a.iter_mut().zip(value) {
+                            *a += p * v;
+                        }
+                    }
+                }
+                for (a, qj) in acc.iter().zip(j0..) {
+                    s.out[qj * dp + x0..qj * dp + x0 + LANES].copy_from_slice(a);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -116,7 +244,15 @@ mod tests {
             })
         };
         let (q, k, v) = (m(1), m(2), m(3));
-        let got = self_attention(&q, &k, &v, heads, &lengths);
+        let separate = Projections { q: (&q, 0), k: (&k, 0), v: (&v, 0) };
+        let got = self_attention(separate, hidden, heads, &lengths);
+        let mut stacked = DMatrix::<f32>::zeros(3 * hidden, tokens);
+        stacked.rows_mut(0, hidden).copy_from(&q);
+        stacked.rows_mut(hidden, hidden).copy_from(&k);
+        stacked.rows_mut(2 * hidden, hidden).copy_from(&v);
+        let together =
+            Projections { q: (&stacked, 0), k: (&stacked, hidden), v: (&stacked, 2 * hidden) };
+        assert_eq!(self_attention(together, hidden, heads, &lengths), got);
         let want = naive(&q, &k, &v, heads, &lengths);
         let err = (got.map(f64::from) - want).abs().max();
         assert!(err < 1e-5, "{err}");

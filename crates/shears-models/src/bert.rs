@@ -7,10 +7,10 @@ use nalgebra::{DMatrix, DVector};
 use rayon::prelude::*;
 use shears_io::Model;
 
-use crate::attention::self_attention;
+use crate::attention::{Projections, self_attention};
 use crate::config::{Activation, BertConfig, Pooling, SentenceConfig};
 use crate::error::{Error, Result};
-use crate::linear::Linear;
+use crate::linear::{Linear, stacked_forward};
 use crate::math::{Elementwise, apply, layer_norm};
 use crate::tokenize::{Batch, TextEncoder};
 
@@ -111,12 +111,54 @@ impl EncoderLayer {
         activation: Activation,
         observe: &mut dyn FnMut(Site, &DMatrix<f32>) -> Result<()>,
     ) -> Result<DMatrix<f32>> {
+        let hidden = self.run(x, lengths, heads, activation, observe, true)?;
+        hidden.ok_or_else(|| Error::Argument("internal error: a full pass has an output".into()))
+    }
+
+    /// Observes the inputs of the layer's linear layers, as [`EncoderLayer::forward`],
+    /// without computing the output (the last projection and norm are skipped).
+    ///
+    /// # Errors
+    /// As [`EncoderLayer::forward`].
+    pub fn observe_inputs(
+        &self,
+        x: &DMatrix<f32>,
+        lengths: &[usize],
+        heads: usize,
+        activation: Activation,
+        observe: &mut dyn FnMut(Site, &DMatrix<f32>) -> Result<()>,
+    ) -> Result<()> {
+        self.run(x, lengths, heads, activation, observe, false).map(drop)
+    }
+
+    fn run(
+        &self,
+        x: &DMatrix<f32>,
+        lengths: &[usize],
+        heads: usize,
+        activation: Activation,
+        observe: &mut dyn FnMut(Site, &DMatrix<f32>) -> Result<()>,
+        output: bool,
+    ) -> Result<Option<DMatrix<f32>>> {
         observe(Site::Attention, x)?;
-        let (q, k, v) = (self.query.forward(x)?, self.key.forward(x)?, self.value.forward(x)?);
-        let context = self_attention(&q, &k, &v, heads, lengths);
-        drop((q, k, v));
+        let hidden = x.nrows();
+        let context = match stacked_forward(&[&self.query, &self.key, &self.value], x) {
+            // Dense projections run as one GEMM.
+            Some(qkv) => {
+                let qkv = qkv?;
+                let p = Projections { q: (&qkv, 0), k: (&qkv, hidden), v: (&qkv, 2 * hidden) };
+                self_attention(p, hidden, heads, lengths)
+            }
+            None => {
+                let (q, k, v) =
+                    (self.query.forward(x)?, self.key.forward(x)?, self.value.forward(x)?);
+                let p = Projections { q: (&q, 0), k: (&k, 0), v: (&v, 0) };
+                self_attention(p, hidden, heads, lengths)
+            }
+        };
         observe(Site::AttentionOutput, &context)?;
         let mut attended = self.attention_output.forward(&context)?;
+        drop(context);
         attended += x;
         self.attention_norm.apply(&mut attended);
         observe(Site::Intermediate, &attended)?;
@@ -128,17 +170,22 @@ impl EncoderLayer {
         };
         hidden.as_mut_slice().par_chunks_mut(1 << 14).for_each(|chunk| apply(f, chunk));
         observe(Site::Output, &hidden)?;
+        if !output {
+            return Ok(None);
+        }
         let mut out = self.output.forward(&hidden)?;
+        drop(hidden);
         out += &attended;
         self.output_norm.apply(&mut out);
-        Ok(out)
+        Ok(Some(out))
     }
 }
 
-/// The embeddings: word, position and token type, summed and normalised.
+/// The embeddings: word, position and token type, summed and normalised. Each is
+/// `hidden x count`: every token's (position's, type's) vector is a column, as the
+/// checkpoint's rows are.
 #[derive(Debug, Clone)]
 struct Embeddings {
-    /// `hidden x vocab`: each token's vector is a column.
     word: DMatrix<f32>,
     position: DMatrix<f32>,
     token_type: DMatrix<f32>,
@@ -194,18 +241,13 @@ impl BertModel {
             })
         };
         let embeddings = Embeddings {
-            word: weights
-                .matrix("embeddings.word_embeddings.weight", (config.vocab_size, h))?
-                .transpose(),
-            position: weights
-                .matrix(
-                    "embeddings.position_embeddings.weight",
-                    (config.max_position_embeddings, h),
-                )?
-                .transpose(),
+            word: weights.rows("embeddings.word_embeddings.weight", (config.vocab_size, h))?,
+            position: weights.rows(
+                "embeddings.position_embeddings.weight",
+                (config.max_position_embeddings, h),
+            )?,
             token_type: weights
-                .matrix("embeddings.token_type_embeddings.weight", (config.type_vocab_size, h))?
-                .transpose(),
+                .rows("embeddings.token_type_embeddings.weight", (config.type_vocab_size, h))?,
             norm: norm("embeddings.LayerNorm")?,
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
@@ -316,6 +358,21 @@ impl BertModel {
         Ok(x)
     }
 
+    /// Observes the inputs of `layer`'s linear layers for `x`, without its output.
+    ///
+    /// # Errors
+    /// As [`EncoderLayer::forward`].
+    pub fn observe_layer(
+        &self,
+        layer: &EncoderLayer,
+        x: &DMatrix<f32>,
+        lengths: &[usize],
+        observe: &mut dyn FnMut(Site, &DMatrix<f32>) -> Result<()>,
+    ) -> Result<()> {
+        let c = &self.config;
+        layer.observe_inputs(x, lengths, c.num_attention_heads, c.hidden_act, observe)
+    }
+
     /// Runs `layer` (one of this model's) on `x`, observing its linear layers' inputs.
     ///
     /// # Errors
@@ -366,16 +423,17 @@ impl Weights<'_> {
         Ok(self.read(name, &[len])?.1)
     }
 
-    /// A `(rows, cols)` tensor, row-major in the file, as a matrix.
-    fn matrix(&self, name: &str, (rows, cols): (usize, usize)) -> Result<DMatrix<f32>> {
+    /// A `(rows, cols)` tensor, row-major in the file, as the `cols x rows` matrix whose
+    /// columns are its rows (no copy, no transpose).
+    fn rows(&self, name: &str, (rows, cols): (usize, usize)) -> Result<DMatrix<f32>> {
         let values = self.read(name, &[rows, cols])?.1;
-        Ok(DMatrix::from_row_slice(rows, cols, &values))
+        Ok(DMatrix::from_vec(cols, rows, values))
     }
 
     fn linear(&self, name: &str, shape: (usize, usize)) -> Result<Linear> {
-        let weight = self.matrix(&format!("{name}.weight"), shape)?;
+        let transposed = self.rows(&format!("{name}.weight"), shape)?;
         let bias = DVector::from_vec(self.vector(&format!("{name}.bias"), shape.0)?);
-        Linear::new(format!("{}{name}.weight", self.prefix), weight, bias)
+        Linear::from_transposed(format!("{}{name}.weight", self.prefix), transposed, bias)
     }
 }
 

@@ -9,6 +9,8 @@
 //!   tokens) or in any shears-sparse format, and each layer's inputs can be observed;
 //! - [`prune_model`] calibrates and prunes the encoder layer by layer with Wanda or
 //!   SparseGPT ([`Method`]) from calibration text, or by magnitude;
+//! - [`choose_formats`] runs each pruned layer in the sparse format `choose_format`
+//!   proposes where a timed product shows it beats the dense GEMM, and dense elsewhere;
 //! - [`agreement`] measures what a pruned model keeps: the cosine between its sentence
 //!   embeddings and the dense model's, and how many nearest neighbours stay.
 //!
@@ -44,6 +46,7 @@ mod bert;
 mod config;
 mod error;
 mod eval;
+mod formats;
 mod linear;
 mod math;
 mod prune;
@@ -55,6 +58,7 @@ pub use bert::{
 pub use config::{Activation, BertConfig, Pooling, SentenceConfig};
 pub use error::{Error, Result};
 pub use eval::{Agreement, agreement};
-pub use linear::{Linear, LinearWeights};
+pub use formats::{FormatChoice, choose_formats};
+pub use linear::Linear;
 pub use prune::{Method, PruneSpec, PrunedLinear, Step, prune_model};
 pub use tokenize::{Batch, TextEncoder, read_texts};

@@ -70,6 +70,36 @@ pub(crate) fn gelu_tanh(x: f32) -> f32 {
     0.5 * x * (1.0 + tanh)
 }
 
+/// The sum of `values` in eight independent f32 lanes (so the loop vectorises; a single
+/// running sum is a chain of dependent additions), the lanes added in f64.
+#[inline(always)]
+pub(crate) fn sum(values: &[f32]) -> f64 {
+    let mut lanes = [0.0f32; 8];
+    let chunks = values.chunks_exact(8);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (l, v) in lanes.iter_mut().zip(chunk) {
+            *l += v;
+        }
+    }
+    lanes.iter().map(|&l| f64::from(l)).sum::<f64>()
+        + tail.iter().map(|&v| f64::from(v)).sum::<f64>()
+}
+
+/// The largest of `values` (−∞ for none), in eight lanes.
+#[inline(always)]
+pub(crate) fn max(values: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = values.chunks_exact(8);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (l, v) in lanes.iter_mut().zip(chunk) {
+            *l = l.max(*v);
+        }
+    }
+    lanes.iter().chain(tail).fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+}
+
 /// An element-wise activation over a slice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Elementwise {
@@ -95,31 +125,17 @@ pub(crate) fn apply(f: Elementwise, values: &mut [f32]) {
     Arch::new().dispatch(Apply(f, values));
 }
 
-/// Scales `values` to `softmax(scale * values)` in place.
-pub(crate) fn softmax(values: &mut [f32], scale: f32) {
-    struct Softmax<'a>(&'a mut [f32], f32);
-    impl WithSimd for Softmax<'_> {
-        type Output = ();
-        #[inline(always)]
-        fn with_simd<S: Simd>(self, _simd: S) {
-            let (values, scale) = (self.0, self.1);
-            let max = values.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let mut sum = 0.0f32;
-            for v in values.iter_mut() {
-                *v = exp((*v - max) * scale);
-                sum += *v;
-            }
-            let inv = 1.0 / sum;
-            values.iter_mut().for_each(|v| *v *= inv);
-        }
-    }
-    if !values.is_empty() {
-        Arch::new().dispatch(Softmax(values, scale));
-    }
+/// `softmax(values)` in place, for a caller already inside a SIMD dispatch.
+#[inline(always)]
+pub(crate) fn softmax_in_place(values: &mut [f32]) {
+    let top = max(values);
+    values.iter_mut().for_each(|v| *v = exp(*v - top));
+    let inv = (1.0 / sum(values)) as f32;
+    values.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// Layer norm of one token's state: `(x - mean) / sqrt(var + eps) * gamma + beta`, the
-/// variance biased as PyTorch's; the sums in f64.
+/// variance biased as PyTorch's (two passes; the sums in eight f32 lanes, added in f64).
 pub(crate) fn layer_norm(values: &mut [f32], gamma: &[f32], beta: &[f32], eps: f64) {
     struct Norm<'a>(&'a mut [f32], &'a [f32], &'a [f32], f64);
     impl WithSimd for Norm<'_> {
@@ -128,12 +144,20 @@ pub(crate) fn layer_norm(values: &mut [f32], gamma: &[f32], beta: &[f32], eps: f
         fn with_simd<S: Simd>(self, _simd: S) {
             let Norm(values, gamma, beta, eps) = self;
             let n = values.len() as f64;
-            let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-            let var = values.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+            let mean = (sum(values) / n) as f32;
+            values.iter_mut().for_each(|v| *v -= mean);
+            let mut squares = [0.0f32; 8];
+            let chunks = values.chunks_exact(8);
+            let tail: f64 = chunks.remainder().iter().map(|&v| f64::from(v * v)).sum();
+            for chunk in chunks {
+                for (s, v) in squares.iter_mut().zip(chunk) {
+                    *s += v * v;
+                }
+            }
+            let var = (squares.iter().map(|&s| f64::from(s)).sum::<f64>() + tail) / n;
             let inv = (1.0 / (var + eps).sqrt()) as f32;
-            let mean = mean as f32;
             for ((v, &g), &b) in values.iter_mut().zip(gamma).zip(beta) {
-                *v = (*v - mean) * inv * g + b;
+                *v = *v * inv * g + b;
             }
         }
     }
@@ -191,6 +215,16 @@ mod tests {
     }
 
     #[test]
+    fn lane_reductions_equal_plain_ones() {
+        for n in [0, 1, 7, 8, 9, 100, 385] {
+            let v: Vec<f32> = (0..n).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
+            let plain: f64 = v.iter().map(|&x| f64::from(x)).sum();
+            assert_eq!(sum(&v), plain, "{n}");
+            assert_eq!(max(&v), v.iter().cloned().fold(f32::NEG_INFINITY, f32::max));
+        }
+    }
+
+    #[test]
     fn vectorised_loops_equal_the_scalar_functions() {
         let mut values: Vec<f32> = grid().collect();
         let expected: Vec<f32> = values.iter().map(|&v| gelu(v)).collect();
@@ -205,8 +239,8 @@ mod tests {
 
     #[test]
     fn softmax_and_layer_norm_match_their_formulas() {
-        let mut v = vec![1.0f32, 2.0, 3.0, -50.0];
-        softmax(&mut v, 0.5);
+        let mut v = vec![0.5f32, 1.0, 1.5, -25.0];
+        softmax_in_place(&mut v);
         let e: Vec<f64> = [0.5f64, 1.0, 1.5, -25.0].iter().map(|x| x.exp()).collect();
         let total: f64 = e.iter().sum();
         for (got, want) in v.iter().zip(&e) {

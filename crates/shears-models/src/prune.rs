@@ -4,7 +4,7 @@
 
 use nalgebra::{DMatrix, DVector};
 use shears_core::{LayerContext, Mask, Masks, PruningStrategy, Rounding, Sparsity};
-use shears_strategies::{InputStats, Magnitude, Pattern, Pruner, SparseGpt, Wanda};
+use shears_strategies::{InputStats, InverseHessian, Magnitude, Pattern, Pruner, SparseGpt, Wanda};
 
 use crate::bert::{BertModel, Site, TOKENS_PER_PASS};
 use crate::error::{Error, Result};
@@ -113,7 +113,7 @@ pub fn prune_model(
         progress(Step::Layer { layer: l, layers });
         let chosen: Vec<usize> =
             (0..6).filter(|&k| select(model.layers()[l].linears()[k].1.name())).collect();
-        let stats = match &x {
+        let mut stats = match &x {
             Some(x) if !chosen.is_empty() => {
                 Some(observe(model, l, x, &calibration.lengths, &chosen, spec)?)
             }
@@ -133,8 +133,7 @@ pub fn prune_model(
                     weights.shape()
                 )));
             }
-            let site_stats =
-                stats.as_ref().and_then(|s| s.iter().find(|(at, _)| at == site).map(|(_, s)| s));
+            let site_stats = stats.as_mut().and_then(|s| s.iter_mut().find(|c| c.site == *site));
             let (new_weights, mask) = prune_linear(&name, &weights, site_stats, spec, prior)?;
             linear.set_dense(new_weights)?;
             pruned.push(PrunedLinear { name, mask });
@@ -147,6 +146,14 @@ pub fn prune_model(
     Ok(pruned)
 }
 
+/// What calibration learned about one site's inputs, and (for SparseGPT) the factored
+/// inverse Hessian, computed once for the linears that share the site.
+struct Calibrated {
+    site: Site,
+    stats: InputStats,
+    hessian: Option<InverseHessian>,
+}
+
 /// The statistics of the inputs of layer `l`'s chosen linears, over all of `x`.
 fn observe(
     model: &BertModel,
@@ -155,14 +162,15 @@ fn observe(
     lengths: &[usize],
     chosen: &[usize],
     spec: &PruneSpec,
-) -> Result<Vec<(Site, InputStats)>> {
+) -> Result<Vec<Calibrated>> {
     let layer = &model.layers()[l];
     let gram = matches!(spec.method, Method::SparseGpt(_));
-    let mut stats: Vec<(Site, InputStats)> = Vec::new();
+    let mut stats: Vec<Calibrated> = Vec::new();
     for &k in chosen {
         let (site, linear) = layer.linears()[k];
-        if !stats.iter().any(|(s, _)| *s == site) {
-            stats.push((site, InputStats::new(linear.shape().1, gram)));
+        if !stats.iter().any(|c| c.site == site) {
+            let s = InputStats::new(linear.shape().1, gram);
+            stats.push(Calibrated { site, stats: s, hessian: None });
         }
     }
     let batch = Batch { ids: Vec::new(), type_ids: Vec::new(), lengths: lengths.to_vec() };
@@ -170,9 +178,9 @@ fn observe(
     for chunk in batch.chunks(TOKENS_PER_PASS) {
         let tokens: usize = lengths[chunk.clone()].iter().sum();
         let input = x.columns(start, tokens).into_owned();
-        model.run_layer(layer, &input, &lengths[chunk], &mut |site, seen| {
-            if let Some((_, s)) = stats.iter_mut().find(|(at, _)| *at == site) {
-                s.add(seen)?;
+        model.observe_layer(layer, &input, &lengths[chunk], &mut |site, seen| {
+            if let Some(c) = stats.iter_mut().find(|c| c.site == site) {
+                c.stats.add(seen)?;
             }
             Ok(())
         })?;
@@ -206,7 +214,7 @@ fn run_layer(
 fn prune_linear(
     name: &str,
     weights: &DMatrix<f32>,
-    stats: Option<&InputStats>,
+    calibrated: Option<&mut Calibrated>,
     spec: &PruneSpec,
     kept: Option<&Mask>,
 ) -> Result<(DMatrix<f32>, Mask)> {
@@ -218,9 +226,16 @@ fn prune_linear(
     let missing = || Error::Argument(format!("no calibration statistics for `{name}`"));
     let mask = match spec.method {
         Method::SparseGpt(gpt) => {
-            let stats = stats.ok_or_else(missing)?;
-            let r =
-                gpt.prune(name, weights, stats, spec.pattern, spec.sparsity, spec.rounding, kept)?;
+            let calibrated = calibrated.ok_or_else(missing)?;
+            let hessian = match calibrated.hessian.take() {
+                Some(h) => h,
+                None => gpt.inverse_hessian(name, &calibrated.stats)?,
+            };
+            let (pattern, sparsity, rounding) = (spec.pattern, spec.sparsity, spec.rounding);
+            let r = gpt.prune_with(name, weights, &hessian, pattern, sparsity, rounding, kept);
+            // The layers that share these inputs reuse the factor.
+            calibrated.hessian = Some(hessian);
+            let r = r?;
             return Ok((r.weights, r.mask));
         }
         Method::Magnitude => Pruner::new(Magnitude)
@@ -228,8 +243,8 @@ fn prune_linear(
             .with_rounding(spec.rounding)
             .mask(weights, &ctx, spec.sparsity)?,
         Method::Wanda => {
-            let norms: DVector<f32> =
-                stats.ok_or_else(missing)?.activation_norms().map(|n| n as f32);
+            let stats = &calibrated.ok_or_else(missing)?.stats;
+            let norms: DVector<f32> = stats.activation_norms().map(|n| n as f32);
             let ctx = ctx.with_activation_norms(&norms);
             match spec.pattern {
                 // Wanda compares within each output row.

@@ -1,0 +1,88 @@
+//! Which format each linear layer runs in: the one `choose_format` picks for its mask
+//! and the batch's token count, kept only where a timed product says it beats the dense
+//! GEMM at that token count. A sparse format that is slower is never used.
+
+use std::time::Instant;
+
+use nalgebra::DMatrix;
+use serde::Serialize;
+use shears_core::Mask;
+use shears_sparse::{Format, choose_format};
+
+use crate::bert::BertModel;
+use crate::error::Result;
+
+/// Tokens the products are timed on at most: enough to rank the formats at a large
+/// batch, few enough that planning takes a fraction of a second.
+const TIMING_TOKENS: usize = 512;
+
+/// The decision for one linear layer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FormatChoice {
+    /// The weight's tensor name.
+    pub name: String,
+    /// The fraction of its weights that are zero.
+    pub sparsity: f64,
+    /// The sparse format `choose_format` proposed (dense when it proposed none).
+    pub proposed: String,
+    /// The dense product's time, in seconds, at the timing token count.
+    pub dense_seconds: f64,
+    /// The proposed format's time, if one was timed.
+    pub proposed_seconds: Option<f64>,
+    /// The format the layer now runs in.
+    pub chosen: String,
+}
+
+/// Sets every linear layer of `model` to the fastest of dense and the format
+/// `choose_format` proposes for its zeros at `tokens` tokens per product, timing both on
+/// `min(tokens, 512)` tokens (the best of three runs each).
+///
+/// # Errors
+/// A format that cannot be built from the weights.
+pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<FormatChoice>> {
+    let timing = tokens.clamp(1, TIMING_TOKENS);
+    let mut choices = Vec::new();
+    for layer in model.layers_mut() {
+        for (_, linear) in layer.linears_mut() {
+            let weights = linear.dense_weights();
+            let (rows, cols) = weights.shape();
+            let mask = Mask::from_fn(rows, cols, |r, c| weights[(r, c)] != 0.0)?;
+            let sparsity = mask.sparsity().get();
+            let proposed = choose_format(&mask, tokens);
+            let x = DMatrix::from_fn(cols, timing, |r, c| ((r * 7 + c * 13) % 17) as f32 - 8.0);
+            linear.set_format(Format::Dense)?;
+            let dense_seconds = best_of_three(|| linear.forward(&x).map(drop))?;
+            let mut choice = FormatChoice {
+                name: linear.name().to_owned(),
+                sparsity,
+                proposed: proposed.to_string(),
+                dense_seconds,
+                proposed_seconds: None,
+                chosen: Format::Dense.to_string(),
+            };
+            if proposed != Format::Dense {
+                linear.set_format(proposed)?;
+                let seconds = best_of_three(|| linear.forward(&x).map(drop))?;
+                choice.proposed_seconds = Some(seconds);
+                if seconds < dense_seconds {
+                    choice.chosen = proposed.to_string();
+                } else {
+                    linear.set_format(Format::Dense)?;
+                }
+            }
+            choices.push(choice);
+        }
+    }
+    Ok(choices)
+}
+
+/// The least of three timed runs of `f`, in seconds.
+fn best_of_three(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let start = Instant::now();
+        f()?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
