@@ -78,6 +78,9 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     if args.batch.is_empty() {
         bail!("--batch takes batch sizes, e.g. 1,32");
     }
+    if args.texts.is_some() {
+        return crate::model_bench::run(args);
+    }
     let model = Model::open(&args.input)?;
     let layers: Vec<_> = model
         .tensors()

@@ -38,6 +38,10 @@ pub(crate) enum Command {
     /// Train, prune and fine-tune an MLP on the embedded digits, every method side by
     /// side.
     Demo(DemoArgs),
+    /// Embed sentences with a BERT-family sentence-transformer folder (dense or pruned).
+    Embed(EmbedArgs),
+    /// How much a pruned model keeps: its sentence embeddings against the dense model's.
+    Eval(EvalArgs),
 }
 
 #[derive(Debug, Args)]
@@ -54,9 +58,20 @@ pub(crate) struct PruneArgs {
     #[arg(short, long, allow_negative_numbers = true)]
     pub(crate) sparsity: Option<Sparsity>,
     /// What scores the weights: magnitude (|w|), gradient (|w*g| summed over the --grads
-    /// files) or random (seeded by --seed).
-    #[arg(long = "method", default_value = "magnitude")]
-    pub(crate) criterion: Criterion,
+    /// files), random (seeded by --seed); or, for a BERT-family model folder with
+    /// --calib text, wanda (|w|*||x||, compared within each row) or sparsegpt (which also
+    /// updates the kept weights to keep each layer's output).
+    #[arg(long, default_value = "magnitude")]
+    pub(crate) method: MethodArg,
+    /// Calibration text for wanda and sparsegpt: one sentence per line.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) calib: Option<PathBuf>,
+    /// How many lines of --calib to use.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) calib_samples: u32,
+    /// Tokens per calibration sentence (longer ones are truncated).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(3..=65_536))]
+    pub(crate) max_len: u32,
     /// The structure kept: unstructured, per-row, rows, columns, filters, channels (conv
     /// input channels), N:M (e.g. 2:4; along input channels for conv weights) or
     /// block:RxC (e.g. block:4x4).
@@ -147,12 +162,63 @@ pub(crate) struct BenchArgs {
     /// Time every 2-D and 4-D floating tensor, embeddings and heads included.
     #[arg(long)]
     pub(crate) all: bool,
+    /// Time the whole model instead of its layers (a BERT-family folder): sentences of
+    /// --seq-len tokens cut from this text, --batch sentences at a time, dense and with
+    /// each pruned layer in the format that runs it fastest.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) texts: Option<PathBuf>,
+    /// Tokens per sentence for --texts.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(3..=65_536))]
+    pub(crate) seq_len: u32,
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
     /// No progress bar.
     #[arg(long, short)]
     pub(crate) quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EmbedArgs {
+    /// The model folder (config.json, tokenizer.json, the weights).
+    pub(crate) model: PathBuf,
+    /// The sentences, one per line.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) texts: PathBuf,
+    /// Write the embeddings here: a safetensors file with one F32 tensor `embeddings`
+    /// of shape [sentences, hidden].
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) output: Option<PathBuf>,
+    /// Tokens per sentence (default: the model's max_seq_length).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(3..=65_536))]
+    pub(crate) max_len: Option<u32>,
+    /// How many lines of --texts to embed.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub(crate) limit: u32,
+    /// Print one JSON document (the embeddings and each layer's format) instead of the
+    /// summary.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EvalArgs {
+    /// The dense model folder.
+    pub(crate) dense: PathBuf,
+    /// The pruned model folder.
+    pub(crate) pruned: PathBuf,
+    /// The sentences to compare on, one per line (use ones the pruning did not see).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) texts: PathBuf,
+    /// Tokens per sentence (default: the model's max_seq_length).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(3..=65_536))]
+    pub(crate) max_len: Option<u32>,
+    /// How many lines of --texts to use.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
+    pub(crate) limit: u32,
+    /// Print one JSON document instead of the summary.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -170,6 +236,37 @@ pub(crate) struct DemoArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub(crate) quiet: bool,
+}
+
+/// `--method`: a criterion that scores weights alone, or SparseGPT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MethodArg {
+    /// Magnitude, gradient, random or Wanda.
+    Criterion(Criterion),
+    /// SparseGPT.
+    SparseGpt,
+}
+
+impl std::str::FromStr for MethodArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "sparsegpt" {
+            return Ok(MethodArg::SparseGpt);
+        }
+        s.parse::<Criterion>()
+            .map(MethodArg::Criterion)
+            .map_err(|_| "one of magnitude, gradient, random, wanda, sparsegpt".to_owned())
+    }
+}
+
+impl std::fmt::Display for MethodArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MethodArg::Criterion(c) => write!(f, "{c}"),
+            MethodArg::SparseGpt => f.write_str("sparsegpt"),
+        }
+    }
 }
 
 /// The largest batch `bench` times.

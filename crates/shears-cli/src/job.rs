@@ -5,13 +5,16 @@ use shears_core::{LayerContext, LayerInput, Mask, PruningStrategy, Rounding, Spa
 use shears_io::Float;
 use shears_strategies::{Criterion, Pattern, Pruner, Scope, UserScores};
 
-use crate::cli::PruneArgs;
+use crate::cli::{MethodArg, PruneArgs};
 use crate::sources::{Loaded, Tensor, View};
 
 /// What a run does to each chosen tensor, decided once from the arguments, before any
 /// file is opened.
 pub(crate) struct Job {
     pub(crate) criterion: Criterion,
+    /// Wanda or SparseGPT from calibration text: the model is run, and these masks and
+    /// weights replace the per-tensor selection.
+    pub(crate) calibrated: Option<shears_models::Method>,
     /// The pattern, with the structured reduction asked for.
     pub(crate) pattern: Pattern,
     pub(crate) scope: Scope,
@@ -23,11 +26,34 @@ pub(crate) struct Job {
 
 impl Job {
     pub(crate) fn new(args: &PruneArgs) -> Result<Job> {
-        let criterion = args.criterion.with_seed(args.seed);
-        if criterion.needs() == Some(LayerInput::ActivationNorms) {
-            bail!(
-                "--method {criterion} needs calibration activations, which a checkpoint alone has none of"
-            );
+        let (criterion, calibrated) = match args.method {
+            MethodArg::Criterion(c) if c.needs() == Some(LayerInput::ActivationNorms) => {
+                (Criterion::Magnitude, Some(shears_models::Method::Wanda))
+            }
+            MethodArg::Criterion(c) => (c.with_seed(args.seed), None),
+            MethodArg::SparseGpt => (
+                Criterion::Magnitude,
+                Some(shears_models::Method::SparseGpt(shears_strategies::SparseGpt::new())),
+            ),
+        };
+        if let Some(method) = calibrated {
+            let m = method.name();
+            if args.calib.is_none() {
+                bail!("--method {m} needs --calib FILE: calibration text, one sentence per line");
+            }
+            if !args.grads.is_empty() || args.scores.is_some() {
+                bail!("--method {m} scores from --calib text; --grads and --scores are not read");
+            }
+            if args.scope != Scope::Layer || args.min_density > 0.0 {
+                bail!(
+                    "--method {m} prunes each layer to the target: --scope global and --min-density do not apply"
+                );
+            }
+            if !matches!(args.pattern, Pattern::Unstructured | Pattern::NM(_)) {
+                bail!("--method {m} prunes unstructured or N:M (e.g. 2:4), not {}", args.pattern);
+            }
+        } else if args.calib.is_some() {
+            bail!("--calib is read by --method wanda and sparsegpt only");
         }
         match (criterion, args.grads.is_empty()) {
             (Criterion::Gradient, true) => {
@@ -39,10 +65,12 @@ impl Job {
         if args.scores.is_some() && criterion != Criterion::Magnitude {
             bail!("--scores replaces --method: give one of them");
         }
-        let sparsity = match (args.sparsity, &args.masks_in) {
-            (Some(s), _) => s,
-            (None, Some(_)) => Sparsity::ZERO,
-            (None, None) => bail!("--sparsity is required (a number in [0, 1])"),
+        let sparsity = match (args.sparsity, &args.masks_in, args.pattern) {
+            (Some(s), _, _) => s,
+            // N:M fixes the sparsity.
+            (None, _, Pattern::NM(p)) => Sparsity::new(1.0 - p.n() as f64 / p.m() as f64)?,
+            (None, Some(_), _) => Sparsity::ZERO,
+            (None, None, _) => bail!("--sparsity is required (a number in [0, 1])"),
         };
         let pattern = match args.pattern {
             Pattern::Structured(s) => Pattern::Structured(s.with_reduction(args.reduction)),
@@ -54,10 +82,14 @@ impl Job {
         }
         pattern.check_sparsity(sparsity)?;
         let elementwise = matches!(criterion, Criterion::Magnitude | Criterion::Gradient);
-        let view =
-            if pattern == Pattern::Unstructured && elementwise { View::Flat } else { View::Matrix };
+        let view = if pattern == Pattern::Unstructured && elementwise && calibrated.is_none() {
+            View::Flat
+        } else {
+            View::Matrix
+        };
         Ok(Job {
             criterion,
+            calibrated,
             pattern,
             scope: args.scope,
             sparsity,

@@ -14,11 +14,14 @@ macro_rules! outln {
 }
 
 mod bench;
+mod calibrated;
 mod cli;
 mod demo;
+mod embed;
 mod global;
 mod inspect;
 mod job;
+mod model_bench;
 mod outputs;
 mod progress;
 mod prune;
@@ -52,6 +55,8 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Embed(args) => embed::embed(args),
+        Command::Eval(args) => embed::eval(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

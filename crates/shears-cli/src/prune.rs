@@ -13,6 +13,7 @@ use shears_io::{
 };
 use shears_strategies::{Criterion, Scope};
 
+use crate::calibrated;
 use crate::cli::PruneArgs;
 use crate::global::Global;
 use crate::job::Job;
@@ -136,13 +137,35 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
     check_paths(&model, args, &outputs)?;
     let sources =
         Sources::open(&args.grads, args.scores.as_deref(), args.masks_in.as_deref(), &chosen)?;
+    let mut calibrated = match job.calibrated {
+        Some(method) => Some(calibrated::prune(args, &job, method, &model, &chosen, &sources)?),
+        None => None,
+    };
     // f32 holds f16, bf16 and f32 values exactly and halves the memory of f64; tensors
     // are worked on in f64 only when one of them (or its gradient) is f64.
     let double = chosen.iter().any(|t| t.dtype == Dtype::F64 || sources.any_f64(t.name));
     let mut report = if double {
-        prune::<f64>(args, &job, &model, &sources, &choices, &chosen, &outputs)?
+        prune::<f64>(
+            args,
+            &job,
+            &model,
+            &sources,
+            &choices,
+            &chosen,
+            &outputs,
+            calibrated.as_mut(),
+        )?
     } else {
-        prune::<f32>(args, &job, &model, &sources, &choices, &chosen, &outputs)?
+        prune::<f32>(
+            args,
+            &job,
+            &model,
+            &sources,
+            &choices,
+            &chosen,
+            &outputs,
+            calibrated.as_mut(),
+        )?
     };
     for (path, why) in &outputs.skipped {
         report.warnings.add(format!("{} was not copied: {why}", path.display()));
@@ -207,6 +230,7 @@ fn prune<'a, T: Float>(
     choices: &'a [Choice<'a>],
     chosen: &[Tensor],
     outputs: &Outputs,
+    mut calibrated: Option<&mut calibrated::Pruned>,
 ) -> Result<Report<'a>> {
     let mut global = match job.scope {
         Scope::Layer => None,
@@ -264,9 +288,14 @@ fn prune<'a, T: Float>(
             let t = next_chosen.next().context("internal error: chosen tensors in model order")?;
             let mut loaded = sources.load::<T>(model, t, job.view, std::mem::take(&mut spare))?;
             let before = fraction(zeros(&loaded.weights), loaded.weights.len());
-            let mask = match global.as_mut() {
-                Some(g) => g.mask(job, t, &loaded)?,
-                None => job.layer_mask(t, &loaded)?,
+            let mask = match (global.as_mut(), calibrated.as_mut().and_then(|c| c.remove(t.name))) {
+                (_, Some((weights, mask))) => {
+                    // Wanda's or SparseGPT's weights (SparseGPT's kept ones are updated).
+                    loaded.weights = weights.map(|v| T::from_f64_lossy(f64::from(v)));
+                    mask
+                }
+                (Some(g), None) => g.mask(job, t, &loaded)?,
+                (None, None) => job.layer_mask(t, &loaded)?,
             };
             mask.apply_in_place(&mut loaded.weights)?;
             let after = fraction(zeros(&loaded.weights), loaded.weights.len());
@@ -342,9 +371,10 @@ fn prune<'a, T: Float>(
     Ok(Report {
         input: args.input.display().to_string(),
         output: args.output.display().to_string(),
-        method: match (&args.scores, job.criterion) {
-            (Some(_), _) => "scores".into(),
-            (None, c) => c.to_string(),
+        method: match (&args.scores, job.calibrated, job.criterion) {
+            (Some(_), _, _) => "scores".into(),
+            (None, Some(m), _) => m.name().into(),
+            (None, None, c) => c.to_string(),
         },
         pattern: job.pattern.to_string(),
         scope: job.scope.to_string(),

@@ -225,7 +225,7 @@ impl Sources {
     }
 
     /// The starting mask of `t` in `view`, if masks were given.
-    fn mask(&self, t: &Tensor, view: View) -> Result<Option<Mask>> {
+    pub(crate) fn mask(&self, t: &Tensor, view: View) -> Result<Option<Mask>> {
         let stored = match &self.masks {
             None => return Ok(None),
             Some(MaskSource::Torch(ckpt)) => {

@@ -103,7 +103,7 @@ fn bad_arguments() {
     fails_usage(
         &strs(&prune(&["-s", "0.5", "--method", "l1"])),
         &out,
-        &["l1", "magnitude, gradient, random or wanda"],
+        &["l1", "magnitude, gradient, random, wanda, sparsegpt"],
     );
     fails_usage(&strs(&prune(&["-s", "0.5", "--scope", "all"])), &out, &["layer or global"]);
     fails_usage(&["prune", i, "--pattern", "2:4"], &out, &["--output", "Usage"]);

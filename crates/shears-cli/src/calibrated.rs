@@ -1,0 +1,90 @@
+//! `prune --method wanda|sparsegpt`: the model folder is loaded as a transformer, run on
+//! the calibration text layer by layer, and its chosen linear layers pruned; the rest of
+//! `prune` writes the result as it writes any other.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use anyhow::{Context, Result, bail};
+use nalgebra::DMatrix;
+use shears_core::{Mask, Masks};
+use shears_io::Model;
+use shears_models::{Method, PruneSpec, SentenceTransformer, Step, prune_model, read_texts};
+
+use crate::cli::PruneArgs;
+use crate::job::Job;
+use crate::progress::Progress;
+use crate::sources::{Sources, Tensor, View};
+
+/// A pruned linear layer's new weights (`outputs x inputs`) and mask.
+pub(crate) type Pruned = HashMap<String, (DMatrix<f32>, Mask)>;
+
+/// Runs `method` on the chosen tensors of the model folder `model`.
+pub(crate) fn prune(
+    args: &PruneArgs,
+    job: &Job,
+    method: Method,
+    model: &Model,
+    chosen: &[Tensor],
+    sources: &Sources,
+) -> Result<Pruned> {
+    let m = method.name();
+    let Some(folder) = model.folder() else {
+        bail!(
+            "--method {m} runs the model: give its Hugging Face folder (config.json, tokenizer.json and the weights), not {}",
+            model.path().display()
+        );
+    };
+    let Some(calib) = &args.calib else { bail!("--method {m} needs --calib FILE") };
+    let mut transformer = SentenceTransformer::load(folder, Some(args.max_len as usize))?;
+    let linears: HashSet<&str> = transformer.model.linears().map(|l| l.name()).collect();
+    if let Some(t) = chosen.iter().find(|t| !linears.contains(t.name)) {
+        bail!(
+            "--method {m} prunes the encoder's linear layers; tensor `{}` is not one of them (--exclude it)",
+            t.name
+        );
+    }
+    let chosen_names: HashSet<String> = chosen.iter().map(|t| t.name.to_owned()).collect();
+    drop(linears);
+    let texts = read_texts(calib, args.calib_samples as usize)?;
+    let batch = transformer.tokenizer.encode(&texts)?;
+    let mut prior = Masks::new();
+    for t in chosen {
+        if let Some(mask) = sources.mask(t, View::Matrix)? {
+            prior.insert(t.name.to_owned(), mask);
+        }
+    }
+    let spec = PruneSpec {
+        method,
+        pattern: job.pattern,
+        sparsity: job.layer_target(),
+        rounding: job.rounding,
+    };
+    let layers = transformer.model.layers().len() as u64;
+    let progress = Progress::steps(layers, "layers", args.quiet);
+    progress.message(format!("{m}: {} calibration sentences", texts.len()));
+    let masks = prune_model(
+        &mut transformer.model,
+        &batch,
+        &spec,
+        &|name| chosen_names.contains(name),
+        (!prior.is_empty()).then_some(&prior),
+        &mut |Step::Layer { layer, layers }| {
+            progress.message(format!("{m}: layer {} of {layers}", layer + 1));
+            if layer > 0 {
+                progress.advance(1);
+            }
+        },
+    )
+    .with_context(|| format!("{m} on {}", folder.display()))?;
+    progress.finish();
+    let weights: BTreeMap<&str, DMatrix<f32>> =
+        transformer.model.linears().map(|l| (l.name(), l.dense_weights())).collect();
+    masks
+        .into_iter()
+        .map(|p| {
+            let w =
+                weights.get(p.name.as_str()).cloned().context("internal error: a pruned layer")?;
+            Ok((p.name, (w, p.mask)))
+        })
+        .collect()
+}

@@ -1,0 +1,116 @@
+//! `shears embed` and `shears eval`: running a (pruned) sentence-transformer folder, and
+//! measuring what a pruned one keeps of the dense one.
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use nalgebra::DMatrix;
+use serde::Serialize;
+use shears_io::Dtype;
+use shears_models::{Agreement, SentenceTransformer, agreement, read_texts};
+
+use crate::cli::{EmbedArgs, EvalArgs};
+use crate::report::print_json;
+
+/// Loads a folder for embedding, with a message that says what a folder needs.
+fn load(folder: &Path, max_len: Option<u32>) -> Result<SentenceTransformer> {
+    if !folder.is_dir() {
+        bail!(
+            "{} is not a model folder (config.json, tokenizer.json and the weights of a BERT-family model)",
+            folder.display()
+        );
+    }
+    Ok(SentenceTransformer::load(folder, max_len.map(|m| m as usize))?)
+}
+
+pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
+    if let Some(out) = &args.output {
+        shears_io::paths::check_output(out)?;
+        let mut paths =
+            vec![("--texts", args.texts.as_path(), false), ("--output", out.as_path(), true)];
+        let model_files = shears_io::Model::open(&args.model)?;
+        for shard in model_files.shards() {
+            paths.push(("model", shard.path(), false));
+        }
+        shears_io::paths::check_distinct(&paths)?;
+    }
+    let model = load(&args.model, args.max_len)?;
+    let texts = read_texts(&args.texts, args.limit as usize)?;
+    let embeddings = model.embed(&texts)?;
+    if let Some(out) = &args.output {
+        write_embeddings(out, &embeddings)?;
+    }
+    if args.json {
+        #[derive(Serialize)]
+        struct Output<'a> {
+            model: String,
+            sentences: usize,
+            dimensions: usize,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            output: Option<String>,
+            embeddings: Vec<&'a [f32]>,
+        }
+        print_json(&Output {
+            model: args.model.display().to_string(),
+            sentences: texts.len(),
+            dimensions: embeddings.nrows(),
+            output: args.output.as_ref().map(|p| p.display().to_string()),
+            embeddings: embeddings.as_slice().chunks(embeddings.nrows().max(1)).collect(),
+        })?;
+        return Ok(());
+    }
+    let written = match &args.output {
+        Some(p) => format!(": wrote {}", p.display()),
+        None => String::new(),
+    };
+    outln!("embedded {} sentences into {} dimensions{written}", texts.len(), embeddings.nrows())?;
+    Ok(())
+}
+
+/// `embeddings` (hidden x sentences) as a safetensors file of one `[sentences, hidden]`
+/// F32 tensor, written atomically.
+fn write_embeddings(out: &Path, embeddings: &DMatrix<f32>) -> Result<()> {
+    let (hidden, n) = embeddings.shape();
+    let entries = shears_io::layout([("embeddings".to_owned(), Dtype::F32, vec![n, hidden])])?;
+    shears_io::write_safetensors(out, &entries, None, |_, w| -> shears_io::Result<()> {
+        // Column-major hidden x n is row-major n x hidden.
+        shears_io::write_values(embeddings.as_slice(), Dtype::F32, w)
+            .map_err(|e| shears_io::Error::io("write", out, e))
+    })?;
+    Ok(())
+}
+
+pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
+    let dense = load(&args.dense, args.max_len)?;
+    let pruned = load(&args.pruned, args.max_len)?;
+    let texts = read_texts(&args.texts, args.limit as usize)?;
+    if texts.len() < 2 {
+        bail!("{}: eval needs at least 2 sentences, it has {}", args.texts.display(), texts.len());
+    }
+    let a = dense.embed(&texts)?;
+    let b = pruned.embed(&texts)?;
+    let result = agreement(&a, &b)?;
+    if args.json {
+        #[derive(Serialize)]
+        struct Output<'a> {
+            dense: String,
+            pruned: String,
+            texts: String,
+            #[serde(flatten)]
+            agreement: &'a Agreement,
+        }
+        print_json(&Output {
+            dense: args.dense.display().to_string(),
+            pruned: args.pruned.display().to_string(),
+            texts: args.texts.display().to_string(),
+            agreement: &result,
+        })?;
+        return Ok(());
+    }
+    outln!("sentences            {}", result.sentences)?;
+    outln!("mean cosine          {:.4}", result.mean_cosine)?;
+    outln!("5th percentile       {:.4}", result.p5_cosine)?;
+    outln!("lowest               {:.4}", result.min_cosine)?;
+    outln!("top-{} neighbours     {:.4} kept", result.k, result.neighbour_overlap)?;
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! `shears bench MODEL_DIR --texts FILE`: the whole model timed, dense against each
+//! pruned layer in the format that runs it fastest, at each batch of sentences.
+
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+use shears_models::{Batch, FormatChoice, SentenceTransformer, choose_formats, read_texts};
+
+use crate::cli::BenchArgs;
+use crate::progress::Progress;
+use crate::report::print_json;
+
+/// Wall time, in seconds, spent timing each setting (after a warm-up run), and the
+/// fewest runs taken whatever it costs.
+const SECONDS_PER_SETTING: f64 = 2.0;
+const MIN_RUNS: usize = 5;
+
+#[derive(Debug, Serialize)]
+struct Setting {
+    sentences: usize,
+    tokens: usize,
+    dense_ms: Timing,
+    sparse_ms: Timing,
+    /// Dense time over sparse time (medians): above 1 the sparse model is faster.
+    speedup: f64,
+    /// Layers that run in a sparse format at this batch.
+    sparse_layers: usize,
+    layers: Vec<FormatChoice>,
+}
+
+#[derive(Debug, Serialize)]
+struct Timing {
+    median: f64,
+    min: f64,
+    max: f64,
+    runs: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    model: String,
+    seq_len: usize,
+    threads: usize,
+    settings: Vec<Setting>,
+}
+
+pub(crate) fn run(args: &BenchArgs) -> Result<()> {
+    let Some(texts_path) = &args.texts else { bail!("internal error: --texts") };
+    if !args.input.is_dir() {
+        bail!(
+            "{} is not a model folder: --texts times a whole BERT-family model",
+            args.input.display()
+        );
+    }
+    let seq_len = args.seq_len as usize;
+    let dense = SentenceTransformer::load(&args.input, Some(seq_len))?;
+    let positions = dense.model.config().max_position_embeddings;
+    if seq_len > positions {
+        bail!("--seq-len {seq_len} is longer than the model's {positions} position embeddings");
+    }
+    let texts = read_texts(texts_path, 100_000)?;
+    let largest = args.batch.iter().copied().max().unwrap_or(1);
+    let pool = token_pool(&dense, &texts, seq_len, largest)?;
+    let progress = Progress::steps(args.batch.len() as u64, "settings", args.quiet);
+    let mut settings = Vec::new();
+    for &sentences in &args.batch {
+        progress.message(format!("{sentences} x {seq_len} tokens"));
+        let batch = sentences_of(&pool, sentences, seq_len);
+        let mut sparse = dense.clone();
+        let layers = choose_formats(&mut sparse.model, batch.tokens())?;
+        let dense_ms = time(|| dense.embed_batch(&batch).map(drop))?;
+        let sparse_ms = time(|| sparse.embed_batch(&batch).map(drop))?;
+        settings.push(Setting {
+            sentences,
+            tokens: batch.tokens(),
+            speedup: dense_ms.median / sparse_ms.median,
+            dense_ms,
+            sparse_ms,
+            sparse_layers: layers.iter().filter(|l| l.chosen != "dense").count(),
+            layers,
+        });
+        progress.advance(1);
+    }
+    progress.finish();
+    let report = Report {
+        model: args.input.display().to_string(),
+        seq_len,
+        threads: rayon::current_num_threads(),
+        settings,
+    };
+    if args.json {
+        print_json(&report)?;
+        return Ok(());
+    }
+    outln!(
+        "{}: whole model, sentences of {seq_len} tokens, {} threads (median, range of the runs)",
+        report.model,
+        report.threads
+    )?;
+    outln!(
+        "{:>9}  {:>7}  {:>22}  {:>22}  {:>8}  {}",
+        "sentences",
+        "tokens",
+        "dense ms",
+        "sparse ms",
+        "speedup",
+        "sparse layers"
+    )?;
+    for s in &report.settings {
+        let t = |t: &Timing| format!("{:.2} ({:.2}-{:.2})", t.median, t.min, t.max);
+        let verdict = if s.sparse_layers == 0 {
+            "0: no sparse format beats dense here; the model runs dense".to_owned()
+        } else {
+            format!("{} of {}", s.sparse_layers, s.layers.len())
+        };
+        outln!(
+            "{:>9}  {:>7}  {:>22}  {:>22}  {:>7.2}x  {verdict}",
+            s.sentences,
+            s.tokens,
+            t(&s.dense_ms),
+            t(&s.sparse_ms),
+            s.speedup
+        )?;
+    }
+    Ok(())
+}
+
+/// The texts' tokens, without special tokens, repeated until there are enough for
+/// `sentences` sentences of `seq_len` tokens.
+fn token_pool(
+    model: &SentenceTransformer,
+    texts: &[String],
+    seq_len: usize,
+    sentences: usize,
+) -> Result<Vec<u32>> {
+    let encoded = model.tokenizer.encode(texts)?;
+    // Drop each sentence's first and last token ([CLS] and [SEP]).
+    let mut words: Vec<u32> = Vec::new();
+    for range in encoded.ranges() {
+        if range.len() > 2 {
+            words.extend_from_slice(&encoded.ids[range.start + 1..range.end - 1]);
+        }
+    }
+    if words.is_empty() {
+        bail!("the texts hold no token to build sentences from");
+    }
+    let need = sentences * seq_len;
+    let mut pool = Vec::with_capacity(need);
+    while pool.len() < need {
+        let take = (need - pool.len()).min(words.len());
+        pool.extend_from_slice(&words[..take]);
+    }
+    // [CLS] and [SEP] ids: the first and last of the first encoded sentence.
+    let cls = encoded.ids[0];
+    let sep = encoded.ids[encoded.lengths[0] - 1];
+    pool.push(cls);
+    pool.push(sep);
+    Ok(pool)
+}
+
+/// `sentences` sentences of exactly `seq_len` tokens: `[CLS]`, words from the pool,
+/// `[SEP]`.
+fn sentences_of(pool: &[u32], sentences: usize, seq_len: usize) -> Batch {
+    let (cls, sep) = (pool[pool.len() - 2], pool[pool.len() - 1]);
+    let words = seq_len - 2;
+    let mut batch = Batch::default();
+    for s in 0..sentences {
+        batch.ids.push(cls);
+        batch.ids.extend_from_slice(&pool[s * words..(s + 1) * words]);
+        batch.ids.push(sep);
+        batch.lengths.push(seq_len);
+    }
+    batch.type_ids = vec![0; batch.ids.len()];
+    batch
+}
+
+/// Times `f` after one warm-up run: at least five runs, more while the setting's time
+/// budget lasts.
+fn time(mut f: impl FnMut() -> shears_models::Result<()>) -> Result<Timing> {
+    f()?;
+    let mut runs = Vec::new();
+    let start = Instant::now();
+    while runs.len() < MIN_RUNS || start.elapsed().as_secs_f64() < SECONDS_PER_SETTING {
+        let t = Instant::now();
+        f()?;
+        runs.push(t.elapsed().as_secs_f64() * 1e3);
+        if runs.len() >= 1000 {
+            break;
+        }
+    }
+    runs.sort_by(f64::total_cmp);
+    Ok(Timing {
+        median: runs[runs.len() / 2],
+        min: runs[0],
+        max: runs[runs.len() - 1],
+        runs: runs.len(),
+    })
+}
