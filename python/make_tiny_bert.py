@@ -4,11 +4,12 @@
 A sentence-transformer folder as Hugging Face writes one (config.json,
 model.safetensors, tokenizer.json, modules.json, 1_Pooling/config.json), with random
 weights of a BERT small enough to commit (hidden 32, 4 heads, 2 layers, a 176-token
-WordPiece vocabulary), and `expected.safetensors`: what `transformers` computes for a
+WordPiece vocabulary), and the expected-outputs file: what `transformers` computes for a
 few sentences (token ids, last hidden states, mean-pooled normalised embeddings), so
 shears' encoder is checked against PyTorch without Python at test time.
 
-Usage: python python/make_tiny_bert.py crates/shears-models/tests/fixtures/tiny-bert
+Usage: python python/make_tiny_bert.py data/tiny-bert \
+           crates/shears-models/tests/fixtures/tiny-bert-expected.safetensors
 Needs torch, transformers, tokenizers, safetensors (python/requirements.txt).
 """
 
@@ -68,7 +69,7 @@ def build_tokenizer(vocab):
 
 
 def main():
-    out = sys.argv[1]
+    out, expected = sys.argv[1], sys.argv[2]
     os.makedirs(os.path.join(out, "1_Pooling"), exist_ok=True)
     vocab = build_vocab()
     tok = build_tokenizer(vocab)
@@ -145,7 +146,7 @@ def main():
             "last_hidden_state": hidden.contiguous(),
             "embeddings": embeddings.contiguous(),
         },
-        os.path.join(out, "..", "tiny-bert-expected.safetensors"),
+        expected,
         metadata={"sentences": json.dumps(SENTENCES)},
     )
     print(f"wrote {out}: {sum(p.numel() for p in model.parameters())} parameters")

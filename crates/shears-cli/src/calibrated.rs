@@ -8,12 +8,18 @@ use anyhow::{Context, Result, bail};
 use nalgebra::DMatrix;
 use shears_core::{Mask, Masks};
 use shears_io::Model;
-use shears_models::{Method, PruneSpec, SentenceTransformer, Step, prune_model, read_texts};
+use shears_models::{
+    Method, PruneSpec, SentenceTransformer, Step, TextEncoder, prune_model, read_texts,
+};
 
 use crate::cli::PruneArgs;
 use crate::job::Job;
 use crate::progress::Progress;
 use crate::sources::{Sources, Tensor, View};
+
+/// Tokens per calibration sentence unless `--max-len` says otherwise (or the model's own
+/// limit is shorter): the length Wanda's and SparseGPT's evaluations of encoders use.
+const CALIBRATION_TOKENS: usize = 128;
 
 /// A pruned linear layer's new weights (`outputs x inputs`) and mask.
 pub(crate) type Pruned = HashMap<String, (DMatrix<f32>, Mask)>;
@@ -35,7 +41,10 @@ pub(crate) fn prune(
         );
     };
     let Some(calib) = &args.calib else { bail!("--method {m} needs --calib FILE") };
-    let mut transformer = SentenceTransformer::load(folder, Some(args.max_len as usize))?;
+    let mut transformer = SentenceTransformer::load(folder, args.max_len.map(|n| n as usize))?;
+    if args.max_len.is_none() && transformer.tokenizer.max_len() > CALIBRATION_TOKENS {
+        transformer.tokenizer = TextEncoder::from_folder(folder, CALIBRATION_TOKENS)?;
+    }
     let linears: HashSet<&str> = transformer.model.linears().map(|l| l.name()).collect();
     if let Some(t) = chosen.iter().find(|t| !linears.contains(t.name)) {
         bail!(

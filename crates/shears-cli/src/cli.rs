@@ -69,9 +69,10 @@ pub(crate) struct PruneArgs {
     /// How many lines of --calib to use.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub(crate) calib_samples: u32,
-    /// Tokens per calibration sentence (longer ones are truncated).
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(3..=65_536))]
-    pub(crate) max_len: u32,
+    /// Tokens per calibration sentence, longer ones truncated [default: 128, or the
+    /// model's own limit if that is shorter].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(3..=65_536))]
+    pub(crate) max_len: Option<u32>,
     /// The structure kept: unstructured, per-row, rows, columns, filters, channels (conv
     /// input channels), N:M (e.g. 2:4; along input channels for conv weights) or
     /// block:RxC (e.g. block:4x4).

@@ -8,4 +8,5 @@ mod hardening;
 mod models;
 mod readme;
 mod safety;
+mod transformers;
 mod util;

@@ -104,12 +104,12 @@ impl TextEncoder {
                     .into(),
             ));
         }
-        shears_io::paths::require_regular_file(&path).map_err(|e| file_error(e.to_string()))?;
+        shears_io::paths::require_regular_file(&path)?;
         let len = std::fs::metadata(&path).map_err(|e| file_error(e.to_string()))?.len();
         if len > MAX_TOKENIZER_BYTES {
             return Err(file_error(format!("{len} bytes is more than a tokenizer takes")));
         }
-        let bytes = std::fs::read(&path).map_err(|e| file_error(e.to_string()))?;
+        let bytes = std::fs::read(&path).map_err(|e| shears_io::Error::io("read", &path, e))?;
         let mut tokenizer = Tokenizer::from_bytes(&bytes)
             .map_err(|e| file_error(format!("not a tokenizer: {e}")))?;
         let special = tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(false));
@@ -160,8 +160,8 @@ impl TextEncoder {
 pub fn read_texts(path: &Path, limit: usize) -> Result<Vec<String>> {
     const MAX_LINE: usize = 64 << 10;
     let file_error = |reason: String| Error::File { path: path.to_owned(), reason };
-    shears_io::paths::require_regular_file(path).map_err(|e| file_error(e.to_string()))?;
-    let file = std::fs::File::open(path).map_err(|e| file_error(e.to_string()))?;
+    shears_io::paths::require_regular_file(path)?;
+    let file = std::fs::File::open(path).map_err(|e| shears_io::Error::io("open", path, e))?;
     let mut reader = std::io::BufReader::new(file);
     let mut texts = Vec::new();
     let mut line = Vec::new();
@@ -171,7 +171,7 @@ pub fn read_texts(path: &Path, limit: usize) -> Result<Vec<String>> {
         let read = (&mut reader)
             .take(MAX_LINE as u64 + 1)
             .read_until(b'\n', &mut line)
-            .map_err(|e| file_error(e.to_string()))?;
+            .map_err(|e| shears_io::Error::io("read", path, e))?;
         if read == 0 {
             break;
         }
@@ -184,7 +184,7 @@ pub fn read_texts(path: &Path, limit: usize) -> Result<Vec<String>> {
                 let n = (&mut reader)
                     .take(MAX_LINE as u64)
                     .read_until(b'\n', &mut rest)
-                    .map_err(|e| file_error(e.to_string()))?;
+                    .map_err(|e| shears_io::Error::io("read", path, e))?;
                 if n == 0 || rest.last() == Some(&b'\n') {
                     break;
                 }

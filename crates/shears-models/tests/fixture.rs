@@ -1,4 +1,4 @@
-//! The tiny BERT of `fixtures/tiny-bert` (made by `python/make_tiny_bert.py`) computes
+//! The tiny BERT of `data/tiny-bert` (made by `python/make_tiny_bert.py`) computes
 //! what `transformers` computed for it.
 
 use std::path::{Path, PathBuf};
@@ -8,7 +8,7 @@ use shears_io::{Checkpoint, Dtype};
 use shears_models::{Batch, SentenceTransformer};
 
 pub(crate) fn folder() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tiny-bert")
 }
 
 /// PyTorch's outputs: the sentences, their padded ids and mask, the last hidden states

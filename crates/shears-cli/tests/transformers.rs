@@ -1,0 +1,259 @@
+//! A Hugging Face encoder pruned from calibration text (`prune --method wanda|sparsegpt
+//! --calib`), and what the pruned folder keeps (`eval`, `embed`) and how fast it runs
+//! (`bench --texts`), on the tiny BERT of `data/tiny-bert`.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use shears_models::SentenceTransformer;
+
+use crate::util::{read, shears, stderr, stdout};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn tiny_bert() -> PathBuf {
+    root().join("data/tiny-bert")
+}
+
+fn sentences(name: &str) -> String {
+    root().join("data/sentences").join(name).to_str().unwrap().to_owned()
+}
+
+/// Runs shears and asserts it succeeded.
+#[track_caller]
+fn ok(args: &[&str]) -> String {
+    let o = shears(args);
+    assert!(o.status.success(), "shears {args:?}: {}", stderr(&o));
+    stdout(&o)
+}
+
+/// Prunes the tiny BERT into `out` with `method` from the calibration sentences.
+fn prune(method: &str, out: &Path, extra: &[&str]) {
+    let (model, out) = (tiny_bert(), out.to_str().unwrap().to_owned());
+    let calib = sentences("calibration.txt");
+    let mut args = vec!["prune", model.to_str().unwrap(), "-o", &out, "--method", method];
+    args.extend(["--calib", &calib, "--calib-samples", "64", "--quiet"]);
+    args.extend_from_slice(extra);
+    ok(&args);
+}
+
+fn is_encoder_linear(name: &str) -> bool {
+    name.starts_with("encoder.layer.") && name.ends_with(".weight") && !name.contains("LayerNorm")
+}
+
+/// `shears eval --json` of the tiny BERT against `pruned` on the validation sentences.
+fn eval(pruned: &Path) -> Value {
+    let (dense, texts) = (tiny_bert(), sentences("validation.txt"));
+    let args = ["eval", dense.to_str().unwrap(), pruned.to_str().unwrap(), "--texts", &texts];
+    serde_json::from_str(&ok(&[&args[..], &["--json"]].concat())).unwrap()
+}
+
+#[test]
+fn wanda_and_sparsegpt_prune_a_folder_to_exact_counts_that_shears_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let dense = read(&tiny_bert().join("model.safetensors"));
+    let magnitude = dir.path().join("magnitude");
+    ok(&["prune", tiny_bert().to_str().unwrap(), "-o", magnitude.to_str().unwrap(), "-s", "0.5"]);
+    let baseline = eval(&magnitude)["mean_cosine"].as_f64().unwrap();
+    for method in ["wanda", "sparsegpt"] {
+        let out = dir.path().join(method);
+        prune(method, &out, &["-s", "0.5"]);
+        // The folder keeps what runs it: config, tokenizer, sentence-transformers files.
+        for file in ["config.json", "tokenizer.json", "modules.json", "1_Pooling/config.json"] {
+            assert!(out.join(file).is_file(), "{method}: {file} missing");
+        }
+        let pruned = read(&out.join("model.safetensors"));
+        assert_eq!(pruned.len(), dense.len());
+        let mut linears = 0;
+        for (name, (dtype, shape, values)) in &dense {
+            let (p_dtype, p_shape, p_values) = &pruned[name];
+            assert_eq!((p_dtype, p_shape), (dtype, shape), "{method}: {name}");
+            if !is_encoder_linear(name) {
+                assert_eq!(p_values, values, "{method}: {name} must be untouched");
+                continue;
+            }
+            linears += 1;
+            let cols = shape[1];
+            if method == "wanda" {
+                // Wanda compares within each output row and keeps the kept weights as
+                // they were.
+                for (row, orig) in p_values.chunks(cols).zip(values.chunks(cols)) {
+                    assert_eq!(row.iter().filter(|v| **v == 0.0).count(), cols / 2, "{name}");
+                    for (p, o) in row.iter().zip(orig) {
+                        assert!(*p == 0.0 || p == o, "{name}: a kept weight changed");
+                    }
+                }
+            } else {
+                // SparseGPT prunes the layer to the exact count and updates what it keeps.
+                let zeros = p_values.iter().filter(|v| **v == 0.0).count();
+                assert_eq!(zeros, values.len() / 2, "{name}");
+                let moved = p_values.iter().zip(values).filter(|(p, o)| **p != 0.0 && p != o);
+                assert!(moved.count() > 0, "{name}: SparseGPT updates the kept weights");
+            }
+        }
+        assert_eq!(linears, 12, "two layers of six linears each");
+        // shears loads the result as a model again. On random weights only SparseGPT,
+        // which reconstructs each layer's outputs, is bound to keep more than magnitude
+        // (Wanda's gain is a trained model's: tests/minilm.rs of shears-models).
+        let model = SentenceTransformer::load(&out, None).unwrap();
+        let embeddings = model.embed(&["The cat sat on the mat."]).unwrap();
+        assert!((embeddings.norm() - 1.0).abs() < 1e-5);
+        let report = eval(&out);
+        assert_eq!(report["sentences"], 256);
+        let cosine = report["mean_cosine"].as_f64().unwrap();
+        let floor = if method == "sparsegpt" { baseline } else { 0.5 };
+        assert!(cosine > floor && cosine <= 1.0, "{method}: {cosine} vs magnitude {baseline}");
+        let p5 = report["p5_cosine"].as_f64().unwrap();
+        assert!(report["min_cosine"].as_f64().unwrap() <= p5 && p5 <= cosine);
+    }
+}
+
+#[test]
+fn an_n_m_pattern_alone_sets_the_sparsity_and_every_group_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for method in ["wanda", "sparsegpt"] {
+        let out = dir.path().join(method);
+        prune(method, &out, &["--pattern", "2:4"]);
+        let pruned = read(&out.join("model.safetensors"));
+        for (name, (_, shape, values)) in pruned.iter().filter(|(n, _)| is_encoder_linear(n)) {
+            assert_eq!(shape[1] % 4, 0);
+            for group in values.chunks(4) {
+                let zeros = group.iter().filter(|v| **v == 0.0).count();
+                assert_eq!(zeros, 2, "{method}: {name}: a group of 4 keeps exactly 2");
+            }
+        }
+    }
+}
+
+#[test]
+fn embed_writes_unit_embeddings_to_a_file_or_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts = dir.path().join("texts.txt");
+    std::fs::write(&texts, "The cat sat on the mat.\n\nA dog ran home.\n").unwrap();
+    let out = dir.path().join("embeddings.safetensors");
+    let (model, texts) = (tiny_bert(), texts.to_str().unwrap().to_owned());
+    let args = ["embed", model.to_str().unwrap(), "--texts", &texts];
+    let said = ok(&[&args[..], &["-o", out.to_str().unwrap()]].concat());
+    assert!(said.contains("2 sentences") && said.contains("32 dimensions"), "{said}");
+    let written = read(&out);
+    let (_, shape, values) = &written["embeddings"];
+    assert_eq!(shape, &[2, 32]);
+    let json: Value = serde_json::from_str(&ok(&[&args[..], &["--json"]].concat())).unwrap();
+    let rows = json["embeddings"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (row, file_row) in rows.iter().zip(values.chunks(32)) {
+        let row: Vec<f64> = row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "normalised, as the folder's modules say");
+        for (a, b) in row.iter().zip(file_row) {
+            assert!((a - b).abs() < 1e-6, "the file and the JSON hold the same embeddings");
+        }
+    }
+}
+
+#[test]
+fn the_whole_model_bench_times_dense_and_sparse_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pruned");
+    prune("wanda", &out, &["-s", "0.9"]);
+    let texts = sentences("validation.txt");
+    let args = ["bench", out.to_str().unwrap(), "--texts", &texts, "--seq-len", "16"];
+    let json: Value =
+        serde_json::from_str(&ok(&[&args[..], &["--batch", "1,2", "--json", "-q"]].concat()))
+            .unwrap();
+    assert_eq!(json["seq_len"], 16);
+    let settings = json["settings"].as_array().unwrap();
+    assert_eq!(settings.len(), 2);
+    for (setting, sentences) in settings.iter().zip([1, 2]) {
+        assert_eq!(setting["sentences"], sentences);
+        assert_eq!(setting["tokens"], 16 * sentences);
+        for run in ["dense_ms", "sparse_ms"] {
+            let t = &setting[run];
+            let (min, median, max) = (
+                t["min"].as_f64().unwrap(),
+                t["median"].as_f64().unwrap(),
+                t["max"].as_f64().unwrap(),
+            );
+            assert!(0.0 < min && min <= median && median <= max, "{run}: {t}");
+        }
+        let layers = setting["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 12);
+        let sparse = layers.iter().filter(|l| l["chosen"] != "dense").count();
+        assert_eq!(setting["sparse_layers"], sparse);
+        for layer in layers {
+            assert!((layer["sparsity"].as_f64().unwrap() - 0.9).abs() < 0.01, "{layer}");
+        }
+    }
+    let table = ok(&args);
+    assert!(table.contains("dense ms") && table.contains("speedup"), "{table}");
+}
+
+#[test]
+fn calibrated_methods_refuse_what_they_cannot_do_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let model = tiny_bert();
+    let model = model.to_str().unwrap();
+    let calib = sentences("calibration.txt");
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "\n\n").unwrap();
+    let missing = dir.path().join("missing.txt");
+    let weights = tiny_bert().join("model.safetensors");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--method", "wanda", "-s", "0.5"], "needs --calib"),
+        (vec!["--method", "sparsegpt", "-s", "0.5", "--calib", empty.to_str().unwrap()], "no line"),
+        (
+            vec!["--method", "wanda", "-s", "0.5", "--calib", missing.to_str().unwrap()],
+            "missing.txt",
+        ),
+        (
+            vec!["--method", "sparsegpt", "-s", "0.5", "--calib", &calib, "--pattern", "rows"],
+            "rows",
+        ),
+        (vec!["--method", "wanda", "-s", "0.5", "--calib", &calib, "--all"], "--exclude"),
+        (vec!["--method", "wanda", "-s", "0.5", "--calib", &calib, "--scope", "global"], "global"),
+        (
+            vec!["--method", "wanda", "-s", "0.5", "--calib", &calib, "--max-len", "100"],
+            "64 position",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let o = shears(&[&["prune", model, "-o", out.to_str().unwrap()][..], &extra].concat());
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{extra:?}: `{needle}` not in {err}");
+        assert!(!out.exists(), "{extra:?}: nothing is written");
+    }
+    // A single weights file has no tokenizer to run the model with.
+    let o = shears(&[
+        "prune",
+        weights.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--method",
+        "wanda",
+        "-s",
+        "0.5",
+        "--calib",
+        &calib,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("folder"), "{}", stderr(&o));
+    assert!(!out.exists());
+    // embed, eval and bench --texts name the folder or file they cannot use.
+    for args in [
+        vec!["embed", weights.to_str().unwrap(), "--texts", &calib],
+        vec!["eval", model, missing.to_str().unwrap(), "--texts", &calib],
+        vec!["eval", model, model, "--texts", empty.to_str().unwrap()],
+        vec!["bench", weights.to_str().unwrap(), "--texts", &calib],
+    ] {
+        let o = shears(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains("model.safetensors") || err.contains(".txt"), "{args:?}: {err}");
+    }
+}
