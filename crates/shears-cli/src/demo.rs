@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use nalgebra::DMatrix;
 use serde::Serialize;
 use shears_core::{NmPattern, Sparsity};
@@ -15,8 +15,8 @@ use shears_strategies::{Axis, Criterion, Masks, Pattern, Schedule, Structured};
 use crate::cli::DemoArgs;
 use crate::progress::Progress;
 use crate::report::{print_json, print_table};
+use shears_io::PendingFile;
 use shears_io::chart::{Series, line_chart};
-use shears_io::write_atomic;
 
 /// The network: wide enough that its hidden layers (1024x64 and 256x1024) are past the
 /// size where sparse formats pay, small enough to train on the digits in seconds.
@@ -57,6 +57,10 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
         ("--plot", &args.plot, true),
         ("--model", &args.model, true),
     ])?;
+    shears_io::paths::check_output(&args.model)?;
+    // The plot's file is made now, so that a --plot that cannot be written fails before
+    // the training, and before the model is saved.
+    let (plot_pending, mut plot_file) = PendingFile::create(&args.plot)?;
     let data = digits_split()?;
     // Batches of 128 keep the products large enough to run near the machine's speed.
     let train =
@@ -175,7 +179,9 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
         ((low - 0.02).max(0.0), 1.0),
         &series,
     );
-    write_atomic(&args.plot, svg.as_bytes())?;
+    std::io::Write::write_all(&mut plot_file, svg.as_bytes())
+        .with_context(|| format!("cannot write {}", args.plot.display()))?;
+    plot_pending.commit(plot_file)?;
     let plot = display(&args.plot);
 
     if args.json {

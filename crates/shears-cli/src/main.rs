@@ -103,5 +103,5 @@ fn closed_pipe(e: &anyhow::Error) -> bool {
 
 #[allow(clippy::print_stderr, reason = "the one-line error report of the binary")]
 fn report_error(message: &str) {
-    eprintln!("shears: error: {}", message.replace('\n', " "));
+    eprintln!("shears: error: {}", report::printable(&message.replace('\n', " ")));
 }

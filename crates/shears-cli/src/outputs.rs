@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use shears_io::{INDEX_NAME, Layout, Model, PendingFile};
+use shears_io::{INDEX_NAME, Layout, Model, PendingFile, SealedFile};
 
 /// Weight files of formats shears does not rewrite: copying them beside pruned
 /// safetensors would leave unpruned weights that some loaders prefer.
@@ -44,6 +44,14 @@ impl Outputs {
             outputs.shards.push(out.to_owned());
             return Ok(outputs);
         };
+        if !out.exists() && out.extension().is_some_and(|e| e == "safetensors") {
+            bail!(
+                "{} is a model folder, so the output is a folder; {} names a file (give a folder name, or prune {} alone)",
+                model.path().display(),
+                out.display(),
+                model.shards().first().map_or(model.path(), |s| s.path()).display()
+            );
+        }
         if out.is_file() {
             bail!(
                 "{} is a model folder, so the output is a folder; {} is a file",
@@ -74,7 +82,12 @@ impl Outputs {
         Ok(outputs)
     }
 
-    /// Every path written.
+    /// The output folder of a model folder.
+    pub(crate) fn folder(&self) -> Option<&Path> {
+        self.folder.as_deref()
+    }
+
+    /// Every path written: the shards, the index, the copies, the mask file last.
     pub(crate) fn written(&self) -> impl Iterator<Item = &Path> {
         self.shards
             .iter()
@@ -112,24 +125,37 @@ impl Outputs {
     }
 
     /// Creates the output folder of a model folder (its parent must exist) and the
-    /// subfolders its files go in; a file's output needs no folder.
-    pub(crate) fn create_folders(&self) -> Result<()> {
-        let Some(root) = &self.folder else { return Ok(()) };
+    /// subfolders its files go in; a file's output needs no folder. The folders created
+    /// are removed again, if still empty, unless the returned guard is kept.
+    pub(crate) fn create_folders(&self) -> Result<NewFolders> {
+        let mut created = NewFolders { folders: Vec::new() };
+        let Some(root) = &self.folder else { return Ok(created) };
         if !root.is_dir() {
             std::fs::create_dir(root)
                 .with_context(|| format!("cannot create the folder {}", root.display()))?;
+            created.folders.push(root.clone());
         }
-        for path in self.written().filter(|p| p.starts_with(root)) {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create the folder {}", dir.display()))?;
+        let mut wanted: Vec<PathBuf> = Vec::new();
+        wanted.extend(
+            self.written()
+                .filter(|p| p.starts_with(root))
+                .filter_map(|p| p.parent())
+                .map(Path::to_owned),
+        );
+        for dir in wanted {
+            // Each missing ancestor is created (and recorded) on its own.
+            let missing: Vec<&Path> = dir.ancestors().take_while(|a| !a.exists()).collect();
+            for folder in missing.into_iter().rev() {
+                std::fs::create_dir(folder)
+                    .with_context(|| format!("cannot create the folder {}", folder.display()))?;
+                created.folders.push(folder.to_owned());
             }
         }
-        Ok(())
+        Ok(created)
     }
 
     /// Stages the copies of the folder's other files.
-    pub(crate) fn stage_copies(&self) -> Result<Vec<(PendingFile, File)>> {
+    pub(crate) fn stage_copies(&self) -> Result<Vec<SealedFile>> {
         let mut staged = Vec::with_capacity(self.copies.len());
         for (source, destination) in &self.copies {
             let (pending, mut file) = PendingFile::create(destination)?;
@@ -139,13 +165,13 @@ impl Outputs {
             std::io::copy(&mut input, &mut file).with_context(|| {
                 format!("cannot copy {} to {}", source.display(), destination.display())
             })?;
-            staged.push((pending, file));
+            staged.push(pending.seal(file)?);
         }
         Ok(staged)
     }
 
     /// Stages the rewritten index of a sharded model.
-    pub(crate) fn stage_index(&self, model: &Model) -> Result<Option<(PendingFile, File)>> {
+    pub(crate) fn stage_index(&self, model: &Model) -> Result<Option<SealedFile>> {
         let Some(path) = &self.index else { return Ok(None) };
         let sizes = |name: &str| {
             model.find(name).map_or(0, |t| (t.info.data_offsets.1 - t.info.data_offsets.0) as u64)
@@ -156,6 +182,29 @@ impl Outputs {
         let (pending, mut file) = PendingFile::create(path)?;
         std::io::Write::write_all(&mut file, &text)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(Some((pending, file)))
+        Ok(Some(pending.seal(file)?))
+    }
+}
+
+/// The folders a run created for its outputs: removed on drop, deepest first and only if
+/// empty, unless the run finished and [`NewFolders::keep`] said so, so that a failed run
+/// leaves no empty output folder behind.
+#[derive(Debug)]
+pub(crate) struct NewFolders {
+    folders: Vec<PathBuf>,
+}
+
+impl NewFolders {
+    /// The outputs are in place: the folders stay.
+    pub(crate) fn keep(mut self) {
+        self.folders.clear();
+    }
+}
+
+impl Drop for NewFolders {
+    fn drop(&mut self) {
+        for folder in self.folders.iter().rev() {
+            let _ = std::fs::remove_dir(folder);
+        }
     }
 }

@@ -3,12 +3,12 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use nalgebra::DMatrix;
 use rayon::prelude::*;
 use serde::Serialize;
 use shears_io::{
-    Dtype, Float, Model, PendingFile, TensorWriter, commit_all, is_float, mask_bytes,
+    Dtype, Float, Model, SealedFile, TensorWriter, commit_sealed, is_float, mask_bytes,
     torch_mask_name, write_matrix, write_values, zeros_in,
 };
 use shears_strategies::{Criterion, Scope};
@@ -201,14 +201,37 @@ fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()>
     if let Some(m) = &args.masks_in {
         paths.push(("--masks-in", m, false));
     }
-    let masks = outputs.masks.as_deref();
-    for written in outputs.written() {
-        let role = if Some(written) == masks { "--masks-out" } else { "output" };
+    // The mask file is the last output written.
+    let count = outputs.written().count();
+    let masks = outputs.masks.is_some();
+    for (i, written) in outputs.written().enumerate() {
+        let role = if masks && i + 1 == count { "--masks-out" } else { "output" };
         paths.push((role, written, true));
     }
     shears_io::paths::check_distinct(&paths)?;
     for written in outputs.written() {
+        // Caught here rather than when the last output is moved into place, after the
+        // others were.
+        if written.as_os_str().as_encoded_bytes().ends_with(b"/") {
+            bail!("{} names a folder; an output file needs a file name", written.display());
+        }
         shears_io::paths::check_output(written)?;
+    }
+    // Files are written beside their targets: the folders must exist (an output
+    // folder's own subfolders are made when it is).
+    let folder = outputs.folder();
+    for written in outputs.written() {
+        let dir = match folder {
+            Some(root) if written.starts_with(root) => root,
+            _ => written,
+        }
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir
+            && !dir.is_dir()
+        {
+            bail!("{}: the folder {} does not exist", written.display(), dir.display());
+        }
     }
     Ok(())
 }
@@ -236,7 +259,7 @@ fn prune<'a, T: Float>(
         Scope::Layer => None,
         Scope::Global => Some(Global::<T>::plan(job, model, sources, chosen, args.quiet)?),
     };
-    outputs.create_folders()?;
+    let folders = outputs.create_folders()?;
     let mask_entries = match &outputs.masks {
         Some(_) => shears_io::layout(
             chosen.iter().map(|t| (torch_mask_name(t.name), Dtype::U8, t.dims.to_vec())),
@@ -250,7 +273,7 @@ fn prune<'a, T: Float>(
     let total_bytes: u64 = model.shards().iter().map(|s| s.data_len()).sum();
     let progress = Progress::bytes(total_bytes, "pruning", args.quiet);
     let mut rows = Vec::with_capacity(choices.len());
-    let mut staged: Vec<(PendingFile, std::fs::File)> = Vec::new();
+    let mut staged: Vec<SealedFile> = Vec::new();
     let mut spare = Vec::new();
     let mut next_chosen = chosen.iter().peekable();
     let mut decisions = choices.iter();
@@ -329,17 +352,28 @@ fn prune<'a, T: Float>(
             spare = loaded.weights.data.into();
             progress.advance(bytes);
         }
-        staged.push(writer.finish()?);
+        let (pending, file) = writer.finish()?;
+        staged.push(pending.seal(file)?);
     }
     progress.finish();
     if let Some(masks) = masks_out {
-        staged.push(masks.finish()?);
+        let (pending, file) = masks.finish()?;
+        staged.push(pending.seal(file)?);
     }
     staged.extend(outputs.stage_index(model)?);
     staged.extend(outputs.stage_copies()?);
-    commit_all(staged)?;
+    commit_sealed(staged)?;
+    folders.keep();
     let threshold = global.as_ref().and_then(Global::threshold);
     let mut warnings = Warnings::default();
+    if global.is_none() && job.layer_target() != job.sparsity {
+        warnings.add(format!(
+            "--min-density {} lowers each tensor's target from {} to {} (in layer scope every tensor keeps at least that much)",
+            job.min_density,
+            job.sparsity.get(),
+            job.layer_target().get()
+        ));
+    }
     if let Some(g) = &global {
         for name in g.capped() {
             warnings.add(format!(

@@ -64,7 +64,7 @@ impl Warnings {
     #[allow(clippy::print_stderr, reason = "warnings go to stderr beside the report")]
     pub(crate) fn report(&self) {
         for w in self.shown.iter().take(Self::PRINTED) {
-            eprintln!("shears: warning: {w}");
+            eprintln!("shears: warning: {}", printable(w));
         }
         let rest = self.shown.len().saturating_sub(Self::PRINTED) + self.more;
         if rest > 0 {
@@ -90,7 +90,7 @@ pub(crate) fn print_table<R>(
     footer: Option<Vec<String>>,
 ) -> std::io::Result<()> {
     use std::io::Write;
-    let width = |cell: &str| cell.chars().count();
+    let width = |cell: &str| printable(cell).chars().count();
     let mut widths: Vec<usize> = header.iter().map(|h| width(h)).collect();
     let mut measure = |row: &[String]| {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -118,13 +118,27 @@ pub(crate) fn print_table<R>(
 /// One table line: each cell padded to its column's width (in characters), two spaces
 /// between columns, no trailing spaces. Padded by hand: `format!`'s width is a `u16`, and
 /// a tensor name may be longer.
+/// `text` with its control characters escaped (`\u{1b}`): names read from a file reach
+/// the terminal as text, never as escape sequences that could rewrite what it shows.
+pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| if c.is_control() { c.escape_default().collect() } else { c.to_string() })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
+    }
+}
+
 fn format_line(cells: &[String], widths: &[usize]) -> String {
     let mut s = String::new();
     for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
         if i > 0 {
             s.push_str("  ");
         }
-        s.push_str(c);
+        let c = printable(c);
+        s.push_str(&c);
         s.extend(std::iter::repeat_n(' ', w.saturating_sub(c.chars().count())));
     }
     s.truncate(s.trim_end().len());
@@ -140,7 +154,8 @@ pub(crate) fn print_json(value: &impl serde::Serialize) -> std::io::Result<()> {
     use std::io::Write;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::other)?;
+    // `From` keeps an I/O error as it was, so a closed pipe is still one.
+    serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::from)?;
     writeln!(out)?;
     out.flush()
 }
@@ -148,6 +163,14 @@ pub(crate) fn print_json(value: &impl serde::Serialize) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(printable("layers.0.weight"), "layers.0.weight");
+        assert_eq!(printable("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\n");
+        let widths = [4, 1];
+        assert_eq!(format_line(&["\u{7}".into(), "1".into()], &widths), "\\u{7}  1");
+    }
 
     #[test]
     fn names_sort_naturally() {

@@ -591,3 +591,136 @@ fn conv_weights_prune_whole_input_channels_and_2_4_along_them() {
         }
     }
 }
+
+/// A Hugging Face cache snapshot is a folder of symbolic links into `blobs/`: every file
+/// is followed and copied as a file, and a link back to an ancestor is listed once.
+#[cfg(unix)]
+#[test]
+fn a_cache_snapshot_of_links_is_pruned_with_every_file_copied() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let (real, blobs) = (dir.path().join("real"), dir.path().join("blobs"));
+    std::fs::create_dir(&real).unwrap();
+    sharded(&real);
+    std::fs::create_dir(&blobs).unwrap();
+    let snapshot = dir.path().join("snapshots/abc123");
+    std::fs::create_dir_all(snapshot.join("1_Pooling")).unwrap();
+    let mut files = Vec::new();
+    for entry in walk(&real) {
+        let relative = entry.strip_prefix(&real).unwrap().to_owned();
+        let blob = blobs.join(relative.to_string_lossy().replace('/', "_"));
+        std::fs::copy(&entry, &blob).unwrap();
+        symlink(&blob, snapshot.join(&relative)).unwrap();
+        files.push(relative);
+    }
+    symlink(&snapshot, snapshot.join("1_Pooling/loop")).unwrap();
+    symlink(dir.path().join("gone"), snapshot.join("dangling.json")).unwrap();
+    let out = dir.path().join("pruned");
+    run(&["prune", snapshot.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"]);
+    for relative in files.iter().filter(|f| f.to_string_lossy() != "pytorch_model.bin") {
+        let written = out.join(relative);
+        let meta = std::fs::symlink_metadata(&written).unwrap();
+        assert!(meta.is_file(), "{} is written as a file", relative.display());
+        let name = relative.to_string_lossy();
+        if !name.ends_with(".safetensors") && !name.ends_with(".index.json") {
+            let same =
+                std::fs::read(&written).unwrap() == std::fs::read(real.join(relative)).unwrap();
+            assert!(same, "{} is copied", relative.display());
+        }
+    }
+    assert!(!out.join("dangling.json").exists());
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
+    }
+    files
+}
+
+/// Outputs inside an output folder that does not exist yet are still told apart from
+/// one another, and an output file named like a folder is refused before anything is
+/// written.
+#[test]
+fn outputs_in_a_new_folder_that_collide_are_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    sharded(&model);
+    let out = dir.path().join("new");
+    let m = model.to_str().unwrap();
+    for (masks, needle) in [
+        ("new/config.json", "--masks-out"),
+        ("new/./model-00001-of-00002.safetensors", "--masks-out"),
+        ("new/1_Pooling/../model.safetensors.index.json", "--masks-out"),
+    ] {
+        let masks = dir.path().join(masks);
+        let o = shears(&[
+            "prune",
+            m,
+            "-o",
+            out.to_str().unwrap(),
+            "-s",
+            "0.5",
+            "--masks-out",
+            masks.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}: {}", masks.display(), stderr(&o));
+        assert!(stderr(&o).contains(needle), "{}", stderr(&o));
+        assert!(!out.exists(), "nothing, not even the folder, is created");
+    }
+    // -o and --masks-out the same file: each is named by its own role.
+    let file = dir.path().join("model.safetensors");
+    crate::util::model(&file);
+    let same = dir.path().join("same.safetensors");
+    let o = shears(&[
+        "prune",
+        file.to_str().unwrap(),
+        "-o",
+        same.to_str().unwrap(),
+        "-s",
+        "0.5",
+        "--masks-out",
+        same.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("the output and the --masks-out"), "{}", stderr(&o));
+    // A file output named like a folder fails before the other output is written.
+    let (pruned, masks) =
+        (dir.path().join("p.safetensors"), format!("{}/m.st/", dir.path().display()));
+    let o = shears(&[
+        "prune",
+        file.to_str().unwrap(),
+        "-o",
+        pruned.to_str().unwrap(),
+        "-s",
+        "0.5",
+        "--masks-out",
+        &masks,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("m.st/"), "{}", stderr(&o));
+    assert!(!pruned.exists());
+}
+
+/// A run that fails after making its output folder (here on a NaN weight) removes the
+/// folders it made, and says which tensor stopped it.
+#[test]
+fn a_failed_folder_run_leaves_no_folder_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(model.join("1_Pooling")).unwrap();
+    std::fs::write(model.join("config.json"), br#"{"model_type": "bert"}"#).unwrap();
+    std::fs::write(model.join("1_Pooling/config.json"), b"{}").unwrap();
+    let mut tensors = bert();
+    let bad = tensors.iter_mut().find(|t| t.name == "encoder.layer.1.attention.self.query.weight");
+    bad.unwrap().values[5] = f64::NAN;
+    write(&model.join("model.safetensors"), &tensors);
+    let out = dir.path().join("new");
+    let o = shears(&["prune", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("encoder.layer.1.attention.self.query.weight"), "{}", stderr(&o));
+    assert!(!out.exists(), "the output folder is removed");
+}

@@ -257,18 +257,23 @@ fn output_into_a_closed_pipe_ends_quietly() {
         })
         .collect();
     write(&input, &tensors);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shears"))
-        .args(["inspect", input.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = [0u8; 16];
-    child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
-    drop(child.stdout.take());
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    assert!(matches!(status.code(), Some(0 | 141)), "{status:?}: {err}");
-    assert!(err.is_empty(), "nothing on stderr: {err}");
+    // The table and the JSON document alike.
+    for json in [false, true] {
+        let mut args = vec!["inspect", input.to_str().unwrap()];
+        args.extend(json.then_some("--json"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shears"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = [0u8; 16];
+        child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
+        drop(child.stdout.take());
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(matches!(status.code(), Some(0 | 141)), "{args:?}: {status:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: nothing on stderr: {err}");
+    }
 }

@@ -79,6 +79,12 @@ impl PendingFile {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
         };
+        if !dir.is_dir() {
+            return Err(Error::Output {
+                path: target.to_owned(),
+                reason: "its folder does not exist",
+            });
+        }
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut cut = NAME_BYTES.min(name.len());
         while !name.is_char_boundary(cut) {
@@ -124,6 +130,29 @@ impl PendingFile {
     pub fn commit(self, file: File) -> Result<()> {
         commit_all(vec![(self, file)])
     }
+
+    /// Flushes `file` (this output's) to disk and closes it: an output finished early
+    /// waits for [`commit_sealed`] without holding a file descriptor, so a model folder
+    /// of any number of files is written within the process's limit.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if syncing fails; the temporary is then removed.
+    pub fn seal(self, file: File) -> Result<SealedFile> {
+        file.sync_all().map_err(|e| Error::io("sync", &self.temporary, e))?;
+        Ok(SealedFile(self))
+    }
+}
+
+/// An output written and flushed to disk, waiting to be moved over its target by
+/// [`commit_sealed`]; removed on drop if it never is.
+#[derive(Debug)]
+pub struct SealedFile(PendingFile);
+
+impl SealedFile {
+    /// The path this file will have once committed.
+    pub fn target(&self) -> &Path {
+        &self.0.target
+    }
 }
 
 impl Drop for PendingFile {
@@ -144,10 +173,19 @@ impl Drop for PendingFile {
 /// [`Error::Io`] naming the file whose sync or rename failed; every temporary not yet
 /// renamed is removed.
 pub fn commit_all(files: Vec<(PendingFile, File)>) -> Result<()> {
-    for (pending, file) in &files {
-        file.sync_all().map_err(|e| Error::io("sync", &pending.temporary, e))?;
-    }
-    let mut files: Vec<PendingFile> = files.into_iter().map(|(pending, _file)| pending).collect();
+    let sealed =
+        files.into_iter().map(|(pending, file)| pending.seal(file)).collect::<Result<Vec<_>>>()?;
+    commit_sealed(sealed)
+}
+
+/// Moves outputs already flushed ([`PendingFile::seal`]) over their targets, as
+/// [`commit_all`] does once it has synced them.
+///
+/// # Errors
+/// [`Error::Io`] naming the file whose rename failed; every temporary not yet renamed is
+/// removed.
+pub fn commit_sealed(files: Vec<SealedFile>) -> Result<()> {
+    let mut files: Vec<PendingFile> = files.into_iter().map(|sealed| sealed.0).collect();
     // The renames hold the list, so that `remove_pending` (a signal handler's) waits for
     // them and finds nothing half committed.
     let mut list = pending();

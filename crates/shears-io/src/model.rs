@@ -1,7 +1,7 @@
 //! [`Model`]: a checkpoint as users hand it over: one safetensors file, a Hugging Face
 //! model folder, or the `model.safetensors.index.json` of a sharded model.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 
@@ -256,18 +256,34 @@ impl Model {
             .collect();
         let mut found = Vec::new();
         let mut stack = vec![PathBuf::new()];
+        // Symbolic links are followed (a Hugging Face cache snapshot is a folder of links
+        // into its blobs); a folder reached twice, as through a link to an ancestor, is
+        // listed once.
+        let mut listed = HashSet::new();
         while let Some(relative) = stack.pop() {
             let dir = folder.join(&relative);
+            if let Ok(canonical) = dir.canonicalize()
+                && !listed.insert(canonical)
+            {
+                continue;
+            }
             let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
             for entry in entries {
                 let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
-                let path = relative.join(entry.file_name());
-                let kind = entry.file_type().map_err(|e| Error::io("list", &dir, e))?;
                 let name = entry.file_name();
-                let hidden = name.to_string_lossy().starts_with('.');
-                if kind.is_dir() && !hidden {
+                if name.to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                let path = relative.join(&name);
+                let mut kind = entry.file_type().map_err(|e| Error::io("list", &dir, e))?;
+                if kind.is_symlink() {
+                    // A dangling link is not a file of the model.
+                    let Ok(meta) = std::fs::metadata(entry.path()) else { continue };
+                    kind = meta.file_type();
+                }
+                if kind.is_dir() {
                     stack.push(path);
-                } else if kind.is_file() && !hidden && !weights.contains(&path) {
+                } else if kind.is_file() && !weights.contains(&path) {
                     found.push(path);
                 }
             }

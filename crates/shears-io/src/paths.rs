@@ -1,7 +1,7 @@
 //! Which paths a command may read and write: regular files only, and never one file in
 //! two roles.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
 
@@ -70,11 +70,28 @@ fn file_id(path: &Path) -> Option<FileId> {
             return path.canonicalize().ok().map(FileId::Path);
         }
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.canonicalize().ok()?,
-        _ => std::env::current_dir().ok()?,
-    };
-    Some(FileId::Path(dir.join(path.file_name()?)))
+    Some(FileId::Path(absolute_path(path)?))
+}
+
+/// Where a path that does not exist yet would be: its nearest existing ancestor made
+/// canonical, the rest of it (folders not created yet, which cannot be links) resolved
+/// lexically.
+fn absolute_path(path: &Path) -> Option<PathBuf> {
+    let absolute =
+        if path.is_absolute() { path.to_owned() } else { std::env::current_dir().ok()?.join(path) };
+    let (mut resolved, rest) = absolute
+        .ancestors()
+        .find_map(|a| Some((a.canonicalize().ok()?, absolute.strip_prefix(a).ok()?)))?;
+    for part in rest.components() {
+        match part {
+            Component::Normal(name) => resolved.push(name),
+            Component::ParentDir => {
+                resolved.pop();
+            }
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+        }
+    }
+    Some(resolved)
 }
 
 /// Fails if any two of the given paths are one file, unless both are only read. Each
@@ -127,6 +144,15 @@ mod tests {
         // Two reads of one file are fine; two writes to a new one are not.
         check_distinct(&[("input", &a, false), ("--grads", &link, false)]).unwrap();
         assert!(check_distinct(&[("-o", &other, true), ("--masks-out", &other, true)]).is_err());
+        // Paths inside folders not created yet are compared as they will be.
+        let new = dir.path().join("new/config.json");
+        for alias in ["new/./config.json", "new/sub/../config.json", "new//config.json"] {
+            let alias = dir.path().join(alias);
+            let err = check_distinct(&[("copy", &new, true), ("--masks-out", &alias, true)]);
+            assert!(err.is_err(), "{}", alias.display());
+        }
+        let apart = dir.path().join("new/sub/config.json");
+        check_distinct(&[("copy", &new, true), ("--masks-out", &apart, true)]).unwrap();
     }
 
     #[test]
