@@ -107,10 +107,11 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
         })?;
         return Ok(());
     }
-    outln!("sentences            {}", result.sentences)?;
-    outln!("mean cosine          {:.4}", result.mean_cosine)?;
-    outln!("5th percentile       {:.4}", result.p5_cosine)?;
-    outln!("lowest               {:.4}", result.min_cosine)?;
-    outln!("top-{} neighbours     {:.4} kept", result.k, result.neighbour_overlap)?;
+    let neighbours = format!("top-{} neighbours kept", result.k);
+    outln!("{:<24}{}", "sentences", result.sentences)?;
+    outln!("{:<24}{:.4}", "mean cosine", result.mean_cosine)?;
+    outln!("{:<24}{:.4}", "5th percentile cosine", result.p5_cosine)?;
+    outln!("{:<24}{:.4}", "lowest cosine", result.min_cosine)?;
+    outln!("{neighbours:<24}{:.4}", result.neighbour_overlap)?;
     Ok(())
 }

@@ -137,9 +137,15 @@ impl Model {
         let index: Index = serde_json::from_reader(std::io::BufReader::new(file))
             .map_err(|e| bad(format!("not an index of shards: {e}")))?;
         // Shards in the order of their names (model-00001-of-00002 before -00002).
-        let mut files: Vec<String> = index.weight_map.values().cloned().collect();
-        files.sort_unstable();
-        files.dedup();
+        // Each shard's name once (the weight map repeats it for every tensor).
+        let files: Vec<String> = index
+            .weight_map
+            .values()
+            .map(String::as_str)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         let mut shards = Vec::with_capacity(files.len());
         for name in &files {
             let relative = Path::new(name);
