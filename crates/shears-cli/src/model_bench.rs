@@ -21,9 +21,11 @@ struct Setting {
     sentences: usize,
     tokens: usize,
     dense_ms: Timing,
-    sparse_ms: Timing,
-    /// Dense time over sparse time (medians): above 1 the sparse model is faster.
-    speedup: f64,
+    /// None when no layer runs sparse: the sparse model is then the dense one.
+    sparse_ms: Option<Timing>,
+    /// Dense time over sparse time (medians of runs taken alternately): above 1 the
+    /// sparse model is faster.
+    speedup: Option<f64>,
     /// Layers that run in a sparse format at this batch.
     sparse_layers: usize,
     layers: Vec<FormatChoice>,
@@ -69,15 +71,23 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         let batch = sentences_of(&pool, sentences, seq_len);
         let mut sparse = dense.clone();
         let layers = choose_formats(&mut sparse.model, batch.tokens())?;
-        let dense_ms = time(|| dense.embed_batch(&batch).map(drop))?;
-        let sparse_ms = time(|| sparse.embed_batch(&batch).map(drop))?;
+        let sparse_layers = layers.iter().filter(|l| l.chosen != "dense").count();
+        let (dense_ms, sparse_ms) = if sparse_layers == 0 {
+            (time(&mut [&mut || dense.embed_batch(&batch).map(drop)])?.remove(0), None)
+        } else {
+            let mut both = time(&mut [&mut || dense.embed_batch(&batch).map(drop), &mut || {
+                sparse.embed_batch(&batch).map(drop)
+            }])?;
+            let sparse_ms = both.pop();
+            (both.remove(0), sparse_ms)
+        };
         settings.push(Setting {
             sentences,
             tokens: batch.tokens(),
-            speedup: dense_ms.median / sparse_ms.median,
+            speedup: sparse_ms.as_ref().map(|s| dense_ms.median / s.median),
             dense_ms,
             sparse_ms,
-            sparse_layers: layers.iter().filter(|l| l.chosen != "dense").count(),
+            sparse_layers,
             layers,
         });
         progress.advance(1);
@@ -114,13 +124,15 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         } else {
             format!("{} of {}", s.sparse_layers, s.layers.len())
         };
+        let (sparse_ms, speedup) = match (&s.sparse_ms, s.speedup) {
+            (Some(ms), Some(x)) => (t(ms), format!("{x:.2}x")),
+            _ => ("-".to_owned(), "-".to_owned()),
+        };
         outln!(
-            "{:>9}  {:>7}  {:>22}  {:>22}  {:>7.2}x  {verdict}",
+            "{:>9}  {:>7}  {:>22}  {sparse_ms:>22}  {speedup:>8}  {verdict}",
             s.sentences,
             s.tokens,
             t(&s.dense_ms),
-            t(&s.sparse_ms),
-            s.speedup
         )?;
     }
     Ok(())
@@ -175,25 +187,37 @@ fn sentences_of(pool: &[u32], sentences: usize, seq_len: usize) -> Batch {
     batch
 }
 
-/// Times `f` after one warm-up run: at least five runs, more while the setting's time
-/// budget lasts.
-fn time(mut f: impl FnMut() -> shears_models::Result<()>) -> Result<Timing> {
-    f()?;
-    let mut runs = Vec::new();
+/// Times each of `runs` after one warm-up run each, taking them in turn so that the
+/// machine's drift touches all alike: at least five rounds, more while the setting's
+/// time budget lasts.
+fn time(runs: &mut [&mut dyn FnMut() -> shears_models::Result<()>]) -> Result<Vec<Timing>> {
+    for run in runs.iter_mut() {
+        run()?;
+    }
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
     let start = Instant::now();
-    while runs.len() < MIN_RUNS || start.elapsed().as_secs_f64() < SECONDS_PER_SETTING {
-        let t = Instant::now();
-        f()?;
-        runs.push(t.elapsed().as_secs_f64() * 1e3);
-        if runs.len() >= 1000 {
+    let mut rounds = 0;
+    while rounds < MIN_RUNS || start.elapsed().as_secs_f64() < SECONDS_PER_SETTING {
+        for (run, times) in runs.iter_mut().zip(&mut times) {
+            let t = Instant::now();
+            run()?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        rounds += 1;
+        if rounds >= 1000 {
             break;
         }
     }
-    runs.sort_by(f64::total_cmp);
-    Ok(Timing {
-        median: runs[runs.len() / 2],
-        min: runs[0],
-        max: runs[runs.len() - 1],
-        runs: runs.len(),
-    })
+    Ok(times
+        .into_iter()
+        .map(|mut runs| {
+            runs.sort_by(f64::total_cmp);
+            Timing {
+                median: runs[runs.len() / 2],
+                min: runs[0],
+                max: runs[runs.len() - 1],
+                runs: runs.len(),
+            }
+        })
+        .collect())
 }
