@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use anyhow::{Context, Result, bail};
 use nalgebra::DMatrix;
 use shears_core::{Mask, Masks};
-use shears_io::Model;
+use shears_io::{Dtype, Model};
 use shears_models::{
     Method, PruneSpec, SentenceTransformer, Step, TextEncoder, prune_model, read_texts,
 };
@@ -21,8 +21,25 @@ use crate::sources::{Sources, Tensor, View};
 /// limit is shorter): the length Wanda's and SparseGPT's evaluations of encoders use.
 const CALIBRATION_TOKENS: usize = 128;
 
+/// The largest finite f16.
+const F16_MAX: f32 = 65504.0;
+
 /// A pruned linear layer's new weights (`outputs x inputs`) and mask.
 pub(crate) type Pruned = HashMap<String, (DMatrix<f32>, Mask)>;
+
+/// What the calibration ran on, for the run's record.
+#[derive(Debug, Clone, serde::Serialize)]
+pub(crate) struct Calibration {
+    /// The text file.
+    pub(crate) texts: String,
+    /// Sentences used: the first `--calib-samples` lines with text, or all there are.
+    pub(crate) sentences: usize,
+    /// Their tokens, special tokens included, after truncation to `max_len`.
+    pub(crate) tokens: usize,
+    pub(crate) max_len: usize,
+    /// `--calib-samples`.
+    pub(crate) asked: usize,
+}
 
 /// Runs `method` on the chosen tensors of the model folder `model`.
 pub(crate) fn prune(
@@ -32,7 +49,7 @@ pub(crate) fn prune(
     model: &Model,
     chosen: &[Tensor],
     sources: &Sources,
-) -> Result<Pruned> {
+) -> Result<(Pruned, Calibration)> {
     let m = method.name();
     let Some(folder) = model.folder() else {
         bail!(
@@ -56,6 +73,13 @@ pub(crate) fn prune(
     drop(linears);
     let texts = read_texts(calib, args.calib_samples as usize)?;
     let batch = transformer.tokenizer.encode(&texts)?;
+    let calibration = Calibration {
+        texts: calib.display().to_string(),
+        sentences: texts.len(),
+        tokens: batch.tokens(),
+        max_len: transformer.tokenizer.max_len(),
+        asked: args.calib_samples as usize,
+    };
     let mut prior = Masks::new();
     for t in chosen {
         if let Some(mask) = sources.mask(t, View::Matrix)? {
@@ -88,12 +112,24 @@ pub(crate) fn prune(
     progress.finish();
     let weights: BTreeMap<&str, DMatrix<f32>> =
         transformer.model.linears().map(|l| (l.name(), l.dense_weights())).collect();
-    masks
+    let pruned = masks
         .into_iter()
         .map(|p| {
             let w =
                 weights.get(p.name.as_str()).cloned().context("internal error: a pruned layer")?;
             Ok((p.name, (w, p.mask)))
         })
-        .collect()
+        .collect::<Result<Pruned>>()?;
+    // SparseGPT's updates may grow a weight past what a half-precision file holds.
+    for t in chosen.iter().filter(|t| t.dtype == Dtype::F16) {
+        if let Some((w, _)) = pruned.get(t.name)
+            && let Some(v) = w.iter().find(|v| v.abs() > F16_MAX)
+        {
+            bail!(
+                "{m} updates tensor `{}` to {v}, beyond the largest f16 value ({F16_MAX}): the file cannot hold it",
+                t.name
+            );
+        }
+    }
+    Ok((pruned, calibration))
 }

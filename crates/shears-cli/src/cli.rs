@@ -168,9 +168,10 @@ pub(crate) struct BenchArgs {
     /// each pruned layer in the format that runs it fastest.
     #[arg(long, value_name = "FILE")]
     pub(crate) texts: Option<PathBuf>,
-    /// Tokens per sentence for --texts.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(3..=65_536))]
-    pub(crate) seq_len: u32,
+    /// Tokens per sentence for --texts, the special tokens included (3 up to the model's
+    /// position embeddings, 512 for BERT) [default: 128, or the model's limit if shorter].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(3..=65_536))]
+    pub(crate) seq_len: Option<u32>,
     /// Print one JSON document instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
@@ -196,8 +197,8 @@ pub(crate) struct EmbedArgs {
     /// How many lines of --texts to embed.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub(crate) limit: u32,
-    /// Print one JSON document (the embeddings and each layer's format) instead of the
-    /// summary.
+    /// Print the embeddings as one JSON document (`embeddings`: one array per sentence)
+    /// instead of the summary.
     #[arg(long)]
     pub(crate) json: bool,
 }

@@ -23,9 +23,37 @@ fn load(folder: &Path, max_len: Option<u32>) -> Result<SentenceTransformer> {
     Ok(SentenceTransformer::load(folder, max_len.map(|m| m as usize))?)
 }
 
+/// Sentences embedded per pass: the tokenizer's encodings of a whole file would weigh
+/// far more than its embeddings.
+const SENTENCES_PER_PASS: usize = 1024;
+
+/// The embeddings of `texts`, one column per text, a pass of sentences at a time.
+fn embed_all(model: &SentenceTransformer, texts: &[String]) -> Result<DMatrix<f32>> {
+    let hidden = model.model.config().hidden_size;
+    let mut embeddings = DMatrix::<f32>::zeros(hidden, texts.len());
+    for (pass, chunk) in texts.chunks(SENTENCES_PER_PASS).enumerate() {
+        let start = pass * SENTENCES_PER_PASS;
+        let part = model.embed(chunk).map_err(|e| match e {
+            shears_models::Error::NonFinite { sentence, value } => {
+                shears_models::Error::NonFinite { sentence: start + sentence, value }
+            }
+            e => e,
+        })?;
+        embeddings.columns_mut(start, chunk.len()).copy_from(&part);
+    }
+    Ok(embeddings)
+}
+
 pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
     if let Some(out) = &args.output {
         shears_io::paths::check_output(out)?;
+        if shears_io::paths::is_within(out, &args.model) {
+            bail!(
+                "refusing to write {}: it is inside the model folder {} (write the embeddings elsewhere)",
+                out.display(),
+                args.model.display()
+            );
+        }
         let mut paths =
             vec![("--texts", args.texts.as_path(), false), ("--output", out.as_path(), true)];
         let model_files = shears_io::Model::open(&args.model)?;
@@ -36,7 +64,7 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
     }
     let model = load(&args.model, args.max_len)?;
     let texts = read_texts(&args.texts, args.limit as usize)?;
-    let embeddings = model.embed(&texts)?;
+    let embeddings = embed_all(&model, &texts)?;
     if let Some(out) = &args.output {
         write_embeddings(out, &embeddings)?;
     }
@@ -61,7 +89,7 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
     }
     let written = match &args.output {
         Some(p) => format!(": wrote {}", p.display()),
-        None => String::new(),
+        None => " (-o FILE writes them, --json prints them)".to_owned(),
     };
     outln!("embedded {} sentences into {} dimensions{written}", texts.len(), embeddings.nrows())?;
     Ok(())
@@ -83,12 +111,22 @@ fn write_embeddings(out: &Path, embeddings: &DMatrix<f32>) -> Result<()> {
 pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
     let dense = load(&args.dense, args.max_len)?;
     let pruned = load(&args.pruned, args.max_len)?;
+    let sizes = (dense.model.config().hidden_size, pruned.model.config().hidden_size);
+    if sizes.0 != sizes.1 {
+        bail!(
+            "{} and {} are different models: hidden sizes {} and {}",
+            args.dense.display(),
+            args.pruned.display(),
+            sizes.0,
+            sizes.1
+        );
+    }
     let texts = read_texts(&args.texts, args.limit as usize)?;
     if texts.len() < 2 {
         bail!("{}: eval needs at least 2 sentences, it has {}", args.texts.display(), texts.len());
     }
-    let a = dense.embed(&texts)?;
-    let b = pruned.embed(&texts)?;
+    let a = embed_all(&dense, &texts)?;
+    let b = embed_all(&pruned, &texts)?;
     let result = agreement(&a, &b)?;
     if args.json {
         #[derive(Serialize)]

@@ -154,6 +154,58 @@ impl Outputs {
         Ok(created)
     }
 
+    /// Files already in the output folder that this run will not replace (a folder
+    /// pruned into before, or another model's): they stay, and the report names them,
+    /// since a stale shard or config beside the new ones would mislead whoever loads
+    /// the folder. At most `limit` are listed; the count is of all (up to 100,000).
+    pub(crate) fn strangers(&self, limit: usize) -> (Vec<PathBuf>, usize) {
+        let Some(root) = &self.folder else { return (Vec::new(), 0) };
+        let written: std::collections::HashSet<&Path> = self.written().collect();
+        let (mut found, mut count) = (Vec::new(), 0);
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name();
+                if name.to_string_lossy().starts_with(shears_io::TEMPORARY_PREFIX) {
+                    continue;
+                }
+                match entry.file_type() {
+                    Ok(kind) if kind.is_dir() => stack.push(path),
+                    Ok(_) if !written.contains(path.as_path()) => {
+                        count += 1;
+                        if found.len() < limit {
+                            found.push(path);
+                        }
+                    }
+                    _ => {}
+                }
+                if count >= 100_000 {
+                    return (found, count);
+                }
+            }
+        }
+        found.sort();
+        (found, count)
+    }
+
+    /// A weights file or shard index already in the output folder that this run will
+    /// not replace (another model's, or this one's with other shards): a loader would
+    /// read it with the new weights.
+    pub(crate) fn stray_weights(&self) -> Option<PathBuf> {
+        let root = self.folder.as_ref()?;
+        let written: std::collections::HashSet<&Path> = self.written().collect();
+        let entries = std::fs::read_dir(root).ok()?;
+        entries.flatten().map(|e| e.path()).find(|path| {
+            let name =
+                path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let weights =
+                name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json");
+            weights && !written.contains(path.as_path()) && Some(path) != self.masks.as_ref()
+        })
+    }
+
     /// Stages the copies of the folder's other files.
     pub(crate) fn stage_copies(&self) -> Result<Vec<SealedFile>> {
         let mut staged = Vec::with_capacity(self.copies.len());

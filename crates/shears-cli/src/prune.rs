@@ -114,6 +114,9 @@ struct Report<'a> {
     masks_in: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     masks_out: Option<String>,
+    /// What `--method wanda|sparsegpt` calibrated on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    calibration: Option<calibrated::Calibration>,
     tensors: Rows<'a>,
     total: Totals,
     warnings: Warnings,
@@ -135,11 +138,22 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
     }
     let outputs = Outputs::plan(&model, &args.output, args.masks_out.as_deref())?;
     check_paths(&model, args, &outputs)?;
+    let (strangers, stranger_count) = outputs.strangers(3);
+    if let Some(weights) = outputs.stray_weights() {
+        bail!(
+            "the output folder already holds {}, which would be loaded with the new weights: give a new or empty folder",
+            weights.display()
+        );
+    }
     let sources =
         Sources::open(&args.grads, args.scores.as_deref(), args.masks_in.as_deref(), &chosen)?;
-    let mut calibrated = match job.calibrated {
-        Some(method) => Some(calibrated::prune(args, &job, method, &model, &chosen, &sources)?),
-        None => None,
+    let (mut calibrated, calibration) = match job.calibrated {
+        Some(method) => {
+            let (pruned, calibration) =
+                calibrated::prune(args, &job, method, &model, &chosen, &sources)?;
+            (Some(pruned), Some(calibration))
+        }
+        None => (None, None),
     };
     // f32 holds f16, bf16 and f32 values exactly and halves the memory of f64; tensors
     // are worked on in f64 only when one of them (or its gradient) is f64.
@@ -167,6 +181,25 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
             calibrated.as_mut(),
         )?
     };
+    if let Some(c) = &calibration
+        && c.sentences < c.asked
+    {
+        report.warnings.add(format!(
+            "--calib-samples {}: {} has {} lines with text, and all were used",
+            c.asked, c.texts, c.sentences
+        ));
+    }
+    report.calibration = calibration;
+    if stranger_count > 0 {
+        let names: Vec<String> = strangers.iter().map(|p| p.display().to_string()).collect();
+        let more = stranger_count - names.len();
+        report.warnings.add(format!(
+            "the output folder already held {stranger_count} file{} this run did not write, left as they were: {}{}",
+            if stranger_count == 1 { "" } else { "s" },
+            names.join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() }
+        ));
+    }
     for (path, why) in &outputs.skipped {
         report.warnings.add(format!("{} was not copied: {why}", path.display()));
     }
@@ -201,6 +234,9 @@ fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()>
     if let Some(m) = &args.masks_in {
         paths.push(("--masks-in", m, false));
     }
+    if let Some(c) = &args.calib {
+        paths.push(("--calib", c, false));
+    }
     // The mask file is the last output written.
     let count = outputs.written().count();
     let masks = outputs.masks.is_some();
@@ -217,9 +253,43 @@ fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()>
         }
         shears_io::paths::check_output(written)?;
     }
+    let folder = outputs.folder();
+    if let (Some(root), Some(model_folder)) = (folder, model.folder())
+        && shears_io::paths::is_within(root, model_folder)
+    {
+        bail!(
+            "the output folder {} is inside the model's folder {}: give a folder outside it",
+            root.display(),
+            model_folder.display()
+        );
+    }
+    if let Some(root) = folder {
+        for written in outputs.written().filter(|w| w.starts_with(root)) {
+            // A linked folder inside the output would take the file outside it.
+            let mut dir = written.parent();
+            while let Some(d) = dir.filter(|d| *d != root) {
+                if std::fs::symlink_metadata(d).is_ok_and(|m| m.file_type().is_symlink()) {
+                    bail!(
+                        "refusing to write {}: the folder {} is a symbolic link",
+                        written.display(),
+                        d.display()
+                    );
+                }
+                dir = d.parent();
+            }
+        }
+        if let Some(masks) = &outputs.masks
+            && masks.starts_with(root)
+            && masks.to_string_lossy().ends_with(".index.json")
+        {
+            bail!(
+                "--masks-out {}: a file named like a shard index in the output folder would be read as the model's",
+                masks.display()
+            );
+        }
+    }
     // Files are written beside their targets: the folders must exist (an output
     // folder's own subfolders are made when it is).
-    let folder = outputs.folder();
     for written in outputs.written() {
         let dir = match folder {
             Some(root) if written.starts_with(root) => root,
@@ -420,6 +490,7 @@ fn prune<'a, T: Float>(
         threshold,
         masks_in: args.masks_in.as_ref().map(|p| p.display().to_string()),
         masks_out: args.masks_out.as_ref().map(|p| p.display().to_string()),
+        calibration: None,
         total: totals(&rows),
         tensors: Rows { rows, shard_names },
         warnings,
@@ -487,8 +558,19 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
         Some(th) => format!(", global threshold {th:.6e}"),
         None => String::new(),
     };
+    let calibrated = match &report.calibration {
+        Some(c) => format!(
+            ", calibrated on {} sentences ({} tokens, at most {} each) of {}",
+            c.sentences, c.tokens, c.max_len, c.texts
+        ),
+        None => String::new(),
+    };
+    let masks = match &report.masks_out {
+        Some(m) => format!(" and the masks to {m}"),
+        None => String::new(),
+    };
     outln!(
-        "{} {} {} at {}{how}: wrote {}",
+        "{} {} {} at {}{how}{calibrated}: wrote {}{masks}",
         report.method,
         report.pattern,
         report.scope,

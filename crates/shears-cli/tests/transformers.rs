@@ -261,3 +261,169 @@ fn calibrated_methods_refuse_what_they_cannot_do_before_writing() {
         assert!(err.contains("model.safetensors") || err.contains(".txt"), "{args:?}: {err}");
     }
 }
+
+/// The record says what the calibration ran on, a short text file is said to be short,
+/// and files already in the output folder are named, not silently kept.
+#[test]
+fn the_record_names_the_calibration_and_files_it_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("stale.txt"), "from an earlier run").unwrap();
+    let texts = dir.path().join("three.txt");
+    std::fs::write(&texts, "The cat sat.\n\nA dog ran home.\nBirds fly south.\n").unwrap();
+    let model = tiny_bert();
+    let o = shears(&[
+        "prune",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--method",
+        "wanda",
+        "-s",
+        "0.5",
+        "--calib",
+        texts.to_str().unwrap(),
+        "--calib-samples",
+        "10",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let record: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let c = &record["calibration"];
+    assert_eq!(c["sentences"], 3);
+    assert_eq!(c["asked"], 10);
+    assert_eq!(c["max_len"], 16, "the folder's max_seq_length, under the default of 128");
+    assert!(c["tokens"].as_u64().unwrap() >= 3 * 3, "{c}");
+    let warnings = record["warnings"].to_string();
+    assert!(warnings.contains("--calib-samples 10"), "{warnings}");
+    assert!(warnings.contains("stale.txt"), "{warnings}");
+    assert!(out.join("stale.txt").is_file(), "left as it was");
+}
+
+/// Copies the tiny BERT's folder to `to`.
+fn copy_tiny_bert(to: &Path) {
+    std::fs::create_dir_all(to.join("1_Pooling")).unwrap();
+    for entry in std::fs::read_dir(tiny_bert()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::copy(tiny_bert().join("1_Pooling/config.json"), to.join("1_Pooling/config.json"))
+        .unwrap();
+}
+
+#[track_caller]
+fn refused(args: &[&str], needle: &str) {
+    let o = shears(args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains(needle), "{args:?}: `{needle}` not in {err}");
+}
+
+/// No input (a file of the model folder, the calibration text) is ever an output, no
+/// output lands in the model's folder or leaves the output folder through a link, and
+/// no stale weights stay beside new ones.
+#[test]
+fn outputs_never_touch_inputs_or_leave_their_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    copy_tiny_bert(&model);
+    let m = model.to_str().unwrap();
+    let calib = dir.path().join("calib.txt");
+    std::fs::copy(sentences("calibration.txt"), &calib).unwrap();
+    let c = calib.to_str().unwrap();
+    let config = std::fs::read(model.join("config.json")).unwrap();
+    let config_path = model.join("config.json");
+    refused(
+        &["embed", m, "--texts", c, "-o", config_path.to_str().unwrap()],
+        "inside the model folder",
+    );
+    assert_eq!(std::fs::read(&config_path).unwrap(), config);
+    let out = dir.path().join("out");
+    let o = out.to_str().unwrap();
+    let wanda = ["--method", "wanda", "-s", "0.5", "--calib", c];
+    refused(&[&["prune", m, "-o", o][..], &wanda, &["--masks-out", c]].concat(), "--calib");
+    assert_eq!(
+        std::fs::read_to_string(&calib).unwrap(),
+        std::fs::read_to_string(sentences("calibration.txt")).unwrap()
+    );
+    let inside = model.join("pruned");
+    refused(
+        &[&["prune", m, "-o", inside.to_str().unwrap()][..], &wanda].concat(),
+        "inside the model's folder",
+    );
+    assert!(!inside.exists());
+    // A linked subfolder in the output would write outside it.
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("config.json"), "precious").unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(&outside, out.join("1_Pooling")).unwrap();
+        refused(&[&["prune", m, "-o", o][..], &wanda].concat(), "symbolic link");
+        assert_eq!(std::fs::read_to_string(outside.join("config.json")).unwrap(), "precious");
+        std::fs::remove_file(out.join("1_Pooling")).unwrap();
+    }
+    // Another model's shard index in the output folder would be read with the new weights.
+    std::fs::write(out.join("model.safetensors.index.json"), "{}").unwrap();
+    refused(&[&["prune", m, "-o", o][..], &wanda].concat(), "model.safetensors.index.json");
+    std::fs::remove_file(out.join("model.safetensors.index.json")).unwrap();
+    let index_named = out.join("masks.index.json");
+    refused(
+        &[&["prune", m, "-o", o][..], &wanda, &["--masks-out", index_named.to_str().unwrap()]]
+            .concat(),
+        "shard index",
+    );
+    // What is left runs.
+    ok(&[&["prune", m, "-o", o][..], &wanda].concat());
+}
+
+/// A model whose outputs are not finite is an error naming the sentence, not NaN
+/// embeddings and an exit code of 0.
+#[test]
+fn a_model_that_computes_nan_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    copy_tiny_bert(&model);
+    let weights = model.join("model.safetensors");
+    let mut tensors: Vec<crate::util::T> = read(&weights)
+        .into_iter()
+        .map(|(name, (dtype, shape, values))| crate::util::T {
+            name: Box::leak(name.into_boxed_str()),
+            dtype,
+            shape,
+            values,
+        })
+        .collect();
+    let huge = tensors.iter_mut().find(|t| t.name == "encoder.layer.0.intermediate.dense.weight");
+    huge.unwrap().values.iter_mut().for_each(|v| *v = 3e38);
+    crate::util::write(&weights, &tensors);
+    let m = model.to_str().unwrap();
+    let texts = sentences("validation.txt");
+    let out = dir.path().join("e.safetensors");
+    refused(&["embed", m, "--texts", &texts, "-o", out.to_str().unwrap()], "not finite");
+    assert!(!out.exists());
+    let dense = tiny_bert();
+    refused(&["eval", dense.to_str().unwrap(), m, "--texts", &texts], "sentence 1 ");
+}
+
+#[test]
+fn bench_fits_its_default_sentence_length_to_the_model() {
+    let texts = sentences("validation.txt");
+    let json: Value = serde_json::from_str(&ok(&[
+        "bench",
+        tiny_bert().to_str().unwrap(),
+        "--texts",
+        &texts,
+        "--batch",
+        "1",
+        "--json",
+        "-q",
+    ]))
+    .unwrap();
+    assert_eq!(json["seq_len"], 64, "the tiny model's 64 positions, under the default of 128");
+}

@@ -73,9 +73,18 @@ fn file_id(path: &Path) -> Option<FileId> {
     Some(FileId::Path(absolute_path(path)?))
 }
 
-/// Where a path that does not exist yet would be: its nearest existing ancestor made
-/// canonical, the rest of it (folders not created yet, which cannot be links) resolved
-/// lexically.
+/// Whether `path` is `folder` or lies inside it, once both are resolved (links followed;
+/// the parts of `path` that do not exist yet resolved lexically). False if either
+/// cannot be resolved.
+pub fn is_within(path: &Path, folder: &Path) -> bool {
+    match (absolute_path(path), folder.canonicalize()) {
+        (Some(path), Ok(folder)) => path.starts_with(folder),
+        _ => false,
+    }
+}
+
+/// Where a path is or would be: its nearest existing ancestor made canonical, the rest
+/// of it (folders not created yet, which cannot be links) resolved lexically.
 fn absolute_path(path: &Path) -> Option<PathBuf> {
     let absolute =
         if path.is_absolute() { path.to_owned() } else { std::env::current_dir().ok()?.join(path) };
@@ -153,6 +162,9 @@ mod tests {
         }
         let apart = dir.path().join("new/sub/config.json");
         check_distinct(&[("copy", &new, true), ("--masks-out", &apart, true)]).unwrap();
+        assert!(is_within(&apart, dir.path()) && is_within(dir.path(), dir.path()));
+        assert!(is_within(&dir.path().join("a/../b"), dir.path()));
+        assert!(!is_within(&dir.path().join("../elsewhere"), dir.path()));
     }
 
     #[test]

@@ -462,6 +462,15 @@ impl SentenceTransformer {
         let model = BertModel::load(folder)?;
         let sentence = SentenceConfig::from_folder(folder)?;
         let positions = model.config().max_position_embeddings;
+        if let (None, Some(len)) = (max_len, sentence.max_seq_length)
+            && len > positions
+        {
+            return Err(Error::Config {
+                path: folder.join("sentence_bert_config.json"),
+                field: "max_seq_length".into(),
+                reason: format!("{len} is longer than the model's {positions} position embeddings"),
+            });
+        }
         let max_len = max_len.or(sentence.max_seq_length).unwrap_or(positions.min(512));
         if max_len > positions {
             return Err(Error::Argument(format!(
@@ -469,6 +478,16 @@ impl SentenceTransformer {
             )));
         }
         let tokenizer = TextEncoder::from_folder(folder, max_len)?;
+        let (ids, rows) = (tokenizer.vocab_size(), model.config().vocab_size);
+        if ids > rows {
+            return Err(Error::Config {
+                path: folder.join("tokenizer.json"),
+                field: "model.vocab".into(),
+                reason: format!(
+                    "{ids} token ids, more than the {rows} rows of the word embeddings (config.json's vocab_size)"
+                ),
+            });
+        }
         Ok(SentenceTransformer { model, tokenizer, sentence })
     }
 
@@ -494,6 +513,12 @@ impl SentenceTransformer {
             let states = self.model.forward(&part)?;
             let pooled =
                 pool(&states, &part.lengths, self.sentence.pooling, self.sentence.normalize);
+            if let Some(i) = pooled.iter().position(|v| !v.is_finite()) {
+                return Err(Error::NonFinite {
+                    sentence: chunk.start + i / hidden.max(1),
+                    value: pooled.as_slice()[i],
+                });
+            }
             out.columns_mut(chunk.start, chunk.len()).copy_from(&pooled);
         }
         Ok(out)

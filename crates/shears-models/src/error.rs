@@ -47,6 +47,15 @@ pub enum Error {
     /// An argument out of its range.
     #[error("{0}")]
     Argument(String),
+    /// The model computed a NaN or an infinity (weights too large, a zero layer-norm
+    /// epsilon on a constant input, ...).
+    #[error("the model's output for sentence {} (of the lines with text) is not finite ({value}): check its weights and config", .sentence + 1)]
+    NonFinite {
+        /// The sentence (0-based, in the order given).
+        sentence: usize,
+        /// The value found.
+        value: f32,
+    },
     /// Reading or writing checkpoint files.
     #[error(transparent)]
     Io(#[from] shears_io::Error),

@@ -2,6 +2,7 @@
 //! model's, one by one and as a neighbourhood.
 
 use nalgebra::DMatrix;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -59,18 +60,13 @@ pub fn agreement(dense: &DMatrix<f32>, pruned: &DMatrix<f32>) -> Result<Agreemen
     let neighbour_overlap = if k == 0 {
         1.0
     } else {
-        let (sa, sb) = (a.transpose() * &a, b.transpose() * &b);
-        let nearest = |s: &DMatrix<f64>, i: usize| -> Vec<usize> {
-            let mut others: Vec<usize> = (0..n).filter(|&j| j != i).collect();
-            // Most similar first; ties to the lower index.
-            others.sort_by(|&x, &y| s[(i, y)].total_cmp(&s[(i, x)]).then(x.cmp(&y)));
-            others.truncate(k);
-            others
-        };
+        // A sentence at a time (on rayon's threads), so that memory grows with the
+        // sentences, not with their pairs.
         let shared: usize = (0..n)
+            .into_par_iter()
             .map(|i| {
-                let na = nearest(&sa, i);
-                nearest(&sb, i).iter().filter(|j| na.contains(j)).count()
+                let na = nearest(&a, i, k);
+                nearest(&b, i, k).iter().filter(|j| na.contains(j)).count()
             })
             .sum();
         shared as f64 / (n * k) as f64
@@ -83,6 +79,21 @@ pub fn agreement(dense: &DMatrix<f32>, pruned: &DMatrix<f32>) -> Result<Agreemen
         k,
         neighbour_overlap,
     })
+}
+
+/// The `k` sentences whose unit embeddings (the columns of `unit`) are most similar to
+/// sentence `me`'s: most similar first, ties to the lower index.
+fn nearest(unit: &DMatrix<f64>, me: usize, k: usize) -> Vec<usize> {
+    let mine = unit.column(me);
+    let similar: Vec<f64> = unit.column_iter().map(|c| c.dot(&mine)).collect();
+    let mut others: Vec<usize> = (0..unit.ncols()).filter(|&j| j != me).collect();
+    let order = |x: &usize, y: &usize| similar[*y].total_cmp(&similar[*x]).then(x.cmp(y));
+    if others.len() > k {
+        others.select_nth_unstable_by(k - 1, order);
+        others.truncate(k);
+    }
+    others.sort_by(order);
+    others
 }
 
 #[cfg(test)]
@@ -114,6 +125,35 @@ mod tests {
         assert!((a.min_cosine - cos[n - 1]).abs() < 1e-6);
         assert!(agreement(&dense, &DMatrix::zeros(2, 3)).is_err());
         assert!(agreement(&DMatrix::zeros(2, 0), &DMatrix::zeros(2, 0)).is_err());
+    }
+
+    #[test]
+    fn neighbours_equal_a_full_sort_of_every_pair() {
+        // With ties: repeated columns.
+        let n = 300;
+        let dense = DMatrix::from_fn(3, n, |r, c| (((c % 50) * (r + 3) * 7) % 11) as f32 - 5.0);
+        let pruned = DMatrix::from_fn(3, n, |r, c| (((c % 61) * (r + 2) * 5) % 13) as f32 - 6.0);
+        let got = agreement(&dense, &pruned).unwrap();
+        let unit = |m: &DMatrix<f32>| {
+            let mut m = m.map(f64::from);
+            for mut c in m.column_iter_mut() {
+                let norm = c.norm().max(1e-12);
+                c /= norm;
+            }
+            m
+        };
+        let (a, b) = (unit(&dense), unit(&pruned));
+        // Every pair's similarity, each row fully sorted.
+        let full = |m: &DMatrix<f64>, i: usize| {
+            let s = |j: usize| m.column(j).dot(&m.column(i));
+            let mut o: Vec<usize> = (0..n).filter(|&j| j != i).collect();
+            o.sort_by(|&x, &y| s(y).total_cmp(&s(x)).then(x.cmp(&y)));
+            o.truncate(10);
+            o
+        };
+        let shared: usize =
+            (0..n).map(|i| full(&b, i).iter().filter(|j| full(&a, i).contains(j)).count()).sum();
+        assert_eq!(got.neighbour_overlap, shared as f64 / (n * 10) as f64);
     }
 
     #[test]

@@ -130,6 +130,11 @@ impl TextEncoder {
         self.max_len
     }
 
+    /// The number of token ids the tokenizer can give, its added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
     /// Tokenizes `texts`, each truncated to [`TextEncoder::max_len`].
     ///
     /// # Errors
