@@ -47,7 +47,7 @@ fn speedups(model: &Mlp<f32>, masks: &Masks, x_test: &DMatrix<f32>) -> Result<(f
     let one = x_test.columns(0, 1).clone_owned();
     let s1 = time_inference(model, &SparseMlp::from_mlp(model, masks, 1)?, &one, 200)?.speedup();
     let sb =
-        time_inference(model, &SparseMlp::from_mlp(model, masks, x_test.ncols())?, x_test, 50)?
+        time_inference(model, &SparseMlp::from_mlp(model, masks, x_test.ncols())?, x_test, 15)?
             .speedup();
     Ok((s1, sb))
 }
