@@ -31,6 +31,31 @@ fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+/// Decodes a payload with a bound on what it may allocate. bincode allocates a string
+/// or byte buffer of the length it reads before reading its bytes, so without a bound a
+/// lying length would ask the allocator for up to 2^64 bytes. No value of a shears
+/// format takes more than 8 bytes in memory for each byte it takes in the file (a `u64`
+/// or `usize` varint is at least one byte), so the bound is eight times the payload's
+/// size (plus room for small payloads), rounded up to a power of two: bincode's limit is
+/// a type parameter, so it is picked from a ladder.
+fn decode_bounded<P: DeserializeOwned>(
+    body: &[u8],
+) -> Result<(P, usize), bincode::error::DecodeError> {
+    let need = body.len().saturating_mul(8).saturating_add(1 << 12);
+    macro_rules! ladder {
+        ($($bits:literal),*) => {
+            $(
+                if need <= 1usize << $bits {
+                    let config = config().with_limit::<{ 1usize << $bits }>();
+                    return bincode::serde::decode_from_slice(body, config);
+                }
+            )*
+        };
+    }
+    ladder!(16, 20, 24, 28, 32, 36, 40, 44);
+    bincode::serde::decode_from_slice(body, config().with_limit::<{ 1usize << 48 }>())
+}
+
 /// Encodes `payload` behind `magic` and `version`.
 pub fn seal<P: Serialize + ?Sized>(magic: &[u8; 8], version: u32, payload: &P) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + 64);
@@ -45,8 +70,9 @@ pub fn seal<P: Serialize + ?Sized>(magic: &[u8; 8], version: u32, payload: &P) -
 
 /// Decodes a payload sealed with `magic` and `version`.
 ///
-/// Serde's sequence visitors cap what they pre-allocate, so a lying length cannot
-/// allocate more than the bytes that are really there.
+/// Serde's sequence visitors cap what they pre-allocate, and strings and buffers are
+/// held to eight times the payload's size, so a lying length cannot make the allocator
+/// fail.
 ///
 /// # Errors
 /// [`FormatError::BadMagic`], [`FormatError::UnsupportedVersion`],
@@ -70,8 +96,8 @@ pub fn open<P: Serialize + DeserializeOwned>(
         return Err(FormatError::UnsupportedVersion { found, supported: version });
     }
     let body = &bytes[HEADER_LEN..];
-    let (payload, read): (P, usize) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| FormatError::Corrupted { reason: e.to_string() })?;
+    let (payload, read): (P, usize) =
+        decode_bounded(body).map_err(|e| FormatError::Corrupted { reason: e.to_string() })?;
     if read != body.len() {
         return Err(FormatError::TrailingBytes { count: body.len() - read });
     }
@@ -96,6 +122,20 @@ mod tests {
         let mut long = bytes[..HEADER_LEN].to_vec();
         long.extend_from_slice(&[251, 75, 0]);
         assert_eq!(open::<u64>(b"TESTTEST", 1, &long), Err(FormatError::NonCanonical));
+    }
+
+    #[test]
+    fn a_lying_string_length_is_an_error_not_an_allocation() {
+        // A string claiming 2^60 bytes (varint tag 253: a u64 follows).
+        let mut bytes = b"TESTTEST".to_vec();
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.push(253);
+        bytes.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        bytes.extend_from_slice(b"abc");
+        assert!(matches!(
+            open::<String>(b"TESTTEST", 1, &bytes),
+            Err(FormatError::Corrupted { .. })
+        ));
     }
 
     #[test]
