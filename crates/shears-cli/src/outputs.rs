@@ -155,55 +155,45 @@ impl Outputs {
     }
 
     /// Files already in the output folder that this run will not replace (a folder
-    /// pruned into before, or another model's): they stay, and the report names them,
-    /// since a stale shard or config beside the new ones would mislead whoever loads
-    /// the folder. At most `limit` are listed; the count is of all (up to 100,000).
-    pub(crate) fn strangers(&self, limit: usize) -> (Vec<PathBuf>, usize) {
-        let Some(root) = &self.folder else { return (Vec::new(), 0) };
+    /// pruned into before, or another model's), in one walk of the folder: at most
+    /// `limit` of them named, all counted (up to 100,000), and the first weights file or
+    /// shard index among those at the top, which a loader would read with the new
+    /// weights. Temporaries of other runs are not counted; they are reported apart.
+    pub(crate) fn strangers(&self, limit: usize) -> Strangers {
+        let mut found = Strangers::default();
+        let Some(root) = &self.folder else { return found };
         let written: std::collections::HashSet<&Path> = self.written().collect();
-        let (mut found, mut count) = (Vec::new(), 0);
         let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for entry in entries.flatten() {
                 let path = entry.path();
-                let name = entry.file_name();
-                if name.to_string_lossy().starts_with(shears_io::TEMPORARY_PREFIX) {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(shears_io::TEMPORARY_PREFIX) {
                     continue;
                 }
                 match entry.file_type() {
                     Ok(kind) if kind.is_dir() => stack.push(path),
                     Ok(_) if !written.contains(path.as_path()) => {
-                        count += 1;
-                        if found.len() < limit {
-                            found.push(path);
+                        let weights = name.ends_with(".safetensors")
+                            || name.ends_with(".safetensors.index.json");
+                        if weights && dir == *root && found.weights.is_none() {
+                            found.weights = Some(path.clone());
+                        }
+                        found.count += 1;
+                        if found.named.len() < limit {
+                            found.named.push(path);
                         }
                     }
                     _ => {}
                 }
-                if count >= 100_000 {
-                    return (found, count);
+                if found.count >= 100_000 {
+                    return found;
                 }
             }
         }
-        found.sort();
-        (found, count)
-    }
-
-    /// A weights file or shard index already in the output folder that this run will
-    /// not replace (another model's, or this one's with other shards): a loader would
-    /// read it with the new weights.
-    pub(crate) fn stray_weights(&self) -> Option<PathBuf> {
-        let root = self.folder.as_ref()?;
-        let written: std::collections::HashSet<&Path> = self.written().collect();
-        let entries = std::fs::read_dir(root).ok()?;
-        entries.flatten().map(|e| e.path()).find(|path| {
-            let name =
-                path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let weights =
-                name.ends_with(".safetensors") || name.ends_with(".safetensors.index.json");
-            weights && !written.contains(path.as_path()) && Some(path) != self.masks.as_ref()
-        })
+        found.named.sort();
+        found
     }
 
     /// Stages the copies of the folder's other files.
@@ -259,4 +249,15 @@ impl Drop for NewFolders {
             let _ = std::fs::remove_dir(folder);
         }
     }
+}
+
+/// What [`Outputs::strangers`] found in the output folder.
+#[derive(Debug, Default)]
+pub(crate) struct Strangers {
+    /// The first few, sorted.
+    pub(crate) named: Vec<PathBuf>,
+    /// All of them, up to 100,000.
+    pub(crate) count: usize,
+    /// A weights file or shard index at the folder's top.
+    pub(crate) weights: Option<PathBuf>,
 }

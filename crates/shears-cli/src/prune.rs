@@ -138,8 +138,8 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
     }
     let outputs = Outputs::plan(&model, &args.output, args.masks_out.as_deref())?;
     check_paths(&model, args, &outputs)?;
-    let (strangers, stranger_count) = outputs.strangers(3);
-    if let Some(weights) = outputs.stray_weights() {
+    let strangers = outputs.strangers(3);
+    if let Some(weights) = &strangers.weights {
         bail!(
             "the output folder already holds {}, which would be loaded with the new weights: give a new or empty folder",
             weights.display()
@@ -190,12 +190,13 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
         ));
     }
     report.calibration = calibration;
-    if stranger_count > 0 {
-        let names: Vec<String> = strangers.iter().map(|p| p.display().to_string()).collect();
-        let more = stranger_count - names.len();
+    if strangers.count > 0 {
+        let count = strangers.count;
+        let names: Vec<String> = strangers.named.iter().map(|p| p.display().to_string()).collect();
+        let more = count - names.len();
         report.warnings.add(format!(
-            "the output folder already held {stranger_count} file{} this run did not write, left as they were: {}{}",
-            if stranger_count == 1 { "" } else { "s" },
+            "the output folder already held {count} file{} this run did not write, left as they were: {}{}",
+            if count == 1 { "" } else { "s" },
             names.join(", "),
             if more > 0 { format!(" and {more} more") } else { String::new() }
         ));
