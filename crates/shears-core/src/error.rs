@@ -45,6 +45,14 @@ pub enum Error {
         /// The shape it was asked of.
         shape: (usize, usize),
     },
+    /// Regrowth asked to revive a weight the mask already keeps.
+    #[error("cannot regrow ({row}, {col}): the mask already keeps it")]
+    RegrowKept {
+        /// The row of the first such position.
+        row: usize,
+        /// Its column.
+        col: usize,
+    },
     /// A dimension product does not fit in `usize`.
     #[error("dimensions {dims:?} overflow usize")]
     DimensionOverflow {

@@ -367,6 +367,39 @@ impl Mask {
         Ok(())
     }
 
+    /// Regrowth: keeps again the pruned positions that `grown` keeps, and returns how many.
+    ///
+    /// Dynamic sparse training (SET, RigL) moves connections: it drops kept weights and
+    /// regrows pruned ones. This is the operation that turns pruned positions back on, and
+    /// it says so in its name: every selection in shears only ever prunes among the kept
+    /// weights, so masks from selections and schedules stay monotone. `grown` must only
+    /// keep positions this mask prunes, so that a regrowth's count is exactly the number of
+    /// positions it revives.
+    ///
+    /// ```
+    /// use shears_core::Mask;
+    /// let mut mask = Mask::from_fn(2, 2, |r, _| r == 0)?; // keeps row 0
+    /// let grown = Mask::from_fn(2, 2, |r, c| r == 1 && c == 1)?;
+    /// assert_eq!(mask.regrow(&grown)?, 1);
+    /// assert_eq!(mask.count_kept(), 3);
+    /// assert!(mask.regrow(&grown).is_err()); // (1, 1) is kept now
+    /// # Ok::<(), shears_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if the shapes differ; [`Error::RegrowKept`] naming the
+    /// first position `grown` keeps that this mask already keeps (nothing is changed).
+    pub fn regrow(&mut self, grown: &Mask) -> Result<usize> {
+        self.check_same_shape(grown, "mask regrow")?;
+        if let Some(w) = self.words.iter().zip(&grown.words).position(|(&a, &b)| a & b != 0) {
+            let i = w * WORD + (self.words[w] & grown.words[w]).trailing_zeros() as usize;
+            let nrows = self.nrows.max(1);
+            return Err(Error::RegrowKept { row: i % nrows, col: i / nrows });
+        }
+        self.words.iter_mut().zip(&grown.words).for_each(|(a, &b)| *a |= b);
+        Ok(grown.count_kept())
+    }
+
     /// Keeps what this mask prunes and prunes what it keeps.
     pub fn not(&self) -> Mask {
         let len = self.len();
@@ -571,6 +604,24 @@ mod tests {
             assert_eq!(m.not().count_kept(), 0);
             assert!(Mask::from_words(r, c, m.as_words().to_vec()).is_ok());
         }
+    }
+
+    #[test]
+    fn regrowth_revives_only_pruned_positions() {
+        // 9 x 9 spans two words, so the overlap search crosses a word boundary.
+        let mut mask = Mask::from_fn(9, 9, |r, c| (r + c) % 3 == 0).unwrap();
+        let before = mask.clone();
+        let grown = Mask::from_fn(9, 9, |r, c| (r + c) % 3 == 1 && c > 6).unwrap();
+        assert_eq!(mask.regrow(&grown).unwrap(), grown.count_kept());
+        assert_eq!(mask, before.or(&grown).unwrap());
+        let overlap = Mask::from_fn(9, 9, |r, c| (r, c) == (2, 7) || (r, c) == (8, 8)).unwrap();
+        let kept_now = mask.clone();
+        assert_eq!(mask.regrow(&overlap), Err(Error::RegrowKept { row: 2, col: 7 }));
+        assert_eq!(mask, kept_now, "a refused regrowth changes nothing");
+        assert!(matches!(
+            mask.regrow(&Mask::all_pruned(3, 3).unwrap()),
+            Err(Error::ShapeMismatch { .. })
+        ));
     }
 
     #[test]
