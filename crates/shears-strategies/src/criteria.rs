@@ -203,7 +203,7 @@ impl Random {
 }
 
 /// FNV-1a: a stable hash of the layer name (std's hasher may change between releases).
-fn stable_hash(name: &str) -> u64 {
+pub(crate) fn stable_hash(name: &str) -> u64 {
     name.bytes()
         .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }

@@ -25,6 +25,12 @@
 //! global threshold ([`Scope`]); [`Schedule`] says which sparsity to reach when
 //! (one-shot, geometric rounds, polynomial decay).
 //!
+//! Networks can also be sparse from the first step: [`random_masks`] draws masks at a
+//! target spread over layers by a [`Distribution`] (uniform, Erdős–Rényi, ERK), and a
+//! [`DynamicSparsity`] policy (SET's random regrowth or RigL's gradient regrowth, on an
+//! [`UpdateSchedule`]) moves connections during training with exact per-layer counts,
+//! through [`Mask::regrow`], the one operation that turns pruned positions back on.
+//!
 //! The key decision: criteria and patterns are separate. A criterion only produces
 //! scores; the pattern's selection (from shears-core) turns them into a mask with
 //! PyTorch's counting and tie rules. So gradient scores with 2:4 structure, or Wanda
@@ -53,6 +59,8 @@
 mod calibration;
 mod criteria;
 mod criterion;
+mod density;
+mod dynamic;
 mod error;
 mod lottery;
 mod nm;
@@ -65,6 +73,8 @@ mod sparsegpt;
 pub use calibration::InputStats;
 pub use criteria::{Gradient, Magnitude, Random, TaylorAccumulator, UserScores, Wanda};
 pub use criterion::Criterion;
+pub use density::{Distribution, random_masks};
+pub use dynamic::{Decay, DynamicSparsity, Growth, MaskUpdate, UpdateSchedule};
 pub use error::{Error, Result};
 pub use lottery::LotteryTicket;
 pub use nm::{first_nm_violation, satisfies_nm};

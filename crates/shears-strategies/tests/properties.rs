@@ -8,8 +8,8 @@ use shears_core::{
     Mask, NmPattern, Prunable, PruningStrategy, Rounding, Sparsity, proptest as arb,
 };
 use shears_strategies::{
-    Axis, LayerContext, LotteryTicket, Magnitude, Masks, ModelPruner, Pattern, Pruner, Random,
-    Scope, Structured, satisfies_nm,
+    Axis, Decay, DynamicSparsity, LayerContext, LotteryTicket, Magnitude, Masks, ModelPruner,
+    Pattern, Pruner, Random, Scope, Structured, UpdateSchedule, satisfies_nm,
 };
 
 fn weights(max: usize) -> impl Strategy<Value = DMatrix<f64>> {
@@ -133,5 +133,108 @@ proptest! {
         for step in begin..begin + len {
             prop_assert!(poly.target_at(step) <= poly.target_at(step + 1));
         }
+    }
+}
+
+/// Two layers with weights and gradients, for dynamic sparsity.
+struct Trained {
+    weights: BTreeMap<String, DMatrix<f64>>,
+    gradients: BTreeMap<String, DMatrix<f64>>,
+}
+impl Prunable<f64> for Trained {
+    fn prunable_names(&self) -> Vec<String> {
+        self.weights.keys().cloned().collect()
+    }
+    fn weight(&self, n: &str) -> Option<&DMatrix<f64>> {
+        self.weights.get(n)
+    }
+    fn weight_mut(&mut self, n: &str) -> Option<&mut DMatrix<f64>> {
+        self.weights.get_mut(n)
+    }
+    fn gradient(&self, n: &str) -> Option<&DMatrix<f64>> {
+        self.gradients.get(n)
+    }
+}
+
+/// A layer for dynamic sparsity: tied weights and gradients and a mask of one shape.
+fn dst_layer() -> impl Strategy<Value = (DMatrix<f64>, DMatrix<f64>, Mask)> {
+    arb::shape(12)
+        .prop_flat_map(|(r, c)| (arb::tied_matrix(r, c), arb::tied_matrix(r, c), arb::mask(r, c)))
+}
+
+/// The update by full sorts: drop the `k` kept weights of smallest `|w|` (lower row-major
+/// index first on ties), regrow the `k` positions not kept after the drop with the largest
+/// `|g|` (higher row-major index first on ties).
+fn sorted_update(w: &DMatrix<f64>, g: &DMatrix<f64>, mask: &Mask, fraction: f64) -> Mask {
+    let (rows, cols) = w.shape();
+    let row_major = |i: usize| (i % rows) * cols + i / rows;
+    let k = (fraction * mask.count_kept() as f64).round_ties_even() as usize;
+    let mut kept: Vec<usize> = mask.iter_kept_linear().collect();
+    kept.sort_by(|&a, &b| w[a].abs().total_cmp(&w[b].abs()).then(row_major(a).cmp(&row_major(b))));
+    let mut keep = mask.to_matrix();
+    for &i in &kept[..k] {
+        keep[i] = false;
+    }
+    let mut candidates: Vec<usize> = (0..w.len()).filter(|&i| !keep[i]).collect();
+    candidates
+        .sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()).then(row_major(b).cmp(&row_major(a))));
+    for &i in &candidates[..k] {
+        keep[i] = true;
+    }
+    Mask::from_matrix(&keep)
+}
+
+proptest! {
+    #[test]
+    fn rigl_updates_equal_the_sorted_oracle(
+        a in dst_layer(),
+        b in dst_layer(),
+        fraction in 0.0f64..=1.0,
+        step in 1usize..1000,
+    ) {
+        let names = ["a".to_string(), "b".to_string()];
+        let mut model = Trained {
+            weights: BTreeMap::from([(names[0].clone(), a.2.apply(&a.0).unwrap()), (names[1].clone(), b.2.apply(&b.0).unwrap())]),
+            gradients: BTreeMap::from([(names[0].clone(), a.1.clone()), (names[1].clone(), b.1.clone())]),
+        };
+        let mut masks = Masks::from([(names[0].clone(), a.2.clone()), (names[1].clone(), b.2.clone())]);
+        let before = model.weights.clone();
+        let schedule = UpdateSchedule::new(1, fraction, usize::MAX, Decay::Constant).unwrap();
+        let update = DynamicSparsity::rigl(schedule).update(step, &mut model, &mut masks).unwrap().unwrap();
+        for (name, (_, g, mask)) in names.iter().zip([&a, &b]) {
+            let expected = sorted_update(&before[name], g, mask, fraction);
+            prop_assert_eq!(&masks[name], &expected, "layer {}", name);
+            prop_assert_eq!(masks[name].count_kept(), mask.count_kept());
+            // Regrown weights are zero, the others kept their values, pruned ones are zero.
+            let grown = &update.grown[name];
+            prop_assert!(grown.is_subset_of(&masks[name]).unwrap());
+            for (i, (&value, &old)) in model.weights[name].iter().zip(before[name].iter()).enumerate() {
+                match (masks[name].get_linear(i), grown.get_linear(i)) {
+                    (Some(true), Some(false)) => prop_assert_eq!(value, old),
+                    _ => prop_assert_eq!(value, 0.0),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn set_updates_keep_exact_counts(
+        a in dst_layer(),
+        fraction in 0.0f64..=1.0,
+        seed in any::<u64>(),
+        step in 1usize..1000,
+    ) {
+        let mut model = Trained { weights: BTreeMap::from([("a".to_string(), a.2.apply(&a.0).unwrap())]), gradients: BTreeMap::new() };
+        let mut masks = Masks::from([("a".to_string(), a.2.clone())]);
+        let schedule = UpdateSchedule::new(1, fraction, usize::MAX, Decay::Constant).unwrap();
+        let update = DynamicSparsity::set(schedule, seed).update(step, &mut model, &mut masks).unwrap().unwrap();
+        let k = (fraction * a.2.count_kept() as f64).round_ties_even() as usize;
+        prop_assert_eq!(masks["a"].count_kept(), a.2.count_kept());
+        prop_assert_eq!(update.moved("a"), k);
+        // What survived the drop is the kept set's k smallest magnitudes removed.
+        let survivors = masks["a"].and(&update.grown["a"].not()).unwrap();
+        prop_assert!(survivors.is_subset_of(&a.2).unwrap());
+        prop_assert_eq!(survivors.count_kept(), a.2.count_kept() - k);
+        prop_assert!(update.grown["a"].iter_kept().all(|(r, c)| model.weights["a"][(r, c)] == 0.0));
     }
 }
