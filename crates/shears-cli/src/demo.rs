@@ -146,6 +146,8 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
         rewind_steps: 0,
         seed: 0,
         control: false,
+        validation: 288,
+        eval_interval: None,
     };
     let lottery = lottery_ticket(&data, &config)?;
     bar.advance((lottery_epochs * (lottery_rounds as usize + 1)) as u64);

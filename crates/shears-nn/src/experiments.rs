@@ -219,12 +219,50 @@ pub struct LotteryConfig {
     pub rounds: u32,
     /// Training of every run.
     pub train: TrainConfig,
-    /// Rewind to the weights after this many optimizer steps (0 = initialisation).
+    /// Rewind to the parameters after this many optimizer steps (0 = initialisation).
     pub rewind_steps: usize,
     /// Initialisation seed.
     pub seed: u64,
     /// Also train the random re-initialisation control at every round.
     pub control: bool,
+    /// Training samples held out as the validation set that chooses the early-stopping
+    /// iteration (the paper: 5,000 of MNIST's 60,000). The test set never chooses.
+    pub validation: usize,
+    /// Evaluate every this many optimizer steps (the paper: 100); `None`: after every
+    /// epoch.
+    pub eval_interval: Option<usize>,
+}
+
+/// One evaluation during training.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalPoint {
+    /// Optimizer steps taken.
+    pub iteration: usize,
+    /// Mean cross-entropy on the validation set.
+    pub validation_loss: f64,
+    /// Test accuracy.
+    pub test_accuracy: f64,
+}
+
+/// A training run evaluated along the way, with its early-stopping point chosen on the
+/// validation set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackedRun {
+    /// Every evaluation, in order.
+    pub curve: Vec<EvalPoint>,
+    /// Test accuracy at the end of training.
+    pub final_accuracy: f64,
+}
+
+impl TrackedRun {
+    /// The evaluation of lowest validation loss (the first, on ties): the early-stopping
+    /// point. `None` for a run that never evaluated.
+    pub fn early_stop(&self) -> Option<EvalPoint> {
+        self.curve
+            .iter()
+            .copied()
+            .reduce(|best, p| if p.validation_loss < best.validation_loss { p } else { best })
+    }
 }
 
 /// One round of the lottery-ticket experiment.
@@ -234,14 +272,20 @@ pub struct LotteryRound {
     pub round: u32,
     /// Fraction of weights remaining.
     pub remaining: f64,
+    /// Test accuracy of the network this round starts from (rewound and masked), before
+    /// training.
+    pub start_accuracy: f64,
     /// Test accuracy at the end of training.
     pub accuracy: f64,
-    /// The epoch (1-based) of lowest test loss: the paper's early-stopping point.
-    pub early_stop_epoch: usize,
-    /// Test accuracy at that epoch.
+    /// The iteration of lowest validation loss: the paper's early-stopping point.
+    pub early_stop_iteration: usize,
+    /// Test accuracy at that iteration.
     pub early_stop_accuracy: f64,
-    /// The control (same masks, random re-initialisation): final test accuracy.
+    /// The control (same masks, random re-initialisation): test accuracy at its own
+    /// early-stopping iteration.
     pub control_accuracy: Option<f64>,
+    /// Every evaluation of the ticket's training.
+    pub curve: Vec<EvalPoint>,
     /// The masks of this round (empty for the dense run).
     pub masks: Masks,
 }
@@ -264,83 +308,136 @@ pub fn evaluate(model: &Mlp<f32>, data: &Dataset) -> Result<(f64, f64)> {
     Ok((loss / n, correct as f64 / n))
 }
 
-/// Trains and tracks test loss per epoch: `(final accuracy, best epoch, accuracy then)`.
-fn train_tracked(
+/// Trains on `train`, evaluating every `interval` steps (or every epoch) on `validation`
+/// (which chooses the early-stopping point) and on `test` (which is only reported).
+///
+/// # Errors
+/// Training and evaluation errors.
+pub fn train_tracked(
     model: &mut Mlp<f32>,
-    data: &Split,
+    train: &Dataset,
+    validation: &Dataset,
+    test: &Dataset,
     config: &TrainConfig,
+    interval: Option<usize>,
     masks: &Masks,
-) -> Result<(f64, usize, f64)> {
-    let steps_per_epoch = data.train.len().div_ceil(config.batch_size.max(1));
-    let mut best = (f64::INFINITY, 0, 0.0);
+) -> Result<TrackedRun> {
+    let interval =
+        interval.unwrap_or_else(|| train.len().div_ceil(config.batch_size.max(1))).max(1);
+    let mut curve = Vec::new();
     let mut masks = masks.clone();
-    train_with(model, &data.train, config, &mut masks, |step, mlp, _| {
-        if step % steps_per_epoch == 0 {
-            let (loss, acc) = evaluate(mlp, &data.test)?;
-            if loss < best.0 {
-                best = (loss, step / steps_per_epoch, acc);
-            }
+    train_with(model, train, config, &mut masks, |step, mlp, _| {
+        if step.is_multiple_of(interval) {
+            let (validation_loss, _) = evaluate(mlp, validation)?;
+            let (_, test_accuracy) = evaluate(mlp, test)?;
+            curve.push(EvalPoint { iteration: step, validation_loss, test_accuracy });
         }
         Ok(())
     })?;
-    Ok((model.accuracy(&data.test)?, best.1, best.2))
+    Ok(TrackedRun { curve, final_accuracy: model.accuracy(test)? })
 }
 
-/// Frankle & Carbin's lottery-ticket experiment: train, prune `rate` of each hidden
-/// layer's remaining weights (`output_rate` of the output layer's), rewind the kept
-/// weights to initialisation (or to step `rewind_steps`), retrain; and with `control`,
-/// train the same masks from a fresh random initialisation.
+/// The parameters a lottery ticket rewinds to: the network at initialisation, or after
+/// `config.rewind_steps` optimizer steps of dense training on `train_set`.
 ///
 /// # Errors
-/// [`shears_strategies::Error::InvalidRate`] for bad rates; training errors.
-pub fn lottery_ticket(data: &Split, config: &LotteryConfig) -> Result<Vec<LotteryRound>> {
+/// Bad sizes; training errors.
+pub fn rewind_point(train_set: &Dataset, config: &LotteryConfig) -> Result<Mlp<f32>> {
     let mut model = Mlp::<f32>::new(&config.sizes, config.seed)?;
-    let output = weight_name(model.layers().len() - 1);
-    let mut ticket =
-        LotteryTicket::new(config.rate)?.with_layer_rate(output, config.output_rate)?;
-    let mut masks = Masks::new();
-    if config.rewind_steps == 0 {
-        ticket.remember_model(&model);
-    } else {
-        let mut warm = model.clone();
+    if config.rewind_steps > 0 {
         let warmup = TrainConfig {
             epochs: usize::MAX,
             max_steps: Some(config.rewind_steps),
             ..config.train
         };
-        train(&mut warm, &data.train, &warmup, &masks)?;
-        ticket.remember_model(&warm);
+        train(&mut model, train_set, &warmup, &Masks::new())?;
     }
+    Ok(model)
+}
+
+/// Every parameter of `snapshot` (weights and biases, as the paper resets them), with the
+/// weights masked by `masks`.
+///
+/// # Errors
+/// A mask that names no layer or does not fit it.
+pub fn rewind(snapshot: &Mlp<f32>, masks: &Masks) -> Result<Mlp<f32>> {
+    let mut model = snapshot.clone();
+    for (name, mask) in masks {
+        mask.apply_in_place(model.require_weight_mut(name)?)?;
+    }
+    Ok(model)
+}
+
+/// Frankle & Carbin's lottery-ticket experiment: train, prune `rate` of each hidden
+/// layer's remaining weights (`output_rate` of the output layer's), rewind every parameter
+/// (weights and biases) to initialisation or to step `rewind_steps`, retrain; with
+/// `control`, train the same masks from a fresh random initialisation.
+///
+/// `validation` training samples are held out (seeded with `seed`); the early-stopping
+/// iteration of every run is the one of lowest validation loss, and the accuracy reported
+/// for it is the test accuracy at that iteration. Each round prunes the weights as they
+/// are at the end of the previous round's training, as the paper's Algorithm 1.
+///
+/// # Errors
+/// [`shears_strategies::Error::InvalidRate`] for bad rates; [`Error::BadParameter`] for a
+/// validation set as large as the training set; training errors.
+pub fn lottery_ticket(data: &Split, config: &LotteryConfig) -> Result<Vec<LotteryRound>> {
+    let (train_set, validation) = data.train.hold_out(config.validation, config.seed)?;
+    let snapshot = rewind_point(&train_set, config)?;
+    let output = weight_name(snapshot.layers().len() - 1);
+    let mut ticket =
+        LotteryTicket::new(config.rate)?.with_layer_rate(output, config.output_rate)?;
+    ticket.remember_model(&snapshot);
+    let mut model = Mlp::<f32>::new(&config.sizes, config.seed)?;
+    let mut masks = Masks::new();
     let total = model.weight_count() as f64;
     let mut rounds = Vec::new();
     for round in 0..=config.rounds {
         if round > 0 {
             ticket.prune_round(&mut model, &mut masks, round)?;
-            ticket.rewind(&mut model, &masks)?;
+            model = rewind(&snapshot, &masks)?;
         }
         let remaining =
             1.0 - masks.values().map(|m| m.count_pruned()).sum::<usize>() as f64 / total;
+        let start_accuracy = model.accuracy(&data.test)?;
         let train_config =
             TrainConfig { seed: config.train.seed.wrapping_add(u64::from(round)), ..config.train };
-        let (accuracy, early_stop_epoch, early_stop_accuracy) =
-            train_tracked(&mut model, data, &train_config, &masks)?;
+        let run = train_tracked(
+            &mut model,
+            &train_set,
+            &validation,
+            &data.test,
+            &train_config,
+            config.eval_interval,
+            &masks,
+        )?;
+        let stop = run.early_stop();
         let control_accuracy = if config.control && round > 0 {
-            let mut fresh =
+            let fresh =
                 Mlp::<f32>::new(&config.sizes, config.seed ^ 0x5eed_0000 ^ u64::from(round))?;
-            for (name, mask) in &masks {
-                mask.apply_in_place(fresh.require_weight_mut(name)?)?;
-            }
-            Some(train_tracked(&mut fresh, data, &train_config, &masks)?.0)
+            let mut fresh = rewind(&fresh, &masks)?;
+            let control = train_tracked(
+                &mut fresh,
+                &train_set,
+                &validation,
+                &data.test,
+                &train_config,
+                config.eval_interval,
+                &masks,
+            )?;
+            Some(control.early_stop().map_or(control.final_accuracy, |p| p.test_accuracy))
         } else {
             None
         };
         rounds.push(LotteryRound {
             round,
             remaining,
-            accuracy,
-            early_stop_epoch,
-            early_stop_accuracy,
+            start_accuracy,
+            accuracy: run.final_accuracy,
+            early_stop_iteration: stop.map_or(0, |p| p.iteration),
+            early_stop_accuracy: stop.map_or(run.final_accuracy, |p| p.test_accuracy),
             control_accuracy,
+            curve: run.curve,
             masks: masks.clone(),
         });
     }

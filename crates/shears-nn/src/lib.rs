@@ -12,6 +12,9 @@
 //! - Experiments that return data: [`prune_and_finetune`], [`gradual_magnitude`],
 //!   [`lottery_ticket`] (with the random re-initialisation control), and
 //!   [`SparseMlp`] for inference in the formats shears-sparse picks.
+//! - Sparse from scratch: [`train_sparse`] with a [`DynamicSparsity`](shears_strategies::DynamicSparsity)
+//!   policy (SET, RigL) or fixed masks (static sparse), and [`compare_sparse_training`],
+//!   which runs them beside gradual magnitude pruning.
 //!
 //! The key decision: samples are **columns**. A batch is `(features, batch)`, so every
 //! layer is one `W x` with `W` in PyTorch's `(out, in)` layout, the same matrices the
@@ -40,19 +43,26 @@ mod experiments;
 mod mlp;
 mod mnist;
 mod optim;
+mod sparse_comparison;
 mod sparse_model;
+mod sparse_training;
 mod train;
 
 pub use data::{Dataset, Split, digits, digits_split};
 pub use error::{Error, Result};
 pub use experiments::{
-    InferenceTiming, LotteryConfig, LotteryRound, PruneOutcome, PruningPlan, RoundResult, evaluate,
-    gradual_magnitude, lottery_ticket, masked_sparsity, prune_and_finetune, time_inference,
+    EvalPoint, InferenceTiming, LotteryConfig, LotteryRound, PruneOutcome, PruningPlan,
+    RoundResult, TrackedRun, evaluate, gradual_magnitude, lottery_ticket, masked_sparsity,
+    prune_and_finetune, rewind, rewind_point, time_inference, train_tracked,
 };
 pub use mlp::{Layer, LayerGrad, Mlp, argmax_columns, bias_name, weight_name};
 pub use mnist::{load_mnist, load_pair};
 pub use optim::{Optimizer, OptimizerState};
+pub use sparse_comparison::{
+    SparseComparison, SparseMethod, SparseRun, compare_sparse_training, train_to_sparsity,
+};
 pub use sparse_model::SparseMlp;
+pub use sparse_training::{MaskMove, SparseTrainLog, train_sparse};
 pub use train::{TrainConfig, TrainLog, train, train_with};
 
 /// The README's Rust example, compiled and run as a doc-test.

@@ -163,6 +163,43 @@ impl<T: Scalar> OptimizerState<T> {
     }
 }
 
+impl<T: Scalar> OptimizerState<T> {
+    /// Forgets the optimizer's memory of the weights of layer `name` that `positions`
+    /// keeps: their velocity or Adam moments become zero, as for a fresh weight. Dynamic
+    /// sparse training calls it on regrown connections.
+    ///
+    /// # Errors
+    /// [`shears_core::Error::UnknownLayer`] for a name the network lacks; [`Error::Shape`] if
+    /// `positions` does not fit the layer.
+    pub fn reset(&mut self, name: &str, positions: &Mask) -> Result<()> {
+        let index = (0..self.slots.len())
+            .find(|&i| weight_name(i) == name)
+            .ok_or_else(|| shears_core::Error::UnknownLayer { name: name.to_owned() })?;
+        let slot = &mut self.slots[index];
+        if positions.shape() != slot.m_w.shape() {
+            return Err(Error::Shape {
+                what: "reset positions",
+                expected: slot.m_w.len(),
+                got: positions.len(),
+            });
+        }
+        let forget = positions.not();
+        forget.apply_in_place(&mut slot.m_w)?;
+        forget.apply_in_place(&mut slot.v_w)?;
+        Ok(())
+    }
+
+    /// The first moment (or SGD velocity) of layer `name`'s weights.
+    pub fn first_moment(&self, name: &str) -> Option<&DMatrix<T>> {
+        (0..self.slots.len()).find(|&i| weight_name(i) == name).map(|i| &self.slots[i].m_w)
+    }
+
+    /// Adam's second moment of layer `name`'s weights (zero for SGD).
+    pub fn second_moment(&self, name: &str) -> Option<&DMatrix<T>> {
+        (0..self.slots.len()).find(|&i| weight_name(i) == name).map(|i| &self.slots[i].v_w)
+    }
+}
+
 fn apply_all<T: Scalar>(
     mask: &Mask,
     w: &mut DMatrix<T>,

@@ -62,6 +62,18 @@ pub fn train_with<T: Scalar>(
     masks: &mut Masks,
     mut on_step: impl FnMut(usize, &mut Mlp<T>, &mut Masks) -> Result<()>,
 ) -> Result<TrainLog> {
+    train_loop(mlp, data, config, masks, |step, mlp, masks, _| on_step(step, mlp, masks))
+}
+
+/// [`train_with`] whose hook also sees the optimizer state (dynamic sparsity resets it
+/// where connections regrow).
+pub(crate) fn train_loop<T: Scalar>(
+    mlp: &mut Mlp<T>,
+    data: &Dataset,
+    config: &TrainConfig,
+    masks: &mut Masks,
+    mut on_step: impl FnMut(usize, &mut Mlp<T>, &mut Masks, &mut OptimizerState<T>) -> Result<()>,
+) -> Result<TrainLog> {
     if config.batch_size == 0 {
         return Err(Error::BadParameter {
             name: "batch size",
@@ -97,7 +109,7 @@ pub fn train_with<T: Scalar>(
             total += loss * batch.len() as f64;
             state.step(mlp, masks)?;
             log.steps += 1;
-            on_step(log.steps, mlp, masks)?;
+            on_step(log.steps, mlp, masks, &mut state)?;
             if log.steps >= max_steps {
                 log.epoch_losses.push(total / data.len().max(1) as f64);
                 break 'epochs;

@@ -3,8 +3,8 @@
 use nalgebra::DMatrix;
 use shears_core::{NmPattern, Sparsity};
 use shears_nn::{
-    LotteryConfig, PruningPlan, SparseMlp, TrainConfig, lottery_ticket, prune_and_finetune,
-    weight_name,
+    LotteryConfig, PruningPlan, SparseMlp, TrainConfig, lottery_ticket, prune_and_finetune, rewind,
+    rewind_point, weight_name,
 };
 use shears_sparse::Format;
 use shears_strategies::{Axis, Criterion, Pattern, Schedule, Structured};
@@ -130,12 +130,14 @@ fn winning_tickets_beat_random_reinitialisation_at_90_percent() {
             rewind_steps: 0,
             seed: 100 + seed,
             control: true,
+            validation: 288,
+            eval_interval: None,
         };
         let rounds = lottery_ticket(data, &config).unwrap();
         let last = rounds.last().unwrap();
         assert!(last.remaining < 0.11, "{}", last.remaining);
         assert!(rounds.windows(2).all(|w| w[1].remaining < w[0].remaining));
-        ticket += last.accuracy;
+        ticket += last.early_stop_accuracy;
         control += last.control_accuracy.unwrap();
     }
     assert!(
@@ -144,6 +146,96 @@ fn winning_tickets_beat_random_reinitialisation_at_90_percent() {
         ticket / 3.0,
         control / 3.0
     );
+}
+
+fn lottery_config(rewind_steps: usize, rounds: u32) -> LotteryConfig {
+    LotteryConfig {
+        sizes: SIZES.to_vec(),
+        rate: 0.5,
+        output_rate: 0.25,
+        rounds,
+        train: TrainConfig { epochs: 3, ..TrainConfig::default() },
+        rewind_steps,
+        seed: 11,
+        control: false,
+        validation: 288,
+        eval_interval: Some(20),
+    }
+}
+
+#[test]
+fn rewinding_resets_biases_too() {
+    let (_, trained) = trained();
+    // After training, biases are far from their initial values; a rewind restores them.
+    let snapshot = shears_nn::Mlp::<f32>::new(&SIZES, 1).unwrap();
+    let masks = shears_core::Masks::from([(
+        weight_name(0),
+        shears_core::Mask::from_fn(128, 64, |r, c| (r + c) % 2 == 0).unwrap(),
+    )]);
+    assert!(trained.layers()[0].bias() != snapshot.layers()[0].bias());
+    let model = rewind(&snapshot, &masks).unwrap();
+    for (layer, initial) in model.layers().iter().zip(snapshot.layers()) {
+        assert_eq!(layer.bias(), initial.bias());
+    }
+    assert_eq!(
+        model.layers()[0].weight(),
+        &masks[&weight_name(0)].apply(snapshot.layers()[0].weight()).unwrap()
+    );
+    assert_eq!(model.layers()[1].weight(), snapshot.layers()[1].weight());
+}
+
+#[test]
+fn late_rewinding_starts_every_round_from_step_k() {
+    let (data, _) = trained();
+    for k in [0, 30] {
+        let config = lottery_config(k, 2);
+        let rounds = lottery_ticket(data, &config).unwrap();
+        let (train_set, _) = data.train.hold_out(config.validation, config.seed).unwrap();
+        let point = rewind_point(&train_set, &config).unwrap();
+        // The rewind point is the network after k steps of dense training.
+        let mut expected = shears_nn::Mlp::<f32>::new(&SIZES, config.seed).unwrap();
+        if k > 0 {
+            let warmup = TrainConfig { epochs: usize::MAX, max_steps: Some(k), ..config.train };
+            shears_nn::train(&mut expected, &train_set, &warmup, &shears_core::Masks::new())
+                .unwrap();
+        }
+        assert_eq!(point, expected);
+        for round in &rounds[1..] {
+            let start = rewind(&point, &round.masks).unwrap();
+            assert_eq!(round.start_accuracy, start.accuracy(&data.test).unwrap(), "k = {k}");
+        }
+    }
+}
+
+#[test]
+fn early_stopping_is_chosen_on_validation_never_on_test() {
+    let (data, _) = trained();
+    let config = lottery_config(0, 1);
+    let rounds = lottery_ticket(data, &config).unwrap();
+    let steps = (data.train.len() - config.validation).div_ceil(config.train.batch_size)
+        * config.train.epochs;
+    for round in &rounds {
+        assert_eq!(round.curve.len(), steps / 20);
+        let best = round
+            .curve
+            .iter()
+            .min_by(|a, b| a.validation_loss.total_cmp(&b.validation_loss))
+            .unwrap();
+        assert_eq!(round.early_stop_iteration, best.iteration);
+        assert_eq!(round.early_stop_accuracy, best.test_accuracy);
+    }
+    // The validation set comes out of the training set, disjoint from what trains.
+    let (rest, held) = data.train.hold_out(config.validation, config.seed).unwrap();
+    assert_eq!((rest.len(), held.len()), (data.train.len() - 288, 288));
+    let column = |d: &shears_nn::Dataset, i: usize| {
+        d.features().column(i).iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    };
+    let rest_columns: std::collections::HashSet<_> =
+        (0..rest.len()).map(|i| column(&rest, i)).collect();
+    let shared = (0..held.len()).filter(|&i| rest_columns.contains(&column(&held, i))).count();
+    // The digits hold a few duplicate images; held-out samples are other samples.
+    assert!(shared < 5, "{shared} held-out images also train");
+    assert!(data.train.hold_out(data.train.len(), 0).is_err());
 }
 
 #[test]

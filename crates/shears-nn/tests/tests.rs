@@ -5,6 +5,7 @@
 mod checkpoint;
 mod data;
 mod experiments;
+mod sparse_training;
 mod training;
 
 use shears_core::Masks;
