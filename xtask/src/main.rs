@@ -1,8 +1,10 @@
 //! `cargo xtask`: the project's own commands, in Rust (<https://github.com/matklad/cargo-xtask>).
 //!
 //! - `cargo xtask bench [--quick] [--out DIR]`: the speedup sweep and its reports;
-//! - `cargo xtask lth --mnist DIR [--rounds N] [--quick] [--out DIR]`: the lottery-ticket
-//!   replication on MNIST;
+//! - `cargo xtask lth --mnist DIR [--rounds N] [--rewind K] [--quick] [--out DIR]`: the
+//!   lottery-ticket replication on MNIST;
+//! - `cargo xtask dst --mnist DIR [--epochs N] [--seeds N] [--quick] [--out DIR]`: sparse
+//!   training (static, SET, RigL, gradual pruning, lottery ticket) compared on MNIST;
 //! - `cargo xtask stress [--size GIB]`: prune and inspect a checkpoint larger than RAM
 //!   should need, reporting wall time and peak RSS;
 //! - `cargo xtask release [--dry-run]`: the release gates.
@@ -14,6 +16,7 @@
 )]
 
 mod bench;
+mod dst;
 mod lth;
 mod release;
 mod stress;
@@ -35,6 +38,8 @@ struct Cli {
 enum Task {
     /// Run the speedup sweep; write bench.json, bench.md and speedup.svg.
     Bench(bench::Args),
+    /// Compare sparse training methods on MNIST; write dst.json, dst.md, dst.svg.
+    Dst(dst::Args),
     /// Replicate the LeNet-300-100 lottery ticket on MNIST; write lth.json, lth.md, lth.svg.
     Lth(lth::Args),
     /// Run every release gate, then package the crates.
@@ -47,12 +52,13 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.task {
         Some(Task::Bench(args)) => bench::run(&args),
+        Some(Task::Dst(args)) => dst::run(&args),
         Some(Task::Lth(args)) => lth::run(&args),
         Some(Task::Release(args)) => release::run(&args),
         Some(Task::Stress(args)) => stress::run(&args),
         None => {
             println!(
-                "cargo xtask <task>\n\n  bench    the speedup sweep (--quick for a smoke run)\n  lth      the lottery-ticket replication on MNIST\n  release  the release gates (--dry-run to stop before publishing)\n  stress   prune a large synthetic checkpoint, report peak RSS (--size GIB)"
+                "cargo xtask <task>\n\n  bench    the speedup sweep (--quick for a smoke run)\n  dst      sparse training compared on MNIST (static, SET, RigL, gradual, lottery ticket)\n  lth      the lottery-ticket replication on MNIST\n  release  the release gates (--dry-run to stop before publishing)\n  stress   prune a large synthetic checkpoint, report peak RSS (--size GIB)"
             );
             Ok(())
         }
@@ -121,6 +127,15 @@ mod tests {
             parse(&["lth", "--mnist", "d", "--rounds", "3"]).unwrap().task,
             Some(Task::Lth(lth::Args { rounds: Some(3), .. }))
         ));
+        assert!(matches!(
+            parse(&["lth", "--mnist", "d", "--rewind", "500"]).unwrap().task,
+            Some(Task::Lth(lth::Args { rewind: 500, rounds: None, .. }))
+        ));
+        assert!(matches!(
+            parse(&["dst", "--mnist", "d", "--quick"]).unwrap().task,
+            Some(Task::Dst(dst::Args { quick: true, seeds: 3, epochs: None, .. }))
+        ));
+        assert!(parse(&["dst"]).is_err(), "--mnist is required");
         assert!(matches!(
             parse(&["release", "--dry-run"]).unwrap().task,
             Some(Task::Release(release::Args { dry_run: true }))
