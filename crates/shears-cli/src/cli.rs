@@ -42,6 +42,13 @@ pub(crate) enum Command {
     Embed(EmbedArgs),
     /// How much a pruned model keeps: its sentence embeddings against the dense model's.
     Eval(EvalArgs),
+    /// Write a model as ONNX: a shears-nn MLP checkpoint (as `shears demo` writes) or a
+    /// BERT-family model folder, dense or pruned (pruned weights as zeros).
+    ///
+    /// An MLP takes `input` [batch, features] and gives `logits`; an encoder takes
+    /// `input_ids`, `attention_mask` and `token_type_ids` (int64 [batch, sequence]) and
+    /// gives `last_hidden_state` and the pooled `sentence_embedding`.
+    Export(ExportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -201,6 +208,19 @@ pub(crate) struct EmbedArgs {
     /// instead of the summary.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    /// The model: a .safetensors MLP checkpoint or a model folder (config.json and the
+    /// weights; its sentence-transformers files choose the pooling).
+    pub(crate) model: PathBuf,
+    /// The .onnx file to write.
+    #[arg(short, long, value_name = "FILE")]
+    pub(crate) output: PathBuf,
+    /// The ONNX operator set (17 to 21).
+    #[arg(long, default_value_t = shears_onnx::DEFAULT_OPSET, allow_negative_numbers = true)]
+    pub(crate) opset: i64,
 }
 
 #[derive(Debug, Args)]

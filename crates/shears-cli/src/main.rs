@@ -18,6 +18,7 @@ mod calibrated;
 mod cli;
 mod demo;
 mod embed;
+mod export;
 mod global;
 mod inspect;
 mod job;
@@ -57,6 +58,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Embed(args) => embed::embed(args),
         Command::Eval(args) => embed::eval(args),
+        Command::Export(args) => export::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

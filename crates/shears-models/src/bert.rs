@@ -40,6 +40,21 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// The scale (`γ`), one per hidden unit.
+    pub fn weight(&self) -> &[f32] {
+        &self.gamma
+    }
+
+    /// The shift (`β`), one per hidden unit.
+    pub fn bias(&self) -> &[f32] {
+        &self.beta
+    }
+
+    /// The epsilon added to the variance.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
     /// Normalises every column (token) of `x` in place.
     fn apply(&self, x: &mut DMatrix<f32>) {
         let hidden = x.nrows();
@@ -73,6 +88,16 @@ pub struct EncoderLayer {
 }
 
 impl EncoderLayer {
+    /// The layer norm after the attention block.
+    pub fn attention_norm(&self) -> &LayerNorm {
+        &self.attention_norm
+    }
+
+    /// The layer norm after the feed-forward block.
+    pub fn output_norm(&self) -> &LayerNorm {
+        &self.output_norm
+    }
+
     /// The six linear layers with the site of their input, in the order they run.
     pub fn linears(&self) -> [(Site, &Linear); 6] {
         [
@@ -284,6 +309,27 @@ impl BertModel {
     /// Where the weights were loaded from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The word embeddings, `hidden x vocabulary`: column `i` is token id `i`'s vector
+    /// (so the values, in order, are the checkpoint's `vocabulary x hidden` rows).
+    pub fn word_embeddings(&self) -> &DMatrix<f32> {
+        &self.embeddings.word
+    }
+
+    /// The position embeddings, `hidden x positions`, one column per position.
+    pub fn position_embeddings(&self) -> &DMatrix<f32> {
+        &self.embeddings.position
+    }
+
+    /// The token-type embeddings, `hidden x types`, one column per type.
+    pub fn token_type_embeddings(&self) -> &DMatrix<f32> {
+        &self.embeddings.token_type
+    }
+
+    /// The layer norm after the embeddings.
+    pub fn embedding_norm(&self) -> &LayerNorm {
+        &self.embeddings.norm
     }
 
     /// The encoder layers.

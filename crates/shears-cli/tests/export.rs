@@ -1,0 +1,83 @@
+//! `shears export`: MLP checkpoints and BERT-family folders as ONNX, and what it refuses.
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use shears_onnx::proto::ModelProto;
+
+use crate::util::{model, shears, stderr, stdout};
+
+fn tiny_bert() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tiny-bert")
+}
+
+fn decode(path: &Path) -> ModelProto {
+    ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap()
+}
+
+fn ops(model: &ModelProto) -> Vec<String> {
+    model.graph.as_ref().unwrap().node.iter().map(|n| n.op_type().to_owned()).collect()
+}
+
+#[test]
+fn exports_an_mlp_checkpoint_and_a_model_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("mlp.safetensors");
+    let mlp = shears_nn::Mlp::<f32>::new(&[8, 6, 3], 1).unwrap();
+    shears_nn::checkpoint::save(&mlp, &shears_core::Masks::new(), &checkpoint).unwrap();
+    let out = dir.path().join("mlp.onnx");
+    let o = shears(&["export", checkpoint.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("MLP [8, 6, 3]") && stdout(&o).contains("opset 17"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(ops(&decode(&out)), ["Gemm", "Relu", "Gemm"]);
+
+    let out = dir.path().join("bert.onnx");
+    let bert = tiny_bert();
+    let o =
+        shears(&["export", bert.to_str().unwrap(), "-o", out.to_str().unwrap(), "--opset", "18"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let model = decode(&out);
+    assert_eq!(model.opset_import[0].version(), 18);
+    let outputs: Vec<&str> =
+        model.graph.as_ref().unwrap().output.iter().map(|v| v.name()).collect();
+    assert_eq!(outputs, ["last_hidden_state", "sentence_embedding"]);
+    assert_eq!(ops(&model).iter().filter(|op| *op == "LayerNormalization").count(), 5);
+}
+
+#[test]
+fn refuses_what_it_cannot_export_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_mlp = dir.path().join("model.safetensors");
+    model(&not_mlp);
+    let out = dir.path().join("out.onnx");
+    let bert = tiny_bert();
+    let inside = bert.join("model.onnx");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec![not_mlp.to_str().unwrap(), "-o", out.to_str().unwrap()], "cannot export"),
+        (
+            vec![bert.to_str().unwrap(), "-o", out.to_str().unwrap(), "--opset", "16"],
+            "opset 16 is not supported",
+        ),
+        (
+            vec![bert.to_str().unwrap(), "-o", out.to_str().unwrap(), "--opset", "99"],
+            "opset 99 is not supported",
+        ),
+        (vec![bert.to_str().unwrap(), "-o", inside.to_str().unwrap()], "inside the model folder"),
+        (vec![not_mlp.to_str().unwrap(), "-o", not_mlp.to_str().unwrap()], "model.safetensors"),
+        (vec!["/nonexistent/model.safetensors", "-o", out.to_str().unwrap()], "nonexistent"),
+    ];
+    let before = std::fs::read(&not_mlp).unwrap();
+    for (args, says) in cases {
+        let o = shears(&[&["export"][..], &args].concat());
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(!out.exists() && !inside.exists(), "{args:?} wrote something");
+    }
+    assert_eq!(std::fs::read(&not_mlp).unwrap(), before, "the input is untouched");
+}
