@@ -210,6 +210,15 @@ pub(crate) struct EmbedArgs {
     pub(crate) json: bool,
 }
 
+/// How an int8 ONNX graph quantizes activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ActivationQuant {
+    /// One scale per layer input tensor.
+    PerTensor,
+    /// One scale per token.
+    PerToken,
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct ExportArgs {
     /// The model: a .safetensors MLP checkpoint or a model folder (config.json and the
@@ -221,6 +230,15 @@ pub(crate) struct ExportArgs {
     /// The ONNX operator set (17 to 21).
     #[arg(long, default_value_t = shears_onnx::DEFAULT_OPSET, allow_negative_numbers = true)]
     pub(crate) opset: i64,
+    /// Write linear layers' weights as int8, symmetric per output row (zeros stay zero),
+    /// multiplied by MatMulInteger with activations quantized as the graph runs.
+    #[arg(long, value_name = "int8")]
+    pub(crate) quantize: Option<shears_sparse::QuantScheme>,
+    /// With --quantize: one scale for each layer's whole input (per-tensor; ONNX
+    /// Runtime fuses it into its int8 kernels, the fastest) or one per token (per-token;
+    /// closer to f32, slower in ONNX Runtime).
+    #[arg(long, value_enum, default_value_t = ActivationQuant::PerTensor, requires = "quantize")]
+    pub(crate) activations: ActivationQuant,
 }
 
 #[derive(Debug, Args)]

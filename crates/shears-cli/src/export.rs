@@ -5,13 +5,28 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use shears_models::{BertConfig, BertModel, SentenceConfig};
-use shears_onnx::Opset;
+use shears_onnx::{Activations, ExportOptions, Opset, Weights};
+use shears_sparse::QuantScheme;
 
 use crate::cli::ExportArgs;
 
 pub(crate) fn run(args: &ExportArgs) -> Result<()> {
     let opset = Opset::new(args.opset)?;
+    let weights = match args.quantize {
+        None => Weights::F32,
+        Some(QuantScheme::PerRow) => Weights::Int8(args.activations.into()),
+        Some(scheme @ QuantScheme::PerGroup(_)) => bail!(
+            "--quantize {scheme}: ONNX export quantizes per output row (--quantize int8); MatMulInteger has no per-group scales"
+        ),
+    };
+    let options = ExportOptions { opset, weights };
     let out = &args.output;
+    if args.model.is_dir() && !args.model.join("config.json").is_file() {
+        bail!(
+            "{} is not a model folder: it has no config.json (shears exports BERT-family model folders and shears-nn MLP checkpoints)",
+            args.model.display()
+        );
+    }
     shears_io::paths::check_output(out)?;
     if args.model.is_dir() && shears_io::paths::is_within(out, &args.model) {
         bail!(
@@ -35,7 +50,7 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
             bert.config().num_hidden_layers,
             bert.config().hidden_size
         );
-        (shears_onnx::export_sentence_encoder(&bert, &sentence, opset)?, what)
+        (shears_onnx::export_sentence_encoder(&bert, &sentence, &options)?, what)
     } else {
         shears_io::paths::check_distinct(&[
             ("MODEL", args.model.as_path(), false),
@@ -43,14 +58,19 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
         ])?;
         let (mlp, _) = load_mlp(&args.model)?;
         let what = format!("MLP {:?}", mlp.sizes());
-        (shears_onnx::export_mlp(&mlp, opset)?, what)
+        (shears_onnx::export_mlp(&mlp, &options)?, what)
     };
     let bytes = shears_onnx::encode(&model)?;
     shears_io::write_atomic(out, &bytes)?;
     let nodes = model.graph.as_ref().map_or(0, |g| g.node.len());
     outln!(
-        "exported {} ({what}) to {}: opset {}, {nodes} nodes, {:.1} MB",
+        "exported {} ({what}, {}) to {}: opset {}, {nodes} nodes, {:.1} MB",
         args.model.display(),
+        match weights {
+            Weights::F32 => "f32 weights",
+            Weights::Int8(Activations::PerTensor) => "int8 weights, activations per tensor",
+            Weights::Int8(Activations::PerToken) => "int8 weights, activations per token",
+        },
         out.display(),
         opset.get(),
         bytes.len() as f64 / 1e6
@@ -66,4 +86,13 @@ fn load_mlp(path: &Path) -> Result<(shears_nn::Mlp<f32>, shears_core::Masks)> {
             path.display()
         )
     })
+}
+
+impl From<crate::cli::ActivationQuant> for Activations {
+    fn from(a: crate::cli::ActivationQuant) -> Self {
+        match a {
+            crate::cli::ActivationQuant::PerTensor => Activations::PerTensor,
+            crate::cli::ActivationQuant::PerToken => Activations::PerToken,
+        }
+    }
 }

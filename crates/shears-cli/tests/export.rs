@@ -33,7 +33,7 @@ fn exports_an_mlp_checkpoint_and_a_model_folder() {
         "{}",
         stdout(&o)
     );
-    assert_eq!(ops(&decode(&out)), ["Gemm", "Relu", "Gemm"]);
+    assert_eq!(ops(&decode(&out)), ["Gemm", "Relu", "Gemm", "Identity"]);
 
     let out = dir.path().join("bert.onnx");
     let bert = tiny_bert();
@@ -69,6 +69,17 @@ fn refuses_what_it_cannot_export_and_writes_nothing() {
         (vec![bert.to_str().unwrap(), "-o", inside.to_str().unwrap()], "inside the model folder"),
         (vec![not_mlp.to_str().unwrap(), "-o", not_mlp.to_str().unwrap()], "model.safetensors"),
         (vec!["/nonexistent/model.safetensors", "-o", out.to_str().unwrap()], "nonexistent"),
+        (vec![dir.path().to_str().unwrap(), "-o", out.to_str().unwrap()], "not a model folder"),
+        (
+            vec![
+                bert.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--quantize",
+                "int8:group=32",
+            ],
+            "per output row",
+        ),
     ];
     let before = std::fs::read(&not_mlp).unwrap();
     for (args, says) in cases {
@@ -80,4 +91,16 @@ fn refuses_what_it_cannot_export_and_writes_nothing() {
         assert!(!out.exists() && !inside.exists(), "{args:?} wrote something");
     }
     assert_eq!(std::fs::read(&not_mlp).unwrap(), before, "the input is untouched");
+    // An argument clap rejects: its usage hint follows the one line that names it.
+    let o = shears(&[
+        "export",
+        bert.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--quantize",
+        "int4",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).lines().next().unwrap().contains("`int4`: expected int8 or int8:group=G"));
+    assert!(!out.exists());
 }

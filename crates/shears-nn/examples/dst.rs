@@ -5,7 +5,11 @@
 //!
 //! Run with: cargo run --release -p shears-nn --example dst -- MNIST_DIR EPOCHS TRAIN_SAMPLES SEEDS
 
-#![allow(clippy::print_stdout, reason = "reports on stdout")]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "reports on stdout, errors on stderr"
+)]
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -25,7 +29,17 @@ enum Job {
     Lottery(u64),
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    match run_all() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_all() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [dir, epochs, samples, seeds] = args.as_slice() else {
         return Err("usage: dst MNIST_DIR EPOCHS TRAIN_SAMPLES SEEDS".into());
@@ -98,9 +112,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn row(method: &str, target: f64, sparsity: f64, seed: u64, accuracy: f64) -> String {
+fn row(
+    method: &str,
+    target: f64,
+    sparsity: f64,
+    seed: u64,
+    accuracy: f64,
+    loss: Option<f64>,
+) -> String {
+    let loss = loss.map_or("null".to_string(), |l| l.to_string());
     format!(
-        r#"{{"method":"{method}","target":{target},"sparsity":{sparsity},"seed":{seed},"accuracy":{accuracy}}}"#
+        r#"{{"method":"{method}","target":{target},"sparsity":{sparsity},"seed":{seed},"accuracy":{accuracy},"loss":{loss}}}"#
     )
 }
 
@@ -112,7 +134,10 @@ fn run(
     match job {
         Job::Sparse(method, target, seed) => {
             let run = train_to_sparsity(data, config, method, Sparsity::new(target)?, seed)?;
-            Ok(vec![(0, row(method.name(), target, run.sparsity, seed, run.accuracy))])
+            Ok(vec![(
+                0,
+                row(method.name(), target, run.sparsity, seed, run.accuracy, Some(run.loss)),
+            )])
         }
         Job::Lottery(seed) => {
             // 20% of the hidden and 10% of the output weights per round (the paper), until
@@ -141,7 +166,14 @@ fn run(
                     let sparsity = 1.0 - round.remaining;
                     out.push((
                         0,
-                        row("lottery ticket", target, sparsity, seed, round.early_stop_accuracy),
+                        row(
+                            "lottery ticket",
+                            target,
+                            sparsity,
+                            seed,
+                            round.early_stop_accuracy,
+                            None,
+                        ),
                     ));
                 }
             }

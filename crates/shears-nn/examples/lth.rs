@@ -5,13 +5,27 @@
 //!
 //! Run with: cargo run --release -p shears-nn --example lth -- MNIST_DIR ROUNDS EPOCHS TRAIN_SAMPLES REWIND_STEPS
 
-#![allow(clippy::print_stdout, reason = "reports on stdout")]
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "reports on stdout, errors on stderr"
+)]
 
 use std::time::Instant;
 
 use shears_nn::{LotteryConfig, Optimizer, TrainConfig, load_mnist, lottery_ticket};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [dir, rounds, epochs, samples, rewind] = args.as_slice() else {
         return Err("usage: lth MNIST_DIR ROUNDS EPOCHS TRAIN_SAMPLES REWIND_STEPS".into());

@@ -308,8 +308,9 @@ pub fn evaluate(model: &Mlp<f32>, data: &Dataset) -> Result<(f64, f64)> {
     Ok((loss / n, correct as f64 / n))
 }
 
-/// Trains on `train`, evaluating every `interval` steps (or every epoch) on `validation`
-/// (which chooses the early-stopping point) and on `test` (which is only reported).
+/// Trains on `train`, evaluating every `interval` steps (or every epoch), and at the end,
+/// on `validation` (which chooses the early-stopping point) and on `test` (which is only
+/// reported).
 ///
 /// # Errors
 /// Training and evaluation errors.
@@ -324,16 +325,23 @@ pub fn train_tracked(
 ) -> Result<TrackedRun> {
     let interval =
         interval.unwrap_or_else(|| train.len().div_ceil(config.batch_size.max(1))).max(1);
+    let point = |mlp: &Mlp<f32>, iteration| -> Result<EvalPoint> {
+        let (validation_loss, _) = evaluate(mlp, validation)?;
+        let (_, test_accuracy) = evaluate(mlp, test)?;
+        Ok(EvalPoint { iteration, validation_loss, test_accuracy })
+    };
     let mut curve = Vec::new();
     let mut masks = masks.clone();
-    train_with(model, train, config, &mut masks, |step, mlp, _| {
+    let log = train_with(model, train, config, &mut masks, |step, mlp, _| {
         if step.is_multiple_of(interval) {
-            let (validation_loss, _) = evaluate(mlp, validation)?;
-            let (_, test_accuracy) = evaluate(mlp, test)?;
-            curve.push(EvalPoint { iteration: step, validation_loss, test_accuracy });
+            curve.push(point(mlp, step)?);
         }
         Ok(())
     })?;
+    // The trained network is a candidate too, wherever the interval ended.
+    if curve.last().map(|p| p.iteration) != Some(log.steps) {
+        curve.push(point(model, log.steps)?);
+    }
     Ok(TrackedRun { curve, final_accuracy: model.accuracy(test)? })
 }
 
@@ -376,13 +384,26 @@ pub fn rewind(snapshot: &Mlp<f32>, masks: &Masks) -> Result<Mlp<f32>> {
 /// `validation` training samples are held out (seeded with `seed`); the early-stopping
 /// iteration of every run is the one of lowest validation loss, and the accuracy reported
 /// for it is the test accuracy at that iteration. Each round prunes the weights as they
-/// are at the end of the previous round's training, as the paper's Algorithm 1.
+/// are at the end of the previous round's training, as the paper's Algorithm 1. A ticket
+/// rewound to iteration `k` trains the run's remaining iterations, so every network sees
+/// the same number; iterations are counted from initialisation.
 ///
 /// # Errors
 /// [`shears_strategies::Error::InvalidRate`] for bad rates; [`Error::BadParameter`] for a
-/// validation set as large as the training set; training errors.
+/// validation set as large as the training set, or a rewind point at or past the end of a
+/// run; training errors.
 pub fn lottery_ticket(data: &Split, config: &LotteryConfig) -> Result<Vec<LotteryRound>> {
     let (train_set, validation) = data.train.hold_out(config.validation, config.seed)?;
+    let steps_per_run =
+        train_set.len().div_ceil(config.train.batch_size.max(1)) * config.train.epochs;
+    let steps_per_run = config.train.max_steps.map_or(steps_per_run, |m| m.min(steps_per_run));
+    if config.rewind_steps > 0 && config.rewind_steps >= steps_per_run {
+        return Err(Error::BadParameter {
+            name: "rewind steps",
+            requirement: "fewer than the optimizer steps of one training run",
+            value: config.rewind_steps as f64,
+        });
+    }
     let snapshot = rewind_point(&train_set, config)?;
     let output = weight_name(snapshot.layers().len() - 1);
     let mut ticket =
@@ -402,15 +423,20 @@ pub fn lottery_ticket(data: &Split, config: &LotteryConfig) -> Result<Vec<Lotter
         let start_accuracy = model.accuracy(&data.test)?;
         let train_config =
             TrainConfig { seed: config.train.seed.wrapping_add(u64::from(round)), ..config.train };
-        let run = train_tracked(
+        // A ticket rewound to iteration k has already had k of the run's iterations: it
+        // trains the rest, and its iterations count from initialisation.
+        let offset = if round > 0 { config.rewind_steps } else { 0 };
+        let ticket_config = TrainConfig { max_steps: Some(steps_per_run - offset), ..train_config };
+        let mut run = train_tracked(
             &mut model,
             &train_set,
             &validation,
             &data.test,
-            &train_config,
+            &ticket_config,
             config.eval_interval,
             &masks,
         )?;
+        run.curve.iter_mut().for_each(|p| p.iteration += offset);
         let stop = run.early_stop();
         let control_accuracy = if config.control && round > 0 {
             let fresh =

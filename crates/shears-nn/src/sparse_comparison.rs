@@ -6,7 +6,7 @@ use shears_strategies::{Distribution, DynamicSparsity, Schedule, UpdateSchedule,
 
 use crate::data::Split;
 use crate::error::{Error, Result};
-use crate::experiments::masked_sparsity;
+use crate::experiments::{evaluate, masked_sparsity};
 use crate::mlp::Mlp;
 use crate::sparse_training::train_sparse;
 use crate::train::{TrainConfig, train_with};
@@ -91,6 +91,8 @@ pub struct SparseRun {
     pub seed: u64,
     /// Test accuracy at the end of training.
     pub accuracy: f64,
+    /// Mean test cross-entropy at the end of training.
+    pub loss: f64,
     /// Connections moved over the run (SET and RigL).
     pub moved: usize,
     /// The final masks.
@@ -144,12 +146,14 @@ pub fn train_to_sparsity(
             (masks, log.moves.iter().map(|m| m.moved).sum())
         }
     };
+    let (loss, accuracy) = evaluate(&model, &data.test)?;
     Ok(SparseRun {
         method,
         target: target.get(),
         sparsity: masked_sparsity(&masks),
         seed,
-        accuracy: model.accuracy(&data.test)?,
+        accuracy,
+        loss,
         moved,
         masks,
     })

@@ -200,11 +200,17 @@ fn late_rewinding_starts_every_round_from_step_k() {
                 .unwrap();
         }
         assert_eq!(point, expected);
+        let steps = train_set.len().div_ceil(config.train.batch_size) * config.train.epochs;
         for round in &rounds[1..] {
             let start = rewind(&point, &round.masks).unwrap();
             assert_eq!(round.start_accuracy, start.accuracy(&data.test).unwrap(), "k = {k}");
+            // The rest of the run after the rewind point, counted from initialisation.
+            assert_eq!(round.curve.last().unwrap().iteration, steps, "k = {k}");
+            assert!(round.curve[0].iteration > k);
         }
     }
+    let whole_run = lottery_config(usize::MAX, 1);
+    assert!(matches!(lottery_ticket(data, &whole_run), Err(shears_nn::Error::BadParameter { .. })));
 }
 
 #[test]
@@ -215,7 +221,9 @@ fn early_stopping_is_chosen_on_validation_never_on_test() {
     let steps = (data.train.len() - config.validation).div_ceil(config.train.batch_size)
         * config.train.epochs;
     for round in &rounds {
-        assert_eq!(round.curve.len(), steps / 20);
+        // Every 20 iterations, and the trained network where the interval ends elsewhere.
+        assert_eq!(round.curve.len(), steps.div_ceil(20));
+        assert_eq!(round.curve.last().unwrap().iteration, steps);
         let best = round
             .curve
             .iter()

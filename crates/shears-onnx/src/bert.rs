@@ -6,6 +6,7 @@ use shears_models::{Activation, BertModel, LayerNorm, Linear, Pooling, SentenceC
 
 use crate::error::Result;
 use crate::graph::{Dim, Graph, Opset, float, int, ints};
+use crate::options::ExportOptions;
 use crate::proto::{ModelProto, tensor_proto::DataType};
 
 /// The token ids input: i64 `[batch, sequence]`.
@@ -28,16 +29,17 @@ const SEQUENCE: Dim = Dim::Named("sequence");
 ///
 /// Linear layers are `MatMul` with `Wᵀ` (pruned weights as zeros) then `Add` of the bias;
 /// attention adds `(1 - mask) * f32::MIN` to the scores before `Softmax`, as
-/// `transformers` does; GELU is `x/2 (1 + erf(x/√2))` (or its tanh form); layer norms are
+/// `transformers` does (int8 weights: see [`crate::Weights::Int8`]); GELU is `x/2 (1 + erf(x/√2))` (or its tanh form); layer norms are
 /// `LayerNormalization`. Sparse-format layers are written dense.
 ///
 /// # Errors
-/// None today for a model shears loaded (its configuration was checked then).
+/// [`crate::Error::Quantize`] for int8 weights that are not finite.
 pub fn export_sentence_encoder(
     model: &BertModel,
     sentence: &SentenceConfig,
-    opset: Opset,
+    options: &ExportOptions,
 ) -> Result<ModelProto> {
+    let opset = options.opset;
     let config = model.config();
     let mut g = Graph::default();
     let ids = g.input(INPUT_IDS, DataType::Int64, &[BATCH, SEQUENCE]);
@@ -62,9 +64,9 @@ pub fn export_sentence_encoder(
     let scale = g.scalar("attention.scale", 1.0 / (head as f32).sqrt());
     for (l, layer) in model.layers().iter().enumerate() {
         let p = format!("encoder.layer.{l}");
-        let q = linear(&mut g, &layer.query, &h);
-        let k = linear(&mut g, &layer.key, &h);
-        let v = linear(&mut g, &layer.value, &h);
+        let q = linear(&mut g, options, &layer.query, &h)?;
+        let k = linear(&mut g, options, &layer.key, &h)?;
+        let v = linear(&mut g, options, &layer.value, &h)?;
         let heads_of = |g: &mut Graph, x: &str, perm: &[i64]| {
             let x = g.op("Reshape", &[x, &split], &p, vec![]);
             g.op("Transpose", &[&x], &p, vec![ints("perm", perm)])
@@ -79,7 +81,7 @@ pub fn export_sentence_encoder(
         let context = g.op("MatMul", &[&probs, &v], &p, vec![]);
         let context = g.op("Transpose", &[&context], &p, vec![ints("perm", &[0, 2, 1, 3])]);
         let context = g.op("Reshape", &[&context, &merge], &p, vec![]);
-        let attended = linear(&mut g, &layer.attention_output, &context);
+        let attended = linear(&mut g, options, &layer.attention_output, &context)?;
         let residual = g.op("Add", &[&attended, &h], &p, vec![]);
         let a = layer_norm(
             &mut g,
@@ -87,9 +89,9 @@ pub fn export_sentence_encoder(
             &format!("{p}.attention.output.LayerNorm"),
             &residual,
         );
-        let up = linear(&mut g, &layer.intermediate, &a);
+        let up = linear(&mut g, options, &layer.intermediate, &a)?;
         let act = activation(&mut g, config.hidden_act, &up, &p);
-        let down = linear(&mut g, &layer.output, &act);
+        let down = linear(&mut g, options, &layer.output, &act)?;
         let residual = g.op("Add", &[&down, &a], &p, vec![]);
         h = layer_norm(&mut g, layer.output_norm(), &format!("{p}.output.LayerNorm"), &residual);
     }
@@ -141,17 +143,8 @@ fn embeddings(g: &mut Graph, model: &BertModel, ids: &str, types: &str) -> Strin
     layer_norm(g, model.embedding_norm(), &format!("{p}embeddings.LayerNorm"), &sum)
 }
 
-/// `x Wᵀ + b` with `Wᵀ` as an `(in, out)` initializer named after the weight.
-fn linear(g: &mut Graph, layer: &Linear, x: &str) -> String {
-    let w = layer.dense_weights();
-    let (out, inp) = w.shape();
-    // W's column-major storage is Wᵀ row-major: (in, out).
-    let wt = g.f32s(&format!("{}.T", layer.name()), &[inp, out], w.as_slice());
-    let bias_name =
-        layer.name().strip_suffix(".weight").unwrap_or(layer.name()).to_owned() + ".bias";
-    let b = g.f32s(&bias_name, &[out], layer.bias().as_slice());
-    let y = g.op("MatMul", &[x, &wt], layer.name(), vec![]);
-    g.op("Add", &[&y, &b], layer.name(), vec![])
+fn linear(g: &mut Graph, options: &ExportOptions, layer: &Linear, x: &str) -> Result<String> {
+    crate::linear::linear(g, options, layer.name(), &layer.dense_weights(), layer.bias(), x)
 }
 
 fn layer_norm(g: &mut Graph, norm: &LayerNorm, name: &str, x: &str) -> String {

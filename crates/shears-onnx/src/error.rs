@@ -25,6 +25,9 @@ pub enum Error {
         /// Its encoded size.
         bytes: usize,
     },
+    /// Weights that cannot be quantized (a NaN or infinite weight).
+    #[error(transparent)]
+    Quantize(#[from] shears_sparse::Error),
     /// A model the exporter cannot map to a graph.
     #[error("cannot export: {0}")]
     Unsupported(String),

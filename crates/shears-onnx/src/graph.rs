@@ -93,6 +93,27 @@ impl Graph {
         output
     }
 
+    /// A node `op(inputs)` with three outputs, each with a fresh name.
+    pub(crate) fn op3(&mut self, op: &str, inputs: &[&str], hint: &str) -> [String; 3] {
+        self.names += 1;
+        let n = self.names;
+        let outputs = [0, 1, 2].map(|k| format!("{hint}/{op}_{n}.{k}"));
+        self.nodes.push(NodeProto {
+            input: inputs.iter().map(|s| (*s).to_owned()).collect(),
+            output: outputs.to_vec(),
+            name: Some(format!("{hint}/{op}_{n}/node")),
+            op_type: Some(op.to_owned()),
+            ..NodeProto::default()
+        });
+        outputs
+    }
+
+    /// An i8 initializer.
+    pub(crate) fn i8s(&mut self, name: &str, dims: &[usize], data: &[i8]) -> String {
+        let raw = data.iter().map(|&v| v.to_le_bytes()[0]).collect();
+        self.initializer(name, dims, DataType::Int8, raw)
+    }
+
     /// A node `op(inputs)` writing the named `output`.
     pub(crate) fn op_into(
         &mut self,

@@ -8,19 +8,19 @@
 //!   normalised sentence embeddings out).
 //! - [`encode`] gives the `.onnx` bytes.
 //!
-//! Pruned weights are written as dense initializers holding their zeros: ONNX Runtime
+//! Weights are f32 or int8 ([`Weights`]). Pruned weights are written as dense initializers holding their zeros: ONNX Runtime
 //! densifies sparse initializers when it loads a model, so a sparse encoding would only
 //! shrink the file. The messages come from ONNX's own `onnx.proto` through prost
 //! ([`proto`]), so what is written is what the specification defines.
 //!
 //! ```
 //! use shears_nn::Mlp;
-//! use shears_onnx::{Opset, encode, export_mlp};
+//! use shears_onnx::{ExportOptions, encode, export_mlp};
 //!
 //! let mlp = Mlp::<f32>::new(&[4, 8, 3], 0)?;
-//! let model = export_mlp(&mlp, Opset::default())?;
+//! let model = export_mlp(&mlp, &ExportOptions::default())?;
 //! let ops: Vec<_> = model.graph.as_ref().unwrap().node.iter().map(|n| n.op_type()).collect();
-//! assert_eq!(ops, ["Gemm", "Relu", "Gemm"]);
+//! assert_eq!(ops, ["Gemm", "Relu", "Gemm", "Identity"]);
 //! assert!(!encode(&model)?.is_empty());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -30,7 +30,9 @@
 mod bert;
 mod error;
 mod graph;
+mod linear;
 mod mlp;
+mod options;
 #[allow(
     missing_docs,
     unreachable_pub,
@@ -48,3 +50,4 @@ pub use bert::{
 pub use error::{Error, Result};
 pub use graph::{DEFAULT_OPSET, MAX_MODEL_BYTES, OPSETS, Opset, encode};
 pub use mlp::{MLP_INPUT, MLP_OUTPUT, export_mlp};
+pub use options::{Activations, ExportOptions, Weights};

@@ -8,7 +8,9 @@ use prost::Message;
 use shears_models::{BertModel, Pooling, SentenceConfig};
 use shears_nn::Mlp;
 use shears_onnx::proto::{GraphProto, ModelProto, TensorProto, tensor_proto::DataType};
-use shears_onnx::{Error, Opset, encode, export_mlp, export_sentence_encoder};
+use shears_onnx::{
+    Activations, Error, ExportOptions, Opset, Weights, encode, export_mlp, export_sentence_encoder,
+};
 
 fn tiny_bert() -> (BertModel, SentenceConfig) {
     let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tiny-bert");
@@ -69,9 +71,9 @@ fn check_well_formed(model: &ModelProto) {
 #[test]
 fn an_mlp_is_gemm_and_relu_with_its_own_weights() {
     let mlp = Mlp::<f32>::new(&[6, 5, 4, 3], 2).unwrap();
-    let model = export_mlp(&mlp, Opset::default()).unwrap();
+    let model = export_mlp(&mlp, &ExportOptions::default()).unwrap();
     check_well_formed(&model);
-    assert_eq!(ops(&model), ["Gemm", "Relu", "Gemm", "Relu", "Gemm"]);
+    assert_eq!(ops(&model), ["Gemm", "Relu", "Gemm", "Relu", "Gemm", "Identity"]);
     assert_eq!(model.opset_import[0].version(), 17);
     assert_eq!(model.ir_version(), 8);
     assert_eq!(graph(&model).input[0].name(), "input");
@@ -94,7 +96,7 @@ fn an_mlp_is_gemm_and_relu_with_its_own_weights() {
 #[test]
 fn a_sentence_encoder_follows_bert() {
     let (bert, sentence) = tiny_bert();
-    let model = export_sentence_encoder(&bert, &sentence, Opset::default()).unwrap();
+    let model = export_sentence_encoder(&bert, &sentence, &ExportOptions::default()).unwrap();
     check_well_formed(&model);
     let config = bert.config();
     let embeddings = [
@@ -156,14 +158,19 @@ fn a_sentence_encoder_follows_bert() {
 fn other_poolings_and_opsets() {
     let (bert, sentence) = tiny_bert();
     let cls = SentenceConfig { pooling: Pooling::Cls, normalize: false, ..sentence };
-    let model = export_sentence_encoder(&bert, &cls, Opset::default()).unwrap();
+    let model = export_sentence_encoder(&bert, &cls, &ExportOptions::default()).unwrap();
     check_well_formed(&model);
     let tail: Vec<&str> = ops(&model).into_iter().rev().take(3).collect();
     assert_eq!(tail, ["Identity", "Gather", "Identity"]);
 
     let max = SentenceConfig { pooling: Pooling::Max, normalize: false, ..sentence };
     for version in shears_onnx::OPSETS {
-        let model = export_sentence_encoder(&bert, &max, Opset::new(version).unwrap()).unwrap();
+        let model = export_sentence_encoder(
+            &bert,
+            &max,
+            &ExportOptions { opset: Opset::new(version).unwrap(), ..ExportOptions::default() },
+        )
+        .unwrap();
         check_well_formed(&model);
         let reduce = graph(&model).node.iter().find(|n| n.op_type() == "ReduceMax").unwrap();
         // The axes are an attribute until opset 17, an input from 18.
@@ -185,5 +192,82 @@ fn unsupported_opsets_are_refused() {
             err.to_string(),
             format!("opset {version} is not supported: shears exports opsets 17-21")
         );
+    }
+}
+
+#[test]
+fn int8_weights_are_per_row_symmetric_with_zeros_kept() {
+    let mut mlp = Mlp::<f32>::new(&[6, 5, 3], 4).unwrap();
+    // Prune a third of the first layer: its zeros must stay zeros in int8.
+    mlp.layers_mut()[0].weight_mut().iter_mut().step_by(3).for_each(|w| *w = 0.0);
+    let options = ExportOptions {
+        weights: Weights::Int8(Activations::PerTensor),
+        ..ExportOptions::default()
+    };
+    let model = export_mlp(&mlp, &options).unwrap();
+    check_well_formed(&model);
+    let layer = ["DynamicQuantizeLinear", "MatMulInteger", "Cast", "Mul", "Mul", "Add"];
+    let expected: Vec<&str> = layer
+        .iter()
+        .chain(["Relu"].iter())
+        .chain(layer.iter())
+        .chain(["Identity"].iter())
+        .copied()
+        .collect();
+    assert_eq!(ops(&model), expected);
+    let w = mlp.layers()[0].weight();
+    let q = initializer(&model, "layers.0.weight.T.int8");
+    assert_eq!(q.data_type(), DataType::Int8 as i32);
+    assert_eq!(q.dims, [6, 5]);
+    let scales = floats(initializer(&model, "layers.0.weight.scale"));
+    for (i, &byte) in q.raw_data().iter().enumerate() {
+        let (c, r) = (i / 5, i % 5); // Wᵀ row-major: input column, then output row
+        let v = f32::from(byte as i8);
+        if w[(r, c)] == 0.0 {
+            assert_eq!(v, 0.0, "a pruned weight stays zero");
+        }
+        assert!((w[(r, c)] - v * scales[r]).abs() <= scales[r] / 2.0 * 1.000_001);
+    }
+    // Every row's largest magnitude maps to ±127.
+    for r in 0..5 {
+        let max = w.row(r).iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!((scales[r] - max / 127.0).abs() <= f32::EPSILON * scales[r]);
+    }
+    let (bert, sentence) = tiny_bert();
+    let model = export_sentence_encoder(&bert, &sentence, &options).unwrap();
+    check_well_formed(&model);
+    let count = |op: &str| ops(&model).iter().filter(|o| **o == op).count();
+    assert_eq!(count("MatMulInteger"), 6 * bert.config().num_hidden_layers);
+    assert_eq!(count("MatMul"), 2 * bert.config().num_hidden_layers, "only attention stays f32");
+}
+
+#[test]
+fn per_token_activations_follow_the_opset() {
+    let mlp = Mlp::<f32>::new(&[6, 5, 3], 4).unwrap();
+    for version in [17, 18] {
+        let options = ExportOptions {
+            opset: Opset::new(version).unwrap(),
+            weights: Weights::Int8(Activations::PerToken),
+        };
+        let model = export_mlp(&mlp, &options).unwrap();
+        check_well_formed(&model);
+        let layer = [
+            "Abs",
+            "ReduceMax",
+            "Mul",
+            "Max",
+            "Div",
+            "Round",
+            "Clip",
+            "Cast",
+            "MatMulInteger",
+            "Cast",
+            "Mul",
+            "Mul",
+            "Add",
+        ];
+        assert_eq!(ops(&model)[..layer.len()], layer);
+        let reduce = graph(&model).node.iter().find(|n| n.op_type() == "ReduceMax").unwrap();
+        assert_eq!(reduce.input.len(), if version < 18 { 1 } else { 2 });
     }
 }

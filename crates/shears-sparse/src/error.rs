@@ -20,6 +20,12 @@ pub enum Error {
         /// What is wrong.
         error: FormatError,
     },
+    /// A quantization scheme that cannot be applied.
+    #[error("invalid quantization: {reason}")]
+    InvalidQuantization {
+        /// What is wrong.
+        reason: String,
+    },
     /// Operand shapes do not fit.
     #[error("{op}: shape mismatch, expected {expected:?}, got {got:?}")]
     ShapeMismatch {

@@ -1,0 +1,250 @@
+//! Symmetric int8 weight quantization: per output row or per group of input columns, with
+//! zero kept exactly zero so that a pruned matrix stays pruned.
+
+use nalgebra::DMatrix;
+
+use crate::error::{Error, Result};
+
+/// Which weights share a scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantScheme {
+    /// One scale per output row.
+    PerRow,
+    /// One scale per row and per group of this many consecutive input columns (the last
+    /// group of a row may be shorter).
+    PerGroup(usize),
+}
+
+impl std::fmt::Display for QuantScheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QuantScheme::PerRow => f.write_str("int8"),
+            QuantScheme::PerGroup(g) => write!(f, "int8:group={g}"),
+        }
+    }
+}
+
+/// `int8` (per row) or `int8:group=G`.
+impl std::str::FromStr for QuantScheme {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::InvalidQuantization {
+            reason: format!("`{s}`: expected int8 or int8:group=G with G >= 1"),
+        };
+        match s.trim().strip_prefix("int8") {
+            Some("") => Ok(QuantScheme::PerRow),
+            Some(rest) => {
+                let g = rest.strip_prefix(":group=").ok_or_else(bad)?;
+                match g.parse::<usize>() {
+                    Ok(g) if g >= 1 => Ok(QuantScheme::PerGroup(g)),
+                    _ => Err(bad()),
+                }
+            }
+            None => Err(bad()),
+        }
+    }
+}
+
+/// A weight matrix quantized to int8: `w ≈ scale * q`, symmetric (no zero point).
+///
+/// Scales are `max |w| / 127` over the weights that share one (1 where they are all
+/// zero), values `round(w / scale)` with ties to even, so `|w - scale * q| <= scale / 2`
+/// for every weight, and a weight of zero (a pruned one) is exactly zero.
+///
+/// # Invariants
+/// `values.len() == rows * cols` (row-major, as a checkpoint stores `(out, in)`);
+/// `scales.len() == rows * groups_per_row`; every scale positive and finite.
+///
+/// ```
+/// use nalgebra::dmatrix;
+/// use shears_sparse::{Int8Matrix, QuantScheme};
+///
+/// let w = dmatrix![0.0f32, 127.0, -63.5; 254.0, 0.0, 1.0];
+/// let q = Int8Matrix::quantize(&w, QuantScheme::PerRow)?;
+/// assert_eq!(q.scales(), [1.0, 2.0]);
+/// assert_eq!(q.row(0), [0, 127, -64]); // -63.5 rounds to even
+/// assert_eq!(q.row(1), [127, 0, 0]); // 0.5 too
+/// assert!((q.dequantize() - &w).abs().max() <= 1.0);
+/// # Ok::<(), shears_sparse::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Int8Matrix {
+    rows: usize,
+    cols: usize,
+    scheme: QuantScheme,
+    values: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl Int8Matrix {
+    /// Quantizes `w` (`(out, in)`) under `scheme`.
+    ///
+    /// # Errors
+    /// [`shears_core::Error::NonFinite`] for a NaN or infinite weight (named
+    /// `weights`, with its column-major index); [`Error::InvalidQuantization`] for a group
+    /// of zero columns.
+    pub fn quantize(w: &DMatrix<f32>, scheme: QuantScheme) -> Result<Int8Matrix> {
+        if let Some(index) = w.iter().position(|v| !v.is_finite()) {
+            return Err(shears_core::Error::NonFinite { tensor: "weights".into(), index }.into());
+        }
+        let (rows, cols) = w.shape();
+        let group = match scheme {
+            QuantScheme::PerRow => cols.max(1),
+            QuantScheme::PerGroup(0) => {
+                return Err(Error::InvalidQuantization {
+                    reason: "a quantization group of 0 columns".into(),
+                });
+            }
+            QuantScheme::PerGroup(g) => g,
+        };
+        let groups = cols.div_ceil(group);
+        let mut values = Vec::with_capacity(rows * cols);
+        let mut scales = Vec::with_capacity(rows * groups);
+        for r in 0..rows {
+            let row: Vec<f32> = w.row(r).iter().copied().collect();
+            for chunk in row.chunks(group) {
+                let max = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+                // A subnormal max makes max / 127 round to zero: such weights are zero
+                // to int8 anyway.
+                let scale = if scale > 0.0 { scale } else { 1.0 };
+                scales.push(scale);
+                values.extend(chunk.iter().map(|&v| {
+                    (f64::from(v) / f64::from(scale)).round_ties_even().clamp(-127.0, 127.0) as i8
+                }));
+            }
+        }
+        Ok(Int8Matrix { rows, cols, scheme, values, scales })
+    }
+
+    /// `(rows, cols)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// The scheme.
+    pub fn scheme(&self) -> QuantScheme {
+        self.scheme
+    }
+
+    /// The quantized values, row-major.
+    pub fn values(&self) -> &[i8] {
+        &self.values
+    }
+
+    /// Row `r`'s quantized values.
+    ///
+    /// # Panics
+    /// If `r >= rows` (an index, like slicing).
+    pub fn row(&self, r: usize) -> &[i8] {
+        &self.values[r * self.cols..(r + 1) * self.cols]
+    }
+
+    /// The scales, row-major: `groups_per_row` per row.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// Scales per row: 1 per row, or one per group of columns.
+    pub fn groups_per_row(&self) -> usize {
+        match self.scheme {
+            QuantScheme::PerRow => 1,
+            QuantScheme::PerGroup(g) => self.cols.div_ceil(g),
+        }
+    }
+
+    /// The scale of weight `(r, c)`.
+    ///
+    /// # Panics
+    /// If the position is outside the matrix.
+    pub fn scale_of(&self, r: usize, c: usize) -> f32 {
+        assert!(r < self.rows && c < self.cols, "({r}, {c}) outside {:?}", self.shape());
+        let group = match self.scheme {
+            QuantScheme::PerRow => 0,
+            QuantScheme::PerGroup(g) => c / g,
+        };
+        self.scales[r * self.groups_per_row() + group]
+    }
+
+    /// `scale * q` for every weight, as f32.
+    pub fn dequantize(&self) -> DMatrix<f32> {
+        DMatrix::from_fn(self.rows, self.cols, |r, c| {
+            self.scale_of(r, c) * f32::from(self.values[r * self.cols + c])
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn every_weight_is_within_half_a_step(
+            (rows, cols) in (1usize..12, 1usize..40),
+            seed in any::<u64>(),
+            group in prop_oneof![Just(None), (1usize..17).prop_map(Some)],
+        ) {
+            let mut state = seed | 1;
+            let w = DMatrix::from_fn(rows, cols, |_, _| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                // A quarter zeros (pruned), the rest spread over several magnitudes.
+                if state % 4 == 0 { 0.0 } else { ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32 * 10f32.powi((state % 5) as i32 - 2) }
+            });
+            let scheme = group.map_or(QuantScheme::PerRow, QuantScheme::PerGroup);
+            let q = Int8Matrix::quantize(&w, scheme).unwrap();
+            for r in 0..rows {
+                for c in 0..cols {
+                    let (s, v) = (q.scale_of(r, c), q.row(r)[c]);
+                    prop_assert!(s > 0.0 && s.is_finite());
+                    prop_assert!((-127..=127).contains(&v));
+                    let err = (f64::from(w[(r, c)]) - f64::from(s) * f64::from(v)).abs();
+                    prop_assert!(err <= f64::from(s) / 2.0 * (1.0 + 1e-6), "({r}, {c}): {err} > {s}/2");
+                    if w[(r, c)] == 0.0 {
+                        prop_assert_eq!(v, 0, "zero stays zero");
+                    }
+                }
+            }
+            let dq = q.dequantize();
+            prop_assert_eq!(dq.shape(), w.shape());
+            prop_assert!(dq.iter().zip(w.iter()).all(|(d, w)| (*w == 0.0) <= (*d == 0.0)));
+        }
+    }
+
+    #[test]
+    fn ties_round_to_even_and_groups_have_their_own_scales() {
+        let w = DMatrix::from_row_slice(1, 6, &[127.0f32, 0.5, 1.5, -2.5, 8.0, 4.0]);
+        let q = Int8Matrix::quantize(&w, QuantScheme::PerRow).unwrap();
+        assert_eq!(q.row(0), [127, 0, 2, -2, 8, 4]);
+        let q = Int8Matrix::quantize(&w, QuantScheme::PerGroup(4)).unwrap();
+        assert_eq!(q.groups_per_row(), 2);
+        assert_eq!(q.scales(), [1.0, 8.0 / 127.0]);
+        assert_eq!(q.row(0)[4..], [127, 64]); // 63.5 rounds to even
+        let zeros =
+            Int8Matrix::quantize(&DMatrix::<f32>::zeros(2, 3), QuantScheme::PerRow).unwrap();
+        assert_eq!(zeros.scales(), [1.0, 1.0]);
+        assert!(zeros.values().iter().all(|&v| v == 0));
+    }
+
+    #[test]
+    fn bad_input() {
+        let w = DMatrix::from_row_slice(1, 2, &[1.0f32, f32::NAN]);
+        assert!(matches!(
+            Int8Matrix::quantize(&w, QuantScheme::PerRow),
+            Err(Error::Core(shears_core::Error::NonFinite { index: 1, .. }))
+        ));
+        assert!(Int8Matrix::quantize(&DMatrix::zeros(1, 1), QuantScheme::PerGroup(0)).is_err());
+        for (text, scheme) in
+            [("int8", QuantScheme::PerRow), ("int8:group=64", QuantScheme::PerGroup(64))]
+        {
+            assert_eq!(text.parse::<QuantScheme>().unwrap(), scheme);
+            assert_eq!(scheme.to_string(), text);
+        }
+        for bad in ["int4", "int8:group=0", "int8:group=x", "int8:", "int8:grp=2", ""] {
+            assert!(bad.parse::<QuantScheme>().is_err(), "{bad}");
+        }
+    }
+}
