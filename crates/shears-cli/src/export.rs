@@ -41,6 +41,21 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
         for shard in files.shards() {
             paths.push(("model", shard.path(), false));
         }
+        // The files the folder's configuration is read from, wherever they really are.
+        let configs: Vec<_> = [
+            "config.json",
+            "modules.json",
+            "sentence_bert_config.json",
+            "1_Pooling/config.json",
+            "model.safetensors.index.json",
+        ]
+        .iter()
+        .map(|f| args.model.join(f))
+        .filter(|p| p.is_file())
+        .collect();
+        for path in &configs {
+            paths.push(("model", path.as_path(), false));
+        }
         shears_io::paths::check_distinct(&paths)?;
         let config = BertConfig::from_file(&args.model.join("config.json"))?;
         let bert = BertModel::from_weights(config, &files)?;
@@ -56,7 +71,14 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
             ("MODEL", args.model.as_path(), false),
             ("--output", out.as_path(), true),
         ])?;
-        let (mlp, _) = load_mlp(&args.model)?;
+        let (mut mlp, masks) = load_mlp(&args.model)?;
+        // A checkpoint's `layers.N.weight_mask` tensors (as `shears demo` saves them) hold
+        // which weights are pruned: the graph gets the weights they leave.
+        for (name, mask) in &masks {
+            if let Some(w) = shears_core::Prunable::weight_mut(&mut mlp, name) {
+                mask.apply_in_place(w)?;
+            }
+        }
         let what = format!("MLP {:?}", mlp.sizes());
         (shears_onnx::export_mlp(&mlp, &options)?, what)
     };

@@ -104,3 +104,41 @@ fn refuses_what_it_cannot_export_and_writes_nothing() {
     assert!(stderr(&o).lines().next().unwrap().contains("`int4`: expected int8 or int8:group=G"));
     assert!(!out.exists());
 }
+
+#[test]
+fn a_checkpoints_masks_are_applied_and_nan_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("mlp.safetensors");
+    let mlp = shears_nn::Mlp::<f32>::new(&[4, 3, 2], 1).unwrap();
+    // The mask prunes all of layer 0's first input column; the weights still hold values.
+    let mask = shears_core::Mask::from_fn(3, 4, |_, c| c != 0).unwrap();
+    let masks = shears_core::Masks::from([("layers.0.weight".to_string(), mask)]);
+    shears_nn::checkpoint::save(&mlp, &masks, &checkpoint).unwrap();
+    let out = dir.path().join("mlp.onnx");
+    let o = shears(&["export", checkpoint.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let model = decode(&out);
+    let w = model
+        .graph
+        .as_ref()
+        .unwrap()
+        .initializer
+        .iter()
+        .find(|t| t.name() == "layers.0.weight")
+        .unwrap();
+    let values: Vec<f32> =
+        w.raw_data().chunks(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    for (i, v) in values.iter().enumerate() {
+        // Row-major (3, 4): column 0 is every fourth value.
+        assert_eq!(*v == 0.0, i % 4 == 0, "value {i}: {v}");
+    }
+
+    let mut broken = mlp.clone();
+    broken.layers_mut()[1].bias_mut()[0] = f32::NAN;
+    shears_nn::checkpoint::save(&broken, &shears_core::Masks::new(), &checkpoint).unwrap();
+    let out = dir.path().join("nan.onnx");
+    let o = shears(&["export", checkpoint.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("layers.1.bias") && stderr(&o).contains("NaN"), "{}", stderr(&o));
+    assert!(!out.exists());
+}

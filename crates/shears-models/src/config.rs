@@ -174,19 +174,21 @@ pub struct SentenceConfig {
 }
 
 impl Default for SentenceConfig {
-    /// Mean pooling, normalised: what sentence-transformers builds for a plain BERT.
+    /// Mean pooling, not normalised: what sentence-transformers builds for a plain BERT
+    /// (a Transformer and a mean Pooling module, no Normalize).
     fn default() -> Self {
-        SentenceConfig { pooling: Pooling::Mean, normalize: true, max_seq_length: None }
+        SentenceConfig { pooling: Pooling::Mean, normalize: false, max_seq_length: None }
     }
 }
 
 impl SentenceConfig {
     /// Reads the sentence-transformers files of `folder`, where there are any; a folder
-    /// without them gets the default (mean pooling, normalised).
+    /// without them gets the default (mean pooling, not normalised).
     ///
     /// # Errors
     /// [`Error::File`] for a file that cannot be read or parsed; [`Error::Config`] for a
-    /// pooling mode shears does not run (`mean_sqrt_len`, weighted, several at once).
+    /// pooling mode shears does not run (`mean_sqrt_len`, weighted, several at once), or a
+    /// pooling module `modules.json` lists whose `config.json` is missing.
     pub fn from_folder(folder: &Path) -> Result<SentenceConfig> {
         let mut config = SentenceConfig::default();
         let modules_path = folder.join("modules.json");
@@ -216,10 +218,19 @@ impl SentenceConfig {
                 }
             }
         }
+        let listed = pooling_dir.is_some();
         let pooling_path =
             pooling_dir.unwrap_or_else(|| folder.join("1_Pooling")).join("config.json");
         if pooling_path.is_file() {
             config.pooling = read_pooling(&pooling_path)?;
+        } else if listed {
+            // modules.json names a pooling module: guessing its mode would give other
+            // embeddings than sentence-transformers (which refuses such a folder).
+            return Err(config_error(
+                &pooling_path,
+                "(file)",
+                "is missing or not a file, but modules.json lists this pooling module",
+            ));
         }
         let sentence_path = folder.join("sentence_bert_config.json");
         if sentence_path.is_file() {
@@ -326,6 +337,27 @@ mod tests {
         "num_hidden_layers": 6, "intermediate_size": 1536, "vocab_size": 30522,
         "max_position_embeddings": 512, "type_vocab_size": 2, "hidden_act": "gelu",
         "layer_norm_eps": 1e-12, "position_embedding_type": "absolute"}"#;
+
+    #[test]
+    fn sentence_files_say_pooling_or_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        // No sentence-transformers files: what sentence-transformers builds for a BERT.
+        let plain = SentenceConfig::from_folder(dir.path()).unwrap();
+        assert_eq!((plain.pooling, plain.normalize), (Pooling::Mean, false));
+        let modules = r#"[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]"#;
+        std::fs::write(dir.path().join("modules.json"), modules).unwrap();
+        let err = SentenceConfig::from_folder(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("modules.json lists this pooling module"), "{err}");
+        std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
+        std::fs::write(
+            dir.path().join("1_Pooling/config.json"),
+            r#"{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}"#,
+        )
+        .unwrap();
+        let cls = SentenceConfig::from_folder(dir.path()).unwrap();
+        assert_eq!((cls.pooling, cls.normalize), (Pooling::Cls, false));
+    }
 
     #[test]
     fn reads_a_bert_config() {

@@ -104,5 +104,15 @@ pub fn load<T: Float>(path: impl AsRef<Path>) -> Result<(Mlp<T>, Masks)> {
     if layers.is_empty() {
         return Err(bad("no `layers.0.weight` tensor".into()));
     }
+    // Every `layers.N.` tensor must belong to the layers read: a gap would drop the rest.
+    let n = layers.len();
+    if let Some(stray) = ckpt.names().find(|name| {
+        name.strip_prefix("layers.")
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok())
+            .is_some_and(|i| i >= n)
+    }) {
+        return Err(bad(format!("`{stray}` follows a missing `layers.{n}.weight`")));
+    }
     Ok((Mlp::from_layers(layers)?, masks))
 }

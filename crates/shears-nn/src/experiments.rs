@@ -389,13 +389,22 @@ pub fn rewind(snapshot: &Mlp<f32>, masks: &Masks) -> Result<Mlp<f32>> {
 /// the same number; iterations are counted from initialisation.
 ///
 /// # Errors
-/// [`shears_strategies::Error::InvalidRate`] for bad rates; [`Error::BadParameter`] for a
-/// validation set as large as the training set, or a rewind point at or past the end of a
+/// [`shears_strategies::Error::InvalidRate`] for bad rates; [`Error::BadParameter`] for an
+/// empty validation set or one as large as the training set, or a rewind point at or past the end of a
 /// run; training errors.
 pub fn lottery_ticket(data: &Split, config: &LotteryConfig) -> Result<Vec<LotteryRound>> {
+    if config.validation == 0 {
+        return Err(Error::BadParameter {
+            name: "validation samples",
+            requirement: "at least 1 (early stopping is chosen on them)",
+            value: 0.0,
+        });
+    }
     let (train_set, validation) = data.train.hold_out(config.validation, config.seed)?;
-    let steps_per_run =
-        train_set.len().div_ceil(config.train.batch_size.max(1)) * config.train.epochs;
+    let steps_per_run = train_set
+        .len()
+        .div_ceil(config.train.batch_size.max(1))
+        .saturating_mul(config.train.epochs);
     let steps_per_run = config.train.max_steps.map_or(steps_per_run, |m| m.min(steps_per_run));
     if config.rewind_steps > 0 && config.rewind_steps >= steps_per_run {
         return Err(Error::BadParameter {

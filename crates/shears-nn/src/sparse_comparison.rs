@@ -122,7 +122,8 @@ pub fn train_to_sparsity(
     let names = model.prunable_names();
     let train = TrainConfig { seed, ..config.train };
     let steps_per_epoch = data.train.len().div_ceil(train.batch_size.max(1));
-    let total = train.max_steps.unwrap_or(usize::MAX).min(steps_per_epoch * train.epochs);
+    let total =
+        train.max_steps.unwrap_or(usize::MAX).min(steps_per_epoch.saturating_mul(train.epochs));
     let end = (config.end_fraction * total as f64) as usize;
     let schedule = UpdateSchedule::new(
         config.interval,
@@ -173,9 +174,7 @@ fn gradual(
     let names = model.prunable_names();
     let schedule =
         Schedule::polynomial(Sparsity::ZERO, target, 0, end.max(1), config.interval.max(1))?;
-    let mut masks = Masks::new();
-    train_with(model, &data.train, train, &mut masks, |step, mlp, masks| {
-        let Some(now) = schedule.prune_at(step) else { return Ok(()) };
+    let prune_to = |mlp: &mut Mlp<f32>, masks: &mut Masks, now: Sparsity| -> Result<()> {
         let shares = config.distribution.layer_sparsities(mlp, &names, now)?;
         for (name, sparsity) in shares {
             let weights = mlp.require_weight_mut(&name)?;
@@ -185,7 +184,17 @@ fn gradual(
             masks.insert(name, mask);
         }
         Ok(())
+    };
+    let mut masks = Masks::new();
+    train_with(model, &data.train, train, &mut masks, |step, mlp, masks| {
+        match schedule.prune_at(step) {
+            Some(now) => prune_to(mlp, masks, now),
+            None => Ok(()),
+        }
     })?;
+    // A run shorter than the schedule still ends at the target (otherwise a no-op: masks
+    // only tighten).
+    prune_to(model, &mut masks, target)?;
     Ok(masks)
 }
 

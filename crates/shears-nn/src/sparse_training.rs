@@ -1,7 +1,7 @@
 //! Training sparse from scratch with moving connections (SET, RigL), and the static sparse
 //! baseline they are measured against.
 
-use shears_core::{Masks, Scalar};
+use shears_core::{Masks, Prunable, Scalar};
 use shears_strategies::DynamicSparsity;
 
 use crate::data::Dataset;
@@ -43,7 +43,8 @@ pub struct SparseTrainLog {
 /// on any thread count.
 ///
 /// # Errors
-/// As [`crate::train_with`]; a policy's errors (e.g. a mask that does not fit its layer).
+/// [`shears_core::Error::UnknownLayer`] for a mask naming no layer; [`crate::Error::Shape`]
+/// for a mask that does not fit its layer; as [`crate::train_with`]; a policy's errors.
 pub fn train_sparse<T: Scalar>(
     mlp: &mut Mlp<T>,
     data: &Dataset,
@@ -51,6 +52,16 @@ pub fn train_sparse<T: Scalar>(
     masks: &mut Masks,
     policy: Option<&DynamicSparsity>,
 ) -> Result<SparseTrainLog> {
+    for (name, mask) in masks.iter() {
+        let weights = mlp.require_weight(name)?;
+        if mask.shape() != weights.shape() {
+            return Err(crate::error::Error::Shape {
+                what: "mask size",
+                expected: weights.len(),
+                got: mask.len(),
+            });
+        }
+    }
     let mut moves = Vec::new();
     let train = train_loop(mlp, data, config, masks, |step, mlp, masks, state| {
         if let Some(policy) = policy {

@@ -52,7 +52,8 @@ pub struct TrainLog {
 /// seeded per epoch, so the same inputs give bit-identical weights.
 ///
 /// # Errors
-/// [`Error::BadParameter`] for a zero batch size or bad optimizer settings;
+/// [`Error::BadParameter`] for a zero batch size, no training samples, or bad optimizer
+/// settings;
 /// [`Error::Shape`] for data that does not fit; [`Error::Diverged`] if the loss becomes
 /// NaN or infinite; whatever `on_step` returns.
 pub fn train_with<T: Scalar>(
@@ -77,6 +78,13 @@ pub(crate) fn train_loop<T: Scalar>(
     if config.batch_size == 0 {
         return Err(Error::BadParameter {
             name: "batch size",
+            requirement: "at least 1",
+            value: 0.0,
+        });
+    }
+    if data.is_empty() {
+        return Err(Error::BadParameter {
+            name: "training samples",
             requirement: "at least 1",
             value: 0.0,
         });

@@ -41,4 +41,27 @@ fn malformed_checkpoints() {
     std::fs::write(&path, empty).unwrap();
     let err = checkpoint::load::<f32>(&path).unwrap_err();
     assert!(err.to_string().contains("layers.0.weight"), "{err}");
+    // Layers 0 and 2 without layer 1: layer 2 would be dropped without a word.
+    let mlp = Mlp::<f32>::new(&[3, 3, 3, 3], 0).unwrap();
+    checkpoint::save(&mlp, &Masks::new(), &path).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&std::fs::read(&path).unwrap())
+        .unwrap()
+        .tensors()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("layers.1."))
+        .map(|(name, view)| (name, view.data().to_vec(), view.shape().to_vec()))
+        .collect::<Vec<_>>();
+    let views: Vec<_> = tensors
+        .iter()
+        .map(|(name, data, shape)| {
+            (
+                name.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    let err = checkpoint::load::<f32>(&path).unwrap_err();
+    assert!(err.to_string().contains("follows a missing `layers.1.weight`"), "{err}");
 }

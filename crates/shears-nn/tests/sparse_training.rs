@@ -86,6 +86,64 @@ fn counts_stay_exact_and_pruned_weights_zero_through_training() {
 }
 
 #[test]
+fn bad_inputs_are_errors() {
+    let data = digits_split().unwrap();
+    let mut mlp = Mlp::<f32>::new(&[64, 16, 10], 0).unwrap();
+    let config = TrainConfig { epochs: 1, ..TrainConfig::default() };
+    // No samples: an error, not an endless loop over empty epochs.
+    let empty = data.train.take(0);
+    let forever = TrainConfig { epochs: usize::MAX, max_steps: Some(5), ..config };
+    let err = train_sparse(&mut mlp, &empty, &forever, &mut Default::default(), None).unwrap_err();
+    assert!(err.to_string().contains("training samples"), "{err}");
+    // A mask naming no layer, or of the wrong shape.
+    let mut stray = shears_core::Masks::from([(
+        "nope".to_string(),
+        shears_core::Mask::all_kept(2, 2).unwrap(),
+    )]);
+    assert!(train_sparse(&mut mlp, &data.train, &config, &mut stray, None).is_err());
+    let mut wrong = shears_core::Masks::from([(
+        "layers.0.weight".to_string(),
+        shears_core::Mask::all_kept(2, 2).unwrap(),
+    )]);
+    assert!(train_sparse(&mut mlp, &data.train, &config, &mut wrong, None).is_err());
+    // Epochs so many that steps overflow: the run is bounded by max_steps, not wrapped.
+    let mut huge = comparison();
+    huge.train = TrainConfig { epochs: usize::MAX, max_steps: Some(20), ..huge.train };
+    huge.interval = 10;
+    let run = train_to_sparsity(&data, &huge, SparseMethod::Rigl, Sparsity::new(0.9).unwrap(), 0)
+        .unwrap();
+    assert!(run.moved > 0);
+    // Gradual pruning with no step to prune at still ends at its target.
+    let mut none = comparison();
+    none.train.max_steps = Some(1);
+    let run = train_to_sparsity(
+        &data,
+        &none,
+        SparseMethod::GradualMagnitude,
+        Sparsity::new(0.8).unwrap(),
+        0,
+    )
+    .unwrap();
+    assert!((run.sparsity - 0.8).abs() < 2e-3, "{}", run.sparsity);
+    // The lottery ticket needs validation samples to stop early on.
+    let lottery = shears_nn::LotteryConfig {
+        sizes: vec![64, 16, 10],
+        rate: 0.2,
+        output_rate: 0.1,
+        rounds: 1,
+        train: config,
+        rewind_steps: 0,
+        seed: 0,
+        control: false,
+        validation: 0,
+        eval_interval: None,
+    };
+    assert!(
+        shears_nn::lottery_ticket(&data, &lottery).unwrap_err().to_string().contains("validation")
+    );
+}
+
+#[test]
 fn dynamic_training_is_identical_on_any_thread_count() {
     let run = || {
         let data = digits_split().unwrap();

@@ -33,7 +33,7 @@ const SEQUENCE: Dim = Dim::Named("sequence");
 /// `LayerNormalization`. Sparse-format layers are written dense.
 ///
 /// # Errors
-/// [`crate::Error::Quantize`] for int8 weights that are not finite.
+/// [`crate::Error::Unsupported`] naming a weight or bias that is NaN or infinite.
 pub fn export_sentence_encoder(
     model: &BertModel,
     sentence: &SentenceConfig,

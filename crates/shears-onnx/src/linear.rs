@@ -12,7 +12,7 @@ use crate::proto::tensor_proto::DataType;
 /// named after `name` (the weight's tensor name).
 ///
 /// # Errors
-/// A non-finite weight, for int8.
+/// [`crate::Error::Unsupported`] naming a weight or bias that is NaN or infinite.
 pub(crate) fn linear(
     g: &mut Graph,
     options: &ExportOptions,
@@ -22,7 +22,9 @@ pub(crate) fn linear(
     x: &str,
 ) -> Result<String> {
     let (out, inp) = w.shape();
+    finite(name, w.as_slice())?;
     let bias_name = name.strip_suffix(".weight").unwrap_or(name).to_owned() + ".bias";
+    finite(&bias_name, bias.as_slice())?;
     let b = g.f32s(&bias_name, &[out], bias.as_slice());
     let y = match options.weights {
         Weights::F32 => {
@@ -89,4 +91,15 @@ fn quantize_per_token(
     let clipped = g.op("Clip", &[&rounded, &low, &high], name, vec![]);
     let xq = g.op("Cast", &[&clipped], name, vec![int("to", DataType::Int8 as i64)]);
     (xq, scale)
+}
+
+/// A NaN or infinite value would make every output NaN: an error naming the tensor.
+pub(crate) fn finite(name: &str, values: &[f32]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(crate::error::Error::Unsupported(format!(
+            "tensor `{name}` holds {} at index {i}",
+            values[i]
+        ))),
+        None => Ok(()),
+    }
 }

@@ -19,7 +19,7 @@ pub const MLP_OUTPUT: &str = "logits";
 /// int8 form ([`Weights::Int8`](crate::Weights::Int8)), followed by `Relu` except after the last layer.
 ///
 /// # Errors
-/// [`crate::Error::Quantize`] for int8 weights that are not finite.
+/// [`crate::Error::Unsupported`] naming a weight or bias that is NaN or infinite.
 pub fn export_mlp(mlp: &Mlp<f32>, options: &ExportOptions) -> Result<ModelProto> {
     let mut g = Graph::default();
     let sizes = mlp.sizes();
@@ -30,6 +30,8 @@ pub fn export_mlp(mlp: &Mlp<f32>, options: &ExportOptions) -> Result<ModelProto>
         let hint = format!("layers.{i}");
         let z = match options.weights {
             Weights::F32 => {
+                crate::linear::finite(&shears_nn::weight_name(i), layer.weight().as_slice())?;
+                crate::linear::finite(&shears_nn::bias_name(i), layer.bias().as_slice())?;
                 // Row-major (out, in): the transpose's column-major storage.
                 let w = g.f32s(
                     &shears_nn::weight_name(i),

@@ -97,11 +97,15 @@ impl Int8Matrix {
             }
             QuantScheme::PerGroup(g) => g,
         };
-        let groups = cols.div_ceil(group);
+        // A row without columns still has its one scale (of nothing).
+        let groups = cols.div_ceil(group).max(1);
         let mut values = Vec::with_capacity(rows * cols);
         let mut scales = Vec::with_capacity(rows * groups);
         for r in 0..rows {
             let row: Vec<f32> = w.row(r).iter().copied().collect();
+            if row.is_empty() {
+                scales.push(1.0);
+            }
             for chunk in row.chunks(group) {
                 let max = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                 let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
@@ -149,7 +153,7 @@ impl Int8Matrix {
     pub fn groups_per_row(&self) -> usize {
         match self.scheme {
             QuantScheme::PerRow => 1,
-            QuantScheme::PerGroup(g) => self.cols.div_ceil(g),
+            QuantScheme::PerGroup(g) => self.cols.div_ceil(g).max(1),
         }
     }
 
@@ -223,6 +227,10 @@ mod tests {
         assert_eq!(q.groups_per_row(), 2);
         assert_eq!(q.scales(), [1.0, 8.0 / 127.0]);
         assert_eq!(q.row(0)[4..], [127, 64]); // 63.5 rounds to even
+        for scheme in [QuantScheme::PerRow, QuantScheme::PerGroup(4)] {
+            let empty = Int8Matrix::quantize(&DMatrix::<f32>::zeros(3, 0), scheme).unwrap();
+            assert_eq!(empty.scales(), [1.0; 3], "one scale per row, even of no columns");
+        }
         let zeros =
             Int8Matrix::quantize(&DMatrix::<f32>::zeros(2, 3), QuantScheme::PerRow).unwrap();
         assert_eq!(zeros.scales(), [1.0, 1.0]);

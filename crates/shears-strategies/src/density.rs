@@ -98,7 +98,8 @@ impl Distribution {
     /// ```
     ///
     /// # Errors
-    /// [`shears_core::Error::UnknownLayer`] for a name the model lacks.
+    /// [`shears_core::Error::UnknownLayer`] for a name the model lacks;
+    /// [`Error::DuplicateLayer`] for a name given twice.
     pub fn layer_sparsities<T: Scalar, M: Prunable<T> + ?Sized>(
         self,
         model: &M,
@@ -106,7 +107,11 @@ impl Distribution {
         target: Sparsity,
     ) -> Result<BTreeMap<String, Sparsity>> {
         let mut layers = Vec::with_capacity(names.len());
+        let mut seen = std::collections::BTreeSet::new();
         for name in names {
+            if !seen.insert(name) {
+                return Err(Error::DuplicateLayer { layer: name.clone() });
+            }
             let w = model.require_weight(name)?;
             let shape = model
                 .weight_shape(name)
@@ -119,19 +124,24 @@ impl Distribution {
         // Find eps with sum(min(1, eps * raw_l) * n_l) = density * total: layers that
         // would pass 1 are kept dense, one at a time from the densest, and eps is solved
         // again over the rest.
+        // A layer without weights has nothing to prune or keep: it stays out of the sums.
         let total: f64 = layers.iter().map(|l| l.1).sum();
         let wanted = target.density() * total;
         let mut dense = vec![false; layers.len()];
         let eps = loop {
             let dense_weights: f64 =
                 layers.iter().zip(&dense).filter(|(_, d)| **d).map(|(l, _)| l.1).sum();
-            let scaled: f64 =
-                layers.iter().zip(&dense).filter(|(_, d)| !**d).map(|(l, _)| l.2 * l.1).sum();
+            let scaled: f64 = layers
+                .iter()
+                .zip(&dense)
+                .filter(|(l, d)| !**d && l.1 > 0.0)
+                .map(|(l, _)| l.2 * l.1)
+                .sum();
             let eps = if scaled > 0.0 { (wanted - dense_weights).max(0.0) / scaled } else { 0.0 };
             let densest = layers
                 .iter()
                 .enumerate()
-                .filter(|(i, l)| !dense[*i] && eps * l.2 > 1.0)
+                .filter(|(i, l)| !dense[*i] && l.1 > 0.0 && eps * l.2 > 1.0)
                 .max_by(|a, b| a.1.2.total_cmp(&b.1.2).then(b.0.cmp(&a.0)))
                 .map(|(i, _)| i);
             match densest {
@@ -142,8 +152,8 @@ impl Distribution {
         layers
             .into_iter()
             .zip(dense)
-            .map(|((name, _, raw), dense)| {
-                let density = if dense { 1.0 } else { (eps * raw).clamp(0.0, 1.0) };
+            .map(|((name, len, raw), dense)| {
+                let density = if dense || len == 0.0 { 1.0 } else { (eps * raw).clamp(0.0, 1.0) };
                 Ok((name, Sparsity::new(1.0 - density)?))
             })
             .collect()
@@ -158,7 +168,9 @@ impl Distribution {
 /// same masks on every machine and thread count.
 ///
 /// # Errors
-/// [`shears_core::Error::UnknownLayer`] for a name the model lacks; a non-finite weight.
+/// [`shears_core::Error::UnknownLayer`] for a name the model lacks;
+/// [`Error::DuplicateLayer`] for a name given twice; [`shears_core::Error::NonFinite`]
+/// naming a layer with a NaN or infinite weight.
 pub fn random_masks<T: Scalar, M: Prunable<T> + ?Sized>(
     model: &mut M,
     names: &[String],
@@ -170,6 +182,7 @@ pub fn random_masks<T: Scalar, M: Prunable<T> + ?Sized>(
     let mut masks = Masks::new();
     for (name, sparsity) in sparsities {
         let weights = model.require_weight_mut(&name)?;
+        shears_core::check_finite(&name, weights.as_slice())?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ stable_hash(&name));
         let scores =
             crate::dynamic::uniform_scores::<T>(weights.nrows(), weights.ncols(), &mut rng);
@@ -280,6 +293,28 @@ mod tests {
         assert!(
             random_masks(&mut lenet(), &["nope".into()], target, Distribution::Uniform, 0).is_err()
         );
+    }
+
+    #[test]
+    fn repeated_names_and_empty_layers() {
+        let mut net = lenet();
+        let twice = ["0".to_string(), "0".to_string(), "2".to_string()];
+        let s = Sparsity::new(0.5).unwrap();
+        assert_eq!(
+            Distribution::ErdosRenyi.layer_sparsities(&net, &twice, s),
+            Err(Error::DuplicateLayer { layer: "0".into() })
+        );
+        net.0.insert("empty".into(), DMatrix::zeros(0, 10));
+        let names = net.prunable_names();
+        for d in [Distribution::ErdosRenyi, Distribution::ErdosRenyiKernel] {
+            let s = d.layer_sparsities(&net, &names, Sparsity::new(0.9).unwrap()).unwrap();
+            assert_eq!(s["empty"].get(), 0.0);
+            assert!(s["0"].get() > 0.9);
+        }
+        net.0.get_mut("2").unwrap()[(1, 1)] = f64::NAN;
+        let err =
+            random_masks(&mut net, &names, Sparsity::new(0.5).unwrap(), Distribution::Uniform, 0);
+        assert!(matches!(err, Err(Error::Core(shears_core::Error::NonFinite { .. }))));
     }
 
     #[test]

@@ -10,6 +10,12 @@ pub enum Error {
     /// An error from shears-core (shapes, sparsity, missing per-layer data, NaN).
     #[error(transparent)]
     Core(#[from] shears_core::Error),
+    /// A layer named twice where each layer counts once.
+    #[error("layer `{layer}` is named twice")]
+    DuplicateLayer {
+        /// The layer.
+        layer: String,
+    },
     /// A per-round pruning rate outside `[0, 1)`.
     #[error("pruning rate must be in [0, 1), got {value}")]
     InvalidRate {
