@@ -1,7 +1,7 @@
 //! Training sparse from scratch with moving connections (SET, RigL), and the static sparse
 //! baseline they are measured against.
 
-use shears_core::{Masks, Prunable, Scalar};
+use shears_core::{Masks, Scalar};
 use shears_strategies::DynamicSparsity;
 
 use crate::data::Dataset;
@@ -52,16 +52,6 @@ pub fn train_sparse<T: Scalar>(
     masks: &mut Masks,
     policy: Option<&DynamicSparsity>,
 ) -> Result<SparseTrainLog> {
-    for (name, mask) in masks.iter() {
-        let weights = mlp.require_weight(name)?;
-        if mask.shape() != weights.shape() {
-            return Err(crate::error::Error::Shape {
-                what: "mask size",
-                expected: weights.len(),
-                got: mask.len(),
-            });
-        }
-    }
     let mut moves = Vec::new();
     let train = train_loop(mlp, data, config, masks, |step, mlp, masks, state| {
         if let Some(policy) = policy {

@@ -53,7 +53,8 @@ pub struct TrainLog {
 ///
 /// # Errors
 /// [`Error::BadParameter`] for a zero batch size, no training samples, or bad optimizer
-/// settings;
+/// settings; [`shears_core::Error::UnknownLayer`] or [`Error::Shape`] for a mask that
+/// names no layer or does not fit it;
 /// [`Error::Shape`] for data that does not fit; [`Error::Diverged`] if the loss becomes
 /// NaN or infinite; whatever `on_step` returns.
 pub fn train_with<T: Scalar>(
@@ -90,15 +91,17 @@ pub(crate) fn train_loop<T: Scalar>(
         });
     }
     let mut state = OptimizerState::new(config.optimizer, mlp)?;
+    // Every mask must name a layer of its shape: one that named nothing would be ignored.
     for (name, mask) in masks.iter() {
-        if let Some(layer) = mlp
-            .layers_mut()
-            .iter_mut()
-            .enumerate()
-            .find(|(i, _)| crate::mlp::weight_name(*i) == *name)
-        {
-            mask.apply_in_place(layer.1.weight_mut())?;
+        let weights = shears_core::Prunable::require_weight_mut(mlp, name)?;
+        if mask.shape() != weights.shape() {
+            return Err(Error::Shape {
+                what: "mask size",
+                expected: weights.len(),
+                got: mask.len(),
+            });
         }
+        mask.apply_in_place(weights)?;
     }
     let x_all = to_scalar::<T>(data.features());
     let mut log = TrainLog::default();
