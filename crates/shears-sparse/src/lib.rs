@@ -22,8 +22,8 @@
 //! The key decision: **one generic kernel per operation, compiled per instruction set.**
 //! The products ([`SparseProduct`]: `matvec_into`, `matmul_into`, in the BLAS form
 //! `Y <- alpha A X + beta Y`) are each written once over `f32`/`f64` and both index
-//! types, and [`kernel_path`] runs the AVX-512, AVX2 or portable compilation of that same
-//! code, picked at run time. A plain `cargo build --release` gets the SIMD (including the
+//! types, and [`kernel_path`] runs the AVX-512, AVX2, NEON (aarch64) or portable
+//! compilation of that same code, picked at run time. A plain `cargo build --release` gets the SIMD (including the
 //! two instructions the compiler does not emit by itself: a gather from `x` for each
 //! eight stored weights, and for 2:4 a permute over a 32-column window), every path a
 //! CPU can run computes bit-identical results, and rows are split across rayon threads
@@ -48,7 +48,7 @@
 //! - `sprs` (default): `Csr::to_sprs` and `Csr::from_sprs`, conversions to and from
 //!   the `sprs` crate's matrices.
 //!
-//! Force a kernel path with `SHEARS_KERNEL=portable`, `avx2` or `avx512` (it falls back
+//! Force a kernel path with `SHEARS_KERNEL=portable`, `avx2`, `avx512` or `neon` (it falls back
 //! to the best the CPU supports); threads follow rayon's pool (`RAYON_NUM_THREADS`).
 
 mod any;

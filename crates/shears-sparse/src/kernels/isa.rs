@@ -12,19 +12,29 @@ use std::any::TypeId;
 
 use shears_core::Scalar;
 
-/// An instruction set a kernel copy is compiled for.
+/// An instruction set a kernel copy is compiled for. Each architecture has its own
+/// markers, so no copy of another architecture's is compiled (or left as dead code).
 pub(crate) trait Isa: Copy + Send + Sync + 'static {
     /// The copy runs with AVX2 (and FMA) enabled: gathers are available.
+    #[cfg(target_arch = "x86_64")]
     const AVX2: bool;
-    /// The copy runs with AVX-512F enabled: 16-lane permutes are available.
-    const AVX512: bool;
-    /// [`fma`] fuses (rounds once). False only for [`PortableUnfused`].
+    /// The copy loads its gathered lanes with explicit NEON lane loads (aarch64).
+    #[cfg(target_arch = "aarch64")]
+    const NEON: bool;
+    /// [`fma`] fuses (rounds once). False only for `PortableUnfused`.
     const FUSED: bool = true;
+    /// [`window_mul_add16`] picks its `f32` inputs with one 16-lane permute (AVX-512).
+    const PERMUTES16: bool = false;
+    /// The batched N:M kernel runs four rows per tile, not two: their accumulators fit
+    /// AVX-512's 32 registers but would spill from AVX2's 16. NEON also has 32 (narrower)
+    /// registers; it keeps two rows until an Arm machine measures four faster.
+    const FOUR_ROW_TILES: bool = false;
 }
 
 /// The baseline target's instructions, on a CPU that has fused multiply-add (every
 /// x86-64 CPU with AVX2, every aarch64 one), or forced by `SHEARS_KERNEL=portable` on
-/// one: fused multiply-adds then give the AVX paths' bits.
+/// one: fused multiply-adds then give the vector paths' bits. The compiler vectorises
+/// its arithmetic with the baseline's vectors (SSE2, or NEON on aarch64) where it can.
 #[derive(Clone, Copy)]
 pub(crate) struct Portable;
 
@@ -33,50 +43,69 @@ pub(crate) struct Portable;
 /// other copy can run there, so matching their bits buys nothing, and it would cost the
 /// C library's software `fma` for every product, an order of magnitude slower than a
 /// multiply and an add.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(crate) struct PortableUnfused;
 
 /// AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(crate) struct Avx2;
 
 /// AVX-512F (with AVX2 and FMA).
+#[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(crate) struct Avx512;
 
+/// NEON (Advanced SIMD), which every aarch64 CPU has: the batch-1 kernels' indexed loads
+/// are written as NEON lane loads into vector registers, whatever the compiler's
+/// vectoriser makes of the portable copy's scalar ones.
+#[cfg(target_arch = "aarch64")]
+#[derive(Clone, Copy)]
+pub(crate) struct Neon;
+
+#[cfg(target_arch = "x86_64")]
 impl Isa for Portable {
     const AVX2: bool = false;
-    const AVX512: bool = false;
 }
 
+#[cfg(target_arch = "aarch64")]
+impl Isa for Portable {
+    const NEON: bool = false;
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+impl Isa for Portable {}
+
+#[cfg(target_arch = "x86_64")]
 impl Isa for PortableUnfused {
     const AVX2: bool = false;
-    const AVX512: bool = false;
     const FUSED: bool = false;
 }
 
+#[cfg(target_arch = "x86_64")]
 impl Isa for Avx2 {
     const AVX2: bool = true;
-    const AVX512: bool = false;
 }
 
+#[cfg(target_arch = "x86_64")]
 impl Isa for Avx512 {
     const AVX2: bool = true;
-    const AVX512: bool = true;
+    const PERMUTES16: bool = true;
+    const FOUR_ROW_TILES: bool = true;
+}
+
+#[cfg(target_arch = "aarch64")]
+impl Isa for Neon {
+    const NEON: bool = true;
 }
 
 /// Whether the portable copy may fuse: the CPU has fused multiply-add (the standard
 /// library's `mul_add` then costs a call but not a software emulation). Decided once.
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn portable_fuses() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static FMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *FMA.get_or_init(|| is_x86_feature_detected!("fma"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        true
-    }
+    static FMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FMA.get_or_init(|| is_x86_feature_detected!("fma"))
 }
 
 /// `a * b + c`, rounded once on copies that fuse ([`Isa::FUSED`]), twice on
@@ -127,6 +156,32 @@ pub(crate) unsafe fn gather_mul_add8<P: Isa, T: Scalar>(
             // SAFETY: as above, for f64.
             return unsafe {
                 std::mem::transmute_copy(&x86::gather_mul_add8_f64(
+                    std::mem::transmute_copy(&acc),
+                    v.as_ptr().cast::<f64>(),
+                    x.as_ptr().cast::<f64>(),
+                    idx,
+                ))
+            };
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    if P::NEON {
+        if is::<T, f32>() {
+            // SAFETY: T is f32, so [T; 8] is [f32; 8] (two 4-lane vectors) and the slices
+            // hold f32; v holds 8 values and the caller bounds idx.
+            return unsafe {
+                std::mem::transmute_copy(&arm::gather_mul_add8_f32(
+                    std::mem::transmute_copy(&acc),
+                    v.as_ptr().cast::<f32>(),
+                    x.as_ptr().cast::<f32>(),
+                    idx,
+                ))
+            };
+        }
+        if is::<T, f64>() {
+            // SAFETY: as above, for f64 (four 2-lane vectors).
+            return unsafe {
+                std::mem::transmute_copy(&arm::gather_mul_add8_f64(
                     std::mem::transmute_copy(&acc),
                     v.as_ptr().cast::<f64>(),
                     x.as_ptr().cast::<f64>(),
@@ -186,6 +241,34 @@ pub(crate) unsafe fn gather_mul_add8_masked<P: Isa, T: Scalar>(
             };
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    if P::NEON {
+        if is::<T, f32>() {
+            // SAFETY: T is f32 (so the transmutes are between equal types); v holds 8
+            // values and the caller bounds the live indices.
+            return unsafe {
+                std::mem::transmute_copy(&arm::gather_mul_add8_masked_f32(
+                    std::mem::transmute_copy(&acc),
+                    v.as_ptr().cast::<f32>(),
+                    x.as_ptr().cast::<f32>(),
+                    idx,
+                    live,
+                ))
+            };
+        }
+        if is::<T, f64>() {
+            // SAFETY: as above, for f64.
+            return unsafe {
+                std::mem::transmute_copy(&arm::gather_mul_add8_masked_f64(
+                    std::mem::transmute_copy(&acc),
+                    v.as_ptr().cast::<f64>(),
+                    x.as_ptr().cast::<f64>(),
+                    idx,
+                    live,
+                ))
+            };
+        }
+    }
     std::array::from_fn(|j| {
         if live[j] {
             // SAFETY: the caller bounds every live index by x.len().
@@ -200,7 +283,7 @@ pub(crate) unsafe fn gather_mul_add8_masked<P: Isa, T: Scalar>(
 /// [`gather_mul_add8`]).
 #[inline(always)]
 pub(crate) fn permutes16<P: Isa, T: Scalar>() -> bool {
-    cfg!(target_arch = "x86_64") && P::AVX512 && is::<T, f32>()
+    P::PERMUTES16 && is::<T, f32>()
 }
 
 /// Two steps of an eight-lane dot product over sixteen slots whose inputs all lie in a
@@ -225,8 +308,8 @@ pub(crate) unsafe fn window_mul_add16<P: Isa, T: Scalar>(
     debug_assert!((0..16).all(|j| offsets[j] + u32::from(p[j]) < 32));
     #[cfg(target_arch = "x86_64")]
     if permutes16::<P, T>() {
-        // SAFETY: T is f32; the copy was compiled with AVX-512F (P::AVX512); the lengths
-        // and index bound are the caller's contract.
+        // SAFETY: T is f32; the copy was compiled with AVX-512F (only Avx512 sets
+        // P::PERMUTES16); the lengths and index bound are the caller's contract.
         return unsafe {
             std::mem::transmute_copy(&x86::window_mul_add16_f32(
                 std::mem::transmute_copy(&acc),
@@ -394,6 +477,152 @@ pub(crate) mod x86 {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod arm {
+    use std::arch::aarch64::*;
+
+    /// Four `f32` lanes `base[idx[j]]`, each with one `ld1 {v.s}[j]` (lanes where `live`
+    /// is false stay zero and load nothing).
+    ///
+    /// # Safety
+    /// Every `base + idx[j]` with `live[j]` must be in bounds of one allocation.
+    #[inline(always)]
+    unsafe fn lanes_f32(base: *const f32, idx: &[u32], live: [bool; 4]) -> float32x4_t {
+        // SAFETY: each load is in bounds by the caller's contract.
+        unsafe {
+            let mut x = vdupq_n_f32(0.0);
+            if live[0] {
+                x = vld1q_lane_f32::<0>(base.add(idx[0] as usize), x);
+            }
+            if live[1] {
+                x = vld1q_lane_f32::<1>(base.add(idx[1] as usize), x);
+            }
+            if live[2] {
+                x = vld1q_lane_f32::<2>(base.add(idx[2] as usize), x);
+            }
+            if live[3] {
+                x = vld1q_lane_f32::<3>(base.add(idx[3] as usize), x);
+            }
+            x
+        }
+    }
+
+    /// Two `f64` lanes `base[idx[j]]`, as [`lanes_f32`].
+    ///
+    /// # Safety
+    /// As for [`lanes_f32`].
+    #[inline(always)]
+    unsafe fn lanes_f64(base: *const f64, idx: &[u32], live: [bool; 2]) -> float64x2_t {
+        // SAFETY: each load is in bounds by the caller's contract.
+        unsafe {
+            let mut x = vdupq_n_f64(0.0);
+            if live[0] {
+                x = vld1q_lane_f64::<0>(base.add(idx[0] as usize), x);
+            }
+            if live[1] {
+                x = vld1q_lane_f64::<1>(base.add(idx[1] as usize), x);
+            }
+            x
+        }
+    }
+
+    /// `acc + v * base[idx]` over eight `f32` lanes in two vectors: a multiply and an
+    /// add (`fmul`, `fadd`; not `fmla`, which would round once and differ from the other
+    /// copies).
+    ///
+    /// # Safety
+    /// `v` must point to 8 values and every `base + idx[j]` must be in bounds of one
+    /// allocation.
+    #[inline(always)]
+    pub(crate) unsafe fn gather_mul_add8_f32(
+        acc: [float32x4_t; 2],
+        v: *const f32,
+        base: *const f32,
+        idx: [u32; 8],
+    ) -> [float32x4_t; 2] {
+        // SAFETY: the loads are in bounds by the caller's contract.
+        unsafe {
+            let lo = lanes_f32(base, &idx[..4], [true; 4]);
+            let hi = lanes_f32(base, &idx[4..], [true; 4]);
+            [
+                vaddq_f32(acc[0], vmulq_f32(vld1q_f32(v), lo)),
+                vaddq_f32(acc[1], vmulq_f32(vld1q_f32(v.add(4)), hi)),
+            ]
+        }
+    }
+
+    /// [`gather_mul_add8_f32`] for `f64`: four two-lane vectors.
+    ///
+    /// # Safety
+    /// As for [`gather_mul_add8_f32`].
+    #[inline(always)]
+    pub(crate) unsafe fn gather_mul_add8_f64(
+        acc: [float64x2_t; 4],
+        v: *const f64,
+        base: *const f64,
+        idx: [u32; 8],
+    ) -> [float64x2_t; 4] {
+        // SAFETY: the loads are in bounds by the caller's contract.
+        unsafe {
+            std::array::from_fn(|q| {
+                let x = lanes_f64(base, &idx[2 * q..], [true; 2]);
+                vaddq_f64(acc[q], vmulq_f64(vld1q_f64(v.add(2 * q)), x))
+            })
+        }
+    }
+
+    /// `acc + v * base[idx]` on the lanes where `live` (the others keep `acc` and load
+    /// nothing), over eight `f32` lanes: the sum is selected lane by lane (`bsl`), so a
+    /// dead lane keeps its bits whatever its value is.
+    ///
+    /// # Safety
+    /// `v` must point to 8 values and every `base + idx[j]` with `live[j]` must be in
+    /// bounds of one allocation.
+    #[inline(always)]
+    pub(crate) unsafe fn gather_mul_add8_masked_f32(
+        acc: [float32x4_t; 2],
+        v: *const f32,
+        base: *const f32,
+        idx: [u32; 8],
+        live: [bool; 8],
+    ) -> [float32x4_t; 2] {
+        let mask: [u32; 8] = live.map(|l| if l { u32::MAX } else { 0 });
+        // SAFETY: the live loads are in bounds by the caller's contract; `mask` holds 8
+        // lanes.
+        unsafe {
+            std::array::from_fn(|h| {
+                let lanes = [live[4 * h], live[4 * h + 1], live[4 * h + 2], live[4 * h + 3]];
+                let x = lanes_f32(base, &idx[4 * h..], lanes);
+                let sum = vaddq_f32(acc[h], vmulq_f32(vld1q_f32(v.add(4 * h)), x));
+                vbslq_f32(vld1q_u32(mask.as_ptr().add(4 * h)), sum, acc[h])
+            })
+        }
+    }
+
+    /// [`gather_mul_add8_masked_f32`] for `f64`.
+    ///
+    /// # Safety
+    /// As for [`gather_mul_add8_masked_f32`].
+    #[inline(always)]
+    pub(crate) unsafe fn gather_mul_add8_masked_f64(
+        acc: [float64x2_t; 4],
+        v: *const f64,
+        base: *const f64,
+        idx: [u32; 8],
+        live: [bool; 8],
+    ) -> [float64x2_t; 4] {
+        let mask: [u64; 8] = live.map(|l| if l { u64::MAX } else { 0 });
+        // SAFETY: as in gather_mul_add8_masked_f32.
+        unsafe {
+            std::array::from_fn(|q| {
+                let x = lanes_f64(base, &idx[2 * q..], [live[2 * q], live[2 * q + 1]]);
+                let sum = vaddq_f64(acc[q], vmulq_f64(vld1q_f64(v.add(2 * q)), x));
+                vbslq_f64(vld1q_u64(mask.as_ptr().add(2 * q)), sum, acc[q])
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,62 +651,57 @@ mod tests {
         a.map(|v| v.as_f64().to_bits())
     }
 
-    /// Every copy of both helpers, for both element types, gives the by-hand bits; the
-    /// portable fallback of the window helper (which kernels only reach through the
-    /// AVX-512 copy for f32) included.
+    /// The three helpers on copy `P`: both gather steps, the window step, and the masked
+    /// gather with every other lane dead (their indices far past the window: a copy that
+    /// loaded one would read outside it).
+    fn on_copy<P: Isa, T: Scalar>() -> [[u64; 8]; 3] {
+        let (acc, v, p, window) = fixture::<T>();
+        let offsets: [u32; 16] = std::array::from_fn(|j| (j / 2 * 4) as u32);
+        let idx: [u32; 16] = std::array::from_fn(|j| offsets[j] + u32::from(p[j]));
+        let step = |acc, half: usize| {
+            let i: [u32; 8] = std::array::from_fn(|j| idx[half + j]);
+            // SAFETY: every index is < 32 == window.len(); callers run a copy only where
+            // the CPU supports it.
+            unsafe { gather_mul_add8::<P, T>(acc, &v[half..], &window, i) }
+        };
+        // SAFETY: 16 values and positions, a 32-element window, offsets + p < 32.
+        let windowed = unsafe { window_mul_add16::<P, T>(acc, &v, &p, &window, offsets) };
+        let live: [bool; 8] = std::array::from_fn(|j| j % 2 == 0);
+        let masked_idx: [u32; 8] = std::array::from_fn(|j| if live[j] { idx[j] } else { 1 << 30 });
+        // SAFETY: the live indices are < 32; the dead ones are never loaded.
+        let masked = unsafe { gather_mul_add8_masked::<P, T>(acc, &v, &window, masked_idx, live) };
+        [bits(step(step(acc, 0), 8)), bits(windowed), bits(masked)]
+    }
+
+    /// Every copy this CPU runs of the three helpers, for both element types, gives the
+    /// by-hand bits; the portable fallback of the window helper (which kernels only reach
+    /// through the AVX-512 copy for f32) included.
     #[test]
     fn helpers_match_the_formula_on_every_copy() {
         fn check<T: Scalar>() {
             let (acc, v, p, window) = fixture::<T>();
-            let offsets: [u32; 16] = std::array::from_fn(|j| (j / 2 * 4) as u32);
-            let idx: Vec<usize> =
-                (0..16).map(|j| (offsets[j] + u32::from(p[j])) as usize).collect();
-            let want = bits(by_hand(acc, &v, &window, &idx));
-            let gathered = |isa: KernelPath| {
-                let step = |acc, half: usize| {
-                    let i: [u32; 8] = std::array::from_fn(|j| idx[half + j] as u32);
-                    // SAFETY: every index is < 32 == window.len(); the copy is only used
-                    // where the CPU supports it (KernelPath::resolve below).
-                    unsafe {
-                        match isa {
-                            KernelPath::Portable => {
-                                gather_mul_add8::<Portable, T>(acc, &v[half..], &window, i)
-                            }
-                            KernelPath::Avx2 => {
-                                gather_mul_add8::<Avx2, T>(acc, &v[half..], &window, i)
-                            }
-                            KernelPath::Avx512 => {
-                                gather_mul_add8::<Avx512, T>(acc, &v[half..], &window, i)
-                            }
-                        }
-                    }
-                };
-                step(step(acc, 0), 8)
-            };
-            let windowed = |isa: KernelPath| {
-                // SAFETY: 16 values and positions, a 32-element window, offsets + p < 32;
-                // the copy is only used where the CPU supports it.
-                unsafe {
-                    match isa {
-                        KernelPath::Portable => {
-                            window_mul_add16::<Portable, T>(acc, &v, &p, &window, offsets)
-                        }
-                        KernelPath::Avx2 => {
-                            window_mul_add16::<Avx2, T>(acc, &v, &p, &window, offsets)
-                        }
-                        KernelPath::Avx512 => {
-                            window_mul_add16::<Avx512, T>(acc, &v, &p, &window, offsets)
-                        }
-                    }
+            let idx: Vec<usize> = (0..16).map(|j| j / 2 * 4 + usize::from(p[j])).collect();
+            let full = bits(by_hand(acc, &v, &window, &idx));
+            let mut masked = acc;
+            for j in (0..8).step_by(2) {
+                masked[j] += v[j] * window[idx[j]];
+            }
+            let want = [full, full, bits(masked)];
+            let supported = |path| KernelPath::resolve(path) == path;
+            assert_eq!(on_copy::<Portable, T>(), want, "portable");
+            #[cfg(target_arch = "x86_64")]
+            {
+                if supported(KernelPath::Avx2) {
+                    assert_eq!(on_copy::<Avx2, T>(), want, "avx2");
                 }
-            };
-            for requested in [KernelPath::Portable, KernelPath::Avx2, KernelPath::Avx512] {
-                let isa = KernelPath::resolve(requested);
-                if isa != requested {
-                    continue;
+                if supported(KernelPath::Avx512) {
+                    assert_eq!(on_copy::<Avx512, T>(), want, "avx512");
                 }
-                assert_eq!(bits(gathered(isa)), want, "gather, {isa:?}");
-                assert_eq!(bits(windowed(isa)), want, "window, {isa:?}");
+            }
+            #[cfg(target_arch = "aarch64")]
+            {
+                assert!(supported(KernelPath::Neon));
+                assert_eq!(on_copy::<Neon, T>(), want, "neon");
             }
         }
         check::<f32>();

@@ -2,9 +2,9 @@
 //!
 //! Each kernel is written once, generic over the element and index types, as an
 //! `#[inline(always)]` row routine. [`KernelPath`] picks, once per process, which
-//! compiled copy runs: the same generic code compiled with AVX-512, with AVX2+FMA, or
-//! for the baseline target (always available). Users get SIMD from a plain
-//! `cargo build --release`, with no `RUSTFLAGS`. `SHEARS_KERNEL=portable|avx2|avx512`
+//! compiled copy runs: the same generic code compiled with AVX-512, with AVX2+FMA, with
+//! NEON lane loads (aarch64), or for the baseline target (always available). Users get SIMD from a plain
+//! `cargo build --release`, with no `RUSTFLAGS`. `SHEARS_KERNEL=portable|avx2|avx512|neon`
 //! forces a path (falling back to the best one the CPU supports) for testing.
 //!
 //! Every path evaluates the same arithmetic in the same order (explicit accumulator
@@ -19,8 +19,9 @@
 //!
 //! Two loads the compiler will not vectorise without CPU-specific tuning are written
 //! with intrinsics in [`isa`], behind one generic function each: the batch-1 kernels'
-//! gather from `x` (AVX2 `vgatherdps`/`vgatherdpd`) and the 2:4 window permute (AVX-512
-//! `vpermt2ps`). Each kernel body takes its copy's [`isa::Isa`] marker as a type
+//! gather from `x` (AVX2 `vgatherdps`/`vgatherdpd`; on aarch64, which has no gather,
+//! NEON lane loads straight into the vector registers) and the 2:4 window permute
+//! (AVX-512 `vpermt2ps`). Each kernel body takes its copy's [`isa::Isa`] marker as a type
 //! parameter, so the intrinsics appear only in the copies whose CPU has them.
 //!
 //! This module is the only place in shears that contains `unsafe`: calling a
@@ -43,14 +44,23 @@ pub(crate) use spmm::{bsr_spmm, csr_spmm, nm_spmm, sell_spmm};
 pub(crate) use spmv::{bsr_spmv, csr_spmv, nm_spmv, sell_spmv};
 
 /// Which compiled copy of the kernels runs.
+///
+/// Every variant exists on every architecture, so code that names one compiles
+/// everywhere; a path of another architecture is never [supported](KernelPath::resolve)
+/// and resolves to the best one below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum KernelPath {
-    /// The baseline target's instructions (SSE2 on x86-64), always available.
+    /// The baseline target's instructions (SSE2 on x86-64, NEON on aarch64, which the
+    /// compiler uses where it vectorises on its own), always available.
     Portable,
     /// AVX2 and FMA (x86-64).
     Avx2,
     /// AVX-512F (x86-64).
     Avx512,
+    /// NEON with explicit lane loads for the batch-1 kernels' indexed reads (aarch64,
+    /// where every CPU has it).
+    Neon,
 }
 
 impl KernelPath {
@@ -61,16 +71,18 @@ impl KernelPath {
             KernelPath::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
             #[cfg(target_arch = "x86_64")]
             KernelPath::Avx512 => is_x86_feature_detected!("avx512f"),
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            KernelPath::Neon => true,
             _ => false,
         }
     }
 
+    /// Fastest first: the order [`KernelPath::resolve`] falls back along.
+    const ORDER: [KernelPath; 4] =
+        [KernelPath::Avx512, KernelPath::Avx2, KernelPath::Neon, KernelPath::Portable];
+
     fn best() -> Self {
-        [KernelPath::Avx512, KernelPath::Avx2]
-            .into_iter()
-            .find(|p| p.supported())
-            .unwrap_or(KernelPath::Portable)
+        Self::ORDER.into_iter().find(|p| p.supported()).unwrap_or(KernelPath::Portable)
     }
 
     /// Parses a `SHEARS_KERNEL` value.
@@ -79,6 +91,7 @@ impl KernelPath {
             "portable" => Some(KernelPath::Portable),
             "avx2" => Some(KernelPath::Avx2),
             "avx512" => Some(KernelPath::Avx512),
+            "neon" => Some(KernelPath::Neon),
             _ => None,
         }
     }
@@ -86,9 +99,8 @@ impl KernelPath {
     /// The path a request resolves to on this CPU: the request if supported, else the
     /// best supported one below it.
     pub fn resolve(requested: KernelPath) -> Self {
-        let order = [KernelPath::Avx512, KernelPath::Avx2, KernelPath::Portable];
-        let start = order.iter().position(|&p| p == requested).unwrap_or(2);
-        order[start..].iter().copied().find(|p| p.supported()).unwrap_or(KernelPath::Portable)
+        let start = Self::ORDER.iter().position(|&p| p == requested).unwrap_or(0);
+        Self::ORDER[start..].iter().copied().find(|p| p.supported()).unwrap_or(KernelPath::Portable)
     }
 }
 
@@ -130,15 +142,25 @@ macro_rules! multiversion {
                     $crate::kernels::KernelPath::Avx512 => unsafe { avx512::<$($g),*>($($arg),*) },
                     // SAFETY: KernelPath::Avx2 is only ever resolved after detecting avx2 and fma.
                     $crate::kernels::KernelPath::Avx2 => unsafe { avx2::<$($g),*>($($arg),*) },
-                    $crate::kernels::KernelPath::Portable if $crate::kernels::isa::portable_fuses() => {
+                    // Portable, and the paths of other architectures (never resolved here).
+                    _ if $crate::kernels::isa::portable_fuses() => {
                         $kernel::<$crate::kernels::isa::Portable, $($g),*>($($arg),*)
                     }
-                    $crate::kernels::KernelPath::Portable => {
+                    _ => {
                         $kernel::<$crate::kernels::isa::PortableUnfused, $($g),*>($($arg),*)
                     }
                 }
             }
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            {
+                match path {
+                    $crate::kernels::KernelPath::Neon => {
+                        $kernel::<$crate::kernels::isa::Neon, $($g),*>($($arg),*)
+                    }
+                    _ => $kernel::<$crate::kernels::isa::Portable, $($g),*>($($arg),*),
+                }
+            }
+            #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
             {
                 let _ = path;
                 $kernel::<$crate::kernels::isa::Portable, $($g),*>($($arg),*)
@@ -432,8 +454,19 @@ mod tests {
     #[test]
     fn path_names() {
         assert_eq!(KernelPath::from_name("AVX2"), Some(KernelPath::Avx2));
-        assert_eq!(KernelPath::from_name("neon"), None);
-        assert!(KernelPath::resolve(KernelPath::Avx512).supported());
+        assert_eq!(KernelPath::from_name(" neon"), Some(KernelPath::Neon));
+        assert_eq!(KernelPath::from_name("sve"), None);
+        for path in KernelPath::ORDER {
+            let resolved = KernelPath::resolve(path);
+            assert!(resolved.supported(), "{path:?} -> {resolved:?}");
+            // Never up the order: a request for a slower path is not upgraded.
+            let rank = |p| KernelPath::ORDER.iter().position(|&q| q == p);
+            assert!(rank(resolved) >= rank(path), "{path:?} -> {resolved:?}");
+        }
         assert_eq!(KernelPath::resolve(KernelPath::Portable), KernelPath::Portable);
+        assert_eq!(
+            KernelPath::resolve(KernelPath::Neon),
+            if cfg!(target_arch = "aarch64") { KernelPath::Neon } else { KernelPath::Portable }
+        );
     }
 }

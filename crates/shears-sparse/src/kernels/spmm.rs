@@ -231,7 +231,7 @@ fn nm_rows_kernel<P: Isa, T: Scalar>(
                 )
             };
             let mut k = 0;
-            if P::AVX512 {
+            if P::FOUR_ROW_TILES {
                 while k + 4 <= block.len() {
                     nm_row_tiles::<P, T, 4>(std::array::from_fn(|i| row(k + i)), xt, batch, out);
                     k += 4;
@@ -550,7 +550,7 @@ mod tests {
                 out
             };
             let portable = run(KernelPath::Portable);
-            for path in [KernelPath::Avx2, KernelPath::Avx512] {
+            for path in [KernelPath::Avx2, KernelPath::Avx512, KernelPath::Neon] {
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&run(path)), bits(&portable), "{path:?}, batch {batch}");
             }
@@ -591,7 +591,7 @@ mod tests {
                     out
                 };
                 let portable = run(KernelPath::Portable);
-                for path in [KernelPath::Avx2, KernelPath::Avx512] {
+                for path in [KernelPath::Avx2, KernelPath::Avx512, KernelPath::Neon] {
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(
                         bits(&run(path)),
@@ -663,6 +663,7 @@ mod tests {
     /// CSR tile's pair sums and the N:M rows' running sums, in the fused copies' order,
     /// each product rounded before its add.
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn the_unfused_portable_copy_multiplies_then_adds() {
         use crate::kernels::isa::PortableUnfused;
         let (ncols, batch) = (40usize, 9usize);

@@ -402,7 +402,7 @@ mod tests {
                 )
             })
             .collect();
-        for path in [KernelPath::Portable, KernelPath::Avx2, KernelPath::Avx512] {
+        for path in [KernelPath::Portable, KernelPath::Avx2, KernelPath::Avx512, KernelPath::Neon] {
             let mut y = vec![f32::NAN; 5];
             csr_rows(KernelPath::resolve(path), a, 0..5, 1.0, &x, 0.0, &mut y);
             assert_eq!(
@@ -424,8 +424,9 @@ mod tests {
         v.iter().map(|x| x.as_f64().to_bits()).collect()
     }
 
-    fn all_paths() -> [KernelPath; 3] {
-        [KernelPath::Portable, KernelPath::Avx2, KernelPath::Avx512].map(KernelPath::resolve)
+    fn all_paths() -> [KernelPath; 4] {
+        [KernelPath::Portable, KernelPath::Avx2, KernelPath::Avx512, KernelPath::Neon]
+            .map(KernelPath::resolve)
     }
 
     /// The gathering copies of the CSR row kernel give the portable copy's bits, for both
