@@ -242,8 +242,7 @@ fn main() {
         push("mask", "full-sort", (4096, 4096), s, 0, sort, sort);
         push("mask", "shears", (4096, 4096), s, 0, shears, sort);
     }
-    let sweep =
-        Sweep { kernel_path: format!("{:?}", shears_sparse::kernel_path()), threads, cells };
+    let sweep = Sweep { kernel_path: shears_sparse::kernel_description(), threads, cells };
     match serde_json::to_string_pretty(&sweep) {
         Ok(json) => println!("{json}"),
         Err(e) => panic!("cannot encode the sweep: {e}"),

@@ -189,7 +189,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     let report = Report {
         model: args.input.display().to_string(),
         threads: rayon::current_num_threads(),
-        kernel_path: format!("{:?}", shears_sparse::kernel_path()),
+        kernel_path: shears_sparse::kernel_description(),
         spatial: [h, w],
         tensors: rows,
         total,

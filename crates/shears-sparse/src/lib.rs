@@ -75,7 +75,7 @@ pub use compact::{Compacted, Compaction, compact_pair};
 pub use csr::{AnyCsr, Csr};
 pub use error::{Error, FormatError, Result};
 pub use index::SpIndex;
-pub use kernels::{KernelPath, SLICE_ROWS, kernel_path};
+pub use kernels::{KernelPath, SLICE_ROWS, kernel_description, kernel_path, uses_gathers};
 pub use nm::NmSparse;
 pub use persist::SPARSE_FORMAT_VERSION;
 pub use product::SparseProduct;

@@ -15,14 +15,17 @@ use shears_core::Scalar;
 /// An instruction set a kernel copy is compiled for. Each architecture has its own
 /// markers, so no copy of another architecture's is compiled (or left as dead code).
 pub(crate) trait Isa: Copy + Send + Sync + 'static {
-    /// The copy runs with AVX2 (and FMA) enabled: gathers are available.
+    /// The copy loads the batch-1 kernels' indexed inputs with AVX2 gather instructions
+    /// (it runs with AVX2 and FMA enabled); else one element at a time.
     #[cfg(target_arch = "x86_64")]
-    const AVX2: bool;
+    const GATHERS: bool;
     /// The copy loads its gathered lanes with explicit NEON lane loads (aarch64).
     #[cfg(target_arch = "aarch64")]
     const NEON: bool;
     /// [`fma`] fuses (rounds once). False only for `PortableUnfused`.
     const FUSED: bool = true;
+    /// [`window_mul_add8`] picks its `f32` inputs with two eight-lane permutes (AVX2).
+    const PERMUTES8: bool = false;
     /// [`window_mul_add16`] picks its `f32` inputs with one 16-lane permute (AVX-512).
     const PERMUTES16: bool = false;
     /// The batched N:M kernel runs four rows per tile, not two: their accumulators fit
@@ -57,6 +60,14 @@ pub(crate) struct Avx2;
 #[derive(Clone, Copy)]
 pub(crate) struct Avx512;
 
+/// `P`'s copy with its gathers replaced by loads of one element at a time (into vector
+/// registers, which the compiler does on its own). A gather is one instruction but not
+/// one load: on some CPUs (AMD's Zen 3 among them) eight separate loads are faster, so
+/// which copy the batch-1 kernels run is measured at first use (`kernels::gathers`).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) struct LaneLoads<P>(std::marker::PhantomData<P>);
+
 /// NEON (Advanced SIMD), which every aarch64 CPU has: the batch-1 kernels' indexed loads
 /// are written as NEON lane loads into vector registers, whatever the compiler's
 /// vectoriser makes of the portable copy's scalar ones.
@@ -66,7 +77,7 @@ pub(crate) struct Neon;
 
 #[cfg(target_arch = "x86_64")]
 impl Isa for Portable {
-    const AVX2: bool = false;
+    const GATHERS: bool = false;
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -79,20 +90,31 @@ impl Isa for Portable {}
 
 #[cfg(target_arch = "x86_64")]
 impl Isa for PortableUnfused {
-    const AVX2: bool = false;
+    const GATHERS: bool = false;
     const FUSED: bool = false;
 }
 
 #[cfg(target_arch = "x86_64")]
 impl Isa for Avx2 {
-    const AVX2: bool = true;
+    const GATHERS: bool = true;
+    const PERMUTES8: bool = true;
 }
 
 #[cfg(target_arch = "x86_64")]
 impl Isa for Avx512 {
-    const AVX2: bool = true;
+    const GATHERS: bool = true;
+    const PERMUTES8: bool = true;
     const PERMUTES16: bool = true;
     const FOUR_ROW_TILES: bool = true;
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<P: Isa> Isa for LaneLoads<P> {
+    const GATHERS: bool = false;
+    const FUSED: bool = P::FUSED;
+    const PERMUTES8: bool = P::PERMUTES8;
+    const PERMUTES16: bool = P::PERMUTES16;
+    const FOUR_ROW_TILES: bool = P::FOUR_ROW_TILES;
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -139,10 +161,10 @@ pub(crate) unsafe fn gather_mul_add8<P: Isa, T: Scalar>(
     debug_assert!(v.len() >= 8);
     debug_assert!(idx.iter().all(|&i| (i as usize) < x.len() && i <= i32::MAX as u32));
     #[cfg(target_arch = "x86_64")]
-    if P::AVX2 {
+    if P::GATHERS {
         if is::<T, f32>() {
             // SAFETY: T is f32, so [T; 8] is [f32; 8] and the slices hold f32; the copy was
-            // compiled with AVX2 (P::AVX2); v holds 8 values and the caller bounds idx.
+            // compiled with AVX2 (P::GATHERS); v holds 8 values and the caller bounds idx.
             return unsafe {
                 std::mem::transmute_copy(&x86::gather_mul_add8_f32(
                     std::mem::transmute_copy(&acc),
@@ -213,7 +235,7 @@ pub(crate) unsafe fn gather_mul_add8_masked<P: Isa, T: Scalar>(
         (0..8).all(|j| !live[j] || ((idx[j] as usize) < x.len() && idx[j] <= i32::MAX as u32))
     );
     #[cfg(target_arch = "x86_64")]
-    if P::AVX2 {
+    if P::GATHERS {
         let mask = live.map(|l| -i32::from(l));
         if is::<T, f32>() {
             // SAFETY: T is f32 (so the transmutes are between equal types); the copy was
@@ -276,6 +298,58 @@ pub(crate) unsafe fn gather_mul_add8_masked<P: Isa, T: Scalar>(
         } else {
             acc[j]
         }
+    })
+}
+
+/// Whether [`window_mul_add8`] permutes on this copy (else a kernel is better off with
+/// [`gather_mul_add8`]).
+#[inline(always)]
+pub(crate) fn permutes8<P: Isa, T: Scalar>() -> bool {
+    P::PERMUTES8 && is::<T, f32>()
+}
+
+/// One step of an eight-lane dot product over eight slots whose inputs lie in a window of
+/// 16 consecutive elements, slots 0-3 in its first eight and slots 4-7 in its last eight:
+/// `acc[j] + v[j] * window[offsets[j] + p[j]]`. N:M rows with `M = 2N` have this shape
+/// (2:4: eight slots are four groups, 16 columns). The AVX2 and AVX-512 copies for `f32`
+/// pick the inputs with two eight-lane permutes (`vpermps`) and a blend instead of a
+/// gather, which costs several times more on some CPUs (AMD's Zen 3 among them); others
+/// load them one at a time. Same bits on every copy.
+///
+/// # Safety
+/// `v` and `p` must hold 8 entries and `window` 16; `offsets[j] + p[j]` must be `< 8` for
+/// `j < 4` and in `8..16` for `j >= 4`.
+#[inline(always)]
+pub(crate) unsafe fn window_mul_add8<P: Isa, T: Scalar>(
+    acc: [T; 8],
+    v: &[T],
+    p: &[u8],
+    window: &[T],
+    offsets: [u32; 8],
+) -> [T; 8] {
+    debug_assert!(v.len() >= 8 && p.len() >= 8 && window.len() >= 16);
+    debug_assert!((0..8).all(|j| {
+        let at = offsets[j] + u32::from(p[j]);
+        if j < 4 { at < 8 } else { (8..16).contains(&at) }
+    }));
+    #[cfg(target_arch = "x86_64")]
+    if permutes8::<P, T>() {
+        // SAFETY: T is f32; the copy was compiled with AVX2 (only the AVX2 and AVX-512
+        // copies set P::PERMUTES8); the lengths and index bounds are the caller's contract.
+        return unsafe {
+            std::mem::transmute_copy(&x86::window_mul_add8_f32(
+                std::mem::transmute_copy(&acc),
+                v.as_ptr().cast::<f32>(),
+                p.as_ptr(),
+                window.as_ptr().cast::<f32>(),
+                offsets,
+            ))
+        };
+    }
+    std::array::from_fn(|j| {
+        let at = (offsets[j] + u32::from(p[j])) as usize;
+        // SAFETY: offsets[j] + p[j] < 16 <= window.len() by the caller's contract.
+        acc[j] + v[j] * unsafe { *window.get_unchecked(at) }
     })
 }
 
@@ -441,6 +515,33 @@ pub(crate) mod x86 {
             let sum_lo = _mm256_add_pd(acc[0], _mm256_mul_pd(_mm256_loadu_pd(v), lo));
             let sum_hi = _mm256_add_pd(acc[1], _mm256_mul_pd(_mm256_loadu_pd(v.add(4)), hi));
             [_mm256_blendv_pd(acc[0], sum_lo, lo_mask), _mm256_blendv_pd(acc[1], sum_hi, hi_mask)]
+        }
+    }
+
+    /// [`super::window_mul_add8`] for `f32` with AVX2: each `vpermps` picks eight lanes
+    /// from one half of the window by the low three bits of `offsets + p`, and the blend
+    /// takes lanes 0-3 from the first half and 4-7 from the second.
+    ///
+    /// # Safety
+    /// AVX2 must be available; `v`, `p` must point to 8 entries and `window` to 16.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn window_mul_add8_f32(
+        acc: __m256,
+        v: *const f32,
+        p: *const u8,
+        window: *const f32,
+        offsets: [u32; 8],
+    ) -> __m256 {
+        // SAFETY: the loads are in bounds by the caller's contract (8 bytes of p, 16
+        // values of window, 8 of v); [u32; 8] and __m256i have the same size.
+        unsafe {
+            let offsets: __m256i = std::mem::transmute(offsets);
+            let idx = _mm256_add_epi32(offsets, _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cast())));
+            let lo = _mm256_permutevar8x32_ps(_mm256_loadu_ps(window), idx);
+            let hi = _mm256_permutevar8x32_ps(_mm256_loadu_ps(window.add(8)), idx);
+            let xs = _mm256_blend_ps::<0b1111_0000>(lo, hi);
+            _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(v), xs))
         }
     }
 
@@ -651,10 +752,10 @@ mod tests {
         a.map(|v| v.as_f64().to_bits())
     }
 
-    /// The three helpers on copy `P`: both gather steps, the window step, and the masked
+    /// The helpers on copy `P`: both gather steps, the 16-slot window step, the masked
     /// gather with every other lane dead (their indices far past the window: a copy that
-    /// loaded one would read outside it).
-    fn on_copy<P: Isa, T: Scalar>() -> [[u64; 8]; 3] {
+    /// loaded one would read outside it), and the 8-slot window step.
+    fn on_copy<P: Isa, T: Scalar>() -> [[u64; 8]; 4] {
         let (acc, v, p, window) = fixture::<T>();
         let offsets: [u32; 16] = std::array::from_fn(|j| (j / 2 * 4) as u32);
         let idx: [u32; 16] = std::array::from_fn(|j| offsets[j] + u32::from(p[j]));
@@ -670,10 +771,14 @@ mod tests {
         let masked_idx: [u32; 8] = std::array::from_fn(|j| if live[j] { idx[j] } else { 1 << 30 });
         // SAFETY: the live indices are < 32; the dead ones are never loaded.
         let masked = unsafe { gather_mul_add8_masked::<P, T>(acc, &v, &window, masked_idx, live) };
-        [bits(step(step(acc, 0), 8)), bits(windowed), bits(masked)]
+        let offsets8: [u32; 8] = std::array::from_fn(|j| offsets[j]);
+        // SAFETY: 8 values and positions, a 16-element window; slots 0-3 read below 8 and
+        // slots 4-7 in 8..16 (offsets 0, 0, 4, 4, 8, 8, 12, 12 plus positions 0 or 1).
+        let windowed8 = unsafe { window_mul_add8::<P, T>(acc, &v, &p, &window[..16], offsets8) };
+        [bits(step(step(acc, 0), 8)), bits(windowed), bits(masked), bits(windowed8)]
     }
 
-    /// Every copy this CPU runs of the three helpers, for both element types, gives the
+    /// Every copy this CPU runs of the helpers, for both element types, gives the
     /// by-hand bits; the portable fallback of the window helper (which kernels only reach
     /// through the AVX-512 copy for f32) included.
     #[test]
@@ -686,16 +791,22 @@ mod tests {
             for j in (0..8).step_by(2) {
                 masked[j] += v[j] * window[idx[j]];
             }
-            let want = [full, full, bits(masked)];
+            let mut first8 = acc;
+            for j in 0..8 {
+                first8[j] += v[j] * window[idx[j]];
+            }
+            let want = [full, full, bits(masked), bits(first8)];
             let supported = |path| KernelPath::resolve(path) == path;
             assert_eq!(on_copy::<Portable, T>(), want, "portable");
             #[cfg(target_arch = "x86_64")]
             {
                 if supported(KernelPath::Avx2) {
                     assert_eq!(on_copy::<Avx2, T>(), want, "avx2");
+                    assert_eq!(on_copy::<LaneLoads<Avx2>, T>(), want, "avx2, lane loads");
                 }
                 if supported(KernelPath::Avx512) {
                     assert_eq!(on_copy::<Avx512, T>(), want, "avx512");
+                    assert_eq!(on_copy::<LaneLoads<Avx512>, T>(), want, "avx512, lane loads");
                 }
             }
             #[cfg(target_arch = "aarch64")]

@@ -119,36 +119,62 @@ pub fn kernel_path() -> KernelPath {
 /// compiled for the given [`KernelPath`]: one wrapper per instruction set, all calling the
 /// same body, so the compiler vectorises it for each. The body's first type parameter is
 /// the [`isa::Isa`] marker of the copy, for the intrinsics the compiler does not emit.
+///
+/// A `gathering` kernel (one that calls [`isa::gather_mul_add8`]) gets a second copy of
+/// each x86 vector path that loads one element at a time ([`isa::LaneLoads`]), and runs
+/// the one [`gathers`] measured faster on this CPU.
 macro_rules! multiversion {
     ($(#[$meta:meta])* fn $name:ident<$($g:ident : $bound:path),*>($($arg:ident : $ty:ty),* $(,)?) => $kernel:ident) => {
+        $crate::kernels::multiversion!(@define false $(#[$meta])* fn $name<$($g: $bound),*>($($arg: $ty),*) => $kernel);
+    };
+    ($(#[$meta:meta])* gathering fn $name:ident<$($g:ident : $bound:path),*>($($arg:ident : $ty:ty),* $(,)?) => $kernel:ident) => {
+        $crate::kernels::multiversion!(@define true $(#[$meta])* fn $name<$($g: $bound),*>($($arg: $ty),*) => $kernel);
+    };
+    (@define $gathering:literal $(#[$meta:meta])* fn $name:ident<$($g:ident : $bound:path),*>($($arg:ident : $ty:ty),*) => $kernel:ident) => {
         $(#[$meta])*
         #[allow(clippy::too_many_arguments, reason = "mirrors the kernel's own signature")]
         fn $name<$($g: $bound),*>(path: $crate::kernels::KernelPath, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
+                use $crate::kernels::isa;
                 #[target_feature(enable = "avx512f,avx2,fma")]
                 #[allow(clippy::too_many_arguments, reason = "mirrors the kernel's own signature")]
-                fn avx512<$($g: $bound),*>($($arg: $ty),*) {
-                    $kernel::<$crate::kernels::isa::Avx512, $($g),*>($($arg),*)
+                fn avx512<Q: isa::Isa, $($g: $bound),*>($($arg: $ty),*) {
+                    $kernel::<Q, $($g),*>($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(clippy::too_many_arguments, reason = "mirrors the kernel's own signature")]
-                fn avx2<$($g: $bound),*>($($arg: $ty),*) {
-                    $kernel::<$crate::kernels::isa::Avx2, $($g),*>($($arg),*)
+                fn avx2<Q: isa::Isa, $($g: $bound),*>($($arg: $ty),*) {
+                    $kernel::<Q, $($g),*>($($arg),*)
                 }
                 match path {
-                    // SAFETY: KernelPath::Avx512 is only ever resolved after
-                    // `is_x86_feature_detected!("avx512f")` (KernelPath::supported).
-                    $crate::kernels::KernelPath::Avx512 => unsafe { avx512::<$($g),*>($($arg),*) },
-                    // SAFETY: KernelPath::Avx2 is only ever resolved after detecting avx2 and fma.
-                    $crate::kernels::KernelPath::Avx2 => unsafe { avx2::<$($g),*>($($arg),*) },
+                    $crate::kernels::KernelPath::Avx512 => {
+                        // (A constant condition: kernels that never gather get no copy.)
+                        if $gathering && !$crate::kernels::gathers(path) {
+                            // SAFETY: as below.
+                            return unsafe {
+                                avx512::<isa::LaneLoads<isa::Avx512>, $($g),*>($($arg),*)
+                            };
+                        }
+                        // SAFETY: KernelPath::Avx512 is only ever resolved after
+                        // `is_x86_feature_detected!("avx512f")` (KernelPath::supported).
+                        unsafe { avx512::<isa::Avx512, $($g),*>($($arg),*) }
+                    }
+                    $crate::kernels::KernelPath::Avx2 => {
+                        // (A constant condition: kernels that never gather get no copy.)
+                        if $gathering && !$crate::kernels::gathers(path) {
+                            // SAFETY: as below.
+                            return unsafe {
+                                avx2::<isa::LaneLoads<isa::Avx2>, $($g),*>($($arg),*)
+                            };
+                        }
+                        // SAFETY: KernelPath::Avx2 is only ever resolved after detecting
+                        // avx2 and fma.
+                        unsafe { avx2::<isa::Avx2, $($g),*>($($arg),*) }
+                    }
                     // Portable, and the paths of other architectures (never resolved here).
-                    _ if $crate::kernels::isa::portable_fuses() => {
-                        $kernel::<$crate::kernels::isa::Portable, $($g),*>($($arg),*)
-                    }
-                    _ => {
-                        $kernel::<$crate::kernels::isa::PortableUnfused, $($g),*>($($arg),*)
-                    }
+                    _ if isa::portable_fuses() => $kernel::<isa::Portable, $($g),*>($($arg),*),
+                    _ => $kernel::<isa::PortableUnfused, $($g),*>($($arg),*),
                 }
             }
             #[cfg(target_arch = "aarch64")]
@@ -169,6 +195,40 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+/// Whether the batch-1 kernels on `path` (an x86 vector path) load their indexed inputs
+/// with gather instructions rather than one element at a time: `SHEARS_GATHER=on|off` if
+/// set, else whichever of the two copies runs a small CSR product faster on this CPU,
+/// measured once per path and process (under a millisecond). Both copies compute the
+/// same bits, so the choice changes speed only.
+pub(crate) fn gathers(path: KernelPath) -> bool {
+    static AVX2: OnceLock<bool> = OnceLock::new();
+    static AVX512: OnceLock<bool> = OnceLock::new();
+    let cell = if path == KernelPath::Avx512 { &AVX512 } else { &AVX2 };
+    *cell.get_or_init(|| {
+        match std::env::var("SHEARS_GATHER").ok().map(|v| v.trim().to_ascii_lowercase()).as_deref()
+        {
+            Some("on" | "1") => true,
+            Some("off" | "0") => false,
+            _ => spmv::gather_is_faster(path),
+        }
+    })
+}
+
+/// Whether the batch-1 kernels of the [`kernel_path`] in use gather (AVX2 or AVX-512
+/// gather instructions) or load one element at a time, the faster of the two on this CPU
+/// (measured once; `SHEARS_GATHER=on|off` forces it). Always false on paths without
+/// gather instructions.
+pub fn uses_gathers() -> bool {
+    matches!(kernel_path(), KernelPath::Avx2 | KernelPath::Avx512) && gathers(kernel_path())
+}
+
+/// The kernel path in use and how its batch-1 kernels load indexed inputs, for reports:
+/// `Avx2, gathers`, `Avx2, lane loads`, `Portable, lane loads`.
+pub fn kernel_description() -> String {
+    let loads = if uses_gathers() { "gathers" } else { "lane loads" };
+    format!("{:?}, {loads}", kernel_path())
+}
 
 /// Rows per sliced-ELLPACK slice: one lane each of an eight-lane vector. Part of the
 /// format's definition (and of its stored bytes, versioned by

@@ -12,7 +12,10 @@ use std::ops::Range;
 
 use shears_core::Scalar;
 
-use super::isa::{Isa, gather_mul_add8, gather_mul_add8_masked, permutes16, window_mul_add16};
+use super::isa::{
+    Isa, gather_mul_add8, gather_mul_add8_masked, permutes8, permutes16, window_mul_add8,
+    window_mul_add16,
+};
 use super::{
     BsrView, CsrView, KernelPath, NmView, SLICE_ROWS, SellView, combine, for_units, kernel_path,
     multiversion,
@@ -25,6 +28,82 @@ const LANES: usize = 8;
 /// signed 32-bit offsets, so wider inputs (over 2^31 columns) use the portable copy.
 fn gathering_path(ncols: usize) -> KernelPath {
     if ncols <= 1 << 31 { kernel_path() } else { KernelPath::Portable }
+}
+
+/// Whether `path`'s gathering copy of the CSR row kernel beats its [`LaneLoads`] copy on
+/// a small product run here: 128 rows of 512 entries at scattered columns of a 4096-entry
+/// `x` (rows of a 4096-wide layer at 87.5%), each copy timed seven times, alternately, two
+/// products a time, best of seven: about a millisecond and a half in all.
+///
+/// [`LaneLoads`]: super::isa::LaneLoads
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn gather_is_faster(path: KernelPath) -> bool {
+    use std::time::{Duration, Instant};
+
+    use super::isa::{Avx2, Avx512, LaneLoads};
+
+    #[target_feature(enable = "avx2,fma")]
+    fn avx2<Q: Isa>(a: CsrView<'_, f32, u32>, x: &[f32], out: &mut [f32]) {
+        csr_rows_kernel::<Q, f32, u32>(a, 0..a.nrows, 1.0, x, 0.0, out);
+    }
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    fn avx512<Q: Isa>(a: CsrView<'_, f32, u32>, x: &[f32], out: &mut [f32]) {
+        csr_rows_kernel::<Q, f32, u32>(a, 0..a.nrows, 1.0, x, 0.0, out);
+    }
+
+    if !matches!(path, KernelPath::Avx2 | KernelPath::Avx512) {
+        return false;
+    }
+    let (nrows, per_row, ncols) = (128usize, 512usize, 4096usize);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut indices: Vec<u32> = Vec::with_capacity(nrows * per_row);
+    for _ in 0..nrows {
+        let row = indices.len();
+        // Distinct sorted columns: one per stride of ncols / per_row, at a random offset.
+        for k in 0..per_row {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let stride = ncols / per_row;
+            indices.push((k * stride + (state >> 33) as usize % stride) as u32);
+        }
+        debug_assert!(indices[row..].windows(2).all(|w| w[0] < w[1]));
+    }
+    let values: Vec<f32> = (0..nrows * per_row).map(|k| (k % 7) as f32 * 0.25 - 0.75).collect();
+    let indptr: Vec<usize> = (0..=nrows).map(|r| r * per_row).collect();
+    let x: Vec<f32> = (0..ncols).map(|c| (c % 5) as f32 * 0.5).collect();
+    let a = CsrView { nrows, ncols, indptr: &indptr, indices: &indices, values: &values };
+    let mut out = vec![0.0f32; nrows];
+    let mut time = |gather: bool| {
+        let start = Instant::now();
+        for _ in 0..2 {
+            // SAFETY: `path` is Avx2 or Avx512, resolved only where the CPU has it; the
+            // matrix is valid (sorted columns < ncols == x.len() <= 2^31).
+            unsafe {
+                match (path, gather) {
+                    (KernelPath::Avx512, true) => avx512::<Avx512>(a, &x, &mut out),
+                    (KernelPath::Avx512, false) => avx512::<LaneLoads<Avx512>>(a, &x, &mut out),
+                    (_, true) => avx2::<Avx2>(a, &x, &mut out),
+                    (_, false) => avx2::<LaneLoads<Avx2>>(a, &x, &mut out),
+                }
+            }
+        }
+        std::hint::black_box(&out);
+        start.elapsed()
+    };
+    let mut best = [Duration::MAX; 2];
+    for _ in 0..7 {
+        for gather in [true, false] {
+            best[usize::from(gather)] = best[usize::from(gather)].min(time(gather));
+        }
+    }
+    best[1] <= best[0]
+}
+
+/// Without gather instructions there is nothing to measure.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) fn gather_is_faster(_path: KernelPath) -> bool {
+    false
 }
 
 #[inline(always)]
@@ -86,7 +165,7 @@ fn csr_rows_kernel<P: Isa, T: Scalar, I: SpIndex>(
 }
 
 multiversion! {
-    fn csr_rows<T: Scalar, I: SpIndex>(a: CsrView<'_, T, I>, rows: Range<usize>, alpha: T, x: &[T], beta: T, out: &mut [T]) => csr_rows_kernel
+    gathering fn csr_rows<T: Scalar, I: SpIndex>(a: CsrView<'_, T, I>, rows: Range<usize>, alpha: T, x: &[T], beta: T, out: &mut [T]) => csr_rows_kernel
 }
 
 pub(crate) fn csr_spmv<T: Scalar, I: SpIndex>(
@@ -134,6 +213,28 @@ fn nm_dot<P: Isa, T: Scalar, const N: usize>(
                 )
             };
             start += 16;
+        }
+    }
+    // Eight slots at a time from a 16-column window where M = 2N (1:2, 2:4, 4:8): four
+    // slots in each half of the window, which the AVX2 copies permute instead of gathering.
+    if permutes8::<P, T>() && m == 2 * N {
+        let offsets: [u32; 8] = std::array::from_fn(|j| ((j / N) * m) as u32);
+        while start + 8 <= full && (start / N) * m + 16 <= x.len() {
+            let c0 = (start / N) * m;
+            // SAFETY: 8 slots from `start` exist (start + 8 <= full), the window of 16 lies
+            // in x (checked), and with M = 2N slot j's column (j / N) * m + p is below 8
+            // for j < 4 and in 8..16 for j >= 4, because the validator bounds every
+            // position by m.
+            acc = unsafe {
+                window_mul_add8::<P, T>(
+                    acc,
+                    &values[start..],
+                    &positions[start..],
+                    &x[c0..c0 + 16],
+                    offsets,
+                )
+            };
+            start += 8;
         }
     }
     for (c, (v, p)) in values[start..full]
@@ -191,7 +292,7 @@ fn nm_rows_kernel<P: Isa, T: Scalar>(
 }
 
 multiversion! {
-    fn nm_rows<T: Scalar>(a: NmView<'_, T>, rows: Range<usize>, alpha: T, x: &[T], beta: T, out: &mut [T]) => nm_rows_kernel
+    gathering fn nm_rows<T: Scalar>(a: NmView<'_, T>, rows: Range<usize>, alpha: T, x: &[T], beta: T, out: &mut [T]) => nm_rows_kernel
 }
 
 pub(crate) fn nm_spmv<T: Scalar>(a: NmView<'_, T>, alpha: T, x: &[T], beta: T, y: &mut [T]) {
@@ -297,7 +398,7 @@ fn sell_windows_kernel<P: Isa, T: Scalar, I: SpIndex>(
 }
 
 multiversion! {
-    fn sell_windows<T: Scalar, I: SpIndex>(a: SellView<'_, T, I>, windows: Range<usize>, alpha: T, x: &[T], beta: T, out: &mut [T]) => sell_windows_kernel
+    gathering fn sell_windows<T: Scalar, I: SpIndex>(a: SellView<'_, T, I>, windows: Range<usize>, alpha: T, x: &[T], beta: T, out: &mut [T]) => sell_windows_kernel
 }
 
 pub(crate) fn sell_spmv<T: Scalar, I: SpIndex>(
