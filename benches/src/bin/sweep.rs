@@ -14,7 +14,7 @@ use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 use shears_benches::{SEED, magnitude_mask, matrix, rows_mask, two_four_mask, vector};
 use shears_core::{LayerContext, Mask, NmPattern, PruningStrategy, Sparsity};
-use shears_sparse::{AnySparse, Csr, Format, SparseProduct};
+use shears_sparse::{AnySparse, Bf16Csr, Csr, Format, Int8Csr, SparseProduct};
 use shears_strategies::Magnitude;
 
 /// One measured cell; the field names are read by tools and stay stable. Each format's
@@ -168,6 +168,17 @@ fn main() {
         let row_mask = rows_mask(&w, 0.5);
         let compact = build(&row_mask, Format::Compact);
         formats.push(("compact", 0.5, row_mask, compact));
+        // The same CSR matrices with narrow stored values (int8 with a scale per row, bf16),
+        // at 90% and the sparsest level of the grid.
+        let mut narrow: Vec<(&'static str, f64, Box<dyn SparseProduct<f32>>)> = Vec::new();
+        for &s in sparsities.iter().filter(|&&s| s >= 0.9) {
+            let csr = Csr::<f32, u16>::from_dense_masked(&w, &magnitude_mask(&w, s))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let int8: Int8Csr<u16> = Int8Csr::from_csr(&csr).unwrap_or_else(|e| panic!("{e}"));
+            let bf16: Bf16Csr<u16> = Bf16Csr::from_csr(&csr).unwrap_or_else(|e| panic!("{e}"));
+            narrow.push(("csr-int8", s, Box::new(int8)));
+            narrow.push(("csr-bf16", s, Box::new(bf16)));
+        }
         for &batch in batches {
             let x = if batch == 1 {
                 DMatrix::from_column_slice(cols, 1, vector(cols, SEED + 1).as_slice())
@@ -190,6 +201,12 @@ fn main() {
                     let (d, t) = timer.paired(dense_run(&w, &x), sprs_run(&csr, &xa, &x));
                     push(kernel, "sprs-csr", (rows, cols), *s, batch, t, d);
                 }
+            }
+            for (format, s, matrix) in &narrow {
+                let mut y = DMatrix::zeros(rows, x.ncols());
+                let run = || drop(black_box(matrix.matmul_into(1.0, black_box(&x), 0.0, &mut y)));
+                let (d, t) = timer.paired(dense_run(&w, &x), run);
+                push(kernel, format, (rows, cols), *s, batch, t, d);
             }
         }
     }

@@ -223,6 +223,7 @@ impl<T: Scalar, I: SpIndex> Csr<T, I> {
             indptr: &self.indptr,
             indices: &self.indices,
             values: &self.values,
+            row_scales: None,
         }
     }
 

@@ -107,15 +107,9 @@ impl Int8Matrix {
                 scales.push(1.0);
             }
             for chunk in row.chunks(group) {
-                let max = chunk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
-                // A subnormal max makes max / 127 round to zero: such weights are zero
-                // to int8 anyway.
-                let scale = if scale > 0.0 { scale } else { 1.0 };
+                let scale = symmetric_scale(chunk);
                 scales.push(scale);
-                values.extend(chunk.iter().map(|&v| {
-                    (f64::from(v) / f64::from(scale)).round_ties_even().clamp(-127.0, 127.0) as i8
-                }));
+                values.extend(chunk.iter().map(|&v| quantize_value(v, scale)));
             }
         }
         Ok(Int8Matrix { rows, cols, scheme, values, scales })
@@ -176,6 +170,20 @@ impl Int8Matrix {
             self.scale_of(r, c) * f32::from(self.values[r * self.cols + c])
         })
     }
+}
+
+/// The scale of weights that share one: `max |w| / 127`, or 1 where they are all zero (or
+/// so small that `max / 127` rounds to zero: such weights are zero to int8 anyway).
+/// Weights must be finite.
+pub(crate) fn symmetric_scale(weights: &[f32]) -> f32 {
+    let max = weights.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale = max / 127.0;
+    if scale > 0.0 { scale } else { 1.0 }
+}
+
+/// `round(w / scale)` with ties to even, in `-127..=127`; zero for a weight of zero.
+pub(crate) fn quantize_value(w: f32, scale: f32) -> i8 {
+    (f64::from(w) / f64::from(scale)).round_ties_even().clamp(-127.0, 127.0) as i8
 }
 
 #[cfg(test)]

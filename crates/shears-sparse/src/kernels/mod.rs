@@ -39,6 +39,7 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
+use shears_core::Scalar;
 
 pub(crate) use spmm::{bsr_spmm, csr_spmm, nm_spmm, sell_spmm};
 pub(crate) use spmv::{bsr_spmv, csr_spmv, nm_spmv, sell_spmv};
@@ -199,7 +200,7 @@ pub(crate) use multiversion;
 /// Whether the batch-1 kernels on `path` (an x86 vector path) load their indexed inputs
 /// with gather instructions rather than one element at a time: `SHEARS_GATHER=on|off` if
 /// set, else whichever of the two copies runs a small CSR product faster on this CPU,
-/// measured once per path and process (under a millisecond). Both copies compute the
+/// measured once per path and process (about 2 ms; gathers must win by 5%). Both copies compute the
 /// same bits, so the choice changes speed only.
 pub(crate) fn gathers(path: KernelPath) -> bool {
     static AVX2: OnceLock<bool> = OnceLock::new();
@@ -242,14 +243,67 @@ pub const SLICE_ROWS: usize = 8;
 /// faster on the calling thread.
 const PARALLEL_WORK: usize = 1 << 20;
 
-/// A borrowed, validated CSR matrix.
+/// A value type a format stores, read as the kernels' arithmetic type `T`: `T` itself, or
+/// a narrower one widened exactly on load (`bf16` and `f16` to `f32`, and `i8`, whose
+/// matrices carry a scale per row).
+pub(crate) trait Stored<T>: Copy + Send + Sync + 'static {
+    /// The value as `T`, exactly.
+    fn get(self) -> T;
+
+    /// `values` as `T`s without a copy, when they already are.
+    #[inline(always)]
+    fn as_compute(values: &[Self]) -> Option<&[T]> {
+        let _ = values;
+        None
+    }
+}
+
+impl<T: Scalar> Stored<T> for T {
+    #[inline(always)]
+    fn get(self) -> T {
+        self
+    }
+
+    #[inline(always)]
+    fn as_compute(values: &[T]) -> Option<&[T]> {
+        Some(values)
+    }
+}
+
+impl Stored<f32> for half::bf16 {
+    #[inline(always)]
+    fn get(self) -> f32 {
+        // bf16 is the top half of an f32: the shift is the exact conversion, and it
+        // vectorises (half's own `to_f32` keeps NaN payload handling out of the loop).
+        f32::from_bits(u32::from(self.to_bits()) << 16)
+    }
+}
+
+impl Stored<f32> for half::f16 {
+    #[inline(always)]
+    fn get(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+impl Stored<f32> for i8 {
+    #[inline(always)]
+    fn get(self) -> f32 {
+        f32::from(self)
+    }
+}
+
+/// A borrowed, validated CSR matrix whose values are stored as `V` (by default `T`), with
+/// an optional scale per row that multiplies the row's dot product (quantized values).
 #[derive(Clone, Copy)]
-pub(crate) struct CsrView<'a, T, I> {
+pub(crate) struct CsrView<'a, T, I, V = T> {
     pub(crate) nrows: usize,
     pub(crate) ncols: usize,
     pub(crate) indptr: &'a [usize],
     pub(crate) indices: &'a [I],
-    pub(crate) values: &'a [T],
+    pub(crate) values: &'a [V],
+    /// `nrows` scales, or `None` for 1.
+    pub(crate) row_scales: Option<&'a [T]>,
 }
 
 /// A borrowed, validated N:M matrix: `n` slots per group of `m` columns per row.
@@ -423,7 +477,7 @@ pub(crate) trait Units: Copy + Sync {
     fn rows_before(&self, u: usize) -> usize;
 }
 
-impl<T: Copy + Sync, I: Copy + Sync> Units for CsrView<'_, T, I> {
+impl<T: Copy + Sync, I: Copy + Sync, V: Copy + Sync> Units for CsrView<'_, T, I, V> {
     fn units(&self) -> usize {
         self.nrows
     }
@@ -491,7 +545,7 @@ fn for_units<T: Send, U: Units>(a: U, out: &mut [T], f: impl Fn(Range<usize>, &m
 
 /// `alpha * v + beta * y`, with `y` not read when `beta == 0`.
 #[inline(always)]
-fn combine<T: shears_core::Scalar>(alpha: T, v: T, beta: T, y: T) -> T {
+fn combine<T: Scalar>(alpha: T, v: T, beta: T, y: T) -> T {
     if beta == T::zero() { alpha * v } else { alpha * v + beta * y }
 }
 

@@ -18,8 +18,8 @@ use shears_core::Scalar;
 
 use super::isa::{Isa, fma};
 use super::{
-    BsrView, CsrView, NmView, SLICE_ROWS, SellView, Units, combine, kernel_path, multiversion,
-    parallel_ranges,
+    BsrView, CsrView, NmView, SLICE_ROWS, SellView, Stored, Units, combine, kernel_path,
+    multiversion, parallel_ranges,
 };
 use crate::index::SpIndex;
 
@@ -30,7 +30,7 @@ use crate::index::SpIndex;
 const UNROLL: usize = 4;
 
 /// Adds one tile of `W` batch columns of one output row, from (a run of) the row's
-/// values and columns, into `out`.
+/// values and columns, times the row's scale if it has one, into `out`.
 #[inline(always)]
 fn tile<P: Isa, T: Scalar, I: SpIndex, const W: usize>(
     values: &[T],
@@ -38,6 +38,7 @@ fn tile<P: Isa, T: Scalar, I: SpIndex, const W: usize>(
     xt: &[T],
     batch: usize,
     t0: usize,
+    scale: Option<T>,
     out: &mut [T],
 ) {
     let mut acc = [T::zero(); W];
@@ -62,8 +63,9 @@ fn tile<P: Isa, T: Scalar, I: SpIndex, const W: usize>(
             acc[j] = fma::<P, T>(v, xs[j], acc[j]);
         }
     }
-    for (o, a) in out[t0..t0 + W].iter_mut().zip(acc) {
-        *o += a;
+    match scale {
+        Some(s) => out[t0..t0 + W].iter_mut().zip(acc).for_each(|(o, a)| *o += a * s),
+        None => out[t0..t0 + W].iter_mut().zip(acc).for_each(|(o, a)| *o += a),
     }
 }
 
@@ -75,45 +77,58 @@ fn row_tiles<P: Isa, T: Scalar, I: SpIndex>(
     cols: &[I],
     xt: &[T],
     batch: usize,
+    scale: Option<T>,
     out: &mut [T],
 ) {
     let mut t0 = 0;
     while t0 + 32 <= batch {
-        tile::<P, T, I, 32>(values, cols, xt, batch, t0, out);
+        tile::<P, T, I, 32>(values, cols, xt, batch, t0, scale, out);
         t0 += 32;
     }
     while t0 + 8 <= batch {
-        tile::<P, T, I, 8>(values, cols, xt, batch, t0, out);
+        tile::<P, T, I, 8>(values, cols, xt, batch, t0, scale, out);
         t0 += 8;
     }
     while t0 < batch {
-        tile::<P, T, I, 1>(values, cols, xt, batch, t0, out);
+        tile::<P, T, I, 1>(values, cols, xt, batch, t0, scale, out);
         t0 += 1;
     }
 }
 
 #[inline(always)]
-fn csr_rows_kernel<P: Isa, T: Scalar, I: SpIndex>(
-    a: CsrView<'_, T, I>,
+fn csr_rows_kernel<P: Isa, T: Scalar, V: Stored<T>, I: SpIndex>(
+    a: CsrView<'_, T, I, V>,
     rows: Range<usize>,
     xt: &[T],
     batch: usize,
     out: &mut [T],
 ) {
+    // Narrow values are widened once per row, not once per tile of the batch.
+    let mut widened: Vec<T> = Vec::new();
     for (k, r) in rows.enumerate() {
         let range = a.indptr[r]..a.indptr[r + 1];
+        let stored = &a.values[range.clone()];
+        let values = match V::as_compute(stored) {
+            Some(values) => values,
+            None => {
+                widened.clear();
+                widened.extend(stored.iter().map(|v| v.get()));
+                &widened[..]
+            }
+        };
         row_tiles::<P, T, I>(
-            &a.values[range.clone()],
+            values,
             &a.indices[range],
             xt,
             batch,
+            a.row_scales.map(|s| s[r]),
             &mut out[k * batch..(k + 1) * batch],
         );
     }
 }
 
 multiversion! {
-    fn csr_rows<T: Scalar, I: SpIndex>(a: CsrView<'_, T, I>, rows: Range<usize>, xt: &[T], batch: usize, out: &mut [T]) => csr_rows_kernel
+    fn csr_rows<T: Scalar, V: Stored<T>, I: SpIndex>(a: CsrView<'_, T, I, V>, rows: Range<usize>, xt: &[T], batch: usize, out: &mut [T]) => csr_rows_kernel
 }
 
 /// Rows of an N:M matrix processed together: they share their groups' input rows.
@@ -404,8 +419,8 @@ fn spmm<T: Scalar, U: Units>(
     }
 }
 
-pub(crate) fn csr_spmm<T: Scalar, I: SpIndex>(
-    a: CsrView<'_, T, I>,
+pub(crate) fn csr_spmm<T: Scalar, V: Stored<T>, I: SpIndex>(
+    a: CsrView<'_, T, I, V>,
     alpha: T,
     x: &DMatrix<T>,
     beta: T,
@@ -494,7 +509,14 @@ fn sell_windows_kernel<P: Isa, T: Scalar, I: SpIndex>(
             cols.clear();
             cols.extend(steps.map(|k| slice_cols[k]));
             let r = a.order[lane] - first_row;
-            row_tiles::<P, T, I>(&values, &cols, xt, batch, &mut out[r * batch..(r + 1) * batch]);
+            row_tiles::<P, T, I>(
+                &values,
+                &cols,
+                xt,
+                batch,
+                None,
+                &mut out[r * batch..(r + 1) * batch],
+            );
         }
     }
 }
@@ -519,6 +541,45 @@ mod tests {
     use super::*;
     use crate::kernels::KernelPath;
 
+    /// Narrow stored values (int8 with row scales, bf16, f16) give the portable copy's
+    /// bits on every copy of the batched CSR kernel.
+    #[test]
+    fn narrow_values_give_the_portable_bits_on_every_copy() {
+        fn check<V: Stored<f32>>(narrow: impl Fn(f32) -> V, scaled: bool) {
+            let (nrows, ncols, batch) = (21usize, 203usize, 43usize);
+            let (mut indptr, mut indices) = (vec![0], Vec::new());
+            for r in 0..nrows {
+                indices
+                    .extend((0..ncols).filter(|c| (c * 7 + r * 13) % 5 < r % 5).map(|c| c as u32));
+                indptr.push(indices.len());
+            }
+            let values: Vec<V> =
+                (0..indices.len()).map(|k| narrow((k as f32 * 0.37).sin() * 100.0)).collect();
+            let scales: Vec<f32> = (0..nrows).map(|r| 0.01 + r as f32 * 1e-3).collect();
+            let a = CsrView {
+                nrows,
+                ncols,
+                indptr: &indptr,
+                indices: &indices,
+                values: &values,
+                row_scales: scaled.then_some(&scales[..]),
+            };
+            let xt: Vec<f32> = (0..ncols * batch).map(|k| (k as f32 * 0.07).sin()).collect();
+            let run = |path| {
+                let mut out = vec![0.0f32; nrows * batch];
+                csr_rows(KernelPath::resolve(path), a, 0..nrows, &xt, batch, &mut out);
+                out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            let portable = run(KernelPath::Portable);
+            for path in [KernelPath::Avx2, KernelPath::Avx512, KernelPath::Neon] {
+                assert_eq!(run(path), portable, "{path:?}");
+            }
+        }
+        check::<i8>(|v| v.round_ties_even().clamp(-127.0, 127.0) as i8, true);
+        check::<half::bf16>(half::bf16::from_f32, false);
+        check::<half::f16>(half::f16::from_f32, false);
+    }
+
     /// Every compiled path gives the portable path's bits (fused multiply-adds included)
     /// for batches that use every tile width (32, 8, 1) and rows of every remainder of
     /// the four-weight unroll, and agrees with a plain sum.
@@ -541,6 +602,7 @@ mod tests {
             indptr: &indptr,
             indices: &indices,
             values: &values,
+            row_scales: None,
         };
         for batch in [1, 8, 43] {
             let xt: Vec<f32> = (0..ncols * batch).map(|k| (k as f32 * 0.11).cos()).collect();
@@ -675,9 +737,16 @@ mod tests {
             vec![1u16, 4, 9, 13, 20, 31, 39],
             vec![0.3f32, -1.7, 2.2, 0.9, -0.4, 1.3, 0.6],
         );
-        let a = CsrView { nrows: 1, ncols, indptr: &indptr, indices: &indices, values: &values };
+        let a = CsrView {
+            nrows: 1,
+            ncols,
+            indptr: &indptr,
+            indices: &indices,
+            values: &values,
+            row_scales: None,
+        };
         let mut out = vec![0.0f32; batch];
-        csr_rows_kernel::<PortableUnfused, f32, u16>(a, 0..1, &xt, batch, &mut out);
+        csr_rows_kernel::<PortableUnfused, f32, f32, u16>(a, 0..1, &xt, batch, &mut out);
         for (j, &got) in out.iter().enumerate() {
             let c = |k: usize| usize::from(indices[k]);
             let mut acc = 0.0f32;

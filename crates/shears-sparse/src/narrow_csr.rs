@@ -1,0 +1,424 @@
+//! [`NarrowCsr`]: CSR whose values are stored narrower than `f32` (int8 with a scale per
+//! row, bf16, f16) and widened on load, so the products move fewer bytes per weight.
+
+use half::{bf16, f16};
+use nalgebra::DMatrix;
+use shears_core::Mask;
+
+use crate::csr::Csr;
+use crate::error::{Error, Result};
+use crate::index::SpIndex;
+use crate::kernels::{self, Stored};
+use crate::product::{Operands, Sealed, SparseProduct};
+use crate::quant::{quantize_value, symmetric_scale};
+use crate::validate;
+
+mod sealed {
+    #![allow(unreachable_pub, reason = "sealed: public in name, unnameable outside")]
+    pub trait Sealed {}
+    impl Sealed for i8 {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for half::f16 {}
+}
+
+/// A value type [`NarrowCsr`] stores: `i8` (symmetric, one scale per row), `bf16` or
+/// `f16` (no scale). Sealed: the kernels widen exactly these.
+#[allow(private_bounds, reason = "the kernels' widening trait stays crate-private")]
+pub trait NarrowValue: sealed::Sealed + Stored<f32> + std::fmt::Debug + PartialEq {
+    /// What the value is called in errors and reports (`int8`, `bf16`, `f16`).
+    const NAME: &'static str;
+
+    /// Whether rows carry a scale (`int8`); else every scale is 1 and never applied.
+    const SCALED: bool;
+
+    /// Narrows one row of finite `f32` values into `out`, returning the row's scale (1
+    /// for the formats without one).
+    ///
+    /// # Errors
+    /// A value the type cannot hold: beyond `f16`'s range, say (`Error::InvalidQuantization`
+    /// with the value's position in the row).
+    #[doc(hidden)]
+    fn narrow_row(row: &[f32], out: &mut Vec<Self>) -> Result<f32>;
+}
+
+impl NarrowValue for i8 {
+    const NAME: &'static str = "int8";
+    const SCALED: bool = true;
+
+    /// `scale = max |w| / 127` (1 for a row of zeros), values `round(w / scale)` with ties
+    /// to even: every weight within half a step, and zero stays zero.
+    fn narrow_row(row: &[f32], out: &mut Vec<i8>) -> Result<f32> {
+        let scale = symmetric_scale(row);
+        out.extend(row.iter().map(|&v| quantize_value(v, scale)));
+        Ok(scale)
+    }
+}
+
+impl NarrowValue for bf16 {
+    const NAME: &'static str = "bf16";
+    const SCALED: bool = false;
+
+    /// Rounded to nearest, ties to even; bf16 has f32's range, so nothing overflows.
+    fn narrow_row(row: &[f32], out: &mut Vec<bf16>) -> Result<f32> {
+        out.extend(row.iter().map(|&v| bf16::from_f32(v)));
+        Ok(1.0)
+    }
+}
+
+impl NarrowValue for f16 {
+    const NAME: &'static str = "f16";
+    const SCALED: bool = false;
+
+    /// Rounded to nearest, ties to even; a value beyond f16's range (65504) is an error,
+    /// not an infinity.
+    fn narrow_row(row: &[f32], out: &mut Vec<f16>) -> Result<f32> {
+        for (k, &v) in row.iter().enumerate() {
+            let h = f16::from_f32(v);
+            if h.is_infinite() {
+                return Err(Error::InvalidQuantization {
+                    reason: format!("value {v} (entry {k} of its row) is beyond f16's range"),
+                });
+            }
+            out.push(h);
+        }
+        Ok(1.0)
+    }
+}
+
+/// A CSR matrix of `f32` weights stored as `V` (`i8`, `bf16` or `f16`) with column indices
+/// of type `I`: `A[r, c] = scale[r] * V[r, c]` (the scale is 1 for `bf16` and `f16`).
+///
+/// At batch 1 a product reads each stored weight's value and column once, so narrower
+/// values mean fewer bytes moved: 3 bytes per weight for `i8` with `u16` columns against
+/// 6 for `f32`. The kernels are [`Csr`]'s, widening each value to `f32` exactly as it is
+/// loaded; products take and give `f32`.
+///
+/// # Invariants
+/// [`Csr`]'s, checked by [`NarrowCsr::try_from_parts`]; and `scales.len() == nrows`, each
+/// scale positive and finite (all 1 for `bf16` and `f16`).
+///
+/// ```
+/// use nalgebra::{dmatrix, dvector};
+/// use shears_sparse::{Csr, Int8Csr, SparseProduct};
+///
+/// let w = dmatrix![127.0f32, 0.0, -63.5; 0.0, 2.0, 0.0];
+/// let q: Int8Csr<u16> = Int8Csr::from_csr(&Csr::from_dense(&w)?)?;
+/// assert_eq!(q.values(), [127, -64, 127]); // -63.5 rounds to even
+/// assert_eq!(q.scales(), [1.0, 2.0 / 127.0]);
+/// assert_eq!(q.matvec(&dvector![1.0, 1.0, 1.0])?[0], 63.0);
+/// # Ok::<(), shears_sparse::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct NarrowCsr<V, I = u32> {
+    nrows: usize,
+    ncols: usize,
+    indptr: Vec<usize>,
+    indices: Vec<I>,
+    values: Vec<V>,
+    scales: Vec<f32>,
+}
+
+/// [`NarrowCsr`] with int8 values and a scale per row.
+pub type Int8Csr<I = u32> = NarrowCsr<i8, I>;
+/// [`NarrowCsr`] with bf16 values.
+pub type Bf16Csr<I = u32> = NarrowCsr<bf16, I>;
+/// [`NarrowCsr`] with f16 values.
+pub type F16Csr<I = u32> = NarrowCsr<f16, I>;
+
+impl<V: NarrowValue, I: SpIndex> NarrowCsr<V, I> {
+    /// `csr`'s entries (the same positions, kept zeros included) narrowed to `V`.
+    ///
+    /// # Errors
+    /// [`shears_core::Error::NonFinite`] for a NaN or infinite value;
+    /// [`Error::InvalidQuantization`] for a value `V` cannot hold (naming its row).
+    pub fn from_csr(csr: &Csr<f32, I>) -> Result<Self> {
+        if let Some(index) = csr.values().iter().position(|v| !v.is_finite()) {
+            return Err(shears_core::Error::NonFinite { tensor: "weights".into(), index }.into());
+        }
+        let (nrows, ncols) = csr.shape();
+        let mut values = Vec::with_capacity(csr.nnz());
+        let mut scales = Vec::with_capacity(nrows);
+        for r in 0..nrows {
+            let row = &csr.values()[csr.indptr()[r]..csr.indptr()[r + 1]];
+            let scale = V::narrow_row(row, &mut values).map_err(|e| match e {
+                Error::InvalidQuantization { reason } => {
+                    Error::InvalidQuantization { reason: format!("row {r}: {reason}") }
+                }
+                other => other,
+            })?;
+            scales.push(scale);
+        }
+        Ok(NarrowCsr {
+            nrows,
+            ncols,
+            indptr: csr.indptr().to_vec(),
+            indices: csr.indices().to_vec(),
+            values,
+            scales,
+        })
+    }
+
+    /// The entries of `weights` that `mask` keeps, narrowed to `V`.
+    ///
+    /// # Errors
+    /// As [`Csr::from_dense_masked`] and [`NarrowCsr::from_csr`].
+    pub fn from_dense_masked(weights: &DMatrix<f32>, mask: &Mask) -> Result<Self> {
+        Self::from_csr(&Csr::from_dense_masked(weights, mask)?)
+    }
+
+    /// A matrix from raw buffers, validated.
+    ///
+    /// # Errors
+    /// [`Error::Format`] naming the first failed check of the CSR structure;
+    /// [`Error::IndexOverflow`] if `I` cannot address `ncols`; [`Error::InvalidQuantization`]
+    /// for a scale count other than `nrows`, a scale that is not positive and finite, or
+    /// (for `bf16`/`f16`) one other than 1.
+    pub fn try_from_parts(
+        nrows: usize,
+        ncols: usize,
+        indptr: Vec<usize>,
+        indices: Vec<I>,
+        values: Vec<V>,
+        scales: Vec<f32>,
+    ) -> Result<Self> {
+        if ncols > I::MAX_COLS {
+            return Err(Error::IndexOverflow { what: "column count", value: ncols, bits: I::BITS });
+        }
+        validate::compressed(nrows, ncols, &indptr, &indices, values.len())
+            .map_err(|error| Error::Format { format: "narrow csr", error })?;
+        if scales.len() != nrows {
+            return Err(Error::InvalidQuantization {
+                reason: format!("{} scales for {nrows} rows", scales.len()),
+            });
+        }
+        if let Some(r) =
+            scales.iter().position(|&s| !(s.is_finite() && s > 0.0) || (!V::SCALED && s != 1.0))
+        {
+            return Err(Error::InvalidQuantization {
+                reason: format!("row {r}: scale {} for {} values", scales[r], V::NAME),
+            });
+        }
+        Ok(NarrowCsr { nrows, ncols, indptr, indices, values, scales })
+    }
+
+    /// `(nrows, ncols)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.nrows, self.ncols)
+    }
+
+    /// Stored entries.
+    pub fn nnz(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Row pointers (`nrows + 1`).
+    pub fn indptr(&self) -> &[usize] {
+        &self.indptr
+    }
+
+    /// Column indices, row by row.
+    pub fn indices(&self) -> &[I] {
+        &self.indices
+    }
+
+    /// Stored values, row by row.
+    pub fn values(&self) -> &[V] {
+        &self.values
+    }
+
+    /// One scale per row (all 1 for `bf16` and `f16`).
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// Bytes a batch-1 product reads from the matrix: values, column indices, row
+    /// pointers and scales.
+    pub fn bytes_read(&self) -> usize {
+        self.nnz() * (size_of::<V>() + size_of::<I>())
+            + self.indptr.len() * size_of::<usize>()
+            + self.scales.len() * size_of::<f32>()
+    }
+
+    /// The `f32` matrix the stored values stand for (`scale * value`, exactly as the
+    /// products read it).
+    pub fn to_csr(&self) -> Csr<f32, I> {
+        let mut values = Vec::with_capacity(self.nnz());
+        for r in 0..self.nrows {
+            let s = self.scales[r];
+            let row = &self.values[self.indptr[r]..self.indptr[r + 1]];
+            values.extend(row.iter().map(|v| if V::SCALED { s * v.get() } else { v.get() }));
+        }
+        Csr::from_parts_trusted(
+            self.nrows,
+            self.ncols,
+            self.indptr.clone(),
+            self.indices.clone(),
+            values,
+        )
+    }
+
+    fn as_view(&self) -> kernels::CsrView<'_, f32, I, V> {
+        kernels::CsrView {
+            nrows: self.nrows,
+            ncols: self.ncols,
+            indptr: &self.indptr,
+            indices: &self.indices,
+            values: &self.values,
+            // bf16 and f16 rows are not scaled: no multiply by 1 per row.
+            row_scales: V::SCALED.then_some(&self.scales[..]),
+        }
+    }
+}
+
+impl<V: NarrowValue, I: SpIndex> Sealed<f32> for NarrowCsr<V, I> {
+    /// [`Csr`]'s kernels, multi-threaded and bit-identical across paths and threads in the
+    /// same way; each row's dot product is multiplied by its scale before `alpha`.
+    fn product(&self, operands: Operands<'_, f32>) {
+        match operands {
+            Operands::Vector { alpha, x, beta, y } => {
+                kernels::csr_spmv(self.as_view(), alpha, x, beta, y)
+            }
+            Operands::Matrix { alpha, x, beta, y } => {
+                kernels::csr_spmm(self.as_view(), alpha, x, beta, y)
+            }
+        }
+    }
+}
+
+impl<V: NarrowValue, I: SpIndex> SparseProduct<f32> for NarrowCsr<V, I> {
+    fn shape(&self) -> (usize, usize) {
+        (self.nrows, self.ncols)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nalgebra::DMatrix;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A pruned matrix of values spread over several magnitudes, about `density` kept.
+    fn pruned(nrows: usize, ncols: usize, density: f64, seed: u64) -> DMatrix<f32> {
+        let mut state = seed | 1;
+        DMatrix::from_fn(nrows, ncols, |_, _| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let u = (state >> 11) as f64 / (1u64 << 53) as f64;
+            if u >= density {
+                0.0
+            } else {
+                (((state % 1000) as f64 / 500.0 - 1.0) * 10f64.powi((state % 4) as i32 - 2)) as f32
+            }
+        })
+    }
+
+    /// The product as a plain loop over the dequantized entries in f64, the oracle.
+    fn reference(a: &Csr<f32, u32>, x: &DMatrix<f32>) -> DMatrix<f64> {
+        let dense = a.to_dense().map(f64::from);
+        dense * x.map(f64::from)
+    }
+
+    fn check<V: NarrowValue>(
+        w: &DMatrix<f32>,
+        batch: usize,
+    ) -> std::result::Result<(), TestCaseError> {
+        let csr: Csr<f32, u32> = Csr::from_dense(w).unwrap();
+        let narrow = NarrowCsr::<V, u32>::from_csr(&csr).unwrap();
+        prop_assert_eq!(narrow.indices(), csr.indices());
+        let widened = narrow.to_csr();
+        // Every weight within half a quantization step (int8) or half an ulp of V.
+        for r in 0..csr.nrows() {
+            for k in csr.indptr()[r]..csr.indptr()[r + 1] {
+                let (w, got) = (f64::from(csr.values()[k]), f64::from(widened.values()[k]));
+                let bound = if V::NAME == "int8" {
+                    f64::from(narrow.scales()[r]) / 2.0 * (1.0 + 1e-6)
+                } else {
+                    w.abs() * if V::NAME == "bf16" { 2f64.powi(-8) } else { 2f64.powi(-11) } + 1e-7
+                };
+                prop_assert!((w - got).abs() <= bound, "{} r{r} {w} -> {got}", V::NAME);
+                prop_assert!(w != 0.0 || got == 0.0, "zero stays zero");
+            }
+        }
+        let x =
+            DMatrix::from_fn(w.ncols(), batch, |c, j| ((c * 7 + j * 3) % 11) as f32 * 0.25 - 1.0);
+        let want = reference(&widened, &x);
+        let got = if batch == 1 {
+            DMatrix::from_column_slice(
+                w.nrows(),
+                1,
+                narrow.matvec(&x.column(0).into_owned()).unwrap().as_slice(),
+            )
+        } else {
+            narrow.matmul(&x).unwrap()
+        };
+        for (g, e) in got.iter().zip(want.iter()) {
+            let tol = 1e-4 * (1.0 + e.abs()) + 1e-5 * x.nrows() as f64;
+            prop_assert!((f64::from(*g) - e).abs() <= tol, "{} batch {batch}: {g} vs {e}", V::NAME);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        /// Narrowing keeps every weight within its bound and every pruned zero zero, and
+        /// the products equal the widened matrix's dense product (in f64) at batch 1 and
+        /// batched, for int8, bf16 and f16.
+        #[test]
+        fn products_match_the_widened_dense_product(
+            (nrows, ncols) in (1usize..40, 1usize..70),
+            density in 0.0f64..1.0,
+            batch in prop_oneof![Just(1usize), 2usize..40],
+            seed in any::<u64>(),
+        ) {
+            let w = pruned(nrows, ncols, density, seed);
+            check::<i8>(&w, batch)?;
+            check::<bf16>(&w, batch)?;
+            check::<f16>(&w, batch)?;
+        }
+    }
+
+    /// An int8 row's product is exactly `scale * (the integer dot product)` when the
+    /// inputs are small integers (every partial sum exact in f32).
+    #[test]
+    fn int8_rows_are_scaled_integer_dot_products() {
+        let w = pruned(17, 300, 0.3, 7);
+        let q = Int8Csr::<u16>::from_csr(&Csr::from_dense(&w).unwrap()).unwrap();
+        let x: Vec<f32> = (0..300).map(|c| ((c % 7) as f32) - 3.0).collect();
+        let mut y = vec![0.0f32; 17];
+        q.matvec_into(1.0, &x, 0.0, &mut y).unwrap();
+        for (r, &got) in y.iter().enumerate() {
+            let range = q.indptr()[r]..q.indptr()[r + 1];
+            let dot: i64 = range
+                .map(|k| i64::from(q.values()[k]) * x[usize::from(q.indices()[k])] as i64)
+                .sum();
+            assert_eq!(got, dot as f32 * q.scales()[r], "row {r}");
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let w = DMatrix::from_row_slice(1, 2, &[1.0f32, f32::NAN]);
+        assert!(matches!(
+            Int8Csr::<u32>::from_csr(&Csr::from_dense(&w).unwrap()),
+            Err(Error::Core(shears_core::Error::NonFinite { index: 1, .. }))
+        ));
+        let big = DMatrix::from_row_slice(2, 2, &[0.0f32, 1.0, 7e4, 0.0]);
+        let err = F16Csr::<u32>::from_csr(&Csr::from_dense(&big).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("row 1"), "{err}");
+        assert!(Bf16Csr::<u32>::from_csr(&Csr::from_dense(&big).unwrap()).is_ok());
+        let parts = |scales: Vec<f32>| {
+            Int8Csr::<u32>::try_from_parts(2, 3, vec![0, 1, 2], vec![0, 2], vec![5, -3], scales)
+        };
+        assert!(parts(vec![0.5, 2.0]).is_ok());
+        for bad in [vec![0.5], vec![0.5, 0.0], vec![f32::INFINITY, 1.0], vec![-1.0, 1.0]] {
+            assert!(matches!(parts(bad), Err(Error::InvalidQuantization { .. })));
+        }
+        let half =
+            Bf16Csr::<u32>::try_from_parts(1, 2, vec![0, 1], vec![1], vec![bf16::ONE], vec![2.0]);
+        assert!(matches!(half, Err(Error::InvalidQuantization { .. })));
+        let unsorted =
+            Int8Csr::<u32>::try_from_parts(1, 3, vec![0, 2], vec![2, 1], vec![1, 1], vec![1.0]);
+        assert!(matches!(unsorted, Err(Error::Format { .. })));
+    }
+}
