@@ -150,12 +150,25 @@ impl Selector {
         check_finite(tensor, scores.as_slice())?;
         let (nrows, ncols) = scores.shape();
         let mut mask = kept.cloned().unwrap_or_else(|| Mask::all_kept_like(scores));
-        for r in 0..nrows {
+        // The scores' keys row-major, so each row is read contiguously (a row of the
+        // column-major matrix is strided: one cache line per element on wide layers),
+        // transposed in blocks of columns, each block's columns read side by side.
+        const BLOCK: usize = 32;
+        let mut keys = vec![T::zero().order_key(); nrows * ncols];
+        let data = scores.as_slice();
+        for c0 in (0..ncols).step_by(BLOCK) {
+            let c1 = (c0 + BLOCK).min(ncols);
+            for r in 0..nrows {
+                for c in c0..c1 {
+                    keys[r * ncols + c] = data[c * nrows + r].order_key();
+                }
+            }
+        }
+        for (r, row) in keys.chunks_exact(ncols.max(1)).enumerate().take(nrows) {
             let is_kept = |c: usize| mask.bit(c * nrows + r);
             let already = (0..ncols).filter(|&c| !is_kept(c)).count();
             let count = self.extra(sparsity, ncols, already);
-            let row = scores.row(r);
-            let pruned = prune_lowest_indexed(row.iter().map(|x| x.order_key()), is_kept, count);
+            let pruned = prune_lowest_indexed(row.iter().copied(), is_kept, count);
             for c in pruned {
                 mask.clear_bit(c * nrows + r);
             }

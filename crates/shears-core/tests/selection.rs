@@ -89,6 +89,29 @@ proptest! {
     }
 
     #[test]
+    fn per_row_with_a_kept_mask_is_row_by_row(scores in scored(12), s in arb::sparsity(), seed in any::<u64>()) {
+        let mut state = seed | 1;
+        let kept = Mask::from_fn(scores.nrows(), scores.ncols(), |_, _| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % 3 != 0
+        }).unwrap();
+        let mask = Selector::new().select_per_row("t", &scores, s, Some(&kept)).unwrap();
+        prop_assert!(mask.is_subset_of(&kept).unwrap());
+        for r in 0..scores.nrows() {
+            let row = DMatrix::from_row_slice(1, scores.ncols(), scores.row(r).transpose().as_slice());
+            let row_kept = Mask::from_fn(1, scores.ncols(), |_, c| kept.get(r, c) == Some(true)).unwrap();
+            let target = s.count_of(scores.ncols(), Rounding::HalfEven);
+            let extra = target.saturating_sub(row_kept.count_pruned());
+            let expected = oracle(&row, Some(&row_kept), extra);
+            for c in 0..scores.ncols() {
+                prop_assert_eq!(mask.get(r, c), expected.get(0, c), "({}, {})", r, c);
+            }
+        }
+    }
+
+    #[test]
     fn groups_are_whole(scores in scored(12), s in arb::sparsity(), by_rows in any::<bool>()) {
         let g = if by_rows { Granularity::Rows } else { Granularity::Columns };
         let shape = WeightShape::dense(scores.nrows(), scores.ncols());
