@@ -39,6 +39,11 @@ pub trait NarrowValue: sealed::Sealed + Stored<f32> + std::fmt::Debug + PartialE
     /// with the value's position in the row).
     #[doc(hidden)]
     fn narrow_row(row: &[f32], out: &mut Vec<Self>) -> Result<f32>;
+
+    /// Whether a stored value is one the format can hold: finite (`bf16`, `f16`), or in
+    /// `-127..=127` (`i8`, symmetric).
+    #[doc(hidden)]
+    fn is_valid(self) -> bool;
 }
 
 impl NarrowValue for i8 {
@@ -52,16 +57,33 @@ impl NarrowValue for i8 {
         out.extend(row.iter().map(|&v| quantize_value(v, scale)));
         Ok(scale)
     }
+
+    fn is_valid(self) -> bool {
+        self != i8::MIN
+    }
 }
 
 impl NarrowValue for bf16 {
     const NAME: &'static str = "bf16";
     const SCALED: bool = false;
 
-    /// Rounded to nearest, ties to even; bf16 has f32's range, so nothing overflows.
+    /// Rounded to nearest, ties to even; a value that rounds past bf16's largest (the top
+    /// of f32's range) is an error, not an infinity.
     fn narrow_row(row: &[f32], out: &mut Vec<bf16>) -> Result<f32> {
-        out.extend(row.iter().map(|&v| bf16::from_f32(v)));
+        for (k, &v) in row.iter().enumerate() {
+            let h = bf16::from_f32(v);
+            if h.is_infinite() {
+                return Err(Error::InvalidQuantization {
+                    reason: format!("value {v} (entry {k} of its row) is beyond bf16's range"),
+                });
+            }
+            out.push(h);
+        }
         Ok(1.0)
+    }
+
+    fn is_valid(self) -> bool {
+        self.is_finite()
     }
 }
 
@@ -82,6 +104,10 @@ impl NarrowValue for f16 {
             out.push(h);
         }
         Ok(1.0)
+    }
+
+    fn is_valid(self) -> bool {
+        self.is_finite()
     }
 }
 
@@ -171,8 +197,9 @@ impl<V: NarrowValue, I: SpIndex> NarrowCsr<V, I> {
     /// # Errors
     /// [`Error::Format`] naming the first failed check of the CSR structure;
     /// [`Error::IndexOverflow`] if `I` cannot address `ncols`; [`Error::InvalidQuantization`]
-    /// for a scale count other than `nrows`, a scale that is not positive and finite, or
-    /// (for `bf16`/`f16`) one other than 1.
+    /// for a stored value the format cannot hold (a NaN or infinity, or int8's -128), a
+    /// scale count other than `nrows`, a scale that is not positive and finite, or (for
+    /// `bf16`/`f16`) one other than 1.
     pub fn try_from_parts(
         nrows: usize,
         ncols: usize,
@@ -186,6 +213,15 @@ impl<V: NarrowValue, I: SpIndex> NarrowCsr<V, I> {
         }
         validate::compressed(nrows, ncols, &indptr, &indices, values.len())
             .map_err(|error| Error::Format { format: "narrow csr", error })?;
+        if let Some(k) = values.iter().position(|v| !v.is_valid()) {
+            return Err(Error::InvalidQuantization {
+                reason: format!(
+                    "stored value {:?} (entry {k}) is not a {} value",
+                    values[k],
+                    V::NAME
+                ),
+            });
+        }
         if scales.len() != nrows {
             return Err(Error::InvalidQuantization {
                 reason: format!("{} scales for {nrows} rows", scales.len()),
@@ -407,6 +443,31 @@ mod tests {
         let err = F16Csr::<u32>::from_csr(&Csr::from_dense(&big).unwrap()).unwrap_err();
         assert!(err.to_string().contains("row 1"), "{err}");
         assert!(Bf16Csr::<u32>::from_csr(&Csr::from_dense(&big).unwrap()).is_ok());
+        // The top of f32's range rounds past bf16's largest value.
+        let top = DMatrix::from_row_slice(2, 2, &[1.0f32, 0.0, 0.0, f32::MAX]);
+        let err = Bf16Csr::<u32>::from_csr(&Csr::from_dense(&top).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("row 1"), "{err}");
+        // int8 of f32::MAX dequantizes finitely, within half a step.
+        let max = DMatrix::from_row_slice(1, 2, &[f32::MAX, -f32::MAX]);
+        let q = Int8Csr::<u32>::from_csr(&Csr::from_dense(&max).unwrap()).unwrap();
+        let back = q.to_csr();
+        assert!(back.values().iter().all(|v| v.is_finite()), "{:?}", back.values());
+        assert!(
+            f64::from(f32::MAX) - f64::from(back.values()[0]) <= f64::from(q.scales()[0]) / 2.0
+        );
+        // Rows past usize's range are an error, not an overflow.
+        assert!(matches!(
+            Int8Csr::<u32>::try_from_parts(usize::MAX, 1, vec![], vec![], vec![], vec![]),
+            Err(Error::Format { .. })
+        ));
+        let stored =
+            |v: f16| F16Csr::<u32>::try_from_parts(1, 3, vec![0, 1], vec![2], vec![v], vec![1.0]);
+        assert!(stored(f16::ONE).is_ok());
+        assert!(matches!(stored(f16::INFINITY), Err(Error::InvalidQuantization { .. })));
+        assert!(matches!(stored(f16::NAN), Err(Error::InvalidQuantization { .. })));
+        let minus128 =
+            Int8Csr::<u32>::try_from_parts(1, 1, vec![0, 1], vec![0], vec![-128], vec![1.0]);
+        assert!(matches!(minus128, Err(Error::InvalidQuantization { .. })));
         let parts = |scales: Vec<f32>| {
             Int8Csr::<u32>::try_from_parts(2, 3, vec![0, 1, 2], vec![0, 2], vec![5, -3], scales)
         };

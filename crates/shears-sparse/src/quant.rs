@@ -177,8 +177,16 @@ impl Int8Matrix {
 /// Weights must be finite.
 pub(crate) fn symmetric_scale(weights: &[f32]) -> f32 {
     let max = weights.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let scale = max / 127.0;
-    if scale > 0.0 { scale } else { 1.0 }
+    let mut scale = max / 127.0;
+    if scale <= 0.0 {
+        return 1.0;
+    }
+    // Near f32::MAX, max / 127 can round up so far that 127 * scale overflows: step the
+    // scale down (by at most a few ulps) until the largest value dequantizes finitely.
+    while (127.0 * scale).is_infinite() {
+        scale = f32::from_bits(scale.to_bits() - 1);
+    }
+    scale
 }
 
 /// `round(w / scale)` with ties to even, in `-127..=127`; zero for a weight of zero.

@@ -17,8 +17,12 @@ pub(crate) fn compressed<I: SpIndex>(
     indices: &[I],
     values_len: usize,
 ) -> Result<(), FormatError> {
-    if indptr.len() != nrows + 1 {
-        return Err(FormatError::IndptrLength { expected: nrows + 1, found: indptr.len() });
+    // nrows = usize::MAX cannot have its nrows + 1 pointers: saturating keeps it an error.
+    if indptr.len() != nrows.saturating_add(1) || nrows == usize::MAX {
+        return Err(FormatError::IndptrLength {
+            expected: nrows.saturating_add(1),
+            found: indptr.len(),
+        });
     }
     if indices.len() != values_len {
         return Err(FormatError::LengthMismatch { indices: indices.len(), values: values_len });

@@ -71,7 +71,13 @@ impl KernelPath {
             #[cfg(target_arch = "x86_64")]
             KernelPath::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
             #[cfg(target_arch = "x86_64")]
-            KernelPath::Avx512 => is_x86_feature_detected!("avx512f"),
+            // The AVX-512 copies are compiled with AVX2 and FMA too, and a virtual CPU may
+            // report the features separately.
+            KernelPath::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+            }
             #[cfg(target_arch = "aarch64")]
             KernelPath::Neon => true,
             _ => false,
@@ -157,8 +163,8 @@ macro_rules! multiversion {
                                 avx512::<isa::LaneLoads<isa::Avx512>, $($g),*>($($arg),*)
                             };
                         }
-                        // SAFETY: KernelPath::Avx512 is only ever resolved after
-                        // `is_x86_feature_detected!("avx512f")` (KernelPath::supported).
+                        // SAFETY: KernelPath::Avx512 is only ever resolved after detecting
+                        // avx512f, avx2 and fma (KernelPath::supported).
                         unsafe { avx512::<isa::Avx512, $($g),*>($($arg),*) }
                     }
                     $crate::kernels::KernelPath::Avx2 => {
