@@ -12,12 +12,14 @@
 //! - [`BlockSparse`]: dense `r x c` blocks for block-pruned matrices;
 //! - [`Compacted`] / [`compact_pair`]: physically smaller dense matrices after
 //!   structured pruning;
+//! - [`NarrowCsr`] ([`Int8Csr`], [`Bf16Csr`], [`F16Csr`]): CSR with values stored in
+//!   fewer bytes (int8 with a scale per row, bf16, f16), on CSR's kernels;
 //!
-//! and [`choose_format`] picks among them from a mask and a batch size; [`AnySparse`]
-//! holds whichever it picked, and multiplies through the same [`SparseProduct`] trait as
-//! every format. Every format
-//! validates at construction ([`Csr::try_from_parts`] and friends), round-trips with
-//! `to_dense`, and persists with a magic tag and a version.
+//! and [`choose_format`] picks among the `f32`/`f64` ones from a mask and a batch size;
+//! [`AnySparse`] holds whichever it picked, and multiplies through the same
+//! [`SparseProduct`] trait as every format. Every format validates at construction
+//! ([`Csr::try_from_parts`] and friends) and round-trips with `to_dense` (`to_csr` for
+//! the narrow ones); the `f32`/`f64` ones persist with a magic tag and a version.
 //!
 //! The key decision: **one generic kernel per operation, compiled per instruction set.**
 //! The products ([`SparseProduct`]: `matvec_into`, `matmul_into`, in the BLAS form
