@@ -3,9 +3,10 @@
 //! Each kernel is written once, generic over the element and index types, as an
 //! `#[inline(always)]` row routine. [`KernelPath`] picks, once per process, which
 //! compiled copy runs: the same generic code compiled with AVX-512, with AVX2+FMA, with
-//! NEON lane loads (aarch64), or for the baseline target (always available). Users get SIMD from a plain
-//! `cargo build --release`, with no `RUSTFLAGS`. `SHEARS_KERNEL=portable|avx2|avx512|neon`
-//! forces a path (falling back to the best one the CPU supports) for testing.
+//! NEON lane loads (aarch64), or for the baseline target (always available). Users get
+//! SIMD from a plain `cargo build --release`, with no `RUSTFLAGS`.
+//! `SHEARS_KERNEL=portable|avx2|avx512|neon` forces a path (falling back to the best one
+//! the CPU supports) for testing.
 //!
 //! Every path evaluates the same arithmetic in the same order (explicit accumulator
 //! lanes), so all the paths a CPU can run, and all thread counts, give bit-identical
@@ -20,9 +21,11 @@
 //! Two loads the compiler will not vectorise without CPU-specific tuning are written
 //! with intrinsics in [`isa`], behind one generic function each: the batch-1 kernels'
 //! gather from `x` (AVX2 `vgatherdps`/`vgatherdpd`; on aarch64, which has no gather,
-//! NEON lane loads straight into the vector registers) and the 2:4 window permute
-//! (AVX-512 `vpermt2ps`). Each kernel body takes its copy's [`isa::Isa`] marker as a type
-//! parameter, so the intrinsics appear only in the copies whose CPU has them.
+//! NEON lane loads straight into the vector registers; on x86, whether gathers or lane
+//! loads run is measured at first use, see [`gathers`]) and the 2:4 window permutes (AVX2
+//! `vpermps` over 16 columns, AVX-512 `vpermt2ps` over 32). Each kernel body takes its
+//! copy's [`isa::Isa`] marker as a type parameter, so the intrinsics appear only in the
+//! copies whose CPU has them.
 //!
 //! This module is the only place in shears that contains `unsafe`: calling a
 //! `#[target_feature]` function, after checking the CPU has the feature, the intrinsics
