@@ -70,16 +70,7 @@ impl NarrowValue for bf16 {
     /// Rounded to nearest, ties to even; a value that rounds past bf16's largest (the top
     /// of f32's range) is an error, not an infinity.
     fn narrow_row(row: &[f32], out: &mut Vec<bf16>) -> Result<f32> {
-        for (k, &v) in row.iter().enumerate() {
-            let h = bf16::from_f32(v);
-            if h.is_infinite() {
-                return Err(Error::InvalidQuantization {
-                    reason: format!("value {v} (entry {k} of its row) is beyond bf16's range"),
-                });
-            }
-            out.push(h);
-        }
-        Ok(1.0)
+        narrow_float(row, out, bf16::from_f32, bf16::is_infinite)
     }
 
     fn is_valid(self) -> bool {
@@ -94,21 +85,32 @@ impl NarrowValue for f16 {
     /// Rounded to nearest, ties to even; a value beyond f16's range (65504) is an error,
     /// not an infinity.
     fn narrow_row(row: &[f32], out: &mut Vec<f16>) -> Result<f32> {
-        for (k, &v) in row.iter().enumerate() {
-            let h = f16::from_f32(v);
-            if h.is_infinite() {
-                return Err(Error::InvalidQuantization {
-                    reason: format!("value {v} (entry {k} of its row) is beyond f16's range"),
-                });
-            }
-            out.push(h);
-        }
-        Ok(1.0)
+        narrow_float(row, out, f16::from_f32, f16::is_infinite)
     }
 
     fn is_valid(self) -> bool {
         self.is_finite()
     }
+}
+
+/// A row of finite `f32` values rounded to a half-precision type `H` (scale 1); a value
+/// that becomes infinite is an error naming its entry.
+fn narrow_float<H: NarrowValue>(
+    row: &[f32],
+    out: &mut Vec<H>,
+    convert: fn(f32) -> H,
+    is_infinite: fn(H) -> bool,
+) -> Result<f32> {
+    for (k, &v) in row.iter().enumerate() {
+        let h = convert(v);
+        if is_infinite(h) {
+            return Err(Error::InvalidQuantization {
+                reason: format!("value {v} (entry {k} of its row) is beyond {}'s range", H::NAME),
+            });
+        }
+        out.push(h);
+    }
+    Ok(1.0)
 }
 
 /// A CSR matrix of `f32` weights stored as `V` (`i8`, `bf16` or `f16`) with column indices
