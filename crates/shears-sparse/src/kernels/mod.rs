@@ -315,6 +315,44 @@ pub(crate) struct CsrView<'a, T, I, V = T> {
     pub(crate) row_scales: Option<&'a [T]>,
 }
 
+/// A CSR test matrix with narrow values, shared by the batch-1 and batched kernels'
+/// tests: rows of every length over `ncols` columns, values over two decades, and (when
+/// `scaled`) a distinct scale per row.
+#[cfg(test)]
+pub(crate) struct NarrowFixture<V> {
+    nrows: usize,
+    ncols: usize,
+    indptr: Vec<usize>,
+    indices: Vec<u32>,
+    values: Vec<V>,
+    scales: Option<Vec<f32>>,
+}
+
+#[cfg(test)]
+impl<V: Copy> NarrowFixture<V> {
+    pub(crate) fn new(nrows: usize, ncols: usize, narrow: impl Fn(f32) -> V, scaled: bool) -> Self {
+        let (mut indptr, mut indices) = (vec![0], Vec::new());
+        for r in 0..nrows {
+            indices.extend((0..ncols).filter(|c| (c * 7 + r * 13) % 5 < r % 5).map(|c| c as u32));
+            indptr.push(indices.len());
+        }
+        let values = (0..indices.len()).map(|k| narrow((k as f32 * 0.37).sin() * 100.0)).collect();
+        let scales = scaled.then(|| (0..nrows).map(|r| 0.01 + r as f32 * 1e-3).collect());
+        NarrowFixture { nrows, ncols, indptr, indices, values, scales }
+    }
+
+    pub(crate) fn view(&self) -> CsrView<'_, f32, u32, V> {
+        CsrView {
+            nrows: self.nrows,
+            ncols: self.ncols,
+            indptr: &self.indptr,
+            indices: &self.indices,
+            values: &self.values,
+            row_scales: self.scales.as_deref(),
+        }
+    }
+}
+
 /// A borrowed, validated N:M matrix: `n` slots per group of `m` columns per row.
 #[derive(Clone, Copy)]
 pub(crate) struct NmView<'a, T> {

@@ -597,23 +597,8 @@ mod tests {
     fn narrow_values_give_the_portable_bits_on_every_copy() {
         fn check<V: Stored<f32>>(narrow: impl Fn(f32) -> V, scaled: bool) {
             let (nrows, ncols) = (33usize, 301usize);
-            let (mut indptr, mut indices) = (vec![0], Vec::new());
-            for r in 0..nrows {
-                indices
-                    .extend((0..ncols).filter(|c| (c * 7 + r * 13) % 5 < r % 5).map(|c| c as u32));
-                indptr.push(indices.len());
-            }
-            let values: Vec<V> =
-                (0..indices.len()).map(|k| narrow((k as f32 * 0.37).sin() * 100.0)).collect();
-            let scales: Vec<f32> = (0..nrows).map(|r| 0.01 + r as f32 * 1e-3).collect();
-            let a = CsrView {
-                nrows,
-                ncols,
-                indptr: &indptr,
-                indices: &indices,
-                values: &values,
-                row_scales: scaled.then_some(&scales[..]),
-            };
+            let fixture = crate::kernels::NarrowFixture::new(nrows, ncols, narrow, scaled);
+            let a = fixture.view();
             let x: Vec<f32> = (0..ncols).map(|k| (k as f32 * 0.11).cos()).collect();
             let mut reference = vec![0.0f32; nrows];
             csr_rows(KernelPath::Portable, a, 0..nrows, 1.0, &x, 0.0, &mut reference);
