@@ -7,11 +7,13 @@ use std::path::{Path, PathBuf};
 
 use nalgebra::DMatrix;
 use rayon::prelude::*;
+use safetensors::Dtype;
 use safetensors::tensor::TensorInfo;
 
 use crate::dtype::{Float, decode_into, float_size, zeros_in};
 use crate::error::{Error, Result};
 use crate::header::{self, Header, Invalid};
+use crate::quantized::{Dequantizer, quantization_group, scale_name};
 use crate::source::Source;
 use crate::transpose::transpose_into;
 
@@ -121,9 +123,28 @@ impl<S: Source> Checkpoint<S> {
         Ok((info, self.header.data_start + info.data_offsets.0 as u64))
     }
 
-    fn float_size(name: &str, info: &TensorInfo) -> Result<usize> {
-        float_size(info.dtype)
-            .ok_or_else(|| Error::NotFloat { tensor: name.to_owned(), dtype: info.dtype })
+    /// How tensor `name` decodes: a floating dtype, or int8 with the scales of its
+    /// `NAME.scale` tensor (read and validated here).
+    fn decoding(&self, name: &str, info: &TensorInfo) -> Result<Decoding> {
+        if let Some(size) = float_size(info.dtype) {
+            return Ok(Decoding::Float(info.dtype, size));
+        }
+        let not_float = || Error::NotFloat { tensor: name.to_owned(), dtype: info.dtype };
+        let scale = scale_name(name);
+        let (Dtype::I8, Some(scale_info)) = (info.dtype, self.info(&scale)) else {
+            return Err(not_float());
+        };
+        let group = quantization_group(self.metadata())?;
+        // The header was validated against the file, so this is bounded by its length.
+        let scales = match scale_info.dtype {
+            Dtype::F32 => self
+                .read_bytes(&scale)?
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Dequantizer::new(name, info, scale_info, scales, group).map(Decoding::Int8)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
@@ -190,7 +211,8 @@ impl<S: Source> Checkpoint<S> {
     /// Tensor `name`'s values in file (row-major) order, decoded into `T`.
     ///
     /// # Errors
-    /// [`Error::UnknownTensor`], [`Error::NotFloat`], or a read error.
+    /// [`Error::UnknownTensor`], [`Error::NotFloat`], [`Error::Quantized`] (an int8 tensor
+    /// with invalid scales), or a read error.
     pub fn read_values<T: Float>(&self, name: &str) -> Result<Vec<T>> {
         let mut values = Vec::new();
         self.read_values_reusing(name, &mut values)?;
@@ -200,7 +222,8 @@ impl<S: Source> Checkpoint<S> {
     /// How many of tensor `name`'s values are zero (either sign), read a chunk at a time.
     ///
     /// # Errors
-    /// [`Error::UnknownTensor`], [`Error::NotFloat`], or a read error.
+    /// [`Error::UnknownTensor`], [`Error::NotFloat`], [`Error::Quantized`] (an int8 tensor
+    /// with invalid scales), or a read error.
     pub fn count_zeros(&self, name: &str) -> Result<usize> {
         Ok(self.map_decoded(name, 1, zeros_in::<f64>)?.into_iter().sum())
     }
@@ -218,13 +241,15 @@ impl<S: Source> Checkpoint<S> {
         mut f: impl FnMut(&[T]) -> Result<(), E>,
     ) -> Result<(), E> {
         let (info, _) = self.located(name)?;
-        let size = Self::float_size(name, info)?;
+        let decoding = self.decoding(name, info)?;
+        let size = decoding.size();
         let mut scratch = Vec::new();
+        let mut first = 0;
         self.for_each_chunk(name, unit.saturating_mul(size), |bytes| {
             scratch.clear();
             scratch.resize(bytes.len() / size, T::zero());
-            // The dtype is a float one and the length whole values: this decodes.
-            decode_into(info.dtype, bytes, &mut scratch);
+            decoding.decode(bytes, first, &mut scratch);
+            first += scratch.len();
             f(&scratch)
         })
     }
@@ -242,8 +267,8 @@ impl<S: Source> Checkpoint<S> {
         f: impl Fn(&[T]) -> R + Sync + Send,
     ) -> Result<Vec<R>> {
         let (info, start) = self.located(name)?;
-        let dtype = info.dtype;
-        let size = Self::float_size(name, info)?;
+        let decoding = self.decoding(name, info)?;
+        let size = decoding.size();
         let total = info.data_offsets.1 - info.data_offsets.0;
         if total == 0 {
             return Ok(Vec::new());
@@ -264,7 +289,7 @@ impl<S: Source> Checkpoint<S> {
                 bytes.resize(step.min(total - i * step), 0);
                 self.read_at(bytes, start + (i * step) as u64)?;
                 values.resize(bytes.len() / size, T::zero());
-                decode_into(dtype, bytes, values);
+                decoding.decode(bytes, i * step / size, values);
                 Ok(f(values))
             })
             .collect()
@@ -275,11 +300,12 @@ impl<S: Source> Checkpoint<S> {
     /// the buffer, with no decoding pass.
     ///
     /// # Errors
-    /// [`Error::UnknownTensor`], [`Error::NotFloat`], or a read error.
+    /// [`Error::UnknownTensor`], [`Error::NotFloat`], [`Error::Quantized`] (an int8 tensor
+    /// with invalid scales), or a read error.
     pub fn read_values_reusing<T: Float>(&self, name: &str, spare: &mut Vec<T>) -> Result<()> {
         let (info, start) = self.located(name)?;
-        let dtype = info.dtype;
-        let size = Self::float_size(name, info)?;
+        let decoding = self.decoding(name, info)?;
+        let size = decoding.size();
         let len = (info.data_offsets.1 - info.data_offsets.0) / size;
         // Old values are all overwritten, so only a longer tail needs filling first.
         spare.truncate(len);
@@ -287,7 +313,10 @@ impl<S: Source> Checkpoint<S> {
         // Pieces of CHUNK_BYTES of the file, read (and decoded) on rayon's threads.
         let per_piece = (CHUNK_BYTES / size).max(1);
         let at = |piece: usize| start + (piece * per_piece * size) as u64;
-        if size == size_of::<T>() && cfg!(target_endian = "little") {
+        if matches!(decoding, Decoding::Float(..))
+            && size == size_of::<T>()
+            && cfg!(target_endian = "little")
+        {
             // Same width and both floating: the file holds `T`'s own bytes.
             return spare
                 .par_chunks_mut(per_piece)
@@ -299,7 +328,7 @@ impl<S: Source> Checkpoint<S> {
             |bytes, (i, values)| {
                 bytes.resize(values.len() * size, 0);
                 self.read_at(bytes, at(i))?;
-                decode_into(dtype, bytes, values);
+                decoding.decode(bytes, i * per_piece, values);
                 Ok(())
             },
         )
@@ -329,7 +358,7 @@ impl<S: Source> Checkpoint<S> {
     ) -> Result<DMatrix<T>> {
         let (info, _) = self.located(name)?;
         let (rows, cols) = matrix_shape(name, info)?;
-        Self::float_size(name, info)?;
+        self.decoding(name, info)?;
         // The header's validation bounds the element count by the file's length.
         let len = rows * cols;
         spare.clear();
@@ -346,6 +375,36 @@ impl<S: Source> Checkpoint<S> {
             Ok(())
         })?;
         Ok(matrix)
+    }
+}
+
+/// How a tensor's bytes become floating-point values.
+#[derive(Debug)]
+enum Decoding {
+    /// A floating dtype, and its bytes per value.
+    Float(Dtype, usize),
+    /// Int8 values (a byte each) with their scales.
+    Int8(Dequantizer),
+}
+
+impl Decoding {
+    /// Bytes per value.
+    fn size(&self) -> usize {
+        match self {
+            Decoding::Float(_, size) => *size,
+            Decoding::Int8(_) => 1,
+        }
+    }
+
+    /// Decodes `bytes`, whole values from the tensor's flat index `first` on, into `out`.
+    fn decode<T: Float>(&self, bytes: &[u8], first: usize, out: &mut [T]) {
+        match self {
+            // The dtype is a float one and the length whole values: this decodes.
+            Decoding::Float(dtype, _) => {
+                decode_into(*dtype, bytes, out);
+            }
+            Decoding::Int8(d) => d.decode_into(bytes, first, out),
+        }
     }
 }
 

@@ -49,15 +49,23 @@ pub enum Error {
         /// The name asked for.
         tensor: String,
     },
-    /// A tensor's dtype is not a floating-point one.
+    /// A tensor's dtype is not a floating-point one (nor int8 with scales).
     #[error(
-        "tensor `{tensor}` has dtype {dtype:?}: only f16, bf16, f32 and f64 tensors can be decoded"
+        "tensor `{tensor}` has dtype {dtype:?}: only f16, bf16, f32 and f64 tensors, and int8 ones with their `.scale` tensor, can be decoded"
     )]
     NotFloat {
         /// The tensor.
         tensor: String,
         /// Its dtype.
         dtype: Dtype,
+    },
+    /// A quantized tensor's scales or the file's quantization metadata are invalid.
+    #[error("quantized tensor `{tensor}`: {reason}")]
+    Quantized {
+        /// The tensor (or metadata entry) at fault.
+        tensor: String,
+        /// What is wrong.
+        reason: String,
     },
     /// A tensor's shape does not fit what was asked of it (a matrix view of a 3-D
     /// tensor, records that do not divide it).

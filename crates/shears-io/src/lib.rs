@@ -6,8 +6,9 @@
 //!
 //! - [`Checkpoint`] reads a safetensors file: the header is validated against the file
 //!   when it opens, and tensors are read one at a time with positioned reads (nothing is
-//!   memory-mapped), decoded from f16, bf16, f32 or f64 into `f32` or `f64`, whole, as
-//!   a matrix view, or streamed in pieces;
+//!   memory-mapped), decoded from f16, bf16, f32 or f64 (or int8 with its scales, the
+//!   layout `shears prune --quantize` writes: [`scale_name`]) into `f32` or `f64`, whole,
+//!   as a matrix view, or streamed in pieces;
 //! - [`write_safetensors`] / [`stage_safetensors`] write one tensor at a time through a
 //!   writer thread, to a temporary file that is renamed over the target only when
 //!   complete ([`PendingFile`], [`commit_all`] for outputs that must land together,
@@ -48,6 +49,7 @@ mod error;
 mod header;
 mod masks;
 mod model;
+mod quantized;
 pub mod paths;
 mod source;
 mod transpose;
@@ -67,6 +69,10 @@ pub use masks::{
     mask_from_bytes, read_mask_set, torch_mask_name, weight_of_torch_mask,
 };
 pub use model::{INDEX_NAME, Index, Layout, Model, SINGLE_NAME, TensorRef};
+pub use quantized::{
+    QUANTIZATION_KEY, QUANTIZED_FROM_KEY, SCALE_SUFFIX, quantization_group, quantized_matrix_shape,
+    scale_name,
+};
 pub use safetensors::Dtype;
 pub use safetensors::tensor::TensorInfo;
 pub use source::Source;

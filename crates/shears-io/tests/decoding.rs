@@ -6,13 +6,18 @@ use proptest::prelude::*;
 use safetensors::tensor::{Dtype, TensorView};
 use shears_io::{Checkpoint, is_float, matrix_shape, write_matrix};
 
-/// A small valid checkpoint: f32, f16, bf16 and f64 matrices, a conv weight, an i64.
+/// A small valid checkpoint: f32, f16, bf16 and f64 matrices, a conv weight, an int8
+/// matrix with its scales, an i64.
 fn valid() -> Vec<u8> {
     let f32s: Vec<u8> = (0..12).flat_map(|i| (i as f32 - 5.5).to_le_bytes()).collect();
     let halves: Vec<u8> = (0u16..8).flat_map(|i| (0x3c00 + i * 0x101).to_le_bytes()).collect();
     let f64s: Vec<u8> = (0..16).flat_map(|i| (f64::from(i) * 0.25).to_le_bytes()).collect();
     let ints: Vec<u8> = 7i64.to_le_bytes().to_vec();
+    let int8s: Vec<u8> = (0u8..15).map(|i| i.wrapping_mul(37)).collect();
+    let scales: Vec<u8> = [0.5f32, 2.0, 0.125].iter().flat_map(|s| s.to_le_bytes()).collect();
     let views = vec![
+        ("q.weight", TensorView::new(Dtype::I8, vec![3, 5], &int8s).unwrap()),
+        ("q.weight.scale", TensorView::new(Dtype::F32, vec![3], &scales).unwrap()),
         ("a.weight", TensorView::new(Dtype::F32, vec![3, 4], &f32s).unwrap()),
         ("b.weight", TensorView::new(Dtype::F16, vec![2, 4], &halves).unwrap()),
         ("c.weight", TensorView::new(Dtype::BF16, vec![4, 2], &halves).unwrap()),
@@ -30,7 +35,11 @@ fn check(bytes: Vec<u8>) -> Result<(), TestCaseError> {
         let elements: usize = info.shape.iter().product();
         prop_assert_eq!(elements * info.dtype.bitsize(), raw.len() * 8);
         if !is_float(info.dtype) {
-            prop_assert!(ckpt.read_values::<f32>(name).is_err());
+            // Only int8 with valid scales decodes, to as many values.
+            if let Ok(values) = ckpt.read_values::<f32>(name) {
+                prop_assert_eq!(info.dtype, Dtype::I8);
+                prop_assert_eq!(values.len(), elements);
+            }
             continue;
         }
         prop_assert_eq!(ckpt.read_values::<f64>(name).unwrap().len(), elements);
@@ -56,7 +65,8 @@ fn with_header(bytes: &[u8], header: &str) -> Vec<u8> {
 #[test]
 fn the_valid_file_reads() {
     let ckpt = Checkpoint::from_source("valid", valid()).unwrap();
-    assert_eq!(ckpt.names().len(), 5);
+    assert_eq!(ckpt.names().len(), 7);
+    assert_eq!(ckpt.read_values::<f32>("q.weight").unwrap()[5], -71.0 * 2.0); // 185 as i8
     check(valid()).unwrap();
 }
 

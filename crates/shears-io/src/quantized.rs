@@ -1,0 +1,260 @@
+//! Int8 tensors with their scales: the layout `shears prune --quantize` writes, and which
+//! every reader of a [`Checkpoint`](crate::Checkpoint) decodes back to floating point.
+//!
+//! A quantized tensor `NAME` keeps its name and shape with dtype `I8`. Seen as a matrix
+//! of `rows = shape[0]` rows (the output features of a PyTorch linear or convolution
+//! weight) and `cols` = the product of the other dimensions, its value at `(r, c)` is
+//! `q[r, c] * scale`, where the scales are the F32 tensor `NAME.scale` in the same file:
+//!
+//! - shape `[rows]`: one scale per row (`int8` in the file's `shears.quantization`
+//!   metadata);
+//! - shape `[rows, groups]`: one per row and per group of `G` consecutive columns
+//!   (`int8:group=G` in the metadata, `groups = ceil(cols / G)`, the last group of a row
+//!   possibly shorter).
+//!
+//! Scales are positive and finite; quantization is symmetric, so a zero (a pruned weight)
+//! is stored as 0 and reads back as exactly zero. This is the layout of the ONNX export's
+//! `NAME.scale` initializers too.
+
+use std::collections::HashMap;
+
+use safetensors::Dtype;
+use safetensors::tensor::TensorInfo;
+
+use crate::dtype::Float;
+use crate::error::{Error, Result};
+
+/// The suffix of a quantized tensor's scales: `NAME.scale`.
+pub const SCALE_SUFFIX: &str = ".scale";
+
+/// The metadata key that says how a file's int8 tensors are quantized: `int8` (a scale
+/// per row) or `int8:group=G`.
+pub const QUANTIZATION_KEY: &str = "shears.quantization";
+
+/// The metadata key naming the dtype the file's int8 tensors were quantized from (`F32`,
+/// `BF16`, ...), when they all had one.
+pub const QUANTIZED_FROM_KEY: &str = "shears.quantized_from";
+
+/// The name of `weight`'s scales: `weight.scale`.
+pub fn scale_name(weight: &str) -> String {
+    format!("{weight}{SCALE_SUFFIX}")
+}
+
+/// `rows x cols`, the matrix a quantized tensor of this shape is seen as: rows along the
+/// first dimension (1 for a scalar), columns the rest.
+pub fn quantized_matrix_shape(shape: &[usize]) -> (usize, usize) {
+    let rows = shape.first().copied().unwrap_or(1);
+    let cols = shape.iter().skip(1).product();
+    (rows, cols)
+}
+
+/// The group size written in a file's [`QUANTIZATION_KEY`] metadata: `Ok(None)` for
+/// `int8` (per row) or no key, `Ok(Some(G))` for `int8:group=G`.
+///
+/// # Errors
+/// [`Error::Quantized`] naming the value when it is neither.
+pub fn quantization_group(metadata: Option<&HashMap<String, String>>) -> Result<Option<usize>> {
+    let Some(value) = metadata.and_then(|m| m.get(QUANTIZATION_KEY)) else {
+        return Ok(None);
+    };
+    let bad = || Error::Quantized {
+        tensor: format!("__metadata__.{QUANTIZATION_KEY}"),
+        reason: format!("`{value}` is neither int8 nor int8:group=G with G >= 1"),
+    };
+    match value.strip_prefix("int8") {
+        Some("") => Ok(None),
+        Some(rest) => match rest.strip_prefix(":group=").map(str::parse::<usize>) {
+            Some(Ok(g)) if g >= 1 => Ok(Some(g)),
+            _ => Err(bad()),
+        },
+        None => Err(bad()),
+    }
+}
+
+/// Decodes an int8 tensor to floating point with its validated scales.
+#[derive(Debug, Clone)]
+pub(crate) struct Dequantizer {
+    cols: usize,
+    /// Columns per scale (`cols` when there is one scale per row).
+    group: usize,
+    groups: usize,
+    scales: Vec<f32>,
+}
+
+impl Dequantizer {
+    /// The dequantizer of tensor `name` (`info`, dtype `I8`) from its scale entry
+    /// `scale_info` and the scale values `scales` read from the file, under the file's
+    /// group size `group` (`None`: one scale per row).
+    ///
+    /// # Errors
+    /// [`Error::Quantized`] when the scales are not F32, do not have the shape the tensor
+    /// and the group size ask for, or are not all positive and finite.
+    pub(crate) fn new(
+        name: &str,
+        info: &TensorInfo,
+        scale_info: &TensorInfo,
+        scales: Vec<f32>,
+        group: Option<usize>,
+    ) -> Result<Dequantizer> {
+        let fail = |reason: String| Error::Quantized { tensor: scale_name(name), reason };
+        if scale_info.dtype != Dtype::F32 {
+            return Err(fail(format!("has dtype {:?}; scales are F32", scale_info.dtype)));
+        }
+        let (rows, cols) = quantized_matrix_shape(&info.shape);
+        let (group, groups, expected) = match (group, scale_info.shape.len()) {
+            (None, 1) => (cols.max(1), 1, vec![rows]),
+            (Some(g), 2) => {
+                let groups = cols.div_ceil(g).max(1);
+                (g, groups, vec![rows, groups])
+            }
+            (None, _) => {
+                return Err(fail(format!(
+                    "has shape {:?}; with one scale per row (the file's {QUANTIZATION_KEY} is int8 or absent) it is [{rows}]",
+                    scale_info.shape
+                )));
+            }
+            (Some(g), _) => {
+                return Err(fail(format!(
+                    "has shape {:?}; with groups of {g} columns it is [{rows}, {}]",
+                    scale_info.shape,
+                    cols.div_ceil(g).max(1)
+                )));
+            }
+        };
+        if scale_info.shape != expected {
+            return Err(fail(format!(
+                "has shape {:?}; tensor `{name}` of shape {:?} needs {expected:?}",
+                scale_info.shape, info.shape
+            )));
+        }
+        if let Some(i) = scales.iter().position(|s| !(s.is_finite() && *s > 0.0)) {
+            return Err(fail(format!(
+                "scale {} at index {i} is not positive and finite",
+                scales[i]
+            )));
+        }
+        Ok(Dequantizer { cols, group, groups, scales })
+    }
+
+    /// Decodes `bytes`, the int8 values from flat index `first` on, into `out` (as long).
+    pub(crate) fn decode_into<T: Float>(&self, bytes: &[u8], first: usize, out: &mut [T]) {
+        debug_assert_eq!(bytes.len(), out.len());
+        if out.is_empty() || self.cols == 0 {
+            return;
+        }
+        let (mut row, mut col) = (first / self.cols, first % self.cols);
+        let mut rest = bytes.iter().zip(out.iter_mut());
+        loop {
+            // The rest of this row, a group at a time.
+            let row_scales = &self.scales[row * self.groups..(row + 1) * self.groups];
+            while col < self.cols {
+                let end = ((col / self.group + 1) * self.group).min(self.cols);
+                let scale = row_scales[col / self.group];
+                for (&b, o) in rest.by_ref().take(end - col) {
+                    *o = T::from(f32::from(b as i8) * scale);
+                }
+                if rest.len() == 0 {
+                    return;
+                }
+                col = end;
+            }
+            row += 1;
+            col = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(dtype: Dtype, shape: &[usize]) -> TensorInfo {
+        let bytes = shape.iter().product::<usize>() * dtype.bitsize() / 8;
+        TensorInfo { dtype, shape: shape.to_vec(), data_offsets: (0, bytes) }
+    }
+
+    /// The dequantized values by the layout's formula, one at a time.
+    fn oracle(q: &[i8], cols: usize, group: usize, groups: usize, scales: &[f32]) -> Vec<f32> {
+        q.iter()
+            .enumerate()
+            .map(|(i, &v)| f32::from(v) * scales[(i / cols) * groups + (i % cols) / group])
+            .collect()
+    }
+
+    #[test]
+    fn decodes_per_group_from_any_start() {
+        // 3 rows of 7 columns in groups of 3 (the last group of each row is 1 wide).
+        let q: Vec<i8> = (0..21).map(|i| (i * 13 % 255 - 127) as i8).collect();
+        let scales: Vec<f32> = (1..=9).map(|s| s as f32 * 0.5).collect();
+        let d = Dequantizer::new(
+            "w",
+            &info(Dtype::I8, &[3, 7]),
+            &info(Dtype::F32, &[3, 3]),
+            scales.clone(),
+            Some(3),
+        )
+        .unwrap();
+        let expected = oracle(&q, 7, 3, 3, &scales);
+        let bytes: Vec<u8> = q.iter().map(|&v| v as u8).collect();
+        for first in 0..21 {
+            for len in 0..=21 - first {
+                let mut out = vec![f32::NAN; len];
+                d.decode_into(&bytes[first..first + len], first, &mut out);
+                assert_eq!(out, expected[first..first + len], "from {first}, {len} values");
+            }
+        }
+    }
+
+    #[test]
+    fn decodes_per_row_of_a_conv_weight() {
+        // [2, 2, 1, 3]: rows of 6 values, one scale each.
+        let q: Vec<i8> = vec![1, -2, 3, 0, 127, -127, 0, 0, 5, -5, 64, 1];
+        let scales = vec![0.25, 4.0];
+        let d = Dequantizer::new(
+            "conv",
+            &info(Dtype::I8, &[2, 2, 1, 3]),
+            &info(Dtype::F32, &[2]),
+            scales.clone(),
+            None,
+        )
+        .unwrap();
+        let bytes: Vec<u8> = q.iter().map(|&v| v as u8).collect();
+        let mut out = vec![0.0f64; 12];
+        d.decode_into(&bytes, 0, &mut out);
+        let expected: Vec<f64> = oracle(&q, 6, 6, 1, &scales).into_iter().map(f64::from).collect();
+        assert_eq!(out, expected);
+        assert_eq!(out[3], 0.0, "zero stays zero");
+    }
+
+    #[test]
+    fn rejects_scales_that_do_not_fit() {
+        let w = info(Dtype::I8, &[4, 10]);
+        let err = |scale: TensorInfo, values: Vec<f32>, group| {
+            Dequantizer::new("w", &w, &scale, values, group).unwrap_err().to_string()
+        };
+        assert!(err(info(Dtype::F16, &[4]), vec![1.0; 4], None).contains("dtype F16"));
+        assert!(err(info(Dtype::F32, &[5]), vec![1.0; 5], None).contains("needs [4]"));
+        assert!(err(info(Dtype::F32, &[4, 3]), vec![1.0; 12], None).contains("one scale per row"));
+        // ceil(10 / 4) = 3 groups per row.
+        assert!(err(info(Dtype::F32, &[4, 2]), vec![1.0; 8], Some(4)).contains("needs [4, 3]"));
+        assert!(err(info(Dtype::F32, &[4]), vec![1.0; 4], Some(4)).contains("[4, 3]"));
+        let message = err(info(Dtype::F32, &[4]), vec![1.0, 0.0, 1.0, 1.0], None);
+        assert!(message.contains("w.scale") && message.contains("index 1"), "{message}");
+        assert!(err(info(Dtype::F32, &[4]), vec![1.0, 1.0, f32::NAN, 1.0], None).contains("NaN"));
+    }
+
+    #[test]
+    fn reads_the_group_from_metadata() {
+        let meta = |v: &str| HashMap::from([(QUANTIZATION_KEY.to_owned(), v.to_owned())]);
+        assert_eq!(quantization_group(None).unwrap(), None);
+        assert_eq!(quantization_group(Some(&meta("int8"))).unwrap(), None);
+        assert_eq!(quantization_group(Some(&meta("int8:group=64"))).unwrap(), Some(64));
+        for bad in ["int4", "int8:group=0", "int8:group=", "int8:g=4", "int8:group=-1"] {
+            let e = quantization_group(Some(&meta(bad))).unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
+        assert_eq!(quantized_matrix_shape(&[3, 4, 5]), (3, 20));
+        assert_eq!(quantized_matrix_shape(&[]), (1, 1));
+        assert_eq!(scale_name("a.weight"), "a.weight.scale");
+    }
+}

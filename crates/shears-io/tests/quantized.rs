@@ -1,0 +1,91 @@
+//! Int8 tensors with their scales read back as floating point through every reader, and
+//! the one-line errors for scales or metadata that do not fit.
+
+use std::collections::HashMap;
+
+use nalgebra::DMatrix;
+use shears_io::{
+    Checkpoint, Dtype, Error, QUANTIZATION_KEY, layout, scale_name, write_safetensors,
+};
+
+/// A conv weight `[2, 2, 1, 3]` (rows of 6) quantized in groups of 4 columns, so each
+/// row has a full and a 2-wide group; the file as written by `write_safetensors`.
+fn conv_file(metadata: Option<&str>, scale_shape: Vec<usize>, scales: &[f32]) -> Vec<u8> {
+    let q: Vec<i8> = vec![1, -2, 3, 0, 127, -127, 0, 0, 5, -5, 64, 1];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.safetensors");
+    let entries = layout([
+        ("conv.weight".to_owned(), Dtype::I8, vec![2, 2, 1, 3]),
+        (scale_name("conv.weight"), Dtype::F32, scale_shape),
+        ("plain".to_owned(), Dtype::I8, vec![2]),
+    ])
+    .unwrap();
+    let meta = metadata.map(|m| HashMap::from([(QUANTIZATION_KEY.to_owned(), m.to_owned())]));
+    write_safetensors(&path, &entries, meta.as_ref(), |name, out| -> Result<(), Error> {
+        let bytes: Vec<u8> = match name {
+            "conv.weight" => q.iter().map(|&v| v as u8).collect(),
+            "plain" => vec![1, 2],
+            _ => scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+        };
+        out.write_all(&bytes).map_err(|e| Error::io("write", &path, e))
+    })
+    .unwrap();
+    std::fs::read(&path).unwrap()
+}
+
+#[test]
+fn every_reader_dequantizes_by_row_and_group() {
+    let scales = [0.5f32, 0.25, 2.0, 4.0];
+    let bytes = conv_file(Some("int8:group=4"), vec![2, 2], &scales);
+    let ckpt = Checkpoint::from_source("q", bytes).unwrap();
+    #[rustfmt::skip]
+    let expected = DMatrix::from_row_slice(2, 6, &[
+        0.5, -1.0, 1.5, 0.0, 31.75, -31.75,
+        0.0, 0.0, 10.0, -10.0, 256.0, 4.0,
+    ]);
+    assert_eq!(ckpt.read_matrix::<f32>("conv.weight").unwrap(), expected);
+    let flat: Vec<f64> = ckpt.read_values("conv.weight").unwrap();
+    let row_major: Vec<f64> = expected.transpose().iter().map(|&v| f64::from(v)).collect();
+    assert_eq!(flat, row_major);
+    assert_eq!(ckpt.count_zeros("conv.weight").unwrap(), 3);
+    // Pieces of one value each: every piece knows where it is in the tensor.
+    let mut streamed = Vec::new();
+    ckpt.for_each_decoded::<f32, Error>("conv.weight", 1, |p| {
+        streamed.extend_from_slice(p);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(streamed, expected.transpose().as_slice());
+}
+
+#[test]
+fn one_scale_per_row_needs_no_metadata() {
+    let ckpt = Checkpoint::from_source("q", conv_file(None, vec![2], &[1.0, 0.5])).unwrap();
+    let m = ckpt.read_matrix::<f32>("conv.weight").unwrap();
+    assert_eq!(m.row(1).iter().copied().collect::<Vec<_>>(), [0.0, 0.0, 2.5, -2.5, 32.0, 0.5]);
+}
+
+#[test]
+fn int8_without_scales_is_not_decoded() {
+    let ckpt = Checkpoint::from_source("q", conv_file(None, vec![2], &[1.0, 1.0])).unwrap();
+    let e = ckpt.read_values::<f32>("plain").unwrap_err();
+    assert!(matches!(e, Error::NotFloat { .. }), "{e}");
+}
+
+#[test]
+fn scales_that_do_not_fit_are_named() {
+    let read = |meta, shape, scales: &[f32]| {
+        let ckpt = Checkpoint::from_source("q", conv_file(meta, shape, scales)).unwrap();
+        ckpt.read_matrix::<f32>("conv.weight").unwrap_err().to_string()
+    };
+    // Per-group scales in a file that says nothing of groups.
+    let e = read(None, vec![2, 2], &[1.0; 4]);
+    assert!(e.contains("conv.weight.scale") && e.contains("one scale per row"), "{e}");
+    // Groups of 3: two per row, not the three the metadata's groups of 2 ask for.
+    let e = read(Some("int8:group=2"), vec![2, 2], &[1.0; 4]);
+    assert!(e.contains("[2, 3]"), "{e}");
+    let e = read(Some("int8:group=x"), vec![2, 2], &[1.0; 4]);
+    assert!(e.contains("int8:group=x"), "{e}");
+    let e = read(None, vec![2], &[1.0, -1.0]);
+    assert!(e.contains("index 1") && e.contains("positive"), "{e}");
+}
