@@ -133,6 +133,13 @@ pub(crate) struct PruneArgs {
     /// the weights' shapes, which torch.nn.utils.prune.custom_from_mask takes.
     #[arg(long, value_name = "FILE")]
     pub(crate) masks_out: Option<PathBuf>,
+    /// Also quantize the pruned weights to int8 (symmetric; zeros stay zero): int8 with
+    /// one scale per output row, or int8:group=G with one per row and per G input
+    /// columns. Each pruned tensor NAME is written as I8 in its own shape beside its
+    /// F32 scales NAME.scale ([rows] or [rows, ceil(cols/G)]); shears reads such a model
+    /// back as floating point everywhere.
+    #[arg(long, value_name = "int8[:group=G]")]
+    pub(crate) quantize: Option<shears_sparse::QuantScheme>,
     /// Seed for --method random.
     #[arg(long, default_value_t = 0)]
     pub(crate) seed: u64,

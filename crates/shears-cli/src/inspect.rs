@@ -5,7 +5,8 @@ use nalgebra::DMatrix;
 use serde::Serialize;
 use shears_core::{Mask, NmPattern, WeightShape};
 use shears_io::{
-    Checkpoint, Dtype, FileKind, Float, Model, Source, is_float, weight_of_torch_mask, zeros_in,
+    Checkpoint, Dtype, FileKind, Float, Model, QUANTIZED_FROM_KEY, Source, is_float, scale_name,
+    weight_of_torch_mask, zeros_in,
 };
 
 use crate::cli::InspectArgs;
@@ -22,6 +23,13 @@ pub(crate) struct TensorStats {
     pub(crate) zero_rows: Option<usize>,
     pub(crate) zero_cols: Option<usize>,
     pub(crate) is_2_4: Option<bool>,
+    /// The bytes of its data in the file (none for a mask set's masks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) bytes: Option<u64>,
+    /// For an int8 tensor with scales: its bytes and its scales' in the dtype it was
+    /// quantized from, over its bytes and its scales' now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) compression: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -37,6 +45,23 @@ struct Total {
     parameters: usize,
     zeros: usize,
     sparsity: f64,
+    /// The tensors' bytes (none for a mask set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bytes: Option<u64>,
+    /// For a quantized model: its tensors' bytes with the quantized ones (and their
+    /// scales) in the dtype they were quantized from, over `bytes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compression: Option<f64>,
+}
+
+/// Bytes per value of a dtype named as the metadata records it (`F32`, `BF16`, ...).
+fn dtype_bytes(name: &str) -> Option<u64> {
+    match name {
+        "F64" => Some(8),
+        "F32" => Some(4),
+        "F16" | "BF16" => Some(2),
+        _ => None,
+    }
 }
 
 /// The nonzero mask of a matrix.
@@ -107,10 +132,35 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
     let progress = Progress::bytes(bytes, "scanning", args.quiet || args.json);
     let mut rows = Vec::new();
     let (mut params, mut zeros) = (0usize, 0usize);
+    // The model's bytes, and as they were before quantization (if it was quantized).
+    let (mut total_bytes, mut original_bytes, mut quantized_any) = (0u64, 0u64, false);
     for t in model.tensors() {
         let (name, info) = (t.name, t.info);
         let ckpt = &model.shards()[t.shard];
         let count = info.shape.iter().product::<usize>();
+        let bytes = (info.data_offsets.1 - info.data_offsets.0) as u64;
+        let scales = (info.dtype == Dtype::I8).then(|| ckpt.info(&scale_name(name))).flatten();
+        let from = ckpt.metadata().and_then(|m| m.get(QUANTIZED_FROM_KEY));
+        let original = |i: &shears_io::TensorInfo| {
+            let values: u64 = i.shape.iter().product::<usize>() as u64;
+            from.and_then(|d| dtype_bytes(d)).map(|size| values * size)
+        };
+        let compression = scales.and_then(|s| {
+            let now = bytes + (s.data_offsets.1 - s.data_offsets.0) as u64;
+            let before = original(info)? + original(s)?;
+            Some(before as f64 / now as f64)
+        });
+        total_bytes += bytes;
+        // A quantized tensor's scales are counted with it.
+        let scale_of_quantized = name
+            .strip_suffix(shears_io::SCALE_SUFFIX)
+            .is_some_and(|w| ckpt.info(w).is_some_and(|i| i.dtype == Dtype::I8));
+        original_bytes += match (scales, scale_of_quantized) {
+            (Some(_), _) => original(info).unwrap_or(bytes),
+            (None, true) => original(info).map_or(bytes, |_| 0),
+            (None, false) => bytes,
+        };
+        quantized_any |= compression.is_some();
         let mut stats = TensorStats {
             name: name.to_owned(),
             dtype: format!("{:?}", info.dtype),
@@ -120,11 +170,13 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
             zero_rows: None,
             zero_cols: None,
             is_2_4: None,
+            bytes: Some(bytes),
+            compression,
         };
         progress.message(format!("tensor {name}"));
         let mask =
             weight_of_torch_mask(name).is_some() && matches!(info.dtype, Dtype::U8 | Dtype::BOOL);
-        if is_float(info.dtype) {
+        if is_float(info.dtype) || scales.is_some() {
             let view = WeightShape::from_dims(&info.shape).ok().map(|v| v.matrix_shape());
             // f64 data is scanned as f64: a tiny f64 is not a zero.
             let found = match info.dtype {
@@ -153,8 +205,14 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
     }
     progress.finish();
     rows.sort_unstable_by(|a, b| natural_cmp(&a.name, &b.name));
-    let total =
-        Total { tensors: rows.len(), parameters: params, zeros, sparsity: fraction(zeros, params) };
+    let total = Total {
+        tensors: rows.len(),
+        parameters: params,
+        zeros,
+        sparsity: fraction(zeros, params),
+        bytes: Some(total_bytes),
+        compression: quantized_any.then(|| original_bytes as f64 / total_bytes.max(1) as f64),
+    };
     if args.json {
         print_json(&Report { file: args.input.display().to_string(), tensors: rows, total })?;
         return Ok(());
@@ -169,16 +227,33 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
             opt(r.zero_rows.map(|v| v.to_string())),
             opt(r.zero_cols.map(|v| v.to_string())),
             opt(r.is_2_4.map(|b| if b { "yes".into() } else { "no".into() })),
+            opt(r.bytes.map(|b| b.to_string())),
+            opt(r.compression.map(|c| format!("{c:.2}x"))),
         ]
     };
-    let header = ["tensor", "dtype", "shape", "sparsity", "zero rows", "zero cols", "2:4"];
+    let header = [
+        "tensor",
+        "dtype",
+        "shape",
+        "sparsity",
+        "zero rows",
+        "zero cols",
+        "2:4",
+        "bytes",
+        "compression",
+    ];
     print_table(&header, &rows, cells, None)?;
+    let compression = match total.compression {
+        Some(c) => format!(", {c:.2}x smaller than before quantization"),
+        None => String::new(),
+    };
     outln!(
-        "total: {} tensors, {} float parameters, {} zeros, sparsity {:.4}",
+        "total: {} tensors, {} float parameters, {} zeros, sparsity {:.4}, {} bytes{compression}",
         total.tensors,
         total.parameters,
         total.zeros,
-        total.sparsity
+        total.sparsity,
+        total_bytes
     )?;
     Ok(())
 }
@@ -199,13 +274,21 @@ fn mask_set(args: &InspectArgs) -> Result<()> {
             is_2_4: Some(
                 mask.ncols() % 4 == 0 && NmPattern::TWO_FOUR.first_violation(mask).is_none(),
             ),
+            bytes: None,
+            compression: None,
         })
         .collect();
     rows.sort_unstable_by(|a, b| natural_cmp(&a.name, &b.name));
     let (params, zeros) =
         set.iter().fold((0, 0), |(p, z), (_, m)| (p + m.len(), z + m.count_pruned()));
-    let total =
-        Total { tensors: rows.len(), parameters: params, zeros, sparsity: fraction(zeros, params) };
+    let total = Total {
+        tensors: rows.len(),
+        parameters: params,
+        zeros,
+        sparsity: fraction(zeros, params),
+        bytes: None,
+        compression: None,
+    };
     if args.json {
         print_json(&Report { file: args.input.display().to_string(), tensors: rows, total })?;
         return Ok(());

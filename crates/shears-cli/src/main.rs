@@ -26,6 +26,7 @@ mod model_bench;
 mod outputs;
 mod progress;
 mod prune;
+mod quantize;
 mod report;
 mod sources;
 mod tensor_filter;

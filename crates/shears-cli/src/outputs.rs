@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use shears_io::{INDEX_NAME, Layout, Model, PendingFile, SealedFile};
+use shears_io::{INDEX_NAME, Index, Layout, Model, PendingFile, SealedFile};
 
 /// Weight files of formats shears does not rewrite: copying them beside pruned
 /// safetensors would leave unpruned weights that some loaders prefer.
@@ -212,13 +212,11 @@ impl Outputs {
         Ok(staged)
     }
 
-    /// Stages the rewritten index of a sharded model.
-    pub(crate) fn stage_index(&self, model: &Model) -> Result<Option<SealedFile>> {
+    /// Stages `index`, the rewritten index of a sharded model (its tensors' shards and
+    /// the sizes they were written with).
+    pub(crate) fn stage_index(&self, index: Option<Index>) -> Result<Option<SealedFile>> {
         let Some(path) = &self.index else { return Ok(None) };
-        let sizes = |name: &str| {
-            model.find(name).map_or(0, |t| (t.info.data_offsets.1 - t.info.data_offsets.0) as u64)
-        };
-        let index = model.index_with_sizes(sizes).context("a sharded model has an index")?;
+        let index = index.context("a sharded model has an index")?;
         let mut text = serde_json::to_vec_pretty(&index)?;
         text.push(b'\n');
         let (pending, mut file) = PendingFile::create(path)?;

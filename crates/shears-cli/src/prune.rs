@@ -1,6 +1,8 @@
 //! `shears prune`: prune a model tensor by tensor, shard by shard, writing every output
 //! atomically and together.
 
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -8,8 +10,8 @@ use nalgebra::DMatrix;
 use rayon::prelude::*;
 use serde::Serialize;
 use shears_io::{
-    Dtype, Float, Model, SealedFile, TensorWriter, commit_sealed, is_float, mask_bytes,
-    torch_mask_name, write_matrix, write_values, zeros_in,
+    Dtype, Float, Model, SCALE_SUFFIX, SealedFile, TensorWriter, commit_sealed, is_float,
+    mask_bytes, scale_name, torch_mask_name, write_matrix, write_values, zeros_in,
 };
 use shears_strategies::{Criterion, Scope};
 
@@ -19,6 +21,7 @@ use crate::global::Global;
 use crate::job::Job;
 use crate::outputs::Outputs;
 use crate::progress::Progress;
+use crate::quantize::{self, Quantize};
 use crate::report::{Warnings, fraction, natural_cmp, print_json, print_table};
 use crate::sources::{Sources, Tensor, View};
 use crate::tensor_filter::{Choice, Filters};
@@ -117,8 +120,14 @@ struct Report<'a> {
     /// What `--method wanda|sparsegpt` calibrated on.
     #[serde(skip_serializing_if = "Option::is_none")]
     calibration: Option<calibrated::Calibration>,
+    /// `int8` or `int8:group=G` with `--quantize`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quantized: Option<String>,
     tensors: Rows<'a>,
     total: Totals,
+    /// The tensors' bytes in the model and as written.
+    bytes_before: u64,
+    bytes_after: u64,
     warnings: Warnings,
 }
 
@@ -136,6 +145,7 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
             job.pattern.check_fits(t.name, &t.shape, job.layer_target())?;
         }
     }
+    let quantize = args.quantize.map(|q| Quantize::plan(q, &model, &choices)).transpose()?;
     let outputs = Outputs::plan(&model, &args.output, args.masks_out.as_deref())?;
     check_paths(&model, args, &outputs)?;
     let strangers = outputs.strangers(3);
@@ -162,6 +172,7 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
         prune::<f64>(
             args,
             &job,
+            quantize.as_ref(),
             &model,
             &sources,
             &choices,
@@ -173,6 +184,7 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
         prune::<f32>(
             args,
             &job,
+            quantize.as_ref(),
             &model,
             &sources,
             &choices,
@@ -319,6 +331,7 @@ fn zeros<T: Float>(values: &DMatrix<T>) -> usize {
 fn prune<'a, T: Float>(
     args: &PruneArgs,
     job: &Job,
+    quantize: Option<&Quantize>,
     model: &Model,
     sources: &Sources,
     choices: &'a [Choice<'a>],
@@ -357,9 +370,23 @@ fn prune<'a, T: Float>(
                 .flatten()
         })
         .collect();
+    // Bytes of each output tensor, for a sharded model's index.
+    let mut sizes: HashMap<String, u64> = HashMap::new();
     for (s, shard) in model.shards().iter().enumerate() {
         let out = &outputs.shards[s];
-        let mut writer = TensorWriter::create(out, shard.tensors(), shard.metadata())?;
+        let (entries, metadata) = match quantize {
+            Some(q) => {
+                let quantized: BTreeSet<&str> =
+                    choices.iter().filter(|c| c.shard == s && c.chosen).map(|c| c.name).collect();
+                let entries = q.entries(shard, &quantized)?;
+                for (name, info) in &entries {
+                    sizes.insert(name.clone(), (info.data_offsets.1 - info.data_offsets.0) as u64);
+                }
+                (Cow::Owned(entries), Some(Cow::Owned(q.metadata(shard, &quantized))))
+            }
+            None => (Cow::Borrowed(shard.tensors()), shard.metadata().map(Cow::Borrowed)),
+        };
+        let mut writer = TensorWriter::create(out, &entries, metadata.as_deref())?;
         for (name, info) in shard.tensors() {
             let choice = decisions.next().context("internal error: one decision per tensor")?;
             progress.message(format!("tensor {name}"));
@@ -401,16 +428,27 @@ fn prune<'a, T: Float>(
                 ..row_base
             });
             let weights = &loaded.weights;
-            writer.write(name, |w| -> Result<()> {
-                let written = match job.view {
-                    View::Flat => write_values(weights.as_slice(), info.dtype, w),
-                    View::Matrix if t.transposed => {
-                        write_matrix(&weights.transpose(), info.dtype, w)
-                    }
-                    View::Matrix => write_matrix(weights, info.dtype, w),
-                };
-                Ok(written.map_err(io)?)
-            })?;
+            if let Some(q) = quantize {
+                let view = (job.view == View::Flat, t.transposed);
+                let int8 = q.quantize(name, weights, &info.shape, view)?;
+                writer.write(name, |w| -> Result<()> {
+                    Ok(quantize::write_values(&int8, w).map_err(io)?)
+                })?;
+                writer.write(&scale_name(name), |w| -> Result<()> {
+                    Ok(quantize::write_scales(&int8, w).map_err(io)?)
+                })?;
+            } else {
+                writer.write(name, |w| -> Result<()> {
+                    let written = match job.view {
+                        View::Flat => write_values(weights.as_slice(), info.dtype, w),
+                        View::Matrix if t.transposed => {
+                            write_matrix(&weights.transpose(), info.dtype, w)
+                        }
+                        View::Matrix => write_matrix(weights, info.dtype, w),
+                    };
+                    Ok(written.map_err(io)?)
+                })?;
+            }
             if let Some(masks) = masks_out.as_mut() {
                 let stored = t.mask_from_view(&mask, job.view)?;
                 let path = masks.target().to_owned();
@@ -431,7 +469,29 @@ fn prune<'a, T: Float>(
         let (pending, file) = masks.finish()?;
         staged.push(pending.seal(file)?);
     }
-    staged.extend(outputs.stage_index(model)?);
+    let size = |name: &str| match sizes.get(name) {
+        Some(&bytes) => bytes,
+        None => {
+            model.find(name).map_or(0, |t| (t.info.data_offsets.1 - t.info.data_offsets.0) as u64)
+        }
+    };
+    let index = model.index_with_sizes(size).map(|mut index| {
+        // The scales live in their tensor's shard.
+        let scales: Vec<(String, String)> = sizes
+            .keys()
+            .filter_map(|n| {
+                let weight = n.strip_suffix(SCALE_SUFFIX)?;
+                let shard = index.weight_map.get(weight)?;
+                (!index.weight_map.contains_key(n)).then(|| (n.clone(), shard.clone()))
+            })
+            .collect();
+        let extra: u64 = scales.iter().map(|(n, _)| size(n)).sum();
+        index.weight_map.extend(scales);
+        let total = index.metadata.get("total_size").and_then(serde_json::Value::as_u64);
+        index.metadata.insert("total_size".into(), (total.unwrap_or(0) + extra).into());
+        index
+    });
+    staged.extend(outputs.stage_index(index)?);
     staged.extend(outputs.stage_copies()?);
     commit_sealed(staged)?;
     folders.keep();
@@ -492,6 +552,9 @@ fn prune<'a, T: Float>(
         masks_in: args.masks_in.as_ref().map(|p| p.display().to_string()),
         masks_out: args.masks_out.as_ref().map(|p| p.display().to_string()),
         calibration: None,
+        quantized: quantize.map(|q| q.scheme().to_string()),
+        bytes_before: total_bytes,
+        bytes_after: if quantize.is_some() { sizes.values().sum() } else { total_bytes },
         total: totals(&rows),
         tensors: Rows { rows, shard_names },
         warnings,
@@ -566,12 +629,19 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
         ),
         None => String::new(),
     };
+    let quantized = match &report.quantized {
+        Some(scheme) => format!(
+            ", quantized to {scheme} ({} to {} bytes of tensors)",
+            report.bytes_before, report.bytes_after
+        ),
+        None => String::new(),
+    };
     let masks = match &report.masks_out {
         Some(m) => format!(" and the masks to {m}"),
         None => String::new(),
     };
     outln!(
-        "{} {} {} at {}{how}{calibrated}: wrote {}{masks}",
+        "{} {} {} at {}{how}{calibrated}{quantized}: wrote {}{masks}",
         report.method,
         report.pattern,
         report.scope,

@@ -724,3 +724,58 @@ fn a_failed_folder_run_leaves_no_folder_behind() {
     assert!(stderr(&o).contains("encoder.layer.1.attention.self.query.weight"), "{}", stderr(&o));
     assert!(!out.exists(), "the output folder is removed");
 }
+
+#[test]
+fn a_quantized_sharded_folder_lists_each_scale_in_its_weights_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, out) = (dir.path().join("model"), dir.path().join("quantized"));
+    std::fs::create_dir(&model).unwrap();
+    sharded(&model);
+    let report = json(&run(&[
+        "prune",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "-s",
+        "0.5",
+        "--quantize",
+        "int8:group=4",
+        "--json",
+    ]));
+    assert_eq!(report["quantized"], "int8:group=4");
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(out.join("model.safetensors.index.json")).unwrap())
+            .unwrap();
+    let weight_map = index["weight_map"].as_object().unwrap();
+    let mut total = 0;
+    for name in ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"] {
+        let (before, after) = (read(&model.join(name)), read(&out.join(name)));
+        for (t, (dtype, shape, values)) in &after {
+            assert_eq!(weight_map[t], name, "{t} is indexed in its shard");
+            total += values.len() * dtype.bitsize() / 8;
+            if let Some(weight) = t.strip_suffix(".scale") {
+                // [rows, ceil(cols / 4)] scales of a weight in the same shard.
+                let (_, weight_shape, _) = &after[weight];
+                assert_eq!(shape, &[weight_shape[0], weight_shape[1].div_ceil(4)], "{t}");
+                continue;
+            }
+            let pruned = tensor(&report, t)["pruned"] == true;
+            assert_eq!(*dtype == Dtype::I8, pruned, "{t}: only pruned tensors are int8");
+            if pruned {
+                assert!(after.contains_key(&format!("{t}.scale")), "{t} has scales");
+                let zeros = values.iter().filter(|&&v| v == 0.0).count();
+                assert_eq!(zeros, values.len() / 2, "{t}: the pruned weights stay zero");
+            } else {
+                assert_eq!(values, &before[t].2, "{t} is copied unchanged");
+            }
+        }
+    }
+    assert_eq!(index["metadata"]["total_size"], total);
+    assert_eq!(report["bytes_after"], total);
+    // Read back as a model: every tensor decodes, the int8 ones through their scales.
+    let inspected = json(&run(&["inspect", out.to_str().unwrap(), "--json", "-q"]));
+    let query = tensor(&inspected, "encoder.layer.0.attention.self.query.weight");
+    assert_eq!((query["dtype"].as_str(), query["sparsity"].as_f64()), (Some("I8"), Some(0.5)));
+    assert!(query["compression"].as_f64().unwrap() > 2.0, "{query}");
+    assert!(inspected["total"]["compression"].as_f64().unwrap() > 1.0);
+}

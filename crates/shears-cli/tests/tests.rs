@@ -7,6 +7,7 @@ mod errors;
 mod export;
 mod hardening;
 mod models;
+mod quantize;
 mod readme;
 mod safety;
 mod transformers;

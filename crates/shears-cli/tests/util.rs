@@ -52,6 +52,7 @@ pub(crate) fn decode(dtype: Dtype, bytes: &[u8]) -> Vec<f64> {
             .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
             .collect(),
         Dtype::U8 | Dtype::BOOL => bytes.iter().map(|&b| f64::from(b)).collect(),
+        Dtype::I8 => bytes.iter().map(|&b| f64::from(b as i8)).collect(),
         other => panic!("unsupported test dtype {other:?}"),
     }
 }

@@ -1,0 +1,100 @@
+//! `shears prune --quantize`: int8 weights and their scales, read back by shears as
+//! floating point, keeping what the pruned network does.
+
+use std::path::Path;
+
+use safetensors::tensor::Dtype;
+use shears_core::{Masks, Sparsity};
+use shears_nn::{Mlp, PruningPlan, TrainConfig, digits_split, prune_and_finetune, train};
+use shears_strategies::{Criterion, Schedule};
+
+use crate::util::{T, read, shears, stderr, values, write};
+
+fn run(args: &[&str]) {
+    let o = shears(args);
+    assert!(o.status.success(), "shears {args:?}: {}", stderr(&o));
+}
+
+fn prune(input: &Path, out: &Path, extra: &[&str]) {
+    let mut args = vec!["prune", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "-q"];
+    args.extend_from_slice(extra);
+    run(&args);
+}
+
+#[test]
+fn the_digits_mlp_pruned_to_80_percent_loses_at_most_half_a_point_to_int8() {
+    // The network a user quantizes: pruned to 80% by magnitude and fine-tuned.
+    let data = digits_split().unwrap();
+    let mut mlp = Mlp::<f32>::new(&[64, 128, 64, 10], 1).unwrap();
+    train(&mut mlp, &data.train, &TrainConfig::default(), &Masks::new()).unwrap();
+    let schedule = Schedule::one_shot(Sparsity::new(0.8).unwrap());
+    let finetune = TrainConfig { epochs: 10, ..TrainConfig::default() };
+    let plan = PruningPlan::new(Criterion::Magnitude);
+    let outcome = prune_and_finetune(&mlp, &data, &plan, &schedule, &finetune).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pruned = dir.path().join("pruned.safetensors");
+    shears_nn::checkpoint::save(&outcome.model, &outcome.masks, &pruned).unwrap();
+    let f32_mlp = &outcome.model;
+    let f32_accuracy = f32_mlp.accuracy(&data.test).unwrap();
+    assert!(f32_accuracy > 0.9, "the pruned network is a real one: {f32_accuracy}");
+    for scheme in ["int8", "int8:group=32"] {
+        let quantized = dir.path().join(format!("{scheme}.safetensors"));
+        // Quantize only: sparsity 0 keeps every weight the fine-tuning kept.
+        prune(&pruned, &quantized, &["-s", "0", "--quantize", scheme]);
+        let stored = read(&quantized);
+        let (int8_mlp, masks) = shears_nn::checkpoint::load::<f32>(&quantized).unwrap();
+        assert_eq!(masks.len(), 3, "the masks are copied along");
+        for (i, (f, q)) in f32_mlp.layers().iter().zip(int8_mlp.layers()).enumerate() {
+            let name = format!("layers.{i}.weight");
+            assert_eq!(stored[&name].0, Dtype::I8, "{name}");
+            let (_, scale_shape, scales) = &stored[&format!("{name}.scale")];
+            let (w, wq) = (f.weight(), q.weight());
+            let groups = scale_shape.get(1).copied().unwrap_or(1);
+            let group = w.ncols().div_ceil(groups);
+            for (r, c) in (0..w.nrows()).flat_map(|r| (0..w.ncols()).map(move |c| (r, c))) {
+                let v = w[(r, c)];
+                let scale = scales[r * groups + c / group];
+                let got = wq[(r, c)];
+                assert_eq!(got == 0.0, v == 0.0, "{scheme} {name}[{r}, {c}]: pruned stays pruned");
+                // Within half a step of the f32 weight (and the f32 rounding of
+                // `q * scale`, far below 1e-4 of a step).
+                let error = (f64::from(got) - f64::from(v)).abs();
+                let bound = scale * (0.5 + 1e-4);
+                assert!(error <= bound, "{scheme} {name}[{r}, {c}]: {error} > {bound}");
+            }
+        }
+        let int8_accuracy = int8_mlp.accuracy(&data.test).unwrap();
+        eprintln!("digits 80% fine-tuned: f32 {f32_accuracy:.4}, {scheme} {int8_accuracy:.4}");
+        assert!(
+            f32_accuracy - int8_accuracy <= 0.005,
+            "{scheme}: f32 pruned {f32_accuracy}, int8 {int8_accuracy}"
+        );
+    }
+}
+
+#[test]
+fn bad_quantize_arguments_and_taken_scale_names_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    let tensors = [
+        T { name: "fc1.weight", dtype: Dtype::F32, shape: vec![4, 8], values: values(32, 1) },
+        T { name: "fc1.weight.scale", dtype: Dtype::F32, shape: vec![4], values: vec![1.0; 4] },
+    ];
+    write(&input, &tensors);
+    let out = dir.path().join("out.safetensors");
+    for (args, expected) in [
+        (vec!["--quantize", "int4"], "int4"),
+        (vec!["--quantize", "int8:group=0"], "int8:group=0"),
+        (vec!["--quantize", "int8"], "`fc1.weight.scale`, a tensor the model already has"),
+    ] {
+        let mut all =
+            vec!["prune", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"];
+        all.extend(args);
+        let o = shears(&all);
+        assert_eq!(o.status.code(), Some(2), "{all:?}");
+        let message = stderr(&o);
+        let first = message.lines().next().unwrap_or_default();
+        assert!(first.contains(expected), "{all:?}: {message}");
+        assert!(!out.exists(), "{all:?} wrote the output");
+    }
+}
