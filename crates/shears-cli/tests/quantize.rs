@@ -1,7 +1,7 @@
 //! `shears prune --quantize`: int8 weights and their scales, read back by shears as
 //! floating point, keeping what the pruned network does.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use safetensors::tensor::Dtype;
 use shears_core::{Masks, Sparsity};
@@ -64,7 +64,6 @@ fn the_digits_mlp_pruned_to_80_percent_loses_at_most_half_a_point_to_int8() {
             }
         }
         let int8_accuracy = int8_mlp.accuracy(&data.test).unwrap();
-        eprintln!("digits 80% fine-tuned: f32 {f32_accuracy:.4}, {scheme} {int8_accuracy:.4}");
         assert!(
             f32_accuracy - int8_accuracy <= 0.005,
             "{scheme}: f32 pruned {f32_accuracy}, int8 {int8_accuracy}"
@@ -97,4 +96,48 @@ fn bad_quantize_arguments_and_taken_scale_names_write_nothing() {
         assert!(first.contains(expected), "{all:?}: {message}");
         assert!(!out.exists(), "{all:?} wrote the output");
     }
+}
+
+/// The real all-MiniLM-L6-v2 folder, where `../shared/data/minilm` (or
+/// `SHEARS_MINILM_DIR`) holds it.
+#[allow(clippy::print_stderr, reason = "a skipped test says it was skipped")]
+fn minilm() -> Option<PathBuf> {
+    let path = std::env::var_os("SHEARS_MINILM_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/minilm")
+    });
+    if path.join("config.json").is_file() {
+        Some(path)
+    } else {
+        eprintln!("skipped: no all-MiniLM-L6-v2 folder at {}", path.display());
+        None
+    }
+}
+
+fn mean_cosine(dense: &Path, other: &Path, texts: &Path) -> f64 {
+    let o = shears(&[
+        "eval",
+        dense.to_str().unwrap(),
+        other.to_str().unwrap(),
+        "--texts",
+        texts.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    report["mean_cosine"].as_f64().unwrap()
+}
+
+#[test]
+fn minilm_at_2_4_keeps_its_embeddings_within_0_01_when_quantized() {
+    let Some(model) = minilm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let texts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/sentences/validation.txt");
+    let (f32_model, int8_model) = (dir.path().join("2-4"), dir.path().join("2-4-int8"));
+    prune(&model, &f32_model, &["--pattern", "2:4"]);
+    prune(&model, &int8_model, &["--pattern", "2:4", "--quantize", "int8"]);
+    let (f32_cosine, int8_cosine) =
+        (mean_cosine(&model, &f32_model, &texts), mean_cosine(&model, &int8_model, &texts));
+    assert!((f32_cosine - int8_cosine).abs() <= 0.01, "f32 {f32_cosine}, int8 {int8_cosine}");
+    // And against the f32 pruned model itself, int8 is a rounding away.
+    assert!(mean_cosine(&f32_model, &int8_model, &texts) > 0.99);
 }

@@ -3,7 +3,8 @@
 //! Names follow PyTorch: `layers.{i}.weight` and `layers.{i}.bias` in the network's
 //! dtype, row-major `(out, in)`; masks as `layers.{i}.weight_mask` (`u8`, 1 = keep), the
 //! buffer name `torch.nn.utils.prune` uses. Files are read and written by shears-io:
-//! validated on load, written atomically.
+//! validated on load, written atomically; int8 weights with their `NAME.scale` (as
+//! `shears prune --quantize` writes them) load as their dequantized values.
 
 use std::collections::HashMap;
 use std::path::Path;
