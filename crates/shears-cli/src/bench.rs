@@ -1,5 +1,5 @@
-//! `shears bench`: each layer's product timed dense and in the format shears-sparse
-//! picks for it, and the model's total both ways.
+//! `shears bench`: each layer's product timed dense, in the format shears-sparse picks
+//! for it and as int8 CSR, and the model's total dense and as picked.
 
 use std::time::Instant;
 
@@ -7,14 +7,15 @@ use anyhow::{Result, bail};
 use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 use shears_core::WeightShape;
-use shears_io::{Model, is_float};
-use shears_sparse::{AnySparse, Format, SparseProduct};
+use shears_io::Model;
+use shears_sparse::{AnySparse, Format, Int8Csr, SparseProduct};
 use shears_strategies::TensorRole;
 
 use crate::cli::BenchArgs;
 use crate::inspect::nonzero_mask;
 use crate::progress::Progress;
 use crate::report::{natural_cmp, print_json, print_table};
+use crate::tensor_filter::role_of;
 
 #[derive(Debug, Serialize)]
 struct Row {
@@ -29,6 +30,9 @@ struct Row {
     format: String,
     dense_us: f64,
     sparse_us: f64,
+    /// The weights as int8 CSR (per-row scales), the format for pruned and quantized
+    /// layers.
+    int8_csr_us: f64,
     speedup: f64,
     /// Whether the picked format is slower than dense here (the model total counts
     /// dense for it).
@@ -74,6 +78,21 @@ fn median_us(mut f: impl FnMut()) -> f64 {
     times[times.len() / 2]
 }
 
+/// Median microseconds of `a`'s product with `x`.
+fn product_us(a: &impl SparseProduct<f32>, x: &DMatrix<f32>) -> Result<f64> {
+    let mut y = DMatrix::zeros(a.shape().0, x.ncols());
+    let mut failed = None;
+    let us = median_us(|| {
+        if let Err(e) = a.matmul_into(1.0, x, 0.0, &mut y) {
+            failed = Some(e);
+        }
+    });
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(us),
+    }
+}
+
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     if args.batch.is_empty() {
         bail!("--batch takes batch sizes, e.g. 1,32");
@@ -85,7 +104,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     let layers: Vec<_> = model
         .tensors()
         .filter_map(|t| {
-            let role = TensorRole::classify(t.name, is_float(t.info.dtype), &t.info.shape);
+            let role = role_of(&model, t);
             let timed = role.pruned_by_default() || (args.all && role.prunable());
             timed.then_some((t, role))
         })
@@ -136,21 +155,9 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             };
             let sparse = AnySparse::for_batch(&weights, &mask, columns)?;
             let format = sparse.format();
-            let sparse_us = if format == Format::Dense {
-                dense_us
-            } else {
-                let mut y = DMatrix::zeros(r, columns);
-                let mut failed = None;
-                let us = median_us(|| {
-                    if let Err(e) = sparse.matmul_into(1.0, &x, 0.0, &mut y) {
-                        failed = Some(e);
-                    }
-                });
-                if let Some(e) = failed {
-                    return Err(e.into());
-                }
-                us
-            };
+            let sparse_us =
+                if format == Format::Dense { dense_us } else { product_us(&sparse, &x)? };
+            let int8_csr_us = product_us(&Int8Csr::<u32>::from_dense_masked(&weights, &mask)?, &x)?;
             rows.push(Row {
                 name: t.name.to_owned(),
                 shape: [r, c],
@@ -160,6 +167,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
                 format: format.to_string(),
                 dense_us,
                 sparse_us,
+                int8_csr_us,
                 speedup: dense_us / sparse_us,
                 slower: sparse_us > dense_us && format != Format::Dense,
             });
@@ -217,10 +225,20 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             format!("{:.1}", r.dense_us),
             format!("{:.1}", r.sparse_us),
             speedup,
+            format!("{:.1}", r.int8_csr_us),
         ]
     };
-    let header =
-        ["tensor", "shape", "sparsity", "batch", "format", "dense us", "sparse us", "speedup"];
+    let header = [
+        "tensor",
+        "shape",
+        "sparsity",
+        "batch",
+        "format",
+        "dense us",
+        "sparse us",
+        "speedup",
+        "int8 csr us",
+    ];
     print_table(&header, &report.tensors, cells, None)?;
     for t in &report.total {
         outln!(

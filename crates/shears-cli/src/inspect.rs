@@ -134,6 +134,7 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
     let (mut params, mut zeros) = (0usize, 0usize);
     // The model's bytes, and as they were before quantization (if it was quantized).
     let (mut total_bytes, mut original_bytes, mut quantized_any) = (0u64, 0u64, false);
+    let mut scale_params = 0usize;
     for t in model.tensors() {
         let (name, info) = (t.name, t.info);
         let ckpt = &model.shards()[t.shard];
@@ -145,10 +146,11 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
             let values: u64 = i.shape.iter().product::<usize>() as u64;
             from.and_then(|d| dtype_bytes(d)).map(|size| values * size)
         };
+        // What the tensor took before (no scales then) over what it and its scales take.
         let compression = scales.and_then(|s| {
             let now = bytes + (s.data_offsets.1 - s.data_offsets.0) as u64;
-            let before = original(info)? + original(s)?;
-            Some(before as f64 / now as f64)
+            let before = original(info)?;
+            (now > 0).then(|| before as f64 / now as f64)
         });
         total_bytes += bytes;
         // A quantized tensor's scales are counted with it.
@@ -161,6 +163,9 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
             (None, false) => bytes,
         };
         quantized_any |= compression.is_some();
+        if scale_of_quantized {
+            scale_params += count;
+        }
         let mut stats = TensorStats {
             name: name.to_owned(),
             dtype: format!("{:?}", info.dtype),
@@ -176,7 +181,9 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
         progress.message(format!("tensor {name}"));
         let mask =
             weight_of_torch_mask(name).is_some() && matches!(info.dtype, Dtype::U8 | Dtype::BOOL);
-        if is_float(info.dtype) || scales.is_some() {
+        if scale_of_quantized {
+            // Part of its int8 tensor: not parameters of their own.
+        } else if is_float(info.dtype) || scales.is_some() {
             let view = WeightShape::from_dims(&info.shape).ok().map(|v| v.matrix_shape());
             // f64 data is scanned as f64: a tiny f64 is not a zero.
             let found = match info.dtype {
@@ -248,12 +255,17 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
         None => String::new(),
     };
     outln!(
-        "total: {} tensors, {} float parameters, {} zeros, sparsity {:.4}, {} bytes{compression}",
+        "total: {} tensors, {} parameters (floating point or int8), {} zeros, sparsity {:.4}, {} bytes{compression}{scales}",
         total.tensors,
         total.parameters,
         total.zeros,
         total.sparsity,
-        total_bytes
+        total_bytes,
+        scales = if scale_params > 0 {
+            format!(" ({scale_params} scales of int8 tensors not counted)")
+        } else {
+            String::new()
+        }
     )?;
     Ok(())
 }

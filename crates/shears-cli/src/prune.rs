@@ -2,7 +2,7 @@
 //! atomically and together.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -37,6 +37,8 @@ struct Row<'a> {
     /// `None` for tensors that are not floating point.
     sparsity_before: Option<f64>,
     sparsity_after: Option<f64>,
+    /// Written as int8 with scales.
+    quantized: bool,
 }
 
 impl Row<'_> {
@@ -62,6 +64,8 @@ impl Serialize for Rows<'_> {
             shard: Option<&'a str>,
             shape: &'a [usize],
             dtype: String,
+            /// The dtype written: `I8` for a quantized tensor.
+            dtype_written: String,
             role: &'static str,
             pruned: bool,
             why: String,
@@ -76,6 +80,11 @@ impl Serialize for Rows<'_> {
                 shard: self.shard_names[c.shard].as_deref(),
                 shape: &c.info.shape,
                 dtype: format!("{:?}", c.info.dtype),
+                dtype_written: if r.quantized {
+                    "I8".into()
+                } else {
+                    format!("{:?}", c.info.dtype)
+                },
                 role: c.role.describe(),
                 pruned: c.chosen,
                 why: c.why(),
@@ -145,7 +154,7 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
             job.pattern.check_fits(t.name, &t.shape, job.layer_target())?;
         }
     }
-    let quantize = args.quantize.map(|q| Quantize::plan(q, &model, &choices)).transpose()?;
+    let quantize = Quantize::plan(args.quantize, &model, &choices)?;
     let outputs = Outputs::plan(&model, &args.output, args.masks_out.as_deref())?;
     check_paths(&model, args, &outputs)?;
     let strangers = outputs.strangers(3);
@@ -370,30 +379,45 @@ fn prune<'a, T: Float>(
                 .flatten()
         })
         .collect();
-    // Bytes of each output tensor, for a sharded model's index.
+    // Bytes of each tensor of a shard written anew, for a sharded model's index.
     let mut sizes: HashMap<String, u64> = HashMap::new();
+    let mut bytes_after = 0u64;
+    let mut rounded_to_zero = 0usize;
     for (s, shard) in model.shards().iter().enumerate() {
         let out = &outputs.shards[s];
-        let (entries, metadata) = match quantize {
-            Some(q) => {
-                let quantized: BTreeSet<&str> =
-                    choices.iter().filter(|c| c.shard == s && c.chosen).map(|c| c.name).collect();
-                let entries = q.entries(shard, &quantized)?;
+        let planned = match quantize {
+            Some(q) => q.entries(s, shard)?,
+            None => None,
+        };
+        let (entries, metadata) = match (planned, quantize) {
+            (Some(entries), Some(q)) => {
                 for (name, info) in &entries {
                     sizes.insert(name.clone(), (info.data_offsets.1 - info.data_offsets.0) as u64);
                 }
-                (Cow::Owned(entries), Some(Cow::Owned(q.metadata(shard, &quantized))))
+                (Cow::Owned(entries), q.metadata(s, shard).map(Cow::Owned))
             }
-            None => (Cow::Borrowed(shard.tensors()), shard.metadata().map(Cow::Borrowed)),
+            _ => (Cow::Borrowed(shard.tensors()), shard.metadata().map(Cow::Borrowed)),
         };
+        bytes_after += entries.last().map_or(0, |(_, info)| info.data_offsets.1 as u64);
         let mut writer = TensorWriter::create(out, &entries, metadata.as_deref())?;
         for (name, info) in shard.tensors() {
             let choice = decisions.next().context("internal error: one decision per tensor")?;
             progress.message(format!("tensor {name}"));
             let io = |e: std::io::Error| shears_io::Error::io("write", out, e);
-            let row_base =
-                Row { choice, target: None, sparsity_before: None, sparsity_after: None };
+            let row_base = Row {
+                choice,
+                target: None,
+                sparsity_before: None,
+                sparsity_after: None,
+                quantized: false,
+            };
             let bytes = (info.data_offsets.1 - info.data_offsets.0) as u64;
+            if !choice.chosen && quantize.is_some_and(|q| q.replaces(s, name)) {
+                // Old scales of a tensor quantized anew: its new ones are written.
+                rows.push(row_base);
+                progress.advance(bytes);
+                continue;
+            }
             if !choice.chosen {
                 let s = if is_float(info.dtype) {
                     let count = info.shape.iter().product();
@@ -428,15 +452,27 @@ fn prune<'a, T: Float>(
                 ..row_base
             });
             let weights = &loaded.weights;
-            if let Some(q) = quantize {
+            if let Some(q) = quantize.filter(|q| q.quantizes(s, name)) {
                 let view = (job.view == View::Flat, t.transposed);
-                let int8 = q.quantize(name, weights, &info.shape, view)?;
+                let int8 = q.quantize(s, name, weights, &info.shape, view)?;
+                // Kept weights below half a step round to zero: the report counts them.
+                let zeros = int8.values().iter().filter(|&&v| v == 0).count();
+                let pruned = zeros_in(weights.as_slice());
+                rounded_to_zero += zeros - pruned.min(zeros);
+                if let Some(row) = rows.last_mut() {
+                    row.sparsity_after = Some(fraction(zeros, weights.len()));
+                    row.quantized = true;
+                }
                 writer.write(name, |w| -> Result<()> {
                     Ok(quantize::write_values(&int8, w).map_err(io)?)
                 })?;
                 writer.write(&scale_name(name), |w| -> Result<()> {
                     Ok(quantize::write_scales(&int8, w).map_err(io)?)
                 })?;
+            } else if !is_float(info.dtype) {
+                // An int8 tensor without values: nothing to quantize or write but its
+                // (empty) bytes.
+                writer.write(name, |w| -> Result<()> { Ok(shard.copy_to(name, w, out)?) })?;
             } else {
                 writer.write(name, |w| -> Result<()> {
                     let written = match job.view {
@@ -497,6 +533,16 @@ fn prune<'a, T: Float>(
     folders.keep();
     let threshold = global.as_ref().and_then(Global::threshold);
     let mut warnings = Warnings::default();
+    if rounded_to_zero > 0 {
+        warnings.add(format!(
+            "{rounded_to_zero} kept weights are below half their int8 step and were stored as zero (the sparsity after counts them; --masks-out still marks them kept)"
+        ));
+    }
+    if quantize.is_some() && bytes_after > total_bytes {
+        warnings.add(format!(
+            "the quantized tensors take {bytes_after} bytes, more than the model's {total_bytes}: the scales of small groups outweigh the int8 values (a larger int8:group=G, or int8 per row, is smaller)"
+        ));
+    }
     if global.is_none() && job.layer_target() != job.sparsity {
         warnings.add(format!(
             "--min-density {} lowers each tensor's target from {} to {} (in layer scope every tensor keeps at least that much)",
@@ -552,9 +598,11 @@ fn prune<'a, T: Float>(
         masks_in: args.masks_in.as_ref().map(|p| p.display().to_string()),
         masks_out: args.masks_out.as_ref().map(|p| p.display().to_string()),
         calibration: None,
-        quantized: quantize.map(|q| q.scheme().to_string()),
+        quantized: quantize.map(|q| {
+            q.requested().map_or_else(|| "int8 (the model's own scheme)".into(), |r| r.to_string())
+        }),
         bytes_before: total_bytes,
-        bytes_after: if quantize.is_some() { sizes.values().sum() } else { total_bytes },
+        bytes_after,
         total: totals(&rows),
         tensors: Rows { rows, shard_names },
         warnings,

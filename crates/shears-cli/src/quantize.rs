@@ -7,103 +7,207 @@ use std::io::Write;
 use anyhow::{Result, bail};
 use nalgebra::DMatrix;
 use shears_io::{
-    Checkpoint, Dtype, Float, Model, QUANTIZATION_KEY, QUANTIZED_FROM_KEY, TensorInfo,
-    quantized_matrix_shape, scale_name,
+    Checkpoint, Dtype, Float, Model, QUANTIZATION_KEY, QUANTIZED_FROM_KEY, SCALE_SUFFIX,
+    TensorInfo, quantization_group, quantized_matrix_shape, scale_name,
 };
 use shears_sparse::{Int8Matrix, QuantScheme};
 
 use crate::tensor_filter::Choice;
 
-/// How a run quantizes its pruned tensors.
-#[derive(Debug, Clone, Copy)]
+/// Which tensors a run writes as int8, and how, shard by shard.
+///
+/// With `--quantize`, every chosen tensor that has values; without it, the chosen
+/// tensors that already were int8 (a quantized model pruned further), under their own
+/// file's scheme. A file holds one scheme (its metadata says which), so a `--quantize`
+/// unlike the scheme of int8 tensors a shard keeps is refused.
+#[derive(Debug, Clone)]
 pub(crate) struct Quantize {
-    scheme: QuantScheme,
+    /// `--quantize`.
+    requested: Option<QuantScheme>,
+    /// Per shard: the scheme its int8 tensors are written with, and their names.
+    shards: Vec<Option<(QuantScheme, BTreeSet<String>)>>,
+}
+
+/// The scheme of `shard`'s int8 tensors, if it has any.
+fn scheme_of(shard: &Checkpoint) -> Result<Option<QuantScheme>> {
+    if !shard.tensors().iter().any(|(n, i)| i.dtype == Dtype::I8 && shard.decodes(n)) {
+        return Ok(None);
+    }
+    Ok(Some(match quantization_group(shard.path(), shard.metadata())? {
+        Some(g) => QuantScheme::PerGroup(g),
+        None => QuantScheme::PerRow,
+    }))
 }
 
 impl Quantize {
-    /// Quantizing the chosen tensors of `model` under `scheme`: refused when a scale's
-    /// name is taken by a tensor of the model.
-    pub(crate) fn plan(scheme: QuantScheme, model: &Model, choices: &[Choice]) -> Result<Self> {
-        for c in choices.iter().filter(|c| c.chosen) {
-            let scale = scale_name(c.name);
-            if model.find(&scale).is_some() {
-                bail!(
-                    "--quantize: tensor `{}` would get its scales in `{scale}`, a tensor the model already has",
-                    c.name
-                );
+    /// What a run with `--quantize requested` (or none) quantizes of `choices`: `None`
+    /// when nothing. Refused: a scale name taken by another tensor, a scheme unlike the
+    /// one of the int8 tensors a shard keeps.
+    pub(crate) fn plan(
+        requested: Option<QuantScheme>,
+        model: &Model,
+        choices: &[Choice],
+    ) -> Result<Option<Self>> {
+        let mut shards = Vec::with_capacity(model.shards().len());
+        for (s, shard) in model.shards().iter().enumerate() {
+            let existing = scheme_of(shard)?;
+            let mine = || choices.iter().filter(move |c| c.shard == s && c.chosen);
+            // An empty tensor has nothing to quantize (and a shape like [2^34, 0] would
+            // ask for scales it has no bytes for): it is written as it is.
+            let has_values = |c: &&Choice| c.info.shape.iter().product::<usize>() > 0;
+            let (scheme, names): (_, BTreeSet<String>) = match (requested, existing) {
+                (Some(r), Some(e)) if r != e => {
+                    let kept = shard.tensors().iter().find(|(n, i)| {
+                        i.dtype == Dtype::I8
+                            && shard.decodes(n)
+                            && !mine().any(|c| c.name == n.as_str())
+                    });
+                    if let Some((name, _)) = kept {
+                        bail!(
+                            "--quantize {r}: {} keeps int8 tensors quantized as {e} (`{name}`), and a file holds one scheme: give --quantize {e}",
+                            shard.path().display()
+                        );
+                    }
+                    (r, mine().filter(has_values).map(|c| c.name.to_owned()).collect())
+                }
+                (Some(r), _) => (r, mine().filter(has_values).map(|c| c.name.to_owned()).collect()),
+                (None, Some(e)) => (
+                    e,
+                    mine()
+                        .filter(|c| c.info.dtype == Dtype::I8)
+                        .filter(has_values)
+                        .map(|c| c.name.to_owned())
+                        .collect(),
+                ),
+                (None, None) => {
+                    shards.push(None);
+                    continue;
+                }
+            };
+            for name in &names {
+                let scale = scale_name(name);
+                // A tensor quantized before has its scales there already: replaced.
+                let own = shard.info(name).is_some_and(|i| i.dtype == Dtype::I8);
+                if !own && model.find(&scale).is_some() {
+                    bail!(
+                        "--quantize: tensor `{name}` would get its scales in `{scale}`, a tensor the model already has"
+                    );
+                }
             }
+            shards.push((!names.is_empty()).then_some((scheme, names)));
         }
-        Ok(Quantize { scheme })
+        if shards.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        Ok(Some(Quantize { requested, shards }))
     }
 
-    /// The scheme, as `--quantize` takes it.
-    pub(crate) fn scheme(&self) -> QuantScheme {
-        self.scheme
+    /// `--quantize`, if given.
+    pub(crate) fn requested(&self) -> Option<QuantScheme> {
+        self.requested
     }
 
-    /// The shape of the scales of a tensor of shape `shape`.
-    fn scale_shape(&self, shape: &[usize]) -> Vec<usize> {
+    /// Whether shard `s` writes tensor `name` as int8.
+    pub(crate) fn quantizes(&self, s: usize, name: &str) -> bool {
+        self.shards[s].as_ref().is_some_and(|(_, names)| names.contains(name))
+    }
+
+    /// Whether `name` is the old scales of a tensor shard `s` quantizes anew: not
+    /// copied, since new ones are written.
+    pub(crate) fn replaces(&self, s: usize, name: &str) -> bool {
+        name.strip_suffix(SCALE_SUFFIX).is_some_and(|w| self.quantizes(s, w))
+    }
+
+    fn scheme(&self, s: usize) -> Option<QuantScheme> {
+        self.shards[s].as_ref().map(|(scheme, _)| *scheme)
+    }
+
+    /// The shape of the scales of a tensor of shape `shape` under `scheme`.
+    fn scale_shape(scheme: QuantScheme, shape: &[usize]) -> Vec<usize> {
         let (rows, cols) = quantized_matrix_shape(shape);
-        match self.scheme {
+        match scheme {
             QuantScheme::PerRow => vec![rows],
             QuantScheme::PerGroup(g) => vec![rows, cols.div_ceil(g).max(1)],
         }
     }
 
-    /// The header entries of `shard` as written with `quantized` tensors in int8: each
-    /// followed by its scales, everything else as it was.
+    /// The header entries of shard `s` as written: each tensor it quantizes as int8
+    /// followed by its scales, old scales of those dropped, everything else as it was;
+    /// `None` when the shard is written as it is.
     pub(crate) fn entries(
         &self,
+        s: usize,
         shard: &Checkpoint,
-        quantized: &BTreeSet<&str>,
-    ) -> Result<Vec<(String, TensorInfo)>> {
-        let mut tensors = Vec::with_capacity(shard.tensors().len() + quantized.len());
+    ) -> Result<Option<Vec<(String, TensorInfo)>>> {
+        let Some(scheme) = self.scheme(s) else { return Ok(None) };
+        let mut tensors = Vec::with_capacity(shard.tensors().len() * 2);
         for (name, info) in shard.tensors() {
-            if quantized.contains(name.as_str()) {
+            if self.quantizes(s, name) {
                 tensors.push((name.clone(), Dtype::I8, info.shape.clone()));
-                tensors.push((scale_name(name), Dtype::F32, self.scale_shape(&info.shape)));
-            } else {
+                tensors.push((
+                    scale_name(name),
+                    Dtype::F32,
+                    Self::scale_shape(scheme, &info.shape),
+                ));
+            } else if !self.replaces(s, name) {
                 tensors.push((name.clone(), info.dtype, info.shape.clone()));
             }
         }
-        Ok(shears_io::layout(tensors)?)
+        Ok(Some(shears_io::layout(tensors)?))
     }
 
-    /// `shard`'s metadata with the quantization recorded: the scheme, and the dtype the
-    /// `quantized` tensors had when they all had one.
-    pub(crate) fn metadata(
-        &self,
-        shard: &Checkpoint,
-        quantized: &BTreeSet<&str>,
-    ) -> HashMap<String, String> {
+    /// Shard `s`'s metadata with its quantization recorded: the scheme, and the dtype its
+    /// int8 tensors were quantized from when they all had one.
+    pub(crate) fn metadata(&self, s: usize, shard: &Checkpoint) -> Option<HashMap<String, String>> {
+        let (scheme, names) = self.shards[s].as_ref()?;
         let mut metadata = shard.metadata().cloned().unwrap_or_default();
-        metadata.insert(QUANTIZATION_KEY.to_owned(), self.scheme.to_string());
-        let dtypes: BTreeSet<String> = quantized
-            .iter()
-            .filter_map(|n| shard.info(n))
-            .map(|info| format!("{:?}", info.dtype))
-            .collect();
-        match dtypes.len() {
-            1 => metadata.extend(dtypes.into_iter().map(|d| (QUANTIZED_FROM_KEY.to_owned(), d))),
-            _ => {
-                metadata.remove(QUANTIZED_FROM_KEY);
+        let before = metadata.remove(QUANTIZED_FROM_KEY);
+        metadata.insert(QUANTIZATION_KEY.to_owned(), scheme.to_string());
+        // Int8 tensors (quantized before, or now again) came from the file's record.
+        let mut dtypes = BTreeSet::new();
+        for (name, info) in shard.tensors() {
+            match info.dtype {
+                Dtype::I8 if shard.decodes(name) => {
+                    dtypes.insert(before.clone().unwrap_or_else(|| "unknown".into()));
+                }
+                dtype if names.contains(name.as_str()) => {
+                    dtypes.insert(format!("{dtype:?}"));
+                }
+                _ => {}
             }
         }
-        metadata
+        if let (1, Some(from)) = (dtypes.len(), dtypes.pop_first())
+            && from != "unknown"
+        {
+            metadata.insert(QUANTIZED_FROM_KEY.to_owned(), from);
+        }
+        Some(metadata)
     }
 
-    /// Tensor `name` of stored shape `shape` quantized, from its values `loaded` in the
-    /// run's view (`flat`: in file order; else its matrix view, `transposed` for a
-    /// tensor stored `(in, out)`): the int8 values in file order, and the scales.
+    /// Tensor `name` of shard `s`, of stored shape `shape`, quantized from its values
+    /// `loaded` in the run's view (`flat`: in file order; else its matrix view,
+    /// `transposed` for a tensor stored `(in, out)`): the int8 values in file order,
+    /// and the scales.
     pub(crate) fn quantize<T: Float>(
         &self,
+        s: usize,
         name: &str,
         loaded: &DMatrix<T>,
         shape: &[usize],
         (flat, transposed): (bool, bool),
     ) -> Result<Int8Matrix> {
+        let Some(scheme) = self.scheme(s) else {
+            bail!("internal error: tensor `{name}` quantized in a shard that quantizes nothing")
+        };
+        // f64 weights beyond f32's range have no f32 scale.
+        if let Some(v) = loaded.iter().find(|v| v.as_f64().abs() > f64::from(f32::MAX)) {
+            bail!(
+                "--quantize: tensor `{name}` holds {}, beyond the range of f32, which int8 scales are in",
+                v.as_f64()
+            );
+        }
         let stored = stored_matrix(loaded, shape, flat, transposed);
-        Int8Matrix::quantize(&stored, self.scheme)
+        Int8Matrix::quantize(&stored, scheme)
             .map_err(|e| anyhow::anyhow!("--quantize: tensor `{name}`: {e}"))
     }
 }

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, bail};
 use regex::Regex;
-use shears_io::{Model, TensorInfo, is_float};
+use shears_io::{Dtype, Model, SCALE_SUFFIX, TensorInfo, TensorRef, is_float};
 use shears_strategies::TensorRole;
 
 /// The decision for one tensor of a model, borrowing its name and entry from the model.
@@ -100,7 +100,7 @@ impl Filters {
             |list: &[(String, Regex)], name: &str| list.iter().any(|(_, re)| re.is_match(name));
         let mut choices = Vec::new();
         for t in model.tensors() {
-            let mut role = TensorRole::classify(t.name, is_float(t.info.dtype), &t.info.shape);
+            let mut role = role_of(model, t);
             let forced = matches(&self.transposed, t.name);
             if forced && t.info.shape.len() == 2 && role.prunable() {
                 role = TensorRole::TransposedLinear;
@@ -112,7 +112,7 @@ impl Filters {
                 // integer matrix is.
                 if included && role == TensorRole::NotFloat {
                     bail!(
-                        "--include names tensor `{}`, {} (dtype {:?}, shape {:?}): only 2-D and 4-D f16, bf16, f32 and f64 tensors can be pruned",
+                        "--include names tensor `{}`, {} (dtype {:?}, shape {:?}): only 2-D and 4-D f16, bf16, f32 and f64 tensors, and int8 ones with scales, can be pruned",
                         t.name,
                         role,
                         t.info.dtype,
@@ -149,4 +149,18 @@ impl Filters {
         }
         Ok(choices)
     }
+}
+
+/// The role of tensor `t` of `model`: by its name, dtype and shape, an int8 tensor with
+/// scales counting as floating point (it reads as such) and its scales as scales.
+pub(crate) fn role_of(model: &Model, t: TensorRef) -> TensorRole {
+    let shard = &model.shards()[t.shard];
+    let scales_of_int8 = t
+        .name
+        .strip_suffix(SCALE_SUFFIX)
+        .is_some_and(|w| shard.info(w).is_some_and(|i| i.dtype == Dtype::I8));
+    if scales_of_int8 {
+        return TensorRole::QuantizationScale;
+    }
+    TensorRole::classify(t.name, is_float(t.info.dtype) || shard.decodes(t.name), &t.info.shape)
 }

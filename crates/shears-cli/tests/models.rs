@@ -776,6 +776,12 @@ fn a_quantized_sharded_folder_lists_each_scale_in_its_weights_shard() {
     let inspected = json(&run(&["inspect", out.to_str().unwrap(), "--json", "-q"]));
     let query = tensor(&inspected, "encoder.layer.0.attention.self.query.weight");
     assert_eq!((query["dtype"].as_str(), query["sparsity"].as_f64()), (Some("I8"), Some(0.5)));
-    assert!(query["compression"].as_f64().unwrap() > 2.0, "{query}");
+    // 512 bytes of f32 against 128 of int8 and 8 x 4 f32 scales.
+    assert_eq!(query["compression"].as_f64(), Some(2.0), "{query}");
     assert!(inspected["total"]["compression"].as_f64().unwrap() > 1.0);
+    // The int8 layers are timed like any other, and as int8 CSR too.
+    let benched = json(&run(&["bench", out.to_str().unwrap(), "--batch", "1", "--json", "-q"]));
+    let timed = benched["tensors"].as_array().unwrap();
+    assert_eq!(timed.len(), 4, "{benched}");
+    assert!(timed.iter().all(|t| t["int8_csr_us"].as_f64().unwrap() > 0.0), "{benched}");
 }

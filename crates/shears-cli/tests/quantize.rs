@@ -141,3 +141,95 @@ fn minilm_at_2_4_keeps_its_embeddings_within_0_01_when_quantized() {
     // And against the f32 pruned model itself, int8 is a rounding away.
     assert!(mean_cosine(&f32_model, &int8_model, &texts) > 0.99);
 }
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let o = shears(args);
+    assert!(o.status.success(), "shears {args:?}: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn a_quantized_model_prunes_again_in_its_own_scheme() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let tensors = [
+        T { name: "fc1.weight", dtype: Dtype::F32, shape: vec![8, 16], values: values(128, 1) },
+        T { name: "fc1.bias", dtype: Dtype::F32, shape: vec![8], values: values(8, 2) },
+        T { name: "fc2.weight", dtype: Dtype::BF16, shape: vec![4, 8], values: values(32, 3) },
+        // A [2^34, 0] tensor has no values, and must not be given 2^34 scales.
+        T { name: "empty.weight", dtype: Dtype::F32, shape: vec![1 << 34, 0], values: vec![] },
+    ];
+    write(Path::new(&path("in.safetensors")), &tensors);
+    let first = json(&[
+        "prune",
+        &path("in.safetensors"),
+        "-o",
+        &path("q.safetensors"),
+        "-s",
+        "0.5",
+        "--all",
+        "--quantize",
+        "int8:group=4",
+        "--json",
+        "-q",
+    ]);
+    assert_eq!(first["quantized"], "int8:group=4");
+    let stored = read(Path::new(&path("q.safetensors")));
+    assert_eq!(stored["empty.weight"].0, Dtype::F32, "an empty tensor is written as it was");
+    assert!(!stored.contains_key("empty.weight.scale"));
+    assert_eq!(stored["fc1.weight.scale"].1, [8, 4]);
+    // Again, without --quantize and with --all: the int8 tensors are pruned and
+    // quantized anew in the file's scheme, and their scales are never chosen.
+    let second = json(&[
+        "prune",
+        &path("q.safetensors"),
+        "-o",
+        &path("q2.safetensors"),
+        "-s",
+        "0.75",
+        "--all",
+        "--json",
+        "-q",
+    ]);
+    let tensor = |name: &str| {
+        second["tensors"].as_array().unwrap().iter().find(|t| t["name"] == name).unwrap().clone()
+    };
+    assert_eq!(tensor("fc1.weight")["dtype_written"], "I8");
+    assert_eq!(tensor("fc1.weight")["sparsity_after"], 0.75);
+    assert_eq!(tensor("fc1.weight.scale")["pruned"], false);
+    let again = read(Path::new(&path("q2.safetensors")));
+    assert_eq!(again["fc1.weight.scale"].1, [8, 4], "one set of scales, in the file's scheme");
+    assert_eq!(again["fc1.weight"].2.iter().filter(|&&v| v == 0.0).count(), 96);
+    let inspected = json(&["inspect", &path("q2.safetensors"), "--json", "-q"]);
+    assert_eq!(inspected["total"]["parameters"], 128 + 8 + 32, "scales are not parameters");
+    // Another scheme for some of the int8 tensors would mix two in one file.
+    let o = shears(&[
+        "prune",
+        &path("q.safetensors"),
+        "-o",
+        &path("q3.safetensors"),
+        "-s",
+        "0.75",
+        "--include",
+        "fc1",
+        "--quantize",
+        "int8",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("give --quantize int8:group=4"), "{}", stderr(&o));
+    assert!(!dir.path().join("q3.safetensors").exists());
+    // Groups of one column: larger than the model, and said so.
+    let o = shears(&[
+        "prune",
+        &path("in.safetensors"),
+        "-o",
+        &path("q4.safetensors"),
+        "-s",
+        "0.5",
+        "--quantize",
+        "int8:group=1",
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("more than the model's"), "{}", stderr(&o));
+}

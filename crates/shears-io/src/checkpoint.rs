@@ -123,6 +123,15 @@ impl<S: Source> Checkpoint<S> {
         Ok((info, self.header.data_start + info.data_offsets.0 as u64))
     }
 
+    /// Whether tensor `name` reads as floating point: a floating dtype, or int8 beside
+    /// its `NAME.scale` (whose validity is checked when it is read).
+    pub fn decodes(&self, name: &str) -> bool {
+        self.info(name).is_some_and(|info| {
+            float_size(info.dtype).is_some()
+                || (info.dtype == Dtype::I8 && self.info(&scale_name(name)).is_some())
+        })
+    }
+
     /// How tensor `name` decodes: a floating dtype, or int8 with the scales of its
     /// `NAME.scale` tensor (read and validated here).
     fn decoding(&self, name: &str, info: &TensorInfo) -> Result<Decoding> {
@@ -134,7 +143,7 @@ impl<S: Source> Checkpoint<S> {
         let (Dtype::I8, Some(scale_info)) = (info.dtype, self.info(&scale)) else {
             return Err(not_float());
         };
-        let group = quantization_group(self.metadata())?;
+        let group = quantization_group(&self.path, self.metadata())?;
         // The header was validated against the file, so this is bounded by its length.
         let scales = match scale_info.dtype {
             Dtype::F32 => self
@@ -144,7 +153,7 @@ impl<S: Source> Checkpoint<S> {
                 .collect(),
             _ => Vec::new(),
         };
-        Dequantizer::new(name, info, scale_info, scales, group).map(Decoding::Int8)
+        Dequantizer::new(&self.path, name, info, scale_info, scales, group).map(Decoding::Int8)
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {

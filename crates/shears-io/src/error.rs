@@ -60,8 +60,10 @@ pub enum Error {
         dtype: Dtype,
     },
     /// A quantized tensor's scales or the file's quantization metadata are invalid.
-    #[error("quantized tensor `{tensor}`: {reason}")]
+    #[error("{}: quantized tensor `{tensor}`: {reason}", path.display())]
     Quantized {
+        /// The file.
+        path: PathBuf,
         /// The tensor (or metadata entry) at fault.
         tensor: String,
         /// What is wrong.

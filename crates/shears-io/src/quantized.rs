@@ -7,16 +7,18 @@
 //! `q[r, c] * scale`, where the scales are the F32 tensor `NAME.scale` in the same file:
 //!
 //! - shape `[rows]`: one scale per row (`int8` in the file's `shears.quantization`
-//!   metadata);
+//!   metadata, or no metadata);
+//! - shape `[]`: one scale for the whole tensor (as other tools write it);
 //! - shape `[rows, groups]`: one per row and per group of `G` consecutive columns
 //!   (`int8:group=G` in the metadata, `groups = ceil(cols / G)`, the last group of a row
 //!   possibly shorter).
 //!
-//! Scales are positive and finite; quantization is symmetric, so a zero (a pruned weight)
+//! Scales are positive, and finite times 128 (so every value is finite); quantization is symmetric, so a zero (a pruned weight)
 //! is stored as 0 and reads back as exactly zero. This is the layout of the ONNX export's
 //! `NAME.scale` initializers too.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use safetensors::Dtype;
 use safetensors::tensor::TensorInfo;
@@ -48,16 +50,20 @@ pub fn quantized_matrix_shape(shape: &[usize]) -> (usize, usize) {
     (rows, cols)
 }
 
-/// The group size written in a file's [`QUANTIZATION_KEY`] metadata: `Ok(None)` for
+/// The group size written in the [`QUANTIZATION_KEY`] metadata of the file at `path`: `Ok(None)` for
 /// `int8` (per row) or no key, `Ok(Some(G))` for `int8:group=G`.
 ///
 /// # Errors
 /// [`Error::Quantized`] naming the value when it is neither.
-pub fn quantization_group(metadata: Option<&HashMap<String, String>>) -> Result<Option<usize>> {
+pub fn quantization_group(
+    path: &Path,
+    metadata: Option<&HashMap<String, String>>,
+) -> Result<Option<usize>> {
     let Some(value) = metadata.and_then(|m| m.get(QUANTIZATION_KEY)) else {
         return Ok(None);
     };
     let bad = || Error::Quantized {
+        path: path.to_owned(),
         tensor: format!("__metadata__.{QUANTIZATION_KEY}"),
         reason: format!("`{value}` is neither int8 nor int8:group=G with G >= 1"),
     };
@@ -90,18 +96,25 @@ impl Dequantizer {
     /// [`Error::Quantized`] when the scales are not F32, do not have the shape the tensor
     /// and the group size ask for, or are not all positive and finite.
     pub(crate) fn new(
+        path: &Path,
         name: &str,
         info: &TensorInfo,
         scale_info: &TensorInfo,
         scales: Vec<f32>,
         group: Option<usize>,
     ) -> Result<Dequantizer> {
-        let fail = |reason: String| Error::Quantized { tensor: scale_name(name), reason };
+        let fail = |reason: String| Error::Quantized {
+            path: path.to_owned(),
+            tensor: scale_name(name),
+            reason,
+        };
         if scale_info.dtype != Dtype::F32 {
             return Err(fail(format!("has dtype {:?}; scales are F32", scale_info.dtype)));
         }
         let (rows, cols) = quantized_matrix_shape(&info.shape);
         let (group, groups, expected) = match (group, scale_info.shape.len()) {
+            // One scale for every row: each row's group is that scale, at index 0.
+            (_, 0) => (cols.max(1), 0, vec![]),
             (None, 1) => (cols.max(1), 1, vec![rows]),
             (Some(g), 2) => {
                 let groups = cols.div_ceil(g).max(1);
@@ -127,9 +140,9 @@ impl Dequantizer {
                 scale_info.shape, info.shape
             )));
         }
-        if let Some(i) = scales.iter().position(|s| !(s.is_finite() && *s > 0.0)) {
+        if let Some(i) = scales.iter().position(|s| !((s * 128.0).is_finite() && *s > 0.0)) {
             return Err(fail(format!(
-                "scale {} at index {i} is not positive and finite",
+                "scale {} at index {i} is not positive, or too large for int8 values times it to be finite",
                 scales[i]
             )));
         }
@@ -146,7 +159,8 @@ impl Dequantizer {
         let mut rest = bytes.iter().zip(out.iter_mut());
         loop {
             // The rest of this row, a group at a time.
-            let row_scales = &self.scales[row * self.groups..(row + 1) * self.groups];
+            // `groups` is 0 for one scale of the whole tensor: every row reads index 0.
+            let row_scales = &self.scales[row * self.groups..];
             while col < self.cols {
                 let end = ((col / self.group + 1) * self.group).min(self.cols);
                 let scale = row_scales[col / self.group];
@@ -187,6 +201,7 @@ mod tests {
         let q: Vec<i8> = (0..21).map(|i| (i * 13 % 255 - 127) as i8).collect();
         let scales: Vec<f32> = (1..=9).map(|s| s as f32 * 0.5).collect();
         let d = Dequantizer::new(
+            Path::new("f"),
             "w",
             &info(Dtype::I8, &[3, 7]),
             &info(Dtype::F32, &[3, 3]),
@@ -211,6 +226,7 @@ mod tests {
         let q: Vec<i8> = vec![1, -2, 3, 0, 127, -127, 0, 0, 5, -5, 64, 1];
         let scales = vec![0.25, 4.0];
         let d = Dequantizer::new(
+            Path::new("f"),
             "conv",
             &info(Dtype::I8, &[2, 2, 1, 3]),
             &info(Dtype::F32, &[2]),
@@ -230,7 +246,9 @@ mod tests {
     fn rejects_scales_that_do_not_fit() {
         let w = info(Dtype::I8, &[4, 10]);
         let err = |scale: TensorInfo, values: Vec<f32>, group| {
-            Dequantizer::new("w", &w, &scale, values, group).unwrap_err().to_string()
+            Dequantizer::new(Path::new("f"), "w", &w, &scale, values, group)
+                .unwrap_err()
+                .to_string()
         };
         assert!(err(info(Dtype::F16, &[4]), vec![1.0; 4], None).contains("dtype F16"));
         assert!(err(info(Dtype::F32, &[5]), vec![1.0; 5], None).contains("needs [4]"));
@@ -241,16 +259,37 @@ mod tests {
         let message = err(info(Dtype::F32, &[4]), vec![1.0, 0.0, 1.0, 1.0], None);
         assert!(message.contains("w.scale") && message.contains("index 1"), "{message}");
         assert!(err(info(Dtype::F32, &[4]), vec![1.0, 1.0, f32::NAN, 1.0], None).contains("NaN"));
+        // -128 times a scale this large is not finite.
+        assert!(err(info(Dtype::F32, &[4]), vec![1.0, 3e38, 1.0, 1.0], None).contains("index 1"));
+    }
+
+    #[test]
+    fn one_scale_may_serve_the_whole_tensor() {
+        let d = Dequantizer::new(
+            Path::new("f"),
+            "w",
+            &info(Dtype::I8, &[2, 3]),
+            &info(Dtype::F32, &[]),
+            vec![0.5],
+            None,
+        )
+        .unwrap();
+        let mut out = vec![0.0f32; 5];
+        d.decode_into(&[1, 2, 3, 4, 254], 1, &mut out);
+        assert_eq!(out, [0.5, 1.0, 1.5, 2.0, -1.0]);
     }
 
     #[test]
     fn reads_the_group_from_metadata() {
         let meta = |v: &str| HashMap::from([(QUANTIZATION_KEY.to_owned(), v.to_owned())]);
-        assert_eq!(quantization_group(None).unwrap(), None);
-        assert_eq!(quantization_group(Some(&meta("int8"))).unwrap(), None);
-        assert_eq!(quantization_group(Some(&meta("int8:group=64"))).unwrap(), Some(64));
+        assert_eq!(quantization_group(Path::new("f"), None).unwrap(), None);
+        assert_eq!(quantization_group(Path::new("f"), Some(&meta("int8"))).unwrap(), None);
+        assert_eq!(
+            quantization_group(Path::new("f"), Some(&meta("int8:group=64"))).unwrap(),
+            Some(64)
+        );
         for bad in ["int4", "int8:group=0", "int8:group=", "int8:g=4", "int8:group=-1"] {
-            let e = quantization_group(Some(&meta(bad))).unwrap_err().to_string();
+            let e = quantization_group(Path::new("f"), Some(&meta(bad))).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }
         assert_eq!(quantized_matrix_shape(&[3, 4, 5]), (3, 20));

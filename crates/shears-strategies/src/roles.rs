@@ -35,6 +35,10 @@ pub enum TensorRole {
     NotAMatrix,
     /// Not a floating-point tensor.
     NotFloat,
+    /// The scales of an int8 tensor (`NAME.scale` beside an int8 `NAME`): part of that
+    /// tensor, never pruned on their own. [`TensorRole::classify`] goes by name and
+    /// cannot tell; a reader that sees the file can.
+    QuantizationScale,
 }
 
 impl TensorRole {
@@ -45,7 +49,10 @@ impl TensorRole {
 
     /// Whether a tensor of this role can be pruned at all (a 2-D or 4-D floating tensor).
     pub fn prunable(self) -> bool {
-        !matches!(self, TensorRole::NotAMatrix | TensorRole::NotFloat)
+        !matches!(
+            self,
+            TensorRole::NotAMatrix | TensorRole::NotFloat | TensorRole::QuantizationScale
+        )
     }
 
     /// The role, in words a report can show.
@@ -61,6 +68,7 @@ impl TensorRole {
             TensorRole::OtherMatrix => "not a layer's weight",
             TensorRole::NotAMatrix => "not 2-D or 4-D",
             TensorRole::NotFloat => "not floating point",
+            TensorRole::QuantizationScale => "an int8 tensor's scales",
         }
     }
 
