@@ -538,9 +538,16 @@ fn prune<'a, T: Float>(
             "{rounded_to_zero} kept weights are below half their int8 step and were stored as zero (the sparsity after counts them; --masks-out still marks them kept)"
         ));
     }
-    if quantize.is_some() && bytes_after > total_bytes {
+    if let Some(q) = quantize
+        && bytes_after > total_bytes
+    {
+        let advice = if q.grouped() {
+            ": the scales of small groups outweigh the int8 values (a larger int8:group=G, or int8 per row, is smaller)"
+        } else {
+            ""
+        };
         warnings.add(format!(
-            "the quantized tensors take {bytes_after} bytes, more than the model's {total_bytes}: the scales of small groups outweigh the int8 values (a larger int8:group=G, or int8 per row, is smaller)"
+            "the output's tensors take {bytes_after} bytes, more than the model's {total_bytes}{advice}"
         ));
     }
     if global.is_none() && job.layer_target() != job.sparsity {
@@ -598,9 +605,7 @@ fn prune<'a, T: Float>(
         masks_in: args.masks_in.as_ref().map(|p| p.display().to_string()),
         masks_out: args.masks_out.as_ref().map(|p| p.display().to_string()),
         calibration: None,
-        quantized: quantize.map(|q| {
-            q.requested().map_or_else(|| "int8 (the model's own scheme)".into(), |r| r.to_string())
-        }),
+        quantized: quantize.map(Quantize::describe),
         bytes_before: total_bytes,
         bytes_after,
         total: totals(&rows),

@@ -56,20 +56,6 @@ impl Quantize {
             // ask for scales it has no bytes for): it is written as it is.
             let has_values = |c: &&Choice| c.info.shape.iter().product::<usize>() > 0;
             let (scheme, names): (_, BTreeSet<String>) = match (requested, existing) {
-                (Some(r), Some(e)) if r != e => {
-                    let kept = shard.tensors().iter().find(|(n, i)| {
-                        i.dtype == Dtype::I8
-                            && shard.decodes(n)
-                            && !mine().any(|c| c.name == n.as_str())
-                    });
-                    if let Some((name, _)) = kept {
-                        bail!(
-                            "--quantize {r}: {} keeps int8 tensors quantized as {e} (`{name}`), and a file holds one scheme: give --quantize {e}",
-                            shard.path().display()
-                        );
-                    }
-                    (r, mine().filter(has_values).map(|c| c.name.to_owned()).collect())
-                }
                 (Some(r), _) => (r, mine().filter(has_values).map(|c| c.name.to_owned()).collect()),
                 (None, Some(e)) => (
                     e,
@@ -84,6 +70,19 @@ impl Quantize {
                     continue;
                 }
             };
+            // Int8 tensors written as they are keep their scales, so their scheme.
+            if let (Some(r), Some(e)) = (requested, existing)
+                && r != e
+                && let Some((name, _)) = shard
+                    .tensors()
+                    .iter()
+                    .find(|(n, i)| i.dtype == Dtype::I8 && shard.decodes(n) && !names.contains(n))
+            {
+                bail!(
+                    "--quantize {r}: {} keeps int8 tensors quantized as {e} (`{name}`), and a file holds one scheme: give --quantize {e}",
+                    shard.path().display()
+                );
+            }
             for name in &names {
                 let scale = scale_name(name);
                 // A tensor quantized before has its scales there already: replaced.
@@ -102,9 +101,21 @@ impl Quantize {
         Ok(Some(Quantize { requested, shards }))
     }
 
-    /// `--quantize`, if given.
-    pub(crate) fn requested(&self) -> Option<QuantScheme> {
-        self.requested
+    /// The schemes written, for the report: `--quantize`'s, or those of the model's
+    /// int8 tensors quantized anew.
+    pub(crate) fn describe(&self) -> String {
+        if let Some(r) = self.requested {
+            return r.to_string();
+        }
+        let schemes: BTreeSet<String> =
+            self.shards.iter().flatten().map(|(scheme, _)| scheme.to_string()).collect();
+        let list: Vec<String> = schemes.into_iter().collect();
+        format!("{} (the model's own scheme)", list.join(", "))
+    }
+
+    /// Whether some shard is quantized in groups.
+    pub(crate) fn grouped(&self) -> bool {
+        self.shards.iter().flatten().any(|(scheme, _)| matches!(scheme, QuantScheme::PerGroup(_)))
     }
 
     /// Whether shard `s` writes tensor `name` as int8.

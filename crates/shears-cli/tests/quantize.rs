@@ -194,6 +194,7 @@ fn a_quantized_model_prunes_again_in_its_own_scheme() {
     let tensor = |name: &str| {
         second["tensors"].as_array().unwrap().iter().find(|t| t["name"] == name).unwrap().clone()
     };
+    assert_eq!(second["quantized"], "int8:group=4 (the model's own scheme)");
     assert_eq!(tensor("fc1.weight")["dtype_written"], "I8");
     assert_eq!(tensor("fc1.weight")["sparsity_after"], 0.75);
     assert_eq!(tensor("fc1.weight.scale")["pruned"], false);
@@ -232,4 +233,40 @@ fn a_quantized_model_prunes_again_in_its_own_scheme() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("more than the model's"), "{}", stderr(&o));
+}
+
+#[test]
+fn an_empty_int8_tensor_keeps_its_scheme_so_another_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    let tensors = [
+        // Quantized per row (no metadata needed), but with no values to quantize anew.
+        T { name: "w.weight", dtype: Dtype::I8, shape: vec![5, 0], values: vec![] },
+        T { name: "w.weight.scale", dtype: Dtype::F32, shape: vec![5], values: vec![1.0; 5] },
+        T { name: "x.weight", dtype: Dtype::F32, shape: vec![2, 2], values: values(4, 1) },
+    ];
+    write(&input, &tensors);
+    let out = dir.path().join("out.safetensors");
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    let refused = shears(&[
+        "prune",
+        i,
+        "-o",
+        o,
+        "-s",
+        "0.5",
+        "--include",
+        "w|x",
+        "--quantize",
+        "int8:group=4",
+    ]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("`w.weight`"), "{}", stderr(&refused));
+    assert!(!out.exists());
+    // In its own scheme it is written as it was, and the output reads back.
+    let o2 = shears(&["prune", i, "-o", o, "-s", "0.5", "--include", "w|x", "--quantize", "int8"]);
+    assert!(o2.status.success(), "{}", stderr(&o2));
+    let inspected = shears(&["inspect", o, "-q"]);
+    assert!(inspected.status.success(), "{}", stderr(&inspected));
+    assert_eq!(read(&out)["w.weight.scale"].1, [5]);
 }

@@ -25,6 +25,7 @@ pub(crate) fn encode(dtype: Dtype, values: &[f64]) -> Vec<u8> {
             Dtype::F64 => out.extend_from_slice(&v.to_le_bytes()),
             Dtype::I64 => out.extend_from_slice(&(v as i64).to_le_bytes()),
             Dtype::U8 | Dtype::BOOL => out.push(v as u8),
+            Dtype::I8 => out.push((v as i8).to_le_bytes()[0]),
             other => panic!("unsupported test dtype {other:?}"),
         }
     }

@@ -10,8 +10,8 @@
 //!   metadata, or no metadata);
 //! - shape `[]`: one scale for the whole tensor (as other tools write it);
 //! - shape `[rows, groups]`: one per row and per group of `G` consecutive columns
-//!   (`int8:group=G` in the metadata, `groups = ceil(cols / G)`, the last group of a row
-//!   possibly shorter).
+//!   (`int8:group=G` in the metadata, `groups = max(1, ceil(cols / G))`, the last group
+//!   of a row possibly shorter).
 //!
 //! Scales are positive, and finite times 128 (so every value is finite); quantization is symmetric, so a zero (a pruned weight)
 //! is stored as 0 and reads back as exactly zero. This is the layout of the ONNX export's
