@@ -2,9 +2,9 @@
 
 For each model it runs `shears export`, checks the file with onnx.checker (full check),
 runs it in ONNX Runtime on CPU and compares:
-- an MLP checkpoint (made by `shears demo`, dense and pruned with `shears prune`): the
-  logits on the digits' test split against the network's forward pass computed here from
-  the checkpoint's tensors (the same formula shears-nn's `Mlp::forward` is tested
+- an MLP checkpoint (made by `shears demo`, dense and pruned with `shears prune`; the
+  pruned one also with `--sparse-initializers`): the logits on the digits' test split
+  against the network's forward pass computed here from the checkpoint's tensors (the same formula shears-nn's `Mlp::forward` is tested
   against); with int8 weights, test accuracy at most 1 point below f32 (the pruned
   network is not fine-tuned, so many digits sit near its decision boundaries and the
   number whose class changes is printed, not held to a bound);
@@ -74,6 +74,17 @@ def check_mlp(shears, work):
         zeros = sum(int((t == 0).sum()) for k, t in tensors.items() if k.endswith("weight"))
         print(f"mlp {name}: max abs difference {diff:.2e} ({zeros} zero weights)")
         assert diff <= TOLERANCE, f"{name}: {diff}"
+        if name == "pruned":
+            # The 80%-sparse weights as Constants holding SparseTensorProtos: ONNX
+            # Runtime densifies them and computes the same.
+            sparse_path = work / f"{name}-sparse-initializers.onnx"
+            run(shears, "export", checkpoint, "-o", sparse_path, "--sparse-initializers")
+            nodes = onnx.load(str(sparse_path)).graph.node
+            count = sum(1 for n in nodes if n.op_type == "Constant" and n.attribute[0].name == "sparse_value")
+            (sparse_logits,) = session(sparse_path).run(None, {"input": x})
+            diff = float(np.abs(sparse_logits - expected).max())
+            print(f"mlp {name}, {count} sparse constants: max abs difference {diff:.2e}")
+            assert count > 0 and diff <= TOLERANCE, f"{name} sparse initializers: {count}, {diff}"
         for activations in INT8_COSINE:
             int8_path = work / f"{name}-int8-{activations}.onnx"
             run(shears, "export", checkpoint, "-o", int8_path, "--quantize", "int8", "--activations", activations)

@@ -19,7 +19,7 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
             "--quantize {scheme}: ONNX export quantizes per output row (--quantize int8); MatMulInteger has no per-group scales"
         ),
     };
-    let options = ExportOptions { opset, weights };
+    let options = ExportOptions { opset, weights, sparse_initializers: args.sparse_initializers };
     let out = &args.output;
     if args.model.is_dir() && !args.model.join("config.json").is_file() {
         bail!(

@@ -142,3 +142,28 @@ fn a_checkpoints_masks_are_applied_and_nan_is_refused() {
     assert!(stderr(&o).contains("layers.1.bias") && stderr(&o).contains("NaN"), "{}", stderr(&o));
     assert!(!out.exists());
 }
+
+#[test]
+fn sparse_initializers_shrink_a_pruned_mlp() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("mlp.safetensors");
+    let mut mlp = shears_nn::Mlp::<f32>::new(&[64, 32, 3], 1).unwrap();
+    // 90% of the first layer pruned.
+    for (i, w) in mlp.layers_mut()[0].weight_mut().iter_mut().enumerate() {
+        if i % 10 != 0 {
+            *w = 0.0;
+        }
+    }
+    shears_nn::checkpoint::save(&mlp, &shears_core::Masks::new(), &checkpoint).unwrap();
+    let (dense, sparse) = (dir.path().join("dense.onnx"), dir.path().join("sparse.onnx"));
+    let c = checkpoint.to_str().unwrap();
+    for (out, extra) in [(&dense, None), (&sparse, Some("--sparse-initializers"))] {
+        let mut args = vec!["export", c, "-o", out.to_str().unwrap()];
+        args.extend(extra);
+        let o = shears(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert_eq!(ops(&decode(&sparse)), ["Constant", "Gemm", "Relu", "Gemm", "Identity"]);
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert!(size(&sparse) * 2 < size(&dense), "{} against {}", size(&sparse), size(&dense));
+}

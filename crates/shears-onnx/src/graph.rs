@@ -5,8 +5,8 @@ use prost::Message;
 
 use crate::error::{Error, Result};
 use crate::proto::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto, attribute_proto::AttributeType,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, SparseTensorProto,
+    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, attribute_proto::AttributeType,
     tensor_proto::DataType, tensor_shape_proto, type_proto,
 };
 
@@ -108,10 +108,83 @@ impl Graph {
         outputs
     }
 
-    /// An i8 initializer.
-    pub(crate) fn i8s(&mut self, name: &str, dims: &[usize], data: &[i8]) -> String {
+    /// An i8 weight: a sparse initializer when `sparse` and that is smaller.
+    pub(crate) fn weight_i8s(
+        &mut self,
+        sparse: bool,
+        name: &str,
+        dims: &[usize],
+        data: &[i8],
+    ) -> String {
         let raw = data.iter().map(|&v| v.to_le_bytes()[0]).collect();
-        self.initializer(name, dims, DataType::Int8, raw)
+        self.weight(sparse, name, dims, DataType::Int8, 1, raw)
+    }
+
+    /// An f32 weight: a sparse initializer when `sparse` and that is smaller.
+    pub(crate) fn weight_f32s(
+        &mut self,
+        sparse: bool,
+        name: &str,
+        dims: &[usize],
+        data: &[f32],
+    ) -> String {
+        let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.weight(sparse, name, dims, DataType::Float, 4, raw)
+    }
+
+    /// A weight of `size`-byte values `raw` (row-major): with `sparse`, a `Constant`
+    /// node whose `sparse_value` is a `SparseTensorProto` of its nonzero values (zero:
+    /// every byte zero, `+0.0` or `0`) and their row-major linear indices, when that
+    /// takes fewer bytes than dense; otherwise a dense initializer. (A `Constant`, not a
+    /// graph's `sparse_initializer`: operators take a `Constant`'s output as the dense
+    /// tensor it is, so the graph passes ONNX's full check with shape inference.)
+    fn weight(
+        &mut self,
+        sparse: bool,
+        name: &str,
+        dims: &[usize],
+        ty: DataType,
+        size: usize,
+        raw: Vec<u8>,
+    ) -> String {
+        let values = raw.len() / size;
+        let nonzero =
+            || raw.chunks_exact(size).enumerate().filter(|(_, v)| v.iter().any(|&b| b != 0));
+        let nnz = nonzero().count();
+        // Each kept value costs its bytes and an 8-byte index.
+        if !sparse || nnz * (size + 8) >= values * size || !self.constants.insert(name.to_owned()) {
+            return self.initializer(name, dims, ty, raw);
+        }
+        let (mut kept, mut indices) = (Vec::with_capacity(nnz * size), Vec::with_capacity(nnz * 8));
+        for (i, v) in nonzero() {
+            kept.extend_from_slice(v);
+            indices.extend_from_slice(&(i as i64).to_le_bytes());
+        }
+        let tensor = SparseTensorProto {
+            values: Some(TensorProto {
+                dims: vec![nnz as i64],
+                data_type: Some(ty as i32),
+                name: Some(format!("{name}.values")),
+                raw_data: Some(kept),
+                ..TensorProto::default()
+            }),
+            indices: Some(TensorProto {
+                dims: vec![nnz as i64],
+                data_type: Some(DataType::Int64 as i32),
+                name: Some(format!("{name}.indices")),
+                raw_data: Some(indices),
+                ..TensorProto::default()
+            }),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+        };
+        let value = AttributeProto {
+            name: Some("sparse_value".into()),
+            r#type: Some(AttributeType::SparseTensor as i32),
+            sparse_tensor: Some(tensor),
+            ..AttributeProto::default()
+        };
+        self.op_into("Constant", &[], name, vec![value]);
+        name.to_owned()
     }
 
     /// A node `op(inputs)` writing the named `output`.

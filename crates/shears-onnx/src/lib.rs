@@ -8,9 +8,11 @@
 //!   normalised sentence embeddings out).
 //! - [`encode`] gives the `.onnx` bytes.
 //!
-//! Weights are f32 or int8 ([`Weights`]). Pruned weights are written as dense initializers holding their zeros: ONNX Runtime
-//! densifies sparse initializers when it loads a model, so a sparse encoding would only
-//! shrink the file. The messages come from ONNX's own `onnx.proto` through prost
+//! Weights are f32 or int8 ([`Weights`]). Pruned weights are written as dense initializers
+//! holding their zeros by default: ONNX Runtime densifies sparse tensors when it loads a
+//! model, so a sparse encoding only shrinks the file; with
+//! [`ExportOptions::sparse_initializers`] it does that (a `Constant` holding a
+//! `SparseTensorProto` where that is smaller). The messages come from ONNX's own `onnx.proto` through prost
 //! ([`proto`]), so what is written is what the specification defines.
 //!
 //! ```

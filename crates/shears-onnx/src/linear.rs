@@ -29,7 +29,12 @@ pub(crate) fn linear(
     let y = match options.weights {
         Weights::F32 => {
             // W's column-major storage is Wᵀ row-major: (in, out).
-            let wt = g.f32s(&format!("{name}.T"), &[inp, out], w.as_slice());
+            let wt = g.weight_f32s(
+                options.sparse_initializers,
+                &format!("{name}.T"),
+                &[inp, out],
+                w.as_slice(),
+            );
             g.op("MatMul", &[x, &wt], name, vec![])
         }
         Weights::Int8(activations) => {
@@ -39,7 +44,12 @@ pub(crate) fn linear(
             for c in 0..inp {
                 transposed.extend((0..out).map(|r| q.row(r)[c]));
             }
-            let wq = g.i8s(&format!("{name}.T.int8"), &[inp, out], &transposed);
+            let wq = g.weight_i8s(
+                options.sparse_initializers,
+                &format!("{name}.T.int8"),
+                &[inp, out],
+                &transposed,
+            );
             let scales = g.f32s(&format!("{name}.scale"), &[out], q.scales());
             let (xq, x_scale, zero_point) = match activations {
                 Activations::PerTensor => {

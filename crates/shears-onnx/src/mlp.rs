@@ -33,7 +33,8 @@ pub fn export_mlp(mlp: &Mlp<f32>, options: &ExportOptions) -> Result<ModelProto>
                 crate::linear::finite(&shears_nn::weight_name(i), layer.weight().as_slice())?;
                 crate::linear::finite(&shears_nn::bias_name(i), layer.bias().as_slice())?;
                 // Row-major (out, in): the transpose's column-major storage.
-                let w = g.f32s(
+                let w = g.weight_f32s(
+                    options.sparse_initializers,
                     &shears_nn::weight_name(i),
                     &[out, inp],
                     layer.weight().transpose().as_slice(),

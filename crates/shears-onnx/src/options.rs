@@ -9,6 +9,12 @@ pub struct ExportOptions {
     pub opset: Opset,
     /// f32 or int8 weights.
     pub weights: Weights,
+    /// Write each linear layer's weight, where that is smaller than dense, as a
+    /// `Constant` whose `sparse_value` is a `SparseTensorProto` (its nonzero values and
+    /// their int64 row-major indices): smaller files, and sparse weights for runtimes
+    /// that keep them. ONNX Runtime densifies them when it loads the model, so it
+    /// computes the same, no faster.
+    pub sparse_initializers: bool,
 }
 
 /// How the exporters write linear layers' weights.

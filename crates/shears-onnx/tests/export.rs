@@ -248,6 +248,7 @@ fn per_token_activations_follow_the_opset() {
         let options = ExportOptions {
             opset: Opset::new(version).unwrap(),
             weights: Weights::Int8(Activations::PerToken),
+            ..ExportOptions::default()
         };
         let model = export_mlp(&mlp, &options).unwrap();
         check_well_formed(&model);
@@ -269,5 +270,69 @@ fn per_token_activations_follow_the_opset() {
         assert_eq!(ops(&model)[..layer.len()], layer);
         let reduce = graph(&model).node.iter().find(|n| n.op_type() == "ReduceMax").unwrap();
         assert_eq!(reduce.input.len(), if version < 18 { 1 } else { 2 });
+    }
+}
+
+/// The dims, dense row-major bytes and nonzero count of the sparse `Constant` that
+/// writes `name`.
+fn densified(model: &ModelProto, name: &str) -> (Vec<i64>, Vec<u8>, usize) {
+    let node = graph(model)
+        .node
+        .iter()
+        .find(|n| n.op_type() == "Constant" && n.output == [name])
+        .unwrap_or_else(|| panic!("no Constant writes {name}"));
+    assert_eq!(node.attribute[0].name(), "sparse_value");
+    let sparse = node.attribute[0].sparse_tensor.as_ref().unwrap();
+    let (values, indices) = (sparse.values.as_ref().unwrap(), sparse.indices.as_ref().unwrap());
+    assert_eq!(indices.data_type(), DataType::Int64 as i32);
+    let size = if values.data_type() == DataType::Float as i32 { 4 } else { 1 };
+    let total: i64 = sparse.dims.iter().product();
+    let mut dense = vec![0u8; total as usize * size];
+    let idx: Vec<i64> =
+        indices.raw_data().chunks(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+    assert!(idx.windows(2).all(|w| w[0] < w[1]), "indices ascend");
+    assert_eq!(values.dims, [idx.len() as i64]);
+    for (k, &i) in idx.iter().enumerate() {
+        let i = i as usize;
+        dense[i * size..(i + 1) * size]
+            .copy_from_slice(&values.raw_data()[k * size..(k + 1) * size]);
+    }
+    (sparse.dims.clone(), dense, idx.len())
+}
+
+#[test]
+fn sparse_initializers_hold_exactly_the_dense_weights_where_smaller() {
+    let mut mlp = Mlp::<f32>::new(&[200, 30, 3], 5).unwrap();
+    // 90% of the first layer pruned (sparse is smaller), the last layer dense.
+    mlp.layers_mut()[0].weight_mut().iter_mut().enumerate().for_each(|(i, w)| {
+        if i % 10 != 0 {
+            *w = 0.0;
+        }
+    });
+    for weights in [Weights::F32, Weights::Int8(Activations::PerTensor)] {
+        let dense =
+            export_mlp(&mlp, &ExportOptions { weights, ..ExportOptions::default() }).unwrap();
+        let options =
+            ExportOptions { weights, sparse_initializers: true, ..ExportOptions::default() };
+        let sparse = export_mlp(&mlp, &options).unwrap();
+        check_well_formed(&sparse);
+        let without_constants: Vec<&str> =
+            ops(&sparse).into_iter().filter(|op| *op != "Constant").collect();
+        assert_eq!(without_constants, ops(&dense));
+        let first =
+            if weights == Weights::F32 { "layers.0.weight" } else { "layers.0.weight.T.int8" };
+        let (dims, values, nnz) = densified(&sparse, first);
+        let expected = initializer(&dense, first);
+        assert_eq!((dims, values.as_slice()), (expected.dims.clone(), expected.raw_data()));
+        // The kept tenth (in int8, less the kept weights that round to zero).
+        let size = if weights == Weights::F32 { 4 } else { 1 };
+        let nonzero = values.chunks(size).filter(|v| v.iter().any(|&b| b != 0)).count();
+        assert_eq!(nnz, nonzero);
+        assert!(nnz <= 600 && nnz > 500, "{weights:?}: {nnz}");
+        // A dense layer stays a dense initializer.
+        let last =
+            if weights == Weights::F32 { "layers.1.weight" } else { "layers.1.weight.T.int8" };
+        assert_eq!(initializer(&sparse, last), initializer(&dense, last));
+        assert!(encode(&sparse).unwrap().len() < encode(&dense).unwrap().len());
     }
 }
