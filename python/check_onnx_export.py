@@ -3,7 +3,7 @@
 For each model it runs `shears export`, checks the file with onnx.checker (full check),
 runs it in ONNX Runtime on CPU and compares:
 - an MLP checkpoint (made by `shears demo`, dense and pruned with `shears prune`; the
-  pruned one also with `--sparse-initializers`): the logits on the digits' test split
+  pruned one also with `--sparse-initializers` and `--external-data`): the logits on the digits' test split
   against the network's forward pass computed here from the checkpoint's tensors (the same formula shears-nn's `Mlp::forward` is tested
   against); with int8 weights, test accuracy at most 1 point below f32 (the pruned
   network is not fine-tuned, so many digits sit near its decision boundaries and the
@@ -45,7 +45,8 @@ def run(*args):
 
 
 def session(path):
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    # By path: the checker then finds external data beside the model.
+    onnx.checker.check_model(str(path), full_check=True)
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
@@ -85,6 +86,14 @@ def check_mlp(shears, work):
             diff = float(np.abs(sparse_logits - expected).max())
             print(f"mlp {name}, {count} sparse constants: max abs difference {diff:.2e}")
             assert count > 0 and diff <= TOLERANCE, f"{name} sparse initializers: {count}, {diff}"
+            # Large initializers in external data beside the model.
+            external_path = work / f"{name}-external.onnx"
+            run(shears, "export", checkpoint, "-o", external_path, "--external-data")
+            (external_logits,) = session(external_path).run(None, {"input": x})
+            diff = float(np.abs(external_logits - expected).max())
+            size = external_path.stat().st_size
+            print(f"mlp {name}, external data: {size} bytes of model, max abs difference {diff:.2e}")
+            assert size < 10_000 and diff <= TOLERANCE, f"{name} external data: {size}, {diff}"
         for activations in INT8_COSINE:
             int8_path = work / f"{name}-int8-{activations}.onnx"
             run(shears, "export", checkpoint, "-o", int8_path, "--quantize", "int8", "--activations", activations)

@@ -252,6 +252,11 @@ pub(crate) struct ExportArgs {
     /// model: a smaller file, the same speed.
     #[arg(long)]
     pub(crate) sparse_initializers: bool,
+    /// Write the initializers of 1 KiB or more to OUTPUT.data beside the .onnx file
+    /// (ONNX external data, which ONNX Runtime reads from there). Models past protobuf's
+    /// 2 GiB limit get it without asking.
+    #[arg(long)]
+    pub(crate) external_data: bool,
 }
 
 #[derive(Debug, Args)]

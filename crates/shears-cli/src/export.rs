@@ -1,11 +1,13 @@
 //! `shears export`: a shears-nn MLP checkpoint or a BERT-family model folder, dense or
 //! pruned, as an ONNX model.
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use shears_io::PendingFile;
 use shears_models::{BertConfig, BertModel, SentenceConfig};
-use shears_onnx::{Activations, ExportOptions, Opset, Weights};
+use shears_onnx::{Activations, EXTERNAL_THRESHOLD, ExportOptions, Opset, Weights};
 use shears_sparse::QuantScheme;
 
 use crate::cli::ExportArgs;
@@ -28,6 +30,8 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
         );
     }
     shears_io::paths::check_output(out)?;
+    let data_path = data_file(out)?;
+    shears_io::paths::check_output(&data_path)?;
     if args.model.is_dir() && shears_io::paths::is_within(out, &args.model) {
         bail!(
             "refusing to write {}: it is inside the model folder {} (write the ONNX model elsewhere)",
@@ -37,7 +41,8 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
     }
     let (model, what) = if args.model.is_dir() {
         let files = shears_io::Model::open(&args.model)?;
-        let mut paths = vec![("--output", out.as_path(), true)];
+        let mut paths =
+            vec![("--output", out.as_path(), true), ("external data", data_path.as_path(), true)];
         for shard in files.shards() {
             paths.push(("model", shard.path(), false));
         }
@@ -70,6 +75,7 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
         shears_io::paths::check_distinct(&[
             ("MODEL", args.model.as_path(), false),
             ("--output", out.as_path(), true),
+            ("external data", data_path.as_path(), true),
         ])?;
         let (mut mlp, masks) = load_mlp(&args.model)?;
         // A checkpoint's `layers.N.weight_mask` tensors (as `shears demo` saves them) hold
@@ -82,8 +88,29 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
         let what = format!("MLP {:?}", mlp.sizes());
         (shears_onnx::export_mlp(&mlp, &options)?, what)
     };
-    let bytes = shears_onnx::encode(&model)?;
-    shears_io::write_atomic(out, &bytes)?;
+    let mut model = model;
+    let location = data_path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let location = location.context("the external data file has a name")?;
+    let mut data = args
+        .external_data
+        .then(|| shears_onnx::externalize(&mut model, &location, EXTERNAL_THRESHOLD));
+    let bytes = match shears_onnx::encode(&model) {
+        // Past 2 GiB: external data without asking.
+        Err(shears_onnx::Error::TooLarge { .. }) if data.is_none() => {
+            data = Some(shears_onnx::externalize(&mut model, &location, EXTERNAL_THRESHOLD));
+            shears_onnx::encode(&model)?
+        }
+        encoded => encoded?,
+    };
+    // The model and its data land together, or neither does.
+    let mut files = Vec::new();
+    for (path, content) in [(out.as_path(), Some(&bytes)), (data_path.as_path(), data.as_ref())] {
+        let Some(content) = content else { continue };
+        let (pending, mut file) = PendingFile::create(path)?;
+        file.write_all(content).with_context(|| format!("cannot write {}", path.display()))?;
+        files.push((pending, file));
+    }
+    shears_io::commit_all(files)?;
     let nodes = model.graph.as_ref().map_or(0, |g| g.node.len());
     outln!(
         "exported {} ({what}, {}) to {}: opset {}, {nodes} nodes, {:.1} MB",
@@ -97,7 +124,24 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
         opset.get(),
         bytes.len() as f64 / 1e6
     )?;
+    if let Some(data) = &data {
+        outln!(
+            "initializers of 1 KiB or more: {} ({:.1} MB)",
+            data_path.display(),
+            data.len() as f64 / 1e6
+        )?;
+    }
     Ok(())
+}
+
+/// Where `out`'s external data goes: `OUT.data` beside it.
+fn data_file(out: &Path) -> Result<PathBuf> {
+    let Some(name) = out.file_name() else {
+        bail!("{} names no file", out.display());
+    };
+    let mut name = name.to_owned();
+    name.push(".data");
+    Ok(out.with_file_name(name))
 }
 
 /// An MLP checkpoint, or an error that says what export takes.

@@ -167,3 +167,37 @@ fn sparse_initializers_shrink_a_pruned_mlp() {
     let size = |p: &Path| std::fs::metadata(p).unwrap().len();
     assert!(size(&sparse) * 2 < size(&dense), "{} against {}", size(&sparse), size(&dense));
 }
+
+#[test]
+fn external_data_moves_large_initializers_beside_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("mlp.safetensors");
+    let mlp = shears_nn::Mlp::<f32>::new(&[64, 32, 3], 1).unwrap();
+    shears_nn::checkpoint::save(&mlp, &shears_core::Masks::new(), &checkpoint).unwrap();
+    let out = dir.path().join("mlp.onnx");
+    let o = shears(&[
+        "export",
+        checkpoint.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--external-data",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let data = std::fs::read(dir.path().join("mlp.onnx.data")).unwrap();
+    let model = decode(&out);
+    let graph = model.graph.as_ref().unwrap();
+    let external: Vec<_> =
+        graph.initializer.iter().filter(|t| t.data_location == Some(1)).collect();
+    assert_eq!(external.len(), 1, "only the 64x32 weight is 1 KiB or more");
+    let entry = |k: &str| external[0].external_data.iter().find(|e| e.key() == k).unwrap().value();
+    assert_eq!(entry("location"), "mlp.onnx.data");
+    let (offset, length): (usize, usize) =
+        (entry("offset").parse().unwrap(), entry("length").parse().unwrap());
+    // The weight, row-major (out, in), as the file holds it.
+    let w = mlp.layers()[0].weight();
+    let expected: Vec<u8> = (0..32)
+        .flat_map(|r| (0..64).map(move |c| (r, c)))
+        .flat_map(|rc| w[rc].to_le_bytes())
+        .collect();
+    assert_eq!(&data[offset..offset + length], expected.as_slice());
+}

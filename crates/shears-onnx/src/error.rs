@@ -19,7 +19,7 @@ pub enum Error {
     },
     /// A model too large for one protobuf file.
     #[error(
-        "the model is {bytes} bytes, past the 2 GiB a single .onnx file can hold (external data is not written yet)"
+        "the model is {bytes} bytes, past the 2 GiB a single .onnx file can hold, even with its large initializers in external data"
     )]
     TooLarge {
         /// Its encoded size.

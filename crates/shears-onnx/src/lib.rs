@@ -6,7 +6,8 @@
 //! - [`export_sentence_encoder`]: a BERT-family encoder from a Hugging Face folder with
 //!   its sentence-transformers pooling (token ids, attention mask and token types in; token states and pooled,
 //!   normalised sentence embeddings out).
-//! - [`encode`] gives the `.onnx` bytes.
+//! - [`encode`] gives the `.onnx` bytes; [`externalize`] first moves large initializers
+//!   to a data file beside it (ONNX external data), as models past 2 GiB need.
 //!
 //! Weights are f32 or int8 ([`Weights`]). Pruned weights are written as dense initializers
 //! holding their zeros by default: ONNX Runtime densifies sparse tensors when it loads a
@@ -31,6 +32,7 @@
 
 mod bert;
 mod error;
+mod external;
 mod graph;
 mod linear;
 mod mlp;
@@ -50,6 +52,7 @@ pub use bert::{
     export_sentence_encoder,
 };
 pub use error::{Error, Result};
+pub use external::{EXTERNAL_THRESHOLD, externalize};
 pub use graph::{DEFAULT_OPSET, MAX_MODEL_BYTES, OPSETS, Opset, encode};
 pub use mlp::{MLP_INPUT, MLP_OUTPUT, export_mlp};
 pub use options::{Activations, ExportOptions, Weights};
