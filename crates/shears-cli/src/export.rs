@@ -31,7 +31,9 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
     }
     shears_io::paths::check_output(out)?;
     let data_path = data_file(out)?;
-    shears_io::paths::check_output(&data_path)?;
+    if args.external_data {
+        shears_io::paths::check_output(&data_path)?;
+    }
     if args.model.is_dir() && shears_io::paths::is_within(out, &args.model) {
         bail!(
             "refusing to write {}: it is inside the model folder {} (write the ONNX model elsewhere)",
@@ -89,22 +91,31 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
         (shears_onnx::export_mlp(&mlp, &options)?, what)
     };
     let mut model = model;
-    let location = data_path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let location = location.context("the external data file has a name")?;
-    let mut data = args
-        .external_data
-        .then(|| shears_onnx::externalize(&mut model, &location, EXTERNAL_THRESHOLD));
+    // The model names its data file in UTF-8.
+    let location = data_path.file_name().and_then(|n| n.to_str()).map(str::to_owned);
+    let externalize = |model: &mut shears_onnx::proto::ModelProto| match &location {
+        Some(location) => Ok(shears_onnx::externalize(model, location, EXTERNAL_THRESHOLD)),
+        None => Err(anyhow::anyhow!(
+            "{}: external data needs a file name in UTF-8, which the model names it by",
+            data_path.display()
+        )),
+    };
+    let mut data = if args.external_data { Some(externalize(&mut model)?) } else { None };
     let bytes = match shears_onnx::encode(&model) {
         // Past 2 GiB: external data without asking.
         Err(shears_onnx::Error::TooLarge { .. }) if data.is_none() => {
-            data = Some(shears_onnx::externalize(&mut model, &location, EXTERNAL_THRESHOLD));
+            shears_io::paths::check_output(&data_path)?;
+            data = Some(externalize(&mut model)?);
             shears_onnx::encode(&model)?
         }
         encoded => encoded?,
     };
-    // The model and its data land together, or neither does.
+    // Nothing moved (no initializer of 1 KiB or more): no data file.
+    let data = data.filter(|d| !d.is_empty());
+    // The model and its data land together; the data first, so that a failure between
+    // the two renames leaves the old model, not a new one without its data.
     let mut files = Vec::new();
-    for (path, content) in [(out.as_path(), Some(&bytes)), (data_path.as_path(), data.as_ref())] {
+    for (path, content) in [(data_path.as_path(), data.as_ref()), (out.as_path(), Some(&bytes))] {
         let Some(content) = content else { continue };
         let (pending, mut file) = PendingFile::create(path)?;
         file.write_all(content).with_context(|| format!("cannot write {}", path.display()))?;

@@ -201,3 +201,45 @@ fn external_data_moves_large_initializers_beside_the_model() {
         .collect();
     assert_eq!(&data[offset..offset + length], expected.as_slice());
 }
+
+#[test]
+fn external_data_needs_names_it_can_write_and_record() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("mlp.safetensors");
+    let mlp = shears_nn::Mlp::<f32>::new(&[64, 32, 3], 1).unwrap();
+    shears_nn::checkpoint::save(&mlp, &shears_core::Masks::new(), &checkpoint).unwrap();
+    // A name the model cannot record (not UTF-8), and one whose data file's name is too
+    // long for the file system while the model's is not: refused before anything lands.
+    let binary = dir.path().join(std::ffi::OsStr::from_bytes(b"\xff.onnx"));
+    let long = dir.path().join(format!("{}.onnx", "b".repeat(248)));
+    std::fs::write(&long, b"the user's model").unwrap();
+    for (out, expected) in [(&binary, "UTF-8"), (&long, "longer than the 255 bytes")] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_shears"))
+            .arg("export")
+            .arg(&checkpoint)
+            .arg("-o")
+            .arg(out)
+            .arg("--external-data")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(expected), "{}", stderr(&o));
+    }
+    assert!(!binary.exists());
+    assert_eq!(std::fs::read(&long).unwrap(), b"the user's model");
+    // Without initializers of 1 KiB or more there is no data file.
+    let small = dir.path().join("small.safetensors");
+    let tiny = shears_nn::Mlp::<f32>::new(&[4, 3, 2], 1).unwrap();
+    shears_nn::checkpoint::save(&tiny, &shears_core::Masks::new(), &small).unwrap();
+    let out = dir.path().join("small.onnx");
+    let o = shears(&[
+        "export",
+        small.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--external-data",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.exists() && !dir.path().join("small.onnx.data").exists());
+}

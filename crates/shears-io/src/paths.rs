@@ -29,11 +29,20 @@ pub fn require_regular_file(path: &Path) -> Result<()> {
 /// Fails unless `path` may be written as an output: it does not exist yet, or it is a
 /// regular file. A symbolic link, a directory, a FIFO or a device at `path` is refused,
 /// since replacing it with a regular file (or writing through it) is never what a
-/// command line meant.
+/// command line meant; so is a file name longer than 255 bytes, which no common file
+/// system takes.
 ///
 /// # Errors
 /// [`Error::Output`] naming what is there.
 pub fn check_output(path: &Path) -> Result<()> {
+    // Caught here, not when the finished output is renamed to it (after other outputs
+    // of the same run may have been).
+    if path.file_name().is_some_and(|n| n.len() > MAX_NAME_BYTES) {
+        return Err(Error::Output {
+            path: path.to_owned(),
+            reason: "its file name is longer than the 255 bytes file systems take",
+        });
+    }
     let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(()) };
     let reason = if meta.file_type().is_symlink() {
         "it is a symbolic link (give the path it points to)"
@@ -46,6 +55,9 @@ pub fn check_output(path: &Path) -> Result<()> {
     };
     Err(Error::Output { path: path.to_owned(), reason })
 }
+
+/// The longest file name (one path component) common file systems take, in bytes.
+const MAX_NAME_BYTES: usize = 255;
 
 /// What identifies a file: its device and inode where the platform has them (so hard
 /// links and different spellings of one path are the same file), else its canonical
@@ -135,6 +147,14 @@ pub fn check_distinct(paths: &[(&'static str, &Path, bool)]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_name_past_255_bytes_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_output(&dir.path().join("b".repeat(255))).is_ok());
+        let e = check_output(&dir.path().join("b".repeat(256))).unwrap_err().to_string();
+        assert!(e.contains("longer than the 255 bytes"), "{e}");
+    }
 
     #[test]
     fn one_file_in_two_roles_is_refused() {
