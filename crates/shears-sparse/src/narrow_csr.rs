@@ -371,7 +371,9 @@ mod tests {
             for k in csr.indptr()[r]..csr.indptr()[r + 1] {
                 let (w, got) = (f64::from(csr.values()[k]), f64::from(widened.values()[k]));
                 let bound = if V::NAME == "int8" {
-                    f64::from(narrow.scales()[r]) / 2.0 * (1.0 + 1e-6)
+                    // Half a step, plus the f32 roundings of `w / scale` and `q * scale`
+                    // (each at most 127 units of 2^-24 of a step).
+                    f64::from(narrow.scales()[r]) * (0.5 + 2f64.powi(-15))
                 } else {
                     w.abs() * if V::NAME == "bf16" { 2f64.powi(-8) } else { 2f64.powi(-11) } + 1e-7
                 };
