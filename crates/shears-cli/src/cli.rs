@@ -136,7 +136,7 @@ pub(crate) struct PruneArgs {
     /// Also quantize the pruned weights to int8 (symmetric; zeros stay zero): int8 with
     /// one scale per output row, or int8:group=G with one per row and per G input
     /// columns. Each pruned tensor NAME is written as I8 in its own shape beside its
-    /// F32 scales NAME.scale ([rows] or [rows, ceil(cols/G)]); shears reads such a model
+    /// F32 scales NAME.scale (one per row, or rows x ceil(cols/G)); shears reads such a model
     /// back as floating point everywhere.
     #[arg(long, value_name = "int8[:group=G]")]
     pub(crate) quantize: Option<shears_sparse::QuantScheme>,
