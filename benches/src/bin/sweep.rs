@@ -14,7 +14,9 @@ use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 use shears_benches::{SEED, magnitude_mask, matrix, rows_mask, two_four_mask, vector};
 use shears_core::{LayerContext, Mask, NmPattern, PruningStrategy, Sparsity};
-use shears_sparse::{AnySparse, Bf16Csr, Csr, Format, Int8Csr, SparseProduct};
+use shears_sparse::{
+    AnySparse, Bf16Csr, Csr, Format, Int8Csr, Int8Matrix, QuantScheme, SparseProduct,
+};
 use shears_strategies::Magnitude;
 
 /// One measured cell; the field names are read by tools and stay stable. Each format's
@@ -169,8 +171,11 @@ fn main() {
         let compact = build(&row_mask, Format::Compact);
         formats.push(("compact", 0.5, row_mask, compact));
         // The same CSR matrices with narrow stored values (int8 with a scale per row, bf16),
-        // at 90% and the sparsest level of the grid.
+        // at 90% and the sparsest level of the grid; and the dense matrix in int8, whose
+        // products quantize X per column and sum in integers.
         let mut narrow: Vec<(&'static str, f64, Box<dyn SparseProduct<f32>>)> = Vec::new();
+        let int8 = Int8Matrix::quantize(&w, QuantScheme::PerRow).unwrap_or_else(|e| panic!("{e}"));
+        narrow.push(("dense-int8", 0.0, Box::new(int8)));
         for &s in sparsities.iter().filter(|&&s| s >= 0.9) {
             let csr = Csr::<f32, u16>::from_dense_masked(&w, &magnitude_mask(&w, s))
                 .unwrap_or_else(|e| panic!("{e}"));

@@ -32,6 +32,8 @@ pub(crate) trait Isa: Copy + Send + Sync + 'static {
     /// AVX-512's 32 registers but would spill from AVX2's 16. NEON also has 32 (narrower)
     /// registers; it keeps two rows until an Arm machine measures four faster.
     const FOUR_ROW_TILES: bool = false;
+    /// [`int8_dots`] runs on 256-bit `vpmaddwd` (the copy is compiled with AVX2).
+    const MADD256: bool = false;
 }
 
 /// The baseline target's instructions, on a CPU that has fused multiply-add (every
@@ -98,6 +100,7 @@ impl Isa for PortableUnfused {
 impl Isa for Avx2 {
     const GATHERS: bool = true;
     const PERMUTES8: bool = true;
+    const MADD256: bool = true;
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -106,6 +109,7 @@ impl Isa for Avx512 {
     const PERMUTES8: bool = true;
     const PERMUTES16: bool = true;
     const FOUR_ROW_TILES: bool = true;
+    const MADD256: bool = true;
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -115,6 +119,7 @@ impl<P: Isa> Isa for LaneLoads<P> {
     const PERMUTES8: bool = P::PERMUTES8;
     const PERMUTES16: bool = P::PERMUTES16;
     const FOUR_ROW_TILES: bool = P::FOUR_ROW_TILES;
+    const MADD256: bool = P::MADD256;
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -406,9 +411,92 @@ pub(crate) unsafe fn window_mul_add16<P: Isa, T: Scalar>(
     acc
 }
 
+/// Sixteen columns per step of [`int8_dots`].
+pub(crate) const DOT_STEP: usize = 16;
+
+/// The exact integer dot products of `R` int8 weight rows with `J` int8 activation
+/// columns (held as `i16`) over their first `steps * 16` entries: `out[i][j] =
+/// sum_c rows[i][c] * xs[j][c]`. The AVX2 and AVX-512 copies widen the weights with
+/// `vpmovsxbw` and multiply-add pairs into 32-bit lanes with `vpmaddwd`, keeping the
+/// `R x J` accumulators in registers; others run the same sums as plain loops, which the
+/// compiler vectorises for the baseline. Integer sums are exact, so every copy gives the
+/// same result.
+///
+/// # Panics
+/// If a slice is shorter than `steps * 16` (the callers cut them to exactly that).
+/// The sums must not overflow `i32`: with values in `-127..=127` that holds up to 2^17
+/// columns.
+#[inline(always)]
+pub(crate) fn int8_dots<P: Isa, const R: usize, const J: usize>(
+    rows: [&[i8]; R],
+    xs: [&[i16]; J],
+    steps: usize,
+) -> [[i32; J]; R] {
+    let len = steps * DOT_STEP;
+    assert!(rows.iter().all(|r| r.len() >= len) && xs.iter().all(|x| x.len() >= len));
+    #[cfg(target_arch = "x86_64")]
+    if P::MADD256 {
+        // SAFETY: the copy was compiled with AVX2 (only the AVX2 and AVX-512 copies set
+        // P::MADD256); every slice holds `steps * 16` entries (asserted above).
+        return unsafe { x86::int8_dots(rows.map(<[i8]>::as_ptr), xs.map(<[i16]>::as_ptr), steps) };
+    }
+    let mut out = [[0i32; J]; R];
+    for (i, row) in rows.iter().enumerate() {
+        for (j, x) in xs.iter().enumerate() {
+            out[i][j] =
+                row[..len].iter().zip(&x[..len]).map(|(&w, &x)| i32::from(w) * i32::from(x)).sum();
+        }
+    }
+    out
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
     use std::arch::x86_64::*;
+
+    /// [`super::int8_dots`] on AVX2: per step of 16 columns, `R` sign-extending loads of
+    /// weights, `J` loads of activations and `R x J` `vpmaddwd` + `vpaddd` into
+    /// register-resident accumulators, summed across lanes at the end.
+    ///
+    /// # Safety
+    /// AVX2 must be available; every pointer must be valid for `steps * 16` reads.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn int8_dots<const R: usize, const J: usize>(
+        rows: [*const i8; R],
+        xs: [*const i16; J],
+        steps: usize,
+    ) -> [[i32; J]; R] {
+        let mut acc = [[_mm256_setzero_si256(); J]; R];
+        for s in 0..steps {
+            let mut w = [_mm256_setzero_si256(); R];
+            for i in 0..R {
+                // SAFETY: 16 bytes at rows[i] + 16 s are in bounds by the caller's contract.
+                w[i] = _mm256_cvtepi8_epi16(unsafe {
+                    _mm_loadu_si128(rows[i].add(s * 16).cast::<__m128i>())
+                });
+            }
+            for j in 0..J {
+                // SAFETY: 16 i16 at xs[j] + 16 s are in bounds by the caller's contract.
+                let x = unsafe { _mm256_loadu_si256(xs[j].add(s * 16).cast::<__m256i>()) };
+                for i in 0..R {
+                    acc[i][j] = _mm256_add_epi32(acc[i][j], _mm256_madd_epi16(w[i], x));
+                }
+            }
+        }
+        let mut out = [[0i32; J]; R];
+        for i in 0..R {
+            for j in 0..J {
+                let v = acc[i][j];
+                let half =
+                    _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+                let quad = _mm_add_epi32(half, _mm_unpackhi_epi64(half, half));
+                let pair = _mm_add_epi32(quad, _mm_shuffle_epi32::<0b01>(quad));
+                out[i][j] = _mm_cvtsi128_si32(pair);
+            }
+        }
+        out
+    }
 
     /// `acc + v * base[idx]` over eight `f32` lanes, the loads as one `vgatherdps`.
     ///

@@ -34,6 +34,7 @@
 
 #![allow(unsafe_code)]
 
+mod int8;
 mod isa;
 mod spmm;
 mod spmv;
@@ -44,6 +45,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 use shears_core::Scalar;
 
+pub(crate) use int8::{Int8DenseView, int8_dense_product};
 pub(crate) use spmm::{bsr_spmm, csr_spmm, nm_spmm, sell_spmm};
 pub(crate) use spmv::{bsr_spmv, csr_spmv, nm_spmv, sell_spmv};
 

@@ -1,0 +1,400 @@
+//! Dense int8 products with integer arithmetic: `Y <- alpha * A X + beta * Y` where `A`
+//! holds int8 weights with a scale per row or per group of columns, and `X` is quantized
+//! on the fly to int8, one scale per column (per token).
+//!
+//! Each output is `xs[j] * sum_g(ws[r, g] * dot_g)`, where `dot_g` is the exact 32-bit
+//! integer dot product of a weight row's group `g` with the quantized column, and the
+//! float sum runs over the groups in order. A group wider than [`MAX_SPAN`] columns is
+//! summed in spans of that many (each with the group's scale), so that no 32-bit sum can
+//! overflow. The integer sums are exact, so every path and thread count gives the same
+//! bits; the float steps are one multiply and one add each, never fused.
+//!
+//! The quantized activations are kept widened to 16 bits, so that the inner loop is
+//! pairs of 16-bit products summed into 32-bit lanes: `vpmaddwd` on x86 (sixteen
+//! multiply-adds per instruction, twice as many as an f32 fused multiply-add), `smlal`
+//! on aarch64. Their values are int8's (`-127..=127`), so a pair's sum never saturates.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::isa::{DOT_STEP as STEP, Isa, int8_dots};
+use super::{combine, kernel_path, multiversion, parallel_ranges};
+
+/// Columns summed in one 32-bit integer sum at most: `65536 * 127 * 127 < 2^31`.
+pub(crate) const MAX_SPAN: usize = 1 << 16;
+
+/// Rows and columns of `X` per register tile of a batched product: two weight rows
+/// against six tokens keep twelve accumulators, two widened weight vectors and one
+/// activation vector within AVX2's sixteen registers: eight loads per twelve
+/// multiply-adds.
+const TILE_ROWS: usize = 2;
+const TILE_TOKENS: usize = 6;
+
+/// Rows per tile against one token (batch 1, and a batch's last rows): four independent
+/// sums to hide the multiply-add latency.
+const VECTOR_ROWS: usize = 4;
+
+/// A borrowed, validated dense int8 matrix: `rows x cols` values row-major, and
+/// `groups_per_row` scales per row, each for `group` consecutive columns (the last group
+/// of a row may be shorter).
+#[derive(Clone, Copy)]
+pub(crate) struct Int8DenseView<'a> {
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) group: usize,
+    pub(crate) values: &'a [i8],
+    pub(crate) scales: &'a [f32],
+}
+
+impl Int8DenseView<'_> {
+    fn groups_per_row(&self) -> usize {
+        self.cols.div_ceil(self.group).max(1)
+    }
+}
+
+/// `X`'s columns quantized to int8 (held as `i16`), one scale per column, each column
+/// padded with zeros to a whole number of vector steps.
+pub(crate) struct QuantizedColumns {
+    /// Entries per column, `cols` rounded up to [`STEP`].
+    pub(crate) stride: usize,
+    pub(crate) values: Vec<i16>,
+    pub(crate) scales: Vec<f32>,
+}
+
+/// Quantizes each column of `x` (`cols` entries each, column-major) symmetrically:
+/// `scale = max |x| / 127` (1 for a zero column), `q = round(x / scale)`, ties to even.
+/// A column with a NaN or infinity gets a NaN scale, so its outputs are NaN, as an f32
+/// product's would be.
+pub(crate) fn quantize_columns(x: &[f32], cols: usize, batch: usize) -> QuantizedColumns {
+    debug_assert_eq!(x.len(), cols * batch);
+    let stride = cols.div_ceil(STEP) * STEP;
+    let mut values = vec![0i16; stride * batch];
+    let mut scales = Vec::with_capacity(batch);
+    for j in 0..batch {
+        let column = &x[j * cols..(j + 1) * cols];
+        let out = &mut values[j * stride..(j + 1) * stride];
+        let scale = if column.iter().all(|v| v.is_finite()) {
+            crate::quant::symmetric_scale(column)
+        } else {
+            f32::NAN
+        };
+        if scale.is_finite() {
+            for (q, &v) in out.iter_mut().zip(column) {
+                *q = i16::from(crate::quant::quantize_value(v, scale));
+            }
+        }
+        scales.push(scale);
+    }
+    QuantizedColumns { stride, values, scales }
+}
+
+/// The spans of one row's columns that share a scale and fit one integer sum: each
+/// group in pieces of at most [`MAX_SPAN`], with the group's index.
+#[inline(always)]
+fn spans(cols: usize, group: usize) -> impl Iterator<Item = (usize, Range<usize>)> {
+    (0..cols.div_ceil(group)).flat_map(move |g| {
+        let end = ((g + 1) * group).min(cols);
+        (g * group..end).step_by(MAX_SPAN).map(move |s| (g, s..(s + MAX_SPAN).min(end)))
+    })
+}
+
+/// One tile of `R` rows and `J` tokens: fills `out[i][j]` with
+/// `sum_g(ws[r0 + i, g] * dot_g)` for tokens `j0 + j` (not yet times their scales).
+#[inline(always)]
+fn tile<P: Isa, const R: usize, const J: usize>(
+    a: Int8DenseView<'_>,
+    r0: usize,
+    xq: &QuantizedColumns,
+    j0: usize,
+) -> [[f32; J]; R] {
+    let (cols, groups) = (a.cols, a.groups_per_row());
+    let rows: [&[i8]; R] = std::array::from_fn(|i| &a.values[(r0 + i) * cols..][..cols]);
+    let xs: [&[i16]; J] = std::array::from_fn(|j| &xq.values[(j0 + j) * xq.stride..][..cols]);
+    let mut out = [[0.0f32; J]; R];
+    for (g, span) in spans(cols, a.group) {
+        let steps = span.len() / STEP;
+        let vector_end = span.start + steps * STEP;
+        let dots = int8_dots::<P, R, J>(
+            rows.map(|row| &row[span.start..vector_end]),
+            xs.map(|x| &x[span.start..vector_end]),
+            steps,
+        );
+        for i in 0..R {
+            let scale = a.scales[(r0 + i) * groups + g];
+            for j in 0..J {
+                let tail: i32 = (vector_end..span.end)
+                    .map(|k| i32::from(rows[i][k]) * i32::from(xs[j][k]))
+                    .sum();
+                out[i][j] += (dots[i][j] + tail) as f32 * scale;
+            }
+        }
+    }
+    out
+}
+
+/// Rows `rows` of the product (before `alpha` and `beta`), row-major into `z`
+/// (`rows.len() x batch`).
+#[inline(always)]
+fn int8_rows_kernel<P: Isa>(
+    a: Int8DenseView<'_>,
+    rows: Range<usize>,
+    xq: &QuantizedColumns,
+    z: &mut [f32],
+) {
+    let batch = xq.scales.len();
+    let first = rows.start;
+    let mut put = |r: usize, j: usize, v: f32| z[(r - first) * batch + j] = v * xq.scales[j];
+    let mut r = rows.start;
+    // Batched: tiles of TILE_ROWS x TILE_TOKENS, the last tokens one at a time.
+    if batch >= TILE_TOKENS {
+        while r + TILE_ROWS <= rows.end {
+            let mut j = 0;
+            while j + TILE_TOKENS <= batch {
+                let t = tile::<P, TILE_ROWS, TILE_TOKENS>(a, r, xq, j);
+                for (i, row) in t.iter().enumerate() {
+                    row.iter().enumerate().for_each(|(jj, &v)| put(r + i, j + jj, v));
+                }
+                j += TILE_TOKENS;
+            }
+            for j in j..batch {
+                let t = tile::<P, TILE_ROWS, 1>(a, r, xq, j);
+                t.iter().enumerate().for_each(|(i, row)| put(r + i, j, row[0]));
+            }
+            r += TILE_ROWS;
+        }
+    }
+    // One token (or the last rows): VECTOR_ROWS rows at a time, then single rows.
+    while r + VECTOR_ROWS <= rows.end {
+        for j in 0..batch {
+            let t = tile::<P, VECTOR_ROWS, 1>(a, r, xq, j);
+            t.iter().enumerate().for_each(|(i, row)| put(r + i, j, row[0]));
+        }
+        r += VECTOR_ROWS;
+    }
+    for r in r..rows.end {
+        for j in 0..batch {
+            put(r, j, tile::<P, 1, 1>(a, r, xq, j)[0][0]);
+        }
+    }
+}
+
+multiversion! {
+    fn int8_rows<>(
+        a: Int8DenseView<'_>,
+        rows: Range<usize>,
+        xq: &QuantizedColumns,
+        z: &mut [f32],
+    ) => int8_rows_kernel
+}
+
+/// `Y <- alpha * A X + beta * Y`, `X` given column-major as `batch` columns of `a.cols`
+/// entries and `Y` as `batch` columns of `a.rows` (`beta == 0`: `Y` not read).
+pub(crate) fn int8_dense_product(
+    a: Int8DenseView<'_>,
+    alpha: f32,
+    x: &[f32],
+    beta: f32,
+    y: &mut [f32],
+) {
+    let Some(batch) = y.len().checked_div(a.rows).filter(|&b| b > 0) else {
+        return;
+    };
+    let path = kernel_path();
+    let xq = quantize_columns(x, a.cols, batch);
+    let mut z = vec![0.0f32; a.rows * batch];
+    let work = |r: usize| r * a.cols.max(1) * batch;
+    match parallel_ranges(a.rows, work) {
+        None => int8_rows(path, a, 0..a.rows, &xq, &mut z),
+        Some(ranges) => {
+            let mut chunks = Vec::with_capacity(ranges.len());
+            let mut rest = &mut z[..];
+            for range in ranges {
+                let (head, tail) = rest.split_at_mut(range.len() * batch);
+                chunks.push((range, head));
+                rest = tail;
+            }
+            chunks.into_par_iter().for_each(|(range, chunk)| int8_rows(path, a, range, &xq, chunk));
+        }
+    }
+    for (j, column) in y.chunks_exact_mut(a.rows).enumerate() {
+        for (r, v) in column.iter_mut().enumerate() {
+            *v = combine(alpha, z[r * batch + j], beta, *v);
+        }
+    }
+}
+
+/// The product as [`int8_dense_product`] defines it, with plain loops: the oracle of
+/// the kernel tests (and nothing else).
+#[cfg(test)]
+pub(crate) fn int8_dense_reference(
+    a: Int8DenseView<'_>,
+    x: &nalgebra::DMatrix<f32>,
+) -> nalgebra::DMatrix<f32> {
+    let xq = quantize_columns(x.as_slice(), a.cols, x.ncols());
+    nalgebra::DMatrix::from_fn(a.rows, x.ncols(), |r, j| {
+        let mut sum = 0.0f32;
+        for (g, span) in spans(a.cols, a.group) {
+            let dot: i32 = span
+                .map(|c| {
+                    i32::from(a.values[r * a.cols + c]) * i32::from(xq.values[j * xq.stride + c])
+                })
+                .sum();
+            sum += dot as f32 * a.scales[r * a.groups_per_row() + g];
+        }
+        sum * xq.scales[j]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use nalgebra::DMatrix;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::kernels::KernelPath;
+
+    /// Deterministic int8 weights, scales and activations of every sign, with zeros.
+    struct Fixture {
+        rows: usize,
+        cols: usize,
+        group: usize,
+        values: Vec<i8>,
+        scales: Vec<f32>,
+    }
+
+    impl Fixture {
+        fn new(rows: usize, cols: usize, group: usize, seed: u64) -> Fixture {
+            let mut state = seed | 1;
+            let mut next = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            let values = (0..rows * cols)
+                .map(|_| match next() % 5 {
+                    0 => 0,
+                    1 => 127,
+                    2 => -127,
+                    _ => (next() % 255) as i64 as i8,
+                })
+                .map(|v: i8| v.max(-127))
+                .collect();
+            let groups = cols.div_ceil(group).max(1);
+            let scales = (0..rows * groups).map(|k| 1e-3 + (k % 7) as f32 * 3e-4).collect();
+            Fixture { rows, cols, group, values, scales }
+        }
+
+        fn view(&self) -> Int8DenseView<'_> {
+            Int8DenseView {
+                rows: self.rows,
+                cols: self.cols,
+                group: self.group,
+                values: &self.values,
+                scales: &self.scales,
+            }
+        }
+    }
+
+    fn activations(cols: usize, batch: usize, seed: u64) -> DMatrix<f32> {
+        DMatrix::from_fn(cols, batch, |c, j| {
+            let k = (c as u64 * 31 + j as u64 * 17 + seed) % 97;
+            if k.is_multiple_of(6) { 0.0 } else { (k as f32 - 48.0) * (1.0 + j as f32) * 0.01 }
+        })
+    }
+
+    /// The rows kernel on a given path, before alpha and beta, as column-major bits.
+    fn on_path(path: KernelPath, a: Int8DenseView<'_>, x: &DMatrix<f32>) -> Vec<u32> {
+        let xq = quantize_columns(x.as_slice(), a.cols, x.ncols());
+        let batch = x.ncols();
+        let mut z = vec![0.0f32; a.rows * batch];
+        int8_rows(KernelPath::resolve(path), a, 0..a.rows, &xq, &mut z);
+        (0..batch)
+            .flat_map(|j| (0..a.rows).map(move |r| (r, j)))
+            .map(|(r, j)| z[r * batch + j].to_bits())
+            .collect()
+    }
+
+    proptest! {
+        /// Every compiled copy gives the reference loop's bits, for row counts around
+        /// the tiles, columns around the vector step, groups narrower and wider than a
+        /// row, and batches around the token tile.
+        #[test]
+        fn every_copy_equals_the_reference_loop(
+            rows in 1usize..13,
+            cols in 0usize..80,
+            group in prop_oneof![Just(usize::MAX), 1usize..40],
+            batch in 1usize..15,
+            seed in any::<u64>(),
+        ) {
+            let group = if group == usize::MAX { cols.max(1) } else { group };
+            let fixture = Fixture::new(rows, cols, group, seed);
+            let x = activations(cols, batch, seed);
+            let want: Vec<u32> =
+                int8_dense_reference(fixture.view(), &x).iter().map(|v| v.to_bits()).collect();
+            for path in KernelPath::ORDER {
+                prop_assert_eq!(&on_path(path, fixture.view(), &x), &want, "{:?}", path);
+            }
+        }
+    }
+
+    /// Activations are quantized per column with ties to even, zero columns get scale 1,
+    /// and a column holding NaN or infinity gets a NaN scale.
+    #[test]
+    fn columns_quantize_to_int8_with_their_own_scales() {
+        let x = [127.0f32, 0.5, -1.5, 2.5, 0.0, 0.0, 0.0, 0.0, 1.0, f32::INFINITY, 0.0, 3.0];
+        let q = quantize_columns(&x, 4, 3);
+        assert_eq!(q.stride, 16);
+        assert_eq!(q.scales[..2], [1.0, 1.0]);
+        assert_eq!(q.values[..4], [127, 0, -2, 2]);
+        assert!(q.values[4..16].iter().all(|&v| v == 0), "padding and the zero column");
+        assert!(q.scales[2].is_nan());
+        assert_eq!(quantize_columns(&[], 0, 2).scales, [1.0, 1.0], "empty columns");
+    }
+
+    /// A row longer than one 32-bit sum can hold (140 000 columns of 127 * 127) is summed
+    /// in spans, so it neither overflows nor wraps: the product is the exact value.
+    #[test]
+    fn rows_longer_than_an_integer_sum_holds_are_split_into_spans() {
+        let cols = 140_000;
+        assert!(cols as i64 * 127 * 127 > i64::from(i32::MAX));
+        let (values, scales) = (vec![127i8; cols], vec![1.0f32 / 127.0]);
+        let a = Int8DenseView { rows: 1, cols, group: cols, values: &values, scales: &scales };
+        let x = vec![1.0f32; cols];
+        let mut y = [f32::NAN];
+        int8_dense_product(a, 1.0, &x, 0.0, &mut y);
+        assert!((f64::from(y[0]) - cols as f64).abs() < 1e-3 * cols as f64, "{}", y[0]);
+        let reference = int8_dense_reference(a, &DMatrix::from_column_slice(cols, 1, &x));
+        assert_eq!(y[0].to_bits(), reference[0].to_bits());
+    }
+
+    /// Alpha and beta combine as in BLAS; with beta zero a NaN in Y is not read; a NaN in
+    /// one column of X makes that column's outputs NaN and no other's; the result does
+    /// not depend on the thread count.
+    #[test]
+    fn products_combine_propagate_nan_per_column_and_ignore_threads() {
+        let fixture = Fixture::new(300, 1100, 64, 7);
+        let a = fixture.view();
+        let mut x = activations(1100, 9, 3);
+        let base = int8_dense_reference(a, &x);
+        let mut y = DMatrix::from_element(300, 9, f32::NAN);
+        int8_dense_product(a, 1.0, x.as_slice(), 0.0, y.as_mut_slice());
+        assert_eq!(y, base);
+        let mut y2 = DMatrix::from_element(300, 9, 1.0f32);
+        int8_dense_product(a, 2.0, x.as_slice(), 0.5, y2.as_mut_slice());
+        assert!(y2.iter().zip(base.iter()).all(|(g, b)| *g == 2.0 * b + 0.5));
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut yt = DMatrix::from_element(300, 9, 0.0f32);
+            pool.install(|| int8_dense_product(a, 1.0, x.as_slice(), 0.0, yt.as_mut_slice()));
+            assert_eq!(yt, base, "{threads} threads");
+        }
+        x[(5, 4)] = f32::NAN;
+        int8_dense_product(a, 1.0, x.as_slice(), 0.0, y.as_mut_slice());
+        for j in 0..9 {
+            assert_eq!(y.column(j).iter().all(|v| v.is_nan()), j == 4, "column {j}");
+            assert!(j == 4 || y.column(j) == base.column(j));
+        }
+    }
+}
