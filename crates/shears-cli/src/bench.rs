@@ -1,5 +1,5 @@
 //! `shears bench`: each layer's product timed dense, in the format shears-sparse picks
-//! for it and as int8 CSR, and the model's total dense and as picked.
+//! for it, as int8 CSR and as dense int8, and the model's total dense and as picked.
 
 use std::time::Instant;
 
@@ -8,7 +8,7 @@ use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 use shears_core::WeightShape;
 use shears_io::Model;
-use shears_sparse::{AnySparse, Format, Int8Csr, SparseProduct};
+use shears_sparse::{AnySparse, Format, Int8Csr, Int8Matrix, QuantScheme, SparseProduct};
 use shears_strategies::TensorRole;
 
 use crate::cli::BenchArgs;
@@ -33,6 +33,9 @@ struct Row {
     /// The weights as int8 CSR (per-row scales), the format for pruned and quantized
     /// layers.
     int8_csr_us: f64,
+    /// The weights as dense int8 (per-row scales), multiplied with integer arithmetic on
+    /// inputs quantized per column.
+    int8_dense_us: f64,
     speedup: f64,
     /// Whether the picked format is slower than dense here (the model total counts
     /// dense for it).
@@ -158,6 +161,8 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             let sparse_us =
                 if format == Format::Dense { dense_us } else { product_us(&sparse, &x)? };
             let int8_csr_us = product_us(&Int8Csr::<u32>::from_dense_masked(&weights, &mask)?, &x)?;
+            let int8_dense_us =
+                product_us(&Int8Matrix::quantize(&weights, QuantScheme::PerRow)?, &x)?;
             rows.push(Row {
                 name: t.name.to_owned(),
                 shape: [r, c],
@@ -168,6 +173,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
                 dense_us,
                 sparse_us,
                 int8_csr_us,
+                int8_dense_us,
                 speedup: dense_us / sparse_us,
                 slower: sparse_us > dense_us && format != Format::Dense,
             });
@@ -226,6 +232,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             format!("{:.1}", r.sparse_us),
             speedup,
             format!("{:.1}", r.int8_csr_us),
+            format!("{:.1}", r.int8_dense_us),
         ]
     };
     let header = [
@@ -238,6 +245,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         "sparse us",
         "speedup",
         "int8 csr us",
+        "int8 dense us",
     ];
     print_table(&header, &report.tensors, cells, None)?;
     for t in &report.total {

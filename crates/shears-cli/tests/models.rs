@@ -784,4 +784,5 @@ fn a_quantized_sharded_folder_lists_each_scale_in_its_weights_shard() {
     let timed = benched["tensors"].as_array().unwrap();
     assert_eq!(timed.len(), 4, "{benched}");
     assert!(timed.iter().all(|t| t["int8_csr_us"].as_f64().unwrap() > 0.0), "{benched}");
+    assert!(timed.iter().all(|t| t["int8_dense_us"].as_f64().unwrap() > 0.0), "{benched}");
 }
