@@ -179,11 +179,12 @@ impl Int8Matrix {
 /// 32-bit integer sums, and each sum is rescaled once by its weight scale, the output
 /// once by the column's scale. The result approximates the dequantized matrix's f32
 /// product within half a quantization step of `X` per column times `sum |w|` of the row
-/// (plus f32 rounding); a column holding a NaN or infinity gives NaN outputs.
+/// (plus f32 rounding), for values in f32's normal range whose products stay finite;
+/// a column holding a NaN or infinity gives NaN outputs.
 ///
-/// Every kernel path and thread count gives the same bits. On x86 the sums run as
-/// `vpmaddwd` (sixteen multiply-adds per instruction, twice an f32 fused multiply-add's
-/// eight), on aarch64 as widening multiply-adds.
+/// Every kernel path and thread count gives the same bits. On the AVX2 and AVX-512 paths
+/// the sums run as `vpmaddwd` (sixteen multiply-adds per instruction, twice an f32 fused
+/// multiply-add's eight); elsewhere as loops the compiler vectorises.
 ///
 /// ```
 /// use nalgebra::{dmatrix, dvector};

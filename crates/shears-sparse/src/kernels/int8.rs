@@ -10,9 +10,10 @@
 //! bits; the float steps are one multiply and one add each, never fused.
 //!
 //! The quantized activations are kept widened to 16 bits, so that the inner loop is
-//! pairs of 16-bit products summed into 32-bit lanes: `vpmaddwd` on x86 (sixteen
-//! multiply-adds per instruction, twice as many as an f32 fused multiply-add), `smlal`
-//! on aarch64. Their values are int8's (`-127..=127`), so a pair's sum never saturates.
+//! pairs of 16-bit products summed into 32-bit lanes: `vpmaddwd` on the AVX2 and AVX-512
+//! paths (sixteen multiply-adds per instruction, twice as many as an f32 fused
+//! multiply-add), plain loops the compiler vectorises elsewhere. Their values are int8's
+//! (`-127..=127`), so no pair's sum overflows.
 
 use std::ops::Range;
 
@@ -53,10 +54,9 @@ impl Int8DenseView<'_> {
     }
 }
 
-/// `X`'s columns quantized to int8 (held as `i16`), one scale per column, each column
-/// padded with zeros to a whole number of vector steps.
+/// `X`'s columns quantized to int8 (held as `i16`), one scale per column.
 pub(crate) struct QuantizedColumns {
-    /// Entries per column, `cols` rounded up to [`STEP`].
+    /// Entries per column.
     pub(crate) stride: usize,
     pub(crate) values: Vec<i16>,
     pub(crate) scales: Vec<f32>,
@@ -64,11 +64,11 @@ pub(crate) struct QuantizedColumns {
 
 /// Quantizes each column of `x` (`cols` entries each, column-major) symmetrically:
 /// `scale = max |x| / 127` (1 for a zero column), `q = round(x / scale)`, ties to even.
-/// A column with a NaN or infinity gets a NaN scale, so its outputs are NaN, as an f32
-/// product's would be.
+/// A column with a NaN or infinity gets a NaN scale, so its outputs are NaN (an f32
+/// product would give NaN or an infinity).
 pub(crate) fn quantize_columns(x: &[f32], cols: usize, batch: usize) -> QuantizedColumns {
     debug_assert_eq!(x.len(), cols * batch);
-    let stride = cols.div_ceil(STEP) * STEP;
+    let stride = cols;
     let mut values = vec![0i16; stride * batch];
     let mut scales = Vec::with_capacity(batch);
     for j in 0..batch {
@@ -345,10 +345,10 @@ mod tests {
     fn columns_quantize_to_int8_with_their_own_scales() {
         let x = [127.0f32, 0.5, -1.5, 2.5, 0.0, 0.0, 0.0, 0.0, 1.0, f32::INFINITY, 0.0, 3.0];
         let q = quantize_columns(&x, 4, 3);
-        assert_eq!(q.stride, 16);
+        assert_eq!(q.stride, 4);
         assert_eq!(q.scales[..2], [1.0, 1.0]);
         assert_eq!(q.values[..4], [127, 0, -2, 2]);
-        assert!(q.values[4..16].iter().all(|&v| v == 0), "padding and the zero column");
+        assert!(q.values[4..8].iter().all(|&v| v == 0), "the zero column");
         assert!(q.scales[2].is_nan());
         assert_eq!(quantize_columns(&[], 0, 2).scales, [1.0, 1.0], "empty columns");
     }
@@ -367,6 +367,22 @@ mod tests {
         assert!((f64::from(y[0]) - cols as f64).abs() < 1e-3 * cols as f64, "{}", y[0]);
         let reference = int8_dense_reference(a, &DMatrix::from_column_slice(cols, 1, &x));
         assert_eq!(y[0].to_bits(), reference[0].to_bits());
+    }
+
+    /// Groups longer than one integer sum holds, with spans and tails that are not
+    /// whole vector steps, give the reference loop's bits on every copy.
+    #[test]
+    fn long_groups_split_into_ragged_spans_match_the_reference() {
+        let cols = 140_007;
+        for group in [70_001, cols] {
+            let fixture = Fixture::new(3, cols, group, 11);
+            let x = activations(cols, 3, 5);
+            let want: Vec<u32> =
+                int8_dense_reference(fixture.view(), &x).iter().map(|v| v.to_bits()).collect();
+            for path in KernelPath::ORDER {
+                assert_eq!(on_path(path, fixture.view(), &x), want, "{path:?}, group {group}");
+            }
+        }
     }
 
     /// Alpha and beta combine as in BLAS; with beta zero a NaN in Y is not read; a NaN in

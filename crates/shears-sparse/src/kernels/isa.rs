@@ -33,6 +33,7 @@ pub(crate) trait Isa: Copy + Send + Sync + 'static {
     /// registers; it keeps two rows until an Arm machine measures four faster.
     const FOUR_ROW_TILES: bool = false;
     /// [`int8_dots`] runs on 256-bit `vpmaddwd` (the copy is compiled with AVX2).
+    #[cfg(target_arch = "x86_64")]
     const MADD256: bool = false;
 }
 
@@ -432,8 +433,11 @@ pub(crate) fn int8_dots<P: Isa, const R: usize, const J: usize>(
     xs: [&[i16]; J],
     steps: usize,
 ) -> [[i32; J]; R] {
+    let len = steps.checked_mul(DOT_STEP);
+    assert!(len.is_some_and(|len| {
+        rows.iter().all(|r| r.len() >= len) && xs.iter().all(|x| x.len() >= len)
+    }));
     let len = steps * DOT_STEP;
-    assert!(rows.iter().all(|r| r.len() >= len) && xs.iter().all(|x| x.len() >= len));
     #[cfg(target_arch = "x86_64")]
     if P::MADD256 {
         // SAFETY: the copy was compiled with AVX2 (only the AVX2 and AVX-512 copies set
