@@ -55,7 +55,7 @@ impl std::str::FromStr for QuantScheme {
 ///
 /// # Invariants
 /// `values.len() == rows * cols` (row-major, as a checkpoint stores `(out, in)`);
-/// `scales.len() == rows * groups_per_row`; every scale positive and finite.
+/// `scales.len() == rows * groups_per_row`; every scale positive, and finite times 128.
 ///
 /// ```
 /// use nalgebra::dmatrix;
@@ -113,6 +113,45 @@ impl Int8Matrix {
                 scales.push(scale);
                 values.extend(chunk.iter().map(|&v| quantize_value(v, scale)));
             }
+        }
+        Ok(Int8Matrix { rows, cols, scheme, values, scales })
+    }
+
+    /// A quantized matrix from its parts, as a checkpoint stores them: `values` row-major
+    /// (`rows * cols`), and `scales` row-major, one per row or one per row and group.
+    /// Values may be `-128` (other tools write it; this crate's quantizer does not).
+    ///
+    /// # Errors
+    /// [`Error::InvalidQuantization`] naming the problem: a group of zero columns, a
+    /// length that does not match the shape, or a scale that is not positive or whose
+    /// product with 128 is not finite.
+    pub fn try_from_parts(
+        rows: usize,
+        cols: usize,
+        scheme: QuantScheme,
+        values: Vec<i8>,
+        scales: Vec<f32>,
+    ) -> Result<Int8Matrix> {
+        let bad = |reason: String| Err(Error::InvalidQuantization { reason });
+        let groups = match scheme {
+            QuantScheme::PerRow => 1,
+            QuantScheme::PerGroup(0) => return bad("a quantization group of 0 columns".into()),
+            QuantScheme::PerGroup(g) => cols.div_ceil(g).max(1),
+        };
+        if rows.checked_mul(cols) != Some(values.len()) {
+            return bad(format!("{} values for a {rows}x{cols} matrix", values.len()));
+        }
+        if rows.checked_mul(groups) != Some(scales.len()) {
+            return bad(format!(
+                "{} scales for {rows} rows of {groups} group(s) ({scheme})",
+                scales.len()
+            ));
+        }
+        if let Some(i) = scales.iter().position(|s| !(*s > 0.0 && (s * 128.0).is_finite())) {
+            return bad(format!(
+                "scale {} at index {i} is not positive, or int8 values times it are not finite",
+                scales[i]
+            ));
         }
         Ok(Int8Matrix { rows, cols, scheme, values, scales })
     }
@@ -359,6 +398,24 @@ mod tests {
             Err(Error::Core(shears_core::Error::NonFinite { index: 1, .. }))
         ));
         assert!(Int8Matrix::quantize(&DMatrix::zeros(1, 1), QuantScheme::PerGroup(0)).is_err());
+        let parts = |scheme, values: Vec<i8>, scales: Vec<f32>| {
+            Int8Matrix::try_from_parts(2, 3, scheme, values, scales)
+        };
+        let q = parts(QuantScheme::PerGroup(2), vec![-128, 0, 1, 2, 3, 127], vec![1.0; 4]).unwrap();
+        assert_eq!(q.dequantize()[(0, 0)], -128.0);
+        assert_eq!(q.scale_of(1, 2), 1.0);
+        for (scheme, values, scales) in [
+            (QuantScheme::PerRow, vec![0; 5], vec![1.0; 2]),
+            (QuantScheme::PerRow, vec![0; 6], vec![1.0; 3]),
+            (QuantScheme::PerGroup(2), vec![0; 6], vec![1.0; 2]),
+            (QuantScheme::PerGroup(0), vec![0; 6], vec![1.0; 2]),
+            (QuantScheme::PerRow, vec![0; 6], vec![1.0, 0.0]),
+            (QuantScheme::PerRow, vec![0; 6], vec![1.0, f32::NAN]),
+            (QuantScheme::PerRow, vec![0; 6], vec![1.0, f32::MAX]),
+        ] {
+            let err = parts(scheme, values, scales).unwrap_err();
+            assert!(matches!(err, Error::InvalidQuantization { .. }), "{err}");
+        }
         for (text, scheme) in
             [("int8", QuantScheme::PerRow), ("int8:group=64", QuantScheme::PerGroup(64))]
         {

@@ -13,7 +13,7 @@
 //! pairs of 16-bit products summed into 32-bit lanes: `vpmaddwd` on the AVX2 and AVX-512
 //! paths (sixteen multiply-adds per instruction, twice as many as an f32 fused
 //! multiply-add), plain loops the compiler vectorises elsewhere. Their values are int8's
-//! (`-127..=127`), so no pair's sum overflows.
+//! (`-127..=127`, weights down to -128), so no pair's sum overflows.
 
 use std::ops::Range;
 
@@ -22,7 +22,8 @@ use rayon::prelude::*;
 use super::isa::{DOT_STEP as STEP, Isa, int8_dots};
 use super::{combine, kernel_path, multiversion, parallel_ranges};
 
-/// Columns summed in one 32-bit integer sum at most: `65536 * 127 * 127 < 2^31`.
+/// Columns summed in one 32-bit integer sum at most: `65536 * 128 * 127 < 2^31` (weights
+/// may be -128, activations are within -127..=127).
 pub(crate) const MAX_SPAN: usize = 1 << 16;
 
 /// Rows and columns of `X` per register tile of a batched product: two weight rows
@@ -31,6 +32,15 @@ pub(crate) const MAX_SPAN: usize = 1 << 16;
 /// multiply-adds.
 const TILE_ROWS: usize = 2;
 const TILE_TOKENS: usize = 6;
+
+/// Elements of `X` (or `Y`) from which quantizing (or writing) them is split across
+/// threads.
+const PARALLEL_ELEMENTS: usize = 1 << 16;
+
+/// Bytes of quantized activations a batched product works through at a time (a block
+/// of tokens, a whole number of tiles), so that they stay in L2 while every row passes
+/// over them, however many tokens the batch has.
+const ACTIVATION_BLOCK_BYTES: usize = 256 << 10;
 
 /// Rows per tile against one token (batch 1, and a batch's last rows): four independent
 /// sums to hide the multiply-add latency.
@@ -63,29 +73,32 @@ pub(crate) struct QuantizedColumns {
 }
 
 /// Quantizes each column of `x` (`cols` entries each, column-major) symmetrically:
-/// `scale = max |x| / 127` (1 for a zero column), `q = round(x / scale)`, ties to even.
+/// `scale = max |x| / 127` (1 for a zero column), `q = round(x / scale)` in f32, ties to
+/// even.
 /// A column with a NaN or infinity gets a NaN scale, so its outputs are NaN (an f32
 /// product would give NaN or an infinity).
 pub(crate) fn quantize_columns(x: &[f32], cols: usize, batch: usize) -> QuantizedColumns {
     debug_assert_eq!(x.len(), cols * batch);
     let stride = cols;
     let mut values = vec![0i16; stride * batch];
-    let mut scales = Vec::with_capacity(batch);
-    for j in 0..batch {
-        let column = &x[j * cols..(j + 1) * cols];
-        let out = &mut values[j * stride..(j + 1) * stride];
-        let scale = if column.iter().all(|v| v.is_finite()) {
-            crate::quant::symmetric_scale(column)
-        } else {
-            f32::NAN
-        };
-        if scale.is_finite() {
-            for (q, &v) in out.iter_mut().zip(column) {
-                *q = i16::from(crate::quant::quantize_value(v, scale));
-            }
-        }
-        scales.push(scale);
+    if cols == 0 {
+        return QuantizedColumns { stride, values, scales: vec![1.0; batch] };
     }
+    let quantize = |(column, out): (&[f32], &mut [i16])| -> f32 {
+        if !column.iter().all(|v| v.is_finite()) {
+            return f32::NAN;
+        }
+        let scale = crate::quant::symmetric_scale(column);
+        for (q, &v) in out.iter_mut().zip(column) {
+            *q = (v / scale).round_ties_even().clamp(-127.0, 127.0) as i16;
+        }
+        scale
+    };
+    let scales = if x.len() >= PARALLEL_ELEMENTS {
+        x.par_chunks_exact(cols).zip(values.par_chunks_exact_mut(stride)).map(quantize).collect()
+    } else {
+        x.chunks_exact(cols).zip(values.chunks_exact_mut(stride)).map(quantize).collect()
+    };
     QuantizedColumns { stride, values, scales }
 }
 
@@ -146,23 +159,30 @@ fn int8_rows_kernel<P: Isa>(
     let first = rows.start;
     let mut put = |r: usize, j: usize, v: f32| z[(r - first) * batch + j] = v * xq.scales[j];
     let mut r = rows.start;
-    // Batched: tiles of TILE_ROWS x TILE_TOKENS, the last tokens one at a time.
+    // Batched: tiles of TILE_ROWS x TILE_TOKENS, the last tokens one at a time, over
+    // blocks of tokens whose activations stay in L2 while every row passes over them.
     if batch >= TILE_TOKENS {
-        while r + TILE_ROWS <= rows.end {
-            let mut j = 0;
-            while j + TILE_TOKENS <= batch {
-                let t = tile::<P, TILE_ROWS, TILE_TOKENS>(a, r, xq, j);
-                for (i, row) in t.iter().enumerate() {
-                    row.iter().enumerate().for_each(|(jj, &v)| put(r + i, j + jj, v));
+        let block = (ACTIVATION_BLOCK_BYTES / (2 * xq.stride).max(1) / TILE_TOKENS * TILE_TOKENS)
+            .max(TILE_TOKENS);
+        let full_rows = rows.start + (rows.len() / TILE_ROWS) * TILE_ROWS;
+        for start in (0..batch).step_by(block) {
+            let end = (start + block).min(batch);
+            for r in (rows.start..full_rows).step_by(TILE_ROWS) {
+                let mut j = start;
+                while j + TILE_TOKENS <= end {
+                    let t = tile::<P, TILE_ROWS, TILE_TOKENS>(a, r, xq, j);
+                    for (i, row) in t.iter().enumerate() {
+                        row.iter().enumerate().for_each(|(jj, &v)| put(r + i, j + jj, v));
+                    }
+                    j += TILE_TOKENS;
                 }
-                j += TILE_TOKENS;
+                for j in j..end {
+                    let t = tile::<P, TILE_ROWS, 1>(a, r, xq, j);
+                    t.iter().enumerate().for_each(|(i, row)| put(r + i, j, row[0]));
+                }
             }
-            for j in j..batch {
-                let t = tile::<P, TILE_ROWS, 1>(a, r, xq, j);
-                t.iter().enumerate().for_each(|(i, row)| put(r + i, j, row[0]));
-            }
-            r += TILE_ROWS;
         }
+        r = full_rows;
     }
     // One token (or the last rows): VECTOR_ROWS rows at a time, then single rows.
     while r + VECTOR_ROWS <= rows.end {
@@ -217,10 +237,15 @@ pub(crate) fn int8_dense_product(
             chunks.into_par_iter().for_each(|(range, chunk)| int8_rows(path, a, range, &xq, chunk));
         }
     }
-    for (j, column) in y.chunks_exact_mut(a.rows).enumerate() {
+    let write = |(j, column): (usize, &mut [f32])| {
         for (r, v) in column.iter_mut().enumerate() {
             *v = combine(alpha, z[r * batch + j], beta, *v);
         }
+    };
+    if y.len() >= PARALLEL_ELEMENTS {
+        y.par_chunks_exact_mut(a.rows).enumerate().for_each(write);
+    } else {
+        y.chunks_exact_mut(a.rows).enumerate().for_each(write);
     }
 }
 
@@ -382,6 +407,21 @@ mod tests {
             for path in KernelPath::ORDER {
                 assert_eq!(on_path(path, fixture.view(), &x), want, "{path:?}, group {group}");
             }
+        }
+    }
+
+    /// Batches whose activations exceed one block run block by block (here blocks of six
+    /// tokens, the last shorter) with the reference loop's bits on every copy.
+    #[test]
+    fn batches_larger_than_a_block_run_block_by_block() {
+        let (rows, cols, batch) = (5, 20_001, 15);
+        assert!(ACTIVATION_BLOCK_BYTES / (2 * cols) < 2 * TILE_TOKENS, "blocks of one tile");
+        let fixture = Fixture::new(rows, cols, 64, 3);
+        let x = activations(cols, batch, 9);
+        let want: Vec<u32> =
+            int8_dense_reference(fixture.view(), &x).iter().map(|v| v.to_bits()).collect();
+        for path in KernelPath::ORDER {
+            assert_eq!(on_path(path, fixture.view(), &x), want, "{path:?}");
         }
     }
 

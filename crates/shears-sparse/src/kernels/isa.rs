@@ -425,8 +425,7 @@ pub(crate) const DOT_STEP: usize = 16;
 ///
 /// # Panics
 /// If a slice is shorter than `steps * 16` (the callers cut them to exactly that).
-/// The sums must not overflow `i32`: with values in `-127..=127` that holds up to 2^17
-/// columns.
+/// The sums must not overflow `i32`: with int8 values that holds up to 2^17 columns.
 #[inline(always)]
 pub(crate) fn int8_dots<P: Isa, const R: usize, const J: usize>(
     rows: [&[i8]; R],
