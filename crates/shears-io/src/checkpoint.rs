@@ -13,7 +13,9 @@ use safetensors::tensor::TensorInfo;
 use crate::dtype::{Float, decode_into, float_size, zeros_in};
 use crate::error::{Error, Result};
 use crate::header::{self, Header, Invalid};
-use crate::quantized::{Dequantizer, quantization_group, scale_name};
+use crate::quantized::{
+    Dequantizer, Int8Tensor, quantization_group, quantized_matrix_shape, scale_name,
+};
 use crate::source::Source;
 use crate::transpose::transpose_into;
 
@@ -226,6 +228,24 @@ impl<S: Source> Checkpoint<S> {
         let mut values = Vec::new();
         self.read_values_reusing(name, &mut values)?;
         Ok(values)
+    }
+
+    /// Tensor `name` as stored int8 values with its validated scales, when it is an int8
+    /// tensor beside its `NAME.scale` (`Ok(None)` for any other tensor): for readers that
+    /// compute in int8 rather than on the decoded values.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTensor`], [`Error::Quantized`] (invalid scales), or a read error.
+    pub fn read_int8(&self, name: &str) -> Result<Option<Int8Tensor>> {
+        let (info, _) = self.located(name)?;
+        match self.decoding(name, info) {
+            Ok(Decoding::Int8(dequantizer)) => {
+                let rows = quantized_matrix_shape(&info.shape).0;
+                Ok(Some(dequantizer.into_tensor(rows, self.read_bytes(name)?)))
+            }
+            Ok(Decoding::Float(..)) | Err(Error::NotFloat { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// How many of tensor `name`'s values are zero (either sign), read a chunk at a time.

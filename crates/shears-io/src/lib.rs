@@ -70,8 +70,8 @@ pub use masks::{
 };
 pub use model::{INDEX_NAME, Index, Layout, Model, SINGLE_NAME, TensorRef};
 pub use quantized::{
-    QUANTIZATION_KEY, QUANTIZED_FROM_KEY, SCALE_SUFFIX, quantization_group, quantized_matrix_shape,
-    scale_name,
+    Int8Tensor, QUANTIZATION_KEY, QUANTIZED_FROM_KEY, SCALE_SUFFIX, quantization_group,
+    quantized_matrix_shape, scale_name,
 };
 pub use safetensors::Dtype;
 pub use safetensors::tensor::TensorInfo;

@@ -77,6 +77,46 @@ pub fn quantization_group(
     }
 }
 
+/// An int8 tensor as stored, with its validated scales: what a reader that computes in
+/// int8 takes instead of the decoded floating-point values
+/// ([`Checkpoint::read_int8`](crate::Checkpoint::read_int8)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Int8Tensor {
+    rows: usize,
+    cols: usize,
+    group: Option<usize>,
+    values: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl Int8Tensor {
+    /// `(rows, cols)`, the matrix the tensor is seen as ([`quantized_matrix_shape`]).
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// Columns per scale: `None` for one scale per row (a file's single scale for the
+    /// whole tensor is given here as that scale for every row), `Some(G)` for groups.
+    pub fn group(&self) -> Option<usize> {
+        self.group
+    }
+
+    /// The values, row-major.
+    pub fn values(&self) -> &[i8] {
+        &self.values
+    }
+
+    /// The scales, row-major: one per row, or `max(1, ceil(cols / G))` per row.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+
+    /// `(values, scales)`, without a copy.
+    pub fn into_parts(self) -> (Vec<i8>, Vec<f32>) {
+        (self.values, self.scales)
+    }
+}
+
 /// Decodes an int8 tensor to floating point with its validated scales.
 #[derive(Debug, Clone)]
 pub(crate) struct Dequantizer {
@@ -84,6 +124,8 @@ pub(crate) struct Dequantizer {
     /// Columns per scale (`cols` when there is one scale per row).
     group: usize,
     groups: usize,
+    /// One scale per row (not a file's groups, which may also be one per row).
+    per_row: bool,
     scales: Vec<f32>,
 }
 
@@ -146,7 +188,20 @@ impl Dequantizer {
                 scales[i]
             )));
         }
-        Ok(Dequantizer { cols, group, groups, scales })
+        let per_row = group == cols.max(1) && groups == 1 && scale_info.shape.len() == 1;
+        Ok(Dequantizer { cols, group, groups, per_row, scales })
+    }
+
+    /// The tensor of `rows` rows with these scales and `bytes`, its stored values.
+    pub(crate) fn into_tensor(self, rows: usize, bytes: Vec<u8>) -> Int8Tensor {
+        let values = bytes.into_iter().map(|b| b as i8).collect();
+        let (group, scales) = match self.groups {
+            // One scale for the whole tensor: the same scale for every row.
+            0 => (None, vec![self.scales[0]; rows]),
+            _ if self.per_row => (None, self.scales),
+            _ => (Some(self.group), self.scales),
+        };
+        Int8Tensor { rows, cols: self.cols, group, values, scales }
     }
 
     /// Decodes `bytes`, the int8 values from flat index `first` on, into `out` (as long).

@@ -89,3 +89,31 @@ fn scales_that_do_not_fit_are_named() {
     let e = read(None, vec![2], &[1.0, -1.0]);
     assert!(e.contains("index 1") && e.contains("positive"), "{e}");
 }
+
+/// `read_int8` gives the stored values with their scales (a whole-tensor scale repeated
+/// per row), `None` for tensors that are not int8 with scales, and the same errors as
+/// the decoding readers for scales that do not fit.
+#[test]
+fn int8_tensors_read_as_stored_with_their_scales() {
+    let q: Vec<i8> = vec![1, -2, 3, 0, 127, -127, 0, 0, 5, -5, 64, 1];
+    let ckpt = Checkpoint::from_source(
+        "q",
+        conv_file(Some("int8:group=4"), vec![2, 2], &[0.5, 0.25, 2.0, 4.0]),
+    )
+    .unwrap();
+    let t = ckpt.read_int8("conv.weight").unwrap().unwrap();
+    assert_eq!((t.shape(), t.group()), ((2, 6), Some(4)));
+    assert_eq!((t.values(), t.scales()), (&q[..], &[0.5f32, 0.25, 2.0, 4.0][..]));
+    let ckpt = Checkpoint::from_source("q", conv_file(None, vec![2], &[1.0, 0.5])).unwrap();
+    let t = ckpt.read_int8("conv.weight").unwrap().unwrap();
+    assert_eq!((t.group(), t.scales()), (None, &[1.0f32, 0.5][..]));
+    let ckpt = Checkpoint::from_source("q", conv_file(None, vec![], &[0.25])).unwrap();
+    let t = ckpt.read_int8("conv.weight").unwrap().unwrap();
+    assert_eq!((t.group(), t.scales()), (None, &[0.25f32, 0.25][..]));
+    assert_eq!(t.into_parts().0, q);
+    assert!(ckpt.read_int8("plain").unwrap().is_none(), "int8 without scales");
+    assert!(ckpt.read_int8("conv.weight.scale").unwrap().is_none(), "a float tensor");
+    assert!(matches!(ckpt.read_int8("absent"), Err(Error::UnknownTensor { .. })));
+    let ckpt = Checkpoint::from_source("q", conv_file(None, vec![2], &[1.0, -1.0])).unwrap();
+    assert!(matches!(ckpt.read_int8("conv.weight"), Err(Error::Quantized { .. })));
+}
