@@ -59,6 +59,8 @@ pub(crate) fn prune(
     };
     let Some(calib) = &args.calib else { bail!("--method {m} needs --calib FILE") };
     let mut transformer = SentenceTransformer::load(folder, args.max_len.map(|n| n as usize))?;
+    // Calibrate on the f32 values an int8 model stands for.
+    transformer.model.dequantize();
     if args.max_len.is_none() && transformer.tokenizer.max_len() > CALIBRATION_TOKENS {
         transformer.tokenizer = TextEncoder::from_folder(folder, CALIBRATION_TOKENS)?;
     }

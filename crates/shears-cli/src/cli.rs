@@ -179,8 +179,8 @@ pub(crate) struct BenchArgs {
     #[arg(long)]
     pub(crate) all: bool,
     /// Time the whole model instead of its layers (a BERT-family folder): sentences of
-    /// --seq-len tokens cut from this text, --batch sentences at a time, dense and with
-    /// each pruned layer in the format that runs it fastest.
+    /// --seq-len tokens cut from this text, --batch sentences at a time, dense (f32) and
+    /// with each pruned layer in the format that runs it fastest (int8 layers in int8).
     #[arg(long, value_name = "FILE")]
     pub(crate) texts: Option<PathBuf>,
     /// Tokens per sentence for --texts, the special tokens included (3 up to the model's

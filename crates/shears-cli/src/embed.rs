@@ -20,7 +20,10 @@ fn load(folder: &Path, max_len: Option<u32>) -> Result<SentenceTransformer> {
             folder.display()
         );
     }
-    Ok(SentenceTransformer::load(folder, max_len.map(|m| m as usize))?)
+    let mut transformer = SentenceTransformer::load(folder, max_len.map(|m| m as usize))?;
+    // Int8 layers run as f32: faster here than integer products (docs/performance.md).
+    transformer.model.dequantize();
+    Ok(transformer)
 }
 
 /// Sentences embedded per pass: the tokenizer's encodings of a whole file would weigh

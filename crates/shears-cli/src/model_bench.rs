@@ -1,5 +1,6 @@
-//! `shears bench MODEL_DIR --texts FILE`: the whole model timed, dense against each
-//! pruned layer in the format that runs it fastest, at each batch of sentences.
+//! `shears bench MODEL_DIR --texts FILE`: the whole model timed, dense (f32) against each
+//! pruned layer in the format that runs it fastest and each int8 layer in int8, at each
+//! batch of sentences.
 
 use std::time::Instant;
 
@@ -60,13 +61,17 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             args.input.display()
         );
     }
-    let mut dense = SentenceTransformer::load(&args.input, None)?;
+    let mut loaded = SentenceTransformer::load(&args.input, None)?;
+    // The baseline is f32 dense: int8 layers dequantized.
+    let mut dense = loaded.clone();
+    dense.model.dequantize();
     let positions = dense.model.config().max_position_embeddings;
     let seq_len = args.seq_len.map_or(DEFAULT_SEQ_LEN.min(positions), |n| n as usize);
     if seq_len > positions {
         bail!("--seq-len {seq_len} is longer than the model's {positions} position embeddings");
     }
     dense.tokenizer = TextEncoder::from_folder(&args.input, seq_len)?;
+    loaded.tokenizer = dense.tokenizer.clone();
     let texts = read_texts(texts_path, 100_000)?;
     let largest = args.batch.iter().copied().max().unwrap_or(1);
     let pool = token_pool(&dense, &texts, seq_len, largest)?;
@@ -75,7 +80,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     for &sentences in &args.batch {
         progress.message(format!("{sentences} x {seq_len} tokens"));
         let batch = sentences_of(&pool, sentences, seq_len);
-        let mut sparse = dense.clone();
+        let mut sparse = loaded.clone();
         let layers = choose_formats(&mut sparse.model, batch.tokens())?;
         let sparse_layers = layers.iter().filter(|l| l.chosen != "dense").count();
         let (dense_ms, sparse_ms) = if sparse_layers == 0 {

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use nalgebra::{DMatrix, DVector};
 use rayon::prelude::*;
-use shears_io::Model;
+use shears_io::{Dtype, Model};
+use shears_sparse::{Int8Matrix, QuantScheme};
 
 use crate::attention::{Projections, self_attention};
 use crate::config::{Activation, BertConfig, Pooling, SentenceConfig};
@@ -342,6 +343,20 @@ impl BertModel {
         &mut self.layers
     }
 
+    /// Turns every int8 linear layer into f32 dense (its values times its scales): int8
+    /// layers run integer products on tokens quantized to int8, which is slower than the
+    /// f32 GEMM at this encoder's shapes on the CPUs measured so far, and changes the
+    /// results by the activations' rounding. Returns how many layers it changed.
+    pub fn dequantize(&mut self) -> usize {
+        let mut changed = 0;
+        for layer in &mut self.layers {
+            for (_, linear) in layer.linears_mut() {
+                changed += usize::from(linear.dequantize());
+            }
+        }
+        changed
+    }
+
     /// Every linear layer of the encoder, layer by layer.
     pub fn linears(&self) -> impl Iterator<Item = &Linear> {
         self.layers.iter().flat_map(|l| l.linears().map(|(_, linear)| linear))
@@ -476,10 +491,41 @@ impl Weights<'_> {
         Ok(DMatrix::from_vec(cols, rows, values))
     }
 
+    /// A linear layer: int8 (integer products) when its weight is stored as int8 with
+    /// scales, else dense f32.
     fn linear(&self, name: &str, shape: (usize, usize)) -> Result<Linear> {
-        let transposed = self.rows(&format!("{name}.weight"), shape)?;
         let bias = DVector::from_vec(self.vector(&format!("{name}.bias"), shape.0)?);
-        Linear::from_transposed(format!("{}{name}.weight", self.prefix), transposed, bias)
+        let weight = format!("{name}.weight");
+        if let Some(int8) = self.int8(&weight, shape)? {
+            return Linear::from_int8(format!("{}{weight}", self.prefix), int8, bias);
+        }
+        let transposed = self.rows(&weight, shape)?;
+        Linear::from_transposed(format!("{}{weight}", self.prefix), transposed, bias)
+    }
+
+    /// Tensor `name` as int8 weights with their scales, if it is stored so.
+    fn int8(&self, name: &str, (rows, cols): (usize, usize)) -> Result<Option<Int8Matrix>> {
+        let full = format!("{}{name}", self.prefix);
+        let found = self.model.find(&full).ok_or_else(|| self.error(&full, "missing".into()))?;
+        if found.info.dtype != Dtype::I8 {
+            return Ok(None);
+        }
+        if found.info.shape != [rows, cols] {
+            return Err(self.error(
+                &full,
+                format!("has shape {:?}, the config asks for {:?}", found.info.shape, [rows, cols]),
+            ));
+        }
+        let shard = &self.model.shards()[found.shard];
+        let Some(tensor) = shard.read_int8(&full).map_err(|e| self.error(&full, e.to_string()))?
+        else {
+            return Ok(None);
+        };
+        let scheme = tensor.group().map_or(QuantScheme::PerRow, QuantScheme::PerGroup);
+        let (values, scales) = tensor.into_parts();
+        Int8Matrix::try_from_parts(rows, cols, scheme, values, scales)
+            .map(Some)
+            .map_err(|e| self.error(&full, e.to_string()))
     }
 }
 

@@ -16,6 +16,10 @@ use crate::error::Result;
 /// batch, few enough that planning takes a fraction of a second.
 const TIMING_TOKENS: usize = 512;
 
+/// What an int8 layer's proposal reads, and its choice when its integer products are
+/// faster than the f32 GEMM.
+const INT8: &str = "int8";
+
 /// The decision for one linear layer.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FormatChoice {
@@ -23,9 +27,11 @@ pub struct FormatChoice {
     pub name: String,
     /// The fraction of its weights that are zero.
     pub sparsity: f64,
-    /// The sparse format `choose_format` proposed (dense when it proposed none).
+    /// The sparse format `choose_format` proposed (dense when it proposed none; `int8`
+    /// for an int8 layer, timed in int8 against its dequantized weights in f32).
     pub proposed: String,
-    /// The dense product's time, in seconds, at the timing token count.
+    /// The dense product's time, in seconds, at the timing token count (f32, an int8
+    /// layer's weights dequantized).
     pub dense_seconds: f64,
     /// The proposed format's time, if one was timed.
     pub proposed_seconds: Option<f64>,
@@ -35,7 +41,8 @@ pub struct FormatChoice {
 
 /// Sets every linear layer of `model` to the fastest of dense and the format
 /// `choose_format` proposes for its zeros at `tokens` tokens per product, timing both on
-/// `min(tokens, 512)` tokens (the best of three runs each).
+/// `min(tokens, 512)` tokens (the best of three runs each). An int8 layer is set to the
+/// faster of its integer products and the f32 GEMM on its dequantized weights.
 ///
 /// # Errors
 /// A format that cannot be built from the weights.
@@ -44,6 +51,31 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
     let mut choices = Vec::new();
     for layer in model.layers_mut() {
         for (_, linear) in layer.linears_mut() {
+            if let Some(int8) = linear.int8().cloned() {
+                // Int8 layers keep their integer products where those are faster than
+                // the f32 GEMM on their dequantized weights.
+                let (rows, cols) = linear.shape();
+                let x = DMatrix::from_fn(cols, timing, |r, c| ((r * 7 + c * 13) % 17) as f32 - 8.0);
+                let zeros = int8.values().iter().filter(|&&v| v == 0).count();
+                let int8_seconds = best_of_three(|| linear.forward(&x).map(drop))?;
+                linear.dequantize();
+                let dense_seconds = best_of_three(|| linear.forward(&x).map(drop))?;
+                let chosen = if int8_seconds < dense_seconds {
+                    linear.set_int8(int8)?;
+                    INT8
+                } else {
+                    "dense"
+                };
+                choices.push(FormatChoice {
+                    name: linear.name().to_owned(),
+                    sparsity: zeros as f64 / (rows * cols).max(1) as f64,
+                    proposed: INT8.to_owned(),
+                    dense_seconds,
+                    proposed_seconds: Some(int8_seconds),
+                    chosen: chosen.to_owned(),
+                });
+                continue;
+            }
             let weights = linear.dense_weights();
             let (rows, cols) = weights.shape();
             let mask = Mask::from_fn(rows, cols, |r, c| weights[(r, c)] != 0.0)?;

@@ -1,10 +1,11 @@
 //! [`Linear`]: every linear layer of the encoder, `y = W x + b`, its weights dense (one
-//! GEMM over all of a batch's tokens) or in any shears-sparse format.
+//! GEMM over all of a batch's tokens), in any shears-sparse format, or int8 (integer
+//! products on tokens quantized to int8).
 
 use faer::{Accum, MatMut, MatRef, Par};
 use nalgebra::{DMatrix, DVector};
 use shears_core::Mask;
-use shears_sparse::{AnySparse, Format, SparseProduct};
+use shears_sparse::{AnySparse, Format, Int8Matrix, SparseProduct};
 
 use crate::error::{Error, Result};
 
@@ -17,6 +18,9 @@ enum LinearWeights {
     Dense(DMatrix<f32>),
     /// Sparse, in the format chosen for it.
     Sparse(AnySparse<f32>),
+    /// Int8 with its scales, as a quantized checkpoint stores it: each product quantizes
+    /// the tokens to int8 and sums in integers.
+    Int8(Int8Matrix),
 }
 
 /// A linear layer `y = W x + b` of the encoder: `W` is `outputs x inputs` (PyTorch's
@@ -62,6 +66,27 @@ impl Linear {
         Ok(Linear { name, weights: LinearWeights::Dense(transposed), bias })
     }
 
+    /// An int8 layer: its products quantize each token to int8 and sum in integers
+    /// ([`Int8Matrix`]'s [`SparseProduct`]).
+    ///
+    /// # Errors
+    /// [`Error::Argument`] if `bias` has not one entry per output.
+    pub fn from_int8(
+        name: impl Into<String>,
+        weights: Int8Matrix,
+        bias: DVector<f32>,
+    ) -> Result<Linear> {
+        let name = name.into();
+        if bias.len() != weights.shape().0 {
+            return Err(Error::Argument(format!(
+                "layer `{name}`: {} bias entries for {} outputs",
+                bias.len(),
+                weights.shape().0
+            )));
+        }
+        Ok(Linear { name, weights: LinearWeights::Int8(weights), bias })
+    }
+
     /// The weight's tensor name.
     pub fn name(&self) -> &str {
         &self.name
@@ -72,6 +97,15 @@ impl Linear {
         match &self.weights {
             LinearWeights::Dense(wt) => (wt.ncols(), wt.nrows()),
             LinearWeights::Sparse(s) => s.shape(),
+            LinearWeights::Int8(q) => q.shape(),
+        }
+    }
+
+    /// The int8 weights, when the layer runs in int8.
+    pub fn int8(&self) -> Option<&Int8Matrix> {
+        match &self.weights {
+            LinearWeights::Int8(q) => Some(q),
+            _ => None,
         }
     }
 
@@ -80,11 +114,13 @@ impl Linear {
         &self.bias
     }
 
-    /// The weights as a dense matrix (zeros where a sparse format stores nothing).
+    /// The weights as a dense matrix (zeros where a sparse format stores nothing; int8
+    /// weights times their scales).
     pub fn dense_weights(&self) -> DMatrix<f32> {
         match &self.weights {
             LinearWeights::Dense(wt) => wt.transpose(),
             LinearWeights::Sparse(s) => s.to_dense(),
+            LinearWeights::Int8(q) => q.dequantize(),
         }
     }
 
@@ -105,7 +141,33 @@ impl Linear {
         Ok(())
     }
 
-    /// Stores the weights in `format`, keeping the nonzeros (dense keeps them all).
+    /// Replaces the weights with int8 `weights` of the same shape.
+    ///
+    /// # Errors
+    /// [`Error::Argument`] for another shape.
+    pub fn set_int8(&mut self, weights: Int8Matrix) -> Result<()> {
+        if weights.shape() != self.shape() {
+            return Err(Error::Argument(format!(
+                "layer `{}`: new int8 weights are {:?}, the layer is {:?}",
+                self.name,
+                weights.shape(),
+                self.shape()
+            )));
+        }
+        self.weights = LinearWeights::Int8(weights);
+        Ok(())
+    }
+
+    /// Turns int8 weights into f32 dense ones (values times scales); whether they were
+    /// int8.
+    pub fn dequantize(&mut self) -> bool {
+        let LinearWeights::Int8(q) = &self.weights else { return false };
+        self.weights = LinearWeights::Dense(q.dequantize().transpose());
+        true
+    }
+
+    /// Stores the weights in `format`, keeping the nonzeros (dense keeps them all); int8
+    /// weights become f32 (their values times their scales).
     ///
     /// # Errors
     /// [`Error::Sparse`] if the format cannot hold the weights (an N:M format for
@@ -123,10 +185,11 @@ impl Linear {
         Ok(())
     }
 
-    /// The format the weights run in.
+    /// The format the weights run in ([`Format::Dense`] for int8 weights, which are
+    /// stored dense: see [`Linear::int8`]).
     pub fn format(&self) -> Format {
         match &self.weights {
-            LinearWeights::Dense(_) => Format::Dense,
+            LinearWeights::Dense(_) | LinearWeights::Int8(_) => Format::Dense,
             LinearWeights::Sparse(s) => s.format(),
         }
     }
@@ -157,6 +220,11 @@ impl Linear {
             }
             LinearWeights::Sparse(s) => {
                 let mut y = s.matmul(x)?;
+                add_bias(&mut y, &self.bias);
+                Ok(y)
+            }
+            LinearWeights::Int8(q) => {
+                let mut y = q.matmul(x)?;
                 add_bias(&mut y, &self.bias);
                 Ok(y)
             }

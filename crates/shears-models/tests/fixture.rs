@@ -179,3 +179,100 @@ fn sentences_do_not_see_each_other() {
         assert!(diff < 1e-6, "sentence {i}: {diff}");
     }
 }
+
+/// The tiny BERT with every encoder linear weight quantized to int8 (per row, or in
+/// groups of 8 columns) loads those layers as int8, running integer products: the
+/// embeddings stay close to the f32 model's, and `dequantize` turns them into the f32
+/// layers of their values times their scales.
+#[test]
+fn int8_weights_load_as_int8_layers() {
+    use shears_sparse::{Int8Matrix, QuantScheme};
+    let dir = tempfile::tempdir().unwrap();
+    let want = expected();
+    for (tag, scheme) in [("row", QuantScheme::PerRow), ("group", QuantScheme::PerGroup(8))] {
+        let copy = dir.path().join(tag);
+        std::fs::create_dir_all(copy.join("1_Pooling")).unwrap();
+        for entry in std::fs::read_dir(folder()).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() && entry.file_name() != "model.safetensors" {
+                std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+            }
+        }
+        std::fs::copy(folder().join("1_Pooling/config.json"), copy.join("1_Pooling/config.json"))
+            .unwrap();
+        let source = Checkpoint::open(&folder().join("model.safetensors")).unwrap();
+        let linear = |n: &str| {
+            n.contains("encoder.layer.") && n.ends_with("dense.weight")
+                || n.contains("attention.self.") && n.ends_with(".weight")
+        };
+        let quantized: std::collections::HashMap<String, Int8Matrix> = source
+            .names()
+            .filter(|n| linear(n))
+            .map(|n| {
+                let w = source.read_matrix::<f32>(n).unwrap();
+                (n.to_owned(), Int8Matrix::quantize(&w, scheme).unwrap())
+            })
+            .collect();
+        let mut specs = Vec::new();
+        for (n, info) in source.tensors() {
+            match quantized.get(n) {
+                Some(q) => {
+                    specs.push((n.clone(), Dtype::I8, info.shape.clone()));
+                    let scales = q.scales().len() / q.shape().0;
+                    let shape = match scheme {
+                        QuantScheme::PerRow => vec![q.shape().0],
+                        QuantScheme::PerGroup(_) => vec![q.shape().0, scales],
+                    };
+                    specs.push((shears_io::scale_name(n), Dtype::F32, shape));
+                }
+                None => specs.push((n.clone(), info.dtype, info.shape.clone())),
+            }
+        }
+        let metadata = std::collections::HashMap::from([(
+            shears_io::QUANTIZATION_KEY.to_owned(),
+            scheme.to_string(),
+        )]);
+        let entries = shears_io::layout(specs).unwrap();
+        shears_io::write_safetensors(
+            &copy.join("model.safetensors"),
+            &entries,
+            Some(&metadata),
+            |name, w| -> shears_io::Result<()> {
+                let io = |e| shears_io::Error::io("write", Path::new(name), e);
+                let weight = name.strip_suffix(shears_io::SCALE_SUFFIX).unwrap_or(name);
+                match quantized.get(weight) {
+                    Some(q) if weight == name => w
+                        .write_all(&q.values().iter().map(|&v| v as u8).collect::<Vec<_>>())
+                        .map_err(io),
+                    Some(q) => shears_io::write_values(q.scales(), Dtype::F32, w).map_err(io),
+                    None => source.copy_to(name, w, Path::new(name)),
+                }
+            },
+        )
+        .unwrap();
+        let mut model = SentenceTransformer::load(&copy, None).unwrap();
+        let int8 = model.model.linears().filter(|l| l.int8().is_some()).count();
+        assert_eq!(int8, quantized.len(), "{tag}");
+        assert!(int8 >= 6, "{tag}: {int8} int8 layers");
+        let native = model.embed(&want.sentences).unwrap();
+        let diff = (&native - &want.embeddings).abs().max();
+        assert!(diff < 0.05, "{tag}: {diff}");
+        for l in model.model.linears().filter(|l| l.int8().is_some()) {
+            let q = &quantized[l.name()];
+            assert_eq!(l.int8(), Some(q), "{}", l.name());
+            let x = DMatrix::from_fn(q.shape().1, 3, |r, c| ((r * 5 + c * 3) % 7) as f32 - 3.0);
+            let mut expected = shears_sparse::SparseProduct::matmul(q, &x).unwrap();
+            expected.column_iter_mut().for_each(|mut c| c += l.bias());
+            assert_eq!(l.forward(&x).unwrap(), expected, "{}", l.name());
+        }
+        assert_eq!(model.model.dequantize(), int8);
+        assert!(model.model.linears().all(|l| l.int8().is_none()));
+        for l in model.model.linears() {
+            if let Some(q) = quantized.get(l.name()) {
+                assert_eq!(l.dense_weights(), q.dequantize(), "{}", l.name());
+            }
+        }
+        let diff = (model.embed(&want.sentences).unwrap() - &want.embeddings).abs().max();
+        assert!(diff < 0.05, "{tag} dequantized: {diff}");
+    }
+}
