@@ -268,7 +268,11 @@ impl Sealed<f32> for Int8Matrix {
 /// so small that `max / 127` rounds to zero: such weights are zero to int8 anyway).
 /// Weights must be finite.
 pub(crate) fn symmetric_scale(weights: &[f32]) -> f32 {
-    let max = weights.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    scale_of_max(weights.iter().fold(0.0f32, |m, v| m.max(v.abs())))
+}
+
+/// [`symmetric_scale`] of values whose largest magnitude is `max` (finite).
+pub(crate) fn scale_of_max(max: f32) -> f32 {
     let mut scale = max / 127.0;
     if scale <= 0.0 {
         return 1.0;

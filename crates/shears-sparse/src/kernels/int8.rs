@@ -84,14 +84,10 @@ pub(crate) fn quantize_columns(x: &[f32], cols: usize, batch: usize) -> Quantize
     if cols == 0 {
         return QuantizedColumns { stride, values, scales: vec![1.0; batch] };
     }
+    let path = kernel_path();
     let quantize = |(column, out): (&[f32], &mut [i16])| -> f32 {
-        if !column.iter().all(|v| v.is_finite()) {
-            return f32::NAN;
-        }
-        let scale = crate::quant::symmetric_scale(column);
-        for (q, &v) in out.iter_mut().zip(column) {
-            *q = (v / scale).round_ties_even().clamp(-127.0, 127.0) as i16;
-        }
+        let mut scale = 1.0;
+        quantize_column(path, column, out, &mut scale);
         scale
     };
     let scales = if x.len() >= PARALLEL_ELEMENTS {
@@ -100,6 +96,42 @@ pub(crate) fn quantize_columns(x: &[f32], cols: usize, batch: usize) -> Quantize
         x.chunks_exact(cols).zip(values.chunks_exact_mut(stride)).map(quantize).collect()
     };
     QuantizedColumns { stride, values, scales }
+}
+
+/// Quantizes one column of `X` into `out`, its scale into `scale` (NaN, and `out` left
+/// as it is, when the column holds a NaN or an infinity). The two reductions run on the
+/// values' bits, so that they vectorise (a float sum or maximum would not, its order
+/// being fixed): below the exponent of infinity, `|v|`'s bits order as `|v|` does.
+#[inline(always)]
+fn quantize_column_kernel<P: Isa>(column: &[f32], out: &mut [i16], scale: &mut f32) {
+    const INFINITY_BITS: u32 = 0x7f80_0000;
+    let (max_bits, poison) = column.iter().fold((0u32, 0u32), |(m, p), v| {
+        let bits = v.to_bits() & 0x7fff_ffff;
+        (m.max(bits), p | u32::from(bits >= INFINITY_BITS))
+    });
+    if poison != 0 {
+        *scale = f32::NAN;
+        return;
+    }
+    let s = crate::quant::scale_of_max(f32::from_bits(max_bits));
+    for (q, &v) in out.iter_mut().zip(column) {
+        *q = round_ties_even_small((v / s).clamp(-127.0, 127.0)) as i32 as i16;
+    }
+    *scale = s;
+}
+
+multiversion! {
+    fn quantize_column<>(column: &[f32], out: &mut [i16], scale: &mut f32) => quantize_column_kernel
+}
+
+/// `v` rounded to the nearest integer, ties to even, for `|v| < 2^22`: adding and
+/// subtracting `1.5 * 2^23` leaves no fraction bits, and the add rounds as the FPU does,
+/// to nearest even. Unlike `f32::round_ties_even`, which the baseline x86-64 target
+/// (SSE2, no `roundps`) compiles to a libm call per value, it vectorises everywhere.
+#[inline(always)]
+fn round_ties_even_small(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
 }
 
 /// The spans of one row's columns that share a scale and fit one integer sum: each
@@ -153,11 +185,16 @@ fn int8_rows_kernel<P: Isa>(
     a: Int8DenseView<'_>,
     rows: Range<usize>,
     xq: &QuantizedColumns,
-    z: &mut [f32],
+    alpha: f32,
+    beta: f32,
+    out: &mut [&mut [f32]],
 ) {
     let batch = xq.scales.len();
     let first = rows.start;
-    let mut put = |r: usize, j: usize, v: f32| z[(r - first) * batch + j] = v * xq.scales[j];
+    let mut put = |r: usize, j: usize, v: f32| {
+        let y = &mut out[j][r - first];
+        *y = combine(alpha, v * xq.scales[j], beta, *y);
+    };
     let mut r = rows.start;
     // Batched: tiles of TILE_ROWS x TILE_TOKENS, the last tokens one at a time, over
     // blocks of tokens whose activations stay in L2 while every row passes over them.
@@ -204,7 +241,9 @@ multiversion! {
         a: Int8DenseView<'_>,
         rows: Range<usize>,
         xq: &QuantizedColumns,
-        z: &mut [f32],
+        alpha: f32,
+        beta: f32,
+        out: &mut [&mut [f32]],
     ) => int8_rows_kernel
 }
 
@@ -222,30 +261,27 @@ pub(crate) fn int8_dense_product(
     };
     let path = kernel_path();
     let xq = quantize_columns(x, a.cols, batch);
-    let mut z = vec![0.0f32; a.rows * batch];
     let work = |r: usize| r * a.cols.max(1) * batch;
-    match parallel_ranges(a.rows, work) {
-        None => int8_rows(path, a, 0..a.rows, &xq, &mut z),
-        Some(ranges) => {
-            let mut chunks = Vec::with_capacity(ranges.len());
-            let mut rest = &mut z[..];
-            for range in ranges {
-                let (head, tail) = rest.split_at_mut(range.len() * batch);
-                chunks.push((range, head));
-                rest = tail;
-            }
-            chunks.into_par_iter().for_each(|(range, chunk)| int8_rows(path, a, range, &xq, chunk));
+    let ranges =
+        parallel_ranges(a.rows, work).unwrap_or_else(|| std::iter::once(0..a.rows).collect());
+    // Each task gets its rows of every column of Y, and writes them as it computes them.
+    let mut tasks: Vec<(Range<usize>, Vec<&mut [f32]>)> =
+        ranges.into_iter().map(|range| (range, Vec::with_capacity(batch))).collect();
+    for column in y.chunks_exact_mut(a.rows) {
+        let mut rest = column;
+        for (range, pieces) in &mut tasks {
+            let (piece, tail) = rest.split_at_mut(range.len());
+            pieces.push(piece);
+            rest = tail;
         }
     }
-    let write = |(j, column): (usize, &mut [f32])| {
-        for (r, v) in column.iter_mut().enumerate() {
-            *v = combine(alpha, z[r * batch + j], beta, *v);
-        }
+    let run = |(range, mut pieces): (Range<usize>, Vec<&mut [f32]>)| {
+        int8_rows(path, a, range, &xq, alpha, beta, &mut pieces)
     };
-    if y.len() >= PARALLEL_ELEMENTS {
-        y.par_chunks_exact_mut(a.rows).enumerate().for_each(write);
+    if tasks.len() == 1 {
+        tasks.into_iter().for_each(run);
     } else {
-        y.chunks_exact_mut(a.rows).enumerate().for_each(write);
+        tasks.into_par_iter().for_each(run);
     }
 }
 
@@ -329,16 +365,14 @@ mod tests {
         })
     }
 
-    /// The rows kernel on a given path, before alpha and beta, as column-major bits.
+    /// The rows kernel on a given path (alpha 1, beta 0; `Y` starts as NaN, which must
+    /// not be read), as column-major bits.
     fn on_path(path: KernelPath, a: Int8DenseView<'_>, x: &DMatrix<f32>) -> Vec<u32> {
         let xq = quantize_columns(x.as_slice(), a.cols, x.ncols());
-        let batch = x.ncols();
-        let mut z = vec![0.0f32; a.rows * batch];
-        int8_rows(KernelPath::resolve(path), a, 0..a.rows, &xq, &mut z);
-        (0..batch)
-            .flat_map(|j| (0..a.rows).map(move |r| (r, j)))
-            .map(|(r, j)| z[r * batch + j].to_bits())
-            .collect()
+        let mut y = vec![f32::NAN; a.rows * x.ncols()];
+        let mut columns: Vec<&mut [f32]> = y.chunks_exact_mut(a.rows.max(1)).collect();
+        int8_rows(KernelPath::resolve(path), a, 0..a.rows, &xq, 1.0, 0.0, &mut columns);
+        y.iter().map(|v| v.to_bits()).collect()
     }
 
     proptest! {
@@ -361,6 +395,18 @@ mod tests {
             for path in KernelPath::ORDER {
                 prop_assert_eq!(&on_path(path, fixture.view(), &x), &want, "{:?}", path);
             }
+        }
+    }
+
+    /// The rounding trick equals `round_ties_even` over the range it is used on.
+    #[test]
+    fn the_small_rounding_is_round_ties_even() {
+        for k in -2_000_000i32..=2_000_000 {
+            let v = k as f32 / 15_000.0;
+            assert_eq!(round_ties_even_small(v), v.round_ties_even(), "{v}");
+        }
+        for v in [-127.5f32, -126.5, -0.5, 0.5, 1.5, 2.5, 126.5, 127.0, -0.0, 0.49999997] {
+            assert_eq!(round_ties_even_small(v), v.round_ties_even(), "{v}");
         }
     }
 
