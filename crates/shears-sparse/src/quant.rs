@@ -4,7 +4,7 @@
 use nalgebra::DMatrix;
 
 use crate::error::{Error, Result};
-use crate::kernels::{self, Int8DenseView};
+use crate::kernels::{self, Int8DenseView, scale_of_max};
 use crate::product::{Operands, Sealed, SparseProduct};
 
 /// Which weights share a scale.
@@ -269,20 +269,6 @@ impl Sealed<f32> for Int8Matrix {
 /// Weights must be finite.
 pub(crate) fn symmetric_scale(weights: &[f32]) -> f32 {
     scale_of_max(weights.iter().fold(0.0f32, |m, v| m.max(v.abs())))
-}
-
-/// [`symmetric_scale`] of values whose largest magnitude is `max` (finite).
-pub(crate) fn scale_of_max(max: f32) -> f32 {
-    let mut scale = max / 127.0;
-    if scale <= 0.0 {
-        return 1.0;
-    }
-    // Near f32::MAX, max / 127 can round up so far that 127 * scale overflows: step the
-    // scale down (by at most a few ulps) until the largest value dequantizes finitely.
-    while (127.0 * scale).is_infinite() {
-        scale = f32::from_bits(scale.to_bits() - 1);
-    }
-    scale
 }
 
 /// `round(w / scale)` with ties to even, in `-127..=127`; zero for a weight of zero.

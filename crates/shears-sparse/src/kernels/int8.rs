@@ -113,7 +113,7 @@ fn quantize_column_kernel<P: Isa>(column: &[f32], out: &mut [i16], scale: &mut f
         *scale = f32::NAN;
         return;
     }
-    let s = crate::quant::scale_of_max(f32::from_bits(max_bits));
+    let s = scale_of_max(f32::from_bits(max_bits));
     for (q, &v) in out.iter_mut().zip(column) {
         *q = round_ties_even_small((v / s).clamp(-127.0, 127.0)) as i32 as i16;
     }
@@ -122,6 +122,22 @@ fn quantize_column_kernel<P: Isa>(column: &[f32], out: &mut [i16], scale: &mut f
 
 multiversion! {
     fn quantize_column<>(column: &[f32], out: &mut [i16], scale: &mut f32) => quantize_column_kernel
+}
+
+/// The symmetric int8 scale of values whose largest magnitude is `max` (finite):
+/// `max / 127`, or 1 when that is zero, stepped down where 127 times it would overflow.
+/// Weights (`Int8Matrix::quantize`) and activations share it.
+pub(crate) fn scale_of_max(max: f32) -> f32 {
+    let mut scale = max / 127.0;
+    if scale <= 0.0 {
+        return 1.0;
+    }
+    // Near f32::MAX, max / 127 can round up so far that 127 * scale overflows: step the
+    // scale down (by at most a few ulps) until the largest value dequantizes finitely.
+    while (127.0 * scale).is_infinite() {
+        scale = f32::from_bits(scale.to_bits() - 1);
+    }
+    scale
 }
 
 /// `v` rounded to the nearest integer, ties to even, for `|v| < 2^22`: adding and
