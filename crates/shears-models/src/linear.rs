@@ -129,14 +129,7 @@ impl Linear {
     /// # Errors
     /// [`Error::Argument`] for another shape.
     pub fn set_dense(&mut self, weights: DMatrix<f32>) -> Result<()> {
-        if weights.shape() != self.shape() {
-            return Err(Error::Argument(format!(
-                "layer `{}`: new weights are {:?}, the layer is {:?}",
-                self.name,
-                weights.shape(),
-                self.shape()
-            )));
-        }
+        self.check_new_shape("weights", weights.shape())?;
         self.weights = LinearWeights::Dense(weights.transpose());
         Ok(())
     }
@@ -146,16 +139,21 @@ impl Linear {
     /// # Errors
     /// [`Error::Argument`] for another shape.
     pub fn set_int8(&mut self, weights: Int8Matrix) -> Result<()> {
-        if weights.shape() != self.shape() {
-            return Err(Error::Argument(format!(
-                "layer `{}`: new int8 weights are {:?}, the layer is {:?}",
-                self.name,
-                weights.shape(),
-                self.shape()
-            )));
-        }
+        self.check_new_shape("int8 weights", weights.shape())?;
         self.weights = LinearWeights::Int8(weights);
         Ok(())
+    }
+
+    /// An error unless new `what` of `shape` fit the layer.
+    fn check_new_shape(&self, what: &str, shape: (usize, usize)) -> Result<()> {
+        if shape == self.shape() {
+            return Ok(());
+        }
+        Err(Error::Argument(format!(
+            "layer `{}`: new {what} are {shape:?}, the layer is {:?}",
+            self.name,
+            self.shape()
+        )))
     }
 
     /// Turns int8 weights into f32 dense ones (values times scales); whether they were

@@ -456,19 +456,29 @@ mod tests {
         assert_eq!(y[0].to_bits(), reference[0].to_bits());
     }
 
+    fn every_copy_gives_the_reference_bits(fixture: &Fixture, x: &DMatrix<f32>) {
+        let want: Vec<u32> =
+            int8_dense_reference(fixture.view(), x).iter().map(|v| v.to_bits()).collect();
+        for path in KernelPath::ORDER {
+            let (rows, cols, group) = (fixture.rows, fixture.cols, fixture.group);
+            assert_eq!(
+                on_path(path, fixture.view(), x),
+                want,
+                "{path:?}, {rows}x{cols} by {group}"
+            );
+        }
+    }
+
     /// Groups longer than one integer sum holds, with spans and tails that are not
     /// whole vector steps, give the reference loop's bits on every copy.
     #[test]
     fn long_groups_split_into_ragged_spans_match_the_reference() {
         let cols = 140_007;
         for group in [70_001, cols] {
-            let fixture = Fixture::new(3, cols, group, 11);
-            let x = activations(cols, 3, 5);
-            let want: Vec<u32> =
-                int8_dense_reference(fixture.view(), &x).iter().map(|v| v.to_bits()).collect();
-            for path in KernelPath::ORDER {
-                assert_eq!(on_path(path, fixture.view(), &x), want, "{path:?}, group {group}");
-            }
+            every_copy_gives_the_reference_bits(
+                &Fixture::new(3, cols, group, 11),
+                &activations(cols, 3, 5),
+            );
         }
     }
 
@@ -478,13 +488,10 @@ mod tests {
     fn batches_larger_than_a_block_run_block_by_block() {
         let (rows, cols, batch) = (5, 20_001, 15);
         assert!(ACTIVATION_BLOCK_BYTES / (2 * cols) < 2 * TILE_TOKENS, "blocks of one tile");
-        let fixture = Fixture::new(rows, cols, 64, 3);
-        let x = activations(cols, batch, 9);
-        let want: Vec<u32> =
-            int8_dense_reference(fixture.view(), &x).iter().map(|v| v.to_bits()).collect();
-        for path in KernelPath::ORDER {
-            assert_eq!(on_path(path, fixture.view(), &x), want, "{path:?}");
-        }
+        every_copy_gives_the_reference_bits(
+            &Fixture::new(rows, cols, 64, 3),
+            &activations(cols, batch, 9),
+        );
     }
 
     /// Alpha and beta combine as in BLAS; with beta zero a NaN in Y is not read; a NaN in
