@@ -194,8 +194,8 @@ fn tile<P: Isa, const R: usize, const J: usize>(
     out
 }
 
-/// Rows `rows` of the product (before `alpha` and `beta`), row-major into `z`
-/// (`rows.len() x batch`).
+/// Rows `rows` of `Y <- alpha * A X + beta * Y`, into `out`: for each column of `Y`,
+/// its entries for these rows (`out[j][r - rows.start]`).
 #[inline(always)]
 fn int8_rows_kernel<P: Isa>(
     a: Int8DenseView<'_>,
