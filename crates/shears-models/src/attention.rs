@@ -64,7 +64,7 @@ pub(crate) fn self_attention(
         let at = (start, len, h, d);
         scratch.load(tokens_of(p.q, at), tokens_of(p.k, at), tokens_of(p.v, at), d, len);
         Arch::new().dispatch(Head { s: scratch, d, len, scale });
-        let dp = d.next_multiple_of(LANES);
+        let dp = d.next_multiple_of(TILE);
         for (j, result) in scratch.out.chunks_exact(dp).take(len).enumerate() {
             let column = out.as_mut().col_mut(j).try_as_col_major_mut();
             if let Some(column) = column {
@@ -75,15 +75,20 @@ pub(crate) fn self_attention(
     context
 }
 
-/// Lanes of the register tiles: one AVX vector of f32.
+/// Lanes of one AVX vector of f32.
 const LANES: usize = 8;
-/// Queries computed together: each key vector loaded is used this many times.
+/// Queries computed together: each key or value vector loaded is used this many times.
 const QUERIES: usize = 4;
+/// Keys (for the scores) or head features (for the output) of a register tile: two
+/// vectors, so a tile keeps `2 * QUERIES` independent sums, enough to hide the latency
+/// of a fused multiply-add on two FMA pipes.
+const TILE: usize = 2 * LANES;
 
 /// One head of one sentence, copied into contiguous buffers padded with zeros: the
-/// queries by token (`dp` values each, `dp` the head size rounded up to [`LANES`]), the
-/// keys by feature (`lp` values each, `lp` the length rounded up, so a feature of eight
-/// keys is one vector), the values by token; and the scores and output.
+/// queries by token (`dp` values each, `dp` the head size rounded up to [`TILE`]), the
+/// keys by feature (`lp` values each, `lp` the length rounded up to [`TILE`], so a
+/// feature of a tile's keys is two vectors), the values by token; and the scores and
+/// output.
 #[derive(Default)]
 struct Scratch {
     q: Vec<f32>,
@@ -102,7 +107,7 @@ impl Scratch {
         d: usize,
         len: usize,
     ) {
-        let (dp, lp) = (d.next_multiple_of(LANES), len.next_multiple_of(LANES));
+        let (dp, lp) = (d.next_multiple_of(TILE), len.next_multiple_of(TILE));
         let queries = len.next_multiple_of(QUERIES);
         let by_token = |tokens: &mut dyn Iterator<Item = &'a [f32]>, buf: &mut Vec<f32>, rows| {
             buf.clear();
@@ -125,9 +130,9 @@ impl Scratch {
     }
 }
 
-/// The attention of one head, on a [`Scratch`], in register tiles (four queries by
-/// eight keys for the scores, four queries by the head's width for the output), compiled
-/// for the CPU's widest SIMD by `pulp`'s dispatch.
+/// The attention of one head, on a [`Scratch`], in register tiles of four queries by
+/// [`TILE`] keys (the scores) and four queries by [`TILE`] features (the output), with
+/// fused multiply-adds, compiled for the CPU's widest SIMD by `pulp`'s dispatch.
 struct Head<'a> {
     s: &'a mut Scratch,
     d: usize,
@@ -141,24 +146,25 @@ impl WithSimd for Head<'_> {
     #[inline(always)]
     fn with_simd<S: Simd>(self, _simd: S) {
         let Head { s, d, len, scale } = self;
-        let (dp, lp) = (d.next_multiple_of(LANES), len.next_multiple_of(LANES));
+        let (dp, lp) = (d.next_multiple_of(TILE), len.next_multiple_of(TILE));
         let queries = len.next_multiple_of(QUERIES);
+        const ZERO: [f32; TILE] = [0.0; TILE];
         for j0 in (0..queries).step_by(QUERIES) {
             // Scores of queries j0..j0+4 over every key: Σ_x q[x, j] k[x, i].
-            for i0 in (0..lp).step_by(LANES) {
-                let mut acc = [[0.0f32; LANES]; QUERIES];
-                for x in 0..d {
-                    let keys: &[f32; LANES] =
-                        s.kt[x * lp + i0..x * lp + i0 + LANES].try_into().unwrap_or(&[0.0; LANES]);
-                    for (a, qj) in acc.iter_mut().zip(j0..) {
-                        let q = s.q[qj * dp + x];
-                        for (a, k) in a.iter_mut().zip(keys) {
-                            *a += q * k;
+            let q: [&[f32]; QUERIES] = std::array::from_fn(|a| &s.q[(j0 + a) * dp..][..d]);
+            for i0 in (0..lp).step_by(TILE) {
+                let mut acc = [[0.0f32; TILE]; QUERIES];
+                for (x, features) in s.kt.chunks_exact(lp).enumerate() {
+                    let keys: &[f32; TILE] = features[i0..i0 + TILE].try_into().unwrap_or(&ZERO);
+                    for (a, q) in acc.iter_mut().zip(&q) {
+                        let q = q[x];
+                        for (a, &k) in a.iter_mut().zip(keys) {
+                            *a = q.mul_add(k, *a);
                         }
                     }
                 }
                 for (a, qj) in acc.iter().zip(j0..) {
-                    let row = &mut s.scores[qj * lp + i0..qj * lp + i0 + LANES];
+                    let row = &mut s.scores[qj * lp + i0..qj * lp + i0 + TILE];
                     for (r, v) in row.iter_mut().zip(a) {
                         *r = v * scale;
                     }
@@ -167,21 +173,21 @@ impl WithSimd for Head<'_> {
             for qj in j0..j0 + QUERIES {
                 softmax_in_place(&mut s.scores[qj * lp..qj * lp + len]);
             }
-            // Their outputs: Σ_i p[i, j] v[:, i], a lane group of the head at a time.
-            for x0 in (0..dp).step_by(LANES) {
-                let mut acc = [[0.0f32; LANES]; QUERIES];
-                for i in 0..len {
-                    let value: &[f32; LANES] =
-                        s.v[i * dp + x0..i * dp + x0 + LANES].try_into().unwrap_or(&[0.0; LANES]);
-                    for (a, qj) in acc.iter_mut().zip(j0..) {
-                        let p = s.scores[qj * lp + i];
-                        for (a, v) in a.iter_mut().zip(value) {
-                            *a += p * v;
+            // Their outputs: Σ_i p[i, j] v[:, i], a tile of the head's features at a time.
+            let p: [&[f32]; QUERIES] = std::array::from_fn(|a| &s.scores[(j0 + a) * lp..][..len]);
+            for x0 in (0..dp).step_by(TILE) {
+                let mut acc = [[0.0f32; TILE]; QUERIES];
+                for (i, token) in s.v.chunks_exact(dp).enumerate() {
+                    let value: &[f32; TILE] = token[x0..x0 + TILE].try_into().unwrap_or(&ZERO);
+                    for (a, p) in acc.iter_mut().zip(&p) {
+                        let p = p[i];
+                        for (a, &v) in a.iter_mut().zip(value) {
+                            *a = p.mul_add(v, *a);
                         }
                     }
                 }
                 for (a, qj) in acc.iter().zip(j0..) {
-                    s.out[qj * dp + x0..qj * dp + x0 + LANES].copy_from_slice(a);
+                    s.out[qj * dp + x0..qj * dp + x0 + TILE].copy_from_slice(a);
                 }
             }
         }
@@ -233,11 +239,10 @@ mod tests {
         out
     }
 
-    #[test]
-    fn equals_the_naive_loops() {
-        let lengths = [3, 1, 7, 0, 5];
+    /// Checks [`self_attention`] against [`naive`] on `lengths` tokens, with the
+    /// projections separate and stacked.
+    fn check(hidden: usize, heads: usize, lengths: &[usize]) {
         let tokens: usize = lengths.iter().sum();
-        let (hidden, heads) = (12, 3);
         let m = |seed: usize| {
             DMatrix::from_fn(hidden, tokens, |r, c| {
                 (((r * 7 + c * 13 + seed) % 17) as f32 - 8.0) / 4.0
@@ -245,16 +250,30 @@ mod tests {
         };
         let (q, k, v) = (m(1), m(2), m(3));
         let separate = Projections { q: (&q, 0), k: (&k, 0), v: (&v, 0) };
-        let got = self_attention(separate, hidden, heads, &lengths);
+        let got = self_attention(separate, hidden, heads, lengths);
         let mut stacked = DMatrix::<f32>::zeros(3 * hidden, tokens);
         stacked.rows_mut(0, hidden).copy_from(&q);
         stacked.rows_mut(hidden, hidden).copy_from(&k);
         stacked.rows_mut(2 * hidden, hidden).copy_from(&v);
         let together =
             Projections { q: (&stacked, 0), k: (&stacked, hidden), v: (&stacked, 2 * hidden) };
-        assert_eq!(self_attention(together, hidden, heads, &lengths), got);
-        let want = naive(&q, &k, &v, heads, &lengths);
+        assert_eq!(self_attention(together, hidden, heads, lengths), got);
+        let want = naive(&q, &k, &v, heads, lengths);
         let err = (got.map(f64::from) - want).abs().max();
-        assert!(err < 1e-5, "{err}");
+        assert!(err < 1e-5, "hidden {hidden}, heads {heads}, lengths {lengths:?}: {err}");
+    }
+
+    #[test]
+    fn equals_the_naive_loops() {
+        // Heads narrower than a tile, and sentences shorter than one.
+        check(12, 3, &[3, 1, 7, 0, 5]);
+    }
+
+    #[test]
+    fn equals_the_naive_loops_over_whole_and_partial_tiles() {
+        // MiniLM's head size (32: two tiles of features) and one not a multiple of a
+        // tile (20); sentences of whole tiles of keys and queries and ragged ones.
+        check(64, 2, &[16, 37, 1, 130]);
+        check(60, 3, &[33, 4, 64]);
     }
 }
