@@ -2,15 +2,13 @@
 //! the calibration text layer by layer, and its chosen linear layers pruned; the rest of
 //! `prune` writes the result as it writes any other.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, Result, bail};
 use nalgebra::DMatrix;
 use shears_core::{Mask, Masks};
 use shears_io::{Dtype, Model};
-use shears_models::{
-    Method, PruneSpec, SentenceTransformer, Step, TextEncoder, prune_model, read_texts,
-};
+use shears_models::{Method, PruneSpec, SentenceTransformer, Step, prune_model, read_texts};
 
 use crate::cli::PruneArgs;
 use crate::job::Job;
@@ -62,7 +60,7 @@ pub(crate) fn prune(
     // Calibrate on the f32 values an int8 model stands for.
     transformer.model.dequantize();
     if args.max_len.is_none() && transformer.tokenizer.max_len() > CALIBRATION_TOKENS {
-        transformer.tokenizer = TextEncoder::from_folder(folder, CALIBRATION_TOKENS)?;
+        transformer.tokenizer = transformer.tokenizer.with_max_len(CALIBRATION_TOKENS)?;
     }
     let linears: HashSet<&str> = transformer.model.linears().map(|l| l.name()).collect();
     if let Some(t) = chosen.iter().find(|t| !linears.contains(t.name)) {
@@ -112,13 +110,12 @@ pub(crate) fn prune(
     )
     .with_context(|| format!("{m} on {}", folder.display()))?;
     progress.finish();
-    let weights: BTreeMap<&str, DMatrix<f32>> =
-        transformer.model.linears().map(|l| (l.name(), l.dense_weights())).collect();
     let pruned = masks
         .into_iter()
         .map(|p| {
-            let w =
-                weights.get(p.name.as_str()).cloned().context("internal error: a pruned layer")?;
+            let w = (transformer.model.linears().find(|l| l.name() == p.name))
+                .map(|l| l.dense_weights())
+                .context("internal error: a pruned layer")?;
             Ok((p.name, (w, p.mask)))
         })
         .collect::<Result<Pruned>>()?;

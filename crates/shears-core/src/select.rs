@@ -11,6 +11,8 @@
 mod streaming;
 mod threshold;
 
+use std::ops::Range;
+
 use nalgebra::DMatrix;
 
 use crate::error::{Error, Result};
@@ -20,7 +22,7 @@ use crate::scalar::Scalar;
 use crate::sparsity::{Rounding, Sparsity};
 pub use streaming::{GlobalBucket, GlobalCount, GlobalMasks};
 pub(crate) use threshold::check_finite;
-use threshold::{Segment, prune_lowest_indexed, prune_lowest_segments};
+use threshold::{Segment, map_runs, prune_lowest_indexed, prune_lowest_segments, row_runs};
 
 /// One named score tensor for [`Selector::select_global`], optionally restricted to the
 /// weights its current mask keeps.
@@ -164,13 +166,23 @@ impl Selector {
                 }
             }
         }
-        for (r, row) in keys.chunks_exact(ncols.max(1)).enumerate().take(nrows) {
-            let is_kept = |c: usize| mask.bit(c * nrows + r);
-            let already = (0..ncols).filter(|&c| !is_kept(c)).count();
-            let count = self.extra(sparsity, ncols, already);
-            let pruned = prune_lowest_indexed(row.iter().copied(), is_kept, count);
-            for c in pruned {
-                mask.clear_bit(c * nrows + r);
+        // Rows are independent: runs of them are chosen in parallel (with the `rayon`
+        // feature), each returning the bits it prunes, cleared afterwards in run order.
+        let choose = |rows: Range<usize>| {
+            let mut pruned = Vec::new();
+            for r in rows {
+                let row = &keys[r * ncols..(r + 1) * ncols];
+                let is_kept = |c: usize| mask.bit(c * nrows + r);
+                let already = (0..ncols).filter(|&c| !is_kept(c)).count();
+                let count = self.extra(sparsity, ncols, already);
+                let lowest = prune_lowest_indexed(row.iter().copied(), is_kept, count);
+                pruned.extend(lowest.into_iter().map(|c| c * nrows + r));
+            }
+            pruned
+        };
+        for bits in map_runs(row_runs(nrows, ncols), choose) {
+            for bit in bits {
+                mask.clear_bit(bit);
             }
         }
         Ok(mask)

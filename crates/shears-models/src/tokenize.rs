@@ -112,17 +112,31 @@ impl TextEncoder {
         let bytes = std::fs::read(&path).map_err(|e| shears_io::Error::io("read", &path, e))?;
         let mut tokenizer = Tokenizer::from_bytes(&bytes)
             .map_err(|e| file_error(format!("not a tokenizer: {e}")))?;
-        let special = tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(false));
+        tokenizer.with_padding(None);
+        TextEncoder { tokenizer, max_len }.with_max_len(max_len).map_err(|e| match e {
+            Error::Tokenizer(reason) => file_error(reason),
+            e => e,
+        })
+    }
+
+    /// The same tokenizer truncating to `max_len` tokens instead (without reading
+    /// `tokenizer.json` again).
+    ///
+    /// # Errors
+    /// [`Error::Argument`] if `max_len` leaves no room for text after the special
+    /// tokens.
+    pub fn with_max_len(mut self, max_len: usize) -> Result<TextEncoder> {
+        let special = self.tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(false));
         if max_len <= special {
             return Err(Error::Argument(format!(
                 "--max-len {max_len} leaves no room for text after the tokenizer's {special} special tokens"
             )));
         }
-        tokenizer.with_padding(None);
-        tokenizer
+        self.tokenizer
             .with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
-            .map_err(|e| file_error(e.to_string()))?;
-        Ok(TextEncoder { tokenizer, max_len })
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        self.max_len = max_len;
+        Ok(self)
     }
 
     /// The longest input, in tokens.

@@ -277,3 +277,34 @@ fn direct_and_histogram_selections_agree() {
         }
     }
 }
+
+/// Rows of a large matrix are chosen on several threads with the `rayon` feature; the
+/// mask must be one thread's, and each row's must be a full sort's (lowest scores among
+/// the kept, ties to the lower column).
+#[cfg(feature = "rayon")]
+#[test]
+fn rows_chosen_in_parallel_are_the_full_sorts_choice() {
+    let (rows, cols) = (257, 301);
+    let w = DMatrix::from_fn(rows, cols, |r, c| ((r * 7 + c * 13) % 11) as f32 - 5.0);
+    let kept = Mask::from_fn(rows, cols, |r, c| !(r + 3 * c).is_multiple_of(5)).unwrap();
+    let s = Sparsity::new(0.7).unwrap();
+    let on = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| Selector::new().select_per_row("w", &w, s, Some(&kept)).unwrap())
+    };
+    let one = on(1);
+    assert_eq!(on(3), one);
+    let target = s.count_of(cols, Rounding::HalfEven);
+    for r in 0..rows {
+        let mut candidates: Vec<(f32, usize)> =
+            (0..cols).filter(|&c| kept.get(r, c) == Some(true)).map(|c| (w[(r, c)], c)).collect();
+        candidates.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let extra = target - (cols - candidates.len());
+        let pruned: std::collections::BTreeSet<usize> =
+            candidates[..extra].iter().map(|&(_, c)| c).collect();
+        for c in 0..cols {
+            let want = kept.get(r, c) == Some(true) && !pruned.contains(&c);
+            assert_eq!(one.get(r, c), Some(want), "row {r}, column {c}");
+        }
+    }
+}

@@ -325,10 +325,29 @@ fn block_runs<T: Scalar>(s: &Segment<'_, T>) -> Vec<Range<usize>> {
     std::iter::once(0..blocks).collect()
 }
 
+/// Matrices of at least this many scores have their rows chosen in parallel (with the
+/// `rayon` feature): choosing is a partial sort per row, tens of nanoseconds a score, so
+/// the split pays off far below [`PARALLEL_MIN_LEN`].
+#[cfg_attr(not(feature = "rayon"), allow(dead_code))]
+const PER_ROW_PARALLEL_MIN_LEN: usize = 1 << 16;
+
+/// The rows `0..nrows` of a matrix `ncols` wide, cut into a few contiguous runs per
+/// thread (a single run without the `rayon` feature or for small matrices).
+pub(crate) fn row_runs(nrows: usize, ncols: usize) -> Vec<Range<usize>> {
+    #[cfg(feature = "rayon")]
+    if nrows.saturating_mul(ncols) >= PER_ROW_PARALLEL_MIN_LEN {
+        let runs = rayon::current_num_threads().max(1) * RUNS_PER_THREAD;
+        let per = nrows.div_ceil(runs).max(1);
+        return (0..nrows).step_by(per).map(|r| r..(r + per).min(nrows)).collect();
+    }
+    let _ = ncols;
+    std::iter::once(0..nrows).collect()
+}
+
 /// `work` on every run of `runs` (in parallel with the `rayon` feature), results in
 /// run order: each run's result depends on its run alone, so the thread count changes
 /// nothing.
-fn map_runs<R: Send>(
+pub(crate) fn map_runs<R: Send>(
     runs: Vec<Range<usize>>,
     work: impl Fn(Range<usize>) -> R + Sync + Send,
 ) -> Vec<R> {
