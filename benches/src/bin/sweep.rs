@@ -15,7 +15,8 @@ use serde::Serialize;
 use shears_benches::{SEED, magnitude_mask, matrix, rows_mask, two_four_mask, vector};
 use shears_core::{LayerContext, Mask, NmPattern, PruningStrategy, Sparsity};
 use shears_sparse::{
-    AnySparse, Bf16Csr, Csr, Format, Int8Csr, Int8Matrix, QuantScheme, SparseProduct,
+    AnySparse, Bf16Csr, Bf16Nm, Csr, Format, Int8Csr, Int8Matrix, Int8Nm, NmSparse, QuantScheme,
+    SparseProduct,
 };
 use shears_strategies::Magnitude;
 
@@ -176,6 +177,13 @@ fn main() {
         let mut narrow: Vec<(&'static str, f64, Box<dyn SparseProduct<f32>>)> = Vec::new();
         let int8 = Int8Matrix::quantize(&w, QuantScheme::PerRow).unwrap_or_else(|e| panic!("{e}"));
         narrow.push(("dense-int8", 0.0, Box::new(int8)));
+        // 2:4 with bf16 and int8 values beside the f32 "nm" cell.
+        let nm = NmSparse::from_dense_masked(&w, &two_four_mask(&w), NmPattern::TWO_FOUR)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let nm_bf16 = Bf16Nm::from_nm(&nm).unwrap_or_else(|e| panic!("{e}"));
+        let nm_int8 = Int8Nm::from_nm(&nm).unwrap_or_else(|e| panic!("{e}"));
+        narrow.push(("nm-bf16", 0.5, Box::new(nm_bf16)));
+        narrow.push(("nm-int8", 0.5, Box::new(nm_int8)));
         for &s in sparsities.iter().filter(|&&s| s >= 0.9) {
             let csr = Csr::<f32, u16>::from_dense_masked(&w, &magnitude_mask(&w, s))
                 .unwrap_or_else(|e| panic!("{e}"));

@@ -93,6 +93,33 @@ impl NarrowValue for f16 {
     }
 }
 
+/// Checks what a narrow format adds to its structure: every stored value one `V` can
+/// hold, one scale per row, each positive and finite (and 1 for `bf16`/`f16`).
+pub(crate) fn check_narrow<V: NarrowValue>(
+    values: &[V],
+    scales: &[f32],
+    nrows: usize,
+) -> Result<()> {
+    if let Some(k) = values.iter().position(|v| !v.is_valid()) {
+        return Err(Error::InvalidQuantization {
+            reason: format!("stored value {:?} (entry {k}) is not a {} value", values[k], V::NAME),
+        });
+    }
+    if scales.len() != nrows {
+        return Err(Error::InvalidQuantization {
+            reason: format!("{} scales for {nrows} rows", scales.len()),
+        });
+    }
+    if let Some(r) =
+        scales.iter().position(|&s| !(s.is_finite() && s > 0.0) || (!V::SCALED && s != 1.0))
+    {
+        return Err(Error::InvalidQuantization {
+            reason: format!("row {r}: scale {} for {} values", scales[r], V::NAME),
+        });
+    }
+    Ok(())
+}
+
 /// A row of finite `f32` values rounded to a half-precision type `H` (scale 1); a value
 /// that becomes infinite is an error naming its entry.
 fn narrow_float<H: NarrowValue>(
@@ -215,27 +242,7 @@ impl<V: NarrowValue, I: SpIndex> NarrowCsr<V, I> {
         }
         validate::compressed(nrows, ncols, &indptr, &indices, values.len())
             .map_err(|error| Error::Format { format: "narrow csr", error })?;
-        if let Some(k) = values.iter().position(|v| !v.is_valid()) {
-            return Err(Error::InvalidQuantization {
-                reason: format!(
-                    "stored value {:?} (entry {k}) is not a {} value",
-                    values[k],
-                    V::NAME
-                ),
-            });
-        }
-        if scales.len() != nrows {
-            return Err(Error::InvalidQuantization {
-                reason: format!("{} scales for {nrows} rows", scales.len()),
-            });
-        }
-        if let Some(r) =
-            scales.iter().position(|&s| !(s.is_finite() && s > 0.0) || (!V::SCALED && s != 1.0))
-        {
-            return Err(Error::InvalidQuantization {
-                reason: format!("row {r}: scale {} for {} values", scales[r], V::NAME),
-            });
-        }
+        check_narrow(&values, &scales, nrows)?;
         Ok(NarrowCsr { nrows, ncols, indptr, indices, values, scales })
     }
 

@@ -125,6 +125,18 @@ impl<T: Scalar> NmSparse<T> {
         Ok(NmSparse { nrows, ncols, pattern, values, positions })
     }
 
+    /// A matrix from buffers the caller knows to be valid (checked in debug builds).
+    pub(crate) fn from_parts_trusted(
+        nrows: usize,
+        ncols: usize,
+        pattern: NmPattern,
+        values: Vec<T>,
+        positions: Vec<u8>,
+    ) -> Self {
+        debug_assert!(validate::nm(nrows, ncols, pattern, &positions, values.len()).is_ok());
+        NmSparse { nrows, ncols, pattern, values, positions }
+    }
+
     /// Gives the buffers back: `(nrows, ncols, pattern, values, positions)`.
     pub fn into_parts(self) -> (usize, usize, NmPattern, Vec<T>, Vec<u8>) {
         (self.nrows, self.ncols, self.pattern, self.values, self.positions)
@@ -178,6 +190,7 @@ impl<T: Scalar> NmSparse<T> {
             m: self.pattern.m(),
             values: &self.values,
             positions: &self.positions,
+            row_scales: None,
         }
     }
 }

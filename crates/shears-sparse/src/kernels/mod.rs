@@ -355,18 +355,36 @@ impl<V: Copy> NarrowFixture<V> {
     }
 }
 
-/// A borrowed, validated N:M matrix: `n` slots per group of `m` columns per row.
+/// A borrowed, validated N:M matrix: `n` slots per group of `m` columns per row, values
+/// stored as `V` (by default `T`), with an optional scale per row (quantized values).
 #[derive(Clone, Copy)]
-pub(crate) struct NmView<'a, T> {
+pub(crate) struct NmView<'a, T, V = T> {
     pub(crate) nrows: usize,
     pub(crate) ncols: usize,
     pub(crate) n: usize,
     pub(crate) m: usize,
-    pub(crate) values: &'a [T],
+    pub(crate) values: &'a [V],
     pub(crate) positions: &'a [u8],
+    /// `nrows` scales, or `None` for 1.
+    pub(crate) row_scales: Option<&'a [T]>,
 }
 
-impl<T> NmView<'_, T> {
+impl<T: Scalar, V: Stored<T>> NmView<'_, T, V> {
+    /// Appends row `r`'s slot values to `out` as `T`: widened, and multiplied by the
+    /// row's scale if it has one. These are exactly the values of the `T` matrix the view
+    /// stands for, so the `T` kernels on them give its bits.
+    #[inline(always)]
+    pub(crate) fn widen_row_into(&self, r: usize, out: &mut Vec<T>) {
+        let per_row = self.groups() * self.n;
+        let stored = &self.values[r * per_row..][..per_row];
+        match self.row_scales {
+            Some(s) => out.extend(stored.iter().map(|v| s[r] * v.get())),
+            None => out.extend(stored.iter().map(|v| v.get())),
+        }
+    }
+}
+
+impl<T, V> NmView<'_, T, V> {
     pub(crate) fn groups(&self) -> usize {
         self.ncols.div_ceil(self.m)
     }
@@ -538,7 +556,7 @@ impl<T: Copy + Sync, I: Copy + Sync, V: Copy + Sync> Units for CsrView<'_, T, I,
     }
 }
 
-impl<T: Copy + Sync> Units for NmView<'_, T> {
+impl<T: Copy + Sync, V: Copy + Sync> Units for NmView<'_, T, V> {
     fn units(&self) -> usize {
         self.nrows
     }

@@ -215,8 +215,8 @@ fn nm_row_tiles<P: Isa, T: Scalar, const R: usize>(
 /// the AVX-512 copy (32 registers hold 4 x 32 accumulator lanes) and two at a time on
 /// the others.
 #[inline(always)]
-fn nm_rows_kernel<P: Isa, T: Scalar>(
-    a: NmView<'_, T>,
+fn nm_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
+    a: NmView<'_, T, V>,
     rows: Range<usize>,
     xt: &[T],
     batch: usize,
@@ -229,18 +229,32 @@ fn nm_rows_kernel<P: Isa, T: Scalar>(
     let window_groups = (NM_WINDOW_BYTES / (a.m * batch * size_of::<T>())).max(1);
     let window = window_groups * a.n;
     let mut cols = vec![0u32; NM_ROW_BLOCK * per_row];
+    // A block's values as `T` (narrow values are widened once per block, not per tile),
+    // unless they are stored as `T` already.
+    let mut values = Vec::new();
     let first = rows.start;
     for block_start in rows.clone().step_by(NM_ROW_BLOCK) {
         let block = block_start..(block_start + NM_ROW_BLOCK).min(rows.end);
         for (k, r) in block.clone().enumerate() {
             a.expand_columns(r, &mut cols[k * per_row..(k + 1) * per_row]);
         }
+        let block_values: &[T] = match (a.row_scales, V::as_compute(a.values)) {
+            (None, Some(all)) => &all[block.start * per_row..block.end * per_row],
+            _ => {
+                values.clear();
+                values.reserve(NM_ROW_BLOCK * per_row);
+                for r in block.clone() {
+                    a.widen_row_into(r, &mut values);
+                }
+                &values
+            }
+        };
         for w0 in (0..per_row).step_by(window) {
             let w = w0..(w0 + window).min(per_row);
             let row = |k: usize| -> NmRun<'_, T> {
                 let r = block.start + k;
                 (
-                    &a.values[r * per_row..][w.clone()],
+                    &block_values[k * per_row..][w.clone()],
                     &cols[k * per_row..][w.clone()],
                     (r - first) * batch,
                 )
@@ -264,7 +278,7 @@ fn nm_rows_kernel<P: Isa, T: Scalar>(
 }
 
 multiversion! {
-    fn nm_rows<T: Scalar>(a: NmView<'_, T>, rows: Range<usize>, xt: &[T], batch: usize, out: &mut [T]) => nm_rows_kernel
+    fn nm_rows<T: Scalar, V: Stored<T>>(a: NmView<'_, T, V>, rows: Range<usize>, xt: &[T], batch: usize, out: &mut [T]) => nm_rows_kernel
 }
 
 /// Elements of `X` from which its copy into row-major order is split across threads: the
@@ -430,8 +444,8 @@ pub(crate) fn csr_spmm<T: Scalar, V: Stored<T>, I: SpIndex>(
     spmm(a, alpha, x, beta, y, |range, xt, out| csr_rows(path, a, range, xt, batch, out));
 }
 
-pub(crate) fn nm_spmm<T: Scalar>(
-    a: NmView<'_, T>,
+pub(crate) fn nm_spmm<T: Scalar, V: Stored<T>>(
+    a: NmView<'_, T, V>,
     alpha: T,
     x: &DMatrix<T>,
     beta: T,
@@ -629,7 +643,15 @@ mod tests {
                 })
                 .collect();
             let values: Vec<f32> = (0..nrows * per_row).map(|k| (k as f32 * 0.37).sin()).collect();
-            let a = NmView { nrows, ncols, n, m, values: &values, positions: &positions };
+            let a = NmView {
+                nrows,
+                ncols,
+                n,
+                m,
+                values: &values,
+                positions: &positions,
+                row_scales: None,
+            };
             for batch in [1, 8, 43] {
                 let xt: Vec<f32> = (0..ncols * batch).map(|k| (k as f32 * 0.11).cos()).collect();
                 let run = |path| {
@@ -747,9 +769,10 @@ mod tests {
         let per_row = ncols / m * n;
         let positions: Vec<u8> = (0..nrows * per_row).map(|k| ((k * 3) % 4) as u8).collect();
         let values: Vec<f32> = (0..nrows * per_row).map(|k| (k as f32 * 0.37).sin()).collect();
-        let a = NmView { nrows, ncols, n, m, values: &values, positions: &positions };
+        let a =
+            NmView { nrows, ncols, n, m, values: &values, positions: &positions, row_scales: None };
         let mut out = vec![0.0f32; nrows * batch];
-        nm_rows_kernel::<PortableUnfused, f32>(a, 0..nrows, &xt, batch, &mut out);
+        nm_rows_kernel::<PortableUnfused, f32, f32>(a, 0..nrows, &xt, batch, &mut out);
         for r in 0..nrows {
             for j in 0..batch {
                 let mut acc = 0.0f32;

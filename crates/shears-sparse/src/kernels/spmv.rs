@@ -197,13 +197,16 @@ pub(crate) fn csr_spmv<T: Scalar, V: Stored<T>, I: SpIndex>(
 }
 
 /// The dot product of one N:M row with `x`, the column of slot `s` computed in the loop
-/// (`(s / N) * m + position`), so no index array is read or written.
+/// (`(s / N) * m + position`), so no index array is read or written. Stored values go
+/// through `widen` as they are loaded (to `T`, times the row's scale if it has one), so
+/// the products are exactly those of the `T` values they stand for.
 #[inline(always)]
-fn nm_dot<P: Isa, T: Scalar, const N: usize>(
-    values: &[T],
+fn nm_dot<P: Isa, T: Scalar, V: Copy, const N: usize>(
+    values: &[V],
     positions: &[u8],
     m: usize,
     x: &[T],
+    widen: impl Fn(V) -> T,
 ) -> T {
     let mut acc = [T::zero(); LANES];
     let full = values.len() / LANES * LANES;
@@ -216,17 +219,13 @@ fn nm_dot<P: Isa, T: Scalar, const N: usize>(
         let offsets: [u32; 16] = std::array::from_fn(|j| ((j / N) * m) as u32);
         while start + 16 <= full && (start / N) * m + 32 <= x.len() {
             let c0 = (start / N) * m;
+            let stored = &values[start..start + 16];
+            let v: [T; 16] = std::array::from_fn(|j| widen(stored[j]));
             // SAFETY: 16 slots from `start` exist (start + 16 <= full), the window of 32
             // lies in x (checked), and (j / N) * m + p < (16 / N) * m <= 32 because the
             // validator bounds every position by m.
             acc = unsafe {
-                window_mul_add16::<P, T>(
-                    acc,
-                    &values[start..],
-                    &positions[start..],
-                    &x[c0..c0 + 32],
-                    offsets,
-                )
+                window_mul_add16::<P, T>(acc, &v, &positions[start..], &x[c0..c0 + 32], offsets)
             };
             start += 16;
         }
@@ -237,18 +236,14 @@ fn nm_dot<P: Isa, T: Scalar, const N: usize>(
         let offsets: [u32; 8] = std::array::from_fn(|j| ((j / N) * m) as u32);
         while start + 8 <= full && (start / N) * m + 16 <= x.len() {
             let c0 = (start / N) * m;
+            let stored = &values[start..start + 8];
+            let v: [T; 8] = std::array::from_fn(|j| widen(stored[j]));
             // SAFETY: 8 slots from `start` exist (start + 8 <= full), the window of 16 lies
             // in x (checked), and with M = 2N slot j's column (j / N) * m + p is below 8
             // for j < 4 and in 8..16 for j >= 4, because the validator bounds every
             // position by m.
             acc = unsafe {
-                window_mul_add8::<P, T>(
-                    acc,
-                    &values[start..],
-                    &positions[start..],
-                    &x[c0..c0 + 16],
-                    offsets,
-                )
+                window_mul_add8::<P, T>(acc, &v, &positions[start..], &x[c0..c0 + 16], offsets)
             };
             start += 8;
         }
@@ -259,13 +254,14 @@ fn nm_dot<P: Isa, T: Scalar, const N: usize>(
         .enumerate()
     {
         let c = c + start / LANES;
+        let v: [T; LANES] = std::array::from_fn(|j| widen(v[j]));
         // SAFETY: the N:M validator bounds every position by its group's width, so
         // (s / N) * m + p < ncols == x.len() (checked at the public entry points), and
         // `nm_spmv` runs gathering copies only when ncols <= 2^31.
         acc = unsafe {
             gather_mul_add8::<P, T>(
                 acc,
-                v,
+                &v,
                 x,
                 std::array::from_fn(|j| column(c * LANES + j, p[j]) as u32),
             )
@@ -274,14 +270,14 @@ fn nm_dot<P: Isa, T: Scalar, const N: usize>(
     let mut tail = T::zero();
     for (s, (&v, &p)) in values.iter().zip(positions).enumerate().skip(full) {
         // SAFETY: as above.
-        tail += v * unsafe { *x.get_unchecked(column(s, p)) };
+        tail += widen(v) * unsafe { *x.get_unchecked(column(s, p)) };
     }
     reduce(acc) + tail
 }
 
 #[inline(always)]
-fn nm_rows_kernel<P: Isa, T: Scalar>(
-    a: NmView<'_, T>,
+fn nm_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
+    a: NmView<'_, T, V>,
     rows: Range<usize>,
     alpha: T,
     x: &[T],
@@ -289,18 +285,24 @@ fn nm_rows_kernel<P: Isa, T: Scalar>(
     out: &mut [T],
 ) {
     let per_row = a.groups() * a.n;
-    let mut cols = Vec::new();
+    let (mut cols, mut widened) = (Vec::new(), Vec::new());
     for (r, y) in rows.zip(out.iter_mut()) {
         let values = &a.values[r * per_row..][..per_row];
         let positions = &a.positions[r * per_row..][..per_row];
-        let dot = match a.n {
-            1 => nm_dot::<P, T, 1>(values, positions, a.m, x),
-            2 => nm_dot::<P, T, 2>(values, positions, a.m, x),
-            4 => nm_dot::<P, T, 4>(values, positions, a.m, x),
+        // Two copies of each loop: one that only widens, one that also scales.
+        let dot = match (a.n, a.row_scales.map(|s| s[r])) {
+            (1, None) => nm_dot::<P, T, V, 1>(values, positions, a.m, x, V::get),
+            (2, None) => nm_dot::<P, T, V, 2>(values, positions, a.m, x, V::get),
+            (4, None) => nm_dot::<P, T, V, 4>(values, positions, a.m, x, V::get),
+            (1, Some(s)) => nm_dot::<P, T, V, 1>(values, positions, a.m, x, |v| s * v.get()),
+            (2, Some(s)) => nm_dot::<P, T, V, 2>(values, positions, a.m, x, |v| s * v.get()),
+            (4, Some(s)) => nm_dot::<P, T, V, 4>(values, positions, a.m, x, |v| s * v.get()),
             _ => {
                 cols.resize(per_row, 0u32);
                 a.expand_columns(r, &mut cols);
-                dot_row::<P, T, T, u32, false>(values, &cols, x)
+                widened.clear();
+                a.widen_row_into(r, &mut widened);
+                dot_row::<P, T, T, u32, false>(&widened, &cols, x)
             }
         };
         *y = combine(alpha, dot, beta, *y);
@@ -308,10 +310,16 @@ fn nm_rows_kernel<P: Isa, T: Scalar>(
 }
 
 multiversion! {
-    gathering fn nm_rows<T: Scalar>(a: NmView<'_, T>, rows: Range<usize>, alpha: T, x: &[T], beta: T, out: &mut [T]) => nm_rows_kernel
+    gathering fn nm_rows<T: Scalar, V: Stored<T>>(a: NmView<'_, T, V>, rows: Range<usize>, alpha: T, x: &[T], beta: T, out: &mut [T]) => nm_rows_kernel
 }
 
-pub(crate) fn nm_spmv<T: Scalar>(a: NmView<'_, T>, alpha: T, x: &[T], beta: T, y: &mut [T]) {
+pub(crate) fn nm_spmv<T: Scalar, V: Stored<T>>(
+    a: NmView<'_, T, V>,
+    alpha: T,
+    x: &[T],
+    beta: T,
+    y: &mut [T],
+) {
     let path = gathering_path(a.ncols);
     for_units(a, y, |rows, out| nm_rows(path, a, rows, alpha, x, beta, out));
 }
@@ -692,7 +700,15 @@ mod tests {
                 .collect();
             let x: Vec<T> =
                 (0..ncols).map(|k| T::from_f64_lossy((k as f64 * 0.11).cos())).collect();
-            let a = NmView { nrows, ncols, n, m, values: &values, positions: &positions };
+            let a = NmView {
+                nrows,
+                ncols,
+                n,
+                m,
+                values: &values,
+                positions: &positions,
+                row_scales: None,
+            };
             let mut reference = vec![T::zero(); nrows];
             nm_rows(KernelPath::Portable, a, 0..nrows, T::one(), &x, T::zero(), &mut reference);
             for path in all_paths() {
