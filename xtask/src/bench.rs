@@ -199,12 +199,13 @@ pub(crate) fn summary_table(cells: &[Cell]) -> String {
     }
     md.push_str("\n|---|");
     md.push_str(&"---|".repeat(columns.len()));
-    let rows: [(&str, &str, f64); 7] = [
+    let rows: [(&str, &str, f64); 8] = [
         ("sliced ELLPACK, 90%", "sell", 0.9),
         ("CSR, 90%", "csr", 0.9),
         ("sprs CSR, 90%", "sprs-csr", 0.9),
         ("CSR, 50%", "csr", 0.5),
         ("2:4", "nm", 0.5),
+        ("2:4, bf16 values", "nm-bf16", 0.5),
         ("compacted, 50% of rows", "compact", 0.5),
         ("dense int8 (integer products)", "dense-int8", 0.0),
     ];
