@@ -167,22 +167,31 @@ impl Selector {
             }
         }
         // Rows are independent: runs of them are chosen in parallel (with the `rayon`
-        // feature), each returning the bits it prunes, cleared afterwards in run order.
+        // feature). Each run returns what it prunes as a bitmap of its rows (one bit per
+        // score, row-major), cleared from the mask afterwards in run order.
         let choose = |rows: Range<usize>| {
-            let mut pruned = Vec::new();
-            for r in rows {
+            let mut pruned = vec![0u64; (rows.len() * ncols).div_ceil(64)];
+            for (k, r) in rows.clone().enumerate() {
                 let row = &keys[r * ncols..(r + 1) * ncols];
                 let is_kept = |c: usize| mask.bit(c * nrows + r);
                 let already = (0..ncols).filter(|&c| !is_kept(c)).count();
                 let count = self.extra(sparsity, ncols, already);
-                let lowest = prune_lowest_indexed(row.iter().copied(), is_kept, count);
-                pruned.extend(lowest.into_iter().map(|c| c * nrows + r));
+                for c in prune_lowest_indexed(row.iter().copied(), is_kept, count) {
+                    let b = k * ncols + c;
+                    pruned[b / 64] |= 1 << (b % 64);
+                }
             }
-            pruned
+            (rows.start, pruned)
         };
-        for bits in map_runs(row_runs(nrows, ncols), choose) {
-            for bit in bits {
-                mask.clear_bit(bit);
+        for (first, pruned) in map_runs(row_runs(nrows, ncols), choose) {
+            for (w, &word) in pruned.iter().enumerate() {
+                let mut word = word;
+                while word != 0 {
+                    let b = w * 64 + word.trailing_zeros() as usize;
+                    word &= word - 1;
+                    let (r, c) = (first + b / ncols, b % ncols);
+                    mask.clear_bit(c * nrows + r);
+                }
             }
         }
         Ok(mask)

@@ -132,7 +132,8 @@ impl Scratch {
 
 /// The attention of one head, on a [`Scratch`], in register tiles of four queries by
 /// [`TILE`] keys (the scores) and four queries by [`TILE`] features (the output), with
-/// fused multiply-adds, compiled for the CPU's widest SIMD by `pulp`'s dispatch.
+/// fused multiply-adds, compiled for the CPU's widest SIMD by `pulp`'s dispatch (on an
+/// x86 CPU without FMA, `mul_add` is libm's exact and slow `fmaf`, as in `math`).
 struct Head<'a> {
     s: &'a mut Scratch,
     d: usize,

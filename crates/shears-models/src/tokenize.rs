@@ -124,7 +124,7 @@ impl TextEncoder {
     ///
     /// # Errors
     /// [`Error::Argument`] if `max_len` leaves no room for text after the special
-    /// tokens.
+    /// tokens; [`Error::Tokenizer`] if the tokenizer refuses the truncation.
     pub fn with_max_len(mut self, max_len: usize) -> Result<TextEncoder> {
         let special = self.tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(false));
         if max_len <= special {

@@ -94,7 +94,8 @@ impl NarrowValue for f16 {
 }
 
 /// Checks what a narrow format adds to its structure: every stored value one `V` can
-/// hold, one scale per row, each positive and finite (and 1 for `bf16`/`f16`).
+/// hold, one scale per row, each positive and finite (and 1 for `bf16`/`f16`; for `i8`,
+/// finite times 127, so every value it scales is).
 pub(crate) fn check_narrow<V: NarrowValue>(
     values: &[V],
     scales: &[f32],
@@ -110,9 +111,10 @@ pub(crate) fn check_narrow<V: NarrowValue>(
             reason: format!("{} scales for {nrows} rows", scales.len()),
         });
     }
-    if let Some(r) =
-        scales.iter().position(|&s| !(s.is_finite() && s > 0.0) || (!V::SCALED && s != 1.0))
-    {
+    let valid = |s: f32| {
+        s.is_finite() && s > 0.0 && if V::SCALED { (s * 127.0).is_finite() } else { s == 1.0 }
+    };
+    if let Some(r) = scales.iter().position(|&s| !valid(s)) {
         return Err(Error::InvalidQuantization {
             reason: format!("row {r}: scale {} for {} values", scales[r], V::NAME),
         });

@@ -70,7 +70,15 @@ impl<V: NarrowValue> NarrowNm<V> {
         let pattern = nm.pattern();
         let per_row = ncols.div_ceil(pattern.m()) * pattern.n();
         let mut values = Vec::with_capacity(nm.values().len());
-        let mut scales = Vec::with_capacity(nrows);
+        // A matrix with no columns holds no slots whatever its row count, so that count
+        // is bounded only here, by what a scale per row can be allocated for.
+        let mut scales = Vec::new();
+        scales.try_reserve_exact(nrows).map_err(|_| Error::Format {
+            format: "narrow n:m",
+            error: crate::FormatError::InvalidStructure {
+                reason: format!("no memory for the scales of {nrows} rows"),
+            },
+        })?;
         for (r, row) in nm.values().chunks(per_row.max(1)).take(nrows).enumerate() {
             let scale = V::narrow_row(row, &mut values).map_err(|e| match e {
                 Error::InvalidQuantization { reason } => {
@@ -143,7 +151,8 @@ impl<V: NarrowValue> NarrowNm<V> {
         &self.scales
     }
 
-    /// Bytes a batch-1 product reads from the matrix: values, positions and scales.
+    /// Bytes a batch-1 product reads from the matrix: values, positions, and (int8) the
+    /// scales.
     pub fn bytes_read(&self) -> usize {
         self.values.len() * (size_of::<V>() + 1)
             + if V::SCALED { self.scales.len() * size_of::<f32>() } else { 0 }
@@ -293,8 +302,7 @@ mod tests {
         }
     }
 
-    /// Long rows take the kernels' windowed paths (16 and 8 slots a time); threads and
-    /// kernel paths change nothing.
+    /// Long rows take the kernels' windowed paths (16 and 8 slots at a time).
     #[test]
     fn long_rows_give_the_widened_bits() {
         let pattern = NmPattern::TWO_FOUR;
@@ -345,5 +353,11 @@ mod tests {
             Int8Nm::try_from_parts(usize::MAX, 8, pattern, vec![], vec![], vec![]),
             Err(Error::Format { .. })
         ));
+        // So is a row count no scales can be allocated for (a matrix without columns).
+        let empty = NmSparse::<f32>::try_from_parts(usize::MAX, 0, pattern, vec![], vec![]);
+        assert!(matches!(Bf16Nm::from_nm(&empty.unwrap()), Err(Error::Format { .. })));
+        // An int8 scale whose values would not be finite.
+        let huge = Int8Nm::try_from_parts(1, 4, pattern, vec![1, 1], vec![0, 1], vec![f32::MAX]);
+        assert!(matches!(huge, Err(Error::InvalidQuantization { .. })));
     }
 }

@@ -317,6 +317,75 @@ pub(crate) struct CsrView<'a, T, I, V = T> {
     pub(crate) row_scales: Option<&'a [T]>,
 }
 
+/// An N:M test matrix with narrow values (and, when `scaled`, a distinct scale per row),
+/// shared by the batch-1 and batched kernels' tests, with the f32 values it stands for.
+#[cfg(test)]
+pub(crate) struct NarrowNmFixture<V> {
+    pub(crate) nrows: usize,
+    pub(crate) ncols: usize,
+    pub(crate) n: usize,
+    pub(crate) m: usize,
+    positions: Vec<u8>,
+    values: Vec<V>,
+    scales: Option<Vec<f32>>,
+    /// The values widened (and scaled): what the view stands for.
+    pub(crate) widened: Vec<f32>,
+}
+
+#[cfg(test)]
+impl<V: Stored<f32>> NarrowNmFixture<V> {
+    pub(crate) fn new(
+        (nrows, ncols): (usize, usize),
+        (n, m): (usize, usize),
+        narrow: impl Fn(f32) -> V,
+        scaled: bool,
+    ) -> Self {
+        let per_row = ncols.div_ceil(m) * n;
+        let positions: Vec<u8> = (0..nrows * per_row)
+            .map(|k| {
+                let (g, slot) = ((k % per_row) / n, k % n);
+                ((slot + k / per_row + g) % m.min(ncols - g * m)) as u8
+            })
+            .collect();
+        let values =
+            (0..nrows * per_row).map(|k| narrow((k as f32 * 0.37).sin() * 100.0)).collect();
+        let scales = scaled.then(|| (0..nrows).map(|r| 0.01 + r as f32 * 1e-3).collect());
+        let mut fixture =
+            NarrowNmFixture { nrows, ncols, n, m, positions, values, scales, widened: Vec::new() };
+        let mut widened = Vec::new();
+        for r in 0..nrows {
+            fixture.view().widen_row_into(r, &mut widened);
+        }
+        fixture.widened = widened;
+        fixture
+    }
+
+    pub(crate) fn view(&self) -> NmView<'_, f32, V> {
+        NmView {
+            nrows: self.nrows,
+            ncols: self.ncols,
+            n: self.n,
+            m: self.m,
+            values: &self.values,
+            positions: &self.positions,
+            row_scales: self.scales.as_deref(),
+        }
+    }
+
+    /// The f32 matrix the view stands for.
+    pub(crate) fn widened_view(&self) -> NmView<'_, f32> {
+        NmView {
+            nrows: self.nrows,
+            ncols: self.ncols,
+            n: self.n,
+            m: self.m,
+            values: &self.widened,
+            positions: &self.positions,
+            row_scales: None,
+        }
+    }
+}
+
 /// A CSR test matrix with narrow values, shared by the batch-1 and batched kernels'
 /// tests: rows of every length over `ncols` columns, values over two decades, and (when
 /// `scaled`) a distinct scale per row.

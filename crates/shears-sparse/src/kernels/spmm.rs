@@ -682,6 +682,45 @@ mod tests {
         }
     }
 
+    /// Narrow N:M values (int8 with row scales, bf16, f16) give, on every copy and tile
+    /// width, the bits of the f32 values they stand for on the portable copy.
+    #[test]
+    fn narrow_nm_rows_give_the_widened_bits_on_every_copy() {
+        fn product<W: Stored<f32>>(
+            path: KernelPath,
+            a: NmView<'_, f32, W>,
+            xt: &[f32],
+            batch: usize,
+        ) -> Vec<u32> {
+            let mut out = vec![0.0f32; a.nrows * batch];
+            nm_rows(KernelPath::resolve(path), a, 0..a.nrows, xt, batch, &mut out);
+            out.iter().map(|v| v.to_bits()).collect()
+        }
+        fn check<V: Stored<f32>>(narrow: impl Fn(f32) -> V + Copy, scaled: bool) {
+            for (n, m, ncols) in [(2, 4, 301), (3, 7, 50)] {
+                let fixture =
+                    crate::kernels::NarrowNmFixture::new((11, ncols), (n, m), narrow, scaled);
+                for batch in [1, 8, 43] {
+                    let xt: Vec<f32> =
+                        (0..ncols * batch).map(|k| (k as f32 * 0.11).cos()).collect();
+                    let want = product(KernelPath::Portable, fixture.widened_view(), &xt, batch);
+                    for path in [
+                        KernelPath::Portable,
+                        KernelPath::Avx2,
+                        KernelPath::Avx512,
+                        KernelPath::Neon,
+                    ] {
+                        let got = product(path, fixture.view(), &xt, batch);
+                        assert_eq!(got, want, "{n}:{m}, batch {batch}, {path:?}");
+                    }
+                }
+            }
+        }
+        check::<i8>(|v| v.round_ties_even().clamp(-127.0, 127.0) as i8, true);
+        check::<half::bf16>(half::bf16::from_f32, false);
+        check::<half::f16>(half::f16::from_f32, false);
+    }
+
     /// The copy into row-major order, serial or split across threads, puts every
     /// element where the formula says, for heights that are and are not multiples of the
     /// transpose block and of the parallel task.

@@ -300,9 +300,15 @@ fn nm_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
             _ => {
                 cols.resize(per_row, 0u32);
                 a.expand_columns(r, &mut cols);
-                widened.clear();
-                a.widen_row_into(r, &mut widened);
-                dot_row::<P, T, T, u32, false>(&widened, &cols, x)
+                let values = match (a.row_scales, V::as_compute(values)) {
+                    (None, Some(values)) => values,
+                    _ => {
+                        widened.clear();
+                        a.widen_row_into(r, &mut widened);
+                        &widened[..]
+                    }
+                };
+                dot_row::<P, T, T, u32, false>(values, &cols, x)
             }
         };
         *y = combine(alpha, dot, beta, *y);
@@ -614,6 +620,32 @@ mod tests {
                 let mut y = vec![0.0f32; nrows];
                 csr_rows(path, a, 0..nrows, 1.0, &x, 0.0, &mut y);
                 assert_eq!(bits(&y), bits(&reference), "{path:?}");
+            }
+        }
+        check::<i8>(|v| v.round_ties_even().clamp(-127.0, 127.0) as i8, true);
+        check::<half::bf16>(half::bf16::from_f32, false);
+        check::<half::f16>(half::f16::from_f32, false);
+    }
+
+    /// Narrow N:M values (int8 with row scales, bf16, f16) give, on every copy, the bits
+    /// of the f32 values they stand for on the portable copy: windowed patterns (2:4,
+    /// 4:8) and a gathered one (3:7, a short last group).
+    #[test]
+    fn narrow_nm_rows_give_the_widened_bits_on_every_copy() {
+        fn check<V: Stored<f32>>(narrow: impl Fn(f32) -> V + Copy, scaled: bool) {
+            for (n, m, ncols) in [(2, 4, 301), (4, 8, 77), (3, 7, 50)] {
+                let fixture =
+                    crate::kernels::NarrowNmFixture::new((13, ncols), (n, m), narrow, scaled);
+                let x: Vec<f32> = (0..ncols).map(|k| (k as f32 * 0.11).cos()).collect();
+                let rows = 0..fixture.nrows;
+                let mut want = vec![0.0f32; fixture.nrows];
+                let wide = fixture.widened_view();
+                nm_rows(KernelPath::Portable, wide, rows.clone(), 1.0, &x, 0.0, &mut want);
+                for path in all_paths() {
+                    let mut y = vec![0.0f32; fixture.nrows];
+                    nm_rows(path, fixture.view(), rows.clone(), 1.0, &x, 0.0, &mut y);
+                    assert_eq!(bits(&y), bits(&want), "{n}:{m}, {path:?}");
+                }
             }
         }
         check::<i8>(|v| v.round_ties_even().clamp(-127.0, 127.0) as i8, true);
