@@ -90,3 +90,19 @@ pub use product::SparseProduct;
 pub use quant::{Int8Matrix, QuantScheme};
 pub use sell::{AnySlicedEll, SlicedEll, SlicedEllParts};
 pub use shears_core::{BlockShape, Mask, NmPattern};
+
+/// Test-only helpers shared by the crate's unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// A xorshift64 generator seeded with `seed` (made odd, so never stuck at zero): the
+    /// same sequence for a seed, on every machine.
+    pub(crate) fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+        let mut state = seed | 1;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+}

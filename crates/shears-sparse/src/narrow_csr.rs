@@ -347,11 +347,9 @@ mod tests {
 
     /// A pruned matrix of values spread over several magnitudes, about `density` kept.
     fn pruned(nrows: usize, ncols: usize, density: f64, seed: u64) -> DMatrix<f32> {
-        let mut state = seed | 1;
+        let mut next = crate::testing::xorshift(seed);
         DMatrix::from_fn(nrows, ncols, |_, _| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
+            let state = next();
             let u = (state >> 11) as f64 / (1u64 << 53) as f64;
             if u >= density {
                 0.0

@@ -220,13 +220,7 @@ mod tests {
     /// An N:M-pruned matrix: in each group of `m` columns of a row, up to `n` entries kept
     /// (which and how many from `seed`), values over several magnitudes.
     fn pruned(nrows: usize, ncols: usize, pattern: NmPattern, seed: u64) -> DMatrix<f32> {
-        let mut state = seed | 1;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::testing::xorshift(seed);
         let mut w = DMatrix::zeros(nrows, ncols);
         for r in 0..nrows {
             for g0 in (0..ncols).step_by(pattern.m()) {

@@ -288,13 +288,11 @@ mod tests {
             seed in any::<u64>(),
             group in prop_oneof![Just(None), (1usize..17).prop_map(Some)],
         ) {
-            let mut state = seed | 1;
+            let mut next = crate::testing::xorshift(seed);
             let w = DMatrix::from_fn(rows, cols, |_, _| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
+                let state = next();
                 // A quarter zeros (pruned), the rest spread over several magnitudes.
-                if state % 4 == 0 { 0.0 } else { ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32 * 10f32.powi((state % 5) as i32 - 2) }
+                if state.is_multiple_of(4) { 0.0 } else { ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32 * 10f32.powi((state % 5) as i32 - 2) }
             });
             let scheme = group.map_or(QuantScheme::PerRow, QuantScheme::PerGroup);
             let q = Int8Matrix::quantize(&w, scheme).unwrap();
@@ -330,13 +328,8 @@ mod tests {
             batch in prop_oneof![Just(1usize), 2usize..20],
             seed in any::<u64>(),
         ) {
-            let mut state = seed | 1;
-            let mut next = move || {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32
-            };
+            let mut bits = crate::testing::xorshift(seed);
+            let mut next = move || ((bits() >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32;
             let w = DMatrix::from_fn(rows, cols, |_, _| if next() < -0.2 { 0.0 } else { next() });
             let x = DMatrix::from_fn(cols, batch, |_, j| next() * (1.0 + j as f32));
             let scheme = group.map_or(QuantScheme::PerRow, QuantScheme::PerGroup);

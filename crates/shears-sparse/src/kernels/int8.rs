@@ -342,13 +342,7 @@ mod tests {
 
     impl Fixture {
         fn new(rows: usize, cols: usize, group: usize, seed: u64) -> Fixture {
-            let mut state = seed | 1;
-            let mut next = move || {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state
-            };
+            let mut next = crate::testing::xorshift(seed);
             let values = (0..rows * cols)
                 .map(|_| match next() % 5 {
                     0 => 0,
