@@ -20,7 +20,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::isa::{DOT_STEP as STEP, Isa, int8_dots};
-use super::{combine, kernel_path, multiversion, parallel_ranges};
+use super::{KernelPath, combine, kernel_path, multiversion, parallel_ranges};
 
 /// Columns summed in one 32-bit integer sum at most: `65536 * 128 * 127 < 2^31` (weights
 /// may be -128, activations are within -127..=127).
@@ -29,9 +29,15 @@ pub(crate) const MAX_SPAN: usize = 1 << 16;
 /// Rows and columns of `X` per register tile of a batched product: two weight rows
 /// against six tokens keep twelve accumulators, two widened weight vectors and one
 /// activation vector within AVX2's sixteen registers: eight loads per twelve
-/// multiply-adds.
+/// multiply-adds. The VNNI copy takes [`VNNI_TILE_ROWS`].
 const TILE_ROWS: usize = 2;
 const TILE_TOKENS: usize = 6;
+
+/// Rows per batched tile of the [`super::isa::Avx512Vnni`] copy: four rows by six tokens keep 24
+/// accumulators in AVX-512's 32 registers, and each activation vector loaded (from L2,
+/// at large batches) feeds four multiply-adds instead of two: with two rows the copy
+/// waits on L2 and runs no faster than AVX2's.
+const VNNI_TILE_ROWS: usize = 4;
 
 /// Elements of `X` (or `Y`) from which quantizing (or writing) them is split across
 /// threads.
@@ -212,30 +218,14 @@ fn int8_rows_kernel<P: Isa>(
         *y = combine(alpha, v * xq.scales[j], beta, *y);
     };
     let mut r = rows.start;
-    // Batched: tiles of TILE_ROWS x TILE_TOKENS, the last tokens one at a time, over
-    // blocks of tokens whose activations stay in L2 while every row passes over them.
+    // Batched: tiles of rows x TILE_TOKENS, the last tokens one at a time, over blocks of
+    // tokens whose activations stay in L2 while every row passes over them.
     if batch >= TILE_TOKENS {
-        let block = (ACTIVATION_BLOCK_BYTES / (2 * xq.stride).max(1) / TILE_TOKENS * TILE_TOKENS)
-            .max(TILE_TOKENS);
-        let full_rows = rows.start + (rows.len() / TILE_ROWS) * TILE_ROWS;
-        for start in (0..batch).step_by(block) {
-            let end = (start + block).min(batch);
-            for r in (rows.start..full_rows).step_by(TILE_ROWS) {
-                let mut j = start;
-                while j + TILE_TOKENS <= end {
-                    let t = tile::<P, TILE_ROWS, TILE_TOKENS>(a, r, xq, j);
-                    for (i, row) in t.iter().enumerate() {
-                        row.iter().enumerate().for_each(|(jj, &v)| put(r + i, j + jj, v));
-                    }
-                    j += TILE_TOKENS;
-                }
-                for j in j..end {
-                    let t = tile::<P, TILE_ROWS, 1>(a, r, xq, j);
-                    t.iter().enumerate().for_each(|(i, row)| put(r + i, j, row[0]));
-                }
-            }
-        }
-        r = full_rows;
+        r = if P::VNNI512 {
+            batched_rows::<P, VNNI_TILE_ROWS>(a, rows.clone(), xq, &mut put)
+        } else {
+            batched_rows::<P, TILE_ROWS>(a, rows.clone(), xq, &mut put)
+        };
     }
     // One token (or the last rows): VECTOR_ROWS rows at a time, then single rows.
     while r + VECTOR_ROWS <= rows.end {
@@ -252,6 +242,40 @@ fn int8_rows_kernel<P: Isa>(
     }
 }
 
+/// The batched part of [`int8_rows_kernel`]: tiles of `R` rows by [`TILE_TOKENS`]
+/// tokens over blocks of tokens, then the block's last tokens one at a time; returns the
+/// first row it left (the last `rows.len() % R`).
+#[inline(always)]
+fn batched_rows<P: Isa, const R: usize>(
+    a: Int8DenseView<'_>,
+    rows: Range<usize>,
+    xq: &QuantizedColumns,
+    put: &mut impl FnMut(usize, usize, f32),
+) -> usize {
+    let batch = xq.scales.len();
+    let block = (ACTIVATION_BLOCK_BYTES / (2 * xq.stride).max(1) / TILE_TOKENS * TILE_TOKENS)
+        .max(TILE_TOKENS);
+    let full_rows = rows.start + (rows.len() / R) * R;
+    for start in (0..batch).step_by(block) {
+        let end = (start + block).min(batch);
+        for r in (rows.start..full_rows).step_by(R) {
+            let mut j = start;
+            while j + TILE_TOKENS <= end {
+                let t = tile::<P, R, TILE_TOKENS>(a, r, xq, j);
+                for (i, row) in t.iter().enumerate() {
+                    row.iter().enumerate().for_each(|(jj, &v)| put(r + i, j + jj, v));
+                }
+                j += TILE_TOKENS;
+            }
+            for j in j..end {
+                let t = tile::<P, R, 1>(a, r, xq, j);
+                t.iter().enumerate().for_each(|(i, row)| put(r + i, j, row[0]));
+            }
+        }
+    }
+    full_rows
+}
+
 multiversion! {
     fn int8_rows<>(
         a: Int8DenseView<'_>,
@@ -261,6 +285,40 @@ multiversion! {
         beta: f32,
         out: &mut [&mut [f32]],
     ) => int8_rows_kernel
+}
+
+/// [`int8_rows`] on `path`, except on the AVX-512 path of a CPU with AVX-512 VNNI, where
+/// `vnni` picks the [`super::isa::Avx512Vnni`] copy (always, but for the tests of the plain
+/// AVX-512 copy on such a CPU).
+#[allow(clippy::too_many_arguments, reason = "the kernel's arguments and the copy's choice")]
+fn int8_rows_on(
+    path: KernelPath,
+    vnni: bool,
+    a: Int8DenseView<'_>,
+    rows: Range<usize>,
+    xq: &QuantizedColumns,
+    alpha: f32,
+    beta: f32,
+    out: &mut [&mut [f32]],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if vnni && path == KernelPath::Avx512 && super::isa::vnni512() {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+        fn vnni_copy(
+            a: Int8DenseView<'_>,
+            rows: Range<usize>,
+            xq: &QuantizedColumns,
+            alpha: f32,
+            beta: f32,
+            out: &mut [&mut [f32]],
+        ) {
+            int8_rows_kernel::<super::isa::Avx512Vnni>(a, rows, xq, alpha, beta, out);
+        }
+        // SAFETY: vnni512() detected every feature the copy is compiled with.
+        return unsafe { vnni_copy(a, rows, xq, alpha, beta, out) };
+    }
+    let _ = vnni;
+    int8_rows(path, a, rows, xq, alpha, beta, out);
 }
 
 /// `Y <- alpha * A X + beta * Y`, `X` given column-major as `batch` columns of `a.cols`
@@ -292,7 +350,7 @@ pub(crate) fn int8_dense_product(
         }
     }
     let run = |(range, mut pieces): (Range<usize>, Vec<&mut [f32]>)| {
-        int8_rows(path, a, range, &xq, alpha, beta, &mut pieces)
+        int8_rows_on(path, true, a, range, &xq, alpha, beta, &mut pieces)
     };
     if tasks.len() == 1 {
         tasks.into_iter().for_each(run);
@@ -329,7 +387,6 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::kernels::KernelPath;
 
     /// Deterministic int8 weights, scales and activations of every sign, with zeros.
     struct Fixture {
@@ -375,13 +432,13 @@ mod tests {
         })
     }
 
-    /// The rows kernel on a given path (alpha 1, beta 0; `Y` starts as NaN, which must
-    /// not be read), as column-major bits.
-    fn on_path(path: KernelPath, a: Int8DenseView<'_>, x: &DMatrix<f32>) -> Vec<u32> {
+    /// The rows kernel on a given path, its VNNI copy when `vnni` and the CPU has one
+    /// (alpha 1, beta 0; `Y` starts as NaN, which must not be read), as column-major bits.
+    fn on_path(path: KernelPath, vnni: bool, a: Int8DenseView<'_>, x: &DMatrix<f32>) -> Vec<u32> {
         let xq = quantize_columns(x.as_slice(), a.cols, x.ncols());
         let mut y = vec![f32::NAN; a.rows * x.ncols()];
         let mut columns: Vec<&mut [f32]> = y.chunks_exact_mut(a.rows.max(1)).collect();
-        int8_rows(KernelPath::resolve(path), a, 0..a.rows, &xq, 1.0, 0.0, &mut columns);
+        int8_rows_on(KernelPath::resolve(path), vnni, a, 0..a.rows, &xq, 1.0, 0.0, &mut columns);
         y.iter().map(|v| v.to_bits()).collect()
     }
 
@@ -403,7 +460,11 @@ mod tests {
             let want: Vec<u32> =
                 int8_dense_reference(fixture.view(), &x).iter().map(|v| v.to_bits()).collect();
             for path in KernelPath::ORDER {
-                prop_assert_eq!(&on_path(path, fixture.view(), &x), &want, "{:?}", path);
+                for vnni in [false, true] {
+                    prop_assert_eq!(
+                        &on_path(path, vnni, fixture.view(), &x), &want, "{:?}, vnni {}", path, vnni
+                    );
+                }
             }
         }
     }
@@ -453,12 +514,12 @@ mod tests {
     fn every_copy_gives_the_reference_bits(fixture: &Fixture, x: &DMatrix<f32>) {
         let want: Vec<u32> =
             int8_dense_reference(fixture.view(), x).iter().map(|v| v.to_bits()).collect();
-        for path in KernelPath::ORDER {
+        for (path, vnni) in KernelPath::ORDER.into_iter().flat_map(|p| [(p, false), (p, true)]) {
             let (rows, cols, group) = (fixture.rows, fixture.cols, fixture.group);
             assert_eq!(
-                on_path(path, fixture.view(), x),
+                on_path(path, vnni, fixture.view(), x),
                 want,
-                "{path:?}, {rows}x{cols} by {group}"
+                "{path:?} (vnni {vnni}), {rows}x{cols} by {group}"
             );
         }
     }

@@ -35,6 +35,9 @@ pub(crate) trait Isa: Copy + Send + Sync + 'static {
     /// [`int8_dots`] runs on 256-bit `vpmaddwd` (the copy is compiled with AVX2).
     #[cfg(target_arch = "x86_64")]
     const MADD256: bool = false;
+    /// [`int8_dots`] runs on 512-bit `vpdpwssd` (the copy is compiled with AVX-512BW and
+    /// AVX-512 VNNI; x86-64 only, but every architecture's kernels read it).
+    const VNNI512: bool = false;
 }
 
 /// The baseline target's instructions, on a CPU that has fused multiply-add (every
@@ -62,6 +65,14 @@ pub(crate) struct Avx2;
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(crate) struct Avx512;
+
+/// AVX-512F with AVX-512BW and AVX-512 VNNI: the int8 kernels' copy for CPUs that have
+/// them (Intel since Cascade Lake, AMD since Zen 4), whose integer dot products multiply
+/// and add 32 pairs of 16-bit values per `vpdpwssd`, twice AVX2's `vpmaddwd` width with
+/// the add fused. Only the int8 kernels have this copy ([`vnni512`] decides when it runs).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) struct Avx512Vnni;
 
 /// `P`'s copy with its gathers replaced by loads of one element at a time (into vector
 /// registers, which the compiler does on its own). A gather is one instruction but not
@@ -114,6 +125,30 @@ impl Isa for Avx512 {
 }
 
 #[cfg(target_arch = "x86_64")]
+impl Isa for Avx512Vnni {
+    const GATHERS: bool = true;
+    const PERMUTES8: bool = true;
+    const PERMUTES16: bool = true;
+    const FOUR_ROW_TILES: bool = true;
+    const MADD256: bool = true;
+    const VNNI512: bool = true;
+}
+
+/// Whether the CPU has AVX-512BW and AVX-512 VNNI besides AVX-512F, AVX2 and FMA (the
+/// [`Avx512Vnni`] copies' features). Decided once.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn vnni512() -> bool {
+    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VNNI.get_or_init(|| {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
 impl<P: Isa> Isa for LaneLoads<P> {
     const GATHERS: bool = false;
     const FUSED: bool = P::FUSED;
@@ -121,6 +156,7 @@ impl<P: Isa> Isa for LaneLoads<P> {
     const PERMUTES16: bool = P::PERMUTES16;
     const FOUR_ROW_TILES: bool = P::FOUR_ROW_TILES;
     const MADD256: bool = P::MADD256;
+    const VNNI512: bool = P::VNNI512;
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -419,8 +455,10 @@ pub(crate) const DOT_STEP: usize = 16;
 /// columns (held as `i16`) over their first `steps * 16` entries: `out[i][j] =
 /// sum_c rows[i][c] * xs[j][c]`. The AVX2 and AVX-512 copies widen the weights with
 /// `vpmovsxbw` and multiply-add pairs into 32-bit lanes with `vpmaddwd`, keeping the
-/// `R x J` accumulators in registers; others run the same sums as plain loops, which the
-/// compiler vectorises for the baseline. Integer sums are exact, so every copy gives the
+/// `R x J` accumulators in registers; the [`Avx512Vnni`] copy takes 32 columns per
+/// `vpdpwssd` (which multiplies pairs and adds them to its accumulator in one
+/// instruction); others run the same sums as plain loops, which the compiler vectorises
+/// for the baseline. Integer sums are exact, so every copy gives the
 /// same result.
 ///
 /// # Panics
@@ -437,6 +475,14 @@ pub(crate) fn int8_dots<P: Isa, const R: usize, const J: usize>(
         rows.iter().all(|r| r.len() >= len) && xs.iter().all(|x| x.len() >= len)
     }));
     let len = steps * DOT_STEP;
+    #[cfg(target_arch = "x86_64")]
+    if P::VNNI512 {
+        // SAFETY: only the Avx512Vnni copy sets P::VNNI512, and it is compiled with
+        // AVX-512F, AVX-512BW and AVX-512 VNNI; every slice holds `steps * 16` entries.
+        return unsafe {
+            x86::int8_dots_vnni512(rows.map(<[i8]>::as_ptr), xs.map(<[i16]>::as_ptr), steps)
+        };
+    }
     #[cfg(target_arch = "x86_64")]
     if P::MADD256 {
         // SAFETY: the copy was compiled with AVX2 (only the AVX2 and AVX-512 copies set
@@ -496,6 +542,64 @@ pub(crate) mod x86 {
                 let quad = _mm_add_epi32(half, _mm_unpackhi_epi64(half, half));
                 let pair = _mm_add_epi32(quad, _mm_shuffle_epi32::<0b01>(quad));
                 out[i][j] = _mm_cvtsi128_si32(pair);
+            }
+        }
+        out
+    }
+
+    /// [`super::int8_dots`] with AVX-512 VNNI: per two steps (32 columns), `R`
+    /// sign-extending loads of weights, `J` loads of activations and `R x J` `vpdpwssd`
+    /// into register-resident accumulators; an odd last step runs on the low halves
+    /// (the high ones zero).
+    ///
+    /// # Safety
+    /// AVX-512F, AVX-512BW and AVX-512 VNNI must be available; every pointer must be
+    /// valid for `steps * 16` reads.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(crate) unsafe fn int8_dots_vnni512<const R: usize, const J: usize>(
+        rows: [*const i8; R],
+        xs: [*const i16; J],
+        steps: usize,
+    ) -> [[i32; J]; R] {
+        let mut acc = [[_mm512_setzero_si512(); J]; R];
+        for s in 0..steps / 2 {
+            let mut w = [_mm512_setzero_si512(); R];
+            for i in 0..R {
+                // SAFETY: 32 bytes at rows[i] + 32 s are in bounds by the caller's contract.
+                w[i] = _mm512_cvtepi8_epi16(unsafe {
+                    _mm256_loadu_si256(rows[i].add(s * 32).cast::<__m256i>())
+                });
+            }
+            for j in 0..J {
+                // SAFETY: 32 i16 at xs[j] + 32 s are in bounds by the caller's contract.
+                let x = unsafe { _mm512_loadu_si512(xs[j].add(s * 32).cast::<__m512i>()) };
+                for i in 0..R {
+                    acc[i][j] = _mm512_dpwssd_epi32(acc[i][j], w[i], x);
+                }
+            }
+        }
+        if steps % 2 == 1 {
+            let at = (steps - 1) * 16;
+            let mut w = [_mm512_setzero_si512(); R];
+            for i in 0..R {
+                // SAFETY: 16 bytes at rows[i] + 16 (steps - 1) are in bounds.
+                let low = unsafe { _mm_loadu_si128(rows[i].add(at).cast::<__m128i>()) };
+                w[i] = _mm512_cvtepi8_epi16(_mm256_zextsi128_si256(low));
+            }
+            for j in 0..J {
+                // SAFETY: 16 i16 at xs[j] + 16 (steps - 1) are in bounds.
+                let low = unsafe { _mm256_loadu_si256(xs[j].add(at).cast::<__m256i>()) };
+                let x = _mm512_zextsi256_si512(low);
+                for i in 0..R {
+                    acc[i][j] = _mm512_dpwssd_epi32(acc[i][j], w[i], x);
+                }
+            }
+        }
+        let mut out = [[0i32; J]; R];
+        for i in 0..R {
+            for j in 0..J {
+                out[i][j] = _mm512_reduce_add_epi32(acc[i][j]);
             }
         }
         out
