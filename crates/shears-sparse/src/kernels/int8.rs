@@ -19,7 +19,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::isa::{DOT_STEP as STEP, Isa, int8_dots};
+use super::isa::{ACTIVATION_BIAS, DOT_STEP as STEP, Isa, int8_dots, int8_dots_biased};
 use super::{KernelPath, combine, kernel_path, multiversion, parallel_ranges};
 
 /// Columns summed in one 32-bit integer sum at most: `65536 * 128 * 127 < 2^31` (weights
@@ -75,7 +75,22 @@ pub(crate) struct QuantizedColumns {
     /// Entries per column.
     pub(crate) stride: usize,
     pub(crate) values: Vec<i16>,
+    /// The values plus [`ACTIVATION_BIAS`] as bytes, for the VNNI copy's
+    /// [`int8_dots_biased`]; empty unless that copy runs ([`QuantizedColumns::bias`]).
+    pub(crate) biased: Vec<u8>,
     pub(crate) scales: Vec<f32>,
+}
+
+impl QuantizedColumns {
+    /// Fills [`QuantizedColumns::biased`].
+    fn bias(&mut self) {
+        // -127..=127 plus 128 is 1..=255: every value fits a byte.
+        self.biased = self
+            .values
+            .iter()
+            .map(|&v| (i32::from(v) + ACTIVATION_BIAS).clamp(0, 255) as u8)
+            .collect();
+    }
 }
 
 /// Quantizes each column of `x` (`cols` entries each, column-major) symmetrically:
@@ -88,7 +103,7 @@ pub(crate) fn quantize_columns(x: &[f32], cols: usize, batch: usize) -> Quantize
     let stride = cols;
     let mut values = vec![0i16; stride * batch];
     if cols == 0 {
-        return QuantizedColumns { stride, values, scales: vec![1.0; batch] };
+        return QuantizedColumns { stride, values, biased: Vec::new(), scales: vec![1.0; batch] };
     }
     let path = kernel_path();
     let quantize = |(column, out): (&[f32], &mut [i16])| -> f32 {
@@ -101,7 +116,7 @@ pub(crate) fn quantize_columns(x: &[f32], cols: usize, batch: usize) -> Quantize
     } else {
         x.chunks_exact(cols).zip(values.chunks_exact_mut(stride)).map(quantize).collect()
     };
-    QuantizedColumns { stride, values, scales }
+    QuantizedColumns { stride, values, biased: Vec::new(), scales }
 }
 
 /// Quantizes one column of `X` into `out`, its scale into `scale` (NaN, and `out` left
@@ -182,11 +197,15 @@ fn tile<P: Isa, const R: usize, const J: usize>(
     for (g, span) in spans(cols, a.group) {
         let steps = span.len() / STEP;
         let vector_end = span.start + steps * STEP;
-        let dots = int8_dots::<P, R, J>(
-            rows.map(|row| &row[span.start..vector_end]),
-            xs.map(|x| &x[span.start..vector_end]),
-            steps,
-        );
+        let weights = rows.map(|row| &row[span.start..vector_end]);
+        let dots = if P::VNNI512 {
+            let biased: [&[u8]; J] = std::array::from_fn(|j| {
+                &xq.biased[(j0 + j) * xq.stride..][..cols][span.start..vector_end]
+            });
+            int8_dots_biased::<P, R, J>(weights, biased, steps)
+        } else {
+            int8_dots::<P, R, J>(weights, xs.map(|x| &x[span.start..vector_end]), steps)
+        };
         for i in 0..R {
             let scale = a.scales[(r0 + i) * groups + g];
             for j in 0..J {
@@ -287,6 +306,17 @@ multiversion! {
     ) => int8_rows_kernel
 }
 
+/// Whether [`int8_rows_on`] runs the VNNI copy (whose activations must be biased).
+fn vnni_copy_runs(path: KernelPath, vnni: bool) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return vnni && path == KernelPath::Avx512 && super::isa::vnni512();
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (path, vnni);
+        false
+    }
+}
+
 /// [`int8_rows`] on `path`, except on the AVX-512 path of a CPU with AVX-512 VNNI, where
 /// `vnni` picks the [`super::isa::Avx512Vnni`] copy (always, but for the tests of the plain
 /// AVX-512 copy on such a CPU).
@@ -302,7 +332,7 @@ fn int8_rows_on(
     out: &mut [&mut [f32]],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if vnni && path == KernelPath::Avx512 && super::isa::vnni512() {
+    if vnni_copy_runs(path, vnni) {
         #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
         fn vnni_copy(
             a: Int8DenseView<'_>,
@@ -334,7 +364,10 @@ pub(crate) fn int8_dense_product(
         return;
     };
     let path = kernel_path();
-    let xq = quantize_columns(x, a.cols, batch);
+    let mut xq = quantize_columns(x, a.cols, batch);
+    if vnni_copy_runs(path, true) {
+        xq.bias();
+    }
     let work = |r: usize| r * a.cols.max(1) * batch;
     let ranges =
         parallel_ranges(a.rows, work).unwrap_or_else(|| std::iter::once(0..a.rows).collect());
@@ -435,7 +468,10 @@ mod tests {
     /// The rows kernel on a given path, its VNNI copy when `vnni` and the CPU has one
     /// (alpha 1, beta 0; `Y` starts as NaN, which must not be read), as column-major bits.
     fn on_path(path: KernelPath, vnni: bool, a: Int8DenseView<'_>, x: &DMatrix<f32>) -> Vec<u32> {
-        let xq = quantize_columns(x.as_slice(), a.cols, x.ncols());
+        let mut xq = quantize_columns(x.as_slice(), a.cols, x.ncols());
+        if vnni_copy_runs(KernelPath::resolve(path), vnni) {
+            xq.bias();
+        }
         let mut y = vec![f32::NAN; a.rows * x.ncols()];
         let mut columns: Vec<&mut [f32]> = y.chunks_exact_mut(a.rows.max(1)).collect();
         int8_rows_on(KernelPath::resolve(path), vnni, a, 0..a.rows, &xq, 1.0, 0.0, &mut columns);

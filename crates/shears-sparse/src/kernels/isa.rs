@@ -35,8 +35,9 @@ pub(crate) trait Isa: Copy + Send + Sync + 'static {
     /// [`int8_dots`] runs on 256-bit `vpmaddwd` (the copy is compiled with AVX2).
     #[cfg(target_arch = "x86_64")]
     const MADD256: bool = false;
-    /// [`int8_dots`] runs on 512-bit `vpdpwssd` (the copy is compiled with AVX-512BW and
-    /// AVX-512 VNNI; x86-64 only, but every architecture's kernels read it).
+    /// The int8 kernels run [`int8_dots_biased`] on 512-bit `vpdpbusd` (the copy is
+    /// compiled with AVX-512BW and AVX-512 VNNI; x86-64 only, but every architecture's
+    /// kernels read it).
     const VNNI512: bool = false;
 }
 
@@ -68,8 +69,8 @@ pub(crate) struct Avx512;
 
 /// AVX-512F with AVX-512BW and AVX-512 VNNI: the int8 kernels' copy for CPUs that have
 /// them (Intel since Cascade Lake, AMD since Zen 4), whose integer dot products multiply
-/// and add 32 pairs of 16-bit values per `vpdpwssd`, twice AVX2's `vpmaddwd` width with
-/// the add fused. Only the int8 kernels have this copy ([`vnni512`] decides when it runs).
+/// and add 64 pairs of bytes per `vpdpbusd` ([`int8_dots_biased`]), four times AVX2's
+/// `vpmaddwd`. Only the int8 kernels have this copy ([`vnni512`] decides when it runs).
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(crate) struct Avx512Vnni;
@@ -455,10 +456,8 @@ pub(crate) const DOT_STEP: usize = 16;
 /// columns (held as `i16`) over their first `steps * 16` entries: `out[i][j] =
 /// sum_c rows[i][c] * xs[j][c]`. The AVX2 and AVX-512 copies widen the weights with
 /// `vpmovsxbw` and multiply-add pairs into 32-bit lanes with `vpmaddwd`, keeping the
-/// `R x J` accumulators in registers; the [`Avx512Vnni`] copy takes 32 columns per
-/// `vpdpwssd` (which multiplies pairs and adds them to its accumulator in one
-/// instruction); others run the same sums as plain loops, which the compiler vectorises
-/// for the baseline. Integer sums are exact, so every copy gives the
+/// `R x J` accumulators in registers; others run the same sums as plain loops, which the
+/// compiler vectorises for the baseline ([`int8_dots_biased`] is the VNNI copy's). Integer sums are exact, so every copy gives the
 /// same result.
 ///
 /// # Panics
@@ -476,14 +475,6 @@ pub(crate) fn int8_dots<P: Isa, const R: usize, const J: usize>(
     }));
     let len = steps * DOT_STEP;
     #[cfg(target_arch = "x86_64")]
-    if P::VNNI512 {
-        // SAFETY: only the Avx512Vnni copy sets P::VNNI512, and it is compiled with
-        // AVX-512F, AVX-512BW and AVX-512 VNNI; every slice holds `steps * 16` entries.
-        return unsafe {
-            x86::int8_dots_vnni512(rows.map(<[i8]>::as_ptr), xs.map(<[i16]>::as_ptr), steps)
-        };
-    }
-    #[cfg(target_arch = "x86_64")]
     if P::MADD256 {
         // SAFETY: the copy was compiled with AVX2 (only the AVX2 and AVX-512 copies set
         // P::MADD256); every slice holds `steps * 16` entries (asserted above).
@@ -494,6 +485,54 @@ pub(crate) fn int8_dots<P: Isa, const R: usize, const J: usize>(
         for (j, x) in xs.iter().enumerate() {
             out[i][j] =
                 row[..len].iter().zip(&x[..len]).map(|(&w, &x)| i32::from(w) * i32::from(x)).sum();
+        }
+    }
+    out
+}
+
+/// Activations are stored for [`int8_dots_biased`] as their int8 value plus this, so
+/// that they are unsigned bytes (`1..=255`).
+pub(crate) const ACTIVATION_BIAS: i32 = 128;
+
+/// [`int8_dots`] for activations stored biased ([`ACTIVATION_BIAS`] added, as `u8`):
+/// `out[i][j] = sum_c rows[i][c] * (xs[j][c] - 128)` over the first `steps * 16` entries.
+/// The [`Avx512Vnni`] copy multiplies 64 byte pairs per `vpdpbusd` (unsigned by signed
+/// bytes, four pairs summed into each 32-bit lane), half the instructions of 16-bit
+/// pairs, and subtracts 128 times each row's sum, which one more `vpdpbusd` per row
+/// against bytes of 1 accumulates; others run plain loops. Every sum is exact, so every
+/// copy gives [`int8_dots`]'s result.
+///
+/// # Panics
+/// If a slice is shorter than `steps * 16` (the callers cut them to exactly that).
+/// The sums must not overflow `i32`: with weights in `-128..=127` that holds up to 2^16
+/// columns (`2^16 * 255 * 128 < 2^31`).
+#[inline(always)]
+pub(crate) fn int8_dots_biased<P: Isa, const R: usize, const J: usize>(
+    rows: [&[i8]; R],
+    xs: [&[u8]; J],
+    steps: usize,
+) -> [[i32; J]; R] {
+    let len = steps.checked_mul(DOT_STEP);
+    assert!(len.is_some_and(|len| {
+        rows.iter().all(|r| r.len() >= len) && xs.iter().all(|x| x.len() >= len)
+    }));
+    let len = steps * DOT_STEP;
+    #[cfg(target_arch = "x86_64")]
+    if P::VNNI512 {
+        // SAFETY: only the Avx512Vnni copy sets P::VNNI512, and it is compiled with
+        // AVX-512F, AVX-512BW and AVX-512 VNNI; every slice holds `len` entries.
+        return unsafe {
+            x86::int8_dots_biased(rows.map(<[i8]>::as_ptr), xs.map(<[u8]>::as_ptr), len)
+        };
+    }
+    let mut out = [[0i32; J]; R];
+    for (i, row) in rows.iter().enumerate() {
+        for (j, x) in xs.iter().enumerate() {
+            out[i][j] = row[..len]
+                .iter()
+                .zip(&x[..len])
+                .map(|(&w, &x)| i32::from(w) * (i32::from(x) - ACTIVATION_BIAS))
+                .sum();
         }
     }
     out
@@ -547,59 +586,50 @@ pub(crate) mod x86 {
         out
     }
 
-    /// [`super::int8_dots`] with AVX-512 VNNI: per two steps (32 columns), `R`
-    /// sign-extending loads of weights, `J` loads of activations and `R x J` `vpdpwssd`
-    /// into register-resident accumulators; an odd last step runs on the low halves
-    /// (the high ones zero).
+    /// [`super::int8_dots_biased`] with AVX-512 VNNI: per 64 columns, `R` loads of
+    /// weights, `R` `vpdpbusd` of them against bytes of 1 (the rows' sums), `J` loads of
+    /// activations and `R x J` `vpdpbusd` into register-resident accumulators; the last
+    /// columns with masked loads (zeros past the end, which add nothing).
     ///
     /// # Safety
     /// AVX-512F, AVX-512BW and AVX-512 VNNI must be available; every pointer must be
-    /// valid for `steps * 16` reads.
+    /// valid for `len` reads.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(crate) unsafe fn int8_dots_vnni512<const R: usize, const J: usize>(
+    pub(crate) unsafe fn int8_dots_biased<const R: usize, const J: usize>(
         rows: [*const i8; R],
-        xs: [*const i16; J],
-        steps: usize,
+        xs: [*const u8; J],
+        len: usize,
     ) -> [[i32; J]; R] {
         let mut acc = [[_mm512_setzero_si512(); J]; R];
-        for s in 0..steps / 2 {
+        let mut sums = [_mm512_setzero_si512(); R];
+        let ones = _mm512_set1_epi8(1);
+        let mut c = 0;
+        while c < len {
+            // All 64 lanes, or the columns left.
+            let mask: __mmask64 = if len - c >= 64 { !0 } else { (1u64 << (len - c)) - 1 };
             let mut w = [_mm512_setzero_si512(); R];
             for i in 0..R {
-                // SAFETY: 32 bytes at rows[i] + 32 s are in bounds by the caller's contract.
-                w[i] = _mm512_cvtepi8_epi16(unsafe {
-                    _mm256_loadu_si256(rows[i].add(s * 32).cast::<__m256i>())
-                });
+                // SAFETY: the lanes of `mask` are in bounds by the caller's contract;
+                // masked-off lanes are not read.
+                w[i] = unsafe { _mm512_maskz_loadu_epi8(mask, rows[i].add(c)) };
+                sums[i] = _mm512_dpbusd_epi32(sums[i], ones, w[i]);
             }
             for j in 0..J {
-                // SAFETY: 32 i16 at xs[j] + 32 s are in bounds by the caller's contract.
-                let x = unsafe { _mm512_loadu_si512(xs[j].add(s * 32).cast::<__m512i>()) };
+                // SAFETY: as above.
+                let x = unsafe { _mm512_maskz_loadu_epi8(mask, xs[j].add(c).cast::<i8>()) };
                 for i in 0..R {
-                    acc[i][j] = _mm512_dpwssd_epi32(acc[i][j], w[i], x);
+                    acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], x, w[i]);
                 }
             }
-        }
-        if steps % 2 == 1 {
-            let at = (steps - 1) * 16;
-            let mut w = [_mm512_setzero_si512(); R];
-            for i in 0..R {
-                // SAFETY: 16 bytes at rows[i] + 16 (steps - 1) are in bounds.
-                let low = unsafe { _mm_loadu_si128(rows[i].add(at).cast::<__m128i>()) };
-                w[i] = _mm512_cvtepi8_epi16(_mm256_zextsi128_si256(low));
-            }
-            for j in 0..J {
-                // SAFETY: 16 i16 at xs[j] + 16 (steps - 1) are in bounds.
-                let low = unsafe { _mm256_loadu_si256(xs[j].add(at).cast::<__m256i>()) };
-                let x = _mm512_zextsi256_si512(low);
-                for i in 0..R {
-                    acc[i][j] = _mm512_dpwssd_epi32(acc[i][j], w[i], x);
-                }
-            }
+            c += 64;
         }
         let mut out = [[0i32; J]; R];
         for i in 0..R {
+            // Exact: |sum| <= len * 128 (see the caller's bound).
+            let bias = super::ACTIVATION_BIAS * _mm512_reduce_add_epi32(sums[i]);
             for j in 0..J {
-                out[i][j] = _mm512_reduce_add_epi32(acc[i][j]);
+                out[i][j] = _mm512_reduce_add_epi32(acc[i][j]) - bias;
             }
         }
         out
