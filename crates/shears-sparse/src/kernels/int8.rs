@@ -33,6 +33,12 @@ pub(crate) const MAX_SPAN: usize = 1 << 16;
 const TILE_ROWS: usize = 2;
 const TILE_TOKENS: usize = 6;
 
+/// Tokens from which the VNNI copy packs its weights (`int8_packed`) instead of running
+/// dot-product tiles: packing reads the weights once more, which a handful of tokens
+/// repays.
+#[cfg(target_arch = "x86_64")]
+const PACKED_MIN_BATCH: usize = 4;
+
 /// Rows per batched tile of the [`super::isa::Avx512Vnni`] copy: four rows by six tokens keep 24
 /// accumulators in AVX-512's 32 registers, and each activation vector loaded (from L2,
 /// at large batches) feeds four multiply-adds instead of two: with two rows the copy
@@ -75,21 +81,32 @@ pub(crate) struct QuantizedColumns {
     /// Entries per column.
     pub(crate) stride: usize,
     pub(crate) values: Vec<i16>,
-    /// The values plus [`ACTIVATION_BIAS`] as bytes, for the VNNI copy's
-    /// [`int8_dots_biased`]; empty unless that copy runs ([`QuantizedColumns::bias`]).
+    /// The values plus [`ACTIVATION_BIAS`] as bytes, for the VNNI copy; empty unless
+    /// that copy runs ([`QuantizedColumns::bias`]). Each column is padded to a whole
+    /// number of four bytes (with the bias, which stands for zero).
     pub(crate) biased: Vec<u8>,
+    /// Entries per column of `biased`.
+    pub(crate) biased_stride: usize,
     pub(crate) scales: Vec<f32>,
 }
 
 impl QuantizedColumns {
     /// Fills [`QuantizedColumns::biased`].
     fn bias(&mut self) {
-        // -127..=127 plus 128 is 1..=255: every value fits a byte.
-        self.biased = self
-            .values
-            .iter()
-            .map(|&v| (i32::from(v) + ACTIVATION_BIAS).clamp(0, 255) as u8)
-            .collect();
+        let stride = self.stride.next_multiple_of(4);
+        let batch = self.scales.len();
+        let mut biased = vec![ACTIVATION_BIAS as u8; stride * batch];
+        if self.stride > 0 {
+            let columns = self.values.chunks_exact(self.stride);
+            for (out, column) in biased.chunks_exact_mut(stride).zip(columns) {
+                // -127..=127 plus 128 is 1..=255: every value fits a byte.
+                for (b, &v) in out.iter_mut().zip(column) {
+                    *b = (i32::from(v) + ACTIVATION_BIAS).clamp(0, 255) as u8;
+                }
+            }
+        }
+        self.biased = biased;
+        self.biased_stride = stride;
     }
 }
 
@@ -103,7 +120,13 @@ pub(crate) fn quantize_columns(x: &[f32], cols: usize, batch: usize) -> Quantize
     let stride = cols;
     let mut values = vec![0i16; stride * batch];
     if cols == 0 {
-        return QuantizedColumns { stride, values, biased: Vec::new(), scales: vec![1.0; batch] };
+        return QuantizedColumns {
+            stride,
+            values,
+            biased: Vec::new(),
+            biased_stride: 0,
+            scales: vec![1.0; batch],
+        };
     }
     let path = kernel_path();
     let quantize = |(column, out): (&[f32], &mut [i16])| -> f32 {
@@ -116,7 +139,7 @@ pub(crate) fn quantize_columns(x: &[f32], cols: usize, batch: usize) -> Quantize
     } else {
         x.chunks_exact(cols).zip(values.chunks_exact_mut(stride)).map(quantize).collect()
     };
-    QuantizedColumns { stride, values, biased: Vec::new(), scales }
+    QuantizedColumns { stride, values, biased: Vec::new(), biased_stride: 0, scales }
 }
 
 /// Quantizes one column of `X` into `out`, its scale into `scale` (NaN, and `out` left
@@ -174,7 +197,7 @@ fn round_ties_even_small(v: f32) -> f32 {
 /// The spans of one row's columns that share a scale and fit one integer sum: each
 /// group in pieces of at most [`MAX_SPAN`], with the group's index.
 #[inline(always)]
-fn spans(cols: usize, group: usize) -> impl Iterator<Item = (usize, Range<usize>)> {
+pub(super) fn spans(cols: usize, group: usize) -> impl Iterator<Item = (usize, Range<usize>)> {
     (0..cols.div_ceil(group)).flat_map(move |g| {
         let end = ((g + 1) * group).min(cols);
         (g * group..end).step_by(MAX_SPAN).map(move |s| (g, s..(s + MAX_SPAN).min(end)))
@@ -200,7 +223,7 @@ fn tile<P: Isa, const R: usize, const J: usize>(
         let weights = rows.map(|row| &row[span.start..vector_end]);
         let dots = if P::VNNI512 {
             let biased: [&[u8]; J] = std::array::from_fn(|j| {
-                &xq.biased[(j0 + j) * xq.stride..][..cols][span.start..vector_end]
+                &xq.biased[(j0 + j) * xq.biased_stride..][..cols][span.start..vector_end]
             });
             int8_dots_biased::<P, R, J>(weights, biased, steps)
         } else {
@@ -239,6 +262,13 @@ fn int8_rows_kernel<P: Isa>(
     let mut r = rows.start;
     // Batched: tiles of rows x TILE_TOKENS, the last tokens one at a time, over blocks of
     // tokens whose activations stay in L2 while every row passes over them.
+    #[cfg(target_arch = "x86_64")]
+    if P::VNNI512 && batch >= PACKED_MIN_BATCH && super::int8_packed::packable(&a) {
+        // SAFETY: only the Avx512Vnni copy sets P::VNNI512, and it is compiled with every
+        // feature the packed product needs.
+        unsafe { super::int8_packed::rows(a, rows, xq, &mut put) };
+        return;
+    }
     if batch >= TILE_TOKENS {
         r = if P::VNNI512 {
             batched_rows::<P, VNNI_TILE_ROWS>(a, rows.clone(), xq, &mut put)
@@ -583,6 +613,29 @@ mod tests {
             &Fixture::new(rows, cols, 64, 3),
             &activations(cols, batch, 9),
         );
+    }
+
+    /// Row counts around the packed blocks of the VNNI copy (16 rows, tiles of two),
+    /// batches around its token tile (12), columns around its step (4), per-row scales
+    /// and groups it packs and does not pack, give the reference bits on every copy.
+    #[test]
+    fn packed_blocks_and_tiles_match_the_reference() {
+        for (rows, cols, batch, group) in [
+            (33, 384, 12, 384),
+            (64, 101, 25, 101),
+            (47, 130, 13, 32),
+            (31, 7, 4, 7),
+            (50, 96, 30, 12),
+            (40, 60, 14, 3),
+            (18, 1, 5, 1),
+            (35, 50, 20, 50),
+        ] {
+            let seed = (rows * cols + batch) as u64;
+            every_copy_gives_the_reference_bits(
+                &Fixture::new(rows, cols, group, seed),
+                &activations(cols, batch, seed),
+            );
+        }
     }
 
     /// Alpha and beta combine as in BLAS; with beta zero a NaN in Y is not read; a NaN in
