@@ -22,6 +22,9 @@ use rayon::prelude::*;
 use super::isa::{ACTIVATION_BIAS, DOT_STEP as STEP, Isa, int8_dots, int8_dots_biased};
 use super::{KernelPath, combine, kernel_path, multiversion, parallel_ranges};
 
+#[cfg(target_arch = "x86_64")]
+mod packed;
+
 /// Columns summed in one 32-bit integer sum at most: `65536 * 128 * 127 < 2^31` (weights
 /// may be -128, activations are within -127..=127).
 pub(crate) const MAX_SPAN: usize = 1 << 16;
@@ -33,7 +36,7 @@ pub(crate) const MAX_SPAN: usize = 1 << 16;
 const TILE_ROWS: usize = 2;
 const TILE_TOKENS: usize = 6;
 
-/// Tokens from which the VNNI copy packs its weights (`int8_packed`) instead of running
+/// Tokens from which the VNNI copy packs its weights ([`packed`]) instead of running
 /// dot-product tiles: packing reads the weights once more, which a handful of tokens
 /// repays.
 #[cfg(target_arch = "x86_64")]
@@ -263,10 +266,10 @@ fn int8_rows_kernel<P: Isa>(
     // Batched: tiles of rows x TILE_TOKENS, the last tokens one at a time, over blocks of
     // tokens whose activations stay in L2 while every row passes over them.
     #[cfg(target_arch = "x86_64")]
-    if P::VNNI512 && batch >= PACKED_MIN_BATCH && super::int8_packed::packable(&a) {
+    if P::VNNI512 && batch >= PACKED_MIN_BATCH && packed::packable(&a) {
         // SAFETY: only the Avx512Vnni copy sets P::VNNI512, and it is compiled with every
         // feature the packed product needs.
-        unsafe { super::int8_packed::rows(a, rows, xq, &mut put) };
+        unsafe { packed::rows(a, rows, xq, &mut put) };
         return;
     }
     if batch >= TILE_TOKENS {

@@ -35,8 +35,6 @@
 #![allow(unsafe_code)]
 
 mod int8;
-#[cfg(target_arch = "x86_64")]
-mod int8_packed;
 mod isa;
 mod spmm;
 mod spmv;

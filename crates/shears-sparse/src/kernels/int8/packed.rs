@@ -2,20 +2,20 @@
 //! `vpdpbusd` multiplies four columns of sixteen rows by four entries of one token
 //! (broadcast to every lane), which adds into sixteen outputs at once.
 //!
-//! The dot-product tiles of `int8.rs` end every tile with one horizontal sum per output,
+//! The parent module's dot-product tiles end every tile with one horizontal sum per output,
 //! which costs as much as the products themselves when rows are a few hundred columns
 //! long (a transformer's 384); here no output needs a horizontal sum. Weights are packed
 //! per call, rows of one task at a time, which costs one pass over the task's weights
 //! against the products' `batch` passes.
 //!
-//! The sums are the exact integer sums `int8.rs` defines (activations biased to unsigned
+//! The sums are the exact integer sums the parent module defines (activations biased to unsigned
 //! bytes, 128 times each row's sum taken back out, then one convert, one multiply by the
 //! group's scale and one add per span, in span order), so the bits are the other copies'.
 
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::int8::{Int8DenseView, QuantizedColumns, spans};
+use super::{Int8DenseView, QuantizedColumns, spans};
 use crate::kernels::isa::ACTIVATION_BIAS;
 
 /// Rows per packed block: the sixteen 32-bit lanes of a vector.
