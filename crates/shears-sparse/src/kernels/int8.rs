@@ -13,7 +13,10 @@
 //! pairs of 16-bit products summed into 32-bit lanes: `vpmaddwd` on the AVX2 and AVX-512
 //! paths (sixteen multiply-adds per instruction, twice as many as an f32 fused
 //! multiply-add), plain loops the compiler vectorises elsewhere. Their values are int8's
-//! (`-127..=127`, weights down to -128), so no pair's sum overflows.
+//! (`-127..=127`, weights down to -128), so no pair's sum overflows. On CPUs with
+//! AVX-512 VNNI the activations are also stored as unsigned bytes (plus 128) for
+//! `vpdpbusd`, 64 byte products per instruction ([`int8_dots_biased`], and for batches
+//! the weights packed by [`packed`] so that no output needs a horizontal sum).
 
 use std::ops::Range;
 
@@ -25,9 +28,11 @@ use super::{KernelPath, combine, kernel_path, multiversion, parallel_ranges};
 #[cfg(target_arch = "x86_64")]
 mod packed;
 
-/// Columns summed in one 32-bit integer sum at most: `65536 * 128 * 127 < 2^31` (weights
-/// may be -128, activations are within -127..=127).
+/// Columns summed in one 32-bit integer sum at most. Weights may be -128 and activations
+/// are within -127..=127, stored biased as 1..=255 for the VNNI copy, whose sums are the
+/// largest: `65536 * 255 * 128 < 2^31`.
 pub(crate) const MAX_SPAN: usize = 1 << 16;
+const _: () = assert!(MAX_SPAN as i64 * 255 * 128 <= i32::MAX as i64);
 
 /// Rows and columns of `X` per register tile of a batched product: two weight rows
 /// against six tokens keep twelve accumulators, two widened weight vectors and one
@@ -42,10 +47,11 @@ const TILE_TOKENS: usize = 6;
 #[cfg(target_arch = "x86_64")]
 const PACKED_MIN_BATCH: usize = 4;
 
-/// Rows per batched tile of the [`super::isa::Avx512Vnni`] copy: four rows by six tokens keep 24
-/// accumulators in AVX-512's 32 registers, and each activation vector loaded (from L2,
-/// at large batches) feeds four multiply-adds instead of two: with two rows the copy
-/// waits on L2 and runs no faster than AVX2's.
+/// Rows per batched dot-product tile of the [`super::isa::Avx512Vnni`] copy (rows too long
+/// to pack): four rows by six tokens, so that each activation vector loaded (from L2, at
+/// large batches) feeds four multiply-adds instead of two. Their 24 accumulators, the
+/// rows' sums and weights and one activation are 34 vectors, two more than AVX-512's
+/// registers: the compiler reloads two weight vectors from L1.
 const VNNI_TILE_ROWS: usize = 4;
 
 /// Elements of `X` (or `Y`) from which quantizing (or writing) them is split across
@@ -85,8 +91,9 @@ pub(crate) struct QuantizedColumns {
     pub(crate) stride: usize,
     pub(crate) values: Vec<i16>,
     /// The values plus [`ACTIVATION_BIAS`] as bytes, for the VNNI copy; empty unless
-    /// that copy runs ([`QuantizedColumns::bias`]). Each column is padded to a whole
-    /// number of four bytes (with the bias, which stands for zero).
+    /// that copy runs, which fills it first ([`QuantizedColumns::bias`]; the copy's
+    /// slicing panics if it did not). Each column is padded to a whole number of four
+    /// bytes (with the bias, which stands for zero).
     pub(crate) biased: Vec<u8>,
     /// Entries per column of `biased`.
     pub(crate) biased_stride: usize,
@@ -104,7 +111,8 @@ impl QuantizedColumns {
             for (out, column) in biased.chunks_exact_mut(stride).zip(columns) {
                 // -127..=127 plus 128 is 1..=255: every value fits a byte.
                 for (b, &v) in out.iter_mut().zip(column) {
-                    *b = (i32::from(v) + ACTIVATION_BIAS).clamp(0, 255) as u8;
+                    debug_assert!((-127..=127).contains(&v));
+                    *b = (i32::from(v) + ACTIVATION_BIAS) as u8;
                 }
             }
         }
@@ -263,15 +271,17 @@ fn int8_rows_kernel<P: Isa>(
         *y = combine(alpha, v * xq.scales[j], beta, *y);
     };
     let mut r = rows.start;
-    // Batched: tiles of rows x TILE_TOKENS, the last tokens one at a time, over blocks of
-    // tokens whose activations stay in L2 while every row passes over them.
+    // The VNNI copy's batches, on packed weights.
     #[cfg(target_arch = "x86_64")]
     if P::VNNI512 && batch >= PACKED_MIN_BATCH && packed::packable(&a) {
-        // SAFETY: only the Avx512Vnni copy sets P::VNNI512, and it is compiled with every
-        // feature the packed product needs.
+        // SAFETY: P::VNNI512 holds for Avx512Vnni alone, and int8_rows_kernel is only
+        // instantiated with it inside int8_rows_best's copy, compiled with (and run after
+        // detecting) every feature the packed product needs.
         unsafe { packed::rows(a, rows, xq, &mut put) };
         return;
     }
+    // Batched: tiles of rows x TILE_TOKENS, the last tokens one at a time, over blocks of
+    // tokens whose activations stay in L2 while every row passes over them.
     if batch >= TILE_TOKENS {
         r = if P::VNNI512 {
             batched_rows::<P, VNNI_TILE_ROWS>(a, rows.clone(), xq, &mut put)
@@ -305,8 +315,10 @@ fn batched_rows<P: Isa, const R: usize>(
     put: &mut impl FnMut(usize, usize, f32),
 ) -> usize {
     let batch = xq.scales.len();
-    let block = (ACTIVATION_BLOCK_BYTES / (2 * xq.stride).max(1) / TILE_TOKENS * TILE_TOKENS)
-        .max(TILE_TOKENS);
+    // The VNNI copy reads the activations as bytes, the others as 16-bit values.
+    let bytes = if P::VNNI512 { xq.biased_stride } else { 2 * xq.stride };
+    let block =
+        (ACTIVATION_BLOCK_BYTES / bytes.max(1) / TILE_TOKENS * TILE_TOKENS).max(TILE_TOKENS);
     let full_rows = rows.start + (rows.len() / R) * R;
     for start in (0..batch).step_by(block) {
         let end = (start + block).min(batch);
@@ -339,24 +351,22 @@ multiversion! {
     ) => int8_rows_kernel
 }
 
-/// Whether [`int8_rows_on`] runs the VNNI copy (whose activations must be biased).
-fn vnni_copy_runs(path: KernelPath, vnni: bool) -> bool {
+/// Whether [`int8_rows_best`] runs the VNNI copy on `path` (whose activations must then
+/// be biased).
+fn vnni_copy_runs(path: KernelPath) -> bool {
     #[cfg(target_arch = "x86_64")]
-    return vnni && path == KernelPath::Avx512 && super::isa::vnni512();
+    return path == KernelPath::Avx512 && super::isa::vnni512();
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (path, vnni);
+        let _ = path;
         false
     }
 }
 
-/// [`int8_rows`] on `path`, except on the AVX-512 path of a CPU with AVX-512 VNNI, where
-/// `vnni` picks the [`super::isa::Avx512Vnni`] copy (always, but for the tests of the plain
-/// AVX-512 copy on such a CPU).
-#[allow(clippy::too_many_arguments, reason = "the kernel's arguments and the copy's choice")]
-fn int8_rows_on(
+/// [`int8_rows`] on `path`, except on the AVX-512 path of a CPU with AVX-512 VNNI, which
+/// runs the [`super::isa::Avx512Vnni`] copy (`xq` biased first: [`vnni_copy_runs`]).
+fn int8_rows_best(
     path: KernelPath,
-    vnni: bool,
     a: Int8DenseView<'_>,
     rows: Range<usize>,
     xq: &QuantizedColumns,
@@ -365,7 +375,7 @@ fn int8_rows_on(
     out: &mut [&mut [f32]],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if vnni_copy_runs(path, vnni) {
+    if vnni_copy_runs(path) {
         #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
         fn vnni_copy(
             a: Int8DenseView<'_>,
@@ -380,7 +390,6 @@ fn int8_rows_on(
         // SAFETY: vnni512() detected every feature the copy is compiled with.
         return unsafe { vnni_copy(a, rows, xq, alpha, beta, out) };
     }
-    let _ = vnni;
     int8_rows(path, a, rows, xq, alpha, beta, out);
 }
 
@@ -398,7 +407,7 @@ pub(crate) fn int8_dense_product(
     };
     let path = kernel_path();
     let mut xq = quantize_columns(x, a.cols, batch);
-    if vnni_copy_runs(path, true) {
+    if vnni_copy_runs(path) {
         xq.bias();
     }
     let work = |r: usize| r * a.cols.max(1) * batch;
@@ -416,7 +425,7 @@ pub(crate) fn int8_dense_product(
         }
     }
     let run = |(range, mut pieces): (Range<usize>, Vec<&mut [f32]>)| {
-        int8_rows_on(path, true, a, range, &xq, alpha, beta, &mut pieces)
+        int8_rows_best(path, a, range, &xq, alpha, beta, &mut pieces)
     };
     if tasks.len() == 1 {
         tasks.into_iter().for_each(run);
@@ -501,13 +510,16 @@ mod tests {
     /// The rows kernel on a given path, its VNNI copy when `vnni` and the CPU has one
     /// (alpha 1, beta 0; `Y` starts as NaN, which must not be read), as column-major bits.
     fn on_path(path: KernelPath, vnni: bool, a: Int8DenseView<'_>, x: &DMatrix<f32>) -> Vec<u32> {
+        let path = KernelPath::resolve(path);
         let mut xq = quantize_columns(x.as_slice(), a.cols, x.ncols());
-        if vnni_copy_runs(KernelPath::resolve(path), vnni) {
-            xq.bias();
-        }
         let mut y = vec![f32::NAN; a.rows * x.ncols()];
         let mut columns: Vec<&mut [f32]> = y.chunks_exact_mut(a.rows.max(1)).collect();
-        int8_rows_on(KernelPath::resolve(path), vnni, a, 0..a.rows, &xq, 1.0, 0.0, &mut columns);
+        if vnni && vnni_copy_runs(path) {
+            xq.bias();
+            int8_rows_best(path, a, 0..a.rows, &xq, 1.0, 0.0, &mut columns);
+        } else {
+            int8_rows(path, a, 0..a.rows, &xq, 1.0, 0.0, &mut columns);
+        }
         y.iter().map(|v| v.to_bits()).collect()
     }
 
@@ -517,10 +529,10 @@ mod tests {
         /// row, and batches around the token tile.
         #[test]
         fn every_copy_equals_the_reference_loop(
-            rows in 1usize..13,
+            rows in 1usize..40,
             cols in 0usize..80,
             group in prop_oneof![Just(usize::MAX), 1usize..40],
-            batch in 1usize..15,
+            batch in 1usize..30,
             seed in any::<u64>(),
         ) {
             let group = if group == usize::MAX { cols.max(1) } else { group };
@@ -638,6 +650,37 @@ mod tests {
                 &Fixture::new(rows, cols, group, seed),
                 &activations(cols, batch, seed),
             );
+        }
+    }
+
+    /// The largest sums the spans allow: a row of weights -128 as long as a span, and one
+    /// longer, against activations that quantize to 127 (biased: 255), give the
+    /// reference bits on every copy, one token and a batch.
+    #[test]
+    fn the_largest_sums_of_a_span_do_not_overflow() {
+        for cols in [MAX_SPAN, MAX_SPAN + 5] {
+            let (rows, group) = (2, cols);
+            let fixture = Fixture {
+                rows,
+                cols,
+                group,
+                values: vec![-128; rows * cols],
+                scales: vec![1e-3; rows],
+            };
+            for batch in [1, 5] {
+                let x = DMatrix::from_element(cols, batch, 0.5f32);
+                every_copy_gives_the_reference_bits(&fixture, &x);
+            }
+        }
+    }
+
+    /// Rows at the packed product's column limit and one past it (dot-product tiles),
+    /// split across threads, give the reference bits.
+    #[test]
+    fn rows_at_the_packing_limit_match_the_reference() {
+        for cols in [2048, 2049, 2052] {
+            let fixture = Fixture::new(70, cols, cols, cols as u64);
+            every_copy_gives_the_reference_bits(&fixture, &activations(cols, 13, 5));
         }
     }
 

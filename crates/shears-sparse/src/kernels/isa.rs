@@ -457,8 +457,8 @@ pub(crate) const DOT_STEP: usize = 16;
 /// sum_c rows[i][c] * xs[j][c]`. The AVX2 and AVX-512 copies widen the weights with
 /// `vpmovsxbw` and multiply-add pairs into 32-bit lanes with `vpmaddwd`, keeping the
 /// `R x J` accumulators in registers; others run the same sums as plain loops, which the
-/// compiler vectorises for the baseline ([`int8_dots_biased`] is the VNNI copy's). Integer sums are exact, so every copy gives the
-/// same result.
+/// compiler vectorises for the baseline ([`int8_dots_biased`] is the VNNI copy's).
+/// Integer sums are exact, so every copy gives the same result.
 ///
 /// # Panics
 /// If a slice is shorter than `steps * 16` (the callers cut them to exactly that).
@@ -519,8 +519,10 @@ pub(crate) fn int8_dots_biased<P: Isa, const R: usize, const J: usize>(
     let len = steps * DOT_STEP;
     #[cfg(target_arch = "x86_64")]
     if P::VNNI512 {
-        // SAFETY: only the Avx512Vnni copy sets P::VNNI512, and it is compiled with
-        // AVX-512F, AVX-512BW and AVX-512 VNNI; every slice holds `len` entries.
+        // SAFETY: P::VNNI512 holds for Avx512Vnni alone, which the kernels instantiate
+        // only inside copies compiled with AVX-512F, AVX-512BW and AVX-512 VNNI and run
+        // after `vnni512()` detected them (the tests call it after checking too); every
+        // slice holds `len` entries.
         return unsafe {
             x86::int8_dots_biased(rows.map(<[i8]>::as_ptr), xs.map(<[u8]>::as_ptr), len)
         };
@@ -953,6 +955,33 @@ pub(crate) mod arm {
 mod tests {
     use super::*;
     use crate::kernels::KernelPath;
+
+    /// The biased dots equal the plain ones on the unbiased values, on the plain loop and
+    /// (where the CPU has it) the VNNI copy, for lengths of whole 64-byte steps, a masked
+    /// tail and both; weights of every value, -128 included.
+    #[test]
+    fn biased_dots_equal_the_plain_sums() {
+        let mut next = crate::testing::xorshift(11);
+        for steps in 0..11 {
+            let len = steps * DOT_STEP;
+            let rows: Vec<Vec<i8>> =
+                (0..4).map(|_| (0..len).map(|_| next() as u8 as i8).collect()).collect();
+            let xs: Vec<Vec<i16>> =
+                (0..6).map(|_| (0..len).map(|_| (next() % 255) as i16 - 127).collect()).collect();
+            let biased: Vec<Vec<u8>> =
+                xs.iter().map(|x| x.iter().map(|&v| (v + 128) as u8).collect()).collect();
+            let r: [&[i8]; 4] = std::array::from_fn(|i| &rows[i][..]);
+            let x: [&[i16]; 6] = std::array::from_fn(|j| &xs[j][..]);
+            let b: [&[u8]; 6] = std::array::from_fn(|j| &biased[j][..]);
+            let want = int8_dots::<Portable, 4, 6>(r, x, steps);
+            assert_eq!(int8_dots_biased::<Portable, 4, 6>(r, b, steps), want, "{steps} steps");
+            #[cfg(target_arch = "x86_64")]
+            if vnni512() {
+                let got = int8_dots_biased::<Avx512Vnni, 4, 6>(r, b, steps);
+                assert_eq!(got, want, "{steps} steps, VNNI");
+            }
+        }
+    }
 
     fn fixture<T: Scalar>() -> ([T; 8], Vec<T>, Vec<u8>, Vec<T>) {
         let acc = std::array::from_fn(|j| T::from_f64_lossy(j as f64 * 0.25 - 1.0));

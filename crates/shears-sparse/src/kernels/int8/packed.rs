@@ -104,7 +104,7 @@ impl Packed {
     }
 }
 
-/// Rows `rows` of the product, every token of `xq` (whose `biased` values are filled,
+/// Rows `range` of the product, every token of `xq` (whose `biased` values are filled,
 /// each token's padded to whole steps): `put(r, j, v)` receives each output before the
 /// token's scale. `a` must be [`packable`].
 ///
@@ -114,20 +114,20 @@ impl Packed {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub(crate) unsafe fn rows(
     a: Int8DenseView<'_>,
-    rows: Range<usize>,
+    range: Range<usize>,
     xq: &QuantizedColumns,
     put: &mut impl FnMut(usize, usize, f32),
 ) {
-    let packed = Packed::new(&a, rows.clone());
+    let packed = Packed::new(&a, range.clone());
     let batch = xq.scales.len();
-    let blocks = rows.len().div_ceil(LANES);
+    let blocks = range.len().div_ceil(LANES);
     let token = |j: usize| -> *const u8 { xq.biased[j * xq.biased_stride..].as_ptr() };
     assert!(xq.biased.len() >= batch * xq.biased_stride);
     assert!(xq.biased_stride >= packed.quads * QUAD);
     let mut emit = |block: usize, j: usize, lanes: &[f32; LANES]| {
         for (lane, &v) in lanes.iter().enumerate() {
-            let r = rows.start + block * LANES + lane;
-            if r < rows.end {
+            let r = range.start + block * LANES + lane;
+            if r < range.end {
                 put(r, j, v);
             }
         }
