@@ -273,7 +273,7 @@ fn int8_rows_kernel<P: Isa>(
     let mut r = rows.start;
     // The VNNI copy's batches, on packed weights.
     #[cfg(target_arch = "x86_64")]
-    if P::VNNI512 && batch >= PACKED_MIN_BATCH && packed::packable(&a) {
+    if P::VNNI512 && packs(&a, batch) {
         // SAFETY: P::VNNI512 holds for Avx512Vnni alone, and int8_rows_kernel is only
         // instantiated with it inside int8_rows_best's copy, compiled with (and run after
         // detecting) every feature the packed product needs.
@@ -351,6 +351,23 @@ multiversion! {
     ) => int8_rows_kernel
 }
 
+/// Whether the VNNI copy runs a product of `a` with `batch` tokens on packed weights.
+#[cfg(target_arch = "x86_64")]
+fn packs(a: &Int8DenseView<'_>, batch: usize) -> bool {
+    batch >= PACKED_MIN_BATCH && packed::packable(a)
+}
+
+/// Rows per unit of work split across threads: whole packed tiles when the VNNI copy
+/// packs, else single rows.
+fn rows_per_unit(path: KernelPath, a: &Int8DenseView<'_>, batch: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if vnni_copy_runs(path) && packs(a, batch) {
+        return packed::TILE_ROWS;
+    }
+    let _ = (path, a, batch);
+    1
+}
+
 /// Whether [`int8_rows_best`] runs the VNNI copy on `path` (whose activations must then
 /// be biased).
 fn vnni_copy_runs(path: KernelPath) -> bool {
@@ -410,9 +427,14 @@ pub(crate) fn int8_dense_product(
     if vnni_copy_runs(path) {
         xq.bias();
     }
-    let work = |r: usize| r * a.cols.max(1) * batch;
-    let ranges =
-        parallel_ranges(a.rows, work).unwrap_or_else(|| std::iter::once(0..a.rows).collect());
+    let unit = rows_per_unit(path, &a, batch);
+    let work = |u: usize| (u * unit).min(a.rows) * a.cols.max(1) * batch;
+    let ranges: Vec<Range<usize>> = match parallel_ranges(a.rows.div_ceil(unit), work) {
+        Some(units) => {
+            units.into_iter().map(|u| u.start * unit..(u.end * unit).min(a.rows)).collect()
+        }
+        None => std::iter::once(0..a.rows).collect(),
+    };
     // Each task gets its rows of every column of Y, and writes them as it computes them.
     let mut tasks: Vec<(Range<usize>, Vec<&mut [f32]>)> =
         ranges.into_iter().map(|range| (range, Vec::with_capacity(batch))).collect();

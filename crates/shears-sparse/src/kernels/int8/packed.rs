@@ -30,6 +30,10 @@ const QUAD: usize = 4;
 const TILE_BLOCKS: usize = 2;
 const TILE_TOKENS: usize = 12;
 
+/// Rows of a full tile: products split rows across threads in multiples of this, so
+/// that no thread's share ends in a part-filled block or a lone one.
+pub(crate) const TILE_ROWS: usize = TILE_BLOCKS * LANES;
+
 /// Columns up to which rows are packed. Longer rows lose less to the dot-product tiles'
 /// horizontal sums, and a tile's two packed blocks (32 bytes per column) no longer stay
 /// in L1 between its tokens, so the dot-product tiles run them faster.
@@ -134,37 +138,47 @@ pub(crate) unsafe fn rows(
     };
     let mut block = 0;
     while block < blocks {
+        // Pairs of blocks, then the last block alone.
         if block + TILE_BLOCKS <= blocks {
-            let tile_blocks = std::array::from_fn(|b| block + b);
-            let mut j = 0;
-            while j < batch {
-                // Tiles of 12 tokens, then of 8, 4 and 1 for the batch's last tokens.
-                // SAFETY: the features by the caller's contract; the blocks and tokens are
-                // in bounds (asserted above), every step of them within their packed or
-                // padded lengths.
-                j += unsafe {
-                    match batch - j {
-                        TILE_TOKENS.. => run::<TILE_BLOCKS, TILE_TOKENS>(
-                            &packed,
-                            tile_blocks,
-                            j,
-                            &token,
-                            &mut emit,
-                        ),
-                        8.. => run::<TILE_BLOCKS, 8>(&packed, tile_blocks, j, &token, &mut emit),
-                        4.. => run::<TILE_BLOCKS, 4>(&packed, tile_blocks, j, &token, &mut emit),
-                        _ => run::<TILE_BLOCKS, 1>(&packed, tile_blocks, j, &token, &mut emit),
-                    }
-                };
-            }
+            let pair = std::array::from_fn(|b| block + b);
+            // SAFETY: the features by the caller's contract; the blocks and tokens are in
+            // bounds (asserted above), every step of them within their packed or padded
+            // lengths.
+            unsafe { every_token::<TILE_BLOCKS>(&packed, pair, batch, &token, &mut emit) };
             block += TILE_BLOCKS;
         } else {
-            for j in 0..batch {
-                // SAFETY: as above.
-                unsafe { run::<1, 1>(&packed, [block], j, &token, &mut emit) };
-            }
+            // SAFETY: as above.
+            unsafe { every_token::<1>(&packed, [block], batch, &token, &mut emit) };
             block += 1;
         }
+    }
+}
+
+/// Blocks `blocks` against every token: tiles of 12 tokens, then of 8, 4 and 1 for the
+/// batch's last tokens.
+///
+/// # Safety
+/// As [`tile`]'s, for every token.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn every_token<const B: usize>(
+    packed: &Packed,
+    blocks: [usize; B],
+    batch: usize,
+    token: &impl Fn(usize) -> *const u8,
+    emit: &mut impl FnMut(usize, usize, &[f32; LANES]),
+) {
+    let mut j = 0;
+    while j < batch {
+        // SAFETY: by the caller's contract, for tokens j.. below the batch.
+        j += unsafe {
+            match batch - j {
+                TILE_TOKENS.. => run::<B, TILE_TOKENS>(packed, blocks, j, token, emit),
+                8.. => run::<B, 8>(packed, blocks, j, token, emit),
+                4.. => run::<B, 4>(packed, blocks, j, token, emit),
+                _ => run::<B, 1>(packed, blocks, j, token, emit),
+            }
+        };
     }
 }
 
