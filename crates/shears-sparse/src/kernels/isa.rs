@@ -469,22 +469,43 @@ pub(crate) fn int8_dots<P: Isa, const R: usize, const J: usize>(
     xs: [&[i16]; J],
     steps: usize,
 ) -> [[i32; J]; R] {
-    let len = steps.checked_mul(DOT_STEP);
-    assert!(len.is_some_and(|len| {
-        rows.iter().all(|r| r.len() >= len) && xs.iter().all(|x| x.len() >= len)
-    }));
-    let len = steps * DOT_STEP;
+    let len = dot_len(&rows, &xs, steps);
     #[cfg(target_arch = "x86_64")]
     if P::MADD256 {
         // SAFETY: the copy was compiled with AVX2 (only the AVX2 and AVX-512 copies set
         // P::MADD256); every slice holds `steps * 16` entries (asserted above).
         return unsafe { x86::int8_dots(rows.map(<[i8]>::as_ptr), xs.map(<[i16]>::as_ptr), steps) };
     }
+    plain_dots(rows, xs, len, i32::from)
+}
+
+/// `steps * DOT_STEP`, once every slice is seen to hold that many entries.
+///
+/// # Panics
+/// If a slice is shorter, or the length overflows.
+#[inline(always)]
+fn dot_len<A, B>(rows: &[&[A]], xs: &[&[B]], steps: usize) -> usize {
+    let len = steps.checked_mul(DOT_STEP);
+    assert!(len.is_some_and(|len| {
+        rows.iter().all(|r| r.len() >= len) && xs.iter().all(|x| x.len() >= len)
+    }));
+    steps * DOT_STEP
+}
+
+/// The dot products of [`int8_dots`] and [`int8_dots_biased`] as plain loops over the
+/// first `len` entries, each activation read through `value`.
+#[inline(always)]
+fn plain_dots<X: Copy, const R: usize, const J: usize>(
+    rows: [&[i8]; R],
+    xs: [&[X]; J],
+    len: usize,
+    value: impl Fn(X) -> i32,
+) -> [[i32; J]; R] {
     let mut out = [[0i32; J]; R];
     for (i, row) in rows.iter().enumerate() {
         for (j, x) in xs.iter().enumerate() {
             out[i][j] =
-                row[..len].iter().zip(&x[..len]).map(|(&w, &x)| i32::from(w) * i32::from(x)).sum();
+                row[..len].iter().zip(&x[..len]).map(|(&w, &x)| i32::from(w) * value(x)).sum();
         }
     }
     out
@@ -512,11 +533,7 @@ pub(crate) fn int8_dots_biased<P: Isa, const R: usize, const J: usize>(
     xs: [&[u8]; J],
     steps: usize,
 ) -> [[i32; J]; R] {
-    let len = steps.checked_mul(DOT_STEP);
-    assert!(len.is_some_and(|len| {
-        rows.iter().all(|r| r.len() >= len) && xs.iter().all(|x| x.len() >= len)
-    }));
-    let len = steps * DOT_STEP;
+    let len = dot_len(&rows, &xs, steps);
     #[cfg(target_arch = "x86_64")]
     if P::VNNI512 {
         // SAFETY: P::VNNI512 holds for Avx512Vnni alone, which the kernels instantiate
@@ -527,17 +544,7 @@ pub(crate) fn int8_dots_biased<P: Isa, const R: usize, const J: usize>(
             x86::int8_dots_biased(rows.map(<[i8]>::as_ptr), xs.map(<[u8]>::as_ptr), len)
         };
     }
-    let mut out = [[0i32; J]; R];
-    for (i, row) in rows.iter().enumerate() {
-        for (j, x) in xs.iter().enumerate() {
-            out[i][j] = row[..len]
-                .iter()
-                .zip(&x[..len])
-                .map(|(&w, &x)| i32::from(w) * (i32::from(x) - ACTIVATION_BIAS))
-                .sum();
-        }
-    }
-    out
+    plain_dots(rows, xs, len, |x| i32::from(x) - ACTIVATION_BIAS)
 }
 
 #[cfg(target_arch = "x86_64")]
