@@ -83,7 +83,7 @@ pub use error::{Error, FormatError, Result};
 pub use index::SpIndex;
 pub use kernels::{KernelPath, SLICE_ROWS, kernel_description, kernel_path, uses_gathers};
 pub use narrow_csr::{Bf16Csr, F16Csr, Int8Csr, NarrowCsr, NarrowValue};
-pub use narrow_nm::{Bf16Nm, F16Nm, Int8Nm, NarrowNm};
+pub use narrow_nm::{Bf16Nm, F16Nm, INT8_NM_MIN_BATCH, Int8Nm, NarrowNm};
 pub use nm::NmSparse;
 pub use persist::SPARSE_FORMAT_VERSION;
 pub use product::SparseProduct;

@@ -44,6 +44,13 @@ pub trait NarrowValue: sealed::Sealed + Stored<f32> + std::fmt::Debug + PartialE
     /// `-127..=127` (`i8`, symmetric).
     #[doc(hidden)]
     fn is_valid(self) -> bool;
+
+    /// The values as int8, for the integer kernels (`None` for the float types).
+    #[doc(hidden)]
+    fn as_int8(values: &[Self]) -> Option<&[i8]> {
+        let _ = values;
+        None
+    }
 }
 
 impl NarrowValue for i8 {
@@ -60,6 +67,10 @@ impl NarrowValue for i8 {
 
     fn is_valid(self) -> bool {
         self != i8::MIN
+    }
+
+    fn as_int8(values: &[i8]) -> Option<&[i8]> {
+        Some(values)
     }
 }
 

@@ -23,6 +23,14 @@ use crate::validate;
 /// [`NmSparse`]'s kernels on them, so they give exactly the bits of `to_nm()`'s products,
 /// on every kernel path and thread count.
 ///
+/// Except int8 products of [`INT8_NM_MIN_BATCH`] tokens or more: those quantize `X` per
+/// token as [`crate::Int8Matrix`] does and sum in integers (VNNI where the CPU has it),
+/// giving the bits of the [`crate::Int8Matrix`] with the same values written out dense
+/// and the same row scales. Activation rounding makes them differ from the widened
+/// products by about a 127th of each token's largest activation per kept weight. A
+/// matrix with two nonzero slots at one position of a group (which nothing in shears
+/// writes) always widens.
+///
 /// # Invariants
 /// [`NmSparse`]'s, checked by [`NarrowNm::try_from_parts`]; and `scales.len() == nrows`,
 /// each scale positive and finite (all 1 for `bf16` and `f16`).
@@ -46,7 +54,15 @@ pub struct NarrowNm<V> {
     values: Vec<V>,
     positions: Vec<u8>,
     scales: Vec<f32>,
+    /// Int8 values with no two nonzero slots at one position of a group: batched products
+    /// may run the integer kernels.
+    integer_batches: bool,
 }
+
+/// Tokens from which an [`Int8Nm`] product quantizes the activations and runs integer
+/// kernels. One token widens the weights to `f32` instead: its product is bound by the
+/// weights' bytes, not the arithmetic, and both ways take as long.
+pub const INT8_NM_MIN_BATCH: usize = 2;
 
 /// [`NarrowNm`] with int8 values and a scale per row.
 pub type Int8Nm = NarrowNm<i8>;
@@ -90,7 +106,21 @@ impl<V: NarrowValue> NarrowNm<V> {
         }
         // Rows without slots (no columns) still have a scale.
         scales.resize(nrows, 1.0);
-        Ok(NarrowNm { nrows, ncols, pattern, values, positions: nm.positions().to_vec(), scales })
+        Ok(NarrowNm::new(nrows, ncols, pattern, values, nm.positions().to_vec(), scales))
+    }
+
+    /// The matrix of validated parts.
+    fn new(
+        nrows: usize,
+        ncols: usize,
+        pattern: NmPattern,
+        values: Vec<V>,
+        positions: Vec<u8>,
+        scales: Vec<f32>,
+    ) -> Self {
+        let integer_batches = V::as_int8(&values)
+            .is_some_and(|values| slots_distinct(pattern.n(), values, &positions));
+        NarrowNm { nrows, ncols, pattern, values, positions, scales, integer_batches }
     }
 
     /// The entries of `weights` that `mask` keeps, packed N:M and narrowed to `V`.
@@ -123,7 +153,7 @@ impl<V: NarrowValue> NarrowNm<V> {
         validate::nm(nrows, ncols, pattern, &positions, values.len())
             .map_err(|error| Error::Format { format: "narrow n:m", error })?;
         check_narrow(&values, &scales, nrows)?;
-        Ok(NarrowNm { nrows, ncols, pattern, values, positions, scales })
+        Ok(NarrowNm::new(nrows, ncols, pattern, values, positions, scales))
     }
 
     /// `(nrows, ncols)`.
@@ -189,17 +219,43 @@ impl<V: NarrowValue> NarrowNm<V> {
     }
 }
 
+/// Whether no two nonzero slots of a group (`n` slots each) share a position.
+fn slots_distinct(n: usize, values: &[i8], positions: &[u8]) -> bool {
+    let n = n.max(1);
+    values.chunks(n).zip(positions.chunks(n)).all(|(values, positions)| {
+        let mut seen = [0u64; 4];
+        values.iter().zip(positions).filter(|(v, _)| **v != 0).all(|(_, &p)| {
+            let (word, bit) = (usize::from(p) / 64, 1u64 << (p % 64));
+            let fresh = seen[word] & bit == 0;
+            seen[word] |= bit;
+            fresh
+        })
+    })
+}
+
 impl<V: NarrowValue> Sealed<f32> for NarrowNm<V> {
-    /// [`NmSparse`]'s kernels on each row's widened values: the bits of
-    /// [`NarrowNm::to_nm`]'s products.
+    /// [`NmSparse`]'s kernels on each row's widened values (the bits of
+    /// [`NarrowNm::to_nm`]'s products), or for int8 batches the integer kernels.
     fn product(&self, operands: Operands<'_, f32>) {
         match operands {
             Operands::Vector { alpha, x, beta, y } => {
                 kernels::nm_spmv(self.view(), alpha, x, beta, y)
             }
-            Operands::Matrix { alpha, x, beta, y } => {
-                kernels::nm_spmm(self.view(), alpha, x, beta, y)
-            }
+            Operands::Matrix { alpha, x, beta, y } => match V::as_int8(&self.values) {
+                Some(values) if self.integer_batches && x.ncols() >= INT8_NM_MIN_BATCH => {
+                    let view = NmView {
+                        nrows: self.nrows,
+                        ncols: self.ncols,
+                        n: self.pattern.n(),
+                        m: self.pattern.m(),
+                        values,
+                        positions: &self.positions,
+                        row_scales: Some(&self.scales),
+                    };
+                    kernels::int8_nm_product(view, alpha, x.as_slice(), beta, y.as_mut_slice())
+                }
+                _ => kernels::nm_spmm(self.view(), alpha, x, beta, y),
+            },
         }
     }
 }
@@ -269,16 +325,79 @@ mod tests {
             want.set_column(0, &w);
         } else {
             narrow.matmul_into(0.5, &x, 2.0, &mut got).unwrap();
-            widened.matmul_into(0.5, &x, 2.0, &mut want).unwrap();
+            match V::as_int8(narrow.values()) {
+                // Int8 batches run the integer kernels of the same weights written out.
+                Some(values) if batch >= INT8_NM_MIN_BATCH => {
+                    written_out(&narrow, values).matmul_into(0.5, &x, 2.0, &mut want).unwrap()
+                }
+                _ => widened.matmul_into(0.5, &x, 2.0, &mut want).unwrap(),
+            }
         }
         prop_assert_eq!(bits(&got), bits(&want), "{} batch {}", V::NAME, batch);
         Ok(())
     }
 
+    /// The dense int8 matrix of `nm`'s slots (whose int8 values are `values`), with its
+    /// row scales: a plain loop over the slots.
+    fn written_out<V: NarrowValue>(nm: &NarrowNm<V>, values: &[i8]) -> crate::Int8Matrix {
+        let ((nrows, ncols), (n, m)) = (nm.shape(), (nm.pattern().n(), nm.pattern().m()));
+        let groups = ncols.div_ceil(m);
+        let mut dense = vec![0i8; nrows * ncols];
+        for (k, (&v, &p)) in values.iter().zip(nm.positions()).enumerate() {
+            let (r, g) = (k / (groups * n), k / n % groups);
+            if v != 0 {
+                dense[r * ncols + g * m + usize::from(p)] = v;
+            }
+        }
+        let scheme = crate::QuantScheme::PerRow;
+        crate::Int8Matrix::try_from_parts(nrows, ncols, scheme, dense, nm.scales().to_vec())
+            .unwrap()
+    }
+
+    /// Int8 batches run in integers, which quantize the activations: each output within
+    /// the rounding of every kept weight's activation (half a step of the token's scale)
+    /// of the widened product.
+    #[test]
+    fn int8_batches_stay_near_the_widened_product() {
+        let pattern = NmPattern::TWO_FOUR;
+        let nm = NmSparse::from_dense(&pruned(50, 300, pattern, 9), pattern).unwrap();
+        let narrow = Int8Nm::from_nm(&nm).unwrap();
+        let x = DMatrix::from_fn(300, 8, |c, j| ((c * 13 + j * 5) % 17) as f32 * 0.3 - 2.4);
+        let got = narrow.matmul(&x).unwrap();
+        let want = narrow.to_nm().matmul(&x).unwrap();
+        for j in 0..8 {
+            let step = x.column(j).amax() / 127.0;
+            for r in 0..50 {
+                let row = narrow.to_nm().to_dense().row(r).abs().sum();
+                let bound = row * step * 0.5 * (1.0 + 1e-4) + 1e-5;
+                let (g, w) = (got[(r, j)], want[(r, j)]);
+                assert!((g - w).abs() <= bound, "row {r} token {j}: {g} vs {w} (bound {bound})");
+            }
+        }
+    }
+
+    /// Two nonzero slots at one position cannot be written out dense: such a matrix
+    /// widens at every batch, and its slots add up.
+    #[test]
+    fn slots_sharing_a_position_always_widen() {
+        let pattern = NmPattern::TWO_FOUR;
+        let twice = Int8Nm::try_from_parts(1, 4, pattern, vec![3, 4], vec![1, 1], vec![0.5]);
+        let twice = twice.unwrap();
+        let x = DMatrix::from_fn(4, 8, |c, j| (c + j) as f32);
+        let got = twice.matmul(&x).unwrap();
+        assert_eq!(got, twice.to_nm().matmul(&x).unwrap());
+        assert_eq!(got[(0, 2)], 3.5 * 3.0);
+        // Zero padding at a taken position does not count.
+        let padded = Int8Nm::try_from_parts(1, 4, pattern, vec![3, 0], vec![1, 1], vec![0.5]);
+        assert!(padded.unwrap().integer_batches);
+        assert!(!twice.integer_batches);
+    }
+
     proptest! {
         /// For int8, bf16 and f16 and the patterns the kernels special-case (1:2, 2:4, 4:8)
         /// and one they do not (3:7, with a short last group), the products are exactly
-        /// those of the `f32` matrix the values stand for.
+        /// those of the `f32` matrix the values stand for (int8 batches: of the int8
+        /// matrix written out dense).
         #[test]
         fn products_are_the_widened_matrix_products(
             (nrows, ncols) in (1usize..40, 1usize..90),

@@ -23,7 +23,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::isa::{ACTIVATION_BIAS, DOT_STEP as STEP, Isa, int8_dots, int8_dots_biased};
-use super::{KernelPath, combine, kernel_path, multiversion, parallel_ranges};
+use super::{KernelPath, NmView, combine, kernel_path, multiversion, parallel_ranges};
 
 #[cfg(target_arch = "x86_64")]
 mod packed;
@@ -423,22 +423,159 @@ pub(crate) fn int8_dense_product(
         return;
     };
     let path = kernel_path();
-    let mut xq = quantize_columns(x, a.cols, batch);
+    let xq = quantize_for(path, x, a.cols, batch);
+    let unit = rows_per_unit(path, &a, batch);
+    for_row_tasks(a.rows, a.cols, unit, y, |range, pieces| {
+        int8_rows_best(path, a, range, &xq, alpha, beta, pieces)
+    });
+}
+
+/// Rows of an int8 N:M matrix written out dense at a time by [`int8_nm_product`]: one
+/// packed tile (whose packing then reads them from L1 or L2), or four dot-product tiles.
+const EXPANDED_ROWS: usize = 32;
+
+/// The product of an int8 N:M matrix (a scale per row) with quantized activations: the
+/// bits of [`int8_dense_product`] on the same weights written out dense, which is how it
+/// runs, [`EXPANDED_ROWS`] rows at a time. `a` must carry its `nrows` row scales, and
+/// must not hold two nonzero slots at one position of a group (a dense matrix holds one
+/// value there).
+pub(crate) fn int8_nm_product(
+    a: NmView<'_, f32, i8>,
+    alpha: f32,
+    x: &[f32],
+    beta: f32,
+    y: &mut [f32],
+) {
+    let Some(batch) = y.len().checked_div(a.nrows).filter(|&b| b > 0) else {
+        return;
+    };
+    let (scales, cols) = (a.row_scales.unwrap_or_default(), a.ncols);
+    debug_assert_eq!(scales.len(), a.nrows);
+    let path = kernel_path();
+    let xq = quantize_for(path, x, cols, batch);
+    let group = cols.max(1);
+    let shape = Int8DenseView { rows: a.nrows, cols, group, values: &[], scales: &[] };
+    let unit = rows_per_unit(path, &shape, batch);
+    for_row_tasks(a.nrows, cols, unit, y, |range, pieces| {
+        // Bounded by X, which holds `cols` entries for each of at least two tokens.
+        let mut dense = vec![0i8; EXPANDED_ROWS.min(range.len()) * cols];
+        for start in range.clone().step_by(EXPANDED_ROWS) {
+            let rows = start..(start + EXPANDED_ROWS).min(range.end);
+            let dense = &mut dense[..rows.len() * cols];
+            expand_rows(path, &a, rows.clone(), dense);
+            let view = Int8DenseView {
+                rows: rows.len(),
+                cols,
+                group,
+                values: dense,
+                scales: &scales[rows.clone()],
+            };
+            let local = rows.start - range.start..rows.end - range.start;
+            let mut part: Vec<&mut [f32]> =
+                pieces.iter_mut().map(|p| &mut p[local.clone()]).collect();
+            int8_rows_best(path, view, 0..rows.len(), &xq, alpha, beta, &mut part);
+        }
+    });
+}
+
+/// Writes rows `rows` of `a` into `dense` (row-major, `a.ncols` per row): each nonzero
+/// slot's value at its column, zeros elsewhere.
+#[inline(always)]
+fn expand_rows_kernel<P: Isa>(a: &NmView<'_, f32, i8>, rows: Range<usize>, dense: &mut [i8]) {
+    if a.ncols == 0 {
+        return;
+    }
+    let per_row = a.groups() * a.n;
+    for (r, out) in rows.zip(dense.chunks_exact_mut(a.ncols)) {
+        let slots = r * per_row..(r + 1) * per_row;
+        let (values, positions) = (&a.values[slots.clone()], &a.positions[slots]);
+        match (a.n, a.m) {
+            (1, 2) => expand_row::<1, 2>(values, positions, out),
+            (2, 4) => expand_row::<2, 4>(values, positions, out),
+            (4, 8) => expand_row::<4, 8>(values, positions, out),
+            (n, m) => {
+                out.fill(0);
+                let groups = values.chunks(n.max(1)).zip(positions.chunks(n.max(1)));
+                for ((values, positions), group) in groups.zip(out.chunks_mut(m)) {
+                    for (&v, &p) in values.iter().zip(positions) {
+                        if v != 0 {
+                            group[usize::from(p)] = v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    fn expand_rows<>(a: &NmView<'_, f32, i8>, rows: Range<usize>, dense: &mut [i8]) => expand_rows_kernel
+}
+
+/// One row of [`expand_rows`] for `N:M` with `M` a power of two up to 8: each group's
+/// slots shifted to their bytes and OR-ed into a word (a zero slot adds nothing, and no
+/// two nonzero slots share a position), whose low `M` bytes are the group's columns;
+/// the last group, if short, as the general case. Shifts in registers, not byte stores
+/// that a wider load would read back, so that the compiler vectorises it.
+#[inline(always)]
+fn expand_row<const N: usize, const M: usize>(values: &[i8], positions: &[u8], out: &mut [i8]) {
+    debug_assert!(M.is_power_of_two());
+    let full = out.len() / M;
+    let (head, tail) = out.split_at_mut(full * M);
+    let mut slots = values.chunks_exact(N).zip(positions.chunks_exact(N));
+    for ((values, positions), group) in slots.clone().zip(head.chunks_exact_mut(M)) {
+        let mut word = 0u64;
+        for s in 0..N {
+            // Positions are below M <= 8: the mask only tells the compiler so.
+            let shift = 8 * (u64::from(positions[s]) & (M as u64 - 1));
+            word |= u64::from(values[s] as u8) << shift;
+        }
+        for (column, byte) in group.iter_mut().zip(word.to_le_bytes()) {
+            *column = byte as i8;
+        }
+    }
+    tail.fill(0);
+    if let Some((values, positions)) = slots.nth(full) {
+        for (&v, &p) in values.iter().zip(positions) {
+            if v != 0 {
+                tail[usize::from(p)] = v;
+            }
+        }
+    }
+}
+
+/// `x` (`batch` columns of `cols`) quantized per column, and biased too when `path` runs
+/// the VNNI copy.
+fn quantize_for(path: KernelPath, x: &[f32], cols: usize, batch: usize) -> QuantizedColumns {
+    let mut xq = quantize_columns(x, cols, batch);
     if vnni_copy_runs(path) {
         xq.bias();
     }
-    let unit = rows_per_unit(path, &a, batch);
-    let work = |u: usize| (u * unit).min(a.rows) * a.cols.max(1) * batch;
-    let ranges: Vec<Range<usize>> = match parallel_ranges(a.rows.div_ceil(unit), work) {
+    xq
+}
+
+/// Splits the `rows` rows of `Y` (columns of `rows` entries in `y`) into tasks of whole
+/// units of `unit` rows, and runs `run(range, pieces)` for each, on several threads when
+/// the work repays it: `pieces[j]` holds column `j`'s entries for rows `range`.
+fn for_row_tasks(
+    rows: usize,
+    cols: usize,
+    unit: usize,
+    y: &mut [f32],
+    run: impl Fn(Range<usize>, &mut [&mut [f32]]) + Sync,
+) {
+    let batch = y.len() / rows.max(1);
+    let work = |u: usize| (u * unit).min(rows) * cols.max(1) * batch;
+    let ranges: Vec<Range<usize>> = match parallel_ranges(rows.div_ceil(unit), work) {
         Some(units) => {
-            units.into_iter().map(|u| u.start * unit..(u.end * unit).min(a.rows)).collect()
+            units.into_iter().map(|u| u.start * unit..(u.end * unit).min(rows)).collect()
         }
-        None => std::iter::once(0..a.rows).collect(),
+        None => std::iter::once(0..rows).collect(),
     };
     // Each task gets its rows of every column of Y, and writes them as it computes them.
     let mut tasks: Vec<(Range<usize>, Vec<&mut [f32]>)> =
         ranges.into_iter().map(|range| (range, Vec::with_capacity(batch))).collect();
-    for column in y.chunks_exact_mut(a.rows) {
+    for column in y.chunks_exact_mut(rows) {
         let mut rest = column;
         for (range, pieces) in &mut tasks {
             let (piece, tail) = rest.split_at_mut(range.len());
@@ -446,9 +583,7 @@ pub(crate) fn int8_dense_product(
             rest = tail;
         }
     }
-    let run = |(range, mut pieces): (Range<usize>, Vec<&mut [f32]>)| {
-        int8_rows_best(path, a, range, &xq, alpha, beta, &mut pieces)
-    };
+    let run = |(range, mut pieces): (Range<usize>, Vec<&mut [f32]>)| run(range, &mut pieces);
     if tasks.len() == 1 {
         tasks.into_iter().for_each(run);
     } else {
@@ -732,6 +867,123 @@ mod tests {
         for j in 0..9 {
             assert_eq!(y.column(j).iter().all(|v| v.is_nan()), j == 4, "column {j}");
             assert!(j == 4 || y.column(j) == base.column(j));
+        }
+    }
+
+    /// An int8 N:M matrix of `rows x cols` (`n` slots per group of `m`): in each group
+    /// distinct positions, some values zero, and the slots past a short last group's
+    /// width zero padding at a taken position; with its rows written out dense.
+    struct NmFixture {
+        rows: usize,
+        cols: usize,
+        n: usize,
+        m: usize,
+        values: Vec<i8>,
+        positions: Vec<u8>,
+        scales: Vec<f32>,
+        dense: Vec<i8>,
+    }
+
+    impl NmFixture {
+        fn new(rows: usize, cols: usize, (n, m): (usize, usize), seed: u64) -> NmFixture {
+            let mut next = crate::testing::xorshift(seed);
+            let groups = cols.div_ceil(m);
+            let (mut values, mut positions) = (Vec::new(), Vec::new());
+            let mut dense = vec![0i8; rows * cols];
+            for r in 0..rows {
+                for g in 0..groups {
+                    let width = m.min(cols - g * m);
+                    let mut free: Vec<usize> = (0..width).collect();
+                    for s in 0..n {
+                        if s >= width {
+                            values.push(0);
+                            positions.push((s % width) as u8);
+                            continue;
+                        }
+                        let p = free.swap_remove(next() as usize % free.len());
+                        let v = match next() % 4 {
+                            0 => 0,
+                            1 => -127,
+                            _ => (next() % 255) as i64 as i8,
+                        }
+                        .max(-127);
+                        values.push(v);
+                        positions.push(p as u8);
+                        dense[r * cols + g * m + p] = v;
+                    }
+                }
+            }
+            let scales = (0..rows).map(|r| 1e-3 + (r % 5) as f32 * 2e-4).collect();
+            NmFixture { rows, cols, n, m, values, positions, scales, dense }
+        }
+
+        fn view(&self) -> NmView<'_, f32, i8> {
+            NmView {
+                nrows: self.rows,
+                ncols: self.cols,
+                n: self.n,
+                m: self.m,
+                values: &self.values,
+                positions: &self.positions,
+                row_scales: Some(&self.scales),
+            }
+        }
+
+        fn dense(&self) -> Int8DenseView<'_> {
+            Int8DenseView {
+                rows: self.rows,
+                cols: self.cols,
+                group: self.cols.max(1),
+                values: &self.dense,
+                scales: &self.scales,
+            }
+        }
+    }
+
+    proptest! {
+        /// The N:M product gives the dense reference's bits on the rows written out dense,
+        /// for row counts around the expanded chunks and packed tiles, the patterns the
+        /// float kernels special-case and one they do not (short last groups), and
+        /// batches around the token tiles (on this run's kernel path).
+        #[test]
+        fn nm_products_equal_the_dense_reference(
+            rows in 1usize..70,
+            cols in 0usize..90,
+            pattern in prop_oneof![
+                Just((1usize, 2usize)), Just((2, 4)), Just((4, 8)), Just((3, 7))
+            ],
+            batch in 1usize..30,
+            seed in any::<u64>(),
+        ) {
+            let fixture = NmFixture::new(rows, cols, pattern, seed);
+            let x = activations(cols, batch, seed);
+            let want = int8_dense_reference(fixture.dense(), &x);
+            let mut got = DMatrix::from_element(rows, batch, f32::NAN);
+            int8_nm_product(fixture.view(), 1.0, x.as_slice(), 0.0, got.as_mut_slice());
+            let bits = |m: &DMatrix<f32>| m.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&got), bits(&want));
+        }
+    }
+
+    #[test]
+    fn nm_products_combine_and_ignore_threads() {
+        // 300 rows split into tasks of whole packed tiles, some of them not whole chunks
+        // of expanded rows; 1100 columns are packed, 2100 are not.
+        for cols in [1100, 2100] {
+            let fixture = NmFixture::new(300, cols, (2, 4), 11);
+            let x = activations(cols, 9, 5);
+            let base = int8_dense_reference(fixture.dense(), &x);
+            let mut y = DMatrix::from_element(300, 9, 1.0f32);
+            int8_nm_product(fixture.view(), 2.0, x.as_slice(), 0.5, y.as_mut_slice());
+            assert!(y.iter().zip(base.iter()).all(|(g, b)| *g == 2.0 * b + 0.5));
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut yt = DMatrix::from_element(300, 9, f32::NAN);
+                let product =
+                    || int8_nm_product(fixture.view(), 1.0, x.as_slice(), 0.0, yt.as_mut_slice());
+                pool.install(product);
+                assert_eq!(yt, base, "{cols} columns, {threads} threads");
+            }
         }
     }
 }
