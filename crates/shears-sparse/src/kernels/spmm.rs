@@ -2,7 +2,7 @@
 //!
 //! `X` is first copied row-major (`xt`, one contiguous batch-row per input feature), so
 //! each stored weight multiplies a contiguous slice of `xt` into a register-resident
-//! tile of accumulators: tiles of 32 batch columns, then 8, then 1, with four stored
+//! tile of accumulators: tiles of 32 batch columns, then 8, 4, 2 and 1, with four stored
 //! weights summed per accumulator update so consecutive entries do not wait on each
 //! other. N:M rows first expand their positions into columns, then run tiles of their
 //! own: their rows all have the same length, so several advance in lockstep with one
@@ -70,7 +70,8 @@ fn tile<P: Isa, T: Scalar, I: SpIndex, const W: usize>(
 }
 
 /// Adds one output row (or a run of its entries) into `out`: tiles of 32 batch columns,
-/// then 8, then 1.
+/// then 8, then at most one each of 4, 2 and 1. Each output's sum runs over the entries
+/// in the same order whatever its tile's width, so the widths change speed, never bits.
 #[inline(always)]
 fn row_tiles<P: Isa, T: Scalar, I: SpIndex>(
     values: &[T],
@@ -89,9 +90,16 @@ fn row_tiles<P: Isa, T: Scalar, I: SpIndex>(
         tile::<P, T, I, 8>(values, cols, xt, batch, t0, scale, out);
         t0 += 8;
     }
-    while t0 < batch {
+    if t0 + 4 <= batch {
+        tile::<P, T, I, 4>(values, cols, xt, batch, t0, scale, out);
+        t0 += 4;
+    }
+    if t0 + 2 <= batch {
+        tile::<P, T, I, 2>(values, cols, xt, batch, t0, scale, out);
+        t0 += 2;
+    }
+    if t0 < batch {
         tile::<P, T, I, 1>(values, cols, xt, batch, t0, scale, out);
-        t0 += 1;
     }
 }
 
@@ -184,7 +192,8 @@ fn nm_tile<P: Isa, T: Scalar, const W: usize, const R: usize>(
 /// One N:M row's run of slots: its values, its columns, and where its outputs start.
 type NmRun<'a, T> = (&'a [T], &'a [u32], usize);
 
-/// [`nm_tile`] over the whole batch: tiles of 32 columns, then 8, then 1.
+/// [`nm_tile`] over the whole batch: tiles of 32 columns, then 8, then at most one each
+/// of 4, 2 and 1 (the same bits whatever the width, as for [`row_tiles`]).
 #[inline(always)]
 fn nm_row_tiles<P: Isa, T: Scalar, const R: usize>(
     rows: [NmRun<'_, T>; R],
@@ -202,9 +211,16 @@ fn nm_row_tiles<P: Isa, T: Scalar, const R: usize>(
         nm_tile::<P, T, 8, R>(values, cols, xt, batch, t0, out, offsets);
         t0 += 8;
     }
-    while t0 < batch {
+    if t0 + 4 <= batch {
+        nm_tile::<P, T, 4, R>(values, cols, xt, batch, t0, out, offsets);
+        t0 += 4;
+    }
+    if t0 + 2 <= batch {
+        nm_tile::<P, T, 2, R>(values, cols, xt, batch, t0, out, offsets);
+        t0 += 2;
+    }
+    if t0 < batch {
         nm_tile::<P, T, 1, R>(values, cols, xt, batch, t0, out, offsets);
-        t0 += 1;
     }
 }
 
@@ -580,8 +596,9 @@ mod tests {
     }
 
     /// Every compiled path gives the portable path's bits (fused multiply-adds included)
-    /// for batches that use every tile width (32, 8, 1) and rows of every remainder of
-    /// the four-weight unroll, and agrees with a plain sum.
+    /// for batches that use every tile width (32, 8, 4, 2, 1) and rows of every remainder
+    /// of the four-weight unroll, gives each column the bits it gets alone, and agrees
+    /// with a plain sum.
     #[test]
     fn every_path_gives_the_portable_bits() {
         let (ncols, lens) = (40usize, [0usize, 1, 6, 13, 22]);
@@ -603,7 +620,7 @@ mod tests {
             values: &values,
             row_scales: None,
         };
-        for batch in [1, 8, 43] {
+        for batch in [1, 2, 7, 8, 15, 43] {
             let xt: Vec<f32> = (0..ncols * batch).map(|k| (k as f32 * 0.11).cos()).collect();
             let run = |path| {
                 let mut out = vec![0.0f32; lens.len() * batch];
@@ -614,6 +631,16 @@ mod tests {
             for path in [KernelPath::Avx2, KernelPath::Avx512, KernelPath::Neon] {
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&run(path)), bits(&portable), "{path:?}, batch {batch}");
+            }
+            // Every tile width gives each column the bits it gets alone.
+            for j in 0..batch {
+                let column: Vec<f32> = (0..ncols).map(|c| xt[c * batch + j]).collect();
+                let mut alone = vec![0.0f32; lens.len()];
+                let portable_path = KernelPath::resolve(KernelPath::Portable);
+                csr_rows(portable_path, a, 0..lens.len(), &column, 1, &mut alone);
+                for (r, v) in alone.iter().enumerate() {
+                    assert_eq!(v.to_bits(), portable[r * batch + j].to_bits(), "({r}, {j})");
+                }
             }
             for r in 0..lens.len() {
                 for j in 0..batch {
@@ -627,8 +654,8 @@ mod tests {
     }
 
     /// N:M rows give the portable copy's bits on every copy, whichever number of rows a
-    /// copy interleaves (4, 2, 1: blocks of 1 to 11 rows), for every tile width, and
-    /// agree with a plain sum.
+    /// copy interleaves (4, 2, 1: blocks of 1 to 11 rows), for every tile width, give
+    /// each column the bits it gets alone, and agree with a plain sum.
     #[test]
     fn nm_rows_give_the_portable_bits_for_any_interleave() {
         let (n, m, ncols) = (2usize, 4usize, 37usize);
@@ -652,7 +679,7 @@ mod tests {
                 positions: &positions,
                 row_scales: None,
             };
-            for batch in [1, 8, 43] {
+            for batch in [1, 2, 7, 8, 15, 43] {
                 let xt: Vec<f32> = (0..ncols * batch).map(|k| (k as f32 * 0.11).cos()).collect();
                 let run = |path| {
                     let mut out = vec![0.0f32; nrows * batch];
@@ -667,6 +694,16 @@ mod tests {
                         bits(&portable),
                         "{path:?}, {nrows} rows, batch {batch}"
                     );
+                }
+                // Every tile width gives each column the bits it gets alone.
+                for j in 0..batch {
+                    let column: Vec<f32> = (0..ncols).map(|c| xt[c * batch + j]).collect();
+                    let mut alone = vec![0.0f32; nrows];
+                    let portable_path = KernelPath::resolve(KernelPath::Portable);
+                    nm_rows(portable_path, a, 0..nrows, &column, 1, &mut alone);
+                    for (r, v) in alone.iter().enumerate() {
+                        assert_eq!(v.to_bits(), portable[r * batch + j].to_bits(), "({r}, {j})");
+                    }
                 }
                 let mut cols = vec![0u32; per_row];
                 for r in 0..nrows {
@@ -700,7 +737,7 @@ mod tests {
             for (n, m, ncols) in [(2, 4, 301), (3, 7, 50)] {
                 let fixture =
                     crate::kernels::NarrowNmFixture::new((11, ncols), (n, m), narrow, scaled);
-                for batch in [1, 8, 43] {
+                for batch in [1, 2, 7, 8, 15, 43] {
                     let xt: Vec<f32> =
                         (0..ncols * batch).map(|k| (k as f32 * 0.11).cos()).collect();
                     let want = product(KernelPath::Portable, fixture.widened_view(), &xt, batch);
