@@ -41,7 +41,8 @@ pub(crate) enum Command {
     Demo(DemoArgs),
     /// Embed sentences with a BERT-family sentence-transformer folder (dense or pruned).
     Embed(EmbedArgs),
-    /// How much a pruned model keeps: its sentence embeddings against the dense model's.
+    /// How much a pruned model keeps: its sentence embeddings against the dense model's
+    /// (an int8 model twice: with integer products, and with its weights as f32).
     Eval(EvalArgs),
     /// Write a model as ONNX: a shears-nn MLP checkpoint (as `shears demo` writes) or a
     /// BERT-family model folder, dense or pruned (pruned weights as zeros).

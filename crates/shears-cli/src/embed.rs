@@ -12,16 +12,22 @@ use shears_models::{Agreement, SentenceTransformer, agreement, read_texts};
 use crate::cli::{EmbedArgs, EvalArgs};
 use crate::report::print_json;
 
-/// Loads a folder for embedding, with a message that says what a folder needs.
-fn load(folder: &Path, max_len: Option<u32>) -> Result<SentenceTransformer> {
+/// Loads a folder as it is stored (int8 layers as int8), with a message that says what a
+/// folder needs.
+fn open(folder: &Path, max_len: Option<u32>) -> Result<SentenceTransformer> {
     if !folder.is_dir() {
         bail!(
             "{} is not a model folder (config.json, tokenizer.json and the weights of a BERT-family model)",
             folder.display()
         );
     }
-    let mut transformer = SentenceTransformer::load(folder, max_len.map(|m| m as usize))?;
-    // Int8 layers run as f32: faster here than integer products (docs/performance.md).
+    Ok(SentenceTransformer::load(folder, max_len.map(|m| m as usize))?)
+}
+
+/// Loads a folder for embedding, its int8 layers turned into f32: embeddings then depend
+/// on the weights alone, not on how each batch's tokens round to int8.
+fn load(folder: &Path, max_len: Option<u32>) -> Result<SentenceTransformer> {
+    let mut transformer = open(folder, max_len)?;
     transformer.model.dequantize();
     Ok(transformer)
 }
@@ -113,7 +119,7 @@ fn write_embeddings(out: &Path, embeddings: &DMatrix<f32>) -> Result<()> {
 
 pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
     let dense = load(&args.dense, args.max_len)?;
-    let pruned = load(&args.pruned, args.max_len)?;
+    let mut pruned = open(&args.pruned, args.max_len)?;
     let sizes = (dense.model.config().hidden_size, pruned.model.config().hidden_size);
     if sizes.0 != sizes.1 {
         bail!(
@@ -129,8 +135,16 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
         bail!("{}: eval needs at least 2 sentences, it has {}", args.texts.display(), texts.len());
     }
     let a = embed_all(&dense, &texts)?;
-    let b = embed_all(&pruned, &texts)?;
-    let result = agreement(&a, &b)?;
+    drop(dense);
+    // A pruned folder with int8 layers is measured twice: as the library and `bench` run
+    // it (integer products on tokens rounded to int8), then with its weights as f32.
+    let int8 = if pruned.model.linears().any(|l| l.int8().is_some()) {
+        Some(agreement(&a, &embed_all(&pruned, &texts)?)?)
+    } else {
+        None
+    };
+    pruned.model.dequantize();
+    let result = agreement(&a, &embed_all(&pruned, &texts)?)?;
     if args.json {
         #[derive(Serialize)]
         struct Output<'a> {
@@ -139,20 +153,42 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
             texts: String,
             #[serde(flatten)]
             agreement: &'a Agreement,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            int8_products: Option<&'a Agreement>,
         }
         print_json(&Output {
             dense: args.dense.display().to_string(),
             pruned: args.pruned.display().to_string(),
             texts: args.texts.display().to_string(),
             agreement: &result,
+            int8_products: int8.as_ref(),
         })?;
         return Ok(());
     }
     let neighbours = format!("top-{} neighbours kept", result.k);
+    type Measure = fn(&Agreement) -> f64;
+    let rows: [(&str, Measure); 4] = [
+        ("mean cosine", |r| r.mean_cosine),
+        ("5th percentile cosine", |r| r.p5_cosine),
+        ("lowest cosine", |r| r.min_cosine),
+        (&neighbours, |r| r.neighbour_overlap),
+    ];
     outln!("{:<24}{}", "sentences", result.sentences)?;
-    outln!("{:<24}{:.4}", "mean cosine", result.mean_cosine)?;
-    outln!("{:<24}{:.4}", "5th percentile cosine", result.p5_cosine)?;
-    outln!("{:<24}{:.4}", "lowest cosine", result.min_cosine)?;
-    outln!("{neighbours:<24}{:.4}", result.neighbour_overlap)?;
+    match &int8 {
+        None => {
+            for (name, value) in rows {
+                outln!("{name:<24}{:.4}", value(&result))?;
+            }
+        }
+        Some(int8) => {
+            outln!("{:<24}{:<16}{}", "", "int8 products", "weights as f32")?;
+            for (name, value) in rows {
+                outln!("{name:<24}{:<16.4}{:.4}", value(int8), value(&result))?;
+            }
+            outln!(
+                "(int8 products: the int8 layers run on tokens rounded to int8, as shears runs them; weights as f32: dequantized)"
+            )?;
+        }
+    }
     Ok(())
 }

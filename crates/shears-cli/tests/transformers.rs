@@ -110,6 +110,31 @@ fn wanda_and_sparsegpt_prune_a_folder_to_exact_counts_that_shears_runs_again() {
     }
 }
 
+/// `eval` of a folder with int8 layers measures it as it runs (integer products on tokens
+/// rounded to int8) beside its weights as f32; a float folder gets one measure.
+#[test]
+fn eval_measures_an_int8_folder_as_it_runs_and_as_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let (int8, float) = (dir.path().join("int8"), dir.path().join("float"));
+    prune("wanda", &int8, &["--pattern", "2:4", "--quantize", "int8"]);
+    prune("wanda", &float, &["--pattern", "2:4"]);
+    let (report, float_report) = (eval(&int8), eval(&float));
+    assert!(float_report.get("int8_products").is_none(), "{float_report}");
+    let products = &report["int8_products"];
+    assert_eq!(products["sentences"], report["sentences"]);
+    let (as_run, as_f32) =
+        (products["mean_cosine"].as_f64().unwrap(), report["mean_cosine"].as_f64().unwrap());
+    // Rounding the weights costs little; rounding the tokens too, a little more.
+    let float_cosine = float_report["mean_cosine"].as_f64().unwrap();
+    assert!((as_f32 - float_cosine).abs() < 0.01, "{as_f32} vs f32 2:4 {float_cosine}");
+    assert!(as_run != as_f32 && (as_run - as_f32).abs() < 0.02, "{as_run} vs {as_f32}");
+    // The summary shows both side by side.
+    let (dense, texts) = (tiny_bert(), sentences("validation.txt"));
+    let text = ok(&["eval", dense.to_str().unwrap(), int8.to_str().unwrap(), "--texts", &texts]);
+    assert!(text.contains("int8 products") && text.contains("weights as f32"), "{text}");
+    assert!(text.contains(&format!("{as_run:.4}")), "{text}");
+}
+
 #[test]
 fn an_n_m_pattern_alone_sets_the_sparsity_and_every_group_holds_it() {
     let dir = tempfile::tempdir().unwrap();
