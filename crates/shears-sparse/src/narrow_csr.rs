@@ -51,6 +51,34 @@ pub trait NarrowValue: sealed::Sealed + Stored<f32> + std::fmt::Debug + PartialE
         let _ = values;
         None
     }
+
+    /// Bytes per stored value in the byte formats (little-endian).
+    #[doc(hidden)]
+    const BYTES: usize;
+
+    /// The value's bits (`i8` as its byte, `bf16`/`f16` as theirs).
+    #[doc(hidden)]
+    fn to_bits(self) -> u16;
+
+    /// The value of bits [`NarrowValue::to_bits`] gave.
+    #[doc(hidden)]
+    fn from_bits(bits: u16) -> Self;
+}
+
+/// `values` as [`NarrowValue::BYTES`] little-endian bytes each.
+pub(crate) fn values_to_bytes<V: NarrowValue>(values: &[V]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_bits().to_le_bytes().into_iter().take(V::BYTES)).collect()
+}
+
+/// The values [`values_to_bytes`] wrote, or `None` if the length is not a whole number
+/// of them.
+pub(crate) fn values_from_bytes<V: NarrowValue>(bytes: &[u8]) -> Option<Vec<V>> {
+    let values = bytes.chunks_exact(V::BYTES);
+    if !values.remainder().is_empty() {
+        return None;
+    }
+    let bits = |b: &[u8]| u16::from_le_bytes([b[0], b.get(1).copied().unwrap_or(0)]);
+    Some(values.map(|b| V::from_bits(bits(b))).collect())
 }
 
 impl NarrowValue for i8 {
@@ -72,6 +100,16 @@ impl NarrowValue for i8 {
     fn as_int8(values: &[i8]) -> Option<&[i8]> {
         Some(values)
     }
+
+    const BYTES: usize = 1;
+
+    fn to_bits(self) -> u16 {
+        u16::from(self as u8)
+    }
+
+    fn from_bits(bits: u16) -> i8 {
+        bits as u8 as i8
+    }
 }
 
 impl NarrowValue for bf16 {
@@ -87,6 +125,16 @@ impl NarrowValue for bf16 {
     fn is_valid(self) -> bool {
         self.is_finite()
     }
+
+    const BYTES: usize = 2;
+
+    fn to_bits(self) -> u16 {
+        bf16::to_bits(self)
+    }
+
+    fn from_bits(bits: u16) -> bf16 {
+        bf16::from_bits(bits)
+    }
 }
 
 impl NarrowValue for f16 {
@@ -101,6 +149,16 @@ impl NarrowValue for f16 {
 
     fn is_valid(self) -> bool {
         self.is_finite()
+    }
+
+    const BYTES: usize = 2;
+
+    fn to_bits(self) -> u16 {
+        f16::to_bits(self)
+    }
+
+    fn from_bits(bits: u16) -> f16 {
+        f16::from_bits(bits)
     }
 }
 

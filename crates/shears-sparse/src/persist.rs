@@ -1,9 +1,11 @@
-//! Serde and byte formats for [`Csr`], [`NmSparse`], [`BlockSparse`] and [`SlicedEll`].
+//! Serde and byte formats for [`Csr`], [`NmSparse`], [`BlockSparse`], [`SlicedEll`], the
+//! narrow-valued [`NarrowCsr`] and [`NarrowNm`], and [`Int8Matrix`].
 //!
 //! Each file is shears' [envelope](shears_core::envelope) (magic tag, version, canonical
-//! bincode payload) around the format's parts, tagged with the element width and (for
-//! CSR and sliced ELLPACK) the index width so a file is never read as the wrong type.
-//! Loading and serde deserialisation both run the format's validator through
+//! bincode payload) around the format's parts, tagged with the element width (narrow
+//! formats: the value type's name) and (for CSR and sliced ELLPACK) the index width so a
+//! file is never read as the wrong type. Narrow values are stored as their little-endian
+//! bits. Loading and serde deserialisation both run the format's validator through
 //! `try_from_parts`.
 
 use serde::de::DeserializeOwned;
@@ -14,7 +16,10 @@ use crate::block::BlockSparse;
 use crate::csr::Csr;
 use crate::error::{Error, FormatError, Result};
 use crate::index::SpIndex;
+use crate::narrow_csr::{NarrowCsr, NarrowValue, values_from_bytes, values_to_bytes};
+use crate::narrow_nm::NarrowNm;
 use crate::nm::NmSparse;
+use crate::quant::{Int8Matrix, QuantScheme};
 use crate::sell::{SlicedEll, SlicedEllParts};
 
 /// The format version this build writes and reads, for every sparse format.
@@ -181,7 +186,129 @@ impl<T: Scalar, I: SpIndex> Stored for SlicedEll<T, I> {
     }
 }
 
+/// Checks a narrow format's stored value type against the one `V` reads.
+fn check_value_type<V: NarrowValue>(format: &'static str, found: &str) -> Result<()> {
+    if found == V::NAME {
+        return Ok(());
+    }
+    let reason = format!("stored values are {found}, this type reads {}", V::NAME);
+    Err(fail(format, FormatError::InvalidStructure { reason }))
+}
+
+/// The values of a narrow format's stored bytes.
+fn narrow_values<V: NarrowValue>(format: &'static str, bytes: &[u8]) -> Result<Vec<V>> {
+    values_from_bytes(bytes).ok_or_else(|| {
+        let reason =
+            format!("{} value bytes are not a whole number of {} values", bytes.len(), V::NAME);
+        fail(format, FormatError::InvalidStructure { reason })
+    })
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+struct NarrowCsrRepr<I: SpIndex> {
+    value_type: String,
+    index_bits: u32,
+    nrows: usize,
+    ncols: usize,
+    indptr: Vec<usize>,
+    indices: Vec<I>,
+    values: Vec<u8>,
+    scales: Vec<f32>,
+}
+
+impl<V: NarrowValue, I: SpIndex> Stored for NarrowCsr<V, I> {
+    const MAGIC: &'static [u8; 8] = b"SHEARNCS";
+    const NAME: &'static str = "narrow csr";
+    type Repr = NarrowCsrRepr<I>;
+    fn to_repr(&self) -> NarrowCsrRepr<I> {
+        let (nrows, ncols) = self.shape();
+        NarrowCsrRepr {
+            value_type: V::NAME.to_owned(),
+            index_bits: I::BITS,
+            nrows,
+            ncols,
+            indptr: self.indptr().to_vec(),
+            indices: self.indices().to_vec(),
+            values: values_to_bytes(self.values()),
+            scales: self.scales().to_vec(),
+        }
+    }
+    fn from_repr(r: NarrowCsrRepr<I>) -> Result<Self> {
+        check_value_type::<V>(Self::NAME, &r.value_type)?;
+        check_tag(Self::NAME, "index type", I::BITS as usize, r.index_bits as usize)?;
+        let values = narrow_values(Self::NAME, &r.values)?;
+        NarrowCsr::try_from_parts(r.nrows, r.ncols, r.indptr, r.indices, values, r.scales)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct NarrowNmRepr {
+    value_type: String,
+    nrows: usize,
+    ncols: usize,
+    pattern: NmPattern,
+    values: Vec<u8>,
+    positions: Vec<u8>,
+    scales: Vec<f32>,
+}
+
+impl<V: NarrowValue> Stored for NarrowNm<V> {
+    const MAGIC: &'static [u8; 8] = b"SHEARNNM";
+    const NAME: &'static str = "narrow n:m";
+    type Repr = NarrowNmRepr;
+    fn to_repr(&self) -> NarrowNmRepr {
+        let (nrows, ncols) = self.shape();
+        NarrowNmRepr {
+            value_type: V::NAME.to_owned(),
+            nrows,
+            ncols,
+            pattern: self.pattern(),
+            values: values_to_bytes(self.values()),
+            positions: self.positions().to_vec(),
+            scales: self.scales().to_vec(),
+        }
+    }
+    fn from_repr(r: NarrowNmRepr) -> Result<Self> {
+        check_value_type::<V>(Self::NAME, &r.value_type)?;
+        let values = narrow_values(Self::NAME, &r.values)?;
+        NarrowNm::try_from_parts(r.nrows, r.ncols, r.pattern, values, r.positions, r.scales)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Int8MatrixRepr {
+    rows: usize,
+    cols: usize,
+    /// Columns per scale, or `None` for one scale per row.
+    group: Option<usize>,
+    values: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+impl Stored for Int8Matrix {
+    const MAGIC: &'static [u8; 8] = b"SHEARI8D";
+    const NAME: &'static str = "int8 dense";
+    type Repr = Int8MatrixRepr;
+    fn to_repr(&self) -> Int8MatrixRepr {
+        let (rows, cols) = self.shape();
+        let group = match self.scheme() {
+            QuantScheme::PerRow => None,
+            QuantScheme::PerGroup(g) => Some(g),
+        };
+        let (values, scales) = (self.values().to_vec(), self.scales().to_vec());
+        Int8MatrixRepr { rows, cols, group, values, scales }
+    }
+    fn from_repr(r: Int8MatrixRepr) -> Result<Self> {
+        let scheme = r.group.map_or(QuantScheme::PerRow, QuantScheme::PerGroup);
+        Int8Matrix::try_from_parts(r.rows, r.cols, scheme, r.values, r.scales)
+    }
+}
+
 macro_rules! stored_api {
+    ($ty:ident, $name:literal) => {
+        stored_api!($ty<>, $name);
+    };
     ($ty:ident < $($g:ident : $b:ident),* >, $name:literal) => {
         impl<$($g: $b),*> $ty<$($g),*> {
             #[doc = concat!("Encodes the ", $name, " matrix: magic tag, version, bincode payload.")]
@@ -218,3 +345,6 @@ stored_api!(Csr<T: Scalar, I: SpIndex>, "CSR");
 stored_api!(NmSparse<T: Scalar>, "N:M");
 stored_api!(BlockSparse<T: Scalar>, "block-sparse");
 stored_api!(SlicedEll<T: Scalar, I: SpIndex>, "sliced-ELLPACK");
+stored_api!(NarrowCsr<V: NarrowValue, I: SpIndex>, "narrow-valued CSR");
+stored_api!(NarrowNm<V: NarrowValue>, "narrow-valued N:M");
+stored_api!(Int8Matrix, "dense int8");

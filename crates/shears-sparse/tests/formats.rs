@@ -4,8 +4,9 @@ use nalgebra::{DMatrix, DVector};
 use proptest::prelude::*;
 use shears_core::{BlockShape, Mask, NmPattern, proptest as arb};
 use shears_sparse::{
-    AnyCsr, AnySlicedEll, BlockSparse, Compacted, Compaction, Csr, Format, NmSparse, SlicedEll,
-    choose_format, compact_pair,
+    AnyCsr, AnySlicedEll, Bf16Csr, Bf16Nm, BlockSparse, Compacted, Compaction, Csr, F16Csr, F16Nm,
+    Format, Int8Csr, Int8Matrix, Int8Nm, NmSparse, QuantScheme, SlicedEll, choose_format,
+    compact_pair,
 };
 
 fn masked(max: usize) -> impl Strategy<Value = (DMatrix<f32>, Mask)> {
@@ -144,4 +145,76 @@ fn format_choice() {
     let small = Mask::from_fn(32, 32, |r, c| (r * 5 + c) % 20 == 0).unwrap();
     assert_eq!(choose_format(&small, 1), Format::Dense);
     assert_eq!(choose_format(&Mask::all_kept(0, 0).unwrap(), 1), Format::Dense);
+}
+
+proptest! {
+    /// The narrow-valued formats and dense int8 round-trip through their bytes and serde,
+    /// value for value (bits for bf16 and f16).
+    #[test]
+    fn narrow_formats_round_trip((w, mask) in masked(16), group in 1usize..6, seed in 0u64..4) {
+        let cfg = bincode::config::standard();
+        let csr: Csr<f32, u16> = Csr::from_dense_masked(&w, &mask).unwrap();
+        let int8 = Int8Csr::from_csr(&csr).unwrap();
+        prop_assert_eq!(&Int8Csr::<u16>::from_bytes(&int8.to_bytes()).unwrap(), &int8);
+        let bf16 = Bf16Csr::from_csr(&csr).unwrap();
+        prop_assert_eq!(&Bf16Csr::<u16>::from_bytes(&bf16.to_bytes()).unwrap(), &bf16);
+        let f16 = F16Csr::from_csr(&csr).unwrap();
+        prop_assert_eq!(&F16Csr::<u16>::from_bytes(&f16.to_bytes()).unwrap(), &f16);
+        let bytes = bincode::serde::encode_to_vec(&int8, cfg).unwrap();
+        let (back, _): (Int8Csr<u16>, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
+        prop_assert_eq!(back, int8);
+
+        let p = NmPattern::TWO_FOUR;
+        let nm_mask = nm_mask(w.nrows(), w.ncols(), p, seed);
+        let nm = NmSparse::from_dense_masked(&w, &nm_mask, p).unwrap();
+        let int8 = Int8Nm::from_nm(&nm).unwrap();
+        prop_assert_eq!(&Int8Nm::from_bytes(&int8.to_bytes()).unwrap(), &int8);
+        let bf16 = Bf16Nm::from_nm(&nm).unwrap();
+        prop_assert_eq!(&Bf16Nm::from_bytes(&bf16.to_bytes()).unwrap(), &bf16);
+        let f16 = F16Nm::from_nm(&nm).unwrap();
+        prop_assert_eq!(&F16Nm::from_bytes(&f16.to_bytes()).unwrap(), &f16);
+
+        for scheme in [QuantScheme::PerRow, QuantScheme::PerGroup(group)] {
+            let dense = Int8Matrix::quantize(&w, scheme).unwrap();
+            prop_assert_eq!(&Int8Matrix::from_bytes(&dense.to_bytes()).unwrap(), &dense);
+            let bytes = bincode::serde::encode_to_vec(&dense, cfg).unwrap();
+            let (back, _): (Int8Matrix, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
+            prop_assert_eq!(back, dense);
+        }
+    }
+}
+
+/// A narrow file read as another value or index type, or as another format, is an error
+/// that says so; so is one whose values break the format's rules.
+#[test]
+fn narrow_files_are_read_only_as_what_they_hold() {
+    let w = DMatrix::from_row_slice(2, 4, &[1.0f32, 0.0, -2.0, 0.0, 0.0, 3.0, 0.0, 0.5]);
+    let nm = NmSparse::from_dense(&w, NmPattern::TWO_FOUR).unwrap();
+    let bf16 = Bf16Nm::from_nm(&nm).unwrap().to_bytes();
+    let e = Int8Nm::from_bytes(&bf16).unwrap_err().to_string();
+    assert!(e.contains("stored values are bf16, this type reads int8"), "{e}");
+    assert!(F16Nm::from_bytes(&bf16).is_err());
+    assert!(NmSparse::<f32>::from_bytes(&bf16).is_err(), "another format's magic");
+    let csr: Csr<f32, u32> = Csr::from_dense(&w).unwrap();
+    let int8 = Int8Csr::from_csr(&csr).unwrap().to_bytes();
+    let e = Int8Csr::<u16>::from_bytes(&int8).unwrap_err().to_string();
+    assert!(e.contains("index type"), "{e}");
+    assert!(Int8Csr::<u32>::from_bytes(&int8[..int8.len() - 1]).is_err(), "truncated");
+    // -128 is not a symmetric int8 value; a zero scale is not a scale.
+    let parts = Int8Nm::from_nm(&nm).unwrap();
+    let mut values = parts.values().to_vec();
+    values[0] = i8::MIN;
+    let bad = Int8Nm::try_from_parts(
+        2,
+        4,
+        NmPattern::TWO_FOUR,
+        values.clone(),
+        parts.positions().to_vec(),
+        parts.scales().to_vec(),
+    );
+    assert!(bad.is_err());
+    let dense = Int8Matrix::quantize(&w, QuantScheme::PerRow).unwrap().to_bytes();
+    assert!(Int8Matrix::from_bytes(&dense).is_ok());
+    assert!(Int8Matrix::from_bytes(&dense[..dense.len() - 3]).is_err(), "truncated");
+    assert!(Int8Matrix::from_bytes(&bf16).is_err(), "another format's magic");
 }

@@ -16,14 +16,17 @@ use shears_core::{LayerContext, Mask, PruningStrategy, Scalar, Sparsity, WeightS
 use shears_io::{
     Checkpoint, Dtype, decode_mask_set, encode_mask_set, is_float, matrix_shape, write_matrix,
 };
-use shears_sparse::{BlockSparse, Csr, NmSparse, SlicedEll, SpIndex, SparseProduct};
+use shears_sparse::{
+    BlockSparse, Csr, Int8Matrix, NarrowCsr, NarrowNm, NarrowValue, NmSparse, SlicedEll, SpIndex,
+    SparseProduct,
+};
 use shears_strategies::{Magnitude, Pattern, Pruner};
 
 /// A target's body: checks one input, panicking on a violated invariant.
 pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz/corpus/NAME` and `fuzz_targets/NAME.rs` call them.
-pub const TARGETS: [(&str, Target); 10] = [
+pub const TARGETS: [(&str, Target); 11] = [
     ("checkpoint", checkpoint),
     ("mask", mask),
     ("mask_set", mask_set),
@@ -31,6 +34,7 @@ pub const TARGETS: [(&str, Target); 10] = [
     ("sliced_ell", sliced_ell),
     ("nm_sparse", nm_sparse),
     ("block_sparse", block_sparse),
+    ("narrow", narrow),
     ("cli_args", cli_args),
     ("pattern_fit", pattern_fit),
     ("paths", paths),
@@ -224,6 +228,75 @@ fn block_sparse_as<T: Scalar>(data: &[u8]) {
 pub fn block_sparse(data: &[u8]) {
     block_sparse_as::<f32>(data);
     block_sparse_as::<f64>(data);
+}
+
+fn narrow_csr_as<V: NarrowValue, I: SpIndex>(data: &[u8]) {
+    let Ok(csr) = NarrowCsr::<V, I>::from_bytes(data) else { return };
+    let bytes = csr.to_bytes();
+    assert_eq!(NarrowCsr::<V, I>::from_bytes(&bytes).expect("round-trips").to_bytes(), bytes);
+    let (nrows, ncols) = csr.shape();
+    if small(nrows, ncols) {
+        // The products are those of the f32 matrix the values stand for.
+        check_products(&csr, &csr.to_csr().to_dense());
+    }
+    let (indptr, indices) = (csr.indptr().to_vec(), csr.indices().to_vec());
+    let (values, scales) = (csr.values().to_vec(), csr.scales().to_vec());
+    NarrowCsr::<V, I>::try_from_parts(nrows, ncols, indptr, indices, values, scales)
+        .expect("its own parts validate");
+}
+
+fn narrow_nm_as<V: NarrowValue>(data: &[u8]) {
+    let Ok(nm) = NarrowNm::<V>::from_bytes(data) else { return };
+    let bytes = nm.to_bytes();
+    assert_eq!(NarrowNm::<V>::from_bytes(&bytes).expect("round-trips").to_bytes(), bytes);
+    let (nrows, ncols) = nm.shape();
+    if small(nrows, ncols) {
+        let widened = nm.to_nm();
+        if V::NAME != "int8" {
+            check_products(&nm, &widened.to_dense());
+        } else {
+            // One token widens to the f32 matrix, bit for bit; batches round the tokens
+            // to int8 (checked against the dense int8 product in the crate's tests).
+            let xv = DVector::from_fn(ncols, |i, _| ((i * 7) % 11) as f32 - 5.0);
+            let bits = |v: DVector<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let (got, want) = (nm.matvec(&xv), widened.matvec(&xv));
+            assert_eq!(bits(got.expect("shapes agree")), bits(want.expect("shapes agree")));
+            let x = DMatrix::from_fn(ncols, 3, |i, j| ((i * 7 + j * 3) % 11) as f32 - 5.0);
+            assert_eq!(nm.matmul(&x).expect("shapes agree").shape(), (nrows, 3));
+        }
+    }
+    NarrowNm::<V>::try_from_parts(
+        nrows,
+        ncols,
+        nm.pattern(),
+        nm.values().to_vec(),
+        nm.positions().to_vec(),
+        nm.scales().to_vec(),
+    )
+    .expect("its own parts validate");
+}
+
+/// The narrow-valued formats (`SHEARNCS`, `SHEARNNM`: int8, bf16, f16) and dense int8
+/// (`SHEARI8D`): whatever decodes re-validates from its parts, round-trips, and
+/// multiplies (narrow CSR and float N:M like the f32 matrix their values stand for).
+pub fn narrow(data: &[u8]) {
+    narrow_csr_as::<i8, u32>(data);
+    narrow_csr_as::<half::bf16, u16>(data);
+    narrow_csr_as::<half::f16, u32>(data);
+    narrow_nm_as::<i8>(data);
+    narrow_nm_as::<half::bf16>(data);
+    narrow_nm_as::<half::f16>(data);
+    let Ok(int8) = Int8Matrix::from_bytes(data) else { return };
+    let bytes = int8.to_bytes();
+    assert_eq!(Int8Matrix::from_bytes(&bytes).expect("round-trips").to_bytes(), bytes);
+    let (nrows, ncols) = int8.shape();
+    if small(nrows, ncols) {
+        let x = DMatrix::from_fn(ncols, 3, |i, j| ((i * 7 + j * 3) % 11) as f32 - 5.0);
+        assert_eq!(int8.matmul(&x).expect("shapes agree").shape(), (nrows, 3));
+    }
+    let (values, scales) = (int8.values().to_vec(), int8.scales().to_vec());
+    Int8Matrix::try_from_parts(nrows, ncols, int8.scheme(), values, scales)
+        .expect("its own parts validate");
 }
 
 /// The `--pattern` and `--sparsity` parsers of the `shears` binary (the library types'
