@@ -23,12 +23,14 @@ use crate::validate;
 /// [`NmSparse`]'s kernels on them, so they give exactly the bits of `to_nm()`'s products,
 /// on every kernel path and thread count.
 ///
-/// Except int8 products of [`INT8_NM_MIN_BATCH`] tokens or more: those quantize `X` per
-/// token as [`crate::Int8Matrix`] does and sum in integers (VNNI where the CPU has it),
-/// giving the bits of the [`crate::Int8Matrix`] with the same values written out dense
-/// and the same row scales. Activation rounding makes them differ from the widened
-/// products by about a 127th of each token's largest activation per kept weight. A
-/// matrix with two nonzero slots at one position of a group (which nothing in shears
+/// Except int8 products of two tokens or more (`matmul`; `matvec`, one token, widens):
+/// those quantize `X` per token as [`crate::Int8Matrix`] does and sum in integers (VNNI
+/// where the CPU has it), in the arithmetic of the [`crate::Int8Matrix`] with the same
+/// values written out dense and the same row scales, bit for bit. Activation rounding
+/// makes them differ from the widened products by up to half a 127th of each token's
+/// largest activation per kept weight, and a NaN or infinity in a token makes all of
+/// that token's outputs NaN (rows that never read it too), as in [`crate::Int8Matrix`].
+/// A matrix with two nonzero slots at one position of a group (which nothing in shears
 /// writes) always widens.
 ///
 /// # Invariants
@@ -58,11 +60,6 @@ pub struct NarrowNm<V> {
     /// may run the integer kernels.
     integer_batches: bool,
 }
-
-/// Tokens from which an [`Int8Nm`] product quantizes the activations and runs integer
-/// kernels. One token widens the weights to `f32` instead: its product is bound by the
-/// weights' bytes, not the arithmetic, and both ways take as long.
-pub const INT8_NM_MIN_BATCH: usize = 2;
 
 /// [`NarrowNm`] with int8 values and a scale per row.
 pub type Int8Nm = NarrowNm<i8>;
@@ -206,12 +203,18 @@ impl<V: NarrowValue> NarrowNm<V> {
     }
 
     fn view(&self) -> NmView<'_, f32, V> {
+        self.view_of(&self.values)
+    }
+
+    /// The view of this matrix with its values read as `values` (the same values as
+    /// another type: int8 as `i8` for the integer kernels).
+    fn view_of<'a, W>(&'a self, values: &'a [W]) -> NmView<'a, f32, W> {
         NmView {
             nrows: self.nrows,
             ncols: self.ncols,
             n: self.pattern.n(),
             m: self.pattern.m(),
-            values: &self.values,
+            values,
             positions: &self.positions,
             // bf16 and f16 rows are not scaled: no multiply by 1 per value.
             row_scales: V::SCALED.then_some(&self.scales[..]),
@@ -241,17 +244,11 @@ impl<V: NarrowValue> Sealed<f32> for NarrowNm<V> {
             Operands::Vector { alpha, x, beta, y } => {
                 kernels::nm_spmv(self.view(), alpha, x, beta, y)
             }
+            // A matrix of one column is a vector: one token widens, its product bound by
+            // the weights' bytes, not the arithmetic (both ways take as long).
             Operands::Matrix { alpha, x, beta, y } => match V::as_int8(&self.values) {
-                Some(values) if self.integer_batches && x.ncols() >= INT8_NM_MIN_BATCH => {
-                    let view = NmView {
-                        nrows: self.nrows,
-                        ncols: self.ncols,
-                        n: self.pattern.n(),
-                        m: self.pattern.m(),
-                        values,
-                        positions: &self.positions,
-                        row_scales: Some(&self.scales),
-                    };
+                Some(values) if self.integer_batches => {
+                    let view = self.view_of(values);
                     kernels::int8_nm_product(view, alpha, x.as_slice(), beta, y.as_mut_slice())
                 }
                 _ => kernels::nm_spmm(self.view(), alpha, x, beta, y),
@@ -291,8 +288,9 @@ mod tests {
         w
     }
 
-    /// `narrow`'s products equal `to_nm()`'s bit for bit (at batch 1 and batched, with
-    /// alpha and beta), and `to_nm()` is within each value type's rounding of `nm`.
+    /// `narrow`'s products equal `to_nm()`'s bit for bit (at batch 1, and batched but for
+    /// int8, whose batches equal the int8 matrix written out dense; with alpha and beta),
+    /// and `to_nm()` is within each value type's rounding of `nm`.
     fn check<V: NarrowValue>(
         nm: &NmSparse<f32>,
         batch: usize,
@@ -327,7 +325,7 @@ mod tests {
             narrow.matmul_into(0.5, &x, 2.0, &mut got).unwrap();
             match V::as_int8(narrow.values()) {
                 // Int8 batches run the integer kernels of the same weights written out.
-                Some(values) if batch >= INT8_NM_MIN_BATCH => {
+                Some(values) if batch > 1 => {
                     written_out(&narrow, values).matmul_into(0.5, &x, 2.0, &mut want).unwrap()
                 }
                 _ => widened.matmul_into(0.5, &x, 2.0, &mut want).unwrap(),
@@ -387,10 +385,16 @@ mod tests {
         let got = twice.matmul(&x).unwrap();
         assert_eq!(got, twice.to_nm().matmul(&x).unwrap());
         assert_eq!(got[(0, 2)], 3.5 * 3.0);
-        // Zero padding at a taken position does not count.
-        let padded = Int8Nm::try_from_parts(1, 4, pattern, vec![3, 0], vec![1, 1], vec![0.5]);
-        assert!(padded.unwrap().integer_batches);
+        // Zero padding at a taken position does not count, before or after the value.
         assert!(!twice.integer_batches);
+        for (values, positions) in [(vec![3, 0], vec![1, 1]), (vec![0, 3], vec![1, 1])] {
+            let padded = Int8Nm::try_from_parts(1, 4, pattern, values, positions, vec![0.5]);
+            let padded = padded.unwrap();
+            assert!(padded.integer_batches);
+            let want = written_out(&padded, padded.values()).matmul(&x).unwrap();
+            assert_eq!(padded.matmul(&x).unwrap(), want);
+            assert!(want[(0, 2)] != 0.0);
+        }
     }
 
     proptest! {
@@ -415,7 +419,8 @@ mod tests {
         }
     }
 
-    /// Long rows take the kernels' windowed paths (16 and 8 slots at a time).
+    /// Long rows take the kernels' windowed paths (16 and 8 slots at a time; int8 at batch
+    /// 1, bf16 at every batch) and the integer kernels' long rows (int8 batches).
     #[test]
     fn long_rows_give_the_widened_bits() {
         let pattern = NmPattern::TWO_FOUR;

@@ -185,7 +185,7 @@ proptest! {
 }
 
 /// A narrow file read as another value or index type, or as another format, is an error
-/// that says so; so is one whose values break the format's rules.
+/// that says so; so is one whose values or groups break the format's rules.
 #[test]
 fn narrow_files_are_read_only_as_what_they_hold() {
     let w = DMatrix::from_row_slice(2, 4, &[1.0f32, 0.0, -2.0, 0.0, 0.0, 3.0, 0.0, 0.5]);
@@ -200,19 +200,32 @@ fn narrow_files_are_read_only_as_what_they_hold() {
     let e = Int8Csr::<u16>::from_bytes(&int8).unwrap_err().to_string();
     assert!(e.contains("index type"), "{e}");
     assert!(Int8Csr::<u32>::from_bytes(&int8[..int8.len() - 1]).is_err(), "truncated");
-    // -128 is not a symmetric int8 value; a zero scale is not a scale.
-    let parts = Int8Nm::from_nm(&nm).unwrap();
-    let mut values = parts.values().to_vec();
-    values[0] = i8::MIN;
-    let bad = Int8Nm::try_from_parts(
-        2,
-        4,
-        NmPattern::TWO_FOUR,
-        values.clone(),
-        parts.positions().to_vec(),
-        parts.scales().to_vec(),
-    );
-    assert!(bad.is_err());
+    let bf16_csr = Bf16Csr::from_csr(&csr).unwrap().to_bytes();
+    let e = Int8Csr::<u32>::from_bytes(&bf16_csr).unwrap_err().to_string();
+    assert!(e.contains("stored values are bf16, this type reads int8"), "{e}");
+    // Files whose values break the rules: -128, not a symmetric int8 value; three bytes,
+    // not a whole number of bf16 values.
+    let patch = |bytes: &[u8], from: &[u8], to: &[u8]| -> Vec<u8> {
+        let at = bytes.windows(from.len()).position(|w| w == from).unwrap();
+        let mut out = bytes.to_vec();
+        out[at..at + to.len()].copy_from_slice(to);
+        out
+    };
+    let row = DMatrix::from_row_slice(1, 4, &[17.0f32, 0.0, 34.0, 0.0]);
+    let int8 = Int8Nm::from_nm(&NmSparse::from_dense(&row, NmPattern::TWO_FOUR).unwrap()).unwrap();
+    assert_eq!(int8.values(), [64, 127]);
+    let bad = patch(&int8.to_bytes(), &[64, 127], &[0x80]);
+    let e = Int8Nm::from_bytes(&bad).unwrap_err().to_string();
+    assert!(e.contains("-128") && e.contains("not a int8 value"), "{e}");
+    let three = NmPattern::new(3, 4).unwrap();
+    let odd = Int8Nm::from_nm(&NmSparse::from_dense(&row, three).unwrap()).unwrap().to_bytes();
+    let e = Bf16Nm::from_bytes(&patch(&odd, b"int8", b"bf16")).unwrap_err().to_string();
+    assert!(e.contains("3 value bytes are not a whole number of bf16 values"), "{e}");
+    // A group of no columns.
+    let grouped = Int8Matrix::quantize(&w, QuantScheme::PerGroup(3)).unwrap().to_bytes();
+    let zero_group = patch(&grouped, &[2, 4, 1, 3], &[2, 4, 1, 0]);
+    let e = Int8Matrix::from_bytes(&zero_group).unwrap_err().to_string();
+    assert!(e.contains("group of 0 columns"), "{e}");
     let dense = Int8Matrix::quantize(&w, QuantScheme::PerRow).unwrap().to_bytes();
     assert!(Int8Matrix::from_bytes(&dense).is_ok());
     assert!(Int8Matrix::from_bytes(&dense[..dense.len() - 3]).is_err(), "truncated");

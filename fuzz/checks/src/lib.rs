@@ -17,8 +17,8 @@ use shears_io::{
     Checkpoint, Dtype, decode_mask_set, encode_mask_set, is_float, matrix_shape, write_matrix,
 };
 use shears_sparse::{
-    BlockSparse, Csr, Int8Matrix, NarrowCsr, NarrowNm, NarrowValue, NmSparse, SlicedEll, SpIndex,
-    SparseProduct,
+    BlockSparse, Csr, Int8Matrix, Int8Nm, NarrowCsr, NarrowNm, NarrowValue, NmSparse, SlicedEll,
+    SpIndex, SparseProduct,
 };
 use shears_strategies::{Magnitude, Pattern, Pruner};
 
@@ -245,35 +245,58 @@ fn narrow_csr_as<V: NarrowValue, I: SpIndex>(data: &[u8]) {
         .expect("its own parts validate");
 }
 
-fn narrow_nm_as<V: NarrowValue>(data: &[u8]) {
-    let Ok(nm) = NarrowNm::<V>::from_bytes(data) else { return };
+fn narrow_nm_as<V: NarrowValue>(data: &[u8]) -> Option<NarrowNm<V>> {
+    let nm = NarrowNm::<V>::from_bytes(data).ok()?;
     let bytes = nm.to_bytes();
     assert_eq!(NarrowNm::<V>::from_bytes(&bytes).expect("round-trips").to_bytes(), bytes);
     let (nrows, ncols) = nm.shape();
-    if small(nrows, ncols) {
-        let widened = nm.to_nm();
-        if V::NAME != "int8" {
-            check_products(&nm, &widened.to_dense());
-        } else {
-            // One token widens to the f32 matrix, bit for bit; batches round the tokens
-            // to int8 (checked against the dense int8 product in the crate's tests).
-            let xv = DVector::from_fn(ncols, |i, _| ((i * 7) % 11) as f32 - 5.0);
-            let bits = |v: DVector<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            let (got, want) = (nm.matvec(&xv), widened.matvec(&xv));
-            assert_eq!(bits(got.expect("shapes agree")), bits(want.expect("shapes agree")));
-            let x = DMatrix::from_fn(ncols, 3, |i, j| ((i * 7 + j * 3) % 11) as f32 - 5.0);
-            assert_eq!(nm.matmul(&x).expect("shapes agree").shape(), (nrows, 3));
+    if small(nrows, ncols) && V::NAME != "int8" {
+        check_products(&nm, &nm.to_nm().to_dense());
+    }
+    let parts = (nm.values().to_vec(), nm.positions().to_vec(), nm.scales().to_vec());
+    NarrowNm::<V>::try_from_parts(nrows, ncols, nm.pattern(), parts.0, parts.1, parts.2)
+        .expect("its own parts validate");
+    Some(nm)
+}
+
+/// An int8 N:M matrix's products: one token widens to the f32 matrix, bit for bit;
+/// batches round the tokens to int8 and give the bits of the slots written out as dense
+/// int8.
+fn int8_nm_products(nm: &Int8Nm) {
+    let (nrows, ncols) = nm.shape();
+    if !small(nrows, ncols) {
+        return;
+    }
+    let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let xv = DVector::from_fn(ncols, |i, _| ((i * 7) % 11) as f32 - 5.0);
+    let (got, want) = (nm.matvec(&xv).expect("shapes agree"), nm.to_nm().matvec(&xv));
+    assert_eq!(bits(got.as_slice()), bits(want.expect("shapes agree").as_slice()));
+    let x = DMatrix::from_fn(ncols, 3, |i, j| ((i * 7 + j * 3) % 11) as f32 - 5.0);
+    let got = nm.matmul(&x).expect("shapes agree");
+    if let Some(dense) = written_out(nm) {
+        let want = dense.matmul(&x).expect("shapes agree");
+        assert_eq!(bits(got.as_slice()), bits(want.as_slice()), "int8 batch");
+    }
+}
+
+/// The dense int8 matrix of an int8 N:M matrix's slots (a plain loop); `None` where two
+/// nonzero slots share a position (such matrices widen) or a row scale is one
+/// `Int8Matrix` refuses.
+fn written_out(nm: &Int8Nm) -> Option<Int8Matrix> {
+    let ((nrows, ncols), pattern) = (nm.shape(), nm.pattern());
+    let (n, m, groups) = (pattern.n(), pattern.m(), ncols.div_ceil(pattern.m()));
+    let mut dense = vec![0i8; nrows * ncols];
+    for (k, (&v, &p)) in nm.values().iter().zip(nm.positions()).enumerate() {
+        let at = (k / (groups * n)) * ncols + (k / n % groups) * m + usize::from(p);
+        if v != 0 {
+            if dense[at] != 0 {
+                return None;
+            }
+            dense[at] = v;
         }
     }
-    NarrowNm::<V>::try_from_parts(
-        nrows,
-        ncols,
-        nm.pattern(),
-        nm.values().to_vec(),
-        nm.positions().to_vec(),
-        nm.scales().to_vec(),
-    )
-    .expect("its own parts validate");
+    let scheme = shears_sparse::QuantScheme::PerRow;
+    Int8Matrix::try_from_parts(nrows, ncols, scheme, dense, nm.scales().to_vec()).ok()
 }
 
 /// The narrow-valued formats (`SHEARNCS`, `SHEARNNM`: int8, bf16, f16) and dense int8
@@ -283,7 +306,9 @@ pub fn narrow(data: &[u8]) {
     narrow_csr_as::<i8, u32>(data);
     narrow_csr_as::<half::bf16, u16>(data);
     narrow_csr_as::<half::f16, u32>(data);
-    narrow_nm_as::<i8>(data);
+    if let Some(nm) = narrow_nm_as::<i8>(data) {
+        int8_nm_products(&nm);
+    }
     narrow_nm_as::<half::bf16>(data);
     narrow_nm_as::<half::f16>(data);
     let Ok(int8) = Int8Matrix::from_bytes(data) else { return };

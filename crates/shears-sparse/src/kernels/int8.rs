@@ -431,7 +431,8 @@ pub(crate) fn int8_dense_product(
 }
 
 /// Rows of an int8 N:M matrix written out dense at a time by [`int8_nm_product`]: one
-/// packed tile (whose packing then reads them from L1 or L2), or four dot-product tiles.
+/// packed tile (whose packing then reads them from L1 or L2), or eight to sixteen
+/// dot-product tiles.
 const EXPANDED_ROWS: usize = 32;
 
 /// The product of an int8 N:M matrix (a scale per row) with quantized activations: the
@@ -967,8 +968,9 @@ mod tests {
 
     #[test]
     fn nm_products_combine_and_ignore_threads() {
-        // 300 rows split into tasks of whole packed tiles, some of them not whole chunks
-        // of expanded rows; 1100 columns are packed, 2100 are not.
+        // 300 rows split into tasks: of whole packed tiles (1100 columns, packed on the
+        // VNNI copy), the last chunk of expanded rows short; of single rows (2100
+        // columns), chunks cut anywhere.
         for cols in [1100, 2100] {
             let fixture = NmFixture::new(300, cols, (2, 4), 11);
             let x = activations(cols, 9, 5);

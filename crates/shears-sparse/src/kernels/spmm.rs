@@ -695,7 +695,11 @@ mod tests {
                         "{path:?}, {nrows} rows, batch {batch}"
                     );
                 }
-                // Every tile width gives each column the bits it gets alone.
+                // Every tile width gives each column the bits it gets alone, as long as
+                // a row fits one window of groups (windows narrow as batches grow, and
+                // each window's sums start afresh), as these rows do.
+                let window_groups = NM_WINDOW_BYTES / (m * batch * size_of::<f32>());
+                assert!(groups <= window_groups, "{groups} groups, windows of {window_groups}");
                 for j in 0..batch {
                     let column: Vec<f32> = (0..ncols).map(|c| xt[c * batch + j]).collect();
                     let mut alone = vec![0.0f32; nrows];
