@@ -15,8 +15,8 @@ use serde::Serialize;
 use shears_benches::{SEED, magnitude_mask, matrix, rows_mask, two_four_mask, vector};
 use shears_core::{LayerContext, Mask, NmPattern, PruningStrategy, Sparsity};
 use shears_sparse::{
-    AnySparse, Bf16Csr, Bf16Nm, Csr, Format, Int8Csr, Int8Matrix, Int8Nm, NmSparse, QuantScheme,
-    SparseProduct,
+    AnySparse, Bf16Csr, Bf16Nm, Csr, F16Csr, F16Nm, Format, Int8Csr, Int8Matrix, Int8Nm, NmSparse,
+    QuantScheme, SparseProduct,
 };
 use shears_strategies::Magnitude;
 
@@ -171,26 +171,30 @@ fn main() {
         let row_mask = rows_mask(&w, 0.5);
         let compact = build(&row_mask, Format::Compact);
         formats.push(("compact", 0.5, row_mask, compact));
-        // The same CSR matrices with narrow stored values (int8 with a scale per row, bf16),
+        // The same CSR matrices with narrow stored values (int8 with a scale per row, bf16, f16),
         // at 90% and the sparsest level of the grid; and the dense matrix in int8, whose
         // products quantize X per column and sum in integers.
         let mut narrow: Vec<(&'static str, f64, Box<dyn SparseProduct<f32>>)> = Vec::new();
         let int8 = Int8Matrix::quantize(&w, QuantScheme::PerRow).unwrap_or_else(|e| panic!("{e}"));
         narrow.push(("dense-int8", 0.0, Box::new(int8)));
-        // 2:4 with bf16 and int8 values beside the f32 "nm" cell.
+        // 2:4 with bf16, f16 and int8 values beside the f32 "nm" cell.
         let nm = NmSparse::from_dense_masked(&w, &two_four_mask(&w), NmPattern::TWO_FOUR)
             .unwrap_or_else(|e| panic!("{e}"));
         let nm_bf16 = Bf16Nm::from_nm(&nm).unwrap_or_else(|e| panic!("{e}"));
+        let nm_f16 = F16Nm::from_nm(&nm).unwrap_or_else(|e| panic!("{e}"));
         let nm_int8 = Int8Nm::from_nm(&nm).unwrap_or_else(|e| panic!("{e}"));
         narrow.push(("nm-bf16", 0.5, Box::new(nm_bf16)));
+        narrow.push(("nm-f16", 0.5, Box::new(nm_f16)));
         narrow.push(("nm-int8", 0.5, Box::new(nm_int8)));
         for &s in sparsities.iter().filter(|&&s| s >= 0.9) {
             let csr = Csr::<f32, u16>::from_dense_masked(&w, &magnitude_mask(&w, s))
                 .unwrap_or_else(|e| panic!("{e}"));
             let int8: Int8Csr<u16> = Int8Csr::from_csr(&csr).unwrap_or_else(|e| panic!("{e}"));
             let bf16: Bf16Csr<u16> = Bf16Csr::from_csr(&csr).unwrap_or_else(|e| panic!("{e}"));
+            let f16: F16Csr<u16> = F16Csr::from_csr(&csr).unwrap_or_else(|e| panic!("{e}"));
             narrow.push(("csr-int8", s, Box::new(int8)));
             narrow.push(("csr-bf16", s, Box::new(bf16)));
+            narrow.push(("csr-f16", s, Box::new(f16)));
         }
         for &batch in batches {
             let x = if batch == 1 {
