@@ -185,7 +185,9 @@ impl Mask {
                 got: keep.len(),
             });
         }
-        Mask::from_fn(nrows, ncols, |r, c| keep[r * ncols + c])
+        let column_major: Vec<bool> =
+            (0..len).map(|i| keep[(i % nrows) * ncols + i / nrows]).collect();
+        Ok(Mask::from_column_major_bools(nrows, ncols, &column_major))
     }
 
     pub(crate) fn from_column_major_bools(nrows: usize, ncols: usize, keep: &[bool]) -> Self {

@@ -1,8 +1,14 @@
 //! [`SparseGpt`] (Frantar & Alistarh 2023): prunes a linear layer and updates the weights
 //! it keeps, so that the layer's output on the calibration inputs changes least.
 
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::cholesky::llt::factor::{
+    LltRegularization, cholesky_in_place, cholesky_in_place_scratch,
+};
 use faer::linalg::matmul::matmul;
-use faer::{Accum, Par, Side};
+use faer::linalg::triangular_inverse::invert_lower_triangular;
+use faer::prelude::default;
+use faer::{Accum, Par};
 use nalgebra::DMatrix;
 use shears_core::{Mask, Rounding, Scalar, Sparsity, check_finite};
 
@@ -292,11 +298,18 @@ impl SparseGpt {
     /// reference.
     fn factor(&self, tensor: &str, gram: &DMatrix<f64>) -> Result<InverseHessian> {
         let cols = gram.ncols();
+        // With J the reversal permutation and J H J = L Lᵀ (Cholesky), H⁻¹ = Uᵀ U for
+        // the upper triangular U = J L⁻¹ J: one factorisation and one triangular
+        // inverse, instead of inverting H and factoring the inverse. For a square
+        // column-major matrix, J A J is A's buffer reversed, so both reversals are
+        // sequential passes, and the work happens in two buffers.
         let mut h = gram.clone();
+        h.as_mut_slice().reverse();
         let mut dead = Vec::new();
         for i in 0..cols {
-            if h[(i, i)] == 0.0 {
-                h[(i, i)] = 1.0;
+            let r = cols - 1 - i;
+            if h[(r, r)] == 0.0 {
+                h[(r, r)] = 1.0;
                 dead.push(i);
             }
         }
@@ -305,23 +318,21 @@ impl SparseGpt {
         for i in 0..cols {
             h[(i, i)] += damp;
         }
-        // With J the reversal permutation and J H J = L Lᵀ (Cholesky), H⁻¹ = Uᵀ U for
-        // the upper triangular U = J L⁻¹ J: one factorisation and one triangular
-        // inverse, instead of inverting H and factoring the inverse.
-        let reversed =
-            faer::Mat::<f64>::from_fn(cols, cols, |i, j| h[(cols - 1 - i, cols - 1 - j)]);
-        let factor = reversed
-            .llt(Side::Lower)
-            .map_err(|_| Error::NotPositiveDefinite { tensor: tensor.to_owned() })?;
-        let mut inverse = faer::Mat::<f64>::zeros(cols, cols);
-        faer::linalg::triangular_inverse::invert_lower_triangular(
-            inverse.as_mut(),
-            factor.L(),
-            Par::rayon(0),
-        );
-        let factor = DMatrix::from_fn(cols, cols, |r, c| {
-            if r <= c { inverse[(cols - 1 - r, cols - 1 - c)] } else { 0.0 }
-        });
+        let par = Par::rayon(0);
+        let mut scratch = MemBuffer::new(cholesky_in_place_scratch::<f64>(cols, par, default()));
+        // The factorisation reads and writes the lower triangle only.
+        cholesky_in_place(
+            view_mut(&mut h),
+            LltRegularization::default(),
+            par,
+            MemStack::new(&mut scratch),
+            default(),
+        )
+        .map_err(|_| Error::NotPositiveDefinite { tensor: tensor.to_owned() })?;
+        // The inverse is written to the lower triangle; the upper stays zero.
+        let mut factor = DMatrix::<f64>::zeros(cols, cols);
+        invert_lower_triangular(view_mut(&mut factor), view(&h), par);
+        factor.as_mut_slice().reverse();
         Ok(InverseHessian { factor, dead })
     }
 }

@@ -157,6 +157,87 @@ fn unstructured_prunes_the_exact_count_and_keeps_earlier_pruning() {
     }
 }
 
+/// N:M SparseGPT written out directly: at the first column of each group, each row keeps
+/// the `n` weights of highest `w² / [H_c⁻¹]₀₀` (`H_c` the dampened Hessian of columns
+/// `c..`, the weights as updated so far; ties keep the higher column), then the column
+/// loop of [`obs_oracle`]. Returns the weights and the mask.
+fn nm_oracle(w: &DMatrix<f64>, x: &DMatrix<f32>, n: usize, m: usize) -> (DMatrix<f64>, Mask) {
+    let xd = x.map(f64::from);
+    let mut h = &xd * xd.transpose();
+    let cols = h.ncols();
+    let damp = 0.01 * (0..cols).map(|i| h[(i, i)]).sum::<f64>() / cols as f64;
+    for i in 0..cols {
+        h[(i, i)] += damp;
+    }
+    let trailing: Vec<DMatrix<f64>> = (0..cols)
+        .map(|i| h.view((i, i), (cols - i, cols - i)).into_owned().try_inverse().unwrap())
+        .collect();
+    let mut w = w.clone();
+    let mut mask = Mask::all_kept_like(&w);
+    for i in 0..cols {
+        if i % m == 0 {
+            for r in 0..w.nrows() {
+                let mut group: Vec<(f64, usize)> = (i..(i + m).min(cols))
+                    .map(|c| (w[(r, c)] * w[(r, c)] / trailing[c][(0, 0)], c))
+                    .collect();
+                group.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+                for &(_, c) in group.iter().skip(n) {
+                    mask.set(r, c, false).unwrap();
+                }
+            }
+        }
+        let hinv = &trailing[i];
+        for r in 0..w.nrows() {
+            if mask.get(r, i) == Some(false) {
+                let scale = w[(r, i)] / hinv[(0, 0)];
+                for j in 0..cols - i {
+                    w[(r, i + j)] -= scale * hinv[(0, j)];
+                }
+            }
+        }
+    }
+    let w = DMatrix::from_fn(w.nrows(), cols, |r, c| {
+        if mask.get(r, c) == Some(true) { w[(r, c)] } else { 0.0 }
+    });
+    (w, mask)
+}
+
+/// Many rows (several parallel tasks) and blocks that do not divide the columns: the
+/// updates equal the OBS formula for a fixed mask, and N:M's masks and updates equal
+/// the direct N:M algorithm.
+#[test]
+fn blocked_parallel_updates_equal_the_direct_formulas() {
+    let (rows, cols) = (45, 70);
+    let x = inputs(cols, 300, 11);
+    let w = weights(rows, cols, 12);
+    let mut stats = InputStats::new(cols, true);
+    stats.add(&x.map(f64::from)).unwrap();
+    let mask = Mask::from_fn(rows, cols, |r, c| (r * 5 + c * 3) % 7 >= 3).unwrap();
+    let sparsity = Sparsity::from_counts(mask.count_pruned(), rows * cols);
+    let expected = obs_oracle(&w, &x, &mask, 0.01);
+    for block in [16, 32, 128] {
+        let gpt = SparseGpt::new().with_block_size(block).unwrap();
+        let (p, s, r) = (Pattern::Unstructured, sparsity, Rounding::HalfEven);
+        let got = gpt.prune("l", &w, &stats, p, s, r, Some(&mask)).unwrap();
+        assert_eq!(got.mask, mask, "block {block}");
+        let diff = (&got.weights - &expected).abs().max();
+        assert!(diff < 1e-9, "block {block}: {diff}");
+    }
+    for (n, m) in [(2, 4), (1, 3), (4, 8)] {
+        let (expected, expected_mask) = nm_oracle(&w, &x, n, m);
+        let pattern = NmPattern::new(n, m).unwrap();
+        let sparsity = Sparsity::new(1.0 - n as f64 / m as f64).unwrap();
+        for block in [12, 128] {
+            let gpt = SparseGpt::new().with_block_size(block).unwrap();
+            let (p, r) = (Pattern::NM(pattern), Rounding::HalfEven);
+            let got = gpt.prune("l", &w, &stats, p, sparsity, r, None).unwrap();
+            assert_eq!(got.mask, expected_mask, "{n}:{m} block {block}");
+            let diff = (&got.weights - &expected).abs().max();
+            assert!(diff < 1e-9, "{n}:{m} block {block}: {diff}");
+        }
+    }
+}
+
 #[test]
 fn n_m_masks_conform_in_every_group() {
     for (pattern, cols) in
@@ -236,4 +317,14 @@ fn dead_inputs_and_bad_arguments() {
     assert!(SparseGpt::new().with_block_size(0).is_err());
     assert!(SparseGpt::new().with_damping(f64::NAN).is_err());
     assert!(SparseGpt::new().with_damping(0.0).is_err());
+}
+
+/// A Gram matrix that overflowed (inputs near f64's range) cannot be factored: an error
+/// that names the layer, not a panic or NaN weights.
+#[test]
+fn an_overflowed_hessian_is_an_error() {
+    let mut stats = InputStats::new(2, true);
+    stats.add(&DMatrix::from_element(2, 3, 1e200f64)).unwrap();
+    let err = SparseGpt::new().inverse_hessian("big", &stats).unwrap_err();
+    assert!(matches!(&err, Error::NotPositiveDefinite { tensor } if tensor == "big"), "{err}");
 }
