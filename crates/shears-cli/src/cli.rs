@@ -181,7 +181,8 @@ pub(crate) struct BenchArgs {
     pub(crate) all: bool,
     /// Time the whole model instead of its layers (a BERT-family folder): sentences of
     /// --seq-len tokens cut from this text, --batch sentences at a time, dense (f32) and
-    /// with each pruned layer in the format that runs it fastest (int8 layers in int8).
+    /// with each pruned layer in the format that runs it fastest (int8 layers in int8;
+    /// the CSR and N:M layers of a bf16 or f16 checkpoint with its half-precision values).
     #[arg(long, value_name = "FILE")]
     pub(crate) texts: Option<PathBuf>,
     /// Tokens per sentence for --texts, the special tokens included (3 up to the model's

@@ -28,7 +28,9 @@ pub struct FormatChoice {
     /// The fraction of its weights that are zero.
     pub sparsity: f64,
     /// The sparse format `choose_format` proposed (dense when it proposed none; `int8`
-    /// for an int8 layer, timed in int8 against its dequantized weights in f32).
+    /// for an int8 layer, timed in int8 against its dequantized weights in f32), with
+    /// its value type when that is not f32 (`csr bf16`, `2:4 f16`: see
+    /// [`Linear::set_format`](crate::Linear::set_format)).
     pub proposed: String,
     /// The dense product's time, in seconds, at the timing token count (f32, an int8
     /// layer's weights dequantized).
@@ -94,10 +96,14 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
             };
             if proposed != Format::Dense {
                 linear.set_format(proposed)?;
+                // Half-precision values (a bf16 or f16 checkpoint's) are named.
+                if linear.value_type() != "f32" {
+                    choice.proposed = format!("{proposed} {}", linear.value_type());
+                }
                 let seconds = best_of_three(|| linear.forward(&x).map(drop))?;
                 choice.proposed_seconds = Some(seconds);
                 if seconds < dense_seconds {
-                    choice.chosen = proposed.to_string();
+                    choice.chosen = choice.proposed.clone();
                 } else {
                     linear.set_format(Format::Dense)?;
                 }

@@ -1,11 +1,15 @@
 //! [`Linear`]: every linear layer of the encoder, `y = W x + b`, its weights dense (one
-//! GEMM over all of a batch's tokens), in any shears-sparse format, or int8 (integer
-//! products on tokens quantized to int8).
+//! GEMM over all of a batch's tokens), in any shears-sparse format (CSR and N:M with
+//! bf16 or f16 values when every weight is exact in them, as a half-precision
+//! checkpoint's are), or int8 (integer products on tokens quantized to int8).
 
 use faer::{Accum, MatMut, MatRef, Par};
+use half::{bf16, f16};
 use nalgebra::{DMatrix, DVector};
 use shears_core::Mask;
-use shears_sparse::{AnySparse, Format, Int8Matrix, SparseProduct};
+use shears_sparse::{
+    AnySparse, Format, Int8Matrix, NarrowCsr, NarrowNm, NarrowValue, SpIndex, SparseProduct,
+};
 
 use crate::error::{Error, Result};
 
@@ -18,6 +22,8 @@ enum LinearWeights {
     Dense(DMatrix<f32>),
     /// Sparse, in the format chosen for it.
     Sparse(AnySparse<f32>),
+    /// Sparse with half-precision values, which hold every weight exactly.
+    Half(HalfSparse),
     /// Int8 with its scales, as a quantized checkpoint stores it: each product quantizes
     /// the tokens to int8 and sums in integers.
     Int8(Int8Matrix),
@@ -97,6 +103,7 @@ impl Linear {
         match &self.weights {
             LinearWeights::Dense(wt) => (wt.ncols(), wt.nrows()),
             LinearWeights::Sparse(s) => s.shape(),
+            LinearWeights::Half(h) => h.product().shape(),
             LinearWeights::Int8(q) => q.shape(),
         }
     }
@@ -120,6 +127,7 @@ impl Linear {
         match &self.weights {
             LinearWeights::Dense(wt) => wt.transpose(),
             LinearWeights::Sparse(s) => s.to_dense(),
+            LinearWeights::Half(h) => h.to_dense(),
             LinearWeights::Int8(q) => q.dequantize(),
         }
     }
@@ -165,7 +173,10 @@ impl Linear {
     }
 
     /// Stores the weights in `format`, keeping the nonzeros (dense keeps them all); int8
-    /// weights become f32 (their values times their scales).
+    /// weights become f32 (their values times their scales). CSR and N:M store bf16
+    /// values when every nonzero weight is exact in bf16 (a bf16 checkpoint's are), else
+    /// f16 when they are exact in f16, else f32: the products are the same bits (the
+    /// kernels widen each value exactly as they load it) from fewer bytes.
     ///
     /// # Errors
     /// [`Error::Sparse`] if the format cannot hold the weights (an N:M format for
@@ -177,7 +188,12 @@ impl Linear {
             other => {
                 let kept =
                     Mask::from_fn(dense.nrows(), dense.ncols(), |r, c| dense[(r, c)] != 0.0)?;
-                LinearWeights::Sparse(AnySparse::from_dense_masked(&dense, &kept, other)?)
+                match HalfSparse::new(&dense, &kept, other)? {
+                    Some(half) => LinearWeights::Half(half),
+                    None => {
+                        LinearWeights::Sparse(AnySparse::from_dense_masked(&dense, &kept, other)?)
+                    }
+                }
             }
         };
         Ok(())
@@ -189,6 +205,17 @@ impl Linear {
         match &self.weights {
             LinearWeights::Dense(_) | LinearWeights::Int8(_) => Format::Dense,
             LinearWeights::Sparse(s) => s.format(),
+            LinearWeights::Half(h) => h.format(),
+        }
+    }
+
+    /// The type the weights are stored as: `f32`, `bf16`, `f16` or `int8`.
+    pub fn value_type(&self) -> &'static str {
+        match &self.weights {
+            LinearWeights::Dense(_) | LinearWeights::Sparse(_) => "f32",
+            LinearWeights::Half(HalfSparse::Bf16(_)) => <bf16 as NarrowValue>::NAME,
+            LinearWeights::Half(HalfSparse::F16(_)) => <f16 as NarrowValue>::NAME,
+            LinearWeights::Int8(_) => <i8 as NarrowValue>::NAME,
         }
     }
 
@@ -221,11 +248,111 @@ impl Linear {
                 add_bias(&mut y, &self.bias);
                 Ok(y)
             }
+            LinearWeights::Half(h) => {
+                let mut y = h.product().matmul(x)?;
+                add_bias(&mut y, &self.bias);
+                Ok(y)
+            }
             LinearWeights::Int8(q) => {
                 let mut y = q.matmul(x)?;
                 add_bias(&mut y, &self.bias);
                 Ok(y)
             }
+        }
+    }
+}
+
+/// CSR or N:M weights with half-precision values.
+#[derive(Debug, Clone)]
+enum HalfSparse {
+    Bf16(Half<bf16>),
+    F16(Half<f16>),
+}
+
+/// A CSR (with the narrowest column index that fits) or N:M matrix with values `V`.
+#[derive(Debug, Clone)]
+enum Half<V: NarrowValue> {
+    Csr16(NarrowCsr<V, u16>),
+    Csr32(NarrowCsr<V, u32>),
+    Nm(NarrowNm<V>),
+}
+
+impl HalfSparse {
+    /// The kept weights in `format` with bf16 values if all are exact in bf16, else f16
+    /// if all are exact in f16; `None` for another format or weights exact in neither.
+    fn new(weights: &DMatrix<f32>, kept: &Mask, format: Format) -> Result<Option<HalfSparse>> {
+        if !matches!(format, Format::Csr | Format::Nm(_)) {
+            return Ok(None);
+        }
+        let exact_in = |round: fn(f32) -> f32| {
+            kept.iter_kept().all(|(r, c)| {
+                let w = weights[(r, c)];
+                round(w) == w
+            })
+        };
+        if exact_in(|w| bf16::from_f32(w).to_f32()) {
+            Ok(Some(HalfSparse::Bf16(Half::new(weights, kept, format)?)))
+        } else if exact_in(|w| f16::from_f32(w).to_f32()) {
+            Ok(Some(HalfSparse::F16(Half::new(weights, kept, format)?)))
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn product(&self) -> &dyn SparseProduct<f32> {
+        match self {
+            HalfSparse::Bf16(h) => h.product(),
+            HalfSparse::F16(h) => h.product(),
+        }
+    }
+
+    fn to_dense(&self) -> DMatrix<f32> {
+        match self {
+            HalfSparse::Bf16(h) => h.to_dense(),
+            HalfSparse::F16(h) => h.to_dense(),
+        }
+    }
+
+    fn format(&self) -> Format {
+        match self {
+            HalfSparse::Bf16(h) => h.format(),
+            HalfSparse::F16(h) => h.format(),
+        }
+    }
+}
+
+impl<V: NarrowValue> Half<V> {
+    /// `format` is CSR or N:M, and every kept weight is exact in `V`.
+    fn new(weights: &DMatrix<f32>, kept: &Mask, format: Format) -> Result<Half<V>> {
+        Ok(match format {
+            Format::Nm(pattern) => Half::Nm(NarrowNm::from_dense_masked(weights, kept, pattern)?),
+            _ if weights.ncols() <= u16::MAX_COLS => {
+                Half::Csr16(NarrowCsr::from_dense_masked(weights, kept)?)
+            }
+            _ => Half::Csr32(NarrowCsr::from_dense_masked(weights, kept)?),
+        })
+    }
+
+    fn product(&self) -> &dyn SparseProduct<f32> {
+        match self {
+            Half::Csr16(m) => m,
+            Half::Csr32(m) => m,
+            Half::Nm(m) => m,
+        }
+    }
+
+    fn to_dense(&self) -> DMatrix<f32> {
+        match self {
+            Half::Csr16(m) => m.to_csr().to_dense(),
+            Half::Csr32(m) => m.to_csr().to_dense(),
+            Half::Nm(m) => m.to_nm().to_dense(),
+        }
+    }
+
+    fn format(&self) -> Format {
+        match self {
+            Half::Csr16(_) | Half::Csr32(_) => Format::Csr,
+            Half::Nm(m) => Format::Nm(m.pattern()),
         }
     }
 }
@@ -304,6 +431,51 @@ mod tests {
             let got = sparse.forward(&x).unwrap();
             assert!((got - &expected).abs().max() < 1e-5, "{format:?}");
         }
+    }
+
+    /// Weights exact in bf16 (or, failing that, f16) run CSR and N:M with those values,
+    /// and give the bits of the f32 format; weights exact in neither stay f32, and other
+    /// formats always do.
+    #[test]
+    fn half_precision_values_give_the_f32_formats_bits() {
+        let x = DMatrix::from_fn(8, 5, |r, c| (r as f32 - c as f32) * 0.37);
+        let l = layer();
+        let nm_mask = |w: &DMatrix<f32>| {
+            DMatrix::from_fn(6, 8, |r, c| if c % 4 < 2 { w[(r, c)] } else { 0.0 })
+        };
+        let as_bf16 = l.dense_weights().map(|w| bf16::from_f32(w).to_f32());
+        let as_f16 = DMatrix::from_fn(6, 8, |r, c| {
+            // Exact in f16 (11 significant bits), not in bf16 (8).
+            if (r + c) % 3 == 0 { 0.0 } else { 1.0 + (r * 8 + c) as f32 / 1024.0 }
+        });
+        let f32_only = l.dense_weights().map(|w| w + 1e-6);
+        let two_four = Format::Nm(shears_sparse::NmPattern::TWO_FOUR);
+        let cases = [
+            (as_bf16.clone(), Format::Csr, "bf16"),
+            (nm_mask(&as_bf16), two_four, "bf16"),
+            (as_f16.clone(), Format::Csr, "f16"),
+            (nm_mask(&as_f16), two_four, "f16"),
+            (f32_only.clone(), Format::Csr, "f32"),
+            (nm_mask(&f32_only), two_four, "f32"),
+            (as_bf16.clone(), Format::SlicedEll, "f32"),
+        ];
+        for (weights, format, values) in cases {
+            let mut half = l.clone();
+            half.set_dense(weights.clone()).unwrap();
+            half.set_format(format).unwrap();
+            assert_eq!((half.format(), half.value_type()), (format, values));
+            assert_eq!(half.dense_weights(), weights, "{format:?} {values}");
+            let kept = Mask::from_fn(6, 8, |r, c| weights[(r, c)] != 0.0).unwrap();
+            let f32_format = AnySparse::from_dense_masked(&weights, &kept, format).unwrap();
+            let mut expected = f32_format.matmul(&x).unwrap();
+            add_bias(&mut expected, l.bias());
+            let got = half.forward(&x).unwrap();
+            assert_eq!(got, expected, "{format:?} {values}");
+        }
+        let mut wide = l.clone();
+        wide.set_dense(as_bf16).unwrap();
+        wide.set_format(Format::Dense).unwrap();
+        assert_eq!(wide.value_type(), "f32");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use nalgebra::DMatrix;
 use shears_io::{Checkpoint, Dtype};
 use shears_models::{Batch, SentenceTransformer};
+use shears_sparse::Format;
 
 pub(crate) fn folder() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tiny-bert")
@@ -84,7 +85,8 @@ fn tokens_states_and_embeddings_equal_pytorch() {
 }
 
 /// The same model stored in f16 and bf16 loads and runs (widened to f32): its outputs
-/// are those of its rounded weights, close to the f32 model's.
+/// are those of its rounded weights, close to the f32 model's. Its layers in CSR store
+/// the checkpoint's bf16 or f16 values.
 #[test]
 fn half_precision_weights_load() {
     let dir = tempfile::tempdir().unwrap();
@@ -123,8 +125,20 @@ fn half_precision_weights_load() {
         )
         .unwrap();
         let model = SentenceTransformer::load(&copy, None).unwrap();
-        let diff = (model.embed(&want.sentences).unwrap() - &want.embeddings).abs().max();
+        let dense = model.embed(&want.sentences).unwrap();
+        let diff = (&dense - &want.embeddings).abs().max();
         assert!(diff < 0.05, "{dtype:?}: {diff}");
+        // In CSR the layers keep the checkpoint's values, in half the bytes.
+        let mut sparse = model.clone();
+        let values = if dtype == Dtype::F16 { "f16" } else { "bf16" };
+        for layer in sparse.model.layers_mut() {
+            for (_, linear) in layer.linears_mut() {
+                linear.set_format(Format::Csr).unwrap();
+                assert_eq!(linear.value_type(), values, "{}", linear.name());
+            }
+        }
+        let diff = (sparse.embed(&want.sentences).unwrap() - &dense).abs().max();
+        assert!(diff < 1e-5, "{dtype:?} in CSR: {diff}");
     }
 }
 
