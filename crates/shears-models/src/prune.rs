@@ -3,6 +3,7 @@
 //! which needs no calibration, for comparison).
 
 use nalgebra::{DMatrix, DVector};
+use rayon::prelude::*;
 use shears_core::{LayerContext, Mask, Masks, PruningStrategy, Rounding, Sparsity};
 use shears_strategies::{InputStats, InverseHessian, Magnitude, Pattern, Pruner, SparseGpt, Wanda};
 
@@ -119,26 +120,57 @@ pub fn prune_model(
             }
             _ => None,
         };
-        for &k in &chosen {
-            let (site, linear) = &mut model.layers_mut()[l].linears_mut()[k];
-            let name = linear.name().to_owned();
-            let weights = linear.dense_weights();
-            let prior = kept.and_then(|m| m.get(&name));
-            if let Some(p) = prior
-                && p.shape() != weights.shape()
-            {
-                return Err(Error::Argument(format!(
-                    "the mask of `{name}` is {:?}, the weight is {:?}",
-                    p.shape(),
-                    weights.shape()
-                )));
-            }
-            let site_stats = stats.as_mut().and_then(|s| s.iter_mut().find(|c| c.site == *site));
-            let (new_weights, mask) = prune_linear(&name, &weights, site_stats, spec, prior)?;
-            linear.set_dense(new_weights)?;
+        if let (Method::SparseGpt(gpt), Some(stats)) = (spec.method, &mut stats) {
+            // One factor per site, shared by the linears that read it (query, key and
+            // value), the sites' factors computed side by side.
+            let linears = model.layers()[l].linears();
+            let factored: Vec<Result<()>> = stats
+                .par_iter_mut()
+                .map(|c| {
+                    // Errors name the first chosen linear of the site.
+                    let reader = chosen.iter().map(|&k| &linears[k]).find(|(s, _)| *s == c.site);
+                    let name = reader.map_or("", |(_, linear)| linear.name());
+                    c.hessian = Some(gpt.inverse_hessian(name, &c.stats)?);
+                    Ok(())
+                })
+                .collect();
+            factored.into_iter().collect::<Result<()>>()?;
+        }
+        // The chosen linears are pruned side by side: each reads only its own weights
+        // and its site's statistics.
+        let linears = model.layers()[l].linears();
+        let jobs: Vec<(usize, Site, String, DMatrix<f32>)> = chosen
+            .iter()
+            .map(|&k| {
+                let (site, linear) = &linears[k];
+                (k, *site, linear.name().to_owned(), linear.dense_weights())
+            })
+            .collect();
+        let results: Vec<(DMatrix<f32>, Mask)> = jobs
+            .par_iter()
+            .map(|(_, site, name, weights)| {
+                let prior = kept.and_then(|m| m.get(name));
+                if let Some(p) = prior
+                    && p.shape() != weights.shape()
+                {
+                    return Err(Error::Argument(format!(
+                        "the mask of `{name}` is {:?}, the weight is {:?}",
+                        p.shape(),
+                        weights.shape()
+                    )));
+                }
+                let site_stats = stats.as_ref().and_then(|s| s.iter().find(|c| c.site == *site));
+                prune_linear(name, weights, site_stats, spec, prior)
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            // The first error in model order, whichever thread met it first.
+            .collect::<Result<_>>()?;
+        drop(stats);
+        for ((k, _, name, _), (new_weights, mask)) in jobs.into_iter().zip(results) {
+            model.layers_mut()[l].linears_mut()[k].1.set_dense(new_weights)?;
             pruned.push(PrunedLinear { name, mask });
         }
-        drop(stats);
         if let Some(input) = x.take() {
             x = Some(run_layer(model, l, &input, &calibration.lengths)?);
         }
@@ -214,7 +246,7 @@ fn run_layer(
 fn prune_linear(
     name: &str,
     weights: &DMatrix<f32>,
-    calibrated: Option<&mut Calibrated>,
+    calibrated: Option<&Calibrated>,
     spec: &PruneSpec,
     kept: Option<&Mask>,
 ) -> Result<(DMatrix<f32>, Mask)> {
@@ -226,16 +258,9 @@ fn prune_linear(
     let missing = || Error::Argument(format!("no calibration statistics for `{name}`"));
     let mask = match spec.method {
         Method::SparseGpt(gpt) => {
-            let calibrated = calibrated.ok_or_else(missing)?;
-            let hessian = match calibrated.hessian.take() {
-                Some(h) => h,
-                None => gpt.inverse_hessian(name, &calibrated.stats)?,
-            };
+            let hessian = calibrated.and_then(|c| c.hessian.as_ref()).ok_or_else(missing)?;
             let (pattern, sparsity, rounding) = (spec.pattern, spec.sparsity, spec.rounding);
-            let r = gpt.prune_with(name, weights, &hessian, pattern, sparsity, rounding, kept);
-            // The layers that share these inputs reuse the factor.
-            calibrated.hessian = Some(hessian);
-            let r = r?;
+            let r = gpt.prune_with(name, weights, hessian, pattern, sparsity, rounding, kept)?;
             return Ok((r.weights, r.mask));
         }
         Method::Magnitude => Pruner::new(Magnitude)
