@@ -185,9 +185,14 @@ impl Mask {
                 got: keep.len(),
             });
         }
-        let column_major: Vec<bool> =
-            (0..len).map(|i| keep[(i % nrows) * ncols + i / nrows]).collect();
-        Ok(Mask::from_column_major_bools(nrows, ncols, &column_major))
+        let mut words = vec![0u64; words_for(len)];
+        for c in 0..ncols {
+            for r in (0..nrows).filter(|&r| keep[r * ncols + c]) {
+                let i = c * nrows + r;
+                words[i / WORD] |= 1 << (i % WORD);
+            }
+        }
+        Ok(Mask { nrows, ncols, words })
     }
 
     pub(crate) fn from_column_major_bools(nrows: usize, ncols: usize, keep: &[bool]) -> Self {
@@ -691,6 +696,11 @@ mod tests {
         let m = Mask::from_row_major(2, 3, &[true, false, true, false, true, false]).unwrap();
         assert_eq!(m.to_matrix(), dmatrix![true, false, true; false, true, false]);
         assert!(matches!(Mask::from_row_major(2, 3, &[true]), Err(Error::LengthMismatch { .. })));
+        for (rows, cols) in [(0, 0), (0, 3), (3, 0), (5, 13), (64, 3), (7, 70)] {
+            let keep: Vec<bool> = (0..rows * cols).map(|i| i % 3 == 0 || i % 7 == 1).collect();
+            let expected = Mask::from_fn(rows, cols, |r, c| keep[r * cols + c]).unwrap();
+            assert_eq!(Mask::from_row_major(rows, cols, &keep).unwrap(), expected);
+        }
         let mut data = [1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0];
         let shape = WeightShape::dense(2, 3);
         assert_eq!(m.apply_to_tensor(&shape, &mut data), Ok(()));

@@ -199,6 +199,24 @@ impl Linear {
         Ok(())
     }
 
+    /// [`Linear::set_format`] with f32 values whatever the weights: for timing the
+    /// half-precision formats against the f32 ones.
+    ///
+    /// # Errors
+    /// As [`Linear::set_format`].
+    pub fn set_f32_format(&mut self, format: Format) -> Result<()> {
+        let dense = self.dense_weights();
+        self.weights = match format {
+            Format::Dense => LinearWeights::Dense(dense.transpose()),
+            other => {
+                let kept =
+                    Mask::from_fn(dense.nrows(), dense.ncols(), |r, c| dense[(r, c)] != 0.0)?;
+                LinearWeights::Sparse(AnySparse::from_dense_masked(&dense, &kept, other)?)
+            }
+        };
+        Ok(())
+    }
+
     /// The format the weights run in ([`Format::Dense`] for int8 weights, which are
     /// stored dense: see [`Linear::int8`]).
     pub fn format(&self) -> Format {
@@ -284,10 +302,11 @@ impl HalfSparse {
         if !matches!(format, Format::Csr | Format::Nm(_)) {
             return Ok(None);
         }
+        // Half formats hold finite values only; an infinite weight keeps f32.
         let exact_in = |round: fn(f32) -> f32| {
             kept.iter_kept().all(|(r, c)| {
                 let w = weights[(r, c)];
-                round(w) == w
+                w.is_finite() && round(w) == w
             })
         };
         if exact_in(|w| bf16::from_f32(w).to_f32()) {
@@ -473,9 +492,27 @@ mod tests {
             assert_eq!(got, expected, "{format:?} {values}");
         }
         let mut wide = l.clone();
-        wide.set_dense(as_bf16).unwrap();
+        wide.set_dense(as_bf16.clone()).unwrap();
         wide.set_format(Format::Dense).unwrap();
         assert_eq!(wide.value_type(), "f32");
+        wide.set_f32_format(Format::Csr).unwrap();
+        assert_eq!((wide.format(), wide.value_type()), (Format::Csr, "f32"));
+        // An infinite weight keeps f32 (half formats hold finite values only).
+        let mut infinite = as_bf16;
+        infinite[(0, 1)] = f32::INFINITY;
+        wide.set_dense(infinite).unwrap();
+        wide.set_format(Format::Csr).unwrap();
+        assert_eq!(wide.value_type(), "f32");
+        // Past 65 536 columns the column indices widen to u32.
+        let cols = 70_000;
+        let w =
+            DMatrix::from_fn(2, cols, |r, c| if (r + c) % 5 == 0 { (c % 7) as f32 } else { 0.0 });
+        let mut long = Linear::new("long.weight", w.clone(), DVector::zeros(2)).unwrap();
+        long.set_format(Format::Csr).unwrap();
+        assert_eq!(long.value_type(), "bf16");
+        assert_eq!(long.dense_weights(), w);
+        let x = DMatrix::from_fn(cols, 3, |r, c| ((r + c) % 3) as f32);
+        assert_eq!(long.forward(&x).unwrap(), &w * &x);
     }
 
     #[test]

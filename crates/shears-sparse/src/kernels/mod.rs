@@ -258,7 +258,8 @@ const PARALLEL_WORK: usize = 1 << 20;
 /// a narrower one widened exactly on load (`bf16` and `f16` to `f32`, and `i8`, whose
 /// matrices carry a scale per row).
 pub(crate) trait Stored<T>: Copy + Send + Sync + 'static {
-    /// The value as `T`, exactly.
+    /// The value as `T`, exactly, for any value a format holds (finite: formats check
+    /// that at construction).
     fn get(self) -> T;
 
     /// `values` as `T`s without a copy, when they already are.
@@ -293,16 +294,23 @@ impl Stored<f32> for half::bf16 {
 impl Stored<f32> for half::f16 {
     #[inline(always)]
     fn get(self) -> f32 {
-        // Formats hold finite f16 values only (checked at construction). For those, the
-        // exponent and mantissa moved into an f32's place read as the value times 2^-112,
-        // subnormals included (as f32 subnormals), so one exact multiplication by 2^112
-        // converts. Without a branch it vectorises on every instruction set, where
-        // half's `to_f32` is a call per value (a run-time F16C check, then a scalar
-        // conversion).
-        const TWO_POW_112: f32 = f32::from_bits((127 + 112) << 23);
+        // Formats hold finite f16 values only (checked at construction); for those the
+        // conversion is integer arithmetic and a select, which vectorises on every
+        // instruction set (half's `to_f32` is a call per value). A normal f16's exponent
+        // and mantissa, moved into an f32's place, need the exponent rebiased (+112). A
+        // subnormal's (or zero's) mantissa m stands for m * 2^-24: as the f32 2^-14 * (1
+        // + m * 2^-10) minus 2^-14, exact (both are f32 normals, so no subnormal operand
+        // slows the subtraction).
+        const REBIAS: u32 = (127 - 15) << 23;
+        const TWO_POW_MINUS_14: u32 = (127 - 14) << 23;
         let bits = u32::from(self.to_bits());
-        let magnitude = f32::from_bits((bits & 0x7fff) << 13) * TWO_POW_112;
-        f32::from_bits(magnitude.to_bits() | ((bits & 0x8000) << 16))
+        let magnitude = (bits & 0x7fff) << 13;
+        let normal = magnitude + REBIAS;
+        let subnormal = (f32::from_bits(magnitude + TWO_POW_MINUS_14)
+            - f32::from_bits(TWO_POW_MINUS_14))
+        .to_bits();
+        let widened = if magnitude < (1 << 23) { subnormal } else { normal };
+        f32::from_bits(widened | ((bits & 0x8000) << 16))
     }
 }
 

@@ -202,9 +202,9 @@ fn nm_oracle(w: &DMatrix<f64>, x: &DMatrix<f32>, n: usize, m: usize) -> (DMatrix
     (w, mask)
 }
 
-/// Many rows (several parallel tasks) and blocks that do not divide the columns: the
-/// updates equal the OBS formula for a fixed mask, and N:M's masks and updates equal
-/// the direct N:M algorithm.
+/// More rows and columns, in blocks that do not divide the columns (for N:M, blocks are
+/// rounded down to whole groups: 12 runs as 8 for 4:8): the updates equal the OBS
+/// formula for a fixed mask, and N:M's masks and updates equal the direct N:M algorithm.
 #[test]
 fn blocked_parallel_updates_equal_the_direct_formulas() {
     let (rows, cols) = (45, 70);
