@@ -132,6 +132,15 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         let stored = model.shards()[t.shard].read_matrix::<f32>(t.name)?;
         let weights =
             if role == TensorRole::TransposedLinear { stored.transpose() } else { stored };
+        if let Some(i) = weights.iter().position(|v| !v.is_finite()) {
+            let (r, c) = (i % weights.nrows(), i / weights.nrows());
+            bail!(
+                "{}: tensor `{}` holds {} at [{r}, {c}] (of the layer's (out, in) matrix): only finite weights can be timed",
+                args.input.display(),
+                t.name,
+                weights[(r, c)]
+            );
+        }
         let mask = nonzero_mask(&weights)?;
         let (r, c) = weights.shape();
         for &batch in &args.batch {

@@ -192,6 +192,26 @@ fn gradient_errors_name_the_tensor() {
     fails(&args, &out, "a.grad");
 }
 
+/// A non-finite weight: `bench` names the file, the tensor and the position; `prune`
+/// names the tensor and the index in its stored (row-major) values.
+#[test]
+fn non_finite_weights_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("nan.safetensors");
+    let mut values = vec![1.0; 24];
+    values[2 * 6 + 1] = f64::INFINITY;
+    write(&input, &[T { name: "k.weight", dtype: Dtype::F16, shape: vec![4, 6], values }]);
+    let i = input.to_str().unwrap();
+    let out = dir.path().join("never.json");
+    fails(&["bench", i, "--all", "--batch", "1"], &out, "`k.weight` holds inf at [2, 1]");
+    let out = dir.path().join("out.safetensors");
+    fails(
+        &["prune", i, "-o", out.to_str().unwrap(), "-s", "0.5"],
+        &out,
+        "at index 13 of its values as stored",
+    );
+}
+
 #[test]
 fn existing_output_is_replaced_only_on_success() {
     let dir = tempfile::tempdir().unwrap();

@@ -66,7 +66,7 @@ pub enum Error {
         dims: Vec<usize>,
     },
     /// A weight, gradient or score is NaN or infinite.
-    #[error("tensor `{tensor}` holds a non-finite value at column-major index {index}")]
+    #[error("tensor `{tensor}` holds a non-finite value at index {index} of its values as stored")]
     NonFinite {
         /// The tensor's name.
         tensor: String,

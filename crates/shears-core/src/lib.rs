@@ -81,7 +81,8 @@ pub use strategy::{LayerContext, LayerInput, PruningStrategy, unstructured_mask}
 /// `values`.
 ///
 /// # Errors
-/// [`Error::NonFinite`] with the column-major index of the first offending value.
+/// [`Error::NonFinite`] with the index of the first offending value in `values` (for a
+/// nalgebra matrix, its column-major index; for a tensor's data, its row-major one).
 pub fn check_finite<T: Scalar>(tensor: &str, values: &[T]) -> Result<()> {
     select::check_finite(tensor, values)
 }

@@ -123,14 +123,10 @@ pub fn prune_model(
         if let (Method::SparseGpt(gpt), Some(stats)) = (spec.method, &mut stats) {
             // One factor per site, shared by the linears that read it (query, key and
             // value), the sites' factors computed side by side.
-            let linears = model.layers()[l].linears();
             let factored: Vec<Result<()>> = stats
                 .par_iter_mut()
                 .map(|c| {
-                    // Errors name the first chosen linear of the site.
-                    let reader = chosen.iter().map(|&k| &linears[k]).find(|(s, _)| *s == c.site);
-                    let name = reader.map_or("", |(_, linear)| linear.name());
-                    c.hessian = Some(gpt.inverse_hessian(name, &c.stats)?);
+                    c.hessian = Some(gpt.inverse_hessian(&c.reader, &c.stats)?);
                     Ok(())
                 })
                 .collect();
@@ -182,6 +178,8 @@ pub fn prune_model(
 /// inverse Hessian, computed once for the linears that share the site.
 struct Calibrated {
     site: Site,
+    /// The first chosen linear that reads the site, which errors name.
+    reader: String,
     stats: InputStats,
     hessian: Option<InverseHessian>,
 }
@@ -202,7 +200,8 @@ fn observe(
         let (site, linear) = layer.linears()[k];
         if !stats.iter().any(|c| c.site == site) {
             let s = InputStats::new(linear.shape().1, gram);
-            stats.push(Calibrated { site, stats: s, hessian: None });
+            let reader = linear.name().to_owned();
+            stats.push(Calibrated { site, reader, stats: s, hessian: None });
         }
     }
     let batch = Batch { ids: Vec::new(), type_ids: Vec::new(), lengths: lengths.to_vec() };
@@ -212,6 +211,14 @@ fn observe(
         let input = x.columns(start, tokens).into_owned();
         model.observe_layer(layer, &input, &lengths[chunk], &mut |site, seen| {
             if let Some(c) = stats.iter_mut().find(|c| c.site == site) {
+                if let Some(i) = seen.iter().position(|v| !v.is_finite()) {
+                    return Err(Error::Argument(format!(
+                        "the calibration inputs of `{}` reach {} (input feature {}): a weight or output before this layer overflows",
+                        c.reader,
+                        seen[i],
+                        i % seen.nrows()
+                    )));
+                }
                 c.stats.add(seen)?;
             }
             Ok(())

@@ -255,3 +255,28 @@ fn bad_specs_are_errors() {
         .is_err()
     );
 }
+
+/// A huge weight makes the next linear's calibration inputs overflow: Wanda's error
+/// names that linear, and SparseGPT's (whose Gram matrix overflows first when the
+/// inputs are merely huge) names a layer and the cause.
+#[test]
+fn overflowing_calibration_inputs_name_the_layer() {
+    for (value, method) in [
+        (f32::MAX, Method::Wanda),
+        (f32::MAX, Method::SparseGpt(SparseGpt::DEFAULT)),
+        (1e25, Method::SparseGpt(SparseGpt::DEFAULT)),
+    ] {
+        let mut m = SentenceTransformer::load(&folder(), None).unwrap();
+        let calib = calibration(&m);
+        let (_, ff1) = &mut m.model.layers_mut()[0].linears_mut()[4];
+        let mut w = ff1.dense_weights();
+        w.fill(value);
+        ff1.set_dense(w).unwrap();
+        let s = spec(method, Pattern::Unstructured, 0.5);
+        let err = prune_model(&mut m.model, &calib, &s, &|_| true, None, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("encoder.layer.0.output.dense.weight"), "{value}: {err}");
+        assert!(err.contains("overflow"), "{value}: {err}");
+    }
+}

@@ -86,6 +86,18 @@ pub enum Error {
         /// The layer.
         tensor: String,
     },
+    /// The Gram matrix of a layer's calibration inputs overflowed: the inputs are too
+    /// large (a weight or an output before the layer is huge).
+    #[error(
+        "layer `{tensor}`: the Gram matrix of its calibration inputs overflows (its inputs reach {largest:e}: a weight or output before this layer is too large)"
+    )]
+    HessianOverflow {
+        /// The layer.
+        tensor: String,
+        /// The largest magnitude among the diagonal's square roots that are finite, or
+        /// infinity.
+        largest: f64,
+    },
     /// No layer of the model is left to prune after include/exclude filters.
     #[error(
         "no layer to prune: the model has {available} prunable layers and the filters excluded all of them"

@@ -158,7 +158,8 @@ impl SparseGpt {
     ///
     /// # Errors
     /// [`Error::MissingCalibration`] if `stats` has no Gram matrix or saw no token;
-    /// [`Error::NotPositiveDefinite`] if the dampened Hessian cannot be factored.
+    /// [`Error::NotPositiveDefinite`] if the dampened Hessian cannot be factored;
+    /// [`Error::HessianOverflow`] if the Gram matrix is not finite.
     pub fn inverse_hessian(&self, tensor: &str, stats: &InputStats) -> Result<InverseHessian> {
         let gram = stats.require_gram(tensor)?;
         if stats.samples() == 0 {
@@ -298,6 +299,10 @@ impl SparseGpt {
     /// reference.
     fn factor(&self, tensor: &str, gram: &DMatrix<f64>) -> Result<InverseHessian> {
         let cols = gram.ncols();
+        if gram.iter().any(|v| !v.is_finite()) {
+            let largest = (0..cols).map(|i| gram[(i, i)].sqrt()).fold(0.0, f64::max);
+            return Err(Error::HessianOverflow { tensor: tensor.to_owned(), largest });
+        }
         // With J the reversal permutation and J H J = L Lᵀ (Cholesky), H⁻¹ = Uᵀ U for
         // the upper triangular U = J L⁻¹ J: one factorisation and one triangular
         // inverse, instead of inverting H and factoring the inverse. For a square

@@ -319,12 +319,13 @@ fn dead_inputs_and_bad_arguments() {
     assert!(SparseGpt::new().with_damping(0.0).is_err());
 }
 
-/// A Gram matrix that overflowed (inputs near f64's range) cannot be factored: an error
-/// that names the layer, not a panic or NaN weights.
+/// A Gram matrix that overflowed (inputs near f64's range) is an error that names the
+/// layer and says why, not a panic or NaN weights.
 #[test]
 fn an_overflowed_hessian_is_an_error() {
     let mut stats = InputStats::new(2, true);
     stats.add(&DMatrix::from_element(2, 3, 1e200f64)).unwrap();
     let err = SparseGpt::new().inverse_hessian("big", &stats).unwrap_err();
-    assert!(matches!(&err, Error::NotPositiveDefinite { tensor } if tensor == "big"), "{err}");
+    assert!(matches!(&err, Error::HessianOverflow { tensor, .. } if tensor == "big"), "{err}");
+    assert!(err.to_string().contains("overflows"), "{err}");
 }
