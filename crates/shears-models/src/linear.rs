@@ -182,21 +182,7 @@ impl Linear {
     /// [`Error::Sparse`] if the format cannot hold the weights (an N:M format for
     /// weights that are not N:M).
     pub fn set_format(&mut self, format: Format) -> Result<()> {
-        let dense = self.dense_weights();
-        self.weights = match format {
-            Format::Dense => LinearWeights::Dense(dense.transpose()),
-            other => {
-                let kept =
-                    Mask::from_fn(dense.nrows(), dense.ncols(), |r, c| dense[(r, c)] != 0.0)?;
-                match HalfSparse::new(&dense, &kept, other)? {
-                    Some(half) => LinearWeights::Half(half),
-                    None => {
-                        LinearWeights::Sparse(AnySparse::from_dense_masked(&dense, &kept, other)?)
-                    }
-                }
-            }
-        };
-        Ok(())
+        self.store(format, true)
     }
 
     /// [`Linear::set_format`] with f32 values whatever the weights: for timing the
@@ -205,13 +191,24 @@ impl Linear {
     /// # Errors
     /// As [`Linear::set_format`].
     pub fn set_f32_format(&mut self, format: Format) -> Result<()> {
+        self.store(format, false)
+    }
+
+    /// The weights in `format`, with half-precision values where `half` allows them and
+    /// they hold the weights exactly.
+    fn store(&mut self, format: Format, half: bool) -> Result<()> {
         let dense = self.dense_weights();
         self.weights = match format {
             Format::Dense => LinearWeights::Dense(dense.transpose()),
             other => {
                 let kept =
                     Mask::from_fn(dense.nrows(), dense.ncols(), |r, c| dense[(r, c)] != 0.0)?;
-                LinearWeights::Sparse(AnySparse::from_dense_masked(&dense, &kept, other)?)
+                match half.then(|| HalfSparse::new(&dense, &kept, other)).transpose()?.flatten() {
+                    Some(half) => LinearWeights::Half(half),
+                    None => {
+                        LinearWeights::Sparse(AnySparse::from_dense_masked(&dense, &kept, other)?)
+                    }
+                }
             }
         };
         Ok(())
