@@ -1,5 +1,6 @@
 //! [`NarrowCsr`]: CSR whose values are stored narrower than `f32` (int8 with a scale per
-//! row, bf16, f16) and widened on load, so the products move fewer bytes per weight.
+//! row, bf16, f16) and widened on load, so the products move fewer bytes per weight; int8
+//! batches run in integers instead.
 
 use half::{bf16, f16};
 use nalgebra::DMatrix;
@@ -217,7 +218,10 @@ fn narrow_float<H: NarrowValue>(
 /// At batch 1 a product reads each stored weight's value and column once, so narrower
 /// values mean fewer bytes moved: 3 bytes per weight for `i8` with `u16` columns against
 /// 6 for `f32`. The kernels are [`Csr`]'s, widening each value to `f32` exactly as it is
-/// loaded; products take and give `f32`.
+/// loaded; products take and give `f32`. Int8 products of 9 tokens or more instead
+/// quantize the tokens to int8 (one scale per token, as [`crate::Int8Matrix`] does) and
+/// sum in 32-bit integers, two stored weights per multiply-add: they give the bits of
+/// the [`crate::Int8Matrix`] product of the same weights written out with their scales.
 ///
 /// # Invariants
 /// [`Csr`]'s, checked by [`NarrowCsr::try_from_parts`]; and `scales.len() == nrows`, each
@@ -374,12 +378,17 @@ impl<V: NarrowValue, I: SpIndex> NarrowCsr<V, I> {
     }
 
     fn as_view(&self) -> kernels::CsrView<'_, f32, I, V> {
+        self.view_of(&self.values)
+    }
+
+    /// The matrix's view with `values` (its own, or the same values as another type).
+    fn view_of<'a, W>(&'a self, values: &'a [W]) -> kernels::CsrView<'a, f32, I, W> {
         kernels::CsrView {
             nrows: self.nrows,
             ncols: self.ncols,
             indptr: &self.indptr,
             indices: &self.indices,
-            values: &self.values,
+            values,
             // bf16 and f16 rows are not scaled: no multiply by 1 per row.
             row_scales: V::SCALED.then_some(&self.scales[..]),
         }
@@ -388,15 +397,19 @@ impl<V: NarrowValue, I: SpIndex> NarrowCsr<V, I> {
 
 impl<V: NarrowValue, I: SpIndex> Sealed<f32> for NarrowCsr<V, I> {
     /// [`Csr`]'s kernels, multi-threaded and bit-identical across paths and threads in the
-    /// same way; each row's dot product is multiplied by its scale before `alpha`.
+    /// same way; each row's dot product is multiplied by its scale before `alpha`. Int8
+    /// batches of [`kernels::INTEGER_MIN_BATCH`] tokens or more run the integer kernels.
     fn product(&self, operands: Operands<'_, f32>) {
         match operands {
             Operands::Vector { alpha, x, beta, y } => {
                 kernels::csr_spmv(self.as_view(), alpha, x, beta, y)
             }
-            Operands::Matrix { alpha, x, beta, y } => {
-                kernels::csr_spmm(self.as_view(), alpha, x, beta, y)
-            }
+            Operands::Matrix { alpha, x, beta, y } => match V::as_int8(&self.values) {
+                Some(values) if x.ncols() >= kernels::INTEGER_MIN_BATCH => {
+                    kernels::int8_csr_spmm(self.view_of(values), alpha, x, beta, y)
+                }
+                _ => kernels::csr_spmm(self.as_view(), alpha, x, beta, y),
+            },
         }
     }
 }
@@ -413,6 +426,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::kernels::INTEGER_MIN_BATCH;
 
     /// A pruned matrix of values spread over several magnitudes, about `density` kept.
     fn pruned(nrows: usize, ncols: usize, density: f64, seed: u64) -> DMatrix<f32> {
@@ -459,6 +473,17 @@ mod tests {
         }
         let x =
             DMatrix::from_fn(w.ncols(), batch, |c, j| ((c * 7 + j * 3) % 11) as f32 * 0.25 - 1.0);
+        if let Some(values) = V::as_int8(narrow.values()).filter(|_| batch >= INTEGER_MIN_BATCH) {
+            // Int8 batches run in integers, on tokens quantized as the dense int8 product
+            // quantizes them: its bits on the same weights written out.
+            let y0 = DMatrix::from_fn(w.nrows(), batch, |r, j| (r + 2 * j) as f32 * 0.5);
+            let (mut got, mut want) = (y0.clone(), y0);
+            narrow.matmul_into(0.5, &x, 2.0, &mut got).unwrap();
+            written_out(&narrow, values).matmul_into(0.5, &x, 2.0, &mut want).unwrap();
+            let bits = |m: &DMatrix<f32>| m.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(&got), bits(&want), "int8 batch {}", batch);
+            return Ok(());
+        }
         let want = reference(&widened, &x);
         let got = if batch == 1 {
             DMatrix::from_column_slice(
@@ -476,10 +501,26 @@ mod tests {
         Ok(())
     }
 
+    /// The dense int8 matrix of an int8 CSR matrix's entries (whose int8 values are
+    /// `values`), with its row scales.
+    fn written_out<V: NarrowValue>(csr: &NarrowCsr<V, u32>, values: &[i8]) -> crate::Int8Matrix {
+        let (nrows, ncols) = csr.shape();
+        let mut dense = vec![0i8; nrows * ncols];
+        for r in 0..nrows {
+            for k in csr.indptr()[r]..csr.indptr()[r + 1] {
+                dense[r * ncols + csr.indices()[k] as usize] = values[k];
+            }
+        }
+        let scheme = crate::QuantScheme::PerRow;
+        crate::Int8Matrix::try_from_parts(nrows, ncols, scheme, dense, csr.scales().to_vec())
+            .unwrap()
+    }
+
     proptest! {
         /// Narrowing keeps every weight within its bound and every pruned zero zero, and
         /// the products equal the widened matrix's dense product (in f64) at batch 1 and
-        /// batched, for int8, bf16 and f16.
+        /// batched, for int8, bf16 and f16; int8 batches of [`INTEGER_MIN_BATCH`] tokens
+        /// or more give the dense int8 product's bits.
         #[test]
         fn products_match_the_widened_dense_product(
             (nrows, ncols) in (1usize..40, 1usize..70),
@@ -491,6 +532,28 @@ mod tests {
             check::<i8>(&w, batch)?;
             check::<bf16>(&w, batch)?;
             check::<f16>(&w, batch)?;
+        }
+    }
+
+    /// Int8 batches run in integers, which quantize the activations: each output within
+    /// the rounding of every stored weight's activation (half a step of the token's
+    /// scale) of the widened product.
+    #[test]
+    fn int8_batches_stay_near_the_widened_product() {
+        let w = pruned(50, 300, 0.2, 9);
+        let narrow = Int8Csr::<u16>::from_csr(&Csr::from_dense(&w).unwrap()).unwrap();
+        let batch = INTEGER_MIN_BATCH + 7;
+        let x = DMatrix::from_fn(300, batch, |c, j| ((c * 13 + j * 5) % 17) as f32 * 0.3 - 2.4);
+        let got = narrow.matmul(&x).unwrap();
+        let want = narrow.to_csr().matmul(&x).unwrap();
+        for j in 0..batch {
+            let step = x.column(j).amax() / 127.0;
+            for r in 0..50 {
+                let row = narrow.to_csr().to_dense().row(r).abs().sum();
+                let bound = row * step * 0.5 * (1.0 + 1e-4) + 1e-5;
+                let (g, w) = (got[(r, j)], want[(r, j)]);
+                assert!((g - w).abs() <= bound, "row {r} token {j}: {g} vs {w} (bound {bound})");
+            }
         }
     }
 

@@ -25,8 +25,11 @@ use rayon::prelude::*;
 use super::isa::{ACTIVATION_BIAS, DOT_STEP as STEP, Isa, int8_dots, int8_dots_biased};
 use super::{KernelPath, NmView, combine, kernel_path, multiversion, parallel_ranges};
 
+mod csr;
 #[cfg(target_arch = "x86_64")]
 mod packed;
+
+pub(crate) use csr::{INTEGER_MIN_BATCH, int8_csr_spmm};
 
 /// Columns summed in one 32-bit integer sum at most. Weights may be -128 and activations
 /// are within -127..=127, stored biased as 1..=255 for the VNNI copy, whose sums are the
@@ -154,29 +157,54 @@ pub(crate) fn quantize_columns(x: &[f32], cols: usize, batch: usize) -> Quantize
 }
 
 /// Quantizes one column of `X` into `out`, its scale into `scale` (NaN, and `out` left
-/// as it is, when the column holds a NaN or an infinity). The two reductions run on the
-/// values' bits, so that they vectorise (a float sum or maximum would not, its order
-/// being fixed): below the exponent of infinity, `|v|`'s bits order as `|v|` does.
+/// as it is, when the column holds a NaN or an infinity).
 #[inline(always)]
 fn quantize_column_kernel<P: Isa>(column: &[f32], out: &mut [i16], scale: &mut f32) {
+    *scale = column_scale_kernel::<P>(column);
+    if !scale.is_nan() {
+        quantize_run_kernel::<P>(column, *scale, out);
+    }
+}
+
+multiversion! {
+    fn quantize_column<>(column: &[f32], out: &mut [i16], scale: &mut f32) => quantize_column_kernel
+}
+
+/// The int8 scale of one column of `X` ([`scale_of_max`] of its largest magnitude), or
+/// NaN when it holds a NaN or an infinity. The two reductions run on the values' bits,
+/// so that they vectorise (a float sum or maximum would not, its order being fixed):
+/// below the exponent of infinity, `|v|`'s bits order as `|v|` does.
+#[inline(always)]
+fn column_scale_kernel<P: Isa>(column: &[f32]) -> f32 {
     const INFINITY_BITS: u32 = 0x7f80_0000;
     let (max_bits, poison) = column.iter().fold((0u32, 0u32), |(m, p), v| {
         let bits = v.to_bits() & 0x7fff_ffff;
         (m.max(bits), p | u32::from(bits >= INFINITY_BITS))
     });
-    if poison != 0 {
-        *scale = f32::NAN;
-        return;
+    if poison != 0 { f32::NAN } else { scale_of_max(f32::from_bits(max_bits)) }
+}
+
+/// Quantizes a run of one column of `X` with the column's (finite) `scale`: `round(v /
+/// scale)`, ties to even, into `out`.
+#[inline(always)]
+fn quantize_run_kernel<P: Isa>(run: &[f32], scale: f32, out: &mut [i16]) {
+    for (q, &v) in out.iter_mut().zip(run) {
+        *q = small_int_ties_even((v / scale).clamp(-127.0, 127.0)) as i16;
     }
-    let s = scale_of_max(f32::from_bits(max_bits));
-    for (q, &v) in out.iter_mut().zip(column) {
-        *q = round_ties_even_small((v / s).clamp(-127.0, 127.0)) as i32 as i16;
-    }
-    *scale = s;
+}
+
+/// [`column_scale_kernel`] into `scale` (the copies return nothing).
+#[inline(always)]
+fn column_scale_into_kernel<P: Isa>(column: &[f32], scale: &mut f32) {
+    *scale = column_scale_kernel::<P>(column);
 }
 
 multiversion! {
-    fn quantize_column<>(column: &[f32], out: &mut [i16], scale: &mut f32) => quantize_column_kernel
+    fn column_scale_into<>(column: &[f32], scale: &mut f32) => column_scale_into_kernel
+}
+
+multiversion! {
+    fn quantize_run<>(run: &[f32], scale: f32, out: &mut [i16]) => quantize_run_kernel
 }
 
 /// The symmetric int8 scale of values whose largest magnitude is `max` (finite):
@@ -195,14 +223,16 @@ pub(crate) fn scale_of_max(max: f32) -> f32 {
     scale
 }
 
-/// `v` rounded to the nearest integer, ties to even, for `|v| < 2^22`: adding and
-/// subtracting `1.5 * 2^23` leaves no fraction bits, and the add rounds as the FPU does,
-/// to nearest even. Unlike `f32::round_ties_even`, which the baseline x86-64 target
-/// (SSE2, no `roundps`) compiles to a libm call per value, it vectorises everywhere.
+/// `v` rounded to the nearest integer, ties to even, for `|v| < 2^22`: `v + 1.5 * 2^23`
+/// leaves no fraction bits, the add rounds as the FPU does, to nearest even, and the
+/// integer sits in the sum's low mantissa bits. It vectorises everywhere, where
+/// `f32::round_ties_even` compiles to a libm call per value on the baseline x86-64
+/// target (SSE2, no `roundps`), and `as i32` on a float to a scalar saturating
+/// conversion per value (x86 has no vector instruction for it).
 #[inline(always)]
-fn round_ties_even_small(v: f32) -> f32 {
+fn small_int_ties_even(v: f32) -> i32 {
     const MAGIC: f32 = 12_582_912.0;
-    (v + MAGIC) - MAGIC
+    (v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
 }
 
 /// The spans of one row's columns that share a scale and fit one integer sum: each
@@ -708,15 +738,15 @@ mod tests {
         }
     }
 
-    /// The rounding trick equals `round_ties_even` over the range it is used on.
+    /// The integer rounding equals `round_ties_even` over the range it is used on.
     #[test]
-    fn the_small_rounding_is_round_ties_even() {
+    fn the_small_integer_rounding_is_round_ties_even() {
         for k in -2_000_000i32..=2_000_000 {
             let v = k as f32 / 15_000.0;
-            assert_eq!(round_ties_even_small(v), v.round_ties_even(), "{v}");
+            assert_eq!(small_int_ties_even(v), v.round_ties_even() as i32, "{v}");
         }
         for v in [-127.5f32, -126.5, -0.5, 0.5, 1.5, 2.5, 126.5, 127.0, -0.0, 0.49999997] {
-            assert_eq!(round_ties_even_small(v), v.round_ties_even(), "{v}");
+            assert_eq!(small_int_ties_even(v), v.round_ties_even() as i32, "{v}");
         }
     }
 

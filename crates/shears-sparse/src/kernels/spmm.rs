@@ -323,26 +323,26 @@ fn copies_in_parallel(len: usize) -> bool {
 /// cache line and a 64-byte load never straddles two. The allocator only promises
 /// 16 bytes, and a large allocation typically lands 16 bytes past a page, so without
 /// this every other 64-byte load of a row would cross a line.
-struct LineAligned<T> {
+pub(super) struct LineAligned<T> {
     buf: Vec<T>,
     start: usize,
     len: usize,
 }
 
-impl<T: Scalar> LineAligned<T> {
-    fn zeroed(len: usize) -> Self {
+impl<T: Copy + Default> LineAligned<T> {
+    pub(super) fn zeroed(len: usize) -> Self {
         let slack = 64 / size_of::<T>();
-        let buf = vec![T::zero(); len + slack];
+        let buf = vec![T::default(); len + slack];
         // `align_offset` may decline (usize::MAX); then the buffer is merely unaligned.
         let start = buf.as_ptr().align_offset(64).min(slack);
         LineAligned { buf, start, len }
     }
 
-    fn as_slice(&self) -> &[T] {
+    pub(super) fn as_slice(&self) -> &[T] {
         &self.buf[self.start..self.start + self.len]
     }
 
-    fn as_mut_slice(&mut self) -> &mut [T] {
+    pub(super) fn as_mut_slice(&mut self) -> &mut [T] {
         &mut self.buf[self.start..self.start + self.len]
     }
 }
@@ -415,11 +415,27 @@ fn spmm<T: Scalar, U: Units>(
     y: &mut DMatrix<T>,
     units_of: impl Fn(Range<usize>, &[T], &mut [T]) + Sync,
 ) {
+    let units_of = |range, xt: &LineAligned<T>, z: &mut [T]| units_of(range, xt.as_slice(), z);
+    spmm_prepared(a, alpha, x, to_row_major, beta, y, units_of);
+}
+
+/// [`spmm`] with `X` prepared by `prepare` (transposed, or quantized too) instead of
+/// transposed: `units_of(range, prepared, z)` fills `z` with the range's rows of the
+/// product, row-major, before `alpha` and `beta`.
+pub(super) fn spmm_prepared<T: Scalar, U: Units, X: Sync>(
+    a: U,
+    alpha: T,
+    x: &DMatrix<T>,
+    prepare: impl FnOnce(&DMatrix<T>) -> X,
+    beta: T,
+    y: &mut DMatrix<T>,
+    units_of: impl Fn(Range<usize>, &X, &mut [T]) + Sync,
+) {
     let (nrows, batch) = y.shape();
     if nrows == 0 || batch == 0 {
         return;
     }
-    let xt = to_row_major(x);
+    let xt = prepare(x);
     let ranges = parallel_ranges(a.units(), |u| a.work_before(u) * batch)
         .unwrap_or_else(|| std::iter::once(0..a.units()).collect());
     let mut tasks: Vec<Task<'_, T>> = ranges
@@ -439,7 +455,7 @@ fn spmm<T: Scalar, U: Units>(
     }
     let run = |mut task: Task<'_, T>| {
         let mut z = LineAligned::zeroed(task.rows * batch);
-        units_of(task.units, xt.as_slice(), z.as_mut_slice());
+        units_of(task.units, &xt, z.as_mut_slice());
         write_rows(alpha, z.as_slice(), beta, &mut task.columns);
     };
     if tasks.len() == 1 {

@@ -1,0 +1,550 @@
+//! Batched int8 CSR products in integers: `Y <- alpha * A X + beta * Y` where `A` stores
+//! int8 weights with a scale per row, and `X` is quantized per token as the dense int8
+//! products quantize it ([`super::quantize_columns`]).
+//!
+//! Each output is `xs[j] * sum_s(scale_r * dot_s)`, where `dot_s` is the exact 32-bit
+//! integer sum of the row's stored weights times the token's quantized inputs at their
+//! columns, over a span of [`MAX_SPAN`] columns (in order; one span unless the matrix
+//! is wider). The float steps are one multiply and one add per span and one multiply
+//! per output, never fused, so every path and thread count gives the same bits, which
+//! are those of the dense int8 product ([`super::int8_dense_product`]) of the same
+//! weights written out with their row scales.
+//!
+//! The quantized tokens are laid out as the f32 kernels lay out `X`: row-major, each
+//! input's tokens contiguous, here as 16-bit values. Two stored weights are taken at a
+//! time: their inputs' runs of tokens are interleaved per token with one unpack
+//! instruction per vector, so that one `vpmaddwd` (or, with AVX-512 VNNI, `vpdpwssd`)
+//! multiplies both by the weights' pair broadcast to every lane and adds the two
+//! products. Per stored weight and 32 tokens that is one 64-byte load, one shuffle and
+//! one multiply-add, where the f32 kernel loads 128 bytes and runs three float
+//! operations. The unpacks leave the tokens permuted within each vector; the sums are
+//! put back in token order once per tile.
+
+use std::ops::Range;
+
+use nalgebra::DMatrix;
+
+#[cfg(target_arch = "x86_64")]
+use super::vnni_copy_runs;
+use super::{MAX_SPAN, column_scale_into, quantize_run};
+use crate::index::SpIndex;
+use crate::kernels::isa::Isa;
+use crate::kernels::spmm::{LineAligned, spmm_prepared};
+use crate::kernels::{CsrView, KernelPath, kernel_path, multiversion};
+
+/// Tokens per narrow tile: one 256-bit vector of 16-bit values. The token rows are
+/// padded to a multiple of it.
+const NARROW: usize = 16;
+
+/// Tokens per wide tile: one 512-bit vector of 16-bit values.
+const WIDE: usize = 32;
+
+/// Tokens from which [`crate::Int8Csr`] products run in integers. Fewer widen the
+/// weights to f32: the integer tiles pad the batch to 16 tokens, and up to 8 tokens the
+/// f32 kernel's single tile is faster.
+pub(crate) const INTEGER_MIN_BATCH: usize = 9;
+
+/// Inputs per block of the transpose into token rows: each token's run of them is one
+/// contiguous read, and the block's rows (2 KiB at 16 tokens) stay in L1.
+const TRANSPOSE_INPUTS: usize = 64;
+
+/// `X`'s tokens quantized to int8 (held as `i16`), row-major: input `k`'s tokens at
+/// `values[k * stride..][..batch]`, zeros past the batch; one scale per token.
+pub(crate) struct TokenRows {
+    /// Entries per input: the batch rounded up to a whole [`NARROW`] tile.
+    stride: usize,
+    values: LineAligned<i16>,
+    scales: Vec<f32>,
+}
+
+/// `x`'s tokens quantized as [`super::quantize_columns`] quantizes them (the same scales and
+/// values), written straight into [`TokenRows`]: a block of inputs at a time, each
+/// token's run of the block quantized contiguously, then stored down its column.
+fn token_rows(x: &DMatrix<f32>) -> TokenRows {
+    let (inputs, batch) = x.shape();
+    let path = kernel_path();
+    let stride = batch.next_multiple_of(NARROW);
+    let tokens: Vec<&[f32]> = (0..batch).map(|j| &x.as_slice()[j * inputs..][..inputs]).collect();
+    let scales: Vec<f32> = tokens
+        .iter()
+        .map(|token| {
+            let mut scale = 1.0;
+            if inputs > 0 {
+                column_scale_into(path, token, &mut scale);
+            }
+            scale
+        })
+        .collect();
+    // At most 16 entries per token more than X holds, which its caller allocated.
+    let mut values = LineAligned::zeroed(inputs * stride);
+    let mut run = [0i16; TRANSPOSE_INPUTS];
+    for (block, out) in values.as_mut_slice().chunks_mut(TRANSPOSE_INPUTS * stride).enumerate() {
+        let (k0, height) = (block * TRANSPOSE_INPUTS, out.len() / stride);
+        for (j, (token, &scale)) in tokens.iter().zip(&scales).enumerate() {
+            // A token with a NaN or an infinity keeps zeros (its scale makes it NaN).
+            if !scale.is_nan() {
+                quantize_run(path, &token[k0..k0 + height], scale, &mut run[..height]);
+                for (row, &v) in out.chunks_exact_mut(stride).zip(&run) {
+                    row[j] = v;
+                }
+            }
+        }
+    }
+    TokenRows { stride, values, scales }
+}
+
+/// `Y <- alpha * A X + beta * Y` for an int8 CSR matrix (`a.values` in `-127..=127`,
+/// its row scales given or all 1), `X` quantized per token.
+pub(crate) fn int8_csr_spmm<I: SpIndex>(
+    a: CsrView<'_, f32, I, i8>,
+    alpha: f32,
+    x: &DMatrix<f32>,
+    beta: f32,
+    y: &mut DMatrix<f32>,
+) {
+    let path = kernel_path();
+    spmm_prepared(a, alpha, x, token_rows, beta, y, |range, tokens, z| {
+        rows_best(path, a, range, tokens, z)
+    });
+}
+
+/// Rows `rows` of the product before `alpha` and `beta`, into `out` (row-major, a row of
+/// `batch` entries per output row, zeroed).
+#[inline(always)]
+fn rows_kernel<P: Isa, I: SpIndex>(
+    a: CsrView<'_, f32, I, i8>,
+    rows: Range<usize>,
+    tokens: &TokenRows,
+    out: &mut [f32],
+) {
+    let (batch, stride) = (tokens.scales.len(), tokens.stride);
+    assert!(tokens.values.as_slice().len() >= a.ncols * stride);
+    let mut weights = Vec::new();
+    for (r, z) in rows.zip(out.chunks_exact_mut(batch)) {
+        let entries = a.indptr[r]..a.indptr[r + 1];
+        let scale = a.row_scales.map_or(1.0, |s| s[r]);
+        weights.clear();
+        weights.extend(a.values[entries.clone()].iter().map(|&v| i16::from(v)));
+        let cols = &a.indices[entries];
+        let mut t0 = 0;
+        while t0 < stride {
+            let z = z.get_mut(t0..).unwrap_or_default();
+            if t0 + WIDE <= stride {
+                spans::<P, I, WIDE>(&weights, cols, tokens, t0, scale, z);
+                t0 += WIDE;
+            } else {
+                spans::<P, I, NARROW>(&weights, cols, tokens, t0, scale, z);
+                t0 += NARROW;
+            }
+        }
+        for (v, &s) in z.iter_mut().zip(&tokens.scales) {
+            *v *= s;
+        }
+    }
+}
+
+/// Adds one row's tile of `W` tokens from `t0` to `z` (its outputs from `t0`, before
+/// the tokens' scales): for each span of [`MAX_SPAN`] columns that holds entries, the
+/// exact integer sums, converted and times the row's scale. (A span without entries
+/// would add zeros.)
+#[inline(always)]
+fn spans<P: Isa, I: SpIndex, const W: usize>(
+    weights: &[i16],
+    cols: &[I],
+    tokens: &TokenRows,
+    t0: usize,
+    scale: f32,
+    z: &mut [f32],
+) {
+    let mut e = 0;
+    while let Some(c) = cols.get(e) {
+        let limit = (c.index() / MAX_SPAN + 1) * MAX_SPAN;
+        let mut sums = [0; W];
+        e += add_sums::<P, I, W>(&weights[e..], &cols[e..], limit, tokens, t0, &mut sums);
+        for (v, &d) in z.iter_mut().zip(&sums) {
+            *v += d as f32 * scale;
+        }
+    }
+}
+
+/// Adds to `sums` the exact sums `sums[j] += sum_e weights[e] * tokens[cols[e]][t0 + j]`
+/// over the leading entries whose columns are below `limit`, for `W` tokens from `t0`
+/// (`W` one of [`NARROW`] and [`WIDE`], `t0 + W` within the stride); returns how many
+/// entries that was.
+#[inline(always)]
+fn add_sums<P: Isa, I: SpIndex, const W: usize>(
+    weights: &[i16],
+    cols: &[I],
+    limit: usize,
+    tokens: &TokenRows,
+    t0: usize,
+    sums: &mut [i32],
+) -> usize {
+    let (rows, stride) = (tokens.values.as_slice(), tokens.stride);
+    assert!(t0 + W <= stride && W.is_multiple_of(NARROW) && sums.len() >= W);
+    assert_eq!(weights.len(), cols.len());
+    #[cfg(target_arch = "x86_64")]
+    {
+        // Every column is below `ncols` (the format's validator), and the rows hold
+        // `ncols * stride` entries (asserted by the caller), so each input's run of W
+        // tokens from t0 (t0 + W <= stride, asserted above) is in bounds.
+        let at = rows[t0..].as_ptr();
+        if P::VNNI512 && W == WIDE {
+            // SAFETY: the runs are in bounds (above); P::VNNI512 holds for the Avx512Vnni
+            // copy alone, compiled with (and run after detecting) AVX-512F, AVX-512BW and
+            // AVX-512 VNNI.
+            let (tile, used) = unsafe { x86::wide_sums(weights, cols, limit, at, stride) };
+            sums.iter_mut().zip(tile).for_each(|(s, t)| *s += t);
+            return used;
+        }
+        if P::MADD256 {
+            // SAFETY: the runs are in bounds (above); the copy is compiled with AVX2 (only
+            // the AVX2 and AVX-512 copies set P::MADD256).
+            let (tiles, used): ([i32; W], usize) = unsafe {
+                if W == WIDE {
+                    let (t, used) = x86::narrow_sums::<I, 2>(weights, cols, limit, at, stride);
+                    (std::array::from_fn(|j| t.as_flattened()[j]), used)
+                } else {
+                    let (t, used) = x86::narrow_sums::<I, 1>(weights, cols, limit, at, stride);
+                    (std::array::from_fn(|j| t.as_flattened()[j]), used)
+                }
+            };
+            sums.iter_mut().zip(tiles).for_each(|(s, t)| *s += t);
+            return used;
+        }
+    }
+    let used = cols.partition_point(|c| c.index() < limit);
+    for (&w, &c) in weights[..used].iter().zip(&cols[..used]) {
+        let run = &rows[c.index() * stride + t0..][..W];
+        for (s, &x) in sums.iter_mut().zip(run) {
+            *s += i32::from(w) * i32::from(x);
+        }
+    }
+    used
+}
+
+multiversion! {
+    fn rows<I: SpIndex>(
+        a: CsrView<'_, f32, I, i8>,
+        rows: Range<usize>,
+        tokens: &TokenRows,
+        out: &mut [f32],
+    ) => rows_kernel
+}
+
+/// [`rows`] on `path`, except on the AVX-512 path of a CPU with AVX-512 VNNI, which runs
+/// the [`crate::kernels::isa::Avx512Vnni`] copy.
+fn rows_best<I: SpIndex>(
+    path: KernelPath,
+    a: CsrView<'_, f32, I, i8>,
+    range: Range<usize>,
+    tokens: &TokenRows,
+    out: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if vnni_copy_runs(path) {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+        fn vnni_copy<I: SpIndex>(
+            a: CsrView<'_, f32, I, i8>,
+            range: Range<usize>,
+            tokens: &TokenRows,
+            out: &mut [f32],
+        ) {
+            rows_kernel::<crate::kernels::isa::Avx512Vnni, I>(a, range, tokens, out);
+        }
+        // SAFETY: vnni512() detected every feature the copy is compiled with.
+        return unsafe { vnni_copy(a, range, tokens, out) };
+    }
+    rows(path, a, range, tokens, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use crate::index::SpIndex;
+
+    /// A pair of 16-bit weights as the 32-bit word they make in memory (the first in the
+    /// low half): one load, which the compiler folds into the broadcast.
+    #[inline(always)]
+    fn word(pair: &[i16]) -> i32 {
+        (i32::from(pair[1]) << 16) | i32::from(pair[0] as u16)
+    }
+
+    /// [`super::add_sums`]'s tile for `16 * H` tokens with AVX2: per pair of stored
+    /// weights and 16 tokens, two loads, an unpack of each half and a `vpmaddwd` +
+    /// `vpaddd` into each of two accumulators (whose lanes then hold tokens 0-3 and 8-11,
+    /// and 4-7 and 12-15), over the leading entries below `limit`; the tile in token
+    /// order and how many entries it took.
+    ///
+    /// # Safety
+    /// AVX2 must be available, `weights` as long as `cols`, and `x + c * stride` valid
+    /// for `16 * H` reads for every column `c` in `cols` below `limit`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn narrow_sums<I: SpIndex, const H: usize>(
+        weights: &[i16],
+        cols: &[I],
+        limit: usize,
+        x: *const i16,
+        stride: usize,
+    ) -> ([[i32; 16]; H], usize) {
+        // SAFETY: in bounds by the caller's contract (16 * H entries from each input's).
+        let load = |c: I, h: usize| unsafe {
+            _mm256_loadu_si256(x.add(c.index() * stride + 16 * h).cast())
+        };
+        let mut acc = [[_mm256_setzero_si256(); 2]; H];
+        let mut madd = |first: I, second: Option<I>, w: i32| {
+            let w = _mm256_set1_epi32(w);
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let a = load(first, h);
+                let b = second.map_or(_mm256_setzero_si256(), |c| load(c, h));
+                let low = _mm256_madd_epi16(_mm256_unpacklo_epi16(a, b), w);
+                let high = _mm256_madd_epi16(_mm256_unpackhi_epi16(a, b), w);
+                *acc = [_mm256_add_epi32(acc[0], low), _mm256_add_epi32(acc[1], high)];
+            }
+        };
+        let (n, mut e) = (cols.len().min(weights.len()), 0);
+        // Columns increase along a row: the second of a pair below the limit means both.
+        while e + 2 <= n && cols[e + 1].index() < limit {
+            madd(cols[e], Some(cols[e + 1]), word(&weights[e..e + 2]));
+            e += 2;
+        }
+        if e < n && cols[e].index() < limit {
+            madd(cols[e], None, word(&[weights[e], 0]));
+            e += 1;
+        }
+        let mut out = [[0i32; 16]; H];
+        for (out, acc) in out.iter_mut().zip(acc) {
+            // SAFETY: `out` holds 16 lanes: tokens 0-7, then 8-15.
+            unsafe {
+                let first = _mm256_permute2x128_si256::<0x20>(acc[0], acc[1]);
+                let second = _mm256_permute2x128_si256::<0x31>(acc[0], acc[1]);
+                _mm256_storeu_si256(out.as_mut_ptr().cast(), first);
+                _mm256_storeu_si256(out.as_mut_ptr().add(8).cast(), second);
+            }
+        }
+        (out, e)
+    }
+
+    /// [`super::add_sums`]'s tile for 32 tokens with AVX-512 VNNI: per pair of stored
+    /// weights, two loads, two unpacks and two `vpdpwssd`, into two sets of accumulators
+    /// taken in turn (each `vpdpwssd` waits for the last into its accumulator), over the
+    /// leading entries below `limit`; the tile in token order and how many entries it
+    /// took.
+    ///
+    /// # Safety
+    /// AVX-512F, AVX-512BW and AVX-512 VNNI must be available, `weights` as long as
+    /// `cols`, and `x + c * stride` valid for 32 reads for every column `c` in `cols`
+    /// below `limit`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn wide_sums<I: SpIndex>(
+        weights: &[i16],
+        cols: &[I],
+        limit: usize,
+        x: *const i16,
+        stride: usize,
+    ) -> ([i32; 32], usize) {
+        // SAFETY: in bounds by the caller's contract.
+        let load = |c: I| unsafe { _mm512_loadu_si512(x.add(c.index() * stride).cast()) };
+        let dot = |acc: [__m512i; 2], a: __m512i, b: __m512i, w: i32| {
+            let w = _mm512_set1_epi32(w);
+            [
+                _mm512_dpwssd_epi32(acc[0], _mm512_unpacklo_epi16(a, b), w),
+                _mm512_dpwssd_epi32(acc[1], _mm512_unpackhi_epi16(a, b), w),
+            ]
+        };
+        let (n, mut e) = (cols.len().min(weights.len()), 0);
+        let (mut first, mut second) = ([_mm512_setzero_si512(); 2], [_mm512_setzero_si512(); 2]);
+        // Columns increase along a row: the last of a run below the limit means all.
+        // Pairs two at a time, one into each set, then the last ones into the first.
+        while e + 4 <= n && cols[e + 3].index() < limit {
+            first = dot(first, load(cols[e]), load(cols[e + 1]), word(&weights[e..e + 2]));
+            second =
+                dot(second, load(cols[e + 2]), load(cols[e + 3]), word(&weights[e + 2..e + 4]));
+            e += 4;
+        }
+        if e + 2 <= n && cols[e + 1].index() < limit {
+            first = dot(first, load(cols[e]), load(cols[e + 1]), word(&weights[e..e + 2]));
+            e += 2;
+        }
+        if e < n && cols[e].index() < limit {
+            second = dot(second, load(cols[e]), _mm512_setzero_si512(), word(&[weights[e], 0]));
+            e += 1;
+        }
+        let low = _mm512_add_epi32(first[0], second[0]);
+        let high = _mm512_add_epi32(first[1], second[1]);
+        // Lanes of 128 bits: `low` holds tokens 0-3, 8-11, 16-19, 24-27 and `high` the
+        // four after each; pairs of 64-bit lanes from each, alternately, restore the order.
+        let first_order = _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0);
+        let second_order = _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4);
+        let first = _mm512_permutex2var_epi64(low, first_order, high);
+        let second = _mm512_permutex2var_epi64(low, second_order, high);
+        let mut out = [0i32; 32];
+        // SAFETY: `out` holds 32 lanes: tokens 0-15, then 16-31.
+        unsafe {
+            _mm512_storeu_si512(out.as_mut_ptr().cast(), first);
+            _mm512_storeu_si512(out.as_mut_ptr().add(16).cast(), second);
+        }
+        (out, e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nalgebra::DMatrix;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::kernels::int8::{Int8DenseView, int8_dense_reference};
+
+    /// A CSR matrix of int8 values of every sign (-127 and 127 among them), about
+    /// `density` of its entries stored, with a distinct scale per row.
+    struct Fixture {
+        nrows: usize,
+        ncols: usize,
+        indptr: Vec<usize>,
+        indices: Vec<u32>,
+        values: Vec<i8>,
+        scales: Vec<f32>,
+    }
+
+    impl Fixture {
+        fn new(nrows: usize, ncols: usize, density: f64, seed: u64) -> Fixture {
+            let mut next = crate::testing::xorshift(seed);
+            let (mut indptr, mut indices, mut values) = (vec![0], Vec::new(), Vec::new());
+            for _ in 0..nrows {
+                for c in 0..ncols {
+                    if ((next() >> 11) as f64 / (1u64 << 53) as f64) < density {
+                        indices.push(c as u32);
+                        values.push(match next() % 4 {
+                            0 => 127,
+                            1 => -127,
+                            _ => ((next() % 255) as i64 - 127) as i8,
+                        });
+                    }
+                }
+                indptr.push(indices.len());
+            }
+            let scales = (0..nrows).map(|r| 1e-3 + (r % 7) as f32 * 3e-4).collect();
+            Fixture { nrows, ncols, indptr, indices, values, scales }
+        }
+
+        fn view(&self) -> CsrView<'_, f32, u32, i8> {
+            CsrView {
+                nrows: self.nrows,
+                ncols: self.ncols,
+                indptr: &self.indptr,
+                indices: &self.indices,
+                values: &self.values,
+                row_scales: Some(&self.scales),
+            }
+        }
+
+        /// The dense int8 product's reference loop on the same weights written out.
+        fn reference(&self, x: &DMatrix<f32>) -> Vec<u32> {
+            let mut dense = vec![0i8; self.nrows * self.ncols];
+            for r in 0..self.nrows {
+                for k in self.indptr[r]..self.indptr[r + 1] {
+                    dense[r * self.ncols + self.indices[k] as usize] = self.values[k];
+                }
+            }
+            let a = Int8DenseView {
+                rows: self.nrows,
+                cols: self.ncols,
+                group: self.ncols.max(1),
+                values: &dense,
+                scales: &self.scales,
+            };
+            let want = int8_dense_reference(a, x);
+            // Row-major, as the rows kernel writes.
+            let mut bits = vec![0; want.len()];
+            for ((r, j), v) in (0..self.nrows)
+                .flat_map(|r| (0..x.ncols()).map(move |j| (r, j)))
+                .map(|(r, j)| ((r, j), want[(r, j)]))
+            {
+                bits[r * x.ncols() + j] = v.to_bits();
+            }
+            bits
+        }
+    }
+
+    fn activations(cols: usize, batch: usize, seed: u64) -> DMatrix<f32> {
+        DMatrix::from_fn(cols, batch, |c, j| {
+            let k = (c as u64 * 31 + j as u64 * 17 + seed) % 97;
+            if k.is_multiple_of(6) { 0.0 } else { (k as f32 - 48.0) * (1.0 + j as f32) * 0.01 }
+        })
+    }
+
+    /// The rows kernel on a path, its VNNI copy when `vnni` and the CPU has one, as
+    /// row-major bits (before alpha and beta).
+    fn on_path(
+        path: KernelPath,
+        vnni: bool,
+        a: CsrView<'_, f32, u32, i8>,
+        x: &DMatrix<f32>,
+    ) -> Vec<u32> {
+        let path = KernelPath::resolve(path);
+        let tokens = token_rows(x);
+        let mut out = vec![0.0f32; a.nrows * x.ncols()];
+        if vnni {
+            rows_best(path, a, 0..a.nrows, &tokens, &mut out);
+        } else {
+            rows(path, a, 0..a.nrows, &tokens, &mut out);
+        }
+        out.iter().map(|v| v.to_bits()).collect()
+    }
+
+    proptest! {
+        /// Every compiled copy gives the bits of the dense int8 product's reference loop
+        /// on the same weights written out, for batches around the 16- and 32-token
+        /// tiles, rows of odd and even lengths and of none.
+        #[test]
+        fn every_copy_equals_the_dense_reference(
+            (nrows, ncols) in (1usize..30, 0usize..120),
+            density in 0.0f64..1.0,
+            batch in 1usize..70,
+            seed in any::<u64>(),
+        ) {
+            let fixture = Fixture::new(nrows, ncols, density, seed);
+            let x = activations(ncols, batch, seed);
+            let want = fixture.reference(&x);
+            for path in KernelPath::ORDER {
+                for vnni in [false, true] {
+                    prop_assert_eq!(
+                        &on_path(path, vnni, fixture.view(), &x), &want, "{:?}, vnni {}", path, vnni
+                    );
+                }
+            }
+        }
+    }
+
+    /// Rows wider than one 32-bit sum can hold are summed per span of columns, as the
+    /// dense product sums them: a full row of 140 000 entries of 127 against 127s (which
+    /// one sum would overflow), and a row whose entries all lie in its second span.
+    #[test]
+    fn wide_rows_are_summed_per_span_of_columns() {
+        let ncols = 140_000;
+        assert!(ncols as i64 * 127 * 127 > i64::from(i32::MAX));
+        let late: Vec<u32> = (MAX_SPAN as u32 + 5..MAX_SPAN as u32 + 40).collect();
+        let fixture = Fixture {
+            nrows: 2,
+            ncols,
+            indptr: vec![0, ncols, ncols + late.len()],
+            indices: (0..ncols as u32).chain(late.iter().copied()).collect(),
+            values: vec![127; ncols + late.len()],
+            scales: vec![1.0 / 127.0, 0.5],
+        };
+        let x = DMatrix::from_element(ncols, 16, 1.0f32);
+        let want = fixture.reference(&x);
+        for path in KernelPath::ORDER {
+            for vnni in [false, true] {
+                let got = on_path(path, vnni, fixture.view(), &x);
+                assert_eq!(got, want, "{path:?}, vnni {vnni}");
+                let full = f64::from(f32::from_bits(got[0]));
+                assert!((full - ncols as f64).abs() < 1e-3 * ncols as f64, "{full}");
+            }
+        }
+    }
+}
