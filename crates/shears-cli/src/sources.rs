@@ -230,7 +230,8 @@ impl Sources {
             None => return Ok(None),
             Some(MaskSource::Torch(ckpt)) => {
                 let bytes = ckpt.read_bytes(&torch_mask_name(t.name))?;
-                mask_from_bytes(t.name, t.dims, &bytes)?
+                mask_from_bytes(t.name, t.dims, &bytes)
+                    .with_context(|| ckpt.path().display().to_string())?
             }
             Some(MaskSource::Set(set)) => match set.iter().find(|(n, _)| *n == t.name) {
                 Some((_, m)) => m.clone(),

@@ -212,6 +212,36 @@ fn non_finite_weights_are_named() {
     );
 }
 
+/// A starting mask that is not all zeros and ones is refused, naming the masks file,
+/// the mask and the element.
+#[test]
+fn masks_of_other_values_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    model(&input);
+    let masks = dir.path().join("starting-masks.safetensors");
+    let mut fc1 = vec![1.0; 128];
+    fc1[5] = 2.0;
+    write(
+        &masks,
+        &[
+            T { name: "fc1.weight_mask", dtype: Dtype::U8, shape: vec![8, 16], values: fc1 },
+            T {
+                name: "fc2.weight_mask",
+                dtype: Dtype::U8,
+                shape: vec![4, 8],
+                values: vec![1.0; 32],
+            },
+        ],
+    );
+    let out = dir.path().join("out.safetensors");
+    let (i, o, m) = (input.to_str().unwrap(), out.to_str().unwrap(), masks.to_str().unwrap());
+    let args = ["prune", i, "-o", o, "-s", "0.5", "--masks-in", m];
+    fails(&args, &out, "starting-masks.safetensors");
+    fails(&args, &out, "`fc1.weight_mask`");
+    fails(&args, &out, "element 5 is 2, not 0 or 1");
+}
+
 #[test]
 fn existing_output_is_replaced_only_on_success() {
     let dir = tempfile::tempdir().unwrap();
