@@ -15,8 +15,8 @@ use serde::Serialize;
 use shears_benches::{SEED, magnitude_mask, matrix, rows_mask, two_four_mask, vector};
 use shears_core::{LayerContext, Mask, NmPattern, PruningStrategy, Sparsity};
 use shears_sparse::{
-    AnySparse, Bf16Csr, Bf16Nm, Csr, F16Csr, F16Nm, Format, Int8Csr, Int8Matrix, Int8Nm, NmSparse,
-    QuantScheme, SparseProduct,
+    AnySparse, Bf16Csr, Bf16Nm, Bf16Sell, Csr, F16Csr, F16Nm, F16Sell, Format, Int8Csr, Int8Matrix,
+    Int8Nm, Int8Sell, NmSparse, QuantScheme, SlicedEll, SparseProduct,
 };
 use shears_strategies::Magnitude;
 
@@ -195,6 +195,14 @@ fn main() {
             narrow.push(("csr-int8", s, Box::new(int8)));
             narrow.push(("csr-bf16", s, Box::new(bf16)));
             narrow.push(("csr-f16", s, Box::new(f16)));
+            // Sliced ELLPACK of the same rows, batch 1 only (batched, it runs CSR's tiles).
+            let sell = SlicedEll::from_csr(&csr);
+            let int8: Int8Sell<u16> = Int8Sell::from_sell(&sell).unwrap_or_else(|e| panic!("{e}"));
+            let bf16: Bf16Sell<u16> = Bf16Sell::from_sell(&sell).unwrap_or_else(|e| panic!("{e}"));
+            let f16: F16Sell<u16> = F16Sell::from_sell(&sell).unwrap_or_else(|e| panic!("{e}"));
+            narrow.push(("sell-int8", s, Box::new(int8)));
+            narrow.push(("sell-bf16", s, Box::new(bf16)));
+            narrow.push(("sell-f16", s, Box::new(f16)));
         }
         for &batch in batches {
             let x = if batch == 1 {
@@ -220,6 +228,9 @@ fn main() {
                 }
             }
             for (format, s, matrix) in &narrow {
+                if format.starts_with("sell") && batch > 1 {
+                    continue;
+                }
                 let mut y = DMatrix::zeros(rows, x.ncols());
                 let run = || drop(black_box(matrix.matmul_into(1.0, black_box(&x), 0.0, &mut y)));
                 let (d, t) = timer.paired(dense_run(&w, &x), run);

@@ -13,15 +13,18 @@
 //! - [`Compacted`] / [`compact_pair`]: physically smaller dense matrices after
 //!   structured pruning;
 //! - [`NarrowCsr`] ([`Int8Csr`], [`Bf16Csr`], [`F16Csr`]): CSR with values stored in
-//!   fewer bytes (int8 with a scale per row, bf16, f16), on CSR's kernels;
+//!   fewer bytes (int8 with a scale per row, bf16, f16), on CSR's kernels (int8 batches
+//!   of 9 tokens or more on integer ones);
 //! - [`NarrowNm`] ([`Int8Nm`], [`Bf16Nm`], [`F16Nm`]): the same for N:M, on N:M's kernels
 //!   (int8 batches on the integer ones);
+//! - [`NarrowSell`] ([`Int8Sell`], [`Bf16Sell`], [`F16Sell`]): the same for sliced
+//!   ELLPACK, on its kernels;
 //!
 //! and [`choose_format`] picks among the `f32`/`f64` ones from a mask and a batch size;
 //! [`AnySparse`] holds whichever it picked, and multiplies through the same
 //! [`SparseProduct`] trait as every format. Every format validates at construction
-//! ([`Csr::try_from_parts`] and friends) and round-trips with `to_dense` (`to_csr` and
-//! `to_nm` for the narrow ones); all but [`Compacted`] persist with a magic tag and a
+//! ([`Csr::try_from_parts`] and friends) and round-trips with `to_dense` (`to_csr`,
+//! `to_nm` and `to_sell` for the narrow ones); all but [`Compacted`] persist with a magic tag and a
 //! version (`to_bytes`, `from_bytes`), and so does [`Int8Matrix`].
 //!
 //! The key decision: **one generic kernel per operation, compiled per instruction set.**
@@ -67,6 +70,7 @@ mod index;
 mod kernels;
 mod narrow_csr;
 mod narrow_nm;
+mod narrow_sell;
 mod nm;
 mod persist;
 mod product;
@@ -85,6 +89,7 @@ pub use index::SpIndex;
 pub use kernels::{KernelPath, SLICE_ROWS, kernel_description, kernel_path, uses_gathers};
 pub use narrow_csr::{Bf16Csr, F16Csr, Int8Csr, NarrowCsr, NarrowValue};
 pub use narrow_nm::{Bf16Nm, F16Nm, Int8Nm, NarrowNm};
+pub use narrow_sell::{Bf16Sell, F16Sell, Int8Sell, NarrowSell};
 pub use nm::NmSparse;
 pub use persist::SPARSE_FORMAT_VERSION;
 pub use product::SparseProduct;

@@ -1,5 +1,5 @@
 //! Serde and byte formats for [`Csr`], [`NmSparse`], [`BlockSparse`], [`SlicedEll`], the
-//! narrow-valued [`NarrowCsr`] and [`NarrowNm`], and [`Int8Matrix`].
+//! narrow-valued [`NarrowCsr`], [`NarrowNm`] and [`NarrowSell`], and [`Int8Matrix`].
 //!
 //! Each file is shears' [envelope](shears_core::envelope) (magic tag, version, canonical
 //! bincode payload) around the format's parts, tagged with the element width (narrow
@@ -18,6 +18,7 @@ use crate::error::{Error, FormatError, Result};
 use crate::index::SpIndex;
 use crate::narrow_csr::{NarrowCsr, NarrowValue, values_from_bytes, values_to_bytes};
 use crate::narrow_nm::NarrowNm;
+use crate::narrow_sell::NarrowSell;
 use crate::nm::NmSparse;
 use crate::quant::{Int8Matrix, QuantScheme};
 use crate::sell::{SlicedEll, SlicedEllParts};
@@ -277,6 +278,60 @@ impl<V: NarrowValue> Stored for NarrowNm<V> {
 }
 
 #[derive(Serialize, Deserialize)]
+#[serde(bound = "")]
+struct NarrowSellRepr<I: SpIndex> {
+    value_type: String,
+    index_bits: u32,
+    nrows: usize,
+    ncols: usize,
+    window: usize,
+    order: Vec<usize>,
+    lengths: Vec<usize>,
+    slice_ptr: Vec<usize>,
+    indices: Vec<I>,
+    values: Vec<u8>,
+    scales: Vec<f32>,
+}
+
+impl<V: NarrowValue, I: SpIndex> Stored for NarrowSell<V, I> {
+    const MAGIC: &'static [u8; 8] = b"SHEARNSE";
+    const NAME: &'static str = "narrow sell";
+    type Repr = NarrowSellRepr<I>;
+    fn to_repr(&self) -> NarrowSellRepr<I> {
+        let p = self.layout();
+        NarrowSellRepr {
+            value_type: V::NAME.to_owned(),
+            index_bits: I::BITS,
+            nrows: p.nrows,
+            ncols: p.ncols,
+            window: p.window,
+            order: p.order.clone(),
+            lengths: p.lengths.clone(),
+            slice_ptr: p.slice_ptr.clone(),
+            indices: p.indices.clone(),
+            values: values_to_bytes(&p.values),
+            scales: self.scales().to_vec(),
+        }
+    }
+    fn from_repr(r: NarrowSellRepr<I>) -> Result<Self> {
+        check_value_type::<V>(Self::NAME, &r.value_type)?;
+        check_tag(Self::NAME, "index type", I::BITS as usize, r.index_bits as usize)?;
+        let values = narrow_values(Self::NAME, &r.values)?;
+        let parts = SlicedEllParts {
+            nrows: r.nrows,
+            ncols: r.ncols,
+            window: r.window,
+            order: r.order,
+            lengths: r.lengths,
+            slice_ptr: r.slice_ptr,
+            indices: r.indices,
+            values,
+        };
+        NarrowSell::try_from_parts(parts, r.scales)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
 struct Int8MatrixRepr {
     rows: usize,
     cols: usize,
@@ -347,4 +402,5 @@ stored_api!(BlockSparse<T: Scalar>, "block-sparse");
 stored_api!(SlicedEll<T: Scalar, I: SpIndex>, "sliced-ELLPACK");
 stored_api!(NarrowCsr<V: NarrowValue, I: SpIndex>, "narrow-valued CSR");
 stored_api!(NarrowNm<V: NarrowValue>, "narrow-valued N:M");
+stored_api!(NarrowSell<V: NarrowValue, I: SpIndex>, "narrow-valued sliced-ELLPACK");
 stored_api!(Int8Matrix, "dense int8");

@@ -164,6 +164,7 @@ impl<T: Scalar, I: SpIndex> SlicedEll<T, I> {
             &self.slice_ptr,
             &self.indices,
             &self.values,
+            T::zero(),
         )
     }
 
@@ -181,6 +182,15 @@ impl<T: Scalar, I: SpIndex> SlicedEll<T, I> {
         let sell = SlicedEll { nrows, ncols, window, order, lengths, slice_ptr, indices, values };
         sell.validate().map_err(|error| Error::Format { format: "sell", error })?;
         Ok(sell)
+    }
+
+    /// A matrix of buffers known to be valid (checked in debug builds).
+    pub(crate) fn from_valid_parts(parts: SlicedEllParts<T, I>) -> Self {
+        let SlicedEllParts { nrows, ncols, window, order, lengths, slice_ptr, indices, values } =
+            parts;
+        let sell = SlicedEll { nrows, ncols, window, order, lengths, slice_ptr, indices, values };
+        debug_assert_eq!(sell.validate(), Ok(()));
+        sell
     }
 
     /// Gives the buffers back.
@@ -265,6 +275,7 @@ impl<T: Scalar, I: SpIndex> SlicedEll<T, I> {
             slice_ptr: &self.slice_ptr,
             indices: &self.indices,
             values: &self.values,
+            row_scales: None,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The one validator per format. Every path that accepts outside data (`try_from_parts`,
 //! deserialisation, byte loaders) goes through these; each check has its own error.
 
-use shears_core::{NmPattern, Scalar};
+use shears_core::NmPattern;
 
 use crate::error::FormatError;
 use crate::index::SpIndex;
@@ -116,9 +116,9 @@ pub(crate) fn sell_window(window: usize) -> Result<(), FormatError> {
 }
 
 /// Checks sliced-ELLPACK structure (the invariants listed on [`crate::SlicedEll`]) in
-/// one pass over the lanes and one over the stored entries.
+/// one pass over the lanes and one over the stored entries; padding holds `zero`.
 #[allow(clippy::too_many_arguments, reason = "the parts of the format")]
-pub(crate) fn sell<T: Scalar, I: SpIndex>(
+pub(crate) fn sell<V: Copy + PartialEq, I: SpIndex>(
     nrows: usize,
     ncols: usize,
     window: usize,
@@ -126,7 +126,8 @@ pub(crate) fn sell<T: Scalar, I: SpIndex>(
     lengths: &[usize],
     slice_ptr: &[usize],
     indices: &[I],
-    values: &[T],
+    values: &[V],
+    zero: V,
 ) -> Result<(), FormatError> {
     sell_window(window)?;
     for (what, found) in [("order", order.len()), ("lengths", lengths.len())] {
@@ -192,7 +193,7 @@ pub(crate) fn sell<T: Scalar, I: SpIndex>(
                 let k = start + step * SLICE_ROWS + l;
                 let index = indices[k].index();
                 if step >= length {
-                    if index != 0 || values[k] != T::zero() {
+                    if index != 0 || values[k] != zero {
                         return Err(FormatError::PaddingNotEmpty { slice, lane: l, step });
                     }
                     continue;

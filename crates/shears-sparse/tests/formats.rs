@@ -4,9 +4,9 @@ use nalgebra::{DMatrix, DVector};
 use proptest::prelude::*;
 use shears_core::{BlockShape, Mask, NmPattern, proptest as arb};
 use shears_sparse::{
-    AnyCsr, AnySlicedEll, Bf16Csr, Bf16Nm, BlockSparse, Compacted, Compaction, Csr, F16Csr, F16Nm,
-    Format, Int8Csr, Int8Matrix, Int8Nm, NmSparse, QuantScheme, SlicedEll, choose_format,
-    compact_pair,
+    AnyCsr, AnySlicedEll, Bf16Csr, Bf16Nm, Bf16Sell, BlockSparse, Compacted, Compaction, Csr,
+    F16Csr, F16Nm, F16Sell, Format, Int8Csr, Int8Matrix, Int8Nm, Int8Sell, NmSparse, QuantScheme,
+    SlicedEll, choose_format, compact_pair,
 };
 
 fn masked(max: usize) -> impl Strategy<Value = (DMatrix<f32>, Mask)> {
@@ -164,6 +164,17 @@ proptest! {
         let (back, _): (Int8Csr<u16>, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
         prop_assert_eq!(back, int8);
 
+        let sell = SlicedEll::from_csr(&csr);
+        let int8 = Int8Sell::from_sell(&sell).unwrap();
+        prop_assert_eq!(&Int8Sell::<u16>::from_bytes(&int8.to_bytes()).unwrap(), &int8);
+        let bf16 = Bf16Sell::from_sell(&sell).unwrap();
+        prop_assert_eq!(&Bf16Sell::<u16>::from_bytes(&bf16.to_bytes()).unwrap(), &bf16);
+        let f16 = F16Sell::from_sell(&sell).unwrap();
+        prop_assert_eq!(&F16Sell::<u16>::from_bytes(&f16.to_bytes()).unwrap(), &f16);
+        let bytes = bincode::serde::encode_to_vec(&bf16, cfg).unwrap();
+        let (back, _): (Bf16Sell<u16>, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
+        prop_assert_eq!(back, bf16);
+
         let p = NmPattern::TWO_FOUR;
         let nm_mask = nm_mask(w.nrows(), w.ncols(), p, seed);
         let nm = NmSparse::from_dense_masked(&w, &nm_mask, p).unwrap();
@@ -203,6 +214,13 @@ fn narrow_files_are_read_only_as_what_they_hold() {
     let bf16_csr = Bf16Csr::from_csr(&csr).unwrap().to_bytes();
     let e = Int8Csr::<u32>::from_bytes(&bf16_csr).unwrap_err().to_string();
     assert!(e.contains("stored values are bf16, this type reads int8"), "{e}");
+    let sell = Int8Sell::from_csr(&csr).unwrap().to_bytes();
+    let e = Int8Sell::<u16>::from_bytes(&sell).unwrap_err().to_string();
+    assert!(e.contains("index type"), "{e}");
+    let e = Bf16Sell::<u32>::from_bytes(&sell).unwrap_err().to_string();
+    assert!(e.contains("stored values are int8, this type reads bf16"), "{e}");
+    assert!(SlicedEll::<f32, u32>::from_bytes(&sell).is_err(), "another format's magic");
+    assert!(Int8Sell::<u32>::from_bytes(&sell[..sell.len() - 1]).is_err(), "truncated");
     // Files whose values break the rules: -128, not a symmetric int8 value; three bytes,
     // not a whole number of bf16 values.
     let patch = |bytes: &[u8], from: &[u8], to: &[u8]| -> Vec<u8> {

@@ -535,7 +535,7 @@ impl<T> BsrView<'_, T> {
 
 /// A borrowed, validated sliced-ELLPACK matrix (see [`crate::SlicedEll`]'s invariants).
 #[derive(Clone, Copy)]
-pub(crate) struct SellView<'a, T, I> {
+pub(crate) struct SellView<'a, T, I, V = T> {
     pub(crate) nrows: usize,
     pub(crate) ncols: usize,
     pub(crate) window: usize,
@@ -543,10 +543,12 @@ pub(crate) struct SellView<'a, T, I> {
     pub(crate) lengths: &'a [usize],
     pub(crate) slice_ptr: &'a [usize],
     pub(crate) indices: &'a [I],
-    pub(crate) values: &'a [T],
+    pub(crate) values: &'a [V],
+    /// `nrows` scales, by row (not lane), or `None` for 1.
+    pub(crate) row_scales: Option<&'a [T]>,
 }
 
-impl<T, I> SellView<'_, T, I> {
+impl<T, I, V> SellView<'_, T, I, V> {
     /// Sorting windows: the work units of the parallel drivers, since rows never leave
     /// their window, each window's outputs are one contiguous range of rows.
     pub(crate) fn windows(&self) -> usize {
@@ -569,7 +571,7 @@ impl<T, I> SellView<'_, T, I> {
     }
 
     /// Slice `s`'s stored entries, eight per step.
-    pub(crate) fn slice(&self, s: usize) -> (&[T], &[I]) {
+    pub(crate) fn slice(&self, s: usize) -> (&[V], &[I]) {
         let range = self.slice_ptr[s]..self.slice_ptr[s + 1];
         (&self.values[range.clone()], &self.indices[range])
     }
@@ -669,7 +671,7 @@ impl<T: Copy + Sync> Units for BsrView<'_, T> {
     }
 }
 
-impl<T: Copy + Sync, I: Copy + Sync> Units for SellView<'_, T, I> {
+impl<T: Copy + Sync, I: Copy + Sync, V: Copy + Sync> Units for SellView<'_, T, I, V> {
     fn units(&self) -> usize {
         self.windows()
     }

@@ -537,8 +537,8 @@ pub(crate) fn bsr_spmm<T: Scalar>(
 /// CSR's tiles: the layout only pays at batch 1, and this way a row's sum is the one CSR
 /// computes, bit for bit.
 #[inline(always)]
-fn sell_windows_kernel<P: Isa, T: Scalar, I: SpIndex>(
-    a: SellView<'_, T, I>,
+fn sell_windows_kernel<P: Isa, T: Scalar, V: Stored<T>, I: SpIndex>(
+    a: SellView<'_, T, I, V>,
     windows: Range<usize>,
     xt: &[T],
     batch: usize,
@@ -551,16 +551,17 @@ fn sell_windows_kernel<P: Isa, T: Scalar, I: SpIndex>(
         for (l, lane) in a.lanes(s).enumerate() {
             let steps = (0..a.lengths[lane]).map(|j| j * SLICE_ROWS + l);
             values.clear();
-            values.extend(steps.clone().map(|k| slice_values[k]));
+            values.extend(steps.clone().map(|k| slice_values[k].get()));
             cols.clear();
             cols.extend(steps.map(|k| slice_cols[k]));
-            let r = a.order[lane] - first_row;
+            let row = a.order[lane];
+            let r = row - first_row;
             row_tiles::<P, T, I>(
                 &values,
                 &cols,
                 xt,
                 batch,
-                None,
+                a.row_scales.map(|s| s[row]),
                 &mut out[r * batch..(r + 1) * batch],
             );
         }
@@ -568,11 +569,11 @@ fn sell_windows_kernel<P: Isa, T: Scalar, I: SpIndex>(
 }
 
 multiversion! {
-    fn sell_windows<T: Scalar, I: SpIndex>(a: SellView<'_, T, I>, windows: Range<usize>, xt: &[T], batch: usize, out: &mut [T]) => sell_windows_kernel
+    fn sell_windows<T: Scalar, V: Stored<T>, I: SpIndex>(a: SellView<'_, T, I, V>, windows: Range<usize>, xt: &[T], batch: usize, out: &mut [T]) => sell_windows_kernel
 }
 
-pub(crate) fn sell_spmm<T: Scalar, I: SpIndex>(
-    a: SellView<'_, T, I>,
+pub(crate) fn sell_spmm<T: Scalar, V: Stored<T>, I: SpIndex>(
+    a: SellView<'_, T, I, V>,
     alpha: T,
     x: &DMatrix<T>,
     beta: T,
@@ -609,6 +610,33 @@ mod tests {
         check::<i8>(|v| v.round_ties_even().clamp(-127.0, 127.0) as i8, true);
         check::<half::bf16>(half::bf16::from_f32, false);
         check::<half::f16>(half::f16::from_f32, false);
+    }
+
+    /// Narrow sliced-ELLPACK values (int8 with row scales, bf16, f16) give the portable
+    /// copy's bits on every copy of the batched kernel.
+    #[test]
+    fn narrow_sell_values_give_the_portable_bits_on_every_copy() {
+        fn check<V: crate::NarrowValue>() {
+            let (nrows, ncols, batch) = (37usize, 203usize, 43usize);
+            let w = crate::narrow_sell::tests::pruned(nrows, ncols, 0.3, 5);
+            let csr: crate::Csr<f32, u32> = crate::Csr::from_dense(&w).unwrap();
+            let narrow = crate::NarrowSell::<V, u32>::from_csr(&csr).unwrap();
+            let a = narrow.view();
+            let xt: Vec<f32> = (0..ncols * batch).map(|k| (k as f32 * 0.07).sin()).collect();
+            let run = |path| {
+                let mut out = vec![0.0f32; nrows * batch];
+                let path = KernelPath::resolve(path);
+                sell_windows(path, a, 0..a.windows(), &xt, batch, &mut out);
+                out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            let portable = run(KernelPath::Portable);
+            for path in [KernelPath::Avx2, KernelPath::Avx512, KernelPath::Neon] {
+                assert_eq!(run(path), portable, "{} {path:?}", V::NAME);
+            }
+        }
+        check::<i8>();
+        check::<half::bf16>();
+        check::<half::f16>();
     }
 
     /// Every compiled path gives the portable path's bits (fused multiply-adds included)

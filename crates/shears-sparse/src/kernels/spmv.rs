@@ -340,8 +340,8 @@ pub(crate) fn nm_spmv<T: Scalar, V: Stored<T>>(
 /// row's end, which neither read `x` nor change their sum, so every copy gives the bits
 /// of the portable one.
 #[inline(always)]
-fn sell_slice<P: Isa, T: Scalar, I: SpIndex>(
-    values: &[T],
+fn sell_slice<P: Isa, T: Scalar, V: Stored<T>, I: SpIndex>(
+    values: &[V],
     indices: &[I],
     lengths: [usize; SLICE_ROWS],
     x: &[T],
@@ -352,16 +352,16 @@ fn sell_slice<P: Isa, T: Scalar, I: SpIndex>(
     let (mut even, mut odd) = ([T::zero(); SLICE_ROWS], [T::zero(); SLICE_ROWS]);
     let mut j = 0;
     while j + 2 <= common {
-        even = sell_step::<P, T, I>(even, values, indices, j, x);
-        odd = sell_step::<P, T, I>(odd, values, indices, j + 1, x);
+        even = sell_step::<P, T, V, I>(even, values, indices, j, x);
+        odd = sell_step::<P, T, V, I>(odd, values, indices, j + 1, x);
         j += 2;
     }
     while j < width {
         let acc = if j % 2 == 0 { &mut even } else { &mut odd };
         *acc = if j < common {
-            sell_step::<P, T, I>(*acc, values, indices, j, x)
+            sell_step::<P, T, V, I>(*acc, values, indices, j, x)
         } else {
-            sell_masked_step::<P, T, I>(*acc, values, indices, j, lengths, x)
+            sell_masked_step::<P, T, V, I>(*acc, values, indices, j, lengths, x)
         };
         j += 1;
     }
@@ -370,27 +370,28 @@ fn sell_slice<P: Isa, T: Scalar, I: SpIndex>(
 
 /// Step `j` of a slice whose eight lanes all have an entry there.
 #[inline(always)]
-fn sell_step<P: Isa, T: Scalar, I: SpIndex>(
+fn sell_step<P: Isa, T: Scalar, V: Stored<T>, I: SpIndex>(
     acc: [T; SLICE_ROWS],
-    values: &[T],
+    values: &[V],
     indices: &[I],
     j: usize,
     x: &[T],
 ) -> [T; SLICE_ROWS] {
     let (v, i) =
         (&values[j * SLICE_ROWS..][..SLICE_ROWS], &indices[j * SLICE_ROWS..][..SLICE_ROWS]);
+    let v: [T; SLICE_ROWS] = std::array::from_fn(|l| v[l].get());
     // SAFETY: the slice validator bounds the column of every entry inside its lane's
     // length by ncols (and `sell_slice` calls this only below every lane's length), the
     // public entry points check x.len() == ncols, and `sell_spmv` runs gathering copies
     // only when ncols <= 2^31.
-    unsafe { gather_mul_add8::<P, T>(acc, v, x, std::array::from_fn(|l| i[l].index() as u32)) }
+    unsafe { gather_mul_add8::<P, T>(acc, &v, x, std::array::from_fn(|l| i[l].index() as u32)) }
 }
 
 /// Step `j` of a slice, on the lanes whose row has an entry there.
 #[inline(always)]
-fn sell_masked_step<P: Isa, T: Scalar, I: SpIndex>(
+fn sell_masked_step<P: Isa, T: Scalar, V: Stored<T>, I: SpIndex>(
     acc: [T; SLICE_ROWS],
-    values: &[T],
+    values: &[V],
     indices: &[I],
     j: usize,
     lengths: [usize; SLICE_ROWS],
@@ -398,15 +399,16 @@ fn sell_masked_step<P: Isa, T: Scalar, I: SpIndex>(
 ) -> [T; SLICE_ROWS] {
     let (v, i) =
         (&values[j * SLICE_ROWS..][..SLICE_ROWS], &indices[j * SLICE_ROWS..][..SLICE_ROWS]);
+    let v: [T; SLICE_ROWS] = std::array::from_fn(|l| v[l].get());
     let idx = std::array::from_fn(|l| i[l].index() as u32);
     let live = std::array::from_fn(|l| j < lengths[l]);
     // SAFETY: as in `sell_step`, for the live lanes; the others are not read.
-    unsafe { gather_mul_add8_masked::<P, T>(acc, v, x, idx, live) }
+    unsafe { gather_mul_add8_masked::<P, T>(acc, &v, x, idx, live) }
 }
 
 #[inline(always)]
-fn sell_windows_kernel<P: Isa, T: Scalar, I: SpIndex>(
-    a: SellView<'_, T, I>,
+fn sell_windows_kernel<P: Isa, T: Scalar, V: Stored<T>, I: SpIndex>(
+    a: SellView<'_, T, I, V>,
     windows: Range<usize>,
     alpha: T,
     x: &[T],
@@ -418,21 +420,26 @@ fn sell_windows_kernel<P: Isa, T: Scalar, I: SpIndex>(
         let lanes = a.lanes(s);
         let lengths = std::array::from_fn(|l| a.lengths.get(lanes.start + l).copied().unwrap_or(0));
         let (values, indices) = a.slice(s);
-        let sums = sell_slice::<P, T, I>(values, indices, lengths, x);
+        let sums = sell_slice::<P, T, V, I>(values, indices, lengths, x);
         for (lane, sum) in lanes.zip(sums) {
+            let row = a.order[lane];
+            let sum = match a.row_scales {
+                Some(scales) => sum * scales[row],
+                None => sum,
+            };
             // The validator keeps every row in its lane's window, so inside `out`.
-            let y = &mut out[a.order[lane] - first_row];
+            let y = &mut out[row - first_row];
             *y = combine(alpha, sum, beta, *y);
         }
     }
 }
 
 multiversion! {
-    gathering fn sell_windows<T: Scalar, I: SpIndex>(a: SellView<'_, T, I>, windows: Range<usize>, alpha: T, x: &[T], beta: T, out: &mut [T]) => sell_windows_kernel
+    gathering fn sell_windows<T: Scalar, V: Stored<T>, I: SpIndex>(a: SellView<'_, T, I, V>, windows: Range<usize>, alpha: T, x: &[T], beta: T, out: &mut [T]) => sell_windows_kernel
 }
 
-pub(crate) fn sell_spmv<T: Scalar, I: SpIndex>(
-    a: SellView<'_, T, I>,
+pub(crate) fn sell_spmv<T: Scalar, V: Stored<T>, I: SpIndex>(
+    a: SellView<'_, T, I, V>,
     alpha: T,
     x: &[T],
     beta: T,
@@ -625,6 +632,31 @@ mod tests {
         check::<i8>(|v| v.round_ties_even().clamp(-127.0, 127.0) as i8, true);
         check::<half::bf16>(half::bf16::from_f32, false);
         check::<half::f16>(half::f16::from_f32, false);
+    }
+
+    /// Narrow sliced-ELLPACK values (int8 with row scales, bf16, f16) give the same bits
+    /// on every copy as the portable copy.
+    #[test]
+    fn narrow_sell_values_give_the_portable_bits_on_every_copy() {
+        fn check<V: crate::NarrowValue>() {
+            let w = crate::narrow_sell::tests::pruned(37, 203, 0.3, 5);
+            let csr: crate::Csr<f32, u32> = crate::Csr::from_dense(&w).unwrap();
+            let narrow = crate::NarrowSell::<V, u32>::from_csr(&csr).unwrap();
+            let a = narrow.view();
+            let x: Vec<f32> = (0..203).map(|k| (k as f32 * 0.11).cos()).collect();
+            let run = |path| {
+                let mut y = vec![0.0f32; 37];
+                sell_windows(path, a, 0..a.windows(), 1.0, &x, 0.0, &mut y);
+                bits(&y)
+            };
+            let portable = run(KernelPath::Portable);
+            for path in all_paths() {
+                assert_eq!(run(path), portable, "{} {path:?}", V::NAME);
+            }
+        }
+        check::<i8>();
+        check::<half::bf16>();
+        check::<half::f16>();
     }
 
     /// Narrow N:M values (int8 with row scales, bf16, f16) give, on every copy, the bits
