@@ -1,4 +1,4 @@
-//! The narrow-valued formats (`SHEARNCS`, `SHEARNNM`) and dense int8 (`SHEARI8D`):
+//! The narrow-valued formats (`SHEARNCS`, `SHEARNSE`, `SHEARNNM`) and dense int8 (`SHEARI8D`):
 //! whatever decodes re-validates from its parts, round-trips, and multiplies.
 #![no_main]
 

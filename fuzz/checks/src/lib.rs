@@ -17,8 +17,8 @@ use shears_io::{
     Checkpoint, Dtype, decode_mask_set, encode_mask_set, is_float, matrix_shape, write_matrix,
 };
 use shears_sparse::{
-    BlockSparse, Csr, Int8Matrix, Int8Nm, NarrowCsr, NarrowNm, NarrowValue, NmSparse, SlicedEll,
-    SpIndex, SparseProduct,
+    BlockSparse, Csr, Int8Matrix, Int8Nm, NarrowCsr, NarrowNm, NarrowSell, NarrowValue, NmSparse,
+    SlicedEll, SpIndex, SparseProduct,
 };
 use shears_strategies::{Magnitude, Pattern, Pruner};
 
@@ -245,6 +245,19 @@ fn narrow_csr_as<V: NarrowValue, I: SpIndex>(data: &[u8]) {
         .expect("its own parts validate");
 }
 
+fn narrow_sell_as<V: NarrowValue, I: SpIndex>(data: &[u8]) {
+    let Ok(sell) = NarrowSell::<V, I>::from_bytes(data) else { return };
+    let bytes = sell.to_bytes();
+    assert_eq!(NarrowSell::<V, I>::from_bytes(&bytes).expect("round-trips").to_bytes(), bytes);
+    let (nrows, ncols) = sell.shape();
+    if small(nrows, ncols) {
+        // The products are those of the f32 matrix the values stand for.
+        check_products(&sell, &sell.to_sell().to_dense());
+    }
+    let (parts, scales) = sell.into_parts();
+    NarrowSell::<V, I>::try_from_parts(parts, scales).expect("its own parts validate");
+}
+
 fn narrow_nm_as<V: NarrowValue>(data: &[u8]) -> Option<NarrowNm<V>> {
     let nm = NarrowNm::<V>::from_bytes(data).ok()?;
     let bytes = nm.to_bytes();
@@ -299,13 +312,17 @@ fn written_out(nm: &Int8Nm) -> Option<Int8Matrix> {
     Int8Matrix::try_from_parts(nrows, ncols, scheme, dense, nm.scales().to_vec()).ok()
 }
 
-/// The narrow-valued formats (`SHEARNCS`, `SHEARNNM`: int8, bf16, f16) and dense int8
-/// (`SHEARI8D`): whatever decodes re-validates from its parts, round-trips, and
-/// multiplies (narrow CSR and float N:M like the f32 matrix their values stand for).
+/// The narrow-valued formats (`SHEARNCS`, `SHEARNSE`, `SHEARNNM`: int8, bf16, f16) and
+/// dense int8 (`SHEARI8D`): whatever decodes re-validates from its parts, round-trips,
+/// and multiplies (narrow CSR and SELL and float N:M like the f32 matrix their values
+/// stand for).
 pub fn narrow(data: &[u8]) {
     narrow_csr_as::<i8, u32>(data);
     narrow_csr_as::<half::bf16, u16>(data);
     narrow_csr_as::<half::f16, u32>(data);
+    narrow_sell_as::<i8, u32>(data);
+    narrow_sell_as::<half::bf16, u16>(data);
+    narrow_sell_as::<half::f16, u32>(data);
     if let Some(nm) = narrow_nm_as::<i8>(data) {
         int8_nm_products(&nm);
     }
