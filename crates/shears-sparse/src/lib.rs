@@ -24,8 +24,8 @@
 //! [`AnySparse`] holds whichever it picked, and multiplies through the same
 //! [`SparseProduct`] trait as every format. Every format validates at construction
 //! ([`Csr::try_from_parts`] and friends) and round-trips with `to_dense` (`to_csr`,
-//! `to_nm` and `to_sell` for the narrow ones); all but [`Compacted`] persist with a magic tag and a
-//! version (`to_bytes`, `from_bytes`), and so does [`Int8Matrix`].
+//! `to_nm` and `to_sell` for the narrow ones); all but [`Compacted`] persist with a magic
+//! tag and a version (`to_bytes`, `from_bytes`), and so does [`Int8Matrix`].
 //!
 //! The key decision: **one generic kernel per operation, compiled per instruction set.**
 //! The products ([`SparseProduct`]: `matvec_into`, `matmul_into`, in the BLAS form
