@@ -3,7 +3,7 @@
 use nalgebra::DMatrix;
 use shears_core::{BlockShape, Mask, Scalar};
 
-use crate::error::{Error, FormatError, Result};
+use crate::error::{Error, Result};
 use crate::index::SpIndex;
 use crate::kernels::{self, BsrView};
 use crate::product::{Operands, Sealed, SparseProduct};
@@ -118,22 +118,23 @@ impl<T: Scalar> BlockSparse<T> {
         block_cols: Vec<u32>,
         values: Vec<T>,
     ) -> Result<Self> {
-        let fail = |error| Error::Format { format: "bsr", error };
-        let (grid_rows, grid_cols) = block.grid(nrows, ncols);
-        validate::compressed(grid_rows, grid_cols, &indptr, &block_cols, block_cols.len())
-            .map_err(fail)?;
-        let per_block = block.rows() * block.cols();
-        let expected = block_cols.len().checked_mul(per_block).ok_or_else(|| {
-            fail(FormatError::InvalidStructure { reason: "block value count overflows".into() })
-        })?;
-        if values.len() != expected {
-            return Err(fail(FormatError::BufferLength {
-                what: "values",
-                expected,
-                found: values.len(),
-            }));
-        }
+        validate::bsr(nrows, ncols, block, &indptr, &block_cols, values.len())
+            .map_err(|error| Error::Format { format: "bsr", error })?;
         Ok(BlockSparse { nrows, ncols, block, indptr, block_cols, values })
+    }
+
+    /// A matrix of buffers known to be valid (checked in debug builds).
+    pub(crate) fn from_valid_parts(
+        (nrows, ncols, block): (usize, usize, BlockShape),
+        indptr: Vec<usize>,
+        block_cols: Vec<u32>,
+        values: Vec<T>,
+    ) -> Self {
+        debug_assert_eq!(
+            validate::bsr(nrows, ncols, block, &indptr, &block_cols, values.len()),
+            Ok(())
+        );
+        BlockSparse { nrows, ncols, block, indptr, block_cols, values }
     }
 
     /// Gives the buffers back: `(nrows, ncols, block, indptr, block_cols, values)`.
@@ -196,6 +197,7 @@ impl<T: Scalar> BlockSparse<T> {
             indptr: &self.indptr,
             block_cols: &self.block_cols,
             values: &self.values,
+            row_scales: None,
         }
     }
 }

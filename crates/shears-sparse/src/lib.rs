@@ -17,14 +17,15 @@
 //!   of 9 tokens or more on integer ones);
 //! - [`NarrowNm`] ([`Int8Nm`], [`Bf16Nm`], [`F16Nm`]): the same for N:M, on N:M's kernels
 //!   (int8 batches on the integer ones);
-//! - [`NarrowSell`] ([`Int8Sell`], [`Bf16Sell`], [`F16Sell`]): the same for sliced
-//!   ELLPACK, on its kernels;
+//! - [`NarrowSell`] ([`Int8Sell`], [`Bf16Sell`], [`F16Sell`]) and [`NarrowBlock`]
+//!   ([`Int8Block`], [`Bf16Block`], [`F16Block`]): the same for sliced ELLPACK and
+//!   block-sparse, on their kernels;
 //!
 //! and [`choose_format`] picks among the `f32`/`f64` ones from a mask and a batch size;
 //! [`AnySparse`] holds whichever it picked, and multiplies through the same
 //! [`SparseProduct`] trait as every format. Every format validates at construction
 //! ([`Csr::try_from_parts`] and friends) and round-trips with `to_dense` (`to_csr`,
-//! `to_nm` and `to_sell` for the narrow ones); all but [`Compacted`] persist with a magic
+//! `to_nm`, `to_sell` and `to_block` for the narrow ones); all but [`Compacted`] persist with a magic
 //! tag and a version (`to_bytes`, `from_bytes`), and so does [`Int8Matrix`].
 //!
 //! The key decision: **one generic kernel per operation, compiled per instruction set.**
@@ -68,6 +69,7 @@ mod dense;
 mod error;
 mod index;
 mod kernels;
+mod narrow_block;
 mod narrow_csr;
 mod narrow_nm;
 mod narrow_sell;
@@ -87,6 +89,7 @@ pub use csr::{AnyCsr, Csr};
 pub use error::{Error, FormatError, Result};
 pub use index::SpIndex;
 pub use kernels::{KernelPath, SLICE_ROWS, kernel_description, kernel_path, uses_gathers};
+pub use narrow_block::{Bf16Block, F16Block, Int8Block, NarrowBlock};
 pub use narrow_csr::{Bf16Csr, F16Csr, Int8Csr, NarrowCsr, NarrowValue};
 pub use narrow_nm::{Bf16Nm, F16Nm, Int8Nm, NarrowNm};
 pub use narrow_sell::{Bf16Sell, F16Sell, Int8Sell, NarrowSell};

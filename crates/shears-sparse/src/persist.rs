@@ -1,5 +1,6 @@
 //! Serde and byte formats for [`Csr`], [`NmSparse`], [`BlockSparse`], [`SlicedEll`], the
-//! narrow-valued [`NarrowCsr`], [`NarrowNm`] and [`NarrowSell`], and [`Int8Matrix`].
+//! narrow-valued [`NarrowCsr`], [`NarrowNm`], [`NarrowSell`] and [`NarrowBlock`], and
+//! [`Int8Matrix`].
 //!
 //! Each file is shears' [envelope](shears_core::envelope) (magic tag, version, canonical
 //! bincode payload) around the format's parts, tagged with the element width (narrow
@@ -16,6 +17,7 @@ use crate::block::BlockSparse;
 use crate::csr::Csr;
 use crate::error::{Error, FormatError, Result};
 use crate::index::SpIndex;
+use crate::narrow_block::NarrowBlock;
 use crate::narrow_csr::{NarrowCsr, NarrowValue, values_from_bytes, values_to_bytes};
 use crate::narrow_nm::NarrowNm;
 use crate::narrow_sell::NarrowSell;
@@ -332,6 +334,43 @@ impl<V: NarrowValue, I: SpIndex> Stored for NarrowSell<V, I> {
 }
 
 #[derive(Serialize, Deserialize)]
+struct NarrowBlockRepr {
+    value_type: String,
+    nrows: usize,
+    ncols: usize,
+    block: BlockShape,
+    indptr: Vec<usize>,
+    block_cols: Vec<u32>,
+    values: Vec<u8>,
+    scales: Vec<f32>,
+}
+
+impl<V: NarrowValue> Stored for NarrowBlock<V> {
+    const MAGIC: &'static [u8; 8] = b"SHEARNBS";
+    const NAME: &'static str = "narrow bsr";
+    type Repr = NarrowBlockRepr;
+    fn to_repr(&self) -> NarrowBlockRepr {
+        let (nrows, ncols) = self.shape();
+        NarrowBlockRepr {
+            value_type: V::NAME.to_owned(),
+            nrows,
+            ncols,
+            block: self.block_shape(),
+            indptr: self.indptr().to_vec(),
+            block_cols: self.block_cols().to_vec(),
+            values: values_to_bytes(self.values()),
+            scales: self.scales().to_vec(),
+        }
+    }
+    fn from_repr(r: NarrowBlockRepr) -> Result<Self> {
+        check_value_type::<V>(Self::NAME, &r.value_type)?;
+        let values = narrow_values(Self::NAME, &r.values)?;
+        let dims = (r.nrows, r.ncols, r.block);
+        NarrowBlock::try_from_parts(dims, r.indptr, r.block_cols, values, r.scales)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
 struct Int8MatrixRepr {
     rows: usize,
     cols: usize,
@@ -403,4 +442,5 @@ stored_api!(SlicedEll<T: Scalar, I: SpIndex>, "sliced-ELLPACK");
 stored_api!(NarrowCsr<V: NarrowValue, I: SpIndex>, "narrow-valued CSR");
 stored_api!(NarrowNm<V: NarrowValue>, "narrow-valued N:M");
 stored_api!(NarrowSell<V: NarrowValue, I: SpIndex>, "narrow-valued sliced-ELLPACK");
+stored_api!(NarrowBlock<V: NarrowValue>, "narrow-valued block-sparse");
 stored_api!(Int8Matrix, "dense int8");

@@ -1,7 +1,7 @@
 //! The one validator per format. Every path that accepts outside data (`try_from_parts`,
 //! deserialisation, byte loaders) goes through these; each check has its own error.
 
-use shears_core::NmPattern;
+use shears_core::{BlockShape, NmPattern};
 
 use crate::error::FormatError;
 use crate::index::SpIndex;
@@ -215,6 +215,29 @@ pub(crate) fn sell<V: Copy + PartialEq, I: SpIndex>(
             expected: slice_ptr[slices],
             found: values.len(),
         });
+    }
+    Ok(())
+}
+
+/// Checks block-sparse structure (the invariants listed on [`crate::BlockSparse`]): a
+/// valid compressed-row index over the grid of blocks, and `values` entries for every
+/// stored block.
+pub(crate) fn bsr(
+    nrows: usize,
+    ncols: usize,
+    block: BlockShape,
+    indptr: &[usize],
+    block_cols: &[u32],
+    values: usize,
+) -> Result<(), FormatError> {
+    let (grid_rows, grid_cols) = block.grid(nrows, ncols);
+    compressed(grid_rows, grid_cols, indptr, block_cols, block_cols.len())?;
+    let per_block = block.rows() * block.cols();
+    let expected = block_cols.len().checked_mul(per_block).ok_or_else(|| {
+        FormatError::InvalidStructure { reason: "block value count overflows".into() }
+    })?;
+    if values != expected {
+        return Err(FormatError::BufferLength { what: "values", expected, found: values });
     }
     Ok(())
 }

@@ -4,9 +4,9 @@ use nalgebra::{DMatrix, DVector};
 use proptest::prelude::*;
 use shears_core::{BlockShape, Mask, NmPattern, proptest as arb};
 use shears_sparse::{
-    AnyCsr, AnySlicedEll, Bf16Csr, Bf16Nm, Bf16Sell, BlockSparse, Compacted, Compaction, Csr,
-    F16Csr, F16Nm, F16Sell, Format, Int8Csr, Int8Matrix, Int8Nm, Int8Sell, NmSparse, QuantScheme,
-    SlicedEll, choose_format, compact_pair,
+    AnyCsr, AnySlicedEll, Bf16Block, Bf16Csr, Bf16Nm, Bf16Sell, BlockSparse, Compacted, Compaction,
+    Csr, F16Block, F16Csr, F16Nm, F16Sell, Format, Int8Block, Int8Csr, Int8Matrix, Int8Nm,
+    Int8Sell, NmSparse, QuantScheme, SlicedEll, choose_format, compact_pair,
 };
 
 fn masked(max: usize) -> impl Strategy<Value = (DMatrix<f32>, Mask)> {
@@ -175,6 +175,18 @@ proptest! {
         let (back, _): (Bf16Sell<u16>, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
         prop_assert_eq!(back, bf16);
 
+        let shape = BlockShape::new(1 + seed as usize % 3, group).unwrap();
+        let block = BlockSparse::from_dense_masked(&w, &mask, shape).unwrap();
+        let int8 = Int8Block::from_block(&block).unwrap();
+        prop_assert_eq!(&Int8Block::from_bytes(&int8.to_bytes()).unwrap(), &int8);
+        let bf16 = Bf16Block::from_block(&block).unwrap();
+        prop_assert_eq!(&Bf16Block::from_bytes(&bf16.to_bytes()).unwrap(), &bf16);
+        let f16 = F16Block::from_block(&block).unwrap();
+        prop_assert_eq!(&F16Block::from_bytes(&f16.to_bytes()).unwrap(), &f16);
+        let bytes = bincode::serde::encode_to_vec(&int8, cfg).unwrap();
+        let (back, _): (Int8Block, usize) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();
+        prop_assert_eq!(back, int8);
+
         let p = NmPattern::TWO_FOUR;
         let nm_mask = nm_mask(w.nrows(), w.ncols(), p, seed);
         let nm = NmSparse::from_dense_masked(&w, &nm_mask, p).unwrap();
@@ -221,6 +233,10 @@ fn narrow_files_are_read_only_as_what_they_hold() {
     assert!(e.contains("stored values are int8, this type reads bf16"), "{e}");
     assert!(SlicedEll::<f32, u32>::from_bytes(&sell).is_err(), "another format's magic");
     assert!(Int8Sell::<u32>::from_bytes(&sell[..sell.len() - 1]).is_err(), "truncated");
+    let block = Int8Block::from_dense(&w, BlockShape::new(2, 2).unwrap()).unwrap().to_bytes();
+    let e = F16Block::from_bytes(&block).unwrap_err().to_string();
+    assert!(e.contains("stored values are int8, this type reads f16"), "{e}");
+    assert!(BlockSparse::<f32>::from_bytes(&block).is_err(), "another format's magic");
     // Files whose values break the rules: -128, not a symmetric int8 value; three bytes,
     // not a whole number of bf16 values.
     let patch = |bytes: &[u8], from: &[u8], to: &[u8]| -> Vec<u8> {

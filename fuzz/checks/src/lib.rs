@@ -17,8 +17,8 @@ use shears_io::{
     Checkpoint, Dtype, decode_mask_set, encode_mask_set, is_float, matrix_shape, write_matrix,
 };
 use shears_sparse::{
-    BlockSparse, Csr, Int8Matrix, Int8Nm, NarrowCsr, NarrowNm, NarrowSell, NarrowValue, NmSparse,
-    SlicedEll, SpIndex, SparseProduct,
+    BlockSparse, Csr, Int8Csr, Int8Matrix, Int8Nm, NarrowBlock, NarrowCsr, NarrowNm, NarrowSell,
+    NarrowValue, NmSparse, SlicedEll, SpIndex, SparseProduct,
 };
 use shears_strategies::{Magnitude, Pattern, Pruner};
 
@@ -245,6 +245,47 @@ fn narrow_csr_as<V: NarrowValue, I: SpIndex>(data: &[u8]) {
         .expect("its own parts validate");
 }
 
+/// An int8 CSR matrix's batch of 33 tokens (past the 9 from which they run in integers:
+/// a 32-token tile and a 16-token one) rounds the tokens to int8 and gives the bits of
+/// its entries written out as dense int8.
+fn int8_csr_batches<I: SpIndex>(csr: &Int8Csr<I>) {
+    let (nrows, ncols) = csr.shape();
+    if !small(nrows, ncols) {
+        return;
+    }
+    let mut dense = vec![0i8; nrows * ncols];
+    for r in 0..nrows {
+        for k in csr.indptr()[r]..csr.indptr()[r + 1] {
+            dense[r * ncols + csr.indices()[k].index()] = csr.values()[k];
+        }
+    }
+    let scheme = shears_sparse::QuantScheme::PerRow;
+    let Ok(dense) = Int8Matrix::try_from_parts(nrows, ncols, scheme, dense, csr.scales().to_vec())
+    else {
+        return;
+    };
+    let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let x = DMatrix::from_fn(ncols, 33, |i, j| ((i * 7 + j * 3) % 11) as f32 - 5.0);
+    let got = csr.matmul(&x).expect("shapes agree");
+    let want = dense.matmul(&x).expect("shapes agree");
+    assert_eq!(bits(got.as_slice()), bits(want.as_slice()), "int8 csr batch");
+}
+
+fn narrow_block_as<V: NarrowValue>(data: &[u8]) {
+    let Ok(block) = NarrowBlock::<V>::from_bytes(data) else { return };
+    let bytes = block.to_bytes();
+    assert_eq!(NarrowBlock::<V>::from_bytes(&bytes).expect("round-trips").to_bytes(), bytes);
+    let (nrows, ncols) = block.shape();
+    if small(nrows, ncols) {
+        // The products are those of the f32 matrix the values stand for.
+        check_products(&block, &block.to_dense());
+    }
+    let parts = (block.indptr().to_vec(), block.block_cols().to_vec(), block.values().to_vec());
+    let dims = (nrows, ncols, block.block_shape());
+    NarrowBlock::<V>::try_from_parts(dims, parts.0, parts.1, parts.2, block.scales().to_vec())
+        .expect("its own parts validate");
+}
+
 fn narrow_sell_as<V: NarrowValue, I: SpIndex>(data: &[u8]) {
     let Ok(sell) = NarrowSell::<V, I>::from_bytes(data) else { return };
     let bytes = sell.to_bytes();
@@ -312,17 +353,23 @@ fn written_out(nm: &Int8Nm) -> Option<Int8Matrix> {
     Int8Matrix::try_from_parts(nrows, ncols, scheme, dense, nm.scales().to_vec()).ok()
 }
 
-/// The narrow-valued formats (`SHEARNCS`, `SHEARNSE`, `SHEARNNM`: int8, bf16, f16) and
-/// dense int8 (`SHEARI8D`): whatever decodes re-validates from its parts, round-trips,
-/// and multiplies (narrow CSR and SELL and float N:M like the f32 matrix their values
-/// stand for).
+/// The narrow-valued formats (`SHEARNCS`, `SHEARNSE`, `SHEARNBS`, `SHEARNNM`: int8,
+/// bf16, f16) and dense int8 (`SHEARI8D`): whatever decodes re-validates from its parts,
+/// round-trips, and multiplies (narrow CSR, SELL and block-sparse and float N:M like the
+/// f32 matrix their values stand for; int8 CSR and N:M batches like dense int8).
 pub fn narrow(data: &[u8]) {
     narrow_csr_as::<i8, u32>(data);
+    if let Ok(csr) = Int8Csr::<u32>::from_bytes(data) {
+        int8_csr_batches(&csr);
+    }
     narrow_csr_as::<half::bf16, u16>(data);
     narrow_csr_as::<half::f16, u32>(data);
     narrow_sell_as::<i8, u32>(data);
     narrow_sell_as::<half::bf16, u16>(data);
     narrow_sell_as::<half::f16, u32>(data);
+    narrow_block_as::<i8>(data);
+    narrow_block_as::<half::bf16>(data);
+    narrow_block_as::<half::f16>(data);
     if let Some(nm) = narrow_nm_as::<i8>(data) {
         int8_nm_products(&nm);
     }

@@ -517,17 +517,19 @@ fn expand<const N: usize>(positions: &[u8], m: usize, cols: &mut [u32]) {
 /// A borrowed, validated block-sparse matrix: `br x bc` blocks, row-major inside, with
 /// zero padding where a block overhangs the matrix.
 #[derive(Clone, Copy)]
-pub(crate) struct BsrView<'a, T> {
+pub(crate) struct BsrView<'a, T, V = T> {
     pub(crate) nrows: usize,
     pub(crate) ncols: usize,
     pub(crate) br: usize,
     pub(crate) bc: usize,
     pub(crate) indptr: &'a [usize],
     pub(crate) block_cols: &'a [u32],
-    pub(crate) values: &'a [T],
+    pub(crate) values: &'a [V],
+    /// `nrows` scales, or `None` for 1.
+    pub(crate) row_scales: Option<&'a [T]>,
 }
 
-impl<T> BsrView<'_, T> {
+impl<T, V> BsrView<'_, T, V> {
     pub(crate) fn block_rows(&self) -> usize {
         self.nrows.div_ceil(self.br)
     }
@@ -659,7 +661,7 @@ impl<T: Copy + Sync, V: Copy + Sync> Units for NmView<'_, T, V> {
     }
 }
 
-impl<T: Copy + Sync> Units for BsrView<'_, T> {
+impl<T: Copy + Sync, V: Copy + Sync> Units for BsrView<'_, T, V> {
     fn units(&self) -> usize {
         self.block_rows()
     }

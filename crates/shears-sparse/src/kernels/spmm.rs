@@ -488,8 +488,8 @@ pub(crate) fn nm_spmm<T: Scalar, V: Stored<T>>(
 }
 
 #[inline(always)]
-fn bsr_rows_kernel<P: Isa, T: Scalar>(
-    a: BsrView<'_, T>,
+fn bsr_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
+    a: BsrView<'_, T, V>,
     block_rows: Range<usize>,
     xt: &[T],
     batch: usize,
@@ -507,7 +507,7 @@ fn bsr_rows_kernel<P: Isa, T: Scalar>(
             for rr in 0..height {
                 let o = &mut out[(r0 - first_row + rr) * batch..][..batch];
                 for cc in 0..width {
-                    let w = block[rr * bc + cc];
+                    let w = block[rr * bc + cc].get();
                     let xs = &xt[(c0 + cc) * batch..][..batch];
                     for (ov, &xv) in o.iter_mut().zip(xs) {
                         *ov += w * xv;
@@ -515,15 +515,21 @@ fn bsr_rows_kernel<P: Isa, T: Scalar>(
                 }
             }
         }
+        if let Some(scales) = a.row_scales {
+            for rr in 0..height {
+                let o = &mut out[(r0 - first_row + rr) * batch..][..batch];
+                o.iter_mut().for_each(|v| *v *= scales[r0 + rr]);
+            }
+        }
     }
 }
 
 multiversion! {
-    fn bsr_rows<T: Scalar>(a: BsrView<'_, T>, block_rows: Range<usize>, xt: &[T], batch: usize, out: &mut [T]) => bsr_rows_kernel
+    fn bsr_rows<T: Scalar, V: Stored<T>>(a: BsrView<'_, T, V>, block_rows: Range<usize>, xt: &[T], batch: usize, out: &mut [T]) => bsr_rows_kernel
 }
 
-pub(crate) fn bsr_spmm<T: Scalar>(
-    a: BsrView<'_, T>,
+pub(crate) fn bsr_spmm<T: Scalar, V: Stored<T>>(
+    a: BsrView<'_, T, V>,
     alpha: T,
     x: &DMatrix<T>,
     beta: T,
@@ -627,6 +633,33 @@ mod tests {
                 let mut out = vec![0.0f32; nrows * batch];
                 let path = KernelPath::resolve(path);
                 sell_windows(path, a, 0..a.windows(), &xt, batch, &mut out);
+                out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            let portable = run(KernelPath::Portable);
+            for path in [KernelPath::Avx2, KernelPath::Avx512, KernelPath::Neon] {
+                assert_eq!(run(path), portable, "{} {path:?}", V::NAME);
+            }
+        }
+        check::<i8>();
+        check::<half::bf16>();
+        check::<half::f16>();
+    }
+
+    /// Narrow block-sparse values (int8 with row scales, bf16, f16) give the portable
+    /// copy's bits on every copy of the batched kernel.
+    #[test]
+    fn narrow_block_values_give_the_portable_bits_on_every_copy() {
+        fn check<V: crate::NarrowValue>() {
+            let (nrows, ncols, batch) = (37usize, 203usize, 43usize);
+            let w = crate::narrow_sell::tests::pruned(nrows, ncols, 0.3, 5);
+            let shape = shears_core::BlockShape::new(4, 3).unwrap();
+            let narrow = crate::NarrowBlock::<V>::from_dense(&w, shape).unwrap();
+            let a = narrow.view();
+            let xt: Vec<f32> = (0..ncols * batch).map(|k| (k as f32 * 0.07).sin()).collect();
+            let run = |path| {
+                let mut out = vec![0.0f32; nrows * batch];
+                let path = KernelPath::resolve(path);
+                bsr_rows(path, a, 0..a.block_rows(), &xt, batch, &mut out);
                 out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
             };
             let portable = run(KernelPath::Portable);

@@ -451,8 +451,8 @@ pub(crate) fn sell_spmv<T: Scalar, V: Stored<T>, I: SpIndex>(
 }
 
 #[inline(always)]
-fn bsr_rows_kernel<P: Isa, T: Scalar>(
-    a: BsrView<'_, T>,
+fn bsr_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
+    a: BsrView<'_, T, V>,
     block_rows: Range<usize>,
     alpha: T,
     x: &[T],
@@ -475,7 +475,7 @@ fn bsr_rows_kernel<P: Isa, T: Scalar>(
                 let row = &block[rr * bc..rr * bc + width];
                 let mut s = T::zero();
                 for (&w, &xv) in row.iter().zip(xs) {
-                    s += w * xv;
+                    s += w.get() * xv;
                 }
                 *acc_r += s;
             }
@@ -483,6 +483,10 @@ fn bsr_rows_kernel<P: Isa, T: Scalar>(
         let r0 = i * br;
         let height = br.min(a.nrows - r0);
         for (rr, &v) in acc[..height].iter().enumerate() {
+            let v = match a.row_scales {
+                Some(scales) => v * scales[r0 + rr],
+                None => v,
+            };
             let y = &mut out[r0 - first_row + rr];
             *y = combine(alpha, v, beta, *y);
         }
@@ -490,10 +494,16 @@ fn bsr_rows_kernel<P: Isa, T: Scalar>(
 }
 
 multiversion! {
-    fn bsr_rows<T: Scalar>(a: BsrView<'_, T>, block_rows: Range<usize>, alpha: T, x: &[T], beta: T, out: &mut [T]) => bsr_rows_kernel
+    fn bsr_rows<T: Scalar, V: Stored<T>>(a: BsrView<'_, T, V>, block_rows: Range<usize>, alpha: T, x: &[T], beta: T, out: &mut [T]) => bsr_rows_kernel
 }
 
-pub(crate) fn bsr_spmv<T: Scalar>(a: BsrView<'_, T>, alpha: T, x: &[T], beta: T, y: &mut [T]) {
+pub(crate) fn bsr_spmv<T: Scalar, V: Stored<T>>(
+    a: BsrView<'_, T, V>,
+    alpha: T,
+    x: &[T],
+    beta: T,
+    y: &mut [T],
+) {
     let path = kernel_path();
     for_units(a, y, |block_rows, out| bsr_rows(path, a, block_rows, alpha, x, beta, out));
 }
@@ -647,6 +657,31 @@ mod tests {
             let run = |path| {
                 let mut y = vec![0.0f32; 37];
                 sell_windows(path, a, 0..a.windows(), 1.0, &x, 0.0, &mut y);
+                bits(&y)
+            };
+            let portable = run(KernelPath::Portable);
+            for path in all_paths() {
+                assert_eq!(run(path), portable, "{} {path:?}", V::NAME);
+            }
+        }
+        check::<i8>();
+        check::<half::bf16>();
+        check::<half::f16>();
+    }
+
+    /// Narrow block-sparse values (int8 with row scales, bf16, f16) give the same bits on
+    /// every copy as the portable copy, with blocks that overhang the matrix.
+    #[test]
+    fn narrow_block_values_give_the_portable_bits_on_every_copy() {
+        fn check<V: crate::NarrowValue>() {
+            let w = crate::narrow_sell::tests::pruned(37, 203, 0.3, 5);
+            let shape = shears_core::BlockShape::new(4, 3).unwrap();
+            let narrow = crate::NarrowBlock::<V>::from_dense(&w, shape).unwrap();
+            let a = narrow.view();
+            let x: Vec<f32> = (0..203).map(|k| (k as f32 * 0.11).cos()).collect();
+            let run = |path| {
+                let mut y = vec![0.0f32; 37];
+                bsr_rows(path, a, 0..a.block_rows(), 1.0, &x, 0.0, &mut y);
                 bits(&y)
             };
             let portable = run(KernelPath::Portable);
