@@ -218,10 +218,16 @@ fn narrow_float<H: NarrowValue>(
 /// At batch 1 a product reads each stored weight's value and column once, so narrower
 /// values mean fewer bytes moved: 3 bytes per weight for `i8` with `u16` columns against
 /// 6 for `f32`. The kernels are [`Csr`]'s, widening each value to `f32` exactly as it is
-/// loaded; products take and give `f32`. Int8 products of 9 tokens or more instead
-/// quantize the tokens to int8 (one scale per token, as [`crate::Int8Matrix`] does) and
-/// sum in 32-bit integers, two stored weights per multiply-add: they give the bits of
-/// the [`crate::Int8Matrix`] product of the same weights written out with their scales.
+/// loaded; products take and give `f32`.
+///
+/// Except int8 products of 9 tokens or more (`matmul`; `matvec` and smaller batches
+/// widen): those quantize `X` per token as [`crate::Int8Matrix`] does and sum in 32-bit
+/// integers, two stored weights per multiply-add, in the arithmetic of the
+/// [`crate::Int8Matrix`] with the same values written out dense and the same row scales,
+/// bit for bit. Activation rounding makes them differ from the widened products by up to
+/// half a 127th of each token's largest activation per stored weight, and a NaN or
+/// infinity in a token makes all of that token's outputs NaN (rows that never read it
+/// too), as in [`crate::Int8Matrix`].
 ///
 /// # Invariants
 /// [`Csr`]'s, checked by [`NarrowCsr::try_from_parts`]; and `scales.len() == nrows`, each

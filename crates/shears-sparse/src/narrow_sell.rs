@@ -23,7 +23,9 @@ use crate::validate;
 /// (`bf16`, `f16`) against 6. The kernels are [`SlicedEll`]'s, widening each value to
 /// `f32` exactly as it is loaded, and a row's sum is multiplied by its scale: the
 /// products of `bf16` and `f16` values are those of the `f32` matrix they stand for
-/// ([`NarrowSell::to_sell`]), bit for bit.
+/// ([`NarrowSell::to_sell`]), bit for bit. Batches run CSR's tiles on each row, as
+/// [`SlicedEll`]'s do, with the values widened: int8 batches of 9 tokens or more do not
+/// give [`crate::Int8Csr`]'s bits, which run in integers on quantized tokens there.
 ///
 /// # Invariants
 /// [`SlicedEll`]'s (padding holds a zero value and column 0), checked by
@@ -64,17 +66,18 @@ impl<V: NarrowValue, I: SpIndex> NarrowSell<V, I> {
     /// int8 rows get `scale = max |w| / 127`, values rounded to even.
     ///
     /// # Errors
-    /// [`shears_core::Error::NonFinite`] for a NaN or infinite value;
-    /// [`Error::InvalidQuantization`] for a value `V` cannot hold (naming its row).
+    /// [`shears_core::Error::NonFinite`] for a NaN or infinite value (its index counts
+    /// the stored slots, padding included); [`Error::InvalidQuantization`] for a value
+    /// `V` cannot hold (naming its row).
     pub fn from_sell(sell: &SlicedEll<f32, I>) -> Result<Self> {
-        let wide = sell.clone().into_parts();
+        let wide = sell.view();
         if let Some(index) = wide.values.iter().position(|v| !v.is_finite()) {
             return Err(shears_core::Error::NonFinite { tensor: "weights".into(), index }.into());
         }
         let mut values = vec![zero::<V>(); wide.values.len()];
         let mut scales = vec![1.0f32; wide.nrows];
         let (mut row, mut narrow) = (Vec::new(), Vec::new());
-        for (lane, (&r, &length)) in wide.order.iter().zip(&wide.lengths).enumerate() {
+        for (lane, (&r, &length)) in wide.order.iter().zip(wide.lengths).enumerate() {
             let first = wide.slice_ptr[lane / SLICE_ROWS] + lane % SLICE_ROWS;
             let slots = (0..length).map(|j| first + SLICE_ROWS * j);
             row.clear();
@@ -90,9 +93,16 @@ impl<V: NarrowValue, I: SpIndex> NarrowSell<V, I> {
                 values[k] = v;
             }
         }
-        let SlicedEllParts { nrows, ncols, window, order, lengths, slice_ptr, indices, .. } = wide;
-        let parts =
-            SlicedEllParts { nrows, ncols, window, order, lengths, slice_ptr, indices, values };
+        let parts = SlicedEllParts {
+            nrows: wide.nrows,
+            ncols: wide.ncols,
+            window: wide.window,
+            order: wide.order.to_vec(),
+            lengths: wide.lengths.to_vec(),
+            slice_ptr: wide.slice_ptr.to_vec(),
+            indices: wide.indices.to_vec(),
+            values,
+        };
         Ok(NarrowSell { parts, scales })
     }
 

@@ -17,6 +17,10 @@
 //! AVX-512 VNNI the activations are also stored as unsigned bytes (plus 128) for
 //! `vpdpbusd`, 64 byte products per instruction ([`int8_dots_biased`], and for batches
 //! the weights packed by [`packed`] so that no output needs a horizontal sum).
+//!
+//! Int8 CSR batches ([`csr`]) quantize the tokens the same way and multiply pairs of
+//! stored weights against their inputs' runs of tokens, interleaved, with `vpmaddwd` or
+//! (AVX-512 VNNI) `vpdpwssd`.
 
 use std::ops::Range;
 

@@ -28,9 +28,10 @@
 //! copies whose CPU has them.
 //!
 //! This module is the only place in shears that contains `unsafe`: calling a
-//! `#[target_feature]` function, after checking the CPU has the feature, the intrinsics
-//! in [`isa`], and unchecked indexing into `x` with column indices the format's validator
-//! has bounded.
+//! `#[target_feature]` function, after checking the CPU has the feature; the intrinsics
+//! in [`isa`] and in the int8 kernels' x86 code (`int8/packed.rs`, `int8/csr.rs`), whose
+//! loads go through raw pointers; and unchecked indexing into `x` with column indices the
+//! format's validator has bounded.
 
 #![allow(unsafe_code)]
 

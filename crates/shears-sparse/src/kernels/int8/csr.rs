@@ -23,10 +23,11 @@
 use std::ops::Range;
 
 use nalgebra::DMatrix;
+use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::vnni_copy_runs;
-use super::{MAX_SPAN, column_scale_into, quantize_run};
+use super::{MAX_SPAN, PARALLEL_ELEMENTS, column_scale_into, quantize_run};
 use crate::index::SpIndex;
 use crate::kernels::isa::Isa;
 use crate::kernels::spmm::{LineAligned, spmm_prepared};
@@ -45,7 +46,8 @@ const WIDE: usize = 32;
 pub(crate) const INTEGER_MIN_BATCH: usize = 9;
 
 /// Inputs per block of the transpose into token rows: each token's run of them is one
-/// contiguous read, and the block's rows (2 KiB at 16 tokens) stay in L1.
+/// contiguous read, and the block's rows (2 KiB at 16 tokens, 32 KiB at 256) stay in L1
+/// or L2 while every token is stored down them.
 const TRANSPOSE_INPUTS: usize = 64;
 
 /// `X`'s tokens quantized to int8 (held as `i16`), row-major: input `k`'s tokens at
@@ -59,27 +61,32 @@ pub(crate) struct TokenRows {
 
 /// `x`'s tokens quantized as [`super::quantize_columns`] quantizes them (the same scales and
 /// values), written straight into [`TokenRows`]: a block of inputs at a time, each
-/// token's run of the block quantized contiguously, then stored down its column.
+/// token's run of the block quantized contiguously, then stored down its column. Split
+/// across threads, by tokens for the scales and by blocks for the rest, when `X` is
+/// large enough to repay it.
 fn token_rows(x: &DMatrix<f32>) -> TokenRows {
     let (inputs, batch) = x.shape();
     let path = kernel_path();
     let stride = batch.next_multiple_of(NARROW);
+    let parallel = x.len() >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1;
     let tokens: Vec<&[f32]> = (0..batch).map(|j| &x.as_slice()[j * inputs..][..inputs]).collect();
-    let scales: Vec<f32> = tokens
-        .iter()
-        .map(|token| {
-            let mut scale = 1.0;
-            if inputs > 0 {
-                column_scale_into(path, token, &mut scale);
-            }
-            scale
-        })
-        .collect();
-    // At most 16 entries per token more than X holds, which its caller allocated.
+    let scale = |token: &&[f32]| {
+        let mut scale = 1.0;
+        if !token.is_empty() {
+            column_scale_into(path, token, &mut scale);
+        }
+        scale
+    };
+    let scales: Vec<f32> = if parallel {
+        tokens.par_iter().map(scale).collect()
+    } else {
+        tokens.iter().map(scale).collect()
+    };
+    // Fewer than 16 entries per input more than X holds, and each half its bytes.
     let mut values = LineAligned::zeroed(inputs * stride);
-    let mut run = [0i16; TRANSPOSE_INPUTS];
-    for (block, out) in values.as_mut_slice().chunks_mut(TRANSPOSE_INPUTS * stride).enumerate() {
+    let fill = |(block, out): (usize, &mut [i16])| {
         let (k0, height) = (block * TRANSPOSE_INPUTS, out.len() / stride);
+        let mut run = [0i16; TRANSPOSE_INPUTS];
         for (j, (token, &scale)) in tokens.iter().zip(&scales).enumerate() {
             // A token with a NaN or an infinity keeps zeros (its scale makes it NaN).
             if !scale.is_nan() {
@@ -89,6 +96,12 @@ fn token_rows(x: &DMatrix<f32>) -> TokenRows {
                 }
             }
         }
+    };
+    let blocks = TRANSPOSE_INPUTS * stride;
+    if parallel {
+        values.as_mut_slice().par_chunks_mut(blocks).enumerate().for_each(fill);
+    } else {
+        values.as_mut_slice().chunks_mut(blocks).enumerate().for_each(fill);
     }
     TokenRows { stride, values, scales }
 }
@@ -183,11 +196,15 @@ fn add_sums<P: Isa, I: SpIndex, const W: usize>(
     let (rows, stride) = (tokens.values.as_slice(), tokens.stride);
     assert!(t0 + W <= stride && W.is_multiple_of(NARROW) && sums.len() >= W);
     assert_eq!(weights.len(), cols.len());
+    // The format's validator keeps a row's columns strictly increasing, which both the
+    // tiles' `limit` checks and the span bound (at most MAX_SPAN entries per sum) rely on.
+    debug_assert!(cols.windows(2).all(|c| c[0].index() < c[1].index()));
     #[cfg(target_arch = "x86_64")]
     {
-        // Every column is below `ncols` (the format's validator), and the rows hold
-        // `ncols * stride` entries (asserted by the caller), so each input's run of W
-        // tokens from t0 (t0 + W <= stride, asserted above) is in bounds.
+        // Every column is below `ncols` and a row's columns strictly increase (the
+        // format's validator), and the rows hold `ncols * stride` entries (asserted by
+        // the caller), so each input's run of W tokens from t0 (t0 + W <= stride,
+        // asserted above) is in bounds.
         let at = rows[t0..].as_ptr();
         if P::VNNI512 && W == WIDE {
             // SAFETY: the runs are in bounds (above); P::VNNI512 holds for the Avx512Vnni
@@ -278,8 +295,9 @@ mod x86 {
     /// order and how many entries it took.
     ///
     /// # Safety
-    /// AVX2 must be available, `weights` as long as `cols`, and `x + c * stride` valid
-    /// for `16 * H` reads for every column `c` in `cols` below `limit`.
+    /// AVX2 must be available, `weights` as long as `cols`, `cols` strictly increasing
+    /// (the loop checks only the last of each pair against `limit`), and `x + c * stride`
+    /// valid for `16 * H` reads for every column `c` in `cols`.
     #[inline]
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn narrow_sums<I: SpIndex, const H: usize>(
@@ -335,8 +353,9 @@ mod x86 {
     ///
     /// # Safety
     /// AVX-512F, AVX-512BW and AVX-512 VNNI must be available, `weights` as long as
-    /// `cols`, and `x + c * stride` valid for 32 reads for every column `c` in `cols`
-    /// below `limit`.
+    /// `cols`, `cols` strictly increasing (the loops check only the last of each run
+    /// against `limit`), and `x + c * stride` valid for 32 reads for every column `c` in
+    /// `cols`.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn wide_sums<I: SpIndex>(
@@ -521,27 +540,41 @@ mod tests {
     }
 
     /// Rows wider than one 32-bit sum can hold are summed per span of columns, as the
-    /// dense product sums them: a full row of 140 000 entries of 127 against 127s (which
-    /// one sum would overflow), and a row whose entries all lie in its second span.
+    /// dense product sums them, in both tile widths: a full row of 140 000 entries of 127
+    /// against 127s (which one sum would overflow), a row whose entries all lie in its
+    /// second span, and one of odd counts on both sides of the span's end.
     #[test]
     fn wide_rows_are_summed_per_span_of_columns() {
         let ncols = 140_000;
         assert!(ncols as i64 * 127 * 127 > i64::from(i32::MAX));
-        let late: Vec<u32> = (MAX_SPAN as u32 + 5..MAX_SPAN as u32 + 40).collect();
+        let span = MAX_SPAN as u32;
+        let late: Vec<u32> = (span + 5..span + 40).collect();
+        // An odd count of entries before the span's end and after it.
+        let straddling: Vec<u32> = std::iter::once(1).chain(span - 5..span + 6).collect();
+        let rows = [(0..ncols as u32).collect::<Vec<_>>(), late, straddling];
+        let mut indptr = vec![0];
+        for row in &rows {
+            indptr.push(indptr[indptr.len() - 1] + row.len());
+        }
         let fixture = Fixture {
-            nrows: 2,
+            nrows: 3,
             ncols,
-            indptr: vec![0, ncols, ncols + late.len()],
-            indices: (0..ncols as u32).chain(late.iter().copied()).collect(),
-            values: vec![127; ncols + late.len()],
-            scales: vec![1.0 / 127.0, 0.5],
+            indptr,
+            indices: rows.concat(),
+            values: (0..rows.iter().map(Vec::len).sum::<usize>())
+                .map(|k| if k >= ncols && k % 3 == 2 { -127 } else { 127 })
+                .collect(),
+            scales: vec![1.0 / 127.0, 0.5, 0.25],
         };
-        let x = DMatrix::from_element(ncols, 16, 1.0f32);
+        // A 32-token tile and a 16-token one.
+        let x =
+            DMatrix::from_fn(ncols, 48, |c, j| if j % 2 == 1 && c < 10 { -1.0 } else { 1.0f32 });
         let want = fixture.reference(&x);
         for path in KernelPath::ORDER {
             for vnni in [false, true] {
                 let got = on_path(path, vnni, fixture.view(), &x);
                 assert_eq!(got, want, "{path:?}, vnni {vnni}");
+                // Row 0, token 0: 140 000 products of 127 by 127, scaled back by 127^2.
                 let full = f64::from(f32::from_bits(got[0]));
                 assert!((full - ncols as f64).abs() < 1e-3 * ncols as f64, "{full}");
             }
