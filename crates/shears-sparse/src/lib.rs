@@ -103,6 +103,62 @@ pub use shears_core::{BlockShape, Mask, NmPattern};
 /// Test-only helpers shared by the crate's unit tests.
 #[cfg(test)]
 pub(crate) mod testing {
+    use nalgebra::DMatrix;
+
+    use crate::SparseProduct;
+
+    /// A pruned matrix of values spread over several magnitudes, about `density` kept.
+    pub(crate) fn pruned(nrows: usize, ncols: usize, density: f64, seed: u64) -> DMatrix<f32> {
+        let mut next = xorshift(seed);
+        DMatrix::from_fn(nrows, ncols, |_, _| {
+            let state = next();
+            if ((state >> 11) as f64 / (1u64 << 53) as f64) >= density {
+                0.0
+            } else {
+                (((state % 1000) as f64 / 500.0 - 1.0) * 10f64.powi((state % 4) as i32 - 2)) as f32
+            }
+        })
+    }
+
+    /// Whether `got`, the [`product`] of a matrix with `x`, is within rounding of the
+    /// product of `dense`, the values it stands for, computed in f64; else the first
+    /// entry that is not.
+    pub(crate) fn near_product(
+        got: &DMatrix<f32>,
+        dense: &DMatrix<f32>,
+        x: &DMatrix<f32>,
+    ) -> Result<(), String> {
+        let want = dense.map(f64::from) * x.map(f64::from);
+        let y0 = DMatrix::from_fn(dense.nrows(), x.ncols(), |r, j| (r + 2 * j) as f64 * 0.5);
+        for ((g, e), y0) in got.iter().zip(want.iter()).zip(y0.iter()) {
+            let e = 0.5 * e + 2.0 * y0;
+            let tol = 1e-4 * (1.0 + e.abs()) + 1e-5 * x.nrows() as f64;
+            if (f64::from(*g) - e).abs() > tol {
+                return Err(format!("{g} vs {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A matrix's values as bits, to compare results exactly.
+    pub(crate) fn bits(m: &DMatrix<f32>) -> Vec<u32> {
+        m.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// `a`'s product with `x` (alpha 0.5, beta 2 on a set `Y`): a vector product for one
+    /// column, else a matrix one.
+    pub(crate) fn product(a: &impl SparseProduct<f32>, x: &DMatrix<f32>) -> DMatrix<f32> {
+        let mut y = DMatrix::from_fn(a.shape().0, x.ncols(), |r, j| (r + 2 * j) as f32 * 0.5);
+        if x.ncols() == 1 {
+            let mut column = y.column(0).into_owned();
+            a.matvec_into(0.5, x.column(0).as_slice(), 2.0, column.as_mut_slice()).unwrap();
+            y.set_column(0, &column);
+        } else {
+            a.matmul_into(0.5, x, 2.0, &mut y).unwrap();
+        }
+        y
+    }
+
     /// A xorshift64 generator seeded with `seed` (made odd, so never stuck at zero): the
     /// same sequence for a seed, on every machine.
     pub(crate) fn xorshift(seed: u64) -> impl FnMut() -> u64 {

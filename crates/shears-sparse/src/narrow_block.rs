@@ -242,24 +242,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-
-    fn bits(m: &DMatrix<f32>) -> Vec<u32> {
-        m.iter().map(|v| v.to_bits()).collect()
-    }
-
-    /// `a`'s product with `x` (alpha 0.5, beta 2 on a set `Y`): a vector product for one
-    /// column, else a matrix one.
-    fn product(a: &impl SparseProduct<f32>, x: &DMatrix<f32>) -> DMatrix<f32> {
-        let mut y = DMatrix::from_fn(a.shape().0, x.ncols(), |r, j| (r + 2 * j) as f32 * 0.5);
-        if x.ncols() == 1 {
-            let mut column = y.column(0).into_owned();
-            a.matvec_into(0.5, x.column(0).as_slice(), 2.0, column.as_mut_slice()).unwrap();
-            y.set_column(0, &column);
-        } else {
-            a.matmul_into(0.5, x, 2.0, &mut y).unwrap();
-        }
-        y
-    }
+    use crate::testing::{bits, near_product, product, pruned};
 
     fn check<V: NarrowValue>(
         w: &DMatrix<f32>,
@@ -282,13 +265,8 @@ mod tests {
             prop_assert_eq!(bits(&got), bits(&want), "{} batch {}", V::NAME, batch);
         }
         // Within rounding of the product of the values they stand for, in f64.
-        let want = narrow.to_dense().map(f64::from) * x.map(f64::from);
-        let y0 = DMatrix::from_fn(w.nrows(), batch, |r, j| (r + 2 * j) as f64 * 0.5);
-        for ((g, e), y0) in got.iter().zip(want.iter()).zip(y0.iter()) {
-            let e = 0.5 * e + 2.0 * y0;
-            let tol = 1e-4 * (1.0 + e.abs()) + 1e-5 * x.nrows() as f64;
-            prop_assert!((f64::from(*g) - e).abs() <= tol, "{} batch {batch}: {g} vs {e}", V::NAME);
-        }
+        let near = near_product(&got, &narrow.to_dense(), &x);
+        prop_assert!(near.is_ok(), "{} batch {}: {:?}", V::NAME, batch, near);
         Ok(())
     }
 
@@ -304,7 +282,7 @@ mod tests {
             batch in prop_oneof![Just(1usize), 2usize..12],
             seed in any::<u64>(),
         ) {
-            let w = crate::narrow_sell::tests::pruned(nrows, ncols, density, seed);
+            let w = pruned(nrows, ncols, density, seed);
             let shape = BlockShape::new(br, bc).unwrap();
             check::<i8>(&w, shape, batch)?;
             check::<bf16>(&w, shape, batch)?;

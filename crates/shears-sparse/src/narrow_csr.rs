@@ -433,20 +433,7 @@ mod tests {
 
     use super::*;
     use crate::kernels::INTEGER_MIN_BATCH;
-
-    /// A pruned matrix of values spread over several magnitudes, about `density` kept.
-    fn pruned(nrows: usize, ncols: usize, density: f64, seed: u64) -> DMatrix<f32> {
-        let mut next = crate::testing::xorshift(seed);
-        DMatrix::from_fn(nrows, ncols, |_, _| {
-            let state = next();
-            let u = (state >> 11) as f64 / (1u64 << 53) as f64;
-            if u >= density {
-                0.0
-            } else {
-                (((state % 1000) as f64 / 500.0 - 1.0) * 10f64.powi((state % 4) as i32 - 2)) as f32
-            }
-        })
-    }
+    use crate::testing::pruned;
 
     /// The product as a plain loop over the dequantized entries in f64, the oracle.
     fn reference(a: &Csr<f32, u32>, x: &DMatrix<f32>) -> DMatrix<f64> {

@@ -618,49 +618,27 @@ mod tests {
         check::<half::f16>(half::f16::from_f32, false);
     }
 
-    /// Narrow sliced-ELLPACK values (int8 with row scales, bf16, f16) give the portable
-    /// copy's bits on every copy of the batched kernel.
+    /// Narrow sliced-ELLPACK and block-sparse values (int8 with row scales, bf16, f16)
+    /// give the portable copy's bits on every copy of the batched kernels.
     #[test]
-    fn narrow_sell_values_give_the_portable_bits_on_every_copy() {
+    fn narrow_sell_and_block_values_give_the_portable_bits_on_every_copy() {
         fn check<V: crate::NarrowValue>() {
             let (nrows, ncols, batch) = (37usize, 203usize, 43usize);
-            let w = crate::narrow_sell::tests::pruned(nrows, ncols, 0.3, 5);
+            let w = crate::testing::pruned(nrows, ncols, 0.3, 5);
             let csr: crate::Csr<f32, u32> = crate::Csr::from_dense(&w).unwrap();
-            let narrow = crate::NarrowSell::<V, u32>::from_csr(&csr).unwrap();
-            let a = narrow.view();
-            let xt: Vec<f32> = (0..ncols * batch).map(|k| (k as f32 * 0.07).sin()).collect();
-            let run = |path| {
-                let mut out = vec![0.0f32; nrows * batch];
-                let path = KernelPath::resolve(path);
-                sell_windows(path, a, 0..a.windows(), &xt, batch, &mut out);
-                out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-            };
-            let portable = run(KernelPath::Portable);
-            for path in [KernelPath::Avx2, KernelPath::Avx512, KernelPath::Neon] {
-                assert_eq!(run(path), portable, "{} {path:?}", V::NAME);
-            }
-        }
-        check::<i8>();
-        check::<half::bf16>();
-        check::<half::f16>();
-    }
-
-    /// Narrow block-sparse values (int8 with row scales, bf16, f16) give the portable
-    /// copy's bits on every copy of the batched kernel.
-    #[test]
-    fn narrow_block_values_give_the_portable_bits_on_every_copy() {
-        fn check<V: crate::NarrowValue>() {
-            let (nrows, ncols, batch) = (37usize, 203usize, 43usize);
-            let w = crate::narrow_sell::tests::pruned(nrows, ncols, 0.3, 5);
+            let sell = crate::NarrowSell::<V, u32>::from_csr(&csr).unwrap();
             let shape = shears_core::BlockShape::new(4, 3).unwrap();
-            let narrow = crate::NarrowBlock::<V>::from_dense(&w, shape).unwrap();
-            let a = narrow.view();
+            let block = crate::NarrowBlock::<V>::from_dense(&w, shape).unwrap();
+            let (sell, block) = (sell.view(), block.view());
             let xt: Vec<f32> = (0..ncols * batch).map(|k| (k as f32 * 0.07).sin()).collect();
             let run = |path| {
-                let mut out = vec![0.0f32; nrows * batch];
                 let path = KernelPath::resolve(path);
-                bsr_rows(path, a, 0..a.block_rows(), &xt, batch, &mut out);
-                out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                let mut by_sell = vec![0.0f32; nrows * batch];
+                sell_windows(path, sell, 0..sell.windows(), &xt, batch, &mut by_sell);
+                let mut by_block = vec![0.0f32; nrows * batch];
+                bsr_rows(path, block, 0..block.block_rows(), &xt, batch, &mut by_block);
+                let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                (bits(&by_sell), bits(&by_block))
             };
             let portable = run(KernelPath::Portable);
             for path in [KernelPath::Avx2, KernelPath::Avx512, KernelPath::Neon] {

@@ -644,45 +644,25 @@ mod tests {
         check::<half::f16>(half::f16::from_f32, false);
     }
 
-    /// Narrow sliced-ELLPACK values (int8 with row scales, bf16, f16) give the same bits
-    /// on every copy as the portable copy.
+    /// Narrow sliced-ELLPACK and block-sparse values (int8 with row scales, bf16, f16)
+    /// give the same bits on every copy as the portable copy (blocks that overhang the
+    /// matrix included).
     #[test]
-    fn narrow_sell_values_give_the_portable_bits_on_every_copy() {
+    fn narrow_sell_and_block_values_give_the_portable_bits_on_every_copy() {
         fn check<V: crate::NarrowValue>() {
-            let w = crate::narrow_sell::tests::pruned(37, 203, 0.3, 5);
+            let (nrows, ncols) = (37, 203);
+            let w = crate::testing::pruned(nrows, ncols, 0.3, 5);
             let csr: crate::Csr<f32, u32> = crate::Csr::from_dense(&w).unwrap();
-            let narrow = crate::NarrowSell::<V, u32>::from_csr(&csr).unwrap();
-            let a = narrow.view();
-            let x: Vec<f32> = (0..203).map(|k| (k as f32 * 0.11).cos()).collect();
-            let run = |path| {
-                let mut y = vec![0.0f32; 37];
-                sell_windows(path, a, 0..a.windows(), 1.0, &x, 0.0, &mut y);
-                bits(&y)
-            };
-            let portable = run(KernelPath::Portable);
-            for path in all_paths() {
-                assert_eq!(run(path), portable, "{} {path:?}", V::NAME);
-            }
-        }
-        check::<i8>();
-        check::<half::bf16>();
-        check::<half::f16>();
-    }
-
-    /// Narrow block-sparse values (int8 with row scales, bf16, f16) give the same bits on
-    /// every copy as the portable copy, with blocks that overhang the matrix.
-    #[test]
-    fn narrow_block_values_give_the_portable_bits_on_every_copy() {
-        fn check<V: crate::NarrowValue>() {
-            let w = crate::narrow_sell::tests::pruned(37, 203, 0.3, 5);
+            let sell = crate::NarrowSell::<V, u32>::from_csr(&csr).unwrap();
             let shape = shears_core::BlockShape::new(4, 3).unwrap();
-            let narrow = crate::NarrowBlock::<V>::from_dense(&w, shape).unwrap();
-            let a = narrow.view();
-            let x: Vec<f32> = (0..203).map(|k| (k as f32 * 0.11).cos()).collect();
+            let block = crate::NarrowBlock::<V>::from_dense(&w, shape).unwrap();
+            let (sell, block) = (sell.view(), block.view());
+            let x: Vec<f32> = (0..ncols).map(|k| (k as f32 * 0.11).cos()).collect();
             let run = |path| {
-                let mut y = vec![0.0f32; 37];
-                bsr_rows(path, a, 0..a.block_rows(), 1.0, &x, 0.0, &mut y);
-                bits(&y)
+                let (mut by_sell, mut by_block) = (vec![0.0f32; nrows], vec![0.0f32; nrows]);
+                sell_windows(path, sell, 0..sell.windows(), 1.0, &x, 0.0, &mut by_sell);
+                bsr_rows(path, block, 0..block.block_rows(), 1.0, &x, 0.0, &mut by_block);
+                (bits(&by_sell), bits(&by_block))
             };
             let portable = run(KernelPath::Portable);
             for path in all_paths() {
