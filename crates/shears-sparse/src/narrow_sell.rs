@@ -9,10 +9,10 @@ use shears_core::Mask;
 use crate::csr::Csr;
 use crate::error::{Error, Result};
 use crate::index::SpIndex;
-use crate::kernels::{self, SLICE_ROWS, SellView};
+use crate::kernels::{self, SellView};
 use crate::narrow_csr::{NarrowValue, check_narrow};
 use crate::product::{Operands, Sealed, SparseProduct};
-use crate::sell::{SlicedEll, SlicedEllParts};
+use crate::sell::{SlicedEll, SlicedEllParts, lane_slots};
 use crate::validate;
 
 /// A [`SlicedEll`] matrix of `f32` weights stored as `V` (`i8`, `bf16` or `f16`):
@@ -78,8 +78,7 @@ impl<V: NarrowValue, I: SpIndex> NarrowSell<V, I> {
         let mut scales = vec![1.0f32; wide.nrows];
         let (mut row, mut narrow) = (Vec::new(), Vec::new());
         for (lane, (&r, &length)) in wide.order.iter().zip(wide.lengths).enumerate() {
-            let first = wide.slice_ptr[lane / SLICE_ROWS] + lane % SLICE_ROWS;
-            let slots = (0..length).map(|j| first + SLICE_ROWS * j);
+            let slots = lane_slots(wide.slice_ptr, lane, length);
             row.clear();
             row.extend(slots.clone().map(|k| wide.values[k]));
             narrow.clear();
@@ -200,9 +199,8 @@ impl<V: NarrowValue, I: SpIndex> NarrowSell<V, I> {
         let mut values: Vec<f32> = p.values.iter().map(|&v| kernels::Stored::get(v)).collect();
         if V::SCALED {
             for (lane, (&r, &length)) in p.order.iter().zip(&p.lengths).enumerate() {
-                let first = p.slice_ptr[lane / SLICE_ROWS] + lane % SLICE_ROWS;
-                for j in 0..length {
-                    values[first + SLICE_ROWS * j] *= self.scales[r];
+                for k in lane_slots(&p.slice_ptr, lane, length) {
+                    values[k] *= self.scales[r];
                 }
             }
         }

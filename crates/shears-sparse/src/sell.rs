@@ -142,11 +142,11 @@ impl<T: Scalar, I: SpIndex> SlicedEll<T, I> {
         let mut indices = vec![I::default(); stored];
         let mut values = vec![T::zero(); stored];
         for (lane, &r) in order.iter().enumerate() {
-            let first = slice_ptr[lane / SLICE_ROWS] + lane % SLICE_ROWS;
             let Some((cols, vals)) = csr.row(r) else { continue };
-            for (j, (&c, &v)) in cols.iter().zip(vals).enumerate() {
-                indices[first + SLICE_ROWS * j] = c;
-                values[first + SLICE_ROWS * j] = v;
+            for (k, (&c, &v)) in lane_slots(&slice_ptr, lane, cols.len()).zip(cols.iter().zip(vals))
+            {
+                indices[k] = c;
+                values[k] = v;
             }
         }
         let sell = SlicedEll { nrows, ncols, window, order, lengths, slice_ptr, indices, values };
@@ -227,11 +227,8 @@ impl<T: Scalar, I: SpIndex> SlicedEll<T, I> {
 
     /// The kept entries of lane `lane`: `(column, value)` pairs in column order.
     fn lane_entries(&self, lane: usize) -> impl Iterator<Item = (I, T)> + '_ {
-        let first = self.slice_ptr[lane / SLICE_ROWS] + lane % SLICE_ROWS;
-        (0..self.lengths[lane]).map(move |j| {
-            let k = first + SLICE_ROWS * j;
-            (self.indices[k], self.values[k])
-        })
+        lane_slots(&self.slice_ptr, lane, self.lengths[lane])
+            .map(|k| (self.indices[k], self.values[k]))
     }
 
     /// The same matrix in CSR.
@@ -278,6 +275,17 @@ impl<T: Scalar, I: SpIndex> SlicedEll<T, I> {
             row_scales: None,
         }
     }
+}
+
+/// Where lane `lane`'s first `length` entries sit in the slot buffers: from its place in
+/// its slice's first step, one step ([`SLICE_ROWS`] slots) apart.
+pub(crate) fn lane_slots(
+    slice_ptr: &[usize],
+    lane: usize,
+    length: usize,
+) -> impl Iterator<Item = usize> + Clone {
+    let first = slice_ptr[lane / SLICE_ROWS] + lane % SLICE_ROWS;
+    (0..length).map(move |j| first + SLICE_ROWS * j)
 }
 
 impl<T: Scalar, I: SpIndex> Sealed<T> for SlicedEll<T, I> {
