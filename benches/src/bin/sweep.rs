@@ -15,8 +15,9 @@ use serde::Serialize;
 use shears_benches::{SEED, magnitude_mask, matrix, rows_mask, two_four_mask, vector};
 use shears_core::{LayerContext, Mask, NmPattern, PruningStrategy, Sparsity};
 use shears_sparse::{
-    AnySparse, Bf16Csr, Bf16Nm, Bf16Sell, Csr, F16Csr, F16Nm, F16Sell, Format, Int8Csr, Int8Matrix,
-    Int8Nm, Int8Sell, NmSparse, QuantScheme, SlicedEll, SparseProduct,
+    AnySparse, Bf16Csr, Bf16Nm, Bf16Sell, Compacted, Compaction, Csr, F16Csr, F16Nm, F16Sell,
+    Format, Int8Compacted, Int8Csr, Int8Matrix, Int8Nm, Int8Sell, NmSparse, QuantScheme, SlicedEll,
+    SparseProduct,
 };
 use shears_strategies::Magnitude;
 
@@ -170,13 +171,18 @@ fn main() {
         formats.push(("nm", 0.5, nm_mask, nm));
         let row_mask = rows_mask(&w, 0.5);
         let compact = build(&row_mask, Format::Compact);
-        formats.push(("compact", 0.5, row_mask, compact));
+        formats.push(("compact", 0.5, row_mask.clone(), compact));
         // The same CSR matrices with narrow stored values (int8 with a scale per row, bf16, f16),
         // at 90% and the sparsest level of the grid; and the dense matrix in int8, whose
         // products quantize X per column and sum in integers.
         let mut narrow: Vec<(&'static str, f64, Box<dyn SparseProduct<f32>>)> = Vec::new();
         let int8 = Int8Matrix::quantize(&w, QuantScheme::PerRow).unwrap_or_else(|e| panic!("{e}"));
         narrow.push(("dense-int8", 0.0, Box::new(int8)));
+        // Half the rows pruned and compacted, in int8 beside the f32 "compact" cell.
+        let compacted = Compacted::new(&w, &row_mask, Compaction::RowsAndColumns, None)
+            .and_then(|c| Int8Compacted::from_compacted(&c, QuantScheme::PerRow))
+            .unwrap_or_else(|e| panic!("{e}"));
+        narrow.push(("compact-int8", 0.5, Box::new(compacted)));
         // 2:4 with bf16, f16 and int8 values beside the f32 "nm" cell.
         let nm = NmSparse::from_dense_masked(&w, &two_four_mask(&w), NmPattern::TWO_FOUR)
             .unwrap_or_else(|e| panic!("{e}"));

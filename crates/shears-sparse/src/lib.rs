@@ -11,7 +11,7 @@
 //!   win);
 //! - [`BlockSparse`]: dense `r x c` blocks for block-pruned matrices;
 //! - [`Compacted`] / [`compact_pair`]: physically smaller dense matrices after
-//!   structured pruning;
+//!   structured pruning ([`Int8Compacted`] in int8, multiplied with integer sums);
 //! - [`NarrowCsr`] ([`Int8Csr`], [`Bf16Csr`], [`F16Csr`]): CSR with values stored in
 //!   fewer bytes (int8 with a scale per row, bf16, f16), on CSR's kernels (int8 batches
 //!   of 9 tokens or more on integer ones);
@@ -84,7 +84,7 @@ mod validate;
 pub use any::AnySparse;
 pub use block::BlockSparse;
 pub use choose::{Format, choose_format};
-pub use compact::{Compacted, Compaction, compact_pair};
+pub use compact::{Compacted, Compaction, Int8Compacted, compact_pair};
 pub use csr::{AnyCsr, Csr};
 pub use error::{Error, FormatError, Result};
 pub use index::SpIndex;
