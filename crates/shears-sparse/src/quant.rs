@@ -223,7 +223,8 @@ impl Int8Matrix {
 ///
 /// Every kernel path and thread count gives the same bits. On the AVX2 and AVX-512 paths
 /// the sums run as `vpmaddwd` (sixteen multiply-adds per instruction, twice an f32 fused
-/// multiply-add's eight); elsewhere as loops the compiler vectorises.
+/// multiply-add's eight), or as `vpdpbusd` where the CPU has AVX-512 VNNI (64 per
+/// instruction) or AVX-VNNI (32); elsewhere as loops the compiler vectorises.
 ///
 /// ```
 /// use nalgebra::{dmatrix, dvector};

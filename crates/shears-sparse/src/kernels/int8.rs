@@ -16,11 +16,13 @@
 //! (`-127..=127`, weights down to -128), so no pair's sum overflows. On CPUs with
 //! AVX-512 VNNI the activations are also stored as unsigned bytes (plus 128) for
 //! `vpdpbusd`, 64 byte products per instruction ([`int8_dots_biased`], and for batches
-//! the weights packed by [`packed`] so that no output needs a horizontal sum).
+//! the weights packed by [`packed`] so that no output needs a horizontal sum); on CPUs
+//! with AVX-VNNI but not AVX-512, the AVX2 path does the same with 256-bit `vpdpbusd`,
+//! 32 byte products per instruction, on dot-product tiles.
 //!
 //! Int8 CSR batches ([`csr`]) quantize the tokens the same way and multiply pairs of
 //! stored weights against their inputs' runs of tokens, interleaved, with `vpmaddwd` or
-//! (AVX-512 VNNI) `vpdpwssd`.
+//! (AVX-512 VNNI, AVX-VNNI) `vpdpwssd`.
 
 use std::ops::Range;
 
@@ -266,7 +268,7 @@ fn tile<P: Isa, const R: usize, const J: usize>(
         let steps = span.len() / STEP;
         let vector_end = span.start + steps * STEP;
         let weights = rows.map(|row| &row[span.start..vector_end]);
-        let dots = if P::VNNI512 {
+        let dots = if P::BIASED {
             let biased: [&[u8]; J] = std::array::from_fn(|j| {
                 &xq.biased[(j0 + j) * xq.biased_stride..][..cols][span.start..vector_end]
             });
@@ -349,8 +351,8 @@ fn batched_rows<P: Isa, const R: usize>(
     put: &mut impl FnMut(usize, usize, f32),
 ) -> usize {
     let batch = xq.scales.len();
-    // The VNNI copy reads the activations as bytes, the others as 16-bit values.
-    let bytes = if P::VNNI512 { xq.biased_stride } else { 2 * xq.stride };
+    // The VNNI copies read the activations as bytes, the others as 16-bit values.
+    let bytes = if P::BIASED { xq.biased_stride } else { 2 * xq.stride };
     let block =
         (ACTIVATION_BLOCK_BYTES / bytes.max(1) / TILE_TOKENS * TILE_TOKENS).max(TILE_TOKENS);
     let full_rows = rows.start + (rows.len() / R) * R;
@@ -402,11 +404,16 @@ fn rows_per_unit(path: KernelPath, a: &Int8DenseView<'_>, batch: usize) -> usize
     1
 }
 
-/// Whether [`int8_rows_best`] runs the VNNI copy on `path` (whose activations must then
-/// be biased).
-fn vnni_copy_runs(path: KernelPath) -> bool {
+/// Whether [`int8_rows_best`] runs a VNNI copy on `path` (whose activations must then
+/// be biased): the AVX-512 path on a CPU with AVX-512 VNNI, the AVX2 path on one with
+/// AVX-VNNI.
+pub(super) fn vnni_copy_runs(path: KernelPath) -> bool {
     #[cfg(target_arch = "x86_64")]
-    return path == KernelPath::Avx512 && super::isa::vnni512();
+    return match path {
+        KernelPath::Avx512 => super::isa::vnni512(),
+        KernelPath::Avx2 => super::isa::avx_vnni(),
+        _ => false,
+    };
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = path;
@@ -414,8 +421,9 @@ fn vnni_copy_runs(path: KernelPath) -> bool {
     }
 }
 
-/// [`int8_rows`] on `path`, except on the AVX-512 path of a CPU with AVX-512 VNNI, which
-/// runs the [`super::isa::Avx512Vnni`] copy (`xq` biased first: [`vnni_copy_runs`]).
+/// [`int8_rows`] on `path`, except where [`vnni_copy_runs`] (`xq` biased first): the
+/// AVX-512 path then runs the [`super::isa::Avx512Vnni`] copy, the AVX2 path the
+/// [`super::isa::AvxVnni`] one.
 fn int8_rows_best(
     path: KernelPath,
     a: Int8DenseView<'_>,
@@ -438,8 +446,24 @@ fn int8_rows_best(
         ) {
             int8_rows_kernel::<super::isa::Avx512Vnni>(a, rows, xq, alpha, beta, out);
         }
-        // SAFETY: vnni512() detected every feature the copy is compiled with.
-        return unsafe { vnni_copy(a, rows, xq, alpha, beta, out) };
+        #[target_feature(enable = "avxvnni,avx2,fma")]
+        fn avx_vnni_copy(
+            a: Int8DenseView<'_>,
+            rows: Range<usize>,
+            xq: &QuantizedColumns,
+            alpha: f32,
+            beta: f32,
+            out: &mut [&mut [f32]],
+        ) {
+            int8_rows_kernel::<super::isa::AvxVnni>(a, rows, xq, alpha, beta, out);
+        }
+        if path == KernelPath::Avx512 {
+            // SAFETY: vnni512() detected every feature the copy is compiled with.
+            return unsafe { vnni_copy(a, rows, xq, alpha, beta, out) };
+        }
+        // SAFETY: on the AVX2 path, avx_vnni() detected every feature the copy is
+        // compiled with.
+        return unsafe { avx_vnni_copy(a, rows, xq, alpha, beta, out) };
     }
     int8_rows(path, a, rows, xq, alpha, beta, out);
 }

@@ -39,6 +39,12 @@ pub(crate) trait Isa: Copy + Send + Sync + 'static {
     /// compiled with AVX-512BW and AVX-512 VNNI; x86-64 only, but every architecture's
     /// kernels read it).
     const VNNI512: bool = false;
+    /// The int8 kernels run [`int8_dots_biased`] on 256-bit `vpdpbusd` and the int8 CSR
+    /// tiles on 256-bit `vpdpwssd` (the copy is compiled with AVX2 and AVX-VNNI).
+    const VNNI256: bool = false;
+    /// The int8 kernels' activations are stored biased for `vpdpbusd`
+    /// ([`int8_dots_biased`]): the copy has one VNNI width or the other.
+    const BIASED: bool = Self::VNNI512 || Self::VNNI256;
 }
 
 /// The baseline target's instructions, on a CPU that has fused multiply-add (every
@@ -74,6 +80,15 @@ pub(crate) struct Avx512;
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(crate) struct Avx512Vnni;
+
+/// AVX2 and FMA with AVX-VNNI: the int8 kernels' copy for CPUs with the 256-bit VNNI
+/// instructions but not AVX-512 (Intel since Alder Lake and Sierra Forest, AMD's Zen 5
+/// client parts with AVX-512 fused off), whose `vpdpbusd` multiplies and adds 32 byte
+/// pairs ([`int8_dots_biased`]) and `vpdpwssd` fuses `vpmaddwd` with its add. Only the
+/// int8 kernels have this copy ([`avx_vnni`] decides when it runs, on the AVX2 path).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) struct AvxVnni;
 
 /// `P`'s copy with its gathers replaced by loads of one element at a time (into vector
 /// registers, which the compiler does on its own). A gather is one instruction but not
@@ -135,6 +150,26 @@ impl Isa for Avx512Vnni {
     const VNNI512: bool = true;
 }
 
+#[cfg(target_arch = "x86_64")]
+impl Isa for AvxVnni {
+    const GATHERS: bool = true;
+    const PERMUTES8: bool = true;
+    const MADD256: bool = true;
+    const VNNI256: bool = true;
+}
+
+/// Whether the CPU has AVX-VNNI besides AVX2 and FMA (the [`AvxVnni`] copies'
+/// features). Decided once.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx_vnni() -> bool {
+    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VNNI.get_or_init(|| {
+        is_x86_feature_detected!("avxvnni")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+    })
+}
+
 /// Whether the CPU has AVX-512BW and AVX-512 VNNI besides AVX-512F, AVX2 and FMA (the
 /// [`Avx512Vnni`] copies' features). Decided once.
 #[cfg(target_arch = "x86_64")]
@@ -158,6 +193,7 @@ impl<P: Isa> Isa for LaneLoads<P> {
     const FOUR_ROW_TILES: bool = P::FOUR_ROW_TILES;
     const MADD256: bool = P::MADD256;
     const VNNI512: bool = P::VNNI512;
+    const VNNI256: bool = P::VNNI256;
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -520,8 +556,9 @@ pub(crate) const ACTIVATION_BIAS: i32 = 128;
 /// The [`Avx512Vnni`] copy multiplies 64 byte pairs per `vpdpbusd` (unsigned by signed
 /// bytes, four pairs summed into each 32-bit lane), half the instructions of 16-bit
 /// pairs, and subtracts 128 times each row's sum, which one more `vpdpbusd` per row
-/// against bytes of 1 accumulates; others run plain loops. Every sum is exact, so every
-/// copy gives [`int8_dots`]'s result.
+/// against bytes of 1 accumulates; the [`AvxVnni`] copy does the same 32 pairs at a
+/// time; others run plain loops. Every sum is exact, so every copy gives
+/// [`int8_dots`]'s result.
 ///
 /// # Panics
 /// If a slice is shorter than `steps * 16` (the callers cut them to exactly that).
@@ -542,6 +579,16 @@ pub(crate) fn int8_dots_biased<P: Isa, const R: usize, const J: usize>(
         // slice holds `len` entries.
         return unsafe {
             x86::int8_dots_biased(rows.map(<[i8]>::as_ptr), xs.map(<[u8]>::as_ptr), len)
+        };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if P::VNNI256 {
+        // SAFETY: P::VNNI256 holds for AvxVnni alone, which the kernels instantiate only
+        // inside copies compiled with AVX2 and AVX-VNNI and run after `avx_vnni()`
+        // detected them (the tests call it after checking too); every slice holds `len`
+        // entries, a whole number of 16-entry steps.
+        return unsafe {
+            x86::int8_dots_biased_256(rows.map(<[i8]>::as_ptr), xs.map(<[u8]>::as_ptr), len)
         };
     }
     plain_dots(rows, xs, len, |x| i32::from(x) - ACTIVATION_BIAS)
@@ -584,12 +631,7 @@ pub(crate) mod x86 {
         let mut out = [[0i32; J]; R];
         for i in 0..R {
             for j in 0..J {
-                let v = acc[i][j];
-                let half =
-                    _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-                let quad = _mm_add_epi32(half, _mm_unpackhi_epi64(half, half));
-                let pair = _mm_add_epi32(quad, _mm_shuffle_epi32::<0b01>(quad));
-                out[i][j] = _mm_cvtsi128_si32(pair);
+                out[i][j] = reduce_add_256(acc[i][j]);
             }
         }
         out
@@ -642,6 +684,69 @@ pub(crate) mod x86 {
             }
         }
         out
+    }
+
+    /// [`super::int8_dots_biased`] with AVX-VNNI: per 32 columns, `R` loads of weights,
+    /// `R` `vpdpbusd` of them against bytes of 1 (the rows' sums), `J` loads of
+    /// activations and `R x J` `vpdpbusd` into register-resident accumulators; a last
+    /// 16 columns as the low halves of zeroed vectors (zeros add nothing).
+    ///
+    /// # Safety
+    /// AVX2 and AVX-VNNI must be available; every pointer must be valid for `len` reads,
+    /// and `len` a multiple of 16.
+    #[inline]
+    #[target_feature(enable = "avx2,avxvnni")]
+    pub(crate) unsafe fn int8_dots_biased_256<const R: usize, const J: usize>(
+        rows: [*const i8; R],
+        xs: [*const u8; J],
+        len: usize,
+    ) -> [[i32; J]; R] {
+        let mut acc = [[_mm256_setzero_si256(); J]; R];
+        let mut sums = [_mm256_setzero_si256(); R];
+        let ones = _mm256_set1_epi8(1);
+        let mut c = 0;
+        while c < len {
+            // SAFETY: 32 bytes from `c`, or the last 16 (`len` is a multiple of 16), are
+            // in bounds of every row and activation by the caller's contract.
+            let load = |p: *const u8| unsafe {
+                if len - c >= 32 {
+                    _mm256_loadu_si256(p.add(c).cast())
+                } else {
+                    _mm256_zextsi128_si256(_mm_loadu_si128(p.add(c).cast()))
+                }
+            };
+            let mut w = [_mm256_setzero_si256(); R];
+            for i in 0..R {
+                w[i] = load(rows[i].cast());
+                sums[i] = _mm256_dpbusd_avx_epi32(sums[i], ones, w[i]);
+            }
+            for j in 0..J {
+                let x = load(xs[j]);
+                for i in 0..R {
+                    acc[i][j] = _mm256_dpbusd_avx_epi32(acc[i][j], x, w[i]);
+                }
+            }
+            c += 32;
+        }
+        let mut out = [[0i32; J]; R];
+        for i in 0..R {
+            // Exact: |sum| <= len * 128 (see the caller's bound).
+            let bias = super::ACTIVATION_BIAS * reduce_add_256(sums[i]);
+            for j in 0..J {
+                out[i][j] = reduce_add_256(acc[i][j]) - bias;
+            }
+        }
+        out
+    }
+
+    /// The sum of eight 32-bit lanes (wrapping, as the lanes' own sums do).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn reduce_add_256(v: __m256i) -> i32 {
+        let half = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+        let quad = _mm_add_epi32(half, _mm_unpackhi_epi64(half, half));
+        let pair = _mm_add_epi32(quad, _mm_shuffle_epi32::<0b01>(quad));
+        _mm_cvtsi128_si32(pair)
     }
 
     /// `acc + v * base[idx]` over eight `f32` lanes, the loads as one `vgatherdps`.
@@ -964,8 +1069,8 @@ mod tests {
     use crate::kernels::KernelPath;
 
     /// The biased dots equal the plain ones on the unbiased values, on the plain loop and
-    /// (where the CPU has it) the VNNI copy, for lengths of whole 64-byte steps, a masked
-    /// tail and both; weights of every value, -128 included.
+    /// (where the CPU has them) the VNNI copies, for lengths of whole 64-byte steps, a
+    /// masked (or half-vector) tail and both; weights of every value, -128 included.
     #[test]
     fn biased_dots_equal_the_plain_sums() {
         let mut next = crate::testing::xorshift(11);
@@ -986,6 +1091,11 @@ mod tests {
             if vnni512() {
                 let got = int8_dots_biased::<Avx512Vnni, 4, 6>(r, b, steps);
                 assert_eq!(got, want, "{steps} steps, VNNI");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if avx_vnni() {
+                let got = int8_dots_biased::<AvxVnni, 4, 6>(r, b, steps);
+                assert_eq!(got, want, "{steps} steps, AVX-VNNI");
             }
         }
     }

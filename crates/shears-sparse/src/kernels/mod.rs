@@ -239,11 +239,18 @@ pub fn uses_gathers() -> bool {
     matches!(kernel_path(), KernelPath::Avx2 | KernelPath::Avx512) && gathers(kernel_path())
 }
 
-/// The kernel path in use and how its batch-1 kernels load indexed inputs, for reports:
-/// `Avx2, gathers`, `Avx2, lane loads`, `Portable, lane loads`.
+/// The kernel path in use, how its batch-1 kernels load indexed inputs and, where the
+/// int8 kernels run VNNI instructions, which, for reports: `Avx2, gathers`,
+/// `Avx512, gathers, AVX-512 VNNI`, `Avx2, lane loads, AVX-VNNI`, `Portable, lane loads`.
 pub fn kernel_description() -> String {
+    let path = kernel_path();
     let loads = if uses_gathers() { "gathers" } else { "lane loads" };
-    format!("{:?}, {loads}", kernel_path())
+    let vnni = match path {
+        _ if !int8::vnni_copy_runs(path) => "",
+        KernelPath::Avx512 => ", AVX-512 VNNI",
+        _ => ", AVX-VNNI",
+    };
+    format!("{path:?}, {loads}{vnni}")
 }
 
 /// Rows per sliced-ELLPACK slice: one lane each of an eight-lane vector. Part of the

@@ -216,13 +216,14 @@ fn add_sums<P: Isa, I: SpIndex, const W: usize>(
         }
         if P::MADD256 {
             // SAFETY: the runs are in bounds (above); the copy is compiled with AVX2 (only
-            // the AVX2 and AVX-512 copies set P::MADD256).
+            // the AVX2, AVX-512 and VNNI copies set P::MADD256), and with AVX-VNNI where
+            // P::VNNI256 holds (the AvxVnni copy alone, run after detecting it).
             let (tiles, used): ([i32; W], usize) = unsafe {
                 if W == WIDE {
-                    let (t, used) = x86::narrow_sums::<I, 2>(weights, cols, limit, at, stride);
+                    let (t, used) = x86::narrow_sums::<P, I, 2>(weights, cols, limit, at, stride);
                     (std::array::from_fn(|j| t.as_flattened()[j]), used)
                 } else {
-                    let (t, used) = x86::narrow_sums::<I, 1>(weights, cols, limit, at, stride);
+                    let (t, used) = x86::narrow_sums::<P, I, 1>(weights, cols, limit, at, stride);
                     (std::array::from_fn(|j| t.as_flattened()[j]), used)
                 }
             };
@@ -249,8 +250,9 @@ multiversion! {
     ) => rows_kernel
 }
 
-/// [`rows`] on `path`, except on the AVX-512 path of a CPU with AVX-512 VNNI, which runs
-/// the [`crate::kernels::isa::Avx512Vnni`] copy.
+/// [`rows`] on `path`, except where [`vnni_copy_runs`]: the AVX-512 path then runs the
+/// [`crate::kernels::isa::Avx512Vnni`] copy, the AVX2 path the
+/// [`crate::kernels::isa::AvxVnni`] one.
 fn rows_best<I: SpIndex>(
     path: KernelPath,
     a: CsrView<'_, f32, I, i8>,
@@ -269,8 +271,22 @@ fn rows_best<I: SpIndex>(
         ) {
             rows_kernel::<crate::kernels::isa::Avx512Vnni, I>(a, range, tokens, out);
         }
-        // SAFETY: vnni512() detected every feature the copy is compiled with.
-        return unsafe { vnni_copy(a, range, tokens, out) };
+        #[target_feature(enable = "avxvnni,avx2,fma")]
+        fn avx_vnni_copy<I: SpIndex>(
+            a: CsrView<'_, f32, I, i8>,
+            range: Range<usize>,
+            tokens: &TokenRows,
+            out: &mut [f32],
+        ) {
+            rows_kernel::<crate::kernels::isa::AvxVnni, I>(a, range, tokens, out);
+        }
+        if path == KernelPath::Avx512 {
+            // SAFETY: vnni512() detected every feature the copy is compiled with.
+            return unsafe { vnni_copy(a, range, tokens, out) };
+        }
+        // SAFETY: on the AVX2 path, avx_vnni() detected every feature the copy is
+        // compiled with.
+        return unsafe { avx_vnni_copy(a, range, tokens, out) };
     }
     rows(path, a, range, tokens, out);
 }
@@ -280,6 +296,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use crate::index::SpIndex;
+    use crate::kernels::isa::Isa;
 
     /// A pair of 16-bit weights as the 32-bit word they make in memory (the first in the
     /// low half): one load, which the compiler folds into the broadcast.
@@ -290,17 +307,18 @@ mod x86 {
 
     /// [`super::add_sums`]'s tile for `16 * H` tokens with AVX2: per pair of stored
     /// weights and 16 tokens, two loads, an unpack of each half and a `vpmaddwd` +
-    /// `vpaddd` into each of two accumulators (whose lanes then hold tokens 0-3 and 8-11,
-    /// and 4-7 and 12-15), over the leading entries below `limit`; the tile in token
-    /// order and how many entries it took.
+    /// `vpaddd` (on the [`AvxVnni`](crate::kernels::isa::AvxVnni) copy, one `vpdpwssd`) into each of two accumulators
+    /// (whose lanes then hold tokens 0-3 and 8-11, and 4-7 and 12-15), over the leading
+    /// entries below `limit`; the tile in token order and how many entries it took.
     ///
     /// # Safety
-    /// AVX2 must be available, `weights` as long as `cols`, `cols` strictly increasing
-    /// (the loop checks only the last of each pair against `limit`), and `x + c * stride`
-    /// valid for `16 * H` reads for every column `c` in `cols`.
+    /// AVX2 must be available, and AVX-VNNI too where `P::VNNI256`; `weights` as long as
+    /// `cols`, `cols` strictly increasing (the loop checks only the last of each pair
+    /// against `limit`), and `x + c * stride` valid for `16 * H` reads for every column
+    /// `c` in `cols`.
     #[inline]
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn narrow_sums<I: SpIndex, const H: usize>(
+    pub(super) unsafe fn narrow_sums<P: Isa, I: SpIndex, const H: usize>(
         weights: &[i16],
         cols: &[I],
         limit: usize,
@@ -317,9 +335,19 @@ mod x86 {
             for (h, acc) in acc.iter_mut().enumerate() {
                 let a = load(first, h);
                 let b = second.map_or(_mm256_setzero_si256(), |c| load(c, h));
-                let low = _mm256_madd_epi16(_mm256_unpacklo_epi16(a, b), w);
-                let high = _mm256_madd_epi16(_mm256_unpackhi_epi16(a, b), w);
-                *acc = [_mm256_add_epi32(acc[0], low), _mm256_add_epi32(acc[1], high)];
+                let (low, high) = (_mm256_unpacklo_epi16(a, b), _mm256_unpackhi_epi16(a, b));
+                *acc = if P::VNNI256 {
+                    // SAFETY: with P::VNNI256 the caller has AVX-VNNI (the contract).
+                    unsafe {
+                        [
+                            _mm256_dpwssd_avx_epi32(acc[0], low, w),
+                            _mm256_dpwssd_avx_epi32(acc[1], high, w),
+                        ]
+                    }
+                } else {
+                    let (low, high) = (_mm256_madd_epi16(low, w), _mm256_madd_epi16(high, w));
+                    [_mm256_add_epi32(acc[0], low), _mm256_add_epi32(acc[1], high)]
+                };
             }
         };
         let (n, mut e) = (cols.len().min(weights.len()), 0);
