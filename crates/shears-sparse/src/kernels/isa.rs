@@ -82,8 +82,8 @@ pub(crate) struct Avx512;
 pub(crate) struct Avx512Vnni;
 
 /// AVX2 and FMA with AVX-VNNI: the int8 kernels' copy for CPUs with the 256-bit VNNI
-/// instructions but not AVX-512 (Intel since Alder Lake and Sierra Forest, AMD's Zen 5
-/// client parts with AVX-512 fused off), whose `vpdpbusd` multiplies and adds 32 byte
+/// instructions but not AVX-512 (Intel's client parts since Alder Lake, and Sierra
+/// Forest), whose `vpdpbusd` multiplies and adds 32 byte
 /// pairs ([`int8_dots_biased`]) and `vpdpwssd` fuses `vpmaddwd` with its add. Only the
 /// int8 kernels have this copy ([`avx_vnni`] decides when it runs, on the AVX2 path).
 #[cfg(target_arch = "x86_64")]
