@@ -435,7 +435,7 @@ fn int8_rows_best(
 ) {
     #[cfg(target_arch = "x86_64")]
     if vnni_copy_runs(path) {
-        #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
         fn vnni_copy(
             a: Int8DenseView<'_>,
             rows: Range<usize>,
@@ -446,7 +446,7 @@ fn int8_rows_best(
         ) {
             int8_rows_kernel::<super::isa::Avx512Vnni>(a, rows, xq, alpha, beta, out);
         }
-        #[target_feature(enable = "avxvnni,avx2,fma")]
+        #[target_feature(enable = "avxvnni,avx2,fma,f16c")]
         fn avx_vnni_copy(
             a: Int8DenseView<'_>,
             rows: Range<usize>,

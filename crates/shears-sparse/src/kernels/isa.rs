@@ -42,6 +42,10 @@ pub(crate) trait Isa: Copy + Send + Sync + 'static {
     /// The int8 kernels run [`int8_dots_biased`] on 256-bit `vpdpbusd` and the int8 CSR
     /// tiles on 256-bit `vpdpwssd` (the copy is compiled with AVX2 and AVX-VNNI).
     const VNNI256: bool = false;
+    /// The copy widens `f16` values with F16C's `vcvtph2ps`, eight per instruction
+    /// ([`widen_f16`]; the copy is compiled with F16C).
+    #[cfg(target_arch = "x86_64")]
+    const F16C: bool = false;
     /// The int8 kernels' activations are stored biased for `vpdpbusd`
     /// ([`int8_dots_biased`]): the copy has one VNNI width or the other.
     const BIASED: bool = Self::VNNI512 || Self::VNNI256;
@@ -127,6 +131,7 @@ impl Isa for PortableUnfused {
 #[cfg(target_arch = "x86_64")]
 impl Isa for Avx2 {
     const GATHERS: bool = true;
+    const F16C: bool = true;
     const PERMUTES8: bool = true;
     const MADD256: bool = true;
 }
@@ -134,6 +139,7 @@ impl Isa for Avx2 {
 #[cfg(target_arch = "x86_64")]
 impl Isa for Avx512 {
     const GATHERS: bool = true;
+    const F16C: bool = true;
     const PERMUTES8: bool = true;
     const PERMUTES16: bool = true;
     const FOUR_ROW_TILES: bool = true;
@@ -143,6 +149,7 @@ impl Isa for Avx512 {
 #[cfg(target_arch = "x86_64")]
 impl Isa for Avx512Vnni {
     const GATHERS: bool = true;
+    const F16C: bool = true;
     const PERMUTES8: bool = true;
     const PERMUTES16: bool = true;
     const FOUR_ROW_TILES: bool = true;
@@ -153,6 +160,7 @@ impl Isa for Avx512Vnni {
 #[cfg(target_arch = "x86_64")]
 impl Isa for AvxVnni {
     const GATHERS: bool = true;
+    const F16C: bool = true;
     const PERMUTES8: bool = true;
     const MADD256: bool = true;
     const VNNI256: bool = true;
@@ -167,6 +175,7 @@ pub(crate) fn avx_vnni() -> bool {
         is_x86_feature_detected!("avxvnni")
             && is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
     })
 }
 
@@ -181,6 +190,7 @@ pub(crate) fn vnni512() -> bool {
             && is_x86_feature_detected!("avx512vnni")
             && is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
     })
 }
 
@@ -194,6 +204,7 @@ impl<P: Isa> Isa for LaneLoads<P> {
     const MADD256: bool = P::MADD256;
     const VNNI512: bool = P::VNNI512;
     const VNNI256: bool = P::VNNI256;
+    const F16C: bool = P::F16C;
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -220,6 +231,21 @@ pub(crate) fn fma<P: Isa, T: Scalar>(a: T, b: T, c: T) -> T {
 #[inline(always)]
 pub(crate) fn is<T: 'static, U: 'static>() -> bool {
     TypeId::of::<T>() == TypeId::of::<U>()
+}
+
+/// Eight `f16` values, given by their bits, as `f32`: exactly, for the finite values
+/// formats hold. The copies with F16C ([`Isa::F16C`]) convert them with one
+/// `vcvtph2ps`; others with `convert`, the per-value conversion, which the compiler
+/// vectorises.
+#[inline(always)]
+pub(crate) fn widen_f16<P: Isa>(bits: &[u16; 8], convert: impl Fn(u16) -> f32) -> [f32; 8] {
+    #[cfg(target_arch = "x86_64")]
+    if P::F16C {
+        // SAFETY: P::F16C holds only for copies compiled with F16C, which run after
+        // detecting it (KernelPath::supported, vnni512, avx_vnni); `bits` holds 8 values.
+        return unsafe { x86::widen_f16(bits) };
+    }
+    bits.map(convert)
 }
 
 /// One step of an eight-lane dot product: `acc[j] + v[j] * x[idx[j]]` for every lane, a
@@ -737,6 +763,22 @@ pub(crate) mod x86 {
             }
         }
         out
+    }
+
+    /// Eight `f16` values, by their bits, as `f32`: one `vcvtph2ps`.
+    ///
+    /// # Safety
+    /// F16C must be available.
+    #[inline]
+    #[target_feature(enable = "avx,f16c")]
+    pub(crate) unsafe fn widen_f16(bits: &[u16; 8]) -> [f32; 8] {
+        // SAFETY: `bits` is 16 bytes, `out` 32.
+        unsafe {
+            let wide = _mm256_cvtph_ps(_mm_loadu_si128(bits.as_ptr().cast()));
+            let mut out = [0.0f32; 8];
+            _mm256_storeu_ps(out.as_mut_ptr(), wide);
+            out
+        }
     }
 
     /// The sum of eight 32-bit lanes (wrapping, as the lanes' own sums do).

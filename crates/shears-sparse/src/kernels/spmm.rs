@@ -120,7 +120,7 @@ fn csr_rows_kernel<P: Isa, T: Scalar, V: Stored<T>, I: SpIndex>(
             Some(values) => values,
             None => {
                 widened.clear();
-                widened.extend(stored.iter().map(|v| v.get()));
+                V::widen_into::<P>(stored, &mut widened);
                 &widened[..]
             }
         };
@@ -497,17 +497,27 @@ fn bsr_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
 ) {
     let (br, bc) = (a.br, a.bc);
     let first_row = block_rows.start * br;
+    // Narrow values are widened a block at a time, eight per step.
+    let mut widened: Vec<T> = Vec::new();
     for i in block_rows {
         let r0 = i * br;
         let height = br.min(a.nrows - r0);
         for k in a.indptr[i]..a.indptr[i + 1] {
             let c0 = a.block_cols[k] as usize * bc;
             let width = bc.min(a.ncols - c0);
-            let block = &a.values[k * br * bc..][..br * bc];
+            let stored = &a.values[k * br * bc..][..br * bc];
+            let block = match V::as_compute(stored) {
+                Some(values) => values,
+                None => {
+                    widened.clear();
+                    V::widen_into::<P>(stored, &mut widened);
+                    &widened[..]
+                }
+            };
             for rr in 0..height {
                 let o = &mut out[(r0 - first_row + rr) * batch..][..batch];
                 for cc in 0..width {
-                    let w = block[rr * bc + cc].get();
+                    let w = block[rr * bc + cc];
                     let xs = &xt[(c0 + cc) * batch..][..batch];
                     for (ov, &xv) in o.iter_mut().zip(xs) {
                         *ov += w * xv;

@@ -42,11 +42,11 @@ pub(crate) fn gather_is_faster(path: KernelPath) -> bool {
 
     use super::isa::{Avx2, Avx512, LaneLoads};
 
-    #[target_feature(enable = "avx2,fma")]
+    #[target_feature(enable = "avx2,fma,f16c")]
     fn avx2<Q: Isa>(a: CsrView<'_, f32, u32>, x: &[f32], out: &mut [f32]) {
         csr_rows_kernel::<Q, f32, f32, u32>(a, 0..a.nrows, 1.0, x, 0.0, out);
     }
-    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     fn avx512<Q: Isa>(a: CsrView<'_, f32, u32>, x: &[f32], out: &mut [f32]) {
         csr_rows_kernel::<Q, f32, f32, u32>(a, 0..a.nrows, 1.0, x, 0.0, out);
     }
@@ -120,6 +120,15 @@ fn reduce<T: Scalar>(acc: [T; LANES]) -> T {
     ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 }
 
+/// The first eight of `values`.
+///
+/// # Panics
+/// If there are fewer (as slicing them would).
+#[inline(always)]
+fn first8<V>(values: &[V]) -> &[V; 8] {
+    &values.as_chunks::<8>().0[0]
+}
+
 /// The dot product of one CSR row with `x`. With `CHECKED`, every load from `x` is
 /// bounds-checked: the reference the gathering path is tested against. Stored values are
 /// widened to `T` eight at a time before the multiply.
@@ -132,7 +141,7 @@ pub(crate) fn dot_row<P: Isa, T: Scalar, V: Stored<T>, I: SpIndex, const CHECKED
     let mut acc = [T::zero(); LANES];
     let full = values.len() / LANES * LANES;
     for (v, i) in values[..full].chunks_exact(LANES).zip(indices[..full].chunks_exact(LANES)) {
-        let v: [T; LANES] = std::array::from_fn(|j| v[j].get());
+        let v: [T; LANES] = V::widen8::<P>(first8(v));
         if CHECKED {
             for j in 0..LANES {
                 acc[j] += v[j] * x[i[j].index()];
@@ -198,16 +207,18 @@ pub(crate) fn csr_spmv<T: Scalar, V: Stored<T>, I: SpIndex>(
 
 /// The dot product of one N:M row with `x`, the column of slot `s` computed in the loop
 /// (`(s / N) * m + position`), so no index array is read or written. Stored values go
-/// through `widen` as they are loaded (to `T`, times the row's scale if it has one), so
+/// through [`Stored::widen8`] as they are loaded, then `scale` (the row's, if it has one), so
 /// the products are exactly those of the `T` values they stand for.
 #[inline(always)]
-fn nm_dot<P: Isa, T: Scalar, V: Copy, const N: usize>(
+fn nm_dot<P: Isa, T: Scalar, V: Stored<T>, const N: usize>(
     values: &[V],
     positions: &[u8],
     m: usize,
     x: &[T],
-    widen: impl Fn(V) -> T,
+    scale: impl Fn(T) -> T,
 ) -> T {
+    let widen = |v: V| scale(v.get());
+    let widen8 = |v: &[V]| V::widen8::<P>(first8(v)).map(&scale);
     let mut acc = [T::zero(); LANES];
     let full = values.len() / LANES * LANES;
     let column = |s: usize, p: u8| (s / N) * m + usize::from(p);
@@ -220,7 +231,8 @@ fn nm_dot<P: Isa, T: Scalar, V: Copy, const N: usize>(
         while start + 16 <= full && (start / N) * m + 32 <= x.len() {
             let c0 = (start / N) * m;
             let stored = &values[start..start + 16];
-            let v: [T; 16] = std::array::from_fn(|j| widen(stored[j]));
+            let (low, high) = (widen8(&stored[..8]), widen8(&stored[8..]));
+            let v: [T; 16] = std::array::from_fn(|j| if j < 8 { low[j] } else { high[j - 8] });
             // SAFETY: 16 slots from `start` exist (start + 16 <= full), the window of 32
             // lies in x (checked), and (j / N) * m + p < (16 / N) * m <= 32 because the
             // validator bounds every position by m.
@@ -237,7 +249,7 @@ fn nm_dot<P: Isa, T: Scalar, V: Copy, const N: usize>(
         while start + 8 <= full && (start / N) * m + 16 <= x.len() {
             let c0 = (start / N) * m;
             let stored = &values[start..start + 8];
-            let v: [T; 8] = std::array::from_fn(|j| widen(stored[j]));
+            let v: [T; 8] = widen8(stored);
             // SAFETY: 8 slots from `start` exist (start + 8 <= full), the window of 16 lies
             // in x (checked), and with M = 2N slot j's column (j / N) * m + p is below 8
             // for j < 4 and in 8..16 for j >= 4, because the validator bounds every
@@ -254,7 +266,7 @@ fn nm_dot<P: Isa, T: Scalar, V: Copy, const N: usize>(
         .enumerate()
     {
         let c = c + start / LANES;
-        let v: [T; LANES] = std::array::from_fn(|j| widen(v[j]));
+        let v: [T; LANES] = widen8(v);
         // SAFETY: the N:M validator bounds every position by its group's width, so
         // (s / N) * m + p < ncols == x.len() (checked at the public entry points), and
         // `nm_spmv` runs gathering copies only when ncols <= 2^31.
@@ -291,12 +303,12 @@ fn nm_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
         let positions = &a.positions[r * per_row..][..per_row];
         // Two copies of each loop: one that only widens, one that also scales.
         let dot = match (a.n, a.row_scales.map(|s| s[r])) {
-            (1, None) => nm_dot::<P, T, V, 1>(values, positions, a.m, x, V::get),
-            (2, None) => nm_dot::<P, T, V, 2>(values, positions, a.m, x, V::get),
-            (4, None) => nm_dot::<P, T, V, 4>(values, positions, a.m, x, V::get),
-            (1, Some(s)) => nm_dot::<P, T, V, 1>(values, positions, a.m, x, |v| s * v.get()),
-            (2, Some(s)) => nm_dot::<P, T, V, 2>(values, positions, a.m, x, |v| s * v.get()),
-            (4, Some(s)) => nm_dot::<P, T, V, 4>(values, positions, a.m, x, |v| s * v.get()),
+            (1, None) => nm_dot::<P, T, V, 1>(values, positions, a.m, x, |v| v),
+            (2, None) => nm_dot::<P, T, V, 2>(values, positions, a.m, x, |v| v),
+            (4, None) => nm_dot::<P, T, V, 4>(values, positions, a.m, x, |v| v),
+            (1, Some(s)) => nm_dot::<P, T, V, 1>(values, positions, a.m, x, |v| s * v),
+            (2, Some(s)) => nm_dot::<P, T, V, 2>(values, positions, a.m, x, |v| s * v),
+            (4, Some(s)) => nm_dot::<P, T, V, 4>(values, positions, a.m, x, |v| s * v),
             _ => {
                 cols.resize(per_row, 0u32);
                 a.expand_columns(r, &mut cols);
@@ -379,7 +391,7 @@ fn sell_step<P: Isa, T: Scalar, V: Stored<T>, I: SpIndex>(
 ) -> [T; SLICE_ROWS] {
     let (v, i) =
         (&values[j * SLICE_ROWS..][..SLICE_ROWS], &indices[j * SLICE_ROWS..][..SLICE_ROWS]);
-    let v: [T; SLICE_ROWS] = std::array::from_fn(|l| v[l].get());
+    let v: [T; SLICE_ROWS] = V::widen8::<P>(first8(v));
     // SAFETY: the slice validator bounds the column of every entry inside its lane's
     // length by ncols (and `sell_slice` calls this only below every lane's length), the
     // public entry points check x.len() == ncols, and `sell_spmv` runs gathering copies
@@ -399,7 +411,7 @@ fn sell_masked_step<P: Isa, T: Scalar, V: Stored<T>, I: SpIndex>(
 ) -> [T; SLICE_ROWS] {
     let (v, i) =
         (&values[j * SLICE_ROWS..][..SLICE_ROWS], &indices[j * SLICE_ROWS..][..SLICE_ROWS]);
-    let v: [T; SLICE_ROWS] = std::array::from_fn(|l| v[l].get());
+    let v: [T; SLICE_ROWS] = V::widen8::<P>(first8(v));
     let idx = std::array::from_fn(|l| i[l].index() as u32);
     let live = std::array::from_fn(|l| j < lengths[l]);
     // SAFETY: as in `sell_step`, for the live lanes; the others are not read.
@@ -464,18 +476,28 @@ fn bsr_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
     // A block may be taller than the matrix (a valid file can declare 721M x 2 blocks on
     // a 6-row matrix); rows past the end are padding, so never allocate more than nrows.
     let mut acc = vec![T::zero(); br.min(a.nrows)];
+    // Narrow values are widened a block at a time, eight per step.
+    let mut widened: Vec<T> = Vec::new();
     for i in block_rows {
         acc.iter_mut().for_each(|v| *v = T::zero());
         for k in a.indptr[i]..a.indptr[i + 1] {
             let c0 = a.block_cols[k] as usize * bc;
             let width = bc.min(a.ncols - c0);
-            let block = &a.values[k * br * bc..][..br * bc];
+            let stored = &a.values[k * br * bc..][..br * bc];
+            let block = match V::as_compute(stored) {
+                Some(values) => values,
+                None => {
+                    widened.clear();
+                    V::widen_into::<P>(stored, &mut widened);
+                    &widened[..]
+                }
+            };
             let xs = &x[c0..c0 + width];
             for (rr, acc_r) in acc.iter_mut().enumerate() {
                 let row = &block[rr * bc..rr * bc + width];
                 let mut s = T::zero();
                 for (&w, &xv) in row.iter().zip(xs) {
-                    s += w.get() * xv;
+                    s += w * xv;
                 }
                 *acc_r += s;
             }

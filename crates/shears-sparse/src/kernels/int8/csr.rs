@@ -262,7 +262,7 @@ fn rows_best<I: SpIndex>(
 ) {
     #[cfg(target_arch = "x86_64")]
     if vnni_copy_runs(path) {
-        #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
         fn vnni_copy<I: SpIndex>(
             a: CsrView<'_, f32, I, i8>,
             range: Range<usize>,
@@ -271,7 +271,7 @@ fn rows_best<I: SpIndex>(
         ) {
             rows_kernel::<crate::kernels::isa::Avx512Vnni, I>(a, range, tokens, out);
         }
-        #[target_feature(enable = "avxvnni,avx2,fma")]
+        #[target_feature(enable = "avxvnni,avx2,fma,f16c")]
         fn avx_vnni_copy<I: SpIndex>(
             a: CsrView<'_, f32, I, i8>,
             range: Range<usize>,
