@@ -164,8 +164,13 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
             weights.display()
         );
     }
-    let sources =
-        Sources::open(&args.grads, args.scores.as_deref(), args.masks_in.as_deref(), &chosen)?;
+    let sources = Sources::open(
+        &model,
+        &args.grads,
+        args.scores.as_deref(),
+        args.masks_in.as_deref(),
+        &chosen,
+    )?;
     let (mut calibrated, calibration) = match job.calibrated {
         Some(method) => {
             let (pruned, calibration) =

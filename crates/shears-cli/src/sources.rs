@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use nalgebra::DMatrix;
 use shears_core::{Mask, WeightShape, check_finite};
-use shears_io::{Checkpoint, Dtype, Float, Model, mask_from_bytes, torch_mask_name};
+use shears_io::{
+    Checkpoint, Dtype, Float, Model, mask_from_bytes, torch_mask_name, weight_of_torch_mask,
+};
 
 use crate::tensor_filter::Choice;
 
@@ -143,6 +145,7 @@ impl Sources {
     /// Opens the files and checks that each holds every chosen tensor's counterpart with
     /// its shape.
     pub(crate) fn open(
+        model: &Model,
         grads: &[PathBuf],
         scores: Option<&Path>,
         masks: Option<&Path>,
@@ -169,7 +172,7 @@ impl Sources {
         let grads =
             grads.iter().map(|p| open_counterparts(p, "gradient")).collect::<Result<Vec<_>>>()?;
         let scores = scores.map(|p| open_counterparts(p, "scores")).transpose()?;
-        let masks = masks.map(|p| open_masks(p, chosen)).transpose()?;
+        let masks = masks.map(|p| open_masks(model, p, chosen)).transpose()?;
         Ok(Sources { grads, scores, masks })
     }
 
@@ -243,9 +246,20 @@ impl Sources {
 }
 
 /// Opens a masks file and checks it has every chosen tensor's mask, of its shape.
-fn open_masks(path: &Path, chosen: &[Tensor]) -> Result<MaskSource> {
+fn open_masks(model: &Model, path: &Path, chosen: &[Tensor]) -> Result<MaskSource> {
+    // A mask for a tensor the model does not have means masks of another model (or a
+    // renamed one): refused, rather than pruning with the masks that happen to match.
+    let stranger = |weight: &str| -> Result<()> {
+        if model.find(weight).is_none() {
+            bail!("{}: mask for `{weight}`, which the model does not have", path.display());
+        }
+        Ok(())
+    };
     match Checkpoint::open(path) {
         Ok(ckpt) => {
+            for weight in ckpt.names().filter_map(weight_of_torch_mask) {
+                stranger(weight)?;
+            }
             for t in chosen {
                 let name = torch_mask_name(t.name);
                 let info = ckpt
@@ -269,6 +283,9 @@ fn open_masks(path: &Path, chosen: &[Tensor]) -> Result<MaskSource> {
             ..
         }) => {
             let set = shears_io::read_mask_set(path)?;
+            for (weight, _) in &set {
+                stranger(weight)?;
+            }
             for t in chosen {
                 let stored = WeightShape::from_dims(t.dims)?.matrix_shape();
                 match set.iter().find(|(n, _)| *n == t.name) {

@@ -242,6 +242,36 @@ fn masks_of_other_values_name_the_file() {
     fails(&args, &out, "element 5 is 2, not 0 or 1");
 }
 
+/// Masks for a tensor the model does not have (another model's masks, or renamed ones)
+/// are refused, naming the file and the tensor, even when every pruned tensor has its
+/// mask too.
+#[test]
+fn masks_for_tensors_the_model_lacks_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    model(&input);
+    let masks = dir.path().join("other-masks.safetensors");
+    let ones = |name, shape: Vec<usize>| T {
+        name,
+        dtype: Dtype::U8,
+        values: vec![1.0; shape.iter().product()],
+        shape,
+    };
+    write(
+        &masks,
+        &[
+            ones("fc1.weight_mask", vec![8, 16]),
+            ones("fc2.weight_mask", vec![4, 8]),
+            ones("encoder.fc3.weight_mask", vec![4, 4]),
+        ],
+    );
+    let out = dir.path().join("out.safetensors");
+    let (i, o, m) = (input.to_str().unwrap(), out.to_str().unwrap(), masks.to_str().unwrap());
+    let args = ["prune", i, "-o", o, "-s", "0.5", "--masks-in", m];
+    fails(&args, &out, "other-masks.safetensors");
+    fails(&args, &out, "`encoder.fc3.weight`, which the model does not have");
+}
+
 #[test]
 fn existing_output_is_replaced_only_on_success() {
     let dir = tempfile::tempdir().unwrap();
