@@ -346,7 +346,8 @@ impl BertModel {
     /// Turns every int8 linear layer into f32 dense (its values times its scales): int8
     /// layers run integer products on tokens quantized to int8, whose rounding changes
     /// the results a little, and which beat the f32 GEMM at this encoder's shapes only on
-    /// CPUs with AVX-512 VNNI (`shears bench --texts` measures which layers gain).
+    /// CPUs with VNNI instructions, if there (`shears bench --texts` measures which
+    /// layers gain).
     /// Returns how many layers it changed.
     pub fn dequantize(&mut self) -> usize {
         let mut changed = 0;

@@ -20,7 +20,8 @@ pub enum Compaction {
 }
 
 /// A dense matrix with its fully pruned rows and/or columns removed, and the index maps
-/// back to the original: `matrix[(i, j)] == original[(rows[i], cols[j])]`.
+/// back to the original: `matrix[(i, j)] == original[(rows[i], cols[j])]` (for an
+/// [`Int8Compacted`], up to its quantization).
 ///
 /// The speedup is the shrink factor, with ordinary dense kernels: multiply by
 /// [`Compacted::matrix`] the inputs gathered with [`Compacted::gather_input`]. As a

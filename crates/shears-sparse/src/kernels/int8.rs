@@ -38,20 +38,22 @@ mod packed;
 pub(crate) use csr::{INTEGER_MIN_BATCH, int8_csr_spmm};
 
 /// Columns summed in one 32-bit integer sum at most. Weights may be -128 and activations
-/// are within -127..=127, stored biased as 1..=255 for the VNNI copy, whose sums are the
-/// largest: `65536 * 255 * 128 < 2^31`.
+/// are within -127..=127, stored biased as 1..=255 for the VNNI copies, whose sums are
+/// the largest: `65536 * 255 * 128 < 2^31`.
 pub(crate) const MAX_SPAN: usize = 1 << 16;
 const _: () = assert!(MAX_SPAN as i64 * 255 * 128 <= i32::MAX as i64);
 
 /// Rows and columns of `X` per register tile of a batched product: two weight rows
 /// against six tokens keep twelve accumulators, two widened weight vectors and one
 /// activation vector within AVX2's sixteen registers: eight loads per twelve
-/// multiply-adds. The VNNI copy takes [`VNNI_TILE_ROWS`].
+/// multiply-adds. (The [`super::isa::AvxVnni`] copy's tiles also keep the two rows'
+/// sums and a vector of ones, two more than the registers, so the compiler keeps two
+/// accumulators in L1.) The AVX-512 VNNI copy takes [`VNNI_TILE_ROWS`].
 const TILE_ROWS: usize = 2;
 const TILE_TOKENS: usize = 6;
 
-/// Tokens from which the VNNI copy packs its weights ([`packed`]) instead of running
-/// dot-product tiles: packing reads the weights once more, which a handful of tokens
+/// Tokens from which the AVX-512 VNNI copy packs its weights ([`packed`]) instead of
+/// running dot-product tiles: packing reads the weights once more, which a handful of tokens
 /// repays.
 #[cfg(target_arch = "x86_64")]
 const PACKED_MIN_BATCH: usize = 4;
@@ -387,17 +389,18 @@ multiversion! {
     ) => int8_rows_kernel
 }
 
-/// Whether the VNNI copy runs a product of `a` with `batch` tokens on packed weights.
+/// Whether the AVX-512 VNNI copy, when it runs, runs a product of `a` with `batch`
+/// tokens on packed weights.
 #[cfg(target_arch = "x86_64")]
 fn packs(a: &Int8DenseView<'_>, batch: usize) -> bool {
     batch >= PACKED_MIN_BATCH && packed::packable(a)
 }
 
-/// Rows per unit of work split across threads: whole packed tiles when the VNNI copy
-/// packs, else single rows.
+/// Rows per unit of work split across threads: whole packed tiles when the AVX-512 VNNI
+/// copy packs, else single rows.
 fn rows_per_unit(path: KernelPath, a: &Int8DenseView<'_>, batch: usize) -> usize {
     #[cfg(target_arch = "x86_64")]
-    if vnni_copy_runs(path) && packs(a, batch) {
+    if path == KernelPath::Avx512 && vnni_copy_runs(path) && packs(a, batch) {
         return packed::TILE_ROWS;
     }
     let _ = (path, a, batch);

@@ -67,12 +67,12 @@ pub(crate) struct Portable;
 #[derive(Clone, Copy)]
 pub(crate) struct PortableUnfused;
 
-/// AVX2 and FMA.
+/// AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(crate) struct Avx2;
 
-/// AVX-512F (with AVX2 and FMA).
+/// AVX-512F (with AVX2, FMA and F16C).
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 pub(crate) struct Avx512;

@@ -2,7 +2,8 @@
 //!
 //! Each kernel is written once, generic over the element and index types, as an
 //! `#[inline(always)]` row routine. [`KernelPath`] picks, once per process, which
-//! compiled copy runs: the same generic code compiled with AVX-512, with AVX2+FMA, with
+//! compiled copy runs: the same generic code compiled with AVX-512, with AVX2+FMA (and
+//! F16C, which every AVX2 CPU has, for half-precision values), with
 //! NEON lane loads (aarch64), or for the baseline target (always available). Users get
 //! SIMD from a plain `cargo build --release`, with no `RUSTFLAGS`.
 //! `SHEARS_KERNEL=portable|avx2|avx512|neon` forces a path (falling back to the best one
@@ -64,7 +65,7 @@ pub enum KernelPath {
     /// The baseline target's instructions (SSE2 on x86-64, NEON on aarch64, which the
     /// compiler uses where it vectorises on its own), always available.
     Portable,
-    /// AVX2 and FMA (x86-64).
+    /// AVX2, FMA and F16C (x86-64).
     Avx2,
     /// AVX-512F (x86-64).
     Avx512,

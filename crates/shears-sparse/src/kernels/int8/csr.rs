@@ -13,7 +13,8 @@
 //! The quantized tokens are laid out as the f32 kernels lay out `X`: row-major, each
 //! input's tokens contiguous, here as 16-bit values. Two stored weights are taken at a
 //! time: their inputs' runs of tokens are interleaved per token with one unpack
-//! instruction per vector, so that one `vpmaddwd` (or, with AVX-512 VNNI, `vpdpwssd`)
+//! instruction per vector, so that one `vpmaddwd` (or, with AVX-512 VNNI or AVX-VNNI,
+//! `vpdpwssd`)
 //! multiplies both by the weights' pair broadcast to every lane and adds the two
 //! products. Per stored weight and 32 tokens that is one 64-byte load, one shuffle and
 //! one multiply-add, where the f32 kernel loads 128 bytes and runs three float
