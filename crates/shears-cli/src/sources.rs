@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use nalgebra::DMatrix;
-use shears_core::{Mask, WeightShape, check_finite};
+use shears_core::{Mask, WeightShape};
 use shears_io::{
     Checkpoint, Dtype, Float, Model, mask_from_bytes, torch_mask_name, weight_of_torch_mask,
 };
@@ -85,6 +85,40 @@ impl<'a> Tensor<'a> {
         })
     }
 
+    /// [`Tensor::read`], refusing a NaN or infinity with one line that names the file,
+    /// the tensor and the value's position in its stored shape.
+    pub(crate) fn read_finite<T: Float>(
+        &self,
+        ckpt: &Checkpoint,
+        view: View,
+        spare: Vec<T>,
+    ) -> Result<DMatrix<T>> {
+        let m = self.read(ckpt, view, spare)?;
+        let Some(i) = m.iter().position(|v| !v.is_finite()) else {
+            return Ok(m);
+        };
+        let (r, c) = (i % m.nrows(), i / m.nrows());
+        // The row-major index of the value in the stored tensor.
+        let stored = match view {
+            View::Flat => r,
+            View::Matrix if self.transposed => c * m.nrows() + r,
+            View::Matrix => r * m.ncols() + c,
+        };
+        let mut position = Vec::with_capacity(self.dims.len());
+        let mut rest = stored;
+        for &d in self.dims.iter().rev() {
+            position.push(rest % d.max(1));
+            rest /= d.max(1);
+        }
+        position.reverse();
+        bail!(
+            "{}: tensor `{}` holds {} at {position:?}: pruning needs finite values",
+            ckpt.path().display(),
+            self.name,
+            m[(r, c)]
+        )
+    }
+
     /// `mask` of the stored matrix view (as a mask file holds it) in `view`.
     pub(crate) fn mask_to_view(&self, mask: &Mask, view: View) -> Result<Mask> {
         let (rows, cols) = mask.shape();
@@ -143,7 +177,8 @@ enum MaskSource {
 
 impl Sources {
     /// Opens the files and checks that each holds every chosen tensor's counterpart with
-    /// its shape.
+    /// its shape, and that the masks file holds no mask for a tensor `model` lacks or
+    /// that is not chosen.
     pub(crate) fn open(
         model: &Model,
         grads: &[PathBuf],
@@ -193,7 +228,7 @@ impl Sources {
         view: View,
         spare: Vec<T>,
     ) -> Result<Loaded<T>> {
-        let weights = t.read(&model.shards()[t.shard], view, spare)?;
+        let weights = t.read_finite(&model.shards()[t.shard], view, spare)?;
         let scores = self.scores(t, &weights, view)?;
         let kept = self.mask(t, view)?;
         Ok(Loaded { weights, scores, kept })
@@ -208,16 +243,11 @@ impl Sources {
         view: View,
     ) -> Result<Option<DMatrix<T>>> {
         if let Some(ckpt) = &self.scores {
-            let scores = t.read(ckpt, view, Vec::new())?;
-            check_finite(&format!("{}.scores", t.name), scores.as_slice())
-                .with_context(|| ckpt.path().display().to_string())?;
-            return Ok(Some(scores));
+            return Ok(Some(t.read_finite(ckpt, view, Vec::new())?));
         }
         let mut sum: Option<DMatrix<T>> = None;
         for ckpt in &self.grads {
-            let g = t.read(ckpt, view, Vec::new())?;
-            check_finite(&format!("{}.grad", t.name), g.as_slice())
-                .with_context(|| ckpt.path().display().to_string())?;
+            let g = t.read_finite(ckpt, view, Vec::new())?;
             let term = w.zip_map(&g, |w, g| (w * g).abs());
             sum = Some(match sum {
                 None => term,
@@ -245,19 +275,30 @@ impl Sources {
     }
 }
 
-/// Opens a masks file and checks it has every chosen tensor's mask, of its shape.
+/// Opens a masks file and checks it has every chosen tensor's mask, of its shape, and no
+/// mask for a tensor `model` does not have or that is not chosen.
 fn open_masks(model: &Model, path: &Path, chosen: &[Tensor]) -> Result<MaskSource> {
     // A mask for a tensor the model does not have means masks of another model (or a
-    // renamed one): refused, rather than pruning with the masks that happen to match.
+    // renamed one), and one for a tensor this run leaves alone would not be applied:
+    // both are refused, rather than pruning with the masks that happen to match.
     let stranger = |weight: &str| -> Result<()> {
         if model.find(weight).is_none() {
             bail!("{}: mask for `{weight}`, which the model does not have", path.display());
+        }
+        if !chosen.iter().any(|t| t.name == weight) {
+            bail!(
+                "{}: mask for `{weight}`, which this run does not prune: choose it (--include) or leave its mask out",
+                path.display()
+            );
         }
         Ok(())
     };
     match Checkpoint::open(path) {
         Ok(ckpt) => {
-            for weight in ckpt.names().filter_map(weight_of_torch_mask) {
+            // A name the model holds itself (a `causal_mask` buffer of a state dict given
+            // as the masks) is not a pruning mask.
+            let masks = ckpt.names().filter(|name| model.find(name).is_none());
+            for weight in masks.filter_map(weight_of_torch_mask) {
                 stranger(weight)?;
             }
             for t in chosen {

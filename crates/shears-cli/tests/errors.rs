@@ -189,11 +189,11 @@ fn gradient_errors_name_the_tensor() {
             T { name: "b", dtype: Dtype::F32, shape: vec![2, 2], values: vec![1.0; 4] },
         ],
     );
-    fails(&args, &out, "a.grad");
+    fails(&args, &out, "g.safetensors: tensor `a` holds NaN at [0, 0]");
 }
 
-/// A non-finite weight: `bench` names the file, the tensor and the position; `prune`
-/// names the tensor and the index in its stored (row-major) values.
+/// A non-finite weight: `bench` and `prune` name the file, the tensor, the value and
+/// its position.
 #[test]
 fn non_finite_weights_are_named() {
     let dir = tempfile::tempdir().unwrap();
@@ -205,11 +205,11 @@ fn non_finite_weights_are_named() {
     let out = dir.path().join("never.json");
     fails(&["bench", i, "--all", "--batch", "1"], &out, "`k.weight` holds inf at [2, 1]");
     let out = dir.path().join("out.safetensors");
-    fails(
-        &["prune", i, "-o", out.to_str().unwrap(), "-s", "0.5"],
-        &out,
-        "at index 13 of its values as stored",
-    );
+    for extra in [&[][..], &["--pattern", "rows"]] {
+        let mut args = vec!["prune", i, "-o", out.to_str().unwrap(), "-s", "0.5"];
+        args.extend(extra);
+        fails(&args, &out, "nan.safetensors: tensor `k.weight` holds inf at [2, 1]");
+    }
 }
 
 /// A starting mask that is not all zeros and ones is refused, naming the masks file,
@@ -242,9 +242,9 @@ fn masks_of_other_values_name_the_file() {
     fails(&args, &out, "element 5 is 2, not 0 or 1");
 }
 
-/// Masks for a tensor the model does not have (another model's masks, or renamed ones)
-/// are refused, naming the file and the tensor, even when every pruned tensor has its
-/// mask too.
+/// Masks for a tensor the model does not have (another model's masks, or renamed ones),
+/// or for one the run does not prune, are refused, naming the file and the tensor, even
+/// when every pruned tensor has its mask too.
 #[test]
 fn masks_for_tensors_the_model_lacks_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -270,6 +270,48 @@ fn masks_for_tensors_the_model_lacks_are_refused() {
     let args = ["prune", i, "-o", o, "-s", "0.5", "--masks-in", m];
     fails(&args, &out, "other-masks.safetensors");
     fails(&args, &out, "`encoder.fc3.weight`, which the model does not have");
+
+    // The same in a shears mask set.
+    let set = dir.path().join("other-masks.shears");
+    let all = |r, c| shears_core::Mask::from_fn(r, c, |_, _| true).unwrap();
+    let masks = vec![
+        ("fc1.weight".to_string(), all(8, 16)),
+        ("fc2.weight".to_string(), all(4, 8)),
+        ("fc3.weight".to_string(), all(4, 4)),
+    ];
+    std::fs::write(&set, shears_io::encode_mask_set(&masks)).unwrap();
+    let args = ["prune", i, "-o", o, "-s", "0.5", "--masks-in", set.to_str().unwrap()];
+    fails(&args, &out, "`fc3.weight`, which the model does not have");
+
+    // A mask for a tensor of the model that this run leaves alone would not be applied.
+    let masks = dir.path().join("both.safetensors");
+    write(&masks, &[ones("fc1.weight_mask", vec![8, 16]), ones("fc2.weight_mask", vec![4, 8])]);
+    let m = masks.to_str().unwrap();
+    let args = ["prune", i, "-o", o, "-s", "0.5", "--masks-in", m, "--exclude", "fc2"];
+    fails(&args, &out, "`fc2.weight`, which this run does not prune");
+}
+
+/// A model tensor whose name ends in `_mask` (a buffer, in a state dict given as the
+/// masks) is not taken for a pruning mask.
+#[test]
+fn the_models_own_mask_named_tensors_are_not_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    let fc1 =
+        T { name: "fc1.weight", dtype: Dtype::F32, shape: vec![8, 16], values: vec![1.0; 128] };
+    let causal =
+        T { name: "attn.causal_mask", dtype: Dtype::U8, shape: vec![4, 4], values: vec![1.0; 16] };
+    write(&input, &[fc1, causal]);
+    let masks = dir.path().join("state.safetensors");
+    let ones =
+        T { name: "fc1.weight_mask", dtype: Dtype::U8, shape: vec![8, 16], values: vec![1.0; 128] };
+    let causal =
+        T { name: "attn.causal_mask", dtype: Dtype::U8, shape: vec![4, 4], values: vec![1.0; 16] };
+    write(&masks, &[ones, causal]);
+    let out = dir.path().join("out.safetensors");
+    let (i, o, m) = (input.to_str().unwrap(), out.to_str().unwrap(), masks.to_str().unwrap());
+    let done = shears(&["prune", i, "-o", o, "-s", "0.5", "--masks-in", m, "--include", "fc1"]);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
 }
 
 #[test]
