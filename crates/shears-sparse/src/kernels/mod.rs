@@ -304,6 +304,20 @@ pub(crate) trait Stored<T>: Copy + Send + Sync + 'static {
         }
         out.extend(rest.iter().map(|v| v.get()));
     }
+
+    /// `values` as `T`s: themselves when they are ([`Stored::as_compute`]), else
+    /// widened into `buffer` (cleared first), whose allocation a loop reuses.
+    #[inline(always)]
+    fn as_compute_in<'a, P: isa::Isa>(values: &'a [Self], buffer: &'a mut Vec<T>) -> &'a [T] {
+        match Self::as_compute(values) {
+            Some(values) => values,
+            None => {
+                buffer.clear();
+                Self::widen_into::<P>(values, buffer);
+                buffer
+            }
+        }
+    }
 }
 
 impl<T: Scalar> Stored<T> for T {

@@ -115,15 +115,7 @@ fn csr_rows_kernel<P: Isa, T: Scalar, V: Stored<T>, I: SpIndex>(
     let mut widened: Vec<T> = Vec::new();
     for (k, r) in rows.enumerate() {
         let range = a.indptr[r]..a.indptr[r + 1];
-        let stored = &a.values[range.clone()];
-        let values = match V::as_compute(stored) {
-            Some(values) => values,
-            None => {
-                widened.clear();
-                V::widen_into::<P>(stored, &mut widened);
-                &widened[..]
-            }
-        };
+        let values = V::as_compute_in::<P>(&a.values[range.clone()], &mut widened);
         row_tiles::<P, T, I>(
             values,
             &a.indices[range],
@@ -505,15 +497,7 @@ fn bsr_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
         for k in a.indptr[i]..a.indptr[i + 1] {
             let c0 = a.block_cols[k] as usize * bc;
             let width = bc.min(a.ncols - c0);
-            let stored = &a.values[k * br * bc..][..br * bc];
-            let block = match V::as_compute(stored) {
-                Some(values) => values,
-                None => {
-                    widened.clear();
-                    V::widen_into::<P>(stored, &mut widened);
-                    &widened[..]
-                }
-            };
+            let block = V::as_compute_in::<P>(&a.values[k * br * bc..][..br * bc], &mut widened);
             for rr in 0..height {
                 let o = &mut out[(r0 - first_row + rr) * batch..][..batch];
                 for cc in 0..width {

@@ -483,15 +483,7 @@ fn bsr_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
         for k in a.indptr[i]..a.indptr[i + 1] {
             let c0 = a.block_cols[k] as usize * bc;
             let width = bc.min(a.ncols - c0);
-            let stored = &a.values[k * br * bc..][..br * bc];
-            let block = match V::as_compute(stored) {
-                Some(values) => values,
-                None => {
-                    widened.clear();
-                    V::widen_into::<P>(stored, &mut widened);
-                    &widened[..]
-                }
-            };
+            let block = V::as_compute_in::<P>(&a.values[k * br * bc..][..br * bc], &mut widened);
             let xs = &x[c0..c0 + width];
             for (rr, acc_r) in acc.iter_mut().enumerate() {
                 let row = &block[rr * bc..rr * bc + width];
