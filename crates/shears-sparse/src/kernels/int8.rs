@@ -46,11 +46,15 @@ const _: () = assert!(MAX_SPAN as i64 * 255 * 128 <= i32::MAX as i64);
 /// Rows and columns of `X` per register tile of a batched product: two weight rows
 /// against six tokens keep twelve accumulators, two widened weight vectors and one
 /// activation vector within AVX2's sixteen registers: eight loads per twelve
-/// multiply-adds. (The [`super::isa::AvxVnni`] copy's tiles also keep the two rows'
-/// sums and a vector of ones, two more than the registers, so the compiler keeps two
-/// accumulators in L1.) The AVX-512 VNNI copy takes [`VNNI_TILE_ROWS`].
+/// multiply-adds. The AVX-512 VNNI copy takes [`VNNI_TILE_ROWS`], the AVX-VNNI one
+/// [`VNNI256_TILE_TOKENS`].
 const TILE_ROWS: usize = 2;
 const TILE_TOKENS: usize = 6;
+
+/// Tokens per batched tile of the [`super::isa::AvxVnni`] copy: two rows by four tokens
+/// keep eight accumulators, the two rows' sums and weights, a vector of ones and one
+/// activation vector within AVX2's sixteen registers.
+const VNNI256_TILE_TOKENS: usize = 4;
 
 /// Tokens from which the AVX-512 VNNI copy packs its weights ([`packed`]) instead of
 /// running dot-product tiles: packing reads the weights once more, which a handful of tokens
@@ -320,11 +324,14 @@ fn int8_rows_kernel<P: Isa>(
     }
     // Batched: tiles of rows x TILE_TOKENS, the last tokens one at a time, over blocks of
     // tokens whose activations stay in L2 while every row passes over them.
-    if batch >= TILE_TOKENS {
+    let tile_tokens = if P::VNNI256 { VNNI256_TILE_TOKENS } else { TILE_TOKENS };
+    if batch >= tile_tokens {
         r = if P::VNNI512 {
-            batched_rows::<P, VNNI_TILE_ROWS>(a, rows.clone(), xq, &mut put)
+            batched_rows::<P, VNNI_TILE_ROWS, TILE_TOKENS>(a, rows.clone(), xq, &mut put)
+        } else if P::VNNI256 {
+            batched_rows::<P, TILE_ROWS, VNNI256_TILE_TOKENS>(a, rows.clone(), xq, &mut put)
         } else {
-            batched_rows::<P, TILE_ROWS>(a, rows.clone(), xq, &mut put)
+            batched_rows::<P, TILE_ROWS, TILE_TOKENS>(a, rows.clone(), xq, &mut put)
         };
     }
     // One token (or the last rows): VECTOR_ROWS rows at a time, then single rows.
@@ -342,11 +349,11 @@ fn int8_rows_kernel<P: Isa>(
     }
 }
 
-/// The batched part of [`int8_rows_kernel`]: tiles of `R` rows by [`TILE_TOKENS`]
+/// The batched part of [`int8_rows_kernel`]: tiles of `R` rows by `J`
 /// tokens over blocks of tokens, then the block's last tokens one at a time; returns the
 /// first row it left (the last `rows.len() % R`).
 #[inline(always)]
-fn batched_rows<P: Isa, const R: usize>(
+fn batched_rows<P: Isa, const R: usize, const J: usize>(
     a: Int8DenseView<'_>,
     rows: Range<usize>,
     xq: &QuantizedColumns,
@@ -355,19 +362,18 @@ fn batched_rows<P: Isa, const R: usize>(
     let batch = xq.scales.len();
     // The VNNI copies read the activations as bytes, the others as 16-bit values.
     let bytes = if P::BIASED { xq.biased_stride } else { 2 * xq.stride };
-    let block =
-        (ACTIVATION_BLOCK_BYTES / bytes.max(1) / TILE_TOKENS * TILE_TOKENS).max(TILE_TOKENS);
+    let block = (ACTIVATION_BLOCK_BYTES / bytes.max(1) / J * J).max(J);
     let full_rows = rows.start + (rows.len() / R) * R;
     for start in (0..batch).step_by(block) {
         let end = (start + block).min(batch);
         for r in (rows.start..full_rows).step_by(R) {
             let mut j = start;
-            while j + TILE_TOKENS <= end {
-                let t = tile::<P, R, TILE_TOKENS>(a, r, xq, j);
+            while j + J <= end {
+                let t = tile::<P, R, J>(a, r, xq, j);
                 for (i, row) in t.iter().enumerate() {
                     row.iter().enumerate().for_each(|(jj, &v)| put(r + i, j + jj, v));
                 }
-                j += TILE_TOKENS;
+                j += J;
             }
             for j in j..end {
                 let t = tile::<P, R, 1>(a, r, xq, j);
