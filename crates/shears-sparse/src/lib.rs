@@ -13,8 +13,8 @@
 //! - [`Compacted`] / [`compact_pair`]: physically smaller dense matrices after
 //!   structured pruning ([`Int8Compacted`] in int8, multiplied with integer sums);
 //! - [`NarrowCsr`] ([`Int8Csr`], [`Bf16Csr`], [`F16Csr`]): CSR with values stored in
-//!   fewer bytes (int8 with a scale per row, bf16, f16), on CSR's kernels (int8 batches
-//!   of 9 tokens or more on integer ones);
+//!   fewer bytes (int8 with a scale per row, bf16, f16), on CSR's kernels (int8 products
+//!   against one token and batches of 9 tokens or more on integer ones);
 //! - [`NarrowNm`] ([`Int8Nm`], [`Bf16Nm`], [`F16Nm`]): the same for N:M, on N:M's kernels
 //!   (int8 batches on the integer ones);
 //! - [`NarrowSell`] ([`Int8Sell`], [`Bf16Sell`], [`F16Sell`]) and [`NarrowBlock`]

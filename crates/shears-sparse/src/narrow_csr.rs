@@ -220,11 +220,13 @@ fn narrow_float<H: NarrowValue>(
 /// 6 for `f32`. The kernels are [`Csr`]'s, widening each value to `f32` exactly as it is
 /// loaded; products take and give `f32`.
 ///
-/// Except int8 products of 9 tokens or more (`matmul`; `matvec` and smaller batches
-/// widen): those quantize `X` per token as [`crate::Int8Matrix`] does and sum in 32-bit
-/// integers, two stored weights per multiply-add, in the arithmetic of the
+/// Except int8 products against one token (`matvec`, and `matmul` of one column) and of
+/// 9 tokens or more (batches of 2 to 8 widen): those quantize `X` per token as
+/// [`crate::Int8Matrix`] does and sum in 32-bit integers, in the arithmetic of the
 /// [`crate::Int8Matrix`] with the same values written out dense and the same row scales,
-/// bit for bit. Activation rounding makes them differ from the widened products by up to
+/// bit for bit. Against one token, CPUs with AVX-512 VBMI look up each 64 stored
+/// weights' inputs with a few permutes instead of 64 loads, at sparsities up to about
+/// 92%; batches take two stored weights per multiply-add. Activation rounding makes them differ from the widened products by up to
 /// half a 127th of each token's largest activation per stored weight, and a NaN or
 /// infinity in a token makes all of that token's outputs NaN (rows that never read it
 /// too), as in [`crate::Int8Matrix`].
@@ -404,18 +406,28 @@ impl<V: NarrowValue, I: SpIndex> NarrowCsr<V, I> {
 impl<V: NarrowValue, I: SpIndex> Sealed<f32> for NarrowCsr<V, I> {
     /// [`Csr`]'s kernels, multi-threaded and bit-identical across paths and threads in the
     /// same way; each row's dot product is multiplied by its scale before `alpha`. Int8
-    /// batches of [`kernels::INTEGER_MIN_BATCH`] tokens or more run the integer kernels.
+    /// products against one token, and batches of [`kernels::INTEGER_MIN_BATCH`] tokens
+    /// or more, run the integer kernels instead.
     fn product(&self, operands: Operands<'_, f32>) {
-        match operands {
-            Operands::Vector { alpha, x, beta, y } => {
+        match (operands, V::as_int8(&self.values)) {
+            (Operands::Vector { alpha, x, beta, y }, Some(values)) => {
+                kernels::int8_csr_spmv(self.view_of(values), alpha, x, beta, y)
+            }
+            (Operands::Vector { alpha, x, beta, y }, None) => {
                 kernels::csr_spmv(self.as_view(), alpha, x, beta, y)
             }
-            Operands::Matrix { alpha, x, beta, y } => match V::as_int8(&self.values) {
-                Some(values) if x.ncols() >= kernels::INTEGER_MIN_BATCH => {
-                    kernels::int8_csr_spmm(self.view_of(values), alpha, x, beta, y)
-                }
-                _ => kernels::csr_spmm(self.as_view(), alpha, x, beta, y),
-            },
+            (Operands::Matrix { alpha, x, beta, y }, Some(values)) if x.ncols() == 1 => {
+                let (x, y) = (x.as_slice(), y.as_mut_slice());
+                kernels::int8_csr_spmv(self.view_of(values), alpha, x, beta, y)
+            }
+            (Operands::Matrix { alpha, x, beta, y }, Some(values))
+                if x.ncols() >= kernels::INTEGER_MIN_BATCH =>
+            {
+                kernels::int8_csr_spmm(self.view_of(values), alpha, x, beta, y)
+            }
+            (Operands::Matrix { alpha, x, beta, y }, _) => {
+                kernels::csr_spmm(self.as_view(), alpha, x, beta, y)
+            }
         }
     }
 }
@@ -466,15 +478,22 @@ mod tests {
         }
         let x =
             DMatrix::from_fn(w.ncols(), batch, |c, j| ((c * 7 + j * 3) % 11) as f32 * 0.25 - 1.0);
-        if let Some(values) = V::as_int8(narrow.values()).filter(|_| batch >= INTEGER_MIN_BATCH) {
-            // Int8 batches run in integers, on tokens quantized as the dense int8 product
-            // quantizes them: its bits on the same weights written out.
+        let integer = batch == 1 || batch >= INTEGER_MIN_BATCH;
+        if let Some(values) = V::as_int8(narrow.values()).filter(|_| integer) {
+            // Int8 products against one token, and batches, run in integers, on tokens
+            // quantized as the dense int8 product quantizes them: its bits on the same
+            // weights written out.
             let y0 = DMatrix::from_fn(w.nrows(), batch, |r, j| (r + 2 * j) as f32 * 0.5);
-            let (mut got, mut want) = (y0.clone(), y0);
+            let (mut got, mut want) = (y0.clone(), y0.clone());
             narrow.matmul_into(0.5, &x, 2.0, &mut got).unwrap();
             written_out(&narrow, values).matmul_into(0.5, &x, 2.0, &mut want).unwrap();
-            let bits = |m: &DMatrix<f32>| m.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-            prop_assert_eq!(bits(&got), bits(&want), "int8 batch {}", batch);
+            let bits = |m: &[f32]| m.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            prop_assert_eq!(bits(got.as_slice()), bits(want.as_slice()), "int8 batch {}", batch);
+            if batch == 1 {
+                let mut y = y0.as_slice().to_vec();
+                narrow.matvec_into(0.5, x.as_slice(), 2.0, &mut y).unwrap();
+                prop_assert_eq!(bits(&y), bits(want.as_slice()), "int8 matvec");
+            }
             return Ok(());
         }
         let want = reference(&widened, &x);
@@ -512,8 +531,8 @@ mod tests {
     proptest! {
         /// Narrowing keeps every weight within its bound and every pruned zero zero, and
         /// the products equal the widened matrix's dense product (in f64) at batch 1 and
-        /// batched, for int8, bf16 and f16; int8 batches of [`INTEGER_MIN_BATCH`] tokens
-        /// or more give the dense int8 product's bits.
+        /// batched, for int8, bf16 and f16; int8 products against one token and batches
+        /// of [`INTEGER_MIN_BATCH`] tokens or more give the dense int8 product's bits.
         #[test]
         fn products_match_the_widened_dense_product(
             (nrows, ncols) in (1usize..40, 1usize..70),
@@ -551,12 +570,13 @@ mod tests {
     }
 
     /// An int8 row's product is exactly `scale * (the integer dot product)` when the
-    /// inputs are small integers (every partial sum exact in f32).
+    /// inputs are integers whose largest magnitude is 127 (so the token's scale is 1 and
+    /// quantizing keeps them).
     #[test]
     fn int8_rows_are_scaled_integer_dot_products() {
         let w = pruned(17, 300, 0.3, 7);
         let q = Int8Csr::<u16>::from_csr(&Csr::from_dense(&w).unwrap()).unwrap();
-        let x: Vec<f32> = (0..300).map(|c| ((c % 7) as f32) - 3.0).collect();
+        let x: Vec<f32> = (0..300).map(|c| ((c * 37) % 255) as f32 - 127.0).collect();
         let mut y = vec![0.0f32; 17];
         q.matvec_into(1.0, &x, 0.0, &mut y).unwrap();
         for (r, &got) in y.iter().enumerate() {

@@ -53,6 +53,11 @@ pub fn small(nrows: usize, ncols: usize) -> bool {
 /// `format` times a fixed vector and a fixed 3-column matrix equals `dense` times them,
 /// when every stored value is finite and modest (so rounding is bounded).
 pub fn check_products<T: Scalar, P: SparseProduct<T>>(format: &P, dense: &DMatrix<T>) {
+    check_products_of(format, dense, true);
+}
+
+/// [`check_products`], the product against one vector included where `matvec`.
+fn check_products_of<T: Scalar, P: SparseProduct<T>>(format: &P, dense: &DMatrix<T>, matvec: bool) {
     assert_eq!(format.shape(), dense.shape());
     let (nrows, ncols) = dense.shape();
     if !dense.iter().all(|v| v.finite() && v.as_f64().abs() < 1e6) {
@@ -67,6 +72,9 @@ pub fn check_products<T: Scalar, P: SparseProduct<T>>(format: &P, dense: &DMatri
     let scale: f64 = dense.iter().map(|v| v.as_f64().abs()).sum::<f64>() * 5.0 + 1.0;
     for (g, w) in got.iter().zip(want.iter()) {
         assert!((g.as_f64() - w.as_f64()).abs() <= 1e-5 * scale, "matmul {g:?} vs dense {w:?}");
+    }
+    if !matvec {
+        return;
     }
     let xv = DVector::from_iterator(ncols, x.column(0).iter().copied());
     let got = format.matvec(&xv).expect("shapes agree");
@@ -236,8 +244,9 @@ fn narrow_csr_as<V: NarrowValue, I: SpIndex>(data: &[u8]) {
     assert_eq!(NarrowCsr::<V, I>::from_bytes(&bytes).expect("round-trips").to_bytes(), bytes);
     let (nrows, ncols) = csr.shape();
     if small(nrows, ncols) {
-        // The products are those of the f32 matrix the values stand for.
-        check_products(&csr, &csr.to_csr().to_dense());
+        // The products are those of the f32 matrix the values stand for (but int8's
+        // against one vector, which run in integers: `int8_csr_integers`).
+        check_products_of(&csr, &csr.to_csr().to_dense(), V::NAME != "int8");
     }
     let (indptr, indices) = (csr.indptr().to_vec(), csr.indices().to_vec());
     let (values, scales) = (csr.values().to_vec(), csr.scales().to_vec());
@@ -245,10 +254,10 @@ fn narrow_csr_as<V: NarrowValue, I: SpIndex>(data: &[u8]) {
         .expect("its own parts validate");
 }
 
-/// An int8 CSR matrix's batch of 33 tokens (past the 9 from which they run in integers:
-/// a 32-token tile and a 16-token one) rounds the tokens to int8 and gives the bits of
-/// its entries written out as dense int8.
-fn int8_csr_batches<I: SpIndex>(csr: &Int8Csr<I>) {
+/// An int8 CSR matrix's products against one token, and its batch of 33 (past the 9
+/// from which they run in integers: a 32-token tile and a 16-token one), round the
+/// tokens to int8 and give the bits of its entries written out as dense int8.
+fn int8_csr_integers<I: SpIndex>(csr: &Int8Csr<I>) {
     let (nrows, ncols) = csr.shape();
     if !small(nrows, ncols) {
         return;
@@ -269,6 +278,12 @@ fn int8_csr_batches<I: SpIndex>(csr: &Int8Csr<I>) {
     let got = csr.matmul(&x).expect("shapes agree");
     let want = dense.matmul(&x).expect("shapes agree");
     assert_eq!(bits(got.as_slice()), bits(want.as_slice()), "int8 csr batch");
+    let x = DMatrix::from_fn(ncols, 1, |i, _| ((i * 7) % 11) as f32 - 5.0);
+    let want = dense.matmul(&x).expect("shapes agree");
+    let got = csr.matmul(&x).expect("shapes agree");
+    assert_eq!(bits(got.as_slice()), bits(want.as_slice()), "int8 csr one column");
+    let got = csr.matvec(&DVector::from_column_slice(x.as_slice())).expect("shapes agree");
+    assert_eq!(bits(got.as_slice()), bits(want.as_slice()), "int8 csr matvec");
 }
 
 fn narrow_block_as<V: NarrowValue>(data: &[u8]) {
@@ -360,7 +375,7 @@ fn written_out(nm: &Int8Nm) -> Option<Int8Matrix> {
 pub fn narrow(data: &[u8]) {
     narrow_csr_as::<i8, u32>(data);
     if let Ok(csr) = Int8Csr::<u32>::from_bytes(data) {
-        int8_csr_batches(&csr);
+        int8_csr_integers(&csr);
     }
     narrow_csr_as::<half::bf16, u16>(data);
     narrow_csr_as::<half::f16, u32>(data);

@@ -32,10 +32,12 @@ use super::isa::{ACTIVATION_BIAS, DOT_STEP as STEP, Isa, int8_dots, int8_dots_bi
 use super::{KernelPath, NmView, combine, kernel_path, multiversion, parallel_ranges};
 
 mod csr;
+mod csr_vector;
 #[cfg(target_arch = "x86_64")]
 mod packed;
 
 pub(crate) use csr::{INTEGER_MIN_BATCH, int8_csr_spmm};
+pub(crate) use csr_vector::int8_csr_spmv;
 
 /// Columns summed in one 32-bit integer sum at most. Weights may be -128 and activations
 /// are within -127..=127, stored biased as 1..=255 for the VNNI copies, whose sums are

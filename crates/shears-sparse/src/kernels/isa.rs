@@ -194,6 +194,14 @@ pub(crate) fn vnni512() -> bool {
     })
 }
 
+/// Whether the CPU has AVX-512 VBMI besides [`vnni512`]'s features: the permuting copy
+/// of int8 CSR products against one token. Decided once.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn vbmi_vnni() -> bool {
+    static VBMI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VBMI.get_or_init(|| vnni512() && is_x86_feature_detected!("avx512vbmi"))
+}
+
 #[cfg(target_arch = "x86_64")]
 impl<P: Isa> Isa for LaneLoads<P> {
     const GATHERS: bool = false;
