@@ -248,13 +248,17 @@ pub fn uses_gathers() -> bool {
 }
 
 /// The kernel path in use, how its batch-1 kernels load indexed inputs and, where the
-/// int8 kernels run VNNI instructions, which, for reports: `Avx2, gathers`,
-/// `Avx512, gathers, AVX-512 VNNI`, `Avx2, lane loads, AVX-VNNI`, `Portable, lane loads`.
+/// int8 kernels run VNNI instructions (and int8 CSR looks its inputs up with VBMI
+/// permutes), which, for reports: `Avx2, gathers`, `Avx512, gathers, AVX-512 VNNI`,
+/// `Avx512, gathers, AVX-512 VNNI and VBMI`, `Avx2, lane loads, AVX-VNNI`,
+/// `Portable, lane loads`.
 pub fn kernel_description() -> String {
     let path = kernel_path();
     let loads = if uses_gathers() { "gathers" } else { "lane loads" };
     let vnni = match path {
         _ if !int8::vnni_copy_runs(path) => "",
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx512 if isa::vbmi_vnni() => ", AVX-512 VNNI and VBMI",
         KernelPath::Avx512 => ", AVX-512 VNNI",
         _ => ", AVX-VNNI",
     };

@@ -37,6 +37,7 @@ const WINDOW: usize = 128;
 const MAX_TRIPS: usize = 8;
 
 /// Stored weights per step of the permuting copy: one 64-byte vector of them.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code, reason = "only the x86 copies permute"))]
 const STEP: usize = 64;
 
 /// `x` quantized as one token.
@@ -93,6 +94,10 @@ enum Fetch {
     Gathering,
     /// From windows of 128 by permutes (AVX-512 VBMI and VNNI), visiting `trips`
     /// windows per step ([`trips`]).
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        allow(dead_code, reason = "only the x86 copies permute")
+    )]
     Permuting { trips: usize },
 }
 
@@ -123,6 +128,7 @@ impl Fetch {
 /// fewest of 2, 4 and [`MAX_TRIPS`] whose windows, less one and a half (a step starts
 /// inside a window, and runs past its average), cover the columns a step of the
 /// matrix's average density spans; `None` for sparser matrices.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code, reason = "only the x86 copies permute"))]
 fn trips<I: SpIndex>(a: CsrView<'_, f32, I, i8>) -> Option<usize> {
     let stored = a.indptr[a.nrows] - a.indptr[0];
     // STEP / density <= (t - 1.5) * WINDOW, multiplied out by the rows, the entries and
