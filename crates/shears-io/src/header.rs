@@ -92,6 +92,16 @@ pub(crate) fn read<S: Source + ?Sized>(source: &S) -> Result<Header, Invalid> {
     };
     drop(bytes);
     entries.sort_by(|(a, x), (b, y)| x.data_offsets.cmp(&y.data_offsets).then(a.cmp(b)));
+    // A name given twice is named as such, before the offsets (which two entries of one
+    // name often share) are checked. The header is at most MAX_HEADER_BYTES, so the
+    // positions fit in u32.
+    let mut by_name: Vec<u32> = (0..entries.len() as u32).collect();
+    by_name.sort_unstable_by(|&a, &b| entries[a as usize].0.cmp(&entries[b as usize].0));
+    if let Some(pair) =
+        by_name.windows(2).find(|p| entries[p[0] as usize].0 == entries[p[1] as usize].0)
+    {
+        return Err(HeaderProblem::Duplicate { tensor: entries[pair[0] as usize].0.clone() }.into());
+    }
     let mut end = 0usize;
     for (name, info) in &entries {
         let (start, stop) = info.data_offsets;
@@ -124,14 +134,6 @@ pub(crate) fn read<S: Source + ?Sized>(source: &S) -> Result<Header, Invalid> {
     let data_start = 8 + header_len;
     if (end as u64).checked_add(data_start) != Some(len) {
         return Err(HeaderProblem::DataLength { described: end, held: len - data_start }.into());
-    }
-    // The header is at most MAX_HEADER_BYTES, so the positions fit in u32.
-    let mut by_name: Vec<u32> = (0..entries.len() as u32).collect();
-    by_name.sort_unstable_by(|&a, &b| entries[a as usize].0.cmp(&entries[b as usize].0));
-    if let Some(pair) =
-        by_name.windows(2).find(|p| entries[p[0] as usize].0 == entries[p[1] as usize].0)
-    {
-        return Err(HeaderProblem::Duplicate { tensor: entries[pair[0] as usize].0.clone() }.into());
     }
     Ok(Header { entries, by_name, metadata, data_start })
 }

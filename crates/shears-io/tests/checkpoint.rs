@@ -81,6 +81,8 @@ fn header_errors_name_the_problem() {
     assert!(matches!(problem(file(wrong, &[0; 8])), HeaderProblem::Size { .. }));
     assert!(matches!(problem(file(huge, &[0; 8])), HeaderProblem::NoByteSize { .. }));
     assert!(matches!(problem(file(twice, &[0; 8])), HeaderProblem::Duplicate { .. }));
+    let same = r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+    assert_eq!(problem(file(same, &[0; 4])), HeaderProblem::Duplicate { tensor: "w".into() });
     let rank = format!(r#"{{"w":{{"dtype":"F32","shape":{:?},"data_offsets":[0,4]}}}}"#, [1; 17]);
     match problem(file(&rank, &[0; 4])) {
         HeaderProblem::Entry { tensor, reason } => {
