@@ -226,10 +226,10 @@ fn narrow_float<H: NarrowValue>(
 /// [`crate::Int8Matrix`] with the same values written out dense and the same row scales,
 /// bit for bit. Against one token, CPUs with AVX-512 VBMI look up each 64 stored
 /// weights' inputs with a few permutes instead of 64 loads, at sparsities up to about
-/// 92%; batches take two stored weights per multiply-add. Activation rounding makes them differ from the widened products by up to
-/// half a 127th of each token's largest activation per stored weight, and a NaN or
-/// infinity in a token makes all of that token's outputs NaN (rows that never read it
-/// too), as in [`crate::Int8Matrix`].
+/// 92%; batches take two stored weights per multiply-add. Activation rounding makes
+/// them differ from the widened products by up to half a 127th of each token's largest
+/// activation per stored weight, and a NaN or infinity in a token makes all of that
+/// token's outputs NaN (rows that never read it too), as in [`crate::Int8Matrix`].
 ///
 /// # Invariants
 /// [`Csr`]'s, checked by [`NarrowCsr::try_from_parts`]; and `scales.len() == nrows`, each

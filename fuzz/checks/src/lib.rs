@@ -53,35 +53,52 @@ pub fn small(nrows: usize, ncols: usize) -> bool {
 /// `format` times a fixed vector and a fixed 3-column matrix equals `dense` times them,
 /// when every stored value is finite and modest (so rounding is bounded).
 pub fn check_products<T: Scalar, P: SparseProduct<T>>(format: &P, dense: &DMatrix<T>) {
-    check_products_of(format, dense, true);
+    check_matmul(format, dense);
+    check_matvec(format, dense);
 }
 
-/// [`check_products`], the product against one vector included where `matvec`.
-fn check_products_of<T: Scalar, P: SparseProduct<T>>(format: &P, dense: &DMatrix<T>, matvec: bool) {
-    assert_eq!(format.shape(), dense.shape());
-    let (nrows, ncols) = dense.shape();
+/// The fixed 3-column matrix the products are checked on and the bound on their
+/// rounding, or `None` where a stored value is not finite and modest (the products
+/// must then merely not panic).
+fn operands<T: Scalar>(dense: &DMatrix<T>) -> Option<(DMatrix<T>, f64)> {
     if !dense.iter().all(|v| v.finite() && v.as_f64().abs() < 1e6) {
-        // Still must not panic.
-        let _ = format.matvec(&DVector::zeros(ncols));
-        return;
+        return None;
     }
-    let x =
-        DMatrix::from_fn(ncols, 3, |i, j| T::from_f64_lossy(((i * 7 + j * 3) % 11) as f64 - 5.0));
+    let x = DMatrix::from_fn(dense.ncols(), 3, |i, j| {
+        T::from_f64_lossy(((i * 7 + j * 3) % 11) as f64 - 5.0)
+    });
+    let scale: f64 = dense.iter().map(|v| v.as_f64().abs()).sum::<f64>() * 5.0 + 1.0;
+    Some((x, scale))
+}
+
+/// The 3-column half of [`check_products`].
+pub fn check_matmul<T: Scalar, P: SparseProduct<T>>(format: &P, dense: &DMatrix<T>) {
+    assert_eq!(format.shape(), dense.shape());
+    let Some((x, scale)) = operands(dense) else {
+        let _ = format.matmul(&DMatrix::zeros(dense.ncols(), 3));
+        return;
+    };
     let got = format.matmul(&x).expect("shapes agree");
     let want = dense * &x;
-    let scale: f64 = dense.iter().map(|v| v.as_f64().abs()).sum::<f64>() * 5.0 + 1.0;
     for (g, w) in got.iter().zip(want.iter()) {
         assert!((g.as_f64() - w.as_f64()).abs() <= 1e-5 * scale, "matmul {g:?} vs dense {w:?}");
     }
-    if !matvec {
+}
+
+/// The one-vector half of [`check_products`].
+pub fn check_matvec<T: Scalar, P: SparseProduct<T>>(format: &P, dense: &DMatrix<T>) {
+    assert_eq!(format.shape(), dense.shape());
+    let Some((x, scale)) = operands(dense) else {
+        let _ = format.matvec(&DVector::zeros(dense.ncols()));
         return;
-    }
-    let xv = DVector::from_iterator(ncols, x.column(0).iter().copied());
+    };
+    let xv = DVector::from_iterator(dense.ncols(), x.column(0).iter().copied());
     let got = format.matvec(&xv).expect("shapes agree");
-    for (g, w) in got.iter().zip(want.column(0).iter()) {
+    let want = dense * xv;
+    for (g, w) in got.iter().zip(want.iter()) {
         assert!((g.as_f64() - w.as_f64()).abs() <= 1e-5 * scale, "matvec {g:?} vs dense {w:?}");
     }
-    assert_eq!(got.len(), nrows);
+    assert_eq!(got.len(), dense.nrows());
 }
 
 /// The safetensors reading path of the `shears` binary: header, dtypes, offsets, and
@@ -246,7 +263,11 @@ fn narrow_csr_as<V: NarrowValue, I: SpIndex>(data: &[u8]) {
     if small(nrows, ncols) {
         // The products are those of the f32 matrix the values stand for (but int8's
         // against one vector, which run in integers: `int8_csr_integers`).
-        check_products_of(&csr, &csr.to_csr().to_dense(), V::NAME != "int8");
+        let dense = csr.to_csr().to_dense();
+        check_matmul(&csr, &dense);
+        if V::NAME != "int8" {
+            check_matvec(&csr, &dense);
+        }
     }
     let (indptr, indices) = (csr.indptr().to_vec(), csr.indices().to_vec());
     let (values, scales) = (csr.values().to_vec(), csr.scales().to_vec());

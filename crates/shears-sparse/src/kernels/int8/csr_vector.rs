@@ -30,10 +30,10 @@ use crate::kernels::{CsrView, KernelPath, combine, for_units, kernel_path};
 /// Inputs per window: the two 64-byte vectors one `vpermi2b` picks from.
 const WINDOW: usize = 128;
 
-/// The most windows a step of the permuting copy visits whatever it reaches: the
-/// biased inputs are padded with as many more. Matrices sparse enough that a step
-/// reaches more, on average, run the gathering copy (where the CPU gathers faster than
-/// it loads), which costs less per stored weight there.
+/// The most windows a step of the permuting copy visits in a fixed loop, however few it
+/// reaches (a step that reaches more visits those it reaches): the biased inputs are
+/// padded with as many more. Matrices sparse enough that a step reaches more, on
+/// average, run the gathering or plain copy, which costs less per stored weight there.
 const MAX_TRIPS: usize = 8;
 
 /// Stored weights per step of the permuting copy: one 64-byte vector of them.
@@ -113,12 +113,15 @@ impl Fetch {
             {
                 return Fetch::Permuting { trips };
             }
+            // Gathers take signed 32-bit offsets.
             if matches!(path, KernelPath::Avx2 | KernelPath::Avx512)
+                && a.ncols <= 1 << 31
                 && crate::kernels::gathers(path)
             {
                 return Fetch::Gathering;
             }
         }
+        #[cfg(not(target_arch = "x86_64"))]
         let _ = (path, a);
         Fetch::Plain
     }
@@ -237,9 +240,10 @@ mod x86 {
         beta: f32,
         out: &mut [f32],
     ) {
-        assert_eq!(token.wide.len(), a.ncols);
-        // SAFETY: the features are the caller's contract; the token holds `ncols` wide
-        // inputs (asserted), and every column is below `ncols` (the format's validator).
+        assert!(token.wide.len() == a.ncols && a.ncols <= 1 << 31);
+        // SAFETY: the features are the caller's contract; the token holds `ncols <= 2^31`
+        // wide inputs (asserted), and every column is below `ncols` (the format's
+        // validator).
         finish_rows(a, rows, token, alpha, beta, out, |cols, weights| unsafe {
             gathered_dot(cols, weights, &token.wide)
         });
@@ -377,8 +381,11 @@ mod x86 {
             let first = cols[0].index() / WINDOW;
             let reached = cols[len - 1].index() / WINDOW - first + 1;
             let windows = if reached <= T { T } else { reached };
-            // Windows are told apart by their offset from the first, a byte.
-            if reached > 255 || 2 * reached + STEP_COST > len {
+            // Weighed by the windows reached, not those visited: a row's last few
+            // weights permute over T windows all the same, which measured faster than
+            // loading them. (The rule keeps the windows reached below 29, so their
+            // offsets from the first fit a byte.)
+            if 2 * reached + STEP_COST > len {
                 plain += plain_dot(cols, weights, &token.values);
                 continue;
             }
@@ -427,14 +434,15 @@ mod x86 {
             bias = _mm512_dpbusd_epi32(bias, _mm512_set1_epi8(i8::MIN), w);
         }
         // The biased sum and the bias are each within i32 (`MAX_SPAN` weights of at most
-        // 128 by inputs of at most 255), and so is their difference, the exact sum: the
-        // lanes' differences may wrap, which the wrapping sum of the lanes undoes.
+        // 128 by inputs of at most 255), lane by lane too, and so is their difference,
+        // the exact sum.
         _mm512_reduce_add_epi32(_mm512_sub_epi32(sums, bias)) + plain
     }
 
     /// For up to 64 increasing columns: each column's low byte (whose low seven bits are
     /// its place in its window, all `vpermi2b` reads) and its window's offset from window
-    /// `first` (below 256 for every column given), as bytes; zeros past the columns.
+    /// `first` (below 256 for every column given), as bytes; past the columns, bytes of
+    /// no meaning (whose weights are zero).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
     fn column_bytes<I: SpIndex>(cols: &[I], first: usize) -> (__m512i, __m512i) {
@@ -449,11 +457,12 @@ mod x86 {
             let even = load(&std::array::from_fn(|j| 2 * j as u8));
             let p = cols.as_ptr().cast::<i16>();
             // SAFETY: I is u16 (so the cast is to a type of its size); the masked loads read
-            // the `len` columns only.
+            // the `len` columns only (the second's address may lie past them, hence
+            // `wrapping_add`, which reads nothing).
             let (a, b) = unsafe {
                 (
                     _mm512_maskz_loadu_epi16(live as u32, p),
-                    _mm512_maskz_loadu_epi16((live >> 32) as u32, p.add(32)),
+                    _mm512_maskz_loadu_epi16((live >> 32) as u32, p.wrapping_add(32)),
                 )
             };
             let first = _mm512_set1_epi16(first as i16);
@@ -466,9 +475,10 @@ mod x86 {
             let fourth = load(&std::array::from_fn(|j| if j < 32 { 4 * j as u8 } else { 0 }));
             let p = cols.as_ptr().cast::<i32>();
             // SAFETY: I is u32 (so the cast is to a type of its size); the masked loads read
-            // the `len` columns only.
+            // the `len` columns only (from addresses that may lie past them, hence
+            // `wrapping_add`).
             let v: [__m512i; 4] = std::array::from_fn(|q| unsafe {
-                _mm512_maskz_loadu_epi32((live >> (16 * q)) as u16, p.add(16 * q))
+                _mm512_maskz_loadu_epi32((live >> (16 * q)) as u16, p.wrapping_add(16 * q))
             });
             let first = _mm512_set1_epi32(first as i32);
             let window = |v| _mm512_sub_epi32(_mm512_srli_epi32::<7>(v), first);
@@ -628,6 +638,29 @@ mod tests {
         ) {
             check::<u16>(nrows, ncols, density, seed)?;
             check::<u32>(nrows, ncols, density, seed)?;
+        }
+    }
+
+    /// Rows wider than [`MAX_SPAN`] columns are summed per span, as the dense reference
+    /// sums them, on every copy: one row of 140 000 weights of 127 against inputs that
+    /// quantize to 127 (near the largest sums a span can hold, biased or not), and one
+    /// of alternating signs.
+    #[test]
+    fn wide_rows_are_summed_per_span_of_columns() {
+        let ncols = 140_000;
+        let mut f = Fixture::<u32>::new(2, ncols, 1.0, 5);
+        for (k, v) in f.values.iter_mut().enumerate() {
+            *v = if k < ncols || k % 2 == 0 { 127 } else { -127 };
+        }
+        for (d, v) in f.dense.iter_mut().zip(&f.values) {
+            *d = *v;
+        }
+        let x = vec![1.0f32; ncols];
+        let want = f.reference(&x);
+        for copy in COPIES {
+            if let Some(got) = by_copy(copy, f.view(), &x) {
+                assert_eq!(got, want, "{copy:?}");
+            }
         }
     }
 
