@@ -33,6 +33,8 @@ use super::{KernelPath, NmView, combine, kernel_path, multiversion, parallel_ran
 
 mod csr;
 mod csr_vector;
+#[cfg(test)]
+mod fixture;
 #[cfg(target_arch = "x86_64")]
 mod packed;
 

@@ -445,78 +445,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::kernels::int8::{Int8DenseView, int8_dense_reference};
-
-    /// A CSR matrix of int8 values of every sign (-127 and 127 among them), about
-    /// `density` of its entries stored, with a distinct scale per row.
-    struct Fixture {
-        nrows: usize,
-        ncols: usize,
-        indptr: Vec<usize>,
-        indices: Vec<u32>,
-        values: Vec<i8>,
-        scales: Vec<f32>,
-    }
-
-    impl Fixture {
-        fn new(nrows: usize, ncols: usize, density: f64, seed: u64) -> Fixture {
-            let mut next = crate::testing::xorshift(seed);
-            let (mut indptr, mut indices, mut values) = (vec![0], Vec::new(), Vec::new());
-            for _ in 0..nrows {
-                for c in 0..ncols {
-                    if ((next() >> 11) as f64 / (1u64 << 53) as f64) < density {
-                        indices.push(c as u32);
-                        values.push(match next() % 4 {
-                            0 => 127,
-                            1 => -127,
-                            _ => ((next() % 255) as i64 - 127) as i8,
-                        });
-                    }
-                }
-                indptr.push(indices.len());
-            }
-            let scales = (0..nrows).map(|r| 1e-3 + (r % 7) as f32 * 3e-4).collect();
-            Fixture { nrows, ncols, indptr, indices, values, scales }
-        }
-
-        fn view(&self) -> CsrView<'_, f32, u32, i8> {
-            CsrView {
-                nrows: self.nrows,
-                ncols: self.ncols,
-                indptr: &self.indptr,
-                indices: &self.indices,
-                values: &self.values,
-                row_scales: Some(&self.scales),
-            }
-        }
-
-        /// The dense int8 product's reference loop on the same weights written out.
-        fn reference(&self, x: &DMatrix<f32>) -> Vec<u32> {
-            let mut dense = vec![0i8; self.nrows * self.ncols];
-            for r in 0..self.nrows {
-                for k in self.indptr[r]..self.indptr[r + 1] {
-                    dense[r * self.ncols + self.indices[k] as usize] = self.values[k];
-                }
-            }
-            let a = Int8DenseView {
-                rows: self.nrows,
-                cols: self.ncols,
-                group: self.ncols.max(1),
-                values: &dense,
-                scales: &self.scales,
-            };
-            let want = int8_dense_reference(a, x);
-            // Row-major, as the rows kernel writes.
-            let mut bits = vec![0; want.len()];
-            for ((r, j), v) in (0..self.nrows)
-                .flat_map(|r| (0..x.ncols()).map(move |j| (r, j)))
-                .map(|(r, j)| ((r, j), want[(r, j)]))
-            {
-                bits[r * x.ncols() + j] = v.to_bits();
-            }
-            bits
-        }
-    }
+    use crate::kernels::int8::fixture::Fixture;
 
     fn activations(cols: usize, batch: usize, seed: u64) -> DMatrix<f32> {
         DMatrix::from_fn(cols, batch, |c, j| {

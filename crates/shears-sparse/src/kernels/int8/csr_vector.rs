@@ -503,69 +503,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::kernels::int8::{Int8DenseView, int8_dense_reference};
-
-    /// An int8 CSR matrix (values of every sign, -127 and 127 among them, about
-    /// `density` of the entries stored) with columns of type `I`, a scale per row, and
-    /// its entries written out densely.
-    struct Fixture<I> {
-        nrows: usize,
-        ncols: usize,
-        indptr: Vec<usize>,
-        indices: Vec<I>,
-        values: Vec<i8>,
-        scales: Vec<f32>,
-        dense: Vec<i8>,
-    }
-
-    impl<I: SpIndex> Fixture<I> {
-        fn new(nrows: usize, ncols: usize, density: f64, seed: u64) -> Fixture<I> {
-            let mut next = crate::testing::xorshift(seed);
-            let (mut indptr, mut indices, mut values) = (vec![0], Vec::new(), Vec::new());
-            let mut dense = vec![0i8; nrows * ncols];
-            for r in 0..nrows {
-                for c in 0..ncols {
-                    if ((next() >> 11) as f64 / (1u64 << 53) as f64) < density {
-                        let v = match next() % 4 {
-                            0 => 127,
-                            1 => -127,
-                            _ => ((next() % 255) as i64 - 127) as i8,
-                        };
-                        indices.push(I::try_from_index(c).unwrap());
-                        values.push(v);
-                        dense[r * ncols + c] = v;
-                    }
-                }
-                indptr.push(indices.len());
-            }
-            let scales = (0..nrows).map(|r| 1e-3 + (r % 7) as f32 * 3e-4).collect();
-            Fixture { nrows, ncols, indptr, indices, values, scales, dense }
-        }
-
-        fn view(&self) -> CsrView<'_, f32, I, i8> {
-            CsrView {
-                nrows: self.nrows,
-                ncols: self.ncols,
-                indptr: &self.indptr,
-                indices: &self.indices,
-                values: &self.values,
-                row_scales: Some(&self.scales),
-            }
-        }
-
-        /// The dense int8 product's reference loop on the entries written out.
-        fn reference(&self, x: &[f32]) -> Vec<u32> {
-            let a = Int8DenseView {
-                rows: self.nrows,
-                cols: self.ncols,
-                group: self.ncols.max(1),
-                values: &self.dense,
-                scales: &self.scales,
-            };
-            let x = DMatrix::from_column_slice(self.ncols, 1, x);
-            int8_dense_reference(a, &x).iter().map(|v| v.to_bits()).collect()
-        }
-    }
+    use crate::kernels::int8::fixture::Fixture;
 
     /// The product (alpha 1, beta 0) by one copy, as bits; `None` where the CPU lacks it.
     fn by_copy<I: SpIndex>(copy: Fetch, a: CsrView<'_, f32, I, i8>, x: &[f32]) -> Option<Vec<u32>> {
@@ -617,7 +555,7 @@ mod tests {
     ) -> Result<(), TestCaseError> {
         let f = Fixture::<I>::new(nrows, ncols, density, seed);
         let x = activations(ncols, seed);
-        let want = f.reference(&x);
+        let want = f.reference(&DMatrix::from_column_slice(x.len(), 1, &x));
         for copy in COPIES {
             if let Some(got) = by_copy(copy, f.view(), &x) {
                 prop_assert_eq!(&got, &want, "{:?} bits, {} columns", copy, I::BITS);
@@ -652,11 +590,8 @@ mod tests {
         for (k, v) in f.values.iter_mut().enumerate() {
             *v = if k < ncols || k % 2 == 0 { 127 } else { -127 };
         }
-        for (d, v) in f.dense.iter_mut().zip(&f.values) {
-            *d = *v;
-        }
         let x = vec![1.0f32; ncols];
-        let want = f.reference(&x);
+        let want = f.reference(&DMatrix::from_column_slice(x.len(), 1, &x));
         for copy in COPIES {
             if let Some(got) = by_copy(copy, f.view(), &x) {
                 assert_eq!(got, want, "{copy:?}");
