@@ -19,7 +19,8 @@ pub(crate) fn exp(x: f32) -> f32 {
     // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer without a call.
     const ROUND: f32 = 12_582_912.0;
     let x = x.clamp(-87.3, 88.7);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
     p = p.mul_add(r, 1.398_2e-3);
@@ -28,8 +29,11 @@ pub(crate) fn exp(x: f32) -> f32 {
     p = p.mul_add(r, 0.166_666_65);
     p = p.mul_add(r, 0.5);
     let y = p.mul_add(r * r, r) + 1.0;
-    // 2^n for n in [-126, 128]; the exponent field holds n + 127.
-    let scale = f32::from_bits((((n as i32) + 127).clamp(0, 255) as u32) << 23);
+    // 2^n for n in [-126, 128]; the exponent field holds n + 127. The integer n is the
+    // difference of `shifted`'s and ROUND's bits (their exponents are equal), which
+    // vectorises; `n as i32`, a saturating conversion, would not.
+    let n_bits = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+    let scale = f32::from_bits(((n_bits + 127).clamp(0, 255) as u32) << 23);
     y * scale
 }
 
