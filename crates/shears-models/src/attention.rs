@@ -7,7 +7,7 @@ use nalgebra::DMatrix;
 use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
-use crate::math::softmax_in_place;
+use crate::math::softmax_unscaled;
 
 /// Where the queries, keys and values are: each `hidden` rows of a matrix with one column
 /// per token, starting at a row (the three may be stacked in one matrix).
@@ -64,7 +64,7 @@ pub(crate) fn self_attention(
         let at = (start, len, h, d);
         scratch.load(tokens_of(p.q, at), tokens_of(p.k, at), tokens_of(p.v, at), d, len);
         Arch::new().dispatch(Head { s: scratch, d, len, scale });
-        let dp = d.next_multiple_of(TILE);
+        let dp = d.next_multiple_of(PAD);
         for (j, result) in scratch.out.chunks_exact(dp).take(len).enumerate() {
             let column = out.as_mut().col_mut(j).try_as_col_major_mut();
             if let Some(column) = column {
@@ -75,20 +75,18 @@ pub(crate) fn self_attention(
     context
 }
 
-/// Lanes of one AVX vector of f32.
-const LANES: usize = 8;
 /// Queries computed together: each key or value vector loaded is used this many times.
 const QUERIES: usize = 4;
-/// Keys (for the scores) or head features (for the output) of a register tile: two
-/// vectors, so a tile keeps `2 * QUERIES` independent sums, enough to hide the latency
-/// of a fused multiply-add on two FMA pipes.
-const TILE: usize = 2 * LANES;
+/// What the keys (for the scores) and head features (for the output) are padded to: a
+/// whole number of register tiles for every SIMD width (a tile is two vectors, at most
+/// sixteen lanes each).
+const PAD: usize = 32;
 
 /// One head of one sentence, copied into contiguous buffers padded with zeros: the
-/// queries by token (`dp` values each, `dp` the head size rounded up to [`TILE`]), the
-/// keys by feature (`lp` values each, `lp` the length rounded up to [`TILE`], so a
-/// feature of a tile's keys is two vectors), the values by token; and the scores and
-/// output.
+/// queries by token (`dp` values each, `dp` the head size rounded up to [`PAD`]), the
+/// keys by feature (`lp` values each, `lp` the length rounded up to [`PAD`], so a
+/// feature of a tile's keys is two whole vectors), the values by token; and the scores
+/// and output.
 #[derive(Default)]
 struct Scratch {
     q: Vec<f32>,
@@ -107,7 +105,7 @@ impl Scratch {
         d: usize,
         len: usize,
     ) {
-        let (dp, lp) = (d.next_multiple_of(TILE), len.next_multiple_of(TILE));
+        let (dp, lp) = (d.next_multiple_of(PAD), len.next_multiple_of(PAD));
         let queries = len.next_multiple_of(QUERIES);
         let by_token = |tokens: &mut dyn Iterator<Item = &'a [f32]>, buf: &mut Vec<f32>, rows| {
             buf.clear();
@@ -130,10 +128,12 @@ impl Scratch {
     }
 }
 
-/// The attention of one head, on a [`Scratch`], in register tiles of four queries by
-/// [`TILE`] keys (the scores) and four queries by [`TILE`] features (the output), with
-/// fused multiply-adds, compiled for the CPU's widest SIMD by `pulp`'s dispatch (on an
-/// x86 CPU without FMA, `mul_add` is libm's exact and slow `fmaf`, as in `math`).
+/// The attention of one head, on a [`Scratch`], in register tiles of four queries by two
+/// vectors of keys (the scores) and four queries by two vectors of features (the output):
+/// eight independent sums, enough to hide the latency of a fused multiply-add on two FMA
+/// pipes. Written with `pulp`'s vector types, so that the tiles are as wide as the CPU's
+/// widest SIMD (sixteen keys a tile with AVX2, thirty-two with AVX-512); on an x86 CPU
+/// without FMA, the scalar fallback multiplies and adds separately.
 struct Head<'a> {
     s: &'a mut Scratch,
     d: usize,
@@ -145,50 +145,64 @@ impl WithSimd for Head<'_> {
     type Output = ();
 
     #[inline(always)]
-    fn with_simd<S: Simd>(self, _simd: S) {
+    fn with_simd<S: Simd>(self, simd: S) {
         let Head { s, d, len, scale } = self;
-        let (dp, lp) = (d.next_multiple_of(TILE), len.next_multiple_of(TILE));
+        let (dp, lp) = (d.next_multiple_of(PAD), len.next_multiple_of(PAD));
         let queries = len.next_multiple_of(QUERIES);
-        const ZERO: [f32; TILE] = [0.0; TILE];
+        // Two vectors; `PAD` is a multiple of it for every width pulp dispatches to.
+        let tile = 2 * S::F32_LANES;
+        let pair = |values: &[f32]| -> [S::f32s; 2] {
+            let (vectors, _) = S::as_simd_f32s(values);
+            [vectors[0], vectors[1]]
+        };
+        let zero = simd.splat_f32s(0.0);
+        let scale_v = simd.splat_f32s(scale);
         for j0 in (0..queries).step_by(QUERIES) {
             // Scores of queries j0..j0+4 over every key: Σ_x q[x, j] k[x, i].
             let q: [&[f32]; QUERIES] = std::array::from_fn(|a| &s.q[(j0 + a) * dp..][..d]);
-            for i0 in (0..lp).step_by(TILE) {
-                let mut acc = [[0.0f32; TILE]; QUERIES];
+            for i0 in (0..lp).step_by(tile) {
+                let mut acc = [[zero; 2]; QUERIES];
                 for (x, features) in s.kt.chunks_exact(lp).enumerate() {
-                    let keys: &[f32; TILE] = features[i0..i0 + TILE].try_into().unwrap_or(&ZERO);
+                    let [k0, k1] = pair(&features[i0..i0 + tile]);
                     for (a, q) in acc.iter_mut().zip(&q) {
-                        let q = q[x];
-                        for (a, &k) in a.iter_mut().zip(keys) {
-                            *a = q.mul_add(k, *a);
-                        }
+                        let qx = simd.splat_f32s(q[x]);
+                        a[0] = simd.mul_add_e_f32s(qx, k0, a[0]);
+                        a[1] = simd.mul_add_e_f32s(qx, k1, a[1]);
                     }
                 }
                 for (a, qj) in acc.iter().zip(j0..) {
-                    let row = &mut s.scores[qj * lp + i0..qj * lp + i0 + TILE];
-                    for (r, v) in row.iter_mut().zip(a) {
-                        *r = v * scale;
+                    let row = &mut s.scores[qj * lp + i0..qj * lp + i0 + tile];
+                    let (row, _) = S::as_mut_simd_f32s(row);
+                    for (r, &v) in row.iter_mut().zip(a) {
+                        *r = simd.mul_f32s(v, scale_v);
                     }
                 }
             }
-            for qj in j0..j0 + QUERIES {
-                softmax_in_place(&mut s.scores[qj * lp..qj * lp + len]);
+            // Each query's probabilities, unscaled, and the factors that scale their sums.
+            // (A loop, not a closure: a closure would be compiled without the dispatch's
+            // SIMD features, and `exp` would not vectorise.)
+            let mut inv = [zero; QUERIES];
+            for (inv, qj) in inv.iter_mut().zip(j0..) {
+                *inv = simd.splat_f32s(softmax_unscaled(&mut s.scores[qj * lp..qj * lp + len]));
             }
             // Their outputs: Σ_i p[i, j] v[:, i], a tile of the head's features at a time.
             let p: [&[f32]; QUERIES] = std::array::from_fn(|a| &s.scores[(j0 + a) * lp..][..len]);
-            for x0 in (0..dp).step_by(TILE) {
-                let mut acc = [[0.0f32; TILE]; QUERIES];
+            for x0 in (0..dp).step_by(tile) {
+                let mut acc = [[zero; 2]; QUERIES];
                 for (i, token) in s.v.chunks_exact(dp).enumerate() {
-                    let value: &[f32; TILE] = token[x0..x0 + TILE].try_into().unwrap_or(&ZERO);
+                    let [v0, v1] = pair(&token[x0..x0 + tile]);
                     for (a, p) in acc.iter_mut().zip(&p) {
-                        let p = p[i];
-                        for (a, &v) in a.iter_mut().zip(value) {
-                            *a = p.mul_add(v, *a);
-                        }
+                        let pi = simd.splat_f32s(p[i]);
+                        a[0] = simd.mul_add_e_f32s(pi, v0, a[0]);
+                        a[1] = simd.mul_add_e_f32s(pi, v1, a[1]);
                     }
                 }
-                for (a, qj) in acc.iter().zip(j0..) {
-                    s.out[qj * dp + x0..qj * dp + x0 + TILE].copy_from_slice(a);
+                for ((a, &inv), qj) in acc.iter().zip(&inv).zip(j0..) {
+                    let out = &mut s.out[qj * dp + x0..qj * dp + x0 + tile];
+                    let (out, _) = S::as_mut_simd_f32s(out);
+                    for (o, &v) in out.iter_mut().zip(a) {
+                        *o = simd.mul_f32s(v, inv);
+                    }
                 }
             }
         }

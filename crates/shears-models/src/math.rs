@@ -129,13 +129,15 @@ pub(crate) fn apply(f: Elementwise, values: &mut [f32]) {
     Arch::new().dispatch(Apply(f, values));
 }
 
-/// `softmax(values)` in place, for a caller already inside a SIMD dispatch.
+/// Softmax without its last pass, for a caller already inside a SIMD dispatch: replaces
+/// every value `v` by `e^(v - max)` and returns `1 / Σ e^(v - max)`, the factor that
+/// normalises them (attention applies it to the few outputs the values weight, not to
+/// every value).
 #[inline(always)]
-pub(crate) fn softmax_in_place(values: &mut [f32]) {
+pub(crate) fn softmax_unscaled(values: &mut [f32]) -> f32 {
     let top = max(values);
     values.iter_mut().for_each(|v| *v = exp(*v - top));
-    let inv = (1.0 / sum(values)) as f32;
-    values.iter_mut().for_each(|v| *v *= inv);
+    (1.0 / sum(values)) as f32
 }
 
 /// Layer norm of one token's state: `(x - mean) / sqrt(var + eps) * gamma + beta`, the
@@ -243,12 +245,16 @@ mod tests {
 
     #[test]
     fn softmax_and_layer_norm_match_their_formulas() {
-        let mut v = vec![0.5f32, 1.0, 1.5, -25.0];
-        softmax_in_place(&mut v);
-        let e: Vec<f64> = [0.5f64, 1.0, 1.5, -25.0].iter().map(|x| x.exp()).collect();
-        let total: f64 = e.iter().sum();
-        for (got, want) in v.iter().zip(&e) {
-            assert!((f64::from(*got) - want / total).abs() < 1e-7);
+        // Lengths below, at and past the sixteen lanes, with a tail.
+        for n in [1, 4, 16, 37] {
+            let logits: Vec<f32> = (0..n).map(|i| ((i * 7) % 13) as f32 * 0.75 - 25.0).collect();
+            let mut v = logits.clone();
+            let inv = softmax_unscaled(&mut v);
+            let e: Vec<f64> = logits.iter().map(|&x| f64::from(x).exp()).collect();
+            let total: f64 = e.iter().sum();
+            for (got, want) in v.iter().zip(&e) {
+                assert!((f64::from(*got * inv) - want / total).abs() < 1e-7, "{n}");
+            }
         }
         // Mean 4.
         let mut x = vec![1.0f32, 2.0, 4.0, 9.0];
