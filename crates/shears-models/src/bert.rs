@@ -66,6 +66,21 @@ impl LayerNorm {
             .par_chunks_mut(hidden)
             .for_each(|token| layer_norm(token, &self.gamma, &self.beta, self.eps));
     }
+
+    /// Adds `residual` (the same shape as `x`) to `x` and normalises every column (token)
+    /// of the sum in place: a residual connection and its norm in one pass over the
+    /// tokens, on rayon's threads.
+    fn add_and_apply(&self, x: &mut DMatrix<f32>, residual: &DMatrix<f32>) {
+        let hidden = x.nrows();
+        if hidden == 0 {
+            return;
+        }
+        let residual = residual.as_slice().par_chunks(hidden);
+        x.as_mut_slice().par_chunks_mut(hidden).zip(residual).for_each(|(token, residual)| {
+            token.iter_mut().zip(residual).for_each(|(v, r)| *v += r);
+            layer_norm(token, &self.gamma, &self.beta, self.eps);
+        });
+    }
 }
 
 /// One encoder layer: self-attention, then the feed-forward block, each with a residual
@@ -185,8 +200,7 @@ impl EncoderLayer {
         observe(Site::AttentionOutput, &context)?;
         let mut attended = self.attention_output.forward(&context)?;
         drop(context);
-        attended += x;
-        self.attention_norm.apply(&mut attended);
+        self.attention_norm.add_and_apply(&mut attended, x);
         observe(Site::Intermediate, &attended)?;
         let mut hidden = self.intermediate.forward(&attended)?;
         let f = match activation {
@@ -201,8 +215,7 @@ impl EncoderLayer {
         }
         let mut out = self.output.forward(&hidden)?;
         drop(hidden);
-        out += &attended;
-        self.output_norm.apply(&mut out);
+        self.output_norm.add_and_apply(&mut out, &attended);
         Ok(Some(out))
     }
 }
