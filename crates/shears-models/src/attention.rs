@@ -128,6 +128,13 @@ impl Scratch {
     }
 }
 
+/// The two vectors of a tile's values (`values` holds exactly a tile).
+#[inline(always)]
+fn pair<S: Simd>(values: &[f32]) -> [S::f32s; 2] {
+    let (vectors, _) = S::as_simd_f32s(values);
+    [vectors[0], vectors[1]]
+}
+
 /// The attention of one head, on a [`Scratch`], in register tiles of four queries by two
 /// vectors of keys (the scores) and four queries by two vectors of features (the output):
 /// eight independent sums, enough to hide the latency of a fused multiply-add on two FMA
@@ -149,21 +156,20 @@ impl WithSimd for Head<'_> {
         let Head { s, d, len, scale } = self;
         let (dp, lp) = (d.next_multiple_of(PAD), len.next_multiple_of(PAD));
         let queries = len.next_multiple_of(QUERIES);
-        // Two vectors; `PAD` is a multiple of it for every width pulp dispatches to.
+        // Two vectors; `PAD` is a multiple of it for every width pulp dispatches to. The
+        // loops run to the length and head size rounded up to the tile, not to `PAD`.
+        const { assert!(PAD.is_multiple_of(2 * S::F32_LANES)) };
         let tile = 2 * S::F32_LANES;
-        let pair = |values: &[f32]| -> [S::f32s; 2] {
-            let (vectors, _) = S::as_simd_f32s(values);
-            [vectors[0], vectors[1]]
-        };
+        let (keys, features) = (len.next_multiple_of(tile), d.next_multiple_of(tile));
         let zero = simd.splat_f32s(0.0);
         let scale_v = simd.splat_f32s(scale);
         for j0 in (0..queries).step_by(QUERIES) {
             // Scores of queries j0..j0+4 over every key: Σ_x q[x, j] k[x, i].
             let q: [&[f32]; QUERIES] = std::array::from_fn(|a| &s.q[(j0 + a) * dp..][..d]);
-            for i0 in (0..lp).step_by(tile) {
+            for i0 in (0..keys).step_by(tile) {
                 let mut acc = [[zero; 2]; QUERIES];
                 for (x, features) in s.kt.chunks_exact(lp).enumerate() {
-                    let [k0, k1] = pair(&features[i0..i0 + tile]);
+                    let [k0, k1] = pair::<S>(&features[i0..i0 + tile]);
                     for (a, q) in acc.iter_mut().zip(&q) {
                         let qx = simd.splat_f32s(q[x]);
                         a[0] = simd.mul_add_e_f32s(qx, k0, a[0]);
@@ -187,10 +193,10 @@ impl WithSimd for Head<'_> {
             }
             // Their outputs: Σ_i p[i, j] v[:, i], a tile of the head's features at a time.
             let p: [&[f32]; QUERIES] = std::array::from_fn(|a| &s.scores[(j0 + a) * lp..][..len]);
-            for x0 in (0..dp).step_by(tile) {
+            for x0 in (0..features).step_by(tile) {
                 let mut acc = [[zero; 2]; QUERIES];
                 for (i, token) in s.v.chunks_exact(dp).enumerate() {
-                    let [v0, v1] = pair(&token[x0..x0 + tile]);
+                    let [v0, v1] = pair::<S>(&token[x0..x0 + tile]);
                     for (a, p) in acc.iter_mut().zip(&p) {
                         let pi = simd.splat_f32s(p[i]);
                         a[0] = simd.mul_add_e_f32s(pi, v0, a[0]);
@@ -276,6 +282,57 @@ mod tests {
         let want = naive(&q, &k, &v, heads, lengths);
         let err = (got.map(f64::from) - want).abs().max();
         assert!(err < 1e-5, "hidden {hidden}, heads {heads}, lengths {lengths:?}: {err}");
+    }
+
+    /// One head of one sentence (`q`, `k`, `v`: a token per column) through the kernel
+    /// built for `simd`: the outputs of its queries, a column each.
+    fn head_with<S: Simd>(
+        simd: S,
+        q: &DMatrix<f32>,
+        k: &DMatrix<f32>,
+        v: &DMatrix<f32>,
+    ) -> DMatrix<f32> {
+        let (d, len) = q.shape();
+        let mut s = Scratch::default();
+        let columns = |m| DMatrix::as_slice(m).chunks_exact(d);
+        s.load(columns(q), columns(k), columns(v), d, len);
+        simd.vectorize(Head { s: &mut s, d, len, scale: 1.0 / (d as f32).sqrt() });
+        let dp = d.next_multiple_of(PAD);
+        DMatrix::from_fn(d, len, |x, j| s.out[j * dp + x])
+    }
+
+    /// [`head_with`] for the widest SIMD this CPU has.
+    struct Native<'a>(&'a DMatrix<f32>, &'a DMatrix<f32>, &'a DMatrix<f32>);
+
+    impl WithSimd for Native<'_> {
+        type Output = DMatrix<f32>;
+        fn with_simd<S: Simd>(self, simd: S) -> DMatrix<f32> {
+            head_with(simd, self.0, self.1, self.2)
+        }
+    }
+
+    #[test]
+    fn every_simd_width_equals_the_naive_loops() {
+        // Tiles of 2, 8, 16 and 32 values (pulp's scalar types of one to sixteen lanes),
+        // and this CPU's own, on heads and sentences of whole, partial and single tiles.
+        for (d, len) in [(32, 128), (20, 37), (5, 3), (1, 1), (64, 33)] {
+            let m = |seed: usize| {
+                DMatrix::from_fn(d, len, |r, c| (((r * 7 + c * 13 + seed) % 17) as f32 - 8.0) / 4.0)
+            };
+            let (q, k, v) = (m(1), m(2), m(3));
+            let want = naive(&q, &k, &v, 1, &[len]);
+            let got = [
+                ("scalar", head_with(pulp::Scalar, &q, &k, &v)),
+                ("128-bit", head_with(pulp::Scalar128b, &q, &k, &v)),
+                ("256-bit", head_with(pulp::Scalar256b, &q, &k, &v)),
+                ("512-bit", head_with(pulp::Scalar512b, &q, &k, &v)),
+                ("this CPU", Arch::new().dispatch(Native(&q, &k, &v))),
+            ];
+            for (name, got) in got {
+                let err = (got.map(f64::from) - &want).abs().max();
+                assert!(err < 1e-5, "{name}, d {d}, len {len}: {err}");
+            }
+        }
     }
 
     #[test]

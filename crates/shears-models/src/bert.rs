@@ -71,6 +71,7 @@ impl LayerNorm {
     /// of the sum in place: a residual connection and its norm in one pass over the
     /// tokens, on rayon's threads.
     fn add_and_apply(&self, x: &mut DMatrix<f32>, residual: &DMatrix<f32>) {
+        debug_assert_eq!(x.shape(), residual.shape());
         let hidden = x.nrows();
         if hidden == 0 {
             return;
