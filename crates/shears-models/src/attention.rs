@@ -160,13 +160,13 @@ impl WithSimd for Head<'_> {
         // loops run to the length and head size rounded up to the tile, not to `PAD`.
         const { assert!(PAD.is_multiple_of(2 * S::F32_LANES)) };
         let tile = 2 * S::F32_LANES;
-        let (keys, features) = (len.next_multiple_of(tile), d.next_multiple_of(tile));
+        let (key_end, feature_end) = (len.next_multiple_of(tile), d.next_multiple_of(tile));
         let zero = simd.splat_f32s(0.0);
         let scale_v = simd.splat_f32s(scale);
         for j0 in (0..queries).step_by(QUERIES) {
             // Scores of queries j0..j0+4 over every key: Σ_x q[x, j] k[x, i].
             let q: [&[f32]; QUERIES] = std::array::from_fn(|a| &s.q[(j0 + a) * dp..][..d]);
-            for i0 in (0..keys).step_by(tile) {
+            for i0 in (0..key_end).step_by(tile) {
                 let mut acc = [[zero; 2]; QUERIES];
                 for (x, features) in s.kt.chunks_exact(lp).enumerate() {
                     let [k0, k1] = pair::<S>(&features[i0..i0 + tile]);
@@ -193,7 +193,7 @@ impl WithSimd for Head<'_> {
             }
             // Their outputs: Σ_i p[i, j] v[:, i], a tile of the head's features at a time.
             let p: [&[f32]; QUERIES] = std::array::from_fn(|a| &s.scores[(j0 + a) * lp..][..len]);
-            for x0 in (0..features).step_by(tile) {
+            for x0 in (0..feature_end).step_by(tile) {
                 let mut acc = [[zero; 2]; QUERIES];
                 for (i, token) in s.v.chunks_exact(dp).enumerate() {
                     let [v0, v1] = pair::<S>(&token[x0..x0 + tile]);
