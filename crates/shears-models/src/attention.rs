@@ -264,12 +264,8 @@ mod tests {
     /// projections separate and stacked.
     fn check(hidden: usize, heads: usize, lengths: &[usize]) {
         let tokens: usize = lengths.iter().sum();
-        let m = |seed: usize| {
-            DMatrix::from_fn(hidden, tokens, |r, c| {
-                (((r * 7 + c * 13 + seed) % 17) as f32 - 8.0) / 4.0
-            })
-        };
-        let (q, k, v) = (m(1), m(2), m(3));
+        let (q, k, v) =
+            (filled(hidden, tokens, 1), filled(hidden, tokens, 2), filled(hidden, tokens, 3));
         let separate = Projections { q: (&q, 0), k: (&k, 0), v: (&v, 0) };
         let got = self_attention(separate, hidden, heads, lengths);
         let mut stacked = DMatrix::<f32>::zeros(3 * hidden, tokens);
@@ -282,6 +278,11 @@ mod tests {
         let want = naive(&q, &k, &v, heads, lengths);
         let err = (got.map(f64::from) - want).abs().max();
         assert!(err < 1e-5, "hidden {hidden}, heads {heads}, lengths {lengths:?}: {err}");
+    }
+
+    /// A `rows x cols` matrix of small values that vary with `seed`.
+    fn filled(rows: usize, cols: usize, seed: usize) -> DMatrix<f32> {
+        DMatrix::from_fn(rows, cols, |r, c| (((r * 7 + c * 13 + seed) % 17) as f32 - 8.0) / 4.0)
     }
 
     /// One head of one sentence (`q`, `k`, `v`: a token per column) through the kernel
@@ -316,10 +317,7 @@ mod tests {
         // Tiles of 2, 8, 16 and 32 values (pulp's scalar types of one to sixteen lanes),
         // and this CPU's own, on heads and sentences of whole, partial and single tiles.
         for (d, len) in [(32, 128), (20, 37), (5, 3), (1, 1), (64, 33)] {
-            let m = |seed: usize| {
-                DMatrix::from_fn(d, len, |r, c| (((r * 7 + c * 13 + seed) % 17) as f32 - 8.0) / 4.0)
-            };
-            let (q, k, v) = (m(1), m(2), m(3));
+            let (q, k, v) = (filled(d, len, 1), filled(d, len, 2), filled(d, len, 3));
             let want = naive(&q, &k, &v, 1, &[len]);
             let got = [
                 ("scalar", head_with(pulp::Scalar, &q, &k, &v)),
