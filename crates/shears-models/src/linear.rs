@@ -16,9 +16,9 @@ use crate::error::{Error, Result};
 /// The weights of a linear layer, in the form its products run in.
 #[derive(Debug, Clone)]
 enum LinearWeights {
-    /// Dense, held as `Wᵀ` (`inputs x outputs` column-major, which is `W` row by row as
-    /// PyTorch stores it): the product `W x` is one GEMM (faer's, multi-threaded), which
-    /// runs fastest from this layout.
+    /// Dense, `W` column-major: the product `W x` is one GEMM (faer's, multi-threaded),
+    /// which reads the columns of `W` in place, where `W` row by row (as a checkpoint
+    /// stores it) would be repacked at every product.
     Dense(DMatrix<f32>),
     /// Sparse, in the format chosen for it.
     Sparse(AnySparse<f32>),
@@ -48,11 +48,19 @@ impl Linear {
         weights: DMatrix<f32>,
         bias: DVector<f32>,
     ) -> Result<Linear> {
-        Self::from_transposed(name, weights.transpose(), bias)
+        let name = name.into();
+        if bias.len() != weights.nrows() {
+            return Err(Error::Argument(format!(
+                "layer `{name}`: {} bias entries for {} outputs",
+                bias.len(),
+                weights.nrows()
+            )));
+        }
+        Ok(Linear { name, weights: LinearWeights::Dense(weights), bias })
     }
 
     /// A dense layer from `Wᵀ` (`inputs x outputs`): the values of `W` row by row, as a
-    /// checkpoint stores them, with no copy.
+    /// checkpoint stores them.
     ///
     /// # Errors
     /// [`Error::Argument`] if `bias` has not one entry per output.
@@ -61,15 +69,7 @@ impl Linear {
         transposed: DMatrix<f32>,
         bias: DVector<f32>,
     ) -> Result<Linear> {
-        let name = name.into();
-        if bias.len() != transposed.ncols() {
-            return Err(Error::Argument(format!(
-                "layer `{name}`: {} bias entries for {} outputs",
-                bias.len(),
-                transposed.ncols()
-            )));
-        }
-        Ok(Linear { name, weights: LinearWeights::Dense(transposed), bias })
+        Self::new(name, transposed.transpose(), bias)
     }
 
     /// An int8 layer: its products quantize each token to int8 and sum in integers
@@ -101,7 +101,7 @@ impl Linear {
     /// `(outputs, inputs)`.
     pub fn shape(&self) -> (usize, usize) {
         match &self.weights {
-            LinearWeights::Dense(wt) => (wt.ncols(), wt.nrows()),
+            LinearWeights::Dense(w) => w.shape(),
             LinearWeights::Sparse(s) => s.shape(),
             LinearWeights::Half(h) => h.product().shape(),
             LinearWeights::Int8(q) => q.shape(),
@@ -125,7 +125,7 @@ impl Linear {
     /// weights times their scales).
     pub fn dense_weights(&self) -> DMatrix<f32> {
         match &self.weights {
-            LinearWeights::Dense(wt) => wt.transpose(),
+            LinearWeights::Dense(w) => w.clone(),
             LinearWeights::Sparse(s) => s.to_dense(),
             LinearWeights::Half(h) => h.to_dense(),
             LinearWeights::Int8(q) => q.dequantize(),
@@ -138,7 +138,7 @@ impl Linear {
     /// [`Error::Argument`] for another shape.
     pub fn set_dense(&mut self, weights: DMatrix<f32>) -> Result<()> {
         self.check_new_shape("weights", weights.shape())?;
-        self.weights = LinearWeights::Dense(weights.transpose());
+        self.weights = LinearWeights::Dense(weights);
         Ok(())
     }
 
@@ -168,7 +168,7 @@ impl Linear {
     /// int8.
     pub fn dequantize(&mut self) -> bool {
         let LinearWeights::Int8(q) = &self.weights else { return false };
-        self.weights = LinearWeights::Dense(q.dequantize().transpose());
+        self.weights = LinearWeights::Dense(q.dequantize());
         true
     }
 
@@ -199,7 +199,7 @@ impl Linear {
     fn store(&mut self, format: Format, half: bool) -> Result<()> {
         let dense = self.dense_weights();
         self.weights = match format {
-            Format::Dense => LinearWeights::Dense(dense.transpose()),
+            Format::Dense => LinearWeights::Dense(dense),
             other => {
                 let kept =
                     Mask::from_fn(dense.nrows(), dense.ncols(), |r, c| dense[(r, c)] != 0.0)?;
@@ -249,12 +249,13 @@ impl Linear {
         }
         let tokens = x.ncols();
         match &self.weights {
-            LinearWeights::Dense(wt) => {
+            LinearWeights::Dense(w) => {
                 let mut y = DMatrix::<f32>::zeros(outputs, tokens);
-                let dst = MatMut::from_column_major_slice_mut(y.as_mut_slice(), outputs, tokens);
-                let w = MatRef::from_column_major_slice(wt.as_slice(), inputs, outputs).transpose();
-                let rhs = MatRef::from_column_major_slice(x.as_slice(), inputs, tokens);
-                faer::linalg::matmul::matmul(dst, Accum::Replace, w, rhs, 1.0, Par::rayon(0));
+                dense_product(
+                    w,
+                    x,
+                    MatMut::from_column_major_slice_mut(y.as_mut_slice(), outputs, tokens),
+                );
                 add_bias(&mut y, &self.bias);
                 Ok(y)
             }
@@ -374,8 +375,9 @@ impl<V: NarrowValue> Half<V> {
 }
 
 /// `[W₁; W₂; ...] x + [b₁; b₂; ...]`: the outputs of dense layers that share their input,
-/// stacked, in one GEMM (a transformer's query, key and value projections); `None` if a
-/// layer is not dense or the layers' inputs differ.
+/// stacked (a transformer's query, key and value projections), each layer's GEMM writing
+/// its rows of the one output; `None` if a layer is not dense or the layers' inputs
+/// differ.
 ///
 /// # Errors
 /// [`Error::Argument`] if `x` has not one row per input.
@@ -384,23 +386,69 @@ pub(crate) fn stacked_forward(
     x: &DMatrix<f32>,
 ) -> Option<Result<DMatrix<f32>>> {
     let inputs = layers.first()?.shape().1;
-    let mut stacked = Vec::new();
-    let mut bias = Vec::new();
+    let mut dense = Vec::with_capacity(layers.len());
     for layer in layers {
-        let LinearWeights::Dense(wt) = &layer.weights else { return None };
-        if wt.nrows() != inputs {
+        let LinearWeights::Dense(w) = &layer.weights else { return None };
+        if w.ncols() != inputs {
             return None;
         }
-        stacked.extend_from_slice(wt.as_slice());
-        bias.extend_from_slice(layer.bias.as_slice());
+        dense.push(w);
     }
-    let outputs = bias.len();
-    let stacked = Linear {
-        name: layers[0].name.clone(),
-        weights: LinearWeights::Dense(DMatrix::from_vec(inputs, outputs, stacked)),
-        bias: DVector::from_vec(bias),
-    };
-    Some(stacked.forward(x))
+    if x.nrows() != inputs {
+        let name = &layers[0].name;
+        let got = x.nrows();
+        return Some(Err(Error::Argument(format!(
+            "layer `{name}` takes {inputs} inputs, got {got}"
+        ))));
+    }
+    let outputs = dense.iter().map(|w| w.nrows()).sum();
+    let tokens = x.ncols();
+    let mut y = DMatrix::<f32>::zeros(outputs, tokens);
+    let mut first = 0;
+    for w in dense {
+        let all = MatMut::from_column_major_slice_mut(y.as_mut_slice(), outputs, tokens);
+        dense_product(w, x, all.submatrix_mut(first, 0, w.nrows(), tokens));
+        first += w.nrows();
+    }
+    let bias: Vec<f32> = layers.iter().flat_map(|l| l.bias.iter().copied()).collect();
+    add_bias(&mut y, &DVector::from_vec(bias));
+    Some(Ok(y))
+}
+
+/// Token counts up to which [`dense_product`] splits the output rows between rayon's
+/// threads, each running a one-thread GEMM on its share; above it, faer's own parallel
+/// GEMM is as fast or faster, and at a sentence or a few of them slower: its threads
+/// meet at barriers within a product too short to hide them.
+const ROW_SPLIT_MAX_TOKENS: usize = 256;
+
+/// `dst = W x` by faer's GEMM on rayon's threads.
+fn dense_product(w: &DMatrix<f32>, x: &DMatrix<f32>, dst: MatMut<'_, f32>) {
+    let lhs = MatRef::from_column_major_slice(w.as_slice(), w.nrows(), w.ncols());
+    let rhs = MatRef::from_column_major_slice(x.as_slice(), x.nrows(), x.ncols());
+    if x.ncols() <= ROW_SPLIT_MAX_TOKENS {
+        product_by_rows(dst, lhs, rhs, rayon::current_num_threads());
+    } else {
+        faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, 1.0, Par::rayon(0));
+    }
+}
+
+/// `dst = lhs rhs` in `parts` one-thread GEMMs on bands of rows (whole vectors of 16,
+/// except the last), side by side on rayon's threads.
+fn product_by_rows(dst: MatMut<'_, f32>, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>, parts: usize) {
+    const BAND_ALIGN: usize = 16;
+    let rows = dst.nrows();
+    if parts <= 1 || rows <= BAND_ALIGN {
+        faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, 1.0, Par::Seq);
+        return;
+    }
+    let upper_parts = parts / 2;
+    let split = (rows * upper_parts / parts).next_multiple_of(BAND_ALIGN).min(rows);
+    let (upper, lower) = dst.split_at_row_mut(split);
+    let (lhs_upper, lhs_lower) = lhs.split_at_row(split);
+    rayon::join(
+        || product_by_rows(upper, lhs_upper, rhs, upper_parts),
+        || product_by_rows(lower, lhs_lower, rhs, parts - upper_parts),
+    );
 }
 
 /// Adds `bias` to every column of `y`, on rayon's threads.
@@ -510,6 +558,75 @@ mod tests {
         assert_eq!(long.dense_weights(), w);
         let x = DMatrix::from_fn(cols, 3, |r, c| ((r + c) % 3) as f32);
         assert_eq!(long.forward(&x).unwrap(), &w * &x);
+    }
+
+    fn filled(rows: usize, cols: usize, seed: usize) -> DMatrix<f32> {
+        DMatrix::from_fn(rows, cols, |r, c| ((r * 31 + c * 17 + seed) % 23) as f32 * 0.125 - 1.4)
+    }
+
+    /// Within a float's rounding of nalgebra's product (faer and nalgebra may sum in
+    /// different orders).
+    fn assert_close(got: &DMatrix<f32>, expected: &DMatrix<f32>, context: &str) {
+        assert_eq!(got.shape(), expected.shape(), "{context}");
+        for (g, e) in got.iter().zip(expected.iter()) {
+            assert!((g - e).abs() <= 1e-4 * (1.0 + e.abs()), "{context}: {g} against {e}");
+        }
+    }
+
+    /// The bands of rows cover every output once, whatever the rows' count against the
+    /// bands' alignment and however many parts.
+    #[test]
+    fn row_bands_compute_the_whole_product() {
+        for rows in [1, 15, 16, 17, 33, 100, 385] {
+            let w = filled(rows, 24, rows);
+            let x = filled(24, 5, 3);
+            let expected = &w * &x;
+            for parts in 1..=5 {
+                let mut y = DMatrix::from_element(rows, 5, f32::NAN);
+                let dst = MatMut::from_column_major_slice_mut(y.as_mut_slice(), rows, 5);
+                let lhs = MatRef::from_column_major_slice(w.as_slice(), rows, 24);
+                let rhs = MatRef::from_column_major_slice(x.as_slice(), 24, 5);
+                product_by_rows(dst, lhs, rhs, parts);
+                assert_close(&y, &expected, &format!("{rows} rows in {parts} parts"));
+            }
+        }
+    }
+
+    /// Stacked dense layers give each layer's own outputs, on both sides of the token
+    /// count where the GEMM changes its threading.
+    #[test]
+    fn stacked_layers_give_each_layers_outputs() {
+        let layers: Vec<Linear> = [40, 8, 33]
+            .into_iter()
+            .map(|outputs| {
+                let bias = DVector::from_fn(outputs, |r, _| r as f32 * 0.5);
+                Linear::new(format!("l{outputs}.weight"), filled(outputs, 12, outputs), bias)
+            })
+            .collect::<Result<_>>()
+            .unwrap();
+        let refs: Vec<&Linear> = layers.iter().collect();
+        for tokens in [0, 1, 7, ROW_SPLIT_MAX_TOKENS, ROW_SPLIT_MAX_TOKENS + 1] {
+            let x = filled(12, tokens, tokens);
+            let stacked = stacked_forward(&refs, &x).unwrap().unwrap();
+            assert_eq!(stacked.shape(), (81, tokens));
+            let mut first = 0;
+            for layer in &layers {
+                let mut expected = layer.dense_weights() * &x;
+                for mut column in expected.column_iter_mut() {
+                    column += layer.bias();
+                }
+                let rows = stacked.rows(first, layer.shape().0).into_owned();
+                assert_close(&rows, &expected, &format!("{} at {tokens} tokens", layer.name()));
+                assert_close(&layer.forward(&x).unwrap(), &expected, layer.name());
+                first += layer.shape().0;
+            }
+        }
+        assert!(stacked_forward(&refs, &filled(11, 3, 0)).unwrap().is_err());
+        let mut sparse = layers[1].clone();
+        sparse.set_format(Format::Csr).unwrap();
+        assert!(stacked_forward(&[&layers[0], &sparse], &filled(12, 3, 0)).is_none());
+        let other_inputs = Linear::new("o.weight", filled(4, 5, 0), DVector::zeros(4)).unwrap();
+        assert!(stacked_forward(&[&layers[0], &other_inputs], &filled(12, 3, 0)).is_none());
     }
 
     #[test]
