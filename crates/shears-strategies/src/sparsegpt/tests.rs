@@ -61,34 +61,37 @@ fn obs_oracle(w: &DMatrix<f64>, x: &DMatrix<f32>, mask: &Mask, damping: f64) -> 
     )
 }
 
+/// Every block size, and row counts below, at and past the row tiles' height.
 #[test]
 fn updates_equal_the_direct_obs_formula_for_every_block_size() {
-    let (rows, cols) = (6, 10);
-    let x = inputs(cols, 200, 1);
-    let w = weights(rows, cols, 2);
-    // f64 inputs: the Gram matrix is exact, so the updates are compared to 1e-9.
-    let mut stats = InputStats::new(cols, true);
-    stats.add(&x.map(f64::from)).unwrap();
-    // A fixed mask of exactly the target count: only the updates are compared.
-    let mask = Mask::from_fn(rows, cols, |r, c| (r * 7 + c * 3) % 5 >= 2).unwrap();
-    let sparsity = Sparsity::from_counts(mask.count_pruned(), rows * cols);
-    let expected = obs_oracle(&w, &x, &mask, 0.01);
-    for block in [1, 3, 4, 10, 128] {
-        let gpt = SparseGpt::new().with_block_size(block).unwrap();
-        let got = gpt
-            .prune(
-                "l",
-                &w,
-                &stats,
-                Pattern::Unstructured,
-                sparsity,
-                Rounding::HalfEven,
-                Some(&mask),
-            )
-            .unwrap();
-        assert_eq!(got.mask, mask, "block {block}");
-        let diff = (&got.weights - &expected).abs().max();
-        assert!(diff < 1e-9, "block {block}: weights differ from the OBS formula by {diff}");
+    for rows in [6, 8, 17] {
+        let cols = 10;
+        let x = inputs(cols, 200, 1);
+        let w = weights(rows, cols, 2);
+        // f64 inputs: the Gram matrix is exact, so the updates are compared to 1e-9.
+        let mut stats = InputStats::new(cols, true);
+        stats.add(&x.map(f64::from)).unwrap();
+        // A fixed mask of exactly the target count: only the updates are compared.
+        let mask = Mask::from_fn(rows, cols, |r, c| (r * 7 + c * 3) % 5 >= 2).unwrap();
+        let sparsity = Sparsity::from_counts(mask.count_pruned(), rows * cols);
+        let expected = obs_oracle(&w, &x, &mask, 0.01);
+        for block in [1, 3, 4, 10, 128] {
+            let gpt = SparseGpt::new().with_block_size(block).unwrap();
+            let got = gpt
+                .prune(
+                    "l",
+                    &w,
+                    &stats,
+                    Pattern::Unstructured,
+                    sparsity,
+                    Rounding::HalfEven,
+                    Some(&mask),
+                )
+                .unwrap();
+            assert_eq!(got.mask, mask, "{rows} rows, block {block}");
+            let diff = (&got.weights - &expected).abs().max();
+            assert!(diff < 1e-9, "{rows} rows, block {block}: {diff} off the OBS formula");
+        }
     }
 }
 
