@@ -185,7 +185,7 @@ impl EncoderLayer {
         observe(Site::Attention, x)?;
         let hidden = x.nrows();
         let context = match stacked_forward(&[&self.query, &self.key, &self.value], x) {
-            // Dense projections run as one GEMM.
+            // Dense projections write their rows of one output.
             Some(qkv) => {
                 let qkv = qkv?;
                 let p = Projections { q: (&qkv, 0), k: (&qkv, hidden), v: (&qkv, 2 * hidden) };
@@ -477,15 +477,8 @@ impl Weights<'_> {
     }
 
     fn read(&self, name: &str, shape: &[usize]) -> Result<(String, Vec<f32>)> {
-        let full = format!("{}{name}", self.prefix);
-        let found = self.model.find(&full).ok_or_else(|| self.error(&full, "missing".into()))?;
-        if found.info.shape != shape {
-            return Err(self.error(
-                &full,
-                format!("has shape {:?}, the config asks for {shape:?}", found.info.shape),
-            ));
-        }
-        let values = self.model.shards()[found.shard]
+        let (full, shard) = self.find(name, shape)?;
+        let values = self.model.shards()[shard]
             .read_values::<f32>(&full)
             .map_err(|e| self.error(&full, e.to_string()))?;
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
@@ -496,15 +489,43 @@ impl Weights<'_> {
         Ok((full, values))
     }
 
+    /// Tensor `name`'s full name and shard, once its shape is checked against `shape`.
+    fn find(&self, name: &str, shape: &[usize]) -> Result<(String, usize)> {
+        let full = format!("{}{name}", self.prefix);
+        let found = self.model.find(&full).ok_or_else(|| self.error(&full, "missing".into()))?;
+        if found.info.shape != shape {
+            return Err(self.error(
+                &full,
+                format!("has shape {:?}, the config asks for {shape:?}", found.info.shape),
+            ));
+        }
+        Ok((full, found.shard))
+    }
+
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
         Ok(self.read(name, &[len])?.1)
     }
 
     /// A `(rows, cols)` tensor, row-major in the file, as the `cols x rows` matrix whose
-    /// columns are its rows (no copy, no transpose).
+    /// columns are its rows (no copy, no transpose): an embedding table, looked up by
+    /// row.
     fn rows(&self, name: &str, (rows, cols): (usize, usize)) -> Result<DMatrix<f32>> {
         let values = self.read(name, &[rows, cols])?.1;
         Ok(DMatrix::from_vec(cols, rows, values))
+    }
+
+    /// A `(rows, cols)` tensor, row-major in the file, as the `rows x cols` matrix.
+    fn matrix(&self, name: &str, (rows, cols): (usize, usize)) -> Result<DMatrix<f32>> {
+        let (full, shard) = self.find(name, &[rows, cols])?;
+        let matrix = self.model.shards()[shard]
+            .read_matrix::<f32>(&full)
+            .map_err(|e| self.error(&full, e.to_string()))?;
+        if let Some(i) = matrix.iter().position(|v| !v.is_finite()) {
+            let (r, c) = (i % rows, i / rows);
+            let reason = format!("value {} at [{r}, {c}] is not finite", matrix[(r, c)]);
+            return Err(self.error(&full, reason));
+        }
+        Ok(matrix)
     }
 
     /// A linear layer: int8 (integer products) when its weight is stored as int8 with
@@ -515,8 +536,8 @@ impl Weights<'_> {
         if let Some(int8) = self.int8(&weight, shape)? {
             return Linear::from_int8(format!("{}{weight}", self.prefix), int8, bias);
         }
-        let transposed = self.rows(&weight, shape)?;
-        Linear::from_transposed(format!("{}{weight}", self.prefix), transposed, bias)
+        let weights = self.matrix(&weight, shape)?;
+        Linear::new(format!("{}{weight}", self.prefix), weights, bias)
     }
 
     /// Tensor `name` as int8 weights with their scales, if it is stored so.

@@ -16,9 +16,9 @@ use crate::error::{Error, Result};
 /// The weights of a linear layer, in the form its products run in.
 #[derive(Debug, Clone)]
 enum LinearWeights {
-    /// Dense, `W` column-major: the product `W x` is one GEMM (faer's, multi-threaded),
-    /// which reads the columns of `W` in place, where `W` row by row (as a checkpoint
-    /// stores it) would be repacked at every product.
+    /// Dense, `W` column-major, so that faer's GEMM takes `W` as it is (its kernels pack
+    /// it as they multiply) where a row-major `W` would first be transposed into packed
+    /// form at every product. See [`dense_product`] for the threads.
     Dense(DMatrix<f32>),
     /// Sparse, in the format chosen for it.
     Sparse(AnySparse<f32>),
@@ -404,10 +404,10 @@ pub(crate) fn stacked_forward(
     let outputs = dense.iter().map(|w| w.nrows()).sum();
     let tokens = x.ncols();
     let mut y = DMatrix::<f32>::zeros(outputs, tokens);
+    let mut all = MatMut::from_column_major_slice_mut(y.as_mut_slice(), outputs, tokens);
     let mut first = 0;
     for w in dense {
-        let all = MatMut::from_column_major_slice_mut(y.as_mut_slice(), outputs, tokens);
-        dense_product(w, x, all.submatrix_mut(first, 0, w.nrows(), tokens));
+        dense_product(w, x, all.as_mut().submatrix_mut(first, 0, w.nrows(), tokens));
         first += w.nrows();
     }
     let bias: Vec<f32> = layers.iter().flat_map(|l| l.bias.iter().copied()).collect();
@@ -415,26 +415,37 @@ pub(crate) fn stacked_forward(
     Some(Ok(y))
 }
 
-/// Token counts up to which [`dense_product`] splits the output rows between rayon's
-/// threads, each running a one-thread GEMM on its share; above it, faer's own parallel
-/// GEMM is as fast or faster, and at a sentence or a few of them slower: its threads
-/// meet at barriers within a product too short to hide them.
+/// The token count up to which [`dense_product`] splits the output rows into bands of
+/// [`BAND_ROWS`], each a one-thread GEMM on one of rayon's threads. faer's own parallel
+/// GEMM has its threads meet at barriers inside the product, which costs more than it
+/// shares in products this short; at thousands of tokens it is the faster of the two.
 const ROW_SPLIT_MAX_TOKENS: usize = 256;
 
-/// `dst = W x` by faer's GEMM on rayon's threads.
+/// Output rows per band of a short product: a multiple of faer's f32 register tiles
+/// (up to 96 rows), and few enough rows that a 384-output layer has work for four
+/// threads. The bands follow from the shape alone, never from the thread count, so
+/// neither do the outputs' bits.
+const BAND_ROWS: usize = 96;
+
+/// `dst = W x` by faer's GEMM on rayon's threads (`dst` is not read).
 fn dense_product(w: &DMatrix<f32>, x: &DMatrix<f32>, dst: MatMut<'_, f32>) {
     let lhs = MatRef::from_column_major_slice(w.as_slice(), w.nrows(), w.ncols());
     let rhs = MatRef::from_column_major_slice(x.as_slice(), x.nrows(), x.ncols());
     if x.ncols() <= ROW_SPLIT_MAX_TOKENS {
-        product_by_rows(dst, lhs, rhs, rayon::current_num_threads());
+        product_in_row_bands(dst, lhs, rhs, w.nrows().div_ceil(BAND_ROWS));
     } else {
         faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, 1.0, Par::rayon(0));
     }
 }
 
-/// `dst = lhs rhs` in `parts` one-thread GEMMs on bands of rows (whole vectors of 16,
-/// except the last), side by side on rayon's threads.
-fn product_by_rows(dst: MatMut<'_, f32>, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>, parts: usize) {
+/// `dst = lhs rhs` (`dst` is not read) in `parts` one-thread GEMMs on bands of rows
+/// (whole vectors of 16, except the last), in parallel on rayon's threads.
+fn product_in_row_bands(
+    dst: MatMut<'_, f32>,
+    lhs: MatRef<'_, f32>,
+    rhs: MatRef<'_, f32>,
+    parts: usize,
+) {
     const BAND_ALIGN: usize = 16;
     let rows = dst.nrows();
     if parts <= 1 || rows <= BAND_ALIGN {
@@ -446,8 +457,8 @@ fn product_by_rows(dst: MatMut<'_, f32>, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f
     let (upper, lower) = dst.split_at_row_mut(split);
     let (lhs_upper, lhs_lower) = lhs.split_at_row(split);
     rayon::join(
-        || product_by_rows(upper, lhs_upper, rhs, upper_parts),
-        || product_by_rows(lower, lhs_lower, rhs, parts - upper_parts),
+        || product_in_row_bands(upper, lhs_upper, rhs, upper_parts),
+        || product_in_row_bands(lower, lhs_lower, rhs, parts - upper_parts),
     );
 }
 
@@ -566,6 +577,7 @@ mod tests {
 
     /// Within a float's rounding of nalgebra's product (faer and nalgebra may sum in
     /// different orders).
+    #[track_caller]
     fn assert_close(got: &DMatrix<f32>, expected: &DMatrix<f32>, context: &str) {
         assert_eq!(got.shape(), expected.shape(), "{context}");
         for (g, e) in got.iter().zip(expected.iter()) {
@@ -573,60 +585,114 @@ mod tests {
         }
     }
 
-    /// The bands of rows cover every output once, whatever the rows' count against the
-    /// bands' alignment and however many parts.
+    /// `W x` by [`dense_product`] on `threads` threads, into an output that starts as
+    /// NaN (a row no band writes stays NaN).
+    fn product_on(threads: usize, w: &DMatrix<f32>, x: &DMatrix<f32>) -> DMatrix<f32> {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let mut y = DMatrix::from_element(w.nrows(), x.ncols(), f32::NAN);
+        let dst = MatMut::from_column_major_slice_mut(y.as_mut_slice(), w.nrows(), x.ncols());
+        pool.install(|| dense_product(w, x, dst));
+        y
+    }
+
+    /// Bands cover every output once, whatever the rows' count against the bands'
+    /// sizes, and the outputs' bits do not depend on the thread count; on both sides of
+    /// the token count where faer's own parallel GEMM takes over.
     #[test]
-    fn row_bands_compute_the_whole_product() {
+    fn dense_products_do_not_depend_on_the_thread_count() {
+        let shapes =
+            [(0, 8, 3), (1, 24, 5), (15, 24, 0), (16, 24, 1), (17, 600, 5)].into_iter().chain([
+                (97, 40, 2),
+                (385, 24, 9),
+                (384, 384, 128),
+                (200, 16, ROW_SPLIT_MAX_TOKENS + 3),
+            ]);
+        for (rows, inputs, tokens) in shapes {
+            let w = filled(rows, inputs, rows);
+            let x = filled(inputs, tokens, 3);
+            let one = product_on(1, &w, &x);
+            let context = format!("{rows}x{inputs} by {tokens} tokens");
+            assert_close(&one, &(&w * &x), &context);
+            for threads in [2, 3, 8] {
+                let got = product_on(threads, &w, &x);
+                let same = got.iter().zip(one.iter()).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{context} on {threads} threads differs from one thread");
+            }
+        }
+    }
+
+    /// However many bands, every output row is written once.
+    #[test]
+    fn row_bands_cover_every_row() {
         for rows in [1, 15, 16, 17, 33, 100, 385] {
-            let w = filled(rows, 24, rows);
-            let x = filled(24, 5, 3);
-            let expected = &w * &x;
-            for parts in 1..=5 {
+            let (w, x) = (filled(rows, 24, rows), filled(24, 5, 3));
+            for parts in [1, 2, 3, 5, 64] {
                 let mut y = DMatrix::from_element(rows, 5, f32::NAN);
                 let dst = MatMut::from_column_major_slice_mut(y.as_mut_slice(), rows, 5);
                 let lhs = MatRef::from_column_major_slice(w.as_slice(), rows, 24);
                 let rhs = MatRef::from_column_major_slice(x.as_slice(), 24, 5);
-                product_by_rows(dst, lhs, rhs, parts);
-                assert_close(&y, &expected, &format!("{rows} rows in {parts} parts"));
+                product_in_row_bands(dst, lhs, rhs, parts);
+                assert_close(&y, &(&w * &x), &format!("{rows} rows in {parts} bands"));
             }
         }
     }
 
     /// Stacked dense layers give each layer's own outputs, on both sides of the token
-    /// count where the GEMM changes its threading.
+    /// count where the GEMM changes its threading, on three threads so that the bands
+    /// split the stacked output's rows.
     #[test]
     fn stacked_layers_give_each_layers_outputs() {
-        let layers: Vec<Linear> = [40, 8, 33]
-            .into_iter()
-            .map(|outputs| {
-                let bias = DVector::from_fn(outputs, |r, _| r as f32 * 0.5);
-                Linear::new(format!("l{outputs}.weight"), filled(outputs, 12, outputs), bias)
-            })
+        let sizes = [40, 8, 33];
+        let weights: Vec<DMatrix<f32>> = sizes.iter().map(|&o| filled(o, 12, o)).collect();
+        let biases: Vec<DVector<f32>> =
+            sizes.iter().map(|&o| DVector::from_fn(o, |r, _| r as f32 * 0.5)).collect();
+        let layers: Vec<Linear> = weights
+            .iter()
+            .zip(&biases)
+            .map(|(w, b)| Linear::new(format!("l{}.weight", w.nrows()), w.clone(), b.clone()))
             .collect::<Result<_>>()
             .unwrap();
         let refs: Vec<&Linear> = layers.iter().collect();
-        for tokens in [0, 1, 7, ROW_SPLIT_MAX_TOKENS, ROW_SPLIT_MAX_TOKENS + 1] {
-            let x = filled(12, tokens, tokens);
-            let stacked = stacked_forward(&refs, &x).unwrap().unwrap();
-            assert_eq!(stacked.shape(), (81, tokens));
-            let mut first = 0;
-            for layer in &layers {
-                let mut expected = layer.dense_weights() * &x;
-                for mut column in expected.column_iter_mut() {
-                    column += layer.bias();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        pool.install(|| {
+            for tokens in [0, 1, 7, ROW_SPLIT_MAX_TOKENS, ROW_SPLIT_MAX_TOKENS + 1] {
+                let x = filled(12, tokens, tokens);
+                let stacked = stacked_forward(&refs, &x).unwrap().unwrap();
+                assert_eq!(stacked.shape(), (81, tokens));
+                let mut first = 0;
+                for ((w, b), layer) in weights.iter().zip(&biases).zip(&layers) {
+                    let mut expected = w * &x;
+                    for mut column in expected.column_iter_mut() {
+                        column += b;
+                    }
+                    let rows = stacked.rows(first, w.nrows()).into_owned();
+                    let context = format!("{} at {tokens} tokens", layer.name());
+                    assert_close(&rows, &expected, &context);
+                    assert_close(&layer.forward(&x).unwrap(), &expected, &context);
+                    first += w.nrows();
                 }
-                let rows = stacked.rows(first, layer.shape().0).into_owned();
-                assert_close(&rows, &expected, &format!("{} at {tokens} tokens", layer.name()));
-                assert_close(&layer.forward(&x).unwrap(), &expected, layer.name());
-                first += layer.shape().0;
             }
-        }
+        });
         assert!(stacked_forward(&refs, &filled(11, 3, 0)).unwrap().is_err());
         let mut sparse = layers[1].clone();
         sparse.set_format(Format::Csr).unwrap();
         assert!(stacked_forward(&[&layers[0], &sparse], &filled(12, 3, 0)).is_none());
         let other_inputs = Linear::new("o.weight", filled(4, 5, 0), DVector::zeros(4)).unwrap();
         assert!(stacked_forward(&[&layers[0], &other_inputs], &filled(12, 3, 0)).is_none());
+    }
+
+    /// A layer built from `Wᵀ`, as a checkpoint stores it, is the layer built from `W`.
+    #[test]
+    fn transposed_weights_build_the_same_layer() {
+        let w = filled(6, 9, 4);
+        let bias = DVector::from_fn(6, |r, _| r as f32);
+        let from_w = Linear::new("a.weight", w.clone(), bias.clone()).unwrap();
+        let from_wt = Linear::from_transposed("a.weight", w.transpose(), bias).unwrap();
+        assert_eq!(from_wt.shape(), (6, 9));
+        assert_eq!(from_wt.dense_weights(), w);
+        let x = filled(9, 4, 1);
+        assert_eq!(from_wt.forward(&x).unwrap(), from_w.forward(&x).unwrap());
+        assert!(Linear::from_transposed("b", DMatrix::zeros(3, 2), DVector::zeros(3)).is_err());
     }
 
     #[test]
