@@ -211,15 +211,18 @@ fn observe(
         let input = x.columns(start, tokens).into_owned();
         model.observe_layer(layer, &input, &lengths[chunk], &mut |site, seen| {
             if let Some(c) = stats.iter_mut().find(|c| c.site == site) {
-                if let Some(i) = seen.iter().position(|v| !v.is_finite()) {
-                    return Err(Error::Argument(format!(
-                        "the calibration inputs of `{}` reach {} (input feature {}): a weight or output before this layer overflows",
-                        c.reader,
-                        seen[i],
-                        i % seen.nrows()
-                    )));
-                }
-                c.stats.add(seen)?;
+                // `add` refuses non-finite inputs; the error names the layer that reads them.
+                c.stats.add(seen).map_err(|e| match e {
+                    shears_strategies::Error::Core(shears_core::Error::NonFinite { index, .. }) => {
+                        Error::Argument(format!(
+                            "the calibration inputs of `{}` reach {} (input feature {}): a weight or output before this layer overflows",
+                            c.reader,
+                            seen[index],
+                            index % seen.nrows()
+                        ))
+                    }
+                    other => other.into(),
+                })?;
             }
             Ok(())
         })?;
