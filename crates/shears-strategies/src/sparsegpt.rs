@@ -9,6 +9,8 @@ use faer::linalg::matmul::matmul;
 use faer::linalg::triangular_inverse::invert_lower_triangular;
 use faer::prelude::default;
 use faer::{Accum, Par};
+use std::ops::Range;
+
 use nalgebra::DMatrix;
 use pulp::{Arch, Simd, WithSimd};
 use shears_core::{Mask, Rounding, Scalar, Sparsity, check_finite};
@@ -358,8 +360,8 @@ fn prune_lowest_in_block(
 /// Prunes the columns `block` of `w` left to right (N:M groups chosen as they are
 /// reached, unstructured ones already chosen in `mask`) and moves each pruned
 /// weight's error onto the block's later columns; returns the errors (`rows x
-/// block`, each scaled by its column's inverse Hessian diagonal) for the update of
-/// the columns after the block.
+/// block.len()`, each divided by its column's inverse Hessian diagonal) for the
+/// update of the columns after the block.
 ///
 /// Each row's steps depend on that row alone, so the block is taken [`ROW_TILE`]
 /// rows at a time, copied into a tile small enough for L1 whose column loop runs in
@@ -369,7 +371,7 @@ fn prune_block(
     w: &mut DMatrix<f64>,
     mask: &mut Mask,
     hinv: &DMatrix<f64>,
-    block: std::ops::Range<usize>,
+    block: Range<usize>,
     nm: Option<(usize, usize)>,
 ) -> Result<DMatrix<f64>> {
     let (rows, start, width) = (w.nrows(), block.start, block.len());
@@ -401,9 +403,11 @@ struct ColumnLoop<'a> {
     tile: &'a mut RowTile,
     /// The block's inverse Hessian factor, row by row ([`prune_block`]).
     h: &'a [f64],
+    /// The block's inverse Hessian diagonal, the N:M groups' scores' divisors.
     diagonal: &'a [f64],
     /// The block's first column.
     start: usize,
+    /// `(n, m)` for N:M pruning; `None` when the block's mask is already chosen.
     nm: Option<(usize, usize)>,
 }
 
@@ -414,7 +418,9 @@ impl WithSimd for ColumnLoop<'_> {
     fn with_simd<S: Simd>(self, _: S) {
         let width = self.diagonal.len();
         // (A loop, not iterator adaptors taking closures: a closure would be compiled
-        // without the dispatch's target features.)
+        // without the dispatch's target features. The N:M groups' scoring and sorting
+        // does take closures and stays at baseline width: it runs once per group, the
+        // error loop once per later column.)
         for k in 0..width {
             if let Some((n, m)) = self.nm
                 && (self.start + k).is_multiple_of(m)
@@ -427,8 +433,8 @@ impl WithSimd for ColumnLoop<'_> {
 }
 
 /// Rows of a block taken together through its column loop: one AVX-512 vector of f64
-/// per column, and a 128-column block's tile (16 KiB of weights and as much of errors)
-/// fits in L1.
+/// per column, and a 128-column block's tile (8 KiB of weights and as much of errors)
+/// stays in L1 while the block's inverse Hessian rows stream past it.
 const ROW_TILE: usize = 8;
 
 /// [`ROW_TILE`] rows of a block, column by column: weight `(t, k)` of the tile at
@@ -465,7 +471,7 @@ impl RowTile {
     /// with the highest `w² / d²` (`d` the inverse Hessian's diagonal from the group's
     /// first column on); ties prune the lower column first. A group with `n` or fewer
     /// kept weights keeps them.
-    fn prune_groups(&mut self, group: std::ops::Range<usize>, d: &[f64], n: usize) {
+    fn prune_groups(&mut self, group: Range<usize>, d: &[f64], n: usize) {
         let mut scores: Vec<(f64, usize)> = Vec::with_capacity(group.len());
         for t in 0..ROW_TILE {
             scores.clear();

@@ -332,3 +332,147 @@ fn an_overflowed_hessian_is_an_error() {
     assert!(matches!(&err, Error::HessianOverflow { tensor, .. } if tensor == "big"), "{err}");
     assert!(err.to_string().contains("overflows"), "{err}");
 }
+
+/// A block's column loop over whole columns, as it ran before the row tiles: the
+/// oracle for [`prune_block`]'s bits. N:M groups are chosen as they are reached (ties
+/// keep the higher column); the mask of other columns is taken as it is.
+fn whole_columns(
+    w: &mut DMatrix<f64>,
+    mask: &mut Mask,
+    hinv: &DMatrix<f64>,
+    block: Range<usize>,
+    nm: Option<(usize, usize)>,
+) -> DMatrix<f64> {
+    let rows = w.nrows();
+    let mut err = DMatrix::<f64>::zeros(rows, block.len());
+    for i in block.clone() {
+        let k = i - block.start;
+        if let Some((n, m)) = nm
+            && i % m == 0
+        {
+            for r in 0..rows {
+                let mut group: Vec<(f64, usize)> = (i..(i + m).min(block.end))
+                    .filter(|&c| mask.get(r, c) == Some(true))
+                    .map(|c| (w[(r, c)] * w[(r, c)] / (hinv[(c, c)] * hinv[(c, c)]), c))
+                    .collect();
+                group.sort_by(|a, b| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)));
+                for &(_, c) in group.iter().skip(n) {
+                    mask.set(r, c, false).unwrap();
+                }
+            }
+        }
+        for r in 0..rows {
+            let v = w[(r, i)];
+            let q = if mask.get(r, i) == Some(true) { v } else { 0.0 };
+            let e = (v - q) / hinv[(i, i)];
+            err[(r, k)] = e;
+            w[(r, i)] = q;
+            for j in i + 1..block.end {
+                if hinv[(i, j)] != 0.0 {
+                    w[(r, j)] -= hinv[(i, j)] * e;
+                }
+            }
+        }
+    }
+    err
+}
+
+fn same_bits(a: &DMatrix<f64>, b: &DMatrix<f64>) -> bool {
+    a.shape() == b.shape() && a.iter().zip(b.iter()).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// The row tiles give the whole-column loop's weights, errors and masks bit for bit:
+/// row counts around the tile's height, N:M groups that do and do not divide the
+/// block, masks the caller already pruned (groups left with n or fewer kept weights
+/// among them), and equal scores within a group.
+#[test]
+fn row_tiles_give_the_whole_column_loops_bits() {
+    let cols = 12;
+    let factor =
+        SparseGpt::new().inverse_hessian("l", &stats(&inputs(cols, 80, 31))).unwrap().factor;
+    for rows in [1, 7, 8, 9, 17] {
+        for nm in [None, Some((2, 4)), Some((1, 3)), Some((2, 5))] {
+            for kept_pattern in [0, 3, 5] {
+                let mut w = weights(rows, cols, rows as u64);
+                // Equal scores in a group: in even rows, three zeros in the first group
+                // of four, one of which 2:4 keeps (the highest column).
+                for r in (0..rows).step_by(2) {
+                    for c in 1..4 {
+                        w[(r, c)] = 0.0;
+                    }
+                }
+                let mask = Mask::from_fn(rows, cols, |r, c| {
+                    kept_pattern == 0 || (r * 7 + c * 3) % kept_pattern != 0
+                })
+                .unwrap();
+                for block in [0..cols, 0..8, 8..cols] {
+                    let (mut w_tiles, mut mask_tiles) = (w.clone(), mask.clone());
+                    let err_tiles =
+                        prune_block(&mut w_tiles, &mut mask_tiles, &factor, block.clone(), nm)
+                            .unwrap();
+                    let (mut w_whole, mut mask_whole) = (w.clone(), mask.clone());
+                    let err_whole =
+                        whole_columns(&mut w_whole, &mut mask_whole, &factor, block.clone(), nm);
+                    let context = format!("{rows} rows, {nm:?}, mask {kept_pattern}, {block:?}");
+                    assert_eq!(mask_tiles, mask_whole, "{context}");
+                    assert!(same_bits(&w_tiles, &w_whole), "{context}: weights");
+                    assert!(same_bits(&err_tiles, &err_whole), "{context}: errors");
+                }
+            }
+        }
+    }
+}
+
+/// [`ColumnLoop`] for a given SIMD type, on one tile of `w`.
+fn column_loop_with<S: Simd>(
+    simd: S,
+    w: &DMatrix<f64>,
+    h: &[f64],
+    nm: Option<(usize, usize)>,
+) -> RowTile {
+    let width = w.ncols();
+    let mut tile = RowTile::new(width);
+    tile.load(w, &Mask::all_kept_like(w), 0, w.nrows(), 0);
+    let diagonal: Vec<f64> = (0..width).map(|k| h[k * width + k]).collect();
+    ColumnLoop { tile: &mut tile, h, diagonal: &diagonal, start: 0, nm }.with_simd(simd);
+    tile
+}
+
+/// [`ColumnLoop`] for this CPU's widest SIMD.
+struct Native<'a>(&'a DMatrix<f64>, &'a [f64], Option<(usize, usize)>);
+
+impl WithSimd for Native<'_> {
+    type Output = RowTile;
+    fn with_simd<S: Simd>(self, simd: S) -> RowTile {
+        column_loop_with(simd, self.0, self.1, self.2)
+    }
+}
+
+/// The column loop gives the same bits compiled for every SIMD width pulp offers and
+/// for this CPU's own.
+#[test]
+fn every_simd_width_gives_the_same_bits() {
+    let width = 12;
+    let factor =
+        SparseGpt::new().inverse_hessian("l", &stats(&inputs(width, 80, 5))).unwrap().factor;
+    let h: Vec<f64> = (0..width * width)
+        .map(|i| if i % width >= i / width { factor[(i / width, i % width)] } else { 0.0 })
+        .collect();
+    let w = weights(ROW_TILE, width, 9);
+    for nm in [None, Some((2, 4))] {
+        let want = column_loop_with(pulp::Scalar, &w, &h, nm);
+        let got = [
+            ("128-bit", column_loop_with(pulp::Scalar128b, &w, &h, nm)),
+            ("256-bit", column_loop_with(pulp::Scalar256b, &w, &h, nm)),
+            ("512-bit", column_loop_with(pulp::Scalar512b, &w, &h, nm)),
+            ("this CPU", Arch::new().dispatch(Native(&w, &h, nm))),
+        ];
+        for (name, tile) in got {
+            let same =
+                |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same(&tile.values, &want.values), "{name}, {nm:?}: weights");
+            assert!(same(&tile.errors, &want.errors), "{name}, {nm:?}: errors");
+            assert_eq!(tile.kept, want.kept, "{name}, {nm:?}: mask");
+        }
+    }
+}
