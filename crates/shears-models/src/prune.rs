@@ -213,7 +213,9 @@ fn observe(
             if let Some(c) = stats.iter_mut().find(|c| c.site == site) {
                 // `add` refuses non-finite inputs; the error names the layer that reads them.
                 c.stats.add(seen).map_err(|e| match e {
-                    shears_strategies::Error::Core(shears_core::Error::NonFinite { index, .. }) => {
+                    shears_strategies::Error::Core(shears_core::Error::NonFinite { index, .. })
+                        if index < seen.len() =>
+                    {
                         Error::Argument(format!(
                             "the calibration inputs of `{}` reach {} (input feature {}): a weight or output before this layer overflows",
                             c.reader,
