@@ -12,13 +12,20 @@
 //! AVX-512 paths gather eight at a time, as the f32 kernels do (where the CPU gathers
 //! faster than it loads). Both are bound by those loads, one per stored weight. CPUs
 //! with AVX-512 VBMI and VNNI look up 64 stored weights' inputs at a time instead: the
-//! quantized inputs, stored as bytes plus 128, lie in windows of 128, and for each
-//! window the 64 weights' columns reach, one `vpermi2b` picks every weight's input from
-//! it; a tree of blends keeps each weight's own window's pick, and one `vpdpbusd`
-//! multiplies and adds them all. At 90% sparsity 64 stored weights reach about six
-//! windows, and the step visits a fixed eight (a loop whose end the CPU predicts):
-//! about thirty vector instructions where the gathers take 64 loads. Sparser matrices,
-//! whose steps would reach more windows, gather.
+//! quantized inputs, stored as bytes plus 128, lie in windows of 128; for each window,
+//! one `vpermi2b` picks every weight's input from it, a tree of blends keeps each
+//! weight's own window's pick, and one `vpdpbusd` multiplies and adds them all. Two
+//! copies choose the windows:
+//!
+//! - the grouped copy (16-bit columns, 6% to 22% of the entries stored, 90% sparsity
+//!   among them) steps through aligned groups of two or four windows, one step per
+//!   group's entries, and walks four rows at once, since where each step starts
+//!   depends on the last;
+//! - the stepping copy (denser matrices, and 32-bit columns) takes 64 weights per step
+//!   and visits a fixed number of windows from the first one's (a loop whose end the CPU
+//!   predicts).
+//!
+//! Sparser matrices, whose steps would serve too few weights per window, gather.
 
 use std::ops::Range;
 
@@ -29,6 +36,9 @@ use crate::kernels::{CsrView, KernelPath, combine, for_units, kernel_path};
 
 /// Inputs per window: the two 64-byte vectors one `vpermi2b` picks from.
 const WINDOW: usize = 128;
+
+/// The alignment of the biased inputs.
+const CACHE_LINE: usize = 64;
 
 /// The most windows a step of the permuting copy visits in a fixed loop, however few it
 /// reaches (a step that reaches more visits those it reaches): the biased inputs are
@@ -48,10 +58,12 @@ const STEP: usize = 64;
 struct Token {
     scale: f32,
     values: Vec<i16>,
-    /// The values plus [`ACTIVATION_BIAS`] as bytes, padded with the bias (which stands
-    /// for zero) to a whole number of [`WINDOW`]s and [`MAX_TRIPS`] more: filled only for
-    /// the permuting copy.
+    /// The values plus [`ACTIVATION_BIAS`] as bytes from `biased[skip..]` (the first
+    /// cache-line boundary of the buffer, so that no window's load splits a line),
+    /// padded with the bias (which stands for zero) to a whole number of [`WINDOW`]s and
+    /// [`MAX_TRIPS`] more: filled only for the permuting copies.
     biased: Vec<u8>,
+    skip: usize,
     /// The values' 16 bits in the low half of 32, the high half zero (so that
     /// `vpmaddwd` multiplies them alone): filled only for the gathering copy.
     wide: Vec<i32>,
@@ -68,19 +80,31 @@ impl Token {
         if !scale.is_nan() {
             quantize_run(path, x, scale, &mut values);
         }
-        let biased = if matches!(copy, Fetch::Permuting { .. }) {
+        let (mut biased, mut skip) = (Vec::<u8>::new(), 0);
+        if matches!(copy, Fetch::Permuting { .. } | Fetch::Grouped { .. }) {
             let bias = |v: i16| (i32::from(v) + ACTIVATION_BIAS) as u8;
-            let padding = x.len().next_multiple_of(WINDOW) - x.len() + MAX_TRIPS * WINDOW;
-            values.iter().map(|&v| bias(v)).chain(std::iter::repeat_n(bias(0), padding)).collect()
-        } else {
-            Vec::new()
-        };
+            let len = x.len().next_multiple_of(WINDOW) + MAX_TRIPS * WINDOW;
+            biased.reserve_exact(len + CACHE_LINE);
+            skip = biased.as_ptr().align_offset(CACHE_LINE).min(CACHE_LINE);
+            biased.resize(skip, 0);
+            biased.extend(values.iter().map(|&v| bias(v)));
+            biased.resize(skip + len, bias(0));
+        }
         let wide = if copy == Fetch::Gathering {
             values.iter().map(|&v| i32::from(v as u16)).collect()
         } else {
             Vec::new()
         };
-        Token { scale, values, biased, wide }
+        Token { scale, values, biased, skip, wide }
+    }
+
+    /// The biased inputs and their padding, from a cache-line boundary.
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        expect(dead_code, reason = "only the x86 copies permute")
+    )]
+    fn biased(&self) -> &[u8] {
+        &self.biased[self.skip..]
     }
 }
 
@@ -92,13 +116,20 @@ enum Fetch {
     /// Eight at a time with a gather instruction (AVX2 and AVX-512 paths where
     /// [`gathers`](crate::kernels::gathers) measured them faster).
     Gathering,
-    /// From windows of 128 by permutes (AVX-512 VBMI and VNNI), visiting `trips`
-    /// windows per step ([`trips`]).
+    /// From windows of 128 by permutes (AVX-512 VBMI and VNNI), 64 weights per step,
+    /// visiting `trips` windows per step ([`trips`]).
     #[cfg_attr(
         not(target_arch = "x86_64"),
         allow(dead_code, reason = "only the x86 copies permute")
     )]
     Permuting { trips: usize },
+    /// From windows of 128 by permutes (AVX-512 VBMI and VNNI, POPCNT, 16-bit columns),
+    /// one step per aligned group of `windows` windows ([`group_windows`]).
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        allow(dead_code, reason = "only the x86 copies permute")
+    )]
+    Grouped { windows: usize },
 }
 
 impl Fetch {
@@ -106,12 +137,17 @@ impl Fetch {
     fn on<I: SpIndex>(path: KernelPath, a: CsrView<'_, f32, I, i8>) -> Fetch {
         #[cfg(target_arch = "x86_64")]
         {
-            use crate::kernels::isa::vbmi_vnni;
-            if path == KernelPath::Avx512
-                && vbmi_vnni()
-                && let Some(trips) = trips(a)
-            {
-                return Fetch::Permuting { trips };
+            use crate::kernels::isa::{is, vbmi_vnni};
+            if path == KernelPath::Avx512 && vbmi_vnni() {
+                if is::<I, u16>()
+                    && is_x86_feature_detected!("popcnt")
+                    && let Some(windows) = group_windows(a)
+                {
+                    return Fetch::Grouped { windows };
+                }
+                if let Some(trips) = trips(a) {
+                    return Fetch::Permuting { trips };
+                }
             }
             // Gathers take signed 32-bit offsets.
             if matches!(path, KernelPath::Avx2 | KernelPath::Avx512)
@@ -143,6 +179,30 @@ fn trips<I: SpIndex>(a: CsrView<'_, f32, I, i8>) -> Option<usize> {
     [2, 4, MAX_TRIPS].into_iter().find(|&t| covers(t))
 }
 
+/// Entries a group of the grouped copy should hold on average, at most: 7/8 of a step,
+/// so that few groups overflow into a second step.
+const GROUP_FILL: usize = STEP * 7 / 8;
+
+/// Entries a group of four windows should hold on average, at least: at fewer, each
+/// step's four permutes serve too few entries, and matrices that sparse gather.
+const GROUP_MIN_FILL: usize = STEP / 2;
+
+/// How many windows a group of the grouped copy should span over `a`'s rows: 4 if
+/// four windows' columns hold between [`GROUP_MIN_FILL`] and [`GROUP_FILL`] entries at
+/// `a`'s average density (6.25% to 10.9% of the entries stored), 2 if two windows' hold
+/// at most [`GROUP_FILL`] (up to 21.9%); `None` for denser matrices (which visit fixed
+/// [`trips`]) and sparser ones (which gather).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code, reason = "only the x86 copies permute"))]
+fn group_windows<I: SpIndex>(a: CsrView<'_, f32, I, i8>) -> Option<usize> {
+    let stored = (a.indptr[a.nrows] - a.indptr[0]) as u128;
+    let cells = a.nrows as u128 * a.ncols as u128;
+    // Whether `g` windows' columns hold at most `fill` entries on average, `stored * g *
+    // WINDOW / cells <= fill`, multiplied out in u128, which no product here overflows.
+    let holds = |g: usize, fill: usize| stored * (g * WINDOW) as u128 <= fill as u128 * cells;
+    let windows = [4, 2].into_iter().find(|&g| holds(g, GROUP_FILL))?;
+    (windows == 2 || !holds(4, GROUP_MIN_FILL - 1)).then_some(windows)
+}
+
 /// `y <- alpha * A x + beta * y` for an int8 CSR matrix (`a.values` in `-127..=127`, its
 /// row scales given or all 1), `x` quantized as one token.
 pub(crate) fn int8_csr_spmv<I: SpIndex>(
@@ -167,6 +227,12 @@ pub(crate) fn int8_csr_spmv<I: SpIndex>(
         // SAFETY: Fetch::on chose this copy on the AVX2 or AVX-512 path, resolved only
         // after detecting AVX2; the token's wide inputs are filled for it.
         Fetch::Gathering => unsafe { x86::gathering_rows(a, rows, &token, alpha, beta, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Fetch::on chose this copy after `vbmi_vnni` and POPCNT were detected, for
+        // 16-bit columns; the token's biased inputs are filled for it.
+        Fetch::Grouped { windows } => unsafe {
+            x86::grouped_rows(a, rows, &token, windows, alpha, beta, out)
+        },
         _ => finish_rows(a, rows, &token, alpha, beta, out, |cols, weights| {
             plain_dot(cols, weights, &token.values)
         }),
@@ -186,24 +252,38 @@ fn finish_rows<I: SpIndex>(
     mut dot: impl FnMut(&[I], &[i8]) -> i32,
 ) {
     for (r, y) in rows.zip(out) {
-        let entries = a.indptr[r]..a.indptr[r + 1];
-        let (cols, weights) = (&a.indices[entries.clone()], &a.values[entries]);
-        let scale = a.row_scales.map_or(1.0, |s| s[r]);
-        let (mut v, mut e) = (0.0f32, 0);
-        // As the batched kernel: each span's sum times the row's scale, added in order;
-        // a span without entries adds nothing.
-        while let Some(c) = cols.get(e) {
-            let used = if a.ncols <= MAX_SPAN {
-                cols.len() - e
-            } else {
-                let limit = (c.index() / MAX_SPAN + 1) * MAX_SPAN;
-                cols[e..].partition_point(|c| c.index() < limit)
-            };
-            v += dot(&cols[e..e + used], &weights[e..e + used]) as f32 * scale;
-            e += used;
-        }
-        *y = combine(alpha, v * token.scale, beta, *y);
+        finish_row(a, r, token, alpha, beta, y, &mut dot);
     }
+}
+
+/// Row `r` of the product into `y`, each span's integer sum from `dot(columns, weights)`.
+#[inline(always)]
+fn finish_row<I: SpIndex>(
+    a: CsrView<'_, f32, I, i8>,
+    r: usize,
+    token: &Token,
+    alpha: f32,
+    beta: f32,
+    y: &mut f32,
+    mut dot: impl FnMut(&[I], &[i8]) -> i32,
+) {
+    let entries = a.indptr[r]..a.indptr[r + 1];
+    let (cols, weights) = (&a.indices[entries.clone()], &a.values[entries]);
+    let scale = a.row_scales.map_or(1.0, |s| s[r]);
+    let (mut v, mut e) = (0.0f32, 0);
+    // As the batched kernel: each span's sum times the row's scale, added in order; a
+    // span without entries adds nothing.
+    while let Some(c) = cols.get(e) {
+        let used = if a.ncols <= MAX_SPAN {
+            cols.len() - e
+        } else {
+            let limit = (c.index() / MAX_SPAN + 1) * MAX_SPAN;
+            cols[e..].partition_point(|c| c.index() < limit)
+        };
+        v += dot(&cols[e..e + used], &weights[e..e + used]) as f32 * scale;
+        e += used;
+    }
+    *y = combine(alpha, v * token.scale, beta, *y);
 }
 
 /// The exact sum of `weights[e] * values[cols[e]]`, one load per stored weight.
@@ -217,7 +297,7 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::{MAX_TRIPS, STEP, Token, WINDOW, finish_rows, plain_dot};
+    use super::{MAX_SPAN, MAX_TRIPS, STEP, Token, WINDOW, finish_row, finish_rows, plain_dot};
     use crate::index::SpIndex;
     use crate::kernels::CsrView;
     use crate::kernels::isa::is;
@@ -391,14 +471,15 @@ mod x86 {
             }
             // Every window's 128 bytes lie inside the padded inputs (past the last one
             // reached, the padding's).
-            assert!((first + windows) * WINDOW <= token.biased.len());
+            let biased = token.biased();
+            assert!((first + windows) * WINDOW <= biased.len());
             let live = u64::MAX >> (STEP - len);
             // SAFETY: the masked load reads the `len` weights only.
             let w = unsafe { _mm512_maskz_loadu_epi8(live, weights.as_ptr().cast()) };
             let (low, offset) = column_bytes(cols, first);
-            // SAFETY: window `first + k` is inside `token.biased` (asserted above).
+            // SAFETY: window `first + k` is inside the biased inputs (asserted above).
             let window = |k: usize| unsafe {
-                let table = token.biased.as_ptr().add((first + k) * WINDOW);
+                let table = biased.as_ptr().add((first + k) * WINDOW);
                 (_mm512_loadu_si512(table.cast()), _mm512_loadu_si512(table.add(64).cast()))
             };
             let inputs = if reached <= T {
@@ -437,6 +518,232 @@ mod x86 {
         // 128 by inputs of at most 255), lane by lane too, and so is their difference,
         // the exact sum.
         _mm512_reduce_add_epi32(_mm512_sub_epi32(sums, bias)) + plain
+    }
+
+    /// Rows [`grouped_rows`] walks side by side.
+    const WALKS: usize = 4;
+
+    /// How far ahead of its step, in bytes, a walk asks for its columns and weights to
+    /// be fetched: about a block of [`WALKS`] rows at 90% of 4096 columns. The walks
+    /// read four places at once, which the CPU's own prefetching follows less far.
+    const PREFETCH: usize = 4096;
+
+    /// [`super::finish_row`] with a [`GroupWalk`] per row, [`WALKS`] rows side by side.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F, AVX-512BW, AVX-512 VBMI, AVX-512 VNNI and POPCNT, and
+    /// `token.biased` must be filled.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni,popcnt")]
+    pub(super) unsafe fn grouped_rows<I: SpIndex>(
+        a: CsrView<'_, f32, I, i8>,
+        rows: Range<usize>,
+        token: &Token,
+        windows: usize,
+        alpha: f32,
+        beta: f32,
+        out: &mut [f32],
+    ) {
+        /// The rows with walks over groups of `G` windows: inlined whole per `G`.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni,popcnt")]
+        fn with<const G: usize>(
+            a: CsrView<'_, f32, u16, i8>,
+            rows: Range<usize>,
+            token: &Token,
+            alpha: f32,
+            beta: f32,
+            out: &mut [f32],
+        ) {
+            let biased = token.biased();
+            let walk = |r: usize| {
+                let entries = a.indptr[r]..a.indptr[r + 1];
+                GroupWalk::new(&a.indices[entries.clone()], &a.values[entries])
+            };
+            // One span per row (the columns are below 2^16 = MAX_SPAN), whose sum the
+            // walk gives.
+            let finish = |r: usize, y: &mut f32, sum: i32| {
+                finish_row(a, r, token, alpha, beta, y, |_, _| sum);
+            };
+            let mut blocks = out.chunks_exact_mut(WALKS);
+            // Walks side by side: each step's count of entries waits on its columns' load
+            // and compare, so one row alone leaves the vector units idle.
+            for (r, ys) in rows.clone().step_by(WALKS).zip(&mut blocks) {
+                let mut walks: [GroupWalk<'_>; WALKS] = std::array::from_fn(|k| walk(r + k));
+                while walks.iter().all(|w| !w.done()) {
+                    for w in &mut walks {
+                        w.step::<G>(biased);
+                    }
+                }
+                let sums = walks.map(|mut w| {
+                    while !w.done() {
+                        w.step::<G>(biased);
+                    }
+                    w.sum()
+                });
+                for (k, (y, sum)) in ys.iter_mut().zip(sums).enumerate() {
+                    finish(r + k, y, sum);
+                }
+            }
+            let rest = blocks.into_remainder();
+            for (r, y) in (rows.end - rest.len()..rows.end).zip(rest) {
+                let mut w = walk(r);
+                while !w.done() {
+                    w.step::<G>(biased);
+                }
+                finish(r, y, w.sum());
+            }
+        }
+        assert!(is::<I, u16>() && a.ncols <= MAX_SPAN, "the grouped copy reads 16-bit columns");
+        // SAFETY: I is u16 (asserted), so the columns are the same memory as u16.
+        let indices =
+            unsafe { std::slice::from_raw_parts(a.indices.as_ptr().cast(), a.indices.len()) };
+        let a = CsrView {
+            nrows: a.nrows,
+            ncols: a.ncols,
+            indptr: a.indptr,
+            indices,
+            values: a.values,
+            row_scales: a.row_scales,
+        };
+        // One copy per matrix, as `permuting_rows`.
+        match windows {
+            2 => with::<2>(a, rows, token, alpha, beta, out),
+            _ => with::<4>(a, rows, token, alpha, beta, out),
+        }
+    }
+
+    /// One row's exact sum of `weights[e] * inputs[cols[e]]` (the biased inputs hold the
+    /// inputs plus 128, padded; `cols` increasing), walked one step per group of `G`
+    /// windows (aligned at multiples of `G * WINDOW` columns) that holds entries: the
+    /// step takes the group's first 64 entries (a group holding more takes another
+    /// step), one `vpermi2b` per window picks every entry's input from it, a tree of
+    /// blends by the column's bits 7 and 8 (the window's place in the group) keeps each
+    /// entry's own window's pick, and one `vpdpbusd` multiplies and adds them. A step
+    /// costs `G` permutes; a step of [`span_dot`] visits windows from wherever its first
+    /// column lies, and twice as many at 90% sparsity. Where the next step starts waits
+    /// on this step's columns (their load, compare and count), which is why
+    /// [`grouped_rows`] walks several rows at once.
+    struct GroupWalk<'a> {
+        cols: &'a [u16],
+        weights: &'a [i8],
+        /// The first entry not yet summed.
+        e: usize,
+        /// The biased inputs' products, and 128 times the weights, summed per lane.
+        sums: __m512i,
+        bias: __m512i,
+    }
+
+    impl<'a> GroupWalk<'a> {
+        #[target_feature(enable = "avx512f")]
+        fn new(cols: &'a [u16], weights: &'a [i8]) -> Self {
+            let n = cols.len().min(weights.len());
+            let (cols, weights) = (&cols[..n], &weights[..n]);
+            GroupWalk {
+                cols,
+                weights,
+                e: 0,
+                sums: _mm512_setzero_si512(),
+                bias: _mm512_setzero_si512(),
+            }
+        }
+
+        fn done(&self) -> bool {
+            self.e >= self.cols.len()
+        }
+
+        /// The exact sum, once [`done`](Self::done).
+        #[target_feature(enable = "avx512f")]
+        fn sum(&self) -> i32 {
+            // As span_dot: each sum within i32, and their difference the exact sum.
+            _mm512_reduce_add_epi32(_mm512_sub_epi32(self.sums, self.bias))
+        }
+
+        /// Sums the next group's entries (its first 64), `G` being 2 or 4, from `biased`,
+        /// which must hold every group's windows (the columns' and [`MAX_TRIPS`] more).
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vbmi,avx512vnni,popcnt")]
+        fn step<const G: usize>(&mut self, biased: &[u8]) {
+            const { assert!(G == 2 || G == 4) };
+            let (cols, e) = (self.cols, self.e);
+            let n = cols.len();
+            let group = usize::from(cols[e]) >> (WINDOW.trailing_zeros() + G.trailing_zeros());
+            let windows = group * G..(group + 1) * G;
+            assert!(windows.end * WINDOW <= biased.len());
+            let p = cols[e..].as_ptr().cast::<i16>();
+            let ahead = |p: *const i8| {
+                let p = p.wrapping_add(PREFETCH);
+                _mm_prefetch::<_MM_HINT_T0>(p);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64));
+            };
+            ahead(p.cast());
+            ahead(self.weights[e..].as_ptr().cast());
+            let (a, b, live) = if n - e >= STEP {
+                // SAFETY: 64 columns from `e` exist.
+                unsafe {
+                    (_mm512_loadu_si512(p.cast()), _mm512_loadu_si512(p.add(32).cast()), u64::MAX)
+                }
+            } else {
+                let live = u64::MAX >> (STEP - (n - e));
+                // SAFETY: the masked loads read the `n - e` columns from `e` only (the
+                // second's address may lie past them, hence `wrapping_add`, which reads
+                // nothing).
+                unsafe {
+                    (
+                        _mm512_maskz_loadu_epi16(live as u32, p),
+                        _mm512_maskz_loadu_epi16((live >> 32) as u32, p.wrapping_add(32)),
+                        live,
+                    )
+                }
+            };
+            // Byte 2j (2j + 1) of the two vectors of 32 columns: column j's low (high) byte.
+            let byte_of = |first: u8| {
+                let at: [u8; STEP] = std::array::from_fn(|j| 2 * j as u8 + first);
+                // SAFETY: 64 bytes.
+                unsafe { _mm512_loadu_si512(at.as_ptr().cast()) }
+            };
+            let (low, high) = (
+                _mm512_permutex2var_epi8(a, byte_of(0), b),
+                _mm512_permutex2var_epi8(a, byte_of(1), b),
+            );
+            // The group's columns end at a multiple of 256 (G >= 2), so a column is in
+            // it if its high byte is at most the group's last; the group's entries,
+            // increasing, fill the first lanes.
+            let last = _mm512_set1_epi8((((windows.end * WINDOW) >> 8) - 1) as u8 as i8);
+            let inside = _mm512_mask_cmple_epu8_mask(live, high, last);
+            // SAFETY: the masked load reads the group's weights from `e` only.
+            let w = unsafe { _mm512_maskz_loadu_epi8(inside, self.weights[e..].as_ptr().cast()) };
+            let mut picks: [__m512i; G] = std::array::from_fn(|k| {
+                // SAFETY: the group's windows lie inside `biased` (asserted above).
+                unsafe {
+                    let table = biased.as_ptr().add((windows.start + k) * WINDOW);
+                    let (lower, upper) = (
+                        _mm512_loadu_si512(table.cast()),
+                        _mm512_loadu_si512(table.add(64).cast()),
+                    );
+                    _mm512_permutex2var_epi8(lower, low, upper)
+                }
+            });
+            // The window's place in the group: column bit 7 (the low byte's top bit),
+            // then bit 8 (the high byte's first).
+            let place_bit = |bit: u32| {
+                if bit == 0 {
+                    _mm512_test_epi8_mask(low, _mm512_set1_epi8(i8::MIN))
+                } else {
+                    _mm512_test_epi8_mask(high, _mm512_set1_epi8(1 << (bit - 1)))
+                }
+            };
+            let mut width = G;
+            for bit in 0..G.trailing_zeros() {
+                let odd = place_bit(bit);
+                for j in 0..width / 2 {
+                    picks[j] = _mm512_mask_blend_epi8(odd, picks[2 * j], picks[2 * j + 1]);
+                }
+                width /= 2;
+            }
+            self.sums = _mm512_dpbusd_epi32(self.sums, picks[0], w);
+            self.bias = _mm512_dpbusd_epi32(self.bias, _mm512_set1_epi8(i8::MIN), w);
+            // At least one: the lane of entry `e`, in its own group.
+            self.e += inside.count_ones() as usize;
+        }
     }
 
     /// For up to 64 increasing columns: each column's low byte (whose low seven bits are
@@ -521,6 +828,16 @@ mod tests {
                 unsafe { x86::gathering_rows(a, rows, &token, 1.0, 0.0, &mut y) }
             }
             #[cfg(target_arch = "x86_64")]
+            Fetch::Grouped { windows }
+                if crate::kernels::isa::vbmi_vnni()
+                    && is_x86_feature_detected!("popcnt")
+                    && crate::kernels::isa::is::<I, u16>() =>
+            {
+                // SAFETY: the copy's features were detected and the columns are u16; the
+                // biased inputs are filled.
+                unsafe { x86::grouped_rows(a, rows, &token, windows, 1.0, 0.0, &mut y) }
+            }
+            #[cfg(target_arch = "x86_64")]
             Fetch::Permuting { trips } if crate::kernels::isa::vbmi_vnni() => {
                 // SAFETY: vbmi_vnni detected the copy's features; the biased inputs are filled.
                 unsafe { x86::permuting_rows(a, rows, &token, trips, 1.0, 0.0, &mut y) }
@@ -530,12 +847,15 @@ mod tests {
         Some(y.iter().map(|v| v.to_bits()).collect())
     }
 
-    const COPIES: [Fetch; 5] = [
+    const COPIES: [Fetch; 8] = [
         Fetch::Plain,
         Fetch::Gathering,
         Fetch::Permuting { trips: 2 },
         Fetch::Permuting { trips: 4 },
         Fetch::Permuting { trips: MAX_TRIPS },
+        Fetch::Grouped { windows: 2 },
+        Fetch::Grouped { windows: 4 },
+        Fetch::Grouped { windows: MAX_TRIPS },
     ];
 
     fn activations(cols: usize, seed: u64) -> Vec<f32> {
@@ -610,6 +930,20 @@ mod tests {
         assert_eq!(trips(0.1), Some(MAX_TRIPS));
         assert_eq!(trips(0.05), None);
         assert_eq!(trips(0.0), None);
+    }
+
+    /// Groups of four windows at 90% sparsity, two from 78% to 89%; denser matrices step
+    /// (as `trips` says), and sparser ones than 93.75% gather.
+    #[test]
+    fn group_windows_follow_the_density() {
+        let windows = |density| group_windows(Fixture::<u16>::new(64, 4096, density, 3).view());
+        assert_eq!(windows(0.1), Some(4));
+        assert_eq!(windows(0.07), Some(4));
+        assert_eq!(windows(0.12), Some(2));
+        assert_eq!(windows(0.2), Some(2));
+        assert_eq!(windows(0.3), None);
+        assert_eq!(windows(0.05), None);
+        assert_eq!(windows(0.0), None);
     }
 
     /// A token with a NaN makes every output NaN (its scale is NaN); one of zeros makes
