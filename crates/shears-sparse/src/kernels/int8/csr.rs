@@ -20,6 +20,15 @@
 //! one multiply-add, where the f32 kernel loads 128 bytes and runs three float
 //! operations. The unpacks leave the tokens permuted within each vector; the sums are
 //! put back in token order once per tile.
+//!
+//! Each stored weight's run of tokens is a read from a place no other weight of the row
+//! shares, so what bounds these products is how many cache lines they fetch from L2:
+//! one per stored weight per 32 tokens of 16 bits. Batches of more than 32 tokens on
+//! CPUs with AVX-512 VNNI and VL run the byte copy instead ([`x86::byte_rows`]): the
+//! tokens as bytes biased by 128, 64 of them per line, four stored weights at a time
+//! through two rounds of unpacks and `vpdpbusd`. It fetches half the lines there; at 32
+//! tokens it fetches as many as the 16-bit copy and runs more instructions per weight,
+//! so it does not run.
 
 use std::ops::Range;
 
@@ -51,12 +60,18 @@ pub(crate) const INTEGER_MIN_BATCH: usize = 9;
 /// or L2 while every token is stored down them.
 const TRANSPOSE_INPUTS: usize = 64;
 
-/// `X`'s tokens quantized to int8 (held as `i16`), row-major: input `k`'s tokens at
-/// `values[k * stride..][..batch]`, zeros past the batch; one scale per token.
-pub(crate) struct TokenRows {
-    /// Entries per input: the batch rounded up to a whole [`NARROW`] tile.
+/// Tokens per tile of the byte copy ([`byte_rows`]): one 256-bit vector of bytes.
+const BYTE_TILE: usize = 32;
+
+/// `X`'s tokens quantized to int8, row-major: input `k`'s tokens at
+/// `values[k * stride..][..batch]`, zeros past the batch; one scale per token. Held as
+/// `i16` for the 16-bit copies, or as `u8` biased by
+/// [`ACTIVATION_BIAS`](crate::kernels::isa::ACTIVATION_BIAS) for the byte copy.
+pub(crate) struct TokenRows<T = i16> {
+    /// Entries per input: the batch rounded up to a whole tile ([`NARROW`] tokens, or
+    /// [`BYTE_TILE`] for bytes).
     stride: usize,
-    values: LineAligned<i16>,
+    values: LineAligned<T>,
     scales: Vec<f32>,
 }
 
@@ -66,9 +81,27 @@ pub(crate) struct TokenRows {
 /// across threads, by tokens for the scales and by blocks for the rest, when `X` is
 /// large enough to repay it.
 fn token_rows(x: &DMatrix<f32>) -> TokenRows {
+    quantized_rows(x, NARROW, |v| v)
+}
+
+/// [`token_rows`] as bytes biased by [`ACTIVATION_BIAS`](crate::kernels::isa::ACTIVATION_BIAS),
+/// for [`byte_rows`].
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code, reason = "only x86 has a byte copy"))]
+fn token_bytes(x: &DMatrix<f32>) -> TokenRows<u8> {
+    use crate::kernels::isa::ACTIVATION_BIAS;
+    quantized_rows(x, BYTE_TILE, |v| (i32::from(v) + ACTIVATION_BIAS) as u8)
+}
+
+/// [`token_rows`] with each quantized value stored as `store` makes it, the batch
+/// padded to a multiple of `tile`.
+fn quantized_rows<T: Copy + Default + Send + Sync>(
+    x: &DMatrix<f32>,
+    tile: usize,
+    store: impl Fn(i16) -> T + Sync,
+) -> TokenRows<T> {
     let (inputs, batch) = x.shape();
     let path = kernel_path();
-    let stride = batch.next_multiple_of(NARROW);
+    let stride = batch.next_multiple_of(tile);
     let parallel = x.len() >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1;
     let tokens: Vec<&[f32]> = (0..batch).map(|j| &x.as_slice()[j * inputs..][..inputs]).collect();
     let scale = |token: &&[f32]| {
@@ -85,7 +118,7 @@ fn token_rows(x: &DMatrix<f32>) -> TokenRows {
     };
     // Fewer than 16 entries per input more than X holds, and each half its bytes.
     let mut values = LineAligned::zeroed(inputs * stride);
-    let fill = |(block, out): (usize, &mut [i16])| {
+    let fill = |(block, out): (usize, &mut [T])| {
         let (k0, height) = (block * TRANSPOSE_INPUTS, out.len() / stride);
         let mut run = [0i16; TRANSPOSE_INPUTS];
         for (j, (token, &scale)) in tokens.iter().zip(&scales).enumerate() {
@@ -93,7 +126,7 @@ fn token_rows(x: &DMatrix<f32>) -> TokenRows {
             if !scale.is_nan() {
                 quantize_run(path, &token[k0..k0 + height], scale, &mut run[..height]);
                 for (row, &v) in out.chunks_exact_mut(stride).zip(&run) {
-                    row[j] = v;
+                    row[j] = store(v);
                 }
             }
         }
@@ -117,9 +150,27 @@ pub(crate) fn int8_csr_spmm<I: SpIndex>(
     y: &mut DMatrix<f32>,
 ) {
     let path = kernel_path();
+    #[cfg(target_arch = "x86_64")]
+    if x.ncols() > WIDE && byte_copy_runs(path) {
+        spmm_prepared(a, alpha, x, token_bytes, beta, y, |range, tokens, z| {
+            // SAFETY: byte_copy_runs detected the copy's features.
+            unsafe { x86::byte_rows(a, range, tokens, z) }
+        });
+        return;
+    }
     spmm_prepared(a, alpha, x, token_rows, beta, y, |range, tokens, z| {
         rows_best(path, a, range, tokens, z)
     });
+}
+
+/// Whether batches of more than [`WIDE`] tokens run the byte copy
+/// ([`x86::byte_rows`]): on the AVX-512 path of CPUs with AVX-512 VNNI and VL.
+#[cfg(target_arch = "x86_64")]
+fn byte_copy_runs(path: KernelPath) -> bool {
+    static VL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    path == KernelPath::Avx512
+        && vnni_copy_runs(path)
+        && *VL.get_or_init(|| is_x86_feature_detected!("avx512vl"))
 }
 
 /// Rows `rows` of the product before `alpha` and `beta`, into `out` (row-major, a row of
@@ -295,9 +346,12 @@ fn rows_best<I: SpIndex>(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+    use std::ops::Range;
 
+    use super::{BYTE_TILE, MAX_SPAN, TokenRows};
     use crate::index::SpIndex;
-    use crate::kernels::isa::Isa;
+    use crate::kernels::CsrView;
+    use crate::kernels::isa::{ACTIVATION_BIAS, Isa};
 
     /// A pair of 16-bit weights as the 32-bit word they make in memory (the first in the
     /// low half): one load, which the compiler folds into the broadcast.
@@ -372,6 +426,134 @@ mod x86 {
             }
         }
         (out, e)
+    }
+
+    /// Rows `rows` of the product before `alpha` and `beta`, into `out` (row-major, a row
+    /// of `batch` entries per output row, zeroed), with [`byte_sums`]: the float steps of
+    /// [`super::rows_kernel`], so the same bits.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, AVX-512F, AVX-512VL and AVX-512 VNNI.
+    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+    pub(super) unsafe fn byte_rows<I: SpIndex>(
+        a: CsrView<'_, f32, I, i8>,
+        rows: Range<usize>,
+        tokens: &TokenRows<u8>,
+        out: &mut [f32],
+    ) {
+        let (batch, stride) = (tokens.scales.len(), tokens.stride);
+        let x = tokens.values.as_slice();
+        assert!(x.len() >= a.ncols * stride && stride.is_multiple_of(BYTE_TILE));
+        for (r, z) in rows.zip(out.chunks_exact_mut(batch)) {
+            let entries = a.indptr[r]..a.indptr[r + 1];
+            let scale = a.row_scales.map_or(1.0, |s| s[r]);
+            let (weights, cols) = (&a.values[entries.clone()], &a.indices[entries]);
+            for t0 in (0..stride).step_by(BYTE_TILE) {
+                let z = z.get_mut(t0..).unwrap_or_default();
+                let mut e = 0;
+                while let Some(c) = cols.get(e) {
+                    let used = if a.ncols <= MAX_SPAN {
+                        cols.len() - e
+                    } else {
+                        let limit = (c.index() / MAX_SPAN + 1) * MAX_SPAN;
+                        cols[e..].partition_point(|c| c.index() < limit)
+                    };
+                    // SAFETY: every column is below `ncols` (the format's validator) and
+                    // `t0 + BYTE_TILE <= stride`, so each input's run of the tile is in
+                    // `x` (asserted above); the features are this function's.
+                    let sums = unsafe {
+                        byte_sums(&weights[e..e + used], &cols[e..e + used], &x[t0..], stride)
+                    };
+                    for (v, &d) in z.iter_mut().zip(&sums) {
+                        *v += d as f32 * scale;
+                    }
+                    e += used;
+                }
+            }
+            for (v, &s) in z.iter_mut().zip(&tokens.scales) {
+                *v *= s;
+            }
+        }
+    }
+
+    /// The exact sums `sum_e weights[e] * (x[cols[e] * stride + j] - 128)` for the 32
+    /// tokens `j` of a tile (`x` holds the tokens biased by 128, as bytes). Four stored
+    /// weights at a time: their inputs' 32 bytes each are interleaved per token by two
+    /// rounds of unpacks (eight, on 256-bit vectors, which run on two ports), and four
+    /// `vpdpbusd` multiply each token's four inputs by the four weights broadcast and
+    /// add them; two sets of accumulators take the quads in turn. Per stored weight and
+    /// 32 tokens that is 32 bytes read (the 16-bit copies read 64, which L2 delivers no
+    /// faster), two shuffles and one multiply-add. The bias comes out once at the end:
+    /// `128 * sum(weights)`.
+    ///
+    /// # Safety
+    /// AVX2, AVX-512F, AVX-512VL and AVX-512 VNNI must be available; every column's run
+    /// of 32 bytes from `c * stride` must lie in `x`.
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+    unsafe fn byte_sums<I: SpIndex>(
+        weights: &[i8],
+        cols: &[I],
+        x: &[u8],
+        stride: usize,
+    ) -> [i32; 32] {
+        let n = cols.len().min(weights.len());
+        // SAFETY: in bounds by the caller's contract.
+        let load = |c: I| unsafe { _mm256_loadu_si256(x.as_ptr().add(c.index() * stride).cast()) };
+        let dots = |acc: [__m256i; 4], c: [I; 4], w: [i8; 4]| {
+            let w = _mm256_set1_epi32(i32::from_le_bytes(w.map(|w| w as u8)));
+            let (a, b, c, d) = (load(c[0]), load(c[1]), load(c[2]), load(c[3]));
+            let (ab_low, ab_high) = (_mm256_unpacklo_epi8(a, b), _mm256_unpackhi_epi8(a, b));
+            let (cd_low, cd_high) = (_mm256_unpacklo_epi8(c, d), _mm256_unpackhi_epi8(c, d));
+            // Lanes of 128 bits: tokens 0-3 and 16-19, 4-7 and 20-23, 8-11 and 24-27,
+            // 12-15 and 28-31, each token's four bytes together.
+            [
+                _mm256_dpbusd_epi32(acc[0], _mm256_unpacklo_epi16(ab_low, cd_low), w),
+                _mm256_dpbusd_epi32(acc[1], _mm256_unpackhi_epi16(ab_low, cd_low), w),
+                _mm256_dpbusd_epi32(acc[2], _mm256_unpacklo_epi16(ab_high, cd_high), w),
+                _mm256_dpbusd_epi32(acc[3], _mm256_unpackhi_epi16(ab_high, cd_high), w),
+            ]
+        };
+        let quad = |e: usize| -> ([I; 4], [i8; 4]) {
+            (std::array::from_fn(|k| cols[e + k]), std::array::from_fn(|k| weights[e + k]))
+        };
+        let (mut first, mut second) = ([_mm256_setzero_si256(); 4], [_mm256_setzero_si256(); 4]);
+        let mut e = 0;
+        while e + 8 <= n {
+            let ((c0, w0), (c1, w1)) = (quad(e), quad(e + 4));
+            first = dots(first, c0, w0);
+            second = dots(second, c1, w1);
+            e += 8;
+        }
+        if e + 4 <= n {
+            let (c, w) = quad(e);
+            first = dots(first, c, w);
+            e += 4;
+        }
+        if e < n {
+            // The last few, padded with weights of zero at the last column.
+            let c = std::array::from_fn(|k| cols[(e + k).min(n - 1)]);
+            let w = std::array::from_fn(|k| if e + k < n { weights[e + k] } else { 0 });
+            second = dots(second, c, w);
+        }
+        // Each lane's biased sum, and the bias, are within i32 (at most MAX_SPAN weights
+        // of at most 128 by bytes of at most 255), and so is their difference.
+        let bias = ACTIVATION_BIAS * weights[..n].iter().map(|&w| i32::from(w)).sum::<i32>();
+        let bias = _mm256_set1_epi32(bias);
+        let acc: [__m256i; 4] =
+            std::array::from_fn(|k| _mm256_sub_epi32(_mm256_add_epi32(first[k], second[k]), bias));
+        let mut out = [0i32; 32];
+        let halves = [
+            _mm256_permute2x128_si256::<0x20>(acc[0], acc[1]),
+            _mm256_permute2x128_si256::<0x20>(acc[2], acc[3]),
+            _mm256_permute2x128_si256::<0x31>(acc[0], acc[1]),
+            _mm256_permute2x128_si256::<0x31>(acc[2], acc[3]),
+        ];
+        for (k, v) in halves.into_iter().enumerate() {
+            // SAFETY: `out` holds four runs of eight lanes: tokens 0-7, 8-15, 16-23, 24-31.
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr().add(8 * k).cast(), v) };
+        }
+        out
     }
 
     /// [`super::add_sums`]'s tile for 32 tokens with AVX-512 VNNI: per pair of stored
@@ -473,10 +655,26 @@ mod tests {
         out.iter().map(|v| v.to_bits()).collect()
     }
 
+    /// The byte copy's rows, as row-major bits (before alpha and beta); `None` where the
+    /// CPU lacks it.
+    fn by_bytes(a: CsrView<'_, f32, u32, i8>, x: &DMatrix<f32>) -> Option<Vec<u32>> {
+        #[cfg(target_arch = "x86_64")]
+        if byte_copy_runs(KernelPath::resolve(KernelPath::Avx512)) {
+            let tokens = token_bytes(x);
+            let mut out = vec![0.0f32; a.nrows * x.ncols()];
+            // SAFETY: byte_copy_runs detected the copy's features.
+            unsafe { x86::byte_rows(a, 0..a.nrows, &tokens, &mut out) };
+            return Some(out.iter().map(|v| v.to_bits()).collect());
+        }
+        let _ = (a, x);
+        None
+    }
+
     proptest! {
         /// Every compiled copy gives the bits of the dense int8 product's reference loop
         /// on the same weights written out, for batches around the 16- and 32-token
-        /// tiles, rows of odd and even lengths and of none.
+        /// tiles, rows of odd and even lengths and of none; the byte copy too, at every
+        /// batch (products run it above 32 tokens).
         #[test]
         fn every_copy_equals_the_dense_reference(
             (nrows, ncols) in (1usize..30, 0usize..120),
@@ -493,6 +691,9 @@ mod tests {
                         &on_path(path, vnni, fixture.view(), &x), &want, "{:?}, vnni {}", path, vnni
                     );
                 }
+            }
+            if let Some(got) = by_bytes(fixture.view(), &x) {
+                prop_assert_eq!(&got, &want, "bytes");
             }
         }
     }
@@ -536,6 +737,9 @@ mod tests {
                 let full = f64::from(f32::from_bits(got[0]));
                 assert!((full - ncols as f64).abs() < 1e-3 * ncols as f64, "{full}");
             }
+        }
+        if let Some(got) = by_bytes(fixture.view(), &x) {
+            assert_eq!(got, want, "bytes");
         }
     }
 }
