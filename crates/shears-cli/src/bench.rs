@@ -169,7 +169,12 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             let format = sparse.format();
             let sparse_us =
                 if format == Format::Dense { dense_us } else { product_us(&sparse, &x)? };
-            let int8_csr_us = product_us(&Int8Csr::<u32>::from_dense_masked(&weights, &mask)?, &x)?;
+            // With the narrowest column index, as `AnySparse` stores f32 CSR.
+            let int8_csr_us = if c <= usize::from(u16::MAX) + 1 {
+                product_us(&Int8Csr::<u16>::from_dense_masked(&weights, &mask)?, &x)?
+            } else {
+                product_us(&Int8Csr::<u32>::from_dense_masked(&weights, &mask)?, &x)?
+            };
             let int8_dense_us =
                 product_us(&Int8Matrix::quantize(&weights, QuantScheme::PerRow)?, &x)?;
             rows.push(Row {
