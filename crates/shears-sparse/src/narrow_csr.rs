@@ -571,20 +571,25 @@ mod tests {
 
     /// An int8 row's product is exactly `scale * (the integer dot product)` when the
     /// inputs are integers whose largest magnitude is 127 (so the token's scale is 1 and
-    /// quantizing keeps them).
+    /// quantizing keeps them), then combined with `alpha` and `beta`: at densities that
+    /// run each of the one-token kernels' copies this CPU has.
     #[test]
     fn int8_rows_are_scaled_integer_dot_products() {
-        let w = pruned(17, 300, 0.3, 7);
-        let q = Int8Csr::<u16>::from_csr(&Csr::from_dense(&w).unwrap()).unwrap();
-        let x: Vec<f32> = (0..300).map(|c| ((c * 37) % 255) as f32 - 127.0).collect();
-        let mut y = vec![0.0f32; 17];
-        q.matvec_into(1.0, &x, 0.0, &mut y).unwrap();
-        for (r, &got) in y.iter().enumerate() {
-            let range = q.indptr()[r]..q.indptr()[r + 1];
-            let dot: i64 = range
-                .map(|k| i64::from(q.values()[k]) * x[usize::from(q.indices()[k])] as i64)
-                .sum();
-            assert_eq!(got, dot as f32 * q.scales()[r], "row {r}");
+        for (rows, cols, density) in [(17, 300, 0.3), (23, 1024, 0.1), (9, 2048, 0.17)] {
+            let w = pruned(rows, cols, density, 7);
+            let q = Int8Csr::<u16>::from_csr(&Csr::from_dense(&w).unwrap()).unwrap();
+            let x: Vec<f32> = (0..cols).map(|c| ((c * 37) % 255) as f32 - 127.0).collect();
+            let before: Vec<f32> = (0..rows).map(|r| r as f32 - 3.0).collect();
+            let mut y = before.clone();
+            q.matvec_into(0.5, &x, 2.0, &mut y).unwrap();
+            for (r, &got) in y.iter().enumerate() {
+                let range = q.indptr()[r]..q.indptr()[r + 1];
+                let dot: i64 = range
+                    .map(|k| i64::from(q.values()[k]) * x[usize::from(q.indices()[k])] as i64)
+                    .sum();
+                let want = 0.5 * (dot as f32 * q.scales()[r]) + 2.0 * before[r];
+                assert_eq!(got, want, "{rows}x{cols} at {density}, row {r}");
+            }
         }
     }
 

@@ -26,6 +26,8 @@
 
 use std::ops::Range;
 
+use crate::index::SpIndex;
+
 use rayon::prelude::*;
 
 use super::isa::{ACTIVATION_BIAS, DOT_STEP as STEP, Isa, int8_dots, int8_dots_biased};
@@ -46,6 +48,19 @@ pub(crate) use csr_vector::int8_csr_spmv;
 /// the largest: `65536 * 255 * 128 < 2^31`.
 pub(crate) const MAX_SPAN: usize = 1 << 16;
 const _: () = assert!(MAX_SPAN as i64 * 255 * 128 <= i32::MAX as i64);
+
+/// How many of a row's increasing columns `cols` lie in the first one's span of
+/// [`MAX_SPAN`] columns: all of them in a matrix of `ncols <= MAX_SPAN` columns.
+#[inline(always)]
+pub(crate) fn span_len<I: SpIndex>(cols: &[I], ncols: usize) -> usize {
+    match cols.first() {
+        Some(c) if ncols > MAX_SPAN => {
+            let limit = (c.index() / MAX_SPAN + 1) * MAX_SPAN;
+            cols.partition_point(|c| c.index() < limit)
+        }
+        _ => cols.len(),
+    }
+}
 
 /// Rows and columns of `X` per register tile of a batched product: two weight rows
 /// against six tokens keep twelve accumulators, two widened weight vectors and one

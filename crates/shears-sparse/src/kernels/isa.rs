@@ -194,12 +194,22 @@ pub(crate) fn vnni512() -> bool {
     })
 }
 
-/// Whether the CPU has AVX-512 VBMI besides [`vnni512`]'s features: the permuting copy
-/// of int8 CSR products against one token. Decided once.
+/// Whether the CPU has AVX-512 VBMI and POPCNT besides [`vnni512`]'s features: the
+/// permuting copies of int8 CSR products against one token. Decided once.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn vbmi_vnni() -> bool {
     static VBMI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *VBMI.get_or_init(|| vnni512() && is_x86_feature_detected!("avx512vbmi"))
+    *VBMI.get_or_init(|| {
+        vnni512() && is_x86_feature_detected!("avx512vbmi") && is_x86_feature_detected!("popcnt")
+    })
+}
+
+/// Whether the CPU has AVX-512VL besides [`vnni512`]'s features: the byte copy of
+/// batched int8 CSR products (256-bit `vpdpbusd`). Decided once.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn vnni512_vl() -> bool {
+    static VL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VL.get_or_init(|| vnni512() && is_x86_feature_detected!("avx512vl"))
 }
 
 #[cfg(target_arch = "x86_64")]

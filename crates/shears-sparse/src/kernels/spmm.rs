@@ -310,7 +310,7 @@ fn copies_in_parallel(len: usize) -> bool {
     len >= PARALLEL_COPY && rayon::current_num_threads() > 1
 }
 
-/// A zeroed buffer whose first element sits on a 64-byte boundary, so that with a batch
+/// A zeroed (or filled) buffer whose first element sits on a 64-byte boundary, so that with a batch
 /// of 16 `f32` (or 8 `f64`) or a multiple, every row of `xt` and of the output starts a
 /// cache line and a 64-byte load never straddles two. The allocator only promises
 /// 16 bytes, and a large allocation typically lands 16 bytes past a page, so without
@@ -323,8 +323,13 @@ pub(super) struct LineAligned<T> {
 
 impl<T: Copy + Default> LineAligned<T> {
     pub(super) fn zeroed(len: usize) -> Self {
+        Self::filled(len, T::default())
+    }
+
+    /// `len` copies of `value`.
+    pub(super) fn filled(len: usize, value: T) -> Self {
         let slack = 64 / size_of::<T>();
-        let buf = vec![T::default(); len + slack];
+        let buf = vec![value; len + slack];
         // `align_offset` may decline (usize::MAX); then the buffer is merely unaligned.
         let start = buf.as_ptr().align_offset(64).min(slack);
         LineAligned { buf, start, len }

@@ -60,13 +60,14 @@ pub(crate) const INTEGER_MIN_BATCH: usize = 9;
 /// or L2 while every token is stored down them.
 const TRANSPOSE_INPUTS: usize = 64;
 
-/// Tokens per tile of the byte copy ([`byte_rows`]): one 256-bit vector of bytes.
+/// Tokens per tile of the byte copy ([`byte_rows`](x86::byte_rows)): one 256-bit vector of bytes.
 const BYTE_TILE: usize = 32;
 
 /// `X`'s tokens quantized to int8, row-major: input `k`'s tokens at
 /// `values[k * stride..][..batch]`, zeros past the batch; one scale per token. Held as
 /// `i16` for the 16-bit copies, or as `u8` biased by
-/// [`ACTIVATION_BIAS`](crate::kernels::isa::ACTIVATION_BIAS) for the byte copy.
+/// [`ACTIVATION_BIAS`](crate::kernels::isa::ACTIVATION_BIAS) for the byte copy (where a
+/// zero is stored as 128).
 pub(crate) struct TokenRows<T = i16> {
     /// Entries per input: the batch rounded up to a whole tile ([`NARROW`] tokens, or
     /// [`BYTE_TILE`] for bytes).
@@ -75,25 +76,26 @@ pub(crate) struct TokenRows<T = i16> {
     scales: Vec<f32>,
 }
 
-/// `x`'s tokens quantized as [`super::quantize_columns`] quantizes them (the same scales and
-/// values), written straight into [`TokenRows`]: a block of inputs at a time, each
-/// token's run of the block quantized contiguously, then stored down its column. Split
-/// across threads, by tokens for the scales and by blocks for the rest, when `X` is
-/// large enough to repay it.
+/// `x`'s tokens as 16-bit values ([`quantized_rows`]), for the 16-bit copies.
 fn token_rows(x: &DMatrix<f32>) -> TokenRows {
     quantized_rows(x, NARROW, |v| v)
 }
 
-/// [`token_rows`] as bytes biased by [`ACTIVATION_BIAS`](crate::kernels::isa::ACTIVATION_BIAS),
-/// for [`byte_rows`].
+/// `x`'s tokens as bytes biased by
+/// [`ACTIVATION_BIAS`](crate::kernels::isa::ACTIVATION_BIAS) ([`quantized_rows`]), for
+/// [`byte_rows`](x86::byte_rows).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code, reason = "only x86 has a byte copy"))]
 fn token_bytes(x: &DMatrix<f32>) -> TokenRows<u8> {
     use crate::kernels::isa::ACTIVATION_BIAS;
     quantized_rows(x, BYTE_TILE, |v| (i32::from(v) + ACTIVATION_BIAS) as u8)
 }
 
-/// [`token_rows`] with each quantized value stored as `store` makes it, the batch
-/// padded to a multiple of `tile`.
+/// `x`'s tokens quantized as [`super::quantize_columns`] quantizes them (the same scales
+/// and values), each stored as `store` makes it, written straight into [`TokenRows`]
+/// with the batch padded to a multiple of `tile`: a block of inputs at a time, each
+/// token's run of the block quantized contiguously, then stored down its column. Split
+/// across threads, by tokens for the scales and by blocks for the rest, when `X` is
+/// large enough to repay it.
 fn quantized_rows<T: Copy + Default + Send + Sync>(
     x: &DMatrix<f32>,
     tile: usize,
@@ -116,8 +118,8 @@ fn quantized_rows<T: Copy + Default + Send + Sync>(
     } else {
         tokens.iter().map(scale).collect()
     };
-    // Fewer than 16 entries per input more than X holds, and each half its bytes.
-    let mut values = LineAligned::zeroed(inputs * stride);
+    // Fewer than `tile` entries per input more than X holds, each of 16 bits or fewer.
+    let mut values = LineAligned::filled(inputs * stride, store(0));
     let fill = |(block, out): (usize, &mut [T])| {
         let (k0, height) = (block * TRANSPOSE_INPUTS, out.len() / stride);
         let mut run = [0i16; TRANSPOSE_INPUTS];
@@ -167,10 +169,7 @@ pub(crate) fn int8_csr_spmm<I: SpIndex>(
 /// ([`x86::byte_rows`]): on the AVX-512 path of CPUs with AVX-512 VNNI and VL.
 #[cfg(target_arch = "x86_64")]
 fn byte_copy_runs(path: KernelPath) -> bool {
-    static VL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    path == KernelPath::Avx512
-        && vnni_copy_runs(path)
-        && *VL.get_or_init(|| is_x86_feature_detected!("avx512vl"))
+    path == KernelPath::Avx512 && crate::kernels::isa::vnni512_vl()
 }
 
 /// Rows `rows` of the product before `alpha` and `beta`, into `out` (row-major, a row of
@@ -348,9 +347,10 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    use super::{BYTE_TILE, MAX_SPAN, TokenRows};
+    use super::{BYTE_TILE, TokenRows};
     use crate::index::SpIndex;
     use crate::kernels::CsrView;
+    use crate::kernels::int8::span_len;
     use crate::kernels::isa::{ACTIVATION_BIAS, Isa};
 
     /// A pair of 16-bit weights as the 32-bit word they make in memory (the first in the
@@ -433,7 +433,8 @@ mod x86 {
     /// [`super::rows_kernel`], so the same bits.
     ///
     /// # Safety
-    /// The CPU must have AVX2, AVX-512F, AVX-512VL and AVX-512 VNNI.
+    /// The CPU must have AVX2, AVX-512F, AVX-512VL and AVX-512 VNNI; `a`'s columns must
+    /// be below `a.ncols` (as the format's validator keeps them).
     #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
     pub(super) unsafe fn byte_rows<I: SpIndex>(
         a: CsrView<'_, f32, I, i8>,
@@ -451,13 +452,8 @@ mod x86 {
             for t0 in (0..stride).step_by(BYTE_TILE) {
                 let z = z.get_mut(t0..).unwrap_or_default();
                 let mut e = 0;
-                while let Some(c) = cols.get(e) {
-                    let used = if a.ncols <= MAX_SPAN {
-                        cols.len() - e
-                    } else {
-                        let limit = (c.index() / MAX_SPAN + 1) * MAX_SPAN;
-                        cols[e..].partition_point(|c| c.index() < limit)
-                    };
+                while e < cols.len() {
+                    let used = span_len(&cols[e..], a.ncols);
                     // SAFETY: every column is below `ncols` (the format's validator) and
                     // `t0 + BYTE_TILE <= stride`, so each input's run of the tile is in
                     // `x` (asserted above); the features are this function's.
@@ -479,12 +475,11 @@ mod x86 {
     /// The exact sums `sum_e weights[e] * (x[cols[e] * stride + j] - 128)` for the 32
     /// tokens `j` of a tile (`x` holds the tokens biased by 128, as bytes). Four stored
     /// weights at a time: their inputs' 32 bytes each are interleaved per token by two
-    /// rounds of unpacks (eight, on 256-bit vectors, which run on two ports), and four
-    /// `vpdpbusd` multiply each token's four inputs by the four weights broadcast and
-    /// add them; two sets of accumulators take the quads in turn. Per stored weight and
-    /// 32 tokens that is 32 bytes read (the 16-bit copies read 64, which L2 delivers no
-    /// faster), two shuffles and one multiply-add. The bias comes out once at the end:
-    /// `128 * sum(weights)`.
+    /// rounds of unpacks (eight, on 256-bit vectors), and four `vpdpbusd` multiply each
+    /// token's four inputs by the four weights broadcast and add them; two sets of
+    /// accumulators take the quads in turn. Per stored weight and 32 tokens that is 32
+    /// bytes read, half a cache line (the 16-bit copies read a whole one), two shuffles
+    /// and one multiply-add. The bias comes out once at the end: `128 * sum(weights)`.
     ///
     /// # Safety
     /// AVX2, AVX-512F, AVX-512VL and AVX-512 VNNI must be available; every column's run
@@ -657,7 +652,7 @@ mod tests {
 
     /// The byte copy's rows, as row-major bits (before alpha and beta); `None` where the
     /// CPU lacks it.
-    fn by_bytes(a: CsrView<'_, f32, u32, i8>, x: &DMatrix<f32>) -> Option<Vec<u32>> {
+    fn by_bytes<I: SpIndex>(a: CsrView<'_, f32, I, i8>, x: &DMatrix<f32>) -> Option<Vec<u32>> {
         #[cfg(target_arch = "x86_64")]
         if byte_copy_runs(KernelPath::resolve(KernelPath::Avx512)) {
             let tokens = token_bytes(x);
@@ -695,6 +690,46 @@ mod tests {
             if let Some(got) = by_bytes(fixture.view(), &x) {
                 prop_assert_eq!(&got, &want, "bytes");
             }
+            let narrow = Fixture::<u16>::new(nrows, ncols, density, seed);
+            if let Some(got) = by_bytes(narrow.view(), &x) {
+                prop_assert_eq!(&got, &want, "bytes, 16-bit columns");
+            }
+        }
+    }
+
+    /// A token with a NaN or an infinity makes its own outputs NaN and leaves the
+    /// others' bits alone, on every copy; the byte copy stores its quantized zeros (and
+    /// the padding past the batch) as 128.
+    #[test]
+    fn special_tokens_stay_in_their_columns() {
+        let fixture = Fixture::<u32>::new(9, 70, 0.4, 8);
+        let clean = activations(70, 40, 8);
+        let mut x = clean.clone();
+        x[(17, 3)] = f32::NAN;
+        x[(5, 36)] = f32::INFINITY;
+        let (want, clean_want) = (fixture.reference(&x), fixture.reference(&clean));
+        let batch = x.ncols();
+        for (k, (&got, &bits)) in want.iter().zip(&clean_want).enumerate() {
+            let j = k % batch;
+            assert_eq!(f32::from_bits(got).is_nan(), j == 3 || j == 36, "output {k}");
+            if j != 3 && j != 36 {
+                assert_eq!(got, bits, "output {k}");
+            }
+        }
+        for path in KernelPath::ORDER {
+            for vnni in [false, true] {
+                assert_eq!(on_path(path, vnni, fixture.view(), &x), want, "{path:?}, {vnni}");
+            }
+        }
+        if let Some(got) = by_bytes(fixture.view(), &x) {
+            assert_eq!(got, want, "bytes");
+        }
+        let bytes = token_bytes(&x);
+        assert_eq!(bytes.stride, 64);
+        for input in bytes.values.as_slice().chunks_exact(bytes.stride) {
+            assert_eq!(input[3], 128);
+            assert_eq!(input[36], 128);
+            assert!(input[batch..].iter().all(|&b| b == 128));
         }
     }
 
