@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use nalgebra::DMatrix;
 use serde::Serialize;
 use shears_io::Dtype;
-use shears_models::{Agreement, SentenceTransformer, agreement, read_texts};
+use shears_models::{Agreement, SentenceTransformer, agreement, read_numbered_texts, read_texts};
 
 use crate::cli::{EmbedArgs, EvalArgs};
 use crate::report::print_json;
@@ -72,11 +72,14 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
         shears_io::paths::check_distinct(&paths)?;
     }
     let model = load(&args.model, args.max_len)?;
-    let texts = read_texts(&args.texts, args.limit as usize)?;
+    let (lines, texts): (Vec<usize>, Vec<String>) =
+        read_numbered_texts(&args.texts, args.limit as usize)?.into_iter().unzip();
     let embeddings = embed_all(&model, &texts)?;
     if let Some(out) = &args.output {
-        write_embeddings(out, &embeddings)?;
+        write_embeddings(out, &embeddings, &lines)?;
     }
+    // Rows no longer match lines one for one when blank lines were skipped.
+    let skipped = lines.last().map_or(0, |&last| last - lines.len());
     if args.json {
         #[derive(Serialize)]
         struct Output<'a> {
@@ -86,6 +89,8 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
             #[serde(skip_serializing_if = "Option::is_none")]
             output: Option<String>,
             embeddings: Vec<&'a [f32]>,
+            /// Each embedding's line in the text file, from 1.
+            lines: &'a [usize],
         }
         print_json(&Output {
             model: args.model.display().to_string(),
@@ -93,6 +98,7 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
             dimensions: embeddings.nrows(),
             output: args.output.as_ref().map(|p| p.display().to_string()),
             embeddings: embeddings.as_slice().chunks(embeddings.nrows().max(1)).collect(),
+            lines: &lines,
         })?;
         return Ok(());
     }
@@ -100,19 +106,39 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
         Some(p) => format!(": wrote {}", p.display()),
         None => " (-o FILE writes them, --json prints them)".to_owned(),
     };
-    outln!("embedded {} sentences into {} dimensions{written}", texts.len(), embeddings.nrows())?;
+    let skipped = match skipped {
+        0 => String::new(),
+        n => format!(
+            " ({n} blank line{} skipped: row i is the text on line lines[i])",
+            if n == 1 { "" } else { "s" }
+        ),
+    };
+    outln!(
+        "embedded {} sentences into {} dimensions{skipped}{written}",
+        texts.len(),
+        embeddings.nrows()
+    )?;
     Ok(())
 }
 
-/// `embeddings` (hidden x sentences) as a safetensors file of one `[sentences, hidden]`
-/// F32 tensor, written atomically.
-fn write_embeddings(out: &Path, embeddings: &DMatrix<f32>) -> Result<()> {
+/// `embeddings` (hidden x sentences) as a safetensors file of an `[sentences, hidden]`
+/// F32 tensor `embeddings` and a `[sentences]` I64 tensor `lines` (each row's line in the
+/// text file, from 1), written atomically.
+fn write_embeddings(out: &Path, embeddings: &DMatrix<f32>, lines: &[usize]) -> Result<()> {
     let (hidden, n) = embeddings.shape();
-    let entries = shears_io::layout([("embeddings".to_owned(), Dtype::F32, vec![n, hidden])])?;
-    shears_io::write_safetensors(out, &entries, None, |_, w| -> shears_io::Result<()> {
-        // Column-major hidden x n is row-major n x hidden.
-        shears_io::write_values(embeddings.as_slice(), Dtype::F32, w)
-            .map_err(|e| shears_io::Error::io("write", out, e))
+    let entries = shears_io::layout([
+        ("embeddings".to_owned(), Dtype::F32, vec![n, hidden]),
+        ("lines".to_owned(), Dtype::I64, vec![n]),
+    ])?;
+    shears_io::write_safetensors(out, &entries, None, |name, w| -> shears_io::Result<()> {
+        let written = if name == "lines" {
+            let bytes: Vec<u8> = lines.iter().flat_map(|&l| (l as i64).to_le_bytes()).collect();
+            w.write_all(&bytes)
+        } else {
+            // Column-major hidden x n is row-major n x hidden.
+            shears_io::write_values(embeddings.as_slice(), Dtype::F32, w)
+        };
+        written.map_err(|e| shears_io::Error::io("write", out, e))
     })?;
     Ok(())
 }

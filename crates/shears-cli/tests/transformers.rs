@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use safetensors::Dtype;
 use serde_json::Value;
 use shears_models::SentenceTransformer;
 
@@ -162,12 +163,19 @@ fn embed_writes_unit_embeddings_to_a_file_or_as_json() {
     let args = ["embed", model.to_str().unwrap(), "--texts", &texts];
     let said = ok(&[&args[..], &["-o", out.to_str().unwrap()]].concat());
     assert!(said.contains("2 sentences") && said.contains("32 dimensions"), "{said}");
+    assert!(said.contains("1 blank line skipped"), "rows no longer match lines: {said}");
     let written = read(&out);
     let (_, shape, values) = &written["embeddings"];
     assert_eq!(shape, &[2, 32]);
+    let (dtype, shape, lines) = &written["lines"];
+    assert_eq!(
+        (*dtype, shape.as_slice(), lines.as_slice()),
+        (Dtype::I64, &[2][..], &[1.0, 3.0][..])
+    );
     let json: Value = serde_json::from_str(&ok(&[&args[..], &["--json"]].concat())).unwrap();
     let rows = json["embeddings"].as_array().unwrap();
     assert_eq!(rows.len(), 2);
+    assert_eq!(json["lines"], serde_json::json!([1, 3]), "each row's line in the file");
     for (row, file_row) in rows.iter().zip(values.chunks(32)) {
         let row: Vec<f64> = row.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
         let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt();

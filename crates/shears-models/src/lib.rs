@@ -61,4 +61,4 @@ pub use eval::{Agreement, agreement};
 pub use formats::{FormatChoice, choose_formats};
 pub use linear::Linear;
 pub use prune::{Method, PruneSpec, PrunedLinear, Step, prune_model};
-pub use tokenize::{Batch, TextEncoder, read_texts};
+pub use tokenize::{Batch, TextEncoder, read_numbered_texts, read_texts};

@@ -177,6 +177,15 @@ impl TextEncoder {
 /// [`Error::File`] if the file cannot be read or is not UTF-8; [`Error::Texts`] if it
 /// has no line with text.
 pub fn read_texts(path: &Path, limit: usize) -> Result<Vec<String>> {
+    Ok(read_numbered_texts(path, limit)?.into_iter().map(|(_, text)| text).collect())
+}
+
+/// [`read_texts`] with each text's line number in the file (from 1), so that results
+/// can be matched with lines when empty ones were skipped.
+///
+/// # Errors
+/// As [`read_texts`].
+pub fn read_numbered_texts(path: &Path, limit: usize) -> Result<Vec<(usize, String)>> {
     const MAX_LINE: usize = 64 << 10;
     let file_error = |reason: String| Error::File { path: path.to_owned(), reason };
     shears_io::paths::require_regular_file(path)?;
@@ -217,7 +226,7 @@ pub fn read_texts(path: &Path, limit: usize) -> Result<Vec<String>> {
             .map_err(|_| file_error(format!("line {number} is not UTF-8 text")))?;
         let text = text.trim();
         if !text.is_empty() {
-            texts.push(text.to_owned());
+            texts.push((number, text.to_owned()));
         }
     }
     if texts.is_empty() {
