@@ -228,7 +228,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     }
     let cells = |r: &Row| {
         let speedup = if r.slower {
-            format!("{:.2}x (slower: dense counts)", r.speedup)
+            format!("{:.2}x (slower; the total takes dense)", r.speedup)
         } else {
             format!("{:.2}x", r.speedup)
         };

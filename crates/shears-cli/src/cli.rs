@@ -169,7 +169,9 @@ pub(crate) struct InspectArgs {
 pub(crate) struct BenchArgs {
     /// The (pruned) model to benchmark.
     pub(crate) input: PathBuf,
-    /// Batch sizes to time, comma-separated (each 1 to 65536).
+    /// Batch sizes to time, comma-separated (each 1 to 65536): per layer, the input
+    /// vectors (tokens) of one product; with --texts, sentences of --seq-len tokens each,
+    /// so a batch of 1 is already 128 tokens by default.
     #[arg(long, value_delimiter = ',', default_value = "1,32", value_parser = parse_batch)]
     pub(crate) batch: Vec<usize>,
     /// Spatial size of convolution inputs, HxW: a conv layer is timed as its im2col

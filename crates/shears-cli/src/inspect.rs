@@ -52,6 +52,18 @@ struct Total {
     /// scales) in the dtype they were quantized from, over `bytes`.
     #[serde(skip_serializing_if = "Option::is_none")]
     compression: Option<f64>,
+    /// For a file of PyTorch masks (`NAME_mask`, 1 = keep): how many, their entries and
+    /// the share of them that prune.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    masks: Option<MaskTotal>,
+}
+
+#[derive(Debug, Serialize)]
+struct MaskTotal {
+    masks: usize,
+    entries: usize,
+    pruned: usize,
+    sparsity: f64,
 }
 
 /// Bytes per value of a dtype named as the metadata records it (`F32`, `BF16`, ...).
@@ -135,6 +147,7 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
     // The model's bytes, and as they were before quantization (if it was quantized).
     let (mut total_bytes, mut original_bytes, mut quantized_any) = (0u64, 0u64, false);
     let mut scale_params = 0usize;
+    let (mut masks, mut mask_entries, mut mask_pruned) = (0usize, 0usize, 0usize);
     for t in model.tensors() {
         let (name, info) = (t.name, t.info);
         let ckpt = &model.shards()[t.shard];
@@ -206,6 +219,9 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
                 Ok(())
             })?;
             stats.sparsity = Some(fraction(pruned, count));
+            masks += 1;
+            mask_entries += count;
+            mask_pruned += pruned;
         }
         progress.advance((info.data_offsets.1 - info.data_offsets.0) as u64);
         rows.push(stats);
@@ -219,6 +235,12 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
         sparsity: fraction(zeros, params),
         bytes: Some(total_bytes),
         compression: quantized_any.then(|| original_bytes as f64 / total_bytes.max(1) as f64),
+        masks: (masks > 0).then(|| MaskTotal {
+            masks,
+            entries: mask_entries,
+            pruned: mask_pruned,
+            sparsity: fraction(mask_pruned, mask_entries),
+        }),
     };
     if args.json {
         print_json(&Report { file: args.input.display().to_string(), tensors: rows, total })?;
@@ -262,11 +284,22 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
         total.sparsity,
         total_bytes,
         scales = if scale_params > 0 {
-            format!(" ({scale_params} scales of int8 tensors not counted)")
+            format!(
+                " (the {scale_params} scales of int8 tensors are in the bytes, not the parameters)"
+            )
         } else {
             String::new()
         }
     )?;
+    if let Some(m) = &total.masks {
+        outln!(
+            "masks: {} PyTorch masks, {} entries, {} of them pruned, sparsity {:.4}",
+            m.masks,
+            m.entries,
+            m.pruned,
+            m.sparsity
+        )?;
+    }
     Ok(())
 }
 
@@ -300,6 +333,7 @@ fn mask_set(args: &InspectArgs) -> Result<()> {
         sparsity: fraction(zeros, params),
         bytes: None,
         compression: None,
+        masks: None,
     };
     if args.json {
         print_json(&Report { file: args.input.display().to_string(), tensors: rows, total })?;

@@ -125,18 +125,28 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         "sentences",
         "tokens",
         "dense ms",
-        "sparse ms",
+        "pruned ms",
         "speedup",
-        "sparse layers"
+        "layers not dense"
     )?;
     for s in &report.settings {
         let t = |t: &Timing| format!("{:.2} ({:.2}-{:.2})", t.median, t.min, t.max);
         let verdict = if s.layers.iter().all(|l| l.sparsity == 0.0) {
             "0: no layer is pruned; the model runs dense".to_owned()
         } else if s.sparse_layers == 0 {
-            "0: no sparse format beats dense here; the model runs dense".to_owned()
+            "0: no other format beats dense here; the model runs dense".to_owned()
         } else {
-            format!("{} of {}", s.sparse_layers, s.layers.len())
+            // Which formats, in the order they first appear: int8 layers gain by their
+            // bytes, not by their zeros, and the reader should see which it was.
+            let mut formats: Vec<(&str, usize)> = Vec::new();
+            for l in s.layers.iter().filter(|l| l.chosen != "dense") {
+                match formats.iter_mut().find(|(f, _)| *f == l.chosen) {
+                    Some((_, n)) => *n += 1,
+                    None => formats.push((&l.chosen, 1)),
+                }
+            }
+            let formats: Vec<String> = formats.iter().map(|(f, n)| format!("{f} {n}")).collect();
+            format!("{} of {}: {}", s.sparse_layers, s.layers.len(), formats.join(", "))
         };
         let (sparse_ms, speedup) = match (&s.sparse_ms, s.speedup) {
             (Some(ms), Some(x)) => (t(ms), format!("{x:.2}x")),

@@ -668,14 +668,19 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
         "total".into(),
         format!("{} float params", t.parameters),
         String::new(),
-        format!("{} params", t.pruned_tensors_parameters),
-        format!("pruned tensors: {:.4}", t.pruned_tensors_sparsity_after),
+        String::new(),
+        String::new(),
         String::new(),
         format!("{:.4}", t.sparsity_before),
         format!("{:.4}", t.sparsity_after),
     ];
     let header = ["tensor", "shape", "dtype", "pruned", "why", "target", "before", "after"];
     print_table(&header, &report.tensors.rows, cells, Some(footer))?;
+    outln!(
+        "pruned tensors: {} params, sparsity {:.4}",
+        t.pruned_tensors_parameters,
+        t.pruned_tensors_sparsity_after
+    )?;
     let how = match report.threshold {
         Some(th) => format!(", global threshold {th:.6e}"),
         None => String::new(),

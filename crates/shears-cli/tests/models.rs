@@ -282,6 +282,13 @@ fn masks_round_trip_as_torch_masks_and_continue_pruning() {
         tensor(&inspected, "encoder.layer.0.attention.self.query.weight_mask")["sparsity"],
         0.5
     );
+    // ...and its total counts the masks' entries, all four at the weights' 50%.
+    let total = &inspected["total"]["masks"];
+    let entries: usize = saved.values().map(|(_, shape, _)| shape.iter().product::<usize>()).sum();
+    assert_eq!(total["masks"], 4);
+    assert_eq!(total["entries"], entries);
+    assert_eq!(total["pruned"], entries / 2);
+    assert_eq!(total["sparsity"], 0.5);
     // Starting from those masks, a higher target prunes only among the kept weights...
     let further = dir.path().join("further.safetensors");
     run(&[
