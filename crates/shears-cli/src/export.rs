@@ -41,8 +41,10 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
             args.model.display()
         );
     }
+    let mut int8_folder = false;
     let (model, what) = if args.model.is_dir() {
         let files = shears_io::Model::open(&args.model)?;
+        int8_folder = files.tensors().any(|t| t.info.dtype == shears_io::Dtype::I8);
         let mut paths =
             vec![("--output", out.as_path(), true), ("external data", data_path.as_path(), true)];
         for shard in files.shards() {
@@ -140,6 +142,25 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
             "initializers of 1 KiB or more: {} ({:.1} MB)",
             data_path.display(),
             data.len() as f64 / 1e6
+        )?;
+    }
+    if args.sparse_initializers {
+        let sparse = model.graph.as_ref().map_or(0, |g| {
+            let holds_sparse = |n: &&shears_onnx::proto::NodeProto| {
+                n.op_type() == "Constant" && n.attribute.iter().any(|a| a.name() == "sparse_value")
+            };
+            g.node.iter().filter(holds_sparse).count()
+        });
+        match sparse {
+            0 => outln!(
+                "--sparse-initializers: no weight is sparse enough to take fewer bytes sparse (about two thirds zeros); all are dense"
+            )?,
+            n => outln!("--sparse-initializers: {n} weights written sparse")?,
+        }
+    }
+    if int8_folder && matches!(weights, Weights::F32) {
+        outln!(
+            "the folder's int8 layers were written as f32 (their values times their scales); --quantize int8 exports int8 weights"
         )?;
     }
     Ok(())

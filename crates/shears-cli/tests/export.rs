@@ -162,7 +162,23 @@ fn sparse_initializers_shrink_a_pruned_mlp() {
         args.extend(extra);
         let o = shears(&args);
         assert!(o.status.success(), "{}", stderr(&o));
+        // The first layer is sparse enough; the second (unpruned) stays dense.
+        let said = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(said.contains("1 weights written sparse"), extra.is_some(), "{said}");
     }
+    // An unpruned network has no weight to write sparse, and says so.
+    let unpruned = dir.path().join("unpruned.safetensors");
+    let mlp = shears_nn::Mlp::<f32>::new(&[64, 32, 3], 1).unwrap();
+    shears_nn::checkpoint::save(&mlp, &shears_core::Masks::new(), &unpruned).unwrap();
+    let out = dir.path().join("unpruned.onnx");
+    let o = shears(&[
+        "export",
+        unpruned.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--sparse-initializers",
+    ]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no weight is sparse enough"));
     assert_eq!(ops(&decode(&sparse)), ["Constant", "Gemm", "Relu", "Gemm", "Identity"]);
     let size = |p: &Path| std::fs::metadata(p).unwrap().len();
     assert!(size(&sparse) * 2 < size(&dense), "{} against {}", size(&sparse), size(&dense));
@@ -242,4 +258,39 @@ fn external_data_needs_names_it_can_write_and_record() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(out.exists() && !dir.path().join("small.onnx.data").exists());
+}
+
+#[test]
+fn an_int8_folder_exported_without_quantize_says_its_weights_became_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let quantized = dir.path().join("int8");
+    let bert = tiny_bert();
+    let o = shears(&[
+        "prune",
+        bert.to_str().unwrap(),
+        "-o",
+        quantized.to_str().unwrap(),
+        "--pattern",
+        "2:4",
+        "--quantize",
+        "int8",
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = dir.path().join("model.onnx");
+    let export = |extra: &[&str]| {
+        let o = shears(
+            &[&["export", quantized.to_str().unwrap(), "-o", out.to_str().unwrap()][..], extra]
+                .concat(),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let said = export(&[]);
+    assert!(
+        said.contains("f32 weights") && said.contains("--quantize int8 exports int8"),
+        "{said}"
+    );
+    let said = export(&["--quantize", "int8"]);
+    assert!(said.contains("int8 weights") && !said.contains("were written as f32"), "{said}");
 }

@@ -10,7 +10,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// A sparsity was NaN or outside `[0, 1]`.
-    #[error("sparsity must be in [0, 1], got {value}")]
+    #[error("sparsity must be in [0, 1], got {value}{}", percent_hint(*.value))]
     InvalidSparsity {
         /// The rejected value.
         value: f64,
@@ -215,3 +215,13 @@ pub enum FormatError {
         reason: String,
     },
 }
+
+/// For a sparsity that reads like a percentage, the fraction it likely means.
+fn percent_hint(value: f64) -> String {
+    if value > 1.0 && value <= 100.0 {
+        format!(" (a fraction: {value}% is {})", value / 100.0)
+    } else {
+        String::new()
+    }
+}
+

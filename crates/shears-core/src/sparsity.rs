@@ -226,6 +226,14 @@ mod tests {
     }
 
     #[test]
+    fn a_percentage_is_answered_with_its_fraction() {
+        let said = |v: f64| Sparsity::new(v).map(drop).unwrap_err().to_string();
+        assert_eq!(said(80.0), "sparsity must be in [0, 1], got 80 (a fraction: 80% is 0.8)");
+        assert_eq!(said(-0.5), "sparsity must be in [0, 1], got -0.5");
+        assert_eq!(said(150.0), "sparsity must be in [0, 1], got 150");
+    }
+
+    #[test]
     fn deserialisation_validates() {
         let bad: std::result::Result<Sparsity, _> =
             bincode::serde::decode_from_slice(&[0u8; 0], bincode::config::standard())
