@@ -224,4 +224,3 @@ fn percent_hint(value: f64) -> String {
         String::new()
     }
 }
-

@@ -214,7 +214,10 @@ impl<S: Source> Checkpoint<S> {
     /// [`Error::UnknownTensor`] or a read error.
     pub fn read_bytes(&self, name: &str) -> Result<Vec<u8>> {
         let (info, start) = self.located(name)?;
-        let mut bytes = vec![0u8; info.data_offsets.1 - info.data_offsets.0];
+        let mut bytes = Vec::new();
+        let len = info.data_offsets.1 - info.data_offsets.0;
+        reserve(&mut bytes, len, name)?;
+        bytes.resize(len, 0);
         self.read_at(&mut bytes, start)?;
         Ok(bytes)
     }
@@ -338,6 +341,7 @@ impl<S: Source> Checkpoint<S> {
         let len = (info.data_offsets.1 - info.data_offsets.0) / size;
         // Old values are all overwritten, so only a longer tail needs filling first.
         spare.truncate(len);
+        reserve(spare, len, name)?;
         spare.resize(len, T::zero());
         // Pieces of CHUNK_BYTES of the file, read (and decoded) on rayon's threads.
         let per_piece = (CHUNK_BYTES / size).max(1);
@@ -391,6 +395,7 @@ impl<S: Source> Checkpoint<S> {
         // The header's validation bounds the element count by the file's length.
         let len = rows * cols;
         spare.clear();
+        reserve(&mut spare, len, name)?;
         spare.resize(len, T::zero());
         let mut matrix = DMatrix::from_vec(rows, cols, spare);
         if matrix.is_empty() {
@@ -405,6 +410,16 @@ impl<S: Source> Checkpoint<S> {
         })?;
         Ok(matrix)
     }
+}
+
+/// Room in `buffer` for `len` values of tensor `name`, or [`Error::TooLarge`]: a file's
+/// header bounds a tensor by the file's length, not by the memory there is, so a
+/// tensor of a terabyte in a sparse file must fail here rather than abort the process.
+fn reserve<T>(buffer: &mut Vec<T>, len: usize, name: &str) -> Result<()> {
+    buffer.try_reserve_exact(len.saturating_sub(buffer.len())).map_err(|_| Error::TooLarge {
+        tensor: name.to_owned(),
+        bytes: (len as u64).saturating_mul(size_of::<T>() as u64),
+    })
 }
 
 /// How a tensor's bytes become floating-point values.
@@ -446,4 +461,22 @@ pub fn matrix_shape(name: &str, info: &TensorInfo) -> Result<(usize, usize)> {
     shears_core::WeightShape::from_dims(&info.shape).map(|s| s.matrix_shape()).map_err(|e| {
         Error::Shape { tensor: name.to_owned(), shape: info.shape.clone(), reason: e.to_string() }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tensor_too_large_to_allocate_is_an_error_that_names_it() {
+        // More than any address space holds: the allocation fails whatever the
+        // system's overcommit policy, and the error says which tensor and how much.
+        let mut buffer: Vec<f32> = Vec::new();
+        let err = reserve(&mut buffer, usize::MAX / 2, "fc1.weight").unwrap_err();
+        assert!(matches!(&err, Error::TooLarge { tensor, .. } if tensor == "fc1.weight"));
+        assert!(err.to_string().contains(&format!("{} bytes", u64::MAX)), "{err}");
+        // What fits is reserved, and nothing is written.
+        reserve(&mut buffer, 1000, "fc1.weight").unwrap();
+        assert!(buffer.capacity() >= 1000 && buffer.is_empty());
+    }
 }

@@ -59,6 +59,16 @@ pub enum Error {
         /// Its dtype.
         dtype: Dtype,
     },
+    /// A tensor is larger than the memory this process can allocate for it.
+    #[error(
+        "tensor `{tensor}` needs {bytes} bytes of memory decoded, more than can be allocated here"
+    )]
+    TooLarge {
+        /// The tensor.
+        tensor: String,
+        /// The bytes its decoded values take.
+        bytes: u64,
+    },
     /// A quantized tensor's scales or the file's quantization metadata are invalid.
     #[error("{}: quantized tensor `{tensor}`: {reason}", path.display())]
     Quantized {
