@@ -19,6 +19,14 @@ use crate::sources::{Sources, Tensor, View};
 /// limit is shorter): the length Wanda's and SparseGPT's evaluations of encoders use.
 const CALIBRATION_TOKENS: usize = 128;
 
+/// The most tokens the calibration sentences may reach (before tokenizing, as sentences
+/// times the longest a sentence can be): 2^24, some 2 GiB of tokenizer output.
+const CALIBRATION_MAX_TOKENS: usize = 1 << 24;
+
+/// The most memory the calibration's activations may take: every calibration token's
+/// hidden state in f32, twice (a layer's inputs and its outputs).
+const CALIBRATION_MAX_BYTES: u64 = 8 << 30;
+
 /// The largest finite f16.
 const F16_MAX: f32 = 65504.0;
 
@@ -72,7 +80,27 @@ pub(crate) fn prune(
     let chosen_names: HashSet<String> = chosen.iter().map(|t| t.name.to_owned()).collect();
     drop(linears);
     let texts = read_texts(calib, args.calib_samples as usize)?;
+    let (hidden, max_len) =
+        (transformer.model.config().hidden_size, transformer.tokenizer.max_len());
+    // Tokenizing holds some hundred bytes a token: bound it before, by the longest the
+    // sentences can be, and the activations after, by the tokens they made.
+    let most = texts.len().saturating_mul(max_len);
+    if most > CALIBRATION_MAX_TOKENS {
+        bail!(
+            "{} calibration sentences of up to {max_len} tokens are up to {most} tokens, more than the {CALIBRATION_MAX_TOKENS} calibration can hold: lower --calib-samples or --max-len",
+            texts.len()
+        );
+    }
     let batch = transformer.tokenizer.encode(&texts)?;
+    let activations = (2 * 4 * hidden as u64).saturating_mul(batch.tokens() as u64);
+    if activations > CALIBRATION_MAX_BYTES {
+        bail!(
+            "{} calibration tokens of hidden size {hidden} need {:.1} GiB of activations, more than {} GiB: lower --calib-samples or --max-len",
+            batch.tokens(),
+            activations as f64 / (1u64 << 30) as f64,
+            CALIBRATION_MAX_BYTES >> 30
+        );
+    }
     let calibration = Calibration {
         texts: calib.display().to_string(),
         sentences: texts.len(),

@@ -163,6 +163,9 @@ impl Outputs {
         let mut found = Strangers::default();
         let Some(root) = &self.folder else { return found };
         let written: std::collections::HashSet<&Path> = self.written().collect();
+        // Files this run writes over (checked before it writes anything).
+        found.replaced = written.iter().filter(|p| p.is_file()).map(|p| p.to_path_buf()).collect();
+        found.replaced.sort();
         let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
@@ -258,4 +261,6 @@ pub(crate) struct Strangers {
     pub(crate) count: usize,
     /// A weights file or shard index at the folder's top.
     pub(crate) weights: Option<PathBuf>,
+    /// The files already there that this run writes over, sorted.
+    pub(crate) replaced: Vec<PathBuf>,
 }

@@ -227,6 +227,19 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
             if more > 0 { format!(" and {more} more") } else { String::new() }
         ));
     }
+    if let Some(first) = strangers.replaced.first() {
+        let count = strangers.replaced.len();
+        report.warnings.add(format!(
+            "the output folder already held {count} file{} this run wrote over: {}{}",
+            if count == 1 { "" } else { "s" },
+            first.display(),
+            match count {
+                1 => String::new(),
+                2 => format!(", {}", strangers.replaced[1].display()),
+                _ => format!(", {} and {} more", strangers.replaced[1].display(), count - 2),
+            }
+        ));
+    }
     for (path, why) in &outputs.skipped {
         report.warnings.add(format!("{} was not copied: {why}", path.display()));
     }

@@ -238,7 +238,27 @@ fn calibrated_methods_refuse_what_they_cannot_do_before_writing() {
     std::fs::write(&empty, "\n\n").unwrap();
     let missing = dir.path().join("missing.txt");
     let weights = tiny_bert().join("model.safetensors");
+    // 300,000 short lines at up to 64 tokens each: past what calibration holds (2^24
+    // tokens), refused before they are tokenized.
+    let many = dir.path().join("many.txt");
+    std::fs::write(&many, "a b\n".repeat(300_000)).unwrap();
+    let many = many.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "--method",
+                "wanda",
+                "-s",
+                "0.5",
+                "--calib",
+                many,
+                "--calib-samples",
+                "300000",
+                "--max-len",
+                "64",
+            ],
+            "lower --calib-samples or --max-len",
+        ),
         (vec!["--method", "wanda", "-s", "0.5"], "needs --calib"),
         (vec!["--method", "sparsegpt", "-s", "0.5", "--calib", empty.to_str().unwrap()], "no line"),
         (
@@ -303,6 +323,7 @@ fn the_record_names_the_calibration_and_files_it_left() {
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("stale.txt"), "from an earlier run").unwrap();
+    std::fs::write(out.join("config.json"), "{\"mine\": 1}").unwrap();
     let texts = dir.path().join("three.txt");
     std::fs::write(&texts, "The cat sat.\n\nA dog ran home.\nBirds fly south.\n").unwrap();
     let model = tiny_bert();
@@ -332,6 +353,10 @@ fn the_record_names_the_calibration_and_files_it_left() {
     assert!(warnings.contains("--calib-samples 10"), "{warnings}");
     assert!(warnings.contains("stale.txt"), "{warnings}");
     assert!(out.join("stale.txt").is_file(), "left as it was");
+    // A file of the same name as one the run writes is written over, and the record says so.
+    assert!(warnings.contains("1 file this run wrote over") && warnings.contains("config.json"));
+    let config = std::fs::read(out.join("config.json")).unwrap();
+    assert_eq!(config, std::fs::read(tiny_bert().join("config.json")).unwrap());
 }
 
 /// Copies the tiny BERT's folder to `to`.
