@@ -85,8 +85,8 @@ const PAD: usize = 32;
 /// One head of one sentence, copied into contiguous buffers padded with zeros: the
 /// queries by token (`dp` values each, `dp` the head size rounded up to [`PAD`]), the
 /// keys by feature (`lp` values each, `lp` the length rounded up to [`PAD`], so a
-/// feature of a tile's keys is two whole vectors), the values by token; and the scores
-/// and output.
+/// feature of a tile's keys is two whole vectors), the values by token; the scores of
+/// one tile of queries; and the output.
 #[derive(Default)]
 struct Scratch {
     q: Vec<f32>,
@@ -123,7 +123,8 @@ impl Scratch {
                 self.kt[x * lp + i] = value;
             }
         }
-        self.scores.resize(queries * lp, 0.0);
+        // The scores of one tile of queries at a time: a whole head's would be len² values.
+        self.scores.resize(QUERIES * lp, 0.0);
         self.out.resize(queries * dp, 0.0);
     }
 }
@@ -176,8 +177,8 @@ impl WithSimd for Head<'_> {
                         a[1] = simd.mul_add_e_f32s(qx, k1, a[1]);
                     }
                 }
-                for (a, qj) in acc.iter().zip(j0..) {
-                    let row = &mut s.scores[qj * lp + i0..qj * lp + i0 + tile];
+                for (a, row) in acc.iter().zip(s.scores.chunks_exact_mut(lp)) {
+                    let row = &mut row[i0..i0 + tile];
                     let (row, _) = S::as_mut_simd_f32s(row);
                     for (r, &v) in row.iter_mut().zip(a) {
                         *r = simd.mul_f32s(v, scale_v);
@@ -188,11 +189,11 @@ impl WithSimd for Head<'_> {
             // (A loop, not a closure: a closure would be compiled without the dispatch's
             // SIMD features, and `exp` would not vectorise.)
             let mut inv = [zero; QUERIES];
-            for (inv, qj) in inv.iter_mut().zip(j0..) {
-                *inv = simd.splat_f32s(softmax_unscaled(&mut s.scores[qj * lp..qj * lp + len]));
+            for (inv, row) in inv.iter_mut().zip(s.scores.chunks_exact_mut(lp)) {
+                *inv = simd.splat_f32s(softmax_unscaled(&mut row[..len]));
             }
             // Their outputs: Σ_i p[i, j] v[:, i], a tile of the head's features at a time.
-            let p: [&[f32]; QUERIES] = std::array::from_fn(|a| &s.scores[(j0 + a) * lp..][..len]);
+            let p: [&[f32]; QUERIES] = std::array::from_fn(|a| &s.scores[a * lp..][..len]);
             for x0 in (0..feature_end).step_by(tile) {
                 let mut acc = [[zero; 2]; QUERIES];
                 for (i, token) in s.v.chunks_exact(dp).enumerate() {
@@ -310,6 +311,17 @@ mod tests {
         fn with_simd<S: Simd>(self, simd: S) -> DMatrix<f32> {
             head_with(simd, self.0, self.1, self.2)
         }
+    }
+
+    #[test]
+    fn a_head_holds_one_tile_of_queries_scores_not_the_whole_square() {
+        // A sentence of 1000 tokens: its scores would be a million values at once.
+        let (d, len) = (8, 1000);
+        let token = vec![0.5f32; d];
+        let tokens = || std::iter::repeat_n(token.as_slice(), len);
+        let mut scratch = Scratch::default();
+        scratch.load(tokens(), tokens(), tokens(), d, len);
+        assert_eq!(scratch.scores.len(), QUERIES * len.next_multiple_of(PAD));
     }
 
     #[test]
