@@ -70,7 +70,16 @@ impl BertConfig {
 
     fn from_fields(path: &Path, f: &Map<String, Value>) -> Result<BertConfig> {
         let err = |field: &str, reason: String| config_error(path, field, &reason);
-        match f.get("model_type").and_then(Value::as_str) {
+        // A field that must be a string when present: any other JSON type is an error,
+        // not a default (`"hidden_act": ["relu"]` must not run as gelu).
+        let text = |field: &str| -> Result<Option<&str>> {
+            match f.get(field) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(other) => Err(err(field, format!("must be a string, got {other}"))),
+            }
+        };
+        match text("model_type")? {
             Some("bert") => {}
             Some(other) => {
                 return Err(err(
@@ -82,7 +91,7 @@ impl BertConfig {
             }
             None => return Err(err("model_type", "is missing".into())),
         }
-        if let Some(kind) = f.get("position_embedding_type").and_then(Value::as_str)
+        if let Some(kind) = text("position_embedding_type")?
             && kind != "absolute"
         {
             return Err(err(
@@ -110,7 +119,7 @@ impl BertConfig {
                 format!("{num_attention_heads} does not divide hidden_size {hidden_size}"),
             ));
         }
-        let hidden_act = match f.get("hidden_act").and_then(Value::as_str) {
+        let hidden_act = match text("hidden_act")? {
             Some("gelu") | None => Activation::Gelu,
             Some("gelu_new" | "gelu_pytorch_tanh" | "gelu_fast") => Activation::GeluTanh,
             Some("relu") => Activation::Relu,
@@ -384,6 +393,16 @@ mod tests {
         }
         let err = parse(&MINILM.replace("\"hidden_size\": 384,", "")).unwrap_err().to_string();
         assert!(err.contains("hidden_size: is missing"), "{err}");
+        // A string field of another JSON type is named, not read as missing or default.
+        for (edit, field) in [
+            (("\"gelu\"", "[\"relu\"]"), "hidden_act"),
+            (("\"gelu\"", "3"), "hidden_act"),
+            (("\"absolute\"", "5"), "position_embedding_type"),
+            (("\"bert\"", "[\"bert\"]"), "model_type"),
+        ] {
+            let err = parse(&MINILM.replace(edit.0, edit.1)).unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains("must be a string"), "{field}: {err}");
+        }
         let decoder = MINILM.replace("\"bert\",", "\"bert\", \"is_decoder\": true,");
         assert!(parse(&decoder).unwrap_err().to_string().contains("is_decoder"));
     }
