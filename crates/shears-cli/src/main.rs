@@ -5,11 +5,12 @@
 #![allow(clippy::print_stdout, reason = "a command-line tool reports on stdout")]
 
 /// `println!` that returns the write's error instead of panicking, so that output into a
-/// closed pipe ends the command quietly (see `main`).
+/// closed pipe ends the command quietly (see `main`), and any other failure says it was
+/// stdout that failed (its kind kept).
 macro_rules! outln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($arg)*)
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::report::stdout_error)
     }};
 }
 

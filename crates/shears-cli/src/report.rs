@@ -103,16 +103,25 @@ pub(crate) fn print_table<R>(
     }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut line = |cells: &[String]| writeln!(out, "{}", format_line(cells, &widths));
-    line(&header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>())?;
-    line(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>())?;
-    for r in rows {
-        line(&cells(r))?;
-    }
-    if let Some(f) = &footer {
-        line(f)?;
-    }
-    out.flush()
+    let mut write = || {
+        let mut line = |cells: &[String]| writeln!(out, "{}", format_line(cells, &widths));
+        line(&header.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>())?;
+        line(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>())?;
+        for r in rows {
+            line(&cells(r))?;
+        }
+        if let Some(f) = &footer {
+            line(f)?;
+        }
+        out.flush()
+    };
+    write().map_err(stdout_error)
+}
+
+/// A failed write to stdout, saying so (its kind kept, so that a closed pipe is still
+/// one): the report is all that failed, and the outputs were written.
+pub(crate) fn stdout_error(e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("cannot write the report to stdout: {e}"))
 }
 
 /// One table line: each cell padded to its column's width (in characters), two spaces
@@ -154,10 +163,13 @@ pub(crate) fn print_json(value: &impl serde::Serialize) -> std::io::Result<()> {
     use std::io::Write;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    // `From` keeps an I/O error as it was, so a closed pipe is still one.
-    serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::from)?;
-    writeln!(out)?;
-    out.flush()
+    let mut write = || {
+        // `From` keeps an I/O error as it was, so a closed pipe is still one.
+        serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+        out.flush()
+    };
+    write().map_err(stdout_error)
 }
 
 #[cfg(test)]
