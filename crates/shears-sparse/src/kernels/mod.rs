@@ -38,6 +38,7 @@
 
 mod int8;
 mod isa;
+mod scratch;
 mod spmm;
 mod spmv;
 

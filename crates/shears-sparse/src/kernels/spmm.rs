@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use shears_core::Scalar;
 
 use super::isa::{Isa, fma};
+pub(super) use super::scratch::LineAligned;
 use super::{
     BsrView, CsrView, NmView, SLICE_ROWS, SellView, Stored, Units, combine, kernel_path,
     multiversion, parallel_ranges,
@@ -308,40 +309,6 @@ const TRANSPOSE_ROWS: usize = 64;
 
 fn copies_in_parallel(len: usize) -> bool {
     len >= PARALLEL_COPY && rayon::current_num_threads() > 1
-}
-
-/// A zeroed (or filled) buffer whose first element sits on a 64-byte boundary, so that with a batch
-/// of 16 `f32` (or 8 `f64`) or a multiple, every row of `xt` and of the output starts a
-/// cache line and a 64-byte load never straddles two. The allocator only promises
-/// 16 bytes, and a large allocation typically lands 16 bytes past a page, so without
-/// this every other 64-byte load of a row would cross a line.
-pub(super) struct LineAligned<T> {
-    buf: Vec<T>,
-    start: usize,
-    len: usize,
-}
-
-impl<T: Copy + Default> LineAligned<T> {
-    pub(super) fn zeroed(len: usize) -> Self {
-        Self::filled(len, T::default())
-    }
-
-    /// `len` copies of `value`.
-    pub(super) fn filled(len: usize, value: T) -> Self {
-        let slack = 64 / size_of::<T>();
-        let buf = vec![value; len + slack];
-        // `align_offset` may decline (usize::MAX); then the buffer is merely unaligned.
-        let start = buf.as_ptr().align_offset(64).min(slack);
-        LineAligned { buf, start, len }
-    }
-
-    pub(super) fn as_slice(&self) -> &[T] {
-        &self.buf[self.start..self.start + self.len]
-    }
-
-    pub(super) fn as_mut_slice(&mut self) -> &mut [T] {
-        &mut self.buf[self.start..self.start + self.len]
-    }
 }
 
 /// `X` (ncols x batch, column-major) as row-major rows of `batch`.

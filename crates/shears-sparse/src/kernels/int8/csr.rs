@@ -68,7 +68,7 @@ const BYTE_TILE: usize = 32;
 /// `i16` for the 16-bit copies, or as `u8` biased by
 /// [`ACTIVATION_BIAS`](crate::kernels::isa::ACTIVATION_BIAS) for the byte copy (where a
 /// zero is stored as 128).
-pub(crate) struct TokenRows<T = i16> {
+pub(crate) struct TokenRows<T: 'static = i16> {
     /// Entries per input: the batch rounded up to a whole tile ([`NARROW`] tokens, or
     /// [`BYTE_TILE`] for bytes).
     stride: usize,
@@ -96,7 +96,7 @@ fn token_bytes(x: &DMatrix<f32>) -> TokenRows<u8> {
 /// token's run of the block quantized contiguously, then stored down its column. Split
 /// across threads, by tokens for the scales and by blocks for the rest, when `X` is
 /// large enough to repay it.
-fn quantized_rows<T: Copy + Default + Send + Sync>(
+fn quantized_rows<T: Copy + Default + Send + Sync + 'static>(
     x: &DMatrix<f32>,
     tile: usize,
     store: impl Fn(i16) -> T + Sync,
