@@ -586,7 +586,8 @@ impl SentenceTransformer {
     ///
     /// # Errors
     /// As [`BertModel::load`] and [`TextEncoder::from_folder`]; [`Error::Argument`] if
-    /// `max_len` passes the position embeddings.
+    /// `max_len` passes the position embeddings; [`Error::Config`] if the pooling
+    /// module's `word_embedding_dimension` is not the encoder's `hidden_size`.
     pub fn load(folder: &Path, max_len: Option<usize>) -> Result<SentenceTransformer> {
         let model = BertModel::load(folder)?;
         let sentence = SentenceConfig::from_folder(folder)?;
@@ -598,6 +599,18 @@ impl SentenceTransformer {
                 path: folder.join("sentence_bert_config.json"),
                 field: "max_seq_length".into(),
                 reason: format!("{len} is longer than the model's {positions} position embeddings"),
+            });
+        }
+        let hidden = model.config().hidden_size;
+        if let Some(width) = sentence.word_embedding_dimension
+            && width != hidden
+        {
+            return Err(Error::Config {
+                path: folder.to_owned(),
+                field: "word_embedding_dimension".into(),
+                reason: format!(
+                    "the pooling module expects {width}, but config.json's hidden_size is {hidden}"
+                ),
             });
         }
         let max_len = max_len.or(sentence.max_seq_length).unwrap_or(positions.min(512));

@@ -180,13 +180,21 @@ pub struct SentenceConfig {
     pub normalize: bool,
     /// Tokens per input, special tokens included; longer inputs are truncated.
     pub max_seq_length: Option<usize>,
+    /// The token states' width the pooling module expects (its
+    /// `word_embedding_dimension`), where it says.
+    pub word_embedding_dimension: Option<usize>,
 }
 
 impl Default for SentenceConfig {
     /// Mean pooling, not normalised: what sentence-transformers builds for a plain BERT
     /// (a Transformer and a mean Pooling module, no Normalize).
     fn default() -> Self {
-        SentenceConfig { pooling: Pooling::Mean, normalize: false, max_seq_length: None }
+        SentenceConfig {
+            pooling: Pooling::Mean,
+            normalize: false,
+            max_seq_length: None,
+            word_embedding_dimension: None,
+        }
     }
 }
 
@@ -231,7 +239,7 @@ impl SentenceConfig {
         let pooling_path =
             pooling_dir.unwrap_or_else(|| folder.join("1_Pooling")).join("config.json");
         if pooling_path.is_file() {
-            config.pooling = read_pooling(&pooling_path)?;
+            (config.pooling, config.word_embedding_dimension) = read_pooling(&pooling_path)?;
         } else if listed {
             // modules.json names a pooling module: guessing its mode would give other
             // embeddings than sentence-transformers (which refuses such a folder).
@@ -261,8 +269,23 @@ impl SentenceConfig {
     }
 }
 
-fn read_pooling(path: &Path) -> Result<Pooling> {
+/// The pooling mode of a pooling module's `config.json`, and its
+/// `word_embedding_dimension` where it has one.
+fn read_pooling(path: &Path) -> Result<(Pooling, Option<usize>)> {
     let json = read_json(path)?;
+    let dimension = match json.get("word_embedding_dimension") {
+        None => None,
+        Some(v) => match v.as_u64().and_then(|d| usize::try_from(d).ok()) {
+            Some(d) if d > 0 => Some(d),
+            _ => {
+                return Err(config_error(
+                    path,
+                    "word_embedding_dimension",
+                    &format!("must be a positive integer, got {v}"),
+                ));
+            }
+        },
+    };
     let on = |key: &str| json.get(key).and_then(Value::as_bool) == Some(true);
     let modes: Vec<(&str, Pooling)> = [
         ("pooling_mode_mean_tokens", Pooling::Mean),
@@ -286,7 +309,7 @@ fn read_pooling(path: &Path) -> Result<Pooling> {
         }
     }
     match modes.as_slice() {
-        [(_, mode)] => Ok(*mode),
+        [(_, mode)] => Ok((*mode, dimension)),
         [] => Err(config_error(path, "pooling_mode_*", "no pooling mode is set")),
         _ => Err(config_error(
             path,
@@ -366,6 +389,27 @@ mod tests {
         .unwrap();
         let cls = SentenceConfig::from_folder(dir.path()).unwrap();
         assert_eq!((cls.pooling, cls.normalize), (Pooling::Cls, false));
+        assert_eq!(cls.word_embedding_dimension, None);
+        for (dimension, read) in
+            [("384", Ok(Some(384))), ("0", Err(())), ("-3", Err(())), ("\"384\"", Err(()))]
+        {
+            std::fs::write(
+                dir.path().join("1_Pooling/config.json"),
+                format!(r#"{{"pooling_mode_mean_tokens": true, "word_embedding_dimension": {dimension}}}"#),
+            )
+            .unwrap();
+            match (SentenceConfig::from_folder(dir.path()), read) {
+                (Ok(config), Ok(want)) => assert_eq!(config.word_embedding_dimension, want),
+                (Err(err), Err(())) => {
+                    let err = err.to_string();
+                    assert!(
+                        err.contains("word_embedding_dimension: must be a positive integer"),
+                        "{err}"
+                    );
+                }
+                (got, want) => panic!("{dimension}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]

@@ -160,6 +160,21 @@ fn bad_folders_and_inputs_are_errors_that_name_the_problem() {
     assert!(err.contains("64 position embeddings"), "{err}");
     let err = SentenceTransformer::load(&copy, Some(2)).unwrap_err().to_string();
     assert!(err.contains("no room"), "{err}");
+    // A pooling module that expects token states of another width.
+    std::fs::create_dir(copy.join("1_Pooling")).unwrap();
+    let pooling = std::fs::read_to_string(folder().join("1_Pooling/config.json")).unwrap();
+    let wider =
+        pooling.replace("\"word_embedding_dimension\": 32", "\"word_embedding_dimension\": 999");
+    assert_ne!(wider, pooling);
+    std::fs::write(copy.join("1_Pooling/config.json"), wider).unwrap();
+    let err = SentenceTransformer::load(&copy, None).unwrap_err().to_string();
+    assert!(
+        err.contains("word_embedding_dimension: the pooling module expects 999")
+            && err.contains("hidden_size is 32"),
+        "{err}"
+    );
+    std::fs::write(copy.join("1_Pooling/config.json"), pooling).unwrap();
+    assert!(SentenceTransformer::load(&copy, None).is_ok());
     let config = std::fs::read_to_string(folder().join("config.json")).unwrap();
     std::fs::write(copy.join("config.json"), config.replace("\"bert\"", "\"gpt2\"")).unwrap();
     let err = SentenceTransformer::load(&copy, None).unwrap_err().to_string();
