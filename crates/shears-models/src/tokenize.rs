@@ -8,9 +8,10 @@ use tokenizers::{PostProcessor, Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
 
-/// `tokenizer.json` files larger than this are refused before they are read (real ones
-/// are a few MiB; large multilingual vocabularies stay well under it).
-const MAX_TOKENIZER_BYTES: u64 = 256 << 20;
+/// `tokenizer.json` files larger than this are refused before they are read. Real ones
+/// are a few MiB, the largest multilingual vocabularies about 35 MiB; parsing takes
+/// about fourteen times the file's size in memory, which this keeps under a GiB.
+const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
 
 /// Sentences as token ids, packed: sentence `i` is `lengths[i]` tokens starting at the
 /// sum of the lengths before it. No padding is stored and none is computed on.
@@ -238,6 +239,19 @@ pub fn read_numbered_texts(path: &Path, limit: usize) -> Result<Vec<(usize, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_oversized_tokenizer_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::create(dir.path().join("tokenizer.json")).unwrap();
+        // Sparse: no bytes are written, and reading it would parse a GiB of zeros.
+        file.set_len(MAX_TOKENIZER_BYTES + 1).unwrap();
+        let err = TextEncoder::from_folder(dir.path(), 128).err().unwrap().to_string();
+        assert!(
+            err.contains("tokenizer.json") && err.contains("more than a tokenizer takes"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn batches_slice_and_chunk_by_whole_sentences() {
