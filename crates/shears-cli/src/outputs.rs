@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use shears_io::{INDEX_NAME, Index, Layout, Model, PendingFile, SealedFile};
 
+/// Entries (files and folders) the walk of an existing output folder visits at most.
+const MAX_VISITED: usize = 100_000;
+
 /// Weight files of formats shears does not rewrite: copying them beside pruned
 /// safetensors would leave unpruned weights that some loaders prefer.
 const OTHER_WEIGHTS: [&str; 8] =
@@ -155,8 +158,9 @@ impl Outputs {
     }
 
     /// Files already in the output folder that this run will not replace (a folder
-    /// pruned into before, or another model's), in one walk of the folder: at most
-    /// `limit` of them named, all counted (up to 100,000), and the first weights file or
+    /// pruned into before, or another model's), in one walk of the folder that stops
+    /// after [`MAX_VISITED`] entries: at most `limit` of them named, all counted, and
+    /// the first weights file or
     /// shard index among those at the top, which a loader would read with the new
     /// weights. Temporaries of other runs are not counted; they are reported apart.
     pub(crate) fn strangers(&self, limit: usize) -> Strangers {
@@ -167,9 +171,17 @@ impl Outputs {
         found.replaced = written.iter().filter(|p| p.is_file()).map(|p| p.to_path_buf()).collect();
         found.replaced.sort();
         let mut stack = vec![root.clone()];
+        // Folders count too, so that a tree of empty folders (or `-o /`) ends as soon.
+        let mut visited = 0;
         while let Some(dir) = stack.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else { continue };
             for entry in entries.flatten() {
+                visited += 1;
+                if visited > MAX_VISITED {
+                    found.named.sort();
+                    found.partial = true;
+                    return found;
+                }
                 let path = entry.path();
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if name.starts_with(shears_io::TEMPORARY_PREFIX) {
@@ -189,9 +201,6 @@ impl Outputs {
                         }
                     }
                     _ => {}
-                }
-                if found.count >= 100_000 {
-                    return found;
                 }
             }
         }
@@ -257,8 +266,10 @@ impl Drop for NewFolders {
 pub(crate) struct Strangers {
     /// The first few, sorted.
     pub(crate) named: Vec<PathBuf>,
-    /// All of them, up to 100,000.
+    /// All of them the walk reached.
     pub(crate) count: usize,
+    /// Whether the walk stopped at [`MAX_VISITED`] entries, so that there are more.
+    pub(crate) partial: bool,
     /// A weights file or shard index at the folder's top.
     pub(crate) weights: Option<PathBuf>,
     /// The files already there that this run writes over, sorted.

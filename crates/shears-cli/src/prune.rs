@@ -220,11 +220,12 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
         let count = strangers.count;
         let names: Vec<String> = strangers.named.iter().map(|p| p.display().to_string()).collect();
         let more = count - names.len();
+        let (at_least, still_more) = if strangers.partial { ("at least ", "+") } else { ("", "") };
         report.warnings.add(format!(
-            "the output folder already held {count} file{} this run did not write, left as they were: {}{}",
+            "the output folder already held {at_least}{count} file{} this run did not write, left as they were: {}{}",
             if count == 1 { "" } else { "s" },
             names.join(", "),
-            if more > 0 { format!(" and {more} more") } else { String::new() }
+            if more > 0 { format!(" and {more}{still_more} more") } else { String::new() }
         ));
     }
     if let Some(first) = strangers.replaced.first() {
@@ -294,6 +295,11 @@ fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()>
         shears_io::paths::check_output(written)?;
     }
     let folder = outputs.folder();
+    if let Some(root) = folder
+        && shears_io::paths::is_filesystem_root(root)
+    {
+        bail!("refusing to write a model folder into the filesystem root {}", root.display());
+    }
     if let (Some(root), Some(model_folder)) = (folder, model.folder())
         && shears_io::paths::is_within(root, model_folder)
     {

@@ -95,6 +95,12 @@ pub fn is_within(path: &Path, folder: &Path) -> bool {
     }
 }
 
+/// Whether `path` resolves (links followed, `..` applied) to a filesystem root: `/`, or
+/// a drive's root on Windows.
+pub fn is_filesystem_root(path: &Path) -> bool {
+    absolute_path(path).is_some_and(|p| p.parent().is_none())
+}
+
 /// Where a path is or would be: its nearest existing ancestor made canonical, the rest
 /// of it (folders not created yet, which cannot be links) resolved lexically.
 fn absolute_path(path: &Path) -> Option<PathBuf> {
@@ -147,6 +153,22 @@ pub fn check_distinct(paths: &[(&'static str, &Path, bool)]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filesystem_roots_are_told_by_where_they_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!is_filesystem_root(dir.path()));
+        assert!(!is_filesystem_root(&dir.path().join("not yet")));
+        #[cfg(unix)]
+        {
+            assert!(is_filesystem_root(Path::new("/")));
+            let up = dir.path().ancestors().map(|_| "..").collect::<Vec<_>>().join("/");
+            assert!(is_filesystem_root(&dir.path().join(up)));
+            let link = dir.path().join("root");
+            std::os::unix::fs::symlink("/", &link).unwrap();
+            assert!(is_filesystem_root(&link));
+        }
+    }
 
     #[test]
     fn a_file_name_past_255_bytes_is_refused_before_anything_is_written() {
