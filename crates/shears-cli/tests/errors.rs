@@ -4,7 +4,7 @@ use std::path::Path;
 
 use safetensors::tensor::Dtype;
 
-use crate::util::{T, model, shears, stderr, write};
+use crate::util::{T, model, prune_ok, read, shears, stderr, write};
 
 #[track_caller]
 fn fails(args: &[&str], out: &Path, needle: &str) {
@@ -135,7 +135,7 @@ fn bad_arguments() {
     fails(&strs(&prune(&["-s", "0.5", "--grads", i])), &out, "--method gradient");
     fails(&strs(&prune(&["-s", "0.5", "--method", "wanda"])), &out, "calibration");
     // The input is untouched by the refused in-place run.
-    let after = crate::util::read(&input);
+    let after = read(&input);
     assert_eq!(after.len(), 4);
 }
 
@@ -209,6 +209,38 @@ fn non_finite_weights_are_named() {
         let mut args = vec!["prune", i, "-o", out.to_str().unwrap(), "-s", "0.5"];
         args.extend(extra);
         fails(&args, &out, "nan.safetensors: tensor `k.weight` holds inf at [2, 1]");
+    }
+}
+
+/// f64 weights whose squares overflow still get their rows' L2 norms (the rows with
+/// the smaller norms are pruned); a group whose score itself is beyond f64 is an error
+/// that names the tensor and the group.
+#[test]
+fn huge_weights_keep_their_group_norms() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("huge.safetensors");
+    // Row r holds (r + 1) * 1e300: rows 0 and 1 have the smaller norms.
+    let values: Vec<f64> = (0..16).map(|i| ((i / 4 + 1) as f64) * 1e300).collect();
+    write(&input, &[T { name: "k.weight", dtype: Dtype::F64, shape: vec![4, 4], values }]);
+    let out = dir.path().join("out.safetensors");
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    prune_ok(&input, &out, &["--all", "-s", "0.5", "--pattern", "rows", "--reduction", "l2"]);
+    let pruned = &read(&out)["k.weight"].2;
+    let zero_rows: Vec<usize> =
+        (0..4).filter(|r| pruned[r * 4..r * 4 + 4].iter().all(|&v| v == 0.0)).collect();
+    assert_eq!(zero_rows, [0, 1]);
+    std::fs::remove_file(&out).unwrap();
+    write(
+        &input,
+        &[T { name: "k.weight", dtype: Dtype::F64, shape: vec![4, 4], values: vec![f64::MAX; 16] }],
+    );
+    for reduction in ["l1", "l2"] {
+        let args = ["prune", i, "-o", o, "--all", "-s", "0.5", "--pattern", "rows"];
+        fails(
+            &[&args[..], &["--reduction", reduction]].concat(),
+            &out,
+            &format!("tensor `k.weight`: the {reduction} score of group 0 overflows f64"),
+        );
     }
 }
 

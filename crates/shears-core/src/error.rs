@@ -73,6 +73,18 @@ pub enum Error {
         /// The column-major element index of the first offending value.
         index: usize,
     },
+    /// A group's score (the reduction of its finite values) is beyond `f64`.
+    #[error(
+        "tensor `{tensor}`: the {reduction} score of group {group} overflows f64: its values are too large to compare"
+    )]
+    ScoreOverflow {
+        /// The tensor's name.
+        tensor: String,
+        /// The reduction.
+        reduction: crate::Reduction,
+        /// The group's number in its layout.
+        group: usize,
+    },
     /// An N:M pattern outside `0 < n <= m <= 256`.
     #[error("invalid N:M pattern {n}:{m}: need 0 < N <= M <= 256")]
     InvalidNmPattern {

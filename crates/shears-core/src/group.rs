@@ -79,7 +79,7 @@ enum Kind {
 /// let w = dmatrix![3.0, 4.0; 0.0, 1.0];
 /// let rows = GroupLayout::new("fc", Granularity::Rows, &WeightShape::dense(2, 2))?;
 /// assert_eq!(rows.count(), 2);
-/// assert_eq!(rows.reduce(&w, Reduction::L2)?, vec![5.0, 1.0]);
+/// assert_eq!(rows.reduce("fc", &w, Reduction::L2)?, vec![5.0, 1.0]);
 /// let mask = rows.mask_from_kept_groups(&[true, false])?;
 /// assert_eq!(mask.fully_pruned_rows(), vec![1]);
 /// # Ok::<(), shears_core::Error>(())
@@ -158,27 +158,88 @@ impl GroupLayout {
         }
     }
 
-    /// One score per group: the [`Reduction`] of `values` over each group, in `f64`.
+    /// One score per group: the [`Reduction`] of `values` (tensor `tensor`'s, which
+    /// errors name) over each group, in `f64`. An
+    /// L2 norm is finite whenever the norm itself is (a group whose sum of squares
+    /// overflows is summed again scaled by its largest value).
     ///
     /// # Errors
-    /// [`Error::ShapeMismatch`] if `values` does not have the layout's shape.
-    pub fn reduce<T: Scalar>(&self, values: &DMatrix<T>, reduction: Reduction) -> Result<Vec<f64>> {
+    /// [`Error::ShapeMismatch`] if `values` does not have the layout's shape;
+    /// [`Error::ScoreOverflow`] if a group of finite values has a score beyond `f64`
+    /// (values near `f64::MAX`). Non-finite values give non-finite scores, which the
+    /// selection refuses.
+    pub fn reduce<T: Scalar>(
+        &self,
+        tensor: &str,
+        values: &DMatrix<T>,
+        reduction: Reduction,
+    ) -> Result<Vec<f64>> {
         self.check_shape(values.shape(), "group reduce")?;
-        let mut acc = vec![0.0f64; self.count()];
-        for c in 0..self.ncols {
-            for (r, &x) in values.column(c).iter().enumerate() {
-                let x = x.as_f64();
-                acc[self.group_of(r, c)] += match reduction {
-                    Reduction::L1 => x.abs(),
-                    Reduction::L2 => x * x,
-                    Reduction::Sum => x,
+        let sum_over = |term: &dyn Fn(f64) -> f64| {
+            let mut acc = vec![0.0f64; self.count()];
+            for c in 0..self.ncols {
+                for (r, &x) in values.column(c).iter().enumerate() {
+                    acc[self.group_of(r, c)] += term(x.as_f64());
+                }
+            }
+            acc
+        };
+        let mut acc = match reduction {
+            Reduction::L1 => sum_over(&|x| x.abs()),
+            Reduction::L2 => sum_over(&|x| x * x),
+            Reduction::Sum => sum_over(&|x| x),
+        };
+        if reduction == Reduction::L2 {
+            let overflowed: Vec<bool> = acc.iter().map(|a| a.is_infinite()).collect();
+            let scaled = overflowed.contains(&true).then(|| self.scaled_norms(values, &overflowed));
+            for (g, a) in acc.iter_mut().enumerate() {
+                *a = match &scaled {
+                    Some(norms) if overflowed[g] => norms[g],
+                    _ => a.sqrt(),
                 };
             }
         }
-        if reduction == Reduction::L2 {
-            acc.iter_mut().for_each(|a| *a = a.sqrt());
+        let finite_input = |g: usize| {
+            (0..self.ncols).all(|c| {
+                values
+                    .column(c)
+                    .iter()
+                    .enumerate()
+                    .all(|(r, x)| self.group_of(r, c) != g || x.as_f64().is_finite())
+            })
+        };
+        if let Some(group) = acc.iter().position(|a| a.is_infinite())
+            && finite_input(group)
+        {
+            return Err(Error::ScoreOverflow { tensor: tensor.to_owned(), reduction, group });
         }
         Ok(acc)
+    }
+
+    /// The L2 norm of each group marked in `groups`, as `max * sqrt(sum((x / max)^2))`
+    /// with `max` the group's largest magnitude, which stays finite wherever the norm
+    /// does (the sum of squares itself overflows from about 1.3e154 up).
+    fn scaled_norms<T: Scalar>(&self, values: &DMatrix<T>, groups: &[bool]) -> Vec<f64> {
+        let mut max = vec![0.0f64; self.count()];
+        for c in 0..self.ncols {
+            for (r, &x) in values.column(c).iter().enumerate() {
+                let g = self.group_of(r, c);
+                if groups[g] {
+                    max[g] = max[g].max(x.as_f64().abs());
+                }
+            }
+        }
+        let mut sums = vec![0.0f64; self.count()];
+        for c in 0..self.ncols {
+            for (r, &x) in values.column(c).iter().enumerate() {
+                let g = self.group_of(r, c);
+                if groups[g] && max[g] > 0.0 {
+                    let unit = x.as_f64() / max[g];
+                    sums[g] += unit * unit;
+                }
+            }
+        }
+        max.iter().zip(&sums).map(|(m, s)| m * s.sqrt()).collect()
     }
 
     /// Which groups still hold at least one kept element of `mask`.
@@ -247,13 +308,53 @@ mod tests {
         assert_eq!(m.fully_pruned_cols(), vec![4, 5, 6, 7]);
     }
 
+    fn cols_of(nrows: usize, ncols: usize) -> GroupLayout {
+        layout(Granularity::Columns, WeightShape::dense(nrows, ncols))
+    }
+
     #[test]
     fn reductions() {
         let w = dmatrix![1.0f32, -2.0; 3.0, -4.0];
         let cols = layout(Granularity::Columns, WeightShape::dense(2, 2));
-        assert_eq!(cols.reduce(&w, Reduction::L1).unwrap(), vec![4.0, 6.0]);
-        assert_eq!(cols.reduce(&w, Reduction::Sum).unwrap(), vec![4.0, -6.0]);
-        assert_eq!(cols.reduce(&w, Reduction::L2).unwrap(), vec![10f64.sqrt(), 20f64.sqrt()]);
+        assert_eq!(cols.reduce("x", &w, Reduction::L1).unwrap(), vec![4.0, 6.0]);
+        assert_eq!(cols.reduce("x", &w, Reduction::Sum).unwrap(), vec![4.0, -6.0]);
+        assert_eq!(cols.reduce("x", &w, Reduction::L2).unwrap(), vec![10f64.sqrt(), 20f64.sqrt()]);
+    }
+
+    /// Values whose squares overflow f64 still have their L2 norm, equal (to rounding)
+    /// to the norm of the same values scaled down by a power of two and scaled back; a
+    /// score that is itself beyond f64 is an error naming the group, and a non-finite
+    /// value gives a non-finite score, as before.
+    #[test]
+    fn large_values_keep_their_norms() {
+        let huge = 1e300f64;
+        let w = dmatrix![huge, 1.0, -3.0 * huge; huge, 2.0, 4.0 * huge];
+        let rows = layout(Granularity::Rows, WeightShape::dense(2, 3));
+        let norms = rows.reduce("x", &w, Reduction::L2).unwrap();
+        let small = w.map(|x| x * 2f64.powi(-600));
+        let want: Vec<f64> = rows
+            .reduce("x", &small, Reduction::L2)
+            .unwrap()
+            .iter()
+            .map(|n| n * 2f64.powi(600))
+            .collect();
+        for (got, want) in norms.iter().zip(&want) {
+            assert!(got.is_finite() && ((got - want) / want).abs() < 1e-15, "{got} {want}");
+        }
+        let cols = layout(Granularity::Columns, WeightShape::dense(2, 3));
+        let norms = cols.reduce("x", &w, Reduction::L2).unwrap();
+        assert_eq!(norms[1], 5f64.sqrt());
+        assert!((norms[2] / (5.0 * huge) - 1.0).abs() < 1e-15);
+        let over = dmatrix![f64::MAX, f64::MAX; 1.0, 1.0];
+        for reduction in [Reduction::L1, Reduction::L2, Reduction::Sum] {
+            let rows = layout(Granularity::Rows, WeightShape::dense(2, 2));
+            let err = rows.reduce("x", &over, reduction).unwrap_err();
+            assert_eq!(err, Error::ScoreOverflow { tensor: "x".into(), reduction, group: 0 });
+            assert!(err.to_string().contains("group 0 overflows f64"), "{err}");
+        }
+        let infinite = dmatrix![f64::INFINITY, 1.0; 1.0, 1.0];
+        let norms = cols_of(2, 2).reduce("x", &infinite, Reduction::L2).unwrap();
+        assert!(!norms[0].is_finite() && norms[1] == 2f64.sqrt());
     }
 
     #[test]
@@ -273,7 +374,7 @@ mod tests {
         ));
         let rows = layout(Granularity::Rows, dense);
         assert!(matches!(
-            rows.reduce(&DMatrix::<f64>::zeros(3, 2), Reduction::L1),
+            rows.reduce("x", &DMatrix::<f64>::zeros(3, 2), Reduction::L1),
             Err(Error::ShapeMismatch { .. })
         ));
         assert!(matches!(

@@ -116,7 +116,7 @@ proptest! {
         let g = if by_rows { Granularity::Rows } else { Granularity::Columns };
         let shape = WeightShape::dense(scores.nrows(), scores.ncols());
         let layout = GroupLayout::new("t", g, &shape).unwrap();
-        let group_scores = layout.reduce(&scores, Reduction::L2).unwrap();
+        let group_scores = layout.reduce("scores", &scores, Reduction::L2).unwrap();
         let mask = Selector::new().select_groups("t", &layout, &group_scores, s, None).unwrap();
         // The oracle: a 1 x groups selection on the group scores.
         let as_row = DMatrix::from_row_slice(1, group_scores.len(), &group_scores);

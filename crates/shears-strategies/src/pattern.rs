@@ -444,7 +444,7 @@ impl<T: Scalar, S: PruningStrategy<T>> PruningStrategy<T> for Pruner<S> {
                 let shape = ctx.shape_or_dense(weights);
                 check_view(&shape, weights)?;
                 let layout = GroupLayout::new(name, s.axis.granularity(), &shape)?;
-                let group_scores = layout.reduce(&scores()?, s.reduction)?;
+                let group_scores = layout.reduce(name, &scores()?, s.reduction)?;
                 let groups = layout.count();
                 let kept_now = match ctx.mask() {
                     Some(m) => layout.kept_groups(m)?.iter().filter(|&&k| k).count(),
@@ -461,7 +461,7 @@ impl<T: Scalar, S: PruningStrategy<T>> PruningStrategy<T> for Pruner<S> {
                     Granularity::Blocks(shape),
                     &ctx.shape_or_dense(weights),
                 )?;
-                let group_scores = layout.reduce(&scores()?, reduction)?;
+                let group_scores = layout.reduce(name, &scores()?, reduction)?;
                 selector.select_groups(name, &layout, &group_scores, sparsity, ctx.mask())
             }
         }
