@@ -67,6 +67,11 @@ fn main() -> ExitCode {
         // The reader of our output went away (`shears inspect big.st | head -1`): stop
         // without a word, with the status a shell reports for a tool SIGPIPE ended.
         Err(e) if closed_pipe(&e) => ExitCode::from(141),
+        // A signal's handler is removing the outputs (which is why the run failed) and
+        // will exit with the signal's status: let it.
+        Err(_) if shears_io::exiting() => loop {
+            std::thread::park();
+        },
         Err(e) => {
             report_error(&format!("{e:#}"));
             ExitCode::from(2)
@@ -75,7 +80,8 @@ fn main() -> ExitCode {
 }
 
 /// On SIGINT, SIGTERM or SIGHUP, removes the temporary files of outputs not yet committed
-/// (their targets keep their old contents), then exits with 128 + the signal's number, as
+/// (their targets keep their old contents) and the folders created for them that are left
+/// empty, then exits with 128 + the signal's number, as
 /// the signal itself would have. SIGKILL cannot be caught: the next run that writes into
 /// the same directory removes what such a run leaves.
 #[cfg(unix)]
@@ -87,6 +93,7 @@ fn remove_temporaries_on_signals() {
     let watcher = std::thread::Builder::new().name("shears-signals".into()).spawn(move || {
         if let Some(signal) = signals.forever().next() {
             shears_io::remove_pending();
+            outputs::remove_new_folders();
             std::process::exit(128 + signal);
         }
     });

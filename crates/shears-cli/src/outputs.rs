@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail};
 use shears_io::{INDEX_NAME, Index, Layout, Model, PendingFile, SealedFile};
@@ -134,9 +135,7 @@ impl Outputs {
         let mut created = NewFolders { folders: Vec::new() };
         let Some(root) = &self.folder else { return Ok(created) };
         if !root.is_dir() {
-            std::fs::create_dir(root)
-                .with_context(|| format!("cannot create the folder {}", root.display()))?;
-            created.folders.push(root.clone());
+            created.create(root)?;
         }
         let mut wanted: Vec<PathBuf> = Vec::new();
         wanted.extend(
@@ -149,9 +148,7 @@ impl Outputs {
             // Each missing ancestor is created (and recorded) on its own.
             let missing: Vec<&Path> = dir.ancestors().take_while(|a| !a.exists()).collect();
             for folder in missing.into_iter().rev() {
-                std::fs::create_dir(folder)
-                    .with_context(|| format!("cannot create the folder {}", folder.display()))?;
-                created.folders.push(folder.to_owned());
+                created.create(folder)?;
             }
         }
         Ok(created)
@@ -240,24 +237,61 @@ impl Outputs {
 
 /// The folders a run created for its outputs: removed on drop, deepest first and only if
 /// empty, unless the run finished and [`NewFolders::keep`] said so, so that a failed run
-/// leaves no empty output folder behind.
+/// leaves no empty output folder behind. A run ended by a signal removes them too
+/// ([`remove_new_folders`]).
 #[derive(Debug)]
 pub(crate) struct NewFolders {
     folders: Vec<PathBuf>,
 }
 
+/// The folders of every [`NewFolders`] not yet kept or dropped, in order of creation, for
+/// [`remove_new_folders`].
+static UNKEPT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn unkept() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    // A panic while holding the lock leaves a valid list behind.
+    UNKEPT.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl NewFolders {
+    /// Creates `folder` and records it, under the lock [`remove_new_folders`] takes, so
+    /// that a folder exists only once recorded, and none is created after that ran.
+    fn create(&mut self, folder: &Path) -> Result<()> {
+        let mut unkept = unkept();
+        if shears_io::exiting() {
+            bail!("cannot create the folder {}: the process is exiting", folder.display());
+        }
+        std::fs::create_dir(folder)
+            .with_context(|| format!("cannot create the folder {}", folder.display()))?;
+        unkept.push(folder.to_owned());
+        self.folders.push(folder.to_owned());
+        Ok(())
+    }
+
     /// The outputs are in place: the folders stay.
     pub(crate) fn keep(mut self) {
+        unkept().retain(|f| !self.folders.contains(f));
         self.folders.clear();
     }
 }
 
 impl Drop for NewFolders {
     fn drop(&mut self) {
+        let mut unkept = unkept();
         for folder in self.folders.iter().rev() {
             let _ = std::fs::remove_dir(folder);
         }
+        unkept.retain(|f| !self.folders.contains(f));
+    }
+}
+
+/// Removes the folders created for outputs that were not kept, deepest first and only
+/// those left empty: for a signal handler's thread, after
+/// [`shears_io::remove_pending`] removed the temporaries in them.
+pub(crate) fn remove_new_folders() {
+    let mut unkept = unkept();
+    for folder in unkept.drain(..).rev() {
+        let _ = std::fs::remove_dir(folder);
     }
 }
 

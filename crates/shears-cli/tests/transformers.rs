@@ -485,3 +485,52 @@ fn bench_fits_its_default_sentence_length_to_the_model() {
     .unwrap();
     assert_eq!(json["seq_len"], 64, "the tiny model's 64 positions, under the default of 128");
 }
+
+/// A prune ended by SIGTERM, wherever the signal lands, leaves no temporaries and no
+/// folder it created empty: the output folder is gone, or holds what was committed
+/// before the signal (the whole model if the run had finished).
+#[cfg(unix)]
+#[test]
+fn a_terminated_prune_leaves_no_temporaries_or_empty_folders() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let (model, calib) = (tiny_bert(), sentences("calibration.txt"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shears"))
+        .args(["prune", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "-q"])
+        .args(["--method", "sparsegpt", "-s", "0.5", "--calib", &calib])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Until the run has created its output folder (its signal handler is in place by
+    // then) or has ended.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut ended = None;
+    while !out.exists() && ended.is_none() {
+        ended = child.try_wait().unwrap();
+        assert!(std::time::Instant::now() < deadline, "prune neither wrote nor ended");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    if ended.is_none() {
+        let pid = child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    }
+    let status = ended.map_or_else(|| child.wait().unwrap(), |s| s);
+    assert!(status.success() || status.code() == Some(128 + 15), "{status:?}");
+    let mut folders = vec![dir.path().to_owned()];
+    while let Some(folder) = folders.pop() {
+        let entries: Vec<_> = std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap()).collect();
+        assert!(folder == dir.path() || !entries.is_empty(), "{} left empty", folder.display());
+        for entry in entries {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            assert!(!name.starts_with(".shears-tmp-"), "temporary {name} left");
+            if entry.file_type().unwrap().is_dir() {
+                folders.push(entry.path());
+            }
+        }
+    }
+    if status.success() {
+        assert!(out.join("model.safetensors").is_file() && out.join("1_Pooling").is_dir());
+    }
+}

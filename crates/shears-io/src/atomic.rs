@@ -48,6 +48,13 @@ pub fn remove_pending() -> usize {
     remove_listed(&mut list)
 }
 
+/// Whether [`remove_pending`] has run: the process is exiting, and outputs it tries to
+/// create fail. A program whose work then fails for that reason should let the exit
+/// that called [`remove_pending`] happen rather than report the failure.
+pub fn exiting() -> bool {
+    CLOSED.load(Ordering::SeqCst)
+}
+
 fn remove_listed(list: &mut Vec<PathBuf>) -> usize {
     let n = list.len();
     for path in list.drain(..) {
