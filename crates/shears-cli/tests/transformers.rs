@@ -516,7 +516,7 @@ fn a_terminated_prune_leaves_no_temporaries_or_empty_folders() {
         let pid = child.id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     }
-    let status = ended.map_or_else(|| child.wait().unwrap(), |s| s);
+    let status = ended.unwrap_or_else(|| child.wait().unwrap());
     assert!(status.success() || status.code() == Some(128 + 15), "{status:?}");
     let mut folders = vec![dir.path().to_owned()];
     while let Some(folder) = folders.pop() {
