@@ -4,7 +4,7 @@
 use nalgebra::DMatrix;
 
 use crate::error::{Error, Result};
-use crate::kernels::{self, Int8DenseView, scale_of_max};
+use crate::kernels::{self, Int8DenseView, PackedWeights, scale_of_max};
 use crate::product::{Operands, Sealed, SparseProduct};
 
 /// Which weights share a scale.
@@ -53,6 +53,10 @@ impl std::str::FromStr for QuantScheme {
 /// zero), values `round(w / scale)` with ties to even, so `|w - scale * q| <= scale / 2`
 /// for every weight, and a weight of zero (a pruned one) is exactly zero.
 ///
+/// On CPUs with AVX-512 VNNI, the first product of four tokens or more (rows of up to
+/// 2048 columns) packs the weights into the layout of its kernel and keeps them for the
+/// next products: about as many bytes again as the values. A clone starts without them.
+///
 /// # Invariants
 /// `values.len() == rows * cols` (row-major, as a checkpoint stores `(out, in)`);
 /// `scales.len() == rows * groups_per_row`; every scale positive, and finite times 128.
@@ -76,6 +80,7 @@ pub struct Int8Matrix {
     scheme: QuantScheme,
     values: Vec<i8>,
     scales: Vec<f32>,
+    packed: PackedWeights,
 }
 
 impl Int8Matrix {
@@ -114,7 +119,7 @@ impl Int8Matrix {
                 values.extend(chunk.iter().map(|&v| quantize_value(v, scale)));
             }
         }
-        Ok(Int8Matrix { rows, cols, scheme, values, scales })
+        Ok(Int8Matrix { rows, cols, scheme, values, scales, packed: PackedWeights::default() })
     }
 
     /// A quantized matrix from its parts, as a checkpoint stores them: `values` row-major
@@ -153,7 +158,7 @@ impl Int8Matrix {
                 scales[i]
             ));
         }
-        Ok(Int8Matrix { rows, cols, scheme, values, scales })
+        Ok(Int8Matrix { rows, cols, scheme, values, scales, packed: PackedWeights::default() })
     }
 
     /// `(rows, cols)`.
@@ -253,6 +258,7 @@ impl Sealed<f32> for Int8Matrix {
             },
             values: &self.values,
             scales: &self.scales,
+            packed: Some(&self.packed),
         };
         match operands {
             Operands::Vector { alpha, x, beta, y } => {

@@ -49,8 +49,8 @@ use rayon::prelude::*;
 use shears_core::Scalar;
 
 pub(crate) use int8::{
-    INTEGER_MIN_BATCH, Int8DenseView, int8_csr_spmm, int8_csr_spmv, int8_dense_product,
-    int8_nm_product, scale_of_max,
+    INTEGER_MIN_BATCH, Int8DenseView, PackedWeights, int8_csr_spmm, int8_csr_spmv,
+    int8_dense_product, int8_nm_product, scale_of_max,
 };
 pub(crate) use spmm::{bsr_spmm, csr_spmm, nm_spmm, sell_spmm};
 pub(crate) use spmv::{bsr_spmv, csr_spmv, nm_spmv, sell_spmv};

@@ -66,6 +66,7 @@ impl<I: SpIndex> Fixture<I> {
             group: self.ncols.max(1),
             values: &dense,
             scales: &self.scales,
+            packed: None,
         };
         let want = int8_dense_reference(a, x);
         (0..self.nrows)

@@ -49,7 +49,7 @@ pub(crate) fn packable(a: &Int8DenseView<'_>) -> bool {
 /// Rows `rows` of `a`, packed: for each block of sixteen rows (the last padded with zero
 /// rows), its columns four at a time as 64 bytes (each row's four in turn), and per span
 /// the rows' weight sums and scales.
-struct Packed {
+pub(crate) struct Packed {
     /// Packed steps per block (columns / 4, rounded up).
     quads: usize,
     values: Vec<i8>,
@@ -122,15 +122,30 @@ pub(crate) unsafe fn rows(
     xq: &QuantizedColumns,
     put: &mut impl FnMut(usize, usize, f32),
 ) {
-    let packed = Packed::new(&a, range.clone());
+    // The matrix's own packed weights where it keeps them (packed whole at its first
+    // product; a range starts on a whole block, as the products split rows in whole
+    // tiles), else this range's, packed now.
+    let kept = a
+        .packed
+        .filter(|_| range.start.is_multiple_of(LANES))
+        .map(|kept| kept.packed.get_or_init(|| Packed::new(&a, 0..a.rows)));
+    let local;
+    let (packed, first) = match kept {
+        Some(kept) => (kept, range.start / LANES),
+        None => {
+            local = Packed::new(&a, range.clone());
+            (&local, 0)
+        }
+    };
     let batch = xq.scales.len();
     let blocks = range.len().div_ceil(LANES);
     let token = |j: usize| -> *const u8 { xq.biased[j * xq.biased_stride..].as_ptr() };
     assert!(xq.biased.len() >= batch * xq.biased_stride);
     assert!(xq.biased_stride >= packed.quads * QUAD);
+    assert!((first + blocks) * packed.quads * LANES * QUAD <= packed.values.len());
     let mut emit = |block: usize, j: usize, lanes: &[f32; LANES]| {
         for (lane, &v) in lanes.iter().enumerate() {
-            let r = range.start + block * LANES + lane;
+            let r = range.start + (block - first) * LANES + lane;
             if r < range.end {
                 put(r, j, v);
             }
@@ -140,15 +155,15 @@ pub(crate) unsafe fn rows(
     while block < blocks {
         // Pairs of blocks, then the last block alone.
         if block + TILE_BLOCKS <= blocks {
-            let pair = std::array::from_fn(|b| block + b);
+            let pair = std::array::from_fn(|b| first + block + b);
             // SAFETY: the features by the caller's contract; the blocks and tokens are in
             // bounds (asserted above), every step of them within their packed or padded
             // lengths.
-            unsafe { every_token::<TILE_BLOCKS>(&packed, pair, batch, &token, &mut emit) };
+            unsafe { every_token::<TILE_BLOCKS>(packed, pair, batch, &token, &mut emit) };
             block += TILE_BLOCKS;
         } else {
             // SAFETY: as above.
-            unsafe { every_token::<1>(&packed, [block], batch, &token, &mut emit) };
+            unsafe { every_token::<1>(packed, [first + block], batch, &token, &mut emit) };
             block += 1;
         }
     }
