@@ -121,9 +121,9 @@ pub(crate) struct Int8DenseView<'a> {
 }
 
 /// A matrix's weights packed for the AVX-512 VNNI batched product, made by its first
-/// product that packs and kept for the next ones (packing cost a fifth of a 384x384
-/// product at 128 tokens): as many bytes as the weights, and a sum and a scale per row
-/// and span. A cache, not part of the matrix's value: clones start without it, and it
+/// product that packs and kept for the next ones (packing is a pass over the weights,
+/// which at a transformer's shapes costs a good part of a product): as many bytes as
+/// the weights, and a sum and a scale per row and span. A cache, not part of the matrix's value: clones start without it, and it
 /// never makes two matrices unequal.
 #[derive(Default)]
 pub(crate) struct PackedWeights {

@@ -4,8 +4,8 @@
 //! the quantized tokens, each task's rows of `Y`). Freshly allocated at every call,
 //! buffers of that size come from the operating system each time: the allocator maps
 //! them (or trims them off the top of its heap when freed), and the first write to
-//! each page takes a fault and a cleared page. For a product of a few milliseconds
-//! that was a fifth of its time. So a dropped buffer goes back to a small pool of its
+//! each page takes a fault and a cleared page, a large share of a product of a few
+//! milliseconds. So a dropped buffer goes back to a small pool of its
 //! thread, from which the next product of that thread takes it, already mapped.
 //!
 //! The pool is bounded: at most [`POOLED_BUFFERS`] buffers of each element type per
