@@ -112,7 +112,10 @@ fn closed_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-#[allow(clippy::print_stderr, reason = "the one-line error report of the binary")]
+/// The binary's one-line error report, on stderr (where a failed write is ignored).
 fn report_error(message: &str) {
-    eprintln!("shears: error: {}", report::printable(&message.replace('\n', " ")));
+    report::to_stderr(format_args!(
+        "shears: error: {}",
+        report::printable(&message.replace('\n', " "))
+    ));
 }

@@ -61,19 +61,26 @@ impl Warnings {
     }
 
     /// Prints the first warnings on stderr, and how many more there are.
-    #[allow(clippy::print_stderr, reason = "warnings go to stderr beside the report")]
     pub(crate) fn report(&self) {
         for w in self.shown.iter().take(Self::PRINTED) {
-            eprintln!("shears: warning: {}", printable(w));
+            to_stderr(format_args!("shears: warning: {}", printable(w)));
         }
         let rest = self.shown.len().saturating_sub(Self::PRINTED) + self.more;
         if rest > 0 {
-            eprintln!(
+            to_stderr(format_args!(
                 "shears: warning: ... and {rest} more (--json lists the first {})",
                 Self::KEPT
-            );
+            ));
         }
     }
+}
+
+/// Writes `line` and a newline to stderr. A failed write (stderr closed, as under
+/// `shears ... 2>&1 | grep -q warning` once grep has its answer) is ignored: there is
+/// nowhere left to say so, and the run's outputs and exit status stand.
+pub(crate) fn to_stderr(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// Writes a left-aligned text table of `rows` to stdout, each row's cells made by

@@ -277,3 +277,37 @@ fn output_into_a_closed_pipe_ends_quietly() {
         assert!(err.is_empty(), "{args:?}: nothing on stderr: {err}");
     }
 }
+
+/// A closed stderr (`shears ... 2>&1 | grep -q warning`, grep gone) never turns a run
+/// into a panic: an error still exits 2, and a run that warns still exits 0 with its
+/// output written.
+#[test]
+fn a_closed_stderr_changes_no_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
+    model(&input);
+    let run = |args: &[&str]| {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        Command::new(env!("CARGO_BIN_EXE_shears"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(writer)
+            .status()
+            .unwrap()
+    };
+    let missing = dir.path().join("missing.safetensors");
+    let o = out.to_str().unwrap();
+    assert_eq!(run(&["prune", missing.to_str().unwrap(), "-o", o, "-s", "0.5"]).code(), Some(2));
+    assert!(!out.exists());
+    // A model folder pruned into a folder that holds another file warns about it.
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tiny-bert");
+    let folder = dir.path().join("pruned");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("notes.txt"), b"mine").unwrap();
+    let f = folder.to_str().unwrap();
+    let status = run(&["prune", tiny.to_str().unwrap(), "-o", f, "-s", "0.5"]);
+    assert!(status.success(), "{status:?}");
+    assert!(folder.join("model.safetensors").is_file());
+    assert_eq!(std::fs::read(folder.join("notes.txt")).unwrap(), b"mine");
+}
