@@ -69,6 +69,7 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
         let config = BertConfig::from_file(&args.model.join("config.json"))?;
         let bert = BertModel::from_weights(config, &files)?;
         let sentence = SentenceConfig::from_folder(&args.model)?;
+        sentence.check_width(&args.model, bert.config().hidden_size)?;
         let what = format!(
             "BERT-family encoder, {} layers, hidden {}",
             bert.config().num_hidden_layers,

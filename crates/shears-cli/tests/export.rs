@@ -56,7 +56,24 @@ fn refuses_what_it_cannot_export_and_writes_nothing() {
     let out = dir.path().join("out.onnx");
     let bert = tiny_bert();
     let inside = bert.join("model.onnx");
+    // A pooling module that expects token states wider than the encoder's.
+    let wide = dir.path().join("wide");
+    std::fs::create_dir_all(wide.join("1_Pooling")).unwrap();
+    for entry in std::fs::read_dir(&bert).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, wide.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let pooling = std::fs::read_to_string(bert.join("1_Pooling/config.json")).unwrap();
+    let pooling =
+        pooling.replace("\"word_embedding_dimension\": 32", "\"word_embedding_dimension\": 33");
+    std::fs::write(wide.join("1_Pooling/config.json"), pooling).unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![wide.to_str().unwrap(), "-o", out.to_str().unwrap()],
+            "word_embedding_dimension: the pooling module expects 33",
+        ),
         (vec![not_mlp.to_str().unwrap(), "-o", out.to_str().unwrap()], "cannot export"),
         (
             vec![bert.to_str().unwrap(), "-o", out.to_str().unwrap(), "--opset", "16"],

@@ -601,18 +601,7 @@ impl SentenceTransformer {
                 reason: format!("{len} is longer than the model's {positions} position embeddings"),
             });
         }
-        let hidden = model.config().hidden_size;
-        if let Some(width) = sentence.word_embedding_dimension
-            && width != hidden
-        {
-            return Err(Error::Config {
-                path: folder.to_owned(),
-                field: "word_embedding_dimension".into(),
-                reason: format!(
-                    "the pooling module expects {width}, but config.json's hidden_size is {hidden}"
-                ),
-            });
-        }
+        sentence.check_width(folder, model.config().hidden_size)?;
         let max_len = max_len.or(sentence.max_seq_length).unwrap_or(positions.min(512));
         if max_len > positions {
             return Err(Error::Argument(format!(

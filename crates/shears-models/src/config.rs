@@ -269,6 +269,26 @@ impl SentenceConfig {
     }
 }
 
+impl SentenceConfig {
+    /// Checks that the pooling module (of the folder `folder`) pools token states as wide
+    /// as the encoder's `hidden` size, where it says how wide it expects them.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `word_embedding_dimension` if they differ.
+    pub fn check_width(&self, folder: &Path, hidden: usize) -> Result<()> {
+        match self.word_embedding_dimension {
+            Some(width) if width != hidden => Err(config_error(
+                folder,
+                "word_embedding_dimension",
+                &format!(
+                    "the pooling module expects {width}, but config.json's hidden_size is {hidden}"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The pooling mode of a pooling module's `config.json`, and its
 /// `word_embedding_dimension` where it has one.
 fn read_pooling(path: &Path) -> Result<(Pooling, Option<usize>)> {
