@@ -134,7 +134,9 @@ impl Model {
         if len > MAX_INDEX_BYTES {
             return Err(bad(format!("{len} bytes, more than an index of {MAX_INDEX_BYTES}")));
         }
-        let index: Index = serde_json::from_reader(std::io::BufReader::new(file))
+        // Bounded whatever size the file reports (a file of /proc reports 0).
+        let bounded = std::io::Read::take(file, MAX_INDEX_BYTES);
+        let index: Index = serde_json::from_reader(std::io::BufReader::new(bounded))
             .map_err(|e| bad(format!("not an index of shards: {e}")))?;
         // Shards in the order of their names (model-00001-of-00002 before -00002).
         // Each shard's name once (the weight map repeats it for every tensor).

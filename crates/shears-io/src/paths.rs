@@ -95,6 +95,19 @@ pub fn is_within(path: &Path, folder: &Path) -> bool {
     }
 }
 
+/// The bytes of the file at `path`, or `None` if it holds more than `max`. At most
+/// `max + 1` bytes are read, whatever size the file reports (files of `/proc` report 0
+/// and can be endless).
+///
+/// # Errors
+/// The open's or the read's.
+pub fn read_at_most(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= max).then_some(bytes))
+}
+
 /// Whether `path` resolves (links followed, `..` applied) to a filesystem root: `/`, or
 /// a drive's root on Windows.
 pub fn is_filesystem_root(path: &Path) -> bool {
@@ -153,6 +166,20 @@ pub fn check_distinct(paths: &[(&'static str, &Path, bool)]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_stop_past_their_bound_whatever_size_a_file_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"12345").unwrap();
+        assert_eq!(read_at_most(&path, 5).unwrap().as_deref(), Some(&b"12345"[..]));
+        assert_eq!(read_at_most(&path, 4).unwrap(), None);
+        #[cfg(unix)]
+        {
+            // Reports a size of 0, and never ends.
+            assert_eq!(read_at_most(Path::new("/dev/zero"), 1 << 20).unwrap(), None);
+        }
+    }
 
     #[test]
     fn filesystem_roots_are_told_by_where_they_resolve() {

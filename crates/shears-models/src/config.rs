@@ -360,7 +360,15 @@ pub(crate) fn read_json(path: &Path) -> Result<Value> {
             "{len} bytes; a configuration file is at most {MAX_CONFIG_BYTES}"
         )));
     }
-    let text = std::fs::read(path).map_err(|e| file_error(e.to_string()))?;
+    // The size a file reports can be wrong (a file of /proc reports 0): the read is
+    // bounded as well.
+    let text = shears_io::paths::read_at_most(path, MAX_CONFIG_BYTES)
+        .map_err(|e| file_error(e.to_string()))?
+        .ok_or_else(|| {
+            file_error(format!(
+                "more than {MAX_CONFIG_BYTES} bytes; a configuration file is at most that"
+            ))
+        })?;
     serde_json::from_slice(&text).map_err(|e| file_error(format!("not valid JSON: {e}")))
 }
 

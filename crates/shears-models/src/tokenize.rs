@@ -110,7 +110,14 @@ impl TextEncoder {
         if len > MAX_TOKENIZER_BYTES {
             return Err(file_error(format!("{len} bytes is more than a tokenizer takes")));
         }
-        let bytes = std::fs::read(&path).map_err(|e| shears_io::Error::io("read", &path, e))?;
+        // Bounded whatever size the file reports (a file of /proc reports 0).
+        let bytes = shears_io::paths::read_at_most(&path, MAX_TOKENIZER_BYTES)
+            .map_err(|e| shears_io::Error::io("read", &path, e))?
+            .ok_or_else(|| {
+                file_error(format!(
+                    "more than {MAX_TOKENIZER_BYTES} bytes, more than a tokenizer takes"
+                ))
+            })?;
         let mut tokenizer = Tokenizer::from_bytes(&bytes)
             .map_err(|e| file_error(format!("not a tokenizer: {e}")))?;
         tokenizer.with_padding(None);
