@@ -157,9 +157,8 @@ impl Outputs {
     /// Files already in the output folder that this run will not replace (a folder
     /// pruned into before, or another model's), in one walk of the folder that stops
     /// after [`MAX_VISITED`] entries: at most `limit` of them named, all counted, and
-    /// the first weights file or
-    /// shard index among those at the top, which a loader would read with the new
-    /// weights. Temporaries of other runs are not counted; they are reported apart.
+    /// the first weights file or shard index among those at the top, which a loader
+    /// would read with the new weights. Temporaries of other runs are not counted; they are reported apart.
     pub(crate) fn strangers(&self, limit: usize) -> Strangers {
         let mut found = Strangers::default();
         let Some(root) = &self.folder else { return found };

@@ -159,9 +159,9 @@ impl GroupLayout {
     }
 
     /// One score per group: the [`Reduction`] of `values` (tensor `tensor`'s, which
-    /// errors name) over each group, in `f64`. An
-    /// L2 norm is finite whenever the norm itself is (a group whose sum of squares
-    /// overflows is summed again scaled by its largest value).
+    /// errors name) over each group, in `f64`. An L2 norm is finite whenever the norm
+    /// itself is (a group whose sum of squares overflows is summed again scaled by its
+    /// largest value).
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] if `values` does not have the layout's shape;
@@ -175,20 +175,14 @@ impl GroupLayout {
         reduction: Reduction,
     ) -> Result<Vec<f64>> {
         self.check_shape(values.shape(), "group reduce")?;
-        let sum_over = |term: &dyn Fn(f64) -> f64| {
-            let mut acc = vec![0.0f64; self.count()];
-            for c in 0..self.ncols {
-                for (r, &x) in values.column(c).iter().enumerate() {
-                    acc[self.group_of(r, c)] += term(x.as_f64());
-                }
-            }
-            acc
-        };
-        let mut acc = match reduction {
-            Reduction::L1 => sum_over(&|x| x.abs()),
-            Reduction::L2 => sum_over(&|x| x * x),
-            Reduction::Sum => sum_over(&|x| x),
-        };
+        let mut acc = vec![0.0f64; self.count()];
+        self.for_each_value(values, |g, x| {
+            acc[g] += match reduction {
+                Reduction::L1 => x.abs(),
+                Reduction::L2 => x * x,
+                Reduction::Sum => x,
+            };
+        });
         if reduction == Reduction::L2 {
             let overflowed: Vec<bool> = acc.iter().map(|a| a.is_infinite()).collect();
             let scaled = overflowed.contains(&true).then(|| self.scaled_norms(values, &overflowed));
@@ -199,21 +193,23 @@ impl GroupLayout {
                 };
             }
         }
-        let finite_input = |g: usize| {
-            (0..self.ncols).all(|c| {
-                values
-                    .column(c)
-                    .iter()
-                    .enumerate()
-                    .all(|(r, x)| self.group_of(r, c) != g || x.as_f64().is_finite())
-            })
-        };
-        if let Some(group) = acc.iter().position(|a| a.is_infinite())
-            && finite_input(group)
-        {
-            return Err(Error::ScoreOverflow { tensor: tensor.to_owned(), reduction, group });
+        if let Some(group) = acc.iter().position(|a| a.is_infinite()) {
+            let mut finite = true;
+            self.for_each_value(values, |g, x| finite &= g != group || x.is_finite());
+            if finite {
+                return Err(Error::ScoreOverflow { tensor: tensor.to_owned(), reduction, group });
+            }
         }
         Ok(acc)
+    }
+
+    /// Calls `f(group, value)` for every element of `values`, in column-major order.
+    fn for_each_value<T: Scalar>(&self, values: &DMatrix<T>, mut f: impl FnMut(usize, f64)) {
+        for c in 0..self.ncols {
+            for (r, &x) in values.column(c).iter().enumerate() {
+                f(self.group_of(r, c), x.as_f64());
+            }
+        }
     }
 
     /// The L2 norm of each group marked in `groups`, as `max * sqrt(sum((x / max)^2))`
@@ -221,24 +217,18 @@ impl GroupLayout {
     /// does (the sum of squares itself overflows from about 1.3e154 up).
     fn scaled_norms<T: Scalar>(&self, values: &DMatrix<T>, groups: &[bool]) -> Vec<f64> {
         let mut max = vec![0.0f64; self.count()];
-        for c in 0..self.ncols {
-            for (r, &x) in values.column(c).iter().enumerate() {
-                let g = self.group_of(r, c);
-                if groups[g] {
-                    max[g] = max[g].max(x.as_f64().abs());
-                }
+        self.for_each_value(values, |g, x| {
+            if groups[g] {
+                max[g] = max[g].max(x.abs());
             }
-        }
+        });
         let mut sums = vec![0.0f64; self.count()];
-        for c in 0..self.ncols {
-            for (r, &x) in values.column(c).iter().enumerate() {
-                let g = self.group_of(r, c);
-                if groups[g] && max[g] > 0.0 {
-                    let unit = x.as_f64() / max[g];
-                    sums[g] += unit * unit;
-                }
+        self.for_each_value(values, |g, x| {
+            if groups[g] && max[g] > 0.0 {
+                let unit = x / max[g];
+                sums[g] += unit * unit;
             }
-        }
+        });
         max.iter().zip(&sums).map(|(m, s)| m * s.sqrt()).collect()
     }
 
