@@ -77,10 +77,17 @@ impl Outputs {
         }
         for relative in model.other_files()? {
             let name = relative.to_string_lossy().to_ascii_lowercase();
-            if name.ends_with(".safetensors") || OTHER_WEIGHTS.iter().any(|e| name.ends_with(e)) {
-                outputs.skipped.push((folder.join(&relative), "weights shears did not prune"));
+            let source = folder.join(&relative);
+            if !std::fs::metadata(&source).is_ok_and(|m| m.is_file()) {
+                outputs
+                    .skipped
+                    .push((source, "it is not a regular file (a FIFO, socket or device)"));
+            } else if name.ends_with(".safetensors")
+                || OTHER_WEIGHTS.iter().any(|e| name.ends_with(e))
+            {
+                outputs.skipped.push((source, "weights shears did not prune"));
             } else {
-                outputs.copies.push((folder.join(&relative), out.join(&relative)));
+                outputs.copies.push((source, out.join(&relative)));
             }
         }
         Ok(outputs)
@@ -170,8 +177,17 @@ impl Outputs {
         // Folders count too, so that a tree of empty folders (or `-o /`) ends as soon.
         let mut visited = 0;
         while let Some(dir) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-            for entry in entries.flatten() {
+            // A folder that cannot be listed, or an entry that cannot be read, may hold
+            // more: the count becomes a lower bound.
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                found.partial = true;
+                continue;
+            };
+            for entry in entries {
+                let Ok(entry) = entry else {
+                    found.partial = true;
+                    continue;
+                };
                 visited += 1;
                 if visited > MAX_VISITED {
                     found.named.sort();
@@ -301,7 +317,8 @@ pub(crate) struct Strangers {
     pub(crate) named: Vec<PathBuf>,
     /// All of them the walk reached.
     pub(crate) count: usize,
-    /// Whether the walk stopped at [`MAX_VISITED`] entries, so that there are more.
+    /// Whether there may be more: the walk stopped at [`MAX_VISITED`] entries, or a
+    /// folder or entry in it could not be read.
     pub(crate) partial: bool,
     /// A weights file or shard index at the folder's top.
     pub(crate) weights: Option<PathBuf>,

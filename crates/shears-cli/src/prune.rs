@@ -227,6 +227,11 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
             names.join(", "),
             if more > 0 { format!(" and {more}{still_more} more") } else { String::new() }
         ));
+    } else if strangers.partial {
+        report.warnings.add(
+            "the output folder has folders this run could not list; whatever they hold was left as it was"
+                .to_owned(),
+        );
     }
     if let Some(first) = strangers.replaced.first() {
         let count = strangers.replaced.len();

@@ -638,6 +638,60 @@ fn a_cache_snapshot_of_links_is_pruned_with_every_file_copied() {
     assert!(!out.join("dangling.json").exists());
 }
 
+/// A FIFO, socket or device among a model folder's files is neither opened nor
+/// silently dropped: the pruned folder has every regular file, and a warning names
+/// the one left out.
+#[cfg(unix)]
+#[test]
+fn special_files_in_a_model_folder_are_named_and_not_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    sharded(&model);
+    let fifo = model.join("1_Pooling/tokenizer.json");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let out = dir.path().join("pruned");
+    // A FIFO with no writer would block the copy for ever if it were opened.
+    let o = run(&["prune", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"]);
+    let err = stderr(&o);
+    assert!(
+        err.contains("1_Pooling/tokenizer.json was not copied: it is not a regular file"),
+        "{err}"
+    );
+    assert!(!out.join("1_Pooling/tokenizer.json").exists());
+    assert!(out.join("1_Pooling/config.json").is_file());
+    assert!(out.join("config.json").is_file());
+}
+
+/// A subfolder of an existing output folder that cannot be listed makes the count of
+/// files already there a lower bound, and the warning says so.
+#[cfg(unix)]
+#[test]
+fn an_unreadable_subfolder_of_the_output_makes_its_count_a_lower_bound() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    sharded(&model);
+    let out = dir.path().join("pruned");
+    let hidden = out.join("private");
+    std::fs::create_dir_all(&hidden).unwrap();
+    std::fs::write(hidden.join("notes.txt"), b"mine").unwrap();
+    std::fs::write(out.join("README.md"), b"mine").unwrap();
+    std::fs::set_permissions(&hidden, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let listable = std::fs::read_dir(&hidden).is_ok();
+    let o = run(&["prune", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"]);
+    std::fs::set_permissions(&hidden, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = stderr(&o);
+    if listable {
+        // Root lists any folder: both files are found and counted exactly.
+        assert!(err.contains("already held 2 files this run did not write"), "{err}");
+    } else {
+        assert!(err.contains("already held at least 1 file this run did not write"), "{err}");
+    }
+    assert_eq!(std::fs::read(hidden.join("notes.txt")).unwrap(), b"mine");
+}
+
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {

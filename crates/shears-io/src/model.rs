@@ -250,7 +250,10 @@ impl Model {
 
     /// The files of the model's folder that are not its weights or index (configs,
     /// tokenizers, ...), as paths relative to the folder, subfolders included; none for
-    /// a file given by itself.
+    /// a file given by itself. Entries that are neither files nor folders (FIFOs,
+    /// sockets, devices) are listed too, so that a caller copying the folder can say
+    /// what it left out; check each with [`crate::paths::require_regular_file`] before
+    /// opening it.
     ///
     /// # Errors
     /// [`Error::Io`] if the folder cannot be listed.
@@ -291,7 +294,7 @@ impl Model {
                 }
                 if kind.is_dir() {
                     stack.push(path);
-                } else if kind.is_file() && !weights.contains(&path) {
+                } else if !weights.contains(&path) {
                     found.push(path);
                 }
             }
