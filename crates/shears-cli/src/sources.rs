@@ -97,6 +97,18 @@ impl<'a> Tensor<'a> {
         let Some(i) = m.iter().position(|v| !v.is_finite()) else {
             return Ok(m);
         };
+        bail!(
+            "{}: tensor `{}` holds {} at {:?}: pruning needs finite values",
+            ckpt.path().display(),
+            self.name,
+            m[i],
+            self.stored_position(&m, i, view)
+        )
+    }
+
+    /// The position in the stored tensor of element `i` (column-major) of `m`, its
+    /// values read in `view`.
+    fn stored_position<T>(&self, m: &DMatrix<T>, i: usize, view: View) -> Vec<usize> {
         let (r, c) = (i % m.nrows(), i / m.nrows());
         // The row-major index of the value in the stored tensor.
         let stored = match view {
@@ -111,12 +123,7 @@ impl<'a> Tensor<'a> {
             rest /= d.max(1);
         }
         position.reverse();
-        bail!(
-            "{}: tensor `{}` holds {} at {position:?}: pruning needs finite values",
-            ckpt.path().display(),
-            self.name,
-            m[(r, c)]
-        )
+        position
     }
 
     /// `mask` of the stored matrix view (as a mask file holds it) in `view`.
@@ -249,10 +256,21 @@ impl Sources {
         for ckpt in &self.grads {
             let g = t.read_finite(ckpt, view, Vec::new())?;
             let term = w.zip_map(&g, |w, g| (w * g).abs());
-            sum = Some(match sum {
+            let total = match sum {
                 None => term,
                 Some(s) => s + term,
-            });
+            };
+            if let Some(i) = total.iter().position(|v| !v.is_finite()) {
+                bail!(
+                    "{}: tensor `{}`: |w * g| at {:?} overflows {}{}: its weight and gradients are finite, but pruning needs finite scores",
+                    ckpt.path().display(),
+                    t.name,
+                    t.stored_position(&total, i, view),
+                    std::any::type_name::<T>(),
+                    if self.grads.len() > 1 { " (summed over the gradient files)" } else { "" }
+                );
+            }
+            sum = Some(total);
         }
         Ok(sum)
     }

@@ -190,6 +190,27 @@ fn gradient_errors_name_the_tensor() {
         ],
     );
     fails(&args, &out, "g.safetensors: tensor `a` holds NaN at [0, 0]");
+    // Finite factors whose product is beyond f32: named, not taken for a stored NaN.
+    let big = |at: usize| {
+        let mut v = vec![1.0; 4];
+        v[at] = 3e30;
+        v
+    };
+    write(
+        &input,
+        &[
+            T { name: "a", dtype: Dtype::F32, shape: vec![2, 2], values: vec![1.0; 4] },
+            T { name: "b", dtype: Dtype::F32, shape: vec![2, 2], values: big(2) },
+        ],
+    );
+    write(
+        &grads,
+        &[
+            T { name: "a", dtype: Dtype::F32, shape: vec![2, 2], values: vec![1.0; 4] },
+            T { name: "b", dtype: Dtype::F32, shape: vec![2, 2], values: big(2) },
+        ],
+    );
+    fails(&args, &out, "tensor `b`: |w * g| at [1, 0] overflows f32");
 }
 
 /// A non-finite weight: `bench` and `prune` name the file, the tensor, the value and

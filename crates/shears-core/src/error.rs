@@ -85,6 +85,19 @@ pub enum Error {
         /// The group's number in its layout.
         group: usize,
     },
+    /// An element's score, a product of finite factors (`|w * g|`, `|w| * ||x||`), is
+    /// beyond the scalar type.
+    #[error(
+        "tensor `{tensor}`: the {score} score at index {index} of its values as stored overflows: its factors are finite but their product is too large to compare"
+    )]
+    ProductOverflow {
+        /// The tensor's name.
+        tensor: String,
+        /// The score, as a formula (`|w * g|`).
+        score: &'static str,
+        /// The column-major element index of the first overflowing score.
+        index: usize,
+    },
     /// An N:M pattern outside `0 < n <= m <= 256`.
     #[error("invalid N:M pattern {n}:{m}: need 0 < N <= M <= 256")]
     InvalidNmPattern {

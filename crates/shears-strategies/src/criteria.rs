@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shears_core::{
     Granularity, LayerContext, LayerInput, Mask, PruningStrategy, Result, Scalar, Selector,
-    Sparsity, check_finite,
+    Sparsity, check_finite, check_products,
 };
 
 /// Magnitude pruning: score `|w|`; the weights closest to zero go first.
@@ -74,7 +74,9 @@ impl<T: Scalar> PruningStrategy<T> for Gradient {
     fn scores(&self, weights: &DMatrix<T>, ctx: &LayerContext<'_, T>) -> Result<DMatrix<T>> {
         check_finite(ctx.name(), weights.as_slice())?;
         let grads = ctx.require_gradients(weights)?;
-        Ok(weights.zip_map(grads, |w, g| (w * g).abs()))
+        let scores = weights.zip_map(grads, |w, g| (w * g).abs());
+        check_products(ctx.name(), "|w * g|", scores.as_slice())?;
+        Ok(scores)
     }
 
     fn granularity(&self) -> Granularity {
@@ -122,7 +124,9 @@ impl<T: Scalar> TaylorAccumulator<T> {
     ///
     /// # Errors
     /// [`shears_core::Error::ShapeMismatch`] if `weights`, and
-    /// [`shears_core::Error::InputShape`] if `gradients`, do not have the accumulator's shape; [`shears_core::Error::NonFinite`] for NaN or infinite values.
+    /// [`shears_core::Error::InputShape`] if `gradients`, do not have the accumulator's shape; [`shears_core::Error::NonFinite`] for NaN or infinite values;
+    /// [`shears_core::Error::ProductOverflow`] if the sum would overflow (then it is
+    /// left as it was).
     pub fn add_batch(&mut self, weights: &DMatrix<T>, gradients: &DMatrix<T>) -> Result<()> {
         if weights.shape() != self.sum.shape() {
             return Err(shears_core::Error::ShapeMismatch {
@@ -141,7 +145,11 @@ impl<T: Scalar> TaylorAccumulator<T> {
         }
         check_finite(&self.name, weights.as_slice())?;
         check_finite(&format!("{}.grad", self.name), gradients.as_slice())?;
-        self.sum.zip_zip_apply(weights, gradients, |s, w, g| *s += (w * g).abs());
+        let mut sum = self.sum.clone();
+        sum.zip_zip_apply(weights, gradients, |s, w, g| *s += (w * g).abs());
+        // Checked before it is kept, so a failed batch leaves the sum as it was.
+        check_products(&self.name, "summed |w * g|", sum.as_slice())?;
+        self.sum = sum;
         self.batches += 1;
         Ok(())
     }
@@ -251,6 +259,7 @@ impl<T: Scalar> PruningStrategy<T> for Wanda {
         for (mut col, &n) in scores.column_iter_mut().zip(norms.iter()) {
             col *= n;
         }
+        check_products(ctx.name(), "|w| * ||x||", scores.as_slice())?;
         Ok(scores)
     }
 
@@ -367,6 +376,32 @@ mod tests {
         assert_eq!(err, Error::NonFinite { tensor: "fc.grad".into(), index: 0 });
         assert_eq!(acc.batches(), 0);
         assert_eq!(acc.name(), "fc");
+    }
+
+    #[test]
+    fn finite_factors_whose_product_overflows_are_named() {
+        let s = Sparsity::new(0.5).unwrap();
+        let w = dmatrix![1.0f32, 3e30; 2.0, 3e30];
+        let g = dmatrix![1.0f32, 1.0; 1.0, 1e10];
+        let ctx = LayerContext::new("fc").with_gradients(&g);
+        assert_eq!(Gradient.mask(&w, &ctx, s).unwrap_err(), overflow("|w * g|", 3));
+        let g = dmatrix![1.0f32, 1e10; 1.0, 1.0];
+        let ctx = LayerContext::new("fc").with_gradients(&g);
+        assert_eq!(Gradient.mask(&w, &ctx, s).unwrap_err(), overflow("|w * g|", 2));
+        let norms = nalgebra::dvector![1.0f32, 1e10];
+        let ctx = LayerContext::new("fc").with_activation_norms(&norms);
+        assert_eq!(Wanda.mask(&w, &ctx, s).unwrap_err(), overflow("|w| * ||x||", 2));
+        // The accumulator's sum overflows on the second batch and is kept as it was.
+        let mut acc = TaylorAccumulator::<f64>::new("fc", 1, 2);
+        let (w, g) = (dmatrix![1e300, 1.0], dmatrix![1e8, 1.0]);
+        acc.add_batch(&w, &g).unwrap();
+        let err = acc.add_batch(&w, &g).unwrap_err();
+        assert_eq!(err, overflow("summed |w * g|", 0));
+        assert_eq!((acc.batches(), acc.scores()), (1, &dmatrix![1e308, 1.0]));
+    }
+
+    fn overflow(score: &'static str, index: usize) -> Error {
+        Error::ProductOverflow { tensor: "fc".into(), score, index }
     }
 
     #[test]
