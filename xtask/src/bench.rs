@@ -42,7 +42,26 @@ pub(crate) struct Cell {
 #[derive(Debug, Deserialize)]
 struct Sweep {
     kernel_path: String,
+    threads: usize,
     cells: Vec<Cell>,
+    crossovers: Crossovers,
+}
+
+/// `choose_format`'s crossovers on one thread count, measured by the sweep beside the
+/// fixed ones: `(batch, sparsity)` steps from which CSR (sliced ELLPACK at batch 1)
+/// beats dense (a sparsity above 1: never) for batches up to `batch`, and the largest
+/// batch at which 2:4 beats dense.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Crossovers {
+    #[serde(default)]
+    pub(crate) threads: usize,
+    pub(crate) measured_csr: Vec<(usize, f64)>,
+    pub(crate) measured_nm_max_batch: usize,
+    pub(crate) fixed_csr: Vec<(usize, f64)>,
+    pub(crate) fixed_nm_max_batch: usize,
+    /// The side of the square matrix they were measured on.
+    pub(crate) side: usize,
+    pub(crate) seconds: f64,
 }
 
 /// The machine a report was measured on, so reports from several machines can sit side
@@ -91,6 +110,9 @@ pub(crate) struct Report {
     pub(crate) machine: Machine,
     pub(crate) command: String,
     pub(crate) cells: Vec<Cell>,
+    /// One per thread count.
+    #[serde(default)]
+    pub(crate) crossovers: Vec<Crossovers>,
 }
 
 pub(crate) fn run(args: &Args) -> Result<()> {
@@ -100,7 +122,7 @@ pub(crate) fn run(args: &Args) -> Result<()> {
     if cpus > 1 {
         thread_counts.push(cpus);
     }
-    let (mut cells, mut kernel_path) = (Vec::new(), String::new());
+    let (mut cells, mut kernel_path, mut crossovers) = (Vec::new(), String::new(), Vec::new());
     for threads in thread_counts {
         let mut cmd = cargo();
         cmd.args(["run", "--release", "--quiet", "-p", "shears-benches", "--bin", "sweep", "--"]);
@@ -113,9 +135,10 @@ pub(crate) fn run(args: &Args) -> Result<()> {
             serde_json::from_str(&json).context("the sweep printed no valid JSON")?;
         kernel_path = sweep.kernel_path;
         cells.extend(sweep.cells);
+        crossovers.push(Crossovers { threads: sweep.threads, ..sweep.crossovers });
     }
     let command = format!("cargo xtask bench{}", if args.quick { " --quick" } else { "" });
-    let report = Report { machine: Machine::here(kernel_path), command, cells };
+    let report = Report { machine: Machine::here(kernel_path), command, cells, crossovers };
     write_report(&out, "bench.json", &serde_json::to_string_pretty(&report)?)?;
     let mut md = markdown(&report);
     if let Some(note) = idle_note(std::fs::read_to_string(GUEST_HALT_POLL).ok().as_deref()) {
@@ -298,6 +321,53 @@ pub(crate) fn markdown(report: &Report) -> String {
             );
         }
     }
+    md.push_str(&crossovers_table(&report.crossovers));
+    md
+}
+
+/// The crossovers table: the fixed ones `choose_format` uses and those measured here on
+/// each thread count, so that a machine where they differ shows it.
+pub(crate) fn crossovers_table(crossovers: &[Crossovers]) -> String {
+    let Some(first) = crossovers.first() else { return String::new() };
+    let mut md = format!(
+        "\n## choose_format's crossovers, fixed and measured here ({0}x{0} f32)\n\n\
+         The sparsity from which CSR (sliced ELLPACK at batch 1) beats nalgebra's dense \
+         product, by batch, and the largest batch at which 2:4 does (`Crossovers::measure`).\n\n\
+         | crossovers |",
+        first.side
+    );
+    for (batch, _) in &first.fixed_csr {
+        let _ = write!(md, " CSR, batch <= {batch} |");
+    }
+    md.push_str(" 2:4 up to batch |\n|---|");
+    md.push_str(&"---|".repeat(first.fixed_csr.len() + 1));
+    let row = |md: &mut String, label: &str, csr: &[(usize, f64)], nm: usize| {
+        let _ = write!(md, "\n| {label} |");
+        for (_, s) in csr {
+            if *s > 1.0 {
+                md.push_str(" never |");
+            } else {
+                let _ = write!(md, " {:.0}% |", s * 100.0);
+            }
+        }
+        match nm {
+            0 => md.push_str(" never |"),
+            b => {
+                let _ = write!(md, " {b} |");
+            }
+        }
+    };
+    row(&mut md, "fixed", &first.fixed_csr, first.fixed_nm_max_batch);
+    for c in crossovers {
+        let label = format!(
+            "measured, {} thread{} ({:.1} s)",
+            c.threads,
+            if c.threads == 1 { "" } else { "s" },
+            c.seconds
+        );
+        row(&mut md, &label, &c.measured_csr, c.measured_nm_max_batch);
+    }
+    md.push('\n');
     md
 }
 
@@ -365,7 +435,33 @@ mod tests {
             arch: "x86_64".into(),
             kernel_path: "Avx2".into(),
         };
-        Report { machine, command: "cargo xtask bench".into(), cells }
+        Report { machine, command: "cargo xtask bench".into(), cells, crossovers: Vec::new() }
+    }
+
+    #[test]
+    fn the_crossovers_table_has_the_fixed_row_and_one_per_thread_count() {
+        let fixed = vec![(1, 0.5), (8, 0.5), (32, 0.5), (128, 0.8)];
+        let measured = |threads, nm| Crossovers {
+            threads,
+            measured_csr: vec![(1, 0.6), (8, 0.5), (32, 0.7), (128, 2.0)],
+            measured_nm_max_batch: nm,
+            fixed_csr: fixed.clone(),
+            fixed_nm_max_batch: 32,
+            side: 1024,
+            seconds: 1.25,
+        };
+        let table = crossovers_table(&[measured(1, 8), measured(2, 0)]);
+        assert!(table.contains("| crossovers | CSR, batch <= 1 | CSR, batch <= 8 | CSR, batch <= 32 | CSR, batch <= 128 | 2:4 up to batch |"), "{table}");
+        assert!(table.contains("| fixed | 50% | 50% | 50% | 80% | 32 |"), "{table}");
+        assert!(
+            table.contains("| measured, 1 thread (1.2 s) | 60% | 50% | 70% | never | 8 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| measured, 2 threads (1.2 s) | 60% | 50% | 70% | never | never |"),
+            "{table}"
+        );
+        assert_eq!(crossovers_table(&[]), "");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The speedup sweep behind `cargo xtask bench`: every cell times nalgebra dense, sprs
 //! CSR (where it applies) and shears' format on the same matrix in the same run, and
-//! prints one JSON document (the kernel path, the thread count and the cells) on stdout.
+//! prints one JSON document (the kernel path, the thread count, the cells and the
+//! format crossovers measured here) on stdout.
 //! Threads follow rayon's pool (`RAYON_NUM_THREADS`); nalgebra's dense products run on one.
 //!
 //! Run with: cargo run --release -p shears-benches --bin sweep -- [--quick]
@@ -14,6 +15,7 @@ use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 use shears_benches::{SEED, magnitude_mask, matrix, rows_mask, two_four_mask, vector};
 use shears_core::{LayerContext, Mask, NmPattern, PruningStrategy, Sparsity};
+use shears_sparse::calibrate::Crossovers;
 use shears_sparse::{
     AnySparse, Bf16Csr, Bf16Nm, Bf16Sell, Compacted, Compaction, Csr, F16Csr, F16Nm, F16Sell,
     Format, Int8Compacted, Int8Csr, Int8Matrix, Int8Nm, Int8Sell, NmSparse, QuantScheme, SlicedEll,
@@ -36,12 +38,42 @@ struct Cell {
     threads: usize,
 }
 
-/// What the sweep prints: the kernel path it ran, its thread count, and its cells.
+/// What the sweep prints: the kernel path it ran, its thread count, its cells, and the
+/// crossovers measured on this machine beside the fixed ones.
 #[derive(Debug, Serialize)]
 struct Sweep {
     kernel_path: String,
     threads: usize,
     cells: Vec<Cell>,
+    crossovers: CrossoverReport,
+}
+
+/// `choose_format`'s crossovers: `(batch, sparsity)` steps from which CSR (sliced
+/// ELLPACK at batch 1) beats dense (a sparsity above 1: never), and the largest batch at
+/// which 2:4 beats dense, measured here and fixed.
+#[derive(Debug, Serialize)]
+struct CrossoverReport {
+    measured_csr: Vec<(usize, f64)>,
+    measured_nm_max_batch: usize,
+    fixed_csr: Vec<(usize, f64)>,
+    fixed_nm_max_batch: usize,
+    side: usize,
+    seconds: f64,
+}
+
+impl CrossoverReport {
+    fn measure() -> Self {
+        let fixed = Crossovers::fixed();
+        let measured = Crossovers::measure().unwrap_or_else(|e| panic!("calibration: {e}"));
+        CrossoverReport {
+            measured_csr: measured.csr_steps().to_vec(),
+            measured_nm_max_batch: measured.nm_max_batch(),
+            fixed_csr: fixed.csr_steps().to_vec(),
+            fixed_nm_max_batch: fixed.nm_max_batch(),
+            side: shears_sparse::calibrate::CALIBRATION_SIDE,
+            seconds: measured.measured_in().map_or(0.0, |d| d.as_secs_f64()),
+        }
+    }
 }
 
 struct Timer {
@@ -293,7 +325,9 @@ fn main() {
         push("mask", "full-sort", (4096, 4096), s, 0, sort, sort);
         push("mask", "shears", (4096, 4096), s, 0, shears, sort);
     }
-    let sweep = Sweep { kernel_path: shears_sparse::kernel_description(), threads, cells };
+    let crossovers = CrossoverReport::measure();
+    let sweep =
+        Sweep { kernel_path: shears_sparse::kernel_description(), threads, cells, crossovers };
     match serde_json::to_string_pretty(&sweep) {
         Ok(json) => println!("{json}"),
         Err(e) => panic!("cannot encode the sweep: {e}"),

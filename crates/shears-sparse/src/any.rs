@@ -4,7 +4,8 @@ use nalgebra::DMatrix;
 use shears_core::{Mask, Scalar};
 
 use crate::block::BlockSparse;
-use crate::choose::{Format, choose_format};
+use crate::calibrate::Crossovers;
+use crate::choose::{Format, choose_format, choose_format_with};
 use crate::compact::{Compacted, Compaction};
 use crate::csr::AnyCsr;
 use crate::error::Result;
@@ -83,6 +84,20 @@ impl<T: Scalar> AnySparse<T> {
     /// As [`AnySparse::from_dense_masked`].
     pub fn for_batch(weights: &DMatrix<T>, mask: &Mask, batch: usize) -> Result<Self> {
         Self::from_dense_masked(weights, mask, choose_format(mask, batch))
+    }
+
+    /// [`AnySparse::for_batch`] with the given crossovers, such as this machine's measured
+    /// ones ([`Crossovers::this_machine`]).
+    ///
+    /// # Errors
+    /// As [`AnySparse::from_dense_masked`].
+    pub fn for_batch_with(
+        weights: &DMatrix<T>,
+        mask: &Mask,
+        batch: usize,
+        crossovers: &Crossovers,
+    ) -> Result<Self> {
+        Self::from_dense_masked(weights, mask, choose_format_with(mask, batch, crossovers))
     }
 
     /// The format this matrix is in.

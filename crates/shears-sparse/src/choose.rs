@@ -1,8 +1,11 @@
 //! [`choose_format`]: which representation of a pruned matrix runs fastest.
 
+use std::sync::OnceLock;
+
 use shears_core::{BlockShape, Mask, NmPattern};
 
-use crate::tuning::{NM_MAX_BATCH, SMALL_MATRIX, csr_break_even};
+use crate::calibrate::Crossovers;
+use crate::tuning::SMALL_MATRIX;
 
 /// A representation of a pruned matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,10 +43,15 @@ impl std::fmt::Display for Format {
 /// In order: a mask with at least a quarter of its rows or columns fully pruned, and at
 /// most 30% unstructured sparsity left inside the remaining block, compacts; a matrix
 /// smaller than [`SMALL_MATRIX`] stays dense; a mask that satisfies 2:4 (or 4:8) at
-/// 40..60% sparsity packs as N:M up to batch [`NM_MAX_BATCH`]; an unstructured mask at or
-/// past [`csr_break_even`] goes to CSR, or at batch 1 to its sliced-ELLPACK layout
+/// 40..60% sparsity packs as N:M up to batch [`NM_MAX_BATCH`]; an unstructured mask at
+/// or past [`csr_break_even`] goes to CSR, or at batch 1 to its sliced-ELLPACK layout
 /// ([`crate::SlicedEll`], the same entries laid out for batch 1); anything else stays
-/// dense. The crossovers are the measured ones of [`crate::tuning`].
+/// dense. The crossovers are the fixed ones of [`crate::tuning`], so the choice is the
+/// same on every machine; [`choose_format_with`] takes others, such as this machine's
+/// measured ones.
+///
+/// [`NM_MAX_BATCH`]: crate::tuning::NM_MAX_BATCH
+/// [`csr_break_even`]: crate::tuning::csr_break_even
 ///
 /// ```
 /// use shears_core::{Mask, NmPattern};
@@ -63,6 +71,28 @@ impl std::fmt::Display for Format {
 /// # Ok::<(), shears_core::Error>(())
 /// ```
 pub fn choose_format(mask: &Mask, batch: usize) -> Format {
+    static FIXED: OnceLock<Crossovers> = OnceLock::new();
+    choose_format_with(mask, batch, FIXED.get_or_init(Crossovers::fixed))
+}
+
+/// [`choose_format`] with the given crossovers: [`Crossovers::this_machine`] for ones
+/// measured here (once per process), or any others.
+///
+/// ```
+/// use shears_core::Mask;
+/// use shears_sparse::calibrate::Crossovers;
+/// use shears_sparse::{Format, choose_format_with};
+///
+/// let sparse = Mask::from_fn(512, 512, |r, c| (r * 7 + c * 13) % 10 == 0)?; // 90%
+/// // A machine where CSR needs 95% from 9 tokens on, and N:M never wins.
+/// let slow_gathers = Crossovers::from_steps(vec![(8, 0.5), (128, 0.95)], 0)?;
+/// assert_eq!(choose_format_with(&sparse, 8, &slow_gathers), Format::Csr);
+/// assert_eq!(choose_format_with(&sparse, 16, &slow_gathers), Format::Dense);
+/// let two_four = Mask::from_fn(512, 512, |r, c| (r + c) % 4 < 2)?;
+/// assert_eq!(choose_format_with(&two_four, 1, &slow_gathers), Format::SlicedEll);
+/// # Ok::<(), shears_sparse::Error>(())
+/// ```
+pub fn choose_format_with(mask: &Mask, batch: usize, crossovers: &Crossovers) -> Format {
     let (nrows, ncols) = mask.shape();
     if mask.is_empty() {
         return Format::Dense;
@@ -81,14 +111,14 @@ pub fn choose_format(mask: &Mask, batch: usize) -> Format {
     if mask.len() < SMALL_MATRIX {
         return Format::Dense;
     }
-    if batch <= NM_MAX_BATCH && (0.4..=0.6).contains(&sparsity) {
+    if batch <= crossovers.nm_max_batch() && (0.4..=0.6).contains(&sparsity) {
         for pattern in [NmPattern::TWO_FOUR, NmPattern::new(4, 8).unwrap_or(NmPattern::TWO_FOUR)] {
             if pattern.first_violation(mask).is_none() {
                 return Format::Nm(pattern);
             }
         }
     }
-    if sparsity < csr_break_even(batch) {
+    if sparsity < crossovers.csr_break_even(batch) {
         Format::Dense
     } else if batch <= 1 {
         Format::SlicedEll

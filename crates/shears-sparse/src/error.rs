@@ -46,6 +46,12 @@ pub enum Error {
         /// The first column of the offending group.
         col: usize,
     },
+    /// Crossovers that do not describe where formats win.
+    #[error("invalid crossovers: {reason}")]
+    InvalidCrossovers {
+        /// What is wrong.
+        reason: String,
+    },
     /// A dimension exceeds what the index type can address.
     #[error("{what} {value} does not fit the {bits}-bit index type")]
     IndexOverflow {

@@ -21,9 +21,10 @@
 //!   ([`Int8Block`], [`Bf16Block`], [`F16Block`]): the same for sliced ELLPACK and
 //!   block-sparse, on their kernels;
 //!
-//! and [`choose_format`] picks among the `f32`/`f64` ones from a mask and a batch size;
-//! [`AnySparse`] holds whichever it picked, and multiplies through the same
-//! [`SparseProduct`] trait as every format. Every format validates at construction
+//! and [`choose_format`] picks among the `f32`/`f64` ones from a mask and a batch size
+//! (with fixed crossovers, or with this machine's measured by [`calibrate::Crossovers`]
+//! through [`choose_format_with`]); [`AnySparse`] holds whichever it picked, and
+//! multiplies through the same [`SparseProduct`] trait as every format. Every format validates at construction
 //! ([`Csr::try_from_parts`] and friends) and round-trips with `to_dense` (`to_csr`,
 //! `to_nm`, `to_sell` and `to_block` for the narrow ones); all but [`Compacted`] persist with a magic
 //! tag and a version (`to_bytes`, `from_bytes`), and so does [`Int8Matrix`].
@@ -62,6 +63,7 @@
 
 mod any;
 mod block;
+pub mod calibrate;
 mod choose;
 mod compact;
 mod csr;
@@ -83,7 +85,7 @@ mod validate;
 
 pub use any::AnySparse;
 pub use block::BlockSparse;
-pub use choose::{Format, choose_format};
+pub use choose::{Format, choose_format, choose_format_with};
 pub use compact::{Compacted, Compaction, Int8Compacted, compact_pair};
 pub use csr::{AnyCsr, Csr};
 pub use error::{Error, FormatError, Result};
