@@ -30,7 +30,7 @@ pub(crate) fn self_attention(
     let tokens = p.q.0.ncols();
     let d = hidden / heads;
     let scale = 1.0 / (d as f32).sqrt();
-    let mut context = DMatrix::<f32>::zeros(hidden, tokens);
+    let mut context = crate::linear::zeroed(hidden, tokens);
     let mut tasks: Vec<(usize, usize, usize, MatMut<'_, f32>)> =
         Vec::with_capacity(lengths.len() * heads);
     let mut rest = MatMut::from_column_major_slice_mut(context.as_mut_slice(), hidden, tokens);

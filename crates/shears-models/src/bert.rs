@@ -12,7 +12,7 @@ use crate::attention::{Projections, self_attention};
 use crate::config::{Activation, BertConfig, Pooling, SentenceConfig};
 use crate::error::{Error, Result};
 use crate::linear::{Linear, stacked_forward};
-use crate::math::{Elementwise, apply, layer_norm};
+use crate::math::{Elementwise, layer_norm};
 use crate::tokenize::{Batch, TextEncoder};
 
 /// Tokens run through the encoder at once when embedding many texts: bounds the memory
@@ -203,13 +203,12 @@ impl EncoderLayer {
         drop(context);
         self.attention_norm.add_and_apply(&mut attended, x);
         observe(Site::Intermediate, &attended)?;
-        let mut hidden = self.intermediate.forward(&attended)?;
         let f = match activation {
             Activation::Gelu => Elementwise::Gelu,
             Activation::GeluTanh => Elementwise::GeluTanh,
             Activation::Relu => Elementwise::Relu,
         };
-        hidden.as_mut_slice().par_chunks_mut(1 << 14).for_each(|chunk| apply(f, chunk));
+        let hidden = self.intermediate.forward_then(&attended, Some(f))?;
         observe(Site::Output, &hidden)?;
         if !output {
             return Ok(None);
@@ -428,11 +427,16 @@ impl BertModel {
     /// # Errors
     /// As [`BertModel::embed_tokens`].
     pub fn forward(&self, batch: &Batch) -> Result<DMatrix<f32>> {
-        let mut x = self.embed_tokens(batch)?;
-        for layer in &self.layers {
-            x = self.run_layer(layer, &x, &batch.lengths, &mut |_, _| Ok(()))?;
-        }
-        Ok(x)
+        // The whole pass runs on one of rayon's threads, so that each of its parallel
+        // steps starts and ends there: called from outside the pool, every step would
+        // hand its work to the pool and put the caller to sleep until it is done.
+        rayon::scope(|_| {
+            let mut x = self.embed_tokens(batch)?;
+            for layer in &self.layers {
+                x = self.run_layer(layer, &x, &batch.lengths, &mut |_, _| Ok(()))?;
+            }
+            Ok(x)
+        })
     }
 
     /// Observes the inputs of `layer`'s linear layers for `x`, without its output.

@@ -12,6 +12,7 @@ use shears_sparse::{
 };
 
 use crate::error::{Error, Result};
+use crate::math::{Elementwise, apply};
 
 /// The weights of a linear layer, in the form its products run in.
 #[derive(Debug, Clone)]
@@ -239,6 +240,20 @@ impl Linear {
     /// # Errors
     /// [`Error::Argument`] if `x` has not one row per input.
     pub fn forward(&self, x: &DMatrix<f32>) -> Result<DMatrix<f32>> {
+        self.forward_then(x, None)
+    }
+
+    /// `f(W x + b)`, `f` applied to every output (none for `None`). A dense layer applies
+    /// the bias and `f` to each band of rows as soon as its product is done, while the
+    /// band is in cache and on the thread that computed it.
+    ///
+    /// # Errors
+    /// As [`Linear::forward`].
+    pub(crate) fn forward_then(
+        &self,
+        x: &DMatrix<f32>,
+        f: Option<Elementwise>,
+    ) -> Result<DMatrix<f32>> {
         let (outputs, inputs) = self.shape();
         if x.nrows() != inputs {
             return Err(Error::Argument(format!(
@@ -248,33 +263,20 @@ impl Linear {
             )));
         }
         let tokens = x.ncols();
-        match &self.weights {
+        let epilogue = Epilogue { bias: self.bias.as_slice(), f };
+        let mut y = match &self.weights {
             LinearWeights::Dense(w) => {
-                let mut y = DMatrix::<f32>::zeros(outputs, tokens);
-                dense_product(
-                    w,
-                    x,
-                    MatMut::from_column_major_slice_mut(y.as_mut_slice(), outputs, tokens),
-                );
-                add_bias(&mut y, &self.bias);
-                Ok(y)
+                let mut y = zeroed(outputs, tokens);
+                let dst = MatMut::from_column_major_slice_mut(y.as_mut_slice(), outputs, tokens);
+                dense_product(w, x, dst, epilogue);
+                return Ok(y);
             }
-            LinearWeights::Sparse(s) => {
-                let mut y = s.matmul(x)?;
-                add_bias(&mut y, &self.bias);
-                Ok(y)
-            }
-            LinearWeights::Half(h) => {
-                let mut y = h.product().matmul(x)?;
-                add_bias(&mut y, &self.bias);
-                Ok(y)
-            }
-            LinearWeights::Int8(q) => {
-                let mut y = q.matmul(x)?;
-                add_bias(&mut y, &self.bias);
-                Ok(y)
-            }
-        }
+            LinearWeights::Sparse(s) => s.matmul(x)?,
+            LinearWeights::Half(h) => h.product().matmul(x)?,
+            LinearWeights::Int8(q) => q.matmul(x)?,
+        };
+        epilogue.apply_parallel(&mut y);
+        Ok(y)
     }
 }
 
@@ -403,15 +405,14 @@ pub(crate) fn stacked_forward(
     }
     let outputs = dense.iter().map(|w| w.nrows()).sum();
     let tokens = x.ncols();
-    let mut y = DMatrix::<f32>::zeros(outputs, tokens);
+    let mut y = zeroed(outputs, tokens);
     let mut all = MatMut::from_column_major_slice_mut(y.as_mut_slice(), outputs, tokens);
     let mut first = 0;
-    for w in dense {
-        dense_product(w, x, all.as_mut().submatrix_mut(first, 0, w.nrows(), tokens));
+    for (w, layer) in dense.iter().zip(layers) {
+        let dst = all.as_mut().submatrix_mut(first, 0, w.nrows(), tokens);
+        dense_product(w, x, dst, Epilogue { bias: layer.bias.as_slice(), f: None });
         first += w.nrows();
     }
-    let bias: Vec<f32> = layers.iter().flat_map(|l| l.bias.iter().copied()).collect();
-    add_bias(&mut y, &DVector::from_vec(bias));
     Some(Ok(y))
 }
 
@@ -427,54 +428,117 @@ const ROW_SPLIT_MAX_TOKENS: usize = 256;
 /// neither do the outputs' bits.
 const BAND_ROWS: usize = 96;
 
-/// `dst = W x` by faer's GEMM on rayon's threads (`dst` is not read).
-fn dense_product(w: &DMatrix<f32>, x: &DMatrix<f32>, dst: MatMut<'_, f32>) {
-    let lhs = MatRef::from_column_major_slice(w.as_slice(), w.nrows(), w.ncols());
-    let rhs = MatRef::from_column_major_slice(x.as_slice(), x.nrows(), x.ncols());
-    if x.ncols() <= ROW_SPLIT_MAX_TOKENS {
-        product_in_row_bands(dst, lhs, rhs, w.nrows().div_ceil(BAND_ROWS));
-    } else {
-        faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, 1.0, Par::rayon(0));
+/// A zeroed `rows x cols` matrix for a product to write, zeroed on rayon's threads:
+/// nalgebra's `zeros` writes it on the calling thread alone, while the pool's other
+/// threads wait for the product and, waiting long enough, fall asleep (waking one
+/// costs more than its share of a short product).
+pub(crate) fn zeroed(rows: usize, cols: usize) -> DMatrix<f32> {
+    use rayon::prelude::*;
+    let len = rows * cols;
+    let values: Vec<f32> = rayon::iter::repeat_n(0.0, len).with_min_len(1 << 14).collect();
+    DMatrix::from_vec(rows, cols, values)
+}
+
+/// What follows a layer's product on each output: the bias added, then `f` if any.
+#[derive(Debug, Clone, Copy)]
+struct Epilogue<'a> {
+    /// One per output row.
+    bias: &'a [f32],
+    f: Option<Elementwise>,
+}
+
+impl<'a> Epilogue<'a> {
+    /// Applies the epilogue to `dst`, whose rows are the outputs `bias` stands for.
+    fn apply_to(&self, dst: MatMut<'_, f32>) {
+        for mut column in dst.col_iter_mut() {
+            if let Some(column) = column.as_mut().try_as_col_major_mut() {
+                self.apply_to_column(column.as_slice_mut());
+            } else {
+                // Not a column of a column-major output: through a copy, the same steps.
+                let mut copy: Vec<f32> = column.as_mut().iter().copied().collect();
+                self.apply_to_column(&mut copy);
+                column.iter_mut().zip(copy).for_each(|(v, c)| *v = c);
+            }
+        }
+    }
+
+    fn apply_to_column(&self, column: &mut [f32]) {
+        column.iter_mut().zip(self.bias).for_each(|(v, b)| *v += b);
+        if let Some(f) = self.f {
+            apply(f, column);
+        }
+    }
+
+    /// Applies the epilogue to all of `y`, on rayon's threads.
+    fn apply_parallel(&self, y: &mut DMatrix<f32>) {
+        use rayon::prelude::*;
+        let rows = y.nrows();
+        if rows == 0 {
+            return;
+        }
+        y.as_mut_slice().par_chunks_mut(rows * 64).for_each(|block| {
+            let tokens = block.len() / rows;
+            self.apply_to(MatMut::from_column_major_slice_mut(block, rows, tokens));
+        });
+    }
+
+    /// The epilogues of the rows before `at` and of the rows from `at` on.
+    fn split_at(self, at: usize) -> (Epilogue<'a>, Epilogue<'a>) {
+        let (upper, lower) = self.bias.split_at(at.min(self.bias.len()));
+        (Epilogue { bias: upper, f: self.f }, Epilogue { bias: lower, f: self.f })
     }
 }
 
-/// `dst = lhs rhs` (`dst` is not read) in `parts` one-thread GEMMs on bands of rows
-/// (whole vectors of 16, except the last), in parallel on rayon's threads.
+/// `dst = epilogue(W x)` by faer's GEMM on rayon's threads (`dst` is not read).
+fn dense_product(w: &DMatrix<f32>, x: &DMatrix<f32>, mut dst: MatMut<'_, f32>, epilogue: Epilogue) {
+    let lhs = MatRef::from_column_major_slice(w.as_slice(), w.nrows(), w.ncols());
+    let rhs = MatRef::from_column_major_slice(x.as_slice(), x.nrows(), x.ncols());
+    if x.ncols() <= ROW_SPLIT_MAX_TOKENS {
+        product_in_row_bands(dst, lhs, rhs, w.nrows().div_ceil(BAND_ROWS), epilogue);
+    } else {
+        faer::linalg::matmul::matmul(dst.as_mut(), Accum::Replace, lhs, rhs, 1.0, Par::rayon(0));
+        apply_in_parallel(dst, epilogue);
+    }
+}
+
+/// [`Epilogue::apply_to`] on `dst`, its columns split across rayon's threads.
+fn apply_in_parallel(dst: MatMut<'_, f32>, epilogue: Epilogue) {
+    const COLUMNS: usize = 64;
+    let tokens = dst.ncols();
+    if tokens <= COLUMNS {
+        epilogue.apply_to(dst);
+        return;
+    }
+    let (left, right) = dst.split_at_col_mut((tokens / 2).next_multiple_of(COLUMNS).min(tokens));
+    rayon::join(|| apply_in_parallel(left, epilogue), || apply_in_parallel(right, epilogue));
+}
+
+/// `dst = epilogue(lhs rhs)` (`dst` is not read) in `parts` one-thread GEMMs on bands of
+/// rows (whole vectors of 16, except the last), in parallel on rayon's threads; each
+/// band's epilogue runs right after its product.
 fn product_in_row_bands(
-    dst: MatMut<'_, f32>,
+    mut dst: MatMut<'_, f32>,
     lhs: MatRef<'_, f32>,
     rhs: MatRef<'_, f32>,
     parts: usize,
+    epilogue: Epilogue,
 ) {
     const BAND_ALIGN: usize = 16;
     let rows = dst.nrows();
     if parts <= 1 || rows <= BAND_ALIGN {
-        faer::linalg::matmul::matmul(dst, Accum::Replace, lhs, rhs, 1.0, Par::Seq);
+        faer::linalg::matmul::matmul(dst.as_mut(), Accum::Replace, lhs, rhs, 1.0, Par::Seq);
+        epilogue.apply_to(dst);
         return;
     }
     let upper_parts = parts / 2;
     let split = (rows * upper_parts / parts).next_multiple_of(BAND_ALIGN).min(rows);
     let (upper, lower) = dst.split_at_row_mut(split);
     let (lhs_upper, lhs_lower) = lhs.split_at_row(split);
+    let (epilogue_upper, epilogue_lower) = epilogue.split_at(split);
     rayon::join(
-        || product_in_row_bands(upper, lhs_upper, rhs, upper_parts),
-        || product_in_row_bands(lower, lhs_lower, rhs, parts - upper_parts),
+        || product_in_row_bands(upper, lhs_upper, rhs, upper_parts, epilogue_upper),
+        || product_in_row_bands(lower, lhs_lower, rhs, parts - upper_parts, epilogue_lower),
     );
-}
-
-/// Adds `bias` to every column of `y`, on rayon's threads.
-fn add_bias(y: &mut DMatrix<f32>, bias: &DVector<f32>) {
-    use rayon::prelude::*;
-    let rows = y.nrows();
-    if rows == 0 {
-        return;
-    }
-    let bias = bias.as_slice();
-    y.as_mut_slice().par_chunks_mut(rows * 64).for_each(|block| {
-        for column in block.chunks_exact_mut(rows) {
-            column.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-        }
-    });
 }
 
 #[cfg(test)]
@@ -543,7 +607,7 @@ mod tests {
             let kept = Mask::from_fn(6, 8, |r, c| weights[(r, c)] != 0.0).unwrap();
             let f32_format = AnySparse::from_dense_masked(&weights, &kept, format).unwrap();
             let mut expected = f32_format.matmul(&x).unwrap();
-            add_bias(&mut expected, l.bias());
+            Epilogue { bias: l.bias().as_slice(), f: None }.apply_parallel(&mut expected);
             let got = half.forward(&x).unwrap();
             assert_eq!(got, expected, "{format:?} {values}");
         }
@@ -591,8 +655,67 @@ mod tests {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         let mut y = DMatrix::from_element(w.nrows(), x.ncols(), f32::NAN);
         let dst = MatMut::from_column_major_slice_mut(y.as_mut_slice(), w.nrows(), x.ncols());
-        pool.install(|| dense_product(w, x, dst));
+        let zeros = vec![0.0; w.nrows()];
+        pool.install(|| dense_product(w, x, dst, Epilogue { bias: &zeros, f: None }));
         y
+    }
+
+    /// The bias and activation applied to each band (or, past the band's token count,
+    /// after faer's parallel GEMM) give the bits of the same steps run one after the
+    /// other on the whole output, on any thread count.
+    #[test]
+    fn fused_epilogues_equal_the_steps_run_apart() {
+        let shapes = [(385, 24, 9), (200, 16, ROW_SPLIT_MAX_TOKENS + 70), (17, 5, 1)];
+        for (rows, inputs, tokens) in shapes {
+            let (w, x) = (filled(rows, inputs, rows), filled(inputs, tokens, 3));
+            let bias: Vec<f32> = (0..rows).map(|r| r as f32 * 0.37 - 20.0).collect();
+            for f in [None, Some(Elementwise::Gelu), Some(Elementwise::Relu)] {
+                let mut apart = product_on(1, &w, &x);
+                for mut column in apart.column_iter_mut() {
+                    for (v, b) in column.iter_mut().zip(&bias) {
+                        *v += b;
+                    }
+                    if let Some(f) = f {
+                        apply(f, column.as_mut_slice());
+                    }
+                }
+                for threads in [1, 2, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
+                    let mut y = DMatrix::from_element(rows, tokens, f32::NAN);
+                    let dst = MatMut::from_column_major_slice_mut(y.as_mut_slice(), rows, tokens);
+                    let epilogue = Epilogue { bias: &bias, f };
+                    pool.unwrap().install(|| dense_product(&w, &x, dst, epilogue));
+                    let same = y.iter().zip(apart.iter()).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{rows}x{inputs} by {tokens}, {f:?}, {threads} threads");
+                }
+            }
+        }
+    }
+
+    /// An output whose columns are not contiguous (a transposed view) gets the same
+    /// bits as a column-major one.
+    #[test]
+    fn epilogues_on_strided_columns_equal_contiguous_ones() {
+        let bias: Vec<f32> = (0..7).map(|r| r as f32 * 0.5 - 1.0).collect();
+        let epilogue = Epilogue { bias: &bias, f: Some(Elementwise::Gelu) };
+        let y = filled(7, 5, 1);
+        let mut contiguous = y.clone();
+        epilogue.apply_to(MatMut::from_column_major_slice_mut(contiguous.as_mut_slice(), 7, 5));
+        // The transpose's storage, read as 5x7 column-major, is `y` transposed.
+        let mut t = y.transpose();
+        let view = MatMut::from_column_major_slice_mut(t.as_mut_slice(), 5, 7).transpose_mut();
+        epilogue.apply_to(view);
+        assert_eq!(t.transpose(), contiguous);
+        assert_ne!(contiguous, y);
+    }
+
+    /// A matrix zeroed on rayon's threads is all zeros, at every size around its
+    /// chunks' length.
+    #[test]
+    fn zeroed_matrices_are_zero() {
+        for (rows, cols) in [(0, 3), (3, 0), (1, 1), (128, 128), (129, 127), (384, 1000)] {
+            assert_eq!(zeroed(rows, cols), DMatrix::zeros(rows, cols), "{rows}x{cols}");
+        }
     }
 
     /// Bands cover every output once, whatever the rows' count against the bands'
@@ -631,7 +754,8 @@ mod tests {
                 let dst = MatMut::from_column_major_slice_mut(y.as_mut_slice(), rows, 5);
                 let lhs = MatRef::from_column_major_slice(w.as_slice(), rows, 24);
                 let rhs = MatRef::from_column_major_slice(x.as_slice(), 24, 5);
-                product_in_row_bands(dst, lhs, rhs, parts);
+                let zeros = vec![0.0; rows];
+                product_in_row_bands(dst, lhs, rhs, parts, Epilogue { bias: &zeros, f: None });
                 assert_close(&y, &(&w * &x), &format!("{rows} rows in {parts} bands"));
             }
         }
