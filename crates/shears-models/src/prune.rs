@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use shears_core::{LayerContext, Mask, Masks, PruningStrategy, Rounding, Sparsity};
 use shears_strategies::{InputStats, InverseHessian, Magnitude, Pattern, Pruner, SparseGpt, Wanda};
 
-use crate::bert::{BertModel, Site, TOKENS_PER_PASS};
+use crate::bert::{BertModel, EncoderLayer, Site, TOKENS_PER_PASS};
 use crate::error::{Error, Result};
 use crate::tokenize::Batch;
 
@@ -206,10 +206,30 @@ fn observe(
     }
     let batch = Batch { ids: Vec::new(), type_ids: Vec::new(), lengths: lengths.to_vec() };
     let mut start = 0;
-    for chunk in batch.chunks(TOKENS_PER_PASS) {
-        let tokens: usize = lengths[chunk.clone()].iter().sum();
-        let input = x.columns(start, tokens).into_owned();
-        model.observe_layer(layer, &input, &lengths[chunk], &mut |site, seen| {
+    // On rayon's threads throughout, as `BertModel::forward`.
+    rayon::scope(|_| {
+        for chunk in batch.chunks(TOKENS_PER_PASS) {
+            observe_chunk(model, layer, x, start, &lengths[chunk.clone()], &mut stats)?;
+            start += lengths[chunk].iter().sum::<usize>();
+        }
+        Ok::<_, Error>(())
+    })?;
+    Ok(stats)
+}
+
+/// Adds to `stats` the inputs of `layer`'s linears for the sentences of `lengths`, whose
+/// tokens are the columns of `x` from `start` on.
+fn observe_chunk(
+    model: &BertModel,
+    layer: &EncoderLayer,
+    x: &DMatrix<f32>,
+    start: usize,
+    lengths: &[usize],
+    stats: &mut [Calibrated],
+) -> Result<()> {
+    let tokens: usize = lengths.iter().sum();
+    let input = x.columns(start, tokens).into_owned();
+    model.observe_layer(layer, &input, lengths, &mut |site, seen| {
             if let Some(c) = stats.iter_mut().find(|c| c.site == site) {
                 // `add` refuses non-finite inputs; the error names the layer that reads them.
                 c.stats.add(seen).map_err(|e| match e {
@@ -227,10 +247,7 @@ fn observe(
                 })?;
             }
             Ok(())
-        })?;
-        start += tokens;
-    }
-    Ok(stats)
+        })
 }
 
 /// Layer `l`'s output for all of `x`, a pass at a time.
@@ -244,13 +261,17 @@ fn run_layer(
     let batch = Batch { ids: Vec::new(), type_ids: Vec::new(), lengths: lengths.to_vec() };
     let mut out = DMatrix::<f32>::zeros(x.nrows(), x.ncols());
     let mut start = 0;
-    for chunk in batch.chunks(TOKENS_PER_PASS) {
-        let tokens: usize = lengths[chunk.clone()].iter().sum();
-        let input = x.columns(start, tokens).into_owned();
-        let output = model.run_layer(layer, &input, &lengths[chunk], &mut |_, _| Ok(()))?;
-        out.columns_mut(start, tokens).copy_from(&output);
-        start += tokens;
-    }
+    // On rayon's threads throughout, as `BertModel::forward`.
+    rayon::scope(|_| {
+        for chunk in batch.chunks(TOKENS_PER_PASS) {
+            let tokens: usize = lengths[chunk.clone()].iter().sum();
+            let input = x.columns(start, tokens).into_owned();
+            let output = model.run_layer(layer, &input, &lengths[chunk], &mut |_, _| Ok(()))?;
+            out.columns_mut(start, tokens).copy_from(&output);
+            start += tokens;
+        }
+        Ok::<_, Error>(())
+    })?;
     Ok(out)
 }
 
