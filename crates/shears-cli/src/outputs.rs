@@ -78,10 +78,16 @@ impl Outputs {
         for relative in model.other_files()? {
             let name = relative.to_string_lossy().to_ascii_lowercase();
             let source = folder.join(&relative);
-            if !std::fs::metadata(&source).is_ok_and(|m| m.is_file()) {
-                outputs
-                    .skipped
-                    .push((source, "it is not a regular file (a FIFO, socket or device)"));
+            let not_a_file = match std::fs::metadata(&source) {
+                Ok(meta) if meta.is_file() => None,
+                Ok(_) => Some("it is not a regular file (a FIFO, socket or device)"),
+                Err(_) if std::fs::symlink_metadata(&source).is_ok_and(|m| m.is_symlink()) => {
+                    Some("it is a symbolic link that leads to no file")
+                }
+                Err(_) => Some("it cannot be examined"),
+            };
+            if let Some(why) = not_a_file {
+                outputs.skipped.push((source, why));
             } else if name.ends_with(".safetensors")
                 || OTHER_WEIGHTS.iter().any(|e| name.ends_with(e))
             {
@@ -179,9 +185,14 @@ impl Outputs {
         while let Some(dir) = stack.pop() {
             // A folder that cannot be listed, or an entry that cannot be read, may hold
             // more: the count becomes a lower bound.
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                found.partial = true;
-                continue;
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                // A folder not made yet holds nothing.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(_) => {
+                    found.partial = true;
+                    continue;
+                }
             };
             for entry in entries {
                 let Ok(entry) = entry else {

@@ -222,8 +222,9 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
         let more = count - names.len();
         let (at_least, still_more) = if strangers.partial { ("at least ", "+") } else { ("", "") };
         report.warnings.add(format!(
-            "the output folder already held {at_least}{count} file{} this run did not write, left as they were: {}{}",
+            "the output folder already held {at_least}{count} file{} this run did not write, left as {}: {}{}",
             if count == 1 { "" } else { "s" },
+            if count == 1 { "it was" } else { "they were" },
             names.join(", "),
             if more > 0 { format!(" and {more}{still_more} more") } else { String::new() }
         ));

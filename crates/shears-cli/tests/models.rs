@@ -623,7 +623,12 @@ fn a_cache_snapshot_of_links_is_pruned_with_every_file_copied() {
     symlink(&snapshot, snapshot.join("1_Pooling/loop")).unwrap();
     symlink(dir.path().join("gone"), snapshot.join("dangling.json")).unwrap();
     let out = dir.path().join("pruned");
-    run(&["prune", snapshot.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"]);
+    let o = run(&["prune", snapshot.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"]);
+    let err = stderr(&o);
+    assert!(
+        err.contains("dangling.json was not copied: it is a symbolic link that leads to no file"),
+        "{err}"
+    );
     for relative in files.iter().filter(|f| f.to_string_lossy() != "pytorch_model.bin") {
         let written = out.join(relative);
         let meta = std::fs::symlink_metadata(&written).unwrap();
@@ -661,6 +666,8 @@ fn special_files_in_a_model_folder_are_named_and_not_copied() {
     assert!(!out.join("1_Pooling/tokenizer.json").exists());
     assert!(out.join("1_Pooling/config.json").is_file());
     assert!(out.join("config.json").is_file());
+    // A new output folder holds nothing of anyone's: no warning about what it held.
+    assert!(!err.contains("the output folder"), "{err}");
 }
 
 /// A subfolder of an existing output folder that cannot be listed makes the count of

@@ -251,8 +251,8 @@ impl Model {
     /// The files of the model's folder that are not its weights or index (configs,
     /// tokenizers, ...), as paths relative to the folder, subfolders included; none for
     /// a file given by itself. Entries that are neither files nor folders (FIFOs,
-    /// sockets, devices) are listed too, so that a caller copying the folder can say
-    /// what it left out; check each with [`crate::paths::require_regular_file`] before
+    /// sockets, devices, links that lead nowhere) are listed too, so that a caller
+    /// copying the folder can say what it left out; check each with [`crate::paths::require_regular_file`] before
     /// opening it.
     ///
     /// # Errors
@@ -288,9 +288,11 @@ impl Model {
                 let path = relative.join(&name);
                 let mut kind = entry.file_type().map_err(|e| Error::io("list", &dir, e))?;
                 if kind.is_symlink() {
-                    // A dangling link is not a file of the model.
-                    let Ok(meta) = std::fs::metadata(entry.path()) else { continue };
-                    kind = meta.file_type();
+                    // A link that leads nowhere (dangling, or a loop) is listed as it is,
+                    // for the caller to say it was left out.
+                    if let Ok(meta) = std::fs::metadata(entry.path()) {
+                        kind = meta.file_type();
+                    }
                 }
                 if kind.is_dir() {
                     stack.push(path);
