@@ -253,7 +253,7 @@ impl Sources {
             return Ok(Some(t.read_finite(ckpt, view, Vec::new())?));
         }
         let mut sum: Option<DMatrix<T>> = None;
-        for ckpt in &self.grads {
+        for (file, ckpt) in self.grads.iter().enumerate() {
             let g = t.read_finite(ckpt, view, Vec::new())?;
             let term = w.zip_map(&g, |w, g| (w * g).abs());
             let total = match sum {
@@ -267,7 +267,7 @@ impl Sources {
                     t.name,
                     t.stored_position(&total, i, view),
                     std::any::type_name::<T>(),
-                    if self.grads.len() > 1 { " (summed over the gradient files)" } else { "" }
+                    if file > 0 { " (summed over the gradient files)" } else { "" }
                 );
             }
             sum = Some(total);

@@ -88,15 +88,17 @@ pub enum Error {
     /// An element's score, a product of finite factors (`|w * g|`, `|w| * ||x||`), is
     /// beyond the scalar type.
     #[error(
-        "tensor `{tensor}`: the {score} score at index {index} of its values as stored overflows: its factors are finite but their product is too large to compare"
+        "tensor `{tensor}`: the {score} score at row {row}, column {col} overflows: its factors are finite but their product is too large to compare"
     )]
     ProductOverflow {
         /// The tensor's name.
         tensor: String,
         /// The score, as a formula (`|w * g|`).
         score: &'static str,
-        /// The column-major element index of the first overflowing score.
-        index: usize,
+        /// The row of the first overflowing score (column-major order).
+        row: usize,
+        /// Its column.
+        col: usize,
     },
     /// An N:M pattern outside `0 < n <= m <= 256`.
     #[error("invalid N:M pattern {n}:{m}: need 0 < N <= M <= 256")]

@@ -87,15 +87,25 @@ pub fn check_finite<T: Scalar>(tensor: &str, values: &[T]) -> Result<()> {
     select::check_finite(tensor, values)
 }
 
-/// Fails with [`Error::ProductOverflow`] at the first non-finite value of `scores`,
-/// products (`score`, a formula such as `|w * g|`) of factors already checked finite.
+/// Fails with [`Error::ProductOverflow`] at the first non-finite value of `scores`
+/// (column-major), products (`score`, a formula such as `|w * g|`) of factors already
+/// checked finite.
 ///
 /// # Errors
-/// [`Error::ProductOverflow`] naming `tensor`, `score` and the index of the first
-/// non-finite value in `scores`.
-pub fn check_products<T: Scalar>(tensor: &str, score: &'static str, scores: &[T]) -> Result<()> {
+/// [`Error::ProductOverflow`] naming `tensor`, `score` and the row and column of the
+/// first non-finite value in `scores`.
+pub fn check_products<T: Scalar>(
+    tensor: &str,
+    score: &'static str,
+    scores: &nalgebra::DMatrix<T>,
+) -> Result<()> {
     match scores.iter().position(|x| !x.finite()) {
-        Some(index) => Err(Error::ProductOverflow { tensor: tensor.to_owned(), score, index }),
+        Some(i) => Err(Error::ProductOverflow {
+            tensor: tensor.to_owned(),
+            score,
+            row: i % scores.nrows(),
+            col: i / scores.nrows(),
+        }),
         None => Ok(()),
     }
 }

@@ -75,7 +75,7 @@ impl<T: Scalar> PruningStrategy<T> for Gradient {
         check_finite(ctx.name(), weights.as_slice())?;
         let grads = ctx.require_gradients(weights)?;
         let scores = weights.zip_map(grads, |w, g| (w * g).abs());
-        check_products(ctx.name(), "|w * g|", scores.as_slice())?;
+        check_products(ctx.name(), "|w * g|", &scores)?;
         Ok(scores)
     }
 
@@ -148,7 +148,7 @@ impl<T: Scalar> TaylorAccumulator<T> {
         let mut sum = self.sum.clone();
         sum.zip_zip_apply(weights, gradients, |s, w, g| *s += (w * g).abs());
         // Checked before it is kept, so a failed batch leaves the sum as it was.
-        check_products(&self.name, "summed |w * g|", sum.as_slice())?;
+        check_products(&self.name, "summed |w * g|", &sum)?;
         self.sum = sum;
         self.batches += 1;
         Ok(())
@@ -259,7 +259,7 @@ impl<T: Scalar> PruningStrategy<T> for Wanda {
         for (mut col, &n) in scores.column_iter_mut().zip(norms.iter()) {
             col *= n;
         }
-        check_products(ctx.name(), "|w| * ||x||", scores.as_slice())?;
+        check_products(ctx.name(), "|w| * ||x||", &scores)?;
         Ok(scores)
     }
 
@@ -384,24 +384,24 @@ mod tests {
         let w = dmatrix![1.0f32, 3e30; 2.0, 3e30];
         let g = dmatrix![1.0f32, 1.0; 1.0, 1e10];
         let ctx = LayerContext::new("fc").with_gradients(&g);
-        assert_eq!(Gradient.mask(&w, &ctx, s).unwrap_err(), overflow("|w * g|", 3));
+        assert_eq!(Gradient.mask(&w, &ctx, s).unwrap_err(), overflow("|w * g|", 1, 1));
         let g = dmatrix![1.0f32, 1e10; 1.0, 1.0];
         let ctx = LayerContext::new("fc").with_gradients(&g);
-        assert_eq!(Gradient.mask(&w, &ctx, s).unwrap_err(), overflow("|w * g|", 2));
+        assert_eq!(Gradient.mask(&w, &ctx, s).unwrap_err(), overflow("|w * g|", 0, 1));
         let norms = nalgebra::dvector![1.0f32, 1e10];
         let ctx = LayerContext::new("fc").with_activation_norms(&norms);
-        assert_eq!(Wanda.mask(&w, &ctx, s).unwrap_err(), overflow("|w| * ||x||", 2));
+        assert_eq!(Wanda.mask(&w, &ctx, s).unwrap_err(), overflow("|w| * ||x||", 0, 1));
         // The accumulator's sum overflows on the second batch and is kept as it was.
         let mut acc = TaylorAccumulator::<f64>::new("fc", 1, 2);
         let (w, g) = (dmatrix![1e300, 1.0], dmatrix![1e8, 1.0]);
         acc.add_batch(&w, &g).unwrap();
         let err = acc.add_batch(&w, &g).unwrap_err();
-        assert_eq!(err, overflow("summed |w * g|", 0));
+        assert_eq!(err, overflow("summed |w * g|", 0, 0));
         assert_eq!((acc.batches(), acc.scores()), (1, &dmatrix![1e308, 1.0]));
     }
 
-    fn overflow(score: &'static str, index: usize) -> Error {
-        Error::ProductOverflow { tensor: "fc".into(), score, index }
+    fn overflow(score: &'static str, row: usize, col: usize) -> Error {
+        Error::ProductOverflow { tensor: "fc".into(), score, row, col }
     }
 
     #[test]
