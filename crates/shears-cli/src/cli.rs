@@ -206,8 +206,9 @@ pub(crate) struct EmbedArgs {
     /// The sentences, one per line.
     #[arg(long, value_name = "FILE")]
     pub(crate) texts: PathBuf,
-    /// Write the embeddings here: a safetensors file with one F32 tensor `embeddings`
-    /// of shape [sentences, hidden].
+    /// Write the embeddings here: a safetensors file with an F32 tensor `embeddings` of
+    /// shape [sentences, hidden] and an I64 tensor `lines`, the line of FILE (counted
+    /// from 1) each row embeds.
     #[arg(short, long, value_name = "FILE")]
     pub(crate) output: Option<PathBuf>,
     /// Tokens per sentence (default: the model's max_seq_length).

@@ -145,8 +145,12 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
                     None => formats.push((&l.chosen, 1)),
                 }
             }
-            let formats: Vec<String> = formats.iter().map(|(f, n)| format!("{f} {n}")).collect();
-            format!("{} of {}: {}", s.sparse_layers, s.layers.len(), formats.join(", "))
+            let formats: Vec<String> = formats.iter().map(|(f, n)| format!("{n} in {f}")).collect();
+            let slower = match s.speedup {
+                Some(x) if x < 1.0 => "; slower than dense here as a whole: run it dense",
+                _ => "",
+            };
+            format!("{} of {}: {}{slower}", s.sparse_layers, s.layers.len(), formats.join(", "))
         };
         let (sparse_ms, speedup) = match (&s.sparse_ms, s.speedup) {
             (Some(ms), Some(x)) => (t(ms), format!("{x:.2}x")),
