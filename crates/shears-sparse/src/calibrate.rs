@@ -23,7 +23,8 @@ use crate::sell::AnySlicedEll;
 use crate::tuning::{NM_MAX_BATCH, csr_break_even};
 
 /// The batch sizes [`Crossovers::measure`] times. A batch between two of them takes the
-/// crossover of the next larger one (larger batches favour the dense product).
+/// crossover of the next larger one (larger batches favour the dense product), and a
+/// batch past the last takes the last one's.
 pub const CALIBRATION_BATCHES: [usize; 4] = [1, 8, 32, 128];
 
 /// The sparsities [`Crossovers::measure`] tries for CSR, ascending.
@@ -33,7 +34,15 @@ pub const CALIBRATION_SPARSITIES: [f64; 6] = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95];
 /// past a core's L2 cache, as the layers worth sparsifying are.
 pub const CALIBRATION_SIDE: usize = 1024;
 
-/// Where CSR (sliced ELLPACK at batch 1) and N:M start to beat the dense product.
+/// Where CSR (sliced ELLPACK at batch 1) and N:M start to beat the dense product: the
+/// two crossovers [`choose_format_with`](crate::choose_format_with) takes from here.
+///
+/// - CSR: a list of `(batch, sparsity)` steps, ascending by batch. A step says that
+///   for batches up to `batch` (and past the previous step's), CSR beats the dense
+///   product from `sparsity` on; the last step also covers every larger batch. A
+///   sparsity above 1 means CSR never wins at those batches.
+/// - N:M: the largest batch up to which an N:M matrix at 50% beats the dense product
+///   (0: at no batch).
 ///
 /// ```
 /// use shears_sparse::calibrate::Crossovers;
@@ -63,8 +72,9 @@ impl Crossovers {
         Crossovers { csr, nm_max_batch: NM_MAX_BATCH, measured: None }
     }
 
-    /// Crossovers from measurements: `csr` as `(batch, sparsity)` steps (any order;
-    /// a sparsity above 1 for "never") and the largest batch at which N:M wins.
+    /// Crossovers from `csr`, `(batch, sparsity)` steps in any order (see
+    /// [`Crossovers`]; a sparsity above 1 for "never"), and `nm_max_batch`, the largest
+    /// batch up to which N:M wins (0 for none).
     ///
     /// # Errors
     /// [`crate::Error::InvalidCrossovers`] for no steps, a batch of 0 or listed twice, or
@@ -84,12 +94,15 @@ impl Crossovers {
         Ok(Crossovers { csr, nm_max_batch, measured: None })
     }
 
-    /// Times the formats against nalgebra's dense product on this machine (its rayon
-    /// pool): a [`CALIBRATION_SIDE`]-square `f32` matrix at each of
-    /// [`CALIBRATION_BATCHES`], CSR (sliced ELLPACK at batch 1) at each of
-    /// [`CALIBRATION_SPARSITIES`] from the sparsest down until dense wins, and 2:4.
-    /// Each comparison alternates the two products and compares medians. It takes a
-    /// fraction of a second to a few seconds, depending on the machine and its load.
+    /// Times the formats against nalgebra's dense product on this machine, on the
+    /// caller's rayon pool (so with its thread count): a [`CALIBRATION_SIDE`]-square
+    /// `f32` matrix at each of [`CALIBRATION_BATCHES`], CSR (sliced ELLPACK at batch 1)
+    /// at each of [`CALIBRATION_SPARSITIES`] from the sparsest down until dense wins
+    /// (a batch where even 95% loses gets "never", 2.0), and 2:4 at each batch from the
+    /// smallest up until dense wins. Each comparison alternates the two products and
+    /// compares medians, so a busy machine can move a crossover by a step. It blocks
+    /// for a fraction of a second to a few seconds, depending on the machine and its
+    /// load. Other shapes can cross over elsewhere: caches and tiles change with size.
     ///
     /// # Errors
     /// None in practice: the formats' constructors' errors, which the fixed shapes
@@ -103,7 +116,7 @@ impl Crossovers {
         let start = Instant::now();
         let weights = DMatrix::from_fn(n, n, |r, c| (mix(r, c) % 2001) as f32 / 1000.0 - 1.0);
         let mut csr = Vec::with_capacity(CALIBRATION_BATCHES.len());
-        let mut nm_max_batch = 0;
+        let (mut nm_max_batch, mut previous_batch) = (0, 0);
         for &batch in &CALIBRATION_BATCHES {
             let x = DMatrix::from_fn(n, batch, |r, c| (mix(c, r) % 1999) as f32 / 999.0 - 1.0);
             // CSR: from the sparsest down; the break-even is the least sparse that wins.
@@ -122,30 +135,35 @@ impl Crossovers {
                 break_even = sparsity;
             }
             csr.push((batch, if break_even.is_finite() { break_even } else { 2.0 }));
-            let mask = two_four(n)?;
-            let dense = mask.apply(&weights)?;
-            let nm = NmSparse::from_dense_masked(&weights, &mask, NmPattern::TWO_FOUR)?;
-            if faster(&nm, &dense, &x)? {
-                nm_max_batch = batch;
+            // N:M: up to the first batch where dense wins.
+            if nm_max_batch == previous_batch {
+                let mask = two_four(n)?;
+                let dense = mask.apply(&weights)?;
+                let nm = NmSparse::from_dense_masked(&weights, &mask, NmPattern::TWO_FOUR)?;
+                if faster(&nm, &dense, &x)? {
+                    nm_max_batch = batch;
+                }
             }
+            previous_batch = batch;
         }
         Ok(Crossovers { csr, nm_max_batch, measured: Some(start.elapsed()) })
     }
 
     /// This machine's crossovers, measured at the first call in the process
-    /// ([`Crossovers::measure`]) and kept (the fixed ones if the measurement failed).
+    /// ([`Crossovers::measure`], which blocks that call and uses its caller's rayon pool)
+    /// and kept for the rest of the process (the fixed ones if the measurement failed).
     pub fn this_machine() -> &'static Crossovers {
         static MEASURED: OnceLock<Crossovers> = OnceLock::new();
         MEASURED.get_or_init(|| Crossovers::measure().unwrap_or_else(|_| Crossovers::fixed()))
     }
 
-    /// The sparsity from which CSR beats the dense product at `batch`.
+    /// The sparsity from which CSR beats the dense product at `batch` (above 1: at none).
     pub fn csr_break_even(&self, batch: usize) -> f64 {
         let step = self.csr.iter().find(|&&(b, _)| batch <= b);
         step.or(self.csr.last()).map_or(1.0, |&(_, s)| s)
     }
 
-    /// The largest batch at which N:M packing beats the dense product.
+    /// The largest batch up to which N:M packing beats the dense product (0: none).
     pub fn nm_max_batch(&self) -> usize {
         self.nm_max_batch
     }
@@ -256,6 +274,9 @@ mod tests {
             );
         }
         assert!(c.nm_max_batch() == 0 || CALIBRATION_BATCHES.contains(&c.nm_max_batch()));
+        for &(batch, sparsity) in c.csr_steps() {
+            assert_eq!(c.csr_break_even(batch), sparsity);
+        }
         assert!(c.measured_in().is_some());
     }
 

@@ -38,13 +38,14 @@ impl std::fmt::Display for Format {
     }
 }
 
-/// Picks a format for a pruned matrix (given by its mask) at an expected batch size.
+/// Picks a format for a pruned matrix (given by its mask) at an expected batch size (0
+/// counts as 1).
 ///
 /// In order: a mask with at least a quarter of its rows or columns fully pruned, and at
 /// most 30% unstructured sparsity left inside the remaining block, compacts; a matrix
 /// smaller than [`SMALL_MATRIX`] stays dense; a mask that satisfies 2:4 (or 4:8) at
-/// 40..60% sparsity packs as N:M up to batch [`NM_MAX_BATCH`]; an unstructured mask at
-/// or past [`csr_break_even`] goes to CSR, or at batch 1 to its sliced-ELLPACK layout
+/// 40..60% sparsity packs as N:M up to batch [`NM_MAX_BATCH`]; any other mask at or past
+/// [`csr_break_even`] goes to CSR, or at batch 1 to its sliced-ELLPACK layout
 /// ([`crate::SlicedEll`], the same entries laid out for batch 1); anything else stays
 /// dense. The crossovers are the fixed ones of [`crate::tuning`], so the choice is the
 /// same on every machine; [`choose_format_with`] takes others, such as this machine's
@@ -76,7 +77,10 @@ pub fn choose_format(mask: &Mask, batch: usize) -> Format {
 }
 
 /// [`choose_format`] with the given crossovers: [`Crossovers::this_machine`] for ones
-/// measured here (once per process), or any others.
+/// measured here (once per process), or any others. They replace the two measured
+/// limits, [`NM_MAX_BATCH`] and [`csr_break_even`]; the rest of the rules (compaction,
+/// [`SMALL_MATRIX`], N:M's 40-60% window) stay as [`choose_format`] has them. Neither
+/// function proposes [`Format::Bsr`]: block-sparse matrices are built by asking for it.
 ///
 /// ```
 /// use shears_core::Mask;
@@ -92,7 +96,12 @@ pub fn choose_format(mask: &Mask, batch: usize) -> Format {
 /// assert_eq!(choose_format_with(&two_four, 1, &slow_gathers), Format::SlicedEll);
 /// # Ok::<(), shears_sparse::Error>(())
 /// ```
+///
+/// [`NM_MAX_BATCH`]: crate::tuning::NM_MAX_BATCH
+/// [`csr_break_even`]: crate::tuning::csr_break_even
 pub fn choose_format_with(mask: &Mask, batch: usize, crossovers: &Crossovers) -> Format {
+    // No product has no columns: a batch of 0 is taken as 1.
+    let batch = batch.max(1);
     let (nrows, ncols) = mask.shape();
     if mask.is_empty() {
         return Format::Dense;
