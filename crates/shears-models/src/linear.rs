@@ -471,15 +471,11 @@ impl<'a> Epilogue<'a> {
 
     /// Applies the epilogue to all of `y`, on rayon's threads.
     fn apply_parallel(&self, y: &mut DMatrix<f32>) {
-        use rayon::prelude::*;
-        let rows = y.nrows();
-        if rows == 0 {
-            return;
-        }
-        y.as_mut_slice().par_chunks_mut(rows * 64).for_each(|block| {
-            let tokens = block.len() / rows;
-            self.apply_to(MatMut::from_column_major_slice_mut(block, rows, tokens));
-        });
+        let (rows, tokens) = y.shape();
+        apply_in_parallel(
+            MatMut::from_column_major_slice_mut(y.as_mut_slice(), rows, tokens),
+            *self,
+        );
     }
 
     /// The epilogues of the rows before `at` and of the rows from `at` on.
