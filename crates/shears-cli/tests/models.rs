@@ -82,6 +82,14 @@ fn sharded(dir: &Path) {
     std::fs::write(dir.join("pytorch_model.bin"), b"PK\x03\x04 unpruned torch weights").unwrap();
 }
 
+/// `sharded()` in a new folder `model` of `dir`, whose path it returns.
+fn sharded_in(dir: &Path) -> std::path::PathBuf {
+    let model = dir.join("model");
+    std::fs::create_dir(&model).unwrap();
+    sharded(&model);
+    model
+}
+
 fn run(args: &[&str]) -> std::process::Output {
     let o = shears(args);
     assert!(o.status.success(), "shears {args:?}: {}", stderr(&o));
@@ -650,9 +658,7 @@ fn a_cache_snapshot_of_links_is_pruned_with_every_file_copied() {
 #[test]
 fn special_files_in_a_model_folder_are_named_and_not_copied() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    std::fs::create_dir(&model).unwrap();
-    sharded(&model);
+    let model = sharded_in(dir.path());
     let fifo = model.join("1_Pooling/tokenizer.json");
     assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
     let out = dir.path().join("pruned");
@@ -677,9 +683,7 @@ fn special_files_in_a_model_folder_are_named_and_not_copied() {
 fn an_unreadable_subfolder_of_the_output_makes_its_count_a_lower_bound() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    std::fs::create_dir(&model).unwrap();
-    sharded(&model);
+    let model = sharded_in(dir.path());
     let out = dir.path().join("pruned");
     let hidden = out.join("private");
     std::fs::create_dir_all(&hidden).unwrap();
@@ -714,9 +718,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn outputs_in_a_new_folder_that_collide_are_refused_before_writing() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    std::fs::create_dir(&model).unwrap();
-    sharded(&model);
+    let model = sharded_in(dir.path());
     let out = dir.path().join("new");
     let m = model.to_str().unwrap();
     for (masks, needle) in [
