@@ -1,7 +1,6 @@
 //! Where a command's outputs go: a file for a file, a folder of the same shards, an
 //! updated index and every other file for a model folder; all committed together.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -236,9 +235,7 @@ impl Outputs {
         let mut staged = Vec::with_capacity(self.copies.len());
         for (source, destination) in &self.copies {
             let (pending, mut file) = PendingFile::create(destination)?;
-            shears_io::paths::require_regular_file(source)?;
-            let mut input =
-                File::open(source).with_context(|| format!("cannot open {}", source.display()))?;
+            let mut input = shears_io::paths::open_regular_file(source)?;
             std::io::copy(&mut input, &mut file).with_context(|| {
                 format!("cannot copy {} to {}", source.display(), destination.display())
             })?;

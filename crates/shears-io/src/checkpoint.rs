@@ -60,8 +60,7 @@ impl Checkpoint<File> {
     /// [`Error::Io`] when the file cannot be opened or read, [`Error::NotSafetensors`] for
     /// a file that looks like another format, [`Error::Header`] for an invalid header.
     pub fn open(path: &Path) -> Result<Self> {
-        crate::paths::require_regular_file(path)?;
-        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let file = crate::paths::open_regular_file(path)?;
         Checkpoint::from_source(path, file)
     }
 }

@@ -107,8 +107,9 @@ pub fn decode_mask_set(bytes: &[u8]) -> shears_core::Result<Vec<(String, Mask)>>
 /// # Errors
 /// [`Error::Io`] if it cannot be read, [`Error::Masks`] if it is not a valid mask set.
 pub fn read_mask_set(path: &Path) -> Result<Vec<(String, Mask)>> {
-    crate::paths::require_regular_file(path)?;
-    let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    let mut file = crate::paths::open_regular_file(path)?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| Error::io("read", path, e))?;
     decode_mask_set(&bytes).map_err(|source| Error::Masks { path: path.to_owned(), source })
 }
 

@@ -2,7 +2,6 @@
 //! model folder, or the `model.safetensors.index.json` of a sharded model.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 
 use safetensors::tensor::TensorInfo;
@@ -128,8 +127,7 @@ impl Model {
 
     fn open_index(folder: &Path, index_path: &Path) -> Result<Model> {
         let bad = |reason: String| Error::Index { path: index_path.to_owned(), reason };
-        require_regular_file(index_path)?;
-        let file = File::open(index_path).map_err(|e| Error::io("open", index_path, e))?;
+        let file = crate::paths::open_regular_file(index_path)?;
         let len = file.metadata().map_err(|e| Error::io("read", index_path, e))?.len();
         if len > MAX_INDEX_BYTES {
             return Err(bad(format!("{len} bytes, more than an index of {MAX_INDEX_BYTES}")));
@@ -252,8 +250,8 @@ impl Model {
     /// tokenizers, ...), as paths relative to the folder, subfolders included; none for
     /// a file given by itself. Entries that are neither files nor folders (FIFOs,
     /// sockets, devices, links that lead nowhere) are listed too, so that a caller
-    /// copying the folder can say what it left out; check each with [`crate::paths::require_regular_file`] before
-    /// opening it.
+    /// copying the folder can say what it left out; open each with
+    /// [`crate::paths::open_regular_file`].
     ///
     /// # Errors
     /// [`Error::Io`] if the folder cannot be listed.

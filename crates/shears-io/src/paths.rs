@@ -26,6 +26,53 @@ pub fn require_regular_file(path: &Path) -> Result<()> {
     }
 }
 
+/// Opens `path` for reading if it is a regular file (symbolic links followed), and only
+/// then: a FIFO with no writer cannot block the caller and a device is never read.
+///
+/// The path is examined before it is opened, and on Linux the file is opened without
+/// blocking and examined again once open, so a FIFO swapped in between the two steps is
+/// refused rather than waited on.
+///
+/// # Errors
+/// As [`require_regular_file`]; [`Error::Io`] as well if it cannot be opened.
+pub fn open_regular_file(path: &Path) -> Result<std::fs::File> {
+    require_regular_file(path)?;
+    let file = open_without_blocking(path).map_err(|e| Error::io("open", path, e))?;
+    still_regular(path, &file)?;
+    Ok(file)
+}
+
+/// Fails unless the open `file` is a regular file: `path`, checked before it was opened,
+/// may have been replaced since.
+fn still_regular(path: &Path, file: &std::fs::File) -> Result<()> {
+    let meta = file.metadata().map_err(|e| Error::io("open", path, e))?;
+    if meta.is_file() {
+        Ok(())
+    } else {
+        Err(Error::Input {
+            path: path.to_owned(),
+            reason: "is not a regular file (it was replaced while it was opened)".into(),
+        })
+    }
+}
+
+/// Opens `path` read-only; on Linux with `O_NONBLOCK` (so opening a FIFO returns at
+/// once), cleared again before the file is handed on.
+#[cfg(target_os = "linux")]
+fn open_without_blocking(path: &Path) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags, fcntl_getfl, fcntl_setfl};
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let file = std::fs::File::from(rustix::fs::open(path, flags, Mode::empty())?);
+    let flags = fcntl_getfl(&file)?;
+    fcntl_setfl(&file, flags - OFlags::NONBLOCK)?;
+    Ok(file)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_without_blocking(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::File::open(path)
+}
+
 /// Fails unless `path` may be written as an output: it does not exist yet, or it is a
 /// regular file. A symbolic link, a directory, a FIFO or a device at `path` is refused,
 /// since replacing it with a regular file (or writing through it) is never what a
@@ -95,16 +142,16 @@ pub fn is_within(path: &Path, folder: &Path) -> bool {
     }
 }
 
-/// The bytes of the file at `path`, or `None` if it holds more than `max`. At most
-/// `max + 1` bytes are read, whatever size the file reports (files of `/proc` report 0
-/// and can be endless).
+/// The bytes `reader` holds, or `None` if it holds more than `max`. At most `max + 1`
+/// bytes are read, whatever size a file reports (files of `/proc` report 0 and can be
+/// endless).
 ///
 /// # Errors
-/// The open's or the read's.
-pub fn read_at_most(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+/// The read's.
+pub fn read_at_most(reader: impl std::io::Read, max: u64) -> std::io::Result<Option<Vec<u8>>> {
     use std::io::Read;
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    reader.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
     Ok((bytes.len() as u64 <= max).then_some(bytes))
 }
 
@@ -172,13 +219,45 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, b"12345").unwrap();
-        assert_eq!(read_at_most(&path, 5).unwrap().as_deref(), Some(&b"12345"[..]));
-        assert_eq!(read_at_most(&path, 4).unwrap(), None);
+        let open = || std::fs::File::open(&path).unwrap();
+        assert_eq!(read_at_most(open(), 5).unwrap().as_deref(), Some(&b"12345"[..]));
+        assert_eq!(read_at_most(open(), 4).unwrap(), None);
         #[cfg(unix)]
         {
             // Reports a size of 0, and never ends.
-            assert_eq!(read_at_most(Path::new("/dev/zero"), 1 << 20).unwrap(), None);
+            let zero = std::fs::File::open("/dev/zero").unwrap();
+            assert_eq!(read_at_most(zero, 1 << 20).unwrap(), None);
         }
+    }
+
+    #[test]
+    fn only_regular_files_are_opened_and_they_read_in_blocking_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"abc").unwrap();
+        let file = open_regular_file(&path).unwrap();
+        #[cfg(target_os = "linux")]
+        {
+            let flags = rustix::fs::fcntl_getfl(&file).unwrap();
+            assert!(!flags.contains(rustix::fs::OFlags::NONBLOCK));
+        }
+        assert_eq!(read_at_most(file, 3).unwrap().as_deref(), Some(&b"abc"[..]));
+        assert!(matches!(open_regular_file(dir.path()), Err(Error::Input { .. })));
+        assert!(matches!(open_regular_file(&dir.path().join("absent")), Err(Error::Io { .. })));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_fifo_swapped_in_before_the_open_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        assert!(matches!(open_regular_file(&fifo), Err(Error::Input { .. })));
+        // What happens after the check, had the FIFO been put there just after it: the
+        // open returns at once although nothing writes to it, and the file is refused.
+        let opened = open_without_blocking(&fifo).unwrap();
+        let refused = still_regular(&fifo, &opened).unwrap_err();
+        assert!(refused.to_string().contains("replaced while it was opened"), "{refused}");
     }
 
     #[test]

@@ -353,8 +353,9 @@ fn safe_join(folder: &Path, sub: &str, file: &Path) -> Result<PathBuf> {
 /// Reads a small JSON file.
 pub(crate) fn read_json(path: &Path) -> Result<Value> {
     let file_error = |reason: String| Error::File { path: path.to_owned(), reason };
-    shears_io::paths::require_regular_file(path).map_err(|e| file_error(short_reason(&e)))?;
-    let len = std::fs::metadata(path).map_err(|e| file_error(e.to_string()))?.len();
+    let file =
+        shears_io::paths::open_regular_file(path).map_err(|e| file_error(short_reason(&e)))?;
+    let len = file.metadata().map_err(|e| file_error(e.to_string()))?.len();
     if len > MAX_CONFIG_BYTES {
         return Err(file_error(format!(
             "{len} bytes; a configuration file is at most {MAX_CONFIG_BYTES}"
@@ -362,7 +363,7 @@ pub(crate) fn read_json(path: &Path) -> Result<Value> {
     }
     // The size a file reports can be wrong (a file of /proc reports 0): the read is
     // bounded as well.
-    let text = shears_io::paths::read_at_most(path, MAX_CONFIG_BYTES)
+    let text = shears_io::paths::read_at_most(file, MAX_CONFIG_BYTES)
         .map_err(|e| file_error(e.to_string()))?
         .ok_or_else(|| {
             file_error(format!(

@@ -105,13 +105,13 @@ impl TextEncoder {
                     .into(),
             ));
         }
-        shears_io::paths::require_regular_file(&path)?;
-        let len = std::fs::metadata(&path).map_err(|e| file_error(e.to_string()))?.len();
+        let file = shears_io::paths::open_regular_file(&path)?;
+        let len = file.metadata().map_err(|e| file_error(e.to_string()))?.len();
         if len > MAX_TOKENIZER_BYTES {
             return Err(file_error(format!("{len} bytes is more than a tokenizer takes")));
         }
         // Bounded whatever size the file reports (a file of /proc reports 0).
-        let bytes = shears_io::paths::read_at_most(&path, MAX_TOKENIZER_BYTES)
+        let bytes = shears_io::paths::read_at_most(file, MAX_TOKENIZER_BYTES)
             .map_err(|e| shears_io::Error::io("read", &path, e))?
             .ok_or_else(|| {
                 file_error(format!(
@@ -196,8 +196,7 @@ pub fn read_texts(path: &Path, limit: usize) -> Result<Vec<String>> {
 pub fn read_numbered_texts(path: &Path, limit: usize) -> Result<Vec<(usize, String)>> {
     const MAX_LINE: usize = 64 << 10;
     let file_error = |reason: String| Error::File { path: path.to_owned(), reason };
-    shears_io::paths::require_regular_file(path)?;
-    let file = std::fs::File::open(path).map_err(|e| shears_io::Error::io("open", path, e))?;
+    let file = shears_io::paths::open_regular_file(path)?;
     let mut reader = std::io::BufReader::new(file);
     let mut texts = Vec::new();
     let mut line = Vec::new();

@@ -86,8 +86,7 @@ const MAX_BODY: usize = 1 << 30;
 /// small compressed file that inflates without end cannot exhaust memory.
 fn read_idx(path: &Path, magic: u32, rank: usize) -> Result<(Vec<usize>, Vec<u8>)> {
     let bad = |reason: String| Error::BadDataFile { path: path.to_owned(), reason };
-    let file =
-        std::fs::File::open(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
+    let file = shears_io::paths::open_regular_file(path)?;
     let mut buffered = BufReader::new(file);
     let head = buffered.fill_buf().map_err(|source| Error::Io { path: path.to_owned(), source })?;
     let mut reader: Box<dyn Read> = if head.starts_with(&[0x1f, 0x8b]) {
