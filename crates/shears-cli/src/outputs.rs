@@ -10,6 +10,9 @@ use shears_io::{INDEX_NAME, Index, Layout, Model, PendingFile, SealedFile};
 /// Entries (files and folders) the walk of an existing output folder visits at most.
 const MAX_VISITED: usize = 100_000;
 
+/// The weights files a Hugging Face loader opens in a model folder by name.
+const LOADED_WEIGHTS: [&str; 2] = ["model.safetensors", INDEX_NAME];
+
 /// Weight files of formats shears does not rewrite: copying them beside pruned
 /// safetensors would leave unpruned weights that some loaders prefer.
 const OTHER_WEIGHTS: [&str; 8] =
@@ -190,6 +193,14 @@ impl Outputs {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(_) => {
                     found.partial = true;
+                    if dir == *root {
+                        // A folder that can be searched but not listed still opens by
+                        // name: the weights a loader would take from it are looked up.
+                        found.weights =
+                            LOADED_WEIGHTS.iter().map(|name| root.join(name)).find(|p| {
+                                !written.contains(p.as_path()) && p.symlink_metadata().is_ok()
+                            });
+                    }
                     continue;
                 }
             };

@@ -703,6 +703,46 @@ fn an_unreadable_subfolder_of_the_output_makes_its_count_a_lower_bound() {
     assert_eq!(std::fs::read(hidden.join("notes.txt")).unwrap(), b"mine");
 }
 
+/// An output folder that can be searched but not listed (mode 311) still has its
+/// weights found by name: the run is refused before anything is written, as it is for a
+/// folder that can be listed.
+#[cfg(unix)]
+#[test]
+fn weights_in_an_output_folder_that_cannot_be_listed_are_still_found() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |p: &Path, m| std::fs::set_permissions(p, PermissionsExt::from_mode(m)).unwrap();
+    mode(dir.path(), 0o755);
+    let model = sharded_in(dir.path());
+    for entry in std::fs::read_dir(&model).unwrap() {
+        mode(&entry.unwrap().path(), 0o644);
+    }
+    mode(&model, 0o755);
+    let out = dir.path().join("pruned");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("model.safetensors"), b"someone's weights").unwrap();
+    mode(&out.join("model.safetensors"), 0o644);
+    mode(&out, 0o311);
+    // A copy of the binary that `nobody` can run wherever the build directory lives.
+    let binary = dir.path().join("shears");
+    std::fs::copy(env!("CARGO_BIN_EXE_shears"), &binary).unwrap();
+    mode(&binary, 0o755);
+    let mut cmd = std::process::Command::new(&binary);
+    cmd.args(["prune", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"]);
+    if std::fs::metadata(&out).unwrap().uid() == 0 {
+        // Permissions do not bind root: run as `nobody`, for whom `out` cannot be listed.
+        cmd.uid(65534).gid(65534);
+    }
+    let o = cmd.output().unwrap();
+    mode(&out, 0o755);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("model.safetensors, which would be loaded with the new weights"), "{err}");
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), b"someone's weights");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+}
+
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
