@@ -28,10 +28,11 @@ pub(crate) trait Isa: Copy + Send + Sync + 'static {
     const PERMUTES8: bool = false;
     /// [`window_mul_add16`] picks its `f32` inputs with one 16-lane permute (AVX-512).
     const PERMUTES16: bool = false;
-    /// The batched N:M kernel runs four rows per tile, not two: their accumulators fit
-    /// AVX-512's 32 registers but would spill from AVX2's 16. NEON also has 32 (narrower)
-    /// registers; it keeps two rows until an Arm machine measures four faster.
-    const FOUR_ROW_TILES: bool = false;
+    /// The batched N:M kernel runs tiles of four rows, not two, and of 64 batch columns,
+    /// not 32: their accumulators fit AVX-512's 32 registers but would spill from AVX2's
+    /// 16. NEON also has 32 (narrower) registers; it keeps the smaller tiles until an Arm
+    /// machine measures the larger ones faster.
+    const WIDE_NM_TILES: bool = false;
     /// [`int8_dots`] runs on 256-bit `vpmaddwd` (the copy is compiled with AVX2).
     #[cfg(target_arch = "x86_64")]
     const MADD256: bool = false;
@@ -142,7 +143,7 @@ impl Isa for Avx512 {
     const F16C: bool = true;
     const PERMUTES8: bool = true;
     const PERMUTES16: bool = true;
-    const FOUR_ROW_TILES: bool = true;
+    const WIDE_NM_TILES: bool = true;
     const MADD256: bool = true;
 }
 
@@ -152,7 +153,7 @@ impl Isa for Avx512Vnni {
     const F16C: bool = true;
     const PERMUTES8: bool = true;
     const PERMUTES16: bool = true;
-    const FOUR_ROW_TILES: bool = true;
+    const WIDE_NM_TILES: bool = true;
     const MADD256: bool = true;
     const VNNI512: bool = true;
 }
@@ -218,7 +219,7 @@ impl<P: Isa> Isa for LaneLoads<P> {
     const FUSED: bool = P::FUSED;
     const PERMUTES8: bool = P::PERMUTES8;
     const PERMUTES16: bool = P::PERMUTES16;
-    const FOUR_ROW_TILES: bool = P::FOUR_ROW_TILES;
+    const WIDE_NM_TILES: bool = P::WIDE_NM_TILES;
     const MADD256: bool = P::MADD256;
     const VNNI512: bool = P::VNNI512;
     const VNNI256: bool = P::VNNI256;

@@ -5,10 +5,11 @@
 //! tile of accumulators: tiles of 32 batch columns, then 8, 4, 2 and 1, with four stored
 //! weights summed per accumulator update so consecutive entries do not wait on each
 //! other. N:M rows first expand their positions into columns, then run tiles of their
-//! own: their rows all have the same length, so several advance in lockstep with one
-//! fused multiply-add per product, eight rows at a time over L1-sized windows of
-//! groups. Each parallel task computes its rows into a row-major buffer of its own and
-//! writes them into `Y` while they are still in cache.
+//! own (up to 64 batch columns): their rows all have the same length, so several advance
+//! in lockstep with one fused multiply-add per product, eight rows at a time over
+//! L1-sized windows of groups, on a copy of `X` in panels of 128 batch columns so that a
+//! window is contiguous whatever the batch. Each parallel task computes its rows into a
+//! row-major buffer of its own and writes them into `Y` while they are still in cache.
 
 use std::ops::Range;
 
@@ -135,12 +136,17 @@ multiversion! {
 /// Rows of an N:M matrix processed together: they share their groups' input rows.
 const NM_ROW_BLOCK: usize = 8;
 
+/// Batch columns per panel of the N:M kernel's copy of `X` (see `to_panels`): larger
+/// batches are walked a panel at a time, each through every window.
+const NM_PANEL: usize = 128;
+
 /// Bytes of `xt` one window of groups may touch, so a window stays in L1 while every row
 /// of a row block reads it.
 const NM_WINDOW_BYTES: usize = 32 << 10;
 
-/// Adds one tile of `W` batch columns of `R` output rows, from equally long runs of
-/// their slots, into `out` (row `k`'s outputs start at `offsets[k]`).
+/// Adds one tile of `W` batch columns (from `t0`, in `xt`'s rows of `stride`) of `R`
+/// output rows, from equally long runs of their slots, into `out` (row `k`'s outputs
+/// start at `offsets[k]`).
 ///
 /// Every row of an N:M matrix has the same number of slots, so `R` rows advance in
 /// lockstep: each lane of each row's accumulator takes one fused multiply-add per slot,
@@ -154,7 +160,7 @@ fn nm_tile<P: Isa, T: Scalar, const W: usize, const R: usize>(
     values: [&[T]; R],
     cols: [&[u32]; R],
     xt: &[T],
-    batch: usize,
+    stride: usize,
     t0: usize,
     out: &mut [T],
     offsets: [usize; R],
@@ -165,9 +171,9 @@ fn nm_tile<P: Isa, T: Scalar, const W: usize, const R: usize>(
     let mut acc = [[T::zero(); W]; R];
     for k in 0..len {
         for r in 0..R {
-            let start = cols[r][k] as usize * batch + t0;
-            // SAFETY: every column is < ncols (NmView::expand_columns) and t0 + W <= batch
-            // (the tiling loop), so start + W <= ncols * batch == xt.len().
+            let start = cols[r][k] as usize * stride + t0;
+            // SAFETY: every column is < ncols (NmView::expand_columns) and t0 + W <= stride
+            // (the tiling loop), so start + W <= ncols * stride == xt.len().
             let xs = unsafe { xt.get_unchecked(start..start + W) };
             let v = values[r][k];
             for j in 0..W {
@@ -185,35 +191,41 @@ fn nm_tile<P: Isa, T: Scalar, const W: usize, const R: usize>(
 /// One N:M row's run of slots: its values, its columns, and where its outputs start.
 type NmRun<'a, T> = (&'a [T], &'a [u32], usize);
 
-/// [`nm_tile`] over the whole batch: tiles of 32 columns, then 8, then at most one each
-/// of 4, 2 and 1 (the same bits whatever the width, as for [`row_tiles`]).
+/// [`nm_tile`] over the columns `tokens` of a panel of `xt` (rows of `stride`): tiles
+/// of 64 columns on copies with [`Isa::WIDE_NM_TILES`], then 32, then 8, then at most
+/// one each of 4, 2 and 1 (the same bits whatever the width, as for [`row_tiles`]).
 #[inline(always)]
 fn nm_row_tiles<P: Isa, T: Scalar, const R: usize>(
     rows: [NmRun<'_, T>; R],
     xt: &[T],
-    batch: usize,
+    stride: usize,
+    tokens: Range<usize>,
     out: &mut [T],
 ) {
     let (values, cols, offsets) = (rows.map(|r| r.0), rows.map(|r| r.1), rows.map(|r| r.2));
-    let mut t0 = 0;
-    while t0 + 32 <= batch {
-        nm_tile::<P, T, 32, R>(values, cols, xt, batch, t0, out, offsets);
+    let (mut t0, end) = (tokens.start, tokens.end);
+    while P::WIDE_NM_TILES && t0 + 64 <= end {
+        nm_tile::<P, T, 64, R>(values, cols, xt, stride, t0, out, offsets);
+        t0 += 64;
+    }
+    while t0 + 32 <= end {
+        nm_tile::<P, T, 32, R>(values, cols, xt, stride, t0, out, offsets);
         t0 += 32;
     }
-    while t0 + 8 <= batch {
-        nm_tile::<P, T, 8, R>(values, cols, xt, batch, t0, out, offsets);
+    while t0 + 8 <= end {
+        nm_tile::<P, T, 8, R>(values, cols, xt, stride, t0, out, offsets);
         t0 += 8;
     }
-    if t0 + 4 <= batch {
-        nm_tile::<P, T, 4, R>(values, cols, xt, batch, t0, out, offsets);
+    if t0 + 4 <= end {
+        nm_tile::<P, T, 4, R>(values, cols, xt, stride, t0, out, offsets);
         t0 += 4;
     }
-    if t0 + 2 <= batch {
-        nm_tile::<P, T, 2, R>(values, cols, xt, batch, t0, out, offsets);
+    if t0 + 2 <= end {
+        nm_tile::<P, T, 2, R>(values, cols, xt, stride, t0, out, offsets);
         t0 += 2;
     }
-    if t0 < batch {
-        nm_tile::<P, T, 1, R>(values, cols, xt, batch, t0, out, offsets);
+    if t0 < end {
+        nm_tile::<P, T, 1, R>(values, cols, xt, stride, t0, out, offsets);
     }
 }
 
@@ -221,8 +233,10 @@ fn nm_row_tiles<P: Isa, T: Scalar, const R: usize>(
 /// rows of a block pick their N of every M inputs from the same M input rows, so a
 /// window's rows of `xt` are read from L2 once per block and then from L1, instead of
 /// once per output row. Within a window, rows go through [`nm_tile`] four at a time on
-/// the AVX-512 copy (32 registers hold 4 x 32 accumulator lanes) and two at a time on
-/// the others.
+/// the AVX-512 copy (32 registers hold 4 x 64 accumulator lanes, each slot's value
+/// broadcast once for four vectors of products) and two at a time on the others.
+/// `xt` is `X` in panels of [`NM_PANEL`] batch columns (`to_panels`), walked one panel
+/// at a time.
 #[inline(always)]
 fn nm_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
     a: NmView<'_, T, V>,
@@ -235,7 +249,10 @@ fn nm_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
     if per_row == 0 || batch == 0 {
         return;
     }
-    let window_groups = (NM_WINDOW_BYTES / (a.m * batch * size_of::<T>())).max(1);
+    // Windows are sized for a panel of the batch, not the whole of it: a window of few
+    // groups would leave each tile few products to sum per read and write of its outputs.
+    let ncols = xt.len() / batch;
+    let window_groups = (NM_WINDOW_BYTES / (a.m * batch.min(NM_PANEL) * size_of::<T>())).max(1);
     let window = window_groups * a.n;
     let mut cols = vec![0u32; NM_ROW_BLOCK * per_row];
     // A block's values as `T` (narrow values are widened once per block, not per tile),
@@ -258,29 +275,37 @@ fn nm_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
                 &values
             }
         };
-        for w0 in (0..per_row).step_by(window) {
+        for (c0, w0) in (0..batch)
+            .step_by(NM_PANEL)
+            .flat_map(|c0| (0..per_row).step_by(window).map(move |w0| (c0, w0)))
+        {
+            // The panel of `xt` holding batch columns c0.. (see `to_panels`).
+            let width = NM_PANEL.min(batch - c0);
+            let panel = &xt[c0 * ncols..(c0 + width) * ncols];
             let w = w0..(w0 + window).min(per_row);
             let row = |k: usize| -> NmRun<'_, T> {
                 let r = block.start + k;
                 (
                     &block_values[k * per_row..][w.clone()],
                     &cols[k * per_row..][w.clone()],
-                    (r - first) * batch,
+                    (r - first) * batch + c0,
                 )
             };
             let mut k = 0;
-            if P::FOUR_ROW_TILES {
+            if P::WIDE_NM_TILES {
                 while k + 4 <= block.len() {
-                    nm_row_tiles::<P, T, 4>(std::array::from_fn(|i| row(k + i)), xt, batch, out);
+                    let rows = std::array::from_fn(|i| row(k + i));
+                    nm_row_tiles::<P, T, 4>(rows, panel, width, 0..width, out);
                     k += 4;
                 }
             }
             while k + 2 <= block.len() {
-                nm_row_tiles::<P, T, 2>(std::array::from_fn(|i| row(k + i)), xt, batch, out);
+                let rows = std::array::from_fn(|i| row(k + i));
+                nm_row_tiles::<P, T, 2>(rows, panel, width, 0..width, out);
                 k += 2;
             }
             if k < block.len() {
-                nm_row_tiles::<P, T, 1>([row(k)], xt, batch, out);
+                nm_row_tiles::<P, T, 1>([row(k)], panel, width, 0..width, out);
             }
         }
     }
@@ -313,30 +338,45 @@ fn copies_in_parallel(len: usize) -> bool {
 
 /// `X` (ncols x batch, column-major) as row-major rows of `batch`.
 fn to_row_major<T: Scalar>(x: &DMatrix<T>) -> LineAligned<T> {
+    to_panels(x, x.ncols())
+}
+
+/// `X` (ncols x batch, column-major) as panels of `width` batch columns (the last may be
+/// narrower), one after the other, each `ncols` row-major rows of its width. One panel
+/// of a large batch is then a contiguous window of memory: whole rows of `X` would put
+/// the values a window of input rows reads a power of two apart, into the same L1 sets.
+fn to_panels<T: Scalar>(x: &DMatrix<T>, width: usize) -> LineAligned<T> {
     let (n, b) = x.shape();
     let mut aligned = LineAligned::zeroed(n * b);
     let xt = aligned.as_mut_slice();
     if xt.is_empty() {
         return aligned;
     }
-    let columns = x.as_slice().chunks_exact(n);
-    let fill = |first_row: usize, rows: &mut [T]| {
-        for (k, block) in rows.chunks_mut(TRANSPOSE_ROWS * b).enumerate() {
+    let columns: Vec<&[T]> = x.as_slice().chunks_exact(n).collect();
+    // Rows first_row.. of the panel of `panel_columns`.
+    let fill = |panel_columns: &[&[T]], first_row: usize, rows: &mut [T]| {
+        let w = panel_columns.len();
+        for (k, block) in rows.chunks_mut(TRANSPOSE_ROWS * w).enumerate() {
             let i0 = first_row + k * TRANSPOSE_ROWS;
-            let height = block.len() / b;
-            for (j, column) in columns.clone().enumerate() {
+            let height = block.len() / w;
+            for (j, column) in panel_columns.iter().enumerate() {
                 for (i, &v) in column[i0..i0 + height].iter().enumerate() {
-                    block[i * b + j] = v;
+                    block[i * w + j] = v;
                 }
             }
         }
     };
-    if copies_in_parallel(xt.len()) {
-        xt.par_chunks_mut(COPY_TASK * b)
-            .enumerate()
-            .for_each(|(task, rows)| fill(task * COPY_TASK, rows));
+    if copies_in_parallel(n * b) {
+        let panels = columns.par_chunks(width).zip(xt.par_chunks_mut(n * width));
+        panels.for_each(|(panel_columns, panel)| {
+            panel
+                .par_chunks_mut(COPY_TASK * panel_columns.len())
+                .enumerate()
+                .for_each(|(task, rows)| fill(panel_columns, task * COPY_TASK, rows));
+        });
     } else {
-        fill(0, xt);
+        let panels = columns.chunks(width).zip(xt.chunks_mut(n * width));
+        panels.for_each(|(panel_columns, panel)| fill(panel_columns, 0, panel));
     }
     aligned
 }
@@ -448,7 +488,10 @@ pub(crate) fn nm_spmm<T: Scalar, V: Stored<T>>(
     y: &mut DMatrix<T>,
 ) {
     let (path, batch) = (kernel_path(), x.ncols());
-    spmm(a, alpha, x, beta, y, |range, xt, out| nm_rows(path, a, range, xt, batch, out));
+    let prepare = |x: &DMatrix<T>| to_panels(x, NM_PANEL);
+    spmm_prepared(a, alpha, x, prepare, beta, y, |range, xt: &LineAligned<T>, out| {
+        nm_rows(path, a, range, xt.as_slice(), batch, out)
+    });
 }
 
 #[inline(always)]
@@ -800,6 +843,64 @@ mod tests {
             }
         }
         assert!(to_row_major(&DMatrix::<f32>::zeros(0, 5)).as_slice().is_empty());
+    }
+
+    /// The copy into panels puts element (i, j) in panel j / width, at row i and column
+    /// j % width of that panel's rows (the last panel's rows are narrower).
+    #[test]
+    fn the_copy_into_panels_matches_the_element_formula() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        for (n, b, width) in [(1, 1, 128), (17, 300, 128), (300, 257, 128), (600, 200, 64)] {
+            let x = DMatrix::from_fn(n, b, |i, j| (i * 1000 + j) as f64);
+            for parallel in [false, true] {
+                let copy = || to_panels(&x, width);
+                let xt = if parallel { pool.install(copy) } else { copy() };
+                let xt = xt.as_slice();
+                for (i, j) in (0..n).flat_map(|i| (0..b).map(move |j| (i, j))) {
+                    let (panel, column) = (j / width, j % width);
+                    let panel_width = width.min(b - panel * width);
+                    let at = panel * width * n + i * panel_width + column;
+                    assert_eq!(xt[at], x[(i, j)], "{n}x{b} in panels of {width}: ({i}, {j})");
+                }
+            }
+        }
+    }
+
+    /// N:M rows of batches wider than one panel, their `xt` in panels, equal the plain
+    /// sum over the stored weights on every copy, the last panel full or not.
+    #[test]
+    fn nm_rows_past_one_panel_equal_the_plain_sum() {
+        let (nrows, ncols, n, m) = (21, 44, 2, 4);
+        let (groups, per_row) = (ncols / m, ncols / m * n);
+        // Slots at positions {0, 2} or {1, 3} of each group, by row and group.
+        let positions: Vec<u8> =
+            (0..nrows * per_row).map(|k| ((k % n) * 2 + (k / per_row + k / n) % 2) as u8).collect();
+        let values: Vec<f32> =
+            (0..nrows * per_row).map(|k| 1.5 + (k as f32 * 0.37).sin()).collect();
+        let a =
+            NmView { nrows, ncols, n, m, values: &values, positions: &positions, row_scales: None };
+        let mut dense = DMatrix::<f64>::zeros(nrows, ncols);
+        for (k, (&v, &p)) in values.iter().zip(&positions).enumerate() {
+            let (r, g) = (k / per_row, (k % per_row) / n);
+            dense[(r, g * m + p as usize)] = f64::from(v);
+        }
+        assert_eq!(dense.iter().filter(|v| **v != 0.0).count(), nrows * groups * n);
+        for batch in [NM_PANEL + 1, 2 * NM_PANEL, 2 * NM_PANEL + 37] {
+            let x = DMatrix::from_fn(ncols, batch, |i, j| ((i * 13 + j * 5) as f32 * 0.07).cos());
+            let want = &dense * x.map(f64::from);
+            let xt = to_panels(&x, NM_PANEL);
+            for path in [KernelPath::Portable, KernelPath::Avx2, KernelPath::Avx512] {
+                let mut out = vec![0.0f32; nrows * batch];
+                nm_rows(KernelPath::resolve(path), a, 0..nrows, xt.as_slice(), batch, &mut out);
+                for (r, j) in (0..nrows).flat_map(|r| (0..batch).map(move |j| (r, j))) {
+                    let got = f64::from(out[r * batch + j]);
+                    assert!(
+                        (got - want[(r, j)]).abs() < 1e-4,
+                        "{path:?}, batch {batch}: ({r}, {j})"
+                    );
+                }
+            }
+        }
     }
 
     /// The copy out writes `alpha Z + beta Y` into exactly the rows it is given, and
