@@ -195,10 +195,14 @@ impl Outputs {
                     found.partial = true;
                     if dir == *root {
                         // A folder that can be searched but not listed still opens by
-                        // name: the weights a loader would take from it are looked up.
+                        // name: the weights a loader opens by name are looked up (other
+                        // weights files cannot be found; the warning says the folder
+                        // was not listed). A folder by that name is walked, not named,
+                        // when the folder can be listed: so here too.
                         found.weights =
                             LOADED_WEIGHTS.iter().map(|name| root.join(name)).find(|p| {
-                                !written.contains(p.as_path()) && p.symlink_metadata().is_ok()
+                                let named = p.symlink_metadata().is_ok_and(|m| !m.is_dir());
+                                named && !written.contains(p.as_path())
                             });
                     }
                     continue;

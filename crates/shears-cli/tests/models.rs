@@ -703,9 +703,31 @@ fn an_unreadable_subfolder_of_the_output_makes_its_count_a_lower_bound() {
     assert_eq!(std::fs::read(hidden.join("notes.txt")).unwrap(), b"mine");
 }
 
-/// An output folder that can be searched but not listed (mode 311) still has its
-/// weights found by name: the run is refused before anything is written, as it is for a
-/// folder that can be listed.
+/// An index or a `model.safetensors` that is there but is not a regular file is refused
+/// by name, before anything is written: taken for no file, another of the folder's
+/// weights files would be read instead.
+#[test]
+fn weights_files_that_are_not_files_are_refused_by_name() {
+    for name in ["model.safetensors.index.json", "model.safetensors"] {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model");
+        std::fs::create_dir(&model).unwrap();
+        write(&model.join("weights.safetensors"), &bert());
+        std::fs::create_dir(model.join(name)).unwrap();
+        let out = dir.path().join("out");
+        let o =
+            shears(&["prune", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains(name) && err.contains("is a directory"), "{name}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!out.exists());
+    }
+}
+
+/// An output folder that can be searched but not listed (mode 311) still has the
+/// weights a loader opens by name found: the run is refused before anything is written,
+/// as it is for a folder that can be listed.
 #[cfg(unix)]
 #[test]
 fn weights_in_an_output_folder_that_cannot_be_listed_are_still_found() {

@@ -94,11 +94,14 @@ impl Model {
         let meta = std::fs::metadata(path).map_err(|e| Error::io("open", path, e))?;
         if meta.is_dir() {
             let index = path.join(INDEX_NAME);
-            if index.is_file() {
+            // Present but not a regular file (a FIFO, a folder, a link that leads
+            // nowhere): opened and refused by name, not taken for no index.
+            if crate::paths::is_present(&index) {
                 return Model::open_index(path, &index);
             }
             let single = path.join(SINGLE_NAME);
-            let file = if single.is_file() { single } else { only_weights_file(path)? };
+            let present = crate::paths::is_present(&single);
+            let file = if present { single } else { only_weights_file(path)? };
             let shard = Checkpoint::open(&file)?;
             return Ok(Model {
                 path: path.to_owned(),

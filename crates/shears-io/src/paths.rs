@@ -27,7 +27,8 @@ pub fn require_regular_file(path: &Path) -> Result<()> {
 }
 
 /// Opens `path` for reading if it is a regular file (symbolic links followed), and only
-/// then: a FIFO with no writer cannot block the caller and a device is never read.
+/// then: a FIFO with no writer cannot block the caller and a device is never read. On
+/// Linux a file of `/proc`, sysfs, debugfs or tracefs is refused too.
 ///
 /// The path is examined before it is opened, and on Linux the file is opened without
 /// blocking and examined again once open, so a FIFO swapped in between the two steps is
@@ -39,7 +40,38 @@ pub fn open_regular_file(path: &Path) -> Result<std::fs::File> {
     require_regular_file(path)?;
     let file = open_without_blocking(path).map_err(|e| Error::io("open", path, e))?;
     still_regular(path, &file)?;
+    #[cfg(target_os = "linux")]
+    if let Some(filesystem) = kernel_filesystem(&file) {
+        return Err(Error::Input {
+            path: path.to_owned(),
+            reason: format!("is a file of {filesystem}, which can block or never end"),
+        });
+    }
     Ok(file)
+}
+
+/// Whether a path names something: a file, a folder, a FIFO, a link (even one that leads
+/// nowhere). Where an optional input is looked for, a thing of the wrong kind is then
+/// opened and refused by name rather than taken for no file at all.
+pub fn is_present(path: &Path) -> bool {
+    path.symlink_metadata().is_ok()
+}
+
+/// The kernel's pseudo-filesystem `file` lives on, if it does: their files say they are
+/// regular, yet a read can wait for kernel events (`/proc/kmsg`) or never end.
+#[cfg(target_os = "linux")]
+fn kernel_filesystem(file: &std::fs::File) -> Option<&'static str> {
+    const SYSFS_MAGIC: i64 = 0x6265_6572;
+    const DEBUGFS_MAGIC: i64 = 0x6462_6720;
+    const TRACEFS_MAGIC: i64 = 0x7472_6163;
+    let kind = i64::from(rustix::fs::fstatfs(file).ok()?.f_type);
+    match kind {
+        k if k == i64::from(rustix::fs::PROC_SUPER_MAGIC) => Some("/proc"),
+        SYSFS_MAGIC => Some("sysfs"),
+        DEBUGFS_MAGIC => Some("debugfs"),
+        TRACEFS_MAGIC => Some("tracefs"),
+        _ => None,
+    }
 }
 
 /// Fails unless the open `file` is a regular file: `path`, checked before it was opened,
@@ -258,6 +290,30 @@ mod tests {
         let opened = open_without_blocking(&fifo).unwrap();
         let refused = still_regular(&fifo, &opened).unwrap_err();
         assert!(refused.to_string().contains("replaced while it was opened"), "{refused}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn files_of_the_kernels_pseudo_filesystems_are_refused() {
+        // Regular files by their metadata, opened without blocking; `/proc/kmsg`, which a
+        // read would wait on, is one of them (readable by root only).
+        let path = Path::new("/proc/self/status");
+        assert!(std::fs::metadata(path).unwrap().is_file());
+        let refused = open_regular_file(path).unwrap_err();
+        assert!(refused.to_string().contains("is a file of /proc"), "{refused}");
+    }
+
+    #[test]
+    fn present_paths_include_links_that_lead_nowhere() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(is_present(dir.path()));
+        assert!(!is_present(&dir.path().join("absent")));
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("link");
+            std::os::unix::fs::symlink(dir.path().join("absent"), &link).unwrap();
+            assert!(is_present(&link));
+        }
     }
 
     #[test]

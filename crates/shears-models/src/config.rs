@@ -210,7 +210,7 @@ impl SentenceConfig {
         let mut config = SentenceConfig::default();
         let modules_path = folder.join("modules.json");
         let mut pooling_dir: Option<PathBuf> = None;
-        if modules_path.is_file() {
+        if shears_io::paths::is_present(&modules_path) {
             let modules = read_json(&modules_path)?;
             let list = modules
                 .as_array()
@@ -238,7 +238,7 @@ impl SentenceConfig {
         let listed = pooling_dir.is_some();
         let pooling_path =
             pooling_dir.unwrap_or_else(|| folder.join("1_Pooling")).join("config.json");
-        if pooling_path.is_file() {
+        if shears_io::paths::is_present(&pooling_path) {
             (config.pooling, config.word_embedding_dimension) = read_pooling(&pooling_path)?;
         } else if listed {
             // modules.json names a pooling module: guessing its mode would give other
@@ -250,7 +250,7 @@ impl SentenceConfig {
             ));
         }
         let sentence_path = folder.join("sentence_bert_config.json");
-        if sentence_path.is_file() {
+        if shears_io::paths::is_present(&sentence_path) {
             let json = read_json(&sentence_path)?;
             if let Some(v) = json.get("max_seq_length") {
                 match v.as_u64().and_then(|v| usize::try_from(v).ok()) {
@@ -438,6 +438,19 @@ mod tests {
                 }
                 (got, want) => panic!("{dimension}: got {got:?}, want {want:?}"),
             }
+        }
+    }
+
+    /// A sentence-transformers file that is there but is not a regular file (a folder
+    /// here; a FIFO or a device likewise) is refused by name: taken for no file, it
+    /// would change the embeddings without a word.
+    #[test]
+    fn sentence_files_that_are_not_files_are_refused_by_name() {
+        for name in ["modules.json", "sentence_bert_config.json", "1_Pooling/config.json"] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join(name)).unwrap();
+            let err = SentenceConfig::from_folder(dir.path()).unwrap_err().to_string();
+            assert!(err.contains(name) && err.contains("is a directory"), "{name}: {err}");
         }
     }
 
