@@ -60,6 +60,10 @@ pub fn is_present(path: &Path) -> bool {
 /// The kernel's pseudo-filesystem `file` lives on, if it does: their files say they are
 /// regular, yet a read can wait for kernel events (`/proc/kmsg`) or never end.
 #[cfg(target_os = "linux")]
+#[allow(
+    clippy::useless_conversion,
+    reason = "the filesystem type is an i64 on 64-bit Linux, narrower on some other targets"
+)]
 fn kernel_filesystem(file: &std::fs::File) -> Option<&'static str> {
     const SYSFS_MAGIC: i64 = 0x6265_6572;
     const DEBUGFS_MAGIC: i64 = 0x6462_6720;
