@@ -259,6 +259,23 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
     print(args, report)
 }
 
+/// Files of a model folder that loaders (transformers, sentence-transformers, shears)
+/// read by name. One of them that is there but is not a regular file would be left out
+/// of the pruned folder, and the pruned model would load as another model (without its
+/// normalisation, say): such a folder is refused, where other odd entries are only
+/// named as not copied.
+const LOADER_FILES: [&str; 9] = [
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "1_Pooling/config.json",
+];
+
 /// No path is both read and written, under any name: the model's files, the gradient,
 /// score and mask files, and every output.
 fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()> {
@@ -299,6 +316,14 @@ fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()>
             bail!("{} names a folder; an output file needs a file name", written.display());
         }
         shears_io::paths::check_output(written)?;
+    }
+    if let Some(model_folder) = model.folder() {
+        for name in LOADER_FILES {
+            let path = model_folder.join(name);
+            if shears_io::paths::is_present(&path) {
+                shears_io::paths::require_regular_file(&path)?;
+            }
+        }
     }
     let folder = outputs.folder();
     if let Some(root) = folder

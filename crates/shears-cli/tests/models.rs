@@ -725,6 +725,27 @@ fn weights_files_that_are_not_files_are_refused_by_name() {
     }
 }
 
+/// A file loaders read by name that is there but is not a regular file (a folder here)
+/// refuses a folder prune: left out of the output, it would make the pruned model load
+/// as another one (a missing modules.json drops the normalisation).
+#[test]
+fn loader_files_that_are_not_files_refuse_a_folder_prune() {
+    for name in ["modules.json", "1_Pooling/config.json", "tokenizer.json"] {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model");
+        std::fs::create_dir(&model).unwrap();
+        write(&model.join("model.safetensors"), &bert());
+        std::fs::create_dir_all(model.join(name)).unwrap();
+        let out = dir.path().join("out");
+        let o =
+            shears(&["prune", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains(name) && err.contains("is a directory"), "{name}: {err}");
+        assert!(!out.exists());
+    }
+}
+
 /// An output folder that can be searched but not listed (mode 311) still has the
 /// weights a loader opens by name found: the run is refused before anything is written,
 /// as it is for a folder that can be listed.
@@ -738,7 +759,8 @@ fn weights_in_an_output_folder_that_cannot_be_listed_are_still_found() {
     mode(dir.path(), 0o755);
     let model = sharded_in(dir.path());
     for entry in std::fs::read_dir(&model).unwrap() {
-        mode(&entry.unwrap().path(), 0o644);
+        let path = entry.unwrap().path();
+        mode(&path, if path.is_dir() { 0o755 } else { 0o644 });
     }
     mode(&model, 0o755);
     let out = dir.path().join("pruned");
