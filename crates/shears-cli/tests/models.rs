@@ -703,38 +703,23 @@ fn an_unreadable_subfolder_of_the_output_makes_its_count_a_lower_bound() {
     assert_eq!(std::fs::read(hidden.join("notes.txt")).unwrap(), b"mine");
 }
 
-/// An index or a `model.safetensors` that is there but is not a regular file is refused
-/// by name, before anything is written: taken for no file, another of the folder's
-/// weights files would be read instead.
-#[test]
-fn weights_files_that_are_not_files_are_refused_by_name() {
-    for name in ["model.safetensors.index.json", "model.safetensors"] {
-        let dir = tempfile::tempdir().unwrap();
-        let model = dir.path().join("model");
-        std::fs::create_dir(&model).unwrap();
-        write(&model.join("weights.safetensors"), &bert());
-        std::fs::create_dir(model.join(name)).unwrap();
-        let out = dir.path().join("out");
-        let o =
-            shears(&["prune", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"]);
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(2), "{name}: {err}");
-        assert!(err.contains(name) && err.contains("is a directory"), "{name}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{err}");
-        assert!(!out.exists());
-    }
-}
-
 /// A file loaders read by name that is there but is not a regular file (a folder here)
-/// refuses a folder prune: left out of the output, it would make the pruned model load
-/// as another one (a missing modules.json drops the normalisation).
+/// is refused by name, before anything is written: taken for no file, another weights
+/// file would be read instead of the index, and left out of the output a modules.json
+/// would make the pruned model load as another one (without its normalisation).
 #[test]
-fn loader_files_that_are_not_files_refuse_a_folder_prune() {
-    for name in ["modules.json", "1_Pooling/config.json", "tokenizer.json"] {
+fn files_loaders_read_that_are_not_files_are_refused_by_name() {
+    for (name, weights) in [
+        ("model.safetensors.index.json", "weights.safetensors"),
+        ("model.safetensors", "weights.safetensors"),
+        ("modules.json", "model.safetensors"),
+        ("1_Pooling/config.json", "model.safetensors"),
+        ("tokenizer.json", "model.safetensors"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("model");
         std::fs::create_dir(&model).unwrap();
-        write(&model.join("model.safetensors"), &bert());
+        write(&model.join(weights), &bert());
         std::fs::create_dir_all(model.join(name)).unwrap();
         let out = dir.path().join("out");
         let o =
@@ -742,6 +727,7 @@ fn loader_files_that_are_not_files_refuse_a_folder_prune() {
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{name}: {err}");
         assert!(err.contains(name) && err.contains("is a directory"), "{name}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
         assert!(!out.exists());
     }
 }
