@@ -51,8 +51,9 @@ pub fn open_regular_file(path: &Path) -> Result<std::fs::File> {
 }
 
 /// Whether a path names something: a file, a folder, a FIFO, a link (even one that leads
-/// nowhere), or something behind a folder that cannot be searched. Where an optional input is looked for, a thing of the wrong kind is then
-/// opened and refused by name rather than taken for no file at all.
+/// nowhere), or something behind a folder that cannot be searched. Where an optional
+/// input is looked for, a thing of the wrong kind is then opened and refused by name
+/// rather than taken for no file at all.
 pub fn is_present(path: &Path) -> bool {
     // A path that cannot be examined (a folder on the way that cannot be searched) may
     // name a file: it counts as there, and its open says why it cannot be read.
