@@ -352,14 +352,16 @@ fn to_panels<T: Scalar>(x: &DMatrix<T>, width: usize) -> LineAligned<T> {
     if xt.is_empty() {
         return aligned;
     }
-    let columns: Vec<&[T]> = x.as_slice().chunks_exact(n).collect();
-    // Rows first_row.. of the panel of `panel_columns`.
-    let fill = |panel_columns: &[&[T]], first_row: usize, rows: &mut [T]| {
-        let w = panel_columns.len();
+    // Column-major, a panel's columns are one contiguous run of `X`, as its rows are of
+    // `xt`.
+    let (source, panel_len) = (x.as_slice(), n * width);
+    // Rows first_row.. of the panel copied from `columns` (`n` values each).
+    let fill = |columns: &[T], first_row: usize, rows: &mut [T]| {
+        let w = columns.len() / n;
         for (k, block) in rows.chunks_mut(TRANSPOSE_ROWS * w).enumerate() {
             let i0 = first_row + k * TRANSPOSE_ROWS;
             let height = block.len() / w;
-            for (j, column) in panel_columns.iter().enumerate() {
+            for (j, column) in columns.chunks_exact(n).enumerate() {
                 for (i, &v) in column[i0..i0 + height].iter().enumerate() {
                     block[i * w + j] = v;
                 }
@@ -367,16 +369,16 @@ fn to_panels<T: Scalar>(x: &DMatrix<T>, width: usize) -> LineAligned<T> {
         }
     };
     if copies_in_parallel(n * b) {
-        let panels = columns.par_chunks(width).zip(xt.par_chunks_mut(n * width));
-        panels.for_each(|(panel_columns, panel)| {
+        let panels = source.par_chunks(panel_len).zip(xt.par_chunks_mut(panel_len));
+        panels.for_each(|(columns, panel)| {
             panel
-                .par_chunks_mut(COPY_TASK * panel_columns.len())
+                .par_chunks_mut(COPY_TASK * (columns.len() / n))
                 .enumerate()
-                .for_each(|(task, rows)| fill(panel_columns, task * COPY_TASK, rows));
+                .for_each(|(task, rows)| fill(columns, task * COPY_TASK, rows));
         });
     } else {
-        let panels = columns.chunks(width).zip(xt.chunks_mut(n * width));
-        panels.for_each(|(panel_columns, panel)| fill(panel_columns, 0, panel));
+        let panels = source.chunks(panel_len).zip(xt.chunks_mut(panel_len));
+        panels.for_each(|(columns, panel)| fill(columns, 0, panel));
     }
     aligned
 }
