@@ -28,10 +28,10 @@ pub(crate) trait Isa: Copy + Send + Sync + 'static {
     const PERMUTES8: bool = false;
     /// [`window_mul_add16`] picks its `f32` inputs with one 16-lane permute (AVX-512).
     const PERMUTES16: bool = false;
-    /// The batched N:M kernel runs tiles of four rows, not two, and of 64 batch columns,
-    /// not 32: their accumulators fit AVX-512's 32 registers but would spill from AVX2's
-    /// 16. NEON also has 32 (narrower) registers; it keeps the smaller tiles until an Arm
-    /// machine measures the larger ones faster.
+    /// The batched N:M kernel runs tiles of two rows by 128 batch columns, or four rows by
+    /// 64, not two by 32: their accumulators fit AVX-512's 32 registers but would spill
+    /// from AVX2's 16. NEON also has 32 (narrower) registers; it keeps the smaller tiles
+    /// until an Arm machine measures the larger ones faster.
     const WIDE_NM_TILES: bool = false;
     /// [`int8_dots`] runs on 256-bit `vpmaddwd` (the copy is compiled with AVX2).
     #[cfg(target_arch = "x86_64")]

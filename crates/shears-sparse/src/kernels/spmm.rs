@@ -134,7 +134,7 @@ multiversion! {
 }
 
 /// Rows of an N:M matrix processed together: they share their groups' input rows.
-const NM_ROW_BLOCK: usize = 8;
+const NM_ROW_BLOCK: usize = 32;
 
 /// Batch columns per panel of the N:M kernel's copy of `X` (see `to_panels`): larger
 /// batches are walked a panel at a time, each through every window.
@@ -191,8 +191,9 @@ fn nm_tile<P: Isa, T: Scalar, const W: usize, const R: usize>(
 /// One N:M row's run of slots: its values, its columns, and where its outputs start.
 type NmRun<'a, T> = (&'a [T], &'a [u32], usize);
 
-/// [`nm_tile`] over the columns `tokens` of a panel of `xt` (rows of `stride`): tiles
-/// of 64 columns on copies with [`Isa::WIDE_NM_TILES`], then 32, then 8, then at most
+/// [`nm_tile`] over the columns `tokens` of a panel of `xt` (rows of `stride`): on
+/// copies with [`Isa::WIDE_NM_TILES`] tiles of 128 columns for one or two rows (whose
+/// accumulators then fill half the registers) and of 64, then 32, then 8, then at most
 /// one each of 4, 2 and 1 (the same bits whatever the width, as for [`row_tiles`]).
 #[inline(always)]
 fn nm_row_tiles<P: Isa, T: Scalar, const R: usize>(
@@ -204,6 +205,10 @@ fn nm_row_tiles<P: Isa, T: Scalar, const R: usize>(
 ) {
     let (values, cols, offsets) = (rows.map(|r| r.0), rows.map(|r| r.1), rows.map(|r| r.2));
     let (mut t0, end) = (tokens.start, tokens.end);
+    while P::WIDE_NM_TILES && R <= 2 && t0 + 128 <= end {
+        nm_tile::<P, T, 128, R>(values, cols, xt, stride, t0, out, offsets);
+        t0 += 128;
+    }
     while P::WIDE_NM_TILES && t0 + 64 <= end {
         nm_tile::<P, T, 64, R>(values, cols, xt, stride, t0, out, offsets);
         t0 += 64;
@@ -232,11 +237,18 @@ fn nm_row_tiles<P: Isa, T: Scalar, const R: usize>(
 /// N:M rows in blocks of [`NM_ROW_BLOCK`], each walked in windows of whole groups: the
 /// rows of a block pick their N of every M inputs from the same M input rows, so a
 /// window's rows of `xt` are read from L2 once per block and then from L1, instead of
-/// once per output row. Within a window, rows go through [`nm_tile`] four at a time on
-/// the AVX-512 copy (32 registers hold 4 x 64 accumulator lanes, each slot's value
-/// broadcast once for four vectors of products) and two at a time on the others.
-/// `xt` is `X` in panels of [`NM_PANEL`] batch columns (`to_panels`), walked one panel
-/// at a time.
+/// once per output row.
+///
+/// `xt` is `X` in panels of [`NM_PANEL`] batch columns (`to_panels`). Panels are the
+/// outer loop: one panel (`ncols` rows of 512 bytes in `f32`) stays in L2 while every
+/// block of rows passes over it, where a whole large batch would be fetched again from
+/// L3 for each block. A block's columns are expanded (and narrow values widened) once
+/// per panel, a pass over its slots that is small beside the products.
+///
+/// Within a window, rows go through [`nm_tile`] together. On the AVX-512 copy a full
+/// panel is one tile of 128 columns for two rows at a time (16 accumulators; per slot,
+/// one column and one value load for eight vectors of products), and narrower panels
+/// take four rows at a time in tiles of 64; the other copies take two rows at a time.
 #[inline(always)]
 fn nm_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
     a: NmView<'_, T, V>,
@@ -255,57 +267,55 @@ fn nm_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
     let window_groups = (NM_WINDOW_BYTES / (a.m * batch.min(NM_PANEL) * size_of::<T>())).max(1);
     let window = window_groups * a.n;
     let mut cols = vec![0u32; NM_ROW_BLOCK * per_row];
-    // A block's values as `T` (narrow values are widened once per block, not per tile),
-    // unless they are stored as `T` already.
+    // A block's values as `T`, unless they are stored as `T` already.
     let mut values = Vec::new();
     let first = rows.start;
-    for block_start in rows.clone().step_by(NM_ROW_BLOCK) {
-        let block = block_start..(block_start + NM_ROW_BLOCK).min(rows.end);
-        for (k, r) in block.clone().enumerate() {
-            a.expand_columns(r, &mut cols[k * per_row..(k + 1) * per_row]);
-        }
-        let block_values: &[T] = match (a.row_scales, V::as_compute(a.values)) {
-            (None, Some(all)) => &all[block.start * per_row..block.end * per_row],
-            _ => {
-                values.clear();
-                values.reserve(NM_ROW_BLOCK * per_row);
-                for r in block.clone() {
-                    a.widen_row_into(r, &mut values);
-                }
-                &values
+    for c0 in (0..batch).step_by(NM_PANEL) {
+        // The panel of `xt` holding batch columns c0.. (see `to_panels`).
+        let width = NM_PANEL.min(batch - c0);
+        let panel = &xt[c0 * ncols..(c0 + width) * ncols];
+        for block_start in rows.clone().step_by(NM_ROW_BLOCK) {
+            let block = block_start..(block_start + NM_ROW_BLOCK).min(rows.end);
+            for (k, r) in block.clone().enumerate() {
+                a.expand_columns(r, &mut cols[k * per_row..(k + 1) * per_row]);
             }
-        };
-        for (c0, w0) in (0..batch)
-            .step_by(NM_PANEL)
-            .flat_map(|c0| (0..per_row).step_by(window).map(move |w0| (c0, w0)))
-        {
-            // The panel of `xt` holding batch columns c0.. (see `to_panels`).
-            let width = NM_PANEL.min(batch - c0);
-            let panel = &xt[c0 * ncols..(c0 + width) * ncols];
-            let w = w0..(w0 + window).min(per_row);
-            let row = |k: usize| -> NmRun<'_, T> {
-                let r = block.start + k;
-                (
-                    &block_values[k * per_row..][w.clone()],
-                    &cols[k * per_row..][w.clone()],
-                    (r - first) * batch + c0,
-                )
+            let block_values: &[T] = match (a.row_scales, V::as_compute(a.values)) {
+                (None, Some(all)) => &all[block.start * per_row..block.end * per_row],
+                _ => {
+                    values.clear();
+                    values.reserve(NM_ROW_BLOCK * per_row);
+                    for r in block.clone() {
+                        a.widen_row_into(r, &mut values);
+                    }
+                    &values
+                }
             };
-            let mut k = 0;
-            if P::WIDE_NM_TILES {
-                while k + 4 <= block.len() {
-                    let rows = std::array::from_fn(|i| row(k + i));
-                    nm_row_tiles::<P, T, 4>(rows, panel, width, 0..width, out);
-                    k += 4;
+            for w0 in (0..per_row).step_by(window) {
+                let w = w0..(w0 + window).min(per_row);
+                let row = |k: usize| -> NmRun<'_, T> {
+                    let r = block.start + k;
+                    (
+                        &block_values[k * per_row..][w.clone()],
+                        &cols[k * per_row..][w.clone()],
+                        (r - first) * batch + c0,
+                    )
+                };
+                let mut k = 0;
+                if P::WIDE_NM_TILES && width < 128 {
+                    while k + 4 <= block.len() {
+                        let rows = std::array::from_fn(|i| row(k + i));
+                        nm_row_tiles::<P, T, 4>(rows, panel, width, 0..width, out);
+                        k += 4;
+                    }
                 }
-            }
-            while k + 2 <= block.len() {
-                let rows = std::array::from_fn(|i| row(k + i));
-                nm_row_tiles::<P, T, 2>(rows, panel, width, 0..width, out);
-                k += 2;
-            }
-            if k < block.len() {
-                nm_row_tiles::<P, T, 1>([row(k)], panel, width, 0..width, out);
+                while k + 2 <= block.len() {
+                    let rows = std::array::from_fn(|i| row(k + i));
+                    nm_row_tiles::<P, T, 2>(rows, panel, width, 0..width, out);
+                    k += 2;
+                }
+                if k < block.len() {
+                    nm_row_tiles::<P, T, 1>([row(k)], panel, width, 0..width, out);
+                }
             }
         }
     }
@@ -482,6 +492,31 @@ pub(crate) fn csr_spmm<T: Scalar, V: Stored<T>, I: SpIndex>(
     spmm(a, alpha, x, beta, y, |range, xt, out| csr_rows(path, a, range, xt, batch, out));
 }
 
+/// An N:M matrix's rows as work units of [`NM_ROW_BLOCK`] rows, so that a parallel task
+/// holds whole blocks: rows split finer would each fetch their windows of `X` from L2
+/// for a few rows, and every task zeroes and writes back a buffer of its own.
+#[derive(Clone, Copy)]
+struct NmRowBlocks<'a, T, V>(NmView<'a, T, V>);
+
+impl<T, V> NmRowBlocks<'_, T, V> {
+    fn rows(&self, blocks: Range<usize>) -> Range<usize> {
+        let nrows = self.0.nrows;
+        (blocks.start * NM_ROW_BLOCK).min(nrows)..(blocks.end * NM_ROW_BLOCK).min(nrows)
+    }
+}
+
+impl<T: Copy + Sync, V: Copy + Sync> Units for NmRowBlocks<'_, T, V> {
+    fn units(&self) -> usize {
+        self.0.nrows.div_ceil(NM_ROW_BLOCK)
+    }
+    fn work_before(&self, u: usize) -> usize {
+        self.0.work_before(self.rows_before(u))
+    }
+    fn rows_before(&self, u: usize) -> usize {
+        self.rows(0..u).end
+    }
+}
+
 pub(crate) fn nm_spmm<T: Scalar, V: Stored<T>>(
     a: NmView<'_, T, V>,
     alpha: T,
@@ -491,8 +526,9 @@ pub(crate) fn nm_spmm<T: Scalar, V: Stored<T>>(
 ) {
     let (path, batch) = (kernel_path(), x.ncols());
     let prepare = |x: &DMatrix<T>| to_panels(x, NM_PANEL);
-    spmm_prepared(a, alpha, x, prepare, beta, y, |range, xt: &LineAligned<T>, out| {
-        nm_rows(path, a, range, xt.as_slice(), batch, out)
+    let blocks = NmRowBlocks(a);
+    spmm_prepared(blocks, alpha, x, prepare, beta, y, |range, xt: &LineAligned<T>, out| {
+        nm_rows(path, a, blocks.rows(range), xt.as_slice(), batch, out)
     });
 }
 
@@ -726,7 +762,7 @@ mod tests {
     fn nm_rows_give_the_portable_bits_for_any_interleave() {
         let (n, m, ncols) = (2usize, 4usize, 37usize);
         let groups = ncols.div_ceil(m);
-        for nrows in [1usize, 3, 4, 5, 11] {
+        for nrows in [1usize, 3, 4, 5, 11, NM_ROW_BLOCK + 5] {
             let per_row = groups * n;
             let positions: Vec<u8> = (0..nrows * per_row)
                 .map(|k| {
@@ -745,7 +781,7 @@ mod tests {
                 positions: &positions,
                 row_scales: None,
             };
-            for batch in [1, 2, 7, 8, 15, 43] {
+            for batch in [1, 2, 7, 8, 15, 43, NM_PANEL] {
                 let xt: Vec<f32> = (0..ncols * batch).map(|k| (k as f32 * 0.11).cos()).collect();
                 let run = |path| {
                     let mut out = vec![0.0f32; nrows * batch];
@@ -872,7 +908,8 @@ mod tests {
     /// sum over the stored weights on every copy, the last panel full or not.
     #[test]
     fn nm_rows_past_one_panel_equal_the_plain_sum() {
-        let (nrows, ncols, n, m) = (21, 44, 2, 4);
+        // Rows of two blocks, so every block passes over every panel.
+        let (nrows, ncols, n, m) = (NM_ROW_BLOCK + 5, 44, 2, 4);
         let (groups, per_row) = (ncols / m, ncols / m * n);
         // Slots at positions {0, 2} or {1, 3} of each group, by row and group.
         let positions: Vec<u8> =
