@@ -314,8 +314,8 @@ fn mask_set(args: &InspectArgs) -> Result<()> {
             shape: vec![mask.nrows(), mask.ncols()],
             parameters: mask.len(),
             sparsity: Some(fraction(mask.count_pruned(), mask.len())),
-            zero_rows: Some(mask.fully_pruned_rows().len()),
-            zero_cols: Some(mask.fully_pruned_cols().len()),
+            zero_rows: Some(mask.count_fully_pruned_rows()),
+            zero_cols: Some(mask.count_fully_pruned_cols()),
             is_2_4: Some(
                 mask.ncols() % 4 == 0 && NmPattern::TWO_FOUR.first_violation(mask).is_none(),
             ),

@@ -368,6 +368,49 @@ fn the_models_own_mask_named_tensors_are_not_masks() {
 }
 
 #[test]
+fn mask_sets_that_claim_much_are_refused_or_counted_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = dir.path().join("masks.shears");
+    let path = set.to_str().unwrap();
+    let none = dir.path().join("never-written");
+    // Masks of no weights with a side of 2^40: a few bytes on disk, counted without a
+    // step or a word of memory per row or column.
+    let huge = 1usize << 40;
+    let masks = vec![
+        ("wide".to_string(), shears_core::Mask::all_kept(0, huge).unwrap()),
+        ("tall".to_string(), shears_core::Mask::all_kept(huge, 0).unwrap()),
+    ];
+    let bytes = shears_io::encode_mask_set(&masks);
+    std::fs::write(&set, &bytes).unwrap();
+    let o = shears(&["inspect", path, "--json", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let counts: Vec<_> = ["tall", "wide"]
+        .iter()
+        .map(|name| {
+            let t = report["tensors"].as_array().unwrap().iter().find(|t| t["name"] == *name);
+            let t = t.unwrap();
+            (t["zero_rows"].as_u64().unwrap(), t["zero_cols"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(counts, vec![(1 << 40, 0), (0, 1 << 40)]);
+
+    // Cut short: one line, each cause once, in words.
+    std::fs::write(&set, &bytes[..bytes.len() - 1]).unwrap();
+    fails(&["inspect", path], &none, "invalid mask file: corrupted payload: the payload ends");
+    let o = shears(&["inspect", path]);
+    assert_eq!(stderr(&o).matches("invalid mask file").count(), 1, "{}", stderr(&o));
+
+    // A valid header, then a gigabyte of zeros (a sparse file): the zeros decode to an
+    // empty set after one byte, and the rest is refused as trailing, not read.
+    let file = std::fs::File::create(&set).unwrap();
+    std::io::Write::write_all(&mut &file, &bytes[..12]).unwrap();
+    file.set_len(1 << 30).unwrap();
+    let trailing = format!("{} trailing bytes", (1u64 << 30) - 13);
+    fails(&["inspect", path], &none, &trailing);
+}
+
+#[test]
 fn existing_output_is_replaced_only_on_success() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.safetensors");

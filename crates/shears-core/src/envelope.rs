@@ -56,6 +56,22 @@ fn decode_bounded<P: DeserializeOwned>(
     bincode::serde::decode_from_slice(body, config().with_limit::<{ 1usize << 48 }>())
 }
 
+/// What a decoding error says about the bytes, in words: bincode's own messages are its
+/// variants' debug forms (`UnexpectedEnd { additional: 1 }`).
+fn describe(e: &bincode::error::DecodeError) -> String {
+    use bincode::error::DecodeError as E;
+    match e {
+        E::UnexpectedEnd { .. } => "the payload ends early (the file is cut short)".into(),
+        E::LimitExceeded => "a length is larger than the file could hold".into(),
+        E::Utf8 { .. } => "a name is not UTF-8".into(),
+        E::OutsideUsizeRange(v) => format!("a length of {v} does not fit this machine"),
+        E::InvalidBooleanValue(v) => format!("{v} where a boolean was expected"),
+        E::Other(reason) => (*reason).to_owned(),
+        E::OtherString(reason) => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// Encodes `payload` behind `magic` and `version`.
 pub fn seal<P: Serialize + ?Sized>(magic: &[u8; 8], version: u32, payload: &P) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + 64);
@@ -97,7 +113,7 @@ pub fn open<P: Serialize + DeserializeOwned>(
     }
     let body = &bytes[HEADER_LEN..];
     let (payload, read): (P, usize) =
-        decode_bounded(body).map_err(|e| FormatError::Corrupted { reason: e.to_string() })?;
+        decode_bounded(body).map_err(|e| FormatError::Corrupted { reason: describe(&e) })?;
     if read != body.len() {
         return Err(FormatError::TrailingBytes { count: body.len() - read });
     }
@@ -136,6 +152,21 @@ mod tests {
             open::<String>(b"TESTTEST", 1, &bytes),
             Err(FormatError::Corrupted { .. })
         ));
+    }
+
+    #[test]
+    fn decoding_errors_are_described_in_words() {
+        let bytes = seal(b"TESTTEST", 1, &vec![1u64 << 40, 2]);
+        let cut = open::<Vec<u64>>(b"TESTTEST", 1, &bytes[..bytes.len() - 1]);
+        assert!(
+            matches!(&cut, Err(FormatError::Corrupted { reason }) if reason.contains("ends early")),
+            "{cut:?}"
+        );
+        let mut not_utf8 = b"TESTTEST".to_vec();
+        not_utf8.extend_from_slice(&1u32.to_le_bytes());
+        not_utf8.extend_from_slice(&[2, 0xff, 0xfe]);
+        let bad = open::<String>(b"TESTTEST", 1, &not_utf8);
+        assert_eq!(bad, Err(FormatError::Corrupted { reason: "a name is not UTF-8".into() }));
     }
 
     #[test]

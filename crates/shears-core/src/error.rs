@@ -177,9 +177,16 @@ pub enum Error {
         /// The forms that parse.
         expected: &'static str,
     },
-    /// Decoding a stored mask failed.
+    /// Decoding a stored mask failed. The message includes the [`FormatError`]'s, so the
+    /// error is reported as one link of a chain, not two that say the same.
     #[error("invalid mask file: {0}")]
-    Format(#[from] FormatError),
+    Format(FormatError),
+}
+
+impl From<FormatError> for Error {
+    fn from(e: FormatError) -> Self {
+        Error::Format(e)
+    }
 }
 
 /// Why stored bytes (a mask, or any format in shears' [envelope](crate::envelope)) were

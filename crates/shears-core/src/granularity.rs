@@ -107,6 +107,10 @@ impl NmPattern {
     /// ```
     pub fn first_violation(self, mask: &crate::Mask) -> Option<(usize, usize)> {
         let (nrows, ncols) = mask.shape();
+        // A mask of no weights keeps nothing, however long its empty side.
+        if nrows == 0 || ncols == 0 {
+            return None;
+        }
         (0..nrows).find_map(|r| {
             (0..ncols).step_by(self.m).find_map(|start| {
                 let end = (start + self.m).min(ncols);

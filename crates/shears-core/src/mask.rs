@@ -479,17 +479,48 @@ impl Mask {
         (0..self.ncols).map(|c| self.count_kept_in(c * self.nrows, (c + 1) * self.nrows)).collect()
     }
 
+    /// One bit per row, set where the row keeps a weight.
+    fn rows_keeping(&self) -> Vec<u64> {
+        let mut seen = vec![0u64; self.nrows.div_ceil(WORD)];
+        for (r, _) in self.iter_kept() {
+            seen[r / WORD] |= 1 << (r % WORD);
+        }
+        seen
+    }
+
+    /// Whether column `c` keeps no weight.
+    fn col_is_pruned(&self, c: usize) -> bool {
+        self.count_kept_in(c * self.nrows, (c + 1) * self.nrows) == 0
+    }
+
     /// Rows with no kept weight, ascending (pruned output neurons in shears' layout).
     pub fn fully_pruned_rows(&self) -> Vec<usize> {
-        let counts = self.kept_per_row();
-        (0..self.nrows).filter(|&r| counts[r] == 0).collect()
+        let seen = self.rows_keeping();
+        (0..self.nrows).filter(|&r| seen[r / WORD] & (1 << (r % WORD)) == 0).collect()
+    }
+
+    /// How many rows keep no weight: `fully_pruned_rows().len()`, in one bit of memory
+    /// per row at most, and none for a mask without columns (whose every row counts),
+    /// however many rows it claims.
+    pub fn count_fully_pruned_rows(&self) -> usize {
+        if self.ncols == 0 {
+            return self.nrows;
+        }
+        self.nrows - self.rows_keeping().iter().map(|w| w.count_ones() as usize).sum::<usize>()
+    }
+
+    /// How many columns keep no weight: `fully_pruned_cols().len()`, without memory,
+    /// and in no time for a mask without rows (whose every column counts).
+    pub fn count_fully_pruned_cols(&self) -> usize {
+        if self.nrows == 0 {
+            return self.ncols;
+        }
+        (0..self.ncols).filter(|&c| self.col_is_pruned(c)).count()
     }
 
     /// Columns with no kept weight, ascending (pruned inputs).
     pub fn fully_pruned_cols(&self) -> Vec<usize> {
-        (0..self.ncols)
-            .filter(|&c| self.count_kept_in(c * self.nrows, (c + 1) * self.nrows) == 0)
-            .collect()
+        (0..self.ncols).filter(|&c| self.col_is_pruned(c)).collect()
     }
 
     /// The mask as a boolean matrix (`true` = keep).

@@ -53,7 +53,12 @@ impl Serialize for Mask {
 
 impl<'de> Deserialize<'de> for Mask {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Mask, D::Error> {
-        Mask::try_from(MaskOwned::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+        // The envelope reports what a custom error says as a corrupted payload of a mask
+        // file: a format error's own words, without a second "invalid mask file".
+        Mask::try_from(MaskOwned::deserialize(deserializer)?).map_err(|e| match e {
+            Error::Format(e) => serde::de::Error::custom(e),
+            other => serde::de::Error::custom(other),
+        })
     }
 }
 

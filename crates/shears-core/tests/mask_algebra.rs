@@ -58,6 +58,8 @@ proptest! {
         let d = m.to_matrix();
         let rows: Vec<usize> = (0..d.nrows()).filter(|&r| d.row(r).iter().all(|&k| !k)).collect();
         let cols: Vec<usize> = (0..d.ncols()).filter(|&c| d.column(c).iter().all(|&k| !k)).collect();
+        prop_assert_eq!(m.count_fully_pruned_rows(), rows.len());
+        prop_assert_eq!(m.count_fully_pruned_cols(), cols.len());
         prop_assert_eq!(m.fully_pruned_rows(), rows);
         prop_assert_eq!(m.fully_pruned_cols(), cols);
     }
@@ -77,6 +79,19 @@ proptest! {
 
 /// Applying a mask zeroes one pruned weight, a few, or nearly all of a 64-bit word alike
 /// (the kernel visits few pruned bits one by one and selects over the word otherwise).
+/// A mask of no weights may claim any length on its other side (a file can say
+/// 0 x 2^40 in a few bytes): counting its pruned rows and columns and checking its N:M
+/// conformance take neither that many steps nor that much memory.
+#[test]
+fn empty_masks_with_a_huge_side_are_counted_at_once() {
+    let huge = 1usize << 40;
+    for (rows, cols) in [(0, huge), (huge, 0)] {
+        let m = Mask::all_kept(rows, cols).unwrap();
+        assert_eq!((m.count_fully_pruned_rows(), m.count_fully_pruned_cols()), (rows, cols));
+        assert_eq!(shears_core::NmPattern::TWO_FOUR.first_violation(&m), None);
+    }
+}
+
 #[test]
 fn apply_handles_sparse_and_dense_words() {
     for pruned_every in [1, 2, 7, 8, 9, 64, 130] {

@@ -111,7 +111,7 @@ pub enum Error {
         reason: String,
     },
     /// A stored mask or mask set is invalid.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Masks {
         /// The file.
         path: PathBuf,

@@ -65,8 +65,8 @@ pub use dtype::{Float, decode_into, encode_append, encode_into, float_size, is_f
 pub use error::{Error, FileKind, HeaderProblem, Result};
 pub use header::MAX_HEADER_BYTES;
 pub use masks::{
-    MASK_SET_MAGIC, MASK_SET_VERSION, decode_mask_set, encode_mask_set, mask_bytes,
-    mask_from_bytes, read_mask_set, torch_mask_name, weight_of_torch_mask,
+    MASK_SET_MAGIC, MASK_SET_VERSION, MAX_MASK_SET_BYTES, decode_mask_set, encode_mask_set,
+    mask_bytes, mask_from_bytes, read_mask_set, torch_mask_name, weight_of_torch_mask,
 };
 pub use model::{INDEX_NAME, Index, Layout, Model, SINGLE_NAME, TensorRef};
 pub use quantized::{

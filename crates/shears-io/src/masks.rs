@@ -102,15 +102,64 @@ pub fn decode_mask_set(bytes: &[u8]) -> shears_core::Result<Vec<(String, Mask)>>
     Ok(masks)
 }
 
+/// The largest mask-set file read: the masks of 2^37 (137 billion) weights, one bit
+/// each, so that a file that only claims to be a mask set cannot make a read run on
+/// through tens of gigabytes.
+pub const MAX_MASK_SET_BYTES: u64 = 1 << 34;
+
 /// Reads a mask-set file.
 ///
+/// The file is read in growing pieces, each decoded as far as it goes, so a file that
+/// is not a mask set is refused as soon as its bytes say so: a checkpoint given where
+/// masks were meant after its tag, a valid header followed by gigabytes of zeros
+/// after the payload those zeros decode to. At most the size the file had when it was
+/// opened is read, and files larger than [`MAX_MASK_SET_BYTES`] are refused unread.
+///
 /// # Errors
-/// [`Error::Io`] if it cannot be read, [`Error::Masks`] if it is not a valid mask set.
+/// [`Error::Io`] if it cannot be read, [`Error::Masks`] if it is not a valid mask set or
+/// is larger than [`MAX_MASK_SET_BYTES`].
 pub fn read_mask_set(path: &Path) -> Result<Vec<(String, Mask)>> {
-    let mut file = crate::paths::open_regular_file(path)?;
+    use std::io::Read;
+    let invalid = |e: FormatError| Error::Masks { path: path.to_owned(), source: e.into() };
+    let file = crate::paths::open_regular_file(path)?;
+    let len = file.metadata().map_err(|e| Error::io("read", path, e))?.len();
+    if len > MAX_MASK_SET_BYTES {
+        let reason = format!("{len} bytes, more than a mask set of {MAX_MASK_SET_BYTES}");
+        return Err(invalid(FormatError::Corrupted { reason }));
+    }
+    let mut reader = file.take(len);
     let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(|e| Error::io("read", path, e))?;
-    decode_mask_set(&bytes).map_err(|source| Error::Masks { path: path.to_owned(), source })
+    // The header alone first, then pieces of 64 KiB and doubling: decoding each longer
+    // prefix again costs at most as much as the final decoding.
+    let mut want = envelope::HEADER_LEN as u64;
+    loop {
+        let asked = want.saturating_sub(bytes.len() as u64);
+        let got = (&mut reader)
+            .take(asked)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io("read", path, e))?;
+        let unread = len.saturating_sub(bytes.len() as u64);
+        let complete = (got as u64) < asked || unread == 0;
+        let trailing = |count: u64| {
+            invalid(FormatError::TrailingBytes {
+                count: usize::try_from(count).unwrap_or(usize::MAX),
+            })
+        };
+        match decode_mask_set(&bytes) {
+            Ok(set) if complete => return Ok(set),
+            // The payload ends where this piece does; the rest of the file is extra.
+            Ok(_) => return Err(trailing(unread)),
+            Err(shears_core::Error::Format(FormatError::TrailingBytes { count })) => {
+                return Err(trailing(count as u64 + unread));
+            }
+            // Cut short by the piece, not necessarily by the file: read on.
+            Err(shears_core::Error::Format(FormatError::Corrupted { .. })) if !complete => {
+                want = want.saturating_mul(2).max(1 << 16);
+            }
+            Err(shears_core::Error::Format(e)) => return Err(invalid(e)),
+            Err(source) => return Err(Error::Masks { path: path.to_owned(), source }),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,4 +4,5 @@
 
 mod checkpoint;
 mod decoding;
+mod mask_sets;
 mod quantized;
