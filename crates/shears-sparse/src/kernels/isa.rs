@@ -19,6 +19,12 @@ pub(crate) trait Isa: Copy + Send + Sync + 'static {
     /// (it runs with AVX2 and FMA enabled); else one element at a time.
     #[cfg(target_arch = "x86_64")]
     const GATHERS: bool;
+    /// The copy loads the batch-1 kernels' indexed `f32` inputs one at a time into two
+    /// 128-bit halves of one vector (`vmovss`, `vinsertps`), then multiplies and adds all
+    /// eight lanes at once ([`LaneLoads`]; compiled with AVX2). Left to itself the compiler
+    /// builds such lanes in pairs, with a shuffle of the values for every pair.
+    #[cfg(target_arch = "x86_64")]
+    const LANE_LOADS: bool = false;
     /// The copy loads its gathered lanes with explicit NEON lane loads (aarch64).
     #[cfg(target_arch = "aarch64")]
     const NEON: bool;
@@ -216,6 +222,7 @@ pub(crate) fn vnni512_vl() -> bool {
 #[cfg(target_arch = "x86_64")]
 impl<P: Isa> Isa for LaneLoads<P> {
     const GATHERS: bool = false;
+    const LANE_LOADS: bool = true;
     const FUSED: bool = P::FUSED;
     const PERMUTES8: bool = P::PERMUTES8;
     const PERMUTES16: bool = P::PERMUTES16;
@@ -309,6 +316,19 @@ pub(crate) unsafe fn gather_mul_add8<P: Isa, T: Scalar>(
                 ))
             };
         }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if P::LANE_LOADS && is::<T, f32>() {
+        // SAFETY: T is f32, so [T; 8] is [f32; 8] and the slices hold f32; the copy was
+        // compiled with AVX2 (P::LANE_LOADS); v holds 8 values and the caller bounds idx.
+        return unsafe {
+            std::mem::transmute_copy(&x86::lane_mul_add8_f32(
+                std::mem::transmute_copy(&acc),
+                v.as_ptr().cast::<f32>(),
+                x.as_ptr().cast::<f32>(),
+                idx,
+            ))
+        };
     }
     #[cfg(target_arch = "aarch64")]
     if P::NEON {
@@ -828,6 +848,36 @@ pub(crate) mod x86 {
         unsafe {
             let offsets: __m256i = std::mem::transmute(idx);
             let xs = _mm256_i32gather_ps::<4>(base, offsets);
+            _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(v), xs))
+        }
+    }
+
+    /// `acc + v * base[idx]` over eight `f32` lanes, each half of the vector built by a
+    /// `vmovss` and three `vinsertps` from memory: seven shuffles for eight loads, one
+    /// multiply and one add.
+    ///
+    /// # Safety
+    /// As for [`gather_mul_add8_f32`].
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn lane_mul_add8_f32(
+        acc: __m256,
+        v: *const f32,
+        base: *const f32,
+        idx: [u32; 8],
+    ) -> __m256 {
+        // SAFETY: the loads are in bounds by the caller's contract.
+        unsafe {
+            let at = |j: usize| _mm_load_ss(base.add(idx[j] as usize));
+            let mut lo = at(0);
+            lo = _mm_insert_ps::<0x10>(lo, at(1));
+            lo = _mm_insert_ps::<0x20>(lo, at(2));
+            lo = _mm_insert_ps::<0x30>(lo, at(3));
+            let mut hi = at(4);
+            hi = _mm_insert_ps::<0x10>(hi, at(5));
+            hi = _mm_insert_ps::<0x20>(hi, at(6));
+            hi = _mm_insert_ps::<0x30>(hi, at(7));
+            let xs = _mm256_set_m128(hi, lo);
             _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(v), xs))
         }
     }
