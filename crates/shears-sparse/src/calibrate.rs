@@ -48,8 +48,9 @@ pub const CALIBRATION_SIDE: usize = 1024;
 /// use shears_sparse::calibrate::Crossovers;
 ///
 /// let fixed = Crossovers::fixed();
-/// assert_eq!(fixed.csr_break_even(1), 0.5);
-/// assert_eq!(fixed.csr_break_even(128), 0.8);
+/// assert_eq!(fixed.csr_break_even(1), 0.6);
+/// assert_eq!(fixed.csr_break_even(8), 0.5);
+/// assert_eq!(fixed.csr_break_even(128), 0.7);
 /// assert_eq!(fixed.nm_max_batch(), 32);
 /// ```
 #[derive(Debug, Clone, PartialEq)]
