@@ -54,7 +54,7 @@ pub enum Error {
         col: usize,
     },
     /// A dimension product does not fit in `usize`.
-    #[error("dimensions {dims:?} overflow usize")]
+    #[error("shape {dims:?} has more elements than this machine can address")]
     DimensionOverflow {
         /// The dimensions whose product overflowed.
         dims: Vec<usize>,
@@ -233,7 +233,7 @@ pub enum FormatError {
         len: usize,
     },
     /// Bytes remain after the payload.
-    #[error("{count} trailing bytes after the payload")]
+    #[error("{count} trailing {} after the payload", if *count == 1 { "byte" } else { "bytes" })]
     TrailingBytes {
         /// How many bytes remain.
         count: usize,
@@ -256,5 +256,23 @@ fn percent_hint(value: f64) -> String {
         format!(" (a fraction: {value}% is {})", value / 100.0)
     } else {
         String::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_shapes_read_as_sentences() {
+        let one = FormatError::TrailingBytes { count: 1 };
+        assert_eq!(one.to_string(), "1 trailing byte after the payload");
+        let many = FormatError::TrailingBytes { count: 7 };
+        assert_eq!(many.to_string(), "7 trailing bytes after the payload");
+        let huge = Error::DimensionOverflow { dims: vec![usize::MAX, 2] };
+        assert_eq!(
+            huge.to_string(),
+            format!("shape [{}, 2] has more elements than this machine can address", usize::MAX)
+        );
     }
 }
