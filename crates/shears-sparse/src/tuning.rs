@@ -11,9 +11,9 @@
 /// At small batches a product streams the matrix once, so CSR wins as soon as its bytes
 /// (value plus a narrow index per kept weight) fall well below the dense matrix's; at
 /// large batches the dense product is compute-bound and efficient, and CSR needs far
-/// fewer weights to win. At batch 1 a matrix the size of a layer can stay in a large
-/// L2 (Zen 3's), where the dense product streams it faster than the formats' indices
-/// allow: the measured break-even there is 60-70%, against 50% on the Intel Xeon.
+/// fewer weights to win. At batch 1 a layer-sized matrix can stay in a large last-level
+/// cache between products, where the dense product streams it faster than the formats'
+/// indices allow, so batch 1 asks for more sparsity than the small batches after it.
 pub fn csr_break_even(batch: usize) -> f64 {
     match batch {
         0..=1 => 0.6,
