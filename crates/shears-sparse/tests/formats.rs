@@ -141,11 +141,11 @@ fn format_choice() {
     assert_eq!(choose_format(&heavy, 2), Format::Csr);
     assert_eq!(choose_format(&heavy, 1), Format::SlicedEll);
     assert_eq!(choose_format(&half, 1), Format::Dense, "at batch 1, 50% is too dense");
-    let two_thirds = Mask::from_fn(256, 256, |r, c| (r * 7 + c) % 20 < 7).unwrap();
-    assert_eq!(choose_format(&two_thirds, 1), Format::SlicedEll);
-    assert_eq!(choose_format(&two_thirds, 128), Format::Dense);
-    let three_quarters = Mask::from_fn(256, 256, |r, c| (r * 3 + c) % 4 == 0).unwrap();
-    assert_eq!(choose_format(&three_quarters, 128), Format::Csr);
+    let pruned_65 = Mask::from_fn(256, 256, |r, c| (r * 7 + c) % 20 < 7).unwrap();
+    assert_eq!(choose_format(&pruned_65, 1), Format::SlicedEll);
+    assert_eq!(choose_format(&pruned_65, 128), Format::Dense);
+    let pruned_75 = Mask::from_fn(256, 256, |r, c| (r * 3 + c) % 4 == 0).unwrap();
+    assert_eq!(choose_format(&pruned_75, 128), Format::Csr);
     assert_eq!(Format::SlicedEll.to_string(), "sell");
     let small = Mask::from_fn(32, 32, |r, c| (r * 5 + c) % 20 == 0).unwrap();
     assert_eq!(choose_format(&small, 1), Format::Dense);
