@@ -34,6 +34,11 @@ pub(crate) trait Isa: Copy + Send + Sync + 'static {
     const PERMUTES8: bool = false;
     /// [`window_mul_add16`] picks its `f32` inputs with one 16-lane permute (AVX-512).
     const PERMUTES16: bool = false;
+    /// The batched N:M kernel for `f32` with groups of 4 or 8 columns runs eight rows per
+    /// vector, each lane picking its row's input from the group with a permute
+    /// ([`x86::nm_lanes_f32`]; the copy is compiled with AVX2 and FMA).
+    #[cfg(target_arch = "x86_64")]
+    const NM_LANES: bool = false;
     /// The batched N:M kernel runs tiles of two rows by 128 batch columns, or four rows by
     /// 64, not two by 32: their accumulators fit AVX-512's 32 registers but would spill
     /// from AVX2's 16. NEON also has 32 (narrower) registers; it keeps the smaller tiles
@@ -138,6 +143,7 @@ impl Isa for PortableUnfused {
 #[cfg(target_arch = "x86_64")]
 impl Isa for Avx2 {
     const GATHERS: bool = true;
+    const NM_LANES: bool = true;
     const F16C: bool = true;
     const PERMUTES8: bool = true;
     const MADD256: bool = true;
@@ -146,6 +152,7 @@ impl Isa for Avx2 {
 #[cfg(target_arch = "x86_64")]
 impl Isa for Avx512 {
     const GATHERS: bool = true;
+    const NM_LANES: bool = true;
     const F16C: bool = true;
     const PERMUTES8: bool = true;
     const PERMUTES16: bool = true;
@@ -1025,6 +1032,86 @@ pub(crate) mod x86 {
             let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(prod)));
             _mm256_add_ps(_mm256_add_ps(acc, lo), hi)
         }
+    }
+
+    /// The group of `M` inputs at `x`, in both 128-bit halves when `M` is 4.
+    ///
+    /// # Safety
+    /// AVX2 must be available; `x` must be valid for `M` reads.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn group<const M: usize>(x: *const f32) -> __m256 {
+        // SAFETY: `x` points to M readable values (the caller's contract).
+        unsafe {
+            if M == 4 { _mm256_broadcast_ps(&*x.cast::<__m128>()) } else { _mm256_loadu_ps(x) }
+        }
+    }
+
+    /// Lane `j` of `group` at index `p[j]` (below `M`): an in-lane permute when `M` is 4
+    /// (both halves hold the group), a cross-lane one when it is 8.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn pick<const M: usize>(group: __m256, p: __m256i) -> __m256 {
+        if M == 4 { _mm256_permutevar_ps(group, p) } else { _mm256_permutevar8x32_ps(group, p) }
+    }
+
+    /// Eight rows of an N:M matrix (`M` 4 or 8) times `J` batch columns: lane `j` of
+    /// result `t` is row `j`'s sum over its `slots` slots against column `t`, each window
+    /// of `window` slots summed from zero with one fused multiply-add per slot in slot
+    /// order, the windows' sums added in order to a total that starts at zero. These are
+    /// the bits of the row-major N:M kernel (`nm_tile`) over the same windows.
+    ///
+    /// `values` and `positions` hold the eight rows' slots interleaved: slot `k` of row
+    /// `j` at `k * 8 + j`. Each group of `N` slots reads the `M` inputs of its group
+    /// (`x[t] + g * M`) once per column, and each slot picks every row's input from them
+    /// with one permute: no gather, and no copy of `X` or `Y` into another layout.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; `values` and `positions` must hold `slots * 8`
+    /// entries, every position below `M`; `slots` and `window` must be multiples of `N`
+    /// (`window > 0`); each `x[t]` must be valid for `slots / N * M` reads.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn nm_lanes_f32<const N: usize, const M: usize, const J: usize>(
+        values: *const f32,
+        positions: *const u32,
+        slots: usize,
+        window: usize,
+        x: [*const f32; J],
+    ) -> [[f32; 8]; J] {
+        let mut total = [_mm256_setzero_ps(); J];
+        let mut w0 = 0;
+        while w0 < slots {
+            let w1 = (w0 + window).min(slots);
+            let mut acc = [_mm256_setzero_ps(); J];
+            for g in w0 / N..w1 / N {
+                // SAFETY: slots g * N .. (g + 1) * N are below `slots`, so their eight
+                // lanes are in bounds; the positions are below M by the contract.
+                let (v, p) = unsafe {
+                    (
+                        std::array::from_fn::<__m256, N, _>(|s| {
+                            _mm256_loadu_ps(values.add((g * N + s) * 8))
+                        }),
+                        std::array::from_fn::<__m256i, N, _>(|s| {
+                            _mm256_loadu_si256(positions.add((g * N + s) * 8).cast())
+                        }),
+                    )
+                };
+                for t in 0..J {
+                    // SAFETY: group g's M inputs are within the caller's bound on x[t].
+                    let inputs = unsafe { group::<M>(x[t].add(g * M)) };
+                    for s in 0..N {
+                        acc[t] = _mm256_fmadd_ps(v[s], pick::<M>(inputs, p[s]), acc[t]);
+                    }
+                }
+            }
+            for t in 0..J {
+                total[t] = _mm256_add_ps(total[t], acc[t]);
+            }
+            w0 = w1;
+        }
+        // SAFETY: __m256 and [f32; 8] have the same size and any bits are valid.
+        total.map(|v| unsafe { std::mem::transmute::<__m256, [f32; 8]>(v) })
     }
 }
 

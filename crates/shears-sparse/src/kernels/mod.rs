@@ -38,6 +38,7 @@
 
 mod int8;
 mod isa;
+mod nm_lanes;
 mod scratch;
 mod spmm;
 mod spmv;
@@ -149,16 +150,16 @@ pub fn kernel_path() -> KernelPath {
 /// each x86 vector path that loads one element at a time ([`isa::LaneLoads`]), and runs
 /// the one [`gathers`] measured faster on this CPU.
 macro_rules! multiversion {
-    ($(#[$meta:meta])* fn $name:ident<$($g:ident : $bound:path),*>($($arg:ident : $ty:ty),* $(,)?) => $kernel:ident) => {
-        $crate::kernels::multiversion!(@define false $(#[$meta])* fn $name<$($g: $bound),*>($($arg: $ty),*) => $kernel);
+    ($(#[$meta:meta])* $vis:vis fn $name:ident<$($g:ident : $bound:path),*>($($arg:ident : $ty:ty),* $(,)?) => $kernel:ident) => {
+        $crate::kernels::multiversion!(@define false $(#[$meta])* ($vis) fn $name<$($g: $bound),*>($($arg: $ty),*) => $kernel);
     };
     ($(#[$meta:meta])* gathering fn $name:ident<$($g:ident : $bound:path),*>($($arg:ident : $ty:ty),* $(,)?) => $kernel:ident) => {
-        $crate::kernels::multiversion!(@define true $(#[$meta])* fn $name<$($g: $bound),*>($($arg: $ty),*) => $kernel);
+        $crate::kernels::multiversion!(@define true $(#[$meta])* () fn $name<$($g: $bound),*>($($arg: $ty),*) => $kernel);
     };
-    (@define $gathering:literal $(#[$meta:meta])* fn $name:ident<$($g:ident : $bound:path),*>($($arg:ident : $ty:ty),*) => $kernel:ident) => {
+    (@define $gathering:literal $(#[$meta:meta])* ($($vis:tt)*) fn $name:ident<$($g:ident : $bound:path),*>($($arg:ident : $ty:ty),*) => $kernel:ident) => {
         $(#[$meta])*
         #[allow(clippy::too_many_arguments, reason = "mirrors the kernel's own signature")]
-        fn $name<$($g: $bound),*>(path: $crate::kernels::KernelPath, $($arg: $ty),*) {
+        $($vis)* fn $name<$($g: $bound),*>(path: $crate::kernels::KernelPath, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 use $crate::kernels::isa;

@@ -10,6 +10,9 @@
 //! L1-sized windows of groups, on a copy of `X` in panels of 128 batch columns so that a
 //! window is contiguous whatever the batch. Each parallel task computes its rows into a
 //! row-major buffer of its own and writes them into `Y` while they are still in cache.
+//! On the x86 vector paths, `f32` N:M matrices with groups of 4 or 8 columns take
+//! `nm_lanes` instead, which works on the column-major `X` and `Y` directly and gives the
+//! same bits.
 
 use std::ops::Range;
 
@@ -18,6 +21,7 @@ use rayon::prelude::*;
 use shears_core::Scalar;
 
 use super::isa::{Isa, fma};
+use super::nm_lanes;
 pub(super) use super::scratch::LineAligned;
 use super::{
     BsrView, CsrView, NmView, SLICE_ROWS, SellView, Stored, Units, combine, kernel_path,
@@ -138,7 +142,7 @@ const NM_ROW_BLOCK: usize = 32;
 
 /// Batch columns per panel of the N:M kernel's copy of `X` (see `to_panels`): larger
 /// batches are walked a panel at a time, each through every window.
-const NM_PANEL: usize = 128;
+pub(super) const NM_PANEL: usize = 128;
 
 /// Bytes of `xt` one window of groups may touch, so a window stays in L1 while every row
 /// of a row block reads it.
@@ -261,11 +265,8 @@ fn nm_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
     if per_row == 0 || batch == 0 {
         return;
     }
-    // Windows are sized for a panel of the batch, not the whole of it: a window of few
-    // groups would leave each tile few products to sum per read and write of its outputs.
     let ncols = xt.len() / batch;
-    let window_groups = (NM_WINDOW_BYTES / (a.m * batch.min(NM_PANEL) * size_of::<T>())).max(1);
-    let window = window_groups * a.n;
+    let window = nm_window_slots(a.n, a.m, batch, size_of::<T>());
     let mut cols = vec![0u32; NM_ROW_BLOCK * per_row];
     // A block's values as `T`, unless they are stored as `T` already.
     let mut values = Vec::new();
@@ -321,8 +322,19 @@ fn nm_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
     }
 }
 
+/// The slots of an N:M row summed from zero before their sum is added to the row's
+/// total, for groups of `m` columns with `n` slots and `batch` columns of `X` of
+/// `value_bytes` each: as many whole groups as fit [`NM_WINDOW_BYTES`] of one panel of
+/// the batch (at least one). A window of few groups would leave each tile few products
+/// to sum per read and write of its outputs. Every N:M batched kernel sums over these
+/// windows, so they all give the same bits.
+pub(super) fn nm_window_slots(n: usize, m: usize, batch: usize, value_bytes: usize) -> usize {
+    let window_groups = NM_WINDOW_BYTES / (m * batch.clamp(1, NM_PANEL) * value_bytes).max(1);
+    window_groups.max(1) * n
+}
+
 multiversion! {
-    fn nm_rows<T: Scalar, V: Stored<T>>(a: NmView<'_, T, V>, rows: Range<usize>, xt: &[T], batch: usize, out: &mut [T]) => nm_rows_kernel
+    pub(super) fn nm_rows<T: Scalar, V: Stored<T>>(a: NmView<'_, T, V>, rows: Range<usize>, xt: &[T], batch: usize, out: &mut [T]) => nm_rows_kernel
 }
 
 /// Elements of `X` from which its copy into row-major order is split across threads: the
@@ -355,7 +367,7 @@ fn to_row_major<T: Scalar>(x: &DMatrix<T>) -> LineAligned<T> {
 /// narrower), one after the other, each `ncols` row-major rows of its width. One panel
 /// of a large batch is then a contiguous window of memory: whole rows of `X` would put
 /// the values a window of input rows reads a power of two apart, into the same L1 sets.
-fn to_panels<T: Scalar>(x: &DMatrix<T>, width: usize) -> LineAligned<T> {
+pub(super) fn to_panels<T: Scalar>(x: &DMatrix<T>, width: usize) -> LineAligned<T> {
     let (n, b) = x.shape();
     let mut aligned = LineAligned::zeroed(n * b);
     let xt = aligned.as_mut_slice();
@@ -447,11 +459,30 @@ pub(super) fn spmm_prepared<T: Scalar, U: Units, X: Sync>(
     y: &mut DMatrix<T>,
     units_of: impl Fn(Range<usize>, &X, &mut [T]) + Sync,
 ) {
+    let batch = y.ncols();
+    if y.nrows() == 0 || batch == 0 {
+        return;
+    }
+    let xt = prepare(x);
+    for_each_task(a, y, |units, columns| {
+        let mut z = LineAligned::zeroed(columns[0].len() * batch);
+        units_of(units, &xt, z.as_mut_slice());
+        write_rows(alpha, z.as_slice(), beta, columns);
+    });
+}
+
+/// Runs `run(units, columns)` over ranges of `a`'s work units on rayon's threads (or as
+/// one call, see `parallel_ranges`), `columns` being every column of `Y` cut to the
+/// range's rows: each task writes its own rows of `Y`. Nothing runs if `Y` is empty.
+pub(super) fn for_each_task<T: Scalar, U: Units>(
+    a: U,
+    y: &mut DMatrix<T>,
+    run: impl Fn(Range<usize>, &mut [&mut [T]]) + Sync,
+) {
     let (nrows, batch) = y.shape();
     if nrows == 0 || batch == 0 {
         return;
     }
-    let xt = prepare(x);
     let ranges = parallel_ranges(a.units(), |u| a.work_before(u) * batch)
         .unwrap_or_else(|| std::iter::once(0..a.units()).collect());
     let mut tasks: Vec<Task<'_, T>> = ranges
@@ -469,11 +500,7 @@ pub(super) fn spmm_prepared<T: Scalar, U: Units, X: Sync>(
             rest = tail;
         }
     }
-    let run = |mut task: Task<'_, T>| {
-        let mut z = LineAligned::zeroed(task.rows * batch);
-        units_of(task.units, &xt, z.as_mut_slice());
-        write_rows(alpha, z.as_slice(), beta, &mut task.columns);
-    };
+    let run = |mut task: Task<'_, T>| run(task.units, &mut task.columns);
     if tasks.len() == 1 {
         tasks.into_iter().for_each(run);
     } else {
@@ -496,10 +523,10 @@ pub(crate) fn csr_spmm<T: Scalar, V: Stored<T>, I: SpIndex>(
 /// holds whole blocks: rows split finer would each fetch their windows of `X` from L2
 /// for a few rows, and every task zeroes and writes back a buffer of its own.
 #[derive(Clone, Copy)]
-struct NmRowBlocks<'a, T, V>(NmView<'a, T, V>);
+pub(super) struct NmRowBlocks<'a, T, V>(pub(super) NmView<'a, T, V>);
 
 impl<T, V> NmRowBlocks<'_, T, V> {
-    fn rows(&self, blocks: Range<usize>) -> Range<usize> {
+    pub(super) fn rows(&self, blocks: Range<usize>) -> Range<usize> {
         let nrows = self.0.nrows;
         (blocks.start * NM_ROW_BLOCK).min(nrows)..(blocks.end * NM_ROW_BLOCK).min(nrows)
     }
@@ -525,6 +552,9 @@ pub(crate) fn nm_spmm<T: Scalar, V: Stored<T>>(
     y: &mut DMatrix<T>,
 ) {
     let (path, batch) = (kernel_path(), x.ncols());
+    if nm_lanes::applies(path, &a) {
+        return nm_lanes::nm_spmm_lanes(a, alpha, x, beta, y);
+    }
     let prepare = |x: &DMatrix<T>| to_panels(x, NM_PANEL);
     let blocks = NmRowBlocks(a);
     spmm_prepared(blocks, alpha, x, prepare, beta, y, |range, xt: &LineAligned<T>, out| {
