@@ -1074,7 +1074,7 @@ pub(crate) mod x86 {
     #[target_feature(enable = "avx2,fma")]
     pub(crate) unsafe fn nm_lanes_f32<const N: usize, const M: usize, const J: usize>(
         values: *const f32,
-        positions: *const u32,
+        positions: *const u8,
         slots: usize,
         window: usize,
         x: [*const f32; J],
@@ -1093,7 +1093,8 @@ pub(crate) mod x86 {
                             _mm256_loadu_ps(values.add((g * N + s) * 8))
                         }),
                         std::array::from_fn::<__m256i, N, _>(|s| {
-                            _mm256_loadu_si256(positions.add((g * N + s) * 8).cast())
+                            let p = _mm_loadl_epi64(positions.add((g * N + s) * 8).cast());
+                            _mm256_cvtepu8_epi32(p)
                         }),
                     )
                 };

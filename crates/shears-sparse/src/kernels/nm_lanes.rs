@@ -119,26 +119,39 @@ fn lane_blocks<P: Isa, T: Scalar, V: Stored<T>>(
         return rows.start;
     }
     let vectors = rows.len() / LANES;
-    // Every whole vector of rows, its eight rows' slots interleaved: values as `T`
-    // (widened and scaled), which is `f32` here.
-    let mut values = vec![0.0f32; vectors * LANES * per_row];
-    let mut positions = vec![0u32; vectors * LANES * per_row];
+    // Every whole vector of rows, its eight rows' slots interleaved (slot-major): values
+    // as `T` (widened and scaled), which is `f32` here, and positions as stored.
+    let mut values: Vec<f32> = Vec::with_capacity(vectors * LANES * per_row);
+    let mut positions: Vec<u8> = Vec::with_capacity(vectors * LANES * per_row);
     let mut widened: Vec<T> = Vec::with_capacity(LANES * per_row);
-    for (i, (values, positions)) in values
-        .chunks_exact_mut(LANES * per_row)
-        .zip(positions.chunks_exact_mut(LANES * per_row))
-        .enumerate()
-    {
+    for i in 0..vectors {
         let r0 = rows.start + i * LANES;
-        widened.clear();
-        for r in r0..r0 + LANES {
-            a.widen_row_into(r, &mut widened);
-        }
-        for (j, row) in widened.chunks_exact(per_row).enumerate() {
-            let stored = &a.positions[(r0 + j) * per_row..][..per_row];
-            for (k, (&v, &p)) in row.iter().zip(stored).enumerate() {
-                values[k * LANES + j] = v.as_f64() as f32;
-                positions[k * LANES + j] = u32::from(p);
+        let block: &[T] = match (a.row_scales, V::as_compute(a.values)) {
+            (None, Some(all)) => &all[r0 * per_row..(r0 + LANES) * per_row],
+            _ => {
+                widened.clear();
+                for r in r0..r0 + LANES {
+                    a.widen_row_into(r, &mut widened);
+                }
+                &widened
+            }
+        };
+        // SAFETY: T is f32 (checked above), so the slice is one of f32.
+        let block: &[f32] =
+            unsafe { std::slice::from_raw_parts(block.as_ptr().cast(), block.len()) };
+        let stored = &a.positions[r0 * per_row..(r0 + LANES) * per_row];
+        let start = values.len();
+        values.resize(start + LANES * per_row, 0.0);
+        positions.resize(start + LANES * per_row, 0);
+        let (value_slots, _) = values[start..].as_chunks_mut::<LANES>();
+        let (position_slots, _) = positions[start..].as_chunks_mut::<LANES>();
+        for j in 0..LANES {
+            let row = block[j * per_row..][..per_row].iter().zip(&stored[j * per_row..][..per_row]);
+            for ((v, p), (&value, &position)) in
+                value_slots.iter_mut().zip(&mut *position_slots).zip(row)
+            {
+                v[j] = value;
+                p[j] = position;
             }
         }
     }
@@ -212,7 +225,7 @@ fn lanes<const J: usize>(
     n: usize,
     m: usize,
     values: &[f32],
-    positions: &[u32],
+    positions: &[u8],
     slots: usize,
     window: usize,
     x: &[impl Scalar],
