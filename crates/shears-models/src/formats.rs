@@ -7,7 +7,7 @@ use std::time::Instant;
 use nalgebra::DMatrix;
 use serde::Serialize;
 use shears_core::Mask;
-use shears_sparse::{Format, choose_format};
+use shears_sparse::{Format, NmPattern, choose_format};
 
 use crate::bert::BertModel;
 use crate::error::Result;
@@ -27,8 +27,8 @@ pub struct FormatChoice {
     pub name: String,
     /// The fraction of its weights that are zero.
     pub sparsity: f64,
-    /// The sparse format `choose_format` proposed (dense when it proposed none; `int8`
-    /// for an int8 layer, timed in int8 against its dequantized weights in f32), with
+    /// The sparse format `choose_format` proposed, or where it proposed dense the N:M
+    /// pattern the zeros follow (dense when there is neither; `int8` for an int8 layer, timed in int8 against its dequantized weights in f32), with
     /// its value type when its half-precision values (see
     /// [`Linear::set_format`](crate::Linear::set_format)) ran faster than the same format
     /// in f32: `csr bf16`, `n:m 2:4 f16`.
@@ -43,7 +43,8 @@ pub struct FormatChoice {
 }
 
 /// Sets every linear layer of `model` to the fastest of dense and the format
-/// `choose_format` proposes for its zeros at `tokens` tokens per product, timing both on
+/// `choose_format` proposes for its zeros at `tokens` tokens per product (or, where that
+/// is dense, the N:M pattern its zeros follow, 2:4 or 4:8, if any), timing both on
 /// `min(tokens, 512)` tokens (the best of three runs each); a format that can hold the
 /// weights in bf16 or f16 is timed that way and in f32, and runs the faster. An int8 layer is set to the
 /// faster of its integer products and the f32 GEMM on its dequantized weights.
@@ -84,7 +85,10 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
             let (rows, cols) = weights.shape();
             let mask = Mask::from_fn(rows, cols, |r, c| weights[(r, c)] != 0.0)?;
             let sparsity = mask.sparsity().get();
-            let proposed = choose_format(&mask, tokens);
+            let proposed = match choose_format(&mask, tokens) {
+                Format::Dense => nm_pattern_of(&mask).map_or(Format::Dense, Format::Nm),
+                other => other,
+            };
             let x = DMatrix::from_fn(cols, timing, |r, c| ((r * 7 + c * 13) % 17) as f32 - 8.0);
             linear.set_format(Format::Dense)?;
             let dense_seconds = best_of_three(|| linear.forward(&x).map(drop))?;
@@ -123,6 +127,15 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
         }
     }
     Ok(choices)
+}
+
+/// The 2:4 or 4:8 pattern `mask` follows, if it follows one. `choose_format` proposes
+/// N:M only up to `NM_MAX_BATCH` columns; past it N:M's halved arithmetic beats the dense
+/// GEMM on some CPUs and layer shapes and not on others, so here, where every proposal is
+/// timed, an N:M mask is always a candidate.
+fn nm_pattern_of(mask: &Mask) -> Option<NmPattern> {
+    let four_eight = NmPattern::new(4, 8).ok()?;
+    [NmPattern::TWO_FOUR, four_eight].into_iter().find(|p| p.first_violation(mask).is_none())
 }
 
 /// The least of three timed runs of `f`, in seconds.

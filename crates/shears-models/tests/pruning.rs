@@ -3,7 +3,9 @@
 
 use nalgebra::{DMatrix, DVector};
 use shears_core::{Mask, Masks, NmPattern, Rounding, Sparsity};
-use shears_models::{BertModel, Method, PruneSpec, SentenceTransformer, Site, Step, prune_model};
+use shears_models::{
+    BertModel, Method, PruneSpec, SentenceTransformer, Site, Step, choose_formats, prune_model,
+};
 use shears_strategies::{Pattern, SparseGpt, satisfies_nm};
 
 use crate::fixture::{expected, folder};
@@ -281,5 +283,32 @@ fn overflowing_calibration_inputs_name_the_layer() {
         if matches!(method, Method::Wanda) {
             assert!(err.contains("(input feature "), "{value}: {err}");
         }
+    }
+}
+
+/// A 2:4 model's layers are timed in 2:4 at one token and at many (where `choose_format`
+/// alone proposes dense), each keeps the format its timing favoured, and the model in
+/// those formats gives the dense model's embeddings.
+#[test]
+fn two_four_layers_are_timed_in_n_m_at_any_token_count() {
+    let mut m = SentenceTransformer::load(&folder(), None).unwrap();
+    let calib = calibration(&m);
+    let two_four = spec(Method::Magnitude, Pattern::NM(NmPattern::TWO_FOUR), 0.5);
+    prune_model(&mut m.model, &calib, &two_four, &|_| true, None, &mut |_| {}).unwrap();
+    let dense = m.embed(&expected().sentences).unwrap();
+    for tokens in [1, 4096] {
+        let mut sparse = m.clone();
+        let choices = choose_formats(&mut sparse.model, tokens).unwrap();
+        assert_eq!(choices.len(), sparse.model.linears().count());
+        for c in &choices {
+            assert_eq!(c.proposed, "n:m 2:4", "{} at {tokens} tokens", c.name);
+            let sparse_seconds = c.proposed_seconds.unwrap();
+            let kept = c.chosen == c.proposed;
+            assert!(kept || c.chosen == "dense", "{}: {}", c.name, c.chosen);
+            assert_eq!(kept, sparse_seconds < c.dense_seconds, "{} at {tokens} tokens", c.name);
+        }
+        let got = sparse.embed(&expected().sentences).unwrap();
+        let worst = got.iter().zip(dense.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(worst < 1e-5, "{worst} at {tokens} tokens");
     }
 }
