@@ -1055,16 +1055,17 @@ pub(crate) mod x86 {
         if M == 4 { _mm256_permutevar_ps(group, p) } else { _mm256_permutevar8x32_ps(group, p) }
     }
 
-    /// Eight rows of an N:M matrix (`M` 4 or 8) times `J` batch columns: lane `j` of
-    /// result `t` is row `j`'s sum over its `slots` slots against column `t`, each window
-    /// of `window` slots summed from zero with one fused multiply-add per slot in slot
-    /// order, the windows' sums added in order to a total that starts at zero. These are
-    /// the bits of the row-major N:M kernel (`nm_tile`) over the same windows.
+    /// Windows of slots of eight rows of an N:M matrix (`M` 4 or 8) times `J` batch
+    /// columns, added to `totals`: lane `j` of total `t` gains row `j`'s sum against
+    /// column `t` over each window of `window` slots in turn, summed from zero with one
+    /// fused multiply-add per slot in slot order, then added to the total. These are the
+    /// row-major N:M kernel's (`nm_tile`) bits over the same windows.
     ///
-    /// `values` and `positions` hold the eight rows' slots interleaved: slot `k` of row
-    /// `j` at `k * 8 + j`. Each group of `N` slots reads the `M` inputs of its group
-    /// (`x[t] + g * M`) once per column, and each slot picks every row's input from them
-    /// with one permute: no gather, and no copy of `X` or `Y` into another layout.
+    /// `values` and `positions` hold the slots of the eight rows interleaved: slot `k` of
+    /// row `j` at `k * 8 + j`. Each group of `N` slots reads the `M` inputs of its group
+    /// (`x[t] + g * M`, `g` counted from the first slot's group) once per column, and each
+    /// slot picks every row's input from them with one permute: no gather, and no copy of
+    /// `X` or `Y` into another layout.
     ///
     /// # Safety
     /// AVX2 and FMA must be available; `values` and `positions` must hold `slots * 8`
@@ -1078,8 +1079,10 @@ pub(crate) mod x86 {
         slots: usize,
         window: usize,
         x: [*const f32; J],
+        totals: [[f32; 8]; J],
     ) -> [[f32; 8]; J] {
-        let mut total = [_mm256_setzero_ps(); J];
+        // SAFETY: [f32; 8] and __m256 have the same size and any bits are valid.
+        let mut total = totals.map(|t| unsafe { std::mem::transmute::<[f32; 8], __m256>(t) });
         let mut w0 = 0;
         while w0 < slots {
             let w1 = (w0 + window).min(slots);

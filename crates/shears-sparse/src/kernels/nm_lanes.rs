@@ -21,6 +21,15 @@ use super::{KernelPath, NmView, Stored, combine, kernel_path, multiversion};
 /// Output rows per vector.
 const LANES: usize = 8;
 
+/// Bytes of packed slots (an `f32` value and a byte position each) per chunk of vectors
+/// of rows: half of a usual L2, so the chunk stays there while the batch passes over it.
+#[cfg(target_arch = "x86_64")]
+const CHUNK_BYTES: usize = 256 << 10;
+
+/// Bytes of `X` one tile of eight batch columns reads per span of windows: half of L1.
+#[cfg(target_arch = "x86_64")]
+const SPAN_BYTES: usize = 16 << 10;
+
 /// Whether the product of `a` runs on this kernel on `path`: `f32` values (stored in any
 /// width), an x86 vector path, groups of 4 or 8 columns that tile the rows exactly (so a
 /// group's inputs never run past a column of `X`), 1, 2 or 4 slots per group, and at
@@ -119,64 +128,88 @@ fn lane_blocks<P: Isa, T: Scalar, V: Stored<T>>(
         return rows.start;
     }
     let vectors = rows.len() / LANES;
-    // Every whole vector of rows, its eight rows' slots interleaved (slot-major): values
-    // as `T` (widened and scaled), which is `f32` here, and positions as stored.
-    let mut values: Vec<f32> = Vec::with_capacity(vectors * LANES * per_row);
-    let mut positions: Vec<u8> = Vec::with_capacity(vectors * LANES * per_row);
+    // Vectors of rows are taken a chunk at a time, whose packed slots stay in L2 while
+    // every window and tile of the batch passes over them.
+    let chunk = (CHUNK_BYTES / (LANES * per_row * (size_of::<f32>() + 1))).max(1);
+    // Whole windows per span: a tile's inputs for the span (8 columns of `X`) fit
+    // SPAN_BYTES.
+    let span_columns = SPAN_BYTES / (8 * size_of::<f32>());
+    let span = (span_columns / a.m * a.n / window).max(1) * window;
+    let mut values: Vec<f32> = Vec::with_capacity(chunk * LANES * per_row);
+    let mut positions: Vec<u8> = Vec::with_capacity(chunk * LANES * per_row);
+    let mut totals: Vec<[f32; LANES]> = Vec::with_capacity(chunk * batch);
     let mut widened: Vec<T> = Vec::with_capacity(LANES * per_row);
-    for i in 0..vectors {
-        let r0 = rows.start + i * LANES;
-        let block: &[T] = match (a.row_scales, V::as_compute(a.values)) {
-            (None, Some(all)) => &all[r0 * per_row..(r0 + LANES) * per_row],
-            _ => {
-                widened.clear();
-                for r in r0..r0 + LANES {
-                    a.widen_row_into(r, &mut widened);
+    for first in (0..vectors).step_by(chunk) {
+        let count = chunk.min(vectors - first);
+        // The chunk's vectors, each its eight rows' slots interleaved (slot-major):
+        // values as `T` (widened and scaled), which is `f32` here, and positions as stored.
+        values.clear();
+        positions.clear();
+        for i in first..first + count {
+            let r0 = rows.start + i * LANES;
+            let block: &[T] = match (a.row_scales, V::as_compute(a.values)) {
+                (None, Some(all)) => &all[r0 * per_row..(r0 + LANES) * per_row],
+                _ => {
+                    widened.clear();
+                    for r in r0..r0 + LANES {
+                        a.widen_row_into(r, &mut widened);
+                    }
+                    &widened
                 }
-                &widened
-            }
-        };
-        // SAFETY: T is f32 (checked above), so the slice is one of f32.
-        let block: &[f32] =
-            unsafe { std::slice::from_raw_parts(block.as_ptr().cast(), block.len()) };
-        let stored = &a.positions[r0 * per_row..(r0 + LANES) * per_row];
-        let start = values.len();
-        values.resize(start + LANES * per_row, 0.0);
-        positions.resize(start + LANES * per_row, 0);
-        let (value_slots, _) = values[start..].as_chunks_mut::<LANES>();
-        let (position_slots, _) = positions[start..].as_chunks_mut::<LANES>();
-        for j in 0..LANES {
-            let row = block[j * per_row..][..per_row].iter().zip(&stored[j * per_row..][..per_row]);
-            for ((v, p), (&value, &position)) in
-                value_slots.iter_mut().zip(&mut *position_slots).zip(row)
-            {
-                v[j] = value;
-                p[j] = position;
-            }
-        }
-    }
-    // Batch tiles outermost: a tile's columns of `X` stay in cache while every vector of
-    // rows passes over them, and the task's packed slots stay in L2 from tile to tile.
-    let vector = |i: usize| {
-        let at = i * LANES * per_row..(i + 1) * LANES * per_row;
-        (&values[at.clone()], &positions[at])
-    };
-    let ncols = a.ncols;
-    let mut t0 = 0;
-    while t0 < batch {
-        let tile = if t0 + 8 <= batch { 8 } else { 1 };
-        for i in 0..vectors {
-            let (v, p) = vector(i);
-            let tile_columns = &mut columns[t0..t0 + tile];
-            if tile == 8 {
-                let sums = lanes::<8>(a.n, a.m, v, p, per_row, window, x, ncols, t0);
-                write_lanes(alpha, beta, &sums, tile_columns, i * LANES);
-            } else {
-                let sums = lanes::<1>(a.n, a.m, v, p, per_row, window, x, ncols, t0);
-                write_lanes(alpha, beta, &sums, tile_columns, i * LANES);
+            };
+            // SAFETY: T is f32 (checked above), so the slice is one of f32.
+            let block: &[f32] =
+                unsafe { std::slice::from_raw_parts(block.as_ptr().cast(), block.len()) };
+            let stored = &a.positions[r0 * per_row..(r0 + LANES) * per_row];
+            let start = values.len();
+            values.resize(start + LANES * per_row, 0.0);
+            positions.resize(start + LANES * per_row, 0);
+            let (value_slots, _) = values[start..].as_chunks_mut::<LANES>();
+            let (position_slots, _) = positions[start..].as_chunks_mut::<LANES>();
+            for j in 0..LANES {
+                let row =
+                    block[j * per_row..][..per_row].iter().zip(&stored[j * per_row..][..per_row]);
+                for ((v, p), (&value, &position)) in
+                    value_slots.iter_mut().zip(&mut *position_slots).zip(row)
+                {
+                    v[j] = value;
+                    p[j] = position;
+                }
             }
         }
-        t0 += tile;
+        // Spans of whole windows outermost, each as many columns of `X` as keep a tile's
+        // inputs in L1, then tiles of the batch, then the chunk's vectors: a span of a
+        // tile's columns of `X` stays in L1 while every vector passes over it, and each
+        // window's sums are added to the totals in window order.
+        totals.clear();
+        totals.resize(count * batch, [0.0; LANES]);
+        for s0 in (0..per_row).step_by(span) {
+            let s = s0..(s0 + span).min(per_row);
+            let mut t0 = 0;
+            while t0 < batch {
+                let tile = if t0 + 8 <= batch { 8 } else { 1 };
+                for i in 0..count {
+                    let at = i * LANES * per_row;
+                    let v = &values[at..][..LANES * per_row];
+                    let p = &positions[at..][..LANES * per_row];
+                    let totals = &mut totals[i * batch + t0..][..tile];
+                    if let Ok(t8) = <&mut [[f32; LANES]; 8]>::try_from(&mut *totals) {
+                        *t8 = lanes::<8>(a.n, a.m, v, p, s.clone(), window, x, a.ncols, t0, *t8);
+                    } else if let Ok(t1) = <&mut [[f32; LANES]; 1]>::try_from(totals) {
+                        *t1 = lanes::<1>(a.n, a.m, v, p, s.clone(), window, x, a.ncols, t0, *t1);
+                    }
+                }
+                t0 += tile;
+            }
+        }
+        for i in 0..count {
+            let out = (first + i) * LANES;
+            for (column, total) in columns.iter_mut().zip(&totals[i * batch..(i + 1) * batch]) {
+                for (y, &s) in column[out..out + LANES].iter_mut().zip(total) {
+                    *y = combine(alpha, T::from_f64_lossy(f64::from(s)), beta, *y);
+                }
+            }
+        }
     }
     rows.start + vectors * LANES
 }
@@ -199,25 +232,10 @@ fn lane_blocks<P: Isa, T: Scalar, V: Stored<T>>(
     rows.start
 }
 
-/// Writes `alpha * sums[t] + beta * y` into the eight rows from `out` of `columns[t]`.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn write_lanes<T: Scalar, const J: usize>(
-    alpha: T,
-    beta: T,
-    sums: &[[f32; LANES]; J],
-    columns: &mut [&mut [T]],
-    out: usize,
-) {
-    for (column, sums) in columns.iter_mut().zip(sums) {
-        for (y, &s) in column[out..out + LANES].iter_mut().zip(sums) {
-            *y = combine(alpha, T::from_f64_lossy(f64::from(s)), beta, *y);
-        }
-    }
-}
-
-/// [`super::isa::x86::nm_lanes_f32`] for `J` batch columns from `t0`, with the slots per
-/// group and the group width as constants.
+/// [`super::isa::x86::nm_lanes_f32`] over the slots `s` (whole windows of `window`) of
+/// a vector of rows (`values` and `positions`, all its slots interleaved), for `J` batch
+/// columns from `t0`, added to `totals`, with the slots per group and the group width as
+/// constants.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(clippy::too_many_arguments, reason = "the kernel's operands")]
@@ -226,31 +244,36 @@ fn lanes<const J: usize>(
     m: usize,
     values: &[f32],
     positions: &[u8],
-    slots: usize,
+    s: Range<usize>,
     window: usize,
     x: &[impl Scalar],
     ncols: usize,
     t0: usize,
+    totals: [[f32; LANES]; J],
 ) -> [[f32; LANES]; J] {
     use super::isa::x86::nm_lanes_f32;
-    debug_assert!(values.len() >= slots * LANES && positions.len() >= slots * LANES);
-    debug_assert!(
-        x.len() >= (t0 + J) * ncols && ncols.is_multiple_of(m) && slots.is_multiple_of(n)
-    );
-    let x: [*const f32; J] = std::array::from_fn(|t| x[(t0 + t) * ncols..].as_ptr().cast());
-    let (v, p) = (values.as_ptr(), positions.as_ptr());
+    debug_assert!(values.len() >= s.end * LANES && positions.len() >= s.end * LANES);
+    debug_assert!(x.len() >= (t0 + J) * ncols && ncols.is_multiple_of(m));
+    debug_assert!(s.start.is_multiple_of(window) && window.is_multiple_of(n));
+    // The span's first group starts at column s.start / n * m of every batch column.
+    let first_column = s.start / n * m;
+    let x: [*const f32; J] =
+        std::array::from_fn(|t| x[(t0 + t) * ncols + first_column..].as_ptr().cast());
+    let (v, p) = (values[s.start * LANES..].as_ptr(), positions[s.start * LANES..].as_ptr());
+    let slots = s.len();
     // SAFETY: the caller runs this only on copies with Isa::NM_LANES (compiled with AVX2
-    // and FMA) and for f32 `x`; `values` and `positions` hold `slots` interleaved slots of
-    // eight rows, positions below `m` (the view's validator); `slots` and `window` are
-    // multiples of `n` (`nm_window_slots`); column t0 + t of `x` holds `ncols` values,
-    // `slots / n` whole groups of `m` since `m` divides `ncols`.
+    // and FMA) and for f32 `x`; from `s.start`, `values` and `positions` hold the span's
+    // `slots` interleaved slots of eight rows, positions below `m` (the view's validator);
+    // the span starts at a window boundary and holds whole groups (windows are multiples
+    // of `n`, and so is the row's slot count); column t0 + t of `x` holds `ncols` values,
+    // whole groups of `m` since `m` divides `ncols`, and the span's groups lie within it.
     unsafe {
         match (n, m) {
-            (1, 4) => nm_lanes_f32::<1, 4, J>(v, p, slots, window, x),
-            (2, 4) => nm_lanes_f32::<2, 4, J>(v, p, slots, window, x),
-            (1, 8) => nm_lanes_f32::<1, 8, J>(v, p, slots, window, x),
-            (2, 8) => nm_lanes_f32::<2, 8, J>(v, p, slots, window, x),
-            _ => nm_lanes_f32::<4, 8, J>(v, p, slots, window, x),
+            (1, 4) => nm_lanes_f32::<1, 4, J>(v, p, slots, window, x, totals),
+            (2, 4) => nm_lanes_f32::<2, 4, J>(v, p, slots, window, x, totals),
+            (1, 8) => nm_lanes_f32::<1, 8, J>(v, p, slots, window, x, totals),
+            (2, 8) => nm_lanes_f32::<2, 8, J>(v, p, slots, window, x, totals),
+            _ => nm_lanes_f32::<4, 8, J>(v, p, slots, window, x, totals),
         }
     }
 }
@@ -355,6 +378,33 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Rows long enough for several spans of windows, and enough of them for several
+    /// chunks of vectors, give the row-major bits too.
+    #[test]
+    fn several_spans_and_chunks_give_the_row_major_bits() {
+        let (n, m, ncols, nrows) = (2usize, 4usize, 1200usize, 130usize);
+        let per_row = ncols / m * n;
+        assert!(
+            per_row * LANES * 5 * (nrows / LANES) > CHUNK_BYTES,
+            "one chunk would hold every row"
+        );
+        assert!(per_row > SPAN_BYTES / 32 / m * n, "one span would hold a row");
+        let positions: Vec<u8> =
+            (0..nrows * per_row).map(|k| ((k % n) * 2 + (k / per_row) % 2) as u8).collect();
+        let values: Vec<f32> = (0..nrows * per_row).map(|k| (k as f32 * 0.13).sin()).collect();
+        let a =
+            NmView { nrows, ncols, n, m, values: &values, positions: &positions, row_scales: None };
+        for batch in [9usize, 130] {
+            let x = DMatrix::from_fn(ncols, batch, |i, j| ((i * 5 + j * 3) as f32 * 0.07).cos());
+            let y = DMatrix::zeros(nrows, batch);
+            let want = bits(&row_major(a, 1.0, &x, 0.0, &y));
+            for path in PATHS {
+                let got = bits(&lanes_on(path, a, 0..nrows, 1.0, &x, 0.0, &y));
+                assert_eq!(got, want, "batch {batch}, {path:?}");
             }
         }
     }
