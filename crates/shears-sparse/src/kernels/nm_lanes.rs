@@ -26,6 +26,11 @@ const LANES: usize = 8;
 #[cfg(target_arch = "x86_64")]
 const CHUNK_BYTES: usize = 256 << 10;
 
+/// Bytes of a chunk's running sums (eight rows by the batch, per vector): a chunk of
+/// short rows at a large batch would otherwise hold as many sums as its rows of `Y`.
+#[cfg(target_arch = "x86_64")]
+const TOTALS_BYTES: usize = 1 << 20;
+
 /// Bytes of `X` one tile of eight batch columns reads per span of windows: half of L1.
 #[cfg(target_arch = "x86_64")]
 const SPAN_BYTES: usize = 16 << 10;
@@ -129,8 +134,11 @@ fn lane_blocks<P: Isa, T: Scalar, V: Stored<T>>(
     }
     let vectors = rows.len() / LANES;
     // Vectors of rows are taken a chunk at a time, whose packed slots stay in L2 while
-    // every window and tile of the batch passes over them.
-    let chunk = (CHUNK_BYTES / (LANES * per_row * (size_of::<f32>() + 1))).max(1);
+    // every window and tile of the batch passes over them, and whose sums stay within
+    // TOTALS_BYTES.
+    let by_slots = CHUNK_BYTES / (LANES * per_row * (size_of::<f32>() + 1));
+    let by_totals = TOTALS_BYTES / (batch * size_of::<[f32; LANES]>());
+    let chunk = by_slots.min(by_totals).max(1);
     // Whole windows per span: a tile's inputs for the span (8 columns of `X`) fit
     // SPAN_BYTES.
     let span_columns = SPAN_BYTES / (8 * size_of::<f32>());
@@ -408,6 +416,27 @@ mod tests {
                 let got = bits(&lanes_on(path, a, 0..nrows, 1.0, &x, 0.0, &y));
                 assert_eq!(got, want, "batch {batch}, {path:?}");
             }
+        }
+    }
+
+    /// Short rows at a batch whose sums alone would pass TOTALS_BYTES are taken a few
+    /// vectors at a time, and give the row-major bits too.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn short_rows_at_a_large_batch_give_the_row_major_bits() {
+        let (n, m, ncols, nrows, batch) = (2usize, 4usize, 8usize, 41usize, 8201usize);
+        assert!(TOTALS_BYTES / (batch * 32) < nrows / LANES, "one chunk would hold every row");
+        let per_row = ncols / m * n;
+        let positions: Vec<u8> =
+            (0..nrows * per_row).map(|k| ((k % n) * 2 + k % 3 / 2) as u8).collect();
+        let values: Vec<f32> = (0..nrows * per_row).map(|k| (k as f32 * 0.29).sin()).collect();
+        let a =
+            NmView { nrows, ncols, n, m, values: &values, positions: &positions, row_scales: None };
+        let x = DMatrix::from_fn(ncols, batch, |i, j| ((i * 7 + j) as f32 * 0.01).cos());
+        let y = DMatrix::from_fn(nrows, batch, |i, j| ((i + j) as f32 * 0.03).sin());
+        let want = bits(&row_major(a, 0.5, &x, 2.0, &y));
+        for path in PATHS {
+            assert_eq!(bits(&lanes_on(path, a, 0..nrows, 0.5, &x, 2.0, &y)), want, "{path:?}");
         }
     }
 
