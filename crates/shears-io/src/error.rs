@@ -283,6 +283,10 @@ pub enum FileKind {
     /// One of shears' own binary formats (a mask, a mask set, a sparse matrix).
     #[error("a shears {0} file, not a checkpoint")]
     Shears(&'static str),
+    /// The start of one of shears' own formats' tags, but fewer bytes than a tag: a
+    /// mask, mask set or matrix file cut short.
+    #[error("the start of a shears file (a mask, mask set or matrix), cut short inside its tag")]
+    ShearsCutShort,
     /// JSON text: a config or an index.
     #[error(
         "JSON text (a config or model.safetensors.index.json?): give the model folder or the index"
@@ -312,6 +316,10 @@ impl FileKind {
         ];
         if let Some((_, what)) = shears.iter().find(|(magic, _)| head.starts_with(*magic)) {
             return Some(FileKind::Shears(what));
+        }
+        // "SHEAR", the tags' common start, or more of one of them, and nothing after.
+        if (5..8).contains(&head.len()) && shears.iter().any(|(magic, _)| magic.starts_with(head)) {
+            return Some(FileKind::ShearsCutShort);
         }
         let first = head.iter().copied().find(|b| !b.is_ascii_whitespace());
         Some(match head {

@@ -56,7 +56,11 @@ impl From<HeaderProblem> for Invalid {
 pub(crate) fn read<S: Source + ?Sized>(source: &S) -> Result<Header, Invalid> {
     let len = source.len().map_err(Invalid::Io)?;
     if len < 8 {
-        return Err(HeaderProblem::TooShort { len }.into());
+        let mut head = [0u8; 8];
+        let head = &mut head[..len as usize];
+        source.read_exact_at(head, 0).map_err(Invalid::Io)?;
+        return Err(FileKind::sniff(head)
+            .map_or(Invalid::Problem(HeaderProblem::TooShort { len }), Invalid::Kind));
     }
     let mut head = [0u8; 64];
     let head = &mut head[..len.min(64) as usize];

@@ -11,6 +11,8 @@
 
 use std::path::Path;
 
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use shears_core::{FormatError, Mask, envelope};
 
 use crate::error::{Error, Result};
@@ -91,7 +93,8 @@ pub fn encode_mask_set(masks: &[(String, Mask)]) -> Vec<u8> {
 /// # Ok::<(), shears_core::Error>(())
 /// ```
 pub fn decode_mask_set(bytes: &[u8]) -> shears_core::Result<Vec<(String, Mask)>> {
-    let masks: Vec<(String, Mask)> = envelope::open(MASK_SET_MAGIC, MASK_SET_VERSION, bytes)?;
+    let entries: Vec<Entry> = envelope::open(MASK_SET_MAGIC, MASK_SET_VERSION, bytes)?;
+    let masks: Vec<(String, Mask)> = entries.into_iter().map(|e| (e.name, e.mask)).collect();
     let mut names: Vec<&str> = masks.iter().map(|(n, _)| n.as_str()).collect();
     names.sort_unstable();
     if let Some(pair) = names.windows(2).find(|p| p[0] == p[1]) {
@@ -100,6 +103,40 @@ pub fn decode_mask_set(bytes: &[u8]) -> shears_core::Result<Vec<(String, Mask)>>
         );
     }
     Ok(masks)
+}
+
+/// One `(name, mask)` pair of a mask set, decoded so that a mask its words do not make
+/// (a shape they do not fill, bits set past its end) is refused with its name.
+struct Entry {
+    name: String,
+    mask: Mask,
+}
+
+impl Serialize for Entry {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        (&self.name, &self.mask).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Entry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        /// A mask as `Mask` serialises itself: its shape and its bit-packed words.
+        #[derive(Deserialize)]
+        struct Words {
+            nrows: u64,
+            ncols: u64,
+            words: Vec<u64>,
+        }
+        let (name, Words { nrows, ncols, words }) = <(String, Words)>::deserialize(deserializer)?;
+        let named = |reason: String| D::Error::custom(format!("mask `{name}`: {reason}"));
+        let dim = |d: u64| usize::try_from(d).map_err(|_| named(format!("{d} does not fit")));
+        let mask = match Mask::from_words(dim(nrows)?, dim(ncols)?, words) {
+            Ok(mask) => mask,
+            Err(shears_core::Error::Format(e)) => return Err(named(e.to_string())),
+            Err(e) => return Err(named(e.to_string())),
+        };
+        Ok(Entry { name, mask })
+    }
 }
 
 /// The largest mask-set file read: the masks of 2^37 (137 billion) weights, one bit

@@ -113,6 +113,11 @@ fn other_formats_are_named() {
     assert_eq!(kind(&mask), Some(FileKind::Shears("mask")));
     let masks = shears_io::encode_mask_set(&[]);
     assert_eq!(kind(&masks), Some(FileKind::Shears("mask set")));
+    // Cut inside the tag: too short to be anything, but what it starts is said.
+    assert_eq!(kind(&masks[..7]), Some(FileKind::ShearsCutShort));
+    assert_eq!(kind(b"SHEAR"), Some(FileKind::ShearsCutShort));
+    assert_eq!(kind(b"SHEA"), None, "too little to tell");
+    assert_eq!(kind(b"SHEARXY"), None, "no tag starts so");
     let e = Checkpoint::from_source("pytorch_model.bin", zip).unwrap_err().to_string();
     assert!(e.contains("torch.save"), "{e}");
 }

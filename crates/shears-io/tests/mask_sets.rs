@@ -79,6 +79,6 @@ fn sizes_past_the_bound_and_truncated_sets_are_refused() {
         shears_core::envelope::seal(MASK_SET_MAGIC, shears_io::MASK_SET_VERSION, &wrong_words);
     std::fs::write(&path, sealed).unwrap();
     let message = chain(&read_mask_set(&path).unwrap_err());
-    assert!(message.ends_with("shape 3x4 needs 1 words of bits, found 2"), "{message}");
+    assert!(message.ends_with("mask `a`: shape 3x4 needs 1 words of bits, found 2"), "{message}");
     assert_eq!(message.matches("invalid mask file").count(), 1, "{message}");
 }
