@@ -44,6 +44,11 @@ pub(crate) trait Isa: Copy + Send + Sync + 'static {
     /// from AVX2's 16. NEON also has 32 (narrower) registers; it keeps the smaller tiles
     /// until an Arm machine measures the larger ones faster.
     const WIDE_NM_TILES: bool = false;
+    /// Without [`Isa::WIDE_NM_TILES`], the batched N:M kernel runs one row at a time in
+    /// tiles of 64 batch columns where panels are that wide: eight accumulators, so one
+    /// weight broadcast and eight loads of `X` per eight vector products, against six
+    /// loads per four in tiles of two rows by 32. Loads bound these tiles on AVX2.
+    const ONE_ROW_NM_TILES: bool = false;
     /// [`int8_dots`] runs on 256-bit `vpmaddwd` (the copy is compiled with AVX2).
     #[cfg(target_arch = "x86_64")]
     const MADD256: bool = false;
@@ -144,6 +149,7 @@ impl Isa for PortableUnfused {
 impl Isa for Avx2 {
     const GATHERS: bool = true;
     const NM_LANES: bool = true;
+    const ONE_ROW_NM_TILES: bool = true;
     const F16C: bool = true;
     const PERMUTES8: bool = true;
     const MADD256: bool = true;
@@ -234,6 +240,7 @@ impl<P: Isa> Isa for LaneLoads<P> {
     const PERMUTES8: bool = P::PERMUTES8;
     const PERMUTES16: bool = P::PERMUTES16;
     const WIDE_NM_TILES: bool = P::WIDE_NM_TILES;
+    const ONE_ROW_NM_TILES: bool = P::ONE_ROW_NM_TILES;
     const MADD256: bool = P::MADD256;
     const VNNI512: bool = P::VNNI512;
     const VNNI256: bool = P::VNNI256;

@@ -1,5 +1,6 @@
 //! The batched N:M kernel with eight output rows per vector, for `f32` matrices whose
-//! groups are 4 or 8 columns wide (2:4, 1:4, 4:8, ...) on the AVX2 and AVX-512 copies.
+//! groups are 4 or 8 columns wide (2:4, 1:4, 4:8, ...) on the AVX-512 copy, and on the
+//! AVX2 copy at batches of [`AVX2_FROM_BATCH`] columns or more.
 //!
 //! `X` and `Y` stay column-major: a batch column's inputs of one group are `M`
 //! consecutive values, which one load puts in a register; each slot of eight rows then
@@ -35,13 +36,24 @@ const TOTALS_BYTES: usize = 1 << 20;
 #[cfg(target_arch = "x86_64")]
 const SPAN_BYTES: usize = 16 << 10;
 
-/// Whether the product of `a` runs on this kernel on `path`: `f32` values (stored in any
-/// width), an x86 vector path, groups of 4 or 8 columns that tile the rows exactly (so a
-/// group's inputs never run past a column of `X`), 1, 2 or 4 slots per group, and at
-/// least one vector of rows.
-pub(super) fn applies<T: Scalar, V>(path: KernelPath, a: &NmView<'_, T, V>) -> bool {
+/// Batches from which the AVX2 copy runs this kernel: below, its row-major kernel's
+/// one-row tiles of 64 columns ([`super::isa::Isa::ONE_ROW_NM_TILES`]) take fewer
+/// instructions per product than a permute and a fused multiply-add each, and the copies
+/// of `X` and `Y` around them are short.
+const AVX2_FROM_BATCH: usize = 512;
+
+/// Whether the product of `a` with `batch` columns runs on this kernel on `path`: `f32`
+/// values (stored in any width), an x86 vector path (AVX2 from [`AVX2_FROM_BATCH`]
+/// columns), groups of 4 or 8 columns that tile the rows exactly (so a group's inputs
+/// never run past a column of `X`), 1, 2 or 4 slots per group, and at least one vector of
+/// rows.
+pub(super) fn applies<T: Scalar, V>(path: KernelPath, a: &NmView<'_, T, V>, batch: usize) -> bool {
     cfg!(target_arch = "x86_64")
-        && matches!(path, KernelPath::Avx2 | KernelPath::Avx512)
+        && match path {
+            KernelPath::Avx2 => batch >= AVX2_FROM_BATCH,
+            KernelPath::Avx512 => true,
+            _ => false,
+        }
         && is::<T, f32>()
         && matches!(a.m, 4 | 8)
         && a.ncols.is_multiple_of(a.m)
@@ -477,14 +489,16 @@ mod tests {
             row_scales: None,
         };
         let on_x86 = cfg!(target_arch = "x86_64");
-        assert_eq!(applies(KernelPath::Avx2, &view(16, 64, 2, 4)), on_x86);
-        assert_eq!(applies(KernelPath::Avx512, &view(8, 64, 4, 8)), on_x86);
-        assert!(!applies(KernelPath::Portable, &view(16, 64, 2, 4)));
-        assert!(!applies(KernelPath::Neon, &view(16, 64, 2, 4)));
-        assert!(!applies(KernelPath::Avx2, &view(7, 64, 2, 4)), "less than a vector of rows");
-        assert!(!applies(KernelPath::Avx2, &view(16, 62, 2, 4)), "a partial group");
-        assert!(!applies(KernelPath::Avx2, &view(16, 63, 3, 7)), "groups of 7");
-        assert!(!applies(KernelPath::Avx2, &view(16, 64, 3, 4)), "3 slots");
+        let many = AVX2_FROM_BATCH;
+        assert_eq!(applies(KernelPath::Avx2, &view(16, 64, 2, 4), many), on_x86);
+        assert!(!applies(KernelPath::Avx2, &view(16, 64, 2, 4), many - 1), "one-row tiles");
+        assert_eq!(applies(KernelPath::Avx512, &view(8, 64, 4, 8), 1), on_x86);
+        assert!(!applies(KernelPath::Portable, &view(16, 64, 2, 4), many));
+        assert!(!applies(KernelPath::Neon, &view(16, 64, 2, 4), many));
+        assert!(!applies(KernelPath::Avx2, &view(7, 64, 2, 4), many), "less than a vector");
+        assert!(!applies(KernelPath::Avx2, &view(16, 62, 2, 4), many), "a partial group");
+        assert!(!applies(KernelPath::Avx2, &view(16, 63, 3, 7), many), "groups of 7");
+        assert!(!applies(KernelPath::Avx2, &view(16, 64, 3, 4), many), "3 slots");
         let f64_values = vec![0.0f64; 64 * 64];
         let wide = NmView::<'_, f64> {
             nrows: 16,
@@ -495,7 +509,7 @@ mod tests {
             positions: &positions,
             row_scales: None,
         };
-        assert!(!applies(KernelPath::Avx2, &wide), "f64");
+        assert!(!applies(KernelPath::Avx2, &wide, many), "f64");
     }
 
     /// Without columns the product is `beta Y` on every copy.

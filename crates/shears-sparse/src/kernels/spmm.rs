@@ -197,8 +197,9 @@ type NmRun<'a, T> = (&'a [T], &'a [u32], usize);
 
 /// [`nm_tile`] over the columns `tokens` of a panel of `xt` (rows of `stride`): on
 /// copies with [`Isa::WIDE_NM_TILES`] tiles of 128 columns for one or two rows (whose
-/// accumulators then fill half the registers) and of 64, then 32, then 8, then at most
-/// one each of 4, 2 and 1 (the same bits whatever the width, as for [`row_tiles`]).
+/// accumulators then fill half the registers) and of 64, on copies with
+/// [`Isa::ONE_ROW_NM_TILES`] tiles of 64 for one row, then 32, then 8, then at most one
+/// each of 4, 2 and 1 (the same bits whatever the width, as for [`row_tiles`]).
 #[inline(always)]
 fn nm_row_tiles<P: Isa, T: Scalar, const R: usize>(
     rows: [NmRun<'_, T>; R],
@@ -213,7 +214,7 @@ fn nm_row_tiles<P: Isa, T: Scalar, const R: usize>(
         nm_tile::<P, T, 128, R>(values, cols, xt, stride, t0, out, offsets);
         t0 += 128;
     }
-    while P::WIDE_NM_TILES && t0 + 64 <= end {
+    while (P::WIDE_NM_TILES || (P::ONE_ROW_NM_TILES && R == 1)) && t0 + 64 <= end {
         nm_tile::<P, T, 64, R>(values, cols, xt, stride, t0, out, offsets);
         t0 += 64;
     }
@@ -252,7 +253,9 @@ fn nm_row_tiles<P: Isa, T: Scalar, const R: usize>(
 /// Within a window, rows go through [`nm_tile`] together. On the AVX-512 copy a full
 /// panel is one tile of 128 columns for two rows at a time (16 accumulators; per slot,
 /// one column and one value load for eight vectors of products), and narrower panels
-/// take four rows at a time in tiles of 64; the other copies take two rows at a time.
+/// take four rows at a time in tiles of 64; the AVX2 copy takes panels of 64 columns or
+/// more one row at a time ([`Isa::ONE_ROW_NM_TILES`]); the others take two rows at a
+/// time.
 #[inline(always)]
 fn nm_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
     a: NmView<'_, T, V>,
@@ -302,6 +305,12 @@ fn nm_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
                     )
                 };
                 let mut k = 0;
+                if P::ONE_ROW_NM_TILES && !P::WIDE_NM_TILES && width >= 64 {
+                    for k in 0..block.len() {
+                        nm_row_tiles::<P, T, 1>([row(k)], panel, width, 0..width, out);
+                    }
+                    continue;
+                }
                 if P::WIDE_NM_TILES && width < 128 {
                     while k + 4 <= block.len() {
                         let rows = std::array::from_fn(|i| row(k + i));
@@ -552,7 +561,7 @@ pub(crate) fn nm_spmm<T: Scalar, V: Stored<T>>(
     y: &mut DMatrix<T>,
 ) {
     let (path, batch) = (kernel_path(), x.ncols());
-    if nm_lanes::applies(path, &a) {
+    if nm_lanes::applies(path, &a, batch) {
         return nm_lanes::nm_spmm_lanes(a, alpha, x, beta, y);
     }
     let prepare = |x: &DMatrix<T>| to_panels(x, NM_PANEL);
@@ -811,7 +820,7 @@ mod tests {
                 positions: &positions,
                 row_scales: None,
             };
-            for batch in [1, 2, 7, 8, 15, 43, NM_PANEL] {
+            for batch in [1, 2, 7, 8, 15, 43, 73, NM_PANEL] {
                 let xt: Vec<f32> = (0..ncols * batch).map(|k| (k as f32 * 0.11).cos()).collect();
                 let run = |path| {
                     let mut out = vec![0.0f32; nrows * batch];
