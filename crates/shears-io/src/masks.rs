@@ -132,6 +132,7 @@ impl<'de> Deserialize<'de> for Entry {
         let dim = |d: u64| usize::try_from(d).map_err(|_| named(format!("{d} does not fit")));
         let mask = match Mask::from_words(dim(nrows)?, dim(ncols)?, words) {
             Ok(mask) => mask,
+            // The format error's own words: the file's error says "invalid mask file".
             Err(shears_core::Error::Format(e)) => return Err(named(e.to_string())),
             Err(e) => return Err(named(e.to_string())),
         };
