@@ -304,13 +304,13 @@ fn nm_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
                         (r - first) * batch + c0,
                     )
                 };
-                let mut k = 0;
                 if P::ONE_ROW_NM_TILES && !P::WIDE_NM_TILES && width >= 64 {
                     for k in 0..block.len() {
                         nm_row_tiles::<P, T, 1>([row(k)], panel, width, 0..width, out);
                     }
                     continue;
                 }
+                let mut k = 0;
                 if P::WIDE_NM_TILES && width < 128 {
                     while k + 4 <= block.len() {
                         let rows = std::array::from_fn(|i| row(k + i));
