@@ -3,7 +3,7 @@
 use nalgebra::{DMatrix, DVector};
 use proptest::prelude::*;
 use shears_core::{BlockShape, Mask, NmPattern, proptest as arb};
-use shears_sparse::{AnySlicedEll, BlockSparse, Csr, NmSparse, SlicedEll, SparseProduct};
+use shears_sparse::{AnySlicedEll, Bf16Csr, BlockSparse, Csr, NmSparse, SlicedEll, SparseProduct};
 
 /// f32 products of length <= 64 with inputs in [-1, 1]: |error| < 64 * 2^-23 * sum|a x|.
 const TOL: f32 = 1e-4;
@@ -122,6 +122,38 @@ proptest! {
     }
 }
 
+/// Batches wider than one panel of the batched kernels' copy of `X` (32 to 128 columns,
+/// fewer the more inputs), the last panel narrower: each format against the dense
+/// product, sliced ELLPACK with CSR's bits, bf16 values with their f32 format's bits.
+#[test]
+fn batches_past_one_panel() {
+    for (rows, cols, batch) in [(19, 2500, 75), (40, 300, 261), (9, 1100, 70)] {
+        let w = DMatrix::from_fn(rows, cols, |r, c| {
+            let v = (((r * 7919 + c * 104_729) % 1000) as f32 / 500.0) - 1.0;
+            half::bf16::from_f32(v).to_f32()
+        });
+        let mask = Mask::from_fn(rows, cols, |r, c| (r * 31 + c * 17) % 10 < 3).unwrap();
+        let x = DMatrix::from_fn(cols, batch, |r, c| (((r * 13 + c * 7) % 17) as f32 - 8.0) / 8.0);
+        let dense = mask.apply(&w).unwrap() * &x;
+        let close = |y: &DMatrix<f32>| (y - &dense).amax() <= 1e-4 * dense.amax().max(1.0);
+        let csr: Csr<f32, u16> = Csr::from_dense_masked(&w, &mask).unwrap();
+        let by_csr = csr.matmul(&x).unwrap();
+        assert!(close(&by_csr), "{rows}x{cols}, batch {batch}");
+        let sell = SlicedEll::from_csr(&csr);
+        assert_eq!(sell.matmul(&x).unwrap(), by_csr, "{rows}x{cols}, batch {batch}");
+        let bf16: Bf16Csr<u16> = Bf16Csr::from_dense_masked(&w, &mask).unwrap();
+        assert_eq!(bf16.matmul(&x).unwrap(), by_csr, "{rows}x{cols}, batch {batch}");
+        let block = BlockShape::new(4, 4).unwrap();
+        let bsr = BlockSparse::from_dense_masked(&w, &mask, block).unwrap();
+        assert!(close(&bsr.matmul(&x).unwrap()), "{rows}x{cols}, batch {batch}");
+        // The BLAS form, `Y` read and scaled.
+        let y0 = DMatrix::from_fn(rows, batch, |r, c| ((r + 2 * c) % 5) as f32);
+        let mut y = y0.clone();
+        csr.matmul_into(0.5, &x, -2.0, &mut y).unwrap();
+        assert!((y - (&dense * 0.5 - y0 * 2.0)).amax() <= 1e-4 * dense.amax().max(1.0));
+    }
+}
+
 #[test]
 fn f64_kernels() {
     let w = DMatrix::from_fn(33, 70, |r, c| ((r * 70 + c) % 13) as f64 - 6.0);
@@ -149,6 +181,8 @@ fn results_do_not_depend_on_thread_count() {
     // Wide enough (70,000 inputs) that the copy into row-major order is split across
     // threads too.
     let wide = DMatrix::from_fn(cols, 70, |r, c| ((r * 5 + c) % 11) as f32 - 5.0);
+    // Three of N:M's panels of 128 columns, the last one narrower: tasks split them.
+    let wider = DMatrix::from_fn(cols, 300, |r, c| ((r * 3 + c) % 7) as f32 - 3.0);
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
@@ -161,9 +195,9 @@ fn results_do_not_depend_on_thread_count() {
                     csr.matmul_into(0.5, &wide, -2.0, &mut y).unwrap();
                     y
                 },
-                (nm.matmul(&x).unwrap(), nm.matvec(&v).unwrap(), nm.matmul(&wide).unwrap()),
-                (bsr.matmul(&x).unwrap(), bsr.matvec(&v).unwrap()),
-                (sell.matmul(&x).unwrap(), sell.matvec(&v).unwrap()),
+                (nm.matmul(&x).unwrap(), nm.matvec(&v).unwrap(), nm.matmul(&wider).unwrap()),
+                (bsr.matmul(&x).unwrap(), bsr.matvec(&v).unwrap(), bsr.matmul(&wide).unwrap()),
+                (sell.matmul(&x).unwrap(), sell.matvec(&v).unwrap(), sell.matmul(&wide).unwrap()),
             )
         })
     };
@@ -175,7 +209,9 @@ fn results_do_not_depend_on_thread_count() {
     assert!(close(&one.0.2, &(mask.apply(&w).unwrap() * &wide)));
     let scaled = DMatrix::from_fn(rows, 70, |r, c| ((r + 2 * c) % 5) as f32 * -2.0);
     assert!(close(&one.1, &(mask.apply(&w).unwrap() * &wide * 0.5 + scaled)));
-    assert!(close(&one.2.2, &(nm_mask.apply(&w).unwrap() * &wide)));
+    assert!(close(&one.2.2, &(nm_mask.apply(&w).unwrap() * &wider)));
+    assert!(close(&one.3.2, &(mask.apply(&w).unwrap() * &wide)));
+    assert_eq!(one.4.2, one.0.2, "sell's product past one panel is csr's");
     assert_eq!(one.4.0, one.0.0, "sell's batched product is csr's");
     let v = DVector::from_column_slice(x.column(0).as_slice());
     assert!((&one.4.1 - mask.apply(&w).unwrap() * &v).amax() <= 1e-3 * one.4.1.amax().max(1.0));

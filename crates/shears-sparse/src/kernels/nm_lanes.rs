@@ -323,7 +323,8 @@ mod tests {
         let mut z = vec![0.0f32; a.nrows * batch];
         let xt = to_panels(x, NM_PANEL);
         let portable = KernelPath::resolve(KernelPath::Portable);
-        nm_rows(portable, a, 0..a.nrows, xt.as_slice(), batch, &mut z);
+        let window = nm_window_slots(a.n, a.m, batch, 4);
+        nm_rows(portable, a, 0..a.nrows, xt.as_slice(), batch, window, &mut z);
         DMatrix::from_fn(a.nrows, batch, |r, t| combine(alpha, z[r * batch + t], beta, y[(r, t)]))
     }
 

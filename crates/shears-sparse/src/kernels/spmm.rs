@@ -1,18 +1,20 @@
 //! Batched kernels: `Y <- alpha * A X + beta * Y` for a dense `X` of `batch` columns.
 //!
-//! `X` is first copied row-major (`xt`, one contiguous batch-row per input feature), so
-//! each stored weight multiplies a contiguous slice of `xt` into a register-resident
-//! tile of accumulators: tiles of 32 batch columns, then 8, 4, 2 and 1, with four stored
+//! `X` is first copied row-major in panels of batch columns (`xt`: per panel, one
+//! contiguous row per input feature, the panel sized to stay in L2), so each stored
+//! weight multiplies a contiguous slice of `xt` into a register-resident tile of
+//! accumulators: tiles of 32 batch columns, then 8, 4, 2 and 1, with four stored
 //! weights summed per accumulator update so consecutive entries do not wait on each
-//! other. N:M rows first expand their positions into columns, then run tiles of their
-//! own (up to 64 batch columns): their rows all have the same length, so several advance
-//! in lockstep with one fused multiply-add per product, eight rows at a time over
-//! L1-sized windows of groups, on a copy of `X` in panels of 128 batch columns so that a
-//! window is contiguous whatever the batch. Each parallel task computes its rows into a
-//! row-major buffer of its own and writes them into `Y` while they are still in cache.
-//! On the x86 vector paths, `f32` N:M matrices with groups of 4 or 8 columns take
-//! `nm_lanes` instead, which works on the column-major `X` and `Y` directly and gives the
-//! same bits.
+//! other. All rows pass over one panel before any goes on to the next. N:M rows first
+//! expand their positions into columns, then run tiles of their own (up to 64 batch
+//! columns): their rows all have the same length, so several advance in lockstep with
+//! one fused multiply-add per product, eight rows at a time over L1-sized windows of
+//! groups, on a copy of `X` in panels of 128 batch columns so that a window is
+//! contiguous whatever the batch. Each parallel task computes its rows into a row-major
+//! buffer of its own and writes them into `Y` while they are still in cache. On the x86
+//! vector paths, `f32` N:M matrices with groups of 4 or 8 columns take `nm_lanes`
+//! instead, which works on the column-major `X` and `Y` directly and gives the same
+//! bits.
 
 use std::ops::Range;
 
@@ -25,7 +27,7 @@ use super::nm_lanes;
 pub(super) use super::scratch::LineAligned;
 use super::{
     BsrView, CsrView, NmView, SLICE_ROWS, SellView, Stored, Units, combine, kernel_path,
-    multiversion, parallel_ranges,
+    multiversion, parallel_ranges, partition,
 };
 use crate::index::SpIndex;
 
@@ -109,6 +111,9 @@ fn row_tiles<P: Isa, T: Scalar, I: SpIndex>(
     }
 }
 
+/// CSR rows over `xt` in panels (see [`panels`]): every row passes over one panel of
+/// `X` before any goes on to the next, so the panel is read from L2, where rows over
+/// the whole of a large batch would each fetch all of `X` again from L3 or memory.
 #[inline(always)]
 fn csr_rows_kernel<P: Isa, T: Scalar, V: Stored<T>, I: SpIndex>(
     a: CsrView<'_, T, I, V>,
@@ -117,19 +122,21 @@ fn csr_rows_kernel<P: Isa, T: Scalar, V: Stored<T>, I: SpIndex>(
     batch: usize,
     out: &mut [T],
 ) {
-    // Narrow values are widened once per row, not once per tile of the batch.
+    // Narrow values are widened once per row and panel, not once per tile of the batch.
     let mut widened: Vec<T> = Vec::new();
-    for (k, r) in rows.enumerate() {
-        let range = a.indptr[r]..a.indptr[r + 1];
-        let values = V::as_compute_in::<P>(&a.values[range.clone()], &mut widened);
-        row_tiles::<P, T, I>(
-            values,
-            &a.indices[range],
-            xt,
-            batch,
-            a.row_scales.map(|s| s[r]),
-            &mut out[k * batch..(k + 1) * batch],
-        );
+    for (panel, c0, width) in panels(xt, batch) {
+        for (k, r) in rows.clone().enumerate() {
+            let range = a.indptr[r]..a.indptr[r + 1];
+            let values = V::as_compute_in::<P>(&a.values[range.clone()], &mut widened);
+            row_tiles::<P, T, I>(
+                values,
+                &a.indices[range],
+                panel,
+                width,
+                a.row_scales.map(|s| s[r]),
+                &mut out[k * batch + c0..][..width],
+            );
+        }
     }
 }
 
@@ -248,7 +255,8 @@ fn nm_row_tiles<P: Isa, T: Scalar, const R: usize>(
 /// outer loop: one panel (`ncols` rows of 512 bytes in `f32`) stays in L2 while every
 /// block of rows passes over it, where a whole large batch would be fetched again from
 /// L3 for each block. A block's columns are expanded (and narrow values widened) once
-/// per panel, a pass over its slots that is small beside the products.
+/// per panel, a pass over its slots that is small beside the products. Windows hold
+/// `window` slots ([`nm_window_slots`] of the whole batch, which `xt` may be panels of).
 ///
 /// Within a window, rows go through [`nm_tile`] together. On the AVX-512 copy a full
 /// panel is one tile of 128 columns for two rows at a time (16 accumulators; per slot,
@@ -262,6 +270,7 @@ fn nm_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
     rows: Range<usize>,
     xt: &[T],
     batch: usize,
+    window: usize,
     out: &mut [T],
 ) {
     let per_row = a.groups() * a.n;
@@ -269,7 +278,6 @@ fn nm_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
         return;
     }
     let ncols = xt.len() / batch;
-    let window = nm_window_slots(a.n, a.m, batch, size_of::<T>());
     let mut cols = vec![0u32; NM_ROW_BLOCK * per_row];
     // A block's values as `T`, unless they are stored as `T` already.
     let mut values = Vec::new();
@@ -343,7 +351,7 @@ pub(super) fn nm_window_slots(n: usize, m: usize, batch: usize, value_bytes: usi
 }
 
 multiversion! {
-    pub(super) fn nm_rows<T: Scalar, V: Stored<T>>(a: NmView<'_, T, V>, rows: Range<usize>, xt: &[T], batch: usize, out: &mut [T]) => nm_rows_kernel
+    pub(super) fn nm_rows<T: Scalar, V: Stored<T>>(a: NmView<'_, T, V>, rows: Range<usize>, xt: &[T], batch: usize, window: usize, out: &mut [T]) => nm_rows_kernel
 }
 
 /// Elements of `X` from which its copy into row-major order is split across threads: the
@@ -368,9 +376,29 @@ fn copies_in_parallel(len: usize) -> bool {
     len >= PARALLEL_COPY && rayon::current_num_threads() > 1
 }
 
-/// `X` (ncols x batch, column-major) as row-major rows of `batch`.
-fn to_row_major<T: Scalar>(x: &DMatrix<T>) -> LineAligned<T> {
-    to_panels(x, x.ncols())
+/// Bytes of `X` in one panel of the CSR, sliced-ELLPACK and block kernels' copy: a
+/// panel stays in L2 while every row of a task passes over it. Rows over the whole of
+/// a large batch would each stream all of `X` from L3 or memory.
+const PANEL_BYTES: usize = 256 << 10;
+
+/// Batch columns per panel of the CSR, sliced-ELLPACK and block kernels' copy of `X`
+/// (`ncols` rows of `value_bytes` values): as many whole tiles of 32 as fit
+/// [`PANEL_BYTES`], from one tile to four. It depends on the shape alone, and a tile's
+/// sums do not depend on where its panel starts, so neither do the outputs' bits.
+pub(super) fn panel_width(ncols: usize, value_bytes: usize) -> usize {
+    let fit = PANEL_BYTES / (ncols * value_bytes).max(1);
+    (fit / 32 * 32).clamp(32, 128)
+}
+
+/// The panels of `xt`, `X` of `batch` columns copied in panels of [`panel_width`]: each panel
+/// (row-major rows of its width), its first batch column and its width.
+fn panels<T: Scalar>(xt: &[T], batch: usize) -> impl Iterator<Item = (&[T], usize, usize)> {
+    let ncols = xt.len().checked_div(batch).unwrap_or(0);
+    let width = panel_width(ncols, size_of::<T>());
+    (0..batch).step_by(width).map(move |c0| {
+        let w = width.min(batch - c0);
+        (&xt[c0 * ncols..(c0 + w) * ncols], c0, w)
+    })
 }
 
 /// `X` (ncols x batch, column-major) as panels of `width` batch columns (the last may be
@@ -434,32 +462,46 @@ fn write_rows<T: Scalar>(alpha: T, z: &[T], beta: T, columns: &mut [&mut [T]]) {
 }
 
 /// One parallel task of a batched product: its work units, the number of output rows
-/// they make, and every column of `Y` cut to those rows.
+/// they make, its batch columns, and each of those columns of `Y` cut to its rows.
 struct Task<'y, T> {
     units: Range<usize>,
     rows: usize,
+    batch_columns: Range<usize>,
     columns: Vec<&'y mut [T]>,
 }
 
-/// Transposes `X`, then runs `units_of(range, xt, z)` over ranges of `a`'s work units,
-/// each into a row-major buffer `z` of its own that the same task then writes into its
-/// rows of `Y`, while they are still in cache: one parallel region for the product and
-/// its write-back.
+/// Copies `X` into panels of `panel` batch columns ([`to_panels`]), then runs
+/// `units_of(range, panels, width, z)` over ranges of `a`'s work units and of the
+/// panels: `panels` are the range's panels of the copy, `width` batch columns in all,
+/// and `z` a row-major buffer of the task's own that the same task then writes into its
+/// block of `Y` while it is still in cache: one parallel region for the product and its
+/// write-back.
 fn spmm<T: Scalar, U: Units>(
     a: U,
     alpha: T,
     x: &DMatrix<T>,
+    panel: usize,
     beta: T,
     y: &mut DMatrix<T>,
-    units_of: impl Fn(Range<usize>, &[T], &mut [T]) + Sync,
+    units_of: impl Fn(Range<usize>, &[T], usize, &mut [T]) + Sync,
 ) {
-    let units_of = |range, xt: &LineAligned<T>, z: &mut [T]| units_of(range, xt.as_slice(), z);
-    spmm_prepared(a, alpha, x, to_row_major, beta, y, units_of);
+    let (ncols, batch) = x.shape();
+    if y.nrows() == 0 || batch == 0 {
+        return;
+    }
+    let xt = to_panels(x, panel);
+    for_each_block(a, y, panel, |units, batch_columns, columns| {
+        let width = batch_columns.len();
+        let xt = &xt.as_slice()[batch_columns.start * ncols..batch_columns.end * ncols];
+        let mut z = LineAligned::zeroed(columns[0].len() * width);
+        units_of(units, xt, width, z.as_mut_slice());
+        write_rows(alpha, z.as_slice(), beta, columns);
+    });
 }
 
 /// [`spmm`] with `X` prepared by `prepare` (transposed, or quantized too) instead of
-/// transposed: `units_of(range, prepared, z)` fills `z` with the range's rows of the
-/// product, row-major, before `alpha` and `beta`.
+/// copied into panels: `units_of(range, prepared, z)` fills `z` with the range's rows
+/// of the product over the whole batch, row-major, before `alpha` and `beta`.
 pub(super) fn spmm_prepared<T: Scalar, U: Units, X: Sync>(
     a: U,
     alpha: T,
@@ -489,28 +531,72 @@ pub(super) fn for_each_task<T: Scalar, U: Units>(
     y: &mut DMatrix<T>,
     run: impl Fn(Range<usize>, &mut [&mut [T]]) + Sync,
 ) {
+    let batch = y.ncols();
+    for_each_block(a, y, batch.max(1), |units, _, columns| run(units, columns));
+}
+
+/// Runs `run(units, batch_columns, columns)` over blocks of `Y` on rayon's threads (or
+/// as one call, see `parallel_ranges`): ranges of `a`'s work units by ranges of batch
+/// columns in whole panels of `panel` columns, `columns` being the block's columns of
+/// `Y` cut to its rows. Each task writes its own block of `Y`. A batch of one panel is
+/// split by rows alone; a wider one by panels first, so that no task passes over the
+/// whole of a large `X` for a few rows, which would fetch `X` from memory once per
+/// task. Nothing runs if `Y` is empty.
+fn for_each_block<T: Scalar, U: Units>(
+    a: U,
+    y: &mut DMatrix<T>,
+    panel: usize,
+    run: impl Fn(Range<usize>, Range<usize>, &mut [&mut [T]]) + Sync,
+) {
     let (nrows, batch) = y.shape();
     if nrows == 0 || batch == 0 {
         return;
     }
-    let ranges = parallel_ranges(a.units(), |u| a.work_before(u) * batch)
-        .unwrap_or_else(|| std::iter::once(0..a.units()).collect());
-    let mut tasks: Vec<Task<'_, T>> = ranges
-        .into_iter()
-        .map(|units| {
+    let (units, panels) = (a.units(), batch.div_ceil(panel));
+    let work_before = |u| a.work_before(u) * batch;
+    let (unit_ranges, panel_ranges): (Vec<Range<usize>>, Vec<Range<usize>>) =
+        match parallel_ranges(units, work_before) {
+            None => (std::iter::once(0..units).collect(), std::iter::once(0..panels).collect()),
+            Some(ranges) if panels == 1 => (ranges, std::iter::once(0..1).collect()),
+            Some(ranges) => {
+                let panel_parts = panels.min(ranges.len());
+                let unit_parts = ranges.len() / panel_parts;
+                let panel_ranges = (0..panel_parts)
+                    .map(|p| panels * p / panel_parts..panels * (p + 1) / panel_parts)
+                    .collect();
+                (partition(units, unit_parts, work_before), panel_ranges)
+            }
+        };
+    let mut tasks: Vec<Task<'_, T>> = Vec::with_capacity(unit_ranges.len() * panel_ranges.len());
+    for range in &panel_ranges {
+        let batch_columns = range.start * panel..(range.end * panel).min(batch);
+        for units in &unit_ranges {
             let rows = a.rows_before(units.end) - a.rows_before(units.start);
-            Task { units, rows, columns: Vec::with_capacity(batch) }
-        })
-        .collect();
-    for column in y.as_mut_slice().chunks_exact_mut(nrows) {
+            let columns = Vec::with_capacity(batch_columns.len());
+            tasks.push(Task {
+                units: units.clone(),
+                rows,
+                batch_columns: batch_columns.clone(),
+                columns,
+            });
+        }
+    }
+    // Tasks are grouped by batch columns, each group's in row order.
+    let mut group = tasks.chunk_by_mut(|t, u| t.batch_columns == u.batch_columns);
+    let mut current = group.next();
+    for (j, column) in y.as_mut_slice().chunks_exact_mut(nrows).enumerate() {
+        while current.as_ref().is_some_and(|g| !g[0].batch_columns.contains(&j)) {
+            current = group.next();
+        }
+        let Some(tasks) = current.as_mut() else { break };
         let mut rest = column;
-        for task in &mut tasks {
+        for task in tasks.iter_mut() {
             let (piece, tail) = rest.split_at_mut(task.rows);
             task.columns.push(piece);
             rest = tail;
         }
     }
-    let run = |mut task: Task<'_, T>| run(task.units, &mut task.columns);
+    let run = |mut task: Task<'_, T>| run(task.units, task.batch_columns, &mut task.columns);
     if tasks.len() == 1 {
         tasks.into_iter().for_each(run);
     } else {
@@ -525,8 +611,11 @@ pub(crate) fn csr_spmm<T: Scalar, V: Stored<T>, I: SpIndex>(
     beta: T,
     y: &mut DMatrix<T>,
 ) {
-    let (path, batch) = (kernel_path(), x.ncols());
-    spmm(a, alpha, x, beta, y, |range, xt, out| csr_rows(path, a, range, xt, batch, out));
+    let path = kernel_path();
+    let panel = panel_width(x.nrows(), size_of::<T>());
+    spmm(a, alpha, x, panel, beta, y, |range, xt, width, out| {
+        csr_rows(path, a, range, xt, width, out)
+    });
 }
 
 /// An N:M matrix's rows as work units of [`NM_ROW_BLOCK`] rows, so that a parallel task
@@ -565,10 +654,11 @@ pub(crate) fn nm_spmm<T: Scalar, V: Stored<T>>(
     if nm_lanes::applies(path, &a, batch) {
         return nm_lanes::nm_spmm_lanes(a, alpha, x, beta, y);
     }
-    let prepare = |x: &DMatrix<T>| to_panels(x, NM_PANEL);
+    // The windows follow from the whole batch, so a task's panels sum as all would.
+    let window = nm_window_slots(a.n, a.m, batch, size_of::<T>());
     let blocks = NmRowBlocks(a);
-    spmm_prepared(blocks, alpha, x, prepare, beta, y, |range, xt: &LineAligned<T>, out| {
-        nm_rows(path, a, blocks.rows(range), xt.as_slice(), batch, out)
+    spmm(blocks, alpha, x, NM_PANEL, beta, y, |range, xt, width, out| {
+        nm_rows(path, a, blocks.rows(range), xt, width, window, out)
     });
 }
 
@@ -584,26 +674,32 @@ fn bsr_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
     let first_row = block_rows.start * br;
     // Narrow values are widened a block at a time, eight per step.
     let mut widened: Vec<T> = Vec::new();
-    for i in block_rows {
-        let r0 = i * br;
-        let height = br.min(a.nrows - r0);
-        for k in a.indptr[i]..a.indptr[i + 1] {
-            let c0 = a.block_cols[k] as usize * bc;
-            let width = bc.min(a.ncols - c0);
-            let block = V::as_compute_in::<P>(&a.values[k * br * bc..][..br * bc], &mut widened);
-            for rr in 0..height {
-                let o = &mut out[(r0 - first_row + rr) * batch..][..batch];
-                for cc in 0..width {
-                    let w = block[rr * bc + cc];
-                    let xs = &xt[(c0 + cc) * batch..][..batch];
-                    for (ov, &xv) in o.iter_mut().zip(xs) {
-                        *ov += w * xv;
+    for (panel, c0, width) in panels(xt, batch) {
+        for i in block_rows.clone() {
+            let r0 = i * br;
+            let height = br.min(a.nrows - r0);
+            for k in a.indptr[i]..a.indptr[i + 1] {
+                let col0 = a.block_cols[k] as usize * bc;
+                let block_width = bc.min(a.ncols - col0);
+                let block =
+                    V::as_compute_in::<P>(&a.values[k * br * bc..][..br * bc], &mut widened);
+                for rr in 0..height {
+                    let o = &mut out[(r0 - first_row + rr) * batch + c0..][..width];
+                    for cc in 0..block_width {
+                        let w = block[rr * bc + cc];
+                        let xs = &panel[(col0 + cc) * width..][..width];
+                        for (ov, &xv) in o.iter_mut().zip(xs) {
+                            *ov += w * xv;
+                        }
                     }
                 }
             }
         }
-        if let Some(scales) = a.row_scales {
-            for rr in 0..height {
+    }
+    if let Some(scales) = a.row_scales {
+        for i in block_rows {
+            let r0 = i * br;
+            for rr in 0..br.min(a.nrows - r0) {
                 let o = &mut out[(r0 - first_row + rr) * batch..][..batch];
                 o.iter_mut().for_each(|v| *v *= scales[r0 + rr]);
             }
@@ -622,13 +718,16 @@ pub(crate) fn bsr_spmm<T: Scalar, V: Stored<T>>(
     beta: T,
     y: &mut DMatrix<T>,
 ) {
-    let (path, batch) = (kernel_path(), x.ncols());
-    spmm(a, alpha, x, beta, y, |range, xt, out| bsr_rows(path, a, range, xt, batch, out));
+    let path = kernel_path();
+    let panel = panel_width(x.nrows(), size_of::<T>());
+    spmm(a, alpha, x, panel, beta, y, |range, xt, width, out| {
+        bsr_rows(path, a, range, xt, width, out)
+    });
 }
 
-/// Sliced-ELLPACK rows, each copied out of its slice's interleaved layout and run through
-/// CSR's tiles: the layout only pays at batch 1, and this way a row's sum is the one CSR
-/// computes, bit for bit.
+/// Sliced-ELLPACK rows, copied out of their slices' interleaved layout into CSR arrays
+/// in row order and run through CSR's kernel: the layout only pays at batch 1, and this
+/// way a row's sum is the one CSR computes, bit for bit.
 #[inline(always)]
 fn sell_windows_kernel<P: Isa, T: Scalar, V: Stored<T>, I: SpIndex>(
     a: SellView<'_, T, I, V>,
@@ -637,28 +736,38 @@ fn sell_windows_kernel<P: Isa, T: Scalar, V: Stored<T>, I: SpIndex>(
     batch: usize,
     out: &mut [T],
 ) {
-    let first_row = a.first_row(windows.start);
-    let (mut values, mut cols) = (Vec::new(), Vec::new());
-    for s in a.first_slice(windows.start)..a.first_slice(windows.end) {
-        let (slice_values, slice_cols) = a.slice(s);
-        for (l, lane) in a.lanes(s).enumerate() {
-            let steps = (0..a.lengths[lane]).map(|j| j * SLICE_ROWS + l);
-            values.clear();
-            values.extend(steps.clone().map(|k| slice_values[k].get()));
-            cols.clear();
-            cols.extend(steps.map(|k| slice_cols[k]));
-            let row = a.order[lane];
-            let r = row - first_row;
-            row_tiles::<P, T, I>(
-                &values,
-                &cols,
-                xt,
-                batch,
-                a.row_scales.map(|s| s[row]),
-                &mut out[r * batch..(r + 1) * batch],
-            );
+    let rows = a.first_row(windows.start)..a.first_row(windows.end);
+    let slices = a.first_slice(windows.start)..a.first_slice(windows.end);
+    let mut indptr = vec![0; rows.len() + 1];
+    for s in slices.clone() {
+        for lane in a.lanes(s) {
+            indptr[a.order[lane] - rows.start + 1] = a.lengths[lane];
         }
     }
+    for k in 0..rows.len() {
+        indptr[k + 1] += indptr[k];
+    }
+    let mut values = vec![T::zero(); indptr[rows.len()]];
+    let mut indices = vec![I::default(); indptr[rows.len()]];
+    for s in slices {
+        let (slice_values, slice_cols) = a.slice(s);
+        for (l, lane) in a.lanes(s).enumerate() {
+            let at = indptr[a.order[lane] - rows.start];
+            for j in 0..a.lengths[lane] {
+                values[at + j] = slice_values[j * SLICE_ROWS + l].get();
+                indices[at + j] = slice_cols[j * SLICE_ROWS + l];
+            }
+        }
+    }
+    let csr = CsrView {
+        nrows: rows.len(),
+        ncols: a.ncols,
+        indptr: &indptr,
+        indices: &indices,
+        values: &values,
+        row_scales: a.row_scales.map(|s| &s[rows.clone()]),
+    };
+    csr_rows_kernel::<P, T, T, I>(csr, 0..rows.len(), xt, batch, out);
 }
 
 multiversion! {
@@ -672,8 +781,11 @@ pub(crate) fn sell_spmm<T: Scalar, V: Stored<T>, I: SpIndex>(
     beta: T,
     y: &mut DMatrix<T>,
 ) {
-    let (path, batch) = (kernel_path(), x.ncols());
-    spmm(a, alpha, x, beta, y, |range, xt, out| sell_windows(path, a, range, xt, batch, out));
+    let path = kernel_path();
+    let panel = panel_width(x.nrows(), size_of::<T>());
+    spmm(a, alpha, x, panel, beta, y, |range, xt, width, out| {
+        sell_windows(path, a, range, xt, width, out)
+    });
 }
 
 #[cfg(test)]
@@ -762,11 +874,19 @@ mod tests {
             values: &values,
             row_scales: None,
         };
-        for batch in [1, 2, 7, 8, 15, 43] {
-            let xt: Vec<f32> = (0..ncols * batch).map(|k| (k as f32 * 0.11).cos()).collect();
+        // 43 columns are one panel; 300 are three, the last one narrower.
+        assert_eq!(panel_width(ncols, 4), 128);
+        assert_eq!(
+            [panel_width(1000, 4), panel_width(1000, 8), panel_width(1 << 20, 4)],
+            [64, 32, 32]
+        );
+        for batch in [1, 2, 7, 8, 15, 43, 300] {
+            let x = DMatrix::from_fn(ncols, batch, |c, j| ((c * batch + j) as f32 * 0.11).cos());
+            let xt = to_panels(&x, panel_width(ncols, 4));
             let run = |path| {
                 let mut out = vec![0.0f32; lens.len() * batch];
-                csr_rows(KernelPath::resolve(path), a, 0..lens.len(), &xt, batch, &mut out);
+                let xt = xt.as_slice();
+                csr_rows(KernelPath::resolve(path), a, 0..lens.len(), xt, batch, &mut out);
                 out
             };
             let portable = run(KernelPath::Portable);
@@ -774,9 +894,9 @@ mod tests {
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&run(path)), bits(&portable), "{path:?}, batch {batch}");
             }
-            // Every tile width gives each column the bits it gets alone.
+            // Every tile width and panel gives each column the bits it gets alone.
             for j in 0..batch {
-                let column: Vec<f32> = (0..ncols).map(|c| xt[c * batch + j]).collect();
+                let column: Vec<f32> = x.column(j).iter().copied().collect();
                 let mut alone = vec![0.0f32; lens.len()];
                 let portable_path = KernelPath::resolve(KernelPath::Portable);
                 csr_rows(portable_path, a, 0..lens.len(), &column, 1, &mut alone);
@@ -787,7 +907,7 @@ mod tests {
             for r in 0..lens.len() {
                 for j in 0..batch {
                     let plain: f32 = (indptr[r]..indptr[r + 1])
-                        .map(|k| values[k] * xt[usize::from(indices[k]) * batch + j])
+                        .map(|k| values[k] * x[(usize::from(indices[k]), j)])
                         .sum();
                     assert!((portable[r * batch + j] - plain).abs() < 1e-5, "({r}, {j})");
                 }
@@ -825,7 +945,8 @@ mod tests {
                 let xt: Vec<f32> = (0..ncols * batch).map(|k| (k as f32 * 0.11).cos()).collect();
                 let run = |path| {
                     let mut out = vec![0.0f32; nrows * batch];
-                    nm_rows(KernelPath::resolve(path), a, 0..nrows, &xt, batch, &mut out);
+                    let window = nm_window_slots(n, m, batch, 4);
+                    nm_rows(KernelPath::resolve(path), a, 0..nrows, &xt, batch, window, &mut out);
                     out
                 };
                 let portable = run(KernelPath::Portable);
@@ -846,7 +967,8 @@ mod tests {
                     let column: Vec<f32> = (0..ncols).map(|c| xt[c * batch + j]).collect();
                     let mut alone = vec![0.0f32; nrows];
                     let portable_path = KernelPath::resolve(KernelPath::Portable);
-                    nm_rows(portable_path, a, 0..nrows, &column, 1, &mut alone);
+                    let window = nm_window_slots(n, m, 1, 4);
+                    nm_rows(portable_path, a, 0..nrows, &column, 1, window, &mut alone);
                     for (r, v) in alone.iter().enumerate() {
                         assert_eq!(v.to_bits(), portable[r * batch + j].to_bits(), "({r}, {j})");
                     }
@@ -876,7 +998,8 @@ mod tests {
             batch: usize,
         ) -> Vec<u32> {
             let mut out = vec![0.0f32; a.nrows * batch];
-            nm_rows(KernelPath::resolve(path), a, 0..a.nrows, xt, batch, &mut out);
+            let window = nm_window_slots(a.n, a.m, batch, 4);
+            nm_rows(KernelPath::resolve(path), a, 0..a.nrows, xt, batch, window, &mut out);
             out.iter().map(|v| v.to_bits()).collect()
         }
         fn check<V: Stored<f32>>(narrow: impl Fn(f32) -> V + Copy, scaled: bool) {
@@ -904,9 +1027,9 @@ mod tests {
         check::<half::f16>(half::f16::from_f32, false);
     }
 
-    /// The copy into row-major order, serial or split across threads, puts every
-    /// element where the formula says, for heights that are and are not multiples of the
-    /// transpose block and of the parallel task.
+    /// The copy into row-major order (one panel as wide as the batch), serial or split
+    /// across threads, puts every element where the formula says, for heights that are
+    /// and are not multiples of the transpose block and of the parallel task.
     #[test]
     fn the_copy_in_matches_the_element_formula() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
@@ -914,13 +1037,64 @@ mod tests {
             let x = DMatrix::from_fn(n, b, |i, j| (i * 1000 + j) as f64);
             for parallel in [false, true] {
                 let xt =
-                    if parallel { pool.install(|| to_row_major(&x)) } else { to_row_major(&x) };
+                    if parallel { pool.install(|| to_panels(&x, b)) } else { to_panels(&x, b) };
                 assert_eq!(xt.as_slice().as_ptr().align_offset(64), 0);
                 let xt = xt.as_slice();
                 assert!((0..n).all(|i| (0..b).all(|j| xt[i * b + j] == x[(i, j)])), "{n}x{b}");
             }
         }
-        assert!(to_row_major(&DMatrix::<f32>::zeros(0, 5)).as_slice().is_empty());
+        assert!(to_panels(&DMatrix::<f32>::zeros(0, 5), 5).as_slice().is_empty());
+    }
+
+    /// A product's blocks cover every element of `Y` once, each block's batch columns
+    /// whole panels (the last one narrower), on one thread and on several, whose tasks
+    /// split a batch of several panels by panels.
+    #[test]
+    fn blocks_cover_y_once_in_whole_panels() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (nrows, per_row) = (300usize, 40usize);
+        let indptr: Vec<usize> = (0..=nrows).map(|r| r * per_row).collect();
+        let indices: Vec<u16> = (0..nrows * per_row).map(|k| (k % per_row) as u16).collect();
+        let values = vec![1.0f32; nrows * per_row];
+        let a: CsrView<'_, f32, u16> = CsrView {
+            nrows,
+            ncols: per_row,
+            indptr: &indptr,
+            indices: &indices,
+            values: &values,
+            row_scales: None,
+        };
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            for (batch, panel) in [(1, 32), (64, 32), (100, 32), (300, 128), (5000, 64)] {
+                let mut y = DMatrix::<f32>::zeros(nrows, batch);
+                let (tasks, column_splits) = (AtomicUsize::new(0), AtomicUsize::new(0));
+                pool.install(|| {
+                    for_each_block(a, &mut y, panel, |units, cols, columns| {
+                        assert_eq!(cols.start % panel, 0);
+                        assert!(cols.end % panel == 0 || cols.end == batch);
+                        assert_eq!(columns.len(), cols.len());
+                        tasks.fetch_add(1, Ordering::Relaxed);
+                        if cols.len() < batch {
+                            column_splits.fetch_add(1, Ordering::Relaxed);
+                        }
+                        for column in columns.iter_mut() {
+                            assert_eq!(column.len(), units.len());
+                            column.iter_mut().for_each(|v| *v += 1.0);
+                        }
+                    });
+                });
+                let case = format!("{threads} threads, batch {batch}, panels of {panel}");
+                assert!(y.iter().all(|&v| v == 1.0), "{case}");
+                let several_panels =
+                    batch > panel && batch * nrows * per_row >= crate::kernels::PARALLEL_WORK;
+                if threads > 1 && several_panels {
+                    assert!(column_splits.load(Ordering::Relaxed) > 0, "{case}");
+                } else if threads == 1 {
+                    assert_eq!(tasks.load(Ordering::Relaxed), 1, "{case}");
+                }
+            }
+        }
     }
 
     /// The copy into panels puts element (i, j) in panel j / width, at row i and column
@@ -970,7 +1144,9 @@ mod tests {
             let xt = to_panels(&x, NM_PANEL);
             for path in [KernelPath::Portable, KernelPath::Avx2, KernelPath::Avx512] {
                 let mut out = vec![0.0f32; nrows * batch];
-                nm_rows(KernelPath::resolve(path), a, 0..nrows, xt.as_slice(), batch, &mut out);
+                let window = nm_window_slots(n, m, batch, 4);
+                let xt = xt.as_slice();
+                nm_rows(KernelPath::resolve(path), a, 0..nrows, xt, batch, window, &mut out);
                 for (r, j) in (0..nrows).flat_map(|r| (0..batch).map(move |j| (r, j))) {
                     let got = f64::from(out[r * batch + j]);
                     assert!(
@@ -1053,7 +1229,8 @@ mod tests {
         let a =
             NmView { nrows, ncols, n, m, values: &values, positions: &positions, row_scales: None };
         let mut out = vec![0.0f32; nrows * batch];
-        nm_rows_kernel::<PortableUnfused, f32, f32>(a, 0..nrows, &xt, batch, &mut out);
+        let window = nm_window_slots(n, m, batch, 4);
+        nm_rows_kernel::<PortableUnfused, f32, f32>(a, 0..nrows, &xt, batch, window, &mut out);
         for r in 0..nrows {
             for j in 0..batch {
                 let mut acc = 0.0f32;
