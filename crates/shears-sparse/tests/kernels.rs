@@ -181,8 +181,9 @@ fn results_do_not_depend_on_thread_count() {
     // Wide enough (70,000 inputs) that the copy into row-major order is split across
     // threads too.
     let wide = DMatrix::from_fn(cols, 70, |r, c| ((r * 5 + c) % 11) as f32 - 5.0);
-    // Three of N:M's panels of 128 columns, the last one narrower: tasks split them.
-    let wider = DMatrix::from_fn(cols, 300, |r, c| ((r * 3 + c) % 7) as f32 - 3.0);
+    // Five of N:M's panels of 128 columns, the last one narrower, which tasks split; past
+    // the 512 columns from which AVX2 takes the vector-of-rows kernel.
+    let wider = DMatrix::from_fn(cols, 600, |r, c| ((r * 3 + c) % 7) as f32 - 3.0);
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {

@@ -16,7 +16,7 @@ use nalgebra::DMatrix;
 use shears_core::Scalar;
 
 use super::isa::{Isa, fma, is};
-use super::spmm::{NmRowBlocks, for_each_task, nm_window_slots};
+use super::spmm::{NM_PANEL, NmRowBlocks, for_each_block, nm_window_slots};
 use super::{KernelPath, NmView, Stored, combine, kernel_path, multiversion};
 
 /// Output rows per vector.
@@ -72,8 +72,12 @@ pub(super) fn nm_spmm_lanes<T: Scalar, V: Stored<T>>(
 ) {
     let (path, batch) = (kernel_path(), x.ncols());
     let blocks = NmRowBlocks(a);
-    for_each_task(blocks, y, |units, columns| {
-        nm_lane_rows(path, a, blocks.rows(units), x.as_slice(), batch, alpha, beta, columns);
+    // The windows follow from the whole batch, so a task's columns sum as all would.
+    let window = nm_window_slots(a.n, a.m, batch, size_of::<T>());
+    for_each_block(blocks, y, NM_PANEL, |units, batch_columns, columns| {
+        let x = &x.as_slice()[batch_columns.start * a.ncols..batch_columns.end * a.ncols];
+        let (rows, width) = (blocks.rows(units), batch_columns.len());
+        nm_lane_rows(path, a, rows, x, width, window, alpha, beta, columns);
     });
 }
 
@@ -88,6 +92,7 @@ fn nm_lane_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
     rows: Range<usize>,
     x: &[T],
     batch: usize,
+    window: usize,
     alpha: T,
     beta: T,
     columns: &mut [&mut [T]],
@@ -96,7 +101,6 @@ fn nm_lane_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
     if batch == 0 {
         return;
     }
-    let window = nm_window_slots(a.n, a.m, batch, size_of::<T>());
     let first = rows.start;
     let mut widened: Vec<T> = Vec::with_capacity(LANES * per_row);
     let done = lane_blocks::<P, T, V>(a, rows.clone(), x, batch, alpha, beta, columns, window);
@@ -299,7 +303,7 @@ fn lanes<const J: usize>(
 }
 
 multiversion! {
-    fn nm_lane_rows<T: Scalar, V: Stored<T>>(a: NmView<'_, T, V>, rows: Range<usize>, x: &[T], batch: usize, alpha: T, beta: T, columns: &mut [&mut [T]]) => nm_lane_rows_kernel
+    fn nm_lane_rows<T: Scalar, V: Stored<T>>(a: NmView<'_, T, V>, rows: Range<usize>, x: &[T], batch: usize, window: usize, alpha: T, beta: T, columns: &mut [&mut [T]]) => nm_lane_rows_kernel
 }
 
 #[cfg(test)]
@@ -342,7 +346,8 @@ mod tests {
         let mut columns: Vec<&mut [f32]> =
             out.as_mut_slice().chunks_exact_mut(a.nrows).map(|c| &mut c[rows.clone()]).collect();
         let path = KernelPath::resolve(path);
-        nm_lane_rows(path, a, rows, x.as_slice(), batch, alpha, beta, &mut columns);
+        let window = nm_window_slots(a.n, a.m, batch, 4);
+        nm_lane_rows(path, a, rows, x.as_slice(), batch, window, alpha, beta, &mut columns);
         out
     }
 

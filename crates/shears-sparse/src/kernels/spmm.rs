@@ -542,7 +542,7 @@ pub(super) fn for_each_task<T: Scalar, U: Units>(
 /// split by rows alone; a wider one by panels first, so that no task passes over the
 /// whole of a large `X` for a few rows, which would fetch `X` from memory once per
 /// task. Nothing runs if `Y` is empty.
-fn for_each_block<T: Scalar, U: Units>(
+pub(super) fn for_each_block<T: Scalar, U: Units>(
     a: U,
     y: &mut DMatrix<T>,
     panel: usize,
