@@ -9,6 +9,7 @@ use serde::Serialize;
 use shears_models::{
     Batch, FormatChoice, SentenceTransformer, TextEncoder, choose_formats, read_texts,
 };
+use shears_sparse::Format;
 
 use crate::cli::BenchArgs;
 use crate::progress::Progress;
@@ -62,9 +63,13 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         );
     }
     let mut loaded = SentenceTransformer::load(&args.input, None)?;
-    // The baseline is f32 dense: int8 layers dequantized.
+    // The baseline is f32 dense: int8 layers dequantized, bf16 and f16 ones widened.
     let mut dense = loaded.clone();
-    dense.model.dequantize();
+    for layer in dense.model.layers_mut() {
+        for (_, linear) in layer.linears_mut() {
+            linear.set_f32_format(Format::Dense)?;
+        }
+    }
     let positions = dense.model.config().max_position_embeddings;
     let seq_len = args.seq_len.map_or(DEFAULT_SEQ_LEN.min(positions), |n| n as usize);
     if seq_len > positions {

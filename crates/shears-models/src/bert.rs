@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use nalgebra::{DMatrix, DVector};
 use rayon::prelude::*;
 use shears_io::{Dtype, Model};
-use shears_sparse::{Int8Matrix, QuantScheme};
+use shears_sparse::{Format, Int8Matrix, QuantScheme};
 
 use crate::attention::{Projections, self_attention};
 use crate::config::{Activation, BertConfig, Pooling, SentenceConfig};
@@ -231,8 +231,9 @@ struct Embeddings {
     norm: LayerNorm,
 }
 
-/// A BERT-family encoder: embeddings and `num_hidden_layers` encoder layers, in f32
-/// (f16 and bf16 weights are widened on load).
+/// A BERT-family encoder: embeddings and `num_hidden_layers` encoder layers, computing
+/// in f32; the linear layers of an f16 or bf16 checkpoint keep their weights in it (see
+/// [`Linear::set_format`]), the embeddings and norms are widened on load.
 #[derive(Debug, Clone)]
 pub struct BertModel {
     config: BertConfig,
@@ -533,7 +534,8 @@ impl Weights<'_> {
     }
 
     /// A linear layer: int8 (integer products) when its weight is stored as int8 with
-    /// scales, else dense f32.
+    /// scales, else dense, with the weight's bf16 or f16 values when it is stored so
+    /// (the products widen them exactly), else f32.
     fn linear(&self, name: &str, shape: (usize, usize)) -> Result<Linear> {
         let bias = DVector::from_vec(self.vector(&format!("{name}.bias"), shape.0)?);
         let weight = format!("{name}.weight");
@@ -541,7 +543,13 @@ impl Weights<'_> {
             return Linear::from_int8(format!("{}{weight}", self.prefix), int8, bias);
         }
         let weights = self.matrix(&weight, shape)?;
-        Linear::new(format!("{}{weight}", self.prefix), weights, bias)
+        let full = format!("{}{weight}", self.prefix);
+        let stored = self.model.find(&full).map(|t| t.info.dtype);
+        let mut linear = Linear::new(full, weights, bias)?;
+        if matches!(stored, Some(Dtype::BF16 | Dtype::F16)) {
+            linear.set_format(Format::Dense)?;
+        }
+        Ok(linear)
     }
 
     /// Tensor `name` as int8 weights with their scales, if it is stored so.

@@ -28,13 +28,15 @@ pub struct FormatChoice {
     /// The fraction of its weights that are zero.
     pub sparsity: f64,
     /// The sparse format `choose_format` proposed, or where it proposed dense the N:M
-    /// pattern the zeros follow (dense when there is neither; `int8` for an int8 layer, timed in int8 against its dequantized weights in f32), with
-    /// its value type when its half-precision values (see
+    /// pattern the zeros follow (dense when there is neither; `int8` for an int8 layer,
+    /// timed in int8 against its dequantized weights in f32), with its value type when
+    /// its half-precision values (see
     /// [`Linear::set_format`](crate::Linear::set_format)) ran faster than the same format
     /// in f32: `csr bf16`, `n:m 2:4 f16`.
     pub proposed: String,
     /// The dense product's time, in seconds, at the timing token count (f32, an int8
-    /// layer's weights dequantized).
+    /// layer's weights dequantized; the faster of their own type and f32 for bf16 or
+    /// f16 weights).
     pub dense_seconds: f64,
     /// The proposed format's time, if one was timed.
     pub proposed_seconds: Option<f64>,
@@ -46,8 +48,9 @@ pub struct FormatChoice {
 /// `choose_format` proposes for its zeros at `tokens` tokens per product (or, where that
 /// is dense, the N:M pattern its zeros follow, 2:4 or 4:8, if any), timing both on
 /// `min(tokens, 512)` tokens (the best of three runs each); a format that can hold the
-/// weights in bf16 or f16 is timed that way and in f32, and runs the faster. An int8 layer is set to the
-/// faster of its integer products and the f32 GEMM on its dequantized weights.
+/// weights in bf16 or f16, dense included, is timed that way and in f32, and runs the
+/// faster. An int8 layer is set to the faster of its integer products and the f32 GEMM
+/// on its dequantized weights.
 ///
 /// # Errors
 /// A format that cannot be built from the weights.
@@ -91,7 +94,19 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
             };
             let x = DMatrix::from_fn(cols, timing, |r, c| ((r * 7 + c * 13) % 17) as f32 - 8.0);
             linear.set_format(Format::Dense)?;
-            let dense_seconds = best_of_three(|| linear.forward(&x).map(drop))?;
+            let mut dense_seconds = best_of_three(|| linear.forward(&x).map(drop))?;
+            // Dense half-precision weights (a bf16 or f16 checkpoint's) widen a band of
+            // rows per product: kept only where they beat the same weights in f32.
+            let mut dense_half = linear.value_type() != "f32";
+            if dense_half {
+                linear.set_f32_format(Format::Dense)?;
+                let f32_seconds = best_of_three(|| linear.forward(&x).map(drop))?;
+                if f32_seconds < dense_seconds {
+                    (dense_seconds, dense_half) = (f32_seconds, false);
+                } else {
+                    linear.set_format(Format::Dense)?;
+                }
+            }
             let mut choice = FormatChoice {
                 name: linear.name().to_owned(),
                 sparsity,
@@ -119,8 +134,10 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
                 choice.proposed_seconds = Some(seconds);
                 if seconds < dense_seconds {
                     choice.chosen = choice.proposed.clone();
-                } else {
+                } else if dense_half {
                     linear.set_format(Format::Dense)?;
+                } else {
+                    linear.set_f32_format(Format::Dense)?;
                 }
             }
             choices.push(choice);

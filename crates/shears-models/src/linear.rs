@@ -1,9 +1,12 @@
 //! [`Linear`]: every linear layer of the encoder, `y = W x + b`, its weights dense (one
-//! GEMM over all of a batch's tokens), in any shears-sparse format (CSR and N:M with
-//! bf16 or f16 values when every weight is exact in them, as a half-precision
+//! GEMM over all of a batch's tokens), in any shears-sparse format (dense, CSR and N:M
+//! with bf16 or f16 values when every weight is exact in them, as a half-precision
 //! checkpoint's are), or int8 (integer products on tokens quantized to int8).
 
+use std::ops::Range;
+
 use faer::{Accum, MatMut, MatRef, Par};
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use nalgebra::{DMatrix, DVector};
 use shears_core::Mask;
@@ -21,6 +24,9 @@ enum LinearWeights {
     /// it as they multiply) where a row-major `W` would first be transposed into packed
     /// form at every product. See [`dense_product`] for the threads.
     Dense(DMatrix<f32>),
+    /// Dense with half-precision values, which hold every weight exactly; laid out as
+    /// [`LinearWeights::Dense`], each product widening a band of rows at a time.
+    DenseHalf(HalfDense),
     /// Sparse, in the format chosen for it.
     Sparse(AnySparse<f32>),
     /// Sparse with half-precision values, which hold every weight exactly.
@@ -103,6 +109,7 @@ impl Linear {
     pub fn shape(&self) -> (usize, usize) {
         match &self.weights {
             LinearWeights::Dense(w) => w.shape(),
+            LinearWeights::DenseHalf(h) => h.shape(),
             LinearWeights::Sparse(s) => s.shape(),
             LinearWeights::Half(h) => h.product().shape(),
             LinearWeights::Int8(q) => q.shape(),
@@ -127,6 +134,7 @@ impl Linear {
     pub fn dense_weights(&self) -> DMatrix<f32> {
         match &self.weights {
             LinearWeights::Dense(w) => w.clone(),
+            LinearWeights::DenseHalf(h) => h.as_ref().to_f32(),
             LinearWeights::Sparse(s) => s.to_dense(),
             LinearWeights::Half(h) => h.to_dense(),
             LinearWeights::Int8(q) => q.dequantize(),
@@ -174,10 +182,10 @@ impl Linear {
     }
 
     /// Stores the weights in `format`, keeping the nonzeros (dense keeps them all); int8
-    /// weights become f32 (their values times their scales). CSR and N:M store bf16
-    /// values when every nonzero weight is exact in bf16 (a bf16 checkpoint's are), else
-    /// f16 when they are exact in f16, else f32: the products are the same bits (the
-    /// kernels widen each value exactly as they load it) from fewer bytes.
+    /// weights become f32 (their values times their scales). Dense, CSR and N:M store
+    /// bf16 values when every (nonzero) weight is exact in bf16 (a bf16 checkpoint's
+    /// are), else f16 when they are exact in f16, else f32: the products are the same
+    /// bits (the kernels widen each value exactly as they load it) from fewer bytes.
     ///
     /// # Errors
     /// [`Error::Sparse`] if the format cannot hold the weights (an N:M format for
@@ -200,7 +208,10 @@ impl Linear {
     fn store(&mut self, format: Format, half: bool) -> Result<()> {
         let dense = self.dense_weights();
         self.weights = match format {
-            Format::Dense => LinearWeights::Dense(dense),
+            Format::Dense => match half.then(|| HalfDense::new(&dense)).flatten() {
+                Some(half) => LinearWeights::DenseHalf(half),
+                None => LinearWeights::Dense(dense),
+            },
             other => {
                 let kept =
                     Mask::from_fn(dense.nrows(), dense.ncols(), |r, c| dense[(r, c)] != 0.0)?;
@@ -219,7 +230,9 @@ impl Linear {
     /// stored dense: see [`Linear::int8`]).
     pub fn format(&self) -> Format {
         match &self.weights {
-            LinearWeights::Dense(_) | LinearWeights::Int8(_) => Format::Dense,
+            LinearWeights::Dense(_) | LinearWeights::DenseHalf(_) | LinearWeights::Int8(_) => {
+                Format::Dense
+            }
             LinearWeights::Sparse(s) => s.format(),
             LinearWeights::Half(h) => h.format(),
         }
@@ -229,8 +242,10 @@ impl Linear {
     pub fn value_type(&self) -> &'static str {
         match &self.weights {
             LinearWeights::Dense(_) | LinearWeights::Sparse(_) => "f32",
-            LinearWeights::Half(HalfSparse::Bf16(_)) => <bf16 as NarrowValue>::NAME,
-            LinearWeights::Half(HalfSparse::F16(_)) => <f16 as NarrowValue>::NAME,
+            LinearWeights::Half(HalfSparse::Bf16(_))
+            | LinearWeights::DenseHalf(HalfDense::Bf16(_)) => <bf16 as NarrowValue>::NAME,
+            LinearWeights::Half(HalfSparse::F16(_))
+            | LinearWeights::DenseHalf(HalfDense::F16(_)) => <f16 as NarrowValue>::NAME,
             LinearWeights::Int8(_) => <i8 as NarrowValue>::NAME,
         }
     }
@@ -264,13 +279,15 @@ impl Linear {
         }
         let tokens = x.ncols();
         let epilogue = Epilogue { bias: self.bias.as_slice(), f };
+        let dense = |w: DenseRef<'_>| {
+            let mut y = zeroed(outputs, tokens);
+            let dst = MatMut::from_column_major_slice_mut(y.as_mut_slice(), outputs, tokens);
+            dense_product(w, x, dst, epilogue);
+            y
+        };
         let mut y = match &self.weights {
-            LinearWeights::Dense(w) => {
-                let mut y = zeroed(outputs, tokens);
-                let dst = MatMut::from_column_major_slice_mut(y.as_mut_slice(), outputs, tokens);
-                dense_product(w, x, dst, epilogue);
-                return Ok(y);
-            }
+            LinearWeights::Dense(w) => return Ok(dense(DenseRef::F32(w))),
+            LinearWeights::DenseHalf(h) => return Ok(dense(h.as_ref())),
             LinearWeights::Sparse(s) => s.matmul(x)?,
             LinearWeights::Half(h) => h.product().matmul(x)?,
             LinearWeights::Int8(q) => q.matmul(x)?,
@@ -376,6 +393,134 @@ impl<V: NarrowValue> Half<V> {
     }
 }
 
+/// Dense weights with half-precision values, column-major as [`LinearWeights::Dense`].
+#[derive(Debug, Clone)]
+enum HalfDense {
+    Bf16(DMatrix<bf16>),
+    F16(DMatrix<f16>),
+}
+
+impl HalfDense {
+    /// `weights` in bf16 if every one is exact in bf16, else in f16 if every one is
+    /// exact in f16; `None` for weights exact in neither (or not finite).
+    fn new(weights: &DMatrix<f32>) -> Option<HalfDense> {
+        let exact_in =
+            |round: fn(f32) -> f32| weights.iter().all(|&w| w.is_finite() && round(w) == w);
+        if exact_in(|w| bf16::from_f32(w).to_f32()) {
+            Some(HalfDense::Bf16(weights.map(bf16::from_f32)))
+        } else if exact_in(|w| f16::from_f32(w).to_f32()) {
+            Some(HalfDense::F16(weights.map(f16::from_f32)))
+        } else {
+            None
+        }
+    }
+
+    fn shape(&self) -> (usize, usize) {
+        match self {
+            HalfDense::Bf16(w) => w.shape(),
+            HalfDense::F16(w) => w.shape(),
+        }
+    }
+
+    fn as_ref(&self) -> DenseRef<'_> {
+        match self {
+            HalfDense::Bf16(w) => DenseRef::Bf16(w),
+            HalfDense::F16(w) => DenseRef::F16(w),
+        }
+    }
+}
+
+/// Dense weights as a product reads them: f32 as they are, half precision widened to
+/// f32 a band of rows at a time.
+#[derive(Debug, Clone, Copy)]
+enum DenseRef<'a> {
+    F32(&'a DMatrix<f32>),
+    Bf16(&'a DMatrix<bf16>),
+    F16(&'a DMatrix<f16>),
+}
+
+impl DenseRef<'_> {
+    fn to_f32(self) -> DMatrix<f32> {
+        match self {
+            DenseRef::F32(w) => w.clone(),
+            DenseRef::Bf16(w) => {
+                let mut widened = DMatrix::zeros(w.nrows(), w.ncols());
+                widen_bf16(w.as_slice(), widened.as_mut_slice());
+                widened
+            }
+            DenseRef::F16(w) => {
+                let mut widened = DMatrix::zeros(w.nrows(), w.ncols());
+                w.as_slice().convert_to_f32_slice(widened.as_mut_slice());
+                widened
+            }
+        }
+    }
+
+    fn shape(&self) -> (usize, usize) {
+        match self {
+            DenseRef::F32(w) => w.shape(),
+            DenseRef::Bf16(w) => w.shape(),
+            DenseRef::F16(w) => w.shape(),
+        }
+    }
+
+    /// `f(W[rows, ..])`, the rows as f32: a view of f32 weights, or half-precision ones
+    /// widened (exactly) into this thread's scratch buffer.
+    /// (See [`widened_rows`] for what `f` may do.)
+    fn with_rows<R>(&self, rows: Range<usize>, f: impl FnOnce(MatRef<'_, f32>) -> R) -> R {
+        let (outputs, inputs) = self.shape();
+        match self {
+            DenseRef::F32(w) => {
+                let all = MatRef::from_column_major_slice(w.as_slice(), outputs, inputs);
+                f(all.subrows(rows.start, rows.len()))
+            }
+            DenseRef::Bf16(w) => widened_rows(w.as_slice(), widen_bf16, (outputs, inputs), rows, f),
+            DenseRef::F16(w) => {
+                let widen = |h: &[f16], out: &mut [f32]| h.convert_to_f32_slice(out);
+                widened_rows(w.as_slice(), widen, (outputs, inputs), rows, f)
+            }
+        }
+    }
+}
+
+/// `values` as f32, exactly: a bf16 is the upper half of the f32 it stands for. A loop
+/// the compiler vectorizes, where widening one value at a time is several times slower.
+fn widen_bf16(values: &[bf16], out: &mut [f32]) {
+    for (o, v) in out.iter_mut().zip(values) {
+        *o = f32::from_bits(u32::from(v.to_bits()) << 16);
+    }
+}
+
+thread_local! {
+    /// A thread's band of half-precision weights widened to f32 for one GEMM.
+    static WIDENED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `f` of rows `rows` of the column-major `outputs x inputs` matrix `values`, widened
+/// to f32 (column-major, `rows.len()` rows) in this thread's [`WIDENED`] buffer. `f`
+/// must not start work that other rayon tasks could run on this thread while it holds
+/// the buffer: a one-thread GEMM.
+fn widened_rows<H, R>(
+    values: &[H],
+    widen: impl Fn(&[H], &mut [f32]),
+    (outputs, inputs): (usize, usize),
+    rows: Range<usize>,
+    f: impl FnOnce(MatRef<'_, f32>) -> R,
+) -> R {
+    let height = rows.len();
+    if height == 0 {
+        return f(MatRef::from_column_major_slice(&[], 0, inputs));
+    }
+    WIDENED.with_borrow_mut(|band| {
+        band.clear();
+        band.resize(height * inputs, 0.0);
+        for (column, widened) in values.chunks_exact(outputs).zip(band.chunks_exact_mut(height)) {
+            widen(&column[rows.clone()], widened);
+        }
+        f(MatRef::from_column_major_slice(band, height, inputs))
+    })
+}
+
 /// `[W₁; W₂; ...] x + [b₁; b₂; ...]`: the outputs of dense layers that share their input,
 /// stacked (a transformer's query, key and value projections), each layer's GEMM writing
 /// its rows of the one output; `None` if a layer is not dense or the layers' inputs
@@ -390,8 +535,12 @@ pub(crate) fn stacked_forward(
     let inputs = layers.first()?.shape().1;
     let mut dense = Vec::with_capacity(layers.len());
     for layer in layers {
-        let LinearWeights::Dense(w) = &layer.weights else { return None };
-        if w.ncols() != inputs {
+        let w = match &layer.weights {
+            LinearWeights::Dense(w) => DenseRef::F32(w),
+            LinearWeights::DenseHalf(h) => h.as_ref(),
+            _ => return None,
+        };
+        if w.shape().1 != inputs {
             return None;
         }
         dense.push(w);
@@ -403,15 +552,16 @@ pub(crate) fn stacked_forward(
             "layer `{name}` takes {inputs} inputs, got {got}"
         ))));
     }
-    let outputs = dense.iter().map(|w| w.nrows()).sum();
+    let outputs = dense.iter().map(|w| w.shape().0).sum();
     let tokens = x.ncols();
     let mut y = zeroed(outputs, tokens);
     let mut all = MatMut::from_column_major_slice_mut(y.as_mut_slice(), outputs, tokens);
     let mut first = 0;
-    for (w, layer) in dense.iter().zip(layers) {
-        let dst = all.as_mut().submatrix_mut(first, 0, w.nrows(), tokens);
+    for (&w, layer) in dense.iter().zip(layers) {
+        let rows = w.shape().0;
+        let dst = all.as_mut().submatrix_mut(first, 0, rows, tokens);
         dense_product(w, x, dst, Epilogue { bias: layer.bias.as_slice(), f: None });
-        first += w.nrows();
+        first += rows;
     }
     Some(Ok(y))
 }
@@ -486,15 +636,25 @@ impl<'a> Epilogue<'a> {
 }
 
 /// `dst = epilogue(W x)` by faer's GEMM on rayon's threads (`dst` is not read).
-fn dense_product(w: &DMatrix<f32>, x: &DMatrix<f32>, mut dst: MatMut<'_, f32>, epilogue: Epilogue) {
-    let lhs = MatRef::from_column_major_slice(w.as_slice(), w.nrows(), w.ncols());
+fn dense_product(w: DenseRef<'_>, x: &DMatrix<f32>, mut dst: MatMut<'_, f32>, epilogue: Epilogue) {
     let rhs = MatRef::from_column_major_slice(x.as_slice(), x.nrows(), x.ncols());
+    let outputs = w.shape().0;
     if x.ncols() <= ROW_SPLIT_MAX_TOKENS {
-        product_in_row_bands(dst, lhs, rhs, w.nrows().div_ceil(BAND_ROWS), epilogue);
-    } else {
-        faer::linalg::matmul::matmul(dst.as_mut(), Accum::Replace, lhs, rhs, 1.0, Par::rayon(0));
-        apply_in_parallel(dst, epilogue);
+        product_in_row_bands(dst, w, 0..outputs, rhs, outputs.div_ceil(BAND_ROWS), epilogue);
+        return;
     }
+    // Long products widen half-precision weights whole: the copy is small beside them.
+    let widened;
+    let w = match w {
+        DenseRef::F32(w) => w,
+        DenseRef::Bf16(_) | DenseRef::F16(_) => {
+            widened = w.to_f32();
+            &widened
+        }
+    };
+    let lhs = MatRef::from_column_major_slice(w.as_slice(), w.nrows(), w.ncols());
+    faer::linalg::matmul::matmul(dst.as_mut(), Accum::Replace, lhs, rhs, 1.0, Par::rayon(0));
+    apply_in_parallel(dst, epilogue);
 }
 
 /// [`Epilogue::apply_to`] on `dst`, its columns split across rayon's threads.
@@ -509,31 +669,34 @@ fn apply_in_parallel(dst: MatMut<'_, f32>, epilogue: Epilogue) {
     rayon::join(|| apply_in_parallel(left, epilogue), || apply_in_parallel(right, epilogue));
 }
 
-/// `dst = epilogue(lhs rhs)` (`dst` is not read) in `parts` one-thread GEMMs on bands of
-/// rows (whole vectors of 16, except the last), in parallel on rayon's threads; each
-/// band's epilogue runs right after its product.
+/// `dst = epilogue(W[rows, ..] rhs)` (`dst` is not read) in `parts` one-thread GEMMs on
+/// bands of rows (whole vectors of 16, except the last), in parallel on rayon's threads;
+/// each band's epilogue runs right after its product.
 fn product_in_row_bands(
     mut dst: MatMut<'_, f32>,
-    lhs: MatRef<'_, f32>,
+    w: DenseRef<'_>,
+    rows: Range<usize>,
     rhs: MatRef<'_, f32>,
     parts: usize,
     epilogue: Epilogue,
 ) {
     const BAND_ALIGN: usize = 16;
-    let rows = dst.nrows();
-    if parts <= 1 || rows <= BAND_ALIGN {
-        faer::linalg::matmul::matmul(dst.as_mut(), Accum::Replace, lhs, rhs, 1.0, Par::Seq);
+    let height = rows.len();
+    if parts <= 1 || height <= BAND_ALIGN {
+        w.with_rows(rows, |lhs| {
+            faer::linalg::matmul::matmul(dst.as_mut(), Accum::Replace, lhs, rhs, 1.0, Par::Seq);
+        });
         epilogue.apply_to(dst);
         return;
     }
     let upper_parts = parts / 2;
-    let split = (rows * upper_parts / parts).next_multiple_of(BAND_ALIGN).min(rows);
+    let split = (height * upper_parts / parts).next_multiple_of(BAND_ALIGN).min(height);
     let (upper, lower) = dst.split_at_row_mut(split);
-    let (lhs_upper, lhs_lower) = lhs.split_at_row(split);
+    let (upper_rows, lower_rows) = (rows.start..rows.start + split, rows.start + split..rows.end);
     let (epilogue_upper, epilogue_lower) = epilogue.split_at(split);
     rayon::join(
-        || product_in_row_bands(upper, lhs_upper, rhs, upper_parts, epilogue_upper),
-        || product_in_row_bands(lower, lhs_lower, rhs, parts - upper_parts, epilogue_lower),
+        || product_in_row_bands(upper, w, upper_rows, rhs, upper_parts, epilogue_upper),
+        || product_in_row_bands(lower, w, lower_rows, rhs, parts - upper_parts, epilogue_lower),
     );
 }
 
@@ -610,7 +773,7 @@ mod tests {
         let mut wide = l.clone();
         wide.set_dense(as_bf16.clone()).unwrap();
         wide.set_format(Format::Dense).unwrap();
-        assert_eq!(wide.value_type(), "f32");
+        assert_eq!(wide.value_type(), "bf16");
         wide.set_f32_format(Format::Csr).unwrap();
         assert_eq!((wide.format(), wide.value_type()), (Format::Csr, "f32"));
         // An infinite weight keeps f32 (half formats hold finite values only).
@@ -629,6 +792,29 @@ mod tests {
         assert_eq!(long.dense_weights(), w);
         let x = DMatrix::from_fn(cols, 3, |r, c| ((r + c) % 3) as f32);
         assert_eq!(long.forward(&x).unwrap(), &w * &x);
+    }
+
+    /// Dense weights exact in bf16 (else f16) are kept in it and give the f32 layer's
+    /// bits: in bands of rows (up to 256 tokens), widened whole (past them), and stacked.
+    #[test]
+    fn half_precision_dense_weights_give_the_f32_bits() {
+        let as_bf16 = filled(200, 40, 3).map(|v| bf16::from_f32(v).to_f32());
+        let as_f16 = DMatrix::from_fn(200, 40, |r, c| 1.0 + ((r * 40 + c) % 1000) as f32 / 1024.0);
+        let bias = DVector::from_fn(200, |r, _| r as f32 * 0.01);
+        for (weights, values) in [(as_bf16, "bf16"), (as_f16, "f16")] {
+            let f32_layer = Linear::new("l.weight", weights.clone(), bias.clone()).unwrap();
+            let mut half = f32_layer.clone();
+            half.set_format(Format::Dense).unwrap();
+            assert_eq!((half.format(), half.value_type()), (Format::Dense, values));
+            assert_eq!(half.dense_weights(), weights);
+            for tokens in [1, 7, ROW_SPLIT_MAX_TOKENS, ROW_SPLIT_MAX_TOKENS + 44] {
+                let x = DMatrix::from_fn(40, tokens, |r, c| ((r * 3 + c) % 11) as f32 * 0.1 - 0.5);
+                let case = format!("{values}, {tokens} tokens");
+                assert_eq!(half.forward(&x).unwrap(), f32_layer.forward(&x).unwrap(), "{case}");
+                let stacked = |l: &Linear| stacked_forward(&[l, l], &x).unwrap().unwrap();
+                assert_eq!(stacked(&half), stacked(&f32_layer), "{case}");
+            }
+        }
     }
 
     fn filled(rows: usize, cols: usize, seed: usize) -> DMatrix<f32> {
@@ -652,6 +838,7 @@ mod tests {
         let mut y = DMatrix::from_element(w.nrows(), x.ncols(), f32::NAN);
         let dst = MatMut::from_column_major_slice_mut(y.as_mut_slice(), w.nrows(), x.ncols());
         let zeros = vec![0.0; w.nrows()];
+        let w = DenseRef::F32(w);
         pool.install(|| dense_product(w, x, dst, Epilogue { bias: &zeros, f: None }));
         y
     }
@@ -680,7 +867,8 @@ mod tests {
                     let mut y = DMatrix::from_element(rows, tokens, f32::NAN);
                     let dst = MatMut::from_column_major_slice_mut(y.as_mut_slice(), rows, tokens);
                     let epilogue = Epilogue { bias: &bias, f };
-                    pool.unwrap().install(|| dense_product(&w, &x, dst, epilogue));
+                    let w = DenseRef::F32(&w);
+                    pool.unwrap().install(|| dense_product(w, &x, dst, epilogue));
                     let same = y.iter().zip(apart.iter()).all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(same, "{rows}x{inputs} by {tokens}, {f:?}, {threads} threads");
                 }
@@ -740,19 +928,28 @@ mod tests {
         }
     }
 
-    /// However many bands, every output row is written once.
+    /// However many bands, every output row is written once, from f32 weights and from
+    /// half-precision ones widened a band at a time.
     #[test]
     fn row_bands_cover_every_row() {
         for rows in [1, 15, 16, 17, 33, 100, 385] {
             let (w, x) = (filled(rows, 24, rows), filled(24, 5, 3));
-            for parts in [1, 2, 3, 5, 64] {
-                let mut y = DMatrix::from_element(rows, 5, f32::NAN);
-                let dst = MatMut::from_column_major_slice_mut(y.as_mut_slice(), rows, 5);
-                let lhs = MatRef::from_column_major_slice(w.as_slice(), rows, 24);
-                let rhs = MatRef::from_column_major_slice(x.as_slice(), 24, 5);
-                let zeros = vec![0.0; rows];
-                product_in_row_bands(dst, lhs, rhs, parts, Epilogue { bias: &zeros, f: None });
-                assert_close(&y, &(&w * &x), &format!("{rows} rows in {parts} bands"));
+            let (as_bf16, as_f16) = (w.map(bf16::from_f32), w.map(f16::from_f32));
+            let weights = [
+                (DenseRef::F32(&w), w.clone()),
+                (DenseRef::Bf16(&as_bf16), as_bf16.map(bf16::to_f32)),
+                (DenseRef::F16(&as_f16), as_f16.map(f16::to_f32)),
+            ];
+            for (w, exact) in weights {
+                for parts in [1, 2, 3, 5, 64] {
+                    let mut y = DMatrix::from_element(rows, 5, f32::NAN);
+                    let dst = MatMut::from_column_major_slice_mut(y.as_mut_slice(), rows, 5);
+                    let rhs = MatRef::from_column_major_slice(x.as_slice(), 24, 5);
+                    let zeros = vec![0.0; rows];
+                    let epilogue = Epilogue { bias: &zeros, f: None };
+                    product_in_row_bands(dst, w, 0..rows, rhs, parts, epilogue);
+                    assert_close(&y, &(&exact * &x), &format!("{rows} rows in {parts} bands"));
+                }
             }
         }
     }

@@ -84,9 +84,9 @@ fn tokens_states_and_embeddings_equal_pytorch() {
     assert!(diff < 1e-5, "embeddings differ from PyTorch by {diff}");
 }
 
-/// The same model stored in f16 and bf16 loads and runs (widened to f32): its outputs
-/// are those of its rounded weights, close to the f32 model's. Its layers in CSR store
-/// the checkpoint's bf16 or f16 values.
+/// The same model stored in f16 and bf16 loads and runs: its outputs are those of its
+/// rounded weights, close to the f32 model's. Its linear layers keep the checkpoint's
+/// bf16 or f16 values, dense and in CSR, with the bits of the same weights in f32.
 #[test]
 fn half_precision_weights_load() {
     let dir = tempfile::tempdir().unwrap();
@@ -125,12 +125,33 @@ fn half_precision_weights_load() {
         )
         .unwrap();
         let model = SentenceTransformer::load(&copy, None).unwrap();
+        let values = if dtype == Dtype::F16 { "f16" } else { "bf16" };
+        for linear in model.model.linears() {
+            let stored = (linear.format(), linear.value_type());
+            assert_eq!(stored, (Format::Dense, values), "{}", linear.name());
+        }
         let dense = model.embed(&want.sentences).unwrap();
         let diff = (&dense - &want.embeddings).abs().max();
         assert!(diff < 0.05, "{dtype:?}: {diff}");
+        let mut widened = model.clone();
+        for layer in widened.model.layers_mut() {
+            for (_, linear) in layer.linears_mut() {
+                linear.set_f32_format(Format::Dense).unwrap();
+                assert_eq!(linear.value_type(), "f32", "{}", linear.name());
+            }
+        }
+        assert_eq!(widened.embed(&want.sentences).unwrap(), dense, "{dtype:?} widened to f32");
+        // Choosing formats times dense layers in their type and in f32: either way, the
+        // same bits.
+        let mut chosen = model.clone();
+        let choices = shears_models::choose_formats(&mut chosen.model, 16).unwrap();
+        assert!(choices.iter().all(|c| c.chosen == "dense"), "{choices:?}");
+        for linear in chosen.model.linears() {
+            assert!(["f32", values].contains(&linear.value_type()), "{}", linear.name());
+        }
+        assert_eq!(chosen.embed(&want.sentences).unwrap(), dense, "{dtype:?} chosen");
         // In CSR the layers keep the checkpoint's values, in half the bytes.
         let mut sparse = model.clone();
-        let values = if dtype == Dtype::F16 { "f16" } else { "bf16" };
         for layer in sparse.model.layers_mut() {
             for (_, linear) in layer.linears_mut() {
                 linear.set_format(Format::Csr).unwrap();
