@@ -472,10 +472,8 @@ struct Task<'y, T> {
 
 /// Copies `X` into panels of `panel` batch columns ([`to_panels`]), then runs
 /// `units_of(range, panels, width, z)` over ranges of `a`'s work units and of the
-/// panels: `panels` are the range's panels of the copy, `width` batch columns in all,
-/// and `z` a row-major buffer of the task's own that the same task then writes into its
-/// block of `Y` while it is still in cache: one parallel region for the product and its
-/// write-back.
+/// panels: `panels` are the range's panels of the copy, `width` batch columns in all
+/// ([`spmm_prepared`]).
 fn spmm<T: Scalar, U: Units>(
     a: U,
     alpha: T,
@@ -485,54 +483,40 @@ fn spmm<T: Scalar, U: Units>(
     y: &mut DMatrix<T>,
     units_of: impl Fn(Range<usize>, &[T], usize, &mut [T]) + Sync,
 ) {
-    let (ncols, batch) = x.shape();
-    if y.nrows() == 0 || batch == 0 {
-        return;
-    }
-    let xt = to_panels(x, panel);
-    for_each_block(a, y, panel, |units, batch_columns, columns| {
-        let width = batch_columns.len();
+    let ncols = x.nrows();
+    let prepare = |x: &DMatrix<T>| to_panels(x, panel);
+    spmm_prepared(a, alpha, x, prepare, panel, beta, y, |units, xt, batch_columns, z| {
         let xt = &xt.as_slice()[batch_columns.start * ncols..batch_columns.end * ncols];
-        let mut z = LineAligned::zeroed(columns[0].len() * width);
-        units_of(units, xt, width, z.as_mut_slice());
-        write_rows(alpha, z.as_slice(), beta, columns);
+        units_of(units, xt, batch_columns.len(), z);
     });
 }
 
-/// [`spmm`] with `X` prepared by `prepare` (transposed, or quantized too) instead of
-/// copied into panels: `units_of(range, prepared, z)` fills `z` with the range's rows
-/// of the product over the whole batch, row-major, before `alpha` and `beta`.
+/// Prepares `X` with `prepare` (copied into panels, or quantized too), then runs
+/// `units_of(range, prepared, batch_columns, z)` over blocks of `Y` of whole panels of
+/// `panel` batch columns ([`for_each_block`]): `z` is a zeroed row-major buffer of the
+/// task's own for the range's rows of the product at those batch columns, before
+/// `alpha` and `beta`, which the same task then writes into its block of `Y` while it
+/// is still in cache: one parallel region for the product and its write-back.
+#[expect(clippy::too_many_arguments, reason = "the BLAS form's operands and the kernel")]
 pub(super) fn spmm_prepared<T: Scalar, U: Units, X: Sync>(
     a: U,
     alpha: T,
     x: &DMatrix<T>,
     prepare: impl FnOnce(&DMatrix<T>) -> X,
+    panel: usize,
     beta: T,
     y: &mut DMatrix<T>,
-    units_of: impl Fn(Range<usize>, &X, &mut [T]) + Sync,
+    units_of: impl Fn(Range<usize>, &X, Range<usize>, &mut [T]) + Sync,
 ) {
-    let batch = y.ncols();
-    if y.nrows() == 0 || batch == 0 {
+    if y.nrows() == 0 || y.ncols() == 0 {
         return;
     }
     let xt = prepare(x);
-    for_each_task(a, y, |units, columns| {
-        let mut z = LineAligned::zeroed(columns[0].len() * batch);
-        units_of(units, &xt, z.as_mut_slice());
+    for_each_block(a, y, panel, |units, batch_columns, columns| {
+        let mut z = LineAligned::zeroed(columns[0].len() * batch_columns.len());
+        units_of(units, &xt, batch_columns, z.as_mut_slice());
         write_rows(alpha, z.as_slice(), beta, columns);
     });
-}
-
-/// Runs `run(units, columns)` over ranges of `a`'s work units on rayon's threads (or as
-/// one call, see `parallel_ranges`), `columns` being every column of `Y` cut to the
-/// range's rows: each task writes its own rows of `Y`. Nothing runs if `Y` is empty.
-pub(super) fn for_each_task<T: Scalar, U: Units>(
-    a: U,
-    y: &mut DMatrix<T>,
-    run: impl Fn(Range<usize>, &mut [&mut [T]]) + Sync,
-) {
-    let batch = y.ncols();
-    for_each_block(a, y, batch.max(1), |units, _, columns| run(units, columns));
 }
 
 /// Runs `run(units, batch_columns, columns)` over blocks of `Y` on rayon's threads (or

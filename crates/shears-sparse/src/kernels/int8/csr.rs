@@ -10,8 +10,9 @@
 //! are those of the dense int8 product ([`super::int8_dense_product`]) of the same
 //! weights written out with their row scales.
 //!
-//! The quantized tokens are laid out as the f32 kernels lay out `X`: row-major, each
-//! input's tokens contiguous, here as 16-bit values. Two stored weights are taken at a
+//! The quantized tokens are laid out as the f32 kernels lay out `X`: in panels of tokens
+//! that fit L2, row-major within each, each input's tokens contiguous, here as 16-bit
+//! values. Two stored weights are taken at a
 //! time: their inputs' runs of tokens are interleaved per token with one unpack
 //! instruction per vector, so that one `vpmaddwd` (or, with AVX-512 VNNI or AVX-VNNI,
 //! `vpdpwssd`)
@@ -40,7 +41,7 @@ use super::vnni_copy_runs;
 use super::{MAX_SPAN, PARALLEL_ELEMENTS, column_scale_into, quantize_run};
 use crate::index::SpIndex;
 use crate::kernels::isa::Isa;
-use crate::kernels::spmm::{LineAligned, spmm_prepared};
+use crate::kernels::spmm::{LineAligned, panel_width, spmm_prepared};
 use crate::kernels::{CsrView, KernelPath, kernel_path, multiversion};
 
 /// Tokens per narrow tile: one 256-bit vector of 16-bit values. The token rows are
@@ -63,47 +64,80 @@ const TRANSPOSE_INPUTS: usize = 64;
 /// Tokens per tile of the byte copy ([`byte_rows`](x86::byte_rows)): one 256-bit vector of bytes.
 const BYTE_TILE: usize = 32;
 
-/// `X`'s tokens quantized to int8, row-major: input `k`'s tokens at
-/// `values[k * stride..][..batch]`, zeros past the batch; one scale per token. Held as
-/// `i16` for the 16-bit copies, or as `u8` biased by
-/// [`ACTIVATION_BIAS`](crate::kernels::isa::ACTIVATION_BIAS) for the byte copy (where a
-/// zero is stored as 128).
+/// `X`'s tokens quantized to int8, in panels of [`panel_width`] tokens as the f32
+/// kernels copy `X` ([`to_panels`](crate::kernels::spmm::to_panels)): within a panel,
+/// input `k`'s tokens at `k * stride..`, zeros past the batch, `stride` the panel's
+/// tokens rounded up to a whole tile; one scale per token. Held as `i16` for the 16-bit
+/// copies, or as `u8` biased by [`ACTIVATION_BIAS`](crate::kernels::isa::ACTIVATION_BIAS)
+/// for the byte copy (where a zero is stored as 128). Rows over one panel read it from
+/// L2; rows over the whole of a large batch would each fetch all of it from memory.
 pub(crate) struct TokenRows<T: 'static = i16> {
-    /// Entries per input: the batch rounded up to a whole tile ([`NARROW`] tokens, or
-    /// [`BYTE_TILE`] for bytes).
-    stride: usize,
+    /// Tokens per panel but the last: whole tiles.
+    panel: usize,
+    /// Entries per tile ([`NARROW`] tokens, or [`BYTE_TILE`] for bytes).
+    tile: usize,
+    /// Inputs: `X`'s rows.
+    inputs: usize,
     values: LineAligned<T>,
     scales: Vec<f32>,
 }
 
+/// One panel of [`TokenRows`]: input `k`'s tokens at `values[k * stride..]`, `stride`
+/// a whole number of tiles, and the panel's tokens' scales.
+pub(crate) struct TokenPanel<'a, T> {
+    stride: usize,
+    values: &'a [T],
+    scales: &'a [f32],
+}
+
+impl<T: Copy + Default> TokenRows<T> {
+    /// The panels of `tokens` (a range of whole panels), each with its first token.
+    fn panels(&self, tokens: Range<usize>) -> impl Iterator<Item = (TokenPanel<'_, T>, usize)> {
+        let batch = self.scales.len();
+        tokens.step_by(self.panel).map(move |t0| {
+            let width = self.panel.min(batch - t0);
+            let stride = width.next_multiple_of(self.tile);
+            let values = &self.values.as_slice()[t0 * self.inputs..][..self.inputs * stride];
+            (TokenPanel { stride, values, scales: &self.scales[t0..t0 + width] }, t0)
+        })
+    }
+}
+
+/// Tokens per panel of [`TokenRows`] of `inputs` entries of `T` each: as for the f32
+/// copies, whole tiles of 32 fitting L2.
+pub(crate) fn token_panel<T>(inputs: usize) -> usize {
+    panel_width(inputs, size_of::<T>())
+}
+
 /// `x`'s tokens as 16-bit values ([`quantized_rows`]), for the 16-bit copies.
-fn token_rows(x: &DMatrix<f32>) -> TokenRows {
-    quantized_rows(x, NARROW, |v| v)
+fn token_rows(x: &DMatrix<f32>, panel: usize) -> TokenRows {
+    quantized_rows(x, panel, NARROW, |v| v)
 }
 
 /// `x`'s tokens as bytes biased by
 /// [`ACTIVATION_BIAS`](crate::kernels::isa::ACTIVATION_BIAS) ([`quantized_rows`]), for
 /// [`byte_rows`](x86::byte_rows).
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code, reason = "only x86 has a byte copy"))]
-fn token_bytes(x: &DMatrix<f32>) -> TokenRows<u8> {
+fn token_bytes(x: &DMatrix<f32>, panel: usize) -> TokenRows<u8> {
     use crate::kernels::isa::ACTIVATION_BIAS;
-    quantized_rows(x, BYTE_TILE, |v| (i32::from(v) + ACTIVATION_BIAS) as u8)
+    quantized_rows(x, panel, BYTE_TILE, |v| (i32::from(v) + ACTIVATION_BIAS) as u8)
 }
 
 /// `x`'s tokens quantized as [`super::quantize_columns`] quantizes them (the same scales
-/// and values), each stored as `store` makes it, written straight into [`TokenRows`]
-/// with the batch padded to a multiple of `tile`: a block of inputs at a time, each
-/// token's run of the block quantized contiguously, then stored down its column. Split
-/// across threads, by tokens for the scales and by blocks for the rest, when `X` is
-/// large enough to repay it.
+/// and values), each stored as `store` makes it, written straight into [`TokenRows`] in
+/// panels of `panel` tokens (a multiple of `tile`), each padded to a multiple of `tile`:
+/// a block of inputs of a panel at a time, each token's run of the block quantized
+/// contiguously, then stored down its column. Split across threads, by tokens for the
+/// scales and by blocks for the rest, when `X` is large enough to repay it.
 fn quantized_rows<T: Copy + Default + Send + Sync + 'static>(
     x: &DMatrix<f32>,
+    panel: usize,
     tile: usize,
     store: impl Fn(i16) -> T + Sync,
 ) -> TokenRows<T> {
+    assert!(panel > 0 && panel.is_multiple_of(tile));
     let (inputs, batch) = x.shape();
     let path = kernel_path();
-    let stride = batch.next_multiple_of(tile);
     let parallel = x.len() >= PARALLEL_ELEMENTS && rayon::current_num_threads() > 1;
     let tokens: Vec<&[f32]> = (0..batch).map(|j| &x.as_slice()[j * inputs..][..inputs]).collect();
     let scale = |token: &&[f32]| {
@@ -119,11 +153,24 @@ fn quantized_rows<T: Copy + Default + Send + Sync + 'static>(
         tokens.iter().map(scale).collect()
     };
     // Fewer than `tile` entries per input more than X holds, each of 16 bits or fewer.
-    let mut values = LineAligned::filled(inputs * stride, store(0));
-    let fill = |(block, out): (usize, &mut [T])| {
-        let (k0, height) = (block * TRANSPOSE_INPUTS, out.len() / stride);
+    let mut values = LineAligned::filled(inputs * batch.next_multiple_of(tile), store(0));
+    // Each block: its panel's first token, the panel's stride, its first input and its
+    // entries.
+    let mut blocks: Vec<(usize, usize, usize, &mut [T])> = Vec::new();
+    let mut rest = values.as_mut_slice();
+    for t0 in (0..batch).step_by(panel) {
+        let stride = panel.min(batch - t0).next_multiple_of(tile);
+        let (entries, tail) = rest.split_at_mut(inputs * stride);
+        rest = tail;
+        for (k, block) in entries.chunks_mut(TRANSPOSE_INPUTS * stride).enumerate() {
+            blocks.push((t0, stride, k * TRANSPOSE_INPUTS, block));
+        }
+    }
+    let fill = |(t0, stride, k0, out): (usize, usize, usize, &mut [T])| {
+        let height = out.len() / stride;
         let mut run = [0i16; TRANSPOSE_INPUTS];
-        for (j, (token, &scale)) in tokens.iter().zip(&scales).enumerate() {
+        let panel_tokens = tokens[t0..].iter().zip(&scales[t0..]).take(stride);
+        for (j, (token, &scale)) in panel_tokens.enumerate() {
             // A token with a NaN or an infinity keeps zeros (its scale makes it NaN).
             if !scale.is_nan() {
                 quantize_run(path, &token[k0..k0 + height], scale, &mut run[..height]);
@@ -133,13 +180,12 @@ fn quantized_rows<T: Copy + Default + Send + Sync + 'static>(
             }
         }
     };
-    let blocks = TRANSPOSE_INPUTS * stride;
     if parallel {
-        values.as_mut_slice().par_chunks_mut(blocks).enumerate().for_each(fill);
+        blocks.into_par_iter().for_each(fill);
     } else {
-        values.as_mut_slice().chunks_mut(blocks).enumerate().for_each(fill);
+        blocks.into_iter().for_each(fill);
     }
-    TokenRows { stride, values, scales }
+    TokenRows { panel, tile, inputs, values, scales }
 }
 
 /// `Y <- alpha * A X + beta * Y` for an int8 CSR matrix (`a.values` in `-127..=127`,
@@ -154,14 +200,18 @@ pub(crate) fn int8_csr_spmm<I: SpIndex>(
     let path = kernel_path();
     #[cfg(target_arch = "x86_64")]
     if x.ncols() > WIDE && byte_copy_runs(path) {
-        spmm_prepared(a, alpha, x, token_bytes, beta, y, |range, tokens, z| {
+        let panel = token_panel::<u8>(x.nrows());
+        let prepare = |x: &DMatrix<f32>| token_bytes(x, panel);
+        spmm_prepared(a, alpha, x, prepare, panel, beta, y, |range, tokens, columns, z| {
             // SAFETY: byte_copy_runs detected the copy's features.
-            unsafe { x86::byte_rows(a, range, tokens, z) }
+            unsafe { x86::byte_rows(a, range, tokens, columns, z) }
         });
         return;
     }
-    spmm_prepared(a, alpha, x, token_rows, beta, y, |range, tokens, z| {
-        rows_best(path, a, range, tokens, z)
+    let panel = token_panel::<i16>(x.nrows());
+    let prepare = |x: &DMatrix<f32>| token_rows(x, panel);
+    spmm_prepared(a, alpha, x, prepare, panel, beta, y, |range, tokens, columns, z| {
+        rows_best(path, a, range, tokens, columns, z)
     });
 }
 
@@ -172,37 +222,43 @@ fn byte_copy_runs(path: KernelPath) -> bool {
     path == KernelPath::Avx512 && crate::kernels::isa::vnni512_vl()
 }
 
-/// Rows `rows` of the product before `alpha` and `beta`, into `out` (row-major, a row of
-/// `batch` entries per output row, zeroed).
+/// Rows `rows` of the product at the tokens `columns` (whole panels of `tokens`) before
+/// `alpha` and `beta`, into `out` (row-major, a row of `columns.len()` entries per
+/// output row, zeroed): every row passes over one panel before any goes on to the next.
 #[inline(always)]
 fn rows_kernel<P: Isa, I: SpIndex>(
     a: CsrView<'_, f32, I, i8>,
     rows: Range<usize>,
     tokens: &TokenRows,
+    columns: Range<usize>,
     out: &mut [f32],
 ) {
-    let (batch, stride) = (tokens.scales.len(), tokens.stride);
-    assert!(tokens.values.as_slice().len() >= a.ncols * stride);
+    let (first, width) = (columns.start, columns.len());
     let mut weights = Vec::new();
-    for (r, z) in rows.zip(out.chunks_exact_mut(batch)) {
-        let entries = a.indptr[r]..a.indptr[r + 1];
-        let scale = a.row_scales.map_or(1.0, |s| s[r]);
-        weights.clear();
-        weights.extend(a.values[entries.clone()].iter().map(|&v| i16::from(v)));
-        let cols = &a.indices[entries];
-        let mut t0 = 0;
-        while t0 < stride {
-            let z = z.get_mut(t0..).unwrap_or_default();
-            if t0 + WIDE <= stride {
-                spans::<P, I, WIDE>(&weights, cols, tokens, t0, scale, z);
-                t0 += WIDE;
-            } else {
-                spans::<P, I, NARROW>(&weights, cols, tokens, t0, scale, z);
-                t0 += NARROW;
+    for (panel, t0) in tokens.panels(columns) {
+        let (stride, batch) = (panel.stride, panel.scales.len());
+        assert!(panel.values.len() >= a.ncols * stride);
+        for (k, r) in rows.clone().enumerate() {
+            let entries = a.indptr[r]..a.indptr[r + 1];
+            let scale = a.row_scales.map_or(1.0, |s| s[r]);
+            weights.clear();
+            weights.extend(a.values[entries.clone()].iter().map(|&v| i16::from(v)));
+            let cols = &a.indices[entries];
+            let z = &mut out[k * width + t0 - first..][..batch];
+            let mut t = 0;
+            while t < stride {
+                let z = z.get_mut(t..).unwrap_or_default();
+                if t + WIDE <= stride {
+                    spans::<P, I, WIDE>(&weights, cols, &panel, t, scale, z);
+                    t += WIDE;
+                } else {
+                    spans::<P, I, NARROW>(&weights, cols, &panel, t, scale, z);
+                    t += NARROW;
+                }
             }
-        }
-        for (v, &s) in z.iter_mut().zip(&tokens.scales) {
-            *v *= s;
+            for (v, &s) in z.iter_mut().zip(panel.scales) {
+                *v *= s;
+            }
         }
     }
 }
@@ -215,7 +271,7 @@ fn rows_kernel<P: Isa, I: SpIndex>(
 fn spans<P: Isa, I: SpIndex, const W: usize>(
     weights: &[i16],
     cols: &[I],
-    tokens: &TokenRows,
+    tokens: &TokenPanel<'_, i16>,
     t0: usize,
     scale: f32,
     z: &mut [f32],
@@ -240,11 +296,11 @@ fn add_sums<P: Isa, I: SpIndex, const W: usize>(
     weights: &[i16],
     cols: &[I],
     limit: usize,
-    tokens: &TokenRows,
+    tokens: &TokenPanel<'_, i16>,
     t0: usize,
     sums: &mut [i32],
 ) -> usize {
-    let (rows, stride) = (tokens.values.as_slice(), tokens.stride);
+    let (rows, stride) = (tokens.values, tokens.stride);
     assert!(t0 + W <= stride && W.is_multiple_of(NARROW) && sums.len() >= W);
     assert_eq!(weights.len(), cols.len());
     // The format's validator keeps a row's columns strictly increasing, which both the
@@ -297,6 +353,7 @@ multiversion! {
         a: CsrView<'_, f32, I, i8>,
         rows: Range<usize>,
         tokens: &TokenRows,
+        columns: Range<usize>,
         out: &mut [f32],
     ) => rows_kernel
 }
@@ -309,6 +366,7 @@ fn rows_best<I: SpIndex>(
     a: CsrView<'_, f32, I, i8>,
     range: Range<usize>,
     tokens: &TokenRows,
+    columns: Range<usize>,
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
@@ -318,28 +376,30 @@ fn rows_best<I: SpIndex>(
             a: CsrView<'_, f32, I, i8>,
             range: Range<usize>,
             tokens: &TokenRows,
+            columns: Range<usize>,
             out: &mut [f32],
         ) {
-            rows_kernel::<crate::kernels::isa::Avx512Vnni, I>(a, range, tokens, out);
+            rows_kernel::<crate::kernels::isa::Avx512Vnni, I>(a, range, tokens, columns, out);
         }
         #[target_feature(enable = "avxvnni,avx2,fma,f16c")]
         fn avx_vnni_copy<I: SpIndex>(
             a: CsrView<'_, f32, I, i8>,
             range: Range<usize>,
             tokens: &TokenRows,
+            columns: Range<usize>,
             out: &mut [f32],
         ) {
-            rows_kernel::<crate::kernels::isa::AvxVnni, I>(a, range, tokens, out);
+            rows_kernel::<crate::kernels::isa::AvxVnni, I>(a, range, tokens, columns, out);
         }
         if path == KernelPath::Avx512 {
             // SAFETY: vnni512() detected every feature the copy is compiled with.
-            return unsafe { vnni_copy(a, range, tokens, out) };
+            return unsafe { vnni_copy(a, range, tokens, columns, out) };
         }
         // SAFETY: on the AVX2 path, avx_vnni() detected every feature the copy is
         // compiled with.
-        return unsafe { avx_vnni_copy(a, range, tokens, out) };
+        return unsafe { avx_vnni_copy(a, range, tokens, columns, out) };
     }
-    rows(path, a, range, tokens, out);
+    rows(path, a, range, tokens, columns, out);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -428,8 +488,9 @@ mod x86 {
         (out, e)
     }
 
-    /// Rows `rows` of the product before `alpha` and `beta`, into `out` (row-major, a row
-    /// of `batch` entries per output row, zeroed), with [`byte_sums`]: the float steps of
+    /// Rows `rows` of the product at the tokens `columns` (whole panels of `tokens`)
+    /// before `alpha` and `beta`, into `out` (row-major, a row of `columns.len()` entries
+    /// per output row, zeroed), with [`byte_sums`]: the float steps of
     /// [`super::rows_kernel`], so the same bits.
     ///
     /// # Safety
@@ -440,34 +501,37 @@ mod x86 {
         a: CsrView<'_, f32, I, i8>,
         rows: Range<usize>,
         tokens: &TokenRows<u8>,
+        columns: Range<usize>,
         out: &mut [f32],
     ) {
-        let (batch, stride) = (tokens.scales.len(), tokens.stride);
-        let x = tokens.values.as_slice();
-        assert!(x.len() >= a.ncols * stride && stride.is_multiple_of(BYTE_TILE));
-        for (r, z) in rows.zip(out.chunks_exact_mut(batch)) {
-            let entries = a.indptr[r]..a.indptr[r + 1];
-            let scale = a.row_scales.map_or(1.0, |s| s[r]);
-            let (weights, cols) = (&a.values[entries.clone()], &a.indices[entries]);
-            for t0 in (0..stride).step_by(BYTE_TILE) {
-                let z = z.get_mut(t0..).unwrap_or_default();
-                let mut e = 0;
-                while e < cols.len() {
-                    let used = span_len(&cols[e..], a.ncols);
-                    // SAFETY: every column is below `ncols` (the format's validator) and
-                    // `t0 + BYTE_TILE <= stride`, so each input's run of the tile is in
-                    // `x` (asserted above); the features are this function's.
-                    let sums = unsafe {
-                        byte_sums(&weights[e..e + used], &cols[e..e + used], &x[t0..], stride)
-                    };
-                    for (v, &d) in z.iter_mut().zip(&sums) {
-                        *v += d as f32 * scale;
+        let (first, width) = (columns.start, columns.len());
+        for (panel, t0) in tokens.panels(columns) {
+            let (batch, stride, x) = (panel.scales.len(), panel.stride, panel.values);
+            assert!(x.len() >= a.ncols * stride && stride.is_multiple_of(BYTE_TILE));
+            for (k, r) in rows.clone().enumerate() {
+                let entries = a.indptr[r]..a.indptr[r + 1];
+                let scale = a.row_scales.map_or(1.0, |s| s[r]);
+                let (weights, cols) = (&a.values[entries.clone()], &a.indices[entries]);
+                let z = &mut out[k * width + t0 - first..][..batch];
+                for t in (0..stride).step_by(BYTE_TILE) {
+                    let z = z.get_mut(t..).unwrap_or_default();
+                    let mut e = 0;
+                    while e < cols.len() {
+                        let used = span_len(&cols[e..], a.ncols);
+                        let (weights, cols) = (&weights[e..e + used], &cols[e..e + used]);
+                        // SAFETY: every column is below `ncols` (the format's validator)
+                        // and `t + BYTE_TILE <= stride`, so each input's run of the tile
+                        // is in `x` (asserted above); the features are this function's.
+                        let sums = unsafe { byte_sums(weights, cols, &x[t..], stride) };
+                        for (v, &d) in z.iter_mut().zip(&sums) {
+                            *v += d as f32 * scale;
+                        }
+                        e += used;
                     }
-                    e += used;
                 }
-            }
-            for (v, &s) in z.iter_mut().zip(&tokens.scales) {
-                *v *= s;
+                for (v, &s) in z.iter_mut().zip(panel.scales) {
+                    *v *= s;
+                }
             }
         }
     }
@@ -632,49 +696,82 @@ mod tests {
     }
 
     /// The rows kernel on a path, its VNNI copy when `vnni` and the CPU has one, as
-    /// row-major bits (before alpha and beta).
+    /// row-major bits (before alpha and beta), over `X` in panels of `panel` tokens, the
+    /// rows in two ranges and the panels in two, as parallel tasks take them.
     fn on_path(
         path: KernelPath,
         vnni: bool,
         a: CsrView<'_, f32, u32, i8>,
         x: &DMatrix<f32>,
+        panel: usize,
     ) -> Vec<u32> {
         let path = KernelPath::resolve(path);
-        let tokens = token_rows(x);
-        let mut out = vec![0.0f32; a.nrows * x.ncols()];
-        if vnni {
-            rows_best(path, a, 0..a.nrows, &tokens, &mut out);
-        } else {
-            rows(path, a, 0..a.nrows, &tokens, &mut out);
-        }
-        out.iter().map(|v| v.to_bits()).collect()
+        let tokens = token_rows(x, panel);
+        by_blocks(a.nrows, x.ncols(), panel, |rows, columns, out| {
+            if vnni {
+                rows_best(path, a, rows, &tokens, columns, out);
+            } else {
+                self::rows(path, a, rows, &tokens, columns, out);
+            }
+        })
     }
 
-    /// The byte copy's rows, as row-major bits (before alpha and beta); `None` where the
-    /// CPU lacks it.
-    fn by_bytes<I: SpIndex>(a: CsrView<'_, f32, I, i8>, x: &DMatrix<f32>) -> Option<Vec<u32>> {
+    /// The product's rows, row-major bits, from `block(rows, columns, out)` run on two
+    /// ranges of rows by two ranges of whole panels of `panel` tokens of `batch`.
+    fn by_blocks(
+        nrows: usize,
+        batch: usize,
+        panel: usize,
+        block: impl Fn(Range<usize>, Range<usize>, &mut [f32]),
+    ) -> Vec<u32> {
+        let mut want = vec![0u32; nrows * batch];
+        let split = batch.div_ceil(panel) / 2 * panel;
+        for rows in [0..nrows / 2, nrows / 2..nrows] {
+            for columns in [0..split, split..batch] {
+                let mut out = vec![0.0f32; rows.len() * columns.len()];
+                block(rows.clone(), columns.clone(), &mut out);
+                for (k, r) in rows.clone().enumerate() {
+                    let got = &out[k * columns.len()..][..columns.len()];
+                    for (w, v) in want[r * batch..][columns.clone()].iter_mut().zip(got) {
+                        *w = v.to_bits();
+                    }
+                }
+            }
+        }
+        want
+    }
+
+    /// The byte copy's rows, as row-major bits (before alpha and beta), in panels as
+    /// [`on_path`]; `None` where the CPU lacks it.
+    fn by_bytes<I: SpIndex>(
+        a: CsrView<'_, f32, I, i8>,
+        x: &DMatrix<f32>,
+        panel: usize,
+    ) -> Option<Vec<u32>> {
         #[cfg(target_arch = "x86_64")]
         if byte_copy_runs(KernelPath::resolve(KernelPath::Avx512)) {
-            let tokens = token_bytes(x);
-            let mut out = vec![0.0f32; a.nrows * x.ncols()];
-            // SAFETY: byte_copy_runs detected the copy's features.
-            unsafe { x86::byte_rows(a, 0..a.nrows, &tokens, &mut out) };
-            return Some(out.iter().map(|v| v.to_bits()).collect());
+            let tokens = token_bytes(x, panel);
+            return Some(by_blocks(a.nrows, x.ncols(), panel, |rows, columns, out| {
+                // SAFETY: byte_copy_runs detected the copy's features.
+                unsafe { x86::byte_rows(a, rows, &tokens, columns, out) }
+            }));
         }
-        let _ = (a, x);
+        let _ = (a, x, panel);
         None
     }
 
     proptest! {
         /// Every compiled copy gives the bits of the dense int8 product's reference loop
         /// on the same weights written out, for batches around the 16- and 32-token
-        /// tiles, rows of odd and even lengths and of none; the byte copy too, at every
-        /// batch (products run it above 32 tokens).
+        /// tiles, rows of odd and even lengths and of none, in one panel or several of 32
+        /// or 64 tokens, and blocks of rows and panels; the byte copy too, at every batch
+        /// (products run it above 32 tokens).
         #[test]
         fn every_copy_equals_the_dense_reference(
             (nrows, ncols) in (1usize..30, 0usize..120),
             density in 0.0f64..1.0,
-            batch in 1usize..70,
+            batch in 1usize..160,
+            panel in prop::sample::select(vec![32usize, 64, 128]),
             seed in any::<u64>(),
         ) {
             let fixture = Fixture::new(nrows, ncols, density, seed);
@@ -683,15 +780,19 @@ mod tests {
             for path in KernelPath::ORDER {
                 for vnni in [false, true] {
                     prop_assert_eq!(
-                        &on_path(path, vnni, fixture.view(), &x), &want, "{:?}, vnni {}", path, vnni
+                        &on_path(path, vnni, fixture.view(), &x, panel),
+                        &want,
+                        "{:?}, vnni {}",
+                        path,
+                        vnni
                     );
                 }
             }
-            if let Some(got) = by_bytes(fixture.view(), &x) {
+            if let Some(got) = by_bytes(fixture.view(), &x, panel) {
                 prop_assert_eq!(&got, &want, "bytes");
             }
             let narrow = Fixture::<u16>::new(nrows, ncols, density, seed);
-            if let Some(got) = by_bytes(narrow.view(), &x) {
+            if let Some(got) = by_bytes(narrow.view(), &x, panel) {
                 prop_assert_eq!(&got, &want, "bytes, 16-bit columns");
             }
         }
@@ -716,20 +817,32 @@ mod tests {
                 assert_eq!(got, bits, "output {k}");
             }
         }
-        for path in KernelPath::ORDER {
-            for vnni in [false, true] {
-                assert_eq!(on_path(path, vnni, fixture.view(), &x), want, "{path:?}, {vnni}");
+        for panel in [32, 128] {
+            for path in KernelPath::ORDER {
+                for vnni in [false, true] {
+                    let got = on_path(path, vnni, fixture.view(), &x, panel);
+                    assert_eq!(got, want, "{path:?}, {vnni}, panel {panel}");
+                }
+            }
+            if let Some(got) = by_bytes(fixture.view(), &x, panel) {
+                assert_eq!(got, want, "bytes, panel {panel}");
             }
         }
-        if let Some(got) = by_bytes(fixture.view(), &x) {
-            assert_eq!(got, want, "bytes");
-        }
-        let bytes = token_bytes(&x);
-        assert_eq!(bytes.stride, 64);
-        for input in bytes.values.as_slice().chunks_exact(bytes.stride) {
-            assert_eq!(input[3], 128);
-            assert_eq!(input[36], 128);
-            assert!(input[batch..].iter().all(|&b| b == 128));
+        // Two panels, the second of 8 tokens padded to a whole tile.
+        let bytes = token_bytes(&x, 32);
+        let panels: Vec<_> = bytes.panels(0..batch).collect();
+        assert_eq!(
+            panels.iter().map(|(p, t0)| (p.stride, *t0)).collect::<Vec<_>>(),
+            [(32, 0), (32, 32)]
+        );
+        for (panel, t0) in panels {
+            for input in panel.values.chunks_exact(panel.stride) {
+                for (j, &b) in input.iter().enumerate() {
+                    if [3, 36].contains(&(t0 + j)) || t0 + j >= batch {
+                        assert_eq!(b, 128, "token {}", t0 + j);
+                    }
+                }
+            }
         }
     }
 
@@ -764,17 +877,20 @@ mod tests {
         let x =
             DMatrix::from_fn(ncols, 48, |c, j| if j % 2 == 1 && c < 10 { -1.0 } else { 1.0f32 });
         let want = fixture.reference(&x);
-        for path in KernelPath::ORDER {
-            for vnni in [false, true] {
-                let got = on_path(path, vnni, fixture.view(), &x);
-                assert_eq!(got, want, "{path:?}, vnni {vnni}");
-                // Row 0, token 0: 140 000 products of 127 by 127, scaled back by 127^2.
-                let full = f64::from(f32::from_bits(got[0]));
-                assert!((full - ncols as f64).abs() < 1e-3 * ncols as f64, "{full}");
+        // In one panel, and in two: 32 tokens, then 16.
+        for panel in [32, 64] {
+            for path in KernelPath::ORDER {
+                for vnni in [false, true] {
+                    let got = on_path(path, vnni, fixture.view(), &x, panel);
+                    assert_eq!(got, want, "{path:?}, vnni {vnni}, panel {panel}");
+                    // Row 0, token 0: 140 000 products of 127 by 127, scaled back by 127^2.
+                    let full = f64::from(f32::from_bits(got[0]));
+                    assert!((full - ncols as f64).abs() < 1e-3 * ncols as f64, "{full}");
+                }
             }
-        }
-        if let Some(got) = by_bytes(fixture.view(), &x) {
-            assert_eq!(got, want, "bytes");
+            if let Some(got) = by_bytes(fixture.view(), &x, panel) {
+                assert_eq!(got, want, "bytes, panel {panel}");
+            }
         }
     }
 }
