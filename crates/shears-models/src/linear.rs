@@ -297,6 +297,29 @@ impl Linear {
     }
 }
 
+/// The half-precision type weights are stored in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HalfType {
+    Bf16,
+    F16,
+}
+
+impl HalfType {
+    /// bf16 if every one of `weights()` is exact in bf16, else f16 if every one is exact
+    /// in f16; `None` for weights exact in neither. Half formats hold finite values only,
+    /// so an infinite or NaN weight keeps f32.
+    fn holding<W: Iterator<Item = f32>>(weights: impl Fn() -> W) -> Option<HalfType> {
+        let exact_in = |round: fn(f32) -> f32| weights().all(|w| w.is_finite() && round(w) == w);
+        if exact_in(|w| bf16::from_f32(w).to_f32()) {
+            Some(HalfType::Bf16)
+        } else if exact_in(|w| f16::from_f32(w).to_f32()) {
+            Some(HalfType::F16)
+        } else {
+            None
+        }
+    }
+}
+
 /// CSR or N:M weights with half-precision values.
 #[derive(Debug, Clone)]
 enum HalfSparse {
@@ -319,20 +342,12 @@ impl HalfSparse {
         if !matches!(format, Format::Csr | Format::Nm(_)) {
             return Ok(None);
         }
-        // Half formats hold finite values only; an infinite weight keeps f32.
-        let exact_in = |round: fn(f32) -> f32| {
-            kept.iter_kept().all(|(r, c)| {
-                let w = weights[(r, c)];
-                w.is_finite() && round(w) == w
-            })
-        };
-        if exact_in(|w| bf16::from_f32(w).to_f32()) {
-            Ok(Some(HalfSparse::Bf16(Half::new(weights, kept, format)?)))
-        } else if exact_in(|w| f16::from_f32(w).to_f32()) {
-            Ok(Some(HalfSparse::F16(Half::new(weights, kept, format)?)))
-        } else {
-            Ok(None)
-        }
+        let kept_weights = || kept.iter_kept().map(|(r, c)| weights[(r, c)]);
+        Ok(match HalfType::holding(kept_weights) {
+            Some(HalfType::Bf16) => Some(HalfSparse::Bf16(Half::new(weights, kept, format)?)),
+            Some(HalfType::F16) => Some(HalfSparse::F16(Half::new(weights, kept, format)?)),
+            None => None,
+        })
     }
 
     fn product(&self) -> &dyn SparseProduct<f32> {
@@ -404,14 +419,9 @@ impl HalfDense {
     /// `weights` in bf16 if every one is exact in bf16, else in f16 if every one is
     /// exact in f16; `None` for weights exact in neither (or not finite).
     fn new(weights: &DMatrix<f32>) -> Option<HalfDense> {
-        let exact_in =
-            |round: fn(f32) -> f32| weights.iter().all(|&w| w.is_finite() && round(w) == w);
-        if exact_in(|w| bf16::from_f32(w).to_f32()) {
-            Some(HalfDense::Bf16(weights.map(bf16::from_f32)))
-        } else if exact_in(|w| f16::from_f32(w).to_f32()) {
-            Some(HalfDense::F16(weights.map(f16::from_f32)))
-        } else {
-            None
+        match HalfType::holding(|| weights.iter().copied())? {
+            HalfType::Bf16 => Some(HalfDense::Bf16(weights.map(bf16::from_f32))),
+            HalfType::F16 => Some(HalfDense::F16(weights.map(f16::from_f32))),
         }
     }
 
@@ -441,18 +451,16 @@ enum DenseRef<'a> {
 
 impl DenseRef<'_> {
     fn to_f32(self) -> DMatrix<f32> {
+        /// `w` widened, exactly, by `widen`.
+        fn widened<H>(w: &DMatrix<H>, widen: fn(&[H], &mut [f32])) -> DMatrix<f32> {
+            let mut widened = DMatrix::zeros(w.nrows(), w.ncols());
+            widen(w.as_slice(), widened.as_mut_slice());
+            widened
+        }
         match self {
             DenseRef::F32(w) => w.clone(),
-            DenseRef::Bf16(w) => {
-                let mut widened = DMatrix::zeros(w.nrows(), w.ncols());
-                widen_bf16(w.as_slice(), widened.as_mut_slice());
-                widened
-            }
-            DenseRef::F16(w) => {
-                let mut widened = DMatrix::zeros(w.nrows(), w.ncols());
-                w.as_slice().convert_to_f32_slice(widened.as_mut_slice());
-                widened
-            }
+            DenseRef::Bf16(w) => widened(w, widen_bf16),
+            DenseRef::F16(w) => widened(w, widen_f16),
         }
     }
 
@@ -475,10 +483,7 @@ impl DenseRef<'_> {
                 f(all.subrows(rows.start, rows.len()))
             }
             DenseRef::Bf16(w) => widened_rows(w.as_slice(), widen_bf16, (outputs, inputs), rows, f),
-            DenseRef::F16(w) => {
-                let widen = |h: &[f16], out: &mut [f32]| h.convert_to_f32_slice(out);
-                widened_rows(w.as_slice(), widen, (outputs, inputs), rows, f)
-            }
+            DenseRef::F16(w) => widened_rows(w.as_slice(), widen_f16, (outputs, inputs), rows, f),
         }
     }
 }
@@ -489,6 +494,11 @@ fn widen_bf16(values: &[bf16], out: &mut [f32]) {
     for (o, v) in out.iter_mut().zip(values) {
         *o = f32::from_bits(u32::from(v.to_bits()) << 16);
     }
+}
+
+/// `values` as f32, exactly, with `half`'s slice conversion (F16C where the CPU has it).
+fn widen_f16(values: &[f16], out: &mut [f32]) {
+    values.convert_to_f32_slice(out);
 }
 
 thread_local! {
