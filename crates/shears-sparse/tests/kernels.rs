@@ -4,7 +4,8 @@ use nalgebra::{DMatrix, DVector};
 use proptest::prelude::*;
 use shears_core::{BlockShape, Mask, NmPattern, proptest as arb};
 use shears_sparse::{
-    AnySlicedEll, Bf16Csr, BlockSparse, Csr, Int8Csr, NmSparse, SlicedEll, SparseProduct,
+    AnySlicedEll, Bf16Csr, BlockSparse, Csr, Int8Csr, Int8Matrix, Int8Nm, NmSparse, QuantScheme,
+    SlicedEll, SparseProduct,
 };
 
 /// f32 products of length <= 64 with inputs in [-1, 1]: |error| < 64 * 2^-23 * sum|a x|.
@@ -156,10 +157,10 @@ fn batches_past_one_panel() {
     }
 }
 
-/// Int8 CSR products past one panel of quantized tokens, split between tasks by panels
-/// and rows, give each token the bits it gets in a batch of its own (each token is
-/// quantized alone and its sums are exact integers), on any number of threads, and
-/// stay within int8's error of the f32 product.
+/// Int8 products (CSR, dense, N:M) past one panel of quantized tokens, split between
+/// tasks by panels and rows, give each token the bits it gets in a batch of its own
+/// (each token is quantized alone and its sums are exact integers), on any number of
+/// threads, and stay within int8's error of the f32 product.
 #[test]
 fn int8_batches_past_one_panel() {
     let (rows, cols, batch) = (300, 1100, 261);
@@ -167,23 +168,33 @@ fn int8_batches_past_one_panel() {
         (((r * 7919 + c * 104_729) % 1000) as f32 / 500.0) - 1.0
     });
     let mask = Mask::from_fn(rows, cols, |r, c| (r * 31 + c * 17) % 10 < 3).unwrap();
+    let nm_mask = Mask::from_fn(rows, cols, |r, c| (c + r) % 4 < 2).unwrap();
     let x = DMatrix::from_fn(cols, batch, |r, c| (((r * 13 + c * 7) % 17) as f32 - 8.0) / 8.0);
     let csr: Csr<f32, u16> = Csr::from_dense_masked(&w, &mask).unwrap();
-    let int8 = Int8Csr::from_csr(&csr).unwrap();
+    let nm = NmSparse::from_dense_masked(&w, &nm_mask, NmPattern::TWO_FOUR).unwrap();
+    type Product = Box<dyn SparseProduct<f32> + Sync>;
+    let products: [(&str, Product, DMatrix<f32>); 3] = [
+        ("csr", Box::new(Int8Csr::from_csr(&csr).unwrap()), csr.to_dense()),
+        ("dense", Box::new(Int8Matrix::quantize(&w, QuantScheme::PerRow).unwrap()), w.clone()),
+        ("n:m", Box::new(Int8Nm::from_nm(&nm).unwrap()), nm.to_dense()),
+    ];
     let pool = |threads: usize| rayon::ThreadPoolBuilder::new().num_threads(threads).build();
-    let whole = pool(2).unwrap().install(|| int8.matmul(&x).unwrap());
-    for threads in [1, 3] {
-        let again = pool(threads).unwrap().install(|| int8.matmul(&x).unwrap());
-        assert_eq!(again, whole, "{threads} threads");
+    for (name, int8, f32_weights) in &products {
+        let whole = pool(2).unwrap().install(|| int8.matmul(&x).unwrap());
+        for threads in [1, 3] {
+            let again = pool(threads).unwrap().install(|| int8.matmul(&x).unwrap());
+            assert_eq!(again, whole, "{name}, {threads} threads");
+        }
+        // Batches of 12 tokens, and the last of 9: one tile each, on the integer path.
+        for j0 in (0..batch).step_by(12) {
+            let width = 12.min(batch - j0);
+            let part = int8.matmul(&x.columns(j0, width).into_owned()).unwrap();
+            assert_eq!(part, whole.columns(j0, width), "{name}, tokens {j0}..{}", j0 + width);
+        }
+        let dense = f32_weights * &x;
+        let error = (&whole - &dense).amax();
+        assert!(error <= 2e-2 * dense.amax(), "{name}: {error}");
     }
-    // Batches of 12 tokens, and the last of 9: one tile each, on the integer path.
-    for j0 in (0..batch).step_by(12) {
-        let width = 12.min(batch - j0);
-        let part = int8.matmul(&x.columns(j0, width).into_owned()).unwrap();
-        assert_eq!(part, whole.columns(j0, width), "tokens {j0}..{}", j0 + width);
-    }
-    let dense = csr.to_dense() * &x;
-    assert!((&whole - &dense).amax() <= 2e-2 * dense.amax(), "{}", (&whole - &dense).amax());
 }
 
 #[test]

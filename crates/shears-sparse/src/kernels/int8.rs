@@ -31,7 +31,8 @@ use crate::index::SpIndex;
 use rayon::prelude::*;
 
 use super::isa::{ACTIVATION_BIAS, DOT_STEP as STEP, Isa, int8_dots, int8_dots_biased};
-use super::{KernelPath, NmView, combine, kernel_path, multiversion, parallel_ranges};
+use super::spmm::for_each_block_of;
+use super::{KernelPath, NmView, Units, combine, kernel_path, multiversion};
 
 mod csr;
 mod csr_vector;
@@ -180,7 +181,32 @@ pub(crate) struct QuantizedColumns {
     pub(crate) scales: Vec<f32>,
 }
 
+/// A range of [`QuantizedColumns`]' tokens, as the products read them: token `j` of the
+/// range at `values[j * stride..]` (and `biased[j * biased_stride..]`), its scale
+/// `scales[j]`. Each token is quantized alone, so a token's outputs do not depend on
+/// which range it is read in.
+pub(crate) struct QuantizedTokens<'a> {
+    pub(crate) stride: usize,
+    pub(crate) values: &'a [i16],
+    pub(crate) biased: &'a [u8],
+    pub(crate) biased_stride: usize,
+    pub(crate) scales: &'a [f32],
+}
+
 impl QuantizedColumns {
+    /// The tokens `tokens`.
+    pub(crate) fn tokens(&self, tokens: Range<usize>) -> QuantizedTokens<'_> {
+        let slice = |stride: usize| tokens.start * stride..tokens.end * stride;
+        QuantizedTokens {
+            stride: self.stride,
+            values: &self.values[slice(self.stride)],
+            // Empty (and its stride 0) unless the VNNI copy runs and `bias` filled it.
+            biased: &self.biased[slice(self.biased_stride)],
+            biased_stride: self.biased_stride,
+            scales: &self.scales[tokens],
+        }
+    }
+
     /// Fills [`QuantizedColumns::biased`].
     fn bias(&mut self) {
         let stride = self.stride.next_multiple_of(4);
@@ -328,7 +354,7 @@ pub(super) fn spans(cols: usize, group: usize) -> impl Iterator<Item = (usize, R
 fn tile<P: Isa, const R: usize, const J: usize>(
     a: Int8DenseView<'_>,
     r0: usize,
-    xq: &QuantizedColumns,
+    xq: &QuantizedTokens<'_>,
     j0: usize,
 ) -> [[f32; J]; R] {
     let (cols, groups) = (a.cols, a.groups_per_row());
@@ -366,7 +392,7 @@ fn tile<P: Isa, const R: usize, const J: usize>(
 fn int8_rows_kernel<P: Isa>(
     a: Int8DenseView<'_>,
     rows: Range<usize>,
-    xq: &QuantizedColumns,
+    xq: &QuantizedTokens<'_>,
     alpha: f32,
     beta: f32,
     out: &mut [&mut [f32]],
@@ -421,7 +447,7 @@ fn int8_rows_kernel<P: Isa>(
 fn batched_rows<P: Isa, const R: usize, const J: usize>(
     a: Int8DenseView<'_>,
     rows: Range<usize>,
-    xq: &QuantizedColumns,
+    xq: &QuantizedTokens<'_>,
     put: &mut impl FnMut(usize, usize, f32),
 ) -> usize {
     let batch = xq.scales.len();
@@ -453,7 +479,7 @@ multiversion! {
     fn int8_rows<>(
         a: Int8DenseView<'_>,
         rows: Range<usize>,
-        xq: &QuantizedColumns,
+        xq: &QuantizedTokens<'_>,
         alpha: f32,
         beta: f32,
         out: &mut [&mut [f32]],
@@ -502,7 +528,7 @@ fn int8_rows_best(
     path: KernelPath,
     a: Int8DenseView<'_>,
     rows: Range<usize>,
-    xq: &QuantizedColumns,
+    xq: &QuantizedTokens<'_>,
     alpha: f32,
     beta: f32,
     out: &mut [&mut [f32]],
@@ -513,7 +539,7 @@ fn int8_rows_best(
         fn vnni_copy(
             a: Int8DenseView<'_>,
             rows: Range<usize>,
-            xq: &QuantizedColumns,
+            xq: &QuantizedTokens<'_>,
             alpha: f32,
             beta: f32,
             out: &mut [&mut [f32]],
@@ -524,7 +550,7 @@ fn int8_rows_best(
         fn avx_vnni_copy(
             a: Int8DenseView<'_>,
             rows: Range<usize>,
-            xq: &QuantizedColumns,
+            xq: &QuantizedTokens<'_>,
             alpha: f32,
             beta: f32,
             out: &mut [&mut [f32]],
@@ -557,8 +583,8 @@ pub(crate) fn int8_dense_product(
     let path = kernel_path();
     let xq = quantize_for(path, x, a.cols, batch);
     let unit = rows_per_unit(path, &a, batch);
-    for_row_tasks(a.rows, a.cols, unit, y, |range, pieces| {
-        int8_rows_best(path, a, range, &xq, alpha, beta, pieces)
+    for_row_tasks(a.rows, a.cols, unit, y, |range, tokens, pieces| {
+        int8_rows_best(path, a, range, &xq.tokens(tokens), alpha, beta, pieces)
     });
 }
 
@@ -590,7 +616,8 @@ pub(crate) fn int8_nm_product(
     let shape =
         Int8DenseView { rows: a.nrows, cols, group, values: &[], scales: &[], packed: None };
     let unit = rows_per_unit(path, &shape, batch);
-    for_row_tasks(a.nrows, cols, unit, y, |range, pieces| {
+    for_row_tasks(a.nrows, cols, unit, y, |range, tokens, pieces| {
+        let xq = xq.tokens(tokens);
         // Bounded by X, which holds `cols` entries for each of at least two tokens.
         let mut dense = vec![0i8; EXPANDED_ROWS.min(range.len()) * cols];
         for start in range.clone().step_by(EXPANDED_ROWS) {
@@ -689,41 +716,51 @@ fn quantize_for(path: KernelPath, x: &[f32], cols: usize, batch: usize) -> Quant
     xq
 }
 
-/// Splits the `rows` rows of `Y` (columns of `rows` entries in `y`) into tasks of whole
-/// units of `unit` rows, and runs `run(range, pieces)` for each, on several threads when
-/// the work repays it: `pieces[j]` holds column `j`'s entries for rows `range`.
+/// Rows of `Y` in units of `unit` rows of `cols` inputs each: [`for_row_tasks`]' work
+/// units.
+#[derive(Clone, Copy)]
+struct RowUnits {
+    rows: usize,
+    cols: usize,
+    unit: usize,
+}
+
+impl Units for RowUnits {
+    fn units(&self) -> usize {
+        self.rows.div_ceil(self.unit)
+    }
+    fn work_before(&self, u: usize) -> usize {
+        self.rows_before(u) * self.cols.max(1)
+    }
+    fn rows_before(&self, u: usize) -> usize {
+        (u * self.unit).min(self.rows)
+    }
+}
+
+/// Tokens per panel of a batch split between tasks ([`for_row_tasks`]): as many as
+/// [`ACTIVATION_BLOCK_BYTES`] of quantized activations of `cols` inputs hold, so that
+/// a task's tokens stay in L2 while its rows pass over them, and at least a few tiles.
+fn token_panel(cols: usize) -> usize {
+    (ACTIVATION_BLOCK_BYTES / (2 * cols.max(1))).max(24)
+}
+
+/// Splits `Y` (columns of `rows` entries in `y`) into blocks of whole units of `unit`
+/// rows by whole panels of tokens ([`token_panel`]), and runs `run(rows, tokens,
+/// pieces)` for each, on several threads when the work repays it ([`for_each_block_of`]):
+/// `pieces[j]` holds token `tokens.start + j`'s entries for rows `rows`. A batch larger
+/// than a panel is split by panels first, so that no task passes over all of a large
+/// `X` for a few rows, which would fetch it from memory once per task.
 fn for_row_tasks(
     rows: usize,
     cols: usize,
     unit: usize,
     y: &mut [f32],
-    run: impl Fn(Range<usize>, &mut [&mut [f32]]) + Sync,
+    run: impl Fn(Range<usize>, Range<usize>, &mut [&mut [f32]]) + Sync,
 ) {
-    let batch = y.len() / rows.max(1);
-    let work = |u: usize| (u * unit).min(rows) * cols.max(1) * batch;
-    let ranges: Vec<Range<usize>> = match parallel_ranges(rows.div_ceil(unit), work) {
-        Some(units) => {
-            units.into_iter().map(|u| u.start * unit..(u.end * unit).min(rows)).collect()
-        }
-        None => std::iter::once(0..rows).collect(),
-    };
-    // Each task gets its rows of every column of Y, and writes them as it computes them.
-    let mut tasks: Vec<(Range<usize>, Vec<&mut [f32]>)> =
-        ranges.into_iter().map(|range| (range, Vec::with_capacity(batch))).collect();
-    for column in y.chunks_exact_mut(rows) {
-        let mut rest = column;
-        for (range, pieces) in &mut tasks {
-            let (piece, tail) = rest.split_at_mut(range.len());
-            pieces.push(piece);
-            rest = tail;
-        }
-    }
-    let run = |(range, mut pieces): (Range<usize>, Vec<&mut [f32]>)| run(range, &mut pieces);
-    if tasks.len() == 1 {
-        tasks.into_iter().for_each(run);
-    } else {
-        tasks.into_par_iter().for_each(run);
-    }
+    let units = RowUnits { rows, cols, unit };
+    for_each_block_of(units, rows, y, token_panel(cols), |u, tokens, pieces| {
+        run(units.rows_before(u.start)..units.rows_before(u.end), tokens, pieces)
+    });
 }
 
 /// The product as [`int8_dense_product`] defines it, with plain loops: the oracle of
@@ -803,17 +840,28 @@ mod tests {
     }
 
     /// The rows kernel on a given path, its VNNI copy when `vnni` and the CPU has one
-    /// (alpha 1, beta 0; `Y` starts as NaN, which must not be read), as column-major bits.
+    /// (alpha 1, beta 0; `Y` starts as NaN, which must not be read), as column-major bits:
+    /// on the first half of the tokens, then the second, as tasks of a batch split by
+    /// tokens run it.
     fn on_path(path: KernelPath, vnni: bool, a: Int8DenseView<'_>, x: &DMatrix<f32>) -> Vec<u32> {
         let path = KernelPath::resolve(path);
-        let mut xq = quantize_columns(x.as_slice(), a.cols, x.ncols());
-        let mut y = vec![f32::NAN; a.rows * x.ncols()];
-        let mut columns: Vec<&mut [f32]> = y.chunks_exact_mut(a.rows.max(1)).collect();
-        if vnni && vnni_copy_runs(path) {
+        let batch = x.ncols();
+        let mut xq = quantize_columns(x.as_slice(), a.cols, batch);
+        let vnni = vnni && vnni_copy_runs(path);
+        if vnni {
             xq.bias();
-            int8_rows_best(path, a, 0..a.rows, &xq, 1.0, 0.0, &mut columns);
-        } else {
-            int8_rows(path, a, 0..a.rows, &xq, 1.0, 0.0, &mut columns);
+        }
+        let mut y = vec![f32::NAN; a.rows * batch];
+        let mut columns: Vec<&mut [f32]> = y.chunks_exact_mut(a.rows.max(1)).collect();
+        let split = (batch / 2).min(columns.len());
+        let (first, second) = columns.split_at_mut(split);
+        for (tokens, part) in [(0..split, first), (split..batch, second)] {
+            let xq = xq.tokens(tokens);
+            if vnni {
+                int8_rows_best(path, a, 0..a.rows, &xq, 1.0, 0.0, part);
+            } else {
+                int8_rows(path, a, 0..a.rows, &xq, 1.0, 0.0, part);
+            }
         }
         y.iter().map(|v| v.to_bits()).collect()
     }
@@ -975,7 +1023,8 @@ mod tests {
         for range in [32..70, 0..70, 0..32, 16..48, 5..40, 64..70, 69..70] {
             let mut y = vec![f32::NAN; range.len() * batch];
             let mut columns: Vec<&mut [f32]> = y.chunks_exact_mut(range.len()).collect();
-            int8_rows_best(path, fixture.view(), range.clone(), &xq, 1.0, 0.0, &mut columns);
+            let tokens = xq.tokens(0..batch);
+            int8_rows_best(path, fixture.view(), range.clone(), &tokens, 1.0, 0.0, &mut columns);
             for (j, column) in y.chunks_exact(range.len()).enumerate() {
                 for (r, v) in range.clone().zip(column) {
                     assert_eq!(v.to_bits(), want[j * rows + r].to_bits(), "{range:?}: ({r}, {j})");

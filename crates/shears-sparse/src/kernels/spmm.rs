@@ -532,7 +532,18 @@ pub(super) fn for_each_block<T: Scalar, U: Units>(
     panel: usize,
     run: impl Fn(Range<usize>, Range<usize>, &mut [&mut [T]]) + Sync,
 ) {
-    let (nrows, batch) = y.shape();
+    for_each_block_of(a, y.nrows(), y.as_mut_slice(), panel, run);
+}
+
+/// [`for_each_block`] for `Y` given as its column-major entries, `nrows` per column.
+pub(super) fn for_each_block_of<T: Send, U: Units>(
+    a: U,
+    nrows: usize,
+    y: &mut [T],
+    panel: usize,
+    run: impl Fn(Range<usize>, Range<usize>, &mut [&mut [T]]) + Sync,
+) {
+    let batch = y.len().checked_div(nrows).unwrap_or(0);
     if nrows == 0 || batch == 0 {
         return;
     }
@@ -568,7 +579,7 @@ pub(super) fn for_each_block<T: Scalar, U: Units>(
     // Tasks are grouped by batch columns, each group's in row order.
     let mut group = tasks.chunk_by_mut(|t, u| t.batch_columns == u.batch_columns);
     let mut current = group.next();
-    for (j, column) in y.as_mut_slice().chunks_exact_mut(nrows).enumerate() {
+    for (j, column) in y.chunks_exact_mut(nrows).enumerate() {
         while current.as_ref().is_some_and(|g| !g[0].batch_columns.contains(&j)) {
             current = group.next();
         }

@@ -15,7 +15,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{Int8DenseView, QuantizedColumns, spans};
+use super::{Int8DenseView, QuantizedTokens, spans};
 use crate::kernels::isa::ACTIVATION_BIAS;
 
 /// Rows per packed block: the sixteen 32-bit lanes of a vector.
@@ -119,7 +119,7 @@ impl Packed {
 pub(crate) unsafe fn rows(
     a: Int8DenseView<'_>,
     range: Range<usize>,
-    xq: &QuantizedColumns,
+    xq: &QuantizedTokens<'_>,
     put: &mut impl FnMut(usize, usize, f32),
 ) {
     // The matrix's own packed weights where it keeps them (packed whole at its first
