@@ -583,7 +583,7 @@ pub(crate) fn int8_dense_product(
     let path = kernel_path();
     let xq = quantize_for(path, x, a.cols, batch);
     let unit = rows_per_unit(path, &a, batch);
-    for_row_tasks(a.rows, a.cols, unit, y, |range, tokens, pieces| {
+    for_row_tasks(path, a.rows, a.cols, unit, y, |range, tokens, pieces| {
         int8_rows_best(path, a, range, &xq.tokens(tokens), alpha, beta, pieces)
     });
 }
@@ -616,7 +616,7 @@ pub(crate) fn int8_nm_product(
     let shape =
         Int8DenseView { rows: a.nrows, cols, group, values: &[], scales: &[], packed: None };
     let unit = rows_per_unit(path, &shape, batch);
-    for_row_tasks(a.nrows, cols, unit, y, |range, tokens, pieces| {
+    for_row_tasks(path, a.nrows, cols, unit, y, |range, tokens, pieces| {
         let xq = xq.tokens(tokens);
         // Bounded by X, which holds `cols` entries for each of at least two tokens.
         let mut dense = vec![0i8; EXPANDED_ROWS.min(range.len()) * cols];
@@ -738,19 +738,23 @@ impl Units for RowUnits {
 }
 
 /// Tokens per panel of a batch split between tasks ([`for_row_tasks`]): as many as
-/// [`ACTIVATION_BLOCK_BYTES`] of quantized activations of `cols` inputs hold, so that
-/// a task's tokens stay in L2 while its rows pass over them, and at least a few tiles.
-fn token_panel(cols: usize) -> usize {
-    (ACTIVATION_BLOCK_BYTES / (2 * cols.max(1))).max(24)
+/// [`ACTIVATION_BLOCK_BYTES`] of quantized activations hold (`cols` inputs of 16 bits,
+/// or of a byte where `path` runs the VNNI copy), so that a task's tokens stay in L2
+/// while its rows pass over them; a whole number of tiles (of 4, 6 or 12 tokens), at
+/// least two of 12.
+fn token_panel(path: KernelPath, cols: usize) -> usize {
+    let bytes = if vnni_copy_runs(path) { 1 } else { 2 };
+    (ACTIVATION_BLOCK_BYTES / (bytes * cols.max(1)) / 12 * 12).max(24)
 }
 
 /// Splits `Y` (columns of `rows` entries in `y`) into blocks of whole units of `unit`
-/// rows by whole panels of tokens ([`token_panel`]), and runs `run(rows, tokens,
+/// rows by whole panels of tokens ([`token_panel`] on `path`), and runs `run(rows, tokens,
 /// pieces)` for each, on several threads when the work repays it ([`for_each_block_of`]):
 /// `pieces[j]` holds token `tokens.start + j`'s entries for rows `rows`. A batch larger
 /// than a panel is split by panels first, so that no task passes over all of a large
 /// `X` for a few rows, which would fetch it from memory once per task.
 fn for_row_tasks(
+    path: KernelPath,
     rows: usize,
     cols: usize,
     unit: usize,
@@ -758,7 +762,7 @@ fn for_row_tasks(
     run: impl Fn(Range<usize>, Range<usize>, &mut [&mut [f32]]) + Sync,
 ) {
     let units = RowUnits { rows, cols, unit };
-    for_each_block_of(units, rows, y, token_panel(cols), |u, tokens, pieces| {
+    for_each_block_of(units, rows, y, token_panel(path, cols), |u, tokens, pieces| {
         run(units.rows_before(u.start)..units.rows_before(u.end), tokens, pieces)
     });
 }

@@ -57,8 +57,8 @@ const WIDE: usize = 32;
 pub(crate) const INTEGER_MIN_BATCH: usize = 9;
 
 /// Inputs per block of the transpose into token rows: each token's run of them is one
-/// contiguous read, and the block's rows (2 KiB at 16 tokens, 32 KiB at 256) stay in L1
-/// or L2 while every token is stored down them.
+/// contiguous read, and the block's rows (2 KiB at 16 tokens, 16 KiB at a panel of 128)
+/// stay in L1 while every token is stored down them.
 const TRANSPOSE_INPUTS: usize = 64;
 
 /// Tokens per tile of the byte copy ([`byte_rows`](x86::byte_rows)): one 256-bit vector of bytes.
@@ -94,6 +94,7 @@ impl<T: Copy + Default> TokenRows<T> {
     /// The panels of `tokens` (a range of whole panels), each with its first token.
     fn panels(&self, tokens: Range<usize>) -> impl Iterator<Item = (TokenPanel<'_, T>, usize)> {
         let batch = self.scales.len();
+        debug_assert!(tokens.start.is_multiple_of(self.panel));
         tokens.step_by(self.panel).map(move |t0| {
             let width = self.panel.min(batch - t0);
             let stride = width.next_multiple_of(self.tile);

@@ -4,9 +4,10 @@
 //!
 //! The parent module's dot-product tiles end every tile with one horizontal sum per output,
 //! which costs as much as the products themselves when rows are a few hundred columns
-//! long (a transformer's 384); here no output needs a horizontal sum. Weights are packed
-//! per call, rows of one task at a time, which costs one pass over the task's weights
-//! against the products' `batch` passes.
+//! long (a transformer's 384); here no output needs a horizontal sum. A matrix packs its
+//! weights whole at its first such product and keeps them; weights it does not keep (an
+//! N:M matrix's rows written out dense) are packed by each task for its rows, one pass
+//! over them against the task's passes for its tokens.
 //!
 //! The sums are the exact integer sums the parent module defines (activations biased to unsigned
 //! bytes, 128 times each row's sum taken back out, then one convert, one multiply by the
