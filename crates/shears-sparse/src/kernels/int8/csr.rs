@@ -12,12 +12,10 @@
 //!
 //! The quantized tokens are laid out as the f32 kernels lay out `X`: in panels of tokens
 //! that fit L2, row-major within each, each input's tokens contiguous, here as 16-bit
-//! values. Two stored weights are taken at a
-//! time: their inputs' runs of tokens are interleaved per token with one unpack
-//! instruction per vector, so that one `vpmaddwd` (or, with AVX-512 VNNI or AVX-VNNI,
-//! `vpdpwssd`)
-//! multiplies both by the weights' pair broadcast to every lane and adds the two
-//! products. Per stored weight and 32 tokens that is one 64-byte load, one shuffle and
+//! values. Two stored weights are taken at a time: their inputs' runs of tokens are
+//! interleaved per token with one unpack instruction per vector, so that one `vpmaddwd`
+//! (or, with AVX-512 VNNI or AVX-VNNI, `vpdpwssd`) multiplies both by the weights' pair
+//! broadcast to every lane and adds the two products. Per stored weight and 32 tokens that is one 64-byte load, one shuffle and
 //! one multiply-add, where the f32 kernel loads 128 bytes and runs three float
 //! operations. The unpacks leave the tokens permuted within each vector; the sums are
 //! put back in token order once per tile.
@@ -104,12 +102,6 @@ impl<T: Copy + Default> TokenRows<T> {
     }
 }
 
-/// Tokens per panel of [`TokenRows`] of `inputs` entries of `T` each: as for the f32
-/// copies, whole tiles of 32 fitting L2.
-pub(crate) fn token_panel<T>(inputs: usize) -> usize {
-    panel_width(inputs, size_of::<T>())
-}
-
 /// `x`'s tokens as 16-bit values ([`quantized_rows`]), for the 16-bit copies.
 fn token_rows(x: &DMatrix<f32>, panel: usize) -> TokenRows {
     quantized_rows(x, panel, NARROW, |v| v)
@@ -170,7 +162,8 @@ fn quantized_rows<T: Copy + Default + Send + Sync + 'static>(
     let fill = |(t0, stride, k0, out): (usize, usize, usize, &mut [T])| {
         let height = out.len() / stride;
         let mut run = [0i16; TRANSPOSE_INPUTS];
-        let panel_tokens = tokens[t0..].iter().zip(&scales[t0..]).take(stride);
+        let width = panel.min(batch - t0);
+        let panel_tokens = tokens[t0..t0 + width].iter().zip(&scales[t0..]);
         for (j, (token, &scale)) in panel_tokens.enumerate() {
             // A token with a NaN or an infinity keeps zeros (its scale makes it NaN).
             if !scale.is_nan() {
@@ -201,7 +194,7 @@ pub(crate) fn int8_csr_spmm<I: SpIndex>(
     let path = kernel_path();
     #[cfg(target_arch = "x86_64")]
     if x.ncols() > WIDE && byte_copy_runs(path) {
-        let panel = token_panel::<u8>(x.nrows());
+        let panel = panel_width(x.nrows(), size_of::<u8>());
         let prepare = |x: &DMatrix<f32>| token_bytes(x, panel);
         spmm_prepared(a, alpha, x, prepare, panel, beta, y, |range, tokens, columns, z| {
             // SAFETY: byte_copy_runs detected the copy's features.
@@ -209,7 +202,7 @@ pub(crate) fn int8_csr_spmm<I: SpIndex>(
         });
         return;
     }
-    let panel = token_panel::<i16>(x.nrows());
+    let panel = panel_width(x.nrows(), size_of::<i16>());
     let prepare = |x: &DMatrix<f32>| token_rows(x, panel);
     spmm_prepared(a, alpha, x, prepare, panel, beta, y, |range, tokens, columns, z| {
         rows_best(path, a, range, tokens, columns, z)
