@@ -36,7 +36,8 @@ pub(crate) trait Isa: Copy + Send + Sync + 'static {
     const PERMUTES16: bool = false;
     /// The batched N:M kernel for `f32` with groups of 4 or 8 columns runs eight rows per
     /// vector, each lane picking its row's input from the group with a permute
-    /// ([`x86::nm_lanes_f32`]; the copy is compiled with AVX2 and FMA).
+    /// ([`x86::nm_lanes_f32`]; the copy is compiled with AVX2 and FMA), and sixteen on
+    /// copies with [`Isa::PERMUTES16`] ([`x86::nm_lanes16_f32`]).
     #[cfg(target_arch = "x86_64")]
     const NM_LANES: bool = false;
     /// The batched N:M kernel runs tiles of two rows by 128 batch columns, or four rows by
@@ -1077,7 +1078,8 @@ pub(crate) mod x86 {
     /// # Safety
     /// AVX2 and FMA must be available; `values` and `positions` must hold `slots * 8`
     /// entries, every position below `M`; `slots` and `window` must be multiples of `N`
-    /// (`window > 0`); each `x[t]` must be valid for `slots / N * M` reads.
+    /// (`window > 0`); each `x[t]` must be valid for `slots / N * M` reads; `totals`
+    /// must be valid for `J * 8` reads and writes.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub(crate) unsafe fn nm_lanes_f32<const N: usize, const M: usize, const J: usize>(
@@ -1086,10 +1088,11 @@ pub(crate) mod x86 {
         slots: usize,
         window: usize,
         x: [*const f32; J],
-        totals: [[f32; 8]; J],
-    ) -> [[f32; 8]; J] {
-        // SAFETY: [f32; 8] and __m256 have the same size and any bits are valid.
-        let mut total = totals.map(|t| unsafe { std::mem::transmute::<[f32; 8], __m256>(t) });
+        totals: *mut f32,
+    ) {
+        // SAFETY: totals holds J * 8 values (the caller's contract).
+        let mut total: [__m256; J] =
+            std::array::from_fn(|t| unsafe { _mm256_loadu_ps(totals.add(t * 8)) });
         let mut w0 = 0;
         while w0 < slots {
             let w1 = (w0 + window).min(slots);
@@ -1121,8 +1124,92 @@ pub(crate) mod x86 {
             }
             w0 = w1;
         }
-        // SAFETY: __m256 and [f32; 8] have the same size and any bits are valid.
-        total.map(|v| unsafe { std::mem::transmute::<__m256, [f32; 8]>(v) })
+        for (t, total) in total.into_iter().enumerate() {
+            // SAFETY: as for the loads above.
+            unsafe { _mm256_storeu_ps(totals.add(t * 8), total) };
+        }
+    }
+
+    /// The group of `M` inputs at `x`: in every 128-bit lane when `M` is 4, in the low
+    /// eight lanes (the rest zero) when it is 8.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; `x` must be valid for `M` reads.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn group16<const M: usize>(x: *const f32) -> __m512 {
+        // SAFETY: `x` points to M readable values (the caller's contract).
+        unsafe {
+            if M == 4 {
+                _mm512_broadcast_f32x4(_mm_loadu_ps(x))
+            } else {
+                _mm512_zextps256_ps512(_mm256_loadu_ps(x))
+            }
+        }
+    }
+
+    /// Lane `j` of `group` at index `p[j]` (below `M`): within its 128-bit lane when `M`
+    /// is 4, across the vector (from the low eight lanes) when it is 8.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn pick16<const M: usize>(group: __m512, p: __m512i) -> __m512 {
+        if M == 4 { _mm512_permutevar_ps(group, p) } else { _mm512_permutexvar_ps(p, group) }
+    }
+
+    /// [`nm_lanes_f32`] for sixteen rows per vector: the same operations on each lane, so
+    /// the same bits, with half the permutes per product.
+    ///
+    /// # Safety
+    /// AVX-512F must be available; as for [`nm_lanes_f32`] with 16 in place of 8
+    /// (`values` and `positions` hold `slots * 16` entries, `totals` `J * 16`).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn nm_lanes16_f32<const N: usize, const M: usize, const J: usize>(
+        values: *const f32,
+        positions: *const u8,
+        slots: usize,
+        window: usize,
+        x: [*const f32; J],
+        totals: *mut f32,
+    ) {
+        // SAFETY: totals holds J * 16 values (the caller's contract).
+        let mut total: [__m512; J] =
+            std::array::from_fn(|t| unsafe { _mm512_loadu_ps(totals.add(t * 16)) });
+        let mut w0 = 0;
+        while w0 < slots {
+            let w1 = (w0 + window).min(slots);
+            let mut acc = [_mm512_setzero_ps(); J];
+            for g in w0 / N..w1 / N {
+                // SAFETY: slots g * N .. (g + 1) * N are below `slots`, so their sixteen
+                // lanes are in bounds; the positions are below M by the contract.
+                let (v, p) = unsafe {
+                    (
+                        std::array::from_fn::<__m512, N, _>(|s| {
+                            _mm512_loadu_ps(values.add((g * N + s) * 16))
+                        }),
+                        std::array::from_fn::<__m512i, N, _>(|s| {
+                            let p = _mm_loadu_si128(positions.add((g * N + s) * 16).cast());
+                            _mm512_cvtepu8_epi32(p)
+                        }),
+                    )
+                };
+                for t in 0..J {
+                    // SAFETY: group g's M inputs are within the caller's bound on x[t].
+                    let inputs = unsafe { group16::<M>(x[t].add(g * M)) };
+                    for s in 0..N {
+                        acc[t] = _mm512_fmadd_ps(v[s], pick16::<M>(inputs, p[s]), acc[t]);
+                    }
+                }
+            }
+            for t in 0..J {
+                total[t] = _mm512_add_ps(total[t], acc[t]);
+            }
+            w0 = w1;
+        }
+        for (t, total) in total.into_iter().enumerate() {
+            // SAFETY: as for the loads above.
+            unsafe { _mm512_storeu_ps(totals.add(t * 16), total) };
+        }
     }
 }
 

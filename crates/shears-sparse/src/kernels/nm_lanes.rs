@@ -1,14 +1,16 @@
-//! The batched N:M kernel with eight output rows per vector, for `f32` matrices whose
-//! groups are 4 or 8 columns wide (2:4, 1:4, 4:8, ...) on the AVX-512 copy, and on the
-//! AVX2 copy at batches of [`AVX2_FROM_BATCH`] columns or more.
+//! The batched N:M kernel with a vector of output rows per register (sixteen on the
+//! AVX-512 copy, eight on AVX2), for `f32` matrices whose groups are 4 or 8 columns wide
+//! (2:4, 1:4, 4:8, ...) on the AVX-512 copy, and on the AVX2 copy at batches of
+//! [`AVX2_FROM_BATCH`] columns or more.
 //!
 //! `X` and `Y` stay column-major: a batch column's inputs of one group are `M`
-//! consecutive values, which one load puts in a register; each slot of eight rows then
-//! picks every row's input from them with one permute and adds its product with one
-//! fused multiply-add, eight rows per instruction. The row-major kernel (`nm_rows`) loads
-//! a row of `X` for every product instead, and copies `X` into panels and its result out
-//! of row-major order around the product; here neither copy is made. Both sum each output
-//! over the same windows of slots in the same order, so they give the same bits.
+//! consecutive values, which one load puts in a register; each slot of a vector of rows
+//! then picks every row's input from them with one permute and adds its product with one
+//! fused multiply-add, a whole vector of rows per instruction. The row-major kernel
+//! (`nm_rows`) loads a row of `X` for every product instead, and copies `X` into panels
+//! and its result out of row-major order around the product; here neither copy is made.
+//! Both sum each output over the same windows of slots in the same order, so they give
+//! the same bits.
 
 use std::ops::Range;
 
@@ -27,7 +29,7 @@ const LANES: usize = 8;
 #[cfg(target_arch = "x86_64")]
 const CHUNK_BYTES: usize = 256 << 10;
 
-/// Bytes of a chunk's running sums (eight rows by the batch, per vector): a chunk of
+/// Bytes of a chunk's running sums (a vector of rows by the batch, per vector): a chunk of
 /// short rows at a large batch would otherwise hold as many sums as its rows of `Y`.
 #[cfg(target_arch = "x86_64")]
 const TOTALS_BYTES: usize = 1 << 20;
@@ -82,9 +84,9 @@ pub(super) fn nm_spmm_lanes<T: Scalar, V: Stored<T>>(
 }
 
 /// Rows `rows` of `alpha A X + beta Y` into `columns` (column `t` of `Y` cut to `rows`),
-/// for `X` column-major (`a.ncols` values per batch column): eight rows at a time on the
-/// x86 copies with AVX2 where [`applies`] holds (`lane_blocks`), the rest one row at a
-/// time, in the same order of operations.
+/// for `X` column-major (`a.ncols` values per batch column): sixteen rows at a time on
+/// the AVX-512 copy and eight on the x86 copies with AVX2 where [`applies`] holds
+/// (`lane_blocks`), the rest one row at a time, in the same order of operations.
 #[inline(always)]
 #[allow(clippy::too_many_arguments, reason = "the product's operands")]
 fn nm_lane_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
@@ -103,7 +105,14 @@ fn nm_lane_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
     }
     let first = rows.start;
     let mut widened: Vec<T> = Vec::with_capacity(LANES * per_row);
-    let done = lane_blocks::<P, T, V>(a, rows.clone(), x, batch, alpha, beta, columns, window);
+    // Sixteen rows per vector on the AVX-512 copy (half the permutes per product), then
+    // eight.
+    let mut done = first;
+    let operands = (x, batch, alpha, beta, window);
+    if P::PERMUTES16 {
+        done = lane_blocks::<P, T, V, 16>(a, done..rows.end, first, operands, columns);
+    }
+    let done = lane_blocks::<P, T, V, LANES>(a, done..rows.end, first, operands, columns);
     // One row at a time, in the same order: per batch column, each window's slots summed
     // from zero with one fused multiply-add each, the windows' sums added to a total.
     let mut cols = vec![0u32; per_row];
@@ -127,55 +136,51 @@ fn nm_lane_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
     }
 }
 
-/// The whole vectors of rows from `rows.start` on, eight rows at a time, on the copies
-/// with [`Isa::NM_LANES`] and where [`applies`] holds (else none); returns the first row
-/// it left.
+/// The whole vectors of `L` rows (8 or 16) from `rows.start` on, on the copies with
+/// [`Isa::NM_LANES`] (and [`Isa::PERMUTES16`] for 16) where [`applies`] holds (else
+/// none); returns the first row it left. `columns` start at row `first_row`.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-#[allow(clippy::too_many_arguments, reason = "the product's operands")]
-fn lane_blocks<P: Isa, T: Scalar, V: Stored<T>>(
+fn lane_blocks<P: Isa, T: Scalar, V: Stored<T>, const L: usize>(
     a: NmView<'_, T, V>,
     rows: Range<usize>,
-    x: &[T],
-    batch: usize,
-    alpha: T,
-    beta: T,
+    first_row: usize,
+    (x, batch, alpha, beta, window): LaneOperands<'_, T>,
     columns: &mut [&mut [T]],
-    window: usize,
 ) -> usize {
     let per_row = a.groups() * a.n;
     let fits = matches!(a.m, 4 | 8) && a.ncols.is_multiple_of(a.m) && per_row > 0;
-    if !(P::NM_LANES && is::<T, f32>() && fits) {
+    if !(P::NM_LANES && (L == LANES || P::PERMUTES16) && is::<T, f32>() && fits) {
         return rows.start;
     }
-    let vectors = rows.len() / LANES;
+    let vectors = rows.len() / L;
     // Vectors of rows are taken a chunk at a time, whose packed slots stay in L2 while
     // every window and tile of the batch passes over them, and whose sums stay within
     // TOTALS_BYTES.
-    let by_slots = CHUNK_BYTES / (LANES * per_row * (size_of::<f32>() + 1));
-    let by_totals = TOTALS_BYTES / (batch * size_of::<[f32; LANES]>());
+    let by_slots = CHUNK_BYTES / (L * per_row * (size_of::<f32>() + 1));
+    let by_totals = TOTALS_BYTES / (batch * size_of::<[f32; L]>());
     let chunk = by_slots.min(by_totals).max(1);
     // Whole windows per span: a tile's inputs for the span (8 columns of `X`) fit
     // SPAN_BYTES.
     let span_columns = SPAN_BYTES / (8 * size_of::<f32>());
     let span = (span_columns / a.m * a.n / window).max(1) * window;
-    let mut values: Vec<f32> = Vec::with_capacity(chunk * LANES * per_row);
-    let mut positions: Vec<u8> = Vec::with_capacity(chunk * LANES * per_row);
-    let mut totals: Vec<[f32; LANES]> = Vec::with_capacity(chunk * batch);
-    let mut widened: Vec<T> = Vec::with_capacity(LANES * per_row);
+    // Sized once: each chunk overwrites the vectors it packs.
+    let vector_slots = L * per_row;
+    let mut values = vec![0.0f32; chunk.min(vectors) * vector_slots];
+    let mut positions = vec![0u8; chunk.min(vectors) * vector_slots];
+    let mut totals: Vec<[f32; L]> = Vec::with_capacity(chunk * batch);
+    let mut widened: Vec<T> = Vec::with_capacity(L * per_row);
     for first in (0..vectors).step_by(chunk) {
         let count = chunk.min(vectors - first);
-        // The chunk's vectors, each its eight rows' slots interleaved (slot-major):
-        // values as `T` (widened and scaled), which is `f32` here, and positions as stored.
-        values.clear();
-        positions.clear();
+        // The chunk's vectors, each its L rows' slots interleaved (slot-major): values as
+        // `T` (widened and scaled), which is `f32` here, and positions as stored.
         for i in first..first + count {
-            let r0 = rows.start + i * LANES;
+            let r0 = rows.start + i * L;
             let block: &[T] = match (a.row_scales, V::as_compute(a.values)) {
-                (None, Some(all)) => &all[r0 * per_row..(r0 + LANES) * per_row],
+                (None, Some(all)) => &all[r0 * per_row..(r0 + L) * per_row],
                 _ => {
                     widened.clear();
-                    for r in r0..r0 + LANES {
+                    for r in r0..r0 + L {
                         a.widen_row_into(r, &mut widened);
                     }
                     &widened
@@ -184,74 +189,152 @@ fn lane_blocks<P: Isa, T: Scalar, V: Stored<T>>(
             // SAFETY: T is f32 (checked above), so the slice is one of f32.
             let block: &[f32] =
                 unsafe { std::slice::from_raw_parts(block.as_ptr().cast(), block.len()) };
-            let stored = &a.positions[r0 * per_row..(r0 + LANES) * per_row];
-            let start = values.len();
-            values.resize(start + LANES * per_row, 0.0);
-            positions.resize(start + LANES * per_row, 0);
-            let (value_slots, _) = values[start..].as_chunks_mut::<LANES>();
-            let (position_slots, _) = positions[start..].as_chunks_mut::<LANES>();
-            for j in 0..LANES {
-                let row =
-                    block[j * per_row..][..per_row].iter().zip(&stored[j * per_row..][..per_row]);
-                for ((v, p), (&value, &position)) in
-                    value_slots.iter_mut().zip(&mut *position_slots).zip(row)
-                {
-                    v[j] = value;
-                    p[j] = position;
-                }
-            }
+            let stored = &a.positions[r0 * per_row..(r0 + L) * per_row];
+            let start = (i - first) * vector_slots;
+            let (value_slots, _) = values[start..][..vector_slots].as_chunks_mut::<L>();
+            let (position_slots, _) = positions[start..][..vector_slots].as_chunks_mut::<L>();
+            interleave_values(block, per_row, value_slots);
+            interleave_positions(stored, per_row, position_slots);
         }
         // Spans of whole windows outermost, each as many columns of `X` as keep a tile's
         // inputs in L1, then tiles of the batch, then the chunk's vectors: a span of a
         // tile's columns of `X` stays in L1 while every vector passes over it, and each
         // window's sums are added to the totals in window order.
         totals.clear();
-        totals.resize(count * batch, [0.0; LANES]);
+        totals.resize(count * batch, [0.0; L]);
         for s0 in (0..per_row).step_by(span) {
             let s = s0..(s0 + span).min(per_row);
             let mut t0 = 0;
             while t0 < batch {
                 let tile = if t0 + 8 <= batch { 8 } else { 1 };
                 for i in 0..count {
-                    let at = i * LANES * per_row;
-                    let v = &values[at..][..LANES * per_row];
-                    let p = &positions[at..][..LANES * per_row];
+                    let at = i * L * per_row;
+                    let v = &values[at..][..L * per_row];
+                    let p = &positions[at..][..L * per_row];
                     let totals = &mut totals[i * batch + t0..][..tile];
-                    if let Ok(t8) = <&mut [[f32; LANES]; 8]>::try_from(&mut *totals) {
-                        *t8 = lanes::<8>(a.n, a.m, v, p, s.clone(), window, x, a.ncols, t0, *t8);
-                    } else if let Ok(t1) = <&mut [[f32; LANES]; 1]>::try_from(totals) {
-                        *t1 = lanes::<1>(a.n, a.m, v, p, s.clone(), window, x, a.ncols, t0, *t1);
+                    if let Ok(t8) = <&mut [[f32; L]; 8]>::try_from(&mut *totals) {
+                        lanes::<L, 8>(a.n, a.m, v, p, s.clone(), window, x, a.ncols, t0, t8);
+                    } else if let Ok(t1) = <&mut [[f32; L]; 1]>::try_from(totals) {
+                        lanes::<L, 1>(a.n, a.m, v, p, s.clone(), window, x, a.ncols, t0, t1);
                     }
                 }
                 t0 += tile;
             }
         }
         for i in 0..count {
-            let out = (first + i) * LANES;
+            let out = rows.start - first_row + (first + i) * L;
             for (column, total) in columns.iter_mut().zip(&totals[i * batch..(i + 1) * batch]) {
-                for (y, &s) in column[out..out + LANES].iter_mut().zip(total) {
+                for (y, &s) in column[out..out + L].iter_mut().zip(total) {
                     *y = combine(alpha, T::from_f64_lossy(f64::from(s)), beta, *y);
                 }
             }
         }
     }
-    rows.start + vectors * LANES
+    rows.start + vectors * L
 }
+
+/// `slots[k][j] = rows[j * per_row + k]`: `L` rows (a multiple of 8) of `per_row` values
+/// interleaved slot by slot, in 4 x 4 blocks transposed in registers. Written one lane of
+/// a slot at a time (a pass per row), this took longer than the product at small batches.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn interleave_values<const L: usize>(rows: &[f32], per_row: usize, slots: &mut [[f32; L]]) {
+    let (rows, slots) = (&rows[..L * per_row], &mut slots[..per_row]);
+    let full = per_row / 4 * 4;
+    for k0 in (0..full).step_by(4) {
+        for j0 in (0..L).step_by(4) {
+            let block = transpose4(std::array::from_fn(|jj| {
+                let mut four = [0.0; 4];
+                four.copy_from_slice(&rows[(j0 + jj) * per_row + k0..][..4]);
+                four
+            }));
+            for (slot, lanes) in slots[k0..k0 + 4].iter_mut().zip(block) {
+                slot[j0..j0 + 4].copy_from_slice(&lanes);
+            }
+        }
+    }
+    for (k, slot) in slots.iter_mut().enumerate().skip(full) {
+        *slot = std::array::from_fn(|j| rows[j * per_row + k]);
+    }
+}
+
+/// A 4 x 4 block transposed: `out[i][j] = rows[j][i]`, with SSE's unpacks and moves.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn transpose4(rows: [[f32; 4]; 4]) -> [[f32; 4]; 4] {
+    use std::arch::x86_64::*;
+    // SAFETY: [f32; 4] and __m128 have the same size and any bits are valid, in both
+    // directions; SSE is part of x86-64.
+    unsafe {
+        let [r0, r1, r2, r3] = rows.map(|r| std::mem::transmute::<[f32; 4], __m128>(r));
+        let (t0, t1) = (_mm_unpacklo_ps(r0, r1), _mm_unpacklo_ps(r2, r3));
+        let (t2, t3) = (_mm_unpackhi_ps(r0, r1), _mm_unpackhi_ps(r2, r3));
+        let out = [
+            _mm_movelh_ps(t0, t1),
+            _mm_movehl_ps(t1, t0),
+            _mm_movelh_ps(t2, t3),
+            _mm_movehl_ps(t3, t2),
+        ];
+        out.map(|o| std::mem::transmute::<__m128, [f32; 4]>(o))
+    }
+}
+
+/// [`interleave_values`] for the byte positions, in 8 x 8 blocks transposed in 64-bit
+/// words.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn interleave_positions<const L: usize>(rows: &[u8], per_row: usize, slots: &mut [[u8; L]]) {
+    let (rows, slots) = (&rows[..L * per_row], &mut slots[..per_row]);
+    let full = per_row / 8 * 8;
+    for k0 in (0..full).step_by(8) {
+        for j0 in (0..L).step_by(8) {
+            let block = transpose8_bytes(std::array::from_fn(|jj| {
+                let mut eight = [0u8; 8];
+                eight.copy_from_slice(&rows[(j0 + jj) * per_row + k0..][..8]);
+                u64::from_le_bytes(eight)
+            }));
+            for (slot, lanes) in slots[k0..k0 + 8].iter_mut().zip(block) {
+                slot[j0..j0 + 8].copy_from_slice(&lanes.to_le_bytes());
+            }
+        }
+    }
+    for (k, slot) in slots.iter_mut().enumerate().skip(full) {
+        *slot = std::array::from_fn(|j| rows[j * per_row + k]);
+    }
+}
+
+/// An 8 x 8 block of bytes transposed: byte `i` of `out[j]` is byte `j` of `rows[i]`
+/// (little-endian). Three rounds swap the off-diagonal blocks of 4, 2 and 1 bytes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn transpose8_bytes(mut x: [u64; 8]) -> [u64; 8] {
+    for (half, mask) in
+        [(4, 0x0000_0000_ffff_ffff_u64), (2, 0x0000_ffff_0000_ffff), (1, 0x00ff_00ff_00ff_00ff)]
+    {
+        let shift = 8 * half as u32;
+        for j in (0..8).filter(|j| j & half == 0) {
+            let (a, b) = (x[j], x[j + half]);
+            x[j] = (a & mask) | ((b & mask) << shift);
+            x[j + half] = ((a >> shift) & mask) | (b & !mask);
+        }
+    }
+    x
+}
+
+/// The operands every vector of rows shares: `X` (column-major), the batch, `alpha`,
+/// `beta` and the window of slots.
+type LaneOperands<'a, T> = (&'a [T], usize, T, T, usize);
 
 /// Other architectures have no copy with the permutes: every row is left to the one-row
 /// loop.
 #[cfg(not(target_arch = "x86_64"))]
 #[inline(always)]
-#[allow(clippy::too_many_arguments, reason = "the product's operands")]
-fn lane_blocks<P: Isa, T: Scalar, V: Stored<T>>(
+fn lane_blocks<P: Isa, T: Scalar, V: Stored<T>, const L: usize>(
     _: NmView<'_, T, V>,
     rows: Range<usize>,
-    _: &[T],
     _: usize,
-    _: T,
-    _: T,
+    _: LaneOperands<'_, T>,
     _: &mut [&mut [T]],
-    _: usize,
 ) -> usize {
     rows.start
 }
@@ -263,7 +346,7 @@ fn lane_blocks<P: Isa, T: Scalar, V: Stored<T>>(
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(clippy::too_many_arguments, reason = "the kernel's operands")]
-fn lanes<const J: usize>(
+fn lanes<const L: usize, const J: usize>(
     n: usize,
     m: usize,
     values: &[f32],
@@ -273,30 +356,39 @@ fn lanes<const J: usize>(
     x: &[impl Scalar],
     ncols: usize,
     t0: usize,
-    totals: [[f32; LANES]; J],
-) -> [[f32; LANES]; J] {
-    use super::isa::x86::nm_lanes_f32;
-    debug_assert!(values.len() >= s.end * LANES && positions.len() >= s.end * LANES);
+    totals: &mut [[f32; L]; J],
+) {
+    use super::isa::x86::{nm_lanes_f32, nm_lanes16_f32};
+    debug_assert!(L == 8 || L == 16);
+    debug_assert!(values.len() >= s.end * L && positions.len() >= s.end * L);
     debug_assert!(x.len() >= (t0 + J) * ncols && ncols.is_multiple_of(m));
     debug_assert!(s.start.is_multiple_of(window) && window.is_multiple_of(n));
     // The span's first group starts at column s.start / n * m of every batch column.
     let first_column = s.start / n * m;
     let x: [*const f32; J] =
         std::array::from_fn(|t| x[(t0 + t) * ncols + first_column..].as_ptr().cast());
-    let (v, p) = (values[s.start * LANES..].as_ptr(), positions[s.start * LANES..].as_ptr());
+    let (v, p) = (values[s.start * L..].as_ptr(), positions[s.start * L..].as_ptr());
+    let totals: *mut f32 = totals.as_mut_ptr().cast();
     let slots = s.len();
     // SAFETY: the caller runs this only on copies with Isa::NM_LANES (compiled with AVX2
-    // and FMA) and for f32 `x`; from `s.start`, `values` and `positions` hold the span's
-    // `slots` interleaved slots of eight rows, positions below `m` (the view's validator);
-    // the span starts at a window boundary and holds whole groups (windows are multiples
-    // of `n`, and so is the row's slot count); column t0 + t of `x` holds `ncols` values,
-    // whole groups of `m` since `m` divides `ncols`, and the span's groups lie within it.
+    // and FMA), with L = 16 only on those with Isa::PERMUTES16 too (compiled with
+    // AVX-512F), and for f32 `x`; from `s.start`, `values` and `positions` hold the span's
+    // `slots` interleaved slots of L rows, positions below `m` (the view's validator), and
+    // `totals` J * L sums; the span starts at a window boundary and holds whole groups
+    // (windows are multiples of `n`, and so is the row's slot count); column t0 + t of `x`
+    // holds `ncols` values, whole groups of `m` since `m` divides `ncols`, and the span's
+    // groups lie within it.
     unsafe {
-        match (n, m) {
-            (1, 4) => nm_lanes_f32::<1, 4, J>(v, p, slots, window, x, totals),
-            (2, 4) => nm_lanes_f32::<2, 4, J>(v, p, slots, window, x, totals),
-            (1, 8) => nm_lanes_f32::<1, 8, J>(v, p, slots, window, x, totals),
-            (2, 8) => nm_lanes_f32::<2, 8, J>(v, p, slots, window, x, totals),
+        match (L, n, m) {
+            (16, 1, 4) => nm_lanes16_f32::<1, 4, J>(v, p, slots, window, x, totals),
+            (16, 2, 4) => nm_lanes16_f32::<2, 4, J>(v, p, slots, window, x, totals),
+            (16, 1, 8) => nm_lanes16_f32::<1, 8, J>(v, p, slots, window, x, totals),
+            (16, 2, 8) => nm_lanes16_f32::<2, 8, J>(v, p, slots, window, x, totals),
+            (16, ..) => nm_lanes16_f32::<4, 8, J>(v, p, slots, window, x, totals),
+            (_, 1, 4) => nm_lanes_f32::<1, 4, J>(v, p, slots, window, x, totals),
+            (_, 2, 4) => nm_lanes_f32::<2, 4, J>(v, p, slots, window, x, totals),
+            (_, 1, 8) => nm_lanes_f32::<1, 8, J>(v, p, slots, window, x, totals),
+            (_, 2, 8) => nm_lanes_f32::<2, 8, J>(v, p, slots, window, x, totals),
             _ => nm_lanes_f32::<4, 8, J>(v, p, slots, window, x, totals),
         }
     }
@@ -351,20 +443,46 @@ mod tests {
         out
     }
 
+    /// The interleaving of rows into slots matches the element formula for row lengths
+    /// with and without a partial block, for 8 and 16 rows.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn interleaving_matches_the_element_formula() {
+        fn check<const L: usize>(per_row: usize) {
+            let values: Vec<f32> = (0..L * per_row).map(|k| k as f32).collect();
+            let positions: Vec<u8> = (0..L * per_row).map(|k| (k * 7 % 251) as u8).collect();
+            let mut value_slots = vec![[0.0f32; L]; per_row];
+            let mut position_slots = vec![[0u8; L]; per_row];
+            interleave_values(&values, per_row, &mut value_slots);
+            interleave_positions(&positions, per_row, &mut position_slots);
+            for k in 0..per_row {
+                for j in 0..L {
+                    assert_eq!(value_slots[k][j], values[j * per_row + k], "{L} rows, {k}, {j}");
+                    assert_eq!(position_slots[k][j], positions[j * per_row + k], "{k}, {j}");
+                }
+            }
+        }
+        for per_row in [1, 3, 4, 8, 13, 24, 37] {
+            check::<8>(per_row);
+            check::<16>(per_row);
+        }
+    }
+
     fn bits(m: &DMatrix<f32>) -> Vec<u32> {
         m.iter().map(|v| v.to_bits()).collect()
     }
 
     /// Every copy gives the row-major kernel's bits, for every pattern the kernel takes,
-    /// row counts with and without a partial vector, batches with and without a partial
-    /// tile, rows that span several windows (the batch of 130), `beta` zero or not, and
-    /// row ranges that start inside a vector.
+    /// row counts with and without a partial vector (of 8 or 16), batches with and
+    /// without a partial tile, rows that span several windows (the batch of 130), `beta`
+    /// zero or not, and row ranges that start inside a vector.
     #[test]
     fn every_copy_gives_the_row_major_bits() {
         for (n, m) in [(2usize, 4usize), (1, 4), (4, 8), (2, 8), (1, 8)] {
             let ncols = 40 * m;
             let per_row = ncols / m * n;
-            for nrows in [8usize, 13, 37] {
+            // 29 rows are a vector of 16, one of 8 and 5 rows alone on the AVX-512 copy.
+            for nrows in [8usize, 13, 29, 37] {
                 let positions: Vec<u8> = (0..nrows * per_row)
                     .map(|k| {
                         // Distinct positions within each group, varied by row and group.
