@@ -1051,7 +1051,12 @@ pub(crate) mod x86 {
     unsafe fn group<const M: usize>(x: *const f32) -> __m256 {
         // SAFETY: `x` points to M readable values (the caller's contract).
         unsafe {
-            if M == 4 { _mm256_broadcast_ps(&*x.cast::<__m128>()) } else { _mm256_loadu_ps(x) }
+            if M == 4 {
+                let group = _mm_loadu_ps(x);
+                _mm256_set_m128(group, group)
+            } else {
+                _mm256_loadu_ps(x)
+            }
         }
     }
 

@@ -21,7 +21,8 @@ use super::isa::{Isa, fma, is};
 use super::spmm::{NM_PANEL, NmRowBlocks, for_each_block, nm_window_slots};
 use super::{KernelPath, NmView, Stored, combine, kernel_path, multiversion};
 
-/// Output rows per vector.
+/// Output rows per vector on the AVX2 copy, and in the vectors the AVX-512 copy takes
+/// after its vectors of sixteen; also the fewest rows the kernel takes.
 const LANES: usize = 8;
 
 /// Bytes of packed slots (an `f32` value and a byte position each) per chunk of vectors
@@ -149,11 +150,15 @@ fn lane_blocks<P: Isa, T: Scalar, V: Stored<T>, const L: usize>(
     columns: &mut [&mut [T]],
 ) -> usize {
     let per_row = a.groups() * a.n;
-    let fits = matches!(a.m, 4 | 8) && a.ncols.is_multiple_of(a.m) && per_row > 0;
-    if !(P::NM_LANES && (L == LANES || P::PERMUTES16) && is::<T, f32>() && fits) {
+    let fits = matches!(a.m, 4 | 8)
+        && matches!(a.n, 1 | 2 | 4)
+        && a.n < a.m
+        && a.ncols.is_multiple_of(a.m)
+        && per_row > 0;
+    let vectors = rows.len() / L;
+    if !(P::NM_LANES && (L == LANES || P::PERMUTES16) && is::<T, f32>() && fits) || vectors == 0 {
         return rows.start;
     }
-    let vectors = rows.len() / L;
     // Vectors of rows are taken a chunk at a time, whose packed slots stay in L2 while
     // every window and tile of the batch passes over them, and whose sums stay within
     // TOTALS_BYTES.
@@ -168,7 +173,7 @@ fn lane_blocks<P: Isa, T: Scalar, V: Stored<T>, const L: usize>(
     let vector_slots = L * per_row;
     let mut values = vec![0.0f32; chunk.min(vectors) * vector_slots];
     let mut positions = vec![0u8; chunk.min(vectors) * vector_slots];
-    let mut totals: Vec<[f32; L]> = Vec::with_capacity(chunk * batch);
+    let mut totals: Vec<[f32; L]> = Vec::with_capacity(chunk.min(vectors) * batch);
     let mut widened: Vec<T> = Vec::with_capacity(L * per_row);
     for first in (0..vectors).step_by(chunk) {
         let count = chunk.min(vectors - first);
@@ -339,10 +344,10 @@ fn lane_blocks<P: Isa, T: Scalar, V: Stored<T>, const L: usize>(
     rows.start
 }
 
-/// [`super::isa::x86::nm_lanes_f32`] over the slots `s` (whole windows of `window`) of
-/// a vector of rows (`values` and `positions`, all its slots interleaved), for `J` batch
-/// columns from `t0`, added to `totals`, with the slots per group and the group width as
-/// constants.
+/// [`super::isa::x86::nm_lanes_f32`] (`L` = 8) or [`super::isa::x86::nm_lanes16_f32`]
+/// (`L` = 16) over the slots `s` (whole windows of `window`) of a vector of rows
+/// (`values` and `positions`, all its slots interleaved), for `J` batch columns from
+/// `t0`, added to `totals`, with the slots per group and the group width as constants.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 #[allow(clippy::too_many_arguments, reason = "the kernel's operands")]
@@ -359,7 +364,7 @@ fn lanes<const L: usize, const J: usize>(
     totals: &mut [[f32; L]; J],
 ) {
     use super::isa::x86::{nm_lanes_f32, nm_lanes16_f32};
-    debug_assert!(L == 8 || L == 16);
+    const { assert!(L == 8 || L == 16) };
     debug_assert!(values.len() >= s.end * L && positions.len() >= s.end * L);
     debug_assert!(x.len() >= (t0 + J) * ncols && ncols.is_multiple_of(m));
     debug_assert!(s.start.is_multiple_of(window) && window.is_multiple_of(n));
@@ -384,12 +389,13 @@ fn lanes<const L: usize, const J: usize>(
             (16, 2, 4) => nm_lanes16_f32::<2, 4, J>(v, p, slots, window, x, totals),
             (16, 1, 8) => nm_lanes16_f32::<1, 8, J>(v, p, slots, window, x, totals),
             (16, 2, 8) => nm_lanes16_f32::<2, 8, J>(v, p, slots, window, x, totals),
-            (16, ..) => nm_lanes16_f32::<4, 8, J>(v, p, slots, window, x, totals),
+            (16, 4, 8) => nm_lanes16_f32::<4, 8, J>(v, p, slots, window, x, totals),
             (_, 1, 4) => nm_lanes_f32::<1, 4, J>(v, p, slots, window, x, totals),
             (_, 2, 4) => nm_lanes_f32::<2, 4, J>(v, p, slots, window, x, totals),
             (_, 1, 8) => nm_lanes_f32::<1, 8, J>(v, p, slots, window, x, totals),
             (_, 2, 8) => nm_lanes_f32::<2, 8, J>(v, p, slots, window, x, totals),
-            _ => nm_lanes_f32::<4, 8, J>(v, p, slots, window, x, totals),
+            (_, 4, 8) => nm_lanes_f32::<4, 8, J>(v, p, slots, window, x, totals),
+            _ => unreachable!("lane_blocks takes 1, 2 or 4 slots of groups of 4 or 8"),
         }
     }
 }
