@@ -1042,50 +1042,236 @@ pub(crate) mod x86 {
         }
     }
 
-    /// The group of `M` inputs at `x`, in both 128-bit halves when `M` is 4.
-    ///
-    /// # Safety
-    /// AVX2 must be available; `x` must be valid for `M` reads.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn group<const M: usize>(x: *const f32) -> __m256 {
-        // SAFETY: `x` points to M readable values (the caller's contract).
-        unsafe {
-            if M == 4 {
-                let group = _mm_loadu_ps(x);
-                _mm256_set_m128(group, group)
-            } else {
-                _mm256_loadu_ps(x)
+    /// A register of rows for the N:M lane kernels ([`nm_lanes_f32`]): eight rows in
+    /// AVX2's 256 bits, sixteen in AVX-512's 512. Each method is one or two instructions;
+    /// the kernel inlines them into a copy compiled with the features they need.
+    trait RowLanes: Copy {
+        /// Rows per register.
+        const ROWS: usize;
+        /// A register of 32-bit positions.
+        type Index: Copy;
+
+        fn zero() -> Self;
+        /// # Safety
+        /// The features of [`RowLanes::ROWS`]; `p` valid for `ROWS` reads.
+        unsafe fn load(p: *const f32) -> Self;
+        /// # Safety
+        /// As for [`RowLanes::load`], `ROWS` bytes widened to 32 bits.
+        unsafe fn positions(p: *const u8) -> Self::Index;
+        /// The group of `M` inputs at `x`, where [`RowLanes::pick`] finds it for every
+        /// row: in each 128-bit lane when `M` is 4, in the low eight lanes when it is 8.
+        ///
+        /// # Safety
+        /// As for [`RowLanes::load`], `x` valid for `M` reads.
+        unsafe fn group<const M: usize>(x: *const f32) -> Self;
+        /// Lane `j` of `group` at index `p[j]` (below `M`).
+        ///
+        /// # Safety
+        /// The features of [`RowLanes::ROWS`].
+        unsafe fn pick<const M: usize>(group: Self, p: Self::Index) -> Self;
+        /// # Safety
+        /// The features of [`RowLanes::ROWS`].
+        unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self;
+        /// # Safety
+        /// The features of [`RowLanes::ROWS`].
+        unsafe fn add(a: Self, b: Self) -> Self;
+        /// # Safety
+        /// As for [`RowLanes::load`], `p` valid for `ROWS` writes.
+        unsafe fn store(self, p: *mut f32);
+    }
+
+    // SAFETY (of every method below): each is an AVX2 and FMA intrinsic (or AVX-512F
+    // for __m512), which the trait's contract requires; the pointer bounds are the
+    // callers'.
+    impl RowLanes for __m256 {
+        const ROWS: usize = 8;
+        type Index = __m256i;
+
+        #[inline(always)]
+        fn zero() -> Self {
+            // SAFETY: as above.
+            unsafe { _mm256_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            // SAFETY: as above.
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn positions(p: *const u8) -> __m256i {
+            // SAFETY: as above.
+            unsafe { _mm256_cvtepu8_epi32(_mm_loadl_epi64(p.cast())) }
+        }
+        #[inline(always)]
+        unsafe fn group<const M: usize>(x: *const f32) -> Self {
+            // SAFETY: as above.
+            unsafe {
+                if M == 4 {
+                    let group = _mm_loadu_ps(x);
+                    _mm256_set_m128(group, group)
+                } else {
+                    _mm256_loadu_ps(x)
+                }
             }
+        }
+        #[inline(always)]
+        unsafe fn pick<const M: usize>(group: Self, p: __m256i) -> Self {
+            // SAFETY: as above.
+            unsafe {
+                if M == 4 {
+                    _mm256_permutevar_ps(group, p)
+                } else {
+                    _mm256_permutevar8x32_ps(group, p)
+                }
+            }
+        }
+        #[inline(always)]
+        unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+            // SAFETY: as above.
+            unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            // SAFETY: as above.
+            unsafe { _mm256_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            // SAFETY: as above.
+            unsafe { _mm256_storeu_ps(p, self) }
         }
     }
 
-    /// Lane `j` of `group` at index `p[j]` (below `M`): an in-lane permute when `M` is 4
-    /// (both halves hold the group), a cross-lane one when it is 8.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn pick<const M: usize>(group: __m256, p: __m256i) -> __m256 {
-        if M == 4 { _mm256_permutevar_ps(group, p) } else { _mm256_permutevar8x32_ps(group, p) }
+    impl RowLanes for __m512 {
+        const ROWS: usize = 16;
+        type Index = __m512i;
+
+        #[inline(always)]
+        fn zero() -> Self {
+            // SAFETY: as above.
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            // SAFETY: as above.
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn positions(p: *const u8) -> __m512i {
+            // SAFETY: as above.
+            unsafe { _mm512_cvtepu8_epi32(_mm_loadu_si128(p.cast())) }
+        }
+        #[inline(always)]
+        unsafe fn group<const M: usize>(x: *const f32) -> Self {
+            // SAFETY: as above.
+            unsafe {
+                if M == 4 {
+                    _mm512_broadcast_f32x4(_mm_loadu_ps(x))
+                } else {
+                    _mm512_zextps256_ps512(_mm256_loadu_ps(x))
+                }
+            }
+        }
+        #[inline(always)]
+        unsafe fn pick<const M: usize>(group: Self, p: __m512i) -> Self {
+            // SAFETY: as above.
+            unsafe {
+                if M == 4 {
+                    _mm512_permutevar_ps(group, p)
+                } else {
+                    _mm512_permutexvar_ps(p, group)
+                }
+            }
+        }
+        #[inline(always)]
+        unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+            // SAFETY: as above.
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            // SAFETY: as above.
+            unsafe { _mm512_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            // SAFETY: as above.
+            unsafe { _mm512_storeu_ps(p, self) }
+        }
     }
 
-    /// Windows of slots of eight rows of an N:M matrix (`M` 4 or 8) times `J` batch
-    /// columns, added to `totals`: lane `j` of total `t` gains row `j`'s sum against
-    /// column `t` over each window of `window` slots in turn, summed from zero with one
-    /// fused multiply-add per slot in slot order, then added to the total. These are the
-    /// row-major N:M kernel's (`nm_tile`) bits over the same windows.
+    /// Windows of slots of a register of rows (`R::ROWS`, 8 or 16) of an N:M matrix (`M`
+    /// 4 or 8) times `J` batch columns, added to `totals`: lane `j` of total `t` gains
+    /// row `j`'s sum against column `t` over each window of `window` slots in turn,
+    /// summed from zero with one fused multiply-add per slot in slot order, then added to
+    /// the total. These are the row-major N:M kernel's (`nm_tile`) bits over the same
+    /// windows, whatever the register's width.
     ///
-    /// `values` and `positions` hold the slots of the eight rows interleaved: slot `k` of
-    /// row `j` at `k * 8 + j`. Each group of `N` slots reads the `M` inputs of its group
+    /// `values` and `positions` hold the slots of the rows interleaved: slot `k` of row
+    /// `j` at `k * R::ROWS + j`. Each group of `N` slots reads the `M` inputs of its group
     /// (`x[t] + g * M`, `g` counted from the first slot's group) once per column, and each
     /// slot picks every row's input from them with one permute: no gather, and no copy of
     /// `X` or `Y` into another layout.
     ///
     /// # Safety
-    /// AVX2 and FMA must be available; `values` and `positions` must hold `slots * 8`
-    /// entries, every position below `M`; `slots` and `window` must be multiples of `N`
-    /// (`window > 0`); each `x[t]` must be valid for `slots / N * M` reads; `totals`
-    /// must be valid for `J * 8` reads and writes.
-    #[inline]
+    /// The features of `R` must be available; `values` and `positions` must hold
+    /// `slots * R::ROWS` entries, every position below `M`; `slots` and `window` must be
+    /// multiples of `N` (`window > 0`); each `x[t]` must be valid for `slots / N * M`
+    /// reads; `totals` must be valid for `J * R::ROWS` reads and writes.
+    #[inline(always)]
+    unsafe fn nm_lanes<R: RowLanes, const N: usize, const M: usize, const J: usize>(
+        values: *const f32,
+        positions: *const u8,
+        slots: usize,
+        window: usize,
+        x: [*const f32; J],
+        totals: *mut f32,
+    ) {
+        let rows = R::ROWS;
+        // SAFETY: totals holds J * rows values (the caller's contract).
+        let mut total: [R; J] = std::array::from_fn(|t| unsafe { R::load(totals.add(t * rows)) });
+        let mut w0 = 0;
+        while w0 < slots {
+            let w1 = (w0 + window).min(slots);
+            let mut acc = [R::zero(); J];
+            for g in w0 / N..w1 / N {
+                // SAFETY: slots g * N .. (g + 1) * N are below `slots`, so their lanes
+                // are in bounds; the positions are below M by the contract.
+                let (v, p) = unsafe {
+                    (
+                        std::array::from_fn::<R, N, _>(|s| R::load(values.add((g * N + s) * rows))),
+                        std::array::from_fn::<R::Index, N, _>(|s| {
+                            R::positions(positions.add((g * N + s) * rows))
+                        }),
+                    )
+                };
+                for t in 0..J {
+                    // SAFETY: group g's M inputs are within the caller's bound on x[t]; the
+                    // features are the caller's.
+                    unsafe {
+                        let inputs = R::group::<M>(x[t].add(g * M));
+                        for s in 0..N {
+                            acc[t] = R::mul_add(v[s], R::pick::<M>(inputs, p[s]), acc[t]);
+                        }
+                    }
+                }
+            }
+            for t in 0..J {
+                // SAFETY: the features are the caller's.
+                total[t] = unsafe { R::add(total[t], acc[t]) };
+            }
+            w0 = w1;
+        }
+        for (t, total) in total.into_iter().enumerate() {
+            // SAFETY: as for the loads above.
+            unsafe { total.store(totals.add(t * rows)) };
+        }
+    }
+
+    /// [`nm_lanes`] for eight rows per register.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; the rest as for [`nm_lanes`] with eight rows.
     #[target_feature(enable = "avx2,fma")]
     pub(crate) unsafe fn nm_lanes_f32<const N: usize, const M: usize, const J: usize>(
         values: *const f32,
@@ -1095,79 +1281,14 @@ pub(crate) mod x86 {
         x: [*const f32; J],
         totals: *mut f32,
     ) {
-        // SAFETY: totals holds J * 8 values (the caller's contract).
-        let mut total: [__m256; J] =
-            std::array::from_fn(|t| unsafe { _mm256_loadu_ps(totals.add(t * 8)) });
-        let mut w0 = 0;
-        while w0 < slots {
-            let w1 = (w0 + window).min(slots);
-            let mut acc = [_mm256_setzero_ps(); J];
-            for g in w0 / N..w1 / N {
-                // SAFETY: slots g * N .. (g + 1) * N are below `slots`, so their eight
-                // lanes are in bounds; the positions are below M by the contract.
-                let (v, p) = unsafe {
-                    (
-                        std::array::from_fn::<__m256, N, _>(|s| {
-                            _mm256_loadu_ps(values.add((g * N + s) * 8))
-                        }),
-                        std::array::from_fn::<__m256i, N, _>(|s| {
-                            let p = _mm_loadl_epi64(positions.add((g * N + s) * 8).cast());
-                            _mm256_cvtepu8_epi32(p)
-                        }),
-                    )
-                };
-                for t in 0..J {
-                    // SAFETY: group g's M inputs are within the caller's bound on x[t].
-                    let inputs = unsafe { group::<M>(x[t].add(g * M)) };
-                    for s in 0..N {
-                        acc[t] = _mm256_fmadd_ps(v[s], pick::<M>(inputs, p[s]), acc[t]);
-                    }
-                }
-            }
-            for t in 0..J {
-                total[t] = _mm256_add_ps(total[t], acc[t]);
-            }
-            w0 = w1;
-        }
-        for (t, total) in total.into_iter().enumerate() {
-            // SAFETY: as for the loads above.
-            unsafe { _mm256_storeu_ps(totals.add(t * 8), total) };
-        }
+        // SAFETY: the caller's contract is nm_lanes's for __m256.
+        unsafe { nm_lanes::<__m256, N, M, J>(values, positions, slots, window, x, totals) }
     }
 
-    /// The group of `M` inputs at `x`: in every 128-bit lane when `M` is 4, in the low
-    /// eight lanes (the rest zero) when it is 8.
+    /// [`nm_lanes`] for sixteen rows per register: half the permutes per product.
     ///
     /// # Safety
-    /// AVX-512F must be available; `x` must be valid for `M` reads.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn group16<const M: usize>(x: *const f32) -> __m512 {
-        // SAFETY: `x` points to M readable values (the caller's contract).
-        unsafe {
-            if M == 4 {
-                _mm512_broadcast_f32x4(_mm_loadu_ps(x))
-            } else {
-                _mm512_zextps256_ps512(_mm256_loadu_ps(x))
-            }
-        }
-    }
-
-    /// Lane `j` of `group` at index `p[j]` (below `M`): within its 128-bit lane when `M`
-    /// is 4, across the vector (from the low eight lanes) when it is 8.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn pick16<const M: usize>(group: __m512, p: __m512i) -> __m512 {
-        if M == 4 { _mm512_permutevar_ps(group, p) } else { _mm512_permutexvar_ps(p, group) }
-    }
-
-    /// [`nm_lanes_f32`] for sixteen rows per vector: the same operations on each lane, so
-    /// the same bits, with half the permutes per product.
-    ///
-    /// # Safety
-    /// AVX-512F must be available; as for [`nm_lanes_f32`] with 16 in place of 8
-    /// (`values` and `positions` hold `slots * 16` entries, `totals` `J * 16`).
-    #[inline]
+    /// AVX-512F must be available; the rest as for [`nm_lanes`] with sixteen rows.
     #[target_feature(enable = "avx512f")]
     pub(crate) unsafe fn nm_lanes16_f32<const N: usize, const M: usize, const J: usize>(
         values: *const f32,
@@ -1177,44 +1298,8 @@ pub(crate) mod x86 {
         x: [*const f32; J],
         totals: *mut f32,
     ) {
-        // SAFETY: totals holds J * 16 values (the caller's contract).
-        let mut total: [__m512; J] =
-            std::array::from_fn(|t| unsafe { _mm512_loadu_ps(totals.add(t * 16)) });
-        let mut w0 = 0;
-        while w0 < slots {
-            let w1 = (w0 + window).min(slots);
-            let mut acc = [_mm512_setzero_ps(); J];
-            for g in w0 / N..w1 / N {
-                // SAFETY: slots g * N .. (g + 1) * N are below `slots`, so their sixteen
-                // lanes are in bounds; the positions are below M by the contract.
-                let (v, p) = unsafe {
-                    (
-                        std::array::from_fn::<__m512, N, _>(|s| {
-                            _mm512_loadu_ps(values.add((g * N + s) * 16))
-                        }),
-                        std::array::from_fn::<__m512i, N, _>(|s| {
-                            let p = _mm_loadu_si128(positions.add((g * N + s) * 16).cast());
-                            _mm512_cvtepu8_epi32(p)
-                        }),
-                    )
-                };
-                for t in 0..J {
-                    // SAFETY: group g's M inputs are within the caller's bound on x[t].
-                    let inputs = unsafe { group16::<M>(x[t].add(g * M)) };
-                    for s in 0..N {
-                        acc[t] = _mm512_fmadd_ps(v[s], pick16::<M>(inputs, p[s]), acc[t]);
-                    }
-                }
-            }
-            for t in 0..J {
-                total[t] = _mm512_add_ps(total[t], acc[t]);
-            }
-            w0 = w1;
-        }
-        for (t, total) in total.into_iter().enumerate() {
-            // SAFETY: as for the loads above.
-            unsafe { _mm512_storeu_ps(totals.add(t * 16), total) };
-        }
+        // SAFETY: the caller's contract is nm_lanes's for __m512.
+        unsafe { nm_lanes::<__m512, N, M, J>(values, positions, slots, window, x, totals) }
     }
 }
 
