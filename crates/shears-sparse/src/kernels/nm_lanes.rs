@@ -238,29 +238,52 @@ fn lane_blocks<P: Isa, T: Scalar, V: Stored<T>, const L: usize>(
     rows.start + vectors * L
 }
 
-/// `slots[k][j] = rows[j * per_row + k]`: `L` rows (a multiple of 8) of `per_row` values
-/// interleaved slot by slot, in 4 x 4 blocks transposed in registers. Written one lane of
-/// a slot at a time (a pass per row), this took longer than the product at small batches.
+/// `slots[k][j] = rows[j * per_row + k]`: `L` rows (a multiple of `B`) of `per_row`
+/// entries interleaved slot by slot, in `B` x `B` blocks that `transpose` turns in
+/// registers (`out[i][j] = block[j][i]`). Written one lane of a slot at a time (a pass
+/// per row), this took longer than the product at small batches.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn interleave_values<const L: usize>(rows: &[f32], per_row: usize, slots: &mut [[f32; L]]) {
+fn interleave<E: Copy + Default, const L: usize, const B: usize>(
+    rows: &[E],
+    per_row: usize,
+    slots: &mut [[E; L]],
+    transpose: impl Fn([[E; B]; B]) -> [[E; B]; B],
+) {
     let (rows, slots) = (&rows[..L * per_row], &mut slots[..per_row]);
-    let full = per_row / 4 * 4;
-    for k0 in (0..full).step_by(4) {
-        for j0 in (0..L).step_by(4) {
-            let block = transpose4(std::array::from_fn(|jj| {
-                let mut four = [0.0; 4];
-                four.copy_from_slice(&rows[(j0 + jj) * per_row + k0..][..4]);
-                four
+    let full = per_row / B * B;
+    for k0 in (0..full).step_by(B) {
+        for j0 in (0..L).step_by(B) {
+            let block = transpose(std::array::from_fn(|jj| {
+                let mut run = [E::default(); B];
+                run.copy_from_slice(&rows[(j0 + jj) * per_row + k0..][..B]);
+                run
             }));
-            for (slot, lanes) in slots[k0..k0 + 4].iter_mut().zip(block) {
-                slot[j0..j0 + 4].copy_from_slice(&lanes);
+            for (slot, lanes) in slots[k0..k0 + B].iter_mut().zip(block) {
+                slot[j0..j0 + B].copy_from_slice(&lanes);
             }
         }
     }
     for (k, slot) in slots.iter_mut().enumerate().skip(full) {
         *slot = std::array::from_fn(|j| rows[j * per_row + k]);
     }
+}
+
+/// The values of `L` rows interleaved ([`interleave`]) in 4 x 4 blocks.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn interleave_values<const L: usize>(rows: &[f32], per_row: usize, slots: &mut [[f32; L]]) {
+    interleave::<f32, L, 4>(rows, per_row, slots, transpose4);
+}
+
+/// The byte positions of `L` rows interleaved ([`interleave`]) in 8 x 8 blocks, each
+/// transposed in 64-bit words.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn interleave_positions<const L: usize>(rows: &[u8], per_row: usize, slots: &mut [[u8; L]]) {
+    interleave::<u8, L, 8>(rows, per_row, slots, |block| {
+        transpose8_bytes(block.map(u64::from_le_bytes)).map(u64::to_le_bytes)
+    });
 }
 
 /// A 4 x 4 block transposed: `out[i][j] = rows[j][i]`, with SSE's unpacks and moves.
@@ -281,30 +304,6 @@ fn transpose4(rows: [[f32; 4]; 4]) -> [[f32; 4]; 4] {
             _mm_movehl_ps(t3, t2),
         ];
         out.map(|o| std::mem::transmute::<__m128, [f32; 4]>(o))
-    }
-}
-
-/// [`interleave_values`] for the byte positions, in 8 x 8 blocks transposed in 64-bit
-/// words.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn interleave_positions<const L: usize>(rows: &[u8], per_row: usize, slots: &mut [[u8; L]]) {
-    let (rows, slots) = (&rows[..L * per_row], &mut slots[..per_row]);
-    let full = per_row / 8 * 8;
-    for k0 in (0..full).step_by(8) {
-        for j0 in (0..L).step_by(8) {
-            let block = transpose8_bytes(std::array::from_fn(|jj| {
-                let mut eight = [0u8; 8];
-                eight.copy_from_slice(&rows[(j0 + jj) * per_row + k0..][..8]);
-                u64::from_le_bytes(eight)
-            }));
-            for (slot, lanes) in slots[k0..k0 + 8].iter_mut().zip(block) {
-                slot[j0..j0 + 8].copy_from_slice(&lanes.to_le_bytes());
-            }
-        }
-    }
-    for (k, slot) in slots.iter_mut().enumerate().skip(full) {
-        *slot = std::array::from_fn(|j| rows[j * per_row + k]);
     }
 }
 
