@@ -1,16 +1,16 @@
 //! Batched kernels: `Y <- alpha * A X + beta * Y` for a dense `X` of `batch` columns.
 //!
 //! `X` is first copied row-major in panels of batch columns (`xt`: per panel, one
-//! contiguous row per input feature, the panel sized to stay in L2), so each stored
-//! weight multiplies a contiguous slice of `xt` into a register-resident tile of
-//! accumulators: tiles of 32 batch columns, then 8, 4, 2 and 1, with four stored
-//! weights summed per accumulator update so consecutive entries do not wait on each
-//! other. All rows pass over one panel before any goes on to the next. N:M rows first
-//! expand their positions into columns, then run tiles of their own (up to 64 batch
-//! columns): their rows all have the same length, so several advance in lockstep with
-//! one fused multiply-add per product, eight rows at a time over L1-sized windows of
-//! groups, on a copy of `X` in panels of 128 batch columns so that a window is
-//! contiguous whatever the batch. Each parallel task computes its rows into a row-major
+//! contiguous row per input feature, the panel sized to stay in L1 for CSR and in L2 for
+//! the others), so each stored weight multiplies a contiguous slice of `xt` into a
+//! register-resident tile of accumulators: tiles of 32 batch columns, then 8, 4, 2 and
+//! 1, with four stored weights summed per accumulator update so consecutive entries do
+//! not wait on each other. All rows pass over one panel before any goes on to the next.
+//! N:M rows first expand their positions into columns, then run tiles of their own (up
+//! to 64 batch columns): their rows all have the same length, so several advance in
+//! lockstep with one fused multiply-add per product, eight rows at a time over L1-sized
+//! windows of groups, on a copy of `X` in panels of 128 batch columns so that a window
+//! is contiguous whatever the batch. Each parallel task computes its rows into a row-major
 //! buffer of its own and writes them into `Y` while they are still in cache. On the x86
 //! vector paths, `f32` N:M matrices with groups of 4 or 8 columns take `nm_lanes`
 //! instead, which works on the column-major `X` and `Y` directly and gives the same
@@ -111,20 +111,22 @@ fn row_tiles<P: Isa, T: Scalar, I: SpIndex>(
     }
 }
 
-/// CSR rows over `xt` in panels (see [`panels`]): every row passes over one panel of
-/// `X` before any goes on to the next, so the panel is read from L2, where rows over
-/// the whole of a large batch would each fetch all of `X` again from L3 or memory.
+/// CSR rows over `xt` in panels of `panel` batch columns (see [`panels`]): every row
+/// passes over one panel of `X` before any goes on to the next, so the panel is read
+/// from cache, where rows over the whole of a large batch would each fetch all of `X`
+/// again from L3 or memory.
 #[inline(always)]
 fn csr_rows_kernel<P: Isa, T: Scalar, V: Stored<T>, I: SpIndex>(
     a: CsrView<'_, T, I, V>,
     rows: Range<usize>,
     xt: &[T],
     batch: usize,
+    panel: usize,
     out: &mut [T],
 ) {
     // Narrow values are widened once per row and panel, not once per tile of the batch.
     let mut widened: Vec<T> = Vec::new();
-    for (panel, c0, width) in panels(xt, batch) {
+    for (panel, c0, width) in panels(xt, batch, panel) {
         for (k, r) in rows.clone().enumerate() {
             let range = a.indptr[r]..a.indptr[r + 1];
             let values = V::as_compute_in::<P>(&a.values[range.clone()], &mut widened);
@@ -141,7 +143,7 @@ fn csr_rows_kernel<P: Isa, T: Scalar, V: Stored<T>, I: SpIndex>(
 }
 
 multiversion! {
-    fn csr_rows<T: Scalar, V: Stored<T>, I: SpIndex>(a: CsrView<'_, T, I, V>, rows: Range<usize>, xt: &[T], batch: usize, out: &mut [T]) => csr_rows_kernel
+    fn csr_rows<T: Scalar, V: Stored<T>, I: SpIndex>(a: CsrView<'_, T, I, V>, rows: Range<usize>, xt: &[T], batch: usize, panel: usize, out: &mut [T]) => csr_rows_kernel
 }
 
 /// Rows of an N:M matrix processed together: they share their groups' input rows.
@@ -376,26 +378,50 @@ fn copies_in_parallel(len: usize) -> bool {
     len >= PARALLEL_COPY && rayon::current_num_threads() > 1
 }
 
-/// Bytes of `X` in one panel of the CSR, sliced-ELLPACK and block kernels' copy: a
-/// panel stays in L2 while every row of a task passes over it. Rows over the whole of
-/// a large batch would each stream all of `X` from L3 or memory.
+/// Bytes of `X` in one panel of the sliced-ELLPACK and block kernels' copy: a panel
+/// stays in L2 while every row of a task passes over it. Rows over the whole of a large
+/// batch would each stream all of `X` from L3 or memory.
 const PANEL_BYTES: usize = 256 << 10;
 
-/// Batch columns per panel of the CSR, sliced-ELLPACK and block kernels' copy of `X`
-/// (`ncols` rows of `value_bytes` values): as many whole tiles of 32 as fit
-/// [`PANEL_BYTES`], from one tile to four. It depends on the shape alone, and a tile's
-/// sums do not depend on where its panel starts, so neither do the outputs' bits.
+/// Bytes of `X` in one panel of the CSR kernel's copy, about an L1 data cache. Each CSR
+/// row reads a scattered subset of the panel's rows, and the rows after it read them
+/// again: in an L1-sized panel most of those reads hit L1, in an L2-sized one they all
+/// come from L2, which bounds the kernel at the batches transformers run (a few hundred
+/// tokens over a few hundred input features). Sliced ELLPACK keeps L2-sized panels: its
+/// batched product repacks a task's windows as CSR, and a parallel product over more
+/// panels has more tasks repeat that packing.
+const CSR_PANEL_BYTES: usize = 48 << 10;
+
+/// Batch columns per panel of the sliced-ELLPACK and block kernels' copy of `X`: see
+/// [`whole_tiles_within`] and [`PANEL_BYTES`].
 pub(super) fn panel_width(ncols: usize, value_bytes: usize) -> usize {
-    let fit = PANEL_BYTES / (ncols * value_bytes).max(1);
+    whole_tiles_within(PANEL_BYTES, ncols, value_bytes)
+}
+
+/// Batch columns per panel of the CSR kernel's copy of `X`: see [`whole_tiles_within`]
+/// and [`CSR_PANEL_BYTES`].
+pub(super) fn csr_panel_width(ncols: usize, value_bytes: usize) -> usize {
+    whole_tiles_within(CSR_PANEL_BYTES, ncols, value_bytes)
+}
+
+/// Batch columns per panel of a copy of `X` (`ncols` rows of `value_bytes` values): as
+/// many whole tiles of 32 as fit `bytes`, from one tile to four. It depends on the shape
+/// alone, and a tile's sums do not depend on where its panel starts, so neither do the
+/// outputs' bits.
+fn whole_tiles_within(bytes: usize, ncols: usize, value_bytes: usize) -> usize {
+    let fit = bytes / (ncols * value_bytes).max(1);
     (fit / 32 * 32).clamp(32, 128)
 }
 
-/// The panels of `xt`, `X` of `batch` columns copied in panels of [`panel_width`]: each panel
-/// (row-major rows of its width), its first batch column and its width.
-fn panels<T: Scalar>(xt: &[T], batch: usize) -> impl Iterator<Item = (&[T], usize, usize)> {
+/// The panels of `xt`, `X` of `batch` columns copied in panels of `width` columns: each
+/// panel (row-major rows of its width), its first batch column and its width.
+fn panels<T: Scalar>(
+    xt: &[T],
+    batch: usize,
+    width: usize,
+) -> impl Iterator<Item = (&[T], usize, usize)> {
     let ncols = xt.len().checked_div(batch).unwrap_or(0);
-    let width = panel_width(ncols, size_of::<T>());
-    (0..batch).step_by(width).map(move |c0| {
+    (0..batch).step_by(width.max(1)).map(move |c0| {
         let w = width.min(batch - c0);
         (&xt[c0 * ncols..(c0 + w) * ncols], c0, w)
     })
@@ -607,9 +633,9 @@ pub(crate) fn csr_spmm<T: Scalar, V: Stored<T>, I: SpIndex>(
     y: &mut DMatrix<T>,
 ) {
     let path = kernel_path();
-    let panel = panel_width(x.nrows(), size_of::<T>());
+    let panel = csr_panel_width(x.nrows(), size_of::<T>());
     spmm(a, alpha, x, panel, beta, y, |range, xt, width, out| {
-        csr_rows(path, a, range, xt, width, out)
+        csr_rows(path, a, range, xt, width, panel, out)
     });
 }
 
@@ -669,7 +695,7 @@ fn bsr_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
     let first_row = block_rows.start * br;
     // Narrow values are widened a block at a time, eight per step.
     let mut widened: Vec<T> = Vec::new();
-    for (panel, c0, width) in panels(xt, batch) {
+    for (panel, c0, width) in panels(xt, batch, panel_width(a.ncols, size_of::<T>())) {
         for i in block_rows.clone() {
             let r0 = i * br;
             let height = br.min(a.nrows - r0);
@@ -762,7 +788,8 @@ fn sell_windows_kernel<P: Isa, T: Scalar, V: Stored<T>, I: SpIndex>(
         values: &values,
         row_scales: a.row_scales.map(|s| &s[rows.clone()]),
     };
-    csr_rows_kernel::<P, T, T, I>(csr, 0..rows.len(), xt, batch, out);
+    let panel = panel_width(a.ncols, size_of::<T>());
+    csr_rows_kernel::<P, T, T, I>(csr, 0..rows.len(), xt, batch, panel, out);
 }
 
 multiversion! {
@@ -799,7 +826,8 @@ mod tests {
             let xt: Vec<f32> = (0..ncols * batch).map(|k| (k as f32 * 0.07).sin()).collect();
             let run = |path| {
                 let mut out = vec![0.0f32; nrows * batch];
-                csr_rows(KernelPath::resolve(path), a, 0..nrows, &xt, batch, &mut out);
+                // One panel of the whole batch.
+                csr_rows(KernelPath::resolve(path), a, 0..nrows, &xt, batch, batch, &mut out);
                 out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
             };
             let portable = run(KernelPath::Portable);
@@ -870,18 +898,20 @@ mod tests {
             row_scales: None,
         };
         // 43 columns are one panel; 300 are three, the last one narrower.
-        assert_eq!(panel_width(ncols, 4), 128);
+        let panel = csr_panel_width(ncols, 4);
+        assert_eq!(panel, 128);
         assert_eq!(
             [panel_width(1000, 4), panel_width(1000, 8), panel_width(1 << 20, 4)],
             [64, 32, 32]
         );
+        assert_eq!([csr_panel_width(100, 4), csr_panel_width(384, 4)], [96, 32]);
         for batch in [1, 2, 7, 8, 15, 43, 300] {
             let x = DMatrix::from_fn(ncols, batch, |c, j| ((c * batch + j) as f32 * 0.11).cos());
-            let xt = to_panels(&x, panel_width(ncols, 4));
+            let xt = to_panels(&x, panel);
             let run = |path| {
                 let mut out = vec![0.0f32; lens.len() * batch];
                 let xt = xt.as_slice();
-                csr_rows(KernelPath::resolve(path), a, 0..lens.len(), xt, batch, &mut out);
+                csr_rows(KernelPath::resolve(path), a, 0..lens.len(), xt, batch, panel, &mut out);
                 out
             };
             let portable = run(KernelPath::Portable);
@@ -894,7 +924,7 @@ mod tests {
                 let column: Vec<f32> = x.column(j).iter().copied().collect();
                 let mut alone = vec![0.0f32; lens.len()];
                 let portable_path = KernelPath::resolve(KernelPath::Portable);
-                csr_rows(portable_path, a, 0..lens.len(), &column, 1, &mut alone);
+                csr_rows(portable_path, a, 0..lens.len(), &column, 1, 1, &mut alone);
                 for (r, v) in alone.iter().enumerate() {
                     assert_eq!(v.to_bits(), portable[r * batch + j].to_bits(), "({r}, {j})");
                 }
@@ -1205,7 +1235,7 @@ mod tests {
             row_scales: None,
         };
         let mut out = vec![0.0f32; batch];
-        csr_rows_kernel::<PortableUnfused, f32, f32, u16>(a, 0..1, &xt, batch, &mut out);
+        csr_rows_kernel::<PortableUnfused, f32, f32, u16>(a, 0..1, &xt, batch, batch, &mut out);
         for (j, &got) in out.iter().enumerate() {
             let c = |k: usize| usize::from(indices[k]);
             let mut acc = 0.0f32;
