@@ -7,6 +7,7 @@ use std::time::Instant;
 use nalgebra::DMatrix;
 use serde::Serialize;
 use shears_core::Mask;
+use shears_sparse::tuning::{SMALL_MATRIX, csr_break_even};
 use shears_sparse::{Format, NmPattern, choose_format};
 
 use crate::bert::BertModel;
@@ -15,6 +16,13 @@ use crate::error::Result;
 /// Tokens the products are timed on at most: enough to rank the formats at a large
 /// batch, few enough that planning takes a fraction of a second.
 const TIMING_TOKENS: usize = 512;
+
+/// How far below [`csr_break_even`] a layer's sparsity may fall and CSR still be timed
+/// against dense. The break-even is a crossover measured on whole matrices of one shape,
+/// and a layer pruned row by row to a round sparsity keeps a weight more than that share
+/// of some rows (70% of 1536 inputs leaves 1075.2 to prune, so 1075 are): such a layer
+/// sits a hair below the break-even it was pruned to reach.
+const BREAK_EVEN_MARGIN: f64 = 0.1;
 
 /// What an int8 layer's proposal reads, and its choice when its integer products are
 /// faster than the f32 GEMM.
@@ -28,7 +36,8 @@ pub struct FormatChoice {
     /// The fraction of its weights that are zero.
     pub sparsity: f64,
     /// The sparse format `choose_format` proposed, or where it proposed dense the N:M
-    /// pattern the zeros follow (dense when there is neither; `int8` for an int8 layer,
+    /// pattern the zeros follow, else CSR if the sparsity is within 0.1 of CSR's
+    /// break-even (dense when there is none of these; `int8` for an int8 layer,
     /// timed in int8 against its dequantized weights in f32), with its value type when
     /// its half-precision values (see
     /// [`Linear::set_format`](crate::Linear::set_format)) ran faster than the same format
@@ -46,7 +55,8 @@ pub struct FormatChoice {
 
 /// Sets every linear layer of `model` to the fastest of dense and the format
 /// `choose_format` proposes for its zeros at `tokens` tokens per product (or, where that
-/// is dense, the N:M pattern its zeros follow, 2:4 or 4:8, if any), timing both on
+/// is dense, the N:M pattern its zeros follow, 2:4 or 4:8, if any, else CSR for a
+/// sparsity just short of CSR's break-even), timing both on
 /// `min(tokens, 512)` tokens (the best of three runs each); a format that can hold the
 /// weights in bf16 or f16, dense included, is timed that way and in f32, and runs the
 /// faster. An int8 layer is set to the faster of its integer products and the f32 GEMM
@@ -89,7 +99,10 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
             let mask = Mask::from_fn(rows, cols, |r, c| weights[(r, c)] != 0.0)?;
             let sparsity = mask.sparsity().get();
             let proposed = match choose_format(&mask, tokens) {
-                Format::Dense => nm_pattern_of(&mask).map_or(Format::Dense, Format::Nm),
+                Format::Dense => nm_pattern_of(&mask)
+                    .map(Format::Nm)
+                    .or_else(|| near_break_even(&mask, tokens))
+                    .unwrap_or(Format::Dense),
                 other => other,
             };
             let x = DMatrix::from_fn(cols, timing, |r, c| ((r * 7 + c * 13) % 17) as f32 - 8.0);
@@ -155,6 +168,18 @@ fn nm_pattern_of(mask: &Mask) -> Option<NmPattern> {
     [NmPattern::TWO_FOUR, four_eight].into_iter().find(|p| p.first_violation(mask).is_none())
 }
 
+/// CSR (sliced ELLPACK at one token, as `choose_format` would have it) for a matrix
+/// `choose_format` keeps dense whose sparsity is within [`BREAK_EVEN_MARGIN`] of the CSR
+/// break-even at `tokens`; `None` for a small matrix or one further below it.
+fn near_break_even(mask: &Mask, tokens: usize) -> Option<Format> {
+    let close = mask.sparsity().get() >= csr_break_even(tokens) - BREAK_EVEN_MARGIN;
+    (close && mask.len() >= SMALL_MATRIX).then_some(if tokens <= 1 {
+        Format::SlicedEll
+    } else {
+        Format::Csr
+    })
+}
+
 /// The least of three timed runs of `f`, in seconds.
 fn best_of_three(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     let mut best = f64::INFINITY;
@@ -164,4 +189,32 @@ fn best_of_three(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
         best = best.min(start.elapsed().as_secs_f64());
     }
     Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 384x1536 mask with `pruned` of each row's 1536 weights pruned.
+    fn rows_pruned(pruned: usize) -> Mask {
+        Mask::from_fn(384, 1536, |r, c| (c + r * 7) % 1536 >= pruned).unwrap()
+    }
+
+    #[test]
+    fn csr_is_timed_just_short_of_its_break_even() {
+        // 70% of 1536 is 1075.2: pruned row by row, 1075 of each row go.
+        let seventy = rows_pruned(1075);
+        assert!(seventy.sparsity().get() < csr_break_even(128));
+        assert_eq!(choose_format(&seventy, 128), Format::Dense);
+        assert_eq!(near_break_even(&seventy, 128), Some(Format::Csr));
+        assert_eq!(near_break_even(&seventy, 1), Some(Format::SlicedEll));
+
+        // Below the margin at 128 tokens (break-even 0.7), within it at 8 (0.5).
+        let fifty_five = rows_pruned(845);
+        assert_eq!(near_break_even(&fifty_five, 128), None);
+        assert_eq!(near_break_even(&fifty_five, 8), Some(Format::Csr));
+
+        let small = Mask::from_fn(64, 64, |_, c| c >= 45).unwrap();
+        assert_eq!(near_break_even(&small, 128), None);
+    }
 }
