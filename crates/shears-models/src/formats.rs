@@ -1,14 +1,16 @@
 //! Which format each linear layer runs in: the one `choose_format` picks for its mask
-//! and the batch's token count, kept only where a timed product says it beats the dense
-//! GEMM at that token count. A sparse format that is slower is never used.
+//! and the batch's token count (or, where that is dense, the N:M pattern its zeros
+//! follow, or CSR for a sparsity up to a margin below CSR's break-even), kept only where
+//! a timed product says it beats the dense GEMM at that token count. A sparse format
+//! that is slower is never used.
 
 use std::time::Instant;
 
 use nalgebra::DMatrix;
 use serde::Serialize;
 use shears_core::Mask;
-use shears_sparse::tuning::{SMALL_MATRIX, csr_break_even};
-use shears_sparse::{Format, NmPattern, choose_format};
+use shears_sparse::calibrate::Crossovers;
+use shears_sparse::{Format, NmPattern, choose_format, choose_format_with};
 
 use crate::bert::BertModel;
 use crate::error::Result;
@@ -17,11 +19,14 @@ use crate::error::Result;
 /// batch, few enough that planning takes a fraction of a second.
 const TIMING_TOKENS: usize = 512;
 
-/// How far below [`csr_break_even`] a layer's sparsity may fall and CSR still be timed
-/// against dense. The break-even is a crossover measured on whole matrices of one shape,
-/// and a layer pruned row by row to a round sparsity keeps a weight more than that share
-/// of some rows (70% of 1536 inputs leaves 1075.2 to prune, so 1075 are): such a layer
-/// sits a hair below the break-even it was pruned to reach.
+/// How far below `choose_format`'s CSR break-even a layer's sparsity may fall and CSR
+/// still be timed against dense. The break-even is a crossover measured on square
+/// matrices at a few batches, so on one layer's shape CSR can win a little below it;
+/// and a layer pruned row by row to a round sparsity sits a hair below the break-even it
+/// was pruned to reach (70% of 1536 inputs is 1075.2 weights, so 1075 of each row go).
+/// Timing one more candidate costs planning time only: the faster format runs. The
+/// margin is one step of the fixed break-evens (0.6 at one token, 0.5 at a few, 0.7 at
+/// many), so a layer from 60% on is timed at 128 tokens.
 const BREAK_EVEN_MARGIN: f64 = 0.1;
 
 /// What an int8 layer's proposal reads, and its choice when its integer products are
@@ -36,10 +41,10 @@ pub struct FormatChoice {
     /// The fraction of its weights that are zero.
     pub sparsity: f64,
     /// The sparse format `choose_format` proposed, or where it proposed dense the N:M
-    /// pattern the zeros follow, else CSR if the sparsity is within 0.1 of CSR's
-    /// break-even (dense when there is none of these; `int8` for an int8 layer,
-    /// timed in int8 against its dequantized weights in f32), with its value type when
-    /// its half-precision values (see
+    /// pattern the zeros follow, else CSR (sliced ELLPACK at one token) if the sparsity
+    /// is up to 0.1 below CSR's break-even (dense when there is none of these; `int8`
+    /// for an int8 layer, timed in int8 against its dequantized weights in f32), with
+    /// its value type when its half-precision values (see
     /// [`Linear::set_format`](crate::Linear::set_format)) ran faster than the same format
     /// in f32: `csr bf16`, `n:m 2:4 f16`.
     pub proposed: String,
@@ -56,7 +61,7 @@ pub struct FormatChoice {
 /// Sets every linear layer of `model` to the fastest of dense and the format
 /// `choose_format` proposes for its zeros at `tokens` tokens per product (or, where that
 /// is dense, the N:M pattern its zeros follow, 2:4 or 4:8, if any, else CSR for a
-/// sparsity just short of CSR's break-even), timing both on
+/// sparsity up to 0.1 below CSR's break-even), timing both on
 /// `min(tokens, 512)` tokens (the best of three runs each); a format that can hold the
 /// weights in bf16 or f16, dense included, is timed that way and in f32, and runs the
 /// faster. An int8 layer is set to the faster of its integer products and the f32 GEMM
@@ -66,6 +71,7 @@ pub struct FormatChoice {
 /// A format that cannot be built from the weights.
 pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<FormatChoice>> {
     let timing = tokens.clamp(1, TIMING_TOKENS);
+    let near_break_even = near_break_even_crossovers()?;
     let mut choices = Vec::new();
     for layer in model.layers_mut() {
         for (_, linear) in layer.linears_mut() {
@@ -101,7 +107,7 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
             let proposed = match choose_format(&mask, tokens) {
                 Format::Dense => nm_pattern_of(&mask)
                     .map(Format::Nm)
-                    .or_else(|| near_break_even(&mask, tokens))
+                    .or_else(|| sparse_near_break_even(&mask, tokens, &near_break_even))
                     .unwrap_or(Format::Dense),
                 other => other,
             };
@@ -168,16 +174,22 @@ fn nm_pattern_of(mask: &Mask) -> Option<NmPattern> {
     [NmPattern::TWO_FOUR, four_eight].into_iter().find(|p| p.first_violation(mask).is_none())
 }
 
-/// CSR (sliced ELLPACK at one token, as `choose_format` would have it) for a matrix
-/// `choose_format` keeps dense whose sparsity is within [`BREAK_EVEN_MARGIN`] of the CSR
-/// break-even at `tokens`; `None` for a small matrix or one further below it.
-fn near_break_even(mask: &Mask, tokens: usize) -> Option<Format> {
-    let close = mask.sparsity().get() >= csr_break_even(tokens) - BREAK_EVEN_MARGIN;
-    (close && mask.len() >= SMALL_MATRIX).then_some(if tokens <= 1 {
-        Format::SlicedEll
-    } else {
-        Format::Csr
-    })
+/// `choose_format`'s fixed crossovers with every CSR break-even lowered by
+/// [`BREAK_EVEN_MARGIN`].
+fn near_break_even_crossovers() -> Result<Crossovers> {
+    let fixed = Crossovers::fixed();
+    let lowered = fixed.csr_steps().iter().map(|&(b, s)| (b, (s - BREAK_EVEN_MARGIN).max(0.0)));
+    Ok(Crossovers::from_steps(lowered.collect(), fixed.nm_max_batch())?)
+}
+
+/// The CSR-family format (CSR, or sliced ELLPACK at one token) that `choose_format_with`
+/// picks for `mask` under the lowered crossovers `near`, if it picks one; `None` where
+/// it keeps the matrix dense (too small, or sparser by less than the margin allows).
+fn sparse_near_break_even(mask: &Mask, tokens: usize, near: &Crossovers) -> Option<Format> {
+    match choose_format_with(mask, tokens, near) {
+        format @ (Format::Csr | Format::SlicedEll) => Some(format),
+        _ => None,
+    }
 }
 
 /// The least of three timed runs of `f`, in seconds.
@@ -193,28 +205,38 @@ fn best_of_three(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
 
 #[cfg(test)]
 mod tests {
+    use shears_sparse::tuning::csr_break_even;
+
     use super::*;
 
-    /// A 384x1536 mask with `pruned` of each row's 1536 weights pruned.
-    fn rows_pruned(pruned: usize) -> Mask {
+    /// A 384x1536 mask with the given share of each row's 1536 weights pruned (rounded
+    /// down to whole weights, as a row-by-row prune leaves them).
+    fn rows_pruned(sparsity: f64) -> Mask {
+        let pruned = (sparsity * 1536.0) as usize;
         Mask::from_fn(384, 1536, |r, c| (c + r * 7) % 1536 >= pruned).unwrap()
     }
 
     #[test]
-    fn csr_is_timed_just_short_of_its_break_even() {
-        // 70% of 1536 is 1075.2: pruned row by row, 1075 of each row go.
-        let seventy = rows_pruned(1075);
-        assert!(seventy.sparsity().get() < csr_break_even(128));
-        assert_eq!(choose_format(&seventy, 128), Format::Dense);
-        assert_eq!(near_break_even(&seventy, 128), Some(Format::Csr));
-        assert_eq!(near_break_even(&seventy, 1), Some(Format::SlicedEll));
+    fn csr_is_timed_up_to_the_margin_below_its_break_even() {
+        let near = near_break_even_crossovers().unwrap();
+        for (tokens, sparse) in [(1, Format::SlicedEll), (8, Format::Csr), (128, Format::Csr)] {
+            let break_even = csr_break_even(tokens);
+            for below in [0.0001, BREAK_EVEN_MARGIN / 2.0, BREAK_EVEN_MARGIN - 0.001] {
+                let mask = rows_pruned(break_even - below);
+                assert_eq!(choose_format(&mask, tokens), Format::Dense, "{tokens}, {below}");
+                let proposed = sparse_near_break_even(&mask, tokens, &near);
+                assert_eq!(proposed, Some(sparse), "{tokens} tokens, {below} below");
+            }
+            let further = rows_pruned(break_even - BREAK_EVEN_MARGIN - 0.01);
+            assert_eq!(sparse_near_break_even(&further, tokens, &near), None, "{tokens}");
+        }
+        // A 70% prune of 1536-input rows leaves 1075 of 1075.2 pruned weights per row.
+        let seventy = rows_pruned(0.7);
+        assert!(seventy.sparsity().get() < 0.7);
+        assert_eq!(sparse_near_break_even(&seventy, 128, &near), Some(Format::Csr));
 
-        // Below the margin at 128 tokens (break-even 0.7), within it at 8 (0.5).
-        let fifty_five = rows_pruned(845);
-        assert_eq!(near_break_even(&fifty_five, 128), None);
-        assert_eq!(near_break_even(&fifty_five, 8), Some(Format::Csr));
-
-        let small = Mask::from_fn(64, 64, |_, c| c >= 45).unwrap();
-        assert_eq!(near_break_even(&small, 128), None);
+        // Sparse enough, with no row or column to compact away, but too small.
+        let small = Mask::from_fn(64, 64, |r, c| (r + c) % 64 >= 45).unwrap();
+        assert_eq!(sparse_near_break_even(&small, 128, &near), None);
     }
 }

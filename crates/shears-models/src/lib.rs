@@ -10,8 +10,9 @@
 //! - [`prune_model`] calibrates and prunes the encoder layer by layer with Wanda or
 //!   SparseGPT ([`Method`]) from calibration text, or by magnitude;
 //! - [`choose_formats`] runs each pruned layer in the sparse format `choose_format`
-//!   proposes (or the N:M pattern its zeros follow) where a timed product shows it beats
-//!   the dense GEMM, and dense elsewhere;
+//!   proposes (or the N:M pattern its zeros follow, or CSR a little below its
+//!   break-even) where a timed product shows it beats the dense GEMM, and dense
+//!   elsewhere;
 //! - [`agreement`] measures what a pruned model keeps: the cosine between its sentence
 //!   embeddings and the dense model's, and how many nearest neighbours stay.
 //!

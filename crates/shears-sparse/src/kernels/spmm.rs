@@ -1,11 +1,12 @@
 //! Batched kernels: `Y <- alpha * A X + beta * Y` for a dense `X` of `batch` columns.
 //!
 //! `X` is first copied row-major in panels of batch columns (`xt`: per panel, one
-//! contiguous row per input feature, the panel sized to stay in L1 for CSR and in L2 for
-//! the others), so each stored weight multiplies a contiguous slice of `xt` into a
-//! register-resident tile of accumulators: tiles of 32 batch columns, then 8, 4, 2 and
-//! 1, with four stored weights summed per accumulator update so consecutive entries do
-//! not wait on each other. All rows pass over one panel before any goes on to the next.
+//! contiguous row per input feature, the panel sized to about L1 for CSR and to L2 for
+//! the others, and never narrower than one tile), so each stored weight multiplies a
+//! contiguous slice of `xt` into a register-resident tile of accumulators: tiles of 32
+//! batch columns, then 8, 4, 2 and 1, with four stored weights summed per accumulator
+//! update so consecutive entries do not wait on each other. All rows pass over one panel
+//! before any goes on to the next.
 //! N:M rows first expand their positions into columns, then run tiles of their own (up
 //! to 64 batch columns): their rows all have the same length, so several advance in
 //! lockstep with one fused multiply-add per product, eight rows at a time over L1-sized
@@ -383,13 +384,15 @@ fn copies_in_parallel(len: usize) -> bool {
 /// batch would each stream all of `X` from L3 or memory.
 const PANEL_BYTES: usize = 256 << 10;
 
-/// Bytes of `X` in one panel of the CSR kernel's copy, about an L1 data cache. Each CSR
-/// row reads a scattered subset of the panel's rows, and the rows after it read them
-/// again: in an L1-sized panel most of those reads hit L1, in an L2-sized one they all
-/// come from L2, which bounds the kernel at the batches transformers run (a few hundred
-/// tokens over a few hundred input features). Sliced ELLPACK keeps L2-sized panels: its
-/// batched product repacks a task's windows as CSR, and a parallel product over more
-/// panels has more tasks repeat that packing.
+/// Bytes of `X` in one panel of the CSR kernel's copy, about an L1 data cache (48 KiB on
+/// recent Intel cores, 32 KiB on AMD's up to Zen 4; a panel is never narrower than one
+/// tile of 32 columns, so past 384 `f32` input features it outgrows L1). Each CSR row
+/// reads a scattered subset of the panel's rows, and the rows after it read them again:
+/// in an L1-sized panel most of those reads hit L1, in an L2-sized one most come from
+/// L2, which bounds the kernel at the batches transformers run (a few hundred tokens
+/// over a few hundred input features). Sliced ELLPACK keeps L2-sized panels: its batched
+/// product repacks a task's windows as CSR, and a parallel product over more panels has
+/// more tasks repeat that packing.
 const CSR_PANEL_BYTES: usize = 48 << 10;
 
 /// Batch columns per panel of the sliced-ELLPACK and block kernels' copy of `X`: see

@@ -63,9 +63,10 @@ const TRANSPOSE_INPUTS: usize = 64;
 const BYTE_TILE: usize = 32;
 
 /// `X`'s tokens quantized to int8, in panels of [`panel_width`] tokens as the f32
-/// kernels copy `X` ([`to_panels`](crate::kernels::spmm::to_panels)): within a panel,
-/// input `k`'s tokens at `k * stride..`, zeros past the batch, `stride` the panel's
-/// tokens rounded up to a whole tile; one scale per token. Held as `i16` for the 16-bit
+/// sliced-ELLPACK and block kernels copy `X`
+/// ([`to_panels`](crate::kernels::spmm::to_panels)): within a panel, input `k`'s tokens
+/// at `k * stride..`, zeros past the batch, `stride` the panel's tokens rounded up to a
+/// whole tile; one scale per token. Held as `i16` for the 16-bit
 /// copies, or as `u8` biased by [`ACTIVATION_BIAS`](crate::kernels::isa::ACTIVATION_BIAS)
 /// for the byte copy (where a zero is stored as 128). Rows over one panel read it from
 /// L2; rows over the whole of a large batch would each fetch all of it from memory.
