@@ -15,9 +15,12 @@ use shears_sparse::{Format, NmPattern, choose_format, choose_format_with};
 use crate::bert::BertModel;
 use crate::error::Result;
 
-/// Tokens the products are timed on at most: enough to rank the formats at a large
-/// batch, few enough that planning takes a fraction of a second.
-const TIMING_TOKENS: usize = 512;
+/// Tokens the products are timed on at most: 32 sentences of 128 tokens. A format's
+/// speed changes with the token count (how many panels of `X` a product walks, how much
+/// of the weights and inputs stays in cache), so a layer timed on fewer tokens than it
+/// runs on can pick a format that loses in the model. The cap bounds planning (three
+/// runs of each candidate per layer) for larger batches.
+const TIMING_TOKENS: usize = 4096;
 
 /// How far below `choose_format`'s CSR break-even a layer's sparsity may fall and CSR
 /// still be timed against dense. The break-even is a crossover measured on square
@@ -62,7 +65,7 @@ pub struct FormatChoice {
 /// `choose_format` proposes for its zeros at `tokens` tokens per product (or, where that
 /// is dense, the N:M pattern its zeros follow, 2:4 or 4:8, if any, else CSR for a
 /// sparsity up to 0.1 below CSR's break-even), timing both on
-/// `min(tokens, 512)` tokens (the best of three runs each); a format that can hold the
+/// `min(tokens, 4096)` tokens (the best of three runs each); a format that can hold the
 /// weights in bf16 or f16, dense included, is timed that way and in f32, and runs the
 /// faster. An int8 layer is set to the faster of its integer products and the f32 GEMM
 /// on its dequantized weights.
