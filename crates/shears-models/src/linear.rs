@@ -285,13 +285,17 @@ impl Linear {
             dense_product(w, x, dst, epilogue);
             y
         };
-        let mut y = match &self.weights {
+        let product: &dyn SparseProduct<f32> = match &self.weights {
             LinearWeights::Dense(w) => return Ok(dense(DenseRef::F32(w))),
             LinearWeights::DenseHalf(h) => return Ok(dense(h.as_ref())),
-            LinearWeights::Sparse(s) => s.matmul(x)?,
-            LinearWeights::Half(h) => h.product().matmul(x)?,
-            LinearWeights::Int8(q) => q.matmul(x)?,
+            LinearWeights::Sparse(s) => s,
+            LinearWeights::Half(h) => h.product(),
+            LinearWeights::Int8(q) => q,
         };
+        // Zeroed on rayon's threads, as the dense products' outputs are: `matmul` would
+        // zero all of it on this thread alone while the pool's other threads wait.
+        let mut y = zeroed(outputs, tokens);
+        product.matmul_into(1.0, x, 0.0, &mut y)?;
         epilogue.apply_parallel(&mut y);
         Ok(y)
     }
