@@ -1,5 +1,6 @@
-//! `shears bench`: each layer's product timed dense, in the format shears-sparse picks
-//! for it, as int8 CSR and as dense int8, and the model's total dense and as picked.
+//! `shears bench`: each layer timed as a model's layer runs it (product and bias), dense
+//! and in the format shears-sparse picks for it, its product as int8 CSR and as dense
+//! int8, and the model's total dense and as picked.
 
 use std::time::Instant;
 
@@ -8,7 +9,8 @@ use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 use shears_core::WeightShape;
 use shears_io::Model;
-use shears_sparse::{AnySparse, Format, Int8Csr, Int8Matrix, QuantScheme, SparseProduct};
+use shears_models::Linear;
+use shears_sparse::{Format, Int8Csr, Int8Matrix, QuantScheme, SparseProduct, choose_format};
 use shears_strategies::TensorRole;
 
 use crate::cli::BenchArgs;
@@ -96,6 +98,20 @@ fn product_us(a: &impl SparseProduct<f32>, x: &DMatrix<f32>) -> Result<f64> {
     }
 }
 
+/// Median microseconds of `linear`'s forward pass on `x` (its product and bias).
+fn forward_us(linear: &Linear, x: &DMatrix<f32>) -> Result<f64> {
+    let mut failed = None;
+    let us = median_us(|| {
+        if let Err(e) = linear.forward(x) {
+            failed = Some(e);
+        }
+    });
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(us),
+    }
+}
+
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     if args.batch.is_empty() {
         bail!("--batch takes batch sizes, e.g. 1,32");
@@ -157,7 +173,14 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             }
             let x =
                 DMatrix::from_fn(c, columns, |i, j| ((i * 31 + j * 17) % 97) as f32 / 97.0 - 0.5);
-            let dense_us = if columns == 1 {
+            // The picked format runs as a model's layer runs it (a `Linear`, as `shears
+            // embed` does), against the faster of two dense products: the same layer
+            // dense (faer's GEMM on rayon's threads, the faster from a few columns on)
+            // and nalgebra's (at one column the faster on some shapes). A speedup here
+            // is one over the best dense product shears has.
+            let format = choose_format(&mask, columns);
+            let linear = Linear::new(t.name, weights.clone(), DVector::zeros(r))?;
+            let nalgebra_us = if columns == 1 {
                 let xv = DVector::from_column_slice(x.as_slice());
                 let mut yv = DVector::zeros(r);
                 median_us(|| yv.gemv(1.0, &weights, &xv, 0.0))
@@ -165,10 +188,14 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
                 let mut y = DMatrix::zeros(r, columns);
                 median_us(|| y.gemm(1.0, &weights, &x, 0.0))
             };
-            let sparse = AnySparse::for_batch(&weights, &mask, columns)?;
-            let format = sparse.format();
-            let sparse_us =
-                if format == Format::Dense { dense_us } else { product_us(&sparse, &x)? };
+            let dense_us = forward_us(&linear, &x)?.min(nalgebra_us);
+            let sparse_us = if format == Format::Dense {
+                dense_us
+            } else {
+                let mut sparse = linear;
+                sparse.set_f32_format(format)?;
+                forward_us(&sparse, &x)?
+            };
             // With the narrowest column index, as `AnySparse` stores f32 CSR.
             let int8_csr_us = if c <= usize::from(u16::MAX) + 1 {
                 product_us(&Int8Csr::<u16>::from_dense_masked(&weights, &mask)?, &x)?
