@@ -221,6 +221,15 @@ pub(crate) struct EmbedArgs {
     /// instead of the summary.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Run each pruned layer in the format that a timed product shows fastest at this
+    /// input's token count, and int8 layers in integer arithmetic where that is faster
+    /// (the plan `bench --texts` times). Without it every layer runs dense in f32, so the
+    /// embeddings depend on the weights alone; with it they differ from those by
+    /// rounding (int8 layers: by their inputs' rounding to int8), and the plan can
+    /// change from run to run on a busy machine. Timing the layers takes a few seconds
+    /// at thousands of tokens, which only a long input wins back.
+    #[arg(long)]
+    pub(crate) fastest: bool,
 }
 
 /// How an int8 ONNX graph quantizes activations.

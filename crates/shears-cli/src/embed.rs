@@ -7,7 +7,10 @@ use anyhow::{Result, bail};
 use nalgebra::DMatrix;
 use serde::Serialize;
 use shears_io::Dtype;
-use shears_models::{Agreement, SentenceTransformer, agreement, read_numbered_texts, read_texts};
+use shears_models::{
+    Agreement, FormatChoice, SentenceTransformer, TOKENS_PER_PASS, agreement, choose_formats,
+    read_numbered_texts, read_texts,
+};
 
 use crate::cli::{EmbedArgs, EvalArgs};
 use crate::report::print_json;
@@ -71,9 +74,15 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
         }
         shears_io::paths::check_distinct(&paths)?;
     }
-    let model = load(&args.model, args.max_len)?;
     let (lines, texts): (Vec<usize>, Vec<String>) =
         read_numbered_texts(&args.texts, args.limit as usize)?.into_iter().unzip();
+    let (model, plan) = if args.fastest {
+        let mut model = open(&args.model, args.max_len)?;
+        let plan = plan_fastest(&mut model, &texts)?;
+        (model, Some(plan))
+    } else {
+        (load(&args.model, args.max_len)?, None)
+    };
     let embeddings = embed_all(&model, &texts)?;
     if let Some(out) = &args.output {
         write_embeddings(out, &embeddings, &lines)?;
@@ -91,6 +100,9 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
             embeddings: Vec<&'a [f32]>,
             /// Each embedding's line in the text file, from 1.
             lines: &'a [usize],
+            /// With `--fastest`: each linear layer's timed formats and the one it ran.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            layers: Option<&'a [FormatChoice]>,
         }
         print_json(&Output {
             model: args.model.display().to_string(),
@@ -99,6 +111,7 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
             output: args.output.as_ref().map(|p| p.display().to_string()),
             embeddings: embeddings.as_slice().chunks(embeddings.nrows().max(1)).collect(),
             lines: &lines,
+            layers: plan.as_deref(),
         })?;
         return Ok(());
     }
@@ -118,7 +131,44 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
         texts.len(),
         embeddings.nrows()
     )?;
+    if let Some(plan) = &plan {
+        outln!("{}", describe_plan(plan))?;
+    }
     Ok(())
+}
+
+/// Sets each linear layer of `model` to the fastest of dense and the format its zeros
+/// (or its int8 weights) allow, timed at the token count of the first pass over `texts`
+/// (the passes after it hold as many sentences, the last fewer).
+fn plan_fastest(model: &mut SentenceTransformer, texts: &[String]) -> Result<Vec<FormatChoice>> {
+    let first = &texts[..texts.len().min(SENTENCES_PER_PASS)];
+    let tokens = model.tokenizer.encode(first)?.tokens().min(TOKENS_PER_PASS);
+    Ok(choose_formats(&mut model.model, tokens)?)
+}
+
+/// One line: how many layers run in each format other than dense.
+fn describe_plan(plan: &[FormatChoice]) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for choice in plan.iter().filter(|c| c.chosen != "dense") {
+        match counts.iter_mut().find(|(format, _)| *format == choice.chosen) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((&choice.chosen, 1)),
+        }
+    }
+    if counts.is_empty() {
+        return format!("all {} linear layers ran dense: no other format was faster", plan.len());
+    }
+    let total = plan.len();
+    match counts[..] {
+        [(format, n)] if n == total => return format!("all {total} linear layers ran in {format}"),
+        [(format, n)] => {
+            return format!("{n} of {total} linear layers ran in {format}, the rest dense");
+        }
+        _ => {}
+    }
+    let formats: Vec<String> = counts.iter().map(|(f, n)| format!("{n} in {f}")).collect();
+    let sparse: usize = counts.iter().map(|(_, n)| n).sum();
+    format!("{sparse} of {total} linear layers ran {}, the rest dense", formats.join(", "))
 }
 
 /// `embeddings` (hidden x sentences) as a safetensors file of an `[sentences, hidden]`

@@ -8,7 +8,7 @@ use shears_core::{Masks, Sparsity};
 use shears_nn::{Mlp, PruningPlan, TrainConfig, digits_split, prune_and_finetune, train};
 use shears_strategies::{Criterion, Schedule};
 
-use crate::util::{T, read, shears, stderr, values, write};
+use crate::util::{T, least_cosine, read, shears, stderr, values, write};
 
 fn run(args: &[&str]) {
     let o = shears(args);
@@ -150,6 +150,25 @@ fn minilm_at_2_4_keeps_its_embeddings_within_0_01_when_quantized() {
     assert!((f32_cosine - as_run).abs() <= 0.01, "f32 {f32_cosine}, int8 products {as_run}");
     // And against the f32 pruned model itself, int8 is a rounding away.
     assert!(mean_cosine(&f32_model, &int8_model, &texts) > 0.99);
+}
+
+#[test]
+fn minilm_int8_embeds_with_its_integer_products_under_fastest() {
+    let Some(model) = minilm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let texts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/sentences/validation.txt");
+    let int8_model = dir.path().join("70-int8");
+    prune(&model, &int8_model, &["-s", "0.7", "--quantize", "int8"]);
+    let args = ["embed", int8_model.to_str().unwrap(), "--texts", texts.to_str().unwrap()];
+    let plain = json(&[&args[..], &["--json"]].concat());
+    let fastest = json(&[&args[..], &["--json", "--fastest"]].concat());
+    let layers = fastest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 36, "6 layers of 6 linears");
+    assert!(layers.iter().all(|l| l["proposed"] == "int8"), "each int8 layer is timed as int8");
+    // Whichever layers run integer products, each embedding stays within rounding of the
+    // dense f32 run on the dequantized weights.
+    let least = least_cosine(&plain, &fastest);
+    assert!(least > 0.99, "least cosine {least}");
 }
 
 fn json(args: &[&str]) -> serde_json::Value {

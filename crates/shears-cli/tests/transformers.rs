@@ -8,7 +8,7 @@ use safetensors::Dtype;
 use serde_json::Value;
 use shears_models::SentenceTransformer;
 
-use crate::util::{read, shears, stderr, stdout};
+use crate::util::{least_cosine, read, shears, stderr, stdout};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -183,6 +183,37 @@ fn embed_writes_unit_embeddings_to_a_file_or_as_json() {
         for (a, b) in row.iter().zip(file_row) {
             assert!((a - b).abs() < 1e-6, "the file and the JSON hold the same embeddings");
         }
+    }
+}
+
+#[test]
+fn embed_fastest_runs_a_timed_plan_and_keeps_the_embeddings() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pruned, quantized) = (dir.path().join("pruned"), dir.path().join("int8"));
+    prune("wanda", &pruned, &["-s", "0.9"]);
+    prune("wanda", &quantized, &["-s", "0.9", "--quantize", "int8"]);
+    let texts = sentences("validation.txt");
+    for model in [&pruned, &quantized] {
+        let args = ["embed", model.to_str().unwrap(), "--texts", &texts];
+        let plain: Value = serde_json::from_str(&ok(&[&args[..], &["--json"]].concat())).unwrap();
+        assert!(plain.get("layers").is_none(), "without --fastest there is no plan");
+        let fastest: Value =
+            serde_json::from_str(&ok(&[&args[..], &["--json", "--fastest"]].concat())).unwrap();
+        // Every encoder linear layer (2 layers of 6), dense or in the format it was timed
+        // in, whichever the timing found faster.
+        let layers = fastest["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 12, "{fastest}");
+        for layer in layers {
+            assert!(is_encoder_linear(layer["name"].as_str().unwrap()), "{layer}");
+            let chosen = &layer["chosen"];
+            assert!(chosen == "dense" || *chosen == layer["proposed"], "{layer}");
+        }
+        // Whatever the plan, the embeddings are a rounding away from the dense run's
+        // (for int8 layers, their inputs' rounding to int8).
+        let least = least_cosine(&plain, &fastest);
+        assert!(least > 0.999, "{}: least cosine {least}", model.display());
+        let said = ok(&[&args[..], &["--fastest"]].concat());
+        assert!(said.contains("linear layers ran"), "the summary says how they ran: {said}");
     }
 }
 

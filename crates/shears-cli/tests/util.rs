@@ -133,3 +133,24 @@ pub(crate) fn model(path: &Path) {
         ],
     );
 }
+
+/// Each row of two `embed --json` documents' embeddings, and the least cosine between
+/// a row of one and the same row of the other.
+pub(crate) fn least_cosine(a: &serde_json::Value, b: &serde_json::Value) -> f64 {
+    let rows = |v: &serde_json::Value| -> Vec<Vec<f64>> {
+        let rows = v["embeddings"].as_array().unwrap();
+        rows.iter()
+            .map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect())
+            .collect()
+    };
+    let (a, b) = (rows(a), rows(b));
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| {
+            let dot: f64 = x.iter().zip(y).map(|(p, q)| p * q).sum();
+            let norm = |v: &[f64]| v.iter().map(|p| p * p).sum::<f64>().sqrt();
+            dot / (norm(x) * norm(y))
+        })
+        .fold(f64::INFINITY, f64::min)
+}
