@@ -127,8 +127,9 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
         ),
     };
     outln!(
-        "embedded {} sentences into {} dimensions{skipped}{written}",
+        "embedded {} sentence{} into {} dimensions{skipped}{written}",
         texts.len(),
+        if texts.len() == 1 { "" } else { "s" },
         embeddings.nrows()
     )?;
     if let Some(plan) = &plan {
