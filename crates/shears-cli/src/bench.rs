@@ -1,6 +1,6 @@
 //! `shears bench`: each layer timed as a model's layer runs it (product and bias), dense
-//! and in the format shears-sparse picks for it, its product as int8 CSR and as dense
-//! int8, and the model's total dense and as picked.
+//! (or nalgebra's product where that is faster), in the format shears-sparse picks for
+//! it and as dense int8, its product alone as int8 CSR, and the sums over the layers.
 
 use std::time::Instant;
 
@@ -30,13 +30,16 @@ struct Row {
     columns: usize,
     /// The format `choose_format` picks.
     format: String,
+    /// The faster of the layer's dense forward pass (faer's GEMM and the bias) and
+    /// nalgebra's product alone.
     dense_us: f64,
+    /// The layer's forward pass in `format` (product and bias).
     sparse_us: f64,
-    /// The weights as int8 CSR (per-row scales), the format for pruned and quantized
-    /// layers.
+    /// The product alone with the weights as int8 CSR (per-row scales), the format for
+    /// pruned and quantized layers.
     int8_csr_us: f64,
-    /// The weights as dense int8 (per-row scales), multiplied with integer arithmetic on
-    /// inputs quantized per column.
+    /// The layer's forward pass with the weights as dense int8 (per-row scales),
+    /// multiplied with integer arithmetic on inputs quantized per column.
     int8_dense_us: f64,
     speedup: f64,
     /// Whether the picked format is slower than dense here (the model total counts
@@ -47,6 +50,8 @@ struct Row {
 #[derive(Debug, Serialize)]
 struct Total {
     batch: usize,
+    /// The layers' `dense_us` summed: each the faster of two dense products, where a
+    /// model's dense layers all run faer's.
     dense_us: f64,
     /// Every layer in the format `choose_format` picks.
     chosen_us: f64,
@@ -159,6 +164,12 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         }
         let mask = nonzero_mask(&weights)?;
         let (r, c) = weights.shape();
+        let linear = Linear::new(t.name, weights.clone(), DVector::zeros(r))?;
+        let int8_linear = Linear::from_int8(
+            t.name,
+            Int8Matrix::quantize(&weights, QuantScheme::PerRow)?,
+            DVector::zeros(r),
+        )?;
         for &batch in &args.batch {
             // A convolution multiplies its im2col matrix: one column per output position.
             let columns = if shape.is_conv() { batch * h * w } else { batch };
@@ -174,12 +185,9 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             let x =
                 DMatrix::from_fn(c, columns, |i, j| ((i * 31 + j * 17) % 97) as f32 / 97.0 - 0.5);
             // The picked format runs as a model's layer runs it (a `Linear`, as `shears
-            // embed` does), against the faster of two dense products: the same layer
-            // dense (faer's GEMM on rayon's threads, the faster from a few columns on)
-            // and nalgebra's (at one column the faster on some shapes). A speedup here
-            // is one over the best dense product shears has.
+            // embed` does), against whichever of two dense products is faster here: the
+            // same layer dense (faer's GEMM on rayon's threads) and nalgebra's.
             let format = choose_format(&mask, columns);
-            let linear = Linear::new(t.name, weights.clone(), DVector::zeros(r))?;
             let nalgebra_us = if columns == 1 {
                 let xv = DVector::from_column_slice(x.as_slice());
                 let mut yv = DVector::zeros(r);
@@ -192,7 +200,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             let sparse_us = if format == Format::Dense {
                 dense_us
             } else {
-                let mut sparse = linear;
+                let mut sparse = linear.clone();
                 sparse.set_f32_format(format)?;
                 forward_us(&sparse, &x)?
             };
@@ -202,8 +210,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             } else {
                 product_us(&Int8Csr::<u32>::from_dense_masked(&weights, &mask)?, &x)?
             };
-            let int8_dense_us =
-                product_us(&Int8Matrix::quantize(&weights, QuantScheme::PerRow)?, &x)?;
+            let int8_dense_us = forward_us(&int8_linear, &x)?;
             rows.push(Row {
                 name: t.name.to_owned(),
                 shape: [r, c],

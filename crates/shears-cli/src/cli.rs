@@ -33,8 +33,8 @@ pub(crate) enum Command {
     /// Per-tensor dtype, shape, sparsity, empty rows and columns, 2:4 conformity (also of
     /// mask files).
     Inspect(InspectArgs),
-    /// Time each pruned layer as a model runs it, dense (faer's GEMM) and in the format
-    /// shears picks for it, and its products as int8 CSR and as dense int8.
+    /// Time each pruned layer as a model runs it, dense (the faster of faer's GEMM and
+    /// nalgebra's) and in the format shears picks for it, and as int8 CSR and dense int8.
     Bench(BenchArgs),
     /// Train, prune and fine-tune an MLP on the embedded digits, every method side by
     /// side.
