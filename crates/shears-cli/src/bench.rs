@@ -1,6 +1,7 @@
 //! `shears bench`: each layer timed as a model's layer runs it (product and bias), dense
 //! (or nalgebra's product where that is faster), in the format shears-sparse picks for
-//! it and as dense int8, its product alone as int8 CSR, and the sums over the layers.
+//! it (an int8 layer: its stored int8 values) and as dense int8, its product alone as
+//! int8 CSR, and the sums over the layers.
 
 use std::time::Instant;
 
@@ -28,7 +29,8 @@ struct Row {
     batch: usize,
     /// Columns of the product: the batch, times the spatial positions for a convolution.
     columns: usize,
-    /// The format `choose_format` picks.
+    /// The format `choose_format` picks, or `int8` for a layer stored as int8 values
+    /// and scales (run with integer products, as a model built from the file runs it).
     format: String,
     /// The faster of the layer's dense forward pass (faer's GEMM and the bias) and
     /// nalgebra's product alone.
@@ -38,8 +40,9 @@ struct Row {
     /// The product alone with the weights as int8 CSR (per-row scales), the format for
     /// pruned and quantized layers.
     int8_csr_us: f64,
-    /// The layer's forward pass with the weights as dense int8 (per-row scales),
-    /// multiplied with integer arithmetic on inputs quantized per column.
+    /// The layer's forward pass with the weights as dense int8 (an int8 layer's stored
+    /// values and scales, others quantized per row), multiplied with integer arithmetic
+    /// on inputs quantized per column.
     int8_dense_us: f64,
     speedup: f64,
     /// Whether the picked format is slower than dense here (the model total counts
@@ -53,7 +56,7 @@ struct Total {
     /// The layers' `dense_us` summed: each the faster of two dense products, where a
     /// model's dense layers all run faer's.
     dense_us: f64,
-    /// Every layer in the format `choose_format` picks.
+    /// Every layer in the format `choose_format` picks (an int8 layer in int8).
     chosen_us: f64,
     /// Every layer in the faster of dense and that format.
     best_us: f64,
@@ -70,6 +73,9 @@ struct Report {
     tensors: Vec<Row>,
     total: Vec<Total>,
 }
+
+/// The format name of a layer stored as int8.
+const INT8: &str = "int8";
 
 /// The most f32 values of inputs and outputs one timed product may take (1 GiB).
 const MAX_OPERANDS: usize = 1 << 28;
@@ -117,12 +123,32 @@ fn forward_us(linear: &Linear, x: &DMatrix<f32>) -> Result<f64> {
     }
 }
 
+/// Tensor `t`'s stored int8 values and scales as an [`Int8Matrix`] of its `(rows, cols)`
+/// (the tensor as stored), if it is a 2-D int8 tensor.
+fn stored_int8(model: &Model, t: shears_io::TensorRef) -> Result<Option<Int8Matrix>> {
+    let [rows, cols] = t.info.shape[..] else { return Ok(None) };
+    let Some(tensor) = model.shards()[t.shard].read_int8(t.name)? else { return Ok(None) };
+    let scheme = tensor.group().map_or(QuantScheme::PerRow, QuantScheme::PerGroup);
+    let (values, scales) = tensor.into_parts();
+    match Int8Matrix::try_from_parts(rows, cols, scheme, values, scales) {
+        Ok(matrix) => Ok(Some(matrix)),
+        Err(e) => {
+            let shard = model.shards()[t.shard].path();
+            bail!("{}: int8 tensor `{}`: {e}", shard.display(), t.name)
+        }
+    }
+}
+
 pub(crate) fn run(args: &BenchArgs) -> Result<()> {
-    if args.batch.is_empty() {
+    // Each batch size once, smallest first: rows, totals and settings follow this order.
+    let mut batches = args.batch.clone();
+    batches.sort_unstable();
+    batches.dedup();
+    if batches.is_empty() {
         bail!("--batch takes batch sizes, e.g. 1,32");
     }
     if args.texts.is_some() {
-        return crate::model_bench::run(args);
+        return crate::model_bench::run(args, &batches);
     }
     let model = Model::open(&args.input)?;
     let layers: Vec<_> = model
@@ -140,11 +166,9 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         );
     }
     let (h, w) = args.spatial;
-    let progress = Progress::steps(
-        (layers.len() * args.batch.len()) as u64,
-        "products",
-        args.quiet || args.json,
-    );
+    let convolutions = layers.iter().any(|(t, _)| t.info.shape.len() == 4);
+    let progress =
+        Progress::steps((layers.len() * batches.len()) as u64, "products", args.quiet || args.json);
     let mut rows = Vec::new();
     for (t, role) in layers {
         progress.message(format!("tensor {}", t.name));
@@ -165,12 +189,21 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         let mask = nonzero_mask(&weights)?;
         let (r, c) = weights.shape();
         let linear = Linear::new(t.name, weights.clone(), DVector::zeros(r))?;
+        // An int8 layer runs its stored values and scales, as a model built from this
+        // file runs it (`shears embed --fastest`); other layers are quantized per row.
+        let stored_int8 = match role {
+            TensorRole::TransposedLinear => None,
+            _ => stored_int8(&model, t)?,
+        };
         let int8_linear = Linear::from_int8(
             t.name,
-            Int8Matrix::quantize(&weights, QuantScheme::PerRow)?,
+            match &stored_int8 {
+                Some(stored) => stored.clone(),
+                None => Int8Matrix::quantize(&weights, QuantScheme::PerRow)?,
+            },
             DVector::zeros(r),
         )?;
-        for &batch in &args.batch {
+        for &batch in &batches {
             // A convolution multiplies its im2col matrix: one column per output position.
             let columns = if shape.is_conv() { batch * h * w } else { batch };
             let operands = (r + c).saturating_mul(columns);
@@ -188,6 +221,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             // embed` does), against whichever of two dense products is faster here: the
             // same layer dense (faer's GEMM on rayon's threads) and nalgebra's.
             let format = choose_format(&mask, columns);
+            let int8_dense_us = forward_us(&int8_linear, &x)?;
             let nalgebra_us = if columns == 1 {
                 let xv = DVector::from_column_slice(x.as_slice());
                 let mut yv = DVector::zeros(r);
@@ -197,12 +231,14 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
                 median_us(|| y.gemm(1.0, &weights, &x, 0.0))
             };
             let dense_us = forward_us(&linear, &x)?.min(nalgebra_us);
-            let sparse_us = if format == Format::Dense {
-                dense_us
+            let (format, sparse_us) = if stored_int8.is_some() {
+                (INT8.to_owned(), int8_dense_us)
+            } else if format == Format::Dense {
+                (format.to_string(), dense_us)
             } else {
                 let mut sparse = linear.clone();
                 sparse.set_f32_format(format)?;
-                forward_us(&sparse, &x)?
+                (format.to_string(), forward_us(&sparse, &x)?)
             };
             // With the narrowest column index, as `AnySparse` stores f32 CSR.
             let int8_csr_us = if c <= usize::from(u16::MAX) + 1 {
@@ -210,27 +246,25 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             } else {
                 product_us(&Int8Csr::<u32>::from_dense_masked(&weights, &mask)?, &x)?
             };
-            let int8_dense_us = forward_us(&int8_linear, &x)?;
             rows.push(Row {
                 name: t.name.to_owned(),
                 shape: [r, c],
                 sparsity: mask.sparsity().get(),
                 batch,
                 columns,
-                format: format.to_string(),
+                slower: sparse_us > dense_us && format != "dense",
+                format,
                 dense_us,
                 sparse_us,
                 int8_csr_us,
                 int8_dense_us,
                 speedup: dense_us / sparse_us,
-                slower: sparse_us > dense_us && format != Format::Dense,
             });
             progress.advance(1);
         }
     }
     progress.finish();
-    let total: Vec<Total> = args
-        .batch
+    let total: Vec<Total> = batches
         .iter()
         .map(|&b| {
             let of_batch = || rows.iter().filter(|r| r.batch == b);
@@ -307,8 +341,10 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             t.best_speedup
         )?;
     }
+    let spatial =
+        if convolutions { format!(", convolutions at {h}x{w} positions") } else { String::new() };
     outln!(
-        "({} threads, {} kernels, convolutions at {h}x{w} positions; medians on a possibly noisy machine)",
+        "({} threads, {} kernels{spatial}; medians on a possibly noisy machine)",
         report.threads,
         report.kernel_path
     )?;

@@ -34,7 +34,8 @@ pub(crate) enum Command {
     /// mask files).
     Inspect(InspectArgs),
     /// Time each pruned layer as a model runs it, dense (the faster of faer's GEMM and
-    /// nalgebra's) and in the format shears picks for it, and as int8 CSR and dense int8.
+    /// nalgebra's) and in the format shears picks for it (int8 for a layer stored as
+    /// int8), and as int8 CSR and dense int8.
     Bench(BenchArgs),
     /// Train, prune and fine-tune an MLP on the embedded digits, every method side by
     /// side.
@@ -169,9 +170,10 @@ pub(crate) struct InspectArgs {
 pub(crate) struct BenchArgs {
     /// The (pruned) model to benchmark.
     pub(crate) input: PathBuf,
-    /// Batch sizes to time, comma-separated (each 1 to 65536): per layer, the input
-    /// vectors (tokens) of one product; with --texts, sentences of --seq-len tokens each,
-    /// so a batch of 1 is already 128 tokens by default.
+    /// Batch sizes to time, comma-separated (each 1 to 65536; each timed once, smallest
+    /// first): per layer, the input vectors (tokens) of one product; with --texts,
+    /// sentences of --seq-len tokens each, so a batch of 1 is already 128 tokens by
+    /// default.
     #[arg(long, value_delimiter = ',', default_value = "1,32", value_parser = parse_batch)]
     pub(crate) batch: Vec<usize>,
     /// Spatial size of convolution inputs, HxW: a conv layer is timed as its im2col

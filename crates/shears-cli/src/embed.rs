@@ -18,13 +18,19 @@ use crate::report::print_json;
 /// Loads a folder as it is stored (int8 layers as int8), with a message that says what a
 /// folder needs.
 fn open(folder: &Path, max_len: Option<u32>) -> Result<SentenceTransformer> {
+    check_folder(folder)?;
+    Ok(SentenceTransformer::load(folder, max_len.map(|m| m as usize))?)
+}
+
+/// An error unless `folder` is a directory.
+fn check_folder(folder: &Path) -> Result<()> {
     if !folder.is_dir() {
         bail!(
             "{} is not a model folder (config.json, tokenizer.json and the weights of a BERT-family model)",
             folder.display()
         );
     }
-    Ok(SentenceTransformer::load(folder, max_len.map(|m| m as usize))?)
+    Ok(())
 }
 
 /// Loads a folder for embedding, its int8 layers turned into f32: embeddings then depend
@@ -57,6 +63,7 @@ fn embed_all(model: &SentenceTransformer, texts: &[String]) -> Result<DMatrix<f3
 }
 
 pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
+    check_folder(&args.model)?;
     if let Some(out) = &args.output {
         shears_io::paths::check_output(out)?;
         if shears_io::paths::is_within(out, &args.model) {
@@ -147,8 +154,10 @@ fn plan_fastest(model: &mut SentenceTransformer, texts: &[String]) -> Result<Vec
     Ok(choose_formats(&mut model.model, tokens)?)
 }
 
-/// One line: how many layers run in each format other than dense.
+/// One line: how many layers run in each format other than dense, and, where all run
+/// dense, whether another format was timed and lost or none was worth timing.
 fn describe_plan(plan: &[FormatChoice]) -> String {
+    let total = plan.len();
     let mut counts: Vec<(&str, usize)> = Vec::new();
     for choice in plan.iter().filter(|c| c.chosen != "dense") {
         match counts.iter_mut().find(|(format, _)| *format == choice.chosen) {
@@ -157,17 +166,38 @@ fn describe_plan(plan: &[FormatChoice]) -> String {
         }
     }
     if counts.is_empty() {
-        return format!("all {} linear layers ran dense: no other format was faster", plan.len());
+        let timed = plan.iter().filter(|c| c.proposed_seconds.is_some()).count();
+        return match timed {
+            0 => format!(
+                "all {total} linear layers ran dense: none has the zeros or int8 weights another format needs"
+            ),
+            n if n == total => {
+                format!(
+                    "all {total} linear layers ran dense: each was faster than the format timed against it"
+                )
+            }
+            1 => format!(
+                "all {total} linear layers ran dense: 1 was faster than the format timed against it, the rest had none to time"
+            ),
+            n => format!(
+                "all {total} linear layers ran dense: {n} were faster than the format timed against them, the rest had none to time"
+            ),
+        };
     }
-    let total = plan.len();
+    // Int8 layers gain by their integer products, not by zeros: say so.
+    let name = |format: &str| {
+        if format == "int8" { "int8 (integer products)".to_owned() } else { format.to_owned() }
+    };
     match counts[..] {
-        [(format, n)] if n == total => return format!("all {total} linear layers ran in {format}"),
+        [(format, n)] if n == total => {
+            return format!("all {total} linear layers ran in {}", name(format));
+        }
         [(format, n)] => {
-            return format!("{n} of {total} linear layers ran in {format}, the rest dense");
+            return format!("{n} of {total} linear layers ran in {}, the rest dense", name(format));
         }
         _ => {}
     }
-    let formats: Vec<String> = counts.iter().map(|(f, n)| format!("{n} in {f}")).collect();
+    let formats: Vec<String> = counts.iter().map(|(f, n)| format!("{n} in {}", name(f))).collect();
     let sparse: usize = counts.iter().map(|(_, n)| n).sum();
     format!("{sparse} of {total} linear layers ran {}, the rest dense", formats.join(", "))
 }
@@ -268,4 +298,51 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn choice(proposed: &str, timed: bool, chosen: &str) -> FormatChoice {
+        FormatChoice {
+            name: "layer.weight".to_owned(),
+            sparsity: 0.0,
+            proposed: proposed.to_owned(),
+            dense_seconds: 1.0,
+            proposed_seconds: timed.then_some(2.0),
+            chosen: chosen.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_plan_is_described_by_what_ran_and_why_the_rest_ran_dense() {
+        let untimed = [choice("dense", false, "dense"), choice("dense", false, "dense")];
+        assert!(describe_plan(&untimed).contains("none has the zeros"), "{}", {
+            describe_plan(&untimed)
+        });
+        let lost = [choice("csr", true, "dense"), choice("n:m 2:4", true, "dense")];
+        assert_eq!(
+            describe_plan(&lost),
+            "all 2 linear layers ran dense: each was faster than the format timed against it"
+        );
+        let some_lost = [choice("csr", true, "dense"), choice("dense", false, "dense")];
+        assert!(describe_plan(&some_lost).contains("1 was faster"), "{}", {
+            describe_plan(&some_lost)
+        });
+        let int8 = [choice("int8", true, "int8"), choice("int8", true, "int8")];
+        assert_eq!(describe_plan(&int8), "all 2 linear layers ran in int8 (integer products)");
+        let mixed = [
+            choice("csr", true, "csr"),
+            choice("int8", true, "int8"),
+            choice("csr", true, "csr"),
+            choice("dense", false, "dense"),
+        ];
+        assert_eq!(
+            describe_plan(&mixed),
+            "3 of 4 linear layers ran 2 in csr, 1 in int8 (integer products), the rest dense"
+        );
+        let one = [choice("csr", true, "csr"), choice("csr", true, "dense")];
+        assert_eq!(describe_plan(&one), "1 of 2 linear layers ran in csr, the rest dense");
+    }
 }

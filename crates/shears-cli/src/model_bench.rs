@@ -54,7 +54,8 @@ struct Report {
     settings: Vec<Setting>,
 }
 
-pub(crate) fn run(args: &BenchArgs) -> Result<()> {
+/// Times the model at each of `batches` sentences (sorted, each once).
+pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
     let Some(texts_path) = &args.texts else { bail!("internal error: --texts") };
     if !args.input.is_dir() {
         bail!(
@@ -78,11 +79,11 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     dense.tokenizer = TextEncoder::from_folder(&args.input, seq_len)?;
     loaded.tokenizer = dense.tokenizer.clone();
     let texts = read_texts(texts_path, 100_000)?;
-    let largest = args.batch.iter().copied().max().unwrap_or(1);
+    let largest = batches.iter().copied().max().unwrap_or(1);
     let pool = token_pool(&dense, &texts, seq_len, largest)?;
-    let progress = Progress::steps(args.batch.len() as u64, "settings", args.quiet);
+    let progress = Progress::steps(batches.len() as u64, "settings", args.quiet);
     let mut settings = Vec::new();
-    for &sentences in &args.batch {
+    for &sentences in batches {
         progress.message(format!("{sentences} x {seq_len} tokens"));
         let batch = sentences_of(&pool, sentences, seq_len);
         let mut sparse = loaded.clone();

@@ -214,6 +214,22 @@ fn inspect_and_bench() {
         assert!(rows[0].get(key).is_some(), "missing {key}");
     }
     assert_eq!(json["total"].as_array().unwrap().len(), 2);
+
+    // Each batch size is timed once, smallest first, whatever the order given.
+    let o = shears(&["bench", out.to_str().unwrap(), "--batch", "4,1,4", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let json: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let batches = |key: &str| -> Vec<u64> {
+        json[key].as_array().unwrap().iter().map(|r| r["batch"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(batches("tensors"), [1, 4, 1, 4]);
+    assert_eq!(batches("total"), [1, 4]);
+
+    // The table names convolutions' spatial size only where there are convolutions.
+    let o = shears(&["bench", out.to_str().unwrap(), "--batch", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("model, batch 1:") && !text.contains("convolutions"), "{text}");
 }
 
 #[test]

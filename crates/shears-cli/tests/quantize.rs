@@ -72,6 +72,34 @@ fn the_digits_mlp_pruned_to_80_percent_loses_at_most_half_a_point_to_int8() {
 }
 
 #[test]
+fn bench_times_int8_layers_in_int8_as_a_model_runs_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    crate::util::model(&input);
+    for scheme in ["int8", "int8:group=4"] {
+        let quantized = dir.path().join(format!("{scheme}.safetensors"));
+        prune(&input, &quantized, &["-s", "0.5", "--quantize", scheme]);
+        let report = json(&["bench", quantized.to_str().unwrap(), "--batch", "1,3", "--json"]);
+        let rows = report["tensors"].as_array().unwrap();
+        assert_eq!(rows.len(), 4, "{scheme}: fc1 and fc2 at two batches");
+        for row in rows {
+            assert_eq!(row["format"], "int8", "{scheme}: {row}");
+            // The picked format is the int8 layer itself.
+            assert_eq!(row["sparse_us"], row["int8_dense_us"], "{scheme}: {row}");
+            let slower = row["sparse_us"].as_f64().unwrap() > row["dense_us"].as_f64().unwrap();
+            assert_eq!(row["slower"], slower, "{scheme}: {row}");
+        }
+    }
+    // The f32 model's layers are timed in the formats their zeros allow, never int8.
+    let pruned = dir.path().join("pruned.safetensors");
+    prune(&input, &pruned, &["-s", "0.5"]);
+    let report = json(&["bench", pruned.to_str().unwrap(), "--batch", "1", "--json"]);
+    for row in report["tensors"].as_array().unwrap() {
+        assert_ne!(row["format"], "int8", "{row}");
+    }
+}
+
+#[test]
 fn bad_quantize_arguments_and_taken_scale_names_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.safetensors");

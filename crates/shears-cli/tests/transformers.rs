@@ -344,6 +344,20 @@ fn calibrated_methods_refuse_what_they_cannot_do_before_writing() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
         assert!(err.contains("model.safetensors") || err.contains(".txt"), "{args:?}: {err}");
     }
+    // A weights file where the folder belongs is named as such, with or without -o.
+    let embeddings = dir.path().join("embeddings.safetensors");
+    let (w, e) = (weights.to_str().unwrap(), embeddings.to_str().unwrap());
+    for args in [
+        vec!["embed", w, "--texts", &calib],
+        vec!["embed", w, "--texts", &calib, "-o", e],
+        vec!["embed", w, "--texts", &calib, "--fastest"],
+    ] {
+        let o = shears(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("is not a model folder"), "{args:?}: {err}");
+    }
+    assert!(!embeddings.exists());
 }
 
 /// The record says what the calibration ran on, a short text file is said to be short,
