@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 use shears_core::WeightShape;
-use shears_io::Model;
+use shears_io::{Dtype, Model, quantized_matrix_shape, scale_name};
 use shears_models::Linear;
 use shears_sparse::{Format, Int8Csr, Int8Matrix, QuantScheme, SparseProduct, choose_format};
 use shears_strategies::TensorRole;
@@ -30,7 +30,8 @@ struct Row {
     /// Columns of the product: the batch, times the spatial positions for a convolution.
     columns: usize,
     /// The format `choose_format` picks, or `int8` for a layer stored as int8 values
-    /// and scales (run with integer products, as a model built from the file runs it).
+    /// and scales (run with integer products, as a model built from the file runs it;
+    /// not a transposed layer, GPT-2's `Conv1D`, whose scales are per input).
     format: String,
     /// The faster of the layer's dense forward pass (faer's GEMM and the bias) and
     /// nalgebra's product alone.
@@ -123,10 +124,14 @@ fn forward_us(linear: &Linear, x: &DMatrix<f32>) -> Result<f64> {
     }
 }
 
-/// Tensor `t`'s stored int8 values and scales as an [`Int8Matrix`] of its `(rows, cols)`
-/// (the tensor as stored), if it is a 2-D int8 tensor.
+/// Tensor `t`'s stored int8 values and scales as an [`Int8Matrix`] of the matrix it is
+/// seen as ([`quantized_matrix_shape`]: a convolution's `(out, in * kh * kw)`), if it is
+/// a 2-D or 4-D int8 tensor.
 fn stored_int8(model: &Model, t: shears_io::TensorRef) -> Result<Option<Int8Matrix>> {
-    let [rows, cols] = t.info.shape[..] else { return Ok(None) };
+    if !matches!(t.info.shape.len(), 2 | 4) {
+        return Ok(None);
+    }
+    let (rows, cols) = quantized_matrix_shape(&t.info.shape);
     let Some(tensor) = model.shards()[t.shard].read_int8(t.name)? else { return Ok(None) };
     let scheme = tensor.group().map_or(QuantScheme::PerRow, QuantScheme::PerGroup);
     let (values, scales) = tensor.into_parts();
@@ -160,6 +165,19 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         })
         .collect();
     if layers.is_empty() {
+        let unscaled = model.tensors().find(|t| {
+            t.info.dtype == Dtype::I8
+                && matches!(t.info.shape.len(), 2 | 4)
+                && model.find(&scale_name(t.name)).is_none()
+        });
+        if let Some(t) = unscaled {
+            bail!(
+                "{}: tensor `{}` is int8 without its scales `{}`, so it cannot be decoded or timed",
+                args.input.display(),
+                t.name,
+                scale_name(t.name)
+            );
+        }
         bail!(
             "{} has no linear or convolution weight to time (--all times every 2-D and 4-D floating tensor)",
             args.input.display()
@@ -167,6 +185,21 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     }
     let (h, w) = args.spatial;
     let convolutions = layers.iter().any(|(t, _)| t.info.shape.len() == 4);
+    // Every product's operands are bounded before anything is read or timed.
+    let largest = batches.last().copied().unwrap_or(1);
+    for (t, _) in &layers {
+        let (r, c) = quantized_matrix_shape(&t.info.shape);
+        let columns = if t.info.shape.len() == 4 { largest.saturating_mul(h * w) } else { largest };
+        let operands = r.saturating_add(c).saturating_mul(columns);
+        if operands > MAX_OPERANDS {
+            bail!(
+                "tensor `{}` ({r}x{c}) at {columns} columns needs {} MiB of inputs and outputs, more than the {} MiB bench allows: use a smaller --batch or --spatial",
+                t.name,
+                operands.saturating_mul(4) >> 20,
+                (MAX_OPERANDS * 4) >> 20
+            );
+        }
+    }
     let progress =
         Progress::steps((layers.len() * batches.len()) as u64, "products", args.quiet || args.json);
     let mut rows = Vec::new();
@@ -190,7 +223,9 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         let (r, c) = weights.shape();
         let linear = Linear::new(t.name, weights.clone(), DVector::zeros(r))?;
         // An int8 layer runs its stored values and scales, as a model built from this
-        // file runs it (`shears embed --fastest`); other layers are quantized per row.
+        // file runs it (`shears embed --fastest`); other layers are quantized per row,
+        // and so is a transposed one (GPT-2's `Conv1D`), whose stored scales belong to
+        // its inputs rather than to the layer's output rows.
         let stored_int8 = match role {
             TensorRole::TransposedLinear => None,
             _ => stored_int8(&model, t)?,
@@ -206,15 +241,6 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         for &batch in &batches {
             // A convolution multiplies its im2col matrix: one column per output position.
             let columns = if shape.is_conv() { batch * h * w } else { batch };
-            let operands = (r + c).saturating_mul(columns);
-            if operands > MAX_OPERANDS {
-                bail!(
-                    "tensor `{}` ({r}x{c}) at {columns} columns needs {} MiB of inputs and outputs, more than the {} MiB bench allows: use a smaller --batch or --spatial",
-                    t.name,
-                    (operands * 4) >> 20,
-                    (MAX_OPERANDS * 4) >> 20
-                );
-            }
             let x =
                 DMatrix::from_fn(c, columns, |i, j| ((i * 31 + j * 17) % 97) as f32 / 97.0 - 0.5);
             // The picked format runs as a model's layer runs it (a `Linear`, as `shears

@@ -35,7 +35,7 @@ pub(crate) enum Command {
     Inspect(InspectArgs),
     /// Time each pruned layer as a model runs it, dense (the faster of faer's GEMM and
     /// nalgebra's) and in the format shears picks for it (int8 for a layer stored as
-    /// int8), and as int8 CSR and dense int8.
+    /// int8, except a transposed one), and as int8 CSR and dense int8.
     Bench(BenchArgs),
     /// Train, prune and fine-tune an MLP on the embedded digits, every method side by
     /// side.

@@ -22,8 +22,11 @@ fn open(folder: &Path, max_len: Option<u32>) -> Result<SentenceTransformer> {
     Ok(SentenceTransformer::load(folder, max_len.map(|m| m as usize))?)
 }
 
-/// An error unless `folder` is a directory.
+/// An error unless `folder` is a directory, saying whether it is missing or a file.
 fn check_folder(folder: &Path) -> Result<()> {
+    if !folder.exists() {
+        bail!("{} does not exist: give a model folder", folder.display());
+    }
     if !folder.is_dir() {
         bail!(
             "{} is not a model folder (config.json, tokenizer.json and the weights of a BERT-family model)",
@@ -169,7 +172,7 @@ fn describe_plan(plan: &[FormatChoice]) -> String {
         let timed = plan.iter().filter(|c| c.proposed_seconds.is_some()).count();
         return match timed {
             0 => format!(
-                "all {total} linear layers ran dense: none has the zeros or int8 weights another format needs"
+                "all {total} linear layers ran dense: none is sparse enough, N:M or int8 for another format to be worth timing"
             ),
             n if n == total => {
                 format!(
@@ -318,7 +321,7 @@ mod tests {
     #[test]
     fn a_plan_is_described_by_what_ran_and_why_the_rest_ran_dense() {
         let untimed = [choice("dense", false, "dense"), choice("dense", false, "dense")];
-        assert!(describe_plan(&untimed).contains("none has the zeros"), "{}", {
+        assert!(describe_plan(&untimed).contains("none is sparse enough"), "{}", {
             describe_plan(&untimed)
         });
         let lost = [choice("csr", true, "dense"), choice("n:m 2:4", true, "dense")];

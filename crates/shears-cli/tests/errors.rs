@@ -213,6 +213,35 @@ fn gradient_errors_name_the_tensor() {
     fails(&args, &out, "tensor `b`: |w * g| at [1, 0] overflows f32");
 }
 
+/// `bench` bounds every product before it reads or allocates anything: a tensor of a
+/// huge and a zero dimension holds no bytes but would need a huge bias and outputs, and
+/// a batch too large for one tensor fails before any other is timed. An int8 tensor
+/// without its scales is named as such.
+#[test]
+fn bench_refuses_oversized_products_and_unscaled_int8_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("never.json");
+    let huge = dir.path().join("huge.safetensors");
+    let shape = vec![1_000_000_000_000_000, 0];
+    write(&huge, &[T { name: "enc.dense.weight", dtype: Dtype::F32, shape, values: vec![] }]);
+    let h = huge.to_str().unwrap();
+    fails(&["bench", h, "--batch", "1"], &out, "`enc.dense.weight` (1000000000000000x0)");
+
+    // The first tensor fits at both batches; the second only at the first.
+    let mixed = dir.path().join("mixed.safetensors");
+    let small = T { name: "a.weight", dtype: Dtype::F32, shape: vec![4, 4], values: vec![1.0; 16] };
+    let tall = T { name: "b.weight", dtype: Dtype::F32, shape: vec![300_000, 0], values: vec![] };
+    write(&mixed, &[small, tall]);
+    let m = mixed.to_str().unwrap();
+    fails(&["bench", m, "--batch", "2,60000"], &out, "`b.weight` (300000x0) at 60000 columns");
+
+    let unscaled = dir.path().join("unscaled.safetensors");
+    let values = vec![1.0; 32];
+    write(&unscaled, &[T { name: "fc.weight", dtype: Dtype::I8, shape: vec![4, 8], values }]);
+    let u = unscaled.to_str().unwrap();
+    fails(&["bench", u, "--all"], &out, "`fc.weight` is int8 without its scales `fc.weight.scale`");
+}
+
 /// A non-finite weight: `bench` and `prune` name the file, the tensor, the value and
 /// its position.
 #[test]

@@ -90,6 +90,18 @@ fn bench_times_int8_layers_in_int8_as_a_model_runs_them() {
             assert_eq!(row["slower"], slower, "{scheme}: {row}");
         }
     }
+    // A convolution stored as int8 is timed in int8 too, as its im2col product.
+    let conv = dir.path().join("conv.safetensors");
+    let values: Vec<f64> = (0..8 * 16 * 9).map(|i| ((i * 37 % 101) as f64 - 50.0) / 50.0).collect();
+    write(&conv, &[T { name: "conv.weight", dtype: Dtype::F32, shape: vec![8, 16, 3, 3], values }]);
+    let conv_int8 = dir.path().join("conv-int8.safetensors");
+    prune(&conv, &conv_int8, &["-s", "0.5", "--quantize", "int8"]);
+    let args = ["bench", conv_int8.to_str().unwrap(), "--batch", "1", "--spatial", "4x4", "--json"];
+    let report = json(&args);
+    let row = &report["tensors"][0];
+    assert_eq!((&row["format"], &row["columns"]), (&"int8".into(), &16.into()), "{row}");
+    assert_eq!(row["sparse_us"], row["int8_dense_us"], "{row}");
+
     // The f32 model's layers are timed in the formats their zeros allow, never int8.
     let pruned = dir.path().join("pruned.safetensors");
     prune(&input, &pruned, &["-s", "0.5"]);

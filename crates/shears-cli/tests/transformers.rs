@@ -358,6 +358,9 @@ fn calibrated_methods_refuse_what_they_cannot_do_before_writing() {
         assert!(err.contains("is not a model folder"), "{args:?}: {err}");
     }
     assert!(!embeddings.exists());
+    let o = shears(&["embed", missing.to_str().unwrap(), "--texts", &calib]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("missing.txt does not exist"), "{}", stderr(&o));
 }
 
 /// The record says what the calibration ran on, a short text file is said to be short,
