@@ -27,8 +27,8 @@ use super::isa::{Isa, fma};
 use super::nm_lanes;
 pub(super) use super::scratch::LineAligned;
 use super::{
-    BsrView, CsrView, NmView, SLICE_ROWS, SellView, Stored, Units, combine, kernel_path,
-    multiversion, parallel_ranges, partition,
+    BsrView, CsrView, NmView, SLICE_ROWS, SellView, Stored, Units, kernel_path, multiversion,
+    parallel_ranges, partition,
 };
 use crate::index::SpIndex;
 
@@ -366,14 +366,13 @@ const PARALLEL_COPY: usize = 3 << 14;
 /// Rows of `xt` per parallel task of the copy.
 const COPY_TASK: usize = 256;
 
-/// Rows per block of the transposes between the column-major `X` and `Y` and the
-/// row-major buffers: each column of a block is one contiguous run (four cache lines of
-/// `f32`), and with batches up to 32 the block's row-major side (8 KiB) stays in L1.
-/// Walking one whole row at a time instead reads from every column at once, and the
-/// columns of a tall matrix are a power of two apart, so they share L1 sets. The copy
-/// out runs inside each product task, on rows it has just computed and that are still
-/// in cache.
-const TRANSPOSE_ROWS: usize = 64;
+/// The tiles the transposes between the column-major `X` and `Y` and the row-major
+/// buffers move at a time: rows (along a column of `X` or `Y`: one cache line of `f32`)
+/// by columns. A tile is read whole into registers and written whole, so the copy runs
+/// in vector loads, shuffles and stores instead of one scalar store per element, and
+/// each pass over a block of rows touches one line per column on the column-major side.
+const TILE_ROWS: usize = 16;
+const TILE_COLUMNS: usize = 8;
 
 fn copies_in_parallel(len: usize) -> bool {
     len >= PARALLEL_COPY && rayon::current_num_threads() > 1
@@ -445,17 +444,9 @@ pub(super) fn to_panels<T: Scalar>(x: &DMatrix<T>, width: usize) -> LineAligned<
     // `xt`.
     let (source, panel_len) = (x.as_slice(), n * width);
     // Rows first_row.. of the panel copied from `columns` (`n` values each).
+    let path = kernel_path();
     let fill = |columns: &[T], first_row: usize, rows: &mut [T]| {
-        let w = columns.len() / n;
-        for (k, block) in rows.chunks_mut(TRANSPOSE_ROWS * w).enumerate() {
-            let i0 = first_row + k * TRANSPOSE_ROWS;
-            let height = block.len() / w;
-            for (j, column) in columns.chunks_exact(n).enumerate() {
-                for (i, &v) in column[i0..i0 + height].iter().enumerate() {
-                    block[i * w + j] = v;
-                }
-            }
-        }
+        transpose_in(path, columns, n, first_row, rows);
     };
     if copies_in_parallel(n * b) {
         let panels = source.par_chunks(panel_len).zip(xt.par_chunks_mut(panel_len));
@@ -472,22 +463,110 @@ pub(super) fn to_panels<T: Scalar>(x: &DMatrix<T>, width: usize) -> LineAligned<
     aligned
 }
 
+/// Copies rows `first_row..` of `columns` (column-major, `n` values each) into `rows`,
+/// row-major rows of as many values as there are columns, as many rows as `rows` holds.
+#[inline(always)]
+fn transpose_in_kernel<P: Isa, T: Scalar>(
+    columns: &[T],
+    n: usize,
+    first_row: usize,
+    rows: &mut [T],
+) {
+    let w = columns.len().checked_div(n).unwrap_or(0);
+    if w == 0 {
+        return;
+    }
+    let height = rows.len() / w;
+    let column = |j: usize, i: usize| &columns[j * n + first_row + i..];
+    let mut i = 0;
+    while i + TILE_ROWS <= height {
+        let mut j = 0;
+        while j + TILE_COLUMNS <= w {
+            let mut tile = [[T::zero(); TILE_ROWS]; TILE_COLUMNS];
+            for (jj, tile_column) in tile.iter_mut().enumerate() {
+                tile_column.copy_from_slice(&column(j + jj, i)[..TILE_ROWS]);
+            }
+            for ii in 0..TILE_ROWS {
+                let row = &mut rows[(i + ii) * w + j..][..TILE_COLUMNS];
+                for (v, tile_column) in row.iter_mut().zip(&tile) {
+                    *v = tile_column[ii];
+                }
+            }
+            j += TILE_COLUMNS;
+        }
+        for j in j..w {
+            for (ii, &v) in column(j, i)[..TILE_ROWS].iter().enumerate() {
+                rows[(i + ii) * w + j] = v;
+            }
+        }
+        i += TILE_ROWS;
+    }
+    for i in i..height {
+        for (j, v) in rows[i * w..][..w].iter_mut().enumerate() {
+            *v = column(j, i)[0];
+        }
+    }
+}
+
+multiversion! {
+    fn transpose_in<T: Scalar>(columns: &[T], n: usize, first_row: usize, rows: &mut [T]) => transpose_in_kernel
+}
+
 /// `Y <- alpha Z + beta Y` over a range of rows: `z` holds the range's rows of the
 /// product row-major, and `columns[j]` is column `j` of `Y` cut to the range.
 fn write_rows<T: Scalar>(alpha: T, z: &[T], beta: T, columns: &mut [&mut [T]]) {
+    if beta == T::zero() {
+        transpose_out(kernel_path(), z, columns, |z, _| alpha * z);
+    } else {
+        transpose_out(kernel_path(), z, columns, |z, y| alpha * z + beta * y);
+    }
+}
+
+/// Sets each `columns[j][i]` to `combine(z[i * b + j], columns[j][i])`, `z` being
+/// row-major rows of `b = columns.len()` values: [`combine`](super::combine)'s two
+/// forms, chosen once per call.
+#[inline(always)]
+fn transpose_out_kernel<P: Isa, T: Scalar, F: Fn(T, T) -> T>(
+    z: &[T],
+    columns: &mut [&mut [T]],
+    combine: F,
+) {
     let b = columns.len();
     if b == 0 {
         return;
     }
-    for (k, block) in z.chunks(TRANSPOSE_ROWS * b).enumerate() {
-        let i0 = k * TRANSPOSE_ROWS;
-        let height = block.len() / b;
-        for (j, column) in columns.iter_mut().enumerate() {
-            for (i, v) in column[i0..i0 + height].iter_mut().enumerate() {
-                *v = combine(alpha, block[i * b + j], beta, *v);
+    let height = z.len() / b;
+    let mut i = 0;
+    while i + TILE_ROWS <= height {
+        let mut j = 0;
+        while j + TILE_COLUMNS <= b {
+            let mut tile = [[T::zero(); TILE_COLUMNS]; TILE_ROWS];
+            for (ii, tile_row) in tile.iter_mut().enumerate() {
+                tile_row.copy_from_slice(&z[(i + ii) * b + j..][..TILE_COLUMNS]);
+            }
+            for (jj, column) in columns[j..j + TILE_COLUMNS].iter_mut().enumerate() {
+                for (y, tile_row) in column[i..i + TILE_ROWS].iter_mut().zip(&tile) {
+                    *y = combine(tile_row[jj], *y);
+                }
+            }
+            j += TILE_COLUMNS;
+        }
+        for (j, column) in columns.iter_mut().enumerate().skip(j) {
+            for (ii, y) in column[i..i + TILE_ROWS].iter_mut().enumerate() {
+                *y = combine(z[(i + ii) * b + j], *y);
             }
         }
+        i += TILE_ROWS;
     }
+    for i in i..height {
+        for (j, column) in columns.iter_mut().enumerate() {
+            column[i] = combine(z[i * b + j], column[i]);
+        }
+    }
+}
+
+multiversion! {
+    fn transpose_out<T: Scalar, F: Fn(T, T) -> T>(z: &[T], columns: &mut [&mut [T]], combine: F) => transpose_out_kernel
 }
 
 /// One parallel task of a batched product: its work units, the number of output rows
@@ -499,10 +578,20 @@ struct Task<'y, T> {
     columns: Vec<&'y mut [T]>,
 }
 
-/// Copies `X` into panels of `panel` batch columns ([`to_panels`]), then runs
-/// `units_of(range, panels, width, z)` over ranges of `a`'s work units and of the
-/// panels: `panels` are the range's panels of the copy, `width` batch columns in all
-/// ([`spmm_prepared`]).
+/// Bytes of `X` from which [`spmm`] copies it into panels inside each task, a panel at a
+/// time, rather than whole before the product. A whole copy of a large `X` goes out to
+/// memory and is read back; per task, a panel stays in cache from the copy to the
+/// product. Below this size the whole copy stays in L2, and tasks that split a batch's
+/// panels by rows share it instead of each copying them.
+const COPY_PER_TASK_BYTES: usize = 2 << 20;
+
+/// Runs `units_of(range, panels, width, z)` over blocks of `Y` ([`for_each_block`]):
+/// `panels` are `X`'s batch columns of the block copied row-major in panels of `panel`
+/// columns, `width` columns in all, and `z` a zeroed row-major buffer for the block's
+/// rows at those columns (before `alpha` and `beta`), which the task then writes into
+/// `Y`. An `X` of [`COPY_PER_TASK_BYTES`] or more is copied by each task a panel at a
+/// time, each panel's product written before the next is copied; a smaller one is
+/// copied whole first ([`spmm_prepared`]).
 fn spmm<T: Scalar, U: Units>(
     a: U,
     alpha: T,
@@ -513,10 +602,32 @@ fn spmm<T: Scalar, U: Units>(
     units_of: impl Fn(Range<usize>, &[T], usize, &mut [T]) + Sync,
 ) {
     let ncols = x.nrows();
-    let prepare = |x: &DMatrix<T>| to_panels(x, panel);
-    spmm_prepared(a, alpha, x, prepare, panel, beta, y, |units, xt, batch_columns, z| {
-        let xt = &xt.as_slice()[batch_columns.start * ncols..batch_columns.end * ncols];
-        units_of(units, xt, batch_columns.len(), z);
+    if size_of_val(x.as_slice()) < COPY_PER_TASK_BYTES {
+        let prepare = |x: &DMatrix<T>| to_panels(x, panel);
+        spmm_prepared(a, alpha, x, prepare, panel, beta, y, |units, xt, batch_columns, z| {
+            let xt = &xt.as_slice()[batch_columns.start * ncols..batch_columns.end * ncols];
+            units_of(units, xt, batch_columns.len(), z);
+        });
+        return;
+    }
+    if y.nrows() == 0 {
+        return;
+    }
+    let (path, source) = (kernel_path(), x.as_slice());
+    for_each_block(a, y, panel, |units, batch_columns, columns| {
+        let (rows, widest) = (columns[0].len(), panel.min(batch_columns.len()));
+        let mut xt = LineAligned::zeroed(ncols * widest);
+        let mut z = LineAligned::zeroed(rows * widest);
+        for c0 in batch_columns.clone().step_by(panel) {
+            let width = panel.min(batch_columns.end - c0);
+            let xt = &mut xt.as_mut_slice()[..ncols * width];
+            transpose_in(path, &source[c0 * ncols..(c0 + width) * ncols], ncols, 0, xt);
+            let z = &mut z.as_mut_slice()[..rows * width];
+            z.fill(T::zero());
+            units_of(units.clone(), xt, width, z);
+            let first = c0 - batch_columns.start;
+            write_rows(alpha, z, beta, &mut columns[first..first + width]);
+        }
     });
 }
 
@@ -817,6 +928,72 @@ pub(crate) fn sell_spmm<T: Scalar, V: Stored<T>, I: SpIndex>(
 mod tests {
     use super::*;
     use crate::kernels::KernelPath;
+
+    /// `a`'s product with `x` (`alpha`, `beta` on a filled `Y`) has the bits of the
+    /// products of `x`'s first and second halves of batch columns, and the dense
+    /// product's value within rounding.
+    fn check_halves<T: Scalar, A: crate::SparseProduct<T>>(
+        name: &str,
+        a: &A,
+        dense: &DMatrix<T>,
+        x: &DMatrix<T>,
+    ) {
+        let (nrows, batch) = (dense.nrows(), x.ncols());
+        let half = batch / 2;
+        let y0 = DMatrix::from_fn(nrows, batch, |i, j| T::from_f64_lossy(((i + j) % 7) as f64));
+        for (alpha, beta) in [(1.0, 0.0), (0.5, 2.0)] {
+            let (alpha, beta) = (T::from_f64_lossy(alpha), T::from_f64_lossy(beta));
+            let mut whole = y0.clone();
+            a.matmul_into(alpha, x, beta, &mut whole).unwrap();
+            let mut parts = y0.clone();
+            for (start, len) in [(0, half), (half, batch - half)] {
+                let mut y = y0.columns(start, len).into_owned();
+                a.matmul_into(alpha, &x.columns(start, len).into_owned(), beta, &mut y).unwrap();
+                parts.columns_mut(start, len).copy_from(&y);
+            }
+            assert!(whole == parts, "{name}: the whole batch and its halves differ");
+            let expected = dense * x * alpha + &y0 * beta;
+            let error = (&whole - &expected).amax();
+            assert!(error <= T::from_f64_lossy(1e-4), "{name}: {error} from the dense product");
+        }
+    }
+
+    /// A batch whose `X` passes [`COPY_PER_TASK_BYTES`] is copied a panel at a time in
+    /// each task, its halves whole before the product: every format gives the same bits
+    /// both ways, on every thread count.
+    #[test]
+    fn a_batch_copied_per_task_gives_the_bits_of_one_copied_whole() {
+        fn check<T: Scalar>() {
+            let (nrows, ncols) = (45, 24);
+            let batch = COPY_PER_TASK_BYTES / (ncols * size_of::<T>()) + 37;
+            assert!(batch / 2 * ncols * size_of::<T>() < COPY_PER_TASK_BYTES);
+            let value = |r: usize, c: usize| T::from_f64_lossy(((r * ncols + c) as f64).sin());
+            // 2:4 in every row: two of each group of four columns kept.
+            let mask = shears_core::Mask::from_fn(nrows, ncols, |r, c| (c + r) % 4 < 2).unwrap();
+            let dense = DMatrix::from_fn(nrows, ncols, |r, c| {
+                if mask.get(r, c) == Some(true) { value(r, c) } else { T::zero() }
+            });
+            let x = DMatrix::from_fn(ncols, batch, |i, j| {
+                T::from_f64_lossy(((i * 31 + j * 17) % 97) as f64 / 97.0 - 0.5)
+            });
+            let block = shears_core::BlockShape::new(4, 4).unwrap();
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| {
+                    let csr = crate::Csr::<T, u16>::from_dense_masked(&dense, &mask).unwrap();
+                    check_halves("csr", &csr, &dense, &x);
+                    let sell = crate::SlicedEll::<T>::from_dense_masked(&dense, &mask).unwrap();
+                    check_halves("sliced ellpack", &sell, &dense, &x);
+                    let bsr = crate::BlockSparse::from_dense(&dense, block).unwrap();
+                    check_halves("block-sparse", &bsr, &dense, &x);
+                    let nm = crate::NmSparse::from_dense(&dense, crate::NmPattern::TWO_FOUR);
+                    check_halves("n:m", &nm.unwrap(), &dense, &x);
+                });
+            }
+        }
+        check::<f32>();
+        check::<f64>();
+    }
 
     /// Narrow stored values (int8 with row scales, bf16, f16) give the portable copy's
     /// bits on every copy of the batched CSR kernel.
