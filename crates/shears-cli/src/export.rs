@@ -152,9 +152,15 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
             };
             g.node.iter().filter(holds_sparse).count()
         });
+        // The break-even the help gives: an index (8 bytes) per kept value against a
+        // dense value of 4 bytes (f32) or 1 (int8).
+        let break_even = match weights {
+            Weights::F32 => "about two thirds zeros in f32",
+            Weights::Int8(_) => "about 89% zeros in int8",
+        };
         match sparse {
             0 => outln!(
-                "--sparse-initializers: no weight is sparse enough to take fewer bytes sparse (about two thirds zeros); all are dense"
+                "--sparse-initializers: no weight is sparse enough to take fewer bytes sparse ({break_even}); all are dense"
             )?,
             n => outln!("--sparse-initializers: {n} weights written sparse")?,
         }

@@ -188,14 +188,16 @@ fn sparse_initializers_shrink_a_pruned_mlp() {
     let mlp = shears_nn::Mlp::<f32>::new(&[64, 32, 3], 1).unwrap();
     shears_nn::checkpoint::save(&mlp, &shears_core::Masks::new(), &unpruned).unwrap();
     let out = dir.path().join("unpruned.onnx");
-    let o = shears(&[
-        "export",
-        unpruned.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--sparse-initializers",
-    ]);
-    assert!(String::from_utf8_lossy(&o.stdout).contains("no weight is sparse enough"));
+    let (u, o) = (unpruned.to_str().unwrap(), out.to_str().unwrap());
+    // Each says the break-even of the weights' own type.
+    for (extra, break_even) in
+        [(&[][..], "two thirds zeros in f32"), (&["--quantize", "int8"], "89% zeros in int8")]
+    {
+        let mut args = vec!["export", u, "-o", o, "--sparse-initializers"];
+        args.extend(extra);
+        let said = String::from_utf8_lossy(&shears(&args).stdout).into_owned();
+        assert!(said.contains("no weight is sparse enough") && said.contains(break_even), "{said}");
+    }
     assert_eq!(ops(&decode(&sparse)), ["Constant", "Gemm", "Relu", "Gemm", "Identity"]);
     let size = |p: &Path| std::fs::metadata(p).unwrap().len();
     assert!(size(&sparse) * 2 < size(&dense), "{} against {}", size(&sparse), size(&dense));
