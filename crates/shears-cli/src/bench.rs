@@ -70,7 +70,9 @@ struct Report {
     model: String,
     threads: usize,
     kernel_path: String,
-    spatial: [usize; 2],
+    /// The `--spatial` size convolutions were timed at; absent without convolutions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spatial: Option<[usize; 2]>,
     tensors: Vec<Row>,
     total: Vec<Total>,
 }
@@ -312,7 +314,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         model: args.input.display().to_string(),
         threads: rayon::current_num_threads(),
         kernel_path: shears_sparse::kernel_description(),
-        spatial: [h, w],
+        spatial: convolutions.then_some([h, w]),
         tensors: rows,
         total,
     };

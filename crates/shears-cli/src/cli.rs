@@ -190,7 +190,8 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) texts: Option<PathBuf>,
     /// Tokens per sentence for --texts, the special tokens included (3 up to the model's
-    /// position embeddings, 512 for BERT) [default: 128, or the model's limit if shorter].
+    /// position embeddings, 512 for BERT) [default: 128, or the folder's max_seq_length
+    /// (else its position embeddings) if shorter, the length `embed` cuts sentences to].
     #[arg(long, value_parser = clap::value_parser!(u32).range(3..=65_536))]
     pub(crate) seq_len: Option<u32>,
     /// Print one JSON document instead of the table.

@@ -15,11 +15,12 @@ use crate::cli::BenchArgs;
 use crate::progress::Progress;
 use crate::report::print_json;
 
-/// Wall time, in seconds, spent timing each setting (after a warm-up run), and the
-/// fewest runs taken whatever it costs.
-/// Tokens per sentence unless `--seq-len` says otherwise (or the model's limit is
+/// Tokens per sentence unless `--seq-len` says otherwise (or the folder's limit is
 /// shorter): a common length for sentence embeddings.
 const DEFAULT_SEQ_LEN: usize = 128;
+
+/// Wall time, in seconds, spent timing each setting (after a warm-up run), and the
+/// fewest runs taken whatever it costs.
 const SECONDS_PER_SETTING: f64 = 2.0;
 const MIN_RUNS: usize = 5;
 
@@ -72,7 +73,10 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
         }
     }
     let positions = dense.model.config().max_position_embeddings;
-    let seq_len = args.seq_len.map_or(DEFAULT_SEQ_LEN.min(positions), |n| n as usize);
+    // The folder's own limit (its `max_seq_length`, else its position embeddings), as
+    // `embed` and `eval` cut sentences to it.
+    let limit = loaded.tokenizer.max_len().min(positions);
+    let seq_len = args.seq_len.map_or(DEFAULT_SEQ_LEN.min(limit), |n| n as usize);
     if seq_len > positions {
         bail!("--seq-len {seq_len} is longer than the model's {positions} position embeddings");
     }

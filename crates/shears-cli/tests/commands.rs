@@ -224,6 +224,7 @@ fn inspect_and_bench() {
     };
     assert_eq!(batches("tensors"), [1, 4, 1, 4]);
     assert_eq!(batches("total"), [1, 4]);
+    assert!(json.get("spatial").is_none(), "no convolution, no spatial size: {json}");
 
     // The table names convolutions' spatial size only where there are convolutions.
     let o = shears(&["bench", out.to_str().unwrap(), "--batch", "1"]);

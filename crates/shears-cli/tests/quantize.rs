@@ -100,6 +100,7 @@ fn bench_times_int8_layers_in_int8_as_a_model_runs_them() {
     let report = json(&args);
     let row = &report["tensors"][0];
     assert_eq!((&row["format"], &row["columns"]), (&"int8".into(), &16.into()), "{row}");
+    assert_eq!(report["spatial"], serde_json::json!([4, 4]));
     assert_eq!(row["sparse_us"], row["int8_dense_us"], "{row}");
 
     // The f32 model's layers are timed in the formats their zeros allow, never int8.

@@ -531,7 +531,8 @@ fn bench_fits_its_default_sentence_length_to_the_model() {
         "-q",
     ]))
     .unwrap();
-    assert_eq!(json["seq_len"], 64, "the tiny model's 64 positions, under the default of 128");
+    // The tiny model's max_seq_length (16, under its 64 positions), as `embed` uses.
+    assert_eq!(json["seq_len"], 16, "the folder's max_seq_length, under the default of 128");
 }
 
 /// A prune ended by SIGTERM, wherever the signal lands, leaves no temporaries and no
