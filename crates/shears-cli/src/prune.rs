@@ -709,7 +709,12 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
         vec![
             c.name.to_owned(),
             format!("{:?}", c.info.shape),
-            format!("{:?}", c.info.dtype),
+            // A tensor quantized on the way out: the dtype read, then the one written.
+            if r.quantized {
+                format!("{:?} -> I8", c.info.dtype)
+            } else {
+                format!("{:?}", c.info.dtype)
+            },
             if c.chosen { "yes".into() } else { "no".into() },
             c.why(),
             opt(r.target),

@@ -90,6 +90,23 @@ fn bench_times_int8_layers_in_int8_as_a_model_runs_them() {
             assert_eq!(row["slower"], slower, "{scheme}: {row}");
         }
     }
+    // The prune table shows a quantized tensor's dtype as read and as written.
+    let table = dir.path().join("table.safetensors");
+    let o = shears(&[
+        "prune",
+        input.to_str().unwrap(),
+        "-o",
+        table.to_str().unwrap(),
+        "-s",
+        "0.5",
+        "--quantize",
+        "int8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let said = String::from_utf8_lossy(&o.stdout);
+    let fc1 = said.lines().find(|l| l.starts_with("fc1.weight")).unwrap_or_default();
+    assert!(fc1.contains("F32 -> I8"), "{said}");
+
     // A convolution stored as int8 is timed in int8 too, as its im2col product.
     let conv = dir.path().join("conv.safetensors");
     let values: Vec<f64> = (0..8 * 16 * 9).map(|i| ((i * 37 % 101) as f64 - 50.0) / 50.0).collect();
