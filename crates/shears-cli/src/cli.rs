@@ -137,10 +137,11 @@ pub(crate) struct PruneArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) masks_out: Option<PathBuf>,
     /// Also quantize the pruned weights to int8 (symmetric; zeros stay zero): int8 with
-    /// one scale per output row, or int8:group=G with one per row and per G input
+    /// one scale per row of the stored tensor (a layer's output row; an input row for
+    /// GPT-2's transposed Conv1D weights), or int8:group=G with one per row and per G
     /// columns. Each pruned tensor NAME is written as I8 in its own shape beside its
-    /// F32 scales NAME.scale (one per row, or rows x ceil(cols/G)); shears reads such a model
-    /// back as floating point everywhere.
+    /// F32 scales NAME.scale (one per row, or rows x ceil(cols/G)); shears reads such a
+    /// model back as floating point everywhere.
     #[arg(long, value_name = "int8[:group=G]")]
     pub(crate) quantize: Option<shears_sparse::QuantScheme>,
     /// Seed for --method random.
