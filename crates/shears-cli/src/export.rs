@@ -41,10 +41,10 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
             args.model.display()
         );
     }
-    let mut int8_folder = false;
+    let int8_stored;
     let (model, what) = if args.model.is_dir() {
         let files = shears_io::Model::open(&args.model)?;
-        int8_folder = files.tensors().any(|t| t.info.dtype == shears_io::Dtype::I8);
+        int8_stored = files.tensors().any(|t| t.info.dtype == shears_io::Dtype::I8);
         let mut paths =
             vec![("--output", out.as_path(), true), ("external data", data_path.as_path(), true)];
         for shard in files.shards() {
@@ -82,6 +82,9 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
             ("--output", out.as_path(), true),
             ("external data", data_path.as_path(), true),
         ])?;
+        int8_stored = shears_io::Model::open(&args.model)?
+            .tensors()
+            .any(|t| t.info.dtype == shears_io::Dtype::I8);
         let (mut mlp, masks) = load_mlp(&args.model)?;
         // A checkpoint's `layers.N.weight_mask` tensors (as `shears demo` saves them) hold
         // which weights are pruned: the graph gets the weights they leave.
@@ -165,9 +168,9 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
             n => outln!("--sparse-initializers: {n} weights written sparse")?,
         }
     }
-    if int8_folder && matches!(weights, Weights::F32) {
+    if int8_stored && matches!(weights, Weights::F32) {
         outln!(
-            "the folder's int8 layers were written as f32 (their values times their scales); --quantize int8 exports int8 weights"
+            "the model's int8 layers were written as f32 (their values times their scales); --quantize int8 exports int8 weights"
         )?;
     }
     Ok(())

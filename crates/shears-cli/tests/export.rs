@@ -280,7 +280,7 @@ fn external_data_needs_names_it_can_write_and_record() {
 }
 
 #[test]
-fn an_int8_folder_exported_without_quantize_says_its_weights_became_f32() {
+fn an_int8_model_exported_without_quantize_says_its_weights_became_f32() {
     let dir = tempfile::tempdir().unwrap();
     let quantized = dir.path().join("int8");
     let bert = tiny_bert();
@@ -312,4 +312,15 @@ fn an_int8_folder_exported_without_quantize_says_its_weights_became_f32() {
     );
     let said = export(&["--quantize", "int8"]);
     assert!(said.contains("int8 weights") && !said.contains("were written as f32"), "{said}");
+
+    // An MLP checkpoint quantized by `prune` says so too.
+    let (mlp, mlp_int8) = (dir.path().join("mlp.safetensors"), dir.path().join("mlp8.safetensors"));
+    let net = shears_nn::Mlp::<f32>::new(&[16, 8, 3], 1).unwrap();
+    shears_nn::checkpoint::save(&net, &shears_core::Masks::new(), &mlp).unwrap();
+    let (m, m8) = (mlp.to_str().unwrap(), mlp_int8.to_str().unwrap());
+    let o = shears(&["prune", m, "-o", m8, "-s", "0.5", "--quantize", "int8", "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = shears(&["export", m8, "-o", out.to_str().unwrap()]);
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && said.contains("were written as f32"), "{said}");
 }
