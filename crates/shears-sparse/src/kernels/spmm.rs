@@ -2,7 +2,8 @@
 //!
 //! `X` is first copied row-major in panels of batch columns (`xt`: per panel, one
 //! contiguous row per input feature, the panel sized to about L1 for CSR and to L2 for
-//! the others, and never narrower than one tile), so each stored weight multiplies a
+//! the others, and never narrower than one tile; a large `X` is copied by each parallel
+//! task a panel at a time, just before its rows pass over it), so each stored weight multiplies a
 //! contiguous slice of `xt` into a register-resident tile of accumulators: tiles of 32
 //! batch columns, then 8, 4, 2 and 1, with four stored weights summed per accumulator
 //! update so consecutive entries do not wait on each other. All rows pass over one panel
@@ -363,14 +364,15 @@ multiversion! {
 /// of 384 columns at 128 tokens (a transformer's sentence) are split.
 const PARALLEL_COPY: usize = 3 << 14;
 
-/// Rows of `xt` per parallel task of the copy.
+/// Rows of `xt` per parallel task of the copy. (Both apply to an `X` copied whole before
+/// the product: a larger one is copied inside the product's own tasks.)
 const COPY_TASK: usize = 256;
 
 /// The tiles the transposes between the column-major `X` and `Y` and the row-major
-/// buffers move at a time: rows (along a column of `X` or `Y`: one cache line of `f32`)
-/// by columns. A tile is read whole into registers and written whole, so the copy runs
-/// in vector loads, shuffles and stores instead of one scalar store per element, and
-/// each pass over a block of rows touches one line per column on the column-major side.
+/// buffers move at a time: rows (along a column of `X` or `Y`: 64 bytes of `f32`) by
+/// columns. A tile is read whole and written whole, which the compiler can turn into
+/// vector loads, shuffles and stores, and each pass over a band of rows touches one or
+/// two cache lines per column on the column-major side.
 const TILE_ROWS: usize = 16;
 const TILE_COLUMNS: usize = 8;
 
@@ -513,7 +515,9 @@ multiversion! {
 }
 
 /// `Y <- alpha Z + beta Y` over a range of rows: `z` holds the range's rows of the
-/// product row-major, and `columns[j]` is column `j` of `Y` cut to the range.
+/// product row-major, and `columns[j]` is column `j` of `Y` cut to the range. Each value
+/// is [`combine`](super::combine)'s, its test of `beta` made once per call (keep the
+/// two equal).
 fn write_rows<T: Scalar>(alpha: T, z: &[T], beta: T, columns: &mut [&mut [T]]) {
     if beta == T::zero() {
         transpose_out(kernel_path(), z, columns, |z, _| alpha * z);
@@ -579,19 +583,22 @@ struct Task<'y, T> {
 }
 
 /// Bytes of `X` from which [`spmm`] copies it into panels inside each task, a panel at a
-/// time, rather than whole before the product. A whole copy of a large `X` goes out to
-/// memory and is read back; per task, a panel stays in cache from the copy to the
-/// product. Below this size the whole copy stays in L2, and tasks that split a batch's
-/// panels by rows share it instead of each copying them.
+/// time, rather than whole before the product: a threshold measured on MiniLM's shapes
+/// (384 and 1536 inputs, 32 to 4096 tokens). A whole copy of a large `X` goes out to
+/// memory and is read back, where a task's panel stays in cache from its copy to the
+/// product; for a smaller `X` the whole copy measured no slower.
 const COPY_PER_TASK_BYTES: usize = 2 << 20;
 
 /// Runs `units_of(range, panels, width, z)` over blocks of `Y` ([`for_each_block`]):
 /// `panels` are `X`'s batch columns of the block copied row-major in panels of `panel`
-/// columns, `width` columns in all, and `z` a zeroed row-major buffer for the block's
-/// rows at those columns (before `alpha` and `beta`), which the task then writes into
-/// `Y`. An `X` of [`COPY_PER_TASK_BYTES`] or more is copied by each task a panel at a
-/// time, each panel's product written before the next is copied; a smaller one is
-/// copied whole first ([`spmm_prepared`]).
+/// columns, `width` batch columns in all, and `z` a zeroed row-major buffer for the
+/// block's rows at those columns (before `alpha` and `beta`), which the task then
+/// writes into `Y`. An `X` of [`COPY_PER_TASK_BYTES`] or more, with enough panels that
+/// no two tasks share one, is copied by each task a panel at a time, and `units_of`
+/// called once per panel with a `z` of that panel alone, its results written before
+/// the next panel is copied; otherwise `X` is copied whole first
+/// ([`spmm_copied_whole`]). So nothing `units_of` derives from `width` may change the
+/// bits: a window or block size must follow from the whole batch, as `nm_spmm`'s does.
 fn spmm<T: Scalar, U: Units>(
     a: U,
     alpha: T,
@@ -601,33 +608,55 @@ fn spmm<T: Scalar, U: Units>(
     y: &mut DMatrix<T>,
     units_of: impl Fn(Range<usize>, &[T], usize, &mut [T]) + Sync,
 ) {
-    let ncols = x.nrows();
-    if size_of_val(x.as_slice()) < COPY_PER_TASK_BYTES {
-        let prepare = |x: &DMatrix<T>| to_panels(x, panel);
-        spmm_prepared(a, alpha, x, prepare, panel, beta, y, |units, xt, batch_columns, z| {
-            let xt = &xt.as_slice()[batch_columns.start * ncols..batch_columns.end * ncols];
-            units_of(units, xt, batch_columns.len(), z);
-        });
-        return;
+    // Tasks split a batch of fewer panels than ranges of work by rows, and each would
+    // copy the same panels.
+    let threads = rayon::current_num_threads();
+    let panels = x.ncols().div_ceil(panel.max(1));
+    let whole_panels = threads <= 1 || panels >= threads * super::PARTS_PER_THREAD;
+    if size_of_val(x.as_slice()) < COPY_PER_TASK_BYTES || !whole_panels {
+        return spmm_copied_whole(a, alpha, x, panel, beta, y, units_of);
     }
     if y.nrows() == 0 {
         return;
     }
-    let (path, source) = (kernel_path(), x.as_slice());
+    let (path, ncols, source) = (kernel_path(), x.nrows(), x.as_slice());
     for_each_block(a, y, panel, |units, batch_columns, columns| {
         let (rows, widest) = (columns[0].len(), panel.min(batch_columns.len()));
+        // Fully written by each panel's copy before it is read.
         let mut xt = LineAligned::zeroed(ncols * widest);
         let mut z = LineAligned::zeroed(rows * widest);
-        for c0 in batch_columns.clone().step_by(panel) {
+        for (k, c0) in batch_columns.clone().step_by(panel).enumerate() {
             let width = panel.min(batch_columns.end - c0);
             let xt = &mut xt.as_mut_slice()[..ncols * width];
             transpose_in(path, &source[c0 * ncols..(c0 + width) * ncols], ncols, 0, xt);
             let z = &mut z.as_mut_slice()[..rows * width];
-            z.fill(T::zero());
+            if k > 0 {
+                z.fill(T::zero());
+            }
             units_of(units.clone(), xt, width, z);
             let first = c0 - batch_columns.start;
             write_rows(alpha, z, beta, &mut columns[first..first + width]);
         }
+    });
+}
+
+/// [`spmm`] with `X` copied whole into panels ([`to_panels`]) before the product, for
+/// units that set up once per task what they run over every panel (sliced ELLPACK
+/// repacks its windows as CSR at each call).
+fn spmm_copied_whole<T: Scalar, U: Units>(
+    a: U,
+    alpha: T,
+    x: &DMatrix<T>,
+    panel: usize,
+    beta: T,
+    y: &mut DMatrix<T>,
+    units_of: impl Fn(Range<usize>, &[T], usize, &mut [T]) + Sync,
+) {
+    let ncols = x.nrows();
+    let prepare = |x: &DMatrix<T>| to_panels(x, panel);
+    spmm_prepared(a, alpha, x, prepare, panel, beta, y, |units, xt, batch_columns, z| {
+        let xt = &xt.as_slice()[batch_columns.start * ncols..batch_columns.end * ncols];
+        units_of(units, xt, batch_columns.len(), z);
     });
 }
 
@@ -919,7 +948,7 @@ pub(crate) fn sell_spmm<T: Scalar, V: Stored<T>, I: SpIndex>(
 ) {
     let path = kernel_path();
     let panel = panel_width(x.nrows(), size_of::<T>());
-    spmm(a, alpha, x, panel, beta, y, |range, xt, width, out| {
+    spmm_copied_whole(a, alpha, x, panel, beta, y, |range, xt, width, out| {
         sell_windows(path, a, range, xt, width, out)
     });
 }
@@ -929,9 +958,9 @@ mod tests {
     use super::*;
     use crate::kernels::KernelPath;
 
-    /// `a`'s product with `x` (`alpha`, `beta` on a filled `Y`) has the bits of the
-    /// products of `x`'s first and second halves of batch columns, and the dense
-    /// product's value within rounding.
+    /// `a`'s product with `x` (`alpha`, `beta` on a filled `Y`, and `beta = 0` on a `Y`
+    /// of NaN, which it must not read) has the bits of the products of `x`'s first and
+    /// second halves of batch columns, and the dense product's value within rounding.
     fn check_halves<T: Scalar, A: crate::SparseProduct<T>>(
         name: &str,
         a: &A,
@@ -940,8 +969,9 @@ mod tests {
     ) {
         let (nrows, batch) = (dense.nrows(), x.ncols());
         let half = batch / 2;
-        let y0 = DMatrix::from_fn(nrows, batch, |i, j| T::from_f64_lossy(((i + j) % 7) as f64));
-        for (alpha, beta) in [(1.0, 0.0), (0.5, 2.0)] {
+        let filled = DMatrix::from_fn(nrows, batch, |i, j| T::from_f64_lossy(((i + j) % 7) as f64));
+        let nan = DMatrix::from_element(nrows, batch, T::from_f64_lossy(f64::NAN));
+        for (alpha, beta, y0) in [(1.0, 0.0, &filled), (0.5, 2.0, &filled), (1.5, 0.0, &nan)] {
             let (alpha, beta) = (T::from_f64_lossy(alpha), T::from_f64_lossy(beta));
             let mut whole = y0.clone();
             a.matmul_into(alpha, x, beta, &mut whole).unwrap();
@@ -952,7 +982,8 @@ mod tests {
                 parts.columns_mut(start, len).copy_from(&y);
             }
             assert!(whole == parts, "{name}: the whole batch and its halves differ");
-            let expected = dense * x * alpha + &y0 * beta;
+            let expected =
+                if beta == T::zero() { dense * x * alpha } else { dense * x * alpha + y0 * beta };
             let error = (&whole - &expected).amax();
             assert!(error <= T::from_f64_lossy(1e-4), "{name}: {error} from the dense product");
         }
@@ -960,7 +991,9 @@ mod tests {
 
     /// A batch whose `X` passes [`COPY_PER_TASK_BYTES`] is copied a panel at a time in
     /// each task, its halves whole before the product: every format gives the same bits
-    /// both ways, on every thread count.
+    /// both ways, on every thread count. (`f32` N:M runs the lane kernels on the x86
+    /// vector paths, which copy nothing; `f64` N:M goes through `spmm` everywhere.
+    /// Sliced ELLPACK always copies whole.)
     #[test]
     fn a_batch_copied_per_task_gives_the_bits_of_one_copied_whole() {
         fn check<T: Scalar>() {
@@ -1234,7 +1267,7 @@ mod tests {
 
     /// The copy into row-major order (one panel as wide as the batch), serial or split
     /// across threads, puts every element where the formula says, for heights that are
-    /// and are not multiples of the transpose block and of the parallel task.
+    /// and are not multiples of the transpose tile and of the parallel task.
     #[test]
     fn the_copy_in_matches_the_element_formula() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
@@ -1367,7 +1400,8 @@ mod tests {
     /// does not read `Y` when `beta` is zero.
     #[test]
     fn the_copy_out_combines_a_range_of_rows() {
-        for (n, b, rows) in [(40, 3, 5..38), (64, 1, 0..64), (9, 20, 4..5), (7, 2, 3..3)] {
+        let cases = [(40, 3, 5..38), (64, 1, 0..64), (9, 20, 4..5), (7, 2, 3..3), (40, 20, 3..37)];
+        for (n, b, rows) in cases {
             let z: Vec<f64> = (0..rows.len() * b).map(|k| k as f64).collect();
             let z_at = |i: usize, j: usize| z[(i - rows.start) * b + j];
             for (alpha, beta, fill) in [(2.0, 0.5, 1.0), (1.0, 0.0, f64::NAN)] {
