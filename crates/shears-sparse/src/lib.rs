@@ -59,7 +59,11 @@
 //!   the `sprs` crate's matrices.
 //!
 //! Force a kernel path with `SHEARS_KERNEL=portable`, `avx2`, `avx512` or `neon` (it falls back
-//! to the best the CPU supports); threads follow rayon's pool (`RAYON_NUM_THREADS`).
+//! to the best the CPU supports); threads follow rayon's pool (`RAYON_NUM_THREADS`). Two
+//! choices within a path are measured once per process, and each can be forced, for
+//! comparisons: `SHEARS_GATHER=on|off` (gather instructions at batch 1) and
+//! `SHEARS_NM_LANES=on|off` (batched `f32` N:M products by a permute per product rather
+//! than a load). [`kernel_description`] says what runs.
 
 mod any;
 mod block;

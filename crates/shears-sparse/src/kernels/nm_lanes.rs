@@ -13,12 +13,14 @@
 //! the same bits.
 
 use std::ops::Range;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use nalgebra::DMatrix;
 use shears_core::Scalar;
 
 use super::isa::{Isa, fma, is};
-use super::spmm::{NM_PANEL, NmRowBlocks, for_each_block, nm_window_slots};
+use super::spmm::{NM_PANEL, NmRowBlocks, for_each_block, nm_spmm_row_major, nm_window_slots};
 use super::{KernelPath, NmView, Stored, combine, kernel_path, multiversion};
 
 /// Output rows per vector on the AVX2 copy, and in the vectors the AVX-512 copy takes
@@ -63,6 +65,59 @@ pub(super) fn applies<T: Scalar, V>(path: KernelPath, a: &NmView<'_, T, V>, batc
         && matches!(a.n, 1 | 2 | 4)
         && a.n < a.m
         && a.nrows >= LANES
+}
+
+/// Whether the products this kernel [`applies`] to on `path` run on it rather than on
+/// the row-major kernel: `SHEARS_NM_LANES=on|off` if set; else, on the AVX-512 copy,
+/// whichever of the two runs a small 2:4 product faster on this CPU (measured once per
+/// process, about a millisecond; this kernel must win by 5%), and on the AVX2 copy this
+/// kernel (it applies there only from [`AVX2_FROM_BATCH`] columns). The two give the
+/// same bits, so the choice changes speed only.
+///
+/// Each product of this kernel takes a permute per fused multiply-add, the row-major
+/// kernel a load from L1 instead; which is cheaper depends on the core: a CPU that runs
+/// 512-bit permutes on the vector pipes of its multiply-adds in two halves (AMD Zen 4)
+/// is faster on the loads.
+pub(super) fn runs_here(path: KernelPath) -> bool {
+    static CHOICE: OnceLock<bool> = OnceLock::new();
+    match std::env::var("SHEARS_NM_LANES").ok().map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        Some("on" | "1") => return true,
+        Some("off" | "0") => return false,
+        _ => {}
+    }
+    path != KernelPath::Avx512 || *CHOICE.get_or_init(|| lanes_are_faster(path))
+}
+
+/// Whether this kernel beats the row-major one on `path` for 2:4 weights of 128 rows by
+/// 384 columns (a small transformer's layer) at 32 batch columns: one thread (the work
+/// is below what the products split), each kernel timed eleven times, alternately, best
+/// of eleven.
+fn lanes_are_faster(path: KernelPath) -> bool {
+    let (nrows, ncols, batch, (n, m)) = (128usize, 384usize, 32usize, (2usize, 4usize));
+    let slots = nrows * ncols / m * n;
+    // Slot pairs at positions (0, 1), (1, 2), (2, 3), (0, 2), (1, 3), (0, 3) in turn.
+    const PAIRS: [[u8; 2]; 6] = [[0, 1], [1, 2], [2, 3], [0, 2], [1, 3], [0, 3]];
+    let positions: Vec<u8> = (0..slots / n).flat_map(|g| PAIRS[g % PAIRS.len()]).collect();
+    let values: Vec<f32> = (0..slots).map(|k| (k % 7) as f32 * 0.25 - 0.75).collect();
+    let a = NmView { nrows, ncols, n, m, values: &values, positions: &positions, row_scales: None };
+    debug_assert!(applies(path, &a, batch));
+    let x = DMatrix::from_fn(ncols, batch, |i, j| ((i + 3 * j) % 5) as f32 * 0.5);
+    let mut y = DMatrix::zeros(nrows, batch);
+    let mut best = [Duration::MAX; 2];
+    for _ in 0..11 {
+        for lanes in [true, false] {
+            let start = Instant::now();
+            if lanes {
+                nm_spmm_lanes(a, 1.0, &x, 0.0, &mut y);
+            } else {
+                nm_spmm_row_major(a, 1.0, &x, 0.0, &mut y);
+            }
+            std::hint::black_box(&y);
+            let took = start.elapsed();
+            best[usize::from(lanes)] = best[usize::from(lanes)].min(took);
+        }
+    }
+    best[1].as_secs_f64() * 1.05 < best[0].as_secs_f64()
 }
 
 /// `Y <- alpha A X + beta Y` for an N:M `a` that [`applies`] on the current path.
@@ -475,6 +530,37 @@ mod tests {
 
     fn bits(m: &DMatrix<f32>) -> Vec<u32> {
         m.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// The two kernels `nm_spmm` chooses between, called at their entries (tasks, panels
+    /// and the choice of copy included), give the same bits on the fixture the choice is
+    /// measured on and on batches around their panels and tiles, so the measured choice
+    /// changes speed only.
+    #[test]
+    fn both_entries_give_the_same_bits() {
+        let (n, m, ncols, nrows) = (2usize, 4usize, 384usize, 128usize);
+        let slots = nrows * ncols / m * n;
+        let positions: Vec<u8> = (0..slots).map(|k| ((k % n) * 2 + k % 3 / 2) as u8).collect();
+        let values: Vec<f32> = (0..slots).map(|k| (k as f32 * 0.37).sin()).collect();
+        for rows in [nrows, 45] {
+            let a = NmView {
+                nrows: rows,
+                ncols,
+                n,
+                m,
+                values: &values[..rows * ncols / m * n],
+                positions: &positions[..rows * ncols / m * n],
+                row_scales: None,
+            };
+            for batch in [2usize, 32, 129, 300] {
+                let x = DMatrix::from_fn(ncols, batch, |i, j| ((i * 3 + j) as f32 * 0.07).cos());
+                let y = DMatrix::from_fn(rows, batch, |i, j| ((i + 2 * j) as f32 * 0.05).sin());
+                let (mut lanes, mut row_major) = (y.clone(), y);
+                nm_spmm_lanes(a, 0.5, &x, 2.0, &mut lanes);
+                nm_spmm_row_major(a, 0.5, &x, 2.0, &mut row_major);
+                assert_eq!(bits(&lanes), bits(&row_major), "{rows} rows, batch {batch}");
+            }
+        }
     }
 
     /// Every copy gives the row-major kernel's bits, for every pattern the kernel takes,

@@ -15,8 +15,8 @@
 //! is contiguous whatever the batch. Each parallel task computes its rows into a row-major
 //! buffer of its own and writes them into `Y` while they are still in cache. On the x86
 //! vector paths, `f32` N:M matrices with groups of 4 or 8 columns take `nm_lanes`
-//! instead, which works on the column-major `X` and `Y` directly and gives the same
-//! bits.
+//! instead where it runs faster on the CPU at hand, which works on the column-major `X`
+//! and `Y` directly and gives the same bits.
 
 use std::ops::Range;
 
@@ -815,9 +815,21 @@ pub(crate) fn nm_spmm<T: Scalar, V: Stored<T>>(
     y: &mut DMatrix<T>,
 ) {
     let (path, batch) = (kernel_path(), x.ncols());
-    if nm_lanes::applies(path, &a, batch) {
+    if nm_lanes::applies(path, &a, batch) && nm_lanes::runs_here(path) {
         return nm_lanes::nm_spmm_lanes(a, alpha, x, beta, y);
     }
+    nm_spmm_row_major(a, alpha, x, beta, y);
+}
+
+/// [`nm_spmm`] on the row-major kernel, whatever the matrix and path.
+pub(super) fn nm_spmm_row_major<T: Scalar, V: Stored<T>>(
+    a: NmView<'_, T, V>,
+    alpha: T,
+    x: &DMatrix<T>,
+    beta: T,
+    y: &mut DMatrix<T>,
+) {
+    let (path, batch) = (kernel_path(), x.ncols());
     // The windows follow from the whole batch, so a task's panels sum as all would.
     let window = nm_window_slots(a.n, a.m, batch, size_of::<T>());
     let blocks = NmRowBlocks(a);
