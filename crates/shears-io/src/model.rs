@@ -4,11 +4,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 
+use safetensors::Dtype;
 use safetensors::tensor::TensorInfo;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::paths::require_regular_file;
+use crate::quantized::scale_name;
 
 /// The name of a sharded model's index in its folder.
 pub const INDEX_NAME: &str = "model.safetensors.index.json";
@@ -205,6 +207,23 @@ impl Model {
                 "tensor `{missing}` is in the index but not in {}",
                 index.weight_map[missing]
             )));
+        }
+        // A shard decodes an int8 tensor with the scales beside it: scales in another
+        // shard would leave the tensor unreadable as floating point, so it would be
+        // passed over as an integer tensor without a word.
+        for (s, shard) in self.shards.iter().enumerate() {
+            for (name, _) in shard.tensors().iter().filter(|(_, i)| i.dtype == Dtype::I8) {
+                let scales = scale_name(name);
+                if let Some(&t) = seen.get(scales.as_str())
+                    && t != s
+                {
+                    return Err(bad(format!(
+                        "int8 tensor `{name}` is in {} and its scales `{scales}` in {}: \
+                         shears reads a quantized tensor and its scales from one shard",
+                        files[s], files[t]
+                    )));
+                }
+            }
         }
         Ok(())
     }

@@ -117,3 +117,49 @@ fn int8_tensors_read_as_stored_with_their_scales() {
     let ckpt = Checkpoint::from_source("q", conv_file(None, vec![2], &[1.0, -1.0])).unwrap();
     assert!(matches!(ckpt.read_int8("conv.weight"), Err(Error::Quantized { .. })));
 }
+
+/// An int8 tensor whose scales the index puts in another shard is refused when the model
+/// opens, naming both shards: a shard reads a quantized tensor with the scales beside it,
+/// so the tensor would otherwise pass for an integer tensor and be left out unsaid.
+#[test]
+fn scales_in_another_shard_than_their_int8_tensor_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = |file: &str, name: &str, dtype: Dtype, bytes: Vec<u8>| {
+        let path = dir.path().join(file);
+        let shape = vec![bytes.len() / if dtype == Dtype::I8 { 1 } else { 4 }];
+        let entries = layout([(name.to_owned(), dtype, shape)]).unwrap();
+        write_safetensors(&path, &entries, None, |_, out| -> Result<(), Error> {
+            out.write_all(&bytes).map_err(|e| Error::io("write", &path, e))
+        })
+        .unwrap();
+    };
+    let (a, b) = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors");
+    shard(a, "w", Dtype::I8, vec![1, 2]);
+    shard(b, "w.scale", Dtype::F32, 0.5f32.to_le_bytes().to_vec());
+    let index = format!(r#"{{"weight_map": {{"w": "{a}", "w.scale": "{b}"}}}}"#);
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index).unwrap();
+    let err = shears_io::Model::open(dir.path()).unwrap_err();
+    assert!(matches!(err, Error::Index { .. }), "{err:?}");
+    let message = err.to_string();
+    for part in ["`w`", "`w.scale`", a, b] {
+        assert!(message.contains(part), "{part} in {message}");
+    }
+    assert!(!message.contains('\n'), "{message}");
+
+    // The same two tensors in one shard open, and the tensor decodes.
+    std::fs::remove_file(dir.path().join("model.safetensors.index.json")).unwrap();
+    for file in [a, b] {
+        std::fs::remove_file(dir.path().join(file)).unwrap();
+    }
+    let path = dir.path().join("model.safetensors");
+    let entries =
+        layout([("w".to_owned(), Dtype::I8, vec![2]), ("w.scale".to_owned(), Dtype::F32, vec![])])
+            .unwrap();
+    write_safetensors(&path, &entries, None, |name, out| -> Result<(), Error> {
+        let bytes = if name == "w" { vec![1, 2] } else { 0.5f32.to_le_bytes().to_vec() };
+        out.write_all(&bytes).map_err(|e| Error::io("write", &path, e))
+    })
+    .unwrap();
+    let model = shears_io::Model::open(dir.path()).unwrap();
+    assert!(model.shards()[0].decodes("w"));
+}
