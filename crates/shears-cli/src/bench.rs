@@ -133,11 +133,8 @@ fn stored_int8(model: &Model, t: shears_io::TensorRef) -> Result<Option<Int8Matr
     if !matches!(t.info.shape.len(), 2 | 4) {
         return Ok(None);
     }
-    let (rows, cols) = quantized_matrix_shape(&t.info.shape);
     let Some(tensor) = model.shards()[t.shard].read_int8(t.name)? else { return Ok(None) };
-    let scheme = tensor.group().map_or(QuantScheme::PerRow, QuantScheme::PerGroup);
-    let (values, scales) = tensor.into_parts();
-    match Int8Matrix::try_from_parts(rows, cols, scheme, values, scales) {
+    match shears_models::int8_matrix(tensor) {
         Ok(matrix) => Ok(Some(matrix)),
         Err(e) => {
             let shard = model.shards()[t.shard].path();

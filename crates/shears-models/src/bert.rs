@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use nalgebra::{DMatrix, DVector};
 use rayon::prelude::*;
 use shears_io::{Dtype, Model};
-use shears_sparse::{Format, Int8Matrix, QuantScheme};
+use shears_sparse::{Format, Int8Matrix};
 
 use crate::attention::{Projections, self_attention};
 use crate::config::{Activation, BertConfig, Pooling, SentenceConfig};
 use crate::error::{Error, Result};
-use crate::linear::{Linear, stacked_forward};
+use crate::linear::{Linear, int8_matrix, stacked_forward};
 use crate::math::{Elementwise, layer_norm};
 use crate::tokenize::{Batch, TextEncoder};
 
@@ -570,11 +570,7 @@ impl Weights<'_> {
         else {
             return Ok(None);
         };
-        let scheme = tensor.group().map_or(QuantScheme::PerRow, QuantScheme::PerGroup);
-        let (values, scales) = tensor.into_parts();
-        Int8Matrix::try_from_parts(rows, cols, scheme, values, scales)
-            .map(Some)
-            .map_err(|e| self.error(&full, e.to_string()))
+        int8_matrix(tensor).map(Some).map_err(|e| self.error(&full, e.to_string()))
     }
 }
 

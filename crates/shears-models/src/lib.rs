@@ -61,6 +61,6 @@ pub use config::{Activation, BertConfig, Pooling, SentenceConfig};
 pub use error::{Error, Result};
 pub use eval::{Agreement, agreement};
 pub use formats::{FormatChoice, choose_formats};
-pub use linear::Linear;
+pub use linear::{Linear, int8_matrix};
 pub use prune::{Method, PruneSpec, PrunedLinear, Step, prune_model};
 pub use tokenize::{Batch, TextEncoder, read_numbered_texts, read_texts};

@@ -10,12 +10,28 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use nalgebra::{DMatrix, DVector};
 use shears_core::Mask;
+use shears_io::Int8Tensor;
 use shears_sparse::{
-    AnySparse, Format, Int8Matrix, NarrowCsr, NarrowNm, NarrowValue, SpIndex, SparseProduct,
+    AnySparse, Format, Int8Matrix, NarrowCsr, NarrowNm, NarrowValue, QuantScheme, SpIndex,
+    SparseProduct,
 };
 
 use crate::error::{Error, Result};
 use crate::math::{Elementwise, apply};
+
+/// Int8 weights as a checkpoint stores them (`NAME` beside its `NAME.scale`, read with
+/// [`Checkpoint::read_int8`](shears_io::Checkpoint::read_int8)) as the [`Int8Matrix`]
+/// that [`Linear::from_int8`] runs: the tensor's matrix view, one scale per row or per
+/// group of columns as the checkpoint says.
+///
+/// # Errors
+/// [`Int8Matrix::try_from_parts`]'s, should the values or scales not fit the shape.
+pub fn int8_matrix(tensor: Int8Tensor) -> shears_sparse::Result<Int8Matrix> {
+    let (rows, cols) = tensor.shape();
+    let scheme = tensor.group().map_or(QuantScheme::PerRow, QuantScheme::PerGroup);
+    let (values, scales) = tensor.into_parts();
+    Int8Matrix::try_from_parts(rows, cols, scheme, values, scales)
+}
 
 /// The weights of a linear layer, in the form its products run in.
 #[derive(Debug, Clone)]
