@@ -70,6 +70,11 @@ pub(crate) struct Crossovers {
 pub(crate) struct Machine {
     pub(crate) cpu_model: String,
     pub(crate) cpu_vendor: String,
+    /// `family F model M` from `/proc/cpuinfo` (x86), which tells apart the generations
+    /// that share a model name (AMD's Zen 3 and Zen 4 are both "AMD EPYC" in a VM); empty
+    /// where the CPU reports none, and in reports written before it was recorded.
+    #[serde(default)]
+    pub(crate) cpu_generation: String,
     pub(crate) logical_cpus: usize,
     pub(crate) arch: String,
     pub(crate) kernel_path: String,
@@ -87,18 +92,40 @@ impl Machine {
                 .map(|(_, v)| v.trim().to_owned())
                 .unwrap_or_else(|| "unknown".to_owned())
         };
+        let generation = match (field("cpu family"), field("model")) {
+            (family, model) if family != "unknown" && model != "unknown" => {
+                format!("family {family} model {model}")
+            }
+            _ => String::new(),
+        };
         Machine {
             cpu_model: field("model name"),
             cpu_vendor: field("vendor_id"),
+            cpu_generation: generation,
             logical_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             arch: std::env::consts::ARCH.to_owned(),
             kernel_path,
         }
     }
 
+    /// The CPU's name and, where known, its generation: what tells one machine's section
+    /// of docs/performance.md from another's.
+    fn name(&self) -> String {
+        if self.cpu_generation.is_empty() {
+            self.cpu_model.clone()
+        } else {
+            format!("{} ({})", self.cpu_model, self.cpu_generation)
+        }
+    }
+
     fn describe(&self) -> String {
+        let generation = if self.cpu_generation.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", self.cpu_generation)
+        };
         format!(
-            "{} ({}, {} logical CPUs, {}, `{}` kernels)",
+            "{} ({}{generation}, {} logical CPUs, {}, `{}` kernels)",
             self.cpu_model, self.cpu_vendor, self.logical_cpus, self.arch, self.kernel_path
         )
     }
@@ -175,14 +202,12 @@ fn update_docs(report: &Report, md: &str) -> Result<()> {
     shears_io::write_atomic(&readme_path, readme.as_bytes())?;
     let perf_path = root.join("docs/performance.md");
     let perf = std::fs::read_to_string(&perf_path).context("cannot read docs/performance.md")?;
-    let (begin, end) = (
-        format!("<!-- machine: {} -->", report.machine.cpu_model),
-        format!("<!-- end of machine: {} -->", report.machine.cpu_model),
-    );
+    let name = report.machine.name();
+    let (begin, end) =
+        (format!("<!-- machine: {name} -->"), format!("<!-- end of machine: {name} -->"));
     let body = md.trim_start_matches("# shears speedup sweep").trim();
     let section = format!(
-        "{begin}\n## {}\n\nCommand: `{}`.\n\n{}\n\n{body}\n{end}",
-        report.machine.cpu_model,
+        "{begin}\n## {name}\n\nCommand: `{}`.\n\n{}\n\n{body}\n{end}",
         report.command,
         summary_table(&report.cells)
     );
@@ -431,6 +456,7 @@ mod tests {
         let machine = Machine {
             cpu_model: "Test CPU".into(),
             cpu_vendor: "Vendor".into(),
+            cpu_generation: "family 6 model 1".into(),
             logical_cpus: 2,
             arch: "x86_64".into(),
             kernel_path: "Avx2".into(),
@@ -471,7 +497,7 @@ mod tests {
         let md = markdown(&report(cells));
         assert_eq!(md.matches("\n## ").count(), 2);
         assert!(md.contains("| csr | 0.90 | 0.133 | 7.50x |"), "{md}");
-        assert!(md.contains("Test CPU (Vendor, 2 logical CPUs"), "{md}");
+        assert!(md.contains("Test CPU (Vendor, family 6 model 1, 2 logical CPUs"), "{md}");
     }
 
     #[test]
@@ -484,6 +510,22 @@ mod tests {
         assert!(table.contains("| batch 1, 1 thread | batch 1, 2 threads | batch 32, 1 thread | batch 32, 2 threads |"), "{table}");
         assert!(table.contains("| CSR, 90% | 7.50x | 9.00x | 3.00x | - |"), "{table}");
         assert!(table.contains("| 2:4 | - | - | - | - |"), "{table}");
+    }
+
+    #[test]
+    fn a_machine_is_named_by_its_cpu_and_generation() {
+        let mut machine = report(Vec::new()).machine;
+        assert_eq!(machine.name(), "Test CPU (family 6 model 1)");
+        machine.cpu_generation.clear();
+        assert_eq!(machine.name(), "Test CPU");
+        // A report written before the generation was recorded still reads.
+        let old = r#"{"cpu_model": "X", "cpu_vendor": "V", "logical_cpus": 2, "arch": "x86_64",
+            "kernel_path": "Avx2"}"#;
+        let machine: Machine = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            (machine.name(), machine.describe().contains("(V, 2 logical")),
+            ("X".into(), true)
+        );
     }
 
     #[test]
