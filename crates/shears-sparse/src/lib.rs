@@ -63,7 +63,8 @@
 //! choices within a path are measured once per process, and each can be forced, for
 //! comparisons: `SHEARS_GATHER=on|off` (gather instructions at batch 1) and
 //! `SHEARS_NM_LANES=on|off` (batched `f32` N:M products by a permute per product rather
-//! than a load). [`kernel_description`] says what runs.
+//! than a load; on AVX2 the permutes run only from 512 batch columns). Other values are
+//! ignored. [`kernel_description`] says what runs.
 
 mod any;
 mod block;

@@ -20,7 +20,9 @@ use nalgebra::DMatrix;
 use shears_core::Scalar;
 
 use super::isa::{Isa, fma, is};
-use super::spmm::{NM_PANEL, NmRowBlocks, for_each_block, nm_spmm_row_major, nm_window_slots};
+use super::spmm::{
+    NM_PANEL, NmRowBlocks, PARALLEL_COPY, for_each_block, nm_rows, nm_window_slots, to_panels,
+};
 use super::{KernelPath, NmView, Stored, combine, kernel_path, multiversion};
 
 /// Output rows per vector on the AVX2 copy, and in the vectors the AVX-512 copy takes
@@ -68,11 +70,12 @@ pub(super) fn applies<T: Scalar, V>(path: KernelPath, a: &NmView<'_, T, V>, batc
 }
 
 /// Whether the products this kernel [`applies`] to on `path` run on it rather than on
-/// the row-major kernel: `SHEARS_NM_LANES=on|off` if set; else, on the AVX-512 copy,
-/// whichever of the two runs a small 2:4 product faster on this CPU (measured once per
-/// process, about a millisecond; this kernel must win by 5%), and on the AVX2 copy this
-/// kernel (it applies there only from [`AVX2_FROM_BATCH`] columns). The two give the
-/// same bits, so the choice changes speed only.
+/// the row-major kernel: `SHEARS_NM_LANES=on|off` if set (other values are ignored);
+/// else, on the AVX-512 copy, whichever of the two runs a small 2:4 product faster on
+/// this CPU (measured once per process; this kernel must win by 5%), and on the AVX2
+/// copy this kernel (it applies there only from [`AVX2_FROM_BATCH`] columns, a fixed
+/// crossover). Read once per process, as the kernel path is. The two give the same bits,
+/// so the choice changes speed only.
 ///
 /// Each product of this kernel takes a permute per fused multiply-add, the row-major
 /// kernel a load from L1 instead; which is cheaper depends on the core: a CPU that runs
@@ -80,37 +83,83 @@ pub(super) fn applies<T: Scalar, V>(path: KernelPath, a: &NmView<'_, T, V>, batc
 /// is faster on the loads.
 pub(super) fn runs_here(path: KernelPath) -> bool {
     static CHOICE: OnceLock<bool> = OnceLock::new();
-    match std::env::var("SHEARS_NM_LANES").ok().map(|v| v.trim().to_ascii_lowercase()).as_deref() {
-        Some("on" | "1") => return true,
-        Some("off" | "0") => return false,
-        _ => {}
-    }
-    path != KernelPath::Avx512 || *CHOICE.get_or_init(|| lanes_are_faster(path))
+    *CHOICE.get_or_init(|| {
+        let forced = std::env::var("SHEARS_NM_LANES").ok().map(|v| v.trim().to_ascii_lowercase());
+        match forced.as_deref() {
+            Some("on" | "1") => true,
+            Some("off" | "0") => false,
+            _ => path != KernelPath::Avx512 || lanes_are_faster(path),
+        }
+    })
 }
 
-/// Whether this kernel beats the row-major one on `path` for 2:4 weights of 128 rows by
-/// 384 columns (a small transformer's layer) at 32 batch columns: one thread (the work
-/// is below what the products split), each kernel timed eleven times, alternately, best
-/// of eleven.
-fn lanes_are_faster(path: KernelPath) -> bool {
-    let (nrows, ncols, batch, (n, m)) = (128usize, 384usize, 32usize, (2usize, 4usize));
-    let slots = nrows * ncols / m * n;
-    // Slot pairs at positions (0, 1), (1, 2), (2, 3), (0, 2), (1, 3), (0, 3) in turn.
+/// The product [`lanes_are_faster`] times: 2:4 weights of 128 rows by 384 columns (a
+/// small transformer's layer) at 32 batch columns.
+const MEASURED: (usize, usize, usize) = (128, 384, 32);
+
+// The measurement runs each kernel on the calling thread alone (it is inside a
+// `OnceLock`'s initialisation, where a rayon task stolen while waiting could ask for
+// the same cell): its copy of `X` must stay below what is copied in parallel.
+const _: () = assert!(MEASURED.1 * MEASURED.2 < PARALLEL_COPY);
+
+/// The 2:4 values and positions of [`MEASURED`]'s weights: the slots of each group at
+/// (0, 1), (1, 2), (2, 3), (0, 2), (1, 3), (0, 3) in turn.
+fn measured_weights() -> (Vec<f32>, Vec<u8>) {
     const PAIRS: [[u8; 2]; 6] = [[0, 1], [1, 2], [2, 3], [0, 2], [1, 3], [0, 3]];
-    let positions: Vec<u8> = (0..slots / n).flat_map(|g| PAIRS[g % PAIRS.len()]).collect();
-    let values: Vec<f32> = (0..slots).map(|k| (k % 7) as f32 * 0.25 - 0.75).collect();
-    let a = NmView { nrows, ncols, n, m, values: &values, positions: &positions, row_scales: None };
-    debug_assert!(applies(path, &a, batch));
+    let (nrows, ncols, _) = MEASURED;
+    let groups = nrows * ncols / 4;
+    let positions: Vec<u8> = (0..groups).flat_map(|g| PAIRS[g % PAIRS.len()]).collect();
+    let values = (0..2 * groups).map(|k| (k % 7) as f32 * 0.25 - 0.75).collect();
+    (values, positions)
+}
+
+/// Whether this kernel beats the row-major one on `path` for [`MEASURED`]'s product:
+/// each kernel called directly on this thread, the row-major one with its copies of `X`
+/// in and of the result out, timed eleven times, alternately, best of eleven.
+fn lanes_are_faster(path: KernelPath) -> bool {
+    let ((nrows, ncols, batch), (values, positions)) = (MEASURED, measured_weights());
+    let a = NmView {
+        nrows,
+        ncols,
+        n: 2,
+        m: 4,
+        values: &values,
+        positions: &positions,
+        row_scales: None,
+    };
+    if !applies(path, &a, batch) {
+        return false;
+    }
     let x = DMatrix::from_fn(ncols, batch, |i, j| ((i + 3 * j) % 5) as f32 * 0.5);
     let mut y = DMatrix::zeros(nrows, batch);
+    let window = nm_window_slots(a.n, a.m, batch, size_of::<f32>());
     let mut best = [Duration::MAX; 2];
     for _ in 0..11 {
         for lanes in [true, false] {
             let start = Instant::now();
             if lanes {
-                nm_spmm_lanes(a, 1.0, &x, 0.0, &mut y);
+                let mut columns: Vec<&mut [f32]> =
+                    y.as_mut_slice().chunks_exact_mut(nrows).collect();
+                nm_lane_rows(
+                    path,
+                    a,
+                    0..nrows,
+                    x.as_slice(),
+                    batch,
+                    window,
+                    1.0,
+                    0.0,
+                    &mut columns,
+                );
             } else {
-                nm_spmm_row_major(a, 1.0, &x, 0.0, &mut y);
+                let xt = to_panels(&x, NM_PANEL);
+                let mut z = vec![0.0f32; nrows * batch];
+                nm_rows(path, a, 0..nrows, xt.as_slice(), batch, window, &mut z);
+                for (t, column) in y.as_mut_slice().chunks_exact_mut(nrows).enumerate() {
+                    for (r, out) in column.iter_mut().enumerate() {
+                        *out = z[r * batch + t];
+                    }
+                }
             }
             std::hint::black_box(&y);
             let took = start.elapsed();
@@ -461,7 +510,7 @@ multiversion! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::spmm::{NM_PANEL, nm_rows, to_panels};
+    use crate::kernels::spmm::nm_spmm_row_major;
 
     const PATHS: [KernelPath; 4] =
         [KernelPath::Portable, KernelPath::Avx2, KernelPath::Avx512, KernelPath::Neon];
@@ -533,34 +582,59 @@ mod tests {
     }
 
     /// The two kernels `nm_spmm` chooses between, called at their entries (tasks, panels
-    /// and the choice of copy included), give the same bits on the fixture the choice is
-    /// measured on and on batches around their panels and tiles, so the measured choice
-    /// changes speed only.
+    /// and the choice of copy included), give the same bits on the weights the choice is
+    /// measured on, and on others, at batches around their panels and tiles and on row
+    /// counts with a partial vector, so the measured choice changes speed only.
     #[test]
     fn both_entries_give_the_same_bits() {
-        let (n, m, ncols, nrows) = (2usize, 4usize, 384usize, 128usize);
-        let slots = nrows * ncols / m * n;
-        let positions: Vec<u8> = (0..slots).map(|k| ((k % n) * 2 + k % 3 / 2) as u8).collect();
-        let values: Vec<f32> = (0..slots).map(|k| (k as f32 * 0.37).sin()).collect();
-        for rows in [nrows, 45] {
-            let a = NmView {
-                nrows: rows,
-                ncols,
-                n,
-                m,
-                values: &values[..rows * ncols / m * n],
-                positions: &positions[..rows * ncols / m * n],
-                row_scales: None,
-            };
-            for batch in [2usize, 32, 129, 300] {
-                let x = DMatrix::from_fn(ncols, batch, |i, j| ((i * 3 + j) as f32 * 0.07).cos());
-                let y = DMatrix::from_fn(rows, batch, |i, j| ((i + 2 * j) as f32 * 0.05).sin());
-                let (mut lanes, mut row_major) = (y.clone(), y);
-                nm_spmm_lanes(a, 0.5, &x, 2.0, &mut lanes);
-                nm_spmm_row_major(a, 0.5, &x, 2.0, &mut row_major);
-                assert_eq!(bits(&lanes), bits(&row_major), "{rows} rows, batch {batch}");
+        let (nrows, ncols, _) = MEASURED;
+        let slots = nrows * ncols / 2;
+        let other_positions: Vec<u8> =
+            (0..slots).map(|k| ((k % 2) * 2 + k % 3 / 2) as u8).collect();
+        let other_values: Vec<f32> = (0..slots).map(|k| (k as f32 * 0.37).sin()).collect();
+        let measured = measured_weights();
+        for (values, positions) in [measured, (other_values, other_positions)] {
+            for rows in [nrows, 45] {
+                let a = NmView {
+                    nrows: rows,
+                    ncols,
+                    n: 2,
+                    m: 4,
+                    values: &values[..rows * ncols / 2],
+                    positions: &positions[..rows * ncols / 2],
+                    row_scales: None,
+                };
+                for batch in [2usize, 32, 129, 300] {
+                    let x =
+                        DMatrix::from_fn(ncols, batch, |i, j| ((i * 3 + j) as f32 * 0.07).cos());
+                    let y = DMatrix::from_fn(rows, batch, |i, j| ((i + 2 * j) as f32 * 0.05).sin());
+                    let (mut lanes, mut row_major) = (y.clone(), y);
+                    nm_spmm_lanes(a, 0.5, &x, 2.0, &mut lanes);
+                    nm_spmm_row_major(a, 0.5, &x, 2.0, &mut row_major);
+                    assert_eq!(bits(&lanes), bits(&row_major), "{rows} rows, batch {batch}");
+                }
             }
         }
+    }
+
+    /// The weights the choice is measured on are a valid 2:4 matrix that this kernel
+    /// takes on the AVX-512 copy at the measured batch, so the measurement times it.
+    #[test]
+    fn the_measured_product_is_one_this_kernel_takes() {
+        let ((nrows, ncols, batch), (values, positions)) = (MEASURED, measured_weights());
+        let pattern = shears_core::NmPattern::new(2, 4).unwrap();
+        let matrix =
+            crate::NmSparse::try_from_parts(nrows, ncols, pattern, values, positions).unwrap();
+        let a = NmView::<'_, f32> {
+            nrows,
+            ncols,
+            n: 2,
+            m: 4,
+            values: matrix.values(),
+            positions: matrix.positions(),
+            row_scales: None,
+        };
+        assert_eq!(applies(KernelPath::Avx512, &a, batch), cfg!(target_arch = "x86_64"));
     }
 
     /// Every copy gives the row-major kernel's bits, for every pattern the kernel takes,

@@ -15,8 +15,9 @@
 //! is contiguous whatever the batch. Each parallel task computes its rows into a row-major
 //! buffer of its own and writes them into `Y` while they are still in cache. On the x86
 //! vector paths, `f32` N:M matrices with groups of 4 or 8 columns take `nm_lanes`
-//! instead where it runs faster on the CPU at hand, which works on the column-major `X`
-//! and `Y` directly and gives the same bits.
+//! instead (on AVX-512 where it is the faster on the CPU at hand, measured once; on AVX2
+//! from 512 batch columns), which works on the column-major `X` and `Y` directly and
+//! gives the same bits.
 
 use std::ops::Range;
 
@@ -362,7 +363,7 @@ multiversion! {
 /// copies in and out of row-major order are a noticeable share of a batched product's
 /// time, and on several threads the copy in should not run on one. The inputs of a layer
 /// of 384 columns at 128 tokens (a transformer's sentence) are split.
-const PARALLEL_COPY: usize = 3 << 14;
+pub(super) const PARALLEL_COPY: usize = 3 << 14;
 
 /// Rows of `xt` per parallel task of the copy. (Both apply to an `X` copied whole before
 /// the product: a larger one is copied inside the product's own tasks.)
