@@ -118,26 +118,39 @@ fn int8_tensors_read_as_stored_with_their_scales() {
     assert!(matches!(ckpt.read_int8("conv.weight"), Err(Error::Quantized { .. })));
 }
 
+/// Writes `tensors` (name, dtype, little-endian bytes; 1-D) as shard `file` of `dir`.
+fn write_shard(dir: &std::path::Path, file: &str, tensors: &[(&str, Dtype, Vec<u8>)]) {
+    let path = dir.join(file);
+    let specs = tensors.iter().map(|(name, dtype, bytes)| {
+        let width = if *dtype == Dtype::I8 { 1 } else { 4 };
+        ((*name).to_owned(), *dtype, vec![bytes.len() / width])
+    });
+    let entries = layout(specs).unwrap();
+    write_safetensors(&path, &entries, None, |name, out| -> Result<(), Error> {
+        let (_, _, bytes) = tensors.iter().find(|(n, _, _)| *n == name).unwrap();
+        out.write_all(bytes).map_err(|e| Error::io("write", &path, e))
+    })
+    .unwrap();
+}
+
+/// Writes the index of a two-shard model whose tensors are `(name, shard file)`.
+fn write_index(dir: &std::path::Path, tensors: &[(&str, &str)]) {
+    let map: Vec<String> = tensors.iter().map(|(n, f)| format!(r#""{n}": "{f}""#)).collect();
+    let index = format!(r#"{{"weight_map": {{{}}}}}"#, map.join(", "));
+    std::fs::write(dir.join("model.safetensors.index.json"), index).unwrap();
+}
+
 /// An int8 tensor whose scales the index puts in another shard is refused when the model
 /// opens, naming both shards: a shard reads a quantized tensor with the scales beside it,
 /// so the tensor would otherwise pass for an integer tensor and be left out unsaid.
 #[test]
 fn scales_in_another_shard_than_their_int8_tensor_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let shard = |file: &str, name: &str, dtype: Dtype, bytes: Vec<u8>| {
-        let path = dir.path().join(file);
-        let shape = vec![bytes.len() / if dtype == Dtype::I8 { 1 } else { 4 }];
-        let entries = layout([(name.to_owned(), dtype, shape)]).unwrap();
-        write_safetensors(&path, &entries, None, |_, out| -> Result<(), Error> {
-            out.write_all(&bytes).map_err(|e| Error::io("write", &path, e))
-        })
-        .unwrap();
-    };
     let (a, b) = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors");
-    shard(a, "w", Dtype::I8, vec![1, 2]);
-    shard(b, "w.scale", Dtype::F32, 0.5f32.to_le_bytes().to_vec());
-    let index = format!(r#"{{"weight_map": {{"w": "{a}", "w.scale": "{b}"}}}}"#);
-    std::fs::write(dir.path().join("model.safetensors.index.json"), index).unwrap();
+    let scale = || 0.5f32.to_le_bytes().to_vec();
+    let dir = tempfile::tempdir().unwrap();
+    write_shard(dir.path(), a, &[("w", Dtype::I8, vec![1, 2])]);
+    write_shard(dir.path(), b, &[("w.scale", Dtype::F32, scale())]);
+    write_index(dir.path(), &[("w", a), ("w.scale", b)]);
     let err = shears_io::Model::open(dir.path()).unwrap_err();
     assert!(matches!(err, Error::Index { .. }), "{err:?}");
     let message = err.to_string();
@@ -146,20 +159,24 @@ fn scales_in_another_shard_than_their_int8_tensor_are_refused() {
     }
     assert!(!message.contains('\n'), "{message}");
 
-    // The same two tensors in one shard open, and the tensor decodes.
-    std::fs::remove_file(dir.path().join("model.safetensors.index.json")).unwrap();
-    for file in [a, b] {
-        std::fs::remove_file(dir.path().join(file)).unwrap();
-    }
-    let path = dir.path().join("model.safetensors");
-    let entries =
-        layout([("w".to_owned(), Dtype::I8, vec![2]), ("w.scale".to_owned(), Dtype::F32, vec![])])
-            .unwrap();
-    write_safetensors(&path, &entries, None, |name, out| -> Result<(), Error> {
-        let bytes = if name == "w" { vec![1, 2] } else { 0.5f32.to_le_bytes().to_vec() };
-        out.write_all(&bytes).map_err(|e| Error::io("write", &path, e))
-    })
-    .unwrap();
+    // Two shards that keep each int8 tensor beside its scales open, whatever else they
+    // hold: an int8 tensor without scales, and a float tensor whose `.scale` namesake
+    // (no quantization scale) is in the other shard.
+    let dir = tempfile::tempdir().unwrap();
+    write_shard(
+        dir.path(),
+        a,
+        &[
+            ("w", Dtype::I8, vec![1, 2]),
+            ("w.scale", Dtype::F32, scale()),
+            ("u", Dtype::I8, vec![3]),
+            ("v", Dtype::F32, scale()),
+        ],
+    );
+    write_shard(dir.path(), b, &[("v.scale", Dtype::F32, scale()), ("x", Dtype::F32, scale())]);
+    let names = [("w", a), ("w.scale", a), ("u", a), ("v", a), ("v.scale", b), ("x", b)];
+    write_index(dir.path(), &names);
     let model = shears_io::Model::open(dir.path()).unwrap();
-    assert!(model.shards()[0].decodes("w"));
+    let first = &model.shards()[0];
+    assert!(first.decodes("w") && !first.decodes("u") && first.decodes("v"));
 }
