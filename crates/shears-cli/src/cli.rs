@@ -227,7 +227,9 @@ pub(crate) struct EmbedArgs {
     pub(crate) json: bool,
     /// Run each pruned layer in the format that a timed product shows fastest at this
     /// input's token count, and int8 layers in integer arithmetic where that is faster
-    /// (the plan `bench --texts` times). Without it every layer runs dense in f32, so the
+    /// (the plan `bench --texts` times), then time the whole model with that plan against
+    /// dense on the first sentences and run the faster of the two (the summary and
+    /// `--json`'s `whole_model` say which). Without it every layer runs dense in f32, so the
     /// embeddings depend on the weights alone; with it they differ from those by
     /// rounding (int8 layers: by their inputs' rounding to int8), and the plan can
     /// change from run to run on a busy machine. Timing the layers takes a few seconds

@@ -2,14 +2,15 @@
 //! measuring what a pruned one keeps of the dense one.
 
 use std::path::Path;
+use std::time::Instant;
 
 use anyhow::{Result, bail};
 use nalgebra::DMatrix;
 use serde::Serialize;
 use shears_io::Dtype;
 use shears_models::{
-    Agreement, FormatChoice, SentenceTransformer, TOKENS_PER_PASS, agreement, choose_formats,
-    read_numbered_texts, read_texts,
+    Agreement, FormatChoice, SentenceTransformer, TIMING_TOKENS, TOKENS_PER_PASS, agreement,
+    choose_formats, read_numbered_texts, read_texts,
 };
 
 use crate::cli::{EmbedArgs, EvalArgs};
@@ -87,8 +88,7 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
     let (lines, texts): (Vec<usize>, Vec<String>) =
         read_numbered_texts(&args.texts, args.limit as usize)?.into_iter().unzip();
     let (model, plan) = if args.fastest {
-        let mut model = open(&args.model, args.max_len)?;
-        let plan = plan_fastest(&mut model, &texts)?;
+        let (model, plan) = run_fastest(&args.model, args.max_len, &texts)?;
         (model, Some(plan))
     } else {
         (load(&args.model, args.max_len)?, None)
@@ -110,9 +110,14 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
             embeddings: Vec<&'a [f32]>,
             /// Each embedding's line in the text file, from 1.
             lines: &'a [usize],
-            /// With `--fastest`: each linear layer's timed formats and the one it ran.
+            /// With `--fastest`: each linear layer's timed formats and the one the plan
+            /// chose.
             #[serde(skip_serializing_if = "Option::is_none")]
             layers: Option<&'a [FormatChoice]>,
+            /// With `--fastest`, when the plan runs a layer other than dense: the whole
+            /// model timed with the plan and dense, and which of the two ran.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            whole_model: Option<&'a WholeModel>,
         }
         print_json(&Output {
             model: args.model.display().to_string(),
@@ -121,7 +126,8 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
             output: args.output.as_ref().map(|p| p.display().to_string()),
             embeddings: embeddings.as_slice().chunks(embeddings.nrows().max(1)).collect(),
             lines: &lines,
-            layers: plan.as_deref(),
+            layers: plan.as_ref().map(|p| p.layers.as_slice()),
+            whole_model: plan.as_ref().and_then(|p| p.whole_model.as_ref()),
         })?;
         return Ok(());
     }
@@ -143,31 +149,110 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
         embeddings.nrows()
     )?;
     if let Some(plan) = &plan {
-        outln!("{}", describe_plan(plan))?;
+        outln!("{}", describe_run(plan))?;
     }
     Ok(())
 }
 
-/// Sets each linear layer of `model` to the fastest of dense and the format its zeros
-/// (or its int8 weights) allow, timed at the token count of the first pass over `texts`
-/// (the passes after it hold as many sentences, the last fewer).
-fn plan_fastest(model: &mut SentenceTransformer, texts: &[String]) -> Result<Vec<FormatChoice>> {
-    let first = &texts[..texts.len().min(SENTENCES_PER_PASS)];
-    let tokens = model.tokenizer.encode(first)?.tokens().min(TOKENS_PER_PASS);
-    Ok(choose_formats(&mut model.model, tokens)?)
+/// What `--fastest` planned and ran.
+#[derive(Debug)]
+struct Fastest {
+    /// Each linear layer's timed formats and the one it was set to.
+    layers: Vec<FormatChoice>,
+    /// The whole model timed with those formats and dense, when a layer is not dense.
+    whole_model: Option<WholeModel>,
+}
+
+/// How the whole model ran with the layers' planned formats against dense.
+#[derive(Debug, Serialize)]
+struct WholeModel {
+    /// The first sentences of the input, up to the tokens each layer was timed on.
+    sentences: usize,
+    tokens: usize,
+    /// The best of three passes over those sentences dense (every layer dense in f32, as
+    /// without `--fastest`), alternating with the planned model's.
+    dense_seconds: f64,
+    /// The best of three passes with the planned formats.
+    planned_seconds: f64,
+    /// `planned` if it was the faster, else `dense`: the model the input then ran.
+    ran: &'static str,
+}
+
+/// The model `--fastest` runs: each linear layer set to the fastest of dense and the
+/// format its zeros (or its int8 weights) allow, timed at the token count of the first
+/// pass over `texts` (the passes after it hold as many sentences, the last fewer); then,
+/// where a layer is not dense, that model timed as a whole against the dense one on the
+/// first sentences, and the faster kept. Layers timed alone can each win and the model
+/// still lose as a whole (the formats' copies of their inputs, or caches the products
+/// share), so the whole model decides. Both models are held while they are compared.
+fn run_fastest(
+    folder: &Path,
+    max_len: Option<u32>,
+    texts: &[String],
+) -> Result<(SentenceTransformer, Fastest)> {
+    let mut planned = open(folder, max_len)?;
+    let first = planned.tokenizer.encode(&texts[..texts.len().min(SENTENCES_PER_PASS)])?;
+    let layers = choose_formats(&mut planned.model, first.tokens().min(TOKENS_PER_PASS))?;
+    if layers.iter().all(|l| l.chosen == "dense") {
+        return Ok((planned, Fastest { layers, whole_model: None }));
+    }
+    let dense = load(folder, max_len)?;
+    let timed = first.slice(first.chunks(TIMING_TOKENS).first().cloned().unwrap_or(0..0));
+    let (mut dense_seconds, mut planned_seconds) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..3 {
+        dense_seconds = dense_seconds.min(seconds(|| dense.embed_batch(&timed))?);
+        planned_seconds = planned_seconds.min(seconds(|| planned.embed_batch(&timed))?);
+    }
+    let (model, ran) =
+        if planned_seconds < dense_seconds { (planned, "planned") } else { (dense, "dense") };
+    let whole_model = WholeModel {
+        sentences: timed.sentences(),
+        tokens: timed.tokens(),
+        dense_seconds,
+        planned_seconds,
+        ran,
+    };
+    Ok((model, Fastest { layers, whole_model: Some(whole_model) }))
+}
+
+/// How long `run` took, in seconds.
+fn seconds<T>(run: impl FnOnce() -> shears_models::Result<T>) -> Result<f64> {
+    let start = Instant::now();
+    run()?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// One line: how the layers ran (see [`describe_plan`]), and where the whole model was
+/// timed, how it compared with dense.
+fn describe_run(plan: &Fastest) -> String {
+    let Some(whole) = &plan.whole_model else { return describe_plan(&plan.layers) };
+    let on = format!(
+        "{:.1} ms against {:.1} ms dense on the first {} sentence{}",
+        whole.planned_seconds * 1e3,
+        whole.dense_seconds * 1e3,
+        whole.sentences,
+        if whole.sentences == 1 { "" } else { "s" }
+    );
+    if whole.ran == "dense" {
+        let planned: Vec<String> = chosen_formats(&plan.layers)
+            .iter()
+            .map(|(format, n)| format!("{n} in {}", format_name(format)))
+            .collect();
+        return format!(
+            "all {} linear layers ran dense: with the timed plan ({}) the model was slower as a whole ({on})",
+            plan.layers.len(),
+            planned.join(", ")
+        );
+    }
+    let speedup = whole.dense_seconds / whole.planned_seconds;
+    format!("{}: the whole model {speedup:.2}x dense ({on})", describe_plan(&plan.layers))
 }
 
 /// One line: how many layers run in each format other than dense, and, where all run
 /// dense, whether another format was timed and lost or none was worth timing.
 fn describe_plan(plan: &[FormatChoice]) -> String {
     let total = plan.len();
-    let mut counts: Vec<(&str, usize)> = Vec::new();
-    for choice in plan.iter().filter(|c| c.chosen != "dense") {
-        match counts.iter_mut().find(|(format, _)| *format == choice.chosen) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((&choice.chosen, 1)),
-        }
-    }
+    let counts = chosen_formats(plan);
     if counts.is_empty() {
         let timed = plan.iter().filter(|c| c.proposed_seconds.is_some()).count();
         return match timed {
@@ -187,10 +272,7 @@ fn describe_plan(plan: &[FormatChoice]) -> String {
             ),
         };
     }
-    // Int8 layers gain by their integer products, not by zeros: say so.
-    let name = |format: &str| {
-        if format == "int8" { "int8 (integer products)".to_owned() } else { format.to_owned() }
-    };
+    let name = format_name;
     match counts[..] {
         [(format, n)] if n == total => {
             return format!("all {total} linear layers ran in {}", name(format));
@@ -203,6 +285,25 @@ fn describe_plan(plan: &[FormatChoice]) -> String {
     let formats: Vec<String> = counts.iter().map(|(f, n)| format!("{n} in {}", name(f))).collect();
     let sparse: usize = counts.iter().map(|(_, n)| n).sum();
     format!("{sparse} of {total} linear layers ran {}, the rest dense", formats.join(", "))
+}
+
+/// The formats other than dense the plan chose, each with its number of layers, in the
+/// order of their first layers.
+fn chosen_formats(plan: &[FormatChoice]) -> Vec<(&str, usize)> {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for choice in plan.iter().filter(|c| c.chosen != "dense") {
+        match counts.iter_mut().find(|(format, _)| *format == choice.chosen) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((&choice.chosen, 1)),
+        }
+    }
+    counts
+}
+
+/// A chosen format as the summary names it: int8 layers gain by their integer products,
+/// not by zeros, so it says so.
+fn format_name(format: &str) -> String {
+    if format == "int8" { "int8 (integer products)".to_owned() } else { format.to_owned() }
 }
 
 /// `embeddings` (hidden x sentences) as a safetensors file of an `[sentences, hidden]`
@@ -347,5 +448,33 @@ mod tests {
         );
         let one = [choice("csr", true, "csr"), choice("csr", true, "dense")];
         assert_eq!(describe_plan(&one), "1 of 2 linear layers ran in csr, the rest dense");
+    }
+
+    #[test]
+    fn a_run_says_how_the_whole_model_compared_with_dense() {
+        let layers = vec![choice("n:m 2:4", true, "n:m 2:4"), choice("csr", true, "dense")];
+        let whole = |planned_seconds: f64, ran: &'static str| WholeModel {
+            sentences: 3,
+            tokens: 40,
+            dense_seconds: 0.02,
+            planned_seconds,
+            ran,
+        };
+        let faster = Fastest { layers: layers.clone(), whole_model: Some(whole(0.016, "planned")) };
+        assert_eq!(
+            describe_run(&faster),
+            "1 of 2 linear layers ran in n:m 2:4, the rest dense: the whole model 1.25x dense \
+             (16.0 ms against 20.0 ms dense on the first 3 sentences)"
+        );
+        let slower = Fastest { layers: layers.clone(), whole_model: Some(whole(0.025, "dense")) };
+        assert_eq!(
+            describe_run(&slower),
+            "all 2 linear layers ran dense: with the timed plan (1 in n:m 2:4) the model was \
+             slower as a whole (25.0 ms against 20.0 ms dense on the first 3 sentences)"
+        );
+        // Without a layer out of dense, nothing was timed as a whole.
+        let dense = vec![choice("csr", true, "dense")];
+        let untimed = Fastest { layers: dense.clone(), whole_model: None };
+        assert_eq!(describe_run(&untimed), describe_plan(&dense));
     }
 }

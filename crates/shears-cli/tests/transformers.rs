@@ -208,6 +208,28 @@ fn embed_fastest_runs_a_timed_plan_and_keeps_the_embeddings() {
             let chosen = &layer["chosen"];
             assert!(chosen == "dense" || *chosen == layer["proposed"], "{layer}");
         }
+        // Where a layer left dense, the whole model was timed both ways on the first
+        // sentences (up to the layers' timing tokens) and the faster ran; dense runs
+        // the plain run's model, so its embeddings are the plain ones exactly.
+        let whole = &fastest["whole_model"];
+        if layers.iter().all(|l| l["chosen"] == "dense") {
+            assert!(whole.is_null(), "nothing to compare: {fastest}");
+        } else {
+            assert!(whole["sentences"].as_u64().unwrap() >= 1, "{whole}");
+            assert!(whole["tokens"].as_u64().unwrap() >= whole["sentences"].as_u64().unwrap());
+            for seconds in [&whole["dense_seconds"], &whole["planned_seconds"]] {
+                assert!(seconds.as_f64().unwrap() > 0.0, "{whole}");
+            }
+            let faster = if whole["planned_seconds"].as_f64() < whole["dense_seconds"].as_f64() {
+                "planned"
+            } else {
+                "dense"
+            };
+            assert_eq!(whole["ran"], faster, "{whole}");
+            if faster == "dense" {
+                assert_eq!(fastest["embeddings"], plain["embeddings"], "dense is the plain run");
+            }
+        }
         // Whatever the plan, the embeddings are a rounding away from the dense run's
         // (for int8 layers, their inputs' rounding to int8).
         let least = least_cosine(&plain, &fastest);

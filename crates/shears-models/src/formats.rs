@@ -15,12 +15,12 @@ use shears_sparse::{Format, NmPattern, choose_format, choose_format_with};
 use crate::bert::BertModel;
 use crate::error::Result;
 
-/// Tokens the products are timed on at most: 32 sentences of 128 tokens. A format's
+/// Tokens [`choose_formats`] times each product on at most: 32 sentences of 128 tokens. A format's
 /// speed changes with the token count (how many panels of `X` a product walks, how much
 /// of the weights and inputs stays in cache), so a layer timed on fewer tokens than it
 /// runs on can pick a format that loses in the model. The cap bounds planning (three
 /// runs of each candidate per layer) for larger batches.
-const TIMING_TOKENS: usize = 4096;
+pub const TIMING_TOKENS: usize = 4096;
 
 /// How far below `choose_format`'s CSR break-even a layer's sparsity may fall and CSR
 /// still be timed against dense. The break-even is a crossover measured on square
