@@ -14,6 +14,7 @@ use shears_sparse::{Format, NmPattern, choose_format, choose_format_with};
 
 use crate::bert::BertModel;
 use crate::error::Result;
+use crate::linear::Linear;
 
 /// Tokens [`choose_formats`] times each product on at most: 32 sentences of 128 tokens. A format's
 /// speed changes with the token count (how many panels of `X` a product walks, how much
@@ -65,7 +66,9 @@ pub struct FormatChoice {
 /// `choose_format` proposes for its zeros at `tokens` tokens per product (or, where that
 /// is dense, the N:M pattern its zeros follow, 2:4 or 4:8, if any, else CSR for a
 /// sparsity up to 0.1 below CSR's break-even), timing both on
-/// `min(tokens, 4096)` tokens (the best of three runs each); a format that can hold the
+/// `min(tokens, 4096)` tokens (the best of three runs each; the dense product, whose
+/// time depends on the layer's shape alone, three times for a shape's first layer and
+/// once for each further one, the fastest of all kept); a format that can hold the
 /// weights in bf16 or f16, dense included, is timed that way and in f32, and runs the
 /// faster. An int8 layer is set to the faster of its integer products and the f32 GEMM
 /// on its dequantized weights.
@@ -75,18 +78,20 @@ pub struct FormatChoice {
 pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<FormatChoice>> {
     let timing = tokens.clamp(1, TIMING_TOKENS);
     let near_break_even = near_break_even_crossovers()?;
+    let mut inputs = TimingInputs { tokens: timing, by_width: Vec::new() };
+    let mut dense_times = DenseTimes::default();
     let mut choices = Vec::new();
     for layer in model.layers_mut() {
         for (_, linear) in layer.linears_mut() {
+            let x = inputs.for_layer(linear);
             if let Some(int8) = linear.int8().cloned() {
                 // Int8 layers keep their integer products where those are faster than
                 // the f32 GEMM on their dequantized weights.
                 let (rows, cols) = linear.shape();
-                let x = DMatrix::from_fn(cols, timing, |r, c| ((r * 7 + c * 13) % 17) as f32 - 8.0);
                 let zeros = int8.values().iter().filter(|&&v| v == 0).count();
-                let int8_seconds = best_of_three(|| linear.forward(&x).map(drop))?;
+                let int8_seconds = best_of_three(|| linear.forward(x).map(drop))?;
                 linear.dequantize();
-                let dense_seconds = best_of_three(|| linear.forward(&x).map(drop))?;
+                let dense_seconds = dense_times.time(linear, x)?;
                 let chosen = if int8_seconds < dense_seconds {
                     linear.set_int8(int8)?;
                     INT8
@@ -114,15 +119,14 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
                     .unwrap_or(Format::Dense),
                 other => other,
             };
-            let x = DMatrix::from_fn(cols, timing, |r, c| ((r * 7 + c * 13) % 17) as f32 - 8.0);
             linear.set_format(Format::Dense)?;
-            let mut dense_seconds = best_of_three(|| linear.forward(&x).map(drop))?;
+            let mut dense_seconds = dense_times.time(linear, x)?;
             // Dense half-precision weights (a bf16 or f16 checkpoint's) widen a band of
             // rows per product: kept only where they beat the same weights in f32.
             let mut dense_half = linear.value_type() != "f32";
             if dense_half {
                 linear.set_f32_format(Format::Dense)?;
-                let f32_seconds = best_of_three(|| linear.forward(&x).map(drop))?;
+                let f32_seconds = dense_times.time(linear, x)?;
                 if f32_seconds < dense_seconds {
                     (dense_seconds, dense_half) = (f32_seconds, false);
                 } else {
@@ -139,14 +143,14 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
             };
             if proposed != Format::Dense {
                 linear.set_format(proposed)?;
-                let mut seconds = best_of_three(|| linear.forward(&x).map(drop))?;
+                let mut seconds = best_of_three(|| linear.forward(x).map(drop))?;
                 let values = linear.value_type();
                 if values != "f32" {
                     // Half-precision values (a bf16 or f16 checkpoint's) are named, and
                     // kept only where they beat the same format in f32.
                     choice.proposed = format!("{proposed} {values}");
                     linear.set_f32_format(proposed)?;
-                    let f32_seconds = best_of_three(|| linear.forward(&x).map(drop))?;
+                    let f32_seconds = best_of_three(|| linear.forward(x).map(drop))?;
                     if f32_seconds < seconds {
                         (seconds, choice.proposed) = (f32_seconds, proposed.to_string());
                     } else {
@@ -195,6 +199,62 @@ fn sparse_near_break_even(mask: &Mask, tokens: usize, near: &Crossovers) -> Opti
     }
 }
 
+/// The inputs the layers are timed on: `tokens` columns of a fixed pattern, one matrix
+/// per input width, made at the first layer of that width.
+struct TimingInputs {
+    tokens: usize,
+    by_width: Vec<DMatrix<f32>>,
+}
+
+impl TimingInputs {
+    /// The input for `linear`'s width.
+    fn for_layer(&mut self, linear: &Linear) -> &DMatrix<f32> {
+        let cols = linear.shape().1;
+        let i = match self.by_width.iter().position(|x| x.nrows() == cols) {
+            Some(i) => i,
+            None => {
+                let pattern = |r: usize, c: usize| ((r * 7 + c * 13) % 17) as f32 - 8.0;
+                self.by_width.push(DMatrix::from_fn(cols, self.tokens, pattern));
+                self.by_width.len() - 1
+            }
+        };
+        &self.by_width[i]
+    }
+}
+
+/// The fastest dense product timed so far for each shape and value type. Every layer of
+/// a shape runs the same dense GEMM, so its time belongs to the shape: a shape's first
+/// layer takes three runs and each later one a single run, which updates the shape's
+/// fastest. That keeps a moment of noise from deciding a layer while planning a model
+/// whose layers share a few shapes costs a third of its dense products.
+#[derive(Default)]
+struct DenseTimes {
+    fastest: Vec<((usize, usize, &'static str), f64)>,
+}
+
+impl DenseTimes {
+    /// Times `linear` (set to a dense format) on `x`, and returns the fastest dense
+    /// product of its shape and value type so far, in seconds.
+    fn time(&mut self, linear: &Linear, x: &DMatrix<f32>) -> Result<f64> {
+        let (rows, cols) = linear.shape();
+        let key = (rows, cols, linear.value_type());
+        let run = || linear.forward(x).map(drop);
+        match self.fastest.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, fastest)) => {
+                let start = Instant::now();
+                run()?;
+                *fastest = fastest.min(start.elapsed().as_secs_f64());
+                Ok(*fastest)
+            }
+            None => {
+                let seconds = best_of_three(run)?;
+                self.fastest.push((key, seconds));
+                Ok(seconds)
+            }
+        }
+    }
+}
+
 /// The least of three timed runs of `f`, in seconds.
 fn best_of_three(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     let mut best = f64::INFINITY;
@@ -217,6 +277,30 @@ mod tests {
     fn rows_pruned(sparsity: f64) -> Mask {
         let pruned = (sparsity * 1536.0) as usize;
         Mask::from_fn(384, 1536, |r, c| (c + r * 7) % 1536 >= pruned).unwrap()
+    }
+
+    #[test]
+    fn dense_times_belong_to_a_shape_and_value_type_and_only_fall() {
+        let linear = |rows: usize, cols: usize| {
+            let w = DMatrix::from_fn(rows, cols, |r, c| (r + 2 * c) as f32 / 64.0);
+            Linear::new("layer.weight", w, nalgebra::DVector::zeros(rows)).unwrap()
+        };
+        let (a, b, wide) = (linear(16, 8), linear(16, 8), linear(16, 24));
+        let mut inputs = TimingInputs { tokens: 5, by_width: Vec::new() };
+        let mut times = DenseTimes::default();
+        let first = times.time(&a, inputs.for_layer(&a)).unwrap();
+        let again = times.time(&b, inputs.for_layer(&b)).unwrap();
+        assert!(first > 0.0 && again <= first, "{first} then {again}");
+        times.time(&wide, inputs.for_layer(&wide)).unwrap();
+        let mut bf16 = linear(16, 8);
+        bf16.set_format(Format::Dense).unwrap();
+        assert_eq!(bf16.value_type(), "bf16", "weights exact in bf16 are stored so");
+        times.time(&bf16, inputs.for_layer(&bf16)).unwrap();
+        let keys: Vec<_> = times.fastest.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, [(16, 8, "f32"), (16, 24, "f32"), (16, 8, "bf16")]);
+        // One input per width, `tokens` columns each.
+        let shapes: Vec<_> = inputs.by_width.iter().map(DMatrix::shape).collect();
+        assert_eq!(shapes, [(8, 5), (24, 5)]);
     }
 
     #[test]
