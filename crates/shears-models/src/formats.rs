@@ -54,7 +54,7 @@ pub struct FormatChoice {
     pub proposed: String,
     /// The dense product's time, in seconds, at the timing token count (f32, an int8
     /// layer's weights dequantized; the faster of their own type and f32 for bf16 or
-    /// f16 weights).
+    /// f16 weights): the fastest timed so far for a layer of this shape.
     pub dense_seconds: f64,
     /// The proposed format's time, if one was timed.
     pub proposed_seconds: Option<f64>,
