@@ -610,13 +610,23 @@ impl SentenceTransformer {
             });
         }
         sentence.check_width(folder, model.config().hidden_size)?;
+        let max_len_given = max_len;
         let max_len = max_len.or(sentence.max_seq_length).unwrap_or(positions.min(512));
         if max_len > positions {
             return Err(Error::Argument(format!(
                 "--max-len {max_len} is longer than the model's {positions} position embeddings"
             )));
         }
-        let tokenizer = TextEncoder::from_folder(folder, max_len)?;
+        let tokenizer = TextEncoder::from_folder(folder, max_len).map_err(|e| match e {
+            // The length came from the folder, not from the caller: name where.
+            Error::Argument(reason) if max_len_given.is_none() => Error::Config {
+                path: folder.join("sentence_bert_config.json"),
+                field: "max_seq_length".into(),
+                reason,
+            },
+            Error::Argument(reason) => Error::Argument(format!("--max-len: {reason}")),
+            e => e,
+        })?;
         let (ids, rows) = (tokenizer.vocab_size(), model.config().vocab_size);
         if ids > rows {
             return Err(Error::Config {

@@ -137,7 +137,7 @@ impl TextEncoder {
         let special = self.tokenizer.get_post_processor().map_or(0, |p| p.added_tokens(false));
         if max_len <= special {
             return Err(Error::Argument(format!(
-                "--max-len {max_len} leaves no room for text after the tokenizer's {special} special tokens"
+                "a maximum length of {max_len} tokens leaves no room for text after the tokenizer's {special} special tokens"
             )));
         }
         self.tokenizer
@@ -225,8 +225,12 @@ pub fn read_numbered_texts(path: &Path, limit: usize) -> Result<Vec<(usize, Stri
                 }
             }
             line.truncate(MAX_LINE);
-            while std::str::from_utf8(&line).is_err() && !line.is_empty() {
-                line.pop();
+            // The cut may split a character: drop its first bytes, and nothing else (a
+            // byte that is not UTF-8 anywhere in the line is reported below).
+            if let Err(e) = std::str::from_utf8(&line)
+                && e.error_len().is_none()
+            {
+                line.truncate(e.valid_up_to());
             }
         }
         let text = std::str::from_utf8(&line)
@@ -287,5 +291,15 @@ mod tests {
         assert!(read_texts(&path, 10).unwrap_err().to_string().contains("no line holds text"));
         std::fs::write(&path, b"ok\n\xff\xfe\n").unwrap();
         assert!(read_texts(&path, 10).unwrap_err().to_string().contains("line 2 is not UTF-8"));
+        // An overlong line is cut at a character, but a stray byte before the cut is
+        // still an error, as in a short line.
+        let mut bad = b"ok\nhello \xff ".to_vec();
+        bad.extend(std::iter::repeat_n(b'a', 100_000));
+        std::fs::write(&path, &bad).unwrap();
+        assert!(read_texts(&path, 10).unwrap_err().to_string().contains("line 2 is not UTF-8"));
+        // The cut at 64 KiB falls inside a two-byte character: only its first byte goes.
+        let split = format!("x{}", "é".repeat(40_000));
+        std::fs::write(&path, &split).unwrap();
+        assert_eq!(read_texts(&path, 10).unwrap()[0].len(), (64 << 10) - 1);
     }
 }
