@@ -218,7 +218,7 @@ pub(crate) struct EmbedArgs {
     /// Tokens per sentence (default: the model's max_seq_length).
     #[arg(long, value_parser = clap::value_parser!(u32).range(3..=65_536))]
     pub(crate) max_len: Option<u32>,
-    /// How many lines of --texts to embed.
+    /// How many lines of --texts to embed (blank lines are skipped and not counted).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub(crate) limit: u32,
     /// Print the embeddings as one JSON document (`embeddings`: one array per sentence)
@@ -228,12 +228,13 @@ pub(crate) struct EmbedArgs {
     /// Run each pruned layer in the format that a timed product shows fastest at this
     /// input's token count, and int8 layers in integer arithmetic where that is faster
     /// (the plan `bench --texts` times), then time the whole model with that plan against
-    /// dense on the first sentences and run the faster of the two (the summary and
-    /// `--json`'s `whole_model` say which). Without it every layer runs dense in f32, so the
-    /// embeddings depend on the weights alone; with it they differ from those by
-    /// rounding (int8 layers: by their inputs' rounding to int8), and the plan can
-    /// change from run to run on a busy machine. Timing the layers takes a few seconds
-    /// at thousands of tokens, which only a long input wins back.
+    /// dense on the first sentences and keep the plan only if it is at least 2% faster
+    /// (the summary and `--json`'s `whole_model` say which ran). Without it every layer
+    /// runs dense in f32, so the embeddings depend on the weights alone; with it they
+    /// differ from those by rounding (int8 layers: by their inputs' rounding to int8),
+    /// and the plan can change from run to run on a busy machine. Timing the layers and
+    /// the model takes a few seconds at thousands of tokens, which only a long input
+    /// wins back.
     #[arg(long)]
     pub(crate) fastest: bool,
 }
@@ -292,7 +293,7 @@ pub(crate) struct EvalArgs {
     /// Tokens per sentence (default: the model's max_seq_length).
     #[arg(long, value_parser = clap::value_parser!(u32).range(3..=65_536))]
     pub(crate) max_len: Option<u32>,
-    /// How many lines of --texts to use.
+    /// How many lines of --texts to use (blank lines are skipped and not counted).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
     pub(crate) limit: u32,
     /// Print one JSON document instead of the summary.

@@ -84,6 +84,9 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
             paths.push(("model", shard.path(), false));
         }
         shears_io::paths::check_distinct(&paths)?;
+        // A folder that cannot be written to is found now, not after the embedding: a
+        // temporary beside the output is made and removed again.
+        drop(shears_io::PendingFile::create(out)?);
     }
     let (lines, texts): (Vec<usize>, Vec<String>) =
         read_numbered_texts(&args.texts, args.limit as usize)?.into_iter().unzip();
@@ -110,8 +113,8 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
             embeddings: Vec<&'a [f32]>,
             /// Each embedding's line in the text file, from 1.
             lines: &'a [usize],
-            /// With `--fastest`: each linear layer's timed formats and the one the plan
-            /// chose.
+            /// With `--fastest`: each linear layer's timed formats and the one it ran
+            /// (dense throughout where the whole model ran dense).
             #[serde(skip_serializing_if = "Option::is_none")]
             layers: Option<&'a [FormatChoice]>,
             /// With `--fastest`, when the plan runs a layer other than dense: the whole
@@ -169,14 +172,27 @@ struct WholeModel {
     /// The first sentences of the input, up to the tokens each layer was timed on.
     sentences: usize,
     tokens: usize,
+    /// Whether those sentences are the whole input.
+    #[serde(skip)]
+    whole_input: bool,
+    /// The plan's formats other than dense, each with its number of layers, as timed:
+    /// where dense ran, the layers' `chosen` say dense.
+    #[serde(skip)]
+    planned: Vec<(String, usize)>,
     /// The faster of [`WHOLE_MODEL_PASSES`] passes over those sentences dense (as without
     /// `--fastest`), alternating with the planned model's.
     dense_seconds: f64,
     /// The faster of as many passes with the planned formats.
     planned_seconds: f64,
-    /// `planned` if it was the faster, else `dense`: the model the input then ran.
+    /// `planned` if it was faster by [`PLAN_MARGIN`], else `dense`: the model the input
+    /// then ran.
     ran: &'static str,
 }
+
+/// How much faster than dense the planned model must run as a whole to be kept: a plan
+/// within the timing's noise of dense would make the embeddings switch between dense
+/// ones and rounded ones from run to run, for no real gain.
+const PLAN_MARGIN: f64 = 0.02;
 
 /// Passes over the first sentences each model is timed on as a whole, alternating. Each
 /// is a forward pass of up to 4096 tokens that embeds nothing the input keeps: two are
@@ -197,22 +213,35 @@ fn run_fastest(
 ) -> Result<(SentenceTransformer, Fastest)> {
     let mut planned = open(folder, max_len)?;
     let first = planned.tokenizer.encode(&texts[..texts.len().min(SENTENCES_PER_PASS)])?;
-    let layers = choose_formats(&mut planned.model, first.tokens().min(TOKENS_PER_PASS))?;
-    if layers.iter().all(|l| l.chosen == "dense") {
+    // A tokenizer without special tokens can leave texts no tokens at all.
+    let tokens = first.tokens().clamp(1, TOKENS_PER_PASS);
+    let mut layers = choose_formats(&mut planned.model, tokens)?;
+    let timed = first.slice(first.chunks(TIMING_TOKENS).first().cloned().unwrap_or(0..0));
+    if layers.iter().all(|l| l.chosen == "dense") || timed.tokens() == 0 {
         return Ok((planned, Fastest { layers, whole_model: None }));
     }
     let dense = load(folder, max_len)?;
-    let timed = first.slice(first.chunks(TIMING_TOKENS).first().cloned().unwrap_or(0..0));
     let (mut dense_seconds, mut planned_seconds) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..WHOLE_MODEL_PASSES {
         dense_seconds = dense_seconds.min(seconds(|| dense.embed_batch(&timed))?);
         planned_seconds = planned_seconds.min(seconds(|| planned.embed_batch(&timed))?);
     }
-    let (model, ran) =
-        if planned_seconds < dense_seconds { (planned, "planned") } else { (dense, "dense") };
+    let planned_formats =
+        chosen_formats(&layers).into_iter().map(|(f, n)| (f.to_owned(), n)).collect();
+    let (model, ran) = if planned_seconds < dense_seconds * (1.0 - PLAN_MARGIN) {
+        (planned, "planned")
+    } else {
+        // What runs is dense, so that is what the layers say.
+        for layer in &mut layers {
+            "dense".clone_into(&mut layer.chosen);
+        }
+        (dense, "dense")
+    };
     let whole_model = WholeModel {
         sentences: timed.sentences(),
         tokens: timed.tokens(),
+        whole_input: timed.sentences() == texts.len(),
+        planned: planned_formats,
         dense_seconds,
         planned_seconds,
         ran,
@@ -231,22 +260,25 @@ fn seconds<T>(run: impl FnOnce() -> shears_models::Result<T>) -> Result<f64> {
 /// timed, how it compared with dense.
 fn describe_run(plan: &Fastest) -> String {
     let Some(whole) = &plan.whole_model else { return describe_plan(&plan.layers) };
+    let sentences = match (whole.whole_input, whole.sentences) {
+        (true, 1) => "its 1 sentence".to_owned(),
+        (true, n) => format!("all {n} sentences"),
+        (false, 1) => "the first sentence".to_owned(),
+        (false, n) => format!("the first {n} sentences"),
+    };
     let on = format!(
-        "{:.1} ms against {:.1} ms dense on the first {} sentence{}",
+        "{:.1} ms against {:.1} ms dense on {sentences}",
         whole.planned_seconds * 1e3,
         whole.dense_seconds * 1e3,
-        whole.sentences,
-        if whole.sentences == 1 { "" } else { "s" }
     );
     if whole.ran == "dense" {
-        let planned: Vec<String> = chosen_formats(&plan.layers)
-            .iter()
-            .map(|(format, n)| format!("{n} in {}", format_name(format)))
-            .collect();
+        let planned: Vec<String> =
+            whole.planned.iter().map(|(format, n)| format!("{n} in {format}")).collect();
         return format!(
-            "all {} linear layers ran dense: with the timed plan ({}) the model was slower as a whole ({on})",
+            "all {} linear layers ran dense: with the timed plan ({}) the model was not {:.0}% faster as a whole ({on})",
             plan.layers.len(),
-            planned.join(", ")
+            planned.join(", "),
+            PLAN_MARGIN * 100.0
         );
     }
     let speedup = whole.dense_seconds / whole.planned_seconds;
@@ -289,6 +321,9 @@ fn describe_plan(plan: &[FormatChoice]) -> String {
     }
     let formats: Vec<String> = counts.iter().map(|(f, n)| format!("{n} in {}", name(f))).collect();
     let sparse: usize = counts.iter().map(|(_, n)| n).sum();
+    if sparse == total {
+        return format!("all {total} linear layers ran {}", formats.join(", "));
+    }
     format!("{sparse} of {total} linear layers ran {}, the rest dense", formats.join(", "))
 }
 
@@ -453,29 +488,44 @@ mod tests {
         );
         let one = [choice("csr", true, "csr"), choice("csr", true, "dense")];
         assert_eq!(describe_plan(&one), "1 of 2 linear layers ran in csr, the rest dense");
+        let none_left = [choice("csr", true, "csr"), choice("csr", true, "csr bf16")];
+        assert_eq!(describe_plan(&none_left), "all 2 linear layers ran 1 in csr, 1 in csr bf16");
     }
 
     #[test]
     fn a_run_says_how_the_whole_model_compared_with_dense() {
         let layers = vec![choice("n:m 2:4", true, "n:m 2:4"), choice("csr", true, "dense")];
-        let whole = |planned_seconds: f64, ran: &'static str| WholeModel {
+        let whole = |planned_seconds: f64, ran: &'static str, whole_input: bool| WholeModel {
             sentences: 3,
             tokens: 40,
+            whole_input,
+            planned: vec![("n:m 2:4".to_owned(), 1)],
             dense_seconds: 0.02,
             planned_seconds,
             ran,
         };
-        let faster = Fastest { layers: layers.clone(), whole_model: Some(whole(0.016, "planned")) };
+        let faster =
+            Fastest { layers: layers.clone(), whole_model: Some(whole(0.016, "planned", false)) };
         assert_eq!(
             describe_run(&faster),
             "1 of 2 linear layers ran in n:m 2:4, the rest dense: the whole model 1.25x dense \
              (16.0 ms against 20.0 ms dense on the first 3 sentences)"
         );
-        let slower = Fastest { layers: layers.clone(), whole_model: Some(whole(0.025, "dense")) };
+        let all =
+            Fastest { layers: layers.clone(), whole_model: Some(whole(0.016, "planned", true)) };
+        assert!(
+            describe_run(&all).ends_with("dense on all 3 sentences)"),
+            "{}",
+            describe_run(&all)
+        );
+        // Where dense ran, the layers say dense and the line names the plan that lost.
+        let dense_layers = vec![choice("n:m 2:4", true, "dense"), choice("csr", true, "dense")];
+        let slower =
+            Fastest { layers: dense_layers, whole_model: Some(whole(0.0199, "dense", false)) };
         assert_eq!(
             describe_run(&slower),
-            "all 2 linear layers ran dense: with the timed plan (1 in n:m 2:4) the model was \
-             slower as a whole (25.0 ms against 20.0 ms dense on the first 3 sentences)"
+            "all 2 linear layers ran dense: with the timed plan (1 in n:m 2:4) the model was not \
+             2% faster as a whole (19.9 ms against 20.0 ms dense on the first 3 sentences)"
         );
         // Without a layer out of dense, nothing was timed as a whole.
         let dense = vec![choice("csr", true, "dense")];

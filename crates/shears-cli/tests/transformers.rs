@@ -212,22 +212,25 @@ fn embed_fastest_runs_a_timed_plan_and_keeps_the_embeddings() {
         // sentences (up to the layers' timing tokens) and the faster ran; dense runs
         // the plain run's model, so its embeddings are the plain ones exactly.
         let whole = &fastest["whole_model"];
-        if layers.iter().all(|l| l["chosen"] == "dense") {
-            assert!(whole.is_null(), "nothing to compare: {fastest}");
+        if whole.is_null() {
+            let all_dense = layers.iter().all(|l| l["chosen"] == "dense");
+            assert!(all_dense, "a plan with a layer out of dense is checked: {fastest}");
         } else {
             assert!(whole["sentences"].as_u64().unwrap() >= 1, "{whole}");
             assert!(whole["tokens"].as_u64().unwrap() >= whole["sentences"].as_u64().unwrap());
             for seconds in [&whole["dense_seconds"], &whole["planned_seconds"]] {
                 assert!(seconds.as_f64().unwrap() > 0.0, "{whole}");
             }
-            let faster = if whole["planned_seconds"].as_f64() < whole["dense_seconds"].as_f64() {
-                "planned"
-            } else {
-                "dense"
-            };
+            // The plan runs only if at least 2% faster than dense.
+            let (planned, dense) = (
+                whole["planned_seconds"].as_f64().unwrap(),
+                whole["dense_seconds"].as_f64().unwrap(),
+            );
+            let faster = if planned < dense * 0.98 { "planned" } else { "dense" };
             assert_eq!(whole["ran"], faster, "{whole}");
             if faster == "dense" {
                 assert_eq!(fastest["embeddings"], plain["embeddings"], "dense is the plain run");
+                assert!(layers.iter().all(|l| l["chosen"] == "dense"), "what ran: {fastest}");
             }
         }
         // Whatever the plan, the embeddings are a rounding away from the dense run's

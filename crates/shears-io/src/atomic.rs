@@ -118,7 +118,7 @@ impl PendingFile {
             .write(true)
             .create_new(true)
             .open(&temporary)
-            .map_err(|e| Error::io("create", &temporary, e))?;
+            .map_err(|e| Error::io("write", target, e))?;
         list.push(temporary.clone());
         drop(list);
         Ok((PendingFile { target: target.to_owned(), temporary, done: false }, file))
