@@ -192,7 +192,7 @@ pub(crate) struct BenchArgs {
     pub(crate) texts: Option<PathBuf>,
     /// Tokens per sentence for --texts, the special tokens included (3 up to the model's
     /// position embeddings, 512 for BERT) [default: 128, or the folder's max_seq_length
-    /// (else its position embeddings) if shorter, the length `embed` cuts sentences to].
+    /// (else its position embeddings) if shorter; `embed` cuts sentences at max_seq_length].
     #[arg(long, value_parser = clap::value_parser!(u32).range(3..=65_536))]
     pub(crate) seq_len: Option<u32>,
     /// Print one JSON document instead of the table.
@@ -228,8 +228,9 @@ pub(crate) struct EmbedArgs {
     /// Run each pruned layer in the format that a timed product shows fastest at this
     /// input's token count, and int8 layers in integer arithmetic where that is faster
     /// (the plan `bench --texts` times), then time the whole model with that plan against
-    /// dense on the first sentences and keep the plan only if it is at least 2% faster
-    /// (the summary and `--json`'s `whole_model` say which ran). Without it every layer
+    /// dense on the first sentences (up to 4096 tokens) and keep the plan only if it is
+    /// at least 2% faster (the summary says which ran and how long planning took;
+    /// `--json` has `whole_model` where a plan was compared). Without it every layer
     /// runs dense in f32, so the embeddings depend on the weights alone; with it they
     /// differ from those by rounding (int8 layers: by their inputs' rounding to int8),
     /// and the plan can change from run to run on a busy machine. Timing the layers and

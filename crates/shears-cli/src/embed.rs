@@ -121,6 +121,10 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
             /// model timed with the plan and dense, and which of the two ran.
             #[serde(skip_serializing_if = "Option::is_none")]
             whole_model: Option<&'a WholeModel>,
+            /// With `--fastest`: what planning and the whole-model check took, loading
+            /// included, in seconds.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            planning_seconds: Option<f64>,
         }
         print_json(&Output {
             model: args.model.display().to_string(),
@@ -131,6 +135,7 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
             lines: &lines,
             layers: plan.as_ref().map(|p| p.layers.as_slice()),
             whole_model: plan.as_ref().and_then(|p| p.whole_model.as_ref()),
+            planning_seconds: plan.as_ref().map(|p| p.seconds),
         })?;
         return Ok(());
     }
@@ -164,6 +169,8 @@ struct Fastest {
     layers: Vec<FormatChoice>,
     /// The whole model timed with those formats and dense, when a layer is not dense.
     whole_model: Option<WholeModel>,
+    /// What the plan and the check took, loading the models included, in seconds.
+    seconds: f64,
 }
 
 /// How the whole model ran with the layers' planned formats against dense.
@@ -179,10 +186,10 @@ struct WholeModel {
     /// where dense ran, the layers' `chosen` say dense.
     #[serde(skip)]
     planned: Vec<(String, usize)>,
-    /// The faster of [`WHOLE_MODEL_PASSES`] passes over those sentences dense (as without
-    /// `--fastest`), alternating with the planned model's.
+    /// The fastest of the passes over those sentences dense (as without `--fastest`),
+    /// alternating with the planned model's ([`WHOLE_MODEL_PASSES`]).
     dense_seconds: f64,
-    /// The faster of as many passes with the planned formats.
+    /// The fastest of as many passes with the planned formats.
     planned_seconds: f64,
     /// `planned` if it was faster by [`PLAN_MARGIN`], else `dense`: the model the input
     /// then ran.
@@ -194,10 +201,16 @@ struct WholeModel {
 /// ones and rounded ones from run to run, for no real gain.
 const PLAN_MARGIN: f64 = 0.02;
 
-/// Passes over the first sentences each model is timed on as a whole, alternating. Each
-/// is a forward pass of up to 4096 tokens that embeds nothing the input keeps: two are
-/// enough to catch a plan that loses as a whole, and every one more delays the input.
-const WHOLE_MODEL_PASSES: usize = 2;
+/// Passes over the first sentences each model is timed on as a whole, alternating: at
+/// least two, and more while either model has run for less than [`WHOLE_MODEL_SECONDS`],
+/// up to the most. A pass of up to 4096 tokens embeds nothing the input keeps, so two
+/// of those are enough to catch a plan that loses as a whole; passes of a few sentences
+/// take milliseconds, which two would leave to the timer's noise.
+const WHOLE_MODEL_PASSES: std::ops::RangeInclusive<usize> = 2..=20;
+
+/// The time each model runs in the whole-model check, at least, unless it reaches the
+/// most passes first.
+const WHOLE_MODEL_SECONDS: f64 = 0.25;
 
 /// The model `--fastest` runs: each linear layer set to the fastest of dense and the
 /// format its zeros (or its int8 weights) allow, timed at the token count of the first
@@ -211,6 +224,7 @@ fn run_fastest(
     max_len: Option<u32>,
     texts: &[String],
 ) -> Result<(SentenceTransformer, Fastest)> {
+    let start = Instant::now();
     let mut planned = open(folder, max_len)?;
     let first = planned.tokenizer.encode(&texts[..texts.len().min(SENTENCES_PER_PASS)])?;
     // A tokenizer without special tokens can leave texts no tokens at all.
@@ -218,13 +232,22 @@ fn run_fastest(
     let mut layers = choose_formats(&mut planned.model, tokens)?;
     let timed = first.slice(first.chunks(TIMING_TOKENS).first().cloned().unwrap_or(0..0));
     if layers.iter().all(|l| l.chosen == "dense") || timed.tokens() == 0 {
-        return Ok((planned, Fastest { layers, whole_model: None }));
+        let seconds = start.elapsed().as_secs_f64();
+        return Ok((planned, Fastest { layers, whole_model: None, seconds }));
     }
     let dense = load(folder, max_len)?;
     let (mut dense_seconds, mut planned_seconds) = (f64::INFINITY, f64::INFINITY);
-    for _ in 0..WHOLE_MODEL_PASSES {
-        dense_seconds = dense_seconds.min(seconds(|| dense.embed_batch(&timed))?);
-        planned_seconds = planned_seconds.min(seconds(|| planned.embed_batch(&timed))?);
+    let (mut dense_total, mut planned_total) = (0.0, 0.0);
+    for pass in 1..=*WHOLE_MODEL_PASSES.end() {
+        let dense_pass = seconds(|| dense.embed_batch(&timed))?;
+        let planned_pass = seconds(|| planned.embed_batch(&timed))?;
+        (dense_seconds, planned_seconds) =
+            (dense_seconds.min(dense_pass), planned_seconds.min(planned_pass));
+        (dense_total, planned_total) = (dense_total + dense_pass, planned_total + planned_pass);
+        let long_enough = dense_total.min(planned_total) >= WHOLE_MODEL_SECONDS;
+        if pass >= *WHOLE_MODEL_PASSES.start() && long_enough {
+            break;
+        }
     }
     let planned_formats =
         chosen_formats(&layers).into_iter().map(|(f, n)| (f.to_owned(), n)).collect();
@@ -246,7 +269,8 @@ fn run_fastest(
         planned_seconds,
         ran,
     };
-    Ok((model, Fastest { layers, whole_model: Some(whole_model) }))
+    let seconds = start.elapsed().as_secs_f64();
+    Ok((model, Fastest { layers, whole_model: Some(whole_model), seconds }))
 }
 
 /// How long `run` took, in seconds.
@@ -259,6 +283,11 @@ fn seconds<T>(run: impl FnOnce() -> shears_models::Result<T>) -> Result<f64> {
 /// One line: how the layers ran (see [`describe_plan`]), and where the whole model was
 /// timed, how it compared with dense.
 fn describe_run(plan: &Fastest) -> String {
+    format!("{}; planning took {:.1} s", describe_outcome(plan), plan.seconds)
+}
+
+/// [`describe_run`] without the planning time.
+fn describe_outcome(plan: &Fastest) -> String {
     let Some(whole) = &plan.whole_model else { return describe_plan(&plan.layers) };
     let sentences = match (whole.whole_input, whole.sentences) {
         (true, 1) => "its 1 sentence".to_owned(),
@@ -504,32 +533,45 @@ mod tests {
             planned_seconds,
             ran,
         };
-        let faster =
-            Fastest { layers: layers.clone(), whole_model: Some(whole(0.016, "planned", false)) };
+        let faster = Fastest {
+            layers: layers.clone(),
+            whole_model: Some(whole(0.016, "planned", false)),
+            seconds: 3.04,
+        };
         assert_eq!(
             describe_run(&faster),
             "1 of 2 linear layers ran in n:m 2:4, the rest dense: the whole model 1.25x dense \
-             (16.0 ms against 20.0 ms dense on the first 3 sentences)"
+             (16.0 ms against 20.0 ms dense on the first 3 sentences); planning took 3.0 s"
         );
-        let all =
-            Fastest { layers: layers.clone(), whole_model: Some(whole(0.016, "planned", true)) };
+        let all = Fastest {
+            layers: layers.clone(),
+            whole_model: Some(whole(0.016, "planned", true)),
+            seconds: 1.0,
+        };
         assert!(
-            describe_run(&all).ends_with("dense on all 3 sentences)"),
+            describe_run(&all).ends_with("dense on all 3 sentences); planning took 1.0 s"),
             "{}",
             describe_run(&all)
         );
         // Where dense ran, the layers say dense and the line names the plan that lost.
         let dense_layers = vec![choice("n:m 2:4", true, "dense"), choice("csr", true, "dense")];
-        let slower =
-            Fastest { layers: dense_layers, whole_model: Some(whole(0.0199, "dense", false)) };
+        let slower = Fastest {
+            layers: dense_layers,
+            whole_model: Some(whole(0.0199, "dense", false)),
+            seconds: 2.0,
+        };
         assert_eq!(
             describe_run(&slower),
             "all 2 linear layers ran dense: with the timed plan (1 in n:m 2:4) the model was not \
-             2% faster as a whole (19.9 ms against 20.0 ms dense on the first 3 sentences)"
+             2% faster as a whole (19.9 ms against 20.0 ms dense on the first 3 sentences); \
+             planning took 2.0 s"
         );
         // Without a layer out of dense, nothing was timed as a whole.
         let dense = vec![choice("csr", true, "dense")];
-        let untimed = Fastest { layers: dense.clone(), whole_model: None };
-        assert_eq!(describe_run(&untimed), describe_plan(&dense));
+        let untimed = Fastest { layers: dense.clone(), whole_model: None, seconds: 0.5 };
+        assert_eq!(
+            describe_run(&untimed),
+            format!("{}; planning took 0.5 s", describe_plan(&dense))
+        );
     }
 }

@@ -211,6 +211,8 @@ fn embed_fastest_runs_a_timed_plan_and_keeps_the_embeddings() {
         // Where a layer left dense, the whole model was timed both ways on the first
         // sentences (up to the layers' timing tokens) and the faster ran; dense runs
         // the plain run's model, so its embeddings are the plain ones exactly.
+        assert!(fastest["planning_seconds"].as_f64().unwrap() > 0.0, "{fastest}");
+        assert!(plain.get("planning_seconds").is_none(), "nothing planned without --fastest");
         let whole = &fastest["whole_model"];
         if whole.is_null() {
             let all_dense = layers.iter().all(|l| l["chosen"] == "dense");
@@ -239,6 +241,7 @@ fn embed_fastest_runs_a_timed_plan_and_keeps_the_embeddings() {
         assert!(least > 0.999, "{}: least cosine {least}", model.display());
         let said = ok(&[&args[..], &["--fastest"]].concat());
         assert!(said.contains("linear layers ran"), "the summary says how they ran: {said}");
+        assert!(said.contains("; planning took "), "and what planning cost: {said}");
     }
 }
 
