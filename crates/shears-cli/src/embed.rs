@@ -10,7 +10,7 @@ use serde::Serialize;
 use shears_io::Dtype;
 use shears_models::{
     Agreement, FormatChoice, SentenceTransformer, TIMING_TOKENS, TOKENS_PER_PASS, agreement,
-    choose_formats, read_numbered_texts, read_texts,
+    choose_formats, read_numbered_texts,
 };
 
 use crate::cli::{EmbedArgs, EvalArgs};
@@ -49,18 +49,47 @@ fn load(folder: &Path, max_len: Option<u32>) -> Result<SentenceTransformer> {
 /// far more than its embeddings.
 const SENTENCES_PER_PASS: usize = 1024;
 
+/// Texts read from a file, each with its line number there (from 1), so that an error
+/// names the line and not the text's place among the lines that hold text.
+struct Texts<'a> {
+    file: &'a Path,
+    lines: Vec<usize>,
+    texts: Vec<String>,
+}
+
+impl<'a> Texts<'a> {
+    fn read(file: &'a Path, limit: u32) -> Result<Texts<'a>> {
+        let (lines, texts) = read_numbered_texts(file, limit as usize)?.into_iter().unzip();
+        Ok(Texts { file, lines, texts })
+    }
+
+    /// `e` naming the file and line of the sentence it is about.
+    fn name_line(&self, e: shears_models::Error, first: usize) -> anyhow::Error {
+        let at = |sentence: usize| {
+            let line = self.lines.get(first + sentence).copied().unwrap_or(0);
+            format!("{}: line {line}", self.file.display())
+        };
+        match e {
+            shears_models::Error::NonFinite { sentence, value } => anyhow::anyhow!(
+                "{}: the model's output is not finite ({value}): check its weights and config",
+                at(sentence)
+            ),
+            shears_models::Error::NoTokens { sentence } => anyhow::anyhow!(
+                "{}: no tokens: the tokenizer adds no special tokens and keeps nothing of this text",
+                at(sentence)
+            ),
+            e => e.into(),
+        }
+    }
+}
+
 /// The embeddings of `texts`, one column per text, a pass of sentences at a time.
-fn embed_all(model: &SentenceTransformer, texts: &[String]) -> Result<DMatrix<f32>> {
+fn embed_all(model: &SentenceTransformer, texts: &Texts) -> Result<DMatrix<f32>> {
     let hidden = model.model.config().hidden_size;
-    let mut embeddings = DMatrix::<f32>::zeros(hidden, texts.len());
-    for (pass, chunk) in texts.chunks(SENTENCES_PER_PASS).enumerate() {
+    let mut embeddings = DMatrix::<f32>::zeros(hidden, texts.texts.len());
+    for (pass, chunk) in texts.texts.chunks(SENTENCES_PER_PASS).enumerate() {
         let start = pass * SENTENCES_PER_PASS;
-        let part = model.embed(chunk).map_err(|e| match e {
-            shears_models::Error::NonFinite { sentence, value } => {
-                shears_models::Error::NonFinite { sentence: start + sentence, value }
-            }
-            e => e,
-        })?;
+        let part = model.embed(chunk).map_err(|e| texts.name_line(e, start))?;
         embeddings.columns_mut(start, chunk.len()).copy_from(&part);
     }
     Ok(embeddings)
@@ -88,8 +117,7 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
         // temporary beside the output is made and removed again.
         drop(shears_io::PendingFile::create(out)?);
     }
-    let (lines, texts): (Vec<usize>, Vec<String>) =
-        read_numbered_texts(&args.texts, args.limit as usize)?.into_iter().unzip();
+    let texts = Texts::read(&args.texts, args.limit)?;
     let (model, plan) = if args.fastest {
         let (model, plan) = run_fastest(&args.model, args.max_len, &texts)?;
         (model, Some(plan))
@@ -97,8 +125,9 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
         (load(&args.model, args.max_len)?, None)
     };
     let embeddings = embed_all(&model, &texts)?;
+    let lines = &texts.lines;
     if let Some(out) = &args.output {
-        write_embeddings(out, &embeddings, &lines)?;
+        write_embeddings(out, &embeddings, lines)?;
     }
     // Rows no longer match lines one for one when blank lines were skipped.
     let skipped = lines.last().map_or(0, |&last| last - lines.len());
@@ -128,11 +157,11 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
         }
         print_json(&Output {
             model: args.model.display().to_string(),
-            sentences: texts.len(),
+            sentences: texts.texts.len(),
             dimensions: embeddings.nrows(),
             output: args.output.as_ref().map(|p| p.display().to_string()),
             embeddings: embeddings.as_slice().chunks(embeddings.nrows().max(1)).collect(),
-            lines: &lines,
+            lines,
             layers: plan.as_ref().map(|p| p.layers.as_slice()),
             whole_model: plan.as_ref().and_then(|p| p.whole_model.as_ref()),
             planning_seconds: plan.as_ref().map(|p| p.seconds),
@@ -152,8 +181,8 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
     };
     outln!(
         "embedded {} sentence{} into {} dimensions{skipped}{written}",
-        texts.len(),
-        if texts.len() == 1 { "" } else { "s" },
+        texts.texts.len(),
+        if texts.texts.len() == 1 { "" } else { "s" },
         embeddings.nrows()
     )?;
     if let Some(plan) = &plan {
@@ -222,12 +251,16 @@ const WHOLE_MODEL_SECONDS: f64 = 0.25;
 fn run_fastest(
     folder: &Path,
     max_len: Option<u32>,
-    texts: &[String],
+    all_texts: &Texts,
 ) -> Result<(SentenceTransformer, Fastest)> {
     let start = Instant::now();
     let mut planned = open(folder, max_len)?;
+    let texts = &all_texts.texts;
     let first = planned.tokenizer.encode(&texts[..texts.len().min(SENTENCES_PER_PASS)])?;
-    // A tokenizer without special tokens can leave texts no tokens at all.
+    // A text of no tokens would fail only after planning.
+    if let Some(sentence) = first.lengths.iter().position(|&len| len == 0) {
+        return Err(all_texts.name_line(shears_models::Error::NoTokens { sentence }, 0));
+    }
     let tokens = first.tokens().clamp(1, TOKENS_PER_PASS);
     let mut layers = choose_formats(&mut planned.model, tokens)?;
     let timed = first.slice(first.chunks(TIMING_TOKENS).first().cloned().unwrap_or(0..0));
@@ -410,9 +443,10 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
             sizes.1
         );
     }
-    let texts = read_texts(&args.texts, args.limit as usize)?;
-    if texts.len() < 2 {
-        bail!("{}: eval needs at least 2 sentences, it has {}", args.texts.display(), texts.len());
+    let texts = Texts::read(&args.texts, args.limit)?;
+    if texts.texts.len() < 2 {
+        let found = texts.texts.len();
+        bail!("{}: eval needs at least 2 sentences, it has {found}", args.texts.display());
     }
     let a = embed_all(&dense, &texts)?;
     drop(dense);

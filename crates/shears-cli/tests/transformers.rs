@@ -542,7 +542,35 @@ fn a_model_that_computes_nan_is_an_error() {
     refused(&["embed", m, "--texts", &texts, "-o", out.to_str().unwrap()], "not finite");
     assert!(!out.exists());
     let dense = tiny_bert();
-    refused(&["eval", dense.to_str().unwrap(), m, "--texts", &texts], "sentence 1 ");
+    refused(&["eval", dense.to_str().unwrap(), m, "--texts", &texts], "validation.txt: line 1:");
+}
+
+/// A text the tokenizer keeps no token of (one without special tokens, given only
+/// characters its normaliser drops) is an error naming its line, not a zero embedding.
+#[test]
+fn a_text_of_no_tokens_is_an_error_naming_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    copy_tiny_bert(&model);
+    let tokenizer = model.join("tokenizer.json");
+    let mut json: Value = serde_json::from_slice(&std::fs::read(&tokenizer).unwrap()).unwrap();
+    json["post_processor"] = Value::Null;
+    std::fs::write(&tokenizer, serde_json::to_vec(&json).unwrap()).unwrap();
+    let texts = dir.path().join("texts.txt");
+    // Line 4 is a control character, which `trim` keeps and BERT's normaliser removes.
+    std::fs::write(&texts, "the cat sat\n\nthe dog ran\n\u{7}\nthe end\n").unwrap();
+    let (m, t) = (model.to_str().unwrap(), texts.to_str().unwrap());
+    let out = dir.path().join("e.safetensors");
+    let o = out.to_str().unwrap();
+    let named = format!("{t}: line 4: no tokens");
+    refused(&["embed", m, "--texts", t, "-o", o], &named);
+    refused(&["embed", m, "--texts", t, "-o", o, "--fastest"], &named);
+    assert!(!out.exists());
+    refused(&["eval", m, m, "--texts", t], &named);
+    // Without that line the same folder embeds.
+    std::fs::write(&texts, "the cat sat\n\nthe dog ran\n").unwrap();
+    ok(&["embed", m, "--texts", t, "-o", o]);
+    assert_eq!(read(&out)["embeddings"].1, [2, 32]);
 }
 
 #[test]

@@ -644,7 +644,7 @@ impl SentenceTransformer {
     /// folder says. Texts run [`TOKENS_PER_PASS`] tokens at a time.
     ///
     /// # Errors
-    /// As [`TextEncoder::encode`] and [`BertModel::forward`].
+    /// As [`TextEncoder::encode`] and [`SentenceTransformer::embed_batch`].
     pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<DMatrix<f32>> {
         let batch = self.tokenizer.encode(texts)?;
         self.embed_batch(&batch)
@@ -653,8 +653,12 @@ impl SentenceTransformer {
     /// The embeddings of a tokenized batch.
     ///
     /// # Errors
-    /// As [`BertModel::forward`].
+    /// [`Error::NoTokens`] for a sentence of no tokens (pooling it would give a zero
+    /// vector, which is no embedding); as [`BertModel::forward`].
     pub fn embed_batch(&self, batch: &Batch) -> Result<DMatrix<f32>> {
+        if let Some(sentence) = batch.lengths.iter().position(|&len| len == 0) {
+            return Err(Error::NoTokens { sentence });
+        }
         let hidden = self.model.config().hidden_size;
         let mut out = DMatrix::<f32>::zeros(hidden, batch.sentences());
         for chunk in batch.chunks(TOKENS_PER_PASS) {

@@ -56,6 +56,13 @@ pub enum Error {
         /// The value found.
         value: f32,
     },
+    /// A text the tokenizer turned into no tokens at all (one without special tokens,
+    /// given a text it keeps nothing of): it has no embedding.
+    #[error("sentence {} (of the lines with text) gives no tokens: the tokenizer adds no special tokens and keeps nothing of its text", .sentence + 1)]
+    NoTokens {
+        /// The sentence (0-based, in the order given).
+        sentence: usize,
+    },
     /// Reading or writing checkpoint files.
     #[error(transparent)]
     Io(#[from] shears_io::Error),

@@ -220,6 +220,11 @@ fn bad_folders_and_inputs_are_errors_that_name_the_problem() {
     assert!(model.model.forward(&bad).unwrap_err().to_string().contains("outside the vocabulary"));
     let long = Batch { ids: vec![1; 65], type_ids: vec![0; 65], lengths: vec![65] };
     assert!(model.model.forward(&long).unwrap_err().to_string().contains("position embeddings"));
+    // A sentence of no tokens has no embedding (pooling would make it a zero vector).
+    let empty = Batch { ids: vec![1, 2], type_ids: vec![0, 0], lengths: vec![2, 0] };
+    let err = model.embed_batch(&empty).unwrap_err();
+    assert!(matches!(err, shears_models::Error::NoTokens { sentence: 1 }), "{err}");
+    assert!(err.to_string().starts_with("sentence 2 (of the lines with text) gives no tokens"));
 }
 
 /// Packing is exact: embedding sentences together or one at a time gives the same
