@@ -89,7 +89,7 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
                 // the f32 GEMM on their dequantized weights.
                 let (rows, cols) = linear.shape();
                 let zeros = int8.values().iter().filter(|&&v| v == 0).count();
-                let int8_seconds = best_of_three(|| linear.forward(x).map(drop))?;
+                let int8_seconds = best_of(TIMED_RUNS, || linear.forward(x).map(drop))?;
                 linear.dequantize();
                 let dense_seconds = dense_times.time(linear, x)?;
                 let chosen = if int8_seconds < dense_seconds {
@@ -143,14 +143,14 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
             };
             if proposed != Format::Dense {
                 linear.set_format(proposed)?;
-                let mut seconds = best_of_three(|| linear.forward(x).map(drop))?;
+                let mut seconds = best_of(TIMED_RUNS, || linear.forward(x).map(drop))?;
                 let values = linear.value_type();
                 if values != "f32" {
                     // Half-precision values (a bf16 or f16 checkpoint's) are named, and
                     // kept only where they beat the same format in f32.
                     choice.proposed = format!("{proposed} {values}");
                     linear.set_f32_format(proposed)?;
-                    let f32_seconds = best_of_three(|| linear.forward(x).map(drop))?;
+                    let f32_seconds = best_of(TIMED_RUNS, || linear.forward(x).map(drop))?;
                     if f32_seconds < seconds {
                         (seconds, choice.proposed) = (f32_seconds, proposed.to_string());
                     } else {
@@ -238,27 +238,30 @@ impl DenseTimes {
     fn time(&mut self, linear: &Linear, x: &DMatrix<f32>) -> Result<f64> {
         let (rows, cols) = linear.shape();
         let key = (rows, cols, linear.value_type());
-        let run = || linear.forward(x).map(drop);
-        match self.fastest.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, fastest)) => {
-                let start = Instant::now();
-                run()?;
-                *fastest = fastest.min(start.elapsed().as_secs_f64());
-                Ok(*fastest)
+        let known = self.fastest.iter().position(|(k, _)| *k == key);
+        let runs = if known.is_some() { 1 } else { TIMED_RUNS };
+        let seconds = best_of(runs, || linear.forward(x).map(drop))?;
+        Ok(match known {
+            Some(i) => {
+                let fastest = &mut self.fastest[i].1;
+                *fastest = fastest.min(seconds);
+                *fastest
             }
             None => {
-                let seconds = best_of_three(run)?;
                 self.fastest.push((key, seconds));
-                Ok(seconds)
+                seconds
             }
-        }
+        })
     }
 }
 
-/// The least of three timed runs of `f`, in seconds.
-fn best_of_three(mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+/// Runs a layer's format is timed over; the fastest counts.
+const TIMED_RUNS: usize = 3;
+
+/// The least of `runs` timed runs of `f`, in seconds.
+fn best_of(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     let mut best = f64::INFINITY;
-    for _ in 0..3 {
+    for _ in 0..runs {
         let start = Instant::now();
         f()?;
         best = best.min(start.elapsed().as_secs_f64());
