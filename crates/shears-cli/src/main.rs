@@ -43,9 +43,12 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
-            // clap's whole report: what is wrong, the usage line, "did you mean", the
-            // valid values.
-            let _ = e.print();
+            if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                // `shears` alone: the help, as it is.
+                let _ = e.print();
+            } else {
+                report_error(&one_line(&e.render().to_string()));
+            }
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -113,9 +116,77 @@ fn closed_pipe(e: &anyhow::Error) -> bool {
 }
 
 /// The binary's one-line error report, on stderr (where a failed write is ignored).
+/// clap's report of a command line it refuses, on one line as every other error: what is
+/// wrong, its valid values and tips ("a similar argument exists"), and the usage, without
+/// the pointer to `--help`.
+fn one_line(report: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    // Within a list ("the following required arguments were not provided:").
+    let mut listing = false;
+    for line in report.lines().map(str::trim).filter(|line| !line.is_empty()) {
+        if line.starts_with("For more information") {
+            continue;
+        }
+        let line = line.strip_prefix("error: ").unwrap_or(line);
+        if let Some(usage) = line.strip_prefix("Usage: ") {
+            parts.push(format!("usage: {usage}"));
+            listing = false;
+        } else if let Some(last) = parts.last_mut().filter(|_| listing && !line.starts_with("tip:"))
+        {
+            last.push_str(if last.ends_with(':') { " " } else { ", " });
+            last.push_str(line);
+        } else {
+            parts.push(line.to_owned());
+            listing = line.ends_with(':');
+        }
+    }
+    parts.join("; ")
+}
+
 fn report_error(message: &str) {
     report::to_stderr(format_args!(
         "shears: error: {}",
         report::printable(&message.replace('\n', " "))
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// clap's report for `args`, made one line.
+    fn refused(args: &[&str]) -> String {
+        let e = Cli::try_parse_from([&["shears"], args].concat()).err().unwrap();
+        assert!(e.use_stderr(), "{args:?}");
+        one_line(&e.render().to_string())
+    }
+
+    #[test]
+    fn clap_reports_become_one_line_that_keeps_what_helps() {
+        for args in [
+            &["prnue"][..],
+            &["prune", "m", "-o", "out", "--sparsty", "0.5"],
+            &["embed"],
+            &["prune", "m", "-o", "out", "-s", "2"],
+        ] {
+            let line = refused(args);
+            assert!(!line.contains('\n') && !line.contains("For more information"), "{line}");
+            assert!(!line.starts_with("error:"), "{line}");
+        }
+        let line = refused(&["prnue"]);
+        assert!(line.starts_with("unrecognized subcommand 'prnue'"), "{line}");
+        assert!(line.contains("similar subcommand exists: 'prune'"), "{line}");
+        assert!(line.ends_with("; usage: shears <COMMAND>"), "{line}");
+        // A list after a colon stays one clause, its items joined by commas.
+        let line = refused(&["embed"]);
+        assert!(
+            line.starts_with(
+                "the following required arguments were not provided: --texts <FILE>, <MODEL>; "
+            ),
+            "{line}"
+        );
+        assert!(refused(&["prune", "m", "-o", "out", "-s", "2"]).contains("[0, 1]"));
+    }
 }
