@@ -39,6 +39,7 @@
 mod int8;
 mod isa;
 mod nm_lanes;
+mod nm_rows;
 mod scratch;
 mod spmm;
 mod spmv;
@@ -53,7 +54,8 @@ pub(crate) use int8::{
     INTEGER_MIN_BATCH, Int8DenseView, PackedWeights, int8_csr_spmm, int8_csr_spmv,
     int8_dense_product, int8_nm_product, scale_of_max,
 };
-pub(crate) use spmm::{bsr_spmm, csr_spmm, nm_spmm, sell_spmm};
+pub(crate) use nm_rows::nm_spmm;
+pub(crate) use spmm::{bsr_spmm, csr_spmm, sell_spmm};
 pub(crate) use spmv::{bsr_spmv, csr_spmv, nm_spmv, sell_spmv};
 
 /// Which compiled copy of the kernels runs.

@@ -20,9 +20,8 @@ use nalgebra::DMatrix;
 use shears_core::Scalar;
 
 use super::isa::{Isa, fma, is};
-use super::spmm::{
-    NM_PANEL, NmRowBlocks, PARALLEL_COPY, for_each_block, nm_rows, nm_window_slots, to_panels,
-};
+use super::nm_rows::{NM_PANEL, NmRowBlocks, nm_rows, nm_window_slots};
+use super::spmm::{PARALLEL_COPY, for_each_block, to_panels};
 use super::{KernelPath, NmView, Stored, combine, kernel_path, multiversion};
 
 /// Output rows per vector on the AVX2 copy, and in the vectors the AVX-512 copy takes
@@ -510,7 +509,7 @@ multiversion! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::spmm::nm_spmm_row_major;
+    use crate::kernels::nm_rows::nm_spmm_row_major;
 
     const PATHS: [KernelPath; 4] =
         [KernelPath::Portable, KernelPath::Avx2, KernelPath::Avx512, KernelPath::Neon];
