@@ -92,6 +92,13 @@ pub(crate) fn prune(
         );
     }
     let batch = transformer.tokenizer.encode(&texts)?;
+    if batch.tokens() == 0 {
+        bail!(
+            "{}: no line gives a token: the tokenizer of {} adds no special tokens and keeps nothing of them",
+            calib.display(),
+            folder.display()
+        );
+    }
     let activations = (2 * 4 * hidden as u64).saturating_mul(batch.tokens() as u64);
     if activations > CALIBRATION_MAX_BYTES {
         bail!(

@@ -63,8 +63,9 @@ impl<'a> Texts<'a> {
         Ok(Texts { file, lines, texts })
     }
 
-    /// `e` naming the file and line of the sentence it is about.
-    fn name_line(&self, e: shears_models::Error, first: usize) -> anyhow::Error {
+    /// `e` naming the file and line of the sentence it is about (`first` being the
+    /// sentence `e` counts from), and the model folder whose tokenizer gave it no tokens.
+    fn name_line(&self, e: shears_models::Error, first: usize, model: &Path) -> anyhow::Error {
         let at = |sentence: usize| {
             let line = self.lines.get(first + sentence).copied().unwrap_or(0);
             format!("{}: line {line}", self.file.display())
@@ -75,8 +76,9 @@ impl<'a> Texts<'a> {
                 at(sentence)
             ),
             shears_models::Error::NoTokens { sentence } => anyhow::anyhow!(
-                "{}: no tokens: the tokenizer adds no special tokens and keeps nothing of this text",
-                at(sentence)
+                "{}: no tokens: the tokenizer of {} adds no special tokens and keeps nothing of this text",
+                at(sentence),
+                model.display()
             ),
             e => e.into(),
         }
@@ -84,12 +86,12 @@ impl<'a> Texts<'a> {
 }
 
 /// The embeddings of `texts`, one column per text, a pass of sentences at a time.
-fn embed_all(model: &SentenceTransformer, texts: &Texts) -> Result<DMatrix<f32>> {
+fn embed_all(model: &SentenceTransformer, folder: &Path, texts: &Texts) -> Result<DMatrix<f32>> {
     let hidden = model.model.config().hidden_size;
     let mut embeddings = DMatrix::<f32>::zeros(hidden, texts.texts.len());
     for (pass, chunk) in texts.texts.chunks(SENTENCES_PER_PASS).enumerate() {
         let start = pass * SENTENCES_PER_PASS;
-        let part = model.embed(chunk).map_err(|e| texts.name_line(e, start))?;
+        let part = model.embed(chunk).map_err(|e| texts.name_line(e, start, folder))?;
         embeddings.columns_mut(start, chunk.len()).copy_from(&part);
     }
     Ok(embeddings)
@@ -124,7 +126,7 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
     } else {
         (load(&args.model, args.max_len)?, None)
     };
-    let embeddings = embed_all(&model, &texts)?;
+    let embeddings = embed_all(&model, &args.model, &texts)?;
     let lines = &texts.lines;
     if let Some(out) = &args.output {
         write_embeddings(out, &embeddings, lines)?;
@@ -259,7 +261,7 @@ fn run_fastest(
     let first = planned.tokenizer.encode(&texts[..texts.len().min(SENTENCES_PER_PASS)])?;
     // A text of no tokens would fail only after planning.
     if let Some(sentence) = first.lengths.iter().position(|&len| len == 0) {
-        return Err(all_texts.name_line(shears_models::Error::NoTokens { sentence }, 0));
+        return Err(all_texts.name_line(shears_models::Error::NoTokens { sentence }, 0, folder));
     }
     let tokens = first.tokens().clamp(1, TOKENS_PER_PASS);
     let mut layers = choose_formats(&mut planned.model, tokens)?;
@@ -448,17 +450,17 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
         let found = texts.texts.len();
         bail!("{}: eval needs at least 2 sentences, it has {found}", args.texts.display());
     }
-    let a = embed_all(&dense, &texts)?;
+    let a = embed_all(&dense, &args.dense, &texts)?;
     drop(dense);
     // A pruned folder with int8 layers is measured twice: as the library and `bench` run
     // it (integer products on tokens rounded to int8), then with its weights as f32.
     let int8 = if pruned.model.linears().any(|l| l.int8().is_some()) {
-        Some(agreement(&a, &embed_all(&pruned, &texts)?)?)
+        Some(agreement(&a, &embed_all(&pruned, &args.pruned, &texts)?)?)
     } else {
         None
     };
     pruned.model.dequantize();
-    let result = agreement(&a, &embed_all(&pruned, &texts)?)?;
+    let result = agreement(&a, &embed_all(&pruned, &args.pruned, &texts)?)?;
     if args.json {
         #[derive(Serialize)]
         struct Output<'a> {

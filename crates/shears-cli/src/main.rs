@@ -32,6 +32,7 @@ mod report;
 mod sources;
 mod tensor_filter;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -40,14 +41,15 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     remove_temporaries_on_signals();
-    let cli = match Cli::try_parse() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
             if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
                 // `shears` alone: the help, as it is.
                 let _ = e.print();
             } else {
-                report_error(&one_line(&e.render().to_string()));
+                report_error(&refusal(&args, e));
             }
             return ExitCode::from(2);
         }
@@ -116,6 +118,26 @@ fn closed_pipe(e: &anyhow::Error) -> bool {
 }
 
 /// The binary's one-line error report, on stderr (where a failed write is ignored).
+/// clap's report of the command line `args` it refused with `e`, on one line, quoting the
+/// arguments with their control characters escaped: clap drops escape sequences from what
+/// it renders, so it would quote another value than the one given, and a value holding a
+/// newline would split the report. So the escaped arguments are parsed again, and their
+/// report is the one given when clap refuses them for the same reason.
+fn refusal(args: &[OsString], e: clap::Error) -> String {
+    let escaped: Vec<OsString> = args
+        .iter()
+        .map(|arg| match arg.to_str() {
+            Some(text) => report::printable(text).into_owned().into(),
+            None => arg.clone(),
+        })
+        .collect();
+    let e = match Cli::try_parse_from(&escaped) {
+        Err(again) if escaped != args && again.kind() == e.kind() => again,
+        _ => e,
+    };
+    one_line(&e.render().to_string())
+}
+
 /// clap's report of a command line it refuses, on one line as every other error: what is
 /// wrong, its valid values and tips ("a similar argument exists"), and the usage, without
 /// the pointer to `--help`.
@@ -144,10 +166,7 @@ fn one_line(report: &str) -> String {
 }
 
 fn report_error(message: &str) {
-    report::to_stderr(format_args!(
-        "shears: error: {}",
-        report::printable(&message.replace('\n', " "))
-    ));
+    report::to_stderr(format_args!("shears: error: {}", report::printable(message)));
 }
 
 #[cfg(test)]

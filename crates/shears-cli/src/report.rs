@@ -134,17 +134,25 @@ pub(crate) fn stdout_error(e: std::io::Error) -> std::io::Error {
 /// One table line: each cell padded to its column's width (in characters), two spaces
 /// between columns, no trailing spaces. Padded by hand: `format!`'s width is a `u16`, and
 /// a tensor name may be longer.
-/// `text` with its control characters escaped (`\u{1b}`): names read from a file reach
-/// the terminal as text, never as escape sequences that could rewrite what it shows.
+/// `text` with its control characters and bidirectional-text controls escaped
+/// (`\u{1b}`, `\u{202e}`): names read from a file or the command line reach the terminal
+/// as text, never as escape sequences that could rewrite what it shows, nor as marks
+/// that reorder the line.
 pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.chars().any(char::is_control) {
+    if text.chars().any(needs_escape) {
         text.chars()
-            .map(|c| if c.is_control() { c.escape_default().collect() } else { c.to_string() })
+            .map(|c| if needs_escape(c) { c.escape_default().collect() } else { c.to_string() })
             .collect::<String>()
             .into()
     } else {
         text.into()
     }
+}
+
+/// A control character, or a mark that changes the direction of the text around it.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 fn format_line(cells: &[String], widths: &[usize]) -> String {
@@ -187,6 +195,8 @@ mod tests {
     fn control_characters_are_escaped() {
         assert_eq!(printable("layers.0.weight"), "layers.0.weight");
         assert_eq!(printable("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\n");
+        assert_eq!(printable("a\u{202e}cba\u{2069}"), "a\\u{202e}cba\\u{2069}");
+        assert_eq!(printable("naïve café"), "naïve café");
         let widths = [4, 1];
         assert_eq!(format_line(&["\u{7}".into(), "1".into()], &widths), "\\u{7}  1");
     }

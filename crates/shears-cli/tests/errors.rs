@@ -110,6 +110,17 @@ fn bad_arguments() {
     fails_usage(&strs(&prune(&["-s", "0.5", "--scope", "all"])), &out, &["layer or global"]);
     fails_usage(&["prune", i, "--pattern", "2:4"], &out, &["--output", "usage: shears prune"]);
     fails_usage(&strs(&prune(&["-s", "0.5", "--sparsty", "0.5"])), &out, &["--sparsity"]);
+    // A refused value is quoted as given, its control characters and direction marks
+    // escaped, not dropped, and a newline in it does not end the report.
+    fails_usage(
+        &strs(&prune(&["-s", "0.5", "--method", "a\u{1b}[31mred\nUsage: x"])),
+        &out,
+        &["'a\\u{1b}[31mred\\nUsage: x' for '--method", "one of magnitude"],
+    );
+    fails_usage(&strs(&prune(&["-s", "0.5", "--method", "\u{202e}l1"])), &out, &["'\\u{202e}l1'"]);
+    fails_usage(&["pr\u{1b}une"], &out, &["'pr\\u{1b}une'"]);
+    // A newline in a file's name is shown escaped, not as a space (another name).
+    fails(&["prune", "x\ny", "-o", o, "-s", "0.5"], &out, "x\\ny");
     for batch in ["0", "4000000000", "18446744073709551615", "100000"] {
         fails_usage(&["bench", i, "--batch", batch], &out, &["1 to 65536"]);
     }

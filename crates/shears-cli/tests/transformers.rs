@@ -562,11 +562,21 @@ fn a_text_of_no_tokens_is_an_error_naming_its_line() {
     let (m, t) = (model.to_str().unwrap(), texts.to_str().unwrap());
     let out = dir.path().join("e.safetensors");
     let o = out.to_str().unwrap();
-    let named = format!("{t}: line 4: no tokens");
+    let named = format!("{t}: line 4: no tokens: the tokenizer of {m} ");
     refused(&["embed", m, "--texts", t, "-o", o], &named);
     refused(&["embed", m, "--texts", t, "-o", o, "--fastest"], &named);
     assert!(!out.exists());
-    refused(&["eval", m, m, "--texts", t], &named);
+    let dense = tiny_bert();
+    refused(&["eval", dense.to_str().unwrap(), m, "--texts", t], &named);
+    // Calibration text that gives no token at all names the file.
+    let calib = dir.path().join("calib.txt");
+    std::fs::write(&calib, "\u{7}\n\u{1}\n").unwrap();
+    let c = calib.to_str().unwrap();
+    let pruned = dir.path().join("pruned");
+    let p = pruned.to_str().unwrap();
+    let wanda = ["prune", m, "-o", p, "--method", "wanda", "-s", "0.5", "--calib", c];
+    refused(&wanda, &format!("{c}: no line gives a token"));
+    assert!(!pruned.exists());
     // Without that line the same folder embeds.
     std::fs::write(&texts, "the cat sat\n\nthe dog ran\n").unwrap();
     ok(&["embed", m, "--texts", t, "-o", o]);

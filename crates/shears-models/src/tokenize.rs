@@ -235,6 +235,8 @@ pub fn read_numbered_texts(path: &Path, limit: usize) -> Result<Vec<(usize, Stri
         }
         let text = std::str::from_utf8(&line)
             .map_err(|_| file_error(format!("line {number} is not UTF-8 text")))?;
+        // A byte-order mark opens the file, and is no text.
+        let text = if number == 1 { text.trim_start_matches('\u{feff}') } else { text };
         let text = text.trim();
         if !text.is_empty() {
             texts.push((number, text.to_owned()));
@@ -301,5 +303,10 @@ mod tests {
         let split = format!("x{}", "é".repeat(40_000));
         std::fs::write(&path, &split).unwrap();
         assert_eq!(read_texts(&path, 10).unwrap()[0].len(), (64 << 10) - 1);
+        // A byte-order mark is no text: a file of one holds none.
+        std::fs::write(&path, "\u{feff}\n\n").unwrap();
+        assert!(read_texts(&path, 10).unwrap_err().to_string().contains("no line holds text"));
+        std::fs::write(&path, "\u{feff}one\r\ntwo\r\n").unwrap();
+        assert_eq!(read_texts(&path, 10).unwrap(), ["one", "two"]);
     }
 }
