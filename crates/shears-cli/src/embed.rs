@@ -14,7 +14,7 @@ use shears_models::{
 };
 
 use crate::cli::{EmbedArgs, EvalArgs};
-use crate::report::print_json;
+use crate::report::{print_json, printable};
 
 /// Loads a folder as it is stored (int8 layers as int8), with a message that says what a
 /// folder needs.
@@ -171,7 +171,7 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
         return Ok(());
     }
     let written = match &args.output {
-        Some(p) => format!(": wrote {}", p.display()),
+        Some(p) => format!(": wrote {}", printable(&p.display().to_string())),
         None => " (-o FILE writes them, --json prints them)".to_owned(),
     };
     let skipped = match skipped {

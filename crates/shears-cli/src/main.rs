@@ -53,8 +53,12 @@ fn main() -> ExitCode {
             }
             return ExitCode::from(2);
         }
+        // --help, --version: their text on stdout, which may not take it.
         Err(e) => {
-            let _ = e.print();
+            if let Err(write) = e.print() {
+                report_error(&format!("cannot write the help to stdout: {write}"));
+                return ExitCode::from(2);
+            }
             return ExitCode::SUCCESS;
         }
     };

@@ -22,7 +22,7 @@ use crate::job::Job;
 use crate::outputs::Outputs;
 use crate::progress::Progress;
 use crate::quantize::{self, Quantize};
-use crate::report::{Warnings, fraction, natural_cmp, print_json, print_table};
+use crate::report::{Warnings, fraction, natural_cmp, print_json, print_table, printable};
 use crate::sources::{Sources, Tensor, View};
 use crate::tensor_filter::{Choice, Filters};
 
@@ -759,7 +759,7 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
         None => String::new(),
     };
     let masks = match &report.masks_out {
-        Some(m) => format!(" and the masks to {m}"),
+        Some(m) => format!(" and the masks to {}", printable(m)),
         None => String::new(),
     };
     outln!(
@@ -768,7 +768,7 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
         report.pattern,
         report.scope,
         report.sparsity,
-        report.output
+        printable(&report.output)
     )?;
     Ok(())
 }

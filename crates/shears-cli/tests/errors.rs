@@ -466,3 +466,20 @@ fn existing_output_is_replaced_only_on_success() {
     assert!(o.status.success());
     assert_ne!(std::fs::read(&out).unwrap(), b"previous");
 }
+
+/// Help and version that stdout cannot take are an error, not a silent success.
+#[test]
+#[cfg(target_os = "linux")]
+fn help_that_cannot_be_written_is_an_error() {
+    for args in [&["--help"][..], &["-V"], &["prune", "--help"]] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_shears"))
+            .args(args)
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.starts_with("shears: error: cannot write the help to stdout"), "{err}");
+    }
+}
