@@ -121,7 +121,6 @@ fn closed_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-/// The binary's one-line error report, on stderr (where a failed write is ignored).
 /// clap's report of the command line `args` it refused with `e`, on one line, quoting the
 /// arguments with their control characters escaped: clap drops escape sequences from what
 /// it renders, so it would quote another value than the one given, and a value holding a
@@ -169,6 +168,7 @@ fn one_line(report: &str) -> String {
     parts.join("; ")
 }
 
+/// The binary's one-line error report, on stderr (where a failed write is ignored).
 fn report_error(message: &str) {
     report::to_stderr(format_args!("shears: error: {}", report::printable(message)));
 }

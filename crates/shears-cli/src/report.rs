@@ -131,9 +131,6 @@ pub(crate) fn stdout_error(e: std::io::Error) -> std::io::Error {
     std::io::Error::new(e.kind(), format!("cannot write the report to stdout: {e}"))
 }
 
-/// One table line: each cell padded to its column's width (in characters), two spaces
-/// between columns, no trailing spaces. Padded by hand: `format!`'s width is a `u16`, and
-/// a tensor name may be longer.
 /// `text` with its control characters and bidirectional-text controls escaped
 /// (`\u{1b}`, `\u{202e}`): names read from a file or the command line reach the terminal
 /// as text, never as escape sequences that could rewrite what it shows, nor as marks
@@ -151,10 +148,15 @@ pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
 
 /// A control character, or a mark that changes the direction of the text around it.
 fn needs_escape(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    let direction = matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}')
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c);
+    c.is_control() || direction
 }
 
+/// One table line: each cell padded to its column's width (in characters), two spaces
+/// between columns, no trailing spaces. Padded by hand: `format!`'s width is a `u16`, and
+/// a tensor name may be longer.
 fn format_line(cells: &[String], widths: &[usize]) -> String {
     let mut s = String::new();
     for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
