@@ -4,11 +4,9 @@
 
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
-use shears_models::{
-    Batch, FormatChoice, SentenceTransformer, TextEncoder, choose_formats, read_texts,
-};
+use shears_models::{FormatChoice, SentenceTransformer, TextEncoder, choose_formats, read_texts};
 use shears_sparse::Format;
 
 use crate::cli::BenchArgs;
@@ -83,13 +81,15 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
     dense.tokenizer = TextEncoder::from_folder(&args.input, seq_len)?;
     loaded.tokenizer = dense.tokenizer.clone();
     let texts = read_texts(texts_path, 100_000)?;
-    let largest = batches.iter().copied().max().unwrap_or(1);
-    let pool = token_pool(&dense, &texts, seq_len, largest)?;
+    let pool = dense.tokenizer.word_pool(&texts).map_err(|e| match e {
+        shears_models::Error::Texts(reason) => anyhow!("{}: {reason}", texts_path.display()),
+        e => e.into(),
+    })?;
     let progress = Progress::steps(batches.len() as u64, "settings", args.quiet);
     let mut settings = Vec::new();
     for &sentences in batches {
         progress.message(format!("{sentences} x {seq_len} tokens"));
-        let batch = sentences_of(&pool, sentences, seq_len);
+        let batch = pool.sentences(sentences, seq_len)?;
         let mut sparse = loaded.clone();
         let layers = choose_formats(&mut sparse.model, batch.tokens())?;
         let sparse_layers = layers.iter().filter(|l| l.chosen != "dense").count();
@@ -177,55 +177,6 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
         "Each pruned layer runs in the format that was faster than dense when timed here, so on a busy machine the choice and the speedup vary from run to run."
     )?;
     Ok(())
-}
-
-/// The texts' tokens, without special tokens, repeated until there are enough for
-/// `sentences` sentences of `seq_len` tokens.
-fn token_pool(
-    model: &SentenceTransformer,
-    texts: &[String],
-    seq_len: usize,
-    sentences: usize,
-) -> Result<Vec<u32>> {
-    let encoded = model.tokenizer.encode(texts)?;
-    // Drop each sentence's first and last token ([CLS] and [SEP]).
-    let mut words: Vec<u32> = Vec::new();
-    for range in encoded.ranges() {
-        if range.len() > 2 {
-            words.extend_from_slice(&encoded.ids[range.start + 1..range.end - 1]);
-        }
-    }
-    if words.is_empty() {
-        bail!("the texts hold no token to build sentences from");
-    }
-    let need = sentences * seq_len;
-    let mut pool = Vec::with_capacity(need);
-    while pool.len() < need {
-        let take = (need - pool.len()).min(words.len());
-        pool.extend_from_slice(&words[..take]);
-    }
-    // [CLS] and [SEP] ids: the first and last of the first encoded sentence.
-    let cls = encoded.ids[0];
-    let sep = encoded.ids[encoded.lengths[0] - 1];
-    pool.push(cls);
-    pool.push(sep);
-    Ok(pool)
-}
-
-/// `sentences` sentences of exactly `seq_len` tokens: `[CLS]`, words from the pool,
-/// `[SEP]`.
-fn sentences_of(pool: &[u32], sentences: usize, seq_len: usize) -> Batch {
-    let (cls, sep) = (pool[pool.len() - 2], pool[pool.len() - 1]);
-    let words = seq_len - 2;
-    let mut batch = Batch::default();
-    for s in 0..sentences {
-        batch.ids.push(cls);
-        batch.ids.extend_from_slice(&pool[s * words..(s + 1) * words]);
-        batch.ids.push(sep);
-        batch.lengths.push(seq_len);
-    }
-    batch.type_ids = vec![0; batch.ids.len()];
-    batch
 }
 
 /// Times each of `runs` after one warm-up run each, taking them in turn so that the

@@ -577,10 +577,14 @@ fn a_text_of_no_tokens_is_an_error_naming_its_line() {
     let wanda = ["prune", m, "-o", p, "--method", "wanda", "-s", "0.5", "--calib", c];
     refused(&wanda, &format!("{c}: no line gives a token"));
     assert!(!pruned.exists());
-    // Without that line the same folder embeds.
+    refused(&["bench", m, "--texts", c], &format!("{c}: no line gives a token other than"));
+    // Without that line the same folder embeds, and times sentences of words alone.
     std::fs::write(&texts, "the cat sat\n\nthe dog ran\n").unwrap();
     ok(&["embed", m, "--texts", t, "-o", o]);
     assert_eq!(read(&out)["embeddings"].1, [2, 32]);
+    let bench = ["bench", m, "--texts", t, "--batch", "2", "--seq-len", "5", "--json", "-q"];
+    let json: Value = serde_json::from_str(&ok(&bench)).unwrap();
+    assert_eq!(json["settings"][0]["tokens"], 10, "{json}");
 }
 
 #[test]

@@ -175,6 +175,81 @@ impl TextEncoder {
         }
         Ok(batch)
     }
+
+    /// The tokens of `texts` (each truncated to [`TextEncoder::max_len`]) apart from
+    /// the special tokens, and the special tokens that go around a sentence, as the
+    /// tokenizer's post-processor places them.
+    ///
+    /// # Errors
+    /// [`Error::Tokenizer`] if the tokenizer fails on a text; [`Error::Texts`] if no
+    /// text gives a token that is not a special one.
+    pub fn word_pool<S: AsRef<str>>(&self, texts: &[S]) -> Result<WordPool> {
+        let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+        let encodings = self
+            .tokenizer
+            .encode_batch(inputs, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let mut pool = None;
+        for e in &encodings {
+            let tokens = || e.get_ids().iter().copied().zip(e.get_type_ids().iter().copied());
+            let special = e.get_special_tokens_mask();
+            let Some(first) = special.iter().position(|&s| s == 0) else { continue };
+            let last = special.iter().rposition(|&s| s == 0).unwrap_or(first);
+            let pool = pool.get_or_insert_with(|| WordPool {
+                words: Vec::new(),
+                prefix: tokens().take(first).collect(),
+                suffix: tokens().skip(last + 1).collect(),
+            });
+            pool.words.extend(tokens().zip(special).filter(|(_, s)| **s == 0).map(|(t, _)| t));
+        }
+        pool.ok_or_else(|| {
+            Error::Texts("no line gives a token other than the tokenizer's special ones".into())
+        })
+    }
+}
+
+/// The tokens of some texts without the special ones the tokenizer adds, and those
+/// special tokens, to cut sentences of an exact length from: for timing a model on
+/// full-length sentences, whatever the texts' own lengths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WordPool {
+    /// The texts' tokens, text after text: `(id, type id)`.
+    words: Vec<(u32, u32)>,
+    /// The special tokens before a sentence's words, and after them.
+    prefix: Vec<(u32, u32)>,
+    suffix: Vec<(u32, u32)>,
+}
+
+impl WordPool {
+    /// `sentences` sentences of exactly `seq_len` tokens, special tokens included: the
+    /// pool's words in order, from the start again when they run out.
+    ///
+    /// # Errors
+    /// [`Error::Argument`] if `seq_len` leaves no room for a word after the special
+    /// tokens.
+    pub fn sentences(&self, sentences: usize, seq_len: usize) -> Result<Batch> {
+        let special = self.prefix.len() + self.suffix.len();
+        if seq_len <= special {
+            return Err(Error::Argument(format!(
+                "sentences of {seq_len} tokens leave no room for text after the tokenizer's {special} special tokens"
+            )));
+        }
+        let mut batch = Batch::default();
+        let mut words = self.words.iter().cycle();
+        for _ in 0..sentences {
+            let sentence = self
+                .prefix
+                .iter()
+                .chain(words.by_ref().take(seq_len - special))
+                .chain(&self.suffix);
+            for &(id, type_id) in sentence {
+                batch.ids.push(id);
+                batch.type_ids.push(type_id);
+            }
+            batch.lengths.push(seq_len);
+        }
+        Ok(batch)
+    }
 }
 
 /// The lines of a text file that hold text (trimmed, empty lines skipped), at most

@@ -337,3 +337,46 @@ fn int8_weights_load_as_int8_layers() {
         assert!(diff < 0.05, "{tag} dequantized: {diff}");
     }
 }
+
+/// Sentences cut from a word pool are the texts' tokens without the special ones, in
+/// order and repeated, between the special tokens a sentence is encoded with; a
+/// tokenizer that adds none gives sentences of words alone.
+#[test]
+fn word_pools_cut_exact_sentences_between_the_special_tokens() {
+    use shears_models::TextEncoder;
+    let texts = ["the cat sat", "\u{7}", "the dog ran far away"];
+    let encoder = TextEncoder::from_folder(&folder(), 64).unwrap();
+    let encoded = encoder.encode(&texts).unwrap();
+    // The oracle: BERT's template is [CLS] text [SEP], so a text's words are all of its
+    // tokens but the first and the last.
+    let mut words = Vec::new();
+    for range in encoded.ranges() {
+        words.extend_from_slice(&encoded.ids[range.start + 1..range.end - 1]);
+    }
+    let (cls, sep) = (encoded.ids[0], encoded.ids[encoded.lengths[0] - 1]);
+    let pool = encoder.word_pool(&texts).unwrap();
+    let batch = pool.sentences(3, 7).unwrap();
+    assert_eq!(batch.lengths, [7, 7, 7]);
+    assert_eq!(batch.type_ids, [0; 21]);
+    let cycled: Vec<u32> = words.iter().copied().cycle().take(15).collect();
+    for (s, range) in batch.ranges().enumerate() {
+        let sentence = &batch.ids[range];
+        assert_eq!((sentence[0], sentence[6]), (cls, sep), "sentence {s}");
+        assert_eq!(sentence[1..6], cycled[s * 5..s * 5 + 5], "sentence {s}");
+    }
+    let err = pool.sentences(1, 2).unwrap_err().to_string();
+    assert!(err.contains("sentences of 2 tokens leave no room") && err.contains("2 special"));
+    let err = encoder.word_pool(&["\u{7}", " "]).unwrap_err();
+    assert!(matches!(err, shears_models::Error::Texts(_)), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = folder().join("tokenizer.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tokenizer).unwrap()).unwrap();
+    json["post_processor"] = serde_json::Value::Null;
+    std::fs::write(dir.path().join("tokenizer.json"), serde_json::to_vec(&json).unwrap()).unwrap();
+    let bare = TextEncoder::from_folder(dir.path(), 64).unwrap();
+    let batch = bare.word_pool(&texts).unwrap().sentences(2, 4).unwrap();
+    assert_eq!(batch.ids, words.iter().copied().cycle().take(8).collect::<Vec<_>>());
+    assert_eq!(batch.lengths, [4, 4]);
+}
