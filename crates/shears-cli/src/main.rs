@@ -138,7 +138,36 @@ fn refusal(args: &[OsString], e: clap::Error) -> String {
         Err(again) if escaped != args && again.kind() == e.kind() => again,
         _ => e,
     };
-    one_line(&e.render().to_string())
+    let report = one_line(&e.render().to_string());
+    // clap says only that "one or more arguments" are not UTF-8: name the first.
+    let not_text = args.iter().enumerate().skip(1).find(|(_, arg)| arg.to_str().is_none());
+    match not_text {
+        Some((i, arg)) if e.kind() == clap::error::ErrorKind::InvalidUtf8 => {
+            let after = match i {
+                1 => String::new(),
+                _ => format!(" (after `{}`)", escape_bytes(&args[i - 1])),
+            };
+            let usage = report.find("; usage: ").map_or("", |at| &report[at..]);
+            format!(
+                "argument `{}`{after} is not UTF-8: only file paths may be other bytes{usage}",
+                escape_bytes(arg)
+            )
+        }
+        _ => report,
+    }
+}
+
+/// An argument as text: its UTF-8 runs as they are (escaped where they must be, as in
+/// every report), each byte that is not UTF-8 as `\xNN`.
+fn escape_bytes(arg: &std::ffi::OsStr) -> String {
+    let mut text = String::new();
+    for chunk in arg.as_encoded_bytes().utf8_chunks() {
+        text.push_str(&report::printable(chunk.valid()));
+        for byte in chunk.invalid() {
+            text.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    text
 }
 
 /// clap's report of a command line it refuses, on one line as every other error: what is
@@ -211,5 +240,28 @@ mod tests {
             "{line}"
         );
         assert!(refused(&["prune", "m", "-o", "out", "-s", "2"]).contains("[0, 1]"));
+    }
+
+    /// An argument that is not UTF-8 where clap wants text is named, its other bytes
+    /// escaped, with the option it follows.
+    #[test]
+    #[cfg(unix)]
+    fn an_argument_that_is_not_utf8_is_named() {
+        use std::os::unix::ffi::OsStringExt;
+        let args: Vec<OsString> = ["shears", "prune", "m", "-o", "out", "--method"]
+            .iter()
+            .map(OsString::from)
+            .chain([OsString::from_vec(b"w\xffnda\x1b".to_vec())])
+            .collect();
+        let e = Cli::try_parse_from(&args).err().unwrap();
+        let line = refusal(&args, e);
+        assert!(
+            line.starts_with(
+                "argument `w\\xffnda\\u{1b}` (after `--method`) is not UTF-8: only file paths may"
+            ),
+            "{line}"
+        );
+        assert!(line.contains("; usage: shears prune "), "{line}");
+        assert!(!line.contains('\n'), "{line}");
     }
 }
