@@ -318,7 +318,7 @@ fn seconds<T>(run: impl FnOnce() -> shears_models::Result<T>) -> Result<f64> {
 /// One line: how the layers ran (see [`describe_plan`]), and where the whole model was
 /// timed, how it compared with dense.
 fn describe_run(plan: &Fastest) -> String {
-    format!("{}; planning took {:.1} s", describe_outcome(plan), plan.seconds)
+    format!("{}; loading and planning took {:.1} s", describe_outcome(plan), plan.seconds)
 }
 
 /// [`describe_run`] without the planning time.
@@ -577,7 +577,7 @@ mod tests {
         assert_eq!(
             describe_run(&faster),
             "1 of 2 linear layers ran in n:m 2:4, the rest dense: the whole model 1.25x dense \
-             (16.0 ms against 20.0 ms dense on the first 3 sentences); planning took 3.0 s"
+             (16.0 ms against 20.0 ms dense on the first 3 sentences); loading and planning took 3.0 s"
         );
         let all = Fastest {
             layers: layers.clone(),
@@ -585,7 +585,8 @@ mod tests {
             seconds: 1.0,
         };
         assert!(
-            describe_run(&all).ends_with("dense on all 3 sentences); planning took 1.0 s"),
+            describe_run(&all)
+                .ends_with("dense on all 3 sentences); loading and planning took 1.0 s"),
             "{}",
             describe_run(&all)
         );
@@ -600,14 +601,14 @@ mod tests {
             describe_run(&slower),
             "all 2 linear layers ran dense: with the timed plan (1 in n:m 2:4) the model was not \
              2% faster as a whole (19.9 ms against 20.0 ms dense on the first 3 sentences); \
-             planning took 2.0 s"
+             loading and planning took 2.0 s"
         );
         // Without a layer out of dense, nothing was timed as a whole.
         let dense = vec![choice("csr", true, "dense")];
         let untimed = Fastest { layers: dense.clone(), whole_model: None, seconds: 0.5 };
         assert_eq!(
             describe_run(&untimed),
-            format!("{}; planning took 0.5 s", describe_plan(&dense))
+            format!("{}; loading and planning took 0.5 s", describe_plan(&dense))
         );
     }
 }

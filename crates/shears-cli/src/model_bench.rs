@@ -48,6 +48,9 @@ struct Timing {
 #[derive(Debug, Serialize)]
 struct Report {
     model: String,
+    /// The text the sentences are cut from: its tokens one after another, as many as
+    /// fill each sentence, whatever its lines' lengths.
+    texts: String,
     seq_len: usize,
     threads: usize,
     settings: Vec<Setting>,
@@ -116,6 +119,7 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
     progress.finish();
     let report = Report {
         model: args.input.display().to_string(),
+        texts: texts_path.display().to_string(),
         seq_len,
         threads: rayon::current_num_threads(),
         settings,
@@ -125,8 +129,9 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
         return Ok(());
     }
     outln!(
-        "{}: whole model, sentences of {seq_len} tokens, {} thread{} (median, range of the runs)",
+        "{}: whole model, sentences of {seq_len} tokens cut from the words of {}, {} thread{} (median, range of the runs)",
         report.model,
+        report.texts,
         report.threads,
         if report.threads == 1 { "" } else { "s" }
     )?;

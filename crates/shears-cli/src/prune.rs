@@ -211,8 +211,8 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
         && c.sentences < c.asked
     {
         report.warnings.add(format!(
-            "--calib-samples {}: {} has {} lines with text, and all were used",
-            c.asked, c.texts, c.sentences
+            "{} has {} lines with text, fewer than --calib-samples {}: all were used",
+            c.texts, c.sentences, c.asked
         ));
     }
     report.calibration = calibration;

@@ -1,7 +1,7 @@
 //! Which tensors a command works on: the role of each tensor by name (linear and
 //! convolution weights by default), `--all`, and the `--include`/`--exclude` regexes.
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, anyhow, bail};
 use regex::Regex;
 use shears_io::{Dtype, Model, SCALE_SUFFIX, TensorInfo, TensorRef, is_float};
 use shears_strategies::TensorRole;
@@ -57,6 +57,20 @@ pub(crate) struct Filters {
     all: bool,
 }
 
+/// Why `regex` refused a pattern, on one line: its syntax errors are several lines
+/// (the pattern again, a caret under the fault, then the reason), and the pattern is
+/// quoted already.
+fn regex_reason(e: &regex::Error) -> String {
+    match e {
+        regex::Error::Syntax(text) => {
+            let reason = text.lines().rev().map(str::trim).find(|l| !l.is_empty());
+            let reason = reason.unwrap_or(text);
+            reason.strip_prefix("error: ").unwrap_or(reason).to_owned()
+        }
+        e => e.to_string(),
+    }
+}
+
 impl Filters {
     /// Compiles the regexes.
     pub(crate) fn new(
@@ -69,7 +83,8 @@ impl Filters {
             patterns
                 .iter()
                 .map(|p| {
-                    let re = Regex::new(p).with_context(|| format!("invalid regex `{p}`"))?;
+                    let re = Regex::new(p)
+                        .map_err(|e| anyhow!("invalid regex `{p}`: {}", regex_reason(&e)))?;
                     Ok((p.clone(), re))
                 })
                 .collect()

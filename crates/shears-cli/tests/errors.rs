@@ -136,7 +136,17 @@ fn bad_arguments() {
         &out,
         "nothing-matches",
     );
-    fails(&["prune", i, "-o", o, "-s", "0.5", "--include", "("], &out, "regex");
+    // The regex crate's report of a syntax error (pattern, caret, reason) is one clause.
+    fails(
+        &["prune", i, "-o", o, "-s", "0.5", "--include", "(["],
+        &out,
+        "invalid regex `([`: unclosed character class",
+    );
+    fails(
+        &strs(&prune(&["-s", "0.5", "--pattern", "3:7"])),
+        &out,
+        "pattern 3:7 prunes 4 of every 7 weights (a fraction 0.5714), but sparsity 0.5",
+    );
     fails(&["prune", i, "-o", o, "-s", "0.5", "--include", "step"], &out, "step");
     fails(
         &["prune", i, "-o", o, "-s", "0.5", "--scope", "global", "--pattern", "rows"],

@@ -241,7 +241,7 @@ fn embed_fastest_runs_a_timed_plan_and_keeps_the_embeddings() {
         assert!(least > 0.999, "{}: least cosine {least}", model.display());
         let said = ok(&[&args[..], &["--fastest"]].concat());
         assert!(said.contains("linear layers ran"), "the summary says how they ran: {said}");
-        assert!(said.contains("; planning took "), "and what planning cost: {said}");
+        assert!(said.contains("; loading and planning took "), "and what planning cost: {said}");
     }
 }
 
@@ -255,7 +255,7 @@ fn the_whole_model_bench_times_dense_and_sparse_runs() {
     let json: Value =
         serde_json::from_str(&ok(&[&args[..], &["--batch", "1,2", "--json", "-q"]].concat()))
             .unwrap();
-    assert_eq!(json["seq_len"], 16);
+    assert_eq!((json["seq_len"].as_u64(), json["texts"].as_str()), (Some(16), Some(&*texts)));
     let settings = json["settings"].as_array().unwrap();
     assert_eq!(settings.len(), 2);
     for (setting, sentences) in settings.iter().zip([1, 2]) {
@@ -284,6 +284,8 @@ fn the_whole_model_bench_times_dense_and_sparse_runs() {
     }
     let table = ok(&args);
     assert!(table.contains("dense ms") && table.contains("speedup"), "{table}");
+    let header = format!("whole model, sentences of 16 tokens cut from the words of {texts}, ");
+    assert!(table.contains(&header), "{table}");
 }
 
 #[test]
@@ -426,7 +428,8 @@ fn the_record_names_the_calibration_and_files_it_left() {
     assert_eq!(c["max_len"], 16, "the folder's max_seq_length, under the default of 128");
     assert!(c["tokens"].as_u64().unwrap() >= 3 * 3, "{c}");
     let warnings = record["warnings"].to_string();
-    assert!(warnings.contains("--calib-samples 10"), "{warnings}");
+    let short = "three.txt has 3 lines with text, fewer than --calib-samples 10: all were used";
+    assert!(warnings.contains(short), "{warnings}");
     assert!(warnings.contains("stale.txt"), "{warnings}");
     assert!(out.join("stale.txt").is_file(), "left as it was");
     // A file of the same name as one the run writes is written over, and the record says so.
