@@ -91,6 +91,49 @@ struct Scan {
     structure: Option<(usize, usize, bool)>,
 }
 
+/// What one piece of whole rows holds: zeros, zero rows, the columns with a nonzero,
+/// and whether every row is 2:4 so far.
+struct Rows {
+    zeros: usize,
+    zero_rows: usize,
+    col_used: Vec<bool>,
+    is_2_4: bool,
+}
+
+impl Rows {
+    /// Scans `piece`, rows of `cols` entries, `is_zero` telling a zero.
+    fn of<E>(piece: &[E], cols: usize, is_zero: impl Fn(&E) -> bool) -> Rows {
+        let mut rows = Rows { zeros: 0, zero_rows: 0, col_used: vec![false; cols], is_2_4: true };
+        for row in piece.chunks_exact(cols) {
+            let row_zeros = row.iter().filter(|v| is_zero(v)).count();
+            rows.zeros += row_zeros;
+            rows.zero_rows += usize::from(row_zeros == cols);
+            for (used, v) in rows.col_used.iter_mut().zip(row) {
+                *used |= !is_zero(v);
+            }
+            rows.is_2_4 &= NmPattern::TWO_FOUR.row_conforms(row.iter().map(|v| !is_zero(v)));
+        }
+        rows
+    }
+
+    /// The scan of a tensor of `cols` columns from its pieces.
+    fn merge(pieces: impl IntoIterator<Item = Rows>, cols: usize) -> Scan {
+        let mut all = Rows { zeros: 0, zero_rows: 0, col_used: vec![false; cols], is_2_4: true };
+        for piece in pieces {
+            all.zeros += piece.zeros;
+            all.zero_rows += piece.zero_rows;
+            all.is_2_4 &= piece.is_2_4;
+            all.col_used.iter_mut().zip(piece.col_used).for_each(|(a, b)| *a |= b);
+        }
+        let zero_cols = all.col_used.iter().filter(|&&used| !used).count();
+        let whole_groups = cols.is_multiple_of(NmPattern::TWO_FOUR.m());
+        Scan {
+            zeros: all.zeros,
+            structure: Some((all.zero_rows, zero_cols, all.is_2_4 && whole_groups)),
+        }
+    }
+}
+
 /// Scans tensor `name` in one streaming pass over its rows, in file order: memory is one
 /// chunk of rows and a flag per column, whatever the tensor's size.
 fn scan<T: Float, S: Source>(
@@ -103,33 +146,33 @@ fn scan<T: Float, S: Source>(
         let structure = view.map(|(rows, cols)| (rows, cols, true));
         return Ok(Scan { zeros, structure });
     };
-    let four = NmPattern::TWO_FOUR.m();
-    let whole_groups = cols % four == 0;
-    // Each piece of whole rows: (zeros, zero rows, columns with a nonzero, 2:4 so far).
-    let pieces = ckpt.map_decoded(name, cols, |piece: &[T]| {
-        let (mut zeros, mut zero_rows, mut is_2_4) = (0, 0, true);
-        let mut col_used = vec![false; cols];
-        for row in piece.chunks_exact(cols) {
-            let row_zeros = zeros_in(row);
-            zeros += row_zeros;
-            zero_rows += usize::from(row_zeros == cols);
-            for (used, &v) in col_used.iter_mut().zip(row) {
-                *used |= v != T::zero();
-            }
-            is_2_4 &= NmPattern::TWO_FOUR.row_conforms(row.iter().map(|&v| v != T::zero()));
-        }
-        (zeros, zero_rows, col_used, is_2_4)
+    let pieces =
+        ckpt.map_decoded(name, cols, |piece: &[T]| Rows::of(piece, cols, |&v| v == T::zero()))?;
+    Ok(Rows::merge(pieces, cols))
+}
+
+/// [`scan`] of a PyTorch mask (bytes, 1 = keep): its zeros are the weight's pruned entries.
+fn scan_mask<S: Source>(
+    ckpt: &Checkpoint<S>,
+    name: &str,
+    view: Option<(usize, usize)>,
+) -> Result<Scan> {
+    let (unit, cols) = match view.filter(|&(rows, cols)| rows > 0 && cols > 0) {
+        Some((_, cols)) => (cols, Some(cols)),
+        None => (1, None),
+    };
+    let mut pieces = Vec::new();
+    ckpt.for_each_chunk(name, unit, |bytes| -> Result<()> {
+        pieces.push(Rows::of(bytes, unit, |&v| v == 0));
+        Ok(())
     })?;
-    let (mut zeros, mut zero_rows, mut is_2_4) = (0, 0, true);
-    let mut col_used = vec![false; cols];
-    for (z, r, used, nm) in pieces {
-        zeros += z;
-        zero_rows += r;
-        is_2_4 &= nm;
-        col_used.iter_mut().zip(used).for_each(|(a, b)| *a |= b);
-    }
-    let zero_cols = col_used.iter().filter(|&&used| !used).count();
-    Ok(Scan { zeros, structure: Some((zero_rows, zero_cols, is_2_4 && whole_groups)) })
+    Ok(match cols {
+        Some(cols) => Rows::merge(pieces, cols),
+        None => Scan {
+            zeros: pieces.iter().map(|p| p.zeros).sum(),
+            structure: view.map(|(rows, cols)| (rows, cols, true)),
+        },
+    })
 }
 
 pub(crate) fn run(args: &InspectArgs) -> Result<()> {
@@ -213,12 +256,15 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
             }
         } else if mask {
             // A torch mask (1 = keep): its sparsity is the share of zeros, the weight's.
-            let mut pruned = 0;
-            ckpt.for_each_chunk(name, 1, |b| -> Result<()> {
-                pruned += b.iter().filter(|&&v| v == 0).count();
-                Ok(())
-            })?;
+            let view = WeightShape::from_dims(&info.shape).ok().map(|v| v.matrix_shape());
+            let found = scan_mask(ckpt, name, view)?;
+            let pruned = found.zeros;
             stats.sparsity = Some(fraction(pruned, count));
+            if let Some((zero_rows, zero_cols, is_2_4)) = found.structure {
+                stats.zero_rows = Some(zero_rows);
+                stats.zero_cols = Some(zero_cols);
+                stats.is_2_4 = Some(is_2_4);
+            }
             masks += 1;
             mask_entries += count;
             mask_pruned += pruned;
@@ -276,21 +322,26 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
         Some(c) => format!(", {c:.2}x smaller than before quantization"),
         None => String::new(),
     };
-    outln!(
-        "total: {} tensors, {} parameters (floating point or int8), {} zeros, sparsity {:.4}, {} bytes{compression}{scales}",
-        total.tensors,
-        total.parameters,
-        total.zeros,
-        total.sparsity,
-        total_bytes,
-        scales = if scale_params > 0 {
-            format!(
-                " (the {scale_params} scales of int8 tensors are in the bytes, not the parameters)"
-            )
-        } else {
-            String::new()
-        }
-    )?;
+    if total.parameters == 0 && total.masks.is_some() {
+        // A file of masks only: their line below says what they hold.
+        outln!("total: {} tensors, {total_bytes} bytes", total.tensors)?;
+    } else {
+        outln!(
+            "total: {} tensors, {} parameters (floating point or int8), {} zeros, sparsity {:.4}, {} bytes{compression}{scales}",
+            total.tensors,
+            total.parameters,
+            total.zeros,
+            total.sparsity,
+            total_bytes,
+            scales = if scale_params > 0 {
+                format!(
+                    " (the {scale_params} scales of int8 tensors are in the bytes, not the parameters)"
+                )
+            } else {
+                String::new()
+            }
+        )?;
+    }
     if let Some(m) = &total.masks {
         outln!(
             "masks: {} PyTorch masks, {} entries, {} of them pruned, sparsity {:.4}",

@@ -297,6 +297,22 @@ fn masks_round_trip_as_torch_masks_and_continue_pruning() {
     assert_eq!(total["entries"], entries);
     assert_eq!(total["pruned"], entries / 2);
     assert_eq!(total["sparsity"], 0.5);
+    // Each mask has the structure of the weight it prunes: zero rows, zero columns, 2:4.
+    let weights = json(&run(&["inspect", out.to_str().unwrap(), "--json"]));
+    let structure =
+        |t: &Value| (t["zero_rows"].clone(), t["zero_cols"].clone(), t["is_2_4"].clone());
+    for name in saved.keys() {
+        let weight = tensor(&weights, name.strip_suffix("_mask").unwrap());
+        assert_eq!(structure(tensor(&inspected, name)), structure(weight), "{name}");
+    }
+    let masks_2_4 = dir.path().join("masks-2-4.safetensors");
+    let out_2_4 = dir.path().join("out-2-4.safetensors");
+    let (i, m) = (input.to_str().unwrap(), masks_2_4.to_str().unwrap());
+    run(&["prune", i, "-o", out_2_4.to_str().unwrap(), "--pattern", "2:4", "--masks-out", m]);
+    let inspected_2_4 = json(&run(&["inspect", m, "--json"]));
+    for name in saved.keys() {
+        assert_eq!(tensor(&inspected_2_4, name)["is_2_4"], true, "{name}");
+    }
     // Starting from those masks, a higher target prunes only among the kept weights...
     let further = dir.path().join("further.safetensors");
     run(&[
