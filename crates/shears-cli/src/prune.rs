@@ -762,13 +762,21 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
         Some(m) => format!(" and the masks to {}", printable(m)),
         None => String::new(),
     };
-    outln!(
-        "{} {} {} at {}{how}{calibrated}{quantized}: wrote {}{masks}",
-        report.method,
-        report.pattern,
-        report.scope,
-        report.sparsity,
-        printable(&report.output)
-    )?;
+    let what = match &report.masks_in {
+        // Without a target, the run applies the masks and prunes nothing more.
+        Some(m) if report.sparsity == 0.0 => format!("the masks of {}", printable(m)),
+        Some(m) => format!(
+            "{} {} {} at {} from the masks of {}",
+            report.method,
+            report.pattern,
+            report.scope,
+            report.sparsity,
+            printable(m)
+        ),
+        None => {
+            format!("{} {} {} at {}", report.method, report.pattern, report.scope, report.sparsity)
+        }
+    };
+    outln!("{what}{how}{calibrated}{quantized}: wrote {}{masks}", printable(&report.output))?;
     Ok(())
 }

@@ -315,7 +315,7 @@ fn masks_round_trip_as_torch_masks_and_continue_pruning() {
     }
     // Starting from those masks, a higher target prunes only among the kept weights...
     let further = dir.path().join("further.safetensors");
-    run(&[
+    let done = run(&[
         "prune",
         input.to_str().unwrap(),
         "-o",
@@ -325,6 +325,8 @@ fn masks_round_trip_as_torch_masks_and_continue_pruning() {
         "--masks-in",
         masks.to_str().unwrap(),
     ]);
+    let from = format!("unstructured layer at 0.75 from the masks of {}: ", masks.display());
+    assert!(stdout(&done).contains(&from), "{}", stdout(&done));
     let further = read(&further);
     for (name, (_, _, bits)) in &saved {
         let weight = name.strip_suffix("_mask").unwrap();
@@ -348,6 +350,8 @@ fn masks_round_trip_as_torch_masks_and_continue_pruning() {
     ]);
     assert_eq!(std::fs::read(&applied).unwrap(), std::fs::read(&out).unwrap());
     assert!(!stderr(&done).contains("target was"), "{}", stderr(&done));
+    let applied = format!("\nthe masks of {}: wrote {}", masks.display(), applied.display());
+    assert!(stdout(&done).contains(&applied), "{}", stdout(&done));
 }
 
 #[test]
