@@ -144,9 +144,9 @@ pub(crate) struct PruneArgs {
     /// model back as floating point everywhere.
     #[arg(long, value_name = "int8[:group=G]")]
     pub(crate) quantize: Option<shears_sparse::QuantScheme>,
-    /// Seed for --method random.
-    #[arg(long, default_value_t = 0)]
-    pub(crate) seed: u64,
+    /// Seed for --method random [default: 0].
+    #[arg(long)]
+    pub(crate) seed: Option<u64>,
     /// Print one JSON document (a record of the run) instead of the table.
     #[arg(long)]
     pub(crate) json: bool,

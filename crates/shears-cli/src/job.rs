@@ -30,7 +30,7 @@ impl Job {
             MethodArg::Criterion(c) if c.needs() == Some(LayerInput::ActivationNorms) => {
                 (Criterion::Magnitude, Some(shears_models::Method::Wanda))
             }
-            MethodArg::Criterion(c) => (c.with_seed(args.seed), None),
+            MethodArg::Criterion(c) => (c.with_seed(args.seed.unwrap_or(0)), None),
             MethodArg::SparseGpt => (
                 Criterion::Magnitude,
                 Some(shears_models::Method::SparseGpt(shears_strategies::SparseGpt::new())),
@@ -61,6 +61,9 @@ impl Job {
             }
             (Criterion::Gradient, false) | (_, true) => {}
             (_, false) => bail!("--grads is only read by --method gradient"),
+        }
+        if args.seed.is_some() && !matches!(criterion, Criterion::Random { .. }) {
+            bail!("--seed is read by --method random only");
         }
         if args.scores.is_some() && criterion != Criterion::Magnitude {
             bail!("--scores replaces --method: give one of them");

@@ -659,7 +659,7 @@ fn prune<'a, T: Float>(
         rounding: job.rounding.to_string(),
         reduction: args.reduction.to_string(),
         min_density: job.min_density,
-        seed: matches!(job.criterion, Criterion::Random { .. }).then_some(args.seed),
+        seed: matches!(job.criterion, Criterion::Random { .. }).then_some(args.seed.unwrap_or(0)),
         threshold,
         masks_in: args.masks_in.as_ref().map(|p| p.display().to_string()),
         masks_out: args.masks_out.as_ref().map(|p| p.display().to_string()),

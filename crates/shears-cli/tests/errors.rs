@@ -154,6 +154,11 @@ fn bad_arguments() {
         "unstructured",
     );
     fails(&["prune", i, "-o", o, "-s", "0.5", "--method", "gradient"], &out, "--grads");
+    fails(
+        &["prune", i, "-o", o, "-s", "0.5", "--seed", "3"],
+        &out,
+        "--seed is read by --method random only",
+    );
     fails(&["prune", i, "-o", i, "-s", "0.5"], &out, "is both the model and the output");
     fails(&strs(&prune(&["-s", "0.5", "--grads", i])), &out, "--method gradient");
     fails(&strs(&prune(&["-s", "0.5", "--method", "wanda"])), &out, "calibration");
