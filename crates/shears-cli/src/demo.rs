@@ -205,7 +205,10 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
          at a time (latency) and on all {} test digits in one batch (throughput); under 1.00x the\n\
          picked format is slower than dense at this small size. Lottery tickets prune {:.0}% of\n\
          what remains per round ({:.0}% of the output layer) and rewind to the initial weights;\n\
-         each row is the round nearest its target.\n",
+         each row is the round nearest its target. Gradient scores |w*g| over training batches\n\
+         of the trained network: it drops first the weights no digit moves (from pixels that are\n\
+         always blank, of neurons that never fire), hence its speedups; past those, the loss's\n\
+         gradient at convergence is mostly noise, a poor guide at high sparsity.\n",
         data.test.len(),
         config.rate * 100.0,
         config.output_rate * 100.0
