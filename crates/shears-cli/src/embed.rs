@@ -467,6 +467,9 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
             dense: String,
             pruned: String,
             texts: String,
+            /// What the top-level measures ran: the pruned model with its weights as
+            /// f32 (an int8 model's integer products are under `int8_products`).
+            weights: &'static str,
             #[serde(flatten)]
             agreement: &'a Agreement,
             #[serde(skip_serializing_if = "Option::is_none")]
@@ -476,6 +479,7 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
             dense: args.dense.display().to_string(),
             pruned: args.pruned.display().to_string(),
             texts: args.texts.display().to_string(),
+            weights: "f32",
             agreement: &result,
             int8_products: int8.as_ref(),
         })?;

@@ -121,6 +121,7 @@ fn eval_measures_an_int8_folder_as_it_runs_and_as_f32() {
     prune("wanda", &float, &["--pattern", "2:4"]);
     let (report, float_report) = (eval(&int8), eval(&float));
     assert!(float_report.get("int8_products").is_none(), "{float_report}");
+    assert_eq!((&report["weights"], &float_report["weights"]), (&"f32".into(), &"f32".into()));
     let products = &report["int8_products"];
     assert_eq!(products["sentences"], report["sentences"]);
     let (as_run, as_f32) =
