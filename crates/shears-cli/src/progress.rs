@@ -3,6 +3,8 @@
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::report::printable;
+
 /// A progress bar over bytes (or any unit), hidden when it should not draw.
 pub(crate) struct Progress {
     bar: ProgressBar,
@@ -23,7 +25,7 @@ impl Progress {
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
         );
-        bar.set_message(message.to_owned());
+        bar.set_message(printable(message).into_owned());
         Progress { bar }
     }
 
@@ -43,9 +45,11 @@ impl Progress {
         Progress { bar }
     }
 
-    /// Says what is being done now.
+    /// Says what is being done now, escaped as every report is: messages name tensors
+    /// and files, and a name from a file must not write escape sequences to the terminal.
     pub(crate) fn message(&self, message: impl Into<String>) {
-        self.bar.set_message(message.into());
+        let message = message.into();
+        self.bar.set_message(printable(&message).into_owned());
     }
 
     /// Moves on by `n`.
@@ -56,5 +60,19 @@ impl Progress {
     /// Clears the bar.
     pub(crate) fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_escaped_like_every_report() {
+        let progress = Progress::steps(1, "tensors", true);
+        progress.message("tensor \u{1b}]0;title\u{7}\u{202e}x.weight");
+        assert_eq!(progress.bar.message(), "tensor \\u{1b}]0;title\\u{7}\\u{202e}x.weight");
+        let bytes = Progress::bytes(1, "reading \u{1b}[31mred", true);
+        assert_eq!(bytes.bar.message(), "reading \\u{1b}[31mred");
     }
 }
