@@ -65,7 +65,8 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
             args.input.display()
         );
     }
-    let mut loaded = SentenceTransformer::load(&args.input, None)?;
+    // A given --seq-len replaces the folder's max_seq_length, which is then not checked.
+    let mut loaded = SentenceTransformer::load(&args.input, args.seq_len.map(|n| n as usize))?;
     // The baseline is f32 dense: int8 layers dequantized, bf16 and f16 ones widened.
     let mut dense = loaded.clone();
     for layer in dense.model.layers_mut() {

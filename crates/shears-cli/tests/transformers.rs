@@ -607,6 +607,18 @@ fn bench_fits_its_default_sentence_length_to_the_model() {
     .unwrap();
     // The tiny model's max_seq_length (16, under its 64 positions), as `embed` uses.
     assert_eq!(json["seq_len"], 16, "the folder's max_seq_length, under the default of 128");
+    // A given --seq-len replaces the folder's max_seq_length, even one too short to use,
+    // as --max-len does for embed.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    copy_tiny_bert(&model);
+    std::fs::write(model.join("sentence_bert_config.json"), r#"{"max_seq_length": 2}"#).unwrap();
+    let m = model.to_str().unwrap();
+    refused(&["bench", m, "--texts", &texts], "max_seq_length");
+    let args = ["bench", m, "--texts", &texts, "--seq-len", "8", "--batch", "1", "--json", "-q"];
+    let json: Value = serde_json::from_str(&ok(&args)).unwrap();
+    assert_eq!(json["seq_len"], 8);
+    refused(&["bench", m, "--texts", &texts, "--seq-len", "65"], "64 position embeddings");
 }
 
 /// A prune ended by SIGTERM, wherever the signal lands, leaves no temporaries and no

@@ -614,7 +614,7 @@ impl SentenceTransformer {
         let max_len = max_len.or(sentence.max_seq_length).unwrap_or(positions.min(512));
         if max_len > positions {
             return Err(Error::Argument(format!(
-                "--max-len {max_len} is longer than the model's {positions} position embeddings"
+                "a maximum length of {max_len} tokens is longer than the model's {positions} position embeddings"
             )));
         }
         let tokenizer = TextEncoder::from_folder(folder, max_len).map_err(|e| match e {
