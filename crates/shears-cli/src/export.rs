@@ -23,6 +23,16 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
     };
     let options = ExportOptions { opset, weights, sparse_initializers: args.sparse_initializers };
     let out = &args.output;
+    if args.model.is_file()
+        && args.model.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".index.json"))
+    {
+        let folder = args.model.parent().filter(|p| !p.as_os_str().is_empty());
+        bail!(
+            "{} is a shard index: export reads a whole model folder (config, tokenizer, pooling), so give its folder, {}",
+            args.model.display(),
+            folder.unwrap_or(Path::new(".")).display()
+        );
+    }
     if args.model.is_dir() && !args.model.join("config.json").is_file() {
         bail!(
             "{} is not a model folder: it has no config.json (shears exports BERT-family model folders and shears-nn MLP checkpoints)",

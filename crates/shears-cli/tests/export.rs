@@ -69,7 +69,16 @@ fn refuses_what_it_cannot_export_and_writes_nothing() {
     let pooling =
         pooling.replace("\"word_embedding_dimension\": 32", "\"word_embedding_dimension\": 33");
     std::fs::write(wide.join("1_Pooling/config.json"), pooling).unwrap();
+    // A shard index stands for its folder in prune, but export reads the folder's files.
+    std::fs::create_dir(dir.path().join("sharded")).unwrap();
+    let index = dir.path().join("sharded/model.safetensors.index.json");
+    std::fs::write(&index, r#"{"weight_map": {}}"#).unwrap();
+    let index_says = format!(
+        "is a shard index: export reads a whole model folder (config, tokenizer, pooling), so give its folder, {}",
+        index.parent().unwrap().display()
+    );
     let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec![index.to_str().unwrap(), "-o", out.to_str().unwrap()], &index_says),
         (
             vec![wide.to_str().unwrap(), "-o", out.to_str().unwrap()],
             "word_embedding_dimension: the pooling module expects 33",

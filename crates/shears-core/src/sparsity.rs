@@ -39,7 +39,8 @@ impl Sparsity {
     /// [`Error::InvalidSparsity`] if `value` is NaN or outside `[0, 1]`.
     pub fn new(value: f64) -> Result<Self> {
         if (0.0..=1.0).contains(&value) {
-            Ok(Sparsity(value))
+            // -0.0 is in the range; adding 0.0 makes it 0.0, so it never prints as "-0".
+            Ok(Sparsity(value + 0.0))
         } else {
             Err(Error::InvalidSparsity { value })
         }
@@ -188,6 +189,13 @@ mod tests {
         let err = "nearest".parse::<Rounding>().unwrap_err();
         assert!(matches!(err, Error::Parse { what: "rounding", .. }));
         assert!(err.to_string().contains("half-even, truncate or ceil"), "{err}");
+    }
+
+    #[test]
+    fn negative_zero_is_zero() {
+        let zero = Sparsity::new(-0.0).unwrap();
+        assert_eq!(zero.get().to_bits(), 0.0f64.to_bits());
+        assert_eq!(format!("{:.4}", zero.get()), "0.0000");
     }
 
     #[track_caller]

@@ -1,6 +1,6 @@
 //! The error type of shears-io.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use safetensors::Dtype;
 
@@ -135,11 +135,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
-    /// One file was given in two roles, at least one of them written.
-    #[error("{} is both the {first} and the {second}: give distinct files", path.display())]
+    /// One file was given in two roles, at least one of them written (or twice in one
+    /// role, as two of a folder's outputs).
+    #[error("{}", same_file(path, other, first, second))]
     SameFile {
         /// The file (as the first role named it).
         path: PathBuf,
+        /// The file as the second role named it.
+        other: PathBuf,
         /// The first role.
         first: &'static str,
         /// The second role.
@@ -334,5 +337,18 @@ impl FileKind {
             _ if first == Some(b'{') => FileKind::Json,
             _ => return None,
         })
+    }
+}
+
+/// [`Error::SameFile`]'s message: the roles, or the two names when the role is one.
+fn same_file(path: &Path, other: &Path, first: &str, second: &str) -> String {
+    if first == second {
+        format!(
+            "{} and {} are one file, and both are the {first}: give distinct files",
+            path.display(),
+            other.display()
+        )
+    } else {
+        format!("{} is both the {first} and the {second}: give distinct files", path.display())
     }
 }

@@ -237,7 +237,7 @@ fn absolute_path(path: &Path) -> Option<PathBuf> {
 pub fn check_distinct(paths: &[(&'static str, &Path, bool)]) -> Result<()> {
     let ids: Vec<Option<FileId>> = paths.iter().map(|(_, p, _)| file_id(p)).collect();
     for (i, (role_a, path_a, writes_a)) in paths.iter().enumerate() {
-        for (j, (role_b, _, writes_b)) in paths.iter().enumerate().skip(i + 1) {
+        for (j, (role_b, path_b, writes_b)) in paths.iter().enumerate().skip(i + 1) {
             let same = match (&ids[i], &ids[j]) {
                 (Some(a), Some(b)) => a == b,
                 _ => false,
@@ -245,6 +245,7 @@ pub fn check_distinct(paths: &[(&'static str, &Path, bool)]) -> Result<()> {
             if same && (*writes_a || *writes_b) {
                 return Err(Error::SameFile {
                     path: path_a.to_path_buf(),
+                    other: path_b.to_path_buf(),
                     first: role_a,
                     second: role_b,
                 });
@@ -369,6 +370,11 @@ mod tests {
         // Two reads of one file are fine; two writes to a new one are not.
         check_distinct(&[("input", &a, false), ("--grads", &link, false)]).unwrap();
         assert!(check_distinct(&[("-o", &other, true), ("--masks-out", &other, true)]).is_err());
+        // Two outputs of one role are named by both their names.
+        let err = check_distinct(&[("output", &a, true), ("output", &link, true)]).unwrap_err();
+        let both =
+            format!("{} and {} are one file, and both are the output", a.display(), link.display());
+        assert!(err.to_string().starts_with(&both), "{err}");
         // Paths inside folders not created yet are compared as they will be.
         let new = dir.path().join("new/config.json");
         for alias in ["new/./config.json", "new/sub/../config.json", "new//config.json"] {
