@@ -340,6 +340,16 @@ fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()>
             model_folder.display()
         );
     }
+    if let (Some(masks), Some(model_folder)) = (&args.masks_out, model.folder())
+        && shears_io::paths::is_within(masks, model_folder)
+    {
+        // The folder's next reader would find a stray file, or take it for a shard.
+        bail!(
+            "refusing to write {}: it is inside the model folder {} (write the masks elsewhere)",
+            masks.display(),
+            model_folder.display()
+        );
+    }
     if let Some(root) = folder {
         for written in outputs.written().filter(|w| w.starts_with(root)) {
             // A linked folder inside the output would take the file outside it.

@@ -494,6 +494,11 @@ fn outputs_never_touch_inputs_or_leave_their_folder() {
         "inside the model's folder",
     );
     assert!(!inside.exists());
+    // So are masks written into the model's folder, where its next reader finds them.
+    let masks_inside = model.join("1_Pooling/masks.safetensors");
+    let masks = ["--masks-out", masks_inside.to_str().unwrap()];
+    refused(&[&["prune", m, "-o", o][..], &wanda, &masks].concat(), "inside the model folder");
+    assert!(!masks_inside.exists() && !out.exists());
     // A linked subfolder in the output would write outside it.
     let outside = dir.path().join("outside");
     std::fs::create_dir_all(&outside).unwrap();
