@@ -15,6 +15,7 @@ use crate::atomic::{PendingFile, commit_all};
 use crate::checkpoint::CHUNK_BYTES;
 use crate::dtype::{Float, encode_append, encode_into, float_size};
 use crate::error::{Error, Result};
+use crate::header::MAX_HEADER_BYTES;
 use crate::transpose::transpose_from;
 use crate::write_behind::WriteBehind;
 
@@ -112,7 +113,8 @@ impl<'a> TensorWriter<'a> {
     ///
     /// # Errors
     /// [`Error::Layout`] for entries that make no header (a repeated or reserved name,
-    /// data offsets that do not follow one another from 0); the errors of
+    /// data offsets that do not follow one another from 0, a header longer than
+    /// [`MAX_HEADER_BYTES`]); the errors of
     /// [`PendingFile::create`]; [`Error::Io`] for a failed write.
     pub fn create(
         out: &Path,
@@ -125,6 +127,15 @@ impl<'a> TensorWriter<'a> {
         serde_json::to_writer(&mut counted, &json)
             .map_err(|e| Error::Layout { reason: e.to_string() })?;
         let padded = counted.bytes.next_multiple_of(8);
+        if padded as u64 > MAX_HEADER_BYTES {
+            // Readers refuse such a header (shears and the safetensors crate alike).
+            return Err(Error::Layout {
+                reason: format!(
+                    "its header would be {padded} bytes ({} tensors), past the {MAX_HEADER_BYTES} bytes safetensors readers take",
+                    tensors.len()
+                ),
+            });
+        }
         let (pending, file) = PendingFile::create(out)?;
         let io = |e| Error::io("write", out, e);
         let mut writer = WriteBehind::new(file).map_err(io)?;

@@ -219,6 +219,12 @@ fn the_writer_refuses_entries_that_make_no_file() {
     twice[1].1.data_offsets = (12, 16);
     let err = write_safetensors(&out, &twice, None, nothing).unwrap_err();
     assert!(err.to_string().contains("[12, 16] where 8 comes next"), "{err}");
+    // A header past what readers take is refused before the file is created.
+    let one = layout([("a".into(), Dtype::F32, vec![1])]).unwrap();
+    let long = (shears_io::MAX_HEADER_BYTES as usize).to_string();
+    let metadata = std::collections::HashMap::from([("k".to_owned(), "x".repeat(100_000_000))]);
+    let err = write_safetensors(&out, &one, Some(&metadata), nothing).unwrap_err();
+    assert!(err.to_string().contains(&format!("past the {long} bytes safetensors readers take")));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
 }
 
