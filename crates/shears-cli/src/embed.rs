@@ -72,8 +72,9 @@ impl<'a> Texts<'a> {
         };
         match e {
             shears_models::Error::NonFinite { sentence, value } => anyhow::anyhow!(
-                "{}: the model's output is not finite ({value}): check its weights and config",
-                at(sentence)
+                "{}: the output of {} is not finite ({value}): check its weights and config",
+                at(sentence),
+                model.display()
             ),
             shears_models::Error::NoTokens { sentence } => anyhow::anyhow!(
                 "{}: no tokens: the tokenizer of {} adds no special tokens and keeps nothing of this text",

@@ -551,7 +551,8 @@ fn a_model_that_computes_nan_is_an_error() {
     refused(&["embed", m, "--texts", &texts, "-o", out.to_str().unwrap()], "not finite");
     assert!(!out.exists());
     let dense = tiny_bert();
-    refused(&["eval", dense.to_str().unwrap(), m, "--texts", &texts], "validation.txt: line 1:");
+    let named = format!("validation.txt: line 1: the output of {m} is not finite");
+    refused(&["eval", dense.to_str().unwrap(), m, "--texts", &texts], &named);
 }
 
 /// A text the tokenizer keeps no token of (one without special tokens, given only

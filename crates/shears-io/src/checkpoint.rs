@@ -139,7 +139,11 @@ impl<S: Source> Checkpoint<S> {
         if let Some(size) = float_size(info.dtype) {
             return Ok(Decoding::Float(info.dtype, size));
         }
-        let not_float = || Error::NotFloat { tensor: name.to_owned(), dtype: info.dtype };
+        let not_float = || Error::NotFloat {
+            path: self.path.clone(),
+            tensor: name.to_owned(),
+            dtype: info.dtype,
+        };
         let scale = scale_name(name);
         let (Dtype::I8, Some(scale_info)) = (info.dtype, self.info(&scale)) else {
             return Err(not_float());

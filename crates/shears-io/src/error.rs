@@ -51,9 +51,12 @@ pub enum Error {
     },
     /// A tensor's dtype is not a floating-point one (nor int8 with scales).
     #[error(
-        "tensor `{tensor}` has dtype {dtype:?}: only f16, bf16, f32 and f64 tensors, and int8 ones with their `.scale` tensor, can be decoded"
+        "{}: tensor `{tensor}` has dtype {dtype:?}: only f16, bf16, f32 and f64 tensors, and int8 ones with their `.scale` tensor, can be decoded",
+        path.display()
     )]
     NotFloat {
+        /// The checkpoint.
+        path: PathBuf,
         /// The tensor.
         tensor: String,
         /// Its dtype.

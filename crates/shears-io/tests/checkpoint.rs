@@ -129,7 +129,9 @@ fn non_float_tensors_are_refused_by_the_decoders() {
         file(r#"{"i":{"dtype":"I32","shape":[2,2],"data_offsets":[0,16]}}"#, &[0; 16]),
     )
     .unwrap();
-    assert!(matches!(ckpt.read_matrix::<f32>("i"), Err(Error::NotFloat { .. })));
+    let err = ckpt.read_matrix::<f32>("i").unwrap_err();
+    assert!(matches!(err, Error::NotFloat { .. }), "{err}");
+    assert!(err.to_string().starts_with("t: tensor `i` has dtype I32: only f16"), "{err}");
     assert_eq!(ckpt.read_bytes("i").unwrap(), vec![0; 16]);
     assert!(matches!(ckpt.read_bytes("nope"), Err(Error::UnknownTensor { .. })));
     assert!(matches!(ckpt.read_matrix::<f32>("nope"), Err(Error::UnknownTensor { .. })));

@@ -393,12 +393,12 @@ impl BertModel {
         let (vocab, types, positions) = (e.word.ncols(), e.token_type.ncols(), e.position.ncols());
         if let Some(&id) = batch.ids.iter().find(|&&id| id as usize >= vocab) {
             return Err(Error::Argument(format!(
-                "token id {id} is outside the vocabulary of {vocab}"
+                "token id {id} is outside the vocabulary of {vocab} (config.json's vocab_size): the tokenizer gives ids the model's weights do not have"
             )));
         }
         if let Some(&t) = batch.type_ids.iter().find(|&&t| t as usize >= types) {
             return Err(Error::Argument(format!(
-                "token type {t} is outside the {types} token types"
+                "token type {t} is outside the {types} token types (config.json's type_vocab_size): the tokenizer gives types the model's weights do not have"
             )));
         }
         if let Some(&len) = batch.lengths.iter().find(|&&len| len > positions) {

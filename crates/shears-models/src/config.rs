@@ -377,6 +377,9 @@ pub(crate) fn read_json(path: &Path) -> Result<Value> {
 fn short_reason(e: &shears_io::Error) -> String {
     match e {
         shears_io::Error::Input { reason, .. } => reason.clone(),
+        // The operating system's reason ("No such file or directory"), which the
+        // error's own message leaves to its source.
+        shears_io::Error::Io { op, source, .. } => format!("cannot {op} it: {source}"),
         other => other.to_string(),
     }
 }
@@ -388,6 +391,15 @@ fn config_error(path: &Path, field: &str, reason: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_file_says_why_it_cannot_be_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let err = BertConfig::from_file(&path).unwrap_err().to_string();
+        let why = format!("{}: cannot open it: No such file or directory", path.display());
+        assert!(err.starts_with(&why), "{err}");
+    }
 
     fn parse(json: &str) -> Result<BertConfig> {
         let value: Value = serde_json::from_str(json).unwrap();
