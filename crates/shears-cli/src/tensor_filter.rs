@@ -157,9 +157,23 @@ impl Filters {
             });
         }
         if !choices.iter().any(|c| c.chosen) {
+            // Say which choice left nothing: the file, --exclude, --include, or the names.
+            let path = model.path().display();
+            if !choices.iter().any(|c| c.role.prunable()) {
+                bail!(
+                    "{path} has no tensor that can be pruned: only 2-D and 4-D f16, bf16, f32 and f64 tensors, and int8 ones with scales, can be"
+                );
+            }
+            if choices.iter().any(|c| c.why == Why::Excluded) {
+                bail!("--exclude leaves no tensor of {path} to prune");
+            }
+            if !self.include.is_empty() {
+                bail!(
+                    "--include matches no tensor of {path} that can be pruned (2-D or 4-D floating point), only others such as biases and norms"
+                );
+            }
             bail!(
-                "no tensor of {} is chosen for pruning: it has no linear or convolution weight by the usual names (--all prunes every 2-D and 4-D floating tensor)",
-                model.path().display()
+                "no tensor of {path} is chosen for pruning: it has no linear or convolution weight by the usual names (--all prunes every 2-D and 4-D floating tensor)"
             );
         }
         Ok(choices)

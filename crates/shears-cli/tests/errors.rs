@@ -148,6 +148,16 @@ fn bad_arguments() {
         "pattern 3:7 prunes 4 of every 7 weights (a fraction 0.5714), but sparsity 0.5",
     );
     fails(&["prune", i, "-o", o, "-s", "0.5", "--include", "step"], &out, "step");
+    // A choice that leaves nothing to prune says which choice it was.
+    let only_bias = "--include matches no tensor of ";
+    fails(&["prune", i, "-o", o, "-s", "0.5", "--include", "bias"], &out, only_bias);
+    let everything = "--exclude leaves no tensor of ";
+    fails(&["prune", i, "-o", o, "-s", "0.5", "--exclude", "weight"], &out, everything);
+    let no_matrix = dir.path().join("vectors.safetensors");
+    let bias = T { name: "b", dtype: Dtype::F32, shape: vec![4], values: vec![1.0; 4] };
+    write(&no_matrix, &[bias]);
+    let args = ["prune", no_matrix.to_str().unwrap(), "-o", o, "-s", "0.5", "--all"];
+    fails(&args, &out, "vectors.safetensors has no tensor that can be pruned: only 2-D and 4-D");
     fails(
         &["prune", i, "-o", o, "-s", "0.5", "--scope", "global", "--pattern", "rows"],
         &out,
