@@ -625,10 +625,19 @@ fn prune<'a, T: Float>(
     }
     if let Some(g) = &global {
         for name in g.capped() {
-            warnings.add(format!(
-                "tensor `{name}` was held at --min-density {}: global scope would have pruned more of it",
-                job.min_density
-            ));
+            let after = rows.iter().find(|r| r.choice.name == name).and_then(|r| r.sparsity_after);
+            match after {
+                // Its --masks-in mask had pruned past the floor already: kept as it was.
+                Some(after) if 1.0 - after < job.min_density - 1e-9 => warnings.add(format!(
+                    "tensor `{name}` keeps {:.4} of its weights under its --masks-in mask, less than --min-density {}: nothing more was pruned",
+                    1.0 - after,
+                    job.min_density
+                )),
+                _ => warnings.add(format!(
+                    "tensor `{name}` was held at --min-density {}: global scope would have pruned more of it",
+                    job.min_density
+                )),
+            }
         }
     }
     for r in rows.iter().filter(|r| r.choice.chosen) {

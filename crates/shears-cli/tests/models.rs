@@ -352,6 +352,15 @@ fn masks_round_trip_as_torch_masks_and_continue_pruning() {
     assert!(!stderr(&done).contains("target was"), "{}", stderr(&done));
     let applied = format!("\nthe masks of {}: wrote {}", masks.display(), applied.display());
     assert!(stdout(&done).contains(&applied), "{}", stdout(&done));
+    // Masks already past a global --min-density are kept, and the warning says so.
+    let floor = dir.path().join("floor.safetensors");
+    let (f, m) = (floor.to_str().unwrap(), masks.to_str().unwrap());
+    let global = ["--scope", "global", "--min-density", "0.9", "--json"];
+    let args =
+        [&["prune", input.to_str().unwrap(), "-o", f, "-s", "0.6", "--masks-in", m][..], &global];
+    let warnings = json(&run(&args.concat()))["warnings"].to_string();
+    let kept = "keeps 0.5000 of its weights under its --masks-in mask, less than --min-density 0.9";
+    assert!(warnings.contains(kept) && !warnings.contains("was held at"), "{warnings}");
 }
 
 #[test]
