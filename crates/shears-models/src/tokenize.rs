@@ -162,13 +162,8 @@ impl TextEncoder {
     /// # Errors
     /// [`Error::Tokenizer`] if the tokenizer fails on a text.
     pub fn encode<S: AsRef<str>>(&self, texts: &[S]) -> Result<Batch> {
-        let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
-        let encodings = self
-            .tokenizer
-            .encode_batch(inputs, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let mut batch = Batch::default();
-        for e in &encodings {
+        for e in &self.encodings(texts)? {
             batch.ids.extend_from_slice(e.get_ids());
             batch.type_ids.extend_from_slice(e.get_type_ids());
             batch.lengths.push(e.get_ids().len());
@@ -184,13 +179,8 @@ impl TextEncoder {
     /// [`Error::Tokenizer`] if the tokenizer fails on a text; [`Error::Texts`] if no
     /// text gives a token that is not a special one.
     pub fn word_pool<S: AsRef<str>>(&self, texts: &[S]) -> Result<WordPool> {
-        let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
-        let encodings = self
-            .tokenizer
-            .encode_batch(inputs, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let mut pool = None;
-        for e in &encodings {
+        for e in &self.encodings(texts)? {
             let tokens = || e.get_ids().iter().copied().zip(e.get_type_ids().iter().copied());
             let special = e.get_special_tokens_mask();
             let Some(first) = special.iter().position(|&s| s == 0) else { continue };
@@ -205,6 +195,12 @@ impl TextEncoder {
         pool.ok_or_else(|| {
             Error::Texts("no line gives a token other than the tokenizer's special ones".into())
         })
+    }
+
+    /// The tokenizer's encodings of `texts`, special tokens added, each truncated.
+    fn encodings<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<tokenizers::Encoding>> {
+        let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+        self.tokenizer.encode_batch(inputs, true).map_err(|e| Error::Tokenizer(e.to_string()))
     }
 }
 
