@@ -80,11 +80,16 @@ impl Batch {
 pub struct TextEncoder {
     tokenizer: Tokenizer,
     max_len: usize,
+    /// The `tokenizer.json` it was read from, which its errors name.
+    path: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for TextEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TextEncoder").field("max_len", &self.max_len).finish_non_exhaustive()
+        f.debug_struct("TextEncoder")
+            .field("path", &self.path)
+            .field("max_len", &self.max_len)
+            .finish_non_exhaustive()
     }
 }
 
@@ -121,7 +126,8 @@ impl TextEncoder {
         let mut tokenizer = Tokenizer::from_bytes(&bytes)
             .map_err(|e| file_error(format!("not a tokenizer: {e}")))?;
         tokenizer.with_padding(None);
-        TextEncoder { tokenizer, max_len }.with_max_len(max_len).map_err(|e| match e {
+        let encoder = TextEncoder { tokenizer, max_len, path: path.clone() };
+        encoder.with_max_len(max_len).map_err(|e| match e {
             Error::Tokenizer(reason) => file_error(reason),
             e => e,
         })
@@ -160,7 +166,7 @@ impl TextEncoder {
     /// Tokenizes `texts`, each truncated to [`TextEncoder::max_len`].
     ///
     /// # Errors
-    /// [`Error::Tokenizer`] if the tokenizer fails on a text.
+    /// [`Error::File`] naming `tokenizer.json` if the tokenizer fails on a text.
     pub fn encode<S: AsRef<str>>(&self, texts: &[S]) -> Result<Batch> {
         let mut batch = Batch::default();
         for e in &self.encodings(texts)? {
@@ -176,8 +182,8 @@ impl TextEncoder {
     /// tokenizer's post-processor places them.
     ///
     /// # Errors
-    /// [`Error::Tokenizer`] if the tokenizer fails on a text; [`Error::Texts`] if no
-    /// text gives a token that is not a special one.
+    /// [`Error::File`] naming `tokenizer.json` if the tokenizer fails on a text;
+    /// [`Error::Texts`] if no text gives a token that is not a special one.
     pub fn word_pool<S: AsRef<str>>(&self, texts: &[S]) -> Result<WordPool> {
         let mut pool = None;
         for e in &self.encodings(texts)? {
@@ -200,7 +206,10 @@ impl TextEncoder {
     /// The tokenizer's encodings of `texts`, special tokens added, each truncated.
     fn encodings<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<tokenizers::Encoding>> {
         let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
-        self.tokenizer.encode_batch(inputs, true).map_err(|e| Error::Tokenizer(e.to_string()))
+        self.tokenizer.encode_batch(inputs, true).map_err(|e| Error::File {
+            path: self.path.clone(),
+            reason: format!("the tokenizer fails on a text: {e}"),
+        })
     }
 }
 

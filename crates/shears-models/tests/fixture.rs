@@ -380,3 +380,22 @@ fn word_pools_cut_exact_sentences_between_the_special_tokens() {
     assert_eq!(batch.ids, words.iter().copied().cycle().take(8).collect::<Vec<_>>());
     assert_eq!(batch.lengths, [4, 4]);
 }
+
+/// A tokenizer that fails on a text is named by its file.
+#[test]
+fn a_tokenizer_that_fails_on_a_text_is_named() {
+    use shears_models::TextEncoder;
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = folder().join("tokenizer.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(tokenizer).unwrap()).unwrap();
+    // WordPiece needs its unknown token for a word outside the vocabulary.
+    json["model"]["vocab"].as_object_mut().unwrap().remove("[UNK]").unwrap();
+    let path = dir.path().join("tokenizer.json");
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    let encoder = TextEncoder::from_folder(dir.path(), 64).unwrap();
+    let err = encoder.encode(&["zzqxj\u{2603}"]).unwrap_err().to_string();
+    let named = format!("{}: the tokenizer fails on a text: ", path.display());
+    assert!(err.starts_with(&named) && err.contains("[UNK]"), "{err}");
+    assert_eq!(encoder.word_pool(&["zzqxj\u{2603}"]).unwrap_err().to_string(), err);
+}
