@@ -4,6 +4,7 @@
 use std::io::{BufRead, Read};
 use std::path::Path;
 
+use tokenizers::processors::PostProcessorWrapper;
 use tokenizers::{PostProcessor, Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
@@ -125,6 +126,9 @@ impl TextEncoder {
             })?;
         let mut tokenizer = Tokenizer::from_bytes(&bytes)
             .map_err(|e| file_error(format!("not a tokenizer: {e}")))?;
+        if let Some(flaw) = tokenizer.get_post_processor().and_then(post_processor_flaw) {
+            return Err(file_error(format!("post_processor: {flaw}")));
+        }
         tokenizer.with_padding(None);
         let encoder = TextEncoder { tokenizer, max_len, path: path.clone() };
         encoder.with_max_len(max_len).map_err(|e| match e {
@@ -206,10 +210,70 @@ impl TextEncoder {
     /// The tokenizer's encodings of `texts`, special tokens added, each truncated.
     fn encodings<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<tokenizers::Encoding>> {
         let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
-        self.tokenizer.encode_batch(inputs, true).map_err(|e| Error::File {
+        let failed = |reason: String| Error::File {
             path: self.path.clone(),
-            reason: format!("the tokenizer fails on a text: {e}"),
-        })
+            reason: format!("the tokenizer fails on a text: {reason}"),
+        };
+        // `from_folder` refuses the post-processors known to panic in the tokenizers
+        // library; this catches any other panic it has, so that a file still gets an error.
+        let encode = std::panic::AssertUnwindSafe(|| self.tokenizer.encode_batch(inputs, true));
+        match std::panic::catch_unwind(encode) {
+            Ok(encodings) => encodings.map_err(|e| failed(e.to_string())),
+            Err(_) => Err(failed("the tokenizers library panicked".into())),
+        }
+    }
+}
+
+/// What in a post-processor would make the tokenizers library panic on a single text,
+/// if anything: a `TemplateProcessing` whose template names a special token it does
+/// not define, uses `$B` (the second text of a pair) for one text, or (in a `Sequence`
+/// after another template) receives other than one or two encodings.
+fn post_processor_flaw(processor: &PostProcessorWrapper) -> Option<String> {
+    let json = serde_json::to_value(processor).ok()?;
+    flaw_in(&json, &mut 1)
+}
+
+/// [`post_processor_flaw`] of one processor in serialised form, given how many
+/// encodings reach it; `inputs` becomes the number it passes on.
+fn flaw_in(processor: &serde_json::Value, inputs: &mut usize) -> Option<String> {
+    match processor["type"].as_str()? {
+        "Sequence" => {
+            let processors = processor["processors"].as_array()?;
+            processors.iter().find_map(|p| flaw_in(p, inputs))
+        }
+        "TemplateProcessing" => {
+            let (name, template) = match *inputs {
+                1 => ("single", &processor["single"]),
+                2 => ("pair", &processor["pair"]),
+                n => {
+                    return Some(format!(
+                        "a TemplateProcessing after another in a Sequence receives {n} \
+                         encodings, and takes one or two"
+                    ));
+                }
+            };
+            let pieces = template.as_array()?;
+            for piece in pieces {
+                if let Some(id) = piece["SpecialToken"]["id"].as_str()
+                    && processor["special_tokens"].get(id).is_none()
+                {
+                    return Some(format!(
+                        "the {name} template's special token {id:?} is not among the \
+                         TemplateProcessing's special_tokens"
+                    ));
+                }
+                if *inputs == 1 && piece["Sequence"]["id"] == "B" {
+                    return Some(
+                        "the single template uses $B, the second text of a pair, and \
+                         shears encodes one text at a time"
+                            .into(),
+                    );
+                }
+            }
+            *inputs = pieces.len();
+            None
+        }
+        _ => None,
     }
 }
 

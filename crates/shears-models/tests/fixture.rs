@@ -399,3 +399,51 @@ fn a_tokenizer_that_fails_on_a_text_is_named() {
     assert!(err.starts_with(&named) && err.contains("[UNK]"), "{err}");
     assert_eq!(encoder.word_pool(&["zzqxj\u{2603}"]).unwrap_err().to_string(), err);
 }
+
+/// A post-processor the tokenizers library would panic on is refused when the
+/// tokenizer is loaded, naming its file and the flaw; a sound `Sequence` around the
+/// template encodes as the template alone does.
+#[test]
+fn a_post_processor_that_would_panic_is_refused_at_load() {
+    use serde_json::json;
+    use shears_models::TextEncoder;
+    let original: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder().join("tokenizer.json")).unwrap()).unwrap();
+    let template = original["post_processor"].clone();
+    assert_eq!(template["type"], "TemplateProcessing");
+    let load = |post_processor: serde_json::Value| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut json = original.clone();
+        json["post_processor"] = post_processor;
+        std::fs::write(dir.path().join("tokenizer.json"), serde_json::to_vec(&json).unwrap())
+            .unwrap();
+        let loaded = TextEncoder::from_folder(dir.path(), 64);
+        let path = dir.path().join("tokenizer.json");
+        loaded.map_err(|e| (e.to_string(), format!("{}: post_processor: ", path.display())))
+    };
+
+    let mut undefined = template.clone();
+    undefined["single"].as_array_mut().unwrap().insert(
+        1,
+        json!({"SpecialToken":
+        {"id": "[NOPE]", "type_id": 0}}),
+    );
+    let (err, named) = load(undefined).unwrap_err();
+    assert!(err.starts_with(&named) && err.contains("\"[NOPE]\" is not among"), "{err}");
+
+    let mut second_text = template.clone();
+    second_text["single"][1] = json!({"Sequence": {"id": "B", "type_id": 0}});
+    let (err, named) = load(second_text).unwrap_err();
+    assert!(err.starts_with(&named) && err.contains("uses $B"), "{err}");
+
+    let twice = json!({"type": "Sequence", "processors": [template.clone(), template.clone()]});
+    let (err, named) = load(twice).unwrap_err();
+    assert!(err.starts_with(&named) && err.contains("receives 3 encodings"), "{err}");
+
+    let byte_level = json!({"type": "ByteLevel", "add_prefix_space": true,
+        "trim_offsets": false, "use_regex": true});
+    let wrapped = load(json!({"type": "Sequence", "processors": [byte_level, template]})).unwrap();
+    let plain = TextEncoder::from_folder(&folder(), 64).unwrap();
+    let texts = ["the cat sat", "a dog"];
+    assert_eq!(wrapped.encode(&texts).unwrap(), plain.encode(&texts).unwrap());
+}
