@@ -283,10 +283,18 @@ fn the_whole_model_bench_times_dense_and_sparse_runs() {
             assert!((layer["sparsity"].as_f64().unwrap() - 0.9).abs() < 0.01, "{layer}");
         }
     }
-    let table = ok(&args);
+    // A name read from the command line reaches the terminal escaped.
+    let odd = dir.path().join("v\u{1b}[31m.txt");
+    std::fs::copy(&texts, &odd).unwrap();
+    let odd_args = ["bench", out.to_str().unwrap(), "--texts", odd.to_str().unwrap()];
+    let table = ok(&[&odd_args[..], &["--seq-len", "16"]].concat());
     assert!(table.contains("dense ms") && table.contains("speedup"), "{table}");
-    let header = format!("whole model, sentences of 16 tokens cut from the words of {texts}, ");
-    assert!(table.contains(&header), "{table}");
+    let escaped = dir.path().join("v\\u{1b}[31m.txt");
+    let header = format!(
+        "whole model, sentences of 16 tokens cut from the words of {}, ",
+        escaped.display()
+    );
+    assert!(table.contains(&header) && !table.contains('\u{1b}'), "{table}");
 }
 
 #[test]
