@@ -222,14 +222,17 @@ impl Pattern {
     }
 
     /// Checks the one constraint between a pattern and a sparsity that needs no shape:
-    /// an N:M pattern prunes exactly `1 - N/M`.
+    /// an N:M pattern prunes exactly `1 - N/M`, which a sparsity written to three or
+    /// more decimals (`0.667` for 1:3) is taken to mean.
     ///
     /// # Errors
     /// [`shears_core::Error::NmSparsityMismatch`].
     pub fn check_sparsity(&self, sparsity: Sparsity) -> Result<()> {
+        /// Half the last digit of a fraction written to three decimals.
+        const WRITTEN: f64 = 5e-4;
         match *self {
             Pattern::NM(p)
-                if (sparsity.get() - (1.0 - p.n() as f64 / p.m() as f64)).abs() > 1e-9 =>
+                if (sparsity.get() - (1.0 - p.n() as f64 / p.m() as f64)).abs() > WRITTEN =>
             {
                 Err(shears_core::Error::NmSparsityMismatch { pattern: p, sparsity: sparsity.get() })
             }
@@ -601,6 +604,14 @@ mod tests {
             pruner.mask(&w, &LayerContext::new("fc"), Sparsity::new(0.7).unwrap()).unwrap_err();
         assert!(matches!(err, shears_core::Error::NmSparsityMismatch { .. }));
         assert!(err.to_string().contains("2:4"));
+        // 1:3 prunes two thirds, which a user writes to a few decimals, not exactly.
+        let one_three = Pattern::NM(NmPattern::new(1, 3).unwrap());
+        for written in [0.667, 0.6667, 0.666_667, 2.0 / 3.0] {
+            assert!(one_three.check_sparsity(Sparsity::new(written).unwrap()).is_ok());
+        }
+        for other in [0.67, 0.666, 0.5] {
+            assert!(one_three.check_sparsity(Sparsity::new(other).unwrap()).is_err(), "{other}");
+        }
         assert_eq!(
             pruner
                 .mask(&w, &LayerContext::new("fc"), Sparsity::new(0.5).unwrap())
