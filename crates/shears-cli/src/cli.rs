@@ -30,8 +30,9 @@ pub(crate) enum Command {
     /// SHEARS_BUFFERED_WRITES=1 turns off). A model folder gives a folder: the same shards,
     /// an updated index, and every other file copied.
     Prune(Box<PruneArgs>),
-    /// Per-tensor dtype, shape, sparsity, empty rows and columns, 2:4 conformity (also of
-    /// mask files).
+    /// Per-tensor dtype, shape, sparsity, empty rows and columns, 2:4 conformity as
+    /// `prune --pattern 2:4` makes it (along input channels for conv weights), also of
+    /// mask files.
     Inspect(InspectArgs),
     /// Time each pruned layer as a model runs it, dense (the faster of faer's GEMM and
     /// nalgebra's) and in the format shears picks for it (int8 for a layer stored as

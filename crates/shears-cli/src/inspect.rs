@@ -85,9 +85,10 @@ pub(crate) fn nonzero_mask<T: Float>(matrix: &DMatrix<T>) -> Result<Mask> {
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Scan {
     zeros: usize,
-    /// For 2-D and 4-D tensors: zero rows, zero columns, and whether the tensor is 2:4:
-    /// its columns are whole groups of 4 and each group of a row keeps at most 2 (as
-    /// `satisfies_nm` with 2:4 defines it).
+    /// For 2-D and 4-D tensors: zero rows, zero columns, and whether the tensor is 2:4
+    /// as `prune --pattern 2:4` makes it: each group of 4 along a row (of a convolution,
+    /// 4 input channels at one kernel position) keeps at most 2, and the groups are whole
+    /// (as `satisfies_nm` with 2:4 defines it on the matrix in that column order).
     structure: Option<(usize, usize, bool)>,
 }
 
@@ -101,8 +102,9 @@ struct Rows {
 }
 
 impl Rows {
-    /// Scans `piece`, rows of `cols` entries, `is_zero` telling a zero.
-    fn of<E>(piece: &[E], cols: usize, is_zero: impl Fn(&E) -> bool) -> Rows {
+    /// Scans `piece`, rows of `cols` entries, `is_zero` telling a zero; a row is
+    /// `cols / spatial` input channels of `spatial` kernel positions each (1 for a matrix).
+    fn of<E>(piece: &[E], cols: usize, spatial: usize, is_zero: impl Fn(&E) -> bool) -> Rows {
         let mut rows = Rows { zeros: 0, zero_rows: 0, col_used: vec![false; cols], is_2_4: true };
         for row in piece.chunks_exact(cols) {
             let row_zeros = row.iter().filter(|v| is_zero(v)).count();
@@ -111,13 +113,17 @@ impl Rows {
             for (used, v) in rows.col_used.iter_mut().zip(row) {
                 *used |= !is_zero(v);
             }
-            rows.is_2_4 &= NmPattern::TWO_FOUR.row_conforms(row.iter().map(|v| !is_zero(v)));
+            // 2:4 groups run along the input channels at each kernel position.
+            for position in 0..spatial {
+                let kept = row[position..].iter().step_by(spatial).map(|v| !is_zero(v));
+                rows.is_2_4 &= NmPattern::TWO_FOUR.row_conforms(kept);
+            }
         }
         rows
     }
 
-    /// The scan of a tensor of `cols` columns from its pieces.
-    fn merge(pieces: impl IntoIterator<Item = Rows>, cols: usize) -> Scan {
+    /// The scan of a tensor of `cols` columns (`spatial` per input channel) from its pieces.
+    fn merge(pieces: impl IntoIterator<Item = Rows>, cols: usize, spatial: usize) -> Scan {
         let mut all = Rows { zeros: 0, zero_rows: 0, col_used: vec![false; cols], is_2_4: true };
         for piece in pieces {
             all.zeros += piece.zeros;
@@ -126,7 +132,7 @@ impl Rows {
             all.col_used.iter_mut().zip(piece.col_used).for_each(|(a, b)| *a |= b);
         }
         let zero_cols = all.col_used.iter().filter(|&&used| !used).count();
-        let whole_groups = cols.is_multiple_of(NmPattern::TWO_FOUR.m());
+        let whole_groups = (cols / spatial).is_multiple_of(NmPattern::TWO_FOUR.m());
         Scan {
             zeros: all.zeros,
             structure: Some((all.zero_rows, zero_cols, all.is_2_4 && whole_groups)),
@@ -134,43 +140,63 @@ impl Rows {
     }
 }
 
+/// A 2-D or 4-D tensor's matrix view: `(rows, cols, spatial)`, `spatial` the kernel
+/// positions per input channel (1 for a matrix); `None` for other ranks.
+fn matrix_view(dims: &[usize]) -> Option<(usize, usize, usize)> {
+    let view = WeightShape::from_dims(dims).ok()?;
+    let (rows, cols) = view.matrix_shape();
+    let spatial = view.conv_dims().map_or(1, |(_, _, kh, kw)| kh * kw);
+    Some((rows, cols, spatial))
+}
+
 /// Scans tensor `name` in one streaming pass over its rows, in file order: memory is one
 /// chunk of rows and a flag per column, whatever the tensor's size.
 fn scan<T: Float, S: Source>(
     ckpt: &Checkpoint<S>,
     name: &str,
-    view: Option<(usize, usize)>,
+    view: Option<(usize, usize, usize)>,
 ) -> Result<Scan> {
-    let Some((_, cols)) = view.filter(|&(rows, cols)| rows > 0 && cols > 0) else {
+    let Some((_, cols, spatial)) = view.filter(|&(rows, cols, _)| rows > 0 && cols > 0) else {
         let zeros = ckpt.map_decoded(name, 1, zeros_in::<T>)?.into_iter().sum();
-        let structure = view.map(|(rows, cols)| (rows, cols, true));
+        let structure = view.map(|(rows, cols, _)| (rows, cols, true));
         return Ok(Scan { zeros, structure });
     };
-    let pieces =
-        ckpt.map_decoded(name, cols, |piece: &[T]| Rows::of(piece, cols, |&v| v == T::zero()))?;
-    Ok(Rows::merge(pieces, cols))
+    let pieces = ckpt.map_decoded(name, cols, |piece: &[T]| {
+        Rows::of(piece, cols, spatial, |&v| v == T::zero())
+    })?;
+    Ok(Rows::merge(pieces, cols, spatial))
 }
 
 /// [`scan`] of a PyTorch mask (bytes, 1 = keep): its zeros are the weight's pruned entries.
-fn scan_mask<S: Source>(
-    ckpt: &Checkpoint<S>,
-    name: &str,
-    view: Option<(usize, usize)>,
-) -> Result<Scan> {
-    let (unit, cols) = match view.filter(|&(rows, cols)| rows > 0 && cols > 0) {
-        Some((_, cols)) => (cols, Some(cols)),
-        None => (1, None),
+///
+/// # Errors
+/// As `prune --masks-in` would refuse it: a byte that is neither 0 nor 1.
+fn scan_mask<S: Source>(ckpt: &Checkpoint<S>, name: &str, dims: &[usize]) -> Result<Scan> {
+    let view = matrix_view(dims);
+    let (unit, spatial, cols) = match view.filter(|&(rows, cols, _)| rows > 0 && cols > 0) {
+        Some((_, cols, spatial)) => (cols, spatial, Some(cols)),
+        None => (1, 1, None),
     };
     let mut pieces = Vec::new();
+    let mut seen = 0usize;
     ckpt.for_each_chunk(name, unit, |bytes| -> Result<()> {
-        pieces.push(Rows::of(bytes, unit, |&v| v == 0));
+        if let Some(at) = bytes.iter().position(|&b| b > 1) {
+            return Err(shears_io::Error::Shape {
+                tensor: name.to_owned(),
+                shape: dims.to_vec(),
+                reason: format!("element {} is {}, not 0 or 1", seen + at, bytes[at]),
+            }
+            .into());
+        }
+        seen += bytes.len();
+        pieces.push(Rows::of(bytes, unit, spatial, |&v| v == 0));
         Ok(())
     })?;
     Ok(match cols {
-        Some(cols) => Rows::merge(pieces, cols),
+        Some(cols) => Rows::merge(pieces, cols, spatial),
         None => Scan {
             zeros: pieces.iter().map(|p| p.zeros).sum(),
-            structure: view.map(|(rows, cols)| (rows, cols, true)),
+            structure: view.map(|(rows, cols, _)| (rows, cols, true)),
         },
     })
 }
@@ -240,7 +266,7 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
         if scale_of_quantized {
             // Part of its int8 tensor: not parameters of their own.
         } else if is_float(info.dtype) || scales.is_some() {
-            let view = WeightShape::from_dims(&info.shape).ok().map(|v| v.matrix_shape());
+            let view = matrix_view(&info.shape);
             // f64 data is scanned as f64: a tiny f64 is not a zero.
             let found = match info.dtype {
                 Dtype::F64 => scan::<f64, _>(ckpt, name, view)?,
@@ -256,8 +282,7 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
             }
         } else if mask {
             // A torch mask (1 = keep): its sparsity is the share of zeros, the weight's.
-            let view = WeightShape::from_dims(&info.shape).ok().map(|v| v.matrix_shape());
-            let found = scan_mask(ckpt, name, view)?;
+            let found = scan_mask(ckpt, name, &info.shape)?;
             let pruned = found.zeros;
             stats.sparsity = Some(fraction(pruned, count));
             if let Some((zero_rows, zero_cols, is_2_4)) = found.structure {
@@ -324,11 +349,11 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
     };
     if total.parameters == 0 && total.masks.is_some() {
         // A file of masks only: their line below says what they hold.
-        outln!("total: {} tensors, {total_bytes} bytes", total.tensors)?;
+        outln!("total: {}, {total_bytes} bytes", count(total.tensors, "tensor"))?;
     } else {
         outln!(
-            "total: {} tensors, {} parameters (floating point or int8), {} zeros, sparsity {:.4}, {} bytes{compression}{scales}",
-            total.tensors,
+            "total: {}, {} parameters (floating point or int8), {} zeros, sparsity {:.4}, {} bytes{compression}{scales}",
+            count(total.tensors, "tensor"),
             total.parameters,
             total.zeros,
             total.sparsity,
@@ -408,12 +433,17 @@ fn mask_set(args: &InspectArgs) -> Result<()> {
         None,
     )?;
     outln!(
-        "total: {} masks, {} weights, sparsity {:.4}",
-        total.tensors,
+        "total: {}, {} weights, sparsity {:.4}",
+        count(total.tensors, "mask"),
         total.parameters,
         total.sparsity
     )?;
     Ok(())
+}
+
+/// `n` and the noun, plural unless `n` is one: "1 tensor", "3 tensors".
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
 }
 
 #[cfg(test)]
@@ -442,6 +472,19 @@ mod tests {
         Checkpoint::from_source("t", bytes).unwrap()
     }
 
+    /// A mask byte other than 0 or 1 is refused, as `prune --masks-in` refuses it.
+    #[test]
+    fn a_mask_of_other_bytes_is_refused() {
+        let mut file = Vec::new();
+        let header = r#"{"w_mask":{"dtype":"U8","shape":[2,3],"data_offsets":[0,6]}}"#;
+        file.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        file.extend_from_slice(header.as_bytes());
+        file.extend_from_slice(&[1, 0, 1, 1, 255, 0]);
+        let masks = Checkpoint::from_source("m", file).unwrap();
+        let err = scan_mask(&masks, "w_mask", &[2, 3]).unwrap_err().to_string();
+        assert!(err.contains("w_mask") && err.contains("element 4 is 255, not 0 or 1"), "{err}");
+    }
+
     proptest! {
         /// The one-pass scan reports what the matrix, its nonzero mask and
         /// `satisfies_nm` report.
@@ -453,7 +496,7 @@ mod tests {
             dtype in prop_oneof![Just(Dtype::F32), Just(Dtype::BF16), Just(Dtype::F64)],
         ) {
             let ckpt = file(dtype, &[rows, cols], &values);
-            let got = scan::<f32, _>(&ckpt, "w", Some((rows, cols))).unwrap();
+            let got = scan::<f32, _>(&ckpt, "w", Some((rows, cols, 1))).unwrap();
             let mask = nonzero_mask(&DMatrix::from_row_slice(rows, cols, &values)).unwrap();
             let structure = (
                 mask.fully_pruned_rows().len(),
@@ -463,6 +506,43 @@ mod tests {
             prop_assert_eq!(got, Scan { zeros: mask.count_pruned(), structure: Some(structure) });
             let flat = scan::<f64, _>(&ckpt, "w", None).unwrap();
             prop_assert_eq!(flat, Scan { zeros: mask.count_pruned(), structure: None });
+        }
+
+        /// A convolution weight is 2:4 when its matrix view, columns taken in the
+        /// `(kh, kw, in)` order `prune --pattern 2:4` groups them in, satisfies 2:4.
+        #[test]
+        fn a_convolution_is_2_4_along_its_input_channels(
+            (dims, values) in (1usize..4, 1usize..10, 1usize..3, 1usize..3).prop_flat_map(
+                |(o, i, kh, kw)| (
+                    Just([o, i, kh, kw]),
+                    proptest::collection::vec(
+                        prop_oneof![3 => Just(0.0f32), 1 => Just(1.0)],
+                        o * i * kh * kw,
+                    ),
+                ),
+            ),
+        ) {
+            let [o, i, kh, kw] = dims;
+            let (cols, spatial) = (i * kh * kw, kh * kw);
+            let ckpt = file(Dtype::F32, &dims, &values);
+            let got = scan::<f32, _>(&ckpt, "w", matrix_view(&dims)).unwrap();
+            // Column `c` in that order is input channel `c % i` at position `c / i`.
+            let asp = Mask::from_fn(o, cols, |r, c| {
+                values[r * cols + (c % i) * spatial + c / i] != 0.0
+            })
+            .unwrap();
+            let is_2_4 = satisfies_nm(&asp, NmPattern::TWO_FOUR) && i % 4 == 0;
+            prop_assert_eq!(got.structure.map(|s| s.2), Some(is_2_4));
+            let bytes: Vec<u8> = values.iter().map(|&v| u8::from(v != 0.0)).collect();
+            let header = format!(
+                r#"{{"w_mask":{{"dtype":"U8","shape":{dims:?},"data_offsets":[0,{}]}}}}"#,
+                bytes.len()
+            );
+            let mut file = (header.len() as u64).to_le_bytes().to_vec();
+            file.extend_from_slice(header.as_bytes());
+            file.extend_from_slice(&bytes);
+            let masks = Checkpoint::from_source("m", file).unwrap();
+            prop_assert_eq!(scan_mask(&masks, "w_mask", &dims).unwrap(), got);
         }
     }
 }
