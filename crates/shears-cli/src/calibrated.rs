@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use nalgebra::DMatrix;
 use shears_core::{Mask, Masks};
 use shears_io::{Dtype, Model};
-use shears_models::{Method, PruneSpec, SentenceTransformer, Step, prune_model, read_texts};
+use shears_models::{Method, PruneSpec, Step, prune_model, read_texts};
 
 use crate::cli::PruneArgs;
 use crate::job::Job;
@@ -64,7 +64,7 @@ pub(crate) fn prune(
         );
     };
     let Some(calib) = &args.calib else { bail!("--method {m} needs --calib FILE") };
-    let mut transformer = SentenceTransformer::load(folder, args.max_len.map(|n| n as usize))?;
+    let mut transformer = crate::embed::load_truncating(folder, args.max_len, "--max-len")?;
     // Calibrate on the f32 values an int8 model stands for.
     transformer.model.dequantize();
     if args.max_len.is_none() && transformer.tokenizer.max_len() > CALIBRATION_TOKENS {

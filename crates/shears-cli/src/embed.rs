@@ -20,7 +20,22 @@ use crate::report::{print_json, printable};
 /// folder needs.
 fn open(folder: &Path, max_len: Option<u32>) -> Result<SentenceTransformer> {
     check_folder(folder)?;
-    Ok(SentenceTransformer::load(folder, max_len.map(|m| m as usize))?)
+    load_truncating(folder, max_len, "--max-len")
+}
+
+/// [`SentenceTransformer::load`] truncating texts to `max_len` tokens if given, a length
+/// the model cannot take reported against `flag`, the option that gave it.
+pub(crate) fn load_truncating(
+    folder: &Path,
+    max_len: Option<u32>,
+    flag: &str,
+) -> Result<SentenceTransformer> {
+    SentenceTransformer::load(folder, max_len.map(|m| m as usize)).map_err(|e| match e {
+        shears_models::Error::Argument(reason) if max_len.is_some() => {
+            anyhow::anyhow!("{flag}: {reason}")
+        }
+        e => e.into(),
+    })
 }
 
 /// An error unless `folder` is a directory, saying whether it is missing or a file.

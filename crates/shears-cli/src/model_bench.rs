@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
-use shears_models::{FormatChoice, SentenceTransformer, TextEncoder, choose_formats, read_texts};
+use shears_models::{FormatChoice, choose_formats, read_texts};
 use shears_sparse::Format;
 
 use crate::cli::BenchArgs;
@@ -66,7 +66,7 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
         );
     }
     // A given --seq-len replaces the folder's max_seq_length, which is then not checked.
-    let mut loaded = SentenceTransformer::load(&args.input, args.seq_len.map(|n| n as usize))?;
+    let mut loaded = crate::embed::load_truncating(&args.input, args.seq_len, "--seq-len")?;
     // The baseline is f32 dense: int8 layers dequantized, bf16 and f16 ones widened.
     let mut dense = loaded.clone();
     for layer in dense.model.layers_mut() {
@@ -78,11 +78,9 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
     // The folder's own limit (its `max_seq_length`, else its position embeddings), as
     // `embed` and `eval` cut sentences to it.
     let limit = loaded.tokenizer.max_len().min(positions);
+    // A given length was checked against the model as it loaded.
     let seq_len = args.seq_len.map_or(DEFAULT_SEQ_LEN.min(limit), |n| n as usize);
-    if seq_len > positions {
-        bail!("--seq-len {seq_len} is longer than the model's {positions} position embeddings");
-    }
-    dense.tokenizer = TextEncoder::from_folder(&args.input, seq_len)?;
+    dense.tokenizer = dense.tokenizer.with_max_len(seq_len)?;
     loaded.tokenizer = dense.tokenizer.clone();
     let texts = read_texts(texts_path, 100_000)?;
     let pool = dense.tokenizer.word_pool(&texts).map_err(|e| match e {

@@ -632,7 +632,24 @@ fn bench_fits_its_default_sentence_length_to_the_model() {
     let args = ["bench", m, "--texts", &texts, "--seq-len", "8", "--batch", "1", "--json", "-q"];
     let json: Value = serde_json::from_str(&ok(&args)).unwrap();
     assert_eq!(json["seq_len"], 8);
-    refused(&["bench", m, "--texts", &texts, "--seq-len", "65"], "64 position embeddings");
+    // A length the model cannot take is named by the flag that gave it.
+    let long = ["bench", m, "--texts", &texts, "--seq-len", "65"];
+    refused(&long, "--seq-len: a maximum length of 65 tokens is longer than the model's 64");
+    // max_seq_length null (sentence-transformers writes it when the tokenizer has no
+    // limit) is no limit: the position embeddings', under the default of 128.
+    std::fs::write(model.join("sentence_bert_config.json"), r#"{"max_seq_length": null}"#).unwrap();
+    let args = ["bench", m, "--texts", &texts, "--batch", "1", "--json", "-q"];
+    let json: Value = serde_json::from_str(&ok(&args)).unwrap();
+    assert_eq!(json["seq_len"], 64);
+    // A tokenizer adding three special tokens leaves no room for text in 3 tokens.
+    let tokenizer = model.join("tokenizer.json");
+    let mut json: Value = serde_json::from_slice(&std::fs::read(&tokenizer).unwrap()).unwrap();
+    let cls = json["post_processor"]["single"][0].clone();
+    json["post_processor"]["single"].as_array_mut().unwrap().insert(0, cls);
+    std::fs::write(&tokenizer, serde_json::to_vec(&json).unwrap()).unwrap();
+    let no_room = "a maximum length of 3 tokens leaves no room for text after the tokenizer's 3";
+    refused(&["bench", m, "--texts", &texts, "--seq-len", "3"], &format!("--seq-len: {no_room}"));
+    refused(&["embed", m, "--texts", &texts, "--max-len", "3"], &format!("--max-len: {no_room}"));
 }
 
 /// A prune ended by SIGTERM, wherever the signal lands, leaves no temporaries and no

@@ -624,7 +624,6 @@ impl SentenceTransformer {
                 field: "max_seq_length".into(),
                 reason,
             },
-            Error::Argument(reason) => Error::Argument(format!("--max-len: {reason}")),
             e => e,
         })?;
         let (ids, rows) = (tokenizer.vocab_size(), model.config().vocab_size);

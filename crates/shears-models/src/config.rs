@@ -252,7 +252,9 @@ impl SentenceConfig {
         let sentence_path = folder.join("sentence_bert_config.json");
         if shears_io::paths::is_present(&sentence_path) {
             let json = read_json(&sentence_path)?;
-            if let Some(v) = json.get("max_seq_length") {
+            // null: no limit given (sentence-transformers writes it for a tokenizer
+            // without one).
+            if let Some(v) = json.get("max_seq_length").filter(|v| !v.is_null()) {
                 match v.as_u64().and_then(|v| usize::try_from(v).ok()) {
                     Some(n) if (2..=MAX_POSITIONS).contains(&n) => config.max_seq_length = Some(n),
                     _ => {
