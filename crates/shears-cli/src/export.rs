@@ -23,14 +23,13 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
     };
     let options = ExportOptions { opset, weights, sparse_initializers: args.sparse_initializers };
     let out = &args.output;
-    if args.model.is_file()
-        && args.model.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".index.json"))
-    {
-        let folder = args.model.parent().filter(|p| !p.as_os_str().is_empty());
+    // A config or shard index stands for its folder in prune, but export reads the
+    // folder's other files too.
+    if args.model.is_file() && args.model.extension().is_some_and(|e| e == "json") {
         bail!(
-            "{} is a shard index: export reads a whole model folder (config, tokenizer, pooling), so give its folder, {}",
+            "{} is JSON, a file of a model folder: export reads the whole folder (config, tokenizer, pooling), so give the folder, {}",
             args.model.display(),
-            folder.unwrap_or(Path::new(".")).display()
+            folder_of(&args.model).display()
         );
     }
     if args.model.is_dir() && !args.model.join("config.json").is_file() {
@@ -199,11 +198,27 @@ fn data_file(out: &Path) -> Result<PathBuf> {
 /// An MLP checkpoint, or an error that says what export takes.
 fn load_mlp(path: &Path) -> Result<(shears_nn::Mlp<f32>, shears_core::Masks)> {
     shears_nn::checkpoint::load::<f32>(path).with_context(|| {
+        // The weights of a model folder: the folder is what exports.
+        let folder = match model_folder_of(path) {
+            Some(folder) => format!(" (give its folder, {})", folder.display()),
+            None => String::new(),
+        };
         format!(
-            "cannot export {}: shears exports shears-nn MLP checkpoints (layers.N.weight and layers.N.bias) and BERT-family model folders",
+            "cannot export {}: shears exports shears-nn MLP checkpoints (layers.N.weight and layers.N.bias) and BERT-family model folders{folder}",
             path.display()
         )
     })
+}
+
+/// The folder `file` is in.
+fn folder_of(file: &Path) -> &Path {
+    file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// The folder `file` is in if that folder is a model folder (it has a `config.json`).
+fn model_folder_of(file: &Path) -> Option<&Path> {
+    let folder = folder_of(file);
+    folder.join("config.json").is_file().then_some(folder)
 }
 
 impl From<crate::cli::ActivationQuant> for Activations {

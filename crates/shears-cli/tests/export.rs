@@ -73,12 +73,22 @@ fn refuses_what_it_cannot_export_and_writes_nothing() {
     std::fs::create_dir(dir.path().join("sharded")).unwrap();
     let index = dir.path().join("sharded/model.safetensors.index.json");
     std::fs::write(&index, r#"{"weight_map": {}}"#).unwrap();
-    let index_says = format!(
-        "is a shard index: export reads a whole model folder (config, tokenizer, pooling), so give its folder, {}",
-        index.parent().unwrap().display()
-    );
+    let json_says = |folder: &Path| {
+        format!(
+            "is JSON, a file of a model folder: export reads the whole folder (config, tokenizer, pooling), so give the folder, {}",
+            folder.display()
+        )
+    };
+    let index_says = json_says(index.parent().unwrap());
+    let config_says = json_says(&bert);
+    let config = bert.join("config.json");
+    // The weights of a model folder point to the folder.
+    let weights = bert.join("model.safetensors");
+    let weights_say = format!("model folders (give its folder, {})", bert.display());
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec![index.to_str().unwrap(), "-o", out.to_str().unwrap()], &index_says),
+        (vec![config.to_str().unwrap(), "-o", out.to_str().unwrap()], &config_says),
+        (vec![weights.to_str().unwrap(), "-o", out.to_str().unwrap()], &weights_say),
         (
             vec![wide.to_str().unwrap(), "-o", out.to_str().unwrap()],
             "word_embedding_dimension: the pooling module expects 33",
