@@ -623,21 +623,26 @@ fn prune<'a, T: Float>(
             job.layer_target().get()
         ));
     }
+    // Under the floor already: its --masks-in mask had pruned past it, and it was kept as
+    // it was, in either scope.
+    let under_floor =
+        |r: &&Row<'_>| r.sparsity_after.is_some_and(|a| 1.0 - a < job.min_density - 1e-9);
+    let mut below = std::collections::HashSet::new();
+    for r in rows.iter().filter(|r| r.choice.chosen).filter(under_floor) {
+        below.insert(r.choice.name);
+        warnings.add(format!(
+            "tensor `{}` keeps {:.4} of its weights under its --masks-in mask, less than --min-density {}: nothing more was pruned",
+            r.choice.name,
+            1.0 - r.sparsity_after.unwrap_or_default(),
+            job.min_density
+        ));
+    }
     if let Some(g) = &global {
-        for name in g.capped() {
-            let after = rows.iter().find(|r| r.choice.name == name).and_then(|r| r.sparsity_after);
-            match after {
-                // Its --masks-in mask had pruned past the floor already: kept as it was.
-                Some(after) if 1.0 - after < job.min_density - 1e-9 => warnings.add(format!(
-                    "tensor `{name}` keeps {:.4} of its weights under its --masks-in mask, less than --min-density {}: nothing more was pruned",
-                    1.0 - after,
-                    job.min_density
-                )),
-                _ => warnings.add(format!(
-                    "tensor `{name}` was held at --min-density {}: global scope would have pruned more of it",
-                    job.min_density
-                )),
-            }
+        for name in g.capped().filter(|name| !below.contains(name)) {
+            warnings.add(format!(
+                "tensor `{name}` was held at --min-density {}: global scope would have pruned more of it",
+                job.min_density
+            ));
         }
     }
     for r in rows.iter().filter(|r| r.choice.chosen) {

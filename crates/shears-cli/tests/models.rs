@@ -361,6 +361,13 @@ fn masks_round_trip_as_torch_masks_and_continue_pruning() {
     let warnings = json(&run(&args.concat()))["warnings"].to_string();
     let kept = "keeps 0.5000 of its weights under its --masks-in mask, less than --min-density 0.9";
     assert!(warnings.contains(kept) && !warnings.contains("was held at"), "{warnings}");
+    // So does layer scope, with a sparsity or applying the masks alone.
+    for sparsity in [&["-s", "0.6"][..], &[]] {
+        let args = [&["prune", input.to_str().unwrap(), "-o", f, "--masks-in", m][..], sparsity];
+        let args = [&args.concat()[..], &["--min-density", "0.9", "--json"]].concat();
+        let warnings = json(&run(&args))["warnings"].to_string();
+        assert!(warnings.contains(kept), "{sparsity:?}: {warnings}");
+    }
 }
 
 #[test]
