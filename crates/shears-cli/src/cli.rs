@@ -78,11 +78,20 @@ pub(crate) struct PruneArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) calib: Option<PathBuf>,
     /// How many lines of --calib to use.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(
+        long,
+        default_value_t = 128,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000),
+        allow_negative_numbers = true,
+    )]
     pub(crate) calib_samples: u32,
     /// Tokens per calibration sentence, longer ones truncated [default: 128, or the
     /// model's own limit if that is shorter].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(3..=65_536))]
+    #[arg(
+        long,
+        value_parser = clap::value_parser!(u32).range(3..=65_536),
+        allow_negative_numbers = true,
+    )]
     pub(crate) max_len: Option<u32>,
     /// The structure kept: unstructured, per-row, rows, columns, filters, channels (conv
     /// input channels), N:M (e.g. 2:4; along input channels for conv weights) or
@@ -95,7 +104,12 @@ pub(crate) struct PruneArgs {
     pub(crate) scope: Scope,
     /// Keep at least this fraction of every tensor (global scope gives what a capped
     /// tensor cannot take to the others).
-    #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        value_parser = parse_fraction,
+        allow_negative_numbers = true,
+    )]
     pub(crate) min_density: f64,
     /// How sparsity x count becomes a number of weights: half-even (PyTorch's), truncate
     /// or ceil.
@@ -146,7 +160,7 @@ pub(crate) struct PruneArgs {
     #[arg(long, value_name = "int8[:group=G]")]
     pub(crate) quantize: Option<shears_sparse::QuantScheme>,
     /// Seed for --method random [default: 0].
-    #[arg(long)]
+    #[arg(long, value_parser = parse_seed, allow_negative_numbers = true)]
     pub(crate) seed: Option<u64>,
     /// Print one JSON document (a record of the run) instead of the table.
     #[arg(long)]
@@ -176,11 +190,22 @@ pub(crate) struct BenchArgs {
     /// first): per layer, the input vectors (tokens) of one product; with --texts,
     /// sentences of --seq-len tokens each, so a batch of 1 is already 128 tokens by
     /// default.
-    #[arg(long, value_delimiter = ',', default_value = "1,32", value_parser = parse_batch)]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1,32",
+        value_parser = parse_batch,
+        allow_negative_numbers = true,
+    )]
     pub(crate) batch: Vec<usize>,
     /// Spatial size of convolution inputs, HxW: a conv layer is timed as its im2col
     /// product over H*W positions per sample.
-    #[arg(long, default_value = "14x14", value_parser = parse_spatial)]
+    #[arg(
+        long,
+        default_value = "14x14",
+        value_parser = parse_spatial,
+        allow_negative_numbers = true,
+    )]
     pub(crate) spatial: (usize, usize),
     /// Time every 2-D and 4-D floating tensor, embeddings and heads included.
     #[arg(long)]
@@ -194,7 +219,11 @@ pub(crate) struct BenchArgs {
     /// Tokens per sentence for --texts, the special tokens included (3 up to the model's
     /// position embeddings, 512 for BERT) [default: 128, or the folder's max_seq_length
     /// (else its position embeddings) if shorter; `embed` cuts sentences at max_seq_length].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(3..=65_536))]
+    #[arg(
+        long,
+        value_parser = clap::value_parser!(u32).range(3..=65_536),
+        allow_negative_numbers = true,
+    )]
     pub(crate) seq_len: Option<u32>,
     /// Print one JSON document instead of the table.
     #[arg(long)]
@@ -217,10 +246,19 @@ pub(crate) struct EmbedArgs {
     #[arg(short, long, value_name = "FILE")]
     pub(crate) output: Option<PathBuf>,
     /// Tokens per sentence (default: the model's max_seq_length).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(3..=65_536))]
+    #[arg(
+        long,
+        value_parser = clap::value_parser!(u32).range(3..=65_536),
+        allow_negative_numbers = true,
+    )]
     pub(crate) max_len: Option<u32>,
     /// How many lines of --texts to embed (blank lines are skipped and not counted).
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    #[arg(
+        long,
+        default_value_t = 100_000,
+        value_parser = clap::value_parser!(u32).range(1..=10_000_000),
+        allow_negative_numbers = true,
+    )]
     pub(crate) limit: u32,
     /// Print the embeddings as one JSON document (`embeddings`: one array per sentence)
     /// instead of the summary.
@@ -293,10 +331,19 @@ pub(crate) struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     pub(crate) texts: PathBuf,
     /// Tokens per sentence (default: the model's max_seq_length).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(3..=65_536))]
+    #[arg(
+        long,
+        value_parser = clap::value_parser!(u32).range(3..=65_536),
+        allow_negative_numbers = true,
+    )]
     pub(crate) max_len: Option<u32>,
     /// How many lines of --texts to use (blank lines are skipped and not counted).
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
+    #[arg(
+        long,
+        default_value_t = 100_000,
+        value_parser = clap::value_parser!(u32).range(2..=1_000_000),
+        allow_negative_numbers = true,
+    )]
     pub(crate) limit: u32,
     /// Print one JSON document instead of the summary: the measures with the pruned
     /// model's weights as f32 (`"weights": "f32"`), and for an int8 model the same
@@ -362,6 +409,11 @@ fn parse_batch(s: &str) -> Result<usize, String> {
         Ok(b) if (1..=MAX_BATCH).contains(&b) => Ok(b),
         _ => Err(format!("a batch is a whole number from 1 to {MAX_BATCH}")),
     }
+}
+
+/// A `--seed`: any 64-bit unsigned number.
+fn parse_seed(s: &str) -> Result<u64, String> {
+    s.trim().parse().map_err(|_| format!("a seed is a whole number from 0 to {}", u64::MAX))
 }
 
 /// A `--spatial` value: `HxW`, each side 1 to 4096.

@@ -139,11 +139,15 @@ fn refusal(args: &[OsString], e: clap::Error) -> String {
         _ => e,
     };
     let report = one_line(&e.render().to_string());
-    // clap says only that "one or more arguments" are not UTF-8: name the first.
+    // clap says only that "one or more arguments" are not UTF-8, or quotes a value that
+    // is not as text with U+FFFD in place of its bytes: name the first.
     let not_text = args.iter().enumerate().skip(1).find(|(_, arg)| arg.to_str().is_none());
+    let unnamed = e.kind() == clap::error::ErrorKind::InvalidUtf8 || report.contains('\u{fffd}');
     match not_text {
-        Some((i, arg)) if e.kind() == clap::error::ErrorKind::InvalidUtf8 => {
+        Some((i, arg)) if unnamed => {
+            // `--opt=VALUE` is the option and its value in one: after nothing.
             let after = match i {
+                _ if arg.as_encoded_bytes().starts_with(b"-") => String::new(),
                 1 => String::new(),
                 _ => format!(" (after `{}`)", escape_bytes(&args[i - 1])),
             };
@@ -263,5 +267,19 @@ mod tests {
         );
         assert!(line.contains("; usage: shears prune "), "{line}");
         assert!(!line.contains('\n'), "{line}");
+        // An option and its value in one argument; a value clap quotes lossily (the
+        // possible values of an enum) rather than calling it not UTF-8.
+        let parse = |tail: &[&[u8]]| {
+            let args: Vec<OsString> = tail.iter().map(|a| OsString::from_vec(a.to_vec())).collect();
+            let args = [vec![OsString::from("shears")], args].concat();
+            refusal(&args, Cli::try_parse_from(&args).err().unwrap())
+        };
+        let joined = parse(&[b"prune", b"m", b"-o", b"o", b"--method=\xff"]);
+        assert!(joined.starts_with("argument `--method=\\xff` is not UTF-8"), "{joined}");
+        let enumerated = parse(&[b"export", b"m", b"-o", b"o", b"--activations", b"\xff"]);
+        assert!(
+            enumerated.starts_with("argument `\\xff` (after `--activations`) is not UTF-8"),
+            "{enumerated}"
+        );
     }
 }

@@ -121,9 +121,12 @@ fn bad_arguments() {
     fails_usage(&["pr\u{1b}une"], &out, &["'pr\\u{1b}une'"]);
     // A newline in a file's name is shown escaped, not as a space (another name).
     fails(&["prune", "x\ny", "-o", o, "-s", "0.5"], &out, "x\\ny");
-    for batch in ["0", "4000000000", "18446744073709551615", "100000"] {
+    for batch in ["0", "4000000000", "18446744073709551615", "100000", "-1"] {
         fails_usage(&["bench", i, "--batch", batch], &out, &["1 to 65536"]);
     }
+    // A negative number is a value refused by its option, not an unknown option.
+    fails_usage(&strs(&prune(&["-s", "0.5", "--seed", "-1"])), &out, &["'-1' for '--seed"]);
+    fails_usage(&strs(&prune(&["-s", "0.5", "--min-density", "-0.5"])), &out, &["[0, 1]"]);
     fails(&strs(&prune(&["-s", "0.7", "--pattern", "2:4"])), &out, "2:4");
     fails(&strs(&prune(&[])), &out, "--sparsity is required");
     fails(
