@@ -17,6 +17,10 @@ use crate::report::print_json;
 /// shorter): a common length for sentence embeddings.
 const DEFAULT_SEQ_LEN: usize = 128;
 
+/// The most tokens one setting runs at once (sentences x `--seq-len`): each setting
+/// runs the model at least a dozen times, and past this a single run takes minutes.
+const MAX_TOKENS_PER_SETTING: usize = 1 << 17;
+
 /// Wall time, in seconds, spent timing each setting (after a warm-up run), and the
 /// fewest runs taken whatever it costs.
 const SECONDS_PER_SETTING: f64 = 2.0;
@@ -80,6 +84,13 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
     let limit = loaded.tokenizer.max_len().min(positions);
     // A given length was checked against the model as it loaded.
     let seq_len = args.seq_len.map_or(DEFAULT_SEQ_LEN.min(limit), |n| n as usize);
+    let largest = batches.last().copied().unwrap_or(1);
+    if largest * seq_len > MAX_TOKENS_PER_SETTING {
+        bail!(
+            "--batch {largest} of sentences of {seq_len} tokens is {} tokens at once; bench times at most {MAX_TOKENS_PER_SETTING} (a smaller --batch or --seq-len)",
+            largest * seq_len
+        );
+    }
     dense.tokenizer = dense.tokenizer.with_max_len(seq_len)?;
     loaded.tokenizer = dense.tokenizer.clone();
     let texts = read_texts(texts_path, 100_000)?;

@@ -635,6 +635,9 @@ fn bench_fits_its_default_sentence_length_to_the_model() {
     // A length the model cannot take is named by the flag that gave it.
     let long = ["bench", m, "--texts", &texts, "--seq-len", "65"];
     refused(&long, "--seq-len: a maximum length of 65 tokens is longer than the model's 64");
+    // A setting's work is bounded: sentences x tokens.
+    let many = ["bench", m, "--texts", &texts, "--seq-len", "8", "--batch", "1,20000"];
+    refused(&many, "--batch 20000 of sentences of 8 tokens is 160000 tokens at once");
     // max_seq_length null (sentence-transformers writes it when the tokenizer has no
     // limit) is no limit: the position embeddings', under the default of 128.
     std::fs::write(model.join("sentence_bert_config.json"), r#"{"max_seq_length": null}"#).unwrap();
