@@ -41,6 +41,7 @@ use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     remove_temporaries_on_signals();
+    quiet_tokenizer_panics();
     let args: Vec<OsString> = std::env::args_os().collect();
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
@@ -112,6 +113,21 @@ fn remove_temporaries_on_signals() {
 
 #[cfg(not(unix))]
 fn remove_temporaries_on_signals() {}
+
+/// Keeps the panics of the tokenizers library off stderr: shears-models catches them and
+/// returns an error naming the `tokenizer.json` that caused them, which is the one line
+/// reported; the default hook would first print each (once per thread that ran into it).
+/// Every other panic is printed as before.
+fn quiet_tokenizer_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let file = info.location().map_or("", |l| l.file());
+        let in_tokenizers = file.split(['/', '\\']).any(|part| part.starts_with("tokenizers-"));
+        if !in_tokenizers {
+            default(info);
+        }
+    }));
+}
 
 /// Whether `e` comes from writing into a pipe whose reader has gone.
 fn closed_pipe(e: &anyhow::Error) -> bool {

@@ -461,6 +461,36 @@ fn copy_tiny_bert(to: &Path) {
 }
 
 #[track_caller]
+/// A tokenizer the tokenizers library panics on, as it reads it or as it encodes, is one
+/// line naming its file, whichever command reads it; no panic message reaches stderr.
+#[test]
+fn tokenizers_that_panic_the_library_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts = sentences("validation.txt");
+    let out = dir.path().join("out");
+    for (name, part, value) in [
+        ("charsmap", "normalizer", r#"{"type": "Precompiled", "precompiled_charsmap": "AAAA"}"#),
+        ("chunks", "pre_tokenizer", r#"{"type": "FixedLength", "length": 0}"#),
+    ] {
+        let model = dir.path().join(name);
+        copy_tiny_bert(&model);
+        let tokenizer = model.join("tokenizer.json");
+        let mut json: Value = serde_json::from_slice(&std::fs::read(&tokenizer).unwrap()).unwrap();
+        json[part] = serde_json::from_str(value).unwrap();
+        std::fs::write(&tokenizer, serde_json::to_vec(&json).unwrap()).unwrap();
+        let m = model.to_str().unwrap();
+        let o = out.to_str().unwrap();
+        let named = format!("{}: ", tokenizer.display());
+        refused(&["embed", m, "--texts", &texts], &named);
+        refused(&["bench", m, "--texts", &texts, "--batch", "1"], &named);
+        refused(
+            &["prune", m, "-o", o, "--method", "wanda", "-s", "0.5", "--calib", &texts],
+            &named,
+        );
+        assert!(!out.exists());
+    }
+}
+
 fn refused(args: &[&str], needle: &str) {
     let o = shears(args);
     let err = stderr(&o);

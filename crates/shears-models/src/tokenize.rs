@@ -124,8 +124,11 @@ impl TextEncoder {
                     "more than {MAX_TOKENIZER_BYTES} bytes, more than a tokenizer takes"
                 ))
             })?;
-        let mut tokenizer = Tokenizer::from_bytes(&bytes)
-            .map_err(|e| file_error(format!("not a tokenizer: {e}")))?;
+        // The tokenizers library panics on some malformed files (a normalizer's bad
+        // `precompiled_charsmap`, nesting past its recursion limit) instead of erring.
+        let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(&bytes))
+            .map_err(|panic| file_error(format!("not a tokenizer: {}", panic_message(&*panic))))?;
+        let mut tokenizer = parsed.map_err(|e| file_error(format!("not a tokenizer: {e}")))?;
         if let Some(flaw) = tokenizer.get_post_processor().and_then(post_processor_flaw) {
             return Err(file_error(format!("post_processor: {flaw}")));
         }
@@ -219,15 +222,29 @@ impl TextEncoder {
         let encode = std::panic::AssertUnwindSafe(|| self.tokenizer.encode_batch(inputs, true));
         match std::panic::catch_unwind(encode) {
             Ok(encodings) => encodings.map_err(|e| failed(e.to_string())),
-            Err(_) => Err(failed("the tokenizers library panicked".into())),
+            Err(panic) => Err(failed(panic_message(&*panic))),
         }
     }
 }
 
+/// What a panic of the tokenizers library said, for an error naming the file that
+/// made it panic.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let said = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned());
+    match said {
+        Some(said) => format!("the tokenizers library panicked: {said}"),
+        None => "the tokenizers library panicked".to_owned(),
+    }
+}
+
 /// What in a post-processor would make the tokenizers library panic on a single text,
-/// if anything: a `TemplateProcessing` whose template names a special token it does
-/// not define, uses `$B` (the second text of a pair) for one text, or (in a `Sequence`
-/// after another template) receives other than one or two encodings.
+/// or lose or repeat its tokens, if anything: a `TemplateProcessing` whose template names
+/// a special token it does not define, uses `$B` (the second text of a pair) for one
+/// text or `$A` other than once, or (in a `Sequence` after another template) receives
+/// other than one or two encodings.
 fn post_processor_flaw(processor: &PostProcessorWrapper) -> Option<String> {
     let json = serde_json::to_value(processor).ok()?;
     flaw_in(&json, &mut 1)
@@ -269,6 +286,12 @@ fn flaw_in(processor: &serde_json::Value, inputs: &mut usize) -> Option<String> 
                             .into(),
                     );
                 }
+            }
+            let texts = pieces.iter().filter(|p| p["Sequence"]["id"] == "A").count();
+            if *inputs == 1 && texts != 1 {
+                return Some(format!(
+                    "the single template uses $A (the text) {texts} times, where a text takes it once"
+                ));
             }
             *inputs = pieces.len();
             None

@@ -437,14 +437,36 @@ fn a_post_processor_that_would_panic_is_refused_at_load() {
     let (err, named) = load(second_text).unwrap_err();
     assert!(err.starts_with(&named) && err.contains("uses $B"), "{err}");
 
+    // A template that drops the text, or repeats it past what truncation counts.
+    for (texts, pieces) in [(0, vec![0, 2]), (2, vec![0, 1, 1, 2])] {
+        let mut template = template.clone();
+        let single = template["single"].as_array().unwrap().clone();
+        template["single"] = pieces.iter().map(|&i| single[i].clone()).collect();
+        let (err, named) = load(template).unwrap_err();
+        let says = format!("the single template uses $A (the text) {texts} times");
+        assert!(err.starts_with(&named) && err.contains(&says), "{err}");
+    }
+
     let twice = json!({"type": "Sequence", "processors": [template.clone(), template.clone()]});
     let (err, named) = load(twice).unwrap_err();
     assert!(err.starts_with(&named) && err.contains("receives 3 encodings"), "{err}");
 
     let byte_level = json!({"type": "ByteLevel", "add_prefix_space": true,
         "trim_offsets": false, "use_regex": true});
-    let wrapped = load(json!({"type": "Sequence", "processors": [byte_level, template]})).unwrap();
+    let wrapped =
+        load(json!({"type": "Sequence", "processors": [byte_level, template.clone()]})).unwrap();
     let plain = TextEncoder::from_folder(&folder(), 64).unwrap();
     let texts = ["the cat sat", "a dog"];
     assert_eq!(wrapped.encode(&texts).unwrap(), plain.encode(&texts).unwrap());
+
+    // A file the tokenizers library panics on as it reads it (a normalizer's charsmap it
+    // cannot parse) is not a tokenizer, named by its file.
+    let dir = tempfile::tempdir().unwrap();
+    let mut json = original.clone();
+    json["normalizer"] = json!({"type": "Precompiled", "precompiled_charsmap": "AAAA"});
+    let path = dir.path().join("tokenizer.json");
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    let err = TextEncoder::from_folder(dir.path(), 64).unwrap_err().to_string();
+    let named = format!("{}: not a tokenizer: the tokenizers library panicked: ", path.display());
+    assert!(err.starts_with(&named), "{err}");
 }
