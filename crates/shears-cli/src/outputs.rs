@@ -82,6 +82,7 @@ impl Outputs {
             let source = folder.join(&relative);
             let not_a_file = match std::fs::metadata(&source) {
                 Ok(meta) if meta.is_file() => None,
+                Ok(meta) if meta.is_dir() => Some("it links to a folder outside the model folder"),
                 Ok(_) => Some("it is not a regular file (a FIFO, socket or device)"),
                 Err(_) if std::fs::symlink_metadata(&source).is_ok_and(|m| m.is_symlink()) => {
                     Some("it is a symbolic link that leads to no file")

@@ -646,7 +646,8 @@ fn conv_weights_prune_whole_input_channels_and_2_4_along_them() {
 }
 
 /// A Hugging Face cache snapshot is a folder of symbolic links into `blobs/`: every file
-/// is followed and copied as a file, and a link back to an ancestor is listed once.
+/// is followed and copied as a file, a link back to the snapshot is listed once, and
+/// links to folders outside it are named and not entered.
 #[cfg(unix)]
 #[test]
 fn a_cache_snapshot_of_links_is_pruned_with_every_file_copied() {
@@ -668,6 +669,11 @@ fn a_cache_snapshot_of_links_is_pruned_with_every_file_copied() {
     }
     symlink(&snapshot, snapshot.join("1_Pooling/loop")).unwrap();
     symlink(dir.path().join("gone"), snapshot.join("dangling.json")).unwrap();
+    // Links to folders outside the snapshot (an ancestor, the root) are not entered: what
+    // they hold is not the model's.
+    std::fs::write(dir.path().join("beside.txt"), "not the model's").unwrap();
+    symlink(dir.path(), snapshot.join("up")).unwrap();
+    symlink("/", snapshot.join("1_Pooling/root")).unwrap();
     let out = dir.path().join("pruned");
     let o = run(&["prune", snapshot.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"]);
     let err = stderr(&o);
@@ -687,6 +693,11 @@ fn a_cache_snapshot_of_links_is_pruned_with_every_file_copied() {
         }
     }
     assert!(!out.join("dangling.json").exists());
+    for link in ["up", "1_Pooling/root"] {
+        let left_out = format!("{link} was not copied: it links to a folder outside the model");
+        assert!(err.contains(&left_out), "{err}");
+        assert!(!out.join(link).exists(), "{link}");
+    }
 }
 
 /// A FIFO, socket or device among a model folder's files is neither opened nor
