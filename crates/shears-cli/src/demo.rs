@@ -199,7 +199,7 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
         dense_accuracy,
         data.test.len()
     )?;
-    outln!(
+    let explanation = format!(
         "Each method prunes the trained network to the target and fine-tunes it; the speedups time\n\
          the pruned network in the formats shears-sparse picks against the dense one, on one digit\n\
          at a time (latency) and on all {} test digits in one batch (throughput); under 1.00x the\n\
@@ -212,7 +212,11 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
         data.test.len(),
         config.rate * 100.0,
         config.output_rate * 100.0
-    )?;
+    );
+    // Then a blank line before the table.
+    for line in explanation.split('\n') {
+        outln!("{line}")?;
+    }
     let latency = "speedup, 1 digit".to_owned();
     let throughput = format!("speedup, {} digits", data.test.len());
     let header = [

@@ -1,16 +1,21 @@
-//! `shears`: prune, inspect and benchmark safetensors checkpoints, and a demo.
+//! `shears`: prune, inspect, benchmark, run and export checkpoints and model folders, and a
+//! demo.
 //!
 //! Errors print one line on stderr and exit with status 2; nothing is written then.
 
 #![allow(clippy::print_stdout, reason = "a command-line tool reports on stdout")]
 
-/// `println!` that returns the write's error instead of panicking, so that output into a
-/// closed pipe ends the command quietly (see `main`), and any other failure says it was
-/// stdout that failed (its kind kept).
+/// `println!` of one line that returns the write's error instead of panicking, so that
+/// output into a closed pipe ends the command quietly (see `main`), and any other failure
+/// says it was stdout that failed (its kind kept). The line's control characters are
+/// escaped ([`report::printable`]): a name from a file or the command line reaches the
+/// terminal as text, and a newline in it does not start another line.
 macro_rules! outln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::report::stdout_error)
+        let line = format!($($arg)*);
+        writeln!(std::io::stdout().lock(), "{}", $crate::report::printable(&line))
+            .map_err($crate::report::stdout_error)
     }};
 }
 

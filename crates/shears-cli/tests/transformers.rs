@@ -491,6 +491,30 @@ fn tokenizers_that_panic_the_library_are_one_line_errors() {
     }
 }
 
+/// Every report line is one line of text: names of folders and files (from the command
+/// line) reach the terminal with their control characters escaped.
+#[test]
+fn names_in_reports_are_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let odd = "e\u{1b}]0;title\u{7}\u{1b}[31m\nx";
+    let model = dir.path().join(odd);
+    copy_tiny_bert(&model);
+    let texts = dir.path().join(format!("{odd}.txt"));
+    std::fs::copy(sentences("calibration.txt"), &texts).unwrap();
+    let (m, t) = (model.to_str().unwrap(), texts.to_str().unwrap());
+    let pruned = dir.path().join(format!("{odd}.pruned"));
+    let onnx = dir.path().join(format!("{odd}.onnx"));
+    for args in [
+        vec!["prune", m, "-o", pruned.to_str().unwrap(), "--method", "wanda", "-s", "0.5"],
+        vec!["export", m, "-o", onnx.to_str().unwrap(), "--external-data"],
+    ] {
+        let args = if args[0] == "prune" { [&args[..], &["--calib", t]].concat() } else { args };
+        let said = ok(&args);
+        assert!(!said.contains(['\u{1b}', '\u{7}']), "{args:?}: {said:?}");
+        assert!(said.contains("e\\u{1b}]0;title\\u{7}\\u{1b}[31m\\nx"), "{said:?}");
+    }
+}
+
 fn refused(args: &[&str], needle: &str) {
     let o = shears(args);
     let err = stderr(&o);
