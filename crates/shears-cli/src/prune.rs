@@ -276,6 +276,16 @@ const LOADER_FILES: [&str; 9] = [
     "1_Pooling/config.json",
 ];
 
+/// Whether `a` and `b` are one path as written, `.` components aside (`out` and
+/// `./out/.`); paths that are one file under other names are compared by
+/// [`shears_io::paths::check_distinct`].
+fn same_relative(a: &Path, b: &Path) -> bool {
+    let written = |p: &Path| -> std::path::PathBuf {
+        p.components().filter(|c| *c != std::path::Component::CurDir).collect()
+    };
+    written(a) == written(b)
+}
+
 /// No path is both read and written, under any name: the model's files, the gradient,
 /// score and mask files, and every output.
 fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()> {
@@ -364,6 +374,14 @@ fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()>
                 }
                 dir = d.parent();
             }
+        }
+        if let Some(masks) = &outputs.masks
+            && same_relative(masks, root)
+        {
+            bail!(
+                "--masks-out {} is the output folder: give a file name, in it or elsewhere",
+                masks.display()
+            );
         }
         if let Some(masks) = &outputs.masks
             && masks.starts_with(root)

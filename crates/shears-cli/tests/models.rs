@@ -860,6 +860,18 @@ fn outputs_in_a_new_folder_that_collide_are_refused_before_writing() {
         assert!(stderr(&o).contains(needle), "{}", stderr(&o));
         assert!(!out.exists(), "nothing, not even the folder, is created");
     }
+    // The masks named as the output folder itself, relative to the working folder.
+    for masks in ["new", "./new", "new/."] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_shears"))
+            .current_dir(dir.path())
+            .args(["prune", m, "-o", "new", "-s", "0.5", "--masks-out", masks])
+            .output()
+            .unwrap();
+        let said = format!("--masks-out {masks} is the output folder: give a file name");
+        assert!(stderr(&o).contains(&said), "{}", stderr(&o));
+        assert_eq!(o.status.code(), Some(2));
+        assert!(!out.exists(), "{masks}: nothing is created");
+    }
     // -o and --masks-out the same file: each is named by its own role.
     let file = dir.path().join("model.safetensors");
     crate::util::model(&file);
