@@ -84,6 +84,15 @@ impl Job {
             bail!("--scope global ranks single weights: use --pattern unstructured");
         }
         pattern.check_sparsity(sparsity)?;
+        if let Pattern::NM(p) = pattern {
+            let kept = p.n() as f64 / p.m() as f64;
+            if args.min_density > kept + 1e-9 {
+                bail!(
+                    "--pattern {p} keeps {kept:.4} of each tensor, less than --min-density {}",
+                    args.min_density
+                );
+            }
+        }
         let elementwise = matches!(criterion, Criterion::Magnitude | Criterion::Gradient);
         let view = if pattern == Pattern::Unstructured && elementwise && calibrated.is_none() {
             View::Flat

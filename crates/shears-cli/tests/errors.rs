@@ -128,6 +128,13 @@ fn bad_arguments() {
     fails_usage(&strs(&prune(&["-s", "0.5", "--seed", "-1"])), &out, &["'-1' for '--seed"]);
     fails_usage(&strs(&prune(&["-s", "0.5", "--min-density", "-0.5"])), &out, &["[0, 1]"]);
     fails(&strs(&prune(&["-s", "0.7", "--pattern", "2:4"])), &out, "2:4");
+    // N:M fixes what a tensor keeps: a floor above it cannot be met.
+    let floor = prune(&["--pattern", "2:4", "--min-density", "0.5004"]);
+    fails(
+        &strs(&floor),
+        &out,
+        "--pattern 2:4 keeps 0.5000 of each tensor, less than --min-density",
+    );
     fails(&strs(&prune(&[])), &out, "--sparsity is required");
     fails(
         &["prune", i, "-o", o, "-s", "0.5", "--include", "nothing-matches"],
