@@ -31,8 +31,8 @@ pub(crate) enum Command {
     /// an updated index, and every other file copied.
     Prune(Box<PruneArgs>),
     /// Per-tensor dtype, shape, sparsity, empty rows and columns, 2:4 conformity as
-    /// `prune --pattern 2:4` makes it (along input channels for conv weights), also of
-    /// mask files.
+    /// `prune --pattern 2:4` makes it (along input channels for conv weights, down the
+    /// columns of GPT-2's Conv1D weights recognised by name), also of mask files.
     Inspect(InspectArgs),
     /// Time each pruned layer as a model runs it, dense (the faster of faer's GEMM and
     /// nalgebra's) and in the format shears picks for it (int8 for a layer stored as

@@ -12,6 +12,8 @@ use shears_io::{
 use crate::cli::InspectArgs;
 use crate::progress::Progress;
 use crate::report::{fraction, natural_cmp, print_json, print_table};
+use crate::tensor_filter::role_of;
+use shears_strategies::TensorRole;
 
 #[derive(Debug, Serialize)]
 pub(crate) struct TensorStats {
@@ -87,13 +89,51 @@ struct Scan {
     zeros: usize,
     /// For 2-D and 4-D tensors: zero rows, zero columns, and whether the tensor is 2:4
     /// as `prune --pattern 2:4` makes it: each group of 4 along a row (of a convolution,
-    /// 4 input channels at one kernel position) keeps at most 2, and the groups are whole
-    /// (as `satisfies_nm` with 2:4 defines it on the matrix in that column order).
+    /// 4 input channels at one kernel position; of a weight stored `(in, out)`, 4 rows
+    /// down a column) keeps at most 2, and the groups are whole (as `satisfies_nm` with
+    /// 2:4 defines it on the layer's matrix in that order).
     structure: Option<(usize, usize, bool)>,
 }
 
+/// A 2-D or 4-D tensor as a matrix, and how its 2:4 groups run.
+#[derive(Debug, Clone, Copy)]
+struct View {
+    rows: usize,
+    cols: usize,
+    /// Kernel positions per input channel: 1 for a matrix.
+    spatial: usize,
+    /// Stored `(in, out)` (GPT-2's `Conv1D`): groups run down the columns.
+    transposed: bool,
+}
+
+impl View {
+    /// The view of a tensor of shape `dims`, `None` for other ranks.
+    fn of(dims: &[usize], transposed: bool) -> Option<View> {
+        let shape = WeightShape::from_dims(dims).ok()?;
+        let (rows, cols) = shape.matrix_shape();
+        let spatial = shape.conv_dims().map_or(1, |(_, _, kh, kw)| kh * kw);
+        Some(View { rows, cols, spatial, transposed: transposed && !shape.is_conv() })
+    }
+
+    /// Whether its 2:4 groups are whole.
+    fn whole_groups(&self) -> bool {
+        let along = if self.transposed { self.rows } else { self.cols / self.spatial };
+        along.is_multiple_of(NmPattern::TWO_FOUR.m())
+    }
+
+    /// Entries per piece of a streamed scan: whole rows, and whole groups of rows when
+    /// the groups run down the columns.
+    fn unit(&self) -> usize {
+        if self.transposed && self.whole_groups() {
+            NmPattern::TWO_FOUR.m() * self.cols
+        } else {
+            self.cols
+        }
+    }
+}
+
 /// What one piece of whole rows holds: zeros, zero rows, the columns with a nonzero,
-/// and whether every row is 2:4 so far.
+/// and whether every group is 2:4 so far.
 struct Rows {
     zeros: usize,
     zero_rows: usize,
@@ -102,9 +142,10 @@ struct Rows {
 }
 
 impl Rows {
-    /// Scans `piece`, rows of `cols` entries, `is_zero` telling a zero; a row is
-    /// `cols / spatial` input channels of `spatial` kernel positions each (1 for a matrix).
-    fn of<E>(piece: &[E], cols: usize, spatial: usize, is_zero: impl Fn(&E) -> bool) -> Rows {
+    /// Scans `piece`, whole rows of `view` (whole groups of rows if they run down the
+    /// columns), `is_zero` telling a zero.
+    fn of<E>(piece: &[E], view: View, is_zero: impl Fn(&E) -> bool) -> Rows {
+        let (cols, spatial) = (view.cols, view.spatial);
         let mut rows = Rows { zeros: 0, zero_rows: 0, col_used: vec![false; cols], is_2_4: true };
         for row in piece.chunks_exact(cols) {
             let row_zeros = row.iter().filter(|v| is_zero(v)).count();
@@ -113,17 +154,29 @@ impl Rows {
             for (used, v) in rows.col_used.iter_mut().zip(row) {
                 *used |= !is_zero(v);
             }
-            // 2:4 groups run along the input channels at each kernel position.
-            for position in 0..spatial {
-                let kept = row[position..].iter().step_by(spatial).map(|v| !is_zero(v));
-                rows.is_2_4 &= NmPattern::TWO_FOUR.row_conforms(kept);
+            if !view.transposed {
+                // 2:4 groups run along the input channels at each kernel position.
+                for position in 0..spatial {
+                    let kept = row[position..].iter().step_by(spatial).map(|v| !is_zero(v));
+                    rows.is_2_4 &= NmPattern::TWO_FOUR.row_conforms(kept);
+                }
+            }
+        }
+        if view.transposed {
+            let m = NmPattern::TWO_FOUR.m();
+            for group in piece.chunks_exact(m * cols) {
+                rows.is_2_4 &= (0..cols).all(|c| {
+                    let kept = (0..m).map(|r| !is_zero(&group[r * cols + c]));
+                    NmPattern::TWO_FOUR.row_conforms(kept)
+                });
             }
         }
         rows
     }
 
-    /// The scan of a tensor of `cols` columns (`spatial` per input channel) from its pieces.
-    fn merge(pieces: impl IntoIterator<Item = Rows>, cols: usize, spatial: usize) -> Scan {
+    /// The scan of a tensor of `view` from its pieces.
+    fn merge(pieces: impl IntoIterator<Item = Rows>, view: View) -> Scan {
+        let cols = view.cols;
         let mut all = Rows { zeros: 0, zero_rows: 0, col_used: vec![false; cols], is_2_4: true };
         for piece in pieces {
             all.zeros += piece.zeros;
@@ -132,53 +185,41 @@ impl Rows {
             all.col_used.iter_mut().zip(piece.col_used).for_each(|(a, b)| *a |= b);
         }
         let zero_cols = all.col_used.iter().filter(|&&used| !used).count();
-        let whole_groups = (cols / spatial).is_multiple_of(NmPattern::TWO_FOUR.m());
         Scan {
             zeros: all.zeros,
-            structure: Some((all.zero_rows, zero_cols, all.is_2_4 && whole_groups)),
+            structure: Some((all.zero_rows, zero_cols, all.is_2_4 && view.whole_groups())),
         }
     }
 }
 
-/// A 2-D or 4-D tensor's matrix view: `(rows, cols, spatial)`, `spatial` the kernel
-/// positions per input channel (1 for a matrix); `None` for other ranks.
-fn matrix_view(dims: &[usize]) -> Option<(usize, usize, usize)> {
-    let view = WeightShape::from_dims(dims).ok()?;
-    let (rows, cols) = view.matrix_shape();
-    let spatial = view.conv_dims().map_or(1, |(_, _, kh, kw)| kh * kw);
-    Some((rows, cols, spatial))
-}
-
 /// Scans tensor `name` in one streaming pass over its rows, in file order: memory is one
 /// chunk of rows and a flag per column, whatever the tensor's size.
-fn scan<T: Float, S: Source>(
-    ckpt: &Checkpoint<S>,
-    name: &str,
-    view: Option<(usize, usize, usize)>,
-) -> Result<Scan> {
-    let Some((_, cols, spatial)) = view.filter(|&(rows, cols, _)| rows > 0 && cols > 0) else {
+fn scan<T: Float, S: Source>(ckpt: &Checkpoint<S>, name: &str, view: Option<View>) -> Result<Scan> {
+    let Some(view) = view.filter(|v| v.rows > 0 && v.cols > 0) else {
         let zeros = ckpt.map_decoded(name, 1, zeros_in::<T>)?.into_iter().sum();
-        let structure = view.map(|(rows, cols, _)| (rows, cols, true));
+        let structure = view.map(|v| (v.rows, v.cols, true));
         return Ok(Scan { zeros, structure });
     };
-    let pieces = ckpt.map_decoded(name, cols, |piece: &[T]| {
-        Rows::of(piece, cols, spatial, |&v| v == T::zero())
-    })?;
-    Ok(Rows::merge(pieces, cols, spatial))
+    let pieces = ckpt
+        .map_decoded(name, view.unit(), |piece: &[T]| Rows::of(piece, view, |&v| v == T::zero()))?;
+    Ok(Rows::merge(pieces, view))
 }
 
-/// [`scan`] of a PyTorch mask (bytes, 1 = keep): its zeros are the weight's pruned entries.
+/// [`scan`] of a PyTorch mask (bytes, 1 = keep) of a weight of shape `dims`: its zeros
+/// are the weight's pruned entries.
 ///
 /// # Errors
 /// As `prune --masks-in` would refuse it: a byte that is neither 0 nor 1.
-fn scan_mask<S: Source>(ckpt: &Checkpoint<S>, name: &str, dims: &[usize]) -> Result<Scan> {
-    let view = matrix_view(dims);
-    let (unit, spatial, cols) = match view.filter(|&(rows, cols, _)| rows > 0 && cols > 0) {
-        Some((_, cols, spatial)) => (cols, spatial, Some(cols)),
-        None => (1, 1, None),
-    };
+fn scan_mask<S: Source>(
+    ckpt: &Checkpoint<S>,
+    name: &str,
+    dims: &[usize],
+    view: Option<View>,
+) -> Result<Scan> {
+    let sized = view.filter(|v| v.rows > 0 && v.cols > 0);
     let mut pieces = Vec::new();
     let mut seen = 0usize;
+    let unit = sized.map_or(1, |v| v.unit());
     ckpt.for_each_chunk(name, unit, |bytes| -> Result<()> {
         if let Some(at) = bytes.iter().position(|&b| b > 1) {
             return Err(shears_io::Error::Shape {
@@ -189,14 +230,18 @@ fn scan_mask<S: Source>(ckpt: &Checkpoint<S>, name: &str, dims: &[usize]) -> Res
             .into());
         }
         seen += bytes.len();
-        pieces.push(Rows::of(bytes, unit, spatial, |&v| v == 0));
+        let zeros = bytes.iter().filter(|&&b| b == 0).count();
+        pieces.push(match sized {
+            Some(view) => Rows::of(bytes, view, |&b| b == 0),
+            None => Rows { zeros, zero_rows: 0, col_used: Vec::new(), is_2_4: true },
+        });
         Ok(())
     })?;
-    Ok(match cols {
-        Some(cols) => Rows::merge(pieces, cols, spatial),
+    Ok(match sized {
+        Some(view) => Rows::merge(pieces, view),
         None => Scan {
             zeros: pieces.iter().map(|p| p.zeros).sum(),
-            structure: view.map(|(rows, cols, _)| (rows, cols, true)),
+            structure: view.map(|v| (v.rows, v.cols, true)),
         },
     })
 }
@@ -266,7 +311,8 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
         if scale_of_quantized {
             // Part of its int8 tensor: not parameters of their own.
         } else if is_float(info.dtype) || scales.is_some() {
-            let view = matrix_view(&info.shape);
+            let transposed = role_of(&model, t) == TensorRole::TransposedLinear;
+            let view = View::of(&info.shape, transposed);
             // f64 data is scanned as f64: a tiny f64 is not a zero.
             let found = match info.dtype {
                 Dtype::F64 => scan::<f64, _>(ckpt, name, view)?,
@@ -282,7 +328,11 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
             }
         } else if mask {
             // A torch mask (1 = keep): its sparsity is the share of zeros, the weight's.
-            let found = scan_mask(ckpt, name, &info.shape)?;
+            // A mask has its weight's layout.
+            let weight = weight_of_torch_mask(name).unwrap_or(name);
+            let transposed =
+                TensorRole::classify(weight, true, &info.shape) == TensorRole::TransposedLinear;
+            let found = scan_mask(ckpt, name, &info.shape, View::of(&info.shape, transposed))?;
             let pruned = found.zeros;
             stats.sparsity = Some(fraction(pruned, count));
             if let Some((zero_rows, zero_cols, is_2_4)) = found.structure {
@@ -481,7 +531,8 @@ mod tests {
         file.extend_from_slice(header.as_bytes());
         file.extend_from_slice(&[1, 0, 1, 1, 255, 0]);
         let masks = Checkpoint::from_source("m", file).unwrap();
-        let err = scan_mask(&masks, "w_mask", &[2, 3]).unwrap_err().to_string();
+        let view = View::of(&[2, 3], false);
+        let err = scan_mask(&masks, "w_mask", &[2, 3], view).unwrap_err().to_string();
         assert!(err.contains("w_mask") && err.contains("element 4 is 255, not 0 or 1"), "{err}");
     }
 
@@ -496,7 +547,7 @@ mod tests {
             dtype in prop_oneof![Just(Dtype::F32), Just(Dtype::BF16), Just(Dtype::F64)],
         ) {
             let ckpt = file(dtype, &[rows, cols], &values);
-            let got = scan::<f32, _>(&ckpt, "w", Some((rows, cols, 1))).unwrap();
+            let got = scan::<f32, _>(&ckpt, "w", View::of(&[rows, cols], false)).unwrap();
             let mask = nonzero_mask(&DMatrix::from_row_slice(rows, cols, &values)).unwrap();
             let structure = (
                 mask.fully_pruned_rows().len(),
@@ -506,6 +557,13 @@ mod tests {
             prop_assert_eq!(got, Scan { zeros: mask.count_pruned(), structure: Some(structure) });
             let flat = scan::<f64, _>(&ckpt, "w", None).unwrap();
             prop_assert_eq!(flat, Scan { zeros: mask.count_pruned(), structure: None });
+            // Stored (in, out), the layer's matrix is the transpose: 2:4 down the columns.
+            let stored = scan::<f32, _>(&ckpt, "w", View::of(&[rows, cols], true)).unwrap();
+            let layer = nonzero_mask(&DMatrix::from_row_slice(rows, cols, &values).transpose())
+                .unwrap();
+            let is_2_4 =
+                satisfies_nm(&layer, NmPattern::TWO_FOUR) && (rows % 4 == 0 || cols == 0);
+            prop_assert_eq!(stored.structure.map(|s| s.2), Some(is_2_4));
         }
 
         /// A convolution weight is 2:4 when its matrix view, columns taken in the
@@ -525,7 +583,7 @@ mod tests {
             let [o, i, kh, kw] = dims;
             let (cols, spatial) = (i * kh * kw, kh * kw);
             let ckpt = file(Dtype::F32, &dims, &values);
-            let got = scan::<f32, _>(&ckpt, "w", matrix_view(&dims)).unwrap();
+            let got = scan::<f32, _>(&ckpt, "w", View::of(&dims, false)).unwrap();
             // Column `c` in that order is input channel `c % i` at position `c / i`.
             let asp = Mask::from_fn(o, cols, |r, c| {
                 values[r * cols + (c % i) * spatial + c / i] != 0.0
@@ -542,7 +600,8 @@ mod tests {
             file.extend_from_slice(header.as_bytes());
             file.extend_from_slice(&bytes);
             let masks = Checkpoint::from_source("m", file).unwrap();
-            prop_assert_eq!(scan_mask(&masks, "w_mask", &dims).unwrap(), got);
+            let scanned = scan_mask(&masks, "w_mask", &dims, View::of(&dims, false)).unwrap();
+            prop_assert_eq!(scanned, got);
         }
     }
 }

@@ -428,6 +428,14 @@ fn gpt2_conv1d_weights_are_pruned_along_their_outputs() {
             assert_eq!(kept, 2, "column {col}, group {group}");
         }
     }
+    // A Conv1D weight pruned 2:4 is 2:4 as `inspect` sees it, in the weights and masks.
+    let (gpt24, masks) = (dir.path().join("gpt24.safetensors"), dir.path().join("m.safetensors"));
+    let (g, m) = (gpt24.to_str().unwrap(), masks.to_str().unwrap());
+    run(&["prune", input.to_str().unwrap(), "-o", g, "--pattern", "2:4", "--masks-out", m]);
+    for file in [g, m] {
+        let tensors = json(&run(&["inspect", file, "--json"]))["tensors"].clone();
+        assert_eq!(tensors[0]["is_2_4"], true, "{file}: {tensors}");
+    }
 }
 
 fn values_(n: usize) -> Vec<f64> {
