@@ -132,8 +132,13 @@ impl View {
     }
 }
 
-/// What one piece of whole rows holds: zeros, zero rows, the columns with a nonzero,
-/// and whether every group is 2:4 so far.
+/// Rows whose 2:4 groups are checked: wider ones (more entries than this) are scanned for
+/// zeros only, so that no piece read is larger than a few tens of MiB whatever a row's
+/// length.
+const MAX_STRUCTURED_ROW: usize = 1 << 22;
+
+/// What a run of whole rows holds: zeros, zero rows, the columns with a nonzero, and
+/// whether every group is 2:4 so far. Memory: a flag per column.
 struct Rows {
     zeros: usize,
     zero_rows: usize,
@@ -142,67 +147,86 @@ struct Rows {
 }
 
 impl Rows {
-    /// Scans `piece`, whole rows of `view` (whole groups of rows if they run down the
+    /// None yet, of `cols` columns.
+    fn new(cols: usize) -> Rows {
+        Rows { zeros: 0, zero_rows: 0, col_used: vec![false; cols], is_2_4: true }
+    }
+
+    /// Adds `piece`, whole rows of `view` (whole groups of rows if they run down the
     /// columns), `is_zero` telling a zero.
-    fn of<E>(piece: &[E], view: View, is_zero: impl Fn(&E) -> bool) -> Rows {
+    fn add<E>(&mut self, piece: &[E], view: View, is_zero: impl Fn(&E) -> bool) {
         let (cols, spatial) = (view.cols, view.spatial);
-        let mut rows = Rows { zeros: 0, zero_rows: 0, col_used: vec![false; cols], is_2_4: true };
         for row in piece.chunks_exact(cols) {
             let row_zeros = row.iter().filter(|v| is_zero(v)).count();
-            rows.zeros += row_zeros;
-            rows.zero_rows += usize::from(row_zeros == cols);
-            for (used, v) in rows.col_used.iter_mut().zip(row) {
+            self.zeros += row_zeros;
+            self.zero_rows += usize::from(row_zeros == cols);
+            for (used, v) in self.col_used.iter_mut().zip(row) {
                 *used |= !is_zero(v);
             }
             if !view.transposed {
                 // 2:4 groups run along the input channels at each kernel position.
                 for position in 0..spatial {
                     let kept = row[position..].iter().step_by(spatial).map(|v| !is_zero(v));
-                    rows.is_2_4 &= NmPattern::TWO_FOUR.row_conforms(kept);
+                    self.is_2_4 &= NmPattern::TWO_FOUR.row_conforms(kept);
                 }
             }
         }
         if view.transposed {
             let m = NmPattern::TWO_FOUR.m();
             for group in piece.chunks_exact(m * cols) {
-                rows.is_2_4 &= (0..cols).all(|c| {
+                self.is_2_4 &= (0..cols).all(|c| {
                     let kept = (0..m).map(|r| !is_zero(&group[r * cols + c]));
                     NmPattern::TWO_FOUR.row_conforms(kept)
                 });
             }
         }
-        rows
     }
 
-    /// The scan of a tensor of `view` from its pieces.
-    fn merge(pieces: impl IntoIterator<Item = Rows>, view: View) -> Scan {
-        let cols = view.cols;
-        let mut all = Rows { zeros: 0, zero_rows: 0, col_used: vec![false; cols], is_2_4: true };
-        for piece in pieces {
-            all.zeros += piece.zeros;
-            all.zero_rows += piece.zero_rows;
-            all.is_2_4 &= piece.is_2_4;
-            all.col_used.iter_mut().zip(piece.col_used).for_each(|(a, b)| *a |= b);
-        }
-        let zero_cols = all.col_used.iter().filter(|&&used| !used).count();
+    /// Two runs' rows together.
+    fn join(mut self, other: Rows) -> Rows {
+        self.zeros += other.zeros;
+        self.zero_rows += other.zero_rows;
+        self.is_2_4 &= other.is_2_4;
+        self.col_used.iter_mut().zip(other.col_used).for_each(|(a, b)| *a |= b);
+        self
+    }
+
+    /// The scan of a tensor of `view` whose rows these are.
+    fn scan(self, view: View) -> Scan {
+        let zero_cols = self.col_used.iter().filter(|&&used| !used).count();
         Scan {
-            zeros: all.zeros,
-            structure: Some((all.zero_rows, zero_cols, all.is_2_4 && view.whole_groups())),
+            zeros: self.zeros,
+            structure: Some((self.zero_rows, zero_cols, self.is_2_4 && view.whole_groups())),
         }
     }
 }
 
-/// Scans tensor `name` in one streaming pass over its rows, in file order: memory is one
-/// chunk of rows and a flag per column, whatever the tensor's size.
+/// The view of a tensor whose structure is scanned: one with entries, rows no longer
+/// than [`MAX_STRUCTURED_ROW`].
+fn structured(view: Option<View>) -> Option<View> {
+    view.filter(|v| v.rows > 0 && v.cols > 0 && v.unit() <= MAX_STRUCTURED_ROW)
+}
+
+/// The structure reported without a scan: an empty tensor's rows and columns are all
+/// empty (and vacuously 2:4); a tensor of rows too long to scan has none reported.
+fn unscanned(view: Option<View>) -> Option<(usize, usize, bool)> {
+    view.filter(|v| v.rows == 0 || v.cols == 0).map(|v| (v.rows, v.cols, true))
+}
+
+/// Scans tensor `name` in one streaming pass over its rows, on rayon's threads: memory is
+/// a chunk of rows and a flag per column per thread, whatever the tensor's size.
 fn scan<T: Float, S: Source>(ckpt: &Checkpoint<S>, name: &str, view: Option<View>) -> Result<Scan> {
-    let Some(view) = view.filter(|v| v.rows > 0 && v.cols > 0) else {
-        let zeros = ckpt.map_decoded(name, 1, zeros_in::<T>)?.into_iter().sum();
-        let structure = view.map(|v| (v.rows, v.cols, true));
-        return Ok(Scan { zeros, structure });
+    let Some(view) = structured(view) else {
+        let count = |zeros: usize, piece: &[T]| zeros + zeros_in(piece);
+        let zeros = ckpt.fold_decoded(name, 1, || 0, count, |a, b| a + b)?;
+        return Ok(Scan { zeros, structure: unscanned(view) });
     };
-    let pieces = ckpt
-        .map_decoded(name, view.unit(), |piece: &[T]| Rows::of(piece, view, |&v| v == T::zero()))?;
-    Ok(Rows::merge(pieces, view))
+    let add = |mut rows: Rows, piece: &[T]| {
+        rows.add(piece, view, |&v| v == T::zero());
+        rows
+    };
+    let rows = ckpt.fold_decoded(name, view.unit(), || Rows::new(view.cols), add, Rows::join)?;
+    Ok(rows.scan(view))
 }
 
 /// [`scan`] of a PyTorch mask (bytes, 1 = keep) of a weight of shape `dims`: its zeros
@@ -216,11 +240,10 @@ fn scan_mask<S: Source>(
     dims: &[usize],
     view: Option<View>,
 ) -> Result<Scan> {
-    let sized = view.filter(|v| v.rows > 0 && v.cols > 0);
-    let mut pieces = Vec::new();
+    let sized = structured(view);
+    let mut rows = Rows::new(sized.map_or(0, |v| v.cols));
     let mut seen = 0usize;
-    let unit = sized.map_or(1, |v| v.unit());
-    ckpt.for_each_chunk(name, unit, |bytes| -> Result<()> {
+    ckpt.for_each_chunk(name, sized.map_or(1, |v| v.unit()), |bytes| -> Result<()> {
         if let Some(at) = bytes.iter().position(|&b| b > 1) {
             return Err(shears_io::Error::Shape {
                 tensor: name.to_owned(),
@@ -230,19 +253,15 @@ fn scan_mask<S: Source>(
             .into());
         }
         seen += bytes.len();
-        let zeros = bytes.iter().filter(|&&b| b == 0).count();
-        pieces.push(match sized {
-            Some(view) => Rows::of(bytes, view, |&b| b == 0),
-            None => Rows { zeros, zero_rows: 0, col_used: Vec::new(), is_2_4: true },
-        });
+        match sized {
+            Some(view) => rows.add(bytes, view, |&b| b == 0),
+            None => rows.zeros += bytes.iter().filter(|&&b| b == 0).count(),
+        }
         Ok(())
     })?;
     Ok(match sized {
-        Some(view) => Rows::merge(pieces, view),
-        None => Scan {
-            zeros: pieces.iter().map(|p| p.zeros).sum(),
-            structure: view.map(|v| (v.rows, v.cols, true)),
-        },
+        Some(view) => rows.scan(view),
+        None => Scan { zeros: rows.zeros, structure: unscanned(view) },
     })
 }
 
@@ -419,8 +438,8 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
     }
     if let Some(m) = &total.masks {
         outln!(
-            "masks: {} PyTorch masks, {} entries, {} of them pruned, sparsity {:.4}",
-            m.masks,
+            "masks: {}, {} entries, {} of them pruned, sparsity {:.4}",
+            count(m.masks, "PyTorch mask"),
             m.entries,
             m.pruned,
             m.sparsity
@@ -520,6 +539,18 @@ mod tests {
         bytes.extend_from_slice(header.as_bytes());
         bytes.extend_from_slice(&data);
         Checkpoint::from_source("t", bytes).unwrap()
+    }
+
+    /// Rows too long to scan for structure are counted for zeros alone: memory stays a
+    /// few chunks whatever a row's length.
+    #[test]
+    fn rows_past_the_bound_are_counted_without_structure() {
+        let cols = MAX_STRUCTURED_ROW + 4;
+        let values: Vec<f32> = (0..2 * cols).map(|i| if i % 3 == 0 { 0.0 } else { 1.0 }).collect();
+        let ckpt = file(Dtype::F32, &[2, cols], &values);
+        let zeros = values.iter().filter(|&&v| v == 0.0).count();
+        let view = View::of(&[2, cols], false);
+        assert_eq!(scan::<f32, _>(&ckpt, "w", view).unwrap(), Scan { zeros, structure: None });
     }
 
     /// A mask byte other than 0 or 1 is refused, as `prune --masks-in` refuses it.

@@ -289,6 +289,54 @@ impl<S: Source> Checkpoint<S> {
         })
     }
 
+    /// Folds the consecutive pieces of tensor `name` decoded into `T` into accumulators
+    /// made by `identity`, on rayon's threads, and `reduce`s those into one; pieces are a
+    /// whole number of `unit` values (a row, for matrices), read and decoded as for
+    /// [`Checkpoint::map_decoded`]. Memory: a piece and an accumulator per thread's run
+    /// of pieces, whatever the tensor's size. For folds whose result does not depend on
+    /// which pieces an accumulator took (sums, counts, flags).
+    ///
+    /// # Errors
+    /// As [`Checkpoint::map_decoded`].
+    pub fn fold_decoded<T: Float, A: Send>(
+        &self,
+        name: &str,
+        unit: usize,
+        identity: impl Fn() -> A + Sync + Send,
+        fold: impl Fn(A, &[T]) -> A + Sync + Send,
+        reduce: impl Fn(A, A) -> A + Sync + Send,
+    ) -> Result<A> {
+        let (info, start) = self.located(name)?;
+        let decoding = self.decoding(name, info)?;
+        let size = decoding.size();
+        let total = info.data_offsets.1 - info.data_offsets.0;
+        if total == 0 {
+            return Ok(identity());
+        }
+        let record = unit.max(1).checked_mul(size).filter(|r| total % r == 0);
+        let Some(record) = record else {
+            return Err(Error::Shape {
+                tensor: name.to_owned(),
+                shape: info.shape.clone(),
+                reason: format!("its {total} bytes are not whole records of {unit} values"),
+            });
+        };
+        let step = (CHUNK_BYTES / record).max(1) * record;
+        // Each accumulator carries its run's read and decode buffers.
+        let start_run = || (identity(), Vec::new(), Vec::new());
+        (0..total.div_ceil(step))
+            .into_par_iter()
+            .try_fold(start_run, |(acc, mut bytes, mut values): (A, Vec<u8>, Vec<T>), i| {
+                bytes.resize(step.min(total - i * step), 0);
+                self.read_at(&mut bytes, start + (i * step) as u64)?;
+                values.resize(bytes.len() / size, T::zero());
+                decoding.decode(&bytes, i * step / size, &mut values);
+                Ok((fold(acc, &values), bytes, values))
+            })
+            .map(|run: Result<(A, Vec<u8>, Vec<T>)>| run.map(|(acc, _, _)| acc))
+            .try_reduce(&identity, |a, b| Ok(reduce(a, b)))
+    }
+
     /// `f` of each consecutive piece of tensor `name` decoded into `T`, in file order;
     /// pieces are a whole number of `unit` values (a row, for matrices) and are read,
     /// decoded and passed to `f` on rayon's threads. Memory: a piece per thread.

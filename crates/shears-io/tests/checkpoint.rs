@@ -56,6 +56,24 @@ fn pieces_come_back_in_file_order_and_whole_rows() {
         assert!(pieces.len() > 1, "{dtype:?}");
         assert!(pieces.iter().all(|p| p.len() % cols == 0));
         assert_eq!(pieces.concat(), values, "{dtype:?}");
+        // Folded on rayon's threads: every piece once, each whole rows, the sums whole.
+        let (count, sum, whole) = ckpt
+            .fold_decoded(
+                "w",
+                cols,
+                || (0usize, 0f64, true),
+                |(n, s, w), p: &[f32]| {
+                    (
+                        n + p.len(),
+                        s + p.iter().map(|&v| f64::from(v)).sum::<f64>(),
+                        w && p.len().is_multiple_of(cols),
+                    )
+                },
+                |a, b| (a.0 + b.0, a.1 + b.1, a.2 && b.2),
+            )
+            .unwrap();
+        let expected: f64 = values.iter().map(|&v| f64::from(v)).sum();
+        assert_eq!((count, sum, whole), (rows * cols, expected, true), "{dtype:?}");
         assert_eq!(ckpt.read_values::<f32>("w").unwrap(), values);
         assert_eq!(ckpt.count_zeros("w").unwrap(), values.iter().filter(|&&v| v == 0.0).count());
         let mut written = Vec::new();
