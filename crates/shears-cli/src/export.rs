@@ -197,16 +197,21 @@ fn data_file(out: &Path) -> Result<PathBuf> {
 
 /// An MLP checkpoint, or an error that says what export takes.
 fn load_mlp(path: &Path) -> Result<(shears_nn::Mlp<f32>, shears_core::Masks)> {
-    shears_nn::checkpoint::load::<f32>(path).with_context(|| {
-        // The weights of a model folder: the folder is what exports.
-        let folder = match model_folder_of(path) {
-            Some(folder) => format!(" (give its folder, {})", folder.display()),
-            None => String::new(),
-        };
-        format!(
-            "cannot export {}: shears exports shears-nn MLP checkpoints (layers.N.weight and layers.N.bias) and BERT-family model folders{folder}",
-            path.display()
-        )
+    shears_nn::checkpoint::load::<f32>(path).map_err(|e| match e {
+        // Not laid out as an MLP: say what exports. Any other error (a value, the file,
+        // memory) is about the checkpoint as it is, and says so itself.
+        shears_nn::Error::BadCheckpoint { .. } => {
+            // The weights of a model folder: the folder is what exports.
+            let folder = match model_folder_of(path) {
+                Some(folder) => format!(" (give its folder, {})", folder.display()),
+                None => String::new(),
+            };
+            anyhow::Error::from(e).context(format!(
+                "cannot export {}: shears exports shears-nn MLP checkpoints (layers.N.weight and layers.N.bias) and BERT-family model folders{folder}",
+                path.display()
+            ))
+        }
+        e => e.into(),
     })
 }
 

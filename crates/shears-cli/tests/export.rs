@@ -176,6 +176,8 @@ fn a_checkpoints_masks_are_applied_and_nan_is_refused() {
     let o = shears(&["export", checkpoint.to_str().unwrap(), "-o", out.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("layers.1.bias") && stderr(&o).contains("NaN"), "{}", stderr(&o));
+    // An MLP checkpoint with a bad value is not told what export takes.
+    assert!(!stderr(&o).contains("shears exports"), "{}", stderr(&o));
     assert!(!out.exists());
 }
 
