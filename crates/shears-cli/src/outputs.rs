@@ -50,7 +50,10 @@ impl Outputs {
             outputs.shards.push(out.to_owned());
             return Ok(outputs);
         };
-        if !out.exists() && out.extension().is_some_and(|e| e == "safetensors") {
+        // A sharded model given by its index is a folder too: `-o pruned.index.json`
+        // would be a folder of that name.
+        let file_like = out.extension().is_some_and(|e| e == "safetensors" || e == "json");
+        if !out.exists() && file_like {
             bail!(
                 "{} is a model folder, so the output is a folder; {} names a file (give a folder name, or prune {} alone)",
                 model.path().display(),

@@ -621,6 +621,12 @@ fn prune<'a, T: Float>(
             "{rounded_to_zero} kept weights are below half their int8 step and were stored as zero (the sparsity after counts them; --masks-out still marks them kept)"
         ));
     }
+    if quantize.is_some() {
+        warnings.add(
+            "int8 weights read back as floating point in shears only: transformers and PyTorch take the int8 values for the weights, without their .scale tensors and without an error (keep an f32 prune for them)"
+                .to_owned(),
+        );
+    }
     if let Some(q) = quantize
         && bytes_after > total_bytes
     {

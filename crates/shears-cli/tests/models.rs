@@ -868,6 +868,17 @@ fn outputs_in_a_new_folder_that_collide_are_refused_before_writing() {
         assert!(stderr(&o).contains(needle), "{}", stderr(&o));
         assert!(!out.exists(), "nothing, not even the folder, is created");
     }
+    // A model folder, given as a folder or by its index, gives a folder: an output named
+    // like a file is refused, not made a folder of that name.
+    let index = model.join("model.safetensors.index.json");
+    for input in [m, index.to_str().unwrap()] {
+        for name in ["pruned.safetensors", "pruned.index.json"] {
+            let named = dir.path().join(name);
+            let o = shears(&["prune", input, "-o", named.to_str().unwrap(), "-s", "0.5"]);
+            assert!(stderr(&o).contains("so the output is a folder;"), "{}", stderr(&o));
+            assert!(!named.exists(), "{name}");
+        }
+    }
     // The masks named as the output folder itself, relative to the working folder.
     for masks in ["new", "./new", "new/."] {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_shears"))

@@ -13,6 +13,11 @@ use crate::util::{T, least_cosine, read, shears, stderr, values, write};
 fn run(args: &[&str]) {
     let o = shears(args);
     assert!(o.status.success(), "shears {args:?}: {}", stderr(&o));
+    // Every quantizing run says who else can read what it wrote.
+    if args.contains(&"--quantize") {
+        let says = "transformers and PyTorch take the int8 values for the weights";
+        assert!(stderr(&o).contains(says), "{}", stderr(&o));
+    }
 }
 
 fn prune(input: &Path, out: &Path, extra: &[&str]) {
