@@ -159,7 +159,7 @@ fn refusal(args: &[OsString], e: clap::Error) -> String {
         Err(again) if escaped != args && again.kind() == e.kind() => again,
         _ => e,
     };
-    let report = one_line(&e.render().to_string());
+    let report = one_line(&e.render().to_string()) + &stray_value_tip(args, &e);
     // clap says only that "one or more arguments" are not UTF-8, or quotes a value that
     // is not as text with U+FFFD in place of its bytes: name the first.
     let not_text = args.iter().enumerate().skip(1).find(|(_, arg)| arg.to_str().is_none());
@@ -180,6 +180,36 @@ fn refusal(args: &[OsString], e: clap::Error) -> String {
         }
         _ => report,
     }
+}
+
+/// For a value where clap expected none (`shears export M out.onnx`): the flag it
+/// probably belongs to, which clap does not suggest for a value.
+fn stray_value_tip(args: &[OsString], e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    if e.kind() != clap::error::ErrorKind::UnknownArgument {
+        return String::new();
+    }
+    let Some(ContextValue::String(value)) = e.get(ContextKind::InvalidArg) else {
+        return String::new();
+    };
+    if value.starts_with('-') {
+        return String::new();
+    }
+    let (flag, long) = match args.get(1).and_then(|a| a.to_str()) {
+        Some("prune" | "export") => ("-o", "--output"),
+        Some("embed" | "eval" | "bench") => ("--texts", "--texts"),
+        _ => return String::new(),
+    };
+    // With the flag given already, the value is a stray of another kind.
+    let given = args
+        .iter()
+        .skip(2)
+        .filter_map(|a| a.to_str())
+        .any(|a| a == long || a.starts_with(&format!("{long}=")) || a.starts_with(flag));
+    if given {
+        return String::new();
+    }
+    format!("; tip: a value goes after its flag, as in `{flag} {}`", report::printable(value))
 }
 
 /// An argument as text: its UTF-8 runs as they are (escaped where they must be, as in
@@ -302,5 +332,20 @@ mod tests {
             enumerated.starts_with("argument `\\xff` (after `--activations`) is not UTF-8"),
             "{enumerated}"
         );
+    }
+
+    #[test]
+    fn a_value_without_its_flag_is_pointed_to_the_flag() {
+        // Unless the flag is given: then the value is a stray of another kind.
+        let stray = |tail: &[&str]| {
+            let args: Vec<OsString> = ["shears"].iter().chain(tail).map(OsString::from).collect();
+            refusal(&args, Cli::try_parse_from(&args).err().unwrap())
+        };
+        let tip = "tip: a value goes after its flag, as in";
+        assert!(stray(&["export", "m", "out.onnx"]).ends_with(&format!("{tip} `-o out.onnx`")));
+        assert!(stray(&["embed", "m", "t.txt"]).ends_with(&format!("{tip} `--texts t.txt`")));
+        assert!(!stray(&["export", "m", "-o", "x", "out.onnx"]).contains(tip));
+        assert!(!stray(&["eval", "a", "b", "c", "--texts=t"]).contains(tip));
+        assert!(!stray(&["inspect", "a", "b"]).contains(tip));
     }
 }

@@ -171,8 +171,12 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
                 }
             }
             let formats: Vec<String> = formats.iter().map(|(f, n)| format!("{n} in {f}")).collect();
-            let slower = match s.speedup {
-                Some(x) if x < 1.0 => "; slower than dense here as a whole: run it dense",
+            let slower = match (s.speedup, &s.sparse_ms) {
+                // Slower by the medians, but some sparse run as fast as some dense one.
+                (Some(x), Some(sparse)) if x < 1.0 && sparse.min <= s.dense_ms.max => {
+                    "; no faster than dense here (the runs' ranges overlap): run it dense"
+                }
+                (Some(x), _) if x < 1.0 => "; slower than dense here as a whole: run it dense",
                 _ => "",
             };
             format!("{} of {}: {}{slower}", s.sparse_layers, s.layers.len(), formats.join(", "))

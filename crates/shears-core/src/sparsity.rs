@@ -101,10 +101,15 @@ impl std::str::FromStr for Sparsity {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
+        // A percentage is not taken as one (is "50%" 0.5 or a typo?), but named as one.
+        let percent = s.trim().strip_suffix('%').and_then(|p| p.trim().parse::<f64>().ok());
         let value: f64 = s.trim().parse().map_err(|_| Error::Parse {
             what: "sparsity",
             value: s.to_owned(),
-            expected: "a number in [0, 1]",
+            expected: match percent {
+                Some(_) => "a fraction in [0, 1], not a percentage (50% is 0.5)",
+                None => "a number in [0, 1]",
+            },
         })?;
         Sparsity::new(value)
     }
@@ -237,6 +242,8 @@ mod tests {
     fn a_percentage_is_answered_with_its_fraction() {
         let said = |v: f64| Sparsity::new(v).map(drop).unwrap_err().to_string();
         assert_eq!(said(80.0), "sparsity must be in [0, 1], got 80 (a fraction: 80% is 0.8)");
+        let percent = "50%".parse::<Sparsity>().unwrap_err().to_string();
+        assert!(percent.contains("not a percentage (50% is 0.5)"), "{percent}");
         assert_eq!(said(-0.5), "sparsity must be in [0, 1], got -0.5");
         assert_eq!(said(150.0), "sparsity must be in [0, 1], got 150");
     }
