@@ -322,9 +322,6 @@ fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()>
     for written in outputs.written() {
         // Caught here rather than when the last output is moved into place, after the
         // others were.
-        if written.as_os_str().as_encoded_bytes().ends_with(b"/") {
-            bail!("{} names a folder; an output file needs a file name", written.display());
-        }
         shears_io::paths::check_output(written)?;
     }
     if let Some(model_folder) = model.folder() {

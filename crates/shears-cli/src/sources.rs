@@ -316,8 +316,16 @@ fn open_masks(model: &Model, path: &Path, chosen: &[Tensor]) -> Result<MaskSourc
             // A name the model holds itself (a `causal_mask` buffer of a state dict given
             // as the masks) is not a pruning mask.
             let masks = ckpt.names().filter(|name| model.find(name).is_none());
+            let mut any = false;
             for weight in masks.filter_map(weight_of_torch_mask) {
                 stranger(weight)?;
+                any = true;
+            }
+            if !any && !chosen.is_empty() {
+                bail!(
+                    "{}: no NAME_mask tensor: not a mask file (prune --masks-out writes one)",
+                    path.display()
+                );
             }
             for t in chosen {
                 let name = torch_mask_name(t.name);

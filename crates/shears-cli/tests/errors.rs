@@ -400,6 +400,9 @@ fn masks_for_tensors_the_model_lacks_are_refused() {
     let args = ["prune", i, "-o", o, "-s", "0.5", "--masks-in", m];
     fails(&args, &out, "other-masks.safetensors");
     fails(&args, &out, "`encoder.fc3.weight`, which the model does not have");
+    // The model itself given as its masks: no mask in it at all.
+    let args = ["prune", i, "-o", o, "-s", "0.5", "--masks-in", i];
+    fails(&args, &out, "no NAME_mask tensor: not a mask file");
 
     // The same in a shears mask set.
     let set = dir.path().join("other-masks.shears");

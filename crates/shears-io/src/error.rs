@@ -333,7 +333,10 @@ impl FileKind {
             [0x80, 2..=5, ..] => FileKind::Pickle,
             [0x1f, 0x8b, ..] => FileKind::Gzip,
             [b'G', b'G', b'U', b'F', ..] => FileKind::Gguf,
-            // ModelProto starts with field 1 (ir_version, a varint) and names its producer.
+            // ModelProto starts with field 1 (ir_version, a small varint), then the next
+            // of its fields 2-8 (producer, version, domain, model version, doc, graph,
+            // opsets), or names ONNX.
+            [0x08, 1..=32, 0x12 | 0x1a | 0x22 | 0x28 | 0x32 | 0x3a | 0x42, ..] => FileKind::Onnx,
             [0x08, _, ..] if head.windows(4).any(|w| w == b"onnx" || w == b"ONNX") => {
                 FileKind::Onnx
             }

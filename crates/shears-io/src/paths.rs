@@ -121,13 +121,20 @@ fn open_without_blocking(path: &Path) -> std::io::Result<std::fs::File> {
 /// regular file. A symbolic link, a directory, a FIFO or a device at `path` is refused,
 /// since replacing it with a regular file (or writing through it) is never what a
 /// command line meant; so is a file name longer than 255 bytes, which no common file
-/// system takes.
+/// system takes, and a path ending in `/`.
 ///
 /// # Errors
 /// [`Error::Output`] naming what is there.
 pub fn check_output(path: &Path) -> Result<()> {
     // Caught here, not when the finished output is renamed to it (after other outputs
     // of the same run may have been).
+    // `out/` names a folder: writing the file then fails at the rename, after the work.
+    if path.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        return Err(Error::Output {
+            path: path.to_owned(),
+            reason: "it names a folder (a trailing /); an output file needs a file name",
+        });
+    }
     if path.file_name().is_some_and(|n| n.len() > MAX_NAME_BYTES) {
         return Err(Error::Output {
             path: path.to_owned(),
@@ -396,6 +403,10 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         check_output(&file).unwrap();
         check_output(&dir.path().join("absent")).unwrap();
+        // A name ending in / is a folder's, whether one is there or not.
+        let slashed = format!("{}/", dir.path().join("absent.onnx").display());
+        let e = check_output(Path::new(&slashed)).unwrap_err().to_string();
+        assert!(e.ends_with("it names a folder (a trailing /); an output file needs a file name"));
         assert!(matches!(check_output(dir.path()), Err(Error::Output { .. })));
         #[cfg(unix)]
         {

@@ -127,6 +127,13 @@ fn other_formats_are_named() {
     assert_eq!(kind(b"\x80\x02\x8a\x0alotsofpickledbytes"), Some(FileKind::Pickle));
     assert_eq!(kind(b"{\"weight_map\": {\"a\": \"b\"}}"), Some(FileKind::Json));
     assert_eq!(kind(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"), Some(FileKind::Gzip));
+    // ONNX: ir_version, then the producer (as shears and PyTorch write it), named or not.
+    let mut onnx = b"\x08\x08\x12\x06shears\x1a\x050.1.0".to_vec();
+    onnx.extend_from_slice(&[0x3a; 60]);
+    assert_eq!(kind(&onnx), Some(FileKind::Onnx));
+    let mut torch = b"\x08\x07\x12\x07pytorch".to_vec();
+    torch.extend_from_slice(&[0; 60]);
+    assert_eq!(kind(&torch), Some(FileKind::Onnx));
     let mask = shears_core::Mask::all_kept(3, 3).unwrap().to_bytes();
     assert_eq!(kind(&mask), Some(FileKind::Shears("mask")));
     let masks = shears_io::encode_mask_set(&[]);
