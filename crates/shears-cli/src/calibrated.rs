@@ -129,7 +129,7 @@ pub(crate) fn prune(
     };
     let layers = transformer.model.layers().len() as u64;
     let progress = Progress::steps(layers, "layers", args.quiet);
-    progress.message(format!("{m}: {} calibration sentences", texts.len()));
+    progress.message(format!("{m}: {} sentences", texts.len()));
     let masks = prune_model(
         &mut transformer.model,
         &batch,
