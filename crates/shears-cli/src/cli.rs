@@ -189,7 +189,7 @@ pub(crate) struct BenchArgs {
     /// Batch sizes to time, comma-separated (each 1 to 65536; each timed once, smallest
     /// first): per layer, the input vectors (tokens) of one product; with --texts,
     /// sentences of --seq-len tokens each, so a batch of 1 is already 128 tokens by
-    /// default.
+    /// default (at most 131072 tokens a batch).
     #[arg(
         long,
         value_delimiter = ',',
