@@ -306,31 +306,13 @@ impl<S: Source> Checkpoint<S> {
         fold: impl Fn(A, &[T]) -> A + Sync + Send,
         reduce: impl Fn(A, A) -> A + Sync + Send,
     ) -> Result<A> {
-        let (info, start) = self.located(name)?;
-        let decoding = self.decoding(name, info)?;
-        let size = decoding.size();
-        let total = info.data_offsets.1 - info.data_offsets.0;
-        if total == 0 {
-            return Ok(identity());
-        }
-        let record = unit.max(1).checked_mul(size).filter(|r| total % r == 0);
-        let Some(record) = record else {
-            return Err(Error::Shape {
-                tensor: name.to_owned(),
-                shape: info.shape.clone(),
-                reason: format!("its {total} bytes are not whole records of {unit} values"),
-            });
-        };
-        let step = (CHUNK_BYTES / record).max(1) * record;
+        let pieces = self.pieces(name, unit)?;
         // Each accumulator carries its run's read and decode buffers.
         let start_run = || (identity(), Vec::new(), Vec::new());
-        (0..total.div_ceil(step))
+        (0..pieces.count())
             .into_par_iter()
             .try_fold(start_run, |(acc, mut bytes, mut values): (A, Vec<u8>, Vec<T>), i| {
-                bytes.resize(step.min(total - i * step), 0);
-                self.read_at(&mut bytes, start + (i * step) as u64)?;
-                values.resize(bytes.len() / size, T::zero());
-                decoding.decode(&bytes, i * step / size, &mut values);
+                self.read_piece(&pieces, i, &mut bytes, &mut values)?;
                 Ok((fold(acc, &values), bytes, values))
             })
             .map(|run: Result<(A, Vec<u8>, Vec<T>)>| run.map(|(acc, _, _)| acc))
@@ -349,13 +331,25 @@ impl<S: Source> Checkpoint<S> {
         unit: usize,
         f: impl Fn(&[T]) -> R + Sync + Send,
     ) -> Result<Vec<R>> {
+        let pieces = self.pieces(name, unit)?;
+        (0..pieces.count())
+            .into_par_iter()
+            .map_init(
+                || (Vec::new(), Vec::new()),
+                |(bytes, values): &mut (Vec<u8>, Vec<T>), i| {
+                    self.read_piece(&pieces, i, bytes, values)?;
+                    Ok(f(values))
+                },
+            )
+            .collect()
+    }
+
+    /// How tensor `name` is read in pieces of whole records of `unit` values.
+    fn pieces(&self, name: &str, unit: usize) -> Result<Pieces> {
         let (info, start) = self.located(name)?;
         let decoding = self.decoding(name, info)?;
         let size = decoding.size();
         let total = info.data_offsets.1 - info.data_offsets.0;
-        if total == 0 {
-            return Ok(Vec::new());
-        }
         let record = unit.max(1).checked_mul(size).filter(|r| total % r == 0);
         let Some(record) = record else {
             return Err(Error::Shape {
@@ -365,17 +359,23 @@ impl<S: Source> Checkpoint<S> {
             });
         };
         let step = (CHUNK_BYTES / record).max(1) * record;
-        let scratch = || (Vec::new(), Vec::new());
-        (0..total.div_ceil(step))
-            .into_par_iter()
-            .map_init(scratch, |(bytes, values): &mut (Vec<u8>, Vec<T>), i| {
-                bytes.resize(step.min(total - i * step), 0);
-                self.read_at(bytes, start + (i * step) as u64)?;
-                values.resize(bytes.len() / size, T::zero());
-                decoding.decode(bytes, i * step / size, values);
-                Ok(f(values))
-            })
-            .collect()
+        Ok(Pieces { start, decoding, size, total, step })
+    }
+
+    /// Reads piece `i` into `bytes` and decodes it into `values`, both resized to it.
+    fn read_piece<T: Float>(
+        &self,
+        pieces: &Pieces,
+        i: usize,
+        bytes: &mut Vec<u8>,
+        values: &mut Vec<T>,
+    ) -> Result<()> {
+        let Pieces { start, ref decoding, size, total, step } = *pieces;
+        bytes.resize(step.min(total - i * step), 0);
+        self.read_at(bytes, start + (i * step) as u64)?;
+        values.resize(bytes.len() / size, T::zero());
+        decoding.decode(bytes, i * step / size, values);
+        Ok(())
     }
 
     /// Reads tensor `name`'s values in file (row-major) order into `spare`, whose
@@ -471,6 +471,23 @@ fn reserve<T>(buffer: &mut Vec<T>, len: usize, name: &str) -> Result<()> {
         tensor: name.to_owned(),
         bytes: (len as u64).saturating_mul(size_of::<T>() as u64),
     })
+}
+
+/// A tensor's data read in pieces: where it starts, how it decodes (`size` bytes a
+/// value), its length and a piece's, in bytes (the last piece may be shorter).
+#[derive(Debug)]
+struct Pieces {
+    start: u64,
+    decoding: Decoding,
+    size: usize,
+    total: usize,
+    step: usize,
+}
+
+impl Pieces {
+    fn count(&self) -> usize {
+        self.total.div_ceil(self.step)
+    }
 }
 
 /// How a tensor's bytes become floating-point values.
