@@ -112,8 +112,11 @@ impl Job {
     }
 
     /// A tensor's own target in layer scope: the sparsity, capped by the minimum
-    /// density.
+    /// density; an N:M pattern's own (a floor above it was refused).
     pub(crate) fn layer_target(&self) -> Sparsity {
+        if matches!(self.pattern, Pattern::NM(_)) {
+            return self.sparsity;
+        }
         Sparsity::new(self.sparsity.get().min(1.0 - self.min_density)).unwrap_or(self.sparsity)
     }
 

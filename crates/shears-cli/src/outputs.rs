@@ -80,12 +80,18 @@ impl Outputs {
         if model.layout() == Layout::Sharded {
             outputs.index = Some(out.join(INDEX_NAME));
         }
+        let root = folder.canonicalize().ok();
         for relative in model.other_files()? {
             let name = relative.to_string_lossy().to_ascii_lowercase();
             let source = folder.join(&relative);
             let not_a_file = match std::fs::metadata(&source) {
                 Ok(meta) if meta.is_file() => None,
-                Ok(meta) if meta.is_dir() => Some("it links to a folder outside the model folder"),
+                Ok(meta) if meta.is_dir() => Some(match (source.canonicalize(), &root) {
+                    (Ok(to), Some(root)) if to.starts_with(root) => {
+                        "it links to a folder of the model folder, copied under its own name"
+                    }
+                    _ => "it links to a folder outside the model folder",
+                }),
                 Ok(_) => Some("it is not a regular file (a FIFO, socket or device)"),
                 Err(_) if std::fs::symlink_metadata(&source).is_ok_and(|m| m.is_symlink()) => {
                     Some("it is a symbolic link that leads to no file")

@@ -135,6 +135,11 @@ fn bad_arguments() {
         &out,
         "--pattern 2:4 keeps 0.5000 of each tensor, less than --min-density",
     );
+    // A floor it meets changes nothing, and is not said to.
+    let met =
+        shears(&strs(&prune(&["-s", "0.5004", "--pattern", "2:4", "--min-density", "0.4999"])));
+    assert!(met.status.success() && !stderr(&met).contains("lowers"), "{}", stderr(&met));
+    std::fs::remove_file(&out).unwrap();
     fails(&strs(&prune(&[])), &out, "--sparsity is required");
     fails(
         &["prune", i, "-o", o, "-s", "0.5", "--include", "nothing-matches"],

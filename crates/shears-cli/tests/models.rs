@@ -654,8 +654,8 @@ fn conv_weights_prune_whole_input_channels_and_2_4_along_them() {
 }
 
 /// A Hugging Face cache snapshot is a folder of symbolic links into `blobs/`: every file
-/// is followed and copied as a file, a link back to the snapshot is listed once, and
-/// links to folders outside it are named and not entered.
+/// is followed and copied as a file; links to folders, inside the snapshot or outside
+/// it, are named and not entered, and every real folder is copied under its own name.
 #[cfg(unix)]
 #[test]
 fn a_cache_snapshot_of_links_is_pruned_with_every_file_copied() {
@@ -682,6 +682,9 @@ fn a_cache_snapshot_of_links_is_pruned_with_every_file_copied() {
     std::fs::write(dir.path().join("beside.txt"), "not the model's").unwrap();
     symlink(dir.path(), snapshot.join("up")).unwrap();
     symlink("/", snapshot.join("1_Pooling/root")).unwrap();
+    // A link to a folder of the snapshot (named to be listed before it) leaves the folder
+    // copied under its own name, where the pruned model's loaders look.
+    symlink(snapshot.join("1_Pooling"), snapshot.join("0_alias")).unwrap();
     let out = dir.path().join("pruned");
     let o = run(&["prune", snapshot.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"]);
     let err = stderr(&o);
@@ -706,6 +709,9 @@ fn a_cache_snapshot_of_links_is_pruned_with_every_file_copied() {
         assert!(err.contains(&left_out), "{err}");
         assert!(!out.join(link).exists(), "{link}");
     }
+    let alias = "0_alias was not copied: it links to a folder of the model folder, copied under";
+    assert!(err.contains(alias), "{err}");
+    assert!(!out.join("0_alias").exists());
 }
 
 /// A FIFO, socket or device among a model folder's files is neither opened nor

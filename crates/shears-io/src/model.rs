@@ -272,8 +272,8 @@ impl Model {
     /// tokenizers, ...), as paths relative to the folder, subfolders included; none for
     /// a file given by itself. Entries that are neither files nor folders (FIFOs,
     /// sockets, devices, links that lead nowhere) are listed too, and links to folders
-    /// outside the model's folder, so that a caller copying the folder can say what it
-    /// left out; open each with [`crate::paths::open_regular_file`].
+    /// (not entered), so that a caller copying the folder can say what it left out; open
+    /// each with [`crate::paths::open_regular_file`].
     ///
     /// # Errors
     /// [`Error::Io`] if the folder cannot be listed.
@@ -288,10 +288,11 @@ impl Model {
         let mut found = Vec::new();
         let mut stack = vec![PathBuf::new()];
         // Symbolic links to files are followed (a Hugging Face cache snapshot is a folder
-        // of links into its blobs), and links to folders within the model's folder; a
-        // folder reached twice is listed once. A link to a folder outside it (an ancestor,
-        // `/`) is listed as an entry, not entered: its contents are not the model's.
-        let root = folder.canonicalize().map_err(|e| Error::io("open", folder, e))?;
+        // of links into its blobs). A link to a folder is listed as an entry, not
+        // entered: one outside the model's folder (an ancestor, `/`) holds what is not
+        // the model's, and one inside it leads to a folder listed under its own name
+        // (entering the link could list that folder under the link's name instead). A
+        // folder reached twice all the same (a bind mount) is listed once.
         let mut listed = HashSet::new();
         while let Some(relative) = stack.pop() {
             let dir = folder.join(&relative);
@@ -309,17 +310,16 @@ impl Model {
                 }
                 let path = relative.join(&name);
                 let mut kind = entry.file_type().map_err(|e| Error::io("list", &dir, e))?;
-                let mut outside = false;
+                let mut linked_folder = false;
                 if kind.is_symlink() {
                     // A link that leads nowhere (dangling, or a loop) is listed as it is,
                     // for the caller to say it was left out.
                     if let Ok(meta) = std::fs::metadata(entry.path()) {
                         kind = meta.file_type();
                     }
-                    outside = kind.is_dir()
-                        && entry.path().canonicalize().is_ok_and(|to| !to.starts_with(&root));
+                    linked_folder = kind.is_dir();
                 }
-                if outside {
+                if linked_folder {
                     found.push(path);
                 } else if kind.is_dir() {
                     stack.push(path);
