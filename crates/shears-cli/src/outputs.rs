@@ -54,11 +54,15 @@ impl Outputs {
         // would be a folder of that name.
         let file_like = out.extension().is_some_and(|e| e == "safetensors" || e == "json");
         if !out.exists() && file_like {
+            // A single weights file can be pruned alone; a shard is part of the model.
+            let alone = match model.shards() {
+                [only] => format!(", or prune {} alone", only.path().display()),
+                _ => String::new(),
+            };
             bail!(
-                "{} is a model folder, so the output is a folder; {} names a file (give a folder name, or prune {} alone)",
+                "{} is a model folder, so the output is a folder; {} names a file (give a folder name{alone})",
                 model.path().display(),
                 out.display(),
-                model.shards().first().map_or(model.path(), |s| s.path()).display()
             );
         }
         if out.is_file() {

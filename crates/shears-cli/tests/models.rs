@@ -882,6 +882,8 @@ fn outputs_in_a_new_folder_that_collide_are_refused_before_writing() {
             let named = dir.path().join(name);
             let o = shears(&["prune", input, "-o", named.to_str().unwrap(), "-s", "0.5"]);
             assert!(stderr(&o).contains("so the output is a folder;"), "{}", stderr(&o));
+            // Not told to prune a shard alone: it is half the model.
+            assert!(!stderr(&o).contains("alone"), "{}", stderr(&o));
             assert!(!named.exists(), "{name}");
         }
     }
