@@ -509,6 +509,12 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
         ("lowest cosine", |r| r.min_cosine),
         (&neighbours, |r| r.neighbour_overlap),
     ];
+    outln!(
+        "{} against {}, on the sentences of {}:",
+        args.pruned.display(),
+        args.dense.display(),
+        args.texts.display()
+    )?;
     outln!("{:<24}{}", "sentences", result.sentences)?;
     match &int8 {
         None => {

@@ -135,6 +135,10 @@ fn eval_measures_an_int8_folder_as_it_runs_and_as_f32() {
     let text = ok(&["eval", dense.to_str().unwrap(), int8.to_str().unwrap(), "--texts", &texts]);
     assert!(text.contains("int8 products") && text.contains("weights as f32"), "{text}");
     assert!(text.contains(&format!("{as_run:.4}")), "{text}");
+    // And says which model it measured against which.
+    let which =
+        format!("{} against {}, on the sentences of {texts}:", int8.display(), dense.display());
+    assert!(text.starts_with(&which), "{text}");
 }
 
 #[test]
