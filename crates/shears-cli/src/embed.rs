@@ -14,7 +14,7 @@ use shears_models::{
 };
 
 use crate::cli::{EmbedArgs, EvalArgs};
-use crate::report::{print_json, printable};
+use crate::report::print_json;
 
 /// Loads a folder as it is stored (int8 layers as int8), with a message that says what a
 /// folder needs.
@@ -187,7 +187,7 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
         return Ok(());
     }
     let written = match &args.output {
-        Some(p) => format!(": wrote {}", printable(&p.display().to_string())),
+        Some(p) => format!(": wrote {}", p.display()),
         None => " (-o FILE writes them, --json prints them)".to_owned(),
     };
     let skipped = match skipped {

@@ -8,12 +8,12 @@ use shears_io::{
     Checkpoint, Dtype, FileKind, Float, Model, QUANTIZED_FROM_KEY, Source, is_float, scale_name,
     weight_of_torch_mask, zeros_in,
 };
+use shears_strategies::TensorRole;
 
 use crate::cli::InspectArgs;
 use crate::progress::Progress;
 use crate::report::{fraction, natural_cmp, print_json, print_table};
 use crate::tensor_filter::role_of;
-use shears_strategies::TensorRole;
 
 #[derive(Debug, Serialize)]
 pub(crate) struct TensorStats {

@@ -140,8 +140,8 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
     }
     outln!(
         "{}: whole model, sentences of {seq_len} tokens cut from the words of {}, {} thread{} (median, range of the runs)",
-        crate::report::printable(&report.model),
-        crate::report::printable(&report.texts),
+        report.model,
+        report.texts,
         report.threads,
         if report.threads == 1 { "" } else { "s" }
     )?;

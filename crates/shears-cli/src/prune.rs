@@ -22,7 +22,7 @@ use crate::job::Job;
 use crate::outputs::Outputs;
 use crate::progress::Progress;
 use crate::quantize::{self, Quantize};
-use crate::report::{Warnings, fraction, natural_cmp, print_json, print_table, printable};
+use crate::report::{Warnings, fraction, natural_cmp, print_json, print_table};
 use crate::sources::{Sources, Tensor, View};
 use crate::tensor_filter::{Choice, Filters};
 
@@ -804,24 +804,20 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
         None => String::new(),
     };
     let masks = match &report.masks_out {
-        Some(m) => format!(" and the masks to {}", printable(m)),
+        Some(m) => format!(" and the masks to {m}"),
         None => String::new(),
     };
     let what = match &report.masks_in {
         // Without a target, the run applies the masks and prunes nothing more.
-        Some(m) if report.sparsity == 0.0 => format!("the masks of {}", printable(m)),
+        Some(m) if report.sparsity == 0.0 => format!("the masks of {m}"),
         Some(m) => format!(
             "{} {} {} at {} from the masks of {}",
-            report.method,
-            report.pattern,
-            report.scope,
-            report.sparsity,
-            printable(m)
+            report.method, report.pattern, report.scope, report.sparsity, m
         ),
         None => {
             format!("{} {} {} at {}", report.method, report.pattern, report.scope, report.sparsity)
         }
     };
-    outln!("{what}{how}{calibrated}{quantized}: wrote {}{masks}", printable(&report.output))?;
+    outln!("{what}{how}{calibrated}{quantized}: wrote {}{masks}", report.output)?;
     Ok(())
 }
