@@ -111,14 +111,15 @@ pub(crate) struct PruneArgs {
         allow_negative_numbers = true,
     )]
     pub(crate) min_density: f64,
-    /// How sparsity x count becomes a number of weights: half-even (PyTorch's), truncate
-    /// or ceil.
-    #[arg(long, default_value = "half-even")]
-    pub(crate) rounding: Rounding,
-    /// How rows, columns, channels and blocks are scored from their weights' scores:
-    /// l2 (PyTorch's ln_structured with n=2), l1 or sum.
-    #[arg(long, default_value = "l2")]
-    pub(crate) reduction: Reduction,
+    /// How sparsity x count becomes a number of weights (or rows, channels, blocks):
+    /// half-even (PyTorch's), truncate or ceil; N:M prunes a fixed count of every group
+    /// [default: half-even].
+    #[arg(long)]
+    pub(crate) rounding: Option<Rounding>,
+    /// How rows, columns, filters, channels and blocks are scored from their weights'
+    /// scores: l2 (PyTorch's ln_structured with n=2), l1 or sum [default: l2].
+    #[arg(long)]
+    pub(crate) reduction: Option<Reduction>,
     /// Prune only tensors whose name matches this regular expression (repeatable; it
     /// overrides the default choice, not the rule that only 2-D and 4-D floating
     /// tensors can be pruned).

@@ -75,11 +75,22 @@ impl Job {
             (None, Some(_), _) => Sparsity::ZERO,
             (None, None, _) => bail!("--sparsity is required (a number in [0, 1])"),
         };
+        let reduction = args.reduction.unwrap_or_default();
         let pattern = match args.pattern {
-            Pattern::Structured(s) => Pattern::Structured(s.with_reduction(args.reduction)),
-            Pattern::Blocks { shape, .. } => Pattern::Blocks { shape, reduction: args.reduction },
+            Pattern::Structured(s) => Pattern::Structured(s.with_reduction(reduction)),
+            Pattern::Blocks { shape, .. } => Pattern::Blocks { shape, reduction },
+            other if args.reduction.is_some() => bail!(
+                "--reduction scores rows, columns, filters, channels and blocks; --pattern {other} scores single weights"
+            ),
             other => other,
         };
+        if let (Pattern::NM(p), Some(_)) = (pattern, args.rounding) {
+            bail!(
+                "--pattern {p} prunes {} of every {} weights, no count to round: --rounding does not apply",
+                p.m() - p.n(),
+                p.m()
+            );
+        }
         if args.scope == Scope::Global && pattern != Pattern::Unstructured {
             bail!("--scope global ranks single weights: use --pattern unstructured");
         }
@@ -106,7 +117,7 @@ impl Job {
             scope: args.scope,
             sparsity,
             min_density: args.min_density,
-            rounding: args.rounding,
+            rounding: args.rounding.unwrap_or_default(),
             view,
         })
     }

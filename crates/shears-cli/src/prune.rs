@@ -13,7 +13,7 @@ use shears_io::{
     Dtype, Float, Model, SCALE_SUFFIX, SealedFile, TensorWriter, commit_sealed, is_float,
     mask_bytes, scale_name, torch_mask_name, write_matrix, write_values, zeros_in,
 };
-use shears_strategies::{Criterion, Scope};
+use shears_strategies::{Criterion, Pattern, Scope};
 
 use crate::calibrated;
 use crate::cli::PruneArgs;
@@ -115,7 +115,9 @@ struct Report<'a> {
     scope: String,
     sparsity: f64,
     rounding: String,
-    reduction: String,
+    /// For the patterns that score slices or blocks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reduction: Option<String>,
     min_density: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     seed: Option<u64>,
@@ -702,7 +704,11 @@ fn prune<'a, T: Float>(
         scope: job.scope.to_string(),
         sparsity: job.sparsity.get(),
         rounding: job.rounding.to_string(),
-        reduction: args.reduction.to_string(),
+        reduction: match job.pattern {
+            Pattern::Structured(s) => Some(s.reduction().to_string()),
+            Pattern::Blocks { reduction, .. } => Some(reduction.to_string()),
+            _ => None,
+        },
         min_density: job.min_density,
         seed: matches!(job.criterion, Criterion::Random { .. }).then_some(args.seed.unwrap_or(0)),
         threshold,
