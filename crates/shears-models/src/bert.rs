@@ -595,7 +595,8 @@ impl SentenceTransformer {
     /// # Errors
     /// As [`BertModel::load`] and [`TextEncoder::from_folder`]; [`Error::Argument`] if
     /// `max_len` passes the position embeddings; [`Error::Config`] if the pooling
-    /// module's `word_embedding_dimension` is not the encoder's `hidden_size`.
+    /// module's `word_embedding_dimension` is not the encoder's `hidden_size`, or if the
+    /// tokenizer gives a token id past the word embeddings' rows.
     pub fn load(folder: &Path, max_len: Option<usize>) -> Result<SentenceTransformer> {
         let model = BertModel::load(folder)?;
         let sentence = SentenceConfig::from_folder(folder)?;
@@ -626,13 +627,15 @@ impl SentenceTransformer {
             },
             e => e,
         })?;
-        let (ids, rows) = (tokenizer.vocab_size(), model.config().vocab_size);
-        if ids > rows {
+        let rows = model.config().vocab_size;
+        if let Some((token, id, added)) = tokenizer.highest_id()
+            && id as usize >= rows
+        {
             return Err(Error::Config {
                 path: folder.join("tokenizer.json"),
-                field: "model.vocab".into(),
+                field: if added { "added_tokens" } else { "model.vocab" }.into(),
                 reason: format!(
-                    "{ids} token ids, more than the {rows} rows of the word embeddings (config.json's vocab_size)"
+                    "the tokenizer gives {token:?} id {id}, past the {rows} rows of the word embeddings (config.json's vocab_size)"
                 ),
             });
         }

@@ -170,6 +170,18 @@ impl TextEncoder {
         self.tokenizer.get_vocab_size(true)
     }
 
+    /// The token of the largest id the tokenizer can give, that id, and whether it is
+    /// an added token (`added_tokens` in tokenizer.json) rather than one of the model's
+    /// vocabulary; `None` for a tokenizer of no tokens.
+    pub(crate) fn highest_id(&self) -> Option<(String, u32, bool)> {
+        let vocab = self.tokenizer.get_vocab(false);
+        let model = vocab.into_iter().map(|(token, id)| (token, id, false));
+        let added = self.tokenizer.get_added_tokens_decoder();
+        let added = added.into_iter().map(|(id, token)| (token.content, id, true));
+        // Ties (an added token reusing a vocabulary id) name the vocabulary's token.
+        model.chain(added).max_by(|a, b| a.1.cmp(&b.1).then(b.2.cmp(&a.2)).then(b.0.cmp(&a.0)))
+    }
+
     /// Tokenizes `texts`, each truncated to [`TextEncoder::max_len`].
     ///
     /// # Errors

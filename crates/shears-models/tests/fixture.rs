@@ -470,3 +470,57 @@ fn a_post_processor_that_would_panic_is_refused_at_load() {
     let named = format!("{}: not a tokenizer: the tokenizers library panicked: ", path.display());
     assert!(err.starts_with(&named), "{err}");
 }
+
+/// A token id past the word embeddings is refused when the folder is loaded, naming the
+/// token, its id and where tokenizer.json defines it (the vocabulary or an added token);
+/// a count of ids that fits is not enough when the ids do not.
+#[test]
+fn token_ids_past_the_embeddings_are_named_at_load() {
+    use serde_json::json;
+    let original: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder().join("tokenizer.json")).unwrap()).unwrap();
+    let rows = original["model"]["vocab"].as_object().unwrap().len();
+    let load = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(folder()).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+            }
+        }
+        std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
+        let pooling = folder().join("1_Pooling/config.json");
+        std::fs::copy(pooling, dir.path().join("1_Pooling/config.json")).unwrap();
+        let mut json = original.clone();
+        edit(&mut json);
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+        let loaded = SentenceTransformer::load(dir.path(), None);
+        loaded.map(drop).map_err(|e| (e.to_string(), path.display().to_string()))
+    };
+    load(&|_| {}).unwrap();
+
+    let (err, path) = load(&|json| {
+        json["added_tokens"].as_array_mut().unwrap().push(json!({"id": 40000,
+            "content": "[XTRA]", "single_word": false, "lstrip": false, "rstrip": false,
+            "normalized": false, "special": true}));
+    })
+    .unwrap_err();
+    // The tokenizers library numbers an added token past the vocabulary on from its end.
+    let says = format!(
+        "{path}: added_tokens: the tokenizer gives \"[XTRA]\" id {rows}, past the {rows} rows of the word embeddings"
+    );
+    assert!(err.starts_with(&says), "{err}");
+
+    // One word moved past the end: as many ids as rows, one of them too large.
+    let (err, path) = load(&|json| {
+        let vocab = json["model"]["vocab"].as_object_mut().unwrap();
+        let (word, _) = vocab.iter().find(|(_, id)| id.as_u64() == Some(5)).unwrap();
+        let word = word.clone();
+        vocab.insert(word, json!(rows));
+    })
+    .unwrap_err();
+    let says = format!("{path}: model.vocab: the tokenizer gives ");
+    let id = format!(" id {rows}, past the {rows} rows");
+    assert!(err.starts_with(&says) && err.contains(&id), "{err}");
+}
