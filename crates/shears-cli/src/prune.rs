@@ -278,14 +278,10 @@ const LOADER_FILES: [&str; 9] = [
     "1_Pooling/config.json",
 ];
 
-/// Whether `a` and `b` are one path as written, `.` components aside (`out` and
-/// `./out/.`); paths that are one file under other names are compared by
-/// [`shears_io::paths::check_distinct`].
-fn same_relative(a: &Path, b: &Path) -> bool {
-    let written = |p: &Path| -> std::path::PathBuf {
-        p.components().filter(|c| *c != std::path::Component::CurDir).collect()
-    };
-    written(a) == written(b)
+/// `path` as written, `.` components aside (`out` and `./out/.` are one); paths that are
+/// one file under other names are compared by [`shears_io::paths::check_distinct`].
+fn as_written(path: &Path) -> std::path::PathBuf {
+    path.components().filter(|c| *c != std::path::Component::CurDir).collect()
 }
 
 /// No path is both read and written, under any name: the model's files, the gradient,
@@ -374,13 +370,23 @@ fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()>
                 dir = d.parent();
             }
         }
-        if let Some(masks) = &outputs.masks
-            && same_relative(masks, root)
-        {
-            bail!(
-                "--masks-out {} is the output folder: give a file name, in it or elsewhere",
-                masks.display()
-            );
+        if let Some(masks) = &outputs.masks {
+            // A folder the run writes files into cannot be the mask file too.
+            let file = as_written(masks);
+            let holds = |w: &Path| {
+                as_written(w).strip_prefix(&file).is_ok_and(|rest| !rest.as_os_str().is_empty())
+            };
+            if outputs.written().any(holds) {
+                bail!(
+                    "--masks-out {} is {}: give a file name, in it or elsewhere",
+                    masks.display(),
+                    if file == as_written(root) {
+                        "the output folder"
+                    } else {
+                        "a folder of the output model"
+                    }
+                );
+            }
         }
         if let Some(masks) = &outputs.masks
             && masks.starts_with(root)

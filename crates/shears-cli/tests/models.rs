@@ -887,14 +887,21 @@ fn outputs_in_a_new_folder_that_collide_are_refused_before_writing() {
             assert!(!named.exists(), "{name}");
         }
     }
-    // The masks named as the output folder itself, relative to the working folder.
-    for masks in ["new", "./new", "new/."] {
+    // The masks named as the output folder itself, or a folder of it, relative to the
+    // working folder.
+    for (masks, is) in [
+        ("new", "the output folder"),
+        ("./new", "the output folder"),
+        ("new/.", "the output folder"),
+        ("new/1_Pooling", "a folder of the output model"),
+        ("./new/1_Pooling/.", "a folder of the output model"),
+    ] {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_shears"))
             .current_dir(dir.path())
             .args(["prune", m, "-o", "new", "-s", "0.5", "--masks-out", masks])
             .output()
             .unwrap();
-        let said = format!("--masks-out {masks} is the output folder: give a file name");
+        let said = format!("--masks-out {masks} is {is}: give a file name");
         assert!(stderr(&o).contains(&said), "{}", stderr(&o));
         assert_eq!(o.status.code(), Some(2));
         assert!(!out.exists(), "{masks}: nothing is created");
