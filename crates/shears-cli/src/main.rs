@@ -59,13 +59,17 @@ fn main() -> ExitCode {
             }
             return ExitCode::from(2);
         }
-        // --help, --version: their text on stdout, which may not take it.
+        // --help, --version: their text on stdout, which may not take it. A reader that
+        // went away (`shears prune --help | head -3`) ends it quietly, as for any output.
         Err(e) => {
-            if let Err(write) = e.print() {
-                report_error(&format!("cannot write the help to stdout: {write}"));
-                return ExitCode::from(2);
-            }
-            return ExitCode::SUCCESS;
+            return match e.print() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(write) if write.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(141),
+                Err(write) => {
+                    report_error(&format!("cannot write the help to stdout: {write}"));
+                    ExitCode::from(2)
+                }
+            };
         }
     };
     let result = match &cli.command {

@@ -526,7 +526,8 @@ fn existing_output_is_replaced_only_on_success() {
     assert_ne!(std::fs::read(&out).unwrap(), b"previous");
 }
 
-/// Help and version that stdout cannot take are an error, not a silent success.
+/// Help and version that stdout cannot take are an error, not a silent success; a pipe
+/// closed by its reader ends them quietly, as it ends every command.
 #[test]
 #[cfg(target_os = "linux")]
 fn help_that_cannot_be_written_is_an_error() {
@@ -540,5 +541,17 @@ fn help_that_cannot_be_written_is_an_error() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
         assert!(err.starts_with("shears: error: cannot write the help to stdout"), "{err}");
+    }
+    // A pipe whose reader is gone before the help is written (`| head -3` once it has
+    // its lines): stopped without a word, with the status SIGPIPE would give.
+    for args in [&["--help"][..], &["prune", "--help"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_shears"))
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        assert_eq!((o.status.code(), stderr(&o)), (Some(141), String::new()), "{args:?}");
     }
 }
