@@ -448,6 +448,19 @@ fn write_embeddings(out: &Path, embeddings: &DMatrix<f32>, lines: &[usize]) -> R
     Ok(())
 }
 
+/// How much sparser than the pruned model the dense one may be before `eval` says the
+/// two look swapped: a dense checkpoint has a few exact zeros of its own.
+const SWAPPED_MARGIN: f64 = 0.01;
+
+/// The share of zeros among the weights of a model's linear layers.
+fn zero_share(transformer: &SentenceTransformer) -> f64 {
+    let (zeros, total) = transformer.model.linears().fold((0, 0), |(zeros, total), linear| {
+        let weights = linear.dense_weights();
+        (zeros + weights.iter().filter(|&&w| w == 0.0).count(), total + weights.len())
+    });
+    zeros as f64 / total.max(1) as f64
+}
+
 pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
     let dense = load(&args.dense, args.max_len)?;
     let mut pruned = open(&args.pruned, args.max_len)?;
@@ -460,6 +473,18 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
             sizes.0,
             sizes.1
         );
+    }
+    let shares = (zero_share(&dense), zero_share(&pruned));
+    if shares.0 > shares.1 + SWAPPED_MARGIN {
+        let mut warnings = crate::report::Warnings::default();
+        warnings.add(format!(
+            "{} has {:.1}% of its linear layers' weights zero, {} {:.1}%: eval takes the dense model first, then the pruned one",
+            args.dense.display(),
+            100.0 * shares.0,
+            args.pruned.display(),
+            100.0 * shares.1
+        ));
+        warnings.report();
     }
     let texts = Texts::read(&args.texts, args.limit)?;
     if texts.texts.len() < 2 {

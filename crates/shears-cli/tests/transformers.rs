@@ -139,6 +139,17 @@ fn eval_measures_an_int8_folder_as_it_runs_and_as_f32() {
     let which =
         format!("{} against {}, on the sentences of {texts}:", int8.display(), dense.display());
     assert!(text.starts_with(&which), "{text}");
+    // Given in the wrong order, the two are measured and the user told.
+    let o = shears(&["eval", float.to_str().unwrap(), dense.to_str().unwrap(), "--texts", &texts]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let said = format!(
+        "shears: warning: {} has 50.0% of its linear layers' weights zero, {} 0.0%: eval takes the dense model first",
+        float.display(),
+        dense.display()
+    );
+    assert!(stderr(&o).starts_with(&said), "{}", stderr(&o));
+    let o = shears(&["eval", dense.to_str().unwrap(), float.to_str().unwrap(), "--texts", &texts]);
+    assert_eq!(stderr(&o), "");
 }
 
 #[test]
