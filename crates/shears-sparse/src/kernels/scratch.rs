@@ -68,6 +68,16 @@ impl<T: Copy + Default + 'static> LineAligned<T> {
     /// `len` copies of `value`, in storage from the thread's pool where one is large
     /// enough (the smallest such), else newly allocated.
     pub(super) fn filled(len: usize, value: T) -> Self {
+        let mut buffer = Self::for_overwrite(len);
+        buffer.buf.fill(value);
+        buffer
+    }
+
+    /// `len` elements of unspecified values (what the storage last held, or the default),
+    /// for a caller that writes every element before it reads it: a pooled buffer's
+    /// values are kept rather than cleared, so a product whose buffer is a copy of its
+    /// input does not write it twice.
+    pub(super) fn for_overwrite(len: usize) -> Self {
         let slack = LINE / size_of::<T>();
         let needed = len + slack;
         let mut buf = with_pool::<T, _>(|pool| {
@@ -77,8 +87,8 @@ impl<T: Copy + Default + 'static> LineAligned<T> {
         })
         .flatten()
         .unwrap_or_else(|| Vec::with_capacity(needed));
-        buf.clear();
-        buf.resize(needed, value);
+        // Writes only the elements past the pooled buffer's length, if any.
+        buf.resize(needed, T::default());
         // `align_offset` may decline (usize::MAX); then the buffer is merely unaligned.
         let start = buf.as_ptr().align_offset(LINE).min(slack);
         LineAligned { buf, start, len }
@@ -132,6 +142,26 @@ mod tests {
         assert!(second.as_slice().iter().all(|&v| v == 0.0));
         second.as_mut_slice()[499] = 1.0;
         assert_eq!(second.as_slice()[499], 1.0);
+    }
+
+    #[test]
+    fn a_buffer_for_overwrite_keeps_the_pooled_values_and_its_length() {
+        drop(LineAligned::<f32>::filled(1000, 7.0));
+        // Takes the storage above, and leaves it 300 (and the slack) long.
+        let mut first = LineAligned::<f32>::filled(300, 5.0);
+        first.as_mut_slice()[0] = 1.0;
+        let storage = first.buf.as_ptr();
+        drop(first);
+        // Shorter than the pooled one: its values, not cleared.
+        let second = LineAligned::<f32>::for_overwrite(200);
+        assert_eq!((second.buf.as_ptr(), second.as_slice().len()), (storage, 200));
+        assert_eq!(second.as_slice().as_ptr().align_offset(LINE), 0);
+        assert_eq!((second.as_slice()[0], second.as_slice()[199]), (1.0, 5.0));
+        drop(second);
+        // Past the pooled buffer's length but within its storage: the default there.
+        let third = LineAligned::<f32>::for_overwrite(900);
+        assert_eq!((third.buf.as_ptr(), third.as_slice().len()), (storage, 900));
+        assert_eq!((third.as_slice()[0], third.as_slice()[899]), (1.0, 0.0));
     }
 
     #[test]

@@ -222,7 +222,8 @@ fn panels<T: Scalar>(
 /// the values a window of input rows reads a power of two apart, into the same L1 sets.
 pub(super) fn to_panels<T: Scalar>(x: &DMatrix<T>, width: usize) -> LineAligned<T> {
     let (n, b) = x.shape();
-    let mut aligned = LineAligned::zeroed(n * b);
+    // Every element is written by the copy below.
+    let mut aligned = LineAligned::for_overwrite(n * b);
     let xt = aligned.as_mut_slice();
     if xt.is_empty() {
         return aligned;
@@ -408,7 +409,7 @@ pub(super) fn spmm<T: Scalar, U: Units>(
     for_each_block(a, y, panel, |units, batch_columns, columns| {
         let (rows, widest) = (columns[0].len(), panel.min(batch_columns.len()));
         // Fully written by each panel's copy before it is read.
-        let mut xt = LineAligned::zeroed(ncols * widest);
+        let mut xt = LineAligned::for_overwrite(ncols * widest);
         let mut z = LineAligned::zeroed(rows * widest);
         for (k, c0) in batch_columns.clone().step_by(panel).enumerate() {
             let width = panel.min(batch_columns.end - c0);
