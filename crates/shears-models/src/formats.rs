@@ -56,7 +56,8 @@ pub struct FormatChoice {
     /// layer's weights dequantized; the faster of their own type and f32 for bf16 or
     /// f16 weights): the fastest timed so far for a layer of this shape.
     pub dense_seconds: f64,
-    /// The proposed format's time, if one was timed.
+    /// The proposed format's time, if one was timed: for N:M and int8, the fastest timed
+    /// so far for a layer of this shape, as for dense.
     pub proposed_seconds: Option<f64>,
     /// The format the layer now runs in.
     pub chosen: String,
@@ -66,9 +67,9 @@ pub struct FormatChoice {
 /// `choose_format` proposes for its zeros at `tokens` tokens per product (or, where that
 /// is dense, the N:M pattern its zeros follow, 2:4 or 4:8, if any, else CSR for a
 /// sparsity up to 0.1 below CSR's break-even), timing both on
-/// `min(tokens, 4096)` tokens (the best of three runs each; the dense product, whose
-/// time depends on the layer's shape alone, three times for a shape's first layer and
-/// once for each further one, the fastest of all kept); a format that can hold the
+/// `min(tokens, 4096)` tokens (the best of three runs each; the dense, N:M and int8
+/// products, whose times depend on the layer's shape alone, three times for a shape's
+/// first layer and once for each further one, the fastest of all kept); a format that can hold the
 /// weights in bf16 or f16, dense included, is timed that way and in f32, and runs the
 /// faster. An int8 layer is set to the faster of its integer products and the f32 GEMM
 /// on its dequantized weights.
@@ -79,7 +80,7 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
     let timing = tokens.clamp(1, TIMING_TOKENS);
     let near_break_even = near_break_even_crossovers()?;
     let mut inputs = TimingInputs { tokens: timing, by_width: Vec::new() };
-    let mut dense_times = DenseTimes::default();
+    let mut times = ShapeTimes::default();
     let mut choices = Vec::new();
     for layer in model.layers_mut() {
         for (_, linear) in layer.linears_mut() {
@@ -89,9 +90,9 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
                 // the f32 GEMM on their dequantized weights.
                 let (rows, cols) = linear.shape();
                 let zeros = int8.values().iter().filter(|&&v| v == 0).count();
-                let int8_seconds = best_of(TIMED_RUNS, || linear.forward(x).map(drop))?;
+                let int8_seconds = times.time(linear, x)?;
                 linear.dequantize();
-                let dense_seconds = dense_times.time(linear, x)?;
+                let dense_seconds = times.time(linear, x)?;
                 let chosen = if int8_seconds < dense_seconds {
                     linear.set_int8(int8)?;
                     INT8
@@ -120,13 +121,13 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
                 other => other,
             };
             linear.set_format(Format::Dense)?;
-            let mut dense_seconds = dense_times.time(linear, x)?;
+            let mut dense_seconds = times.time(linear, x)?;
             // Dense half-precision weights (a bf16 or f16 checkpoint's) widen a band of
             // rows per product: kept only where they beat the same weights in f32.
             let mut dense_half = linear.value_type() != "f32";
             if dense_half {
                 linear.set_f32_format(Format::Dense)?;
-                let f32_seconds = dense_times.time(linear, x)?;
+                let f32_seconds = times.time(linear, x)?;
                 if f32_seconds < dense_seconds {
                     (dense_seconds, dense_half) = (f32_seconds, false);
                 } else {
@@ -143,14 +144,14 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
             };
             if proposed != Format::Dense {
                 linear.set_format(proposed)?;
-                let mut seconds = best_of(TIMED_RUNS, || linear.forward(x).map(drop))?;
+                let mut seconds = times.time(linear, x)?;
                 let values = linear.value_type();
                 if values != "f32" {
                     // Half-precision values (a bf16 or f16 checkpoint's) are named, and
                     // kept only where they beat the same format in f32.
                     choice.proposed = format!("{proposed} {values}");
                     linear.set_f32_format(proposed)?;
-                    let f32_seconds = best_of(TIMED_RUNS, || linear.forward(x).map(drop))?;
+                    let f32_seconds = times.time(linear, x)?;
                     if f32_seconds < seconds {
                         (seconds, choice.proposed) = (f32_seconds, proposed.to_string());
                     } else {
@@ -222,22 +223,37 @@ impl TimingInputs {
     }
 }
 
-/// The fastest dense product timed so far for each shape and value type. Every layer of
-/// a shape runs the same dense GEMM, so its time belongs to the shape: a shape's first
-/// layer takes three runs and each later one a single run, which updates the shape's
-/// fastest. That keeps a moment of noise from deciding a layer while planning a model
-/// whose layers share a few shapes costs a third of its dense products.
+/// The fastest product timed so far for each shape, format and value type, for the
+/// formats whose product time depends on the shape alone: dense (int8 included), and
+/// N:M (every row stores the same count of weights in the same layout, whatever their
+/// values). Every
+/// layer of a shape runs the same product, so its time belongs to the shape: a shape's
+/// first layer takes three runs and each later one a single run, which updates the
+/// shape's fastest. That keeps a moment of noise from deciding a layer, and weighs the
+/// two sides alike (a dense time that is the fastest of many runs against a format's
+/// best of three would favour dense), while planning a model whose layers share a few
+/// shapes costs a third of its products. Other formats (CSR, whose time follows each
+/// layer's own zeros) take the best of three runs, layer by layer.
 #[derive(Default)]
-struct DenseTimes {
-    fastest: Vec<((usize, usize, &'static str), f64)>,
+struct ShapeTimes {
+    fastest: Vec<(ProductKind, f64)>,
 }
 
-impl DenseTimes {
-    /// Times `linear` (set to a dense format) on `x`, and returns the fastest dense
-    /// product of its shape and value type so far, in seconds.
+/// What a product's time depends on: the weight's rows and columns, its format and its
+/// value type.
+type ProductKind = (usize, usize, Format, &'static str);
+
+impl ShapeTimes {
+    /// Times `linear` in its present format on `x`, and returns the fastest product of
+    /// its shape, format and value type so far (for dense and N:M), or the best of its
+    /// own three runs, in seconds.
     fn time(&mut self, linear: &Linear, x: &DMatrix<f32>) -> Result<f64> {
+        let format = linear.format();
+        if !matches!(format, Format::Dense | Format::Nm(_)) {
+            return best_of(TIMED_RUNS, || linear.forward(x).map(drop));
+        }
         let (rows, cols) = linear.shape();
-        let key = (rows, cols, linear.value_type());
+        let key = (rows, cols, format, linear.value_type());
         let known = self.fastest.iter().position(|(k, _)| *k == key);
         let runs = if known.is_some() { 1 } else { TIMED_RUNS };
         let seconds = best_of(runs, || linear.forward(x).map(drop))?;
@@ -283,14 +299,14 @@ mod tests {
     }
 
     #[test]
-    fn dense_times_belong_to_a_shape_and_value_type_and_only_fall() {
+    fn times_belong_to_a_shape_format_and_value_type_and_only_fall() {
         let linear = |rows: usize, cols: usize| {
             let w = DMatrix::from_fn(rows, cols, |r, c| (r + 2 * c) as f32 / 64.0);
             Linear::new("layer.weight", w, nalgebra::DVector::zeros(rows)).unwrap()
         };
         let (a, b, wide) = (linear(16, 8), linear(16, 8), linear(16, 24));
         let mut inputs = TimingInputs { tokens: 5, by_width: Vec::new() };
-        let mut times = DenseTimes::default();
+        let mut times = ShapeTimes::default();
         let first = times.time(&a, inputs.for_layer(&a)).unwrap();
         let again = times.time(&b, inputs.for_layer(&b)).unwrap();
         assert!(first > 0.0 && again <= first, "{first} then {again}");
@@ -299,8 +315,25 @@ mod tests {
         bf16.set_format(Format::Dense).unwrap();
         assert_eq!(bf16.value_type(), "bf16", "weights exact in bf16 are stored so");
         times.time(&bf16, inputs.for_layer(&bf16)).unwrap();
+        // N:M products are keyed by their pattern; CSR's are the layer's own.
+        let w = DMatrix::from_fn(16, 8, |r, c| if c % 4 < 2 { (r + c) as f32 + 0.5 } else { 0.0 });
+        let mut nm = Linear::new("nm.weight", w, nalgebra::DVector::zeros(16)).unwrap();
+        let two_four = Format::Nm(NmPattern::TWO_FOUR);
+        nm.set_f32_format(two_four).unwrap();
+        times.time(&nm, inputs.for_layer(&nm)).unwrap();
+        nm.set_f32_format(Format::Csr).unwrap();
+        times.time(&nm, inputs.for_layer(&nm)).unwrap();
         let keys: Vec<_> = times.fastest.iter().map(|(k, _)| *k).collect();
-        assert_eq!(keys, [(16, 8, "f32"), (16, 24, "f32"), (16, 8, "bf16")]);
+        let dense = Format::Dense;
+        assert_eq!(
+            keys,
+            [
+                (16, 8, dense, "f32"),
+                (16, 24, dense, "f32"),
+                (16, 8, dense, "bf16"),
+                (16, 8, two_four, "f32")
+            ]
+        );
         // One input per width, `tokens` columns each.
         let shapes: Vec<_> = inputs.by_width.iter().map(DMatrix::shape).collect();
         assert_eq!(shapes, [(8, 5), (24, 5)]);
