@@ -185,21 +185,19 @@ fn bad_arguments() {
         "--seed is read by --method random only",
     );
     // Options that change nothing in the pattern asked for are refused, not ignored.
-    fails(
-        &["prune", i, "-o", o, "-s", "0.5", "--reduction", "l1"],
-        &out,
-        "--reduction scores rows, columns, filters, channels and blocks; --pattern unstructured scores single weights",
-    );
-    fails(
-        &["prune", i, "-o", o, "--pattern", "2:4", "--reduction", "sum"],
-        &out,
-        "--pattern 2:4 scores single weights",
-    );
-    fails(
-        &["prune", i, "-o", o, "--pattern", "2:4", "--rounding", "ceil"],
-        &out,
-        "--pattern 2:4 prunes 2 of every 4 weights, no count to round: --rounding does not apply",
-    );
+    for (options, needle) in [
+        (
+            &["-s", "0.5", "--reduction", "l1"][..],
+            "--reduction scores rows, columns, filters, channels and blocks; --pattern unstructured scores single weights",
+        ),
+        (&["--pattern", "2:4", "--reduction", "sum"], "--pattern 2:4 scores single weights"),
+        (
+            &["--pattern", "2:4", "--rounding", "ceil"],
+            "--pattern 2:4 prunes 2 of every 4 weights, no count to round: --rounding does not apply",
+        ),
+    ] {
+        fails(&[&["prune", i, "-o", o][..], options].concat(), &out, needle);
+    }
     fails(&["prune", i, "-o", i, "-s", "0.5"], &out, "is both the model and the output");
     fails(&strs(&prune(&["-s", "0.5", "--grads", i])), &out, "--method gradient");
     fails(&strs(&prune(&["-s", "0.5", "--method", "wanda"])), &out, "calibration");
