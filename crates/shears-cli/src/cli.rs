@@ -269,8 +269,8 @@ pub(crate) struct EmbedArgs {
     /// input's token count, and int8 layers in integer arithmetic where that is faster
     /// (the plan `bench --texts` times), then time the whole model with that plan against
     /// dense on the first sentences (up to 4096 tokens) and keep the plan only if it is
-    /// at least 2% faster (the summary says which ran and how long loading and planning took;
-    /// `--json` has `whole_model` where a plan was compared). Without it every layer
+    /// at least 2% faster (the summary says which ran, and how long loading and planning
+    /// took beside the embedding; `--json` has `whole_model` where a plan was compared). Without it every layer
     /// runs dense in f32, so the embeddings depend on the weights alone; with it they
     /// differ from those by rounding (int8 layers: by their inputs' rounding to int8),
     /// and the plan can change from run to run on a busy machine. Timing the layers and

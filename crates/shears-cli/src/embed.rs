@@ -142,7 +142,9 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
     } else {
         (load(&args.model, args.max_len)?, None)
     };
+    let start = Instant::now();
     let embeddings = embed_all(&model, &args.model, &texts)?;
+    let embedding_seconds = start.elapsed().as_secs_f64();
     let lines = &texts.lines;
     if let Some(out) = &args.output {
         write_embeddings(out, &embeddings, lines)?;
@@ -172,6 +174,9 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
             /// included, in seconds.
             #[serde(skip_serializing_if = "Option::is_none")]
             planning_seconds: Option<f64>,
+            /// With `--fastest`: what the embedding itself took, in seconds.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            embedding_seconds: Option<f64>,
         }
         print_json(&Output {
             model: args.model.display().to_string(),
@@ -183,6 +188,7 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
             layers: plan.as_ref().map(|p| p.layers.as_slice()),
             whole_model: plan.as_ref().and_then(|p| p.whole_model.as_ref()),
             planning_seconds: plan.as_ref().map(|p| p.seconds),
+            embedding_seconds: plan.as_ref().map(|_| embedding_seconds),
         })?;
         return Ok(());
     }
@@ -204,7 +210,7 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
         embeddings.nrows()
     )?;
     if let Some(plan) = &plan {
-        outln!("{}", describe_run(plan))?;
+        outln!("{}", describe_run(plan, embedding_seconds))?;
     }
     Ok(())
 }
@@ -331,10 +337,18 @@ fn seconds<T>(run: impl FnOnce() -> shears_models::Result<T>) -> Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// One line: how the layers ran (see [`describe_plan`]), and where the whole model was
-/// timed, how it compared with dense.
-fn describe_run(plan: &Fastest) -> String {
-    format!("{}; loading and planning took {:.1} s", describe_outcome(plan), plan.seconds)
+/// One line: how the layers ran (see [`describe_plan`]), where the whole model was
+/// timed, how it compared with dense, and what planning cost beside the embedding's
+/// `embedding_seconds`: planning longer than the embedding is named as not paying off.
+fn describe_run(plan: &Fastest, embedding_seconds: f64) -> String {
+    let cost = if plan.seconds > embedding_seconds {
+        format!(
+            "more than the embedding's {embedding_seconds:.1} s: --fastest pays off on longer inputs"
+        )
+    } else {
+        format!("the embedding {embedding_seconds:.1} s")
+    };
+    format!("{}; loading and planning took {:.1} s, {cost}", describe_outcome(plan), plan.seconds)
 }
 
 /// [`describe_run`] without the planning time.
@@ -626,9 +640,10 @@ mod tests {
             seconds: 3.04,
         };
         assert_eq!(
-            describe_run(&faster),
+            describe_run(&faster, 40.0),
             "1 of 2 linear layers ran in n:m 2:4, the rest dense: the whole model 1.25x dense \
-             (16.0 ms against 20.0 ms dense on the first 3 sentences); loading and planning took 3.0 s"
+             (16.0 ms against 20.0 ms dense on the first 3 sentences); loading and planning took \
+             3.0 s, the embedding 40.0 s"
         );
         let all = Fastest {
             layers: layers.clone(),
@@ -636,10 +651,12 @@ mod tests {
             seconds: 1.0,
         };
         assert!(
-            describe_run(&all)
-                .ends_with("dense on all 3 sentences); loading and planning took 1.0 s"),
+            describe_run(&all, 0.5).ends_with(
+                "dense on all 3 sentences); loading and planning took 1.0 s, more than the \
+                 embedding's 0.5 s: --fastest pays off on longer inputs"
+            ),
             "{}",
-            describe_run(&all)
+            describe_run(&all, 0.5)
         );
         // Where dense ran, the layers say dense and the line names the plan that lost.
         let dense_layers = vec![choice("n:m 2:4", true, "dense"), choice("csr", true, "dense")];
@@ -649,17 +666,20 @@ mod tests {
             seconds: 2.0,
         };
         assert_eq!(
-            describe_run(&slower),
+            describe_run(&slower, 2.0),
             "all 2 linear layers ran dense: with the timed plan (1 in n:m 2:4) the model was not \
              2% faster as a whole (19.9 ms against 20.0 ms dense on the first 3 sentences); \
-             loading and planning took 2.0 s"
+             loading and planning took 2.0 s, the embedding 2.0 s"
         );
         // Without a layer out of dense, nothing was timed as a whole.
         let dense = vec![choice("csr", true, "dense")];
         let untimed = Fastest { layers: dense.clone(), whole_model: None, seconds: 0.5 };
         assert_eq!(
-            describe_run(&untimed),
-            format!("{}; loading and planning took 0.5 s", describe_plan(&dense))
+            describe_run(&untimed, 9.0),
+            format!(
+                "{}; loading and planning took 0.5 s, the embedding 9.0 s",
+                describe_plan(&dense)
+            )
         );
     }
 }

@@ -229,6 +229,8 @@ fn embed_fastest_runs_a_timed_plan_and_keeps_the_embeddings() {
         // the plain run's model, so its embeddings are the plain ones exactly.
         assert!(fastest["planning_seconds"].as_f64().unwrap() > 0.0, "{fastest}");
         assert!(plain.get("planning_seconds").is_none(), "nothing planned without --fastest");
+        assert!(fastest["embedding_seconds"].as_f64().unwrap() > 0.0, "{fastest}");
+        assert!(plain.get("embedding_seconds").is_none(), "{plain}");
         let whole = &fastest["whole_model"];
         if whole.is_null() {
             let all_dense = layers.iter().all(|l| l["chosen"] == "dense");
