@@ -24,8 +24,9 @@ pub(crate) enum Command {
     ///
     /// By default the weights of linear and convolution layers are pruned, and
     /// embeddings, norms, poolers, output heads and a network's first convolution are
-    /// left alone (the report says why for each tensor); --all prunes every 2-D and 4-D
-    /// floating tensor. The output is written atomically (a temporary beside it, renamed
+    /// left alone (the report's table says why for each 2-D and 4-D floating tensor and
+    /// counts the others, such as biases and norms, which are never pruned); --all prunes
+    /// every 2-D and 4-D floating tensor. The output is written atomically (a temporary beside it, renamed
     /// when complete; with direct I/O where the file system allows it, which
     /// SHEARS_BUFFERED_WRITES=1 turns off). A model folder gives a folder: the same shards,
     /// an updated index, and every other file copied.

@@ -753,6 +753,27 @@ fn totals(rows: &[Row]) -> Totals {
     }
 }
 
+/// "62 tensors not 2-D or 4-D, 1 not floating point": how many of `rows` there are of
+/// each role, the commonest first; `None` for no rows.
+fn unprunable_counts(rows: &[&Row<'_>]) -> Option<String> {
+    let mut counts: Vec<(&'static str, usize)> = Vec::new();
+    for row in rows {
+        let role = row.choice.role.describe();
+        match counts.iter_mut().find(|(r, _)| *r == role) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((role, 1)),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let mut parts = counts.iter().enumerate().map(|(i, (role, n))| match (i, n) {
+        (0, 1) => format!("1 tensor {role}"),
+        (0, n) => format!("{n} tensors {role}"),
+        (_, n) => format!("{n} {role}"),
+    });
+    let first = parts.next()?;
+    Some(parts.fold(first, |all, part| format!("{all}, {part}")))
+}
+
 fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
     report.warnings.report();
     if args.json {
@@ -790,8 +811,15 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
         format!("{:.4}", t.sparsity_before),
         format!("{:.4}", t.sparsity_after),
     ];
+    // Tensors no option can prune (biases, norms, integer buffers) are most of a
+    // transformer's and would bury the layers: they are counted under the table.
+    let (shown, unprunable): (Vec<&Row<'_>>, Vec<&Row<'_>>) =
+        report.tensors.rows.iter().partition(|r| r.choice.role.prunable());
     let header = ["tensor", "shape", "dtype", "pruned", "why", "target", "before", "after"];
-    print_table(&header, &report.tensors.rows, cells, Some(footer))?;
+    print_table(&header, &shown, |r| cells(r), Some(footer))?;
+    if let Some(counts) = unprunable_counts(&unprunable) {
+        outln!("not in the table, as no option prunes them: {counts} (--json lists every tensor)")?;
+    }
     outln!(
         "pruned tensors: {} params, sparsity {:.4}",
         t.pruned_tensors_parameters,

@@ -47,6 +47,29 @@ fn prune_magnitude_matches_torch_and_keeps_everything_else() {
 }
 
 #[test]
+fn the_table_counts_the_tensors_no_option_prunes_and_json_lists_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    model(&input);
+    let o = prune_ok(&input, &dir.path().join("out.safetensors"), &["--sparsity", "0.5"]);
+    let table = stdout(&o);
+    let rows: Vec<&str> = table.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    assert!(rows.contains(&"fc1.weight") && rows.contains(&"fc2.weight"), "{table}");
+    assert!(!rows.contains(&"fc1.bias") && !rows.contains(&"step"), "{table}");
+    let note = "not in the table, as no option prunes them: \
+                1 tensor not 2-D or 4-D, 1 not floating point (--json lists every tensor)";
+    assert!(table.contains(note), "{table}");
+    let json = dir.path().join("json.safetensors");
+    let o = prune_ok(&input, &json, &["--sparsity", "0.5", "--json"]);
+    let record: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let names: Vec<&str> =
+        record["tensors"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    for name in ["fc1.bias", "fc1.weight", "fc2.weight", "step"] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+}
+
+#[test]
 fn every_float_dtype_round_trips() {
     for dtype in [Dtype::F16, Dtype::BF16, Dtype::F32, Dtype::F64] {
         let dir = tempfile::tempdir().unwrap();
