@@ -174,7 +174,7 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
             let slower = match (s.speedup, &s.sparse_ms) {
                 // Slower by the medians, but some sparse run as fast as some dense one.
                 (Some(x), Some(sparse)) if x < 1.0 && sparse.min <= s.dense_ms.max => {
-                    "; no faster than dense here (the runs' ranges overlap): run it dense"
+                    "; slower than dense here by the medians, though the runs' ranges overlap: run it dense"
                 }
                 (Some(x), _) if x < 1.0 => "; slower than dense here as a whole: run it dense",
                 _ => "",
