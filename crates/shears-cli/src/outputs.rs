@@ -77,6 +77,13 @@ impl Outputs {
         {
             bail!("the output folder {} is the model's own folder: give another", out.display());
         }
+        // A mask file named through another path to the output folder (`$PWD/out/m`,
+        // `out/../out/m`) is named as the folder's outputs are, so that the checks on
+        // the paths it would be written to see it where it will be.
+        if let Some(rest) = masks.and_then(|m| shears_io::paths::path_within(m, out)) {
+            outputs.masks =
+                Some(if rest.as_os_str().is_empty() { out.to_owned() } else { out.join(rest) });
+        }
         for shard in model.shards() {
             let relative = shard.path().strip_prefix(folder).unwrap_or(shard.path());
             outputs.shards.push(out.join(relative));

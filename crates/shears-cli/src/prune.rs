@@ -376,15 +376,27 @@ fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()>
             let holds = |w: &Path| {
                 as_written(w).strip_prefix(&file).is_ok_and(|rest| !rest.as_os_str().is_empty())
             };
+            let typed = args.masks_out.as_deref().unwrap_or(masks);
             if outputs.written().any(holds) {
                 bail!(
                     "--masks-out {} is {}: give a file name, in it or elsewhere",
-                    masks.display(),
+                    typed.display(),
                     if file == as_written(root) {
                         "the output folder"
                     } else {
                         "a folder of the output model"
                     }
+                );
+            }
+            // Nor can a file the run writes be a folder holding the mask file.
+            let inside = |w: &&Path| {
+                file.strip_prefix(as_written(w)).is_ok_and(|rest| !rest.as_os_str().is_empty())
+            };
+            if let Some(written) = outputs.written().find(inside) {
+                bail!(
+                    "--masks-out {} is inside {}, a file of the output model: give a file name in the folder or elsewhere",
+                    typed.display(),
+                    written.display()
                 );
             }
         }

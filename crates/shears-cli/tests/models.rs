@@ -895,6 +895,13 @@ fn outputs_in_a_new_folder_that_collide_are_refused_before_writing() {
         ("new/.", "the output folder"),
         ("new/1_Pooling", "a folder of the output model"),
         ("./new/1_Pooling/.", "a folder of the output model"),
+        ("new/../new/1_Pooling", "a folder of the output model"),
+        (out.to_str().unwrap(), "the output folder"),
+        (
+            "new/model-00001-of-00002.safetensors/m.st",
+            "inside new/model-00001-of-00002.safetensors, a file of the output model",
+        ),
+        ("new/config.json/m.st", "inside new/config.json, a file of the output model"),
     ] {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_shears"))
             .current_dir(dir.path())
@@ -902,10 +909,21 @@ fn outputs_in_a_new_folder_that_collide_are_refused_before_writing() {
             .output()
             .unwrap();
         let said = format!("--masks-out {masks} is {is}: give a file name");
-        assert!(stderr(&o).contains(&said), "{}", stderr(&o));
+        let said = said.split(": give").next().unwrap();
+        assert!(stderr(&o).contains(said), "{masks}: {}", stderr(&o));
         assert_eq!(o.status.code(), Some(2));
         assert!(!out.exists(), "{masks}: nothing is created");
     }
+    // A mask file in the output folder is one however the folder is named.
+    let masks = out.join("m.st");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_shears"))
+        .current_dir(dir.path())
+        .args(["prune", m, "-o", "new", "-s", "0.5", "--masks-out", masks.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(masks.is_file() && out.join("model.safetensors.index.json").is_file());
+    std::fs::remove_dir_all(&out).unwrap();
     // -o and --masks-out the same file: each is named by its own role.
     let file = dir.path().join("model.safetensors");
     crate::util::model(&file);

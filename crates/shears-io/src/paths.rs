@@ -193,6 +193,15 @@ pub fn is_within(path: &Path, folder: &Path) -> bool {
     }
 }
 
+/// Where `path` lies inside `folder`, both resolved as [`is_within`] resolves `path`
+/// (neither need exist): the empty path when they are one, `None` when `path` is
+/// outside `folder` or either cannot be resolved. `o/../o/m` and `/cwd/o/m` lie in `o`
+/// at `m`.
+pub fn path_within(path: &Path, folder: &Path) -> Option<PathBuf> {
+    let (path, folder) = (absolute_path(path)?, absolute_path(folder)?);
+    path.strip_prefix(&folder).ok().map(Path::to_path_buf)
+}
+
 /// The bytes `reader` holds, or `None` if it holds more than `max`. At most `max + 1`
 /// bytes are read, whatever size a file reports (files of `/proc` report 0 and can be
 /// endless).
@@ -394,6 +403,12 @@ mod tests {
         assert!(is_within(&apart, dir.path()) && is_within(dir.path(), dir.path()));
         assert!(is_within(&dir.path().join("a/../b"), dir.path()));
         assert!(!is_within(&dir.path().join("../elsewhere"), dir.path()));
+        // Neither path need exist: an output folder is planned before it is made.
+        let out = dir.path().join("out");
+        for (alias, rest) in [("out/../out/m.st", "m.st"), ("out/./sub/m", "sub/m"), ("out", "")] {
+            assert_eq!(path_within(&dir.path().join(alias), &out), Some(rest.into()), "{alias}");
+        }
+        assert_eq!(path_within(&dir.path().join("outside/m.st"), &out), None);
     }
 
     #[test]
