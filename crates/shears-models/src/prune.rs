@@ -4,7 +4,7 @@
 
 use nalgebra::{DMatrix, DVector};
 use rayon::prelude::*;
-use shears_core::{LayerContext, Mask, Masks, PruningStrategy, Rounding, Sparsity};
+use shears_core::{LayerContext, Mask, Masks, PruningStrategy, Rounding, Selector, Sparsity};
 use shears_strategies::{InputStats, InverseHessian, Magnitude, Pattern, Pruner, SparseGpt, Wanda};
 
 use crate::bert::{BertModel, EncoderLayer, Site, TOKENS_PER_PASS};
@@ -303,16 +303,71 @@ fn prune_linear(
         Method::Wanda => {
             let stats = &calibrated.ok_or_else(missing)?.stats;
             let norms: DVector<f32> = stats.activation_norms().map(|n| n as f32);
-            let ctx = ctx.with_activation_norms(&norms);
-            match spec.pattern {
-                // Wanda compares within each output row.
-                Pattern::Unstructured => Wanda.mask(weights, &ctx, spec.sparsity)?,
-                pattern => Pruner::new(Wanda)
-                    .with_pattern(pattern)
-                    .with_rounding(spec.rounding)
-                    .mask(weights, &ctx, spec.sparsity)?,
-            }
+            wanda_mask(weights, &ctx.with_activation_norms(&norms), spec)?
         }
     };
     Ok((mask.apply(weights)?, mask))
+}
+
+/// Wanda's mask of `weights`, the activation norms in `ctx`: unstructured compares
+/// within each output row, each row's count rounded by `spec.rounding`; N:M within each
+/// group.
+fn wanda_mask(
+    weights: &DMatrix<f32>,
+    ctx: &LayerContext<'_, f32>,
+    spec: &PruneSpec,
+) -> Result<Mask> {
+    Ok(match spec.pattern {
+        Pattern::Unstructured => {
+            let scores = Wanda.scores(weights, ctx)?;
+            Selector::new().with_rounding(spec.rounding).select_per_row(
+                ctx.name(),
+                &scores,
+                spec.sparsity,
+                ctx.mask(),
+            )?
+        }
+        pattern => Pruner::new(Wanda).with_pattern(pattern).with_rounding(spec.rounding).mask(
+            weights,
+            ctx,
+            spec.sparsity,
+        )?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use nalgebra::{DMatrix, DVector};
+    use shears_core::{LayerContext, PruningStrategy, Rounding, Sparsity};
+    use shears_strategies::{Pattern, Wanda};
+
+    use super::{Method, PruneSpec, wanda_mask};
+
+    #[test]
+    fn wanda_rounds_each_rows_count_as_asked() {
+        // 5 weights a row at 50%: 2.5 pruned, 2 half-even, 2 truncated, 3 ceil.
+        let weights = DMatrix::from_fn(3, 5, |i, j| (1 + i * 5 + j) as f32);
+        let norms = DVector::from_element(5, 1.0f32);
+        let ctx = LayerContext::new("fc").with_activation_norms(&norms);
+        let sparsity = Sparsity::new(0.5).unwrap();
+        for (rounding, pruned) in
+            [(Rounding::HalfEven, 2), (Rounding::Truncate, 2), (Rounding::Ceil, 3)]
+        {
+            let spec = PruneSpec {
+                method: Method::Wanda,
+                pattern: Pattern::Unstructured,
+                sparsity,
+                rounding,
+            };
+            let mask = wanda_mask(&weights, &ctx, &spec).unwrap();
+            let m = mask.to_matrix();
+            for row in m.row_iter() {
+                assert_eq!(row.iter().filter(|k| !**k).count(), pruned, "{rounding:?}");
+            }
+            // The default rounding is Wanda's own, row by row.
+            if rounding == Rounding::HalfEven {
+                assert_eq!(mask, Wanda.mask(&weights, &ctx, sparsity).unwrap());
+            }
+        }
+    }
 }
