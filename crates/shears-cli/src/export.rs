@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use shears_io::PendingFile;
-use shears_models::{BertConfig, BertModel, SentenceConfig};
+use shears_models::SentenceTransformer;
 use shears_onnx::{Activations, EXTERNAL_THRESHOLD, ExportOptions, Opset, Weights};
 use shears_sparse::QuantScheme;
 
@@ -75,10 +75,10 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
             paths.push(("model", path.as_path(), false));
         }
         shears_io::paths::check_distinct(&paths)?;
-        let config = BertConfig::from_file(&args.model.join("config.json"))?;
-        let bert = BertModel::from_weights(config, &files)?;
-        let sentence = SentenceConfig::from_folder(&args.model)?;
-        sentence.check_width(&args.model, bert.config().hidden_size)?;
+        // Loaded as embed loads it, the tokenizer checked against the weights: the
+        // exported model is only as usable as the tokenizer run before it.
+        let SentenceTransformer { model: bert, sentence, .. } =
+            SentenceTransformer::load(&args.model, None)?;
         let what = format!(
             "BERT-family encoder, {} layers, hidden {}",
             bert.config().num_hidden_layers,

@@ -69,6 +69,24 @@ fn refuses_what_it_cannot_export_and_writes_nothing() {
     let pooling =
         pooling.replace("\"word_embedding_dimension\": 32", "\"word_embedding_dimension\": 33");
     std::fs::write(wide.join("1_Pooling/config.json"), pooling).unwrap();
+    // A tokenizer whose post-processor places an id the embeddings do not have, as
+    // embed would refuse it: the exported model could run no text.
+    let untokenizable = dir.path().join("untokenizable");
+    std::fs::create_dir_all(untokenizable.join("1_Pooling")).unwrap();
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "modules.json",
+        "sentence_bert_config.json",
+        "1_Pooling/config.json",
+    ] {
+        std::fs::copy(bert.join(name), untokenizable.join(name)).unwrap();
+    }
+    let tokenizer = std::fs::read(bert.join("tokenizer.json")).unwrap();
+    let mut tokenizer: serde_json::Value = serde_json::from_slice(&tokenizer).unwrap();
+    tokenizer["post_processor"]["special_tokens"]["[SEP]"]["ids"] = serde_json::json!([99999]);
+    let tokenizer = serde_json::to_vec(&tokenizer).unwrap();
+    std::fs::write(untokenizable.join("tokenizer.json"), tokenizer).unwrap();
     // A shard index stands for its folder in prune, but export reads the folder's files.
     std::fs::create_dir(dir.path().join("sharded")).unwrap();
     let index = dir.path().join("sharded/model.safetensors.index.json");
@@ -92,6 +110,10 @@ fn refuses_what_it_cannot_export_and_writes_nothing() {
         (
             vec![wide.to_str().unwrap(), "-o", out.to_str().unwrap()],
             "word_embedding_dimension: the pooling module expects 33",
+        ),
+        (
+            vec![untokenizable.to_str().unwrap(), "-o", out.to_str().unwrap()],
+            "post_processor: places \"[SEP]\" id 99999 around each text",
         ),
         (vec![not_mlp.to_str().unwrap(), "-o", out.to_str().unwrap()], "cannot export"),
         (

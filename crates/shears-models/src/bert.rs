@@ -595,8 +595,9 @@ impl SentenceTransformer {
     /// # Errors
     /// As [`BertModel::load`] and [`TextEncoder::from_folder`]; [`Error::Argument`] if
     /// `max_len` passes the position embeddings; [`Error::Config`] if the pooling
-    /// module's `word_embedding_dimension` is not the encoder's `hidden_size`, or if the
-    /// tokenizer gives a token id past the word embeddings' rows.
+    /// module's `word_embedding_dimension` is not the encoder's `hidden_size`, if the
+    /// tokenizer gives a token id past the word embeddings' rows, or if its
+    /// post-processor gives a token type past the model's.
     pub fn load(folder: &Path, max_len: Option<usize>) -> Result<SentenceTransformer> {
         let model = BertModel::load(folder)?;
         let sentence = SentenceConfig::from_folder(folder)?;
@@ -638,6 +639,23 @@ impl SentenceTransformer {
                     "the tokenizer gives {token:?} id {id}, past the {rows} rows of the word embeddings (config.json's vocab_size)"
                 ),
             });
+        }
+        // The post-processor's special tokens carry ids and types of their own.
+        let types = model.config().type_vocab_size;
+        for (token, id, type_id, placed) in tokenizer.probe()? {
+            let reason = if placed && id as usize >= rows {
+                format!(
+                    "places {token:?} id {id} around each text, past the {rows} rows of the word embeddings (config.json's vocab_size)"
+                )
+            } else if type_id as usize >= types {
+                format!(
+                    "gives {token:?} token type {type_id}, outside the model's {types} token types (config.json's type_vocab_size)"
+                )
+            } else {
+                continue;
+            };
+            let field = "post_processor".into();
+            return Err(Error::Config { path: folder.join("tokenizer.json"), field, reason });
         }
         Ok(SentenceTransformer { model, tokenizer, sentence })
     }

@@ -182,6 +182,23 @@ impl TextEncoder {
         model.chain(added).max_by(|a, b| a.1.cmp(&b.1).then(b.2.cmp(&a.2)).then(b.0.cmp(&a.0)))
     }
 
+    /// The tokens the tokenizer gives a one-word text, as (token, id, token type, whether
+    /// the post-processor placed it): the ids and types of `post_processor` in
+    /// tokenizer.json show only when a text is encoded, so a probe finds them at load.
+    ///
+    /// # Errors
+    /// As [`TextEncoder::encode`].
+    pub(crate) fn probe(&self) -> Result<Vec<(String, u32, u32, bool)>> {
+        let encodings = self.encodings(&["a"])?;
+        let Some(e) = encodings.first() else { return Ok(Vec::new()) };
+        let tokens = e.get_tokens().iter().zip(e.get_ids()).zip(e.get_type_ids());
+        let placed = e.get_special_tokens_mask().iter().map(|&s| s != 0);
+        Ok(tokens
+            .zip(placed)
+            .map(|(((t, &id), &ty), placed)| (t.clone(), id, ty, placed))
+            .collect())
+    }
+
     /// Tokenizes `texts`, each truncated to [`TextEncoder::max_len`].
     ///
     /// # Errors
@@ -361,8 +378,8 @@ impl WordPool {
 /// anyway; the bound keeps a file of one huge line from being held).
 ///
 /// # Errors
-/// [`Error::File`] if the file cannot be read or is not UTF-8; [`Error::Texts`] if it
-/// has no line with text.
+/// [`Error::File`] if the file cannot be read, is not UTF-8 or holds a NUL byte;
+/// [`Error::Texts`] if it has no line with text.
 pub fn read_texts(path: &Path, limit: usize) -> Result<Vec<String>> {
     Ok(read_numbered_texts(path, limit)?.into_iter().map(|(_, text)| text).collect())
 }
@@ -414,6 +431,11 @@ pub fn read_numbered_texts(path: &Path, limit: usize) -> Result<Vec<(usize, Stri
         }
         let text = std::str::from_utf8(&line)
             .map_err(|_| file_error(format!("line {number} is not UTF-8 text")))?;
+        // UTF-8 allows NUL, text files do not: one is a binary file's (or a sparse
+        // file's hole), which would otherwise be embedded as sentences of nothing.
+        if line.contains(&0) {
+            return Err(file_error(format!("line {number} holds a NUL byte: not a text file")));
+        }
         // A byte-order mark opens the file, and is no text.
         let text = if number == 1 { text.trim_start_matches('\u{feff}') } else { text };
         let text = text.trim();
@@ -487,5 +509,11 @@ mod tests {
         assert!(read_texts(&path, 10).unwrap_err().to_string().contains("no line holds text"));
         std::fs::write(&path, "\u{feff}one\r\ntwo\r\n").unwrap();
         assert_eq!(read_texts(&path, 10).unwrap(), ["one", "two"]);
+        // NUL bytes are a binary file's, whether alone on a line or inside text.
+        for bytes in [&b"one\n\0\0\0\n"[..], b"one\ntw\0o\n", b"\0"] {
+            std::fs::write(&path, bytes).unwrap();
+            let err = read_texts(&path, 10).unwrap_err().to_string();
+            assert!(err.contains("holds a NUL byte: not a text file"), "{err}");
+        }
     }
 }

@@ -523,4 +523,23 @@ fn token_ids_past_the_embeddings_are_named_at_load() {
     let says = format!("{path}: model.vocab: the tokenizer gives ");
     let id = format!(" id {rows}, past the {rows} rows");
     assert!(err.starts_with(&says) && err.contains(&id), "{err}");
+
+    // The post-processor's own ids and token types, seen only when a text is encoded.
+    let (err, path) = load(&|json| {
+        json["post_processor"]["special_tokens"]["[SEP]"]["ids"] = json!([rows + 7]);
+    })
+    .unwrap_err();
+    let says = format!(
+        "{path}: post_processor: places \"[SEP]\" id {} around each text, past the {rows} rows",
+        rows + 7
+    );
+    assert!(err.starts_with(&says), "{err}");
+    let (err, path) = load(&|json| {
+        json["post_processor"]["single"][1]["Sequence"]["type_id"] = json!(2);
+    })
+    .unwrap_err();
+    let says = format!(
+        "{path}: post_processor: gives \"a\" token type 2, outside the model's 2 token types"
+    );
+    assert!(err.starts_with(&says), "{err}");
 }
