@@ -476,6 +476,13 @@ fn zero_share(transformer: &SentenceTransformer) -> f64 {
 }
 
 pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
+    // The texts first: a file that cannot be used fails before two models are loaded,
+    // and alone, without a warning about the models ahead of it.
+    let texts = Texts::read(&args.texts, args.limit)?;
+    if texts.texts.len() < 2 {
+        let found = texts.texts.len();
+        bail!("{}: eval needs at least 2 sentences, it has {found}", args.texts.display());
+    }
     let dense = load(&args.dense, args.max_len)?;
     let mut pruned = open(&args.pruned, args.max_len)?;
     let sizes = (dense.model.config().hidden_size, pruned.model.config().hidden_size);
@@ -499,11 +506,6 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
             100.0 * shares.1
         ));
         warnings.report();
-    }
-    let texts = Texts::read(&args.texts, args.limit)?;
-    if texts.texts.len() < 2 {
-        let found = texts.texts.len();
-        bail!("{}: eval needs at least 2 sentences, it has {found}", args.texts.display());
     }
     let a = embed_all(&dense, &args.dense, &texts)?;
     drop(dense);

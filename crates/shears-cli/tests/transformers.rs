@@ -150,6 +150,19 @@ fn eval_measures_an_int8_folder_as_it_runs_and_as_f32() {
     assert!(stderr(&o).starts_with(&said), "{}", stderr(&o));
     let o = shears(&["eval", dense.to_str().unwrap(), float.to_str().unwrap(), "--texts", &texts]);
     assert_eq!(stderr(&o), "");
+    // Texts that cannot be used are the one thing said, before either model is read.
+    let one = float.with_file_name("one.txt");
+    std::fs::write(&one, "a single sentence\n").unwrap();
+    let o = shears(&[
+        "eval",
+        float.to_str().unwrap(),
+        dense.to_str().unwrap(),
+        "--texts",
+        one.to_str().unwrap(),
+    ]);
+    let said =
+        format!("shears: error: {}: eval needs at least 2 sentences, it has 1\n", one.display());
+    assert_eq!((o.status.code(), stderr(&o)), (Some(2), said));
 }
 
 #[test]
