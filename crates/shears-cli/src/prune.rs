@@ -13,7 +13,7 @@ use shears_io::{
     Dtype, Float, Model, SCALE_SUFFIX, SealedFile, TensorWriter, commit_sealed, is_float,
     mask_bytes, scale_name, torch_mask_name, write_matrix, write_values, zeros_in,
 };
-use shears_strategies::{Criterion, Pattern, Scope};
+use shears_strategies::{Criterion, Pattern, Scope, TensorRole};
 
 use crate::calibrated;
 use crate::cli::PruneArgs;
@@ -770,7 +770,11 @@ fn totals(rows: &[Row]) -> Totals {
 fn unprunable_counts(rows: &[&Row<'_>]) -> Option<String> {
     let mut counts: Vec<(&'static str, usize)> = Vec::new();
     for row in rows {
-        let role = row.choice.role.describe();
+        // Counted, a role reads as what the tensors are: "36 tensors of int8 scales".
+        let role = match row.choice.role {
+            TensorRole::QuantizationScale => "of int8 scales",
+            role => role.describe(),
+        };
         match counts.iter_mut().find(|(r, _)| *r == role) {
             Some((_, n)) => *n += 1,
             None => counts.push((role, 1)),
@@ -813,8 +817,9 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
         ]
     };
     let t = &report.total;
+    // The whole model's count and sparsity, the tensors not listed included.
     let footer = vec![
-        "total".into(),
+        "all tensors".into(),
         format!("{} float params", t.parameters),
         String::new(),
         String::new(),

@@ -67,6 +67,19 @@ fn the_table_counts_the_tensors_no_option_prunes_and_json_lists_them() {
     for name in ["fc1.bias", "fc1.weight", "fc2.weight", "step"] {
         assert!(names.contains(&name), "{name} in {names:?}");
     }
+    // An int8 model's scales are counted as what they are; the footer names the whole
+    // model, whose count takes in the tensors left out of the table.
+    let int8 = dir.path().join("int8.safetensors");
+    prune_ok(&input, &int8, &["--sparsity", "0.5", "--quantize", "int8"]);
+    let o = prune_ok(&int8, &dir.path().join("again.safetensors"), &["--sparsity", "0.6"]);
+    let table = stdout(&o);
+    let note = "not in the table, as no option prunes them: \
+                2 tensors of int8 scales, 1 not 2-D or 4-D, 1 not floating point";
+    assert!(table.contains(note), "{table}");
+    let footer = table.lines().find(|l| l.starts_with("all tensors")).unwrap_or_default();
+    // The two int8 weights (read as floats) and the bias; scales are their weights'.
+    let params = 8 * 16 + 4 * 8 + 8;
+    assert!(footer.contains(&format!("{params} float params")), "{table}");
 }
 
 #[test]
