@@ -1,7 +1,9 @@
 //! `shears`: prune, inspect, benchmark, run and export checkpoints and model folders, and a
 //! demo.
 //!
-//! Errors print one line on stderr and exit with status 2; nothing is written then.
+//! Errors print one line on stderr and exit with status 2; nothing is written then. A
+//! report or help that cannot be written to stdout (the outputs written first) exits
+//! with 1.
 
 #![allow(clippy::print_stdout, reason = "a command-line tool reports on stdout")]
 
@@ -67,7 +69,7 @@ fn main() -> ExitCode {
                 Err(write) if write.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(141),
                 Err(write) => {
                     report_error(&format!("cannot write the help to stdout: {write}"));
-                    ExitCode::from(2)
+                    ExitCode::from(1)
                 }
             };
         }
@@ -91,6 +93,12 @@ fn main() -> ExitCode {
         Err(_) if shears_io::exiting() => loop {
             std::thread::park();
         },
+        // The input was good and the outputs are written: only the report failed (a full
+        // disk behind stdout), which is not the bad input that status 2 says.
+        Err(e) if report::is_stdout_failure(&e) => {
+            report_error(&format!("{e:#}"));
+            ExitCode::from(1)
+        }
         Err(e) => {
             report_error(&format!("{e:#}"));
             ExitCode::from(2)

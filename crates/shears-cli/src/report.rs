@@ -126,10 +126,32 @@ pub(crate) fn print_table<R>(
 }
 
 /// A failed write to stdout, saying so (its kind kept, so that a closed pipe is still
-/// one): the report is all that failed, and the outputs were written.
+/// one): reports are written last, so the outputs were written and the input was good,
+/// which `main` tells apart from bad input by [`is_stdout_failure`].
 pub(crate) fn stdout_error(e: std::io::Error) -> std::io::Error {
-    std::io::Error::new(e.kind(), format!("cannot write the report to stdout: {e}"))
+    std::io::Error::new(e.kind(), StdoutFailure(e))
 }
+
+/// Whether `e` is a write to stdout that failed (see [`stdout_error`]).
+pub(crate) fn is_stdout_failure(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)
+            .is_some_and(|inner| inner.is::<StdoutFailure>())
+    })
+}
+
+/// The error of a write to stdout.
+#[derive(Debug)]
+struct StdoutFailure(std::io::Error);
+
+impl std::fmt::Display for StdoutFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot write the report to stdout: {}", self.0)
+    }
+}
+
+impl std::error::Error for StdoutFailure {}
 
 /// `text` with its control characters and bidirectional-text controls escaped
 /// (`\u{1b}`, `\u{202e}`): names read from a file or the command line reach the terminal

@@ -524,8 +524,9 @@ fn existing_output_is_replaced_only_on_success() {
     assert_ne!(std::fs::read(&out).unwrap(), b"previous");
 }
 
-/// Help and version that stdout cannot take are an error, not a silent success; a pipe
-/// closed by its reader ends them quietly, as it ends every command.
+/// Help and version that stdout cannot take are an error, not a silent success, with
+/// status 1, as nothing was wrong with the input; a pipe closed by its reader ends them
+/// quietly, as it ends every command.
 #[test]
 #[cfg(target_os = "linux")]
 fn help_that_cannot_be_written_is_an_error() {
@@ -536,9 +537,32 @@ fn help_that_cannot_be_written_is_an_error() {
             .output()
             .unwrap();
         let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
         assert!(err.starts_with("shears: error: cannot write the help to stdout"), "{err}");
+    }
+    // A report stdout cannot take comes after the outputs: they stay, and the status is
+    // not the bad input's 2.
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
+    model(&input);
+    for json in [false, true] {
+        let mut args = vec!["prune", input.to_str().unwrap(), "-o", out.to_str().unwrap()];
+        args.extend(["-s", "0.5"]);
+        if json {
+            args.push("--json");
+        }
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_shears"))
+            .args(&args)
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.starts_with("shears: error: cannot write the report to stdout"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(out.is_file());
+        std::fs::remove_file(&out).unwrap();
     }
     // A pipe whose reader is gone before the help is written (`| head -3` once it has
     // its lines): stopped without a word, with the status SIGPIPE would give.
