@@ -92,8 +92,12 @@ fn leftovers_of_killed_runs_are_named() {
     let mut gone = Command::new("true").spawn().unwrap();
     let pid = gone.id();
     gone.wait().unwrap();
-    let other = dir.path().join(format!(".shears-tmp-{pid}-0.other.safetensors"));
-    let mine = dir.path().join(format!(".shears-tmp-{pid}-1.out.safetensors"));
+    let other = dir.path().join(shears_io::temporary_name(pid, 0, "other.safetensors"));
+    let mine = dir.path().join(shears_io::temporary_name(pid, 1, "out.safetensors"));
+    // The same, from another container or machine: its PID means nothing here.
+    let tag = if mine.to_string_lossy().contains("-0badc0de.") { "0badc0df" } else { "0badc0de" };
+    let foreign = dir.path().join(format!(".shears-tmp-{pid}-2-{tag}.out.safetensors"));
+    std::fs::write(&foreign, [0u8; 3]).unwrap();
     std::fs::write(&other, [0u8; 100]).unwrap();
     std::fs::write(&mine, [0u8; 7]).unwrap();
     let out = dir.path().join("out.safetensors");
@@ -106,6 +110,7 @@ fn leftovers_of_killed_runs_are_named() {
     );
     assert!(other.exists(), "another output's temporary is named, not removed");
     assert!(!mine.exists(), "this output's stale temporary is removed");
+    assert!(foreign.exists() && !err.contains(tag), "{err}");
 }
 
 /// The temporary files in `dir`.

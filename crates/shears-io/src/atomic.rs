@@ -1,14 +1,16 @@
 //! Atomic outputs: every file is written to a temporary beside its target and renamed
 //! over it only when complete, so a target is either its old self or the whole new file.
 //!
-//! Temporaries are named `.shears-tmp-PID-N.NAME` (`NAME` the target's name, cut to 40
-//! bytes so that long names still fit the file system's limit) in the target's
-//! directory, and created exclusively (a link planted at that name is never followed).
-//! A run that fails removes its own; a program can remove every temporary of its own
-//! process at once with [`remove_pending`], from a signal handler's thread say. A run
-//! that is killed outright leaves them: the next run that writes the same output on the
-//! same machine removes those whose process is gone (on Linux), and [`leftovers`] lists
-//! the others (`.shears-tmp-*` finds them on any system).
+//! Temporaries are named `.shears-tmp-PID-N-HOST.NAME` (`NAME` the target's name, cut to
+//! 40 bytes so that long names still fit the file system's limit; `HOST` a tag of the
+//! host name and PID namespace, on Linux) in the target's directory, and created
+//! exclusively (a link planted at that name is never followed). A run that fails removes
+//! its own; a program can remove every temporary of its own process at once with
+//! [`remove_pending`], from a signal handler's thread say. A run that is killed outright
+//! leaves them: the next run that writes the same output from the same host and PID
+//! namespace removes those whose process is gone (on Linux), and [`leftovers`] lists
+//! the others of that host. A PID means nothing elsewhere (another container, another
+//! machine sharing the folder), so those are never judged: `.shears-tmp-*` finds them.
 
 use std::fs::File;
 use std::io::Write;
@@ -93,17 +95,12 @@ impl PendingFile {
             });
         }
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let mut cut = NAME_BYTES.min(name.len());
-        while !name.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let short = &name[..cut];
+        let short = shortened(&name);
         for stale in leftovers(&dir).into_iter().filter(|l| l.target_name == short) {
             let _ = std::fs::remove_file(stale.path);
         }
         let number = NEXT.fetch_add(1, Ordering::Relaxed);
-        let temporary =
-            dir.join(format!("{TEMPORARY_PREFIX}{}-{number}.{short}", std::process::id()));
+        let temporary = dir.join(temporary_name(std::process::id(), number, short));
         // Created and listed under the lock, so `remove_pending` sees every temporary
         // that exists, and none is created after it ran.
         let mut list = pending();
@@ -227,11 +224,13 @@ pub struct Leftover {
     pub target_name: String,
 }
 
-/// The temporaries in `dir` whose process no longer runs (on Linux; elsewhere none is
-/// known to be dead, and none is listed). The next run writing the same output removes
-/// those of that output; the others are for whoever finds them (a command line can say
-/// so: they can be deleted).
+/// The temporaries in `dir` of this host and PID namespace whose process no longer runs
+/// (on Linux; elsewhere none is known to be dead, and none is listed). The next run
+/// writing the same output removes those of that output; the others are for whoever
+/// finds them (a command line can say so: they can be deleted). Temporaries of another
+/// host or namespace, whose PIDs this process cannot look up, are never listed.
 pub fn leftovers(dir: &Path) -> Vec<Leftover> {
+    let Some(host) = host_tag() else { return Vec::new() };
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     let mut found = Vec::new();
     for entry in entries.flatten() {
@@ -240,10 +239,13 @@ pub fn leftovers(dir: &Path) -> Vec<Leftover> {
             continue;
         };
         let Some((numbers, target_name)) = rest.split_once('.') else { continue };
-        let Some(pid) = numbers.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+        let mut numbers = numbers.split('-');
+        let (Some(pid), Some(_), Some(tag)) = (numbers.next(), numbers.next(), numbers.next())
+        else {
             continue;
         };
-        if pid != std::process::id() && !process_alive(pid) {
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if tag == host && pid != std::process::id() && !process_alive(pid) {
             found.push(Leftover { path: entry.path(), target_name: target_name.to_owned() });
         }
     }
@@ -251,10 +253,52 @@ pub fn leftovers(dir: &Path) -> Vec<Leftover> {
     found
 }
 
-/// Whether `pid` names a running process (Linux: `/proc/{pid}`; elsewhere assume it does,
-/// so nothing another run may still write is removed).
+/// The name process `pid` of this host and PID namespace gives its temporary number
+/// `number` for an output named `target` (cut to its first 40 bytes): what a test plants
+/// to stand for a killed run's leftover.
+pub fn temporary_name(pid: u32, number: u64, target: &str) -> String {
+    let short = shortened(target);
+    match host_tag() {
+        Some(host) => format!("{TEMPORARY_PREFIX}{pid}-{number}-{host}.{short}"),
+        None => format!("{TEMPORARY_PREFIX}{pid}-{number}.{short}"),
+    }
+}
+
+/// The first [`NAME_BYTES`] bytes of `name`, cut at a character.
+fn shortened(name: &str) -> &str {
+    let mut cut = NAME_BYTES.min(name.len());
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &name[..cut]
+}
+
+/// Whether `pid` names a running process of this PID namespace (`/proc/{pid}`).
 fn process_alive(pid: u32) -> bool {
-    if cfg!(target_os = "linux") { Path::new(&format!("/proc/{pid}")).exists() } else { true }
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Eight hex digits naming this host and PID namespace, the only place where a
+/// temporary's PID says whether its process runs: a hash of the host name and the
+/// namespace's inode (`/proc/self/ns/pid`). `None` off Linux, or where either cannot be
+/// read; then no temporary is judged.
+fn host_tag() -> Option<&'static str> {
+    static TAG: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        if !cfg!(target_os = "linux") {
+            return None;
+        }
+        let host = std::fs::read("/proc/sys/kernel/hostname").ok()?;
+        let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
+        // FNV-1a: stable across builds and versions, unlike the standard hasher.
+        let mut hash: u32 = 0x811c_9dc5;
+        let bytes = host.iter().chain(b"\0").chain(namespace.as_os_str().as_encoded_bytes());
+        for &b in bytes {
+            hash = (hash ^ u32::from(b)).wrapping_mul(0x0100_0193);
+        }
+        Some(format!("{hash:08x}"))
+    })
+    .as_deref()
 }
 
 #[cfg(test)]
@@ -289,20 +333,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // No process has pid u32::MAX - 1 on Linux (pid_max is at most 2^22).
         let dead = u32::MAX - 1;
-        let stale = dir.path().join(format!("{TEMPORARY_PREFIX}{dead}-0.y"));
-        let other = dir.path().join(format!("{TEMPORARY_PREFIX}{dead}-3.z"));
-        let live = dir.path().join(format!("{TEMPORARY_PREFIX}{}-0.y", std::process::id()));
-        let unrelated = dir.path().join(".shears-tmp-notapid");
-        for p in [&stale, &other, &live, &unrelated] {
+        let host = host_tag().unwrap_or("00000000");
+        let temporary = |rest: &str| dir.path().join(format!("{TEMPORARY_PREFIX}{rest}"));
+        let stale = temporary(&format!("{dead}-0-{host}.y"));
+        let other = temporary(&format!("{dead}-3-{host}.z"));
+        let live = temporary(&format!("{}-0-{host}.y", std::process::id()));
+        // Another container's or machine's: its PID cannot be looked up here.
+        let elsewhere = if host == "00000000" { "00000001" } else { "00000000" };
+        let foreign = temporary(&format!("{dead}-0-{elsewhere}.y"));
+        // Untagged (no namespace known when it was made), or not a temporary's name.
+        let untagged = temporary(&format!("{dead}-0.y"));
+        let unrelated = temporary("notapid");
+        for p in [&stale, &other, &live, &foreign, &untagged, &unrelated] {
             std::fs::write(p, b"").unwrap();
         }
-        let linux = cfg!(target_os = "linux");
+        let judged = host_tag().is_some();
         let listed: Vec<PathBuf> = leftovers(dir.path()).into_iter().map(|l| l.path).collect();
-        assert_eq!(listed, if linux { vec![stale.clone(), other.clone()] } else { vec![] });
+        assert_eq!(listed, if judged { vec![stale.clone(), other.clone()] } else { vec![] });
         write_atomic(&dir.path().join("y"), b"y").unwrap();
-        assert_eq!(stale.exists(), !linux, "a dead run's temporary of the same output goes");
+        assert_eq!(stale.exists(), !judged, "a dead run's temporary of the same output goes");
         assert!(other.exists(), "another output's is only listed");
-        assert!(live.exists() && unrelated.exists());
+        assert!(live.exists() && foreign.exists() && untagged.exists() && unrelated.exists());
+        // This process's temporaries carry the tag the judging reads.
+        if let Some(host) = host_tag() {
+            let (pending, _file) = PendingFile::create(&dir.path().join("w")).unwrap();
+            let name = pending.temporary.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(name.ends_with(&format!("-{host}.w")), "{name}");
+        }
     }
 
     #[cfg(unix)]
