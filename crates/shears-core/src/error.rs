@@ -250,13 +250,22 @@ pub enum FormatError {
     },
 }
 
-/// For a sparsity that reads like a percentage, the fraction it likely means.
+/// For a sparsity that reads like a percentage (in (1, 100], at most two decimals: `80`,
+/// `12.5`), the fraction it likely means, written without the float's noise. A value
+/// just past 1 (`1.0000001`) is a computed fraction's rounding, not a percentage.
 fn percent_hint(value: f64) -> String {
-    if value > 1.0 && value <= 100.0 {
-        format!(" (a fraction: {value}% is {})", value / 100.0)
-    } else {
-        String::new()
+    if !(value > 1.0 && value <= 100.0) {
+        return String::new();
     }
+    let Some(decimals) = (0..=2).find(|&d| {
+        let scaled = value * 10f64.powi(d);
+        (scaled - scaled.round()).abs() < 1e-9
+    }) else {
+        return String::new();
+    };
+    let fraction = format!("{:.*}", decimals as usize + 2, value / 100.0);
+    let fraction = fraction.trim_end_matches('0').trim_end_matches('.');
+    format!(" (a fraction: {value}% is {fraction})")
 }
 
 #[cfg(test)]

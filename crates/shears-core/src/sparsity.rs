@@ -246,6 +246,14 @@ mod tests {
         assert!(percent.contains("not a percentage (50% is 0.5)"), "{percent}");
         assert_eq!(said(-0.5), "sparsity must be in [0, 1], got -0.5");
         assert_eq!(said(150.0), "sparsity must be in [0, 1], got 150");
+        assert_eq!(said(100.0), "sparsity must be in [0, 1], got 100 (a fraction: 100% is 1)");
+        // Two decimals at most, and the fraction written as the percentage is.
+        for (percent, fraction) in [(12.5, "0.125"), (33.33, "0.3333"), (1.5, "0.015")] {
+            assert!(said(percent).ends_with(&format!("{percent}% is {fraction})")), "{percent}");
+        }
+        // Just past 1 is a fraction's rounding, not a percentage.
+        assert_eq!(said(1.0000001), "sparsity must be in [0, 1], got 1.0000001");
+        assert_eq!(said(7.123), "sparsity must be in [0, 1], got 7.123");
     }
 
     #[test]
