@@ -345,6 +345,17 @@ fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()>
             model_folder.display()
         );
     }
+    if let (Some(root), Some(model_folder)) = (folder, model.folder())
+        && shears_io::paths::is_within(model_folder, root)
+    {
+        // `-o ..` from inside the model's folder: the new model's files would land among
+        // whatever else the parent holds, the model's own folder included.
+        bail!(
+            "the output folder {} holds the model's folder {}: give a new or empty folder beside it",
+            root.display(),
+            model_folder.display()
+        );
+    }
     if let (Some(masks), Some(model_folder)) = (&args.masks_out, model.folder())
         && shears_io::paths::is_within(masks, model_folder)
     {

@@ -586,6 +586,10 @@ fn outputs_never_touch_inputs_or_leave_their_folder() {
         "inside the model's folder",
     );
     assert!(!inside.exists());
+    // Nor the folder that holds the model's (`-o ..` from inside it).
+    let parent = dir.path().to_str().unwrap();
+    refused(&[&["prune", m, "-o", parent][..], &wanda].concat(), "holds the model's folder");
+    assert!(!dir.path().join("config.json").exists());
     // So are masks written into the model's folder, where its next reader finds them.
     let masks_inside = model.join("1_Pooling/masks.safetensors");
     let masks = ["--masks-out", masks_inside.to_str().unwrap()];
