@@ -39,7 +39,7 @@ fn prune_magnitude_matches_torch_and_keeps_everything_else() {
         }
     }
     assert_eq!(metadata(&output), metadata(&input));
-    assert!(stdout(&o).contains("fc1.weight") && stdout(&o).contains("total"));
+    assert!(stdout(&o).contains("fc1.weight") && stdout(&o).contains("all tensors"));
     // The pruned tensors' own count and sparsity get a line of their own.
     let params: usize = ["fc1.weight", "fc2.weight"].iter().map(|n| after[*n].2.len()).sum();
     let line = format!("pruned tensors: {params} params, sparsity 0.5000");
