@@ -648,8 +648,10 @@ impl SentenceTransformer {
                     "places {token:?} id {id} around each text, past the {rows} rows of the word embeddings (config.json's vocab_size)"
                 )
             } else if type_id as usize >= types {
+                // The probe's own word would name nothing the user wrote.
+                let what = if placed { format!("{token:?}") } else { "a text's tokens".into() };
                 format!(
-                    "gives {token:?} token type {type_id}, outside the model's {types} token types (config.json's type_vocab_size)"
+                    "gives {what} token type {type_id}, outside the model's {types} token types (config.json's type_vocab_size)"
                 )
             } else {
                 continue;

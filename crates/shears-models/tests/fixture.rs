@@ -539,7 +539,13 @@ fn token_ids_past_the_embeddings_are_named_at_load() {
     })
     .unwrap_err();
     let says = format!(
-        "{path}: post_processor: gives \"a\" token type 2, outside the model's 2 token types"
+        "{path}: post_processor: gives a text's tokens token type 2, outside the model's 2 token types"
     );
+    assert!(err.starts_with(&says), "{err}");
+    let (err, path) = load(&|json| {
+        json["post_processor"]["single"][2]["SpecialToken"]["type_id"] = json!(3);
+    })
+    .unwrap_err();
+    let says = format!("{path}: post_processor: gives \"[SEP]\" token type 3, outside the model's");
     assert!(err.starts_with(&says), "{err}");
 }
