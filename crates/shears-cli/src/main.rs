@@ -64,11 +64,15 @@ fn main() -> ExitCode {
         // --help, --version: their text on stdout, which may not take it. A reader that
         // went away (`shears prune --help | head -3`) ends it quietly, as for any output.
         Err(e) => {
+            let text = match e.kind() {
+                clap::error::ErrorKind::DisplayVersion => "version",
+                _ => "help",
+            };
             return match e.print() {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(write) if write.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::from(141),
                 Err(write) => {
-                    report_error(&format!("cannot write the help to stdout: {write}"));
+                    report_error(&format!("cannot write the {text} to stdout: {write}"));
                     ExitCode::from(1)
                 }
             };
