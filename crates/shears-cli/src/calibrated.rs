@@ -80,6 +80,7 @@ pub(crate) fn prune(
     let chosen_names: HashSet<String> = chosen.iter().map(|t| t.name.to_owned()).collect();
     drop(linears);
     let texts = read_texts(calib, args.calib_samples as usize)?;
+    transformer.tokenizer.check_words(&texts).map_err(|e| crate::embed::texts_error(e, calib))?;
     let (hidden, max_len) =
         (transformer.model.config().hidden_size, transformer.tokenizer.max_len());
     // Tokenizing holds some hundred bytes a token: bound it before, by the longest the
@@ -92,13 +93,6 @@ pub(crate) fn prune(
         );
     }
     let batch = transformer.tokenizer.encode(&texts)?;
-    if batch.tokens() == 0 {
-        bail!(
-            "{}: no line gives a token: the tokenizer of {} adds no special tokens and keeps nothing of them",
-            calib.display(),
-            folder.display()
-        );
-    }
     let activations = (2 * 4 * hidden as u64).saturating_mul(batch.tokens() as u64);
     if activations > CALIBRATION_MAX_BYTES {
         bail!(

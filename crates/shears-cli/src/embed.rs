@@ -78,6 +78,12 @@ impl<'a> Texts<'a> {
         Ok(Texts { file, lines, texts })
     }
 
+    /// An error naming the file unless some line gives `tokenizer` a token other than
+    /// its special ones (the rule of every command that reads texts).
+    fn check_words(&self, tokenizer: &shears_models::TextEncoder) -> Result<()> {
+        tokenizer.check_words(&self.texts).map_err(|e| texts_error(e, self.file))
+    }
+
     /// `e` naming the file and line of the sentence it is about (`first` being the
     /// sentence `e` counts from), and the model folder whose tokenizer gave it no tokens.
     fn name_line(&self, e: shears_models::Error, first: usize, model: &Path) -> anyhow::Error {
@@ -98,6 +104,14 @@ impl<'a> Texts<'a> {
             ),
             e => e.into(),
         }
+    }
+}
+
+/// `e` naming `file` if it is about the texts as a whole.
+pub(crate) fn texts_error(e: shears_models::Error, file: &Path) -> anyhow::Error {
+    match e {
+        shears_models::Error::Texts(reason) => anyhow::anyhow!("{}: {reason}", file.display()),
+        e => e.into(),
     }
 }
 
@@ -140,7 +154,9 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
         let (model, plan) = run_fastest(&args.model, args.max_len, &texts)?;
         (model, Some(plan))
     } else {
-        (load(&args.model, args.max_len)?, None)
+        let model = load(&args.model, args.max_len)?;
+        texts.check_words(&model.tokenizer)?;
+        (model, None)
     };
     let start = Instant::now();
     let embeddings = embed_all(&model, &args.model, &texts)?;
@@ -279,6 +295,7 @@ fn run_fastest(
 ) -> Result<(SentenceTransformer, Fastest)> {
     let start = Instant::now();
     let mut planned = open(folder, max_len)?;
+    all_texts.check_words(&planned.tokenizer)?;
     let texts = &all_texts.texts;
     let first = planned.tokenizer.encode(&texts[..texts.len().min(SENTENCES_PER_PASS)])?;
     // A text of no tokens would fail only after planning.
@@ -487,6 +504,7 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
         bail!("{}: eval needs at least 2 sentences, it has {found}", args.texts.display());
     }
     let dense = load(&args.dense, args.max_len)?;
+    texts.check_words(&dense.tokenizer)?;
     let mut pruned = open(&args.pruned, args.max_len)?;
     let sizes = (dense.model.config().hidden_size, pruned.model.config().hidden_size);
     if sizes.0 != sizes.1 {

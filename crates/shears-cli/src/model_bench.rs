@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use serde::Serialize;
 use shears_models::{FormatChoice, choose_formats, read_texts};
 use shears_sparse::Format;
@@ -94,10 +94,8 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
     dense.tokenizer = dense.tokenizer.with_max_len(seq_len)?;
     loaded.tokenizer = dense.tokenizer.clone();
     let texts = read_texts(texts_path, 100_000)?;
-    let pool = dense.tokenizer.word_pool(&texts).map_err(|e| match e {
-        shears_models::Error::Texts(reason) => anyhow!("{}: {reason}", texts_path.display()),
-        e => e.into(),
-    })?;
+    let pool =
+        dense.tokenizer.word_pool(&texts).map_err(|e| crate::embed::texts_error(e, texts_path))?;
     let progress = Progress::steps(batches.len() as u64, "settings", args.quiet);
     let mut settings = Vec::new();
     for &sentences in batches {

@@ -684,6 +684,27 @@ fn a_text_of_no_tokens_is_an_error_naming_its_line() {
     refused(&wanda, &format!("{c}: no line gives a token"));
     assert!(!pruned.exists());
     refused(&["bench", m, "--texts", c], &format!("{c}: no line gives a token other than"));
+    // One rule for every command that reads texts: lines that give the tokenizer
+    // nothing but its special tokens (here [CLS] and [SEP] around a control character or
+    // a zero-width space) are refused, as a whole file; one line with a word is enough.
+    let bert = tiny_bert();
+    let b = bert.to_str().unwrap();
+    std::fs::write(&calib, "\u{7}\n\u{200b}\n").unwrap();
+    let wanda = ["prune", b, "-o", p, "--method", "wanda", "-s", "0.5", "--calib", c];
+    let words = format!("{c}: no line gives a token other than the tokenizer's special ones");
+    for args in [
+        &["embed", b, "--texts", c, "-o", o][..],
+        &["embed", b, "--texts", c, "-o", o, "--fastest"],
+        &["eval", b, b, "--texts", c],
+        &wanda,
+        &["bench", b, "--texts", c],
+    ] {
+        refused(args, &words);
+    }
+    assert!(!out.exists() && !pruned.exists());
+    std::fs::write(&calib, "\u{7}\n\u{200b}\nthe end\n").unwrap();
+    ok(&["embed", b, "--texts", c, "-o", o]);
+    assert_eq!(read(&out)["embeddings"].1, [3, 32]);
     // Without that line the same folder embeds, and times sentences of words alone.
     std::fs::write(&texts, "the cat sat\n\nthe dog ran\n").unwrap();
     ok(&["embed", m, "--texts", t, "-o", o]);

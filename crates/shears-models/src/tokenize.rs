@@ -234,9 +234,25 @@ impl TextEncoder {
             });
             pool.words.extend(tokens().zip(special).filter(|(_, s)| **s == 0).map(|(t, _)| t));
         }
-        pool.ok_or_else(|| {
-            Error::Texts("no line gives a token other than the tokenizer's special ones".into())
-        })
+        pool.ok_or_else(no_words)
+    }
+
+    /// Checks that some text gives a token other than the special ones the tokenizer
+    /// adds: texts that all tokenize to nothing but those (control characters, zero-width
+    /// spaces) hold nothing a model could be run, calibrated or timed on. One text that
+    /// does is enough; the texts are tokenized a few at a time until one is found.
+    ///
+    /// # Errors
+    /// [`Error::File`] naming `tokenizer.json` if the tokenizer fails on a text;
+    /// [`Error::Texts`] if no text gives a token that is not a special one.
+    pub fn check_words<S: AsRef<str>>(&self, texts: &[S]) -> Result<()> {
+        for chunk in texts.chunks(64) {
+            let encodings = self.encodings(chunk)?;
+            if encodings.iter().any(|e| e.get_special_tokens_mask().contains(&0)) {
+                return Ok(());
+            }
+        }
+        Err(no_words())
     }
 
     /// The tokenizer's encodings of `texts`, special tokens added, each truncated.
@@ -254,6 +270,11 @@ impl TextEncoder {
             Err(panic) => Err(failed(panic_message(&*panic))),
         }
     }
+}
+
+/// The error of texts that give the tokenizer nothing but its special tokens.
+fn no_words() -> Error {
+    Error::Texts("no line gives a token other than the tokenizer's special ones".into())
 }
 
 /// What a panic of the tokenizers library said, for an error naming the file that

@@ -369,6 +369,15 @@ fn word_pools_cut_exact_sentences_between_the_special_tokens() {
     assert!(err.contains("sentences of 2 tokens leave no room") && err.contains("2 special"));
     let err = encoder.word_pool(&["\u{7}", " "]).unwrap_err();
     assert!(matches!(err, shears_models::Error::Texts(_)), "{err}");
+    // The same rule for every command: texts of special tokens alone are refused, with
+    // the word pool's words; one text with a word, however late, is enough.
+    let err = encoder.check_words(&["\u{7}", " ", "\u{200b}"]).unwrap_err();
+    assert_eq!(err.to_string(), encoder.word_pool(&["\u{7}"]).unwrap_err().to_string());
+    let mut late = vec!["\u{7}"; 200];
+    late.push("the cat");
+    encoder.check_words(&late).unwrap();
+    assert!(encoder.check_words(&late[..200]).is_err());
+    encoder.check_words(&texts).unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let tokenizer = folder().join("tokenizer.json");
