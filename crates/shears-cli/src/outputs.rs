@@ -80,9 +80,16 @@ impl Outputs {
         // A mask file named through another path to the output folder (`$PWD/out/m`,
         // `out/../out/m`) is named as the folder's outputs are, so that the checks on
         // the paths it would be written to see it where it will be.
-        if let Some(rest) = masks.and_then(|m| shears_io::paths::path_within(m, out)) {
-            outputs.masks =
-                Some(if rest.as_os_str().is_empty() { out.to_owned() } else { out.join(rest) });
+        if let Some((given, rest)) =
+            masks.and_then(|m| Some((m, shears_io::paths::path_within(m, out)?)))
+        {
+            if rest.as_os_str().is_empty() {
+                bail!(
+                    "--masks-out {} is the output folder: give a file name, in it or elsewhere",
+                    given.display()
+                );
+            }
+            outputs.masks = Some(out.join(rest));
         }
         for shard in model.shards() {
             let relative = shard.path().strip_prefix(folder).unwrap_or(shard.path());

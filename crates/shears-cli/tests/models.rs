@@ -914,6 +914,22 @@ fn outputs_in_a_new_folder_that_collide_are_refused_before_writing() {
         assert_eq!(o.status.code(), Some(2));
         assert!(!out.exists(), "{masks}: nothing is created");
     }
+    // An output folder that exists already, named by a link to it, is still the
+    // output folder, not a directory in the mask file's way.
+    std::fs::create_dir(&out).unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink("new", dir.path().join("link")).unwrap();
+    for masks in ["new", "new/", cfg!(unix).then_some("link").unwrap_or("new/.")] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_shears"))
+            .current_dir(dir.path())
+            .args(["prune", m, "-o", "new", "-s", "0.5", "--masks-out", masks])
+            .output()
+            .unwrap();
+        let said = format!("--masks-out {masks} is the output folder: give a file name");
+        assert!(stderr(&o).contains(&said), "{masks}: {}", stderr(&o));
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "{masks}: nothing is written");
+    }
+    std::fs::remove_dir(&out).unwrap();
     // A mask file in the output folder is one however the folder is named.
     let masks = out.join("m.st");
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_shears"))

@@ -354,7 +354,14 @@ fn same_file(path: &Path, other: &Path, first: &str, second: &str) -> String {
             path.display(),
             other.display()
         )
-    } else {
+    } else if path == other {
         format!("{} is both the {first} and the {second}: give distinct files", path.display())
+    } else {
+        // Two names of one file: a hard link, a link to it, or another path.
+        format!(
+            "the {first} {} and the {second} {} are one file: give distinct files",
+            path.display(),
+            other.display()
+        )
     }
 }

@@ -381,6 +381,13 @@ mod tests {
         for alias in [&a, &link, &dotted] {
             let err = check_distinct(&[("input", &a, false), ("-o", alias, true)]).unwrap_err();
             assert!(matches!(err, Error::SameFile { first: "input", second: "-o", .. }), "{err}");
+            // Each name is given, in its role, when they differ.
+            let named = if alias == &a {
+                format!("{} is both the input and the -o", a.display())
+            } else {
+                format!("the input {} and the -o {} are one file", a.display(), alias.display())
+            };
+            assert!(err.to_string().starts_with(&named), "{err}");
         }
         check_distinct(&[("input", &a, false), ("-o", &other, true)]).unwrap();
         // Two reads of one file are fine; two writes to a new one are not.
