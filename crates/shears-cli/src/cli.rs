@@ -65,8 +65,8 @@ pub(crate) struct PruneArgs {
     #[arg(short, long)]
     pub(crate) output: PathBuf,
     /// Target sparsity in [0, 1]: of each tensor, or of all chosen tensors together in
-    /// global scope (N:M fixes it: 0.5 for 2:4). Default: 0 with --masks-in (apply the
-    /// masks only), else required.
+    /// global scope. Default: N:M's own with --pattern N:M (0.5 for 2:4), 0 with
+    /// --masks-in (apply the masks only), else required.
     #[arg(short, long, allow_negative_numbers = true)]
     pub(crate) sparsity: Option<Sparsity>,
     /// What scores the weights: magnitude (|w|), gradient (|w*g| summed over the --grads
@@ -188,8 +188,8 @@ pub(crate) struct InspectArgs {
 pub(crate) struct BenchArgs {
     /// The (pruned) model to benchmark.
     pub(crate) input: PathBuf,
-    /// Batch sizes to time, comma-separated (each 1 to 65536; each timed once, smallest
-    /// first): per layer, the input vectors (tokens) of one product; with --texts,
+    /// Batch sizes to time, comma-separated (each 1 to 65536, smallest first; each
+    /// setting's time is the median of repeated runs): per layer, the input vectors (tokens) of one product; with --texts,
     /// sentences of --seq-len tokens each, so a batch of 1 is already 128 tokens by
     /// default (at most 131072 tokens a batch).
     #[arg(

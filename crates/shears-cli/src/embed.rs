@@ -212,12 +212,11 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
         Some(p) => format!(": wrote {}", p.display()),
         None => " (-o FILE writes them, --json prints them)".to_owned(),
     };
+    // Where rows are written, how to find each one's line.
+    let find = if args.output.is_some() { ": row i is the text on line lines[i]" } else { "" };
     let skipped = match skipped {
         0 => String::new(),
-        n => format!(
-            " ({n} blank line{} skipped: row i is the text on line lines[i])",
-            if n == 1 { "" } else { "s" }
-        ),
+        n => format!(" ({n} blank line{} skipped{find})", if n == 1 { "" } else { "s" }),
     };
     outln!(
         "embedded {} sentence{} into {} dimensions{skipped}{written}",

@@ -24,7 +24,7 @@ use crate::progress::Progress;
 use crate::quantize::{self, Quantize};
 use crate::report::{Warnings, fraction, natural_cmp, print_json, print_table};
 use crate::sources::{Sources, Tensor, View};
-use crate::tensor_filter::{Choice, Filters};
+use crate::tensor_filter::{Choice, Filters, Why};
 
 /// One tensor's line of the report. The rest of the line (name, shape, dtype, why) is
 /// read from its choice, which borrows the model's header: a model may have a million
@@ -146,7 +146,13 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
     let job = Job::new(args)?;
     let model = Model::open(&args.input)?;
     let filters = Filters::new(&args.include, &args.exclude, &args.transposed, args.all)?;
-    let choices = filters.choose(&model)?;
+    let mut choices = filters.choose(&model)?;
+    if job.calibrated.is_some() {
+        // Neither --all nor --include makes these prunable by a calibrated method.
+        for c in choices.iter_mut().filter(|c| c.why == Why::NotByDefault) {
+            c.why = Why::NotLinear;
+        }
+    }
     let chosen: Vec<Tensor> =
         choices.iter().filter(|c| c.chosen).map(Tensor::of).collect::<Result<_>>()?;
     // Every chosen tensor must fit the pattern, checked from the headers before any

@@ -30,6 +30,8 @@ pub(crate) enum Why {
     NotIncluded,
     All,
     NotByDefault,
+    /// Not a linear layer of the encoder, all a calibrated method prunes.
+    NotLinear,
 }
 
 impl Choice<'_> {
@@ -44,6 +46,9 @@ impl Choice<'_> {
             Why::All => format!("{role}, chosen by --all"),
             Why::NotByDefault => {
                 format!("{role}: not pruned by default (--all or --include prunes it)")
+            }
+            Why::NotLinear => {
+                format!("{role}: wanda and sparsegpt prune the encoder's linear layers only")
             }
         }
     }

@@ -31,13 +31,13 @@ fn ok(args: &[&str]) -> String {
 }
 
 /// Prunes the tiny BERT into `out` with `method` from the calibration sentences.
-fn prune(method: &str, out: &Path, extra: &[&str]) {
+fn prune(method: &str, out: &Path, extra: &[&str]) -> String {
     let (model, out) = (tiny_bert(), out.to_str().unwrap().to_owned());
     let calib = sentences("calibration.txt");
     let mut args = vec!["prune", model.to_str().unwrap(), "-o", &out, "--method", method];
     args.extend(["--calib", &calib, "--calib-samples", "64", "--quiet"]);
     args.extend_from_slice(extra);
-    ok(&args);
+    ok(&args)
 }
 
 fn is_encoder_linear(name: &str) -> bool {
@@ -60,7 +60,17 @@ fn wanda_and_sparsegpt_prune_a_folder_to_exact_counts_that_shears_runs_again() {
     let baseline = eval(&magnitude)["mean_cosine"].as_f64().unwrap();
     for method in ["wanda", "sparsegpt"] {
         let out = dir.path().join(method);
-        prune(method, &out, &["-s", "0.5"]);
+        let report: Value =
+            serde_json::from_str(&prune(method, &out, &["-s", "0.5", "--json"])).unwrap();
+        // What is left alone is not said to be prunable with --all: no method of the
+        // kind prunes it.
+        for t in report["tensors"].as_array().unwrap().iter().filter(|t| t["pruned"] == false) {
+            let why = t["why"].as_str().unwrap();
+            if t["role"] == "embedding" || t["role"] == "pooler" {
+                assert!(why.ends_with("prune the encoder's linear layers only"), "{why}");
+            }
+            assert!(!why.contains("--all"), "{why}");
+        }
         // The folder keeps what runs it: config, tokenizer, sentence-transformers files.
         for file in ["config.json", "tokenizer.json", "modules.json", "1_Pooling/config.json"] {
             assert!(out.join(file).is_file(), "{method}: {file} missing");
@@ -192,7 +202,10 @@ fn embed_writes_unit_embeddings_to_a_file_or_as_json() {
     let args = ["embed", model.to_str().unwrap(), "--texts", &texts];
     let said = ok(&[&args[..], &["-o", out.to_str().unwrap()]].concat());
     assert!(said.contains("2 sentences") && said.contains("32 dimensions"), "{said}");
-    assert!(said.contains("1 blank line skipped"), "rows no longer match lines: {said}");
+    assert!(said.contains("1 blank line skipped: row i is the text on line lines[i]"), "{said}");
+    // Without an output there are no rows to match with lines.
+    let said = ok(&args);
+    assert!(said.contains("(1 blank line skipped) (-o FILE writes them"), "{said}");
     let written = read(&out);
     let (_, shape, values) = &written["embeddings"];
     assert_eq!(shape, &[2, 32]);
