@@ -151,6 +151,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     if batches.is_empty() {
         bail!("--batch takes batch sizes, e.g. 1,32");
     }
+    crate::hub::check_not_hub_id(&args.input)?;
     if args.texts.is_some() {
         return crate::model_bench::run(args, &batches);
     }

@@ -40,6 +40,7 @@ pub(crate) fn load_truncating(
 
 /// An error unless `folder` is a directory, saying whether it is missing or a file.
 fn check_folder(folder: &Path) -> Result<()> {
+    crate::hub::check_not_hub_id(folder)?;
     if !folder.exists() {
         bail!("{} does not exist: give a model folder", folder.display());
     }
@@ -497,6 +498,8 @@ fn zero_share(transformer: &SentenceTransformer) -> f64 {
 pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
     // The texts first: a file that cannot be used fails before two models are loaded,
     // and alone, without a warning about the models ahead of it.
+    crate::hub::check_not_hub_id(&args.dense)?;
+    crate::hub::check_not_hub_id(&args.pruned)?;
     let texts = Texts::read(&args.texts, args.limit)?;
     if texts.texts.len() < 2 {
         let found = texts.texts.len();

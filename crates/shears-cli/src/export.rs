@@ -13,6 +13,7 @@ use shears_sparse::QuantScheme;
 use crate::cli::ExportArgs;
 
 pub(crate) fn run(args: &ExportArgs) -> Result<()> {
+    crate::hub::check_not_hub_id(&args.model)?;
     let opset = Opset::new(args.opset)?;
     let weights = match args.quantize {
         None => Weights::F32,
@@ -139,7 +140,7 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
     shears_io::commit_all(files)?;
     let nodes = model.graph.as_ref().map_or(0, |g| g.node.len());
     outln!(
-        "exported {} ({what}, {}) to {}: opset {}, {nodes} nodes, {:.1} MB",
+        "exported {} ({what}, {}) to {}: opset {}, {nodes} nodes, {}",
         args.model.display(),
         match weights {
             Weights::F32 => "f32 weights",
@@ -148,13 +149,13 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
         },
         out.display(),
         opset.get(),
-        bytes.len() as f64 / 1e6
+        crate::report::byte_size(bytes.len())
     )?;
     if let Some(data) = &data {
         outln!(
-            "initializers of 1 KiB or more: {} ({:.1} MB)",
+            "initializers of 1 KiB or more: {} ({})",
             data_path.display(),
-            data.len() as f64 / 1e6
+            crate::report::byte_size(data.len())
         )?;
     }
     if args.sparse_initializers {

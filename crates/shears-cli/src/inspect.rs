@@ -266,6 +266,7 @@ fn scan_mask<S: Source>(
 }
 
 pub(crate) fn run(args: &InspectArgs) -> Result<()> {
+    crate::hub::check_not_hub_id(&args.input)?;
     let model = match Model::open(&args.input) {
         Ok(model) => model,
         Err(shears_io::Error::NotSafetensors { kind: FileKind::Shears("mask set"), .. }) => {

@@ -28,6 +28,7 @@ mod demo;
 mod embed;
 mod export;
 mod global;
+mod hub;
 mod inspect;
 mod job;
 mod model_bench;

@@ -144,6 +144,7 @@ struct Report<'a> {
 
 pub(crate) fn run(args: &PruneArgs) -> Result<()> {
     let job = Job::new(args)?;
+    crate::hub::check_not_hub_id(&args.input)?;
     let model = Model::open(&args.input)?;
     let filters = Filters::new(&args.include, &args.exclude, &args.transposed, args.all)?;
     let mut choices = filters.choose(&model)?;

@@ -7,6 +7,16 @@ pub(crate) fn fraction(part: usize, whole: usize) -> f64 {
 
 /// Compares tensor names as people read them: runs of digits by value, so `layers.2`
 /// comes before `layers.10`.
+/// A size in bytes as people read it: bytes below a kilobyte, else kB, MB or GB
+/// (powers of 1000) to one decimal.
+pub(crate) fn byte_size(bytes: usize) -> String {
+    let bytes = bytes as f64;
+    match ["kB", "MB", "GB"].iter().zip([1e3, 1e6, 1e9]).rev().find(|(_, unit)| bytes >= *unit) {
+        Some((name, unit)) => format!("{:.1} {name}", bytes / unit),
+        None => format!("{bytes} bytes"),
+    }
+}
+
 pub(crate) fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
     loop {
@@ -223,6 +233,22 @@ mod tests {
         assert_eq!(printable("naïve café"), "naïve café");
         let widths = [4, 1];
         assert_eq!(format_line(&["\u{7}".into(), "1".into()], &widths), "\\u{7}  1");
+    }
+
+    #[test]
+    fn sizes_read_in_the_largest_unit_they_reach() {
+        for (bytes, text) in [
+            (0, "0 bytes"),
+            (999, "999 bytes"),
+            (1000, "1.0 kB"),
+            (49_152, "49.2 kB"),
+            (999_949, "999.9 kB"),
+            (1_000_000, "1.0 MB"),
+            (90_868_000, "90.9 MB"),
+            (3_000_000_000, "3.0 GB"),
+        ] {
+            assert_eq!(byte_size(bytes), text, "{bytes}");
+        }
     }
 
     #[test]

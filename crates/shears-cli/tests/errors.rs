@@ -76,6 +76,23 @@ fn bad_files() {
     fails(&["prune", liar.to_str().unwrap(), "-o", o, "-s", "0.5"], &out, "liar.safetensors");
     fails(&["inspect", garbage.to_str().unwrap()], &out, "garbage.safetensors");
     fails(&["bench", garbage.to_str().unwrap()], &out, "garbage.safetensors");
+    // A Hugging Face Hub id is not downloaded: every command that takes a model says how
+    // to get its folder.
+    let id = "sentence-transformers/all-MiniLM-L6-v2";
+    let hint = format!("{id} does not exist here: shears reads model folders on disk");
+    let download = format!("`huggingface-cli download {id} --local-dir all-MiniLM-L6-v2`");
+    for args in [
+        &["prune", id, "-o", o, "-s", "0.5"][..],
+        &["inspect", id],
+        &["bench", id],
+        &["bench", id, "--texts", "t.txt"],
+        &["embed", id, "--texts", "t.txt", "-o", o],
+        &["eval", id, id, "--texts", "t.txt"],
+        &["export", id, "-o", o],
+    ] {
+        fails(args, &out, &hint);
+        fails(args, &out, &download);
+    }
 }
 
 #[test]
