@@ -5,7 +5,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::report::printable;
 
-/// A progress bar over bytes (or any unit), hidden when it should not draw.
+/// A progress bar over bytes (or any unit), hidden when it should not draw. The message
+/// comes last and takes the rest of the line: tensor names are long, and a name cut to a
+/// fixed width would not say which tensor it is.
 pub(crate) struct Progress {
     bar: ProgressBar,
 }
@@ -20,7 +22,7 @@ impl Progress {
         }
         bar.set_style(
             ProgressStyle::with_template(
-                "{msg:<32!} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                "[{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {wide_msg}",
             )
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
@@ -37,7 +39,7 @@ impl Progress {
         }
         bar.set_style(
             ProgressStyle::with_template(&format!(
-                "{{msg:<32!}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{elapsed}}"
+                "[{{bar:30}}] {{pos}}/{{len}} {unit} {{elapsed}} {{wide_msg}}"
             ))
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
