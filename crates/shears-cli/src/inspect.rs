@@ -12,6 +12,7 @@ use shears_strategies::TensorRole;
 
 use crate::cli::InspectArgs;
 use crate::progress::Progress;
+use crate::record;
 use crate::report::{fraction, natural_cmp, print_json, print_table};
 use crate::tensor_filter::role_of;
 
@@ -37,6 +38,9 @@ pub(crate) struct TensorStats {
 #[derive(Debug, Serialize)]
 struct Report {
     file: String,
+    /// How shears pruned the file, run by run (its `shears.pruning` metadata).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pruning: Vec<serde_json::Value>,
     tensors: Vec<TensorStats>,
     total: Total,
 }
@@ -383,8 +387,11 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
             sparsity: fraction(mask_pruned, mask_entries),
         }),
     };
+    // Every shard of a model shears wrote carries the same record.
+    let pruning = model.shards().first().map_or_else(Vec::new, |s| record::runs(s.metadata()));
     if args.json {
-        print_json(&Report { file: args.input.display().to_string(), tensors: rows, total })?;
+        let file = args.input.display().to_string();
+        print_json(&Report { file, pruning, tensors: rows, total })?;
         return Ok(());
     }
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
@@ -446,6 +453,9 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
             m.sparsity
         )?;
     }
+    for run in &pruning {
+        outln!("pruned by shears: {}", record::describe(run))?;
+    }
     Ok(())
 }
 
@@ -482,7 +492,8 @@ fn mask_set(args: &InspectArgs) -> Result<()> {
         masks: None,
     };
     if args.json {
-        print_json(&Report { file: args.input.display().to_string(), tensors: rows, total })?;
+        let file = args.input.display().to_string();
+        print_json(&Report { file, pruning: Vec::new(), tensors: rows, total })?;
         return Ok(());
     }
     let flag = |b: Option<bool>| if b == Some(true) { "yes" } else { "no" };

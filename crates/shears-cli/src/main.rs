@@ -36,6 +36,7 @@ mod outputs;
 mod progress;
 mod prune;
 mod quantize;
+mod record;
 mod report;
 mod sources;
 mod tensor_filter;

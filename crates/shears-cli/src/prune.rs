@@ -22,6 +22,7 @@ use crate::job::Job;
 use crate::outputs::Outputs;
 use crate::progress::Progress;
 use crate::quantize::{self, Quantize};
+use crate::record;
 use crate::report::{Warnings, fraction, natural_cmp, print_json, print_table};
 use crate::sources::{Sources, Tensor, View};
 use crate::tensor_filter::{Choice, Filters, Why};
@@ -190,6 +191,7 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
     };
     // f32 holds f16, bf16 and f32 values exactly and halves the memory of f64; tensors
     // are worked on in f64 only when one of them (or its gradient) is f64.
+    let record = record_of(args, &job, quantize.as_ref(), calibration.as_ref());
     let double = chosen.iter().any(|t| t.dtype == Dtype::F64 || sources.any_f64(t.name));
     let mut report = if double {
         prune::<f64>(
@@ -201,6 +203,7 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
             &choices,
             &chosen,
             &outputs,
+            &record,
             calibrated.as_mut(),
         )?
     } else {
@@ -213,6 +216,7 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
             &choices,
             &chosen,
             &outputs,
+            &record,
             calibrated.as_mut(),
         )?
     };
@@ -449,6 +453,47 @@ fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()>
 /// Values per parallel task when counting zeros.
 const TASK: usize = 1 << 16;
 
+/// The method as the report and the record name it.
+fn method_name(args: &PruneArgs, job: &Job) -> String {
+    match (&args.scores, job.calibrated, job.criterion) {
+        (Some(_), _, _) => "scores".into(),
+        (None, Some(m), _) => m.name().into(),
+        (None, None, c) => c.to_string(),
+    }
+}
+
+/// The reduction of a pattern that scores slices or blocks.
+fn reduction_name(job: &Job) -> Option<String> {
+    match job.pattern {
+        Pattern::Structured(s) => Some(s.reduction().to_string()),
+        Pattern::Blocks { reduction, .. } => Some(reduction.to_string()),
+        _ => None,
+    }
+}
+
+/// The record of this run that the written files carry.
+fn record_of(
+    args: &PruneArgs,
+    job: &Job,
+    quantize: Option<&Quantize>,
+    calibration: Option<&calibrated::Calibration>,
+) -> record::Run {
+    record::Run {
+        shears: env!("CARGO_PKG_VERSION"),
+        method: method_name(args, job),
+        pattern: job.pattern.to_string(),
+        scope: job.scope.to_string(),
+        sparsity: job.sparsity.get(),
+        rounding: job.rounding.to_string(),
+        reduction: reduction_name(job),
+        min_density: (job.scope == Scope::Global).then_some(job.min_density),
+        seed: matches!(job.criterion, Criterion::Random { .. }).then_some(args.seed.unwrap_or(0)),
+        masks_in: args.masks_in.is_some(),
+        calibration: calibration.map(record::Calibration::of),
+        quantized: quantize.map(Quantize::describe),
+    }
+}
+
 /// How many of `values` are zero, on rayon's threads.
 fn zeros<T: Float>(values: &DMatrix<T>) -> usize {
     values.as_slice().par_chunks(TASK).map(zeros_in).sum()
@@ -464,6 +509,7 @@ fn prune<'a, T: Float>(
     choices: &'a [Choice<'a>],
     chosen: &[Tensor],
     outputs: &Outputs,
+    record: &record::Run,
     mut calibrated: Option<&mut calibrated::Pruned>,
 ) -> Result<Report<'a>> {
     let mut global = match job.scope {
@@ -516,8 +562,9 @@ fn prune<'a, T: Float>(
             }
             _ => (Cow::Borrowed(shard.tensors()), shard.metadata().map(Cow::Borrowed)),
         };
+        let metadata = record::with_run(metadata.as_deref(), record);
         bytes_after += entries.last().map_or(0, |(_, info)| info.data_offsets.1 as u64);
-        let mut writer = TensorWriter::create(out, &entries, metadata.as_deref())?;
+        let mut writer = TensorWriter::create(out, &entries, Some(&metadata))?;
         for (name, info) in shard.tensors() {
             let choice = decisions.next().context("internal error: one decision per tensor")?;
             progress.message(format!("tensor {name}"));
@@ -731,20 +778,12 @@ fn prune<'a, T: Float>(
     Ok(Report {
         input: args.input.display().to_string(),
         output: args.output.display().to_string(),
-        method: match (&args.scores, job.calibrated, job.criterion) {
-            (Some(_), _, _) => "scores".into(),
-            (None, Some(m), _) => m.name().into(),
-            (None, None, c) => c.to_string(),
-        },
+        method: method_name(args, job),
         pattern: job.pattern.to_string(),
         scope: job.scope.to_string(),
         sparsity: job.sparsity.get(),
         rounding: job.rounding.to_string(),
-        reduction: match job.pattern {
-            Pattern::Structured(s) => Some(s.reduction().to_string()),
-            Pattern::Blocks { reduction, .. } => Some(reduction.to_string()),
-            _ => None,
-        },
+        reduction: reduction_name(job),
         min_density: job.min_density,
         seed: matches!(job.criterion, Criterion::Random { .. }).then_some(args.seed.unwrap_or(0)),
         threshold,

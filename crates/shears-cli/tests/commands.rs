@@ -38,7 +38,17 @@ fn prune_magnitude_matches_torch_and_keeps_everything_else() {
             assert!(*a == 0.0 || a == b);
         }
     }
-    assert_eq!(metadata(&output), metadata(&input));
+    // The input's metadata is kept, and the run recorded beside it.
+    let mut written = metadata(&output).unwrap();
+    let record: serde_json::Value =
+        serde_json::from_str(&written.remove("shears.pruning").unwrap()).unwrap();
+    assert_eq!(Some(written), metadata(&input));
+    let run = &record[0];
+    assert_eq!(
+        (run["method"].as_str(), run["pattern"].as_str()),
+        (Some("magnitude"), Some("unstructured"))
+    );
+    assert_eq!((run["sparsity"].as_f64(), record.as_array().map(Vec::len)), (Some(0.5), Some(1)));
     assert!(stdout(&o).contains("fc1.weight") && stdout(&o).contains("all tensors"));
     // The pruned tensors' own count and sparsity get a line of their own.
     let params: usize = ["fc1.weight", "fc2.weight"].iter().map(|n| after[*n].2.len()).sum();

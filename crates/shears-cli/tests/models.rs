@@ -348,7 +348,7 @@ fn masks_round_trip_as_torch_masks_and_continue_pruning() {
         "--masks-in",
         masks.to_str().unwrap(),
     ]);
-    assert_eq!(std::fs::read(&applied).unwrap(), std::fs::read(&out).unwrap());
+    assert_eq!(read(&applied), read(&out));
     assert!(!stderr(&done).contains("target was"), "{}", stderr(&done));
     let applied = format!("\nthe masks of {}: wrote {}", masks.display(), applied.display());
     assert!(stdout(&done).contains(&applied), "{}", stdout(&done));

@@ -62,9 +62,13 @@ fn no_path_plays_two_roles() {
     let mut args = vec!["prune", i, "-o", o, "-s", "0.5", "--masks-out", g];
     args.extend(gradient);
     refused(&args, "--grads", &all);
-    refused(&["prune", link.to_str().unwrap(), "-o", i, "-s", "0.5"], "is both", &all);
+    // One file under two names is named by both, each in its role.
+    let named = format!("the model {} and the output {i} are one file", link.display());
+    refused(&["prune", link.to_str().unwrap(), "-o", i, "-s", "0.5"], &named, &all);
     let dotted = dir.path().join(".").join("in.safetensors");
-    refused(&["prune", i, "-o", dotted.to_str().unwrap(), "-s", "0.5"], "is both", &all);
+    // A path that differs only by `.` is the same name.
+    let named = format!("{i} is both the model and the output");
+    refused(&["prune", i, "-o", dotted.to_str().unwrap(), "-s", "0.5"], &named, &all);
     assert!(!out.exists());
     no_temporaries(dir.path());
 }

@@ -71,6 +71,20 @@ fn wanda_and_sparsegpt_prune_a_folder_to_exact_counts_that_shears_runs_again() {
             }
             assert!(!why.contains("--all"), "{why}");
         }
+        // The weights carry the run's record, which inspect shows: the method and the
+        // calibration file by name, not by the path of this machine.
+        let o = out.to_str().unwrap();
+        let inspected: Value = serde_json::from_str(&ok(&["inspect", o, "--json"])).unwrap();
+        let run = &inspected["pruning"][0];
+        assert_eq!(inspected["pruning"].as_array().unwrap().len(), 1, "{inspected}");
+        assert_eq!((run["method"].as_str(), run["sparsity"].as_f64()), (Some(method), Some(0.5)));
+        assert_eq!(run["calibration"]["texts"], "calibration.txt");
+        assert_eq!(run["calibration"]["sentences"], 64);
+        let said = format!(
+            "pruned by shears: {method} unstructured layer at 0.5 (calibrated on 64 sentences of calibration.txt), shears {}",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(ok(&["inspect", o]).contains(&said), "{said}");
         // The folder keeps what runs it: config, tokenizer, sentence-transformers files.
         for file in ["config.json", "tokenizer.json", "modules.json", "1_Pooling/config.json"] {
             assert!(out.join(file).is_file(), "{method}: {file} missing");

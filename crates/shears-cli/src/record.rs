@@ -1,0 +1,176 @@
+//! The record of how a model was pruned, kept in the safetensors metadata of every
+//! weights file `prune` writes (`shears.pruning`), so that a model folder handed on says
+//! what was done to it without its report. Each run appends itself to the record its
+//! input carried: a model pruned in steps lists every step. `transformers`, PyTorch and
+//! the other readers of safetensors ignore metadata they do not know.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// The metadata key of the record: a JSON array of runs, oldest first.
+pub(crate) const PRUNING_KEY: &str = "shears.pruning";
+
+/// One run of `prune`, as the record keeps it: what it did, not where (paths are the
+/// machine's, so only the calibration file's name is kept).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Run {
+    /// The shears version that ran.
+    pub(crate) shears: &'static str,
+    pub(crate) method: String,
+    pub(crate) pattern: String,
+    pub(crate) scope: String,
+    pub(crate) sparsity: f64,
+    pub(crate) rounding: String,
+    /// For the patterns that score slices or blocks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) reduction: Option<String>,
+    /// In global scope, the least density each tensor keeps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) min_density: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) seed: Option<u64>,
+    /// Whether the run started from `--masks-in` masks.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) masks_in: bool,
+    /// What `--method wanda|sparsegpt` calibrated on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) calibration: Option<Calibration>,
+    /// `int8` or `int8:group=G` with `--quantize`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) quantized: Option<String>,
+}
+
+/// The calibration text of a run, by file name.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Calibration {
+    pub(crate) texts: String,
+    pub(crate) sentences: usize,
+    pub(crate) tokens: usize,
+    pub(crate) max_len: usize,
+}
+
+impl Calibration {
+    /// The record of the calibration `c`, its file by name.
+    pub(crate) fn of(c: &crate::calibrated::Calibration) -> Calibration {
+        let name = Path::new(&c.texts).file_name().map(|n| n.to_string_lossy().into_owned());
+        Calibration {
+            texts: name.unwrap_or_else(|| c.texts.clone()),
+            sentences: c.sentences,
+            tokens: c.tokens,
+            max_len: c.max_len,
+        }
+    }
+}
+
+/// `metadata` with `run` appended to its record. A record that is not a JSON array (a
+/// file another tool wrote) is kept as the record's first entry, as the text it was.
+pub(crate) fn with_run(
+    metadata: Option<&HashMap<String, String>>,
+    run: &Run,
+) -> HashMap<String, String> {
+    let mut metadata = metadata.cloned().unwrap_or_default();
+    let mut runs = match metadata.get(PRUNING_KEY) {
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Array(runs)) => runs,
+            _ => vec![Value::String(text.clone())],
+        },
+        None => Vec::new(),
+    };
+    runs.push(serde_json::to_value(run).unwrap_or(Value::Null));
+    let record = serde_json::to_string(&runs).unwrap_or_default();
+    metadata.insert(PRUNING_KEY.to_owned(), record);
+    metadata
+}
+
+/// The runs a file's metadata records, oldest first; empty if it records none, or
+/// holds a record that is not a JSON array.
+pub(crate) fn runs(metadata: Option<&HashMap<String, String>>) -> Vec<Value> {
+    match metadata.and_then(|m| m.get(PRUNING_KEY)).map(|t| serde_json::from_str(t)) {
+        Some(Ok(Value::Array(runs))) => runs,
+        _ => Vec::new(),
+    }
+}
+
+/// A run of the record in a few words: `wanda 2:4 layer at 0.5 (calibrated on 128
+/// sentences of calibration.txt), int8`.
+pub(crate) fn describe(run: &Value) -> String {
+    let text = |key: &str| run[key].as_str().unwrap_or("?").to_owned();
+    let mut words = format!(
+        "{} {} {} at {}",
+        text("method"),
+        text("pattern"),
+        text("scope"),
+        run["sparsity"].as_f64().map_or_else(|| "?".to_owned(), |s| s.to_string())
+    );
+    let c = &run["calibration"];
+    if let (Some(sentences), Some(texts)) = (c["sentences"].as_u64(), c["texts"].as_str()) {
+        words.push_str(&format!(" (calibrated on {sentences} sentences of {texts})"));
+    }
+    if let Some(q) = run["quantized"].as_str() {
+        words.push_str(&format!(", {q}"));
+    }
+    if let Some(version) = run["shears"].as_str() {
+        words.push_str(&format!(", shears {version}"));
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(method: &str) -> Run {
+        Run {
+            shears: "0.1.0",
+            method: method.into(),
+            pattern: "2:4".into(),
+            scope: "layer".into(),
+            sparsity: 0.5,
+            rounding: "round".into(),
+            reduction: None,
+            min_density: None,
+            seed: None,
+            masks_in: false,
+            calibration: Some(Calibration {
+                texts: "calibration.txt".into(),
+                sentences: 128,
+                tokens: 2048,
+                max_len: 128,
+            }),
+            quantized: Some("int8".into()),
+        }
+    }
+
+    #[test]
+    fn runs_append_to_the_record_the_input_carried() {
+        let first = with_run(None, &run("wanda"));
+        let second = with_run(Some(&first), &run("sparsegpt"));
+        let runs = runs(Some(&second));
+        assert_eq!(runs.len(), 2);
+        assert_eq!(
+            (runs[0]["method"].as_str(), runs[1]["method"].as_str()),
+            (Some("wanda"), Some("sparsegpt"))
+        );
+        assert_eq!(runs[0]["calibration"]["tokens"], 2048);
+        // Fields a run did not use are left out.
+        assert!(runs[0].get("seed").is_none() && runs[0].get("masks_in").is_none());
+        assert_eq!(
+            describe(&runs[1]),
+            "sparsegpt 2:4 layer at 0.5 (calibrated on 128 sentences of calibration.txt), int8, shears 0.1.0"
+        );
+        // Other metadata stays; a record that is not an array is kept as text.
+        let foreign = HashMap::from([
+            (PRUNING_KEY.to_owned(), "pruned by hand".to_owned()),
+            ("format".into(), "pt".into()),
+        ]);
+        let merged = with_run(Some(&foreign), &run("magnitude"));
+        assert_eq!(merged["format"], "pt");
+        let record: Value = serde_json::from_str(&merged[PRUNING_KEY]).unwrap();
+        assert_eq!(record[0], "pruned by hand");
+        assert_eq!(record[1]["method"], "magnitude");
+        assert!(super::runs(Some(&foreign)).is_empty());
+    }
+}
