@@ -79,7 +79,7 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
         // Loaded as embed loads it, the tokenizer checked against the weights: the
         // exported model is only as usable as the tokenizer run before it.
         let SentenceTransformer { model: bert, sentence, .. } =
-            SentenceTransformer::load(&args.model, None)?;
+            SentenceTransformer::from_weights(&args.model, &files, None)?;
         let what = format!(
             "BERT-family encoder, {} layers, hidden {}",
             bert.config().num_hidden_layers,

@@ -599,7 +599,30 @@ impl SentenceTransformer {
     /// tokenizer gives a token id past the word embeddings' rows, or if its
     /// post-processor gives a token type past the model's.
     pub fn load(folder: &Path, max_len: Option<usize>) -> Result<SentenceTransformer> {
-        let model = BertModel::load(folder)?;
+        Self::build(folder, BertModel::load(folder)?, max_len)
+    }
+
+    /// [`SentenceTransformer::load`] of `folder`, its weights taken from `weights`, the
+    /// folder's weights opened already (the files a caller checked are the files read).
+    ///
+    /// # Errors
+    /// As [`SentenceTransformer::load`].
+    pub fn from_weights(
+        folder: &Path,
+        weights: &Model,
+        max_len: Option<usize>,
+    ) -> Result<SentenceTransformer> {
+        let config = BertConfig::from_file(&folder.join("config.json"))?;
+        Self::build(folder, BertModel::from_weights(config, weights)?, max_len)
+    }
+
+    /// The folder's sentence-transformer around its encoder `model`, the tokenizer and
+    /// the sentence-transformers files checked against it.
+    fn build(
+        folder: &Path,
+        model: BertModel,
+        max_len: Option<usize>,
+    ) -> Result<SentenceTransformer> {
         let sentence = SentenceConfig::from_folder(folder)?;
         let positions = model.config().max_position_embeddings;
         if let (None, Some(len)) = (max_len, sentence.max_seq_length)

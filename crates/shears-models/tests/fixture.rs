@@ -82,6 +82,11 @@ fn tokens_states_and_embeddings_equal_pytorch() {
     let embeddings = model.embed(&want.sentences).unwrap();
     let diff = (&embeddings - &want.embeddings).abs().max();
     assert!(diff < 1e-5, "embeddings differ from PyTorch by {diff}");
+    // Built from weights opened already, the folder is the same model.
+    let weights = shears_io::Model::open(&folder()).unwrap();
+    let again = SentenceTransformer::from_weights(&folder(), &weights, None).unwrap();
+    assert_eq!(again.embed(&want.sentences).unwrap(), embeddings);
+    assert_eq!(again.tokenizer.max_len(), model.tokenizer.max_len());
 }
 
 /// The same model stored in f16 and bf16 loads and runs: its outputs are those of its
