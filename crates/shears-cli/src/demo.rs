@@ -202,7 +202,8 @@ pub(crate) fn run(args: &DemoArgs) -> Result<()> {
     let explanation = format!(
         "Each method prunes the trained network to the target and fine-tunes it; the speedups time\n\
          the pruned network in the formats shears-sparse picks against the dense one, on one digit\n\
-         at a time (latency) and on all {} test digits in one batch (throughput); under 1.00x the\n\
+         at a time (latency) and on all {} test digits in one batch (throughput), medians of\n\
+         runs taken in turn, which vary from run to run on a busy machine; under 1.00x the\n\
          picked format is slower than dense at this small size. Lottery tickets prune {:.0}% of\n\
          what remains per round ({:.0}% of the output layer) and rewind to the initial weights;\n\
          each row is the round nearest its target. Gradient scores |w*g| over training batches\n\
