@@ -597,7 +597,16 @@ fn prune<'a, T: Float>(
             }
             let t = next_chosen.next().context("internal error: chosen tensors in model order")?;
             let mut loaded = sources.load::<T>(model, t, job.view, std::mem::take(&mut spare))?;
-            let before = fraction(zeros(&loaded.weights), loaded.weights.len());
+            // With --masks-in the run starts from the weights under their masks.
+            let zeros_before = match &loaded.kept {
+                Some(kept) => {
+                    let w = loaded.weights.as_slice();
+                    kept.count_pruned()
+                        + kept.iter_kept_linear().filter(|&i| w[i] == T::zero()).count()
+                }
+                None => zeros(&loaded.weights),
+            };
+            let before = fraction(zeros_before, loaded.weights.len());
             let mask = match (global.as_mut(), calibrated.as_mut().and_then(|c| c.remove(t.name))) {
                 (_, Some((weights, mask))) => {
                     // Wanda's or SparseGPT's weights (SparseGPT's kept ones are updated).

@@ -327,6 +327,10 @@ fn masks_round_trip_as_torch_masks_and_continue_pruning() {
     ]);
     let from = format!("unstructured layer at 0.75 from the masks of {}: ", masks.display());
     assert!(stdout(&done).contains(&from), "{}", stdout(&done));
+    // The table starts from the weights under the masks: 0.5 before, 0.75 after.
+    let first = "encoder.layer.0.attention.self.query.weight";
+    let row = stdout(&done).lines().find(|l| l.starts_with(first)).unwrap().to_owned();
+    assert!(row.trim_end().ends_with("0.7500  0.5000  0.7500"), "{row}");
     let further = read(&further);
     for (name, (_, _, bits)) in &saved {
         let weight = name.strip_suffix("_mask").unwrap();
