@@ -1,7 +1,7 @@
 //! Texts to token ids with the folder's `tokenizer.json` (Hugging Face `tokenizers`),
 //! packed without padding: a [`Batch`] holds every sentence's tokens one after another.
 
-use std::io::{BufRead, Read};
+use std::io::BufRead;
 use std::path::Path;
 
 use tokenizers::processors::PostProcessorWrapper;
@@ -419,36 +419,19 @@ pub fn read_numbered_texts(path: &Path, limit: usize) -> Result<Vec<(usize, Stri
     let mut line = Vec::new();
     let mut number = 0;
     while texts.len() < limit {
-        line.clear();
-        let read = (&mut reader)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| shears_io::Error::io("read", path, e))?;
-        if read == 0 {
-            break;
-        }
+        let cut = match read_line(&mut reader, &mut line, MAX_LINE) {
+            Ok(Some(cut)) => cut,
+            Ok(None) => break,
+            Err(e) => return Err(shears_io::Error::io("read", path, e).into()),
+        };
         number += 1;
-        if line.len() > MAX_LINE && line.last() != Some(&b'\n') {
-            // Skip the rest of an overlong line.
-            let mut rest = Vec::new();
-            loop {
-                rest.clear();
-                let n = (&mut reader)
-                    .take(MAX_LINE as u64)
-                    .read_until(b'\n', &mut rest)
-                    .map_err(|e| shears_io::Error::io("read", path, e))?;
-                if n == 0 || rest.last() == Some(&b'\n') {
-                    break;
-                }
-            }
-            line.truncate(MAX_LINE);
-            // The cut may split a character: drop its first bytes, and nothing else (a
-            // byte that is not UTF-8 anywhere in the line is reported below).
-            if let Err(e) = std::str::from_utf8(&line)
-                && e.error_len().is_none()
-            {
-                line.truncate(e.valid_up_to());
-            }
+        // The cut may split a character: drop its first bytes, and nothing else (a byte
+        // that is not UTF-8 anywhere in the line is reported below).
+        if cut
+            && let Err(e) = std::str::from_utf8(&line)
+            && e.error_len().is_none()
+        {
+            line.truncate(e.valid_up_to());
         }
         let text = std::str::from_utf8(&line)
             .map_err(|_| file_error(format!("line {number} is not UTF-8 text")))?;
@@ -468,6 +451,56 @@ pub fn read_numbered_texts(path: &Path, limit: usize) -> Result<Vec<(usize, Stri
         return Err(Error::Texts(format!("{}: no line holds text", path.display())));
     }
     Ok(texts)
+}
+
+/// Reads the next line of `reader` into `line`, without its ending: `\n`, `\r\n` or a
+/// lone `\r`, the line ends Python's text files know (a file from an old Mac has only
+/// `\r`). Keeps the first `max` bytes of a longer line and skips the rest. Returns
+/// whether the line was cut, or `None` at the end of the input.
+fn read_line(
+    reader: &mut impl BufRead,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Option<bool>> {
+    line.clear();
+    let (mut read, mut cut) = (false, false);
+    loop {
+        let buf = match reader.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.is_empty() {
+            return Ok(read.then_some(cut));
+        }
+        read = true;
+        let end = buf.iter().position(|&b| b == b'\n' || b == b'\r');
+        let text = &buf[..end.unwrap_or(buf.len())];
+        let room = max - line.len();
+        cut |= text.len() > room;
+        line.extend_from_slice(&text[..text.len().min(room)]);
+        let Some(end) = end else {
+            let n = buf.len();
+            reader.consume(n);
+            continue;
+        };
+        let carriage_return = buf[end] == b'\r';
+        reader.consume(end + 1);
+        if carriage_return {
+            // `\r\n` is one line end.
+            let next = loop {
+                match reader.fill_buf() {
+                    Ok(next) => break next.first().copied(),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            };
+            if next == Some(b'\n') {
+                reader.consume(1);
+            }
+        }
+        return Ok(Some(cut));
+    }
 }
 
 #[cfg(test)]
@@ -530,6 +563,23 @@ mod tests {
         assert!(read_texts(&path, 10).unwrap_err().to_string().contains("no line holds text"));
         std::fs::write(&path, "\u{feff}one\r\ntwo\r\n").unwrap();
         assert_eq!(read_texts(&path, 10).unwrap(), ["one", "two"]);
+        // Lines end as Python reads them: `\n`, `\r\n` or a lone `\r`, and are counted
+        // so (a `\r\n` split between two reads of the buffer is still one end).
+        std::fs::write(&path, "one\rtwo\r\rfour\r\nfive\n\rseven\r").unwrap();
+        let numbered = read_numbered_texts(&path, 10).unwrap();
+        let want = [(1, "one"), (2, "two"), (4, "four"), (5, "five"), (7, "seven")];
+        assert_eq!(numbered, want.map(|(n, t)| (n, t.to_owned())));
+        for split in 1..12 {
+            let bytes = b"one\r\ntwo\r\n";
+            let mut reader = std::io::BufReader::with_capacity(split, &bytes[..]);
+            let mut line = Vec::new();
+            let mut lines = Vec::new();
+            while let Some(cut) = read_line(&mut reader, &mut line, 2).unwrap() {
+                lines.push((String::from_utf8(line.clone()).unwrap(), cut));
+            }
+            let want = [("on", true), ("tw", true)].map(|(l, c)| (l.to_owned(), c));
+            assert_eq!(lines, want, "buffer of {split}");
+        }
         // NUL bytes are a binary file's, whether alone on a line or inside text.
         for bytes in [&b"one\n\0\0\0\n"[..], b"one\ntw\0o\n", b"\0"] {
             std::fs::write(&path, bytes).unwrap();
