@@ -655,11 +655,20 @@ impl SentenceTransformer {
         if let Some((token, id, added)) = tokenizer.highest_id()
             && id as usize >= rows
         {
+            // The id the file gives, where the tokenizers library renumbered it.
+            let declared = match tokenizer.declared_added_id(&token).filter(|_| added) {
+                Some(declared) if declared != u64::from(id) => {
+                    format!(
+                        " (tokenizer.json says {declared}, renumbered from the vocabulary's end)"
+                    )
+                }
+                _ => String::new(),
+            };
             return Err(Error::Config {
                 path: folder.join("tokenizer.json"),
                 field: if added { "added_tokens" } else { "model.vocab" }.into(),
                 reason: format!(
-                    "the tokenizer gives {token:?} id {id}, past the {rows} rows of the word embeddings (config.json's vocab_size)"
+                    "the tokenizer gives {token:?} id {id}{declared}, past the {rows} rows of the word embeddings (config.json's vocab_size)"
                 ),
             });
         }

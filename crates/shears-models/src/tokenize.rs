@@ -182,6 +182,18 @@ impl TextEncoder {
         model.chain(added).max_by(|a, b| a.1.cmp(&b.1).then(b.2.cmp(&a.2)).then(b.0.cmp(&a.0)))
     }
 
+    /// The id `tokenizer.json` gives the added token `content` in its `added_tokens`,
+    /// which can differ from the id the tokenizer gives it (the tokenizers library numbers
+    /// an added token past the vocabulary on from the vocabulary's end); `None` if the
+    /// file cannot be read again or does not list it.
+    pub(crate) fn declared_added_id(&self, content: &str) -> Option<u64> {
+        let file = shears_io::paths::open_regular_file(&self.path).ok()?;
+        let bytes = shears_io::paths::read_at_most(file, MAX_TOKENIZER_BYTES).ok()??;
+        let json: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        let added = json["added_tokens"].as_array()?;
+        added.iter().find(|t| t["content"] == content).and_then(|t| t["id"].as_u64())
+    }
+
     /// The tokens the tokenizer gives a one-word text, as (token, id, token type, whether
     /// the post-processor placed it): the ids and types of `post_processor` in
     /// tokenizer.json show only when a text is encoded, so a probe finds them at load.

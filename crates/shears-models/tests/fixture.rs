@@ -522,7 +522,7 @@ fn token_ids_past_the_embeddings_are_named_at_load() {
     .unwrap_err();
     // The tokenizers library numbers an added token past the vocabulary on from its end.
     let says = format!(
-        "{path}: added_tokens: the tokenizer gives \"[XTRA]\" id {rows}, past the {rows} rows of the word embeddings"
+        "{path}: added_tokens: the tokenizer gives \"[XTRA]\" id {rows} (tokenizer.json says 40000, renumbered from the vocabulary's end), past the {rows} rows of the word embeddings"
     );
     assert!(err.starts_with(&says), "{err}");
 
