@@ -453,7 +453,14 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
             m.sparsity
         )?;
     }
-    for run in &pruning {
+    // The latest runs; a record of many (a file pruned step by step, or one another tool
+    // filled) is listed whole by --json.
+    const SHOWN_RUNS: usize = 10;
+    let earlier = pruning.len().saturating_sub(SHOWN_RUNS);
+    if earlier > 0 {
+        outln!("pruned by shears: {earlier} earlier runs (--json lists them), then")?;
+    }
+    for run in &pruning[earlier..] {
         outln!("pruned by shears: {}", record::describe(run))?;
     }
     Ok(())

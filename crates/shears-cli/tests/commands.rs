@@ -430,3 +430,30 @@ fn buffered_and_direct_writes_make_the_same_file() {
     assert_eq!(zeros(&after["big"].2), (big as f64 * 0.5).round_ties_even() as usize);
     assert_eq!(after["c"], read(&input)["c"], "1-D tensors are copied");
 }
+
+/// A file pruned step by step records every step, oldest first; inspect lists the latest
+/// ten and counts the earlier ones, which --json lists.
+#[test]
+fn each_prune_appends_its_run_to_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut input = dir.path().join("step-0.safetensors");
+    model(&input);
+    for step in 1..=12 {
+        let out = dir.path().join(format!("step-{step}.safetensors"));
+        let sparsity = format!("0.{step:02}");
+        prune_ok(&input, &out, &["-s", &sparsity]);
+        input = out;
+    }
+    let i = input.to_str().unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout(&shears(&["inspect", i, "--json"]))).unwrap();
+    let runs = report["pruning"].as_array().unwrap();
+    let sparsities: Vec<f64> = runs.iter().map(|r| r["sparsity"].as_f64().unwrap()).collect();
+    assert_eq!(sparsities, (1..=12).map(|s| f64::from(s) / 100.0).collect::<Vec<_>>());
+    let said = stdout(&shears(&["inspect", i]));
+    let lines: Vec<&str> = said.lines().filter(|l| l.starts_with("pruned by shears: ")).collect();
+    assert_eq!(lines.len(), 11, "{said}");
+    assert_eq!(lines[0], "pruned by shears: 2 earlier runs (--json lists them), then");
+    assert!(lines[1].starts_with("pruned by shears: magnitude unstructured layer at 0.03, "));
+    assert!(lines[10].starts_with("pruned by shears: magnitude unstructured layer at 0.12, "));
+}
