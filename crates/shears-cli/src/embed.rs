@@ -496,17 +496,18 @@ fn zero_share(transformer: &SentenceTransformer) -> f64 {
 }
 
 pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
-    // The texts first: a file that cannot be used fails before two models are loaded,
-    // and alone, without a warning about the models ahead of it.
+    // The texts first: a file that cannot be used fails before the pruned model is
+    // loaded, and alone, without a warning about the models ahead of it (whether its lines
+    // hold words the dense model's tokenizer says).
     crate::hub::check_not_hub_id(&args.dense)?;
     crate::hub::check_not_hub_id(&args.pruned)?;
     let texts = Texts::read(&args.texts, args.limit)?;
+    let dense = load(&args.dense, args.max_len)?;
+    texts.check_words(&dense.tokenizer)?;
     if texts.texts.len() < 2 {
         let found = texts.texts.len();
         bail!("{}: eval needs at least 2 sentences, it has {found}", args.texts.display());
     }
-    let dense = load(&args.dense, args.max_len)?;
-    texts.check_words(&dense.tokenizer)?;
     let mut pruned = open(&args.pruned, args.max_len)?;
     let sizes = (dense.model.config().hidden_size, pruned.model.config().hidden_size);
     if sizes.0 != sizes.1 {

@@ -207,7 +207,14 @@ impl Outputs {
         let Some(root) = &self.folder else { return found };
         let written: std::collections::HashSet<&Path> = self.written().collect();
         // Files this run writes over (checked before it writes anything).
-        found.replaced = written.iter().filter(|p| p.is_file()).map(|p| p.to_path_buf()).collect();
+        // A mask file named elsewhere is not the output folder's.
+        let inside = |p: &&&Path| p.starts_with(root);
+        found.replaced = written
+            .iter()
+            .filter(inside)
+            .filter(|p| p.is_file())
+            .map(|p| p.to_path_buf())
+            .collect();
         found.replaced.sort();
         let mut stack = vec![root.clone()];
         // Folders count too, so that a tree of empty folders (or `-o /`) ends as soon.

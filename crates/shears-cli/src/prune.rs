@@ -224,8 +224,11 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
         && c.sentences < c.asked
     {
         report.warnings.add(format!(
-            "{} has {} lines with text, fewer than --calib-samples {}: all were used",
-            c.texts, c.sentences, c.asked
+            "{} has {} line{} with text, fewer than --calib-samples {}: all were used",
+            c.texts,
+            c.sentences,
+            if c.sentences == 1 { "" } else { "s" },
+            c.asked
         ));
     }
     report.calibration = calibration;
@@ -444,7 +447,8 @@ fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()>
         if let Some(dir) = dir
             && !dir.is_dir()
         {
-            bail!("{}: the folder {} does not exist", written.display(), dir.display());
+            let is = if dir.exists() { "is not a folder" } else { "does not exist" };
+            bail!("{}: the folder {} {is}", written.display(), dir.display());
         }
     }
     Ok(())
@@ -564,7 +568,16 @@ fn prune<'a, T: Float>(
         };
         let metadata = record::with_run(metadata.as_deref(), record);
         bytes_after += entries.last().map_or(0, |(_, info)| info.data_offsets.1 as u64);
-        let mut writer = TensorWriter::create(out, &entries, Some(&metadata))?;
+        // A header past the readers' bound can be the input's metadata's doing: say so.
+        let metadata_bytes: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let mut writer = match TensorWriter::create(out, &entries, Some(&metadata)) {
+            Err(e) if metadata_bytes > 1_000_000 => bail!(
+                "writing {} with the {metadata_bytes} bytes of metadata of {} and the run's record: {e}",
+                out.display(),
+                shard.path().display()
+            ),
+            created => created?,
+        };
         for (name, info) in shard.tensors() {
             let choice = decisions.next().context("internal error: one decision per tensor")?;
             progress.message(format!("tensor {name}"));

@@ -97,6 +97,17 @@ pub(crate) fn runs(metadata: Option<&HashMap<String, String>>) -> Vec<Value> {
 /// A run of the record in a few words: `wanda 2:4 layer at 0.5 (calibrated on 128
 /// sentences of calibration.txt), int8`.
 pub(crate) fn describe(run: &Value) -> String {
+    if run["method"].as_str().is_none() {
+        // Another tool's entry, or a record kept as the text it was.
+        let mut said = match run {
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        if said.chars().count() > 80 {
+            said = said.chars().take(80).chain("...".chars()).collect();
+        }
+        return format!("an entry shears did not write: {said}");
+    }
     let text = |key: &str| run[key].as_str().unwrap_or("?").to_owned();
     let mut words = format!(
         "{} {} {} at {}",
@@ -172,5 +183,8 @@ mod tests {
         assert_eq!(record[0], "pruned by hand");
         assert_eq!(record[1]["method"], "magnitude");
         assert!(super::runs(Some(&foreign)).is_empty());
+        assert_eq!(describe(&record[0]), "an entry shears did not write: pruned by hand");
+        let long = Value::from(vec![7; 100]);
+        assert!(describe(&long).ends_with("7,7,7,7..."), "{}", describe(&long));
     }
 }

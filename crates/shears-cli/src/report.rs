@@ -178,12 +178,15 @@ pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// A control character, or a mark that changes the direction of the text around it.
+/// A control character, a mark that changes the direction of the text around it, a
+/// line or paragraph separator, or a character of no width (which would hide in a name).
 fn needs_escape(c: char) -> bool {
     let direction = matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}')
         || ('\u{202a}'..='\u{202e}').contains(&c)
         || ('\u{2066}'..='\u{2069}').contains(&c);
-    c.is_control() || direction
+    let separator = matches!(c, '\u{2028}' | '\u{2029}');
+    let invisible = matches!(c, '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{feff}');
+    c.is_control() || direction || separator || invisible
 }
 
 /// One table line: each cell padded to its column's width (in characters), two spaces
@@ -231,6 +234,7 @@ mod tests {
         assert_eq!(printable("a\u{1b}[2Jb\n"), "a\\u{1b}[2Jb\\n");
         assert_eq!(printable("a\u{202e}cba\u{2069}"), "a\\u{202e}cba\\u{2069}");
         assert_eq!(printable("naïve café"), "naïve café");
+        assert_eq!(printable("a\u{2028}b\u{200b}c"), "a\\u{2028}b\\u{200b}c");
         let widths = [4, 1];
         assert_eq!(format_line(&["\u{7}".into(), "1".into()], &widths), "\\u{7}  1");
     }

@@ -76,6 +76,11 @@ fn bad_files() {
     fails(&["prune", liar.to_str().unwrap(), "-o", o, "-s", "0.5"], &out, "liar.safetensors");
     fails(&["inspect", garbage.to_str().unwrap()], &out, "garbage.safetensors");
     fails(&["bench", garbage.to_str().unwrap()], &out, "garbage.safetensors");
+    // A mask file inside a file: its folder is not a folder.
+    let good_path = good.to_str().unwrap();
+    let under = format!("{good_path}/masks.safetensors");
+    let said = format!("{under}: the folder {good_path} is not a folder");
+    fails(&["prune", good_path, "-o", o, "-s", "0.5", "--masks-out", &under], &out, &said);
     // A Hugging Face Hub id is not downloaded: every command that takes a model says how
     // to get its folder.
     let id = "sentence-transformers/all-MiniLM-L6-v2";

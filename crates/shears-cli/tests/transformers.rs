@@ -470,12 +470,17 @@ fn the_record_names_the_calibration_and_files_it_left() {
     std::fs::write(out.join("config.json"), "{\"mine\": 1}").unwrap();
     let texts = dir.path().join("three.txt");
     std::fs::write(&texts, "The cat sat.\n\nA dog ran home.\nBirds fly south.\n").unwrap();
+    // A mask file outside the output folder, written over: not the folder's.
+    let masks = dir.path().join("masks.safetensors");
+    std::fs::write(&masks, "old masks").unwrap();
     let model = tiny_bert();
     let o = shears(&[
         "prune",
         model.to_str().unwrap(),
         "-o",
         out.to_str().unwrap(),
+        "--masks-out",
+        masks.to_str().unwrap(),
         "--method",
         "wanda",
         "-s",
@@ -500,6 +505,7 @@ fn the_record_names_the_calibration_and_files_it_left() {
     assert!(out.join("stale.txt").is_file(), "left as it was");
     // A file of the same name as one the run writes is written over, and the record says so.
     assert!(warnings.contains("1 file this run wrote over") && warnings.contains("config.json"));
+    assert!(!warnings.contains("masks.safetensors"), "{warnings}");
     let config = std::fs::read(out.join("config.json")).unwrap();
     assert_eq!(config, std::fs::read(tiny_bert().join("config.json")).unwrap());
 }
@@ -729,6 +735,9 @@ fn a_text_of_no_tokens_is_an_error_naming_its_line() {
         refused(args, &words);
     }
     assert!(!out.exists() && !pruned.exists());
+    // A single such line too: the words first, then eval's count of sentences.
+    std::fs::write(&calib, "\u{200b}\n").unwrap();
+    refused(&["eval", b, b, "--texts", c], &words);
     std::fs::write(&calib, "\u{7}\n\u{200b}\nthe end\n").unwrap();
     ok(&["embed", b, "--texts", c, "-o", o]);
     assert_eq!(read(&out)["embeddings"].1, [3, 32]);
