@@ -116,6 +116,12 @@ pub(crate) fn describe(run: &Value) -> String {
         text("scope"),
         run["sparsity"].as_f64().map_or_else(|| "?".to_owned(), |s| s.to_string())
     );
+    if let Some(density) = run["min_density"].as_f64() {
+        words.push_str(&format!(" (min density {density})"));
+    }
+    if run["masks_in"] == true {
+        words.push_str(" from given masks");
+    }
     let c = &run["calibration"];
     if let (Some(sentences), Some(texts)) = (c["sentences"].as_u64(), c["texts"].as_str()) {
         words.push_str(&format!(" (calibrated on {sentences} sentences of {texts})"));
@@ -177,6 +183,13 @@ mod tests {
             (PRUNING_KEY.to_owned(), "pruned by hand".to_owned()),
             ("format".into(), "pt".into()),
         ]);
+        let mut global = run("magnitude");
+        (global.scope, global.min_density, global.masks_in) = ("global".into(), Some(0.02), true);
+        (global.calibration, global.quantized) = (None, None);
+        assert_eq!(
+            describe(&serde_json::to_value(&global).unwrap()),
+            "magnitude 2:4 global at 0.5 (min density 0.02) from given masks, shears 0.1.0"
+        );
         let merged = with_run(Some(&foreign), &run("magnitude"));
         assert_eq!(merged["format"], "pt");
         let record: Value = serde_json::from_str(&merged[PRUNING_KEY]).unwrap();
