@@ -305,11 +305,11 @@ pub(crate) struct ExportArgs {
     /// multiplied by MatMulInteger with activations quantized as the graph runs.
     #[arg(long, value_name = "int8")]
     pub(crate) quantize: Option<shears_sparse::QuantScheme>,
-    /// With --quantize: one scale for each layer's whole input (per-tensor; ONNX
-    /// Runtime fuses it into its int8 kernels, the fastest) or one per token (per-token;
-    /// closer to f32, slower in ONNX Runtime).
-    #[arg(long, value_enum, default_value_t = ActivationQuant::PerTensor, requires = "quantize")]
-    pub(crate) activations: ActivationQuant,
+    /// With --quantize: one scale for each layer's whole input (per-tensor, the default;
+    /// ONNX Runtime fuses it into its int8 kernels, the fastest) or one per token
+    /// (per-token; closer to f32, slower in ONNX Runtime).
+    #[arg(long, value_enum)]
+    pub(crate) activations: Option<ActivationQuant>,
     /// Write each linear layer's weight, where that is smaller than dense (above about
     /// 67% sparsity in f32, 89% in int8), as a Constant holding a SparseTensorProto (its
     /// nonzero values and their indices). ONNX Runtime densifies them when it loads the

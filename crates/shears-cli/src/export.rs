@@ -10,18 +10,27 @@ use shears_models::SentenceTransformer;
 use shears_onnx::{Activations, EXTERNAL_THRESHOLD, ExportOptions, Opset, Weights};
 use shears_sparse::QuantScheme;
 
-use crate::cli::ExportArgs;
+use crate::cli::{ActivationQuant, ExportArgs};
 
 pub(crate) fn run(args: &ExportArgs) -> Result<()> {
     crate::hub::check_not_hub_id(&args.model)?;
     let opset = Opset::new(args.opset)?;
     let weights = match args.quantize {
         None => Weights::F32,
-        Some(QuantScheme::PerRow) => Weights::Int8(args.activations.into()),
+        Some(QuantScheme::PerRow) => {
+            Weights::Int8(args.activations.unwrap_or(ActivationQuant::PerTensor).into())
+        }
         Some(scheme @ QuantScheme::PerGroup(_)) => bail!(
             "--quantize {scheme}: ONNX export quantizes per output row (--quantize int8); MatMulInteger has no per-group scales"
         ),
     };
+    if let (Some(activations), None) = (args.activations, args.quantize) {
+        let name = clap::ValueEnum::to_possible_value(&activations)
+            .map_or_else(String::new, |v| v.get_name().to_owned());
+        bail!(
+            "--activations {name} says how int8 layers quantize their inputs: it takes --quantize int8 (f32 weights multiply f32 inputs)"
+        );
+    }
     let options = ExportOptions { opset, weights, sparse_initializers: args.sparse_initializers };
     let out = &args.output;
     // A config or shard index stands for its folder in prune, but export reads the
@@ -227,11 +236,11 @@ fn model_folder_of(file: &Path) -> Option<&Path> {
     folder.join("config.json").is_file().then_some(folder)
 }
 
-impl From<crate::cli::ActivationQuant> for Activations {
-    fn from(a: crate::cli::ActivationQuant) -> Self {
+impl From<ActivationQuant> for Activations {
+    fn from(a: ActivationQuant) -> Self {
         match a {
-            crate::cli::ActivationQuant::PerTensor => Activations::PerTensor,
-            crate::cli::ActivationQuant::PerToken => Activations::PerToken,
+            ActivationQuant::PerTensor => Activations::PerTensor,
+            ActivationQuant::PerToken => Activations::PerToken,
         }
     }
 }

@@ -138,6 +138,10 @@ fn refuses_what_it_cannot_export_and_writes_nothing() {
             ],
             "per output row",
         ),
+        (
+            vec![bert.to_str().unwrap(), "-o", out.to_str().unwrap(), "--activations", "per-token"],
+            "--activations per-token says how int8 layers quantize their inputs: it takes --quantize int8",
+        ),
     ];
     let before = std::fs::read(&not_mlp).unwrap();
     for (args, says) in cases {
