@@ -281,6 +281,17 @@ pub(crate) struct EmbedArgs {
     pub(crate) fastest: bool,
 }
 
+/// `export --quantize`: int8 per output row, the one scheme MatMulInteger's scales take.
+fn per_row_int8(text: &str) -> Result<shears_sparse::QuantScheme, String> {
+    match text.parse() {
+        Ok(shears_sparse::QuantScheme::PerRow) => Ok(shears_sparse::QuantScheme::PerRow),
+        Ok(_) => Err("ONNX export quantizes per output row (int8): MatMulInteger has no \
+                       per-group scales"
+            .to_owned()),
+        Err(_) => Err("expected int8".to_owned()),
+    }
+}
+
 /// How an int8 ONNX graph quantizes activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum ActivationQuant {
@@ -303,7 +314,7 @@ pub(crate) struct ExportArgs {
     pub(crate) opset: i64,
     /// Write linear layers' weights as int8, symmetric per output row (zeros stay zero),
     /// multiplied by MatMulInteger with activations quantized as the graph runs.
-    #[arg(long, value_name = "int8")]
+    #[arg(long, value_name = "int8", value_parser = per_row_int8)]
     pub(crate) quantize: Option<shears_sparse::QuantScheme>,
     /// With --quantize: one scale for each layer's whole input (per-tensor, the default;
     /// ONNX Runtime fuses it into its int8 kernels, the fastest) or one per token

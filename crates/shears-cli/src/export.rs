@@ -8,7 +8,6 @@ use anyhow::{Context, Result, bail};
 use shears_io::PendingFile;
 use shears_models::SentenceTransformer;
 use shears_onnx::{Activations, EXTERNAL_THRESHOLD, ExportOptions, Opset, Weights};
-use shears_sparse::QuantScheme;
 
 use crate::cli::{ActivationQuant, ExportArgs};
 
@@ -17,12 +16,8 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
     let opset = Opset::new(args.opset)?;
     let weights = match args.quantize {
         None => Weights::F32,
-        Some(QuantScheme::PerRow) => {
-            Weights::Int8(args.activations.unwrap_or(ActivationQuant::PerTensor).into())
-        }
-        Some(scheme @ QuantScheme::PerGroup(_)) => bail!(
-            "--quantize {scheme}: ONNX export quantizes per output row (--quantize int8); MatMulInteger has no per-group scales"
-        ),
+        // The argument's parser takes int8 per row alone.
+        Some(_) => Weights::Int8(args.activations.unwrap_or(ActivationQuant::PerTensor).into()),
     };
     if let (Some(activations), None) = (args.activations, args.quantize) {
         let name = clap::ValueEnum::to_possible_value(&activations)
@@ -158,13 +153,13 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
         },
         out.display(),
         opset.get(),
-        crate::report::byte_size(bytes.len())
+        crate::report::byte_size(bytes.len() as u64)
     )?;
     if let Some(data) = &data {
         outln!(
             "initializers of 1 KiB or more: {} ({})",
             data_path.display(),
-            crate::report::byte_size(data.len())
+            crate::report::byte_size(data.len() as u64)
         )?;
     }
     if args.sparse_initializers {

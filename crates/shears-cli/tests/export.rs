@@ -163,7 +163,13 @@ fn refuses_what_it_cannot_export_and_writes_nothing() {
         "int4",
     ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).lines().next().unwrap().contains("`int4`: expected int8 or int8:group=G"));
+    assert!(
+        stderr(&o)
+            .lines()
+            .next()
+            .unwrap()
+            .contains("'int4' for '--quantize <int8>': expected int8")
+    );
     assert!(!out.exists());
 }
 
