@@ -23,7 +23,7 @@ use crate::outputs::Outputs;
 use crate::progress::Progress;
 use crate::quantize::{self, Quantize};
 use crate::record;
-use crate::report::{Warnings, fraction, natural_cmp, print_json, print_table};
+use crate::report::{Warnings, byte_size, fraction, natural_cmp, print_json, print_table};
 use crate::sources::{Sources, Tensor, View};
 use crate::tensor_filter::{Choice, Filters, Why};
 
@@ -935,8 +935,9 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
     };
     let quantized = match &report.quantized {
         Some(scheme) => format!(
-            ", quantized to {scheme} ({} to {} bytes of tensors)",
-            report.bytes_before, report.bytes_after
+            ", quantized to {scheme} ({} to {} of tensors)",
+            byte_size(report.bytes_before),
+            byte_size(report.bytes_after)
         ),
         None => String::new(),
     };

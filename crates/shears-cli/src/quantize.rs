@@ -110,7 +110,7 @@ impl Quantize {
         let schemes: BTreeSet<String> =
             self.shards.iter().flatten().map(|(scheme, _)| scheme.to_string()).collect();
         let list: Vec<String> = schemes.into_iter().collect();
-        format!("{} (the model's own scheme)", list.join(", "))
+        format!("{}, the model's own scheme", list.join(", "))
     }
 
     /// Whether some shard is quantized in groups.

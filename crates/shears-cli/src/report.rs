@@ -9,7 +9,7 @@ pub(crate) fn fraction(part: usize, whole: usize) -> f64 {
 /// comes before `layers.10`.
 /// A size in bytes as people read it: bytes below a kilobyte, else kB, MB or GB
 /// (powers of 1000) to one decimal.
-pub(crate) fn byte_size(bytes: usize) -> String {
+pub(crate) fn byte_size(bytes: u64) -> String {
     let bytes = bytes as f64;
     match ["kB", "MB", "GB"].iter().zip([1e3, 1e6, 1e9]).rev().find(|(_, unit)| bytes >= *unit) {
         Some((name, unit)) => format!("{:.1} {name}", bytes / unit),

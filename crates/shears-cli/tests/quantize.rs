@@ -286,7 +286,7 @@ fn a_quantized_model_prunes_again_in_its_own_scheme() {
     let tensor = |name: &str| {
         second["tensors"].as_array().unwrap().iter().find(|t| t["name"] == name).unwrap().clone()
     };
-    assert_eq!(second["quantized"], "int8:group=4 (the model's own scheme)");
+    assert_eq!(second["quantized"], "int8:group=4, the model's own scheme");
     assert_eq!(tensor("fc1.weight")["dtype_written"], "I8");
     assert_eq!(tensor("fc1.weight")["sparsity_after"], 0.75);
     assert_eq!(tensor("fc1.weight.scale")["pruned"], false);
