@@ -25,11 +25,11 @@ pub(crate) enum Command {
     /// By default the weights of linear and convolution layers are pruned, and
     /// embeddings, norms, poolers, output heads and a network's first convolution are
     /// left alone (the report's table says why for each 2-D and 4-D floating tensor and
-    /// counts the others, such as biases and norms, which are never pruned); --all prunes
-    /// every 2-D and 4-D floating tensor. The output is written atomically (a temporary beside it, renamed
-    /// when complete; with direct I/O where the file system allows it, which
-    /// SHEARS_BUFFERED_WRITES=1 turns off). A model folder gives a folder: the same shards,
-    /// an updated index, and every other file copied.
+    /// counts the others, such as biases and norms, which are never pruned); --all
+    /// prunes every 2-D and 4-D floating tensor. The output is written atomically (a
+    /// temporary beside it, renamed when complete; with direct I/O where the file
+    /// system allows it, which SHEARS_BUFFERED_WRITES=1 turns off). A model folder
+    /// gives a folder: the same shards, an updated index, and every other file copied.
     Prune(Box<PruneArgs>),
     /// Per-tensor dtype, shape, sparsity, empty rows and columns, 2:4 conformity as
     /// `prune --pattern 2:4` makes it (along input channels for conv weights, down the
@@ -188,10 +188,11 @@ pub(crate) struct InspectArgs {
 pub(crate) struct BenchArgs {
     /// The (pruned) model to benchmark.
     pub(crate) input: PathBuf,
-    /// Batch sizes to time, comma-separated (each 1 to 65536, smallest first; each
-    /// setting's time is the median of repeated runs): per layer, the input vectors (tokens) of one product; with --texts,
-    /// sentences of --seq-len tokens each, so a batch of 1 is already 128 tokens by
-    /// default (at most 131072 tokens a batch).
+    /// Batch sizes to time, comma-separated, each 1 to 65536 (timed once each, smallest
+    /// first, whatever the order given; a setting's time is the median of repeated runs):
+    /// per layer, the input vectors (tokens) of one product; with --texts, sentences of
+    /// --seq-len tokens each, so a batch of 1 is already 128 tokens by default (at most
+    /// 131072 tokens a batch).
     #[arg(
         long,
         value_delimiter = ',',
@@ -268,15 +269,15 @@ pub(crate) struct EmbedArgs {
     pub(crate) json: bool,
     /// Run each pruned layer in the format that a timed product shows fastest at this
     /// input's token count, and int8 layers in integer arithmetic where that is faster
-    /// (the plan `bench --texts` times), then time the whole model with that plan against
-    /// dense on the first sentences (up to 4096 tokens) and keep the plan only if it is
-    /// at least 2% faster (the summary says which ran, and how long loading and planning
-    /// took beside the embedding; `--json` has `whole_model` where a plan was compared). Without it every layer
-    /// runs dense in f32, so the embeddings depend on the weights alone; with it they
-    /// differ from those by rounding (int8 layers: by their inputs' rounding to int8),
-    /// and the plan can change from run to run on a busy machine. Timing the layers and
-    /// the model takes a few seconds at thousands of tokens, which only a long input
-    /// wins back.
+    /// (the plan `bench --texts` times), then time the whole model with that plan
+    /// against dense on the first sentences (up to 4096 tokens) and keep the plan only
+    /// if it is at least 2% faster (the summary says which ran, and how long loading
+    /// and planning took beside the embedding; `--json` has `whole_model` where a plan
+    /// was compared). Without it every layer runs dense in f32, so the embeddings
+    /// depend on the weights alone; with it they differ from those by rounding (int8
+    /// layers: by their inputs' rounding to int8), and the plan can change from run to
+    /// run on a busy machine. Timing the layers and the model takes a few seconds at
+    /// thousands of tokens, which only a long input wins back.
     #[arg(long)]
     pub(crate) fastest: bool,
 }

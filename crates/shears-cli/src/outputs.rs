@@ -201,7 +201,8 @@ impl Outputs {
     /// pruned into before, or another model's), in one walk of the folder that stops
     /// after [`MAX_VISITED`] entries: at most `limit` of them named, all counted, and
     /// the first weights file or shard index among those at the top, which a loader
-    /// would read with the new weights. Temporaries of other runs are not counted; they are reported apart.
+    /// would read with the new weights. Temporaries of other runs are not counted; they
+    /// are reported apart.
     pub(crate) fn strangers(&self, limit: usize) -> Strangers {
         let mut found = Strangers::default();
         let Some(root) = &self.folder else { return found };
