@@ -74,8 +74,9 @@ fn bad_files() {
     let liar = dir.path().join("liar.safetensors");
     std::fs::write(&liar, lying.as_bytes()).unwrap();
     fails(&["prune", liar.to_str().unwrap(), "-o", o, "-s", "0.5"], &out, "liar.safetensors");
-    fails(&["inspect", garbage.to_str().unwrap()], &out, "garbage.safetensors");
-    fails(&["bench", garbage.to_str().unwrap()], &out, "garbage.safetensors");
+    let said = format!("{}: not a safetensors file: it looks like text", garbage.display());
+    fails(&["inspect", garbage.to_str().unwrap()], &out, &said);
+    fails(&["bench", garbage.to_str().unwrap()], &out, &said);
     // A mask file inside a file: its folder is not a folder.
     let good_path = good.to_str().unwrap();
     let under = format!("{good_path}/masks.safetensors");

@@ -307,6 +307,9 @@ pub enum FileKind {
     /// An ONNX model or another protobuf.
     #[error("an ONNX model, which shears does not read")]
     Onnx,
+    /// Text: printable UTF-8 with line breaks, such as a file of sentences.
+    #[error("text")]
+    Text,
 }
 
 impl FileKind {
@@ -341,9 +344,27 @@ impl FileKind {
                 FileKind::Onnx
             }
             _ if first == Some(b'{') => FileKind::Json,
+            // Eight bytes or more: a safetensors header's length, little-endian and far
+            // below 2^56, ends in a zero byte, which text never holds.
+            _ if head.len() >= 8 && is_text(head) => FileKind::Text,
             _ => return None,
         })
     }
+}
+
+/// Whether `head`, the first bytes of a file, is UTF-8 (the last character possibly cut
+/// off) without control characters but tabs, line and page breaks.
+fn is_text(head: &[u8]) -> bool {
+    let valid = match std::str::from_utf8(head) {
+        Ok(text) => text,
+        // Cut inside a character's bytes: the bytes before it.
+        Err(e) if e.error_len().is_none() => {
+            std::str::from_utf8(&head[..e.valid_up_to()]).unwrap_or_default()
+        }
+        Err(_) => return false,
+    };
+    !valid.is_empty()
+        && valid.chars().all(|c| !c.is_control() || matches!(c, '\t' | '\n' | '\r' | '\x0c'))
 }
 
 /// [`Error::SameFile`]'s message: the roles, or the two names when the role is one.

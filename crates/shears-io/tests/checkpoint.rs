@@ -143,6 +143,17 @@ fn other_formats_are_named() {
     assert_eq!(kind(b"SHEAR"), Some(FileKind::ShearsCutShort));
     assert_eq!(kind(b"SHEA"), None, "too little to tell");
     assert_eq!(kind(b"SHEARXY"), None, "no tag starts so");
+    // Text: sentences, given where a model goes; a character cut at the end is text.
+    assert_eq!(kind(b"A cat sat on the mat.\nDogs bark.\r\n"), Some(FileKind::Text));
+    assert_eq!(
+        kind("na\u{ef}ve caf\u{e9} \u{2014} d\u{e9}j\u{e0}\n".as_bytes()),
+        Some(FileKind::Text)
+    );
+    assert_eq!(kind(&"\u{e9}t\u{e9} \u{e9}t\u{e9}".as_bytes()[..11]), Some(FileKind::Text));
+    // Control bytes, invalid UTF-8 or a zero byte: not text.
+    assert_eq!(kind(b"abcdefgh\x01ijk"), None);
+    assert_eq!(kind(b"abcdefgh\xffijk"), None);
+    assert_eq!(kind(b"\x10\x00\x00\x00\x00\x00\x00\x00{}"), None);
     let e = Checkpoint::from_source("pytorch_model.bin", zip).unwrap_err().to_string();
     assert!(e.contains("torch.save"), "{e}");
 }
