@@ -85,6 +85,63 @@ impl<'a> Texts<'a> {
         tokenizer.check_words(&self.texts).map_err(|e| texts_error(e, self.file))
     }
 
+    /// Warnings for the lines `tokenizer` cuts at its maximum length, and for those it
+    /// keeps nothing of but its special tokens (embedded as an empty text), each counted
+    /// with its first line: both give embeddings of something other than the line.
+    fn warn_fit(
+        &self,
+        tokenizer: &shears_models::TextEncoder,
+        warnings: &mut crate::report::Warnings,
+    ) -> Result<()> {
+        let (mut cut, mut empty) = (Vec::new(), Vec::new());
+        for (pass, chunk) in self.texts.chunks(SENTENCES_PER_PASS).enumerate() {
+            let fits = tokenizer.fit(chunk)?;
+            for (i, fit) in fits.iter().enumerate() {
+                let line = self.lines[pass * SENTENCES_PER_PASS + i];
+                if fit.truncated {
+                    cut.push(line);
+                }
+                // A text of no tokens at all is an error when it is embedded.
+                if !fit.has_words && fit.tokens > 0 {
+                    empty.push(line);
+                }
+            }
+        }
+        // "1 line (line 7) has ...", "3 lines (the first: line 7) have ...".
+        let counted = |lines: &[usize], one: String, many: String| match lines {
+            [line] => format!("1 line (line {line}) {one}"),
+            _ => format!("{} lines (the first: line {}) {many}", lines.len(), lines[0]),
+        };
+        if !cut.is_empty() {
+            let max = tokenizer.max_len();
+            let cut_at = |verb: &str, own: &str| {
+                format!("{verb} more than {max} tokens and {own} first {max}")
+            };
+            warnings.add(format!(
+                "{}: {} (--max-len sets the length, up to the model's positions)",
+                self.file.display(),
+                counted(
+                    &cut,
+                    cut_at("has", "was embedded from its"),
+                    cut_at("have", "were embedded from their")
+                )
+            ));
+        }
+        if !empty.is_empty() {
+            let none = "no token but the tokenizer's special ones";
+            warnings.add(format!(
+                "{}: {}",
+                self.file.display(),
+                counted(
+                    &empty,
+                    format!("holds {none} and was embedded as an empty text"),
+                    format!("hold {none} and were embedded as empty texts")
+                )
+            ));
+        }
+        Ok(())
+    }
+
     /// `e` naming the file and line of the sentence it is about (`first` being the
     /// sentence `e` counts from), and the model folder whose tokenizer gave it no tokens.
     fn name_line(&self, e: shears_models::Error, first: usize, model: &Path) -> anyhow::Error {
@@ -106,6 +163,16 @@ impl<'a> Texts<'a> {
             e => e.into(),
         }
     }
+}
+
+/// The latest run of `model`'s record calibrated on a file named as `texts` is, in a few
+/// words, if there is one (the record keeps file names, not paths).
+fn calibrated_on(model: &Path, texts: &Path) -> Option<String> {
+    let name = texts.file_name()?.to_string_lossy().into_owned();
+    let files = shears_io::Model::open(model).ok()?;
+    let runs = crate::record::runs(files.shards().first()?.metadata());
+    let run = runs.iter().rev().find(|run| run["calibration"]["texts"].as_str() == Some(&name))?;
+    Some(crate::record::describe(run))
 }
 
 /// `e` naming `file` if it is about the texts as a whole.
@@ -159,9 +226,13 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
         texts.check_words(&model.tokenizer)?;
         (model, None)
     };
+    let mut warnings = crate::report::Warnings::default();
+    texts.warn_fit(&model.tokenizer, &mut warnings)?;
     let start = Instant::now();
     let embeddings = embed_all(&model, &args.model, &texts)?;
     let embedding_seconds = start.elapsed().as_secs_f64();
+    // After the embedding, which can still fail on a line: an error is one line.
+    warnings.report();
     let lines = &texts.lines;
     if let Some(out) = &args.output {
         write_embeddings(out, &embeddings, lines)?;
@@ -519,9 +590,9 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
             sizes.1
         );
     }
+    let mut warnings = crate::report::Warnings::default();
     let shares = (zero_share(&dense), zero_share(&pruned));
     if shares.0 > shares.1 + SWAPPED_MARGIN {
-        let mut warnings = crate::report::Warnings::default();
         warnings.add(format!(
             "{} has {:.1}% of its linear layers' weights zero, {} {:.1}%: eval takes the dense model first, then the pruned one",
             args.dense.display(),
@@ -529,8 +600,21 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
             args.pruned.display(),
             100.0 * shares.1
         ));
-        warnings.report();
     }
+    if let (Ok(a), Ok(b)) = (args.dense.canonicalize(), args.pruned.canonicalize())
+        && a == b
+    {
+        warnings
+            .add(format!("{} is both models: eval compares it with itself", args.dense.display()));
+    }
+    if let Some(texts) = calibrated_on(&args.pruned, &args.texts) {
+        warnings.add(format!(
+            "{}: {} was calibrated on a file of this name (its record: {texts}): held-out sentences, which calibration did not see, measure it fairly",
+            args.texts.display(),
+            args.pruned.display()
+        ));
+    }
+    texts.warn_fit(&dense.tokenizer, &mut warnings)?;
     let a = embed_all(&dense, &args.dense, &texts)?;
     drop(dense);
     // A pruned folder with int8 layers is measured twice: as the library and `bench` run
@@ -542,6 +626,8 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
     };
     pruned.model.dequantize();
     let result = agreement(&a, &embed_all(&pruned, &args.pruned, &texts)?)?;
+    // After the embeddings, which can still fail on a line: an error is one line.
+    warnings.report();
     if args.json {
         #[derive(Serialize)]
         struct Output<'a> {

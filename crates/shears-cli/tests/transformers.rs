@@ -135,6 +135,56 @@ fn wanda_and_sparsegpt_prune_a_folder_to_exact_counts_that_shears_runs_again() {
     }
 }
 
+/// What `embed` and `eval` embed other than a line as written is said once per kind, with
+/// a count and the first line: lines cut at the maximum length and lines of special
+/// tokens alone. `eval` also says when it measures a model against itself, or on the file
+/// the pruned model was calibrated on.
+#[test]
+fn embed_and_eval_say_what_they_embed_other_than_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts = dir.path().join("texts.txt");
+    // Lines 1 and 4 have more than 6 tokens with [CLS] and [SEP]; line 3 is a zero-width
+    // space, which BERT's normaliser removes.
+    std::fs::write(&texts, "the cat sat on the mat today\nthe dog\n\u{200b}\na b c d e f\n")
+        .unwrap();
+    let (model, t) = (tiny_bert(), texts.to_str().unwrap());
+    let m = model.to_str().unwrap();
+    let o = shears(&["embed", m, "--texts", t, "--max-len", "6"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let said = format!(
+        "shears: warning: {t}: 2 lines (the first: line 1) have more than 6 tokens and were embedded from their first 6 (--max-len sets the length, up to the model's positions)\n\
+         shears: warning: {t}: 1 line (line 3) holds no token but the tokenizer's special ones and was embedded as an empty text\n"
+    );
+    assert_eq!(stderr(&o), said);
+    // Long enough for every line: the empty one alone is said.
+    let o = shears(&["embed", m, "--texts", t]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stderr(&o), said.lines().nth(1).unwrap().to_owned() + "\n");
+    // A model against itself, on the file it was calibrated on.
+    let pruned = dir.path().join("pruned");
+    prune("wanda", &pruned, &["-s", "0.5"]);
+    let p = pruned.to_str().unwrap();
+    let calib = sentences("calibration.txt");
+    let o = shears(&["eval", p, p, "--texts", &calib, "--max-len", "16"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("shears: warning: {p} is both models: eval compares it with itself")
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "shears: warning: {calib}: {p} was calibrated on a file of this name (its record: wanda unstructured layer at 0.5 (calibrated on 64 sentences of calibration.txt)"
+        )),
+        "{err}"
+    );
+    assert_eq!(lines.len(), 3, "and the lines cut at 16 tokens: {err}");
+    // Held-out sentences: no word on calibration.
+    let o = shears(&["eval", m, p, "--texts", &sentences("validation.txt")]);
+    assert!(!stderr(&o).contains("calibrated on a file"), "{}", stderr(&o));
+}
+
 /// `eval` of a folder with int8 layers measures it as it runs (integer products on tokens
 /// rounded to int8) beside its weights as f32; a float folder gets one measure.
 #[test]
@@ -172,8 +222,13 @@ fn eval_measures_an_int8_folder_as_it_runs_and_as_f32() {
         dense.display()
     );
     assert!(stderr(&o).starts_with(&said), "{}", stderr(&o));
+    // In the right order only the tiny model's 16 positions are noted: every sentence
+    // here is longer.
     let o = shears(&["eval", dense.to_str().unwrap(), float.to_str().unwrap(), "--texts", &texts]);
-    assert_eq!(stderr(&o), "");
+    let cut = format!(
+        "shears: warning: {texts}: 256 lines (the first: line 1) have more than 16 tokens and were embedded from their first 16 (--max-len sets the length, up to the model's positions)\n"
+    );
+    assert_eq!(stderr(&o), cut);
     // Texts that cannot be used are the one thing said, before either model is read.
     let one = float.with_file_name("one.txt");
     std::fs::write(&one, "a single sentence\n").unwrap();

@@ -63,4 +63,4 @@ pub use eval::{Agreement, agreement};
 pub use formats::{FormatChoice, TIMING_TOKENS, choose_formats};
 pub use linear::{Linear, int8_matrix};
 pub use prune::{Method, PruneSpec, PrunedLinear, Step, prune_model};
-pub use tokenize::{Batch, TextEncoder, WordPool, read_numbered_texts, read_texts};
+pub use tokenize::{Batch, Fit, TextEncoder, WordPool, read_numbered_texts, read_texts};

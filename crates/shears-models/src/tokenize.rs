@@ -267,6 +267,25 @@ impl TextEncoder {
         Err(no_words())
     }
 
+    /// What tokenizing each of `texts` keeps of it: its tokens, whether one other than
+    /// the special ones remains, and whether the text was cut at
+    /// [`TextEncoder::max_len`] tokens. The model embeds a text without words as the
+    /// special tokens alone, and a cut text from its first tokens.
+    ///
+    /// # Errors
+    /// [`Error::File`] naming `tokenizer.json` if the tokenizer fails on a text.
+    pub fn fit<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Fit>> {
+        Ok(self
+            .encodings(texts)?
+            .iter()
+            .map(|e| Fit {
+                tokens: e.get_ids().len(),
+                has_words: e.get_special_tokens_mask().contains(&0),
+                truncated: !e.get_overflowing().is_empty(),
+            })
+            .collect())
+    }
+
     /// The tokenizer's encodings of `texts`, special tokens added, each truncated.
     fn encodings<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<tokenizers::Encoding>> {
         let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
@@ -282,6 +301,17 @@ impl TextEncoder {
             Err(panic) => Err(failed(panic_message(&*panic))),
         }
     }
+}
+
+/// What tokenizing one text keeps of it ([`TextEncoder::fit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fit {
+    /// The tokens kept, special ones included.
+    pub tokens: usize,
+    /// Whether a token other than the tokenizer's special ones remains.
+    pub has_words: bool,
+    /// Whether the text had more tokens than [`TextEncoder::max_len`] and was cut.
+    pub truncated: bool,
 }
 
 /// The error of texts that give the tokenizer nothing but its special tokens.

@@ -344,6 +344,32 @@ fn int8_weights_load_as_int8_layers() {
     }
 }
 
+/// A text is cut exactly when it has more tokens than the encoder keeps (the oracle:
+/// its length under an encoder that keeps them all), and has words exactly when a token
+/// other than [CLS] and [SEP] remains.
+#[test]
+fn fits_say_which_texts_are_cut_and_which_hold_no_words() {
+    use shears_models::{Fit, TextEncoder};
+    let texts = ["the cat sat", "\u{7}", "the dog ran far away", "", "a b", "the cat"];
+    let whole = TextEncoder::from_folder(&folder(), 64).unwrap().encode(&texts).unwrap();
+    assert_eq!(whole.lengths[1], 2, "a control character gives [CLS] [SEP] alone");
+    assert!(whole.lengths[2] > 7, "a text longer than every cut but the last");
+    for max_len in [3, 4, 5, 7, 64] {
+        let encoder = TextEncoder::from_folder(&folder(), max_len).unwrap();
+        let fits = encoder.fit(&texts).unwrap();
+        let expected: Vec<Fit> = whole
+            .lengths
+            .iter()
+            .map(|&len| Fit {
+                tokens: len.min(max_len),
+                has_words: len > 2,
+                truncated: len > max_len,
+            })
+            .collect();
+        assert_eq!(fits, expected, "max_len {max_len}");
+    }
+}
+
 /// Sentences cut from a word pool are the texts' tokens without the special ones, in
 /// order and repeated, between the special tokens a sentence is encoded with; a
 /// tokenizer that adds none gives sentences of words alone.
