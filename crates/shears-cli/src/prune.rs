@@ -773,10 +773,22 @@ fn prune<'a, T: Float>(
             ));
         }
     }
+    // Tensors whose zeros already passed their target: zeros stay pruned, so these end
+    // where they began, and one warning says so for all of them.
+    let mut sparser_before: Vec<(&str, f64, f64)> = Vec::new();
     for r in rows.iter().filter(|r| r.choice.chosen) {
         let (Some(after), numel) = (r.sparsity_after, r.numel()) else {
             continue;
         };
+        if let (Some(target), Some(before)) = (r.target, r.sparsity_before)
+            && before > target + 0.005
+            && after == before
+            && args.masks_in.is_none()
+            && after < 1.0
+        {
+            sparser_before.push((r.choice.name, before, target));
+            continue;
+        }
         if after == 1.0 && numel > 0 {
             let hint = if job.scope == Scope::Global {
                 " (--min-density keeps a fraction of every tensor)"
@@ -796,6 +808,17 @@ fn prune<'a, T: Float>(
                 r.choice.name
             ));
         }
+    }
+    if let [(first, before, target), rest @ ..] = sparser_before.as_slice() {
+        warnings.add(match rest {
+            [] => format!(
+                "tensor `{first}` was sparser before this run ({before:.4}) than its target of {target:.4}: zeros stay pruned, so nothing more was pruned in it"
+            ),
+            _ => format!(
+                "{} tensors were sparser before this run than their target (the first, `{first}`: {before:.4} against {target:.4}): zeros stay pruned, so nothing more was pruned in them",
+                sparser_before.len()
+            ),
+        });
     }
     Ok(Report {
         input: args.input.display().to_string(),

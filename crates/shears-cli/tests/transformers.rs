@@ -135,6 +135,36 @@ fn wanda_and_sparsegpt_prune_a_folder_to_exact_counts_that_shears_runs_again() {
     }
 }
 
+/// Pruning a pruned model towards a lower sparsity prunes nothing more (zeros stay
+/// pruned), and one warning says so for every tensor, or names the one.
+#[test]
+fn tensors_already_sparser_than_the_target_are_one_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pruned, again) = (dir.path().join("pruned"), dir.path().join("again"));
+    prune("wanda", &pruned, &["-s", "0.5"]);
+    let (p, a) = (pruned.to_str().unwrap(), again.to_str().unwrap());
+    let o = shears(&["prune", p, "-o", a, "-s", "0.3", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        "shears: warning: 12 tensors were sparser before this run than their target (the first, `encoder.layer.0.attention.output.dense.weight`: 0.5000 against 0.3000): zeros stay pruned, so nothing more was pruned in them\n"
+    );
+    let weights = |folder: &Path| read(&folder.join("model.safetensors"));
+    let (before, after) = (weights(&pruned), weights(&again));
+    let linears: Vec<&String> = before.keys().filter(|n| is_encoder_linear(n)).collect();
+    assert_eq!(linears.len(), 12);
+    for name in linears {
+        assert_eq!(before[name], after[name], "{name}");
+    }
+    let one = dir.path().join("one");
+    let only = ["--include", r"layer\.1\.output\.dense", "--quiet"];
+    let o = shears(&[&["prune", p, "-o", one.to_str().unwrap(), "-s", "0.3"][..], &only].concat());
+    assert_eq!(
+        stderr(&o),
+        "shears: warning: tensor `encoder.layer.1.output.dense.weight` was sparser before this run (0.5000) than its target of 0.3000: zeros stay pruned, so nothing more was pruned in it\n"
+    );
+}
+
 /// What `embed` and `eval` embed other than a line as written is said once per kind, with
 /// a count and the first line: lines cut at the maximum length and lines of special
 /// tokens alone. `eval` also says when it measures a model against itself, or on the file
