@@ -457,24 +457,6 @@ fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()>
 /// Values per parallel task when counting zeros.
 const TASK: usize = 1 << 16;
 
-/// The method as the report and the record name it.
-fn method_name(args: &PruneArgs, job: &Job) -> String {
-    match (&args.scores, job.calibrated, job.criterion) {
-        (Some(_), _, _) => "scores".into(),
-        (None, Some(m), _) => m.name().into(),
-        (None, None, c) => c.to_string(),
-    }
-}
-
-/// The reduction of a pattern that scores slices or blocks.
-fn reduction_name(job: &Job) -> Option<String> {
-    match job.pattern {
-        Pattern::Structured(s) => Some(s.reduction().to_string()),
-        Pattern::Blocks { reduction, .. } => Some(reduction.to_string()),
-        _ => None,
-    }
-}
-
 /// The record of this run that the written files carry.
 fn record_of(
     args: &PruneArgs,
@@ -484,12 +466,21 @@ fn record_of(
 ) -> record::Run {
     record::Run {
         shears: env!("CARGO_PKG_VERSION"),
-        method: method_name(args, job),
+        method: match (&args.scores, job.calibrated, job.criterion) {
+            (Some(_), _, _) => "scores".into(),
+            (None, Some(m), _) => m.name().into(),
+            (None, None, c) => c.to_string(),
+        },
         pattern: job.pattern.to_string(),
         scope: job.scope.to_string(),
         sparsity: job.sparsity.get(),
         rounding: job.rounding.to_string(),
-        reduction: reduction_name(job),
+        // The reduction of a pattern that scores slices or blocks.
+        reduction: match job.pattern {
+            Pattern::Structured(s) => Some(s.reduction().to_string()),
+            Pattern::Blocks { reduction, .. } => Some(reduction.to_string()),
+            _ => None,
+        },
         min_density: (job.scope == Scope::Global).then_some(job.min_density),
         seed: matches!(job.criterion, Criterion::Random { .. }).then_some(args.seed.unwrap_or(0)),
         masks_in: args.masks_in.is_some(),
@@ -836,7 +827,7 @@ fn prune<'a, T: Float>(
         masks_in: args.masks_in.as_ref().map(|p| p.display().to_string()),
         masks_out: args.masks_out.as_ref().map(|p| p.display().to_string()),
         calibration: None,
-        quantized: quantize.map(Quantize::describe),
+        quantized: record.quantized.clone(),
         bytes_before: total_bytes,
         bytes_after,
         total: totals(&rows),
