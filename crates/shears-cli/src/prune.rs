@@ -722,6 +722,9 @@ fn prune<'a, T: Float>(
                 .to_owned(),
         );
     }
+    if let Some(warning) = quantize.and_then(Quantize::requantized_warning) {
+        warnings.add(warning);
+    }
     if let Some(q) = quantize
         && bytes_after > total_bytes
     {

@@ -26,6 +26,9 @@ pub(crate) struct Quantize {
     requested: Option<QuantScheme>,
     /// Per shard: the scheme its int8 tensors are written with, and their names.
     shards: Vec<Option<(QuantScheme, BTreeSet<String>)>>,
+    /// Int8 tensors of the input quantized again in another scheme (a shard whose int8
+    /// tensors are all chosen): their count, the first one's name, and its scheme.
+    requantized: Option<(usize, String, QuantScheme)>,
 }
 
 /// The scheme of `shard`'s int8 tensors, if it has any.
@@ -49,6 +52,7 @@ impl Quantize {
         choices: &[Choice],
     ) -> Result<Option<Self>> {
         let mut shards = Vec::with_capacity(model.shards().len());
+        let mut requantized: Option<(usize, String, QuantScheme)> = None;
         for (s, shard) in model.shards().iter().enumerate() {
             let existing = scheme_of(shard)?;
             let mine = || choices.iter().filter(move |c| c.shard == s && c.chosen);
@@ -93,12 +97,21 @@ impl Quantize {
                     );
                 }
             }
+            if let Some(e) = existing
+                && e != scheme
+            {
+                let int8 = |n: &&String| shard.info(n).is_some_and(|i| i.dtype == Dtype::I8);
+                for name in names.iter().filter(int8) {
+                    let (count, _, _) = requantized.get_or_insert_with(|| (0, name.clone(), e));
+                    *count += 1;
+                }
+            }
             shards.push((!names.is_empty()).then_some((scheme, names)));
         }
         if shards.iter().all(Option::is_none) {
             return Ok(None);
         }
-        Ok(Some(Quantize { requested, shards }))
+        Ok(Some(Quantize { requested, shards, requantized }))
     }
 
     /// The schemes written, for the report: `--quantize`'s, or those of the model's
@@ -111,6 +124,20 @@ impl Quantize {
             self.shards.iter().flatten().map(|(scheme, _)| scheme.to_string()).collect();
         let list: Vec<String> = schemes.into_iter().collect();
         format!("{}, the model's own scheme", list.join(", "))
+    }
+
+    /// A warning if int8 tensors of the input are quantized again in another scheme:
+    /// their values were rounded to the old scales' steps and are rounded again.
+    pub(crate) fn requantized_warning(&self) -> Option<String> {
+        let (count, first, old) = self.requantized.as_ref()?;
+        let new = self.describe();
+        let (which, verb, their) = match count {
+            1 => (format!("int8 tensor `{first}`"), "is", "its"),
+            n => (format!("{n} int8 tensors (the first: `{first}`)"), "are", "their"),
+        };
+        Some(format!(
+            "{which}, quantized as {old} in the input, {verb} quantized again as {new}: {their} values are rounded a second time (quantizing the floating-point model rounds once)"
+        ))
     }
 
     /// Whether some shard is quantized in groups.

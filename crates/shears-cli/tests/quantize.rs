@@ -311,6 +311,40 @@ fn a_quantized_model_prunes_again_in_its_own_scheme() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("give --quantize int8:group=4"), "{}", stderr(&o));
     assert!(!dir.path().join("q3.safetensors").exists());
+    // Another scheme for all of them is one file's scheme again, but rounds the values a
+    // second time: said once.
+    let o = shears(&[
+        "prune",
+        &path("q.safetensors"),
+        "-o",
+        &path("q3.safetensors"),
+        "-s",
+        "0.75",
+        "--all",
+        "--quantize",
+        "int8",
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    let said: Vec<&str> = err.lines().filter(|l| l.contains("rounded a second time")).collect();
+    assert_eq!(said.len(), 1, "{err}");
+    assert!(said[0].contains("int8 tensors (the first: `"), "{}", said[0]);
+    assert!(
+        said[0].contains("quantized as int8:group=4 in the input, are quantized again as int8")
+    );
+    // In its own scheme nothing is said.
+    let o = shears(&[
+        "prune",
+        &path("q.safetensors"),
+        "-o",
+        &path("q5.safetensors"),
+        "-s",
+        "0.75",
+        "--all",
+        "-q",
+    ]);
+    assert!(o.status.success() && !stderr(&o).contains("second time"), "{}", stderr(&o));
     // Groups of one column: larger than the model, and said so.
     let o = shears(&[
         "prune",
