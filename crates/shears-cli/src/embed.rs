@@ -265,6 +265,8 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
             /// With `--fastest`: what the embedding itself took, in seconds.
             #[serde(skip_serializing_if = "Option::is_none")]
             embedding_seconds: Option<f64>,
+            /// What stderr warned of, as `prune --json` has it.
+            warnings: &'a crate::report::Warnings,
         }
         print_json(&Output {
             model: args.model.display().to_string(),
@@ -277,6 +279,7 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
             whole_model: plan.as_ref().and_then(|p| p.whole_model.as_ref()),
             planning_seconds: plan.as_ref().map(|p| p.seconds),
             embedding_seconds: plan.as_ref().map(|_| embedding_seconds),
+            warnings: &warnings,
         })?;
         return Ok(());
     }
@@ -641,6 +644,8 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
             agreement: &'a Agreement,
             #[serde(skip_serializing_if = "Option::is_none")]
             int8_products: Option<&'a Agreement>,
+            /// What stderr warned of, as `prune --json` has it.
+            warnings: &'a crate::report::Warnings,
         }
         print_json(&Output {
             dense: args.dense.display().to_string(),
@@ -649,6 +654,7 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
             weights: "f32",
             agreement: &result,
             int8_products: int8.as_ref(),
+            warnings: &warnings,
         })?;
         return Ok(());
     }

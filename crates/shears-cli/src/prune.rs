@@ -768,19 +768,21 @@ fn prune<'a, T: Float>(
         }
     }
     // Tensors whose zeros already passed their target: zeros stay pruned, so these end
-    // where they began, and one warning says so for all of them.
-    let mut sparser_before: Vec<(&str, f64, f64)> = Vec::new();
+    // above it (further still where a pattern or int8 rounding adds zeros), and one
+    // warning says so for all of them; none at --sparsity 0, which asks for no pruning.
+    let mut sparser_before: Vec<(&str, f64, f64, f64)> = Vec::new();
     for r in rows.iter().filter(|r| r.choice.chosen) {
         let (Some(after), numel) = (r.sparsity_after, r.numel()) else {
             continue;
         };
         if let (Some(target), Some(before)) = (r.target, r.sparsity_before)
             && before > target + 0.005
-            && after == before
             && args.masks_in.is_none()
             && after < 1.0
         {
-            sparser_before.push((r.choice.name, before, target));
+            if target > 0.0 {
+                sparser_before.push((r.choice.name, before, target, after));
+            }
             continue;
         }
         if after == 1.0 && numel > 0 {
@@ -803,13 +805,13 @@ fn prune<'a, T: Float>(
             ));
         }
     }
-    if let [(first, before, target), rest @ ..] = sparser_before.as_slice() {
+    if let [(first, before, target, after), rest @ ..] = sparser_before.as_slice() {
         warnings.add(match rest {
             [] => format!(
-                "tensor `{first}` was sparser before this run ({before:.4}) than its target of {target:.4}: zeros stay pruned, so nothing more was pruned in it"
+                "tensor `{first}` was already sparser than its target before this run ({before:.4} against {target:.4}): zeros stay pruned, so it ends at {after:.4}"
             ),
             _ => format!(
-                "{} tensors were sparser before this run than their target (the first, `{first}`: {before:.4} against {target:.4}): zeros stay pruned, so nothing more was pruned in them",
+                "{} tensors were already sparser than their target before this run (the first, `{first}`: {before:.4} against {target:.4}): zeros stay pruned, so they end above it (the first at {after:.4})",
                 sparser_before.len()
             ),
         });
@@ -965,6 +967,7 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
     let what = match &report.masks_in {
         // Without a target, the run applies the masks and prunes nothing more.
         Some(m) if report.sparsity == 0.0 => format!("the masks of {m}"),
+        None if report.sparsity == 0.0 => "nothing pruned (--sparsity 0)".to_owned(),
         Some(m) => format!(
             "{} {} {} at {} from the masks of {}",
             report.method, report.pattern, report.scope, report.sparsity, m

@@ -147,7 +147,7 @@ fn tensors_already_sparser_than_the_target_are_one_warning() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         stderr(&o),
-        "shears: warning: 12 tensors were sparser before this run than their target (the first, `encoder.layer.0.attention.output.dense.weight`: 0.5000 against 0.3000): zeros stay pruned, so nothing more was pruned in them\n"
+        "shears: warning: 12 tensors were already sparser than their target before this run (the first, `encoder.layer.0.attention.output.dense.weight`: 0.5000 against 0.3000): zeros stay pruned, so they end above it (the first at 0.5000)\n"
     );
     let weights = |folder: &Path| read(&folder.join("model.safetensors"));
     let (before, after) = (weights(&pruned), weights(&again));
@@ -161,8 +161,22 @@ fn tensors_already_sparser_than_the_target_are_one_warning() {
     let o = shears(&[&["prune", p, "-o", one.to_str().unwrap(), "-s", "0.3"][..], &only].concat());
     assert_eq!(
         stderr(&o),
-        "shears: warning: tensor `encoder.layer.1.output.dense.weight` was sparser before this run (0.5000) than its target of 0.3000: zeros stay pruned, so nothing more was pruned in it\n"
+        "shears: warning: tensor `encoder.layer.1.output.dense.weight` was already sparser than its target before this run (0.5000 against 0.3000): zeros stay pruned, so it ends at 0.5000\n"
     );
+    // A pattern that adds zeros to them: the same one warning.
+    let (seventy, nm) = (dir.path().join("seventy"), dir.path().join("nm"));
+    let s70 = seventy.to_str().unwrap();
+    ok(&["prune", tiny_bert().to_str().unwrap(), "-o", s70, "-s", "0.7", "--quiet"]);
+    let o = shears(&["prune", s70, "-o", nm.to_str().unwrap(), "--pattern", "2:4", "--quiet"]);
+    let err = stderr(&o);
+    assert!(o.status.success() && err.lines().count() == 1, "{err}");
+    assert!(err.starts_with("shears: warning: 12 tensors were already sparser"), "{err}");
+    // --sparsity 0 asks for no pruning: nothing to say, and the summary says so.
+    let zero = dir.path().join("zero");
+    let o = shears(&["prune", p, "-o", zero.to_str().unwrap(), "-s", "0", "--quiet"]);
+    assert_eq!(stderr(&o), "");
+    let summary = stdout(&o).lines().last().unwrap_or_default().to_owned();
+    assert!(summary.starts_with("nothing pruned (--sparsity 0): wrote "), "{summary}");
 }
 
 /// What `embed` and `eval` embed other than a line as written is said once per kind, with
@@ -210,6 +224,14 @@ fn embed_and_eval_say_what_they_embed_other_than_the_line() {
         "{err}"
     );
     assert_eq!(lines.len(), 3, "and the lines cut at 16 tokens: {err}");
+    // --json has them too, as prune's does.
+    let json: Value =
+        serde_json::from_str(&ok(&["eval", p, p, "--texts", &calib, "--json"])).unwrap();
+    let shown = json["warnings"]["shown"].as_array().unwrap();
+    assert_eq!(shown.len(), 3, "{json}");
+    assert_eq!(shown[0], format!("{p} is both models: eval compares it with itself"));
+    let json: Value = serde_json::from_str(&ok(&["embed", m, "--texts", t, "--json"])).unwrap();
+    assert_eq!(json["warnings"]["shown"].as_array().unwrap().len(), 1, "{json}");
     // Held-out sentences: no word on calibration.
     let o = shears(&["eval", m, p, "--texts", &sentences("validation.txt")]);
     assert!(!stderr(&o).contains("calibrated on a file"), "{}", stderr(&o));
