@@ -45,6 +45,8 @@ pub(crate) struct Calibration {
     pub(crate) max_len: usize,
     /// `--calib-samples`.
     pub(crate) asked: usize,
+    /// [`crate::record::fingerprint`] of the sentences used.
+    pub(crate) fingerprint: String,
 }
 
 /// Runs `method` on the chosen tensors of the model folder `model`.
@@ -108,6 +110,7 @@ pub(crate) fn prune(
         tokens: batch.tokens(),
         max_len: transformer.tokenizer.max_len(),
         asked: args.calib_samples as usize,
+        fingerprint: crate::record::fingerprint(&texts),
     };
     let mut prior = Masks::new();
     for t in chosen {

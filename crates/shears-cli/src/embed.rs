@@ -165,14 +165,22 @@ impl<'a> Texts<'a> {
     }
 }
 
-/// The latest run of `model`'s record calibrated on a file named as `texts` is, in a few
-/// words, if there is one (the record keeps file names, not paths).
-fn calibrated_on(model: &Path, texts: &Path) -> Option<String> {
-    let name = texts.file_name()?.to_string_lossy().into_owned();
+/// The latest run of `model`'s record calibrated on the sentences `texts` starts with
+/// (by their fingerprint), in a few words, if there is one.
+fn calibrated_on(model: &Path, texts: &Texts) -> Option<String> {
     let files = shears_io::Model::open(model).ok()?;
     let runs = crate::record::runs(files.shards().first()?.metadata());
-    let run = runs.iter().rev().find(|run| run["calibration"]["texts"].as_str() == Some(&name))?;
-    Some(crate::record::describe(run))
+    let same = |run: &&serde_json::Value| {
+        let c = &run["calibration"];
+        let n = c["sentences"].as_u64().and_then(|n| usize::try_from(n).ok());
+        match (c["fingerprint"].as_str(), n) {
+            (Some(print), Some(n)) if n <= texts.texts.len() => {
+                crate::record::fingerprint(&texts.texts[..n]) == print
+            }
+            _ => false,
+        }
+    };
+    runs.iter().rev().find(same).map(crate::record::describe)
 }
 
 /// `e` naming `file` if it is about the texts as a whole.
@@ -610,9 +618,9 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
         warnings
             .add(format!("{} is both models: eval compares it with itself", args.dense.display()));
     }
-    if let Some(texts) = calibrated_on(&args.pruned, &args.texts) {
+    if let Some(run) = calibrated_on(&args.pruned, &texts) {
         warnings.add(format!(
-            "{}: {} was calibrated on a file of this name (its record: {texts}): held-out sentences, which calibration did not see, measure it fairly",
+            "{}: {} was calibrated on these sentences (its record: {run}): held-out sentences, which calibration did not see, measure it fairly",
             args.texts.display(),
             args.pruned.display()
         ));

@@ -43,13 +43,30 @@ pub(crate) struct Run {
     pub(crate) quantized: Option<String>,
 }
 
-/// The calibration text of a run, by file name.
+/// The calibration text of a run: its file by name, and its sentences by fingerprint.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Calibration {
     pub(crate) texts: String,
     pub(crate) sentences: usize,
     pub(crate) tokens: usize,
     pub(crate) max_len: usize,
+    /// [`fingerprint`] of the sentences, so that `eval` knows them under any name.
+    pub(crate) fingerprint: String,
+}
+
+/// A fingerprint of `sentences` in order (FNV-1a, 64 bits, over each one's bytes and a
+/// line feed): equal sentences give equal prints. It tells a file's sentences apart from
+/// others', not an adversary's from a copy's.
+pub(crate) fn fingerprint<S: AsRef<str>>(sentences: &[S]) -> String {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let mut hash = OFFSET;
+    for sentence in sentences {
+        for &byte in sentence.as_ref().as_bytes().iter().chain(b"\n") {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(PRIME);
+        }
+    }
+    format!("fnv1a64:{hash:016x}")
 }
 
 impl Calibration {
@@ -61,6 +78,7 @@ impl Calibration {
             sentences: c.sentences,
             tokens: c.tokens,
             max_len: c.max_len,
+            fingerprint: c.fingerprint.clone(),
         }
     }
 }
@@ -156,9 +174,22 @@ mod tests {
                 sentences: 128,
                 tokens: 2048,
                 max_len: 128,
+                fingerprint: fingerprint(&["the cat", "sat"]),
             }),
             quantized: Some("int8".into()),
         }
+    }
+
+    /// FNV-1a 64 against values computed from its formula outside Rust (offset basis
+    /// 0xcbf29ce484222325, prime 0x100000001b3), and sentences in order.
+    #[test]
+    fn fingerprints_are_fnv1a_over_the_sentences_and_line_feeds() {
+        assert_eq!(fingerprint::<&str>(&[]), "fnv1a64:cbf29ce484222325", "the offset basis");
+        assert_eq!(fingerprint(&[""]), "fnv1a64:af63c74c8601c8dd", "a line feed alone");
+        assert_eq!(fingerprint(&["a"]), "fnv1a64:089bdc07b544e7b2");
+        assert_eq!(fingerprint(&["the cat", "sat"]), "fnv1a64:c72709480d77cda0");
+        assert_ne!(fingerprint(&["sat", "the cat"]), fingerprint(&["the cat", "sat"]));
+        assert_ne!(fingerprint(&["the cat sat"]), fingerprint(&["the cat", "sat"]));
     }
 
     #[test]

@@ -219,7 +219,7 @@ fn embed_and_eval_say_what_they_embed_other_than_the_line() {
     );
     assert!(
         lines[1].starts_with(&format!(
-            "shears: warning: {calib}: {p} was calibrated on a file of this name (its record: wanda unstructured layer at 0.5 (calibrated on 64 sentences of calibration.txt)"
+            "shears: warning: {calib}: {p} was calibrated on these sentences (its record: wanda unstructured layer at 0.5 (calibrated on 64 sentences of calibration.txt)"
         )),
         "{err}"
     );
@@ -232,9 +232,17 @@ fn embed_and_eval_say_what_they_embed_other_than_the_line() {
     assert_eq!(shown[0], format!("{p} is both models: eval compares it with itself"));
     let json: Value = serde_json::from_str(&ok(&["embed", m, "--texts", t, "--json"])).unwrap();
     assert_eq!(json["warnings"]["shown"].as_array().unwrap().len(), 1, "{json}");
-    // Held-out sentences: no word on calibration.
-    let o = shears(&["eval", m, p, "--texts", &sentences("validation.txt")]);
-    assert!(!stderr(&o).contains("calibrated on a file"), "{}", stderr(&o));
+    // The sentences are known by their fingerprint, not the file's name: a copy under
+    // another name is said, other sentences under the calibration file's name are not.
+    let copy = dir.path().join("copy.txt");
+    std::fs::copy(&calib, &copy).unwrap();
+    let o = shears(&["eval", m, p, "--texts", copy.to_str().unwrap()]);
+    assert!(stderr(&o).contains("was calibrated on these sentences"), "{}", stderr(&o));
+    let other = dir.path().join("other/calibration.txt");
+    std::fs::create_dir(other.parent().unwrap()).unwrap();
+    std::fs::copy(sentences("validation.txt"), &other).unwrap();
+    let o = shears(&["eval", m, p, "--texts", other.to_str().unwrap()]);
+    assert!(o.status.success() && !stderr(&o).contains("calibrated on"), "{}", stderr(&o));
 }
 
 /// `eval` of a folder with int8 layers measures it as it runs (integer products on tokens
