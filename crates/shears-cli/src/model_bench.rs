@@ -143,17 +143,9 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
         report.threads,
         if report.threads == 1 { "" } else { "s" }
     )?;
-    outln!(
-        "{:>9}  {:>7}  {:>22}  {:>22}  {:>8}  {}",
-        "sentences",
-        "tokens",
-        "dense ms",
-        "pruned ms",
-        "speedup",
-        "layers not dense"
-    )?;
+    let t = |t: &Timing| format!("{:.2} ({:.2}-{:.2})", t.median, t.min, t.max);
+    let mut lines = Vec::with_capacity(report.settings.len());
     for s in &report.settings {
-        let t = |t: &Timing| format!("{:.2} ({:.2}-{:.2})", t.median, t.min, t.max);
         let verdict = if s.layers.iter().all(|l| l.sparsity == 0.0) {
             "0: no layer is pruned; the model runs dense".to_owned()
         } else if s.sparse_layers == 0 {
@@ -183,11 +175,23 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
             (Some(ms), Some(x)) => (t(ms), format!("{x:.2}x")),
             _ => ("-".to_owned(), "-".to_owned()),
         };
+        lines.push((s.sentences, s.tokens, t(&s.dense_ms), sparse_ms, speedup, verdict));
+    }
+    // The times' columns as wide as their widest cell, whatever the times' digits.
+    let dense_width = lines.iter().map(|l| l.2.len()).max().unwrap_or(0).max(22);
+    let sparse_width = lines.iter().map(|l| l.3.len()).max().unwrap_or(0).max(22);
+    outln!(
+        "{:>9}  {:>7}  {:>dense_width$}  {:>sparse_width$}  {:>8}  {}",
+        "sentences",
+        "tokens",
+        "dense ms",
+        "pruned ms",
+        "speedup",
+        "layers not dense"
+    )?;
+    for (sentences, tokens, dense, sparse, speedup, verdict) in &lines {
         outln!(
-            "{:>9}  {:>7}  {:>22}  {sparse_ms:>22}  {speedup:>8}  {verdict}",
-            s.sentences,
-            s.tokens,
-            t(&s.dense_ms),
+            "{sentences:>9}  {tokens:>7}  {dense:>dense_width$}  {sparse:>sparse_width$}  {speedup:>8}  {verdict}"
         )?;
     }
     outln!(
