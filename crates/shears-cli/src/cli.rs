@@ -46,6 +46,9 @@ pub(crate) enum Command {
     Embed(EmbedArgs),
     /// How much a pruned model keeps: its sentence embeddings against the dense model's
     /// (an int8 model twice: with integer products, and with its weights as f32).
+    ///
+    /// The cosines cover every sentence; the top-10 neighbour overlap compares every
+    /// pair of sentences, so it covers the first 4096.
     Eval(EvalArgs),
     /// Write a model as ONNX: a shears-nn MLP checkpoint (as `shears demo` writes) or a
     /// BERT-family model folder, dense or pruned (pruned weights as zeros).
@@ -460,5 +463,15 @@ mod tests {
         assert!(parse_spatial("56").is_err() && parse_spatial("0x4").is_err());
         assert_eq!(parse_fraction("0.1"), Ok(0.1));
         assert!(parse_fraction("-0.1").is_err() && parse_fraction("nan").is_err());
+    }
+
+    #[test]
+    fn eval_help_names_the_neighbour_measures_bound() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        let eval = command.find_subcommand("eval").unwrap();
+        let about = eval.get_long_about().unwrap().to_string();
+        let bound = format!("covers the first {}.", shears_models::NEIGHBOUR_SENTENCES);
+        assert!(about.contains(&bound), "{about}");
     }
 }

@@ -697,6 +697,12 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
             )?;
         }
     }
+    if result.neighbour_sentences < result.sentences {
+        outln!(
+            "(neighbours among the first {} sentences: the measure compares every pair)",
+            result.neighbour_sentences
+        )?;
+    }
     Ok(())
 }
 

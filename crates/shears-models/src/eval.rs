@@ -18,12 +18,21 @@ pub struct Agreement {
     pub p5_cosine: f64,
     /// The lowest cosine.
     pub min_cosine: f64,
-    /// Neighbours compared per sentence: 10, or one fewer than the sentences if fewer.
+    /// Neighbours compared per sentence: 10, or one fewer than
+    /// [`Agreement::neighbour_sentences`] if fewer.
     pub k: usize,
-    /// The mean fraction of each sentence's `k` nearest neighbours (by cosine, among the
-    /// other sentences) that both models share.
+    /// The sentences the neighbour measure runs over: the first
+    /// [`NEIGHBOUR_SENTENCES`] at most, since it compares every pair.
+    pub neighbour_sentences: usize,
+    /// The mean fraction of each of those sentences' `k` nearest neighbours (by cosine,
+    /// among the others of them) that both models share.
     pub neighbour_overlap: f64,
 }
+
+/// The most sentences whose neighbours [`agreement`] compares: every pair of them is
+/// compared, so time grows with their square (4096 sentences of 384 dimensions take
+/// some 13 billion multiply-adds per model), and more would take minutes to hours.
+pub const NEIGHBOUR_SENTENCES: usize = 4096;
 
 /// Compares the embeddings `dense` and `pruned` (one column per sentence, the same
 /// sentences in the same order).
@@ -56,20 +65,22 @@ pub fn agreement(dense: &DMatrix<f32>, pruned: &DMatrix<f32>) -> Result<Agreemen
     cosines.sort_by(f64::total_cmp);
     // Nearest rank: the ceil(0.05 n)-th smallest (1-based).
     let p5_cosine = cosines[((0.05 * n as f64).ceil() as usize).max(1) - 1];
-    let k = 10.min(n.saturating_sub(1));
+    let m = n.min(NEIGHBOUR_SENTENCES);
+    let k = 10.min(m.saturating_sub(1));
     let neighbour_overlap = if k == 0 {
         1.0
     } else {
+        let (a, b) = (a.columns(0, m).into_owned(), b.columns(0, m).into_owned());
         // A sentence at a time (on rayon's threads), so that memory grows with the
         // sentences, not with their pairs.
-        let shared: usize = (0..n)
+        let shared: usize = (0..m)
             .into_par_iter()
             .map(|i| {
                 let na = nearest(&a, i, k);
                 nearest(&b, i, k).iter().filter(|j| na.contains(j)).count()
             })
             .sum();
-        shared as f64 / (n * k) as f64
+        shared as f64 / (m * k) as f64
     };
     Ok(Agreement {
         sentences: n,
@@ -77,6 +88,7 @@ pub fn agreement(dense: &DMatrix<f32>, pruned: &DMatrix<f32>) -> Result<Agreemen
         p5_cosine,
         min_cosine: cosines[0],
         k,
+        neighbour_sentences: m,
         neighbour_overlap,
     })
 }
@@ -106,6 +118,30 @@ mod tests {
         let a = agreement(&e, &e).unwrap();
         assert!((a.mean_cosine - 1.0).abs() < 1e-12 && (a.p5_cosine - 1.0).abs() < 1e-12);
         assert_eq!((a.k, a.neighbour_overlap, a.sentences), (10, 1.0, 12));
+        assert_eq!(a.neighbour_sentences, 12);
+    }
+
+    /// Past NEIGHBOUR_SENTENCES the neighbours are those of the first sentences alone:
+    /// what follows changes the cosines, not the neighbour measure.
+    #[test]
+    fn neighbours_are_measured_over_the_first_sentences() {
+        let n = NEIGHBOUR_SENTENCES + 50;
+        let dense = DMatrix::from_fn(3, n, |r, c| (((c % 97) * (r + 3) * 7) % 11) as f32 - 5.0);
+        let pruned = DMatrix::from_fn(3, n, |r, c| (((c % 89) * (r + 2) * 5) % 13) as f32 - 6.0);
+        let all = agreement(&dense, &pruned).unwrap();
+        let m = NEIGHBOUR_SENTENCES;
+        let first =
+            agreement(&dense.columns(0, m).into_owned(), &pruned.columns(0, m).into_owned())
+                .unwrap();
+        assert_eq!((all.sentences, all.neighbour_sentences, all.k), (n, m, 10));
+        assert_eq!(all.neighbour_overlap, first.neighbour_overlap);
+        // The tail still counts in the cosines: every pruned embedding past the first
+        // sentences is the dense one, so the mean rises.
+        let mut tail = pruned.clone();
+        tail.columns_mut(m, 50).copy_from(&dense.columns(m, 50));
+        let with_tail = agreement(&dense, &tail).unwrap();
+        assert!(with_tail.mean_cosine > all.mean_cosine);
+        assert_eq!(with_tail.neighbour_overlap, all.neighbour_overlap);
     }
 
     #[test]
