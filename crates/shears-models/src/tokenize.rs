@@ -437,11 +437,12 @@ impl WordPool {
 }
 
 /// The lines of a text file that hold text (trimmed, empty lines skipped), at most
-/// `limit` of them, each at most 64 KiB (a longer line is truncated by the tokenizer
-/// anyway; the bound keeps a file of one huge line from being held).
+/// `limit` of them, each its first 64 KiB (a longer line is truncated by the tokenizer
+/// anyway; the bound keeps a file of one huge line from being held), the rest unread.
 ///
 /// # Errors
-/// [`Error::File`] if the file cannot be read, is not UTF-8 or holds a NUL byte;
+/// [`Error::File`] if the file cannot be read, is not UTF-8 or holds a NUL byte (in the
+/// bytes read), or a line's first 64 KiB are white space;
 /// [`Error::Texts`] if it has no line with text.
 pub fn read_texts(path: &Path, limit: usize) -> Result<Vec<String>> {
     Ok(read_numbered_texts(path, limit)?.into_iter().map(|(_, text)| text).collect())
@@ -485,6 +486,15 @@ pub fn read_numbered_texts(path: &Path, limit: usize) -> Result<Vec<(usize, Stri
         // A byte-order mark opens the file, and is no text.
         let text = if number == 1 { text.trim_start_matches('\u{feff}') } else { text };
         let text = text.trim();
+        // A line cut before its text would be skipped as blank, or hold a stray byte of
+        // the text: its first MAX_LINE bytes are white space.
+        if cut && text.is_empty() {
+            return Err(file_error(format!(
+                "line {number} starts with {} KiB of white space or more: shears reads the first {} KiB of a line",
+                MAX_LINE >> 10,
+                MAX_LINE >> 10
+            )));
+        }
         if !text.is_empty() {
             texts.push((number, text.to_owned()));
         }
@@ -600,6 +610,18 @@ mod tests {
         let split = format!("x{}", "é".repeat(40_000));
         std::fs::write(&path, &split).unwrap();
         assert_eq!(read_texts(&path, 10).unwrap()[0].len(), (64 << 10) - 1);
+        // A line whose first 64 KiB are white space is refused, not skipped as blank:
+        // its text lies past what is read (here also past a character cut in two).
+        std::fs::write(&path, format!("hello\n{}x y z\nbye\n", " ".repeat(64 << 10))).unwrap();
+        let err = read_texts(&path, 10).unwrap_err().to_string();
+        assert!(err.contains("line 2 starts with 64 KiB of white space"), "{err}");
+        let cut = format!("hello\n{}\u{4e2d} more\n", " ".repeat((64 << 10) - 1));
+        std::fs::write(&path, cut).unwrap();
+        let err = read_texts(&path, 10).unwrap_err().to_string();
+        assert!(err.contains("line 2 starts with 64 KiB of white space"), "{err}");
+        std::fs::write(&path, format!("hello\n{}x y z\nbye\n", " ".repeat((64 << 10) - 6)))
+            .unwrap();
+        assert_eq!(read_texts(&path, 10).unwrap(), ["hello", "x y z", "bye"]);
         // A byte-order mark is no text: a file of one holds none.
         std::fs::write(&path, "\u{feff}\n\n").unwrap();
         assert!(read_texts(&path, 10).unwrap_err().to_string().contains("no line holds text"));
