@@ -83,6 +83,23 @@ impl Calibration {
     }
 }
 
+/// The longest record read as JSON: a run takes a few hundred bytes, and parsing
+/// takes ten times a record's size in memory, which a crafted header of 100 MB would
+/// turn into a gigabyte.
+const MAX_RECORD_BYTES: usize = 1 << 20;
+
+/// The entries of a record's text, oldest first: its runs if it is a JSON array of at
+/// most [`MAX_RECORD_BYTES`], else one entry, the text itself (a record another tool
+/// wrote, or one too long to read).
+fn entries(text: &str) -> Vec<Value> {
+    if text.len() <= MAX_RECORD_BYTES
+        && let Ok(Value::Array(runs)) = serde_json::from_str::<Value>(text)
+    {
+        return runs;
+    }
+    vec![Value::String(text.to_owned())]
+}
+
 /// `metadata` with `run` appended to its record. A record that is not a JSON array (a
 /// file another tool wrote) is kept as the record's first entry, as the text it was.
 pub(crate) fn with_run(
@@ -90,26 +107,18 @@ pub(crate) fn with_run(
     run: &Run,
 ) -> HashMap<String, String> {
     let mut metadata = metadata.cloned().unwrap_or_default();
-    let mut runs = match metadata.get(PRUNING_KEY) {
-        Some(text) => match serde_json::from_str::<Value>(text) {
-            Ok(Value::Array(runs)) => runs,
-            _ => vec![Value::String(text.clone())],
-        },
-        None => Vec::new(),
-    };
+    let mut runs = metadata.get(PRUNING_KEY).map_or_else(Vec::new, |text| entries(text));
     runs.push(serde_json::to_value(run).unwrap_or(Value::Null));
     let record = serde_json::to_string(&runs).unwrap_or_default();
     metadata.insert(PRUNING_KEY.to_owned(), record);
     metadata
 }
 
-/// The runs a file's metadata records, oldest first; empty if it records none, or
-/// holds a record that is not a JSON array.
+/// The runs a file's metadata records, oldest first, as [`with_run`] keeps them: empty
+/// if it records none, one entry of text if the record is not a JSON array shears can
+/// read, so that such a record shows the same before and after another run.
 pub(crate) fn runs(metadata: Option<&HashMap<String, String>>) -> Vec<Value> {
-    match metadata.and_then(|m| m.get(PRUNING_KEY)).map(|t| serde_json::from_str(t)) {
-        Some(Ok(Value::Array(runs))) => runs,
-        _ => Vec::new(),
-    }
+    metadata.and_then(|m| m.get(PRUNING_KEY)).map_or_else(Vec::new, |text| entries(text))
 }
 
 /// A run of the record in a few words: `wanda 2:4 layer at 0.5 (calibrated on 128
@@ -126,15 +135,22 @@ pub(crate) fn describe(run: &Value) -> String {
         }
         return format!("an entry shears did not write: {said}");
     }
-    let text = |key: &str| run[key].as_str().unwrap_or("?").to_owned();
+    // Fields another tool may have written: long texts cut, fractions outside [0, 1]
+    // shown as unknown.
+    let cut = |text: &str| match text.char_indices().nth(40) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_owned(),
+    };
+    let text = |key: &str| run[key].as_str().map_or_else(|| "?".to_owned(), cut);
+    let fraction = |value: &Value| value.as_f64().filter(|f| (0.0..=1.0).contains(f));
     let mut words = format!(
         "{} {} {} at {}",
         text("method"),
         text("pattern"),
         text("scope"),
-        run["sparsity"].as_f64().map_or_else(|| "?".to_owned(), |s| s.to_string())
+        fraction(&run["sparsity"]).map_or_else(|| "?".to_owned(), |s| s.to_string())
     );
-    if let Some(density) = run["min_density"].as_f64() {
+    if let Some(density) = fraction(&run["min_density"]) {
         words.push_str(&format!(" (min density {density})"));
     }
     if run["masks_in"] == true {
@@ -142,13 +158,13 @@ pub(crate) fn describe(run: &Value) -> String {
     }
     let c = &run["calibration"];
     if let (Some(sentences), Some(texts)) = (c["sentences"].as_u64(), c["texts"].as_str()) {
-        words.push_str(&format!(" (calibrated on {sentences} sentences of {texts})"));
+        words.push_str(&format!(" (calibrated on {sentences} sentences of {})", cut(texts)));
     }
     if let Some(q) = run["quantized"].as_str() {
-        words.push_str(&format!(", {q}"));
+        words.push_str(&format!(", {}", cut(q)));
     }
     if let Some(version) = run["shears"].as_str() {
-        words.push_str(&format!(", shears {version}"));
+        words.push_str(&format!(", shears {}", cut(version)));
     }
     words
 }
@@ -226,9 +242,31 @@ mod tests {
         let record: Value = serde_json::from_str(&merged[PRUNING_KEY]).unwrap();
         assert_eq!(record[0], "pruned by hand");
         assert_eq!(record[1]["method"], "magnitude");
-        assert!(super::runs(Some(&foreign)).is_empty());
+        // Before another run it reads as that run will keep it.
+        assert_eq!(super::runs(Some(&foreign)), [Value::from("pruned by hand")]);
         assert_eq!(describe(&record[0]), "an entry shears did not write: pruned by hand");
         let long = Value::from(vec![7; 100]);
         assert!(describe(&long).ends_with("7,7,7,7..."), "{}", describe(&long));
+    }
+
+    /// A record past MAX_RECORD_BYTES is one entry of text, not parsed; fields another
+    /// tool wrote are cut or shown as unknown.
+    #[test]
+    fn long_records_and_odd_fields_stay_short() {
+        let huge = format!("[{}]", vec!["[]"; MAX_RECORD_BYTES / 3 + 1].join(","));
+        let metadata = HashMap::from([(PRUNING_KEY.to_owned(), huge.clone())]);
+        assert_eq!(runs(Some(&metadata)), [Value::String(huge)]);
+        let appended = with_run(Some(&metadata), &run("wanda"));
+        let record: Value = serde_json::from_str(&appended[PRUNING_KEY]).unwrap();
+        assert_eq!(record.as_array().map(Vec::len), Some(2));
+        let odd = serde_json::json!({
+            "method": "m".repeat(5000),
+            "pattern": "2:4",
+            "scope": "layer",
+            "sparsity": -1e308,
+            "min_density": 7.0,
+        });
+        let said = describe(&odd);
+        assert_eq!(said, format!("{}... 2:4 layer at ?", "m".repeat(40)));
     }
 }
