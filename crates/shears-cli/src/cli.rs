@@ -292,7 +292,7 @@ fn per_row_int8(text: &str) -> Result<shears_sparse::QuantScheme, String> {
         Ok(_) => Err("ONNX export quantizes per output row (int8): MatMulInteger has no \
                        per-group scales"
             .to_owned()),
-        Err(_) => Err("expected int8".to_owned()),
+        Err(_) => Err("expected int8 (ONNX export quantizes per output row)".to_owned()),
     }
 }
 

@@ -58,7 +58,7 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
     let int8_stored;
     let (model, what) = if args.model.is_dir() {
         let files = shears_io::Model::open(&args.model)?;
-        int8_stored = files.tensors().any(|t| t.info.dtype == shears_io::Dtype::I8);
+        int8_stored = stored_int8(&files)?;
         let mut paths =
             vec![("--output", out.as_path(), true), ("external data", data_path.as_path(), true)];
         for shard in files.shards() {
@@ -96,9 +96,7 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
             ("--output", out.as_path(), true),
             ("external data", data_path.as_path(), true),
         ])?;
-        int8_stored = shears_io::Model::open(&args.model)?
-            .tensors()
-            .any(|t| t.info.dtype == shears_io::Dtype::I8);
+        int8_stored = stored_int8(&shears_io::Model::open(&args.model)?)?;
         let (mut mlp, masks) = load_mlp(&args.model)?;
         // A checkpoint's `layers.N.weight_mask` tensors (as `shears demo` saves them) hold
         // which weights are pruned: the graph gets the weights they leave.
@@ -182,12 +180,29 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
             n => outln!("--sparse-initializers: {n} weights written sparse")?,
         }
     }
-    if int8_stored && matches!(weights, Weights::F32) {
-        outln!(
+    match (int8_stored, weights) {
+        (Some(_), Weights::F32) => outln!(
             "the model's int8 layers were written as f32 (their values times their scales); --quantize int8 exports int8 weights"
-        )?;
+        )?,
+        (Some(Some(group)), Weights::Int8(_)) => outln!(
+            "the model's int8 layers, quantized in groups of {group} columns, were quantized again per output row (their values times their scales, rounded a second time): MatMulInteger takes one scale per row"
+        )?,
+        _ => {}
     }
     Ok(())
+}
+
+/// How `model` stores int8 tensors: `None` without any, else `Some` of their group of
+/// columns (`None` for one scale per row; the largest where shards differ).
+fn stored_int8(model: &shears_io::Model) -> Result<Option<Option<usize>>> {
+    if !model.tensors().any(|t| t.info.dtype == shears_io::Dtype::I8) {
+        return Ok(None);
+    }
+    let mut group = None;
+    for shard in model.shards() {
+        group = group.max(shears_io::quantization_group(shard.path(), shard.metadata())?);
+    }
+    Ok(Some(group))
 }
 
 /// Where `out`'s external data goes: `OUT.data` beside it.

@@ -365,6 +365,29 @@ fn an_int8_model_exported_without_quantize_says_its_weights_became_f32() {
     );
     let said = export(&["--quantize", "int8"]);
     assert!(said.contains("int8 weights") && !said.contains("were written as f32"), "{said}");
+    assert!(!said.contains("quantized again"), "per row already: {said}");
+    // Quantized in groups: per row again, which is said.
+    let grouped = dir.path().join("grouped");
+    let g = grouped.to_str().unwrap();
+    let o = shears(&[
+        "prune",
+        bert.to_str().unwrap(),
+        "-o",
+        g,
+        "-s",
+        "0.5",
+        "--quantize",
+        "int8:group=8",
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = shears(&["export", g, "-o", out.to_str().unwrap(), "--quantize", "int8"]);
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        said.contains("quantized in groups of 8 columns, were quantized again per output row"),
+        "{said}"
+    );
 
     // An MLP checkpoint quantized by `prune` says so too.
     let (mlp, mlp_int8) = (dir.path().join("mlp.safetensors"), dir.path().join("mlp8.safetensors"));
