@@ -47,6 +47,10 @@ pub(crate) struct Calibration {
     pub(crate) asked: usize,
     /// [`crate::record::fingerprint`] of the sentences used.
     pub(crate) fingerprint: String,
+    /// Sentences cut at `max_len` tokens.
+    pub(crate) cut: usize,
+    /// Sentences of the tokenizer's special tokens alone.
+    pub(crate) wordless: usize,
 }
 
 /// Runs `method` on the chosen tensors of the model folder `model`.
@@ -95,6 +99,7 @@ pub(crate) fn prune(
         );
     }
     let batch = transformer.tokenizer.encode(&texts)?;
+    let fits = transformer.tokenizer.fit(&texts)?;
     let activations = (2 * 4 * hidden as u64).saturating_mul(batch.tokens() as u64);
     if activations > CALIBRATION_MAX_BYTES {
         bail!(
@@ -111,6 +116,8 @@ pub(crate) fn prune(
         max_len: transformer.tokenizer.max_len(),
         asked: args.calib_samples as usize,
         fingerprint: crate::record::fingerprint(&texts),
+        cut: fits.iter().filter(|f| f.truncated).count(),
+        wordless: fits.iter().filter(|f| !f.has_words).count(),
     };
     let mut prior = Masks::new();
     for t in chosen {

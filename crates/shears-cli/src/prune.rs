@@ -231,6 +231,31 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
             c.asked
         ));
     }
+    if let Some(c) = &calibration {
+        // "1 of the 128 calibration sentences has", "3 of the 128 ... have".
+        let of = |n: usize, one: &str, many: &str| {
+            let verb = if n == 1 { one } else { many };
+            format!("{}: {n} of the {} calibration sentences {verb}", c.texts, c.sentences)
+        };
+        if c.cut > 0 {
+            report.warnings.add(format!(
+                "{} more than {} tokens, cut to the first {} (--max-len sets the length, up to the model's positions)",
+                of(c.cut, "has", "have"),
+                c.max_len,
+                c.max_len
+            ));
+        }
+        if c.wordless > 0 {
+            let (holds, calibrate) = match c.wordless {
+                1 => ("holds", "it calibrates"),
+                _ => ("hold", "they calibrate"),
+            };
+            report.warnings.add(format!(
+                "{} no token but the tokenizer's special ones, which are all {calibrate} on",
+                of(c.wordless, holds, holds)
+            ));
+        }
+    }
     report.calibration = calibration;
     if strangers.count > 0 {
         let count = strangers.count;

@@ -245,6 +245,40 @@ fn embed_and_eval_say_what_they_embed_other_than_the_line() {
     assert!(o.status.success() && !stderr(&o).contains("calibrated on"), "{}", stderr(&o));
 }
 
+/// `prune --calib` says how many calibration sentences were cut at `--max-len` and how
+/// many hold only special tokens, as `embed` and `eval` do for theirs.
+#[test]
+fn calibration_sentences_cut_or_without_words_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let calib = dir.path().join("calib.txt");
+    std::fs::write(&calib, "the cat sat on the mat today\nthe dog\n\u{200b}\na b c d e f\n")
+        .unwrap();
+    let (out, c) = (dir.path().join("out"), calib.to_str().unwrap());
+    let model = tiny_bert();
+    let args = ["prune", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"];
+    let json: Value = serde_json::from_str(&ok(&[
+        &args[..],
+        &["--method", "wanda", "--calib", c, "--max-len", "6", "--json", "--quiet"],
+    ]
+    .concat()))
+    .unwrap();
+    let shown: Vec<&str> =
+        json["warnings"]["shown"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    let said = |s: &str| shown.iter().any(|w| *w == format!("{c}: {s}"));
+    assert!(
+        said(
+            "2 of the 4 calibration sentences have more than 6 tokens, cut to the first 6 (--max-len sets the length, up to the model's positions)"
+        ),
+        "{shown:?}"
+    );
+    assert!(
+        said(
+            "1 of the 4 calibration sentences holds no token but the tokenizer's special ones, which are all it calibrates on"
+        ),
+        "{shown:?}"
+    );
+}
+
 /// `eval` of a folder with int8 layers measures it as it runs (integer products on tokens
 /// rounded to int8) beside its weights as f32; a float folder gets one measure.
 #[test]
