@@ -29,7 +29,8 @@ pub(crate) enum Command {
     /// prunes every 2-D and 4-D floating tensor. The output is written atomically (a
     /// temporary beside it, renamed when complete; with direct I/O where the file
     /// system allows it, which SHEARS_BUFFERED_WRITES=1 turns off). A model folder
-    /// gives a folder: the same shards, an updated index, and every other file copied.
+    /// gives a folder: the same shards, an updated index, and every other file copied
+    /// (into a folder that holds other versions of those files, it refuses to run).
     Prune(Box<PruneArgs>),
     /// Per-tensor dtype, shape, sparsity, empty rows and columns, 2:4 conformity as
     /// `prune --pattern 2:4` makes it (along input channels for conv weights, down the

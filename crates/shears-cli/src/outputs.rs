@@ -281,6 +281,25 @@ impl Outputs {
         found
     }
 
+    /// The first file of the output folder that a copy would write over and that differs
+    /// from the file copied there (a file of the user's, or another model's): a run
+    /// into a folder pruned into before finds its own copies, which it may replace, but
+    /// must not destroy anything else. Compared size first, then byte by byte.
+    pub(crate) fn differing_copy(&self) -> Result<Option<(&Path, &Path)>> {
+        for (source, destination) in &self.copies {
+            let Ok(existing) = std::fs::symlink_metadata(destination) else { continue };
+            if !existing.is_file() {
+                continue;
+            }
+            let same = std::fs::metadata(source).is_ok_and(|m| m.len() == existing.len())
+                && same_bytes(source, destination)?;
+            if !same {
+                return Ok(Some((destination, source)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Stages the copies of the folder's other files.
     pub(crate) fn stage_copies(&self) -> Result<Vec<SealedFile>> {
         let mut staged = Vec::with_capacity(self.copies.len());
@@ -321,6 +340,39 @@ pub(crate) struct NewFolders {
 /// The folders of every [`NewFolders`] not yet kept or dropped, in order of creation, for
 /// [`remove_new_folders`].
 static UNKEPT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Whether the files `a` and `b` hold the same bytes, read a block at a time.
+fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
+    let open = |p: &Path| shears_io::paths::open_regular_file(p).map(std::io::BufReader::new);
+    let (mut a_file, mut b_file) = (open(a)?, open(b)?);
+    let (mut x, mut y) = (vec![0u8; 64 << 10], vec![0u8; 64 << 10]);
+    loop {
+        let n = read_full(&mut a_file, &mut x)
+            .with_context(|| format!("cannot read {}", a.display()))?;
+        let m = read_full(&mut b_file, &mut y)
+            .with_context(|| format!("cannot read {}", b.display()))?;
+        if n != m || x[..n] != y[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Reads into `buf` until it is full or the reader ends; the bytes read.
+fn read_full(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
 
 fn unkept() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
     // A panic while holding the lock leaves a valid list behind.
@@ -383,4 +435,27 @@ pub(crate) struct Strangers {
     pub(crate) weights: Option<PathBuf>,
     /// The files already there that this run writes over, sorted.
     pub(crate) replaced: Vec<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Against the plain oracle, equality of the whole contents: files longer than a
+    /// block, equal, or differing in one byte of the second block or in length alone.
+    #[test]
+    fn same_bytes_compares_whole_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut changed = data.clone();
+        changed[100_000] ^= 1;
+        let cases: [(&[u8], &[u8]); 5] =
+            [(&data, &data), (&data, &changed), (&data, &data[..199_999]), (b"", b""), (b"", b"x")];
+        for (x, y) in cases {
+            std::fs::write(&a, x).unwrap();
+            std::fs::write(&b, y).unwrap();
+            assert_eq!(same_bytes(&a, &b).unwrap(), x == y, "{} and {} bytes", x.len(), y.len());
+        }
+    }
 }

@@ -174,6 +174,13 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
             weights.display()
         );
     }
+    if let Some((existing, source)) = outputs.differing_copy()? {
+        bail!(
+            "the output folder already holds {}, unlike the model's {} that this run copies there: give a new or empty folder, or move that file",
+            existing.display(),
+            source.display()
+        );
+    }
     let sources = Sources::open(
         &model,
         &args.grads,

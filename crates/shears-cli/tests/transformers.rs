@@ -623,7 +623,7 @@ fn the_record_names_the_calibration_and_files_it_left() {
     let masks = dir.path().join("masks.safetensors");
     std::fs::write(&masks, "old masks").unwrap();
     let model = tiny_bert();
-    let o = shears(&[
+    let args = [
         "prune",
         model.to_str().unwrap(),
         "-o",
@@ -639,7 +639,23 @@ fn the_record_names_the_calibration_and_files_it_left() {
         "--calib-samples",
         "10",
         "--json",
-    ]);
+    ];
+    // A file the run would copy over that is not the model's is someone else's: refused,
+    // before anything is written.
+    refused(
+        &args,
+        &format!(
+            "the output folder already holds {}, unlike the model's {}",
+            out.join("config.json").display(),
+            model.join("config.json").display()
+        ),
+    );
+    assert_eq!(std::fs::read(out.join("config.json")).unwrap(), b"{\"mine\": 1}");
+    assert_eq!(std::fs::read(&masks).unwrap(), b"old masks");
+    assert!(!out.join("model.safetensors").exists());
+    // The model's own copy (a folder pruned into before) is written over, and said.
+    std::fs::copy(model.join("config.json"), out.join("config.json")).unwrap();
+    let o = shears(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let record: Value = serde_json::from_str(&stdout(&o)).unwrap();
     let c = &record["calibration"];
