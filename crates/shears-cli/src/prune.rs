@@ -798,6 +798,27 @@ fn prune<'a, T: Float>(
                 job.min_density
             ));
         }
+        // The chosen tensors as one, as global scope counts them.
+        let (mut numel, mut zeros_before, mut zeros_after) = (0.0, 0.0, 0.0);
+        for r in rows.iter().filter(|r| r.choice.chosen) {
+            if let (Some(before), Some(after)) = (r.sparsity_before, r.sparsity_after) {
+                let n = r.numel() as f64;
+                (numel, zeros_before, zeros_after) =
+                    (numel + n, zeros_before + before * n, zeros_after + after * n);
+            }
+        }
+        let target = job.sparsity.get();
+        if numel > 0.0
+            && target > 0.0
+            && args.masks_in.is_none()
+            && zeros_before / numel > target + 0.005
+        {
+            warnings.add(format!(
+                "the pruned tensors were already sparser than the target before this run ({:.4} against {target:.4}): zeros stay pruned, so they end at {:.4}",
+                zeros_before / numel,
+                zeros_after / numel
+            ));
+        }
     }
     // Tensors whose zeros already passed their target: zeros stay pruned, so these end
     // above it (further still where a pattern or int8 rounding adds zeros), and one

@@ -171,6 +171,13 @@ fn tensors_already_sparser_than_the_target_are_one_warning() {
     let err = stderr(&o);
     assert!(o.status.success() && err.lines().count() == 1, "{err}");
     assert!(err.starts_with("shears: warning: 12 tensors were already sparser"), "{err}");
+    // Global scope counts the pruned tensors as one, and says it of them as one.
+    let global = dir.path().join("global");
+    let o = shears(&["prune", p, "-o", global.to_str().unwrap(), "-s", "0.2", "--scope", "global"]);
+    assert_eq!(
+        stderr(&o),
+        "shears: warning: the pruned tensors were already sparser than the target before this run (0.5000 against 0.2000): zeros stay pruned, so they end at 0.5000\n"
+    );
     // --sparsity 0 asks for no pruning: nothing to say, and the summary says so.
     let zero = dir.path().join("zero");
     let o = shears(&["prune", p, "-o", zero.to_str().unwrap(), "-s", "0", "--quiet"]);
