@@ -53,6 +53,21 @@ pub(crate) struct Calibration {
     pub(crate) wordless: usize,
 }
 
+impl Calibration {
+    /// What the files' record keeps of this calibration: its file by name.
+    pub(crate) fn record(&self) -> crate::record::Calibration {
+        let name =
+            std::path::Path::new(&self.texts).file_name().map(|n| n.to_string_lossy().into_owned());
+        crate::record::Calibration {
+            texts: name.unwrap_or_else(|| self.texts.clone()),
+            sentences: self.sentences,
+            tokens: self.tokens,
+            max_len: self.max_len,
+            fingerprint: self.fingerprint.clone(),
+        }
+    }
+}
+
 /// Runs `method` on the chosen tensors of the model folder `model`.
 pub(crate) fn prune(
     args: &PruneArgs,

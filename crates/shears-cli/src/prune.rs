@@ -516,7 +516,7 @@ fn record_of(
         min_density: (job.scope == Scope::Global).then_some(job.min_density),
         seed: matches!(job.criterion, Criterion::Random { .. }).then_some(args.seed.unwrap_or(0)),
         masks_in: args.masks_in.is_some(),
-        calibration: calibration.map(record::Calibration::of),
+        calibration: calibration.map(calibrated::Calibration::record),
         quantized: quantize.map(Quantize::describe),
     }
 }

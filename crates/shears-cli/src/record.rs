@@ -5,7 +5,6 @@
 //! the other readers of safetensors ignore metadata they do not know.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -67,20 +66,6 @@ pub(crate) fn fingerprint<S: AsRef<str>>(sentences: &[S]) -> String {
         }
     }
     format!("fnv1a64:{hash:016x}")
-}
-
-impl Calibration {
-    /// The record of the calibration `c`, its file by name.
-    pub(crate) fn of(c: &crate::calibrated::Calibration) -> Calibration {
-        let name = Path::new(&c.texts).file_name().map(|n| n.to_string_lossy().into_owned());
-        Calibration {
-            texts: name.unwrap_or_else(|| c.texts.clone()),
-            sentences: c.sentences,
-            tokens: c.tokens,
-            max_len: c.max_len,
-            fingerprint: c.fingerprint.clone(),
-        }
-    }
 }
 
 /// The longest record read as JSON: a run takes a few hundred bytes, and parsing
