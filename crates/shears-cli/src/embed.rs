@@ -293,7 +293,7 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
     }
     let written = match &args.output {
         Some(p) => format!(": wrote {}", p.display()),
-        None => " (-o FILE writes them, --json prints them)".to_owned(),
+        None => "; -o FILE writes them, --json prints them".to_owned(),
     };
     // Where rows are written, how to find each one's line.
     let find = if args.output.is_some() { ": row i is the text on line lines[i]" } else { "" };

@@ -176,7 +176,7 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
     }
     if let Some((existing, source)) = outputs.differing_copy()? {
         bail!(
-            "the output folder already holds {}, unlike the model's {} that this run copies there: give a new or empty folder, or move that file",
+            "{} differs from the model's {}, which this run copies there: give a new or empty output folder, or move that file",
             existing.display(),
             source.display()
         );
@@ -849,8 +849,9 @@ fn prune<'a, T: Float>(
             && (after - target).abs() > 0.005
             // Masks given with --masks-in are kept whole: a tensor whose mask is already
             // sparser than the target (with the default -s 0, every one) is expected to
-            // end there.
+            // end there. Kept weights that int8 rounds to zero have their own warning.
             && !(args.masks_in.is_some() && after > target)
+            && !(r.quantized && after > target)
         {
             warnings.add(format!(
                 "tensor `{}` reached sparsity {after:.4}, its target was {target:.4}",

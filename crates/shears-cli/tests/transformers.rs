@@ -184,6 +184,15 @@ fn tensors_already_sparser_than_the_target_are_one_warning() {
     assert_eq!(stderr(&o), "");
     let summary = stdout(&o).lines().last().unwrap_or_default().to_owned();
     assert!(summary.starts_with("nothing pruned (--sparsity 0): wrote "), "{summary}");
+    // Quantized: kept weights rounded to zero are one warning, not one per tensor over
+    // its target.
+    let int8 = dir.path().join("int8");
+    let model = tiny_bert();
+    let args = ["prune", model.to_str().unwrap(), "-o", int8.to_str().unwrap(), "-s", "0"];
+    let o = shears(&[&args[..], &["--quantize", "int8", "--quiet"]].concat());
+    let err = stderr(&o);
+    assert!(o.status.success() && err.contains("below half their int8 step"), "{err}");
+    assert!(!err.contains("reached sparsity"), "{err}");
 }
 
 /// What `embed` and `eval` embed other than a line as written is said once per kind, with
@@ -375,7 +384,7 @@ fn embed_writes_unit_embeddings_to_a_file_or_as_json() {
     assert!(said.contains("1 blank line skipped: row i is the text on line lines[i]"), "{said}");
     // Without an output there are no rows to match with lines.
     let said = ok(&args);
-    assert!(said.contains("(1 blank line skipped) (-o FILE writes them"), "{said}");
+    assert!(said.contains("(1 blank line skipped); -o FILE writes them"), "{said}");
     let written = read(&out);
     let (_, shape, values) = &written["embeddings"];
     assert_eq!(shape, &[2, 32]);
@@ -652,7 +661,7 @@ fn the_record_names_the_calibration_and_files_it_left() {
     refused(
         &args,
         &format!(
-            "the output folder already holds {}, unlike the model's {}",
+            "{} differs from the model's {}, which this run copies there",
             out.join("config.json").display(),
             model.join("config.json").display()
         ),

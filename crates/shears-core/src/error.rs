@@ -153,7 +153,7 @@ pub enum Error {
         got: (usize, usize),
     },
     /// An N:M pattern was asked for a sparsity other than `1 - N/M`.
-    #[error("pattern {pattern} prunes {} of every {} weights (a fraction {:.4}), but sparsity {sparsity} was asked for", pattern.m() - pattern.n(), pattern.m(), 1.0 - pattern.n() as f64 / pattern.m() as f64)]
+    #[error("pattern {pattern} prunes {} of every {} weights (a fraction {:.4}), but sparsity {sparsity} was asked for (an N:M pattern sets its own sparsity)", pattern.m() - pattern.n(), pattern.m(), 1.0 - pattern.n() as f64 / pattern.m() as f64)]
     NmSparsityMismatch {
         /// The pattern.
         pattern: crate::NmPattern,

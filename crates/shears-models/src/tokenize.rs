@@ -490,8 +490,7 @@ pub fn read_numbered_texts(path: &Path, limit: usize) -> Result<Vec<(usize, Stri
         // the text: its first MAX_LINE bytes are white space.
         if cut && text.is_empty() {
             return Err(file_error(format!(
-                "line {number} starts with {} KiB of white space or more: shears reads the first {} KiB of a line",
-                MAX_LINE >> 10,
+                "line {number} holds no text in its first {} KiB, the most shears reads of a line (white space)",
                 MAX_LINE >> 10
             )));
         }
@@ -614,11 +613,11 @@ mod tests {
         // its text lies past what is read (here also past a character cut in two).
         std::fs::write(&path, format!("hello\n{}x y z\nbye\n", " ".repeat(64 << 10))).unwrap();
         let err = read_texts(&path, 10).unwrap_err().to_string();
-        assert!(err.contains("line 2 starts with 64 KiB of white space"), "{err}");
+        assert!(err.contains("line 2 holds no text in its first 64 KiB"), "{err}");
         let cut = format!("hello\n{}\u{4e2d} more\n", " ".repeat((64 << 10) - 1));
         std::fs::write(&path, cut).unwrap();
         let err = read_texts(&path, 10).unwrap_err().to_string();
-        assert!(err.contains("line 2 starts with 64 KiB of white space"), "{err}");
+        assert!(err.contains("line 2 holds no text in its first 64 KiB"), "{err}");
         std::fs::write(&path, format!("hello\n{}x y z\nbye\n", " ".repeat((64 << 10) - 6)))
             .unwrap();
         assert_eq!(read_texts(&path, 10).unwrap(), ["hello", "x y z", "bye"]);
