@@ -23,6 +23,8 @@ const OTHER_WEIGHTS: [&str; 8] =
 pub(crate) struct Outputs {
     /// The output folder, for a model folder.
     folder: Option<PathBuf>,
+    /// The model folder, whose folders' permissions the output's new folders take.
+    model_folder: Option<PathBuf>,
     /// One per shard of the model, in order.
     pub(crate) shards: Vec<PathBuf>,
     /// The rewritten index of a sharded model.
@@ -40,6 +42,7 @@ impl Outputs {
     pub(crate) fn plan(model: &Model, out: &Path, masks: Option<&Path>) -> Result<Outputs> {
         let mut outputs = Outputs {
             folder: model.folder().map(|_| out.to_owned()),
+            model_folder: model.folder().map(Path::to_owned),
             shards: Vec::new(),
             index: None,
             copies: Vec::new(),
@@ -194,6 +197,19 @@ impl Outputs {
                 created.create(folder)?;
             }
         }
+        // A folder the model keeps private stays so in the output: each new folder takes
+        // its counterpart's permissions, the owner's own kept whole so that it can be
+        // written.
+        if let Some(model) = &self.model_folder {
+            for folder in &created.folders {
+                let Ok(inside) = folder.strip_prefix(root) else { continue };
+                if let Ok(source) = std::fs::metadata(model.join(inside))
+                    && source.is_dir()
+                {
+                    mirror_permissions(folder, source.permissions(), 0o700)?;
+                }
+            }
+        }
         Ok(created)
     }
 
@@ -309,6 +325,15 @@ impl Outputs {
             std::io::copy(&mut input, &mut file).with_context(|| {
                 format!("cannot copy {} to {}", source.display(), destination.display())
             })?;
+            // A copy is as private as its source (a token in a config file stays the
+            // owner's); set on the open file, which stays writable.
+            let permissions = input
+                .metadata()
+                .with_context(|| format!("cannot read {}", source.display()))?
+                .permissions();
+            file.set_permissions(access_bits(permissions, 0)).with_context(|| {
+                format!("cannot set the permissions of {}", destination.display())
+            })?;
             staged.push(pending.seal(file)?);
         }
         Ok(staged)
@@ -340,6 +365,27 @@ pub(crate) struct NewFolders {
 /// The folders of every [`NewFolders`] not yet kept or dropped, in order of creation, for
 /// [`remove_new_folders`].
 static UNKEPT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// `source`'s read, write and execute bits (Unix; no set-id or sticky bits), with the
+/// `owner` bits set besides; elsewhere `source` as it is.
+fn access_bits(source: std::fs::Permissions, owner: u32) -> std::fs::Permissions {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::Permissions::from_mode((source.mode() & 0o777) | owner)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = owner;
+        source
+    }
+}
+
+/// Gives `folder` [`access_bits`] of `source` with `owner`'s bits set.
+fn mirror_permissions(folder: &Path, source: std::fs::Permissions, owner: u32) -> Result<()> {
+    std::fs::set_permissions(folder, access_bits(source, owner))
+        .with_context(|| format!("cannot set the permissions of {}", folder.display()))
+}
 
 /// Whether the files `a` and `b` hold the same bytes, read a block at a time.
 fn same_bytes(a: &Path, b: &Path) -> Result<bool> {

@@ -691,6 +691,31 @@ fn the_record_names_the_calibration_and_files_it_left() {
     assert_eq!(config, std::fs::read(tiny_bert().join("config.json")).unwrap());
 }
 
+/// A model folder's private files and folders stay private in the output: copies take
+/// their sources' permission bits, new folders their counterparts' (the owner's kept).
+#[cfg(unix)]
+#[test]
+fn copies_keep_their_sources_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (model, out) = (dir.path().join("model"), dir.path().join("out"));
+    copy_tiny_bert(&model);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let set = |p: &Path, m: u32| std::fs::set_permissions(p, PermissionsExt::from_mode(m)).unwrap();
+    set(&model.join("tokenizer.json"), 0o600);
+    set(&model.join("config.json"), 0o640);
+    set(&model.join("1_Pooling"), 0o500);
+    ok(&["prune", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5", "-q"]);
+    assert_eq!(mode(&out.join("tokenizer.json")), 0o600);
+    assert_eq!(mode(&out.join("config.json")), 0o640);
+    assert_eq!(mode(&out.join("1_Pooling")), 0o700, "the owner's bits kept whole");
+    assert_eq!(
+        mode(&out.join("1_Pooling/config.json")),
+        mode(&model.join("1_Pooling/config.json"))
+    );
+    set(&model.join("1_Pooling"), 0o755);
+}
+
 /// Copies the tiny BERT's folder to `to`.
 fn copy_tiny_bert(to: &Path) {
     std::fs::create_dir_all(to.join("1_Pooling")).unwrap();
