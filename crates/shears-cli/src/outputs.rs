@@ -7,6 +7,8 @@ use std::sync::Mutex;
 use anyhow::{Context, Result, bail};
 use shears_io::{INDEX_NAME, Index, Layout, Model, PendingFile, SealedFile};
 
+use crate::record::PRUNING_KEY;
+
 /// Entries (files and folders) the walk of an existing output folder visits at most.
 const MAX_VISITED: usize = 100_000;
 
@@ -223,12 +225,16 @@ impl Outputs {
         let mut found = Strangers::default();
         let Some(root) = &self.folder else { return found };
         let written: std::collections::HashSet<&Path> = self.written().collect();
-        // Files this run writes over (checked before it writes anything).
+        // Files this run writes over (checked before it writes anything), but for the
+        // copies, which a run only writes over with the same bytes (`differing_copy`).
         // A mask file named elsewhere is not the output folder's.
         let inside = |p: &&&Path| p.starts_with(root);
+        let copies: std::collections::HashSet<&Path> =
+            self.copies.iter().map(|(_, d)| d.as_path()).collect();
         found.replaced = written
             .iter()
             .filter(inside)
+            .filter(|p| !copies.contains(**p))
             .filter(|p| p.is_file())
             .map(|p| p.to_path_buf())
             .collect();
@@ -314,6 +320,36 @@ impl Outputs {
             }
         }
         Ok(None)
+    }
+
+    /// The first weights file or index of the output folder that this run would write
+    /// over and that no shears run wrote (a user's file, or another model's weights),
+    /// with why: a folder pruned into before holds shears' own, which carry its record,
+    /// and those it may replace. A file given as the output itself is the user's choice.
+    pub(crate) fn foreign_weights(&self) -> Option<(&Path, &'static str)> {
+        self.folder.as_ref()?;
+        let is_file = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
+        let ours = |p: &Path| {
+            shears_io::Checkpoint::open(p)
+                .is_ok_and(|c| c.metadata().is_some_and(|m| m.contains_key(PRUNING_KEY)))
+        };
+        for shard in self.shards.iter().filter(|p| is_file(p)) {
+            if !ours(shard) {
+                return Some((
+                    shard,
+                    "a weights file shears did not write (it carries no pruning record)",
+                ));
+            }
+        }
+        let index = self.index.as_deref().filter(|p| is_file(p))?;
+        let names: std::collections::HashSet<_> =
+            self.shards.iter().filter_map(|p| p.file_name()).collect();
+        let indexes_ours = Model::open(index).is_ok_and(|m| {
+            m.shards()
+                .iter()
+                .all(|s| s.path().file_name().is_some_and(|n| names.contains(n)) && ours(s.path()))
+        });
+        (!indexes_ours).then_some((index, "an index of weights shears did not write"))
     }
 
     /// Stages the copies of the folder's other files.

@@ -174,6 +174,12 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
             weights.display()
         );
     }
+    if let Some((existing, what)) = outputs.foreign_weights() {
+        bail!(
+            "{} is {what}: give a new or empty output folder, or move that file",
+            existing.display()
+        );
+    }
     if let Some((existing, source)) = outputs.differing_copy()? {
         bail!(
             "{} differs from the model's {}, which this run copies there: give a new or empty output folder, or move that file",

@@ -1059,3 +1059,30 @@ fn a_quantized_sharded_folder_lists_each_scale_in_its_weights_shard() {
     assert!(timed.iter().all(|t| t["int8_csr_us"].as_f64().unwrap() > 0.0), "{benched}");
     assert!(timed.iter().all(|t| t["int8_dense_us"].as_f64().unwrap() > 0.0), "{benched}");
 }
+
+/// A sharded folder pruned again into its output replaces its own shards and index;
+/// an index there that shears did not write (a user's, or one naming other shards) is
+/// refused before anything is written.
+#[test]
+fn an_index_shears_did_not_write_is_not_written_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = sharded_in(dir.path());
+    let out = dir.path().join("out");
+    let args = ["prune", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5", "-q"];
+    run(&args);
+    run(&args);
+    let index = out.join("model.safetensors.index.json");
+    for foreign in [
+        r#"{"mine": true}"#.to_owned(),
+        std::fs::read_to_string(model.join("model.safetensors.index.json"))
+            .unwrap()
+            .replace("model-00002", "other-00002"),
+    ] {
+        std::fs::write(&index, &foreign).unwrap();
+        let o = shears(&args);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let said = format!("{} is an index of weights shears did not write", index.display());
+        assert!(stderr(&o).starts_with(&format!("shears: error: {said}")), "{}", stderr(&o));
+        assert_eq!(std::fs::read_to_string(&index).unwrap(), foreign);
+    }
+}

@@ -684,11 +684,29 @@ fn the_record_names_the_calibration_and_files_it_left() {
     assert!(warnings.contains(short), "{warnings}");
     assert!(warnings.contains("stale.txt"), "{warnings}");
     assert!(out.join("stale.txt").is_file(), "left as it was");
-    // A file of the same name as one the run writes is written over, and the record says so.
-    assert!(warnings.contains("1 file this run wrote over") && warnings.contains("config.json"));
-    assert!(!warnings.contains("masks.safetensors"), "{warnings}");
+    // The model's own copy is written over with the same bytes: nothing to say.
+    assert!(!warnings.contains("wrote over"), "{warnings}");
     let config = std::fs::read(out.join("config.json")).unwrap();
     assert_eq!(config, std::fs::read(tiny_bert().join("config.json")).unwrap());
+    // Weights shears wrote are replaced, and the run says so; weights it did not write
+    // are someone else's, refused before anything is written.
+    let o = shears(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let record: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let warnings = record["warnings"].to_string();
+    assert!(
+        warnings.contains("1 file this run wrote over") && warnings.contains("model.safetensors")
+    );
+    std::fs::write(out.join("model.safetensors"), "my own weights").unwrap();
+    let weights = out.join("model.safetensors");
+    refused(
+        &args,
+        &format!(
+            "{} is a weights file shears did not write (it carries no pruning record)",
+            weights.display()
+        ),
+    );
+    assert_eq!(std::fs::read(&weights).unwrap(), b"my own weights");
 }
 
 /// A model folder's private files and folders stay private in the output: copies take
