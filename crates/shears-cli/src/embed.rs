@@ -86,7 +86,7 @@ impl<'a> Texts<'a> {
     }
 
     /// Warnings for the lines `tokenizer` cuts at its maximum length, and for those it
-    /// keeps nothing of but its special tokens (embedded as an empty text), each counted
+    /// keeps nothing of but its special tokens (embedded from those alone), each counted
     /// with its first line: both give embeddings of something other than the line.
     fn warn_fit(
         &self,
@@ -134,8 +134,8 @@ impl<'a> Texts<'a> {
                 self.file.display(),
                 counted(
                     &empty,
-                    format!("holds {none} and was embedded as an empty text"),
-                    format!("hold {none} and were embedded as empty texts")
+                    format!("holds {none} and was embedded from them alone"),
+                    format!("hold {none} and were embedded from them alone")
                 )
             ));
         }

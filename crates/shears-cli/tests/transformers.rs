@@ -213,7 +213,7 @@ fn embed_and_eval_say_what_they_embed_other_than_the_line() {
     assert!(o.status.success(), "{}", stderr(&o));
     let said = format!(
         "shears: warning: {t}: 2 lines (the first: line 1) have more than 6 tokens and were embedded from their first 6 (--max-len sets the length, up to the model's positions)\n\
-         shears: warning: {t}: 1 line (line 3) holds no token but the tokenizer's special ones and was embedded as an empty text\n"
+         shears: warning: {t}: 1 line (line 3) holds no token but the tokenizer's special ones and was embedded from them alone\n"
     );
     assert_eq!(stderr(&o), said);
     // Long enough for every line: the empty one alone is said.

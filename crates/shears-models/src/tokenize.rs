@@ -234,19 +234,32 @@ impl TextEncoder {
     /// [`Error::Texts`] if no text gives a token that is not a special one.
     pub fn word_pool<S: AsRef<str>>(&self, texts: &[S]) -> Result<WordPool> {
         let mut pool = None;
+        let special_ids = self.special_ids();
         for e in &self.encodings(texts)? {
+            let words = word_positions(e, &special_ids);
+            if !words.iter().any(|&w| w) {
+                continue;
+            }
             let tokens = || e.get_ids().iter().copied().zip(e.get_type_ids().iter().copied());
-            let special = e.get_special_tokens_mask();
-            let Some(first) = special.iter().position(|&s| s == 0) else { continue };
-            let last = special.iter().rposition(|&s| s == 0).unwrap_or(first);
+            // Around the text: the tokens the post-processor placed before and after it.
+            let placed = e.get_special_tokens_mask();
+            let first = placed.iter().position(|&s| s == 0).unwrap_or(0);
+            let last = placed.iter().rposition(|&s| s == 0).unwrap_or(first);
             let pool = pool.get_or_insert_with(|| WordPool {
                 words: Vec::new(),
                 prefix: tokens().take(first).collect(),
                 suffix: tokens().skip(last + 1).collect(),
             });
-            pool.words.extend(tokens().zip(special).filter(|(_, s)| **s == 0).map(|(t, _)| t));
+            pool.words.extend(tokens().zip(&words).filter(|(_, w)| **w).map(|(t, _)| t));
         }
         pool.ok_or_else(no_words)
+    }
+
+    /// The ids of the tokenizer's special added tokens (`[CLS]`, `[SEP]`, `[PAD]`,
+    /// `[MASK]`, ...), which a text may spell out and which are no words of it.
+    fn special_ids(&self) -> std::collections::HashSet<u32> {
+        let added = self.tokenizer.get_added_tokens_decoder();
+        added.into_iter().filter(|(_, token)| token.special).map(|(id, _)| id).collect()
     }
 
     /// Checks that some text gives a token other than the special ones the tokenizer
@@ -260,7 +273,8 @@ impl TextEncoder {
     pub fn check_words<S: AsRef<str>>(&self, texts: &[S]) -> Result<()> {
         for chunk in texts.chunks(64) {
             let encodings = self.encodings(chunk)?;
-            if encodings.iter().any(|e| e.get_special_tokens_mask().contains(&0)) {
+            let special_ids = self.special_ids();
+            if encodings.iter().any(|e| word_positions(e, &special_ids).contains(&true)) {
                 return Ok(());
             }
         }
@@ -275,12 +289,13 @@ impl TextEncoder {
     /// # Errors
     /// [`Error::File`] naming `tokenizer.json` if the tokenizer fails on a text.
     pub fn fit<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Fit>> {
+        let special_ids = self.special_ids();
         Ok(self
             .encodings(texts)?
             .iter()
             .map(|e| Fit {
                 tokens: e.get_ids().len(),
-                has_words: e.get_special_tokens_mask().contains(&0),
+                has_words: word_positions(e, &special_ids).contains(&true),
                 truncated: !e.get_overflowing().is_empty(),
             })
             .collect())
@@ -303,12 +318,23 @@ impl TextEncoder {
     }
 }
 
+/// Which tokens of `e` are the text's words: neither placed by the post-processor nor
+/// a special token the text spelled out (`special_ids`).
+fn word_positions(
+    e: &tokenizers::Encoding,
+    special_ids: &std::collections::HashSet<u32>,
+) -> Vec<bool> {
+    let placed = e.get_special_tokens_mask();
+    e.get_ids().iter().zip(placed).map(|(id, &p)| p == 0 && !special_ids.contains(id)).collect()
+}
+
 /// What tokenizing one text keeps of it ([`TextEncoder::fit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fit {
     /// The tokens kept, special ones included.
     pub tokens: usize,
-    /// Whether a token other than the tokenizer's special ones remains.
+    /// Whether a token other than the tokenizer's special ones remains (spelled out in
+    /// the text or placed around it).
     pub has_words: bool,
     /// Whether the text had more tokens than [`TextEncoder::max_len`] and was cut.
     pub truncated: bool,

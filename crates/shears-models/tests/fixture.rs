@@ -368,6 +368,27 @@ fn fits_say_which_texts_are_cut_and_which_hold_no_words() {
             .collect();
         assert_eq!(fits, expected, "max_len {max_len}");
     }
+    // Special tokens spelled out in a text are no words of it, for every rule that asks.
+    // The fixture's tokenizer declares no added tokens (so `[CLS]` is four word pieces
+    // there); Hugging Face's tokenizers declare them special, as here.
+    let dir = tempfile::tempdir().unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(folder().join("tokenizer.json")).unwrap()).unwrap();
+    let special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"].iter().map(|content| {
+        let id = json["model"]["vocab"][content].clone();
+        serde_json::json!({"id": id, "special": true, "content": content, "single_word": false,
+            "lstrip": false, "rstrip": false, "normalized": false})
+    });
+    json["added_tokens"] = special.collect();
+    std::fs::write(dir.path().join("tokenizer.json"), json.to_string()).unwrap();
+    let encoder = TextEncoder::from_folder(dir.path(), 64).unwrap();
+    let spelled = ["[CLS]", "[SEP] [PAD] [MASK]", "the [MASK] sat"];
+    let fits = encoder.fit(&spelled).unwrap();
+    assert_eq!(fits.iter().map(|f| f.has_words).collect::<Vec<_>>(), [false, false, true]);
+    assert!(encoder.check_words(&spelled[..2]).is_err());
+    let pool = encoder.word_pool(&spelled).unwrap().sentences(1, 4).unwrap();
+    let the_sat = encoder.encode(&["the sat"]).unwrap();
+    assert_eq!(pool.ids, the_sat.ids, "the words of `the [MASK] sat`, around them [CLS] [SEP]");
 }
 
 /// Sentences cut from a word pool are the texts' tokens without the special ones, in
