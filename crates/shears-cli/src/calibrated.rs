@@ -45,8 +45,8 @@ pub(crate) struct Calibration {
     pub(crate) max_len: usize,
     /// `--calib-samples`.
     pub(crate) asked: usize,
-    /// [`crate::record::fingerprint`] of the sentences used.
-    pub(crate) fingerprint: String,
+    /// [`crate::record::sentence_hashes`] of the sentences used.
+    pub(crate) sentence_hashes: String,
     /// Sentences cut at `max_len` tokens.
     pub(crate) cut: usize,
     /// Sentences of the tokenizer's special tokens alone.
@@ -63,7 +63,7 @@ impl Calibration {
             sentences: self.sentences,
             tokens: self.tokens,
             max_len: self.max_len,
-            fingerprint: self.fingerprint.clone(),
+            sentence_hashes: self.sentence_hashes.clone(),
         }
     }
 }
@@ -130,7 +130,7 @@ pub(crate) fn prune(
         tokens: batch.tokens(),
         max_len: transformer.tokenizer.max_len(),
         asked: args.calib_samples as usize,
-        fingerprint: crate::record::fingerprint(&texts),
+        sentence_hashes: crate::record::sentence_hashes(&texts),
         cut: fits.iter().filter(|f| f.truncated).count(),
         wordless: fits.iter().filter(|f| !f.has_words).count(),
     };

@@ -42,36 +42,46 @@ pub(crate) struct Run {
     pub(crate) quantized: Option<String>,
 }
 
-/// The calibration text of a run: its file by name, and its sentences by fingerprint.
+/// The calibration text of a run: its file by name, and its sentences by hash.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Calibration {
     pub(crate) texts: String,
     pub(crate) sentences: usize,
     pub(crate) tokens: usize,
     pub(crate) max_len: usize,
-    /// [`fingerprint`] of the sentences, so that `eval` knows them under any name.
-    pub(crate) fingerprint: String,
+    /// [`sentence_hashes`] of the sentences, so that `eval` knows them under any name
+    /// and in any order.
+    pub(crate) sentence_hashes: String,
 }
 
-/// A fingerprint of `sentences` in order (FNV-1a, 64 bits, over each one's bytes and a
-/// line feed): equal sentences give equal prints. It tells a file's sentences apart from
-/// others', not an adversary's from a copy's.
-pub(crate) fn fingerprint<S: AsRef<str>>(sentences: &[S]) -> String {
+/// The most calibration sentences the record hashes: 64 KiB of hex digits.
+pub(crate) const MAX_HASHED_SENTENCES: usize = 4096;
+
+/// FNV-1a, 64 bits, of `text`'s bytes. It tells sentences apart, not an adversary's
+/// from a copy's.
+pub(crate) fn fnv1a64(text: &str) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0100_0000_01b3;
-    let mut hash = OFFSET;
-    for sentence in sentences {
-        for &byte in sentence.as_ref().as_bytes().iter().chain(b"\n") {
-            hash = (hash ^ u64::from(byte)).wrapping_mul(PRIME);
-        }
-    }
-    format!("fnv1a64:{hash:016x}")
+    text.bytes().fold(OFFSET, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(PRIME))
 }
 
-/// The longest record read as JSON: a run takes a few hundred bytes, and parsing
-/// takes ten times a record's size in memory, which a crafted header of 100 MB would
-/// turn into a gigabyte.
-const MAX_RECORD_BYTES: usize = 1 << 20;
+/// The first [`MAX_HASHED_SENTENCES`] of `sentences`, each as its [`fnv1a64`] in 16 hex
+/// digits, one after the other.
+pub(crate) fn sentence_hashes<S: AsRef<str>>(sentences: &[S]) -> String {
+    let hashed = sentences.iter().take(MAX_HASHED_SENTENCES);
+    hashed.map(|s| format!("{:016x}", fnv1a64(s.as_ref()))).collect()
+}
+
+/// The hashes [`sentence_hashes`] wrote, as far as `text` holds whole ones of them.
+pub(crate) fn parse_sentence_hashes(text: &str) -> impl Iterator<Item = u64> + '_ {
+    let digits = text.as_bytes().chunks_exact(16);
+    digits.map_while(|d| std::str::from_utf8(d).ok().and_then(|d| u64::from_str_radix(d, 16).ok()))
+}
+
+/// The longest record read as JSON: a run takes a few hundred bytes (up to 64 KiB with
+/// its calibration sentences' hashes), and parsing takes ten times a record's size in
+/// memory, which a crafted header of 100 MB would turn into a gigabyte.
+const MAX_RECORD_BYTES: usize = 4 << 20;
 
 /// The entries of a record's text, oldest first: its runs if it is a JSON array of at
 /// most [`MAX_RECORD_BYTES`], else one entry, the text itself (a record another tool
@@ -175,22 +185,27 @@ mod tests {
                 sentences: 128,
                 tokens: 2048,
                 max_len: 128,
-                fingerprint: fingerprint(&["the cat", "sat"]),
+                sentence_hashes: sentence_hashes(&["the cat", "sat"]),
             }),
             quantized: Some("int8".into()),
         }
     }
 
-    /// FNV-1a 64 against values computed from its formula outside Rust (offset basis
-    /// 0xcbf29ce484222325, prime 0x100000001b3), and sentences in order.
+    /// FNV-1a 64's published value for "a" and its offset basis for nothing; hashes
+    /// read back as written, as far as they are whole, and at most
+    /// MAX_HASHED_SENTENCES of them.
     #[test]
-    fn fingerprints_are_fnv1a_over_the_sentences_and_line_feeds() {
-        assert_eq!(fingerprint::<&str>(&[]), "fnv1a64:cbf29ce484222325", "the offset basis");
-        assert_eq!(fingerprint(&[""]), "fnv1a64:af63c74c8601c8dd", "a line feed alone");
-        assert_eq!(fingerprint(&["a"]), "fnv1a64:089bdc07b544e7b2");
-        assert_eq!(fingerprint(&["the cat", "sat"]), "fnv1a64:c72709480d77cda0");
-        assert_ne!(fingerprint(&["sat", "the cat"]), fingerprint(&["the cat", "sat"]));
-        assert_ne!(fingerprint(&["the cat sat"]), fingerprint(&["the cat", "sat"]));
+    fn sentence_hashes_are_fnv1a_and_read_back() {
+        assert_eq!(fnv1a64(""), 0xcbf2_9ce4_8422_2325, "the offset basis");
+        assert_eq!(fnv1a64("a"), 0xaf63_dc4c_8601_ec8c);
+        let text = sentence_hashes(&["a", "", "the cat"]);
+        assert_eq!(&text[..32], "af63dc4c8601ec8ccbf29ce484222325");
+        let back: Vec<u64> = parse_sentence_hashes(&text).collect();
+        assert_eq!(back, [fnv1a64("a"), fnv1a64(""), fnv1a64("the cat")]);
+        assert_eq!(parse_sentence_hashes(&text[..40]).count(), 2, "a hash cut short is none");
+        assert_eq!(parse_sentence_hashes("zz").count(), 0);
+        let many = vec!["x"; MAX_HASHED_SENTENCES + 5];
+        assert_eq!(sentence_hashes(&many).len(), 16 * MAX_HASHED_SENTENCES);
     }
 
     #[test]
