@@ -12,6 +12,10 @@ pub(crate) struct Progress {
     bar: ProgressBar,
 }
 
+/// The byte bar: sizes in kB/MB/GB, as the reports give them.
+const BYTES_TEMPLATE: &str =
+    "[{bar:30}] {decimal_bytes}/{decimal_total_bytes} {decimal_bytes_per_sec} eta {eta} {wide_msg}";
+
 impl Progress {
     /// A bar over `total` bytes with `message`; hidden when `quiet`, and whenever stderr
     /// is not a terminal (indicatif checks).
@@ -21,11 +25,9 @@ impl Progress {
             bar.set_draw_target(ProgressDrawTarget::hidden());
         }
         bar.set_style(
-            ProgressStyle::with_template(
-                "[{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {wide_msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            ProgressStyle::with_template(BYTES_TEMPLATE)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
         bar.set_message(printable(message).into_owned());
         Progress { bar }
@@ -68,6 +70,11 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_byte_bar_template_is_one_indicatif_reads() {
+        assert!(ProgressStyle::with_template(BYTES_TEMPLATE).is_ok());
+    }
 
     #[test]
     fn messages_are_escaped_like_every_report() {

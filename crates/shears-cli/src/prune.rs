@@ -1029,11 +1029,14 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
         Some(m) if report.sparsity == 0.0 => format!("the masks of {m}"),
         None if report.sparsity == 0.0 => "nothing pruned (--sparsity 0)".to_owned(),
         Some(m) => format!(
-            "{} {} {} at {} from the masks of {}",
+            "{} {}, {} scope, at {} from the masks of {}",
             report.method, report.pattern, report.scope, report.sparsity, m
         ),
         None => {
-            format!("{} {} {} at {}", report.method, report.pattern, report.scope, report.sparsity)
+            format!(
+                "{} {}, {} scope, at {}",
+                report.method, report.pattern, report.scope, report.sparsity
+            )
         }
     };
     outln!("{what}{how}{calibrated}{quantized}: wrote {}{masks}", report.output)?;

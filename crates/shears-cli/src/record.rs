@@ -116,8 +116,8 @@ pub(crate) fn runs(metadata: Option<&HashMap<String, String>>) -> Vec<Value> {
     metadata.and_then(|m| m.get(PRUNING_KEY)).map_or_else(Vec::new, |text| entries(text))
 }
 
-/// A run of the record in a few words: `wanda 2:4 layer at 0.5 (calibrated on 128
-/// sentences of calibration.txt), int8`.
+/// A run of the record in a few words: `wanda 2:4, layer scope, at 0.5 (calibrated on
+/// 128 sentences of calibration.txt), int8`.
 pub(crate) fn describe(run: &Value) -> String {
     if run["method"].as_str().is_none() {
         // Another tool's entry, or a record kept as the text it was.
@@ -139,7 +139,7 @@ pub(crate) fn describe(run: &Value) -> String {
     let text = |key: &str| run[key].as_str().map_or_else(|| "?".to_owned(), cut);
     let fraction = |value: &Value| value.as_f64().filter(|f| (0.0..=1.0).contains(f));
     let mut words = format!(
-        "{} {} {} at {}",
+        "{} {}, {} scope, at {}",
         text("method"),
         text("pattern"),
         text("scope"),
@@ -223,7 +223,7 @@ mod tests {
         assert!(runs[0].get("seed").is_none() && runs[0].get("masks_in").is_none());
         assert_eq!(
             describe(&runs[1]),
-            "sparsegpt 2:4 layer at 0.5 (calibrated on 128 sentences of calibration.txt), int8, shears 0.1.0"
+            "sparsegpt 2:4, layer scope, at 0.5 (calibrated on 128 sentences of calibration.txt), int8, shears 0.1.0"
         );
         // Other metadata stays; a record that is not an array is kept as text.
         let foreign = HashMap::from([
@@ -235,7 +235,7 @@ mod tests {
         (global.calibration, global.quantized) = (None, None);
         assert_eq!(
             describe(&serde_json::to_value(&global).unwrap()),
-            "magnitude 2:4 global at 0.5 (min density 0.02) from given masks, shears 0.1.0"
+            "magnitude 2:4, global scope, at 0.5 (min density 0.02) from given masks, shears 0.1.0"
         );
         let merged = with_run(Some(&foreign), &run("magnitude"));
         assert_eq!(merged["format"], "pt");
@@ -267,6 +267,6 @@ mod tests {
             "min_density": 7.0,
         });
         let said = describe(&odd);
-        assert_eq!(said, format!("{}... 2:4 layer at ?", "m".repeat(40)));
+        assert_eq!(said, format!("{}... 2:4, layer scope, at ?", "m".repeat(40)));
     }
 }

@@ -454,6 +454,10 @@ fn each_prune_appends_its_run_to_the_record() {
     let lines: Vec<&str> = said.lines().filter(|l| l.starts_with("pruned by shears: ")).collect();
     assert_eq!(lines.len(), 11, "{said}");
     assert_eq!(lines[0], "pruned by shears: 2 earlier runs (--json lists them), then");
-    assert!(lines[1].starts_with("pruned by shears: magnitude unstructured layer at 0.03, "));
-    assert!(lines[10].starts_with("pruned by shears: magnitude unstructured layer at 0.12, "));
+    assert!(
+        lines[1].starts_with("pruned by shears: magnitude unstructured, layer scope, at 0.03, ")
+    );
+    assert!(
+        lines[10].starts_with("pruned by shears: magnitude unstructured, layer scope, at 0.12, ")
+    );
 }

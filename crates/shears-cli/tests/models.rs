@@ -325,7 +325,8 @@ fn masks_round_trip_as_torch_masks_and_continue_pruning() {
         "--masks-in",
         masks.to_str().unwrap(),
     ]);
-    let from = format!("unstructured layer at 0.75 from the masks of {}: ", masks.display());
+    let from =
+        format!("unstructured, layer scope, at 0.75 from the masks of {}: ", masks.display());
     assert!(stdout(&done).contains(&from), "{}", stdout(&done));
     // The table starts from the weights under the masks: 0.5 before, 0.75 after.
     let first = "encoder.layer.0.attention.self.query.weight";

@@ -81,7 +81,7 @@ fn wanda_and_sparsegpt_prune_a_folder_to_exact_counts_that_shears_runs_again() {
         assert_eq!(run["calibration"]["texts"], "calibration.txt");
         assert_eq!(run["calibration"]["sentences"], 64);
         let said = format!(
-            "pruned by shears: {method} unstructured layer at 0.5 (calibrated on 64 sentences of calibration.txt), shears {}",
+            "pruned by shears: {method} unstructured, layer scope, at 0.5 (calibrated on 64 sentences of calibration.txt), shears {}",
             env!("CARGO_PKG_VERSION")
         );
         assert!(ok(&["inspect", o]).contains(&said), "{said}");
