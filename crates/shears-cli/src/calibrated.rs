@@ -51,6 +51,8 @@ pub(crate) struct Calibration {
     pub(crate) cut: usize,
     /// Sentences of the tokenizer's special tokens alone.
     pub(crate) wordless: usize,
+    /// The model's position embeddings: the longest `max_len` can be.
+    pub(crate) positions: usize,
 }
 
 impl Calibration {
@@ -133,6 +135,7 @@ pub(crate) fn prune(
         sentence_hashes: crate::record::sentence_hashes(&texts),
         cut: fits.iter().filter(|f| f.truncated).count(),
         wordless: fits.iter().filter(|f| !f.has_words).count(),
+        positions: transformer.model.config().max_position_embeddings,
     };
     let mut prior = Masks::new();
     for t in chosen {

@@ -90,9 +90,10 @@ impl<'a> Texts<'a> {
     /// with its first line: both give embeddings of something other than the line.
     fn warn_fit(
         &self,
-        tokenizer: &shears_models::TextEncoder,
+        model: &SentenceTransformer,
         warnings: &mut crate::report::Warnings,
     ) -> Result<()> {
+        let tokenizer = &model.tokenizer;
         let (mut cut, mut empty) = (Vec::new(), Vec::new());
         for (pass, chunk) in self.texts.chunks(SENTENCES_PER_PASS).enumerate() {
             let fits = tokenizer.fit(chunk)?;
@@ -117,8 +118,15 @@ impl<'a> Texts<'a> {
             let cut_at = |verb: &str, own: &str| {
                 format!("{verb} more than {max} tokens and {own} first {max}")
             };
+            // How to read more of them, where the model has positions to spare.
+            let positions = model.model.config().max_position_embeddings;
+            let hint = if max < positions {
+                format!(" (--max-len sets the length, up to the model's {positions})")
+            } else {
+                String::new()
+            };
             warnings.add(format!(
-                "{}: {} (--max-len sets the length, up to the model's positions)",
+                "{}: {}{hint}",
                 self.file.display(),
                 counted(
                     &cut,
@@ -234,7 +242,7 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
         (model, None)
     };
     let mut warnings = crate::report::Warnings::default();
-    texts.warn_fit(&model.tokenizer, &mut warnings)?;
+    texts.warn_fit(&model, &mut warnings)?;
     let start = Instant::now();
     let embeddings = embed_all(&model, &args.model, &texts)?;
     let embedding_seconds = start.elapsed().as_secs_f64();
@@ -626,7 +634,7 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
             args.pruned.display()
         ));
     }
-    texts.warn_fit(&dense.tokenizer, &mut warnings)?;
+    texts.warn_fit(&dense, &mut warnings)?;
     let a = embed_all(&dense, &args.dense, &texts)?;
     drop(dense);
     // A pruned folder with int8 layers is measured twice: as the library and `bench` run

@@ -251,8 +251,13 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
             format!("{}: {n} of the {} calibration sentences {verb}", c.texts, c.sentences)
         };
         if c.cut > 0 {
+            let hint = if c.max_len < c.positions {
+                format!(" (--max-len sets the length, up to the model's {})", c.positions)
+            } else {
+                String::new()
+            };
             report.warnings.add(format!(
-                "{} more than {} tokens, cut to the first {} (--max-len sets the length, up to the model's positions)",
+                "{} more than {} tokens, cut to the first {}{hint}",
                 of(c.cut, "has", "have"),
                 c.max_len,
                 c.max_len

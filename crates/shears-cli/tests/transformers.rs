@@ -212,10 +212,16 @@ fn embed_and_eval_say_what_they_embed_other_than_the_line() {
     let o = shears(&["embed", m, "--texts", t, "--max-len", "6"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let said = format!(
-        "shears: warning: {t}: 2 lines (the first: line 1) have more than 6 tokens and were embedded from their first 6 (--max-len sets the length, up to the model's positions)\n\
+        "shears: warning: {t}: 2 lines (the first: line 1) have more than 6 tokens and were embedded from their first 6 (--max-len sets the length, up to the model's 64)\n\
          shears: warning: {t}: 1 line (line 3) holds no token but the tokenizer's special ones and was embedded from them alone\n"
     );
     assert_eq!(stderr(&o), said);
+    // At the model's own limit there is no longer length to suggest.
+    let long = dir.path().join("long.txt");
+    std::fs::write(&long, "the cat sat on the mat ".repeat(20)).unwrap();
+    let o = shears(&["embed", m, "--texts", long.to_str().unwrap(), "--max-len", "64"]);
+    let err = stderr(&o);
+    assert!(err.contains("has more than 64 tokens and was embedded from its first 64\n"), "{err}");
     // Long enough for every line: the empty one alone is said.
     let o = shears(&["embed", m, "--texts", t]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -289,7 +295,7 @@ fn calibration_sentences_cut_or_without_words_are_counted() {
     let said = |s: &str| shown.iter().any(|w| *w == format!("{c}: {s}"));
     assert!(
         said(
-            "2 of the 4 calibration sentences have more than 6 tokens, cut to the first 6 (--max-len sets the length, up to the model's positions)"
+            "2 of the 4 calibration sentences have more than 6 tokens, cut to the first 6 (--max-len sets the length, up to the model's 64)"
         ),
         "{shown:?}"
     );
@@ -342,7 +348,7 @@ fn eval_measures_an_int8_folder_as_it_runs_and_as_f32() {
     // here is longer.
     let o = shears(&["eval", dense.to_str().unwrap(), float.to_str().unwrap(), "--texts", &texts]);
     let cut = format!(
-        "shears: warning: {texts}: 256 lines (the first: line 1) have more than 16 tokens and were embedded from their first 16 (--max-len sets the length, up to the model's positions)\n"
+        "shears: warning: {texts}: 256 lines (the first: line 1) have more than 16 tokens and were embedded from their first 16 (--max-len sets the length, up to the model's 64)\n"
     );
     assert_eq!(stderr(&o), cut);
     // Texts that cannot be used are the one thing said, before either model is read.
