@@ -72,13 +72,23 @@ pub enum Error {
         /// The bytes its decoded values take.
         bytes: u64,
     },
-    /// A quantized tensor's scales or the file's quantization metadata are invalid.
+    /// A quantized tensor's scales are invalid.
     #[error("{}: quantized tensor `{tensor}`: {reason}", path.display())]
     Quantized {
         /// The file.
         path: PathBuf,
-        /// The tensor (or metadata entry) at fault.
+        /// The tensor at fault.
         tensor: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An entry of the file's `__metadata__` that shears reads is invalid.
+    #[error("{}: metadata `{key}`: {reason}", path.display())]
+    Metadata {
+        /// The file.
+        path: PathBuf,
+        /// The entry.
+        key: String,
         /// What is wrong.
         reason: String,
     },

@@ -62,9 +62,9 @@ pub fn quantization_group(
     let Some(value) = metadata.and_then(|m| m.get(QUANTIZATION_KEY)) else {
         return Ok(None);
     };
-    let bad = || Error::Quantized {
+    let bad = || Error::Metadata {
         path: path.to_owned(),
-        tensor: format!("__metadata__.{QUANTIZATION_KEY}"),
+        key: QUANTIZATION_KEY.to_owned(),
         reason: format!("`{value}` is neither int8 nor int8:group=G with G >= 1"),
     };
     match value.strip_prefix("int8") {
