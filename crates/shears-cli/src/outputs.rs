@@ -402,13 +402,15 @@ pub(crate) struct NewFolders {
 /// [`remove_new_folders`].
 static UNKEPT: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-/// `source`'s read, write and execute bits (Unix; no set-id or sticky bits), with the
-/// `owner` bits set besides; elsewhere `source` as it is.
+/// `source`'s permission bits as far as they restrict (Unix): its read and execute bits,
+/// and its owner's write bit, never the group's or others' write, set-id or sticky bits,
+/// so that a copy is as private as its source but never more open than a new file;
+/// with the `owner` bits set besides. Elsewhere `source` as it is.
 fn access_bits(source: std::fs::Permissions, owner: u32) -> std::fs::Permissions {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::Permissions::from_mode((source.mode() & 0o777) | owner)
+        std::fs::Permissions::from_mode((source.mode() & 0o755) | owner)
     }
     #[cfg(not(unix))]
     {

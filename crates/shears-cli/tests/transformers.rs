@@ -734,10 +734,12 @@ fn copies_keep_their_sources_permissions() {
     let set = |p: &Path, m: u32| std::fs::set_permissions(p, PermissionsExt::from_mode(m)).unwrap();
     set(&model.join("tokenizer.json"), 0o600);
     set(&model.join("config.json"), 0o640);
+    set(&model.join("vocab.txt"), 0o666);
     set(&model.join("1_Pooling"), 0o500);
     ok(&["prune", model.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5", "-q"]);
     assert_eq!(mode(&out.join("tokenizer.json")), 0o600);
     assert_eq!(mode(&out.join("config.json")), 0o640);
+    assert_eq!(mode(&out.join("vocab.txt")), 0o644, "never writable by others");
     assert_eq!(mode(&out.join("1_Pooling")), 0o700, "the owner's bits kept whole");
     assert_eq!(
         mode(&out.join("1_Pooling/config.json")),

@@ -89,10 +89,12 @@ impl PendingFile {
             _ => PathBuf::from("."),
         };
         if !dir.is_dir() {
-            return Err(Error::Output {
-                path: target.to_owned(),
-                reason: "its folder does not exist",
-            });
+            let reason = if dir.exists() {
+                "what would be its folder is not a folder"
+            } else {
+                "its folder does not exist"
+            };
+            return Err(Error::Output { path: target.to_owned(), reason });
         }
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let short = shortened(&name);
@@ -318,6 +320,19 @@ mod tests {
         write_atomic(&target, b"new").unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"new");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_missing_folder_and_a_file_in_its_place_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let reason = |target: &Path| match PendingFile::create(target) {
+            Err(Error::Output { reason, .. }) => reason,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(reason(&dir.path().join("no/out.bin")), "its folder does not exist");
+        std::fs::write(dir.path().join("file"), b"x").unwrap();
+        let under_a_file = dir.path().join("file/out.bin");
+        assert_eq!(reason(&under_a_file), "what would be its folder is not a folder");
     }
 
     #[test]

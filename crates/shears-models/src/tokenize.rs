@@ -256,10 +256,21 @@ impl TextEncoder {
     }
 
     /// The ids of the tokenizer's special added tokens (`[CLS]`, `[SEP]`, `[PAD]`,
-    /// `[MASK]`, ...), which a text may spell out and which are no words of it.
+    /// `[MASK]`, ...), which a text may spell out and which are no words of it. The
+    /// unknown token is not among them: it stands for text the vocabulary lacks (an
+    /// emoji, a rare script), which is text all the same.
     fn special_ids(&self) -> std::collections::HashSet<u32> {
+        use tokenizers::ModelWrapper;
+        let unknown = match self.tokenizer.get_model() {
+            ModelWrapper::WordPiece(m) => Some(m.unk_token.as_str()),
+            ModelWrapper::WordLevel(m) => Some(m.unk_token.as_str()),
+            ModelWrapper::BPE(m) => m.unk_token.as_deref(),
+            ModelWrapper::Unigram(_) => None,
+        };
+        let unknown = unknown.and_then(|t| self.tokenizer.token_to_id(t));
         let added = self.tokenizer.get_added_tokens_decoder();
-        added.into_iter().filter(|(_, token)| token.special).map(|(id, _)| id).collect()
+        let special = added.into_iter().filter(|(_, token)| token.special).map(|(id, _)| id);
+        special.filter(|&id| Some(id) != unknown).collect()
     }
 
     /// Checks that some text gives a token other than the special ones the tokenizer

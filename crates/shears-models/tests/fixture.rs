@@ -385,6 +385,11 @@ fn fits_say_which_texts_are_cut_and_which_hold_no_words() {
     let spelled = ["[CLS]", "[SEP] [PAD] [MASK]", "the [MASK] sat"];
     let fits = encoder.fit(&spelled).unwrap();
     assert_eq!(fits.iter().map(|f| f.has_words).collect::<Vec<_>>(), [false, false, true]);
+    // Text the vocabulary lacks is [UNK], which is text all the same.
+    let unknown = ["\u{2603}", "[UNK]"];
+    let encoded = encoder.encode(&unknown).unwrap();
+    assert_eq!(encoded.ids[1], encoder.encode(&["[UNK]"]).unwrap().ids[1], "the snowman is [UNK]");
+    assert!(encoder.fit(&unknown).unwrap().iter().all(|f| f.has_words));
     assert!(encoder.check_words(&spelled[..2]).is_err());
     let pool = encoder.word_pool(&spelled).unwrap().sentences(1, 4).unwrap();
     let the_sat = encoder.encode(&["the sat"]).unwrap();
