@@ -64,6 +64,11 @@ pub(crate) trait Isa: Copy + Send + Sync + 'static {
     /// ([`widen_f16`]; the copy is compiled with F16C).
     #[cfg(target_arch = "x86_64")]
     const F16C: bool = false;
+    /// The copies between the column-major `X` and `Y` and the batched kernels' row-major
+    /// buffers move `f32` in 8 x 8 blocks transposed in registers
+    /// ([`x86::transpose8_f32`]; the copy is compiled with AVX). Left to itself the
+    /// compiler moves a block's values one at a time through the stack.
+    const TRANSPOSES8: bool = false;
     /// The int8 kernels' activations are stored biased for `vpdpbusd`
     /// ([`int8_dots_biased`]): the copy has one VNNI width or the other.
     const BIASED: bool = Self::VNNI512 || Self::VNNI256;
@@ -149,6 +154,7 @@ impl Isa for PortableUnfused {
 #[cfg(target_arch = "x86_64")]
 impl Isa for Avx2 {
     const GATHERS: bool = true;
+    const TRANSPOSES8: bool = true;
     const NM_LANES: bool = true;
     const ONE_ROW_NM_TILES: bool = true;
     const F16C: bool = true;
@@ -159,6 +165,7 @@ impl Isa for Avx2 {
 #[cfg(target_arch = "x86_64")]
 impl Isa for Avx512 {
     const GATHERS: bool = true;
+    const TRANSPOSES8: bool = true;
     const NM_LANES: bool = true;
     const F16C: bool = true;
     const PERMUTES8: bool = true;
@@ -170,6 +177,7 @@ impl Isa for Avx512 {
 #[cfg(target_arch = "x86_64")]
 impl Isa for Avx512Vnni {
     const GATHERS: bool = true;
+    const TRANSPOSES8: bool = true;
     const F16C: bool = true;
     const PERMUTES8: bool = true;
     const PERMUTES16: bool = true;
@@ -181,6 +189,7 @@ impl Isa for Avx512Vnni {
 #[cfg(target_arch = "x86_64")]
 impl Isa for AvxVnni {
     const GATHERS: bool = true;
+    const TRANSPOSES8: bool = true;
     const F16C: bool = true;
     const PERMUTES8: bool = true;
     const MADD256: bool = true;
@@ -246,6 +255,7 @@ impl<P: Isa> Isa for LaneLoads<P> {
     const VNNI512: bool = P::VNNI512;
     const VNNI256: bool = P::VNNI256;
     const F16C: bool = P::F16C;
+    const TRANSPOSES8: bool = P::TRANSPOSES8;
 }
 
 #[cfg(target_arch = "aarch64")]
@@ -833,6 +843,87 @@ pub(crate) mod x86 {
             _mm256_storeu_ps(out.as_mut_ptr(), wide);
             out
         }
+    }
+
+    /// An 8 x 8 block of `f32` transposed: `dst[i * dst_stride + j] = src[j * src_stride +
+    /// i]` for `i, j < 8`, eight loads, 24 shuffles in registers and eight stores.
+    ///
+    /// # Safety
+    /// AVX must be available; for every `i, j < 8`, `src + j * src_stride + i` must be
+    /// valid for reads and `dst + i * dst_stride + j` for writes.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    pub(crate) unsafe fn transpose8_f32(
+        src: *const f32,
+        src_stride: usize,
+        dst: *mut f32,
+        dst_stride: usize,
+    ) {
+        // SAFETY: each load reads src + j * src_stride + (0..8), each store writes
+        // dst + i * dst_stride + (0..8), in bounds by the caller's contract.
+        unsafe {
+            let rows = std::array::from_fn(|j| _mm256_loadu_ps(src.add(j * src_stride)));
+            for (i, row) in transpose8(rows).into_iter().enumerate() {
+                _mm256_storeu_ps(dst.add(i * dst_stride), row);
+            }
+        }
+    }
+
+    /// `y[j][i] = alpha * z[i * z_stride + j]`, plus `beta * y[j][i]` unless `beta` is
+    /// zero (then `y` is not read), for `i, j < 8`: the scalar `combine`'s roundings (each
+    /// product rounded, then their sum), eight values of a column at a time.
+    ///
+    /// # Safety
+    /// AVX must be available; for every `i, j < 8`, `z + i * z_stride + j` must be valid
+    /// for reads and `y[j] + i` for reads and writes.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    pub(crate) unsafe fn transpose8_combine_f32(
+        alpha: f32,
+        z: *const f32,
+        z_stride: usize,
+        beta: f32,
+        y: [*mut f32; 8],
+    ) {
+        // SAFETY: each load reads z + i * z_stride + (0..8) and y[j] + (0..8), each store
+        // writes y[j] + (0..8), in bounds by the caller's contract.
+        unsafe {
+            let rows = std::array::from_fn(|i| _mm256_loadu_ps(z.add(i * z_stride)));
+            let (alpha, beta_v) = (_mm256_set1_ps(alpha), _mm256_set1_ps(beta));
+            for (column, y) in transpose8(rows).into_iter().zip(y) {
+                let mut v = _mm256_mul_ps(alpha, column);
+                if beta != 0.0 {
+                    v = _mm256_add_ps(v, _mm256_mul_ps(beta_v, _mm256_loadu_ps(y)));
+                }
+                _mm256_storeu_ps(y, v);
+            }
+        }
+    }
+
+    /// Eight rows of eight lanes transposed: lane `j` of `out[i]` is lane `i` of
+    /// `rows[j]`. Unpacks pair the rows' lanes, shuffles gather four rows' lanes in each
+    /// 128-bit half, and 128-bit permutes join the halves of rows 0-3 and 4-7.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+        let pairs = |a: __m256, b: __m256| (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+        let ((t0, t1), (t2, t3)) = (pairs(r[0], r[1]), pairs(r[2], r[3]));
+        let ((t4, t5), (t6, t7)) = (pairs(r[4], r[5]), pairs(r[6], r[7]));
+        let quads = |a: __m256, b: __m256| {
+            (_mm256_shuffle_ps::<0x44>(a, b), _mm256_shuffle_ps::<0xEE>(a, b))
+        };
+        let ((s0, s1), (s2, s3)) = (quads(t0, t2), quads(t1, t3));
+        let ((s4, s5), (s6, s7)) = (quads(t4, t6), quads(t5, t7));
+        [
+            _mm256_permute2f128_ps::<0x20>(s0, s4),
+            _mm256_permute2f128_ps::<0x20>(s1, s5),
+            _mm256_permute2f128_ps::<0x20>(s2, s6),
+            _mm256_permute2f128_ps::<0x20>(s3, s7),
+            _mm256_permute2f128_ps::<0x31>(s0, s4),
+            _mm256_permute2f128_ps::<0x31>(s1, s5),
+            _mm256_permute2f128_ps::<0x31>(s2, s6),
+            _mm256_permute2f128_ps::<0x31>(s3, s7),
+        ]
     }
 
     /// The sum of eight 32-bit lanes (wrapping, as the lanes' own sums do).

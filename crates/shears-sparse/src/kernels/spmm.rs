@@ -155,9 +155,10 @@ const COPY_TASK: usize = 256;
 
 /// The tiles the transposes between the column-major `X` and `Y` and the row-major
 /// buffers move at a time: rows (along a column of `X` or `Y`: 64 bytes of `f32`) by
-/// columns. A tile is read whole and written whole, which the compiler can turn into
-/// vector loads, shuffles and stores, and each pass over a band of rows touches one or
-/// two cache lines per column on the column-major side.
+/// columns. A tile is read whole and written whole, and each pass over a band of rows
+/// touches one or two cache lines per column on the column-major side. On the x86 vector
+/// paths `f32` moves in 8 x 8 blocks transposed in registers instead ([`Isa::TRANSPOSES8`]):
+/// left to itself, the compiler moves a tile's values one at a time through the stack.
 const TILE_ROWS: usize = 16;
 const TILE_COLUMNS: usize = 8;
 
@@ -265,8 +266,35 @@ fn transpose_in_kernel<P: Isa, T: Scalar>(
         return;
     }
     let height = rows.len() / w;
+    assert!(first_row + height <= n && columns.len() == w * n, "transpose_in: out of bounds");
     let column = |j: usize, i: usize| &columns[j * n + first_row + i..];
     let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if P::TRANSPOSES8 && super::isa::is::<T, f32>() {
+        let (src, dst) = (columns.as_ptr().cast::<f32>(), rows.as_mut_ptr().cast::<f32>());
+        while i + 8 <= height {
+            for j in (0..w - w % 8).step_by(8) {
+                // SAFETY: T is f32; the copy was compiled with AVX (P::TRANSPOSES8). The
+                // block reads columns[(j + jj) * n + first_row + i + ii] for jj, ii < 8,
+                // below w * n as first_row + i + 8 <= first_row + height <= n (asserted),
+                // and writes rows[(i + ii) * w + j + jj], below height * w.
+                unsafe {
+                    super::isa::x86::transpose8_f32(
+                        src.add(j * n + first_row + i),
+                        n,
+                        dst.add(i * w + j),
+                        w,
+                    );
+                }
+            }
+            for j in w - w % 8..w {
+                for (ii, &v) in column(j, i)[..8].iter().enumerate() {
+                    rows[(i + ii) * w + j] = v;
+                }
+            }
+            i += 8;
+        }
+    }
     while i + TILE_ROWS <= height {
         let mut j = 0;
         while j + TILE_COLUMNS <= w {
@@ -305,28 +333,65 @@ multiversion! {
 /// is [`combine`](super::combine)'s, its test of `beta` made once per call (keep the
 /// two equal).
 fn write_rows<T: Scalar>(alpha: T, z: &[T], beta: T, columns: &mut [&mut [T]]) {
-    if beta == T::zero() {
-        transpose_out(kernel_path(), z, columns, |z, _| alpha * z);
-    } else {
-        transpose_out(kernel_path(), z, columns, |z, y| alpha * z + beta * y);
-    }
+    transpose_out(kernel_path(), alpha, z, beta, columns);
 }
 
-/// Sets each `columns[j][i]` to `combine(z[i * b + j], columns[j][i])`, `z` being
+/// Sets each `columns[j][i]` to `alpha * z[i * b + j] + beta * columns[j][i]`, `z` being
 /// row-major rows of `b = columns.len()` values: [`combine`](super::combine)'s two
 /// forms, chosen once per call.
 #[inline(always)]
-fn transpose_out_kernel<P: Isa, T: Scalar, F: Fn(T, T) -> T>(
+fn transpose_out_kernel<P: Isa, T: Scalar>(alpha: T, z: &[T], beta: T, columns: &mut [&mut [T]]) {
+    if beta == T::zero() {
+        transpose_out_with::<P, T>(alpha, z, beta, columns, |z, _| alpha * z);
+    } else {
+        transpose_out_with::<P, T>(alpha, z, beta, columns, |z, y| alpha * z + beta * y);
+    }
+}
+
+/// [`transpose_out_kernel`] with its form of `combine` chosen.
+#[inline(always)]
+fn transpose_out_with<P: Isa, T: Scalar>(
+    alpha: T,
     z: &[T],
+    beta: T,
     columns: &mut [&mut [T]],
-    combine: F,
+    combine: impl Fn(T, T) -> T,
 ) {
     let b = columns.len();
     if b == 0 {
         return;
     }
     let height = z.len() / b;
+    assert!(columns.iter().all(|c| c.len() >= height), "transpose_out: out of bounds");
     let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if P::TRANSPOSES8 && super::isa::is::<T, f32>() {
+        let (alpha, beta) = (alpha.as_f64() as f32, beta.as_f64() as f32);
+        while i + 8 <= height {
+            for j in (0..b - b % 8).step_by(8) {
+                let y = std::array::from_fn(|jj| columns[j + jj][i..].as_mut_ptr().cast::<f32>());
+                // SAFETY: T is f32; the copy was compiled with AVX (P::TRANSPOSES8). The
+                // block reads z[(i + ii) * b + j + jj] for ii, jj < 8, below height * b,
+                // and reads and writes columns[j + jj][i + ii], every column holding at
+                // least height values (asserted).
+                unsafe {
+                    super::isa::x86::transpose8_combine_f32(
+                        alpha,
+                        z[i * b + j..].as_ptr().cast::<f32>(),
+                        b,
+                        beta,
+                        y,
+                    );
+                }
+            }
+            for (j, column) in columns.iter_mut().enumerate().skip(b - b % 8) {
+                for (ii, y) in column[i..i + 8].iter_mut().enumerate() {
+                    *y = combine(z[(i + ii) * b + j], *y);
+                }
+            }
+            i += 8;
+        }
+    }
     while i + TILE_ROWS <= height {
         let mut j = 0;
         while j + TILE_COLUMNS <= b {
@@ -356,7 +421,7 @@ fn transpose_out_kernel<P: Isa, T: Scalar, F: Fn(T, T) -> T>(
 }
 
 multiversion! {
-    fn transpose_out<T: Scalar, F: Fn(T, T) -> T>(z: &[T], columns: &mut [&mut [T]], combine: F) => transpose_out_kernel
+    fn transpose_out<T: Scalar>(alpha: T, z: &[T], beta: T, columns: &mut [&mut [T]]) => transpose_out_kernel
 }
 
 /// One parallel task of a batched product: its work units, the number of output rows
@@ -1012,6 +1077,51 @@ mod tests {
             }
         }
         write_rows(1.0, &[], 0.0, &mut [] as &mut [&mut [f32]]);
+    }
+
+    /// On every path, `f32` copies in and out of row-major order (in 8 x 8 blocks
+    /// transposed in registers on the x86 vector paths) put every element where the
+    /// formula says, with the scalar `combine`'s bits, for sizes around the blocks and from
+    /// a first row inside the columns.
+    #[test]
+    fn f32_copies_match_the_element_formulas_on_every_path() {
+        let paths = [KernelPath::Portable, KernelPath::Avx2, KernelPath::Avx512, KernelPath::Neon]
+            .map(KernelPath::resolve);
+        let value = |i: usize, j: usize| ((i * 131 + j * 17) % 1000) as f32 * 0.37 - 50.0;
+        for path in paths {
+            for (n, first_row, height, w) in
+                [(8, 0, 8, 8), (40, 3, 33, 17), (19, 0, 19, 9), (64, 7, 50, 64), (5, 1, 3, 2)]
+            {
+                let columns: Vec<f32> = (0..w * n).map(|k| value(k % n, k / n)).collect();
+                let mut rows = vec![f32::NAN; height * w];
+                transpose_in(path, &columns, n, first_row, &mut rows);
+                for (i, j) in (0..height).flat_map(|i| (0..w).map(move |j| (i, j))) {
+                    let want = value(first_row + i, j);
+                    assert_eq!(rows[i * w + j], want, "{path:?} in: {n}x{w} ({i}, {j})");
+                }
+            }
+            for (height, b) in [(8, 8), (33, 17), (9, 19), (64, 64), (3, 2)] {
+                let z: Vec<f32> = (0..height * b).map(|k| value(k / b, k % b)).collect();
+                for (alpha, beta) in [(0.3f32, 0.0f32), (1.7, -0.9)] {
+                    let mut y: Vec<Vec<f32>> =
+                        (0..b).map(|j| (0..height + 2).map(|i| value(j, i)).collect()).collect();
+                    let mut columns: Vec<&mut [f32]> = y.iter_mut().map(|c| &mut c[1..]).collect();
+                    transpose_out(path, alpha, &z, beta, &mut columns);
+                    for (i, j) in (0..height + 2).flat_map(|i| (0..b).map(move |j| (i, j))) {
+                        let old = value(j, i);
+                        let want = if i == 0 || i > height {
+                            old
+                        } else if beta == 0.0 {
+                            alpha * z[(i - 1) * b + j]
+                        } else {
+                            alpha * z[(i - 1) * b + j] + beta * old
+                        };
+                        let case = format!("{path:?} out: {height}x{b} ({i}, {j})");
+                        assert_eq!(y[j][i].to_bits(), want.to_bits(), "{case}");
+                    }
+                }
+            }
+        }
     }
 
     /// On a CPU without fused multiply-add, the portable copy multiplies and adds: the
