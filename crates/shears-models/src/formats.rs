@@ -67,9 +67,10 @@ pub struct FormatChoice {
 /// `choose_format` proposes for its zeros at `tokens` tokens per product (or, where that
 /// is dense, the N:M pattern its zeros follow, 2:4 or 4:8, if any, else CSR for a
 /// sparsity up to 0.1 below CSR's break-even), timing both on
-/// `min(tokens, 4096)` tokens (the best of three runs each; the dense, N:M and int8
-/// products, whose times depend on the layer's shape alone, three times for a shape's
-/// first layer and once for each further one, the fastest of all kept); a format that can hold the
+/// `min(tokens, 4096)` tokens (the best of three runs each; the products whose times do
+/// not depend on where the weights sit, dense, N:M, int8, and any format for weights whose
+/// rows all keep the same count, three times for the first layer of a shape and kind and
+/// once for each further one, the fastest of all kept); a format that can hold the
 /// weights in bf16 or f16, dense included, is timed that way and in f32, and runs the
 /// faster. An int8 layer is set to the faster of its integer products and the f32 GEMM
 /// on its dequantized weights.
@@ -90,9 +91,9 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
                 // the f32 GEMM on their dequantized weights.
                 let (rows, cols) = linear.shape();
                 let zeros = int8.values().iter().filter(|&&v| v == 0).count();
-                let int8_seconds = times.time(linear, x)?;
+                let int8_seconds = times.time(linear, x, None)?;
                 linear.dequantize();
-                let dense_seconds = times.time(linear, x)?;
+                let dense_seconds = times.time(linear, x, None)?;
                 let chosen = if int8_seconds < dense_seconds {
                     linear.set_int8(int8)?;
                     INT8
@@ -113,6 +114,7 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
             let (rows, cols) = weights.shape();
             let mask = Mask::from_fn(rows, cols, |r, c| weights[(r, c)] != 0.0)?;
             let sparsity = mask.sparsity().get();
+            let row_length = uniform_row_length(&mask);
             let proposed = match choose_format(&mask, tokens) {
                 Format::Dense => nm_pattern_of(&mask)
                     .map(Format::Nm)
@@ -121,13 +123,13 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
                 other => other,
             };
             linear.set_format(Format::Dense)?;
-            let mut dense_seconds = times.time(linear, x)?;
+            let mut dense_seconds = times.time(linear, x, row_length)?;
             // Dense half-precision weights (a bf16 or f16 checkpoint's) widen a band of
             // rows per product: kept only where they beat the same weights in f32.
             let mut dense_half = linear.value_type() != "f32";
             if dense_half {
                 linear.set_f32_format(Format::Dense)?;
-                let f32_seconds = times.time(linear, x)?;
+                let f32_seconds = times.time(linear, x, row_length)?;
                 if f32_seconds < dense_seconds {
                     (dense_seconds, dense_half) = (f32_seconds, false);
                 } else {
@@ -144,14 +146,14 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
             };
             if proposed != Format::Dense {
                 linear.set_format(proposed)?;
-                let mut seconds = times.time(linear, x)?;
+                let mut seconds = times.time(linear, x, row_length)?;
                 let values = linear.value_type();
                 if values != "f32" {
                     // Half-precision values (a bf16 or f16 checkpoint's) are named, and
                     // kept only where they beat the same format in f32.
                     choice.proposed = format!("{proposed} {values}");
                     linear.set_f32_format(proposed)?;
-                    let f32_seconds = times.time(linear, x)?;
+                    let f32_seconds = times.time(linear, x, row_length)?;
                     if f32_seconds < seconds {
                         (seconds, choice.proposed) = (f32_seconds, proposed.to_string());
                     } else {
@@ -223,37 +225,54 @@ impl TimingInputs {
     }
 }
 
-/// The fastest product timed so far for each shape, format and value type, for the
-/// formats whose product time depends on the shape alone: dense (int8 included), and
-/// N:M (every row stores the same count of weights in the same layout, whatever their
-/// values). Every
-/// layer of a shape runs the same product, so its time belongs to the shape: a shape's
-/// first layer takes three runs and each later one a single run, which updates the
-/// shape's fastest. That keeps a moment of noise from deciding a layer, and weighs the
-/// two sides alike (a dense time that is the fastest of many runs against a format's
-/// best of three would favour dense), while planning a model whose layers share a few
-/// shapes costs a third of its products. Other formats (CSR, whose time follows each
-/// layer's own zeros) take the best of three runs, layer by layer.
+/// The fastest product timed so far for each kind of product whose time depends on its
+/// shape and layout alone, not on where its weights sit: dense (int8 included), N:M
+/// (every row stores the same count of weights in the same layout, whatever their
+/// values), and the other sparse formats for weights whose rows all keep the same count
+/// (a prune that compares weights within each row, as Wanda's, leaves them so; the
+/// positions then change only which inputs a row reads). Every layer of such a kind runs
+/// the same product, so its time belongs to the kind: the kind's first layer takes three
+/// runs and each later one a single run, which updates the kind's fastest. That keeps a
+/// moment of noise from deciding a layer, and weighs the two sides alike (a dense time
+/// that is the fastest of many runs against a format's best of three would favour
+/// dense), while planning a model whose layers share a few shapes costs a third of its
+/// products. Sparse layers whose rows keep different counts, whose time follows their
+/// own zeros, take the best of three runs, layer by layer.
 #[derive(Default)]
 struct ShapeTimes {
     fastest: Vec<(ProductKind, f64)>,
 }
 
-/// What a product's time depends on: the weight's rows and columns, its format and its
-/// value type.
-type ProductKind = (usize, usize, Format, &'static str);
+/// What a product's time depends on: the weight's rows and columns, its format, its
+/// value type, and for the formats other than dense and N:M, the count every row keeps.
+type ProductKind = (usize, usize, Format, &'static str, usize);
+
+/// The count of kept weights every row of `mask` has, if they all have the same.
+fn uniform_row_length(mask: &Mask) -> Option<usize> {
+    let counts = mask.kept_per_row();
+    let first = *counts.first()?;
+    counts.iter().all(|&c| c == first).then_some(first)
+}
 
 impl ShapeTimes {
     /// Times `linear` in its present format on `x`, and returns the fastest product of
-    /// its shape, format and value type so far (for dense and N:M), or the best of its
-    /// own three runs, in seconds.
-    fn time(&mut self, linear: &Linear, x: &DMatrix<f32>) -> Result<f64> {
+    /// its kind so far (see [`ShapeTimes`]; `row_length` is the count every row of its
+    /// weights keeps, if they all keep the same), or the best of its own three runs, in
+    /// seconds.
+    fn time(
+        &mut self,
+        linear: &Linear,
+        x: &DMatrix<f32>,
+        row_length: Option<usize>,
+    ) -> Result<f64> {
         let format = linear.format();
-        if !matches!(format, Format::Dense | Format::Nm(_)) {
-            return best_of(TIMED_RUNS, || linear.forward(x).map(drop));
-        }
+        let kept = match (format, row_length) {
+            (Format::Dense | Format::Nm(_), _) => 0,
+            (_, Some(kept)) => kept,
+            (_, None) => return best_of(TIMED_RUNS, || linear.forward(x).map(drop)),
+        };
         let (rows, cols) = linear.shape();
-        let key = (rows, cols, format, linear.value_type());
+        let key = (rows, cols, format, linear.value_type(), kept);
         let known = self.fastest.iter().position(|(k, _)| *k == key);
         let runs = if known.is_some() { 1 } else { TIMED_RUNS };
         let seconds = best_of(runs, || linear.forward(x).map(drop))?;
@@ -307,33 +326,40 @@ mod tests {
         let (a, b, wide) = (linear(16, 8), linear(16, 8), linear(16, 24));
         let mut inputs = TimingInputs { tokens: 5, by_width: Vec::new() };
         let mut times = ShapeTimes::default();
-        let first = times.time(&a, inputs.for_layer(&a)).unwrap();
-        let again = times.time(&b, inputs.for_layer(&b)).unwrap();
+        let first = times.time(&a, inputs.for_layer(&a), None).unwrap();
+        let again = times.time(&b, inputs.for_layer(&b), None).unwrap();
         assert!(first > 0.0 && again <= first, "{first} then {again}");
-        times.time(&wide, inputs.for_layer(&wide)).unwrap();
+        times.time(&wide, inputs.for_layer(&wide), None).unwrap();
         let mut bf16 = linear(16, 8);
         bf16.set_format(Format::Dense).unwrap();
         assert_eq!(bf16.value_type(), "bf16", "weights exact in bf16 are stored so");
-        times.time(&bf16, inputs.for_layer(&bf16)).unwrap();
-        // N:M products are keyed by their pattern; CSR's are the layer's own.
+        times.time(&bf16, inputs.for_layer(&bf16), None).unwrap();
+        // N:M products are keyed by their pattern; CSR's by the count every row keeps,
+        // else they are the layer's own.
         let w = DMatrix::from_fn(16, 8, |r, c| if c % 4 < 2 { (r + c) as f32 + 0.5 } else { 0.0 });
+        let mask = Mask::from_fn(16, 8, |r, c| w[(r, c)] != 0.0).unwrap();
         let mut nm = Linear::new("nm.weight", w, nalgebra::DVector::zeros(16)).unwrap();
         let two_four = Format::Nm(NmPattern::TWO_FOUR);
         nm.set_f32_format(two_four).unwrap();
-        times.time(&nm, inputs.for_layer(&nm)).unwrap();
+        times.time(&nm, inputs.for_layer(&nm), uniform_row_length(&mask)).unwrap();
         nm.set_f32_format(Format::Csr).unwrap();
-        times.time(&nm, inputs.for_layer(&nm)).unwrap();
+        times.time(&nm, inputs.for_layer(&nm), None).unwrap();
+        times.time(&nm, inputs.for_layer(&nm), uniform_row_length(&mask)).unwrap();
         let keys: Vec<_> = times.fastest.iter().map(|(k, _)| *k).collect();
-        let dense = Format::Dense;
+        let (dense, csr) = (Format::Dense, Format::Csr);
         assert_eq!(
             keys,
             [
-                (16, 8, dense, "f32"),
-                (16, 24, dense, "f32"),
-                (16, 8, dense, "bf16"),
-                (16, 8, two_four, "f32")
+                (16, 8, dense, "f32", 0),
+                (16, 24, dense, "f32", 0),
+                (16, 8, dense, "bf16", 0),
+                (16, 8, two_four, "f32", 0),
+                (16, 8, csr, "f32", 4),
             ]
         );
+        let ragged = Mask::from_fn(3, 4, |r, c| c <= r).unwrap();
+        assert_eq!(uniform_row_length(&ragged), None);
+        assert_eq!(uniform_row_length(&Mask::all_kept(0, 4).unwrap()), None);
         // One input per width, `tokens` columns each.
         let shapes: Vec<_> = inputs.by_width.iter().map(DMatrix::shape).collect();
         assert_eq!(shapes, [(8, 5), (24, 5)]);
