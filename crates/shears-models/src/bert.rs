@@ -11,7 +11,7 @@ use shears_sparse::{Format, Int8Matrix};
 use crate::attention::{Projections, self_attention};
 use crate::config::{Activation, BertConfig, Pooling, SentenceConfig};
 use crate::error::{Error, Result};
-use crate::linear::{Linear, int8_matrix, stacked_forward};
+use crate::linear::{Linear, StackedCache, int8_matrix, stacked_forward};
 use crate::math::{Elementwise, layer_norm};
 use crate::tokenize::{Batch, TextEncoder};
 
@@ -102,6 +102,9 @@ pub struct EncoderLayer {
     /// The feed-forward's second projection (`intermediate -> hidden`).
     pub output: Linear,
     output_norm: LayerNorm,
+    /// The query, key and value projections as one layer, where they run in one sparse
+    /// format ([`crate::linear::stacked`]).
+    projections: StackedCache,
 }
 
 impl EncoderLayer {
@@ -191,12 +194,20 @@ impl EncoderLayer {
                 let p = Projections { q: (&qkv, 0), k: (&qkv, hidden), v: (&qkv, 2 * hidden) };
                 self_attention(p, hidden, heads, lengths)
             }
-            None => {
-                let (q, k, v) =
-                    (self.query.forward(x)?, self.key.forward(x)?, self.value.forward(x)?);
-                let p = Projections { q: (&q, 0), k: (&k, 0), v: (&v, 0) };
-                self_attention(p, hidden, heads, lengths)
-            }
+            None => match self.projections.get(&[&self.query, &self.key, &self.value]) {
+                // Sparse projections in one format run as one product of their rows.
+                Some(stacked) => {
+                    let qkv = stacked.forward(x)?;
+                    let p = Projections { q: (&qkv, 0), k: (&qkv, hidden), v: (&qkv, 2 * hidden) };
+                    self_attention(p, hidden, heads, lengths)
+                }
+                None => {
+                    let (q, k, v) =
+                        (self.query.forward(x)?, self.key.forward(x)?, self.value.forward(x)?);
+                    let p = Projections { q: (&q, 0), k: (&k, 0), v: (&v, 0) };
+                    self_attention(p, hidden, heads, lengths)
+                }
+            },
         };
         observe(Site::AttentionOutput, &context)?;
         let mut attended = self.attention_output.forward(&context)?;
@@ -305,6 +316,7 @@ impl BertModel {
                 intermediate: linear("intermediate.dense", (i, h))?,
                 output: linear("output.dense", (h, i))?,
                 output_norm: norm(&format!("{p}.output.LayerNorm"))?,
+                projections: StackedCache::default(),
             });
         }
         Ok(BertModel {

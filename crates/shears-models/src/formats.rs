@@ -12,9 +12,9 @@ use shears_core::Mask;
 use shears_sparse::calibrate::Crossovers;
 use shears_sparse::{Format, NmPattern, choose_format, choose_format_with};
 
-use crate::bert::BertModel;
-use crate::error::Result;
-use crate::linear::Linear;
+use crate::bert::{BertModel, EncoderLayer};
+use crate::error::{Error, Result};
+use crate::linear::{Linear, stacked, stacked_forward};
 
 /// Tokens [`choose_formats`] times each product on at most: 32 sentences of 128 tokens. A format's
 /// speed changes with the token count (how many panels of `X` a product walks, how much
@@ -54,10 +54,14 @@ pub struct FormatChoice {
     pub proposed: String,
     /// The dense product's time, in seconds, at the timing token count (f32, an int8
     /// layer's weights dequantized; the faster of their own type and f32 for bf16 or
-    /// f16 weights): the fastest timed so far for a layer of this shape.
+    /// f16 weights): the fastest timed so far for a layer of this shape. For query, key
+    /// and value projections proposed one N:M or CSR format, which run as one product
+    /// and are planned as one, the time of that one dense product, as for
+    /// `proposed_seconds`.
     pub dense_seconds: f64,
-    /// The proposed format's time, if one was timed: for N:M and int8, the fastest timed
-    /// so far for a layer of this shape, as for dense.
+    /// The proposed format's time, if one was timed: for N:M, int8 and weights whose rows
+    /// all keep the same count, the fastest timed so far for a layer of this shape and
+    /// kind, as for dense; for projections planned as one, their one product's.
     pub proposed_seconds: Option<f64>,
     /// The format the layer now runs in.
     pub chosen: String,
@@ -73,7 +77,9 @@ pub struct FormatChoice {
 /// once for each further one, the fastest of all kept); a format that can hold the
 /// weights in bf16 or f16, dense included, is timed that way and in f32, and runs the
 /// faster. An int8 layer is set to the faster of its integer products and the f32 GEMM
-/// on its dequantized weights.
+/// on its dequantized weights. A layer's query, key and value projections proposed the
+/// same N:M or CSR format are then timed as the one product they run as, stacked, against
+/// their one dense product, and all three take the faster.
 ///
 /// # Errors
 /// A format that cannot be built from the weights.
@@ -84,6 +90,9 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
     let mut times = ShapeTimes::default();
     let mut choices = Vec::new();
     for layer in model.layers_mut() {
+        let first = choices.len();
+        // Per linear layer, what it was timed in, where it is not int8.
+        let mut timed = Vec::with_capacity(6);
         for (_, linear) in layer.linears_mut() {
             let x = inputs.for_layer(linear);
             if let Some(int8) = linear.int8().cloned() {
@@ -108,6 +117,7 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
                     proposed_seconds: Some(int8_seconds),
                     chosen: chosen.to_owned(),
                 });
+                timed.push(None);
                 continue;
             }
             let weights = linear.dense_weights();
@@ -169,10 +179,93 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
                     linear.set_f32_format(Format::Dense)?;
                 }
             }
+            let half = choice.proposed != proposed.to_string();
+            timed.push(Some(Timed { proposed, half, dense_half }));
             choices.push(choice);
         }
+        let projections = &mut choices[first..first + 3];
+        let x = inputs.for_layer(&layer.query);
+        plan_projections_together(layer, &timed[..3], projections, x)?;
     }
     Ok(choices)
+}
+
+/// What a layer was timed in: the format proposed for it (with half-precision values if
+/// `half`), and dense with half-precision values if `dense_half`.
+#[derive(Debug, Clone, Copy)]
+struct Timed {
+    proposed: Format,
+    half: bool,
+    dense_half: bool,
+}
+
+impl Timed {
+    /// Sets `linear` to the proposed format (`sparse`) or to dense, in the value type it
+    /// was timed in.
+    fn apply(self, linear: &mut Linear, sparse: bool) -> Result<()> {
+        let (format, half) =
+            if sparse { (self.proposed, self.half) } else { (Format::Dense, self.dense_half) };
+        if half { linear.set_format(format) } else { linear.set_f32_format(format) }
+    }
+}
+
+/// The query, key and value projections run as one product when they are dense, and
+/// when they share a sparse format that stacks ([`crate::linear::stacked`]): where all
+/// three were proposed the same N:M or CSR format, they are timed as that one product
+/// against the one dense product (alternately, the best of three runs each), and all
+/// three take the faster, whatever each gave alone; their choices then carry the stacked
+/// products' times.
+fn plan_projections_together(
+    layer: &mut EncoderLayer,
+    timed: &[Option<Timed>],
+    choices: &mut [FormatChoice],
+    x: &DMatrix<f32>,
+) -> Result<()> {
+    let Some(Some(first)) = timed.first().copied() else { return Ok(()) };
+    let same =
+        |t: &Option<Timed>| t.is_some_and(|t| (t.proposed, t.half) == (first.proposed, first.half));
+    let stackable = matches!(first.proposed, Format::Nm(_) | Format::Csr);
+    if !stackable || !timed.iter().all(same) || choices.len() != 3 {
+        return Ok(());
+    }
+    fn projections(layer: &mut EncoderLayer) -> [&mut Linear; 3] {
+        [&mut layer.query, &mut layer.key, &mut layer.value]
+    }
+    for (linear, t) in projections(layer).into_iter().zip(timed) {
+        t.unwrap_or(first).apply(linear, true)?;
+    }
+    let Some(sparse) = stacked(&[&layer.query, &layer.key, &layer.value])? else {
+        // Half-precision values of different types: each keeps its own choice.
+        for ((linear, choice), t) in projections(layer).into_iter().zip(&*choices).zip(timed) {
+            t.unwrap_or(first).apply(linear, choice.chosen != Format::Dense.to_string())?;
+        }
+        return Ok(());
+    };
+    let mut dense_layers = [layer.query.clone(), layer.key.clone(), layer.value.clone()];
+    for (linear, t) in dense_layers.iter_mut().zip(timed) {
+        t.unwrap_or(first).apply(linear, false)?;
+    }
+    let dense = [&dense_layers[0], &dense_layers[1], &dense_layers[2]];
+    let (mut sparse_seconds, mut dense_seconds) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..TIMED_RUNS {
+        sparse_seconds = sparse_seconds.min(best_of(1, || sparse.forward(x).map(drop))?);
+        let run_dense = || match stacked_forward(&dense, x) {
+            Some(y) => y.map(drop),
+            None => Err(Error::Argument("internal error: dense projections".into())),
+        };
+        dense_seconds = dense_seconds.min(best_of(1, run_dense)?);
+    }
+    let sparse_wins = sparse_seconds < dense_seconds;
+    if !sparse_wins {
+        [layer.query, layer.key, layer.value] = dense_layers;
+    }
+    for choice in choices.iter_mut() {
+        choice.dense_seconds = dense_seconds;
+        choice.proposed_seconds = Some(sparse_seconds);
+        choice.chosen =
+            if sparse_wins { choice.proposed.clone() } else { Format::Dense.to_string() };
+    }
+    Ok(())
 }
 
 /// The 2:4 or 4:8 pattern `mask` follows, if it follows one. `choose_format` proposes

@@ -4,6 +4,8 @@
 //! checkpoint's are), or int8 (integer products on tokens quantized to int8).
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use faer::{Accum, MatMut, MatRef, Par};
 use half::slice::HalfFloatSliceExt;
@@ -59,6 +61,16 @@ pub struct Linear {
     name: String,
     weights: LinearWeights,
     bias: DVector<f32>,
+    /// Changes whenever the weights may have changed (a number no other weights have had
+    /// in this process; a clone keeps it, as it keeps the weights): what a copy built from
+    /// them, such as [`stacked`] layers, checks to know it is still theirs.
+    generation: u64,
+}
+
+/// A number no weights have had before in this process.
+fn next_generation() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Linear {
@@ -79,7 +91,12 @@ impl Linear {
                 weights.nrows()
             )));
         }
-        Ok(Linear { name, weights: LinearWeights::Dense(weights), bias })
+        Ok(Linear {
+            name,
+            weights: LinearWeights::Dense(weights),
+            bias,
+            generation: next_generation(),
+        })
     }
 
     /// A dense layer from `Wᵀ` (`inputs x outputs`): the values of `W` row by row, as a
@@ -113,7 +130,12 @@ impl Linear {
                 weights.shape().0
             )));
         }
-        Ok(Linear { name, weights: LinearWeights::Int8(weights), bias })
+        Ok(Linear {
+            name,
+            weights: LinearWeights::Int8(weights),
+            bias,
+            generation: next_generation(),
+        })
     }
 
     /// The weight's tensor name.
@@ -164,6 +186,7 @@ impl Linear {
     pub fn set_dense(&mut self, weights: DMatrix<f32>) -> Result<()> {
         self.check_new_shape("weights", weights.shape())?;
         self.weights = LinearWeights::Dense(weights);
+        self.generation = next_generation();
         Ok(())
     }
 
@@ -174,6 +197,7 @@ impl Linear {
     pub fn set_int8(&mut self, weights: Int8Matrix) -> Result<()> {
         self.check_new_shape("int8 weights", weights.shape())?;
         self.weights = LinearWeights::Int8(weights);
+        self.generation = next_generation();
         Ok(())
     }
 
@@ -194,6 +218,7 @@ impl Linear {
     pub fn dequantize(&mut self) -> bool {
         let LinearWeights::Int8(q) = &self.weights else { return false };
         self.weights = LinearWeights::Dense(q.dequantize());
+        self.generation = next_generation();
         true
     }
 
@@ -239,6 +264,7 @@ impl Linear {
                 }
             }
         };
+        self.generation = next_generation();
         Ok(())
     }
 
@@ -596,6 +622,82 @@ pub(crate) fn stacked_forward(
     Some(Ok(y))
 }
 
+/// `layers` (sharing their inputs) as one layer whose outputs are theirs one after the
+/// other, in the sparse format and value type they all run in, when that is N:M or CSR:
+/// one product then copies the shared input once and splits one task list between the
+/// threads, where three products of a transformer's query, key and value projections
+/// each copy it and wait for their slowest task. Each output row gets the bits its own
+/// layer gives (these formats sum every row on its own, whatever rows run beside it).
+/// `None` for dense layers (see [`stacked_forward`]), other formats, or layers that
+/// differ in format, value type or inputs.
+///
+/// # Errors
+/// A format that cannot hold the stacked weights.
+pub(crate) fn stacked(layers: &[&Linear]) -> Result<Option<Linear>> {
+    let Some(first) = layers.first() else { return Ok(None) };
+    let (format, values, inputs) = (first.format(), first.value_type(), first.shape().1);
+    let stackable = matches!(format, Format::Nm(_) | Format::Csr);
+    let alike =
+        |l: &&Linear| l.format() == format && l.value_type() == values && l.shape().1 == inputs;
+    if !stackable || !layers.iter().all(alike) {
+        return Ok(None);
+    }
+    let parts: Vec<DMatrix<f32>> = layers.iter().map(|l| l.dense_weights()).collect();
+    let outputs: usize = parts.iter().map(DMatrix::nrows).sum();
+    let mut weights = DMatrix::zeros(outputs, inputs);
+    let mut bias = DVector::zeros(outputs);
+    let mut first_row = 0;
+    for (part, layer) in parts.iter().zip(layers) {
+        let rows = part.nrows();
+        weights.rows_mut(first_row, rows).copy_from(part);
+        bias.rows_mut(first_row, rows).copy_from(&layer.bias);
+        first_row += rows;
+    }
+    let names: Vec<&str> = layers.iter().map(|l| l.name()).collect();
+    let mut stacked = Linear::new(names.join("+"), weights, bias)?;
+    if values == "f32" {
+        stacked.set_f32_format(format)?;
+    } else {
+        stacked.set_format(format)?;
+    }
+    Ok((stacked.value_type() == values).then_some(stacked))
+}
+
+/// The layers a [`stacked`] layer was built from, and that layer (`None` where they do
+/// not stack), kept while none of them changes: built at a forward pass's first use and
+/// again after any of its layers changes. A clone starts empty.
+#[derive(Debug, Default)]
+pub(crate) struct StackedCache {
+    built: Mutex<Option<Built>>,
+}
+
+/// The generations of the layers a [`StackedCache`] was built from, and what it built.
+type Built = (Vec<u64>, Option<Arc<Linear>>);
+
+impl Clone for StackedCache {
+    fn clone(&self) -> Self {
+        StackedCache::default()
+    }
+}
+
+impl StackedCache {
+    /// The [`stacked`] form of `layers` as they are now, building it if they changed
+    /// since it was last built; `None` where they do not stack (or their stacked weights
+    /// cannot be built, when the layers run apart, as they would unstacked).
+    pub(crate) fn get(&self, layers: &[&Linear]) -> Option<Arc<Linear>> {
+        let generations: Vec<u64> = layers.iter().map(|l| l.generation).collect();
+        let mut built = self.built.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*built {
+            Some((of, stacked)) if *of == generations => stacked.clone(),
+            _ => {
+                let stacked = stacked(layers).ok().flatten().map(Arc::new);
+                *built = Some((generations, stacked.clone()));
+                stacked
+            }
+        }
+    }
+}
+
 /// The token count up to which [`dense_product`] splits the output rows into bands of
 /// [`BAND_ROWS`], each a one-thread GEMM on one of rayon's threads. faer's own parallel
 /// GEMM has its threads meet at barriers inside the product, which costs more than it
@@ -739,6 +841,85 @@ mod tests {
             if (r + c) % 3 == 0 { 0.0 } else { (r * 8 + c) as f32 * 0.1 - 2.0 }
         });
         Linear::new("l.weight", w, DVector::from_fn(6, |r, _| r as f32)).unwrap()
+    }
+
+    /// Layers stacked in N:M or CSR, with f32 or bf16 values, give each layer's own bits
+    /// in its rows; dense layers and layers of different formats or value types do not
+    /// stack.
+    #[test]
+    fn stacked_layers_give_each_layer_its_own_bits() {
+        // 2 of every 4 columns kept per row, values exact in bf16.
+        let weights = |seed: usize, rows: usize| {
+            DMatrix::from_fn(rows, 8, |r, c| {
+                let kept = (c + r + seed) % 4 < 2;
+                if kept { ((r * 8 + c + seed) % 13) as f32 * 0.125 - 0.625 } else { 0.0 }
+            })
+        };
+        let layer = |seed: usize, format: Format, half: bool| {
+            let rows = 4 + seed;
+            let bias = DVector::from_fn(rows, |r, _| r as f32 * 0.5 - seed as f32);
+            let mut l = Linear::new(format!("l{seed}"), weights(seed, rows), bias).unwrap();
+            if half { l.set_format(format) } else { l.set_f32_format(format) }.unwrap();
+            l
+        };
+        let x = DMatrix::from_fn(8, 37, |r, c| ((r * 37 + c) as f32 * 0.11).cos());
+        let bits = |m: &DMatrix<f32>| m.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let two_four = Format::Nm(shears_core::NmPattern::TWO_FOUR);
+        for (format, half) in [(two_four, false), (Format::Csr, false), (Format::Csr, true)] {
+            let layers: Vec<Linear> = (0..3).map(|i| layer(i, format, half)).collect();
+            let values = if half { "bf16" } else { "f32" };
+            assert!(layers.iter().all(|l| l.value_type() == values));
+            let refs: Vec<&Linear> = layers.iter().collect();
+            let stacked = stacked(&refs).unwrap().expect("stacks");
+            assert_eq!((stacked.format(), stacked.value_type()), (format, values));
+            let y = stacked.forward(&x).unwrap();
+            assert_eq!(y.shape(), (4 + 5 + 6, 37));
+            let mut first = 0;
+            for l in &layers {
+                let own = l.forward(&x).unwrap();
+                let rows = y.rows(first, own.nrows()).into_owned();
+                assert_eq!(bits(&rows), bits(&own), "{format} {values}: {}", l.name());
+                first += own.nrows();
+            }
+        }
+        let dense: Vec<Linear> = (0..3).map(|i| layer(i, Format::Dense, false)).collect();
+        assert!(stacked(&dense.iter().collect::<Vec<_>>()).unwrap().is_none());
+        let (nm, csr) = (layer(0, two_four, false), layer(1, Format::Csr, false));
+        assert!(stacked(&[&nm, &csr]).unwrap().is_none());
+        let half_csr = layer(2, Format::Csr, true);
+        assert!(stacked(&[&csr, &half_csr]).unwrap().is_none());
+    }
+
+    /// The cache keeps its stacked layer while the layers stay as they were, and builds
+    /// it again from their new weights after any of them changes.
+    #[test]
+    fn the_stacked_cache_follows_its_layers() {
+        let two_four = Format::Nm(shears_core::NmPattern::TWO_FOUR);
+        let weights = |scale: f32| {
+            DMatrix::from_fn(
+                4,
+                8,
+                |r, c| if (r + c) % 2 == 0 { scale * (r + c) as f32 } else { 0.0 },
+            )
+        };
+        let layer = |name: &str, scale: f32| {
+            let mut l = Linear::new(name, weights(scale), DVector::zeros(4)).unwrap();
+            l.set_f32_format(two_four).unwrap();
+            l
+        };
+        let (a, mut b) = (layer("a", 1.0), layer("b", 2.0));
+        let cache = StackedCache::default();
+        let first = cache.get(&[&a, &b]).expect("stacks");
+        assert!(Arc::ptr_eq(&first, &cache.get(&[&a, &b]).unwrap()));
+        b.set_dense(weights(3.0)).unwrap();
+        assert!(cache.get(&[&a, &b]).is_none(), "a dense layer does not stack");
+        b.set_f32_format(two_four).unwrap();
+        let rebuilt = cache.get(&[&a, &b]).expect("stacks again");
+        assert!(!Arc::ptr_eq(&first, &rebuilt));
+        let x = DMatrix::from_fn(8, 3, |r, c| (r + c) as f32);
+        let y = rebuilt.forward(&x).unwrap();
+        assert_eq!(y.rows(4, 4).into_owned(), b.forward(&x).unwrap());
+        assert!(cache.clone().built.lock().unwrap().is_none(), "a clone starts empty");
     }
 
     #[test]

@@ -287,8 +287,9 @@ fn overflowing_calibration_inputs_name_the_layer() {
 }
 
 /// A 2:4 model's layers are timed in 2:4 at one token and at many (where `choose_format`
-/// alone proposes dense), each keeps the format its timing favoured, and the model in
-/// those formats gives the dense model's embeddings.
+/// alone proposes dense), each keeps the format its timing favoured (the query, key and
+/// value projections as one), and the model in those formats gives the dense model's
+/// embeddings.
 #[test]
 fn two_four_layers_are_timed_in_n_m_at_any_token_count() {
     let mut m = SentenceTransformer::load(&folder(), None).unwrap();
@@ -306,6 +307,19 @@ fn two_four_layers_are_timed_in_n_m_at_any_token_count() {
             let kept = c.chosen == c.proposed;
             assert!(kept || c.chosen == "dense", "{}: {}", c.name, c.chosen);
             assert_eq!(kept, sparse_seconds < c.dense_seconds, "{} at {tokens} tokens", c.name);
+        }
+        // The query, key and value projections, which run as one product, are timed and
+        // chosen as one.
+        for layer in choices.chunks(6) {
+            let times = |c: &shears_models::FormatChoice| {
+                (c.chosen.clone(), c.dense_seconds, c.proposed_seconds)
+            };
+            assert!(layer[0].name.contains("query") && layer[2].name.contains("value"));
+            assert_eq!(times(&layer[0]), times(&layer[1]), "{}", layer[0].name);
+            assert_eq!(times(&layer[0]), times(&layer[2]), "{}", layer[0].name);
+        }
+        for (c, linear) in choices.iter().zip(sparse.model.linears()) {
+            assert_eq!(linear.format().to_string(), c.chosen, "{}", c.name);
         }
         let got = sparse.embed(&expected().sentences).unwrap();
         let worst = got.iter().zip(dense.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
