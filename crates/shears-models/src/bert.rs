@@ -103,7 +103,8 @@ pub struct EncoderLayer {
     pub output: Linear,
     output_norm: LayerNorm,
     /// The query, key and value projections as one layer, where they run in one sparse
-    /// format ([`crate::linear::stacked`]).
+    /// format ([`crate::linear::stacked`]): a second copy of their weights, in that
+    /// format, while the model runs so.
     projections: StackedCache,
 }
 

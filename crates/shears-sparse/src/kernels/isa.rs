@@ -68,6 +68,7 @@ pub(crate) trait Isa: Copy + Send + Sync + 'static {
     /// buffers move `f32` in 8 x 8 blocks transposed in registers
     /// ([`x86::transpose8_f32`]; the copy is compiled with AVX). Left to itself the
     /// compiler moves a block's values one at a time through the stack.
+    #[cfg(target_arch = "x86_64")]
     const TRANSPOSES8: bool = false;
     /// The int8 kernels' activations are stored biased for `vpdpbusd`
     /// ([`int8_dots_biased`]): the copy has one VNNI width or the other.

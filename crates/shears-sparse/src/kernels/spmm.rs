@@ -350,6 +350,7 @@ fn transpose_out_kernel<P: Isa, T: Scalar>(alpha: T, z: &[T], beta: T, columns: 
 
 /// [`transpose_out_kernel`] with its form of `combine` chosen.
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables, reason = "x86 blocks only"))]
 fn transpose_out_with<P: Isa, T: Scalar>(
     alpha: T,
     z: &[T],
