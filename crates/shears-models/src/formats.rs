@@ -72,7 +72,7 @@ pub struct FormatChoice {
 /// is dense, the N:M pattern its zeros follow, 2:4 or 4:8, if any, else CSR for a
 /// sparsity up to 0.1 below CSR's break-even), timing both on
 /// `min(tokens, 4096)` tokens (the best of three runs each; the products whose times do
-/// not depend on where the weights sit, dense, N:M, int8, and any format for weights whose
+/// not depend on where the weights sit, dense, N:M, int8, and CSR or sliced ELLPACK for weights whose
 /// rows all keep the same count, three times for the first layer of a shape and kind and
 /// once for each further one, the fastest of all kept); a format that can hold the
 /// weights in bf16 or f16, dense included, is timed that way and in f32, and runs the
@@ -228,23 +228,20 @@ fn plan_projections_together(
     if !stackable || !timed.iter().all(same) || choices.len() != 3 {
         return Ok(());
     }
-    fn projections(layer: &mut EncoderLayer) -> [&mut Linear; 3] {
-        [&mut layer.query, &mut layer.key, &mut layer.value]
-    }
-    for (linear, t) in projections(layer).into_iter().zip(timed) {
-        t.unwrap_or(first).apply(linear, true)?;
-    }
-    let Some(sparse) = stacked(&[&layer.query, &layer.key, &layer.value])? else {
-        // Half-precision values of different types: each keeps its own choice.
-        for ((linear, choice), t) in projections(layer).into_iter().zip(&*choices).zip(timed) {
-            t.unwrap_or(first).apply(linear, choice.chosen != Format::Dense.to_string())?;
+    // Both sides are built and timed on copies: the layers change only at the end,
+    // and an error leaves them as their own choices say.
+    let copies = |sparse: bool| -> Result<[Linear; 3]> {
+        let mut copies = [layer.query.clone(), layer.key.clone(), layer.value.clone()];
+        for (linear, t) in copies.iter_mut().zip(timed) {
+            t.unwrap_or(first).apply(linear, sparse)?;
         }
+        Ok(copies)
+    };
+    let (sparse_layers, dense_layers) = (copies(true)?, copies(false)?);
+    let Some(sparse) = stacked(&[&sparse_layers[0], &sparse_layers[1], &sparse_layers[2]])? else {
+        // Half-precision values of different types: each keeps its own choice.
         return Ok(());
     };
-    let mut dense_layers = [layer.query.clone(), layer.key.clone(), layer.value.clone()];
-    for (linear, t) in dense_layers.iter_mut().zip(timed) {
-        t.unwrap_or(first).apply(linear, false)?;
-    }
     let dense = [&dense_layers[0], &dense_layers[1], &dense_layers[2]];
     let (mut sparse_seconds, mut dense_seconds) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..TIMED_RUNS {
@@ -256,9 +253,7 @@ fn plan_projections_together(
         dense_seconds = dense_seconds.min(best_of(1, run_dense)?);
     }
     let sparse_wins = sparse_seconds < dense_seconds;
-    if !sparse_wins {
-        [layer.query, layer.key, layer.value] = dense_layers;
-    }
+    [layer.query, layer.key, layer.value] = if sparse_wins { sparse_layers } else { dense_layers };
     for choice in choices.iter_mut() {
         choice.dense_seconds = dense_seconds;
         choice.proposed_seconds = Some(sparse_seconds);
@@ -321,9 +316,10 @@ impl TimingInputs {
 /// The fastest product timed so far for each kind of product whose time depends on its
 /// shape and layout alone, not on where its weights sit: dense (int8 included), N:M
 /// (every row stores the same count of weights in the same layout, whatever their
-/// values), and the other sparse formats for weights whose rows all keep the same count
+/// values), and CSR and sliced ELLPACK for weights whose rows all keep the same count
 /// (a prune that compares weights within each row, as Wanda's, leaves them so; the
-/// positions then change only which inputs a row reads). Every layer of such a kind runs
+/// positions then change only which inputs a row reads). Block and compacted formats,
+/// whose size follows where the zeros sit, are timed layer by layer. Every layer of such a kind runs
 /// the same product, so its time belongs to the kind: the kind's first layer takes three
 /// runs and each later one a single run, which updates the kind's fastest. That keeps a
 /// moment of noise from deciding a layer, and weighs the two sides alike (a dense time
@@ -337,7 +333,7 @@ struct ShapeTimes {
 }
 
 /// What a product's time depends on: the weight's rows and columns, its format, its
-/// value type, and for the formats other than dense and N:M, the count every row keeps.
+/// value type, and for CSR and sliced ELLPACK, the count every row keeps.
 type ProductKind = (usize, usize, Format, &'static str, usize);
 
 /// The count of kept weights every row of `mask` has, if they all have the same.
@@ -361,8 +357,8 @@ impl ShapeTimes {
         let format = linear.format();
         let kept = match (format, row_length) {
             (Format::Dense | Format::Nm(_), _) => 0,
-            (_, Some(kept)) => kept,
-            (_, None) => return best_of(TIMED_RUNS, || linear.forward(x).map(drop)),
+            (Format::Csr | Format::SlicedEll, Some(kept)) => kept,
+            _ => return best_of(TIMED_RUNS, || linear.forward(x).map(drop)),
         };
         let (rows, cols) = linear.shape();
         let key = (rows, cols, format, linear.value_type(), kept);

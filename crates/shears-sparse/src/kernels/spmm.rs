@@ -157,7 +157,7 @@ const COPY_TASK: usize = 256;
 /// buffers move at a time: rows (along a column of `X` or `Y`: 64 bytes of `f32`) by
 /// columns. A tile is read whole and written whole, and each pass over a band of rows
 /// touches one or two cache lines per column on the column-major side. On the x86 vector
-/// paths `f32` moves in 8 x 8 blocks transposed in registers instead ([`Isa::TRANSPOSES8`]):
+/// paths `f32` moves in 8 x 8 blocks transposed in registers instead (`Isa::TRANSPOSES8`):
 /// left to itself, the compiler moves a tile's values one at a time through the stack.
 const TILE_ROWS: usize = 16;
 const TILE_COLUMNS: usize = 8;
@@ -266,7 +266,8 @@ fn transpose_in_kernel<P: Isa, T: Scalar>(
         return;
     }
     let height = rows.len() / w;
-    assert!(first_row + height <= n && columns.len() == w * n, "transpose_in: out of bounds");
+    let within = first_row.checked_add(height).is_some_and(|end| end <= n);
+    assert!(within && columns.len() == w * n, "transpose_in: out of bounds");
     let column = |j: usize, i: usize| &columns[j * n + first_row + i..];
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
@@ -330,15 +331,16 @@ multiversion! {
 
 /// `Y <- alpha Z + beta Y` over a range of rows: `z` holds the range's rows of the
 /// product row-major, and `columns[j]` is column `j` of `Y` cut to the range. Each value
-/// is [`combine`](super::combine)'s, its test of `beta` made once per call (keep the
-/// two equal).
+/// is [`combine`](super::combine)'s (keep the two equal): `Y` is not read where `beta`
+/// is zero.
 fn write_rows<T: Scalar>(alpha: T, z: &[T], beta: T, columns: &mut [&mut [T]]) {
     transpose_out(kernel_path(), alpha, z, beta, columns);
 }
 
 /// Sets each `columns[j][i]` to `alpha * z[i * b + j] + beta * columns[j][i]`, `z` being
 /// row-major rows of `b = columns.len()` values: [`combine`](super::combine)'s two
-/// forms, chosen once per call.
+/// forms, chosen once per call for the scalar steps and once per 8 x 8 block on the x86
+/// vector paths (the same test, the same roundings).
 #[inline(always)]
 fn transpose_out_kernel<P: Isa, T: Scalar>(alpha: T, z: &[T], beta: T, columns: &mut [&mut [T]]) {
     if beta == T::zero() {
@@ -1090,9 +1092,14 @@ mod tests {
             .map(KernelPath::resolve);
         let value = |i: usize, j: usize| ((i * 131 + j * 17) % 1000) as f32 * 0.37 - 50.0;
         for path in paths {
-            for (n, first_row, height, w) in
-                [(8, 0, 8, 8), (40, 3, 33, 17), (19, 0, 19, 9), (64, 7, 50, 64), (5, 1, 3, 2)]
-            {
+            for (n, first_row, height, w) in [
+                (8, 0, 8, 8),
+                (40, 3, 33, 17),
+                (19, 0, 19, 9),
+                (64, 7, 50, 64),
+                (5, 1, 3, 2),
+                (16, 0, 16, 3),
+            ] {
                 let columns: Vec<f32> = (0..w * n).map(|k| value(k % n, k / n)).collect();
                 let mut rows = vec![f32::NAN; height * w];
                 transpose_in(path, &columns, n, first_row, &mut rows);
@@ -1101,9 +1108,10 @@ mod tests {
                     assert_eq!(rows[i * w + j], want, "{path:?} in: {n}x{w} ({i}, {j})");
                 }
             }
-            for (height, b) in [(8, 8), (33, 17), (9, 19), (64, 64), (3, 2)] {
+            for (height, b) in [(8, 8), (33, 17), (9, 19), (64, 64), (3, 2), (16, 3)] {
                 let z: Vec<f32> = (0..height * b).map(|k| value(k / b, k % b)).collect();
-                for (alpha, beta) in [(0.3f32, 0.0f32), (1.7, -0.9)] {
+                for (alpha, beta) in [(0.3f32, 0.0f32), (1.7, -0.9), (-2.5, -0.0), (1.0, f32::NAN)]
+                {
                     let mut y: Vec<Vec<f32>> =
                         (0..b).map(|j| (0..height + 2).map(|i| value(j, i)).collect()).collect();
                     let mut columns: Vec<&mut [f32]> = y.iter_mut().map(|c| &mut c[1..]).collect();
@@ -1113,6 +1121,7 @@ mod tests {
                         let want = if i == 0 || i > height {
                             old
                         } else if beta == 0.0 {
+                            // -0.0 too: Y is not read (so neither are its NaNs).
                             alpha * z[(i - 1) * b + j]
                         } else {
                             alpha * z[(i - 1) * b + j] + beta * old
