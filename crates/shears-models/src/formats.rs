@@ -72,11 +72,11 @@ pub struct FormatChoice {
 /// is dense, the N:M pattern its zeros follow, 2:4 or 4:8, if any, else CSR for a
 /// sparsity up to 0.1 below CSR's break-even), timing both on
 /// `min(tokens, 4096)` tokens (the best of three runs each; the products whose times do
-/// not depend on where the weights sit, dense, N:M, int8, and CSR or sliced ELLPACK for weights whose
-/// rows all keep the same count, three times for the first layer of a shape and kind and
-/// once for each further one, the fastest of all kept); a format that can hold the
-/// weights in bf16 or f16, dense included, is timed that way and in f32, and runs the
-/// faster. An int8 layer is set to the faster of its integer products and the f32 GEMM
+/// not depend on where the weights sit, dense, N:M, int8, and CSR or sliced ELLPACK for
+/// weights whose rows all keep the same count, three times for the first layer of a
+/// shape and kind and once for each further one, the fastest of all kept); a format that
+/// can hold the weights in bf16 or f16, dense included, is timed that way and in f32, and
+/// runs the faster. An int8 layer is set to the faster of its integer products and the f32 GEMM
 /// on its dequantized weights. A layer's query, key and value projections proposed the
 /// same N:M or CSR format are then timed as the one product they run as, stacked, against
 /// their one dense product, and all three take the faster.
