@@ -319,14 +319,14 @@ impl TimingInputs {
 /// values), and CSR and sliced ELLPACK for weights whose rows all keep the same count
 /// (a prune that compares weights within each row, as Wanda's, leaves them so; the
 /// positions then change only which inputs a row reads). Block and compacted formats,
-/// whose size follows where the zeros sit, are timed layer by layer. Every layer of such a kind runs
-/// the same product, so its time belongs to the kind: the kind's first layer takes three
-/// runs and each later one a single run, which updates the kind's fastest. That keeps a
-/// moment of noise from deciding a layer, and weighs the two sides alike (a dense time
-/// that is the fastest of many runs against a format's best of three would favour
-/// dense), while planning a model whose layers share a few shapes costs a third of its
-/// products. Sparse layers whose rows keep different counts, whose time follows their
-/// own zeros, take the best of three runs, layer by layer.
+/// whose size follows where the zeros sit, are timed layer by layer. Every layer of such
+/// a kind runs the same product, so its time belongs to the kind: the kind's first layer
+/// takes three runs and each later one a single run, which updates the kind's fastest.
+/// That keeps a moment of noise from deciding a layer, and weighs the two sides alike
+/// (a dense time that is the fastest of many runs against a format's best of three would
+/// favour dense), while planning a model whose layers share a few shapes costs a third
+/// of its products. Sparse layers whose rows keep different counts, whose time follows
+/// their own zeros, take the best of three runs, layer by layer.
 #[derive(Default)]
 struct ShapeTimes {
     fastest: Vec<(ProductKind, f64)>,
