@@ -132,6 +132,13 @@ impl KernelPath {
     }
 }
 
+/// Every path, each resolved to what runs it on this CPU: for tests that hold on all.
+#[cfg(test)]
+pub(crate) fn all_paths() -> [KernelPath; 4] {
+    [KernelPath::Portable, KernelPath::Avx2, KernelPath::Avx512, KernelPath::Neon]
+        .map(KernelPath::resolve)
+}
+
 /// The kernel path in use: `SHEARS_KERNEL` if set and valid, else the best the CPU has.
 pub fn kernel_path() -> KernelPath {
     static PATH: OnceLock<KernelPath> = OnceLock::new();

@@ -1088,10 +1088,8 @@ mod tests {
     /// a first row inside the columns.
     #[test]
     fn f32_copies_match_the_element_formulas_on_every_path() {
-        let paths = [KernelPath::Portable, KernelPath::Avx2, KernelPath::Avx512, KernelPath::Neon]
-            .map(KernelPath::resolve);
         let value = |i: usize, j: usize| ((i * 131 + j * 17) % 1000) as f32 * 0.37 - 50.0;
-        for path in paths {
+        for path in crate::kernels::all_paths() {
             for (n, first_row, height, w) in [
                 (8, 0, 8, 8),
                 (40, 3, 33, 17),

@@ -525,7 +525,7 @@ pub(crate) fn bsr_spmv<T: Scalar, V: Stored<T>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::KernelPath;
+    use crate::kernels::{KernelPath, all_paths};
 
     fn fixture() -> (Vec<usize>, Vec<u16>, Vec<f32>, Vec<f32>) {
         // 5 rows of lengths 0, 1, 8, 13, 20 over 37 columns.
@@ -590,11 +590,6 @@ mod tests {
 
     fn bits<T: Scalar>(v: &[T]) -> Vec<u64> {
         v.iter().map(|x| x.as_f64().to_bits()).collect()
-    }
-
-    fn all_paths() -> [KernelPath; 4] {
-        [KernelPath::Portable, KernelPath::Avx2, KernelPath::Avx512, KernelPath::Neon]
-            .map(KernelPath::resolve)
     }
 
     /// The gathering copies of the CSR row kernel give the portable copy's bits, for both
