@@ -4,7 +4,7 @@
 //! a timed product says it beats the dense GEMM at that token count. A sparse format
 //! that is slower is never used.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nalgebra::DMatrix;
 use serde::Serialize;
@@ -54,14 +54,15 @@ pub struct FormatChoice {
     pub proposed: String,
     /// The dense product's time, in seconds, at the timing token count (f32, an int8
     /// layer's weights dequantized; the faster of their own type and f32 for bf16 or
-    /// f16 weights): the fastest timed so far for a layer of this shape. For query, key
-    /// and value projections proposed one N:M or CSR format, which run as one product
-    /// and are planned as one, the time of that one dense product, as for
-    /// `proposed_seconds`.
+    /// f16 weights): the fastest of all the layers of this shape (for an int8 layer, of
+    /// those up to it). For query, key and value projections proposed one N:M or CSR
+    /// format, which run as one product and are planned as one, the time of that one
+    /// dense product, as for `proposed_seconds`.
     pub dense_seconds: f64,
-    /// The proposed format's time, if one was timed: for N:M, int8 and weights whose rows
-    /// all keep the same count, the fastest timed so far for a layer of this shape and
-    /// kind, as for dense; for projections planned as one, their one product's.
+    /// The proposed format's time, if one was timed: for N:M and for weights whose rows
+    /// all keep the same count, the fastest of all the layers of this shape and kind, as
+    /// for dense (for int8, of those up to it); for projections planned as one, their
+    /// one product's, the fastest of all the layers'.
     pub proposed_seconds: Option<f64>,
     /// The format the layer now runs in.
     pub chosen: String,
@@ -70,16 +71,18 @@ pub struct FormatChoice {
 /// Sets every linear layer of `model` to the fastest of dense and the format
 /// `choose_format` proposes for its zeros at `tokens` tokens per product (or, where that
 /// is dense, the N:M pattern its zeros follow, 2:4 or 4:8, if any, else CSR for a
-/// sparsity up to 0.1 below CSR's break-even), timing both on
-/// `min(tokens, 4096)` tokens (the best of three runs each; the products whose times do
-/// not depend on where the weights sit, dense, N:M, int8, and CSR or sliced ELLPACK for
-/// weights whose rows all keep the same count, three times for the first layer of a
-/// shape and kind and once for each further one, the fastest of all kept); a format that
-/// can hold the weights in bf16 or f16, dense included, is timed that way and in f32, and
-/// runs the faster. An int8 layer is set to the faster of its integer products and the f32 GEMM
-/// on its dequantized weights. A layer's query, key and value projections proposed the
-/// same N:M or CSR format are then timed as the one product they run as, stacked, against
-/// their one dense product, and all three take the faster.
+/// sparsity up to 0.1 below CSR's break-even), timing both on `min(tokens, 4096)` tokens;
+/// a format that can hold the weights in bf16 or f16, dense included, is timed that way
+/// and in f32, and runs the faster. Each timing is the best of three runs, and of more
+/// while they take under a few milliseconds. The products whose times do not depend on
+/// where the weights sit (dense, N:M, int8, and CSR or sliced ELLPACK for weights whose
+/// rows all keep the same count) are timed three times for the first layer of a shape
+/// and kind and at least once for each further one, and every layer of a kind is decided
+/// on the fastest of all its runs, once all are timed. An int8 layer is set to the
+/// faster of its integer products and the f32 GEMM on its dequantized weights. A
+/// layer's query, key and value projections proposed the same N:M or CSR format are
+/// then timed as the one product they run as, stacked, against their one dense product,
+/// and all three take the faster, whatever each gave alone.
 ///
 /// # Errors
 /// A format that cannot be built from the weights.
@@ -89,105 +92,139 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
     let mut inputs = TimingInputs { tokens: timing, by_width: Vec::new() };
     let mut times = ShapeTimes::default();
     let mut choices = Vec::new();
+    let mut plans = Vec::new();
     for layer in model.layers_mut() {
-        let first = choices.len();
-        // Per linear layer, what it was timed in, where it is not int8.
-        let mut timed = Vec::with_capacity(6);
         for (_, linear) in layer.linears_mut() {
             let x = inputs.for_layer(linear);
-            if let Some(int8) = linear.int8().cloned() {
-                // Int8 layers keep their integer products where those are faster than
-                // the f32 GEMM on their dequantized weights.
-                let (rows, cols) = linear.shape();
-                let zeros = int8.values().iter().filter(|&&v| v == 0).count();
-                let int8_seconds = times.time(linear, x, None)?;
-                linear.dequantize();
-                let dense_seconds = times.time(linear, x, None)?;
-                let chosen = if int8_seconds < dense_seconds {
-                    linear.set_int8(int8)?;
-                    INT8
-                } else {
-                    "dense"
-                };
-                choices.push(FormatChoice {
-                    name: linear.name().to_owned(),
-                    sparsity: zeros as f64 / (rows * cols).max(1) as f64,
-                    proposed: INT8.to_owned(),
-                    dense_seconds,
-                    proposed_seconds: Some(int8_seconds),
-                    chosen: chosen.to_owned(),
-                });
-                timed.push(None);
-                continue;
-            }
-            let weights = linear.dense_weights();
-            let (rows, cols) = weights.shape();
-            let mask = Mask::from_fn(rows, cols, |r, c| weights[(r, c)] != 0.0)?;
-            let sparsity = mask.sparsity().get();
-            let row_length = uniform_row_length(&mask);
-            let proposed = match choose_format(&mask, tokens) {
-                Format::Dense => nm_pattern_of(&mask)
-                    .map(Format::Nm)
-                    .or_else(|| sparse_near_break_even(&mask, tokens, &near_break_even))
-                    .unwrap_or(Format::Dense),
-                other => other,
-            };
-            linear.set_format(Format::Dense)?;
-            let mut dense_seconds = times.time(linear, x, row_length)?;
-            // Dense half-precision weights (a bf16 or f16 checkpoint's) widen a band of
-            // rows per product: kept only where they beat the same weights in f32.
-            let mut dense_half = linear.value_type() != "f32";
-            if dense_half {
-                linear.set_f32_format(Format::Dense)?;
-                let f32_seconds = times.time(linear, x, row_length)?;
-                if f32_seconds < dense_seconds {
-                    (dense_seconds, dense_half) = (f32_seconds, false);
-                } else {
-                    linear.set_format(Format::Dense)?;
-                }
-            }
-            let mut choice = FormatChoice {
-                name: linear.name().to_owned(),
-                sparsity,
-                proposed: proposed.to_string(),
-                dense_seconds,
-                proposed_seconds: None,
-                chosen: Format::Dense.to_string(),
-            };
-            if proposed != Format::Dense {
-                linear.set_format(proposed)?;
-                let mut seconds = times.time(linear, x, row_length)?;
-                let values = linear.value_type();
-                if values != "f32" {
-                    // Half-precision values (a bf16 or f16 checkpoint's) are named, and
-                    // kept only where they beat the same format in f32.
-                    choice.proposed = format!("{proposed} {values}");
-                    linear.set_f32_format(proposed)?;
-                    let f32_seconds = times.time(linear, x, row_length)?;
-                    if f32_seconds < seconds {
-                        (seconds, choice.proposed) = (f32_seconds, proposed.to_string());
-                    } else {
-                        linear.set_format(proposed)?;
-                    }
-                }
-                choice.proposed_seconds = Some(seconds);
-                if seconds < dense_seconds {
-                    choice.chosen = choice.proposed.clone();
-                } else if dense_half {
-                    linear.set_format(Format::Dense)?;
-                } else {
-                    linear.set_f32_format(Format::Dense)?;
-                }
-            }
-            let half = choice.proposed != proposed.to_string();
-            timed.push(Some(Timed { proposed, half, dense_half }));
+            let (choice, plan) = time_linear(linear, x, tokens, &near_break_even, &mut times)?;
             choices.push(choice);
+            plans.push(plan);
         }
-        let projections = &mut choices[first..first + 3];
+    }
+    // Every layer of a kind has now added its runs to the kind's fastest time: a layer
+    // whose two sides are such kinds is decided on those, as every other of its kinds.
+    let linears = model.layers_mut().iter_mut().flat_map(|layer| layer.linears_mut());
+    for (((_, linear), choice), plan) in linears.zip(&mut choices).zip(&plans) {
+        if let Some(plan) = plan {
+            plan.settle(linear, choice, &times)?;
+        }
+    }
+    let mut together = Vec::with_capacity(model.layers().len());
+    for (layer, plans) in model.layers_mut().iter_mut().zip(plans.chunks(6)) {
         let x = inputs.for_layer(&layer.query);
-        plan_projections_together(layer, &timed[..3], projections, x)?;
+        together.push(time_projections_together(layer, &plans[..3], x, &mut times)?);
+    }
+    let layers = model.layers_mut().iter_mut().zip(choices.chunks_mut(6));
+    for ((layer, choices), together) in layers.zip(together) {
+        if let Some(together) = together {
+            together.settle(layer, &mut choices[..3], &times)?;
+        }
     }
     Ok(choices)
+}
+
+/// Times `linear` dense and in the format proposed for its zeros at `tokens` tokens on
+/// `x`, leaves it in the faster, and returns its choice and, unless it is int8, what
+/// deciding it again on its kinds' fastest times takes.
+fn time_linear(
+    linear: &mut Linear,
+    x: &DMatrix<f32>,
+    tokens: usize,
+    near_break_even: &Crossovers,
+    times: &mut ShapeTimes,
+) -> Result<(FormatChoice, Option<Plan>)> {
+    if let Some(int8) = linear.int8().cloned() {
+        // Int8 layers keep their integer products where those are faster than the f32
+        // GEMM on their dequantized weights.
+        let (rows, cols) = linear.shape();
+        let zeros = int8.values().iter().filter(|&&v| v == 0).count();
+        let int8_seconds = times.time(linear, x, None)?;
+        linear.dequantize();
+        let dense_seconds = times.time(linear, x, None)?;
+        let chosen = if int8_seconds < dense_seconds {
+            linear.set_int8(int8)?;
+            INT8
+        } else {
+            "dense"
+        };
+        let choice = FormatChoice {
+            name: linear.name().to_owned(),
+            sparsity: zeros as f64 / (rows * cols).max(1) as f64,
+            proposed: INT8.to_owned(),
+            dense_seconds,
+            proposed_seconds: Some(int8_seconds),
+            chosen: chosen.to_owned(),
+        };
+        return Ok((choice, None));
+    }
+    let weights = linear.dense_weights();
+    let (rows, cols) = weights.shape();
+    let mask = Mask::from_fn(rows, cols, |r, c| weights[(r, c)] != 0.0)?;
+    let sparsity = mask.sparsity().get();
+    let row_length = uniform_row_length(&mask);
+    let proposed = match choose_format(&mask, tokens) {
+        Format::Dense => nm_pattern_of(&mask)
+            .map(Format::Nm)
+            .or_else(|| sparse_near_break_even(&mask, tokens, near_break_even))
+            .unwrap_or(Format::Dense),
+        other => other,
+    };
+    linear.set_format(Format::Dense)?;
+    let mut dense_seconds = times.time(linear, x, row_length)?;
+    let mut dense_kind = ShapeTimes::kind(linear, row_length);
+    // Dense half-precision weights (a bf16 or f16 checkpoint's) widen a band of rows per
+    // product: kept only where they beat the same weights in f32.
+    let mut dense_half = linear.value_type() != "f32";
+    if dense_half {
+        linear.set_f32_format(Format::Dense)?;
+        let f32_seconds = times.time(linear, x, row_length)?;
+        if f32_seconds < dense_seconds {
+            (dense_seconds, dense_half) = (f32_seconds, false);
+            dense_kind = ShapeTimes::kind(linear, row_length);
+        } else {
+            linear.set_format(Format::Dense)?;
+        }
+    }
+    let mut choice = FormatChoice {
+        name: linear.name().to_owned(),
+        sparsity,
+        proposed: proposed.to_string(),
+        dense_seconds,
+        proposed_seconds: None,
+        chosen: Format::Dense.to_string(),
+    };
+    let mut proposed_kind = None;
+    if proposed != Format::Dense {
+        linear.set_format(proposed)?;
+        let mut seconds = times.time(linear, x, row_length)?;
+        proposed_kind = ShapeTimes::kind(linear, row_length);
+        let values = linear.value_type();
+        if values != "f32" {
+            // Half-precision values (a bf16 or f16 checkpoint's) are named, and kept
+            // only where they beat the same format in f32.
+            choice.proposed = format!("{proposed} {values}");
+            linear.set_f32_format(proposed)?;
+            let f32_seconds = times.time(linear, x, row_length)?;
+            if f32_seconds < seconds {
+                (seconds, choice.proposed) = (f32_seconds, proposed.to_string());
+                proposed_kind = ShapeTimes::kind(linear, row_length);
+            } else {
+                linear.set_format(proposed)?;
+            }
+        }
+        choice.proposed_seconds = Some(seconds);
+        if seconds < dense_seconds {
+            choice.chosen = choice.proposed.clone();
+        } else if dense_half {
+            linear.set_format(Format::Dense)?;
+        } else {
+            linear.set_f32_format(Format::Dense)?;
+        }
+    }
+    let half = choice.proposed != proposed.to_string();
+    let timed = Timed { proposed, half, dense_half };
+    let plan = Plan { timed, dense: dense_kind, proposed: proposed_kind, row_length };
+    Ok((choice, Some(plan)))
 }
 
 /// What a layer was timed in: the format proposed for it (with half-precision values if
@@ -209,58 +246,134 @@ impl Timed {
     }
 }
 
+/// How a (not int8) layer was timed: in what, the kinds of its two sides' products
+/// (`None` for a side timed on its own, or a dense proposal), and the count every row of
+/// its weights keeps, if they all keep the same.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    timed: Timed,
+    dense: Option<ProductKind>,
+    proposed: Option<ProductKind>,
+    row_length: Option<usize>,
+}
+
+impl Plan {
+    /// Decides `linear` again on its two kinds' fastest times, if both sides are kinds,
+    /// and sets it and its choice accordingly.
+    fn settle(
+        &self,
+        linear: &mut Linear,
+        choice: &mut FormatChoice,
+        times: &ShapeTimes,
+    ) -> Result<()> {
+        let (Some(dense), Some(proposed)) =
+            (times.fastest(self.dense), times.fastest(self.proposed))
+        else {
+            return Ok(());
+        };
+        let sparse = proposed < dense;
+        if sparse != (choice.chosen != Format::Dense.to_string()) {
+            self.timed.apply(linear, sparse)?;
+        }
+        choice.dense_seconds = dense;
+        choice.proposed_seconds = Some(proposed);
+        choice.chosen = if sparse { choice.proposed.clone() } else { Format::Dense.to_string() };
+        Ok(())
+    }
+}
+
+/// A layer's query, key and value projections timed as one product each way: each
+/// side's kind (`None` for one timed on its own) and time.
+#[derive(Debug, Clone, Copy)]
+struct Together {
+    plans: [Plan; 3],
+    sparse: (Option<ProductKind>, f64),
+    dense: (Option<ProductKind>, f64),
+}
+
+/// The three projections, each set to its proposed format (`sparse`) or dense as
+/// `plans` timed it, on copies of `layer`'s.
+fn projection_copies(layer: &EncoderLayer, plans: &[Plan; 3], sparse: bool) -> Result<[Linear; 3]> {
+    let mut copies = [layer.query.clone(), layer.key.clone(), layer.value.clone()];
+    for (linear, plan) in copies.iter_mut().zip(plans) {
+        plan.timed.apply(linear, sparse)?;
+    }
+    Ok(copies)
+}
+
 /// The query, key and value projections run as one product when they are dense, and
 /// when they share a sparse format that stacks ([`crate::linear::stacked`]): where all
-/// three were proposed the same N:M or CSR format, they are timed as that one product
-/// against the one dense product (alternately, the best of three runs each), and all
-/// three take the faster, whatever each gave alone; their choices then carry the stacked
-/// products' times.
-fn plan_projections_together(
-    layer: &mut EncoderLayer,
-    timed: &[Option<Timed>],
-    choices: &mut [FormatChoice],
+/// three were proposed the same N:M or CSR format, times them as that one product and as
+/// their one dense product (on copies: the layers do not change), for
+/// [`Together::settle`] to decide once every layer's are timed; `None` where they were
+/// not, or where they cannot stack.
+fn time_projections_together(
+    layer: &EncoderLayer,
+    plans: &[Option<Plan>],
     x: &DMatrix<f32>,
-) -> Result<()> {
-    let Some(Some(first)) = timed.first().copied() else { return Ok(()) };
-    let same =
-        |t: &Option<Timed>| t.is_some_and(|t| (t.proposed, t.half) == (first.proposed, first.half));
-    let stackable = matches!(first.proposed, Format::Nm(_) | Format::Csr);
-    if !stackable || !timed.iter().all(same) || choices.len() != 3 {
-        return Ok(());
-    }
-    // Both sides are built and timed on copies: the layers change only at the end,
-    // and an error leaves them as their own choices say.
-    let copies = |sparse: bool| -> Result<[Linear; 3]> {
-        let mut copies = [layer.query.clone(), layer.key.clone(), layer.value.clone()];
-        for (linear, t) in copies.iter_mut().zip(timed) {
-            t.unwrap_or(first).apply(linear, sparse)?;
-        }
-        Ok(copies)
+    times: &mut ShapeTimes,
+) -> Result<Option<Together>> {
+    let Ok([Some(first), Some(second), Some(third)]) = <[Option<Plan>; 3]>::try_from(plans) else {
+        return Ok(None);
     };
-    let (sparse_layers, dense_layers) = (copies(true)?, copies(false)?);
+    let plans = [first, second, third];
+    let timed = |p: &Plan| (p.timed.proposed, p.timed.half);
+    let stackable = matches!(first.timed.proposed, Format::Nm(_) | Format::Csr);
+    if !stackable || plans.iter().any(|p| timed(p) != timed(&first)) {
+        return Ok(None);
+    }
+    let (sparse_layers, dense_layers) =
+        (projection_copies(layer, &plans, true)?, projection_copies(layer, &plans, false)?);
     let Some(sparse) = stacked(&[&sparse_layers[0], &sparse_layers[1], &sparse_layers[2]])? else {
         // Half-precision values of different types: each keeps its own choice.
-        return Ok(());
+        return Ok(None);
     };
     let dense = [&dense_layers[0], &dense_layers[1], &dense_layers[2]];
-    let (mut sparse_seconds, mut dense_seconds) = (f64::INFINITY, f64::INFINITY);
-    for _ in 0..TIMED_RUNS {
-        sparse_seconds = sparse_seconds.min(best_of(1, || sparse.forward(x).map(drop))?);
-        let run_dense = || match stacked_forward(&dense, x) {
-            Some(y) => y.map(drop),
-            None => Err(Error::Argument("internal error: dense projections".into())),
-        };
-        dense_seconds = dense_seconds.min(best_of(1, run_dense)?);
+    let same_rows = plans.iter().all(|p| p.row_length == first.row_length);
+    let row_length = if same_rows { first.row_length } else { None };
+    let sparse_kind = ShapeTimes::kind(&sparse, row_length).map(ProductKind::stacked);
+    let sparse_seconds = times.time_kind(sparse_kind, || sparse.forward(x).map(drop))?;
+    let values = dense_layers[0].value_type();
+    let dense_kind = dense_layers.iter().all(|l| l.value_type() == values).then(|| {
+        let (rows, cols) = sparse.shape();
+        ProductKind { rows, cols, format: Format::Dense, values, kept: 0, stacked: true }
+    });
+    let run_dense = || match stacked_forward(&dense, x) {
+        Some(y) => y.map(drop),
+        None => Err(Error::Argument("internal error: dense projections".into())),
+    };
+    let dense_seconds = times.time_kind(dense_kind, run_dense)?;
+    Ok(Some(Together {
+        plans,
+        sparse: (sparse_kind, sparse_seconds),
+        dense: (dense_kind, dense_seconds),
+    }))
+}
+
+impl Together {
+    /// Sets the three projections all to their stacked product's format or all to
+    /// dense, whichever's kind ran faster, and their choices (`choices`, in order) to the
+    /// stacked products' times.
+    fn settle(
+        &self,
+        layer: &mut EncoderLayer,
+        choices: &mut [FormatChoice],
+        times: &ShapeTimes,
+    ) -> Result<()> {
+        let fastest = |(kind, own): (Option<ProductKind>, f64)| times.fastest(kind).unwrap_or(own);
+        let (sparse_seconds, dense_seconds) = (fastest(self.sparse), fastest(self.dense));
+        let sparse_wins = sparse_seconds < dense_seconds;
+        // Built on copies: an error leaves the layers as their own choices say.
+        let [query, key, value] = projection_copies(layer, &self.plans, sparse_wins)?;
+        (layer.query, layer.key, layer.value) = (query, key, value);
+        for choice in choices.iter_mut() {
+            choice.dense_seconds = dense_seconds;
+            choice.proposed_seconds = Some(sparse_seconds);
+            choice.chosen =
+                if sparse_wins { choice.proposed.clone() } else { Format::Dense.to_string() };
+        }
+        Ok(())
     }
-    let sparse_wins = sparse_seconds < dense_seconds;
-    [layer.query, layer.key, layer.value] = if sparse_wins { sparse_layers } else { dense_layers };
-    for choice in choices.iter_mut() {
-        choice.dense_seconds = dense_seconds;
-        choice.proposed_seconds = Some(sparse_seconds);
-        choice.chosen =
-            if sparse_wins { choice.proposed.clone() } else { Format::Dense.to_string() };
-    }
-    Ok(())
 }
 
 /// The 2:4 or 4:8 pattern `mask` follows, if it follows one. `choose_format` proposes
@@ -321,20 +434,36 @@ impl TimingInputs {
 /// positions then change only which inputs a row reads). Block and compacted formats,
 /// whose size follows where the zeros sit, are timed layer by layer. Every layer of such
 /// a kind runs the same product, so its time belongs to the kind: the kind's first layer
-/// takes three runs and each later one a single run, which updates the kind's fastest.
-/// That keeps a moment of noise from deciding a layer, and weighs the two sides alike
-/// (a dense time that is the fastest of many runs against a format's best of three would
-/// favour dense), while planning a model whose layers share a few shapes costs a third
-/// of its products. Sparse layers whose rows keep different counts, whose time follows
-/// their own zeros, take the best of three runs, layer by layer.
+/// takes three runs and each later one a single run (more for short products), which
+/// updates the kind's fastest. That keeps a moment of noise from deciding a layer, and
+/// weighs the two sides alike (a dense time that is the fastest of many runs against a
+/// format's best of three would favour dense), while planning a model whose layers
+/// share a few shapes costs a third of its products. Sparse layers whose rows keep
+/// different counts, whose time follows their own zeros, take their own best runs.
 #[derive(Default)]
 struct ShapeTimes {
     fastest: Vec<(ProductKind, f64)>,
 }
 
 /// What a product's time depends on: the weight's rows and columns, its format, its
-/// value type, and for CSR and sliced ELLPACK, the count every row keeps.
-type ProductKind = (usize, usize, Format, &'static str, usize);
+/// value type, for CSR and sliced ELLPACK the count every row keeps (else 0), and
+/// whether it is a stack of layers run as one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct ProductKind {
+    rows: usize,
+    cols: usize,
+    format: Format,
+    values: &'static str,
+    kept: usize,
+    stacked: bool,
+}
+
+impl ProductKind {
+    /// The same product, of stacked layers.
+    fn stacked(self) -> Self {
+        Self { stacked: true, ..self }
+    }
+}
 
 /// The count of kept weights every row of `mask` has, if they all have the same.
 fn uniform_row_length(mask: &Mask) -> Option<usize> {
@@ -344,27 +473,44 @@ fn uniform_row_length(mask: &Mask) -> Option<usize> {
 }
 
 impl ShapeTimes {
+    /// The kind of `linear`'s product in its present format, if its time is one of a
+    /// kind (see [`ShapeTimes`]; `row_length` is the count every row of its weights
+    /// keeps, if they all keep the same).
+    fn kind(linear: &Linear, row_length: Option<usize>) -> Option<ProductKind> {
+        let format = linear.format();
+        let kept = match (format, row_length) {
+            (Format::Dense | Format::Nm(_), _) => 0,
+            (Format::Csr | Format::SlicedEll, Some(kept)) => kept,
+            _ => return None,
+        };
+        let (rows, cols) = linear.shape();
+        Some(ProductKind { rows, cols, format, values: linear.value_type(), kept, stacked: false })
+    }
+
     /// Times `linear` in its present format on `x`, and returns the fastest product of
-    /// its kind so far (see [`ShapeTimes`]; `row_length` is the count every row of its
-    /// weights keeps, if they all keep the same), or the best of its own three runs, in
-    /// seconds.
+    /// its kind so far, or its own best run, in seconds (see [`ShapeTimes::time_kind`]).
     fn time(
         &mut self,
         linear: &Linear,
         x: &DMatrix<f32>,
         row_length: Option<usize>,
     ) -> Result<f64> {
-        let format = linear.format();
-        let kept = match (format, row_length) {
-            (Format::Dense | Format::Nm(_), _) => 0,
-            (Format::Csr | Format::SlicedEll, Some(kept)) => kept,
-            _ => return best_of(TIMED_RUNS, || linear.forward(x).map(drop)),
-        };
-        let (rows, cols) = linear.shape();
-        let key = (rows, cols, format, linear.value_type(), kept);
-        let known = self.fastest.iter().position(|(k, _)| *k == key);
+        self.time_kind(Self::kind(linear, row_length), || linear.forward(x).map(drop))
+    }
+
+    /// Times `product`, of `kind`, and returns the fastest product of that kind so far
+    /// (a kind's first timing takes three runs, later ones one, and more while they take
+    /// under a few milliseconds), or for no kind the best of its own three or more runs,
+    /// in seconds.
+    fn time_kind(
+        &mut self,
+        kind: Option<ProductKind>,
+        product: impl FnMut() -> Result<()>,
+    ) -> Result<f64> {
+        let Some(kind) = kind else { return best_of(TIMED_RUNS, product) };
+        let known = self.fastest.iter().position(|(k, _)| *k == kind);
         let runs = if known.is_some() { 1 } else { TIMED_RUNS };
-        let seconds = best_of(runs, || linear.forward(x).map(drop))?;
+        let seconds = best_of(runs, product)?;
         Ok(match known {
             Some(i) => {
                 let fastest = &mut self.fastest[i].1;
@@ -372,25 +518,49 @@ impl ShapeTimes {
                 *fastest
             }
             None => {
-                self.fastest.push((key, seconds));
+                self.fastest.push((kind, seconds));
                 seconds
             }
         })
     }
+
+    /// The fastest product of `kind` timed so far, if any.
+    fn fastest(&self, kind: Option<ProductKind>) -> Option<f64> {
+        let kind = kind?;
+        self.fastest.iter().find(|(k, _)| *k == kind).map(|&(_, seconds)| seconds)
+    }
 }
 
-/// Runs a layer's format is timed over; the fastest counts.
+/// Runs a layer's format is timed over at the least; the fastest counts.
 const TIMED_RUNS: usize = 3;
 
-/// The least of `runs` timed runs of `f`, in seconds.
+/// Wall time after which a timing takes no further runs once it has taken its least.
+/// Short products (a fraction of a millisecond at one sentence) vary by tens of percent
+/// from run to run, as the second thread wakes or not, so a few runs of each side can
+/// put either ahead; their best of a few dozen runs settles it, for a few milliseconds.
+const TIMING_BUDGET: Duration = Duration::from_millis(4);
+
+/// The most runs any one timing takes.
+const MAX_TIMED_RUNS: usize = 64;
+
+/// The least of the runs of `f`, in seconds: `runs` of them, and more while they have
+/// taken less than [`TIMING_BUDGET`] (up to [`MAX_TIMED_RUNS`]).
 fn best_of(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     let mut best = f64::INFINITY;
-    for _ in 0..runs {
-        let start = Instant::now();
-        f()?;
-        best = best.min(start.elapsed().as_secs_f64());
+    let start = Instant::now();
+    let mut taken = 0;
+    while taken < runs || (start.elapsed() < TIMING_BUDGET && taken < MAX_TIMED_RUNS) {
+        best = best.min(once(&mut f)?);
+        taken += 1;
     }
     Ok(best)
+}
+
+/// One timed run of `f`, in seconds.
+fn once(f: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let start = Instant::now();
+    f()?;
+    Ok(start.elapsed().as_secs_f64())
 }
 
 #[cfg(test)]
@@ -434,7 +604,14 @@ mod tests {
         nm.set_f32_format(Format::Csr).unwrap();
         times.time(&nm, inputs.for_layer(&nm), None).unwrap();
         times.time(&nm, inputs.for_layer(&nm), uniform_row_length(&mask)).unwrap();
-        let keys: Vec<_> = times.fastest.iter().map(|(k, _)| *k).collect();
+        let keys: Vec<_> = times
+            .fastest
+            .iter()
+            .map(|(k, _)| {
+                assert!(!k.stacked);
+                (k.rows, k.cols, k.format, k.values, k.kept)
+            })
+            .collect();
         let (dense, csr) = (Format::Dense, Format::Csr);
         assert_eq!(
             keys,
@@ -446,6 +623,10 @@ mod tests {
                 (16, 8, csr, "f32", 4),
             ]
         );
+        let (first_kind, first_seconds) = times.fastest[0];
+        assert_eq!(times.fastest(Some(first_kind)), Some(first_seconds));
+        assert_eq!(times.fastest(Some(first_kind.stacked())), None);
+        assert_eq!(times.fastest(None), None);
         let ragged = Mask::from_fn(3, 4, |r, c| c <= r).unwrap();
         assert_eq!(uniform_row_length(&ragged), None);
         assert_eq!(uniform_row_length(&Mask::all_kept(0, 4).unwrap()), None);

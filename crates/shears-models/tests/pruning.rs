@@ -310,13 +310,20 @@ fn two_four_layers_are_timed_in_n_m_at_any_token_count() {
         }
         // The query, key and value projections, which run as one product, are timed and
         // chosen as one.
+        let times = |c: &shears_models::FormatChoice| {
+            (c.chosen.clone(), c.dense_seconds, c.proposed_seconds)
+        };
         for layer in choices.chunks(6) {
-            let times = |c: &shears_models::FormatChoice| {
-                (c.chosen.clone(), c.dense_seconds, c.proposed_seconds)
-            };
             assert!(layer[0].name.contains("query") && layer[2].name.contains("value"));
             assert_eq!(times(&layer[0]), times(&layer[1]), "{}", layer[0].name);
             assert_eq!(times(&layer[0]), times(&layer[2]), "{}", layer[0].name);
+        }
+        // Every encoder layer has the same shapes, and N:M products of one shape are one
+        // kind: each is decided on the fastest runs of its kind, over all the layers.
+        for layer in choices.chunks(6).skip(1) {
+            for (first, c) in choices.iter().zip(layer) {
+                assert_eq!(times(c), times(first), "{} at {tokens} tokens", c.name);
+            }
         }
         for (c, linear) in choices.iter().zip(sparse.model.linears()) {
             assert_eq!(linear.format().to_string(), c.chosen, "{}", c.name);
