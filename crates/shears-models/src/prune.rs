@@ -167,7 +167,11 @@ pub fn prune_model(
             model.layers_mut()[l].linears_mut()[k].1.set_dense(new_weights)?;
             pruned.push(PrunedLinear { name, mask });
         }
-        if let Some(input) = x.take() {
+        // The next layer's inputs come from this one as pruned; the last one's outputs
+        // feed nothing.
+        if let Some(input) = x.take()
+            && l + 1 < layers
+        {
             x = Some(run_layer(model, l, &input, &calibration.lengths)?);
         }
     }
