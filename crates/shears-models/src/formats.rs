@@ -20,7 +20,8 @@ use crate::linear::{Linear, stacked, stacked_forward};
 /// speed changes with the token count (how many panels of `X` a product walks, how much
 /// of the weights and inputs stays in cache), so a layer timed on fewer tokens than it
 /// runs on can pick a format that loses in the model. The cap bounds planning (three
-/// runs of each candidate per layer) for larger batches.
+/// runs of each candidate for the first layer of a kind of product, one for each later
+/// one) for larger batches.
 pub const TIMING_TOKENS: usize = 4096;
 
 /// How far below `choose_format`'s CSR break-even a layer's sparsity may fall and CSR
@@ -54,8 +55,9 @@ pub struct FormatChoice {
     pub proposed: String,
     /// The dense product's time, in seconds, at the timing token count (f32, an int8
     /// layer's weights dequantized; the faster of their own type and f32 for bf16 or
-    /// f16 weights): the fastest of all the layers of this shape (for an int8 layer, of
-    /// those up to it). For query, key and value projections proposed one N:M or CSR
+    /// f16 weights): the fastest of all the layers of this shape and value type where
+    /// both sides' products are of a kind (see [`choose_formats`]), else of those up to
+    /// this one, or its own. For query, key and value projections proposed one N:M or CSR
     /// format, which run as one product and are planned as one, the time of that one
     /// dense product, as for `proposed_seconds`.
     pub dense_seconds: f64,
@@ -73,13 +75,15 @@ pub struct FormatChoice {
 /// is dense, the N:M pattern its zeros follow, 2:4 or 4:8, if any, else CSR for a
 /// sparsity up to 0.1 below CSR's break-even), timing both on `min(tokens, 4096)` tokens;
 /// a format that can hold the weights in bf16 or f16, dense included, is timed that way
-/// and in f32, and runs the faster. Each timing is the best of three runs, and of more
-/// while they take under a few milliseconds. The products whose times do not depend on
-/// where the weights sit (dense, N:M, int8, and CSR or sliced ELLPACK for weights whose
-/// rows all keep the same count) are timed three times for the first layer of a shape
-/// and kind and at least once for each further one, and every layer of a kind is decided
-/// on the fastest of all its runs, once all are timed. An int8 layer is set to the
-/// faster of its integer products and the f32 GEMM on its dequantized weights. A
+/// and in f32, and runs the faster. Each timing takes more runs while they take under a
+/// few milliseconds. The products whose times do not depend on where the weights sit
+/// (dense, N:M, int8, and CSR or sliced ELLPACK for weights whose rows all keep the same
+/// count) are timed at least three times for the first layer of a shape, format and
+/// value type, and at least once for each further one, and once all are timed every
+/// layer whose sides are all such kinds is decided on the fastest of all their runs, its
+/// value types included; other layers are decided on their own best of three or more
+/// runs against the fastest so far. An int8 layer is set to the faster of its integer
+/// products and the f32 GEMM on its dequantized weights, as timed up to it. A
 /// layer's query, key and value projections proposed the same N:M or CSR format are
 /// then timed as the one product they run as, stacked, against their one dense product,
 /// and all three take the faster, whatever each gave alone.
@@ -104,7 +108,7 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
     // Every layer of a kind has now added its runs to the kind's fastest time: a layer
     // whose two sides are such kinds is decided on those, as every other of its kinds.
     let linears = model.layers_mut().iter_mut().flat_map(|layer| layer.linears_mut());
-    for (((_, linear), choice), plan) in linears.zip(&mut choices).zip(&plans) {
+    for (((_, linear), choice), plan) in linears.zip(&mut choices).zip(&mut plans) {
         if let Some(plan) = plan {
             plan.settle(linear, choice, &times)?;
         }
@@ -171,16 +175,16 @@ fn time_linear(
     };
     linear.set_format(Format::Dense)?;
     let mut dense_seconds = times.time(linear, x, row_length)?;
-    let mut dense_kind = ShapeTimes::kind(linear, row_length);
     // Dense half-precision weights (a bf16 or f16 checkpoint's) widen a band of rows per
     // product: kept only where they beat the same weights in f32.
     let mut dense_half = linear.value_type() != "f32";
+    let mut dense_variants = vec![(dense_half, ShapeTimes::kind(linear, row_length))];
     if dense_half {
         linear.set_f32_format(Format::Dense)?;
         let f32_seconds = times.time(linear, x, row_length)?;
+        dense_variants.push((false, ShapeTimes::kind(linear, row_length)));
         if f32_seconds < dense_seconds {
             (dense_seconds, dense_half) = (f32_seconds, false);
-            dense_kind = ShapeTimes::kind(linear, row_length);
         } else {
             linear.set_format(Format::Dense)?;
         }
@@ -193,21 +197,22 @@ fn time_linear(
         proposed_seconds: None,
         chosen: Format::Dense.to_string(),
     };
-    let mut proposed_kind = None;
+    let (mut proposed_variants, mut half_values) = (Vec::new(), None);
     if proposed != Format::Dense {
         linear.set_format(proposed)?;
         let mut seconds = times.time(linear, x, row_length)?;
-        proposed_kind = ShapeTimes::kind(linear, row_length);
         let values = linear.value_type();
+        proposed_variants.push((values != "f32", ShapeTimes::kind(linear, row_length)));
         if values != "f32" {
             // Half-precision values (a bf16 or f16 checkpoint's) are named, and kept
             // only where they beat the same format in f32.
+            half_values = Some(values);
             choice.proposed = format!("{proposed} {values}");
             linear.set_f32_format(proposed)?;
             let f32_seconds = times.time(linear, x, row_length)?;
+            proposed_variants.push((false, ShapeTimes::kind(linear, row_length)));
             if f32_seconds < seconds {
                 (seconds, choice.proposed) = (f32_seconds, proposed.to_string());
-                proposed_kind = ShapeTimes::kind(linear, row_length);
             } else {
                 linear.set_format(proposed)?;
             }
@@ -222,8 +227,13 @@ fn time_linear(
         }
     }
     let half = choice.proposed != proposed.to_string();
-    let timed = Timed { proposed, half, dense_half };
-    let plan = Plan { timed, dense: dense_kind, proposed: proposed_kind, row_length };
+    let plan = Plan {
+        timed: Timed { proposed, half, dense_half },
+        dense: dense_variants,
+        proposed: proposed_variants,
+        half_values,
+        row_length,
+    };
     Ok((choice, Some(plan)))
 }
 
@@ -246,35 +256,64 @@ impl Timed {
     }
 }
 
-/// How a (not int8) layer was timed: in what, the kinds of its two sides' products
-/// (`None` for a side timed on its own, or a dense proposal), and the count every row of
-/// its weights keeps, if they all keep the same.
-#[derive(Debug, Clone, Copy)]
+/// How a (not int8) layer was timed: in what it runs for now, the value types each side
+/// was timed in (half-precision values or not) with their products' kinds (`None` for
+/// one timed on its own; no proposed side for a dense proposal), the name of the layer's
+/// half-precision value type if it has one, and the count every row of its weights
+/// keeps, if they all keep the same.
+#[derive(Debug, Clone)]
 struct Plan {
     timed: Timed,
-    dense: Option<ProductKind>,
-    proposed: Option<ProductKind>,
+    dense: Vec<(bool, Option<ProductKind>)>,
+    proposed: Vec<(bool, Option<ProductKind>)>,
+    half_values: Option<&'static str>,
     row_length: Option<usize>,
 }
 
+/// The fastest of `variants` (each a value type, half-precision or not, and its kind) by
+/// their kinds' fastest times, the first of equals: its time and whether it is the
+/// half-precision one. `None` if there is none, or one was timed on its own.
+fn fastest_variant(
+    times: &ShapeTimes,
+    variants: &[(bool, Option<ProductKind>)],
+) -> Option<(f64, bool)> {
+    let mut best: Option<(f64, bool)> = None;
+    for &(half, kind) in variants {
+        let seconds = times.fastest(kind)?;
+        if best.is_none_or(|(fastest, _)| seconds < fastest) {
+            best = Some((seconds, half));
+        }
+    }
+    best
+}
+
 impl Plan {
-    /// Decides `linear` again on its two kinds' fastest times, if both sides are kinds,
-    /// and sets it and its choice accordingly.
+    /// Decides `linear` again on its sides' kinds' fastest times, if every variant of
+    /// both sides is a kind: each side in its faster value type, then the faster side;
+    /// sets the layer, its choice and this plan accordingly.
     fn settle(
-        &self,
+        &mut self,
         linear: &mut Linear,
         choice: &mut FormatChoice,
         times: &ShapeTimes,
     ) -> Result<()> {
-        let (Some(dense), Some(proposed)) =
-            (times.fastest(self.dense), times.fastest(self.proposed))
+        let (Some((dense, dense_half)), Some((proposed, half))) =
+            (fastest_variant(times, &self.dense), fastest_variant(times, &self.proposed))
         else {
             return Ok(());
         };
         let sparse = proposed < dense;
-        if sparse != (choice.chosen != Format::Dense.to_string()) {
+        let before = (choice.chosen != Format::Dense.to_string(), self.timed);
+        self.timed = Timed { proposed: self.timed.proposed, half, dense_half };
+        let runs_half = |(sparse, t): (bool, Timed)| if sparse { t.half } else { t.dense_half };
+        if (sparse, runs_half((sparse, self.timed))) != (before.0, runs_half(before)) {
             self.timed.apply(linear, sparse)?;
         }
+        let format = self.timed.proposed;
+        choice.proposed = match self.half_values {
+            Some(values) if half => format!("{format} {values}"),
+            _ => format.to_string(),
+        };
         choice.dense_seconds = dense;
         choice.proposed_seconds = Some(proposed);
         choice.chosen = if sparse { choice.proposed.clone() } else { Format::Dense.to_string() };
@@ -284,7 +323,7 @@ impl Plan {
 
 /// A layer's query, key and value projections timed as one product each way: each
 /// side's kind (`None` for one timed on its own) and time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Together {
     plans: [Plan; 3],
     sparse: (Option<ProductKind>, f64),
@@ -313,13 +352,13 @@ fn time_projections_together(
     x: &DMatrix<f32>,
     times: &mut ShapeTimes,
 ) -> Result<Option<Together>> {
-    let Ok([Some(first), Some(second), Some(third)]) = <[Option<Plan>; 3]>::try_from(plans) else {
+    let [Some(first), Some(second), Some(third)] = plans else {
         return Ok(None);
     };
-    let plans = [first, second, third];
+    let plans = [first.clone(), second.clone(), third.clone()];
     let timed = |p: &Plan| (p.timed.proposed, p.timed.half);
     let stackable = matches!(first.timed.proposed, Format::Nm(_) | Format::Csr);
-    if !stackable || plans.iter().any(|p| timed(p) != timed(&first)) {
+    if !stackable || plans.iter().any(|p| timed(p) != timed(first)) {
         return Ok(None);
     }
     let (sparse_layers, dense_layers) =
@@ -438,8 +477,9 @@ impl TimingInputs {
 /// updates the kind's fastest. That keeps a moment of noise from deciding a layer, and
 /// weighs the two sides alike (a dense time that is the fastest of many runs against a
 /// format's best of three would favour dense), while planning a model whose layers
-/// share a few shapes costs a third of its products. Sparse layers whose rows keep
-/// different counts, whose time follows their own zeros, take their own best runs.
+/// share a few shapes takes few runs of each layer past the first of its shape. Sparse
+/// layers whose rows keep different counts, whose time follows their own zeros, take
+/// their own best runs.
 #[derive(Default)]
 struct ShapeTimes {
     fastest: Vec<(ProductKind, f64)>,
@@ -531,7 +571,8 @@ impl ShapeTimes {
     }
 }
 
-/// Runs a layer's format is timed over at the least; the fastest counts.
+/// Runs a product is timed over at the least where it has no kind, or is the first of
+/// its kind (later ones of a kind take one at the least); the fastest counts.
 const TIMED_RUNS: usize = 3;
 
 /// Wall time after which a timing takes no further runs once it has taken its least.
@@ -633,6 +674,68 @@ mod tests {
         // One input per width, `tokens` columns each.
         let shapes: Vec<_> = inputs.by_width.iter().map(DMatrix::shape).collect();
         assert_eq!(shapes, [(8, 5), (24, 5)]);
+    }
+
+    #[test]
+    fn a_layer_settles_on_its_kinds_fastest_value_type_and_side() {
+        // 2:4 weights exact in bf16, run in bf16 or f32, dense or 2:4.
+        let w = DMatrix::from_fn(16, 8, |r, c| if c % 4 < 2 { (r + c) as f32 + 0.5 } else { 0.0 });
+        let mask = Mask::from_fn(16, 8, |r, c| w[(r, c)] != 0.0).unwrap();
+        let row_length = uniform_row_length(&mask);
+        let mut linear = Linear::new("nm.weight", w, nalgebra::DVector::zeros(16)).unwrap();
+        let two_four = Format::Nm(NmPattern::TWO_FOUR);
+        let mut kind = |format: Format, half: bool| {
+            if half { linear.set_format(format) } else { linear.set_f32_format(format) }.unwrap();
+            assert_eq!(linear.value_type(), if half { "bf16" } else { "f32" });
+            ShapeTimes::kind(&linear, row_length).unwrap()
+        };
+        let (dense_bf16, dense_f32) = (kind(Format::Dense, true), kind(Format::Dense, false));
+        let (nm_bf16, nm_f32) = (kind(two_four, true), kind(two_four, false));
+        // As first timed: dense in f32, against 2:4 in bf16.
+        linear.set_f32_format(Format::Dense).unwrap();
+        let mut plan = Plan {
+            timed: Timed { proposed: two_four, half: true, dense_half: false },
+            dense: vec![(true, Some(dense_bf16)), (false, Some(dense_f32))],
+            proposed: vec![(true, Some(nm_bf16)), (false, Some(nm_f32))],
+            half_values: Some("bf16"),
+            row_length,
+        };
+        let mut choice = FormatChoice {
+            name: "nm.weight".into(),
+            sparsity: 0.5,
+            proposed: "n:m 2:4 bf16".into(),
+            dense_seconds: 1.0,
+            proposed_seconds: Some(2.0),
+            chosen: "dense".into(),
+        };
+        let times = |fastest: [f64; 4]| ShapeTimes {
+            fastest: vec![
+                (dense_bf16, fastest[0]),
+                (dense_f32, fastest[1]),
+                (nm_bf16, fastest[2]),
+                (nm_f32, fastest[3]),
+            ],
+        };
+        let runs = |linear: &Linear| (linear.format(), linear.value_type());
+
+        // All the layers' runs put 2:4 in f32 ahead.
+        plan.settle(&mut linear, &mut choice, &times([3.0, 2.0, 1.5, 1.0])).unwrap();
+        assert_eq!((choice.proposed.as_str(), choice.chosen.as_str()), ("n:m 2:4", "n:m 2:4"));
+        assert_eq!((choice.dense_seconds, choice.proposed_seconds), (2.0, Some(1.0)));
+        assert_eq!(runs(&linear), (two_four, "f32"));
+
+        // Then dense in bf16; equal times keep the first timed, the half-precision one.
+        plan.settle(&mut linear, &mut choice, &times([0.5, 2.0, 1.0, 1.0])).unwrap();
+        assert_eq!((choice.proposed.as_str(), choice.chosen.as_str()), ("n:m 2:4 bf16", "dense"));
+        assert_eq!((choice.dense_seconds, choice.proposed_seconds), (0.5, Some(1.0)));
+        assert_eq!(runs(&linear), (Format::Dense, "bf16"));
+
+        // A variant timed on its own leaves the layer as it is.
+        let before = choice.clone();
+        plan.proposed[1].1 = None;
+        plan.settle(&mut linear, &mut choice, &times([3.0, 2.0, 1.5, 1.0])).unwrap();
+        assert_eq!(choice, before);
+        assert_eq!(runs(&linear), (Format::Dense, "bf16"));
     }
 
     #[test]
