@@ -292,23 +292,24 @@ impl BertModel {
                 eps: config.layer_norm_eps,
             })
         };
-        let embeddings = Embeddings {
-            word: weights.rows("embeddings.word_embeddings.weight", (config.vocab_size, h))?,
-            position: weights.rows(
-                "embeddings.position_embeddings.weight",
-                (config.max_position_embeddings, h),
-            )?,
-            token_type: weights
-                .rows("embeddings.token_type_embeddings.weight", (config.type_vocab_size, h))?,
-            norm: norm("embeddings.LayerNorm")?,
+        let embeddings = || -> Result<Embeddings> {
+            Ok(Embeddings {
+                word: weights.rows("embeddings.word_embeddings.weight", (config.vocab_size, h))?,
+                position: weights.rows(
+                    "embeddings.position_embeddings.weight",
+                    (config.max_position_embeddings, h),
+                )?,
+                token_type: weights
+                    .rows("embeddings.token_type_embeddings.weight", (config.type_vocab_size, h))?,
+                norm: norm("embeddings.LayerNorm")?,
+            })
         };
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for l in 0..config.num_hidden_layers {
+        let layer = |l: usize| -> Result<EncoderLayer> {
             let p = format!("encoder.layer.{l}");
             let linear =
                 |name: &str, shape: (usize, usize)| weights.linear(&format!("{p}.{name}"), shape);
             let i = config.intermediate_size;
-            layers.push(EncoderLayer {
+            Ok(EncoderLayer {
                 query: linear("attention.self.query", (h, h))?,
                 key: linear("attention.self.key", (h, h))?,
                 value: linear("attention.self.value", (h, h))?,
@@ -318,8 +319,16 @@ impl BertModel {
                 output: linear("output.dense", (h, i))?,
                 output_norm: norm(&format!("{p}.output.LayerNorm"))?,
                 projections: StackedCache::default(),
-            });
-        }
+            })
+        };
+        // The tensors are read, checked and laid out on rayon's threads, layers side by
+        // side (most of a load is that work and the first touch of fresh memory, not the
+        // file); the first error in the model's order is the one returned.
+        let (embeddings, layers) = rayon::join(embeddings, || {
+            (0..config.num_hidden_layers).into_par_iter().map(layer).collect::<Vec<_>>()
+        });
+        let embeddings = embeddings?;
+        let layers = layers.into_iter().collect::<Result<Vec<_>>>()?;
         Ok(BertModel {
             config,
             path: model.path().to_owned(),
