@@ -219,6 +219,14 @@ fn bad_folders_and_inputs_are_errors_that_name_the_problem() {
     .unwrap();
     let err = SentenceTransformer::load(&copy, None).unwrap_err().to_string();
     assert!(err.contains("has shape") && err.contains("word_embeddings"), "{err}");
+    // Layers load side by side; the error is still the first layer's.
+    std::fs::write(
+        copy.join("config.json"),
+        config.replace("\"intermediate_size\": 64", "\"intermediate_size\": 63"),
+    )
+    .unwrap();
+    let err = SentenceTransformer::load(&copy, None).unwrap_err().to_string();
+    assert!(err.contains("has shape") && err.contains("layer.0.intermediate"), "{err}");
 
     let model = SentenceTransformer::load(&folder(), None).unwrap();
     let vocab = model.model.config().vocab_size as u32;
