@@ -105,8 +105,8 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
             plans.push(plan);
         }
     }
-    // Every layer of a kind has now added its runs to the kind's fastest time: a layer
-    // whose two sides are such kinds is decided on those, as every other of its kinds.
+    // Every layer of a kind has now added its runs to the kind's fastest time: each layer
+    // whose sides are such kinds is decided on those times, so a kind's layers agree.
     let linears = model.layers_mut().iter_mut().flat_map(|layer| layer.linears_mut());
     for (((_, linear), choice), plan) in linears.zip(&mut choices).zip(&mut plans) {
         if let Some(plan) = plan {
