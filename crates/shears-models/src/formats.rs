@@ -10,7 +10,7 @@ use nalgebra::DMatrix;
 use serde::Serialize;
 use shears_core::Mask;
 use shears_sparse::calibrate::Crossovers;
-use shears_sparse::{Format, NmPattern, choose_format, choose_format_with};
+use shears_sparse::{Format, Int8Matrix, NmPattern, choose_format, choose_format_with};
 
 use crate::bert::{BertModel, EncoderLayer};
 use crate::error::{Error, Result};
@@ -62,9 +62,9 @@ pub struct FormatChoice {
     /// dense product, as for `proposed_seconds`.
     pub dense_seconds: f64,
     /// The proposed format's time, if one was timed: for N:M and for weights whose rows
-    /// all keep the same count, the fastest of all the layers of this shape and kind, as
-    /// for dense (for int8, of those up to it); for projections planned as one, their
-    /// one product's, the fastest of all the layers'.
+    /// all keep the same count, and for int8, the fastest of all the layers of this shape
+    /// and kind, as for dense; for projections planned as one, their one product's, the
+    /// fastest of all the layers'.
     pub proposed_seconds: Option<f64>,
     /// The format the layer now runs in.
     pub chosen: String,
@@ -83,7 +83,7 @@ pub struct FormatChoice {
 /// layer whose sides are all such kinds is decided on the fastest of all their runs, its
 /// value types included; other layers are decided on their own best of three or more
 /// runs against the fastest so far. An int8 layer is set to the faster of its integer
-/// products and the f32 GEMM on its dequantized weights, as timed up to it. A
+/// products and the f32 GEMM on its dequantized weights, as a kind as well. A
 /// layer's query, key and value projections proposed the same N:M or CSR format are
 /// then timed as the one product they run as, stacked, against their one dense product,
 /// and all three take the faster, whatever each gave alone.
@@ -109,8 +109,9 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
     // whose sides are such kinds is decided on those times, so a kind's layers agree.
     let linears = model.layers_mut().iter_mut().flat_map(|layer| layer.linears_mut());
     for (((_, linear), choice), plan) in linears.zip(&mut choices).zip(&mut plans) {
-        if let Some(plan) = plan {
-            plan.settle(linear, choice, &times)?;
+        match plan {
+            Pending::Float(plan) => plan.settle(linear, choice, &times)?,
+            Pending::Int8(plan) => plan.settle(linear, choice, &times)?,
         }
     }
     let mut together = Vec::with_capacity(model.layers().len());
@@ -128,25 +129,27 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
 }
 
 /// Times `linear` dense and in the format proposed for its zeros at `tokens` tokens on
-/// `x`, leaves it in the faster, and returns its choice and, unless it is int8, what
-/// deciding it again on its kinds' fastest times takes.
+/// `x`, leaves it in the faster, and returns its choice and what deciding it again on
+/// its kinds' fastest times takes.
 fn time_linear(
     linear: &mut Linear,
     x: &DMatrix<f32>,
     tokens: usize,
     near_break_even: &Crossovers,
     times: &mut ShapeTimes,
-) -> Result<(FormatChoice, Option<Plan>)> {
+) -> Result<(FormatChoice, Pending)> {
     if let Some(int8) = linear.int8().cloned() {
         // Int8 layers keep their integer products where those are faster than the f32
         // GEMM on their dequantized weights.
         let (rows, cols) = linear.shape();
         let zeros = int8.values().iter().filter(|&&v| v == 0).count();
         let int8_seconds = times.time(linear, x, None)?;
+        let int8_kind = ShapeTimes::kind(linear, None);
         linear.dequantize();
         let dense_seconds = times.time(linear, x, None)?;
+        let dense_kind = ShapeTimes::kind(linear, None);
         let chosen = if int8_seconds < dense_seconds {
-            linear.set_int8(int8)?;
+            linear.set_int8(int8.clone())?;
             INT8
         } else {
             "dense"
@@ -159,7 +162,7 @@ fn time_linear(
             proposed_seconds: Some(int8_seconds),
             chosen: chosen.to_owned(),
         };
-        return Ok((choice, None));
+        return Ok((choice, Pending::Int8(Box::new(Int8Plan { int8, int8_kind, dense_kind }))));
     }
     let weights = linear.dense_weights();
     let (rows, cols) = weights.shape();
@@ -234,7 +237,7 @@ fn time_linear(
         half_values,
         row_length,
     };
-    Ok((choice, Some(plan)))
+    Ok((choice, Pending::Float(plan)))
 }
 
 /// What a layer was timed in: the format proposed for it (with half-precision values if
@@ -253,6 +256,52 @@ impl Timed {
         let (format, half) =
             if sparse { (self.proposed, self.half) } else { (Format::Dense, self.dense_half) };
         if half { linear.set_format(format) } else { linear.set_f32_format(format) }
+    }
+}
+
+/// What deciding a layer again on its kinds' fastest times takes, once every layer is
+/// timed.
+#[derive(Debug, Clone)]
+enum Pending {
+    /// A layer of `f32`, bf16 or f16 weights.
+    Float(Plan),
+    /// An int8 layer (boxed: its weights' matrix is several times a float plan's size).
+    Int8(Box<Int8Plan>),
+}
+
+/// How an int8 layer was timed: its int8 weights, and the kinds of its integer product
+/// and of the f32 GEMM on its dequantized weights.
+#[derive(Debug, Clone)]
+struct Int8Plan {
+    int8: Int8Matrix,
+    int8_kind: Option<ProductKind>,
+    dense_kind: Option<ProductKind>,
+}
+
+impl Int8Plan {
+    /// Sets `linear` to int8 or to its dequantized weights, whichever's kind ran faster
+    /// over all the layers' runs, and its choice accordingly.
+    fn settle(
+        &self,
+        linear: &mut Linear,
+        choice: &mut FormatChoice,
+        times: &ShapeTimes,
+    ) -> Result<()> {
+        let (Some(int8), Some(dense)) =
+            (times.fastest(self.int8_kind), times.fastest(self.dense_kind))
+        else {
+            return Ok(());
+        };
+        let keep = int8 < dense;
+        if keep && linear.int8().is_none() {
+            linear.set_int8(self.int8.clone())?;
+        } else if !keep {
+            linear.dequantize();
+        }
+        choice.dense_seconds = dense;
+        choice.proposed_seconds = Some(int8);
+        choice.chosen = if keep { INT8 } else { "dense" }.to_owned();
+        Ok(())
     }
 }
 
@@ -348,11 +397,11 @@ fn projection_copies(layer: &EncoderLayer, plans: &[Plan; 3], sparse: bool) -> R
 /// not, or where they cannot stack.
 fn time_projections_together(
     layer: &EncoderLayer,
-    plans: &[Option<Plan>],
+    plans: &[Pending],
     x: &DMatrix<f32>,
     times: &mut ShapeTimes,
 ) -> Result<Option<Together>> {
-    let [Some(first), Some(second), Some(third)] = plans else {
+    let [Pending::Float(first), Pending::Float(second), Pending::Float(third)] = plans else {
         return Ok(None);
     };
     let plans = [first.clone(), second.clone(), third.clone()];
@@ -736,6 +785,43 @@ mod tests {
         plan.settle(&mut linear, &mut choice, &times([3.0, 2.0, 1.5, 1.0])).unwrap();
         assert_eq!(choice, before);
         assert_eq!(runs(&linear), (Format::Dense, "bf16"));
+    }
+
+    #[test]
+    fn an_int8_layer_settles_on_its_kinds_fastest_times() {
+        let w = DMatrix::from_fn(16, 8, |r, c| (r as f32 - c as f32) * 0.25);
+        let int8 = Int8Matrix::quantize(&w, shears_sparse::QuantScheme::PerRow).unwrap();
+        let mut linear = Linear::new("q.weight", w, nalgebra::DVector::zeros(16)).unwrap();
+        linear.set_int8(int8.clone()).unwrap();
+        let int8_kind = ShapeTimes::kind(&linear, None);
+        linear.dequantize();
+        let dense_kind = ShapeTimes::kind(&linear, None);
+        assert_ne!(int8_kind, dense_kind);
+        let plan = Int8Plan { int8: int8.clone(), int8_kind, dense_kind };
+        let mut choice = FormatChoice {
+            name: "q.weight".into(),
+            sparsity: 0.0,
+            proposed: INT8.into(),
+            dense_seconds: 1.0,
+            proposed_seconds: Some(2.0),
+            chosen: "dense".into(),
+        };
+        let times = |int8: f64, dense: f64| ShapeTimes {
+            fastest: vec![(int8_kind.unwrap(), int8), (dense_kind.unwrap(), dense)],
+        };
+        // Dense when first timed; all the layers' runs put int8 ahead.
+        plan.settle(&mut linear, &mut choice, &times(1.0, 1.5)).unwrap();
+        assert_eq!((choice.chosen.as_str(), choice.proposed_seconds), (INT8, Some(1.0)));
+        assert_eq!(linear.int8(), Some(&int8));
+        // And back.
+        plan.settle(&mut linear, &mut choice, &times(2.0, 1.5)).unwrap();
+        assert_eq!((choice.chosen.as_str(), choice.dense_seconds), ("dense", 1.5));
+        assert!(linear.int8().is_none());
+        assert_eq!(linear.dense_weights(), int8.dequantize());
+        // Without a time for a kind, the layer stays as it is.
+        let before = choice.clone();
+        plan.settle(&mut linear, &mut choice, &ShapeTimes::default()).unwrap();
+        assert_eq!(choice, before);
     }
 
     #[test]
