@@ -338,17 +338,28 @@ fn fastest_variant(
 
 impl Plan {
     /// Decides `linear` again on its sides' kinds' fastest times, if every variant of
-    /// both sides is a kind: each side in its faster value type, then the faster side;
-    /// sets the layer, its choice and this plan accordingly.
+    /// both sides is a kind: each side in its faster value type, then the faster side (a
+    /// layer proposed dense has one side); sets the layer, its choice and this plan
+    /// accordingly.
     fn settle(
         &mut self,
         linear: &mut Linear,
         choice: &mut FormatChoice,
         times: &ShapeTimes,
     ) -> Result<()> {
-        let (Some((dense, dense_half)), Some((proposed, half))) =
-            (fastest_variant(times, &self.dense), fastest_variant(times, &self.proposed))
-        else {
+        let Some((dense, dense_half)) = fastest_variant(times, &self.dense) else {
+            return Ok(());
+        };
+        if self.proposed.is_empty() {
+            // Proposed dense: only the value type to settle.
+            if dense_half != self.timed.dense_half {
+                self.timed.dense_half = dense_half;
+                self.timed.apply(linear, false)?;
+            }
+            choice.dense_seconds = dense;
+            return Ok(());
+        }
+        let Some((proposed, half)) = fastest_variant(times, &self.proposed) else {
             return Ok(());
         };
         let sparse = proposed < dense;
@@ -777,6 +788,17 @@ mod tests {
         plan.settle(&mut linear, &mut choice, &times([0.5, 2.0, 1.0, 1.0])).unwrap();
         assert_eq!((choice.proposed.as_str(), choice.chosen.as_str()), ("n:m 2:4 bf16", "dense"));
         assert_eq!((choice.dense_seconds, choice.proposed_seconds), (0.5, Some(1.0)));
+        assert_eq!(runs(&linear), (Format::Dense, "bf16"));
+
+        // Proposed dense, only the value type settles.
+        let mut dense_only = Plan { proposed: Vec::new(), half_values: None, ..plan.clone() };
+        let mut alone =
+            FormatChoice { proposed: "dense".into(), proposed_seconds: None, ..choice.clone() };
+        dense_only.settle(&mut linear, &mut alone, &times([3.0, 2.0, 1.5, 1.0])).unwrap();
+        assert_eq!((alone.chosen.as_str(), alone.dense_seconds), ("dense", 2.0));
+        assert_eq!(runs(&linear), (Format::Dense, "f32"));
+        dense_only.settle(&mut linear, &mut alone, &times([0.5, 2.0, 1.5, 1.0])).unwrap();
+        assert_eq!((alone.proposed_seconds, alone.dense_seconds), (None, 0.5));
         assert_eq!(runs(&linear), (Format::Dense, "bf16"));
 
         // A variant timed on its own leaves the layer as it is.
