@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, Result, bail};
 use nalgebra::DMatrix;
+use rayon::prelude::*;
 use shears_core::{Mask, Masks};
 use shears_io::{Dtype, Model};
 use shears_models::{Method, PruneSpec, Step, prune_model, read_texts};
@@ -30,8 +31,18 @@ const CALIBRATION_MAX_BYTES: u64 = 8 << 30;
 /// The largest finite f16.
 const F16_MAX: f32 = 65504.0;
 
-/// A pruned linear layer's new weights (`outputs x inputs`) and mask.
-pub(crate) type Pruned = HashMap<String, (DMatrix<f32>, Mask)>;
+/// A linear layer as Wanda or SparseGPT left it.
+pub(crate) struct PrunedLinear {
+    /// The new weights, `outputs x inputs`.
+    pub(crate) weights: DMatrix<f32>,
+    pub(crate) mask: Mask,
+    /// Its weights that were zero, or pruned by `--masks-in`, before the run: counted on
+    /// the weights the model loaded, so that writing need not read them again.
+    pub(crate) zeros_before: usize,
+}
+
+/// The pruned linear layers by tensor name.
+pub(crate) type Pruned = HashMap<String, PrunedLinear>;
 
 /// What the calibration ran on, for the run's record.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -149,6 +160,14 @@ pub(crate) fn prune(
         sparsity: job.layer_target(),
         rounding: job.rounding,
     };
+    let zeros_before: HashMap<String, usize> = transformer
+        .model
+        .linears()
+        .filter(|l| chosen_names.contains(l.name()))
+        .collect::<Vec<_>>()
+        .par_iter()
+        .map(|l| (l.name().to_owned(), zeros_under(&l.dense_weights(), prior.get(l.name()))))
+        .collect();
     let layers = transformer.model.layers().len() as u64;
     let progress = Progress::steps(layers, "layers", args.quiet);
     progress.message(format!("{m}: {} sentences", texts.len()));
@@ -170,16 +189,17 @@ pub(crate) fn prune(
     let pruned = masks
         .into_iter()
         .map(|p| {
-            let w = (transformer.model.linears().find(|l| l.name() == p.name))
+            let weights = (transformer.model.linears().find(|l| l.name() == p.name))
                 .map(|l| l.dense_weights())
                 .context("internal error: a pruned layer")?;
-            Ok((p.name, (w, p.mask)))
+            let zeros_before = *zeros_before.get(p.name.as_str()).unwrap_or(&0);
+            Ok((p.name, PrunedLinear { weights, mask: p.mask, zeros_before }))
         })
         .collect::<Result<Pruned>>()?;
     // SparseGPT's updates may grow a weight past what a half-precision file holds.
     for t in chosen.iter().filter(|t| t.dtype == Dtype::F16) {
-        if let Some((w, _)) = pruned.get(t.name)
-            && let Some(v) = w.iter().find(|v| v.abs() > F16_MAX)
+        if let Some(p) = pruned.get(t.name)
+            && let Some(v) = p.weights.iter().find(|v| v.abs() > F16_MAX)
         {
             bail!(
                 "{m} updates tensor `{}` to {v}, beyond the largest f16 value ({F16_MAX}): the file cannot hold it",
@@ -188,4 +208,16 @@ pub(crate) fn prune(
         }
     }
     Ok((pruned, calibration))
+}
+
+/// The weights of `w` that are zero or pruned by `kept`, as `prune` counts a tensor's
+/// zeros before it prunes.
+fn zeros_under(w: &DMatrix<f32>, kept: Option<&Mask>) -> usize {
+    match kept {
+        Some(kept) => {
+            let w = w.as_slice();
+            kept.count_pruned() + kept.iter_kept_linear().filter(|&i| w[i] == 0.0).count()
+        }
+        None => w.iter().filter(|&&v| v == 0.0).count(),
+    }
 }

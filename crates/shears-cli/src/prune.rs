@@ -643,28 +643,34 @@ fn prune<'a, T: Float>(
                 continue;
             }
             let t = next_chosen.next().context("internal error: chosen tensors in model order")?;
-            let mut loaded = sources.load::<T>(model, t, job.view, std::mem::take(&mut spare))?;
-            // With --masks-in the run starts from the weights under their masks.
-            let zeros_before = match &loaded.kept {
-                Some(kept) => {
-                    let w = loaded.weights.as_slice();
-                    kept.count_pruned()
-                        + kept.iter_kept_linear().filter(|&i| w[i] == T::zero()).count()
-                }
-                None => zeros(&loaded.weights),
-            };
-            let before = fraction(zeros_before, loaded.weights.len());
-            let mask = match (global.as_mut(), calibrated.as_mut().and_then(|c| c.remove(t.name))) {
-                (_, Some((weights, mask))) => {
+            let (mut new_weights, zeros_before, mask) =
+                match calibrated.as_mut().and_then(|c| c.remove(t.name)) {
                     // Wanda's or SparseGPT's weights (SparseGPT's kept ones are updated).
-                    loaded.weights = weights.map(|v| T::from_f64_lossy(f64::from(v)));
-                    mask
-                }
-                (Some(g), None) => g.mask(job, t, &loaded)?,
-                (None, None) => job.layer_mask(t, &loaded)?,
-            };
-            mask.apply_in_place(&mut loaded.weights)?;
-            let after = fraction(zeros(&loaded.weights), loaded.weights.len());
+                    Some(p) => {
+                        (p.weights.map(|v| T::from_f64_lossy(f64::from(v))), p.zeros_before, p.mask)
+                    }
+                    None => {
+                        let spare = std::mem::take(&mut spare);
+                        let loaded = sources.load::<T>(model, t, job.view, spare)?;
+                        // With --masks-in the run starts from the weights under their masks.
+                        let zeros_before = match &loaded.kept {
+                            Some(kept) => {
+                                let w = loaded.weights.as_slice();
+                                kept.count_pruned()
+                                    + kept.iter_kept_linear().filter(|&i| w[i] == T::zero()).count()
+                            }
+                            None => zeros(&loaded.weights),
+                        };
+                        let mask = match global.as_mut() {
+                            Some(g) => g.mask(job, t, &loaded)?,
+                            None => job.layer_mask(t, &loaded)?,
+                        };
+                        (loaded.weights, zeros_before, mask)
+                    }
+                };
+            let before = fraction(zeros_before, new_weights.len());
+            mask.apply_in_place(&mut new_weights)?;
+            let after = fraction(zeros(&new_weights), new_weights.len());
             let target = (job.scope == Scope::Layer).then(|| job.layer_target().get());
             rows.push(Row {
                 target,
@@ -672,7 +678,7 @@ fn prune<'a, T: Float>(
                 sparsity_after: Some(after),
                 ..row_base
             });
-            let weights = &loaded.weights;
+            let weights = &new_weights;
             if let Some(q) = quantize.filter(|q| q.quantizes(s, name)) {
                 let view = (job.view == View::Flat, t.transposed);
                 let int8 = q.quantize(s, name, weights, &info.shape, view)?;
@@ -715,7 +721,7 @@ fn prune<'a, T: Float>(
                     Ok(())
                 })?;
             }
-            spare = loaded.weights.data.into();
+            spare = new_weights.data.into();
             progress.advance(bytes);
         }
         let (pending, file) = writer.finish()?;

@@ -195,6 +195,54 @@ fn tensors_already_sparser_than_the_target_are_one_warning() {
     assert!(!err.contains("reached sparsity"), "{err}");
 }
 
+/// A calibrated run's report counts each tensor's zeros before it, as any prune does:
+/// the weights' own zeros, and with `--masks-in` the weights its mask prunes.
+#[test]
+fn calibrated_runs_count_the_zeros_they_start_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let (half, masks) = (dir.path().join("half"), dir.path().join("masks.safetensors"));
+    let m = masks.to_str().unwrap();
+    prune("wanda", &half, &["-s", "0.5", "--masks-out", m]);
+    let before = |record: &str| -> Vec<(String, f64)> {
+        let record: Value = serde_json::from_str(record).unwrap();
+        let rows = record["tensors"].as_array().unwrap().iter();
+        let pruned = rows.filter(|t| t["pruned"] == true);
+        pruned
+            .map(|t| {
+                let name = t["name"].as_str().unwrap().to_owned();
+                (name, t["sparsity_before"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    let fresh = before(&prune("wanda", &dir.path().join("fresh"), &["-s", "0.7", "--json"]));
+    assert_eq!(fresh.len(), 12);
+    assert!(fresh.iter().all(|(_, s)| *s == 0.0), "{fresh:?}");
+    let (model, calib) = (half.to_str().unwrap(), sentences("calibration.txt"));
+    for extra in [&[][..], &["--masks-in", m]] {
+        let again = dir.path().join("again");
+        let o = ok(&[
+            &["prune", model, "-o", again.to_str().unwrap(), "--method", "sparsegpt"][..],
+            &["-s", "0.7", "--calib", &calib, "--calib-samples", "64", "--json"],
+            extra,
+        ]
+        .concat());
+        let counted = before(&o);
+        assert_eq!(counted.len(), 12);
+        assert!(counted.iter().all(|(_, s)| *s == 0.5), "{extra:?}: {counted:?}");
+    }
+    // The mask alone, on the dense weights: its pruned weights count as zeros.
+    let dense = tiny_bert();
+    let masked = dir.path().join("masked");
+    let o = ok(&[
+        &["prune", dense.to_str().unwrap(), "-o", masked.to_str().unwrap()][..],
+        &["--method", "wanda", "-s", "0.7", "--calib", &calib, "--masks-in", m, "--json"],
+    ]
+    .concat());
+    let counted = before(&o);
+    assert_eq!(counted.len(), 12);
+    assert!(counted.iter().all(|(_, s)| *s == 0.5), "{counted:?}");
+}
+
 /// What `embed` and `eval` embed other than a line as written is said once per kind, with
 /// a count and the first line: lines cut at the maximum length and lines of special
 /// tokens alone. `eval` also says when it measures a model against itself, or on the file
