@@ -148,7 +148,10 @@ def agreement(a, b):
     n = len(cos)
     s = torch.sort(cos)[0]
     p5 = float(s[max(math.ceil(0.05 * n), 1) - 1])
-    k = min(10, n - 1)
+    # As shears eval: never all the others, which any two models share.
+    k = min(10, n - 2)
+    if k <= 0:
+        return {"mean_cosine": float(cos.mean()), "p5_cosine": p5, "neighbour_overlap": None}
 
     def nearest(e):
         sim = e @ e.t()

@@ -675,14 +675,18 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
         })?;
         return Ok(());
     }
-    let neighbours = format!("top-{} neighbours kept", result.k);
-    type Measure = fn(&Agreement) -> f64;
+    let neighbours = match result.k {
+        0 => "neighbours kept".to_owned(),
+        k => format!("top-{k} neighbours kept"),
+    };
+    type Measure = fn(&Agreement) -> Option<f64>;
     let rows: [(&str, Measure); 4] = [
-        ("mean cosine", |r| r.mean_cosine),
-        ("5th percentile cosine", |r| r.p5_cosine),
-        ("lowest cosine", |r| r.min_cosine),
+        ("mean cosine", |r| Some(r.mean_cosine)),
+        ("5th percentile cosine", |r| Some(r.p5_cosine)),
+        ("lowest cosine", |r| Some(r.min_cosine)),
         (&neighbours, |r| r.neighbour_overlap),
     ];
+    let show = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"));
     outln!(
         "{} against {}, on the sentences of {}:",
         args.pruned.display(),
@@ -693,20 +697,22 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
     match &int8 {
         None => {
             for (name, value) in rows {
-                outln!("{name:<24}{:.4}", value(&result))?;
+                outln!("{name:<24}{}", show(value(&result)))?;
             }
         }
         Some(int8) => {
             outln!("{:<24}{:<16}{}", "", "int8 products", "weights as f32")?;
             for (name, value) in rows {
-                outln!("{name:<24}{:<16.4}{:.4}", value(int8), value(&result))?;
+                outln!("{name:<24}{:<16}{}", show(value(int8)), show(value(&result)))?;
             }
             outln!(
                 "(int8 products: the int8 layers run on tokens rounded to int8, as shears runs them; weights as f32: dequantized)"
             )?;
         }
     }
-    if result.neighbour_sentences < result.sentences {
+    if result.neighbour_overlap.is_none() {
+        outln!("(no neighbour measure: it needs 3 sentences or more)")?;
+    } else if result.neighbour_sentences < result.sentences {
         outln!(
             "(neighbours among the first {} sentences: the measure compares every pair)",
             result.neighbour_sentences

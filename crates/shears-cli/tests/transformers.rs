@@ -243,6 +243,31 @@ fn calibrated_runs_count_the_zeros_they_start_from() {
     assert!(counted.iter().all(|(_, s)| *s == 0.5), "{counted:?}");
 }
 
+/// A sentence's neighbours never include all the others, which any two models share:
+/// few sentences compare fewer neighbours, and two none.
+#[test]
+fn eval_of_few_sentences_leaves_a_neighbour_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let pruned = dir.path().join("pruned");
+    let dense = tiny_bert();
+    ok(&["prune", dense.to_str().unwrap(), "-o", pruned.to_str().unwrap(), "-s", "0.5", "-q"]);
+    let texts = dir.path().join("texts.txt");
+    let lines = ["The cat sat.", "A dog ran home.", "Birds fly south.", "Rain fell.", "Hi."];
+    for (n, k, row) in [(5, 3, "top-3 neighbours kept"), (2, 0, "neighbours kept         -")] {
+        std::fs::write(&texts, lines[..n].join("\n")).unwrap();
+        let args = ["eval", dense.to_str().unwrap(), pruned.to_str().unwrap(), "--texts"]
+            .map(String::from);
+        let args: Vec<&str> =
+            args.iter().map(String::as_str).chain([texts.to_str().unwrap()]).collect();
+        let table = ok(&args);
+        assert!(table.lines().any(|l| l.starts_with(row)), "{table}");
+        assert_eq!(table.contains("(no neighbour measure"), k == 0, "{table}");
+        let record: Value = serde_json::from_str(&ok(&[&args[..], &["--json"]].concat())).unwrap();
+        assert_eq!(record["k"], k);
+        assert_eq!(record["neighbour_overlap"].is_null(), k == 0, "{record}");
+    }
+}
+
 /// What `embed` and `eval` embed other than a line as written is said once per kind, with
 /// a count and the first line: lines cut at the maximum length and lines of special
 /// tokens alone. `eval` also says when it measures a model against itself, or on the file

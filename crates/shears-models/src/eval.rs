@@ -18,15 +18,16 @@ pub struct Agreement {
     pub p5_cosine: f64,
     /// The lowest cosine.
     pub min_cosine: f64,
-    /// Neighbours compared per sentence: 10, or one fewer than
-    /// [`Agreement::neighbour_sentences`] if fewer.
+    /// Neighbours compared per sentence: 10, or two fewer than
+    /// [`Agreement::neighbour_sentences`] if fewer, so that a sentence's neighbours are
+    /// never all the others (which any two models would share); 0 below 3 sentences.
     pub k: usize,
     /// The sentences the neighbour measure runs over: the first
     /// [`NEIGHBOUR_SENTENCES`] at most, since it compares every pair.
     pub neighbour_sentences: usize,
     /// The mean fraction of each of those sentences' `k` nearest neighbours (by cosine,
-    /// among the others of them) that both models share.
-    pub neighbour_overlap: f64,
+    /// among the others of them) that both models share; `None` below 3 sentences.
+    pub neighbour_overlap: Option<f64>,
 }
 
 /// The most sentences whose neighbours [`agreement`] compares: every pair of them is
@@ -66,9 +67,9 @@ pub fn agreement(dense: &DMatrix<f32>, pruned: &DMatrix<f32>) -> Result<Agreemen
     // Nearest rank: the ceil(0.05 n)-th smallest (1-based).
     let p5_cosine = cosines[((0.05 * n as f64).ceil() as usize).max(1) - 1];
     let m = n.min(NEIGHBOUR_SENTENCES);
-    let k = 10.min(m.saturating_sub(1));
+    let k = 10.min(m.saturating_sub(2));
     let neighbour_overlap = if k == 0 {
-        1.0
+        None
     } else {
         let (a, b) = (a.columns(0, m).into_owned(), b.columns(0, m).into_owned());
         // A sentence at a time (on rayon's threads), so that memory grows with the
@@ -80,7 +81,7 @@ pub fn agreement(dense: &DMatrix<f32>, pruned: &DMatrix<f32>) -> Result<Agreemen
                 nearest(&b, i, k).iter().filter(|j| na.contains(j)).count()
             })
             .sum();
-        shared as f64 / (m * k) as f64
+        Some(shared as f64 / (m * k) as f64)
     };
     Ok(Agreement {
         sentences: n,
@@ -117,7 +118,7 @@ mod tests {
         let e = DMatrix::from_fn(4, 12, |r, c| ((r * 5 + c * 3) % 7) as f32 - 3.0);
         let a = agreement(&e, &e).unwrap();
         assert!((a.mean_cosine - 1.0).abs() < 1e-12 && (a.p5_cosine - 1.0).abs() < 1e-12);
-        assert_eq!((a.k, a.neighbour_overlap, a.sentences), (10, 1.0, 12));
+        assert_eq!((a.k, a.neighbour_overlap, a.sentences), (10, Some(1.0), 12));
         assert_eq!(a.neighbour_sentences, 12);
     }
 
@@ -189,7 +190,7 @@ mod tests {
         };
         let shared: usize =
             (0..n).map(|i| full(&b, i).iter().filter(|j| full(&a, i).contains(j)).count()).sum();
-        assert_eq!(got.neighbour_overlap, shared as f64 / (n * 10) as f64);
+        assert_eq!(got.neighbour_overlap, Some(shared as f64 / (n * 10) as f64));
     }
 
     #[test]
@@ -201,6 +202,33 @@ mod tests {
         // Reversing the angle order keeps every neighbourhood.
         let mirrored =
             DMatrix::from_fn(2, 12, |r, c| if r == 0 { angles[c].cos() } else { -angles[c].sin() });
-        assert_eq!(agreement(&dense, &mirrored).unwrap().neighbour_overlap, 1.0);
+        assert_eq!(agreement(&dense, &mirrored).unwrap().neighbour_overlap, Some(1.0));
+    }
+
+    /// With few sentences a sentence's neighbours leave at least one other out: a model
+    /// that moves every sentence keeps less than all of them, where comparing all the
+    /// others would find them all shared.
+    #[test]
+    fn few_sentences_compare_all_but_one_other_and_two_none() {
+        let on_circle = |angles: &[f32]| {
+            DMatrix::from_fn(2, angles.len(), |r, c| {
+                if r == 0 { angles[c].cos() } else { angles[c].sin() }
+            })
+        };
+        let dense = on_circle(&[0.0, 0.1, 0.2, 0.3, 1.5]);
+        // Sentence 4 moves beside sentence 0, so 0's nearest are 4, 1, 2 (not 1, 2, 3).
+        let pruned = on_circle(&[0.0, 0.1, 0.2, 0.3, -0.05]);
+        let a = agreement(&dense, &pruned).unwrap();
+        assert_eq!((a.k, a.neighbour_sentences), (3, 5));
+        let overlap = a.neighbour_overlap.unwrap();
+        assert!(overlap < 1.0, "{overlap}");
+        for n in [1, 2] {
+            let a =
+                agreement(&dense.columns(0, n).into_owned(), &pruned.columns(0, n).into_owned())
+                    .unwrap();
+            assert_eq!((a.k, a.neighbour_overlap), (0, None), "{n} sentences");
+        }
+        let eleven: Vec<f32> = (0..11).map(|i| i as f32 * 0.1).collect();
+        assert_eq!(agreement(&on_circle(&eleven), &on_circle(&eleven)).unwrap().k, 9);
     }
 }
