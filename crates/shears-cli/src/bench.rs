@@ -350,7 +350,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         "batch",
         "format",
         "dense us",
-        "sparse us",
+        "picked us",
         "speedup",
         "int8 csr us",
         "int8 dense us",

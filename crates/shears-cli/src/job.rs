@@ -50,7 +50,19 @@ impl Job {
                 );
             }
             if !matches!(args.pattern, Pattern::Unstructured | Pattern::NM(_)) {
-                bail!("--method {m} prunes unstructured or N:M (e.g. 2:4), not {}", args.pattern);
+                // Wanda's unstructured pattern compares within each row, as per-row does.
+                let per_row = if matches!(
+                    (method, args.pattern),
+                    (shears_models::Method::Wanda, Pattern::PerRow)
+                ) {
+                    ": its unstructured pattern already prunes each row to the target"
+                } else {
+                    ""
+                };
+                bail!(
+                    "--method {m} prunes unstructured or N:M (e.g. 2:4), not {}{per_row}",
+                    args.pattern
+                );
             }
         } else if args.calib.is_some() {
             bail!("--calib is read by --method wanda and sparsegpt only");

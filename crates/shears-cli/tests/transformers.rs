@@ -646,6 +646,14 @@ fn calibrated_methods_refuse_what_they_cannot_do_before_writing() {
             vec!["--method", "sparsegpt", "-s", "0.5", "--calib", &calib, "--pattern", "rows"],
             "rows",
         ),
+        (
+            vec!["--method", "wanda", "-s", "0.5", "--calib", &calib, "--pattern", "per-row"],
+            "not per-row: its unstructured pattern already prunes each row to the target",
+        ),
+        (
+            vec!["--method", "sparsegpt", "-s", "0.5", "--calib", &calib, "--pattern", "per-row"],
+            "(e.g. 2:4), not per-row",
+        ),
         (vec!["--method", "wanda", "-s", "0.5", "--calib", &calib, "--all"], "--exclude"),
         (vec!["--method", "wanda", "-s", "0.5", "--calib", &calib, "--scope", "global"], "global"),
         (
