@@ -85,6 +85,33 @@ impl<'a> Texts<'a> {
         tokenizer.check_words(&self.texts).map_err(|e| texts_error(e, self.file))
     }
 
+    /// The first line (its number) that `a` and `b` tokenize differently, in ids, token
+    /// types or length: models whose tokenizers differ embed different tokens.
+    fn first_tokenized_differently(
+        &self,
+        a: &SentenceTransformer,
+        b: &SentenceTransformer,
+    ) -> Result<Option<usize>> {
+        for (pass, chunk) in self.texts.chunks(SENTENCES_PER_PASS).enumerate() {
+            let encode = |model: &SentenceTransformer| {
+                model.tokenizer.encode(chunk).map_err(|e| texts_error(e, self.file))
+            };
+            let (x, y) = (encode(a)?, encode(b)?);
+            let mut start = 0;
+            for (i, (&lx, &ly)) in x.lengths.iter().zip(&y.lengths).enumerate() {
+                let tokens = start..start + lx;
+                let same = lx == ly
+                    && x.ids[tokens.clone()] == y.ids[tokens.clone()]
+                    && x.type_ids[tokens.clone()] == y.type_ids[tokens];
+                if !same {
+                    return Ok(Some(self.lines[pass * SENTENCES_PER_PASS + i]));
+                }
+                start += lx;
+            }
+        }
+        Ok(None)
+    }
+
     /// Warnings for the lines `tokenizer` cuts at its maximum length, and for those it
     /// keeps nothing of but its special tokens (embedded from those alone), each counted
     /// with its first line: both give embeddings of something other than the line.
@@ -606,6 +633,14 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
             args.pruned.display(),
             sizes.0,
             sizes.1
+        );
+    }
+    if let Some(line) = texts.first_tokenized_differently(&dense, &pruned)? {
+        bail!(
+            "{} and {} are different models: their tokenizers read line {line} of {} differently",
+            args.dense.display(),
+            args.pruned.display(),
+            args.texts.display()
         );
     }
     let mut warnings = crate::report::Warnings::default();

@@ -268,6 +268,35 @@ fn eval_of_few_sentences_leaves_a_neighbour_out() {
     }
 }
 
+/// Two models whose tokenizers read a text differently embed different tokens: `eval`
+/// refuses to compare them, naming the first line they differ on.
+#[test]
+fn eval_refuses_models_that_tokenize_differently() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other");
+    copy_tiny_bert(&other);
+    // The same vocabulary, read without lowercasing: capitals become other tokens.
+    let path = other.join("tokenizer.json");
+    let mut tokenizer: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    tokenizer["normalizer"]["lowercase"] = false.into();
+    std::fs::write(&path, serde_json::to_vec(&tokenizer).unwrap()).unwrap();
+    let texts = dir.path().join("texts.txt");
+    std::fs::write(&texts, "the cat sat\n\nThe Cat Sat\nbirds fly\n").unwrap();
+    let (dense, texts) = (tiny_bert(), texts.to_str().unwrap().to_owned());
+    let o = shears(&["eval", dense.to_str().unwrap(), other.to_str().unwrap(), "--texts", &texts]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let expected = format!(
+        "shears: error: {} and {} are different models: their tokenizers read line 3 of {texts} differently\n",
+        dense.display(),
+        other.display()
+    );
+    assert_eq!(stderr(&o), expected);
+    assert_eq!(stdout(&o), "");
+    // Lowercase text reads the same: the models compare.
+    std::fs::write(&texts, "the cat sat\nbirds fly\n").unwrap();
+    ok(&["eval", dense.to_str().unwrap(), other.to_str().unwrap(), "--texts", &texts]);
+}
+
 /// What `embed` and `eval` embed other than a line as written is said once per kind, with
 /// a count and the first line: lines cut at the maximum length and lines of special
 /// tokens alone. `eval` also says when it measures a model against itself, or on the file
@@ -1024,8 +1053,9 @@ fn a_text_of_no_tokens_is_an_error_naming_its_line() {
     refused(&["embed", m, "--texts", t, "-o", o], &named);
     refused(&["embed", m, "--texts", t, "-o", o, "--fastest"], &named);
     assert!(!out.exists());
-    let dense = tiny_bert();
-    refused(&["eval", dense.to_str().unwrap(), m, "--texts", t], &named);
+    // Against itself: against the dense model, whose tokenizer adds [CLS] and [SEP],
+    // it reads every line differently, which eval refuses first.
+    refused(&["eval", m, m, "--texts", t], &named);
     // Calibration text that gives no token at all names the file.
     let calib = dir.path().join("calib.txt");
     std::fs::write(&calib, "\u{7}\n\u{1}\n").unwrap();
