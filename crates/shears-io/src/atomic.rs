@@ -171,9 +171,11 @@ impl Drop for PendingFile {
 }
 
 /// Commits several outputs together: all are synced first, then renamed, so a failure
-/// to finish writing any of them leaves every target as it was (only a rename failing
-/// after an earlier one succeeded, which the file system gives no way to undo, would
-/// not).
+/// to finish writing any of them leaves every target as it was. A rename failing after
+/// earlier ones succeeded undoes those: each target that existed was kept under a hard
+/// link of its own until the last rename, and is moved back; each that did not is
+/// removed (a target on a file system without hard links cannot be moved back, and
+/// keeps its new contents).
 ///
 /// # Errors
 /// [`Error::Io`] naming the file whose sync or rename failed; every temporary not yet
@@ -188,21 +190,70 @@ pub fn commit_all(files: Vec<(PendingFile, File)>) -> Result<()> {
 /// [`commit_all`] does once it has synced them.
 ///
 /// # Errors
-/// [`Error::Io`] naming the file whose rename failed; every temporary not yet renamed is
-/// removed.
+/// [`Error::Io`] naming the file whose rename failed; every temporary is removed and
+/// the targets renamed before it are put back as [`commit_all`] says.
 pub fn commit_sealed(files: Vec<SealedFile>) -> Result<()> {
     let mut files: Vec<PendingFile> = files.into_iter().map(|sealed| sealed.0).collect();
     // The renames hold the list, so that `remove_pending` (a signal handler's) waits for
     // them and finds nothing half committed.
     let mut list = pending();
+    // The targets renamed so far, each with its old file's link if it had one.
+    let mut renamed: Vec<(&Path, Previous)> = Vec::new();
     for pending in &mut files {
-        std::fs::rename(&pending.temporary, &pending.target)
-            .map_err(|e| Error::io("rename", &pending.target, e))?;
+        let previous = keep_previous(&pending.target);
+        if let Err(e) = std::fs::rename(&pending.temporary, &pending.target) {
+            if let Previous::Kept(link) = previous {
+                let _ = std::fs::remove_file(link);
+            }
+            for (target, previous) in renamed.into_iter().rev() {
+                let _ = match previous {
+                    Previous::Kept(link) => std::fs::rename(link, target),
+                    Previous::None => std::fs::remove_file(target),
+                    Previous::Lost => Ok(()),
+                };
+            }
+            return Err(Error::io("rename", &pending.target, e));
+        }
         pending.done = true;
         list.retain(|p| p != &pending.temporary);
+        renamed.push((&pending.target, previous));
+    }
+    for (_, previous) in renamed {
+        if let Previous::Kept(link) = previous {
+            let _ = std::fs::remove_file(link);
+        }
     }
     drop(list);
     Ok(())
+}
+
+/// What a target was before a commit renamed over it.
+enum Previous {
+    /// Nothing: undoing the rename removes the new file.
+    None,
+    /// A file, now also at this hard link beside it.
+    Kept(PathBuf),
+    /// Something that could not be linked: the rename cannot be undone.
+    Lost,
+}
+
+/// Links `target`'s present file (or symbolic link) to a temporary's name beside it, so
+/// that a commit can put it back; a killed run leaves that link as it leaves any
+/// temporary, for the next run to remove.
+fn keep_previous(target: &Path) -> Previous {
+    if std::fs::symlink_metadata(target).is_err() {
+        return Previous::None;
+    }
+    let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+        return Previous::Lost;
+    };
+    let number = NEXT.fetch_add(1, Ordering::Relaxed);
+    let name = name.to_string_lossy();
+    let link = dir.join(temporary_name(std::process::id(), number, shortened(&name)));
+    match std::fs::hard_link(target, &link) {
+        Ok(()) => Previous::Kept(link),
+        Err(_) => Previous::Lost,
+    }
 }
 
 /// Writes `bytes` to `path` atomically.
@@ -320,6 +371,47 @@ mod tests {
         write_atomic(&target, b"new").unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"new");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    /// A rename that fails after others succeeded puts every target back as it was: the
+    /// file that existed, and no file where none was.
+    #[test]
+    fn a_failed_commit_puts_back_the_targets_renamed_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, fresh, blocked) =
+            (dir.path().join("old.bin"), dir.path().join("fresh.bin"), dir.path().join("b"));
+        std::fs::write(&old, b"old").unwrap();
+        let mut files = Vec::new();
+        for target in [&old, &fresh, &blocked] {
+            let (pending, mut file) = PendingFile::create(target).unwrap();
+            file.write_all(b"new").unwrap();
+            files.push((pending, file));
+        }
+        // A folder with a file in it now stands where the last target goes: its rename
+        // fails, after the first two succeeded.
+        std::fs::create_dir(&blocked).unwrap();
+        std::fs::write(blocked.join("inside"), b"x").unwrap();
+        assert!(matches!(commit_all(files), Err(Error::Io { .. })));
+        assert_eq!(std::fs::read(&old).unwrap(), b"old");
+        assert!(!fresh.exists());
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["b", "old.bin"], "no temporary or link left");
+        // Committed in full, no link is left either.
+        std::fs::remove_dir_all(&blocked).unwrap();
+        let mut files = Vec::new();
+        for target in [&old, &fresh] {
+            let (pending, mut file) = PendingFile::create(target).unwrap();
+            file.write_all(b"new").unwrap();
+            files.push((pending, file));
+        }
+        commit_all(files).unwrap();
+        assert_eq!(std::fs::read(&old).unwrap(), b"new");
+        assert_eq!(std::fs::read(&fresh).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 
     #[test]
