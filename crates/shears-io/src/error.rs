@@ -248,6 +248,20 @@ pub enum HeaderProblem {
         /// Where it should start.
         expected: usize,
     },
+    /// A tensor's data runs past the data the file holds.
+    #[error(
+        "tensor `{tensor}` has data offsets [{start}, {end}], past the {held} bytes of data the file holds"
+    )]
+    PastData {
+        /// The tensor.
+        tensor: String,
+        /// Its first byte.
+        start: usize,
+        /// One past its last byte.
+        end: usize,
+        /// Bytes after the header.
+        held: u64,
+    },
     /// A tensor's shape times its dtype size overflows or is not whole bytes.
     #[error("tensor `{tensor}` of shape {shape:?} and dtype {dtype:?} has no whole byte size")]
     NoByteSize {

@@ -106,10 +106,20 @@ pub(crate) fn read<S: Source + ?Sized>(source: &S) -> Result<Header, Invalid> {
     {
         return Err(HeaderProblem::Duplicate { tensor: entries[pair[0] as usize].0.clone() }.into());
     }
+    let held = len - 8 - header_len;
     let mut end = 0usize;
     for (name, info) in &entries {
         let (start, stop) = info.data_offsets;
         if start != end || stop < start {
+            // A tensor placed past the file's data leaves a gap: it is named, not the
+            // tensor after the gap. (A truncated file has no gap: its data is short.)
+            let past = entries.iter().rev().find(|(_, i)| i.data_offsets.1 as u64 > held);
+            if let Some((name, info)) = past {
+                let (start, end) = info.data_offsets;
+                return Err(
+                    HeaderProblem::PastData { tensor: name.clone(), start, end, held }.into()
+                );
+            }
             return Err(HeaderProblem::Offsets {
                 tensor: name.clone(),
                 start,

@@ -96,6 +96,19 @@ fn header_errors_name_the_problem() {
     let huge = r#"{"w":{"dtype":"F64","shape":[4294967296,4294967296],"data_offsets":[0,8]}}"#;
     let twice = r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
     assert!(matches!(problem(file(gap, &[0; 8])), HeaderProblem::Offsets { .. }));
+    // A tensor placed past the data is named, not the one after the gap it leaves.
+    let far = format!(
+        r#"{{"a":{{"dtype":"F32","shape":[1],"data_offsets":[0,4]}},"b":{{"dtype":"F32","shape":[1],"data_offsets":[{0},{1}]}},"c":{{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}}}"#,
+        1u64 << 63,
+        (1u64 << 63) + 4
+    );
+    let past = HeaderProblem::PastData {
+        tensor: "b".into(),
+        start: 1 << 63,
+        end: (1 << 63) + 4,
+        held: 12,
+    };
+    assert_eq!(problem(file(&far, &[0; 12])), past);
     assert!(matches!(problem(file(wrong, &[0; 8])), HeaderProblem::Size { .. }));
     assert!(matches!(problem(file(huge, &[0; 8])), HeaderProblem::NoByteSize { .. }));
     assert!(matches!(problem(file(twice, &[0; 8])), HeaderProblem::Duplicate { .. }));
