@@ -20,6 +20,39 @@ const LOADED_WEIGHTS: [&str; 2] = ["model.safetensors", INDEX_NAME];
 const OTHER_WEIGHTS: [&str; 8] =
     [".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".onnx", ".gguf"];
 
+/// The most bytes of `modules.json` read (a real one is a few hundred).
+const MAX_MODULES_BYTES: u64 = 1 << 20;
+
+/// The module folders a sentence-transformers folder's `modules.json` names (`path`s
+/// of plain relative components); none if it has no such file, or one that cannot be
+/// read or is past [`MAX_MODULES_BYTES`].
+fn module_folders(folder: &Path) -> Vec<PathBuf> {
+    use std::io::Read;
+    let path = folder.join("modules.json");
+    // A regular file only: opening a FIFO would wait for a writer.
+    if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+        return Vec::new();
+    }
+    let Ok(file) = std::fs::File::open(&path) else { return Vec::new() };
+    let mut text = String::new();
+    let read = file.take(MAX_MODULES_BYTES + 1).read_to_string(&mut text);
+    if read.is_err() || text.len() as u64 > MAX_MODULES_BYTES {
+        return Vec::new();
+    }
+    let Ok(serde_json::Value::Array(modules)) = serde_json::from_str(&text) else {
+        return Vec::new();
+    };
+    modules
+        .iter()
+        .filter_map(|m| m.get("path")?.as_str())
+        .map(PathBuf::from)
+        .filter(|p| {
+            p.components().next().is_some()
+                && p.components().all(|c| matches!(c, std::path::Component::Normal(_)))
+        })
+        .collect()
+}
+
 /// The paths a pruned model is written to.
 #[derive(Debug)]
 pub(crate) struct Outputs {
@@ -104,34 +137,70 @@ impl Outputs {
             outputs.index = Some(out.join(INDEX_NAME));
         }
         let root = folder.canonicalize().ok();
+        let modules = module_folders(folder);
         for relative in model.other_files()? {
-            let name = relative.to_string_lossy().to_ascii_lowercase();
             let source = folder.join(&relative);
             let not_a_file = match std::fs::metadata(&source) {
                 Ok(meta) if meta.is_file() => None,
-                Ok(meta) if meta.is_dir() => Some(match (source.canonicalize(), &root) {
+                Ok(meta) if meta.is_dir() => match (source.canonicalize(), &root) {
                     (Ok(to), Some(root)) if to.starts_with(root) => {
-                        "it links to a folder of the model folder, copied under its own name"
+                        Some("it links to a folder of the model folder, copied under its own name")
                     }
-                    _ => "it links to a folder outside the model folder",
-                }),
+                    // A module of the sentence-transformer kept elsewhere: the model
+                    // loads it, so the pruned folder gets its files (one level deep).
+                    _ if modules.contains(&relative) => {
+                        outputs.copy_linked_module(&source, &out.join(&relative))?;
+                        continue;
+                    }
+                    _ => Some("it links to a folder outside the model folder"),
+                },
                 Ok(_) => Some("it is not a regular file (a FIFO, socket or device)"),
                 Err(_) if std::fs::symlink_metadata(&source).is_ok_and(|m| m.is_symlink()) => {
                     Some("it is a symbolic link that leads to no file")
                 }
                 Err(_) => Some("it cannot be examined"),
             };
-            if let Some(why) = not_a_file {
-                outputs.skipped.push((source, why));
-            } else if name.ends_with(".safetensors")
-                || OTHER_WEIGHTS.iter().any(|e| name.ends_with(e))
-            {
-                outputs.skipped.push((source, "weights shears did not prune"));
-            } else {
-                outputs.copies.push((source, out.join(&relative)));
+            match not_a_file {
+                Some(why) => outputs.skipped.push((source, why)),
+                None => outputs.place(source, out.join(&relative)),
             }
         }
         Ok(outputs)
+    }
+
+    /// A file of the model folder: copied to `destination`, unless it holds weights.
+    fn place(&mut self, source: PathBuf, destination: PathBuf) {
+        let name = source.to_string_lossy().to_ascii_lowercase();
+        if name.ends_with(".safetensors") || OTHER_WEIGHTS.iter().any(|e| name.ends_with(e)) {
+            self.skipped.push((source, "weights shears did not prune"));
+        } else {
+            self.copies.push((source, destination));
+        }
+    }
+
+    /// The files of the module folder `source` (a link to a folder outside the model's)
+    /// placed in `destination`; what else it holds is named as not copied.
+    fn copy_linked_module(&mut self, source: &Path, destination: &Path) -> Result<()> {
+        let entries =
+            std::fs::read_dir(source).with_context(|| format!("listing {}", source.display()))?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let name = entry.with_context(|| format!("listing {}", source.display()))?.file_name();
+            if !name.to_string_lossy().starts_with('.') {
+                names.push(name);
+            }
+        }
+        names.sort();
+        for name in names {
+            let path = source.join(&name);
+            if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+                self.place(path, destination.join(&name));
+            } else {
+                let why = "it is not a file of the module folder, which links outside the model folder and whose files alone are copied";
+                self.skipped.push((path, why));
+            }
+        }
+        Ok(())
     }
 
     /// The output folder of a model folder.

@@ -871,6 +871,46 @@ fn copy_tiny_bert(to: &Path) {
         .unwrap();
 }
 
+/// A module folder of the sentence-transformer that links outside the model folder is
+/// part of the model all the same: its files are copied and the pruned folder loads. A
+/// linked folder outside that no module names is still left out.
+#[cfg(unix)]
+#[test]
+fn a_module_folder_kept_elsewhere_is_copied() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    copy_tiny_bert(&model);
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::rename(model.join("1_Pooling"), &elsewhere).unwrap();
+    std::fs::create_dir(elsewhere.join("inner")).unwrap();
+    std::fs::write(elsewhere.join("weights.safetensors"), "not pruned").unwrap();
+    symlink(&elsewhere, model.join("1_Pooling")).unwrap();
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    symlink(&other, model.join("extra")).unwrap();
+    let out = dir.path().join("out");
+    let (m, o) = (model.to_str().unwrap(), out.to_str().unwrap());
+    let run = shears(&["prune", m, "-o", o, "-s", "0.5", "-q"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let pooling = out.join("1_Pooling/config.json");
+    assert!(std::fs::symlink_metadata(&pooling).unwrap().is_file());
+    assert_eq!(
+        std::fs::read(&pooling).unwrap(),
+        std::fs::read(elsewhere.join("config.json")).unwrap()
+    );
+    let err = stderr(&run);
+    assert!(err.contains("extra was not copied: it links to a folder outside the model"), "{err}");
+    assert!(
+        err.contains("weights.safetensors was not copied: weights shears did not prune"),
+        "{err}"
+    );
+    assert!(err.contains("inner was not copied: it is not a file of the module folder"), "{err}");
+    assert!(!err.contains("1_Pooling was not copied"), "{err}");
+    assert!(!out.join("extra").exists() && !out.join("1_Pooling/inner").exists());
+    ok(&["embed", o, "--texts", &sentences("validation.txt"), "--limit", "3", "--json"]);
+}
+
 #[track_caller]
 /// A tokenizer the tokenizers library panics on, as it reads it or as it encodes, is one
 /// line naming its file, whichever command reads it; no panic message reaches stderr.
