@@ -621,7 +621,8 @@ impl SentenceTransformer {
     /// tokenizer gives a token id past the word embeddings' rows, or if its
     /// post-processor gives a token type past the model's.
     pub fn load(folder: &Path, max_len: Option<usize>) -> Result<SentenceTransformer> {
-        Self::build(folder, BertModel::load(folder)?, max_len)
+        let config = BertConfig::from_file(&folder.join("config.json"))?;
+        Self::build(folder, config, &Model::open(folder)?, max_len)
     }
 
     /// [`SentenceTransformer::load`] of `folder`, its weights taken from `weights`, the
@@ -635,18 +636,38 @@ impl SentenceTransformer {
         max_len: Option<usize>,
     ) -> Result<SentenceTransformer> {
         let config = BertConfig::from_file(&folder.join("config.json"))?;
-        Self::build(folder, BertModel::from_weights(config, weights)?, max_len)
+        Self::build(folder, config, weights, max_len)
     }
 
-    /// The folder's sentence-transformer around its encoder `model`, the tokenizer and
-    /// the sentence-transformers files checked against it.
+    /// The folder's sentence-transformer: the encoder of `config` built from `weights`
+    /// while the tokenizer loads beside it, and the sentence-transformers files checked
+    /// against both.
     fn build(
         folder: &Path,
-        model: BertModel,
+        config: BertConfig,
+        weights: &Model,
         max_len: Option<usize>,
     ) -> Result<SentenceTransformer> {
+        let (model, sentence_side) = rayon::join(
+            || BertModel::from_weights(config.clone(), weights),
+            || Self::sentence_side(folder, &config, max_len),
+        );
+        // The weights' errors first, as when the two loaded one after the other.
+        let model = model?;
+        let (sentence, tokenizer) = sentence_side?;
+        Self::check_tokenizer(folder, &model, &tokenizer)?;
+        Ok(SentenceTransformer { model, tokenizer, sentence })
+    }
+
+    /// The sentence-transformers files of `folder` and its tokenizer, checked against
+    /// the encoder's `config`.
+    fn sentence_side(
+        folder: &Path,
+        config: &BertConfig,
+        max_len: Option<usize>,
+    ) -> Result<(SentenceConfig, TextEncoder)> {
         let sentence = SentenceConfig::from_folder(folder)?;
-        let positions = model.config().max_position_embeddings;
+        let positions = config.max_position_embeddings;
         if let (None, Some(len)) = (max_len, sentence.max_seq_length)
             && len > positions
         {
@@ -656,7 +677,7 @@ impl SentenceTransformer {
                 reason: format!("{len} is longer than the model's {positions} position embeddings"),
             });
         }
-        sentence.check_width(folder, model.config().hidden_size)?;
+        sentence.check_width(folder, config.hidden_size)?;
         let max_len_given = max_len;
         let max_len = max_len.or(sentence.max_seq_length).unwrap_or(positions.min(512));
         if max_len > positions {
@@ -673,6 +694,12 @@ impl SentenceTransformer {
             },
             e => e,
         })?;
+        Ok((sentence, tokenizer))
+    }
+
+    /// An error unless every token id and token type `tokenizer` gives is within
+    /// `model`'s embeddings.
+    fn check_tokenizer(folder: &Path, model: &BertModel, tokenizer: &TextEncoder) -> Result<()> {
         let rows = model.config().vocab_size;
         if let Some((token, id, added)) = tokenizer.highest_id()
             && id as usize >= rows
@@ -713,7 +740,7 @@ impl SentenceTransformer {
             let field = "post_processor".into();
             return Err(Error::Config { path: folder.join("tokenizer.json"), field, reason });
         }
-        Ok(SentenceTransformer { model, tokenizer, sentence })
+        Ok(())
     }
 
     /// The embeddings of `texts`: one column per text, pooled (and normalised) as the
