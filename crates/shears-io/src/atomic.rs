@@ -174,8 +174,8 @@ impl Drop for PendingFile {
 /// to finish writing any of them leaves every target as it was. A rename failing after
 /// earlier ones succeeded undoes those: each target that existed was kept under a hard
 /// link of its own until the last rename, and is moved back; each that did not is
-/// removed (a target on a file system without hard links cannot be moved back, and
-/// keeps its new contents).
+/// removed. A target whose old file could not be linked (a file system without hard
+/// links, a name taken) or put back keeps its new contents, and the error names it.
 ///
 /// # Errors
 /// [`Error::Io`] naming the file whose sync or rename failed; every temporary not yet
@@ -199,19 +199,36 @@ pub fn commit_sealed(files: Vec<SealedFile>) -> Result<()> {
     let mut list = pending();
     // The targets renamed so far, each with its old file's link if it had one.
     let mut renamed: Vec<(&Path, Previous)> = Vec::new();
-    for pending in &mut files {
-        let previous = keep_previous(&pending.target);
+    let count = files.len();
+    for (i, pending) in files.iter_mut().enumerate() {
+        // The last rename, if it fails, leaves its target as it was: nothing to keep.
+        let previous = if i + 1 < count { keep_previous(&pending.target) } else { Previous::None };
         if let Err(e) = std::fs::rename(&pending.temporary, &pending.target) {
             if let Previous::Kept(link) = previous {
                 let _ = std::fs::remove_file(link);
             }
+            let mut kept_new = Vec::new();
             for (target, previous) in renamed.into_iter().rev() {
-                let _ = match previous {
-                    Previous::Kept(link) => std::fs::rename(link, target),
-                    Previous::None => std::fs::remove_file(target),
-                    Previous::Lost => Ok(()),
+                let undone = match previous {
+                    Previous::Kept(link) => std::fs::rename(link, target).is_ok(),
+                    Previous::None => std::fs::remove_file(target).is_ok(),
+                    Previous::Lost => false,
                 };
+                if !undone {
+                    kept_new.push(target.display().to_string());
+                }
             }
+            let e = match kept_new.len() {
+                0 => e,
+                n => std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{e}; {} could not be put back and keep{} this run's contents",
+                        kept_new.join(", "),
+                        if n == 1 { "s" } else { "" }
+                    ),
+                ),
+            };
             return Err(Error::io("rename", &pending.target, e));
         }
         pending.done = true;
@@ -241,8 +258,11 @@ enum Previous {
 /// that a commit can put it back; a killed run leaves that link as it leaves any
 /// temporary, for the next run to remove.
 fn keep_previous(target: &Path) -> Previous {
-    if std::fs::symlink_metadata(target).is_err() {
-        return Previous::None;
+    match std::fs::symlink_metadata(target) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Previous::None,
+        // Something may be there: never removed on a rollback.
+        Err(_) => return Previous::Lost,
     }
     let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
         return Previous::Lost;
@@ -412,6 +432,37 @@ mod tests {
         assert_eq!(std::fs::read(&old).unwrap(), b"new");
         assert_eq!(std::fs::read(&fresh).unwrap(), b"new");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    /// A target whose old file could not be kept (here its link's name is taken) keeps
+    /// the new contents when a later rename fails, and the error says so.
+    #[test]
+    fn a_target_that_cannot_be_put_back_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, blocked) = (dir.path().join("old.bin"), dir.path().join("b"));
+        std::fs::write(&old, b"old").unwrap();
+        let mut files = Vec::new();
+        for target in [&old, &blocked] {
+            let (pending, mut file) = PendingFile::create(target).unwrap();
+            file.write_all(b"new").unwrap();
+            files.push((pending, file));
+        }
+        // Every name the old file's link could take next is taken (other tests draw a
+        // few numbers meanwhile, far fewer than these).
+        let next = NEXT.load(Ordering::Relaxed);
+        for n in next..next + 1000 {
+            let name = temporary_name(std::process::id(), n, "old.bin");
+            std::fs::write(dir.path().join(name), b"planted").unwrap();
+        }
+        std::fs::create_dir(&blocked).unwrap();
+        std::fs::write(blocked.join("inside"), b"x").unwrap();
+        let err = commit_all(files).unwrap_err();
+        let source = std::error::Error::source(&err).map(ToString::to_string);
+        let err = format!("{err}: {}", source.unwrap_or_default());
+        let named =
+            format!("{} could not be put back and keeps this run's contents", old.display());
+        assert!(err.contains(&named), "{err}");
+        assert_eq!(std::fs::read(&old).unwrap(), b"new");
     }
 
     #[test]

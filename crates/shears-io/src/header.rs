@@ -111,9 +111,13 @@ pub(crate) fn read<S: Source + ?Sized>(source: &S) -> Result<Header, Invalid> {
     for (name, info) in &entries {
         let (start, stop) = info.data_offsets;
         if start != end || stop < start {
-            // A tensor placed past the file's data leaves a gap: it is named, not the
-            // tensor after the gap. (A truncated file has no gap: its data is short.)
-            let past = entries.iter().rev().find(|(_, i)| i.data_offsets.1 as u64 > held);
+            // A tensor moved past the file's data leaves a gap of its own size: it is
+            // named, not the tensor after the gap. (A truncated file has no gap.)
+            let gap = start.checked_sub(end);
+            let past = entries.iter().rev().find(|(_, i)| {
+                let (a, b) = i.data_offsets;
+                b as u64 > held && b.checked_sub(a) == gap
+            });
             if let Some((name, info)) = past {
                 let (start, end) = info.data_offsets;
                 return Err(

@@ -109,6 +109,11 @@ fn header_errors_name_the_problem() {
         held: 12,
     };
     assert_eq!(problem(file(&far, &[0; 12])), past);
+    // A gap and, apart from it, a tensor past the data: the gap is the first problem.
+    let both = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]},"c":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}}"#;
+    assert!(
+        matches!(problem(file(both, &[0; 12])), HeaderProblem::Offsets { tensor, .. } if tensor == "b")
+    );
     assert!(matches!(problem(file(wrong, &[0; 8])), HeaderProblem::Size { .. }));
     assert!(matches!(problem(file(huge, &[0; 8])), HeaderProblem::NoByteSize { .. }));
     assert!(matches!(problem(file(twice, &[0; 8])), HeaderProblem::Duplicate { .. }));
