@@ -192,7 +192,9 @@ pub(crate) fn prune(
             let weights = (transformer.model.linears().find(|l| l.name() == p.name))
                 .map(|l| l.dense_weights())
                 .context("internal error: a pruned layer")?;
-            let zeros_before = *zeros_before.get(p.name.as_str()).unwrap_or(&0);
+            let zeros_before = *zeros_before
+                .get(p.name.as_str())
+                .context("internal error: a pruned layer's count of zeros")?;
             Ok((p.name, PrunedLinear { weights, mask: p.mask, zeros_before }))
         })
         .collect::<Result<Pruned>>()?;

@@ -49,7 +49,7 @@ pub(crate) enum Command {
     /// (an int8 model twice: with integer products, and with its weights as f32).
     ///
     /// The cosines cover every sentence; the top-10 neighbour overlap compares every
-    /// pair of sentences, so it covers the first 4096. With fewer than 12 sentences it
+    /// pair of sentences, so it covers the first 4096. With 12 sentences or fewer it
     /// compares all of a sentence's neighbours but one (none below 3 sentences).
     Eval(EvalArgs),
     /// Write a model as ONNX: a shears-nn MLP checkpoint (as `shears demo` writes) or a

@@ -28,12 +28,10 @@ const MAX_MODULES_BYTES: u64 = 1 << 20;
 /// read or is past [`MAX_MODULES_BYTES`].
 fn module_folders(folder: &Path) -> Vec<PathBuf> {
     use std::io::Read;
-    let path = folder.join("modules.json");
-    // A regular file only: opening a FIFO would wait for a writer.
-    if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+    // A regular file only, opened without waiting on a FIFO.
+    let Ok(file) = shears_io::paths::open_regular_file(&folder.join("modules.json")) else {
         return Vec::new();
-    }
-    let Ok(file) = std::fs::File::open(&path) else { return Vec::new() };
+    };
     let mut text = String::new();
     let read = file.take(MAX_MODULES_BYTES + 1).read_to_string(&mut text);
     if read.is_err() || text.len() as u64 > MAX_MODULES_BYTES {
@@ -142,15 +140,16 @@ impl Outputs {
             let source = folder.join(&relative);
             let not_a_file = match std::fs::metadata(&source) {
                 Ok(meta) if meta.is_file() => None,
+                // A module of the sentence-transformer kept at another path: the model
+                // loads it under the link's name, so the pruned folder gets its files
+                // there (one level deep).
+                Ok(meta) if meta.is_dir() && modules.contains(&relative) => {
+                    outputs.copy_linked_module(&source, &out.join(&relative))?;
+                    continue;
+                }
                 Ok(meta) if meta.is_dir() => match (source.canonicalize(), &root) {
                     (Ok(to), Some(root)) if to.starts_with(root) => {
                         Some("it links to a folder of the model folder, copied under its own name")
-                    }
-                    // A module of the sentence-transformer kept elsewhere: the model
-                    // loads it, so the pruned folder gets its files (one level deep).
-                    _ if modules.contains(&relative) => {
-                        outputs.copy_linked_module(&source, &out.join(&relative))?;
-                        continue;
                     }
                     _ => Some("it links to a folder outside the model folder"),
                 },
@@ -178,14 +177,20 @@ impl Outputs {
         }
     }
 
-    /// The files of the module folder `source` (a link to a folder outside the model's)
-    /// placed in `destination`; what else it holds is named as not copied.
+    /// The files of the module folder `source` (a link to another folder) placed in
+    /// `destination`; what else it holds is named as not copied, hidden files (as in
+    /// the model folder) aside.
     fn copy_linked_module(&mut self, source: &Path, destination: &Path) -> Result<()> {
-        let entries =
-            std::fs::read_dir(source).with_context(|| format!("listing {}", source.display()))?;
+        let listing = || format!("listing {}", source.display());
         let mut names = Vec::new();
-        for entry in entries {
-            let name = entry.with_context(|| format!("listing {}", source.display()))?.file_name();
+        for (i, entry) in std::fs::read_dir(source).with_context(listing)?.enumerate() {
+            if i == MAX_VISITED {
+                bail!(
+                    "{} holds more than {MAX_VISITED} entries: a module folder holds a few files",
+                    source.display()
+                );
+            }
+            let name = entry.with_context(listing)?.file_name();
             if !name.to_string_lossy().starts_with('.') {
                 names.push(name);
             }
@@ -196,7 +201,7 @@ impl Outputs {
             if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
                 self.place(path, destination.join(&name));
             } else {
-                let why = "it is not a file of the module folder, which links outside the model folder and whose files alone are copied";
+                let why = "it is not a file of the module folder, which is a link and whose files alone are copied";
                 self.skipped.push((path, why));
             }
         }

@@ -681,7 +681,7 @@ fn calibrated_methods_refuse_what_they_cannot_do_before_writing() {
         ),
         (
             vec!["--method", "sparsegpt", "-s", "0.5", "--calib", &calib, "--pattern", "per-row"],
-            "(e.g. 2:4), not per-row",
+            "(e.g. 2:4), not per-row\n",
         ),
         (vec!["--method", "wanda", "-s", "0.5", "--calib", &calib, "--all"], "--exclude"),
         (vec!["--method", "wanda", "-s", "0.5", "--calib", &calib, "--scope", "global"], "global"),
@@ -909,6 +909,20 @@ fn a_module_folder_kept_elsewhere_is_copied() {
     assert!(!err.contains("1_Pooling was not copied"), "{err}");
     assert!(!out.join("extra").exists() && !out.join("1_Pooling/inner").exists());
     ok(&["embed", o, "--texts", &sentences("validation.txt"), "--limit", "3", "--json"]);
+    // Linked to a folder of the model folder: copied under the link's name too.
+    std::fs::remove_file(model.join("1_Pooling")).unwrap();
+    std::fs::remove_file(model.join("extra")).unwrap();
+    std::fs::create_dir(model.join("pooling")).unwrap();
+    let config = elsewhere.join("config.json");
+    std::fs::copy(&config, model.join("pooling/config.json")).unwrap();
+    symlink("pooling", model.join("1_Pooling")).unwrap();
+    let inside = dir.path().join("inside");
+    let i = inside.to_str().unwrap();
+    ok(&["prune", m, "-o", i, "-s", "0.5", "-q"]);
+    for copied in ["1_Pooling/config.json", "pooling/config.json"] {
+        assert_eq!(std::fs::read(inside.join(copied)).unwrap(), std::fs::read(&config).unwrap());
+    }
+    ok(&["embed", i, "--texts", &sentences("validation.txt"), "--limit", "3", "--json"]);
 }
 
 #[track_caller]
