@@ -140,12 +140,22 @@ impl Outputs {
             let source = folder.join(&relative);
             let not_a_file = match std::fs::metadata(&source) {
                 Ok(meta) if meta.is_file() => None,
-                // A module of the sentence-transformer kept at another path: the model
-                // loads it under the link's name, so the pruned folder gets its files
-                // there (one level deep).
+                // A module of the sentence-transformer linked to another folder of the
+                // model: the model loads it under the link's name, so the pruned folder
+                // gets its files there (one level deep). One linked from outside would
+                // copy whatever that folder holds (`/etc`, say): refused.
                 Ok(meta) if meta.is_dir() && modules.contains(&relative) => {
-                    outputs.copy_linked_module(&source, &out.join(&relative))?;
-                    continue;
+                    match (source.canonicalize(), &root) {
+                        (Ok(to), Some(root)) if to.starts_with(root) => {
+                            outputs.copy_linked_module(&source, &out.join(&relative))?;
+                            continue;
+                        }
+                        _ => bail!(
+                            "{}: the module folder {} that modules.json names links outside the model folder, and shears copies nothing from outside it: put the module's files in the model folder",
+                            folder.display(),
+                            relative.display()
+                        ),
+                    }
                 }
                 Ok(meta) if meta.is_dir() => match (source.canonicalize(), &root) {
                     (Ok(to), Some(root)) if to.starts_with(root) => {

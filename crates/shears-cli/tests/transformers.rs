@@ -871,21 +871,22 @@ fn copy_tiny_bert(to: &Path) {
         .unwrap();
 }
 
-/// A module folder of the sentence-transformer that links outside the model folder is
-/// part of the model all the same: its files are copied and the pruned folder loads. A
-/// linked folder outside that no module names is still left out.
+/// A module folder of the sentence-transformer that links to another folder of the
+/// model is part of the model all the same: its files are copied under the link's name
+/// and the pruned folder loads. One that links outside the model folder is refused
+/// before anything is written (copying it would copy whatever that folder holds), and a
+/// linked folder outside that no module names is left out, and named.
 #[cfg(unix)]
 #[test]
-fn a_module_folder_kept_elsewhere_is_copied() {
+fn module_folders_behind_links_are_copied_from_inside_only() {
     use std::os::unix::fs::symlink;
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
     copy_tiny_bert(&model);
-    let elsewhere = dir.path().join("elsewhere");
-    std::fs::rename(model.join("1_Pooling"), &elsewhere).unwrap();
-    std::fs::create_dir(elsewhere.join("inner")).unwrap();
-    std::fs::write(elsewhere.join("weights.safetensors"), "not pruned").unwrap();
-    symlink(&elsewhere, model.join("1_Pooling")).unwrap();
+    std::fs::rename(model.join("1_Pooling"), model.join("pooling")).unwrap();
+    std::fs::create_dir(model.join("pooling/inner")).unwrap();
+    std::fs::write(model.join("pooling/weights.safetensors"), "not pruned").unwrap();
+    symlink("pooling", model.join("1_Pooling")).unwrap();
     let other = dir.path().join("other");
     std::fs::create_dir(&other).unwrap();
     symlink(&other, model.join("extra")).unwrap();
@@ -893,36 +894,35 @@ fn a_module_folder_kept_elsewhere_is_copied() {
     let (m, o) = (model.to_str().unwrap(), out.to_str().unwrap());
     let run = shears(&["prune", m, "-o", o, "-s", "0.5", "-q"]);
     assert!(run.status.success(), "{}", stderr(&run));
-    let pooling = out.join("1_Pooling/config.json");
-    assert!(std::fs::symlink_metadata(&pooling).unwrap().is_file());
-    assert_eq!(
-        std::fs::read(&pooling).unwrap(),
-        std::fs::read(elsewhere.join("config.json")).unwrap()
-    );
+    let config = std::fs::read(model.join("pooling/config.json")).unwrap();
+    for copied in ["1_Pooling/config.json", "pooling/config.json"] {
+        let written = out.join(copied);
+        assert!(std::fs::symlink_metadata(&written).unwrap().is_file(), "{copied}");
+        assert_eq!(std::fs::read(&written).unwrap(), config, "{copied}");
+    }
     let err = stderr(&run);
     assert!(err.contains("extra was not copied: it links to a folder outside the model"), "{err}");
+    let weights = "1_Pooling/weights.safetensors was not copied: weights shears did not prune";
+    assert!(err.contains(weights), "{err}");
     assert!(
-        err.contains("weights.safetensors was not copied: weights shears did not prune"),
+        err.contains("1_Pooling/inner was not copied: it is not a file of the module"),
         "{err}"
     );
-    assert!(err.contains("inner was not copied: it is not a file of the module folder"), "{err}");
-    assert!(!err.contains("1_Pooling was not copied"), "{err}");
     assert!(!out.join("extra").exists() && !out.join("1_Pooling/inner").exists());
     ok(&["embed", o, "--texts", &sentences("validation.txt"), "--limit", "3", "--json"]);
-    // Linked to a folder of the model folder: copied under the link's name too.
+    // Linked outside the model folder: refused, nothing written.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::rename(model.join("pooling"), &elsewhere).unwrap();
     std::fs::remove_file(model.join("1_Pooling")).unwrap();
-    std::fs::remove_file(model.join("extra")).unwrap();
-    std::fs::create_dir(model.join("pooling")).unwrap();
-    let config = elsewhere.join("config.json");
-    std::fs::copy(&config, model.join("pooling/config.json")).unwrap();
-    symlink("pooling", model.join("1_Pooling")).unwrap();
-    let inside = dir.path().join("inside");
-    let i = inside.to_str().unwrap();
-    ok(&["prune", m, "-o", i, "-s", "0.5", "-q"]);
-    for copied in ["1_Pooling/config.json", "pooling/config.json"] {
-        assert_eq!(std::fs::read(inside.join(copied)).unwrap(), std::fs::read(&config).unwrap());
-    }
-    ok(&["embed", i, "--texts", &sentences("validation.txt"), "--limit", "3", "--json"]);
+    symlink(&elsewhere, model.join("1_Pooling")).unwrap();
+    let refused_out = dir.path().join("refused");
+    let run = shears(&["prune", m, "-o", refused_out.to_str().unwrap(), "-s", "0.5"]);
+    assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
+    let expected = format!(
+        "shears: error: {m}: the module folder 1_Pooling that modules.json names links outside the model folder, and shears copies nothing from outside it: put the module's files in the model folder\n"
+    );
+    assert_eq!(stderr(&run), expected);
+    assert!(!refused_out.exists());
 }
 
 #[track_caller]
