@@ -14,7 +14,7 @@ use shears_models::{Method, PruneSpec, Step, prune_model, read_texts};
 use crate::cli::PruneArgs;
 use crate::job::Job;
 use crate::progress::Progress;
-use crate::sources::{Sources, Tensor, View};
+use crate::sources::{Sources, Tensor, View, zeros_before};
 
 /// Tokens per calibration sentence unless `--max-len` says otherwise (or the model's own
 /// limit is shorter): the length Wanda's and SparseGPT's evaluations of encoders use.
@@ -166,7 +166,7 @@ pub(crate) fn prune(
         .filter(|l| chosen_names.contains(l.name()))
         .collect::<Vec<_>>()
         .par_iter()
-        .map(|l| (l.name().to_owned(), zeros_under(&l.dense_weights(), prior.get(l.name()))))
+        .map(|l| (l.name().to_owned(), zeros_before(&l.dense_weights(), prior.get(l.name()))))
         .collect();
     let layers = transformer.model.layers().len() as u64;
     let progress = Progress::steps(layers, "layers", args.quiet);
@@ -210,16 +210,4 @@ pub(crate) fn prune(
         }
     }
     Ok((pruned, calibration))
-}
-
-/// The weights of `w` that are zero or pruned by `kept`, as `prune` counts a tensor's
-/// zeros before it prunes.
-fn zeros_under(w: &DMatrix<f32>, kept: Option<&Mask>) -> usize {
-    match kept {
-        Some(kept) => {
-            let w = w.as_slice();
-            kept.count_pruned() + kept.iter_kept_linear().filter(|&i| w[i] == 0.0).count()
-        }
-        None => w.iter().filter(|&&v| v == 0.0).count(),
-    }
 }

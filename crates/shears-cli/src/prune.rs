@@ -6,8 +6,6 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use nalgebra::DMatrix;
-use rayon::prelude::*;
 use serde::Serialize;
 use shears_io::{
     Dtype, Float, Model, SCALE_SUFFIX, SealedFile, TensorWriter, commit_sealed, is_float,
@@ -24,7 +22,7 @@ use crate::progress::Progress;
 use crate::quantize::{self, Quantize};
 use crate::record;
 use crate::report::{Warnings, byte_size, fraction, natural_cmp, print_json, print_table};
-use crate::sources::{Sources, Tensor, View};
+use crate::sources::{Sources, Tensor, View, zeros, zeros_before};
 use crate::tensor_filter::{Choice, Filters, Why};
 
 /// One tensor's line of the report. The rest of the line (name, shape, dtype, why) is
@@ -497,9 +495,6 @@ fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()>
     Ok(())
 }
 
-/// Values per parallel task when counting zeros.
-const TASK: usize = 1 << 16;
-
 /// The record of this run that the written files carry.
 fn record_of(
     args: &PruneArgs,
@@ -530,11 +525,6 @@ fn record_of(
         calibration: calibration.map(calibrated::Calibration::record),
         quantized: quantize.map(Quantize::describe),
     }
-}
-
-/// How many of `values` are zero, on rayon's threads.
-fn zeros<T: Float>(values: &DMatrix<T>) -> usize {
-    values.as_slice().par_chunks(TASK).map(zeros_in).sum()
 }
 
 #[allow(clippy::too_many_arguments, reason = "the run's pieces, each decided once in run")]
@@ -652,15 +642,7 @@ fn prune<'a, T: Float>(
                     None => {
                         let spare = std::mem::take(&mut spare);
                         let loaded = sources.load::<T>(model, t, job.view, spare)?;
-                        // With --masks-in the run starts from the weights under their masks.
-                        let zeros_before = match &loaded.kept {
-                            Some(kept) => {
-                                let w = loaded.weights.as_slice();
-                                kept.count_pruned()
-                                    + kept.iter_kept_linear().filter(|&i| w[i] == T::zero()).count()
-                            }
-                            None => zeros(&loaded.weights),
-                        };
+                        let zeros_before = zeros_before(&loaded.weights, loaded.kept.as_ref());
                         let mask = match global.as_mut() {
                             Some(g) => g.mask(job, t, &loaded)?,
                             None => job.layer_mask(t, &loaded)?,

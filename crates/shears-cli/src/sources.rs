@@ -5,12 +5,34 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use nalgebra::DMatrix;
+use rayon::prelude::*;
 use shears_core::{Mask, WeightShape};
 use shears_io::{
     Checkpoint, Dtype, Float, Model, mask_from_bytes, torch_mask_name, weight_of_torch_mask,
+    zeros_in,
 };
 
 use crate::tensor_filter::Choice;
+
+/// Values per parallel task when counting zeros.
+const TASK: usize = 1 << 16;
+
+/// How many of `values` are zero, on rayon's threads.
+pub(crate) fn zeros<T: Float>(values: &DMatrix<T>) -> usize {
+    values.as_slice().par_chunks(TASK).map(zeros_in).sum()
+}
+
+/// How many of `weights` a run starts from as pruned: those `kept` (a `--masks-in`
+/// mask) prunes and the zeros among the rest, or all its zeros without a mask.
+pub(crate) fn zeros_before<T: Float>(weights: &DMatrix<T>, kept: Option<&Mask>) -> usize {
+    match kept {
+        Some(kept) => {
+            let w = weights.as_slice();
+            kept.count_pruned() + kept.iter_kept_linear().filter(|&i| w[i] == T::zero()).count()
+        }
+        None => zeros(weights),
+    }
+}
 
 /// How a tensor is held while it is pruned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
