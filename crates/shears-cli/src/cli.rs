@@ -334,8 +334,9 @@ pub(crate) struct ExportArgs {
     #[arg(long)]
     pub(crate) sparse_initializers: bool,
     /// Write the initializers of 1 KiB or more to OUTPUT.data beside the .onnx file
-    /// (ONNX external data, which ONNX Runtime reads from there). Models past protobuf's
-    /// 2 GiB limit get it without asking.
+    /// (ONNX external data, which ONNX Runtime reads from there), replacing a file of that
+    /// name as the model replaces OUTPUT. Models past protobuf's 2 GiB limit get it
+    /// without asking.
     #[arg(long)]
     pub(crate) external_data: bool,
 }

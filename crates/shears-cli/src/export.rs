@@ -130,6 +130,9 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
     };
     // Nothing moved (no initializer of 1 KiB or more): no data file.
     let data = data.filter(|d| !d.is_empty());
+    // A data file already there (an earlier export's, or any file of that name) is
+    // replaced as the model is: the report says so.
+    let replaces_data = data.is_some() && data_path.is_file();
     // The model and its data land together; the data first, so that a failure between
     // the two renames leaves the old model, not a new one without its data.
     let mut files = Vec::new();
@@ -155,9 +158,10 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
     )?;
     if let Some(data) = &data {
         outln!(
-            "initializers of 1 KiB or more: {} ({})",
+            "initializers of 1 KiB or more: {} ({}){}",
             data_path.display(),
-            crate::report::byte_size(data.len() as u64)
+            crate::report::byte_size(data.len() as u64),
+            if replaces_data { ", replacing the file that was there" } else { "" }
         )?;
     }
     if args.sparse_initializers {

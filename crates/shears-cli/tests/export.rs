@@ -288,6 +288,20 @@ fn external_data_moves_large_initializers_beside_the_model() {
         .flat_map(|rc| w[rc].to_le_bytes())
         .collect();
     assert_eq!(&data[offset..offset + length], expected.as_slice());
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("replacing"));
+    // Exported again, the data file of the first export is replaced, and the report
+    // says so.
+    let o = shears(&[
+        "export",
+        checkpoint.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--external-data",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains("mlp.onnx.data") && said.contains("replacing the file"), "{said}");
+    assert_eq!(std::fs::read(dir.path().join("mlp.onnx.data")).unwrap(), data);
 }
 
 #[test]
