@@ -240,12 +240,12 @@ fn load_mlp(path: &Path) -> Result<(shears_nn::Mlp<f32>, shears_core::Masks)> {
 }
 
 /// The folder `file` is in.
-fn folder_of(file: &Path) -> &Path {
+pub(crate) fn folder_of(file: &Path) -> &Path {
     file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 /// The folder `file` is in if that folder is a model folder (it has a `config.json`).
-fn model_folder_of(file: &Path) -> Option<&Path> {
+pub(crate) fn model_folder_of(file: &Path) -> Option<&Path> {
     let folder = folder_of(file);
     folder.join("config.json").is_file().then_some(folder)
 }

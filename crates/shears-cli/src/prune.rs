@@ -421,6 +421,21 @@ fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()>
             model_folder.display()
         );
     }
+    // A checkpoint given by its file, in a model folder: the folder's other files (its
+    // config, tokenizer, other shards) are the model's, and no output goes among them.
+    if model.folder().is_none()
+        && let Some(model_folder) = crate::export::model_folder_of(model.path())
+        && let Some(written) =
+            outputs.written().find(|w| shears_io::paths::is_within(w, model_folder))
+    {
+        bail!(
+            "refusing to write {}: it is inside the model folder {} that {} is in (write elsewhere, or prune the folder: shears prune {} -o NEW_FOLDER)",
+            written.display(),
+            model_folder.display(),
+            model.path().display(),
+            model_folder.display()
+        );
+    }
     if let Some(root) = folder {
         for written in outputs.written().filter(|w| w.starts_with(root)) {
             // A linked folder inside the output would take the file outside it.

@@ -315,3 +315,37 @@ fn a_closed_stderr_changes_no_exit_status() {
     assert!(folder.join("model.safetensors").is_file());
     assert_eq!(std::fs::read(folder.join("notes.txt")).unwrap(), b"mine");
 }
+
+#[test]
+fn a_weights_file_of_a_model_folder_is_never_pruned_into_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tiny-bert");
+    let folder = dir.path().join("model");
+    std::fs::create_dir(&folder).unwrap();
+    for name in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(tiny.join(name), folder.join(name)).unwrap();
+    }
+    let weights = folder.join("model.safetensors");
+    let config = folder.join("config.json");
+    let masks = folder.join("masks.safetensors");
+    let w = weights.to_str().unwrap();
+    let untouched = [weights.as_path(), config.as_path()];
+    // Over a file of the folder, a new file in it, or the masks in it: refused, naming
+    // the folder, and nothing written.
+    refused(&["prune", w, "-o", config.to_str().unwrap(), "-s", "0.5"], "model folder", &untouched);
+    let beside = folder.join("pruned.safetensors");
+    refused(
+        &["prune", w, "-o", beside.to_str().unwrap(), "-s", "0.5"],
+        "prune the folder",
+        &untouched,
+    );
+    let out = dir.path().join("pruned.safetensors");
+    let (o, m) = (out.to_str().unwrap(), masks.to_str().unwrap());
+    refused(&["prune", w, "-o", o, "-s", "0.5", "--masks-out", m], "model folder", &untouched);
+    assert!(!beside.exists() && !masks.exists() && !out.exists());
+    no_temporaries(&folder);
+    // Outside the folder it prunes as any checkpoint.
+    let done = shears(&["prune", w, "-o", o, "-s", "0.5"]);
+    assert!(done.status.success(), "{}", stderr(&done));
+    assert!(out.is_file());
+}
