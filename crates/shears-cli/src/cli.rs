@@ -138,7 +138,9 @@ pub(crate) struct PruneArgs {
     #[arg(long)]
     pub(crate) all: bool,
     /// Tensors whose name matches this regular expression are stored (in, out), as
-    /// GPT-2's Conv1D (recognised by name otherwise): patterns run along (out, in).
+    /// GPT-2's Conv1D (recognised by name otherwise): patterns run along (out, in). It
+    /// says how they are stored, not whether they are pruned: an embedding, pooler or
+    /// head matched stays unpruned unless --include or --all chooses it.
     #[arg(long, value_name = "REGEX")]
     pub(crate) transposed: Vec<String>,
     /// Gradients for --method gradient, same names and shapes as the weights; several

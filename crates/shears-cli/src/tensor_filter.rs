@@ -121,11 +121,15 @@ impl Filters {
         let mut choices = Vec::new();
         for t in model.tensors() {
             let mut role = role_of(model, t);
-            let forced = matches(&self.transposed, t.name);
-            if forced && t.info.shape.len() == 2 && role.prunable() {
+            // --transposed says how a matrix is stored, not whether it is pruned: a
+            // layer's weight (or a matrix the names do not place) becomes a linear layer
+            // stored (in, out); an embedding, pooler or head keeps its role, and stays
+            // unpruned unless --include or --all chooses it.
+            let forced = matches(&self.transposed, t.name) && t.info.shape.len() == 2;
+            if forced && matches!(role, TensorRole::Linear | TensorRole::OtherMatrix) {
                 role = TensorRole::TransposedLinear;
             }
-            let transposed = role == TensorRole::TransposedLinear;
+            let transposed = role == TensorRole::TransposedLinear || (forced && role.prunable());
             let included = matches(&self.include, t.name);
             let (chosen, why) = if !role.prunable() {
                 // A regex that also matches a layer's bias is not a mistake; naming an

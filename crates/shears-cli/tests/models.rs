@@ -433,6 +433,41 @@ fn gpt2_conv1d_weights_are_pruned_along_their_outputs() {
             assert_eq!(kept, 2, "column {col}, group {group}");
         }
     }
+    // --transposed says how a matrix is stored, not that it is pruned: an embedding, a
+    // pooler or a head it matches stays as it is unless --include or --all asks.
+    let (bert_in, kept) =
+        (dir.path().join("bert.safetensors"), dir.path().join("kept.safetensors"));
+    write(&bert_in, &bert());
+    let (b, k) = (bert_in.to_str().unwrap(), kept.to_str().unwrap());
+    let unlisted =
+        ["embeddings.word_embeddings.weight", "pooler.dense.weight", "classifier.weight"];
+    let report =
+        json(&run(&["prune", b, "-o", k, "-s", "0.5", "--transposed", "weight", "--json"]));
+    let (before, after) = (read(&bert_in), read(&kept));
+    for name in unlisted {
+        assert_eq!(after[name].2, before[name].2, "{name}");
+        let entry = report["tensors"].as_array().unwrap().iter().find(|t| t["name"] == name);
+        assert_eq!(entry.unwrap()["pruned"], false, "{name}: {report}");
+    }
+    let query = "encoder.layer.0.attention.self.query.weight";
+    assert_eq!(after[query].2.iter().filter(|v| **v == 0.0).count(), 64);
+    // Chosen by --all, the pooler is pruned along its stored columns.
+    run(&[
+        "prune",
+        b,
+        "-o",
+        k,
+        "-s",
+        "0.5",
+        "--pattern",
+        "rows",
+        "--all",
+        "--transposed",
+        "pooler",
+    ]);
+    let pooler = &read(&kept)["pooler.dense.weight"].2;
+    let zero_columns = (0..16).filter(|c| (0..16).all(|r| pooler[r * 16 + c] == 0.0)).count();
+    assert_eq!(zero_columns, 8, "{pooler:?}");
     // A Conv1D weight pruned 2:4 is 2:4 as `inspect` sees it, in the weights and masks.
     let (gpt24, masks) = (dir.path().join("gpt24.safetensors"), dir.path().join("m.safetensors"));
     let (g, m) = (gpt24.to_str().unwrap(), masks.to_str().unwrap());
