@@ -181,8 +181,18 @@ impl Filters {
                     "--include matches no tensor of {path} that can be pruned (2-D or 4-D floating point), only others such as biases and norms"
                 );
             }
+            // Its prunable tensors are all of roles left alone by default: name them.
+            let left: Vec<&Choice> =
+                choices.iter().filter(|c| c.why == Why::NotByDefault).collect();
+            let named: Vec<String> =
+                left.iter().take(3).map(|c| format!("`{}` ({})", c.name, c.role)).collect();
+            let more = match left.len().saturating_sub(named.len()) {
+                0 => String::new(),
+                n => format!(" and {n} more"),
+            };
             bail!(
-                "no tensor of {path} is chosen for pruning: it has no linear or convolution weight by the usual names (--all prunes every 2-D and 4-D floating tensor)"
+                "no tensor of {path} is chosen for pruning: it has no linear or convolution weight that is pruned by default, only {}{more}: --include REGEX or --all prunes them",
+                named.join(", ")
             );
         }
         Ok(choices)

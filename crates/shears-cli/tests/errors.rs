@@ -602,3 +602,24 @@ fn help_that_cannot_be_written_is_an_error() {
         assert_eq!((o.status.code(), stderr(&o)), (Some(141), String::new()), "{args:?}");
     }
 }
+
+#[test]
+fn a_model_of_tensors_left_alone_by_default_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (dir.path().join("conv.safetensors"), dir.path().join("out.safetensors"));
+    // A lone convolution on 3 channels reads pixels: the first convolution, kept.
+    let conv = T {
+        name: "conv.weight",
+        dtype: Dtype::F32,
+        shape: vec![4, 3, 3, 3],
+        values: vec![1.0; 108],
+    };
+    let head = T { name: "fc.weight", dtype: Dtype::F32, shape: vec![2, 4], values: vec![1.0; 8] };
+    write(&input, &[conv, head]);
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    fails(&["prune", i, "-o", o, "-s", "0.5"], &out, "`conv.weight` (");
+    fails(&["prune", i, "-o", o, "-s", "0.5"], &out, "`fc.weight` (");
+    fails(&["prune", i, "-o", o, "-s", "0.5"], &out, "--include REGEX or --all");
+    prune_ok(&input, &out, &["-s", "0.5", "--all"]);
+    assert_eq!(read(&out)["conv.weight"].2.iter().filter(|v| **v == 0.0).count(), 54);
+}
