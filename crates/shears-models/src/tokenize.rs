@@ -317,16 +317,33 @@ impl TextEncoder {
         let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
         let failed = |reason: String| Error::File {
             path: self.path.clone(),
-            reason: format!("the tokenizer fails on a text: {reason}"),
+            reason: format!("the tokenizer fails on the text {reason}"),
         };
         // `from_folder` refuses the post-processors known to panic in the tokenizers
         // library; this catches any other panic it has, so that a file still gets an error.
-        let encode = std::panic::AssertUnwindSafe(|| self.tokenizer.encode_batch(inputs, true));
-        match std::panic::catch_unwind(encode) {
-            Ok(encodings) => encodings.map_err(|e| failed(e.to_string())),
-            Err(panic) => Err(failed(panic_message(&*panic))),
-        }
+        let encode = |inputs: Vec<&str>| {
+            let batch = std::panic::AssertUnwindSafe(|| self.tokenizer.encode_batch(inputs, true));
+            match std::panic::catch_unwind(batch) {
+                Ok(encodings) => encodings.map_err(|e| e.to_string()),
+                Err(panic) => Err(panic_message(&*panic)),
+            }
+        };
+        encode(inputs.clone()).map_err(|reason| {
+            // Which text: tokenized one at a time, on this path alone.
+            match inputs.iter().find(|text| encode(vec![**text]).is_err()) {
+                Some(text) => failed(format!("{}: {reason}", quoted(text))),
+                None => failed(reason),
+            }
+        })
     }
+}
+
+/// `text` quoted for an error: its first 60 characters, control characters escaped.
+fn quoted(text: &str) -> String {
+    const SHOWN: usize = 60;
+    let start: String = text.chars().take(SHOWN).collect();
+    let cut = if text.chars().nth(SHOWN).is_some() { "..." } else { "" };
+    format!("{start:?}{cut}")
 }
 
 /// Which tokens of `e` are the text's words: neither placed by the post-processor nor

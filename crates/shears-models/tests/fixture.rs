@@ -456,7 +456,7 @@ fn word_pools_cut_exact_sentences_between_the_special_tokens() {
     assert_eq!(batch.lengths, [4, 4]);
 }
 
-/// A tokenizer that fails on a text is named by its file.
+/// A tokenizer that fails on a text is named by its file, and the text by its start.
 #[test]
 fn a_tokenizer_that_fails_on_a_text_is_named() {
     use shears_models::TextEncoder;
@@ -469,10 +469,17 @@ fn a_tokenizer_that_fails_on_a_text_is_named() {
     let path = dir.path().join("tokenizer.json");
     std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
     let encoder = TextEncoder::from_folder(dir.path(), 64).unwrap();
-    let err = encoder.encode(&["zzqxj\u{2603}"]).unwrap_err().to_string();
-    let named = format!("{}: the tokenizer fails on a text: ", path.display());
+    // Named with the text it fails on (an empty one needs no unknown token).
+    let texts = ["", "zzqxj\u{2603}"];
+    let err = encoder.encode(&texts).unwrap_err().to_string();
+    let named = format!("{}: the tokenizer fails on the text \"zzqxj\u{2603}\": ", path.display());
     assert!(err.starts_with(&named) && err.contains("[UNK]"), "{err}");
-    assert_eq!(encoder.word_pool(&["zzqxj\u{2603}"]).unwrap_err().to_string(), err);
+    assert_eq!(encoder.word_pool(&texts).unwrap_err().to_string(), err);
+    // A long text is shown by its start.
+    let long = format!("{}zzqxj", "\u{2603}".repeat(70));
+    let err = encoder.encode(&[long]).unwrap_err().to_string();
+    let shown = format!("\"{}\"...: ", "\u{2603}".repeat(60));
+    assert!(err.contains(&shown), "{err}");
 }
 
 /// A post-processor the tokenizers library would panic on is refused when the
