@@ -342,6 +342,34 @@ fn as_written(path: &Path) -> std::path::PathBuf {
 /// No path is both read and written, under any name: the model's files, the gradient,
 /// score and mask files, and every output.
 fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()> {
+    // Where the output folder lies, first: inside the model's folder, its files would
+    // otherwise be refused one by one as the model's.
+    let folder = outputs.folder();
+    if let Some(root) = folder
+        && shears_io::paths::is_filesystem_root(root)
+    {
+        bail!("refusing to write a model folder into the filesystem root {}", root.display());
+    }
+    if let (Some(root), Some(model_folder)) = (folder, model.folder())
+        && shears_io::paths::is_within(root, model_folder)
+    {
+        bail!(
+            "the output folder {} is inside the model's folder {}: give a folder outside it",
+            root.display(),
+            model_folder.display()
+        );
+    }
+    if let (Some(root), Some(model_folder)) = (folder, model.folder())
+        && shears_io::paths::is_within(model_folder, root)
+    {
+        // `-o ..` from inside the model's folder: the new model's files would land among
+        // whatever else the parent holds, the model's own folder included.
+        bail!(
+            "the output folder {} holds the model's folder {}: give a new or empty folder beside it",
+            root.display(),
+            model_folder.display()
+        );
+    }
     let mut paths: Vec<(&'static str, &Path, bool)> = Vec::new();
     for shard in model.shards() {
         paths.push(("model", shard.path(), false));
@@ -384,32 +412,6 @@ fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()>
                 shears_io::paths::require_regular_file(&path)?;
             }
         }
-    }
-    let folder = outputs.folder();
-    if let Some(root) = folder
-        && shears_io::paths::is_filesystem_root(root)
-    {
-        bail!("refusing to write a model folder into the filesystem root {}", root.display());
-    }
-    if let (Some(root), Some(model_folder)) = (folder, model.folder())
-        && shears_io::paths::is_within(root, model_folder)
-    {
-        bail!(
-            "the output folder {} is inside the model's folder {}: give a folder outside it",
-            root.display(),
-            model_folder.display()
-        );
-    }
-    if let (Some(root), Some(model_folder)) = (folder, model.folder())
-        && shears_io::paths::is_within(model_folder, root)
-    {
-        // `-o ..` from inside the model's folder: the new model's files would land among
-        // whatever else the parent holds, the model's own folder included.
-        bail!(
-            "the output folder {} holds the model's folder {}: give a new or empty folder beside it",
-            root.display(),
-            model_folder.display()
-        );
     }
     if let (Some(masks), Some(model_folder)) = (&args.masks_out, model.folder())
         && shears_io::paths::is_within(masks, model_folder)

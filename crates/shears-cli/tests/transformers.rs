@@ -1021,6 +1021,14 @@ fn outputs_never_touch_inputs_or_leave_their_folder() {
         "inside the model's folder",
     );
     assert!(!inside.exists());
+    // A subfolder of the model that holds a file of its own is no exception, and the
+    // model's folder itself is named as such.
+    let pooling = model.join("1_Pooling");
+    refused(
+        &[&["prune", m, "-o", pooling.to_str().unwrap()][..], &wanda].concat(),
+        "inside the model's folder",
+    );
+    refused(&[&["prune", m, "-o", m][..], &wanda].concat(), "is the model's own folder");
     // Nor the folder that holds the model's (`-o ..` from inside it).
     let parent = dir.path().to_str().unwrap();
     refused(&[&["prune", m, "-o", parent][..], &wanda].concat(), "holds the model's folder");

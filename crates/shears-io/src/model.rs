@@ -155,10 +155,14 @@ impl Model {
         for name in &files {
             let relative = Path::new(name);
             let plain = relative.components().all(|c| matches!(c, Component::Normal(_)));
-            if !plain {
+            if !plain || name.is_empty() {
                 return Err(bad(format!("shard `{name}` is not a path inside the model's folder")));
             }
-            shards.push(Checkpoint::open(&folder.join(relative))?);
+            let shard = folder.join(relative);
+            if shard.is_dir() {
+                return Err(bad(format!("shard `{name}` is a folder, not a file of weights")));
+            }
+            shards.push(Checkpoint::open(&shard)?);
         }
         let model = Model {
             path: index_path.to_owned(),

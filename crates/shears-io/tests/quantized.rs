@@ -119,7 +119,7 @@ fn int8_tensors_read_as_stored_with_their_scales() {
 }
 
 /// Writes `tensors` (name, dtype, little-endian bytes; 1-D) as shard `file` of `dir`.
-fn write_shard(dir: &std::path::Path, file: &str, tensors: &[(&str, Dtype, Vec<u8>)]) {
+pub(crate) fn write_shard(dir: &std::path::Path, file: &str, tensors: &[(&str, Dtype, Vec<u8>)]) {
     let path = dir.join(file);
     let specs = tensors.iter().map(|(name, dtype, bytes)| {
         let width = if *dtype == Dtype::I8 { 1 } else { 4 };
@@ -134,7 +134,7 @@ fn write_shard(dir: &std::path::Path, file: &str, tensors: &[(&str, Dtype, Vec<u
 }
 
 /// Writes the index of a two-shard model whose tensors are `(name, shard file)`.
-fn write_index(dir: &std::path::Path, tensors: &[(&str, &str)]) {
+pub(crate) fn write_index(dir: &std::path::Path, tensors: &[(&str, &str)]) {
     let map: Vec<String> = tensors.iter().map(|(n, f)| format!(r#""{n}": "{f}""#)).collect();
     let index = format!(r#"{{"weight_map": {{{}}}}}"#, map.join(", "));
     std::fs::write(dir.join("model.safetensors.index.json"), index).unwrap();

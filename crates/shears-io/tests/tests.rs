@@ -4,5 +4,6 @@
 
 mod checkpoint;
 mod decoding;
+mod index;
 mod mask_sets;
 mod quantized;
