@@ -283,8 +283,8 @@ pub(crate) struct EmbedArgs {
     /// was compared). Without it every layer runs dense in f32, so the embeddings
     /// depend on the weights alone; with it they differ from those by rounding (int8
     /// layers: by their inputs' rounding to int8), and the plan can change from run to
-    /// run on a busy machine. Timing the layers and the model takes a few seconds at
-    /// thousands of tokens, which only a long input wins back.
+    /// run on a busy machine. Timing the layers and the model takes seconds, longer than
+    /// embedding a few hundred sentences, which only a long input wins back.
     #[arg(long)]
     pub(crate) fastest: bool,
 }

@@ -250,7 +250,7 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
         };
         if c.cut > 0 {
             let hint = if c.max_len < c.positions {
-                format!(" (--max-len sets the length, up to the model's {})", c.positions)
+                format!(" (--max-len sets the length, up to the model's {} positions)", c.positions)
             } else {
                 String::new()
             };

@@ -314,7 +314,7 @@ fn embed_and_eval_say_what_they_embed_other_than_the_line() {
     let o = shears(&["embed", m, "--texts", t, "--max-len", "6"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let said = format!(
-        "shears: warning: {t}: 2 lines (the first: line 1) have more than 6 tokens and were embedded from their first 6 (--max-len sets the length, up to the model's 64)\n\
+        "shears: warning: {t}: 2 lines (the first: line 1) have more than 6 tokens and were embedded from their first 6 (--max-len sets the length, up to the model's 64 positions)\n\
          shears: warning: {t}: 1 line (line 3) holds no token but the tokenizer's special ones and was embedded from them alone\n"
     );
     assert_eq!(stderr(&o), said);
@@ -397,7 +397,7 @@ fn calibration_sentences_cut_or_without_words_are_counted() {
     let said = |s: &str| shown.iter().any(|w| *w == format!("{c}: {s}"));
     assert!(
         said(
-            "2 of the 4 calibration sentences have more than 6 tokens, cut to the first 6 (--max-len sets the length, up to the model's 64)"
+            "2 of the 4 calibration sentences have more than 6 tokens, cut to the first 6 (--max-len sets the length, up to the model's 64 positions)"
         ),
         "{shown:?}"
     );
@@ -450,7 +450,7 @@ fn eval_measures_an_int8_folder_as_it_runs_and_as_f32() {
     // here is longer.
     let o = shears(&["eval", dense.to_str().unwrap(), float.to_str().unwrap(), "--texts", &texts]);
     let cut = format!(
-        "shears: warning: {texts}: 256 lines (the first: line 1) have more than 16 tokens and were embedded from their first 16 (--max-len sets the length, up to the model's 64)\n"
+        "shears: warning: {texts}: 256 lines (the first: line 1) have more than 16 tokens and were embedded from their first 16 (--max-len sets the length, up to the model's 64 positions)\n"
     );
     assert_eq!(stderr(&o), cut);
     // Texts that cannot be used are the one thing said, before either model is read.
