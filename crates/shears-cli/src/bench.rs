@@ -367,6 +367,11 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             t.best_speedup
         )?;
     }
+    if report.tensors.iter().any(|r| !r.format.starts_with("int8")) {
+        outln!(
+            "int8 columns: the same layers quantized to int8, as prune --quantize int8 stores them; f32 layers are picked among f32 formats"
+        )?;
+    }
     let spatial =
         if convolutions { format!(", convolutions at {h}x{w} positions") } else { String::new() };
     outln!(

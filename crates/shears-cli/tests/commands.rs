@@ -277,6 +277,8 @@ fn inspect_and_bench() {
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
     assert!(text.contains("model, batch 1:") && !text.contains("convolutions"), "{text}");
+    // f32 layers: the int8 columns are said to be what quantizing would give.
+    assert!(text.contains("int8 columns: the same layers quantized"), "{text}");
 }
 
 #[test]
