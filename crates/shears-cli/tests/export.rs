@@ -263,14 +263,18 @@ fn external_data_moves_large_initializers_beside_the_model() {
     let mlp = shears_nn::Mlp::<f32>::new(&[64, 32, 3], 1).unwrap();
     shears_nn::checkpoint::save(&mlp, &shears_core::Masks::new(), &checkpoint).unwrap();
     let out = dir.path().join("mlp.onnx");
-    let o = shears(&[
-        "export",
-        checkpoint.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--external-data",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let export = || {
+        let o = shears(&[
+            "export",
+            checkpoint.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--external-data",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let said = export();
     let data = std::fs::read(dir.path().join("mlp.onnx.data")).unwrap();
     let model = decode(&out);
     let graph = model.graph.as_ref().unwrap();
@@ -288,18 +292,10 @@ fn external_data_moves_large_initializers_beside_the_model() {
         .flat_map(|rc| w[rc].to_le_bytes())
         .collect();
     assert_eq!(&data[offset..offset + length], expected.as_slice());
-    assert!(!String::from_utf8_lossy(&o.stdout).contains("replacing"));
+    assert!(!said.contains("replacing"), "{said}");
     // Exported again, the data file of the first export is replaced, and the report
     // says so.
-    let o = shears(&[
-        "export",
-        checkpoint.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--external-data",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let said = String::from_utf8_lossy(&o.stdout);
+    let said = export();
     assert!(said.contains("mlp.onnx.data") && said.contains("replacing the file"), "{said}");
     assert_eq!(std::fs::read(dir.path().join("mlp.onnx.data")).unwrap(), data);
 }
