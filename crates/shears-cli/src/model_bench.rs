@@ -49,6 +49,25 @@ struct Timing {
     runs: usize,
 }
 
+/// What the pruned model's runs against the dense model's say beyond the speedup of
+/// their medians: slower is a verdict (run it dense), and a gain no larger than the
+/// dense runs' own spread is flagged as such.
+fn caveat(dense: &Timing, sparse: &Timing) -> &'static str {
+    if sparse.median > dense.median {
+        if sparse.min <= dense.max {
+            // Slower by the medians, but some pruned run as fast as some dense one.
+            "; slower than dense here by the medians, though the runs' ranges overlap: run it dense"
+        } else {
+            "; slower than dense here as a whole: run it dense"
+        }
+    } else if sparse.median >= dense.min {
+        // Faster by the medians, but no faster than the dense model's fastest run.
+        "; faster by the medians, though within the range of the dense runs"
+    } else {
+        ""
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     model: String,
@@ -161,15 +180,11 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
                 }
             }
             let formats: Vec<String> = formats.iter().map(|(f, n)| format!("{n} in {f}")).collect();
-            let slower = match (s.speedup, &s.sparse_ms) {
-                // Slower by the medians, but some sparse run as fast as some dense one.
-                (Some(x), Some(sparse)) if x < 1.0 && sparse.min <= s.dense_ms.max => {
-                    "; slower than dense here by the medians, though the runs' ranges overlap: run it dense"
-                }
-                (Some(x), _) if x < 1.0 => "; slower than dense here as a whole: run it dense",
-                _ => "",
+            let caveat = match &s.sparse_ms {
+                Some(sparse) => caveat(&s.dense_ms, sparse),
+                None => "",
             };
-            format!("{} of {}: {}{slower}", s.sparse_layers, s.layers.len(), formats.join(", "))
+            format!("{} of {}: {}{caveat}", s.sparse_layers, s.layers.len(), formats.join(", "))
         };
         let (sparse_ms, speedup) = match (&s.sparse_ms, s.speedup) {
             (Some(ms), Some(x)) => (t(ms), format!("{x:.2}x")),
@@ -233,4 +248,26 @@ fn time(runs: &mut [&mut dyn FnMut() -> shears_models::Result<()>]) -> Result<Ve
             }
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing(median: f64, min: f64, max: f64) -> Timing {
+        Timing { median, min, max, runs: 5 }
+    }
+
+    #[test]
+    fn a_gain_within_the_dense_runs_spread_is_flagged_and_a_clear_one_is_not() {
+        let dense = timing(25.0, 20.0, 40.0);
+        // Faster than every dense run by its median: no caveat.
+        assert_eq!(caveat(&dense, &timing(18.0, 17.0, 19.0)), "");
+        // Faster by the medians, but the dense model's fastest run was faster still.
+        assert!(caveat(&dense, &timing(22.0, 21.0, 30.0)).contains("within the range"));
+        assert!(caveat(&dense, &timing(20.0, 19.0, 21.0)).contains("within the range"));
+        // Slower by the medians: run it dense, with or without overlapping runs.
+        assert!(caveat(&dense, &timing(27.0, 22.0, 31.0)).contains("ranges overlap: run it dense"));
+        assert!(caveat(&dense, &timing(45.0, 41.0, 50.0)).contains("as a whole: run it dense"));
+    }
 }
