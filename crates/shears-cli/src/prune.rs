@@ -1001,7 +1001,9 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
     // transformer's and would bury the layers: they are counted under the table.
     let (shown, unprunable): (Vec<&Row<'_>>, Vec<&Row<'_>>) =
         report.tensors.rows.iter().partition(|r| r.choice.role.prunable());
-    let header = ["tensor", "shape", "dtype", "pruned", "why", "target", "before", "after"];
+    // From --masks-in masks the run starts from the masked weights, not the file's.
+    let before = if args.masks_in.is_some() { "masked" } else { "before" };
+    let header = ["tensor", "shape", "dtype", "pruned", "why", "target", before, "after"];
     print_table(&header, &shown, |r| cells(r), Some(footer))?;
     if let Some(counts) = unprunable_counts(&unprunable) {
         outln!("not in the table, as no option prunes them: {counts} (--json lists every tensor)")?;

@@ -487,6 +487,10 @@ fn the_models_own_mask_named_tensors_are_not_masks() {
     let (i, o, m) = (input.to_str().unwrap(), out.to_str().unwrap(), masks.to_str().unwrap());
     let done = shears(&["prune", i, "-o", o, "-s", "0.5", "--masks-in", m, "--include", "fc1"]);
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    // The table's first sparsity is the masked weights', and its column says so.
+    let table = String::from_utf8_lossy(&done.stdout);
+    let header = table.lines().find(|l| l.starts_with("tensor")).unwrap();
+    assert!(header.contains("masked") && !header.contains("before"), "{table}");
 }
 
 #[test]
