@@ -178,10 +178,12 @@ pub(crate) fn prune(
         &|name| chosen_names.contains(name),
         (!prior.is_empty()).then_some(&prior),
         &mut |Step::Layer { layer, layers }| {
-            progress.message(format!("{m}: layer {} of {layers}", layer + 1));
+            // The layers done first, then the one starting: a redraw between the two
+            // would show the new layer's message beside the old count.
             if layer > 0 {
                 progress.advance(1);
             }
+            progress.message(format!("{m}: layer {} of {layers}", layer + 1));
         },
     )
     .with_context(|| format!("{m} on {}", folder.display()))?;
