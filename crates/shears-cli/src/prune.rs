@@ -793,15 +793,16 @@ fn prune<'a, T: Float>(
             job.layer_target().get()
         ));
     }
-    // Under the floor already: its --masks-in mask had pruned past it, and it was kept as
-    // it was, in either scope.
+    // Under the floor already: its --masks-in mask, or its own zeros, had pruned past
+    // it, and it was kept as it was, in either scope.
     let under_floor =
         |r: &&Row<'_>| r.sparsity_after.is_some_and(|a| 1.0 - a < job.min_density - 1e-9);
+    let under = if args.masks_in.is_some() { "under its --masks-in mask" } else { "(its zeros)" };
     let mut below = std::collections::HashSet::new();
     for r in rows.iter().filter(|r| r.choice.chosen).filter(under_floor) {
         below.insert(r.choice.name);
         warnings.add(format!(
-            "tensor `{}` keeps {:.4} of its weights under its --masks-in mask, less than --min-density {}: nothing more was pruned",
+            "tensor `{}` keeps {:.4} of its weights {under}, less than --min-density {}: nothing more was pruned",
             r.choice.name,
             1.0 - r.sparsity_after.unwrap_or_default(),
             job.min_density
@@ -866,7 +867,9 @@ fn prune<'a, T: Float>(
             // Masks given with --masks-in are kept whole: a tensor whose mask is already
             // sparser than the target (with the default -s 0, every one) is expected to
             // end there. Kept weights that int8 rounds to zero have their own warning.
-            && !(args.masks_in.is_some() && after > target)
+            && !(args.masks_in.is_some()
+                && after > target
+                && r.sparsity_before.is_some_and(|b| b > target + 0.005))
             && !(r.quantized && after > target)
         {
             warnings.add(format!(

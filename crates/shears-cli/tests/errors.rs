@@ -466,6 +466,41 @@ fn masks_for_tensors_the_model_lacks_are_refused() {
     fails(&args, &out, "`fc2.weight`, which this run does not prune");
 }
 
+/// A tensor left under --min-density by its own zeros is not said to be under a mask,
+/// and a target missed from --masks-in masks that were not already past it is warned of.
+#[test]
+fn warnings_name_the_cause_and_a_target_missed_from_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    // 8x8, four zeros: it keeps 0.9375 of its weights before any pruning.
+    let values: Vec<f64> = (0..64).map(|i| if i % 16 == 0 { 0.0 } else { i as f64 }).collect();
+    write(&input, &[T { name: "a.weight", dtype: Dtype::F32, shape: vec![8, 8], values }]);
+    let out = dir.path().join("out.safetensors");
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    let done = shears(&["prune", i, "-o", o, "-s", "0.5", "--min-density", "1"]);
+    assert!(done.status.success(), "{}", stderr(&done));
+    let said = stderr(&done);
+    assert!(said.contains("keeps 0.9375 of its weights (its zeros), less than --min-density 1"));
+    assert!(!said.contains("--masks-in"), "{said}");
+    // A mask that keeps every other column (0.5, with the zeros 0.53 pruned): blocks of
+    // 2x2 at 0.75 from it end past the target, which the mask alone was not.
+    let masks = dir.path().join("masks.safetensors");
+    let bits = (0..64).map(|i| f64::from(u8::from(i % 2 == 0))).collect();
+    write(
+        &masks,
+        &[T { name: "a.weight_mask", dtype: Dtype::U8, shape: vec![8, 8], values: bits }],
+    );
+    let m = masks.to_str().unwrap();
+    let done =
+        shears(&["prune", i, "-o", o, "-s", "0.75", "--pattern", "block:2x2", "--masks-in", m]);
+    assert!(done.status.success(), "{}", stderr(&done));
+    assert!(stderr(&done).contains("its target was 0.7500"), "{}", stderr(&done));
+    // From the same mask a target below it is expected to end where the mask is.
+    let done = shears(&["prune", i, "-o", o, "-s", "0.25", "--masks-in", m]);
+    assert!(done.status.success(), "{}", stderr(&done));
+    assert!(!stderr(&done).contains("target was"), "{}", stderr(&done));
+}
+
 /// A model tensor whose name ends in `_mask` (a buffer, in a state dict given as the
 /// masks) is not taken for a pruning mask.
 #[test]
