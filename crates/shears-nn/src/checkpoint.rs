@@ -90,6 +90,14 @@ pub fn load<T: Float>(path: impl AsRef<Path>) -> Result<(Mlp<T>, Masks)> {
         if b.shape != [rows] {
             return Err(bad(format!("`{bn}` has shape {:?}, expected [{rows}]", b.shape)));
         }
+        if let Some(previous) = layers.last().map(|l: &Layer<T>| l.weight().nrows())
+            && cols != previous
+        {
+            return Err(bad(format!(
+                "`{wn}` has shape [{rows}, {cols}]: it takes {cols} inputs, but `{}` gives {previous} outputs",
+                weight_name(i - 1)
+            )));
+        }
         let weight = ckpt.read_matrix::<T>(&wn)?;
         let bias = DVector::from_vec(ckpt.read_values::<T>(&bn)?);
         let mask_name = format!("{wn}_mask");

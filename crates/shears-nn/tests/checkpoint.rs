@@ -69,4 +69,20 @@ fn malformed_checkpoints() {
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
     let err = checkpoint::load::<f32>(&path).unwrap_err();
     assert!(err.to_string().contains("follows a missing `layers.1.weight`"), "{err}");
+    // A layer that does not take its predecessor's outputs: named, with both shapes.
+    let (w0, b0, w1, b1) =
+        (vec![0u8; 8 * 4 * 4], vec![0u8; 8 * 4], vec![0u8; 3 * 7 * 4], vec![0u8; 3 * 4]);
+    let view = |shape: Vec<usize>, data| {
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, data).unwrap()
+    };
+    let views = vec![
+        ("layers.0.weight".to_owned(), view(vec![8, 4], &w0)),
+        ("layers.0.bias".to_owned(), view(vec![8], &b0)),
+        ("layers.1.weight".to_owned(), view(vec![3, 7], &w1)),
+        ("layers.1.bias".to_owned(), view(vec![3], &b1)),
+    ];
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    let err = checkpoint::load::<f32>(&path).unwrap_err().to_string();
+    let expected = "`layers.1.weight` has shape [3, 7]: it takes 7 inputs, but `layers.0.weight` gives 8 outputs";
+    assert!(err.contains(expected) && err.contains("bad.safetensors"), "{err}");
 }
