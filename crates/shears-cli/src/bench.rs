@@ -155,6 +155,9 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     if args.texts.is_some() {
         return crate::model_bench::run(args, &batches);
     }
+    if args.seq_len.is_some() {
+        bail!("--seq-len is read with --texts only: it sets the tokens of each sentence");
+    }
     let model = Model::open(&args.input)?;
     let layers: Vec<_> = model
         .tensors()

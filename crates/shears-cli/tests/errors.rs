@@ -147,6 +147,8 @@ fn bad_arguments() {
     for batch in ["0", "4000000000", "18446744073709551615", "100000", "-1"] {
         fails_usage(&["bench", i, "--batch", batch], &out, &["1 to 65536"]);
     }
+    // A flag that would change nothing is refused, not ignored.
+    fails(&["bench", i, "--seq-len", "10"], &out, "--seq-len is read with --texts only");
     // A negative number is a value refused by its option, not an unknown option.
     fails_usage(&strs(&prune(&["-s", "0.5", "--seed", "-1"])), &out, &["'-1' for '--seed"]);
     fails_usage(&strs(&prune(&["-s", "0.5", "--min-density", "-0.5"])), &out, &["[0, 1]"]);
