@@ -436,6 +436,47 @@ impl Outputs {
         (!indexes_ours).then_some((index, "an index of weights shears did not write"))
     }
 
+    /// Refuses a run whose files would not fit, before anything is written: `weights`
+    /// bytes of weights files and index beside the output, the copies' sizes in the
+    /// output folder, and `masks` bytes for the masks file, against the space free on
+    /// each file system they go to. Every file is staged beside its destination before
+    /// the one it replaces is removed, so a file replaced still counts.
+    pub(crate) fn check_space(&self, weights: u64, masks: u64) -> Result<()> {
+        let copies: u64 = self
+            .copies
+            .iter()
+            .filter_map(|(source, _)| source.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        let output = self.folder.clone().unwrap_or_else(|| self.shards[0].clone());
+        let mut needs = vec![(output, weights.saturating_add(copies))];
+        if let Some(path) = &self.masks {
+            needs.push((path.clone(), masks));
+        }
+        // (file system, free bytes, bytes needed, a path written there)
+        let mut systems: Vec<(u64, u64, u64, PathBuf)> = Vec::new();
+        for (path, bytes) in needs {
+            let Some((system, free)) = shears_io::paths::file_system_space(&path) else {
+                continue;
+            };
+            match systems.iter_mut().find(|s| s.0 == system) {
+                Some(s) => s.2 = s.2.saturating_add(bytes),
+                None => systems.push((system, free, bytes, path)),
+            }
+        }
+        for (_, free, needed, path) in systems {
+            if needed > free {
+                bail!(
+                    "{}: this run writes about {} there, and its file system has {} free",
+                    path.display(),
+                    crate::report::byte_size(needed),
+                    crate::report::byte_size(free)
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Stages the copies of the folder's other files.
     pub(crate) fn stage_copies(&self) -> Result<Vec<SealedFile>> {
         let mut staged = Vec::with_capacity(self.copies.len());

@@ -185,6 +185,12 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
             source.display()
         );
     }
+    // The weights are written in the dtypes they are read in (int8 ones are smaller), so
+    // the input's tensors bound them, with a MiB a shard for its header and the run's
+    // record; a masks file takes a byte a weight.
+    let weights_bytes: u64 = model.shards().iter().map(|s| s.data_len() + (1 << 20)).sum();
+    let masks_bytes: u64 = chosen.iter().map(|t| t.dims.iter().product::<usize>() as u64).sum();
+    outputs.check_space(weights_bytes, masks_bytes)?;
     let sources = Sources::open(
         &model,
         &args.grads,

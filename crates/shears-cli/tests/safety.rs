@@ -349,3 +349,31 @@ fn a_weights_file_of_a_model_folder_is_never_pruned_into_its_folder() {
     assert!(done.status.success(), "{}", stderr(&done));
     assert!(out.is_file());
 }
+
+/// A run whose files would not fit on the output's file system is refused before it
+/// writes anything: here a model folder holds a file of 8 TiB (sparse: it takes no
+/// space where it is), which the pruned folder would copy in full.
+#[test]
+fn a_run_that_would_fill_the_disk_is_refused_before_it_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tiny-bert");
+    let folder = dir.path().join("model");
+    std::fs::create_dir(&folder).unwrap();
+    for name in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(tiny.join(name), folder.join(name)).unwrap();
+    }
+    let huge = std::fs::File::create(folder.join("notes.txt")).unwrap();
+    if huge.set_len(8 << 40).is_err() {
+        // A file system without sparse files of that size cannot stage this case.
+        return;
+    }
+    let out = dir.path().join("pruned");
+    let (m, o) = (folder.to_str().unwrap(), out.to_str().unwrap());
+    refused(&["prune", m, "-o", o, "-s", "0.5"], "free", &[]);
+    assert!(!out.exists());
+    no_temporaries(dir.path());
+    // The same folder without the file prunes.
+    std::fs::remove_file(folder.join("notes.txt")).unwrap();
+    let done = shears(&["prune", m, "-o", o, "-s", "0.5"]);
+    assert!(done.status.success(), "{}", stderr(&done));
+}

@@ -221,6 +221,28 @@ pub fn is_filesystem_root(path: &Path) -> bool {
     absolute_path(path).is_some_and(|p| p.parent().is_none())
 }
 
+/// The file system `path` is on, or would be on once created (its nearest existing
+/// ancestor's): an identifier to tell whether two paths share their free space, and
+/// the bytes an unprivileged writer may still put there. `None` where the system does
+/// not say.
+pub fn file_system_space(path: &Path) -> Option<(u64, u64)> {
+    let absolute = absolute_path(path)?;
+    space_of(absolute.ancestors().find(|a| a.exists())?)
+}
+
+#[cfg(target_os = "linux")]
+fn space_of(existing: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let device = existing.metadata().ok()?.dev();
+    let stat = rustix::fs::statvfs(existing).ok()?;
+    Some((device, stat.f_bavail.saturating_mul(stat.f_frsize)))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn space_of(_existing: &Path) -> Option<(u64, u64)> {
+    None
+}
+
 /// Where a path is or would be: its nearest existing ancestor made canonical, the rest
 /// of it (folders not created yet, which cannot be links) resolved lexically.
 fn absolute_path(path: &Path) -> Option<PathBuf> {
@@ -439,5 +461,15 @@ mod tests {
         assert!(matches!(require_regular_file(dir.path()), Err(Error::Input { .. })));
         assert!(matches!(require_regular_file(&dir.path().join("absent")), Err(Error::Io { .. })));
         require_regular_file(&file).unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_path_not_created_yet_is_on_its_nearest_folders_file_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let (device, free) = file_system_space(dir.path()).unwrap();
+        let (later, _) = file_system_space(&dir.path().join("a/b/c.safetensors")).unwrap();
+        assert_eq!(device, later);
+        assert!(free > 0, "the file system of a fresh temporary folder has room");
     }
 }
