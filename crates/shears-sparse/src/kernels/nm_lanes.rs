@@ -1,7 +1,8 @@
 //! The batched N:M kernel with a vector of output rows per register (sixteen on the
 //! AVX-512 copy, eight on AVX2), for `f32` matrices whose groups are 4 or 8 columns wide
 //! (2:4, 1:4, 4:8, ...) on the AVX-512 copy, and on the AVX2 copy at batches of
-//! [`AVX2_FROM_BATCH`] columns or more.
+//! [`AVX2_FROM_BATCH`] columns or more, where a measurement on first use shows it faster
+//! than the row-major kernel ([`runs_here`]).
 //!
 //! `X` and `Y` stay column-major: a batch column's inputs of one group are `M`
 //! consecutive values, which one load puts in a register; each slot of a vector of rows
@@ -70,16 +71,14 @@ pub(super) fn applies<T: Scalar, V>(path: KernelPath, a: &NmView<'_, T, V>, batc
 
 /// Whether the products this kernel [`applies`] to on `path` run on it rather than on
 /// the row-major kernel: `SHEARS_NM_LANES=on|off` if set (other values are ignored);
-/// else, on the AVX-512 copy, whichever of the two runs a small 2:4 product faster on
-/// this CPU (measured once per process; this kernel must win by 5%), and on the AVX2
-/// copy this kernel (it applies there only from [`AVX2_FROM_BATCH`] columns, a fixed
-/// crossover). Read once per process, as the kernel path is. The two give the same bits,
-/// so the choice changes speed only.
+/// else whichever of the two runs a small 2:4 product faster on this CPU (measured once
+/// per process; this kernel must win by 5%). Read once per process, as the kernel path
+/// is. The two give the same bits, so the choice changes speed only.
 ///
 /// Each product of this kernel takes a permute per fused multiply-add, the row-major
 /// kernel a load from L1 instead; which is cheaper depends on the core: a CPU that runs
 /// 512-bit permutes on the vector pipes of its multiply-adds in two halves (AMD Zen 4)
-/// is faster on the loads.
+/// is faster on the loads, and so is Zen 3 with 256-bit ones.
 pub(super) fn runs_here(path: KernelPath) -> bool {
     static CHOICE: OnceLock<bool> = OnceLock::new();
     *CHOICE.get_or_init(|| {
@@ -87,36 +86,49 @@ pub(super) fn runs_here(path: KernelPath) -> bool {
         match forced.as_deref() {
             Some("on" | "1") => true,
             Some("off" | "0") => false,
-            _ => path != KernelPath::Avx512 || lanes_are_faster(path),
+            _ => lanes_are_faster(path),
         }
     })
 }
 
-/// The product [`lanes_are_faster`] times: 2:4 weights of 128 rows by 384 columns (a
-/// small transformer's layer) at 32 batch columns.
-const MEASURED: (usize, usize, usize) = (128, 384, 32);
+/// The product [`lanes_are_faster`] times on `path`: 2:4 weights of 128 rows (a small
+/// transformer layer's) by 384 columns at 32 batch columns on the AVX-512 copy; on the
+/// AVX2 copy, which takes this kernel only from [`AVX2_FROM_BATCH`] columns, by 256
+/// columns at 128 batch columns, one whole panel of the row-major kernel (each batch
+/// column costs either kernel the same past it).
+fn measured(path: KernelPath) -> (usize, usize, usize) {
+    match path {
+        KernelPath::Avx2 => MEASURED_AVX2,
+        _ => MEASURED_AVX512,
+    }
+}
+
+const MEASURED_AVX512: (usize, usize, usize) = (128, 384, 32);
+const MEASURED_AVX2: (usize, usize, usize) = (128, 256, NM_PANEL);
 
 // The measurement runs each kernel on the calling thread alone (it is inside a
 // `OnceLock`'s initialisation, where a rayon task stolen while waiting could ask for
 // the same cell): its copy of `X` must stay below what is copied in parallel.
-const _: () = assert!(MEASURED.1 * MEASURED.2 < PARALLEL_COPY);
+const _: () = assert!(MEASURED_AVX512.1 * MEASURED_AVX512.2 < PARALLEL_COPY);
+const _: () = assert!(MEASURED_AVX2.1 * MEASURED_AVX2.2 < PARALLEL_COPY);
 
-/// The 2:4 values and positions of [`MEASURED`]'s weights: the slots of each group at
-/// (0, 1), (1, 2), (2, 3), (0, 2), (1, 3), (0, 3) in turn.
-fn measured_weights() -> (Vec<f32>, Vec<u8>) {
+/// The 2:4 values and positions of `nrows` x `ncols` weights: the slots of each group
+/// at (0, 1), (1, 2), (2, 3), (0, 2), (1, 3), (0, 3) in turn.
+fn measured_weights(nrows: usize, ncols: usize) -> (Vec<f32>, Vec<u8>) {
     const PAIRS: [[u8; 2]; 6] = [[0, 1], [1, 2], [2, 3], [0, 2], [1, 3], [0, 3]];
-    let (nrows, ncols, _) = MEASURED;
     let groups = nrows * ncols / 4;
     let positions: Vec<u8> = (0..groups).flat_map(|g| PAIRS[g % PAIRS.len()]).collect();
     let values = (0..2 * groups).map(|k| (k % 7) as f32 * 0.25 - 0.75).collect();
     (values, positions)
 }
 
-/// Whether this kernel beats the row-major one on `path` for [`MEASURED`]'s product:
+/// Whether this kernel beats the row-major one on `path` for its [`measured`] product:
 /// each kernel called directly on this thread, the row-major one with its copies of `X`
-/// in and of the result out, timed eleven times, alternately, best of eleven.
+/// in and of the result out, timed eleven times, alternately, best of eleven. False
+/// where this kernel never applies.
 fn lanes_are_faster(path: KernelPath) -> bool {
-    let ((nrows, ncols, batch), (values, positions)) = (MEASURED, measured_weights());
+    let (nrows, ncols, batch) = measured(path);
+    let (values, positions) = measured_weights(nrows, ncols);
     let a = NmView {
         nrows,
         ncols,
@@ -126,7 +138,8 @@ fn lanes_are_faster(path: KernelPath) -> bool {
         positions: &positions,
         row_scales: None,
     };
-    if !applies(path, &a, batch) {
+    // The shape this kernel takes, at a batch where it applies on `path`.
+    if !applies(path, &a, batch.max(AVX2_FROM_BATCH)) {
         return false;
     }
     let x = DMatrix::from_fn(ncols, batch, |i, j| ((i + 3 * j) % 5) as f32 * 0.5);
@@ -586,12 +599,12 @@ mod tests {
     /// counts with a partial vector, so the measured choice changes speed only.
     #[test]
     fn both_entries_give_the_same_bits() {
-        let (nrows, ncols, _) = MEASURED;
+        let (nrows, ncols, _) = MEASURED_AVX512;
         let slots = nrows * ncols / 2;
         let other_positions: Vec<u8> =
             (0..slots).map(|k| ((k % 2) * 2 + k % 3 / 2) as u8).collect();
         let other_values: Vec<f32> = (0..slots).map(|k| (k as f32 * 0.37).sin()).collect();
-        let measured = measured_weights();
+        let measured = measured_weights(nrows, ncols);
         for (values, positions) in [measured, (other_values, other_positions)] {
             for rows in [nrows, 45] {
                 let a = NmView {
@@ -617,23 +630,30 @@ mod tests {
     }
 
     /// The weights the choice is measured on are a valid 2:4 matrix that this kernel
-    /// takes on the AVX-512 copy at the measured batch, so the measurement times it.
+    /// takes on each x86 vector copy (on AVX2 at the batches it takes), so the
+    /// measurement times it, and within one panel of the row-major kernel on AVX2.
     #[test]
     fn the_measured_product_is_one_this_kernel_takes() {
-        let ((nrows, ncols, batch), (values, positions)) = (MEASURED, measured_weights());
-        let pattern = shears_core::NmPattern::new(2, 4).unwrap();
-        let matrix =
-            crate::NmSparse::try_from_parts(nrows, ncols, pattern, values, positions).unwrap();
-        let a = NmView::<'_, f32> {
-            nrows,
-            ncols,
-            n: 2,
-            m: 4,
-            values: matrix.values(),
-            positions: matrix.positions(),
-            row_scales: None,
-        };
-        assert_eq!(applies(KernelPath::Avx512, &a, batch), cfg!(target_arch = "x86_64"));
+        for path in [KernelPath::Avx512, KernelPath::Avx2] {
+            let (nrows, ncols, batch) = measured(path);
+            let (values, positions) = measured_weights(nrows, ncols);
+            let pattern = shears_core::NmPattern::new(2, 4).unwrap();
+            let matrix =
+                crate::NmSparse::try_from_parts(nrows, ncols, pattern, values, positions).unwrap();
+            let a = NmView::<'_, f32> {
+                nrows,
+                ncols,
+                n: 2,
+                m: 4,
+                values: matrix.values(),
+                positions: matrix.positions(),
+                row_scales: None,
+            };
+            let on_x86 = cfg!(target_arch = "x86_64");
+            assert_eq!(applies(path, &a, batch.max(AVX2_FROM_BATCH)), on_x86, "{path:?}");
+            assert!(batch <= NM_PANEL, "{path:?}");
+        }
+        assert_eq!(measured(KernelPath::Avx512).2, 32);
     }
 
     /// Every copy gives the row-major kernel's bits, for every pattern the kernel takes,
