@@ -389,6 +389,9 @@ fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()>
     for g in &args.grads {
         paths.push(("--grads", g, false));
     }
+    // Each gradient file is summed once: one given twice would count its gradients twice.
+    let grads: Vec<_> = args.grads.iter().map(|g| ("--grads", g.as_path())).collect();
+    shears_io::paths::check_all_distinct(&grads)?;
     if let Some(s) = &args.scores {
         paths.push(("--scores", s, false));
     }

@@ -204,6 +204,17 @@ fn bad_arguments() {
         "unstructured",
     );
     fails(&["prune", i, "-o", o, "-s", "0.5", "--method", "gradient"], &out, "--grads");
+    // A gradient file given twice, by one name or through a link, would be summed twice.
+    let link = dir.path().join("link.safetensors");
+    std::os::unix::fs::symlink(&input, &link).unwrap();
+    for twice in [i, link.to_str().unwrap()] {
+        let args = ["prune", i, "-o", o, "-s", "0.5", "--method", "gradient", "--grads", i];
+        fails(
+            &[&args[..], &["--grads", twice]].concat(),
+            &out,
+            "are one file, and both are the --grads",
+        );
+    }
     fails(
         &["prune", i, "-o", o, "-s", "0.5", "--seed", "3"],
         &out,

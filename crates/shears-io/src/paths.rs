@@ -273,6 +273,25 @@ fn absolute_path(path: &Path) -> Option<PathBuf> {
 /// # Errors
 /// [`Error::SameFile`] naming both roles.
 pub fn check_distinct(paths: &[(&'static str, &Path, bool)]) -> Result<()> {
+    check_distinct_where(paths, |writes_a, writes_b| writes_a || writes_b)
+}
+
+/// Fails if any two of `paths` are one file, read or written: for inputs that must each
+/// count once (gradient files summed, say). Roles and error as [`check_distinct`].
+///
+/// # Errors
+/// [`Error::SameFile`] naming both roles.
+pub fn check_all_distinct(paths: &[(&'static str, &Path)]) -> Result<()> {
+    let paths: Vec<_> = paths.iter().map(|&(role, path)| (role, path, false)).collect();
+    check_distinct_where(&paths, |_, _| true)
+}
+
+/// [`check_distinct`] with `clash` deciding, from whether each of two paths is written,
+/// whether their being one file is an error.
+fn check_distinct_where(
+    paths: &[(&'static str, &Path, bool)],
+    clash: impl Fn(bool, bool) -> bool,
+) -> Result<()> {
     let ids: Vec<Option<FileId>> = paths.iter().map(|(_, p, _)| file_id(p)).collect();
     for (i, (role_a, path_a, writes_a)) in paths.iter().enumerate() {
         for (j, (role_b, path_b, writes_b)) in paths.iter().enumerate().skip(i + 1) {
@@ -280,7 +299,7 @@ pub fn check_distinct(paths: &[(&'static str, &Path, bool)]) -> Result<()> {
                 (Some(a), Some(b)) => a == b,
                 _ => false,
             };
-            if same && (*writes_a || *writes_b) {
+            if same && clash(*writes_a, *writes_b) {
                 return Err(Error::SameFile {
                     path: path_a.to_path_buf(),
                     other: path_b.to_path_buf(),
