@@ -185,12 +185,7 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
             source.display()
         );
     }
-    // The weights are written in the dtypes they are read in (int8 ones are smaller), so
-    // the input's tensors bound them, with a MiB a shard for its header and the run's
-    // record; a masks file takes a byte a weight.
-    let weights_bytes: u64 = model.shards().iter().map(|s| s.data_len() + (1 << 20)).sum();
-    let masks_bytes: u64 = chosen.iter().map(|t| t.dims.iter().product::<usize>() as u64).sum();
-    outputs.check_space(weights_bytes, masks_bytes)?;
+    outputs.check_space(output_bytes(&model, quantize.as_ref())?, masks_bytes(&chosen))?;
     let sources = Sources::open(
         &model,
         &args.grads,
@@ -347,6 +342,46 @@ fn as_written(path: &Path) -> std::path::PathBuf {
 
 /// No path is both read and written, under any name: the model's files, the gradient,
 /// score and mask files, and every output.
+/// Bytes a header entry may take beyond its name: dtype, shape and offsets as JSON.
+const ENTRY_BYTES: u64 = 128;
+
+/// Bytes of metadata a run adds to each shard's header: its record (the calibration
+/// text's hashes, the paths it read) and a quantization's.
+const RECORD_BYTES: u64 = 64 << 10;
+
+/// About the bytes the weights files take: each shard's tensors as they are written
+/// (in the dtypes they are read in, or int8 and its scales where quantized), and its
+/// header, the input's grown by the new entries and the run's record.
+fn output_bytes(model: &Model, quantize: Option<&Quantize>) -> Result<u64> {
+    let mut total = 0u64;
+    for (s, shard) in model.shards().iter().enumerate() {
+        let file = shard.path().metadata().map(|m| m.len()).unwrap_or(0);
+        let header = file.saturating_sub(shard.data_len());
+        let planned = match quantize {
+            Some(q) => q.entries(s, shard)?,
+            None => None,
+        };
+        let (data, added) = match &planned {
+            Some(entries) => {
+                let data = entries.last().map_or(0, |(_, info)| info.data_offsets.1 as u64);
+                let names = |e: &[(String, _)]| e.iter().map(|(n, _)| n.len() as u64).sum::<u64>();
+                let added = entries.len().saturating_sub(shard.tensors().len()) as u64;
+                let added_names = names(entries).saturating_sub(names(shard.tensors()));
+                (data, added_names + added * ENTRY_BYTES)
+            }
+            None => (shard.data_len(), 0),
+        };
+        total = total.saturating_add(data + header + added + RECORD_BYTES);
+    }
+    Ok(total)
+}
+
+/// About the bytes of a masks file for `chosen`: a byte a weight and a header entry each.
+fn masks_bytes(chosen: &[Tensor<'_>]) -> u64 {
+    let entry = |t: &Tensor<'_>| t.name.len() as u64 + ENTRY_BYTES;
+    chosen.iter().map(|t| t.dims.iter().product::<usize>() as u64 + entry(t)).sum()
+}
+
 fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()> {
     // Where the output folder lies, first: inside the model's folder, its files would
     // otherwise be refused one by one as the model's.
@@ -802,18 +837,26 @@ fn prune<'a, T: Float>(
             job.layer_target().get()
         ));
     }
-    // Under the floor already: its --masks-in mask, or its own zeros, had pruned past
-    // it, and it was kept as it was, in either scope.
-    let under_floor =
-        |r: &&Row<'_>| r.sparsity_after.is_some_and(|a| 1.0 - a < job.min_density - 1e-9);
+    // Under the floor before the run: its --masks-in mask, or its own zeros, had pruned
+    // past it, in either scope. A tensor a pattern took under the floor (whole rows,
+    // rounded up) is warned of as one that missed its target instead.
+    let under_floor = |s: Option<f64>| s.is_some_and(|s| 1.0 - s < job.min_density - 1e-9);
     let under = if args.masks_in.is_some() { "under its --masks-in mask" } else { "(its zeros)" };
     let mut below = std::collections::HashSet::new();
-    for r in rows.iter().filter(|r| r.choice.chosen).filter(under_floor) {
+    for r in rows.iter().filter(|r| r.choice.chosen).filter(|r| under_floor(r.sparsity_before)) {
+        let (Some(before), Some(after)) = (r.sparsity_before, r.sparsity_after) else {
+            continue;
+        };
         below.insert(r.choice.name);
+        let what = if after > before + 1e-9 {
+            format!(", and its pattern pruned it further, to keep {:.4}", 1.0 - after)
+        } else {
+            ": nothing more was pruned".to_owned()
+        };
         warnings.add(format!(
-            "tensor `{}` keeps {:.4} of its weights {under}, less than --min-density {}: nothing more was pruned",
+            "tensor `{}` keeps {:.4} of its weights {under}, less than --min-density {}{what}",
             r.choice.name,
-            1.0 - r.sparsity_after.unwrap_or_default(),
+            1.0 - before,
             job.min_density
         ));
     }
@@ -859,6 +902,10 @@ fn prune<'a, T: Float>(
             && args.masks_in.is_none()
             && after < 1.0
         {
+            // Warned of already as a tensor its zeros left under --min-density.
+            if below.contains(r.choice.name) {
+                continue;
+            }
             if target > 0.0 {
                 sparser_before.push((r.choice.name, before, target, after));
             }
@@ -873,12 +920,14 @@ fn prune<'a, T: Float>(
             warnings.add(format!("tensor `{}` was pruned whole{hint}", r.choice.name));
         } else if let Some(target) = r.target
             && (after - target).abs() > 0.005
+            && !below.contains(r.choice.name)
             // Masks given with --masks-in are kept whole: a tensor whose mask is already
             // sparser than the target (with the default -s 0, every one) is expected to
-            // end there. Kept weights that int8 rounds to zero have their own warning.
+            // end where its mask is, and one a pattern pruned past that is not. Kept
+            // weights that int8 rounds to zero have their own warning.
             && !(args.masks_in.is_some()
                 && after > target
-                && r.sparsity_before.is_some_and(|b| b > target + 0.005))
+                && r.sparsity_before.is_some_and(|b| b > target + 0.005 && after <= b + 0.005))
             && !(r.quantized && after > target)
         {
             warnings.add(format!(

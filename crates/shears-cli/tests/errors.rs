@@ -512,6 +512,28 @@ fn warnings_name_the_cause_and_a_target_missed_from_masks() {
     let done = shears(&["prune", i, "-o", o, "-s", "0.25", "--masks-in", m]);
     assert!(done.status.success(), "{}", stderr(&done));
     assert!(!stderr(&done).contains("target was"), "{}", stderr(&done));
+    // A mask past the target that 2:4 prunes further (three kept in a group of four) is
+    // warned of: the tensor ends past both.
+    let bits = (0..64).map(|i| f64::from(u8::from(i % 8 < 3))).collect();
+    write(
+        &masks,
+        &[T { name: "a.weight_mask", dtype: Dtype::U8, shape: vec![8, 8], values: bits }],
+    );
+    let done = shears(&["prune", i, "-o", o, "--pattern", "2:4", "--masks-in", m]);
+    assert!(done.status.success(), "{}", stderr(&done));
+    assert!(stderr(&done).contains("reached sparsity 0.7500, its target was 0.5000"));
+    // Whole rows rounded up take a tensor without zeros under the floor: a missed target,
+    // not zeros it had.
+    let rows = dir.path().join("rows.safetensors");
+    let values = (1..=24).map(f64::from).collect();
+    write(&rows, &[T { name: "r.weight", dtype: Dtype::F32, shape: vec![3, 8], values }]);
+    let r = rows.to_str().unwrap();
+    let floor = ["-s", "0.9", "--min-density", "0.5", "--pattern", "rows", "--rounding", "ceil"];
+    let done = shears(&[&["prune", r, "-o", o][..], &floor].concat());
+    assert!(done.status.success(), "{}", stderr(&done));
+    let said = stderr(&done);
+    assert!(said.contains("reached sparsity 0.6667, its target was 0.5000"), "{said}");
+    assert!(!said.contains("its zeros"), "{said}");
 }
 
 /// A model tensor whose name ends in `_mask` (a buffer, in a state dict given as the

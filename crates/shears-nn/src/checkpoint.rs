@@ -90,11 +90,11 @@ pub fn load<T: Float>(path: impl AsRef<Path>) -> Result<(Mlp<T>, Masks)> {
         if b.shape != [rows] {
             return Err(bad(format!("`{bn}` has shape {:?}, expected [{rows}]", b.shape)));
         }
-        if let Some(previous) = layers.last().map(|l: &Layer<T>| l.weight().nrows())
-            && cols != previous
+        if let Some((outputs, inputs)) = layers.last().map(|l: &Layer<T>| l.weight().shape())
+            && cols != outputs
         {
             return Err(bad(format!(
-                "`{wn}` has shape [{rows}, {cols}]: it takes {cols} inputs, but `{}` gives {previous} outputs",
+                "`{wn}` has shape [{rows}, {cols}]: it takes {cols} inputs, but `{}` of shape [{outputs}, {inputs}] gives {outputs} outputs",
                 weight_name(i - 1)
             )));
         }

@@ -83,6 +83,6 @@ fn malformed_checkpoints() {
     ];
     std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
     let err = checkpoint::load::<f32>(&path).unwrap_err().to_string();
-    let expected = "`layers.1.weight` has shape [3, 7]: it takes 7 inputs, but `layers.0.weight` gives 8 outputs";
+    let expected = "`layers.1.weight` has shape [3, 7]: it takes 7 inputs, but `layers.0.weight` of shape [8, 4] gives 8 outputs";
     assert!(err.contains(expected) && err.contains("bad.safetensors"), "{err}");
 }
