@@ -340,8 +340,6 @@ fn as_written(path: &Path) -> std::path::PathBuf {
     path.components().filter(|c| *c != std::path::Component::CurDir).collect()
 }
 
-/// No path is both read and written, under any name: the model's files, the gradient,
-/// score and mask files, and every output.
 /// Bytes a header entry may take beyond its name: dtype, shape and offsets as JSON.
 const ENTRY_BYTES: u64 = 128;
 
@@ -382,6 +380,8 @@ fn masks_bytes(chosen: &[Tensor<'_>]) -> u64 {
     chosen.iter().map(|t| t.dims.iter().product::<usize>() as u64 + entry(t)).sum()
 }
 
+/// No path is both read and written, under any name: the model's files, the gradient,
+/// score and mask files, and every output; and no gradient file is given twice.
 fn check_paths(model: &Model, args: &PruneArgs, outputs: &Outputs) -> Result<()> {
     // Where the output folder lies, first: inside the model's folder, its files would
     // otherwise be refused one by one as the model's.

@@ -24,6 +24,17 @@ fn refused(args: &[&str], needle: &str, untouched: &[&Path]) {
     }
 }
 
+/// A copy of the tiny BERT fixture's folder (config, weights, tokenizer) in `dir`.
+fn tiny_bert_in(dir: &Path) -> std::path::PathBuf {
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tiny-bert");
+    let folder = dir.join("model");
+    std::fs::create_dir(&folder).unwrap();
+    for name in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(tiny.join(name), folder.join(name)).unwrap();
+    }
+    folder
+}
+
 fn no_temporaries(dir: &Path) {
     let left: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
@@ -319,12 +330,7 @@ fn a_closed_stderr_changes_no_exit_status() {
 #[test]
 fn a_weights_file_of_a_model_folder_is_never_pruned_into_its_folder() {
     let dir = tempfile::tempdir().unwrap();
-    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tiny-bert");
-    let folder = dir.path().join("model");
-    std::fs::create_dir(&folder).unwrap();
-    for name in ["config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(tiny.join(name), folder.join(name)).unwrap();
-    }
+    let folder = tiny_bert_in(dir.path());
     let weights = folder.join("model.safetensors");
     let config = folder.join("config.json");
     let masks = folder.join("masks.safetensors");
@@ -356,12 +362,7 @@ fn a_weights_file_of_a_model_folder_is_never_pruned_into_its_folder() {
 #[test]
 fn a_run_that_would_fill_the_disk_is_refused_before_it_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tiny-bert");
-    let folder = dir.path().join("model");
-    std::fs::create_dir(&folder).unwrap();
-    for name in ["config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::copy(tiny.join(name), folder.join(name)).unwrap();
-    }
+    let folder = tiny_bert_in(dir.path());
     let huge = std::fs::File::create(folder.join("notes.txt")).unwrap();
     if huge.set_len(8 << 40).is_err() {
         // A file system without sparse files of that size cannot stage this case.
