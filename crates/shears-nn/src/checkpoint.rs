@@ -87,6 +87,11 @@ pub fn load<T: Float>(path: impl AsRef<Path>) -> Result<(Mlp<T>, Masks)> {
         let &[rows, cols] = w.shape.as_slice() else {
             return Err(bad(format!("`{wn}` has shape {:?}, not 2-D", w.shape)));
         };
+        if rows == 0 || cols == 0 {
+            return Err(bad(format!(
+                "`{wn}` has shape [{rows}, {cols}]: a layer needs at least one input and one output"
+            )));
+        }
         if b.shape != [rows] {
             return Err(bad(format!("`{bn}` has shape {:?}, expected [{rows}]", b.shape)));
         }

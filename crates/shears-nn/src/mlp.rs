@@ -132,11 +132,17 @@ impl<T: Scalar> Mlp<T> {
     /// A network from its layers.
     ///
     /// # Errors
-    /// [`Error::BadArchitecture`] if there are none; [`Error::Shape`] if a layer's input
-    /// size is not the previous layer's output size.
+    /// [`Error::BadArchitecture`] if there are none or one has no inputs or no outputs;
+    /// [`Error::Shape`] if a layer's input size is not the previous layer's output size.
     pub fn from_layers(layers: Vec<Layer<T>>) -> Result<Self> {
         if layers.is_empty() {
             return Err(Error::BadArchitecture { sizes: Vec::new() });
+        }
+        if layers.iter().any(|l| l.weight.is_empty()) {
+            let sizes = std::iter::once(layers[0].weight.ncols())
+                .chain(layers.iter().map(|l| l.weight.nrows()))
+                .collect();
+            return Err(Error::BadArchitecture { sizes });
         }
         for pair in layers.windows(2) {
             if pair[1].weight.ncols() != pair[0].weight.nrows() {
@@ -387,6 +393,11 @@ mod tests {
         let b = Layer::new(DMatrix::<f32>::zeros(2, 3), DVector::zeros(2)).unwrap();
         assert!(matches!(Mlp::from_layers(vec![a, b]), Err(Error::Shape { .. })));
         assert!(matches!(Mlp::<f32>::from_layers(vec![]), Err(Error::BadArchitecture { .. })));
+        let empty = Layer::new(DMatrix::<f32>::zeros(0, 3), DVector::zeros(0)).unwrap();
+        assert!(matches!(
+            Mlp::from_layers(vec![empty]),
+            Err(Error::BadArchitecture { sizes }) if sizes == [3, 0]
+        ));
     }
 
     #[test]

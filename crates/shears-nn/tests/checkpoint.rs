@@ -85,4 +85,13 @@ fn malformed_checkpoints() {
     let err = checkpoint::load::<f32>(&path).unwrap_err().to_string();
     let expected = "`layers.1.weight` has shape [3, 7]: it takes 7 inputs, but `layers.0.weight` of shape [8, 4] gives 8 outputs";
     assert!(err.contains(expected) && err.contains("bad.safetensors"), "{err}");
+    // A layer with no outputs: nothing could run after it, and nothing exports it.
+    let views = vec![
+        ("layers.0.weight".to_owned(), view(vec![0, 4], &[])),
+        ("layers.0.bias".to_owned(), view(vec![0], &[])),
+    ];
+    std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+    let err = checkpoint::load::<f32>(&path).unwrap_err().to_string();
+    let expected = "`layers.0.weight` has shape [0, 4]: a layer needs at least one input";
+    assert!(err.contains(expected), "{err}");
 }

@@ -260,10 +260,11 @@ pub fn uses_gathers() -> bool {
 
 /// The kernel path in use, how its batch-1 kernels load indexed inputs, on AVX-512 and
 /// AVX2 how its batched `f32` N:M products pick their inputs (a permute per product or a
-/// load, the faster on this CPU; on AVX2 at batches of 512 columns or more) and, where the int8 kernels run VNNI instructions (and int8
-/// CSR looks its inputs up with VBMI permutes), which, for reports: `Avx2, gathers`,
-/// `Avx512, gathers, N:M by permutes, AVX-512 VNNI`, `Avx512, lane loads, N:M by loads,
-/// AVX-512 VNNI and VBMI`, `Avx2, lane loads, N:M by loads, AVX-VNNI`, `Portable, lane loads`.
+/// load, the faster on this CPU; on AVX2 at batches of 512 columns or more) and, where
+/// the int8 kernels run VNNI instructions (and int8 CSR looks its inputs up with VBMI
+/// permutes), which, for reports: `Avx2, gathers`, `Avx512, gathers, N:M by permutes,
+/// AVX-512 VNNI`, `Avx512, lane loads, N:M by loads, AVX-512 VNNI and VBMI`,
+/// `Avx2, lane loads, N:M by loads, AVX-VNNI`, `Portable, lane loads`.
 pub fn kernel_description() -> String {
     let path = kernel_path();
     let mut loads = if uses_gathers() { "gathers" } else { "lane loads" }.to_owned();

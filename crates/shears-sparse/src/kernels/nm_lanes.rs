@@ -76,9 +76,9 @@ pub(super) fn applies<T: Scalar, V>(path: KernelPath, a: &NmView<'_, T, V>, batc
 /// is. The two give the same bits, so the choice changes speed only.
 ///
 /// Each product of this kernel takes a permute per fused multiply-add, the row-major
-/// kernel a load from L1 instead; which is cheaper depends on the core: a CPU that runs
-/// 512-bit permutes on the vector pipes of its multiply-adds in two halves (AMD Zen 4)
-/// is faster on the loads, and so is Zen 3 with 256-bit ones.
+/// kernel a load from L1 instead; which is cheaper depends on the core (how many pipes
+/// run permutes, whether they share them with the multiply-adds, how wide they are), so
+/// the choice is measured rather than read from the CPU's name.
 pub(super) fn runs_here(path: KernelPath) -> bool {
     static CHOICE: OnceLock<bool> = OnceLock::new();
     *CHOICE.get_or_init(|| {
