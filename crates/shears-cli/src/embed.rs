@@ -270,6 +270,13 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
     };
     let mut warnings = crate::report::Warnings::default();
     texts.warn_fit(&model, &mut warnings)?;
+    if let Some(out) = &args.output {
+        // An embedding of f32s and a line number per sentence, and the header: known
+        // now, so a file that would not fit is refused before the embedding runs.
+        let row = model.model.config().hidden_size as u64 * 4 + 8;
+        let bytes = (texts.lines.len() as u64).saturating_mul(row).saturating_add(4096);
+        crate::outputs::check_fits(&[(out.as_path(), bytes)])?;
+    }
     let start = Instant::now();
     let embeddings = embed_all(&model, &args.model, &texts)?;
     let embedding_seconds = start.elapsed().as_secs_f64();

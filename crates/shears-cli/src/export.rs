@@ -133,6 +133,12 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
     // A data file already there (an earlier export's, or any file of that name) is
     // replaced as the model is: the report says so.
     let replaces_data = data.is_some() && data_path.is_file();
+    // Each file is staged beside the one it replaces, so the old one still counts.
+    let mut needs = vec![(out.as_path(), bytes.len() as u64)];
+    if let Some(data) = &data {
+        needs.push((data_path.as_path(), data.len() as u64));
+    }
+    crate::outputs::check_fits(&needs)?;
     // The model and its data land together; the data first, so that a failure between
     // the two renames leaves the old model, not a new one without its data.
     let mut files = Vec::new();

@@ -449,32 +449,11 @@ impl Outputs {
             .map(|m| m.len())
             .sum();
         let output = self.folder.clone().unwrap_or_else(|| self.shards[0].clone());
-        let mut needs = vec![(output, weights.saturating_add(copies))];
+        let mut needs = vec![(output.as_path(), weights.saturating_add(copies))];
         if let Some(path) = &self.masks {
-            needs.push((path.clone(), masks));
+            needs.push((path.as_path(), masks));
         }
-        // (file system, free bytes, bytes needed, a path written there)
-        let mut systems: Vec<(u64, u64, u64, PathBuf)> = Vec::new();
-        for (path, bytes) in needs {
-            let Some((system, free)) = shears_io::paths::file_system_space(&path) else {
-                continue;
-            };
-            match systems.iter_mut().find(|s| s.0 == system) {
-                Some(s) => s.2 = s.2.saturating_add(bytes),
-                None => systems.push((system, free, bytes, path)),
-            }
-        }
-        for (_, free, needed, path) in systems {
-            if needed > free {
-                bail!(
-                    "{}: this run writes about {} there, and its file system has {} free",
-                    path.display(),
-                    crate::report::byte_size(needed),
-                    crate::report::byte_size(free)
-                );
-            }
-        }
-        Ok(())
+        check_fits(&needs)
     }
 
     /// Stages the copies of the folder's other files.
@@ -646,9 +625,64 @@ pub(crate) struct Strangers {
     pub(crate) replaced: Vec<PathBuf>,
 }
 
+/// Refuses a run whose files would not fit, before anything is written: each
+/// `(path, bytes)` is a file (or folder) the run writes and about how many bytes it puts
+/// there, summed per file system and compared with the space free on it. Paths whose
+/// file system cannot be asked (off Linux) pass.
+pub(crate) fn check_fits(needs: &[(&Path, u64)]) -> Result<()> {
+    check_fits_on(needs, shears_io::paths::file_system_space)
+}
+
+/// [`check_fits`] with `space` saying which file system a path is on and its free bytes.
+fn check_fits_on(
+    needs: &[(&Path, u64)],
+    space: impl Fn(&Path) -> Option<(u64, u64)>,
+) -> Result<()> {
+    // (file system, free bytes, bytes needed, a path written there)
+    let mut systems: Vec<(u64, u64, u64, &Path)> = Vec::new();
+    for &(path, bytes) in needs {
+        let Some((system, free)) = space(path) else {
+            continue;
+        };
+        match systems.iter_mut().find(|s| s.0 == system) {
+            Some(s) => s.2 = s.2.saturating_add(bytes),
+            None => systems.push((system, free, bytes, path)),
+        }
+    }
+    for (_, free, needed, path) in systems {
+        if needed > free {
+            bail!(
+                "{}: this run writes about {} there, and its file system has {} free",
+                path.display(),
+                crate::report::byte_size(needed),
+                crate::report::byte_size(free)
+            );
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bytes add up per file system: two files that fit apart but not together on one
+    /// are refused, naming the first; the same two on two systems pass; a path whose
+    /// system cannot be asked is not counted.
+    #[test]
+    fn space_is_summed_per_file_system() {
+        let (a, b, c) =
+            (Path::new("/a/model.onnx"), Path::new("/a/model.onnx.data"), Path::new("/c"));
+        let one = |path: &Path| (path != c).then_some((1, 100));
+        let err = check_fits_on(&[(a, 60), (b, 60), (c, 1 << 40)], one).unwrap_err().to_string();
+        assert!(err.starts_with("/a/model.onnx: this run writes about 120 bytes"), "{err}");
+        assert!(err.ends_with("has 100 bytes free"), "{err}");
+        let two = |path: &Path| Some((u64::from(path == b), 100));
+        check_fits_on(&[(a, 60), (b, 60)], two).unwrap();
+        check_fits_on(&[(a, 50), (b, 50)], one).unwrap();
+        let err = check_fits_on(&[(a, 101)], two).unwrap_err().to_string();
+        assert!(err.contains("about 101 bytes"), "{err}");
+    }
 
     /// Against the plain oracle, equality of the whole contents: files longer than a
     /// block, equal, or differing in one byte of the second block or in length alone.
