@@ -15,6 +15,18 @@ fn decode(path: &Path) -> ModelProto {
     ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap()
 }
 
+/// `shears export MODEL -o OUT --external-data`, paths passed as they are (any bytes).
+fn export_external_data(model: &Path, out: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_shears"))
+        .arg("export")
+        .arg(model)
+        .arg("-o")
+        .arg(out)
+        .arg("--external-data")
+        .output()
+        .unwrap()
+}
+
 fn ops(model: &ModelProto) -> Vec<String> {
     model.graph.as_ref().unwrap().node.iter().map(|n| n.op_type().to_owned()).collect()
 }
@@ -264,13 +276,7 @@ fn external_data_moves_large_initializers_beside_the_model() {
     shears_nn::checkpoint::save(&mlp, &shears_core::Masks::new(), &checkpoint).unwrap();
     let out = dir.path().join("mlp.onnx");
     let export = || {
-        let o = shears(&[
-            "export",
-            checkpoint.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--external-data",
-        ]);
+        let o = export_external_data(&checkpoint, &out);
         assert!(o.status.success(), "{}", stderr(&o));
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
@@ -313,14 +319,7 @@ fn external_data_needs_names_it_can_write_and_record() {
     let long = dir.path().join(format!("{}.onnx", "b".repeat(248)));
     std::fs::write(&long, b"the user's model").unwrap();
     for (out, expected) in [(&binary, "UTF-8"), (&long, "longer than the 255 bytes")] {
-        let o = std::process::Command::new(env!("CARGO_BIN_EXE_shears"))
-            .arg("export")
-            .arg(&checkpoint)
-            .arg("-o")
-            .arg(out)
-            .arg("--external-data")
-            .output()
-            .unwrap();
+        let o = export_external_data(&checkpoint, out);
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
         assert!(stderr(&o).contains(expected), "{}", stderr(&o));
     }
@@ -331,13 +330,7 @@ fn external_data_needs_names_it_can_write_and_record() {
     let tiny = shears_nn::Mlp::<f32>::new(&[4, 3, 2], 1).unwrap();
     shears_nn::checkpoint::save(&tiny, &shears_core::Masks::new(), &small).unwrap();
     let out = dir.path().join("small.onnx");
-    let o = shears(&[
-        "export",
-        small.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--external-data",
-    ]);
+    let o = export_external_data(&small, &out);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(out.exists() && !dir.path().join("small.onnx.data").exists());
 }
