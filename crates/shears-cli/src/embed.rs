@@ -1,10 +1,10 @@
 //! `shears embed` and `shears eval`: running a (pruned) sentence-transformer folder, and
 //! measuring what a pruned one keeps of the dense one.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use nalgebra::DMatrix;
 use serde::Serialize;
 use shears_io::Dtype;
@@ -39,6 +39,35 @@ pub(crate) fn load_truncating(
 }
 
 /// An error unless `folder` is a directory, saying whether it is missing or a file.
+/// The files of a model folder and of its subfolders one level down (`1_Pooling/`),
+/// wherever their links lead: what a run reads its configuration and tokenizer from,
+/// none of which an output may be (a folder of links, as the Hugging Face cache lays
+/// one out, can point at the file the output names).
+pub(crate) fn folder_files(folder: &Path) -> Result<Vec<PathBuf>> {
+    /// More entries than any model folder has: a bound on the listing.
+    const MAX_ENTRIES: usize = 100_000;
+    let list = |dir: &Path| -> Result<Vec<PathBuf>> {
+        let entries = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot list the model folder {}", dir.display()))?;
+        let mut paths = Vec::new();
+        for entry in entries.take(MAX_ENTRIES) {
+            let entry =
+                entry.with_context(|| format!("cannot list the model folder {}", dir.display()))?;
+            paths.push(entry.path());
+        }
+        Ok(paths)
+    };
+    let mut files = Vec::new();
+    for path in list(folder)? {
+        if path.is_dir() {
+            files.extend(list(&path)?.into_iter().filter(|p| p.is_file()));
+        } else if path.is_file() {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
 fn check_folder(folder: &Path) -> Result<()> {
     crate::hub::check_not_hub_id(folder)?;
     if !folder.exists() {
@@ -254,6 +283,8 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
         for shard in model_files.shards() {
             paths.push(("model", shard.path(), false));
         }
+        let folder_files = folder_files(&args.model)?;
+        paths.extend(folder_files.iter().map(|p| ("model", p.as_path(), false)));
         shears_io::paths::check_distinct(&paths)?;
         // A folder that cannot be written to is found now, not after the embedding: a
         // temporary beside the output is made and removed again.

@@ -64,21 +64,10 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
         for shard in files.shards() {
             paths.push(("model", shard.path(), false));
         }
-        // The files the folder's configuration is read from, wherever they really are.
-        let configs: Vec<_> = [
-            "config.json",
-            "modules.json",
-            "sentence_bert_config.json",
-            "1_Pooling/config.json",
-            "model.safetensors.index.json",
-        ]
-        .iter()
-        .map(|f| args.model.join(f))
-        .filter(|p| p.is_file())
-        .collect();
-        for path in &configs {
-            paths.push(("model", path.as_path(), false));
-        }
+        // The files the folder's configuration and tokenizer are read from, wherever
+        // they really are.
+        let configs = crate::embed::folder_files(&args.model)?;
+        paths.extend(configs.iter().map(|p| ("model", p.as_path(), false)));
         shears_io::paths::check_distinct(&paths)?;
         // Loaded as embed loads it, the tokenizer checked against the weights: the
         // exported model is only as usable as the tokenizer run before it.

@@ -356,6 +356,34 @@ fn a_weights_file_of_a_model_folder_is_never_pruned_into_its_folder() {
     assert!(out.is_file());
 }
 
+/// A model folder of links (as the Hugging Face cache lays one out) can point at the
+/// file an output names: `embed` and `export` refuse to write over the tokenizer or the
+/// config they read, and leave them as they were.
+#[test]
+fn an_output_is_never_a_file_a_folder_of_links_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = tiny_bert_in(dir.path());
+    let links = dir.path().join("links");
+    std::fs::create_dir(&links).unwrap();
+    for name in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::os::unix::fs::symlink(real.join(name), links.join(name)).unwrap();
+    }
+    let texts = dir.path().join("texts.txt");
+    std::fs::write(&texts, "a sentence\nanother one\n").unwrap();
+    let (l, x) = (links.to_str().unwrap(), texts.to_str().unwrap());
+    for name in ["tokenizer.json", "config.json"] {
+        let target = real.join(name);
+        let t = target.to_str().unwrap();
+        refused(&["embed", l, "--texts", x, "-o", t], "are one file", &[&target]);
+        refused(&["export", l, "-o", t], "are one file", &[&target]);
+    }
+    no_temporaries(&real);
+    // Elsewhere, it embeds.
+    let out = dir.path().join("embeddings.safetensors");
+    let done = shears(&["embed", l, "--texts", x, "-o", out.to_str().unwrap()]);
+    assert!(done.status.success(), "{}", stderr(&done));
+}
+
 /// A run whose files would not fit on the output's file system is refused before it
 /// writes anything: here a model folder holds a file of 8 TiB (sparse: it takes no
 /// space where it is), which the pruned folder would copy in full.
