@@ -118,15 +118,30 @@ pub fn load<T: Float>(path: impl AsRef<Path>) -> Result<(Mlp<T>, Masks)> {
     if layers.is_empty() {
         return Err(bad("no `layers.0.weight` tensor".into()));
     }
-    // Every `layers.N.` tensor must belong to the layers read: a gap would drop the rest.
+    // Every `layers.N.` tensor must belong to the layers read: a gap would drop the rest,
+    // and so would a number spelled otherwise (`layers.01.`, `layers.-1.`, `layers.1x.`).
     let n = layers.len();
-    if let Some(stray) = ckpt.names().find(|name| {
-        name.strip_prefix("layers.")
-            .and_then(|rest| rest.split('.').next())
-            .and_then(|i| i.parse::<usize>().ok())
-            .is_some_and(|i| i >= n)
-    }) {
-        return Err(bad(format!("`{stray}` follows a missing `layers.{n}.weight`")));
+    for name in ckpt.names() {
+        let Some(index) = name.strip_prefix("layers.").and_then(|rest| rest.split('.').next())
+        else {
+            continue;
+        };
+        if !index.starts_with(|c: char| c.is_ascii_digit() || c == '+' || c == '-') {
+            continue;
+        }
+        match index.parse::<usize>() {
+            Ok(i) if i.to_string() == index => {
+                if i >= n {
+                    return Err(bad(format!("`{name}` follows a missing `layers.{n}.weight`")));
+                }
+            }
+            _ => {
+                return Err(bad(format!(
+                    "`{name}` names layer `{index}`, not one of 0 to {} in plain decimal",
+                    n - 1
+                )));
+            }
+        }
     }
     Ok((Mlp::from_layers(layers)?, masks))
 }

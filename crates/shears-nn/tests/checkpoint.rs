@@ -94,4 +94,18 @@ fn malformed_checkpoints() {
     let err = checkpoint::load::<f32>(&path).unwrap_err().to_string();
     let expected = "`layers.0.weight` has shape [0, 4]: a layer needs at least one input";
     assert!(err.contains(expected), "{err}");
+    // A layer numbered in any other spelling than plain decimal would be dropped.
+    let (w, b) = (vec![0u8; 2 * 2 * 4], vec![0u8; 2 * 4]);
+    for index in ["-1", "+1", "01", "1x", "18446744073709551616"] {
+        let views = vec![
+            ("layers.0.weight".to_owned(), view(vec![2, 2], &w)),
+            ("layers.0.bias".to_owned(), view(vec![2], &b)),
+            (format!("layers.{index}.weight"), view(vec![2, 2], &w)),
+            (format!("layers.{index}.bias"), view(vec![2], &b)),
+        ];
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        let err = checkpoint::load::<f32>(&path).unwrap_err().to_string();
+        let expected = format!("names layer `{index}`, not one of 0 to 0 in plain decimal");
+        assert!(err.contains(&expected), "{err}");
+    }
 }
