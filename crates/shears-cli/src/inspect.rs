@@ -249,12 +249,12 @@ fn scan_mask<S: Source>(
     let mut seen = 0usize;
     ckpt.for_each_chunk(name, sized.map_or(1, |v| v.unit()), |bytes| -> Result<()> {
         if let Some(at) = bytes.iter().position(|&b| b > 1) {
-            return Err(shears_io::Error::Shape {
+            let error = shears_io::Error::Shape {
                 tensor: name.to_owned(),
                 shape: dims.to_vec(),
                 reason: format!("element {} is {}, not 0 or 1", seen + at, bytes[at]),
-            }
-            .into());
+            };
+            return Err(anyhow::anyhow!("{}: {error}", ckpt.path().display()));
         }
         seen += bytes.len();
         match sized {
@@ -583,7 +583,8 @@ mod tests {
         let masks = Checkpoint::from_source("m", file).unwrap();
         let view = View::of(&[2, 3], false);
         let err = scan_mask(&masks, "w_mask", &[2, 3], view).unwrap_err().to_string();
-        assert!(err.contains("w_mask") && err.contains("element 4 is 255, not 0 or 1"), "{err}");
+        let expected = "m: tensor `w_mask` of shape [2, 3]: element 4 is 255, not 0 or 1";
+        assert_eq!(err, expected);
     }
 
     proptest! {
