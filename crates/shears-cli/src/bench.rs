@@ -83,6 +83,10 @@ const INT8: &str = "int8";
 /// The most f32 values of inputs and outputs one timed product may take (1 GiB).
 const MAX_OPERANDS: usize = 1 << 28;
 
+/// The most weights one run times (a model of thousands of layers has fewer): each takes
+/// a few milliseconds at least, so a file of millions of tiny tensors would run for hours.
+const MAX_TIMED: usize = 10_000;
+
 /// Median microseconds of `f`, over at least 5 runs and about 0.2 s.
 fn median_us(mut f: impl FnMut()) -> f64 {
     f();
@@ -167,6 +171,13 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             timed.then_some((t, role))
         })
         .collect();
+    if layers.len() > MAX_TIMED {
+        bail!(
+            "{} has {} weights to time, more than the {MAX_TIMED} bench times in one run",
+            args.input.display(),
+            layers.len()
+        );
+    }
     if layers.is_empty() {
         let unscaled = model.tensors().find(|t| {
             t.info.dtype == Dtype::I8

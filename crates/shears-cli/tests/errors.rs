@@ -343,6 +343,27 @@ fn bench_refuses_oversized_products_and_unscaled_int8_first() {
     write(&unscaled, &[T { name: "fc.weight", dtype: Dtype::I8, shape: vec![4, 8], values }]);
     let u = unscaled.to_str().unwrap();
     fails(&["bench", u, "--all"], &out, "`fc.weight` is int8 without its scales `fc.weight.scale`");
+
+    // More weights than one run times (each takes milliseconds at least): refused
+    // before the first is timed.
+    let many = dir.path().join("many.safetensors");
+    let n = 10_001;
+    let entries: Vec<String> = (0..n)
+        .map(|i| {
+            let at = 4 * i;
+            format!(
+                r#""l{i}.weight":{{"dtype":"F32","shape":[1,1],"data_offsets":[{at},{}]}}"#,
+                at + 4
+            )
+        })
+        .collect();
+    let header = format!("{{{}}}", entries.join(","));
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header.as_bytes());
+    file.extend(std::iter::repeat_n(1f32.to_le_bytes(), n).flatten());
+    std::fs::write(&many, file).unwrap();
+    let m = many.to_str().unwrap();
+    fails(&["bench", m, "--all"], &out, "has 10001 weights to time, more than the 10000");
 }
 
 /// A non-finite weight: `bench` and `prune` name the file, the tensor, the value and
