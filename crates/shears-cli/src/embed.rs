@@ -38,7 +38,6 @@ pub(crate) fn load_truncating(
     })
 }
 
-/// An error unless `folder` is a directory, saying whether it is missing or a file.
 /// The files of a model folder and of its subfolders one level down (`1_Pooling/`),
 /// wherever their links lead: what a run reads its configuration and tokenizer from,
 /// none of which an output may be (a folder of links, as the Hugging Face cache lays
@@ -68,6 +67,7 @@ pub(crate) fn folder_files(folder: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// An error unless `folder` is a directory, saying whether it is missing or a file.
 fn check_folder(folder: &Path) -> Result<()> {
     crate::hub::check_not_hub_id(folder)?;
     if !folder.exists() {

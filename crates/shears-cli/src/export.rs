@@ -66,8 +66,8 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
         }
         // The files the folder's configuration and tokenizer are read from, wherever
         // they really are.
-        let configs = crate::embed::folder_files(&args.model)?;
-        paths.extend(configs.iter().map(|p| ("model", p.as_path(), false)));
+        let folder_files = crate::embed::folder_files(&args.model)?;
+        paths.extend(folder_files.iter().map(|p| ("model", p.as_path(), false)));
         shears_io::paths::check_distinct(&paths)?;
         // Loaded as embed loads it, the tokenizer checked against the weights: the
         // exported model is only as usable as the tokenizer run before it.
