@@ -30,12 +30,34 @@ pub(crate) fn load_truncating(
     max_len: Option<u32>,
     flag: &str,
 ) -> Result<SentenceTransformer> {
-    SentenceTransformer::load(folder, max_len.map(|m| m as usize)).map_err(|e| match e {
-        shears_models::Error::Argument(reason) if max_len.is_some() => {
-            anyhow::anyhow!("{flag}: {reason}")
+    let transformer =
+        SentenceTransformer::load(folder, max_len.map(|m| m as usize)).map_err(|e| match e {
+            shears_models::Error::Argument(reason) if max_len.is_some() => {
+                anyhow::anyhow!("{flag}: {reason}")
+            }
+            e => e.into(),
+        })?;
+    warn_unused_layers(folder, &transformer.model);
+    Ok(transformer)
+}
+
+/// Says on stderr which of the weights' encoder layers `config.json` leaves out (the
+/// model runs the first `num_hidden_layers`, as `transformers` does).
+pub(crate) fn warn_unused_layers(folder: &Path, model: &shears_models::BertModel) {
+    let which = match model.unused_layers() {
+        [] => return,
+        [one] => format!("layer {one} is"),
+        [first, .., last] => {
+            let n = model.unused_layers().len();
+            format!("layers {first} to {last} ({n} layers) are")
         }
-        e => e.into(),
-    })
+    };
+    let folder = folder.display().to_string();
+    crate::report::to_stderr(format_args!(
+        "shears: warning: {}: config.json's num_hidden_layers is {}, so the weights' encoder {which} not run",
+        crate::report::printable(&folder),
+        model.config().num_hidden_layers,
+    ));
 }
 
 /// The files of a model folder and of its subfolders one level down (`1_Pooling/`),

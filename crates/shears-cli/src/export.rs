@@ -73,6 +73,7 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
         // exported model is only as usable as the tokenizer run before it.
         let SentenceTransformer { model: bert, sentence, .. } =
             SentenceTransformer::from_weights(&args.model, &files, None)?;
+        crate::embed::warn_unused_layers(&args.model, &bert);
         let what = format!(
             "BERT-family encoder, {} layers, hidden {}",
             bert.config().num_hidden_layers,

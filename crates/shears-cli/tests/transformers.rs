@@ -1259,3 +1259,38 @@ fn a_terminated_prune_leaves_no_temporaries_or_empty_folders() {
         assert!(out.join("model.safetensors").is_file() && out.join("1_Pooling").is_dir());
     }
 }
+
+/// A config.json running fewer layers than the weights hold: embed and export run the
+/// first layers and say which they leave out; a calibrated prune refuses to leave the
+/// others' weights as they are without being told (--exclude them).
+#[test]
+fn layers_past_num_hidden_layers_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    copy_tiny_bert(&model);
+    let config = std::fs::read_to_string(model.join("config.json")).unwrap();
+    let fewer = config.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1");
+    assert_ne!(fewer, config);
+    std::fs::write(model.join("config.json"), fewer).unwrap();
+    let m = model.to_str().unwrap();
+    let texts = sentences("validation.txt");
+    let says = "config.json's num_hidden_layers is 1, so the weights' encoder layer 1 is not run";
+    let o = shears(&["embed", m, "--texts", &texts, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains(says), "{}", stderr(&o));
+    let onnx = dir.path().join("m.onnx");
+    let o = shears(&["export", m, "-o", onnx.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains(says), "{}", stderr(&o));
+    let out = dir.path().join("pruned");
+    let calib = sentences("calibration.txt");
+    let args = ["prune", m, "-o", out.to_str().unwrap(), "--method", "wanda", "--calib", &calib];
+    let o = shears(&[&args[..], &["-s", "0.5", "--quiet"]].concat());
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("encoder.layer.1.") && stderr(&o).contains("--exclude"));
+    assert!(!out.exists());
+    let o = shears(
+        &[&args[..], &["-s", "0.5", "--quiet", "--exclude", r"encoder\.layer\.1\."]].concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -243,6 +243,25 @@ struct Embeddings {
     norm: LayerNorm,
 }
 
+/// The layer numbers past the first `layers` that `model`'s tensor names
+/// `{prefix}encoder.layer.N.` hold, each once and in order (`N` in plain decimal, as
+/// `transformers` writes it).
+fn layers_past(model: &Model, prefix: &str, layers: usize) -> Vec<usize> {
+    let past: std::collections::BTreeSet<usize> = model
+        .tensors()
+        .filter_map(|t| {
+            let rest = t.name.strip_prefix(prefix)?.strip_prefix("encoder.layer.")?;
+            let (number, _) = rest.split_once('.')?;
+            let plain = !number.is_empty()
+                && number.bytes().all(|b| b.is_ascii_digit())
+                && (number == "0" || !number.starts_with('0'));
+            plain.then(|| number.parse::<usize>().ok()).flatten()
+        })
+        .filter(|&n| n >= layers)
+        .collect();
+    past.into_iter().collect()
+}
+
 /// A BERT-family encoder: embeddings and `num_hidden_layers` encoder layers, computing
 /// in f32; the linear layers of an f16 or bf16 checkpoint keep their weights in it (see
 /// [`Linear::set_format`]), the embeddings and norms are widened on load.
@@ -254,6 +273,8 @@ pub struct BertModel {
     prefix: String,
     embeddings: Embeddings,
     layers: Vec<EncoderLayer>,
+    /// Layer numbers of the checkpoint's tensors past `num_hidden_layers`.
+    unused_layers: Vec<usize>,
 }
 
 impl BertModel {
@@ -329,13 +350,23 @@ impl BertModel {
         });
         let embeddings = embeddings?;
         let layers = layers.into_iter().collect::<Result<Vec<_>>>()?;
+        let unused_layers = layers_past(model, prefix, config.num_hidden_layers);
         Ok(BertModel {
             config,
             path: model.path().to_owned(),
             prefix: prefix.to_owned(),
             embeddings,
             layers,
+            unused_layers,
         })
+    }
+
+    /// The layer numbers `N` of the checkpoint's `encoder.layer.N.` tensors that
+    /// `config.json`'s `num_hidden_layers` leaves out, in order: the encoder runs the
+    /// first layers only, as `transformers` does (it warns of the weights it did not
+    /// use). Empty for a checkpoint that holds exactly the configured layers.
+    pub fn unused_layers(&self) -> &[usize] {
+        &self.unused_layers
     }
 
     /// The configuration.

@@ -630,3 +630,31 @@ fn token_ids_past_the_embeddings_are_named_at_load() {
     let says = format!("{path}: post_processor: gives \"[SEP]\" token type 3, outside the model's");
     assert!(err.starts_with(&says), "{err}");
 }
+
+#[test]
+fn layers_the_config_leaves_out_are_reported() {
+    let full = SentenceTransformer::load(&folder(), None).unwrap();
+    assert!(full.model.unused_layers().is_empty());
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(folder()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+    }
+    std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
+    let pooling = folder().join("1_Pooling/config.json");
+    std::fs::copy(pooling, dir.path().join("1_Pooling/config.json")).unwrap();
+    let config = std::fs::read_to_string(folder().join("config.json")).unwrap();
+    let fewer = config.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1");
+    assert_ne!(fewer, config);
+    std::fs::write(dir.path().join("config.json"), fewer).unwrap();
+    let first = SentenceTransformer::load(dir.path(), None).unwrap();
+    assert_eq!(first.model.layers().len(), 1);
+    assert_eq!(first.model.unused_layers(), &[1]);
+    // The layer it runs is the checkpoint's first.
+    let (a, b) = (&first.model.layers()[0], &full.model.layers()[0]);
+    for ((_, x), (_, y)) in a.linears().iter().zip(b.linears().iter()) {
+        assert_eq!(x.dense_weights(), y.dense_weights());
+    }
+}
