@@ -12,6 +12,21 @@ pub(crate) fn folder() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tiny-bert")
 }
 
+/// Copies the tiny BERT's folder into `to` (made if missing), all but the file `skip`.
+pub(crate) fn copy_folder(to: &Path, skip: Option<&str>) {
+    std::fs::create_dir_all(to.join("1_Pooling")).unwrap();
+    for entry in std::fs::read_dir(folder()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file()
+            && Some(&*entry.file_name()) != skip.map(|s| s.as_ref())
+        {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+    let pooling = "1_Pooling/config.json";
+    std::fs::copy(folder().join(pooling), to.join(pooling)).unwrap();
+}
+
 /// PyTorch's outputs: the sentences, their padded ids and mask, the last hidden states
 /// (`batch x seq x hidden`) and the embeddings (`batch x hidden`).
 pub(crate) struct Expected {
@@ -98,16 +113,7 @@ fn half_precision_weights_load() {
     let want = expected();
     for dtype in [Dtype::F16, Dtype::BF16] {
         let copy = dir.path().join(format!("{dtype:?}"));
-        std::fs::create_dir(&copy).unwrap();
-        for entry in std::fs::read_dir(folder()).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_file() && entry.file_name() != "model.safetensors" {
-                std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
-            }
-        }
-        std::fs::create_dir(copy.join("1_Pooling")).unwrap();
-        std::fs::copy(folder().join("1_Pooling/config.json"), copy.join("1_Pooling/config.json"))
-            .unwrap();
+        copy_folder(&copy, Some("model.safetensors"));
         let source = Checkpoint::open(&folder().join("model.safetensors")).unwrap();
         let entries = shears_io::layout(source.tensors().iter().map(|(n, info)| {
             let d = if shears_io::is_float(info.dtype) { dtype } else { info.dtype };
@@ -266,15 +272,7 @@ fn int8_weights_load_as_int8_layers() {
     let want = expected();
     for (tag, scheme) in [("row", QuantScheme::PerRow), ("group", QuantScheme::PerGroup(8))] {
         let copy = dir.path().join(tag);
-        std::fs::create_dir_all(copy.join("1_Pooling")).unwrap();
-        for entry in std::fs::read_dir(folder()).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_file() && entry.file_name() != "model.safetensors" {
-                std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
-            }
-        }
-        std::fs::copy(folder().join("1_Pooling/config.json"), copy.join("1_Pooling/config.json"))
-            .unwrap();
+        copy_folder(&copy, Some("model.safetensors"));
         let source = Checkpoint::open(&folder().join("model.safetensors")).unwrap();
         let linear = |n: &str| {
             n.contains("encoder.layer.") && n.ends_with("dense.weight")
@@ -563,15 +561,7 @@ fn token_ids_past_the_embeddings_are_named_at_load() {
     let rows = original["model"]["vocab"].as_object().unwrap().len();
     let load = |edit: &dyn Fn(&mut serde_json::Value)| {
         let dir = tempfile::tempdir().unwrap();
-        for entry in std::fs::read_dir(folder()).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_file() {
-                std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-            }
-        }
-        std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
-        let pooling = folder().join("1_Pooling/config.json");
-        std::fs::copy(pooling, dir.path().join("1_Pooling/config.json")).unwrap();
+        copy_folder(dir.path(), None);
         let mut json = original.clone();
         edit(&mut json);
         let path = dir.path().join("tokenizer.json");
@@ -636,15 +626,7 @@ fn layers_the_config_leaves_out_are_reported() {
     let full = SentenceTransformer::load(&folder(), None).unwrap();
     assert!(full.model.unused_layers().is_empty());
     let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(folder()).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_file() {
-            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-        }
-    }
-    std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
-    let pooling = folder().join("1_Pooling/config.json");
-    std::fs::copy(pooling, dir.path().join("1_Pooling/config.json")).unwrap();
+    copy_folder(dir.path(), None);
     let config = std::fs::read_to_string(folder().join("config.json")).unwrap();
     let fewer = config.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1");
     assert_ne!(fewer, config);
