@@ -245,8 +245,17 @@ impl Quantize {
             );
         }
         let stored = stored_matrix(loaded, shape, flat, transposed);
-        Int8Matrix::quantize(&stored, scheme)
-            .map_err(|e| anyhow::anyhow!("--quantize: tensor `{name}`: {e}"))
+        let q = Int8Matrix::quantize(&stored, scheme)
+            .map_err(|e| anyhow::anyhow!("--quantize: tensor `{name}`: {e}"))?;
+        // The file's readers (shears-io) take a scale only if 128 times it, int8's widest
+        // value, is finite: weights within 1/128 of f32's largest have scales past that.
+        if q.scales().iter().any(|s| !(s * 128.0).is_finite()) {
+            let most = loaded.iter().fold(0.0f64, |m, v| m.max(v.as_f64().abs()));
+            bail!(
+                "--quantize: tensor `{name}` holds a weight of magnitude {most}, too large for int8: its scale ({most} / 127) times 128 would not be finite in f32"
+            );
+        }
+        Ok(q)
     }
 }
 

@@ -8,7 +8,7 @@ use shears_core::{Masks, Sparsity};
 use shears_nn::{Mlp, PruningPlan, TrainConfig, digits_split, prune_and_finetune, train};
 use shears_strategies::{Criterion, Schedule};
 
-use crate::util::{T, least_cosine, read, shears, stderr, values, write};
+use crate::util::{T, least_cosine, read, shears, stderr, stdout, values, write};
 
 fn run(args: &[&str]) {
     let o = shears(args);
@@ -158,6 +158,29 @@ fn bad_quantize_arguments_and_taken_scale_names_write_nothing() {
         let first = message.lines().next().unwrap_or_default();
         assert!(first.contains(expected), "{all:?}: {message}");
         assert!(!out.exists(), "{all:?} wrote the output");
+    }
+    // A weight whose scale times 128 is past f32's range would make a file no reader
+    // takes: refused, the largest weight that quantizes written and read back.
+    let largest = f64::from(f32::MAX) * 127.0 / 128.0;
+    for (weight, refused) in [(3.38e38, true), (f64::from(f32::MAX), true), (3.37e38, false)] {
+        assert!(!refused || weight > largest);
+        let mut w = values(32, 2);
+        w[5] = -weight;
+        write(&input, &[T { name: "fc1.weight", dtype: Dtype::F32, shape: vec![4, 8], values: w }]);
+        let args = ["prune", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"];
+        let o = shears(&[&args[..], &["--quantize", "int8", "-q"]].concat());
+        if refused {
+            assert_eq!(o.status.code(), Some(2), "{weight}: {}", stderr(&o));
+            let says = "tensor `fc1.weight` holds a weight of magnitude";
+            assert!(stderr(&o).lines().next().unwrap().contains(says), "{}", stderr(&o));
+            assert!(!out.exists(), "{weight}: wrote the output");
+        } else {
+            assert!(o.status.success(), "{weight}: {}", stderr(&o));
+            assert_eq!(read(&out)["fc1.weight"].2[5], -127.0);
+            let o = shears(&["inspect", out.to_str().unwrap()]);
+            assert!(o.status.success(), "{weight}: {}", stderr(&o));
+            std::fs::remove_file(&out).unwrap();
+        }
     }
 }
 
@@ -395,4 +418,24 @@ fn an_empty_int8_tensor_keeps_its_scheme_so_another_is_refused() {
     let inspected = shears(&["inspect", o, "-q"]);
     assert!(inspected.status.success(), "{}", stderr(&inspected));
     assert_eq!(read(&out)["w.weight.scale"].1, [5]);
+}
+
+/// `inspect` says how much smaller quantizing made a file, or how much larger when
+/// groups of one column carry a scale per weight.
+#[test]
+fn inspect_says_whether_quantizing_shrank_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    crate::util::model(&input);
+    for (scheme, says) in
+        [("int8", "x smaller than before"), ("int8:group=1", "x larger than before")]
+    {
+        let out = dir.path().join(format!("{}.safetensors", scheme.replace(':', "-")));
+        prune(&input, &out, &["-s", "0.5", "--quantize", scheme]);
+        let o = shears(&["inspect", out.to_str().unwrap(), "-q"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let total = stdout(&o);
+        let total = total.lines().find(|l| l.starts_with("total:")).unwrap().to_owned();
+        assert!(total.contains(says), "{scheme}: {total}");
+    }
 }
