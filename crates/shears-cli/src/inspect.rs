@@ -421,6 +421,8 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
     ];
     print_table(&header, &rows, cells, None)?;
     let compression = match total.compression {
+        // Groups of few columns carry more scale bytes than the int8 values save.
+        Some(c) if c < 1.0 => format!(", {:.2}x larger than before quantization", 1.0 / c),
         Some(c) => format!(", {c:.2}x smaller than before quantization"),
         None => String::new(),
     };
