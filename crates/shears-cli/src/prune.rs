@@ -1097,20 +1097,20 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
         Some(m) => format!(" and the masks to {m}"),
         None => String::new(),
     };
+    // A tiny target (1e-320) in plain decimals would be hundreds of digits.
+    let at = match report.sparsity {
+        s if s > 0.0 && s < 1e-4 => format!("{s:e}"),
+        s => format!("{s}"),
+    };
     let what = match &report.masks_in {
         // Without a target, the run applies the masks and prunes nothing more.
         Some(m) if report.sparsity == 0.0 => format!("the masks of {m}"),
         None if report.sparsity == 0.0 => "nothing pruned (--sparsity 0)".to_owned(),
         Some(m) => format!(
-            "{} {}, {} scope, at {} from the masks of {}",
-            report.method, report.pattern, report.scope, report.sparsity, m
+            "{} {}, {} scope, at {at} from the masks of {}",
+            report.method, report.pattern, report.scope, m
         ),
-        None => {
-            format!(
-                "{} {}, {} scope, at {}",
-                report.method, report.pattern, report.scope, report.sparsity
-            )
-        }
+        None => format!("{} {}, {} scope, at {at}", report.method, report.pattern, report.scope),
     };
     outln!("{what}{how}{calibrated}{quantized}: wrote {}{masks}", report.output)?;
     Ok(())

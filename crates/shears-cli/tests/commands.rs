@@ -463,3 +463,15 @@ fn each_prune_appends_its_run_to_the_record() {
         lines[10].starts_with("pruned by shears: magnitude unstructured, layer scope, at 0.12, ")
     );
 }
+
+/// A target too small to print in decimals is printed with an exponent.
+#[test]
+fn a_tiny_sparsity_is_summarised_in_one_short_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
+    model(&input);
+    let o = prune_ok(&input, &out, &["-s", "1e-320", "-q"]);
+    let summary = stdout(&o);
+    assert!(summary.contains("layer scope, at 1e-320: wrote"), "{summary}");
+    assert!(summary.lines().all(|l| l.len() < 300), "{summary}");
+}
