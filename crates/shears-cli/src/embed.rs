@@ -723,7 +723,7 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
     let seen = calibration_sentences_in(&args.pruned, &texts);
     if seen > 0 {
         warnings.add(format!(
-            "{}: {seen} of its {} sentences calibrated {}: on those a pruned model agrees more with the dense one than on others, so held-out sentences measure it fairly",
+            "{}: {seen} of its {} sentences calibrated {}: on those a pruned model tends to agree more with the dense one than on others, so held-out sentences measure it fairly",
             args.texts.display(),
             texts.texts.len(),
             args.pruned.display()

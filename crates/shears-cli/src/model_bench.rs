@@ -38,7 +38,31 @@ struct Setting {
     speedup: Option<f64>,
     /// Layers that run in a sparse format at this batch.
     sparse_layers: usize,
-    layers: Vec<FormatChoice>,
+    layers: Vec<LayerChoice>,
+}
+
+/// A layer's [`FormatChoice`] with its times in milliseconds, as the setting's.
+#[derive(Debug, Serialize)]
+struct LayerChoice {
+    name: String,
+    sparsity: f64,
+    proposed: String,
+    dense_ms: f64,
+    proposed_ms: Option<f64>,
+    chosen: String,
+}
+
+impl From<FormatChoice> for LayerChoice {
+    fn from(c: FormatChoice) -> LayerChoice {
+        LayerChoice {
+            name: c.name,
+            sparsity: c.sparsity,
+            proposed: c.proposed,
+            dense_ms: c.dense_seconds * 1e3,
+            proposed_ms: c.proposed_seconds.map(|s| s * 1e3),
+            chosen: c.chosen,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -139,7 +163,7 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
             dense_ms,
             sparse_ms,
             sparse_layers,
-            layers,
+            layers: layers.into_iter().map(LayerChoice::from).collect(),
         });
         progress.advance(1);
     }

@@ -344,7 +344,7 @@ fn embed_and_eval_say_what_they_embed_other_than_the_line() {
     assert_eq!(
         lines[1],
         format!(
-            "shears: warning: {calib}: 64 of its 256 sentences calibrated {p}: on those a pruned model agrees more with the dense one than on others, so held-out sentences measure it fairly"
+            "shears: warning: {calib}: 64 of its 256 sentences calibrated {p}: on those a pruned model tends to agree more with the dense one than on others, so held-out sentences measure it fairly"
         ),
     );
     assert_eq!(lines.len(), 3, "and the lines cut at 16 tokens: {err}");
@@ -617,6 +617,9 @@ fn the_whole_model_bench_times_dense_and_sparse_runs() {
         assert_eq!(setting["sparse_layers"], sparse);
         for layer in layers {
             assert!((layer["sparsity"].as_f64().unwrap() - 0.9).abs() < 0.01, "{layer}");
+            // Times in the setting's unit, milliseconds.
+            assert!(layer["dense_ms"].as_f64().unwrap() > 0.0, "{layer}");
+            assert!(layer.get("dense_seconds").is_none(), "{layer}");
         }
     }
     // A name read from the command line reaches the terminal escaped.
