@@ -5,8 +5,6 @@ pub(crate) fn fraction(part: usize, whole: usize) -> f64 {
     if whole == 0 { 0.0 } else { part as f64 / whole as f64 }
 }
 
-/// Compares tensor names as people read them: runs of digits by value, so `layers.2`
-/// comes before `layers.10`.
 /// A size in bytes as people read it: bytes below a kilobyte, else kB, MB or GB
 /// (powers of 1000) to one decimal.
 pub(crate) fn byte_size(bytes: u64) -> String {
@@ -17,6 +15,8 @@ pub(crate) fn byte_size(bytes: u64) -> String {
     }
 }
 
+/// Compares tensor names as people read them: runs of digits by value, so `layers.2`
+/// comes before `layers.10`.
 pub(crate) fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
     loop {
