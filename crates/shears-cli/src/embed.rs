@@ -290,6 +290,11 @@ fn embed_all(model: &SentenceTransformer, folder: &Path, texts: &Texts) -> Resul
 
 pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
     check_folder(&args.model)?;
+    // Embeddings neither written nor printed would be computed for nothing; --fastest
+    // alone still reports its plan and timing.
+    if args.output.is_none() && !args.json && !args.fastest {
+        bail!("nothing to do: -o FILE writes the embeddings, --json prints them");
+    }
     if let Some(out) = &args.output {
         shears_io::paths::check_output(out)?;
         if shears_io::paths::is_within(out, &args.model) {

@@ -311,7 +311,7 @@ fn embed_and_eval_say_what_they_embed_other_than_the_line() {
         .unwrap();
     let (model, t) = (tiny_bert(), texts.to_str().unwrap());
     let m = model.to_str().unwrap();
-    let o = shears(&["embed", m, "--texts", t, "--max-len", "6"]);
+    let o = shears(&["embed", m, "--texts", t, "--max-len", "6", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let said = format!(
         "shears: warning: {t}: 2 lines (the first: line 1) have more than 6 tokens and were embedded from their first 6 (--max-len sets the length, up to the model's 64 positions)\n\
@@ -321,11 +321,11 @@ fn embed_and_eval_say_what_they_embed_other_than_the_line() {
     // At the model's own limit there is no longer length to suggest.
     let long = dir.path().join("long.txt");
     std::fs::write(&long, "the cat sat on the mat ".repeat(20)).unwrap();
-    let o = shears(&["embed", m, "--texts", long.to_str().unwrap(), "--max-len", "64"]);
+    let o = shears(&["embed", m, "--texts", long.to_str().unwrap(), "--max-len", "64", "--json"]);
     let err = stderr(&o);
     assert!(err.contains("has more than 64 tokens and was embedded from its first 64\n"), "{err}");
     // Long enough for every line: the empty one alone is said.
-    let o = shears(&["embed", m, "--texts", t]);
+    let o = shears(&["embed", m, "--texts", t, "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stderr(&o), said.lines().nth(1).unwrap().to_owned() + "\n");
     // A model against itself, on the file it was calibrated on.
@@ -496,8 +496,13 @@ fn embed_writes_unit_embeddings_to_a_file_or_as_json() {
     let said = ok(&[&args[..], &["-o", out.to_str().unwrap()]].concat());
     assert!(said.contains("2 sentences") && said.contains("32 dimensions"), "{said}");
     assert!(said.contains("1 blank line skipped: row i is the text on line lines[i]"), "{said}");
-    // Without an output there are no rows to match with lines.
-    let said = ok(&args);
+    // Neither written nor printed, embeddings would be computed for nothing.
+    let o = shears(&args);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let says = "shears: error: nothing to do: -o FILE writes the embeddings, --json prints them\n";
+    assert_eq!(stderr(&o), says);
+    // --fastest alone reports its timing; there are no rows to match with lines.
+    let said = ok(&[&args[..], &["--fastest"]].concat());
     assert!(said.contains("(1 blank line skipped); -o FILE writes them"), "{said}");
     let written = read(&out);
     let (_, shape, values) = &written["embeddings"];
@@ -744,7 +749,7 @@ fn calibrated_methods_refuse_what_they_cannot_do_before_writing() {
         assert!(err.contains("is not a model folder"), "{args:?}: {err}");
     }
     assert!(!embeddings.exists());
-    let o = shears(&["embed", missing.to_str().unwrap(), "--texts", &calib]);
+    let o = shears(&["embed", missing.to_str().unwrap(), "--texts", &calib, "--json"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("missing.txt does not exist"), "{}", stderr(&o));
 }
@@ -949,7 +954,7 @@ fn tokenizers_that_panic_the_library_are_one_line_errors() {
         let m = model.to_str().unwrap();
         let o = out.to_str().unwrap();
         let named = format!("{}: ", tokenizer.display());
-        refused(&["embed", m, "--texts", &texts], &named);
+        refused(&["embed", m, "--texts", &texts, "--json"], &named);
         refused(&["bench", m, "--texts", &texts, "--batch", "1"], &named);
         refused(
             &["prune", m, "-o", o, "--method", "wanda", "-s", "0.5", "--calib", &texts],
@@ -1211,7 +1216,10 @@ fn bench_fits_its_default_sentence_length_to_the_model() {
     std::fs::write(&tokenizer, serde_json::to_vec(&json).unwrap()).unwrap();
     let no_room = "a maximum length of 3 tokens leaves no room for text after the tokenizer's 3";
     refused(&["bench", m, "--texts", &texts, "--seq-len", "3"], &format!("--seq-len: {no_room}"));
-    refused(&["embed", m, "--texts", &texts, "--max-len", "3"], &format!("--max-len: {no_room}"));
+    refused(
+        &["embed", m, "--texts", &texts, "--max-len", "3", "--json"],
+        &format!("--max-len: {no_room}"),
+    );
 }
 
 /// A prune ended by SIGTERM, wherever the signal lands, leaves no temporaries and no
