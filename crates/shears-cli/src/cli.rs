@@ -288,6 +288,9 @@ pub(crate) struct EmbedArgs {
     /// embedding a few hundred sentences, which only a long input wins back.
     #[arg(long)]
     pub(crate) fastest: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
 }
 
 /// `export --quantize`: int8 per output row, the one scheme MatMulInteger's scales take.
@@ -373,6 +376,9 @@ pub(crate) struct EvalArgs {
     /// measures with integer products under `int8_products`.
     #[arg(long)]
     pub(crate) json: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ use shears_models::{
 };
 
 use crate::cli::{EmbedArgs, EvalArgs};
+use crate::progress::Progress;
 use crate::report::print_json;
 
 /// Loads a folder as it is stored (int8 layers as int8), with a message that says what a
@@ -277,13 +278,20 @@ pub(crate) fn texts_error(e: shears_models::Error, file: &Path) -> anyhow::Error
 }
 
 /// The embeddings of `texts`, one column per text, a pass of sentences at a time.
-fn embed_all(model: &SentenceTransformer, folder: &Path, texts: &Texts) -> Result<DMatrix<f32>> {
+fn embed_all(
+    model: &SentenceTransformer,
+    folder: &Path,
+    texts: &Texts,
+    progress: &Progress,
+) -> Result<DMatrix<f32>> {
     let hidden = model.model.config().hidden_size;
     let mut embeddings = DMatrix::<f32>::zeros(hidden, texts.texts.len());
+    progress.message(folder.display().to_string());
     for (pass, chunk) in texts.texts.chunks(SENTENCES_PER_PASS).enumerate() {
         let start = pass * SENTENCES_PER_PASS;
         let part = model.embed(chunk).map_err(|e| texts.name_line(e, start, folder))?;
         embeddings.columns_mut(start, chunk.len()).copy_from(&part);
+        progress.advance(chunk.len() as u64);
     }
     Ok(embeddings)
 }
@@ -336,7 +344,9 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
         crate::outputs::check_fits(&[(out.as_path(), bytes)])?;
     }
     let start = Instant::now();
-    let embeddings = embed_all(&model, &args.model, &texts)?;
+    let progress = Progress::steps(texts.texts.len() as u64, "sentences", args.quiet).ticking();
+    let embeddings = embed_all(&model, &args.model, &texts, &progress)?;
+    progress.finish();
     let embedding_seconds = start.elapsed().as_secs_f64();
     // After the embedding, which can still fail on a line: an error is one line.
     warnings.report();
@@ -735,17 +745,22 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
         ));
     }
     texts.warn_fit(&dense, &mut warnings)?;
-    let a = embed_all(&dense, &args.dense, &texts)?;
-    drop(dense);
     // A pruned folder with int8 layers is measured twice: as the library and `bench` run
     // it (integer products on tokens rounded to int8), then with its weights as f32.
-    let int8 = if pruned.model.linears().any(|l| l.int8().is_some()) {
-        Some(agreement(&a, &embed_all(&pruned, &args.pruned, &texts)?)?)
+    let has_int8 = pruned.model.linears().any(|l| l.int8().is_some());
+    let runs = if has_int8 { 3 } else { 2 };
+    let progress =
+        Progress::steps(runs * texts.texts.len() as u64, "sentences", args.quiet).ticking();
+    let a = embed_all(&dense, &args.dense, &texts, &progress)?;
+    drop(dense);
+    let int8 = if has_int8 {
+        Some(agreement(&a, &embed_all(&pruned, &args.pruned, &texts, &progress)?)?)
     } else {
         None
     };
     pruned.model.dequantize();
-    let result = agreement(&a, &embed_all(&pruned, &args.pruned, &texts)?)?;
+    let result = agreement(&a, &embed_all(&pruned, &args.pruned, &texts, &progress)?)?;
+    progress.finish();
     // After the embeddings, which can still fail on a line: an error is one line.
     warnings.report();
     if args.json {

@@ -49,6 +49,13 @@ impl Progress {
         Progress { bar }
     }
 
+    /// Redraws every quarter second, so that the elapsed time moves while one long step
+    /// runs.
+    pub(crate) fn ticking(self) -> Progress {
+        self.bar.enable_steady_tick(std::time::Duration::from_millis(250));
+        self
+    }
+
     /// Says what is being done now, escaped as every report is: messages name tensors
     /// and files, and a name from a file must not write escape sequences to the terminal.
     pub(crate) fn message(&self, message: impl Into<String>) {

@@ -48,7 +48,7 @@ fn is_encoder_linear(name: &str) -> bool {
 fn eval(pruned: &Path) -> Value {
     let (dense, texts) = (tiny_bert(), sentences("validation.txt"));
     let args = ["eval", dense.to_str().unwrap(), pruned.to_str().unwrap(), "--texts", &texts];
-    serde_json::from_str(&ok(&[&args[..], &["--json"]].concat())).unwrap()
+    serde_json::from_str(&ok(&[&args[..], &["--json", "-q"]].concat())).unwrap()
 }
 
 #[test]
@@ -493,7 +493,7 @@ fn embed_writes_unit_embeddings_to_a_file_or_as_json() {
     let out = dir.path().join("embeddings.safetensors");
     let (model, texts) = (tiny_bert(), texts.to_str().unwrap().to_owned());
     let args = ["embed", model.to_str().unwrap(), "--texts", &texts];
-    let said = ok(&[&args[..], &["-o", out.to_str().unwrap()]].concat());
+    let said = ok(&[&args[..], &["-o", out.to_str().unwrap(), "--quiet"]].concat());
     assert!(said.contains("2 sentences") && said.contains("32 dimensions"), "{said}");
     assert!(said.contains("1 blank line skipped: row i is the text on line lines[i]"), "{said}");
     // Neither written nor printed, embeddings would be computed for nothing.
