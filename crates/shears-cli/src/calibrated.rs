@@ -64,6 +64,9 @@ pub(crate) struct Calibration {
     pub(crate) wordless: usize,
     /// The model's position embeddings: the longest `max_len` can be.
     pub(crate) positions: usize,
+    /// What loading the model warns of (see [`crate::embed::load_warnings`]).
+    #[serde(skip)]
+    pub(crate) model_warnings: Vec<String>,
 }
 
 impl Calibration {
@@ -99,6 +102,8 @@ pub(crate) fn prune(
     };
     let Some(calib) = &args.calib else { bail!("--method {m} needs --calib FILE") };
     let mut transformer = crate::embed::load_truncating(folder, args.max_len, "--max-len")?;
+    let model_warnings =
+        crate::embed::load_warnings(folder, &transformer, args.max_len, "--max-len");
     // Calibrate on the f32 values an int8 model stands for.
     transformer.model.dequantize();
     if args.max_len.is_none() && transformer.tokenizer.max_len() > CALIBRATION_TOKENS {
@@ -147,6 +152,7 @@ pub(crate) fn prune(
         cut: fits.iter().filter(|f| f.truncated).count(),
         wordless: fits.iter().filter(|f| !f.has_words).count(),
         positions: transformer.model.config().max_position_embeddings,
+        model_warnings,
     };
     let mut prior = Masks::new();
     for t in chosen {

@@ -31,34 +31,56 @@ pub(crate) fn load_truncating(
     max_len: Option<u32>,
     flag: &str,
 ) -> Result<SentenceTransformer> {
-    let transformer =
-        SentenceTransformer::load(folder, max_len.map(|m| m as usize)).map_err(|e| match e {
-            shears_models::Error::Argument(reason) if max_len.is_some() => {
-                anyhow::anyhow!("{flag}: {reason}")
-            }
-            e => e.into(),
-        })?;
-    warn_unused_layers(folder, &transformer.model);
-    Ok(transformer)
+    SentenceTransformer::load(folder, max_len.map(|m| m as usize)).map_err(|e| match e {
+        shears_models::Error::Argument(reason) if max_len.is_some() => {
+            anyhow::anyhow!("{flag}: {reason}")
+        }
+        e => e.into(),
+    })
 }
 
-/// Says on stderr which of the weights' encoder layers `config.json` leaves out (the
-/// model runs the first `num_hidden_layers`, as `transformers` does).
-pub(crate) fn warn_unused_layers(folder: &Path, model: &shears_models::BertModel) {
+/// What a run that loaded `transformer` from `folder` warns of, once it has succeeded
+/// (a warning before an error would make the error two lines): the weights' encoder
+/// layers `config.json` leaves out, and a `flag` length `max_len` past the folder's
+/// `max_seq_length`.
+pub(crate) fn load_warnings(
+    folder: &Path,
+    transformer: &SentenceTransformer,
+    max_len: Option<u32>,
+    flag: &str,
+) -> Vec<String> {
+    let mut warnings: Vec<String> =
+        unused_layers_warning(folder, &transformer.model).into_iter().collect();
+    if let (Some(asked), Some(trained)) = (max_len, transformer.sentence.max_seq_length)
+        && asked as usize > trained
+    {
+        warnings.push(format!(
+            "{flag} {asked} is longer than the {trained} tokens of {}'s max_seq_length (sentence_bert_config.json), the length it was trained to embed",
+            folder.display()
+        ));
+    }
+    warnings
+}
+
+/// Which of the weights' encoder layers `config.json` leaves out, if any (the model
+/// runs the first `num_hidden_layers`, as `transformers` does).
+pub(crate) fn unused_layers_warning(
+    folder: &Path,
+    model: &shears_models::BertModel,
+) -> Option<String> {
     let which = match model.unused_layers() {
-        [] => return,
+        [] => return None,
         [one] => format!("layer {one} is"),
         [first, .., last] => {
             let n = model.unused_layers().len();
             format!("layers {first} to {last} ({n} layers) are")
         }
     };
-    let folder = folder.display().to_string();
-    crate::report::to_stderr(format_args!(
-        "shears: warning: {}: config.json's num_hidden_layers is {}, so the weights' encoder {which} not run",
-        crate::report::printable(&folder),
+    Some(format!(
+        "{}: config.json's num_hidden_layers is {}, so the weights' encoder {which} not run",
+        folder.display(),
         model.config().num_hidden_layers,
-    ));
+    ))
 }
 
 /// The files of a model folder and of its subfolders one level down (`1_Pooling/`),
@@ -335,6 +357,9 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
         (model, None)
     };
     let mut warnings = crate::report::Warnings::default();
+    for w in load_warnings(&args.model, &model, args.max_len, "--max-len") {
+        warnings.add(w);
+    }
     texts.warn_fit(&model, &mut warnings)?;
     if let Some(out) = &args.output {
         // An embedding of f32s and a line number per sentence, and the header: known
@@ -719,6 +744,13 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
         );
     }
     let mut warnings = crate::report::Warnings::default();
+    let mut said = load_warnings(&args.dense, &dense, args.max_len, "--max-len");
+    said.extend(load_warnings(&args.pruned, &pruned, args.max_len, "--max-len"));
+    // One folder given twice warns once.
+    said.dedup();
+    for w in said {
+        warnings.add(w);
+    }
     let shares = (zero_share(&dense), zero_share(&pruned));
     if shares.0 > shares.1 + SWAPPED_MARGIN {
         warnings.add(format!(

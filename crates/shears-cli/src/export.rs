@@ -56,6 +56,8 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
         );
     }
     let int8_stored;
+    // Warnings, said once the model is written.
+    let mut said = crate::report::Warnings::default();
     let (model, what) = if args.model.is_dir() {
         let files = shears_io::Model::open(&args.model)?;
         int8_stored = stored_int8(&files)?;
@@ -73,7 +75,9 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
         // exported model is only as usable as the tokenizer run before it.
         let SentenceTransformer { model: bert, sentence, .. } =
             SentenceTransformer::from_weights(&args.model, &files, None)?;
-        crate::embed::warn_unused_layers(&args.model, &bert);
+        if let Some(w) = crate::embed::unused_layers_warning(&args.model, &bert) {
+            said.add(w);
+        }
         let what = format!(
             "BERT-family encoder, {} layers, hidden {}",
             bert.config().num_hidden_layers,
@@ -139,6 +143,7 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
         files.push((pending, file));
     }
     shears_io::commit_all(files)?;
+    said.report();
     let nodes = model.graph.as_ref().map_or(0, |g| g.node.len());
     outln!(
         "exported {} ({what}, {}) to {}: opset {}, {nodes} nodes, {}",

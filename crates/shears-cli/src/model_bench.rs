@@ -114,6 +114,11 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
     }
     // A given --seq-len replaces the folder's max_seq_length, which is then not checked.
     let mut loaded = crate::embed::load_truncating(&args.input, args.seq_len, "--seq-len")?;
+    // Said once the timing has run (an error after a warning would be two lines).
+    let mut said = crate::report::Warnings::default();
+    for w in crate::embed::load_warnings(&args.input, &loaded, args.seq_len, "--seq-len") {
+        said.add(w);
+    }
     // The baseline is f32 dense: int8 layers dequantized, bf16 and f16 ones widened.
     let mut dense = loaded.clone();
     for layer in dense.model.layers_mut() {
@@ -168,6 +173,7 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
         progress.advance(1);
     }
     progress.finish();
+    said.report();
     let report = Report {
         model: args.input.display().to_string(),
         texts: texts_path.display().to_string(),

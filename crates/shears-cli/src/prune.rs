@@ -232,6 +232,9 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
             calibrated.as_mut(),
         )?
     };
+    for w in calibration.iter().flat_map(|c| &c.model_warnings) {
+        report.warnings.add(w.clone());
+    }
     if let Some(c) = &calibration
         && c.sentences < c.asked
     {

@@ -324,6 +324,8 @@ fn embed_and_eval_say_what_they_embed_other_than_the_line() {
     let o = shears(&["embed", m, "--texts", long.to_str().unwrap(), "--max-len", "64", "--json"]);
     let err = stderr(&o);
     assert!(err.contains("has more than 64 tokens and was embedded from its first 64\n"), "{err}");
+    let longer = "--max-len 64 is longer than the 16 tokens of";
+    assert!(err.contains(longer) && err.contains("max_seq_length"), "{err}");
     // Long enough for every line: the empty one alone is said.
     let o = shears(&["embed", m, "--texts", t, "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -1293,12 +1295,14 @@ fn layers_past_num_hidden_layers_are_named() {
     let o = shears(&["export", m, "-o", onnx.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains(says), "{}", stderr(&o));
+    assert!(stderr(&o).contains(says), "{}", stderr(&o));
     let out = dir.path().join("pruned");
     let calib = sentences("calibration.txt");
     let args = ["prune", m, "-o", out.to_str().unwrap(), "--method", "wanda", "--calib", &calib];
     let o = shears(&[&args[..], &["-s", "0.5", "--quiet"]].concat());
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("encoder.layer.1.") && stderr(&o).contains("--exclude"));
+    assert_eq!(stderr(&o).trim_end().lines().count(), 1, "{}", stderr(&o));
     assert!(!out.exists());
     let o = shears(
         &[&args[..], &["-s", "0.5", "--quiet", "--exclude", r"encoder\.layer\.1\."]].concat(),
