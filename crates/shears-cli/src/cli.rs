@@ -36,9 +36,10 @@ pub(crate) enum Command {
     /// `prune --pattern 2:4` makes it (along input channels for conv weights, down the
     /// columns of GPT-2's Conv1D weights recognised by name), also of mask files.
     Inspect(InspectArgs),
-    /// Time each pruned layer as a model runs it, dense (the faster of faer's GEMM and
-    /// nalgebra's) and in the format shears picks for it (int8 for a layer stored as
-    /// int8, except a transposed one), and as int8 CSR and dense int8.
+    /// Time each linear and convolution weight `prune` would choose by default (pruned or
+    /// not) as a model runs it, dense (the faster of faer's GEMM and nalgebra's) and in
+    /// the format shears picks for its zeros (int8 for a layer stored as int8, except a
+    /// transposed one), and as int8 CSR and dense int8.
     Bench(BenchArgs),
     /// Train, prune and fine-tune an MLP on the embedded digits, every method side by
     /// side.

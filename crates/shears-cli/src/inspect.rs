@@ -398,8 +398,8 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
     let cells = |r: &TensorStats| {
         vec![
             r.name.clone(),
-            r.dtype.clone(),
             format!("{:?}", r.shape),
+            r.dtype.clone(),
             opt(r.sparsity.map(|s| format!("{s:.4}"))),
             opt(r.zero_rows.map(|v| v.to_string())),
             opt(r.zero_cols.map(|v| v.to_string())),
@@ -410,8 +410,8 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
     };
     let header = [
         "tensor",
-        "dtype",
         "shape",
+        "dtype",
         "sparsity",
         "zero rows",
         "zero cols",
