@@ -369,7 +369,7 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
         crate::outputs::check_fits(&[(out.as_path(), bytes)])?;
     }
     let start = Instant::now();
-    let progress = Progress::steps(texts.texts.len() as u64, "sentences", args.quiet).ticking();
+    let progress = Progress::steps(texts.texts.len() as u64, "sentences", args.quiet);
     let embeddings = embed_all(&model, &args.model, &texts, &progress)?;
     progress.finish();
     let embedding_seconds = start.elapsed().as_secs_f64();
@@ -781,8 +781,7 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
     // it (integer products on tokens rounded to int8), then with its weights as f32.
     let has_int8 = pruned.model.linears().any(|l| l.int8().is_some());
     let runs = if has_int8 { 3 } else { 2 };
-    let progress =
-        Progress::steps(runs * texts.texts.len() as u64, "sentences", args.quiet).ticking();
+    let progress = Progress::steps(runs * texts.texts.len() as u64, "sentences", args.quiet);
     let a = embed_all(&dense, &args.dense, &texts, &progress)?;
     drop(dense);
     let int8 = if has_int8 {

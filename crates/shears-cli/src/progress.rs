@@ -33,7 +33,9 @@ impl Progress {
         Progress { bar }
     }
 
-    /// A bar over `total` steps named `unit`.
+    /// A bar over `total` steps named `unit`, redrawn every quarter second so that its
+    /// elapsed time moves while one long step runs (a layer's calibration, a setting's
+    /// timing, a pass of sentences).
     pub(crate) fn steps(total: u64, unit: &str, quiet: bool) -> Progress {
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
         if quiet {
@@ -46,14 +48,8 @@ impl Progress {
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
         );
+        bar.enable_steady_tick(std::time::Duration::from_millis(250));
         Progress { bar }
-    }
-
-    /// Redraws every quarter second, so that the elapsed time moves while one long step
-    /// runs.
-    pub(crate) fn ticking(self) -> Progress {
-        self.bar.enable_steady_tick(std::time::Duration::from_millis(250));
-        self
     }
 
     /// Says what is being done now, escaped as every report is: messages name tensors
