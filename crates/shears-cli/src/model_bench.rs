@@ -232,7 +232,7 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
         "dense ms",
         "pruned ms",
         "speedup",
-        "layers not dense"
+        "layers not dense; verdict"
     )?;
     for (sentences, tokens, dense, sparse, speedup, verdict) in &lines {
         outln!(
