@@ -229,6 +229,15 @@ fn calibrated_runs_count_the_zeros_they_start_from() {
         let counted = before(&o);
         assert_eq!(counted.len(), 12);
         assert!(counted.iter().all(|(_, s)| *s == 0.5), "{extra:?}: {counted:?}");
+        // SparseGPT's updates give none of the earlier zeros a value again.
+        let (first, second) =
+            (read(&half.join("model.safetensors")), read(&again.join("model.safetensors")));
+        for (name, (_, _, values)) in &first {
+            let revived =
+                values.iter().zip(&second[name].2).filter(|(a, b)| **a == 0.0 && **b != 0.0);
+            assert_eq!(revived.count(), 0, "{extra:?}: `{name}`");
+        }
+        std::fs::remove_dir_all(&again).unwrap();
     }
     // The mask alone, on the dense weights: its pruned weights count as zeros.
     let dense = tiny_bert();

@@ -133,7 +133,10 @@ impl SparseGpt {
     }
 
     /// Prunes `weights` (outputs x inputs) of layer `tensor`, whose inputs `stats`
-    /// describes, to `sparsity` in `pattern` (unstructured or N:M).
+    /// describes, to `sparsity` in `pattern` (unstructured or N:M). Weights pruned
+    /// already, those `kept` prunes and those that are zero, stay pruned and zero and
+    /// count towards the target (an unstructured result prunes
+    /// `max(target, already pruned)`).
     ///
     /// # Errors
     /// [`Error::UnsupportedPattern`] for another pattern;
@@ -224,7 +227,13 @@ impl SparseGpt {
             .into());
         }
         let mut w = weights.map(|v| v.as_f64());
-        let mut mask = kept.cloned().unwrap_or_else(|| Mask::all_kept_like(weights));
+        // A weight that is already zero is a pruned one (masks only ever grow): left out
+        // of the reconstruction, whose updates would otherwise give it a value again.
+        let nonzero = Mask::from_fn(rows, cols, |r, c| weights[(r, c)] != T::zero())?;
+        let mut mask = match kept {
+            Some(k) => k.and(&nonzero)?,
+            None => nonzero,
+        };
         if rows == 0 || cols == 0 {
             return Ok(Reconstruction { weights: weights.clone(), mask });
         }

@@ -160,6 +160,45 @@ fn unstructured_prunes_the_exact_count_and_keeps_earlier_pruning() {
     }
 }
 
+/// Zeros in the weights (an already pruned layer) stay zero and pruned: the updates
+/// move no error into them, and they count towards the target.
+#[test]
+fn zero_weights_stay_pruned() {
+    for seed in 0..8u64 {
+        let (rows, cols) = (6, 40);
+        let x = inputs(cols, 60, seed);
+        let mut w = weights(rows, cols, seed + 100);
+        // Every third weight zero, a third of the layer, as an earlier run left it.
+        for i in (0..rows * cols).step_by(3) {
+            w[(i % rows, i / rows)] = 0.0;
+        }
+        let zeros = Mask::from_fn(rows, cols, |r, c| w[(r, c)] != 0.0).unwrap();
+        let gpt = SparseGpt::new().with_block_size(16).unwrap();
+        for (pattern, s) in [
+            (Pattern::Unstructured, 0.5),
+            (Pattern::Unstructured, 0.2),
+            (Pattern::NM(NmPattern::TWO_FOUR), 0.5),
+        ] {
+            let sparsity = Sparsity::new(s).unwrap();
+            let got = gpt.prune("l", &w, &stats(&x), pattern, sparsity, Rounding::HalfEven, None);
+            let got = got.unwrap();
+            assert!(got.mask.is_subset_of(&zeros).unwrap(), "seed {seed}, {pattern:?} at {s}");
+            for (r, c) in (0..rows).flat_map(|r| (0..cols).map(move |c| (r, c))) {
+                if w[(r, c)] == 0.0 {
+                    assert_eq!(got.weights[(r, c)], 0.0, "seed {seed}: ({r}, {c}) revived");
+                }
+            }
+            match pattern {
+                Pattern::NM(p) => assert!(crate::satisfies_nm(&got.mask, p)),
+                _ => {
+                    let target = sparsity.count_of(rows * cols, Rounding::HalfEven);
+                    assert_eq!(got.mask.count_pruned(), target.max(zeros.count_pruned()));
+                }
+            }
+        }
+    }
+}
+
 /// N:M SparseGPT written out directly: at the first column of each group, each row keeps
 /// the `n` weights of highest `w² / [H_c⁻¹]₀₀` (`H_c` the dampened Hessian of columns
 /// `c..`, the weights as updated so far; ties keep the higher column), then the column
