@@ -85,12 +85,15 @@ pub struct Model {
 
 impl Model {
     /// Opens a safetensors file, a model folder (its `model.safetensors.index.json`, else
-    /// its `model.safetensors`, else its one `*.safetensors` file), or an index file.
+    /// its `model.safetensors`, else its one `*.safetensors` file), or an index file. A
+    /// folder with both an index and a `model.safetensors` the index does not list is
+    /// refused: `transformers` would load that file, not the shards.
     ///
     /// # Errors
     /// [`Error::Io`] for a path that cannot be read; [`Error::Input`] for a folder with no
     /// weights shears can read (naming what it holds instead, e.g. `pytorch_model.bin`);
     /// [`Error::Index`] for an index that is not valid or does not match its shards;
+    /// [`Error::Input`] for a folder with both an index and another `model.safetensors`;
     /// the checkpoint errors of every shard.
     pub fn open(path: &Path) -> Result<Model> {
         let meta = std::fs::metadata(path).map_err(|e| Error::io("open", path, e))?;
@@ -98,11 +101,23 @@ impl Model {
             let index = path.join(INDEX_NAME);
             // Present but not a regular file (a FIFO, a folder, a link that leads
             // nowhere): opened and refused by name, not taken for no index.
-            if crate::paths::is_present(&index) {
-                return Model::open_index(path, &index);
-            }
             let single = path.join(SINGLE_NAME);
             let present = crate::paths::is_present(&single);
+            if crate::paths::is_present(&index) {
+                let model = Model::open_index(path, &index)?;
+                // `transformers` loads `model.safetensors` when a folder has one, whatever
+                // its index says: both, and not one model, would run two different ones.
+                let listed = model.shards.iter().any(|s| s.path() == single);
+                if present && !listed {
+                    return Err(Error::Input {
+                        path: path.to_owned(),
+                        reason: format!(
+                            "holds both {SINGLE_NAME} and {INDEX_NAME}, whose shards are other files: transformers would load the one, shears the other; remove the stale one, or give the file to use"
+                        ),
+                    });
+                }
+                return Ok(model);
+            }
             let file = if present { single } else { only_weights_file(path)? };
             let shard = Checkpoint::open(&file)?;
             return Ok(Model {

@@ -24,3 +24,28 @@ fn shards_that_are_no_file_of_the_folder_are_named_by_the_index() {
         assert!(message.contains(&format!("shard `{name}` {says}")), "{message}");
     }
 }
+
+/// A folder holding an index and a `model.safetensors` it does not list is two models
+/// (`transformers` loads the file, the index names other shards): refused, naming both.
+/// One whose index lists `model.safetensors` itself is one model.
+#[test]
+fn an_index_beside_another_model_safetensors_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let shard = "model-00001-of-00001.safetensors";
+    let a = || vec![("a", Dtype::F32, 1f32.to_le_bytes().to_vec())];
+    write_shard(dir.path(), shard, &a());
+    write_index(dir.path(), &[("a", shard)]);
+    assert_eq!(shears_io::Model::open(dir.path()).unwrap().shards().len(), 1);
+    write_shard(dir.path(), "model.safetensors", &a());
+    let err = shears_io::Model::open(dir.path()).unwrap_err();
+    assert!(matches!(err, Error::Input { .. }), "{err:?}");
+    let message = err.to_string();
+    let says = "holds both model.safetensors and model.safetensors.index.json";
+    assert!(message.contains(says) && !message.contains('\n'), "{message}");
+    // The index itself, or the file, named directly: no question which.
+    assert!(shears_io::Model::open(&dir.path().join("model.safetensors.index.json")).is_ok());
+    assert!(shears_io::Model::open(&dir.path().join("model.safetensors")).is_ok());
+    write_index(dir.path(), &[("a", "model.safetensors")]);
+    std::fs::remove_file(dir.path().join(shard)).unwrap();
+    assert_eq!(shears_io::Model::open(dir.path()).unwrap().shards().len(), 1);
+}
