@@ -299,6 +299,28 @@ impl Outputs {
         Ok(created)
     }
 
+    /// An exclusive lock on the output folder, if there is one, held until the value is
+    /// dropped (or the process ends, however it ends): two runs into one folder would
+    /// both pass the checks of what it holds, and leave their files mixed. `Ok(None)`
+    /// where the file system takes no locks.
+    ///
+    /// # Errors
+    /// When another process holds the lock, naming the folder.
+    pub(crate) fn lock(&self) -> Result<Option<FolderLock>> {
+        let Some(root) = &self.folder else { return Ok(None) };
+        let folder = std::fs::File::open(root)
+            .with_context(|| format!("cannot open the folder {}", root.display()))?;
+        match folder.try_lock() {
+            Ok(()) => Ok(Some(FolderLock { _folder: folder })),
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "another run is writing into {}: wait for it to end, or give another output folder",
+                root.display()
+            ),
+            // Locks are advisory: without them, what the checks saw stands.
+            Err(std::fs::TryLockError::Error(_)) => Ok(None),
+        }
+    }
+
     /// Files already in the output folder that this run will not replace (a folder
     /// pruned into before, or another model's), in one walk of the folder that stops
     /// after [`MAX_VISITED`] entries: at most `limit` of them named, all counted, and
@@ -575,8 +597,15 @@ impl NewFolders {
         if shears_io::exiting() {
             bail!("cannot create the folder {}: the process is exiting", folder.display());
         }
-        std::fs::create_dir(folder)
-            .with_context(|| format!("cannot create the folder {}", folder.display()))?;
+        match std::fs::create_dir(folder) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+                "cannot create the folder {}: another process created it while this run worked (another run into it?): run again, or give another output folder",
+                folder.display()
+            ),
+            created => {
+                created.with_context(|| format!("cannot create the folder {}", folder.display()))?
+            }
+        }
         unkept.push(folder.to_owned());
         self.folders.push(folder.to_owned());
         Ok(())
@@ -607,6 +636,11 @@ pub(crate) fn remove_new_folders() {
     for folder in unkept.drain(..).rev() {
         let _ = std::fs::remove_dir(folder);
     }
+}
+
+/// The lock [`Outputs::lock`] takes on the output folder, released when dropped.
+pub(crate) struct FolderLock {
+    _folder: std::fs::File,
 }
 
 /// What [`Outputs::strangers`] found in the output folder.

@@ -17,7 +17,7 @@ use crate::calibrated;
 use crate::cli::PruneArgs;
 use crate::global::Global;
 use crate::job::Job;
-use crate::outputs::Outputs;
+use crate::outputs::{Outputs, Strangers};
 use crate::progress::Progress;
 use crate::quantize::{self, Quantize};
 use crate::record;
@@ -166,25 +166,7 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
     let outputs = Outputs::plan(&model, &args.output, args.masks_out.as_deref())?;
     check_paths(&model, args, &outputs)?;
     let strangers = outputs.strangers(3);
-    if let Some(weights) = &strangers.weights {
-        bail!(
-            "the output folder already holds {}, which would be loaded with the new weights: give a new or empty folder",
-            weights.display()
-        );
-    }
-    if let Some((existing, what)) = outputs.foreign_weights() {
-        bail!(
-            "{} is {what}: give a new or empty output folder, or move that file",
-            existing.display()
-        );
-    }
-    if let Some((existing, source)) = outputs.differing_copy()? {
-        bail!(
-            "{} differs from the model's {}, which this run copies there: give a new or empty output folder, or move that file",
-            existing.display(),
-            source.display()
-        );
-    }
+    check_output_folder(&outputs, &strangers)?;
     outputs.check_space(output_bytes(&model, quantize.as_ref())?, masks_bytes(&chosen))?;
     let sources = Sources::open(
         &model,
@@ -345,6 +327,32 @@ fn as_written(path: &Path) -> std::path::PathBuf {
 
 /// Bytes a header entry may take beyond its name: dtype, shape and offsets as JSON.
 const ENTRY_BYTES: u64 = 128;
+
+/// Refuses an output folder that holds weights a loader would read with the new ones,
+/// weights shears did not write, or a file that differs from the one this run copies
+/// there.
+fn check_output_folder(outputs: &Outputs, strangers: &Strangers) -> Result<()> {
+    if let Some(weights) = &strangers.weights {
+        bail!(
+            "the output folder already holds {}, which would be loaded with the new weights: give a new or empty folder",
+            weights.display()
+        );
+    }
+    if let Some((existing, what)) = outputs.foreign_weights() {
+        bail!(
+            "{} is {what}: give a new or empty output folder, or move that file",
+            existing.display()
+        );
+    }
+    if let Some((existing, source)) = outputs.differing_copy()? {
+        bail!(
+            "{} differs from the model's {}, which this run copies there: give a new or empty output folder, or move that file",
+            existing.display(),
+            source.display()
+        );
+    }
+    Ok(())
+}
 
 /// Bytes of metadata a run adds to each shard's header: its record (the calibration
 /// text's hashes, the paths it read) and a quantization's.
@@ -609,6 +617,10 @@ fn prune<'a, T: Float>(
         Scope::Global => Some(Global::<T>::plan(job, model, sources, chosen, args.quiet)?),
     };
     let folders = outputs.create_folders()?;
+    // Another run into the same folder may have written there since the checks before
+    // the work: the folder is locked for the writes, and checked again under the lock.
+    let _lock = outputs.lock()?;
+    check_output_folder(outputs, &outputs.strangers(3))?;
     let mask_entries = match &outputs.masks {
         Some(_) => shears_io::layout(
             chosen.iter().map(|t| (torch_mask_name(t.name), Dtype::U8, t.dims.to_vec())),

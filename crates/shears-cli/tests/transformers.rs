@@ -1318,3 +1318,24 @@ fn layers_past_num_hidden_layers_are_named() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// An output folder another process holds locked (another run writing into it) is
+/// refused before anything is written there; once free, the run goes ahead.
+#[test]
+fn an_output_folder_another_run_writes_into_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let lock = std::fs::File::open(&out).unwrap();
+    lock.lock().unwrap();
+    let (model, o) = (tiny_bert(), out.to_str().unwrap().to_owned());
+    let args = ["prune", model.to_str().unwrap(), "-o", &o, "-s", "0.5", "-q"];
+    let refused = shears(&args);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    let says = format!("shears: error: another run is writing into {o}: wait for it to end");
+    assert!(stderr(&refused).starts_with(&says), "{}", stderr(&refused));
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "nothing written");
+    drop(lock);
+    ok(&args);
+    assert!(out.join("model.safetensors").is_file());
+}
