@@ -735,7 +735,18 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
             sizes.1
         );
     }
+    let lengths = (dense.tokenizer.max_len(), pruned.tokenizer.max_len());
     if let Some(line) = texts.first_tokenized_differently(&dense, &pruned)? {
+        if lengths.0 != lengths.1 {
+            bail!(
+                "{} and {} cut sentences at different lengths ({} and {} tokens, from their max_seq_length or position embeddings), so line {line} of {} reads differently: give --max-len",
+                args.dense.display(),
+                args.pruned.display(),
+                lengths.0,
+                lengths.1,
+                args.texts.display()
+            );
+        }
         bail!(
             "{} and {} are different models: their tokenizers read line {line} of {} differently",
             args.dense.display(),

@@ -304,6 +304,18 @@ fn eval_refuses_models_that_tokenize_differently() {
     // Lowercase text reads the same: the models compare.
     std::fs::write(&texts, "the cat sat\nbirds fly\n").unwrap();
     ok(&["eval", dense.to_str().unwrap(), other.to_str().unwrap(), "--texts", &texts]);
+    // The same tokenizer, sentences cut at another length: that is what is named.
+    let longer = dir.path().join("longer");
+    copy_tiny_bert(&longer);
+    std::fs::write(longer.join("sentence_bert_config.json"), r#"{"max_seq_length": 64}"#).unwrap();
+    let texts = sentences("validation.txt");
+    let (d, l) = (dense.to_str().unwrap(), longer.to_str().unwrap());
+    let o = shears(&["eval", d, l, "--texts", &texts]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let says = format!("shears: error: {d} and {l} cut sentences at different lengths (16 and 64");
+    assert!(stderr(&o).starts_with(&says), "{}", stderr(&o));
+    assert!(stderr(&o).trim_end().ends_with("give --max-len"), "{}", stderr(&o));
+    ok(&["eval", d, l, "--texts", &texts, "--max-len", "16"]);
 }
 
 /// What `embed` and `eval` embed other than a line as written is said once per kind, with
