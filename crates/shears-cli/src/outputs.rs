@@ -260,15 +260,26 @@ impl Outputs {
         self.copies.iter().map(|(s, _)| s.as_path())
     }
 
-    /// Creates the output folder of a model folder (its parent must exist) and the
-    /// subfolders its files go in; a file's output needs no folder. The folders created
-    /// are removed again, if still empty, unless the returned guard is kept.
+    /// Creates the output folder of a model folder (its parent must exist), locks it
+    /// (until the returned guard goes), and creates the subfolders its files go in; a
+    /// file's output needs no folder. The folders created are removed again, if still
+    /// empty, unless the guard is kept.
     pub(crate) fn create_folders(&self) -> Result<NewFolders> {
-        let mut created = NewFolders { folders: Vec::new() };
+        let mut created = NewFolders { folders: Vec::new(), lock: None };
         let Some(root) = &self.folder else { return Ok(created) };
         if !root.is_dir() {
             created.create(root)?;
         }
+        // Locked before anything is made inside: two runs into one folder would both
+        // pass the checks of what it holds and leave their files mixed. A run that finds
+        // it locked leaves the folder it made: the other run is using it.
+        created.lock = match self.lock() {
+            Ok(lock) => lock,
+            Err(e) => {
+                created.keep();
+                return Err(e);
+            }
+        };
         let mut wanted: Vec<PathBuf> = Vec::new();
         wanted.extend(
             self.written()
@@ -300,18 +311,28 @@ impl Outputs {
     }
 
     /// An exclusive lock on the output folder, if there is one, held until the value is
-    /// dropped (or the process ends, however it ends): two runs into one folder would
-    /// both pass the checks of what it holds, and leave their files mixed. `Ok(None)`
-    /// where the file system takes no locks.
+    /// dropped (or the process ends, however it ends). `Ok(None)` where the file system
+    /// takes no locks.
     ///
     /// # Errors
-    /// When another process holds the lock, naming the folder.
-    pub(crate) fn lock(&self) -> Result<Option<FolderLock>> {
+    /// When another process holds the lock, or the folder at the path is no longer the
+    /// one locked, naming the folder.
+    fn lock(&self) -> Result<Option<FolderLock>> {
         let Some(root) = &self.folder else { return Ok(None) };
         let folder = std::fs::File::open(root)
             .with_context(|| format!("cannot open the folder {}", root.display()))?;
         match folder.try_lock() {
-            Ok(()) => Ok(Some(FolderLock { _folder: folder })),
+            Ok(()) => {
+                // The folder locked must still be the one at the path: another run may
+                // have removed it (and another made a new one) since it was opened.
+                if !same_folder(&folder, root) {
+                    bail!(
+                        "the folder {} was removed or replaced while this run worked (another run into it?): run again",
+                        root.display()
+                    );
+                }
+                Ok(Some(FolderLock { _folder: folder }))
+            }
             Err(std::fs::TryLockError::WouldBlock) => bail!(
                 "another run is writing into {}: wait for it to end, or give another output folder",
                 root.display()
@@ -519,9 +540,13 @@ impl Outputs {
 /// empty, unless the run finished and [`NewFolders::keep`] said so, so that a failed run
 /// leaves no empty output folder behind. A run ended by a signal removes them too
 /// ([`remove_new_folders`]).
+///
+/// It also holds the lock on the output folder, taken by [`Outputs::create_folders`] and
+/// released when the guard goes (after the empty folders are removed).
 #[derive(Debug)]
 pub(crate) struct NewFolders {
     folders: Vec<PathBuf>,
+    lock: Option<FolderLock>,
 }
 
 /// The folders of every [`NewFolders`] not yet kept or dropped, in order of creation, for
@@ -598,10 +623,19 @@ impl NewFolders {
             bail!("cannot create the folder {}: the process is exiting", folder.display());
         }
         match std::fs::create_dir(folder) {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
-                "cannot create the folder {}: another process created it while this run worked (another run into it?): run again, or give another output folder",
-                folder.display()
-            ),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if let Ok(target) = std::fs::read_link(folder) {
+                    bail!(
+                        "cannot create the folder {}: it is a link to {}, which does not exist",
+                        folder.display(),
+                        target.display()
+                    );
+                }
+                bail!(
+                    "cannot create the folder {}: another process created it while this run worked (another run into it?): run again, or give another output folder",
+                    folder.display()
+                )
+            }
             created => {
                 created.with_context(|| format!("cannot create the folder {}", folder.display()))?
             }
@@ -638,7 +672,25 @@ pub(crate) fn remove_new_folders() {
     }
 }
 
+/// Whether the open `folder` is the folder at `path` now.
+#[cfg(unix)]
+fn same_folder(folder: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (folder.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+/// Whether the open `folder` is the folder at `path` now (where inodes cannot be
+/// compared, whether a folder is there).
+#[cfg(not(unix))]
+fn same_folder(_folder: &std::fs::File, path: &Path) -> bool {
+    path.is_dir()
+}
+
 /// The lock [`Outputs::lock`] takes on the output folder, released when dropped.
+#[derive(Debug)]
 pub(crate) struct FolderLock {
     _folder: std::fs::File,
 }

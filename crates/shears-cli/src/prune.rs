@@ -616,10 +616,10 @@ fn prune<'a, T: Float>(
         Scope::Layer => None,
         Scope::Global => Some(Global::<T>::plan(job, model, sources, chosen, args.quiet)?),
     };
+    // The output folder is locked until the files are in place (see
+    // `Outputs::create_folders`). Another run into it may have written there since the
+    // checks before the work: they run again under the lock.
     let folders = outputs.create_folders()?;
-    // Another run into the same folder may have written there since the checks before
-    // the work: the folder is locked for the writes, and checked again under the lock.
-    let _lock = outputs.lock()?;
     check_output_folder(outputs, &outputs.strangers(3))?;
     let mask_entries = match &outputs.masks {
         Some(_) => shears_io::layout(

@@ -1350,4 +1350,16 @@ fn an_output_folder_another_run_writes_into_is_refused() {
     drop(lock);
     ok(&args);
     assert!(out.join("model.safetensors").is_file());
+    // A link to a folder that does not exist is said to be one.
+    #[cfg(unix)]
+    {
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+        let d = dangling.to_str().unwrap();
+        let o = shears(&["prune", model.to_str().unwrap(), "-o", d, "-s", "0.5", "-q"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains("which does not exist"), "{}", stderr(&o));
+        assert_eq!(stderr(&o).trim_end().lines().count(), 1, "{}", stderr(&o));
+        assert!(!dir.path().join("nowhere").exists());
+    }
 }
