@@ -9,8 +9,8 @@ use nalgebra::DMatrix;
 use serde::Serialize;
 use shears_io::Dtype;
 use shears_models::{
-    Agreement, FormatChoice, SentenceTransformer, TIMING_TOKENS, TOKENS_PER_PASS, agreement,
-    choose_formats, read_numbered_texts,
+    Activation, Agreement, BertConfig, FormatChoice, SentenceTransformer, TIMING_TOKENS,
+    TOKENS_PER_PASS, agreement, choose_formats, read_numbered_texts,
 };
 
 use crate::cli::{EmbedArgs, EvalArgs};
@@ -702,6 +702,33 @@ fn write_embeddings(out: &Path, embeddings: &DMatrix<f32>, lines: &[usize]) -> R
 /// two look swapped: a dense checkpoint has a few exact zeros of its own.
 const SWAPPED_MARGIN: f64 = 0.01;
 
+/// The fields of `config.json` in which two models of one hidden size differ, each as
+/// `field a and b`: pruning changes none of them, so a difference means two different
+/// models (or a config edited by hand), which `eval` still compares but says so.
+fn config_differences(a: &BertConfig, b: &BertConfig) -> Vec<String> {
+    fn act(a: Activation) -> &'static str {
+        match a {
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu (tanh)",
+            Activation::Relu => "relu",
+        }
+    }
+    let mut differ = Vec::new();
+    let mut field = |name: &str, x: String, y: String| {
+        if x != y {
+            differ.push(format!("{name} {x} and {y}"));
+        }
+    };
+    field("num_hidden_layers", a.num_hidden_layers.to_string(), b.num_hidden_layers.to_string());
+    let heads = (a.num_attention_heads, b.num_attention_heads);
+    field("num_attention_heads", heads.0.to_string(), heads.1.to_string());
+    field("intermediate_size", a.intermediate_size.to_string(), b.intermediate_size.to_string());
+    field("hidden_act", act(a.hidden_act).to_owned(), act(b.hidden_act).to_owned());
+    field("layer_norm_eps", format!("{:e}", a.layer_norm_eps), format!("{:e}", b.layer_norm_eps));
+    field("type_vocab_size", a.type_vocab_size.to_string(), b.type_vocab_size.to_string());
+    differ
+}
+
 /// The share of zeros among the weights of a model's linear layers.
 fn zero_share(transformer: &SentenceTransformer) -> f64 {
     let (zeros, total) = transformer.model.linears().fold((0, 0), |(zeros, total), linear| {
@@ -761,6 +788,15 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
     said.dedup();
     for w in said {
         warnings.add(w);
+    }
+    let differ = config_differences(dense.model.config(), pruned.model.config());
+    if !differ.is_empty() {
+        warnings.add(format!(
+            "{} and {} differ in {} (config.json): pruning changes none of these, so they look like two different models, not a model and its pruned copy",
+            args.dense.display(),
+            args.pruned.display(),
+            differ.join(", ")
+        ));
     }
     let shares = (zero_share(&dense), zero_share(&pruned));
     if shares.0 > shares.1 + SWAPPED_MARGIN {

@@ -318,6 +318,36 @@ fn eval_refuses_models_that_tokenize_differently() {
     ok(&["eval", d, l, "--texts", &texts, "--max-len", "16"]);
 }
 
+/// Two folders of one hidden size whose configs differ elsewhere (layers, activation) are
+/// two models, not a model and its pruned copy: `eval` compares them and says which
+/// fields differ; the same folder copied says nothing of the kind.
+#[test]
+fn eval_names_the_config_fields_two_models_differ_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other");
+    copy_tiny_bert(&other);
+    let path = other.join("config.json");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    config["hidden_act"] = "relu".into();
+    config["layer_norm_eps"] = 1e-5.into();
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let (dense, texts) = (tiny_bert(), sentences("validation.txt"));
+    let (d, o) = (dense.to_str().unwrap(), other.to_str().unwrap());
+    let out = shears(&["eval", d, o, "--texts", &texts]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = stderr(&out);
+    let warned: Vec<_> = said.lines().filter(|l| l.contains("(config.json)")).collect();
+    let first = format!("shears: warning: {d} and {o} differ in hidden_act gelu and relu, ");
+    assert_eq!(warned.len(), 1, "{}", stderr(&out));
+    assert!(warned[0].starts_with(&first), "{}", warned[0]);
+    assert!(warned[0].contains("layer_norm_eps 1e-12 and 1e-5 (config.json)"));
+    let same = dir.path().join("same");
+    copy_tiny_bert(&same);
+    let out = shears(&["eval", d, same.to_str().unwrap(), "--texts", &texts]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("config.json"), "{}", stderr(&out));
+}
+
 /// What `embed` and `eval` embed other than a line as written is said once per kind, with
 /// a count and the first line: lines cut at the maximum length and lines of special
 /// tokens alone. `eval` also says when it measures a model against itself, or on the file
