@@ -9,7 +9,7 @@ use nalgebra::DMatrix;
 use rayon::prelude::*;
 use shears_core::{Mask, Masks};
 use shears_io::{Dtype, Model};
-use shears_models::{Method, PruneSpec, Step, prune_model, read_texts};
+use shears_models::{BertModel, Method, PruneSpec, Step, prune_model, read_texts};
 
 use crate::cli::PruneArgs;
 use crate::job::Job;
@@ -84,6 +84,33 @@ impl Calibration {
     }
 }
 
+/// Why a calibrated method cannot prune `name` (and `count - 1` other chosen tensors),
+/// and what to give instead: a layer past `config.json`'s `num_hidden_layers` never runs,
+/// and a tensor the options chose must be left out of them.
+fn not_a_linear(m: &str, name: &str, count: usize, model: &BertModel, args: &PruneArgs) -> String {
+    let others = match count {
+        1 => String::new(),
+        n => format!(" (nor are {} other chosen tensors)", n - 1),
+    };
+    let layer = name.strip_prefix("encoder.layer.").and_then(|rest| rest.split('.').next());
+    if let Some(layer) = layer.and_then(|l| l.parse::<usize>().ok())
+        && model.unused_layers().contains(&layer)
+    {
+        let layers = model.config().num_hidden_layers;
+        return format!(
+            "--method {m} prunes the linear layers the encoder runs; `{name}`{others} is in layer {layer}, past config.json's num_hidden_layers {layers}, so the model never runs it: --exclude it"
+        );
+    }
+    let chose = match (args.all, args.include.is_empty()) {
+        (true, _) => "leave out --all, or --exclude it",
+        (false, false) => "narrow --include, or --exclude it",
+        (false, true) => "--exclude it",
+    };
+    format!(
+        "--method {m} prunes the encoder's linear layers; `{name}`{others} is not one of them: {chose}"
+    )
+}
+
 /// Runs `method` on the chosen tensors of the model folder `model`.
 pub(crate) fn prune(
     args: &PruneArgs,
@@ -110,11 +137,10 @@ pub(crate) fn prune(
         transformer.tokenizer = transformer.tokenizer.with_max_len(CALIBRATION_TOKENS)?;
     }
     let linears: HashSet<&str> = transformer.model.linears().map(|l| l.name()).collect();
-    if let Some(t) = chosen.iter().find(|t| !linears.contains(t.name)) {
-        bail!(
-            "--method {m} prunes the encoder's linear layers; tensor `{}` is not one of them (--exclude it)",
-            t.name
-        );
+    let others: Vec<&str> =
+        chosen.iter().map(|t| t.name).filter(|name| !linears.contains(name)).collect();
+    if let Some(first) = others.first() {
+        bail!("{}", not_a_linear(m, first, others.len(), &transformer.model, args));
     }
     let chosen_names: HashSet<String> = chosen.iter().map(|t| t.name.to_owned()).collect();
     drop(linears);

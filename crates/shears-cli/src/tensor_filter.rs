@@ -84,20 +84,21 @@ impl Filters {
         transposed: &[String],
         all: bool,
     ) -> Result<Filters> {
-        let compile = |patterns: &[String]| -> Result<Vec<(String, Regex)>> {
+        let compile = |flag: &str, patterns: &[String]| -> Result<Vec<(String, Regex)>> {
             patterns
                 .iter()
                 .map(|p| {
-                    let re = Regex::new(p)
-                        .map_err(|e| anyhow!("invalid regex `{p}`: {}", regex_reason(&e)))?;
+                    let re = Regex::new(p).map_err(|e| {
+                        anyhow!("{flag} `{p}` is not a valid regex: {}", regex_reason(&e))
+                    })?;
                     Ok((p.clone(), re))
                 })
                 .collect()
         };
         Ok(Filters {
-            include: compile(include)?,
-            exclude: compile(exclude)?,
-            transposed: compile(transposed)?,
+            include: compile("--include", include)?,
+            exclude: compile("--exclude", exclude)?,
+            transposed: compile("--transposed", transposed)?,
             all,
         })
     }

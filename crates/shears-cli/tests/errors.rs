@@ -180,7 +180,12 @@ fn bad_arguments() {
     fails(
         &["prune", i, "-o", o, "-s", "0.5", "--include", "(["],
         &out,
-        "invalid regex `([`: unclosed character class",
+        "--include `([` is not a valid regex: unclosed character class",
+    );
+    fails(
+        &["prune", i, "-o", o, "-s", "0.5", "--transposed", "("],
+        &out,
+        "--transposed `(` is not a valid regex: unclosed group",
     );
     fails(
         &strs(&prune(&["-s", "0.5", "--pattern", "3:7"])),

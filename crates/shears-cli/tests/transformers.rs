@@ -318,6 +318,42 @@ fn eval_refuses_models_that_tokenize_differently() {
     ok(&["eval", d, l, "--texts", &texts, "--max-len", "16"]);
 }
 
+/// A calibrated method prunes only the linear layers the encoder runs: a tensor the
+/// options chose beyond them is refused with what to give instead, and a layer past
+/// `num_hidden_layers` is named as one the model never runs.
+#[test]
+fn calibrated_methods_say_why_a_chosen_tensor_is_not_theirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, calib) = (tiny_bert(), sentences("calibration.txt"));
+    let out = dir.path().join("out");
+    let (m, o) = (model.to_str().unwrap(), out.to_str().unwrap());
+    let wanda = ["prune", m, "-o", o, "--method", "wanda", "--calib", &calib, "-s", "0.5"];
+    let refused = |extra: &[&str]| {
+        let got = shears(&[&wanda[..], extra].concat());
+        assert_eq!(got.status.code(), Some(2), "{}", stderr(&got));
+        assert!(!out.exists());
+        stderr(&got)
+    };
+    let said = refused(&["--include", "pooler"]);
+    assert!(said.contains("`pooler.dense.weight` is not one of them: narrow --include"), "{said}");
+    let said = refused(&["--all"]);
+    assert!(said.contains(" other chosen tensors) is not one of them: leave out --all"), "{said}");
+    let fewer = dir.path().join("fewer");
+    copy_tiny_bert(&fewer);
+    let path = fewer.join("config.json");
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    config["num_hidden_layers"] = 1.into();
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let args = ["prune", fewer.to_str().unwrap(), "-o", o, "--method", "wanda", "--calib", &calib];
+    let got = shears(&[&args[..], &["-s", "0.5"]].concat());
+    assert_eq!(got.status.code(), Some(2), "{}", stderr(&got));
+    let said = stderr(&got);
+    assert!(said.contains("is in layer 1, past config.json's num_hidden_layers 1"), "{said}");
+    assert!(said.contains("(nor are 5 other chosen tensors)"), "{said}");
+    let layer0 = ["--include", "encoder\\.layer\\.0\\."];
+    ok(&[&args[..], &["-s", "0.5", "-q"], &layer0[..]].concat());
+}
+
 /// Two folders of one hidden size whose configs differ elsewhere (layers, activation) are
 /// two models, not a model and its pruned copy: `eval` compares them and says which
 /// fields differ; the same folder copied says nothing of the kind.
