@@ -333,6 +333,12 @@ const ENTRY_BYTES: u64 = 128;
 /// there.
 fn check_output_folder(outputs: &Outputs, strangers: &Strangers) -> Result<()> {
     if let Some(weights) = &strangers.weights {
+        if holds_masks(weights) {
+            bail!(
+                "the output folder already holds {}, masks (as --masks-out writes) that would not match the new weights: give --masks-out {0} to replace them, or move that file",
+                weights.display()
+            );
+        }
         bail!(
             "the output folder already holds {}, which would be loaded with the new weights: give a new or empty folder",
             weights.display()
@@ -352,6 +358,19 @@ fn check_output_folder(outputs: &Outputs, strangers: &Strangers) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether `path` is a regular file of masks only (every tensor named `*_mask`, as
+/// `--masks-out` writes): no loader reads it as the model's weights, but left beside new
+/// weights it would no longer describe them. Anything else, or a file that does not
+/// open as safetensors, is not.
+fn holds_masks(path: &Path) -> bool {
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    Model::open(path).is_ok_and(|model| {
+        model.tensors().next().is_some() && model.tensors().all(|t| t.name.ends_with("_mask"))
+    })
 }
 
 /// Bytes of metadata a run adds to each shard's header: its record (the calibration

@@ -318,6 +318,29 @@ fn eval_refuses_models_that_tokenize_differently() {
     ok(&["eval", d, l, "--texts", &texts, "--max-len", "16"]);
 }
 
+/// Masks an earlier run wrote into its output folder are named as masks when a rerun
+/// would leave them beside weights they no longer describe, and replaced when the rerun
+/// writes its masks there.
+#[test]
+fn a_rerun_names_the_masks_an_earlier_run_left_in_its_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let masks = out.join("masks.safetensors");
+    let (m, o, k) = (tiny_bert(), out.to_str().unwrap(), masks.to_str().unwrap().to_owned());
+    let m = m.to_str().unwrap();
+    ok(&["prune", m, "-o", o, "-s", "0.5", "-q", "--masks-out", &k]);
+    let first = read(&masks);
+    let got = shears(&["prune", m, "-o", o, "-s", "0.7", "-q"]);
+    assert_eq!(got.status.code(), Some(2), "{}", stderr(&got));
+    let said = format!(
+        "shears: error: the output folder already holds {k}, masks (as --masks-out writes) that would not match the new weights: give --masks-out {k} to replace them, or move that file\n"
+    );
+    assert_eq!(stderr(&got), said);
+    assert_eq!(read(&masks), first);
+    ok(&["prune", m, "-o", o, "-s", "0.7", "-q", "--masks-out", &k]);
+    assert_ne!(read(&masks), first);
+}
+
 /// A calibrated method prunes only the linear layers the encoder runs: a tensor the
 /// options chose beyond them is refused with what to give instead, and a layer past
 /// `num_hidden_layers` is named as one the model never runs.
