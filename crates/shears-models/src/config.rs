@@ -216,10 +216,12 @@ impl SentenceConfig {
                 .as_array()
                 .ok_or_else(|| config_error(&modules_path, "(top level)", "is not a JSON array"))?;
             config.normalize = false;
+            let mut kinds = Vec::new();
             for module in list {
                 let kind = module.get("type").and_then(Value::as_str).unwrap_or_default();
                 let sub = module.get("path").and_then(Value::as_str).unwrap_or_default();
-                match kind.rsplit('.').next().unwrap_or_default() {
+                let kind = kind.rsplit('.').next().unwrap_or_default();
+                match kind {
                     "Normalize" => config.normalize = true,
                     "Pooling" => pooling_dir = Some(safe_join(folder, sub, &modules_path)?),
                     "Transformer" => {}
@@ -233,7 +235,13 @@ impl SentenceConfig {
                         ));
                     }
                 }
+                // Only the three kinds above get here; a list longer than four is out
+                // of order whatever follows.
+                if kinds.len() <= 3 {
+                    kinds.push(kind);
+                }
             }
+            check_module_order(&modules_path, &kinds)?;
         }
         let listed = pooling_dir.is_some();
         let pooling_path =
@@ -287,6 +295,26 @@ impl SentenceConfig {
                 ),
             )),
             _ => Ok(()),
+        }
+    }
+}
+
+/// Refuses modules (`kinds`, the first few, in `modules.json`'s order) that do not run as
+/// shears runs them: sentence-transformers applies them in order, and shears runs the
+/// encoder, pools its token states and may normalise the result, so another order, or
+/// no pooling (which gives token embeddings), would embed differently.
+fn check_module_order(path: &Path, kinds: &[&str]) -> Result<()> {
+    match kinds {
+        ["Transformer", "Pooling"] | ["Transformer", "Pooling", "Normalize"] => Ok(()),
+        _ => {
+            let order = if kinds.is_empty() { "none".to_owned() } else { kinds.join(", ") };
+            Err(config_error(
+                path,
+                "(order)",
+                &format!(
+                    "lists the modules {order}; shears runs Transformer, Pooling and an optional Normalize, in that order"
+                ),
+            ))
         }
     }
 }
@@ -401,6 +429,53 @@ mod tests {
         let err = BertConfig::from_file(&path).unwrap_err().to_string();
         let why = format!("{}: cannot open it: No such file or directory", path.display());
         assert!(err.starts_with(&why), "{err}");
+    }
+
+    /// Modules run as sentence-transformers orders them: only the encoder, then pooling,
+    /// then an optional normalisation, embed as shears does; any other order, a list
+    /// without pooling or a repeated module is refused, naming the order found.
+    #[test]
+    fn modules_in_another_order_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
+        std::fs::write(
+            dir.path().join("1_Pooling/config.json"),
+            r#"{"pooling_mode_mean_tokens": true}"#,
+        )
+        .unwrap();
+        let module = |kind: &str| {
+            let path = if kind == "Pooling" { "1_Pooling" } else { "" };
+            format!(r#"{{"path": "{path}", "type": "sentence_transformers.models.{kind}"}}"#)
+        };
+        for (kinds, runs) in [
+            (&["Transformer", "Pooling"][..], true),
+            (&["Transformer", "Pooling", "Normalize"], true),
+            (&["Transformer", "Normalize", "Pooling"], false),
+            (&["Pooling", "Transformer"], false),
+            (&["Transformer"], false),
+            (&["Transformer", "Pooling", "Normalize", "Normalize"], false),
+            (&["Transformer", "Pooling", "Pooling", "Normalize", "Normalize"], false),
+            (&[], false),
+        ] {
+            let list: Vec<String> = kinds.iter().map(|k| module(k)).collect();
+            std::fs::write(dir.path().join("modules.json"), format!("[{}]", list.join(", ")))
+                .unwrap();
+            match SentenceConfig::from_folder(dir.path()) {
+                Ok(config) => {
+                    assert!(runs, "{kinds:?} ran");
+                    assert_eq!(config.normalize, kinds.len() == 3);
+                }
+                Err(err) => {
+                    assert!(!runs, "{kinds:?}: {err}");
+                    let shown: Vec<&str> = kinds.iter().take(4).copied().collect();
+                    let order = if kinds.is_empty() { "none".to_owned() } else { shown.join(", ") };
+                    let said =
+                        format!("lists the modules {order}; shears runs Transformer, Pooling");
+                    assert!(err.to_string().contains(&said), "{kinds:?}: {err}");
+                    assert!(err.to_string().contains("modules.json"), "{err}");
+                }
+            }
+        }
     }
 
     fn parse(json: &str) -> Result<BertConfig> {
