@@ -87,6 +87,11 @@ impl Job {
             (None, Some(_), _) => Sparsity::ZERO,
             (None, None, _) => bail!("--sparsity is required (a number in [0, 1])"),
         };
+        if let (Some(r), true) = (args.rounding, sparsity == Sparsity::ZERO) {
+            bail!(
+                "--sparsity 0 prunes no count of weights, so --rounding {r} rounds nothing: --rounding does not apply"
+            );
+        }
         let reduction = args.reduction.unwrap_or_default();
         let pattern = match args.pattern {
             Pattern::Structured(s) => Pattern::Structured(s.with_reduction(reduction)),

@@ -1132,10 +1132,13 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
         None => String::new(),
     };
     // A tiny target (1e-320) in plain decimals would be hundreds of digits.
-    let at = match report.sparsity {
+    let mut at = match report.sparsity {
         s if s > 0.0 && s < 1e-4 => format!("{s:e}"),
         s => format!("{s}"),
     };
+    if report.rounding != shears_core::Rounding::default().to_string() {
+        at.push_str(&format!(" (--rounding {})", report.rounding));
+    }
     let what = match &report.masks_in {
         // Without a target, the run applies the masks and prunes nothing more.
         Some(m) if report.sparsity == 0.0 => format!("the masks of {m}"),

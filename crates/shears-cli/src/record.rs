@@ -145,6 +145,11 @@ pub(crate) fn describe(run: &Value) -> String {
         text("scope"),
         fraction(&run["sparsity"]).map_or_else(|| "?".to_owned(), |s| s.to_string())
     );
+    // Counts rounded other than half-even, the default, are named: `ceil` prunes past
+    // the target on small tensors.
+    if let Some(rounding) = run["rounding"].as_str().filter(|r| *r != "half-even") {
+        words.push_str(&format!(" (rounding {})", cut(rounding)));
+    }
     if let Some(density) = fraction(&run["min_density"]) {
         words.push_str(&format!(" (min density {density})"));
     }
@@ -175,7 +180,7 @@ mod tests {
             pattern: "2:4".into(),
             scope: "layer".into(),
             sparsity: 0.5,
-            rounding: "round".into(),
+            rounding: "half-even".into(),
             reduction: None,
             min_density: None,
             seed: None,
@@ -236,6 +241,11 @@ mod tests {
         assert_eq!(
             describe(&serde_json::to_value(&global).unwrap()),
             "magnitude 2:4, global scope, at 0.5 (min density 0.02) from given masks, shears 0.1.0"
+        );
+        global.rounding = "ceil".into();
+        assert_eq!(
+            describe(&serde_json::to_value(&global).unwrap()),
+            "magnitude 2:4, global scope, at 0.5 (rounding ceil) (min density 0.02) from given masks, shears 0.1.0"
         );
         let merged = with_run(Some(&foreign), &run("magnitude"));
         assert_eq!(merged["format"], "pt");

@@ -236,6 +236,10 @@ fn bad_arguments() {
             &["--pattern", "2:4", "--rounding", "ceil"],
             "--pattern 2:4 prunes 2 of every 4 weights, no count to round: --rounding does not apply",
         ),
+        (
+            &["-s", "0", "--rounding", "truncate"],
+            "--sparsity 0 prunes no count of weights, so --rounding truncate rounds nothing: --rounding does not apply",
+        ),
     ] {
         fails(&[&["prune", i, "-o", o][..], options].concat(), &out, needle);
     }

@@ -497,7 +497,10 @@ fn library_options_reach_the_command_line() {
     // --rounding: 0.3 of 128 is 38.4, truncated to 38, ceiled to 39.
     for (rounding, zeros) in [("half-even", 38), ("truncate", 38), ("ceil", 39)] {
         let o = out(&format!("{rounding}.safetensors"));
-        run(&["prune", inp, "-o", &o, "-s", "0.3", "--rounding", rounding]);
+        let said = stdout(&run(&["prune", inp, "-o", &o, "-s", "0.3", "--rounding", rounding]));
+        // The summary names a rounding other than the default.
+        let named = format!("at 0.3 (--rounding {rounding}): wrote");
+        assert_eq!(said.contains(&named), rounding != "half-even", "{said}");
         let w = &read(Path::new(&o))["encoder.layer.1.attention.self.query.weight"].2;
         assert_eq!(w.iter().filter(|&&v| v == 0.0).count(), zeros, "{rounding}");
     }
