@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 use shears_core::WeightShape;
-use shears_io::{Dtype, Model, quantized_matrix_shape, scale_name};
+use shears_io::{Dtype, Model, is_float, quantized_matrix_shape, scale_name};
 use shears_models::Linear;
 use shears_sparse::{Format, Int8Csr, Int8Matrix, QuantScheme, SparseProduct, choose_format};
 use shears_strategies::TensorRole;
@@ -190,6 +190,14 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
                 args.input.display(),
                 t.name,
                 scale_name(t.name)
+            );
+        }
+        let floating =
+            model.tensors().any(|t| is_float(t.info.dtype) && matches!(t.info.shape.len(), 2 | 4));
+        if args.all || !floating {
+            bail!(
+                "{} has no 2-D or 4-D floating tensor to time (a mask file, or other data?)",
+                args.input.display()
             );
         }
         bail!(

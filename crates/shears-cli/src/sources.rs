@@ -353,7 +353,13 @@ fn open_masks(model: &Model, path: &Path, chosen: &[Tensor]) -> Result<MaskSourc
                 let name = torch_mask_name(t.name);
                 let info = ckpt
                     .info(&name)
-                    .with_context(|| format!("{}: no mask `{name}`", path.display()))?;
+                    .with_context(|| {
+                        format!(
+                            "{}: no mask `{name}` for tensor `{}`, which this run prunes: --exclude it, or give masks for it",
+                            path.display(),
+                            t.name
+                        )
+                    })?;
                 if info.shape != t.dims || !matches!(info.dtype, Dtype::U8 | Dtype::BOOL) {
                     bail!(
                         "{}: mask `{name}` is {:?} of shape {:?}; tensor `{}` needs u8 or bool of shape {:?}",

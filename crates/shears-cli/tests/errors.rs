@@ -507,6 +507,18 @@ fn masks_for_tensors_the_model_lacks_are_refused() {
     let m = masks.to_str().unwrap();
     let args = ["prune", i, "-o", o, "-s", "0.5", "--masks-in", m, "--exclude", "fc2"];
     fails(&args, &out, "`fc2.weight`, which this run does not prune");
+    // A tensor the run prunes without a mask in the file: the way out is named.
+    let only = dir.path().join("only-fc1.safetensors");
+    write(&only, &[ones("fc1.weight_mask", vec![8, 16])]);
+    let args = ["prune", i, "-o", o, "-s", "0.5", "--masks-in", only.to_str().unwrap()];
+    fails(
+        &args,
+        &out,
+        "no mask `fc2.weight_mask` for tensor `fc2.weight`, which this run prunes: --exclude it, or give masks for it",
+    );
+    // A mask file has nothing `bench` can time, and --all would not change that.
+    let said = format!("{} has no 2-D or 4-D floating tensor to time", only.display());
+    fails(&["bench", only.to_str().unwrap()], &out, &said);
 }
 
 /// A tensor left under --min-density by its own zeros is not said to be under a mask,
