@@ -233,12 +233,14 @@ impl Outputs {
             .map(PathBuf::as_path)
     }
 
-    /// Temporaries that killed runs left in the folders written to, with their sizes: a
-    /// run removes those of its own outputs, and names the others rather than let them
-    /// fill a disk unnoticed.
+    /// Temporaries that killed runs left in the folders written to (and beside the
+    /// output folder of a model folder, where a file output's run leaves them), with
+    /// their sizes: a run removes those of its own outputs, and names the others rather
+    /// than let them fill a disk unnoticed.
     pub(crate) fn leftovers(&self) -> Vec<(PathBuf, u64)> {
         let mut dirs: Vec<PathBuf> = self
             .written()
+            .chain(self.folder.as_deref())
             .map(|p| match p.parent() {
                 Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
                 _ => PathBuf::from("."),

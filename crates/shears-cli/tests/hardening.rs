@@ -1,5 +1,6 @@
 //! Crash safety, failing disks, and determinism.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use safetensors::tensor::Dtype;
 use crate::util::{T, model, shears, stderr, write};
 
 /// A checkpoint big enough that writing it takes a while (8 tensors of 1M f32).
-fn big(path: &std::path::Path) {
+fn big(path: &Path) {
     let tensors: Vec<T> = [
         "a.weight", "b.weight", "c.weight", "d.weight", "e.weight", "f.weight", "g.weight",
         "h.weight",
@@ -36,7 +37,7 @@ fn killed_runs_leave_the_previous_file_or_the_complete_new_one() {
     let (input, out) = (dir.path().join("in.safetensors"), dir.path().join("out.safetensors"));
     big(&input);
     let reference = dir.path().join("reference.safetensors");
-    let args = |out: &std::path::Path| {
+    let args = |out: &Path| {
         ["prune", input.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"]
             .map(str::to_owned)
     };
@@ -111,10 +112,19 @@ fn leftovers_of_killed_runs_are_named() {
     assert!(other.exists(), "another output's temporary is named, not removed");
     assert!(!mine.exists(), "this output's stale temporary is removed");
     assert!(foreign.exists() && !err.contains(tag), "{err}");
+    // A model folder's run names those beside its output folder too.
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/tiny-bert");
+    let pruned = dir.path().join("pruned");
+    let args = ["prune", folder.to_str().unwrap(), "-o", pruned.to_str().unwrap(), "-s", "0.5"];
+    let o = shears(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let said = format!("{} (100 bytes) is the partial output", other.display());
+    assert!(stderr(&o).contains(&said), "{}", stderr(&o));
+    assert!(other.exists());
 }
 
 /// The temporary files in `dir`.
-fn temporaries(dir: &std::path::Path) -> Vec<String> {
+fn temporaries(dir: &Path) -> Vec<String> {
     std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -209,7 +219,7 @@ fn a_directory_without_write_permission_is_an_error_and_leaves_no_output() {
     model(&input);
     let locked = dir.path().join("locked");
     std::fs::create_dir(&locked).unwrap();
-    let mode = |p: &std::path::Path, m| {
+    let mode = |p: &Path, m| {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
     };
     mode(dir.path(), 0o755);
