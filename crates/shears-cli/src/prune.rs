@@ -927,10 +927,21 @@ fn prune<'a, T: Float>(
     // above it (further still where a pattern or int8 rounding adds zeros), and one
     // warning says so for all of them; none at --sparsity 0, which asks for no pruning.
     let mut sparser_before: Vec<(&str, f64, f64, f64)> = Vec::new();
+    // Tensors whose --masks-in mask already passed a target asked for (not the default
+    // -s 0, which only applies the masks) and that end where their mask is.
+    let mut masked_past: Vec<(&str, f64, f64)> = Vec::new();
     for r in rows.iter().filter(|r| r.choice.chosen) {
         let (Some(after), numel) = (r.sparsity_after, r.numel()) else {
             continue;
         };
+        if let (Some(target), Some(before), Some(_)) = (r.target, r.sparsity_before, &args.masks_in)
+            && target > 0.0
+            && before > target + 0.005
+            && after <= before + 0.005
+            && after < 1.0
+        {
+            masked_past.push((r.choice.name, before, target));
+        }
         if let (Some(target), Some(before)) = (r.target, r.sparsity_before)
             && before > target + 0.005
             && args.masks_in.is_none()
@@ -969,6 +980,17 @@ fn prune<'a, T: Float>(
                 r.choice.name
             ));
         }
+    }
+    if let [(first, before, target), rest @ ..] = masked_past.as_slice() {
+        warnings.add(match rest {
+            [] => format!(
+                "tensor `{first}`'s mask (--masks-in) already prunes {before:.4} of it, past its target {target:.4}: masks only grow, so it ends there"
+            ),
+            _ => format!(
+                "{} tensors' masks (--masks-in) already prune past their target (the first, `{first}`: {before:.4} against {target:.4}): masks only grow, so they end where their masks are",
+                masked_past.len()
+            ),
+        });
     }
     if let [(first, before, target, after), rest @ ..] = sparser_before.as_slice() {
         warnings.add(match rest {

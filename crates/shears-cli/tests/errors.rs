@@ -537,7 +537,7 @@ fn warnings_name_the_cause_and_a_target_missed_from_masks() {
     let said = stderr(&done);
     assert!(said.contains("keeps 0.9375 of its weights (its zeros), less than --min-density 1"));
     assert!(!said.contains("--masks-in"), "{said}");
-    // A mask that keeps every other column (0.5, with the zeros 0.53 pruned): blocks of
+    // A mask that keeps every other column (0.5; with the zeros it keeps, 0.5625): blocks of
     // 2x2 at 0.75 from it end past the target, which the mask alone was not.
     let masks = dir.path().join("masks.safetensors");
     let bits = (0..64).map(|i| f64::from(u8::from(i % 2 == 0))).collect();
@@ -550,10 +550,16 @@ fn warnings_name_the_cause_and_a_target_missed_from_masks() {
         shears(&["prune", i, "-o", o, "-s", "0.75", "--pattern", "block:2x2", "--masks-in", m]);
     assert!(done.status.success(), "{}", stderr(&done));
     assert!(stderr(&done).contains("its target was 0.7500"), "{}", stderr(&done));
-    // From the same mask a target below it is expected to end where the mask is.
+    // From the same mask a target below it ends where the mask is, as said; applying
+    // the masks alone (the default -s 0) asks for nothing they pass.
     let done = shears(&["prune", i, "-o", o, "-s", "0.25", "--masks-in", m]);
     assert!(done.status.success(), "{}", stderr(&done));
     assert!(!stderr(&done).contains("target was"), "{}", stderr(&done));
+    let past = "tensor `a.weight`'s mask (--masks-in) already prunes 0.5625 of it, past its target 0.2500: masks only grow, so it ends there";
+    assert!(stderr(&done).contains(past), "{}", stderr(&done));
+    let done = shears(&["prune", i, "-o", o, "--masks-in", m]);
+    assert!(done.status.success(), "{}", stderr(&done));
+    assert!(!stderr(&done).contains("warning"), "{}", stderr(&done));
     // A mask past the target that 2:4 prunes further (three kept in a group of four) is
     // warned of: the tensor ends past both.
     let bits = (0..64).map(|i| f64::from(u8::from(i % 8 < 3))).collect();
