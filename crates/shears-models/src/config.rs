@@ -218,12 +218,35 @@ impl SentenceConfig {
             config.normalize = false;
             let mut kinds = Vec::new();
             for module in list {
-                let kind = module.get("type").and_then(Value::as_str).unwrap_or_default();
-                let sub = module.get("path").and_then(Value::as_str).unwrap_or_default();
+                // Both fields as sentence-transformers writes them: a missing or
+                // non-string one would be read as some other module or folder.
+                let field = |name: &str| match module.get(name) {
+                    Some(Value::String(text)) => Ok(text.as_str()),
+                    Some(other) => Err(config_error(
+                        &modules_path,
+                        name,
+                        &format!("must be a string, got {other}"),
+                    )),
+                    None if name == "path" => Ok(""),
+                    None => Err(config_error(&modules_path, name, "is missing from a module")),
+                };
+                let (kind, sub) = (field("type")?, field("path")?);
                 let kind = kind.rsplit('.').next().unwrap_or_default();
                 match kind {
                     "Normalize" => config.normalize = true,
                     "Pooling" => pooling_dir = Some(safe_join(folder, sub, &modules_path)?),
+                    // shears reads the encoder from the folder's top, where
+                    // sentence-transformers writes it; an encoder in a subfolder
+                    // (`0_Transformer`) would be another model than the one read.
+                    "Transformer" if !sub.is_empty() => {
+                        return Err(config_error(
+                            &modules_path,
+                            "path",
+                            &format!(
+                                "the Transformer module is in `{sub}`; shears reads the encoder from the model folder's top (path \"\")"
+                            ),
+                        ));
+                    }
                     "Transformer" => {}
                     other => {
                         return Err(config_error(
@@ -434,6 +457,27 @@ mod tests {
     /// Modules run as sentence-transformers orders them: only the encoder, then pooling,
     /// then an optional normalisation, embed as shears does; any other order, a list
     /// without pooling or a repeated module is refused, naming the order found.
+    #[test]
+    fn modules_with_fields_of_other_types_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (modules, says) in [
+            (r#"[{"path": "", "type": 5}]"#, "type: must be a string, got 5"),
+            (r#"[{"path": ""}]"#, "type: is missing from a module"),
+            (
+                r#"[{"path": [1], "type": "sentence_transformers.models.Pooling"}]"#,
+                "path: must be a string, got [1]",
+            ),
+            (
+                r#"[{"path": "0_Transformer", "type": "sentence_transformers.models.Transformer"}]"#,
+                "the Transformer module is in `0_Transformer`",
+            ),
+        ] {
+            std::fs::write(dir.path().join("modules.json"), modules).unwrap();
+            let err = SentenceConfig::from_folder(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("modules.json") && err.contains(says), "{modules}: {err}");
+        }
+    }
+
     #[test]
     fn modules_in_another_order_are_refused() {
         let dir = tempfile::tempdir().unwrap();
