@@ -90,6 +90,7 @@ impl Calibration {
 fn not_a_linear(m: &str, name: &str, count: usize, model: &BertModel, args: &PruneArgs) -> String {
     let others = match count {
         1 => String::new(),
+        2 => " (nor is 1 other chosen tensor)".to_owned(),
         n => format!(" (nor are {} other chosen tensors)", n - 1),
     };
     let layer = name.strip_prefix("encoder.layer.").and_then(|rest| rest.split('.').next());
@@ -98,7 +99,7 @@ fn not_a_linear(m: &str, name: &str, count: usize, model: &BertModel, args: &Pru
     {
         let layers = model.config().num_hidden_layers;
         return format!(
-            "--method {m} prunes the linear layers the encoder runs; `{name}`{others} is in layer {layer}, past config.json's num_hidden_layers {layers}, so the model never runs it: --exclude it"
+            "--method {m} prunes the linear layers the encoder runs; `{name}` is in layer {layer}, past config.json's num_hidden_layers {layers}, so the model never runs it{others}: --exclude it"
         );
     }
     let chose = match (args.all, args.include.is_empty()) {
@@ -107,7 +108,7 @@ fn not_a_linear(m: &str, name: &str, count: usize, model: &BertModel, args: &Pru
         (false, true) => "--exclude it",
     };
     format!(
-        "--method {m} prunes the encoder's linear layers; `{name}`{others} is not one of them: {chose}"
+        "--method {m} prunes the encoder's linear layers; `{name}` is not one of them{others}: {chose}"
     )
 }
 

@@ -49,6 +49,11 @@ impl Job {
                     "--method {m} prunes each layer to the target: --scope global and --min-density do not apply"
                 );
             }
+            if !args.transposed.is_empty() {
+                bail!(
+                    "--method {m} runs the encoder's linear layers as BERT stores them (outputs x inputs): --transposed does not apply"
+                );
+            }
             if !matches!(args.pattern, Pattern::Unstructured | Pattern::NM(_)) {
                 // Wanda's unstructured pattern compares within each row, as per-row does.
                 let per_row = if matches!(

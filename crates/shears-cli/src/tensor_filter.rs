@@ -88,6 +88,9 @@ impl Filters {
             patterns
                 .iter()
                 .map(|p| {
+                    if p.is_empty() {
+                        bail!("{flag} is empty, which matches every tensor name: give a pattern");
+                    }
                     let re = Regex::new(p).map_err(|e| {
                         anyhow!("{flag} `{p}` is not a valid regex: {}", regex_reason(&e))
                     })?;

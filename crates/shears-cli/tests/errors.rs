@@ -183,6 +183,11 @@ fn bad_arguments() {
         "--include `([` is not a valid regex: unclosed character class",
     );
     fails(
+        &["prune", i, "-o", o, "-s", "0.5", "--include", ""],
+        &out,
+        "--include is empty, which matches every tensor name: give a pattern",
+    );
+    fails(
         &["prune", i, "-o", o, "-s", "0.5", "--transposed", "("],
         &out,
         "--transposed `(` is not a valid regex: unclosed group",
