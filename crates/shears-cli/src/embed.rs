@@ -9,7 +9,7 @@ use nalgebra::DMatrix;
 use serde::Serialize;
 use shears_io::Dtype;
 use shears_models::{
-    Activation, Agreement, BertConfig, FormatChoice, SentenceTransformer, TIMING_TOKENS,
+    Activation, Agreement, BertConfig, FormatChoice, Pooling, SentenceTransformer, TIMING_TOKENS,
     TOKENS_PER_PASS, agreement, choose_formats, read_numbered_texts,
 };
 
@@ -702,10 +702,29 @@ fn write_embeddings(out: &Path, embeddings: &DMatrix<f32>, lines: &[usize]) -> R
 /// two look swapped: a dense checkpoint has a few exact zeros of its own.
 const SWAPPED_MARGIN: f64 = 0.01;
 
-/// The fields of `config.json` in which two models of one hidden size differ, each as
-/// `field a and b`: pruning changes none of them, so a difference means two different
-/// models (or a config edited by hand), which `eval` still compares but says so.
-fn config_differences(a: &BertConfig, b: &BertConfig) -> Vec<String> {
+/// The settings in which two models of one hidden size differ, each as `field a and b`:
+/// fields of `config.json`, then the pooling and normalisation of the
+/// sentence-transformers files. Pruning changes none of them, so a difference means two
+/// different models (or files edited by hand), which `eval` still compares but says so.
+fn config_differences(a: &SentenceTransformer, b: &SentenceTransformer) -> Vec<String> {
+    let mut differ = encoder_differences(a.model.config(), b.model.config());
+    let (x, y) = (&a.sentence, &b.sentence);
+    if x.pooling != y.pooling {
+        let name = |p: Pooling| match p {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+            Pooling::Max => "max",
+        };
+        differ.push(format!("pooling {} and {}", name(x.pooling), name(y.pooling)));
+    }
+    if x.normalize != y.normalize {
+        differ.push(format!("normalize {} and {}", x.normalize, y.normalize));
+    }
+    differ
+}
+
+/// The fields of `config.json` of [`config_differences`].
+fn encoder_differences(a: &BertConfig, b: &BertConfig) -> Vec<String> {
     fn act(a: Activation) -> &'static str {
         match a {
             Activation::Gelu => "gelu",
@@ -724,7 +743,9 @@ fn config_differences(a: &BertConfig, b: &BertConfig) -> Vec<String> {
     field("num_attention_heads", heads.0.to_string(), heads.1.to_string());
     field("intermediate_size", a.intermediate_size.to_string(), b.intermediate_size.to_string());
     field("hidden_act", act(a.hidden_act).to_owned(), act(b.hidden_act).to_owned());
-    field("layer_norm_eps", format!("{:e}", a.layer_norm_eps), format!("{:e}", b.layer_norm_eps));
+    // 1e-12 rather than 0.000000000001, and 0 rather than 0e0.
+    let eps = |e: f64| if e == 0.0 { "0".to_owned() } else { format!("{e:e}") };
+    field("layer_norm_eps", eps(a.layer_norm_eps), eps(b.layer_norm_eps));
     field("type_vocab_size", a.type_vocab_size.to_string(), b.type_vocab_size.to_string());
     differ
 }
@@ -789,10 +810,10 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
     for w in said {
         warnings.add(w);
     }
-    let differ = config_differences(dense.model.config(), pruned.model.config());
+    let differ = config_differences(&dense, &pruned);
     if !differ.is_empty() {
         warnings.add(format!(
-            "{} and {} differ in {} (config.json): pruning changes none of these, so they look like two different models, not a model and its pruned copy",
+            "{} and {} differ in {}: pruning changes none of these, so they look like two different models, not a model and its pruned copy",
             args.dense.display(),
             args.pruned.display(),
             differ.join(", ")

@@ -360,7 +360,8 @@ fn calibrated_methods_say_why_a_chosen_tensor_is_not_theirs() {
     let said = refused(&["--include", "pooler"]);
     assert!(said.contains("`pooler.dense.weight` is not one of them: narrow --include"), "{said}");
     let said = refused(&["--all"]);
-    assert!(said.contains(" other chosen tensors) is not one of them: leave out --all"), "{said}");
+    assert!(said.contains("is not one of them (nor are "), "{said}");
+    assert!(said.contains(" other chosen tensors): leave out --all"), "{said}");
     let fewer = dir.path().join("fewer");
     copy_tiny_bert(&fewer);
     let path = fewer.join("config.json");
@@ -371,8 +372,12 @@ fn calibrated_methods_say_why_a_chosen_tensor_is_not_theirs() {
     let got = shears(&[&args[..], &["-s", "0.5"]].concat());
     assert_eq!(got.status.code(), Some(2), "{}", stderr(&got));
     let said = stderr(&got);
-    assert!(said.contains("is in layer 1, past config.json's num_hidden_layers 1"), "{said}");
-    assert!(said.contains("(nor are 5 other chosen tensors)"), "{said}");
+    let past = "is in layer 1, past config.json's num_hidden_layers 1, so the model never runs it (nor are 5 other chosen tensors): --exclude it";
+    assert!(said.contains(past), "{said}");
+    // The encoder's own linears are stored outputs x inputs: --transposed is refused.
+    let got = shears(&[&wanda[..], &["--transposed", "query"]].concat());
+    assert_eq!(got.status.code(), Some(2), "{}", stderr(&got));
+    assert!(stderr(&got).contains("--transposed does not apply"), "{}", stderr(&got));
     let layer0 = ["--include", "encoder\\.layer\\.0\\."];
     ok(&[&args[..], &["-s", "0.5", "-q"], &layer0[..]].concat());
 }
@@ -390,21 +395,23 @@ fn eval_names_the_config_fields_two_models_differ_in() {
     config["hidden_act"] = "relu".into();
     config["layer_norm_eps"] = 1e-5.into();
     std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let pooling = r#"{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}"#;
+    std::fs::write(other.join("1_Pooling/config.json"), pooling).unwrap();
     let (dense, texts) = (tiny_bert(), sentences("validation.txt"));
     let (d, o) = (dense.to_str().unwrap(), other.to_str().unwrap());
     let out = shears(&["eval", d, o, "--texts", &texts]);
     assert!(out.status.success(), "{}", stderr(&out));
     let said = stderr(&out);
-    let warned: Vec<_> = said.lines().filter(|l| l.contains("(config.json)")).collect();
+    let warned: Vec<_> = said.lines().filter(|l| l.contains("pruning changes none")).collect();
     let first = format!("shears: warning: {d} and {o} differ in hidden_act gelu and relu, ");
     assert_eq!(warned.len(), 1, "{}", stderr(&out));
     assert!(warned[0].starts_with(&first), "{}", warned[0]);
-    assert!(warned[0].contains("layer_norm_eps 1e-12 and 1e-5 (config.json)"));
+    assert!(warned[0].contains("layer_norm_eps 1e-12 and 1e-5, pooling mean and cls: "));
     let same = dir.path().join("same");
     copy_tiny_bert(&same);
     let out = shears(&["eval", d, same.to_str().unwrap(), "--texts", &texts]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("config.json"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("pruning changes none"), "{}", stderr(&out));
 }
 
 /// What `embed` and `eval` embed other than a line as written is said once per kind, with
