@@ -166,7 +166,7 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
     let outputs = Outputs::plan(&model, &args.output, args.masks_out.as_deref())?;
     check_paths(&model, args, &outputs)?;
     let strangers = outputs.strangers(3);
-    check_output_folder(&outputs, &strangers)?;
+    check_output_folder(&outputs, &strangers, args.masks_in.as_deref())?;
     outputs.check_space(output_bytes(&model, quantize.as_ref())?, masks_bytes(&chosen))?;
     let sources = Sources::open(
         &model,
@@ -331,8 +331,22 @@ const ENTRY_BYTES: u64 = 128;
 /// Refuses an output folder that holds weights a loader would read with the new ones,
 /// weights shears did not write, or a file that differs from the one this run copies
 /// there.
-fn check_output_folder(outputs: &Outputs, strangers: &Strangers) -> Result<()> {
+fn check_output_folder(
+    outputs: &Outputs,
+    strangers: &Strangers,
+    masks_in: Option<&Path>,
+) -> Result<()> {
     if let Some(weights) = &strangers.weights {
+        // One file under two names is what check_all_distinct refuses.
+        let same_file = |m: &Path| {
+            shears_io::paths::check_all_distinct(&[("--masks-in", m), ("masks", weights)]).is_err()
+        };
+        if masks_in.is_some_and(same_file) {
+            bail!(
+                "the output folder already holds {}, the --masks-in masks, which would stay beside weights they no longer describe: give --masks-in a copy outside the folder, and --masks-out {0} to replace them",
+                weights.display()
+            );
+        }
         if holds_masks(weights) {
             bail!(
                 "the output folder already holds {}, masks (as --masks-out writes) that would not match the new weights: give --masks-out {0} to replace them, or move that file",
@@ -639,7 +653,7 @@ fn prune<'a, T: Float>(
     // `Outputs::create_folders`). Another run into it may have written there since the
     // checks before the work: they run again under the lock.
     let folders = outputs.create_folders()?;
-    check_output_folder(outputs, &outputs.strangers(3))?;
+    check_output_folder(outputs, &outputs.strangers(3), args.masks_in.as_deref())?;
     let mask_entries = match &outputs.masks {
         Some(_) => shears_io::layout(
             chosen.iter().map(|t| (torch_mask_name(t.name), Dtype::U8, t.dims.to_vec())),

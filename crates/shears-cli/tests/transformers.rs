@@ -337,6 +337,18 @@ fn a_rerun_names_the_masks_an_earlier_run_left_in_its_folder() {
     );
     assert_eq!(stderr(&got), said);
     assert_eq!(read(&masks), first);
+    // Read as --masks-in from there, they still would not match: a copy elsewhere is
+    // what the rerun reads.
+    let got = shears(&["prune", m, "-o", o, "-s", "0.7", "-q", "--masks-in", &k]);
+    assert_eq!(got.status.code(), Some(2), "{}", stderr(&got));
+    let said = format!("{k}, the --masks-in masks, which would stay beside weights");
+    assert!(stderr(&got).contains(&said), "{}", stderr(&got));
+    let copy = dir.path().join("masks-copy.safetensors");
+    std::fs::copy(&masks, &copy).unwrap();
+    let c = copy.to_str().unwrap();
+    ok(&["prune", m, "-o", o, "-s", "0.6", "-q", "--masks-in", c, "--masks-out", &k]);
+    assert_ne!(read(&masks), first);
+    let first = read(&masks);
     ok(&["prune", m, "-o", o, "-s", "0.7", "-q", "--masks-out", &k]);
     assert_ne!(read(&masks), first);
 }
