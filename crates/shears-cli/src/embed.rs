@@ -947,6 +947,7 @@ mod tests {
             dense_seconds: 1.0,
             proposed_seconds: timed.then_some(2.0),
             chosen: chosen.to_owned(),
+            timed_with: Vec::new(),
         }
     }
 

@@ -50,6 +50,9 @@ struct LayerChoice {
     dense_ms: f64,
     proposed_ms: Option<f64>,
     chosen: String,
+    /// The layers these times are shared with (query, key and value run as one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    timed_with: Vec<String>,
 }
 
 impl From<FormatChoice> for LayerChoice {
@@ -61,6 +64,7 @@ impl From<FormatChoice> for LayerChoice {
             dense_ms: c.dense_seconds * 1e3,
             proposed_ms: c.proposed_seconds.map(|s| s * 1e3),
             chosen: c.chosen,
+            timed_with: c.timed_with,
         }
     }
 }

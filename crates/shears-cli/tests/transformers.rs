@@ -757,6 +757,30 @@ fn the_whole_model_bench_times_dense_and_sparse_runs() {
             assert!(layer["dense_ms"].as_f64().unwrap() > 0.0, "{layer}");
             assert!(layer.get("dense_seconds").is_none(), "{layer}");
         }
+        // Query, key and value proposed one stackable format are timed as the one
+        // product they run as: each names the other two, whose times it shares.
+        for qkv in layers.chunks(6).map(|l| &l[..3]) {
+            let names: Vec<&str> = qkv.iter().map(|l| l["name"].as_str().unwrap()).collect();
+            assert!(names[0].ends_with("query.weight") && names[2].ends_with("value.weight"));
+            let proposed = qkv[0]["proposed"].as_str().unwrap();
+            let stacked = qkv.iter().all(|l| l["proposed"] == proposed)
+                && (proposed == "csr" || proposed.starts_with("n:m"));
+            for (k, layer) in qkv.iter().enumerate() {
+                let others: Vec<&str> = (0..3).filter(|&j| j != k).map(|j| names[j]).collect();
+                match layer.get("timed_with") {
+                    Some(with) => {
+                        assert!(stacked, "{layer}");
+                        assert_eq!(with.as_array().unwrap().len(), 2);
+                        assert_eq!(with[0].as_str(), Some(others[0]));
+                        assert_eq!(with[1].as_str(), Some(others[1]));
+                        assert_eq!(layer["dense_ms"], qkv[0]["dense_ms"]);
+                    }
+                    None => assert!(!stacked, "{layer}"),
+                }
+            }
+        }
+        let alone = layers.chunks(6).flat_map(|l| &l[3..]);
+        assert!(alone.clone().all(|l| l.get("timed_with").is_none()), "{layers:?}");
     }
     // A name read from the command line reaches the terminal escaped.
     let odd = dir.path().join("v\u{1b}[31m.txt");

@@ -68,6 +68,12 @@ pub struct FormatChoice {
     pub proposed_seconds: Option<f64>,
     /// The format the layer now runs in.
     pub chosen: String,
+    /// The other layers whose one product these times are, where layers run as one
+    /// (query, key and value projections planned together): their times are not this
+    /// layer's alone, so a sum over layers counts that product once. Empty for a layer
+    /// timed alone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timed_with: Vec<String>,
 }
 
 /// Sets every linear layer of `model` to the fastest of dense and the format
@@ -161,6 +167,7 @@ fn time_linear(
             dense_seconds,
             proposed_seconds: Some(int8_seconds),
             chosen: chosen.to_owned(),
+            timed_with: Vec::new(),
         };
         return Ok((choice, Pending::Int8(Box::new(Int8Plan { int8, int8_kind, dense_kind }))));
     }
@@ -199,6 +206,7 @@ fn time_linear(
         dense_seconds,
         proposed_seconds: None,
         chosen: Format::Dense.to_string(),
+        timed_with: Vec::new(),
     };
     let (mut proposed_variants, mut half_values) = (Vec::new(), None);
     if proposed != Format::Dense {
@@ -465,7 +473,9 @@ impl Together {
         // Built on copies: an error leaves the layers as their own choices say.
         let [query, key, value] = projection_copies(layer, &self.plans, sparse_wins)?;
         (layer.query, layer.key, layer.value) = (query, key, value);
+        let names: Vec<String> = choices.iter().map(|c| c.name.clone()).collect();
         for choice in choices.iter_mut() {
+            choice.timed_with = names.iter().filter(|n| **n != choice.name).cloned().collect();
             choice.dense_seconds = dense_seconds;
             choice.proposed_seconds = Some(sparse_seconds);
             choice.chosen =
@@ -767,6 +777,7 @@ mod tests {
             dense_seconds: 1.0,
             proposed_seconds: Some(2.0),
             chosen: "dense".into(),
+            timed_with: Vec::new(),
         };
         let times = |fastest: [f64; 4]| ShapeTimes {
             fastest: vec![
@@ -827,6 +838,7 @@ mod tests {
             dense_seconds: 1.0,
             proposed_seconds: Some(2.0),
             chosen: "dense".into(),
+            timed_with: Vec::new(),
         };
         let times = |int8: f64, dense: f64| ShapeTimes {
             fastest: vec![(int8_kind.unwrap(), int8), (dense_kind.unwrap(), dense)],
