@@ -149,15 +149,16 @@ fn time_linear(
         // GEMM on their dequantized weights.
         let (rows, cols) = linear.shape();
         let zeros = int8.values().iter().filter(|&&v| v == 0).count();
-        let int8_seconds = times.time(linear, x, None)?;
-        let int8_kind = ShapeTimes::kind(linear, None);
         linear.dequantize();
-        let dense_seconds = times.time(linear, x, None)?;
+        let dense_seconds = times.time(linear, x, None, None)?;
         let dense_kind = ShapeTimes::kind(linear, None);
+        linear.set_int8(int8.clone())?;
+        let int8_seconds = times.time(linear, x, None, Some(dense_seconds))?;
+        let int8_kind = ShapeTimes::kind(linear, None);
         let chosen = if int8_seconds < dense_seconds {
-            linear.set_int8(int8.clone())?;
             INT8
         } else {
+            linear.dequantize();
             "dense"
         };
         let choice = FormatChoice {
@@ -184,14 +185,14 @@ fn time_linear(
         other => other,
     };
     linear.set_format(Format::Dense)?;
-    let mut dense_seconds = times.time(linear, x, row_length)?;
+    let mut dense_seconds = times.time(linear, x, row_length, None)?;
     // Dense half-precision weights (a bf16 or f16 checkpoint's) widen a band of rows per
     // product: kept only where they beat the same weights in f32.
     let mut dense_half = linear.value_type() != "f32";
     let mut dense_variants = vec![(dense_half, ShapeTimes::kind(linear, row_length))];
     if dense_half {
         linear.set_f32_format(Format::Dense)?;
-        let f32_seconds = times.time(linear, x, row_length)?;
+        let f32_seconds = times.time(linear, x, row_length, None)?;
         dense_variants.push((false, ShapeTimes::kind(linear, row_length)));
         if f32_seconds < dense_seconds {
             (dense_seconds, dense_half) = (f32_seconds, false);
@@ -211,7 +212,7 @@ fn time_linear(
     let (mut proposed_variants, mut half_values) = (Vec::new(), None);
     if proposed != Format::Dense {
         linear.set_format(proposed)?;
-        let mut seconds = times.time(linear, x, row_length)?;
+        let mut seconds = times.time(linear, x, row_length, Some(dense_seconds))?;
         let values = linear.value_type();
         proposed_variants.push((values != "f32", ShapeTimes::kind(linear, row_length)));
         if values != "f32" {
@@ -220,7 +221,7 @@ fn time_linear(
             half_values = Some(values);
             choice.proposed = format!("{proposed} {values}");
             linear.set_f32_format(proposed)?;
-            let f32_seconds = times.time(linear, x, row_length)?;
+            let f32_seconds = times.time(linear, x, row_length, Some(dense_seconds))?;
             proposed_variants.push((false, ShapeTimes::kind(linear, row_length)));
             if f32_seconds < seconds {
                 (seconds, choice.proposed) = (f32_seconds, proposed.to_string());
@@ -439,7 +440,7 @@ fn time_projections_together(
     let same_rows = plans.iter().all(|p| p.row_length == first.row_length);
     let row_length = if same_rows { first.row_length } else { None };
     let sparse_kind = ShapeTimes::kind(&sparse, row_length).map(ProductKind::stacked);
-    let sparse_seconds = times.time_kind(sparse_kind, || sparse.forward(x).map(drop))?;
+    let sparse_seconds = times.time_kind(sparse_kind, None, || sparse.forward(x).map(drop))?;
     let values = dense_layers[0].value_type();
     let dense_kind = dense_layers.iter().all(|l| l.value_type() == values).then(|| {
         let (rows, cols) = sparse.shape();
@@ -449,7 +450,7 @@ fn time_projections_together(
         Some(y) => y.map(drop),
         None => Err(Error::Argument("internal error: dense projections".into())),
     };
-    let dense_seconds = times.time_kind(dense_kind, run_dense)?;
+    let dense_seconds = times.time_kind(dense_kind, None, run_dense)?;
     Ok(Some(Together {
         plans,
         sparse: (sparse_kind, sparse_seconds),
@@ -598,29 +599,38 @@ impl ShapeTimes {
     }
 
     /// Times `linear` in its present format on `x`, and returns the fastest product of
-    /// its kind so far, or its own best run, in seconds (see [`ShapeTimes::time_kind`]).
+    /// its kind so far, or its own best run, in seconds (see [`ShapeTimes::time_kind`];
+    /// `rival` is the time of the product it competes with, if known).
     fn time(
         &mut self,
         linear: &Linear,
         x: &DMatrix<f32>,
         row_length: Option<usize>,
+        rival: Option<f64>,
     ) -> Result<f64> {
-        self.time_kind(Self::kind(linear, row_length), || linear.forward(x).map(drop))
+        self.time_kind(Self::kind(linear, row_length), rival, || linear.forward(x).map(drop))
     }
 
     /// Times `product`, of `kind`, and returns the fastest product of that kind so far
     /// (a kind's first timing takes three runs, later ones one, and more while they take
     /// under a few milliseconds), or for no kind the best of its own three or more runs,
-    /// in seconds.
+    /// in seconds. A product hopeless against `rival` (see [`hopeless`]) takes no more runs: a
+    /// kind that already is runs no more at all.
     fn time_kind(
         &mut self,
         kind: Option<ProductKind>,
+        rival: Option<f64>,
         product: impl FnMut() -> Result<()>,
     ) -> Result<f64> {
-        let Some(kind) = kind else { return best_of(TIMED_RUNS, product) };
+        let Some(kind) = kind else { return best_of(TIMED_RUNS, rival, product) };
         let known = self.fastest.iter().position(|(k, _)| *k == kind);
+        if let Some(i) = known
+            && hopeless(self.fastest[i].1, rival)
+        {
+            return Ok(self.fastest[i].1);
+        }
         let runs = if known.is_some() { 1 } else { TIMED_RUNS };
-        let seconds = best_of(runs, product)?;
+        let seconds = best_of(runs, rival, product)?;
         Ok(match known {
             Some(i) => {
                 let fastest = &mut self.fastest[i].1;
@@ -654,13 +664,31 @@ const TIMING_BUDGET: Duration = Duration::from_millis(4);
 /// The most runs any one timing takes.
 const MAX_TIMED_RUNS: usize = 64;
 
+/// How many times its rival's time a product's best run may take before it is
+/// hopeless (see [`hopeless`]).
+const HOPELESS_FACTOR: f64 = 4.0;
+
+/// Whether a product whose best run took `best` seconds is hopeless against a rival that
+/// took `rival`: more than [`HOPELESS_FACTOR`] times as long, and longer than
+/// [`TIMING_BUDGET`]. Further runs could not make it win (its time is its kind's, and
+/// run-to-run noise on products that long is tens of percent, not fourfold), and each
+/// would cost as much as the several products it loses to: an int8 layer quantized in
+/// groups of two inputs runs about a hundred times slower than the f32 GEMM. Shorter
+/// products are timed in full, as they cost little and vary most.
+fn hopeless(best: f64, rival: Option<f64>) -> bool {
+    rival.is_some_and(|rival| best > HOPELESS_FACTOR * rival && best > TIMING_BUDGET.as_secs_f64())
+}
+
 /// The least of the runs of `f`, in seconds: `runs` of them, and more while they have
-/// taken less than [`TIMING_BUDGET`] (up to [`MAX_TIMED_RUNS`]).
-fn best_of(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+/// taken less than [`TIMING_BUDGET`] (up to [`MAX_TIMED_RUNS`]); one, if its first is
+/// hopeless against `rival` (see [`hopeless`]).
+fn best_of(runs: usize, rival: Option<f64>, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     let mut best = f64::INFINITY;
     let start = Instant::now();
     let mut taken = 0;
-    while taken < runs || (start.elapsed() < TIMING_BUDGET && taken < MAX_TIMED_RUNS) {
+    while (taken < runs || (start.elapsed() < TIMING_BUDGET && taken < MAX_TIMED_RUNS))
+        && !(taken > 0 && hopeless(best, rival))
+    {
         best = best.min(once(&mut f)?);
         taken += 1;
     }
@@ -688,6 +716,46 @@ mod tests {
     }
 
     #[test]
+    fn a_product_hopeless_against_its_rival_takes_one_run_and_its_kind_no_more() {
+        let kind = ProductKind {
+            rows: 4,
+            cols: 4,
+            format: Format::Dense,
+            values: "i8",
+            kept: 0,
+            stacked: false,
+        };
+        // Each run sleeps past the timing budget, so it takes at least that long.
+        let slow = TIMING_BUDGET + Duration::from_millis(1);
+        let runs = std::cell::Cell::new(0);
+        let product = || {
+            runs.set(runs.get() + 1);
+            std::thread::sleep(slow);
+            Ok(())
+        };
+        let mut times = ShapeTimes::default();
+        // Against a rival that takes no time: one run, where a kind's first takes three.
+        let first = times.time_kind(Some(kind), Some(0.0), product).unwrap();
+        assert_eq!(runs.get(), 1);
+        assert!(first >= slow.as_secs_f64());
+        // The kind is known to be hopeless against such a rival: no run at all.
+        assert_eq!(times.time_kind(Some(kind), Some(0.0), product).unwrap(), first);
+        assert_eq!(runs.get(), 1);
+        // Against a rival it can beat, or none, it is timed as any other product.
+        times.time_kind(Some(kind), Some(1e9), product).unwrap();
+        assert_eq!(runs.get(), 2);
+        times.time_kind(None, None, product).unwrap();
+        assert_eq!(runs.get(), 2 + TIMED_RUNS);
+        // Hopeless means past both the factor and the budget: a short product is timed
+        // in full however far behind it is.
+        let budget = TIMING_BUDGET.as_secs_f64();
+        assert!(hopeless(2.0 * budget, Some(budget / 4.0)));
+        assert!(!hopeless(2.0 * budget, Some(budget)), "within the factor");
+        assert!(!hopeless(budget / 2.0, Some(0.0)), "shorter than the budget");
+        assert!(!hopeless(1e9, None), "no rival");
+    }
+
+    #[test]
     fn times_belong_to_a_shape_format_and_value_type_and_only_fall() {
         let linear = |rows: usize, cols: usize| {
             let w = DMatrix::from_fn(rows, cols, |r, c| (r + 2 * c) as f32 / 64.0);
@@ -696,14 +764,14 @@ mod tests {
         let (a, b, wide) = (linear(16, 8), linear(16, 8), linear(16, 24));
         let mut inputs = TimingInputs { tokens: 5, by_width: Vec::new() };
         let mut times = ShapeTimes::default();
-        let first = times.time(&a, inputs.for_layer(&a), None).unwrap();
-        let again = times.time(&b, inputs.for_layer(&b), None).unwrap();
+        let first = times.time(&a, inputs.for_layer(&a), None, None).unwrap();
+        let again = times.time(&b, inputs.for_layer(&b), None, None).unwrap();
         assert!(first > 0.0 && again <= first, "{first} then {again}");
-        times.time(&wide, inputs.for_layer(&wide), None).unwrap();
+        times.time(&wide, inputs.for_layer(&wide), None, None).unwrap();
         let mut bf16 = linear(16, 8);
         bf16.set_format(Format::Dense).unwrap();
         assert_eq!(bf16.value_type(), "bf16", "weights exact in bf16 are stored so");
-        times.time(&bf16, inputs.for_layer(&bf16), None).unwrap();
+        times.time(&bf16, inputs.for_layer(&bf16), None, None).unwrap();
         // N:M products are keyed by their pattern; CSR's by the count every row keeps,
         // else they are the layer's own.
         let w = DMatrix::from_fn(16, 8, |r, c| if c % 4 < 2 { (r + c) as f32 + 0.5 } else { 0.0 });
@@ -711,10 +779,10 @@ mod tests {
         let mut nm = Linear::new("nm.weight", w, nalgebra::DVector::zeros(16)).unwrap();
         let two_four = Format::Nm(NmPattern::TWO_FOUR);
         nm.set_f32_format(two_four).unwrap();
-        times.time(&nm, inputs.for_layer(&nm), uniform_row_length(&mask)).unwrap();
+        times.time(&nm, inputs.for_layer(&nm), uniform_row_length(&mask), None).unwrap();
         nm.set_f32_format(Format::Csr).unwrap();
-        times.time(&nm, inputs.for_layer(&nm), None).unwrap();
-        times.time(&nm, inputs.for_layer(&nm), uniform_row_length(&mask)).unwrap();
+        times.time(&nm, inputs.for_layer(&nm), None, None).unwrap();
+        times.time(&nm, inputs.for_layer(&nm), uniform_row_length(&mask), None).unwrap();
         let keys: Vec<_> = times
             .fastest
             .iter()
