@@ -92,6 +92,25 @@ impl Job {
             (None, Some(_), _) => Sparsity::ZERO,
             (None, None, _) => bail!("--sparsity is required (a number in [0, 1])"),
         };
+        if let Some(method) = calibrated
+            && sparsity == Sparsity::ZERO
+        {
+            // SparseGPT still moves the weights the --masks-in masks keep to make up for
+            // those they prune; nothing else calibrates for anything at no target.
+            let reconstructs =
+                matches!(method, shears_models::Method::SparseGpt(_)) && args.masks_in.is_some();
+            if !reconstructs {
+                let (m, masks) = (method.name(), args.masks_in.is_some());
+                let (does, or) = if masks {
+                    ("applies the --masks-in masks only", ", or leave out --method and --calib")
+                } else {
+                    ("prunes nothing", "")
+                };
+                bail!(
+                    "--method {m} at sparsity 0 {does}, so its --calib text would not be read: give --sparsity above 0{or}"
+                );
+            }
+        }
         if let (Some(r), true) = (args.rounding, sparsity == Sparsity::ZERO) {
             bail!(
                 "--sparsity 0 prunes no count of weights, so --rounding {r} rounds nothing: --rounding does not apply"

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -97,6 +97,8 @@ impl Serialize for Rows<'_> {
 
 #[derive(Debug, Serialize)]
 struct Totals {
+    /// The parameters of the tensors whose zeros count: floating point, and int8 weights
+    /// pruned again (read as floats); not integer buffers or int8 scales.
     parameters: usize,
     pruned_tensors_parameters: usize,
     sparsity_before: f64,
@@ -321,7 +323,7 @@ const LOADER_FILES: [&str; 9] = [
 
 /// `path` as written, `.` components aside (`out` and `./out/.` are one); paths that are
 /// one file under other names are compared by [`shears_io::paths::check_distinct`].
-fn as_written(path: &Path) -> std::path::PathBuf {
+fn as_written(path: &Path) -> PathBuf {
     path.components().filter(|c| *c != std::path::Component::CurDir).collect()
 }
 
@@ -345,6 +347,13 @@ fn check_output_folder(
             bail!(
                 "the output folder already holds {}, the --masks-in masks, which would stay beside weights they no longer describe: give --masks-in a copy outside the folder, and --masks-out {0} to replace them",
                 weights.display()
+            );
+        }
+        if let Some(target) = dangling_link(weights) {
+            bail!(
+                "the output folder already holds {}, a link to {} that does not exist: remove the link, or give a new or empty folder",
+                weights.display(),
+                target.display()
             );
         }
         if holds_masks(weights) {
@@ -372,6 +381,15 @@ fn check_output_folder(
         );
     }
     Ok(())
+}
+
+/// Where `path` points, if it is a symbolic link to nothing.
+fn dangling_link(path: &Path) -> Option<PathBuf> {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if !is_link || path.exists() {
+        return None;
+    }
+    std::fs::read_link(path).ok()
 }
 
 /// Whether `path` is a regular file of masks only (every tensor named `*_mask`, as
@@ -1117,10 +1135,11 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
         ]
     };
     let t = &report.total;
-    // The whole model's count and sparsity, the tensors not listed included.
+    // The whole model's count and sparsity, the tensors not listed included: those whose
+    // zeros count (floating point, and int8 weights pruned again; not integer buffers).
     let footer = vec![
         "all tensors".into(),
-        format!("{} float params", t.parameters),
+        format!("{} params", t.parameters),
         String::new(),
         String::new(),
         String::new(),

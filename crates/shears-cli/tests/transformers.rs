@@ -351,6 +351,17 @@ fn a_rerun_names_the_masks_an_earlier_run_left_in_its_folder() {
     let first = read(&masks);
     ok(&["prune", m, "-o", o, "-s", "0.7", "-q", "--masks-out", &k]);
     assert_ne!(read(&masks), first);
+    // A link to nothing is named as one, not as weights a loader would read.
+    std::fs::remove_file(&masks).unwrap();
+    let gone = dir.path().join("gone.safetensors");
+    std::os::unix::fs::symlink(&gone, &masks).unwrap();
+    let got = shears(&["prune", m, "-o", o, "-s", "0.7", "-q"]);
+    assert_eq!(got.status.code(), Some(2), "{}", stderr(&got));
+    let said = format!(
+        "shears: error: the output folder already holds {k}, a link to {} that does not exist: remove the link, or give a new or empty folder\n",
+        gone.display()
+    );
+    assert_eq!(stderr(&got), said);
 }
 
 /// A calibrated method prunes only the linear layers the encoder runs: a tensor the
@@ -829,6 +840,14 @@ fn calibrated_methods_refuse_what_they_cannot_do_before_writing() {
             "lower --calib-samples or --max-len",
         ),
         (vec!["--method", "wanda", "-s", "0.5"], "needs --calib"),
+        (
+            vec!["--method", "sparsegpt", "-s", "0", "--calib", &calib],
+            "--method sparsegpt at sparsity 0 prunes nothing, so its --calib text would not be read",
+        ),
+        (
+            vec!["--method", "wanda", "--calib", &calib, "--masks-in", missing.to_str().unwrap()],
+            "applies the --masks-in masks only, so its --calib text would not be read: give --sparsity above 0, or leave out --method and --calib",
+        ),
         (vec!["--method", "sparsegpt", "-s", "0.5", "--calib", empty.to_str().unwrap()], "no line"),
         (
             vec!["--method", "wanda", "-s", "0.5", "--calib", missing.to_str().unwrap()],
