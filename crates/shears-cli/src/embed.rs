@@ -9,8 +9,8 @@ use nalgebra::DMatrix;
 use serde::Serialize;
 use shears_io::Dtype;
 use shears_models::{
-    Activation, Agreement, BertConfig, FormatChoice, Pooling, SentenceTransformer, TIMING_TOKENS,
-    TOKENS_PER_PASS, agreement, choose_formats, read_numbered_texts,
+    Activation, Agreement, BertConfig, Comparison, FormatChoice, Pooling, SentenceTransformer,
+    TIMING_TOKENS, TOKENS_PER_PASS, choose_formats, read_numbered_texts,
 };
 
 use crate::cli::{EmbedArgs, EvalArgs};
@@ -850,15 +850,28 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
     let has_int8 = pruned.model.linears().any(|l| l.int8().is_some());
     let runs = if has_int8 { 3 } else { 2 };
     let progress = Progress::steps(runs * texts.texts.len() as u64, "sentences", args.quiet);
-    let a = embed_all(&dense, &args.dense, &texts, &progress)?;
-    drop(dense);
-    let int8 = if has_int8 {
-        Some(agreement(&a, &embed_all(&pruned, &args.pruned, &texts, &progress)?)?)
-    } else {
-        None
-    };
+    progress.message(format!("{} and {}", args.dense.display(), args.pruned.display()));
+    // A pass of sentences at a time through every model, compared as it goes: memory
+    // holds one pass's embeddings, whatever the count of sentences.
+    let int8_products = has_int8.then(|| pruned.clone());
     pruned.model.dequantize();
-    let result = agreement(&a, &embed_all(&pruned, &args.pruned, &texts, &progress)?)?;
+    let mut int8_comparison = has_int8.then(Comparison::new);
+    let mut comparison = Comparison::new();
+    for (pass, chunk) in texts.texts.chunks(SENTENCES_PER_PASS).enumerate() {
+        let start = pass * SENTENCES_PER_PASS;
+        let embed = |model: &SentenceTransformer, folder: &Path| {
+            let part = model.embed(chunk).map_err(|e| texts.name_line(e, start, folder));
+            progress.advance(chunk.len() as u64);
+            part
+        };
+        let a = embed(&dense, &args.dense)?;
+        if let (Some(model), Some(c)) = (&int8_products, &mut int8_comparison) {
+            c.add(&a, &embed(model, &args.pruned)?)?;
+        }
+        comparison.add(&a, &embed(&pruned, &args.pruned)?)?;
+    }
+    let int8 = int8_comparison.map(Comparison::finish).transpose()?;
+    let result = comparison.finish()?;
     progress.finish();
     // After the embeddings, which can still fail on a line: an error is one line.
     warnings.report();

@@ -36,62 +36,127 @@ pub struct Agreement {
 pub const NEIGHBOUR_SENTENCES: usize = 4096;
 
 /// Compares the embeddings `dense` and `pruned` (one column per sentence, the same
-/// sentences in the same order).
+/// sentences in the same order). [`Comparison`] does the same a batch of sentences at a
+/// time.
 ///
 /// # Errors
 /// [`Error::Argument`] if the two have different shapes or there is no sentence.
 pub fn agreement(dense: &DMatrix<f32>, pruned: &DMatrix<f32>) -> Result<Agreement> {
-    if dense.shape() != pruned.shape() {
-        return Err(Error::Argument(format!(
-            "the embeddings differ in shape: {:?} and {:?} (hidden x sentences)",
-            dense.shape(),
-            pruned.shape()
-        )));
+    let mut comparison = Comparison::new();
+    comparison.add(dense, pruned)?;
+    comparison.finish()
+}
+
+/// [`agreement`] built up a batch of sentences at a time, so that a long text file
+/// need not have all its embeddings in memory at once: each sentence leaves its cosine,
+/// and the first [`NEIGHBOUR_SENTENCES`] their embeddings for the neighbour measure.
+#[derive(Debug, Clone, Default)]
+pub struct Comparison {
+    /// The embeddings' dimension, from the first batch.
+    hidden: Option<usize>,
+    /// Each sentence's cosine between its two embeddings, in order.
+    cosines: Vec<f64>,
+    /// The first sentences' unit embeddings, column after column, of each model.
+    dense_units: Vec<f64>,
+    pruned_units: Vec<f64>,
+}
+
+impl Comparison {
+    /// A comparison of no sentence yet.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
     }
-    let n = dense.ncols();
-    if n == 0 {
-        return Err(Error::Argument("no sentence to compare".into()));
+
+    /// Sentences compared so far.
+    #[must_use]
+    pub fn sentences(&self) -> usize {
+        self.cosines.len()
     }
-    let unit = |m: &DMatrix<f32>| {
-        let mut m = m.map(f64::from);
-        for mut c in m.column_iter_mut() {
+
+    /// Adds the next sentences: their embeddings by the dense and the pruned model, one
+    /// column per sentence, in the same order.
+    ///
+    /// # Errors
+    /// [`Error::Argument`] if the two have different shapes, or a different dimension
+    /// than the sentences added before.
+    pub fn add(&mut self, dense: &DMatrix<f32>, pruned: &DMatrix<f32>) -> Result<()> {
+        if dense.shape() != pruned.shape() {
+            return Err(Error::Argument(format!(
+                "the embeddings differ in shape: {:?} and {:?} (hidden x sentences)",
+                dense.shape(),
+                pruned.shape()
+            )));
+        }
+        let hidden = dense.nrows();
+        if let Some(before) = self.hidden
+            && before != hidden
+        {
+            return Err(Error::Argument(format!(
+                "the embeddings have {hidden} dimensions, those added before {before}"
+            )));
+        }
+        self.hidden = Some(hidden);
+        let unit = |c: nalgebra::DVectorView<'_, f32>| {
+            let mut c = c.map(f64::from);
             let norm = c.norm().max(1e-12);
             c /= norm;
+            c
+        };
+        for (a, b) in dense.column_iter().zip(pruned.column_iter()) {
+            let (a, b) = (unit(a), unit(b));
+            self.cosines.push(a.dot(&b));
+            if self.cosines.len() <= NEIGHBOUR_SENTENCES {
+                self.dense_units.extend(a.iter());
+                self.pruned_units.extend(b.iter());
+            }
         }
-        m
-    };
-    let (a, b) = (unit(dense), unit(pruned));
-    let mut cosines: Vec<f64> = (0..n).map(|i| a.column(i).dot(&b.column(i))).collect();
-    let mean_cosine = cosines.iter().sum::<f64>() / n as f64;
-    cosines.sort_by(f64::total_cmp);
-    // Nearest rank: the ceil(0.05 n)-th smallest (1-based).
-    let p5_cosine = cosines[((0.05 * n as f64).ceil() as usize).max(1) - 1];
-    let m = n.min(NEIGHBOUR_SENTENCES);
-    let k = 10.min(m.saturating_sub(2));
-    let neighbour_overlap = if k == 0 {
-        None
-    } else {
-        let (a, b) = (a.columns(0, m).into_owned(), b.columns(0, m).into_owned());
-        // A sentence at a time (on rayon's threads), so that memory grows with the
-        // sentences, not with their pairs.
-        let shared: usize = (0..m)
-            .into_par_iter()
-            .map(|i| {
-                let na = nearest(&a, i, k);
-                nearest(&b, i, k).iter().filter(|j| na.contains(j)).count()
-            })
-            .sum();
-        Some(shared as f64 / (m * k) as f64)
-    };
-    Ok(Agreement {
-        sentences: n,
-        mean_cosine,
-        p5_cosine,
-        min_cosine: cosines[0],
-        k,
-        neighbour_sentences: m,
-        neighbour_overlap,
-    })
+        Ok(())
+    }
+
+    /// The agreement over every sentence added.
+    ///
+    /// # Errors
+    /// [`Error::Argument`] if no sentence was added.
+    pub fn finish(self) -> Result<Agreement> {
+        let Self { hidden, mut cosines, dense_units, pruned_units } = self;
+        let n = cosines.len();
+        if n == 0 {
+            return Err(Error::Argument("no sentence to compare".into()));
+        }
+        let hidden = hidden.unwrap_or(0);
+        let mean_cosine = cosines.iter().sum::<f64>() / n as f64;
+        cosines.sort_by(f64::total_cmp);
+        // Nearest rank: the ceil(0.05 n)-th smallest (1-based).
+        let p5_cosine = cosines[((0.05 * n as f64).ceil() as usize).max(1) - 1];
+        let m = n.min(NEIGHBOUR_SENTENCES);
+        let k = 10.min(m.saturating_sub(2));
+        let neighbour_overlap = if k == 0 {
+            None
+        } else {
+            let a = DMatrix::from_vec(hidden, m, dense_units);
+            let b = DMatrix::from_vec(hidden, m, pruned_units);
+            // A sentence at a time (on rayon's threads), so that memory grows with the
+            // sentences, not with their pairs.
+            let shared: usize = (0..m)
+                .into_par_iter()
+                .map(|i| {
+                    let na = nearest(&a, i, k);
+                    nearest(&b, i, k).iter().filter(|j| na.contains(j)).count()
+                })
+                .sum();
+            Some(shared as f64 / (m * k) as f64)
+        };
+        Ok(Agreement {
+            sentences: n,
+            mean_cosine,
+            p5_cosine,
+            min_cosine: cosines[0],
+            k,
+            neighbour_sentences: m,
+            neighbour_overlap,
+        })
+    }
 }
 
 /// The `k` sentences whose unit embeddings (the columns of `unit`) are most similar to
@@ -112,6 +177,33 @@ fn nearest(unit: &DMatrix<f64>, me: usize, k: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_comparison_in_batches_equals_one_over_all_sentences() {
+        let n = NEIGHBOUR_SENTENCES + 70;
+        let dense = DMatrix::from_fn(3, n, |r, c| (((c % 97) * (r + 3) * 7) % 11) as f32 - 5.0);
+        let pruned = DMatrix::from_fn(3, n, |r, c| (((c % 89) * (r + 2) * 5) % 13) as f32 - 6.0);
+        let whole = agreement(&dense, &pruned).unwrap();
+        // Uneven batches, one of them straddling the neighbour sentences' end.
+        let mut comparison = Comparison::new();
+        let mut start = 0;
+        for width in [1, 1000, NEIGHBOUR_SENTENCES - 1020, 50, 39] {
+            let (a, b) = (dense.columns(start, width), pruned.columns(start, width));
+            comparison.add(&a.into_owned(), &b.into_owned()).unwrap();
+            start += width;
+        }
+        assert_eq!((start, comparison.sentences()), (n, n));
+        assert_eq!(comparison.finish().unwrap(), whole);
+        // A batch of another dimension is refused, as is finishing with no sentence.
+        let mut comparison = Comparison::new();
+        comparison
+            .add(&dense.columns(0, 2).into_owned(), &pruned.columns(0, 2).into_owned())
+            .unwrap();
+        let wider = DMatrix::<f32>::zeros(4, 2);
+        let err = comparison.add(&wider, &wider).unwrap_err().to_string();
+        assert!(err.contains("4 dimensions, those added before 3"), "{err}");
+        assert!(Comparison::new().finish().is_err());
+    }
 
     #[test]
     fn identical_embeddings_agree_fully() {

@@ -59,7 +59,7 @@ pub use bert::{
 };
 pub use config::{Activation, BertConfig, Pooling, SentenceConfig};
 pub use error::{Error, Result};
-pub use eval::{Agreement, NEIGHBOUR_SENTENCES, agreement};
+pub use eval::{Agreement, Comparison, NEIGHBOUR_SENTENCES, agreement};
 pub use formats::{FormatChoice, TIMING_TOKENS, choose_formats};
 pub use linear::{Linear, int8_matrix};
 pub use prune::{Method, PruneSpec, PrunedLinear, Step, prune_model};
