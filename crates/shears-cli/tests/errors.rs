@@ -166,32 +166,18 @@ fn bad_arguments() {
     assert!(met.status.success() && !stderr(&met).contains("lowers"), "{}", stderr(&met));
     std::fs::remove_file(&out).unwrap();
     fails(&strs(&prune(&[])), &out, "--sparsity is required");
-    fails(
-        &["prune", i, "-o", o, "-s", "0.5", "--include", "nothing-matches"],
-        &out,
-        "nothing-matches",
-    );
-    fails(
-        &["prune", i, "-o", o, "-s", "0.5", "--exclude", "nothing-matches"],
-        &out,
-        "nothing-matches",
-    );
-    // The regex crate's report of a syntax error (pattern, caret, reason) is one clause.
-    fails(
-        &["prune", i, "-o", o, "-s", "0.5", "--include", "(["],
-        &out,
-        "--include `([` is not a valid regex: unclosed character class",
-    );
-    fails(
-        &["prune", i, "-o", o, "-s", "0.5", "--include", ""],
-        &out,
-        "--include is empty, which matches every tensor name: give a pattern",
-    );
-    fails(
-        &["prune", i, "-o", o, "-s", "0.5", "--transposed", "("],
-        &out,
-        "--transposed `(` is not a valid regex: unclosed group",
-    );
+    // A pattern that matches nothing, does not parse, or is empty (an unset shell
+    // variable) is named with its option.
+    for (option, pattern, said) in [
+        ("--include", "nothing-matches", "nothing-matches"),
+        ("--exclude", "nothing-matches", "nothing-matches"),
+        // The regex crate's report of a syntax error (pattern, caret, reason) is one clause.
+        ("--include", "([", "--include `([` is not a valid regex: unclosed character class"),
+        ("--include", "", "--include is empty, which matches every tensor name: give a pattern"),
+        ("--transposed", "(", "--transposed `(` is not a valid regex: unclosed group"),
+    ] {
+        fails(&["prune", i, "-o", o, "-s", "0.5", option, pattern], &out, said);
+    }
     fails(
         &strs(&prune(&["-s", "0.5", "--pattern", "3:7"])),
         &out,

@@ -8,7 +8,7 @@ use safetensors::Dtype;
 use serde_json::Value;
 use shears_models::SentenceTransformer;
 
-use crate::util::{least_cosine, read, shears, stderr, stdout};
+use crate::util::{edit_json, least_cosine, read, shears, stderr, stdout};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -285,10 +285,7 @@ fn eval_refuses_models_that_tokenize_differently() {
     let other = dir.path().join("other");
     copy_tiny_bert(&other);
     // The same vocabulary, read without lowercasing: capitals become other tokens.
-    let path = other.join("tokenizer.json");
-    let mut tokenizer: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    tokenizer["normalizer"]["lowercase"] = false.into();
-    std::fs::write(&path, serde_json::to_vec(&tokenizer).unwrap()).unwrap();
+    edit_json(&other.join("tokenizer.json"), |t| t["normalizer"]["lowercase"] = false.into());
     let texts = dir.path().join("texts.txt");
     std::fs::write(&texts, "the cat sat\n\nThe Cat Sat\nbirds fly\n").unwrap();
     let (dense, texts) = (tiny_bert(), texts.to_str().unwrap().to_owned());
@@ -387,10 +384,7 @@ fn calibrated_methods_say_why_a_chosen_tensor_is_not_theirs() {
     assert!(said.contains(" other chosen tensors): leave out --all"), "{said}");
     let fewer = dir.path().join("fewer");
     copy_tiny_bert(&fewer);
-    let path = fewer.join("config.json");
-    let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    config["num_hidden_layers"] = 1.into();
-    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    edit_json(&fewer.join("config.json"), |c| c["num_hidden_layers"] = 1.into());
     let args = ["prune", fewer.to_str().unwrap(), "-o", o, "--method", "wanda", "--calib", &calib];
     let got = shears(&[&args[..], &["-s", "0.5"]].concat());
     assert_eq!(got.status.code(), Some(2), "{}", stderr(&got));
@@ -413,11 +407,10 @@ fn eval_names_the_config_fields_two_models_differ_in() {
     let dir = tempfile::tempdir().unwrap();
     let other = dir.path().join("other");
     copy_tiny_bert(&other);
-    let path = other.join("config.json");
-    let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-    config["hidden_act"] = "relu".into();
-    config["layer_norm_eps"] = 1e-5.into();
-    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    edit_json(&other.join("config.json"), |c| {
+        c["hidden_act"] = "relu".into();
+        c["layer_norm_eps"] = 1e-5.into();
+    });
     let pooling = r#"{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}"#;
     std::fs::write(other.join("1_Pooling/config.json"), pooling).unwrap();
     let (dense, texts) = (tiny_bert(), sentences("validation.txt"));
@@ -1122,9 +1115,7 @@ fn tokenizers_that_panic_the_library_are_one_line_errors() {
         let model = dir.path().join(name);
         copy_tiny_bert(&model);
         let tokenizer = model.join("tokenizer.json");
-        let mut json: Value = serde_json::from_slice(&std::fs::read(&tokenizer).unwrap()).unwrap();
-        json[part] = serde_json::from_str(value).unwrap();
-        std::fs::write(&tokenizer, serde_json::to_vec(&json).unwrap()).unwrap();
+        edit_json(&tokenizer, |t| t[part] = serde_json::from_str(value).unwrap());
         let m = model.to_str().unwrap();
         let o = out.to_str().unwrap();
         let named = format!("{}: ", tokenizer.display());
@@ -1284,9 +1275,7 @@ fn a_text_of_no_tokens_is_an_error_naming_its_line() {
     let model = dir.path().join("model");
     copy_tiny_bert(&model);
     let tokenizer = model.join("tokenizer.json");
-    let mut json: Value = serde_json::from_slice(&std::fs::read(&tokenizer).unwrap()).unwrap();
-    json["post_processor"] = Value::Null;
-    std::fs::write(&tokenizer, serde_json::to_vec(&json).unwrap()).unwrap();
+    edit_json(&tokenizer, |t| t["post_processor"] = Value::Null);
     let texts = dir.path().join("texts.txt");
     // Line 4 is a control character, which `trim` keeps and BERT's normaliser removes.
     std::fs::write(&texts, "the cat sat\n\nthe dog ran\n\u{7}\nthe end\n").unwrap();
@@ -1384,10 +1373,10 @@ fn bench_fits_its_default_sentence_length_to_the_model() {
     assert_eq!(json["seq_len"], 64);
     // A tokenizer adding three special tokens leaves no room for text in 3 tokens.
     let tokenizer = model.join("tokenizer.json");
-    let mut json: Value = serde_json::from_slice(&std::fs::read(&tokenizer).unwrap()).unwrap();
-    let cls = json["post_processor"]["single"][0].clone();
-    json["post_processor"]["single"].as_array_mut().unwrap().insert(0, cls);
-    std::fs::write(&tokenizer, serde_json::to_vec(&json).unwrap()).unwrap();
+    edit_json(&tokenizer, |t| {
+        let cls = t["post_processor"]["single"][0].clone();
+        t["post_processor"]["single"].as_array_mut().unwrap().insert(0, cls);
+    });
     let no_room = "a maximum length of 3 tokens leaves no room for text after the tokenizer's 3";
     refused(&["bench", m, "--texts", &texts, "--seq-len", "3"], &format!("--seq-len: {no_room}"));
     refused(

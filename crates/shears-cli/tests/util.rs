@@ -154,3 +154,12 @@ pub(crate) fn least_cosine(a: &serde_json::Value, b: &serde_json::Value) -> f64 
         })
         .fold(f64::INFINITY, f64::min)
 }
+
+/// Rewrites the JSON file at `path` (a model folder's config or tokenizer) as `edit`
+/// changes it.
+pub(crate) fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    edit(&mut json);
+    std::fs::write(path, serde_json::to_vec(&json).unwrap()).unwrap();
+}
