@@ -1176,7 +1176,9 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
     };
     let quantized = match &report.quantized {
         Some(scheme) => format!(
-            ", quantized to {scheme} ({} to {} of tensors)",
+            ", quantized to {scheme}{} ({} to {} of tensors)",
+            // Without --quantize, int8 tensors pruned again keep the scheme they had.
+            if args.quantize.is_none() { ", the model's own scheme" } else { "" },
             byte_size(report.bytes_before),
             byte_size(report.bytes_after)
         ),

@@ -114,16 +114,16 @@ impl Quantize {
         Ok(Some(Quantize { requested, shards, requantized }))
     }
 
-    /// The schemes written, for the report: `--quantize`'s, or those of the model's
-    /// int8 tensors quantized anew.
+    /// The schemes written, as `--quantize` takes them (for the report and the files'
+    /// record): `--quantize`'s, or those of the model's int8 tensors quantized anew,
+    /// comma-separated.
     pub(crate) fn describe(&self) -> String {
         if let Some(r) = self.requested {
             return r.to_string();
         }
         let schemes: BTreeSet<String> =
             self.shards.iter().flatten().map(|(scheme, _)| scheme.to_string()).collect();
-        let list: Vec<String> = schemes.into_iter().collect();
-        format!("{}, the model's own scheme", list.join(", "))
+        schemes.into_iter().collect::<Vec<_>>().join(", ")
     }
 
     /// A warning if int8 tensors of the input are quantized again in another scheme:

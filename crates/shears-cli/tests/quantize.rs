@@ -309,7 +309,8 @@ fn a_quantized_model_prunes_again_in_its_own_scheme() {
     let tensor = |name: &str| {
         second["tensors"].as_array().unwrap().iter().find(|t| t["name"] == name).unwrap().clone()
     };
-    assert_eq!(second["quantized"], "int8:group=4, the model's own scheme");
+    // As --quantize takes it, so that the record runs again.
+    assert_eq!(second["quantized"], "int8:group=4");
     assert_eq!(tensor("fc1.weight")["dtype_written"], "I8");
     assert_eq!(tensor("fc1.weight")["sparsity_after"], 0.75);
     assert_eq!(tensor("fc1.weight.scale")["pruned"], false);
@@ -318,6 +319,11 @@ fn a_quantized_model_prunes_again_in_its_own_scheme() {
     assert_eq!(again["fc1.weight"].2.iter().filter(|&&v| v == 0.0).count(), 96);
     let inspected = json(&["inspect", &path("q2.safetensors"), "--json", "-q"]);
     assert_eq!(inspected["total"]["parameters"], 128 + 8 + 32, "scales are not parameters");
+    // The summary says whose scheme it is.
+    let q = path("q.safetensors");
+    let o = shears(&["prune", &q, "-o", &path("q4.safetensors"), "-s", "0.75", "--all", "-q"]);
+    let summary = stdout(&o).lines().last().unwrap_or_default().to_owned();
+    assert!(summary.contains(", quantized to int8:group=4, the model's own scheme ("), "{summary}");
     // Another scheme for some of the int8 tensors would mix two in one file.
     let o = shears(&[
         "prune",
