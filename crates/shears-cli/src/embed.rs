@@ -933,7 +933,7 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
                 outln!("{name:<24}{:<16}{}", show(value(int8)), show(value(&result)))?;
             }
             outln!(
-                "(int8 products: the int8 layers run on tokens rounded to int8, as shears runs them; weights as f32: dequantized)"
+                "(int8 products: the int8 layers run on tokens rounded to int8, as bench and embed --fastest run them; weights as f32: dequantized, as embed runs them)"
             )?;
         }
     }

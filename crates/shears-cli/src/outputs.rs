@@ -627,8 +627,17 @@ impl NewFolders {
         match std::fs::create_dir(folder) {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 if let Ok(target) = std::fs::read_link(folder) {
+                    // A link that leads nowhere: at once, or through further links,
+                    // which may loop.
+                    let beside = folder.parent().unwrap_or_else(|| Path::new("."));
+                    let through = std::fs::symlink_metadata(beside.join(&target)).is_ok();
+                    let leads = if through {
+                        "which leads to no folder (through links that loop or end at nothing)"
+                    } else {
+                        "which does not exist"
+                    };
                     bail!(
-                        "cannot create the folder {}: it is a link to {}, which does not exist",
+                        "cannot create the folder {}: it is a link to {}, {leads}",
                         folder.display(),
                         target.display()
                     );

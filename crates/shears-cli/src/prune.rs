@@ -1198,6 +1198,10 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
     }
     let what = match &report.masks_in {
         // Without a target, the run applies the masks and prunes nothing more.
+        // SparseGPT moves the weights the masks keep to make up for those they prune.
+        Some(m) if report.sparsity == 0.0 && report.calibration.is_some() => {
+            format!("{} from the masks of {m}", report.method)
+        }
         Some(m) if report.sparsity == 0.0 => format!("the masks of {m}"),
         None if report.sparsity == 0.0 => "nothing pruned (--sparsity 0)".to_owned(),
         Some(m) => format!(

@@ -250,6 +250,27 @@ fn calibrated_runs_count_the_zeros_they_start_from() {
     let counted = before(&o);
     assert_eq!(counted.len(), 12);
     assert!(counted.iter().all(|(_, s)| *s == 0.5), "{counted:?}");
+    // SparseGPT from the masks alone (no target): the masked weights go, the kept ones
+    // move to make up for them, and the summary names the method.
+    let rebuilt = dir.path().join("rebuilt");
+    let o = shears(
+        &[
+            &["prune", dense.to_str().unwrap(), "-o", rebuilt.to_str().unwrap()][..],
+            &["--method", "sparsegpt", "--calib", &calib, "--masks-in", m, "-q"],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let summary = stdout(&o).lines().last().unwrap_or_default().to_owned();
+    let says = format!("sparsegpt from the masks of {m}, calibrated on ");
+    assert!(summary.starts_with(&says), "{summary}");
+    let (first, second) =
+        (read(&dense.join("model.safetensors")), read(&rebuilt.join("model.safetensors")));
+    let (_, _, query) = &first["encoder.layer.0.attention.self.query.weight"];
+    let (_, _, moved) = &second["encoder.layer.0.attention.self.query.weight"];
+    let zeros = moved.iter().filter(|v| **v == 0.0).count();
+    assert_eq!(zeros, moved.len() / 2, "the mask's half");
+    assert!(query.iter().zip(moved).any(|(a, b)| *b != 0.0 && a != b), "kept weights moved");
 }
 
 /// A sentence's neighbours never include all the others, which any two models share:
@@ -1501,5 +1522,13 @@ fn an_output_folder_another_run_writes_into_is_refused() {
         assert!(stderr(&o).contains("which does not exist"), "{}", stderr(&o));
         assert_eq!(stderr(&o).trim_end().lines().count(), 1, "{}", stderr(&o));
         assert!(!dir.path().join("nowhere").exists());
+        // Links that loop lead to no folder, though the next link exists.
+        let (a, b) = (dir.path().join("loop-a"), dir.path().join("loop-b"));
+        std::os::unix::fs::symlink(&b, &a).unwrap();
+        std::os::unix::fs::symlink(&a, &b).unwrap();
+        let o = shears(&["prune", model.to_str().unwrap(), "-o", a.to_str().unwrap(), "-s", "0.5"]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let said = "which leads to no folder (through links that loop or end at nothing)\n";
+        assert!(stderr(&o).ends_with(said), "{}", stderr(&o));
     }
 }

@@ -142,7 +142,9 @@ pub fn check_output(path: &Path) -> Result<()> {
         });
     }
     let Ok(meta) = std::fs::symlink_metadata(path) else { return Ok(()) };
-    let reason = if meta.file_type().is_symlink() {
+    let reason = if meta.file_type().is_symlink() && std::fs::metadata(path).is_err() {
+        "it is a symbolic link that leads to no file (its target is missing, or the links loop)"
+    } else if meta.file_type().is_symlink() {
         "it is a symbolic link (give the path it points to)"
     } else if meta.is_dir() {
         "it is a directory"
@@ -475,7 +477,19 @@ mod tests {
         {
             let link = dir.path().join("link");
             std::os::unix::fs::symlink(&file, &link).unwrap();
-            assert!(matches!(check_output(&link), Err(Error::Output { .. })));
+            let e = check_output(&link).unwrap_err().to_string();
+            assert!(e.ends_with("it is a symbolic link (give the path it points to)"), "{e}");
+            // A link to nothing, and links that loop, have no path to give.
+            let (dangling, a, b) =
+                (dir.path().join("dangling"), dir.path().join("a"), dir.path().join("b"));
+            std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
+            std::os::unix::fs::symlink(&b, &a).unwrap();
+            std::os::unix::fs::symlink(&a, &b).unwrap();
+            for link in [dangling, a] {
+                let e = check_output(&link).unwrap_err().to_string();
+                let said = "it is a symbolic link that leads to no file (its target is missing, or the links loop)";
+                assert!(e.ends_with(said), "{e}");
+            }
         }
         assert!(matches!(require_regular_file(dir.path()), Err(Error::Input { .. })));
         assert!(matches!(require_regular_file(&dir.path().join("absent")), Err(Error::Io { .. })));
