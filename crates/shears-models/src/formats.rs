@@ -64,7 +64,9 @@ pub struct FormatChoice {
     /// The proposed format's time, if one was timed: for N:M and for weights whose rows
     /// all keep the same count, and for int8, the fastest of all the layers of this shape
     /// and kind, as for dense; for projections planned as one, their one product's, the
-    /// fastest of all the layers'.
+    /// fastest of all the layers'. A product that ran over four times the dense time on a
+    /// sixteenth of the tokens (and longer than a few milliseconds) is not run on all of
+    /// them: its time is that sixteenth's, a lower bound.
     pub proposed_seconds: Option<f64>,
     /// The format the layer now runs in.
     pub chosen: String,
@@ -608,7 +610,37 @@ impl ShapeTimes {
         row_length: Option<usize>,
         rival: Option<f64>,
     ) -> Result<f64> {
-        self.time_kind(Self::kind(linear, row_length), rival, || linear.forward(x).map(drop))
+        let kind = Self::kind(linear, row_length);
+        let probed = rival.is_some() && self.fastest(kind).is_none() && x.ncols() >= PROBE_SLICES;
+        let slice = probed.then(|| x.columns(0, x.ncols() / PROBE_SLICES).into_owned());
+        let probe = slice.as_ref().map(|slice| || linear.forward(slice).map(drop));
+        self.time_probed(kind, rival, probe, || linear.forward(x).map(drop))
+    }
+
+    /// Times `product`, of `kind`, as [`ShapeTimes::time_kind`] does, after `probe` (the
+    /// same product on a slice of its tokens) if there is one and the kind has no time
+    /// yet: a slice is less work than the whole, so a slice hopeless against `rival`
+    /// (see [`hopeless`]) rules the whole out at a fraction of its cost, and its time
+    /// stands for the kind's, a lower bound.
+    fn time_probed(
+        &mut self,
+        kind: Option<ProductKind>,
+        rival: Option<f64>,
+        probe: Option<impl FnOnce() -> Result<()>>,
+        product: impl FnMut() -> Result<()>,
+    ) -> Result<f64> {
+        if let Some(probe) = probe
+            && self.fastest(kind).is_none()
+        {
+            let seconds = once(probe)?;
+            if hopeless(seconds, rival) {
+                if let Some(kind) = kind {
+                    self.fastest.push((kind, seconds));
+                }
+                return Ok(seconds);
+            }
+        }
+        self.time_kind(kind, rival, product)
     }
 
     /// Times `product`, of `kind`, and returns the fastest product of that kind so far
@@ -663,6 +695,11 @@ const TIMING_BUDGET: Duration = Duration::from_millis(4);
 
 /// The most runs any one timing takes.
 const MAX_TIMED_RUNS: usize = 64;
+
+/// The share of the tokens (one in this many) a product not timed before is first run
+/// on, where it has a rival: if that alone is hopeless (see [`hopeless`]), the product
+/// is not run on all of them, and its time is the slice's, a lower bound.
+const PROBE_SLICES: usize = 16;
 
 /// How many times its rival's time a product's best run may take before it is
 /// hopeless (see [`hopeless`]).
@@ -746,6 +783,24 @@ mod tests {
         assert_eq!(runs.get(), 2);
         times.time_kind(None, None, product).unwrap();
         assert_eq!(runs.get(), 2 + TIMED_RUNS);
+        // A kind first run on a hopeless slice of its tokens is not run in full, now or
+        // for later layers.
+        let other = ProductKind { rows: 8, ..kind };
+        let probes = std::cell::Cell::new(0);
+        let probe = || {
+            probes.set(probes.get() + 1);
+            std::thread::sleep(slow);
+            Ok(())
+        };
+        let sliced = times.time_probed(Some(other), Some(0.0), Some(probe), product).unwrap();
+        assert!(sliced >= slow.as_secs_f64());
+        assert_eq!((probes.get(), runs.get()), (1, 2 + TIMED_RUNS));
+        times.time_probed(Some(other), Some(0.0), Some(probe), product).unwrap();
+        assert_eq!((probes.get(), runs.get()), (1, 2 + TIMED_RUNS));
+        // A slice it may yet win from is followed by the whole product.
+        let third = ProductKind { rows: 16, ..kind };
+        times.time_probed(Some(third), Some(1e9), Some(probe), product).unwrap();
+        assert_eq!((probes.get(), runs.get()), (2, 2 + 2 * TIMED_RUNS));
         // Hopeless means past both the factor and the budget: a short product is timed
         // in full however far behind it is.
         let budget = TIMING_BUDGET.as_secs_f64();
