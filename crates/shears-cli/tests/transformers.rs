@@ -750,6 +750,11 @@ fn the_whole_model_bench_times_dense_and_sparse_runs() {
     prune("wanda", &out, &["-s", "0.9"]);
     let texts = sentences("validation.txt");
     let args = ["bench", out.to_str().unwrap(), "--texts", &texts, "--seq-len", "16"];
+    // A model with no pruned layer has no formats to say anything of.
+    let dense = tiny_bert();
+    let table = ok(&["bench", dense.to_str().unwrap(), "--texts", &texts, "--seq-len", "16", "-q"]);
+    let last = table.lines().last().unwrap_or_default();
+    assert!(last.ends_with("0: no layer is pruned; the model runs dense"), "{table}");
     let json: Value =
         serde_json::from_str(&ok(&[&args[..], &["--batch", "1,2", "--json", "-q"]].concat()))
             .unwrap();
