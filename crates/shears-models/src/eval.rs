@@ -178,11 +178,17 @@ fn nearest(unit: &DMatrix<f64>, me: usize, k: usize) -> Vec<usize> {
 mod tests {
     use super::*;
 
+    /// Embeddings of `n` sentences by two models that agree in part, 3 dimensions each.
+    fn two_models(n: usize) -> (DMatrix<f32>, DMatrix<f32>) {
+        let dense = DMatrix::from_fn(3, n, |r, c| (((c % 97) * (r + 3) * 7) % 11) as f32 - 5.0);
+        let pruned = DMatrix::from_fn(3, n, |r, c| (((c % 89) * (r + 2) * 5) % 13) as f32 - 6.0);
+        (dense, pruned)
+    }
+
     #[test]
     fn a_comparison_in_batches_equals_one_over_all_sentences() {
         let n = NEIGHBOUR_SENTENCES + 70;
-        let dense = DMatrix::from_fn(3, n, |r, c| (((c % 97) * (r + 3) * 7) % 11) as f32 - 5.0);
-        let pruned = DMatrix::from_fn(3, n, |r, c| (((c % 89) * (r + 2) * 5) % 13) as f32 - 6.0);
+        let (dense, pruned) = two_models(n);
         let whole = agreement(&dense, &pruned).unwrap();
         // Uneven batches, one of them straddling the neighbour sentences' end.
         let mut comparison = Comparison::new();
@@ -219,8 +225,7 @@ mod tests {
     #[test]
     fn neighbours_are_measured_over_the_first_sentences() {
         let n = NEIGHBOUR_SENTENCES + 50;
-        let dense = DMatrix::from_fn(3, n, |r, c| (((c % 97) * (r + 3) * 7) % 11) as f32 - 5.0);
-        let pruned = DMatrix::from_fn(3, n, |r, c| (((c % 89) * (r + 2) * 5) % 13) as f32 - 6.0);
+        let (dense, pruned) = two_models(n);
         let all = agreement(&dense, &pruned).unwrap();
         let m = NEIGHBOUR_SENTENCES;
         let first =
