@@ -883,6 +883,14 @@ fn prune<'a, T: Float>(
     if let Some(warning) = quantize.and_then(Quantize::requantized_warning) {
         warnings.add(warning);
     }
+    if let (Some(masks), Some(shears_models::Method::SparseGpt(_))) =
+        (&args.masks_out, job.calibrated)
+    {
+        warnings.add(format!(
+            "--masks-out {} marks the weights sparsegpt kept, but it also changed their values: the masks on the original weights do not give this model (load the pruned weights, zero where the masks prune)",
+            masks.display()
+        ));
+    }
     if let Some(q) = quantize
         && bytes_after > total_bytes
     {

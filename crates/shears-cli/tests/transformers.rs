@@ -251,12 +251,16 @@ fn calibrated_runs_count_the_zeros_they_start_from() {
     assert_eq!(counted.len(), 12);
     assert!(counted.iter().all(|(_, s)| *s == 0.5), "{counted:?}");
     // SparseGPT from the masks alone (no target): the masked weights go, the kept ones
-    // move to make up for them, and the summary names the method.
+    // move to make up for them, and the summary names the method. Its own masks are
+    // the same ones, and a warning says that they do not give this model on the
+    // original weights.
     let rebuilt = dir.path().join("rebuilt");
+    let masks_again = dir.path().join("masks-again.safetensors");
     let o = shears(
         &[
             &["prune", dense.to_str().unwrap(), "-o", rebuilt.to_str().unwrap()][..],
             &["--method", "sparsegpt", "--calib", &calib, "--masks-in", m, "-q"],
+            &["--masks-out", masks_again.to_str().unwrap()],
         ]
         .concat(),
     );
@@ -264,6 +268,12 @@ fn calibrated_runs_count_the_zeros_they_start_from() {
     let summary = stdout(&o).lines().last().unwrap_or_default().to_owned();
     let says = format!("sparsegpt from the masks of {m}, calibrated on ");
     assert!(summary.starts_with(&says), "{summary}");
+    let warned = format!(
+        "warning: --masks-out {} marks the weights sparsegpt kept, but it also changed their values",
+        masks_again.display()
+    );
+    assert!(stderr(&o).contains(&warned), "{}", stderr(&o));
+    assert_eq!(read(&masks_again), read(&masks), "the --masks-in masks, unchanged");
     let (first, second) =
         (read(&dense.join("model.safetensors")), read(&rebuilt.join("model.safetensors")));
     let (_, _, query) = &first["encoder.layer.0.attention.self.query.weight"];
