@@ -253,8 +253,9 @@ pub(crate) struct EmbedArgs {
     pub(crate) texts: PathBuf,
     /// Write the embeddings here: a safetensors file with an F32 tensor `embeddings` of
     /// shape [sentences, hidden] and an I64 tensor `lines`, the line of FILE (counted
-    /// from 1) each row embeds. Give it, --json, or both (--fastest alone only reports
-    /// its timing).
+    /// from 1) each row embeds, and metadata naming the model folder and FILE (model,
+    /// texts, max_len, pooling, normalized, shears). Give it, --json, or both
+    /// (--fastest alone only reports its timing).
     #[arg(short, long, value_name = "FILE")]
     pub(crate) output: Option<PathBuf>,
     /// Tokens per sentence (default: the model's max_seq_length).

@@ -1,6 +1,7 @@
 //! `shears embed` and `shears eval`: running a (pruned) sentence-transformer folder, and
 //! measuring what a pruned one keeps of the dense one.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -377,7 +378,8 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
     warnings.report();
     let lines = &texts.lines;
     if let Some(out) = &args.output {
-        write_embeddings(out, &embeddings, lines)?;
+        let metadata = embeddings_metadata(&args.model, &args.texts, &model);
+        write_embeddings(out, &embeddings, lines, &metadata)?;
     }
     // Rows no longer match lines one for one when blank lines were skipped.
     let skipped = lines.last().map_or(0, |&last| last - lines.len());
@@ -676,16 +678,55 @@ fn format_name(format: &str) -> String {
     if format == "int8" { "int8 (integer products)".to_owned() } else { format.to_owned() }
 }
 
+/// What an embeddings file says of how it was made, in its safetensors metadata: the
+/// model folder and the text file by name (not by this machine's paths), the tokens per
+/// sentence, the pooling and normalisation, and the shears version.
+fn embeddings_metadata(
+    folder: &Path,
+    texts: &Path,
+    model: &SentenceTransformer,
+) -> HashMap<String, String> {
+    // The name a user gave, or for `.` and the like the folder's own.
+    let name = |path: &Path| {
+        let named = path.file_name().map(|n| n.to_owned());
+        let resolved = || path.canonicalize().ok()?.file_name().map(|n| n.to_owned());
+        named.or_else(resolved).map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    };
+    HashMap::from([
+        ("model".to_owned(), name(folder)),
+        ("texts".to_owned(), name(texts)),
+        ("max_len".to_owned(), model.tokenizer.max_len().to_string()),
+        ("pooling".to_owned(), pooling_name(model.sentence.pooling).to_owned()),
+        ("normalized".to_owned(), model.sentence.normalize.to_string()),
+        ("shears".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+    ])
+}
+
+/// A pooling as sentence-transformers' `1_Pooling/config.json` names its mode.
+fn pooling_name(pooling: Pooling) -> &'static str {
+    match pooling {
+        Pooling::Mean => "mean",
+        Pooling::Cls => "cls",
+        Pooling::Max => "max",
+    }
+}
+
 /// `embeddings` (hidden x sentences) as a safetensors file of an `[sentences, hidden]`
 /// F32 tensor `embeddings` and a `[sentences]` I64 tensor `lines` (each row's line in the
-/// text file, from 1), written atomically.
-fn write_embeddings(out: &Path, embeddings: &DMatrix<f32>, lines: &[usize]) -> Result<()> {
+/// text file, from 1), with `metadata`, written atomically.
+fn write_embeddings(
+    out: &Path,
+    embeddings: &DMatrix<f32>,
+    lines: &[usize],
+    metadata: &HashMap<String, String>,
+) -> Result<()> {
     let (hidden, n) = embeddings.shape();
     let entries = shears_io::layout([
         ("embeddings".to_owned(), Dtype::F32, vec![n, hidden]),
         ("lines".to_owned(), Dtype::I64, vec![n]),
     ])?;
-    shears_io::write_safetensors(out, &entries, None, |name, w| -> shears_io::Result<()> {
+    let metadata = Some(metadata);
+    shears_io::write_safetensors(out, &entries, metadata, |name, w| -> shears_io::Result<()> {
         let written = if name == "lines" {
             let bytes: Vec<u8> = lines.iter().flat_map(|&l| (l as i64).to_le_bytes()).collect();
             w.write_all(&bytes)
@@ -710,12 +751,7 @@ fn config_differences(a: &SentenceTransformer, b: &SentenceTransformer) -> Vec<S
     let mut differ = encoder_differences(a.model.config(), b.model.config());
     let (x, y) = (&a.sentence, &b.sentence);
     if x.pooling != y.pooling {
-        let name = |p: Pooling| match p {
-            Pooling::Mean => "mean",
-            Pooling::Cls => "cls",
-            Pooling::Max => "max",
-        };
-        differ.push(format!("pooling {} and {}", name(x.pooling), name(y.pooling)));
+        differ.push(format!("pooling {} and {}", pooling_name(x.pooling), pooling_name(y.pooling)));
     }
     if x.normalize != y.normalize {
         differ.push(format!("normalize {} and {}", x.normalize, y.normalize));

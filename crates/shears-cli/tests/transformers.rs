@@ -673,6 +673,21 @@ fn embed_writes_unit_embeddings_to_a_file_or_as_json() {
     let written = read(&out);
     let (_, shape, values) = &written["embeddings"];
     assert_eq!(shape, &[2, 32]);
+    // The file says what made it: the folder and the texts by name, and the settings.
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&std::fs::read(&out).unwrap()).unwrap();
+    let metadata = header.metadata().clone().unwrap();
+    let model_name = model.file_name().unwrap().to_str().unwrap();
+    for (key, value) in [
+        ("model", model_name),
+        ("texts", "texts.txt"),
+        ("max_len", "16"),
+        ("pooling", "mean"),
+        ("normalized", "true"),
+        ("shears", env!("CARGO_PKG_VERSION")),
+    ] {
+        assert_eq!(metadata.get(key).map(String::as_str), Some(value), "{key}: {metadata:?}");
+    }
     let (dtype, shape, lines) = &written["lines"];
     assert_eq!(
         (*dtype, shape.as_slice(), lines.as_slice()),
