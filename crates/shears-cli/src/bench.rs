@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use nalgebra::{DMatrix, DVector};
 use serde::Serialize;
 use shears_core::WeightShape;
-use shears_io::{Dtype, Model, is_float, quantized_matrix_shape, scale_name};
+use shears_io::{Dtype, Model, TensorRef, is_float, quantized_matrix_shape, scale_name};
 use shears_models::Linear;
 use shears_sparse::{Format, Int8Csr, Int8Matrix, QuantScheme, SparseProduct, choose_format};
 use shears_strategies::TensorRole;
@@ -133,7 +133,7 @@ fn forward_us(linear: &Linear, x: &DMatrix<f32>) -> Result<f64> {
 /// Tensor `t`'s stored int8 values and scales as an [`Int8Matrix`] of the matrix it is
 /// seen as ([`quantized_matrix_shape`]: a convolution's `(out, in * kh * kw)`), if it is
 /// a 2-D or 4-D int8 tensor.
-fn stored_int8(model: &Model, t: shears_io::TensorRef) -> Result<Option<Int8Matrix>> {
+fn stored_int8(model: &Model, t: TensorRef) -> Result<Option<Int8Matrix>> {
     if !matches!(t.info.shape.len(), 2 | 4) {
         return Ok(None);
     }
@@ -178,20 +178,23 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             layers.len()
         );
     }
+    // An int8 weight without its scales cannot be timed. In a quantized model (another
+    // int8 tensor has its scales) it is a weight gone wrong, which would otherwise drop
+    // out of the table and the model's totals without a word.
+    let scaled = |t: &TensorRef<'_>| model.find(&scale_name(t.name)).is_some();
+    let int8 = |t: &TensorRef<'_>| t.info.dtype == Dtype::I8 && matches!(t.info.shape.len(), 2 | 4);
+    let quantized = model.tensors().any(|t| int8(&t) && scaled(&t));
+    if let Some(t) = model.tensors().find(|t| int8(t) && !scaled(t))
+        && (quantized || layers.is_empty())
+    {
+        bail!(
+            "{}: tensor `{}` is int8 without its scales `{}`, so it cannot be decoded or timed",
+            args.input.display(),
+            t.name,
+            scale_name(t.name)
+        );
+    }
     if layers.is_empty() {
-        let unscaled = model.tensors().find(|t| {
-            t.info.dtype == Dtype::I8
-                && matches!(t.info.shape.len(), 2 | 4)
-                && model.find(&scale_name(t.name)).is_none()
-        });
-        if let Some(t) = unscaled {
-            bail!(
-                "{}: tensor `{}` is int8 without its scales `{}`, so it cannot be decoded or timed",
-                args.input.display(),
-                t.name,
-                scale_name(t.name)
-            );
-        }
         let floating =
             model.tensors().any(|t| is_float(t.info.dtype) && matches!(t.info.shape.len(), 2 | 4));
         if args.all || !floating {

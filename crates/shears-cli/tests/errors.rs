@@ -343,6 +343,14 @@ fn bench_refuses_oversized_products_and_unscaled_int8_first() {
     write(&unscaled, &[T { name: "fc.weight", dtype: Dtype::I8, shape: vec![4, 8], values }]);
     let u = unscaled.to_str().unwrap();
     fails(&["bench", u, "--all"], &out, "`fc.weight` is int8 without its scales `fc.weight.scale`");
+    // Beside int8 weights that have their scales, it is not left out of the table.
+    let partly = dir.path().join("partly.safetensors");
+    let int8 = |name| T { name, dtype: Dtype::I8, shape: vec![4, 4], values: vec![1.0; 16] };
+    let scale =
+        T { name: "a.weight.scale", dtype: Dtype::F32, shape: vec![4], values: vec![0.01; 4] };
+    write(&partly, &[int8("a.weight"), scale, int8("b.weight")]);
+    let p = partly.to_str().unwrap();
+    fails(&["bench", p], &out, "`b.weight` is int8 without its scales `b.weight.scale`");
 
     // More weights than one run times (each takes milliseconds at least): refused
     // before the first is timed.
