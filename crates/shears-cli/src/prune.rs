@@ -963,6 +963,25 @@ fn prune<'a, T: Float>(
             ));
         }
     }
+    // A target too small to prune one weight anywhere: the run wrote the weights as
+    // they were (calibrating for nothing, with a calibrated method).
+    let mut chosen = rows.iter().filter(|r| r.choice.chosen).peekable();
+    let unpruned = |r: &Row| match (r.sparsity_before, r.sparsity_after) {
+        (Some(before), Some(after)) => {
+            after == before && before < r.target.unwrap_or(job.sparsity.get())
+        }
+        _ => false,
+    };
+    if job.sparsity.get() > 0.0
+        && args.masks_in.is_none()
+        && chosen.peek().is_some()
+        && chosen.all(unpruned)
+    {
+        warnings.add(format!(
+            "--sparsity {} pruned no weight: in each chosen tensor it rounds to none",
+            sparsity_text(job.sparsity.get())
+        ));
+    }
     // Tensors whose zeros already passed their target: zeros stay pruned, so these end
     // above it (further still where a pattern or int8 rounding adds zeros), and one
     // warning says so for all of them; none at --sparsity 0, which asks for no pruning.
@@ -1116,6 +1135,12 @@ fn unprunable_counts(rows: &[&Row<'_>]) -> Option<String> {
     Some(parts.fold(first, |all, part| format!("{all}, {part}")))
 }
 
+/// A sparsity as the summary and warnings write it: a tiny target (1e-320) in plain
+/// decimals would be hundreds of digits.
+fn sparsity_text(sparsity: f64) -> String {
+    if sparsity > 0.0 && sparsity < 1e-4 { format!("{sparsity:e}") } else { format!("{sparsity}") }
+}
+
 fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
     report.warnings.report();
     if args.json {
@@ -1196,11 +1221,7 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
         Some(m) => format!(" and the masks to {m}"),
         None => String::new(),
     };
-    // A tiny target (1e-320) in plain decimals would be hundreds of digits.
-    let mut at = match report.sparsity {
-        s if s > 0.0 && s < 1e-4 => format!("{s:e}"),
-        s => format!("{s}"),
-    };
+    let mut at = sparsity_text(report.sparsity);
     if report.rounding != shears_core::Rounding::default().to_string() {
         at.push_str(&format!(" (--rounding {})", report.rounding));
     }

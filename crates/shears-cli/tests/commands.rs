@@ -464,7 +464,8 @@ fn each_prune_appends_its_run_to_the_record() {
     );
 }
 
-/// A target too small to print in decimals is printed with an exponent.
+/// A target too small to print in decimals is printed with an exponent, and one too
+/// small to prune a weight says so.
 #[test]
 fn a_tiny_sparsity_is_summarised_in_one_short_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -474,4 +475,8 @@ fn a_tiny_sparsity_is_summarised_in_one_short_line() {
     let summary = stdout(&o);
     assert!(summary.contains("layer scope, at 1e-320: wrote"), "{summary}");
     assert!(summary.lines().all(|l| l.len() < 300), "{summary}");
+    let warned = "shears: warning: --sparsity 1e-320 pruned no weight: in each chosen tensor it rounds to none\n";
+    assert_eq!(stderr(&o), warned);
+    let o = prune_ok(&input, &out, &["-s", "0.5", "-q"]);
+    assert!(!stderr(&o).contains("pruned no weight"), "{}", stderr(&o));
 }
