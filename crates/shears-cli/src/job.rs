@@ -44,9 +44,9 @@ impl Job {
             if !args.grads.is_empty() || args.scores.is_some() {
                 bail!("--method {m} scores from --calib text; --grads and --scores are not read");
             }
-            if args.scope != Scope::Layer || args.min_density > 0.0 {
+            if args.scope != Scope::Layer {
                 bail!(
-                    "--method {m} prunes each layer to the target: --scope global and --min-density do not apply"
+                    "--method {m} prunes each layer to its own target, from that layer's inputs: --scope global does not apply"
                 );
             }
             if !args.transposed.is_empty() {

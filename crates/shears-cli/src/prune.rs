@@ -642,7 +642,8 @@ fn record_of(
             Pattern::Blocks { reduction, .. } => Some(reduction.to_string()),
             _ => None,
         },
-        min_density: (job.scope == Scope::Global).then_some(job.min_density),
+        // The floor that lowers a tensor's target, in either scope, when given.
+        min_density: (job.min_density > 0.0).then_some(job.min_density),
         seed: matches!(job.criterion, Criterion::Random { .. }).then_some(args.seed.unwrap_or(0)),
         masks_in: args.masks_in.is_some(),
         calibration: calibration.map(calibrated::Calibration::record),
@@ -1224,6 +1225,9 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
     let mut at = sparsity_text(report.sparsity);
     if report.rounding != shears_core::Rounding::default().to_string() {
         at.push_str(&format!(" (--rounding {})", report.rounding));
+    }
+    if report.min_density > 0.0 {
+        at.push_str(&format!(" (--min-density {})", report.min_density));
     }
     let what = match &report.masks_in {
         // Without a target, the run applies the masks and prunes nothing more.

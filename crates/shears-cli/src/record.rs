@@ -150,7 +150,8 @@ pub(crate) fn describe(run: &Value) -> String {
     if let Some(rounding) = run["rounding"].as_str().filter(|r| *r != "half-even") {
         words.push_str(&format!(" (rounding {})", cut(rounding)));
     }
-    if let Some(density) = fraction(&run["min_density"]) {
+    // 0 is no floor (records of global runs wrote it when none was given).
+    if let Some(density) = fraction(&run["min_density"]).filter(|d| *d > 0.0) {
         words.push_str(&format!(" (min density {density})"));
     }
     if run["masks_in"] == true {

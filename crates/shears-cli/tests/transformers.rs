@@ -135,6 +135,31 @@ fn wanda_and_sparsegpt_prune_a_folder_to_exact_counts_that_shears_runs_again() {
     }
 }
 
+/// `--min-density` caps each layer's target for the calibrated methods as for the
+/// others, and the summary and the record name the floor beside the target asked for.
+#[test]
+fn calibrated_methods_keep_the_min_density() {
+    let dir = tempfile::tempdir().unwrap();
+    for method in ["wanda", "sparsegpt"] {
+        let out = dir.path().join(method);
+        let o = out.to_str().unwrap();
+        let summary = prune(method, &out, &["-s", "0.9", "--min-density", "0.25"]);
+        let says = format!("{method} unstructured, layer scope, at 0.9 (--min-density 0.25), ");
+        assert!(summary.contains(&says), "{summary}");
+        let pruned = read(&out.join("model.safetensors"));
+        let linears: Vec<_> = pruned.iter().filter(|(n, _)| is_encoder_linear(n)).collect();
+        assert_eq!(linears.len(), 12);
+        for (name, (_, _, values)) in linears {
+            let zeros = values.iter().filter(|v| **v == 0.0).count();
+            assert_eq!(zeros, values.len() * 3 / 4, "{method}: `{name}` keeps a quarter");
+        }
+        let recorded = format!(
+            "pruned by shears: {method} unstructured, layer scope, at 0.9 (min density 0.25) (calibrated on "
+        );
+        assert!(ok(&["inspect", o]).contains(&recorded), "{recorded}");
+    }
+}
+
 /// Pruning a pruned model towards a lower sparsity prunes nothing more (zeros stay
 /// pruned), and one warning says so for every tensor, or names the one.
 #[test]
