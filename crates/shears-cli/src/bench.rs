@@ -80,6 +80,9 @@ struct Report {
 /// The format name of a layer stored as int8.
 const INT8: &str = "int8";
 
+/// The spatial size of convolution inputs without `--spatial`: a late ResNet stage's.
+const DEFAULT_SPATIAL: (usize, usize) = (14, 14);
+
 /// The most f32 values of inputs and outputs one timed product may take (1 GiB).
 const MAX_OPERANDS: usize = 1 << 28;
 
@@ -157,6 +160,17 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     }
     crate::hub::check_not_hub_id(&args.input)?;
     if args.texts.is_some() {
+        // The whole model runs its own layers on the sentences: nothing to choose or shape.
+        if args.spatial.is_some() {
+            bail!(
+                "--spatial shapes the inputs of convolution layers; --texts times a BERT-family model, which has none"
+            );
+        }
+        if args.all {
+            bail!(
+                "--all times every 2-D and 4-D tensor as a layer; --texts times the whole model, which runs the layers it has"
+            );
+        }
         return crate::model_bench::run(args, &batches);
     }
     if args.seq_len.is_some() {
@@ -208,7 +222,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             args.input.display()
         );
     }
-    let (h, w) = args.spatial;
+    let (h, w) = args.spatial.unwrap_or(DEFAULT_SPATIAL);
     let convolutions = layers.iter().any(|(t, _)| t.info.shape.len() == 4);
     // Every product's operands are bounded before anything is read or timed.
     let largest = batches.last().copied().unwrap_or(1);

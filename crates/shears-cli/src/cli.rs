@@ -210,14 +210,9 @@ pub(crate) struct BenchArgs {
     )]
     pub(crate) batch: Vec<usize>,
     /// Spatial size of convolution inputs, HxW: a conv layer is timed as its im2col
-    /// product over H*W positions per sample.
-    #[arg(
-        long,
-        default_value = "14x14",
-        value_parser = parse_spatial,
-        allow_negative_numbers = true,
-    )]
-    pub(crate) spatial: (usize, usize),
+    /// product over H*W positions per sample [default: 14x14].
+    #[arg(long, value_name = "HxW", value_parser = parse_spatial, allow_negative_numbers = true)]
+    pub(crate) spatial: Option<(usize, usize)>,
     /// Time every 2-D and 4-D floating tensor, embeddings and heads included.
     #[arg(long)]
     pub(crate) all: bool,

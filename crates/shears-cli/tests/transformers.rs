@@ -978,6 +978,16 @@ fn calibrated_methods_refuse_what_they_cannot_do_before_writing() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
         assert!(err.contains("model.safetensors") || err.contains(".txt"), "{args:?}: {err}");
     }
+    // Options of the per-layer bench that the whole model has no use for are refused.
+    for (option, said) in [
+        (&["--spatial", "7x7"][..], "--spatial shapes the inputs of convolution layers"),
+        (&["--all"][..], "--all times every 2-D and 4-D tensor as a layer"),
+    ] {
+        let o = shears(&[&["bench", model, "--texts", &calib][..], option].concat());
+        assert_eq!(o.status.code(), Some(2), "{option:?}");
+        assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+        assert!(stderr(&o).contains(said), "{}", stderr(&o));
+    }
     // A weights file where the folder belongs is named as such, with or without -o.
     let embeddings = dir.path().join("embeddings.safetensors");
     let (w, e) = (weights.to_str().unwrap(), embeddings.to_str().unwrap());
