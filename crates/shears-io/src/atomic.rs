@@ -24,6 +24,10 @@ use crate::paths::check_output;
 /// The prefix of every temporary file shears writes.
 pub const TEMPORARY_PREFIX: &str = ".shears-tmp-";
 
+/// How many taken temporary names one output passes over before it gives up: a folder
+/// where that many are taken is being filled on purpose.
+const TAKEN_NAMES: usize = 1024;
+
 /// Bytes of the target's name kept in its temporary's name.
 const NAME_BYTES: usize = 40;
 
@@ -101,8 +105,6 @@ impl PendingFile {
         for stale in leftovers(&dir).into_iter().filter(|l| l.target_name == short) {
             let _ = std::fs::remove_file(stale.path);
         }
-        let number = NEXT.fetch_add(1, Ordering::Relaxed);
-        let temporary = dir.join(temporary_name(std::process::id(), number, short));
         // Created and listed under the lock, so `remove_pending` sees every temporary
         // that exists, and none is created after it ran.
         let mut list = pending();
@@ -112,12 +114,21 @@ impl PendingFile {
                 reason: "the process is exiting",
             });
         }
-        // A new file only: never one a link at that name points to.
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temporary)
-            .map_err(|e| Error::io("write", target, e))?;
+        let mut taken = 0;
+        let (temporary, file) = loop {
+            let number = NEXT.fetch_add(1, Ordering::Relaxed);
+            let temporary = dir.join(temporary_name(std::process::id(), number, short));
+            // A new file only: never one a link at that name points to. A name that is
+            // taken (by an earlier process that had this PID, or by anything planted
+            // there) is passed over for the next number.
+            match std::fs::OpenOptions::new().write(true).create_new(true).open(&temporary) {
+                Ok(file) => break (temporary, file),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && taken < TAKEN_NAMES => {
+                    taken += 1;
+                }
+                Err(e) => return Err(Error::io("write", target, e)),
+            }
+        };
         list.push(temporary.clone());
         drop(list);
         Ok((PendingFile { target: target.to_owned(), temporary, done: false }, file))
@@ -526,14 +537,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let victim = dir.path().join("victim");
         std::fs::write(&victim, b"keep").unwrap();
+        // Links at the names this process would take next: each is passed over, none
+        // is opened, and the output is still written.
         let next = NEXT.load(Ordering::Relaxed);
         for n in next..next + 64 {
-            let planted =
-                dir.path().join(format!("{TEMPORARY_PREFIX}{}-{n}.out", std::process::id()));
+            let planted = dir.path().join(temporary_name(std::process::id(), n, "out"));
             std::os::unix::fs::symlink(&victim, planted).unwrap();
         }
-        let _ = write_atomic(&dir.path().join("out"), b"new");
+        write_atomic(&dir.path().join("out"), b"new").unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(std::fs::read(dir.path().join("out")).unwrap(), b"new");
     }
 
     #[test]
