@@ -312,7 +312,9 @@ pub struct Leftover {
 /// (on Linux; elsewhere none is known to be dead, and none is listed). The next run
 /// writing the same output removes those of that output; the others are for whoever
 /// finds them (a command line can say so: they can be deleted). Temporaries of another
-/// host or namespace, whose PIDs this process cannot look up, are never listed.
+/// host or namespace, whose PIDs this process cannot look up, are never listed; nor is
+/// anything but a regular file (shears makes no other kind, so a folder or link of such
+/// a name is someone else's).
 pub fn leftovers(dir: &Path) -> Vec<Leftover> {
     let Some(host) = host_tag() else { return Vec::new() };
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
@@ -329,6 +331,9 @@ pub fn leftovers(dir: &Path) -> Vec<Leftover> {
             continue;
         };
         let Ok(pid) = pid.parse::<u32>() else { continue };
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
         if tag == host && pid != std::process::id() && !process_alive(pid) {
             found.push(Leftover { path: entry.path(), target_name: target_name.to_owned() });
         }
@@ -516,6 +521,9 @@ mod tests {
         for p in [&stale, &other, &live, &foreign, &untagged, &unrelated] {
             std::fs::write(p, b"").unwrap();
         }
+        // Named as a dead run's, but no file: shears writes files only.
+        let folder = temporary(&format!("{dead}-1-{host}.y"));
+        std::fs::create_dir(&folder).unwrap();
         let judged = host_tag().is_some();
         let listed: Vec<PathBuf> = leftovers(dir.path()).into_iter().map(|l| l.path).collect();
         assert_eq!(listed, if judged { vec![stale.clone(), other.clone()] } else { vec![] });
@@ -523,6 +531,7 @@ mod tests {
         assert_eq!(stale.exists(), !judged, "a dead run's temporary of the same output goes");
         assert!(other.exists(), "another output's is only listed");
         assert!(live.exists() && foreign.exists() && untagged.exists() && unrelated.exists());
+        assert!(folder.is_dir(), "not shears' to remove");
         // This process's temporaries carry the tag the judging reads.
         if let Some(host) = host_tag() {
             let (pending, _file) = PendingFile::create(&dir.path().join("w")).unwrap();
