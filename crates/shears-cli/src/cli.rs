@@ -231,7 +231,12 @@ pub(crate) struct BenchArgs {
         allow_negative_numbers = true,
     )]
     pub(crate) seq_len: Option<u32>,
-    /// Print one JSON document instead of the table.
+    /// Print one JSON document instead of the table. Per layer: `tensors`, each batch's
+    /// row with `dense_us`, `sparse_us` (the table's "picked us", in `format`),
+    /// `int8_csr_us` and `int8_dense_us`; per batch: `total`, with `chosen_us` (formats
+    /// as picked) and `best_us` (dense where that is faster). With --texts, `settings`: a
+    /// batch each, with the whole model's `dense_ms` and `sparse_ms` (median, min, max,
+    /// runs), and each linear layer's timed formats under `layers`.
     #[arg(long)]
     pub(crate) json: bool,
     /// No progress bar.
