@@ -192,15 +192,19 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             layers.len()
         );
     }
-    // An int8 weight without its scales cannot be timed. In a quantized model (another
-    // int8 tensor has its scales) it is a weight gone wrong, which would otherwise drop
-    // out of the table and the model's totals without a word.
-    let scaled = |t: &TensorRef<'_>| model.find(&scale_name(t.name)).is_some();
-    let int8 = |t: &TensorRef<'_>| t.info.dtype == Dtype::I8 && matches!(t.info.shape.len(), 2 | 4);
-    let quantized = model.tensors().any(|t| int8(&t) && scaled(&t));
-    if let Some(t) = model.tensors().find(|t| int8(t) && !scaled(t))
-        && (quantized || layers.is_empty())
-    {
+    // An int8 weight without its scales cannot be decoded, so it is not among the layers;
+    // one that would be timed if it could is refused rather than left out of the table
+    // and the model's totals without a word (and so is any, when nothing else is timed).
+    let unscaled = |t: &TensorRef<'_>| {
+        t.info.dtype == Dtype::I8
+            && matches!(t.info.shape.len(), 2 | 4)
+            && model.find(&scale_name(t.name)).is_none()
+    };
+    let would_time = |t: &TensorRef<'_>| {
+        let role = TensorRole::classify(t.name, true, &t.info.shape);
+        role.pruned_by_default() || (args.all && role.prunable())
+    };
+    if let Some(t) = model.tensors().find(|t| unscaled(t) && (would_time(t) || layers.is_empty())) {
         bail!(
             "{}: tensor `{}` is int8 without its scales `{}`, so it cannot be decoded or timed",
             args.input.display(),

@@ -351,6 +351,14 @@ fn bench_refuses_oversized_products_and_unscaled_int8_first() {
     write(&partly, &[int8("a.weight"), scale, int8("b.weight")]);
     let p = partly.to_str().unwrap();
     fails(&["bench", p], &out, "`b.weight` is int8 without its scales `b.weight.scale`");
+    // An int8 tensor bench would not time anyway (an embedding, a buffer) is no reason
+    // to refuse the rest.
+    let buffer =
+        T { name: "emb.rel_table", dtype: Dtype::I8, shape: vec![4, 4], values: vec![1.0; 16] };
+    let scale =
+        T { name: "a.weight.scale", dtype: Dtype::F32, shape: vec![4], values: vec![0.01; 4] };
+    write(&partly, &[int8("a.weight"), scale, buffer]);
+    assert!(shears(&["bench", p, "--batch", "1", "-q"]).status.success());
 
     // More weights than one run times (each takes milliseconds at least): refused
     // before the first is timed.
