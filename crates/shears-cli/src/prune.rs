@@ -38,6 +38,9 @@ struct Row<'a> {
     sparsity_after: Option<f64>,
     /// Written as int8 with scales.
     quantized: bool,
+    /// Weights this run's mask pruned beyond those pruned before it (the weights' zeros,
+    /// and the `--masks-in` mask's), int8 rounding aside.
+    pruned_now: usize,
 }
 
 impl Row<'_> {
@@ -740,6 +743,7 @@ fn prune<'a, T: Float>(
                 sparsity_before: None,
                 sparsity_after: None,
                 quantized: false,
+                pruned_now: 0,
             };
             let bytes = (info.data_offsets.1 - info.data_offsets.0) as u64;
             if !choice.chosen && quantize.is_some_and(|q| q.replaces(s, name)) {
@@ -780,12 +784,14 @@ fn prune<'a, T: Float>(
                 };
             let before = fraction(zeros_before, new_weights.len());
             mask.apply_in_place(&mut new_weights)?;
-            let after = fraction(zeros(&new_weights), new_weights.len());
+            let zeros_after = zeros(&new_weights);
+            let after = fraction(zeros_after, new_weights.len());
             let target = (job.scope == Scope::Layer).then(|| job.layer_target().get());
             rows.push(Row {
                 target,
                 sparsity_before: Some(before),
                 sparsity_after: Some(after),
+                pruned_now: zeros_after.saturating_sub(zeros_before),
                 ..row_base
             });
             let weights = &new_weights;
@@ -884,8 +890,11 @@ fn prune<'a, T: Float>(
     if let Some(warning) = quantize.and_then(Quantize::requantized_warning) {
         warnings.add(warning);
     }
-    if let (Some(masks), Some(shears_models::Method::SparseGpt(_))) =
-        (&args.masks_out, job.calibrated)
+    // SparseGPT moves kept weights to make up for those it prunes, or those the
+    // --masks-in masks prune: with neither, it changed nothing.
+    let pruned_any = rows.iter().any(|r| r.pruned_now > 0) || args.masks_in.is_some();
+    if let (Some(masks), Some(shears_models::Method::SparseGpt(_)), true) =
+        (&args.masks_out, job.calibrated, pruned_any)
     {
         warnings.add(format!(
             "--masks-out {} marks the weights sparsegpt kept, but it also changed their values: the masks on the original weights do not give this model (load the pruned weights, zero where the masks prune)",
@@ -965,21 +974,23 @@ fn prune<'a, T: Float>(
         }
     }
     // A target too small to prune one weight anywhere: the run wrote the weights as
-    // they were (calibrating for nothing, with a calibrated method).
+    // they were (calibrating for nothing, with a calibrated method). Tensors already past
+    // their target have a warning of their own below.
     let mut chosen = rows.iter().filter(|r| r.choice.chosen).peekable();
-    let unpruned = |r: &Row| match (r.sparsity_before, r.sparsity_after) {
-        (Some(before), Some(after)) => {
-            after == before && before < r.target.unwrap_or(job.sparsity.get())
-        }
-        _ => false,
+    let unpruned = |r: &Row| {
+        let target = r.target.unwrap_or(job.sparsity.get());
+        r.pruned_now == 0 && r.sparsity_before.is_some_and(|before| before <= target + 0.005)
     };
-    if job.sparsity.get() > 0.0
-        && args.masks_in.is_none()
-        && chosen.peek().is_some()
-        && chosen.all(unpruned)
-    {
+    // A --min-density that takes the target to 0 has said so already.
+    let asked = if global.is_some() { job.sparsity } else { job.layer_target() };
+    if asked.get() > 0.0 && chosen.peek().is_some() && chosen.all(unpruned) {
+        let count = if global.is_some() {
+            "as one count over the chosen tensors"
+        } else {
+            "in each chosen tensor"
+        };
         warnings.add(format!(
-            "--sparsity {} pruned no weight: in each chosen tensor it rounds to none",
+            "--sparsity {} pruned no weight: {count} it rounds to none",
             sparsity_text(job.sparsity.get())
         ));
     }

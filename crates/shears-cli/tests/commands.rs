@@ -479,4 +479,11 @@ fn a_tiny_sparsity_is_summarised_in_one_short_line() {
     assert_eq!(stderr(&o), warned);
     let o = prune_ok(&input, &out, &["-s", "0.5", "-q"]);
     assert!(!stderr(&o).contains("pruned no weight"), "{}", stderr(&o));
+    // The zeros int8 rounding makes are not pruned by the target, and in global scope
+    // the one count over all tensors is what rounds to none.
+    let o = prune_ok(&input, &out, &["-s", "1e-9", "--quantize", "int8", "-q"]);
+    assert!(stderr(&o).contains("--sparsity 1e-9 pruned no weight: in each chosen"));
+    let o = prune_ok(&input, &out, &["-s", "1e-9", "--scope", "global", "-q"]);
+    let said = "--sparsity 1e-9 pruned no weight: as one count over the chosen tensors it rounds";
+    assert!(stderr(&o).contains(said), "{}", stderr(&o));
 }

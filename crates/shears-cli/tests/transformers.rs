@@ -158,6 +158,24 @@ fn calibrated_methods_keep_the_min_density() {
         );
         assert!(ok(&["inspect", o]).contains(&recorded), "{recorded}");
     }
+    // A floor of 1 keeps every weight: SparseGPT then changes none, and its masks say
+    // nothing but that (no warning that they miss its updates, none that a sparsity
+    // rounded to nothing).
+    let (kept, masks) = (dir.path().join("kept"), dir.path().join("kept-masks.safetensors"));
+    let m = masks.to_str().unwrap();
+    let (model, calib) = (tiny_bert(), sentences("calibration.txt"));
+    let o = shears(
+        &[
+            &["prune", model.to_str().unwrap(), "-o", kept.to_str().unwrap(), "-s", "0.5"][..],
+            &["--method", "sparsegpt", "--calib", &calib, "--min-density", "1", "--masks-out", m],
+        ]
+        .concat(),
+    );
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("lowers each tensor's target from 0.5 to 0"), "{err}");
+    assert!(!err.contains("--masks-out") && !err.contains("pruned no weight"), "{err}");
+    assert_eq!(read(&kept.join("model.safetensors")), read(&model.join("model.safetensors")));
 }
 
 /// Pruning a pruned model towards a lower sparsity prunes nothing more (zeros stay
