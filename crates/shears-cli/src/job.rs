@@ -172,6 +172,13 @@ impl Job {
         Sparsity::new(self.sparsity.get().min(1.0 - self.min_density)).unwrap_or(self.sparsity)
     }
 
+    /// How a tensor's target becomes a count in layer scope: where the minimum density
+    /// caps the target, toward zero, so that no tensor keeps less than the floor (a
+    /// capped target rounded to nearest or up can prune one weight, or row, past it).
+    pub(crate) fn layer_rounding(&self) -> Rounding {
+        if self.layer_target() == self.sparsity { self.rounding } else { Rounding::Truncate }
+    }
+
     /// The mask of `t` in layer scope.
     pub(crate) fn layer_mask<T: Float>(&self, t: &Tensor, loaded: &Loaded<T>) -> Result<Mask> {
         let ctx = LayerContext::new(t.name);
@@ -184,14 +191,15 @@ impl Job {
         Ok(match &loaded.scores {
             Some(scores) => {
                 let supplied = UserScores::new().with_layer(t.name, scores.clone());
-                let pruner =
-                    Pruner::new(supplied).with_pattern(self.pattern).with_rounding(self.rounding);
+                let pruner = Pruner::new(supplied)
+                    .with_pattern(self.pattern)
+                    .with_rounding(self.layer_rounding());
                 pruner.mask(&loaded.weights, &ctx, target)?
             }
             None => {
                 let pruner = Pruner::new(self.criterion)
                     .with_pattern(self.pattern)
-                    .with_rounding(self.rounding);
+                    .with_rounding(self.layer_rounding());
                 pruner.mask(&loaded.weights, &ctx, target)?
             }
         })

@@ -158,6 +158,25 @@ fn calibrated_methods_keep_the_min_density() {
         );
         assert!(ok(&["inspect", o]).contains(&recorded), "{recorded}");
     }
+    // A floor the tensors' sizes do not divide: counts round toward it, never past it
+    // (0.65 of 1024 weights rounded to nearest would keep 358, under 0.35).
+    for method in ["magnitude", "wanda", "sparsegpt"] {
+        let out = dir.path().join(format!("{method}-35"));
+        let model = tiny_bert();
+        let mut args = vec!["prune", model.to_str().unwrap(), "-o", out.to_str().unwrap()];
+        args.extend(["-s", "0.9", "--min-density", "0.35", "--method", method, "-q"]);
+        let calib = sentences("calibration.txt");
+        if method != "magnitude" {
+            args.extend(["--calib", &calib]);
+        }
+        ok(&args);
+        for (name, (_, _, values)) in read(&out.join("model.safetensors")) {
+            if is_encoder_linear(&name) {
+                let kept = values.iter().filter(|v| **v != 0.0).count();
+                assert!(kept as f64 >= 0.35 * values.len() as f64, "{method}: `{name}` {kept}");
+            }
+        }
+    }
     // A floor of 1 keeps every weight: SparseGPT then changes none, and its masks say
     // nothing but that (no warning that they miss its updates, none that a sparsity
     // rounded to nothing).
