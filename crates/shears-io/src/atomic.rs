@@ -364,7 +364,18 @@ fn shortened(name: &str) -> &str {
 
 /// Whether `pid` names a running process of this PID namespace (`/proc/{pid}`).
 fn process_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    // `/proc/PID/stat` reads `PID (COMM) STATE ...`; COMM may hold spaces and
+    // parentheses, so the state follows the last `)`. A zombie (Z) or dead (X) process
+    // has exited: its files are leftovers though its parent has not reaped it yet.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state =
+                stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+            !matches!(state, Some('Z' | 'X'))
+        }
+        // Gone, or unreadable for a reason that says nothing of it: alive unless gone.
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
 }
 
 /// Eight hex digits naming this host and PID namespace, the only place where a
@@ -500,6 +511,24 @@ mod tests {
         let target = dir.path().join("é".repeat(120)); // 240 bytes
         write_atomic(&target, b"x").unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"x");
+    }
+
+    /// A process that has exited but is not reaped yet (a zombie, as a killed run is
+    /// until its parent waits for it) is not running: its temporaries are leftovers.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_exited_process_not_yet_reaped_is_not_alive() {
+        assert!(process_alive(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let stat = format!("/proc/{}/stat", child.id());
+        // Until it has exited (it is not waited for, so it stays as a zombie).
+        let zombie =
+            |s: &str| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+        while !std::fs::read_to_string(&stat).is_ok_and(|s| zombie(&s)) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(!process_alive(child.id()));
+        child.wait().unwrap();
     }
 
     #[test]
