@@ -123,8 +123,14 @@ impl PendingFile {
             // there) is passed over for the next number.
             match std::fs::OpenOptions::new().write(true).create_new(true).open(&temporary) {
                 Ok(file) => break (temporary, file),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && taken < TAKEN_NAMES => {
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     taken += 1;
+                    if taken > TAKEN_NAMES {
+                        return Err(Error::Output {
+                            path: target.to_owned(),
+                            reason: "the names of its temporaries beside it are taken (1024 tried): remove the .shears-tmp-* entries there",
+                        });
+                    }
                 }
                 Err(e) => return Err(Error::io("write", target, e)),
             }
@@ -585,6 +591,22 @@ mod tests {
         write_atomic(&dir.path().join("out"), b"new").unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
         assert_eq!(std::fs::read(dir.path().join("out")).unwrap(), b"new");
+    }
+
+    /// A folder where every name the run would try is taken refuses the output with a
+    /// reason, after a bounded number of tries. (4096 names are planted: far more than
+    /// the temporaries every other test of this binary makes, which share the counter.)
+    #[test]
+    fn taken_temporary_names_give_up_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let next = NEXT.load(Ordering::Relaxed);
+        for n in next..next + 4096 {
+            std::fs::write(dir.path().join(temporary_name(std::process::id(), n, "out")), b"")
+                .unwrap();
+        }
+        let error = write_atomic(&dir.path().join("out"), b"new").unwrap_err().to_string();
+        assert!(error.contains("temporaries beside it are taken (1024 tried)"), "{error}");
+        assert!(!dir.path().join("out").exists());
     }
 
     #[test]
