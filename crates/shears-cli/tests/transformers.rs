@@ -8,7 +8,7 @@ use safetensors::Dtype;
 use serde_json::Value;
 use shears_models::SentenceTransformer;
 
-use crate::util::{edit_json, least_cosine, read, shears, stderr, stdout};
+use crate::util::{T, edit_json, least_cosine, read, shears, stderr, stdout, write};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -1157,6 +1157,52 @@ fn copies_keep_their_sources_permissions() {
 }
 
 /// Copies the tiny BERT's folder to `to`.
+/// SparseGPT's Hessian grows with the square of a layer's inputs, which `config.json`
+/// can set far out of proportion to the weights' bytes: past its bound, a run is one
+/// line naming the layer, with nothing written.
+#[test]
+fn sparsegpt_refuses_a_hessian_past_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let wide = dir.path().join("wide");
+    copy_tiny_bert(&wide);
+    let inner = 40_000;
+    edit_json(&wide.join("config.json"), |c| c["intermediate_size"] = inner.into());
+    let widened = |name: &str, shape: Vec<usize>, values: Vec<f64>| {
+        if name.ends_with("intermediate.dense.weight") {
+            (vec![inner, shape[1]], vec![0.0; inner * shape[1]])
+        } else if name.ends_with("intermediate.dense.bias") {
+            (vec![inner], vec![0.0; inner])
+        } else if name.ends_with(".output.dense.weight") && !name.contains("attention") {
+            (vec![shape[0], inner], vec![0.0; shape[0] * inner])
+        } else {
+            (shape, values)
+        }
+    };
+    let tensors: Vec<T> = read(&tiny_bert().join("model.safetensors"))
+        .into_iter()
+        .map(|(name, (dtype, shape, values))| {
+            let (shape, values) = widened(&name, shape, values);
+            T { name: Box::leak(name.into_boxed_str()), dtype, shape, values }
+        })
+        .collect();
+    write(&wide.join("model.safetensors"), &tensors);
+    let out = dir.path().join("out");
+    let calib = sentences("calibration.txt");
+    let o = shears(
+        &[
+            &["prune", wide.to_str().unwrap(), "-o", out.to_str().unwrap(), "-s", "0.5"][..],
+            &["--method", "sparsegpt", "--calib", &calib, "--calib-samples", "4"],
+        ]
+        .concat(),
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let said = "`encoder.layer.0.output.dense.weight` has 40000 inputs: SparseGPT's Hessian of them would take 11 GiB (shears factors at most 32768 inputs)";
+    assert!(err.contains(said), "{err}");
+    assert!(!out.exists());
+}
+
 fn copy_tiny_bert(to: &Path) {
     std::fs::create_dir_all(to.join("1_Pooling")).unwrap();
     for entry in std::fs::read_dir(tiny_bert()).unwrap() {
@@ -1368,9 +1414,9 @@ fn a_model_that_computes_nan_is_an_error() {
     let model = dir.path().join("model");
     copy_tiny_bert(&model);
     let weights = model.join("model.safetensors");
-    let mut tensors: Vec<crate::util::T> = read(&weights)
+    let mut tensors: Vec<T> = read(&weights)
         .into_iter()
-        .map(|(name, (dtype, shape, values))| crate::util::T {
+        .map(|(name, (dtype, shape, values))| T {
             name: Box::leak(name.into_boxed_str()),
             dtype,
             shape,
@@ -1379,7 +1425,7 @@ fn a_model_that_computes_nan_is_an_error() {
         .collect();
     let huge = tensors.iter_mut().find(|t| t.name == "encoder.layer.0.intermediate.dense.weight");
     huge.unwrap().values.iter_mut().for_each(|v| *v = 3e38);
-    crate::util::write(&weights, &tensors);
+    write(&weights, &tensors);
     let m = model.to_str().unwrap();
     let texts = sentences("validation.txt");
     let out = dir.path().join("e.safetensors");

@@ -84,9 +84,9 @@ pub struct PrunedLinear {
 /// next layer's input. One layer's statistics are held at a time.
 ///
 /// # Errors
-/// [`Error::Argument`] for a pattern other than unstructured or N:M, or no calibration
-/// token for a method that needs them; the errors of the methods and of the forward
-/// pass.
+/// [`Error::Argument`] for a pattern other than unstructured or N:M, no calibration
+/// token for a method that needs them, or SparseGPT on a layer of more than
+/// [`MAX_GRAM_INPUTS`] inputs; the errors of the methods and of the forward pass.
 pub fn prune_model(
     model: &mut BertModel,
     calibration: &Batch,
@@ -178,6 +178,11 @@ pub fn prune_model(
     Ok(pruned)
 }
 
+/// The most inputs of a linear layer SparseGPT prunes: its Hessian of them, in f64,
+/// then takes 8 GiB (and its factor as much again), as the widest feed-forward layers
+/// of today's large language models need.
+pub const MAX_GRAM_INPUTS: usize = 1 << 15;
+
 /// What calibration learned about one site's inputs, and (for SparseGPT) the factored
 /// inverse Hessian, computed once for the linears that share the site.
 struct Calibrated {
@@ -203,7 +208,17 @@ fn observe(
     for &k in chosen {
         let (site, linear) = layer.linears()[k];
         if !stats.iter().any(|c| c.site == site) {
-            let s = InputStats::new(linear.shape().1, gram);
+            let inputs = linear.shape().1;
+            // The Gram matrix and its factors grow with the square of the inputs, which a
+            // config can set far out of proportion to the weights' bytes.
+            if gram && inputs > MAX_GRAM_INPUTS {
+                return Err(Error::Argument(format!(
+                    "`{}` has {inputs} inputs: SparseGPT's Hessian of them would take {} GiB (shears factors at most {MAX_GRAM_INPUTS} inputs)",
+                    linear.name(),
+                    ((inputs as u64).pow(2) * 8) >> 30
+                )));
+            }
+            let s = InputStats::new(inputs, gram);
             let reader = linear.name().to_owned();
             stats.push(Calibrated { site, reader, stats: s, hessian: None });
         }
