@@ -44,24 +44,37 @@ impl PruneRate {
         self.0
     }
 
-    /// The sparsity after `rounds` rounds: `1 - (1 - p)^rounds`.
+    /// The sparsity after `rounds` rounds: `1 - (1 - p)^rounds` (as `-expm1(rounds ·
+    /// ln(1 - p))`, exact for rates too small for `1 - p` to differ from 1).
     pub fn after(self, rounds: u32) -> Sparsity {
-        let s = 1.0 - (1.0 - self.0).powi(rounds.min(i32::MAX as u32) as i32);
+        let s = -(f64::from(rounds) * (-self.0).ln_1p()).exp_m1();
         Sparsity::new(s.clamp(0.0, 1.0)).unwrap_or(Sparsity::ONE)
     }
 
-    /// The fewest rounds that reach `target` (within 1e-12); `u32::MAX` if the rate is 0
-    /// and the target is not.
+    /// The fewest rounds that reach `target` (within 1e-12); `u32::MAX` if no number of
+    /// rounds a `u32` holds does (a rate of 0, or one too small, for a target above 0).
     pub fn rounds_for(self, target: Sparsity) -> u32 {
-        if target.get() <= 1e-12 {
+        let target = target.get();
+        if target <= 1e-12 {
             return 0;
         }
-        if self.0 == 0.0 || target.get() >= 1.0 {
+        if self.0 == 0.0 || target >= 1.0 {
             return u32::MAX;
         }
-        let exact = (1.0 - target.get()).ln() / (1.0 - self.0).ln();
+        let exact = (-target).ln_1p() / (-self.0).ln_1p();
+        if exact >= f64::from(u32::MAX) {
+            return u32::MAX;
+        }
+        // The estimate is off by rounding alone, either way: a step or two at most.
+        let reaches = |k: u32| self.after(k).get() >= target - 1e-12;
         let mut k = exact.floor().max(0.0) as u32;
-        while self.after(k).get() < target.get() - 1e-12 {
+        while k > 0 && reaches(k - 1) {
+            k -= 1;
+        }
+        while !reaches(k) {
+            if k == u32::MAX {
+                return u32::MAX;
+            }
             k += 1;
         }
         k
@@ -236,7 +249,11 @@ impl Schedule {
                     && (step - p.begin_step).is_multiple_of(p.frequency);
                 (on_grid || step == p.end_step).then(|| self.target_at(step))
             }
-            _ => self.targets().into_iter().find(|&(t, _)| t == step).map(|(_, s)| s),
+            Schedule::OneShot(s) => (step == 0).then_some(*s),
+            // Without listing the rounds, which may be billions.
+            Schedule::Iterative { rounds, .. } => {
+                (1..=*rounds as usize).contains(&step).then(|| self.target_at(step))
+            }
         }
     }
 }
@@ -268,6 +285,34 @@ mod tests {
         assert_eq!(PruneRate::new(0.0).unwrap().rounds_for(s(0.5)), u32::MAX);
         assert_eq!(PruneRate::new(0.5).unwrap().rounds_for(s(0.75)), 2);
         assert_eq!(PruneRate::new(0.5).unwrap().rounds_for(s(0.76)), 3);
+    }
+
+    /// `rounds_for` gives the fewest rounds whose `after` reaches the target, for rates
+    /// from large to so small that no u32 of rounds reaches it (which used to loop).
+    #[test]
+    fn rounds_for_is_the_fewest_rounds_that_reach_the_target() {
+        let rates = [0.9, 0.5, 0.2, 0.01, 1e-4, 1e-6, 1e-9, 1e-10, 1e-17, f64::MIN_POSITIVE];
+        let targets = [1e-9, 0.001, 0.1, 0.36, 0.5, 0.9, 0.999, 1.0 - 1e-9];
+        for (rate, target) in rates.iter().flat_map(|r| targets.iter().map(move |t| (*r, *t))) {
+            let (p, t) = (PruneRate::new(rate).unwrap(), s(target));
+            let k = p.rounds_for(t);
+            let reaches = |k: u32| p.after(k).get() >= target - 1e-12;
+            if k == u32::MAX {
+                // Only where the closed form is past u32's range.
+                let exact = (-target).ln_1p() / (-rate).ln_1p();
+                assert!(exact > f64::from(u32::MAX) - 2.0, "{rate} {target}: {exact}");
+            } else {
+                assert!(reaches(k), "{rate} {target}: {k}");
+                assert!(k == 0 || !reaches(k - 1), "{rate} {target}: {k} is not the fewest");
+            }
+        }
+        // Billions of rounds are answered without listing them.
+        let long = Schedule::iterative(s(0.9), u32::MAX).unwrap();
+        assert_eq!(long.prune_at(u32::MAX as usize), Some(s(0.9)));
+        assert!(long.prune_at(1).is_some_and(|t| t.get() > 0.0 && t.get() < 1e-9));
+        assert_eq!(long.prune_at(0), None);
+        // Rates too small for 1 - p to differ from 1 still accumulate.
+        assert!(PruneRate::new(1e-17).unwrap().after(u32::MAX).get() > 0.0);
     }
 
     #[test]
