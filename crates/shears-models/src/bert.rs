@@ -294,8 +294,10 @@ impl BertModel {
     /// Builds the encoder from `config` and the weights of `model`.
     ///
     /// # Errors
-    /// As [`BertModel::load`].
+    /// [`Error::Argument`] for a config [`BertConfig::check`] refuses; otherwise as
+    /// [`BertModel::load`].
     pub fn from_weights(config: BertConfig, model: &Model) -> Result<BertModel> {
+        config.check()?;
         let prefix = ["", "bert."]
             .into_iter()
             .find(|p| model.find(&format!("{p}embeddings.word_embeddings.weight")).is_some())

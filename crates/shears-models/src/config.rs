@@ -18,6 +18,7 @@ const MAX_HIDDEN: usize = 1 << 16;
 const MAX_LAYERS: usize = 1 << 10;
 const MAX_VOCAB: usize = 1 << 24;
 const MAX_POSITIONS: usize = 1 << 16;
+const MAX_TYPES: usize = 1 << 10;
 
 /// The activation of the feed-forward block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,10 +148,49 @@ impl BertConfig {
             max_position_embeddings: dim("max_position_embeddings", MAX_POSITIONS)?,
             type_vocab_size: match f.get("type_vocab_size") {
                 None => 2,
-                Some(_) => dim("type_vocab_size", 1 << 10)?,
+                Some(_) => dim("type_vocab_size", MAX_TYPES)?,
             },
             layer_norm_eps,
         })
+    }
+
+    /// Checks what the encoder relies on, for a config built in code ([`from_file`]
+    /// checks the same of a file): every dimension in 1 to its bound, the heads dividing
+    /// the hidden size, and an epsilon finite and not negative.
+    ///
+    /// # Errors
+    /// [`Error::Argument`] naming the field.
+    ///
+    /// [`from_file`]: BertConfig::from_file
+    pub fn check(&self) -> Result<()> {
+        let dimensions = [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("hidden_size", self.hidden_size, MAX_HIDDEN),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ("num_attention_heads", self.num_attention_heads, MAX_HIDDEN),
+            ("intermediate_size", self.intermediate_size, MAX_HIDDEN * 8),
+            ("max_position_embeddings", self.max_position_embeddings, MAX_POSITIONS),
+            ("type_vocab_size", self.type_vocab_size, MAX_TYPES),
+        ];
+        let wrong =
+            |field: &str, reason: String| Error::Argument(format!("config {field}: {reason}"));
+        for (field, value, max) in dimensions {
+            if !(1..=max).contains(&value) {
+                return Err(wrong(field, format!("must be in 1..={max}, got {value}")));
+            }
+        }
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            let (heads, hidden) = (self.num_attention_heads, self.hidden_size);
+            return Err(wrong(
+                "num_attention_heads",
+                format!("{heads} does not divide hidden_size {hidden}"),
+            ));
+        }
+        let eps = self.layer_norm_eps;
+        if !(eps.is_finite() && eps >= 0.0) {
+            return Err(wrong("layer_norm_eps", format!("must be a number >= 0, got {eps}")));
+        }
+        Ok(())
     }
 
     /// The width of one attention head.
@@ -444,6 +484,38 @@ fn config_error(path: &Path, field: &str, reason: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A config built in code is checked as a file's is, each field by name.
+    #[test]
+    fn a_config_built_in_code_is_checked() {
+        let good = BertConfig {
+            vocab_size: 100,
+            hidden_size: 8,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            intermediate_size: 16,
+            hidden_act: Activation::Gelu,
+            max_position_embeddings: 32,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+        };
+        good.check().unwrap();
+        type Spoil = fn(&mut BertConfig);
+        let cases: [(Spoil, &str); 6] = [
+            (|c| c.num_attention_heads = 0, "num_attention_heads: must be in 1..=65536, got 0"),
+            (|c| c.num_attention_heads = 3, "num_attention_heads: 3 does not divide hidden_size 8"),
+            (|c| c.num_attention_heads = 16, "num_attention_heads: 16 does not divide"),
+            (|c| c.num_hidden_layers = usize::MAX, "num_hidden_layers: must be in 1..=1024"),
+            (|c| c.vocab_size = 0, "vocab_size: must be in"),
+            (|c| c.layer_norm_eps = f64::NAN, "layer_norm_eps: must be a number >= 0, got NaN"),
+        ];
+        for (spoil, says) in cases {
+            let mut bad = good.clone();
+            spoil(&mut bad);
+            let err = bad.check().unwrap_err().to_string();
+            assert!(err.starts_with("config ") && err.contains(says), "{err}");
+        }
+    }
 
     #[test]
     fn a_missing_file_says_why_it_cannot_be_read() {
