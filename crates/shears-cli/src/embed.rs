@@ -522,7 +522,7 @@ fn run_fastest(
     }
     let tokens = first.tokens().clamp(1, TOKENS_PER_PASS);
     let mut layers = choose_formats(&mut planned.model, tokens)?;
-    let timed = first.slice(first.chunks(TIMING_TOKENS).first().cloned().unwrap_or(0..0));
+    let timed = first.slice(first.chunks(TIMING_TOKENS).first().cloned().unwrap_or(0..0))?;
     if layers.iter().all(|l| l.chosen == "dense") || timed.tokens() == 0 {
         let seconds = start.elapsed().as_secs_f64();
         return Ok((planned, Fastest { layers, whole_model: None, seconds }));

@@ -143,6 +143,38 @@ impl EncoderLayer {
         ]
     }
 
+    /// Checks what a pass relies on: `lengths` adding up to the columns of `x`, `heads`
+    /// dividing its rows, and every linear layer (they are public fields, which a caller
+    /// may replace) of the shape the layer's hidden size and its intermediate one take.
+    fn check(&self, x: &DMatrix<f32>, lengths: &[usize], heads: usize) -> Result<()> {
+        check_lengths(lengths, x.ncols())?;
+        let hidden = x.nrows();
+        if heads == 0 || !hidden.is_multiple_of(heads) {
+            return Err(Error::Argument(format!(
+                "{heads} attention heads do not divide the hidden size {hidden}"
+            )));
+        }
+        let inner = self.intermediate.shape().0;
+        let shapes = [
+            (&self.query, (hidden, hidden)),
+            (&self.key, (hidden, hidden)),
+            (&self.value, (hidden, hidden)),
+            (&self.attention_output, (hidden, hidden)),
+            (&self.intermediate, (inner, hidden)),
+            (&self.output, (hidden, inner)),
+        ];
+        for (linear, shape) in shapes {
+            if linear.shape() != shape {
+                return Err(Error::Argument(format!(
+                    "`{}` is {:?} in a layer of hidden size {hidden}, where {shape:?} belongs",
+                    linear.name(),
+                    linear.shape()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The layer's output for the packed sentences `x` (`lengths` tokens each), calling
     /// `observe` with the input of each linear layer before it runs (once for the query,
     /// key and value, which share theirs).
@@ -186,6 +218,7 @@ impl EncoderLayer {
         observe: &mut dyn FnMut(Site, &DMatrix<f32>) -> Result<()>,
         output: bool,
     ) -> Result<Option<DMatrix<f32>>> {
+        self.check(x, lengths, heads)?;
         observe(Site::Attention, x)?;
         let hidden = x.nrows();
         let context = match stacked_forward(&[&self.query, &self.key, &self.value], x) {
@@ -441,9 +474,10 @@ impl BertModel {
     /// The embeddings' output for `batch`: one column per token.
     ///
     /// # Errors
-    /// [`Error::Argument`] for a token id outside the vocabulary, a type id outside the
+    /// [`Error::Argument`] for a batch [`Batch::check`] refuses, a token id outside the vocabulary, a type id outside the
     /// token types, or a sentence longer than the position embeddings.
     pub fn embed_tokens(&self, batch: &Batch) -> Result<DMatrix<f32>> {
+        batch.check()?;
         let e = &self.embeddings;
         let (vocab, types, positions) = (e.word.ncols(), e.token_type.ncols(), e.position.ncols());
         if let Some(&id) = batch.ids.iter().find(|&&id| id as usize >= vocab) {
@@ -792,16 +826,17 @@ impl SentenceTransformer {
     /// [`Error::NoTokens`] for a sentence of no tokens (pooling it would give a zero
     /// vector, which is no embedding); as [`BertModel::forward`].
     pub fn embed_batch(&self, batch: &Batch) -> Result<DMatrix<f32>> {
+        batch.check()?;
         if let Some(sentence) = batch.lengths.iter().position(|&len| len == 0) {
             return Err(Error::NoTokens { sentence });
         }
         let hidden = self.model.config().hidden_size;
         let mut out = DMatrix::<f32>::zeros(hidden, batch.sentences());
         for chunk in batch.chunks(TOKENS_PER_PASS) {
-            let part = batch.slice(chunk.clone());
+            let part = batch.slice(chunk.clone())?;
             let states = self.model.forward(&part)?;
             let pooled =
-                pool(&states, &part.lengths, self.sentence.pooling, self.sentence.normalize);
+                pool(&states, &part.lengths, self.sentence.pooling, self.sentence.normalize)?;
             if let Some(i) = pooled.iter().position(|v| !v.is_finite()) {
                 return Err(Error::NonFinite {
                     sentence: chunk.start + i / hidden.max(1),
@@ -814,13 +849,17 @@ impl SentenceTransformer {
     }
 }
 
-/// One vector per sentence from its tokens' states.
+/// One vector per sentence from its tokens' states (`lengths` tokens each, packed).
+///
+/// # Errors
+/// [`Error::Argument`] if the lengths add up to more tokens than `states` has.
 pub fn pool(
     states: &DMatrix<f32>,
     lengths: &[usize],
     pooling: Pooling,
     normalize: bool,
-) -> DMatrix<f32> {
+) -> Result<DMatrix<f32>> {
+    check_lengths(lengths, states.ncols())?;
     let hidden = states.nrows();
     let mut out = DMatrix::<f32>::zeros(hidden, lengths.len());
     let mut start = 0;
@@ -852,5 +891,17 @@ pub fn pool(
         out.column_mut(s).copy_from(&v.map(|x| x as f32));
         start += len;
     }
-    out
+    Ok(out)
+}
+
+/// Checks that sentences of `lengths` tokens are the `tokens` columns of a matrix.
+fn check_lengths(lengths: &[usize], tokens: usize) -> Result<()> {
+    let total = lengths.iter().try_fold(0usize, |sum, &len| sum.checked_add(len));
+    if total != Some(tokens) {
+        return Err(Error::Argument(format!(
+            "sentence lengths that add up to {} for {tokens} tokens",
+            total.map_or_else(|| "more than usize holds".to_owned(), |t| t.to_string())
+        )));
+    }
+    Ok(())
 }

@@ -103,6 +103,7 @@ pub fn prune_model(
         )));
     }
     spec.pattern.check_sparsity(spec.sparsity).map_err(shears_strategies::Error::from)?;
+    calibration.check()?;
     if spec.method.needs_calibration() && calibration.tokens() == 0 {
         return Err(Error::Argument(format!("{} needs calibration text", spec.method.name())));
     }

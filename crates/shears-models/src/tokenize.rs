@@ -46,15 +46,49 @@ impl Batch {
         })
     }
 
+    /// Checks that the fields agree: a type per token id, and the sentences' lengths
+    /// adding up to the tokens (a `Batch` built in code can break either).
+    ///
+    /// # Errors
+    /// [`Error::Argument`] saying which.
+    pub fn check(&self) -> Result<()> {
+        if self.type_ids.len() != self.ids.len() {
+            return Err(Error::Argument(format!(
+                "a batch of {} token ids has {} type ids",
+                self.ids.len(),
+                self.type_ids.len()
+            )));
+        }
+        let total = self.lengths.iter().try_fold(0usize, |sum, &len| sum.checked_add(len));
+        if total != Some(self.ids.len()) {
+            return Err(Error::Argument(format!(
+                "a batch of {} token ids has sentence lengths that add up to {}",
+                self.ids.len(),
+                total.map_or_else(|| "more than usize holds".to_owned(), |t| t.to_string())
+            )));
+        }
+        Ok(())
+    }
+
     /// Sentences `range` as a batch of their own.
-    pub fn slice(&self, range: std::ops::Range<usize>) -> Batch {
+    ///
+    /// # Errors
+    /// As [`Batch::check`]; [`Error::Argument`] for a range past the sentences.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Result<Batch> {
+        self.check()?;
+        if range.start > range.end || range.end > self.lengths.len() {
+            return Err(Error::Argument(format!(
+                "sentences {range:?} of a batch of {}",
+                self.lengths.len()
+            )));
+        }
         let start: usize = self.lengths[..range.start].iter().sum();
         let len: usize = self.lengths[range.clone()].iter().sum();
-        Batch {
+        Ok(Batch {
             ids: self.ids[start..start + len].to_vec(),
             type_ids: self.type_ids[start..start + len].to_vec(),
             lengths: self.lengths[range].to_vec(),
-        }
+        })
     }
 
     /// Consecutive groups of whole sentences of at most `tokens` tokens each (a longer
@@ -630,7 +664,14 @@ mod tests {
         let batch =
             Batch { ids: (0..10).collect(), type_ids: vec![0; 10], lengths: vec![3, 4, 1, 2] };
         assert_eq!(batch.ranges().collect::<Vec<_>>(), [0..3, 3..7, 7..8, 8..10]);
-        assert_eq!(batch.slice(1..3).ids, [3, 4, 5, 6, 7]);
+        assert_eq!(batch.slice(1..3).unwrap().ids, [3, 4, 5, 6, 7]);
+        // A range past the sentences, or a batch whose fields disagree, is an error.
+        assert!(batch.slice(1..9).is_err() && Batch::default().slice(0..1).is_err());
+        let short = Batch { type_ids: vec![0], ..batch.clone() };
+        let long = Batch { lengths: vec![2, 2, 9], ..batch.clone() };
+        for bad in [short, long] {
+            assert!(bad.check().is_err() && bad.slice(0..1).is_err(), "{bad:?}");
+        }
         assert_eq!(batch.chunks(5), [0..1, 1..3, 3..4]);
         assert_eq!(batch.chunks(2), [0..1, 1..2, 2..3, 3..4]);
         assert_eq!(batch.chunks(100), vec![0..4]);

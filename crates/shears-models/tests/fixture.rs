@@ -247,6 +247,54 @@ fn bad_folders_and_inputs_are_errors_that_name_the_problem() {
     assert!(err.to_string().starts_with("sentence 2 (of the lines with text) gives no tokens"));
 }
 
+/// The public pieces of a forward pass refuse inputs whose parts disagree (a `Batch`,
+/// lengths, heads, or a linear layer swapped in by hand) with an error, not a panic or
+/// a silently wrong output.
+#[test]
+fn inconsistent_inputs_to_the_forward_pass_are_errors() {
+    let mut model = SentenceTransformer::load(&folder(), None).unwrap();
+    let fine = Batch { ids: vec![1, 2, 3], type_ids: vec![0; 3], lengths: vec![2, 1] };
+    model.model.forward(&fine).unwrap();
+    for (bad, says) in [
+        (Batch { lengths: vec![1], ..fine.clone() }, "lengths that add up to 1"),
+        (Batch { lengths: vec![2, 5], ..fine.clone() }, "lengths that add up to 7"),
+        (Batch { lengths: vec![usize::MAX, 4], ..fine.clone() }, "more than usize holds"),
+        (Batch { type_ids: vec![0], ..fine.clone() }, "has 1 type ids"),
+    ] {
+        for err in [model.model.forward(&bad).unwrap_err(), model.embed_batch(&bad).unwrap_err()] {
+            assert!(err.to_string().contains(says), "{err}");
+        }
+    }
+    let states = model.model.forward(&fine).unwrap();
+    let pooled = shears_models::pool(&states, &[2, 1], shears_models::Pooling::Mean, true);
+    assert_eq!(pooled.unwrap().ncols(), 2);
+    for lengths in [&[3, 1][..], &[1][..]] {
+        assert!(shears_models::pool(&states, lengths, shears_models::Pooling::Cls, false).is_err());
+    }
+    let x = model.model.embed_tokens(&fine).unwrap();
+    let layer = &model.model.layers()[0];
+    let act = shears_models::Activation::Gelu;
+    for (lengths, heads, says) in [
+        (&[2, 2][..], 2, "add up to 4 for 3 tokens"),
+        (&[3][..], 0, "0 attention heads"),
+        (&[3][..], 5, "5 attention heads"),
+    ] {
+        let err = layer.forward(&x, lengths, heads, act, &mut |_, _| Ok(())).unwrap_err();
+        assert!(err.to_string().contains(says), "{err}");
+    }
+    // A query projection of the wrong width, put in place of the layer's own.
+    let hidden = model.model.config().hidden_size;
+    let narrow = shears_models::Linear::new(
+        "narrow",
+        DMatrix::zeros(8, hidden),
+        nalgebra::DVector::zeros(8),
+    )
+    .unwrap();
+    model.model.layers_mut()[0].query = narrow;
+    let err = model.model.forward(&fine).unwrap_err().to_string();
+    assert!(err.contains("`narrow` is (8, 32) in a layer of hidden size 32"), "{err}");
+}
+
 /// Packing is exact: embedding sentences together or one at a time gives the same
 /// vectors, in any pass size.
 #[test]
