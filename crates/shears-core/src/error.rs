@@ -140,6 +140,18 @@ pub enum Error {
         /// What is missing.
         input: crate::LayerInput,
     },
+    /// A per-layer input that is a norm (never negative) holds a negative value.
+    #[error("tensor `{tensor}`: {input} must not be negative, got {value} at index {index}")]
+    NegativeInput {
+        /// The tensor's name.
+        tensor: String,
+        /// Which input.
+        input: crate::LayerInput,
+        /// The first negative value's index.
+        index: usize,
+        /// The value.
+        value: f64,
+    },
     /// A per-layer input does not have the shape its weight requires.
     #[error("tensor `{tensor}`: {input} have shape {got:?}, the weight needs {expected:?}")]
     InputShape {

@@ -156,7 +156,8 @@ impl<'a, T: Scalar> LayerContext<'a, T> {
     ///
     /// # Errors
     /// [`Error::MissingInput`] if none were given; [`Error::InputShape`] if there is not
-    /// one per column; [`Error::NonFinite`] naming `"<layer>.activation_norms"`.
+    /// one per column; [`Error::NonFinite`] naming `"<layer>.activation_norms"`;
+    /// [`Error::NegativeInput`] for a negative norm.
     pub fn require_activation_norms(&self, weights: &DMatrix<T>) -> Result<&'a DVector<T>> {
         let norms =
             self.activation_norms.ok_or_else(|| self.missing(LayerInput::ActivationNorms))?;
@@ -169,6 +170,15 @@ impl<'a, T: Scalar> LayerContext<'a, T> {
             });
         }
         check_finite(&format!("{}.activation_norms", self.name), norms.as_slice())?;
+        // A negative norm would turn Wanda's ranking of that input's weights around.
+        if let Some((index, value)) = norms.iter().enumerate().find(|(_, n)| n.as_f64() < 0.0) {
+            return Err(Error::NegativeInput {
+                tensor: self.name.to_owned(),
+                input: LayerInput::ActivationNorms,
+                index,
+                value: value.as_f64(),
+            });
+        }
         Ok(norms)
     }
 

@@ -441,6 +441,12 @@ mod tests {
         assert_eq!(mask.to_matrix(), dmatrix![false, false, true, true; false, false, true, true]);
         let err = Wanda.mask(&w, &LayerContext::new("fc"), Sparsity::ZERO).unwrap_err();
         assert!(matches!(err, Error::MissingInput { input: LayerInput::ActivationNorms, .. }));
+        // A negative norm would rank that input's weights backwards.
+        let negative = dvector![1.0, -2.0, 3.0, 4.0];
+        let ctx = LayerContext::new("fc").with_activation_norms(&negative);
+        let err = Wanda.mask(&w, &ctx, Sparsity::new(0.5).unwrap()).unwrap_err();
+        assert!(matches!(err, Error::NegativeInput { index: 1, .. }), "{err}");
+        assert!(err.to_string().contains("must not be negative, got -2 at index 1"), "{err}");
     }
 
     #[test]
