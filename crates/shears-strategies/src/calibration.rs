@@ -126,6 +126,9 @@ impl InputStats {
 /// products), added to the f64 Gram matrix, which is mirrored once at the end.
 fn add_gram_f32<T: Scalar>(gram: &mut DMatrix<f64>, x: &DMatrix<T>) {
     let inputs = x.nrows();
+    if inputs == 0 {
+        return;
+    }
     let mut part = faer::Mat::<f32>::zeros(inputs, inputs);
     // f32 inputs are multiplied where they are; others are converted a chunk at a time.
     let direct = (x as &dyn std::any::Any).downcast_ref::<DMatrix<f32>>();
@@ -259,5 +262,10 @@ mod tests {
         assert!(stats.add(&DMatrix::from_element(3, 1, f32::NAN)).is_err());
         assert!(matches!(stats.require_gram("l"), Err(Error::MissingCalibration { .. })));
         assert_eq!(stats.samples(), 0);
+        // A layer of no inputs has nothing to add, in f32 as in f64.
+        let mut empty = InputStats::new(0, true);
+        empty.add(&DMatrix::<f32>::zeros(0, 3)).unwrap();
+        empty.add(&DMatrix::<f64>::zeros(0, 3)).unwrap();
+        assert_eq!(empty.samples(), 6);
     }
 }

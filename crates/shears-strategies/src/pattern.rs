@@ -434,6 +434,15 @@ impl<T: Scalar, S: PruningStrategy<T>> PruningStrategy<T> for Pruner<S> {
             Pattern::PerRow => selector.select_per_row(name, &scores()?, sparsity, ctx.mask()),
             Pattern::NM(p) => {
                 self.pattern.check_sparsity(sparsity)?;
+                if let Some(kept) = ctx.mask()
+                    && kept.shape() != weights.shape()
+                {
+                    return Err(shears_core::Error::ShapeMismatch {
+                        op: "N:M selection among kept weights",
+                        expected: weights.shape(),
+                        got: kept.shape(),
+                    });
+                }
                 let shape = ctx.shape_or_dense(weights);
                 match shape.conv_dims() {
                     Some((_, in_channels, kh, kw)) => {
@@ -649,6 +658,13 @@ mod tests {
                 }
             }
         }
+        // A kept mask of another shape is an error, not rows read as pruned.
+        let other = Mask::all_kept(2, inp * kh * kw).unwrap();
+        let err = pruner.mask(&w, &ctx.with_mask(&other), Sparsity::new(0.5).unwrap());
+        assert!(matches!(err, Err(shears_core::Error::ShapeMismatch { .. })), "{err:?}");
+        let dense = LayerContext::new("fc").with_mask(&other);
+        let err = pruner.mask(&w, &dense, Sparsity::new(0.5).unwrap());
+        assert!(matches!(err, Err(shears_core::Error::ShapeMismatch { .. })), "{err:?}");
         let odd = WeightShape::conv(3, 6, 2, 1).unwrap();
         let half = Sparsity::new(0.5).unwrap();
         assert!(Pattern::NM(NmPattern::TWO_FOUR).check_fits("conv", &odd, half).is_err());
