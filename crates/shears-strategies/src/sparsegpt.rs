@@ -33,8 +33,8 @@ use crate::pattern::Pattern;
 ///
 /// Masks: unstructured pruning chooses within each block the weights with the least
 /// `w² / [H⁻¹]ᵢᵢ²` (the paper's adaptive mask selection), each block pruning its share of
-/// the exact target count; N:M prunes, in each group of M inputs of a row, the N
-/// weights of least score when the group is reached. Weights that `kept` already prunes
+/// the exact target count; N:M keeps, in each group of M inputs of a row, the N weights
+/// of most score when the group is reached, and prunes the other M - N. Weights that `kept` already prunes
 /// stay pruned and count towards the target. Ties prune the lower row-major index first.
 ///
 /// ```
