@@ -79,7 +79,7 @@ impl Comparison {
     ///
     /// # Errors
     /// [`Error::Argument`] if the two have different shapes, or a different dimension
-    /// than the sentences added before.
+    /// than the sentences added before, or either holds NaN or infinity.
     pub fn add(&mut self, dense: &DMatrix<f32>, pruned: &DMatrix<f32>) -> Result<()> {
         if dense.shape() != pruned.shape() {
             return Err(Error::Argument(format!(
@@ -95,6 +95,17 @@ impl Comparison {
             return Err(Error::Argument(format!(
                 "the embeddings have {hidden} dimensions, those added before {before}"
             )));
+        }
+        // A cosine with NaN in it would make the mean NaN while the percentiles, sorted
+        // past it, look fine.
+        for (which, embeddings) in [("dense", dense), ("pruned", pruned)] {
+            if let Some(i) = embeddings.iter().position(|v| !v.is_finite()) {
+                return Err(Error::Argument(format!(
+                    "the {which} embedding of sentence {} holds {}",
+                    self.cosines.len() + i / hidden.max(1) + 1,
+                    embeddings.as_slice()[i]
+                )));
+            }
         }
         self.hidden = Some(hidden);
         let unit = |c: nalgebra::DVectorView<'_, f32>| {
@@ -259,6 +270,10 @@ mod tests {
         assert!((a.min_cosine - cos[n - 1]).abs() < 1e-6);
         assert!(agreement(&dense, &DMatrix::zeros(2, 3)).is_err());
         assert!(agreement(&DMatrix::zeros(2, 0), &DMatrix::zeros(2, 0)).is_err());
+        let mut broken = pruned.clone();
+        broken[(1, 4)] = f32::NAN;
+        let err = agreement(&dense, &broken).unwrap_err().to_string();
+        assert_eq!(err, "the pruned embedding of sentence 5 holds NaN");
     }
 
     #[test]
