@@ -107,6 +107,15 @@ pub fn prune_model(
     if spec.method.needs_calibration() && calibration.tokens() == 0 {
         return Err(Error::Argument(format!("{} needs calibration text", spec.method.name())));
     }
+    // Every chosen linear fits the pattern (N:M groups dividing its inputs) before any
+    // is pruned: a last group padded with pruned weights would miss the sparsity asked.
+    for layer in model.layers() {
+        for (_, linear) in layer.linears().into_iter().filter(|(_, l)| select(l.name())) {
+            let (rows, cols) = linear.shape();
+            let shape = shears_core::WeightShape::dense(rows, cols);
+            spec.pattern.check_fits(linear.name(), &shape, spec.sparsity)?;
+        }
+    }
     let layers = model.layers().len();
     let mut pruned = Vec::new();
     let mut x =

@@ -82,6 +82,19 @@ fn n_m_masks_conform_and_earlier_masks_stay_pruned() {
             assert!(satisfies_nm(&p.mask, NmPattern::TWO_FOUR), "{method:?} {}", p.name);
             assert_eq!(p.mask.count_kept(), p.mask.len() / 2);
         }
+        // Groups of 7 do not divide 32 inputs: refused before anything is pruned.
+        let before = m.model.clone();
+        let three_seven = NmPattern::new(3, 7).unwrap();
+        let s = spec(method, Pattern::NM(three_seven), 4.0 / 7.0);
+        let err = prune_model(&mut m.model, &calib, &s, &|_| true, None, &mut |_| {});
+        let err = err.unwrap_err().to_string();
+        assert!(err.contains("encoder.layer.0.attention.self.query.weight"), "{err}");
+        assert!(
+            m.model
+                .linears()
+                .zip(before.linears())
+                .all(|(a, b)| a.dense_weights() == b.dense_weights())
+        );
         // From earlier 30% masks to 60%: what they pruned stays pruned.
         let mut m = SentenceTransformer::load(&folder(), None).unwrap();
         let earlier: Masks = m
