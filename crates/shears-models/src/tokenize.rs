@@ -493,13 +493,24 @@ pub struct WordPool {
 }
 
 impl WordPool {
+    /// The most tokens one batch of [`WordPool::sentences`] holds (64 Mi: 512 MiB of
+    /// ids and types, and far more states than any model pass takes at once).
+    pub const MAX_TOKENS: usize = 1 << 26;
+
     /// `sentences` sentences of exactly `seq_len` tokens, special tokens included: the
     /// pool's words in order, from the start again when they run out.
     ///
     /// # Errors
     /// [`Error::Argument`] if `seq_len` leaves no room for a word after the special
-    /// tokens.
+    /// tokens, or the batch would hold more than [`WordPool::MAX_TOKENS`] tokens.
     pub fn sentences(&self, sentences: usize, seq_len: usize) -> Result<Batch> {
+        let tokens = sentences.checked_mul(seq_len).filter(|&t| t <= Self::MAX_TOKENS);
+        if tokens.is_none() {
+            return Err(Error::Argument(format!(
+                "{sentences} sentences of {seq_len} tokens are more than the {} tokens of one batch",
+                Self::MAX_TOKENS
+            )));
+        }
         let special = self.prefix.len() + self.suffix.len();
         if seq_len <= special {
             return Err(Error::Argument(format!(

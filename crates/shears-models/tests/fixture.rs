@@ -500,6 +500,12 @@ fn word_pools_cut_exact_sentences_between_the_special_tokens() {
     let batch = bare.word_pool(&texts).unwrap().sentences(2, 4).unwrap();
     assert_eq!(batch.ids, words.iter().copied().cycle().take(8).collect::<Vec<_>>());
     assert_eq!(batch.lengths, [4, 4]);
+    // A batch past the bound (or past usize) is refused before anything is allocated.
+    let pool = bare.word_pool(&texts).unwrap();
+    for (sentences, seq_len) in [(usize::MAX, 512), (1 << 20, 128)] {
+        let err = pool.sentences(sentences, seq_len).unwrap_err().to_string();
+        assert!(err.contains("more than the 67108864 tokens of one batch"), "{err}");
+    }
 }
 
 /// A tokenizer that fails on a text is named by its file, and the text by its start.
