@@ -191,7 +191,7 @@ pub(crate) fn prune(
         method,
         pattern: job.pattern,
         sparsity: job.layer_target(),
-        rounding: job.layer_rounding(),
+        rounding: job.rounding,
     };
     let zeros_before: HashMap<String, usize> = transformer
         .model

@@ -109,9 +109,9 @@ pub(crate) struct PruneArgs {
     /// tensors (unstructured only).
     #[arg(long, default_value = "layer")]
     pub(crate) scope: Scope,
-    /// Keep at least this fraction of every tensor (a target it caps rounds toward it,
-    /// whatever --rounding says; global scope gives what a capped tensor cannot take to
-    /// the others).
+    /// Keep at least this fraction of every tensor (in layer scope each count then
+    /// rounds toward zero, so that none keeps less; global scope gives what a capped
+    /// tensor cannot take to the others).
     #[arg(
         long,
         default_value_t = 0.0,

@@ -145,6 +145,20 @@ impl Job {
                 );
             }
         }
+        // A floor in layer scope rounds every count toward zero: rounded to nearest or up,
+        // a target at or under the floor can still prune one weight, row or block past
+        // it (0.7 of 1024 weights to nearest keeps 307, under 0.3).
+        let floored = args.min_density > 0.0
+            && args.scope == Scope::Layer
+            && !matches!(pattern, Pattern::NM(_));
+        let rounding = match (args.rounding, floored) {
+            (Some(r), true) if r != Rounding::Truncate => bail!(
+                "--min-density {} rounds each tensor's count toward zero, so that none keeps less: --rounding {r} does not apply",
+                args.min_density
+            ),
+            (_, true) => Rounding::Truncate,
+            (r, false) => r.unwrap_or_default(),
+        };
         let elementwise = matches!(criterion, Criterion::Magnitude | Criterion::Gradient);
         let view = if pattern == Pattern::Unstructured && elementwise && calibrated.is_none() {
             View::Flat
@@ -158,7 +172,7 @@ impl Job {
             scope: args.scope,
             sparsity,
             min_density: args.min_density,
-            rounding: args.rounding.unwrap_or_default(),
+            rounding,
             view,
         })
     }
@@ -170,13 +184,6 @@ impl Job {
             return self.sparsity;
         }
         Sparsity::new(self.sparsity.get().min(1.0 - self.min_density)).unwrap_or(self.sparsity)
-    }
-
-    /// How a tensor's target becomes a count in layer scope: where the minimum density
-    /// caps the target, toward zero, so that no tensor keeps less than the floor (a
-    /// capped target rounded to nearest or up can prune one weight, or row, past it).
-    pub(crate) fn layer_rounding(&self) -> Rounding {
-        if self.layer_target() == self.sparsity { self.rounding } else { Rounding::Truncate }
     }
 
     /// The mask of `t` in layer scope.
@@ -191,15 +198,14 @@ impl Job {
         Ok(match &loaded.scores {
             Some(scores) => {
                 let supplied = UserScores::new().with_layer(t.name, scores.clone());
-                let pruner = Pruner::new(supplied)
-                    .with_pattern(self.pattern)
-                    .with_rounding(self.layer_rounding());
+                let pruner =
+                    Pruner::new(supplied).with_pattern(self.pattern).with_rounding(self.rounding);
                 pruner.mask(&loaded.weights, &ctx, target)?
             }
             None => {
                 let pruner = Pruner::new(self.criterion)
                     .with_pattern(self.pattern)
-                    .with_rounding(self.layer_rounding());
+                    .with_rounding(self.rounding);
                 pruner.mask(&loaded.weights, &ctx, target)?
             }
         })

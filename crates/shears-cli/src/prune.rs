@@ -1234,7 +1234,8 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
         None => String::new(),
     };
     let mut at = sparsity_text(report.sparsity);
-    if report.rounding != shears_core::Rounding::default().to_string() {
+    // A floor's rounding toward zero is said by the floor; a --rounding given is named.
+    if args.rounding.is_some() && report.rounding != shears_core::Rounding::default().to_string() {
         at.push_str(&format!(" (--rounding {})", report.rounding));
     }
     if report.min_density > 0.0 {

@@ -577,19 +577,33 @@ fn warnings_name_the_cause_and_a_target_missed_from_masks() {
     let done = shears(&["prune", i, "-o", o, "--pattern", "2:4", "--masks-in", m]);
     assert!(done.status.success(), "{}", stderr(&done));
     assert!(stderr(&done).contains("reached sparsity 0.7500, its target was 0.5000"));
-    // Where the floor caps the target, whole rows round toward it, whatever --rounding
-    // says (ceil would take 2 of 3 rows, under the floor): a missed target, not zeros
-    // the tensor had.
+    // With a floor, counts round toward zero, so whole rows cannot take a tensor under
+    // it (ceil would take 2 of 3 rows): a missed target, not zeros the tensor had. A
+    // --rounding that would round past the floor is refused.
     let rows = dir.path().join("rows.safetensors");
     let values = (1..=24).map(f64::from).collect();
     write(&rows, &[T { name: "r.weight", dtype: Dtype::F32, shape: vec![3, 8], values }]);
     let r = rows.to_str().unwrap();
-    let floor = ["-s", "0.9", "--min-density", "0.5", "--pattern", "rows", "--rounding", "ceil"];
+    let floor = ["-s", "0.9", "--min-density", "0.5", "--pattern", "rows"];
     let done = shears(&[&["prune", r, "-o", o][..], &floor].concat());
     assert!(done.status.success(), "{}", stderr(&done));
     let said = stderr(&done);
     assert!(said.contains("reached sparsity 0.3333, its target was 0.5000"), "{said}");
     assert!(!said.contains("its zeros"), "{said}");
+    let refused = "--min-density 0.5 rounds each tensor's count toward zero, so that none keeps less: --rounding ceil does not apply";
+    let never = dir.path().join("never.safetensors");
+    let n = never.to_str().unwrap();
+    fails(&[&["prune", r, "-o", n][..], &floor, &["--rounding", "ceil"]].concat(), &never, refused);
+    // A target the floor does not lower still rounds toward it: 0.67 of 10 weights
+    // rounded to nearest would keep 3 of 10, under 0.33.
+    let ten = dir.path().join("ten.safetensors");
+    let values = (1..=10).map(f64::from).collect();
+    write(&ten, &[T { name: "t.weight", dtype: Dtype::F32, shape: vec![2, 5], values }]);
+    let t = ten.to_str().unwrap();
+    let done = shears(&["prune", t, "-o", o, "-s", "0.67", "--min-density", "0.33", "-q"]);
+    assert!(done.status.success(), "{}", stderr(&done));
+    let kept = read(Path::new(o))["t.weight"].2.iter().filter(|v| **v != 0.0).count();
+    assert_eq!(kept, 4, "6 of 10 pruned (6.7 toward zero), not 7");
 }
 
 /// A model tensor whose name ends in `_mask` (a buffer, in a state dict given as the

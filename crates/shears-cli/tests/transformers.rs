@@ -154,7 +154,7 @@ fn calibrated_methods_keep_the_min_density() {
             assert_eq!(zeros, values.len() * 3 / 4, "{method}: `{name}` keeps a quarter");
         }
         let recorded = format!(
-            "pruned by shears: {method} unstructured, layer scope, at 0.9 (min density 0.25) (calibrated on "
+            "pruned by shears: {method} unstructured, layer scope, at 0.9 (rounding truncate) (min density 0.25) (calibrated on "
         );
         assert!(ok(&["inspect", o]).contains(&recorded), "{recorded}");
     }
