@@ -981,16 +981,18 @@ fn prune<'a, T: Float>(
         let target = r.target.unwrap_or(job.sparsity.get());
         r.pruned_now == 0 && r.sparsity_before.is_some_and(|before| before <= target + 0.005)
     };
-    // A --min-density that takes the target to 0 has said so already.
+    // A --min-density that takes the target to 0 (or holds every tensor, in global
+    // scope) has said so already.
     let asked = if global.is_some() { job.sparsity } else { job.layer_target() };
-    if asked.get() > 0.0 && chosen.peek().is_some() && chosen.all(unpruned) {
+    let held = global.as_ref().is_some_and(|g| g.capped().next().is_some());
+    if asked.get() > 0.0 && !held && chosen.peek().is_some() && chosen.all(unpruned) {
         let count = if global.is_some() {
-            "as one count over the chosen tensors"
+            "as one count over the chosen tensors it rounds to none, or their zeros had reached it"
         } else {
-            "in each chosen tensor"
+            "in each chosen tensor it rounds to none, or its zeros had reached it"
         };
         warnings.add(format!(
-            "--sparsity {} pruned no weight: {count} it rounds to none",
+            "--sparsity {} pruned no weight: {count}",
             sparsity_text(job.sparsity.get())
         ));
     }
