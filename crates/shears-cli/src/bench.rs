@@ -204,7 +204,8 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
         let role = TensorRole::classify(t.name, true, &t.info.shape);
         role.pruned_by_default() || (args.all && role.prunable())
     };
-    if let Some(t) = model.tensors().find(|t| unscaled(t) && (would_time(t) || layers.is_empty())) {
+    let timed = model.tensors().find(|t| unscaled(t) && would_time(t));
+    if let Some(t) = timed.or_else(|| model.tensors().find(|t| unscaled(t) && layers.is_empty())) {
         bail!(
             "{}: tensor `{}` is int8 without its scales `{}`, so it cannot be decoded or timed",
             args.input.display(),
