@@ -125,7 +125,7 @@ impl PendingFile {
                 Ok(file) => break (temporary, file),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     taken += 1;
-                    if taken > TAKEN_NAMES {
+                    if taken >= TAKEN_NAMES {
                         return Err(Error::Output {
                             path: target.to_owned(),
                             reason: "the names of its temporaries beside it are taken (1024 tried): remove the .shears-tmp-* entries there",
