@@ -4,7 +4,8 @@
 use nalgebra::{DMatrix, DVector};
 use shears_core::{Mask, Masks, NmPattern, Rounding, Sparsity};
 use shears_models::{
-    BertModel, Method, PruneSpec, SentenceTransformer, Site, Step, choose_formats, prune_model,
+    BertModel, Linear, Method, PruneSpec, SentenceTransformer, Site, Step, choose_formats,
+    prune_model,
 };
 use shears_strategies::{Pattern, SparseGpt, satisfies_nm};
 
@@ -345,4 +346,33 @@ fn two_four_layers_are_timed_in_n_m_at_any_token_count() {
         let worst = got.iter().zip(dense.iter()).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(worst < 1e-5, "{worst} at {tokens} tokens");
     }
+}
+
+/// SparseGPT's Hessian is inputs² f64s: a layer wider than `MAX_GRAM_INPUTS` is refused
+/// naming it, before any statistics are allocated; the methods that need no Hessian
+/// prune it.
+#[test]
+fn sparsegpt_refuses_a_layer_too_wide_for_its_hessian() {
+    let mut m = SentenceTransformer::load(&folder(), None).unwrap();
+    let calib = calibration(&m);
+    let hidden = m.model.config().hidden_size;
+    let wide = shears_models::MAX_GRAM_INPUTS + 1;
+    let layer = &mut m.model.layers_mut()[0];
+    let (intermediate, output) = (layer.intermediate.name(), layer.output.name());
+    let (intermediate, output) = (intermediate.to_owned(), output.to_owned());
+    let small =
+        |r: usize, c: usize| DMatrix::from_fn(r, c, |i, j| ((i * 7 + j * 3) % 5) as f32 - 2.0);
+    layer.intermediate =
+        Linear::new(intermediate, small(wide, hidden), DVector::zeros(wide)).unwrap();
+    layer.output =
+        Linear::new(output.clone(), small(hidden, wide), DVector::zeros(hidden)).unwrap();
+    let only = |n: &str| n == output;
+    let gpt = spec(Method::SparseGpt(SparseGpt::DEFAULT), Pattern::Unstructured, 0.5);
+    let err = prune_model(&mut m.model, &calib, &gpt, &only, None, &mut |_| {}).unwrap_err();
+    let says =
+        format!("`{output}` has {wide} inputs: SparseGPT's Hessian of them would take 8 GiB");
+    assert!(err.to_string().contains(&says), "{err}");
+    let wanda = spec(Method::Wanda, Pattern::Unstructured, 0.5);
+    let pruned = prune_model(&mut m.model, &calib, &wanda, &only, None, &mut |_| {}).unwrap();
+    assert_eq!(pruned.len(), 1);
 }
