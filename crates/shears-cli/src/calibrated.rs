@@ -131,15 +131,8 @@ pub(crate) fn prune(
     let Some(calib) = &args.calib else { bail!("--method {m} needs --calib FILE") };
     // What prune_model refuses, refused before a model of such width is loaded for it.
     if matches!(method, Method::SparseGpt(_)) {
-        let inputs = |t: &&Tensor| t.shape.matrix_shape().1;
-        if let Some(t) = chosen.iter().find(|t| inputs(t) > shears_models::MAX_GRAM_INPUTS) {
-            let n = inputs(&t);
-            bail!(
-                "`{}` has {n} inputs: SparseGPT's Hessian of them would take {} GiB (shears factors at most {} inputs)",
-                t.name,
-                ((n as u64).pow(2) * 8) >> 30,
-                shears_models::MAX_GRAM_INPUTS
-            );
+        for t in chosen {
+            shears_models::check_gram_inputs(t.name, t.shape.matrix_shape().1)?;
         }
     }
     let mut transformer = crate::embed::load_truncating(folder, args.max_len, "--max-len")?;

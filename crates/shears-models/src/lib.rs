@@ -62,5 +62,7 @@ pub use error::{Error, Result};
 pub use eval::{Agreement, Comparison, NEIGHBOUR_SENTENCES, agreement};
 pub use formats::{FormatChoice, TIMING_TOKENS, choose_formats};
 pub use linear::{Linear, int8_matrix};
-pub use prune::{MAX_GRAM_INPUTS, Method, PruneSpec, PrunedLinear, Step, prune_model};
+pub use prune::{
+    MAX_GRAM_INPUTS, Method, PruneSpec, PrunedLinear, Step, check_gram_inputs, prune_model,
+};
 pub use tokenize::{Batch, Fit, TextEncoder, WordPool, read_numbered_texts, read_texts};

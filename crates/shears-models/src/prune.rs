@@ -193,6 +193,22 @@ pub fn prune_model(
 /// of today's large language models need.
 pub const MAX_GRAM_INPUTS: usize = 1 << 15;
 
+/// Checks that SparseGPT can calibrate layer `tensor` of `inputs` inputs: its Hessian and
+/// factors grow with their square, which a config can set far out of proportion to the
+/// weights' bytes.
+///
+/// # Errors
+/// [`Error::Argument`] naming the layer for more than [`MAX_GRAM_INPUTS`].
+pub fn check_gram_inputs(tensor: &str, inputs: usize) -> Result<()> {
+    if inputs > MAX_GRAM_INPUTS {
+        return Err(Error::Argument(format!(
+            "`{tensor}` has {inputs} inputs: SparseGPT's Hessian of them would take {} GiB (shears factors at most {MAX_GRAM_INPUTS} inputs)",
+            ((inputs as u64).pow(2) * 8) >> 30
+        )));
+    }
+    Ok(())
+}
+
 /// What calibration learned about one site's inputs, and (for SparseGPT) the factored
 /// inverse Hessian, computed once for the linears that share the site.
 struct Calibrated {
@@ -219,14 +235,8 @@ fn observe(
         let (site, linear) = layer.linears()[k];
         if !stats.iter().any(|c| c.site == site) {
             let inputs = linear.shape().1;
-            // The Gram matrix and its factors grow with the square of the inputs, which a
-            // config can set far out of proportion to the weights' bytes.
-            if gram && inputs > MAX_GRAM_INPUTS {
-                return Err(Error::Argument(format!(
-                    "`{}` has {inputs} inputs: SparseGPT's Hessian of them would take {} GiB (shears factors at most {MAX_GRAM_INPUTS} inputs)",
-                    linear.name(),
-                    ((inputs as u64).pow(2) * 8) >> 30
-                )));
+            if gram {
+                check_gram_inputs(linear.name(), inputs)?;
             }
             let s = InputStats::new(inputs, gram);
             let reader = linear.name().to_owned();
