@@ -13,7 +13,7 @@ use crate::config::{Activation, BertConfig, Pooling, SentenceConfig};
 use crate::error::{Error, Result};
 use crate::linear::{Linear, StackedCache, int8_matrix, stacked_forward};
 use crate::math::{Elementwise, layer_norm};
-use crate::tokenize::{Batch, TextEncoder};
+use crate::tokenize::{Batch, TextEncoder, check_lengths};
 
 /// Tokens run through the encoder at once when embedding many texts: bounds the memory
 /// of the activations (`intermediate_size` values per token) whatever the input's size.
@@ -852,7 +852,7 @@ impl SentenceTransformer {
 /// One vector per sentence from its tokens' states (`lengths` tokens each, packed).
 ///
 /// # Errors
-/// [`Error::Argument`] if the lengths add up to more tokens than `states` has.
+/// [`Error::Argument`] if the lengths do not add up to the columns of `states`.
 pub fn pool(
     states: &DMatrix<f32>,
     lengths: &[usize],
@@ -892,16 +892,4 @@ pub fn pool(
         start += len;
     }
     Ok(out)
-}
-
-/// Checks that sentences of `lengths` tokens are the `tokens` columns of a matrix.
-fn check_lengths(lengths: &[usize], tokens: usize) -> Result<()> {
-    let total = lengths.iter().try_fold(0usize, |sum, &len| sum.checked_add(len));
-    if total != Some(tokens) {
-        return Err(Error::Argument(format!(
-            "sentence lengths that add up to {} for {tokens} tokens",
-            total.map_or_else(|| "more than usize holds".to_owned(), |t| t.to_string())
-        )));
-    }
-    Ok(())
 }

@@ -59,15 +59,7 @@ impl Batch {
                 self.type_ids.len()
             )));
         }
-        let total = self.lengths.iter().try_fold(0usize, |sum, &len| sum.checked_add(len));
-        if total != Some(self.ids.len()) {
-            return Err(Error::Argument(format!(
-                "a batch of {} token ids has sentence lengths that add up to {}",
-                self.ids.len(),
-                total.map_or_else(|| "more than usize holds".to_owned(), |t| t.to_string())
-            )));
-        }
-        Ok(())
+        check_lengths(&self.lengths, self.ids.len())
     }
 
     /// Sentences `range` as a batch of their own.
@@ -108,6 +100,19 @@ impl Batch {
         }
         chunks
     }
+}
+
+/// Checks that sentences of `lengths` tokens are `tokens` tokens in all (of a batch's
+/// ids, or of a matrix's columns).
+pub(crate) fn check_lengths(lengths: &[usize], tokens: usize) -> Result<()> {
+    let total = lengths.iter().try_fold(0usize, |sum, &len| sum.checked_add(len));
+    if total != Some(tokens) {
+        return Err(Error::Argument(format!(
+            "sentence lengths that add up to {} for {tokens} tokens",
+            total.map_or_else(|| "more than usize holds".to_owned(), |t| t.to_string())
+        )));
+    }
+    Ok(())
 }
 
 /// A folder's tokenizer, truncating every text to a maximum length.
