@@ -238,7 +238,7 @@ fn observe(
             if gram {
                 check_gram_inputs(linear.name(), inputs)?;
             }
-            let s = InputStats::new(inputs, gram);
+            let s = InputStats::new(inputs, gram)?;
             let reader = linear.name().to_owned();
             stats.push(Calibrated { site, reader, stats: s, hessian: None });
         }

@@ -99,7 +99,7 @@ fn taylor_scores(
         .iter()
         .enumerate()
         .map(|(i, l)| TaylorAccumulator::new(weight_name(i), l.shape().0, l.shape().1))
-        .collect();
+        .collect::<shears_core::Result<_>>()?;
     let order = data.shuffled_indices(seed);
     for batch in order.chunks(batch_size.max(1)).take(batches) {
         let x = data.features().select_columns(batch);

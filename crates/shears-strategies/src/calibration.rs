@@ -7,6 +7,7 @@ use nalgebra::{DMatrix, DVector};
 use shears_core::{Scalar, check_finite};
 
 use crate::error::{Error, Result};
+use crate::zeros::{zeros, zeros_vector};
 
 /// Tokens converted and multiplied at a time: bounds the copy of the inputs to
 /// `inputs * CHUNK` values whatever the calibration set's size, and each f32 partial
@@ -26,7 +27,7 @@ const CHUNK: usize = 512;
 /// use nalgebra::dmatrix;
 /// use shears_strategies::InputStats;
 ///
-/// let mut stats = InputStats::new(2, true);
+/// let mut stats = InputStats::new(2, true)?;
 /// stats.add(&dmatrix![1.0f32, 2.0; 0.0, 1.0])?; // two tokens of two features
 /// stats.add(&dmatrix![2.0f32; 2.0])?;            // and a third
 /// assert_eq!(stats.samples(), 3);
@@ -45,12 +46,14 @@ pub struct InputStats {
 impl InputStats {
     /// No inputs seen yet, for a layer of `inputs` input features; `gram` asks for the
     /// `inputs x inputs` Gram matrix as well (SparseGPT needs it, Wanda does not).
-    pub fn new(inputs: usize, gram: bool) -> Self {
-        InputStats {
-            samples: 0,
-            sum_squares: DVector::zeros(inputs),
-            gram: gram.then(|| DMatrix::zeros(inputs, inputs)),
-        }
+    ///
+    /// # Errors
+    /// [`shears_core::Error::DimensionOverflow`] if the sums or the Gram matrix could not
+    /// be addressed.
+    pub fn new(inputs: usize, gram: bool) -> Result<Self> {
+        // The Gram matrix is checked first: it is the one whose size can wrap.
+        let gram = if gram { Some(zeros(inputs, inputs)?) } else { None };
+        Ok(InputStats { samples: 0, sum_squares: zeros_vector(inputs)?, gram })
     }
 
     /// The number of input features.
@@ -226,13 +229,13 @@ mod tests {
     #[test]
     fn statistics_equal_naive_sums() {
         let x = DMatrix::from_fn(5, 2 * CHUNK + 37, |i, j| ((i * 31 + j * 17) % 13) as f32 - 6.0);
-        let mut stats = InputStats::new(5, true);
+        let mut stats = InputStats::new(5, true).unwrap();
         stats.add(&x.columns(0, 100).into_owned()).unwrap();
         stats.add(&x.columns(100, x.ncols() - 100).into_owned()).unwrap();
         let xd = x.map(f64::from);
         let naive = &xd * xd.transpose();
         assert_eq!(stats.gram().unwrap(), &naive);
-        let mut wide = InputStats::new(5, true);
+        let mut wide = InputStats::new(5, true).unwrap();
         wide.add(&xd).unwrap();
         assert_eq!(wide.gram().unwrap(), &naive, "the f64 path");
         for j in 0..5 {
@@ -257,15 +260,23 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_errors() {
-        let mut stats = InputStats::new(3, false);
+        let mut stats = InputStats::new(3, false).unwrap();
         assert!(stats.add(&DMatrix::<f32>::zeros(2, 4)).is_err());
         assert!(stats.add(&DMatrix::from_element(3, 1, f32::NAN)).is_err());
         assert!(matches!(stats.require_gram("l"), Err(Error::MissingCalibration { .. })));
         assert_eq!(stats.samples(), 0);
         // A layer of no inputs has nothing to add, in f32 as in f64.
-        let mut empty = InputStats::new(0, true);
+        let mut empty = InputStats::new(0, true).unwrap();
         empty.add(&DMatrix::<f32>::zeros(0, 3)).unwrap();
         empty.add(&DMatrix::<f64>::zeros(0, 3)).unwrap();
         assert_eq!(empty.samples(), 6);
+    }
+
+    #[test]
+    fn statistics_that_could_not_be_addressed_are_refused() {
+        // The Gram matrix of 2^32 inputs has 2^64 entries: its count wraps to 0.
+        let wide = 1usize << (usize::BITS / 2);
+        assert!(InputStats::new(wide, true).is_err());
+        assert!(InputStats::new(usize::MAX, false).is_err());
     }
 }

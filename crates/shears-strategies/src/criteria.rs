@@ -14,6 +14,8 @@ use shears_core::{
     Sparsity, check_finite, check_products,
 };
 
+use crate::zeros::zeros;
+
 /// Magnitude pruning: score `|w|`; the weights closest to zero go first.
 ///
 /// The same masks as `torch.nn.utils.prune.l1_unstructured` on the same weights.
@@ -100,7 +102,7 @@ impl<T: Scalar> PruningStrategy<T> for Gradient {
 /// use shears_strategies::TaylorAccumulator;
 ///
 /// let w = dmatrix![1.0, 1.0];
-/// let mut acc = TaylorAccumulator::new("fc", 1, 2);
+/// let mut acc = TaylorAccumulator::new("fc", 1, 2)?;
 /// acc.add_batch(&w, &dmatrix![1.0, 0.1])?;
 /// acc.add_batch(&w, &dmatrix![-1.0, 0.1])?; // the mean gradient of weight 0 is zero
 /// assert_eq!(acc.batches(), 2);
@@ -116,8 +118,12 @@ pub struct TaylorAccumulator<T: Scalar> {
 
 impl<T: Scalar> TaylorAccumulator<T> {
     /// An empty accumulator for layer `name` of shape `(nrows, ncols)`.
-    pub fn new(name: impl Into<String>, nrows: usize, ncols: usize) -> Self {
-        TaylorAccumulator { name: name.into(), sum: DMatrix::zeros(nrows, ncols), batches: 0 }
+    ///
+    /// # Errors
+    /// [`shears_core::Error::DimensionOverflow`] if a matrix of that shape could not be
+    /// addressed.
+    pub fn new(name: impl Into<String>, nrows: usize, ncols: usize) -> Result<Self> {
+        Ok(TaylorAccumulator { name: name.into(), sum: zeros(nrows, ncols)?, batches: 0 })
     }
 
     /// Adds `|w * g|` of one batch.
@@ -363,7 +369,7 @@ mod tests {
 
     #[test]
     fn accumulator_errors() {
-        let mut acc = TaylorAccumulator::<f64>::new("fc", 1, 2);
+        let mut acc = TaylorAccumulator::<f64>::new("fc", 1, 2).unwrap();
         assert!(matches!(
             acc.add_batch(&dmatrix![1.0], &dmatrix![1.0, 2.0]),
             Err(Error::ShapeMismatch { .. })
@@ -376,6 +382,11 @@ mod tests {
         assert_eq!(err, Error::NonFinite { tensor: "fc.grad".into(), index: 0 });
         assert_eq!(acc.batches(), 0);
         assert_eq!(acc.name(), "fc");
+        // A shape whose element count wraps in release arithmetic is refused, not built
+        // with storage shorter than its shape.
+        let wraps = 1usize << (usize::BITS / 2);
+        let err = TaylorAccumulator::<f32>::new("fc", wraps, wraps).unwrap_err();
+        assert_eq!(err, Error::DimensionOverflow { dims: vec![wraps, wraps] });
     }
 
     #[test]
@@ -392,7 +403,7 @@ mod tests {
         let ctx = LayerContext::new("fc").with_activation_norms(&norms);
         assert_eq!(Wanda.mask(&w, &ctx, s).unwrap_err(), overflow("|w| * ||x||", 0, 1));
         // The accumulator's sum overflows on the second batch and is kept as it was.
-        let mut acc = TaylorAccumulator::<f64>::new("fc", 1, 2);
+        let mut acc = TaylorAccumulator::<f64>::new("fc", 1, 2).unwrap();
         let (w, g) = (dmatrix![1e300, 1.0], dmatrix![1e8, 1.0]);
         acc.add_batch(&w, &g).unwrap();
         let err = acc.add_batch(&w, &g).unwrap_err();
@@ -409,7 +420,7 @@ mod tests {
         // One batch: the accumulator's scores are exactly Gradient's.
         let w = dmatrix![0.5, -0.5; 2.0, 0.1];
         let g = dmatrix![0.3, 1.0; -0.02, 4.0];
-        let mut acc = TaylorAccumulator::new("fc", 2, 2);
+        let mut acc = TaylorAccumulator::new("fc", 2, 2).unwrap();
         acc.add_batch(&w, &g).unwrap();
         let ctx = LayerContext::new("fc").with_gradients(&g);
         assert_eq!(acc.scores(), &Gradient.scores(&w, &ctx).unwrap());

@@ -69,6 +69,7 @@ mod roles;
 mod schedule;
 mod scope;
 mod sparsegpt;
+mod zeros;
 
 pub use calibration::InputStats;
 pub use criteria::{Gradient, Magnitude, Random, TaylorAccumulator, UserScores, Wanda};

@@ -44,7 +44,7 @@ use crate::pattern::Pattern;
 ///
 /// let x = DMatrix::from_fn(8, 64, |i, j| ((i * 7 + j * 3) % 11) as f32 - 5.0);
 /// let w = DMatrix::from_fn(4, 8, |i, j| (i as f64 - j as f64) / 4.0);
-/// let mut stats = InputStats::new(8, true);
+/// let mut stats = InputStats::new(8, true)?;
 /// stats.add(&x)?;
 /// let half = Sparsity::new(0.5)?;
 /// let pruned = SparseGpt::new().prune("fc", &w, &stats, Pattern::Unstructured, half, Rounding::HalfEven, None)?;

@@ -24,7 +24,7 @@ fn weights(rows: usize, cols: usize, seed: u64) -> DMatrix<f64> {
 }
 
 fn stats(x: &DMatrix<f32>) -> InputStats {
-    let mut s = InputStats::new(x.nrows(), true);
+    let mut s = InputStats::new(x.nrows(), true).unwrap();
     s.add(x).unwrap();
     s
 }
@@ -69,7 +69,7 @@ fn updates_equal_the_direct_obs_formula_for_every_block_size() {
         let x = inputs(cols, 200, 1);
         let w = weights(rows, cols, 2);
         // f64 inputs: the Gram matrix is exact, so the updates are compared to 1e-9.
-        let mut stats = InputStats::new(cols, true);
+        let mut stats = InputStats::new(cols, true).unwrap();
         stats.add(&x.map(f64::from)).unwrap();
         // A fixed mask of exactly the target count: only the updates are compared.
         let mask = Mask::from_fn(rows, cols, |r, c| (r * 7 + c * 3) % 5 >= 2).unwrap();
@@ -252,7 +252,7 @@ fn blocked_parallel_updates_equal_the_direct_formulas() {
     let (rows, cols) = (45, 70);
     let x = inputs(cols, 300, 11);
     let w = weights(rows, cols, 12);
-    let mut stats = InputStats::new(cols, true);
+    let mut stats = InputStats::new(cols, true).unwrap();
     stats.add(&x.map(f64::from)).unwrap();
     let mask = Mask::from_fn(rows, cols, |r, c| (r * 5 + c * 3) % 7 >= 3).unwrap();
     let sparsity = Sparsity::from_counts(mask.count_pruned(), rows * cols);
@@ -317,7 +317,7 @@ fn dead_inputs_and_bad_arguments() {
     let rows = Pattern::Structured(crate::Structured::new(crate::Axis::Rows));
     let err = SparseGpt::new().prune("l", &w, &stats(&x), rows, half, Rounding::HalfEven, None);
     assert!(matches!(err, Err(Error::UnsupportedPattern { .. })));
-    let no_gram = InputStats::new(6, false);
+    let no_gram = InputStats::new(6, false).unwrap();
     let err = SparseGpt::new().prune(
         "l",
         &w,
@@ -328,7 +328,7 @@ fn dead_inputs_and_bad_arguments() {
         None,
     );
     assert!(matches!(err, Err(Error::MissingCalibration { .. })));
-    let empty = InputStats::new(6, true);
+    let empty = InputStats::new(6, true).unwrap();
     let err = SparseGpt::new().prune(
         "l",
         &w,
@@ -365,7 +365,7 @@ fn dead_inputs_and_bad_arguments() {
 /// layer and says why, not a panic or NaN weights.
 #[test]
 fn an_overflowed_hessian_is_an_error() {
-    let mut stats = InputStats::new(2, true);
+    let mut stats = InputStats::new(2, true).unwrap();
     stats.add(&DMatrix::from_element(2, 3, 1e200f64)).unwrap();
     let err = SparseGpt::new().inverse_hessian("big", &stats).unwrap_err();
     assert!(matches!(&err, Error::HessianOverflow { tensor, .. } if tensor == "big"), "{err}");
