@@ -49,8 +49,12 @@ pub enum Error {
         /// Its label count.
         labels: usize,
     },
-    /// A network needs at least an input and an output size.
-    #[error("a network needs at least two layer sizes, all positive; got {sizes:?}")]
+    /// A network needs at least an input and an output size, and weights that can be
+    /// addressed.
+    #[error(
+        "a network needs at least two layer sizes, all positive, each weight small enough \
+         to address; got {sizes:?}"
+    )]
     BadArchitecture {
         /// The sizes given.
         sizes: Vec<usize>,

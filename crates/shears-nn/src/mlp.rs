@@ -110,9 +110,17 @@ impl<T: Scalar> Mlp<T> {
     /// ChaCha8 seeded with `seed`, biases zero.
     ///
     /// # Errors
-    /// [`Error::BadArchitecture`] for fewer than two sizes or a zero size.
+    /// [`Error::BadArchitecture`] for fewer than two sizes, a zero size, or a layer
+    /// whose weight's bytes could not be addressed.
     pub fn new(sizes: &[usize], seed: u64) -> Result<Self> {
-        if sizes.len() < 2 || sizes.contains(&0) {
+        // nalgebra multiplies the dimensions unchecked: a wrapped count would build a
+        // matrix whose storage is shorter than its shape.
+        let addressable = |w: &[usize]| {
+            w[0].checked_mul(w[1])
+                .and_then(|n| n.checked_mul(size_of::<T>()))
+                .is_some_and(|bytes| bytes <= isize::MAX as usize)
+        };
+        if sizes.len() < 2 || sizes.contains(&0) || !sizes.windows(2).all(addressable) {
             return Err(Error::BadArchitecture { sizes: sizes.to_vec() });
         }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -378,6 +386,11 @@ mod tests {
     fn errors() {
         assert!(matches!(Mlp::<f32>::new(&[4], 0), Err(Error::BadArchitecture { .. })));
         assert!(matches!(Mlp::<f32>::new(&[4, 0, 2], 0), Err(Error::BadArchitecture { .. })));
+        // 2^32 x 2^32 elements wrap to none in release arithmetic.
+        let wraps = 1usize << (usize::BITS / 2);
+        for sizes in [[wraps, wraps], [usize::MAX, 2], [isize::MAX as usize / 4, 2]] {
+            assert!(matches!(Mlp::<f32>::new(&sizes, 0), Err(Error::BadArchitecture { .. })));
+        }
         let mut mlp = Mlp::<f32>::new(&[4, 3], 0).unwrap();
         assert!(matches!(mlp.forward(&DMatrix::zeros(5, 1)), Err(Error::Shape { .. })));
         assert!(matches!(mlp.backward(&DMatrix::zeros(4, 2), &[0]), Err(Error::Shape { .. })));

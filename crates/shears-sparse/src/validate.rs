@@ -230,6 +230,18 @@ pub(crate) fn bsr(
     block_cols: &[u32],
     values: usize,
 ) -> Result<(), FormatError> {
+    // Blocks may be taller and wider than any index, so unlike the other formats the
+    // shape is not bounded by the buffers: `to_dense` must still be able to address it
+    // in the widest value type (nalgebra multiplies the dimensions unchecked).
+    let addressable = nrows
+        .checked_mul(ncols)
+        .and_then(|n| n.checked_mul(size_of::<f64>()))
+        .is_some_and(|bytes| bytes <= isize::MAX as usize);
+    if !addressable {
+        return Err(FormatError::InvalidStructure {
+            reason: format!("a {nrows}x{ncols} matrix has more elements than can be addressed"),
+        });
+    }
     let (grid_rows, grid_cols) = block.grid(nrows, ncols);
     compressed(grid_rows, grid_cols, indptr, block_cols, block_cols.len())?;
     let per_block = block.rows() * block.cols();

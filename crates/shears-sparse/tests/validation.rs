@@ -147,6 +147,21 @@ fn nm_and_bsr_validation() {
         BlockSparse::from_dense_masked(&w, &Mask::all_kept(1, 4).unwrap(), b),
         Err(Error::Core(_))
     ));
+    // Blocks taller than any index keep the buffers tiny, but a usize::MAX square matrix
+    // could never be made dense: its element count wraps.
+    let huge = BlockShape::new(1 << (usize::BITS - 2), 2).unwrap();
+    let refused = BlockSparse::<f32>::try_from_parts(
+        usize::MAX,
+        usize::MAX,
+        huge,
+        vec![0; 5],
+        vec![],
+        vec![],
+    );
+    assert!(matches!(
+        refused,
+        Err(Error::Format { error: FormatError::InvalidStructure { .. }, .. })
+    ));
 }
 
 /// 11 rows of lengths 0..=8 over 9 columns in windows of 8: a full slice, then a window
