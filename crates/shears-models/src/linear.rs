@@ -295,7 +295,8 @@ impl Linear {
     /// `W x + b` for the tokens of `x` (one per column).
     ///
     /// # Errors
-    /// [`Error::Argument`] if `x` has not one row per input.
+    /// [`Error::Argument`] if `x` has not one row per input, or the output could not be
+    /// addressed.
     pub fn forward(&self, x: &DMatrix<f32>) -> Result<DMatrix<f32>> {
         self.forward_then(x, None)
     }
@@ -320,6 +321,19 @@ impl Linear {
             )));
         }
         let tokens = x.ncols();
+        // An `x` of no rows costs nothing whatever its column count, so the output it
+        // asks for is bounded here rather than by the input's own allocation.
+        let addressable = outputs
+            .checked_mul(tokens)
+            .and_then(|n| n.checked_mul(size_of::<f32>()))
+            .is_some_and(|bytes| bytes <= isize::MAX as usize);
+        if !addressable {
+            return Err(Error::Argument(format!(
+                "layer `{}`: {outputs} outputs for each of {tokens} tokens are more values \
+                 than can be addressed",
+                self.name
+            )));
+        }
         let epilogue = Epilogue { bias: self.bias.as_slice(), f };
         let dense = |w: DenseRef<'_>| {
             let mut y = zeroed(outputs, tokens);
@@ -1230,5 +1244,11 @@ mod tests {
         assert!(l.set_dense(DMatrix::zeros(8, 6)).is_err());
         assert!(Linear::new("x", DMatrix::zeros(2, 2), DVector::zeros(3)).is_err());
         assert_eq!(l.forward(&DMatrix::zeros(8, 0)).unwrap().shape(), (6, 0));
+        // A layer of no inputs takes an empty `x` of any width; an output too large to
+        // address is refused rather than wrapped.
+        let none_in = Linear::new("n", DMatrix::zeros(2, 0), DVector::zeros(2)).unwrap();
+        let err = none_in.forward(&DMatrix::zeros(0, usize::MAX / 2)).unwrap_err();
+        assert!(err.to_string().contains("more values than can be addressed"), "{err}");
+        assert_eq!(none_in.forward(&DMatrix::zeros(0, 3)).unwrap(), DMatrix::zeros(2, 3));
     }
 }
