@@ -111,21 +111,17 @@ impl<T: Scalar> OptimizerState<T> {
     /// One update from the gradients stored in `mlp`, keeping masked weights at zero.
     ///
     /// # Errors
-    /// [`Error::Shape`] if a mask does not fit its layer.
+    /// [`Error::Shape`] if `mlp` is not the network this state was made for (another
+    /// layer count or layer shape), or a mask or gradient does not fit its layer; then
+    /// neither the network nor the state has changed.
     pub fn step(&mut self, mlp: &mut Mlp<T>, masks: &Masks) -> Result<()> {
+        self.check_fits(mlp, masks)?;
         self.steps += 1;
         let grads: Vec<_> = mlp.gradients().to_vec();
         for (i, (layer, grad)) in mlp.layers_mut().iter_mut().zip(grads).enumerate() {
             let Some(mut grad) = grad else { continue };
             let mask = masks.get(&weight_name(i));
             if let Some(m) = mask {
-                if m.shape() != layer.shape() {
-                    return Err(Error::Shape {
-                        what: "mask size",
-                        expected: layer.weight().len(),
-                        got: m.len(),
-                    });
-                }
                 m.apply_in_place(&mut grad.weight)?;
             }
             let slot = &mut self.slots[i];
@@ -164,6 +160,46 @@ impl<T: Scalar> OptimizerState<T> {
 }
 
 impl<T: Scalar> OptimizerState<T> {
+    /// Checks, before `step` changes anything, that `mlp` has this state's layers and that
+    /// every mask and stored gradient has its layer's shape.
+    fn check_fits(&self, mlp: &Mlp<T>, masks: &Masks) -> Result<()> {
+        let layers = mlp.layers();
+        if layers.len() != self.slots.len() {
+            return Err(Error::Shape {
+                what: "optimizer state layers",
+                expected: self.slots.len(),
+                got: layers.len(),
+            });
+        }
+        let misfit = |what, expected: &DMatrix<T>, got: (usize, usize)| {
+            (got != expected.shape()).then(|| Error::Shape {
+                what,
+                expected: expected.len(),
+                got: got.0.saturating_mul(got.1),
+            })
+        };
+        for (i, (layer, slot)) in layers.iter().zip(&self.slots).enumerate() {
+            let grad = mlp.gradients().get(i).and_then(Option::as_ref);
+            let biases = |what, got: usize| {
+                (got != slot.m_b.len()).then(|| Error::Shape {
+                    what,
+                    expected: slot.m_b.len(),
+                    got,
+                })
+            };
+            let mask = masks.get(&weight_name(i));
+            let error = misfit("optimizer state layer size", &slot.m_w, layer.shape())
+                .or_else(|| biases("optimizer state bias size", layer.bias().len()))
+                .or_else(|| misfit("mask size", &slot.m_w, mask?.shape()))
+                .or_else(|| misfit("gradient size", &slot.m_w, grad?.weight.shape()))
+                .or_else(|| biases("bias gradient size", grad?.bias.len()));
+            if let Some(error) = error {
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
     /// Forgets the optimizer's memory of the weights of layer `name` that `positions`
     /// keeps: their velocity or Adam moments become zero, as for a fresh weight. Dynamic
     /// sparse training calls it on regrown connections.
@@ -210,4 +246,50 @@ fn apply_all<T: Scalar>(
     mask.apply_in_place(a)?;
     mask.apply_in_place(b)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trained(sizes: &[usize]) -> Mlp<f32> {
+        let mut mlp = Mlp::new(sizes, 3).unwrap();
+        let x = DMatrix::from_fn(sizes[0], 4, |r, c| (r + 2 * c) as f32 / 8.0);
+        mlp.backward(&x, &[0, 1, 0, 1]).unwrap();
+        mlp
+    }
+
+    #[test]
+    fn a_network_not_the_states_is_refused_before_anything_changes() {
+        let mut state = OptimizerState::new(Optimizer::adam(1e-2), &trained(&[4, 3])).unwrap();
+        let before = state.clone();
+        for sizes in [&[4, 3, 2][..], &[5, 3], &[4, 2]] {
+            let mut other = trained(sizes);
+            let weights = other.clone();
+            let err = state.step(&mut other, &Masks::new()).unwrap_err();
+            assert!(matches!(err, Error::Shape { .. }), "{sizes:?}: {err}");
+            assert_eq!(other.layers(), weights.layers(), "{sizes:?}");
+            assert_eq!(state.steps, before.steps);
+            assert_eq!(
+                state.first_moment("layers.0.weight"),
+                before.first_moment("layers.0.weight")
+            );
+        }
+    }
+
+    #[test]
+    fn a_misfit_mask_on_a_later_layer_leaves_earlier_layers_alone() {
+        let mut mlp = trained(&[4, 3, 2]);
+        let mut state = OptimizerState::new(Optimizer::sgd(0.1, 0.9), &mlp).unwrap();
+        let mut masks = Masks::new();
+        masks.insert(weight_name(1), Mask::all_kept(3, 3).unwrap());
+        let weights = mlp.clone();
+        let err = state.step(&mut mlp, &masks).unwrap_err();
+        assert!(err.to_string().contains("mask size"), "{err}");
+        assert_eq!(mlp.layers(), weights.layers());
+        // The same step with a fitting mask moves the weights.
+        masks.insert(weight_name(1), Mask::all_kept(2, 3).unwrap());
+        state.step(&mut mlp, &masks).unwrap();
+        assert_ne!(mlp.layers(), weights.layers());
+    }
 }
