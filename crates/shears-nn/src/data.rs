@@ -76,7 +76,18 @@ impl Dataset {
     }
 
     /// The samples at `indices`, in that order.
-    pub fn select(&self, indices: &[usize]) -> Dataset {
+    ///
+    /// # Errors
+    /// [`Error::SampleIndex`] naming the first index past the last sample.
+    pub fn select(&self, indices: &[usize]) -> Result<Dataset> {
+        if let Some(&i) = indices.iter().find(|&&i| i >= self.len()) {
+            return Err(Error::SampleIndex { index: i, len: self.len() });
+        }
+        Ok(self.select_valid(indices))
+    }
+
+    /// [`Dataset::select`] of indices known to be in range.
+    fn select_valid(&self, indices: &[usize]) -> Dataset {
         Dataset {
             features: self.features.select_columns(indices),
             labels: indices.iter().map(|&i| self.labels[i]).collect(),
@@ -87,7 +98,7 @@ impl Dataset {
     /// The first `n` samples (all if fewer).
     pub fn take(&self, n: usize) -> Dataset {
         let n = n.min(self.len());
-        self.select(&(0..n).collect::<Vec<_>>())
+        self.select_valid(&(0..n).collect::<Vec<_>>())
     }
 
     /// Splits off `n` samples chosen by a seeded shuffle: `(rest, held_out)`, each in the
@@ -108,7 +119,7 @@ impl Dataset {
         let (mut rest, mut held) = (order[n..].to_vec(), order[..n].to_vec());
         rest.sort_unstable();
         held.sort_unstable();
-        Ok((self.select(&rest), self.select(&held)))
+        Ok((self.select_valid(&rest), self.select_valid(&held)))
     }
 
     /// A seeded permutation of the sample indices.
@@ -173,5 +184,5 @@ pub fn digits() -> Result<Dataset> {
 pub fn digits_split() -> Result<Split> {
     let all = digits()?;
     let (test, train): (Vec<usize>, Vec<usize>) = (0..all.len()).partition(|i| i % 5 == 4);
-    Ok(Split { train: all.select(&train), test: all.select(&test) })
+    Ok(Split { train: all.select_valid(&train), test: all.select_valid(&test) })
 }

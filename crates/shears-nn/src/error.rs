@@ -79,6 +79,14 @@ pub enum Error {
         /// The number of classes.
         classes: usize,
     },
+    /// A sample index past the end of a dataset.
+    #[error("sample index {index} is past the dataset's {len} samples")]
+    SampleIndex {
+        /// The index asked for.
+        index: usize,
+        /// The samples the dataset has.
+        len: usize,
+    },
     /// A hyper-parameter is out of range.
     #[error("{name} must be {requirement}, got {value}")]
     BadParameter {

@@ -19,6 +19,16 @@ fn digits_split_is_fixed() {
     }
 }
 
+#[test]
+fn selected_samples_come_in_order_and_an_index_past_the_end_is_named() {
+    let all = digits().unwrap();
+    let picked = all.select(&[7, 2, 7]).unwrap();
+    assert_eq!(picked.labels(), [all.labels()[7], all.labels()[2], all.labels()[7]]);
+    assert_eq!(picked.features().column(1), all.features().column(2));
+    let err = all.select(&[0, all.len()]).unwrap_err();
+    assert!(matches!(err, Error::SampleIndex { index, len } if index == len && len == all.len()));
+}
+
 fn idx_images(n: u32, rows: u32, cols: u32, magic: u32) -> Vec<u8> {
     let mut v = Vec::new();
     for x in [magic, n, rows, cols] {
