@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use nalgebra::DMatrix;
 use shears_core::{
     Granularity, LayerContext, Mask, Masks, Prunable, PruningStrategy, Scalar, Selector, Sparsity,
+    check_finite,
 };
 
 use crate::criteria::Magnitude;
@@ -112,23 +113,24 @@ impl<T: Scalar> LotteryTicket<T> {
     /// # Errors
     /// [`shears_core::Error::UnknownLayer`] for a remembered layer the model lacks;
     /// [`Error::MaskShape`] for a stored mask of the wrong shape; non-finite weights.
+    /// Every layer is checked and its mask chosen before any changes, so on an error
+    /// neither `model` nor `masks` has.
     pub fn prune_round<M: Prunable<T> + ?Sized>(
         &self,
         model: &mut M,
         masks: &mut Masks,
         round: u32,
     ) -> Result<()> {
+        let mut chosen = Vec::with_capacity(self.rewind_to.len());
         for name in self.rewind_to.keys() {
-            let weights = model.require_weight_mut(name)?;
+            let weights = model.require_weight(name)?;
             let current = masks.get(name);
             check_mask(name, current, weights)?;
-            let mask = Selector::new().select_magnitude(
-                name,
-                weights,
-                self.target(name, round),
-                current,
-            )?;
-            mask.apply_in_place(weights)?;
+            let target = self.target(name, round);
+            chosen.push(Selector::new().select_magnitude(name, weights, target, current)?);
+        }
+        for (name, mask) in self.rewind_to.keys().zip(chosen) {
+            mask.apply_in_place(model.require_weight_mut(name)?)?;
             masks.insert(name.clone(), mask);
         }
         Ok(())
@@ -139,14 +141,17 @@ impl<T: Scalar> LotteryTicket<T> {
     /// # Errors
     /// [`Error::MissingInitial`] for a masked layer with no remembered weights;
     /// [`shears_core::Error::UnknownLayer`] for a layer the model lacks; [`Error::MaskShape`]
-    /// if a mask or remembered matrix does not fit its layer.
+    /// if a mask or remembered matrix does not fit its layer;
+    /// [`shears_core::Error::NonFinite`] naming `"<layer>.initial"` for remembered weights
+    /// that are not all finite.
+    /// Every layer is checked before any is reset, so on an error `model` is unchanged.
     pub fn rewind<M: Prunable<T> + ?Sized>(&self, model: &mut M, masks: &Masks) -> Result<()> {
         for (name, mask) in masks {
             let initial = self
                 .rewind_to
                 .get(name)
                 .ok_or_else(|| Error::MissingInitial { layer: name.clone() })?;
-            let weights = model.require_weight_mut(name)?;
+            let weights = model.require_weight(name)?;
             check_mask(name, Some(mask), weights)?;
             if initial.shape() != weights.shape() {
                 return Err(Error::MaskShape {
@@ -155,7 +160,13 @@ impl<T: Scalar> LotteryTicket<T> {
                     weights: weights.shape(),
                 });
             }
-            *weights = mask.apply(initial)?;
+            check_finite(&format!("{name}.initial"), initial.as_slice())?;
+        }
+        for (name, mask) in masks {
+            // Checked above: every masked layer has remembered weights of its shape.
+            if let Some(initial) = self.rewind_to.get(name) {
+                *model.require_weight_mut(name)? = mask.apply(initial)?;
+            }
         }
         Ok(())
     }
@@ -296,6 +307,36 @@ mod tests {
         let mut wrong = Masks::from([("hidden".to_string(), Mask::all_kept(3, 3).unwrap())]);
         assert!(matches!(ticket.prune_round(&mut m, &mut wrong, 1), Err(Error::MaskShape { .. })));
         assert!(matches!(ticket.rewind(&mut m, &wrong), Err(Error::MaskShape { .. })));
+    }
+
+    #[test]
+    fn a_failing_layer_leaves_every_layer_as_it_was() {
+        let mut m = model();
+        let mut ticket = LotteryTicket::new(0.2).unwrap();
+        ticket.remember_model(&m);
+        let before = m.0.clone();
+        // "hidden" comes first and fits; "out"'s mask does not.
+        let mut masks = Masks::from([
+            ("hidden".to_string(), Mask::all_kept(10, 10).unwrap()),
+            ("out".to_string(), Mask::all_kept(3, 3).unwrap()),
+        ]);
+        let kept = masks.clone();
+        assert!(matches!(ticket.prune_round(&mut m, &mut masks, 1), Err(Error::MaskShape { .. })));
+        assert_eq!((&m.0, &masks), (&before, &kept));
+        assert!(matches!(ticket.rewind(&mut m, &masks), Err(Error::MaskShape { .. })));
+        assert_eq!(m.0, before);
+        // Remembered weights that are not finite are named, and nothing is reset.
+        let mut scaled = model();
+        scaled.0.values_mut().for_each(|w| *w *= 3.0);
+        let trained = scaled.0.clone();
+        ticket.remember("out", DMatrix::from_element(2, 10, f64::NAN));
+        masks.insert("out".into(), Mask::all_kept(2, 10).unwrap());
+        let err = ticket.rewind(&mut scaled, &masks).unwrap_err();
+        assert_eq!(
+            err,
+            shears_core::Error::NonFinite { tensor: "out.initial".into(), index: 0 }.into()
+        );
+        assert_eq!(scaled.0, trained);
     }
 
     #[test]
