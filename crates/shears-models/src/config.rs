@@ -193,9 +193,10 @@ impl BertConfig {
         Ok(())
     }
 
-    /// The width of one attention head.
+    /// The width of one attention head; 0 for a config of no heads, which
+    /// [`BertConfig::check`] refuses.
     pub fn head_size(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+        self.hidden_size.checked_div(self.num_attention_heads).unwrap_or(0)
     }
 }
 
@@ -663,6 +664,9 @@ mod tests {
     fn reads_a_bert_config() {
         let c = parse(MINILM).unwrap();
         assert_eq!((c.hidden_size, c.num_attention_heads, c.head_size()), (384, 12, 32));
+        let headless = BertConfig { num_attention_heads: 0, ..c.clone() };
+        assert_eq!(headless.head_size(), 0);
+        assert!(headless.check().is_err());
         assert_eq!(c.hidden_act, Activation::Gelu);
     }
 
