@@ -70,7 +70,8 @@ impl InputStats {
     ///
     /// # Errors
     /// [`shears_core::Error::LengthMismatch`] if `x` has not one row per input feature;
-    /// [`shears_core::Error::NonFinite`] if it holds a NaN or infinity.
+    /// [`shears_core::Error::NonFinite`] if it holds a NaN or infinity;
+    /// [`shears_core::Error::DimensionOverflow`] if the token count would overflow.
     pub fn add<T: Scalar>(&mut self, x: &DMatrix<T>) -> Result<()> {
         if x.nrows() != self.inputs() {
             return Err(shears_core::Error::LengthMismatch {
@@ -81,6 +82,10 @@ impl InputStats {
             .into());
         }
         check_finite("calibration inputs", x.as_slice())?;
+        // A layer of no inputs takes tokens at no cost, so their count is bounded here.
+        let samples = self.samples.checked_add(x.ncols()).ok_or_else(|| {
+            shears_core::Error::DimensionOverflow { dims: vec![self.samples, x.ncols()] }
+        })?;
         let inputs = self.inputs();
         if inputs > 0 {
             let sums = self.sum_squares.as_mut_slice();
@@ -98,7 +103,7 @@ impl InputStats {
                 add_gram_f64(gram, x);
             }
         }
-        self.samples += x.ncols();
+        self.samples = samples;
         Ok(())
     }
 
@@ -171,6 +176,9 @@ fn add_gram_f32<T: Scalar>(gram: &mut DMatrix<f64>, x: &DMatrix<T>) {
 /// `gram += x xᵀ` in f64, a chunk at a time.
 fn add_gram_f64<T: Scalar>(gram: &mut DMatrix<f64>, x: &DMatrix<T>) {
     let inputs = x.nrows();
+    if inputs == 0 {
+        return;
+    }
     let mut chunk = Vec::with_capacity(inputs * CHUNK.min(x.ncols()));
     for start in (0..x.ncols()).step_by(CHUNK) {
         let end = (start + CHUNK).min(x.ncols());
@@ -270,6 +278,10 @@ mod tests {
         empty.add(&DMatrix::<f32>::zeros(0, 3)).unwrap();
         empty.add(&DMatrix::<f64>::zeros(0, 3)).unwrap();
         assert_eq!(empty.samples(), 6);
+        // Tokens of no inputs cost nothing, so their count is what is bounded.
+        empty.add(&DMatrix::<f64>::zeros(0, usize::MAX - 6)).unwrap();
+        assert!(empty.add(&DMatrix::<f32>::zeros(0, 1)).is_err());
+        assert_eq!(empty.samples(), usize::MAX);
     }
 
     #[test]
