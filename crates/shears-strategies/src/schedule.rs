@@ -152,7 +152,9 @@ impl Schedule {
         Ok(Schedule::Iterative { rate, rounds, target })
     }
 
-    /// `rounds` rounds at rate `rate` (the target is wherever they land).
+    /// `rounds` rounds at rate `rate` (the target is wherever they land). Unlike
+    /// [`Schedule::iterative`], which needs a round to reach its target, 0 rounds is
+    /// allowed here: a schedule of no rounds, landing at sparsity 0.
     pub fn geometric(rate: PruneRate, rounds: u32) -> Self {
         Schedule::Iterative { rate, rounds, target: rate.after(rounds) }
     }
@@ -281,6 +283,8 @@ mod tests {
     fn geometric_rounds() {
         let sch = Schedule::geometric(PruneRate::new(0.2).unwrap(), 2);
         assert!((sch.final_target().get() - 0.36).abs() < 1e-12);
+        let none = Schedule::geometric(PruneRate::new(0.2).unwrap(), 0);
+        assert_eq!((none.targets(), none.final_target()), (vec![], s(0.0)));
         assert_eq!(PruneRate::new(0.2).unwrap().rounds_for(s(0.0)), 0);
         assert_eq!(PruneRate::new(0.0).unwrap().rounds_for(s(0.5)), u32::MAX);
         assert_eq!(PruneRate::new(0.5).unwrap().rounds_for(s(0.75)), 2);
