@@ -67,7 +67,7 @@ impl<'a> Tensor<'a> {
         let stored = WeightShape::from_dims(&info.shape)
             .with_context(|| format!("tensor `{}`", choice.name))?;
         let shape = if choice.transposed {
-            WeightShape::dense(stored.cols(), stored.rows())
+            WeightShape::dense(stored.cols(), stored.rows())?
         } else {
             stored
         };

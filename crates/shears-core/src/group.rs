@@ -77,7 +77,7 @@ enum Kind {
 /// use shears_core::{GroupLayout, Granularity, Reduction, WeightShape};
 ///
 /// let w = dmatrix![3.0, 4.0; 0.0, 1.0];
-/// let rows = GroupLayout::new("fc", Granularity::Rows, &WeightShape::dense(2, 2))?;
+/// let rows = GroupLayout::new("fc", Granularity::Rows, &WeightShape::dense(2, 2)?)?;
 /// assert_eq!(rows.count(), 2);
 /// assert_eq!(rows.reduce("fc", &w, Reduction::L2)?, vec![5.0, 1.0]);
 /// let mask = rows.mask_from_kept_groups(&[true, false])?;
@@ -280,8 +280,10 @@ mod tests {
 
     #[test]
     fn block_numbering_is_row_major() {
-        let l =
-            layout(Granularity::Blocks(BlockShape::new(2, 2).unwrap()), WeightShape::dense(3, 5));
+        let l = layout(
+            Granularity::Blocks(BlockShape::new(2, 2).unwrap()),
+            WeightShape::dense(3, 5).unwrap(),
+        );
         assert_eq!(l.count(), 6);
         assert_eq!(l.group_of(0, 0), 0);
         assert_eq!(l.group_of(1, 4), 2);
@@ -299,13 +301,13 @@ mod tests {
     }
 
     fn cols_of(nrows: usize, ncols: usize) -> GroupLayout {
-        layout(Granularity::Columns, WeightShape::dense(nrows, ncols))
+        layout(Granularity::Columns, WeightShape::dense(nrows, ncols).unwrap())
     }
 
     #[test]
     fn reductions() {
         let w = dmatrix![1.0f32, -2.0; 3.0, -4.0];
-        let cols = layout(Granularity::Columns, WeightShape::dense(2, 2));
+        let cols = layout(Granularity::Columns, WeightShape::dense(2, 2).unwrap());
         assert_eq!(cols.reduce("x", &w, Reduction::L1).unwrap(), vec![4.0, 6.0]);
         assert_eq!(cols.reduce("x", &w, Reduction::Sum).unwrap(), vec![4.0, -6.0]);
         assert_eq!(cols.reduce("x", &w, Reduction::L2).unwrap(), vec![10f64.sqrt(), 20f64.sqrt()]);
@@ -319,7 +321,7 @@ mod tests {
     fn large_values_keep_their_norms() {
         let huge = 1e300f64;
         let w = dmatrix![huge, 1.0, -3.0 * huge; huge, 2.0, 4.0 * huge];
-        let rows = layout(Granularity::Rows, WeightShape::dense(2, 3));
+        let rows = layout(Granularity::Rows, WeightShape::dense(2, 3).unwrap());
         let norms = rows.reduce("x", &w, Reduction::L2).unwrap();
         let small = w.map(|x| x * 2f64.powi(-600));
         let want: Vec<f64> = rows
@@ -331,13 +333,13 @@ mod tests {
         for (got, want) in norms.iter().zip(&want) {
             assert!(got.is_finite() && ((got - want) / want).abs() < 1e-15, "{got} {want}");
         }
-        let cols = layout(Granularity::Columns, WeightShape::dense(2, 3));
+        let cols = layout(Granularity::Columns, WeightShape::dense(2, 3).unwrap());
         let norms = cols.reduce("x", &w, Reduction::L2).unwrap();
         assert_eq!(norms[1], 5f64.sqrt());
         assert!((norms[2] / (5.0 * huge) - 1.0).abs() < 1e-15);
         let over = dmatrix![f64::MAX, f64::MAX; 1.0, 1.0];
         for reduction in [Reduction::L1, Reduction::L2, Reduction::Sum] {
-            let rows = layout(Granularity::Rows, WeightShape::dense(2, 2));
+            let rows = layout(Granularity::Rows, WeightShape::dense(2, 2).unwrap());
             let err = rows.reduce("x", &over, reduction).unwrap_err();
             assert_eq!(err, Error::ScoreOverflow { tensor: "x".into(), reduction, group: 0 });
             assert!(err.to_string().contains("group 0 overflows f64"), "{err}");
@@ -349,7 +351,7 @@ mod tests {
 
     #[test]
     fn errors() {
-        let dense = WeightShape::dense(2, 2);
+        let dense = WeightShape::dense(2, 2).unwrap();
         assert!(matches!(
             GroupLayout::new("x", Granularity::Channels, &dense),
             Err(Error::NotConvolution { .. })

@@ -733,7 +733,7 @@ mod tests {
             assert_eq!(Mask::from_row_major(rows, cols, &keep).unwrap(), expected);
         }
         let mut data = [1.0f64, 2.0, 3.0, 4.0, 5.0, 6.0];
-        let shape = WeightShape::dense(2, 3);
+        let shape = WeightShape::dense(2, 3).unwrap();
         assert_eq!(m.apply_to_tensor(&shape, &mut data), Ok(()));
         assert_eq!(data, [1.0, 0.0, 3.0, 0.0, 5.0, 0.0]);
         assert!(matches!(
@@ -741,7 +741,7 @@ mod tests {
             Err(Error::LengthMismatch { .. })
         ));
         assert!(matches!(
-            m.apply_to_tensor(&WeightShape::dense(3, 2), &mut data),
+            m.apply_to_tensor(&WeightShape::dense(3, 2).unwrap(), &mut data),
             Err(Error::ShapeMismatch { .. })
         ));
     }

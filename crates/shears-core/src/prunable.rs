@@ -48,7 +48,7 @@ pub trait Prunable<T: Scalar> {
 
     /// The tensor shape of weight `name` (dense by default).
     fn weight_shape(&self, name: &str) -> Option<WeightShape> {
-        self.weight(name).map(|w| WeightShape::dense(w.nrows(), w.ncols()))
+        self.weight(name).map(WeightShape::of_matrix)
     }
 
     /// [`Prunable::weight`], or an error naming the missing layer.

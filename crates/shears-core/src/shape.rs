@@ -2,8 +2,10 @@
 
 use std::ops::Range;
 
+use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
 
+use crate::Scalar;
 use crate::error::{Error, Result};
 
 /// The shape of a prunable weight and its matrix view.
@@ -16,8 +18,7 @@ use crate::error::{Error, Result};
 ///   data, so no element moves.
 ///
 /// # Invariants
-/// Every dimension product fits in `usize` (checked by [`WeightShape::conv`] and
-/// [`WeightShape::from_dims`]).
+/// Every dimension product fits in `usize` (checked by every constructor).
 ///
 /// # Examples
 /// ```
@@ -25,7 +26,7 @@ use crate::error::{Error, Result};
 /// let conv = WeightShape::conv(64, 3, 3, 3)?;
 /// assert_eq!(conv.matrix_shape(), (64, 27));
 /// assert_eq!(conv.channel_columns(1), Some(9..18));
-/// assert_eq!(WeightShape::from_dims(&[10, 20])?, WeightShape::dense(10, 20));
+/// assert_eq!(WeightShape::from_dims(&[10, 20])?, WeightShape::dense(10, 20)?);
 /// assert!(WeightShape::from_dims(&[10]).is_err());
 /// # Ok::<(), shears_core::Error>(())
 /// ```
@@ -43,8 +44,18 @@ enum Kind {
 
 impl WeightShape {
     /// A fully connected weight `(rows, cols)` = `(out_features, in_features)`.
-    pub fn dense(rows: usize, cols: usize) -> Self {
-        WeightShape { kind: Kind::Dense { rows, cols } }
+    ///
+    /// # Errors
+    /// [`Error::DimensionOverflow`] if the element count does not fit in `usize`.
+    pub fn dense(rows: usize, cols: usize) -> Result<Self> {
+        rows.checked_mul(cols).ok_or(Error::DimensionOverflow { dims: vec![rows, cols] })?;
+        Ok(WeightShape { kind: Kind::Dense { rows, cols } })
+    }
+
+    /// The fully connected weight of `matrix`'s shape (its elements exist, so their
+    /// count fits).
+    pub fn of_matrix<T: Scalar>(matrix: &DMatrix<T>) -> Self {
+        WeightShape { kind: Kind::Dense { rows: matrix.nrows(), cols: matrix.ncols() } }
     }
 
     /// A convolution weight `(out_channels, in_channels, kh, kw)`.
@@ -67,10 +78,7 @@ impl WeightShape {
     /// element count does not fit in `usize`.
     pub fn from_dims(dims: &[usize]) -> Result<Self> {
         match *dims {
-            [rows, cols] => {
-                rows.checked_mul(cols).ok_or(Error::DimensionOverflow { dims: dims.to_vec() })?;
-                Ok(WeightShape::dense(rows, cols))
-            }
+            [rows, cols] => WeightShape::dense(rows, cols),
             [o, i, kh, kw] => WeightShape::conv(o, i, kh, kw),
             _ => Err(Error::UnsupportedRank { dims: dims.to_vec() }),
         }
@@ -170,7 +178,7 @@ mod tests {
         assert_eq!(s.channel_columns(2), None);
         assert_eq!(s.in_channels(), Some(2));
         assert!(s.is_conv());
-        assert_eq!(WeightShape::dense(3, 4).channel_columns(0), None);
+        assert_eq!(WeightShape::dense(3, 4).unwrap().channel_columns(0), None);
     }
 
     #[test]
@@ -188,5 +196,13 @@ mod tests {
             WeightShape::conv(usize::MAX, 2, 1, 1),
             Err(Error::DimensionOverflow { .. })
         ));
+        // 2^32 x 2^32 wraps to 0 elements in release arithmetic: an "empty" shape.
+        let wraps = 1usize << (usize::BITS / 2);
+        assert_eq!(
+            WeightShape::dense(wraps, wraps),
+            Err(Error::DimensionOverflow { dims: vec![wraps, wraps] })
+        );
+        let m = nalgebra::DMatrix::<f32>::zeros(3, 5);
+        assert_eq!(WeightShape::of_matrix(&m), WeightShape::dense(3, 5).unwrap());
     }
 }

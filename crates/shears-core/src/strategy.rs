@@ -111,7 +111,7 @@ impl<'a, T: Scalar> LayerContext<'a, T> {
 
     /// The tensor shape, or the dense shape of `weights` when none was given.
     pub fn shape_or_dense(&self, weights: &DMatrix<T>) -> WeightShape {
-        self.shape.unwrap_or_else(|| WeightShape::dense(weights.nrows(), weights.ncols()))
+        self.shape.unwrap_or_else(|| WeightShape::of_matrix(weights))
     }
 
     /// The gradients, if given.
@@ -377,7 +377,7 @@ mod tests {
     #[test]
     fn shape_defaults_to_dense() {
         let w = DMatrix::<f32>::zeros(3, 4);
-        assert_eq!(LayerContext::new("x").shape_or_dense(&w), WeightShape::dense(3, 4));
+        assert_eq!(LayerContext::new("x").shape_or_dense(&w), WeightShape::dense(3, 4).unwrap());
         let conv = WeightShape::conv(3, 1, 2, 2).unwrap();
         assert_eq!(LayerContext::new("x").with_shape(conv).shape_or_dense(&w), conv);
     }

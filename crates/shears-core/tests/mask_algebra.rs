@@ -71,7 +71,7 @@ proptest! {
         prop_assert_eq!(&applied, &expected);
         // The tensor path (row-major data) agrees with the matrix path.
         let mut row_major: Vec<f32> = w.transpose().as_slice().to_vec();
-        let shape = shears_core::WeightShape::dense(w.nrows(), w.ncols());
+        let shape = shears_core::WeightShape::of_matrix(&w);
         m.apply_to_tensor(&shape, &mut row_major).unwrap();
         prop_assert_eq!(row_major, expected.transpose().as_slice().to_vec());
     }

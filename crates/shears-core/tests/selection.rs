@@ -114,7 +114,7 @@ proptest! {
     #[test]
     fn groups_are_whole(scores in scored(12), s in arb::sparsity(), by_rows in any::<bool>()) {
         let g = if by_rows { Granularity::Rows } else { Granularity::Columns };
-        let shape = WeightShape::dense(scores.nrows(), scores.ncols());
+        let shape = WeightShape::of_matrix(&scores);
         let layout = GroupLayout::new("t", g, &shape).unwrap();
         let group_scores = layout.reduce("scores", &scores, Reduction::L2).unwrap();
         let mask = Selector::new().select_groups("t", &layout, &group_scores, s, None).unwrap();

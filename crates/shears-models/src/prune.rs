@@ -112,7 +112,7 @@ pub fn prune_model(
     for layer in model.layers() {
         for (_, linear) in layer.linears().into_iter().filter(|(_, l)| select(l.name())) {
             let (rows, cols) = linear.shape();
-            let shape = shears_core::WeightShape::dense(rows, cols);
+            let shape = shears_core::WeightShape::dense(rows, cols)?;
             spec.pattern.check_fits(linear.name(), &shape, spec.sparsity)?;
         }
     }

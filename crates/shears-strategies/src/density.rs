@@ -113,9 +113,7 @@ impl Distribution {
                 return Err(Error::DuplicateLayer { layer: name.clone() });
             }
             let w = model.require_weight(name)?;
-            let shape = model
-                .weight_shape(name)
-                .unwrap_or_else(|| WeightShape::dense(w.nrows(), w.ncols()));
+            let shape = model.weight_shape(name).unwrap_or_else(|| WeightShape::of_matrix(w));
             layers.push((name.clone(), w.len() as f64, self.raw_density(&shape)));
         }
         if self == Distribution::Uniform {
@@ -210,10 +208,7 @@ mod tests {
             self.0.get_mut(n)
         }
         fn weight_shape(&self, n: &str) -> Option<WeightShape> {
-            self.1
-                .get(n)
-                .copied()
-                .or_else(|| self.0.get(n).map(|w| WeightShape::dense(w.nrows(), w.ncols())))
+            self.1.get(n).copied().or_else(|| self.0.get(n).map(WeightShape::of_matrix))
         }
     }
 
@@ -264,7 +259,7 @@ mod tests {
         let erk = Distribution::ErdosRenyiKernel.raw_density(&net.weight_shape("conv").unwrap());
         assert!((er - (16.0 + 72.0) / (16.0 * 72.0)).abs() < 1e-15);
         assert!((erk - (16.0 + 8.0 + 3.0 + 3.0) / (16.0 * 72.0)).abs() < 1e-15);
-        let fc = WeightShape::dense(10, 100);
+        let fc = WeightShape::dense(10, 100).unwrap();
         assert_eq!(
             Distribution::ErdosRenyi.raw_density(&fc),
             Distribution::ErdosRenyiKernel.raw_density(&fc)

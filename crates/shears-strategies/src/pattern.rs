@@ -159,10 +159,10 @@ impl Pattern {
     ///
     /// let half = Sparsity::new(0.5)?;
     /// let two_four: Pattern = "2:4".parse()?;
-    /// assert!(two_four.check_fits("fc", &WeightShape::dense(10, 32), half).is_ok());
-    /// assert!(two_four.check_fits("fc", &WeightShape::dense(10, 30), half).is_err());
+    /// assert!(two_four.check_fits("fc", &WeightShape::dense(10, 32)?, half).is_ok());
+    /// assert!(two_four.check_fits("fc", &WeightShape::dense(10, 30)?, half).is_err());
     /// let rows: Pattern = "rows".parse()?;
-    /// assert!(rows.check_fits("fc", &WeightShape::dense(1, 30), half).is_err());
+    /// assert!(rows.check_fits("fc", &WeightShape::dense(1, 30)?, half).is_err());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///

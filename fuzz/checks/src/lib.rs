@@ -469,7 +469,7 @@ pub fn pattern_fit(data: &[u8]) {
     let shape = if a & 0x80 != 0 {
         WeightShape::conv(rows, 2, 1, cols).expect("small dimensions")
     } else {
-        WeightShape::dense(rows, cols)
+        WeightShape::dense(rows, cols).expect("small dimensions")
     };
     let Ok(sparsity) = Sparsity::new(f64::from(*s) / 255.0) else { return };
     if pattern.check_fits("w", &shape, sparsity).is_err() {

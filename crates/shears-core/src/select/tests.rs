@@ -152,7 +152,8 @@ fn per_row_balances_rows() {
 #[test]
 fn group_selection() {
     let w = dmatrix![0.1, 0.9, 0.2, 0.8; 0.1, 0.9, 0.2, 0.8; 0.1, 0.9, 0.2, 0.8];
-    let layout = GroupLayout::new("t", Granularity::Columns, &WeightShape::dense(3, 4)).unwrap();
+    let layout =
+        GroupLayout::new("t", Granularity::Columns, &WeightShape::dense(3, 4).unwrap()).unwrap();
     let scores = layout.reduce("w", &w, Reduction::L2).unwrap();
     let mask = Selector::new()
         .select_groups("t", &layout, &scores, Sparsity::new(0.5).unwrap(), None)
