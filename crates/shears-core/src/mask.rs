@@ -60,8 +60,15 @@ impl std::fmt::Debug for Mask {
     }
 }
 
+/// `nrows * ncols`, refused if it overflows or if either side is longer than a vector
+/// of per-row or per-column counts (`kept_per_col` and the like) could be: a mask of no
+/// elements costs nothing whatever its shape, so its sides are bounded here.
 fn element_count(nrows: usize, ncols: usize) -> Result<usize> {
-    nrows.checked_mul(ncols).ok_or(Error::DimensionOverflow { dims: vec![nrows, ncols] })
+    const MAX_SIDE: usize = isize::MAX as usize / size_of::<usize>();
+    nrows
+        .checked_mul(ncols)
+        .filter(|_| nrows <= MAX_SIDE && ncols <= MAX_SIDE)
+        .ok_or(Error::DimensionOverflow { dims: vec![nrows, ncols] })
 }
 
 fn words_for(len: usize) -> usize {
@@ -107,7 +114,8 @@ impl Mask {
     /// A mask that keeps every weight.
     ///
     /// # Errors
-    /// [`Error::DimensionOverflow`] if `nrows * ncols` does not fit in `usize`.
+    /// [`Error::DimensionOverflow`] if `nrows * ncols` does not fit in `usize` or a side
+    /// is too long to count along.
     pub fn all_kept(nrows: usize, ncols: usize) -> Result<Self> {
         let len = element_count(nrows, ncols)?;
         let mut words = vec![u64::MAX; words_for(len)];
@@ -120,7 +128,8 @@ impl Mask {
     /// A mask that prunes every weight.
     ///
     /// # Errors
-    /// [`Error::DimensionOverflow`] if `nrows * ncols` does not fit in `usize`.
+    /// [`Error::DimensionOverflow`] if `nrows * ncols` does not fit in `usize` or a side
+    /// is too long to count along.
     pub fn all_pruned(nrows: usize, ncols: usize) -> Result<Self> {
         let len = element_count(nrows, ncols)?;
         Ok(Mask { nrows, ncols, words: vec![0; words_for(len)] })
@@ -147,7 +156,8 @@ impl Mask {
     /// A mask from a predicate on `(row, col)`, called in column-major order.
     ///
     /// # Errors
-    /// [`Error::DimensionOverflow`] if `nrows * ncols` does not fit in `usize`.
+    /// [`Error::DimensionOverflow`] if `nrows * ncols` does not fit in `usize` or a side
+    /// is too long to count along.
     pub fn from_fn(
         nrows: usize,
         ncols: usize,
@@ -666,6 +676,13 @@ mod tests {
     fn overflowing_shape_is_an_error() {
         assert!(matches!(Mask::all_kept(usize::MAX, 2), Err(Error::DimensionOverflow { .. })));
         assert!(matches!(Mask::all_pruned(usize::MAX, 3), Err(Error::DimensionOverflow { .. })));
+        // No elements, but a side no per-column count could be made for.
+        let long = 1usize << (usize::BITS - 2);
+        for (r, c) in [(0, long), (long, 0)] {
+            assert!(matches!(Mask::all_kept(r, c), Err(Error::DimensionOverflow { .. })));
+            assert!(matches!(Mask::from_words(r, c, vec![]), Err(Error::DimensionOverflow { .. })));
+        }
+        assert_eq!(Mask::all_kept(0, 1 << 20).unwrap().kept_per_col().len(), 1 << 20);
     }
 
     #[test]
