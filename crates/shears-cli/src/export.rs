@@ -83,7 +83,9 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
             bert.config().num_hidden_layers,
             bert.config().hidden_size
         );
-        (shears_onnx::export_sentence_encoder(&bert, &sentence, &options)?, what)
+        let exported = shears_onnx::export_sentence_encoder(&bert, &sentence, &options)
+            .with_context(|| args.model.display().to_string())?;
+        (exported, what)
     } else {
         shears_io::paths::check_distinct(&[
             ("MODEL", args.model.as_path(), false),
@@ -100,7 +102,9 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
             }
         }
         let what = format!("MLP {:?}", mlp.sizes());
-        (shears_onnx::export_mlp(&mlp, &options)?, what)
+        let exported = shears_onnx::export_mlp(&mlp, &options)
+            .with_context(|| args.model.display().to_string())?;
+        (exported, what)
     };
     let mut model = model;
     // The model names its data file in UTF-8.

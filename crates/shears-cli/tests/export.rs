@@ -223,6 +223,17 @@ fn a_checkpoints_masks_are_applied_and_nan_is_refused() {
     // An MLP checkpoint with a bad value is not told what export takes.
     assert!(!stderr(&o).contains("shears exports"), "{}", stderr(&o));
     assert!(!out.exists());
+    // A weight's bad value is named at its [row, column] as the checkpoint holds it, in
+    // the file named.
+    let mut broken = mlp.clone();
+    broken.layers_mut()[0].weight_mut()[(2, 1)] = f32::INFINITY;
+    shears_nn::checkpoint::save(&broken, &shears_core::Masks::new(), &checkpoint).unwrap();
+    let o = shears(&["export", checkpoint.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let message = stderr(&o);
+    assert!(message.contains("`layers.0.weight` holds inf at [2, 1]"), "{message}");
+    assert!(message.contains("mlp.safetensors"), "{message}");
+    assert!(!out.exists());
 }
 
 #[test]

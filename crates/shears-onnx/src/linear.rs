@@ -1,6 +1,6 @@
 //! A linear layer `y = x Wᵀ + b` in the graph, with f32 or int8 weights.
 
-use nalgebra::{DMatrix, DVector};
+use nalgebra::{DMatrix, DVector, Dim, Matrix, RawStorage};
 use shears_sparse::{Int8Matrix, QuantScheme};
 
 use crate::error::Result;
@@ -22,9 +22,9 @@ pub(crate) fn linear(
     x: &str,
 ) -> Result<String> {
     let (out, inp) = w.shape();
-    finite(name, w.as_slice())?;
+    finite(name, w)?;
     let bias_name = name.strip_suffix(".weight").unwrap_or(name).to_owned() + ".bias";
-    finite(&bias_name, bias.as_slice())?;
+    finite(&bias_name, bias)?;
     let b = g.f32s(&bias_name, &[out], bias.as_slice());
     let y = match options.weights {
         Weights::F32 => {
@@ -103,13 +103,18 @@ fn quantize_per_token(
     (xq, scale)
 }
 
-/// A NaN or infinite value would make every output NaN: an error naming the tensor.
-pub(crate) fn finite(name: &str, values: &[f32]) -> Result<()> {
-    match values.iter().position(|v| !v.is_finite()) {
-        Some(i) => Err(crate::error::Error::Unsupported(format!(
-            "tensor `{name}` holds {} at index {i}",
-            values[i]
-        ))),
-        None => Ok(()),
-    }
+/// A NaN or infinite value would make every output NaN: an error naming the tensor and
+/// the value's `[row, column]` (`[index]` for a vector), as the checkpoint lays it out.
+pub(crate) fn finite<R: Dim, C: Dim, S: RawStorage<f32, R, C>>(
+    name: &str,
+    values: &Matrix<f32, R, C, S>,
+) -> Result<()> {
+    let Some(i) = values.iter().position(|v| !v.is_finite()) else { return Ok(()) };
+    let (rows, value) = (values.nrows(), values[i]);
+    let at = if values.ncols() == 1 {
+        format!("[{i}]")
+    } else {
+        format!("[{}, {}]", i % rows, i / rows)
+    };
+    Err(crate::error::Error::Unsupported(format!("tensor `{name}` holds {value} at {at}")))
 }

@@ -30,8 +30,8 @@ pub fn export_mlp(mlp: &Mlp<f32>, options: &ExportOptions) -> Result<ModelProto>
         let hint = format!("layers.{i}");
         let z = match options.weights {
             Weights::F32 => {
-                crate::linear::finite(&shears_nn::weight_name(i), layer.weight().as_slice())?;
-                crate::linear::finite(&shears_nn::bias_name(i), layer.bias().as_slice())?;
+                crate::linear::finite(&shears_nn::weight_name(i), layer.weight())?;
+                crate::linear::finite(&shears_nn::bias_name(i), layer.bias())?;
                 // Row-major (out, in): the transpose's column-major storage.
                 let w = g.weight_f32s(
                     options.sparse_initializers,
