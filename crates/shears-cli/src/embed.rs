@@ -146,12 +146,29 @@ struct Texts<'a> {
     file: &'a Path,
     lines: Vec<usize>,
     texts: Vec<String>,
+    /// `--limit` when the file holds more lines of text than it let be read.
+    cut_at: Option<u32>,
 }
 
 impl<'a> Texts<'a> {
     fn read(file: &'a Path, limit: u32) -> Result<Texts<'a>> {
-        let (lines, texts) = read_numbered_texts(file, limit as usize)?.into_iter().unzip();
-        Ok(Texts { file, lines, texts })
+        // One line past the limit tells whether it left any out.
+        let mut numbered = read_numbered_texts(file, limit as usize + 1)?;
+        let cut_at = (numbered.len() > limit as usize).then_some(limit);
+        numbered.truncate(limit as usize);
+        let (lines, texts) = numbered.into_iter().unzip();
+        Ok(Texts { file, lines, texts, cut_at })
+    }
+
+    /// The warning that `--limit` left lines of the file unread, if it did.
+    fn limit_warning(&self) -> Option<String> {
+        self.cut_at.map(|limit| {
+            format!(
+                "{}: only its first {limit} lines that hold text were read (--limit {limit}); \
+                 it has more",
+                self.file.display()
+            )
+        })
     }
 
     /// An error naming the file unless some line gives `tokenizer` a token other than
@@ -361,6 +378,9 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
     for w in load_warnings(&args.model, &model, args.max_len, "--max-len") {
         warnings.add(w);
     }
+    if let Some(w) = texts.limit_warning() {
+        warnings.add(w);
+    }
     texts.warn_fit(&model, &mut warnings)?;
     if let Some(out) = &args.output {
         // An embedding of f32s and a line number per sentence, and the header: known
@@ -374,8 +394,6 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
     let embeddings = embed_all(&model, &args.model, &texts, &progress)?;
     progress.finish();
     let embedding_seconds = start.elapsed().as_secs_f64();
-    // After the embedding, which can still fail on a line: an error is one line.
-    warnings.report();
     let lines = &texts.lines;
     if let Some(out) = &args.output {
         let metadata = embeddings_metadata(&args.model, &args.texts, &model);
@@ -425,6 +443,8 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
             embedding_seconds: plan.as_ref().map(|_| embedding_seconds),
             warnings: &warnings,
         })?;
+        // After the output, which can still fail: an error is one line.
+        warnings.report();
         return Ok(());
     }
     let written = match &args.output {
@@ -446,6 +466,7 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
     if let Some(plan) = &plan {
         outln!("{}", describe_run(plan, embedding_seconds))?;
     }
+    warnings.report();
     Ok(())
 }
 
@@ -880,6 +901,9 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
             args.pruned.display()
         ));
     }
+    if let Some(w) = texts.limit_warning() {
+        warnings.add(w);
+    }
     texts.warn_fit(&dense, &mut warnings)?;
     // A pruned folder with int8 layers is measured twice: as the library and `bench` run
     // it (integer products on tokens rounded to int8), then with its weights as f32.
@@ -909,8 +933,6 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
     let int8 = int8_comparison.map(Comparison::finish).transpose()?;
     let result = comparison.finish()?;
     progress.finish();
-    // After the embeddings, which can still fail on a line: an error is one line.
-    warnings.report();
     if args.json {
         #[derive(Serialize)]
         struct Output<'a> {
@@ -936,6 +958,8 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
             int8_products: int8.as_ref(),
             warnings: &warnings,
         })?;
+        // After the output, which can still fail: an error is one line.
+        warnings.report();
         return Ok(());
     }
     let neighbours = match result.k {
@@ -981,6 +1005,7 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
             result.neighbour_sentences
         )?;
     }
+    warnings.report();
     Ok(())
 }
 

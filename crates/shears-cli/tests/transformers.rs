@@ -556,6 +556,17 @@ fn embed_and_eval_say_what_they_embed_other_than_the_line() {
     let o = shears(&["embed", m, "--texts", t, "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stderr(&o), said.lines().nth(1).unwrap().to_owned() + "\n");
+    // --limit that leaves lines of text unread says so; one that reads them all does
+    // not (line 3's zero-width space is text to the reader, though not to BERT).
+    let o = shears(&["embed", m, "--texts", t, "--limit", "2", "--json"]);
+    let limited = format!(
+        "shears: warning: {t}: only its first 2 lines that hold text were read (--limit 2); it has more\n"
+    );
+    assert_eq!(stderr(&o), limited);
+    let o = shears(&["embed", m, "--texts", t, "--limit", "4", "--json"]);
+    assert_eq!(stderr(&o), said.lines().nth(1).unwrap().to_owned() + "\n");
+    let o = shears(&["eval", m, m, "--texts", t, "--limit", "2", "-q"]);
+    assert!(stderr(&o).contains(&limited), "{}", stderr(&o));
     // A model against itself, on the file it was calibrated on.
     let pruned = dir.path().join("pruned");
     prune("wanda", &pruned, &["-s", "0.5"]);
