@@ -147,7 +147,6 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
         files.push((pending, file));
     }
     shears_io::commit_all(files)?;
-    said.report();
     let nodes = model.graph.as_ref().map_or(0, |g| g.node.len());
     outln!(
         "exported {} ({what}, {}) to {}: opset {}, {nodes} nodes, {}",
@@ -198,6 +197,7 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
         )?,
         _ => {}
     }
+    said.report();
     Ok(())
 }
 

@@ -177,7 +177,6 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
         progress.advance(1);
     }
     progress.finish();
-    said.report();
     let report = Report {
         model: args.input.display().to_string(),
         texts: texts_path.display().to_string(),
@@ -187,6 +186,7 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
     };
     if args.json {
         print_json(&report)?;
+        said.report();
         return Ok(());
     }
     outln!(
@@ -253,6 +253,7 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
             "Each pruned layer was timed in its format against dense here and ran dense; on a busy machine the choice can vary from run to run."
         )?;
     }
+    said.report();
     Ok(())
 }
 

@@ -1155,10 +1155,12 @@ fn sparsity_text(sparsity: f64) -> String {
     if sparsity > 0.0 && sparsity < 1e-4 { format!("{sparsity:e}") } else { format!("{sparsity}") }
 }
 
+/// The summary (or JSON) on stdout, then the warnings on stderr: they follow what
+/// succeeded, as every command's do.
 fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
-    report.warnings.report();
     if args.json {
         print_json(&report)?;
+        report.warnings.report();
         return Ok(());
     }
     report.tensors.rows.sort_unstable_by(|a, b| natural_cmp(a.choice.name, b.choice.name));
@@ -1258,5 +1260,6 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
         None => format!("{} {}, {} scope, at {at}", report.method, report.pattern, report.scope),
     };
     outln!("{what}{how}{calibrated}{quantized}: wrote {}{masks}", report.output)?;
+    report.warnings.report();
     Ok(())
 }

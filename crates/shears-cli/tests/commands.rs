@@ -2,7 +2,9 @@
 
 use safetensors::tensor::Dtype;
 
-use crate::util::{T, metadata, model, prune_ok, read, shears, stderr, stdout, values, write};
+use crate::util::{
+    T, metadata, model, prune_ok, read, shears, shears_interleaved, stderr, stdout, values, write,
+};
 
 fn zeros(v: &[f64]) -> usize {
     v.iter().filter(|&&x| x == 0.0).count()
@@ -477,6 +479,13 @@ fn a_tiny_sparsity_is_summarised_in_one_short_line() {
     assert!(summary.lines().all(|l| l.len() < 300), "{summary}");
     let warned = "shears: warning: --sparsity 1e-320 pruned no weight: in each chosen tensor it rounds to none, or its zeros had reached it\n";
     assert_eq!(stderr(&o), warned);
+    // The warning follows the summary, in a table or JSON.
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    for json in [&[][..], &["--json"]] {
+        let both =
+            shears_interleaved(&[&["prune", i, "-o", o, "-s", "1e-320", "-q"], json].concat());
+        assert!(both.ends_with(warned) && both.len() > warned.len(), "{both}");
+    }
     let o = prune_ok(&input, &out, &["-s", "0.5", "-q"]);
     assert!(!stderr(&o).contains("pruned no weight"), "{}", stderr(&o));
     // The zeros int8 rounding makes are not pruned by the target, and in global scope

@@ -8,7 +8,9 @@ use safetensors::Dtype;
 use serde_json::Value;
 use shears_models::SentenceTransformer;
 
-use crate::util::{T, edit_json, least_cosine, read, shears, stderr, stdout, write};
+use crate::util::{
+    T, edit_json, least_cosine, read, shears, shears_interleaved, stderr, stdout, write,
+};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -563,6 +565,18 @@ fn embed_and_eval_say_what_they_embed_other_than_the_line() {
         "shears: warning: {t}: only its first 2 lines that hold text were read (--limit 2); it has more\n"
     );
     assert_eq!(stderr(&o), limited);
+    let written = dir.path().join("limited.safetensors");
+    let both = shears_interleaved(&[
+        "embed",
+        m,
+        "--texts",
+        t,
+        "--limit",
+        "2",
+        "-o",
+        written.to_str().unwrap(),
+    ]);
+    assert!(both.starts_with("embedded 2 sentences") && both.ends_with(&limited), "{both}");
     let o = shears(&["embed", m, "--texts", t, "--limit", "4", "--json"]);
     assert_eq!(stderr(&o), said.lines().nth(1).unwrap().to_owned() + "\n");
     let o = shears(&["eval", m, m, "--texts", t, "--limit", "2", "-q"]);

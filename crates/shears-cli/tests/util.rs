@@ -91,6 +91,24 @@ pub(crate) fn shears(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_shears")).args(args).output().unwrap()
 }
 
+/// Runs `shears ARGS...` with stdout and stderr into one file, and returns what it holds
+/// in the order written: where warnings fall against the summary.
+pub(crate) fn shears_interleaved(args: &[&str]) -> String {
+    let both = tempfile::tempfile().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_shears"))
+        .args(args)
+        .stdout(both.try_clone().unwrap())
+        .stderr(both.try_clone().unwrap())
+        .status()
+        .unwrap();
+    let mut both = both;
+    let mut text = String::new();
+    std::io::Seek::rewind(&mut both).unwrap();
+    std::io::Read::read_to_string(&mut both, &mut text).unwrap();
+    assert!(status.success(), "shears {args:?}: {text}");
+    text
+}
+
 /// Runs `shears prune INPUT -o OUT ARGS...` and asserts it succeeded.
 pub(crate) fn prune_ok(input: &Path, out: &Path, args: &[&str]) -> Output {
     let mut all = vec!["prune", input.to_str().unwrap(), "-o", out.to_str().unwrap()];
