@@ -156,6 +156,11 @@ impl Model {
         let bounded = std::io::Read::take(file, MAX_INDEX_BYTES);
         let index: Index = serde_json::from_reader(std::io::BufReader::new(bounded))
             .map_err(|e| bad(format!("not an index of shards: {e}")))?;
+        // An index of nothing would load as a model of no tensors, whatever the shards
+        // beside it hold.
+        if index.weight_map.is_empty() {
+            return Err(bad("its weight_map lists no tensor".to_owned()));
+        }
         // Shards in the order of their names (model-00001-of-00002 before -00002).
         // Each shard's name once (the weight map repeats it for every tensor).
         let files: Vec<String> = index
@@ -169,7 +174,10 @@ impl Model {
         let mut shards = Vec::with_capacity(files.len());
         for name in &files {
             let relative = Path::new(name);
-            let plain = relative.components().all(|c| matches!(c, Component::Normal(_)));
+            // `./model-00001-of-00002.safetensors` is inside the folder too.
+            let plain = relative
+                .components()
+                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
             if !plain || name.is_empty() {
                 return Err(bad(format!("shard `{name}` is not a path inside the model's folder")));
             }

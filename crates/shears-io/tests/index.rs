@@ -23,6 +23,17 @@ fn shards_that_are_no_file_of_the_folder_are_named_by_the_index() {
         assert!(message.contains("model.safetensors.index.json"), "{message}");
         assert!(message.contains(&format!("shard `{name}` {says}")), "{message}");
     }
+    // A name through `.` is inside the folder.
+    write_index(dir.path(), &[("a", &format!("./{shard}"))]);
+    let model = shears_io::Model::open(dir.path()).unwrap();
+    assert_eq!(model.shards().len(), 1);
+    // An index of no tensors is no model, whatever the shards beside it hold.
+    write_index(dir.path(), &[]);
+    let err = shears_io::Model::open(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("model.safetensors.index.json") && err.contains("lists no tensor"),
+        "{err}"
+    );
 }
 
 /// A folder holding an index and a `model.safetensors` it does not list is two models
