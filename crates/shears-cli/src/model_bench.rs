@@ -110,6 +110,9 @@ struct Report {
 /// Times the model at each of `batches` sentences (sorted, each once).
 pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
     let Some(texts_path) = &args.texts else { bail!("internal error: --texts") };
+    if !args.input.exists() {
+        bail!("{} does not exist: --texts times a model folder", args.input.display());
+    }
     if !args.input.is_dir() {
         bail!(
             "{} is not a model folder: --texts times a whole BERT-family model",

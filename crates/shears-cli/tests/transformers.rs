@@ -1040,6 +1040,16 @@ fn calibrated_methods_refuse_what_they_cannot_do_before_writing() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
         assert!(err.contains("model.safetensors") || err.contains(".txt"), "{args:?}: {err}");
     }
+    // A folder that is not there is said to be missing, by every command that reads one.
+    let m = missing.to_str().unwrap();
+    for args in [
+        vec!["embed", m, "--texts", &calib],
+        vec!["eval", model, m, "--texts", &calib],
+        vec!["bench", m, "--texts", &calib],
+    ] {
+        let err = stderr(&shears(&args));
+        assert!(err.starts_with(&format!("shears: error: {m} does not exist")), "{args:?}: {err}");
+    }
     // Options of the per-layer bench that the whole model has no use for are refused.
     for (option, said) in [
         (&["--spatial", "7x7"][..], "--spatial shapes the inputs of convolution layers"),
