@@ -136,9 +136,10 @@ pub fn load<T: Float>(path: impl AsRef<Path>) -> Result<(Mlp<T>, Masks)> {
                 }
             }
             _ => {
+                // The layers read stop at the first gap, so their count says nothing of
+                // which numbers the checkpoint meant.
                 return Err(bad(format!(
-                    "`{name}` names layer `{index}`, not one of 0 to {} in plain decimal",
-                    n - 1
+                    "`{name}` names layer `{index}`: layers are numbered 0, 1, 2, ... in plain decimal"
                 )));
             }
         }

@@ -105,7 +105,8 @@ fn malformed_checkpoints() {
         ];
         std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
         let err = checkpoint::load::<f32>(&path).unwrap_err().to_string();
-        let expected = format!("names layer `{index}`, not one of 0 to 0 in plain decimal");
+        let expected =
+            format!("names layer `{index}`: layers are numbered 0, 1, 2, ... in plain decimal");
         assert!(err.contains(&expected), "{err}");
     }
 }
