@@ -33,6 +33,9 @@ pub(crate) struct TensorStats {
     /// quantized from, over its bytes and its scales' now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) compression: Option<f64>,
+    /// NaN and infinite values, where a floating tensor holds any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) non_finite: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -91,6 +94,8 @@ pub(crate) fn nonzero_mask<T: Float>(matrix: &DMatrix<T>) -> Result<Mask> {
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Scan {
     zeros: usize,
+    /// NaN and infinite values.
+    non_finite: usize,
     /// For 2-D and 4-D tensors: zero rows, zero columns, and whether the tensor is 2:4
     /// as `prune --pattern 2:4` makes it: each group of 4 along a row (of a convolution,
     /// 4 input channels at one kernel position; of a weight stored `(in, out)`, 4 rows
@@ -145,6 +150,7 @@ const MAX_STRUCTURED_ROW: usize = 1 << 22;
 /// whether every group is 2:4 so far. Memory: a flag per column.
 struct Rows {
     zeros: usize,
+    non_finite: usize,
     zero_rows: usize,
     col_used: Vec<bool>,
     is_2_4: bool,
@@ -153,7 +159,7 @@ struct Rows {
 impl Rows {
     /// None yet, of `cols` columns.
     fn new(cols: usize) -> Rows {
-        Rows { zeros: 0, zero_rows: 0, col_used: vec![false; cols], is_2_4: true }
+        Rows { zeros: 0, non_finite: 0, zero_rows: 0, col_used: vec![false; cols], is_2_4: true }
     }
 
     /// Adds `piece`, whole rows of `view` (whole groups of rows if they run down the
@@ -189,6 +195,7 @@ impl Rows {
     /// Two runs' rows together.
     fn join(mut self, other: Rows) -> Rows {
         self.zeros += other.zeros;
+        self.non_finite += other.non_finite;
         self.zero_rows += other.zero_rows;
         self.is_2_4 &= other.is_2_4;
         self.col_used.iter_mut().zip(other.col_used).for_each(|(a, b)| *a |= b);
@@ -200,6 +207,7 @@ impl Rows {
         let zero_cols = self.col_used.iter().filter(|&&used| !used).count();
         Scan {
             zeros: self.zeros,
+            non_finite: self.non_finite,
             structure: Some((self.zero_rows, zero_cols, self.is_2_4 && view.whole_groups())),
         }
     }
@@ -220,13 +228,18 @@ fn unscanned(view: Option<View>) -> Option<(usize, usize, bool)> {
 /// Scans tensor `name` in one streaming pass over its rows, on rayon's threads: memory is
 /// a chunk of rows and a flag per column per thread, whatever the tensor's size.
 fn scan<T: Float, S: Source>(ckpt: &Checkpoint<S>, name: &str, view: Option<View>) -> Result<Scan> {
+    let non_finite_in = |piece: &[T]| piece.iter().filter(|v| !v.is_finite()).count();
     let Some(view) = structured(view) else {
-        let count = |zeros: usize, piece: &[T]| zeros + zeros_in(piece);
-        let zeros = ckpt.fold_decoded(name, 1, || 0, count, |a, b| a + b)?;
-        return Ok(Scan { zeros, structure: unscanned(view) });
+        let count = |(zeros, bad): (usize, usize), piece: &[T]| {
+            (zeros + zeros_in(piece), bad + non_finite_in(piece))
+        };
+        let join = |a: (usize, usize), b: (usize, usize)| (a.0 + b.0, a.1 + b.1);
+        let (zeros, non_finite) = ckpt.fold_decoded(name, 1, || (0, 0), count, join)?;
+        return Ok(Scan { zeros, non_finite, structure: unscanned(view) });
     };
     let add = |mut rows: Rows, piece: &[T]| {
         rows.add(piece, view, |&v| v == T::zero());
+        rows.non_finite += non_finite_in(piece);
         rows
     };
     let rows = ckpt.fold_decoded(name, view.unit(), || Rows::new(view.cols), add, Rows::join)?;
@@ -265,7 +278,7 @@ fn scan_mask<S: Source>(
     })?;
     Ok(match sized {
         Some(view) => rows.scan(view),
-        None => Scan { zeros: rows.zeros, structure: unscanned(view) },
+        None => Scan { zeros: rows.zeros, non_finite: 0, structure: unscanned(view) },
     })
 }
 
@@ -328,6 +341,7 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
             is_2_4: None,
             bytes: Some(bytes),
             compression,
+            non_finite: None,
         };
         progress.message(format!("tensor {name}"));
         let mask =
@@ -345,6 +359,7 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
             params += count;
             zeros += found.zeros;
             stats.sparsity = Some(fraction(found.zeros, count));
+            stats.non_finite = (found.non_finite > 0).then_some(found.non_finite);
             if let Some((zero_rows, zero_cols, is_2_4)) = found.structure {
                 stats.zero_rows = Some(zero_rows);
                 stats.zero_cols = Some(zero_cols);
@@ -389,9 +404,17 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
     };
     // Every shard of a model shears wrote carries the same record.
     let pruning = model.shards().first().map_or_else(Vec::new, |s| record::runs(s.metadata()));
+    let mut warnings = crate::report::Warnings::default();
+    for r in &rows {
+        if let Some(n) = r.non_finite {
+            let values = if n == 1 { "value" } else { "values" };
+            warnings.add(format!("tensor `{}` holds {n} NaN or infinite {values}", r.name));
+        }
+    }
     if args.json {
         let file = args.input.display().to_string();
         print_json(&Report { file, pruning, tensors: rows, total })?;
+        warnings.report();
         return Ok(());
     }
     let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
@@ -465,6 +488,7 @@ pub(crate) fn run(args: &InspectArgs) -> Result<()> {
     for run in &pruning[earlier..] {
         outln!("pruned by shears: {}", record::describe(run))?;
     }
+    warnings.report();
     Ok(())
 }
 
@@ -486,6 +510,7 @@ fn mask_set(args: &InspectArgs) -> Result<()> {
             ),
             bytes: None,
             compression: None,
+            non_finite: None,
         })
         .collect();
     rows.sort_unstable_by(|a, b| natural_cmp(&a.name, &b.name));
@@ -562,6 +587,20 @@ mod tests {
         Checkpoint::from_source("t", bytes).unwrap()
     }
 
+    /// NaN and infinities are counted on both paths, whole-row scans and the flat count,
+    /// in every dtype that can hold them.
+    #[test]
+    fn non_finite_values_are_counted() {
+        let values = [1.0, f32::NAN, 0.0, f32::INFINITY, 2.0, f32::NEG_INFINITY, 0.0, 3.0];
+        for dtype in [Dtype::F32, Dtype::F64, Dtype::BF16] {
+            let ckpt = file(dtype, &[2, 4], &values);
+            let rows = scan::<f32, _>(&ckpt, "w", View::of(&[2, 4], false)).unwrap();
+            assert_eq!((rows.zeros, rows.non_finite), (2, 3), "{dtype:?}");
+            let flat = scan::<f32, _>(&ckpt, "w", None).unwrap();
+            assert_eq!((flat.zeros, flat.non_finite), (2, 3), "{dtype:?}");
+        }
+    }
+
     /// Rows too long to scan for structure are counted for zeros alone: memory stays a
     /// few chunks whatever a row's length.
     #[test]
@@ -571,7 +610,10 @@ mod tests {
         let ckpt = file(Dtype::F32, &[2, cols], &values);
         let zeros = values.iter().filter(|&&v| v == 0.0).count();
         let view = View::of(&[2, cols], false);
-        assert_eq!(scan::<f32, _>(&ckpt, "w", view).unwrap(), Scan { zeros, structure: None });
+        assert_eq!(
+            scan::<f32, _>(&ckpt, "w", view).unwrap(),
+            Scan { zeros, non_finite: 0, structure: None }
+        );
     }
 
     /// A mask byte other than 0 or 1 is refused, as `prune --masks-in` refuses it.
@@ -607,9 +649,9 @@ mod tests {
                 mask.fully_pruned_cols().len(),
                 satisfies_nm(&mask, NmPattern::TWO_FOUR) && (cols % 4 == 0 || rows == 0),
             );
-            prop_assert_eq!(got, Scan { zeros: mask.count_pruned(), structure: Some(structure) });
+            prop_assert_eq!(got, Scan { zeros: mask.count_pruned(), non_finite: 0, structure: Some(structure) });
             let flat = scan::<f64, _>(&ckpt, "w", None).unwrap();
-            prop_assert_eq!(flat, Scan { zeros: mask.count_pruned(), structure: None });
+            prop_assert_eq!(flat, Scan { zeros: mask.count_pruned(), non_finite: 0, structure: None });
             // Stored (in, out), the layer's matrix is the transpose: 2:4 down the columns.
             let stored = scan::<f32, _>(&ckpt, "w", View::of(&[rows, cols], true)).unwrap();
             let layer = nonzero_mask(&DMatrix::from_row_slice(rows, cols, &values).transpose())

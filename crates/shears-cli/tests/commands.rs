@@ -283,6 +283,38 @@ fn inspect_and_bench() {
     assert!(text.contains("int8 columns: the same layers quantized"), "{text}");
 }
 
+/// `inspect` lists a tensor holding NaN or infinities like any other, and says after the
+/// table which ones hold them and how many; --json has the count per tensor.
+#[test]
+fn inspect_names_tensors_holding_nan_or_infinity() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bad.safetensors");
+    let (nan, inf) = (f64::NAN, f64::INFINITY);
+    write(
+        &input,
+        &[
+            T {
+                name: "a.weight",
+                dtype: Dtype::F32,
+                shape: vec![2, 2],
+                values: vec![1.0, nan, inf, 0.0],
+            },
+            T { name: "b.weight", dtype: Dtype::BF16, shape: vec![2], values: vec![1.0, -inf] },
+            T { name: "c.weight", dtype: Dtype::F32, shape: vec![2], values: vec![1.0, 2.0] },
+        ],
+    );
+    let i = input.to_str().unwrap();
+    let both = shears_interleaved(&["inspect", i]);
+    let said = "shears: warning: tensor `a.weight` holds 2 NaN or infinite values\n\
+                shears: warning: tensor `b.weight` holds 1 NaN or infinite value\n";
+    assert!(both.contains("total: 3 tensors") && both.ends_with(said), "{both}");
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&shears(&["inspect", i, "--json"]))).unwrap();
+    let counts: Vec<_> =
+        json["tensors"].as_array().unwrap().iter().map(|t| t["non_finite"].as_u64()).collect();
+    assert_eq!(counts, [Some(2), Some(1), None]);
+}
+
 #[test]
 fn demo_trains_prunes_and_plots() {
     let dir = tempfile::tempdir().unwrap();
