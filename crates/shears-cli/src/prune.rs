@@ -158,13 +158,18 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
             c.why = Why::NotLinear;
         }
     }
-    let chosen: Vec<Tensor> =
-        choices.iter().filter(|c| c.chosen).map(Tensor::of).collect::<Result<_>>()?;
+    let in_input = || args.input.display().to_string();
+    let chosen: Vec<Tensor> = choices
+        .iter()
+        .filter(|c| c.chosen)
+        .map(Tensor::of)
+        .collect::<Result<_>>()
+        .with_context(in_input)?;
     // Every chosen tensor must fit the pattern, checked from the headers before any
     // weight is read.
     if job.scope == Scope::Layer {
         for t in &chosen {
-            job.pattern.check_fits(t.name, &t.shape, job.layer_target())?;
+            job.pattern.check_fits(t.name, &t.shape, job.layer_target()).with_context(in_input)?;
         }
     }
     let quantize = Quantize::plan(args.quantize, &model, &choices)?;

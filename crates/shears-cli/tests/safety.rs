@@ -239,6 +239,13 @@ fn patterns_that_do_not_fit_are_refused_before_anything_is_written() {
         ("block:4096x4096", "0.5", "one", "not whole 4096x4096 blocks"),
         ("rows", "0.5", "one", "round to none"),
     ] {
+        // The file, then the tensor, then what does not fit.
+        let named = format!("shears: error: {i}: tensor `{include}.weight`: ");
+        refused(
+            &["prune", i, "-o", o, "-s", sparsity, "--pattern", pattern, "--include", include],
+            &named,
+            &[],
+        );
         refused(
             &["prune", i, "-o", o, "-s", sparsity, "--pattern", pattern, "--include", include],
             needle,

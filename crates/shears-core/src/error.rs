@@ -54,7 +54,7 @@ pub enum Error {
         col: usize,
     },
     /// A dimension product does not fit in `usize`.
-    #[error("shape {dims:?} has more elements than this machine can address")]
+    #[error("shape {dims:?} is too large for this machine to address")]
     DimensionOverflow {
         /// The dimensions whose product overflowed.
         dims: Vec<usize>,
