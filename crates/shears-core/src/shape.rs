@@ -202,7 +202,7 @@ mod tests {
             WeightShape::dense(wraps, wraps),
             Err(Error::DimensionOverflow { dims: vec![wraps, wraps] })
         );
-        let m = nalgebra::DMatrix::<f32>::zeros(3, 5);
+        let m = DMatrix::<f32>::zeros(3, 5);
         assert_eq!(WeightShape::of_matrix(&m), WeightShape::dense(3, 5).unwrap());
     }
 }
