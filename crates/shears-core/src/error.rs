@@ -293,7 +293,7 @@ mod tests {
         let huge = Error::DimensionOverflow { dims: vec![usize::MAX, 2] };
         assert_eq!(
             huge.to_string(),
-            format!("shape [{}, 2] has more elements than this machine can address", usize::MAX)
+            format!("shape [{}, 2] is too large for this machine to address", usize::MAX)
         );
     }
 }
