@@ -199,7 +199,8 @@ impl<T: Scalar, M> Compacted<T, M> {
     /// A compacted output scattered back to the original rows (removed rows are zero).
     ///
     /// # Errors
-    /// [`Error::ShapeMismatch`] if `y` does not have one row per kept row.
+    /// [`Error::ShapeMismatch`] if `y` does not have one row per kept row;
+    /// [`shears_core::Error::DimensionOverflow`] if the result could not be addressed.
     pub fn scatter_output(&self, y: &DMatrix<T>) -> Result<DMatrix<T>> {
         if y.nrows() != self.rows.len() {
             return Err(Error::ShapeMismatch {
@@ -208,7 +209,7 @@ impl<T: Scalar, M> Compacted<T, M> {
                 got: y.shape(),
             });
         }
-        let mut out = DMatrix::zeros(self.original.0, y.ncols());
+        let mut out = crate::product::zeroed(self.original.0, y.ncols())?;
         for (i, &r) in self.rows.iter().enumerate() {
             out.row_mut(r).copy_from(&y.row(i));
         }

@@ -112,8 +112,10 @@ pub trait SparseProduct<T: Scalar>: Sealed<T> {
     /// `A x`, allocating the result.
     ///
     /// # Errors
-    /// [`Error::ShapeMismatch`] if `x` has not `ncols` entries.
+    /// [`Error::ShapeMismatch`] if `x` has not `ncols` entries;
+    /// [`shears_core::Error::DimensionOverflow`] if the result could not be addressed.
     fn matvec(&self, x: &DVector<T>) -> Result<DVector<T>> {
+        check_addressable::<T>(self.shape().0, 1)?;
         let mut y = DVector::zeros(self.shape().0);
         self.matvec_into(T::one(), x.as_slice(), T::zero(), y.as_mut_slice())?;
         Ok(y)
@@ -122,11 +124,35 @@ pub trait SparseProduct<T: Scalar>: Sealed<T> {
     /// `A X`, allocating the result.
     ///
     /// # Errors
-    /// [`Error::ShapeMismatch`] if `X` has not `ncols` rows.
+    /// [`Error::ShapeMismatch`] if `X` has not `ncols` rows;
+    /// [`shears_core::Error::DimensionOverflow`] if the result could not be addressed.
     fn matmul(&self, x: &DMatrix<T>) -> Result<DMatrix<T>> {
-        let mut y = DMatrix::zeros(self.shape().0, x.ncols());
+        let mut y = zeroed(self.shape().0, x.ncols())?;
         self.matmul_into(T::one(), x, T::zero(), &mut y)?;
         Ok(y)
+    }
+}
+
+/// A `nrows x ncols` matrix of zeros for a product to fill, refused if its bytes could
+/// not be addressed: an `X` of no rows costs nothing at any width, and nalgebra
+/// multiplies the dimensions unchecked, so a wrapped count would give storage shorter
+/// than the shape.
+pub(crate) fn zeroed<T: Scalar>(nrows: usize, ncols: usize) -> Result<DMatrix<T>> {
+    check_addressable::<T>(nrows, ncols)?;
+    Ok(DMatrix::zeros(nrows, ncols))
+}
+
+/// An error unless a `nrows x ncols` matrix of `T` could be addressed. (A matrix of no
+/// columns bounds nothing of its row count, which files may declare at will.)
+fn check_addressable<T>(nrows: usize, ncols: usize) -> Result<()> {
+    let addressable = nrows
+        .checked_mul(ncols)
+        .and_then(|n| n.checked_mul(size_of::<T>()))
+        .is_some_and(|bytes| bytes <= isize::MAX as usize);
+    if addressable {
+        Ok(())
+    } else {
+        Err(shears_core::Error::DimensionOverflow { dims: vec![nrows, ncols] }.into())
     }
 }
 

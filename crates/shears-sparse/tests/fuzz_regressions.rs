@@ -31,6 +31,22 @@ fn nm_with_astronomic_rows_and_no_columns_decodes_and_rejects_wrong_buffers() {
     assert_eq!(nm.shape(), (11_817_445_422_220_181_503, 0));
     let mut y = vec![0.0f32; 4];
     assert!(nm.matvec_into(1.0, &[], 0.0, &mut y).is_err());
+    // The allocating forms refuse the output they could not address.
+    assert!(nm.matvec(&DVector::zeros(0)).is_err());
+    assert!(nm.matmul(&DMatrix::zeros(0, 2)).is_err());
+}
+
+/// An `X` of no rows costs nothing at any width: 16 x 2^62 outputs wrapped to none in
+/// release arithmetic, and nalgebra built that matrix on storage of no values, which the
+/// dense product then wrote past. The allocating product refuses it, for every format.
+#[test]
+fn a_product_whose_output_cannot_be_addressed_is_refused() {
+    let wide = DMatrix::<f32>::zeros(0, 1 << (usize::BITS - 2));
+    let dense = DMatrix::<f32>::zeros(16, 0);
+    assert!(SparseProduct::matmul(&dense, &wide).is_err());
+    let csr = shears_sparse::Csr::<f32, u32>::from_dense(&dense).unwrap();
+    assert!(csr.matmul(&wide).is_err());
+    assert_eq!(csr.matmul(&DMatrix::zeros(0, 3)).unwrap(), DMatrix::zeros(16, 3));
 }
 
 /// `fuzz/artifacts/block_sparse/oom-b47913c2…`: a valid 6 x 25 block-sparse matrix with
