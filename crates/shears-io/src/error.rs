@@ -263,7 +263,9 @@ pub enum HeaderProblem {
         held: u64,
     },
     /// A tensor's shape times its dtype size overflows or is not whole bytes.
-    #[error("tensor `{tensor}` of shape {shape:?} and dtype {dtype:?} has no whole byte size")]
+    #[error(
+        "tensor `{tensor}` of shape {shape:?} and dtype {dtype:?} is too large to address or not whole bytes"
+    )]
     NoByteSize {
         /// The tensor.
         tensor: String,

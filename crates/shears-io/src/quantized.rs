@@ -154,6 +154,14 @@ impl Dequantizer {
             return Err(fail(format!("has dtype {:?}; scales are F32", scale_info.dtype)));
         }
         let (rows, cols) = quantized_matrix_shape(&info.shape);
+        // One scale is repeated for every row when the tensor is read, and rows of no
+        // columns cost the file nothing: their count would size that copy unbounded.
+        if scale_info.shape.is_empty() && cols == 0 && rows > 0 {
+            return Err(fail(format!(
+                "is one scale for tensor `{name}` of shape {:?}, which holds no values",
+                info.shape
+            )));
+        }
         let (group, groups, expected) = match (group, scale_info.shape.len()) {
             // One scale for every row: each row's group is that scale, at index 0.
             (_, 0) => (cols.max(1), 0, vec![]),
