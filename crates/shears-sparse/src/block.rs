@@ -3,7 +3,7 @@
 use nalgebra::DMatrix;
 use shears_core::{BlockShape, Mask, Scalar};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, FormatError, Result};
 use crate::index::SpIndex;
 use crate::kernels::{self, BsrView};
 use crate::product::{Operands, Sealed, SparseProduct};
@@ -46,7 +46,8 @@ impl<T: Scalar> BlockSparse<T> {
     ///
     /// # Errors
     /// [`Error::Core`] for a mask of another shape; [`Error::IndexOverflow`] if the block
-    /// grid has more than 2^32 block columns.
+    /// grid has more than 2^32 block columns; [`Error::Format`] if the blocks' values,
+    /// padding included, could not be held.
     pub fn from_dense_masked(weights: &DMatrix<T>, mask: &Mask, block: BlockShape) -> Result<Self> {
         if mask.shape() != weights.shape() {
             return Err(shears_core::Error::ShapeMismatch {
@@ -62,7 +63,8 @@ impl<T: Scalar> BlockSparse<T> {
     /// The blocks of `weights` that hold a nonzero.
     ///
     /// # Errors
-    /// [`Error::IndexOverflow`] if the block grid has more than 2^32 block columns.
+    /// [`Error::IndexOverflow`] if the block grid has more than 2^32 block columns;
+    /// [`Error::Format`] if the blocks' values, padding included, could not be held.
     pub fn from_dense(weights: &DMatrix<T>, block: BlockShape) -> Result<Self> {
         Self::pack(weights, block, |r, c| weights[(r, c)] != T::zero())
     }
@@ -89,6 +91,17 @@ impl<T: Scalar> BlockSparse<T> {
                     continue;
                 }
                 block_cols.push(j as u32);
+                // Every stored block is br x bc values, padding included, whatever the
+                // matrix's size: a block shape far larger than the matrix is refused
+                // here rather than aborting on the allocation.
+                values.try_reserve(br * bc).map_err(|_| Error::Format {
+                    format: "bsr",
+                    error: FormatError::InvalidStructure {
+                        reason: format!(
+                            "{br}x{bc} blocks of a {nrows}x{ncols} matrix need more values than can be held"
+                        ),
+                    },
+                })?;
                 for rr in 0..br {
                     for cc in 0..bc {
                         let (r, c) = (i * br + rr, j * bc + cc);

@@ -80,3 +80,17 @@ fn bsr_with_a_block_area_that_overflows_is_an_error() {
     let e = BlockSparse::<f32>::from_bytes(&bytes).unwrap_err().to_string();
     assert!(e.contains("invalid block shape"), "{e}");
 }
+
+/// A block shape far larger than the matrix: each stored block is its full area of
+/// values, padding included, so one nonzero of a 1 x 1 matrix in 2^31 x 2^31 blocks asked
+/// for 2^62 values, pushed one at a time until the process aborted.
+#[test]
+fn blocks_whose_values_cannot_be_held_are_refused() {
+    let huge = shears_sparse::BlockShape::new(1 << 31, 1 << 31).unwrap();
+    let e = BlockSparse::from_dense(&DMatrix::from_element(1, 1, 1.0f32), huge).unwrap_err();
+    assert!(e.to_string().contains("need more values than can be held"), "{e}");
+    // Padding that fits is kept: one 4 x 4 block of a 1 x 1 matrix.
+    let small = shears_sparse::BlockShape::new(4, 4).unwrap();
+    let bsr = BlockSparse::from_dense(&DMatrix::from_element(1, 1, 2.0f32), small).unwrap();
+    assert_eq!(bsr.to_dense(), DMatrix::from_element(1, 1, 2.0));
+}
