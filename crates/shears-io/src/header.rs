@@ -268,7 +268,7 @@ impl<'de> serde::Deserialize<'de> for Shape {
 /// A tensor with a zero dimension has no elements however large the others are, but
 /// readers multiply some of them (a quantized tensor's columns are every dimension after
 /// the first): the product of the nonzero dimensions must fit, which bounds them all.
-fn data_bytes(info: &TensorInfo) -> Option<usize> {
+pub(crate) fn data_bytes(info: &TensorInfo) -> Option<usize> {
     info.shape.iter().filter(|&&d| d > 0).try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
     let elements = info.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
     let bits = elements.checked_mul(info.dtype.bitsize())?;

@@ -15,7 +15,7 @@ use crate::atomic::{PendingFile, commit_all};
 use crate::checkpoint::CHUNK_BYTES;
 use crate::dtype::{Float, encode_append, encode_into, float_size};
 use crate::error::{Error, Result};
-use crate::header::MAX_HEADER_BYTES;
+use crate::header::{MAX_HEADER_BYTES, MAX_RANK, data_bytes};
 use crate::transpose::transpose_from;
 use crate::write_behind::WriteBehind;
 
@@ -23,7 +23,8 @@ use crate::write_behind::WriteBehind;
 /// `(name, dtype, shape)` in, `(name, TensorInfo)` with data offsets out.
 ///
 /// # Errors
-/// [`Error::Layout`] when a tensor's byte size overflows.
+/// [`Error::Layout`] when a tensor's byte size overflows or is not whole bytes (which
+/// readers refuse).
 pub fn layout(
     tensors: impl IntoIterator<Item = (String, Dtype, Vec<usize>)>,
 ) -> Result<Vec<(String, TensorInfo)>> {
@@ -31,15 +32,17 @@ pub fn layout(
     tensors
         .into_iter()
         .map(|(name, dtype, shape)| {
-            let bytes = shape
-                .iter()
-                .try_fold(dtype.bitsize(), |acc, &d| acc.checked_mul(d))
-                .map(|bits| bits.div_ceil(8))
-                .and_then(|b| offset.checked_add(b).map(|end| (b, end)));
-            let Some((_, end)) = bytes else {
-                return Err(Error::Layout { reason: format!("tensor `{name}` is too large") });
+            let mut info = TensorInfo { dtype, shape, data_offsets: (0, 0) };
+            let end = data_bytes(&info).and_then(|bytes| offset.checked_add(bytes));
+            let Some(end) = end else {
+                return Err(Error::Layout {
+                    reason: format!(
+                        "tensor `{name}` of shape {:?} and dtype {dtype:?} is too large or not whole bytes",
+                        info.shape
+                    ),
+                });
             };
-            let info = TensorInfo { dtype, shape, data_offsets: (offset, end) };
+            info.data_offsets = (offset, end);
             offset = end;
             Ok((name, info))
         })
@@ -227,7 +230,8 @@ impl Serialize for HeaderJson<'_> {
     }
 }
 
-/// Names unique and not `__metadata__`, and the data offsets contiguous from 0: the
+/// Names unique and not `__metadata__`, the data offsets contiguous from 0, and each
+/// tensor's bytes those of its shape and dtype in at most `MAX_RANK` dimensions: the
 /// entries of a file that readers accept.
 fn check_entries(tensors: &[(String, TensorInfo)]) -> Result<()> {
     let mut end = 0;
@@ -237,6 +241,21 @@ fn check_entries(tensors: &[(String, TensorInfo)]) -> Result<()> {
             return Err(Error::Layout {
                 reason: format!(
                     "tensor `{name}` has data offsets [{start}, {stop}] where {end} comes next"
+                ),
+            });
+        }
+        if info.shape.len() > MAX_RANK {
+            return Err(Error::Layout {
+                reason: format!("tensor `{name}` has more than {MAX_RANK} dimensions"),
+            });
+        }
+        if data_bytes(info) != Some(stop - start) {
+            return Err(Error::Layout {
+                reason: format!(
+                    "tensor `{name}` of shape {:?} and dtype {:?} is given {} bytes, not its size",
+                    info.shape,
+                    info.dtype,
+                    stop - start
                 ),
             });
         }

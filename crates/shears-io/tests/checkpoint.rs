@@ -8,7 +8,9 @@ use shears_io::{
     write_matrix, write_safetensors, write_values,
 };
 
-fn file(header: &str, data: &[u8]) -> Vec<u8> {
+/// A safetensors file of `header` (JSON) and `data`, written by hand: headers no writer
+/// would make.
+pub(crate) fn file(header: &str, data: &[u8]) -> Vec<u8> {
     let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
     bytes.extend_from_slice(header.as_bytes());
     bytes.extend_from_slice(data);
@@ -300,4 +302,34 @@ proptest! {
             }
         }
     }
+}
+
+/// The writer refuses the entries its own reader would: a tensor given other bytes than
+/// its shape and dtype take, too many dimensions, or a size in partial bytes; nothing
+/// is written.
+#[test]
+fn the_writer_refuses_entries_the_reader_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("w.safetensors");
+    let entry = |shape: Vec<usize>, bytes| {
+        (
+            "w".to_owned(),
+            safetensors::tensor::TensorInfo { dtype: Dtype::F32, shape, data_offsets: (0, bytes) },
+        )
+    };
+    for (tensors, said) in [
+        (vec![entry(vec![2, 2], 4)], "is given 4 bytes, not its size"),
+        (vec![entry(vec![1; 17], 4)], "more than 16 dimensions"),
+    ] {
+        let err = write_safetensors(&out, &tensors, None, |_, w| -> Result<(), Error> {
+            w.write_all(&[0; 4]).unwrap();
+            Ok(())
+        })
+        .unwrap_err();
+        assert!(matches!(err, Error::Layout { .. }) && err.to_string().contains(said), "{err}");
+        assert!(!out.exists());
+    }
+    let err = layout([("w".to_owned(), Dtype::F4, vec![3])]).unwrap_err().to_string();
+    assert!(err.contains("not whole bytes"), "{err}");
+    assert_eq!(layout([("w".to_owned(), Dtype::F4, vec![4])]).unwrap()[0].1.data_offsets, (0, 2));
 }

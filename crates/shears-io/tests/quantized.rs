@@ -181,15 +181,6 @@ fn scales_in_another_shard_than_their_int8_tensor_are_refused() {
     assert!(first.decodes("w") && !first.decodes("u") && first.decodes("v"));
 }
 
-/// A safetensors file of `header` (JSON) and `data`, written by hand: shapes no writer
-/// would make.
-fn raw_file(header: &str, data: &[u8]) -> Vec<u8> {
-    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(header.as_bytes());
-    bytes.extend_from_slice(data);
-    bytes
-}
-
 /// Dimensions beside a zero cost a file nothing: a quantized tensor's columns multiply
 /// every dimension after the first, and a whole-tensor scale is repeated once per row.
 /// Both are bounded before anything is sized by them.
@@ -198,13 +189,16 @@ fn empty_tensors_of_huge_dimensions_size_nothing() {
     let wide = 1u64 << 32;
     let header =
         format!(r#"{{"w":{{"dtype":"I8","shape":[0,{wide},{wide}],"data_offsets":[0,0]}}}}"#);
-    let err = Checkpoint::from_source("q", raw_file(&header, &[])).unwrap_err().to_string();
+    let err = Checkpoint::from_source("q", crate::checkpoint::file(&header, &[]))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("`w`") && err.contains("too large to address"), "{err}");
     let tall = 1u64 << 60;
     let header = format!(
         r#"{{"w":{{"dtype":"I8","shape":[{tall},0],"data_offsets":[0,0]}},"w.scale":{{"dtype":"F32","shape":[],"data_offsets":[0,4]}}}}"#
     );
-    let ckpt = Checkpoint::from_source("q", raw_file(&header, &1f32.to_le_bytes())).unwrap();
+    let ckpt = Checkpoint::from_source("q", crate::checkpoint::file(&header, &1f32.to_le_bytes()))
+        .unwrap();
     let err = ckpt.read_int8("w").unwrap_err().to_string();
     assert!(err.contains("w.scale") && err.contains("holds no values"), "{err}");
     assert!(ckpt.read_matrix::<f32>("w").is_err());
