@@ -14,13 +14,27 @@ pub struct Series {
 const COLORS: [&str; 8] =
     ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"];
 
+/// `range` as an axis can draw it: low to high and wider than a point (see
+/// [`line_chart`]).
+fn axis((a, b): (f64, f64)) -> (f64, f64) {
+    if !(a.is_finite() && b.is_finite()) {
+        (0.0, 1.0)
+    } else if a == b {
+        (a - 0.5, b + 0.5)
+    } else {
+        (a.min(b), a.max(b))
+    }
+}
+
 /// Text for SVG: `&`, `<`, `>` and quotes escaped.
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// An SVG chart with axes from `x_range` and `y_range`, labelled, with a legend. Every
-/// text is escaped, so names may hold any character.
+/// text is escaped, so names may hold any character. Points are clamped to `y_range`. A
+/// range given high bound first is read low to high, one of a single value is widened by
+/// 0.5 either side, and one with a bound that is not finite becomes `(0, 1)`.
 ///
 /// ```
 /// use shears_io::chart::{Series, line_chart};
@@ -37,6 +51,7 @@ pub fn line_chart(
     series: &[Series],
 ) -> String {
     let (title, x_label, y_label) = (escape(title), escape(x_label), escape(y_label));
+    let (x_range, y_range) = (axis(x_range), axis(y_range));
     let (w, h, left, right, top, bottom) = (720.0, 440.0, 70.0, 180.0, 40.0, 60.0);
     let (pw, ph) = (w - left - right, h - top - bottom);
     let sx = |x: f64| left + (x - x_range.0) / (x_range.1 - x_range.0) * pw;
@@ -96,7 +111,7 @@ pub fn line_chart(
         let pts: Vec<String> = line
             .points
             .iter()
-            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y.clamp(y_range.0, y_range.1))))
+            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y.max(y_range.0).min(y_range.1))))
             .collect();
         let _ = writeln!(
             s,
@@ -120,4 +135,24 @@ pub fn line_chart(
     }
     s.push_str("</svg>\n");
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_an_axis_cannot_draw_are_made_drawable() {
+        assert_eq!(axis((1.0, 0.0)), (0.0, 1.0));
+        assert_eq!(axis((2.0, 2.0)), (1.5, 2.5));
+        assert_eq!(axis((f64::NAN, 1.0)), (0.0, 1.0));
+        assert_eq!(axis((0.0, f64::INFINITY)), (0.0, 1.0));
+        assert_eq!(axis((-1.0, 3.0)), (-1.0, 3.0));
+        // Every one draws without a NaN coordinate, a point of NaN included.
+        let series = [Series { name: "s".into(), points: vec![(0.5, 0.5), (0.7, f64::NAN)] }];
+        for range in [(1.0, 0.0), (0.0, 0.0), (f64::NAN, f64::NAN)] {
+            let svg = line_chart("t", "x", "y", range, range, &series);
+            assert!(!svg.contains("NaN") && !svg.contains("inf"), "{range:?}: {svg}");
+        }
+    }
 }
