@@ -172,6 +172,10 @@ impl<T: Scalar> NmSparse<T> {
         let mut out = DMatrix::zeros(self.nrows, self.ncols);
         let (n, m) = (self.pattern.n(), self.pattern.m());
         let groups = self.ncols.div_ceil(m);
+        if groups == 0 {
+            // No columns: nothing to place, however many rows a file declares.
+            return out;
+        }
         for r in 0..self.nrows {
             for g in 0..groups {
                 for s in (r * groups + g) * n..(r * groups + g + 1) * n {

@@ -31,9 +31,11 @@ fn nm_with_astronomic_rows_and_no_columns_decodes_and_rejects_wrong_buffers() {
     assert_eq!(nm.shape(), (11_817_445_422_220_181_503, 0));
     let mut y = vec![0.0f32; 4];
     assert!(nm.matvec_into(1.0, &[], 0.0, &mut y).is_err());
-    // The allocating forms refuse the output they could not address.
+    // The allocating forms refuse the output they could not address; the dense form has
+    // no elements and is made without visiting the rows.
     assert!(nm.matvec(&DVector::zeros(0)).is_err());
     assert!(nm.matmul(&DMatrix::zeros(0, 2)).is_err());
+    assert_eq!(nm.to_dense().shape(), (11_817_445_422_220_181_503, 0));
 }
 
 /// An `X` of no rows costs nothing at any width: 16 x 2^62 outputs wrapped to none in
@@ -93,4 +95,17 @@ fn blocks_whose_values_cannot_be_held_are_refused() {
     let small = shears_sparse::BlockShape::new(4, 4).unwrap();
     let bsr = BlockSparse::from_dense(&DMatrix::from_element(1, 1, 2.0f32), small).unwrap();
     assert_eq!(bsr.to_dense(), DMatrix::from_element(1, 1, 2.0));
+}
+
+/// Blocks as tall as a matrix of 2^59 rows and one column, none stored: the buffers are
+/// empty, so nothing but the narrow form's scale per row is sized by the row count,
+/// which it now reserves fallibly instead of aborting.
+#[test]
+fn narrow_blocks_of_a_matrix_too_tall_to_scale_are_refused() {
+    let tall = 1usize << 59;
+    let shape = shears_sparse::BlockShape::new(tall, 1).unwrap();
+    let bsr =
+        BlockSparse::<f32>::try_from_parts(tall, 1, shape, vec![0, 0], vec![], vec![]).unwrap();
+    let e = shears_sparse::Bf16Block::from_block(&bsr).unwrap_err();
+    assert!(e.to_string().contains("no memory for the scales"), "{e}");
 }
