@@ -348,6 +348,10 @@ pub(crate) struct ExportArgs {
     /// without asking.
     #[arg(long)]
     pub(crate) external_data: bool,
+    /// No progress bar: export shows none, and takes -q as every command does, so that
+    /// scripts can pass it to all of them.
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
 }
 
 #[derive(Debug, Args)]

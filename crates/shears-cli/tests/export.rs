@@ -195,7 +195,8 @@ fn a_checkpoints_masks_are_applied_and_nan_is_refused() {
     let masks = shears_core::Masks::from([("layers.0.weight".to_string(), mask)]);
     shears_nn::checkpoint::save(&mlp, &masks, &checkpoint).unwrap();
     let out = dir.path().join("mlp.onnx");
-    let o = shears(&["export", checkpoint.to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    // -q is taken as by every command.
+    let o = shears(&["export", checkpoint.to_str().unwrap(), "-o", out.to_str().unwrap(), "-q"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let model = decode(&out);
     let w = model
