@@ -128,6 +128,7 @@ impl PendingFile {
                     if taken >= TAKEN_NAMES {
                         return Err(Error::Output {
                             path: target.to_owned(),
+                            // The count is TAKEN_NAMES (a test holds the two together).
                             reason: "the names of its temporaries beside it are taken (1024 tried): remove the .shears-tmp-* entries there",
                         });
                     }
@@ -605,7 +606,8 @@ mod tests {
                 .unwrap();
         }
         let error = write_atomic(&dir.path().join("out"), b"new").unwrap_err().to_string();
-        assert!(error.contains("temporaries beside it are taken (1024 tried)"), "{error}");
+        let said = format!("temporaries beside it are taken ({TAKEN_NAMES} tried)");
+        assert!(error.contains(&said), "{error}");
         assert!(!dir.path().join("out").exists());
     }
 
