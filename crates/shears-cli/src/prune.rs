@@ -413,6 +413,10 @@ fn holds_masks(path: &Path) -> bool {
     })
 }
 
+/// How far a tensor's sparsity may sit from a target and still be said to be at it, in
+/// the warnings after a run: patterns and whole counts land near a target, not on it.
+const SPARSITY_SLACK: f64 = 0.005;
+
 /// Bytes of metadata a run adds to each shard's header: its record (the calibration
 /// text's hashes, the paths it read) and a quantization's.
 const RECORD_BYTES: u64 = 64 << 10;
@@ -923,7 +927,7 @@ fn prune<'a, T: Float>(
             "--min-density {} lowers each tensor's target from {} to {} (in layer scope every tensor keeps at least that much)",
             job.min_density,
             job.sparsity.get(),
-            job.layer_target().get()
+            sparsity_text(computed(job.layer_target().get()))
         ));
     }
     // Under the floor before the run: its --masks-in mask, or its own zeros, had pruned
@@ -969,7 +973,7 @@ fn prune<'a, T: Float>(
         if numel > 0.0
             && target > 0.0
             && args.masks_in.is_none()
-            && zeros_before / numel > target + 0.005
+            && zeros_before / numel > target + SPARSITY_SLACK
         {
             warnings.add(format!(
                 "the pruned tensors were already sparser than the target before this run ({:.4} against {target:.4}): zeros stay pruned, so they end at {:.4}",
@@ -984,7 +988,8 @@ fn prune<'a, T: Float>(
     let mut chosen = rows.iter().filter(|r| r.choice.chosen).peekable();
     let unpruned = |r: &Row| {
         let target = r.target.unwrap_or(job.sparsity.get());
-        r.pruned_now == 0 && r.sparsity_before.is_some_and(|before| before <= target + 0.005)
+        r.pruned_now == 0
+            && r.sparsity_before.is_some_and(|before| before <= target + SPARSITY_SLACK)
     };
     // A --min-density that takes the target to 0 (or holds every tensor, in global
     // scope) has said so already.
@@ -1014,14 +1019,14 @@ fn prune<'a, T: Float>(
         };
         if let (Some(target), Some(before), Some(_)) = (r.target, r.sparsity_before, &args.masks_in)
             && target > 0.0
-            && before > target + 0.005
-            && after <= before + 0.005
+            && before > target + SPARSITY_SLACK
+            && after <= before + SPARSITY_SLACK
             && after < 1.0
         {
             masked_past.push((r.choice.name, before, target));
         }
         if let (Some(target), Some(before)) = (r.target, r.sparsity_before)
-            && before > target + 0.005
+            && before > target + SPARSITY_SLACK
             && args.masks_in.is_none()
             && after < 1.0
         {
@@ -1042,7 +1047,7 @@ fn prune<'a, T: Float>(
             };
             warnings.add(format!("tensor `{}` was pruned whole{hint}", r.choice.name));
         } else if let Some(target) = r.target
-            && (after - target).abs() > 0.005
+            && (after - target).abs() > SPARSITY_SLACK
             && !below.contains(r.choice.name)
             // Masks given with --masks-in are kept whole: a tensor whose mask is already
             // sparser than the target (with the default -s 0, every one) is expected to
@@ -1050,7 +1055,7 @@ fn prune<'a, T: Float>(
             // weights that int8 rounds to zero have their own warning.
             && !(args.masks_in.is_some()
                 && after > target
-                && r.sparsity_before.is_some_and(|b| b > target + 0.005 && after <= b + 0.005))
+                && r.sparsity_before.is_some_and(|b| b > target + SPARSITY_SLACK && after <= b + SPARSITY_SLACK))
             && !(r.quantized && after > target)
         {
             warnings.add(format!(
@@ -1158,6 +1163,13 @@ fn unprunable_counts(rows: &[&Row<'_>]) -> Option<String> {
 /// decimals would be hundreds of digits.
 fn sparsity_text(sparsity: f64) -> String {
     if sparsity > 0.0 && sparsity < 1e-4 { format!("{sparsity:e}") } else { format!("{sparsity}") }
+}
+
+/// `value`, the result of arithmetic on what the user gave, rounded to 12 significant
+/// digits: `1 - 0.9999` is printed as the 0.0001 it stands for, not as
+/// 0.00009999999999998899.
+fn computed(value: f64) -> f64 {
+    format!("{value:.11e}").parse().unwrap_or(value)
 }
 
 /// The summary (or JSON) on stdout, then the warnings on stderr: they follow what

@@ -197,6 +197,12 @@ fn calibrated_methods_keep_the_min_density() {
     assert!(err.contains("lowers each tensor's target from 0.5 to 0"), "{err}");
     assert!(!err.contains("--masks-out") && !err.contains("pruned no weight"), "{err}");
     assert_eq!(read(&kept.join("model.safetensors")), read(&model.join("model.safetensors")));
+    // The lowered target is printed as the number it stands for, not the float residue
+    // of 1 - 0.9999.
+    let near = dir.path().join("near");
+    let args = ["prune", model.to_str().unwrap(), "-o", near.to_str().unwrap(), "-s", "0.5"];
+    let err = stderr(&shears(&[&args[..], &["--min-density", "0.9999", "-q"]].concat()));
+    assert!(err.contains("lowers each tensor's target from 0.5 to 0.0001 ("), "{err}");
 }
 
 /// Pruning a pruned model towards a lower sparsity prunes nothing more (zeros stay
