@@ -99,7 +99,7 @@ pub struct Polynomial {
 /// use shears_strategies::Schedule;
 ///
 /// let s = Schedule::iterative(Sparsity::new(0.9)?, 3)?;
-/// let targets: Vec<f64> = s.targets().iter().map(|(_, s)| s.get()).collect();
+/// let targets: Vec<f64> = s.targets().map(|(_, s)| s.get()).collect();
 /// assert_eq!(targets.len(), 3);
 /// assert_eq!(targets[2], 0.9);
 ///
@@ -225,21 +225,18 @@ impl Schedule {
         }
     }
 
-    /// The steps at which to prune and the target at each, in order. The last target is
-    /// exactly [`Schedule::final_target`].
-    pub fn targets(&self) -> Vec<(usize, Sparsity)> {
-        match self {
-            Schedule::OneShot(s) => vec![(0, *s)],
-            Schedule::Iterative { rounds, .. } => {
-                (1..=*rounds as usize).map(|k| (k, self.target_at(k))).collect()
-            }
-            Schedule::Polynomial(p) => {
-                let mut steps: Vec<usize> =
-                    (p.begin_step..p.end_step).step_by(p.frequency).collect();
-                steps.push(p.end_step);
-                steps.into_iter().map(|t| (t, self.target_at(t))).collect()
-            }
-        }
+    /// The steps at which to prune and the target at each, in order, one at a time: a
+    /// schedule may have billions of rounds or steps, so none is listed ahead. The last
+    /// target is exactly [`Schedule::final_target`].
+    pub fn targets(&self) -> impl Iterator<Item = (usize, Sparsity)> + '_ {
+        let steps: Box<dyn Iterator<Item = usize>> = match self {
+            Schedule::OneShot(_) => Box::new(std::iter::once(0)),
+            Schedule::Iterative { rounds, .. } => Box::new(1..=*rounds as usize),
+            Schedule::Polynomial(p) => Box::new(
+                (p.begin_step..p.end_step).step_by(p.frequency).chain(std::iter::once(p.end_step)),
+            ),
+        };
+        steps.map(|t| (t, self.target_at(t)))
     }
 
     /// The target if `step` is a pruning step of the schedule.
@@ -271,7 +268,7 @@ mod tests {
     #[test]
     fn iterative_ends_exactly() {
         let sch = Schedule::iterative(s(0.9), 5).unwrap();
-        let t = sch.targets();
+        let t: Vec<_> = sch.targets().collect();
         assert_eq!(t.last().map(|x| x.1), Some(s(0.9)));
         assert!(t.windows(2).all(|w| w[0].1 <= w[1].1));
         assert_eq!(sch.final_target(), s(0.9));
@@ -279,12 +276,24 @@ mod tests {
         assert_eq!(sch.prune_at(6), None);
     }
 
+    /// Targets come one at a time: a schedule of billions of rounds or steps gives its
+    /// first ones at once, without listing the rest.
+    #[test]
+    fn targets_of_huge_schedules_are_not_listed_ahead() {
+        let rounds = Schedule::geometric(PruneRate::new(1e-9).unwrap(), u32::MAX);
+        let first: Vec<usize> = rounds.targets().take(3).map(|(k, _)| k).collect();
+        assert_eq!(first, [1, 2, 3]);
+        let steps = Schedule::polynomial(s(0.0), s(0.5), 0, usize::MAX / 2, 1).unwrap();
+        let first: Vec<(usize, Sparsity)> = steps.targets().take(2).collect();
+        assert_eq!(first, [(0, s(0.0)), (1, steps.target_at(1))]);
+    }
+
     #[test]
     fn geometric_rounds() {
         let sch = Schedule::geometric(PruneRate::new(0.2).unwrap(), 2);
         assert!((sch.final_target().get() - 0.36).abs() < 1e-12);
         let none = Schedule::geometric(PruneRate::new(0.2).unwrap(), 0);
-        assert_eq!((none.targets(), none.final_target()), (vec![], s(0.0)));
+        assert_eq!((none.targets().count(), none.final_target()), (0, s(0.0)));
         assert_eq!(PruneRate::new(0.2).unwrap().rounds_for(s(0.0)), 0);
         assert_eq!(PruneRate::new(0.0).unwrap().rounds_for(s(0.5)), u32::MAX);
         assert_eq!(PruneRate::new(0.5).unwrap().rounds_for(s(0.75)), 2);
@@ -325,7 +334,7 @@ mod tests {
         assert_eq!(sch.target_at(5), Sparsity::ZERO);
         assert_eq!(sch.target_at(10), s(0.1));
         assert_eq!(sch.target_at(1000), s(0.9));
-        let steps: Vec<usize> = sch.targets().iter().map(|x| x.0).collect();
+        let steps: Vec<usize> = sch.targets().map(|x| x.0).collect();
         assert_eq!(steps, vec![10, 35, 60, 85, 110]);
         // (1 - 0.5)^3 = 0.125 of the way left at the midpoint.
         assert!((sch.target_at(60).get() - (0.9 - 0.8 * 0.125)).abs() < 1e-12);

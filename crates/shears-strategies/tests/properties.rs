@@ -122,12 +122,12 @@ proptest! {
     fn schedules_are_monotone_and_end_on_target(s in arb::sparsity(), rounds in 1u32..12, begin in 0usize..50, len in 1usize..500, freq in 1usize..40) {
         if s.get() < 1.0 {
             let it = shears_strategies::Schedule::iterative(s, rounds).unwrap();
-            let t = it.targets();
+            let t: Vec<_> = it.targets().collect();
             prop_assert!(t.windows(2).all(|w| w[0].1 <= w[1].1));
             prop_assert_eq!(t.last().map(|x| x.1), Some(s));
         }
         let poly = shears_strategies::Schedule::polynomial(Sparsity::ZERO, s, begin, begin + len, freq).unwrap();
-        let t = poly.targets();
+        let t: Vec<_> = poly.targets().collect();
         prop_assert!(t.windows(2).all(|w| w[0].1 <= w[1].1 && w[0].0 < w[1].0));
         prop_assert_eq!(t.last().map(|x| x.1), Some(s));
         for step in begin..begin + len {
