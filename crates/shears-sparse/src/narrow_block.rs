@@ -71,14 +71,8 @@ impl<V: NarrowValue> NarrowBlock<V> {
         let (br, bc) = (shape.rows(), shape.cols());
         let mut values = vec![V::from_bits(0); wide.len()];
         // Blocks may be taller than any stored value, so the row count is bounded only
-        // here, by what a scale per row can be allocated for (as NarrowNm's).
-        let mut scales = Vec::new();
-        scales.try_reserve_exact(nrows).map_err(|_| Error::Format {
-            format: "narrow bsr",
-            error: crate::FormatError::InvalidStructure {
-                reason: format!("no memory for the scales of {nrows} rows"),
-            },
-        })?;
+        // here, by what a scale per row can be allocated for.
+        let mut scales = crate::narrow_csr::reserve_scales("narrow bsr", nrows)?;
         scales.resize(nrows, 1.0f32);
         let (mut row, mut narrow) = (Vec::new(), Vec::new());
         // A block may be taller than the matrix: its rows past the last are zeros.

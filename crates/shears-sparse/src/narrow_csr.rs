@@ -66,6 +66,21 @@ pub trait NarrowValue: sealed::Sealed + Stored<f32> + std::fmt::Debug + PartialE
     fn from_bits(bits: u16) -> Self;
 }
 
+/// An empty vector with room for a scale per row of `nrows`, or the error naming
+/// `format` when there is no memory for them: formats whose buffers do not bound their
+/// row count (no columns, or blocks taller than the values) are bounded here instead of
+/// aborting on the allocation.
+pub(crate) fn reserve_scales(format: &'static str, nrows: usize) -> Result<Vec<f32>> {
+    let mut scales = Vec::new();
+    scales.try_reserve_exact(nrows).map_err(|_| Error::Format {
+        format,
+        error: crate::FormatError::InvalidStructure {
+            reason: format!("no memory for the scales of {nrows} rows"),
+        },
+    })?;
+    Ok(scales)
+}
+
 /// `values` as [`NarrowValue::BYTES`] little-endian bytes each.
 pub(crate) fn values_to_bytes<V: NarrowValue>(values: &[V]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_bits().to_le_bytes().into_iter().take(V::BYTES)).collect()

@@ -85,13 +85,7 @@ impl<V: NarrowValue> NarrowNm<V> {
         let mut values = Vec::with_capacity(nm.values().len());
         // A matrix with no columns holds no slots whatever its row count, so that count
         // is bounded only here, by what a scale per row can be allocated for.
-        let mut scales = Vec::new();
-        scales.try_reserve_exact(nrows).map_err(|_| Error::Format {
-            format: "narrow n:m",
-            error: crate::FormatError::InvalidStructure {
-                reason: format!("no memory for the scales of {nrows} rows"),
-            },
-        })?;
+        let mut scales = crate::narrow_csr::reserve_scales("narrow n:m", nrows)?;
         for (r, row) in nm.values().chunks(per_row.max(1)).take(nrows).enumerate() {
             let scale = V::narrow_row(row, &mut values).map_err(|e| match e {
                 Error::InvalidQuantization { reason } => {
