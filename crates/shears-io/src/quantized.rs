@@ -43,11 +43,13 @@ pub fn scale_name(weight: &str) -> String {
 }
 
 /// `rows x cols`, the matrix a quantized tensor of this shape is seen as: rows along the
-/// first dimension (1 for a scalar), columns the rest.
+/// first dimension (1 for a scalar), columns the rest. For a shape a header accepted the
+/// columns always fit (headers bound the product of the nonzero dimensions); for any
+/// other whose columns would overflow, they are `usize::MAX`, which no tensor has.
 pub fn quantized_matrix_shape(shape: &[usize]) -> (usize, usize) {
     let rows = shape.first().copied().unwrap_or(1);
-    let cols = shape.iter().skip(1).product();
-    (rows, cols)
+    let cols = shape.iter().skip(1).try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    (rows, cols.unwrap_or(usize::MAX))
 }
 
 /// The group size written in the [`QUANTIZATION_KEY`] metadata of the file at `path`: `Ok(None)` for
@@ -357,6 +359,8 @@ mod tests {
         }
         assert_eq!(quantized_matrix_shape(&[3, 4, 5]), (3, 20));
         assert_eq!(quantized_matrix_shape(&[]), (1, 1));
+        let half = 1 << (usize::BITS / 2);
+        assert_eq!(quantized_matrix_shape(&[0, half, half]), (0, usize::MAX));
         assert_eq!(scale_name("a.weight"), "a.weight.scale");
     }
 }
