@@ -203,7 +203,8 @@ pub fn check_gram_inputs(tensor: &str, inputs: usize) -> Result<()> {
     if inputs > MAX_GRAM_INPUTS {
         return Err(Error::Argument(format!(
             "`{tensor}` has {inputs} inputs: SparseGPT's Hessian of them would take {} GiB (shears factors at most {MAX_GRAM_INPUTS} inputs)",
-            ((inputs as u64).pow(2) * 8) >> 30
+            // In u128: the square of a usize does not wrap there.
+            ((inputs as u128).pow(2) * 8) >> 30
         )));
     }
     Ok(())

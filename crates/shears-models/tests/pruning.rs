@@ -375,4 +375,7 @@ fn sparsegpt_refuses_a_layer_too_wide_for_its_hessian() {
     let wanda = spec(Method::Wanda, Pattern::Unstructured, 0.5);
     let pruned = prune_model(&mut m.model, &calib, &wanda, &only, None, &mut |_| {}).unwrap();
     assert_eq!(pruned.len(), 1);
+    // Widths whose square passes u64 are sized without wrapping: 2^32 inputs are 2^37 GiB.
+    let err = shears_models::check_gram_inputs("w", 1 << 32).unwrap_err().to_string();
+    assert!(err.contains("would take 137438953472 GiB"), "{err}");
 }
