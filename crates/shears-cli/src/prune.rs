@@ -925,8 +925,8 @@ fn prune<'a, T: Float>(
     if global.is_none() && job.layer_target() != job.sparsity {
         warnings.add(format!(
             "--min-density {} lowers each tensor's target from {} to {} (in layer scope every tensor keeps at least that much)",
-            job.min_density,
-            job.sparsity.get(),
+            sparsity_text(job.min_density),
+            sparsity_text(job.sparsity.get()),
             sparsity_text(computed(job.layer_target().get()))
         ));
     }
@@ -1159,8 +1159,8 @@ fn unprunable_counts(rows: &[&Row<'_>]) -> Option<String> {
     Some(parts.fold(first, |all, part| format!("{all}, {part}")))
 }
 
-/// A sparsity as the summary and warnings write it: a tiny target (1e-320) in plain
-/// decimals would be hundreds of digits.
+/// A sparsity (or density) as the summary and warnings write it: a tiny one (1e-320) in
+/// plain decimals would be hundreds of digits.
 fn sparsity_text(sparsity: f64) -> String {
     if sparsity > 0.0 && sparsity < 1e-4 { format!("{sparsity:e}") } else { format!("{sparsity}") }
 }
@@ -1260,7 +1260,7 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
         at.push_str(&format!(" (--rounding {})", report.rounding));
     }
     if report.min_density > 0.0 {
-        at.push_str(&format!(" (--min-density {})", report.min_density));
+        at.push_str(&format!(" (--min-density {})", sparsity_text(report.min_density)));
     }
     let what = match &report.masks_in {
         // Without a target, the run applies the masks and prunes nothing more.

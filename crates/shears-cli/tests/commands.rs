@@ -520,6 +520,9 @@ fn a_tiny_sparsity_is_summarised_in_one_short_line() {
     }
     let o = prune_ok(&input, &out, &["-s", "0.5", "-q"]);
     assert!(!stderr(&o).contains("pruned no weight"), "{}", stderr(&o));
+    // A tiny --min-density is written the same way.
+    let o = prune_ok(&input, &out, &["-s", "0.5", "--min-density", "1e-320", "-q"]);
+    assert!(stdout(&o).contains("at 0.5 (--min-density 1e-320): wrote"), "{}", stdout(&o));
     // The zeros int8 rounding makes are not pruned by the target, and in global scope
     // the one count over all tensors is what rounds to none.
     let o = prune_ok(&input, &out, &["-s", "1e-9", "--quantize", "int8", "-q"]);
