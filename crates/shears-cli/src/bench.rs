@@ -213,6 +213,11 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             scale_name(t.name)
         );
     }
+    // Scales that do not fit their int8 tensor are refused for every tensor, timed or not,
+    // as the commands that read the model refuse them.
+    for t in model.tensors() {
+        model.shards()[t.shard].check_scales(t.name)?;
+    }
     if layers.is_empty() {
         let floating =
             model.tensors().any(|t| is_float(t.info.dtype) && matches!(t.info.shape.len(), 2 | 4));

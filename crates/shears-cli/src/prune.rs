@@ -172,6 +172,11 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
             job.pattern.check_fits(t.name, &t.shape, job.layer_target()).with_context(in_input)?;
         }
     }
+    // An int8 tensor whose scales do not fit it would be copied through into an output
+    // no reader takes: refused now, as the commands that read it refuse it.
+    for t in model.tensors() {
+        model.shards()[t.shard].check_scales(t.name)?;
+    }
     let quantize = Quantize::plan(args.quantize, &model, &choices)?;
     let outputs = Outputs::plan(&model, &args.output, args.masks_out.as_deref())?;
     check_paths(&model, args, &outputs)?;

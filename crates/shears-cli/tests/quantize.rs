@@ -426,6 +426,33 @@ fn an_empty_int8_tensor_keeps_its_scheme_so_another_is_refused() {
     assert_eq!(read(&out)["w.weight.scale"].1, [5]);
 }
 
+/// Scales that do not fit their int8 tensor are refused by prune and bench as by every
+/// reader, even on a tensor neither would touch: prune used to copy it through into an
+/// output no command could read.
+#[test]
+fn int8_scales_that_do_not_fit_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    let tensors = [
+        T { name: "norm.weight", dtype: Dtype::I8, shape: vec![4], values: vec![1.0; 4] },
+        T { name: "norm.weight.scale", dtype: Dtype::F32, shape: vec![1], values: vec![1.0] },
+        T { name: "x.weight", dtype: Dtype::F32, shape: vec![2, 2], values: values(4, 1) },
+    ];
+    write(&input, &tensors);
+    let out = dir.path().join("out.safetensors");
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    for args in [vec!["prune", i, "-o", o, "-s", "0.5"], vec!["bench", i, "--batch", "1"]] {
+        let refused = shears(&args);
+        let err = stderr(&refused);
+        assert_eq!(refused.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("`norm.weight.scale`: has shape [1]") && err.contains("needs [4]"),
+            "{err}"
+        );
+        assert!(!out.exists());
+    }
+}
+
 /// `inspect` says how much smaller quantizing made a file, or how much larger when
 /// groups of one column carry a scale per weight.
 #[test]

@@ -133,6 +133,21 @@ impl<S: Source> Checkpoint<S> {
         })
     }
 
+    /// Checks what [`Checkpoint::decodes`] leaves to the read: that an int8 tensor's
+    /// scales fit it (dtype, shape for the file's group size, positive and finite), reading
+    /// only the scales. `Ok` for any tensor that is not int8 beside a `NAME.scale`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownTensor`], [`Error::Quantized`] naming the scales and what is wrong,
+    /// or a read error.
+    pub fn check_scales(&self, name: &str) -> Result<()> {
+        let (info, _) = self.located(name)?;
+        if info.dtype != Dtype::I8 || !self.decodes(name) {
+            return Ok(());
+        }
+        self.decoding(name, info).map(drop)
+    }
+
     /// How tensor `name` decodes: a floating dtype, or int8 with the scales of its
     /// `NAME.scale` tensor (read and validated here).
     fn decoding(&self, name: &str, info: &TensorInfo) -> Result<Decoding> {
