@@ -154,8 +154,22 @@ impl Model {
         }
         // Bounded whatever size the file reports (a file of /proc reports 0).
         let bounded = std::io::Read::take(file, MAX_INDEX_BYTES);
-        let index: Index = serde_json::from_reader(std::io::BufReader::new(bounded))
+        let mut index: Index = serde_json::from_reader(std::io::BufReader::new(bounded))
             .map_err(|e| bad(format!("not an index of shards: {e}")))?;
+        // `./model-00001-of-00002.safetensors` and `model-00001-of-00002.safetensors` are
+        // one file: each shard is known by one spelling, without the `.` components.
+        for file in index.weight_map.values_mut() {
+            let components = Path::new(file.as_str()).components();
+            if components.clone().any(|c| c == Component::CurDir)
+                && components.clone().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+            {
+                let parts: Vec<String> = components
+                    .filter(|c| *c != Component::CurDir)
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                *file = parts.join("/");
+            }
+        }
         // An index of nothing would load as a model of no tensors, whatever the shards
         // beside it hold.
         if index.weight_map.is_empty() {

@@ -23,10 +23,18 @@ fn shards_that_are_no_file_of_the_folder_are_named_by_the_index() {
         assert!(message.contains("model.safetensors.index.json"), "{message}");
         assert!(message.contains(&format!("shard `{name}` {says}")), "{message}");
     }
-    // A name through `.` is inside the folder.
+    // A name through `.` is inside the folder, and the same file as the name without it.
     write_index(dir.path(), &[("a", &format!("./{shard}"))]);
     let model = shears_io::Model::open(dir.path()).unwrap();
     assert_eq!(model.shards().len(), 1);
+    write_shard(
+        dir.path(),
+        shard,
+        &[("a", Dtype::F32, 1f32.to_le_bytes().to_vec()), ("c", Dtype::F32, vec![0; 4])],
+    );
+    write_index(dir.path(), &[("a", &format!("./{shard}")), ("c", shard)]);
+    let model = shears_io::Model::open(dir.path()).unwrap();
+    assert_eq!((model.shards().len(), model.tensors().count()), (1, 2));
     // An index of no tensors is no model, whatever the shards beside it hold.
     write_index(dir.path(), &[]);
     let err = shears_io::Model::open(dir.path()).unwrap_err().to_string();
