@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use safetensors::tensor::Dtype;
 
-use crate::util::{T, model, read, shears, stderr, values, write};
+use crate::util::{T, model, read, shears, stderr, stdout, values, write};
 
 /// Exit code 2, one line naming `needle`, and `untouched` files exactly as before.
 #[track_caller]
@@ -207,8 +207,22 @@ fn huge_names_and_empty_huge_tensors_are_handled() {
             assert_eq!(read(&out)["c.weight"].1, vec![2, 2]);
         }
     }
+    // A side of u64::MAX is longer than any count along it: the file is refused when
+    // opened, naming the tensor.
     let o = shears(&["inspect", empty.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("`b.weight`") && err.contains("too large to address"), "{err}");
+    // One of 2^33 beside a zero is a tensor of nothing, inspected as one.
+    let wide = format!(
+        r#"{{"a.weight":{{"dtype":"F32","shape":[0,{}],"data_offsets":[0,0]}}}}"#,
+        1u64 << 33
+    );
+    let mut bytes = (wide.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(wide.as_bytes());
+    std::fs::write(&empty, bytes).unwrap();
+    let o = shears(&["inspect", empty.to_str().unwrap()]);
+    assert!(o.status.success() && stdout(&o).contains("0 parameters"), "{}", stderr(&o));
     // A 240-byte output name: its temporary's name still fits the file system.
     let named = dir.path().join(format!("{}.safetensors", "o".repeat(228)));
     let o = shears(&["prune", input.to_str().unwrap(), "-o", named.to_str().unwrap(), "-s", "0.5"]);
