@@ -8,6 +8,27 @@ use serde::{Deserialize, Serialize};
 use crate::Scalar;
 use crate::error::{Error, Result};
 
+/// The element count of an array of `dims` holding `T`s, if its bytes can be addressed
+/// (at most `isize::MAX`, what Rust allows one allocation). nalgebra multiplies a
+/// matrix's dimensions unchecked, so sizes from callers or files are checked here before
+/// a matrix is made of them: a wrapped count would give storage shorter than the shape.
+///
+/// ```
+/// use shears_core::check_addressable;
+/// assert_eq!(check_addressable::<f32>(&[3, 4])?, 12);
+/// assert!(check_addressable::<f32>(&[1 << (usize::BITS / 2), 1 << (usize::BITS / 2)]).is_err());
+/// # Ok::<(), shears_core::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::DimensionOverflow`] naming `dims` when the bytes would pass `isize::MAX`.
+pub fn check_addressable<T>(dims: &[usize]) -> Result<usize> {
+    let elements = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    elements
+        .filter(|&n| n.checked_mul(size_of::<T>()).is_some_and(|b| b <= isize::MAX as usize))
+        .ok_or_else(|| Error::DimensionOverflow { dims: dims.to_vec() })
+}
+
 /// The shape of a prunable weight and its matrix view.
 ///
 /// - A fully connected weight `(out_features, in_features)` is its own matrix: an output
@@ -204,5 +225,11 @@ mod tests {
         );
         let m = DMatrix::<f32>::zeros(3, 5);
         assert_eq!(WeightShape::of_matrix(&m), WeightShape::dense(3, 5).unwrap());
+        // Bytes, not only elements, must be addressable: the bound is isize::MAX bytes.
+        let most = isize::MAX as usize;
+        assert_eq!(check_addressable::<u8>(&[most]), Ok(most));
+        assert!(check_addressable::<f64>(&[most / 8 + 1]).is_err());
+        assert_eq!(check_addressable::<f64>(&[0, usize::MAX]), Ok(0));
+        assert_eq!(check_addressable::<f32>(&[]), Ok(1));
     }
 }

@@ -323,11 +323,7 @@ impl Linear {
         let tokens = x.ncols();
         // An `x` of no rows costs nothing whatever its column count, so the output it
         // asks for is bounded here rather than by the input's own allocation.
-        let addressable = outputs
-            .checked_mul(tokens)
-            .and_then(|n| n.checked_mul(size_of::<f32>()))
-            .is_some_and(|bytes| bytes <= isize::MAX as usize);
-        if !addressable {
+        if shears_core::check_addressable::<f32>(&[outputs, tokens]).is_err() {
             return Err(Error::Argument(format!(
                 "layer `{}`: {outputs} outputs for each of {tokens} tokens are more values \
                  than can be addressed",

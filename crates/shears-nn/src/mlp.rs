@@ -115,11 +115,7 @@ impl<T: Scalar> Mlp<T> {
     pub fn new(sizes: &[usize], seed: u64) -> Result<Self> {
         // nalgebra multiplies the dimensions unchecked: a wrapped count would build a
         // matrix whose storage is shorter than its shape.
-        let addressable = |w: &[usize]| {
-            w[0].checked_mul(w[1])
-                .and_then(|n| n.checked_mul(size_of::<T>()))
-                .is_some_and(|bytes| bytes <= isize::MAX as usize)
-        };
+        let addressable = |w: &[usize]| shears_core::check_addressable::<T>(w).is_ok();
         if sizes.len() < 2 || sizes.contains(&0) || !sizes.windows(2).all(addressable) {
             return Err(Error::BadArchitecture { sizes: sizes.to_vec() });
         }

@@ -115,7 +115,7 @@ pub trait SparseProduct<T: Scalar>: Sealed<T> {
     /// [`Error::ShapeMismatch`] if `x` has not `ncols` entries;
     /// [`shears_core::Error::DimensionOverflow`] if the result could not be addressed.
     fn matvec(&self, x: &DVector<T>) -> Result<DVector<T>> {
-        check_addressable::<T>(self.shape().0, 1)?;
+        shears_core::check_addressable::<T>(&[self.shape().0])?;
         let mut y = DVector::zeros(self.shape().0);
         self.matvec_into(T::one(), x.as_slice(), T::zero(), y.as_mut_slice())?;
         Ok(y)
@@ -138,22 +138,8 @@ pub trait SparseProduct<T: Scalar>: Sealed<T> {
 /// multiplies the dimensions unchecked, so a wrapped count would give storage shorter
 /// than the shape.
 pub(crate) fn zeroed<T: Scalar>(nrows: usize, ncols: usize) -> Result<DMatrix<T>> {
-    check_addressable::<T>(nrows, ncols)?;
+    shears_core::check_addressable::<T>(&[nrows, ncols])?;
     Ok(DMatrix::zeros(nrows, ncols))
-}
-
-/// An error unless a `nrows x ncols` matrix of `T` could be addressed. (A matrix of no
-/// columns bounds nothing of its row count, which files may declare at will.)
-fn check_addressable<T>(nrows: usize, ncols: usize) -> Result<()> {
-    let addressable = nrows
-        .checked_mul(ncols)
-        .and_then(|n| n.checked_mul(size_of::<T>()))
-        .is_some_and(|bytes| bytes <= isize::MAX as usize);
-    if addressable {
-        Ok(())
-    } else {
-        Err(shears_core::Error::DimensionOverflow { dims: vec![nrows, ncols] }.into())
-    }
 }
 
 fn check_len(op: &'static str, expected: usize, got: usize) -> Result<()> {

@@ -233,11 +233,7 @@ pub(crate) fn bsr(
     // Blocks may be taller and wider than any index, so unlike the other formats the
     // shape is not bounded by the buffers: `to_dense` must still be able to address it
     // in the widest value type (nalgebra multiplies the dimensions unchecked).
-    let addressable = nrows
-        .checked_mul(ncols)
-        .and_then(|n| n.checked_mul(size_of::<f64>()))
-        .is_some_and(|bytes| bytes <= isize::MAX as usize);
-    if !addressable {
+    if shears_core::check_addressable::<f64>(&[nrows, ncols]).is_err() {
         return Err(FormatError::InvalidStructure {
             reason: format!("a {nrows}x{ncols} matrix has more elements than can be addressed"),
         });

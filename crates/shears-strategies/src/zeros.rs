@@ -3,14 +3,14 @@
 //! would give a matrix whose storage is shorter than its shape.
 
 use nalgebra::{DMatrix, DVector};
-use shears_core::{Result, Scalar};
+use shears_core::{Result, Scalar, check_addressable};
 
 /// A `nrows x ncols` matrix of zeros.
 ///
 /// # Errors
 /// [`shears_core::Error::DimensionOverflow`] if its bytes exceed `isize::MAX`.
 pub(crate) fn zeros<T: Scalar>(nrows: usize, ncols: usize) -> Result<DMatrix<T>> {
-    check_bytes::<T>(&[nrows, ncols])?;
+    check_addressable::<T>(&[nrows, ncols])?;
     Ok(DMatrix::zeros(nrows, ncols))
 }
 
@@ -19,16 +19,8 @@ pub(crate) fn zeros<T: Scalar>(nrows: usize, ncols: usize) -> Result<DMatrix<T>>
 /// # Errors
 /// [`shears_core::Error::DimensionOverflow`] if its bytes exceed `isize::MAX`.
 pub(crate) fn zeros_vector<T: Scalar>(len: usize) -> Result<DVector<T>> {
-    check_bytes::<T>(&[len])?;
+    check_addressable::<T>(&[len])?;
     Ok(DVector::zeros(len))
-}
-
-fn check_bytes<T>(dims: &[usize]) -> Result<()> {
-    let bytes = dims.iter().try_fold(size_of::<T>(), |n, &d| n.checked_mul(d));
-    match bytes {
-        Some(n) if n <= isize::MAX as usize => Ok(()),
-        _ => Err(shears_core::Error::DimensionOverflow { dims: dims.to_vec() }),
-    }
 }
 
 #[cfg(test)]
