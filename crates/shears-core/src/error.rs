@@ -59,6 +59,15 @@ pub enum Error {
         /// The dimensions whose product overflowed.
         dims: Vec<usize>,
     },
+    /// An array whose bytes can be addressed, but that this machine has no memory for
+    /// (its allocator refused it).
+    #[error("no memory for an array of shape {dims:?} ({bytes} bytes)")]
+    OutOfMemory {
+        /// The array's dimensions.
+        dims: Vec<usize>,
+        /// The bytes it would take.
+        bytes: usize,
+    },
     /// A tensor shape is neither 2-D (dense) nor 4-D (convolution).
     #[error("a prunable weight must be 2-D or 4-D, got shape {dims:?}")]
     UnsupportedRank {

@@ -73,7 +73,7 @@ pub use persist::{MASK_FORMAT_VERSION, MASK_MAGIC};
 pub use prunable::Prunable;
 pub use scalar::Scalar;
 pub use select::{GlobalBucket, GlobalCount, GlobalMasks, ScoredLayer, Selector};
-pub use shape::{WeightShape, check_addressable};
+pub use shape::{MAX_SIDE, WeightShape, check_addressable, try_zeros};
 pub use sparsity::{Rounding, Sparsity};
 pub use strategy::{LayerContext, LayerInput, PruningStrategy, unstructured_mask};
 

@@ -4,7 +4,7 @@ use nalgebra::DMatrix;
 
 use crate::error::{Error, FormatError, Result};
 use crate::scalar::Scalar;
-use crate::shape::WeightShape;
+use crate::shape::{MAX_SIDE, WeightShape};
 use crate::sparsity::Sparsity;
 
 const WORD: usize = u64::BITS as usize;
@@ -60,11 +60,11 @@ impl std::fmt::Debug for Mask {
     }
 }
 
-/// `nrows * ncols`, refused if it overflows or if either side is longer than a vector
-/// of per-row or per-column counts (`kept_per_col` and the like) could be: a mask of no
-/// elements costs nothing whatever its shape, so its sides are bounded here.
+/// `nrows * ncols`, refused if it overflows or if either side is longer than
+/// [`MAX_SIDE`] (a vector of per-row or per-column counts, `kept_per_col` and the like,
+/// must fit): a mask of no elements costs nothing whatever its shape, so its sides are
+/// bounded here.
 fn element_count(nrows: usize, ncols: usize) -> Result<usize> {
-    const MAX_SIDE: usize = isize::MAX as usize / size_of::<usize>();
     nrows
         .checked_mul(ncols)
         .filter(|_| nrows <= MAX_SIDE && ncols <= MAX_SIDE)

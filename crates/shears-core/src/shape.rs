@@ -8,6 +8,12 @@ use serde::{Deserialize, Serialize};
 use crate::Scalar;
 use crate::error::{Error, Result};
 
+/// The longest side of an array shears accepts, from callers and from files alike: a
+/// vector of one 8-byte count per index along it (a mask's kept weights per row or per
+/// column, say) can be addressed. An array with a zero side has no elements, whatever its
+/// other sides, so its sides are bounded by this rather than by its size.
+pub const MAX_SIDE: usize = isize::MAX as usize / size_of::<u64>();
+
 /// The element count of an array of `dims` holding `T`s, if its bytes can be addressed
 /// (at most `isize::MAX`, what Rust allows one allocation). nalgebra multiplies a
 /// matrix's dimensions unchecked, so sizes from callers or files are checked here before
@@ -27,6 +33,32 @@ pub fn check_addressable<T>(dims: &[usize]) -> Result<usize> {
     elements
         .filter(|&n| n.checked_mul(size_of::<T>()).is_some_and(|b| b <= isize::MAX as usize))
         .ok_or_else(|| Error::DimensionOverflow { dims: dims.to_vec() })
+}
+
+/// A `nrows x ncols` matrix of zeros, for sizes from callers or files: an `Err` rather
+/// than an overflow when its bytes could not be addressed, and rather than an abort when
+/// the allocator has no memory for them (a file of a few bytes may describe a matrix of
+/// no elements whose products have outputs of exabytes).
+///
+/// ```
+/// use shears_core::try_zeros;
+/// assert_eq!(try_zeros::<f32>(2, 3)?.shape(), (2, 3));
+/// assert!(try_zeros::<f32>(shears_core::MAX_SIDE, 2).is_err());
+/// # Ok::<(), shears_core::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::DimensionOverflow`] as [`check_addressable`]; [`Error::OutOfMemory`] when the
+/// allocation fails.
+pub fn try_zeros<T: Scalar>(nrows: usize, ncols: usize) -> Result<DMatrix<T>> {
+    let dims = [nrows, ncols];
+    let len = check_addressable::<T>(&dims)?;
+    let mut values = Vec::new();
+    values
+        .try_reserve_exact(len)
+        .map_err(|_| Error::OutOfMemory { dims: dims.to_vec(), bytes: len * size_of::<T>() })?;
+    values.resize(len, T::zero());
+    Ok(DMatrix::from_vec(nrows, ncols, values))
 }
 
 /// The shape of a prunable weight and its matrix view.
@@ -189,6 +221,20 @@ impl From<WeightShape> for Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Zeros of a size that can be addressed but not allocated are an error naming the
+    /// shape and the bytes, not an abort; of an unaddressable size, an overflow.
+    #[test]
+    fn zeros_that_cannot_be_allocated_are_an_error() {
+        assert_eq!(try_zeros::<f64>(3, 2).unwrap(), DMatrix::zeros(3, 2));
+        assert_eq!(try_zeros::<f32>(MAX_SIDE, 0).unwrap().shape(), (MAX_SIDE, 0));
+        let err = try_zeros::<f32>(MAX_SIDE, 2).unwrap_err();
+        let bytes = MAX_SIDE * 2 * 4;
+        assert_eq!(err, Error::OutOfMemory { dims: vec![MAX_SIDE, 2], bytes });
+        assert!(err.to_string().starts_with("no memory for an array of shape"), "{err}");
+        let err = try_zeros::<f32>(MAX_SIDE, 4).unwrap_err();
+        assert_eq!(err, Error::DimensionOverflow { dims: vec![MAX_SIDE, 4] });
+    }
 
     #[test]
     fn conv_view() {

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use safetensors::tensor::TensorInfo;
+use shears_core::MAX_SIDE;
 
 use crate::error::{FileKind, HeaderProblem};
 use crate::source::Source;
@@ -268,13 +269,12 @@ impl<'de> serde::Deserialize<'de> for Shape {
 /// A tensor with a zero dimension has no elements however large the others are, but
 /// readers multiply some of them (a quantized tensor's columns are every dimension after
 /// the first) and size by one (a mask's count per row or column): the product of the
-/// nonzero dimensions must fit, and each must be short enough to count along.
+/// nonzero dimensions must fit, and each must be at most [`MAX_SIDE`].
 pub(crate) fn data_bytes(info: &TensorInfo) -> Option<usize> {
-    const MAX_DIM: usize = isize::MAX as usize / size_of::<u64>();
     info.shape
         .iter()
         .filter(|&&d| d > 0)
-        .try_fold(1usize, |acc, &d| if d > MAX_DIM { None } else { acc.checked_mul(d) })?;
+        .try_fold(1usize, |acc, &d| if d > MAX_SIDE { None } else { acc.checked_mul(d) })?;
     let elements = info.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
     let bits = elements.checked_mul(info.dtype.bitsize())?;
     (bits % 8 == 0).then_some(bits / 8)

@@ -261,6 +261,7 @@ impl<V: NarrowValue> SparseProduct<f32> for NarrowNm<V> {
 mod tests {
     use nalgebra::{DMatrix, DVector};
     use proptest::prelude::*;
+    use shears_core::MAX_SIDE;
 
     use super::*;
 
@@ -466,8 +467,12 @@ mod tests {
             Err(Error::Format { .. })
         ));
         // So is a row count no scales can be allocated for (a matrix without columns).
-        let empty = NmSparse::<f32>::try_from_parts(usize::MAX, 0, pattern, vec![], vec![]);
+        let empty = NmSparse::<f32>::try_from_parts(MAX_SIDE, 0, pattern, vec![], vec![]);
         assert!(matches!(Bf16Nm::from_nm(&empty.unwrap()), Err(Error::Format { .. })));
+        assert!(matches!(
+            NmSparse::<f32>::try_from_parts(MAX_SIDE + 1, 0, pattern, vec![], vec![]),
+            Err(Error::Format { .. })
+        ));
         // An int8 scale whose values would not be finite.
         let huge = Int8Nm::try_from_parts(1, 4, pattern, vec![1, 1], vec![0, 1], vec![f32::MAX]);
         assert!(matches!(huge, Err(Error::InvalidQuantization { .. })));

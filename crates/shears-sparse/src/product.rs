@@ -113,10 +113,10 @@ pub trait SparseProduct<T: Scalar>: Sealed<T> {
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] if `x` has not `ncols` entries;
-    /// [`shears_core::Error::DimensionOverflow`] if the result could not be addressed.
+    /// [`shears_core::Error::DimensionOverflow`] if the result could not be addressed,
+    /// [`shears_core::Error::OutOfMemory`] if it could not be allocated.
     fn matvec(&self, x: &DVector<T>) -> Result<DVector<T>> {
-        shears_core::check_addressable::<T>(&[self.shape().0])?;
-        let mut y = DVector::zeros(self.shape().0);
+        let mut y = DVector::from_vec(zeroed::<T>(self.shape().0, 1)?.data.into());
         self.matvec_into(T::one(), x.as_slice(), T::zero(), y.as_mut_slice())?;
         Ok(y)
     }
@@ -125,7 +125,8 @@ pub trait SparseProduct<T: Scalar>: Sealed<T> {
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] if `X` has not `ncols` rows;
-    /// [`shears_core::Error::DimensionOverflow`] if the result could not be addressed.
+    /// [`shears_core::Error::DimensionOverflow`] if the result could not be addressed,
+    /// [`shears_core::Error::OutOfMemory`] if it could not be allocated.
     fn matmul(&self, x: &DMatrix<T>) -> Result<DMatrix<T>> {
         let mut y = zeroed(self.shape().0, x.ncols())?;
         self.matmul_into(T::one(), x, T::zero(), &mut y)?;
@@ -134,12 +135,11 @@ pub trait SparseProduct<T: Scalar>: Sealed<T> {
 }
 
 /// A `nrows x ncols` matrix of zeros for a product to fill, refused if its bytes could
-/// not be addressed: an `X` of no rows costs nothing at any width, and nalgebra
-/// multiplies the dimensions unchecked, so a wrapped count would give storage shorter
-/// than the shape.
+/// not be addressed or allocated: an `X` of no rows costs nothing at any width, and
+/// nalgebra multiplies the dimensions unchecked, so a wrapped count would give storage
+/// shorter than the shape.
 pub(crate) fn zeroed<T: Scalar>(nrows: usize, ncols: usize) -> Result<DMatrix<T>> {
-    shears_core::check_addressable::<T>(&[nrows, ncols])?;
-    Ok(DMatrix::zeros(nrows, ncols))
+    Ok(shears_core::try_zeros(nrows, ncols)?)
 }
 
 fn check_len(op: &'static str, expected: usize, got: usize) -> Result<()> {

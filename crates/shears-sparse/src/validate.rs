@@ -75,6 +75,13 @@ pub(crate) fn nm(
             reason: format!("{ncols} columns exceed the u32 column range"),
         });
     }
+    // With no columns (or N = 0) no slot bounds the rows, yet products size their output
+    // by them: the same bound as every other side shears takes.
+    if nrows > shears_core::MAX_SIDE {
+        return Err(FormatError::InvalidStructure {
+            reason: format!("{nrows} rows exceed the longest side an array may have"),
+        });
+    }
     let groups = ncols.div_ceil(m);
     let expected = nrows
         .checked_mul(groups)

@@ -1,6 +1,7 @@
 //! Inputs the fuzz targets in `fuzz/` found, replayed in the normal test suite.
 
 use nalgebra::{DMatrix, DVector};
+use shears_core::NmPattern;
 use shears_sparse::{BlockSparse, NmSparse, SparseProduct};
 
 /// `fuzz/artifacts/nm_sparse/slow-unit-f06aea…`: a 23-byte N:M file declaring a
@@ -17,25 +18,36 @@ fn nm_with_zero_kept_per_group_is_refused_at_once() {
     assert!(NmSparse::<f32>::from_bytes(&bytes).is_err(), "the value width tag says f64");
 }
 
-/// `fuzz/artifacts/nm_sparse/crash-8ec7191d…`: a valid 11,817,445,422,220,181,503 x 0
-/// matrix (no elements, so nothing bounds the row count). The fuzz harness asked for its
-/// allocating product, whose output cannot exist; the BLAS form with caller buffers
-/// answers a shape error instead of touching memory.
+/// `fuzz/artifacts/nm_sparse/crash-8ec7191d…`: an 11,817,445,422,220,181,503 x 0 matrix
+/// (no elements, so no slot bounds the row count). The fuzz harness asked for its
+/// allocating product, whose output cannot exist. Rows past the longest side shears
+/// takes are refused when the bytes are decoded; the longest that is taken still
+/// multiplies without touching memory.
 #[test]
-fn nm_with_astronomic_rows_and_no_columns_decodes_and_rejects_wrong_buffers() {
+fn nm_with_astronomic_rows_and_no_columns_is_refused_at_decode() {
     let bytes = [
         0x53, 0x48, 0x45, 0x41, 0x52, 0x4e, 0x4d, 0x00, 0x01, 0x00, 0x00, 0x00, 0x20, 0xfd, 0xff,
         0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xa3, 0x00, 0x04, 0x3c, 0x00, 0x00,
     ];
-    let nm = NmSparse::<f32>::from_bytes(&bytes).unwrap();
-    assert_eq!(nm.shape(), (11_817_445_422_220_181_503, 0));
+    assert!(matches!(
+        NmSparse::<f32>::from_bytes(&bytes),
+        Err(shears_sparse::Error::Format { .. })
+    ));
+    let nm = NmSparse::<f32>::try_from_parts(
+        shears_core::MAX_SIDE,
+        0,
+        NmPattern::TWO_FOUR,
+        vec![],
+        vec![],
+    )
+    .unwrap();
     let mut y = vec![0.0f32; 4];
     assert!(nm.matvec_into(1.0, &[], 0.0, &mut y).is_err());
     // The allocating forms refuse the output they could not address; the dense form has
     // no elements and is made without visiting the rows.
     assert!(nm.matvec(&DVector::zeros(0)).is_err());
     assert!(nm.matmul(&DMatrix::zeros(0, 2)).is_err());
-    assert_eq!(nm.to_dense().shape(), (11_817_445_422_220_181_503, 0));
+    assert_eq!(nm.to_dense().shape(), (shears_core::MAX_SIDE, 0));
 }
 
 /// An `X` of no rows costs nothing at any width: 16 x 2^62 outputs wrapped to none in

@@ -126,6 +126,12 @@ fn nm_and_bsr_validation() {
             ..
         })
     ));
+    // No columns means no slots, so nothing else bounds the rows.
+    assert!(NmSparse::<f32>::try_from_parts(shears_core::MAX_SIDE, 0, p, vec![], vec![]).is_ok());
+    assert!(matches!(
+        NmSparse::<f32>::try_from_parts(shears_core::MAX_SIDE + 1, 0, p, vec![], vec![]),
+        Err(Error::Format { error: FormatError::InvalidStructure { .. }, .. })
+    ));
     let w = DMatrix::from_element(2, 4, 1.0f32);
     let err = NmSparse::from_dense_masked(&w, &Mask::all_kept(2, 4).unwrap(), p).unwrap_err();
     assert_eq!(err, Error::NotNm { pattern: p, row: 0, col: 0 });

@@ -1,26 +1,27 @@
 //! Zeroed matrices and vectors of caller-given sizes, refused when their bytes could not
-//! be addressed: nalgebra multiplies the dimensions unchecked, and a product that wraps
-//! would give a matrix whose storage is shorter than its shape.
+//! be addressed or allocated: nalgebra multiplies the dimensions unchecked, and a product
+//! that wraps would give a matrix whose storage is shorter than its shape.
 
 use nalgebra::{DMatrix, DVector};
-use shears_core::{Result, Scalar, check_addressable};
+use shears_core::{Result, Scalar};
 
 /// A `nrows x ncols` matrix of zeros.
 ///
 /// # Errors
-/// [`shears_core::Error::DimensionOverflow`] if its bytes exceed `isize::MAX`.
+/// [`shears_core::Error::DimensionOverflow`] if its bytes exceed `isize::MAX`,
+/// [`shears_core::Error::OutOfMemory`] if they cannot be allocated.
 pub(crate) fn zeros<T: Scalar>(nrows: usize, ncols: usize) -> Result<DMatrix<T>> {
-    check_addressable::<T>(&[nrows, ncols])?;
-    Ok(DMatrix::zeros(nrows, ncols))
+    shears_core::try_zeros(nrows, ncols)
 }
 
 /// A vector of `len` zeros.
 ///
 /// # Errors
-/// [`shears_core::Error::DimensionOverflow`] if its bytes exceed `isize::MAX`.
+/// [`shears_core::Error::DimensionOverflow`] if its bytes exceed `isize::MAX`,
+/// [`shears_core::Error::OutOfMemory`] if they cannot be allocated.
 pub(crate) fn zeros_vector<T: Scalar>(len: usize) -> Result<DVector<T>> {
-    check_addressable::<T>(&[len])?;
-    Ok(DVector::zeros(len))
+    let column = shears_core::try_zeros(len, 1)?;
+    Ok(DVector::from_vec(column.data.into()))
 }
 
 #[cfg(test)]
