@@ -8,7 +8,7 @@ use safetensors::Dtype;
 use safetensors::tensor::TensorInfo;
 
 use crate::checkpoint::Checkpoint;
-use crate::error::{Error, Result};
+use crate::error::{Error, FileKind, Result};
 use crate::paths::require_regular_file;
 use crate::quantized::scale_name;
 
@@ -167,7 +167,10 @@ impl Model {
                     .filter(|c| *c != Component::CurDir)
                     .map(|c| c.as_os_str().to_string_lossy().into_owned())
                     .collect();
-                *file = parts.join("/");
+                // `.` alone names the folder: left as written, it is refused as one.
+                if !parts.is_empty() {
+                    *file = parts.join("/");
+                }
             }
         }
         // An index of nothing would load as a model of no tensors, whatever the shards
@@ -199,7 +202,24 @@ impl Model {
             if shard.is_dir() {
                 return Err(bad(format!("shard `{name}` is a folder, not a file of weights")));
             }
-            shards.push(Checkpoint::open(&shard)?);
+            let checkpoint = Checkpoint::open(&shard).map_err(|e| match e {
+                // The user gave the folder: what is wrong is the index's entry, and the
+                // message names it and a tensor it lists there.
+                Error::NotSafetensors { kind, .. } => {
+                    let tensor = index.weight_map.iter().find(|(_, f)| *f == name);
+                    let tensor = tensor.map_or_else(String::new, |(t, _)| t.clone());
+                    let what = match kind {
+                        FileKind::Json => "JSON text".to_owned(),
+                        kind => kind.to_string(),
+                    };
+                    bad(format!(
+                        "shard `{name}`, listed for tensor `{tensor}`, is not a safetensors \
+                         file: it is {what}"
+                    ))
+                }
+                e => e,
+            })?;
+            shards.push(checkpoint);
         }
         let model = Model {
             path: index_path.to_owned(),

@@ -11,17 +11,23 @@ fn shards_that_are_no_file_of_the_folder_are_named_by_the_index() {
     let shard = "model-00001-of-00002.safetensors";
     write_shard(dir.path(), shard, &[("a", Dtype::F32, 1f32.to_le_bytes().to_vec())]);
     std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
+    std::fs::write(dir.path().join("config.json"), "{\"model_type\": \"bert\"}\n").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "a shard of weights\nis not this\n").unwrap();
     for (name, says) in [
-        ("", "is not a path inside the model's folder"),
-        ("../elsewhere.safetensors", "is not a path inside the model's folder"),
-        ("1_Pooling", "is a folder, not a file of weights"),
+        ("", " is not a path inside the model's folder"),
+        ("../elsewhere.safetensors", " is not a path inside the model's folder"),
+        ("1_Pooling", " is a folder, not a file of weights"),
+        (".", " is a folder, not a file of weights"),
+        ("config.json", ", listed for tensor `b`, is not a safetensors file: it is JSON text"),
+        ("notes.txt", ", listed for tensor `b`, is not a safetensors file: it is text"),
     ] {
         write_index(dir.path(), &[("a", shard), ("b", name)]);
         let err = shears_io::Model::open(dir.path()).unwrap_err();
         assert!(matches!(err, Error::Index { .. }), "{name}: {err:?}");
         let message = err.to_string();
         assert!(message.contains("model.safetensors.index.json"), "{message}");
-        assert!(message.contains(&format!("shard `{name}` {says}")), "{message}");
+        assert!(message.contains(&format!("shard `{name}`{says}")), "{message}");
+        assert!(!message.contains("give the model folder"), "{message}");
     }
     // A name through `.` is inside the folder, and the same file as the name without it.
     write_index(dir.path(), &[("a", &format!("./{shard}"))]);
