@@ -572,9 +572,8 @@ impl Weights<'_> {
 
     fn read(&self, name: &str, shape: &[usize]) -> Result<(String, Vec<f32>)> {
         let (full, shard) = self.find(name, shape)?;
-        let values = self.model.shards()[shard]
-            .read_values::<f32>(&full)
-            .map_err(|e| self.error(&full, e.to_string()))?;
+        // shears-io's errors name the file and the tensor already.
+        let values = self.model.shards()[shard].read_values::<f32>(&full)?;
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             return Err(
                 self.error(&full, format!("value {} at index {i} is not finite", values[i]))
@@ -611,9 +610,7 @@ impl Weights<'_> {
     /// A `(rows, cols)` tensor, row-major in the file, as the `rows x cols` matrix.
     fn matrix(&self, name: &str, (rows, cols): (usize, usize)) -> Result<DMatrix<f32>> {
         let (full, shard) = self.find(name, &[rows, cols])?;
-        let matrix = self.model.shards()[shard]
-            .read_matrix::<f32>(&full)
-            .map_err(|e| self.error(&full, e.to_string()))?;
+        let matrix = self.model.shards()[shard].read_matrix::<f32>(&full)?;
         if let Some(i) = matrix.iter().position(|v| !v.is_finite()) {
             let (r, c) = (i % rows, i / rows);
             let reason = format!("value {} at [{r}, {c}] is not finite", matrix[(r, c)]);
@@ -655,8 +652,7 @@ impl Weights<'_> {
             ));
         }
         let shard = &self.model.shards()[found.shard];
-        let Some(tensor) = shard.read_int8(&full).map_err(|e| self.error(&full, e.to_string()))?
-        else {
+        let Some(tensor) = shard.read_int8(&full)? else {
             return Ok(None);
         };
         int8_matrix(tensor).map(Some).map_err(|e| self.error(&full, e.to_string()))

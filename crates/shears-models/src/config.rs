@@ -400,6 +400,14 @@ fn read_pooling(path: &Path) -> Result<(Pooling, Option<usize>)> {
             }
         },
     };
+    // A flag that is not a boolean would read as off, and the embeddings change with the
+    // mode left: every `pooling_mode_*` must say true or false.
+    if let Some(fields) = json.as_object()
+        && let Some((key, v)) =
+            fields.iter().find(|(k, v)| k.starts_with("pooling_mode_") && !v.is_boolean())
+    {
+        return Err(config_error(path, key, &format!("must be true or false, got {v}")));
+    }
     let on = |key: &str| json.get(key).and_then(Value::as_bool) == Some(true);
     let modes: Vec<(&str, Pooling)> = [
         ("pooling_mode_mean_tokens", Pooling::Mean),
@@ -625,6 +633,16 @@ mod tests {
         let cls = SentenceConfig::from_folder(dir.path()).unwrap();
         assert_eq!((cls.pooling, cls.normalize), (Pooling::Cls, false));
         assert_eq!(cls.word_embedding_dimension, None);
+        for flag in ["\"yes\"", "1", "null"] {
+            std::fs::write(
+                dir.path().join("1_Pooling/config.json"),
+                format!(r#"{{"pooling_mode_cls_token": true, "pooling_mode_max_tokens": {flag}}}"#),
+            )
+            .unwrap();
+            let err = SentenceConfig::from_folder(dir.path()).unwrap_err().to_string();
+            let want = format!("pooling_mode_max_tokens: must be true or false, got {flag}");
+            assert!(err.contains(&want), "{err}");
+        }
         for (dimension, read) in
             [("384", Ok(Some(384))), ("0", Err(())), ("-3", Err(())), ("\"384\"", Err(()))]
         {

@@ -247,6 +247,35 @@ fn bad_folders_and_inputs_are_errors_that_name_the_problem() {
     assert!(err.to_string().starts_with("sentence 2 (of the lines with text) gives no tokens"));
 }
 
+/// A weight of a type the encoder cannot compute with (`I32` here, the bytes of its `f32`
+/// values) is refused naming the file and the tensor once, an embedding table and a
+/// linear layer's weight alike.
+#[test]
+fn weights_of_an_integer_type_are_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Checkpoint::open(&folder().join("model.safetensors")).unwrap();
+    let tensors =
+        ["embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight"];
+    for (k, tensor) in tensors.into_iter().enumerate() {
+        assert!(source.info(tensor).is_some(), "{tensor}");
+        let copy = dir.path().join(format!("m{k}"));
+        copy_folder(&copy, Some("model.safetensors"));
+        let entries = shears_io::layout(source.tensors().iter().map(|(n, info)| {
+            let d = if n == tensor { Dtype::I32 } else { info.dtype };
+            (n.clone(), d, info.shape.clone())
+        }))
+        .unwrap();
+        shears_io::write_safetensors(&copy.join("model.safetensors"), &entries, None, |n, w| {
+            source.copy_to(n, w, Path::new(n))
+        })
+        .unwrap();
+        let err = SentenceTransformer::load(&copy, None).unwrap_err().to_string();
+        assert_eq!(err.matches(tensor).count(), 1, "{err}");
+        assert_eq!(err.matches("model.safetensors").count(), 1, "{err}");
+        assert!(err.contains("I32"), "{err}");
+    }
+}
+
 /// The public pieces of a forward pass refuse inputs whose parts disagree (a `Batch`,
 /// lengths, heads, or a linear layer swapped in by hand) with an error, not a panic or
 /// a silently wrong output.
