@@ -240,7 +240,7 @@ impl<'a> Texts<'a> {
             // How to read more of them, where the model has positions to spare.
             let positions = model.model.config().max_position_embeddings;
             let hint = if max < positions {
-                format!(" (--max-len sets the length, up to the model's {positions} positions)")
+                format!(" (--max-len can raise it to {positions}, the model's position embeddings)")
             } else {
                 String::new()
             };

@@ -251,7 +251,10 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
         };
         if c.cut > 0 {
             let hint = if c.max_len < c.positions {
-                format!(" (--max-len sets the length, up to the model's {} positions)", c.positions)
+                format!(
+                    " (--max-len can raise it to {}, the model's position embeddings)",
+                    c.positions
+                )
             } else {
                 String::new()
             };
@@ -891,8 +894,11 @@ fn prune<'a, T: Float>(
     let threshold = global.as_ref().and_then(Global::threshold);
     let mut warnings = Warnings::default();
     if rounded_to_zero > 0 {
+        // The mask file, where there is one, records the pruning, not the rounding.
+        let masks =
+            if outputs.masks.is_some() { "; --masks-out still marks them kept" } else { "" };
         warnings.add(format!(
-            "{rounded_to_zero} kept weights are below half their int8 step and were stored as zero (the sparsity after counts them; --masks-out still marks them kept)"
+            "{rounded_to_zero} kept weights are below half their int8 step and were stored as zero (the sparsity after counts them{masks})"
         ));
     }
     if quantize.is_some() {

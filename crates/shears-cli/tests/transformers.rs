@@ -263,6 +263,13 @@ fn tensors_already_sparser_than_the_target_are_one_warning() {
     let err = stderr(&o);
     assert!(o.status.success() && err.contains("below half their int8 step"), "{err}");
     assert!(!err.contains("reached sparsity"), "{err}");
+    // The mask file is mentioned only where there is one.
+    assert!(!err.contains("--masks-out"), "{err}");
+    let (with_masks, masks) = (dir.path().join("int8-masks"), dir.path().join("m.safetensors"));
+    let args = ["prune", model.to_str().unwrap(), "-o", with_masks.to_str().unwrap(), "-s", "0"];
+    let masks = ["--masks-out", masks.to_str().unwrap(), "--quantize", "int8", "--quiet"];
+    let err = stderr(&shears(&[&args[..], &masks[..]].concat()));
+    assert!(err.contains("--masks-out still marks them kept"), "{err}");
 }
 
 /// A calibrated run's report counts each tensor's zeros before it, as any prune does:
@@ -548,7 +555,7 @@ fn embed_and_eval_say_what_they_embed_other_than_the_line() {
     let o = shears(&["embed", m, "--texts", t, "--max-len", "6", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let said = format!(
-        "shears: warning: {t}: 2 lines (the first: line 1) have more than 6 tokens and were embedded from their first 6 (--max-len sets the length, up to the model's 64 positions)\n\
+        "shears: warning: {t}: 2 lines (the first: line 1) have more than 6 tokens and were embedded from their first 6 (--max-len can raise it to 64, the model's position embeddings)\n\
          shears: warning: {t}: 1 line (line 3) holds no token but the tokenizer's special ones and was embedded from them alone\n"
     );
     assert_eq!(stderr(&o), said);
@@ -656,7 +663,7 @@ fn calibration_sentences_cut_or_without_words_are_counted() {
     let said = |s: &str| shown.iter().any(|w| *w == format!("{c}: {s}"));
     assert!(
         said(
-            "2 of the 4 calibration sentences have more than 6 tokens, cut to the first 6 (--max-len sets the length, up to the model's 64 positions)"
+            "2 of the 4 calibration sentences have more than 6 tokens, cut to the first 6 (--max-len can raise it to 64, the model's position embeddings)"
         ),
         "{shown:?}"
     );
@@ -709,7 +716,7 @@ fn eval_measures_an_int8_folder_as_it_runs_and_as_f32() {
     // here is longer.
     let o = shears(&["eval", dense.to_str().unwrap(), float.to_str().unwrap(), "--texts", &texts]);
     let cut = format!(
-        "shears: warning: {texts}: 256 lines (the first: line 1) have more than 16 tokens and were embedded from their first 16 (--max-len sets the length, up to the model's 64 positions)\n"
+        "shears: warning: {texts}: 256 lines (the first: line 1) have more than 16 tokens and were embedded from their first 16 (--max-len can raise it to 64, the model's position embeddings)\n"
     );
     assert_eq!(stderr(&o), cut);
     // Texts that cannot be used are the one thing said, before either model is read.
