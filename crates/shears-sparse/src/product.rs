@@ -1,7 +1,7 @@
 //! [`SparseProduct`]: the products every format offers, in the BLAS form and allocating,
 //! with the operands' shapes checked here, once, for every format.
 
-use nalgebra::{DMatrix, DVector};
+use nalgebra::{DMatrix, DVector, Dyn, U1};
 use shears_core::Scalar;
 
 use crate::error::{Error, Result};
@@ -116,7 +116,8 @@ pub trait SparseProduct<T: Scalar>: Sealed<T> {
     /// [`shears_core::Error::DimensionOverflow`] if the result could not be addressed,
     /// [`shears_core::Error::OutOfMemory`] if it could not be allocated.
     fn matvec(&self, x: &DVector<T>) -> Result<DVector<T>> {
-        let mut y = DVector::from_vec(zeroed::<T>(self.shape().0, 1)?.data.into());
+        let rows = self.shape().0;
+        let mut y = zeroed::<T>(rows, 1)?.reshape_generic(Dyn(rows), U1);
         self.matvec_into(T::one(), x.as_slice(), T::zero(), y.as_mut_slice())?;
         Ok(y)
     }

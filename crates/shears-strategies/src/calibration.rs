@@ -3,11 +3,10 @@
 
 use faer::linalg::matmul::triangular::BlockStructure;
 use faer::{Accum, MatMut, MatRef, Par};
-use nalgebra::{DMatrix, DVector};
+use nalgebra::{DMatrix, DVector, Dyn, U1};
 use shears_core::{Scalar, check_finite};
 
 use crate::error::{Error, Result};
-use crate::zeros::{zeros, zeros_vector};
 
 /// Tokens converted and multiplied at a time: bounds the copy of the inputs to
 /// `inputs * CHUNK` values whatever the calibration set's size, and each f32 partial
@@ -52,8 +51,9 @@ impl InputStats {
     /// be addressed.
     pub fn new(inputs: usize, gram: bool) -> Result<Self> {
         // The Gram matrix is checked first: it is the one whose size can wrap.
-        let gram = if gram { Some(zeros(inputs, inputs)?) } else { None };
-        Ok(InputStats { samples: 0, sum_squares: zeros_vector(inputs)?, gram })
+        let gram = if gram { Some(shears_core::try_zeros(inputs, inputs)?) } else { None };
+        let sum_squares = shears_core::try_zeros(inputs, 1)?.reshape_generic(Dyn(inputs), U1);
+        Ok(InputStats { samples: 0, sum_squares, gram })
     }
 
     /// The number of input features.

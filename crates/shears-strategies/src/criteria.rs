@@ -14,8 +14,6 @@ use shears_core::{
     Sparsity, check_finite, check_products,
 };
 
-use crate::zeros::zeros;
-
 /// Magnitude pruning: score `|w|`; the weights closest to zero go first.
 ///
 /// The same masks as `torch.nn.utils.prune.l1_unstructured` on the same weights.
@@ -123,7 +121,11 @@ impl<T: Scalar> TaylorAccumulator<T> {
     /// [`shears_core::Error::DimensionOverflow`] if a matrix of that shape could not be
     /// addressed.
     pub fn new(name: impl Into<String>, nrows: usize, ncols: usize) -> Result<Self> {
-        Ok(TaylorAccumulator { name: name.into(), sum: zeros(nrows, ncols)?, batches: 0 })
+        Ok(TaylorAccumulator {
+            name: name.into(),
+            sum: shears_core::try_zeros(nrows, ncols)?,
+            batches: 0,
+        })
     }
 
     /// Adds `|w * g|` of one batch.

@@ -69,7 +69,6 @@ mod roles;
 mod schedule;
 mod scope;
 mod sparsegpt;
-mod zeros;
 
 pub use calibration::InputStats;
 pub use criteria::{Gradient, Magnitude, Random, TaylorAccumulator, UserScores, Wanda};
