@@ -32,7 +32,7 @@ use rayon::prelude::*;
 
 use super::isa::{ACTIVATION_BIAS, DOT_STEP as STEP, Isa, int8_dots, int8_dots_biased};
 use super::spmm::for_each_block_of;
-use super::{KernelPath, NmView, Units, combine, kernel_path, multiversion};
+use super::{KernelPath, NmView, Split, Units, combine, kernel_path, multiversion};
 
 mod csr;
 mod csr_vector;
@@ -762,7 +762,7 @@ fn for_row_tasks(
     run: impl Fn(Range<usize>, Range<usize>, &mut [&mut [f32]]) + Sync,
 ) {
     let units = RowUnits { rows, cols, unit };
-    for_each_block_of(units, rows, y, token_panel(path, cols), |u, tokens, pieces| {
+    for_each_block_of(units, rows, y, token_panel(path, cols), Split::Fine, |u, tokens, pieces| {
         run(units.rows_before(u.start)..units.rows_before(u.end), tokens, pieces)
     });
 }

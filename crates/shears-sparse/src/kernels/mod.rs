@@ -687,18 +687,34 @@ fn partition(
 /// instead of waiting for it.
 const PARTS_PER_THREAD: usize = 16;
 
+/// How finely a product's work splits across rayon's threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Split {
+    /// [`PARTS_PER_THREAD`] ranges per thread, which the others steal from a thread that
+    /// stalls.
+    Fine,
+    /// One range per thread, for tasks that each repeat a cost of their own (a copy of
+    /// all of `X`), which finer ranges would repeat once per range.
+    PerThread,
+}
+
 /// The ranges of work units (rows, or block rows) a product splits into across rayon's
 /// threads, or `None` when it runs as one call: one thread, too little work, or a
 /// single unit.
 fn parallel_ranges(
     units: usize,
     work_before: impl Fn(usize) -> usize,
+    split: Split,
 ) -> Option<Vec<Range<usize>>> {
     let threads = rayon::current_num_threads();
     if threads <= 1 || units < 2 || work_before(units) < PARALLEL_WORK {
         return None;
     }
-    Some(partition(units, threads * PARTS_PER_THREAD, work_before))
+    let per_thread = match split {
+        Split::Fine => PARTS_PER_THREAD,
+        Split::PerThread => 1,
+    };
+    Some(partition(units, threads * per_thread, work_before))
 }
 
 /// How a product over a matrix splits into work units: rows (CSR, N:M), sorting windows
@@ -765,7 +781,7 @@ impl<T: Copy + Sync, I: Copy + Sync, V: Copy + Sync> Units for SellView<'_, T, I
 /// is large enough; `out_part` is the units' rows of `out`. Every unit is computed by
 /// exactly one call, so the result does not depend on the number of threads.
 fn for_units<T: Send, U: Units>(a: U, out: &mut [T], f: impl Fn(Range<usize>, &mut [T]) + Sync) {
-    let Some(ranges) = parallel_ranges(a.units(), |u| a.work_before(u)) else {
+    let Some(ranges) = parallel_ranges(a.units(), |u| a.work_before(u), Split::Fine) else {
         f(0..a.units(), out);
         return;
     };

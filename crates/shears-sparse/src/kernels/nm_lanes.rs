@@ -23,7 +23,7 @@ use shears_core::Scalar;
 use super::isa::{Isa, fma, is};
 use super::nm_rows::{NM_PANEL, NmRowBlocks, nm_rows, nm_window_slots};
 use super::spmm::{PARALLEL_COPY, for_each_block, to_panels};
-use super::{KernelPath, NmView, Stored, combine, kernel_path, multiversion};
+use super::{KernelPath, NmView, Split, Stored, combine, kernel_path, multiversion};
 
 /// Output rows per vector on the AVX2 copy, and in the vectors the AVX-512 copy takes
 /// after its vectors of sixteen; also the fewest rows the kernel takes.
@@ -193,7 +193,7 @@ pub(super) fn nm_spmm_lanes<T: Scalar, V: Stored<T>>(
     let blocks = NmRowBlocks(a);
     // The windows follow from the whole batch, so a task's columns sum as all would.
     let window = nm_window_slots(a.n, a.m, batch, size_of::<T>());
-    for_each_block(blocks, y, NM_PANEL, |units, batch_columns, columns| {
+    for_each_block(blocks, y, NM_PANEL, Split::Fine, |units, batch_columns, columns| {
         let x = &x.as_slice()[batch_columns.start * a.ncols..batch_columns.end * a.ncols];
         let (rows, width) = (blocks.rows(units), batch_columns.len());
         nm_lane_rows(path, a, rows, x, width, window, alpha, beta, columns);

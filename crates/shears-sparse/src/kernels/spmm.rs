@@ -23,7 +23,7 @@ use shears_core::Scalar;
 use super::isa::{Isa, fma};
 pub(super) use super::scratch::LineAligned;
 use super::{
-    BsrView, CsrView, SLICE_ROWS, SellView, Stored, Units, kernel_path, multiversion,
+    BsrView, CsrView, SLICE_ROWS, SellView, Split, Stored, Units, kernel_path, multiversion,
     parallel_ranges, partition,
 };
 use crate::index::SpIndex;
@@ -447,12 +447,20 @@ const COPY_PER_TASK_BYTES: usize = 2 << 20;
 /// `panels` are `X`'s batch columns of the block copied row-major in panels of `panel`
 /// columns, `width` batch columns in all, and `z` a zeroed row-major buffer for the
 /// block's rows at those columns (before `alpha` and `beta`), which the task then
-/// writes into `Y`. An `X` of [`COPY_PER_TASK_BYTES`] or more, with enough panels that
-/// no two tasks share one, is copied by each task a panel at a time, and `units_of`
-/// called once per panel with a `z` of that panel alone, its results written before
-/// the next panel is copied; otherwise `X` is copied whole first
-/// ([`spmm_copied_whole`]). So nothing `units_of` derives from `width` may change the
-/// bits: a window or block size must follow from the whole batch, as `nm_spmm`'s does.
+/// writes into `Y`. Each task copies its own panels, a panel at a time, and `units_of`
+/// is called once per panel with a `z` of that panel alone, its results written before
+/// the next panel is copied:
+/// - on one thread, or with enough panels that no two of the [`Split::Fine`] tasks
+///   share one, for an `X` of [`COPY_PER_TASK_BYTES`] or more (a smaller one is copied
+///   whole first, [`spmm_copied_whole`]);
+/// - with fewer panels, for an `X` below [`COPY_PER_TASK_BYTES`], in one task per
+///   thread ([`Split::PerThread`]): each thread copies the panels it needs at most
+///   once, inside the product's one parallel region, where a whole copy first is a
+///   parallel region of its own whose halves the tasks then fetch from each other's
+///   cores. A larger `X` is copied whole first, once.
+///
+/// So nothing `units_of` derives from `width` may change the bits: a window or block
+/// size must follow from the whole batch, as `nm_spmm`'s does.
 pub(super) fn spmm<T: Scalar, U: Units>(
     a: U,
     alpha: T,
@@ -462,19 +470,24 @@ pub(super) fn spmm<T: Scalar, U: Units>(
     y: &mut DMatrix<T>,
     units_of: impl Fn(Range<usize>, &[T], usize, &mut [T]) + Sync,
 ) {
-    // Tasks split a batch of fewer panels than ranges of work by rows, and each would
-    // copy the same panels.
+    // Tasks split a batch of fewer panels than ranges of work by rows, and each copies
+    // the panels it needs.
     let threads = rayon::current_num_threads();
     let panels = x.ncols().div_ceil(panel.max(1));
     let whole_panels = threads <= 1 || panels >= threads * super::PARTS_PER_THREAD;
-    if size_of_val(x.as_slice()) < COPY_PER_TASK_BYTES || !whole_panels {
-        return spmm_copied_whole(a, alpha, x, panel, beta, y, units_of);
-    }
+    let large = size_of_val(x.as_slice()) >= COPY_PER_TASK_BYTES;
+    let split = match (whole_panels, large) {
+        (true, true) => Split::Fine,
+        (false, false) => Split::PerThread,
+        (true, false) | (false, true) => {
+            return spmm_copied_whole(a, alpha, x, panel, beta, y, units_of);
+        }
+    };
     if y.nrows() == 0 {
         return;
     }
     let (path, ncols, source) = (kernel_path(), x.nrows(), x.as_slice());
-    for_each_block(a, y, panel, |units, batch_columns, columns| {
+    for_each_block(a, y, panel, split, |units, batch_columns, columns| {
         let (rows, widest) = (columns[0].len(), panel.min(batch_columns.len()));
         // Fully written by each panel's copy before it is read.
         let mut xt = LineAligned::for_overwrite(ncols * widest);
@@ -535,7 +548,7 @@ pub(super) fn spmm_prepared<T: Scalar, U: Units, X: Sync>(
         return;
     }
     let xt = prepare(x);
-    for_each_block(a, y, panel, |units, batch_columns, columns| {
+    for_each_block(a, y, panel, Split::Fine, |units, batch_columns, columns| {
         let mut z = LineAligned::zeroed(columns[0].len() * batch_columns.len());
         units_of(units, &xt, batch_columns, z.as_mut_slice());
         write_rows(alpha, z.as_slice(), beta, columns);
@@ -553,9 +566,10 @@ pub(super) fn for_each_block<T: Scalar, U: Units>(
     a: U,
     y: &mut DMatrix<T>,
     panel: usize,
+    split: Split,
     run: impl Fn(Range<usize>, Range<usize>, &mut [&mut [T]]) + Sync,
 ) {
-    for_each_block_of(a, y.nrows(), y.as_mut_slice(), panel, run);
+    for_each_block_of(a, y.nrows(), y.as_mut_slice(), panel, split, run);
 }
 
 /// [`for_each_block`] for `Y` given as its column-major entries, `nrows` per column.
@@ -564,6 +578,7 @@ pub(super) fn for_each_block_of<T: Send, U: Units>(
     nrows: usize,
     y: &mut [T],
     panel: usize,
+    split: Split,
     run: impl Fn(Range<usize>, Range<usize>, &mut [&mut [T]]) + Sync,
 ) {
     let batch = y.len().checked_div(nrows).unwrap_or(0);
@@ -573,7 +588,7 @@ pub(super) fn for_each_block_of<T: Send, U: Units>(
     let (units, panels) = (a.units(), batch.div_ceil(panel));
     let work_before = |u| a.work_before(u) * batch;
     let (unit_ranges, panel_ranges): (Vec<Range<usize>>, Vec<Range<usize>>) =
-        match parallel_ranges(units, work_before) {
+        match parallel_ranges(units, work_before, split) {
             None => (std::iter::once(0..units).collect(), std::iter::once(0..panels).collect()),
             Some(ranges) if panels == 1 => (ranges, std::iter::once(0..1).collect()),
             Some(ranges) => {
@@ -1000,13 +1015,16 @@ mod tests {
             values: &values,
             row_scales: None,
         };
-        for threads in [1, 2, 3] {
+        let cases = [(1, 32), (64, 32), (100, 32), (300, 128), (5000, 64)];
+        for (threads, split) in
+            [1, 2, 3].into_iter().flat_map(|t| [(t, Split::Fine), (t, Split::PerThread)])
+        {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            for (batch, panel) in [(1, 32), (64, 32), (100, 32), (300, 128), (5000, 64)] {
+            for (batch, panel) in cases {
                 let mut y = DMatrix::<f32>::zeros(nrows, batch);
                 let (tasks, column_splits) = (AtomicUsize::new(0), AtomicUsize::new(0));
                 pool.install(|| {
-                    for_each_block(a, &mut y, panel, |units, cols, columns| {
+                    for_each_block(a, &mut y, panel, split, |units, cols, columns| {
                         assert_eq!(cols.start % panel, 0);
                         assert!(cols.end % panel == 0 || cols.end == batch);
                         assert_eq!(columns.len(), cols.len());
@@ -1020,8 +1038,13 @@ mod tests {
                         }
                     });
                 });
-                let case = format!("{threads} threads, batch {batch}, panels of {panel}");
+                let case =
+                    format!("{threads} threads, {split:?}, batch {batch}, panels of {panel}");
                 assert!(y.iter().all(|&v| v == 1.0), "{case}");
+                // One task per thread, each with whole panels or all of them.
+                if split == Split::PerThread {
+                    assert!(tasks.load(Ordering::Relaxed) <= threads, "{case}");
+                }
                 let several_panels =
                     batch > panel && batch * nrows * per_row >= crate::kernels::PARALLEL_WORK;
                 if threads > 1 && several_panels {
