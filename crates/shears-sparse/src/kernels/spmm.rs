@@ -453,11 +453,12 @@ const COPY_PER_TASK_BYTES: usize = 2 << 20;
 /// - on one thread, or with enough panels that no two of the [`Split::Fine`] tasks
 ///   share one, for an `X` of [`COPY_PER_TASK_BYTES`] or more (a smaller one is copied
 ///   whole first, [`spmm_copied_whole`]);
-/// - with fewer panels, for an `X` below [`COPY_PER_TASK_BYTES`], in one task per
-///   thread ([`Split::PerThread`]): each thread copies the panels it needs at most
-///   once, inside the product's one parallel region, where a whole copy first is a
-///   parallel region of its own whose halves the tasks then fetch from each other's
-///   cores. A larger `X` is copied whole first, once.
+/// - with fewer panels (one, or a multiple of the threads), for an `X` below
+///   [`COPY_PER_TASK_BYTES`], in one task per thread ([`Split::PerThread`]): each
+///   thread copies the panels it needs once, inside the product's one parallel region,
+///   where a whole copy first is a parallel region of its own whose halves the tasks
+///   then fetch from each other's cores. A larger `X`, or panels that one task per
+///   thread would share unevenly, are copied whole first, once.
 ///
 /// So nothing `units_of` derives from `width` may change the bits: a window or block
 /// size must follow from the whole batch, as `nm_spmm`'s does.
@@ -478,10 +479,10 @@ pub(super) fn spmm<T: Scalar, U: Units>(
     let large = size_of_val(x.as_slice()) >= COPY_PER_TASK_BYTES;
     let split = match (whole_panels, large) {
         (true, true) => Split::Fine,
-        (false, false) => Split::PerThread,
-        (true, false) | (false, true) => {
-            return spmm_copied_whole(a, alpha, x, panel, beta, y, units_of);
-        }
+        // One task per thread splits several panels between the threads, evenly only
+        // if they are a multiple of the threads (three on two: one and two).
+        (false, false) if panels == 1 || panels.is_multiple_of(threads) => Split::PerThread,
+        _ => return spmm_copied_whole(a, alpha, x, panel, beta, y, units_of),
     };
     if y.nrows() == 0 {
         return;
