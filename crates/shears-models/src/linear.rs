@@ -345,10 +345,13 @@ impl Linear {
             LinearWeights::Int8(q) => q,
         };
         // Zeroed on rayon's threads, as the dense products' outputs are: `matmul` would
-        // zero all of it on this thread alone while the pool's other threads wait.
+        // zero all of it on this thread alone while the pool's other threads wait. The
+        // epilogue runs in the product's tasks, on each piece as it is finished.
         let mut y = zeroed(outputs, tokens);
-        product.matmul_into(1.0, x, 0.0, &mut y)?;
-        epilogue.apply_parallel(&mut y);
+        let then = |_: usize, first_row: usize, piece: &mut [f32]| {
+            epilogue.apply_to_rows(first_row, piece);
+        };
+        product.matmul_into_then(1.0, x, 0.0, &mut y, &then)?;
         Ok(y)
     }
 }
@@ -755,19 +758,16 @@ impl<'a> Epilogue<'a> {
     }
 
     fn apply_to_column(&self, column: &mut [f32]) {
-        column.iter_mut().zip(self.bias).for_each(|(v, b)| *v += b);
-        if let Some(f) = self.f {
-            apply(f, column);
-        }
+        self.apply_to_rows(0, column);
     }
 
-    /// Applies the epilogue to all of `y`, on rayon's threads.
-    fn apply_parallel(&self, y: &mut DMatrix<f32>) {
-        let (rows, tokens) = y.shape();
-        apply_in_parallel(
-            MatMut::from_column_major_slice_mut(y.as_mut_slice(), rows, tokens),
-            *self,
-        );
+    /// Applies the epilogue to `piece`, the outputs from row `first_row` on.
+    fn apply_to_rows(&self, first_row: usize, piece: &mut [f32]) {
+        let bias = self.bias.get(first_row..).unwrap_or_default();
+        piece.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+        if let Some(f) = self.f {
+            apply(f, piece);
+        }
     }
 
     /// The epilogues of the rows before `at` and of the rows from `at` on.
@@ -987,7 +987,9 @@ mod tests {
             let kept = Mask::from_fn(6, 8, |r, c| weights[(r, c)] != 0.0).unwrap();
             let f32_format = AnySparse::from_dense_masked(&weights, &kept, format).unwrap();
             let mut expected = f32_format.matmul(&x).unwrap();
-            Epilogue { bias: l.bias().as_slice(), f: None }.apply_parallel(&mut expected);
+            for mut column in expected.column_iter_mut() {
+                column += l.bias();
+            }
             let got = half.forward(&x).unwrap();
             assert_eq!(got, expected, "{format:?} {values}");
         }

@@ -221,8 +221,8 @@ impl<T: Scalar> Sealed<T> for BlockSparse<T> {
             Operands::Vector { alpha, x, beta, y } => {
                 kernels::bsr_spmv(self.view(), alpha, x, beta, y)
             }
-            Operands::Matrix { alpha, x, beta, y } => {
-                kernels::bsr_spmm(self.view(), alpha, x, beta, y)
+            Operands::Matrix { alpha, x, beta, y, then } => {
+                kernels::bsr_spmm(self.view(), alpha, x, beta, y, then)
             }
         }
     }

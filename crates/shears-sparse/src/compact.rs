@@ -5,7 +5,7 @@ use nalgebra::{DMatrix, DVector};
 use shears_core::{Mask, Scalar};
 
 use crate::error::{Error, Result};
-use crate::product::{Operands, Sealed, SparseProduct};
+use crate::product::{Operands, Sealed, SparseProduct, finish};
 use crate::quant::{Int8Matrix, QuantScheme};
 
 /// Which fully pruned slices compaction removes.
@@ -231,15 +231,17 @@ impl<T: Scalar, M: SparseProduct<T>> Sealed<T> for Compacted<T, M> {
                 self.matrix.product(inner);
                 scatter(alpha, self.rows.iter().copied().zip(z), beta, y);
             }
-            Operands::Matrix { alpha, x, beta, y } => {
+            Operands::Matrix { alpha, x, beta, y, then } => {
                 let gathered = x.select_rows(self.cols.iter());
                 let mut z = DMatrix::zeros(self.rows.len(), x.ncols());
-                let inner = Operands::Matrix { alpha: one, x: &gathered, beta: zero, y: &mut z };
+                let (x, y_z) = (&gathered, &mut z);
+                let inner = Operands::Matrix { alpha: one, x, beta: zero, y: y_z, then: None };
                 self.matrix.product(inner);
                 for (j, mut column) in y.column_iter_mut().enumerate() {
                     let kept = self.rows.iter().enumerate().map(|(i, &r)| (r, z[(i, j)]));
                     scatter(alpha, kept, beta, column.as_mut_slice());
                 }
+                finish(then, y.nrows(), y.as_mut_slice());
             }
         }
     }

@@ -273,8 +273,8 @@ impl<T: Scalar, I: SpIndex> Sealed<T> for Csr<T, I> {
             Operands::Vector { alpha, x, beta, y } => {
                 kernels::csr_spmv(self.as_view(), alpha, x, beta, y)
             }
-            Operands::Matrix { alpha, x, beta, y } => {
-                kernels::csr_spmm(self.as_view(), alpha, x, beta, y)
+            Operands::Matrix { alpha, x, beta, y, then } => {
+                kernels::csr_spmm(self.as_view(), alpha, x, beta, y, then)
             }
         }
     }

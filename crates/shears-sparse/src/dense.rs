@@ -4,7 +4,7 @@
 use nalgebra::{DMatrix, DVectorView, DVectorViewMut};
 use shears_core::Scalar;
 
-use crate::product::{Operands, Sealed, SparseProduct};
+use crate::product::{Operands, Sealed, SparseProduct, finish};
 
 /// `y <- alpha * W x + beta * y` (`y` is not read when `beta == 0`).
 pub(crate) fn gemv<T: Scalar>(w: &DMatrix<T>, alpha: T, x: &[T], beta: T, y: &mut [T]) {
@@ -28,7 +28,10 @@ impl<T: Scalar> Sealed<T> for DMatrix<T> {
     fn product(&self, operands: Operands<'_, T>) {
         match operands {
             Operands::Vector { alpha, x, beta, y } => gemv(self, alpha, x, beta, y),
-            Operands::Matrix { alpha, x, beta, y } => gemm(self, alpha, x, beta, y),
+            Operands::Matrix { alpha, x, beta, y, then } => {
+                gemm(self, alpha, x, beta, y);
+                finish(then, y.nrows(), y.as_mut_slice());
+            }
         }
     }
 }

@@ -226,8 +226,8 @@ impl<V: NarrowValue> Sealed<f32> for NarrowBlock<V> {
             Operands::Vector { alpha, x, beta, y } => {
                 kernels::bsr_spmv(self.view(), alpha, x, beta, y)
             }
-            Operands::Matrix { alpha, x, beta, y } => {
-                kernels::bsr_spmm(self.view(), alpha, x, beta, y)
+            Operands::Matrix { alpha, x, beta, y, then } => {
+                kernels::bsr_spmm(self.view(), alpha, x, beta, y, then)
             }
         }
     }

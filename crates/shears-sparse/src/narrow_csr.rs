@@ -10,7 +10,7 @@ use crate::csr::Csr;
 use crate::error::{Error, Result};
 use crate::index::SpIndex;
 use crate::kernels::{self, Stored};
-use crate::product::{Operands, Sealed, SparseProduct};
+use crate::product::{Operands, Sealed, SparseProduct, finish};
 use crate::quant::{quantize_value, symmetric_scale};
 use crate::validate;
 
@@ -431,17 +431,18 @@ impl<V: NarrowValue, I: SpIndex> Sealed<f32> for NarrowCsr<V, I> {
             (Operands::Vector { alpha, x, beta, y }, None) => {
                 kernels::csr_spmv(self.as_view(), alpha, x, beta, y)
             }
-            (Operands::Matrix { alpha, x, beta, y }, Some(values)) if x.ncols() == 1 => {
+            (Operands::Matrix { alpha, x, beta, y, then }, Some(values)) if x.ncols() == 1 => {
                 let (x, y) = (x.as_slice(), y.as_mut_slice());
-                kernels::int8_csr_spmv(self.view_of(values), alpha, x, beta, y)
+                kernels::int8_csr_spmv(self.view_of(values), alpha, x, beta, y);
+                finish(then, y.len(), y);
             }
-            (Operands::Matrix { alpha, x, beta, y }, Some(values))
+            (Operands::Matrix { alpha, x, beta, y, then }, Some(values))
                 if x.ncols() >= kernels::INTEGER_MIN_BATCH =>
             {
-                kernels::int8_csr_spmm(self.view_of(values), alpha, x, beta, y)
+                kernels::int8_csr_spmm(self.view_of(values), alpha, x, beta, y, then)
             }
-            (Operands::Matrix { alpha, x, beta, y }, _) => {
-                kernels::csr_spmm(self.as_view(), alpha, x, beta, y)
+            (Operands::Matrix { alpha, x, beta, y, then }, _) => {
+                kernels::csr_spmm(self.as_view(), alpha, x, beta, y, then)
             }
         }
     }

@@ -240,12 +240,12 @@ impl<V: NarrowValue> Sealed<f32> for NarrowNm<V> {
             }
             // A matrix of one column is a vector: one token widens, its product bound by
             // the weights' bytes, not the arithmetic (both ways take as long).
-            Operands::Matrix { alpha, x, beta, y } => match V::as_int8(&self.values) {
+            Operands::Matrix { alpha, x, beta, y, then } => match V::as_int8(&self.values) {
                 Some(values) if self.integer_batches => {
-                    let view = self.view_of(values);
-                    kernels::int8_nm_product(view, alpha, x.as_slice(), beta, y.as_mut_slice())
+                    let (view, x, y) = (self.view_of(values), x.as_slice(), y.as_mut_slice());
+                    kernels::int8_nm_product(view, alpha, x, beta, y, then)
                 }
-                _ => kernels::nm_spmm(self.view(), alpha, x, beta, y),
+                _ => kernels::nm_spmm(self.view(), alpha, x, beta, y, then),
             },
         }
     }

@@ -244,8 +244,8 @@ impl<V: NarrowValue, I: SpIndex> Sealed<f32> for NarrowSell<V, I> {
             Operands::Vector { alpha, x, beta, y } => {
                 kernels::sell_spmv(self.view(), alpha, x, beta, y)
             }
-            Operands::Matrix { alpha, x, beta, y } => {
-                kernels::sell_spmm(self.view(), alpha, x, beta, y)
+            Operands::Matrix { alpha, x, beta, y, then } => {
+                kernels::sell_spmm(self.view(), alpha, x, beta, y, then)
             }
         }
     }

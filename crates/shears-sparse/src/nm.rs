@@ -205,8 +205,8 @@ impl<T: Scalar> Sealed<T> for NmSparse<T> {
             Operands::Vector { alpha, x, beta, y } => {
                 kernels::nm_spmv(self.view(), alpha, x, beta, y)
             }
-            Operands::Matrix { alpha, x, beta, y } => {
-                kernels::nm_spmm(self.view(), alpha, x, beta, y)
+            Operands::Matrix { alpha, x, beta, y, then } => {
+                kernels::nm_spmm(self.view(), alpha, x, beta, y, then)
             }
         }
     }

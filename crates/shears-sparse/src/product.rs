@@ -20,12 +20,41 @@ mod sealed {
     /// For an `(nrows, ncols)` matrix: `Vector` has `x.len() == ncols` and
     /// `y.len() == nrows`; `Matrix` has `x` of shape `(ncols, b)` and `y` of shape
     /// `(nrows, b)` with `b != 1` (a batch of one is always a `Vector`).
-    #[derive(Debug)]
     pub enum Operands<'a, T> {
         /// `y <- alpha * A x + beta * y`; with `beta == 0`, `y` is not read.
         Vector { alpha: T, x: &'a [T], beta: T, y: &'a mut [T] },
-        /// `Y <- alpha * A X + beta * Y`; with `beta == 0`, `Y` is not read.
-        Matrix { alpha: T, x: &'a DMatrix<T>, beta: T, y: &'a mut DMatrix<T> },
+        /// `Y <- then(alpha * A X + beta * Y)`; with `beta == 0`, `Y` is not read.
+        /// `then`, if any, runs once on every entry of `Y`, after its value is final
+        /// ([`Epilogue`](super::Epilogue)).
+        Matrix {
+            alpha: T,
+            x: &'a DMatrix<T>,
+            beta: T,
+            y: &'a mut DMatrix<T>,
+            then: Option<super::Epilogue<'a, T>>,
+        },
+    }
+
+    impl<T: std::fmt::Debug> std::fmt::Debug for Operands<'_, T> {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                Operands::Vector { alpha, x, beta, y } => f
+                    .debug_struct("Vector")
+                    .field("alpha", alpha)
+                    .field("x", x)
+                    .field("beta", beta)
+                    .field("y", y)
+                    .finish(),
+                Operands::Matrix { alpha, x, beta, y, then } => f
+                    .debug_struct("Matrix")
+                    .field("alpha", alpha)
+                    .field("x", x)
+                    .field("beta", beta)
+                    .field("y", y)
+                    .field("then", &then.map(|_| "epilogue"))
+                    .finish(),
+            }
+        }
     }
 
     /// What a format implements: the product on checked operands. Only this crate's
@@ -37,6 +66,22 @@ mod sealed {
     }
 }
 pub(crate) use sealed::{Operands, Sealed};
+
+/// What a batched product does to its output as it finishes it:
+/// [`matmul_into_then`](SparseProduct::matmul_into_then) calls `then(column, first_row,
+/// piece)` once for every piece of `Y` a task of the product wrote, where `piece` is
+/// column `column`'s entries from row `first_row` on, their values final. The pieces
+/// cover `Y` once; they are called on the threads that wrote them, while they are in
+/// cache, so a bias and an activation cost no pass over `Y` of their own.
+pub type Epilogue<'a, T> = &'a (dyn Fn(usize, usize, &mut [T]) + Sync);
+
+/// Runs `then` over all of `y` (columns of `nrows`), one whole column per call: what a
+/// product whose kernel has no epilogue of its own does after it.
+pub(crate) fn finish<T>(then: Option<Epilogue<'_, T>>, nrows: usize, y: &mut [T]) {
+    if let Some(then) = then {
+        y.chunks_exact_mut(nrows.max(1)).enumerate().for_each(|(j, column)| then(j, 0, column));
+    }
+}
 
 /// Multiplication by a pruned matrix, whatever its format.
 ///
@@ -85,27 +130,57 @@ pub trait SparseProduct<T: Scalar>: Sealed<T> {
     /// [`Error::ShapeMismatch`] if `X` has not `ncols` rows or `Y` is not
     /// `(nrows, batch)`.
     fn matmul_into(&self, alpha: T, x: &DMatrix<T>, beta: T, y: &mut DMatrix<T>) -> Result<()> {
-        let (nrows, ncols) = self.shape();
-        if x.nrows() != ncols {
-            return Err(Error::ShapeMismatch {
-                op: "matmul x",
-                expected: (ncols, x.ncols()),
-                got: x.shape(),
-            });
-        }
-        if y.shape() != (nrows, x.ncols()) {
-            return Err(Error::ShapeMismatch {
-                op: "matmul y",
-                expected: (nrows, x.ncols()),
-                got: y.shape(),
-            });
-        }
+        check_matmul(self.shape(), x, y)?;
         let operands = if x.ncols() == 1 {
             Operands::Vector { alpha, x: x.as_slice(), beta, y: y.as_mut_slice() }
         } else {
-            Operands::Matrix { alpha, x, beta, y }
+            Operands::Matrix { alpha, x, beta, y, then: None }
         };
         self.product(operands);
+        Ok(())
+    }
+
+    /// `Y <- then(alpha * A X + beta * Y)`: [`matmul_into`](SparseProduct::matmul_into)
+    /// with `then` run on every piece of `Y` as the task that wrote it finishes it
+    /// ([`Epilogue`]), inside the product's parallel region. `Y` holds the bits
+    /// `matmul_into` gives and then `then` applied to each entry once; a `then` that
+    /// treats each entry alone (a bias by row, an activation) gives the same bits
+    /// whichever pieces it is called on.
+    ///
+    /// ```
+    /// use nalgebra::dmatrix;
+    /// use shears_sparse::{Csr, SparseProduct};
+    ///
+    /// let a: Csr<f32, u16> = Csr::from_dense(&dmatrix![1.0, 0.0; 0.0, -2.0])?;
+    /// let bias = [0.5, 0.5];
+    /// let relu_of_biased = |_: usize, row: usize, piece: &mut [f32]| {
+    ///     for (v, b) in piece.iter_mut().zip(&bias[row..]) {
+    ///         *v = (*v + b).max(0.0);
+    ///     }
+    /// };
+    /// let mut y = nalgebra::DMatrix::zeros(2, 2);
+    /// a.matmul_into_then(1.0, &dmatrix![1.0, 2.0; 1.0, 2.0], 0.0, &mut y, &relu_of_biased)?;
+    /// assert_eq!(y, dmatrix![1.5, 2.5; 0.0, 0.0]);
+    /// # Ok::<(), shears_sparse::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`matmul_into`](SparseProduct::matmul_into); `Y` is untouched on an error.
+    fn matmul_into_then(
+        &self,
+        alpha: T,
+        x: &DMatrix<T>,
+        beta: T,
+        y: &mut DMatrix<T>,
+        then: Epilogue<'_, T>,
+    ) -> Result<()> {
+        if x.ncols() != 1 {
+            check_matmul(self.shape(), x, y)?;
+            self.product(Operands::Matrix { alpha, x, beta, y, then: Some(then) });
+            return Ok(());
+        }
+        self.matmul_into(alpha, x, beta, y)?;
+        finish(Some(then), y.nrows(), y.as_mut_slice());
         Ok(())
     }
 
@@ -141,6 +216,29 @@ pub trait SparseProduct<T: Scalar>: Sealed<T> {
 /// shorter than the shape.
 pub(crate) fn zeroed<T: Scalar>(nrows: usize, ncols: usize) -> Result<DMatrix<T>> {
     Ok(shears_core::try_zeros(nrows, ncols)?)
+}
+
+/// Whether `x` and `y` fit an `(nrows, ncols)` matrix for `Y <- A X`.
+fn check_matmul<T: Scalar>(
+    (nrows, ncols): (usize, usize),
+    x: &DMatrix<T>,
+    y: &DMatrix<T>,
+) -> Result<()> {
+    if x.nrows() != ncols {
+        return Err(Error::ShapeMismatch {
+            op: "matmul x",
+            expected: (ncols, x.ncols()),
+            got: x.shape(),
+        });
+    }
+    if y.shape() != (nrows, x.ncols()) {
+        return Err(Error::ShapeMismatch {
+            op: "matmul y",
+            expected: (nrows, x.ncols()),
+            got: y.shape(),
+        });
+    }
+    Ok(())
 }
 
 fn check_len(op: &'static str, expected: usize, got: usize) -> Result<()> {

@@ -262,10 +262,11 @@ impl Sealed<f32> for Int8Matrix {
         };
         match operands {
             Operands::Vector { alpha, x, beta, y } => {
-                kernels::int8_dense_product(view, alpha, x, beta, y)
+                kernels::int8_dense_product(view, alpha, x, beta, y, None)
             }
-            Operands::Matrix { alpha, x, beta, y } => {
-                kernels::int8_dense_product(view, alpha, x.as_slice(), beta, y.as_mut_slice())
+            Operands::Matrix { alpha, x, beta, y, then } => {
+                let (x, y) = (x.as_slice(), y.as_mut_slice());
+                kernels::int8_dense_product(view, alpha, x, beta, y, then)
             }
         }
     }

@@ -297,8 +297,8 @@ impl<T: Scalar, I: SpIndex> Sealed<T> for SlicedEll<T, I> {
             Operands::Vector { alpha, x, beta, y } => {
                 kernels::sell_spmv(self.view(), alpha, x, beta, y)
             }
-            Operands::Matrix { alpha, x, beta, y } => {
-                kernels::sell_spmm(self.view(), alpha, x, beta, y)
+            Operands::Matrix { alpha, x, beta, y, then } => {
+                kernels::sell_spmm(self.view(), alpha, x, beta, y, then)
             }
         }
     }

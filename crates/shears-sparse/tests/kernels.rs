@@ -335,3 +335,78 @@ proptest! {
         }
     }
 }
+
+/// `matmul_into_then` gives the bits of `matmul_into` followed by its epilogue on every
+/// entry, once, after the entry's value is final: for every format (f32, bf16, int8),
+/// batches of one, of a few tokens and past one panel, `beta` zero (`Y` of NaN) and not,
+/// on one to three threads. The epilogue is neither linear nor idempotent, and uses the
+/// column and row it is given, so a piece run twice, before its write, or at the wrong
+/// place would show.
+#[test]
+fn an_epilogue_runs_once_on_every_final_entry() {
+    use shears_sparse::{AnySparse, Format};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let (rows, cols) = (300, 260);
+    let w = DMatrix::from_fn(rows, cols, |r, c| {
+        let v = (((r * 7919 + c * 104_729) % 1000) as f32 / 500.0) - 1.0;
+        half::bf16::from_f32(v).to_f32()
+    });
+    let mask = Mask::from_fn(rows, cols, |r, c| (r * 31 + c * 17) % 10 < 4).unwrap();
+    let nm_mask = Mask::from_fn(rows, cols, |r, c| (c + r) % 4 < 2).unwrap();
+    let csr: Csr<f32, u16> = Csr::from_dense_masked(&w, &mask).unwrap();
+    let nm = NmSparse::from_dense_masked(&w, &nm_mask, NmPattern::TWO_FOUR).unwrap();
+    let any = |format| AnySparse::from_dense_masked(&w, &mask, format).unwrap();
+    type Product = Box<dyn SparseProduct<f32> + Sync>;
+    let products: Vec<(String, Product)> = vec![
+        ("dense".into(), Box::new(any(Format::Dense))),
+        ("csr".into(), Box::new(any(Format::Csr))),
+        ("sliced ellpack".into(), Box::new(any(Format::SlicedEll))),
+        ("compact".into(), Box::new(any(Format::Compact))),
+        ("block".into(), Box::new(any(Format::Bsr(BlockShape::new(4, 4).unwrap())))),
+        ("n:m".into(), Box::new(nm.clone())),
+        ("bf16 csr".into(), Box::new(Bf16Csr::<u16>::from_dense_masked(&w, &mask).unwrap())),
+        ("int8 csr".into(), Box::new(Int8Csr::from_csr(&csr).unwrap())),
+        ("int8 dense".into(), Box::new(Int8Matrix::quantize(&w, QuantScheme::PerRow).unwrap())),
+        ("int8 n:m".into(), Box::new(Int8Nm::from_nm(&nm).unwrap())),
+    ];
+    let bias: Vec<f32> = (0..rows).map(|r| (r % 7) as f32 - 3.0).collect();
+    let epilogue = |column: usize, row: usize, value: f32| {
+        value * value.abs() + bias[row] + column as f32 / 64.0
+    };
+    for batch in [1, 3, 40, 300] {
+        let x = DMatrix::from_fn(cols, batch, |r, c| (((r * 13 + c * 7) % 17) as f32 - 8.0) / 8.0);
+        let y0 = DMatrix::from_fn(rows, batch, |r, c| ((r + 2 * c) % 5) as f32);
+        for (name, product) in &products {
+            for (beta, start) in [(0.0, f32::NAN), (-0.5, 1.0)] {
+                let mut expected = y0.map(|v| if start.is_nan() { v * start } else { v });
+                product.matmul_into(0.5, &x, beta, &mut expected).unwrap();
+                let expected =
+                    DMatrix::from_fn(rows, batch, |r, c| epilogue(c, r, expected[(r, c)]));
+                for threads in [1, 2, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
+                    let mut y = y0.map(|v| if start.is_nan() { v * start } else { v });
+                    let visited = AtomicUsize::new(0);
+                    let then = |column: usize, first_row: usize, piece: &mut [f32]| {
+                        visited.fetch_add(piece.len(), Ordering::Relaxed);
+                        for (i, v) in piece.iter_mut().enumerate() {
+                            *v = epilogue(column, first_row + i, *v);
+                        }
+                    };
+                    pool.unwrap()
+                        .install(|| product.matmul_into_then(0.5, &x, beta, &mut y, &then))
+                        .unwrap();
+                    let case = format!("{name}, batch {batch}, beta {beta}, {threads} threads");
+                    assert_eq!(visited.load(Ordering::Relaxed), rows * batch, "{case}");
+                    assert_eq!(y, expected, "{case}");
+                }
+            }
+        }
+    }
+    // A shape error leaves `Y` as it was and runs no epilogue.
+    let mut y = DMatrix::from_element(rows, 2, 7.0);
+    let wrong = DMatrix::zeros(cols + 1, 2);
+    let never = |_: usize, _: usize, _: &mut [f32]| panic!("an epilogue ran on a refused product");
+    assert!(csr.matmul_into_then(1.0, &wrong, 0.0, &mut y, &never).is_err());
+    assert!(y.iter().all(|&v| v == 7.0));
+}

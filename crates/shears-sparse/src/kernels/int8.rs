@@ -33,6 +33,7 @@ use rayon::prelude::*;
 use super::isa::{ACTIVATION_BIAS, DOT_STEP as STEP, Isa, int8_dots, int8_dots_biased};
 use super::spmm::for_each_block_of;
 use super::{KernelPath, NmView, Split, Units, combine, kernel_path, multiversion};
+use crate::product::Epilogue;
 
 mod csr;
 mod csr_vector;
@@ -576,6 +577,7 @@ pub(crate) fn int8_dense_product(
     x: &[f32],
     beta: f32,
     y: &mut [f32],
+    then: Option<Epilogue<'_, f32>>,
 ) {
     let Some(batch) = y.len().checked_div(a.rows).filter(|&b| b > 0) else {
         return;
@@ -583,7 +585,7 @@ pub(crate) fn int8_dense_product(
     let path = kernel_path();
     let xq = quantize_for(path, x, a.cols, batch);
     let unit = rows_per_unit(path, &a, batch);
-    for_row_tasks(path, a.rows, a.cols, unit, y, |range, tokens, pieces| {
+    for_row_tasks(path, a.rows, a.cols, unit, y, then, |range, tokens, pieces| {
         int8_rows_best(path, a, range, &xq.tokens(tokens), alpha, beta, pieces)
     });
 }
@@ -604,6 +606,7 @@ pub(crate) fn int8_nm_product(
     x: &[f32],
     beta: f32,
     y: &mut [f32],
+    then: Option<Epilogue<'_, f32>>,
 ) {
     let Some(batch) = y.len().checked_div(a.nrows).filter(|&b| b > 0) else {
         return;
@@ -616,7 +619,7 @@ pub(crate) fn int8_nm_product(
     let shape =
         Int8DenseView { rows: a.nrows, cols, group, values: &[], scales: &[], packed: None };
     let unit = rows_per_unit(path, &shape, batch);
-    for_row_tasks(path, a.nrows, cols, unit, y, |range, tokens, pieces| {
+    for_row_tasks(path, a.nrows, cols, unit, y, then, |range, tokens, pieces| {
         let xq = xq.tokens(tokens);
         // Bounded by X, which holds `cols` entries for each of at least two tokens.
         let mut dense = vec![0i8; EXPANDED_ROWS.min(range.len()) * cols];
@@ -759,10 +762,12 @@ fn for_row_tasks(
     cols: usize,
     unit: usize,
     y: &mut [f32],
+    then: Option<Epilogue<'_, f32>>,
     run: impl Fn(Range<usize>, Range<usize>, &mut [&mut [f32]]) + Sync,
 ) {
     let units = RowUnits { rows, cols, unit };
-    for_each_block_of(units, rows, y, token_panel(path, cols), Split::Fine, |u, tokens, pieces| {
+    let panel = token_panel(path, cols);
+    for_each_block_of(units, rows, y, panel, Split::Fine, then, |u, tokens, pieces| {
         run(units.rows_before(u.start)..units.rows_before(u.end), tokens, pieces)
     });
 }
@@ -940,7 +945,7 @@ mod tests {
         };
         let x = vec![1.0f32; cols];
         let mut y = [f32::NAN];
-        int8_dense_product(a, 1.0, &x, 0.0, &mut y);
+        int8_dense_product(a, 1.0, &x, 0.0, &mut y, None);
         assert!((f64::from(y[0]) - cols as f64).abs() < 1e-3 * cols as f64, "{}", y[0]);
         let reference = int8_dense_reference(a, &DMatrix::from_column_slice(cols, 1, &x));
         assert_eq!(y[0].to_bits(), reference[0].to_bits());
@@ -1080,19 +1085,19 @@ mod tests {
         let mut x = activations(1100, 9, 3);
         let base = int8_dense_reference(a, &x);
         let mut y = DMatrix::from_element(300, 9, f32::NAN);
-        int8_dense_product(a, 1.0, x.as_slice(), 0.0, y.as_mut_slice());
+        int8_dense_product(a, 1.0, x.as_slice(), 0.0, y.as_mut_slice(), None);
         assert_eq!(y, base);
         let mut y2 = DMatrix::from_element(300, 9, 1.0f32);
-        int8_dense_product(a, 2.0, x.as_slice(), 0.5, y2.as_mut_slice());
+        int8_dense_product(a, 2.0, x.as_slice(), 0.5, y2.as_mut_slice(), None);
         assert!(y2.iter().zip(base.iter()).all(|(g, b)| *g == 2.0 * b + 0.5));
         for threads in [1, 2, 3] {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             let mut yt = DMatrix::from_element(300, 9, 0.0f32);
-            pool.install(|| int8_dense_product(a, 1.0, x.as_slice(), 0.0, yt.as_mut_slice()));
+            pool.install(|| int8_dense_product(a, 1.0, x.as_slice(), 0.0, yt.as_mut_slice(), None));
             assert_eq!(yt, base, "{threads} threads");
         }
         x[(5, 4)] = f32::NAN;
-        int8_dense_product(a, 1.0, x.as_slice(), 0.0, y.as_mut_slice());
+        int8_dense_product(a, 1.0, x.as_slice(), 0.0, y.as_mut_slice(), None);
         for j in 0..9 {
             assert_eq!(y.column(j).iter().all(|v| v.is_nan()), j == 4, "column {j}");
             assert!(j == 4 || y.column(j) == base.column(j));
@@ -1189,7 +1194,7 @@ mod tests {
             let x = activations(cols, batch, seed);
             let want = int8_dense_reference(fixture.dense(), &x);
             let mut got = DMatrix::from_element(rows, batch, f32::NAN);
-            int8_nm_product(fixture.view(), 1.0, x.as_slice(), 0.0, got.as_mut_slice());
+            int8_nm_product(fixture.view(), 1.0, x.as_slice(), 0.0, got.as_mut_slice(), None);
             let bits = |m: &DMatrix<f32>| m.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             prop_assert_eq!(bits(&got), bits(&want));
         }
@@ -1205,13 +1210,14 @@ mod tests {
             let x = activations(cols, 9, 5);
             let base = int8_dense_reference(fixture.dense(), &x);
             let mut y = DMatrix::from_element(300, 9, 1.0f32);
-            int8_nm_product(fixture.view(), 2.0, x.as_slice(), 0.5, y.as_mut_slice());
+            int8_nm_product(fixture.view(), 2.0, x.as_slice(), 0.5, y.as_mut_slice(), None);
             assert!(y.iter().zip(base.iter()).all(|(g, b)| *g == 2.0 * b + 0.5));
             for threads in [1, 2, 3] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 let mut yt = DMatrix::from_element(300, 9, f32::NAN);
-                let product =
-                    || int8_nm_product(fixture.view(), 1.0, x.as_slice(), 0.0, yt.as_mut_slice());
+                let product = || {
+                    int8_nm_product(fixture.view(), 1.0, x.as_slice(), 0.0, yt.as_mut_slice(), None)
+                };
                 pool.install(product);
                 assert_eq!(yt, base, "{cols} columns, {threads} threads");
             }

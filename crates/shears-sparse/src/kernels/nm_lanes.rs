@@ -24,6 +24,7 @@ use super::isa::{Isa, fma, is};
 use super::nm_rows::{NM_PANEL, NmRowBlocks, nm_rows, nm_window_slots};
 use super::spmm::{PARALLEL_COPY, for_each_block, to_panels};
 use super::{KernelPath, NmView, Split, Stored, combine, kernel_path, multiversion};
+use crate::product::Epilogue;
 
 /// Output rows per vector on the AVX2 copy, and in the vectors the AVX-512 copy takes
 /// after its vectors of sixteen; also the fewest rows the kernel takes.
@@ -188,12 +189,13 @@ pub(super) fn nm_spmm_lanes<T: Scalar, V: Stored<T>>(
     x: &DMatrix<T>,
     beta: T,
     y: &mut DMatrix<T>,
+    then: Option<Epilogue<'_, T>>,
 ) {
     let (path, batch) = (kernel_path(), x.ncols());
     let blocks = NmRowBlocks(a);
     // The windows follow from the whole batch, so a task's columns sum as all would.
     let window = nm_window_slots(a.n, a.m, batch, size_of::<T>());
-    for_each_block(blocks, y, NM_PANEL, Split::Fine, |units, batch_columns, columns| {
+    for_each_block(blocks, y, NM_PANEL, Split::Fine, then, |units, batch_columns, columns| {
         let x = &x.as_slice()[batch_columns.start * a.ncols..batch_columns.end * a.ncols];
         let (rows, width) = (blocks.rows(units), batch_columns.len());
         nm_lane_rows(path, a, rows, x, width, window, alpha, beta, columns);
@@ -621,8 +623,8 @@ mod tests {
                         DMatrix::from_fn(ncols, batch, |i, j| ((i * 3 + j) as f32 * 0.07).cos());
                     let y = DMatrix::from_fn(rows, batch, |i, j| ((i + 2 * j) as f32 * 0.05).sin());
                     let (mut lanes, mut row_major) = (y.clone(), y);
-                    nm_spmm_lanes(a, 0.5, &x, 2.0, &mut lanes);
-                    nm_spmm_row_major(a, 0.5, &x, 2.0, &mut row_major);
+                    nm_spmm_lanes(a, 0.5, &x, 2.0, &mut lanes, None);
+                    nm_spmm_row_major(a, 0.5, &x, 2.0, &mut row_major, None);
                     assert_eq!(bits(&lanes), bits(&row_major), "{rows} rows, batch {batch}");
                 }
             }

@@ -19,6 +19,7 @@ use super::isa::{Isa, fma};
 use super::nm_lanes;
 use super::spmm::spmm;
 use super::{NmView, Stored, Units, kernel_path, multiversion};
+use crate::product::Epilogue;
 
 /// Rows of an N:M matrix processed together: they share their groups' input rows.
 const NM_ROW_BLOCK: usize = 32;
@@ -261,12 +262,13 @@ pub(crate) fn nm_spmm<T: Scalar, V: Stored<T>>(
     x: &DMatrix<T>,
     beta: T,
     y: &mut DMatrix<T>,
+    then: Option<Epilogue<'_, T>>,
 ) {
     let (path, batch) = (kernel_path(), x.ncols());
     if nm_lanes::applies(path, &a, batch) && nm_lanes::runs_here(path) {
-        return nm_lanes::nm_spmm_lanes(a, alpha, x, beta, y);
+        return nm_lanes::nm_spmm_lanes(a, alpha, x, beta, y, then);
     }
-    nm_spmm_row_major(a, alpha, x, beta, y);
+    nm_spmm_row_major(a, alpha, x, beta, y, then);
 }
 
 /// [`nm_spmm`] on the row-major kernel, whatever the matrix and path.
@@ -276,12 +278,13 @@ pub(super) fn nm_spmm_row_major<T: Scalar, V: Stored<T>>(
     x: &DMatrix<T>,
     beta: T,
     y: &mut DMatrix<T>,
+    then: Option<Epilogue<'_, T>>,
 ) {
     let (path, batch) = (kernel_path(), x.ncols());
     // The windows follow from the whole batch, so a task's panels sum as all would.
     let window = nm_window_slots(a.n, a.m, batch, size_of::<T>());
     let blocks = NmRowBlocks(a);
-    spmm(blocks, alpha, x, NM_PANEL, beta, y, |range, xt, width, out| {
+    spmm(blocks, alpha, x, NM_PANEL, beta, y, then, |range, xt, width, out| {
         nm_rows(path, a, blocks.rows(range), xt, width, window, out)
     });
 }

@@ -27,6 +27,7 @@ use super::{
     parallel_ranges, partition,
 };
 use crate::index::SpIndex;
+use crate::product::Epilogue;
 
 /// Entries combined per accumulator update: four products are summed in a fixed tree
 /// (two fused multiply-adds on two products) before one add into the tile, so the
@@ -427,11 +428,11 @@ multiversion! {
     fn transpose_out<T: Scalar>(alpha: T, z: &[T], beta: T, columns: &mut [&mut [T]]) => transpose_out_kernel
 }
 
-/// One parallel task of a batched product: its work units, the number of output rows
-/// they make, its batch columns, and each of those columns of `Y` cut to its rows.
+/// One parallel task of a batched product: its work units, the output rows they make,
+/// its batch columns, and each of those columns of `Y` cut to its rows.
 struct Task<'y, T> {
     units: Range<usize>,
-    rows: usize,
+    rows: Range<usize>,
     batch_columns: Range<usize>,
     columns: Vec<&'y mut [T]>,
 }
@@ -462,6 +463,7 @@ const COPY_PER_TASK_BYTES: usize = 2 << 20;
 ///
 /// So nothing `units_of` derives from `width` may change the bits: a window or block
 /// size must follow from the whole batch, as `nm_spmm`'s does.
+#[expect(clippy::too_many_arguments, reason = "the BLAS form's operands and the kernel")]
 pub(super) fn spmm<T: Scalar, U: Units>(
     a: U,
     alpha: T,
@@ -469,6 +471,7 @@ pub(super) fn spmm<T: Scalar, U: Units>(
     panel: usize,
     beta: T,
     y: &mut DMatrix<T>,
+    then: Option<Epilogue<'_, T>>,
     units_of: impl Fn(Range<usize>, &[T], usize, &mut [T]) + Sync,
 ) {
     // Tasks split a batch of fewer panels than ranges of work by rows, and each copies
@@ -482,13 +485,13 @@ pub(super) fn spmm<T: Scalar, U: Units>(
         // One task per thread splits several panels between the threads, evenly only
         // if they are a multiple of the threads (three on two: one and two).
         (false, false) if panels == 1 || panels.is_multiple_of(threads) => Split::PerThread,
-        _ => return spmm_copied_whole(a, alpha, x, panel, beta, y, units_of),
+        _ => return spmm_copied_whole(a, alpha, x, panel, beta, y, then, units_of),
     };
     if y.nrows() == 0 {
         return;
     }
     let (path, ncols, source) = (kernel_path(), x.nrows(), x.as_slice());
-    for_each_block(a, y, panel, split, |units, batch_columns, columns| {
+    for_each_block(a, y, panel, split, then, |units, batch_columns, columns| {
         let (rows, widest) = (columns[0].len(), panel.min(batch_columns.len()));
         // Fully written by each panel's copy before it is read.
         let mut xt = LineAligned::for_overwrite(ncols * widest);
@@ -511,6 +514,7 @@ pub(super) fn spmm<T: Scalar, U: Units>(
 /// [`spmm`] with `X` copied whole into panels ([`to_panels`]) before the product, for
 /// units that set up once per task what they run over every panel (sliced ELLPACK
 /// repacks its windows as CSR at each call).
+#[expect(clippy::too_many_arguments, reason = "the BLAS form's operands and the kernel")]
 fn spmm_copied_whole<T: Scalar, U: Units>(
     a: U,
     alpha: T,
@@ -518,11 +522,12 @@ fn spmm_copied_whole<T: Scalar, U: Units>(
     panel: usize,
     beta: T,
     y: &mut DMatrix<T>,
+    then: Option<Epilogue<'_, T>>,
     units_of: impl Fn(Range<usize>, &[T], usize, &mut [T]) + Sync,
 ) {
     let ncols = x.nrows();
     let prepare = |x: &DMatrix<T>| to_panels(x, panel);
-    spmm_prepared(a, alpha, x, prepare, panel, beta, y, |units, xt, batch_columns, z| {
+    spmm_prepared(a, alpha, x, prepare, panel, beta, y, then, |units, xt, batch_columns, z| {
         let xt = &xt.as_slice()[batch_columns.start * ncols..batch_columns.end * ncols];
         units_of(units, xt, batch_columns.len(), z);
     });
@@ -543,13 +548,14 @@ pub(super) fn spmm_prepared<T: Scalar, U: Units, X: Sync>(
     panel: usize,
     beta: T,
     y: &mut DMatrix<T>,
+    then: Option<Epilogue<'_, T>>,
     units_of: impl Fn(Range<usize>, &X, Range<usize>, &mut [T]) + Sync,
 ) {
     if y.nrows() == 0 || y.ncols() == 0 {
         return;
     }
     let xt = prepare(x);
-    for_each_block(a, y, panel, Split::Fine, |units, batch_columns, columns| {
+    for_each_block(a, y, panel, Split::Fine, then, |units, batch_columns, columns| {
         let mut z = LineAligned::zeroed(columns[0].len() * batch_columns.len());
         units_of(units, &xt, batch_columns, z.as_mut_slice());
         write_rows(alpha, z.as_slice(), beta, columns);
@@ -562,15 +568,17 @@ pub(super) fn spmm_prepared<T: Scalar, U: Units, X: Sync>(
 /// `Y` cut to its rows. Each task writes its own block of `Y`. A batch of one panel is
 /// split by rows alone; a wider one by panels first, so that no task passes over the
 /// whole of a large `X` for a few rows, which would fetch `X` from memory once per
-/// task. Nothing runs if `Y` is empty.
+/// task. Nothing runs if `Y` is empty. After `run`, the same task calls `then`, if any,
+/// on each of its block's columns ([`Epilogue`]).
 pub(super) fn for_each_block<T: Scalar, U: Units>(
     a: U,
     y: &mut DMatrix<T>,
     panel: usize,
     split: Split,
+    then: Option<Epilogue<'_, T>>,
     run: impl Fn(Range<usize>, Range<usize>, &mut [&mut [T]]) + Sync,
 ) {
-    for_each_block_of(a, y.nrows(), y.as_mut_slice(), panel, split, run);
+    for_each_block_of(a, y.nrows(), y.as_mut_slice(), panel, split, then, run);
 }
 
 /// [`for_each_block`] for `Y` given as its column-major entries, `nrows` per column.
@@ -580,6 +588,7 @@ pub(super) fn for_each_block_of<T: Send, U: Units>(
     y: &mut [T],
     panel: usize,
     split: Split,
+    then: Option<Epilogue<'_, T>>,
     run: impl Fn(Range<usize>, Range<usize>, &mut [&mut [T]]) + Sync,
 ) {
     let batch = y.len().checked_div(nrows).unwrap_or(0);
@@ -605,7 +614,7 @@ pub(super) fn for_each_block_of<T: Send, U: Units>(
     for range in &panel_ranges {
         let batch_columns = range.start * panel..(range.end * panel).min(batch);
         for units in &unit_ranges {
-            let rows = a.rows_before(units.end) - a.rows_before(units.start);
+            let rows = a.rows_before(units.start)..a.rows_before(units.end);
             let columns = Vec::with_capacity(batch_columns.len());
             tasks.push(Task {
                 units: units.clone(),
@@ -625,12 +634,19 @@ pub(super) fn for_each_block_of<T: Send, U: Units>(
         let Some(tasks) = current.as_mut() else { break };
         let mut rest = column;
         for task in tasks.iter_mut() {
-            let (piece, tail) = rest.split_at_mut(task.rows);
+            let (piece, tail) = rest.split_at_mut(task.rows.len());
             task.columns.push(piece);
             rest = tail;
         }
     }
-    let run = |mut task: Task<'_, T>| run(task.units, task.batch_columns, &mut task.columns);
+    let run = |mut task: Task<'_, T>| {
+        run(task.units, task.batch_columns.clone(), &mut task.columns);
+        if let Some(then) = then {
+            for (j, piece) in task.batch_columns.zip(task.columns) {
+                then(j, task.rows.start, piece);
+            }
+        }
+    };
     if tasks.len() == 1 {
         tasks.into_iter().for_each(run);
     } else {
@@ -644,10 +660,11 @@ pub(crate) fn csr_spmm<T: Scalar, V: Stored<T>, I: SpIndex>(
     x: &DMatrix<T>,
     beta: T,
     y: &mut DMatrix<T>,
+    then: Option<Epilogue<'_, T>>,
 ) {
     let path = kernel_path();
     let panel = csr_panel_width(x.nrows(), size_of::<T>());
-    spmm(a, alpha, x, panel, beta, y, |range, xt, width, out| {
+    spmm(a, alpha, x, panel, beta, y, then, |range, xt, width, out| {
         csr_rows(path, a, range, xt, width, panel, out)
     });
 }
@@ -707,10 +724,11 @@ pub(crate) fn bsr_spmm<T: Scalar, V: Stored<T>>(
     x: &DMatrix<T>,
     beta: T,
     y: &mut DMatrix<T>,
+    then: Option<Epilogue<'_, T>>,
 ) {
     let path = kernel_path();
     let panel = panel_width(x.nrows(), size_of::<T>());
-    spmm(a, alpha, x, panel, beta, y, |range, xt, width, out| {
+    spmm(a, alpha, x, panel, beta, y, then, |range, xt, width, out| {
         bsr_rows(path, a, range, xt, width, out)
     });
 }
@@ -771,10 +789,11 @@ pub(crate) fn sell_spmm<T: Scalar, V: Stored<T>, I: SpIndex>(
     x: &DMatrix<T>,
     beta: T,
     y: &mut DMatrix<T>,
+    then: Option<Epilogue<'_, T>>,
 ) {
     let path = kernel_path();
     let panel = panel_width(x.nrows(), size_of::<T>());
-    spmm_copied_whole(a, alpha, x, panel, beta, y, |range, xt, width, out| {
+    spmm_copied_whole(a, alpha, x, panel, beta, y, then, |range, xt, width, out| {
         sell_windows(path, a, range, xt, width, out)
     });
 }
@@ -1025,7 +1044,7 @@ mod tests {
                 let mut y = DMatrix::<f32>::zeros(nrows, batch);
                 let (tasks, column_splits) = (AtomicUsize::new(0), AtomicUsize::new(0));
                 pool.install(|| {
-                    for_each_block(a, &mut y, panel, split, |units, cols, columns| {
+                    for_each_block(a, &mut y, panel, split, None, |units, cols, columns| {
                         assert_eq!(cols.start % panel, 0);
                         assert!(cols.end % panel == 0 || cols.end == batch);
                         assert_eq!(columns.len(), cols.len());

@@ -41,6 +41,7 @@ use crate::index::SpIndex;
 use crate::kernels::isa::Isa;
 use crate::kernels::spmm::{LineAligned, panel_width, spmm_prepared};
 use crate::kernels::{CsrView, KernelPath, kernel_path, multiversion};
+use crate::product::Epilogue;
 
 /// Tokens per narrow tile: one 256-bit vector of 16-bit values. The token rows are
 /// padded to a multiple of it.
@@ -191,13 +192,14 @@ pub(crate) fn int8_csr_spmm<I: SpIndex>(
     x: &DMatrix<f32>,
     beta: f32,
     y: &mut DMatrix<f32>,
+    then: Option<Epilogue<'_, f32>>,
 ) {
     let path = kernel_path();
     #[cfg(target_arch = "x86_64")]
     if x.ncols() > WIDE && byte_copy_runs(path) {
         let panel = panel_width(x.nrows(), size_of::<u8>());
         let prepare = |x: &DMatrix<f32>| token_bytes(x, panel);
-        spmm_prepared(a, alpha, x, prepare, panel, beta, y, |range, tokens, columns, z| {
+        spmm_prepared(a, alpha, x, prepare, panel, beta, y, then, |range, tokens, columns, z| {
             // SAFETY: byte_copy_runs detected the copy's features.
             unsafe { x86::byte_rows(a, range, tokens, columns, z) }
         });
@@ -205,7 +207,7 @@ pub(crate) fn int8_csr_spmm<I: SpIndex>(
     }
     let panel = panel_width(x.nrows(), size_of::<i16>());
     let prepare = |x: &DMatrix<f32>| token_rows(x, panel);
-    spmm_prepared(a, alpha, x, prepare, panel, beta, y, |range, tokens, columns, z| {
+    spmm_prepared(a, alpha, x, prepare, panel, beta, y, then, |range, tokens, columns, z| {
         rows_best(path, a, range, tokens, columns, z)
     });
 }
