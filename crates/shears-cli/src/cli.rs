@@ -321,7 +321,8 @@ pub(crate) struct ExportArgs {
     /// The model: a .safetensors MLP checkpoint or a model folder (config.json and the
     /// weights; its sentence-transformers files choose the pooling).
     pub(crate) model: PathBuf,
-    /// The .onnx file to write.
+    /// The .onnx file to write (a name of another model format, .safetensors, .bin,
+    /// .json and the like, is refused).
     #[arg(short, long, value_name = "FILE")]
     pub(crate) output: PathBuf,
     /// The ONNX operator set (17 to 21).
