@@ -1205,7 +1205,7 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
                 format!("{:?}", c.info.dtype)
             },
             if c.chosen { "yes".into() } else { "no".into() },
-            c.why(),
+            c.table_why(),
             opt(r.target),
             opt(r.sparsity_before),
             opt(r.sparsity_after),
@@ -1232,6 +1232,15 @@ fn print(args: &PruneArgs, mut report: Report) -> Result<()> {
     let before = if args.masks_in.is_some() { "masked" } else { "before" };
     let header = ["tensor", "shape", "dtype", "pruned", "why", "target", before, "after"];
     print_table(&header, &shown, |r| cells(r), Some(footer))?;
+    let mut notes: Vec<&str> = Vec::new();
+    for note in shown.iter().filter_map(|r| r.choice.table_note()) {
+        if !notes.contains(&note) {
+            notes.push(note);
+        }
+    }
+    for note in notes {
+        outln!("{note}")?;
+    }
     if let Some(counts) = unprunable_counts(&unprunable) {
         outln!("not in the table, as no option prunes them: {counts} (--json lists every tensor)")?;
     }

@@ -48,11 +48,36 @@ impl Choice<'_> {
                 format!("{role}: not pruned by default (--all or --include prunes it)")
             }
             Why::NotLinear => {
-                format!("{role}: wanda and sparsegpt prune the encoder's linear layers only")
+                format!("{role}: {NOT_LINEAR_NOTE}")
             }
         }
     }
+
+    /// [`why`](Choice::why) for a row of the summary table: the reasons every such row
+    /// would repeat (how to prune what is left by default, what a calibrated method
+    /// prunes) are left to one note under the table, [`Choice::table_note`].
+    pub(crate) fn table_why(&self) -> String {
+        let role = self.role;
+        match self.why {
+            Why::NotByDefault => format!("{role}, not by default"),
+            Why::NotLinear => format!("{role}, not an encoder linear layer"),
+            _ => self.why(),
+        }
+    }
+
+    /// The note under the summary table that [`table_why`](Choice::table_why) left out of
+    /// this row, if any.
+    pub(crate) fn table_note(&self) -> Option<&'static str> {
+        match self.why {
+            Why::NotByDefault => Some("not by default: prune these with --all or --include"),
+            Why::NotLinear => Some(NOT_LINEAR_NOTE),
+            _ => None,
+        }
+    }
 }
+
+/// Why a calibrated method leaves a tensor that is not a linear layer alone.
+const NOT_LINEAR_NOTE: &str = "wanda and sparsegpt prune the encoder's linear layers only";
 
 /// The command line's say in the choice.
 pub(crate) struct Filters {

@@ -1728,3 +1728,39 @@ fn an_output_folder_another_run_writes_into_is_refused() {
         assert!(stderr(&o).ends_with(said), "{}", stderr(&o));
     }
 }
+
+/// The summary table gives each tensor left alone a short reason and says once, under
+/// the table, what every such row would repeat; `--json` keeps the whole reason on each.
+#[test]
+fn the_table_says_why_once_for_the_tensors_it_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_bert();
+    let m = model.to_str().unwrap();
+    let magnitude = dir.path().join("magnitude");
+    let table = ok(&["prune", m, "-o", magnitude.to_str().unwrap(), "-s", "0.5", "-q"]);
+    let word = table.lines().find(|l| l.starts_with("embeddings.word_embeddings.weight"));
+    assert!(word.is_some_and(|l| l.contains(" embedding, not by default ")), "{table}");
+    let pooler = table.lines().find(|l| l.starts_with("pooler.dense.weight"));
+    assert!(pooler.is_some_and(|l| l.contains(" pooler, not by default ")), "{table}");
+    let note = "not by default: prune these with --all or --include";
+    assert_eq!(table.lines().filter(|l| *l == note).count(), 1, "{table}");
+    assert!(!table.contains("prunes it"), "{table}");
+
+    let wanda = prune("wanda", &dir.path().join("wanda"), &["-s", "0.5"]);
+    let word = wanda.lines().find(|l| l.starts_with("embeddings.word_embeddings.weight"));
+    assert!(
+        word.is_some_and(|l| l.contains(" embedding, not an encoder linear layer ")),
+        "{wanda}"
+    );
+    let note = "wanda and sparsegpt prune the encoder's linear layers only";
+    assert_eq!(wanda.lines().filter(|l| *l == note).count(), 1, "{wanda}");
+    assert!(!wanda.contains("not by default"), "{wanda}");
+
+    let json = dir.path().join("json");
+    let report = ok(&["prune", m, "-o", json.to_str().unwrap(), "-s", "0.5", "--json"]);
+    let report: Value = serde_json::from_str(&report).unwrap();
+    let tensors = report["tensors"].as_array().unwrap();
+    let word = tensors.iter().find(|t| t["name"] == "embeddings.word_embeddings.weight").unwrap();
+    let why = "embedding: not pruned by default (--all or --include prunes it)";
+    assert_eq!(word["why"], why);
+}
