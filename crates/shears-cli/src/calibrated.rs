@@ -93,19 +93,20 @@ fn not_a_linear(m: &str, name: &str, count: usize, model: &BertModel, args: &Pru
         2 => " (nor is 1 other chosen tensor)".to_owned(),
         n => format!(" (nor are {} other chosen tensors)", n - 1),
     };
+    let them = if count == 1 { "it" } else { "them" };
     let layer = name.strip_prefix("encoder.layer.").and_then(|rest| rest.split('.').next());
     if let Some(layer) = layer.and_then(|l| l.parse::<usize>().ok())
         && model.unused_layers().contains(&layer)
     {
         let layers = model.config().num_hidden_layers;
         return format!(
-            "--method {m} prunes the linear layers the encoder runs; `{name}` is in layer {layer}, past config.json's num_hidden_layers {layers}, so the model never runs it{others}: --exclude it"
+            "--method {m} prunes the linear layers the encoder runs; `{name}` is in layer {layer}, past config.json's num_hidden_layers {layers}, so the model never runs it{others}: --exclude {them}"
         );
     }
     let chose = match (args.all, args.include.is_empty()) {
-        (true, _) => "leave out --all, or --exclude it",
-        (false, false) => "narrow --include, or --exclude it",
-        (false, true) => "--exclude it",
+        (true, _) => format!("leave out --all, or --exclude {them}"),
+        (false, false) => format!("narrow --include, or --exclude {them}"),
+        (false, true) => format!("--exclude {them}"),
     };
     format!(
         "--method {m} prunes the encoder's linear layers; `{name}` is not one of them{others}: {chose}"

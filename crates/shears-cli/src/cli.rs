@@ -67,7 +67,8 @@ pub(crate) struct PruneArgs {
     /// The model to prune (never modified): a .safetensors file, a model folder, or a
     /// model.safetensors.index.json.
     pub(crate) input: PathBuf,
-    /// Where to write the pruned model: a file for a file, a folder for a folder.
+    /// Where to write the pruned model: a file for a file (its name ending in
+    /// .safetensors), a folder for a folder.
     #[arg(short, long)]
     pub(crate) output: PathBuf,
     /// Target sparsity in [0, 1]: of each tensor, or of all chosen tensors together in
@@ -158,8 +159,9 @@ pub(crate) struct PruneArgs {
     /// the target is reached among the kept ones.
     #[arg(long, value_name = "FILE")]
     pub(crate) masks_in: Option<PathBuf>,
-    /// Also write the masks: a safetensors file of NAME_mask u8 tensors (1 = keep) in
-    /// the weights' shapes, which torch.nn.utils.prune.custom_from_mask takes.
+    /// Also write the masks: a safetensors file (its name ending in .safetensors) of
+    /// NAME_mask u8 tensors (1 = keep) in the weights' shapes, which
+    /// torch.nn.utils.prune.custom_from_mask takes.
     #[arg(long, value_name = "FILE")]
     pub(crate) masks_out: Option<PathBuf>,
     /// Also quantize the pruned weights to int8 (symmetric; zeros stay zero): int8 with
@@ -252,7 +254,7 @@ pub(crate) struct EmbedArgs {
     /// The sentences, one per line.
     #[arg(long, value_name = "FILE")]
     pub(crate) texts: PathBuf,
-    /// Write the embeddings here: a safetensors file with an F32 tensor `embeddings` of
+    /// Write the embeddings here: a .safetensors file with an F32 tensor `embeddings` of
     /// shape [sentences, hidden] and an I64 tensor `lines`, the line of FILE (counted
     /// from 1) each row embeds, and metadata naming the model folder and FILE (model,
     /// texts, max_len, pooling, normalized, shears). Give it, --json, or both
@@ -321,8 +323,8 @@ pub(crate) struct ExportArgs {
     /// The model: a .safetensors MLP checkpoint or a model folder (config.json and the
     /// weights; its sentence-transformers files choose the pooling).
     pub(crate) model: PathBuf,
-    /// The .onnx file to write (a name of another model format, .safetensors, .bin,
-    /// .json and the like, is refused).
+    /// The .onnx file to write (a name that does not end in .onnx is refused: it may be a
+    /// checkpoint or another file to keep).
     #[arg(short, long, value_name = "FILE")]
     pub(crate) output: PathBuf,
     /// The ONNX operator set (17 to 21).

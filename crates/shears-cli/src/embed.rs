@@ -361,6 +361,7 @@ pub(crate) fn embed(args: &EmbedArgs) -> Result<()> {
         let folder_files = folder_files(&args.model)?;
         paths.extend(folder_files.iter().map(|p| ("model", p.as_path(), false)));
         shears_io::paths::check_distinct(&paths)?;
+        crate::outputs::check_extension(out, "safetensors", "embeddings")?;
         // A folder that cannot be written to is found now, not after the embedding: a
         // temporary beside the output is made and removed again.
         drop(shears_io::PendingFile::create(out)?);

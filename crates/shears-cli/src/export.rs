@@ -11,12 +11,6 @@ use shears_onnx::{Activations, EXTERNAL_THRESHOLD, ExportOptions, Opset, Weights
 
 use crate::cli::{ActivationQuant, ExportArgs};
 
-/// Extensions of the checkpoint and config files that models are kept in: an ONNX model
-/// written under such a name would replace the file a user meant to keep, or leave a
-/// file that every loader of that format refuses.
-const NOT_ONNX_EXTENSIONS: [&str; 9] =
-    ["safetensors", "json", "bin", "pt", "pth", "ckpt", "h5", "msgpack", "gguf"];
-
 pub(crate) fn run(args: &ExportArgs) -> Result<()> {
     crate::hub::check_not_hub_id(&args.model)?;
     let opset = Opset::new(args.opset)?;
@@ -50,16 +44,7 @@ pub(crate) fn run(args: &ExportArgs) -> Result<()> {
         );
     }
     shears_io::paths::check_output(out)?;
-    if let Some(extension) = out
-        .extension()
-        .and_then(|e| e.to_str())
-        .filter(|e| NOT_ONNX_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
-    {
-        bail!(
-            "refusing to write an ONNX model to {}: a .{extension} name is for another format (export writes ONNX; give a name ending in .onnx)",
-            out.display()
-        );
-    }
+    crate::outputs::check_extension(out, "onnx", "an ONNX model")?;
     let data_path = data_file(out)?;
     if args.external_data {
         shears_io::paths::check_output(&data_path)?;

@@ -51,6 +51,36 @@ fn module_folders(folder: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Refuses an output file whose name does not end in `.extension` (in any case), the
+/// extension of what is written there (`what`): a name of another kind (a config's, a
+/// script's, another format's, none) is most likely a file to keep, which the output
+/// would replace.
+pub(crate) fn check_extension(path: &Path, extension: &str, what: &str) -> Result<()> {
+    if path.extension().is_some_and(|e| e.eq_ignore_ascii_case(extension)) {
+        return Ok(());
+    }
+    let name = match path.extension() {
+        Some(e) => format!("ends in .{}", e.to_string_lossy()),
+        None => "has no extension".to_owned(),
+    };
+    bail!(
+        "refusing to write {what} to {}: its name {name}; give one ending in .{extension}",
+        path.display()
+    )
+}
+
+/// Refuses a pruned checkpoint's or a mask file's name that is not a safetensors file's
+/// ([`check_extension`]); a pruned folder's shards are named after the model's.
+pub(crate) fn check_extensions(model: &Model, out: &Path, masks: Option<&Path>) -> Result<()> {
+    if model.folder().is_none() {
+        check_extension(out, "safetensors", "a pruned checkpoint")?;
+    }
+    match masks {
+        Some(masks) => check_extension(masks, "safetensors", "masks"),
+        None => Ok(()),
+    }
+}
+
 /// The paths a pruned model is written to.
 #[derive(Debug)]
 pub(crate) struct Outputs {

@@ -182,6 +182,7 @@ pub(crate) fn run(args: &PruneArgs) -> Result<()> {
     check_paths(&model, args, &outputs)?;
     let strangers = outputs.strangers(3);
     check_output_folder(&outputs, &strangers, args.masks_in.as_deref())?;
+    crate::outputs::check_extensions(&model, &args.output, args.masks_out.as_deref())?;
     outputs.check_space(output_bytes(&model, quantize.as_ref())?, masks_bytes(&chosen))?;
     let sources = Sources::open(
         &model,

@@ -60,7 +60,7 @@ impl Choice<'_> {
         let role = self.role;
         match self.why {
             Why::NotByDefault => format!("{role}, not by default"),
-            Why::NotLinear => format!("{role}, not an encoder linear layer"),
+            Why::NotLinear => format!("{role}, not by this method"),
             _ => self.why(),
         }
     }
@@ -69,7 +69,9 @@ impl Choice<'_> {
     /// this row, if any.
     pub(crate) fn table_note(&self) -> Option<&'static str> {
         match self.why {
-            Why::NotByDefault => Some("not by default: prune these with --all or --include"),
+            Why::NotByDefault => Some(
+                "not by default: --all prunes them with the rest; --include prunes only what it matches",
+            ),
             Why::NotLinear => Some(NOT_LINEAR_NOTE),
             _ => None,
         }

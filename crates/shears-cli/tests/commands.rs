@@ -162,7 +162,7 @@ fn patterns_and_selection() {
     assert_eq!(after["fc2.weight"], read(&input)["fc2.weight"]);
 
     let out = dir.path().join("nm.safetensors");
-    let masks = dir.path().join("masks.bin");
+    let masks = dir.path().join("masks.safetensors");
     prune_ok(
         &input,
         &out,
@@ -383,7 +383,7 @@ fn unstructured_pruning_matches_a_full_sort_on_ties() {
     {
         for scope in ["layer", "global"] {
             let out = dir.path().join(format!("{method}-{scope}.safetensors"));
-            let masks = dir.path().join(format!("{method}-{scope}.masks"));
+            let masks = dir.path().join(format!("{method}-{scope}-masks.safetensors"));
             let mut args = vec!["-s", "0.3", "--include", "fc|conv|head", "--method", method];
             args.extend(["--scope", scope, "--masks-out", masks.to_str().unwrap()]);
             args.extend(&extra);

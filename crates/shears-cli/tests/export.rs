@@ -416,10 +416,10 @@ fn an_int8_model_exported_without_quantize_says_its_weights_became_f32() {
     assert!(o.status.success() && said.contains("were written as f32"), "{said}");
 }
 
-/// An output named as a checkpoint (`.safetensors`, `.bin`, `.json`...) is refused
-/// before anything is read or written: the file the name stands for is kept as it was.
+/// An output whose name does not end in `.onnx` (a checkpoint's, a text file's, none) is
+/// refused before anything is read or written: the file it names is kept as it was.
 #[test]
-fn an_output_named_for_another_format_is_refused_and_kept() {
+fn an_output_not_named_onnx_is_refused_and_kept() {
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("mlp.safetensors");
     let mlp = shears_nn::Mlp::<f32>::new(&[8, 6, 3], 1).unwrap();
@@ -427,21 +427,31 @@ fn an_output_named_for_another_format_is_refused_and_kept() {
     let kept = dir.path().join("kept.safetensors");
     std::fs::copy(&checkpoint, &kept).unwrap();
     let before = std::fs::read(&kept).unwrap();
-    for (out, extension) in
-        [(kept.clone(), "safetensors"), (dir.path().join("pytorch_model.BIN"), "BIN")]
-    {
+    let notes = dir.path().join("notes");
+    std::fs::write(&notes, "my notes\n").unwrap();
+    for (out, name) in [
+        (kept.clone(), "ends in .safetensors"),
+        (dir.path().join("pytorch_model.BIN"), "ends in .BIN"),
+        (dir.path().join("model.onnx.data"), "ends in .data"),
+        (notes.clone(), "has no extension"),
+    ] {
         let o = shears(&["export", checkpoint.to_str().unwrap(), "-o", out.to_str().unwrap()]);
         assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
         let says = format!(
-            "refusing to write an ONNX model to {}: a .{extension} name is for another format",
+            "refusing to write an ONNX model to {}: its name {name}; give one ending in .onnx",
             out.display()
         );
         assert!(stderr(&o).contains(&says), "{}", stderr(&o));
         assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
     }
     assert_eq!(std::fs::read(&kept).unwrap(), before);
-    assert!(!dir.path().join("pytorch_model.BIN").exists());
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "my notes\n");
     let names: Vec<_> =
         std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(names.len(), 3, "{names:?}");
+    // Any case of .onnx names an ONNX model.
+    let upper = dir.path().join("MLP.ONNX");
+    let o = shears(&["export", checkpoint.to_str().unwrap(), "-o", upper.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(upper.is_file());
 }

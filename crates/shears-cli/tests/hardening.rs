@@ -184,8 +184,8 @@ fn a_read_only_filesystem_is_an_error_and_leaves_no_output() {
     std::fs::create_dir(&ro).unwrap();
     // A read-only tmpfs over `ro`, in a private mount namespace (a user namespace maps the
     // caller to root there, so this needs no privileges and leaves no mount behind).
-    for out in ["out.safetensors", "masks.bin"] {
-        let args = if out == "masks.bin" {
+    for out in ["out.safetensors", "masks.safetensors"] {
+        let args = if out == "masks.safetensors" {
             format!(
                 "-o '{}' --masks-out '{}'",
                 dir.path().join("ok.safetensors").display(),

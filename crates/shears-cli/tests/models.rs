@@ -941,10 +941,10 @@ fn outputs_in_a_new_folder_that_collide_are_refused_before_writing() {
         ("new/../new/1_Pooling", "a folder of the output model"),
         (out.to_str().unwrap(), "the output folder"),
         (
-            "new/model-00001-of-00002.safetensors/m.st",
+            "new/model-00001-of-00002.safetensors/m.safetensors",
             "inside new/model-00001-of-00002.safetensors, a file of the output model",
         ),
-        ("new/config.json/m.st", "inside new/config.json, a file of the output model"),
+        ("new/config.json/m.safetensors", "inside new/config.json, a file of the output model"),
     ] {
         let o = std::process::Command::new(env!("CARGO_BIN_EXE_shears"))
             .current_dir(dir.path())
@@ -974,7 +974,7 @@ fn outputs_in_a_new_folder_that_collide_are_refused_before_writing() {
     }
     std::fs::remove_dir(&out).unwrap();
     // A mask file in the output folder is one however the folder is named.
-    let masks = out.join("m.st");
+    let masks = out.join("m.safetensors");
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_shears"))
         .current_dir(dir.path())
         .args(["prune", m, "-o", "new", "-s", "0.5", "--masks-out", masks.to_str().unwrap()])
@@ -1001,7 +1001,7 @@ fn outputs_in_a_new_folder_that_collide_are_refused_before_writing() {
     assert!(stderr(&o).contains("the output and the --masks-out"), "{}", stderr(&o));
     // A file output named like a folder fails before the other output is written.
     let (pruned, masks) =
-        (dir.path().join("p.safetensors"), format!("{}/m.st/", dir.path().display()));
+        (dir.path().join("p.safetensors"), format!("{}/m.safetensors/", dir.path().display()));
     let o = shears(&[
         "prune",
         file.to_str().unwrap(),
@@ -1013,7 +1013,7 @@ fn outputs_in_a_new_folder_that_collide_are_refused_before_writing() {
         &masks,
     ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("m.st/"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("m.safetensors/"), "{}", stderr(&o));
     assert!(!pruned.exists());
 }
 

@@ -396,8 +396,8 @@ fn an_output_is_never_a_file_a_folder_of_links_reads() {
         let target = real.join(name);
         let t = target.to_str().unwrap();
         refused(&["embed", l, "--texts", x, "-o", t], "are one file", &[&target]);
-        // Export refuses any name of a JSON file before it looks at where it leads.
-        refused(&["export", l, "-o", t], "a .json name is for another format", &[&target]);
+        // Export refuses any name but an .onnx one before it looks at where it leads.
+        refused(&["export", l, "-o", t], "its name ends in .json", &[&target]);
     }
     no_temporaries(&real);
     // Elsewhere, it embeds.
@@ -427,4 +427,50 @@ fn a_run_that_would_fill_the_disk_is_refused_before_it_writes() {
     std::fs::remove_file(folder.join("notes.txt")).unwrap();
     let done = shears(&["prune", m, "-o", o, "-s", "0.5"]);
     assert!(done.status.success(), "{}", stderr(&done));
+}
+
+/// An output file must carry its format's extension: a pruned checkpoint, masks and
+/// embeddings `.safetensors`. A name of another kind (a config, a script, an ONNX model,
+/// none) is most likely a file to keep: refused, and the file is as it was.
+#[test]
+fn an_output_named_for_another_kind_of_file_is_refused_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.safetensors");
+    model(&input);
+    let folder = tiny_bert_in(dir.path());
+    let keep = |name: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("the user's {name}\n")).unwrap();
+        path
+    };
+    let (config, script, onnx, notes) =
+        (keep("cfg.json"), keep("run.sh"), keep("model.onnx"), keep("notes"));
+    let kept = [config.as_path(), script.as_path(), onnx.as_path(), notes.as_path()];
+    let i = input.to_str().unwrap();
+    let good = dir.path().join("pruned.safetensors");
+    let g = good.to_str().unwrap();
+    for (out, name) in
+        [(&config, "ends in .json"), (&onnx, "ends in .onnx"), (&notes, "has no extension")]
+    {
+        let says =
+            format!("refusing to write a pruned checkpoint to {}: its name {name}", out.display());
+        refused(&["prune", i, "-o", out.to_str().unwrap(), "-s", "0.5"], &says, &kept);
+    }
+    let says = format!("refusing to write masks to {}: its name ends in .sh", script.display());
+    refused(
+        &["prune", i, "-o", g, "-s", "0.5", "--masks-out", script.to_str().unwrap()],
+        &says,
+        &kept,
+    );
+    let texts = keep("texts.txt");
+    let (f, t) = (folder.to_str().unwrap(), texts.to_str().unwrap());
+    let says =
+        format!("refusing to write embeddings to {}: its name has no extension", notes.display());
+    refused(&["embed", f, "--texts", t, "-o", notes.to_str().unwrap()], &says, &kept);
+    assert!(!good.exists());
+    // The same runs with names of their kind write them.
+    let masks = dir.path().join("MASKS.SafeTensors");
+    let o = shears(&["prune", i, "-o", g, "-s", "0.5", "--masks-out", masks.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(good.is_file() && masks.is_file());
 }
