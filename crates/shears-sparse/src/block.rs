@@ -6,7 +6,7 @@ use shears_core::{BlockShape, Mask, Scalar};
 use crate::error::{Error, FormatError, Result};
 use crate::index::SpIndex;
 use crate::kernels::{self, BsrView};
-use crate::product::{Operands, Sealed, SparseProduct};
+use crate::product::{Layout, Operands, Sealed, SparseProduct};
 use crate::validate;
 
 /// A block-sparse matrix: the nonzero `r x c` blocks stored dense (row-major inside a
@@ -222,7 +222,10 @@ impl<T: Scalar> Sealed<T> for BlockSparse<T> {
                 kernels::bsr_spmv(self.view(), alpha, x, beta, y)
             }
             Operands::Matrix { alpha, x, beta, y, then } => {
-                kernels::bsr_spmm(self.view(), alpha, x, beta, y, then)
+                kernels::bsr_spmm(self.view(), alpha, x, beta, y, then, Layout::COLUMNS)
+            }
+            Operands::Oriented { alpha, x, beta, y, then, layout } => {
+                kernels::bsr_spmm(self.view(), alpha, x, beta, y, then, layout)
             }
         }
     }

@@ -5,7 +5,7 @@ use nalgebra::{DMatrix, DVector};
 use shears_core::{Mask, Scalar};
 
 use crate::error::{Error, Result};
-use crate::product::{Operands, Sealed, SparseProduct, finish};
+use crate::product::{Operands, Sealed, SparseProduct, finish, via_columns};
 use crate::quant::{Int8Matrix, QuantScheme};
 
 /// Which fully pruned slices compaction removes.
@@ -242,6 +242,9 @@ impl<T: Scalar, M: SparseProduct<T>> Sealed<T> for Compacted<T, M> {
                     scatter(alpha, kept, beta, column.as_mut_slice());
                 }
                 finish(then, y.nrows(), y.as_mut_slice());
+            }
+            Operands::Oriented { alpha, x, beta, y, then, layout } => {
+                via_columns(self, alpha, x, beta, y, then, layout)
             }
         }
     }

@@ -6,7 +6,7 @@ use shears_core::{Mask, Scalar};
 use crate::error::{Error, Result};
 use crate::index::{SpIndex, narrowest_index};
 use crate::kernels;
-use crate::product::{Operands, Sealed, SparseProduct};
+use crate::product::{Layout, Operands, Sealed, SparseProduct};
 use crate::validate;
 
 /// A compressed-sparse-row matrix with column indices of type `I` (`u16` or `u32`).
@@ -274,7 +274,10 @@ impl<T: Scalar, I: SpIndex> Sealed<T> for Csr<T, I> {
                 kernels::csr_spmv(self.as_view(), alpha, x, beta, y)
             }
             Operands::Matrix { alpha, x, beta, y, then } => {
-                kernels::csr_spmm(self.as_view(), alpha, x, beta, y, then)
+                kernels::csr_spmm(self.as_view(), alpha, x, beta, y, then, Layout::COLUMNS)
+            }
+            Operands::Oriented { alpha, x, beta, y, then, layout } => {
+                kernels::csr_spmm(self.as_view(), alpha, x, beta, y, then, layout)
             }
         }
     }

@@ -4,7 +4,7 @@
 use nalgebra::{DMatrix, DVectorView, DVectorViewMut};
 use shears_core::Scalar;
 
-use crate::product::{Operands, Sealed, SparseProduct, finish};
+use crate::product::{Operands, Sealed, SparseProduct, finish, via_columns};
 
 /// `y <- alpha * W x + beta * y` (`y` is not read when `beta == 0`).
 pub(crate) fn gemv<T: Scalar>(w: &DMatrix<T>, alpha: T, x: &[T], beta: T, y: &mut [T]) {
@@ -31,6 +31,9 @@ impl<T: Scalar> Sealed<T> for DMatrix<T> {
             Operands::Matrix { alpha, x, beta, y, then } => {
                 gemm(self, alpha, x, beta, y);
                 finish(then, y.nrows(), y.as_mut_slice());
+            }
+            Operands::Oriented { alpha, x, beta, y, then, layout } => {
+                via_columns(self, alpha, x, beta, y, then, layout)
             }
         }
     }

@@ -102,7 +102,7 @@ pub use narrow_nm::{Bf16Nm, F16Nm, Int8Nm, NarrowNm};
 pub use narrow_sell::{Bf16Sell, F16Sell, Int8Sell, NarrowSell};
 pub use nm::NmSparse;
 pub use persist::SPARSE_FORMAT_VERSION;
-pub use product::{Epilogue, SparseProduct};
+pub use product::{Epilogue, Layout, Orientation, SparseProduct};
 pub use quant::{Int8Matrix, QuantScheme};
 pub use sell::{AnySlicedEll, SlicedEll, SlicedEllParts};
 pub use shears_core::{BlockShape, Mask, NmPattern};

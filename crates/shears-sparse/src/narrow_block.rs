@@ -10,7 +10,7 @@ use crate::block::BlockSparse;
 use crate::error::{Error, Result};
 use crate::kernels::{self, BsrView, Stored};
 use crate::narrow_csr::{NarrowValue, check_narrow};
-use crate::product::{Operands, Sealed, SparseProduct};
+use crate::product::{Layout, Operands, Sealed, SparseProduct};
 use crate::validate;
 
 /// A [`BlockSparse`] matrix of `f32` weights stored as `V` (`i8`, `bf16` or `f16`):
@@ -227,7 +227,10 @@ impl<V: NarrowValue> Sealed<f32> for NarrowBlock<V> {
                 kernels::bsr_spmv(self.view(), alpha, x, beta, y)
             }
             Operands::Matrix { alpha, x, beta, y, then } => {
-                kernels::bsr_spmm(self.view(), alpha, x, beta, y, then)
+                kernels::bsr_spmm(self.view(), alpha, x, beta, y, then, Layout::COLUMNS)
+            }
+            Operands::Oriented { alpha, x, beta, y, then, layout } => {
+                kernels::bsr_spmm(self.view(), alpha, x, beta, y, then, layout)
             }
         }
     }

@@ -10,7 +10,7 @@ use crate::csr::Csr;
 use crate::error::{Error, Result};
 use crate::index::SpIndex;
 use crate::kernels::{self, Stored};
-use crate::product::{Operands, Sealed, SparseProduct, finish};
+use crate::product::{Layout, Operands, Sealed, SparseProduct, finish, via_columns};
 use crate::quant::{quantize_value, symmetric_scale};
 use crate::validate;
 
@@ -442,7 +442,14 @@ impl<V: NarrowValue, I: SpIndex> Sealed<f32> for NarrowCsr<V, I> {
                 kernels::int8_csr_spmm(self.view_of(values), alpha, x, beta, y, then)
             }
             (Operands::Matrix { alpha, x, beta, y, then }, _) => {
-                kernels::csr_spmm(self.as_view(), alpha, x, beta, y, then)
+                kernels::csr_spmm(self.as_view(), alpha, x, beta, y, then, Layout::COLUMNS)
+            }
+            // The integer kernels take `X` and `Y` by columns.
+            (Operands::Oriented { alpha, x, beta, y, then, layout }, Some(_)) => {
+                via_columns(self, alpha, x, beta, y, then, layout)
+            }
+            (Operands::Oriented { alpha, x, beta, y, then, layout }, None) => {
+                kernels::csr_spmm(self.as_view(), alpha, x, beta, y, then, layout)
             }
         }
     }

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::kernels::{self, NmView};
 use crate::narrow_csr::{NarrowValue, check_narrow};
 use crate::nm::NmSparse;
-use crate::product::{Operands, Sealed, SparseProduct};
+use crate::product::{Layout, Operands, Sealed, SparseProduct, via_columns};
 use crate::validate;
 
 /// An N:M matrix of `f32` weights stored as `V` (`i8`, `bf16` or `f16`): the slots and
@@ -245,8 +245,17 @@ impl<V: NarrowValue> Sealed<f32> for NarrowNm<V> {
                     let (view, x, y) = (self.view_of(values), x.as_slice(), y.as_mut_slice());
                     kernels::int8_nm_product(view, alpha, x, beta, y, then)
                 }
-                _ => kernels::nm_spmm(self.view(), alpha, x, beta, y, then),
+                _ => kernels::nm_spmm(self.view(), alpha, x, beta, y, then, Layout::COLUMNS),
             },
+            Operands::Oriented { alpha, x, beta, y, then, layout } => {
+                match V::as_int8(&self.values) {
+                    // The integer kernels take `X` and `Y` by columns.
+                    Some(_) if self.integer_batches => {
+                        via_columns(self, alpha, x, beta, y, then, layout)
+                    }
+                    _ => kernels::nm_spmm(self.view(), alpha, x, beta, y, then, layout),
+                }
+            }
         }
     }
 }

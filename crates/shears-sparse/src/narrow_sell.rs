@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::index::SpIndex;
 use crate::kernels::{self, SellView};
 use crate::narrow_csr::{NarrowValue, check_narrow};
-use crate::product::{Operands, Sealed, SparseProduct};
+use crate::product::{Layout, Operands, Sealed, SparseProduct};
 use crate::sell::{SlicedEll, SlicedEllParts, lane_slots};
 use crate::validate;
 
@@ -245,7 +245,10 @@ impl<V: NarrowValue, I: SpIndex> Sealed<f32> for NarrowSell<V, I> {
                 kernels::sell_spmv(self.view(), alpha, x, beta, y)
             }
             Operands::Matrix { alpha, x, beta, y, then } => {
-                kernels::sell_spmm(self.view(), alpha, x, beta, y, then)
+                kernels::sell_spmm(self.view(), alpha, x, beta, y, then, Layout::COLUMNS)
+            }
+            Operands::Oriented { alpha, x, beta, y, then, layout } => {
+                kernels::sell_spmm(self.view(), alpha, x, beta, y, then, layout)
             }
         }
     }

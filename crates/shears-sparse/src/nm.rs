@@ -6,7 +6,7 @@ use shears_core::{Mask, NmPattern, Scalar};
 
 use crate::error::{Error, Result};
 use crate::kernels::{self, NmView};
-use crate::product::{Operands, Sealed, SparseProduct};
+use crate::product::{Layout, Operands, Sealed, SparseProduct};
 use crate::validate;
 
 /// An N:M-sparse matrix: every group of M consecutive columns of a row stores exactly N
@@ -206,7 +206,10 @@ impl<T: Scalar> Sealed<T> for NmSparse<T> {
                 kernels::nm_spmv(self.view(), alpha, x, beta, y)
             }
             Operands::Matrix { alpha, x, beta, y, then } => {
-                kernels::nm_spmm(self.view(), alpha, x, beta, y, then)
+                kernels::nm_spmm(self.view(), alpha, x, beta, y, then, Layout::COLUMNS)
+            }
+            Operands::Oriented { alpha, x, beta, y, then, layout } => {
+                kernels::nm_spmm(self.view(), alpha, x, beta, y, then, layout)
             }
         }
     }

@@ -33,6 +33,17 @@ mod sealed {
             y: &'a mut DMatrix<T>,
             then: Option<super::Epilogue<'a, T>>,
         },
+        /// `Matrix` with `X` and `Y` oriented as `layout` says, at least one of them as
+        /// rows: `x` of shape `(ncols, b)` or `(b, ncols)`, `y` of shape `(nrows, b)` or
+        /// `(b, nrows)`, with `b != 1`. `then` runs on the pieces of `y` as stored.
+        Oriented {
+            alpha: T,
+            x: &'a DMatrix<T>,
+            beta: T,
+            y: &'a mut DMatrix<T>,
+            then: Option<super::Epilogue<'a, T>>,
+            layout: super::Layout,
+        },
     }
 
     impl<T: std::fmt::Debug> std::fmt::Debug for Operands<'_, T> {
@@ -53,6 +64,15 @@ mod sealed {
                     .field("y", y)
                     .field("then", &then.map(|_| "epilogue"))
                     .finish(),
+                Operands::Oriented { alpha, x, beta, y, then, layout } => f
+                    .debug_struct("Oriented")
+                    .field("alpha", alpha)
+                    .field("x", x)
+                    .field("beta", beta)
+                    .field("y", y)
+                    .field("then", &then.map(|_| "epilogue"))
+                    .field("layout", layout)
+                    .finish(),
             }
         }
     }
@@ -66,6 +86,47 @@ mod sealed {
     }
 }
 pub(crate) use sealed::{Operands, Sealed};
+
+/// How a dense operand of a batched product holds its vectors: the inputs of one item
+/// of the batch (a token) in `X`, its outputs in `Y`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Orientation {
+    /// One vector per column: `X` is `ncols x batch`, `Y` is `nrows x batch`.
+    #[default]
+    Columns,
+    /// One vector per row, the transpose: `X` is `batch x ncols`, `Y` is `batch x nrows`,
+    /// so that one feature's values over the batch are contiguous, as the batched
+    /// kernels read `X` and write `Y`.
+    Rows,
+}
+
+/// The orientations of a batched product's `X` and `Y`
+/// ([`matmul_oriented_into`](SparseProduct::matmul_oriented_into)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Layout {
+    /// How `X` holds the batch's inputs.
+    pub x: Orientation,
+    /// How `Y` holds the batch's outputs.
+    pub y: Orientation,
+}
+
+impl Layout {
+    /// `X` and `Y` by columns, as [`matmul_into`](SparseProduct::matmul_into) takes them.
+    pub const COLUMNS: Layout = Layout { x: Orientation::Columns, y: Orientation::Columns };
+
+    /// `X` oriented as `x`, `Y` as `y`.
+    pub const fn new(x: Orientation, y: Orientation) -> Layout {
+        Layout { x, y }
+    }
+
+    pub(crate) fn x_rows(self) -> bool {
+        self.x == Orientation::Rows
+    }
+
+    pub(crate) fn y_rows(self) -> bool {
+        self.y == Orientation::Rows
+    }
+}
 
 /// What a batched product does to its output as it finishes it:
 /// [`matmul_into_then`](SparseProduct::matmul_into_then) calls `then(column, first_row,
@@ -184,6 +245,58 @@ pub trait SparseProduct<T: Scalar>: Sealed<T> {
         Ok(())
     }
 
+    /// `Y <- then(alpha * A X + beta * Y)` with `X` and `Y` each given by columns or by
+    /// rows, as `layout` says ([`Orientation`]): `X` of shape `(ncols, batch)` or
+    /// `(batch, ncols)`, `Y` of shape `(nrows, batch)` or `(batch, nrows)`. The batched
+    /// kernels of CSR, sliced ELLPACK, N:M and block-sparse matrices (values of any
+    /// width but int8) read `X` and write `Y` by rows, so a chain of products whose
+    /// operands stay by rows copies neither into the other orientation; the other
+    /// formats copy them. `then`, if any, runs on the pieces of `Y` as it is stored
+    /// ([`Epilogue`]: by rows, `column` is an output and `first_row` the first item of
+    /// the batch in the piece). The bits are [`matmul_into_then`]'s on the operands
+    /// transposed by columns, whatever the layout.
+    ///
+    /// [`matmul_into_then`]: SparseProduct::matmul_into_then
+    ///
+    /// ```
+    /// use nalgebra::dmatrix;
+    /// use shears_sparse::{Csr, Layout, Orientation, SparseProduct};
+    ///
+    /// let a: Csr<f32, u16> = Csr::from_dense(&dmatrix![1.0, 0.0; 0.0, -2.0])?;
+    /// // Three items of the batch, one per row of `xt`; their outputs by rows too.
+    /// let xt = dmatrix![1.0, 1.0; 2.0, 2.0; 3.0, 3.0];
+    /// let mut yt = nalgebra::DMatrix::zeros(3, 2);
+    /// let rows = Layout::new(Orientation::Rows, Orientation::Rows);
+    /// a.matmul_oriented_into(1.0, &xt, 0.0, &mut yt, rows, None)?;
+    /// assert_eq!(yt, dmatrix![1.0, -2.0; 2.0, -4.0; 3.0, -6.0]);
+    /// # Ok::<(), shears_sparse::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if `X` or `Y` does not fit the matrix and the layout,
+    /// or they hold different batches; `Y` is untouched on an error.
+    fn matmul_oriented_into(
+        &self,
+        alpha: T,
+        x: &DMatrix<T>,
+        beta: T,
+        y: &mut DMatrix<T>,
+        layout: Layout,
+        then: Option<Epilogue<'_, T>>,
+    ) -> Result<()> {
+        let batch = check_oriented(self.shape(), x, y, layout)?;
+        if batch == 1 {
+            // One item: both orientations store the same values in the same order.
+            self.product(Operands::Vector { alpha, x: x.as_slice(), beta, y: y.as_mut_slice() });
+            finish(then, y.nrows(), y.as_mut_slice());
+        } else if layout == Layout::COLUMNS {
+            self.product(Operands::Matrix { alpha, x, beta, y, then });
+        } else {
+            self.product(Operands::Oriented { alpha, x, beta, y, then, layout });
+        }
+        Ok(())
+    }
+
     /// `A x`, allocating the result.
     ///
     /// # Errors
@@ -239,6 +352,56 @@ fn check_matmul<T: Scalar>(
         });
     }
     Ok(())
+}
+
+/// The batch of an oriented product, if `x` and `y` fit an `(nrows, ncols)` matrix and
+/// `layout`.
+fn check_oriented<T: Scalar>(
+    (nrows, ncols): (usize, usize),
+    x: &DMatrix<T>,
+    y: &DMatrix<T>,
+    layout: Layout,
+) -> Result<usize> {
+    let (inputs, batch) = if layout.x_rows() { (x.ncols(), x.nrows()) } else { x.shape() };
+    let flip = |(a, b): (usize, usize), rows: bool| if rows { (b, a) } else { (a, b) };
+    if inputs != ncols {
+        let expected = flip((ncols, batch), layout.x_rows());
+        return Err(Error::ShapeMismatch { op: "matmul x", expected, got: x.shape() });
+    }
+    let expected = flip((nrows, batch), layout.y_rows());
+    if y.shape() != expected {
+        return Err(Error::ShapeMismatch { op: "matmul y", expected, got: y.shape() });
+    }
+    Ok(batch)
+}
+
+/// Runs an oriented product on a format whose kernels take `X` and `Y` by columns:
+/// the operands given by rows are transposed into columns, and `Y` back.
+pub(crate) fn via_columns<T: Scalar>(
+    a: &(impl Sealed<T> + ?Sized),
+    alpha: T,
+    x: &DMatrix<T>,
+    beta: T,
+    y: &mut DMatrix<T>,
+    then: Option<Epilogue<'_, T>>,
+    layout: Layout,
+) {
+    let by_columns;
+    let x = if layout.x_rows() {
+        by_columns = x.transpose();
+        &by_columns
+    } else {
+        x
+    };
+    if !layout.y_rows() {
+        return a.product(Operands::Matrix { alpha, x, beta, y, then });
+    }
+    // With `beta == 0` `Y` is not read, so NaN in it does not leak.
+    let mut columns =
+        if beta == T::zero() { DMatrix::zeros(y.ncols(), y.nrows()) } else { y.transpose() };
+    a.product(Operands::Matrix { alpha, x, beta, y: &mut columns, then: None });
+    y.tr_copy_from(&columns);
+    finish(then, y.nrows(), y.as_mut_slice());
 }
 
 fn check_len(op: &'static str, expected: usize, got: usize) -> Result<()> {

@@ -5,7 +5,7 @@ use nalgebra::DMatrix;
 
 use crate::error::{Error, Result};
 use crate::kernels::{self, Int8DenseView, PackedWeights, scale_of_max};
-use crate::product::{Operands, Sealed, SparseProduct};
+use crate::product::{Operands, Sealed, SparseProduct, via_columns};
 
 /// Which weights share a scale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,6 +267,9 @@ impl Sealed<f32> for Int8Matrix {
             Operands::Matrix { alpha, x, beta, y, then } => {
                 let (x, y) = (x.as_slice(), y.as_mut_slice());
                 kernels::int8_dense_product(view, alpha, x, beta, y, then)
+            }
+            Operands::Oriented { alpha, x, beta, y, then, layout } => {
+                via_columns(self, alpha, x, beta, y, then, layout)
             }
         }
     }

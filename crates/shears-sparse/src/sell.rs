@@ -7,7 +7,7 @@ use crate::csr::{AnyCsr, Csr};
 use crate::error::{Error, FormatError, Result};
 use crate::index::{SpIndex, narrowest_index};
 use crate::kernels::{self, SLICE_ROWS, SellView};
-use crate::product::{Operands, Sealed, SparseProduct};
+use crate::product::{Layout, Operands, Sealed, SparseProduct};
 use crate::tuning::SELL_WINDOW;
 use crate::validate;
 
@@ -298,7 +298,10 @@ impl<T: Scalar, I: SpIndex> Sealed<T> for SlicedEll<T, I> {
                 kernels::sell_spmv(self.view(), alpha, x, beta, y)
             }
             Operands::Matrix { alpha, x, beta, y, then } => {
-                kernels::sell_spmm(self.view(), alpha, x, beta, y, then)
+                kernels::sell_spmm(self.view(), alpha, x, beta, y, then, Layout::COLUMNS)
+            }
+            Operands::Oriented { alpha, x, beta, y, then, layout } => {
+                kernels::sell_spmm(self.view(), alpha, x, beta, y, then, layout)
             }
         }
     }

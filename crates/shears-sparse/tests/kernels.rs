@@ -410,3 +410,131 @@ fn an_epilogue_runs_once_on_every_final_entry() {
     assert!(csr.matmul_into_then(1.0, &wrong, 0.0, &mut y, &never).is_err());
     assert!(y.iter().all(|&v| v == 7.0));
 }
+
+/// `matmul_oriented_into` gives, in each of the four layouts, the bits of `matmul_into`
+/// on the operands by columns, and runs its epilogue once on every final entry of `Y` as
+/// stored: on every format (the row-oriented kernels of CSR, sliced ELLPACK, N:M and
+/// block-sparse matrices in f32 and narrow values, and the formats that copy their
+/// operands into columns), at batches of one, of a few tokens, of several panels and
+/// (for CSR and N:M) of an `X` each task copies a panel at a time, with `beta` zero
+/// (`Y` of NaN) and not, on one to three threads.
+#[test]
+fn an_oriented_product_gives_the_column_bits_in_every_layout() {
+    use shears_sparse::{
+        AnySparse, Bf16Block, Bf16Nm, F16Sell, Format, Layout, Orientation::Columns,
+        Orientation::Rows,
+    };
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let cols = 260;
+    let weights = |rows: usize| {
+        DMatrix::from_fn(rows, cols, |r, c| {
+            let v = (((r * 7919 + c * 104_729) % 1000) as f32 / 500.0) - 1.0;
+            half::bf16::from_f32(v).to_f32()
+        })
+    };
+    type Product = Box<dyn SparseProduct<f32> + Sync>;
+    let formats = |rows: usize, all: bool| -> Vec<(&'static str, Product)> {
+        let w = weights(rows);
+        let mask = Mask::from_fn(rows, cols, |r, c| (r * 31 + c * 17) % 10 < 4).unwrap();
+        let nm_mask = Mask::from_fn(rows, cols, |r, c| (c + r) % 4 < 2).unwrap();
+        let csr: Csr<f32, u16> = Csr::from_dense_masked(&w, &mask).unwrap();
+        let nm = NmSparse::from_dense_masked(&w, &nm_mask, NmPattern::TWO_FOUR).unwrap();
+        let mut products: Vec<(&'static str, Product)> =
+            vec![("csr", Box::new(csr.clone())), ("n:m", Box::new(nm.clone()))];
+        if all {
+            let any = |format| AnySparse::from_dense_masked(&w, &mask, format).unwrap();
+            let block = BlockSparse::from_dense_masked(&w, &mask, BlockShape::new(4, 4).unwrap());
+            let sell = SlicedEll::<f32, u16>::from_csr(&csr);
+            products.extend::<Vec<(&'static str, Product)>>(vec![
+                ("dense", Box::new(any(Format::Dense))),
+                ("sliced ellpack", Box::new(any(Format::SlicedEll))),
+                ("compact", Box::new(any(Format::Compact))),
+                ("block", Box::new(any(Format::Bsr(BlockShape::new(4, 4).unwrap())))),
+                ("bf16 csr", Box::new(Bf16Csr::<u16>::from_dense_masked(&w, &mask).unwrap())),
+                ("bf16 n:m", Box::new(Bf16Nm::from_nm(&nm).unwrap())),
+                ("f16 sliced ellpack", Box::new(F16Sell::from_sell(&sell).unwrap())),
+                ("bf16 block", Box::new(Bf16Block::from_block(&block.unwrap()).unwrap())),
+                ("int8 csr", Box::new(Int8Csr::from_csr(&csr).unwrap())),
+                ("int8 dense", Box::new(Int8Matrix::quantize(&w, QuantScheme::PerRow).unwrap())),
+                ("int8 n:m", Box::new(Int8Nm::from_nm(&nm).unwrap())),
+            ]);
+        }
+        products
+    };
+    let epilogue = |output: usize, item: usize, value: f32| {
+        value * value.abs() + (output % 7) as f32 - 3.0 + item as f32 / 64.0
+    };
+    let layouts = [(Columns, Columns), (Rows, Columns), (Columns, Rows), (Rows, Rows)];
+    // Batches past one panel; the last is an `X` of over 2 MiB, which tasks copy a panel
+    // at a time (on few rows, to keep the test short).
+    let cases =
+        [(300, 1, true), (300, 3, true), (300, 40, true), (300, 300, true), (16, 2100, false)];
+    for (rows, batch, all) in cases {
+        let x = DMatrix::from_fn(cols, batch, |r, c| (((r * 13 + c * 7) % 17) as f32 - 8.0) / 8.0);
+        let y0 = DMatrix::from_fn(rows, batch, |r, c| ((r + 2 * c) % 5) as f32);
+        for (name, product) in &formats(rows, all) {
+            for (beta, start) in [(0.0, f32::NAN), (-0.5, 1.0)] {
+                let start_y = y0.map(|v| if start.is_nan() { v * start } else { v });
+                let mut expected = start_y.clone();
+                product.matmul_into(0.5, &x, beta, &mut expected).unwrap();
+                let expected =
+                    DMatrix::from_fn(rows, batch, |r, c| epilogue(r, c, expected[(r, c)]));
+                for (x_orientation, y_orientation) in layouts {
+                    let layout = Layout::new(x_orientation, y_orientation);
+                    let x = if x_orientation == Rows { x.transpose() } else { x.clone() };
+                    let by_rows = y_orientation == Rows;
+                    for threads in [1, 2, 3] {
+                        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
+                        let mut y = if by_rows { start_y.transpose() } else { start_y.clone() };
+                        let visited = AtomicUsize::new(0);
+                        let then = |column: usize, first_row: usize, piece: &mut [f32]| {
+                            visited.fetch_add(piece.len(), Ordering::Relaxed);
+                            for (i, v) in piece.iter_mut().enumerate() {
+                                let (output, item) = if by_rows {
+                                    (column, first_row + i)
+                                } else {
+                                    (first_row + i, column)
+                                };
+                                *v = epilogue(output, item, *v);
+                            }
+                        };
+                        pool.unwrap()
+                            .install(|| {
+                                product.matmul_oriented_into(
+                                    0.5,
+                                    &x,
+                                    beta,
+                                    &mut y,
+                                    layout,
+                                    Some(&then),
+                                )
+                            })
+                            .unwrap();
+                        let case = format!(
+                            "{name}, {layout:?}, batch {batch}, beta {beta}, {threads} threads"
+                        );
+                        assert_eq!(visited.load(Ordering::Relaxed), rows * batch, "{case}");
+                        let y = if by_rows { y.transpose() } else { y };
+                        let bits =
+                            |m: &DMatrix<f32>| m.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                        assert!(bits(&y) == bits(&expected), "{case}");
+                    }
+                }
+            }
+        }
+    }
+    // Operands that do not fit the layout are refused, `Y` left as it was.
+    let csr: Csr<f32, u16> = Csr::from_dense(&weights(5)).unwrap();
+    let rows = Layout::new(Rows, Rows);
+    let mut y = DMatrix::from_element(3, 5, 7.0);
+    assert!(
+        csr.matmul_oriented_into(1.0, &DMatrix::zeros(cols, 3), 0.0, &mut y, rows, None).is_err()
+    );
+    let mut y_by_columns = DMatrix::from_element(5, 3, 7.0);
+    let x_by_rows = DMatrix::zeros(3, cols);
+    assert!(csr.matmul_oriented_into(1.0, &x_by_rows, 0.0, &mut y_by_columns, rows, None).is_err());
+    assert!(y.iter().chain(y_by_columns.iter()).all(|&v| v == 7.0));
+    csr.matmul_oriented_into(1.0, &x_by_rows, 0.0, &mut y, rows, None).unwrap();
+    assert!(y.iter().all(|&v| v == 0.0));
+}

@@ -767,7 +767,7 @@ fn for_row_tasks(
 ) {
     let units = RowUnits { rows, cols, unit };
     let panel = token_panel(path, cols);
-    for_each_block_of(units, rows, y, panel, Split::Fine, then, |u, tokens, pieces| {
+    for_each_block_of(units, (rows, y, false), panel, Split::Fine, then, |u, tokens, pieces| {
         run(units.rows_before(u.start)..units.rows_before(u.end), tokens, pieces)
     });
 }

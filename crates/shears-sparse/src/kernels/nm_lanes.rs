@@ -195,11 +195,19 @@ pub(super) fn nm_spmm_lanes<T: Scalar, V: Stored<T>>(
     let blocks = NmRowBlocks(a);
     // The windows follow from the whole batch, so a task's columns sum as all would.
     let window = nm_window_slots(a.n, a.m, batch, size_of::<T>());
-    for_each_block(blocks, y, NM_PANEL, Split::Fine, then, |units, batch_columns, columns| {
-        let x = &x.as_slice()[batch_columns.start * a.ncols..batch_columns.end * a.ncols];
-        let (rows, width) = (blocks.rows(units), batch_columns.len());
-        nm_lane_rows(path, a, rows, x, width, window, alpha, beta, columns);
-    });
+    for_each_block(
+        blocks,
+        y,
+        false,
+        NM_PANEL,
+        Split::Fine,
+        then,
+        |units, batch_columns, columns| {
+            let x = &x.as_slice()[batch_columns.start * a.ncols..batch_columns.end * a.ncols];
+            let (rows, width) = (blocks.rows(units), batch_columns.len());
+            nm_lane_rows(path, a, rows, x, width, window, alpha, beta, columns);
+        },
+    );
 }
 
 /// Rows `rows` of `alpha A X + beta Y` into `columns` (column `t` of `Y` cut to `rows`),
@@ -624,7 +632,8 @@ mod tests {
                     let y = DMatrix::from_fn(rows, batch, |i, j| ((i + 2 * j) as f32 * 0.05).sin());
                     let (mut lanes, mut row_major) = (y.clone(), y);
                     nm_spmm_lanes(a, 0.5, &x, 2.0, &mut lanes, None);
-                    nm_spmm_row_major(a, 0.5, &x, 2.0, &mut row_major, None);
+                    let by_columns = crate::Layout::COLUMNS;
+                    nm_spmm_row_major(a, 0.5, &x, 2.0, &mut row_major, None, by_columns);
                     assert_eq!(bits(&lanes), bits(&row_major), "{rows} rows, batch {batch}");
                 }
             }

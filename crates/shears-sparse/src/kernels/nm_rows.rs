@@ -17,9 +17,10 @@ use shears_core::Scalar;
 
 use super::isa::{Isa, fma};
 use super::nm_lanes;
+use super::spmm::inputs_and_batch;
 use super::spmm::spmm;
 use super::{NmView, Stored, Units, kernel_path, multiversion};
-use crate::product::Epilogue;
+use crate::product::{Epilogue, Layout};
 
 /// Rows of an N:M matrix processed together: they share their groups' input rows.
 const NM_ROW_BLOCK: usize = 32;
@@ -263,12 +264,16 @@ pub(crate) fn nm_spmm<T: Scalar, V: Stored<T>>(
     beta: T,
     y: &mut DMatrix<T>,
     then: Option<Epilogue<'_, T>>,
+    layout: Layout,
 ) {
-    let (path, batch) = (kernel_path(), x.ncols());
-    if nm_lanes::applies(path, &a, batch) && nm_lanes::runs_here(path) {
+    let (path, batch) = (kernel_path(), inputs_and_batch(x, layout).1);
+    // The lane kernel reads `X` and writes `Y` by columns; by rows, the row-major kernel
+    // copies neither.
+    if layout == Layout::COLUMNS && nm_lanes::applies(path, &a, batch) && nm_lanes::runs_here(path)
+    {
         return nm_lanes::nm_spmm_lanes(a, alpha, x, beta, y, then);
     }
-    nm_spmm_row_major(a, alpha, x, beta, y, then);
+    nm_spmm_row_major(a, alpha, x, beta, y, then, layout);
 }
 
 /// [`nm_spmm`] on the row-major kernel, whatever the matrix and path.
@@ -279,12 +284,13 @@ pub(super) fn nm_spmm_row_major<T: Scalar, V: Stored<T>>(
     beta: T,
     y: &mut DMatrix<T>,
     then: Option<Epilogue<'_, T>>,
+    layout: Layout,
 ) {
-    let (path, batch) = (kernel_path(), x.ncols());
+    let (path, batch) = (kernel_path(), inputs_and_batch(x, layout).1);
     // The windows follow from the whole batch, so a task's panels sum as all would.
     let window = nm_window_slots(a.n, a.m, batch, size_of::<T>());
     let blocks = NmRowBlocks(a);
-    spmm(blocks, alpha, x, NM_PANEL, beta, y, then, |range, xt, width, out| {
+    spmm(blocks, alpha, x, NM_PANEL, beta, y, (then, layout), |range, xt, width, out| {
         nm_rows(path, a, blocks.rows(range), xt, width, window, out)
     });
 }

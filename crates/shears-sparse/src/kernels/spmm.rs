@@ -27,7 +27,7 @@ use super::{
     parallel_ranges, partition,
 };
 use crate::index::SpIndex;
-use crate::product::Epilogue;
+use crate::product::{Epilogue, Layout};
 
 /// Entries combined per accumulator update: four products are summed in a fixed tree
 /// (two fused multiply-adds on two products) before one add into the tile, so the
@@ -162,6 +162,58 @@ const COPY_TASK: usize = 256;
 /// left to itself, the compiler moves a tile's values one at a time through the stack.
 const TILE_ROWS: usize = 16;
 const TILE_COLUMNS: usize = 8;
+
+/// `X`'s inputs (its `ncols`) and its batch, as `layout` orients it.
+pub(super) fn inputs_and_batch<T: Scalar>(x: &DMatrix<T>, layout: Layout) -> (usize, usize) {
+    if layout.x_rows() { (x.ncols(), x.nrows()) } else { x.shape() }
+}
+
+/// Copies batch columns `c0..` of `X` given by rows (`source`, `batch x n` column-major:
+/// each input's values over the batch are one run) into `panel`, `n` row-major rows of
+/// as many values as `panel` holds per input.
+fn copy_rows_in<T: Scalar>(source: &[T], batch: usize, c0: usize, n: usize, panel: &mut [T]) {
+    let Some(width) = panel.len().checked_div(n) else { return };
+    if width == 0 {
+        return;
+    }
+    for (i, row) in panel.chunks_exact_mut(width).enumerate() {
+        copy_run(&source[i * batch + c0..][..width], row);
+    }
+}
+
+/// `to.copy_from_slice(from)` for the short runs of the copies between orientations, a
+/// line of `f32` at a time, which the compiler moves in registers (a call to `memcpy`
+/// per run would cost as much as the run).
+#[inline(always)]
+fn copy_run<T: Copy>(from: &[T], to: &mut [T]) {
+    const RUN: usize = 16;
+    let mut to_runs = to.chunks_exact_mut(RUN);
+    let mut from_runs = from.chunks_exact(RUN);
+    for (to, from) in (&mut to_runs).zip(&mut from_runs) {
+        let from: &[T; RUN] = from.try_into().unwrap_or_else(|_| unreachable!());
+        let to: &mut [T; RUN] = to.try_into().unwrap_or_else(|_| unreachable!());
+        *to = *from;
+    }
+    for (to, from) in to_runs.into_remainder().iter_mut().zip(from_runs.remainder()) {
+        *to = *from;
+    }
+}
+
+/// [`to_panels`] of an `X` given by rows (`batch x n`): each panel's rows are runs of
+/// `X`'s columns, copied as they are.
+fn rows_to_panels<T: Scalar>(x: &DMatrix<T>, width: usize) -> LineAligned<T> {
+    let (b, n) = x.shape();
+    // Every element is written by the copies below.
+    let mut aligned = LineAligned::for_overwrite(n * b);
+    let xt = aligned.as_mut_slice();
+    if xt.is_empty() {
+        return aligned;
+    }
+    for (c0, panel) in (0..b).step_by(width).zip(xt.chunks_mut(n * width)) {
+        copy_rows_in(x.as_slice(), b, c0, n, panel);
+    }
+    aligned
+}
 
 fn copies_in_parallel(len: usize) -> bool {
     len >= PARALLEL_COPY && rayon::current_num_threads() > 1
@@ -338,6 +390,38 @@ fn write_rows<T: Scalar>(alpha: T, z: &[T], beta: T, columns: &mut [&mut [T]]) {
     transpose_out(kernel_path(), alpha, z, beta, columns);
 }
 
+/// [`write_rows`] of `z`'s `width` batch columns into a task's block of `Y`
+/// ([`for_each_block`]) from its batch column `first` on: `pieces` are the block's
+/// columns of `Y` cut to its rows, or, for a `Y` by rows (`y_rows`), its rows of outputs
+/// cut to its batch columns, which take `z`'s rows as they are.
+fn write_block<T: Scalar>(
+    (alpha, z, beta): (T, &[T], T),
+    pieces: &mut [&mut [T]],
+    y_rows: bool,
+    first: usize,
+    width: usize,
+) {
+    if !y_rows {
+        return write_rows(alpha, z, beta, &mut pieces[first..first + width]);
+    }
+    // `combine`'s forms, chosen once per call: with `alpha` one and `beta` zero each
+    // value is the product's as it is.
+    let (one, zero) = (alpha == T::one(), beta == T::zero());
+    for (piece, z) in pieces.iter_mut().zip(z.chunks_exact(width.max(1))) {
+        let piece = &mut piece[first..first + width];
+        match (one, zero) {
+            (true, true) => copy_run(z, piece),
+            (_, true) => piece.iter_mut().zip(z).for_each(|(y, &v)| *y = alpha * v),
+            _ => piece.iter_mut().zip(z).for_each(|(y, &v)| *y = alpha * v + beta * *y),
+        }
+    }
+}
+
+/// The output rows of a task's block of `Y` ([`for_each_block`]'s `pieces`).
+fn block_rows<T>(pieces: &[&mut [T]], y_rows: bool) -> usize {
+    if y_rows { pieces.len() } else { pieces.first().map_or(0, |p| p.len()) }
+}
+
 /// Sets each `columns[j][i]` to `alpha * z[i * b + j] + beta * columns[j][i]`, `z` being
 /// row-major rows of `b = columns.len()` values: [`combine`](super::combine)'s two
 /// forms, chosen once per call for the scalar steps and once per 8 x 8 block on the x86
@@ -471,13 +555,14 @@ pub(super) fn spmm<T: Scalar, U: Units>(
     panel: usize,
     beta: T,
     y: &mut DMatrix<T>,
-    then: Option<Epilogue<'_, T>>,
+    (then, layout): (Option<Epilogue<'_, T>>, Layout),
     units_of: impl Fn(Range<usize>, &[T], usize, &mut [T]) + Sync,
 ) {
     // Tasks split a batch of fewer panels than ranges of work by rows, and each copies
     // the panels it needs.
     let threads = rayon::current_num_threads();
-    let panels = x.ncols().div_ceil(panel.max(1));
+    let (ncols, batch) = inputs_and_batch(x, layout);
+    let panels = batch.div_ceil(panel.max(1));
     let whole_panels = threads <= 1 || panels >= threads * super::PARTS_PER_THREAD;
     let large = size_of_val(x.as_slice()) >= COPY_PER_TASK_BYTES;
     let split = match (whole_panels, large) {
@@ -485,28 +570,32 @@ pub(super) fn spmm<T: Scalar, U: Units>(
         // One task per thread splits several panels between the threads, evenly only
         // if they are a multiple of the threads (three on two: one and two).
         (false, false) if panels == 1 || panels.is_multiple_of(threads) => Split::PerThread,
-        _ => return spmm_copied_whole(a, alpha, x, panel, beta, y, then, units_of),
+        _ => return spmm_copied_whole(a, alpha, x, panel, beta, y, (then, layout), units_of),
     };
-    if y.nrows() == 0 {
+    if y.is_empty() {
         return;
     }
-    let (path, ncols, source) = (kernel_path(), x.nrows(), x.as_slice());
-    for_each_block(a, y, panel, split, then, |units, batch_columns, columns| {
-        let (rows, widest) = (columns[0].len(), panel.min(batch_columns.len()));
+    let (path, source, y_rows) = (kernel_path(), x.as_slice(), layout.y_rows());
+    for_each_block(a, y, y_rows, panel, split, then, |units, batch_columns, pieces| {
+        let (rows, widest) = (block_rows(pieces, y_rows), panel.min(batch_columns.len()));
         // Fully written by each panel's copy before it is read.
         let mut xt = LineAligned::for_overwrite(ncols * widest);
         let mut z = LineAligned::zeroed(rows * widest);
         for (k, c0) in batch_columns.clone().step_by(panel).enumerate() {
             let width = panel.min(batch_columns.end - c0);
             let xt = &mut xt.as_mut_slice()[..ncols * width];
-            transpose_in(path, &source[c0 * ncols..(c0 + width) * ncols], ncols, 0, xt);
+            if layout.x_rows() {
+                copy_rows_in(source, batch, c0, ncols, xt);
+            } else {
+                transpose_in(path, &source[c0 * ncols..(c0 + width) * ncols], ncols, 0, xt);
+            }
             let z = &mut z.as_mut_slice()[..rows * width];
             if k > 0 {
                 z.fill(T::zero());
             }
             units_of(units.clone(), xt, width, z);
             let first = c0 - batch_columns.start;
-            write_rows(alpha, z, beta, &mut columns[first..first + width]);
+            write_block((alpha, z, beta), pieces, y_rows, first, width);
         }
     });
 }
@@ -522,11 +611,14 @@ fn spmm_copied_whole<T: Scalar, U: Units>(
     panel: usize,
     beta: T,
     y: &mut DMatrix<T>,
-    then: Option<Epilogue<'_, T>>,
+    (then, layout): (Option<Epilogue<'_, T>>, Layout),
     units_of: impl Fn(Range<usize>, &[T], usize, &mut [T]) + Sync,
 ) {
-    let ncols = x.nrows();
-    let prepare = |x: &DMatrix<T>| to_panels(x, panel);
+    let ncols = inputs_and_batch(x, layout).0;
+    let prepare = |x: &DMatrix<T>| {
+        if layout.x_rows() { rows_to_panels(x, panel) } else { to_panels(x, panel) }
+    };
+    let then = (then, layout);
     spmm_prepared(a, alpha, x, prepare, panel, beta, y, then, |units, xt, batch_columns, z| {
         let xt = &xt.as_slice()[batch_columns.start * ncols..batch_columns.end * ncols];
         units_of(units, xt, batch_columns.len(), z);
@@ -548,17 +640,19 @@ pub(super) fn spmm_prepared<T: Scalar, U: Units, X: Sync>(
     panel: usize,
     beta: T,
     y: &mut DMatrix<T>,
-    then: Option<Epilogue<'_, T>>,
+    (then, layout): (Option<Epilogue<'_, T>>, Layout),
     units_of: impl Fn(Range<usize>, &X, Range<usize>, &mut [T]) + Sync,
 ) {
-    if y.nrows() == 0 || y.ncols() == 0 {
+    if y.is_empty() {
         return;
     }
     let xt = prepare(x);
-    for_each_block(a, y, panel, Split::Fine, then, |units, batch_columns, columns| {
-        let mut z = LineAligned::zeroed(columns[0].len() * batch_columns.len());
+    let y_rows = layout.y_rows();
+    for_each_block(a, y, y_rows, panel, Split::Fine, then, |units, batch_columns, pieces| {
+        let width = batch_columns.len();
+        let mut z = LineAligned::zeroed(block_rows(pieces, y_rows) * width);
         units_of(units, &xt, batch_columns, z.as_mut_slice());
-        write_rows(alpha, z.as_slice(), beta, columns);
+        write_block((alpha, z.as_slice(), beta), pieces, y_rows, 0, width);
     });
 }
 
@@ -570,22 +664,29 @@ pub(super) fn spmm_prepared<T: Scalar, U: Units, X: Sync>(
 /// whole of a large `X` for a few rows, which would fetch `X` from memory once per
 /// task. Nothing runs if `Y` is empty. After `run`, the same task calls `then`, if any,
 /// on each of its block's columns ([`Epilogue`]).
+///
+/// With `y_rows`, `Y` holds the product's outputs by rows (`batch x nrows`), and
+/// `columns` are the block's rows of outputs cut to its batch columns instead (one per
+/// output row), as are the pieces `then` is called on.
 pub(super) fn for_each_block<T: Scalar, U: Units>(
     a: U,
     y: &mut DMatrix<T>,
+    y_rows: bool,
     panel: usize,
     split: Split,
     then: Option<Epilogue<'_, T>>,
     run: impl Fn(Range<usize>, Range<usize>, &mut [&mut [T]]) + Sync,
 ) {
-    for_each_block_of(a, y.nrows(), y.as_mut_slice(), panel, split, then, run);
+    let nrows = if y_rows { y.ncols() } else { y.nrows() };
+    let y_of = (nrows, y.as_mut_slice(), y_rows);
+    for_each_block_of(a, y_of, panel, split, then, run);
 }
 
-/// [`for_each_block`] for `Y` given as its column-major entries, `nrows` per column.
+/// [`for_each_block`] for `Y` given as its entries (`y`, column-major), with `nrows`
+/// outputs per item of the batch, by rows if `y_rows`.
 pub(super) fn for_each_block_of<T: Send, U: Units>(
     a: U,
-    nrows: usize,
-    y: &mut [T],
+    (nrows, y, y_rows): (usize, &mut [T], bool),
     panel: usize,
     split: Split,
     then: Option<Epilogue<'_, T>>,
@@ -615,7 +716,8 @@ pub(super) fn for_each_block_of<T: Send, U: Units>(
         let batch_columns = range.start * panel..(range.end * panel).min(batch);
         for units in &unit_ranges {
             let rows = a.rows_before(units.start)..a.rows_before(units.end);
-            let columns = Vec::with_capacity(batch_columns.len());
+            let pieces = if y_rows { rows.len() } else { batch_columns.len() };
+            let columns = Vec::with_capacity(pieces);
             tasks.push(Task {
                 units: units.clone(),
                 rows,
@@ -626,24 +728,48 @@ pub(super) fn for_each_block_of<T: Send, U: Units>(
     }
     // Tasks are grouped by batch columns, each group's in row order.
     let mut group = tasks.chunk_by_mut(|t, u| t.batch_columns == u.batch_columns);
-    let mut current = group.next();
-    for (j, column) in y.chunks_exact_mut(nrows).enumerate() {
-        while current.as_ref().is_some_and(|g| !g[0].batch_columns.contains(&j)) {
-            current = group.next();
+    if y_rows {
+        // Each output's row of `Y` is cut at the groups' batch columns, in order, and
+        // each cut goes to the group's task whose rows hold the output.
+        let mut groups: Vec<(&mut [Task<'_, T>], usize)> = group.map(|g| (g, 0)).collect();
+        for (r, row) in y.chunks_exact_mut(batch).enumerate() {
+            let mut rest = row;
+            for (tasks, at) in &mut groups {
+                while *at + 1 < tasks.len() && !tasks[*at].rows.contains(&r) {
+                    *at += 1;
+                }
+                let task = &mut tasks[*at];
+                let (piece, tail) = rest.split_at_mut(task.batch_columns.len());
+                task.columns.push(piece);
+                rest = tail;
+            }
         }
-        let Some(tasks) = current.as_mut() else { break };
-        let mut rest = column;
-        for task in tasks.iter_mut() {
-            let (piece, tail) = rest.split_at_mut(task.rows.len());
-            task.columns.push(piece);
-            rest = tail;
+    } else {
+        let mut current = group.next();
+        for (j, column) in y.chunks_exact_mut(nrows).enumerate() {
+            while current.as_ref().is_some_and(|g| !g[0].batch_columns.contains(&j)) {
+                current = group.next();
+            }
+            let Some(tasks) = current.as_mut() else { break };
+            let mut rest = column;
+            for task in tasks.iter_mut() {
+                let (piece, tail) = rest.split_at_mut(task.rows.len());
+                task.columns.push(piece);
+                rest = tail;
+            }
         }
     }
     let run = |mut task: Task<'_, T>| {
         run(task.units, task.batch_columns.clone(), &mut task.columns);
         if let Some(then) = then {
-            for (j, piece) in task.batch_columns.zip(task.columns) {
-                then(j, task.rows.start, piece);
+            if y_rows {
+                for (r, piece) in task.rows.zip(task.columns) {
+                    then(r, task.batch_columns.start, piece);
+                }
+            } else {
+                for (j, piece) in task.batch_columns.zip(task.columns) {
+                    then(j, task.rows.start, piece);
+                }
             }
         }
     };
@@ -661,10 +787,11 @@ pub(crate) fn csr_spmm<T: Scalar, V: Stored<T>, I: SpIndex>(
     beta: T,
     y: &mut DMatrix<T>,
     then: Option<Epilogue<'_, T>>,
+    layout: Layout,
 ) {
     let path = kernel_path();
-    let panel = csr_panel_width(x.nrows(), size_of::<T>());
-    spmm(a, alpha, x, panel, beta, y, then, |range, xt, width, out| {
+    let panel = csr_panel_width(inputs_and_batch(x, layout).0, size_of::<T>());
+    spmm(a, alpha, x, panel, beta, y, (then, layout), |range, xt, width, out| {
         csr_rows(path, a, range, xt, width, panel, out)
     });
 }
@@ -725,10 +852,11 @@ pub(crate) fn bsr_spmm<T: Scalar, V: Stored<T>>(
     beta: T,
     y: &mut DMatrix<T>,
     then: Option<Epilogue<'_, T>>,
+    layout: Layout,
 ) {
     let path = kernel_path();
-    let panel = panel_width(x.nrows(), size_of::<T>());
-    spmm(a, alpha, x, panel, beta, y, then, |range, xt, width, out| {
+    let panel = panel_width(inputs_and_batch(x, layout).0, size_of::<T>());
+    spmm(a, alpha, x, panel, beta, y, (then, layout), |range, xt, width, out| {
         bsr_rows(path, a, range, xt, width, out)
     });
 }
@@ -790,9 +918,11 @@ pub(crate) fn sell_spmm<T: Scalar, V: Stored<T>, I: SpIndex>(
     beta: T,
     y: &mut DMatrix<T>,
     then: Option<Epilogue<'_, T>>,
+    layout: Layout,
 ) {
     let path = kernel_path();
-    let panel = panel_width(x.nrows(), size_of::<T>());
+    let panel = panel_width(inputs_and_batch(x, layout).0, size_of::<T>());
+    let then = (then, layout);
     spmm_copied_whole(a, alpha, x, panel, beta, y, then, |range, xt, width, out| {
         sell_windows(path, a, range, xt, width, out)
     });
@@ -1044,7 +1174,7 @@ mod tests {
                 let mut y = DMatrix::<f32>::zeros(nrows, batch);
                 let (tasks, column_splits) = (AtomicUsize::new(0), AtomicUsize::new(0));
                 pool.install(|| {
-                    for_each_block(a, &mut y, panel, split, None, |units, cols, columns| {
+                    for_each_block(a, &mut y, false, panel, split, None, |units, cols, columns| {
                         assert_eq!(cols.start % panel, 0);
                         assert!(cols.end % panel == 0 || cols.end == batch);
                         assert_eq!(columns.len(), cols.len());

@@ -41,7 +41,7 @@ use crate::index::SpIndex;
 use crate::kernels::isa::Isa;
 use crate::kernels::spmm::{LineAligned, panel_width, spmm_prepared};
 use crate::kernels::{CsrView, KernelPath, kernel_path, multiversion};
-use crate::product::Epilogue;
+use crate::product::{Epilogue, Layout};
 
 /// Tokens per narrow tile: one 256-bit vector of 16-bit values. The token rows are
 /// padded to a multiple of it.
@@ -195,19 +195,31 @@ pub(crate) fn int8_csr_spmm<I: SpIndex>(
     then: Option<Epilogue<'_, f32>>,
 ) {
     let path = kernel_path();
+    // The integer products take `X` and `Y` by columns.
+    let by_columns = (then, Layout::COLUMNS);
     #[cfg(target_arch = "x86_64")]
     if x.ncols() > WIDE && byte_copy_runs(path) {
         let panel = panel_width(x.nrows(), size_of::<u8>());
         let prepare = |x: &DMatrix<f32>| token_bytes(x, panel);
-        spmm_prepared(a, alpha, x, prepare, panel, beta, y, then, |range, tokens, columns, z| {
-            // SAFETY: byte_copy_runs detected the copy's features.
-            unsafe { x86::byte_rows(a, range, tokens, columns, z) }
-        });
+        spmm_prepared(
+            a,
+            alpha,
+            x,
+            prepare,
+            panel,
+            beta,
+            y,
+            by_columns,
+            |range, tokens, columns, z| {
+                // SAFETY: byte_copy_runs detected the copy's features.
+                unsafe { x86::byte_rows(a, range, tokens, columns, z) }
+            },
+        );
         return;
     }
     let panel = panel_width(x.nrows(), size_of::<i16>());
     let prepare = |x: &DMatrix<f32>| token_rows(x, panel);
-    spmm_prepared(a, alpha, x, prepare, panel, beta, y, then, |range, tokens, columns, z| {
+    spmm_prepared(a, alpha, x, prepare, panel, beta, y, by_columns, |range, tokens, columns, z| {
         rows_best(path, a, range, tokens, columns, z)
     });
 }
