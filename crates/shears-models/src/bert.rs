@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use nalgebra::{DMatrix, DVector};
 use rayon::prelude::*;
 use shears_io::{Dtype, Model};
-use shears_sparse::{Format, Int8Matrix};
+use shears_sparse::{Format, Int8Matrix, Layout, Orientation};
 
 use crate::attention::{Projections, self_attention};
 use crate::config::{Activation, BertConfig, Pooling, SentenceConfig};
@@ -189,7 +189,24 @@ impl EncoderLayer {
         activation: Activation,
         observe: &mut dyn FnMut(Site, &DMatrix<f32>) -> Result<()>,
     ) -> Result<DMatrix<f32>> {
-        let hidden = self.run(x, lengths, heads, activation, observe, true)?;
+        let hidden = self.run(x, lengths, heads, activation, Some(observe), true)?;
+        hidden.ok_or_else(|| Error::Argument("internal error: a full pass has an output".into()))
+    }
+
+    /// [`EncoderLayer::forward`] observing nothing: the same bits, and the feed-forward
+    /// pair's intermediate held by rows where both its layers prefer rows (N:M), so
+    /// neither copies it between orientations.
+    ///
+    /// # Errors
+    /// As [`EncoderLayer::forward`].
+    fn infer(
+        &self,
+        x: &DMatrix<f32>,
+        lengths: &[usize],
+        heads: usize,
+        activation: Activation,
+    ) -> Result<DMatrix<f32>> {
+        let hidden = self.run(x, lengths, heads, activation, None, true)?;
         hidden.ok_or_else(|| Error::Argument("internal error: a full pass has an output".into()))
     }
 
@@ -206,7 +223,7 @@ impl EncoderLayer {
         activation: Activation,
         observe: &mut dyn FnMut(Site, &DMatrix<f32>) -> Result<()>,
     ) -> Result<()> {
-        self.run(x, lengths, heads, activation, observe, false).map(drop)
+        self.run(x, lengths, heads, activation, Some(observe), false).map(drop)
     }
 
     fn run(
@@ -215,9 +232,14 @@ impl EncoderLayer {
         lengths: &[usize],
         heads: usize,
         activation: Activation,
-        observe: &mut dyn FnMut(Site, &DMatrix<f32>) -> Result<()>,
+        mut observer: Option<&mut Observer<'_>>,
         output: bool,
     ) -> Result<Option<DMatrix<f32>>> {
+        let observed = observer.is_some();
+        let mut observe = |site: Site, m: &DMatrix<f32>| match observer.as_mut() {
+            Some(observe) => observe(site, m),
+            None => Ok(()),
+        };
         self.check(x, lengths, heads)?;
         observe(Site::Attention, x)?;
         let hidden = x.nrows();
@@ -253,17 +275,30 @@ impl EncoderLayer {
             Activation::GeluTanh => Elementwise::GeluTanh,
             Activation::Relu => Elementwise::Relu,
         };
-        let hidden = self.intermediate.forward_then(&attended, Some(f))?;
-        observe(Site::Output, &hidden)?;
-        if !output {
-            return Ok(None);
-        }
-        let mut out = self.output.forward(&hidden)?;
-        drop(hidden);
+        let by_rows =
+            !observed && output && self.intermediate.prefers_rows() && self.output.prefers_rows();
+        let mut out = if by_rows {
+            // The intermediate goes from one sparse product to the next by rows, as their
+            // kernels write and read it.
+            let (columns, rows) = (Orientation::Columns, Orientation::Rows);
+            let into_rows = Layout::new(columns, rows);
+            let hidden = self.intermediate.forward_oriented(&attended, into_rows, Some(f))?;
+            self.output.forward_oriented(&hidden, Layout::new(rows, columns), None)?
+        } else {
+            let hidden = self.intermediate.forward_then(&attended, Some(f))?;
+            observe(Site::Output, &hidden)?;
+            if !output {
+                return Ok(None);
+            }
+            self.output.forward(&hidden)?
+        };
         self.output_norm.add_and_apply(&mut out, &attended);
         Ok(Some(out))
     }
 }
+
+/// What sees the input of each linear layer of a pass ([`EncoderLayer::forward`]).
+type Observer<'a> = dyn FnMut(Site, &DMatrix<f32>) -> Result<()> + 'a;
 
 /// The embeddings: word, position and token type, summed and normalised. Each is
 /// `hidden x count`: every token's (position's, type's) vector is a column, as the
@@ -523,7 +558,8 @@ impl BertModel {
         rayon::scope(|_| {
             let mut x = self.embed_tokens(batch)?;
             for layer in &self.layers {
-                x = self.run_layer(layer, &x, &batch.lengths, &mut |_, _| Ok(()))?;
+                let c = &self.config;
+                x = layer.infer(&x, &batch.lengths, c.num_attention_heads, c.hidden_act)?;
             }
             Ok(x)
         })

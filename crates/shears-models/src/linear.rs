@@ -14,8 +14,8 @@ use nalgebra::{DMatrix, DVector};
 use shears_core::Mask;
 use shears_io::Int8Tensor;
 use shears_sparse::{
-    AnySparse, Format, Int8Matrix, NarrowCsr, NarrowNm, NarrowValue, QuantScheme, SpIndex,
-    SparseProduct,
+    AnySparse, Format, Int8Matrix, Layout, NarrowCsr, NarrowNm, NarrowValue, Orientation,
+    QuantScheme, SpIndex, SparseProduct,
 };
 
 use crate::error::{Error, Result};
@@ -352,6 +352,74 @@ impl Linear {
             epilogue.apply_to_rows(first_row, piece);
         };
         product.matmul_into_then(1.0, x, 0.0, &mut y, &then)?;
+        Ok(y)
+    }
+
+    /// Whether the layer runs faster with its input and output by rows (one row per
+    /// token, [`SparseProduct::matmul_oriented_into`]) than by columns: N:M weights in
+    /// f32 or half precision, whose kernel reads and writes a whole panel of tokens per
+    /// row, so a chain of such layers saves the copies between orientations. CSR's
+    /// panels are a quarter as wide, and by rows its layers measured slower.
+    pub(crate) fn prefers_rows(&self) -> bool {
+        match &self.weights {
+            LinearWeights::Sparse(s) => matches!(s.format(), Format::Nm(_)),
+            LinearWeights::Half(h) => matches!(h.format(), Format::Nm(_)),
+            LinearWeights::Dense(_) | LinearWeights::DenseHalf(_) | LinearWeights::Int8(_) => false,
+        }
+    }
+
+    /// [`Linear::forward_then`] with the tokens of `x` and of the output each by
+    /// columns or by rows, as `layout` says: the same bits. Dense and int8 weights get
+    /// the tokens by columns and back.
+    ///
+    /// # Errors
+    /// As [`Linear::forward`].
+    pub(crate) fn forward_oriented(
+        &self,
+        x: &DMatrix<f32>,
+        layout: Layout,
+        f: Option<Elementwise>,
+    ) -> Result<DMatrix<f32>> {
+        let rows = |o: Orientation| o == Orientation::Rows;
+        let product: &dyn SparseProduct<f32> = match &self.weights {
+            LinearWeights::Sparse(s) => s,
+            LinearWeights::Half(h) => h.product(),
+            LinearWeights::Dense(_) | LinearWeights::DenseHalf(_) | LinearWeights::Int8(_) => {
+                let by_columns = if rows(layout.x) { x.transpose() } else { x.clone() };
+                let y = self.forward_then(&by_columns, f)?;
+                return Ok(if rows(layout.y) { y.transpose() } else { y });
+            }
+        };
+        let (outputs, inputs) = self.shape();
+        let (got, tokens) = if rows(layout.x) { (x.ncols(), x.nrows()) } else { x.shape() };
+        if got != inputs {
+            let name = &self.name;
+            return Err(Error::Argument(format!(
+                "layer `{name}` takes {inputs} inputs, got {got}"
+            )));
+        }
+        if shears_core::check_addressable::<f32>(&[outputs, tokens]).is_err() {
+            return Err(Error::Argument(format!(
+                "layer `{}`: {outputs} outputs for each of {tokens} tokens are more values \
+                 than can be addressed",
+                self.name
+            )));
+        }
+        let epilogue = Epilogue { bias: self.bias.as_slice(), f };
+        let mut y;
+        if rows(layout.y) {
+            y = zeroed(tokens, outputs);
+            let then = |output: usize, _: usize, piece: &mut [f32]| {
+                epilogue.apply_to_output(output, piece);
+            };
+            product.matmul_oriented_into(1.0, x, 0.0, &mut y, layout, Some(&then))?;
+        } else {
+            y = zeroed(outputs, tokens);
+            let then = |_: usize, first_row: usize, piece: &mut [f32]| {
+                epilogue.apply_to_rows(first_row, piece);
+            };
+            product.matmul_oriented_into(1.0, x, 0.0, &mut y, layout, Some(&then))?;
+        }
         Ok(y)
     }
 }
@@ -770,6 +838,17 @@ impl<'a> Epilogue<'a> {
         }
     }
 
+    /// Applies the epilogue to `piece`, values of output `output` alone (part of a row of
+    /// an output by rows).
+    fn apply_to_output(&self, output: usize, piece: &mut [f32]) {
+        if let Some(&b) = self.bias.get(output) {
+            piece.iter_mut().for_each(|v| *v += b);
+        }
+        if let Some(f) = self.f {
+            apply(f, piece);
+        }
+    }
+
     /// The epilogues of the rows before `at` and of the rows from `at` on.
     fn split_at(self, at: usize) -> (Epilogue<'a>, Epilogue<'a>) {
         let (upper, lower) = self.bias.split_at(at.min(self.bias.len()));
@@ -851,6 +930,58 @@ mod tests {
             if (r + c) % 3 == 0 { 0.0 } else { (r * 8 + c) as f32 * 0.1 - 2.0 }
         });
         Linear::new("l.weight", w, DVector::from_fn(6, |r, _| r as f32)).unwrap()
+    }
+
+    /// A layer's product by rows (input, output or both) gives the bits of its product
+    /// by columns, with its bias and activation, in every format (the sparse formats
+    /// whose kernels take rows, and the others, which copy into columns), in f32 and
+    /// bf16; only N:M layers prefer rows.
+    #[test]
+    fn a_layer_by_rows_gives_the_bits_by_columns() {
+        let (outputs, inputs) = (40, 36);
+        let w = DMatrix::from_fn(outputs, inputs, |r, c| {
+            let v = if (r + c) % 4 < 2 { ((r * 7 + c * 3) % 11) as f32 * 0.25 - 1.2 } else { 0.0 };
+            bf16::from_f32(v).to_f32()
+        });
+        let bias = DVector::from_fn(outputs, |r, _| r as f32 * 0.1 - 2.0);
+        let formats = [
+            (Format::Csr, false),
+            (Format::SlicedEll, false),
+            (Format::Nm(shears_core::NmPattern::TWO_FOUR), true),
+            (Format::Bsr(shears_core::BlockShape::new(2, 2).unwrap()), false),
+            (Format::Compact, false),
+            (Format::Dense, false),
+        ];
+        let (columns, rows) = (Orientation::Columns, Orientation::Rows);
+        let layouts = [(columns, columns), (rows, columns), (columns, rows), (rows, rows)];
+        for (format, prefers_rows) in formats {
+            for half in [false, true] {
+                let mut layer = Linear::new("l.weight", w.clone(), bias.clone()).unwrap();
+                if half {
+                    layer.set_format(format).unwrap();
+                } else {
+                    layer.set_f32_format(format).unwrap();
+                }
+                assert_eq!(layer.prefers_rows(), prefers_rows, "{format}");
+                for tokens in [1, 5, 70] {
+                    let x = DMatrix::from_fn(inputs, tokens, |r, c| ((r * 5 + c) % 9) as f32 - 4.0);
+                    let want = layer.forward_then(&x, Some(Elementwise::Gelu)).unwrap();
+                    for (x_by, y_by) in layouts {
+                        let layout = Layout::new(x_by, y_by);
+                        let input = if x_by == rows { x.transpose() } else { x.clone() };
+                        let got = layer.forward_oriented(&input, layout, Some(Elementwise::Gelu));
+                        let got = got.unwrap();
+                        let got = if y_by == rows { got.transpose() } else { got };
+                        let bits =
+                            |m: &DMatrix<f32>| m.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                        let case = format!("{format}, half {half}, {tokens} tokens, {layout:?}");
+                        assert!(bits(&got) == bits(&want), "{case}");
+                    }
+                    let wrong = DMatrix::zeros(tokens, inputs + 1);
+                    assert!(layer.forward_oriented(&wrong, Layout::new(rows, rows), None).is_err());
+                }
+            }
+        }
     }
 
     /// Layers stacked in N:M or CSR, with f32 or bf16 values, give each layer's own bits

@@ -174,6 +174,59 @@ fn half_precision_weights_load() {
     }
 }
 
+/// Where both feed-forward layers are N:M, the model passes their intermediate by rows;
+/// its states keep the bits of the pass that observes every layer's input (by columns),
+/// in f32 and bf16 values, whatever the threads; in the other formats, by columns too.
+#[test]
+fn feed_forward_layers_by_rows_keep_the_bits() {
+    use shears_core::{BlockShape, NmPattern};
+    let model = SentenceTransformer::load(&folder(), None).unwrap();
+    let batch = model.tokenizer.encode(&expected().sentences).unwrap();
+    let formats = [
+        Format::Csr,
+        Format::SlicedEll,
+        Format::Nm(NmPattern::TWO_FOUR),
+        Format::Bsr(BlockShape::new(2, 2).unwrap()),
+    ];
+    let bits = |m: &DMatrix<f32>| m.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for format in formats {
+        for half in [false, true] {
+            let mut sparse = model.model.clone();
+            for layer in sparse.layers_mut() {
+                for (_, linear) in layer.linears_mut() {
+                    // Two of every four inputs of each row, where the row says.
+                    let w = linear.dense_weights();
+                    let kept = |r: usize, c: usize| (r + c) % 4 < 2;
+                    let round = |v: f32| if half { half::bf16::from_f32(v).to_f32() } else { v };
+                    let w = DMatrix::from_fn(w.nrows(), w.ncols(), |r, c| {
+                        if kept(r, c) { round(w[(r, c)]) } else { 0.0 }
+                    });
+                    linear.set_dense(w).unwrap();
+                    linear.set_format(format).unwrap();
+                    let values = if half { "bf16" } else { "f32" };
+                    let csr_or_nm = matches!(format, Format::Csr | Format::Nm(_));
+                    assert!(!csr_or_nm || linear.value_type() == values, "{format}");
+                }
+            }
+            let mut observed = sparse.embed_tokens(&batch).unwrap();
+            let mut inputs = 0;
+            for layer in sparse.layers() {
+                let mut count = |_: shears_models::Site, _: &DMatrix<f32>| {
+                    inputs += 1;
+                    Ok(())
+                };
+                observed = sparse.run_layer(layer, &observed, &batch.lengths, &mut count).unwrap();
+            }
+            assert_eq!(inputs, 4 * sparse.layers().len(), "{format}");
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let states = pool.install(|| sparse.forward(&batch)).unwrap();
+                assert!(bits(&states) == bits(&observed), "{format}, half {half}, {threads}");
+            }
+        }
+    }
+}
+
 #[test]
 fn bad_folders_and_inputs_are_errors_that_name_the_problem() {
     let dir = tempfile::tempdir().unwrap();
