@@ -50,7 +50,8 @@ struct LayerChoice {
     dense_ms: f64,
     proposed_ms: Option<f64>,
     chosen: String,
-    /// The layers these times are shared with (query, key and value run as one).
+    /// The layers these times are shared with (query, key and value run as one; the
+    /// feed-forward pair is timed as one).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     timed_with: Vec<String>,
 }

@@ -15,6 +15,8 @@ use shears_sparse::{Format, Int8Matrix, NmPattern, choose_format, choose_format_
 use crate::bert::{BertModel, EncoderLayer};
 use crate::error::{Error, Result};
 use crate::linear::{Linear, stacked, stacked_forward};
+use crate::math::Elementwise;
+use shears_sparse::{Layout, Orientation};
 
 /// Tokens [`choose_formats`] times each product on at most: 32 sentences of 128 tokens. A format's
 /// speed changes with the token count (how many panels of `X` a product walks, how much
@@ -59,21 +61,23 @@ pub struct FormatChoice {
     /// both sides' products are of a kind (see [`choose_formats`]), else of those up to
     /// this one, or its own. For query, key and value projections proposed one N:M or CSR
     /// format, which run as one product and are planned as one, the time of that one
-    /// dense product, as for `proposed_seconds`.
+    /// dense product, as for `proposed_seconds`; for a feed-forward pair planned as one,
+    /// the time of its two dense products.
     pub dense_seconds: f64,
     /// The proposed format's time, if one was timed: for N:M and for weights whose rows
     /// all keep the same count, and for int8, the fastest of all the layers of this shape
     /// and kind, as for dense; for projections planned as one, their one product's, the
-    /// fastest of all the layers'. A product that ran over four times the dense time on a
+    /// fastest of all the layers'; for a feed-forward pair, its two products'. A product that ran over four times the dense time on a
     /// sixteenth of the tokens (and longer than a few milliseconds) is not run on all of
     /// them: its time is that sixteenth's, a lower bound.
     pub proposed_seconds: Option<f64>,
     /// The format the layer now runs in.
     pub chosen: String,
     /// The other layers whose one product these times are, where layers run as one
-    /// (query, key and value projections planned together): their times are not this
-    /// layer's alone, so a sum over layers counts that product once. Empty for a layer
-    /// timed alone.
+    /// (query, key and value projections planned together) or pass their products on
+    /// to each other (the feed-forward pair planned together): their times are not this
+    /// layer's alone, so a sum over layers counts them once. Empty for a layer timed
+    /// alone.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub timed_with: Vec<String>,
 }
@@ -94,7 +98,10 @@ pub struct FormatChoice {
 /// products and the f32 GEMM on its dequantized weights, as a kind as well. A
 /// layer's query, key and value projections proposed the same N:M or CSR format are
 /// then timed as the one product they run as, stacked, against their one dense product,
-/// and all three take the faster, whatever each gave alone.
+/// and all three take the faster, whatever each gave alone. Likewise a layer's
+/// intermediate and output layers both proposed N:M are timed as the pair they run as
+/// (the intermediate passed by rows, which neither product alone shows) against the
+/// dense pair, and both take the faster.
 ///
 /// # Errors
 /// A format that cannot be built from the weights.
@@ -131,6 +138,17 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
     for ((layer, choices), together) in layers.zip(together) {
         if let Some(together) = together {
             together.settle(layer, &mut choices[..3], &times)?;
+        }
+    }
+    let mut pairs = Vec::with_capacity(model.layers().len());
+    for (layer, plans) in model.layers_mut().iter_mut().zip(plans.chunks(6)) {
+        let x = inputs.for_layer(&layer.intermediate);
+        pairs.push(time_feed_forward_together(layer, &plans[4..], x, &mut times)?);
+    }
+    let layers = model.layers_mut().iter_mut().zip(choices.chunks_mut(6));
+    for ((layer, choices), pair) in layers.zip(pairs) {
+        if let Some(pair) = pair {
+            pair.settle(layer, &mut choices[4..], &times)?;
         }
     }
     Ok(choices)
@@ -446,7 +464,8 @@ fn time_projections_together(
     let values = dense_layers[0].value_type();
     let dense_kind = dense_layers.iter().all(|l| l.value_type() == values).then(|| {
         let (rows, cols) = sparse.shape();
-        ProductKind { rows, cols, format: Format::Dense, values, kept: 0, stacked: true }
+        let stacked = true;
+        ProductKind { rows, cols, format: Format::Dense, values, kept: 0, stacked, paired: false }
     });
     let run_dense = || match stacked_forward(&dense, x) {
         Some(y) => y.map(drop),
@@ -476,6 +495,100 @@ impl Together {
         // Built on copies: an error leaves the layers as their own choices say.
         let [query, key, value] = projection_copies(layer, &self.plans, sparse_wins)?;
         (layer.query, layer.key, layer.value) = (query, key, value);
+        let names: Vec<String> = choices.iter().map(|c| c.name.clone()).collect();
+        for choice in choices.iter_mut() {
+            choice.timed_with = names.iter().filter(|n| **n != choice.name).cloned().collect();
+            choice.dense_seconds = dense_seconds;
+            choice.proposed_seconds = Some(sparse_seconds);
+            choice.chosen =
+                if sparse_wins { choice.proposed.clone() } else { Format::Dense.to_string() };
+        }
+        Ok(())
+    }
+}
+
+/// A layer's feed-forward pair, timed as the model runs it in N:M and dense, for
+/// [`FeedForward::settle`].
+struct FeedForward {
+    plans: [Plan; 2],
+    sparse: (Option<ProductKind>, f64),
+    dense: (Option<ProductKind>, f64),
+}
+
+/// The intermediate and output layers, each set to its proposed format (`sparse`) or
+/// dense as `plans` timed it, on copies of `layer`'s.
+fn feed_forward_copies(
+    layer: &EncoderLayer,
+    plans: &[Plan; 2],
+    sparse: bool,
+) -> Result<[Linear; 2]> {
+    let mut copies = [layer.intermediate.clone(), layer.output.clone()];
+    for (linear, plan) in copies.iter_mut().zip(plans) {
+        plan.timed.apply(linear, sparse)?;
+    }
+    Ok(copies)
+}
+
+/// The feed-forward layers pass their intermediate by rows when both are N:M (see
+/// [`Linear::prefers_rows`]), which each layer's product timed alone does not show:
+/// where both were proposed N:M, times the two as the model then runs them, the
+/// intermediate by rows, and as their two dense products (on copies: the layers do not
+/// change), for [`FeedForward::settle`] to decide once every layer's are timed; `None`
+/// where they were not both proposed N:M.
+fn time_feed_forward_together(
+    layer: &EncoderLayer,
+    plans: &[Pending],
+    x: &DMatrix<f32>,
+    times: &mut ShapeTimes,
+) -> Result<Option<FeedForward>> {
+    let [Pending::Float(first), Pending::Float(second)] = plans else {
+        return Ok(None);
+    };
+    if !matches!((first.timed.proposed, second.timed.proposed), (Format::Nm(_), Format::Nm(_))) {
+        return Ok(None);
+    }
+    let plans = [first.clone(), second.clone()];
+    let [up, down] = feed_forward_copies(layer, &plans, true)?;
+    let (columns, rows) = (Orientation::Columns, Orientation::Rows);
+    let gelu = Some(Elementwise::Gelu);
+    let run_sparse = || {
+        let hidden = up.forward_oriented(x, Layout::new(columns, rows), gelu)?;
+        down.forward_oriented(&hidden, Layout::new(rows, columns), None).map(drop)
+    };
+    // A pair is of a kind where both layers are: the first's shape, format and values.
+    let pair_kind = |up: &Linear, down: &Linear| {
+        let kinds = ShapeTimes::kind(up, None).zip(ShapeTimes::kind(down, None));
+        let alike = kinds.filter(|(u, d)| (u.format, u.values) == (d.format, d.values));
+        alike.map(|(u, _)| u.paired())
+    };
+    let sparse_kind = pair_kind(&up, &down);
+    let sparse_seconds = times.time_kind(sparse_kind, None, run_sparse)?;
+    let [up, down] = feed_forward_copies(layer, &plans, false)?;
+    let run_dense = || down.forward(&up.forward_then(x, gelu)?).map(drop);
+    let dense_kind = pair_kind(&up, &down);
+    let dense_seconds = times.time_kind(dense_kind, None, run_dense)?;
+    Ok(Some(FeedForward {
+        plans,
+        sparse: (sparse_kind, sparse_seconds),
+        dense: (dense_kind, dense_seconds),
+    }))
+}
+
+impl FeedForward {
+    /// Sets both layers to their proposed N:M formats or both to dense, whichever pair
+    /// ran faster, and their choices (`choices`, in order) to the pair's times.
+    fn settle(
+        &self,
+        layer: &mut EncoderLayer,
+        choices: &mut [FormatChoice],
+        times: &ShapeTimes,
+    ) -> Result<()> {
+        let fastest = |(kind, own): (Option<ProductKind>, f64)| times.fastest(kind).unwrap_or(own);
+        let (sparse_seconds, dense_seconds) = (fastest(self.sparse), fastest(self.dense));
+        let sparse_wins = sparse_seconds < dense_seconds;
+        // Built on copies: an error leaves the layers as their own choices say.
+        let [intermediate, output] = feed_forward_copies(layer, &self.plans, sparse_wins)?;
+        (layer.intermediate, layer.output) = (intermediate, output);
         let names: Vec<String> = choices.iter().map(|c| c.name.clone()).collect();
         for choice in choices.iter_mut() {
             choice.timed_with = names.iter().filter(|n| **n != choice.name).cloned().collect();
@@ -569,12 +682,19 @@ struct ProductKind {
     values: &'static str,
     kept: usize,
     stacked: bool,
+    /// A feed-forward pair's two products, of which this is the first's shape.
+    paired: bool,
 }
 
 impl ProductKind {
     /// The same product, of stacked layers.
     fn stacked(self) -> Self {
         Self { stacked: true, ..self }
+    }
+
+    /// A feed-forward pair whose first product is of this kind.
+    fn paired(self) -> Self {
+        Self { paired: true, ..self }
     }
 }
 
@@ -597,7 +717,8 @@ impl ShapeTimes {
             _ => return None,
         };
         let (rows, cols) = linear.shape();
-        Some(ProductKind { rows, cols, format, values: linear.value_type(), kept, stacked: false })
+        let values = linear.value_type();
+        Some(ProductKind { rows, cols, format, values, kept, stacked: false, paired: false })
     }
 
     /// Times `linear` in its present format on `x`, and returns the fastest product of
@@ -761,6 +882,7 @@ mod tests {
             values: "i8",
             kept: 0,
             stacked: false,
+            paired: false,
         };
         // Each run sleeps past the timing budget, so it takes at least that long.
         let slow = TIMING_BUDGET + Duration::from_millis(1);

@@ -332,6 +332,17 @@ fn two_four_layers_are_timed_in_n_m_at_any_token_count() {
             assert_eq!(times(&layer[0]), times(&layer[1]), "{}", layer[0].name);
             assert_eq!(times(&layer[0]), times(&layer[2]), "{}", layer[0].name);
         }
+        // So are the feed-forward layers, which pass their intermediate by rows when
+        // both run in N:M: each names the other.
+        for layer in choices.chunks(6) {
+            let (up, down) = (&layer[4], &layer[5]);
+            assert!(up.name.contains("intermediate") && down.name.contains("output.dense"));
+            assert_eq!(times(up), times(down), "{}", up.name);
+            assert_eq!(
+                (&up.timed_with, &down.timed_with),
+                (&vec![down.name.clone()], &vec![up.name.clone()])
+            );
+        }
         // Every encoder layer has the same shapes, and N:M products of one shape are one
         // kind: each is decided on the fastest runs of its kind, over all the layers.
         for layer in choices.chunks(6).skip(1) {
