@@ -1146,25 +1146,27 @@ fn totals(rows: &[Row]) -> Totals {
     }
 }
 
-/// "62 tensors not 2-D or 4-D, 1 not floating point": how many of `rows` there are of
-/// each role, the commonest first; `None` for no rows.
+/// "62 tensors not 2-D or 4-D, 1 not floating point (step)": how many of `rows` there
+/// are of each role, the commonest first, naming the tensor of a role that has one;
+/// `None` for no rows.
 fn unprunable_counts(rows: &[&Row<'_>]) -> Option<String> {
-    let mut counts: Vec<(&'static str, usize)> = Vec::new();
+    let mut counts: Vec<(&'static str, usize, &str)> = Vec::new();
     for row in rows {
         // Counted, a role reads as what the tensors are: "36 tensors of int8 scales".
         let role = match row.choice.role {
             TensorRole::QuantizationScale => "of int8 scales",
             role => role.describe(),
         };
-        match counts.iter_mut().find(|(r, _)| *r == role) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((role, 1)),
+        match counts.iter_mut().find(|(r, ..)| *r == role) {
+            Some((_, n, _)) => *n += 1,
+            None => counts.push((role, 1, row.choice.name)),
         }
     }
     counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    let mut parts = counts.iter().enumerate().map(|(i, (role, n))| match (i, n) {
-        (0, 1) => format!("1 tensor {role}"),
+    let mut parts = counts.iter().enumerate().map(|(i, (role, n, name))| match (i, n) {
+        (0, 1) => format!("1 tensor {role} ({name})"),
         (0, n) => format!("{n} tensors {role}"),
+        (_, 1) => format!("1 {role} ({name})"),
         (_, n) => format!("{n} {role}"),
     });
     let first = parts.next()?;

@@ -69,7 +69,8 @@ fn the_table_counts_the_tensors_no_option_prunes_and_json_lists_them() {
     assert!(rows.contains(&"fc1.weight") && rows.contains(&"fc2.weight"), "{table}");
     assert!(!rows.contains(&"fc1.bias") && !rows.contains(&"step"), "{table}");
     let note = "not in the table, as no option prunes them: \
-                1 tensor not 2-D or 4-D, 1 not floating point (--json lists every tensor)";
+                1 tensor not 2-D or 4-D (fc1.bias), 1 not floating point (step) \
+                (--json lists every tensor)";
     assert!(table.contains(note), "{table}");
     let json = dir.path().join("json.safetensors");
     let o = prune_ok(&input, &json, &["--sparsity", "0.5", "--json"]);
@@ -86,7 +87,8 @@ fn the_table_counts_the_tensors_no_option_prunes_and_json_lists_them() {
     let o = prune_ok(&int8, &dir.path().join("again.safetensors"), &["--sparsity", "0.6"]);
     let table = stdout(&o);
     let note = "not in the table, as no option prunes them: \
-                2 tensors of int8 scales, 1 not 2-D or 4-D, 1 not floating point";
+                2 tensors of int8 scales, 1 not 2-D or 4-D (fc1.bias), 1 not floating point \
+                (step)";
     assert!(table.contains(note), "{table}");
     let footer = table.lines().find(|l| l.starts_with("all tensors")).unwrap_or_default();
     // The two int8 weights (read as floats) and the bias; scales are their weights'.
