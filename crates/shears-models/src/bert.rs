@@ -12,7 +12,7 @@ use crate::attention::{Projections, self_attention};
 use crate::config::{Activation, BertConfig, Pooling, SentenceConfig};
 use crate::error::{Error, Result};
 use crate::linear::{Linear, StackedCache, int8_matrix, stacked_forward};
-use crate::math::{Elementwise, layer_norm};
+use crate::math::layer_norm;
 use crate::tokenize::{Batch, TextEncoder, check_lengths};
 
 /// Tokens run through the encoder at once when embedding many texts: bounds the memory
@@ -270,11 +270,7 @@ impl EncoderLayer {
         drop(context);
         self.attention_norm.add_and_apply(&mut attended, x);
         observe(Site::Intermediate, &attended)?;
-        let f = match activation {
-            Activation::Gelu => Elementwise::Gelu,
-            Activation::GeluTanh => Elementwise::GeluTanh,
-            Activation::Relu => Elementwise::Relu,
-        };
+        let f = activation.elementwise();
         let by_rows =
             !observed && output && self.intermediate.prefers_rows() && self.output.prefers_rows();
         let mut out = if by_rows {

@@ -31,6 +31,17 @@ pub enum Activation {
     Relu,
 }
 
+impl Activation {
+    /// The element-wise function that computes it.
+    pub(crate) fn elementwise(self) -> crate::math::Elementwise {
+        match self {
+            Activation::Gelu => crate::math::Elementwise::Gelu,
+            Activation::GeluTanh => crate::math::Elementwise::GeluTanh,
+            Activation::Relu => crate::math::Elementwise::Relu,
+        }
+    }
+}
+
 /// The encoder's shape and numerics, from `config.json`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BertConfig {

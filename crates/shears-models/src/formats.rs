@@ -10,13 +10,14 @@ use nalgebra::DMatrix;
 use serde::Serialize;
 use shears_core::Mask;
 use shears_sparse::calibrate::Crossovers;
-use shears_sparse::{Format, Int8Matrix, NmPattern, choose_format, choose_format_with};
+use shears_sparse::{
+    Format, Int8Matrix, Layout, NmPattern, Orientation, choose_format, choose_format_with,
+};
 
 use crate::bert::{BertModel, EncoderLayer};
 use crate::error::{Error, Result};
 use crate::linear::{Linear, stacked, stacked_forward};
 use crate::math::Elementwise;
-use shears_sparse::{Layout, Orientation};
 
 /// Tokens [`choose_formats`] times each product on at most: 32 sentences of 128 tokens. A format's
 /// speed changes with the token count (how many panels of `X` a product walks, how much
@@ -67,9 +68,10 @@ pub struct FormatChoice {
     /// The proposed format's time, if one was timed: for N:M and for weights whose rows
     /// all keep the same count, and for int8, the fastest of all the layers of this shape
     /// and kind, as for dense; for projections planned as one, their one product's, the
-    /// fastest of all the layers'; for a feed-forward pair, its two products'. A product that ran over four times the dense time on a
-    /// sixteenth of the tokens (and longer than a few milliseconds) is not run on all of
-    /// them: its time is that sixteenth's, a lower bound.
+    /// fastest of all the layers'; for a feed-forward pair, its two products'. A product
+    /// that ran over four times the dense time on a sixteenth of the tokens (and longer
+    /// than a few milliseconds) is not run on all of them: its time is that sixteenth's,
+    /// a lower bound.
     pub proposed_seconds: Option<f64>,
     /// The format the layer now runs in.
     pub chosen: String,
@@ -141,9 +143,10 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
         }
     }
     let mut pairs = Vec::with_capacity(model.layers().len());
+    let activation = model.config().hidden_act.elementwise();
     for (layer, plans) in model.layers_mut().iter_mut().zip(plans.chunks(6)) {
         let x = inputs.for_layer(&layer.intermediate);
-        pairs.push(time_feed_forward_together(layer, &plans[4..], x, &mut times)?);
+        pairs.push(time_feed_forward_together(layer, &plans[4..], (x, activation), &mut times)?);
     }
     let layers = model.layers_mut().iter_mut().zip(choices.chunks_mut(6));
     for ((layer, choices), pair) in layers.zip(pairs) {
@@ -538,7 +541,7 @@ fn feed_forward_copies(
 fn time_feed_forward_together(
     layer: &EncoderLayer,
     plans: &[Pending],
-    x: &DMatrix<f32>,
+    (x, activation): (&DMatrix<f32>, Elementwise),
     times: &mut ShapeTimes,
 ) -> Result<Option<FeedForward>> {
     let [Pending::Float(first), Pending::Float(second)] = plans else {
@@ -550,9 +553,9 @@ fn time_feed_forward_together(
     let plans = [first.clone(), second.clone()];
     let [up, down] = feed_forward_copies(layer, &plans, true)?;
     let (columns, rows) = (Orientation::Columns, Orientation::Rows);
-    let gelu = Some(Elementwise::Gelu);
+    let f = Some(activation);
     let run_sparse = || {
-        let hidden = up.forward_oriented(x, Layout::new(columns, rows), gelu)?;
+        let hidden = up.forward_oriented(x, Layout::new(columns, rows), f)?;
         down.forward_oriented(&hidden, Layout::new(rows, columns), None).map(drop)
     };
     // A pair is of a kind where both layers are: the first's shape, format and values.
@@ -564,7 +567,7 @@ fn time_feed_forward_together(
     let sparse_kind = pair_kind(&up, &down);
     let sparse_seconds = times.time_kind(sparse_kind, None, run_sparse)?;
     let [up, down] = feed_forward_copies(layer, &plans, false)?;
-    let run_dense = || down.forward(&up.forward_then(x, gelu)?).map(drop);
+    let run_dense = || down.forward(&up.forward_then(x, f)?).map(drop);
     let dense_kind = pair_kind(&up, &down);
     let dense_seconds = times.time_kind(dense_kind, None, run_dense)?;
     Ok(Some(FeedForward {

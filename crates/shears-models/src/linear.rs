@@ -355,11 +355,12 @@ impl Linear {
         Ok(y)
     }
 
-    /// Whether the layer runs faster with its input and output by rows (one row per
-    /// token, [`SparseProduct::matmul_oriented_into`]) than by columns: N:M weights in
-    /// f32 or half precision, whose kernel reads and writes a whole panel of tokens per
-    /// row, so a chain of such layers saves the copies between orientations. CSR's
-    /// panels are a quarter as wide, and by rows its layers measured slower.
+    /// Whether the layer is best given its input and output by rows (one row per token,
+    /// [`SparseProduct::matmul_oriented_into`]) when its neighbour takes them so: N:M
+    /// weights in f32 or half precision, whose kernel reads and writes a whole panel of
+    /// tokens per row, so that a chain of such layers saves the copies between
+    /// orientations. CSR's panels are a quarter as wide: each row's copy is a short run,
+    /// which costs about what the transpose it replaces does.
     pub(crate) fn prefers_rows(&self) -> bool {
         match &self.weights {
             LinearWeights::Sparse(s) => matches!(s.format(), Format::Nm(_)),
@@ -385,8 +386,14 @@ impl Linear {
             LinearWeights::Sparse(s) => s,
             LinearWeights::Half(h) => h.product(),
             LinearWeights::Dense(_) | LinearWeights::DenseHalf(_) | LinearWeights::Int8(_) => {
-                let by_columns = if rows(layout.x) { x.transpose() } else { x.clone() };
-                let y = self.forward_then(&by_columns, f)?;
+                let transposed;
+                let by_columns = if rows(layout.x) {
+                    transposed = x.transpose();
+                    &transposed
+                } else {
+                    x
+                };
+                let y = self.forward_then(by_columns, f)?;
                 return Ok(if rows(layout.y) { y.transpose() } else { y });
             }
         };

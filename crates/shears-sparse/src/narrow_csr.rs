@@ -10,7 +10,9 @@ use crate::csr::Csr;
 use crate::error::{Error, Result};
 use crate::index::SpIndex;
 use crate::kernels::{self, Stored};
-use crate::product::{Layout, Operands, Sealed, SparseProduct, finish, via_columns};
+use crate::product::{
+    Layout, Operands, Sealed, SparseProduct, finish, oriented_batch, via_columns,
+};
 use crate::quant::{quantize_value, symmetric_scale};
 use crate::validate;
 
@@ -445,10 +447,12 @@ impl<V: NarrowValue, I: SpIndex> Sealed<f32> for NarrowCsr<V, I> {
                 kernels::csr_spmm(self.as_view(), alpha, x, beta, y, then, Layout::COLUMNS)
             }
             // The integer kernels take `X` and `Y` by columns.
-            (Operands::Oriented { alpha, x, beta, y, then, layout }, Some(_)) => {
+            (Operands::Oriented { alpha, x, beta, y, then, layout }, Some(_))
+                if oriented_batch(x, layout) >= kernels::INTEGER_MIN_BATCH =>
+            {
                 via_columns(self, alpha, x, beta, y, then, layout)
             }
-            (Operands::Oriented { alpha, x, beta, y, then, layout }, None) => {
+            (Operands::Oriented { alpha, x, beta, y, then, layout }, _) => {
                 kernels::csr_spmm(self.as_view(), alpha, x, beta, y, then, layout)
             }
         }

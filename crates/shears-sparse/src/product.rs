@@ -35,7 +35,8 @@ mod sealed {
         },
         /// `Matrix` with `X` and `Y` oriented as `layout` says, at least one of them as
         /// rows: `x` of shape `(ncols, b)` or `(b, ncols)`, `y` of shape `(nrows, b)` or
-        /// `(b, nrows)`, with `b != 1`. `then` runs on the pieces of `y` as stored.
+        /// `(b, nrows)`, with a batch `b` other than one (possibly empty). `then` runs on
+        /// the pieces of `y` as stored.
         Oriented {
             alpha: T,
             x: &'a DMatrix<T>,
@@ -373,6 +374,11 @@ fn check_oriented<T: Scalar>(
         return Err(Error::ShapeMismatch { op: "matmul y", expected, got: y.shape() });
     }
     Ok(batch)
+}
+
+/// The batch of an oriented product whose `X` is `x`, laid out as `layout` says.
+pub(crate) fn oriented_batch<T: Scalar>(x: &DMatrix<T>, layout: Layout) -> usize {
+    if layout.x_rows() { x.nrows() } else { x.ncols() }
 }
 
 /// Runs an oriented product on a format whose kernels take `X` and `Y` by columns:

@@ -466,10 +466,19 @@ fn an_oriented_product_gives_the_column_bits_in_every_layout() {
         value * value.abs() + (output % 7) as f32 - 3.0 + item as f32 / 64.0
     };
     let layouts = [(Columns, Columns), (Rows, Columns), (Columns, Rows), (Rows, Rows)];
-    // Batches past one panel; the last is an `X` of over 2 MiB, which tasks copy a panel
-    // at a time (on few rows, to keep the test short).
-    let cases =
-        [(300, 1, true), (300, 3, true), (300, 40, true), (300, 300, true), (16, 2100, false)];
+    // Batches of none, one, a few and past one panel, a matrix of no rows, and an `X` of
+    // over 2 MiB, which tasks copy a panel at a time (on few rows, to keep the test
+    // short). The epilogue is not idempotent, so an entry it ran on twice would show in
+    // the bits as well as in the count.
+    let cases = [
+        (300, 0, true),
+        (300, 1, true),
+        (300, 3, true),
+        (300, 40, true),
+        (300, 300, true),
+        (0, 40, false),
+        (16, 2100, false),
+    ];
     for (rows, batch, all) in cases {
         let x = DMatrix::from_fn(cols, batch, |r, c| (((r * 13 + c * 7) % 17) as f32 - 8.0) / 8.0);
         let y0 = DMatrix::from_fn(rows, batch, |r, c| ((r + 2 * c) % 5) as f32);

@@ -209,8 +209,13 @@ fn rows_to_panels<T: Scalar>(x: &DMatrix<T>, width: usize) -> LineAligned<T> {
     if xt.is_empty() {
         return aligned;
     }
-    for (c0, panel) in (0..b).step_by(width).zip(xt.chunks_mut(n * width)) {
-        copy_rows_in(x.as_slice(), b, c0, n, panel);
+    let source = x.as_slice();
+    if copies_in_parallel(n * b) {
+        let panels = xt.par_chunks_mut(n * width).enumerate();
+        panels.for_each(|(p, panel)| copy_rows_in(source, b, p * width, n, panel));
+    } else {
+        let panels = xt.chunks_mut(n * width).enumerate();
+        panels.for_each(|(p, panel)| copy_rows_in(source, b, p * width, n, panel));
     }
     aligned
 }
@@ -1191,6 +1196,19 @@ mod tests {
                 let case =
                     format!("{threads} threads, {split:?}, batch {batch}, panels of {panel}");
                 assert!(y.iter().all(|&v| v == 1.0), "{case}");
+                // By rows, a task gets one piece per output row, its batch columns long,
+                // and the pieces cover `Y` once too.
+                let mut yt = DMatrix::<f32>::zeros(batch, nrows);
+                pool.install(|| {
+                    for_each_block(a, &mut yt, true, panel, split, None, |units, cols, rows| {
+                        assert_eq!(rows.len(), units.len());
+                        for row in rows.iter_mut() {
+                            assert_eq!(row.len(), cols.len());
+                            row.iter_mut().for_each(|v| *v += 1.0);
+                        }
+                    });
+                });
+                assert!(yt.iter().all(|&v| v == 1.0), "{case}, by rows");
                 // One task per thread, each with whole panels or all of them.
                 if split == Split::PerThread {
                     assert!(tasks.load(Ordering::Relaxed) <= threads, "{case}");
