@@ -492,20 +492,13 @@ impl Together {
         choices: &mut [FormatChoice],
         times: &ShapeTimes,
     ) -> Result<()> {
-        let fastest = |(kind, own): (Option<ProductKind>, f64)| times.fastest(kind).unwrap_or(own);
-        let (sparse_seconds, dense_seconds) = (fastest(self.sparse), fastest(self.dense));
+        let (sparse_seconds, dense_seconds) =
+            (times.settled(self.sparse), times.settled(self.dense));
         let sparse_wins = sparse_seconds < dense_seconds;
         // Built on copies: an error leaves the layers as their own choices say.
         let [query, key, value] = projection_copies(layer, &self.plans, sparse_wins)?;
         (layer.query, layer.key, layer.value) = (query, key, value);
-        let names: Vec<String> = choices.iter().map(|c| c.name.clone()).collect();
-        for choice in choices.iter_mut() {
-            choice.timed_with = names.iter().filter(|n| **n != choice.name).cloned().collect();
-            choice.dense_seconds = dense_seconds;
-            choice.proposed_seconds = Some(sparse_seconds);
-            choice.chosen =
-                if sparse_wins { choice.proposed.clone() } else { Format::Dense.to_string() };
-        }
+        record_as_one(choices, sparse_wins, (sparse_seconds, dense_seconds));
         Ok(())
     }
 }
@@ -586,21 +579,28 @@ impl FeedForward {
         choices: &mut [FormatChoice],
         times: &ShapeTimes,
     ) -> Result<()> {
-        let fastest = |(kind, own): (Option<ProductKind>, f64)| times.fastest(kind).unwrap_or(own);
-        let (sparse_seconds, dense_seconds) = (fastest(self.sparse), fastest(self.dense));
+        let (sparse_seconds, dense_seconds) =
+            (times.settled(self.sparse), times.settled(self.dense));
         let sparse_wins = sparse_seconds < dense_seconds;
         // Built on copies: an error leaves the layers as their own choices say.
         let [intermediate, output] = feed_forward_copies(layer, &self.plans, sparse_wins)?;
         (layer.intermediate, layer.output) = (intermediate, output);
-        let names: Vec<String> = choices.iter().map(|c| c.name.clone()).collect();
-        for choice in choices.iter_mut() {
-            choice.timed_with = names.iter().filter(|n| **n != choice.name).cloned().collect();
-            choice.dense_seconds = dense_seconds;
-            choice.proposed_seconds = Some(sparse_seconds);
-            choice.chosen =
-                if sparse_wins { choice.proposed.clone() } else { Format::Dense.to_string() };
-        }
+        record_as_one(choices, sparse_wins, (sparse_seconds, dense_seconds));
         Ok(())
+    }
+}
+
+/// Sets the choices of layers decided as one (`choices`, in order) to their side's
+/// format (`sparse_wins`) and to the times of the products they run as, each naming the
+/// others.
+fn record_as_one(choices: &mut [FormatChoice], sparse_wins: bool, (sparse, dense): (f64, f64)) {
+    let names: Vec<String> = choices.iter().map(|c| c.name.clone()).collect();
+    for choice in choices.iter_mut() {
+        choice.timed_with = names.iter().filter(|n| **n != choice.name).cloned().collect();
+        choice.dense_seconds = dense;
+        choice.proposed_seconds = Some(sparse);
+        choice.chosen =
+            if sparse_wins { choice.proposed.clone() } else { Format::Dense.to_string() };
     }
 }
 
@@ -801,6 +801,12 @@ impl ShapeTimes {
     }
 
     /// The fastest product of `kind` timed so far, if any.
+    /// The time a product timed as `(kind, own best run)` is decided on: its kind's
+    /// fastest, or its own where it has no kind.
+    fn settled(&self, (kind, own): (Option<ProductKind>, f64)) -> f64 {
+        self.fastest(kind).unwrap_or(own)
+    }
+
     fn fastest(&self, kind: Option<ProductKind>) -> Option<f64> {
         let kind = kind?;
         self.fastest.iter().find(|(k, _)| *k == kind).map(|&(_, seconds)| seconds)

@@ -312,24 +312,8 @@ impl Linear {
         x: &DMatrix<f32>,
         f: Option<Elementwise>,
     ) -> Result<DMatrix<f32>> {
-        let (outputs, inputs) = self.shape();
-        if x.nrows() != inputs {
-            return Err(Error::Argument(format!(
-                "layer `{}` takes {inputs} inputs, got {}",
-                self.name,
-                x.nrows()
-            )));
-        }
-        let tokens = x.ncols();
-        // An `x` of no rows costs nothing whatever its column count, so the output it
-        // asks for is bounded here rather than by the input's own allocation.
-        if shears_core::check_addressable::<f32>(&[outputs, tokens]).is_err() {
-            return Err(Error::Argument(format!(
-                "layer `{}`: {outputs} outputs for each of {tokens} tokens are more values \
-                 than can be addressed",
-                self.name
-            )));
-        }
+        let (outputs, tokens) = (self.shape().0, x.ncols());
+        self.check_input(x.nrows(), tokens)?;
         let epilogue = Epilogue { bias: self.bias.as_slice(), f };
         let dense = |w: DenseRef<'_>| {
             let mut y = zeroed(outputs, tokens);
@@ -353,6 +337,28 @@ impl Linear {
         };
         product.matmul_into_then(1.0, x, 0.0, &mut y, &then)?;
         Ok(y)
+    }
+
+    /// Checks an input of `inputs` values for each of `tokens` tokens: as many inputs as
+    /// the layer takes, and an output that can be addressed (an input of no rows costs
+    /// nothing whatever its token count, so the output it asks for is bounded here rather
+    /// than by the input's own allocation).
+    fn check_input(&self, inputs: usize, tokens: usize) -> Result<()> {
+        let (outputs, takes) = self.shape();
+        if inputs != takes {
+            let name = &self.name;
+            return Err(Error::Argument(format!(
+                "layer `{name}` takes {takes} inputs, got {inputs}"
+            )));
+        }
+        if shears_core::check_addressable::<f32>(&[outputs, tokens]).is_err() {
+            return Err(Error::Argument(format!(
+                "layer `{}`: {outputs} outputs for each of {tokens} tokens are more values \
+                 than can be addressed",
+                self.name
+            )));
+        }
+        Ok(())
     }
 
     /// Whether the layer is best given its input and output by rows (one row per token,
@@ -397,21 +403,9 @@ impl Linear {
                 return Ok(if rows(layout.y) { y.transpose() } else { y });
             }
         };
-        let (outputs, inputs) = self.shape();
+        let outputs = self.shape().0;
         let (got, tokens) = if rows(layout.x) { (x.ncols(), x.nrows()) } else { x.shape() };
-        if got != inputs {
-            let name = &self.name;
-            return Err(Error::Argument(format!(
-                "layer `{name}` takes {inputs} inputs, got {got}"
-            )));
-        }
-        if shears_core::check_addressable::<f32>(&[outputs, tokens]).is_err() {
-            return Err(Error::Argument(format!(
-                "layer `{}`: {outputs} outputs for each of {tokens} tokens are more values \
-                 than can be addressed",
-                self.name
-            )));
-        }
+        self.check_input(got, tokens)?;
         let epilogue = Epilogue { bias: self.bias.as_slice(), f };
         let mut y;
         if rows(layout.y) {

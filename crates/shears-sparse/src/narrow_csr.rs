@@ -10,9 +10,7 @@ use crate::csr::Csr;
 use crate::error::{Error, Result};
 use crate::index::SpIndex;
 use crate::kernels::{self, Stored};
-use crate::product::{
-    Layout, Operands, Sealed, SparseProduct, finish, oriented_batch, via_columns,
-};
+use crate::product::{Layout, Operands, Sealed, SparseProduct, finish, via_columns};
 use crate::quant::{quantize_value, symmetric_scale};
 use crate::validate;
 
@@ -448,7 +446,7 @@ impl<V: NarrowValue, I: SpIndex> Sealed<f32> for NarrowCsr<V, I> {
             }
             // The integer kernels take `X` and `Y` by columns.
             (Operands::Oriented { alpha, x, beta, y, then, layout }, Some(_))
-                if oriented_batch(x, layout) >= kernels::INTEGER_MIN_BATCH =>
+                if layout.inputs_and_batch(x).1 >= kernels::INTEGER_MIN_BATCH =>
             {
                 via_columns(self, alpha, x, beta, y, then, layout)
             }

@@ -120,6 +120,11 @@ impl Layout {
         Layout { x, y }
     }
 
+    /// `X`'s inputs (the matrix's `ncols`) and its batch, as this layout orients it.
+    pub(crate) fn inputs_and_batch<T: Scalar>(self, x: &DMatrix<T>) -> (usize, usize) {
+        if self.x_rows() { (x.ncols(), x.nrows()) } else { x.shape() }
+    }
+
     pub(crate) fn x_rows(self) -> bool {
         self.x == Orientation::Rows
     }
@@ -363,7 +368,7 @@ fn check_oriented<T: Scalar>(
     y: &DMatrix<T>,
     layout: Layout,
 ) -> Result<usize> {
-    let (inputs, batch) = if layout.x_rows() { (x.ncols(), x.nrows()) } else { x.shape() };
+    let (inputs, batch) = layout.inputs_and_batch(x);
     let flip = |(a, b): (usize, usize), rows: bool| if rows { (b, a) } else { (a, b) };
     if inputs != ncols {
         let expected = flip((ncols, batch), layout.x_rows());
@@ -374,11 +379,6 @@ fn check_oriented<T: Scalar>(
         return Err(Error::ShapeMismatch { op: "matmul y", expected, got: y.shape() });
     }
     Ok(batch)
-}
-
-/// The batch of an oriented product whose `X` is `x`, laid out as `layout` says.
-pub(crate) fn oriented_batch<T: Scalar>(x: &DMatrix<T>, layout: Layout) -> usize {
-    if layout.x_rows() { x.nrows() } else { x.ncols() }
 }
 
 /// Runs an oriented product on a format whose kernels take `X` and `Y` by columns:

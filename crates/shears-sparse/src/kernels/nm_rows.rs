@@ -17,7 +17,6 @@ use shears_core::Scalar;
 
 use super::isa::{Isa, fma};
 use super::nm_lanes;
-use super::spmm::inputs_and_batch;
 use super::spmm::spmm;
 use super::{NmView, Stored, Units, kernel_path, multiversion};
 use crate::product::{Epilogue, Layout};
@@ -266,7 +265,7 @@ pub(crate) fn nm_spmm<T: Scalar, V: Stored<T>>(
     then: Option<Epilogue<'_, T>>,
     layout: Layout,
 ) {
-    let (path, batch) = (kernel_path(), inputs_and_batch(x, layout).1);
+    let (path, batch) = (kernel_path(), layout.inputs_and_batch(x).1);
     // The lane kernel reads `X` and writes `Y` by columns; by rows, the row-major kernel
     // copies neither.
     if layout == Layout::COLUMNS && nm_lanes::applies(path, &a, batch) && nm_lanes::runs_here(path)
@@ -286,7 +285,7 @@ pub(super) fn nm_spmm_row_major<T: Scalar, V: Stored<T>>(
     then: Option<Epilogue<'_, T>>,
     layout: Layout,
 ) {
-    let (path, batch) = (kernel_path(), inputs_and_batch(x, layout).1);
+    let (path, batch) = (kernel_path(), layout.inputs_and_batch(x).1);
     // The windows follow from the whole batch, so a task's panels sum as all would.
     let window = nm_window_slots(a.n, a.m, batch, size_of::<T>());
     let blocks = NmRowBlocks(a);

@@ -163,11 +163,6 @@ const COPY_TASK: usize = 256;
 const TILE_ROWS: usize = 16;
 const TILE_COLUMNS: usize = 8;
 
-/// `X`'s inputs (its `ncols`) and its batch, as `layout` orients it.
-pub(super) fn inputs_and_batch<T: Scalar>(x: &DMatrix<T>, layout: Layout) -> (usize, usize) {
-    if layout.x_rows() { (x.ncols(), x.nrows()) } else { x.shape() }
-}
-
 /// Copies batch columns `c0..` of `X` given by rows (`source`, `batch x n` column-major:
 /// each input's values over the batch are one run) into `panel`, `n` row-major rows of
 /// as many values as `panel` holds per input.
@@ -566,7 +561,7 @@ pub(super) fn spmm<T: Scalar, U: Units>(
     // Tasks split a batch of fewer panels than ranges of work by rows, and each copies
     // the panels it needs.
     let threads = rayon::current_num_threads();
-    let (ncols, batch) = inputs_and_batch(x, layout);
+    let (ncols, batch) = layout.inputs_and_batch(x);
     let panels = batch.div_ceil(panel.max(1));
     let whole_panels = threads <= 1 || panels >= threads * super::PARTS_PER_THREAD;
     let large = size_of_val(x.as_slice()) >= COPY_PER_TASK_BYTES;
@@ -619,7 +614,7 @@ fn spmm_copied_whole<T: Scalar, U: Units>(
     (then, layout): (Option<Epilogue<'_, T>>, Layout),
     units_of: impl Fn(Range<usize>, &[T], usize, &mut [T]) + Sync,
 ) {
-    let ncols = inputs_and_batch(x, layout).0;
+    let ncols = layout.inputs_and_batch(x).0;
     let prepare = |x: &DMatrix<T>| {
         if layout.x_rows() { rows_to_panels(x, panel) } else { to_panels(x, panel) }
     };
@@ -795,7 +790,7 @@ pub(crate) fn csr_spmm<T: Scalar, V: Stored<T>, I: SpIndex>(
     layout: Layout,
 ) {
     let path = kernel_path();
-    let panel = csr_panel_width(inputs_and_batch(x, layout).0, size_of::<T>());
+    let panel = csr_panel_width(layout.inputs_and_batch(x).0, size_of::<T>());
     spmm(a, alpha, x, panel, beta, y, (then, layout), |range, xt, width, out| {
         csr_rows(path, a, range, xt, width, panel, out)
     });
@@ -860,7 +855,7 @@ pub(crate) fn bsr_spmm<T: Scalar, V: Stored<T>>(
     layout: Layout,
 ) {
     let path = kernel_path();
-    let panel = panel_width(inputs_and_batch(x, layout).0, size_of::<T>());
+    let panel = panel_width(layout.inputs_and_batch(x).0, size_of::<T>());
     spmm(a, alpha, x, panel, beta, y, (then, layout), |range, xt, width, out| {
         bsr_rows(path, a, range, xt, width, out)
     });
@@ -926,7 +921,7 @@ pub(crate) fn sell_spmm<T: Scalar, V: Stored<T>, I: SpIndex>(
     layout: Layout,
 ) {
     let path = kernel_path();
-    let panel = panel_width(inputs_and_batch(x, layout).0, size_of::<T>());
+    let panel = panel_width(layout.inputs_and_batch(x).0, size_of::<T>());
     let then = (then, layout);
     spmm_copied_whole(a, alpha, x, panel, beta, y, then, |range, xt, width, out| {
         sell_windows(path, a, range, xt, width, out)
