@@ -202,11 +202,13 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
     )?;
     let t = |t: &Timing| format!("{:.2} ({:.2}-{:.2})", t.median, t.min, t.max);
     let mut lines = Vec::with_capacity(report.settings.len());
+    let mut verdicts = Vec::with_capacity(report.settings.len());
     for s in &report.settings {
+        let layers = s.layers.len();
         let verdict = if s.layers.iter().all(|l| l.sparsity == 0.0) {
-            "0: no layer is pruned; the model runs dense".to_owned()
+            "no layer is pruned; the model runs dense".to_owned()
         } else if s.sparse_layers == 0 {
-            "0: no other format beats dense here; the model runs dense".to_owned()
+            "no other format beats dense here; the model runs dense".to_owned()
         } else {
             // Which formats, in the order they first appear: int8 layers gain by their
             // bytes, not by their zeros, and the reader should see which it was.
@@ -217,35 +219,50 @@ pub(crate) fn run(args: &BenchArgs, batches: &[usize]) -> Result<()> {
                     None => formats.push((&l.chosen, 1)),
                 }
             }
-            let formats: Vec<String> = formats.iter().map(|(f, n)| format!("{n} in {f}")).collect();
             let caveat = match &s.sparse_ms {
                 Some(sparse) => caveat(&s.dense_ms, sparse),
                 None => "",
             };
-            format!("{} of {}: {}{caveat}", s.sparse_layers, s.layers.len(), formats.join(", "))
+            let ran = match formats[..] {
+                [(format, _)] => format!("in {format}"),
+                _ => {
+                    let each: Vec<String> =
+                        formats.iter().map(|(f, n)| format!("{n} in {f}")).collect();
+                    format!("({})", each.join(", "))
+                }
+            };
+            format!("{} of {layers} layers {ran}{caveat}", s.sparse_layers)
         };
         let (sparse_ms, speedup) = match (&s.sparse_ms, s.speedup) {
             (Some(ms), Some(x)) => (t(ms), format!("{x:.2}x")),
             _ => ("-".to_owned(), "-".to_owned()),
         };
-        lines.push((s.sentences, s.tokens, t(&s.dense_ms), sparse_ms, speedup, verdict));
+        let not_dense = format!("{} of {layers}", s.sparse_layers);
+        lines.push((s.sentences, s.tokens, t(&s.dense_ms), sparse_ms, speedup, not_dense));
+        let plural = if s.sentences == 1 { "" } else { "s" };
+        verdicts.push(format!("{} sentence{plural}: {verdict}.", s.sentences));
     }
-    // The times' columns as wide as their widest cell, whatever the times' digits.
-    let dense_width = lines.iter().map(|l| l.2.len()).max().unwrap_or(0).max(22);
-    let sparse_width = lines.iter().map(|l| l.3.len()).max().unwrap_or(0).max(22);
+    // The times' columns as wide as their widest cell, whatever the times' digits; what
+    // each setting ran, and the verdict, follow the table a line each, so that the table
+    // fits a terminal.
+    let dense_width = lines.iter().map(|l| l.2.len()).max().unwrap_or(0).max(19);
+    let sparse_width = lines.iter().map(|l| l.3.len()).max().unwrap_or(0).max(19);
     outln!(
-        "{:>9}  {:>7}  {:>dense_width$}  {:>sparse_width$}  {:>8}  {}",
+        "{:>9}  {:>6}  {:>dense_width$}  {:>sparse_width$}  {:>7}  {:>9}",
         "sentences",
         "tokens",
         "dense ms",
         "pruned ms",
         "speedup",
-        "layers not dense; verdict"
+        "not dense"
     )?;
-    for (sentences, tokens, dense, sparse, speedup, verdict) in &lines {
+    for (sentences, tokens, dense, sparse, speedup, not_dense) in &lines {
         outln!(
-            "{sentences:>9}  {tokens:>7}  {dense:>dense_width$}  {sparse:>sparse_width$}  {speedup:>8}  {verdict}"
+            "{sentences:>9}  {tokens:>6}  {dense:>dense_width$}  {sparse:>sparse_width$}  {speedup:>7}  {not_dense:>9}"
         )?;
+    }
+    for verdict in &verdicts {
+        outln!("{verdict}")?;
     }
     let pruned = report.settings.iter().flat_map(|s| &s.layers).any(|l| l.sparsity > 0.0);
     if report.settings.iter().any(|s| s.sparse_layers > 0) {

@@ -878,8 +878,12 @@ fn the_whole_model_bench_times_dense_and_sparse_runs() {
     // A model with no pruned layer has no formats to say anything of.
     let dense = tiny_bert();
     let table = ok(&["bench", dense.to_str().unwrap(), "--texts", &texts, "--seq-len", "16", "-q"]);
-    let last = table.lines().last().unwrap_or_default();
-    assert!(last.ends_with("0: no layer is pruned; the model runs dense"), "{table}");
+    // The default batches, one sentence and 32, each with its verdict below the table.
+    let verdicts: Vec<&str> = table.lines().rev().take(2).collect();
+    let dense = "no layer is pruned; the model runs dense.";
+    assert_eq!(verdicts, [format!("32 sentences: {dense}"), format!("1 sentence: {dense}")]);
+    // Below the line naming the files, the table fits a terminal.
+    assert!(table.lines().skip(1).all(|l| l.chars().count() <= 100), "{table}");
     let json: Value =
         serde_json::from_str(&ok(&[&args[..], &["--batch", "1,2", "--json", "-q"]].concat()))
             .unwrap();
