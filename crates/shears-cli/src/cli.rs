@@ -199,8 +199,9 @@ pub(crate) struct InspectArgs {
 pub(crate) struct BenchArgs {
     /// The (pruned) model to benchmark.
     pub(crate) input: PathBuf,
-    /// Batch sizes to time, comma-separated, each 1 to 65536 (timed once each, smallest
-    /// first, whatever the order given; a setting's time is the median of repeated runs):
+    /// Batch sizes to time, comma-separated, each 1 to 65536 (a size given twice is
+    /// timed once; smallest first, whatever the order given; a setting's time is the
+    /// median of repeated runs):
     /// per layer, the input vectors (tokens) of one product; with --texts, sentences of
     /// --seq-len tokens each, so a batch of 1 is already 128 tokens by default (at most
     /// 131072 tokens a batch).
@@ -257,7 +258,8 @@ pub(crate) struct EmbedArgs {
     /// Write the embeddings here: a .safetensors file with an F32 tensor `embeddings` of
     /// shape [sentences, hidden] and an I64 tensor `lines`, the line of FILE (counted
     /// from 1) each row embeds, and metadata naming the model folder and FILE (model,
-    /// texts, max_len, pooling, normalized, shears). Give it, --json, or both
+    /// texts, max_len, pooling, normalized, linear_layers: the formats the layers ran in,
+    /// e.g. `36 dense`, shears). Give it, --json, or both
     /// (--fastest alone only reports its timing).
     #[arg(short, long, value_name = "FILE")]
     pub(crate) output: Option<PathBuf>,

@@ -702,7 +702,8 @@ fn format_name(format: &str) -> String {
 
 /// What an embeddings file says of how it was made, in its safetensors metadata: the
 /// model folder and the text file by name (not by this machine's paths), the tokens per
-/// sentence, the pooling and normalisation, and the shears version.
+/// sentence, the pooling and normalisation, how the linear layers ran ([`ran_as`]:
+/// `--fastest` rounds some products differently from dense) and the shears version.
 fn embeddings_metadata(
     folder: &Path,
     texts: &Path,
@@ -720,8 +721,30 @@ fn embeddings_metadata(
         ("max_len".to_owned(), model.tokenizer.max_len().to_string()),
         ("pooling".to_owned(), pooling_name(model.sentence.pooling).to_owned()),
         ("normalized".to_owned(), model.sentence.normalize.to_string()),
+        ("linear_layers".to_owned(), ran_as(model)),
         ("shears".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
     ])
+}
+
+/// The formats the model's linear layers ran in, each with its number of layers, in the
+/// order of their first layers: `36 dense`, or `24 n:m 2:4, 12 dense`; int8 weights
+/// running integer products are `int8`, half-precision values follow their format
+/// (`csr bf16`).
+fn ran_as(model: &SentenceTransformer) -> String {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for linear in model.model.linears() {
+        let name = match (linear.int8(), linear.value_type()) {
+            (Some(_), _) => "int8".to_owned(),
+            (None, "f32") => linear.format().to_string(),
+            (None, values) => format!("{} {values}", linear.format()),
+        };
+        match counts.iter_mut().find(|(format, _)| *format == name) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    let counts: Vec<String> = counts.iter().map(|(format, n)| format!("{n} {format}")).collect();
+    counts.join(", ")
 }
 
 /// A pooling as sentence-transformers' `1_Pooling/config.json` names its mode.

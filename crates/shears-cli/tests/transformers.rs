@@ -784,6 +784,7 @@ fn embed_writes_unit_embeddings_to_a_file_or_as_json() {
         ("max_len", "16"),
         ("pooling", "mean"),
         ("normalized", "true"),
+        ("linear_layers", "12 dense"),
         ("shears", env!("CARGO_PKG_VERSION")),
     ] {
         assert_eq!(metadata.get(key).map(String::as_str), Some(value), "{key}: {metadata:?}");
@@ -818,8 +819,9 @@ fn embed_fastest_runs_a_timed_plan_and_keeps_the_embeddings() {
         let args = ["embed", model.to_str().unwrap(), "--texts", &texts];
         let plain: Value = serde_json::from_str(&ok(&[&args[..], &["--json"]].concat())).unwrap();
         assert!(plain.get("layers").is_none(), "without --fastest there is no plan");
-        let fastest: Value =
-            serde_json::from_str(&ok(&[&args[..], &["--json", "--fastest"]].concat())).unwrap();
+        let out = dir.path().join("fastest.safetensors");
+        let out_args = ["--json", "--fastest", "-o", out.to_str().unwrap()];
+        let fastest: Value = serde_json::from_str(&ok(&[&args[..], &out_args].concat())).unwrap();
         // Every encoder linear layer (2 layers of 6), dense or in the format it was timed
         // in, whichever the timing found faster.
         let layers = fastest["layers"].as_array().unwrap();
@@ -858,6 +860,19 @@ fn embed_fastest_runs_a_timed_plan_and_keeps_the_embeddings() {
                 assert!(layers.iter().all(|l| l["chosen"] == "dense"), "what ran: {fastest}");
             }
         }
+        // The file says what the layers ran in, as the plan's choices count them.
+        let mut counts: Vec<(&str, usize)> = Vec::new();
+        for chosen in layers.iter().map(|l| l["chosen"].as_str().unwrap()) {
+            match counts.iter_mut().find(|(format, _)| *format == chosen) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((chosen, 1)),
+            }
+        }
+        let counts: Vec<String> = counts.iter().map(|(f, n)| format!("{n} {f}")).collect();
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(&std::fs::read(&out).unwrap()).unwrap();
+        let ran = header.metadata().as_ref().and_then(|m| m.get("linear_layers").cloned());
+        assert_eq!(ran, Some(counts.join(", ")), "{fastest}");
         // Whatever the plan, the embeddings are a rounding away from the dense run's
         // (for int8 layers, their inputs' rounding to int8).
         let least = least_cosine(&plain, &fastest);
