@@ -727,6 +727,12 @@ pub(crate) trait Units: Copy + Sync {
     fn work_before(&self, u: usize) -> usize;
     /// Output rows before unit `u` (`u == units()` gives `nrows`).
     fn rows_before(&self, u: usize) -> usize;
+    /// Whether the batched kernel writes every element of its row-major output buffer
+    /// before reading it, so that `spmm` need not zero the buffer; otherwise the kernel
+    /// adds into a zeroed one.
+    fn overwrites_output(&self) -> bool {
+        false
+    }
 }
 
 impl<T: Copy + Sync, I: Copy + Sync, V: Copy + Sync> Units for CsrView<'_, T, I, V> {

@@ -34,7 +34,8 @@ const NM_WINDOW_BYTES: usize = 32 << 10;
 
 /// Adds one tile of `W` batch columns (from `t0`, in `xt`'s rows of `stride`) of `R`
 /// output rows, from equally long runs of their slots, into `out` (row `k`'s outputs
-/// start at `offsets[k]`).
+/// start at `offsets[k]`), or with `first`, stores `0 + sum` there: the bits of adding it
+/// to a zeroed `out`, without the zeroing.
 ///
 /// Every row of an N:M matrix has the same number of slots, so `R` rows advance in
 /// lockstep: each lane of each row's accumulator takes one fused multiply-add per slot,
@@ -50,8 +51,7 @@ fn nm_tile<P: Isa, T: Scalar, const W: usize, const R: usize>(
     xt: &[T],
     stride: usize,
     t0: usize,
-    out: &mut [T],
-    offsets: [usize; R],
+    (out, offsets, first): (&mut [T], [usize; R], bool),
 ) {
     let len = values[0].len();
     let values = values.map(|v| &v[..len]);
@@ -70,8 +70,15 @@ fn nm_tile<P: Isa, T: Scalar, const W: usize, const R: usize>(
         }
     }
     for (r, acc) in acc.iter().enumerate() {
-        for (o, &a) in out[offsets[r] + t0..][..W].iter_mut().zip(acc) {
-            *o += a;
+        let out = &mut out[offsets[r] + t0..][..W];
+        if first {
+            for (o, &a) in out.iter_mut().zip(acc) {
+                *o = T::zero() + a;
+            }
+        } else {
+            for (o, &a) in out.iter_mut().zip(acc) {
+                *o += a;
+            }
         }
     }
 }
@@ -79,7 +86,8 @@ fn nm_tile<P: Isa, T: Scalar, const W: usize, const R: usize>(
 /// One N:M row's run of slots: its values, its columns, and where its outputs start.
 type NmRun<'a, T> = (&'a [T], &'a [u32], usize);
 
-/// [`nm_tile`] over the columns `tokens` of a panel of `xt` (rows of `stride`): on
+/// [`nm_tile`] (storing if `first`) over the columns `tokens` of a panel of `xt` (rows
+/// of `stride`): on
 /// copies with [`Isa::WIDE_NM_TILES`] tiles of 128 columns for one or two rows (whose
 /// accumulators then fill half the registers) and of 64, on copies with
 /// [`Isa::ONE_ROW_NM_TILES`] tiles of 64 for one row, then 32, then 8, then at most one
@@ -91,38 +99,42 @@ fn nm_row_tiles<P: Isa, T: Scalar, const R: usize>(
     stride: usize,
     tokens: Range<usize>,
     out: &mut [T],
+    first: bool,
 ) {
     let (values, cols, offsets) = (rows.map(|r| r.0), rows.map(|r| r.1), rows.map(|r| r.2));
     let (mut t0, end) = (tokens.start, tokens.end);
     while P::WIDE_NM_TILES && R <= 2 && t0 + 128 <= end {
-        nm_tile::<P, T, 128, R>(values, cols, xt, stride, t0, out, offsets);
+        nm_tile::<P, T, 128, R>(values, cols, xt, stride, t0, (out, offsets, first));
         t0 += 128;
     }
     while (P::WIDE_NM_TILES || (P::ONE_ROW_NM_TILES && R == 1)) && t0 + 64 <= end {
-        nm_tile::<P, T, 64, R>(values, cols, xt, stride, t0, out, offsets);
+        nm_tile::<P, T, 64, R>(values, cols, xt, stride, t0, (out, offsets, first));
         t0 += 64;
     }
     while t0 + 32 <= end {
-        nm_tile::<P, T, 32, R>(values, cols, xt, stride, t0, out, offsets);
+        nm_tile::<P, T, 32, R>(values, cols, xt, stride, t0, (out, offsets, first));
         t0 += 32;
     }
     while t0 + 8 <= end {
-        nm_tile::<P, T, 8, R>(values, cols, xt, stride, t0, out, offsets);
+        nm_tile::<P, T, 8, R>(values, cols, xt, stride, t0, (out, offsets, first));
         t0 += 8;
     }
     if t0 + 4 <= end {
-        nm_tile::<P, T, 4, R>(values, cols, xt, stride, t0, out, offsets);
+        nm_tile::<P, T, 4, R>(values, cols, xt, stride, t0, (out, offsets, first));
         t0 += 4;
     }
     if t0 + 2 <= end {
-        nm_tile::<P, T, 2, R>(values, cols, xt, stride, t0, out, offsets);
+        nm_tile::<P, T, 2, R>(values, cols, xt, stride, t0, (out, offsets, first));
         t0 += 2;
     }
     if t0 < end {
-        nm_tile::<P, T, 1, R>(values, cols, xt, stride, t0, out, offsets);
+        nm_tile::<P, T, 1, R>(values, cols, xt, stride, t0, (out, offsets, first));
     }
 }
 
+/// `out <- A[rows] X` (row-major, `batch` outputs per row; whatever `out` held is
+/// overwritten, the first window of each row storing its sum where the others add).
+///
 /// N:M rows in blocks of [`NM_ROW_BLOCK`], each walked in windows of whole groups: the
 /// rows of a block pick their N of every M inputs from the same M input rows, so a
 /// window's rows of `xt` are read from L2 once per block and then from L1, instead of
@@ -152,6 +164,7 @@ pub(super) fn nm_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
 ) {
     let per_row = a.groups() * a.n;
     if per_row == 0 || batch == 0 {
+        out.fill(T::zero());
         return;
     }
     let ncols = xt.len() / batch;
@@ -180,7 +193,7 @@ pub(super) fn nm_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
                 }
             };
             for w0 in (0..per_row).step_by(window) {
-                let w = w0..(w0 + window).min(per_row);
+                let (w, first_window) = (w0..(w0 + window).min(per_row), w0 == 0);
                 let row = |k: usize| -> NmRun<'_, T> {
                     let r = block.start + k;
                     (
@@ -191,7 +204,14 @@ pub(super) fn nm_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
                 };
                 if P::ONE_ROW_NM_TILES && !P::WIDE_NM_TILES && width >= 64 {
                     for k in 0..block.len() {
-                        nm_row_tiles::<P, T, 1>([row(k)], panel, width, 0..width, out);
+                        nm_row_tiles::<P, T, 1>(
+                            [row(k)],
+                            panel,
+                            width,
+                            0..width,
+                            out,
+                            first_window,
+                        );
                     }
                     continue;
                 }
@@ -199,17 +219,17 @@ pub(super) fn nm_rows_kernel<P: Isa, T: Scalar, V: Stored<T>>(
                 if P::WIDE_NM_TILES && width < 128 {
                     while k + 4 <= block.len() {
                         let rows = std::array::from_fn(|i| row(k + i));
-                        nm_row_tiles::<P, T, 4>(rows, panel, width, 0..width, out);
+                        nm_row_tiles::<P, T, 4>(rows, panel, width, 0..width, out, first_window);
                         k += 4;
                     }
                 }
                 while k + 2 <= block.len() {
                     let rows = std::array::from_fn(|i| row(k + i));
-                    nm_row_tiles::<P, T, 2>(rows, panel, width, 0..width, out);
+                    nm_row_tiles::<P, T, 2>(rows, panel, width, 0..width, out, first_window);
                     k += 2;
                 }
                 if k < block.len() {
-                    nm_row_tiles::<P, T, 1>([row(k)], panel, width, 0..width, out);
+                    nm_row_tiles::<P, T, 1>([row(k)], panel, width, 0..width, out, first_window);
                 }
             }
         }
@@ -247,6 +267,9 @@ impl<T, V> NmRowBlocks<'_, T, V> {
 impl<T: Copy + Sync, V: Copy + Sync> Units for NmRowBlocks<'_, T, V> {
     fn units(&self) -> usize {
         self.0.nrows.div_ceil(NM_ROW_BLOCK)
+    }
+    fn overwrites_output(&self) -> bool {
+        true
     }
     fn work_before(&self, u: usize) -> usize {
         self.0.work_before(self.rows_before(u))
@@ -301,8 +324,9 @@ mod tests {
     use crate::kernels::spmm::to_panels;
 
     /// N:M rows give the portable copy's bits on every copy, whichever number of rows a
-    /// copy interleaves (4, 2, 1: blocks of 1 to 11 rows), for every tile width, give
-    /// each column the bits it gets alone, and agree with a plain sum.
+    /// copy interleaves (4, 2, 1: blocks of 1 to 11 rows) and whatever the output buffer
+    /// held (NaN there, zeros for the portable copy), for every tile width, give each
+    /// column the bits it gets alone, and agree with a plain sum.
     #[test]
     fn nm_rows_give_the_portable_bits_for_any_interleave() {
         let (n, m, ncols) = (2usize, 4usize, 37usize);
@@ -328,17 +352,17 @@ mod tests {
             };
             for batch in [1, 2, 7, 8, 15, 43, 73, NM_PANEL] {
                 let xt: Vec<f32> = (0..ncols * batch).map(|k| (k as f32 * 0.11).cos()).collect();
-                let run = |path| {
-                    let mut out = vec![0.0f32; nrows * batch];
+                let run = |path, held| {
+                    let mut out = vec![held; nrows * batch];
                     let window = nm_window_slots(n, m, batch, 4);
                     nm_rows(KernelPath::resolve(path), a, 0..nrows, &xt, batch, window, &mut out);
                     out
                 };
-                let portable = run(KernelPath::Portable);
+                let portable = run(KernelPath::Portable, 0.0);
                 for path in [KernelPath::Avx2, KernelPath::Avx512, KernelPath::Neon] {
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(
-                        bits(&run(path)),
+                        bits(&run(path, f32::NAN)),
                         bits(&portable),
                         "{path:?}, {nrows} rows, batch {batch}"
                     );
@@ -413,11 +437,13 @@ mod tests {
     }
 
     /// N:M rows of batches wider than one panel, their `xt` in panels, equal the plain
-    /// sum over the stored weights on every copy, the last panel full or not.
+    /// sum over the stored weights on every copy, the last panel full or not, their rows
+    /// longer than one window, whatever the output buffer held.
     #[test]
     fn nm_rows_past_one_panel_equal_the_plain_sum() {
-        // Rows of two blocks, so every block passes over every panel.
-        let (nrows, ncols, n, m) = (NM_ROW_BLOCK + 5, 44, 2, 4);
+        // Rows of two blocks, so every block passes over every panel, and of 37 groups,
+        // more than two windows at these batches.
+        let (nrows, ncols, n, m) = (NM_ROW_BLOCK + 5, 148, 2, 4);
         let (groups, per_row) = (ncols / m, ncols / m * n);
         // Slots at positions {0, 2} or {1, 3} of each group, by row and group.
         let positions: Vec<u8> =
@@ -435,16 +461,19 @@ mod tests {
         for batch in [NM_PANEL + 1, 2 * NM_PANEL, 2 * NM_PANEL + 37] {
             let x = DMatrix::from_fn(ncols, batch, |i, j| ((i * 13 + j * 5) as f32 * 0.07).cos());
             let want = &dense * x.map(f64::from);
+            // Each sum's rounding is bounded by the sum of its terms' magnitudes.
+            let bound = dense.abs() * x.map(|v| f64::from(v).abs());
             let xt = to_panels(&x, NM_PANEL);
             for path in [KernelPath::Portable, KernelPath::Avx2, KernelPath::Avx512] {
-                let mut out = vec![0.0f32; nrows * batch];
+                let mut out = vec![f32::NAN; nrows * batch];
                 let window = nm_window_slots(n, m, batch, 4);
+                assert!(window * 2 < per_row, "{window} slots a window, {per_row} a row");
                 let xt = xt.as_slice();
                 nm_rows(KernelPath::resolve(path), a, 0..nrows, xt, batch, window, &mut out);
                 for (r, j) in (0..nrows).flat_map(|r| (0..batch).map(move |j| (r, j))) {
                     let got = f64::from(out[r * batch + j]);
                     assert!(
-                        (got - want[(r, j)]).abs() < 1e-4,
+                        (got - want[(r, j)]).abs() <= 1e-6 * bound[(r, j)],
                         "{path:?}, batch {batch}: ({r}, {j})"
                     );
                 }

@@ -580,7 +580,7 @@ pub(super) fn spmm<T: Scalar, U: Units>(
         let (rows, widest) = (block_rows(pieces, y_rows), panel.min(batch_columns.len()));
         // Fully written by each panel's copy before it is read.
         let mut xt = LineAligned::for_overwrite(ncols * widest);
-        let mut z = LineAligned::zeroed(rows * widest);
+        let mut z = output_buffer(&a, rows * widest);
         for (k, c0) in batch_columns.clone().step_by(panel).enumerate() {
             let width = panel.min(batch_columns.end - c0);
             let xt = &mut xt.as_mut_slice()[..ncols * width];
@@ -590,7 +590,7 @@ pub(super) fn spmm<T: Scalar, U: Units>(
                 transpose_in(path, &source[c0 * ncols..(c0 + width) * ncols], ncols, 0, xt);
             }
             let z = &mut z.as_mut_slice()[..rows * width];
-            if k > 0 {
+            if k > 0 && !a.overwrites_output() {
                 z.fill(T::zero());
             }
             units_of(units.clone(), xt, width, z);
@@ -650,10 +650,16 @@ pub(super) fn spmm_prepared<T: Scalar, U: Units, X: Sync>(
     let y_rows = layout.y_rows();
     for_each_block(a, y, y_rows, panel, Split::Fine, then, |units, batch_columns, pieces| {
         let width = batch_columns.len();
-        let mut z = LineAligned::zeroed(block_rows(pieces, y_rows) * width);
+        let mut z = output_buffer(&a, block_rows(pieces, y_rows) * width);
         units_of(units, &xt, batch_columns, z.as_mut_slice());
         write_block((alpha, z.as_slice(), beta), pieces, y_rows, 0, width);
     });
+}
+
+/// A task's row-major buffer of `len` outputs for `a`'s kernel: zeroed, unless the kernel
+/// overwrites it ([`Units::overwrites_output`]).
+fn output_buffer<T: Scalar>(a: &impl Units, len: usize) -> LineAligned<T> {
+    if a.overwrites_output() { LineAligned::for_overwrite(len) } else { LineAligned::zeroed(len) }
 }
 
 /// Runs `run(units, batch_columns, columns)` over blocks of `Y` on rayon's threads (or
