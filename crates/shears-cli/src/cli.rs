@@ -395,11 +395,11 @@ pub(crate) struct EvalArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
-    /// Where to write the accuracy-against-sparsity plot.
+    /// Where to write the accuracy-against-sparsity plot (a name ending in .svg).
     #[arg(long, default_value = "shears-demo.svg")]
     pub(crate) plot: PathBuf,
     /// Where to save the trained dense network (a safetensors checkpoint to try
-    /// `shears prune` on).
+    /// `shears prune` on; a name ending in .safetensors).
     #[arg(long, default_value = "shears-demo.safetensors")]
     pub(crate) model: PathBuf,
     /// Print one JSON document instead of the table.

@@ -53,6 +53,11 @@ fn speedups(model: &Mlp<f32>, masks: &Masks, x_test: &DMatrix<f32>) -> Result<(f
 }
 
 pub(crate) fn run(args: &DemoArgs) -> Result<()> {
+    // A name of another kind may be a file to keep (a README, a model's weights under
+    // another name): the two outputs carry their formats' extensions, as every output
+    // file of shears does.
+    crate::outputs::check_extension(&args.plot, "svg", "the plot")?;
+    crate::outputs::check_extension(&args.model, "safetensors", "the trained model")?;
     shears_io::paths::check_distinct(&[
         ("--plot", &args.plot, true),
         ("--model", &args.model, true),

@@ -333,6 +333,33 @@ fn demo_trains_prunes_and_plots() {
     assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
 }
 
+/// The demo's outputs carry their formats' extensions: any other name may be a file to
+/// keep, and is refused before training, with nothing written.
+#[test]
+fn demo_refuses_outputs_of_another_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let notes = dir.path().join("notes.txt");
+    std::fs::write(&notes, "keep me").unwrap();
+    let (svg, model) = (dir.path().join("p.svg"), dir.path().join("m.safetensors"));
+    let (notes_arg, svg_arg, model_arg) =
+        (notes.to_str().unwrap(), svg.to_str().unwrap(), model.to_str().unwrap());
+    for (args, says) in [
+        (["--plot", notes_arg, "--model", model_arg], "the plot to "),
+        (["--plot", svg_arg, "--model", notes_arg], "the trained model to "),
+    ] {
+        let o = shears(&[&["demo", "-q"][..], &args].concat());
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.starts_with("shears: error: refusing to write ") && err.contains(says),
+            "{err}"
+        );
+        assert!(err.contains("notes.txt") && err.lines().count() == 1, "{err}");
+        assert_eq!(std::fs::read_to_string(&notes).unwrap(), "keep me");
+        assert!(!svg.exists() && !model.exists());
+    }
+}
+
 /// The zeros of pruning `scores` (concatenated in file order) by a full sort: the `round(s*n)`
 /// lowest scores, ties to the lower position, so to the lower row-major index.
 fn sorted_zeros(scores: &[f64], s: f64) -> Vec<bool> {
