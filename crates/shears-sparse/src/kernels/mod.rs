@@ -41,7 +41,6 @@ mod isa;
 mod nm_lanes;
 mod nm_rows;
 mod scratch;
-mod shared_fill;
 mod spmm;
 mod spmv;
 

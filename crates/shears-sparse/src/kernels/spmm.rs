@@ -22,7 +22,6 @@ use shears_core::Scalar;
 
 use super::isa::{Isa, fma};
 pub(super) use super::scratch::LineAligned;
-use super::shared_fill::SharedFill;
 use super::{
     BsrView, CsrView, SLICE_ROWS, SellView, Split, Stored, Units, kernel_path, multiversion,
     parallel_ranges, partition,
@@ -219,9 +218,6 @@ fn rows_to_panels<T: Scalar>(x: &DMatrix<T>, width: usize) -> LineAligned<T> {
 fn copies_in_parallel(len: usize) -> bool {
     len >= PARALLEL_COPY && rayon::current_num_threads() > 1
 }
-
-/// Rows of a panel (input features) per chunk of a copy the tasks of a product share.
-const SHARED_COPY_ROWS: usize = 32;
 
 /// Bytes of `X` in one panel of the sliced-ELLPACK and block kernels' copy: a panel
 /// stays in L2 while every row of a task passes over it. Rows over the whole of a large
@@ -546,10 +542,8 @@ const COPY_PER_TASK_BYTES: usize = 2 << 20;
 ///   [`COPY_PER_TASK_BYTES`], in one task per thread ([`Split::PerThread`]): each
 ///   thread copies the panels it needs once, inside the product's one parallel region,
 ///   where a whole copy first is a parallel region of its own whose halves the tasks
-///   then fetch from each other's cores. A batch of one panel, which every task needs
-///   whole, the tasks copy together ([`SharedFill`]) and each reads all of it. A larger
-///   `X`, or panels that one task per thread would share unevenly, are copied whole
-///   first, once.
+///   then fetch from each other's cores. A larger `X`, or panels that one task per
+///   thread would share unevenly, are copied whole first, once.
 ///
 /// So nothing `units_of` derives from `width` may change the bits: a window or block
 /// size must follow from the whole batch, as `nm_spmm`'s does.
@@ -582,28 +576,7 @@ pub(super) fn spmm<T: Scalar, U: Units>(
         return;
     }
     let (path, source, y_rows) = (kernel_path(), x.as_slice(), layout.y_rows());
-    // A batch of one panel split by rows: every task needs all of it, and the tasks copy
-    // it together ([`SharedFill`]), chunks of whole rows of the panel each.
-    let mut whole = (panels == 1 && threads > 1).then(|| LineAligned::for_overwrite(ncols * batch));
-    let shared =
-        whole.as_mut().map(|xt| SharedFill::new(xt.as_mut_slice(), SHARED_COPY_ROWS * batch));
-    let copy_rows = |first: usize, rows: &mut [T]| {
-        if layout.x_rows() {
-            for (i, row) in rows.chunks_exact_mut(batch).enumerate() {
-                copy_run(&source[(first / batch + i) * batch..][..batch], row);
-            }
-        } else {
-            transpose_in(path, source, ncols, first / batch, rows);
-        }
-    };
     for_each_block(a, y, y_rows, panel, split, then, |units, batch_columns, pieces| {
-        if let Some(shared) = &shared {
-            let xt = shared.fill_then_read(copy_rows);
-            let mut z = output_buffer(&a, block_rows(pieces, y_rows) * batch);
-            units_of(units, xt, batch, z.as_mut_slice());
-            write_block((alpha, z.as_slice(), beta), pieces, y_rows, 0, batch);
-            return;
-        }
         let (rows, widest) = (block_rows(pieces, y_rows), panel.min(batch_columns.len()));
         // Fully written by each panel's copy before it is read.
         let mut xt = LineAligned::for_overwrite(ncols * widest);
