@@ -87,9 +87,8 @@ fn nm_tile<P: Isa, T: Scalar, const W: usize, const R: usize>(
 type NmRun<'a, T> = (&'a [T], &'a [u32], usize);
 
 /// [`nm_tile`] (storing if `first`) over the columns `tokens` of a panel of `xt` (rows
-/// of `stride`): on
-/// copies with [`Isa::WIDE_NM_TILES`] tiles of 128 columns for one or two rows (whose
-/// accumulators then fill half the registers) and of 64, on copies with
+/// of `stride`): on copies with [`Isa::WIDE_NM_TILES`] tiles of 128 columns for one or
+/// two rows (whose accumulators then fill half the registers) and of 64, on copies with
 /// [`Isa::ONE_ROW_NM_TILES`] tiles of 64 for one row, then 32, then 8, then at most one
 /// each of 4, 2 and 1 (the same bits whatever the width, as for the CSR tiles of `spmm`).
 #[inline(always)]
