@@ -684,11 +684,16 @@ fn describe_plan(plan: &[FormatChoice]) -> String {
 /// The formats other than dense the plan chose, each with its number of layers, in the
 /// order of their first layers.
 fn chosen_formats(plan: &[FormatChoice]) -> Vec<(&str, usize)> {
+    counted_in_order(plan.iter().map(|c| c.chosen.as_str()).filter(|&c| c != "dense"))
+}
+
+/// Each distinct name with its number of occurrences, in the order of their first.
+fn counted_in_order<'a>(names: impl Iterator<Item = &'a str>) -> Vec<(&'a str, usize)> {
     let mut counts: Vec<(&str, usize)> = Vec::new();
-    for choice in plan.iter().filter(|c| c.chosen != "dense") {
-        match counts.iter_mut().find(|(format, _)| *format == choice.chosen) {
+    for name in names {
+        match counts.iter_mut().find(|(counted, _)| *counted == name) {
             Some((_, n)) => *n += 1,
-            None => counts.push((&choice.chosen, 1)),
+            None => counts.push((name, 1)),
         }
     }
     counts
@@ -731,18 +736,16 @@ fn embeddings_metadata(
 /// running integer products are `int8`, half-precision values follow their format
 /// (`csr bf16`).
 fn ran_as(model: &SentenceTransformer) -> String {
-    let mut counts: Vec<(String, usize)> = Vec::new();
-    for linear in model.model.linears() {
-        let name = match (linear.int8(), linear.value_type()) {
+    let names: Vec<String> = model
+        .model
+        .linears()
+        .map(|linear| match (linear.int8(), linear.value_type()) {
             (Some(_), _) => "int8".to_owned(),
             (None, "f32") => linear.format().to_string(),
             (None, values) => format!("{} {values}", linear.format()),
-        };
-        match counts.iter_mut().find(|(format, _)| *format == name) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((name, 1)),
-        }
-    }
+        })
+        .collect();
+    let counts = counted_in_order(names.iter().map(String::as_str));
     let counts: Vec<String> = counts.iter().map(|(format, n)| format!("{n} {format}")).collect();
     counts.join(", ")
 }
