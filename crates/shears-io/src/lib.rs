@@ -68,7 +68,9 @@ pub use masks::{
     MASK_SET_MAGIC, MASK_SET_VERSION, MAX_MASK_SET_BYTES, decode_mask_set, encode_mask_set,
     mask_bytes, mask_from_bytes, read_mask_set, torch_mask_name, weight_of_torch_mask,
 };
-pub use model::{INDEX_NAME, Index, Layout, Model, SINGLE_NAME, TensorRef};
+pub use model::{
+    INDEX_NAME, Index, Layout, MAX_FOLDER_DEPTH, MAX_FOLDER_ENTRIES, Model, SINGLE_NAME, TensorRef,
+};
 pub use quantized::{
     Int8Tensor, QUANTIZATION_KEY, QUANTIZED_FROM_KEY, SCALE_SUFFIX, quantization_group,
     quantized_matrix_shape, scale_name,

@@ -21,6 +21,14 @@ pub const SINGLE_NAME: &str = "model.safetensors";
 /// tens of MB).
 const MAX_INDEX_BYTES: u64 = 100_000_000;
 
+/// How deep [`Model::other_files`] goes into a model folder's subfolders: a Hugging Face
+/// folder keeps its files at most two or three levels down (`1_Pooling/config.json`).
+pub const MAX_FOLDER_DEPTH: usize = 16;
+
+/// How many entries [`Model::other_files`] looks at before it calls the folder no model
+/// folder: a model's configs, tokenizers and modules are tens of files.
+pub const MAX_FOLDER_ENTRIES: usize = 100_000;
+
 /// How a [`Model`] is laid out on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -337,7 +345,10 @@ impl Model {
     /// each with [`crate::paths::open_regular_file`].
     ///
     /// # Errors
-    /// [`Error::Io`] if the folder cannot be listed.
+    /// [`Error::Io`] if the folder cannot be listed; [`Error::Input`] if it holds a
+    /// folder more than [`MAX_FOLDER_DEPTH`] levels down or more than
+    /// [`MAX_FOLDER_ENTRIES`] entries, bounds that keep the walk short whatever the
+    /// folder holds.
     pub fn other_files(&self) -> Result<Vec<PathBuf>> {
         let Some(folder) = &self.folder else { return Ok(Vec::new()) };
         let weights: Vec<PathBuf> = self
@@ -355,7 +366,20 @@ impl Model {
         // (entering the link could list that folder under the link's name instead). A
         // folder reached twice all the same (a bind mount) is listed once.
         let mut listed = HashSet::new();
+        let mut visited = 0usize;
         while let Some(relative) = stack.pop() {
+            let depth = relative.components().count();
+            if depth > MAX_FOLDER_DEPTH {
+                // Named by its first levels only: the whole path may be kilobytes long.
+                let shown: PathBuf = relative.components().take(MAX_FOLDER_DEPTH).collect();
+                return Err(Error::Input {
+                    path: folder.clone(),
+                    reason: format!(
+                        "holds folders more than {MAX_FOLDER_DEPTH} levels deep ({}/...), which no model folder does",
+                        shown.display()
+                    ),
+                });
+            }
             let dir = folder.join(&relative);
             if let Ok(canonical) = dir.canonicalize()
                 && !listed.insert(canonical)
@@ -364,6 +388,15 @@ impl Model {
             }
             let entries = std::fs::read_dir(&dir).map_err(|e| Error::io("list", &dir, e))?;
             for entry in entries {
+                visited += 1;
+                if visited > MAX_FOLDER_ENTRIES {
+                    return Err(Error::Input {
+                        path: folder.clone(),
+                        reason: format!(
+                            "holds more than {MAX_FOLDER_ENTRIES} files and folders, which no model folder does"
+                        ),
+                    });
+                }
                 let entry = entry.map_err(|e| Error::io("list", &dir, e))?;
                 let name = entry.file_name();
                 if name.to_string_lossy().starts_with('.') {

@@ -74,3 +74,33 @@ fn an_index_beside_another_model_safetensors_is_refused() {
     std::fs::remove_file(dir.path().join(shard)).unwrap();
     assert_eq!(shears_io::Model::open(dir.path()).unwrap().shards().len(), 1);
 }
+
+/// A model folder's other files are listed down to [`shears_io::MAX_FOLDER_DEPTH`]
+/// levels; a folder nested deeper is refused, naming the model folder and the first
+/// levels of the path alone, however deep it goes (a walk of a folder nested thousands
+/// deep would take minutes and name a path of kilobytes).
+#[test]
+fn a_folder_nested_past_the_depth_bound_is_refused_in_one_short_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write_shard(dir.path(), "model.safetensors", &[("a", Dtype::F32, vec![0; 4])]);
+    let mut deepest = dir.path().to_path_buf();
+    for _ in 0..shears_io::MAX_FOLDER_DEPTH {
+        deepest.push("d");
+    }
+    std::fs::create_dir_all(&deepest).unwrap();
+    std::fs::write(deepest.join("notes.txt"), "deep\n").unwrap();
+    let model = shears_io::Model::open(dir.path()).unwrap();
+    let deep_file = ["d"; shears_io::MAX_FOLDER_DEPTH].join("/") + "/notes.txt";
+    assert_eq!(model.other_files().unwrap(), vec![std::path::PathBuf::from(&deep_file)]);
+
+    for _ in 0..200 {
+        deepest.push("d");
+    }
+    std::fs::create_dir_all(&deepest).unwrap();
+    let err = model.other_files().unwrap_err();
+    assert!(matches!(err, Error::Input { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(message.contains(&dir.path().display().to_string()), "{message}");
+    assert!(message.contains("levels deep"), "{message}");
+    assert!(message.len() < dir.path().as_os_str().len() + 200, "{message}");
+}
