@@ -767,3 +767,20 @@ fn a_model_of_tensors_left_alone_by_default_names_them() {
     prune_ok(&input, &out, &["-s", "0.5", "--all"]);
     assert_eq!(read(&out)["conv.weight"].2.iter().filter(|v| **v == 0.0).count(), 54);
 }
+
+/// An error that quotes kilobytes (here a path of 10000 characters) is still one line,
+/// of at most about 2000 characters, showing how the path starts.
+#[test]
+fn errors_quoting_kilobytes_are_clipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let long = format!("/nonexistent{}/in.safetensors", format!("/{}", "a".repeat(199)).repeat(50));
+    let o = shears(&["prune", &long, "-o", out.to_str().unwrap(), "-s", "0.5"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.starts_with("shears: error: ") && err.contains("/nonexistent/aaa"), "{err}");
+    assert!(err.contains("characters left out"), "{err}");
+    assert!(err.chars().count() < 2100, "{} characters", err.chars().count());
+    assert!(!out.exists());
+}

@@ -1,5 +1,6 @@
 //! The error type of shears-io.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use safetensors::Dtype;
@@ -169,6 +170,22 @@ pub enum Error {
         /// Why.
         reason: &'static str,
     },
+}
+
+/// `text` in at most about `max_chars` characters, for an error that quotes what a file or
+/// the command line held: a longer text keeps its first two thirds and its last third,
+/// around a note of how many characters were left out, so that a value of megabytes makes
+/// a line of a few hundred characters that still shows how it starts and ends.
+pub fn clipped(text: &str, max_chars: usize) -> Cow<'_, str> {
+    let count = text.chars().count();
+    if count <= max_chars {
+        return text.into();
+    }
+    let head = max_chars * 2 / 3;
+    let tail = max_chars - head;
+    let start: String = text.chars().take(head).collect();
+    let end: String = text.chars().skip(count - tail).collect();
+    format!("{start}... ({} characters left out) ...{end}", count - head - tail).into()
 }
 
 impl Error {
@@ -410,5 +427,30 @@ fn same_file(path: &Path, other: &Path, first: &str, second: &str) -> String {
             path.display(),
             other.display()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A text within the bound is shown whole; a longer one keeps its start and end,
+    /// whole characters (multi-byte ones too), and says how many it left out, so the
+    /// characters shown and left out add up to the text.
+    #[test]
+    fn clipped_keeps_both_ends_and_counts_the_rest() {
+        assert_eq!(clipped("hidden_size", 11), "hidden_size");
+        for (text, max) in [("é".repeat(100_000), 240), ("ab".repeat(7), 9), ("xyz".into(), 2)] {
+            let shown = clipped(&text, max);
+            let (start, rest) = shown.split_once("... (").unwrap();
+            let (left_out, end) = rest.split_once(" characters left out) ...").unwrap();
+            let left_out: usize = left_out.parse().unwrap();
+            assert!(text.starts_with(start) && text.ends_with(end), "{shown}");
+            assert_eq!(start.chars().count() + end.chars().count(), max, "{shown}");
+            assert_eq!(
+                start.chars().count() + left_out + end.chars().count(),
+                text.chars().count()
+            );
+        }
     }
 }

@@ -62,7 +62,7 @@ pub use atomic::{
 };
 pub use checkpoint::{Checkpoint, matrix_shape};
 pub use dtype::{Float, decode_into, encode_append, encode_into, float_size, is_float, zeros_in};
-pub use error::{Error, FileKind, HeaderProblem, Result};
+pub use error::{Error, FileKind, HeaderProblem, Result, clipped};
 pub use header::MAX_HEADER_BYTES;
 pub use masks::{
     MASK_SET_MAGIC, MASK_SET_VERSION, MAX_MASK_SET_BYTES, decode_mask_set, encode_mask_set,

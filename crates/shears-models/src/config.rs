@@ -19,6 +19,9 @@ const MAX_LAYERS: usize = 1 << 10;
 const MAX_VOCAB: usize = 1 << 24;
 const MAX_POSITIONS: usize = 1 << 16;
 const MAX_TYPES: usize = 1 << 10;
+/// The longest reason a config error gives, in characters: a value quoted from the file
+/// is clipped to fit.
+const MAX_REASON_CHARS: usize = 240;
 
 /// The activation of the feed-forward block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -497,8 +500,11 @@ fn short_reason(e: &shears_io::Error) -> String {
     }
 }
 
+/// An [`Error::Config`]; a reason that quotes a long value from the file is clipped, so
+/// that a field of megabytes makes an error of one short line.
 fn config_error(path: &Path, field: &str, reason: &str) -> Error {
-    Error::Config { path: path.to_owned(), field: field.to_owned(), reason: reason.to_owned() }
+    let reason = shears_io::clipped(reason, MAX_REASON_CHARS).into_owned();
+    Error::Config { path: path.to_owned(), field: field.to_owned(), reason }
 }
 
 #[cfg(test)]
@@ -729,5 +735,22 @@ mod tests {
         }
         let decoder = MINILM.replace("\"bert\",", "\"bert\", \"is_decoder\": true,");
         assert!(parse(&decoder).unwrap_err().to_string().contains("is_decoder"));
+    }
+
+    /// A value of any length is quoted in a short error that still names the field and
+    /// shows how the value starts.
+    #[test]
+    fn long_values_are_clipped_in_errors() {
+        let long = "9".repeat(100_000);
+        for (edit, field, starts) in [
+            (("\"gelu\"", format!("\"{long}\"")), "hidden_act", "`999"),
+            (("384", format!("\"{long}\"")), "hidden_size", "got \"999"),
+            (("\"bert\"", format!("[\"{long}\"]")), "model_type", "got [\"999"),
+        ] {
+            let err = parse(&MINILM.replacen(edit.0, &edit.1, 1)).unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains(starts), "{field}: {err}");
+            assert!(err.contains("characters left out"), "{field}: {err}");
+            assert!(err.len() < 400, "{field}: {} bytes", err.len());
+        }
     }
 }
