@@ -572,6 +572,11 @@ pub fn read_numbered_texts(path: &Path, limit: usize) -> Result<Vec<(usize, Stri
             Err(e) => return Err(shears_io::Error::io("read", path, e).into()),
         };
         number += 1;
+        // UTF-8 allows NUL, text files do not: one is a binary file's (or a sparse
+        // file's hole), which would otherwise be embedded as sentences of nothing.
+        if line.contains(&0) {
+            return Err(file_error(format!("line {number} holds a NUL byte: not a text file")));
+        }
         // The cut may split a character: drop its first bytes, and nothing else (a byte
         // that is not UTF-8 anywhere in the line is reported below).
         if cut
@@ -582,11 +587,6 @@ pub fn read_numbered_texts(path: &Path, limit: usize) -> Result<Vec<(usize, Stri
         }
         let text = std::str::from_utf8(&line)
             .map_err(|_| file_error(format!("line {number} is not UTF-8 text")))?;
-        // UTF-8 allows NUL, text files do not: one is a binary file's (or a sparse
-        // file's hole), which would otherwise be embedded as sentences of nothing.
-        if line.contains(&0) {
-            return Err(file_error(format!("line {number} holds a NUL byte: not a text file")));
-        }
         // A byte-order mark opens the file, and is no text.
         let text = if number == 1 { text.trim_start_matches('\u{feff}') } else { text };
         let text = text.trim();
@@ -633,7 +633,15 @@ fn read_line(
         let text = &buf[..end.unwrap_or(buf.len())];
         let room = max - line.len();
         cut |= text.len() > room;
-        line.extend_from_slice(&text[..text.len().min(room)]);
+        let kept = &text[..text.len().min(room)];
+        line.extend_from_slice(kept);
+        if kept.contains(&0) {
+            // No text holds a NUL byte, and the caller refuses the line: the rest of it,
+            // which in a sparse file can be gigabytes of them, is not read.
+            let n = kept.len();
+            reader.consume(n);
+            return Ok(Some(true));
+        }
         let Some(end) = end else {
             let n = buf.len();
             reader.consume(n);
@@ -760,5 +768,24 @@ mod tests {
             let err = read_texts(&path, 10).unwrap_err().to_string();
             assert!(err.contains("holds a NUL byte: not a text file"), "{err}");
         }
+    }
+
+    /// A line of NUL bytes (a sparse file's hole) is refused at its first buffer, not
+    /// after reading to its end: of a TiB of them, less than a MiB is read.
+    #[test]
+    fn a_line_of_nul_bytes_is_refused_unread() {
+        let mut reader = std::io::BufReader::new(std::io::Read::take(std::io::repeat(0), 1 << 40));
+        let mut line = Vec::new();
+        assert_eq!(read_line(&mut reader, &mut line, 64 << 10).unwrap(), Some(true));
+        assert!(line.contains(&0));
+        let unread = reader.into_inner().limit();
+        assert!((1 << 40) - unread < 1 << 20, "{} bytes read", (1u64 << 40) - unread);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse.txt");
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(1 << 36).unwrap();
+        let err = read_texts(&path, 10).unwrap_err().to_string();
+        assert!(err.contains("line 1 holds a NUL byte"), "{err}");
     }
 }
