@@ -534,8 +534,10 @@ impl Outputs {
     /// Stages the copies of the folder's other files.
     pub(crate) fn stage_copies(&self) -> Result<Vec<SealedFile>> {
         let mut staged = Vec::with_capacity(self.copies.len());
+        // Stale temporaries of all the copies removed in one listing of each folder.
+        shears_io::remove_stale(self.copies.iter().map(|(_, d)| d.as_path()));
         for (source, destination) in &self.copies {
-            let (pending, mut file) = PendingFile::create(destination)?;
+            let (pending, mut file) = PendingFile::create_swept(destination)?;
             let mut input = shears_io::paths::open_regular_file(source)?;
             std::io::copy(&mut input, &mut file).with_context(|| {
                 format!("cannot copy {} to {}", source.display(), destination.display())

@@ -12,6 +12,7 @@
 //! the others of that host. A PID means nothing elsewhere (another container, another
 //! machine sharing the folder), so those are never judged: `.shears-tmp-*` finds them.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -31,8 +32,9 @@ const TAKEN_NAMES: usize = 1024;
 /// Bytes of the target's name kept in its temporary's name.
 const NAME_BYTES: usize = 40;
 
-/// The temporaries this process has created and not yet committed or removed.
-static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// The temporaries this process has created and not yet committed or removed (a set: a
+/// folder of a hundred thousand outputs takes each out by name, not by a search).
+static PENDING: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
 
 /// Numbers the temporaries of this process.
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -40,7 +42,7 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 /// Set by [`remove_pending`]: the process is exiting, and creates no more temporaries.
 static CLOSED: AtomicBool = AtomicBool::new(false);
 
-fn pending() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+fn pending() -> std::sync::MutexGuard<'static, BTreeSet<PathBuf>> {
     // A panic while holding the lock leaves a valid list behind.
     PENDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -61,9 +63,9 @@ pub fn exiting() -> bool {
     CLOSED.load(Ordering::SeqCst)
 }
 
-fn remove_listed(list: &mut Vec<PathBuf>) -> usize {
+fn remove_listed(list: &mut BTreeSet<PathBuf>) -> usize {
     let n = list.len();
-    for path in list.drain(..) {
+    for path in std::mem::take(list) {
         let _ = std::fs::remove_file(path);
     }
     n
@@ -87,24 +89,25 @@ impl PendingFile {
     /// (or the process is exiting, after [`remove_pending`]); [`Error::Io`] when the
     /// temporary cannot be created.
     pub fn create(target: &Path) -> Result<(PendingFile, File)> {
-        check_output(target)?;
-        let dir = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        if !dir.is_dir() {
-            let reason = if dir.exists() {
-                "what would be its folder is not a folder"
-            } else {
-                "its folder does not exist"
-            };
-            return Err(Error::Output { path: target.to_owned(), reason });
-        }
-        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let short = shortened(&name);
+        let (dir, short) = output_folder(target)?;
         for stale in leftovers(&dir).into_iter().filter(|l| l.target_name == short) {
             let _ = std::fs::remove_file(stale.path);
         }
+        PendingFile::create_in(target, &dir, &short)
+    }
+
+    /// [`PendingFile::create`] without its search for stale temporaries, for a caller
+    /// that removed those of all its outputs first with [`remove_stale`]: a search lists
+    /// the whole folder, so a search per output made a folder of `n` outputs cost `n²`.
+    ///
+    /// # Errors
+    /// As [`PendingFile::create`].
+    pub fn create_swept(target: &Path) -> Result<(PendingFile, File)> {
+        let (dir, short) = output_folder(target)?;
+        PendingFile::create_in(target, &dir, &short)
+    }
+
+    fn create_in(target: &Path, dir: &Path, short: &str) -> Result<(PendingFile, File)> {
         // Created and listed under the lock, so `remove_pending` sees every temporary
         // that exists, and none is created after it ran.
         let mut list = pending();
@@ -136,7 +139,7 @@ impl PendingFile {
                 Err(e) => return Err(Error::io("write", target, e)),
             }
         };
-        list.push(temporary.clone());
+        list.insert(temporary.clone());
         drop(list);
         Ok((PendingFile { target: target.to_owned(), temporary, done: false }, file))
     }
@@ -184,7 +187,47 @@ impl Drop for PendingFile {
         if !self.done {
             let _ = std::fs::remove_file(&self.temporary);
         }
-        pending().retain(|p| p != &self.temporary);
+        pending().remove(&self.temporary);
+    }
+}
+
+/// The folder `target` is written in and the part of its name its temporaries carry,
+/// once `target` is checked to be a path an output may take.
+fn output_folder(target: &Path) -> Result<(PathBuf, String)> {
+    check_output(target)?;
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        let reason = if dir.exists() {
+            "what would be its folder is not a folder"
+        } else {
+            "its folder does not exist"
+        };
+        return Err(Error::Output { path: target.to_owned(), reason });
+    }
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok((dir, shortened(&name).to_owned()))
+}
+
+/// Removes the stale temporaries ([`leftovers`] of dead processes) of every output in
+/// `targets`, listing each of their folders once, for outputs then created with
+/// [`PendingFile::create_swept`].
+pub fn remove_stale<'a>(targets: impl IntoIterator<Item = &'a Path>) {
+    let mut by_folder: HashMap<PathBuf, HashSet<String>> = HashMap::new();
+    for target in targets {
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        by_folder.entry(dir).or_default().insert(shortened(&name).to_owned());
+    }
+    for (dir, names) in by_folder {
+        for stale in leftovers(&dir).into_iter().filter(|l| names.contains(&l.target_name)) {
+            let _ = std::fs::remove_file(stale.path);
+        }
     }
 }
 
@@ -250,7 +293,7 @@ pub fn commit_sealed(files: Vec<SealedFile>) -> Result<()> {
             return Err(Error::io("rename", &pending.target, e));
         }
         pending.done = true;
-        list.retain(|p| p != &pending.temporary);
+        list.remove(&pending.temporary);
         renamed.push((&pending.target, previous));
     }
     for (_, previous) in renamed {
@@ -576,6 +619,33 @@ mod tests {
         }
     }
 
+    /// `remove_stale` removes what `create` would for each of its outputs, across
+    /// folders, and `create_swept` then writes them; other outputs' temporaries stay.
+    #[test]
+    fn stale_temporaries_of_many_outputs_go_in_one_sweep() {
+        let Some(host) = host_tag() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let dead = u32::MAX - 1;
+        let stale = |folder: &str, n: u32, name: &str| {
+            let path =
+                dir.path().join(folder).join(format!("{TEMPORARY_PREFIX}{dead}-{n}-{host}.{name}"));
+            std::fs::write(&path, b"").unwrap();
+            path
+        };
+        let gone = [stale("", 0, "a"), stale("", 1, "b"), stale("sub", 2, "a")];
+        let kept = stale("", 3, "c");
+        let targets = [dir.path().join("a"), dir.path().join("b"), dir.path().join("sub/a")];
+        remove_stale(targets.iter().map(PathBuf::as_path));
+        assert!(gone.iter().all(|p| !p.exists()) && kept.exists());
+        for target in &targets {
+            let (pending, file) = PendingFile::create_swept(target).unwrap();
+            pending.commit(file).unwrap();
+            assert!(target.is_file());
+        }
+        assert!(pending().iter().all(|p| !p.starts_with(dir.path())));
+    }
+
     #[cfg(unix)]
     #[test]
     fn a_link_at_the_temporary_name_is_not_followed() {
@@ -617,7 +687,7 @@ mod tests {
         let (first, _file) = PendingFile::create(&dir.path().join("z")).unwrap();
         let listed = |p: &PendingFile| pending().contains(&p.temporary);
         assert!(listed(&first));
-        let mut list = vec![first.temporary.clone()];
+        let mut list = BTreeSet::from([first.temporary.clone()]);
         assert_eq!(remove_listed(&mut list), 1);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         let temporary = first.temporary.clone();

@@ -58,7 +58,7 @@ mod writer;
 
 pub use atomic::{
     Leftover, PendingFile, SealedFile, TEMPORARY_PREFIX, commit_all, commit_sealed, exiting,
-    leftovers, remove_pending, temporary_name, write_atomic,
+    leftovers, remove_pending, remove_stale, temporary_name, write_atomic,
 };
 pub use checkpoint::{Checkpoint, matrix_shape};
 pub use dtype::{Float, decode_into, encode_append, encode_into, float_size, is_float, zeros_in};
