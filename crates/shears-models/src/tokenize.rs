@@ -566,17 +566,27 @@ pub fn read_numbered_texts(path: &Path, limit: usize) -> Result<Vec<(usize, Stri
     let mut line = Vec::new();
     let mut number = 0;
     while texts.len() < limit {
-        let cut = match read_line(&mut reader, &mut line, MAX_LINE) {
-            Ok(Some(cut)) => cut,
+        let read = match read_line(&mut reader, &mut line, MAX_LINE) {
+            Ok(Some(read)) => read,
             Ok(None) => break,
             Err(e) => return Err(shears_io::Error::io("read", path, e).into()),
         };
         number += 1;
-        // UTF-8 allows NUL, text files do not: one is a binary file's (or a sparse
-        // file's hole), which would otherwise be embedded as sentences of nothing.
-        if line.contains(&0) {
-            return Err(file_error(format!("line {number} holds a NUL byte: not a text file")));
-        }
+        let cut = match read {
+            LineRead::Whole => false,
+            LineRead::Cut => true,
+            // UTF-8 allows NUL, text files do not: one is a binary file's (or a sparse
+            // file's hole), which would otherwise be embedded as sentences of nothing.
+            LineRead::Nul => {
+                return Err(file_error(format!("line {number} holds a NUL byte: not a text file")));
+            }
+            LineRead::TooLong => {
+                return Err(file_error(format!(
+                    "line {number} is longer than {} MiB: not a file of one text per line",
+                    MAX_LINE_SCANNED >> 20
+                )));
+            }
+        };
         // The cut may split a character: drop its first bytes, and nothing else (a byte
         // that is not UTF-8 anywhere in the line is reported below).
         if cut
@@ -608,17 +618,37 @@ pub fn read_numbered_texts(path: &Path, limit: usize) -> Result<Vec<(usize, Stri
     Ok(texts)
 }
 
+/// The most bytes of one line [`read_line`] goes through (keeping the first `max`)
+/// before it calls the line no text.
+const MAX_LINE_SCANNED: usize = 16 << 20;
+
+/// How [`read_line`] ended a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineRead {
+    /// The whole line is kept.
+    Whole,
+    /// The line's first `max` bytes are kept and the rest skipped.
+    Cut,
+    /// The line holds a NUL byte: no text does. Read up to that byte.
+    Nul,
+    /// The line runs past [`MAX_LINE_SCANNED`] bytes. Read up to there.
+    TooLong,
+}
+
 /// Reads the next line of `reader` into `line`, without its ending: `\n`, `\r\n` or a
 /// lone `\r`, the line ends Python's text files know (a file from an old Mac has only
-/// `\r`). Keeps the first `max` bytes of a longer line and skips the rest. Returns
-/// whether the line was cut, or `None` at the end of the input.
+/// `\r`). Keeps the first `max` bytes of a longer line and skips the rest. Returns how
+/// the line ended, or `None` at the end of the input. A NUL byte, or a line past
+/// [`MAX_LINE_SCANNED`] bytes, stops the read where it is found, so that a sparse file
+/// of gigabytes is not read to its end.
 fn read_line(
     reader: &mut impl BufRead,
     line: &mut Vec<u8>,
     max: usize,
-) -> std::io::Result<Option<bool>> {
+) -> std::io::Result<Option<LineRead>> {
     line.clear();
     let (mut read, mut cut) = (false, false);
+    let mut scanned = 0usize;
     loop {
         let buf = match reader.fill_buf() {
             Ok(buf) => buf,
@@ -626,22 +656,24 @@ fn read_line(
             Err(e) => return Err(e),
         };
         if buf.is_empty() {
-            return Ok(read.then_some(cut));
+            return Ok(read.then_some(if cut { LineRead::Cut } else { LineRead::Whole }));
         }
         read = true;
         let end = buf.iter().position(|&b| b == b'\n' || b == b'\r');
         let text = &buf[..end.unwrap_or(buf.len())];
+        if let Some(nul) = text.iter().position(|&b| b == 0) {
+            reader.consume(nul + 1);
+            return Ok(Some(LineRead::Nul));
+        }
+        scanned += text.len();
+        if scanned > MAX_LINE_SCANNED {
+            let n = text.len();
+            reader.consume(n);
+            return Ok(Some(LineRead::TooLong));
+        }
         let room = max - line.len();
         cut |= text.len() > room;
-        let kept = &text[..text.len().min(room)];
-        line.extend_from_slice(kept);
-        if kept.contains(&0) {
-            // No text holds a NUL byte, and the caller refuses the line: the rest of it,
-            // which in a sparse file can be gigabytes of them, is not read.
-            let n = kept.len();
-            reader.consume(n);
-            return Ok(Some(true));
-        }
+        line.extend_from_slice(&text[..text.len().min(room)]);
         let Some(end) = end else {
             let n = buf.len();
             reader.consume(n);
@@ -662,7 +694,7 @@ fn read_line(
                 reader.consume(1);
             }
         }
-        return Ok(Some(cut));
+        return Ok(Some(if cut { LineRead::Cut } else { LineRead::Whole }));
     }
 }
 
@@ -756,8 +788,8 @@ mod tests {
             let mut reader = std::io::BufReader::with_capacity(split, &bytes[..]);
             let mut line = Vec::new();
             let mut lines = Vec::new();
-            while let Some(cut) = read_line(&mut reader, &mut line, 2).unwrap() {
-                lines.push((String::from_utf8(line.clone()).unwrap(), cut));
+            while let Some(read) = read_line(&mut reader, &mut line, 2).unwrap() {
+                lines.push((String::from_utf8(line.clone()).unwrap(), read == LineRead::Cut));
             }
             let want = [("on", true), ("tw", true)].map(|(l, c)| (l.to_owned(), c));
             assert_eq!(lines, want, "buffer of {split}");
@@ -771,15 +803,28 @@ mod tests {
     }
 
     /// A line of NUL bytes (a sparse file's hole) is refused at its first buffer, not
-    /// after reading to its end: of a TiB of them, less than a MiB is read.
+    /// after reading to its end: of a TiB of them, less than a MiB is read. So is one
+    /// whose NUL bytes come after its first 64 KiB, and a line longer than 16 MiB is
+    /// refused after 16 MiB, whatever follows.
     #[test]
     fn a_line_of_nul_bytes_is_refused_unread() {
-        let mut reader = std::io::BufReader::new(std::io::Read::take(std::io::repeat(0), 1 << 40));
-        let mut line = Vec::new();
-        assert_eq!(read_line(&mut reader, &mut line, 64 << 10).unwrap(), Some(true));
-        assert!(line.contains(&0));
-        let unread = reader.into_inner().limit();
-        assert!((1 << 40) - unread < 1 << 20, "{} bytes read", (1u64 << 40) - unread);
+        let endless = |prefix: &'static [u8], byte: u8| {
+            let rest = std::io::Read::take(std::io::repeat(byte), 1 << 40);
+            std::io::BufReader::new(std::io::Read::chain(prefix, rest))
+        };
+        for (prefix, byte, want, most) in [
+            (&b""[..], 0, LineRead::Nul, 1 << 20),
+            (&[b'a'; 70_000][..], 0, LineRead::Nul, 1 << 20),
+            (&b"ab"[..], b'a', LineRead::TooLong, MAX_LINE_SCANNED as u64 + (1 << 20)),
+        ] {
+            let mut reader = endless(prefix, byte);
+            let mut line = Vec::new();
+            assert_eq!(read_line(&mut reader, &mut line, 64 << 10).unwrap(), Some(want));
+            assert!(line.len() <= 64 << 10);
+            let unread = reader.into_inner().into_inner().1.limit();
+            let read = (1u64 << 40) - unread;
+            assert!(read < most, "{want:?}: {read} bytes read");
+        }
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sparse.txt");
