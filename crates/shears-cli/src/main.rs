@@ -270,18 +270,13 @@ fn one_line(report: &str) -> String {
     parts.join("; ")
 }
 
-/// The binary's one-line error report, on stderr (where a failed write is ignored); a
-/// message that quotes kilobytes from a file or the command line (a path thousands of
-/// folders deep, a value of a config) is clipped to [`MAX_ERROR_CHARS`].
+/// The binary's one-line error report, on stderr (where a failed write is ignored),
+/// clipped to [`report::MAX_MESSAGE_CHARS`].
 fn report_error(message: &str) {
     let shown = report::printable(message);
-    let shown = shears_io::clipped(&shown, MAX_ERROR_CHARS);
+    let shown = shears_io::clipped(&shown, report::MAX_MESSAGE_CHARS);
     report::to_stderr(format_args!("shears: error: {shown}"));
 }
-
-/// The longest error line the binary prints, in characters: room for any path a user
-/// would type and the reason beside it.
-const MAX_ERROR_CHARS: usize = 2000;
 
 #[cfg(test)]
 mod tests {

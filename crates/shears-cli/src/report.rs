@@ -44,6 +44,11 @@ pub(crate) fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
     }
 }
 
+/// The longest error or warning the binary prints, in characters: room for any path a
+/// user would type and the reason beside it; a message quoting kilobytes from a file or
+/// the command line (a path thousands of folders deep, a value of a config) is clipped.
+pub(crate) const MAX_MESSAGE_CHARS: usize = 2000;
+
 /// The warnings of a run: the first [`Warnings::KEPT`] word for word, the rest counted.
 #[derive(Debug, Default, serde::Serialize)]
 pub(crate) struct Warnings {
@@ -62,8 +67,14 @@ impl Warnings {
     const KEPT: usize = 1000;
     const PRINTED: usize = 20;
 
+    /// Adds a warning, clipped to [`MAX_MESSAGE_CHARS`] as errors are (one that names
+    /// a tensor or path of kilobytes stays a line).
     pub(crate) fn add(&mut self, warning: String) {
         if self.shown.len() < Self::KEPT {
+            let warning = match shears_io::clipped(&warning, MAX_MESSAGE_CHARS) {
+                std::borrow::Cow::Borrowed(_) => warning,
+                clipped => clipped.into_owned(),
+            };
             self.shown.push(warning);
         } else {
             self.more += 1;
@@ -227,6 +238,21 @@ pub(crate) fn print_json(value: &impl serde::Serialize) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A warning naming a tensor of 200000 characters is kept (and printed) clipped;
+    /// a short one word for word.
+    #[test]
+    fn long_warnings_are_clipped() {
+        let mut warnings = Warnings::default();
+        let name = "t".repeat(200_000);
+        warnings.add(format!("tensor `{name}` was pruned whole"));
+        warnings.add("short".to_owned());
+        let kept = &warnings.shown;
+        assert!(kept[0].chars().count() < MAX_MESSAGE_CHARS + 50, "{}", kept[0].len());
+        assert!(kept[0].starts_with("tensor `ttt") && kept[0].ends_with("` was pruned whole"));
+        assert!(kept[0].contains("characters left out"));
+        assert_eq!(kept[1], "short");
+    }
 
     #[test]
     fn control_characters_are_escaped() {
