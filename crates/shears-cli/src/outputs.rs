@@ -177,7 +177,8 @@ impl Outputs {
                 Ok(meta) if meta.is_dir() && modules.contains(&relative) => {
                     match (source.canonicalize(), &root) {
                         (Ok(to), Some(root)) if to.starts_with(root) => {
-                            outputs.copy_linked_module(&source, &out.join(&relative))?;
+                            let why = "it is not a file of the module folder, which is a link and whose files alone are copied";
+                            outputs.copy_module_files(&source, &out.join(&relative), why)?;
                             continue;
                         }
                         _ => bail!(
@@ -204,6 +205,28 @@ impl Outputs {
                 None => outputs.place(source, out.join(&relative)),
             }
         }
+        // A module folder of a hidden name (`.pooling`): the walk above passes over
+        // hidden entries, as it does `.git`, but the model loads this one by the name
+        // `modules.json` gives it, so its files are copied as a linked module's are.
+        for module in &modules {
+            let hidden =
+                module.components().any(|c| c.as_os_str().to_string_lossy().starts_with('.'));
+            let source = folder.join(module);
+            if !hidden || !source.is_dir() {
+                continue;
+            }
+            match (source.canonicalize(), &root) {
+                (Ok(to), Some(root)) if to.starts_with(root) => {
+                    let why = "it is not a file of the module folder, which is hidden and whose files alone are copied";
+                    outputs.copy_module_files(&source, &out.join(module), why)?;
+                }
+                _ => bail!(
+                    "{}: the module folder {} that modules.json names links outside the model folder, and shears copies nothing from outside it: put the module's files in the model folder",
+                    folder.display(),
+                    module.display()
+                ),
+            }
+        }
         Ok(outputs)
     }
 
@@ -217,10 +240,16 @@ impl Outputs {
         }
     }
 
-    /// The files of the module folder `source` (a link to another folder) placed in
-    /// `destination`; what else it holds is named as not copied, hidden files (as in
-    /// the model folder) aside.
-    fn copy_linked_module(&mut self, source: &Path, destination: &Path) -> Result<()> {
+    /// The files of the module folder `source` (a link to another folder, or a folder of
+    /// a hidden name, which the walk of the model folder does not enter) placed in
+    /// `destination`; what else it holds is named as not copied (`why_not`), hidden
+    /// files (as in the model folder) aside.
+    fn copy_module_files(
+        &mut self,
+        source: &Path,
+        destination: &Path,
+        why_not: &'static str,
+    ) -> Result<()> {
         let listing = || format!("listing {}", source.display());
         let mut names = Vec::new();
         for (i, entry) in std::fs::read_dir(source).with_context(listing)?.enumerate() {
@@ -241,8 +270,7 @@ impl Outputs {
             if std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
                 self.place(path, destination.join(&name));
             } else {
-                let why = "it is not a file of the module folder, which is a link and whose files alone are copied";
-                self.skipped.push((path, why));
+                self.skipped.push((path, why_not));
             }
         }
         Ok(())

@@ -1353,6 +1353,34 @@ fn module_folders_behind_links_are_copied_from_inside_only() {
     assert!(!refused_out.exists());
 }
 
+/// A module folder of a hidden name (`.pooling`), which the walk of the model folder
+/// passes over as it does `.git`, is copied all the same: the model loads it by the
+/// name `modules.json` gives, and without it the pruned folder would not load.
+#[test]
+fn module_folders_of_hidden_names_are_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    copy_tiny_bert(&model);
+    std::fs::rename(model.join("1_Pooling"), model.join(".pooling")).unwrap();
+    std::fs::create_dir(model.join(".pooling/inner")).unwrap();
+    let modules = std::fs::read_to_string(model.join("modules.json")).unwrap();
+    assert!(modules.contains("\"1_Pooling\""), "{modules}");
+    std::fs::write(model.join("modules.json"), modules.replace("\"1_Pooling\"", "\".pooling\""))
+        .unwrap();
+    std::fs::create_dir(model.join(".git")).unwrap();
+    std::fs::write(model.join(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+    let out = dir.path().join("out");
+    let (m, o) = (model.to_str().unwrap(), out.to_str().unwrap());
+    let run = shears(&["prune", m, "-o", o, "-s", "0.5", "-q"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let config = std::fs::read(model.join(".pooling/config.json")).unwrap();
+    assert_eq!(std::fs::read(out.join(".pooling/config.json")).unwrap(), config);
+    let err = stderr(&run);
+    assert!(err.contains(".pooling/inner was not copied: it is not a file of the module"), "{err}");
+    assert!(!out.join(".git").exists(), "hidden folders no module names stay out");
+    ok(&["embed", o, "--texts", &sentences("validation.txt"), "--limit", "3", "--json"]);
+}
+
 #[track_caller]
 /// A tokenizer the tokenizers library panics on, as it reads it or as it encodes, is one
 /// line naming its file, whichever command reads it; no panic message reaches stderr.
