@@ -273,9 +273,7 @@ fn one_line(report: &str) -> String {
 /// The binary's one-line error report, on stderr (where a failed write is ignored),
 /// clipped to [`report::MAX_MESSAGE_CHARS`].
 fn report_error(message: &str) {
-    let shown = report::printable(message);
-    let shown = shears_io::clipped(&shown, report::MAX_MESSAGE_CHARS);
-    report::to_stderr(format_args!("shears: error: {shown}"));
+    report::to_stderr(format_args!("shears: error: {}", report::shown(message)));
 }
 
 #[cfg(test)]

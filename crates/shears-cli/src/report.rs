@@ -84,7 +84,7 @@ impl Warnings {
     /// Prints the first warnings on stderr, and how many more there are.
     pub(crate) fn report(&self) {
         for w in self.shown.iter().take(Self::PRINTED) {
-            to_stderr(format_args!("shears: warning: {}", printable(w)));
+            to_stderr(format_args!("shears: warning: {}", shown(w)));
         }
         let rest = self.shown.len().saturating_sub(Self::PRINTED) + self.more;
         if rest > 0 {
@@ -94,6 +94,13 @@ impl Warnings {
             ));
         }
     }
+}
+
+/// A message as stderr shows it: escaped ([`printable`]), then clipped to
+/// [`MAX_MESSAGE_CHARS`] (an escape is up to ten characters, so clipping first would
+/// not bound the line).
+pub(crate) fn shown(message: &str) -> String {
+    shears_io::clipped(&printable(message), MAX_MESSAGE_CHARS).into_owned()
 }
 
 /// Writes `line` and a newline to stderr. A failed write (stderr closed, as under
@@ -252,6 +259,13 @@ mod tests {
         assert!(kept[0].starts_with("tensor `ttt") && kept[0].ends_with("` was pruned whole"));
         assert!(kept[0].contains("characters left out"));
         assert_eq!(kept[1], "short");
+        // Escaped, then clipped: a name of bidirectional controls stays one short line.
+        let marks = "\u{202e}".repeat(200_000);
+        for message in [marks.as_str(), "\u{1}a\u{1}"] {
+            let printed = shown(message);
+            assert!(printed.chars().count() <= MAX_MESSAGE_CHARS + 40, "{}", printed.len());
+            assert!(!printed.chars().any(|c| c == '\u{202e}' || c == '\u{1}'), "{printed}");
+        }
     }
 
     #[test]
