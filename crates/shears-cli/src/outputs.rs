@@ -40,11 +40,12 @@ fn module_folders(folder: &Path) -> Vec<PathBuf> {
     let Ok(serde_json::Value::Array(modules)) = serde_json::from_str(&text) else {
         return Vec::new();
     };
+    // `./.pooling` and `.pooling/.` name the folder `.pooling`, as the loaders read it.
     modules
         .iter()
         .filter_map(|m| m.get("path")?.as_str())
-        .map(PathBuf::from)
-        .filter(|p| {
+        .map(|p| Path::new(p).components().filter(|c| *c != std::path::Component::CurDir).collect())
+        .filter(|p: &PathBuf| {
             p.components().next().is_some()
                 && p.components().all(|c| matches!(c, std::path::Component::Normal(_)))
         })

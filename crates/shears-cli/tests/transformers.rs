@@ -1379,6 +1379,16 @@ fn module_folders_of_hidden_names_are_copied() {
     assert!(err.contains(".pooling/inner was not copied: it is not a file of the module"), "{err}");
     assert!(!out.join(".git").exists(), "hidden folders no module names stay out");
     ok(&["embed", o, "--texts", &sentences("validation.txt"), "--limit", "3", "--json"]);
+    // Named through `.`, as the loaders accept it: the same folder.
+    std::fs::write(
+        model.join("modules.json"),
+        modules.replace("\"1_Pooling\"", "\"./.pooling/.\""),
+    )
+    .unwrap();
+    let dotted = dir.path().join("dotted");
+    let run = shears(&["prune", m, "-o", dotted.to_str().unwrap(), "-s", "0.5", "-q"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(std::fs::read(dotted.join(".pooling/config.json")).unwrap(), config);
 }
 
 #[track_caller]
