@@ -195,10 +195,7 @@ impl Drop for PendingFile {
 /// once `target` is checked to be a path an output may take.
 fn output_folder(target: &Path) -> Result<(PathBuf, String)> {
     check_output(target)?;
-    let dir = match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
+    let (dir, short) = folder_and_short_name(target);
     if !dir.is_dir() {
         let reason = if dir.exists() {
             "what would be its folder is not a folder"
@@ -207,8 +204,18 @@ fn output_folder(target: &Path) -> Result<(PathBuf, String)> {
         };
         return Err(Error::Output { path: target.to_owned(), reason });
     }
+    Ok((dir, short))
+}
+
+/// The folder `target` is written in (`.` for a bare name) and the part of its name its
+/// temporaries carry, unchecked.
+fn folder_and_short_name(target: &Path) -> (PathBuf, String) {
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
     let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    Ok((dir, shortened(&name).to_owned()))
+    (dir, shortened(&name).to_owned())
 }
 
 /// Removes the stale temporaries ([`leftovers`] of dead processes) of every output in
@@ -217,12 +224,8 @@ fn output_folder(target: &Path) -> Result<(PathBuf, String)> {
 pub fn remove_stale<'a>(targets: impl IntoIterator<Item = &'a Path>) {
     let mut by_folder: HashMap<PathBuf, HashSet<String>> = HashMap::new();
     for target in targets {
-        let dir = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        by_folder.entry(dir).or_default().insert(shortened(&name).to_owned());
+        let (dir, short) = folder_and_short_name(target);
+        by_folder.entry(dir).or_default().insert(short);
     }
     for (dir, names) in by_folder {
         for stale in leftovers(&dir).into_iter().filter(|l| names.contains(&l.target_name)) {
