@@ -176,18 +176,9 @@ impl Outputs {
                 // gets its files there (one level deep). One linked from outside would
                 // copy whatever that folder holds (`/etc`, say): refused.
                 Ok(meta) if meta.is_dir() && modules.contains(&relative) => {
-                    match (source.canonicalize(), &root) {
-                        (Ok(to), Some(root)) if to.starts_with(root) => {
-                            let why = "it is not a file of the module folder, which is a link and whose files alone are copied";
-                            outputs.copy_module_files(&source, &out.join(&relative), why)?;
-                            continue;
-                        }
-                        _ => bail!(
-                            "{}: the module folder {} that modules.json names links outside the model folder, and shears copies nothing from outside it: put the module's files in the model folder",
-                            folder.display(),
-                            relative.display()
-                        ),
-                    }
+                    let why = "it is not a file of the module folder, which is a link and whose files alone are copied";
+                    outputs.copy_module(folder, root.as_deref(), &relative, out, why)?;
+                    continue;
                 }
                 Ok(meta) if meta.is_dir() => match (source.canonicalize(), &root) {
                     (Ok(to), Some(root)) if to.starts_with(root) => {
@@ -212,20 +203,9 @@ impl Outputs {
         for module in &modules {
             let hidden =
                 module.components().any(|c| c.as_os_str().to_string_lossy().starts_with('.'));
-            let source = folder.join(module);
-            if !hidden || !source.is_dir() {
-                continue;
-            }
-            match (source.canonicalize(), &root) {
-                (Ok(to), Some(root)) if to.starts_with(root) => {
-                    let why = "it is not a file of the module folder, which is hidden and whose files alone are copied";
-                    outputs.copy_module_files(&source, &out.join(module), why)?;
-                }
-                _ => bail!(
-                    "{}: the module folder {} that modules.json names links outside the model folder, and shears copies nothing from outside it: put the module's files in the model folder",
-                    folder.display(),
-                    module.display()
-                ),
+            if hidden && folder.join(module).is_dir() {
+                let why = "it is not a file of the module folder, which is hidden and whose files alone are copied";
+                outputs.copy_module(folder, root.as_deref(), module, out, why)?;
             }
         }
         Ok(outputs)
@@ -238,6 +218,31 @@ impl Outputs {
             self.skipped.push((source, "weights shears did not prune"));
         } else {
             self.copies.push((source, destination));
+        }
+    }
+
+    /// The files of the module folder `module` of the model folder `folder` (whose
+    /// canonical path is `root`) placed under the same name in `out`, as
+    /// [`Outputs::copy_module_files`] places them; refused if the module folder leads
+    /// outside the model folder, whose contents shears never copies.
+    fn copy_module(
+        &mut self,
+        folder: &Path,
+        root: Option<&Path>,
+        module: &Path,
+        out: &Path,
+        why_not: &'static str,
+    ) -> Result<()> {
+        let source = folder.join(module);
+        match (source.canonicalize(), root) {
+            (Ok(to), Some(root)) if to.starts_with(root) => {
+                self.copy_module_files(&source, &out.join(module), why_not)
+            }
+            _ => bail!(
+                "{}: the module folder {} that modules.json names links outside the model folder, and shears copies nothing from outside it: put the module's files in the model folder",
+                folder.display(),
+                module.display()
+            ),
         }
     }
 
