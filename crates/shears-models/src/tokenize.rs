@@ -545,8 +545,8 @@ impl WordPool {
 /// anyway; the bound keeps a file of one huge line from being held), the rest unread.
 ///
 /// # Errors
-/// [`Error::File`] if the file cannot be read, is not UTF-8 or holds a NUL byte (in the
-/// bytes read), or a line's first 64 KiB are white space;
+/// [`Error::File`] if the file cannot be read or is not UTF-8, a line read holds a NUL
+/// byte anywhere or is longer than 16 MiB, or a line's first 64 KiB are white space;
 /// [`Error::Texts`] if it has no line with text.
 pub fn read_texts(path: &Path, limit: usize) -> Result<Vec<String>> {
     Ok(read_numbered_texts(path, limit)?.into_iter().map(|(_, text)| text).collect())
