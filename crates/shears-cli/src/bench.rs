@@ -372,7 +372,8 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     }
     let cells = |r: &Row| {
         let speedup = if r.slower {
-            format!("{:.2}x (slower: dense is faster here)", r.speedup)
+            // Rounded down: a ratio just under 1 reads as slower, not as 1.00x.
+            format!("{:.2}x (slower: dense is faster here)", (r.speedup * 100.0).floor() / 100.0)
         } else {
             format!("{:.2}x", r.speedup)
         };

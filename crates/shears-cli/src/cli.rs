@@ -102,8 +102,8 @@ pub(crate) struct PruneArgs {
     )]
     pub(crate) max_len: Option<u32>,
     /// The structure kept: unstructured, per-row, rows, columns, filters, channels (conv
-    /// input channels), N:M (e.g. 2:4; along input channels for conv weights) or
-    /// block:RxC (e.g. block:4x4).
+    /// input channels), N:M (N kept of every M consecutive inputs, e.g. 2:4; along
+    /// input channels for conv weights) or block:RxC (e.g. block:4x4).
     #[arg(long, default_value = "unstructured")]
     pub(crate) pattern: Pattern,
     /// layer: each tensor pruned to the target; global: one threshold across all chosen
