@@ -222,8 +222,9 @@ pub(crate) struct BenchArgs {
     pub(crate) all: bool,
     /// Time the whole model instead of its layers (a BERT-family folder): sentences of
     /// --seq-len tokens cut from this text, --batch sentences at a time, dense (f32) and
-    /// with each pruned layer in the format that runs it fastest (int8 layers in int8;
-    /// the CSR and N:M layers of a bf16 or f16 checkpoint with its half-precision values).
+    /// with each pruned layer in the format that runs it fastest (int8 layers in integer
+    /// products, or their weights dequantized, dense or sparse, where that is faster; the
+    /// CSR and N:M layers of a bf16 or f16 checkpoint with its half-precision values).
     #[arg(long, value_name = "FILE")]
     pub(crate) texts: Option<PathBuf>,
     /// Tokens per sentence for --texts, the special tokens included (3 up to the model's
@@ -284,15 +285,16 @@ pub(crate) struct EmbedArgs {
     pub(crate) json: bool,
     /// Run each pruned layer in the format that a timed product shows fastest at this
     /// input's token count, and int8 layers in integer arithmetic where that is faster
-    /// (the plan `bench --texts` times), then time the whole model with that plan
-    /// against dense on the first sentences (up to 4096 tokens) and keep the plan only
-    /// if it is at least 2% faster (the summary says which ran, and how long loading
-    /// and planning took beside the embedding; `--json` has `whole_model` where a plan
-    /// was compared). Without it every layer runs dense in f32, so the embeddings
-    /// depend on the weights alone; with it they differ from those by rounding (int8
-    /// layers: by their inputs' rounding to int8), and the plan can change from run to
-    /// run on a busy machine. Timing the layers and the model takes seconds, longer than
-    /// embedding a few hundred sentences, which only a long input wins back.
+    /// than their dequantized weights, dense or sparse (the plan `bench --texts` times),
+    /// then time the whole model with that plan against dense on the first sentences (up
+    /// to 4096 tokens) and keep the plan only if it is at least 2% faster (the summary
+    /// says which ran, and how long loading and planning took beside the embedding;
+    /// `--json` has `whole_model` where a plan was compared). Without it every layer
+    /// runs dense in f32, so the embeddings depend on the weights alone; with it they
+    /// differ from those by rounding (int8 layers: by their inputs' rounding to int8),
+    /// and the plan can change from run to run on a busy machine. Timing the layers and
+    /// the model takes seconds, longer than embedding a few hundred sentences, which
+    /// only a long input wins back.
     #[arg(long)]
     pub(crate) fastest: bool,
     /// No progress bar.

@@ -932,8 +932,9 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
         warnings.add(w);
     }
     texts.warn_fit(&dense, &mut warnings)?;
-    // A pruned folder with int8 layers is measured twice: as the library and `bench` run
-    // it (integer products on tokens rounded to int8), then with its weights as f32.
+    // A pruned folder with int8 layers is measured twice: with integer products on
+    // tokens rounded to int8 (as the library runs it, and `bench` where that is
+    // fastest), then with its weights as f32.
     let has_int8 = pruned.model.linears().any(|l| l.int8().is_some());
     let runs = if has_int8 { 3 } else { 2 };
     let progress = Progress::steps(runs * texts.texts.len() as u64, "sentences", args.quiet);
@@ -1020,7 +1021,7 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
                 outln!("{name:<24}{:<16}{}", show(value(int8)), show(value(&result)))?;
             }
             outln!(
-                "(int8 products: the int8 layers run on tokens rounded to int8, as bench and embed --fastest run them; weights as f32: dequantized, as embed runs them)"
+                "(int8 products: the int8 layers run on tokens rounded to int8, as bench and embed --fastest run them where that is fastest; weights as f32: dequantized, as embed runs them)"
             )?;
         }
     }

@@ -239,7 +239,7 @@ fn minilm_at_2_4_keeps_its_embeddings_within_0_01_when_quantized() {
 }
 
 #[test]
-fn minilm_int8_embeds_with_its_integer_products_under_fastest() {
+fn minilm_int8_embeds_in_the_fastest_of_its_formats_under_fastest() {
     let Some(model) = minilm() else { return };
     let dir = tempfile::tempdir().unwrap();
     let texts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/sentences/validation.txt");
@@ -250,7 +250,17 @@ fn minilm_int8_embeds_with_its_integer_products_under_fastest() {
     let fastest = json(&[&args[..], &["--json", "--fastest"]].concat());
     let layers = fastest["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 36, "6 layers of 6 linears");
-    assert!(layers.iter().all(|l| l["proposed"] == "int8"), "each int8 layer is timed as int8");
+    // Each int8 layer is timed in its integer products and, dequantized, dense and in
+    // CSR (70% is past CSR's break-even at these token counts): the proposed side is
+    // the faster of int8 and CSR, and the layer runs the faster of that and dense.
+    for l in layers {
+        let (proposed, chosen) = (l["proposed"].as_str().unwrap(), l["chosen"].as_str().unwrap());
+        assert!(["int8", "csr"].contains(&proposed), "{l}");
+        assert!([proposed, "dense"].contains(&chosen), "{l}");
+        let (sparse, dense) =
+            (l["proposed_seconds"].as_f64().unwrap(), l["dense_seconds"].as_f64().unwrap());
+        assert_eq!(chosen == proposed, sparse < dense, "{l}");
+    }
     // Whichever layers run integer products, each embedding stays within rounding of the
     // dense f32 run on the dequantized weights.
     let least = least_cosine(&plain, &fastest);

@@ -50,11 +50,12 @@ pub struct FormatChoice {
     pub sparsity: f64,
     /// The sparse format `choose_format` proposed, or where it proposed dense the N:M
     /// pattern the zeros follow, else CSR (sliced ELLPACK at one token) if the sparsity
-    /// is up to 0.1 below CSR's break-even (dense when there is none of these; `int8`
-    /// for an int8 layer, timed in int8 against its dequantized weights in f32), with
+    /// is up to 0.1 below CSR's break-even (dense when there is none of these), with
     /// its value type when its half-precision values (see
     /// [`Linear::set_format`](crate::Linear::set_format)) ran faster than the same format
-    /// in f32: `csr bf16`, `n:m 2:4 f16`.
+    /// in f32: `csr bf16`, `n:m 2:4 f16`. For an int8 layer, whose dequantized weights
+    /// are timed in f32 dense and in the format proposed for their zeros, `int8` (its
+    /// integer products), or that format where it ran faster than them.
     pub proposed: String,
     /// The dense product's time, in seconds, at the timing token count (f32, an int8
     /// layer's weights dequantized; the faster of their own type and f32 for bf16 or
@@ -96,8 +97,9 @@ pub struct FormatChoice {
 /// value type, and at least once for each further one, and once all are timed every
 /// layer whose sides are all such kinds is decided on the fastest of all their runs, its
 /// value types included; other layers are decided on their own best of three or more
-/// runs against the fastest so far. An int8 layer is set to the faster of its integer
-/// products and the f32 GEMM on its dequantized weights, as a kind as well. A
+/// runs against the fastest so far. An int8 layer is set to the fastest of its integer
+/// products (timed as a kind as well) and its dequantized weights in f32, dense or in
+/// the format proposed for their zeros, as above (not stacked with others). A
 /// layer's query, key and value projections proposed the same N:M or CSR format are
 /// then timed as the one product they run as, stacked, against their one dense product,
 /// and all three take the faster, whatever each gave alone. Likewise a layer's
@@ -168,33 +170,45 @@ fn time_linear(
     times: &mut ShapeTimes,
 ) -> Result<(FormatChoice, Pending)> {
     if let Some(int8) = linear.int8().cloned() {
-        // Int8 layers keep their integer products where those are faster than the f32
-        // GEMM on their dequantized weights.
-        let (rows, cols) = linear.shape();
-        let zeros = int8.values().iter().filter(|&&v| v == 0).count();
-        linear.dequantize();
-        let dense_seconds = times.time(linear, x, None, None)?;
-        let dense_kind = ShapeTimes::kind(linear, None);
-        linear.set_int8(int8.clone())?;
-        let int8_seconds = times.time(linear, x, None, Some(dense_seconds))?;
-        let int8_kind = ShapeTimes::kind(linear, None);
-        let chosen = if int8_seconds < dense_seconds {
-            INT8
-        } else {
-            linear.dequantize();
-            "dense"
-        };
-        let choice = FormatChoice {
-            name: linear.name().to_owned(),
-            sparsity: zeros as f64 / (rows * cols).max(1) as f64,
-            proposed: INT8.to_owned(),
-            dense_seconds,
-            proposed_seconds: Some(int8_seconds),
-            chosen: chosen.to_owned(),
-            timed_with: Vec::new(),
-        };
-        return Ok((choice, Pending::Int8(Box::new(Int8Plan { int8, int8_kind, dense_kind }))));
+        return time_int8(linear, int8, x, tokens, near_break_even, times);
     }
+    let (choice, plan) = time_float(linear, x, tokens, near_break_even, times)?;
+    Ok((choice, Pending::Float(plan)))
+}
+
+/// Times an int8 layer (`int8`, its weights) in its integer products and, dequantized, as
+/// [`time_float`] times f32 weights: dense, and in the format proposed for their zeros.
+/// Without VNNI, integer products are often no faster than the f32 GEMM, while a pruned
+/// layer's zeros still pay in a sparse f32 format. Leaves it in the fastest.
+fn time_int8(
+    linear: &mut Linear,
+    int8: Int8Matrix,
+    x: &DMatrix<f32>,
+    tokens: usize,
+    near_break_even: &Crossovers,
+    times: &mut ShapeTimes,
+) -> Result<(FormatChoice, Pending)> {
+    linear.dequantize();
+    let (float_choice, float) = time_float(linear, x, tokens, near_break_even, times)?;
+    linear.set_int8(int8.clone())?;
+    let rival = Int8Plan::fastest_float(&float_choice);
+    let int8_seconds = times.time(linear, x, None, Some(rival))?;
+    let int8_kind = ShapeTimes::kind(linear, None);
+    let plan = Int8Plan { int8, int8_kind, int8_seconds, float, float_choice };
+    let mut choice = plan.float_choice.clone();
+    plan.decide(linear, &mut choice)?;
+    Ok((choice, Pending::Int8(Box::new(plan))))
+}
+
+/// Times f32 or half-precision `linear` dense and in the format proposed for its zeros,
+/// as [`time_linear`] says, and leaves it in the faster.
+fn time_float(
+    linear: &mut Linear,
+    x: &DMatrix<f32>,
+    tokens: usize,
+    near_break_even: &Crossovers,
+    times: &mut ShapeTimes,
+) -> Result<(FormatChoice, Plan)> {
     let weights = linear.dense_weights();
     let (rows, cols) = weights.shape();
     let mask = Mask::from_fn(rows, cols, |r, c| weights[(r, c)] != 0.0)?;
@@ -269,7 +283,7 @@ fn time_linear(
         half_values,
         row_length,
     };
-    Ok((choice, Pending::Float(plan)))
+    Ok((choice, plan))
 }
 
 /// What a layer was timed in: the format proposed for it (with half-precision values if
@@ -301,39 +315,67 @@ enum Pending {
     Int8(Box<Int8Plan>),
 }
 
-/// How an int8 layer was timed: its int8 weights, and the kinds of its integer product
-/// and of the f32 GEMM on its dequantized weights.
+/// How an int8 layer was timed: its int8 weights, the kind and time of its integer
+/// product (the kind's fastest once settled), and the plan and choice of its dequantized
+/// weights in f32 (dense, or the format proposed for their zeros).
 #[derive(Debug, Clone)]
 struct Int8Plan {
     int8: Int8Matrix,
     int8_kind: Option<ProductKind>,
-    dense_kind: Option<ProductKind>,
+    int8_seconds: f64,
+    float: Plan,
+    float_choice: FormatChoice,
 }
 
 impl Int8Plan {
-    /// Sets `linear` to int8 or to its dequantized weights, whichever's kind ran faster
-    /// over all the layers' runs, and its choice accordingly.
+    /// The time of what the dequantized weights run in: the faster of dense and their
+    /// proposed format.
+    fn fastest_float(float: &FormatChoice) -> f64 {
+        match float.proposed_seconds {
+            Some(proposed) if float.chosen != Format::Dense.to_string() => proposed,
+            _ => float.dense_seconds,
+        }
+    }
+
+    /// Sets `linear` to int8 or to what its dequantized weights run in, whichever is
+    /// faster, and `choice` to the float choice with the integer products in it: they
+    /// are the proposed side unless the float side's proposed format ran faster.
+    fn decide(&self, linear: &mut Linear, choice: &mut FormatChoice) -> Result<()> {
+        let float = &self.float_choice;
+        *choice = float.clone();
+        if float.proposed_seconds.is_none_or(|proposed| self.int8_seconds < proposed) {
+            choice.proposed = INT8.to_owned();
+            choice.proposed_seconds = Some(self.int8_seconds);
+        }
+        if self.int8_seconds < Self::fastest_float(float) {
+            if linear.int8().is_none() {
+                linear.set_int8(self.int8.clone())?;
+            }
+            choice.chosen = INT8.to_owned();
+            return Ok(());
+        }
+        let sparse = float.chosen != Format::Dense.to_string();
+        let runs = if sparse { self.float.timed.proposed } else { Format::Dense };
+        if linear.int8().is_some() || linear.format() != runs {
+            self.float.timed.apply(linear, sparse)?;
+        }
+        Ok(())
+    }
+
+    /// Decides `linear` again as [`Plan::settle`] decides its dequantized weights, and
+    /// its integer products on their kind's fastest time, then keeps the faster of the
+    /// two.
     fn settle(
-        &self,
+        &mut self,
         linear: &mut Linear,
         choice: &mut FormatChoice,
         times: &ShapeTimes,
     ) -> Result<()> {
-        let (Some(int8), Some(dense)) =
-            (times.fastest(self.int8_kind), times.fastest(self.dense_kind))
-        else {
-            return Ok(());
-        };
-        let keep = int8 < dense;
-        if keep && linear.int8().is_none() {
-            linear.set_int8(self.int8.clone())?;
-        } else if !keep {
-            linear.dequantize();
+        self.float.settle(linear, &mut self.float_choice, times)?;
+        if let Some(seconds) = times.fastest(self.int8_kind) {
+            self.int8_seconds = seconds;
         }
-        choice.dense_seconds = dense;
-        choice.proposed_seconds = Some(int8);
-        choice.chosen = if keep { INT8 } else { "dense" }.to_owned();
-        Ok(())
+        self.decide(linear, choice)
     }
 }
 
@@ -1075,41 +1117,75 @@ mod tests {
     }
 
     #[test]
-    fn an_int8_layer_settles_on_its_kinds_fastest_times() {
-        let w = DMatrix::from_fn(16, 8, |r, c| (r as f32 - c as f32) * 0.25);
+    fn an_int8_layer_settles_on_the_fastest_of_its_integer_products_and_float_formats() {
+        // 2:4 weights in int8: dequantized, they run dense or in 2:4 (in f32, as timed).
+        let w = DMatrix::from_fn(16, 8, |r, c| {
+            if c % 4 < 2 { (r as f32 - c as f32) * 0.3 + 0.1 } else { 0.0 }
+        });
         let int8 = Int8Matrix::quantize(&w, shears_sparse::QuantScheme::PerRow).unwrap();
-        let mut linear = Linear::new("q.weight", w, nalgebra::DVector::zeros(16)).unwrap();
+        let dequantized = int8.dequantize();
+        let mask = Mask::from_fn(16, 8, |r, c| dequantized[(r, c)] != 0.0).unwrap();
+        let row_length = uniform_row_length(&mask);
+        let zeros = nalgebra::DVector::zeros(16);
+        let mut linear = Linear::new("q.weight", dequantized.clone(), zeros).unwrap();
+        let two_four = Format::Nm(NmPattern::TWO_FOUR);
+        linear.set_f32_format(two_four).unwrap();
+        let nm_kind = ShapeTimes::kind(&linear, row_length);
+        linear.set_f32_format(Format::Dense).unwrap();
+        let dense_kind = ShapeTimes::kind(&linear, row_length);
         linear.set_int8(int8.clone()).unwrap();
         let int8_kind = ShapeTimes::kind(&linear, None);
-        linear.dequantize();
-        let dense_kind = ShapeTimes::kind(&linear, None);
-        assert_ne!(int8_kind, dense_kind);
-        let plan = Int8Plan { int8: int8.clone(), int8_kind, dense_kind };
-        let mut choice = FormatChoice {
+        let kinds = [int8_kind.unwrap(), dense_kind.unwrap(), nm_kind.unwrap()];
+        assert!(kinds[0] != kinds[1] && kinds[1] != kinds[2] && kinds[0] != kinds[2]);
+        let float = Plan {
+            timed: Timed { proposed: two_four, half: false, dense_half: false },
+            dense: vec![(false, dense_kind)],
+            proposed: vec![(false, nm_kind)],
+            half_values: None,
+            row_length,
+        };
+        let float_choice = FormatChoice {
             name: "q.weight".into(),
-            sparsity: 0.0,
-            proposed: INT8.into(),
+            sparsity: 0.5,
+            proposed: two_four.to_string(),
             dense_seconds: 1.0,
             proposed_seconds: Some(2.0),
             chosen: "dense".into(),
             timed_with: Vec::new(),
         };
-        let times = |int8: f64, dense: f64| ShapeTimes {
-            fastest: vec![(int8_kind.unwrap(), int8), (dense_kind.unwrap(), dense)],
+        let mut plan =
+            Int8Plan { int8: int8.clone(), int8_kind, int8_seconds: 3.0, float, float_choice };
+        let runs = |l: &Linear| (l.int8().is_some(), l.format(), l.value_type());
+        let summary = |c: &FormatChoice| {
+            (c.chosen.clone(), c.proposed.clone(), c.proposed_seconds, c.dense_seconds)
         };
-        // Dense when first timed; all the layers' runs put int8 ahead.
-        plan.settle(&mut linear, &mut choice, &times(1.0, 1.5)).unwrap();
-        assert_eq!((choice.chosen.as_str(), choice.proposed_seconds), (INT8, Some(1.0)));
+        // As first timed: dense, ahead of 2:4, which is ahead of the integer products.
+        let mut choice = plan.float_choice.clone();
+        plan.decide(&mut linear, &mut choice).unwrap();
+        assert_eq!(summary(&choice), ("dense".into(), "n:m 2:4".into(), Some(2.0), 1.0));
+        assert_eq!(runs(&linear), (false, Format::Dense, "f32"));
+        assert_eq!(linear.dense_weights(), dequantized);
+        let times = |int8: f64, dense: f64, nm: f64| ShapeTimes {
+            fastest: vec![(kinds[0], int8), (kinds[1], dense), (kinds[2], nm)],
+        };
+        // All the layers' runs put the integer products ahead.
+        plan.settle(&mut linear, &mut choice, &times(0.5, 1.0, 2.0)).unwrap();
+        assert_eq!(summary(&choice), (INT8.into(), INT8.into(), Some(0.5), 1.0));
         assert_eq!(linear.int8(), Some(&int8));
-        // And back.
-        plan.settle(&mut linear, &mut choice, &times(2.0, 1.5)).unwrap();
-        assert_eq!((choice.chosen.as_str(), choice.dense_seconds), ("dense", 1.5));
-        assert!(linear.int8().is_none());
-        assert_eq!(linear.dense_weights(), int8.dequantize());
+        // Then 2:4, which the dequantized weights run in.
+        plan.settle(&mut linear, &mut choice, &times(1.5, 1.0, 0.8)).unwrap();
+        assert_eq!(summary(&choice), ("n:m 2:4".into(), "n:m 2:4".into(), Some(0.8), 1.0));
+        assert_eq!(runs(&linear), (false, two_four, "f32"));
+        assert_eq!(linear.dense_weights(), dequantized);
+        // Then dense, the integer products the faster of the others.
+        plan.settle(&mut linear, &mut choice, &times(1.2, 1.0, 1.5)).unwrap();
+        assert_eq!(summary(&choice), ("dense".into(), INT8.into(), Some(1.2), 1.0));
+        assert_eq!(runs(&linear), (false, Format::Dense, "f32"));
         // Without a time for a kind, the layer stays as it is.
         let before = choice.clone();
         plan.settle(&mut linear, &mut choice, &ShapeTimes::default()).unwrap();
         assert_eq!(choice, before);
+        assert_eq!(runs(&linear), (false, Format::Dense, "f32"));
     }
 
     #[test]
