@@ -37,8 +37,8 @@ pub const TIMING_TOKENS: usize = 4096;
 /// many), so a layer from 60% on is timed at 128 tokens.
 const BREAK_EVEN_MARGIN: f64 = 0.1;
 
-/// What an int8 layer's proposal reads, and its choice when its integer products are
-/// faster than the f32 GEMM.
+/// What an int8 layer's proposal reads where its integer products ran faster than its
+/// dequantized weights' proposed format, and its choice where they ran fastest.
 const INT8: &str = "int8";
 
 /// The decision for one linear layer.
@@ -54,8 +54,8 @@ pub struct FormatChoice {
     /// its value type when its half-precision values (see
     /// [`Linear::set_format`](crate::Linear::set_format)) ran faster than the same format
     /// in f32: `csr bf16`, `n:m 2:4 f16`. For an int8 layer, whose dequantized weights
-    /// are timed in f32 dense and in the format proposed for their zeros, `int8` (its
-    /// integer products), or that format where it ran faster than them.
+    /// are timed as any others are (dense, and in the format proposed for their zeros),
+    /// `int8` (its integer products), or that format where it ran faster than them.
     pub proposed: String,
     /// The dense product's time, in seconds, at the timing token count (f32, an int8
     /// layer's weights dequantized; the faster of their own type and f32 for bf16 or
@@ -98,9 +98,10 @@ pub struct FormatChoice {
 /// layer whose sides are all such kinds is decided on the fastest of all their runs, its
 /// value types included; other layers are decided on their own best of three or more
 /// runs against the fastest so far. An int8 layer is set to the fastest of its integer
-/// products (timed as a kind as well) and its dequantized weights in f32, dense or in
-/// the format proposed for their zeros, as above (not stacked with others). A
-/// layer's query, key and value projections proposed the same N:M or CSR format are
+/// products (timed as a kind as well) and its dequantized weights planned as above,
+/// dense or in the format proposed for their zeros; where that format ran faster than
+/// the integer products, the layer takes part in what follows as any other. A layer's
+/// query, key and value projections proposed the same N:M or CSR format are
 /// then timed as the one product they run as, stacked, against their one dense product,
 /// and all three take the faster, whatever each gave alone. Likewise a layer's
 /// intermediate and output layers both proposed N:M are timed as the pair they run as
@@ -134,9 +135,12 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
         }
     }
     let mut together = Vec::with_capacity(model.layers().len());
-    for (layer, plans) in model.layers_mut().iter_mut().zip(plans.chunks(6)) {
+    let layers = model.layers_mut().iter_mut().zip(plans.chunks(6)).zip(choices.chunks(6));
+    for ((layer, plans), choices) in layers {
         let x = inputs.for_layer(&layer.query);
-        together.push(time_projections_together(layer, &plans[..3], x, &mut times)?);
+        let float = |k: usize| float_plan(&plans[k], &choices[k]);
+        let projections = [float(0), float(1), float(2)];
+        together.push(time_projections_together(layer, projections, x, &mut times)?);
     }
     let layers = model.layers_mut().iter_mut().zip(choices.chunks_mut(6));
     for ((layer, choices), together) in layers.zip(together) {
@@ -146,9 +150,11 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
     }
     let mut pairs = Vec::with_capacity(model.layers().len());
     let activation = model.config().hidden_act.elementwise();
-    for (layer, plans) in model.layers_mut().iter_mut().zip(plans.chunks(6)) {
+    let layers = model.layers_mut().iter_mut().zip(plans.chunks(6)).zip(choices.chunks(6));
+    for ((layer, plans), choices) in layers {
         let x = inputs.for_layer(&layer.intermediate);
-        pairs.push(time_feed_forward_together(layer, &plans[4..], (x, activation), &mut times)?);
+        let pair = [float_plan(&plans[4], &choices[4]), float_plan(&plans[5], &choices[5])];
+        pairs.push(time_feed_forward_together(layer, pair, (x, activation), &mut times)?);
     }
     let layers = model.layers_mut().iter_mut().zip(choices.chunks_mut(6));
     for ((layer, choices), pair) in layers.zip(pairs) {
@@ -160,8 +166,9 @@ pub fn choose_formats(model: &mut BertModel, tokens: usize) -> Result<Vec<Format
 }
 
 /// Times `linear` dense and in the format proposed for its zeros at `tokens` tokens on
-/// `x`, leaves it in the faster, and returns its choice and what deciding it again on
-/// its kinds' fastest times takes.
+/// `x` (an int8 layer in its integer products as well: [`time_int8`]), leaves it in the
+/// fastest, and returns its choice and what deciding it again on its kinds' fastest
+/// times takes.
 fn time_linear(
     linear: &mut Linear,
     x: &DMatrix<f32>,
@@ -177,9 +184,9 @@ fn time_linear(
 }
 
 /// Times an int8 layer (`int8`, its weights) in its integer products and, dequantized, as
-/// [`time_float`] times f32 weights: dense, and in the format proposed for their zeros.
-/// Without VNNI, integer products are often no faster than the f32 GEMM, while a pruned
-/// layer's zeros still pay in a sparse f32 format. Leaves it in the fastest.
+/// [`time_float`] times any other weights: dense, and in the format proposed for their
+/// zeros. Without VNNI, integer products are often no faster than the f32 GEMM, while a
+/// pruned layer's zeros still pay in a sparse format. Leaves it in the fastest.
 fn time_int8(
     linear: &mut Linear,
     int8: Int8Matrix,
@@ -191,8 +198,10 @@ fn time_int8(
     linear.dequantize();
     let (float_choice, float) = time_float(linear, x, tokens, near_break_even, times)?;
     linear.set_int8(int8.clone())?;
-    let rival = Int8Plan::fastest_float(&float_choice);
-    let int8_seconds = times.time(linear, x, None, Some(rival))?;
+    // Against dense, which every layer of this shape shares: a probe hopeless against it
+    // stands for the integer products' kind (a lower bound), and must stay hopeless for
+    // every other layer of the kind, whatever its zeros let its sparse format run in.
+    let int8_seconds = times.time(linear, x, None, Some(float_choice.dense_seconds))?;
     let int8_kind = ShapeTimes::kind(linear, None);
     let plan = Int8Plan { int8, int8_kind, int8_seconds, float, float_choice };
     let mut choice = plan.float_choice.clone();
@@ -313,6 +322,18 @@ enum Pending {
     Float(Plan),
     /// An int8 layer (boxed: its weights' matrix is several times a float plan's size).
     Int8(Box<Int8Plan>),
+}
+
+/// The plan of what a layer runs in as a float layer, for the stages that time layers
+/// together: a float layer's own, and an int8 layer's dequantized weights' where their
+/// proposed format is what `choice` proposes (it ran faster than the integer products,
+/// so the layer runs it or dense, as a float layer would). `None` for an int8 layer
+/// whose integer products were proposed.
+fn float_plan<'a>(pending: &'a Pending, choice: &FormatChoice) -> Option<&'a Plan> {
+    match pending {
+        Pending::Float(plan) => Some(plan),
+        Pending::Int8(plan) => (choice.proposed != INT8).then_some(&plan.float),
+    }
 }
 
 /// How an int8 layer was timed: its int8 weights, the kind and time of its integer
@@ -482,11 +503,11 @@ fn projection_copies(layer: &EncoderLayer, plans: &[Plan; 3], sparse: bool) -> R
 /// not, or where they cannot stack.
 fn time_projections_together(
     layer: &EncoderLayer,
-    plans: &[Pending],
+    plans: [Option<&Plan>; 3],
     x: &DMatrix<f32>,
     times: &mut ShapeTimes,
 ) -> Result<Option<Together>> {
-    let [Pending::Float(first), Pending::Float(second), Pending::Float(third)] = plans else {
+    let [Some(first), Some(second), Some(third)] = plans else {
         return Ok(None);
     };
     let plans = [first.clone(), second.clone(), third.clone()];
@@ -575,11 +596,11 @@ fn feed_forward_copies(
 /// where they were not both proposed N:M.
 fn time_feed_forward_together(
     layer: &EncoderLayer,
-    plans: &[Pending],
+    plans: [Option<&Plan>; 2],
     (x, activation): (&DMatrix<f32>, Elementwise),
     times: &mut ShapeTimes,
 ) -> Result<Option<FeedForward>> {
-    let [Pending::Float(first), Pending::Float(second)] = plans else {
+    let [Some(first), Some(second)] = plans else {
         return Ok(None);
     };
     if !matches!((first.timed.proposed, second.timed.proposed), (Format::Nm(_), Format::Nm(_))) {
@@ -1186,6 +1207,45 @@ mod tests {
         plan.settle(&mut linear, &mut choice, &ShapeTimes::default()).unwrap();
         assert_eq!(choice, before);
         assert_eq!(runs(&linear), (false, Format::Dense, "f32"));
+    }
+
+    #[test]
+    fn an_int8_layer_is_timed_with_others_only_where_its_float_format_was_proposed() {
+        let w = DMatrix::from_fn(8, 8, |r, c| if c % 4 < 2 { (r + c) as f32 - 3.5 } else { 0.0 });
+        let int8 = Int8Matrix::quantize(&w, shears_sparse::QuantScheme::PerRow).unwrap();
+        let float = Plan {
+            timed: Timed { proposed: Format::Csr, half: false, dense_half: false },
+            dense: vec![(false, None)],
+            proposed: vec![(false, None)],
+            half_values: None,
+            row_length: Some(4),
+        };
+        let choice = |proposed: &str, chosen: &str| FormatChoice {
+            name: "q.weight".into(),
+            sparsity: 0.5,
+            proposed: proposed.into(),
+            dense_seconds: 1.0,
+            proposed_seconds: Some(0.5),
+            chosen: chosen.into(),
+            timed_with: Vec::new(),
+        };
+        let pending = Pending::Int8(Box::new(Int8Plan {
+            int8,
+            int8_kind: None,
+            int8_seconds: 0.7,
+            float: float.clone(),
+            float_choice: choice("csr", "csr"),
+        }));
+        let planned = |c: &FormatChoice| float_plan(&pending, c).map(|p| p.timed.proposed);
+        assert_eq!(planned(&choice("csr", "csr")), Some(Format::Csr));
+        assert_eq!(planned(&choice("csr", "dense")), Some(Format::Csr));
+        assert_eq!(planned(&choice(INT8, INT8)), None);
+        assert_eq!(planned(&choice(INT8, "dense")), None);
+        let pending = Pending::Float(float);
+        assert_eq!(
+            float_plan(&pending, &choice("csr", "dense")).map(|p| p.timed.proposed),
+            Some(Format::Csr)
+        );
     }
 
     #[test]
